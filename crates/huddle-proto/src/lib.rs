@@ -1,0 +1,16 @@
+//! Huddle's signaling protocol: messages, typed IDs with their validation rules, and the one
+//! error-code table of the whole system.
+//!
+//! Both the server and the SDK speak through these types, so a rule (an ID limit, a code) lives in
+//! exactly one place.
+
+mod error;
+mod ids;
+mod msg;
+
+pub use error::{ErrorCode, HuddleError, TABLE as ERROR_TABLE};
+pub use ids::{AppId, RoomId, StreamId, UserId, UserName, check_extra_info};
+pub use msg::{
+    Auth, ClientMsg, DecodeError, Login, LoginOk, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, Resume,
+    SIGNALING_PATH, ServerMsg, StreamInfo, UpdateType, User,
+};

@@ -1,0 +1,426 @@
+//! Signaling messages: JSON text frames over one WebSocket per logged-in room.
+//!
+//! Every message is an object with a `"type"` tag. Client requests carry a `seq` that the server
+//! echoes in its reply (`ok`, `error` or a typed reply such as `login_ok`); events from the server
+//! carry no `seq`. `docs/protocol.md` describes the exchange; [`PROTOCOL_VERSION`] is bumped on any
+//! incompatible change.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{ErrorCode, HuddleError};
+use crate::ids::{AppId, RoomId, StreamId, UserId, UserName, check_extra_info};
+
+/// The signaling protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest signaling message either side accepts, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// The WebSocket path of the signaling endpoint.
+pub const SIGNALING_PATH: &str = "/ws";
+
+/// A user in a room.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct User {
+    /// The user's ID, unique in the room.
+    pub user_id: UserId,
+    /// The display name.
+    pub user_name: UserName,
+}
+
+impl User {
+    /// A user whose name is its ID.
+    pub fn new(user_id: UserId) -> Self {
+        // Every user ID is a valid user name (ASCII, no control characters, at most 64 bytes).
+        let user_name = UserName::new(user_id.as_str()).expect("a user ID is a valid user name");
+        User { user_id, user_name }
+    }
+}
+
+/// A published stream as others see it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StreamInfo {
+    /// The publisher's user ID.
+    pub user_id: UserId,
+    /// The publisher's name.
+    pub user_name: UserName,
+    /// The stream ID, unique in the AppID.
+    pub stream_id: StreamId,
+    /// Free text the publisher attached (at most 1024 bytes).
+    pub extra_info: String,
+}
+
+/// Whether a list update adds or removes entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum UpdateType {
+    /// The entries are new.
+    Add,
+    /// The entries are gone.
+    Delete,
+}
+
+/// How a login proves it may use the app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Auth {
+    /// Lowercase hex HMAC-SHA256 of the server's nonce, keyed by the AppSign
+    /// (`huddle_token::sign_challenge`). The AppSign itself never crosses the wire.
+    Sign(String),
+    /// A Token04 token issued by the app's server with the app's server secret.
+    Token(String),
+}
+
+/// Resuming a session that broke, within the server's grace period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    /// The session ID from the earlier `login_ok`.
+    pub session_id: String,
+    /// The secret resume key from the earlier `login_ok`.
+    pub resume_key: String,
+}
+
+/// The login request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Login {
+    /// Request number, echoed in the reply.
+    pub seq: u32,
+    /// The client's [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// The app.
+    pub app_id: AppId,
+    /// The room; created on first login.
+    pub room_id: RoomId,
+    /// Who logs in.
+    pub user: User,
+    /// Proof of access.
+    pub auth: Auth,
+    /// Whether this session wants `user_update` events.
+    #[serde(default)]
+    pub user_status_notify: bool,
+    /// The room's member limit if this login creates the room (0: the server's default).
+    #[serde(default)]
+    pub max_member_count: u32,
+    /// Set to resume a broken session instead of starting a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Resume>,
+}
+
+/// Messages from a client to the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    /// Log in to a room (the first message; answered by `login_ok` or `error`).
+    Login(Login),
+    /// Leave the room; the server replies `ok` and closes the connection.
+    Logout {
+        /// Request number.
+        seq: u32,
+    },
+    /// Start publishing a stream under an ID unique in the AppID.
+    Publish {
+        /// Request number.
+        seq: u32,
+        /// The stream ID.
+        stream_id: StreamId,
+        /// Free text for the players (at most 1024 bytes).
+        #[serde(default)]
+        extra_info: String,
+    },
+    /// Stop publishing a stream.
+    Unpublish {
+        /// Request number.
+        seq: u32,
+        /// The stream ID.
+        stream_id: StreamId,
+    },
+    /// Play a stream of this AppID (it may not exist yet: `play_update` tells when it does).
+    Play {
+        /// Request number.
+        seq: u32,
+        /// The stream ID.
+        stream_id: StreamId,
+    },
+    /// Stop playing a stream.
+    StopPlay {
+        /// Request number.
+        seq: u32,
+        /// The stream ID.
+        stream_id: StreamId,
+    },
+    /// Replace the session's token before it expires.
+    RenewToken {
+        /// Request number.
+        seq: u32,
+        /// The new token.
+        token: String,
+    },
+    /// Heartbeat; answered by `pong`.
+    Ping {
+        /// Request number.
+        seq: u32,
+    },
+}
+
+/// The reply to a successful login.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginOk {
+    /// The login's request number.
+    pub seq: u32,
+    /// This session's ID (for resume).
+    pub session_id: String,
+    /// Secret key to resume this session after a break.
+    pub resume_key: String,
+    /// The room logged in to.
+    pub room_id: RoomId,
+    /// True when an earlier session was resumed.
+    pub resumed: bool,
+    /// The other users in the room now (empty unless `user_status_notify`).
+    pub users: Vec<User>,
+    /// The streams published in the room now.
+    pub streams: Vec<StreamInfo>,
+    /// How often the client sends `ping`.
+    pub heartbeat_ms: u32,
+    /// The server drops a connection silent for this long.
+    pub session_timeout_ms: u32,
+    /// How long a broken session keeps its user and streams, waiting for a resume.
+    pub grace_ms: u32,
+    /// The token's expiry (Unix seconds) when the login used a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_expire: Option<i64>,
+}
+
+/// Messages from the server to a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    /// Sent first on every connection: the challenge nonce for AppSign logins.
+    Hello {
+        /// The server's protocol version.
+        protocol: u32,
+        /// The challenge nonce (hex).
+        nonce: String,
+        /// The server's clock, Unix milliseconds.
+        server_time_ms: u64,
+    },
+    /// A successful login.
+    LoginOk(LoginOk),
+    /// A request succeeded.
+    Ok {
+        /// The request number.
+        seq: u32,
+    },
+    /// A request failed, or (without `seq`) the connection is being closed for a reason.
+    Error {
+        /// The request number, if the error answers one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u32>,
+        /// The numbered code.
+        code: ErrorCode,
+        /// What went wrong.
+        message: String,
+    },
+    /// The answer to `ping`.
+    Pong {
+        /// The request number.
+        seq: u32,
+        /// The server's clock, Unix milliseconds.
+        server_time_ms: u64,
+    },
+    /// Users came or went (only to sessions with `user_status_notify`).
+    UserUpdate {
+        /// The room.
+        room_id: RoomId,
+        /// Add or Delete.
+        update_type: UpdateType,
+        /// The users.
+        users: Vec<User>,
+    },
+    /// Streams came or went in the room.
+    StreamUpdate {
+        /// The room.
+        room_id: RoomId,
+        /// Add or Delete.
+        update_type: UpdateType,
+        /// The streams.
+        streams: Vec<StreamInfo>,
+    },
+    /// A stream this session plays became available or went away.
+    PlayUpdate {
+        /// The stream.
+        stream_id: StreamId,
+        /// Whether a publisher publishes it now.
+        available: bool,
+    },
+    /// The session is ended by the server; the connection closes after this.
+    Kicked {
+        /// Why (e.g. 1002050 for a duplicate login).
+        code: ErrorCode,
+        /// In words.
+        message: String,
+    },
+}
+
+/// A client message that could not be accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    /// The request number, when the message carried one.
+    pub seq: Option<u32>,
+    /// The code and message to answer with.
+    pub error: HuddleError,
+}
+
+impl ClientMsg {
+    /// The request number.
+    pub fn seq(&self) -> u32 {
+        match self {
+            ClientMsg::Login(l) => l.seq,
+            ClientMsg::Logout { seq }
+            | ClientMsg::Publish { seq, .. }
+            | ClientMsg::Unpublish { seq, .. }
+            | ClientMsg::Play { seq, .. }
+            | ClientMsg::StopPlay { seq, .. }
+            | ClientMsg::RenewToken { seq, .. }
+            | ClientMsg::Ping { seq } => *seq,
+        }
+    }
+
+    /// Encodes as JSON text.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("client messages always serialize")
+    }
+
+    /// Decodes untrusted JSON text, answering bad IDs with their own codes.
+    ///
+    /// ```
+    /// use huddle_proto::{ClientMsg, ErrorCode};
+    /// let err = ClientMsg::decode(r#"{"type":"publish","seq":3,"stream_id":"a b"}"#).unwrap_err();
+    /// assert_eq!(err.seq, Some(3));
+    /// assert_eq!(err.error.code, ErrorCode::STREAM_ID_INVALID_CHARACTER);
+    /// ```
+    pub fn decode(text: &str) -> Result<ClientMsg, DecodeError> {
+        if text.len() > MAX_MESSAGE_BYTES {
+            return Err(DecodeError {
+                seq: None,
+                error: HuddleError::new(
+                    ErrorCode::MESSAGE_TOO_LARGE,
+                    format!("the message is {} bytes; at most {MAX_MESSAGE_BYTES} are allowed", text.len()),
+                ),
+            });
+        }
+        let malformed = |seq, why: String| DecodeError {
+            seq,
+            error: HuddleError::new(ErrorCode::MALFORMED_MESSAGE, why),
+        };
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| malformed(None, format!("not JSON: {e}")))?;
+        let Some(obj) = value.as_object() else {
+            return Err(malformed(None, "not a JSON object".into()));
+        };
+        let seq = obj.get("seq").and_then(Value::as_u64).and_then(|s| u32::try_from(s).ok());
+        // Check the IDs first so that a bad one is answered with its own code, not "malformed".
+        check_fields(obj).map_err(|error| DecodeError { seq, error })?;
+        serde_json::from_value(value).map_err(|e| malformed(seq, format!("invalid message: {e}")))
+    }
+}
+
+fn check_fields(obj: &serde_json::Map<String, Value>) -> Result<(), HuddleError> {
+    if let Some(n) = obj.get("app_id").and_then(Value::as_u64) {
+        AppId::new(u32::try_from(n).unwrap_or(0))?;
+    }
+    if let Some(Value::String(s)) = obj.get("room_id") {
+        RoomId::new(s.as_str())?;
+    }
+    if let Some(Value::Object(user)) = obj.get("user") {
+        if let Some(Value::String(s)) = user.get("user_id") {
+            UserId::new(s.as_str())?;
+        }
+        if let Some(Value::String(s)) = user.get("user_name") {
+            UserName::new(s.as_str())?;
+        }
+    }
+    if let Some(Value::String(s)) = obj.get("stream_id") {
+        StreamId::new(s.as_str())?;
+    }
+    if let Some(Value::String(s)) = obj.get("extra_info") {
+        check_extra_info(s)?;
+    }
+    Ok(())
+}
+
+impl ServerMsg {
+    /// Encodes as JSON text.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("server messages always serialize")
+    }
+
+    /// Decodes JSON text from the server.
+    pub fn decode(text: &str) -> Result<ServerMsg, HuddleError> {
+        if text.len() > MAX_MESSAGE_BYTES {
+            return Err(HuddleError::new(ErrorCode::MESSAGE_TOO_LARGE, "server message too large"));
+        }
+        serde_json::from_str(text)
+            .map_err(|e| HuddleError::new(ErrorCode::MALFORMED_MESSAGE, format!("bad server message: {e}")))
+    }
+
+    /// An error reply to request `seq`.
+    pub fn error(seq: Option<u32>, err: &HuddleError) -> ServerMsg {
+        ServerMsg::Error { seq, code: err.code, message: err.message.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn login() -> ClientMsg {
+        ClientMsg::Login(Login {
+            seq: 1,
+            protocol: PROTOCOL_VERSION,
+            app_id: AppId::new(7).unwrap(),
+            room_id: RoomId::new("r1").unwrap(),
+            user: User::new(UserId::new("alice").unwrap()),
+            auth: Auth::Sign("00ff".into()),
+            user_status_notify: true,
+            max_member_count: 0,
+            resume: None,
+        })
+    }
+
+    #[test]
+    fn roundtrip() {
+        let m = login();
+        let text = m.encode();
+        assert!(text.starts_with(r#"{"type":"login","seq":1,"protocol":1,"app_id":7"#), "{text}");
+        assert_eq!(ClientMsg::decode(&text).unwrap(), m);
+        let s = ServerMsg::StreamUpdate {
+            room_id: RoomId::new("r1").unwrap(),
+            update_type: UpdateType::Add,
+            streams: vec![],
+        };
+        assert_eq!(ServerMsg::decode(&s.encode()).unwrap(), s);
+        assert!(s.encode().contains(r#""update_type":"Add""#));
+    }
+
+    #[test]
+    fn decode_errors_carry_codes() {
+        let cases = [
+            (r#"{"type":"play","seq":9,"stream_id":""}"#, Some(9), ErrorCode::STREAM_ID_EMPTY),
+            (r#"{"type":"login","seq":1,"app_id":0}"#, Some(1), ErrorCode::APP_ID_UNKNOWN),
+            (r#"{"type":"login","seq":1,"room_id":"a b"}"#, Some(1), ErrorCode::ROOM_ID_INVALID_CHARACTER),
+            (r#"{"type":"login","seq":1,"user":{"user_id":""}}"#, Some(1), ErrorCode::USER_ID_EMPTY),
+            (r#"{"type":"nope","seq":2}"#, Some(2), ErrorCode::MALFORMED_MESSAGE),
+            (r#"[1,2]"#, None, ErrorCode::MALFORMED_MESSAGE),
+            ("{", None, ErrorCode::MALFORMED_MESSAGE),
+            (r#"{"type":"ping"}"#, None, ErrorCode::MALFORMED_MESSAGE),
+        ];
+        for (text, seq, code) in cases {
+            let e = ClientMsg::decode(text).unwrap_err();
+            assert_eq!((e.seq, e.error.code), (seq, code), "{text}");
+        }
+        let big = format!(r#"{{"type":"ping","seq":1,"pad":"{}"}}"#, "x".repeat(MAX_MESSAGE_BYTES));
+        assert_eq!(ClientMsg::decode(&big).unwrap_err().error.code, ErrorCode::MESSAGE_TOO_LARGE);
+        let extra = format!(r#"{{"type":"publish","seq":1,"stream_id":"s","extra_info":"{}"}}"#, "x".repeat(1025));
+        assert_eq!(ClientMsg::decode(&extra).unwrap_err().error.code, ErrorCode::EXTRA_INFO_TOO_LONG);
+    }
+}
