@@ -1,0 +1,642 @@
+//! Server configuration, layered: built-in defaults, then a TOML file (unknown keys refused), then
+//! validation. `huddle.example.toml` beside this crate's `Cargo.toml` shows every key with its
+//! default.
+//!
+//! With no configured app the server runs in *dev mode*: [`ServerConfig::use_dev_app`] loads one app
+//! from `{data_dir}/dev-app.toml`, or generates and saves it there, so that its credentials stay the
+//! same across restarts.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use huddle_proto::AppId;
+use huddle_token::{AppSign, ServerSecret};
+use rand::Rng;
+use serde::Deserialize;
+
+/// The name of the dev-mode app file in the data directory.
+pub const DEV_APP_FILE: &str = "dev-app.toml";
+
+/// Why a configuration could not be loaded or is not valid.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The TOML text is not valid or has an unknown key.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// The file, or `<string>`.
+        origin: String,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// The values do not make a usable configuration.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// One app: its ID and credentials.
+///
+/// `Debug` never prints the AppSign or the server secret.
+#[derive(Clone, Debug)]
+pub struct AppConfig {
+    /// The AppID.
+    pub app_id: AppId,
+    /// The AppSign (32 bytes; 64 hex characters in files). Clients prove they hold it by answering
+    /// the login challenge.
+    pub app_sign: AppSign,
+    /// The server secret (32 characters) that Token04 tokens are encrypted with.
+    pub server_secret: ServerSecret,
+}
+
+impl AppConfig {
+    /// An app with freshly generated random credentials.
+    pub fn generate(app_id: AppId) -> AppConfig {
+        AppConfig {
+            app_id,
+            app_sign: AppSign::generate(),
+            server_secret: ServerSecret::generate(),
+        }
+    }
+
+    /// The app as a `[[apps]]` TOML table (contains the secrets).
+    pub fn to_toml(&self) -> String {
+        format!(
+            "[[apps]]\napp_id = {}\napp_sign = \"{}\"\nserver_secret = \"{}\"\n",
+            self.app_id,
+            self.app_sign.to_hex(),
+            self.server_secret.as_str()
+        )
+    }
+}
+
+/// An app with fixed, publicly known credentials, for tests (never for production).
+///
+/// The AppSign is the AppID as 8 hex digits followed by `ab` repeated; the server secret is the
+/// AppID as 8 hex digits followed by `cd` repeated.
+///
+/// # Panics
+///
+/// If `app_id` is 0.
+pub fn test_app(app_id: u32) -> AppConfig {
+    let app_id = AppId::new(app_id).expect("test_app needs a non-zero AppID");
+    let sign = format!("{:08x}{}", app_id.get(), "ab".repeat(28));
+    let secret = format!("{:08x}{}", app_id.get(), "cd".repeat(12));
+    AppConfig {
+        app_id,
+        app_sign: sign.parse().expect("64 hex characters"),
+        server_secret: secret.parse().expect("32 characters"),
+    }
+}
+
+/// Everything the server needs to run. Build it with [`ServerConfig::default`],
+/// [`ServerConfig::load`], [`ServerConfig::from_toml_str`], [`ServerConfig::dev`] or
+/// [`ServerConfig::for_tests`], adjust fields, and pass it to [`crate::run`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// The HTTP/WebSocket address (`listen`, default `127.0.0.1:7880`).
+    pub listen: SocketAddr,
+    /// The UDP port of the media plane (`udp_port`, default 7882).
+    pub udp_port: u16,
+    /// The configured apps (`[[apps]]`).
+    pub apps: Vec<AppConfig>,
+    /// Where the server keeps its files (`data_dir`, default [`default_data_dir`]).
+    pub data_dir: PathBuf,
+    /// True when the only app is the generated dev-mode app.
+    pub dev_mode: bool,
+    /// How often clients send `ping` (`heartbeat_ms`, default 5 s).
+    pub heartbeat: Duration,
+    /// A connection silent this long is dropped and its session detached (`session_timeout_ms`,
+    /// default 15 s).
+    pub session_timeout: Duration,
+    /// How long a detached session keeps its user and streams (`grace_ms`, default 20 s).
+    pub grace: Duration,
+    /// How long a new connection may take to log in (`login_timeout_ms`, default 10 s).
+    pub login_timeout: Duration,
+    /// The member limit of a room whose first login asks for 0 (`default_max_member_count`, 1000).
+    pub default_max_member_count: u32,
+    /// Streams published at once in one AppID (`max_streams_per_app`, 10 000).
+    pub max_streams_per_app: usize,
+    /// Streams one session publishes at once (`max_streams_per_session`, 4).
+    pub max_streams_per_session: usize,
+    /// Streams one session plays at once (`max_plays_per_session`, 32).
+    pub max_plays_per_session: usize,
+    /// Sessions on this server, attached or in grace (`max_sessions`, 100 000). Also bounds the
+    /// open WebSocket connections.
+    pub max_sessions: usize,
+    /// Messages queued for one connection before it counts as too slow (`outbound_queue`, 1024).
+    pub outbound_queue: usize,
+    /// Sustained messages per second a connection may send (`rate_limit_per_sec`, 50).
+    pub rate_limit_per_sec: u32,
+    /// Burst of messages a connection may send (`rate_limit_burst`, 100).
+    pub rate_limit_burst: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 7880)),
+            udp_port: 7882,
+            apps: Vec::new(),
+            data_dir: default_data_dir(),
+            dev_mode: false,
+            heartbeat: Duration::from_secs(5),
+            session_timeout: Duration::from_secs(15),
+            grace: Duration::from_secs(20),
+            login_timeout: Duration::from_secs(10),
+            default_max_member_count: 1000,
+            max_streams_per_app: 10_000,
+            max_streams_per_session: 4,
+            max_plays_per_session: 32,
+            max_sessions: 100_000,
+            outbound_queue: 1024,
+            rate_limit_per_sec: 50,
+            rate_limit_burst: 100,
+        }
+    }
+}
+
+/// The default data directory: `$HUDDLE_DATA_DIR`, else `$HOME/.local/share/huddle`, else
+/// `./huddle-data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("HUDDLE_DATA_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(home).join(".local/share/huddle");
+    }
+    PathBuf::from("huddle-data")
+}
+
+/// The file format: every key optional, unknown keys refused.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    udp_port: Option<u16>,
+    data_dir: Option<PathBuf>,
+    heartbeat_ms: Option<u64>,
+    session_timeout_ms: Option<u64>,
+    grace_ms: Option<u64>,
+    login_timeout_ms: Option<u64>,
+    default_max_member_count: Option<u32>,
+    max_streams_per_app: Option<usize>,
+    max_streams_per_session: Option<usize>,
+    max_plays_per_session: Option<usize>,
+    max_sessions: Option<usize>,
+    outbound_queue: Option<usize>,
+    rate_limit_per_sec: Option<u32>,
+    rate_limit_burst: Option<u32>,
+    #[serde(default)]
+    apps: Vec<FileApp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileApp {
+    app_id: u32,
+    app_sign: String,
+    server_secret: String,
+}
+
+/// The dev-mode app file: exactly one `[[apps]]` table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevFile {
+    apps: Vec<FileApp>,
+}
+
+fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        origin: origin.to_string(),
+        message: e.to_string().trim().into(),
+    })
+}
+
+fn convert_apps(apps: Vec<FileApp>) -> Result<Vec<AppConfig>, ConfigError> {
+    apps.into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let app_id = AppId::new(a.app_id)
+                .map_err(|_| ConfigError::Invalid(format!("apps[{i}]: app_id must not be 0")))?;
+            let app_sign = a.app_sign.parse().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "apps[{i}] (app_id {app_id}): app_sign must be 64 hexadecimal characters"
+                ))
+            })?;
+            let server_secret = a.server_secret.parse().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "apps[{i}] (app_id {app_id}): server_secret must be exactly 32 characters (it is {})",
+                    a.server_secret.len()
+                ))
+            })?;
+            Ok(AppConfig {
+                app_id,
+                app_sign,
+                server_secret,
+            })
+        })
+        .collect()
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+impl ServerConfig {
+    /// A configuration for tests: listens on `127.0.0.1:0`, heartbeat 500 ms, session timeout 2 s,
+    /// grace 300 ms, login timeout 2 s, data in the system's temporary directory.
+    pub fn for_tests(apps: Vec<AppConfig>) -> ServerConfig {
+        ServerConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            apps,
+            data_dir: std::env::temp_dir().join("huddle-test-data"),
+            heartbeat: Duration::from_millis(500),
+            session_timeout: Duration::from_secs(2),
+            grace: Duration::from_millis(300),
+            login_timeout: Duration::from_secs(2),
+            ..ServerConfig::default()
+        }
+    }
+
+    /// Defaults overridden by the TOML `text`, then validated.
+    ///
+    /// ```
+    /// let config = huddle_server::ServerConfig::from_toml_str(r#"
+    ///     listen = "0.0.0.0:7880"
+    ///     grace_ms = 5000
+    ///     [[apps]]
+    ///     app_id = 7
+    ///     app_sign = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+    ///     server_secret = "fa94dd0f974cf2e293728a526b028271"
+    /// "#).unwrap();
+    /// assert_eq!(config.grace.as_millis(), 5000);
+    /// assert!(huddle_server::ServerConfig::from_toml_str("colour = 1").is_err());
+    /// ```
+    pub fn from_toml_str(text: &str) -> Result<ServerConfig, ConfigError> {
+        Self::from_toml_origin(text, "<string>")
+    }
+
+    /// Reads the TOML file at `path` (see [`ServerConfig::from_toml_str`]). A relative `data_dir` is
+    /// relative to the working directory.
+    pub fn load(path: impl AsRef<Path>) -> Result<ServerConfig, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_origin(&text, &path.display().to_string())
+    }
+
+    fn from_toml_origin(text: &str, origin: &str) -> Result<ServerConfig, ConfigError> {
+        let f: FileConfig = parse_toml(text, origin)?;
+        let d = ServerConfig::default();
+        let config = ServerConfig {
+            listen: f.listen.unwrap_or(d.listen),
+            udp_port: f.udp_port.unwrap_or(d.udp_port),
+            apps: convert_apps(f.apps)?,
+            data_dir: f.data_dir.unwrap_or(d.data_dir),
+            dev_mode: false,
+            heartbeat: f.heartbeat_ms.map_or(d.heartbeat, ms),
+            session_timeout: f.session_timeout_ms.map_or(d.session_timeout, ms),
+            grace: f.grace_ms.map_or(d.grace, ms),
+            login_timeout: f.login_timeout_ms.map_or(d.login_timeout, ms),
+            default_max_member_count: f.default_max_member_count.unwrap_or(d.default_max_member_count),
+            max_streams_per_app: f.max_streams_per_app.unwrap_or(d.max_streams_per_app),
+            max_streams_per_session: f.max_streams_per_session.unwrap_or(d.max_streams_per_session),
+            max_plays_per_session: f.max_plays_per_session.unwrap_or(d.max_plays_per_session),
+            max_sessions: f.max_sessions.unwrap_or(d.max_sessions),
+            outbound_queue: f.outbound_queue.unwrap_or(d.outbound_queue),
+            rate_limit_per_sec: f.rate_limit_per_sec.unwrap_or(d.rate_limit_per_sec),
+            rate_limit_burst: f.rate_limit_burst.unwrap_or(d.rate_limit_burst),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Dev mode: defaults, `data_dir`, and the one dev app loaded from (or generated into)
+    /// `{data_dir}/dev-app.toml`.
+    pub fn dev(data_dir: impl Into<PathBuf>) -> Result<ServerConfig, ConfigError> {
+        let mut config = ServerConfig {
+            data_dir: data_dir.into(),
+            ..ServerConfig::default()
+        };
+        config.use_dev_app()?;
+        Ok(config)
+    }
+
+    /// The dev-mode app file: `{data_dir}/dev-app.toml`.
+    pub fn dev_app_path(&self) -> PathBuf {
+        self.data_dir.join(DEV_APP_FILE)
+    }
+
+    /// Replaces the apps with the dev-mode app, loaded from [`ServerConfig::dev_app_path`] or, when
+    /// that file does not exist, generated (random AppID and credentials) and saved there (mode 0600
+    /// on Unix), and sets `dev_mode`. Returns the app.
+    pub fn use_dev_app(&mut self) -> Result<&AppConfig, ConfigError> {
+        let path = self.dev_app_path();
+        let app = match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let file: DevFile = parse_toml(&text, &path.display().to_string())?;
+                let mut apps = convert_apps(file.apps)?;
+                if apps.len() != 1 {
+                    return Err(ConfigError::Invalid(format!(
+                        "{}: the dev app file must hold exactly one [[apps]] table",
+                        path.display()
+                    )));
+                }
+                apps.remove(0)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let id = rand::thread_rng().gen_range(100_000_000..1_000_000_000u32);
+                let app = AppConfig::generate(AppId::new(id).expect("non-zero"));
+                write_private(&path, &dev_file_text(&app))?;
+                app
+            }
+            Err(source) => return Err(ConfigError::Io { path, source }),
+        };
+        self.apps = vec![app];
+        self.dev_mode = true;
+        Ok(&self.apps[0])
+    }
+
+    /// Checks the values: unique non-zero AppIDs, positive timings (heartbeat < session timeout,
+    /// all below 2^32 ms), and non-zero limits.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        for (i, app) in self.apps.iter().enumerate() {
+            if let Some(j) = self.apps[..i].iter().position(|a| a.app_id == app.app_id) {
+                return invalid(format!(
+                    "app_id {} is configured twice (apps[{j}] and apps[{i}])",
+                    app.app_id
+                ));
+            }
+        }
+        let timings = [
+            ("heartbeat_ms", self.heartbeat),
+            ("session_timeout_ms", self.session_timeout),
+            ("grace_ms", self.grace),
+            ("login_timeout_ms", self.login_timeout),
+        ];
+        for (name, d) in timings {
+            if d.is_zero() || d.as_millis() > u128::from(u32::MAX) {
+                return invalid(format!("{name} must be between 1 and {} ms", u32::MAX));
+            }
+        }
+        if self.session_timeout <= self.heartbeat {
+            return invalid(format!(
+                "session_timeout_ms ({}) must be longer than heartbeat_ms ({})",
+                self.session_timeout.as_millis(),
+                self.heartbeat.as_millis()
+            ));
+        }
+        let limits = [
+            ("default_max_member_count", self.default_max_member_count as usize),
+            ("max_streams_per_app", self.max_streams_per_app),
+            ("max_streams_per_session", self.max_streams_per_session),
+            ("max_plays_per_session", self.max_plays_per_session),
+            ("max_sessions", self.max_sessions),
+            ("outbound_queue", self.outbound_queue),
+            ("rate_limit_per_sec", self.rate_limit_per_sec as usize),
+            ("rate_limit_burst", self.rate_limit_burst as usize),
+        ];
+        if let Some((name, _)) = limits.iter().find(|(_, v)| *v == 0) {
+            return invalid(format!("{name} must not be 0"));
+        }
+        // A resume is answered with login_ok and a play_update for every played stream at once.
+        if self.outbound_queue < self.max_plays_per_session + 2 {
+            return invalid(format!(
+                "outbound_queue ({}) must be at least max_plays_per_session + 2 ({})",
+                self.outbound_queue,
+                self.max_plays_per_session + 2
+            ));
+        }
+        Ok(())
+    }
+
+    /// The configured app with this ID.
+    pub fn app(&self, app_id: AppId) -> Option<&AppConfig> {
+        self.apps.iter().find(|a| a.app_id == app_id)
+    }
+}
+
+fn dev_file_text(app: &AppConfig) -> String {
+    format!(
+        "# Huddle dev-mode app, generated on first start and kept so that its credentials stay the\n\
+         # same across restarts. Keep it private. Delete this file to get a new app.\n\n{}",
+        app.to_toml()
+    )
+}
+
+/// Writes `text` to `path` (creating the directory), readable by the owner only on Unix; the file
+/// is written beside and renamed into place so that a crash never leaves half a file.
+fn write_private(path: &Path, text: &str) -> Result<(), ConfigError> {
+    let io = |source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let result = (|| {
+        use std::io::Write;
+        let mut file = options.open(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
+
+impl fmt::Display for AppConfig {
+    /// The AppID only; the credentials are secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "app {}", self.app_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIGN: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    const SECRET: &str = "fa94dd0f974cf2e293728a526b028271";
+
+    fn app_toml(id: u32) -> String {
+        format!("[[apps]]\napp_id = {id}\napp_sign = \"{SIGN}\"\nserver_secret = \"{SECRET}\"\n")
+    }
+
+    fn err(text: &str) -> String {
+        ServerConfig::from_toml_str(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = ServerConfig::from_toml_str("").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:7880".parse().unwrap());
+        assert_eq!(c.udp_port, 7882);
+        assert_eq!(c.heartbeat, Duration::from_secs(5));
+        assert_eq!(c.session_timeout, Duration::from_secs(15));
+        assert_eq!(c.grace, Duration::from_secs(20));
+        assert_eq!(c.login_timeout, Duration::from_secs(10));
+        assert_eq!(c.default_max_member_count, 1000);
+        assert_eq!(
+            (
+                c.max_streams_per_app,
+                c.max_streams_per_session,
+                c.max_plays_per_session
+            ),
+            (10_000, 4, 32)
+        );
+        assert_eq!((c.rate_limit_per_sec, c.rate_limit_burst), (50, 100));
+        assert!(c.apps.is_empty() && !c.dev_mode);
+    }
+
+    #[test]
+    fn file_overrides_defaults() {
+        let text = format!(
+            "listen = \"0.0.0.0:9000\"\nudp_port = 9002\ndata_dir = \"/tmp/x\"\nheartbeat_ms = 1000\n\
+             session_timeout_ms = 3000\ngrace_ms = 700\nmax_sessions = 10\n{}{}",
+            app_toml(1),
+            app_toml(2)
+        );
+        let c = ServerConfig::from_toml_str(&text).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.udp_port, 9002);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.grace, Duration::from_millis(700));
+        assert_eq!(c.max_sessions, 10);
+        assert_eq!(c.apps.len(), 2);
+        assert_eq!(c.apps[1].app_id.get(), 2);
+        assert_eq!(c.apps[0].app_sign.to_hex(), SIGN);
+        assert_eq!(c.apps[0].server_secret.as_str(), SECRET);
+        assert!(c.app(AppId::new(2).unwrap()).is_some());
+        assert!(c.app(AppId::new(3).unwrap()).is_none());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(
+            err("colour = 1").contains("unknown field `colour`"),
+            "{}",
+            err("colour = 1")
+        );
+        let e = err(&format!("{}extra = 1\n", app_toml(1)));
+        assert!(e.contains("unknown field `extra`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_clear_messages() {
+        let e = err(&format!("{}{}", app_toml(5), app_toml(5)));
+        assert!(e.contains("app_id 5 is configured twice"), "{e}");
+        let e = err(&app_toml(1).replace(SIGN, "abc"));
+        assert!(e.contains("app_sign must be 64 hexadecimal characters"), "{e}");
+        let e = err(&app_toml(1).replace(SIGN, &"zz".repeat(32)));
+        assert!(e.contains("app_sign"), "{e}");
+        let e = err(&app_toml(1).replace(SECRET, "short"));
+        assert!(e.contains("server_secret must be exactly 32 characters"), "{e}");
+        assert!(err(&app_toml(0)).contains("app_id must not be 0"));
+        assert!(err("heartbeat_ms = 0").contains("heartbeat_ms"));
+        assert!(err("heartbeat_ms = 20000").contains("longer than heartbeat_ms"));
+        assert!(err("outbound_queue = 0").contains("outbound_queue must not be 0"));
+        assert!(err("outbound_queue = 33").contains("at least max_plays_per_session + 2"));
+        assert!(err("listen = \"nowhere\"").contains("listen"));
+        assert!(err("udp_port = 70000").contains("udp_port"));
+        assert!(err("[[apps]]\napp_id = 1\n").contains("missing field"));
+    }
+
+    #[test]
+    fn example_file_parses_and_shows_the_defaults() {
+        let text = include_str!("../huddle.example.toml");
+        assert!(ServerConfig::from_toml_str(text).unwrap().apps.is_empty());
+        // The commented-out app is valid too.
+        let text = ["[[apps]]", "app_id", "app_sign", "server_secret"]
+            .iter()
+            .fold(text.to_string(), |t, key| {
+                t.replace(&format!("\n# {key}"), &format!("\n{key}"))
+            });
+        let c = ServerConfig::from_toml_str(&text).unwrap();
+        let d = ServerConfig::default();
+        assert_eq!(c.listen, d.listen);
+        assert_eq!(c.udp_port, d.udp_port);
+        assert_eq!(c.heartbeat, d.heartbeat);
+        assert_eq!(c.session_timeout, d.session_timeout);
+        assert_eq!(c.grace, d.grace);
+        assert_eq!(c.login_timeout, d.login_timeout);
+        assert_eq!(c.default_max_member_count, d.default_max_member_count);
+        assert_eq!(c.max_streams_per_app, d.max_streams_per_app);
+        assert_eq!(c.max_streams_per_session, d.max_streams_per_session);
+        assert_eq!(c.max_plays_per_session, d.max_plays_per_session);
+        assert_eq!(c.max_sessions, d.max_sessions);
+        assert_eq!(c.outbound_queue, d.outbound_queue);
+        assert_eq!(c.rate_limit_per_sec, d.rate_limit_per_sec);
+        assert_eq!(c.rate_limit_burst, d.rate_limit_burst);
+        assert_eq!(c.apps.len(), 1);
+    }
+
+    #[test]
+    fn dev_app_is_generated_once_and_reloaded() {
+        let dir = std::env::temp_dir().join(format!("huddle-dev-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = ServerConfig::dev(&dir).unwrap();
+        assert!(first.dev_mode);
+        assert_eq!(first.apps.len(), 1);
+        assert!(first.dev_app_path().exists());
+        let second = ServerConfig::dev(&dir).unwrap();
+        assert_eq!(first.apps[0].app_id, second.apps[0].app_id);
+        assert_eq!(first.apps[0].app_sign.to_hex(), second.apps[0].app_sign.to_hex());
+        assert_eq!(
+            first.apps[0].server_secret.as_str(),
+            second.apps[0].server_secret.as_str()
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(first.dev_app_path())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::write(first.dev_app_path(), "apps = []").unwrap();
+        assert!(
+            ServerConfig::dev(&dir)
+                .unwrap_err()
+                .to_string()
+                .contains("exactly one")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn test_app_is_fixed_and_valid() {
+        let a = test_app(7);
+        assert_eq!(a.app_sign.to_hex(), test_app(7).app_sign.to_hex());
+        assert_ne!(a.app_sign.to_hex(), test_app(8).app_sign.to_hex());
+        assert_eq!(a.server_secret.as_str().len(), 32);
+        let debug = format!("{a:?}");
+        assert!(!debug.contains(&a.app_sign.to_hex()) && !debug.contains(a.server_secret.as_str()));
+        assert!(ServerConfig::for_tests(vec![a]).validate().is_ok());
+    }
+}

@@ -1,0 +1,1009 @@
+//! The room registry: apps, rooms, users, sessions, streams and plays, as a sans-IO state machine.
+//!
+//! The registry owns no socket, task or clock. Each operation takes what it needs (the time as an
+//! [`Instant`] where it matters), changes the state, and pushes what must be sent into the caller's
+//! `Vec<`[`Output`]`>` in the order it must be delivered. The caller (the signaling shell) delivers
+//! the outputs while it still holds the registry, so that every session sees its messages in the
+//! order the registry decided.
+//!
+//! An operation that fails returns `Err` and leaves both the state and `out` untouched: an error of
+//! one session never changes another's state.
+//!
+//! # Session lifecycle
+//!
+//! ```text
+//!   login ──► Attached ──detach(epoch)──► Detached ──expire(epoch)──► gone (as logout)
+//!                ▲                            │
+//!                └──────── login + resume ────┘
+//!   Attached/Detached ──logout / kick / duplicate login──► gone
+//! ```
+//!
+//! Every attach and detach bumps the session's *epoch*. `detach` and `expire` name the epoch they
+//! act on, so a stale call (a connection that was replaced by a resume, a grace timer of an earlier
+//! break) is a no-op.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use huddle_proto::{
+    AppId, ErrorCode, HuddleError, Login, LoginOk, RoomId, ServerMsg, StreamId, StreamInfo, UpdateType, User,
+    UserId,
+};
+
+use crate::auth::{Grant, check_publish};
+use crate::config::ServerConfig;
+
+/// A session: one user logged in to one room, across the connections that carry it (a resume
+/// re-attaches it to a new connection).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(u64);
+
+impl SessionId {
+    /// The number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "S{}", self.0)
+    }
+}
+
+impl FromStr for SessionId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(SessionId)
+    }
+}
+
+/// Something the registry wants done, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Output {
+    /// Send `msg` to one session.
+    Send {
+        /// The recipient.
+        to: SessionId,
+        /// The message.
+        msg: ServerMsg,
+    },
+    /// Send the same `msg` to several sessions (encode it once).
+    Broadcast {
+        /// The recipients (never empty).
+        to: Vec<SessionId>,
+        /// The message.
+        msg: ServerMsg,
+    },
+    /// Close the session's connection once the messages before this output are sent. The session
+    /// is already gone from the registry.
+    Close {
+        /// The session whose connection to close.
+        session: SessionId,
+    },
+}
+
+/// The limits and timings the registry applies (see the fields of [`ServerConfig`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Member limit of a room whose first login asks for 0.
+    pub default_max_member_count: u32,
+    /// Streams published at once per AppID.
+    pub max_streams_per_app: usize,
+    /// Streams published at once per session.
+    pub max_streams_per_session: usize,
+    /// Streams played at once per session.
+    pub max_plays_per_session: usize,
+    /// Sessions, attached or detached.
+    pub max_sessions: usize,
+    /// Told to clients in `login_ok`.
+    pub heartbeat_ms: u32,
+    /// Told to clients in `login_ok`.
+    pub session_timeout_ms: u32,
+    /// How long a detached session waits for a resume.
+    pub grace: Duration,
+}
+
+fn ms_u32(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+impl From<&ServerConfig> for Limits {
+    fn from(c: &ServerConfig) -> Limits {
+        Limits {
+            default_max_member_count: c.default_max_member_count,
+            max_streams_per_app: c.max_streams_per_app,
+            max_streams_per_session: c.max_streams_per_session,
+            max_plays_per_session: c.max_plays_per_session,
+            max_sessions: c.max_sessions,
+            heartbeat_ms: ms_u32(c.heartbeat),
+            session_timeout_ms: ms_u32(c.session_timeout),
+            grace: c.grace,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits::from(&ServerConfig::default())
+    }
+}
+
+/// A session (re-)attached by [`Registry::login`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attached {
+    /// The session.
+    pub session: SessionId,
+    /// The epoch of this attachment: pass it to [`Registry::detach`] when the connection breaks.
+    pub epoch: u64,
+    /// Whether an existing session was resumed.
+    pub resumed: bool,
+}
+
+/// A session detached by [`Registry::detach`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Detached {
+    /// The epoch to pass to [`Registry::expire`].
+    pub epoch: u64,
+    /// When the grace period ends.
+    pub deadline: Instant,
+}
+
+/// What the shell needs to know about a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The app.
+    pub app_id: AppId,
+    /// The room.
+    pub room_id: RoomId,
+    /// The user.
+    pub user_id: UserId,
+    /// The current epoch.
+    pub epoch: u64,
+    /// Whether a connection carries the session now.
+    pub attached: bool,
+}
+
+/// Counts, for monitoring and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Sessions, attached or detached.
+    pub sessions: usize,
+    /// Detached sessions waiting for a resume.
+    pub detached: usize,
+    /// Rooms in all apps.
+    pub rooms: usize,
+    /// Published streams in all apps.
+    pub streams: usize,
+}
+
+/// The secret that resumes a session; `Debug` does not print it.
+struct ResumeKey(String);
+
+impl fmt::Debug for ResumeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResumeKey(<redacted>)")
+    }
+}
+
+#[derive(Debug)]
+struct Session {
+    app: AppId,
+    room: RoomId,
+    user: User,
+    user_status_notify: bool,
+    resume_key: ResumeKey,
+    grant: Grant,
+    /// The streams this session publishes, in publish order.
+    publishes: Vec<StreamId>,
+    plays: BTreeSet<StreamId>,
+    epoch: u64,
+    /// `None` while attached; the end of the grace period while detached.
+    detached_until: Option<Instant>,
+}
+
+impl Session {
+    fn attached(&self) -> bool {
+        self.detached_until.is_none()
+    }
+}
+
+#[derive(Debug)]
+struct Published {
+    session: SessionId,
+    room: RoomId,
+    info: StreamInfo,
+}
+
+#[derive(Debug)]
+struct Room {
+    max_members: u32,
+    /// One session per user ID.
+    users: BTreeMap<UserId, SessionId>,
+    streams: BTreeSet<StreamId>,
+}
+
+#[derive(Debug, Default)]
+struct App {
+    rooms: HashMap<RoomId, Room>,
+    /// Stream IDs are unique per AppID, across rooms.
+    streams: HashMap<StreamId, Published>,
+    /// Who plays each stream ID, published or not, in any room.
+    players: HashMap<StreamId, BTreeSet<SessionId>>,
+}
+
+/// The registry of one server: see the [module documentation](self).
+#[derive(Debug)]
+pub struct Registry {
+    limits: Limits,
+    apps: HashMap<AppId, App>,
+    sessions: HashMap<SessionId, Session>,
+    next_id: u64,
+}
+
+fn err(code: ErrorCode, message: impl Into<String>) -> HuddleError {
+    HuddleError::new(code, message)
+}
+
+fn not_logged_in() -> HuddleError {
+    err(ErrorCode::NOT_LOGGED_IN, "the session is not logged in")
+}
+
+fn internal(what: &str) -> HuddleError {
+    err(ErrorCode::INTERNAL, format!("registry inconsistency: {what}"))
+}
+
+/// Constant-time equality of two secrets (the time depends on the length only).
+fn secret_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The attached sessions of `room` other than `except`; only those that asked for user updates if
+/// `notify_only`.
+fn room_recipients(
+    sessions: &HashMap<SessionId, Session>,
+    room: &Room,
+    except: SessionId,
+    notify_only: bool,
+) -> Vec<SessionId> {
+    room.users
+        .values()
+        .copied()
+        .filter(|id| *id != except)
+        .filter(|id| {
+            sessions
+                .get(id)
+                .is_some_and(|s| s.attached() && (!notify_only || s.user_status_notify))
+        })
+        .collect()
+}
+
+fn broadcast(out: &mut Vec<Output>, to: Vec<SessionId>, msg: ServerMsg) {
+    if !to.is_empty() {
+        out.push(Output::Broadcast { to, msg });
+    }
+}
+
+/// Tells the attached players of `stream_id` whether it is available.
+fn play_update(
+    sessions: &HashMap<SessionId, Session>,
+    app: &App,
+    stream_id: &StreamId,
+    available: bool,
+    out: &mut Vec<Output>,
+) {
+    let Some(players) = app.players.get(stream_id) else {
+        return;
+    };
+    let to: Vec<SessionId> = players
+        .iter()
+        .copied()
+        .filter(|id| sessions.get(id).is_some_and(Session::attached))
+        .collect();
+    broadcast(
+        out,
+        to,
+        ServerMsg::PlayUpdate {
+            stream_id: stream_id.clone(),
+            available,
+        },
+    );
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(limits: Limits) -> Registry {
+        Registry {
+            limits,
+            apps: HashMap::new(),
+            sessions: HashMap::new(),
+            next_id: 1,
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Logs in: resumes the session named by `login.resume` when it still exists for the same
+    /// AppID, room and user with the right resume key, or else starts a new session.
+    ///
+    /// The caller has authenticated the login (see [`crate::auth`]) and passes what it granted,
+    /// and a fresh random `new_resume_key` for a new session.
+    ///
+    /// A new session kicks an older session of the same user in the room (1002050: `kicked`, its
+    /// streams deleted, its connection closed; the user stays in the room). It is refused with
+    /// 1002034 when the room is full and 1009006 when the server holds `max_sessions`. The room is
+    /// created by its first login with `max_member_count` (0: the default). Sessions of the room
+    /// with `user_status_notify` get `user_update` Add.
+    ///
+    /// A resume is answered `login_ok` with `resumed: true`, then a `play_update` for every stream
+    /// the session plays (events sent while it was detached were lost); nobody else sees anything.
+    pub fn login(
+        &mut self,
+        login: &Login,
+        grant: Grant,
+        new_resume_key: String,
+        out: &mut Vec<Output>,
+    ) -> Result<Attached, HuddleError> {
+        if let Some(id) = self.resumable(login)
+            && let Some(attached) = self.resume(id, login, grant.clone(), out)
+        {
+            return Ok(attached);
+        }
+        self.login_new(login, grant, new_resume_key, out)
+    }
+
+    fn resumable(&self, login: &Login) -> Option<SessionId> {
+        let resume = login.resume.as_ref()?;
+        let id: SessionId = resume.session_id.parse().ok()?;
+        let s = self.sessions.get(&id)?;
+        let same = s.app == login.app_id
+            && s.room == login.room_id
+            && s.user.user_id == login.user.user_id
+            && secret_eq(&s.resume_key.0, &resume.resume_key);
+        same.then_some(id)
+    }
+
+    fn resume(
+        &mut self,
+        id: SessionId,
+        login: &Login,
+        grant: Grant,
+        out: &mut Vec<Output>,
+    ) -> Option<Attached> {
+        let s = self.sessions.get_mut(&id)?;
+        s.epoch += 1;
+        s.detached_until = None;
+        s.grant = grant;
+        s.user_status_notify = login.user_status_notify;
+        let epoch = s.epoch;
+        out.push(Output::Send {
+            to: id,
+            msg: self.login_ok(id, login.seq, true),
+        });
+        if let (Some(s), Some(app)) = (self.sessions.get(&id), self.apps.get(&login.app_id)) {
+            for stream_id in &s.plays {
+                let available = app.streams.contains_key(stream_id);
+                out.push(Output::Send {
+                    to: id,
+                    msg: ServerMsg::PlayUpdate {
+                        stream_id: stream_id.clone(),
+                        available,
+                    },
+                });
+            }
+        }
+        Some(Attached {
+            session: id,
+            epoch,
+            resumed: true,
+        })
+    }
+
+    fn login_new(
+        &mut self,
+        login: &Login,
+        grant: Grant,
+        resume_key: String,
+        out: &mut Vec<Output>,
+    ) -> Result<Attached, HuddleError> {
+        let room = self
+            .apps
+            .get(&login.app_id)
+            .and_then(|a| a.rooms.get(&login.room_id));
+        let older = room.and_then(|r| r.users.get(&login.user.user_id)).copied();
+        if older.is_none() {
+            if self.sessions.len() >= self.limits.max_sessions {
+                return Err(err(ErrorCode::SERVER_BUSY, "the server is at its session limit"));
+            }
+            if let Some(r) = room
+                && r.users.len() >= r.max_members as usize
+            {
+                return Err(err(
+                    ErrorCode::ROOM_FULL,
+                    format!("the room is full ({} members)", r.max_members),
+                ));
+            }
+        }
+        // From here on nothing fails.
+        if let Some(old) = older {
+            out.push(Output::Send {
+                to: old,
+                msg: ServerMsg::Kicked {
+                    code: ErrorCode::KICKED_DUPLICATE_LOGIN,
+                    message: "the same user ID logged in to this room elsewhere".into(),
+                },
+            });
+            out.push(Output::Close { session: old });
+            self.remove_session(old, false, out);
+        }
+        let id = SessionId(self.next_id);
+        self.next_id += 1;
+        let max_members = match login.max_member_count {
+            0 => self.limits.default_max_member_count,
+            n => n,
+        };
+        let app = self.apps.entry(login.app_id).or_default();
+        let room = app.rooms.entry(login.room_id.clone()).or_insert_with(|| Room {
+            max_members,
+            users: BTreeMap::new(),
+            streams: BTreeSet::new(),
+        });
+        room.users.insert(login.user.user_id.clone(), id);
+        self.sessions.insert(
+            id,
+            Session {
+                app: login.app_id,
+                room: login.room_id.clone(),
+                user: login.user.clone(),
+                user_status_notify: login.user_status_notify,
+                resume_key: ResumeKey(resume_key),
+                grant,
+                publishes: Vec::new(),
+                plays: BTreeSet::new(),
+                epoch: 1,
+                detached_until: None,
+            },
+        );
+        out.push(Output::Send {
+            to: id,
+            msg: self.login_ok(id, login.seq, false),
+        });
+        let room = self
+            .apps
+            .get(&login.app_id)
+            .and_then(|a| a.rooms.get(&login.room_id));
+        if let (None, Some(room)) = (older, room) {
+            let to = room_recipients(&self.sessions, room, id, true);
+            broadcast(
+                out,
+                to,
+                ServerMsg::UserUpdate {
+                    room_id: login.room_id.clone(),
+                    update_type: UpdateType::Add,
+                    users: vec![login.user.clone()],
+                },
+            );
+        }
+        Ok(Attached {
+            session: id,
+            epoch: 1,
+            resumed: false,
+        })
+    }
+
+    /// `login_ok` for session `id` with the room as it is now.
+    fn login_ok(&self, id: SessionId, seq: u32, resumed: bool) -> ServerMsg {
+        let s = &self.sessions[&id];
+        let app = self.apps.get(&s.app);
+        let room = app.and_then(|a| a.rooms.get(&s.room));
+        let users = match room {
+            Some(room) if s.user_status_notify => room
+                .users
+                .values()
+                .filter(|other| **other != id)
+                .filter_map(|other| self.sessions.get(other).map(|o| o.user.clone()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let streams = match (app, room) {
+            (Some(app), Some(room)) => room
+                .streams
+                .iter()
+                .filter_map(|sid| app.streams.get(sid).map(|p| p.info.clone()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        ServerMsg::LoginOk(LoginOk {
+            seq,
+            session_id: id.to_string(),
+            resume_key: s.resume_key.0.clone(),
+            room_id: s.room.clone(),
+            resumed,
+            users,
+            streams,
+            heartbeat_ms: self.limits.heartbeat_ms,
+            session_timeout_ms: self.limits.session_timeout_ms,
+            grace_ms: ms_u32(self.limits.grace),
+            token_expire: s.grant.token_expire,
+        })
+    }
+
+    /// Ends a session at once: `ok`, then its connection closes; the room gets `stream_update`
+    /// Delete for its streams and `user_update` Delete (opted-in sessions); players of its streams
+    /// get `play_update` false.
+    pub fn logout(&mut self, id: SessionId, seq: u32, out: &mut Vec<Output>) -> Result<(), HuddleError> {
+        if !self.sessions.contains_key(&id) {
+            return Err(not_logged_in());
+        }
+        out.push(Output::Send {
+            to: id,
+            msg: ServerMsg::Ok { seq },
+        });
+        out.push(Output::Close { session: id });
+        self.remove_session(id, true, out);
+        Ok(())
+    }
+
+    /// Ends a session from the server side (admin, shutdown): it gets `kicked` with `code`, its
+    /// connection closes, and it leaves the room as on logout. Returns whether the session existed.
+    pub fn kick(&mut self, id: SessionId, code: ErrorCode, message: &str, out: &mut Vec<Output>) -> bool {
+        if !self.sessions.contains_key(&id) {
+            return false;
+        }
+        out.push(Output::Send {
+            to: id,
+            msg: ServerMsg::Kicked {
+                code,
+                message: message.into(),
+            },
+        });
+        out.push(Output::Close { session: id });
+        self.remove_session(id, true, out);
+        true
+    }
+
+    /// Removes a session with its streams and plays. `leaves`: the user leaves the room (logout,
+    /// expiry) rather than being replaced by a newer session of the same user (duplicate login).
+    fn remove_session(&mut self, id: SessionId, leaves: bool, out: &mut Vec<Output>) {
+        let Some(s) = self.sessions.remove(&id) else {
+            return;
+        };
+        let sessions = &self.sessions;
+        let Some(app) = self.apps.get_mut(&s.app) else {
+            return;
+        };
+        for stream_id in &s.plays {
+            if let Some(players) = app.players.get_mut(stream_id) {
+                players.remove(&id);
+                if players.is_empty() {
+                    app.players.remove(stream_id);
+                }
+            }
+        }
+        let mut gone = Vec::new();
+        for stream_id in &s.publishes {
+            if let Some(p) = app.streams.remove(stream_id) {
+                if let Some(room) = app.rooms.get_mut(&p.room) {
+                    room.streams.remove(stream_id);
+                }
+                play_update(sessions, app, stream_id, false, out);
+                gone.push(p.info);
+            }
+        }
+        let Some(room) = app.rooms.get_mut(&s.room) else {
+            return;
+        };
+        if !gone.is_empty() {
+            let to = room_recipients(sessions, room, id, false);
+            broadcast(
+                out,
+                to,
+                ServerMsg::StreamUpdate {
+                    room_id: s.room.clone(),
+                    update_type: UpdateType::Delete,
+                    streams: gone,
+                },
+            );
+        }
+        if leaves {
+            if room.users.get(&s.user.user_id) == Some(&id) {
+                room.users.remove(&s.user.user_id);
+            }
+            let to = room_recipients(sessions, room, id, true);
+            broadcast(
+                out,
+                to,
+                ServerMsg::UserUpdate {
+                    room_id: s.room.clone(),
+                    update_type: UpdateType::Delete,
+                    users: vec![s.user.clone()],
+                },
+            );
+        }
+        if room.users.is_empty() {
+            app.rooms.remove(&s.room);
+        }
+        if app.rooms.is_empty() {
+            self.apps.remove(&s.app);
+        }
+    }
+
+    /// Publishes `stream_id` (extra info already validated): checked against the session's token
+    /// privileges (1003025), unique in the AppID (1003028), idempotent for the same session, within
+    /// the per-session and per-app limits (1003040). Answers `ok`; the room's other sessions get
+    /// `stream_update` Add and the stream's players `play_update` true.
+    pub fn publish(
+        &mut self,
+        id: SessionId,
+        seq: u32,
+        stream_id: &StreamId,
+        extra_info: &str,
+        out: &mut Vec<Output>,
+    ) -> Result<(), HuddleError> {
+        let s = self.sessions.get(&id).ok_or_else(not_logged_in)?;
+        check_publish(s.grant.privileges.as_ref(), stream_id)?;
+        let app = self
+            .apps
+            .get(&s.app)
+            .ok_or_else(|| internal("session without app"))?;
+        if let Some(p) = app.streams.get(stream_id) {
+            if p.session == id {
+                out.push(Output::Send {
+                    to: id,
+                    msg: ServerMsg::Ok { seq },
+                });
+                return Ok(());
+            }
+            return Err(err(
+                ErrorCode::STREAM_ID_EXISTS,
+                format!("the stream ID {stream_id} is already published in this AppID"),
+            ));
+        }
+        if s.publishes.len() >= self.limits.max_streams_per_session {
+            return Err(err(
+                ErrorCode::TOO_MANY_STREAMS,
+                format!(
+                    "a session publishes at most {} streams",
+                    self.limits.max_streams_per_session
+                ),
+            ));
+        }
+        if app.streams.len() >= self.limits.max_streams_per_app {
+            return Err(err(
+                ErrorCode::TOO_MANY_STREAMS,
+                format!(
+                    "the AppID has reached its limit of {} streams",
+                    self.limits.max_streams_per_app
+                ),
+            ));
+        }
+        if !app.rooms.contains_key(&s.room) {
+            return Err(internal("session without room"));
+        }
+        // From here on nothing fails.
+        let info = StreamInfo {
+            user_id: s.user.user_id.clone(),
+            user_name: s.user.user_name.clone(),
+            stream_id: stream_id.clone(),
+            extra_info: extra_info.to_string(),
+        };
+        let room_id = s.room.clone();
+        let app_id = s.app;
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.publishes.push(stream_id.clone());
+        }
+        let sessions = &self.sessions;
+        let Some(app) = self.apps.get_mut(&app_id) else {
+            return Err(internal("app vanished"));
+        };
+        app.streams.insert(
+            stream_id.clone(),
+            Published {
+                session: id,
+                room: room_id.clone(),
+                info: info.clone(),
+            },
+        );
+        let Some(room) = app.rooms.get_mut(&room_id) else {
+            return Err(internal("room vanished"));
+        };
+        room.streams.insert(stream_id.clone());
+        out.push(Output::Send {
+            to: id,
+            msg: ServerMsg::Ok { seq },
+        });
+        let to = room_recipients(sessions, room, id, false);
+        broadcast(
+            out,
+            to,
+            ServerMsg::StreamUpdate {
+                room_id,
+                update_type: UpdateType::Add,
+                streams: vec![info],
+            },
+        );
+        play_update(sessions, app, stream_id, true, out);
+        Ok(())
+    }
+
+    /// Stops publishing `stream_id` (1004002 if this session does not publish it). Answers `ok`;
+    /// the room's other sessions get `stream_update` Delete and the players `play_update` false.
+    pub fn unpublish(
+        &mut self,
+        id: SessionId,
+        seq: u32,
+        stream_id: &StreamId,
+        out: &mut Vec<Output>,
+    ) -> Result<(), HuddleError> {
+        let s = self.sessions.get_mut(&id).ok_or_else(not_logged_in)?;
+        let Some(pos) = s.publishes.iter().position(|p| p == stream_id) else {
+            return Err(err(
+                ErrorCode::STREAM_NOT_FOUND,
+                format!("this session does not publish the stream ID {stream_id}"),
+            ));
+        };
+        s.publishes.remove(pos);
+        let (app_id, room_id) = (s.app, s.room.clone());
+        out.push(Output::Send {
+            to: id,
+            msg: ServerMsg::Ok { seq },
+        });
+        let sessions = &self.sessions;
+        let Some(app) = self.apps.get_mut(&app_id) else {
+            return Ok(());
+        };
+        let Some(p) = app.streams.remove(stream_id) else {
+            return Ok(());
+        };
+        if let Some(room) = app.rooms.get_mut(&room_id) {
+            room.streams.remove(stream_id);
+            let to = room_recipients(sessions, room, id, false);
+            broadcast(
+                out,
+                to,
+                ServerMsg::StreamUpdate {
+                    room_id,
+                    update_type: UpdateType::Delete,
+                    streams: vec![p.info],
+                },
+            );
+        }
+        play_update(sessions, app, stream_id, false, out);
+        Ok(())
+    }
+
+    /// Plays `stream_id` of the session's AppID, published or not, in any room (idempotent; at most
+    /// `max_plays_per_session`, 1004030). Answers `ok`, then `play_update` with its availability now.
+    pub fn play(
+        &mut self,
+        id: SessionId,
+        seq: u32,
+        stream_id: &StreamId,
+        out: &mut Vec<Output>,
+    ) -> Result<(), HuddleError> {
+        let s = self.sessions.get_mut(&id).ok_or_else(not_logged_in)?;
+        let app = self
+            .apps
+            .get_mut(&s.app)
+            .ok_or_else(|| internal("session without app"))?;
+        if !s.plays.contains(stream_id) {
+            if s.plays.len() >= self.limits.max_plays_per_session {
+                return Err(err(
+                    ErrorCode::TOO_MANY_PLAYS,
+                    format!(
+                        "a session plays at most {} streams",
+                        self.limits.max_plays_per_session
+                    ),
+                ));
+            }
+            s.plays.insert(stream_id.clone());
+            app.players.entry(stream_id.clone()).or_default().insert(id);
+        }
+        let available = app.streams.contains_key(stream_id);
+        out.push(Output::Send {
+            to: id,
+            msg: ServerMsg::Ok { seq },
+        });
+        out.push(Output::Send {
+            to: id,
+            msg: ServerMsg::PlayUpdate {
+                stream_id: stream_id.clone(),
+                available,
+            },
+        });
+        Ok(())
+    }
+
+    /// Stops playing `stream_id`; `ok` also when not playing it.
+    pub fn stop_play(
+        &mut self,
+        id: SessionId,
+        seq: u32,
+        stream_id: &StreamId,
+        out: &mut Vec<Output>,
+    ) -> Result<(), HuddleError> {
+        let s = self.sessions.get_mut(&id).ok_or_else(not_logged_in)?;
+        if s.plays.remove(stream_id)
+            && let Some(app) = self.apps.get_mut(&s.app)
+            && let Some(players) = app.players.get_mut(stream_id)
+        {
+            players.remove(&id);
+            if players.is_empty() {
+                app.players.remove(stream_id);
+            }
+        }
+        out.push(Output::Send {
+            to: id,
+            msg: ServerMsg::Ok { seq },
+        });
+        Ok(())
+    }
+
+    /// Replaces the session's grant after a token renewal (checked by the caller). Answers `ok`.
+    pub fn renew(
+        &mut self,
+        id: SessionId,
+        seq: u32,
+        grant: Grant,
+        out: &mut Vec<Output>,
+    ) -> Result<(), HuddleError> {
+        let s = self.sessions.get_mut(&id).ok_or_else(not_logged_in)?;
+        s.grant = grant;
+        out.push(Output::Send {
+            to: id,
+            msg: ServerMsg::Ok { seq },
+        });
+        Ok(())
+    }
+
+    /// The connection of attachment `epoch` broke: the session stays, detached, until the returned
+    /// deadline (`now` + grace); nobody sees a change. `None` (nothing done) when the session is
+    /// gone, already detached, or re-attached since (another epoch).
+    pub fn detach(&mut self, id: SessionId, epoch: u64, now: Instant) -> Option<Detached> {
+        let s = self.sessions.get_mut(&id)?;
+        if s.epoch != epoch || !s.attached() {
+            return None;
+        }
+        let deadline = now + self.limits.grace;
+        s.epoch += 1;
+        s.detached_until = Some(deadline);
+        Some(Detached {
+            epoch: s.epoch,
+            deadline,
+        })
+    }
+
+    /// The grace period of detachment `epoch` is over: the session ends as on logout (without the
+    /// `ok`). A no-op returning `false` if the session was resumed or ended meanwhile, or if `now`
+    /// is before the deadline.
+    pub fn expire(&mut self, id: SessionId, epoch: u64, now: Instant, out: &mut Vec<Output>) -> bool {
+        let due = self
+            .sessions
+            .get(&id)
+            .is_some_and(|s| s.epoch == epoch && s.detached_until.is_some_and(|until| now >= until));
+        if due {
+            self.remove_session(id, true, out);
+        }
+        due
+    }
+
+    /// What the shell needs to know about a session, if it exists.
+    pub fn session(&self, id: SessionId) -> Option<SessionInfo> {
+        self.sessions.get(&id).map(|s| SessionInfo {
+            app_id: s.app,
+            room_id: s.room.clone(),
+            user_id: s.user.user_id.clone(),
+            epoch: s.epoch,
+            attached: s.attached(),
+        })
+    }
+
+    /// Counts of sessions, rooms and streams.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            sessions: self.sessions.len(),
+            detached: self.sessions.values().filter(|s| !s.attached()).count(),
+            rooms: self.apps.values().map(|a| a.rooms.len()).sum(),
+            streams: self.apps.values().map(|a| a.streams.len()).sum(),
+        }
+    }
+
+    /// Checks every internal invariant; `Err` names the first one broken. Cheap enough for tests and
+    /// debug assertions, not for every operation in production.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let fail = |m: String| Err(m);
+        for (id, s) in &self.sessions {
+            let Some(app) = self.apps.get(&s.app) else {
+                return fail(format!("{id:?}: no app"));
+            };
+            let Some(room) = app.rooms.get(&s.room) else {
+                return fail(format!("{id:?}: no room"));
+            };
+            if room.users.get(&s.user.user_id) != Some(id) {
+                return fail(format!("{id:?}: not the room's session of its user"));
+            }
+            if s.publishes.len() > self.limits.max_streams_per_session
+                || s.plays.len() > self.limits.max_plays_per_session
+            {
+                return fail(format!("{id:?}: over a limit"));
+            }
+            for st in &s.publishes {
+                match app.streams.get(st) {
+                    Some(p) if p.session == *id && p.room == s.room && room.streams.contains(st) => {}
+                    _ => return fail(format!("{id:?}: published {st} not registered")),
+                }
+            }
+            for st in &s.plays {
+                if !app.players.get(st).is_some_and(|p| p.contains(id)) {
+                    return fail(format!("{id:?}: played {st} not registered"));
+                }
+            }
+        }
+        for (app_id, app) in &self.apps {
+            if app.rooms.is_empty() {
+                return fail(format!("app {app_id}: empty app kept"));
+            }
+            for (room_id, room) in &app.rooms {
+                if room.users.is_empty() {
+                    return fail(format!("room {room_id}: empty room kept"));
+                }
+                for (user, id) in &room.users {
+                    match self.sessions.get(id) {
+                        Some(s) if &s.user.user_id == user && &s.room == room_id && s.app == *app_id => {}
+                        _ => return fail(format!("room {room_id}: user {user} has no matching session")),
+                    }
+                }
+                for st in &room.streams {
+                    if app.streams.get(st).is_none_or(|p| &p.room != room_id) {
+                        return fail(format!("room {room_id}: stream {st} not registered"));
+                    }
+                }
+            }
+            for (st, p) in &app.streams {
+                if !self
+                    .sessions
+                    .get(&p.session)
+                    .is_some_and(|s| s.publishes.contains(st))
+                {
+                    return fail(format!("stream {st}: publisher does not publish it"));
+                }
+                if p.info.stream_id != *st {
+                    return fail(format!("stream {st}: info names another stream"));
+                }
+            }
+            if app.streams.len() > self.limits.max_streams_per_app {
+                return fail(format!("app {app_id}: over the stream limit"));
+            }
+            for (st, players) in &app.players {
+                if players.is_empty() {
+                    return fail(format!("stream {st}: empty player set kept"));
+                }
+                for id in players {
+                    if !self
+                        .sessions
+                        .get(id)
+                        .is_some_and(|s| s.plays.contains(st) && s.app == *app_id)
+                    {
+                        return fail(format!("stream {st}: player {id:?} does not play it"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,917 @@
+//! Deterministic tests of every registry rule of `docs/protocol.md`.
+
+use huddle_proto::{Auth, PROTOCOL_VERSION, Resume, UserName};
+use huddle_token::Privileges;
+
+use super::*;
+
+const APP: u32 = 7;
+const OTHER_APP: u32 = 8;
+
+fn app_id(n: u32) -> AppId {
+    AppId::new(n).unwrap()
+}
+fn room(r: &str) -> RoomId {
+    RoomId::new(r).unwrap()
+}
+fn sid(s: &str) -> StreamId {
+    StreamId::new(s).unwrap()
+}
+fn user(u: &str) -> User {
+    User::new(UserId::new(u).unwrap())
+}
+
+fn login_msg(app: u32, room_id: &str, user_id: &str, notify: bool) -> Login {
+    Login {
+        seq: 1,
+        protocol: PROTOCOL_VERSION,
+        app_id: app_id(app),
+        room_id: room(room_id),
+        user: user(user_id),
+        auth: Auth::Sign(String::new()),
+        user_status_notify: notify,
+        max_member_count: 0,
+        resume: None,
+    }
+}
+
+/// A message delivered to one session, broadcasts flattened.
+type Msgs = Vec<(SessionId, ServerMsg)>;
+
+/// The registry plus a virtual clock; checks the invariants after every operation.
+struct H {
+    reg: Registry,
+    now: Instant,
+    keys: u32,
+}
+
+impl H {
+    fn new() -> H {
+        H::with(Limits::default())
+    }
+
+    fn with(limits: Limits) -> H {
+        H {
+            reg: Registry::new(limits),
+            now: Instant::now(),
+            keys: 0,
+        }
+    }
+
+    fn check(&self) {
+        if let Err(e) = self.reg.check_invariants() {
+            panic!("invariant broken: {e}\n{:#?}", self.reg);
+        }
+    }
+
+    /// Runs `op`; on error checks that nothing was output.
+    fn run<T>(
+        &mut self,
+        op: impl FnOnce(&mut Registry, &mut Vec<Output>) -> Result<T, HuddleError>,
+    ) -> (Result<T, HuddleError>, Vec<Output>) {
+        let mut out = Vec::new();
+        let r = op(&mut self.reg, &mut out);
+        if r.is_err() {
+            assert!(out.is_empty(), "an error produced output: {out:?}");
+        }
+        self.check();
+        (r, out)
+    }
+
+    fn try_login_with(
+        &mut self,
+        login: &Login,
+        grant: Grant,
+    ) -> (Result<Attached, HuddleError>, Vec<Output>) {
+        self.keys += 1;
+        let key = format!("key{}", self.keys);
+        self.run(|r, out| r.login(login, grant, key, out))
+    }
+
+    fn login_full(&mut self, login: &Login) -> (Attached, Msgs) {
+        let (r, out) = self.try_login_with(login, Grant::default());
+        (r.unwrap(), flatten(out).0)
+    }
+
+    fn login(&mut self, room_id: &str, user_id: &str, notify: bool) -> SessionId {
+        self.login_full(&login_msg(APP, room_id, user_id, notify))
+            .0
+            .session
+    }
+
+    fn publish(&mut self, id: SessionId, stream: &str) -> Result<Msgs, ErrorCode> {
+        let (r, out) = self.run(|reg, out| reg.publish(id, 2, &sid(stream), "x", out));
+        r.map(|()| flatten(out).0).map_err(|e| e.code)
+    }
+
+    fn unpublish(&mut self, id: SessionId, stream: &str) -> Result<Msgs, ErrorCode> {
+        let (r, out) = self.run(|reg, out| reg.unpublish(id, 3, &sid(stream), out));
+        r.map(|()| flatten(out).0).map_err(|e| e.code)
+    }
+
+    fn play(&mut self, id: SessionId, stream: &str) -> Result<Msgs, ErrorCode> {
+        let (r, out) = self.run(|reg, out| reg.play(id, 4, &sid(stream), out));
+        r.map(|()| flatten(out).0).map_err(|e| e.code)
+    }
+
+    fn stop_play(&mut self, id: SessionId, stream: &str) -> Msgs {
+        let (r, out) = self.run(|reg, out| reg.stop_play(id, 5, &sid(stream), out));
+        r.unwrap();
+        flatten(out).0
+    }
+
+    fn logout(&mut self, id: SessionId) -> (Msgs, Vec<SessionId>) {
+        let (r, out) = self.run(|reg, out| reg.logout(id, 6, out));
+        r.unwrap();
+        flatten(out)
+    }
+
+    fn detach(&mut self, id: SessionId, epoch: u64) -> Option<Detached> {
+        let d = self.reg.detach(id, epoch, self.now);
+        self.check();
+        d
+    }
+
+    fn expire(&mut self, id: SessionId, epoch: u64) -> (bool, Msgs) {
+        let mut out = Vec::new();
+        let done = self.reg.expire(id, epoch, self.now, &mut out);
+        self.check();
+        (done, flatten(out).0)
+    }
+}
+
+/// Splits outputs into delivered messages (broadcasts flattened) and closes.
+fn flatten(out: Vec<Output>) -> (Msgs, Vec<SessionId>) {
+    let mut msgs = Vec::new();
+    let mut closes = Vec::new();
+    for o in out {
+        match o {
+            Output::Send { to, msg } => msgs.push((to, msg)),
+            Output::Broadcast { to, msg } => {
+                assert!(!to.is_empty(), "empty broadcast");
+                msgs.extend(to.into_iter().map(|t| (t, msg.clone())));
+            }
+            Output::Close { session } => closes.push(session),
+        }
+    }
+    (msgs, closes)
+}
+
+fn to(msgs: &Msgs, id: SessionId) -> Vec<ServerMsg> {
+    msgs.iter()
+        .filter(|(t, _)| *t == id)
+        .map(|(_, m)| m.clone())
+        .collect()
+}
+
+fn login_ok(msgs: &Msgs, id: SessionId) -> LoginOk {
+    match to(msgs, id).into_iter().next() {
+        Some(ServerMsg::LoginOk(ok)) => ok,
+        other => panic!("expected login_ok, got {other:?}"),
+    }
+}
+
+fn info(u: &str, s: &str) -> StreamInfo {
+    StreamInfo {
+        user_id: UserId::new(u).unwrap(),
+        user_name: UserName::new(u).unwrap(),
+        stream_id: sid(s),
+        extra_info: "x".into(),
+    }
+}
+
+fn users_msg(r: &str, t: UpdateType, u: &[&str]) -> ServerMsg {
+    ServerMsg::UserUpdate {
+        room_id: room(r),
+        update_type: t,
+        users: u.iter().map(|u| user(u)).collect(),
+    }
+}
+
+fn streams_msg(r: &str, t: UpdateType, s: &[(&str, &str)]) -> ServerMsg {
+    ServerMsg::StreamUpdate {
+        room_id: room(r),
+        update_type: t,
+        streams: s.iter().map(|(u, s)| info(u, s)).collect(),
+    }
+}
+
+fn play_msg(s: &str, available: bool) -> ServerMsg {
+    ServerMsg::PlayUpdate {
+        stream_id: sid(s),
+        available,
+    }
+}
+
+fn ok(seq: u32) -> ServerMsg {
+    ServerMsg::Ok { seq }
+}
+
+#[test]
+fn login_creates_the_room_and_answers_login_ok() {
+    let mut h = H::new();
+    let (a, msgs) = h.login_full(&login_msg(APP, "r1", "alice", true));
+    assert_eq!(msgs.len(), 1, "only the login_ok: {msgs:?}");
+    let ok = login_ok(&msgs, a.session);
+    assert_eq!(ok.seq, 1);
+    assert_eq!(ok.session_id, a.session.to_string());
+    assert_eq!(ok.resume_key, "key1");
+    assert_eq!(ok.room_id, room("r1"));
+    assert!(!ok.resumed && !a.resumed);
+    assert!(ok.users.is_empty() && ok.streams.is_empty());
+    assert_eq!(
+        (ok.heartbeat_ms, ok.session_timeout_ms, ok.grace_ms),
+        (5000, 15000, 20000)
+    );
+    assert_eq!(ok.token_expire, None);
+    assert_eq!(
+        h.reg.stats(),
+        Stats {
+            sessions: 1,
+            detached: 0,
+            rooms: 1,
+            streams: 0
+        }
+    );
+    let info = h.reg.session(a.session).unwrap();
+    assert_eq!(
+        (info.app_id, info.room_id, info.user_id.as_str(), info.attached),
+        (app_id(APP), room("r1"), "alice", true)
+    );
+}
+
+#[test]
+fn token_expiry_is_reported_in_login_ok() {
+    let mut h = H::new();
+    let grant = Grant {
+        privileges: None,
+        token_expire: Some(1234),
+    };
+    let (r, out) = h.try_login_with(&login_msg(APP, "r1", "alice", false), grant);
+    let a = r.unwrap().session;
+    assert_eq!(login_ok(&flatten(out).0, a).token_expire, Some(1234));
+}
+
+#[test]
+fn user_updates_go_only_to_opted_in_sessions() {
+    let mut h = H::new();
+    let a = h.login("r1", "alice", true);
+    let (b, msgs) = h.login_full(&login_msg(APP, "r1", "bob", false));
+    let b = b.session;
+    assert_eq!(to(&msgs, a), vec![users_msg("r1", UpdateType::Add, &["bob"])]);
+    assert!(login_ok(&msgs, b).users.is_empty(), "bob did not opt in");
+    let (c, msgs) = h.login_full(&login_msg(APP, "r1", "carol", true));
+    let c = c.session;
+    assert_eq!(to(&msgs, a), vec![users_msg("r1", UpdateType::Add, &["carol"])]);
+    assert!(to(&msgs, b).is_empty());
+    assert_eq!(login_ok(&msgs, c).users, vec![user("alice"), user("bob")]);
+    // Another room sees nothing.
+    let (_, msgs) = h.login_full(&login_msg(APP, "r2", "dave", true));
+    assert_eq!(msgs.len(), 1);
+    // Logout: Delete to opted-in sessions only.
+    let (msgs, closes) = h.logout(b);
+    assert_eq!(to(&msgs, b), vec![ok(6)]);
+    assert_eq!(closes, vec![b]);
+    assert_eq!(to(&msgs, a), vec![users_msg("r1", UpdateType::Delete, &["bob"])]);
+    assert_eq!(to(&msgs, c), vec![users_msg("r1", UpdateType::Delete, &["bob"])]);
+    assert_eq!(msgs.len(), 3);
+}
+
+#[test]
+fn stream_updates_go_to_the_room_but_not_the_publisher() {
+    let mut h = H::new();
+    let a = h.login("r1", "alice", false);
+    let b = h.login("r1", "bob", false);
+    let c = h.login("r2", "carol", false);
+    let msgs = h.publish(a, "s1").unwrap();
+    assert_eq!(to(&msgs, a), vec![ok(2)]);
+    assert_eq!(
+        to(&msgs, b),
+        vec![streams_msg("r1", UpdateType::Add, &[("alice", "s1")])]
+    );
+    assert!(to(&msgs, c).is_empty());
+    // Existing streams come in login_ok.
+    let (d, msgs) = h.login_full(&login_msg(APP, "r1", "dave", false));
+    assert_eq!(login_ok(&msgs, d.session).streams, vec![info("alice", "s1")]);
+    let msgs = h.unpublish(a, "s1").unwrap();
+    assert_eq!(to(&msgs, a), vec![ok(3)]);
+    assert_eq!(
+        to(&msgs, b),
+        vec![streams_msg("r1", UpdateType::Delete, &[("alice", "s1")])]
+    );
+    assert_eq!(
+        to(&msgs, d.session),
+        vec![streams_msg("r1", UpdateType::Delete, &[("alice", "s1")])]
+    );
+    assert!(to(&msgs, c).is_empty());
+    assert_eq!(h.unpublish(a, "s1"), Err(ErrorCode::STREAM_NOT_FOUND));
+    assert_eq!(h.unpublish(b, "nope"), Err(ErrorCode::STREAM_NOT_FOUND));
+}
+
+#[test]
+fn stream_ids_are_unique_per_app_across_rooms() {
+    let mut h = H::new();
+    let a = h.login("r1", "alice", false);
+    let b = h.login("r2", "bob", false);
+    h.publish(a, "s1").unwrap();
+    assert_eq!(h.publish(b, "s1"), Err(ErrorCode::STREAM_ID_EXISTS));
+    // Someone else cannot unpublish it either.
+    assert_eq!(h.unpublish(b, "s1"), Err(ErrorCode::STREAM_NOT_FOUND));
+    // Another AppID may use the same ID.
+    let (o, _) = h.login_full(&login_msg(OTHER_APP, "r1", "alice", false));
+    h.publish(o.session, "s1").unwrap();
+    // Publishing again from the same session is idempotent: ok, no events.
+    let c = h.login("r1", "carol", false);
+    let msgs = h.publish(a, "s1").unwrap();
+    assert_eq!(msgs, vec![(a, ok(2))]);
+    assert!(to(&msgs, c).is_empty());
+    assert_eq!(h.reg.stats().streams, 2);
+}
+
+#[test]
+fn stream_limits() {
+    let mut h = H::with(Limits {
+        max_streams_per_session: 2,
+        max_streams_per_app: 3,
+        ..Limits::default()
+    });
+    let a = h.login("r1", "alice", false);
+    let b = h.login("r2", "bob", false);
+    h.publish(a, "a1").unwrap();
+    h.publish(a, "a2").unwrap();
+    assert_eq!(h.publish(a, "a3"), Err(ErrorCode::TOO_MANY_STREAMS));
+    h.publish(a, "a2").unwrap(); // idempotent even at the limit
+    h.publish(b, "b1").unwrap();
+    assert_eq!(h.publish(b, "b2"), Err(ErrorCode::TOO_MANY_STREAMS));
+    h.unpublish(a, "a1").unwrap();
+    h.publish(b, "b2").unwrap();
+    // Another AppID has its own budget.
+    let (o, _) = h.login_full(&login_msg(OTHER_APP, "r1", "x", false));
+    h.publish(o.session, "o1").unwrap();
+}
+
+#[test]
+fn default_limits_are_the_documented_ones() {
+    let mut h = H::new();
+    let a = h.login("r1", "alice", false);
+    for i in 0..4 {
+        h.publish(a, &format!("s{i}")).unwrap();
+    }
+    assert_eq!(h.publish(a, "s4"), Err(ErrorCode::TOO_MANY_STREAMS));
+    for i in 0..32 {
+        h.play(a, &format!("p{i}")).unwrap();
+    }
+    assert_eq!(h.play(a, "p32"), Err(ErrorCode::TOO_MANY_PLAYS));
+    h.play(a, "p0").unwrap(); // idempotent at the limit
+    h.stop_play(a, "p0");
+    h.play(a, "p32").unwrap();
+}
+
+#[test]
+fn play_follows_the_stream_across_rooms() {
+    let mut h = H::new();
+    let p = h.login("r2", "player", false);
+    let a = h.login("r1", "alice", false);
+    // Before it is published: ok, then available = false.
+    assert_eq!(
+        h.play(p, "s1").unwrap(),
+        vec![(p, ok(4)), (p, play_msg("s1", false))]
+    );
+    // Idempotent.
+    assert_eq!(
+        h.play(p, "s1").unwrap(),
+        vec![(p, ok(4)), (p, play_msg("s1", false))]
+    );
+    let msgs = h.publish(a, "s1").unwrap();
+    assert_eq!(to(&msgs, p), vec![play_msg("s1", true)], "player in another room");
+    assert_eq!(
+        h.play(p, "s1").unwrap(),
+        vec![(p, ok(4)), (p, play_msg("s1", true))]
+    );
+    let msgs = h.unpublish(a, "s1").unwrap();
+    assert_eq!(to(&msgs, p), vec![play_msg("s1", false)]);
+    // The publisher may play its own stream.
+    h.play(a, "s1").unwrap();
+    let msgs = h.publish(a, "s1").unwrap();
+    assert_eq!(to(&msgs, a), vec![ok(2), play_msg("s1", true)]);
+    assert_eq!(to(&msgs, p), vec![play_msg("s1", true)]);
+    // After stop_play, no more updates.
+    assert_eq!(h.stop_play(p, "s1"), vec![(p, ok(5))]);
+    assert_eq!(h.stop_play(p, "never"), vec![(p, ok(5))]);
+    let msgs = h.unpublish(a, "s1").unwrap();
+    assert!(to(&msgs, p).is_empty());
+    // Plays do not cross AppIDs.
+    let (o, _) = h.login_full(&login_msg(OTHER_APP, "r1", "x", false));
+    h.play(o.session, "s1").unwrap();
+    let msgs = h.publish(a, "s1").unwrap();
+    assert!(to(&msgs, o.session).is_empty());
+}
+
+#[test]
+fn play_update_when_the_publisher_leaves_vanishes_or_is_kicked() {
+    let mut h = H::new();
+    let p = h.login("r2", "player", false);
+    for how in ["logout", "expire", "kicked", "server"] {
+        let a = h.login("r1", "alice", false);
+        h.publish(a, "s1").unwrap();
+        h.play(p, "s1").unwrap();
+        let msgs = match how {
+            "logout" => h.logout(a).0,
+            "expire" => {
+                let d = h.detach(a, 1).unwrap();
+                h.now = d.deadline;
+                h.expire(a, d.epoch).1
+            }
+            "kicked" => h.login_full(&login_msg(APP, "r1", "alice", false)).1,
+            _ => {
+                let mut out = Vec::new();
+                assert!(h.reg.kick(a, ErrorCode::KICKED_BY_SERVER, "bye", &mut out));
+                h.check();
+                flatten(out).0
+            }
+        };
+        assert_eq!(to(&msgs, p), vec![play_msg("s1", false)], "{how}");
+        if how == "kicked" {
+            // Clean up the new session of alice.
+            let (id, _) = h
+                .reg
+                .sessions
+                .iter()
+                .find(|(_, s)| s.user.user_id.as_str() == "alice")
+                .unwrap();
+            let id = *id;
+            h.logout(id);
+        }
+    }
+}
+
+#[test]
+fn room_full_and_member_count() {
+    let mut h = H::with(Limits {
+        default_max_member_count: 3,
+        ..Limits::default()
+    });
+    // The first login sets the limit.
+    let mut l = login_msg(APP, "r1", "u1", false);
+    l.max_member_count = 2;
+    h.login_full(&l);
+    h.login("r1", "u2", false);
+    let (r, _) = h.try_login_with(&login_msg(APP, "r1", "u3", false), Grant::default());
+    assert_eq!(r.unwrap_err().code, ErrorCode::ROOM_FULL);
+    // Later logins do not change it.
+    let mut l = login_msg(APP, "r1", "u3", false);
+    l.max_member_count = 10;
+    let (r, _) = h.try_login_with(&l, Grant::default());
+    assert_eq!(r.unwrap_err().code, ErrorCode::ROOM_FULL);
+    // A duplicate login of a member is not refused.
+    h.login("r1", "u2", false);
+    // 0 means the server default.
+    for i in 0..3 {
+        h.login("r2", &format!("u{i}"), false);
+    }
+    let (r, _) = h.try_login_with(&login_msg(APP, "r2", "u9", false), Grant::default());
+    assert_eq!(r.unwrap_err().code, ErrorCode::ROOM_FULL);
+}
+
+#[test]
+fn server_session_limit() {
+    let mut h = H::with(Limits {
+        max_sessions: 2,
+        ..Limits::default()
+    });
+    h.login("r1", "a", false);
+    h.login("r2", "b", false);
+    let (r, _) = h.try_login_with(&login_msg(APP, "r3", "c", false), Grant::default());
+    assert_eq!(r.unwrap_err().code, ErrorCode::SERVER_BUSY);
+    // Replacing a session (duplicate login) does not need a new slot.
+    h.login("r2", "b", false);
+}
+
+#[test]
+fn duplicate_login_kicks_the_older_session() {
+    let mut h = H::new();
+    let w = h.login("r1", "watcher", true);
+    let p = h.login("r9", "player", false);
+    let old = h.login("r1", "alice", true);
+    h.publish(old, "s1").unwrap();
+    h.play(old, "x").unwrap();
+    h.play(p, "s1").unwrap();
+    let (new, out) = h.try_login_with(&login_msg(APP, "r1", "alice", true), Grant::default());
+    let new = new.unwrap().session;
+    let (msgs, closes) = flatten(out);
+    assert_eq!(
+        to(&msgs, old),
+        vec![ServerMsg::Kicked {
+            code: ErrorCode::KICKED_DUPLICATE_LOGIN,
+            message: "the same user ID logged in to this room elsewhere".into()
+        }]
+    );
+    assert_eq!(closes, vec![old]);
+    // The watcher sees the stream go, but no user Delete/Add.
+    assert_eq!(
+        to(&msgs, w),
+        vec![streams_msg("r1", UpdateType::Delete, &[("alice", "s1")])]
+    );
+    assert_eq!(to(&msgs, p), vec![play_msg("s1", false)]);
+    let ok = login_ok(&msgs, new);
+    assert_eq!(ok.users, vec![user("watcher")]);
+    assert!(ok.streams.is_empty());
+    assert!(h.reg.session(old).is_none());
+    // The older session's plays are gone with it.
+    assert!(!h.reg.apps[&app_id(APP)].players.contains_key(&sid("x")));
+    assert_eq!(h.reg.stats().sessions, 3);
+    // The new session can publish the same stream ID again.
+    h.publish(new, "s1").unwrap();
+}
+
+#[test]
+fn logout_cleans_everything_and_removes_empty_rooms() {
+    let mut h = H::new();
+    let a = h.login("r1", "alice", true);
+    let b = h.login("r1", "bob", false);
+    h.publish(a, "s1").unwrap();
+    h.publish(a, "s2").unwrap();
+    h.play(a, "s3").unwrap();
+    let (msgs, closes) = h.logout(a);
+    assert_eq!(closes, vec![a]);
+    // Bob did not opt in to user updates: only the streams.
+    assert_eq!(
+        to(&msgs, b),
+        vec![streams_msg(
+            "r1",
+            UpdateType::Delete,
+            &[("alice", "s1"), ("alice", "s2")]
+        )]
+    );
+    assert_eq!(
+        h.reg.stats(),
+        Stats {
+            sessions: 1,
+            detached: 0,
+            rooms: 1,
+            streams: 0
+        }
+    );
+    h.logout(b);
+    assert_eq!(h.reg.stats(), Stats::default());
+    assert!(h.reg.apps.is_empty());
+    // Everything on a gone session is 1000002.
+    for code in [
+        h.publish(a, "s1").unwrap_err(),
+        h.unpublish(a, "s1").unwrap_err(),
+        h.play(a, "s1").unwrap_err(),
+        h.run(|r, out| r.logout(a, 1, out)).0.unwrap_err().code,
+        h.run(|r, out| r.stop_play(a, 1, &sid("s"), out))
+            .0
+            .unwrap_err()
+            .code,
+        h.run(|r, out| r.renew(a, 1, Grant::default(), out))
+            .0
+            .unwrap_err()
+            .code,
+    ] {
+        assert_eq!(code, ErrorCode::NOT_LOGGED_IN);
+    }
+    // A room is created again by its next first login, with that login's limit.
+    let mut l = login_msg(APP, "r1", "u1", false);
+    l.max_member_count = 1;
+    h.login_full(&l);
+    let (r, _) = h.try_login_with(&login_msg(APP, "r1", "u2", false), Grant::default());
+    assert_eq!(r.unwrap_err().code, ErrorCode::ROOM_FULL);
+}
+
+#[test]
+fn detached_sessions_stay_for_the_grace_period_then_leave() {
+    let mut h = H::with(Limits {
+        grace: Duration::from_millis(300),
+        ..Limits::default()
+    });
+    let w = h.login("r1", "watcher", true);
+    let p = h.login("r2", "player", false);
+    let a = h.login("r1", "alice", true);
+    h.publish(a, "s1").unwrap();
+    h.play(p, "s1").unwrap();
+    let start = h.now;
+    let d = h.detach(a, 1).unwrap();
+    assert_eq!(d.deadline, start + Duration::from_millis(300));
+    assert_eq!(h.reg.stats().detached, 1);
+    assert!(!h.reg.session(a).unwrap().attached);
+    // Detaching again (stale epoch or already detached) does nothing.
+    assert!(h.detach(a, 1).is_none());
+    assert!(h.detach(a, d.epoch).is_none());
+    // A detached session receives nothing; the others see it as before.
+    let b = h.login("r1", "bob", true);
+    let msgs = h.publish(b, "s2").unwrap();
+    assert!(to(&msgs, a).is_empty());
+    assert_eq!(
+        to(&msgs, w),
+        vec![streams_msg("r1", UpdateType::Add, &[("bob", "s2")])]
+    );
+    let (c, msgs) = h.login_full(&login_msg(APP, "r1", "carol", true));
+    assert_eq!(
+        login_ok(&msgs, c.session).users,
+        vec![user("alice"), user("bob"), user("watcher")]
+    );
+    assert_eq!(
+        login_ok(&msgs, c.session).streams,
+        vec![info("alice", "s1"), info("bob", "s2")]
+    );
+    // Too early: nothing.
+    h.now = start + Duration::from_millis(299);
+    assert_eq!(h.expire(a, d.epoch), (false, vec![]));
+    // Wrong epoch: nothing.
+    h.now = start + Duration::from_millis(300);
+    assert_eq!(h.expire(a, d.epoch + 1), (false, vec![]));
+    let (done, msgs) = h.expire(a, d.epoch);
+    assert!(done);
+    assert_eq!(
+        to(&msgs, w),
+        vec![
+            streams_msg("r1", UpdateType::Delete, &[("alice", "s1")]),
+            users_msg("r1", UpdateType::Delete, &["alice"])
+        ]
+    );
+    assert_eq!(to(&msgs, p), vec![play_msg("s1", false)]);
+    assert!(to(&msgs, a).is_empty());
+    assert!(h.reg.session(a).is_none());
+    // Expiring twice does nothing.
+    assert_eq!(h.expire(a, d.epoch), (false, vec![]));
+}
+
+fn resume_login(room_id: &str, user_id: &str, ok: &LoginOk) -> Login {
+    let mut l = login_msg(APP, room_id, user_id, true);
+    l.seq = 9;
+    l.resume = Some(Resume {
+        session_id: ok.session_id.clone(),
+        resume_key: ok.resume_key.clone(),
+    });
+    l
+}
+
+#[test]
+fn resume_within_grace_is_invisible_to_the_others() {
+    let mut h = H::new();
+    let w = h.login("r1", "watcher", true);
+    let (a, msgs) = h.login_full(&login_msg(APP, "r1", "alice", false));
+    let first_ok = login_ok(&msgs, a.session);
+    let a = a.session;
+    h.publish(a, "s1").unwrap();
+    h.play(a, "s1").unwrap();
+    h.play(a, "later").unwrap();
+    let d = h.detach(a, 1).unwrap();
+    // Meanwhile the world changes: a stream appears that alice plays.
+    let b = h.login("r2", "bob", false);
+    h.publish(b, "later").unwrap();
+    let (r, msgs) = h.login_full(&resume_login("r1", "alice", &first_ok));
+    assert_eq!(
+        r,
+        Attached {
+            session: a,
+            epoch: d.epoch + 1,
+            resumed: true
+        }
+    );
+    let ok = login_ok(&msgs, a);
+    assert!(ok.resumed);
+    assert_eq!(ok.seq, 9);
+    assert_eq!(ok.session_id, first_ok.session_id);
+    assert_eq!(ok.resume_key, first_ok.resume_key);
+    assert_eq!(
+        ok.users,
+        vec![user("watcher")],
+        "user_status_notify of the resuming login applies"
+    );
+    assert_eq!(ok.streams, vec![info("alice", "s1")]);
+    // Then the state of every played stream.
+    assert_eq!(to(&msgs, a)[1..], [play_msg("later", true), play_msg("s1", true)]);
+    assert!(
+        to(&msgs, w).is_empty() && to(&msgs, b).is_empty(),
+        "others see nothing: {msgs:?}"
+    );
+    // The old grace timer finds another epoch.
+    h.now += Duration::from_secs(60);
+    assert_eq!(h.expire(a, d.epoch), (false, vec![]));
+    assert!(h.reg.session(a).unwrap().attached);
+}
+
+#[test]
+fn resume_of_an_attached_session_replaces_its_connection() {
+    let mut h = H::new();
+    let (a, msgs) = h.login_full(&login_msg(APP, "r1", "alice", false));
+    let first_ok = login_ok(&msgs, a.session);
+    let (r, _) = h.login_full(&resume_login("r1", "alice", &first_ok));
+    assert_eq!(
+        r,
+        Attached {
+            session: a.session,
+            epoch: 2,
+            resumed: true
+        }
+    );
+    // The old connection breaking later does not detach the resumed session.
+    assert!(h.detach(a.session, 1).is_none());
+    assert!(h.reg.session(a.session).unwrap().attached);
+    assert!(h.detach(a.session, 2).is_some());
+}
+
+#[test]
+fn resume_that_does_not_match_starts_a_new_session() {
+    let mut h = H::new();
+    let (a, msgs) = h.login_full(&login_msg(APP, "r1", "alice", false));
+    let first_ok = login_ok(&msgs, a.session);
+    let a = a.session;
+    h.publish(a, "s1").unwrap();
+    // Another room or user: a new session (in the other room).
+    let (r, _) = h.login_full(&resume_login("r2", "alice", &first_ok));
+    assert!(!r.resumed);
+    assert_ne!(r.session, a);
+    let (r, _) = h.login_full(&resume_login("r1", "bob", &first_ok));
+    assert!(!r.resumed);
+    // A wrong key or a garbage session ID: a new session, which kicks the old one of that user.
+    let mut bad = first_ok.clone();
+    bad.resume_key = "wrong".into();
+    let (r, out) = h.try_login_with(&resume_login("r1", "alice", &bad), Grant::default());
+    let r = r.unwrap();
+    assert!(!r.resumed);
+    assert_eq!(flatten(out).1, vec![a], "the old session is kicked");
+    let mut garbage = first_ok.clone();
+    garbage.session_id = "not a number".into();
+    let (r2, _) = h.login_full(&resume_login("r1", "alice", &garbage));
+    assert!(!r2.resumed);
+    // A session that expired cannot be resumed.
+    let (c, msgs) = h.login_full(&login_msg(APP, "r3", "carol", false));
+    let c_ok = login_ok(&msgs, c.session);
+    let d = h.detach(c.session, 1).unwrap();
+    h.now = d.deadline;
+    assert!(h.expire(c.session, d.epoch).0);
+    let (r, _) = h.login_full(&resume_login("r3", "carol", &c_ok));
+    assert!(!r.resumed);
+    assert_ne!(r.session, c.session);
+}
+
+#[test]
+fn publish_checks_token_privileges() {
+    let mut h = H::new();
+    let grant = |publish: Option<bool>, list: Option<Vec<&str>>| Grant {
+        privileges: Some(Privileges {
+            room_id: String::new(),
+            login: None,
+            publish,
+            stream_id_list: list.map(|l| l.into_iter().map(String::from).collect()),
+        }),
+        token_expire: Some(1),
+    };
+    let (a, _) = h.try_login_with(&login_msg(APP, "r1", "alice", false), grant(Some(false), None));
+    let a = a.unwrap().session;
+    assert_eq!(h.publish(a, "s1"), Err(ErrorCode::PUBLISH_FORBIDDEN));
+    let (b, _) = h.try_login_with(
+        &login_msg(APP, "r1", "bob", false),
+        grant(Some(true), Some(vec!["b1"])),
+    );
+    let b = b.unwrap().session;
+    assert_eq!(h.publish(b, "b2"), Err(ErrorCode::PUBLISH_FORBIDDEN));
+    h.publish(b, "b1").unwrap();
+    // Renewing the token replaces the privileges.
+    let (r, _) = h.run(|reg, out| reg.renew(a, 7, grant(None, None), out));
+    r.unwrap();
+    h.publish(a, "s1").unwrap();
+    let (r, out) = h.run(|reg, out| reg.renew(a, 8, grant(Some(false), None), out));
+    r.unwrap();
+    assert_eq!(flatten(out).0, vec![(a, ok(8))]);
+    assert_eq!(h.publish(a, "s2"), Err(ErrorCode::PUBLISH_FORBIDDEN));
+}
+
+#[test]
+fn server_kick_ends_the_session_like_logout() {
+    let mut h = H::new();
+    let w = h.login("r1", "watcher", true);
+    let a = h.login("r1", "alice", false);
+    let mut out = Vec::new();
+    assert!(h.reg.kick(a, ErrorCode::KICKED_BY_SERVER, "admin", &mut out));
+    h.check();
+    let (msgs, closes) = flatten(out);
+    assert_eq!(
+        to(&msgs, a),
+        vec![ServerMsg::Kicked {
+            code: ErrorCode::KICKED_BY_SERVER,
+            message: "admin".into()
+        }]
+    );
+    assert_eq!(closes, vec![a]);
+    assert_eq!(
+        to(&msgs, w),
+        vec![users_msg("r1", UpdateType::Delete, &["alice"])]
+    );
+    assert!(
+        !h.reg
+            .kick(a, ErrorCode::KICKED_BY_SERVER, "again", &mut Vec::new())
+    );
+}
+
+/// A tiny deterministic PRNG for the random walk.
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) % n as u64) as usize
+    }
+}
+
+#[test]
+fn random_operations_keep_every_invariant() {
+    let mut h = H::with(Limits {
+        max_streams_per_session: 2,
+        max_plays_per_session: 3,
+        max_streams_per_app: 5,
+        max_sessions: 12,
+        default_max_member_count: 4,
+        ..Limits::default()
+    });
+    let mut rng = Lcg(42);
+    let users = ["a", "b", "c", "d", "e"];
+    let rooms = ["r1", "r2", "r3"];
+    let streams = ["s1", "s2", "s3", "s4", "s5", "s6"];
+    // (session, epoch, resume info) of sessions we know about, live or not.
+    let mut known: Vec<(SessionId, u64, LoginOk)> = Vec::new();
+    let mut detached: Vec<(SessionId, Detached)> = Vec::new();
+    let mut totals = (0usize, 0usize, 0usize);
+    for step in 0..20_000 {
+        let pick = |rng: &mut Lcg, known: &Vec<(SessionId, u64, LoginOk)>| {
+            if known.is_empty() {
+                SessionId(999)
+            } else {
+                known[rng.next(known.len())].0
+            }
+        };
+        match rng.next(10) {
+            0 | 1 => {
+                let app = if rng.next(4) == 0 { OTHER_APP } else { APP };
+                let mut l = login_msg(app, rooms[rng.next(3)], users[rng.next(5)], rng.next(2) == 0);
+                if !known.is_empty() && rng.next(3) == 0 {
+                    let k = &known[rng.next(known.len())].2;
+                    l.resume = Some(Resume {
+                        session_id: k.session_id.clone(),
+                        resume_key: k.resume_key.clone(),
+                    });
+                }
+                let (r, out) = h.try_login_with(&l, Grant::default());
+                if let Ok(att) = r {
+                    let msgs = flatten(out).0;
+                    known.push((att.session, att.epoch, login_ok(&msgs, att.session)));
+                }
+            }
+            2 => {
+                let id = pick(&mut rng, &known);
+                let _ = h.publish(id, streams[rng.next(6)]);
+            }
+            3 => {
+                let id = pick(&mut rng, &known);
+                let _ = h.unpublish(id, streams[rng.next(6)]);
+            }
+            4 => {
+                let id = pick(&mut rng, &known);
+                let _ = h.play(id, streams[rng.next(6)]);
+            }
+            5 => {
+                let id = pick(&mut rng, &known);
+                let _ = h.run(|r, out| r.stop_play(id, 1, &sid(streams[rng.next(6)]), out));
+            }
+            6 => {
+                let id = pick(&mut rng, &known);
+                let _ = h.run(|r, out| r.logout(id, 1, out));
+            }
+            7 if !known.is_empty() => {
+                let (id, epoch, _) = known[rng.next(known.len())].clone();
+                if let Some(d) = h.detach(id, epoch) {
+                    detached.push((id, d));
+                }
+            }
+            8 if !detached.is_empty() => {
+                let (id, d) = detached.swap_remove(rng.next(detached.len()));
+                h.now = h.now.max(d.deadline);
+                let _ = h.expire(id, d.epoch);
+            }
+            _ => h.now += Duration::from_millis(rng.next(100) as u64),
+        }
+        // Keep the epochs we know current so detaches hit sometimes.
+        for k in known.iter_mut() {
+            if let Some(s) = h.reg.session(k.0)
+                && s.attached
+                && rng.next(2) == 0
+            {
+                k.1 = s.epoch;
+            }
+        }
+        known.retain(|k| h.reg.session(k.0).is_some() || step % 7 != 0);
+        let st = h.reg.stats();
+        totals.0 += st.sessions;
+        totals.1 += st.streams;
+        totals.2 += st.detached;
+    }
+    // The walk keeps a populated registry (averages x100), or it would prove little.
+    let avg = (totals.0 / 200, totals.1 / 200, totals.2 / 200);
+    assert!(avg.0 > 300 && avg.1 > 100 && avg.2 > 50, "{avg:?}");
+}

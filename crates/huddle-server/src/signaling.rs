@@ -1,0 +1,777 @@
+//! The signaling shell: WebSocket connections around the sans-IO [`Registry`].
+//!
+//! Each connection runs a reader (this task) and a writer task fed by a bounded queue. The registry
+//! and the map from sessions to their connection queues sit behind one short-held mutex; outputs are
+//! delivered with `try_send` while it is held, so each session receives its messages in the order
+//! the registry produced them and no session ever waits for another. A connection whose queue is
+//! full is closed (1009005) and its session detached, as any broken connection is.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Extension;
+use axum::Router;
+use axum::extract::State;
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::get;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use huddle_proto::{
+    ClientMsg, ErrorCode, HuddleError, Login, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, SIGNALING_PATH, ServerMsg,
+};
+use parking_lot::Mutex;
+use rand::RngCore;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{Notify, mpsc, watch};
+use tracing::{Instrument, debug, info, warn};
+
+use crate::auth::Authenticator;
+use crate::config::{ConfigError, ServerConfig};
+use crate::registry::{Detached, Limits, Output, Registry, SessionId, Stats};
+
+/// The WebSocket message size limit: the protocol's limit plus room for what a frame adds, so that
+/// a message just over [`MAX_MESSAGE_BYTES`] is still read and answered 1009002 by the decoder.
+const WS_MAX_MESSAGE: usize = MAX_MESSAGE_BYTES + 4096;
+
+/// How long the writer may take to flush its last messages and the close frame, and how long the
+/// peer then has to answer the close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Free queue slots the reader wants before it handles the next request (a request is answered
+/// with at most two messages: `ok` and `play_update`).
+const OWN_REPLY_ROOM: usize = 4;
+
+/// How long [`crate::run`] waits for connections to close after a shutdown.
+pub(crate) const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The server's shared state: configuration, apps, the registry and the live connections.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct ServerState(Arc<Shared>);
+
+struct Shared {
+    config: ServerConfig,
+    auth: Authenticator,
+    hub: Mutex<Hub>,
+    /// Set once, to `true`, when the server shuts down.
+    shutdown: watch::Sender<bool>,
+    /// Open WebSocket connections (each one a task).
+    connections: AtomicUsize,
+    /// Notified when `connections` drops to zero.
+    idle: Notify,
+}
+
+/// The registry and where each attached session's messages go.
+struct Hub {
+    registry: Registry,
+    conns: HashMap<SessionId, ConnHandle>,
+}
+
+/// The connection that carries a session now.
+struct ConnHandle {
+    /// The registry epoch of this attachment.
+    epoch: u64,
+    tx: mpsc::Sender<Message>,
+    ctl: Arc<watch::Sender<Closing>>,
+}
+
+/// Whether and how a connection is closing; set once (the first reason wins).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Closing {
+    Open,
+    /// Send what is queued, then close (logout, kick, login timeout, the peer went away).
+    AfterQueue,
+    /// Close at once, ahead of the queue, after this error (slow consumer, oversized message) if
+    /// any (session timeout, replaced by a resume).
+    Now(Option<Utf8Bytes>),
+    /// The server is shutting down: close with "going away".
+    Shutdown,
+}
+
+impl Closing {
+    /// Whether the writer must stop sending the queue.
+    fn is_hard(&self) -> bool {
+        matches!(self, Closing::Now(_) | Closing::Shutdown)
+    }
+}
+
+fn close(ctl: &watch::Sender<Closing>, how: Closing) {
+    ctl.send_if_modified(|c| {
+        if *c == Closing::Open {
+            *c = how;
+            true
+        } else {
+            false
+        }
+    });
+}
+
+fn text(msg: &ServerMsg) -> Utf8Bytes {
+    Utf8Bytes::from(msg.encode())
+}
+
+fn error_text(seq: Option<u32>, err: &HuddleError) -> Utf8Bytes {
+    text(&ServerMsg::error(seq, err))
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+impl Hub {
+    /// Delivers the registry's outputs, in order, without waiting.
+    fn dispatch(&mut self, out: Vec<Output>) {
+        for o in out {
+            match o {
+                Output::Send { to, msg } => {
+                    debug!(session = %to, msg = msg_type(&msg), "send");
+                    self.deliver(to, Message::Text(text(&msg)));
+                }
+                Output::Broadcast { to, msg } => {
+                    debug!(sessions = to.len(), msg = msg_type(&msg), "broadcast");
+                    let t = text(&msg);
+                    for id in to {
+                        self.deliver(id, Message::Text(t.clone()));
+                    }
+                }
+                Output::Close { session } => {
+                    if let Some(h) = self.conns.remove(&session) {
+                        close(&h.ctl, Closing::AfterQueue);
+                    }
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, to: SessionId, m: Message) {
+        let Some(h) = self.conns.get(&to) else { return };
+        match h.tx.try_send(m) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                warn!(session = %to, "outbound queue full: closing the connection (1009005)");
+                if let Some(h) = self.conns.remove(&to) {
+                    close(&h.ctl, Closing::Now(Some(slow_consumer())));
+                }
+            }
+            Err(TrySendError::Closed(_)) => {
+                self.conns.remove(&to);
+            }
+        }
+    }
+}
+
+fn slow_consumer() -> Utf8Bytes {
+    error_text(None, &HuddleError::from(ErrorCode::SLOW_CONSUMER))
+}
+
+fn msg_type(m: &ServerMsg) -> &'static str {
+    match m {
+        ServerMsg::Hello { .. } => "hello",
+        ServerMsg::LoginOk(_) => "login_ok",
+        ServerMsg::Ok { .. } => "ok",
+        ServerMsg::Error { .. } => "error",
+        ServerMsg::Pong { .. } => "pong",
+        ServerMsg::UserUpdate { .. } => "user_update",
+        ServerMsg::StreamUpdate { .. } => "stream_update",
+        ServerMsg::PlayUpdate { .. } => "play_update",
+        ServerMsg::Kicked { .. } => "kicked",
+    }
+}
+
+/// Counts down while a connection task runs; wakes [`ServerState::wait_idle`] at zero.
+struct ConnGuard(ServerState);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if self.0.0.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl ServerState {
+    /// Validates `config` and builds the state (no socket is opened).
+    pub fn new(config: ServerConfig) -> Result<ServerState, ConfigError> {
+        config.validate()?;
+        let registry = Registry::new(Limits::from(&config));
+        Ok(ServerState(Arc::new(Shared {
+            auth: Authenticator::new(&config.apps),
+            config,
+            hub: Mutex::new(Hub {
+                registry,
+                conns: HashMap::new(),
+            }),
+            shutdown: watch::Sender::new(false),
+            connections: AtomicUsize::new(0),
+            idle: Notify::new(),
+        })))
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ServerConfig {
+        &self.0.config
+    }
+
+    /// Counts of the registry: sessions, detached sessions, rooms, streams.
+    pub fn stats(&self) -> Stats {
+        self.0.hub.lock().registry.stats()
+    }
+
+    /// Open WebSocket connections.
+    pub fn connections(&self) -> usize {
+        self.0.connections.load(Ordering::Acquire)
+    }
+
+    /// Starts shutting down: every connection is closed ("going away"; their sessions are not
+    /// detached) and the grace timers stop. Idempotent.
+    pub fn shutdown(&self) {
+        self.0.shutdown.send_replace(true);
+    }
+
+    /// Whether [`ServerState::shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.0.shutdown.borrow()
+    }
+
+    /// Waits until no connection task runs.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.0.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.connections() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Serves one upgraded WebSocket until it closes.
+    async fn serve_socket(self, socket: WebSocket) {
+        self.0.connections.fetch_add(1, Ordering::AcqRel);
+        let _guard = ConnGuard(self.clone());
+        let config = &self.0.config;
+        let (sink, mut stream) = socket.split();
+        let (tx, rx) = mpsc::channel(config.outbound_queue);
+        let (ctl, ctl_rx) = watch::channel(Closing::Open);
+        let ctl = Arc::new(ctl);
+        let writer = tokio::spawn(write_loop(sink, rx, ctl_rx).in_current_span());
+        let mut conn = Conn {
+            state: self.clone(),
+            tx,
+            ctl,
+            nonce: random_hex(16),
+            session: None,
+            bucket: TokenBucket::new(config.rate_limit_per_sec, config.rate_limit_burst),
+            dropped_in_a_row: 0,
+        };
+        // Open connections are bounded like sessions (a connection logs in to at most one).
+        if self.connections() > config.max_sessions {
+            warn!("connection limit reached");
+            let busy = HuddleError::new(ErrorCode::SERVER_BUSY, "the server is at its connection limit");
+            close(&conn.ctl, Closing::Now(Some(error_text(None, &busy))));
+        } else {
+            conn.read_loop(&mut stream).await;
+        }
+        conn.finish();
+        drop(conn);
+        let _ = writer.await;
+        // The closing handshake: read (and drop) until the peer closes too, so that data still
+        // unread does not turn our close into a reset that could destroy the last messages.
+        let drain = async { while let Some(Ok(_)) = stream.next().await {} };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, drain).await;
+    }
+}
+
+/// Builds the HTTP router: `GET /ws` (signaling) and `GET /healthz` (`"ok"`). Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()` to log peer addresses. Other routes can
+/// be merged into it.
+pub fn router(state: ServerState) -> Router {
+    Router::new()
+        .route(SIGNALING_PATH, get(ws_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+async fn ws_handler(
+    State(state): State<ServerState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let peer = peer
+        .map(|Extension(ConnectInfo(addr))| addr.to_string())
+        .unwrap_or_default();
+    ws.max_message_size(WS_MAX_MESSAGE)
+        .max_frame_size(WS_MAX_MESSAGE)
+        .on_upgrade(move |socket| {
+            let span = tracing::info_span!("conn", %peer);
+            state.serve_socket(socket).instrument(span)
+        })
+}
+
+/// Writes the queue to the socket until the connection closes, then the close frame.
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Message>,
+    mut ctl: watch::Receiver<Closing>,
+) {
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = ctl.wait_for(|c| *c != Closing::Open) => break,
+            m = rx.recv() => match m {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        tokio::select! {
+            biased;
+            r = sink.send(msg) => if r.is_err() { return },
+            _ = ctl.wait_for(Closing::is_hard) => break,
+        }
+    }
+    let closing = ctl.borrow().clone();
+    let finish = async {
+        let code = match closing {
+            Closing::Now(Some(last)) => {
+                sink.send(Message::Text(last)).await?;
+                1000
+            }
+            Closing::Now(None) => 1000,
+            Closing::Shutdown => 1001,
+            Closing::Open | Closing::AfterQueue => {
+                rx.close();
+                while let Some(m) = rx.recv().await {
+                    sink.send(m).await?;
+                }
+                1000
+            }
+        };
+        sink.send(Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(""),
+        })))
+        .await?;
+        sink.close().await
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, finish).await;
+}
+
+/// A token bucket: `rate` tokens a second, at most `burst`.
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> TokenBucket {
+        let burst = f64::from(burst.max(1));
+        TokenBucket {
+            rate: f64::from(rate),
+            burst,
+            tokens: burst,
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The reading side of one connection.
+struct Conn {
+    state: ServerState,
+    tx: mpsc::Sender<Message>,
+    ctl: Arc<watch::Sender<Closing>>,
+    /// The login challenge of this connection.
+    nonce: String,
+    /// The attached session and the epoch of this attachment.
+    session: Option<(SessionId, u64)>,
+    bucket: TokenBucket,
+    /// Messages dropped by the rate limit since the last one accepted.
+    dropped_in_a_row: u32,
+}
+
+impl Conn {
+    fn config(&self) -> &ServerConfig {
+        &self.state.0.config
+    }
+
+    /// Queues a message for this connection (not through the registry).
+    fn send(&self, msg: &ServerMsg) {
+        match self.tx.try_send(Message::Text(text(msg))) {
+            Ok(()) | Err(TrySendError::Closed(_)) => {}
+            Err(TrySendError::Full(_)) => close(&self.ctl, Closing::Now(Some(slow_consumer()))),
+        }
+    }
+
+    fn reply_error(&self, seq: Option<u32>, err: &HuddleError) {
+        debug!(?seq, code = err.code.0, message = %err.message, "error reply");
+        self.send(&ServerMsg::error(seq, err));
+    }
+
+    async fn read_loop(&mut self, stream: &mut SplitStream<WebSocket>) {
+        let mut ctl = self.ctl.subscribe();
+        let mut shutdown = self.state.0.shutdown.subscribe();
+        let login_deadline = tokio::time::Instant::now() + self.config().login_timeout;
+        let session_timeout = self.config().session_timeout;
+        let mut last_heard = tokio::time::Instant::now();
+        self.send(&ServerMsg::Hello {
+            protocol: PROTOCOL_VERSION,
+            nonce: self.nonce.clone(),
+            server_time_ms: unix_ms(),
+        });
+        loop {
+            let deadline = if self.session.is_some() {
+                last_heard + session_timeout
+            } else {
+                login_deadline
+            };
+            if self.tx.capacity() < OWN_REPLY_ROOM {
+                // The peer sends faster than it reads its replies: stop reading until the writer
+                // catches up (TCP backpressure), rather than overflow the queue with our replies.
+                let room = OWN_REPLY_ROOM.min(self.tx.max_capacity());
+                tokio::select! {
+                    biased;
+                    _ = ctl.wait_for(|c| *c != Closing::Open) => return,
+                    _ = shutdown.wait_for(|s| *s) => {
+                        close(&self.ctl, Closing::Shutdown);
+                        return;
+                    }
+                    () = tokio::time::sleep(session_timeout) => {
+                        info!("the peer does not read its replies: closing");
+                        close(&self.ctl, Closing::Now(Some(slow_consumer())));
+                        return;
+                    }
+                    permits = self.tx.reserve_many(room) => {
+                        if permits.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let item = tokio::select! {
+                biased;
+                _ = ctl.wait_for(|c| *c != Closing::Open) => return,
+                _ = shutdown.wait_for(|s| *s) => {
+                    close(&self.ctl, Closing::Shutdown);
+                    return;
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    if self.session.is_some() {
+                        info!("session timeout: no message for {session_timeout:?}");
+                        close(&self.ctl, Closing::Now(None));
+                    } else {
+                        let timeout = self.config().login_timeout;
+                        self.reply_error(None, &HuddleError::new(
+                            ErrorCode::LOGIN_TIMEOUT,
+                            format!("no login within {timeout:?}"),
+                        ));
+                        close(&self.ctl, Closing::AfterQueue);
+                    }
+                    return;
+                }
+                item = stream.next() => item,
+            };
+            last_heard = tokio::time::Instant::now();
+            match item {
+                None | Some(Ok(Message::Close(_))) => return,
+                Some(Err(e)) => {
+                    if is_too_large(e) {
+                        self.too_large();
+                    } else {
+                        debug!("read error");
+                    }
+                    return;
+                }
+                Some(Ok(Message::Text(t))) => self.on_text(t.as_str()),
+                Some(Ok(Message::Binary(_))) => {
+                    if self.rate_ok(None) {
+                        self.reply_error(
+                            None,
+                            &HuddleError::new(ErrorCode::MALFORMED_MESSAGE, "binary frames are not accepted"),
+                        );
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            }
+        }
+    }
+
+    fn too_large(&self) {
+        let err = HuddleError::new(
+            ErrorCode::MESSAGE_TOO_LARGE,
+            format!("messages are limited to {MAX_MESSAGE_BYTES} bytes"),
+        );
+        info!("message too large: closing");
+        close(&self.ctl, Closing::Now(Some(error_text(None, &err))));
+    }
+
+    /// Applies the rate limit; answers 1009004 to a dropped message, and closes a connection that
+    /// keeps sending far beyond the limit (a whole burst dropped in a row).
+    fn rate_ok(&mut self, seq: Option<u32>) -> bool {
+        if self.bucket.take() {
+            self.dropped_in_a_row = 0;
+            return true;
+        }
+        self.dropped_in_a_row += 1;
+        let err = HuddleError::new(
+            ErrorCode::RATE_LIMITED,
+            format!(
+                "more than {} messages a second (bursts of {})",
+                self.config().rate_limit_per_sec,
+                self.config().rate_limit_burst
+            ),
+        );
+        if self.dropped_in_a_row > self.config().rate_limit_burst {
+            warn!("rate limit exceeded by a whole burst: closing");
+            close(&self.ctl, Closing::Now(Some(error_text(None, &err))));
+        } else {
+            self.reply_error(seq, &err);
+        }
+        false
+    }
+
+    fn on_text(&mut self, text: &str) {
+        let msg = match ClientMsg::decode(text) {
+            Ok(m) => m,
+            Err(e) if e.error.code == ErrorCode::MESSAGE_TOO_LARGE => return self.too_large(),
+            Err(e) => {
+                if self.rate_ok(e.seq) {
+                    self.reply_error(e.seq, &e.error);
+                }
+                return;
+            }
+        };
+        if !self.rate_ok(Some(msg.seq())) {
+            return;
+        }
+        let Some((id, _)) = self.session else {
+            match msg {
+                ClientMsg::Login(login) => self.login(login),
+                other => self.reply_error(
+                    Some(other.seq()),
+                    &HuddleError::new(ErrorCode::NOT_LOGGED_IN, "log in first"),
+                ),
+            }
+            return;
+        };
+        debug!(session = %id, seq = msg.seq(), "request");
+        let mut out = Vec::new();
+        let mut hub = self.state.0.hub.lock();
+        let reg = &mut hub.registry;
+        let (seq, result) = match &msg {
+            ClientMsg::Login(l) => (
+                l.seq,
+                Err(HuddleError::new(
+                    ErrorCode::ALREADY_LOGGED_IN,
+                    "this connection is logged in already",
+                )),
+            ),
+            ClientMsg::Logout { seq } => {
+                let r = reg.logout(id, *seq, &mut out);
+                if r.is_ok() {
+                    info!(session = %id, "logout");
+                    self.session = None;
+                }
+                (*seq, r)
+            }
+            ClientMsg::Publish {
+                seq,
+                stream_id,
+                extra_info,
+            } => {
+                let r = reg.publish(id, *seq, stream_id, extra_info, &mut out);
+                if r.is_ok() {
+                    info!(session = %id, %stream_id, "publish");
+                }
+                (*seq, r)
+            }
+            ClientMsg::Unpublish { seq, stream_id } => {
+                let r = reg.unpublish(id, *seq, stream_id, &mut out);
+                if r.is_ok() {
+                    info!(session = %id, %stream_id, "unpublish");
+                }
+                (*seq, r)
+            }
+            ClientMsg::Play { seq, stream_id } => (*seq, reg.play(id, *seq, stream_id, &mut out)),
+            ClientMsg::StopPlay { seq, stream_id } => (*seq, reg.stop_play(id, *seq, stream_id, &mut out)),
+            ClientMsg::Ping { seq } => {
+                drop(hub);
+                self.send(&ServerMsg::Pong {
+                    seq: *seq,
+                    server_time_ms: unix_ms(),
+                });
+                return;
+            }
+            ClientMsg::RenewToken { seq, token } => {
+                let who = reg.session(id);
+                drop(hub);
+                return self.renew(id, *seq, who, token);
+            }
+        };
+        hub.dispatch(out);
+        drop(hub);
+        if let Err(e) = result {
+            self.reply_error(Some(seq), &e);
+        }
+    }
+
+    fn login(&mut self, login: Login) {
+        let seq = Some(login.seq);
+        if login.protocol != PROTOCOL_VERSION {
+            return self.reply_error(
+                seq,
+                &HuddleError::new(
+                    ErrorCode::PROTOCOL_VERSION,
+                    format!(
+                        "the server speaks protocol {PROTOCOL_VERSION}, not {}",
+                        login.protocol
+                    ),
+                ),
+            );
+        }
+        let now = i64::try_from(unix_ms() / 1000).unwrap_or(i64::MAX);
+        let grant = match self.state.0.auth.authenticate(&login, &self.nonce, now) {
+            Ok(g) => g,
+            Err(e) => {
+                info!(app = %login.app_id, room = %login.room_id, user = %login.user.user_id, code = e.code.0, "login refused");
+                return self.reply_error(seq, &e);
+            }
+        };
+        let mut out = Vec::new();
+        let mut hub = self.state.0.hub.lock();
+        match hub.registry.login(&login, grant, random_hex(16), &mut out) {
+            Ok(att) => {
+                let handle = ConnHandle {
+                    epoch: att.epoch,
+                    tx: self.tx.clone(),
+                    ctl: self.ctl.clone(),
+                };
+                if let Some(old) = hub.conns.insert(att.session, handle) {
+                    // A resume from a new connection: the old one is half-open.
+                    close(&old.ctl, Closing::Now(None));
+                }
+                hub.dispatch(out);
+                drop(hub);
+                self.session = Some((att.session, att.epoch));
+                info!(
+                    app = %login.app_id, room = %login.room_id, user = %login.user.user_id,
+                    session = %att.session, resumed = att.resumed, "login"
+                );
+            }
+            Err(e) => {
+                drop(hub);
+                info!(app = %login.app_id, room = %login.room_id, user = %login.user.user_id, code = e.code.0, "login refused");
+                self.reply_error(seq, &e);
+            }
+        }
+    }
+
+    fn renew(&mut self, id: SessionId, seq: u32, who: Option<crate::registry::SessionInfo>, token: &str) {
+        let Some(who) = who else {
+            return self.reply_error(Some(seq), &HuddleError::from(ErrorCode::NOT_LOGGED_IN));
+        };
+        let now = i64::try_from(unix_ms() / 1000).unwrap_or(i64::MAX);
+        let grant = match self
+            .state
+            .0
+            .auth
+            .verify_token(who.app_id, &who.room_id, &who.user_id, token, now)
+        {
+            Ok(g) => g,
+            Err(e) => return self.reply_error(Some(seq), &e),
+        };
+        let mut out = Vec::new();
+        let mut hub = self.state.0.hub.lock();
+        let r = hub.registry.renew(id, seq, grant, &mut out);
+        hub.dispatch(out);
+        drop(hub);
+        match r {
+            Ok(()) => info!(session = %id, "token renewed"),
+            Err(e) => self.reply_error(Some(seq), &e),
+        }
+    }
+
+    /// The connection is over: let the writer finish, and detach the session (grace) unless it
+    /// ended, moved to another connection, or the server is shutting down.
+    fn finish(&mut self) {
+        close(&self.ctl, Closing::AfterQueue);
+        let Some((id, epoch)) = self.session.take() else {
+            return;
+        };
+        let mut hub = self.state.0.hub.lock();
+        if hub.conns.get(&id).is_some_and(|h| h.epoch == epoch) {
+            hub.conns.remove(&id);
+        }
+        if self.state.is_shutting_down() {
+            return;
+        }
+        if let Some(d) = hub.registry.detach(id, epoch, Instant::now()) {
+            drop(hub);
+            info!(session = %id, grace = ?self.config().grace, "connection lost: session detached");
+            self.state.spawn_expiry(id, d);
+        }
+    }
+}
+
+impl ServerState {
+    /// Ends the detached session when its grace period is over, unless it was resumed.
+    fn spawn_expiry(&self, id: SessionId, d: Detached) {
+        let state = self.clone();
+        let mut shutdown = self.0.shutdown.subscribe();
+        tokio::spawn(
+            async move {
+                tokio::select! {
+                    () = tokio::time::sleep_until(tokio::time::Instant::from_std(d.deadline)) => {
+                        let mut out = Vec::new();
+                        let mut hub = state.0.hub.lock();
+                        // The timer fired: the deadline is reached even if the clocks differ by a tick.
+                        let now = Instant::now().max(d.deadline);
+                        if hub.registry.expire(id, d.epoch, now, &mut out) {
+                            info!(session = %id, "grace period over: session ended");
+                        }
+                        hub.dispatch(out);
+                    }
+                    _ = shutdown.wait_for(|s| *s) => {}
+                }
+            }
+            .in_current_span(),
+        );
+    }
+}
+
+/// Whether a read error is tungstenite's "message too long".
+fn is_too_large(e: axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    use tokio_tungstenite::tungstenite::error::CapacityError;
+    matches!(
+        e.into_inner().downcast::<WsError>().map(|b| *b),
+        Ok(WsError::Capacity(CapacityError::MessageTooLong { .. }))
+    )
+}
