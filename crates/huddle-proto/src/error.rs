@@ -144,7 +144,10 @@ impl ErrorCode {
 
     /// The description in the table.
     pub fn description(self) -> &'static str {
-        TABLE.iter().find(|e| e.0 == self.0).map_or("Unknown error code.", |e| e.2)
+        TABLE
+            .iter()
+            .find(|e| e.0 == self.0)
+            .map_or("Unknown error code.", |e| e.2)
     }
 
     /// Whether this is success.
@@ -178,14 +181,20 @@ pub struct HuddleError {
 impl HuddleError {
     /// An error with a specific message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        HuddleError { code, message: message.into() }
+        HuddleError {
+            code,
+            message: message.into(),
+        }
     }
 }
 
 impl From<ErrorCode> for HuddleError {
     /// The table's description as the message.
     fn from(code: ErrorCode) -> Self {
-        HuddleError { code, message: code.description().to_string() }
+        HuddleError {
+            code,
+            message: code.description().to_string(),
+        }
     }
 }
 

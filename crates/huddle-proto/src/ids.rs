@@ -35,12 +35,20 @@ struct Rule {
 
 fn check(rule: &Rule, s: &str) -> Result<(), HuddleError> {
     if s.is_empty() {
-        return Err(HuddleError::new(rule.empty, format!("the {} is empty", rule.what)));
+        return Err(HuddleError::new(
+            rule.empty,
+            format!("the {} is empty", rule.what),
+        ));
     }
     if s.len() > rule.max {
         return Err(HuddleError::new(
             rule.too_long,
-            format!("the {} is {} bytes long; at most {} are allowed", rule.what, s.len(), rule.max),
+            format!(
+                "the {} is {} bytes long; at most {} are allowed",
+                rule.what,
+                s.len(),
+                rule.max
+            ),
         ));
     }
     if let Some(pos) = s.bytes().position(|c| !(rule.allowed)(c)) {
@@ -190,7 +198,10 @@ impl UserName {
     pub fn new(s: impl Into<String>) -> Result<Self, HuddleError> {
         let s = s.into();
         if s.is_empty() {
-            return Err(HuddleError::new(ErrorCode::USER_NAME_EMPTY, "the user name is empty"));
+            return Err(HuddleError::new(
+                ErrorCode::USER_NAME_EMPTY,
+                "the user name is empty",
+            ));
         }
         if s.len() > 256 {
             return Err(HuddleError::new(
@@ -247,7 +258,10 @@ impl AppId {
     /// Validates and wraps `id`.
     pub fn new(id: u32) -> Result<Self, HuddleError> {
         if id == 0 {
-            return Err(HuddleError::new(ErrorCode::APP_ID_UNKNOWN, "the AppID must not be zero"));
+            return Err(HuddleError::new(
+                ErrorCode::APP_ID_UNKNOWN,
+                "the AppID must not be zero",
+            ));
         }
         Ok(AppId(id))
     }
@@ -288,7 +302,10 @@ pub fn check_extra_info(extra: &str) -> Result<(), HuddleError> {
     if extra.len() > 1024 {
         return Err(HuddleError::new(
             ErrorCode::EXTRA_INFO_TOO_LONG,
-            format!("the extra info is {} bytes long; at most 1024 are allowed", extra.len()),
+            format!(
+                "the extra info is {} bytes long; at most 1024 are allowed",
+                extra.len()
+            ),
         ));
     }
     Ok(())
@@ -302,10 +319,17 @@ mod tests {
     fn user_id_rules() {
         assert!(UserId::new("a").is_ok());
         assert!(UserId::new("x".repeat(64)).is_ok());
-        assert_eq!(UserId::new("x".repeat(65)).unwrap_err().code, ErrorCode::USER_ID_TOO_LONG);
+        assert_eq!(
+            UserId::new("x".repeat(65)).unwrap_err().code,
+            ErrorCode::USER_ID_TOO_LONG
+        );
         assert_eq!(UserId::new("").unwrap_err().code, ErrorCode::USER_ID_EMPTY);
         for bad in ["a b", "a\"b", "a:b", "a?b", "{", "]", "|", "张三", "a\nb"] {
-            assert_eq!(UserId::new(bad).unwrap_err().code, ErrorCode::USER_ID_INVALID_CHARACTER, "{bad}");
+            assert_eq!(
+                UserId::new(bad).unwrap_err().code,
+                ErrorCode::USER_ID_INVALID_CHARACTER,
+                "{bad}"
+            );
         }
         assert!(UserId::new("~!@#$%^&*()_+=-`;',.<>/\\").is_ok());
     }
@@ -313,16 +337,25 @@ mod tests {
     #[test]
     fn room_id_rules() {
         assert!(RoomId::new("r".repeat(128)).is_ok());
-        assert_eq!(RoomId::new("r".repeat(129)).unwrap_err().code, ErrorCode::ROOM_ID_TOO_LONG);
+        assert_eq!(
+            RoomId::new("r".repeat(129)).unwrap_err().code,
+            ErrorCode::ROOM_ID_TOO_LONG
+        );
         assert_eq!(RoomId::new("").unwrap_err().code, ErrorCode::ROOM_ID_EMPTY);
     }
 
     #[test]
     fn stream_id_rules() {
         assert!(StreamId::new("s".repeat(256)).is_ok());
-        assert_eq!(StreamId::new("s".repeat(257)).unwrap_err().code, ErrorCode::STREAM_ID_TOO_LONG);
+        assert_eq!(
+            StreamId::new("s".repeat(257)).unwrap_err().code,
+            ErrorCode::STREAM_ID_TOO_LONG
+        );
         assert_eq!(StreamId::new("").unwrap_err().code, ErrorCode::STREAM_ID_EMPTY);
-        assert_eq!(StreamId::new("a.b").unwrap_err().code, ErrorCode::STREAM_ID_INVALID_CHARACTER);
+        assert_eq!(
+            StreamId::new("a.b").unwrap_err().code,
+            ErrorCode::STREAM_ID_INVALID_CHARACTER
+        );
     }
 
     #[test]

@@ -304,7 +304,10 @@ impl ClientMsg {
                 seq: None,
                 error: HuddleError::new(
                     ErrorCode::MESSAGE_TOO_LARGE,
-                    format!("the message is {} bytes; at most {MAX_MESSAGE_BYTES} are allowed", text.len()),
+                    format!(
+                        "the message is {} bytes; at most {MAX_MESSAGE_BYTES} are allowed",
+                        text.len()
+                    ),
                 ),
             });
         }
@@ -317,7 +320,10 @@ impl ClientMsg {
         let Some(obj) = value.as_object() else {
             return Err(malformed(None, "not a JSON object".into()));
         };
-        let seq = obj.get("seq").and_then(Value::as_u64).and_then(|s| u32::try_from(s).ok());
+        let seq = obj
+            .get("seq")
+            .and_then(Value::as_u64)
+            .and_then(|s| u32::try_from(s).ok());
         // Check the IDs first so that a bad one is answered with its own code, not "malformed".
         check_fields(obj).map_err(|error| DecodeError { seq, error })?;
         serde_json::from_value(value).map_err(|e| malformed(seq, format!("invalid message: {e}")))
@@ -357,7 +363,10 @@ impl ServerMsg {
     /// Decodes JSON text from the server.
     pub fn decode(text: &str) -> Result<ServerMsg, HuddleError> {
         if text.len() > MAX_MESSAGE_BYTES {
-            return Err(HuddleError::new(ErrorCode::MESSAGE_TOO_LARGE, "server message too large"));
+            return Err(HuddleError::new(
+                ErrorCode::MESSAGE_TOO_LARGE,
+                "server message too large",
+            ));
         }
         serde_json::from_str(text)
             .map_err(|e| HuddleError::new(ErrorCode::MALFORMED_MESSAGE, format!("bad server message: {e}")))
@@ -365,7 +374,11 @@ impl ServerMsg {
 
     /// An error reply to request `seq`.
     pub fn error(seq: Option<u32>, err: &HuddleError) -> ServerMsg {
-        ServerMsg::Error { seq, code: err.code, message: err.message.clone() }
+        ServerMsg::Error {
+            seq,
+            code: err.code,
+            message: err.message.clone(),
+        }
     }
 }
 
@@ -391,7 +404,10 @@ mod tests {
     fn roundtrip() {
         let m = login();
         let text = m.encode();
-        assert!(text.starts_with(r#"{"type":"login","seq":1,"protocol":1,"app_id":7"#), "{text}");
+        assert!(
+            text.starts_with(r#"{"type":"login","seq":1,"protocol":1,"app_id":7"#),
+            "{text}"
+        );
         assert_eq!(ClientMsg::decode(&text).unwrap(), m);
         let s = ServerMsg::StreamUpdate {
             room_id: RoomId::new("r1").unwrap(),
@@ -405,11 +421,31 @@ mod tests {
     #[test]
     fn decode_errors_carry_codes() {
         let cases = [
-            (r#"{"type":"play","seq":9,"stream_id":""}"#, Some(9), ErrorCode::STREAM_ID_EMPTY),
-            (r#"{"type":"login","seq":1,"app_id":0}"#, Some(1), ErrorCode::APP_ID_UNKNOWN),
-            (r#"{"type":"login","seq":1,"room_id":"a b"}"#, Some(1), ErrorCode::ROOM_ID_INVALID_CHARACTER),
-            (r#"{"type":"login","seq":1,"user":{"user_id":""}}"#, Some(1), ErrorCode::USER_ID_EMPTY),
-            (r#"{"type":"nope","seq":2}"#, Some(2), ErrorCode::MALFORMED_MESSAGE),
+            (
+                r#"{"type":"play","seq":9,"stream_id":""}"#,
+                Some(9),
+                ErrorCode::STREAM_ID_EMPTY,
+            ),
+            (
+                r#"{"type":"login","seq":1,"app_id":0}"#,
+                Some(1),
+                ErrorCode::APP_ID_UNKNOWN,
+            ),
+            (
+                r#"{"type":"login","seq":1,"room_id":"a b"}"#,
+                Some(1),
+                ErrorCode::ROOM_ID_INVALID_CHARACTER,
+            ),
+            (
+                r#"{"type":"login","seq":1,"user":{"user_id":""}}"#,
+                Some(1),
+                ErrorCode::USER_ID_EMPTY,
+            ),
+            (
+                r#"{"type":"nope","seq":2}"#,
+                Some(2),
+                ErrorCode::MALFORMED_MESSAGE,
+            ),
             (r#"[1,2]"#, None, ErrorCode::MALFORMED_MESSAGE),
             ("{", None, ErrorCode::MALFORMED_MESSAGE),
             (r#"{"type":"ping"}"#, None, ErrorCode::MALFORMED_MESSAGE),
@@ -418,9 +454,21 @@ mod tests {
             let e = ClientMsg::decode(text).unwrap_err();
             assert_eq!((e.seq, e.error.code), (seq, code), "{text}");
         }
-        let big = format!(r#"{{"type":"ping","seq":1,"pad":"{}"}}"#, "x".repeat(MAX_MESSAGE_BYTES));
-        assert_eq!(ClientMsg::decode(&big).unwrap_err().error.code, ErrorCode::MESSAGE_TOO_LARGE);
-        let extra = format!(r#"{{"type":"publish","seq":1,"stream_id":"s","extra_info":"{}"}}"#, "x".repeat(1025));
-        assert_eq!(ClientMsg::decode(&extra).unwrap_err().error.code, ErrorCode::EXTRA_INFO_TOO_LONG);
+        let big = format!(
+            r#"{{"type":"ping","seq":1,"pad":"{}"}}"#,
+            "x".repeat(MAX_MESSAGE_BYTES)
+        );
+        assert_eq!(
+            ClientMsg::decode(&big).unwrap_err().error.code,
+            ErrorCode::MESSAGE_TOO_LARGE
+        );
+        let extra = format!(
+            r#"{{"type":"publish","seq":1,"stream_id":"s","extra_info":"{}"}}"#,
+            "x".repeat(1025)
+        );
+        assert_eq!(
+            ClientMsg::decode(&extra).unwrap_err().error.code,
+            ErrorCode::EXTRA_INFO_TOO_LONG
+        );
     }
 }
