@@ -1,0 +1,281 @@
+//! `huddle call`: one SDK engine driven from the command line, its events as JSON lines.
+//!
+//! Each line is one `EventHandler` callback, named in snake_case without `on_`, with the callback's
+//! parameters as fields (an empty `extended_data` is left out) and `t_ms` since the command started.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use huddle::{
+    Engine, EngineProfile, ErrorCode, EventHandler, PlayerState, PublisherState, RoomConfig, RoomState,
+    RoomStateChangedReason, StreamInfo, UpdateType, User, UserId,
+};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+#[derive(clap::Args)]
+pub struct CallArgs {
+    /// The server's signaling address, `ws://HOST:PORT`.
+    #[arg(long)]
+    server: String,
+    /// The AppID.
+    #[arg(long)]
+    app_id: u32,
+    /// The app's AppSign (64 hex characters); or log in with --token.
+    #[arg(long, conflicts_with = "token", required_unless_present = "token")]
+    app_sign: Option<String>,
+    /// A Token04 token for this user.
+    #[arg(long)]
+    token: Option<String>,
+    /// The room to log in to (created on first login).
+    #[arg(long)]
+    room: String,
+    /// The user ID.
+    #[arg(long)]
+    user: String,
+    /// Receive room_user_update events.
+    #[arg(long)]
+    user_status_notify: bool,
+    /// Publish a stream under this ID once logged in.
+    #[arg(long)]
+    publish: Option<String>,
+    /// Play this stream once logged in (repeatable).
+    #[arg(long = "play")]
+    play: Vec<String>,
+    /// Leave after this many seconds (default: run until interrupted).
+    #[arg(long)]
+    duration: Option<f64>,
+}
+
+/// What the event handler tells the command's main loop.
+enum Signal {
+    LoggedIn,
+    /// The call is over for good (login failed, kicked, reconnection gave up).
+    Ended(ErrorCode),
+}
+
+/// Prints every callback as a JSON line and forwards the ones that steer the command.
+struct Printer {
+    start: Instant,
+    out: Mutex<std::io::Stdout>,
+    signals: mpsc::UnboundedSender<Signal>,
+}
+
+impl Printer {
+    fn emit(&self, event: &str, fields: Value) {
+        let mut line = serde_json::Map::new();
+        line.insert("t_ms".into(), json!(self.start.elapsed().as_millis() as u64));
+        line.insert("event".into(), json!(event));
+        if let Value::Object(map) = fields {
+            for (k, v) in map {
+                if k == "extended_data" && v.as_str() == Some("") {
+                    continue;
+                }
+                line.insert(k, v);
+            }
+        }
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        // A closed stdout (the reader went away) must not stop the call; nothing to report to.
+        let _ = writeln!(out, "{}", Value::Object(line));
+        let _ = out.flush();
+    }
+}
+
+fn name<T: std::fmt::Debug>(v: T) -> String {
+    format!("{v:?}")
+}
+
+fn streams_json(streams: &[StreamInfo]) -> Value {
+    streams
+        .iter()
+        .map(|s| json!({"user_id": s.user_id.as_str(), "stream_id": s.stream_id.as_str(), "extra_info": s.extra_info}))
+        .collect()
+}
+
+impl EventHandler for Printer {
+    fn on_room_state_update(
+        &self,
+        room_id: &str,
+        state: RoomState,
+        error_code: ErrorCode,
+        extended_data: &str,
+    ) {
+        self.emit(
+            "room_state_update",
+            json!({"room_id": room_id, "state": name(state), "error_code": error_code, "extended_data": extended_data}),
+        );
+    }
+
+    fn on_room_state_changed(
+        &self,
+        room_id: &str,
+        reason: RoomStateChangedReason,
+        error_code: ErrorCode,
+        extended_data: &str,
+    ) {
+        self.emit(
+            "room_state_changed",
+            json!({"room_id": room_id, "reason": name(reason), "error_code": error_code, "extended_data": extended_data}),
+        );
+        let signal = match reason {
+            RoomStateChangedReason::Logined => Some(Signal::LoggedIn),
+            RoomStateChangedReason::LoginFailed
+            | RoomStateChangedReason::KickOut
+            | RoomStateChangedReason::ReconnectFailed => Some(Signal::Ended(error_code)),
+            _ => None,
+        };
+        if let Some(s) = signal {
+            let _ = self.signals.send(s);
+        }
+    }
+
+    fn on_room_user_update(&self, room_id: &str, update_type: UpdateType, users: &[User]) {
+        let users: Vec<Value> = users
+            .iter()
+            .map(|u| json!({"user_id": u.user_id.as_str(), "user_name": u.user_name.as_str()}))
+            .collect();
+        self.emit(
+            "room_user_update",
+            json!({"room_id": room_id, "update_type": name(update_type), "users": users}),
+        );
+    }
+
+    fn on_room_stream_update(
+        &self,
+        room_id: &str,
+        update_type: UpdateType,
+        streams: &[StreamInfo],
+        extended_data: &str,
+    ) {
+        self.emit(
+            "room_stream_update",
+            json!({"room_id": room_id, "update_type": name(update_type), "streams": streams_json(streams), "extended_data": extended_data}),
+        );
+    }
+
+    fn on_publisher_state_update(
+        &self,
+        stream_id: &str,
+        state: PublisherState,
+        error_code: ErrorCode,
+        extended_data: &str,
+    ) {
+        self.emit(
+            "publisher_state_update",
+            json!({"stream_id": stream_id, "state": name(state), "error_code": error_code, "extended_data": extended_data}),
+        );
+    }
+
+    fn on_player_state_update(
+        &self,
+        stream_id: &str,
+        state: PlayerState,
+        error_code: ErrorCode,
+        extended_data: &str,
+    ) {
+        self.emit(
+            "player_state_update",
+            json!({"stream_id": stream_id, "state": name(state), "error_code": error_code, "extended_data": extended_data}),
+        );
+    }
+
+    fn on_room_token_will_expire(&self, room_id: &str, remain_secs: i64) {
+        self.emit(
+            "room_token_will_expire",
+            json!({"room_id": room_id, "remain_secs": remain_secs}),
+        );
+    }
+
+    fn on_debug_error(&self, error_code: ErrorCode, func_name: &str, info: &str) {
+        self.emit(
+            "debug_error",
+            json!({"error_code": error_code, "func_name": func_name, "info": info}),
+        );
+    }
+}
+
+pub fn run(args: CallArgs) -> ExitCode {
+    let start = Instant::now();
+    match call(args, start) {
+        Ok(code) if code.is_ok() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("huddle call: error {}: {}", e.code, e.message);
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the call; returns the code that ended it (0 when it ended as asked).
+fn call(args: CallArgs, start: Instant) -> Result<ErrorCode, huddle::HuddleError> {
+    let mut profile = EngineProfile::new(args.app_id, args.server.clone());
+    profile.app_sign = args.app_sign.clone();
+    let engine = Engine::create(profile)?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    engine.set_event_handler(Arc::new(Printer {
+        start,
+        out: Mutex::new(std::io::stdout()),
+        signals: tx,
+    }));
+    engine.enable_camera(false);
+
+    let user = User::new(UserId::new(args.user.as_str())?);
+    let mut config = RoomConfig::default();
+    config.is_user_status_notify = args.user_status_notify;
+    config.token = args.token.clone();
+    engine.login_room(&args.room, user, config)?;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| huddle::HuddleError::new(ErrorCode::INTERNAL, format!("runtime: {e}")))?;
+    let deadline = args.duration.map(|d| start + Duration::from_secs_f64(d.max(0.0)));
+    let ended = rt.block_on(async {
+        let until_deadline = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(until_deadline);
+        let interrupted = crate::interrupted();
+        tokio::pin!(interrupted);
+        loop {
+            tokio::select! {
+                _ = &mut until_deadline => return ErrorCode::OK,
+                _ = &mut interrupted => return ErrorCode::OK,
+                signal = rx.recv() => match signal {
+                    Some(Signal::LoggedIn) => {
+                        if let Some(stream) = &args.publish {
+                            if let Err(e) = engine.start_publishing_stream(stream) {
+                                eprintln!("huddle call: publish {stream}: error {}: {}", e.code, e.message);
+                                return e.code;
+                            }
+                        }
+                        for stream in &args.play {
+                            if let Err(e) = engine.start_playing_stream(stream) {
+                                eprintln!("huddle call: play {stream}: error {}: {}", e.code, e.message);
+                                return e.code;
+                            }
+                        }
+                    }
+                    Some(Signal::Ended(code)) => return code,
+                    None => return ErrorCode::OK,
+                },
+            }
+        }
+    });
+    if ended.is_ok() {
+        if args.publish.is_some() {
+            let _ = engine.stop_publishing_stream();
+        }
+        for stream in &args.play {
+            let _ = engine.stop_playing_stream(stream);
+        }
+        let _ = engine.logout_room(&args.room);
+    }
+    engine.destroy();
+    Ok(ended)
+}

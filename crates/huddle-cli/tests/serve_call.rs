@@ -1,0 +1,294 @@
+//! `huddle serve` and `huddle call` as processes, the way scripts use them.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+const APP_ID: &str = "424242";
+const APP_SIGN: &str = "8f3a1c2b4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+fn huddle() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_huddle"))
+}
+
+/// A `huddle serve` process; killed on drop.
+struct Serve {
+    child: Child,
+    banner: Vec<String>,
+    addr: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `huddle serve` with `args` on a free port and reads its banner.
+fn serve(args: &[&str]) -> Serve {
+    let mut child = huddle()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start huddle serve");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = Vec::new();
+    let mut addr = String::new();
+    // The banner ends with the web page line, or the dev credentials after it.
+    while let Some(Ok(line)) = lines.next() {
+        if let Some(a) = line.strip_prefix("huddle server listening on ") {
+            addr = a.trim().to_string();
+        }
+        let dev = !args.contains(&"--config");
+        let done = line.contains("server_secret:") || (line.contains("web page:") && !dev);
+        banner.push(line);
+        if done {
+            break;
+        }
+    }
+    assert!(!addr.is_empty(), "no listening line in {banner:?}");
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Serve { child, banner, addr }
+}
+
+fn write_config(dir: &Path) -> String {
+    let path = dir.join("huddle.toml");
+    std::fs::write(
+        &path,
+        format!("[[apps]]\napp_id = {APP_ID}\napp_sign = \"{APP_SIGN}\"\nserver_secret = \"{SECRET}\"\n"),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+fn events(o: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line: {l:?}: {e}")))
+        .collect()
+}
+
+fn has(events: &[Value], pred: impl Fn(&Value) -> bool) -> bool {
+    events.iter().any(pred)
+}
+
+#[test]
+fn two_calls_see_each_other() {
+    let dir = tempdir();
+    let config = write_config(&dir);
+    let server = serve(&["--config", &config]);
+    let url = format!("ws://{}", server.addr);
+
+    let call = |user: &str, extra: &[&str], secs: &str| {
+        huddle()
+            .args([
+                "call",
+                "--server",
+                &url,
+                "--app-id",
+                APP_ID,
+                "--app-sign",
+                APP_SIGN,
+                "--room",
+                "r1",
+            ])
+            .args(["--user", user, "--user-status-notify", "--duration", secs])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // B plays before A publishes: it waits (PlayRequesting), then plays.
+    let b = call("bob", &["--play", "alice-main"], "4");
+    std::thread::sleep(Duration::from_millis(500));
+    let a = call("alice", &["--publish", "alice-main"], "2");
+    let a = a.wait_with_output().unwrap();
+    let b = b.wait_with_output().unwrap();
+    assert!(
+        a.status.success(),
+        "alice: {}",
+        String::from_utf8_lossy(&a.stderr)
+    );
+    assert!(b.status.success(), "bob: {}", String::from_utf8_lossy(&b.stderr));
+    let (ea, eb) = (events(&a), events(&b));
+
+    for e in ea.iter().chain(&eb) {
+        assert!(e["t_ms"].is_u64() && e["event"].is_string(), "{e}");
+    }
+    let logined =
+        |e: &Value| e["event"] == "room_state_changed" && e["reason"] == "Logined" && e["error_code"] == 0;
+    assert!(has(&ea, logined) && has(&eb, logined));
+    assert!(has(&ea, |e| e["event"] == "publisher_state_update"
+        && e["state"] == "Publishing"));
+    assert!(has(&eb, |e| e["event"] == "player_state_update"
+        && e["state"] == "PlayRequesting"));
+    assert!(has(&eb, |e| e["event"] == "player_state_update"
+        && e["state"] == "Playing"));
+    assert!(has(&eb, |e| e["event"] == "room_stream_update"
+        && e["update_type"] == "Add"
+        && e["streams"]
+            == serde_json::json!([{"user_id":"alice","stream_id":"alice-main","extra_info":""}])));
+    // Alice left after 2 s: Bob sees her stream and her user go.
+    assert!(has(&eb, |e| e["event"] == "room_stream_update"
+        && e["update_type"] == "Delete"));
+    assert!(has(&eb, |e| e["event"] == "room_user_update"
+        && e["update_type"] == "Add"
+        && e["users"][0]["user_id"] == "alice"));
+    assert!(has(&eb, |e| e["event"] == "room_user_update"
+        && e["update_type"] == "Delete"));
+    assert!(has(&ea, |e| e["event"] == "room_state_changed"
+        && e["reason"] == "Logout"));
+}
+
+#[test]
+fn call_reports_a_refused_login_and_exits_1() {
+    let dir = tempdir();
+    let config = write_config(&dir);
+    let server = serve(&["--config", &config]);
+    let wrong_sign = "00".repeat(32);
+    let o = huddle()
+        .args([
+            "call",
+            "--server",
+            &format!("ws://{}", server.addr),
+            "--app-id",
+            APP_ID,
+        ])
+        .args([
+            "--app-sign",
+            &wrong_sign,
+            "--room",
+            "r1",
+            "--user",
+            "eve",
+            "--duration",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let ev = events(&o);
+    assert!(has(&ev, |e| e["event"] == "room_state_changed"
+        && e["reason"] == "LoginFailed"
+        && e["error_code"] == 1001005));
+
+    // A token login works without the AppSign.
+    let token = huddle()
+        .args([
+            "token", "new", "--app-id", APP_ID, "--secret", SECRET, "--user", "tina",
+        ])
+        .output()
+        .unwrap();
+    let token = String::from_utf8(token.stdout).unwrap();
+    let o = huddle()
+        .args([
+            "call",
+            "--server",
+            &format!("ws://{}", server.addr),
+            "--app-id",
+            APP_ID,
+        ])
+        .args([
+            "--token",
+            token.trim(),
+            "--room",
+            "r1",
+            "--user",
+            "tina",
+            "--duration",
+            "0.5",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(has(&events(&o), |e| e["reason"] == "Logined"));
+
+    // Bad input is a numbered error, not a panic.
+    let o = huddle()
+        .args([
+            "call",
+            "--server",
+            &format!("ws://{}", server.addr),
+            "--app-id",
+            APP_ID,
+        ])
+        .args([
+            "--app-sign",
+            APP_SIGN,
+            "--room",
+            "r 1",
+            "--user",
+            "x",
+            "--duration",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("1002012"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn dev_mode_credentials_are_stable_across_restarts() {
+    let dir = tempdir();
+    let data = dir.join("data");
+    let data = data.to_str().unwrap();
+    let creds = |s: &Serve| -> Vec<String> {
+        s.banner
+            .iter()
+            .filter(|l| l.contains("app_id:") || l.contains("app_sign:") || l.contains("server_secret:"))
+            .cloned()
+            .collect()
+    };
+    let first = serve(&["--data-dir", data]);
+    let c1 = creds(&first);
+    drop(first);
+    let second = serve(&["--data-dir", data]);
+    let c2 = creds(&second);
+    assert_eq!(c1.len(), 3, "{:?}", second.banner);
+    assert_eq!(c1, c2);
+}
+
+#[test]
+fn config_with_unknown_key_is_refused() {
+    let dir = tempdir();
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, "listen = \"127.0.0.1:0\"\nlisten_port = 3\n").unwrap();
+    let o = huddle()
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("listen_port"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A fresh directory under the target dir (no extra crate needed).
+fn tempdir() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "huddle-cli-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -1,0 +1,720 @@
+//! The engine: the app's handle, argument checks, and the threads it owns.
+//!
+//! Every API call checks its arguments and the engine's state under one short lock (never held
+//! while calling the app), records what it changes, and queues a request to the engine task,
+//! which runs the sessions on the engine's own runtime. Nothing in an API call blocks or awaits,
+//! so the API works from any thread, inside or outside a tokio runtime, and from event handlers.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+
+use huddle_proto::{AppId, ErrorCode, HuddleError, RoomId, SIGNALING_PATH, StreamId, User};
+use huddle_token::AppSign;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::warn;
+
+use crate::config::{EngineConfig, EngineProfile, RoomConfig, Scenario};
+use crate::dispatch::{self, EventStream, HandlerSlot, STREAM_CAPACITY};
+use crate::driver::{Driver, Request};
+use crate::event::EventHandler;
+use crate::session::{Command, Release, SessionParams, Timing};
+
+/// Requests queued from the API to the engine task; beyond this an API call fails with 1009004.
+const REQUEST_QUEUE: usize = 1024;
+
+/// The prefix of every thread the engine starts (Linux shows 15 bytes of a thread name).
+pub(crate) const THREAD_PREFIX: &str = "huddle-sdk-";
+
+/// What the API knows synchronously: whether a room is logged in and what it publishes.
+#[derive(Debug, Default)]
+pub(crate) struct ApiState {
+    destroyed: bool,
+    room: Option<ApiRoom>,
+    next_id: u64,
+}
+
+#[derive(Debug)]
+struct ApiRoom {
+    room_id: RoomId,
+    /// Which login this is, so that a late release from an older session changes nothing.
+    login: u64,
+    /// The publishing stream and the ticket of the call that started it.
+    publisher: Option<(StreamId, u64)>,
+}
+
+impl ApiState {
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// A session of login `login` released the room or its publisher.
+    pub(crate) fn release(&mut self, login: u64, release: Release) {
+        let Some(room) = &mut self.room else { return };
+        if room.login != login {
+            return;
+        }
+        match release {
+            Release::Room => self.room = None,
+            Release::Publisher { ticket } => {
+                if room.publisher.as_ref().is_some_and(|p| p.1 == ticket) {
+                    room.publisher = None;
+                }
+            }
+        }
+    }
+}
+
+pub(crate) type SharedApi = Arc<Mutex<ApiState>>;
+
+pub(crate) fn lock(api: &Mutex<ApiState>) -> MutexGuard<'_, ApiState> {
+    api.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// State shared by the engine and its handles.
+struct Shared {
+    app_id: AppId,
+    app_sign: Option<Arc<AppSign>>,
+    scenario: Scenario,
+    timing: Timing,
+    api: SharedApi,
+    requests: mpsc::Sender<Request>,
+    handler: HandlerSlot,
+    streams: Mutex<Option<broadcast::Sender<crate::Event>>>,
+    camera: AtomicBool,
+}
+
+/// The Huddle engine: log in to rooms, publish and play streams.
+///
+/// It owns a small tokio runtime (threads `huddle-sdk-rt-N`), a control thread
+/// (`huddle-sdk-eng`) and the event thread (`huddle-sdk-evt`) that calls the
+/// [`EventHandler`]. [`Engine::destroy`], or dropping the engine, logs out, closes every
+/// connection and joins all of them.
+///
+/// The methods never block and may be called from any thread, from async code and from event
+/// handlers. Results of the network arrive as events; the `Err` of a method is only about its
+/// arguments and the engine's state (for example 1000002 when no room is logged in).
+/// Handlers and other threads reach the engine through an [`EngineHandle`].
+///
+/// See the [crate docs](crate) for the call flow.
+pub struct Engine {
+    handle: EngineHandle,
+    shutdown: Option<oneshot::Sender<()>>,
+    control_thread: Option<JoinHandle<()>>,
+    event_thread: Option<JoinHandle<()>>,
+}
+
+/// A cheap, cloneable reference to an [`Engine`], for event handlers and other threads.
+///
+/// It has the engine's methods except `destroy`, and does not keep the engine alive: once the
+/// engine is destroyed every method fails with 1000001 (`ENGINE_NOT_CREATED`).
+#[derive(Clone)]
+pub struct EngineHandle {
+    shared: Arc<Shared>,
+}
+
+impl Engine {
+    /// Creates an engine and starts its threads.
+    ///
+    /// Errors: 1001004 for AppID 0, 1001006 for an AppSign that is not 64 hexadecimal
+    /// characters, 1000006 for a server address that is not `ws://host:port[/path]` or a
+    /// config out of range.
+    #[doc(alias = "createEngine")]
+    pub fn create(profile: EngineProfile) -> Result<Engine, HuddleError> {
+        let app_id = AppId::new(profile.app_id)?;
+        let app_sign = match profile.app_sign.as_deref() {
+            None | Some("") => None,
+            Some(s) => Some(Arc::new(s.parse::<AppSign>().map_err(|_| {
+                HuddleError::new(
+                    ErrorCode::APP_SIGN_INVALID,
+                    "the AppSign must be 64 hexadecimal characters",
+                )
+            })?)),
+        };
+        let url = signaling_url(&profile.server)?;
+        let config = profile.config;
+        check_config(&config)?;
+
+        let (requests_tx, requests_rx) = mpsc::channel(REQUEST_QUEUE);
+        let (events_tx, events_rx) = mpsc::channel(config.event_queue);
+        let (shutdown_tx, shutdown_rx) = oneshot::channel();
+        let (streams_tx, _) = broadcast::channel(STREAM_CAPACITY);
+        let handler: HandlerSlot = Arc::default();
+        let api: SharedApi = Arc::default();
+        let internal =
+            |what: &str, e: std::io::Error| HuddleError::new(ErrorCode::INTERNAL, format!("{what}: {e}"));
+
+        let event_thread = {
+            let handler = handler.clone();
+            let streams = streams_tx.clone();
+            thread::Builder::new()
+                .name(format!("{THREAD_PREFIX}evt"))
+                .spawn(move || dispatch::run(events_rx, handler, streams))
+                .map_err(|e| internal("cannot start the event thread", e))?
+        };
+        // The control thread builds, runs and drops the runtime, so that the runtime is never
+        // dropped in the caller's (possibly async) context; it reports whether the build worked.
+        let driver = Driver::new(
+            url,
+            Timing::from(&config),
+            api.clone(),
+            requests_rx,
+            shutdown_rx,
+            events_tx,
+        );
+        let workers = config.worker_threads;
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let control_thread = thread::Builder::new()
+            .name(format!("{THREAD_PREFIX}eng"))
+            .spawn(move || {
+                let runtime = match build_runtime(workers) {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                runtime.block_on(driver.run());
+                // Outside any async context: dropping the runtime joins its threads.
+                drop(runtime);
+            });
+        let started = match control_thread {
+            Ok(t) => match ready_rx.recv() {
+                Ok(Ok(())) => Ok(t),
+                Ok(Err(e)) => {
+                    let _ = t.join();
+                    Err(internal("cannot start the engine's runtime", e))
+                }
+                Err(_) => {
+                    let _ = t.join();
+                    Err(HuddleError::new(
+                        ErrorCode::INTERNAL,
+                        "the engine thread ended at start",
+                    ))
+                }
+            },
+            Err(e) => Err(internal("cannot start the engine thread", e)),
+        };
+        let control_thread = match started {
+            Ok(t) => t,
+            Err(e) => {
+                // The driver and its event sender are gone: the event thread ends.
+                let _ = event_thread.join();
+                return Err(e);
+            }
+        };
+
+        let shared = Shared {
+            app_id,
+            app_sign,
+            scenario: profile.scenario,
+            timing: Timing::from(&config),
+            api,
+            requests: requests_tx,
+            handler,
+            streams: Mutex::new(Some(streams_tx)),
+            camera: AtomicBool::new(true),
+        };
+        Ok(Engine {
+            handle: EngineHandle {
+                shared: Arc::new(shared),
+            },
+            shutdown: Some(shutdown_tx),
+            control_thread: Some(control_thread),
+            event_thread: Some(event_thread),
+        })
+    }
+
+    /// A handle for event handlers and other threads.
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone()
+    }
+
+    /// Sets the app's event handler, replacing the previous one. Events that happen while no
+    /// handler is set are not kept for it (they still reach [`Self::events`] streams).
+    #[doc(alias = "setEventHandler")]
+    pub fn set_event_handler(&self, handler: Arc<dyn EventHandler>) {
+        self.handle.set_event_handler(handler)
+    }
+
+    /// The engine's events as an async stream, beside the handler. See [`EventStream`].
+    pub fn events(&self) -> EventStream {
+        self.handle.events()
+    }
+
+    /// Turns the camera on or off (on by default). An engine with the camera off publishes
+    /// audio only: the media plane never adds a video track.
+    #[doc(alias = "enableCamera")]
+    pub fn enable_camera(&self, enable: bool) {
+        self.handle.enable_camera(enable)
+    }
+
+    /// Whether the camera is on ([`Self::enable_camera`]).
+    pub fn is_camera_enabled(&self) -> bool {
+        self.handle.is_camera_enabled()
+    }
+
+    /// The scenario the engine was created with.
+    pub fn scenario(&self) -> Scenario {
+        self.handle.scenario()
+    }
+
+    /// Logs in to a room as `user`.
+    ///
+    /// Returns at once. The login reports `on_room_state_changed` `Logining`, then `Logined`
+    /// (then the users, with `is_user_status_notify`, and the streams in the room as `Add`), or
+    /// `LoginFailed` with the code: 1001005 wrong AppSign, 1001004 unknown AppID, 1002034 room
+    /// full, 1002074–1002080 token refused, 1002030 no connection / 1002031 no answer within
+    /// [`EngineConfig::login_timeout`]. Once logged in, a broken connection is retried
+    /// (`Reconnecting`, `Reconnected`, or `ReconnectFailed` with 1002053 after
+    /// [`EngineConfig::reconnect_budget`]).
+    ///
+    /// Errors: the room ID's code (1002011–1002013), 1002001 when a room is already logged in,
+    /// 1002033 when the engine has no AppSign and `config` no token.
+    #[doc(alias = "loginRoom")]
+    pub fn login_room(&self, room_id: &str, user: User, config: RoomConfig) -> Result<(), HuddleError> {
+        self.handle.login_room(room_id, user, config)
+    }
+
+    /// Leaves the room: `Logout`, and the publisher and players stop (`NoPublish`, `NoPlay`).
+    ///
+    /// Errors: 1000002 when `room_id` is not the logged-in room.
+    #[doc(alias = "logoutRoom")]
+    pub fn logout_room(&self, room_id: &str) -> Result<(), HuddleError> {
+        self.handle.logout_room(room_id)
+    }
+
+    /// Publishes a stream under `stream_id`, unique in the AppID.
+    ///
+    /// Reports `PublishRequesting`, then `Publishing` when the server registered it, or
+    /// `NoPublish` with the code (1003028 when another publisher uses the ID, 1003025 when the
+    /// token forbids it). After a break it goes back to `PublishRequesting` (1003020) and
+    /// publishes again when the room reconnects. Publishing the ID already published does nothing.
+    ///
+    /// Errors: the stream ID's code (1000014–1000016), 1000002 when no room is logged in,
+    /// 1003026 when the engine already publishes another stream.
+    #[doc(alias = "startPublishingStream")]
+    pub fn start_publishing_stream(&self, stream_id: &str) -> Result<(), HuddleError> {
+        self.handle.start_publishing_stream(stream_id)
+    }
+
+    /// Stops publishing (`NoPublish`). Nothing happens when nothing is published.
+    ///
+    /// Errors: 1000002 when no room is logged in.
+    #[doc(alias = "stopPublishingStream")]
+    pub fn stop_publishing_stream(&self) -> Result<(), HuddleError> {
+        self.handle.stop_publishing_stream()
+    }
+
+    /// Plays a stream of this AppID, in this room or another, published now or later.
+    ///
+    /// Reports `PlayRequesting`, then `Playing` while the stream is published, back to
+    /// `PlayRequesting` when it goes away (and with 1004020 while the connection is retrying),
+    /// or `NoPlay` with the code if the server refuses (1004030 too many played streams).
+    /// Playing a stream already played does nothing.
+    ///
+    /// Errors: the stream ID's code, 1000002 when no room is logged in.
+    #[doc(alias = "startPlayingStream")]
+    pub fn start_playing_stream(&self, stream_id: &str) -> Result<(), HuddleError> {
+        self.handle.start_playing_stream(stream_id)
+    }
+
+    /// Stops playing a stream (`NoPlay`). Nothing happens when it is not played.
+    ///
+    /// Errors: the stream ID's code, 1000002 when no room is logged in.
+    #[doc(alias = "stopPlayingStream")]
+    pub fn stop_playing_stream(&self, stream_id: &str) -> Result<(), HuddleError> {
+        self.handle.stop_playing_stream(stream_id)
+    }
+
+    /// Gives the room a new token, after `on_room_token_will_expire`. The engine sends it to
+    /// the server, uses it for later reconnections, and warns again before it expires. A refusal
+    /// by the server arrives as `on_debug_error` with the code and `func_name` `"renew_token"`.
+    ///
+    /// Errors: 1000002 when `room_id` is not the logged-in room, 1000006 for an empty token.
+    #[doc(alias = "renewToken")]
+    pub fn renew_token(&self, room_id: &str, token: &str) -> Result<(), HuddleError> {
+        self.handle.renew_token(room_id, token)
+    }
+
+    /// Logs out if needed, closes every connection, and stops and joins every thread the engine
+    /// started. The handler receives the events up to the end (the `Logout`), and none after.
+    /// Dropping the engine does the same.
+    ///
+    /// It blocks for up to [`EngineConfig::logout_timeout`] plus a little while the server
+    /// confirms the logout: from async code, call it in `spawn_blocking`.
+    #[doc(alias = "destroyEngine")]
+    pub fn destroy(self) {
+        drop(self)
+    }
+
+    fn shutdown(&mut self) {
+        {
+            let mut api = lock(&self.handle.shared.api);
+            api.destroyed = true;
+            api.room = None;
+        }
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let me = thread::current().id();
+        for t in [self.control_thread.take(), self.event_thread.take()]
+            .into_iter()
+            .flatten()
+        {
+            if t.thread().id() == me {
+                // Destroyed from one of its own callbacks: the thread ends when the callback returns.
+                warn!("engine destroyed from its own event thread; that thread ends after the callback");
+                continue;
+            }
+            if t.join().is_err() {
+                warn!("an engine thread panicked");
+            }
+        }
+        let shared = &self.handle.shared;
+        *shared.handler.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *shared.streams.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.handle.fmt(f)
+    }
+}
+
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.shared;
+        let api = lock(&s.api);
+        f.debug_struct("Engine")
+            .field("app_id", &s.app_id)
+            .field("scenario", &s.scenario)
+            .field("destroyed", &api.destroyed)
+            .field("room", &api.room.as_ref().map(|r| &r.room_id))
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineHandle {
+    /// Same as [`Engine::set_event_handler`].
+    pub fn set_event_handler(&self, handler: Arc<dyn EventHandler>) {
+        if lock(&self.shared.api).destroyed {
+            return;
+        }
+        *self.shared.handler.lock().unwrap_or_else(|e| e.into_inner()) = Some(handler);
+    }
+
+    /// Same as [`Engine::events`]; the stream is already ended once the engine is destroyed.
+    pub fn events(&self) -> EventStream {
+        let streams = self.shared.streams.lock().unwrap_or_else(|e| e.into_inner());
+        match &*streams {
+            Some(tx) => EventStream::new(tx.subscribe()),
+            None => {
+                let (tx, rx) = broadcast::channel(1);
+                drop(tx);
+                EventStream::new(rx)
+            }
+        }
+    }
+
+    /// Same as [`Engine::enable_camera`].
+    pub fn enable_camera(&self, enable: bool) {
+        self.shared.camera.store(enable, Ordering::Relaxed);
+    }
+
+    /// Same as [`Engine::is_camera_enabled`].
+    pub fn is_camera_enabled(&self) -> bool {
+        self.shared.camera.load(Ordering::Relaxed)
+    }
+
+    /// Same as [`Engine::scenario`].
+    pub fn scenario(&self) -> Scenario {
+        self.shared.scenario
+    }
+
+    /// Same as [`Engine::login_room`].
+    pub fn login_room(&self, room_id: &str, user: User, config: RoomConfig) -> Result<(), HuddleError> {
+        let s = &self.shared;
+        let room_id = RoomId::new(room_id)?;
+        let token = config.token.filter(|t| !t.is_empty());
+        if token.is_none() && s.app_sign.is_none() {
+            return Err(HuddleError::new(
+                ErrorCode::AUTHENTICATION_FAILED,
+                "this engine has no AppSign: log in with a token (RoomConfig::token)",
+            ));
+        }
+        let mut api = self.alive()?;
+        if let Some(room) = &api.room {
+            return Err(HuddleError::new(
+                ErrorCode::ALREADY_LOGGED_IN,
+                format!("already logged in to room {}: log out first", room.room_id),
+            ));
+        }
+        let login = api.next_id();
+        let params = SessionParams {
+            app_id: s.app_id,
+            app_sign: s.app_sign.clone(),
+            room_id: room_id.clone(),
+            user,
+            token,
+            user_status_notify: config.is_user_status_notify,
+            max_member_count: config.max_member_count,
+            timing: s.timing.clone(),
+        };
+        self.request(Request::Login {
+            login,
+            params: Box::new(params),
+        })?;
+        api.room = Some(ApiRoom {
+            room_id,
+            login,
+            publisher: None,
+        });
+        Ok(())
+    }
+
+    /// Same as [`Engine::logout_room`].
+    pub fn logout_room(&self, room_id: &str) -> Result<(), HuddleError> {
+        let room_id = RoomId::new(room_id)?;
+        let mut api = self.alive()?;
+        let login = match &api.room {
+            Some(room) if room.room_id == room_id => room.login,
+            _ => return Err(not_logged_in(&room_id)),
+        };
+        self.request(Request::Room {
+            login,
+            cmd: Command::Logout,
+        })?;
+        api.room = None;
+        Ok(())
+    }
+
+    /// Same as [`Engine::start_publishing_stream`].
+    pub fn start_publishing_stream(&self, stream_id: &str) -> Result<(), HuddleError> {
+        let stream_id = StreamId::new(stream_id)?;
+        let mut api = self.alive()?;
+        let ticket = api.next_id();
+        let room = api
+            .room
+            .as_mut()
+            .ok_or_else(|| HuddleError::from(ErrorCode::NOT_LOGGED_IN))?;
+        match &room.publisher {
+            Some((id, _)) if *id == stream_id => return Ok(()),
+            Some((id, _)) => {
+                return Err(HuddleError::new(
+                    ErrorCode::ALREADY_PUBLISHING,
+                    format!("already publishing stream {id}: stop it first"),
+                ));
+            }
+            None => {}
+        }
+        let login = room.login;
+        self.request(Request::Room {
+            login,
+            cmd: Command::Publish {
+                stream_id: stream_id.clone(),
+                ticket,
+            },
+        })?;
+        room.publisher = Some((stream_id, ticket));
+        Ok(())
+    }
+
+    /// Same as [`Engine::stop_publishing_stream`].
+    pub fn stop_publishing_stream(&self) -> Result<(), HuddleError> {
+        let mut api = self.alive()?;
+        let room = api
+            .room
+            .as_mut()
+            .ok_or_else(|| HuddleError::from(ErrorCode::NOT_LOGGED_IN))?;
+        if room.publisher.is_some() {
+            self.request(Request::Room {
+                login: room.login,
+                cmd: Command::StopPublish,
+            })?;
+            room.publisher = None;
+        }
+        Ok(())
+    }
+
+    /// Same as [`Engine::start_playing_stream`].
+    pub fn start_playing_stream(&self, stream_id: &str) -> Result<(), HuddleError> {
+        let stream_id = StreamId::new(stream_id)?;
+        let login = self.room_gen()?;
+        self.request(Request::Room {
+            login,
+            cmd: Command::Play { stream_id },
+        })
+    }
+
+    /// Same as [`Engine::stop_playing_stream`].
+    pub fn stop_playing_stream(&self, stream_id: &str) -> Result<(), HuddleError> {
+        let stream_id = StreamId::new(stream_id)?;
+        let login = self.room_gen()?;
+        self.request(Request::Room {
+            login,
+            cmd: Command::StopPlay { stream_id },
+        })
+    }
+
+    /// Same as [`Engine::renew_token`].
+    pub fn renew_token(&self, room_id: &str, token: &str) -> Result<(), HuddleError> {
+        let room_id = RoomId::new(room_id)?;
+        if token.is_empty() {
+            return Err(HuddleError::new(
+                ErrorCode::INVALID_PARAMETER,
+                "the token is empty",
+            ));
+        }
+        let api = self.alive()?;
+        let login = match &api.room {
+            Some(room) if room.room_id == room_id => room.login,
+            _ => return Err(not_logged_in(&room_id)),
+        };
+        self.request(Request::Room {
+            login,
+            cmd: Command::RenewToken {
+                token: token.to_string(),
+            },
+        })
+    }
+
+    /// The API state, or 1000001 once the engine is destroyed.
+    fn alive(&self) -> Result<MutexGuard<'_, ApiState>, HuddleError> {
+        let api = lock(&self.shared.api);
+        if api.destroyed {
+            return Err(ErrorCode::ENGINE_NOT_CREATED.into());
+        }
+        Ok(api)
+    }
+
+    fn room_gen(&self) -> Result<u64, HuddleError> {
+        let api = self.alive()?;
+        api.room
+            .as_ref()
+            .map(|r| r.login)
+            .ok_or_else(|| ErrorCode::NOT_LOGGED_IN.into())
+    }
+
+    /// Queues a request for the engine task. Called with the API lock held, so that requests
+    /// are queued in the order the API state changed.
+    fn request(&self, req: Request) -> Result<(), HuddleError> {
+        self.shared.requests.try_send(req).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                HuddleError::new(ErrorCode::RATE_LIMITED, "too many calls queued for the engine")
+            }
+            mpsc::error::TrySendError::Closed(_) => ErrorCode::ENGINE_NOT_CREATED.into(),
+        })
+    }
+}
+
+fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let counter = AtomicUsize::new(0);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .max_blocking_threads(2)
+        .thread_name_fn(move || format!("{THREAD_PREFIX}rt-{}", counter.fetch_add(1, Ordering::Relaxed)))
+        .enable_all()
+        .build()
+}
+
+fn not_logged_in(room_id: &RoomId) -> HuddleError {
+    HuddleError::new(
+        ErrorCode::NOT_LOGGED_IN,
+        format!("not logged in to room {room_id}"),
+    )
+}
+
+/// `ws://host:port` or `ws://host:port/path` → the signaling URL (`/ws` when no path is given).
+fn signaling_url(server: &str) -> Result<String, HuddleError> {
+    let bad = |why: &str| {
+        HuddleError::new(
+            ErrorCode::INVALID_PARAMETER,
+            format!("server address {server:?}: {why}"),
+        )
+    };
+    let server = server.trim();
+    if server.starts_with("wss://") {
+        return Err(bad("wss:// is not supported by this build; use ws://"));
+    }
+    let rest = server
+        .strip_prefix("ws://")
+        .ok_or_else(|| bad("expected ws://host:port"))?;
+    let (host, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(bad("no host"));
+    }
+    let path = if path.is_empty() || path == "/" {
+        SIGNALING_PATH
+    } else {
+        path
+    };
+    Ok(format!("ws://{host}{path}"))
+}
+
+fn check_config(c: &EngineConfig) -> Result<(), HuddleError> {
+    let bad = |why: &str| HuddleError::new(ErrorCode::INVALID_PARAMETER, why.to_string());
+    if c.worker_threads == 0 || c.worker_threads > 64 {
+        return Err(bad("worker_threads must be 1..=64"));
+    }
+    if c.event_queue == 0 {
+        return Err(bad("event_queue must be at least 1"));
+    }
+    if c.attempt_timeout.is_zero() || c.login_timeout.is_zero() {
+        return Err(bad("login_timeout and attempt_timeout must not be zero"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_types_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Engine>();
+        check::<EngineHandle>();
+        check::<crate::EventStream>();
+    }
+
+    #[test]
+    fn server_addresses() {
+        assert_eq!(
+            signaling_url("ws://127.0.0.1:7880").unwrap(),
+            "ws://127.0.0.1:7880/ws"
+        );
+        assert_eq!(
+            signaling_url("ws://127.0.0.1:7880/").unwrap(),
+            "ws://127.0.0.1:7880/ws"
+        );
+        assert_eq!(signaling_url(" ws://h:1/ws ").unwrap(), "ws://h:1/ws");
+        assert_eq!(
+            signaling_url("ws://h:1/custom/path").unwrap(),
+            "ws://h:1/custom/path"
+        );
+        for bad in [
+            "",
+            "127.0.0.1:7880",
+            "http://h:1",
+            "ws://",
+            "ws:///ws",
+            "wss://h:1",
+        ] {
+            assert_eq!(
+                signaling_url(bad).unwrap_err().code,
+                ErrorCode::INVALID_PARAMETER,
+                "{bad}"
+            );
+        }
+    }
+}

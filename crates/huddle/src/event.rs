@@ -1,0 +1,310 @@
+//! States, events and the [`EventHandler`] trait.
+
+use huddle_proto::{ErrorCode, RoomId, StreamId, StreamInfo, UpdateType, User};
+
+/// The state of the engine's connection to a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[doc(alias = "ZegoRoomState")]
+pub enum RoomState {
+    /// Not logged in (never, logged out, failed, kicked out or given up).
+    Disconnected,
+    /// Logging in, or reconnecting after a break.
+    Connecting,
+    /// Logged in.
+    Connected,
+}
+
+/// Why the room state changed. Each reason implies a [`RoomState`] ([`Self::state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+#[doc(alias = "ZegoRoomStateChangedReason")]
+pub enum RoomStateChangedReason {
+    /// `login_room` started the login ([`RoomState::Connecting`]).
+    Logining,
+    /// The login succeeded ([`RoomState::Connected`]).
+    Logined,
+    /// The login failed; the error code says why ([`RoomState::Disconnected`]).
+    LoginFailed,
+    /// The connection broke; the engine is retrying (1002051, [`RoomState::Connecting`]).
+    Reconnecting,
+    /// The connection is back ([`RoomState::Connected`]).
+    Reconnected,
+    /// The engine gave up reconnecting (1002053 when the retry budget ran out,
+    /// [`RoomState::Disconnected`]).
+    ReconnectFailed,
+    /// The server ended the session: 1002050 when the same user logged in elsewhere, 1002055 by
+    /// the server ([`RoomState::Disconnected`]).
+    KickOut,
+    /// `logout_room` (or `destroy`) left the room ([`RoomState::Disconnected`]).
+    Logout,
+    /// Leaving the room failed ([`RoomState::Disconnected`]). Reserved: this version reports every
+    /// logout as [`Self::Logout`], because the engine always leaves, confirmed or not.
+    LogoutFailed,
+}
+
+impl RoomStateChangedReason {
+    /// The room state this reason leads to.
+    pub fn state(self) -> RoomState {
+        use RoomStateChangedReason::*;
+        match self {
+            Logining | Reconnecting => RoomState::Connecting,
+            Logined | Reconnected => RoomState::Connected,
+            LoginFailed | ReconnectFailed | KickOut | Logout | LogoutFailed => RoomState::Disconnected,
+        }
+    }
+}
+
+/// The state of the engine's publishing stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[doc(alias = "ZegoPublisherState")]
+pub enum PublisherState {
+    /// Not publishing (never, stopped, or failed: the error code says why).
+    NoPublish,
+    /// Asking the server to publish, or retrying after a break.
+    PublishRequesting,
+    /// Publishing.
+    Publishing,
+}
+
+/// The state of one played stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[doc(alias = "ZegoPlayerState")]
+pub enum PlayerState {
+    /// Not playing (never, stopped, or failed: the error code says why).
+    NoPlay,
+    /// Waiting for the stream: it is not published (yet), or the connection is retrying.
+    PlayRequesting,
+    /// Playing.
+    Playing,
+}
+
+/// One event of the engine, as [`Engine::events`](crate::Engine::events) delivers it. Each
+/// variant is one [`EventHandler`] method, with the same fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// See [`EventHandler::on_room_state_update`].
+    RoomStateUpdate {
+        /// The room.
+        room_id: RoomId,
+        /// The new state.
+        state: RoomState,
+        /// Why, when it is an error; 0 otherwise.
+        error_code: ErrorCode,
+        /// JSON with details (`{"message": …}`), or empty.
+        extended_data: String,
+    },
+    /// See [`EventHandler::on_room_state_changed`].
+    RoomStateChanged {
+        /// The room.
+        room_id: RoomId,
+        /// What happened.
+        reason: RoomStateChangedReason,
+        /// Why, when it is an error; 0 otherwise.
+        error_code: ErrorCode,
+        /// JSON with details (`{"message": …}`), or empty.
+        extended_data: String,
+    },
+    /// See [`EventHandler::on_room_user_update`].
+    RoomUserUpdate {
+        /// The room.
+        room_id: RoomId,
+        /// Whether the users came or went.
+        update_type: UpdateType,
+        /// The users.
+        users: Vec<User>,
+    },
+    /// See [`EventHandler::on_room_stream_update`].
+    RoomStreamUpdate {
+        /// The room.
+        room_id: RoomId,
+        /// Whether the streams came or went.
+        update_type: UpdateType,
+        /// The streams.
+        streams: Vec<StreamInfo>,
+        /// JSON with details, or empty.
+        extended_data: String,
+    },
+    /// See [`EventHandler::on_publisher_state_update`].
+    PublisherStateUpdate {
+        /// The stream.
+        stream_id: StreamId,
+        /// The new state.
+        state: PublisherState,
+        /// Why, when it is an error; 0 otherwise.
+        error_code: ErrorCode,
+        /// JSON with details (`{"message": …}`), or empty.
+        extended_data: String,
+    },
+    /// See [`EventHandler::on_player_state_update`].
+    PlayerStateUpdate {
+        /// The stream.
+        stream_id: StreamId,
+        /// The new state.
+        state: PlayerState,
+        /// Why, when it is an error; 0 otherwise.
+        error_code: ErrorCode,
+        /// JSON with details (`{"message": …}`), or empty.
+        extended_data: String,
+    },
+    /// See [`EventHandler::on_room_token_will_expire`].
+    RoomTokenWillExpire {
+        /// The room.
+        room_id: RoomId,
+        /// Seconds until the token expires.
+        remain_secs: i64,
+    },
+    /// See [`EventHandler::on_debug_error`].
+    DebugError {
+        /// The code.
+        error_code: ErrorCode,
+        /// The API call or engine function it concerns.
+        func_name: String,
+        /// In words.
+        info: String,
+    },
+}
+
+impl Event {
+    /// Calls the handler method of this event.
+    pub(crate) fn dispatch(&self, h: &dyn EventHandler) {
+        match self {
+            Event::RoomStateUpdate {
+                room_id,
+                state,
+                error_code,
+                extended_data,
+            } => h.on_room_state_update(room_id.as_str(), *state, *error_code, extended_data),
+            Event::RoomStateChanged {
+                room_id,
+                reason,
+                error_code,
+                extended_data,
+            } => h.on_room_state_changed(room_id.as_str(), *reason, *error_code, extended_data),
+            Event::RoomUserUpdate {
+                room_id,
+                update_type,
+                users,
+            } => h.on_room_user_update(room_id.as_str(), *update_type, users),
+            Event::RoomStreamUpdate {
+                room_id,
+                update_type,
+                streams,
+                extended_data,
+            } => h.on_room_stream_update(room_id.as_str(), *update_type, streams, extended_data),
+            Event::PublisherStateUpdate {
+                stream_id,
+                state,
+                error_code,
+                extended_data,
+            } => h.on_publisher_state_update(stream_id.as_str(), *state, *error_code, extended_data),
+            Event::PlayerStateUpdate {
+                stream_id,
+                state,
+                error_code,
+                extended_data,
+            } => h.on_player_state_update(stream_id.as_str(), *state, *error_code, extended_data),
+            Event::RoomTokenWillExpire { room_id, remain_secs } => {
+                h.on_room_token_will_expire(room_id.as_str(), *remain_secs)
+            }
+            Event::DebugError {
+                error_code,
+                func_name,
+                info,
+            } => h.on_debug_error(*error_code, func_name, info),
+        }
+    }
+}
+
+/// The app's event callbacks. Every method has an empty default body: implement the ones you need.
+///
+/// The engine calls them on its one event thread (`huddle-sdk-evt`), one at a time, in the order
+/// the events happened, and never while holding a lock that an API call needs: a handler may call
+/// the engine (through an [`EngineHandle`](crate::EngineHandle)). A slow handler delays the
+/// events after it, not the engine's networking (up to [`EngineConfig::event_queue`]
+/// events are queued). A panicking handler is caught and logged; the next event is delivered.
+///
+/// [`EngineConfig::event_queue`]: crate::EngineConfig::event_queue
+#[allow(unused_variables)]
+pub trait EventHandler: Send + Sync + 'static {
+    /// The room's connection state changed. Fired with every [`Self::on_room_state_changed`].
+    #[doc(alias = "onRoomStateUpdate")]
+    fn on_room_state_update(
+        &self,
+        room_id: &str,
+        state: RoomState,
+        error_code: ErrorCode,
+        extended_data: &str,
+    ) {
+    }
+
+    /// The room's connection state changed, with the reason.
+    #[doc(alias = "onRoomStateChanged")]
+    fn on_room_state_changed(
+        &self,
+        room_id: &str,
+        reason: RoomStateChangedReason,
+        error_code: ErrorCode,
+        extended_data: &str,
+    ) {
+    }
+
+    /// Other users came or went. Only with [`RoomConfig::is_user_status_notify`]; the users in
+    /// the room at login arrive as one `Add`.
+    ///
+    /// [`RoomConfig::is_user_status_notify`]: crate::RoomConfig::is_user_status_notify
+    #[doc(alias = "onRoomUserUpdate")]
+    fn on_room_user_update(&self, room_id: &str, update_type: UpdateType, users: &[User]) {}
+
+    /// Other users' streams came or went. The streams published at login arrive as one `Add`.
+    #[doc(alias = "onRoomStreamUpdate")]
+    fn on_room_stream_update(
+        &self,
+        room_id: &str,
+        update_type: UpdateType,
+        streams: &[StreamInfo],
+        extended_data: &str,
+    ) {
+    }
+
+    /// The publishing stream's state changed.
+    #[doc(alias = "onPublisherStateUpdate")]
+    fn on_publisher_state_update(
+        &self,
+        stream_id: &str,
+        state: PublisherState,
+        error_code: ErrorCode,
+        extended_data: &str,
+    ) {
+    }
+
+    /// A played stream's state changed.
+    #[doc(alias = "onPlayerStateUpdate")]
+    fn on_player_state_update(
+        &self,
+        stream_id: &str,
+        state: PlayerState,
+        error_code: ErrorCode,
+        extended_data: &str,
+    ) {
+    }
+
+    /// The room's token expires in `remain_secs` seconds: get a new one from the app's server
+    /// and pass it to `renew_token`.
+    #[doc(alias = "onRoomTokenWillExpire")]
+    fn on_room_token_will_expire(&self, room_id: &str, remain_secs: i64) {}
+
+    /// Something went wrong that no state change reports (for example the server refused a
+    /// renewed token).
+    #[doc(alias = "onDebugError")]
+    fn on_debug_error(&self, error_code: ErrorCode, func_name: &str, info: &str) {}
+}
+
+/// Details for `extended_data`: `{"message": …}`, or empty when there is nothing to say.
+pub(crate) fn extended(message: &str) -> String {
+    if message.is_empty() {
+        String::new()
+    } else {
+        serde_json::json!({ "message": message }).to_string()
+    }
+}

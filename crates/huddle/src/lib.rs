@@ -1,0 +1,110 @@
+//! The Huddle client SDK: log in to rooms on a self-hosted Huddle server, publish streams and
+//! play the streams of others.
+//!
+//! # Quick start
+//!
+//! The flow is the one of the hosted RTC SDKs' quick starts, with Rust names: create the engine,
+//! set a handler, log in, publish, play, and tear down.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use huddle::{
+//!     Engine, EngineProfile, ErrorCode, EventHandler, HuddleError, PlayerState, PublisherState, RoomConfig,
+//!     RoomStateChangedReason, Scenario, StreamInfo, UpdateType, User, UserId,
+//! };
+//!
+//! struct Handler;
+//!
+//! impl EventHandler for Handler {
+//!     fn on_room_state_changed(&self, room_id: &str, reason: RoomStateChangedReason, code: ErrorCode, _: &str) {
+//!         println!("room {room_id}: {reason:?} ({code:?})");
+//!     }
+//!     fn on_room_stream_update(&self, _room: &str, update: UpdateType, streams: &[StreamInfo], _: &str) {
+//!         for s in streams {
+//!             println!("stream {update:?}: {} by {}", s.stream_id, s.user_id);
+//!         }
+//!     }
+//!     fn on_publisher_state_update(&self, stream_id: &str, state: PublisherState, code: ErrorCode, _: &str) {
+//!         println!("publishing {stream_id}: {state:?} ({code:?})");
+//!     }
+//!     fn on_player_state_update(&self, stream_id: &str, state: PlayerState, code: ErrorCode, _: &str) {
+//!         println!("playing {stream_id}: {state:?} ({code:?})");
+//!     }
+//! }
+//!
+//! fn main() -> Result<(), HuddleError> {
+//!     // The AppID and AppSign the server printed (or was configured with).
+//!     let mut profile = EngineProfile::new(1234, "ws://127.0.0.1:7880");
+//!     profile.app_sign = Some("0123456789abcdef".repeat(4));
+//!     profile.scenario = Scenario::StandardVoiceCall;
+//!     let engine = Engine::create(profile)?;
+//!     engine.enable_camera(false); // voice only
+//!     engine.set_event_handler(Arc::new(Handler));
+//!
+//!     let mut config = RoomConfig::default();
+//!     config.is_user_status_notify = true;
+//!     engine.login_room("room-1", User::new(UserId::new("alice")?), config)?;
+//!     engine.start_publishing_stream("alice-main")?;
+//!     engine.start_playing_stream("bob-main")?;
+//!
+//!     // … the call …
+//!
+//!     engine.stop_publishing_stream()?;
+//!     engine.stop_playing_stream("bob-main")?;
+//!     engine.logout_room("room-1")?;
+//!     engine.destroy();
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # How it works
+//!
+//! Every method returns at once: an `Err` is about its arguments or the engine's state, and
+//! what the network says arrives as events, on one event thread, in order (or as an async
+//! [`EventStream`] from [`Engine::events`]). The engine owns its threads: a control thread that
+//! runs one signaling session per logged-in room on a small tokio runtime, and the event thread.
+//! Each session keeps the room's users and streams as the app has seen them; when the connection
+//! breaks it reconnects with backoff, resumes the server session when the server still holds it,
+//! publishes and plays again when it does not, and reports only what changed.
+//!
+//! # States and codes
+//!
+//! | what happens | room (`on_room_state_changed`) | publisher | players |
+//! | --- | --- | --- | --- |
+//! | `login_room` | `Logining` (Connecting) | | |
+//! | login accepted | `Logined` (Connected), then users and streams `Add` | `PublishRequesting` → `Publishing` | `PlayRequesting` → `Playing` while published |
+//! | login refused or timed out | `LoginFailed` + code (Disconnected) | `NoPublish` + code | `NoPlay` + code |
+//! | connection broken | `Reconnecting` 1002051 (Connecting) | `PublishRequesting` 1003020 | `PlayRequesting` 1004020 |
+//! | connection back | `Reconnected`, then only the user/stream differences | `Publishing` | `Playing` |
+//! | retry budget spent | `ReconnectFailed` 1002053 (Disconnected) | `NoPublish` 1002053 | `NoPlay` 1002053 |
+//! | kicked out | `KickOut` 1002050 / 1002055, no retry | `NoPublish` + code | `NoPlay` + code |
+//! | `logout_room` / `destroy` | `Logout` (Disconnected) | `NoPublish` | `NoPlay` |
+//!
+//! Every `on_room_state_changed` is followed by the `on_room_state_update` of its state. A room
+//! event comes before the publisher and player events it causes. Reconnection retries at once,
+//! then after 250 ms doubling to 5 s (±25% jitter), for up to 20 minutes
+//! ([`EngineConfig::reconnect_budget`]); each attempt resumes the server session if the server
+//! still holds it. Error codes are the system-wide table of [`ErrorCode`] (`docs/errors.md`).
+//!
+//! This version is the control plane: "publishing" registers the stream at the server and
+//! "playing" subscribes to it. Audio and video come with the media plane.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod config;
+mod conn;
+mod dispatch;
+mod driver;
+mod engine;
+mod event;
+mod session;
+
+pub use config::{EngineConfig, EngineProfile, RoomConfig, Scenario};
+pub use dispatch::EventStream;
+pub use engine::{Engine, EngineHandle};
+pub use event::{Event, EventHandler, PlayerState, PublisherState, RoomState, RoomStateChangedReason};
+pub use huddle_proto::{
+    ErrorCode, HuddleError, RoomId, StreamId, StreamInfo, UpdateType, User, UserId, UserName,
+};

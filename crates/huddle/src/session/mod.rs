@@ -1,0 +1,1103 @@
+//! The signaling session of one room, sans IO.
+//!
+//! [`Session`] owns no socket, thread or clock. The engine feeds it [`Input`]s with the current
+//! time (`handle_input`) and then drains [`Session::poll_output`] until it returns
+//! [`Output::Timeout`] (call again with [`Input::Timeout`] at that instant, or earlier with any
+//! other input) or [`Output::Finished`] (the session is over: drop it). This is the invariant of
+//! the driving loop: **after every `handle_input`, drain `poll_output` until `Timeout` or
+//! `Finished`**; outputs are queued in the order they must be performed.
+//!
+//! The session keeps what the app has been told (users, streams, publisher and player states),
+//! so that a reconnection reports only the differences.
+
+mod backoff;
+mod stream;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use huddle_proto::{
+    AppId, Auth, ClientMsg, ErrorCode, Login, LoginOk, PROTOCOL_VERSION, Resume, RoomId, ServerMsg, StreamId,
+    StreamInfo, UpdateType, User, UserId,
+};
+use huddle_token::AppSign;
+use tracing::{debug, warn};
+
+use crate::config::EngineConfig;
+use crate::event::{Event, PlayerState, PublisherState, RoomStateChangedReason, extended};
+use backoff::Backoff;
+use stream::{Player, Publisher};
+
+/// The timings a session runs by.
+#[derive(Debug, Clone)]
+pub(crate) struct Timing {
+    pub(crate) login_timeout: Duration,
+    pub(crate) reconnect_budget: Duration,
+    pub(crate) attempt_timeout: Duration,
+    pub(crate) retry_delay_min: Duration,
+    pub(crate) retry_delay_max: Duration,
+    pub(crate) token_warning: Duration,
+    pub(crate) logout_timeout: Duration,
+}
+
+impl From<&EngineConfig> for Timing {
+    fn from(c: &EngineConfig) -> Self {
+        Timing {
+            login_timeout: c.login_timeout,
+            reconnect_budget: c.reconnect_budget,
+            attempt_timeout: c.attempt_timeout,
+            retry_delay_min: c.retry_delay_min,
+            retry_delay_max: c.retry_delay_max,
+            token_warning: c.token_warning,
+            logout_timeout: c.logout_timeout,
+        }
+    }
+}
+
+/// Everything a session needs to log in.
+pub(crate) struct SessionParams {
+    pub(crate) app_id: AppId,
+    pub(crate) app_sign: Option<Arc<AppSign>>,
+    pub(crate) room_id: RoomId,
+    pub(crate) user: User,
+    pub(crate) token: Option<String>,
+    pub(crate) user_status_notify: bool,
+    pub(crate) max_member_count: u32,
+    pub(crate) timing: Timing,
+}
+
+impl fmt::Debug for SessionParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionParams")
+            .field("app_id", &self.app_id)
+            .field("room_id", &self.room_id)
+            .field("user", &self.user)
+            .field("auth", &if self.token.is_some() { "token" } else { "sign" })
+            .field("user_status_notify", &self.user_status_notify)
+            .field("max_member_count", &self.max_member_count)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What happens to a session.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// The connection asked for by [`Output::Connect`] is open (WebSocket upgraded).
+    Connected,
+    /// The connection asked for could not be opened.
+    ConnectFailed(String),
+    /// A message arrived on the current connection.
+    Message(ServerMsg),
+    /// The current connection closed or broke.
+    Closed(String),
+    /// The instant of the last [`Output::Timeout`] has come.
+    Timeout,
+    /// An API call for this room.
+    Command(Command),
+}
+
+/// An API call for the room, after the API validated it.
+pub(crate) enum Command {
+    Publish { stream_id: StreamId, ticket: u64 },
+    StopPublish,
+    Play { stream_id: StreamId },
+    StopPlay { stream_id: StreamId },
+    RenewToken { token: String },
+    Logout,
+}
+
+impl fmt::Debug for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Publish { stream_id, ticket } => write!(f, "Publish({stream_id}, ticket {ticket})"),
+            Command::StopPublish => f.write_str("StopPublish"),
+            Command::Play { stream_id } => write!(f, "Play({stream_id})"),
+            Command::StopPlay { stream_id } => write!(f, "StopPlay({stream_id})"),
+            Command::RenewToken { .. } => f.write_str("RenewToken(<redacted>)"),
+            Command::Logout => f.write_str("Logout"),
+        }
+    }
+}
+
+/// What the session wants done, in order.
+#[derive(Debug)]
+pub(crate) enum Output {
+    /// Close the current connection, if any, and open a new one.
+    Connect,
+    /// Send a message on the current connection.
+    Send(ClientMsg),
+    /// Close the current connection.
+    Close,
+    /// The API's record of the room or of the publisher is no longer valid: clear it (before
+    /// delivering the events after this, so that a handler may log in or publish again).
+    Release(Release),
+    /// Deliver an event to the app.
+    Event(Event),
+    /// Nothing more to do before this instant (`None`: until the next input).
+    Timeout(Option<Instant>),
+    /// The session is over.
+    Finished,
+}
+
+/// See [`Output::Release`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Release {
+    /// The room (and its publisher) ended.
+    Room,
+    /// The publisher started by this ticket ended.
+    Publisher { ticket: u64 },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// The first login, retrying connections until `deadline`.
+    Login { deadline: Instant },
+    /// Logged in.
+    Online,
+    /// The connection broke; retrying until `deadline`.
+    Reconnecting { deadline: Instant },
+    /// `logout` sent; waiting for the answer until `deadline`.
+    LoggingOut { deadline: Instant },
+    /// Over.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Link {
+    /// No connection; the next attempt at `retry_at`.
+    Down { retry_at: Option<Instant> },
+    /// An attempt in progress, given up at `deadline`.
+    Opening { deadline: Instant, step: Step },
+    /// Logged in on this connection.
+    Ready { next_ping: Instant, last_rx: Instant },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// TCP and WebSocket.
+    Transport,
+    /// Waiting for `hello`.
+    Hello,
+    /// `login` sent with this seq.
+    Login { seq: u32 },
+}
+
+/// What a request in flight was.
+#[derive(Debug)]
+enum Pending {
+    Publish { ticket: u64 },
+    Unpublish,
+    Play { stream_id: StreamId },
+    StopPlay,
+    RenewToken,
+    Ping,
+    Logout,
+}
+
+/// The signaling session of one room. See the module docs for the driving loop.
+pub(crate) struct Session {
+    p: SessionParams,
+    phase: Phase,
+    link: Link,
+    backoff: Backoff,
+    /// A transport connection opened at least once during the first login (selects 1002031
+    /// over 1002030 when the login times out).
+    ever_connected: bool,
+    next_seq: u32,
+    pending: HashMap<u32, Pending>,
+    /// From the last `login_ok`: how to resume after a break.
+    resume: Option<Resume>,
+    heartbeat: Duration,
+    session_timeout: Duration,
+    /// The other users the app has been told about (only with user status notify).
+    users: BTreeMap<UserId, User>,
+    /// The streams the app has been told about.
+    streams: BTreeMap<StreamId, StreamInfo>,
+    publisher: Option<Publisher>,
+    players: BTreeMap<StreamId, Player>,
+    /// Stopped while the connection was down: to unpublish / stop playing if the server session
+    /// is resumed (a fresh session has forgotten them anyway).
+    unpublish_later: BTreeSet<StreamId>,
+    stop_play_later: BTreeSet<StreamId>,
+    /// When to fire `on_room_token_will_expire`, and the token's expiry (Unix seconds).
+    token_warn_at: Option<Instant>,
+    token_expire: Option<i64>,
+    /// An instant and the Unix time (ms) at that instant, to convert expiry times.
+    clock_base: (Instant, i64),
+    out: VecDeque<Output>,
+}
+
+impl Session {
+    /// A session that starts logging in at once (`Logining`, then [`Output::Connect`]).
+    ///
+    /// `unix_ms` is the wall-clock time at `now`; `seed` seeds the retry jitter.
+    pub(crate) fn new(p: SessionParams, now: Instant, unix_ms: i64, seed: u64) -> Session {
+        let backoff = Backoff::new(p.timing.retry_delay_min, p.timing.retry_delay_max, seed);
+        let deadline = now + p.timing.login_timeout;
+        let mut s = Session {
+            p,
+            phase: Phase::Login { deadline },
+            link: Link::Down { retry_at: None },
+            backoff,
+            ever_connected: false,
+            next_seq: 1,
+            pending: HashMap::new(),
+            resume: None,
+            heartbeat: Duration::from_secs(5),
+            session_timeout: Duration::from_secs(15),
+            users: BTreeMap::new(),
+            streams: BTreeMap::new(),
+            publisher: None,
+            players: BTreeMap::new(),
+            unpublish_later: BTreeSet::new(),
+            stop_play_later: BTreeSet::new(),
+            token_warn_at: None,
+            token_expire: None,
+            clock_base: (now, unix_ms),
+            out: VecDeque::new(),
+        };
+        s.arm_token();
+        s.room_event(RoomStateChangedReason::Logining, ErrorCode::OK, "");
+        // The first attempt consumes the backoff's immediate retry: a failed first connection
+        // waits the minimum delay before the next one.
+        let _ = s.backoff.next_delay();
+        s.start_attempt(now);
+        s
+    }
+
+    /// The room.
+    pub(crate) fn room_id(&self) -> &RoomId {
+        &self.p.room_id
+    }
+
+    /// Feeds one input. Drain [`Self::poll_output`] afterwards.
+    pub(crate) fn handle_input(&mut self, input: Input, now: Instant) {
+        match input {
+            Input::Connected => {
+                if let Link::Opening {
+                    step: step @ Step::Transport,
+                    ..
+                } = &mut self.link
+                {
+                    *step = Step::Hello;
+                    self.ever_connected = true;
+                }
+            }
+            Input::ConnectFailed(why) | Input::Closed(why) => {
+                debug!(room = %self.p.room_id, %why, "signaling connection down");
+                self.link_down(now, &why);
+            }
+            Input::Message(msg) => self.on_message(msg, now),
+            Input::Timeout => self.on_timeout(now),
+            Input::Command(cmd) => self.on_command(cmd, now),
+        }
+    }
+
+    /// The next thing to do. See the module docs.
+    #[must_use]
+    pub(crate) fn poll_output(&mut self) -> Output {
+        if let Some(o) = self.out.pop_front() {
+            return o;
+        }
+        if matches!(self.phase, Phase::Done) {
+            return Output::Finished;
+        }
+        Output::Timeout(self.next_timeout())
+    }
+
+    // ----- inputs -----
+
+    fn on_message(&mut self, msg: ServerMsg, now: Instant) {
+        if let Link::Ready { last_rx, .. } = &mut self.link {
+            *last_rx = now;
+        }
+        match msg {
+            ServerMsg::Hello { protocol, nonce, .. } => {
+                if protocol != PROTOCOL_VERSION {
+                    warn!(
+                        protocol,
+                        ours = PROTOCOL_VERSION,
+                        "the server speaks another protocol version"
+                    );
+                }
+                if let Link::Opening {
+                    step: Step::Transport | Step::Hello,
+                    ..
+                } = self.link
+                {
+                    self.ever_connected = true;
+                    self.send_login(&nonce);
+                }
+            }
+            ServerMsg::LoginOk(ok) => {
+                if let Link::Opening {
+                    step: Step::Login { seq },
+                    ..
+                } = self.link
+                    && ok.seq == seq
+                {
+                    self.on_login_ok(ok, now);
+                }
+            }
+            ServerMsg::Ok { seq } => self.on_ok(seq),
+            ServerMsg::Error {
+                seq: Some(seq),
+                code,
+                message,
+            } => self.on_error(seq, code, &message, now),
+            ServerMsg::Error {
+                seq: None,
+                code,
+                message,
+            } => {
+                // The server closes the connection after this; the close drives what follows.
+                debug!(room = %self.p.room_id, ?code, %message, "server error before closing");
+            }
+            ServerMsg::Pong { seq, .. } => {
+                self.pending.remove(&seq);
+            }
+            ServerMsg::UserUpdate {
+                room_id,
+                update_type,
+                users,
+            } => {
+                if room_id == self.p.room_id && self.is_online() && self.p.user_status_notify {
+                    self.apply_user_update(update_type, users);
+                }
+            }
+            ServerMsg::StreamUpdate {
+                room_id,
+                update_type,
+                streams,
+            } => {
+                if room_id == self.p.room_id && self.is_online() {
+                    self.apply_stream_update(update_type, streams);
+                }
+            }
+            ServerMsg::PlayUpdate { stream_id, available } => {
+                if !self.is_online() {
+                    return;
+                }
+                if let Some(p) = self.players.get_mut(&stream_id) {
+                    p.available = available;
+                    self.refresh_player(&stream_id, ErrorCode::OK, "");
+                }
+            }
+            ServerMsg::Kicked { code, message } => {
+                if matches!(self.phase, Phase::Done | Phase::LoggingOut { .. }) {
+                    return;
+                }
+                self.leave(RoomStateChangedReason::KickOut, code, &message);
+                self.finish();
+            }
+            // Messages of the media plane (answers to media offers, transport states) are not
+            // the control plane's business.
+            #[allow(unreachable_patterns)]
+            other => debug!(room = %self.p.room_id, ?other, "message not handled by the control plane"),
+        }
+    }
+
+    fn on_login_ok(&mut self, ok: LoginOk, now: Instant) {
+        let first = matches!(self.phase, Phase::Login { .. });
+        let resumed = ok.resumed && !first;
+        self.heartbeat = Duration::from_millis(u64::from(ok.heartbeat_ms.max(100)));
+        self.session_timeout = Duration::from_millis(u64::from(
+            ok.session_timeout_ms.max(ok.heartbeat_ms.saturating_mul(2)),
+        ));
+        self.link = Link::Ready {
+            next_ping: now + self.heartbeat,
+            last_rx: now,
+        };
+        self.resume = Some(Resume {
+            session_id: ok.session_id,
+            resume_key: ok.resume_key,
+        });
+        self.backoff.reset();
+        self.phase = Phase::Online;
+        if self.token_expire.is_none()
+            && self.p.token.is_some()
+            && let Some(expire) = ok.token_expire
+        {
+            self.arm_expiry(expire);
+        }
+
+        let reason = if first {
+            RoomStateChangedReason::Logined
+        } else {
+            RoomStateChangedReason::Reconnected
+        };
+        self.room_event(reason, ErrorCode::OK, "");
+        self.sync_lists(ok.users, ok.streams);
+
+        if resumed {
+            // The server session is the one we had: finish what was stopped during the break.
+            for stream_id in std::mem::take(&mut self.unpublish_later) {
+                let seq = self.request(Pending::Unpublish);
+                self.send(ClientMsg::Unpublish { seq, stream_id });
+            }
+            for stream_id in std::mem::take(&mut self.stop_play_later) {
+                let seq = self.request(Pending::StopPlay);
+                self.send(ClientMsg::StopPlay { seq, stream_id });
+            }
+        } else {
+            // A fresh server session knows nothing of ours: publish and play again.
+            self.unpublish_later.clear();
+            self.stop_play_later.clear();
+            if let Some(p) = &mut self.publisher {
+                p.registered = false;
+                p.requested = false;
+            }
+            for p in self.players.values_mut() {
+                p.requested = false;
+                p.available = false;
+            }
+        }
+        match &self.publisher {
+            Some(p) if p.registered => self.refresh_publisher(ErrorCode::OK, ""),
+            Some(_) => self.send_publish(),
+            None => {}
+        }
+        // Play again even on a resumed session: the answer tells the availability now, which
+        // may have changed during the break.
+        let ids: Vec<StreamId> = self.players.keys().cloned().collect();
+        for stream_id in ids {
+            self.send_play(stream_id);
+        }
+    }
+
+    fn on_ok(&mut self, seq: u32) {
+        match self.pending.remove(&seq) {
+            Some(Pending::Publish { ticket }) => {
+                if let Some(p) = &mut self.publisher
+                    && p.ticket == ticket
+                {
+                    p.registered = true;
+                    self.refresh_publisher(ErrorCode::OK, "");
+                }
+            }
+            Some(Pending::Logout) => self.finish(),
+            _ => {}
+        }
+    }
+
+    fn on_error(&mut self, seq: u32, code: ErrorCode, message: &str, now: Instant) {
+        if let Link::Opening {
+            step: Step::Login { seq: login_seq },
+            ..
+        } = self.link
+            && seq == login_seq
+        {
+            match self.phase {
+                Phase::Login { .. } => {
+                    self.leave(RoomStateChangedReason::LoginFailed, code, message);
+                    self.finish();
+                }
+                Phase::Reconnecting { .. } if retriable(code) => {
+                    self.out.push_back(Output::Close);
+                    self.link_down(now, message);
+                }
+                Phase::Reconnecting { .. } => {
+                    self.leave(RoomStateChangedReason::ReconnectFailed, code, message);
+                    self.finish();
+                }
+                _ => {}
+            }
+            return;
+        }
+        match self.pending.remove(&seq) {
+            Some(Pending::Publish { ticket }) => {
+                if self.publisher.as_ref().is_some_and(|p| p.ticket == ticket) {
+                    let p = self.publisher.take().expect("checked");
+                    self.out.push_back(Output::Release(Release::Publisher { ticket }));
+                    self.publisher_event(p.stream_id, PublisherState::NoPublish, code, message);
+                }
+            }
+            Some(Pending::Play { stream_id }) => {
+                if self.players.remove(&stream_id).is_some() {
+                    self.player_event(stream_id, PlayerState::NoPlay, code, message);
+                }
+            }
+            Some(Pending::RenewToken) => {
+                self.event(Event::DebugError {
+                    error_code: code,
+                    func_name: "renew_token".into(),
+                    info: message.to_string(),
+                });
+            }
+            Some(Pending::Logout) => self.finish(),
+            Some(other) => debug!(room = %self.p.room_id, ?other, ?code, message, "request refused"),
+            None => debug!(room = %self.p.room_id, seq, ?code, message, "error for an unknown request"),
+        }
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Login { deadline } if now >= deadline => {
+                let (code, why) = if self.ever_connected {
+                    (
+                        ErrorCode::LOGIN_TIMEOUT,
+                        "the server did not answer the login in time",
+                    )
+                } else {
+                    (ErrorCode::CONNECT_FAILED, "could not connect to the server")
+                };
+                self.leave(RoomStateChangedReason::LoginFailed, code, why);
+                self.finish();
+                return;
+            }
+            Phase::Reconnecting { deadline } if now >= deadline => {
+                self.leave(
+                    RoomStateChangedReason::ReconnectFailed,
+                    ErrorCode::RETRY_TIMEOUT,
+                    "could not reconnect within the retry budget",
+                );
+                self.finish();
+                return;
+            }
+            Phase::LoggingOut { deadline } if now >= deadline => {
+                self.finish();
+                return;
+            }
+            Phase::Done => return,
+            _ => {}
+        }
+        match self.link {
+            Link::Down { retry_at: Some(at) } if now >= at => self.start_attempt(now),
+            Link::Opening { deadline, .. } if now >= deadline => {
+                self.out.push_back(Output::Close);
+                self.link_down(now, "the connection attempt timed out");
+            }
+            Link::Ready { next_ping, last_rx } if self.is_online() => {
+                if now >= last_rx + self.session_timeout {
+                    self.out.push_back(Output::Close);
+                    self.link_down(now, "nothing heard from the server");
+                } else if now >= next_ping {
+                    let seq = self.request(Pending::Ping);
+                    self.send(ClientMsg::Ping { seq });
+                    self.link = Link::Ready {
+                        next_ping: now + self.heartbeat,
+                        last_rx,
+                    };
+                }
+            }
+            _ => {}
+        }
+        if let Some(at) = self.token_warn_at
+            && now >= at
+            && self.token_warning_allowed()
+        {
+            self.token_warn_at = None;
+            let remain_ms = self.token_expire.unwrap_or_default() * 1000 - self.unix_ms_at(now);
+            self.event(Event::RoomTokenWillExpire {
+                room_id: self.p.room_id.clone(),
+                remain_secs: remain_ms.div_euclid(1000).max(0),
+            });
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command, now: Instant) {
+        if matches!(self.phase, Phase::Done | Phase::LoggingOut { .. }) {
+            return;
+        }
+        match cmd {
+            Command::Publish { stream_id, ticket } => {
+                if let Some(p) = &mut self.publisher {
+                    if p.stream_id == stream_id {
+                        // Idempotent; the API's record now carries the newer ticket.
+                        p.ticket = ticket;
+                        return;
+                    }
+                    self.stop_publish();
+                }
+                self.unpublish_later.remove(&stream_id);
+                self.publisher = Some(Publisher::new(stream_id, ticket));
+                self.refresh_publisher(ErrorCode::OK, "");
+                if self.is_ready() {
+                    self.send_publish();
+                }
+            }
+            Command::StopPublish => self.stop_publish(),
+            Command::Play { stream_id } => {
+                if self.players.contains_key(&stream_id) {
+                    return;
+                }
+                self.stop_play_later.remove(&stream_id);
+                self.players.insert(stream_id.clone(), Player::new());
+                self.refresh_player(&stream_id, ErrorCode::OK, "");
+                if self.is_ready() {
+                    self.send_play(stream_id);
+                }
+            }
+            Command::StopPlay { stream_id } => {
+                if let Some(p) = self.players.remove(&stream_id) {
+                    if self.is_ready() {
+                        let seq = self.request(Pending::StopPlay);
+                        self.send(ClientMsg::StopPlay {
+                            seq,
+                            stream_id: stream_id.clone(),
+                        });
+                    } else if p.requested {
+                        self.stop_play_later.insert(stream_id.clone());
+                    }
+                    self.player_event(stream_id, PlayerState::NoPlay, ErrorCode::OK, "");
+                }
+            }
+            Command::RenewToken { token } => {
+                self.p.token = Some(token.clone());
+                self.arm_token();
+                if self.is_ready() {
+                    let seq = self.request(Pending::RenewToken);
+                    self.send(ClientMsg::RenewToken { seq, token });
+                }
+                // Otherwise the next login uses it.
+            }
+            Command::Logout => {
+                let ready = self.is_ready();
+                self.leave(RoomStateChangedReason::Logout, ErrorCode::OK, "");
+                if ready {
+                    let seq = self.request(Pending::Logout);
+                    self.send(ClientMsg::Logout { seq });
+                    self.phase = Phase::LoggingOut {
+                        deadline: now + self.p.timing.logout_timeout,
+                    };
+                } else {
+                    self.finish();
+                }
+            }
+        }
+    }
+
+    // ----- connection -----
+
+    fn start_attempt(&mut self, now: Instant) {
+        self.link = Link::Opening {
+            deadline: now + self.p.timing.attempt_timeout,
+            step: Step::Transport,
+        };
+        self.out.push_back(Output::Connect);
+    }
+
+    /// The current connection is gone (closed, failed or given up).
+    fn link_down(&mut self, now: Instant, why: &str) {
+        self.pending.clear();
+        match self.phase {
+            Phase::Done => {}
+            Phase::LoggingOut { .. } => self.finish(),
+            Phase::Online => self.begin_reconnect(now, why),
+            Phase::Login { .. } | Phase::Reconnecting { .. } => self.schedule_attempt(now),
+        }
+    }
+
+    fn begin_reconnect(&mut self, now: Instant, why: &str) {
+        self.phase = Phase::Reconnecting {
+            deadline: now + self.p.timing.reconnect_budget,
+        };
+        self.link = Link::Down { retry_at: None };
+        self.room_event(
+            RoomStateChangedReason::Reconnecting,
+            ErrorCode::TEMPORARY_BREAK,
+            why,
+        );
+        self.refresh_publisher(ErrorCode::PUBLISH_TEMPORARY_BREAK, why);
+        let ids: Vec<StreamId> = self.players.keys().cloned().collect();
+        for id in ids {
+            self.refresh_player(&id, ErrorCode::PLAY_TEMPORARY_BREAK, why);
+        }
+        self.schedule_attempt(now);
+    }
+
+    /// The next connection attempt: now, or after the backoff delay.
+    fn schedule_attempt(&mut self, now: Instant) {
+        let delay = self.backoff.next_delay();
+        if delay.is_zero() {
+            self.start_attempt(now);
+        } else {
+            self.link = Link::Down {
+                retry_at: Some(now + delay),
+            };
+        }
+    }
+
+    fn send_login(&mut self, nonce: &str) {
+        let auth = if let Some(token) = &self.p.token {
+            Auth::Token(token.clone())
+        } else if let Some(sign) = &self.p.app_sign {
+            Auth::Sign(huddle_token::sign_challenge(
+                sign,
+                self.p.app_id.get(),
+                self.p.room_id.as_str(),
+                self.p.user.user_id.as_str(),
+                nonce,
+            ))
+        } else {
+            // The API refuses such a login; never send one without auth.
+            let reason = match self.phase {
+                Phase::Login { .. } => RoomStateChangedReason::LoginFailed,
+                _ => RoomStateChangedReason::ReconnectFailed,
+            };
+            self.leave(
+                reason,
+                ErrorCode::AUTHENTICATION_FAILED,
+                "no AppSign and no token",
+            );
+            self.finish();
+            return;
+        };
+        let seq = self.alloc_seq();
+        let resume = match self.phase {
+            Phase::Reconnecting { .. } => self.resume.clone(),
+            _ => None,
+        };
+        self.send(ClientMsg::Login(Login {
+            seq,
+            protocol: PROTOCOL_VERSION,
+            app_id: self.p.app_id,
+            room_id: self.p.room_id.clone(),
+            user: self.p.user.clone(),
+            auth,
+            user_status_notify: self.p.user_status_notify,
+            max_member_count: self.p.max_member_count,
+            resume,
+        }));
+        if let Link::Opening { step, .. } = &mut self.link {
+            *step = Step::Login { seq };
+        }
+    }
+
+    // ----- streams -----
+
+    fn send_publish(&mut self) {
+        let Some(p) = &self.publisher else { return };
+        let (stream_id, ticket) = (p.stream_id.clone(), p.ticket);
+        let seq = self.request(Pending::Publish { ticket });
+        self.send(ClientMsg::Publish {
+            seq,
+            stream_id,
+            extra_info: String::new(),
+        });
+        if let Some(p) = &mut self.publisher {
+            p.requested = true;
+        }
+    }
+
+    fn send_play(&mut self, stream_id: StreamId) {
+        let seq = self.request(Pending::Play {
+            stream_id: stream_id.clone(),
+        });
+        if let Some(p) = self.players.get_mut(&stream_id) {
+            p.requested = true;
+        }
+        self.send(ClientMsg::Play { seq, stream_id });
+    }
+
+    fn stop_publish(&mut self) {
+        let Some(p) = self.publisher.take() else { return };
+        if p.registered || p.requested {
+            if self.is_ready() {
+                let seq = self.request(Pending::Unpublish);
+                self.send(ClientMsg::Unpublish {
+                    seq,
+                    stream_id: p.stream_id.clone(),
+                });
+            } else {
+                self.unpublish_later.insert(p.stream_id.clone());
+            }
+        }
+        self.publisher_event(p.stream_id, PublisherState::NoPublish, ErrorCode::OK, "");
+    }
+
+    /// Reports the publisher's state if the signaling facts changed it.
+    fn refresh_publisher(&mut self, code: ErrorCode, message: &str) {
+        let online = self.is_online();
+        let Some(p) = &mut self.publisher else { return };
+        let state = p.target_state(online);
+        if state != p.state {
+            p.state = state;
+            let id = p.stream_id.clone();
+            self.publisher_event(id, state, code, message);
+        }
+    }
+
+    /// Reports a player's state if the signaling facts changed it.
+    fn refresh_player(&mut self, stream_id: &StreamId, code: ErrorCode, message: &str) {
+        let online = self.is_online();
+        let Some(p) = self.players.get_mut(stream_id) else {
+            return;
+        };
+        let state = p.target_state(online);
+        if state != p.state {
+            p.state = state;
+            self.player_event(stream_id.clone(), state, code, message);
+        }
+    }
+
+    // ----- users and streams the app sees -----
+
+    /// Reports the differences between what the app was told and the room as the server
+    /// describes it now.
+    fn sync_lists(&mut self, users: Vec<User>, streams: Vec<StreamInfo>) {
+        let me = self.p.user.user_id.clone();
+        if self.p.user_status_notify {
+            let now: BTreeMap<UserId, User> = users
+                .into_iter()
+                .filter(|u| u.user_id != me)
+                .map(|u| (u.user_id.clone(), u))
+                .collect();
+            let gone: Vec<User> = self
+                .users
+                .values()
+                .filter(|u| !now.contains_key(&u.user_id))
+                .cloned()
+                .collect();
+            let new: Vec<User> = now
+                .values()
+                .filter(|u| !self.users.contains_key(&u.user_id))
+                .cloned()
+                .collect();
+            self.users = now;
+            self.user_event(UpdateType::Delete, gone);
+            self.user_event(UpdateType::Add, new);
+        }
+        let now: BTreeMap<StreamId, StreamInfo> = streams
+            .into_iter()
+            .filter(|s| s.user_id != me)
+            .map(|s| (s.stream_id.clone(), s))
+            .collect();
+        let gone: Vec<StreamInfo> = self
+            .streams
+            .iter()
+            .filter(|(id, s)| now.get(*id) != Some(*s))
+            .map(|(_, s)| s.clone())
+            .collect();
+        let new: Vec<StreamInfo> = now
+            .iter()
+            .filter(|(id, s)| self.streams.get(*id) != Some(*s))
+            .map(|(_, s)| s.clone())
+            .collect();
+        self.streams = now;
+        self.stream_event(UpdateType::Delete, gone);
+        self.stream_event(UpdateType::Add, new);
+    }
+
+    fn apply_user_update(&mut self, update_type: UpdateType, users: Vec<User>) {
+        let me = self.p.user.user_id.clone();
+        let mut changed = Vec::new();
+        for u in users.into_iter().filter(|u| u.user_id != me) {
+            let is_new = match update_type {
+                UpdateType::Add => self.users.insert(u.user_id.clone(), u.clone()).is_none(),
+                UpdateType::Delete => self.users.remove(&u.user_id).is_some(),
+            };
+            if is_new {
+                changed.push(u);
+            }
+        }
+        self.user_event(update_type, changed);
+    }
+
+    fn apply_stream_update(&mut self, update_type: UpdateType, streams: Vec<StreamInfo>) {
+        let me = self.p.user.user_id.clone();
+        let mut changed = Vec::new();
+        for s in streams.into_iter().filter(|s| s.user_id != me) {
+            let is_new = match update_type {
+                UpdateType::Add => self.streams.insert(s.stream_id.clone(), s.clone()).as_ref() != Some(&s),
+                UpdateType::Delete => self.streams.remove(&s.stream_id).is_some(),
+            };
+            if is_new {
+                changed.push(s);
+            }
+        }
+        self.stream_event(update_type, changed);
+    }
+
+    // ----- leaving -----
+
+    /// Ends the room for the app: releases the API's record, reports the room state, then every
+    /// publisher and player as stopped with the same code.
+    fn leave(&mut self, reason: RoomStateChangedReason, code: ErrorCode, message: &str) {
+        self.out.push_back(Output::Release(Release::Room));
+        self.room_event(reason, code, message);
+        if let Some(p) = self.publisher.take() {
+            self.publisher_event(p.stream_id, PublisherState::NoPublish, code, message);
+        }
+        for (id, _) in std::mem::take(&mut self.players) {
+            self.player_event(id, PlayerState::NoPlay, code, message);
+        }
+        self.token_warn_at = None;
+    }
+
+    /// Closes the connection; the session is over.
+    fn finish(&mut self) {
+        self.out.push_back(Output::Close);
+        self.phase = Phase::Done;
+        self.link = Link::Down { retry_at: None };
+        self.pending.clear();
+    }
+
+    // ----- tokens -----
+
+    fn arm_token(&mut self) {
+        self.token_warn_at = None;
+        self.token_expire = None;
+        let Some(token) = &self.p.token else { return };
+        match huddle_token::peek_expire(token) {
+            Ok(expire) => self.arm_expiry(expire),
+            Err(e) => debug!(error = %e, "cannot read the token's expiry; no expiry warning"),
+        }
+    }
+
+    fn arm_expiry(&mut self, expire: i64) {
+        self.token_expire = Some(expire);
+        let warn_ms = expire
+            .saturating_mul(1000)
+            .saturating_sub(self.p.timing.token_warning.as_millis() as i64);
+        let (base, base_ms) = self.clock_base;
+        let after = u64::try_from(warn_ms.saturating_sub(base_ms)).unwrap_or(0);
+        self.token_warn_at = Some(base + Duration::from_millis(after));
+    }
+
+    fn token_warning_allowed(&self) -> bool {
+        matches!(self.phase, Phase::Online | Phase::Reconnecting { .. })
+    }
+
+    fn unix_ms_at(&self, now: Instant) -> i64 {
+        let (base, base_ms) = self.clock_base;
+        base_ms + now.saturating_duration_since(base).as_millis() as i64
+    }
+
+    // ----- helpers -----
+
+    fn is_online(&self) -> bool {
+        matches!(self.phase, Phase::Online)
+    }
+
+    fn is_ready(&self) -> bool {
+        self.is_online() && matches!(self.link, Link::Ready { .. })
+    }
+
+    fn next_timeout(&self) -> Option<Instant> {
+        let mut at: Option<Instant> = None;
+        let mut consider = |t: Instant| at = Some(at.map_or(t, |a| a.min(t)));
+        match self.phase {
+            Phase::Login { deadline } | Phase::Reconnecting { deadline } | Phase::LoggingOut { deadline } => {
+                consider(deadline)
+            }
+            Phase::Online => {}
+            Phase::Done => return None,
+        }
+        match self.link {
+            Link::Down { retry_at: Some(t) } => consider(t),
+            Link::Down { retry_at: None } => {}
+            Link::Opening { deadline, .. } => consider(deadline),
+            Link::Ready { next_ping, last_rx } => {
+                if self.is_online() {
+                    consider(next_ping);
+                    consider(last_rx + self.session_timeout);
+                }
+            }
+        }
+        if let Some(t) = self.token_warn_at
+            && self.token_warning_allowed()
+        {
+            consider(t);
+        }
+        at
+    }
+
+    fn alloc_seq(&mut self) -> u32 {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.checked_add(1).unwrap_or(1);
+        seq
+    }
+
+    fn request(&mut self, what: Pending) -> u32 {
+        let seq = self.alloc_seq();
+        self.pending.insert(seq, what);
+        seq
+    }
+
+    fn send(&mut self, msg: ClientMsg) {
+        self.out.push_back(Output::Send(msg));
+    }
+
+    fn event(&mut self, e: Event) {
+        self.out.push_back(Output::Event(e));
+    }
+
+    fn room_event(&mut self, reason: RoomStateChangedReason, code: ErrorCode, message: &str) {
+        let extended_data = extended(message);
+        self.event(Event::RoomStateChanged {
+            room_id: self.p.room_id.clone(),
+            reason,
+            error_code: code,
+            extended_data: extended_data.clone(),
+        });
+        self.event(Event::RoomStateUpdate {
+            room_id: self.p.room_id.clone(),
+            state: reason.state(),
+            error_code: code,
+            extended_data,
+        });
+    }
+
+    fn publisher_event(
+        &mut self,
+        stream_id: StreamId,
+        state: PublisherState,
+        code: ErrorCode,
+        message: &str,
+    ) {
+        self.event(Event::PublisherStateUpdate {
+            stream_id,
+            state,
+            error_code: code,
+            extended_data: extended(message),
+        });
+    }
+
+    fn player_event(&mut self, stream_id: StreamId, state: PlayerState, code: ErrorCode, message: &str) {
+        self.event(Event::PlayerStateUpdate {
+            stream_id,
+            state,
+            error_code: code,
+            extended_data: extended(message),
+        });
+    }
+
+    fn user_event(&mut self, update_type: UpdateType, users: Vec<User>) {
+        if !users.is_empty() {
+            self.event(Event::RoomUserUpdate {
+                room_id: self.p.room_id.clone(),
+                update_type,
+                users,
+            });
+        }
+    }
+
+    fn stream_event(&mut self, update_type: UpdateType, streams: Vec<StreamInfo>) {
+        if !streams.is_empty() {
+            self.event(Event::RoomStreamUpdate {
+                room_id: self.p.room_id.clone(),
+                update_type,
+                streams,
+                extended_data: String::new(),
+            });
+        }
+    }
+}
+
+/// Login refusals worth another attempt while reconnecting (the server is busy or restarting);
+/// any other refusal (auth, room full, …) ends the room.
+fn retriable(code: ErrorCode) -> bool {
+    [
+        ErrorCode::SERVER_BUSY,
+        ErrorCode::RATE_LIMITED,
+        ErrorCode::INTERNAL,
+        ErrorCode::LOGIN_TIMEOUT,
+        ErrorCode::SLOW_CONSUMER,
+    ]
+    .contains(&code)
+}

@@ -1,0 +1,837 @@
+//! The session on virtual time: no sockets, no sleeps.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use huddle_proto::{
+    AppId, Auth, ClientMsg, ErrorCode, LoginOk, Resume, RoomId, ServerMsg, StreamId, StreamInfo, UpdateType,
+    User, UserId,
+};
+use huddle_token::AppSign;
+
+use super::*;
+use crate::event::Event;
+
+const APP: u32 = 77;
+const SIGN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+fn user(id: &str) -> User {
+    User::new(UserId::new(id).unwrap())
+}
+
+fn stream(user_id: &str, stream_id: &str) -> StreamInfo {
+    let u = user(user_id);
+    StreamInfo {
+        user_id: u.user_id,
+        user_name: u.user_name,
+        stream_id: StreamId::new(stream_id).unwrap(),
+        extra_info: String::new(),
+    }
+}
+
+fn sid(s: &str) -> StreamId {
+    StreamId::new(s).unwrap()
+}
+
+fn timing() -> Timing {
+    Timing::from(&EngineConfig::default())
+}
+
+fn params(token: Option<String>, timing: Timing) -> SessionParams {
+    SessionParams {
+        app_id: AppId::new(APP).unwrap(),
+        app_sign: Some(Arc::new(SIGN.parse::<AppSign>().unwrap())),
+        room_id: RoomId::new("room").unwrap(),
+        user: user("me"),
+        token,
+        user_status_notify: true,
+        max_member_count: 0,
+        timing,
+    }
+}
+
+fn unix_ms_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// A session on virtual time, with everything it output.
+struct Harness {
+    s: Session,
+    now: Instant,
+    wake: Option<Instant>,
+    finished: bool,
+}
+
+impl Harness {
+    fn new(p: SessionParams) -> (Harness, Vec<Output>) {
+        let now = Instant::now();
+        let s = Session::new(p, now, unix_ms_now(), 1);
+        let mut h = Harness {
+            s,
+            now,
+            wake: None,
+            finished: false,
+        };
+        let out = h.drain();
+        (h, out)
+    }
+
+    fn drain(&mut self) -> Vec<Output> {
+        let mut out = Vec::new();
+        loop {
+            match self.s.poll_output() {
+                Output::Timeout(t) => {
+                    self.wake = t;
+                    return out;
+                }
+                Output::Finished => {
+                    self.finished = true;
+                    self.wake = None;
+                    out.push(Output::Finished);
+                    return out;
+                }
+                o => out.push(o),
+            }
+        }
+    }
+
+    fn input(&mut self, input: Input) -> Vec<Output> {
+        self.s.handle_input(input, self.now);
+        self.drain()
+    }
+
+    fn msg(&mut self, m: ServerMsg) -> Vec<Output> {
+        self.input(Input::Message(m))
+    }
+
+    fn cmd(&mut self, c: Command) -> Vec<Output> {
+        self.input(Input::Command(c))
+    }
+
+    /// Moves time forward by `d`, firing every timeout on the way.
+    fn advance(&mut self, d: Duration) -> Vec<Output> {
+        let target = self.now + d;
+        let mut out = Vec::new();
+        while let Some(w) = self.wake
+            && w <= target
+        {
+            self.now = self.now.max(w);
+            out.extend(self.input(Input::Timeout));
+        }
+        self.now = target;
+        out
+    }
+
+    /// Connected, hello, login_ok: returns the login sent and the outputs after login_ok.
+    fn log_in(&mut self, ok: impl FnOnce(u32) -> LoginOk) -> (huddle_proto::Login, Vec<Output>) {
+        assert!(self.input(Input::Connected).is_empty());
+        let out = self.msg(ServerMsg::Hello {
+            protocol: 1,
+            nonce: "n0nce".into(),
+            server_time_ms: 0,
+        });
+        let login = match &sent(&out)[..] {
+            [ClientMsg::Login(l)] => l.clone(),
+            other => panic!("expected a login, got {other:?}"),
+        };
+        let out = self.msg(ServerMsg::LoginOk(ok(login.seq)));
+        (login, out)
+    }
+}
+
+fn login_ok(seq: u32, resumed: bool, users: Vec<User>, streams: Vec<StreamInfo>) -> LoginOk {
+    LoginOk {
+        seq,
+        session_id: "sess-1".into(),
+        resume_key: "key-1".into(),
+        room_id: RoomId::new("room").unwrap(),
+        resumed,
+        users,
+        streams,
+        heartbeat_ms: 1000,
+        session_timeout_ms: 3000,
+        grace_ms: 5000,
+        token_expire: None,
+    }
+}
+
+fn sent(out: &[Output]) -> Vec<ClientMsg> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send(m) => Some(m.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn seq_of(out: &[Output], pred: impl Fn(&ClientMsg) -> bool) -> u32 {
+    sent(out)
+        .into_iter()
+        .find(|m| pred(m))
+        .map(|m| m.seq())
+        .expect("no such message sent")
+}
+
+/// The events in a compact form. Checks that each room state change is followed by the matching
+/// state update (and leaves the update out).
+fn evs(out: &[Output]) -> Vec<String> {
+    let events: Vec<&Event> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Event(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    let mut v = Vec::new();
+    let mut i = 0;
+    while i < events.len() {
+        match events[i] {
+            Event::RoomStateChanged {
+                reason, error_code, ..
+            } => {
+                match events.get(i + 1) {
+                    Some(Event::RoomStateUpdate {
+                        state, error_code: c, ..
+                    }) => {
+                        assert_eq!(
+                            (*state, *c),
+                            (reason.state(), *error_code),
+                            "state update after {reason:?}"
+                        );
+                    }
+                    other => panic!("no state update after {reason:?}: {other:?}"),
+                }
+                v.push(format!("room {reason:?} {error_code}"));
+                i += 1;
+            }
+            Event::RoomStateUpdate { .. } => panic!("a state update without a state change"),
+            Event::RoomUserUpdate {
+                update_type, users, ..
+            } => {
+                let ids: Vec<&str> = users.iter().map(|u| u.user_id.as_str()).collect();
+                v.push(format!("users {update_type:?} {}", ids.join(",")));
+            }
+            Event::RoomStreamUpdate {
+                update_type, streams, ..
+            } => {
+                let ids: Vec<&str> = streams.iter().map(|s| s.stream_id.as_str()).collect();
+                v.push(format!("streams {update_type:?} {}", ids.join(",")));
+            }
+            Event::PublisherStateUpdate {
+                stream_id,
+                state,
+                error_code,
+                ..
+            } => v.push(format!("pub {stream_id} {state:?} {error_code}")),
+            Event::PlayerStateUpdate {
+                stream_id,
+                state,
+                error_code,
+                ..
+            } => v.push(format!("play {stream_id} {state:?} {error_code}")),
+            Event::RoomTokenWillExpire { remain_secs, .. } => v.push(format!("token {remain_secs}")),
+            Event::DebugError {
+                error_code,
+                func_name,
+                ..
+            } => v.push(format!("debug {func_name} {error_code}")),
+        }
+        i += 1;
+    }
+    v
+}
+
+fn connects(out: &[Output]) -> usize {
+    out.iter().filter(|o| matches!(o, Output::Connect)).count()
+}
+
+fn position(out: &[Output], pred: impl Fn(&Output) -> bool) -> usize {
+    out.iter().position(pred).expect("no such output")
+}
+
+/// Logged in, publishing `mine` (registered) and playing `theirs` (available).
+fn online_with_streams() -> Harness {
+    let (mut h, _) = Harness::new(params(None, timing()));
+    h.log_in(|seq| {
+        login_ok(
+            seq,
+            false,
+            vec![user("bob"), user("carol")],
+            vec![stream("bob", "theirs")],
+        )
+    });
+    let out = h.cmd(Command::Publish {
+        stream_id: sid("mine"),
+        ticket: 1,
+    });
+    let publish = seq_of(&out, |m| matches!(m, ClientMsg::Publish { .. }));
+    h.msg(ServerMsg::Ok { seq: publish });
+    h.cmd(Command::Play {
+        stream_id: sid("theirs"),
+    });
+    let out = h.msg(ServerMsg::PlayUpdate {
+        stream_id: sid("theirs"),
+        available: true,
+    });
+    assert_eq!(evs(&out), ["play theirs Playing 0"]);
+    h
+}
+
+#[test]
+fn login_answers_the_challenge_and_reports_the_room() {
+    let (mut h, out) = Harness::new(params(None, timing()));
+    assert_eq!(evs(&out), ["room Logining 0"]);
+    assert_eq!(connects(&out), 1);
+    let (login, out) = h.log_in(|seq| {
+        login_ok(
+            seq,
+            false,
+            vec![user("bob"), user("me")],
+            vec![stream("bob", "bob-cam"), stream("me", "old")],
+        )
+    });
+    let expected = huddle_token::sign_challenge(&SIGN.parse().unwrap(), APP, "room", "me", "n0nce");
+    assert_eq!(login.auth, Auth::Sign(expected));
+    assert_eq!(login.resume, None);
+    assert!(login.user_status_notify);
+    // The user's own entries are not reported.
+    assert_eq!(
+        evs(&out),
+        ["room Logined 0", "users Add bob", "streams Add bob-cam"]
+    );
+    assert!(!h.finished);
+}
+
+#[test]
+fn users_are_not_reported_without_user_status_notify() {
+    let mut p = params(None, timing());
+    p.user_status_notify = false;
+    let (mut h, _) = Harness::new(p);
+    let (login, out) = h.log_in(|seq| login_ok(seq, false, vec![user("bob")], vec![]));
+    assert!(!login.user_status_notify);
+    assert_eq!(evs(&out), ["room Logined 0"]);
+    let out = h.msg(ServerMsg::UserUpdate {
+        room_id: RoomId::new("room").unwrap(),
+        update_type: UpdateType::Add,
+        users: vec![user("carol")],
+    });
+    assert!(evs(&out).is_empty());
+}
+
+#[test]
+fn calls_while_logging_in_go_out_after_login() {
+    let (mut h, _) = Harness::new(params(None, timing()));
+    let out = h.cmd(Command::Publish {
+        stream_id: sid("mine"),
+        ticket: 1,
+    });
+    assert_eq!(evs(&out), ["pub mine PublishRequesting 0"]);
+    assert!(sent(&out).is_empty());
+    let out = h.cmd(Command::Play {
+        stream_id: sid("theirs"),
+    });
+    assert_eq!(evs(&out), ["play theirs PlayRequesting 0"]);
+    let (_, out) = h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    let msgs = sent(&out);
+    assert!(
+        matches!(&msgs[..], [ClientMsg::Publish { .. }, ClientMsg::Play { .. }]),
+        "{msgs:?}"
+    );
+    let out = h.msg(ServerMsg::Ok { seq: msgs[0].seq() });
+    assert_eq!(evs(&out), ["pub mine Publishing 0"]);
+    let out = h.msg(ServerMsg::Ok { seq: msgs[1].seq() });
+    assert!(evs(&out).is_empty(), "play waits for play_update");
+    let out = h.msg(ServerMsg::PlayUpdate {
+        stream_id: sid("theirs"),
+        available: false,
+    });
+    assert!(evs(&out).is_empty());
+    let out = h.msg(ServerMsg::PlayUpdate {
+        stream_id: sid("theirs"),
+        available: true,
+    });
+    assert_eq!(evs(&out), ["play theirs Playing 0"]);
+    let out = h.msg(ServerMsg::PlayUpdate {
+        stream_id: sid("theirs"),
+        available: false,
+    });
+    assert_eq!(evs(&out), ["play theirs PlayRequesting 0"]);
+    // Idempotent calls change nothing.
+    assert!(
+        h.cmd(Command::Play {
+            stream_id: sid("theirs")
+        })
+        .is_empty()
+    );
+    assert!(
+        h.cmd(Command::Publish {
+            stream_id: sid("mine"),
+            ticket: 2
+        })
+        .is_empty()
+    );
+}
+
+#[test]
+fn a_refused_publish_releases_the_publisher_before_reporting() {
+    let (mut h, _) = Harness::new(params(None, timing()));
+    h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    let out = h.cmd(Command::Publish {
+        stream_id: sid("taken"),
+        ticket: 9,
+    });
+    let seq = seq_of(&out, |m| matches!(m, ClientMsg::Publish { .. }));
+    let out = h.msg(ServerMsg::Error {
+        seq: Some(seq),
+        code: ErrorCode::STREAM_ID_EXISTS,
+        message: "taken".into(),
+    });
+    assert_eq!(evs(&out), ["pub taken NoPublish 1003028"]);
+    let release = position(&out, |o| {
+        matches!(o, Output::Release(Release::Publisher { ticket: 9 }))
+    });
+    let event = position(&out, |o| matches!(o, Output::Event(_)));
+    assert!(release < event);
+    // A refused play stops the player.
+    let out = h.cmd(Command::Play {
+        stream_id: sid("many"),
+    });
+    let seq = seq_of(&out, |m| matches!(m, ClientMsg::Play { .. }));
+    let out = h.msg(ServerMsg::Error {
+        seq: Some(seq),
+        code: ErrorCode::TOO_MANY_PLAYS,
+        message: String::new(),
+    });
+    assert_eq!(evs(&out), ["play many NoPlay 1004030"]);
+}
+
+#[test]
+fn a_refused_login_fails_with_the_code() {
+    let (mut h, _) = Harness::new(params(None, timing()));
+    h.cmd(Command::Publish {
+        stream_id: sid("mine"),
+        ticket: 1,
+    });
+    h.input(Input::Connected);
+    let out = h.msg(ServerMsg::Hello {
+        protocol: 1,
+        nonce: "x".into(),
+        server_time_ms: 0,
+    });
+    let seq = sent(&out)[0].seq();
+    let out = h.msg(ServerMsg::Error {
+        seq: Some(seq),
+        code: ErrorCode::APP_SIGN_INCORRECT,
+        message: "wrong".into(),
+    });
+    assert_eq!(
+        evs(&out),
+        ["room LoginFailed 1001005", "pub mine NoPublish 1001005"]
+    );
+    assert!(matches!(out[0], Output::Release(Release::Room)));
+    assert!(matches!(out.last(), Some(Output::Finished)));
+    assert!(h.finished);
+}
+
+#[test]
+fn first_login_retries_with_backoff_then_fails_with_connect_failed() {
+    let (mut h, _) = Harness::new(params(None, timing()));
+    let start = h.now;
+    let mut attempts = vec![start];
+    let mut out = h.input(Input::ConnectFailed("refused".into()));
+    while !h.finished {
+        if connects(&out) > 0 {
+            attempts.push(h.now);
+            out = h.input(Input::ConnectFailed("refused".into()));
+        } else {
+            out = h.advance(Duration::from_millis(10));
+        }
+    }
+    assert_eq!(evs(&out), ["room LoginFailed 1002030"]);
+    assert_eq!(h.now.duration_since(start).as_secs(), 10);
+    let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps[0] >= Duration::from_millis(180) && gaps[0] <= Duration::from_millis(330),
+        "{gaps:?}"
+    );
+    assert!(gaps[1] > gaps[0] && gaps[2] > gaps[1], "backoff grows: {gaps:?}");
+    assert!(gaps.iter().all(|g| *g <= Duration::from_millis(6260)), "{gaps:?}");
+}
+
+#[test]
+fn first_login_without_an_answer_fails_with_login_timeout() {
+    let (mut h, _) = Harness::new(params(None, timing()));
+    h.input(Input::Connected);
+    h.msg(ServerMsg::Hello {
+        protocol: 1,
+        nonce: "x".into(),
+        server_time_ms: 0,
+    });
+    // The attempt times out after 5 s and is retried; the login gives up at 10 s.
+    let out = h.advance(Duration::from_secs(5));
+    assert!(matches!(out[..], [Output::Close]), "{out:?}");
+    let out = h.advance(Duration::from_secs(5));
+    assert_eq!(connects(&out), 1, "retried after the backoff delay");
+    assert_eq!(evs(&out), ["room LoginFailed 1002031"]);
+    assert!(h.finished);
+}
+
+#[test]
+fn heartbeat_keeps_the_connection_and_silence_breaks_it() {
+    let mut h = online_with_streams();
+    let out = h.advance(Duration::from_millis(1000));
+    let ping = seq_of(&out, |m| matches!(m, ClientMsg::Ping { .. }));
+    h.msg(ServerMsg::Pong {
+        seq: ping,
+        server_time_ms: 0,
+    });
+    let out = h.advance(Duration::from_millis(2900));
+    assert!(evs(&out).is_empty(), "the pong kept it alive");
+    assert_eq!(sent(&out).len(), 2, "{out:?}");
+    // No answer for 3 s (the session timeout): broken.
+    let out = h.advance(Duration::from_millis(200));
+    assert_eq!(
+        evs(&out),
+        [
+            "room Reconnecting 1002051",
+            "pub mine PublishRequesting 1003020",
+            "play theirs PlayRequesting 1004020"
+        ]
+    );
+    assert!(matches!(out[0], Output::Close));
+    assert_eq!(connects(&out), 1, "the first retry goes out at once");
+}
+
+#[test]
+fn resume_reports_only_the_differences() {
+    let mut h = online_with_streams();
+    h.input(Input::Closed("reset".into()));
+    // Stopped during the break: reported at once, sent to the resumed session later.
+    let out = h.cmd(Command::StopPublish);
+    assert_eq!(evs(&out), ["pub mine NoPublish 0"]);
+    assert!(sent(&out).is_empty());
+    let (login, out) = h.log_in(|seq| {
+        login_ok(
+            seq,
+            true,
+            vec![user("bob"), user("dave")],
+            vec![stream("bob", "theirs"), stream("dave", "new")],
+        )
+    });
+    assert_eq!(
+        login.resume,
+        Some(Resume {
+            session_id: "sess-1".into(),
+            resume_key: "key-1".into()
+        })
+    );
+    assert_eq!(
+        evs(&out),
+        [
+            "room Reconnected 0",
+            "users Delete carol",
+            "users Add dave",
+            "streams Add new"
+        ]
+    );
+    let msgs = sent(&out);
+    assert!(
+        matches!(&msgs[..], [ClientMsg::Unpublish { .. }, ClientMsg::Play { .. }]),
+        "{msgs:?}"
+    );
+    let out = h.msg(ServerMsg::PlayUpdate {
+        stream_id: sid("theirs"),
+        available: true,
+    });
+    assert_eq!(evs(&out), ["play theirs Playing 0"]);
+}
+
+#[test]
+fn a_resumed_publisher_is_restored_at_once() {
+    let mut h = online_with_streams();
+    h.input(Input::Closed("reset".into()));
+    let (_, out) = h.log_in(|seq| {
+        login_ok(
+            seq,
+            true,
+            vec![user("bob"), user("carol")],
+            vec![stream("bob", "theirs")],
+        )
+    });
+    assert_eq!(evs(&out), ["room Reconnected 0", "pub mine Publishing 0"]);
+    assert!(matches!(&sent(&out)[..], [ClientMsg::Play { .. }]));
+}
+
+#[test]
+fn a_fresh_session_after_a_break_publishes_and_plays_again() {
+    let mut h = online_with_streams();
+    h.input(Input::Closed("reset".into()));
+    h.cmd(Command::StopPlay {
+        stream_id: sid("theirs"),
+    });
+    h.cmd(Command::Play {
+        stream_id: sid("other"),
+    });
+    let (_, out) = h.log_in(|seq| login_ok(seq, false, vec![user("bob")], vec![]));
+    assert_eq!(
+        evs(&out),
+        [
+            "room Reconnected 0",
+            "users Delete carol",
+            "streams Delete theirs"
+        ]
+    );
+    let msgs = sent(&out);
+    assert!(
+        matches!(&msgs[..], [ClientMsg::Publish { stream_id: a, .. }, ClientMsg::Play { stream_id: b, .. }]
+            if a.as_str() == "mine" && b.as_str() == "other"),
+        "no unpublish or stop_play for a fresh session: {msgs:?}"
+    );
+    let out = h.msg(ServerMsg::Ok { seq: msgs[0].seq() });
+    assert_eq!(evs(&out), ["pub mine Publishing 0"]);
+}
+
+#[test]
+fn reconnecting_gives_up_after_the_budget() {
+    let mut t = timing();
+    t.reconnect_budget = Duration::from_secs(2);
+    let (mut h, _) = Harness::new(params(None, t));
+    h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    h.cmd(Command::Publish {
+        stream_id: sid("mine"),
+        ticket: 1,
+    });
+    h.cmd(Command::Play {
+        stream_id: sid("theirs"),
+    });
+    let start = h.now;
+    let mut out = h.input(Input::Closed("server gone".into()));
+    assert_eq!(evs(&out)[0], "room Reconnecting 1002051");
+    let mut tries = 0;
+    while !h.finished {
+        if connects(&out) > 0 {
+            tries += 1;
+            out = h.input(Input::ConnectFailed("refused".into()));
+        } else {
+            out = h.advance(Duration::from_millis(10));
+        }
+    }
+    assert!(tries >= 4, "{tries}");
+    assert_eq!(h.now.duration_since(start), Duration::from_secs(2));
+    assert_eq!(
+        evs(&out),
+        [
+            "room ReconnectFailed 1002053",
+            "pub mine NoPublish 1002053",
+            "play theirs NoPlay 1002053"
+        ]
+    );
+    assert!(matches!(out[0], Output::Release(Release::Room)));
+}
+
+#[test]
+fn reconnect_login_errors_retry_or_end() {
+    let mut h = online_with_streams();
+    h.input(Input::Closed("reset".into()));
+    h.input(Input::Connected);
+    let out = h.msg(ServerMsg::Hello {
+        protocol: 1,
+        nonce: "x".into(),
+        server_time_ms: 0,
+    });
+    let out = h.msg(ServerMsg::Error {
+        seq: Some(sent(&out)[0].seq()),
+        code: ErrorCode::SERVER_BUSY,
+        message: "".into(),
+    });
+    assert!(evs(&out).is_empty(), "busy is retried");
+    let out = h.advance(Duration::from_secs(1));
+    assert_eq!(connects(&out), 1);
+    h.input(Input::Connected);
+    let out = h.msg(ServerMsg::Hello {
+        protocol: 1,
+        nonce: "x".into(),
+        server_time_ms: 0,
+    });
+    let out = h.msg(ServerMsg::Error {
+        seq: Some(sent(&out)[0].seq()),
+        code: ErrorCode::TOKEN_EXPIRED,
+        message: "".into(),
+    });
+    assert_eq!(evs(&out)[0], "room ReconnectFailed 1002078");
+    assert!(h.finished);
+}
+
+#[test]
+fn kicked_ends_without_retry() {
+    let mut h = online_with_streams();
+    let out = h.msg(ServerMsg::Kicked {
+        code: ErrorCode::KICKED_DUPLICATE_LOGIN,
+        message: "elsewhere".into(),
+    });
+    assert_eq!(
+        evs(&out),
+        [
+            "room KickOut 1002050",
+            "pub mine NoPublish 1002050",
+            "play theirs NoPlay 1002050"
+        ]
+    );
+    assert_eq!(connects(&out), 0);
+    assert!(h.finished);
+}
+
+#[test]
+fn logout_reports_at_once_and_waits_for_the_answer() {
+    let mut h = online_with_streams();
+    let out = h.cmd(Command::Logout);
+    assert_eq!(
+        evs(&out),
+        ["room Logout 0", "pub mine NoPublish 0", "play theirs NoPlay 0"]
+    );
+    let seq = seq_of(&out, |m| matches!(m, ClientMsg::Logout { .. }));
+    assert!(!h.finished);
+    // Nothing else is reported after the logout.
+    let out = h.msg(ServerMsg::StreamUpdate {
+        room_id: RoomId::new("room").unwrap(),
+        update_type: UpdateType::Add,
+        streams: vec![stream("bob", "late")],
+    });
+    assert!(evs(&out).is_empty());
+    let out = h.msg(ServerMsg::Ok { seq });
+    assert!(matches!(out[..], [Output::Close, Output::Finished]), "{out:?}");
+
+    // Without an answer it ends after the logout timeout; while reconnecting, at once.
+    let mut h = online_with_streams();
+    h.cmd(Command::Logout);
+    let out = h.advance(Duration::from_secs(1));
+    assert!(matches!(out.last(), Some(Output::Finished)));
+    let mut h = online_with_streams();
+    h.input(Input::Closed("reset".into()));
+    let out = h.cmd(Command::Logout);
+    assert_eq!(evs(&out)[0], "room Logout 0");
+    assert!(matches!(out.last(), Some(Output::Finished)));
+}
+
+#[test]
+fn list_updates_report_changes_only() {
+    let (mut h, _) = Harness::new(params(None, timing()));
+    h.log_in(|seq| login_ok(seq, false, vec![user("bob")], vec![stream("bob", "s1")]));
+    let room = || RoomId::new("room").unwrap();
+    let users = |t, ids: &[&str]| ServerMsg::UserUpdate {
+        room_id: room(),
+        update_type: t,
+        users: ids.iter().map(|i| user(i)).collect(),
+    };
+    assert_eq!(
+        evs(&h.msg(users(UpdateType::Add, &["bob", "carol"]))),
+        ["users Add carol"]
+    );
+    assert!(evs(&h.msg(users(UpdateType::Delete, &["zed"]))).is_empty());
+    assert_eq!(
+        evs(&h.msg(users(UpdateType::Delete, &["bob"]))),
+        ["users Delete bob"]
+    );
+    let streams = |t, s: Vec<StreamInfo>| ServerMsg::StreamUpdate {
+        room_id: room(),
+        update_type: t,
+        streams: s,
+    };
+    assert!(evs(&h.msg(streams(UpdateType::Add, vec![stream("bob", "s1")]))).is_empty());
+    assert_eq!(
+        evs(&h.msg(streams(UpdateType::Delete, vec![stream("bob", "s1")]))),
+        ["streams Delete s1"]
+    );
+    let other_room = ServerMsg::StreamUpdate {
+        room_id: RoomId::new("elsewhere").unwrap(),
+        update_type: UpdateType::Add,
+        streams: vec![stream("x", "s9")],
+    };
+    assert!(evs(&h.msg(other_room)).is_empty());
+}
+
+#[test]
+fn token_expiry_is_announced_and_renewal_rearms_it() {
+    let token = |secs| {
+        huddle_token::TokenBuilder::new(APP, "me", SECRET)
+            .effective_secs(secs)
+            .build()
+            .unwrap()
+    };
+    let (mut h, _) = Harness::new(params(Some(token(60)), timing()));
+    let quiet = |seq| LoginOk {
+        heartbeat_ms: 600_000,
+        session_timeout_ms: 1_800_000,
+        ..login_ok(seq, false, vec![], vec![])
+    };
+    let (login, _) = h.log_in(quiet);
+    assert!(matches!(login.auth, Auth::Token(_)));
+    let out = h.advance(Duration::from_secs(28));
+    assert!(evs(&out).is_empty());
+    let out = h.advance(Duration::from_secs(3));
+    let e = evs(&out);
+    assert!(e == ["token 30"] || e == ["token 29"], "{e:?}");
+    // Renewed: sent, and announced again 30 s before the new expiry.
+    let out = h.cmd(Command::RenewToken { token: token(100) });
+    let seq = seq_of(&out, |m| matches!(m, ClientMsg::RenewToken { .. }));
+    let out = h.msg(ServerMsg::Error {
+        seq: Some(seq),
+        code: ErrorCode::MALFORMED_MESSAGE,
+        message: "?".into(),
+    });
+    assert_eq!(evs(&out), ["debug renew_token 1009001"]);
+    let announced: Vec<String> = evs(&h.advance(Duration::from_secs(75)));
+    assert!(announced.iter().any(|e| e.starts_with("token ")), "{announced:?}");
+    // The next login uses the renewed token.
+    h.input(Input::Closed("reset".into()));
+    let (login, _) = h.log_in(|seq| login_ok(seq, true, vec![], vec![]));
+    assert_eq!(login.auth, Auth::Token(token_of(&h)));
+}
+
+fn token_of(h: &Harness) -> String {
+    h.s.p.token.clone().unwrap()
+}
+
+#[test]
+fn replies_to_replaced_requests_are_ignored() {
+    let (mut h, _) = Harness::new(params(None, timing()));
+    h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    let out = h.cmd(Command::Publish {
+        stream_id: sid("a"),
+        ticket: 1,
+    });
+    let first = seq_of(&out, |m| matches!(m, ClientMsg::Publish { .. }));
+    let out = h.cmd(Command::StopPublish);
+    assert!(matches!(&sent(&out)[..], [ClientMsg::Unpublish { .. }]));
+    h.cmd(Command::Publish {
+        stream_id: sid("b"),
+        ticket: 2,
+    });
+    let out = h.msg(ServerMsg::Ok { seq: first });
+    assert!(evs(&out).is_empty(), "{:?}", evs(&out));
+}
+
+#[test]
+fn a_renewed_token_already_in_the_warning_window_is_announced_at_once() {
+    let token = |secs| {
+        huddle_token::TokenBuilder::new(APP, "me", SECRET)
+            .effective_secs(secs)
+            .build()
+            .unwrap()
+    };
+    let mut t = timing();
+    t.token_warning = Duration::from_secs(3600);
+    let (mut h, _) = Harness::new(params(Some(token(3000)), t));
+    let (_, out) = h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    assert_eq!(evs(&out), ["room Logined 0"]);
+    let out = h.advance(Duration::ZERO);
+    assert_eq!(evs(&out), ["token 2999"]);
+    h.cmd(Command::RenewToken { token: token(3500) });
+    let out = h.advance(Duration::ZERO);
+    assert_eq!(evs(&out), ["token 3499"]);
+    // Renewed with a longer token: announced when its window comes.
+    h.cmd(Command::RenewToken { token: token(5000) });
+    assert!(evs(&h.advance(Duration::ZERO)).is_empty());
+    let left = h.s.token_warn_at.unwrap().duration_since(h.now).as_secs();
+    assert!((1398..=1400).contains(&left), "{left}");
+}
