@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages the tests need (none yet beyond the Rust toolchain and gcc; the media and browser
-# issues add theirs here). Installed only when missing, so a warm machine starts at once.
-apt_packages=()
+# System packages the tests need beyond the Rust toolchain and gcc (huddle-media links libopus and
+# libvpx, found through pkg-config; the browser issue adds its own here). Installed only when
+# missing, so a warm machine starts at once.
+apt_packages=(libopus-dev libvpx-dev pkg-config)
 need_apt=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
@@ -14,6 +15,9 @@ done
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
+
+# Python's `cryptography` decodes tokens independently of our Rust code in the CLI tests.
+python3 -c "import cryptography" 2>/dev/null || python3 -m pip install -q cryptography
 
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
 

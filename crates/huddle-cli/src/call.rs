@@ -248,11 +248,11 @@ fn call(args: CallArgs, start: Instant) -> Result<ErrorCode, huddle::HuddleError
                 _ = &mut interrupted => return ErrorCode::OK,
                 signal = rx.recv() => match signal {
                     Some(Signal::LoggedIn) => {
-                        if let Some(stream) = &args.publish {
-                            if let Err(e) = engine.start_publishing_stream(stream) {
-                                eprintln!("huddle call: publish {stream}: error {}: {}", e.code, e.message);
-                                return e.code;
-                            }
+                        if let Some(stream) = &args.publish
+                            && let Err(e) = engine.start_publishing_stream(stream)
+                        {
+                            eprintln!("huddle call: publish {stream}: error {}: {}", e.code, e.message);
+                            return e.code;
                         }
                         for stream in &args.play {
                             if let Err(e) = engine.start_playing_stream(stream) {

@@ -1,0 +1,650 @@
+//! The adaptive audio jitter buffer (documented on [`JitterBuffer`]).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::audio::{FRAME_DURATION, FRAME_SAMPLES, SAMPLE_RATE};
+
+/// Ring size: packets the buffer can hold, from the playout point on (1.28 s of audio). A
+/// packet further ahead, or further behind, restarts the buffer.
+const CAPACITY: usize = 64;
+/// Packets whose transit feeds the delay estimate (2 s).
+const WINDOW: usize = 100;
+/// One frame in microseconds.
+const FRAME_US: i64 = 20_000;
+/// The target shrinks by at most this much per second of arrivals (10 ms/s).
+const SHRINK_PER_SEC_US: i64 = 10_000;
+/// The delay may exceed the target by this much before a frame is dropped (1.5 frames: the
+/// tick grid alone makes it vary by up to one frame).
+const DROP_THRESHOLD_US: i64 = FRAME_US + FRAME_US / 2;
+/// ... and only when that has lasted this many ticks (200 ms), so one late packet does not
+/// cost a frame.
+const DROP_HOLD_TICKS: u32 = 10;
+/// After this long with an empty buffer the stream is taken as stopped: `pop` returns `None`
+/// until packets come again.
+const STALL_TICKS: u32 = 50;
+/// A packet whose timestamp is more than 1 s off what its sequence number predicts (beyond
+/// DTX gaps of 400 ms) restarts the buffer.
+const TS_JUMP: i64 = SAMPLE_RATE as i64;
+
+/// Settings of a [`JitterBuffer`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct JitterConfig {
+    /// Smallest delay (default 20 ms: one frame, so the packet after a lost one is here).
+    pub min_delay: Duration,
+    /// Largest delay (default 300 ms, at most 1 s); packets later than this are dropped.
+    pub max_delay: Duration,
+    /// Share of packets that should arrive in time, 0.5 to 1.0 (default 0.95).
+    pub percentile: f64,
+}
+
+impl Default for JitterConfig {
+    fn default() -> Self {
+        JitterConfig {
+            min_delay: FRAME_DURATION,
+            max_delay: Duration::from_millis(300),
+            percentile: 0.95,
+        }
+    }
+}
+
+/// What to play for one 20 ms tick.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Playout {
+    /// The packet for this tick: decode it.
+    Packet {
+        /// Its RTP sequence number.
+        seq: u16,
+        /// Its RTP timestamp.
+        rtp_ts: u32,
+        /// The Opus payload.
+        payload: Vec<u8>,
+    },
+    /// The packet for this tick is lost. Decode FEC from `fec_from` (the next packet, still in
+    /// the buffer and handed out again on the next tick) when it is given, else conceal.
+    Lost {
+        /// Sequence number of the lost packet.
+        seq: u16,
+        /// The payload of the packet right after it, when it has arrived.
+        fec_from: Option<Vec<u8>>,
+    },
+    /// No packet is due: the buffer is waiting for one or growing its delay. Conceal one
+    /// frame; no sequence number is consumed.
+    Expand,
+}
+
+impl fmt::Debug for Playout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Playout::Packet { seq, rtp_ts, payload } => {
+                write!(
+                    f,
+                    "Packet {{ seq: {seq}, rtp_ts: {rtp_ts}, len: {} }}",
+                    payload.len()
+                )
+            }
+            Playout::Lost { seq, fec_from } => {
+                write!(f, "Lost {{ seq: {seq}, fec: {} }}", fec_from.is_some())
+            }
+            Playout::Expand => f.write_str("Expand"),
+        }
+    }
+}
+
+/// What [`JitterBuffer::insert`] did with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Inserted {
+    /// Stored for playout.
+    Buffered,
+    /// Already received: dropped.
+    Duplicate,
+    /// Its playout time has passed: dropped.
+    Late,
+    /// It jumped far from the stream (sender restart, long pause): the buffer started over
+    /// with it.
+    Restarted,
+}
+
+/// Counters and delays of a [`JitterBuffer`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JitterStats {
+    /// Delay the buffer aims at, above the fastest recent packet.
+    pub target_delay: Duration,
+    /// Delay of the last played packet above the fastest recent packet (the buffering delay
+    /// the listener hears, without the network's own base delay).
+    pub current_delay: Duration,
+    /// The measured jitter: 95th percentile of the packets' delay above the fastest one.
+    pub jitter: Duration,
+    /// Packets held now.
+    pub buffered: usize,
+    /// Packets inserted (all of them, duplicates and late ones too).
+    pub received: u64,
+    /// Packets handed out as [`Playout::Packet`].
+    pub played: u64,
+    /// Packets that arrived after their playout time (also counted in `lost`).
+    pub late: u64,
+    /// Packets received twice.
+    pub duplicates: u64,
+    /// Frames reported as [`Playout::Lost`] (or skipped while catching up) whose loss is
+    /// certain: a later packet arrived. Missing frames at the end of a stream do not count.
+    pub lost: u64,
+    /// Lost frames handed out with the next packet for FEC.
+    pub fec_recovered: u64,
+    /// Frames the caller had to conceal: `Lost` without FEC, and `Expand`.
+    pub concealed: u64,
+    /// Of `concealed`, the [`Playout::Expand`] ones.
+    pub expanded: u64,
+    /// Packets dropped to shrink the delay.
+    pub discarded: u64,
+    /// Times the buffer started over (see [`Inserted::Restarted`]).
+    pub restarts: u64,
+}
+
+#[derive(Debug)]
+struct Slot {
+    seq: i64,
+    ts: i64,
+    payload: Vec<u8>,
+}
+
+/// An adaptive audio jitter buffer, sans-IO.
+///
+/// Packets go in with [`JitterBuffer::insert`] as they arrive; every 20 ms the caller takes
+/// out what to play with [`JitterBuffer::pop`]. Time is an argument: the buffer reads no clock,
+/// owns no thread, and the same inputs always give the same outputs.
+///
+/// # How it decides
+///
+/// For each packet the buffer measures its *transit*: arrival time minus sender timestamp. The
+/// fastest recent packet gives the reference (the minimum transit over the last 100 packets);
+/// a packet arriving `d` later than that reference is `d` "delayed by jitter".
+///
+/// A frame is played when the packet one frame after it would normally have arrived too:
+/// the target delay is the 95th percentile of `d` over the last 100 packets (2 s) plus one
+/// frame (20 ms), clamped to `[min_delay, max_delay]` (20 ms to 300 ms by default). On a clean
+/// network that is 20 ms, and the frame after a lost one is already here, so Opus FEC can
+/// recover every isolated loss. The target grows at once when jitter grows and shrinks by at
+/// most 10 ms per second when the network calms.
+///
+/// The delay follows the target by whole frames: when it is too short the buffer plays an
+/// [`Playout::Expand`] (a concealed frame that consumes no packet); when it is more than
+/// 1.5 frames too long for 200 ms it drops one frame (counted in [`JitterStats::discarded`]).
+///
+/// A missing packet whose time has come is reported as [`Playout::Lost`], with the next
+/// packet's payload when it is here for FEC. If nothing after it had arrived either and the
+/// packet then shows up within `max_delay`, the buffer takes it after all: the concealed frames
+/// played meanwhile become expansion (so an Opus DTX gap or a delay spike costs no audio).
+///
+/// A packet more than 64 frames (1.28 s) away from the playout point, or whose timestamp is
+/// more than 1 s off what its sequence number predicts, is a new stream (a sender restart, a
+/// long pause): the buffer starts over with it ([`Inserted::Restarted`]). After 1 s with an
+/// empty buffer the stream is taken as stopped and `pop` returns `None` until packets come.
+///
+/// Sequence numbers and timestamps are unwrapped to 64 bits, so they wrap around freely. The
+/// buffer holds at most 64 packets; it assumes 20 ms packets (what every browser sends).
+///
+/// # Driving it
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use huddle_media::{JitterBuffer, JitterConfig, Playout};
+///
+/// let mut jb = JitterBuffer::new(JitterConfig::default());
+/// let t0 = Instant::now(); // any instant: only differences matter
+/// for i in 0..10u16 {
+///     let now = t0 + Duration::from_millis(20 * u64::from(i));
+///     jb.insert(i, 960 * u32::from(i), vec![i as u8], now);
+///     // Call pop at least every 20 ms (more often is fine); drain it.
+///     while let Some(out) = jb.pop(now + Duration::from_millis(5)) {
+///         match out {
+///             Playout::Packet { payload, .. } => { /* decoder.decode(&payload) */ }
+///             Playout::Lost { fec_from: Some(next), .. } => { /* decoder.decode_fec(&next) */ }
+///             _ => { /* decoder.conceal() */ }
+///         }
+///     }
+/// }
+/// assert_eq!(jb.stats().lost, 0);
+/// ```
+///
+/// `pop` hands out one output per 20 ms of `now`, on a grid that starts when the first frame is
+/// due; a caller driven by an audio device should pass the device's sample clock as `now`.
+pub struct JitterBuffer {
+    config: JitterConfig,
+    slots: Vec<Option<Slot>>,
+    /// Extended sequence numbers received recently (to tell duplicates from late packets).
+    seen: Vec<i64>,
+    buffered: usize,
+    stream: Option<Stream>,
+    stats: JitterStats,
+}
+
+/// Everything that starts over with a new stream.
+struct Stream {
+    /// Time origin: the first arrival.
+    base: Instant,
+    /// Timestamp origin: the first packet's extended timestamp.
+    ts_base: i64,
+    /// Highest extended sequence number seen, and its extended timestamp.
+    highest_seq: i64,
+    highest_ts: i64,
+    /// Transits (arrival - timestamp, in µs) of the last `WINDOW` packets.
+    transits: VecDeque<i64>,
+    scratch: Vec<i64>,
+    min_transit: i64,
+    /// Playout offset: a frame with timestamp `ts` is due at `ts + offset` (µs).
+    offset: i64,
+    last_arrival: i64,
+    /// The frame to play next (`None` until playout starts).
+    next_seq: Option<i64>,
+    next_ts: i64,
+    playing: bool,
+    /// When the next output is due.
+    next_tick: Option<Instant>,
+    /// Consecutive `Lost` frames reported while nothing after them had arrived.
+    tentative: i64,
+    /// Consecutive ticks with an empty buffer.
+    empty_ticks: u32,
+    /// Consecutive ticks with the delay above the drop threshold.
+    over_ticks: u32,
+}
+
+impl Stream {
+    fn us(&self, t: Instant) -> i64 {
+        match t.checked_duration_since(self.base) {
+            Some(d) => d.as_micros() as i64,
+            None => -(self.base.duration_since(t).as_micros() as i64),
+        }
+    }
+
+    fn ts_us(&self, ts: i64) -> i64 {
+        (ts - self.ts_base) * 1_000_000 / i64::from(SAMPLE_RATE)
+    }
+}
+
+fn duration_us(us: i64) -> Duration {
+    Duration::from_micros(us.max(0) as u64)
+}
+
+impl JitterBuffer {
+    /// Creates an empty buffer.
+    pub fn new(mut config: JitterConfig) -> Self {
+        // The ring holds 1.28 s from the playout point on: keep the delay well inside it.
+        config.max_delay = config.max_delay.min(Duration::from_secs(1));
+        config.min_delay = config.min_delay.min(config.max_delay);
+        config.percentile = if config.percentile.is_finite() {
+            config.percentile.clamp(0.5, 1.0)
+        } else {
+            0.95
+        };
+        JitterBuffer {
+            config,
+            slots: (0..CAPACITY).map(|_| None).collect(),
+            seen: vec![i64::MIN; CAPACITY],
+            buffered: 0,
+            stream: None,
+            stats: JitterStats::default(),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &JitterConfig {
+        &self.config
+    }
+
+    /// Counters and current delays.
+    pub fn stats(&self) -> JitterStats {
+        let mut stats = self.stats;
+        stats.buffered = self.buffered;
+        if let Some(s) = &self.stream {
+            stats.target_delay = duration_us(s.offset - s.min_transit);
+        }
+        stats
+    }
+
+    /// Takes a packet (RTP sequence number, RTP timestamp at 48 kHz, Opus payload) that arrived
+    /// at `arrival`, on the same clock as [`pop`](Self::pop)'s `now`.
+    pub fn insert(&mut self, seq: u16, rtp_ts: u32, payload: Vec<u8>, arrival: Instant) -> Inserted {
+        self.stats.received += 1;
+        let Some(stream) = &self.stream else {
+            self.start_stream(seq, rtp_ts, arrival);
+            self.store(i64::from(seq), i64::from(rtp_ts), payload);
+            return Inserted::Buffered;
+        };
+        let ext_seq = stream.highest_seq + i64::from(seq.wrapping_sub(stream.highest_seq as u16) as i16);
+        let ext_ts = stream.highest_ts + i64::from(rtp_ts.wrapping_sub(stream.highest_ts as u32) as i32);
+        let predicted_ts = stream.highest_ts + (ext_seq - stream.highest_seq) * FRAME_SAMPLES as i64;
+        let base_seq = stream
+            .next_seq
+            .unwrap_or_else(|| self.lowest_buffered().unwrap_or(ext_seq));
+        let jumped = ext_seq >= base_seq + CAPACITY as i64
+            || ext_seq < base_seq - CAPACITY as i64
+            || (ext_ts - predicted_ts).abs() > TS_JUMP;
+        if jumped {
+            self.clear();
+            self.stats.restarts += 1;
+            self.start_stream(seq, rtp_ts, arrival);
+            self.store(i64::from(seq), i64::from(rtp_ts), payload);
+            return Inserted::Restarted;
+        }
+
+        let idx = ext_seq.rem_euclid(CAPACITY as i64) as usize;
+        let in_buffer = self.slots[idx].as_ref().is_some_and(|s| s.seq == ext_seq);
+        if self.seen[idx] == ext_seq || in_buffer {
+            self.stats.duplicates += 1;
+            return Inserted::Duplicate;
+        }
+        self.measure(ext_ts, arrival);
+        let stream = self.stream.as_mut().expect("stream exists");
+        if ext_seq > stream.highest_seq {
+            stream.highest_seq = ext_seq;
+            stream.highest_ts = ext_ts;
+        }
+        if let Some(next) = stream.next_seq {
+            if ext_seq < next {
+                // Its time has passed. If every frame since it was reported lost while nothing
+                // after it had arrived, and it can still be played within `max_delay`, take it:
+                // the concealed frames become expansion.
+                let behind = next - ext_seq;
+                let delay = stream.us(arrival) - stream.ts_us(ext_ts) - stream.min_transit;
+                if behind <= stream.tentative && delay <= self.config.max_delay.as_micros() as i64 {
+                    // The frames reported missing before it are lost for sure now.
+                    self.stats.lost += (stream.tentative - behind) as u64;
+                    stream.tentative = 0;
+                    stream.next_seq = Some(ext_seq);
+                    stream.next_ts = ext_ts;
+                    self.stats.expanded += behind as u64;
+                    self.store(ext_seq, ext_ts, payload);
+                    return Inserted::Buffered;
+                }
+                self.seen[idx] = ext_seq;
+                self.stats.late += 1;
+                return Inserted::Late;
+            }
+            // A packet from the playout point on: the frames reported lost while nothing had
+            // arrived are lost indeed.
+            self.stats.lost += stream.tentative as u64;
+            stream.tentative = 0;
+        }
+        self.store(ext_seq, ext_ts, payload);
+        Inserted::Buffered
+    }
+
+    /// The output for the next 20 ms tick, if one is due at `now`.
+    ///
+    /// Returns `None` before the first frame is due, between ticks, and once the stream has
+    /// stopped (nothing received for a second); otherwise exactly one output per 20 ms of `now`.
+    /// Call it at least every 20 ms and drain it (`while let Some(out) = jb.pop(now)`).
+    pub fn pop(&mut self, now: Instant) -> Option<Playout> {
+        let max_delay = self.config.max_delay;
+        let stream = self.stream.as_mut()?;
+        let tick = match stream.next_tick {
+            Some(due) if now < due => return None,
+            // The caller stalled for longer than any delay we keep: pick up at `now` (the
+            // frames in between are dropped as the delay catches up) rather than replay them.
+            Some(due) if now - due > max_delay => now,
+            Some(due) => due,
+            None => {
+                if !self.try_start(now) {
+                    return None;
+                }
+                now
+            }
+        };
+        let out = self.tick(tick);
+        if let Some(stream) = self.stream.as_mut() {
+            stream.next_tick = stream.playing.then_some(tick + FRAME_DURATION);
+        }
+        Some(out)
+    }
+
+    /// When [`pop`](Self::pop) has something next: the next tick while playing, the moment the
+    /// first packet is due while waiting to start, `None` with nothing buffered. A caller that
+    /// sleeps until then (rather than on its own 20 ms timer) plays each frame as soon as it is
+    /// due, without up to a frame of extra delay from the timer's phase.
+    pub fn next_due(&self) -> Option<Instant> {
+        let s = self.stream.as_ref()?;
+        if let Some(due) = s.next_tick {
+            return Some(due);
+        }
+        let first = self.peek(self.lowest_buffered()?)?;
+        let at = s.ts_us(first.ts) + s.offset;
+        Some(if at >= 0 {
+            s.base + Duration::from_micros(at as u64)
+        } else {
+            s.base
+        })
+    }
+
+    fn start_stream(&mut self, seq: u16, rtp_ts: u32, arrival: Instant) {
+        let transit = 0; // arrival at the time origin, timestamp at the timestamp origin
+        self.stream = Some(Stream {
+            base: arrival,
+            ts_base: i64::from(rtp_ts),
+            highest_seq: i64::from(seq),
+            highest_ts: i64::from(rtp_ts),
+            transits: VecDeque::from([transit]),
+            scratch: Vec::with_capacity(WINDOW),
+            min_transit: transit,
+            offset: transit + self.config.min_delay.as_micros() as i64,
+            last_arrival: 0,
+            next_seq: None,
+            next_ts: 0,
+            playing: false,
+            next_tick: None,
+            tentative: 0,
+            empty_ticks: 0,
+            over_ticks: 0,
+        });
+    }
+
+    /// Updates the delay estimate with a packet's transit.
+    fn measure(&mut self, ext_ts: i64, arrival: Instant) {
+        let min_delay = self.config.min_delay.as_micros() as i64;
+        let max_delay = self.config.max_delay.as_micros() as i64;
+        let percentile = self.config.percentile;
+        let s = self.stream.as_mut().expect("stream exists");
+        let now = s.us(arrival);
+        let transit = now - s.ts_us(ext_ts);
+        if s.transits.len() == WINDOW {
+            s.transits.pop_front();
+        }
+        s.transits.push_back(transit);
+        s.min_transit = *s.transits.iter().min().expect("not empty");
+        s.scratch.clear();
+        s.scratch.extend(s.transits.iter().copied());
+        // Rounded down, so that with few packets (at the start) one outlier is not the estimate.
+        let rank = (percentile * (s.scratch.len() - 1) as f64) as usize;
+        let high = *s.scratch.select_nth_unstable(rank).1;
+        self.stats.jitter = duration_us(high - s.min_transit);
+
+        let wanted = (high + FRAME_US).clamp(s.min_transit + min_delay, s.min_transit + max_delay);
+        let elapsed = (now - s.last_arrival).max(0);
+        s.last_arrival = s.last_arrival.max(now);
+        s.offset = if wanted >= s.offset {
+            wanted
+        } else {
+            (s.offset - elapsed * SHRINK_PER_SEC_US / 1_000_000).max(wanted)
+        };
+        s.offset = s.offset.min(s.min_transit + max_delay);
+    }
+
+    fn store(&mut self, ext_seq: i64, ext_ts: i64, payload: Vec<u8>) {
+        let idx = ext_seq.rem_euclid(CAPACITY as i64) as usize;
+        match self.slots[idx].replace(Slot {
+            seq: ext_seq,
+            ts: ext_ts,
+            payload,
+        }) {
+            None => self.buffered += 1,
+            // Only a stream spread over more than the ring can do this: keep the newer packet.
+            Some(_) => self.stats.discarded += 1,
+        }
+        self.seen[idx] = ext_seq;
+    }
+
+    fn take(&mut self, ext_seq: i64) -> Option<Slot> {
+        let idx = ext_seq.rem_euclid(CAPACITY as i64) as usize;
+        if self.slots[idx].as_ref().is_some_and(|s| s.seq == ext_seq) {
+            self.buffered -= 1;
+            self.slots[idx].take()
+        } else {
+            None
+        }
+    }
+
+    fn peek(&self, ext_seq: i64) -> Option<&Slot> {
+        self.slots[ext_seq.rem_euclid(CAPACITY as i64) as usize]
+            .as_ref()
+            .filter(|s| s.seq == ext_seq)
+    }
+
+    fn lowest_buffered(&self) -> Option<i64> {
+        self.slots.iter().flatten().map(|s| s.seq).min()
+    }
+
+    fn clear(&mut self) {
+        self.slots.iter_mut().for_each(|s| *s = None);
+        self.seen.iter_mut().for_each(|s| *s = i64::MIN);
+        self.buffered = 0;
+        self.stream = None;
+    }
+
+    /// Starts playout at the oldest buffered packet once it is due, dropping packets too old
+    /// to be worth playing.
+    fn try_start(&mut self, now: Instant) -> bool {
+        loop {
+            let Some(first) = self.lowest_buffered() else {
+                return false;
+            };
+            let s = self.stream.as_ref().expect("stream exists");
+            let slot = self.peek(first).expect("lowest is buffered");
+            let lateness = s.us(now) - s.ts_us(slot.ts) - s.offset;
+            if lateness < 0 {
+                return false;
+            }
+            if lateness >= FRAME_US {
+                self.take(first);
+                self.stats.discarded += 1;
+                continue;
+            }
+            let ts = slot.ts;
+            let s = self.stream.as_mut().expect("stream exists");
+            s.next_seq = Some(first);
+            s.next_ts = ts;
+            s.playing = true;
+            s.tentative = 0;
+            s.empty_ticks = 0;
+            s.over_ticks = 0;
+            return true;
+        }
+    }
+
+    /// Produces the output for a tick at `tick`, while playing.
+    fn tick(&mut self, tick: Instant) -> Playout {
+        let max_delay = self.config.max_delay.as_micros() as i64;
+        // Hopelessly behind (the caller stalled): skip frames until one is on time.
+        let mut catching_up = false;
+        loop {
+            let s = self.stream.as_ref().expect("stream exists");
+            let seq = s.next_seq.expect("playing");
+            let ts = self.peek(seq).map_or(s.next_ts, |slot| slot.ts);
+            let delay = s.us(tick) - s.ts_us(ts);
+            let lateness = delay - s.offset;
+            let present = self.peek(seq).is_some();
+            let buffer_empty = self.buffered == 0;
+            let s = self.stream.as_mut().expect("stream exists");
+
+            if lateness < 0 {
+                s.over_ticks = 0;
+                self.stats.expanded += 1;
+                self.stats.concealed += 1;
+                self.note_empty(buffer_empty);
+                return Playout::Expand;
+            }
+            catching_up |= lateness > max_delay;
+            s.over_ticks = if lateness >= DROP_THRESHOLD_US {
+                s.over_ticks + 1
+            } else {
+                0
+            };
+            if s.over_ticks >= DROP_HOLD_TICKS || (catching_up && lateness >= FRAME_US) {
+                // Too much delay for a while: skip this frame (free when it is missing).
+                s.over_ticks = 0;
+                s.tentative = 0;
+                s.next_seq = Some(seq + 1);
+                s.next_ts = ts + FRAME_SAMPLES as i64;
+                if self.take(seq).is_some() {
+                    self.stats.discarded += 1;
+                } else if !buffer_empty {
+                    self.stats.lost += 1;
+                }
+                continue;
+            }
+
+            s.next_seq = Some(seq + 1);
+            s.next_ts = ts + FRAME_SAMPLES as i64;
+            if present {
+                let slot = self.take(seq).expect("present");
+                let s = self.stream.as_mut().expect("stream exists");
+                s.tentative = 0;
+                s.empty_ticks = 0;
+                self.stats.played += 1;
+                self.stats.current_delay = duration_us(delay - s.min_transit);
+                return Playout::Packet {
+                    seq: slot.seq as u16,
+                    rtp_ts: slot.ts as u32,
+                    payload: slot.payload,
+                };
+            }
+            let fec_from = self
+                .peek(seq + 1)
+                .filter(|next| next.ts == ts + FRAME_SAMPLES as i64)
+                .map(|next| next.payload.clone());
+            if fec_from.is_some() {
+                self.stats.fec_recovered += 1;
+            } else {
+                self.stats.concealed += 1;
+            }
+            // With later packets here the frame is lost for sure; with none it is only missing
+            // so far (counted as lost once a later packet comes, see `insert`).
+            let s = self.stream.as_mut().expect("stream exists");
+            if buffer_empty {
+                s.tentative += 1;
+            } else {
+                self.stats.lost += 1;
+            }
+            self.note_empty(buffer_empty);
+            return Playout::Lost {
+                seq: seq as u16,
+                fec_from,
+            };
+        }
+    }
+
+    /// Counts ticks with an empty buffer and stops playout when the stream seems to have
+    /// stopped.
+    fn note_empty(&mut self, empty: bool) {
+        let s = self.stream.as_mut().expect("stream exists");
+        s.empty_ticks = if empty { s.empty_ticks + 1 } else { 0 };
+        if s.empty_ticks >= STALL_TICKS {
+            // The stream stopped: the frames missing at its end were never sent.
+            s.playing = false;
+            s.empty_ticks = 0;
+            s.tentative = 0;
+        }
+    }
+}
+
+impl fmt::Debug for JitterBuffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JitterBuffer")
+            .field("config", &self.config)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}

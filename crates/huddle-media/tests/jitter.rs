@@ -1,0 +1,542 @@
+//! The jitter buffer on virtual time, through the seeded impairment model.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use huddle_media::impair::{Impairment, Link};
+use huddle_media::{Inserted, JitterBuffer, JitterConfig, JitterStats, Playout};
+
+const MS: Duration = Duration::from_millis(1);
+
+fn millis(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+/// A packet on the simulated link: (seq, RTP timestamp, payload).
+type Packet = (u16, u32, Vec<u8>);
+
+fn payload(i: u64) -> Vec<u8> {
+    i.to_be_bytes().to_vec()
+}
+
+/// One simulated call: a sender producing a packet every 20 ms through a `Link`, a receiver
+/// inserting what arrives and popping at its own 20 ms cadence (offset by `phase` ms).
+struct Sim {
+    jb: JitterBuffer,
+    link: Link<Packet>,
+    t0: Instant,
+    ms: u64,
+    phase: u64,
+    first_seq: u16,
+    first_ts: u32,
+    /// Packet index -> arrival time (ms), for what the receiver got.
+    arrived: BTreeMap<u64, u64>,
+    /// (time in ms, output) for every pop.
+    outputs: Vec<(u64, Playout)>,
+    inserted: Vec<Inserted>,
+}
+
+impl Sim {
+    fn new(config: JitterConfig, impairment: Impairment, seed: u64) -> Self {
+        Sim {
+            jb: JitterBuffer::new(config),
+            link: Link::new(impairment, seed),
+            t0: Instant::now(),
+            ms: 0,
+            phase: 7,
+            first_seq: 1000,
+            first_ts: 123_456,
+            arrived: BTreeMap::new(),
+            outputs: Vec::new(),
+            inserted: Vec::new(),
+        }
+    }
+
+    fn index_of(&self, seq: u16) -> u64 {
+        u64::from(seq.wrapping_sub(self.first_seq))
+    }
+
+    /// Runs `ms` milliseconds; the sender sends packets `range` (one every 20 ms, packet i at
+    /// i * 20 ms) when their time comes.
+    fn run(&mut self, ms: u64, send: impl Fn(u64) -> bool) {
+        for _ in 0..ms {
+            let now = self.t0 + millis(self.ms);
+            if self.ms % 20 == 0 {
+                let i = self.ms / 20;
+                if send(i) {
+                    let seq = self.first_seq.wrapping_add(i as u16);
+                    let ts = self.first_ts.wrapping_add(960 * i as u32);
+                    self.link.send((seq, ts, payload(i)), now);
+                }
+            }
+            while let Some((seq, ts, data)) = self.link.recv(now) {
+                self.arrived.entry(self.index_of(seq)).or_insert(self.ms);
+                self.inserted.push(self.jb.insert(seq, ts, data, now));
+            }
+            if self.ms % 20 == self.phase {
+                while let Some(out) = self.jb.pop(now) {
+                    self.outputs.push((self.ms, out));
+                }
+            }
+            self.ms += 1;
+        }
+    }
+
+    fn stats(&self) -> JitterStats {
+        self.jb.stats()
+    }
+
+    /// Indices of the packets played, in order.
+    fn played(&self) -> Vec<u64> {
+        self.outputs
+            .iter()
+            .filter_map(|(_, o)| match o {
+                Playout::Packet { payload, .. } => Some(u64::from_be_bytes(payload[..].try_into().unwrap())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn impairment(delay_ms: u64, jitter_ms: u64, loss: f64) -> Impairment {
+    let mut config = Impairment::default();
+    config.delay = millis(delay_ms);
+    config.jitter = millis(jitter_ms);
+    config.loss = loss;
+    config
+}
+
+#[test]
+fn a_clean_network_plays_everything_with_20_to_40_ms_of_delay() {
+    let mut sim = Sim::new(JitterConfig::default(), impairment(30, 0, 0.0), 1);
+    sim.run(10_000, |i| i < 400);
+    let stats = sim.stats();
+    eprintln!("clean: {stats:?}");
+    assert_eq!(sim.played(), (0..400).collect::<Vec<_>>());
+    assert_eq!(
+        (stats.lost, stats.late, stats.fec_recovered, stats.discarded),
+        (0, 0, 0, 0)
+    );
+    assert_eq!(stats.target_delay, 20 * MS);
+    assert!(
+        (20 * MS..40 * MS).contains(&stats.current_delay),
+        "{:?}",
+        stats.current_delay
+    );
+    // Nothing but packets until the stream ended (then concealment until it is taken as stopped).
+    let last_packet = sim
+        .outputs
+        .iter()
+        .rposition(|(_, o)| matches!(o, Playout::Packet { .. }))
+        .unwrap();
+    assert!(
+        sim.outputs[..last_packet]
+            .iter()
+            .all(|(_, o)| matches!(o, Playout::Packet { .. }))
+    );
+    // The first packet is played 20 to 40 ms after it arrived, on the receiver's tick.
+    let (first_out, _) = sim.outputs[0];
+    assert!((50..70).contains(&first_out), "first output at {first_out} ms");
+    // One output per 20 ms tick, then nothing once the stream is taken as stopped.
+    assert!(sim.outputs.windows(2).all(|w| w[1].0 - w[0].0 == 20));
+    assert!(sim.jb.pop(sim.t0 + 20_000 * MS).is_none());
+}
+
+#[test]
+fn the_delay_grows_fast_with_50ms_of_jitter_and_shrinks_slowly_after() {
+    let mut sim = Sim::new(JitterConfig::default(), impairment(30, 50, 0.0), 2);
+    sim.run(1_000, |_| true);
+    let early = sim.stats();
+    sim.run(19_000, |_| true);
+    let jittery = sim.stats();
+    let played_jittery = sim.played().len() as u64;
+    eprintln!("after 1 s: {early:?}\nafter 20 s: {jittery:?}");
+    // 50 ms of uniform jitter: 95th percentile 47.5 ms, plus one frame.
+    assert!(
+        early.target_delay >= 55 * MS,
+        "grows within a second: {:?}",
+        early.target_delay
+    );
+    assert!(
+        (60 * MS..=80 * MS).contains(&jittery.target_delay),
+        "{:?}",
+        jittery.target_delay
+    );
+    assert!(jittery.current_delay >= 55 * MS, "{:?}", jittery.current_delay);
+    // Late packets are rare once the target is set: fewer than 2 %.
+    assert!(
+        jittery.late * 50 <= jittery.received,
+        "{} late of {}",
+        jittery.late,
+        jittery.received
+    );
+    assert!(
+        jittery.lost * 50 <= jittery.received,
+        "{} lost of {}",
+        jittery.lost,
+        jittery.received
+    );
+    let mut order = sim.played();
+    let len = order.len();
+    order.dedup();
+    assert_eq!(order.len(), len, "each packet once");
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "in order");
+
+    // The network calms down: the delay shrinks, slowly.
+    sim.link.set_config(impairment(30, 0, 0.0));
+    sim.run(3_000, |_| true);
+    let calming = sim.stats();
+    sim.run(12_000, |_| true);
+    let calm = sim.stats();
+    eprintln!("calm 3 s: {calming:?}\ncalm 15 s: {calm:?}");
+    assert!(
+        calming.target_delay >= 45 * MS,
+        "shrinks slowly: {:?}",
+        calming.target_delay
+    );
+    assert!(calm.target_delay <= 25 * MS, "{:?}", calm.target_delay);
+    assert!(calm.current_delay < 45 * MS, "{:?}", calm.current_delay);
+    // It shrank by dropping a few frames, not by losing them.
+    assert!(calm.discarded > jittery.discarded);
+    assert!(calm.discarded - jittery.discarded <= 4, "{calm:?}");
+    assert_eq!(calm.lost, jittery.lost);
+    assert!(sim.played().len() as u64 > played_jittery + 700);
+}
+
+#[test]
+fn reordering_within_the_delay_loses_nothing() {
+    // Every fifth packet or so arrives 30 ms late, after the next one.
+    let mut reordering = impairment(20, 0, 0.0);
+    reordering.reorder = 0.2;
+    reordering.reorder_delay = 30 * MS;
+
+    // With a delay that covers it from the start: every packet, in order, no concealment.
+    let mut config = JitterConfig::default();
+    config.min_delay = 60 * MS;
+    let mut sim = Sim::new(config, reordering.clone(), 3);
+    sim.run(10_500, |i| i < 500);
+    let stats = sim.stats();
+    eprintln!("reorder, 60 ms: {stats:?}");
+    assert!(sim.link.stats().reordered > 80);
+    assert_eq!(sim.played(), (0..500).collect::<Vec<_>>());
+    assert_eq!((stats.lost, stats.late, stats.expanded), (0, 0, 0));
+
+    // Adaptive from 20 ms: the buffer learns the reordering within the first second, then
+    // nothing is lost.
+    let mut sim = Sim::new(JitterConfig::default(), reordering, 4);
+    sim.run(1_000, |_| true);
+    let warm = sim.stats();
+    sim.run(10_000, |_| true);
+    let stats = sim.stats();
+    eprintln!("reorder, adaptive: {warm:?} then {stats:?}");
+    assert!(stats.target_delay >= 40 * MS, "{:?}", stats.target_delay);
+    assert_eq!(
+        (stats.lost, stats.late),
+        (warm.lost, warm.late),
+        "no loss after the first second"
+    );
+    assert!(warm.late <= 3);
+}
+
+#[test]
+fn with_30_percent_loss_every_loss_is_reported_with_fec_when_the_next_packet_is_there() {
+    for (seed, jitter_ms) in [(5, 0), (6, 0), (7, 30)] {
+        let mut sim = Sim::new(JitterConfig::default(), impairment(40, jitter_ms, 0.3), seed);
+        sim.run(20_000, |i| i < 900);
+        let stats = sim.stats();
+        eprintln!("30 % loss, {jitter_ms} ms jitter: {stats:?}");
+        let received: BTreeSet<u64> = sim.arrived.keys().copied().collect();
+        let first = *received.first().unwrap();
+        let last = *received.last().unwrap();
+        assert!((550..700).contains(&received.len()), "{}", received.len());
+
+        let mut reported = BTreeSet::new();
+        let (mut with_next, mut fec) = (0, 0);
+        for (at, out) in &sim.outputs {
+            let Playout::Lost { seq, fec_from } = out else {
+                continue;
+            };
+            let i = sim.index_of(*seq);
+            if i > last {
+                continue; // the end of the stream
+            }
+            assert!(reported.insert(i), "{i} reported twice");
+            let next_here = sim.arrived.get(&(i + 1)).is_some_and(|&t| t <= *at);
+            if let Some(next) = fec_from {
+                assert_eq!(next, &payload(i + 1), "FEC must come from the packet after {i}");
+            }
+            if next_here {
+                with_next += 1;
+                fec += usize::from(fec_from.is_some());
+            } else {
+                assert!(fec_from.is_none());
+            }
+            if jitter_ms == 0 {
+                assert!(!received.contains(&i), "{i} was received but reported lost");
+                assert_eq!(fec_from.is_some(), next_here, "packet {i}");
+            }
+        }
+        // Every packet between the first and last received is played or reported lost.
+        let played: BTreeSet<u64> = sim.played().into_iter().collect();
+        for i in first..=last {
+            assert!(played.contains(&i) ^ reported.contains(&i), "packet {i}");
+        }
+        eprintln!(
+            "  {} lost reported, {with_next} with the next packet here, {fec} with FEC",
+            reported.len()
+        );
+        assert_eq!(fec, with_next);
+        assert!(fec * 100 >= reported.len() * 60, "{fec} of {}", reported.len());
+        assert_eq!(stats.fec_recovered as usize, fec);
+        if jitter_ms == 0 {
+            assert_eq!(played.len(), received.len());
+            assert_eq!(stats.lost as usize, reported.len());
+            assert_eq!(stats.target_delay, 20 * MS);
+        }
+    }
+}
+
+#[test]
+fn sequence_numbers_and_timestamps_wrap_around() {
+    let mut sim = Sim::new(JitterConfig::default(), impairment(30, 10, 0.0), 8);
+    sim.first_seq = 65_400;
+    sim.first_ts = u32::MAX - 960 * 50 + 7;
+    sim.run(6_000, |i| i < 250);
+    let stats = sim.stats();
+    assert_eq!(
+        sim.played().len(),
+        250 - stats.lost as usize - stats.discarded as usize
+    );
+    assert!(stats.lost <= 3 && stats.restarts == 0, "{stats:?}");
+    let seqs: Vec<u16> = sim
+        .outputs
+        .iter()
+        .filter_map(|(_, o)| match o {
+            Playout::Packet { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    assert!(seqs.contains(&65_535) && seqs.contains(&0));
+    assert!(seqs.windows(2).all(|w| w[1].wrapping_sub(w[0]) as i16 > 0));
+}
+
+#[test]
+fn duplicates_are_dropped_and_counted() {
+    let mut dup = impairment(30, 0, 0.0);
+    dup.duplicate = 0.25;
+    let mut sim = Sim::new(JitterConfig::default(), dup, 9);
+    sim.run(5_000, |i| i < 200);
+    let stats = sim.stats();
+    assert_eq!(sim.played(), (0..200).collect::<Vec<_>>());
+    assert_eq!(stats.duplicates, sim.link.stats().duplicated);
+    assert!(stats.duplicates > 30);
+    assert_eq!(
+        sim.inserted.iter().filter(|&&i| i == Inserted::Duplicate).count() as u64,
+        stats.duplicates
+    );
+}
+
+#[test]
+fn a_caller_that_sleeps_until_next_due_plays_after_exactly_the_target_delay() {
+    let mut jb = JitterBuffer::new(JitterConfig::default());
+    let t0 = Instant::now();
+    assert_eq!(jb.next_due(), None);
+    // Packets arrive 3 ms after each 20 ms boundary; the caller wakes only at `next_due`.
+    let mut wake = None;
+    let mut played = Vec::new();
+    for ms in 0..1_000u64 {
+        let now = t0 + millis(ms);
+        if ms % 20 == 3 {
+            let i = ms / 20;
+            jb.insert(i as u16, 960 * i as u32, payload(i), now);
+            wake = jb.next_due();
+        }
+        if wake.is_some_and(|w| w <= now) {
+            while let Some(out) = jb.pop(now) {
+                if let Playout::Packet { seq, .. } = out {
+                    played.push((seq, ms));
+                }
+            }
+            wake = jb.next_due();
+        }
+    }
+    // Every packet is played 20 ms after it arrived.
+    assert_eq!(played.len(), 49);
+    assert!(
+        played.iter().all(|&(seq, ms)| ms == u64::from(seq) * 20 + 23),
+        "{played:?}"
+    );
+    assert_eq!(jb.stats().current_delay, 20 * MS);
+}
+
+#[test]
+fn a_late_packet_is_dropped_and_its_frame_was_recovered_from_the_next_one() {
+    let mut jb = JitterBuffer::new(JitterConfig::default());
+    let t0 = Instant::now();
+    let mut outs = Vec::new();
+    for ms in 0..400u64 {
+        let now = t0 + millis(ms);
+        if ms % 20 == 0 && ms / 20 != 6 {
+            let i = ms / 20;
+            assert_eq!(
+                jb.insert(i as u16, 960 * i as u32, payload(i), now),
+                Inserted::Buffered
+            );
+        }
+        if ms == 300 {
+            // Packet 6 arrives 180 ms late, long after its frame was played.
+            assert_eq!(jb.insert(6, 960 * 6, payload(6), now), Inserted::Late);
+        }
+        if ms % 20 == 5 {
+            outs.extend(jb.pop(now));
+        }
+    }
+    assert!(
+        outs.contains(&Playout::Lost {
+            seq: 6,
+            fec_from: Some(payload(7))
+        }),
+        "{outs:?}"
+    );
+    let stats = jb.stats();
+    assert_eq!(
+        (stats.late, stats.lost, stats.fec_recovered, stats.played),
+        (1, 1, 1, 18)
+    );
+    assert_eq!(
+        jb.insert(6, 960 * 6, payload(6), t0 + 400 * MS),
+        Inserted::Duplicate
+    );
+}
+
+#[test]
+fn a_sender_restart_starts_the_buffer_over() {
+    let mut sim = Sim::new(JitterConfig::default(), impairment(30, 0, 0.0), 10);
+    sim.run(2_000, |i| i < 100);
+    // The sender restarts with new random sequence numbers and timestamps.
+    sim.first_seq = 40_000;
+    sim.first_ts = 7;
+    let before = sim.stats();
+    sim.run(2_020, |_| true);
+    let stats = sim.stats();
+    eprintln!("restart: {stats:?}");
+    assert_eq!(stats.restarts, 1);
+    assert_eq!(
+        sim.inserted.iter().filter(|&&i| i == Inserted::Restarted).count(),
+        1
+    );
+    assert_eq!(stats.lost, before.lost);
+    // The new stream plays from its first packet on.
+    assert!(stats.played >= before.played + 95, "{stats:?}");
+}
+
+#[test]
+fn an_opus_dtx_gap_costs_no_audio() {
+    // 40 packets, then 400 ms of silence with one DTX packet in between, then speech again:
+    // sequence numbers stay contiguous, timestamps jump.
+    let mut jb = JitterBuffer::new(JitterConfig::default());
+    let t0 = Instant::now();
+    let mut sent = Vec::new();
+    for i in 0..40u64 {
+        sent.push((i * 20, i as u16, 960 * i as u32));
+    }
+    sent.push((40 * 20 + 400, 40, 960 * (40 + 20)));
+    sent.push((40 * 20 + 800, 41, 960 * (40 + 40)));
+    for i in 42..80u64 {
+        sent.push((40 * 20 + 800 + (i - 41) * 20, i as u16, 960 * (i as u32 + 39)));
+    }
+    let mut outs = Vec::new();
+    for ms in 0..3_000u64 {
+        let now = t0 + millis(ms);
+        for &(at, seq, ts) in &sent {
+            if at + 25 == ms {
+                jb.insert(seq, ts, vec![seq as u8], now);
+            }
+        }
+        if ms % 20 == 3 {
+            outs.extend(jb.pop(now));
+        }
+    }
+    let stats = jb.stats();
+    eprintln!("dtx: {stats:?}");
+    assert_eq!(
+        (stats.played, stats.lost, stats.late, stats.discarded),
+        (80, 0, 0, 0)
+    );
+    assert!(
+        stats.expanded >= 38,
+        "the gaps are played as expansion: {stats:?}"
+    );
+}
+
+#[test]
+fn after_an_outage_media_is_back_within_the_delay() {
+    let mut sim = Sim::new(JitterConfig::default(), impairment(30, 5, 0.0), 11);
+    sim.run(3_000, |_| true);
+    sim.link.set_down(true);
+    sim.run(2_000, |_| true);
+    sim.link.set_down(false);
+    let back = sim.ms;
+    sim.run(2_000, |_| true);
+    let first_after = sim
+        .outputs
+        .iter()
+        .find(|(at, o)| *at >= back && matches!(o, Playout::Packet { .. }))
+        .map(|(at, _)| *at)
+        .unwrap();
+    eprintln!(
+        "outage: first packet played {} ms after the link came back; {:?}",
+        first_after - back,
+        sim.stats()
+    );
+    // One-way delay 30-35 ms, buffer target about 30 ms, one tick: well under 100 ms.
+    assert!(first_after - back < 100, "{} ms", first_after - back);
+}
+
+#[test]
+fn a_stalled_caller_catches_up_instead_of_replaying_the_past() {
+    let mut jb = JitterBuffer::new(JitterConfig::default());
+    let t0 = Instant::now();
+    let mut outs = Vec::new();
+    for ms in 0..4_000u64 {
+        let now = t0 + millis(ms);
+        if ms % 20 == 0 {
+            let i = ms / 20;
+            jb.insert(i as u16, 960 * i as u32, payload(i), now);
+        }
+        // The caller does not pop between 1 s and 2 s.
+        if ms % 20 == 5 && !(1_000..2_000).contains(&ms) {
+            let before = outs.len();
+            while let Some(out) = jb.pop(now) {
+                outs.push(out);
+            }
+            assert!(
+                outs.len() - before <= 1,
+                "at {ms} ms: {} outputs at once",
+                outs.len() - before
+            );
+        }
+    }
+    let stats = jb.stats();
+    eprintln!("stalled caller: {stats:?}");
+    assert!(stats.current_delay < 40 * MS, "{stats:?}");
+    assert!(stats.discarded >= 45, "{stats:?}");
+    assert_eq!(stats.lost, 0);
+}
+
+#[test]
+fn simulations_are_deterministic() {
+    let run = || {
+        let mut bad = impairment(40, 60, 0.2);
+        bad.burst = 3.0;
+        bad.reorder = 0.05;
+        bad.duplicate = 0.02;
+        let mut sim = Sim::new(JitterConfig::default(), bad, 12);
+        sim.run(8_000, |i| i < 350);
+        let stats = sim.stats();
+        (sim.outputs, stats)
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(a, b);
+    eprintln!("burst loss: {:?}", a.1);
+}
