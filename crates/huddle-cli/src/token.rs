@@ -103,7 +103,7 @@ pub fn run(cmd: TokenCommand) -> ExitCode {
                 user_id: user.as_deref(),
                 now,
             };
-            match huddle_token::verify(token.trim(), &secret, &opts) {
+            match huddle_token::verify(&token, &secret, &opts) {
                 Ok(claims) => {
                     println!("{}", claims.to_json());
                     ExitCode::SUCCESS

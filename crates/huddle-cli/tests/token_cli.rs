@@ -176,3 +176,60 @@ fn new_refuses_bad_input() {
     ]);
     assert_eq!(o.status.code(), Some(1));
 }
+
+/// Every token of the project's own vector set (all four JSON styles of the official generators,
+/// both ciphers, non-ASCII user IDs, privilege payloads), and every negative case, through the CLI.
+#[test]
+fn verify_handles_every_json_style_and_every_negative_vector() {
+    let data: serde_json::Value =
+        serde_json::from_str(include_str!("../../huddle-token/tests/data/own-vectors.json")).unwrap();
+    let mut styles = std::collections::BTreeSet::new();
+    for v in data["vectors"].as_array().unwrap() {
+        let now = (v["header_expire"].as_i64().unwrap() - 1).to_string();
+        let o = huddle(&[
+            "token",
+            "verify",
+            "--secret",
+            v["secret"].as_str().unwrap(),
+            "--now",
+            &now,
+            v["token"].as_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}: {}", v["id"], stderr(&o));
+        let got: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        assert_eq!(got, v["expected"], "{}", v["id"]);
+        styles.insert((
+            v["json_style"].as_str().unwrap().to_string(),
+            v["cipher"].as_str().unwrap().to_string(),
+        ));
+    }
+    assert!(styles.len() >= 6, "styles × ciphers covered: {styles:?}");
+    for v in data["negative_vectors"].as_array().unwrap() {
+        let mut args = vec![
+            "token".to_string(),
+            "verify".into(),
+            "--secret".into(),
+            v["secret"].as_str().unwrap().into(),
+        ];
+        if let Some(now) = v["now"].as_i64() {
+            args.extend(["--now".into(), now.to_string()]);
+        }
+        if let Some(app) = v["app_id"].as_u64() {
+            args.extend(["--app-id".into(), app.to_string()]);
+        }
+        if let Some(user) = v["user_id"].as_str() {
+            args.extend(["--user".into(), user.into()]);
+        }
+        args.push(v["token"].as_str().unwrap().into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = huddle(&args);
+        assert_eq!(o.status.code(), Some(1), "{} was accepted", v["id"]);
+        let want = format!("error {}", v["code"]);
+        assert!(
+            stderr(&o).starts_with(&want),
+            "{}: want {want}, got {}",
+            v["id"],
+            stderr(&o)
+        );
+    }
+}
