@@ -32,7 +32,8 @@ impl Drop for Serve {
 /// Starts `huddle serve` with `args` on a free port and reads its banner.
 fn serve(args: &[&str]) -> Serve {
     let mut child = huddle()
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        // A free UDP port too: tests run in parallel, each with its own server.
+        .args(["serve", "--listen", "127.0.0.1:0", "--udp-port", "0"])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

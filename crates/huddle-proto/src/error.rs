@@ -127,6 +127,8 @@ codes! {
     SLOW_CONSUMER = 1009005, "The session did not read its events fast enough.";
     /// The server is at its limit of sessions or apps.
     SERVER_BUSY = 1009006, "The server is at its session limit.";
+    /// A `media_offer` whose SDP cannot be parsed or offers nothing the server can use.
+    MEDIA_OFFER_INVALID = 1009007, "The media offer (SDP) is invalid or offers no usable media.";
     /// An internal error at the server.
     INTERNAL = 1009099, "Internal error.";
 }

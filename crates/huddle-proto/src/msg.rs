@@ -60,6 +60,28 @@ pub enum UpdateType {
     Delete,
 }
 
+/// Which side of a stream a media peer connection carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaRole {
+    /// The client sends the stream it publishes; the server receives.
+    Publish,
+    /// The server sends a stream the client plays; the client receives.
+    Play,
+}
+
+/// The state of a media peer connection, as the server reports it in `media_state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerState {
+    /// ICE and DTLS are up: media flows.
+    Connected,
+    /// The server closed the connection (the stream went away, or a newer offer replaced it).
+    Closed,
+    /// The connection failed (ICE timeout, DTLS failure); the client may offer again.
+    Failed,
+}
+
 /// How a login proves it may use the app.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -160,6 +182,19 @@ pub enum ClientMsg {
         /// Request number.
         seq: u32,
     },
+    /// An SDP offer for the media peer connection of a stream this session publishes or plays;
+    /// answered by `media_answer` or `error`. A new offer for the same stream and role replaces
+    /// the session's earlier connection.
+    MediaOffer {
+        /// Request number.
+        seq: u32,
+        /// The stream.
+        stream_id: StreamId,
+        /// Publish (the client sends) or play (the server sends).
+        kind: MediaRole,
+        /// The SDP offer.
+        sdp: String,
+    },
 }
 
 /// The reply to a successful login.
@@ -252,6 +287,31 @@ pub enum ServerMsg {
         /// Whether a publisher publishes it now.
         available: bool,
     },
+    /// The SDP answer to a `media_offer`.
+    MediaAnswer {
+        /// The offer's request number.
+        seq: u32,
+        /// The stream.
+        stream_id: StreamId,
+        /// The offer's role.
+        kind: MediaRole,
+        /// The SDP answer.
+        sdp: String,
+    },
+    /// A media peer connection of this session changed state (connected, or closed or failed by
+    /// the server).
+    MediaState {
+        /// The stream.
+        stream_id: StreamId,
+        /// The connection's role.
+        kind: MediaRole,
+        /// The new state.
+        state: PeerState,
+        /// Why, for `closed` and `failed` (0 for `connected`).
+        code: ErrorCode,
+        /// In words.
+        message: String,
+    },
     /// The session is ended by the server; the connection closes after this.
     Kicked {
         /// Why (e.g. 1002050 for a duplicate login).
@@ -281,7 +341,8 @@ impl ClientMsg {
             | ClientMsg::Play { seq, .. }
             | ClientMsg::StopPlay { seq, .. }
             | ClientMsg::RenewToken { seq, .. }
-            | ClientMsg::Ping { seq } => *seq,
+            | ClientMsg::Ping { seq }
+            | ClientMsg::MediaOffer { seq, .. } => *seq,
         }
     }
 
@@ -416,6 +477,31 @@ mod tests {
         };
         assert_eq!(ServerMsg::decode(&s.encode()).unwrap(), s);
         assert!(s.encode().contains(r#""update_type":"Add""#));
+        let offer = ClientMsg::MediaOffer {
+            seq: 4,
+            stream_id: StreamId::new("s1").unwrap(),
+            kind: MediaRole::Play,
+            sdp: "v=0\r\n".into(),
+        };
+        let text = offer.encode();
+        assert!(
+            text.starts_with(r#"{"type":"media_offer","seq":4,"stream_id":"s1","kind":"play""#),
+            "{text}"
+        );
+        assert_eq!(ClientMsg::decode(&text).unwrap(), offer);
+        let state = ServerMsg::MediaState {
+            stream_id: StreamId::new("s1").unwrap(),
+            kind: MediaRole::Publish,
+            state: PeerState::Failed,
+            code: ErrorCode::PUBLISH_TEMPORARY_BREAK,
+            message: "ICE timed out".into(),
+        };
+        assert!(
+            state
+                .encode()
+                .contains(r#""kind":"publish","state":"failed","code":1003020"#)
+        );
+        assert_eq!(ServerMsg::decode(&state.encode()).unwrap(), state);
     }
 
     #[test]

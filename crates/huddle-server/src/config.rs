@@ -7,7 +7,7 @@
 //! same across restarts.
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -106,8 +106,13 @@ pub fn test_app(app_id: u32) -> AppConfig {
 pub struct ServerConfig {
     /// The HTTP/WebSocket address (`listen`, default `127.0.0.1:7880`).
     pub listen: SocketAddr,
-    /// The UDP port of the media plane (`udp_port`, default 7882).
+    /// The UDP port of the media plane (`udp_port`, default 7882; 0 picks a free port). The socket
+    /// is bound on the IP of `listen`.
     pub udp_port: u16,
+    /// The address clients send media to, advertised as the server's ICE candidate with the bound
+    /// UDP port (`public_ip`, default 127.0.0.1). Set it to the host's public address when the
+    /// server listens on a wildcard or behind a 1:1 NAT.
+    pub public_ip: IpAddr,
     /// The configured apps (`[[apps]]`).
     pub apps: Vec<AppConfig>,
     /// Where the server keeps its files (`data_dir`, default [`default_data_dir`]).
@@ -147,6 +152,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 7880)),
             udp_port: 7882,
+            public_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             apps: Vec::new(),
             data_dir: default_data_dir(),
             dev_mode: false,
@@ -184,6 +190,7 @@ pub fn default_data_dir() -> PathBuf {
 struct FileConfig {
     listen: Option<SocketAddr>,
     udp_port: Option<u16>,
+    public_ip: Option<IpAddr>,
     data_dir: Option<PathBuf>,
     heartbeat_ms: Option<u64>,
     session_timeout_ms: Option<u64>,
@@ -259,6 +266,7 @@ impl ServerConfig {
     pub fn for_tests(apps: Vec<AppConfig>) -> ServerConfig {
         ServerConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            udp_port: 0,
             apps,
             data_dir: std::env::temp_dir().join("huddle-test-data"),
             heartbeat: Duration::from_millis(500),
@@ -304,6 +312,7 @@ impl ServerConfig {
         let config = ServerConfig {
             listen: f.listen.unwrap_or(d.listen),
             udp_port: f.udp_port.unwrap_or(d.udp_port),
+            public_ip: f.public_ip.unwrap_or(d.public_ip),
             apps: convert_apps(f.apps)?,
             data_dir: f.data_dir.unwrap_or(d.data_dir),
             dev_mode: false,
@@ -516,7 +525,7 @@ mod tests {
     #[test]
     fn file_overrides_defaults() {
         let text = format!(
-            "listen = \"0.0.0.0:9000\"\nudp_port = 9002\ndata_dir = \"/tmp/x\"\nheartbeat_ms = 1000\n\
+            "listen = \"0.0.0.0:9000\"\nudp_port = 9002\npublic_ip = \"10.0.0.1\"\ndata_dir = \"/tmp/x\"\nheartbeat_ms = 1000\n\
              session_timeout_ms = 3000\ngrace_ms = 700\nmax_sessions = 10\n{}{}",
             app_toml(1),
             app_toml(2)
@@ -524,6 +533,7 @@ mod tests {
         let c = ServerConfig::from_toml_str(&text).unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.udp_port, 9002);
+        assert_eq!(c.public_ip, "10.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.grace, Duration::from_millis(700));
         assert_eq!(c.max_sessions, 10);
@@ -580,6 +590,7 @@ mod tests {
         let d = ServerConfig::default();
         assert_eq!(c.listen, d.listen);
         assert_eq!(c.udp_port, d.udp_port);
+        assert_eq!(c.public_ip, d.public_ip);
         assert_eq!(c.heartbeat, d.heartbeat);
         assert_eq!(c.session_timeout, d.session_timeout);
         assert_eq!(c.grace, d.grace);

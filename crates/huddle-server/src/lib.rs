@@ -4,6 +4,8 @@
 //! - [`auth`]: AppSign challenge and Token04 checks at login, token privileges at publish.
 //! - [`registry`]: the sans-IO room registry (apps, rooms, users, sessions, streams, plays).
 //! - signaling: the tokio/axum shell around the registry ([`router`], [`ServerState`]).
+//! - [`sfu`]: the sans-IO SFU (WebRTC peer connections, RTP forwarding) and, privately, its tokio
+//!   shell on the one media UDP socket (`docs/sfu.md`).
 //!
 //! The protocol is `docs/protocol.md`. Run a server with [`run`] on a bound listener, or with
 //! [`BackgroundServer`] from synchronous code and tests:
@@ -22,7 +24,9 @@
 
 pub mod auth;
 pub mod config;
+mod media;
 pub mod registry;
+pub mod sfu;
 mod signaling;
 
 use std::future::Future;
@@ -30,6 +34,7 @@ use std::net::SocketAddr;
 
 pub use config::{AppConfig, ConfigError, ServerConfig, default_data_dir, test_app};
 pub use registry::Stats;
+pub use sfu::MediaStats;
 pub use signaling::{ServerState, router};
 
 fn invalid_config(e: ConfigError) -> std::io::Error {
@@ -58,8 +63,15 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, apps = state.config().apps.len(), dev_mode = state.config().dev_mode, "listening");
     }
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    state.start_media()?;
+    let app = router(state.clone())
+        .into_make_service_with_connect_info::<SocketAddr>();
     let trigger = state.clone();
+    // Signaling messages are small and latency-bound (an answer and the event after it must not
+    // wait for the peer's delayed ACK): no Nagle.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        let _ = tcp.set_nodelay(true);
+    });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
@@ -67,6 +79,7 @@ pub async fn serve(
         })
         .await;
     state.shutdown();
+    state.join_media().await;
     if tokio::time::timeout(signaling::SHUTDOWN_TIMEOUT, state.wait_idle())
         .await
         .is_err()
@@ -84,6 +97,7 @@ pub async fn serve(
 /// synchronous code. Dropping it stops it too.
 pub struct BackgroundServer {
     addr: SocketAddr,
+    udp_addr: SocketAddr,
     state: ServerState,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
@@ -97,6 +111,7 @@ impl BackgroundServer {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let state = ServerState::new(config).map_err(invalid_config)?;
+        let udp_addr = state.bind_media()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -115,6 +130,7 @@ impl BackgroundServer {
             })?;
         Ok(BackgroundServer {
             addr,
+            udp_addr,
             state,
             stop: Some(stop),
             thread: Some(thread),
@@ -137,6 +153,17 @@ impl BackgroundServer {
             });
         }
         format!("ws://{addr}{}", huddle_proto::SIGNALING_PATH)
+    }
+
+    /// The bound address of the media UDP socket (the server's ICE candidate uses its port with
+    /// `public_ip`).
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.udp_addr
+    }
+
+    /// Counts of the media plane.
+    pub fn media_stats(&self) -> MediaStats {
+        self.state.media_stats()
     }
 
     /// The server's state (configuration, counts).

@@ -910,6 +910,27 @@ impl Registry {
         })
     }
 
+    /// Whether session `id` publishes `stream_id` now.
+    pub fn publishes(&self, id: SessionId, stream_id: &StreamId) -> bool {
+        self.sessions
+            .get(&id)
+            .is_some_and(|s| s.publishes.contains(stream_id))
+    }
+
+    /// Whether session `id` plays `stream_id`: `None` if it does not, else whether the stream is
+    /// published now.
+    pub fn play_status(&self, id: SessionId, stream_id: &StreamId) -> Option<bool> {
+        let s = self.sessions.get(&id)?;
+        if !s.plays.contains(stream_id) {
+            return None;
+        }
+        Some(
+            self.apps
+                .get(&s.app)
+                .is_some_and(|a| a.streams.contains_key(stream_id)),
+        )
+    }
+
     /// Counts of sessions, rooms and streams.
     pub fn stats(&self) -> Stats {
         Stats {

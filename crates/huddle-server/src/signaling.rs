@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Extension;
@@ -22,7 +22,8 @@ use axum::routing::get;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use huddle_proto::{
-    ClientMsg, ErrorCode, HuddleError, Login, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, SIGNALING_PATH, ServerMsg,
+    ClientMsg, ErrorCode, HuddleError, Login, MAX_MESSAGE_BYTES, MediaRole, PROTOCOL_VERSION, SIGNALING_PATH,
+    ServerMsg,
 };
 use parking_lot::Mutex;
 use rand::RngCore;
@@ -32,7 +33,9 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::auth::Authenticator;
 use crate::config::{ConfigError, ServerConfig};
+use crate::media::{self, MediaTx};
 use crate::registry::{Detached, Limits, Output, Registry, SessionId, Stats};
+use crate::sfu::{Command, Counters, MediaStats, Offer};
 
 /// The WebSocket message size limit: the protocol's limit plus room for what a frame adds, so that
 /// a message just over [`MAX_MESSAGE_BYTES`] is still read and answered 1009002 by the decoder.
@@ -64,12 +67,22 @@ struct Shared {
     connections: AtomicUsize,
     /// Notified when `connections` drops to zero.
     idle: Notify,
+    /// The media socket, bound but not yet handed to the media task.
+    udp: Mutex<Option<std::net::UdpSocket>>,
+    /// The media socket's bound address.
+    udp_addr: OnceLock<SocketAddr>,
+    /// The media task, once started.
+    media_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    counters: Arc<Counters>,
 }
 
 /// The registry and where each attached session's messages go.
 struct Hub {
     registry: Registry,
     conns: HashMap<SessionId, ConnHandle>,
+    /// Commands to the media plane, sent under the hub lock so that they follow the registry's
+    /// order. `None` until the media plane runs.
+    media: Option<MediaTx>,
 }
 
 /// The connection that carries a session now.
@@ -151,8 +164,19 @@ impl Hub {
                     if let Some(h) = self.conns.remove(&session) {
                         close(&h.ctl, Closing::AfterQueue);
                     }
+                    // The session is gone from the registry: so are its media connections.
+                    self.media_command(Command::SessionGone { session });
                 }
             }
+        }
+    }
+
+    /// Sends a command to the media plane (dropped when it does not run). `false`: refused (too
+    /// many offers in flight).
+    fn media_command(&self, cmd: Command) -> bool {
+        match &self.media {
+            Some(m) => m.send(cmd),
+            None => !matches!(cmd, Command::Offer(_)),
         }
     }
 
@@ -188,6 +212,8 @@ fn msg_type(m: &ServerMsg) -> &'static str {
         ServerMsg::StreamUpdate { .. } => "stream_update",
         ServerMsg::PlayUpdate { .. } => "play_update",
         ServerMsg::Kicked { .. } => "kicked",
+        ServerMsg::MediaAnswer { .. } => "media_answer",
+        ServerMsg::MediaState { .. } => "media_state",
     }
 }
 
@@ -213,11 +239,78 @@ impl ServerState {
             hub: Mutex::new(Hub {
                 registry,
                 conns: HashMap::new(),
+                media: None,
             }),
             shutdown: watch::Sender::new(false),
             connections: AtomicUsize::new(0),
             idle: Notify::new(),
+            udp: Mutex::new(None),
+            udp_addr: OnceLock::new(),
+            media_task: Mutex::new(None),
+            counters: Arc::new(Counters::default()),
         })))
+    }
+
+    /// Binds the media UDP socket now (the IP of `listen`, `udp_port`), if not yet bound, and
+    /// returns its address. [`crate::serve`] binds it otherwise when it starts.
+    pub fn bind_media(&self) -> std::io::Result<SocketAddr> {
+        if let Some(addr) = self.0.udp_addr.get() {
+            return Ok(*addr);
+        }
+        let socket = media::bind(&self.0.config)?;
+        let addr = socket.local_addr()?;
+        *self.0.udp.lock() = Some(socket);
+        let _ = self.0.udp_addr.set(addr);
+        Ok(addr)
+    }
+
+    /// The bound address of the media UDP socket, once bound.
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.0.udp_addr.get().copied()
+    }
+
+    /// Counts of the media plane.
+    pub fn media_stats(&self) -> MediaStats {
+        self.0.counters.snapshot()
+    }
+
+    /// Starts the media task (binding the socket if needed); a no-op if it runs. Must be called
+    /// within a tokio runtime.
+    pub(crate) fn start_media(&self) -> std::io::Result<()> {
+        let mut task = self.0.media_task.lock();
+        if task.is_some() {
+            return Ok(());
+        }
+        self.bind_media()?;
+        let Some(socket) = self.0.udp.lock().take() else {
+            return Err(std::io::Error::other("the media socket was already used"));
+        };
+        let (tx, handle) = media::spawn(self.clone(), socket, self.0.counters.clone())?;
+        self.0.hub.lock().media = Some(tx);
+        *task = Some(handle);
+        Ok(())
+    }
+
+    /// Waits for the media task to end (after [`ServerState::shutdown`]).
+    pub(crate) async fn join_media(&self) {
+        let task = self.0.media_task.lock().take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        self.0.hub.lock().media = None;
+    }
+
+    pub(crate) fn shutdown_receiver(&self) -> watch::Receiver<bool> {
+        self.0.shutdown.subscribe()
+    }
+
+    /// Delivers the media plane's messages to their sessions (dropped for detached ones).
+    pub(crate) fn deliver_media(&self, signals: &mut Vec<(SessionId, ServerMsg)>) {
+        let mut hub = self.0.hub.lock();
+        for (to, msg) in signals.drain(..) {
+            debug!(session = %to, msg = msg_type(&msg), "media signal");
+            hub.deliver(to, Message::Text(text(&msg)));
+        }
     }
 
     /// The configuration in force.
@@ -613,14 +706,39 @@ impl Conn {
                 (*seq, r)
             }
             ClientMsg::Unpublish { seq, stream_id } => {
+                let app = reg.session(id).map(|s| s.app_id);
                 let r = reg.unpublish(id, *seq, stream_id, &mut out);
                 if r.is_ok() {
                     info!(session = %id, %stream_id, "unpublish");
+                    if let Some(app) = app {
+                        hub.media_command(Command::ClosePublish {
+                            app,
+                            stream_id: stream_id.clone(),
+                        });
+                    }
                 }
                 (*seq, r)
             }
             ClientMsg::Play { seq, stream_id } => (*seq, reg.play(id, *seq, stream_id, &mut out)),
-            ClientMsg::StopPlay { seq, stream_id } => (*seq, reg.stop_play(id, *seq, stream_id, &mut out)),
+            ClientMsg::StopPlay { seq, stream_id } => {
+                let r = reg.stop_play(id, *seq, stream_id, &mut out);
+                if r.is_ok()
+                    && let Some(s) = hub.registry.session(id)
+                {
+                    hub.media_command(Command::ClosePlay {
+                        session: id,
+                        app: s.app_id,
+                        stream_id: stream_id.clone(),
+                    });
+                }
+                (*seq, r)
+            }
+            ClientMsg::MediaOffer {
+                seq,
+                stream_id,
+                kind,
+                sdp,
+            } => (*seq, media_offer(&hub, id, *seq, stream_id, *kind, sdp)),
             ClientMsg::Ping { seq } => {
                 drop(hub);
                 self.send(&ServerMsg::Pong {
@@ -755,6 +873,7 @@ impl ServerState {
                         let now = Instant::now().max(d.deadline);
                         if hub.registry.expire(id, d.epoch, now, &mut out) {
                             info!(session = %id, "grace period over: session ended");
+                            hub.media_command(Command::SessionGone { session: id });
                         }
                         hub.dispatch(out);
                     }
@@ -763,6 +882,69 @@ impl ServerState {
             }
             .in_current_span(),
         );
+    }
+}
+
+/// Checks a `media_offer` against the registry and hands it to the media plane, which answers it
+/// on its own (`media_answer` or `error`).
+fn media_offer(
+    hub: &Hub,
+    id: SessionId,
+    seq: u32,
+    stream_id: &huddle_proto::StreamId,
+    role: MediaRole,
+    sdp: &str,
+) -> Result<(), HuddleError> {
+    let reg = &hub.registry;
+    let app = reg
+        .session(id)
+        .ok_or_else(|| HuddleError::from(ErrorCode::NOT_LOGGED_IN))?
+        .app_id;
+    match role {
+        MediaRole::Publish if !reg.publishes(id, stream_id) => {
+            return Err(HuddleError::new(
+                ErrorCode::STREAM_NOT_FOUND,
+                format!("publish the stream {stream_id} before offering its media"),
+            ));
+        }
+        MediaRole::Play => match reg.play_status(id, stream_id) {
+            None => {
+                return Err(HuddleError::new(
+                    ErrorCode::STREAM_NOT_FOUND,
+                    format!("play the stream {stream_id} before offering to receive it"),
+                ));
+            }
+            Some(false) => {
+                return Err(HuddleError::new(
+                    ErrorCode::STREAM_NOT_FOUND,
+                    format!("the stream {stream_id} is not published now (wait for play_update)"),
+                ));
+            }
+            Some(true) => {}
+        },
+        MediaRole::Publish => {}
+    }
+    if hub.media.is_none() {
+        return Err(HuddleError::new(
+            ErrorCode::SERVER_BUSY,
+            "the media plane is not running",
+        ));
+    }
+    let offer = Offer {
+        session: id,
+        app,
+        stream_id: stream_id.clone(),
+        role,
+        seq,
+        sdp: sdp.to_string(),
+    };
+    if hub.media_command(Command::Offer(offer)) {
+        Ok(())
+    } else {
+        Err(HuddleError::new(
+            ErrorCode::SERVER_BUSY,
+            "the media plane is busy: offer again later",
+        ))
     }
 }
 

@@ -1,0 +1,146 @@
+//! Per-receiver RTP sequence-number and timestamp rewriting.
+//!
+//! Every played track has its own SSRC, sequence space and timestamp space. A [`Rewriter`] maps the
+//! packets of whichever source feeds the track (the publisher's connection of the moment, and the
+//! SSRC it sends with) into that space by a constant offset per source, so that:
+//!
+//! - a receiver that joins late starts at its own first sequence number (with ROC 0, as SRTP
+//!   needs without signaling) and sees no gap;
+//! - when the source changes (the publisher restarts or re-offers), the receiver's sequence numbers
+//!   continue at the next number and its timestamps advance by the wall-clock time that passed, so
+//!   its jitter buffer sees one continuous stream with a pause, not a jump;
+//! - reordering, loss and retransmissions of one source keep their shape (a constant offset maps
+//!   a gap to a gap and a late packet to its place), so NACKs from the receiver name the right
+//!   packets in the server's send buffer.
+
+use std::time::Instant;
+
+/// What the receiver saw last: the highest sequence number sent and its timestamp.
+#[derive(Debug, Clone, Copy)]
+struct Last {
+    seq: u64,
+    ts: u32,
+    at: Instant,
+}
+
+/// Maps source packets into one receiver's sequence and timestamp space (see the module docs).
+#[derive(Debug, Clone)]
+pub struct Rewriter {
+    clock_rate: u32,
+    start_seq: u64,
+    start_ts: u32,
+    /// The source the offsets belong to.
+    source: Option<u64>,
+    /// The first source sequence number of this source: earlier ones predate the receiver.
+    first_in: u64,
+    seq_delta: i64,
+    ts_delta: u32,
+    last: Option<Last>,
+}
+
+impl Rewriter {
+    /// A rewriter for a track with this clock rate whose first packet gets `start_seq` (below
+    /// 2^15, so that the rollover counter starts at 0) and timestamp `start_ts`.
+    pub fn new(clock_rate: u32, start_seq: u16, start_ts: u32) -> Rewriter {
+        Rewriter {
+            clock_rate: clock_rate.max(1),
+            start_seq: u64::from(start_seq & 0x7fff),
+            start_ts,
+            source: None,
+            first_in: 0,
+            seq_delta: 0,
+            ts_delta: 0,
+            last: None,
+        }
+    }
+
+    /// Maps a packet of `source` (any number that changes when the source changes: the
+    /// connection's epoch and the SSRC) with extended sequence number `seq` and timestamp `ts`,
+    /// received at `now`. `None`: the packet predates this receiver's view of the source (drop it).
+    pub fn map(&mut self, source: u64, seq: u64, ts: u32, now: Instant) -> Option<(u64, u32)> {
+        if self.source != Some(source) {
+            let (next_seq, next_ts) = match self.last {
+                None => (self.start_seq, self.start_ts),
+                Some(l) => {
+                    // At least one 20 ms frame later, so that no two packets of different
+                    // sources share a timestamp.
+                    let min_step = u64::from(self.clock_rate / 50).max(1);
+                    let elapsed = now.saturating_duration_since(l.at);
+                    let ticks =
+                        (elapsed.as_micros() as u64).saturating_mul(u64::from(self.clock_rate)) / 1_000_000;
+                    (l.seq + 1, l.ts.wrapping_add(ticks.max(min_step) as u32))
+                }
+            };
+            self.seq_delta = next_seq as i64 - seq as i64;
+            self.ts_delta = next_ts.wrapping_sub(ts);
+            self.first_in = seq;
+            self.source = Some(source);
+        }
+        if seq < self.first_in {
+            return None;
+        }
+        let out_seq = (seq as i64).wrapping_add(self.seq_delta) as u64;
+        let out_ts = ts.wrapping_add(self.ts_delta);
+        if self.last.is_none_or(|l| out_seq > l.seq) {
+            self.last = Some(Last {
+                seq: out_seq,
+                ts: out_ts,
+                at: now,
+            });
+        }
+        Some((out_seq, out_ts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn late_joiner_starts_at_its_own_numbers() {
+        let t0 = Instant::now();
+        let mut r = Rewriter::new(48_000, 1000, 5);
+        // The source is long-running: extended sequence numbers past a rollover.
+        assert_eq!(r.map(1, 200_000, 4_000_000_000, t0), Some((1000, 5)));
+        assert_eq!(r.map(1, 200_001, 4_000_000_960, t0), Some((1001, 965)));
+        // Timestamps wrap with the source.
+        assert_eq!(
+            r.map(1, 200_002, 4_000_001_920u32.wrapping_add(300_000_000), t0),
+            Some((1002, 1925u32.wrapping_add(300_000_000)))
+        );
+    }
+
+    #[test]
+    fn loss_and_reordering_keep_their_shape_and_old_packets_are_dropped() {
+        let t0 = Instant::now();
+        let mut r = Rewriter::new(48_000, 10, 0);
+        assert_eq!(r.map(7, 50, 0, t0), Some((10, 0)));
+        assert_eq!(r.map(7, 53, 2880, t0), Some((13, 2880)));
+        // A late packet and a retransmission land in their places.
+        assert_eq!(r.map(7, 51, 960, t0), Some((11, 960)));
+        assert_eq!(r.map(7, 51, 960, t0), Some((11, 960)));
+        // Before the receiver's first packet: never seen by it, dropped.
+        assert_eq!(r.map(7, 49, 0, t0), None);
+    }
+
+    #[test]
+    fn a_new_source_continues_the_stream() {
+        let t0 = Instant::now();
+        let mut r = Rewriter::new(48_000, 100, 1000);
+        for i in 0..10u64 {
+            r.map(1, 500 + i, 960 * i as u32, t0 + Duration::from_millis(20 * i));
+        }
+        // Last sent: seq 109, ts 1000 + 9 * 960 at t0 + 180 ms. The publisher restarts 2 s later
+        // with new random numbers.
+        let t1 = t0 + Duration::from_millis(2180);
+        let (seq, ts) = r.map(2, 40_000, 123_456, t1).unwrap();
+        assert_eq!(seq, 110);
+        assert_eq!(ts, 1000 + 9 * 960 + 96_000);
+        assert_eq!(r.map(2, 40_001, 123_456 + 960, t1), Some((111, ts + 960)));
+        // An immediate switch still advances by one frame.
+        let (seq, ts2) = r.map(3, 7, 0, t1).unwrap();
+        assert_eq!((seq, ts2), (112, ts + 960 + 960));
+    }
+}

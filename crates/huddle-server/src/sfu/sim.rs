@@ -1,0 +1,668 @@
+//! Deterministic tests of the SFU core on virtual time: str0m clients and the [`Sfu`] exchange
+//! datagrams in memory (no socket, no sleep), with loss injected where a test wants it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use huddle_proto::{AppId, MediaRole, PeerState, ServerMsg, StreamId};
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{RtpPacket, RtpWrite};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+
+use super::{Command, Counters, Offer, Sfu, SfuConfig};
+use crate::registry::SessionId;
+
+const SERVER: &str = "127.0.0.1:7882";
+
+fn app() -> AppId {
+    AppId::new(1).unwrap()
+}
+
+fn session(n: u64) -> SessionId {
+    format!("{n}").parse().unwrap()
+}
+
+/// A client peer connection with its own address.
+struct Peer {
+    rtc: Rtc,
+    addr: SocketAddr,
+    pending: Option<SdpPendingOffer>,
+    mids: Vec<(Mid, MediaKind)>,
+    connected: bool,
+    closed: bool,
+    got: Vec<RtpPacket>,
+    keyframe_requests: usize,
+    seq: [u64; 2],
+}
+
+impl Peer {
+    fn new(now: Instant, port: u16, role: MediaRole, video: bool) -> (Peer, String) {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut rtc = RtcConfig::new()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .build(now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        let dir = match role {
+            MediaRole::Publish => Direction::SendOnly,
+            MediaRole::Play => Direction::RecvOnly,
+        };
+        let mut api = rtc.sdp_api();
+        let mut mids = vec![(
+            api.add_media(MediaKind::Audio, dir, None, None, None),
+            MediaKind::Audio,
+        )];
+        if video {
+            mids.push((
+                api.add_media(MediaKind::Video, dir, None, None, None),
+                MediaKind::Video,
+            ));
+        }
+        let (offer, pending) = api.apply().unwrap();
+        let peer = Peer {
+            rtc,
+            addr,
+            pending: Some(pending),
+            mids,
+            connected: false,
+            closed: false,
+            got: Vec::new(),
+            keyframe_requests: 0,
+            seq: [100, 5000],
+        };
+        (peer, offer.to_sdp_string())
+    }
+
+    fn mid(&self, kind: MediaKind) -> Mid {
+        self.mids.iter().find(|(_, k)| *k == kind).unwrap().0
+    }
+
+    fn send(&mut self, kind: MediaKind, payload: &[u8], now: Instant) {
+        let codec = if kind.is_audio() { Codec::Opus } else { Codec::Vp8 };
+        let pt = self
+            .rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == codec)
+            .unwrap()
+            .pt();
+        let i = usize::from(kind.is_video());
+        let seq = self.seq[i];
+        self.seq[i] += 1;
+        let mid = self.mid(kind);
+        let mut api = self.rtc.direct_api();
+        let tx = api.stream_tx_by_mid(mid, None).unwrap();
+        let step = if kind.is_audio() { 960 } else { 3000 };
+        tx.write_rtp(
+            RtpWrite::new(pt, seq.into(), (seq * step) as u32, now, payload.to_vec())
+                .marker(true)
+                .nackable(true),
+        );
+    }
+
+    /// Drains the peer's output: datagrams to the server go to `out`.
+    fn drain(&mut self, out: &mut Vec<(SocketAddr, Vec<u8>)>) {
+        while self.rtc.is_alive() {
+            match self.rtc.poll_output() {
+                Ok(Output::Transmit(t)) => out.push((self.addr, t.contents.into())),
+                Ok(Output::Timeout(_)) => return,
+                Ok(Output::Event(e)) => match e {
+                    Event::Connected => self.connected = true,
+                    Event::RtpPacket(p) => self.got.push(p),
+                    Event::KeyframeRequest(_) => self.keyframe_requests += 1,
+                    Event::Closed => self.closed = true,
+                    _ => {}
+                },
+                Err(_) => {
+                    self.closed = true;
+                    return;
+                }
+            }
+        }
+        self.closed = true;
+    }
+}
+
+/// Decides whether a datagram from the server to a client address is lost.
+type DropFilter = Box<dyn FnMut(SocketAddr, &[u8]) -> bool>;
+
+/// The SFU and its clients on one virtual network.
+struct Sim {
+    sfu: Sfu,
+    counters: Arc<Counters>,
+    now: Instant,
+    server: SocketAddr,
+    signals: Vec<(SessionId, ServerMsg)>,
+    /// Drops datagrams from the server to a client when it returns true.
+    drop_down: DropFilter,
+}
+
+impl Sim {
+    fn new() -> Sim {
+        let server: SocketAddr = SERVER.parse().unwrap();
+        let counters = Arc::new(Counters::default());
+        Sim {
+            sfu: Sfu::new(SfuConfig::new(server), counters.clone()),
+            counters,
+            now: Instant::now(),
+            server,
+            signals: Vec::new(),
+            drop_down: Box::new(|_, _| false),
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        self.sfu.handle_command(self.now, cmd);
+        while let Some(s) = self.sfu.poll_signal() {
+            self.signals.push(s);
+        }
+    }
+
+    /// Offers for `peer` and applies the answer.
+    fn negotiate(&mut self, peer: &mut Peer, offer: String, who: u64, stream: &str, role: MediaRole) {
+        self.command(Command::Offer(Offer {
+            session: session(who),
+            app: app(),
+            stream_id: StreamId::new(stream).unwrap(),
+            role,
+            seq: 1,
+            sdp: offer,
+        }));
+        let i = self
+            .signals
+            .iter()
+            .position(|(s, m)| *s == session(who) && matches!(m, ServerMsg::MediaAnswer { .. }))
+            .unwrap_or_else(|| panic!("no answer: {:?}", self.signals));
+        let ServerMsg::MediaAnswer { sdp, .. } = self.signals.remove(i).1 else {
+            unreachable!()
+        };
+        let pending = peer.pending.take().unwrap();
+        peer.rtc
+            .sdp_api()
+            .accept_answer(pending, SdpAnswer::from_sdp_string(&sdp).unwrap())
+            .unwrap();
+    }
+
+    /// One millisecond of virtual time: every peer and the SFU exchange what they have.
+    fn tick(&mut self, peers: &mut [&mut Peer]) {
+        self.now += Duration::from_millis(1);
+        let now = self.now;
+        let mut up = Vec::new();
+        for p in peers.iter_mut() {
+            if !p.closed {
+                let _ = p.rtc.handle_input(Input::Timeout(now));
+                p.drain(&mut up);
+            }
+        }
+        for (from, bytes) in up {
+            self.sfu.handle_datagram(now, from, &bytes);
+        }
+        if self.sfu.poll_timeout().is_some_and(|t| t <= now) {
+            self.sfu.handle_timeout(now);
+        }
+        let mut up = Vec::new();
+        while let Some(t) = self.sfu.poll_transmit() {
+            if (self.drop_down)(t.destination, &t.contents) {
+                continue;
+            }
+            let Some(p) = peers.iter_mut().find(|p| p.addr == t.destination) else {
+                continue;
+            };
+            if p.closed {
+                continue;
+            }
+            if let Ok(r) = Receive::new(Protocol::Udp, self.server, p.addr, &t.contents) {
+                let _ = p.rtc.handle_input(Input::Receive(now, r));
+                p.drain(&mut up);
+            }
+        }
+        for (from, bytes) in up {
+            self.sfu.handle_datagram(now, from, &bytes);
+        }
+        while let Some(s) = self.sfu.poll_signal() {
+            self.signals.push(s);
+        }
+        self.sfu.check_invariants().unwrap();
+    }
+
+    fn run(&mut self, peers: &mut [&mut Peer], ms: u64) {
+        for _ in 0..ms {
+            self.tick(peers);
+        }
+    }
+
+    fn connect(&mut self, peers: &mut [&mut Peer]) {
+        for _ in 0..2000 {
+            if peers.iter().all(|p| p.connected) {
+                return;
+            }
+            self.tick(peers);
+        }
+        panic!("peers did not connect");
+    }
+}
+
+fn payload(i: usize) -> Vec<u8> {
+    let mut p = vec![0xf8];
+    p.extend((0..60).map(|j| (i * 7 + j) as u8));
+    p
+}
+
+#[test]
+fn a_publisher_reoffer_continues_the_players_stream() {
+    let mut sim = Sim::new();
+    let (mut pub1, offer) = Peer::new(sim.now, 10_001, MediaRole::Publish, false);
+    sim.negotiate(&mut pub1, offer, 1, "s", MediaRole::Publish);
+    let (mut player, offer) = Peer::new(sim.now, 10_002, MediaRole::Play, false);
+    sim.negotiate(&mut player, offer, 2, "s", MediaRole::Play);
+    sim.connect(&mut [&mut pub1, &mut player]);
+    for i in 0..20 {
+        let now = sim.now;
+        pub1.send(MediaKind::Audio, &payload(i), now);
+        sim.run(&mut [&mut pub1, &mut player], 20);
+    }
+    // The publisher restarts with a new connection (new SSRC, sequence numbers and timestamps).
+    let (mut pub2, offer) = Peer::new(sim.now, 10_003, MediaRole::Publish, false);
+    pub2.seq = [60_000, 0];
+    sim.negotiate(&mut pub2, offer, 1, "s", MediaRole::Publish);
+    sim.connect(&mut [&mut pub2, &mut player]);
+    for i in 20..40 {
+        let now = sim.now;
+        pub2.send(MediaKind::Audio, &payload(i), now);
+        sim.run(&mut [&mut pub2, &mut player], 20);
+    }
+    assert_eq!(player.got.len(), 40);
+    let ssrc = player.got[0].header.ssrc;
+    for (i, w) in player.got.windows(2).enumerate() {
+        assert_eq!(*w[1].seq_no, *w[0].seq_no + 1, "sequence gap at {i}");
+        let step = w[1].header.timestamp.wrapping_sub(w[0].header.timestamp);
+        assert!((960..=960 * 200).contains(&step), "timestamp step {step} at {i}");
+        assert_eq!(w[1].header.ssrc, ssrc);
+    }
+    for (i, p) in player.got.iter().enumerate() {
+        assert_eq!(&p.payload[..], &payload(i)[..]);
+    }
+    // The old publisher connection was closed and told so (RTCP BYE, close_notify).
+    assert!(sim.sfu.check_invariants().is_ok());
+    assert_eq!(sim.sfu.peer_connections(), 2);
+}
+
+#[test]
+fn keyframe_requests_reach_the_publisher_throttled() {
+    let mut sim = Sim::new();
+    let (mut publisher, offer) = Peer::new(sim.now, 10_001, MediaRole::Publish, true);
+    sim.negotiate(&mut publisher, offer, 1, "v", MediaRole::Publish);
+    sim.connect(&mut [&mut publisher]);
+    // Some video first, so that the server knows the publisher's video stream.
+    for i in 0..5 {
+        let now = sim.now;
+        publisher.send(MediaKind::Video, &payload(i), now);
+        sim.run(&mut [&mut publisher], 30);
+    }
+    let (mut player, offer) = Peer::new(sim.now, 10_002, MediaRole::Play, true);
+    sim.negotiate(&mut player, offer, 2, "v", MediaRole::Play);
+    sim.connect(&mut [&mut publisher, &mut player]);
+    sim.run(&mut [&mut publisher, &mut player], 50);
+    // A new viewer of video asks for a keyframe at once.
+    assert_eq!(publisher.keyframe_requests, 1);
+    // A burst of requests from the player within the interval is folded into none...
+    let mid = player.mid(MediaKind::Video);
+    for _ in 0..10 {
+        if let Some(rx) = player.rtc.direct_api().stream_rx_by_mid(mid, None) {
+            rx.request_keyframe(KeyframeRequestKind::Pli);
+        }
+        sim.run(&mut [&mut publisher, &mut player], 20);
+    }
+    assert!(
+        publisher.keyframe_requests <= 2,
+        "{}",
+        publisher.keyframe_requests
+    );
+    // ...and a request after the interval goes through.
+    sim.run(&mut [&mut publisher, &mut player], 600);
+    let before = publisher.keyframe_requests;
+    if let Some(rx) = player.rtc.direct_api().stream_rx_by_mid(mid, None) {
+        rx.request_keyframe(KeyframeRequestKind::Fir);
+    }
+    sim.run(&mut [&mut publisher, &mut player], 50);
+    assert_eq!(publisher.keyframe_requests, before + 1);
+    assert!(sim.counters.snapshot().keyframe_requests >= 2);
+}
+
+#[test]
+fn lost_video_packets_are_retransmitted_from_the_send_buffer() {
+    let mut sim = Sim::new();
+    let (mut publisher, offer) = Peer::new(sim.now, 10_001, MediaRole::Publish, true);
+    sim.negotiate(&mut publisher, offer, 1, "v", MediaRole::Publish);
+    let (mut player, offer) = Peer::new(sim.now, 10_002, MediaRole::Play, true);
+    sim.negotiate(&mut player, offer, 2, "v", MediaRole::Play);
+    sim.connect(&mut [&mut publisher, &mut player]);
+    // Lose every 5th video packet to the player (not the retransmissions, on the RTX payload type)
+    // while the first 90 are sent; the last 10 let the player see the gaps at the end too.
+    let player_addr = player.addr;
+    let (vp8, rtx) = player
+        .rtc
+        .codec_config()
+        .params()
+        .iter()
+        .find(|p| p.spec().codec == Codec::Vp8)
+        .map(|p| (*p.pt(), p.resend().map(|r| *r)))
+        .unwrap();
+    assert!(rtx.is_some(), "VP8 is negotiated with RTX");
+    let dropped = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = dropped.clone();
+    let mut n = 0u32;
+    sim.drop_down = Box::new(move |to, bytes| {
+        let is_vp8 = bytes.len() > 12 && (128..192).contains(&bytes[0]) && (bytes[1] & 0x7f) == vp8;
+        if to == player_addr && is_vp8 {
+            n += 1;
+            if n.is_multiple_of(5) && n <= 90 {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return true;
+            }
+        }
+        false
+    });
+    let mut sent = Vec::new();
+    for i in 0..100 {
+        let now = sim.now;
+        let p = payload(i).repeat(3);
+        publisher.send(MediaKind::Video, &p, now);
+        sent.push(p);
+        sim.run(&mut [&mut publisher, &mut player], 10);
+    }
+    sim.drop_down = Box::new(|_, _| false);
+    sim.run(&mut [&mut publisher, &mut player], 1000);
+    assert_eq!(dropped.load(std::sync::atomic::Ordering::Relaxed), 18);
+    let mut got: Vec<(u64, Vec<u8>)> = player
+        .got
+        .iter()
+        .filter(|p| p.payload.len() > 100)
+        .map(|p| (*p.seq_no, p.payload.to_vec()))
+        .collect();
+    got.sort();
+    got.dedup();
+    let payloads: Vec<Vec<u8>> = got.into_iter().map(|(_, p)| p).collect();
+    assert_eq!(payloads.len(), sent.len(), "lost packets were not all repaired");
+    assert_eq!(payloads, sent);
+}
+
+#[test]
+fn unpublish_closes_players_and_tells_them() {
+    let mut sim = Sim::new();
+    let (mut publisher, offer) = Peer::new(sim.now, 10_001, MediaRole::Publish, false);
+    sim.negotiate(&mut publisher, offer, 1, "s", MediaRole::Publish);
+    let (mut player, offer) = Peer::new(sim.now, 10_002, MediaRole::Play, false);
+    sim.negotiate(&mut player, offer, 2, "s", MediaRole::Play);
+    sim.connect(&mut [&mut publisher, &mut player]);
+    sim.signals.clear();
+    sim.command(Command::ClosePublish {
+        app: app(),
+        stream_id: StreamId::new("s").unwrap(),
+    });
+    assert!(matches!(
+        &sim.signals[..],
+        [(s, ServerMsg::MediaState { state: PeerState::Closed, .. })] if *s == session(2)
+    ));
+    sim.run(&mut [&mut publisher, &mut player], 100);
+    assert!(player.closed && publisher.closed, "the clients saw the close");
+    assert_eq!(sim.sfu.peer_connections(), 0);
+}
+
+/// Server CPU per forwarded packet: one publisher, 1 and 20 players, 1000 audio packets each. Run
+/// with `cargo test -p huddle-server --release --lib -- --ignored --nocapture forwarding_cost`.
+#[test]
+#[ignore]
+fn forwarding_cost() {
+    for players in [1, 20] {
+        measure_forwarding(players, 1000);
+    }
+}
+
+fn measure_forwarding(n_players: usize, packets: usize) {
+    let mut sim = Sim::new();
+    let (mut publisher, offer) = Peer::new(sim.now, 10_000, MediaRole::Publish, false);
+    sim.negotiate(&mut publisher, offer, 1, "s", MediaRole::Publish);
+    let mut players: Vec<Peer> = (0..n_players)
+        .map(|i| {
+            let (mut p, offer) = Peer::new(sim.now, 11_000 + i as u16, MediaRole::Play, false);
+            sim.negotiate(&mut p, offer, 10 + i as u64, "s", MediaRole::Play);
+            p
+        })
+        .collect();
+    {
+        let mut all: Vec<&mut Peer> = std::iter::once(&mut publisher)
+            .chain(players.iter_mut())
+            .collect();
+        sim.connect(&mut all);
+    }
+    let before = sim.counters.snapshot().rtp_forwarded;
+    let mut in_sfu = Duration::ZERO;
+    let mut datagrams_out = 0u64;
+    for i in 0..packets {
+        sim.now += Duration::from_millis(20);
+        let now = sim.now;
+        publisher.send(MediaKind::Audio, &payload(i), now);
+        let mut up = Vec::new();
+        let _ = publisher.rtc.handle_input(Input::Timeout(now));
+        publisher.drain(&mut up);
+        // Timed: the publisher's datagrams in, every player's datagram out of the queue.
+        let t = Instant::now();
+        for (from, bytes) in &up {
+            sim.sfu.handle_datagram(now, *from, bytes);
+        }
+        while let Some(tr) = sim.sfu.poll_transmit() {
+            std::hint::black_box(&tr);
+            datagrams_out += 1;
+        }
+        in_sfu += t.elapsed();
+        // Not timed: the players' own traffic (ICE consent checks, RTCP) keeps them alive.
+        let mut up = Vec::new();
+        for p in &mut players {
+            let _ = p.rtc.handle_input(Input::Timeout(now));
+            p.drain(&mut up);
+        }
+        for (from, bytes) in &up {
+            sim.sfu.handle_datagram(now, *from, bytes);
+        }
+        if sim.sfu.poll_timeout().is_some_and(|t| t <= now) {
+            sim.sfu.handle_timeout(now);
+        }
+        while sim.sfu.poll_transmit().is_some() {}
+    }
+    let forwarded = sim.counters.snapshot().rtp_forwarded - before;
+    println!(
+        "1 publisher x {n_players} players, {packets} audio packets: {forwarded} forwarded, {datagrams_out} \
+         datagrams out, {in_sfu:?} in the SFU: {:.2} µs per forwarded packet, {:.2} µs per packet in \
+         (SRTP in and out, rewriting, queueing; no socket)",
+        in_sfu.as_secs_f64() * 1e6 / forwarded as f64,
+        in_sfu.as_secs_f64() * 1e6 / packets as f64,
+    );
+    assert_eq!(forwarded, (packets * n_players) as u64);
+}
+
+#[test]
+fn a_client_that_vanishes_is_failed_and_told() {
+    let mut sim = Sim::new();
+    let (mut publisher, offer) = Peer::new(sim.now, 10_001, MediaRole::Publish, false);
+    sim.negotiate(&mut publisher, offer, 1, "s", MediaRole::Publish);
+    let (mut player, offer) = Peer::new(sim.now, 10_002, MediaRole::Play, false);
+    sim.negotiate(&mut player, offer, 2, "s", MediaRole::Play);
+    sim.connect(&mut [&mut publisher, &mut player]);
+    sim.signals.clear();
+    // The player goes silent (no ICE checks, no RTCP): only the publisher keeps running.
+    let start = sim.now;
+    for _ in 0..40_000 {
+        sim.tick(&mut [&mut publisher]);
+        if !sim.signals.is_empty() {
+            break;
+        }
+    }
+    let after = sim.now - start;
+    assert!(
+        matches!(
+            &sim.signals[..],
+            [(s, ServerMsg::MediaState { state: PeerState::Failed, kind: MediaRole::Play, .. })] if *s == session(2)
+        ),
+        "{:?}",
+        sim.signals
+    );
+    assert!(
+        after >= Duration::from_secs(10) && after <= Duration::from_secs(30),
+        "{after:?}"
+    );
+    assert_eq!(sim.sfu.peer_connections(), 1);
+}
+
+#[test]
+fn a_pc_that_never_connects_is_failed() {
+    let mut sim = Sim::new();
+    let (mut player, offer) = Peer::new(sim.now, 10_002, MediaRole::Publish, false);
+    sim.negotiate(&mut player, offer, 2, "s", MediaRole::Publish);
+    sim.signals.clear();
+    for _ in 0..16_000 {
+        sim.tick(&mut []);
+    }
+    assert!(matches!(
+        &sim.signals[..],
+        [(
+            _,
+            ServerMsg::MediaState {
+                state: PeerState::Failed,
+                kind: MediaRole::Publish,
+                ..
+            }
+        )]
+    ));
+    assert_eq!(sim.sfu.peer_connections(), 0);
+}
+
+#[test]
+fn a_play_answer_declines_what_the_publisher_does_not_send() {
+    let mut sim = Sim::new();
+    let (mut publisher, offer) = Peer::new(sim.now, 10_001, MediaRole::Publish, false);
+    sim.negotiate(&mut publisher, offer, 1, "a", MediaRole::Publish);
+    // The player offers audio and video; the stream has audio only.
+    let (mut player, offer) = Peer::new(sim.now, 10_002, MediaRole::Play, true);
+    sim.command(Command::Offer(Offer {
+        session: session(2),
+        app: app(),
+        stream_id: StreamId::new("a").unwrap(),
+        role: MediaRole::Play,
+        seq: 9,
+        sdp: offer,
+    }));
+    let Some((_, ServerMsg::MediaAnswer { sdp, .. })) = sim.signals.pop() else {
+        panic!("no answer: {:?}", sim.signals);
+    };
+    let video = &sdp[sdp.find("m=video").expect("the video line is answered")..];
+    assert!(video.contains("a=inactive"), "{sdp}");
+    let audio = &sdp[sdp.find("m=audio").unwrap()..sdp.find("m=video").unwrap()];
+    assert!(
+        audio.contains("a=sendonly") && audio.contains("useinbandfec=1"),
+        "{sdp}"
+    );
+    let pending = player.pending.take().unwrap();
+    player
+        .rtc
+        .sdp_api()
+        .accept_answer(pending, SdpAnswer::from_sdp_string(&sdp).unwrap())
+        .unwrap();
+    sim.connect(&mut [&mut publisher, &mut player]);
+    for i in 0..10 {
+        let now = sim.now;
+        publisher.send(MediaKind::Audio, &payload(i), now);
+        sim.run(&mut [&mut publisher, &mut player], 20);
+    }
+    assert_eq!(player.got.len(), 10);
+
+    // A play offer with video only, for the audio-only stream: refused.
+    let now = sim.now;
+    let mut rtc = RtcConfig::new().set_rtp_mode(true).build(now);
+    rtc.add_local_candidate(Candidate::host("127.0.0.1:10003".parse().unwrap(), "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    let (offer, _) = api.apply().unwrap();
+    sim.command(Command::Offer(Offer {
+        session: session(3),
+        app: app(),
+        stream_id: StreamId::new("a").unwrap(),
+        role: MediaRole::Play,
+        seq: 4,
+        sdp: offer.to_sdp_string(),
+    }));
+    assert!(
+        matches!(
+            sim.signals.pop(),
+            Some((_, ServerMsg::Error { seq: Some(4), code, .. })) if code == huddle_proto::ErrorCode::MEDIA_OFFER_INVALID
+        ),
+        "{:?}",
+        sim.signals
+    );
+    assert_eq!(sim.sfu.peer_connections(), 2);
+}
+
+#[test]
+fn random_datagrams_from_anywhere_break_nothing() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut sim = Sim::new();
+    let (mut publisher, offer) = Peer::new(sim.now, 10_001, MediaRole::Publish, true);
+    sim.negotiate(&mut publisher, offer, 1, "s", MediaRole::Publish);
+    let (mut player, offer) = Peer::new(sim.now, 10_002, MediaRole::Play, true);
+    sim.negotiate(&mut player, offer, 2, "s", MediaRole::Play);
+    sim.connect(&mut [&mut publisher, &mut player]);
+    let stranger: SocketAddr = "127.0.0.1:10999".parse().unwrap();
+    let sources = [publisher.addr, player.addr, stranger];
+    for i in 0..100 {
+        let now = sim.now;
+        publisher.send(MediaKind::Audio, &payload(i), now);
+        for _ in 0..50 {
+            let len = rng.gen_range(0..300);
+            let mut junk: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
+            if let Some(b) = junk.first_mut() {
+                *b = [0, 1, 20, 22, 23, 128, 129, 144, 200, 201, 255][rng.gen_range(0..11)];
+            }
+            if junk.len() >= 8 && junk[0] < 2 {
+                // Some look like STUN with the magic cookie.
+                junk[4..8].copy_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+            }
+            let from = sources[rng.gen_range(0..sources.len())];
+            sim.sfu.handle_datagram(now, from, &junk);
+        }
+        sim.run(&mut [&mut publisher, &mut player], 20);
+    }
+    let audio: Vec<_> = player.got.iter().filter(|p| p.payload.len() < 100).collect();
+    assert_eq!(audio.len(), 100, "the stream went on");
+    for (i, p) in audio.iter().enumerate() {
+        assert_eq!(&p.payload[..], &payload(i)[..]);
+    }
+    let s = sim.counters.snapshot();
+    assert!(s.dropped_unknown + s.dropped_invalid > 1000, "{s:?}");
+    assert_eq!(sim.sfu.peer_connections(), 2);
+}
+
+#[test]
+fn every_packet_is_delivered_at_a_high_packet_rate() {
+    let mut sim = Sim::new();
+    let (mut publisher, offer) = Peer::new(sim.now, 10_001, MediaRole::Publish, false);
+    sim.negotiate(&mut publisher, offer, 1, "s", MediaRole::Publish);
+    let (mut player, offer) = Peer::new(sim.now, 10_002, MediaRole::Play, false);
+    sim.negotiate(&mut player, offer, 2, "s", MediaRole::Play);
+    sim.connect(&mut [&mut publisher, &mut player]);
+    for i in 0..1000 {
+        let now = sim.now;
+        publisher.send(MediaKind::Audio, &payload(i), now);
+        sim.run(&mut [&mut publisher, &mut player], 2);
+    }
+    sim.run(&mut [&mut publisher, &mut player], 100);
+    assert_eq!(sim.counters.snapshot().rtp_forwarded, 1000);
+    assert_eq!(player.got.len(), 1000);
+}
