@@ -5,9 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the tests need beyond the Rust toolchain and gcc (huddle-media links libopus and
-# libvpx, found through pkg-config; the browser issue adds its own here). Installed only when
+# libvpx, found through pkg-config; the browser tests drive Debian's chromium). Installed only when
 # missing, so a warm machine starts at once.
-apt_packages=(libopus-dev libvpx-dev pkg-config)
+apt_packages=(libopus-dev libvpx-dev pkg-config chromium)
 need_apt=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
@@ -18,6 +18,10 @@ fi
 
 # Python's `cryptography` decodes tokens independently of our Rust code in the CLI tests.
 python3 -c "import cryptography" 2>/dev/null || python3 -m pip install -q cryptography
+# The SDK's media tests score received speech with wideband PESQ (PyPI `pesq`, built from source
+# against numpy, so numpy goes first) after aligning it with numpy/scipy.
+python3 -c "import numpy, scipy" 2>/dev/null || python3 -m pip install -q numpy scipy
+python3 -c "import pesq" 2>/dev/null || python3 -m pip install -q pesq
 
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
 
@@ -27,3 +31,10 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+
+# The debug page and huddle.js in a real browser (web/tests): playwright-core (pinned in
+# web/tests/package-lock.json) drives Debian's chromium against a `huddle serve` in dev mode on
+# 127.0.0.1, which the tests start from the binary built here (the page is compiled into it).
+echo "== browser tests (web/tests)"
+cargo build -p huddle-cli --locked
+(cd web/tests && npm ci --include=dev --no-audit --no-fund --loglevel=error && node --test --test-concurrency=1)

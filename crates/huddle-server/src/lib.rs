@@ -28,6 +28,7 @@ mod media;
 pub mod registry;
 pub mod sfu;
 mod signaling;
+mod web;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -65,6 +66,7 @@ pub async fn serve(
     }
     state.start_media()?;
     let app = router(state.clone())
+        .merge(web::routes(state.clone()))
         .into_make_service_with_connect_info::<SocketAddr>();
     let trigger = state.clone();
     // Signaling messages are small and latency-bound (an answer and the event after it must not

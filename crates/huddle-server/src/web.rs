@@ -1,0 +1,167 @@
+//! The web debug page and `huddle.js`, embedded in the binary, and the small JSON API the page
+//! uses.
+//!
+//! - `GET /` (the page), `/app.js`, `/style.css`, `/sdk/huddle.js` (the browser SDK, an ES module).
+//! - `GET /api/info`: `{"dev_mode": bool, "protocol": 1}`, and in dev mode also the dev app's
+//!   `app_id` (public; the page pre-fills it).
+//! - `POST /api/dev-token`, **only in dev mode** (the route does not exist otherwise: 404): JSON
+//!   `{"app_id", "user_id", "room_id"?, "effective_secs"?}` → `{"token": "04…", "expire": unix_s}`,
+//!   a Token04 token minted with the dev app's server secret. With a `room_id` the token may log in
+//!   to that room only (and publish). Bad input is answered 400 with `{"code", "message"}`, the
+//!   code from the system's table (`docs/errors.md`).
+//!
+//! The files live in `web/` at the repository root; they are compiled in, so a release binary
+//! serves the page without any file beside it.
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use huddle_proto::{AppId, ErrorCode, HuddleError, PROTOCOL_VERSION, RoomId, UserId};
+use huddle_token::{Privileges, TokenBuilder};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::signaling::ServerState;
+
+const INDEX_HTML: &str = include_str!("../../../web/index.html");
+const APP_JS: &str = include_str!("../../../web/app.js");
+const STYLE_CSS: &str = include_str!("../../../web/style.css");
+const HUDDLE_JS: &str = include_str!("../../../web/huddle.js");
+
+/// The longest lifetime a dev token may ask for (a day), and the default (an hour).
+const MAX_DEV_TOKEN_SECS: i64 = 24 * 3600;
+const DEFAULT_DEV_TOKEN_SECS: i64 = 3600;
+
+/// The page, the SDK and the JSON API, merged into the signaling router by [`crate::serve`]. The
+/// dev-token route exists only when the server runs in dev mode.
+pub(crate) fn routes(state: ServerState) -> Router {
+    let router = Router::new()
+        .route("/", get(|| asset(INDEX_HTML, "text/html; charset=utf-8")))
+        .route(
+            "/index.html",
+            get(|| asset(INDEX_HTML, "text/html; charset=utf-8")),
+        )
+        .route("/app.js", get(|| asset(APP_JS, "text/javascript; charset=utf-8")))
+        .route("/style.css", get(|| asset(STYLE_CSS, "text/css; charset=utf-8")))
+        .route(
+            "/sdk/huddle.js",
+            get(|| asset(HUDDLE_JS, "text/javascript; charset=utf-8")),
+        )
+        .route("/api/info", get(info));
+    let router = if state.config().dev_mode {
+        router.route("/api/dev-token", post(dev_token))
+    } else {
+        router
+    };
+    router.with_state(state)
+}
+
+async fn asset(body: &'static str, content_type: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            // The page changes with the binary; a stale cached copy would talk an old protocol.
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn info(State(state): State<ServerState>) -> Response {
+    let config = state.config();
+    let mut body = json!({ "dev_mode": config.dev_mode, "protocol": PROTOCOL_VERSION });
+    if config.dev_mode
+        && let Some(app) = config.apps.first()
+    {
+        body["app_id"] = json!(app.app_id.get());
+    }
+    Json(body).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevTokenRequest {
+    app_id: u32,
+    user_id: String,
+    #[serde(default)]
+    room_id: Option<String>,
+    #[serde(default)]
+    effective_secs: Option<i64>,
+}
+
+fn api_error(status: StatusCode, err: &HuddleError) -> Response {
+    (
+        status,
+        Json(json!({ "code": err.code.as_u32(), "message": err.message })),
+    )
+        .into_response()
+}
+
+fn bad_request(err: &HuddleError) -> Response {
+    api_error(StatusCode::BAD_REQUEST, err)
+}
+
+async fn dev_token(State(state): State<ServerState>, body: Bytes) -> Response {
+    let req: DevTokenRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return bad_request(&HuddleError::new(
+                ErrorCode::INVALID_PARAMETER,
+                format!("expected JSON {{\"app_id\", \"user_id\", \"room_id\"?, \"effective_secs\"?}}: {e}"),
+            ));
+        }
+    };
+    let app_id = match AppId::new(req.app_id) {
+        Ok(a) => a,
+        Err(e) => return bad_request(&e),
+    };
+    let config = state.config();
+    let Some(app) = config.app(app_id) else {
+        return bad_request(&HuddleError::new(
+            ErrorCode::APP_ID_UNKNOWN,
+            format!("the AppID {app_id} is not the dev app's"),
+        ));
+    };
+    let user_id = match UserId::new(req.user_id) {
+        Ok(u) => u,
+        Err(e) => return bad_request(&e),
+    };
+    let secs = req.effective_secs.unwrap_or(DEFAULT_DEV_TOKEN_SECS);
+    if !(1..=MAX_DEV_TOKEN_SECS).contains(&secs) {
+        return bad_request(&HuddleError::new(
+            ErrorCode::INVALID_PARAMETER,
+            format!("effective_secs must be 1..={MAX_DEV_TOKEN_SECS}"),
+        ));
+    }
+    let mut builder =
+        TokenBuilder::new(app_id.get(), user_id.as_str(), app.server_secret.as_str()).effective_secs(secs);
+    if let Some(room) = req.room_id.filter(|r| !r.is_empty()) {
+        let room = match RoomId::new(room) {
+            Ok(r) => r,
+            Err(e) => return bad_request(&e),
+        };
+        builder = builder.privileges(&Privileges {
+            room_id: room.as_str().to_string(),
+            login: Some(true),
+            publish: Some(true),
+            stream_id_list: None,
+        });
+    }
+    match builder.build() {
+        Ok(token) => {
+            let expire = huddle_token::peek_expire(&token).unwrap_or_default();
+            tracing::info!(app = %app_id, user = %user_id, "dev token issued");
+            Json(json!({ "token": token, "expire": expire })).into_response()
+        }
+        Err(e) => api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &HuddleError::new(ErrorCode::INTERNAL, e.to_string()),
+        ),
+    }
+}

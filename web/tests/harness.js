@@ -1,0 +1,168 @@
+// Test harness: a `huddle serve` in dev mode on 127.0.0.1 (ports picked by the OS) and a headless
+// Debian chromium driven by playwright-core, with fake media and loopback ICE (FIELD-NOTES).
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync, existsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, dirname, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+
+/** The `huddle` binary: $HUDDLE_BIN, else $CARGO_TARGET_DIR or target/, debug build. */
+export function huddleBin() {
+  if (process.env.HUDDLE_BIN) return process.env.HUDDLE_BIN;
+  const target = process.env.CARGO_TARGET_DIR || join(REPO, "target");
+  return join(target, "debug", "huddle");
+}
+
+/**
+ * @typedef {{ url: string, wsUrl: string, addr: string, dataDir: string, appId: number, serverSecret: string,
+ *   stop: (opts?: { keepData?: boolean }) => Promise<void>, output: () => string }} Server
+ */
+
+/**
+ * Starts `huddle serve` in dev mode and parses its banner (crates/huddle-cli print_banner).
+ * `listen` and `dataDir` restart a server where an earlier one was (same address, same dev app).
+ * @param {{ listen?: string, dataDir?: string }} [opts]
+ * @returns {Promise<Server>}
+ */
+export async function startServer(opts = {}) {
+  const bin = huddleBin();
+  if (!existsSync(bin)) throw new Error(`${bin} not found: run cargo build -p huddle-cli (or set HUDDLE_BIN)`);
+  const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), "huddle-web-test-"));
+  const listen = opts.listen ?? "127.0.0.1:0";
+  const child = spawn(bin, ["serve", "--listen", listen, "--udp-port", "0", "--data-dir", dataDir], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" },
+  });
+  let out = "";
+  let err = "";
+  child.stderr.on("data", (d) => (err += d));
+  const banner = await new Promise((resolvePromise, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no banner from huddle serve in 20 s:\n${out}\n${err}`)), 20_000);
+    child.stdout.on("data", (d) => {
+      out += d;
+      const addr = out.match(/listening on (\S+)/);
+      const app = out.match(/app_id:\s+(\d+)/);
+      const secret = out.match(/server_secret:\s+(\S+)/);
+      if (addr && app && secret) {
+        clearTimeout(timer);
+        resolvePromise({ addr: addr[1], appId: Number(app[1]), serverSecret: secret[1] });
+      }
+    });
+    child.on("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`huddle serve exited (${code}):\n${out}\n${err}`));
+    });
+  });
+  /** @param {{ keepData?: boolean }} [o] */
+  const stop = async (o = {}) => {
+    if (child.exitCode === null) {
+      const exited = new Promise((r) => child.once("exit", r));
+      child.kill("SIGTERM");
+      const t = setTimeout(() => child.kill("SIGKILL"), 5000);
+      await exited;
+      clearTimeout(t);
+    }
+    if (!o.keepData) rmSync(dataDir, { recursive: true, force: true });
+  };
+  return {
+    url: `http://${banner.addr}`,
+    wsUrl: `ws://${banner.addr}`,
+    addr: banner.addr,
+    dataDir,
+    appId: banner.appId,
+    serverSecret: banner.serverSecret,
+    stop,
+    output: () => out + err,
+  };
+}
+
+/**
+ * A WAV file of a continuous tone (48 kHz, mono, 16 bit) for Chromium's fake microphone.
+ * @param {string} path
+ * @param {number} freq
+ * @param {number} seconds
+ * @param {number} amplitude 0–1
+ */
+export function writeToneWav(path, freq = 440, seconds = 5, amplitude = 0.5) {
+  const rate = 48_000;
+  const n = rate * seconds;
+  const buf = Buffer.alloc(44 + n * 2);
+  buf.write("RIFF", 0);
+  buf.writeUInt32LE(36 + n * 2, 4);
+  buf.write("WAVE", 8);
+  buf.write("fmt ", 12);
+  buf.writeUInt32LE(16, 16);
+  buf.writeUInt16LE(1, 20); // PCM
+  buf.writeUInt16LE(1, 22); // mono
+  buf.writeUInt32LE(rate, 24);
+  buf.writeUInt32LE(rate * 2, 28);
+  buf.writeUInt16LE(2, 32);
+  buf.writeUInt16LE(16, 34);
+  buf.write("data", 36);
+  buf.writeUInt32LE(n * 2, 40);
+  for (let i = 0; i < n; i++) {
+    buf.writeInt16LE(Math.round(Math.sin((2 * Math.PI * freq * i) / rate) * amplitude * 32767), 44 + i * 2);
+  }
+  writeFileSync(path, buf);
+}
+
+/** Launches headless chromium with fake media (a tone) and loopback ICE. */
+export async function launchBrowser() {
+  const dir = mkdtempSync(join(tmpdir(), "huddle-web-browser-"));
+  const wav = join(dir, "tone.wav");
+  writeToneWav(wav, 440, 5, 0.5);
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--use-fake-device-for-media-stream",
+      "--use-fake-ui-for-media-stream",
+      `--use-file-for-fake-audio-capture=${wav}`,
+      "--autoplay-policy=no-user-gesture-required",
+      "--allow-loopback-in-peer-connection",
+    ],
+  });
+  return {
+    browser,
+    close: async () => {
+      await browser.close().catch(() => {});
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * A new page (its own context: cookies, storage) on the debug page, with its console kept.
+ * @param {import("playwright-core").Browser} browser
+ * @param {string} url
+ * @param {{ width: number, height: number }} [viewport]
+ */
+export async function openPage(browser, url, viewport = { width: 1100, height: 1200 }) {
+  const context = await browser.newContext({ viewport });
+  const page = await context.newPage();
+  /** @type {string[]} */
+  const console = [];
+  page.on("console", (m) => console.push(`${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => console.push(`pageerror: ${e.message}`));
+  await page.goto(url);
+  await page.waitForSelector("body[data-ready='1']", { timeout: 10_000 });
+  return { page, context, console };
+}
+
+/**
+ * The debug page's log as text lines.
+ * @param {import("playwright-core").Page} page
+ */
+export async function logText(page) {
+  return page.$$eval("#log li", (lis) => lis.map((li) => li.textContent ?? ""));
+}

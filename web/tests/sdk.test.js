@@ -1,0 +1,321 @@
+// huddle.js in node against a scripted fake WebSocket: login failures, reconnection with resume,
+// the retry budget, kicks, token warnings. No browser, no server; short timings.
+import { test, beforeEach } from "node:test";
+import assert from "node:assert/strict";
+import { HuddleEngine, tokenExpire, signalingUrl } from "../huddle.js";
+
+/** Every fake socket made, newest last. @type {FakeSocket[]} */
+let sockets = [];
+/** What a new socket does: "open" (then hello), "silent" (open, no hello), "refuse". */
+let mode = "open";
+
+class FakeSocket {
+  static CONNECTING = 0;
+  static OPEN = 1;
+  static CLOSING = 2;
+  static CLOSED = 3;
+  /** @param {string} url */
+  constructor(url) {
+    this.url = url;
+    this.readyState = FakeSocket.CONNECTING;
+    /** @type {any[]} */
+    this.sent = [];
+    /** @type {any} */ this.onopen = null;
+    /** @type {any} */ this.onmessage = null;
+    /** @type {any} */ this.onclose = null;
+    /** @type {any} */ this.onerror = null;
+    sockets.push(this);
+    const how = mode;
+    setTimeout(() => {
+      if (how === "refuse") return this.drop(1006);
+      this.readyState = FakeSocket.OPEN;
+      this.onopen?.();
+      if (how === "open") this.push({ type: "hello", protocol: 1, nonce: "00", server_time_ms: Date.now() });
+    }, 1);
+  }
+  /** @param {string} text */
+  send(text) {
+    this.sent.push(JSON.parse(text));
+  }
+  close() {
+    this.readyState = FakeSocket.CLOSED;
+  }
+  /** The server sends a message. @param {any} msg */
+  push(msg) {
+    this.onmessage?.({ data: JSON.stringify(msg) });
+  }
+  /** The connection breaks. @param {number} code */
+  drop(code = 1006) {
+    this.readyState = FakeSocket.CLOSED;
+    this.onclose?.({ code, reason: "" });
+  }
+  /** The last message of a type the client sent. @param {string} type */
+  last(type) {
+    return [...this.sent].reverse().find((m) => m.type === type);
+  }
+}
+// @ts-ignore: node 20 has no WebSocket; huddle.js only needs this much of it.
+globalThis.WebSocket = FakeSocket;
+
+const FAST = { loginTimeoutMs: 400, attemptTimeoutMs: 200, retryDelayMinMs: 10, retryDelayMaxMs: 40, reconnectBudgetMs: 400, requestTimeoutMs: 300 };
+
+/** @param {number} ms */
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Waits until `f()` is truthy (at most `ms`). @param {() => any} f */
+async function until(f, what = "condition", ms = 2000) {
+  const end = Date.now() + ms;
+  while (!f()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(2);
+  }
+}
+
+/** An engine that records its events as strings. */
+function engine(options = {}) {
+  const e = new HuddleEngine(7, "127.0.0.1:1", { ...FAST, ...options });
+  /** @type {string[]} */
+  const events = [];
+  e.on("roomStateChanged", (_room, reason, code) => events.push(`room ${reason} ${code}`));
+  e.on("publisherStateUpdate", (r) => events.push(`pub ${r.streamID} ${r.state} ${r.errorCode}`));
+  e.on("playerStateUpdate", (r) => events.push(`play ${r.streamID} ${r.state} ${r.errorCode}`));
+  e.on("roomUserUpdate", (_room, type, users) => events.push(`users ${type} ${users.map((u) => u.userID).join(",")}`));
+  e.on("roomStreamUpdate", (_room, type, streams) => events.push(`streams ${type} ${streams.map((s) => s.streamID).join(",")}`));
+  e.on("roomTokenWillExpire", (_room, remain) => events.push(`token ${remain}`));
+  return { e, events };
+}
+
+/** A Token04-shaped token whose clear-text header says it expires at `expire`. @param {number} expire */
+function tokenExpiringAt(expire) {
+  const bin = Buffer.alloc(40);
+  bin.writeBigInt64BE(BigInt(expire), 0);
+  return "04" + bin.toString("base64");
+}
+
+/** Answers the pending login on the newest socket. @param {any} extra */
+async function acceptLogin(extra = {}) {
+  const ws = sockets.at(-1);
+  await until(() => ws?.last("login"), "the login");
+  const login = ws.last("login");
+  ws.push({
+    type: "login_ok",
+    seq: login.seq,
+    session_id: "s1",
+    resume_key: "k1",
+    room_id: login.room_id,
+    resumed: false,
+    users: [{ user_id: "bob", user_name: "bob" }],
+    streams: [{ user_id: "bob", user_name: "bob", stream_id: "bob-main", extra_info: "" }],
+    heartbeat_ms: 5000,
+    session_timeout_ms: 15000,
+    grace_ms: 20000,
+    ...extra,
+  });
+  return login;
+}
+
+beforeEach(() => {
+  sockets = [];
+  mode = "open";
+});
+
+test("pure helpers: token expiry header and server URLs", () => {
+  // The worked example of the Token04 spec (huddle_token::peek_expire's doc test).
+  const t =
+    "04AAAAAGVT/xAADGFiY2RlZmdoaWprbABzPyKEWiWtizuQcfDgPvQTy+YAycG/bvG4gYXrkA5j6sUo2GIGy+rLXmzj8lyyKQMvQOYE8B2xawM/LXTxFgRSdrUZLe0HbdEEByKJx9DIojD05Q3SoGZnbH62vHS6hoPbUnhOrJ4uHpV1rZUBgnMgokjWrAE=";
+  assert.equal(tokenExpire(t), 1700003600);
+  assert.equal(tokenExpire("nope"), null);
+  assert.equal(tokenExpire("04!!!!!!!!!!!!!!"), null);
+  assert.equal(signalingUrl("127.0.0.1:7880"), "ws://127.0.0.1:7880/ws");
+  assert.equal(signalingUrl("http://h:1/"), "ws://h:1/ws");
+  assert.equal(signalingUrl("https://h"), "wss://h/ws");
+  assert.equal(signalingUrl("ws://h:1/ws"), "ws://h:1/ws");
+});
+
+test("login: the login message, users and streams reported, then logout", async () => {
+  const { e, events } = engine();
+  const done = e.loginRoom("r1", "04tok", { userID: "alice", userName: "Alice" }, { userUpdate: true });
+  const login = await acceptLogin();
+  assert.equal(await done, true);
+  assert.deepEqual(
+    { ...login, seq: 0 },
+    { type: "login", seq: 0, protocol: 1, app_id: 7, room_id: "r1", user: { user_id: "alice", user_name: "Alice" }, auth: { token: "04tok" }, user_status_notify: true, max_member_count: 0 },
+  );
+  assert.deepEqual(events, ["room LOGINING 0", "room LOGINED 0", "users ADD bob", "streams ADD bob-main"]);
+  assert.equal(e.getRoomState(), "CONNECTED");
+  // A second login is refused locally.
+  await assert.rejects(e.loginRoom("r2", "04tok", { userID: "alice" }), { code: 1002001 });
+  const ws = sockets.at(-1);
+  const out = e.logoutRoom("r1");
+  await until(() => ws.last("logout"));
+  ws.push({ type: "ok", seq: ws.last("logout").seq });
+  await out;
+  assert.equal(events.at(-1), "room LOGOUT 0");
+  assert.equal(e.getRoomState(), "DISCONNECTED");
+});
+
+test("login refused: LOGIN_FAILED with the server's code, and the promise rejects", async () => {
+  const { e, events } = engine();
+  const done = e.loginRoom("r1", "04bad", { userID: "alice" });
+  const ws = sockets.at(-1);
+  await until(() => ws?.last("login"));
+  ws.push({ type: "error", seq: ws.last("login").seq, code: 1002075, message: "token decryption failed" });
+  await assert.rejects(done, { code: 1002075 });
+  assert.deepEqual(events, ["room LOGINING 0", "room LOGIN_FAILED 1002075"]);
+});
+
+test("no server: retries, then LOGIN_FAILED 1002030; a silent one: 1002031", async () => {
+  mode = "refuse";
+  const a = engine();
+  await assert.rejects(a.e.loginRoom("r1", "04tok", { userID: "alice" }), { code: 1002030 });
+  assert.ok(sockets.length >= 3, `only ${sockets.length} attempts`);
+  assert.deepEqual(a.events, ["room LOGINING 0", "room LOGIN_FAILED 1002030"]);
+  mode = "silent";
+  const b = engine();
+  await assert.rejects(b.e.loginRoom("r1", "04tok", { userID: "alice" }), { code: 1002031 });
+});
+
+test("a break: RECONNECTING, resume with the session's key, RECONNECTED with only the differences", async () => {
+  const { e, events } = engine();
+  const done = e.loginRoom("r1", "04tok", { userID: "alice" }, { userUpdate: true });
+  await acceptLogin();
+  await done;
+  e.startPublishingStream("alice-main", null); // signaling only
+  let ws = sockets.at(-1);
+  await until(() => ws.last("publish"));
+  ws.push({ type: "ok", seq: ws.last("publish").seq });
+  await until(() => events.includes("pub alice-main PUBLISHING 0"));
+  events.length = 0;
+
+  ws.drop(1006);
+  await until(() => sockets.length === 2 && sockets[1].last("login"), "the resume");
+  ws = sockets[1];
+  assert.deepEqual(ws.last("login").resume, { session_id: "s1", resume_key: "k1" });
+  // The room changed meanwhile: bob left, carol came; bob's stream went.
+  await acceptLogin({ resumed: true, users: [{ user_id: "carol", user_name: "carol" }], streams: [] });
+  assert.deepEqual(events, [
+    "room RECONNECTING 1002051",
+    "pub alice-main PUBLISH_REQUESTING 1003020",
+    "room RECONNECTED 0",
+    "users DELETE bob",
+    "users ADD carol",
+    "streams DELETE bob-main",
+    "pub alice-main PUBLISHING 0",
+  ]);
+  // Resumed: the stream is still registered, no second publish.
+  assert.equal(ws.last("publish"), undefined);
+  e.destroy();
+});
+
+test("a fresh session after the break: publish again", async () => {
+  const { e, events } = engine();
+  const done = e.loginRoom("r1", "04tok", { userID: "alice" });
+  await acceptLogin();
+  await done;
+  e.startPublishingStream("alice-main", null);
+  let ws = sockets.at(-1);
+  await until(() => ws.last("publish"));
+  ws.push({ type: "ok", seq: ws.last("publish").seq });
+  await until(() => events.includes("pub alice-main PUBLISHING 0"));
+  ws.drop(1001);
+  await until(() => sockets.length === 2);
+  await acceptLogin({ resumed: false });
+  ws = sockets[1];
+  await until(() => ws.last("publish"), "the publish again");
+  assert.equal(ws.last("publish").stream_id, "alice-main");
+  ws.push({ type: "ok", seq: ws.last("publish").seq });
+  await until(() => events.at(-1) === "pub alice-main PUBLISHING 0");
+  e.destroy();
+});
+
+test("the retry budget runs out: RECONNECT_FAILED 1002053 for the room and its streams", async () => {
+  const { e, events } = engine();
+  const done = e.loginRoom("r1", "04tok", { userID: "alice" });
+  await acceptLogin();
+  await done;
+  e.startPublishingStream("alice-main", null).catch(() => {});
+  const ws = sockets.at(-1);
+  await until(() => ws.last("publish"));
+  ws.push({ type: "ok", seq: ws.last("publish").seq });
+  mode = "refuse";
+  ws.drop(1006);
+  await until(() => events.includes("room RECONNECT_FAILED 1002053"), "RECONNECT_FAILED");
+  assert.equal(events.at(-1), "pub alice-main NO_PUBLISH 1002053");
+  const attempts = sockets.length;
+  await sleep(100);
+  assert.equal(sockets.length, attempts, "no attempt after giving up");
+});
+
+test("kicked: KICKOUT with the code and no retry", async () => {
+  const { e, events } = engine();
+  const done = e.loginRoom("r1", "04tok", { userID: "alice" });
+  await acceptLogin();
+  await done;
+  sockets[0].push({ type: "kicked", code: 1002050, message: "duplicate login" });
+  sockets[0].drop(1000);
+  await sleep(50);
+  assert.equal(events.at(-1), "room KICKOUT 1002050");
+  assert.equal(sockets.length, 1);
+  assert.equal(e.getRoomState(), "DISCONNECTED");
+});
+
+test("the token warning fires 30 s before the header's expiry", async () => {
+  const { e, events } = engine();
+  const expire = Math.floor(Date.now() / 1000) + 32; // the warning comes in 1–2 s
+  const done = e.loginRoom("r1", tokenExpiringAt(expire), { userID: "alice" });
+  await acceptLogin();
+  await done;
+  assert.ok(!events.some((x) => x.startsWith("token")));
+  await until(() => events.some((x) => x.startsWith("token")), "the warning", 4000);
+  assert.match(events.find((x) => x.startsWith("token")) ?? "", /^token (29|30)$/);
+  e.destroy();
+});
+
+test("heartbeats: pings every heartbeat_ms; a silent server counts as a break", async () => {
+  const { e, events } = engine();
+  const done = e.loginRoom("r1", "04tok", { userID: "alice" });
+  await acceptLogin({ heartbeat_ms: 100, session_timeout_ms: 400 });
+  await done;
+  const ws = sockets[0];
+  // Answer pings for a while: the connection stays.
+  const answered = new Set();
+  const end = Date.now() + 700;
+  while (Date.now() < end) {
+    for (const m of ws.sent.filter((m) => m.type === "ping" && !answered.has(m.seq))) {
+      answered.add(m.seq);
+      ws.push({ type: "pong", seq: m.seq, server_time_ms: Date.now() });
+    }
+    await sleep(10);
+  }
+  assert.ok(answered.size >= 3, `${answered.size} pings`);
+  assert.ok(!events.includes("room RECONNECTING 1002051"));
+  // Then silence: a break, and a new connection.
+  await until(() => events.includes("room RECONNECTING 1002051"), "the break", 3000);
+  await until(() => sockets.length >= 2, "a new connection");
+  e.destroy();
+});
+
+test("a stream stopped during a break is stopped at the server once the session is resumed", async () => {
+  const { e, events } = engine();
+  const done = e.loginRoom("r1", "04tok", { userID: "alice" });
+  await acceptLogin();
+  await done;
+  e.startPublishingStream("alice-main", null);
+  let ws = sockets[0];
+  await until(() => ws.last("publish"));
+  ws.push({ type: "ok", seq: ws.last("publish").seq });
+  await until(() => events.includes("pub alice-main PUBLISHING 0"));
+  mode = "silent"; // the next connection hangs until we answer
+  ws.drop(1006);
+  await until(() => sockets.length === 2);
+  assert.equal(e.stopPublishingStream("alice-main"), true);
+  assert.equal(events.at(-1), "pub alice-main NO_PUBLISH 0");
+  ws = sockets[1];
+  await until(() => ws.readyState === FakeSocket.OPEN);
+  ws.push({ type: "hello", protocol: 1, nonce: "01", server_time_ms: Date.now() });
+  await acceptLogin({ resumed: true });
+  await until(() => ws.last("unpublish"), "the unpublish");
+  assert.equal(ws.last("unpublish").stream_id, "alice-main");
+  assert.equal(ws.last("publish"), undefined);
+  e.destroy();
+});
