@@ -1,0 +1,232 @@
+//! Huddle over its WebSocket signaling (`docs/protocol.md`).
+//!
+//! Per user one connection: `hello` (the challenge nonce), `login` answered with the AppSign
+//! HMAC (`huddle_token::sign_challenge`), pings every `heartbeat_ms`. A publisher sends `publish`
+//! then `media_offer {kind: publish}` with our send-only offer and applies the `media_answer`. A
+//! subscriber sends `play` per stream, waits for `play_update {available: true}`, then
+//! `media_offer {kind: play}` with a receive-only offer (the client always offers).
+
+use std::time::Duration;
+
+use huddle_proto::{
+    AppId, Auth, ClientMsg, Login, MediaRole, PROTOCOL_VERSION, RoomId, StreamId, User, UserId,
+};
+use huddle_token::AppSign;
+use serde_json::Value;
+
+use crate::ws::{WsClient, WsProtocol};
+use crate::{LoadError, PcSetup, Plan, StreamSpec, Target, UserSpec};
+
+/// How long a request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The heartbeat when `login_ok` names none usable.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// Pings use sequence numbers from here, apart from requests.
+const PING_SEQ_BASE: u32 = 1 << 30;
+
+/// A Huddle server as a load [`Target`].
+pub struct HuddleTarget {
+    url: String,
+    app_id: u32,
+    app_sign: AppSign,
+}
+
+impl std::fmt::Debug for HuddleTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HuddleTarget")
+            .field("url", &self.url)
+            .field("app_id", &self.app_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HuddleTarget {
+    /// A Huddle server whose signaling is at `url` (`ws://HOST:PORT/ws`), logging in to app
+    /// `app_id` with its AppSign.
+    pub fn new(url: impl Into<String>, app_id: u32, app_sign: AppSign) -> HuddleTarget {
+        HuddleTarget {
+            url: url.into(),
+            app_id,
+            app_sign,
+        }
+    }
+}
+
+/// One logged-in user.
+pub struct HuddleConn {
+    ws: WsClient,
+    next_seq: u32,
+    /// Sends `ping` every `heartbeat_ms` of the `login_ok`.
+    pinger: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for HuddleConn {
+    fn drop(&mut self) {
+        if let Some(p) = self.pinger.take() {
+            p.abort();
+        }
+    }
+}
+
+fn bad_id(e: impl std::fmt::Display) -> LoadError {
+    LoadError::Plan(format!("ID: {e}"))
+}
+
+impl HuddleConn {
+    /// Sends a request and returns its reply (`ok`, `login_ok`, `media_answer`); `error` is `Err`.
+    async fn call(&mut self, make: impl FnOnce(u32) -> ClientMsg) -> Result<Value, LoadError> {
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        let msg: Value = serde_json::from_str(&make(seq).encode()).expect("our JSON parses");
+        let reply = self.ws.request(seq.to_string(), &msg, REQUEST_TIMEOUT).await?;
+        if reply.get("type").and_then(Value::as_str) == Some("error") {
+            return Err(LoadError::Refused(format!(
+                "{} {}",
+                reply["code"],
+                reply["message"].as_str().unwrap_or("")
+            )));
+        }
+        Ok(reply)
+    }
+
+    async fn offer(
+        &mut self,
+        stream: &StreamSpec,
+        kind: MediaRole,
+        pc: &mut PcSetup,
+    ) -> Result<(), LoadError> {
+        let stream_id = StreamId::new(&stream.stream_id).map_err(bad_id)?;
+        let sdp = pc.create_offer(kind == MediaRole::Publish)?;
+        let reply = self
+            .call(|seq| ClientMsg::MediaOffer {
+                seq,
+                stream_id,
+                kind,
+                sdp,
+            })
+            .await?;
+        let answer = reply
+            .get("sdp")
+            .and_then(Value::as_str)
+            .ok_or_else(|| LoadError::Signaling(format!("no SDP in {reply}")))?;
+        pc.accept_answer(answer)
+    }
+}
+
+impl Target for HuddleTarget {
+    type Conn = HuddleConn;
+
+    fn name(&self) -> &'static str {
+        "huddle"
+    }
+
+    fn signaling_url(&self) -> &str {
+        &self.url
+    }
+
+    async fn prepare(&self, _plan: &Plan) -> Result<(), LoadError> {
+        // Rooms are made by their first login.
+        Ok(())
+    }
+
+    async fn connect(&self, user: &UserSpec) -> Result<HuddleConn, LoadError> {
+        let protocol = WsProtocol {
+            subprotocol: None,
+            reply_key: |v| match v.get("type").and_then(Value::as_str) {
+                Some("pong") => None,
+                _ => v.get("seq").and_then(Value::as_u64).map(|s| s.to_string()),
+            },
+            // Pings follow the login's heartbeat_ms (below).
+            keepalive: None,
+        };
+        let mut ws = WsClient::connect(&self.url, protocol).await?;
+        let hello = ws
+            .wait_event(REQUEST_TIMEOUT, |v| {
+                v.get("type").and_then(Value::as_str) == Some("hello")
+            })
+            .await?;
+        let nonce = hello
+            .get("nonce")
+            .and_then(Value::as_str)
+            .ok_or_else(|| LoadError::Signaling("hello without nonce".into()))?
+            .to_owned();
+        let mut conn = HuddleConn {
+            ws,
+            next_seq: 0,
+            pinger: None,
+        };
+        let sign =
+            huddle_token::sign_challenge(&self.app_sign, self.app_id, &user.room_id, &user.user_id, &nonce);
+        let login = Login {
+            seq: 0,
+            protocol: PROTOCOL_VERSION,
+            app_id: AppId::new(self.app_id).map_err(bad_id)?,
+            room_id: RoomId::new(&user.room_id).map_err(bad_id)?,
+            user: User::new(UserId::new(&user.user_id).map_err(bad_id)?),
+            auth: Auth::Sign(sign),
+            user_status_notify: false,
+            max_member_count: 0,
+            resume: None,
+        };
+        let ok = conn.call(|seq| ClientMsg::Login(Login { seq, ..login })).await?;
+        let heartbeat = ok
+            .get("heartbeat_ms")
+            .and_then(Value::as_u64)
+            .filter(|&ms| ms >= 10)
+            .map_or(DEFAULT_HEARTBEAT, Duration::from_millis);
+        let out = conn.ws.sender();
+        conn.pinger = Some(tokio::spawn(async move {
+            let mut seq = PING_SEQ_BASE;
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+            loop {
+                tick.tick().await;
+                seq = seq.wrapping_add(1);
+                if out.send(ClientMsg::Ping { seq }.encode()).await.is_err() {
+                    return;
+                }
+            }
+        }));
+        Ok(conn)
+    }
+
+    async fn publish(
+        &self,
+        conn: &mut HuddleConn,
+        stream: &StreamSpec,
+        pc: &mut PcSetup,
+    ) -> Result<(), LoadError> {
+        let stream_id = StreamId::new(&stream.stream_id).map_err(bad_id)?;
+        conn.call(|seq| ClientMsg::Publish {
+            seq,
+            stream_id,
+            extra_info: String::new(),
+        })
+        .await?;
+        conn.offer(stream, MediaRole::Publish, pc).await
+    }
+
+    async fn play(
+        &self,
+        conn: &mut HuddleConn,
+        stream: &StreamSpec,
+        pc: &mut PcSetup,
+    ) -> Result<(), LoadError> {
+        let stream_id = StreamId::new(&stream.stream_id).map_err(bad_id)?;
+        conn.call(|seq| ClientMsg::Play { seq, stream_id }).await?;
+        let id = stream.stream_id.clone();
+        conn.ws
+            .wait_event(REQUEST_TIMEOUT, |v| {
+                v.get("type").and_then(Value::as_str) == Some("play_update")
+                    && v.get("stream_id").and_then(Value::as_str) == Some(id.as_str())
+                    && v.get("available").and_then(Value::as_bool) == Some(true)
+            })
+            .await?;
+        conn.offer(stream, MediaRole::Play, pc).await
+    }
+
+    async fn disconnect(&self, mut conn: HuddleConn) {
+        let _ = conn.call(|seq| ClientMsg::Logout { seq }).await;
+    }
+
+    async fn cleanup(&self) {}
+}

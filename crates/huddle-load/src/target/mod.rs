@@ -1,0 +1,4 @@
+//! The servers a run can target.
+
+pub mod huddle;
+pub mod janus;
