@@ -2,15 +2,21 @@
 //!
 //! Each line is one `EventHandler` callback, named in snake_case without `on_`, with the callback's
 //! parameters as fields (an empty `extended_data` is left out) and `t_ms` since the command started.
+//!
+//! Media: the published audio comes from `--source` (a WAV file, looped, or `tone:HZ`; silence
+//! without it), video from `--camera` (the test pattern or a Y4M file; no video without it); the
+//! mix of the played streams is recorded with `--record`, their video with `--record-video`.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use huddle::{
-    Engine, EngineProfile, ErrorCode, EventHandler, PlayerState, PublisherState, RoomConfig, RoomState,
-    RoomStateChangedReason, StreamInfo, UpdateType, User, UserId,
+    AudioSink, AudioSource, Engine, EngineProfile, ErrorCode, EventHandler, HuddleError, PlayerState,
+    PublisherState, RoomConfig, RoomState, RoomStateChangedReason, StreamInfo, UpdateType, User, UserId,
+    VideoSource,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -47,6 +53,66 @@ pub struct CallArgs {
     /// Leave after this many seconds (default: run until interrupted).
     #[arg(long)]
     duration: Option<f64>,
+    /// The published audio: a WAV file (looped) or `tone:HZ` (default: silence).
+    #[arg(long, value_name = "FILE.wav|tone:HZ")]
+    source: Option<String>,
+    /// Publish video: the test pattern (`testsrc`, the default) or a Y4M file (looped). Without
+    /// this flag the call is voice only: no video is negotiated.
+    #[arg(long, value_name = "testsrc|FILE.y4m", num_args = 0..=1, default_missing_value = "testsrc")]
+    camera: Option<String>,
+    /// Record the mix of the played streams (48 kHz mono WAV).
+    #[arg(long, value_name = "FILE.wav")]
+    record: Option<PathBuf>,
+    /// Record the video of the played stream (Y4M); with several --play, one file per stream
+    /// (FILE-STREAM.y4m).
+    #[arg(long, value_name = "FILE.y4m")]
+    record_video: Option<PathBuf>,
+}
+
+/// The audio source a `--source` value names.
+fn audio_source(spec: &str) -> Result<AudioSource, HuddleError> {
+    match spec.strip_prefix("tone:") {
+        Some(hz) => {
+            let hz: f64 = hz.parse().map_err(|_| {
+                HuddleError::new(
+                    ErrorCode::INVALID_PARAMETER,
+                    format!("--source {spec}: not a frequency"),
+                )
+            })?;
+            Ok(AudioSource::Tone { hz })
+        }
+        None => Ok(AudioSource::Wav {
+            path: spec.into(),
+            looped: true,
+        }),
+    }
+}
+
+/// The video source a `--camera` value names.
+fn video_source(spec: &str) -> VideoSource {
+    if spec == "testsrc" {
+        VideoSource::default()
+    } else {
+        VideoSource::Y4m {
+            path: spec.into(),
+            looped: true,
+        }
+    }
+}
+
+/// Where the video of `stream` is recorded: `base` itself when one stream is played, else
+/// `base` with `-STREAM` before its extension.
+fn video_path(base: &Path, stream: &str, streams: usize) -> PathBuf {
+    if streams <= 1 {
+        return base.to_path_buf();
+    }
+    let stem = base
+        .file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    let ext = base
+        .extension()
+        .map_or_else(|| "y4m".into(), |e| e.to_string_lossy().into_owned());
+    base.with_file_name(format!("{stem}-{stream}.{ext}"))
 }
 
 /// What the event handler tells the command's main loop.
@@ -188,6 +254,22 @@ impl EventHandler for Printer {
         );
     }
 
+    fn on_publisher_captured_audio_first_frame(&self) {
+        self.emit("publisher_captured_audio_first_frame", json!({}));
+    }
+
+    fn on_publisher_captured_video_first_frame(&self) {
+        self.emit("publisher_captured_video_first_frame", json!({}));
+    }
+
+    fn on_player_recv_audio_first_frame(&self, stream_id: &str) {
+        self.emit("player_recv_audio_first_frame", json!({"stream_id": stream_id}));
+    }
+
+    fn on_player_recv_video_first_frame(&self, stream_id: &str) {
+        self.emit("player_recv_video_first_frame", json!({"stream_id": stream_id}));
+    }
+
     fn on_debug_error(&self, error_code: ErrorCode, func_name: &str, info: &str) {
         self.emit(
             "debug_error",
@@ -219,7 +301,21 @@ fn call(args: CallArgs, start: Instant) -> Result<ErrorCode, huddle::HuddleError
         out: Mutex::new(std::io::stdout()),
         signals: tx,
     }));
-    engine.enable_camera(false);
+    engine.enable_camera(args.camera.is_some());
+    if let Some(spec) = &args.source {
+        engine.set_audio_source(audio_source(spec)?)?;
+    }
+    if let Some(spec) = &args.camera {
+        engine.set_video_source(video_source(spec))?;
+    }
+    if let Some(path) = &args.record {
+        engine.set_audio_sink(AudioSink::Wav(path.clone()))?;
+    }
+    if let Some(base) = &args.record_video {
+        for stream in &args.play {
+            engine.set_video_sink_y4m(stream, Some(video_path(base, stream, args.play.len())))?;
+        }
+    }
 
     let user = User::new(UserId::new(args.user.as_str())?);
     let mut config = RoomConfig::default();

@@ -293,3 +293,145 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// The samples of a 16-bit mono WAV file (the `data` chunk).
+fn wav_samples(path: &Path) -> Vec<i16> {
+    let bytes = std::fs::read(path).unwrap();
+    let at = bytes.windows(4).position(|w| w == b"data").expect("a data chunk") + 8;
+    bytes[at..]
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+/// Power of `hz` (48 kHz samples) relative to the signal's power, in dB (Goertzel).
+fn tone_db(x: &[i16], hz: f64) -> f64 {
+    let coeff = 2.0 * (2.0 * std::f64::consts::PI * hz / 48_000.0).cos();
+    let (mut s1, mut s2, mut energy) = (0.0f64, 0.0f64, 1e-9);
+    for &v in x {
+        let v = f64::from(v) / 32768.0;
+        energy += v * v;
+        let s = v + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    10.0 * ((s1 * s1 + s2 * s2 - coeff * s1 * s2) / (energy * x.len() as f64 / 2.0)).log10()
+}
+
+#[test]
+fn calls_carry_audio_and_video() {
+    let dir = tempdir();
+    let config = write_config(&dir);
+    let server = serve(&["--config", &config]);
+    let url = format!("ws://{}", server.addr);
+    let wav = dir.join("heard.wav");
+    let y4m = dir.join("seen.y4m");
+    let call = |user: &str, extra: &[&str], secs: &str| {
+        huddle()
+            .args([
+                "call",
+                "--server",
+                &url,
+                "--app-id",
+                APP_ID,
+                "--app-sign",
+                APP_SIGN,
+            ])
+            .args(["--room", "media", "--user", user, "--duration", secs])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (wav_s, y4m_s) = (wav.display().to_string(), y4m.display().to_string());
+    let b = call(
+        "bob",
+        &["--play", "alice-av", "--record", &wav_s, "--record-video", &y4m_s],
+        "3.5",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let a = call(
+        "alice",
+        &[
+            "--publish",
+            "alice-av",
+            "--source",
+            "tone:500",
+            "--camera",
+            "testsrc",
+        ],
+        "2.5",
+    );
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(
+        a.status.success(),
+        "alice: {}",
+        String::from_utf8_lossy(&a.stderr)
+    );
+    assert!(b.status.success(), "bob: {}", String::from_utf8_lossy(&b.stderr));
+    let (ea, eb) = (events(&a), events(&b));
+    assert!(
+        has(&ea, |e| e["event"] == "publisher_captured_audio_first_frame"),
+        "{ea:?}"
+    );
+    assert!(
+        has(&ea, |e| e["event"] == "publisher_captured_video_first_frame"),
+        "{ea:?}"
+    );
+    assert!(
+        has(&eb, |e| e["event"] == "player_recv_audio_first_frame"
+            && e["stream_id"] == "alice-av"),
+        "{eb:?}"
+    );
+    assert!(
+        has(&eb, |e| e["event"] == "player_recv_video_first_frame"
+            && e["stream_id"] == "alice-av"),
+        "{eb:?}"
+    );
+
+    let samples = wav_samples(&wav);
+    assert!(
+        samples.len() > 48_000 * 2,
+        "only {} samples recorded",
+        samples.len()
+    );
+    let loud: Vec<i16> = samples
+        .chunks(960)
+        .filter(|c| c.iter().any(|s| s.abs() > 1000))
+        .flatten()
+        .copied()
+        .collect();
+    assert!(loud.len() > 48_000, "less than a second of tone recorded");
+    assert!(
+        tone_db(&loud, 500.0) > -3.0,
+        "the recording is not the 500 Hz tone"
+    );
+
+    let video = std::fs::read(&y4m).unwrap();
+    assert!(
+        video.starts_with(b"YUV4MPEG2 W320 H240"),
+        "not the expected Y4M header"
+    );
+    let frames = video.windows(6).filter(|w| w == b"FRAME\n").count();
+    assert!(frames >= 20, "only {frames} video frames recorded");
+}
+
+#[test]
+fn a_bad_source_is_refused() {
+    let out = huddle()
+        .args([
+            "call",
+            "--server",
+            "ws://127.0.0.1:9",
+            "--app-id",
+            APP_ID,
+            "--app-sign",
+            APP_SIGN,
+        ])
+        .args(["--room", "r", "--user", "u", "--source", "tone:abc"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1000006"));
+}

@@ -5,17 +5,30 @@
 //! happened. Connections are tasks of their own ([`crate::conn`]); the media plane will add a
 //! publisher task and a player task per stream beside them, fed and watched from here.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use huddle_proto::{ClientMsg, MediaRole, StreamId};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::conn::{self, ConnEvent, ConnId, SEND_QUEUE};
 use crate::engine::{SharedApi, lock};
 use crate::event::Event;
+use crate::media::mixer::{self, Mixer};
+use crate::media::pc::{self as pc, Pc, PcCommand};
+use crate::media::publish::{AudioInput, VideoInput};
+use crate::media::{MediaEvent, MediaShared, MediaUpdate, Reporter, play, publish};
 use crate::session::{Command, Input, Output, Session, SessionParams, Timing};
+
+/// Media task reports queued for the engine task.
+const MEDIA_EVENT_QUEUE: usize = 1024;
 
 /// Connection events queued for the engine task.
 const CONN_EVENT_QUEUE: usize = 1024;
@@ -50,6 +63,15 @@ struct Io {
     conn_events: mpsc::Sender<ConnEvent>,
     next_conn: ConnId,
     tasks: JoinSet<()>,
+    media: Arc<MediaShared>,
+    mixer: Arc<Mixer>,
+    media_events: mpsc::Sender<MediaEvent>,
+    /// The media connections: (login, kind, stream) → generation and the task's command queue
+    /// (dropping it ends the task).
+    pcs: HashMap<(u64, MediaRole, StreamId), (u64, mpsc::Sender<PcCommand>)>,
+    next_generation: u64,
+    /// The local address media sockets bind to (the one that routes to the server).
+    local_ip: Option<IpAddr>,
 }
 
 pub(crate) struct Driver {
@@ -58,6 +80,7 @@ pub(crate) struct Driver {
     requests: mpsc::Receiver<Request>,
     shutdown: oneshot::Receiver<()>,
     conn_rx: mpsc::Receiver<ConnEvent>,
+    media_rx: mpsc::Receiver<MediaEvent>,
 }
 
 impl Driver {
@@ -68,8 +91,10 @@ impl Driver {
         requests: mpsc::Receiver<Request>,
         shutdown: oneshot::Receiver<()>,
         events: mpsc::Sender<Event>,
+        media: Arc<MediaShared>,
     ) -> Driver {
         let (conn_events, conn_rx) = mpsc::channel(CONN_EVENT_QUEUE);
+        let (media_events, media_rx) = mpsc::channel(MEDIA_EVENT_QUEUE);
         Driver {
             io: Io {
                 url,
@@ -79,23 +104,40 @@ impl Driver {
                 conn_events,
                 next_conn: 0,
                 tasks: JoinSet::new(),
+                media,
+                mixer: Arc::default(),
+                media_events,
+                pcs: HashMap::new(),
+                next_generation: 0,
+                local_ip: None,
             },
             rooms: Vec::new(),
             requests,
             shutdown,
             conn_rx,
+            media_rx,
         }
     }
 
     /// Runs until the engine is destroyed and every session has logged out (or the logout
     /// timed out), then closes the connections.
     pub(crate) async fn run(mut self) {
+        let (stop_mixer, mixer_stopped) = oneshot::channel();
+        let mixer_task = tokio::spawn(mixer::run(
+            self.io.mixer.clone(),
+            self.io.media.clone(),
+            mixer_stopped,
+        ));
         let mut stop_at: Option<Instant> = None;
         loop {
             for room in &mut self.rooms {
                 drive(room, &mut self.io).await;
             }
             self.rooms.retain(|r| !r.finished);
+            let rooms = &self.rooms;
+            self.io
+                .pcs
+                .retain(|(login, _, _), _| rooms.iter().any(|r| r.login == *login));
             while self.io.tasks.try_join_next().is_some() {}
             if stop_at.is_some() && self.rooms.is_empty() {
                 break;
@@ -116,6 +158,7 @@ impl Driver {
                     }
                 }
                 Some(ev) = self.conn_rx.recv() => self.on_conn_event(ev),
+                Some(ev) = self.media_rx.recv() => self.on_media_event(ev),
                 _ = sleep_until(wake) => {
                     let now = Instant::now();
                     for room in &mut self.rooms {
@@ -127,8 +170,13 @@ impl Driver {
                 _ = sleep_until(stop_at) => break,
             }
         }
-        // Dropping the senders makes each connection close its WebSocket; give them a moment.
+        // Dropping the senders makes each connection close its WebSocket and each media task
+        // end; give them a moment.
         self.rooms.clear();
+        self.io.pcs.clear();
+        let _ = stop_mixer.send(());
+        let _ = mixer_task.await;
+        self.io.media.finish_sink();
         let tasks = &mut self.io.tasks;
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while tasks.join_next().await.is_some() {}
@@ -154,6 +202,27 @@ impl Driver {
                 Some(room) => room.session.handle_input(Input::Command(cmd), now),
                 None => debug!(login, ?cmd, "request for a session that has ended"),
             },
+        }
+    }
+
+    fn on_media_event(&mut self, ev: MediaEvent) {
+        let key = (ev.login, ev.kind, ev.stream_id.clone());
+        match self.io.pcs.get(&key) {
+            Some((generation, _)) if *generation == ev.generation => {}
+            _ => return, // a connection already replaced or closed
+        }
+        if matches!(ev.update, MediaUpdate::Lost | MediaUpdate::Closed) {
+            self.io.pcs.remove(&key);
+        }
+        if let Some(room) = self.rooms.iter_mut().find(|r| r.login == ev.login) {
+            room.session.handle_input(
+                Input::Media {
+                    stream_id: ev.stream_id,
+                    kind: ev.kind,
+                    update: ev.update,
+                },
+                std::time::Instant::now(),
+            );
         }
     }
 
@@ -205,18 +274,27 @@ async fn drive(room: &mut Room, io: &mut Io) {
                     io.conn_events.clone(),
                 ));
             }
-            Output::Send(msg) => {
-                let sent = room
-                    .conn
-                    .as_ref()
-                    .is_some_and(|(_, tx)| tx.try_send(msg.encode()).is_ok());
-                if !sent {
-                    debug!(room = %room.session.room_id(), "connection gone or stuck; message not sent");
-                    if room.conn.take().is_some() {
-                        room.session
-                            .handle_input(Input::Closed("send queue full".into()), std::time::Instant::now());
-                    }
+            Output::Send(msg) => send(room, msg),
+            Output::MediaOpen { seq, stream_id, kind } => {
+                if let Some(sdp) = open_media(room.login, stream_id.clone(), kind, io) {
+                    send(
+                        room,
+                        ClientMsg::MediaOffer {
+                            seq,
+                            stream_id,
+                            kind,
+                            sdp,
+                        },
+                    );
                 }
+            }
+            Output::MediaAnswer { stream_id, kind, sdp } => {
+                if let Some((_, tx)) = io.pcs.get(&(room.login, kind, stream_id)) {
+                    let _ = tx.try_send(PcCommand::Answer(sdp));
+                }
+            }
+            Output::MediaClose { stream_id, kind } => {
+                io.pcs.remove(&(room.login, kind, stream_id));
             }
             Output::Close => room.conn = None,
             Output::Release(release) => lock(&io.api).release(room.login, release),
@@ -235,6 +313,100 @@ async fn drive(room: &mut Room, io: &mut Io) {
                 return;
             }
         }
+    }
+}
+
+/// Sends a message on the room's connection; a gone or stuck connection counts as closed.
+fn send(room: &mut Room, msg: ClientMsg) {
+    let sent = room
+        .conn
+        .as_ref()
+        .is_some_and(|(_, tx)| tx.try_send(msg.encode()).is_ok());
+    if !sent {
+        debug!(room = %room.session.room_id(), "connection gone or stuck; message not sent");
+        if room.conn.take().is_some() {
+            room.session
+                .handle_input(Input::Closed("send queue full".into()), std::time::Instant::now());
+        }
+    }
+}
+
+/// Starts the media connection of a stream (replacing the previous one of the same stream and
+/// kind) and returns its SDP offer; `None` when it cannot start (logged).
+fn open_media(login: u64, stream_id: StreamId, kind: MediaRole, io: &mut Io) -> Option<String> {
+    let key = (login, kind, stream_id.clone());
+    io.pcs.remove(&key);
+    let ip = *io
+        .local_ip
+        .get_or_insert_with(|| pc::local_ip_towards(&url_host(&io.url)));
+    let (audio, video) = match kind {
+        MediaRole::Publish => {
+            let (audio_spec, video_spec) = {
+                let c = io.media.config();
+                (c.audio_source.clone(), c.video_source.clone())
+            };
+            let audio = AudioInput::open(&audio_spec).unwrap_or_else(|e| {
+                warn!(error = %e.message, "cannot open the audio source; sending silence");
+                AudioInput::Silence
+            });
+            let video = if io.media.camera.load(Ordering::Relaxed) {
+                VideoInput::open(&video_spec)
+                    .map_err(|e| warn!(error = %e.message, "cannot open the video source; audio only"))
+                    .ok()
+            } else {
+                None
+            };
+            (Some(audio), video)
+        }
+        MediaRole::Play => (None, None),
+    };
+    let with_video = match kind {
+        MediaRole::Publish => video.is_some(),
+        MediaRole::Play => true,
+    };
+    let (pc, sdp) = match Pc::new(ip, kind, with_video) {
+        Ok(x) => x,
+        Err(e) => {
+            warn!(error = %e, %stream_id, "cannot create a media connection");
+            return None;
+        }
+    };
+    io.next_generation += 1;
+    let generation = io.next_generation;
+    let (tx, rx) = mpsc::channel(4);
+    let reporter = Reporter {
+        events: io.media_events.clone(),
+        template: MediaEvent {
+            login,
+            stream_id,
+            kind,
+            generation,
+            update: MediaUpdate::Lost,
+        },
+    };
+    let media = io.media.clone();
+    match audio {
+        Some(audio) => io
+            .tasks
+            .spawn(publish::run(pc, rx, reporter, media, audio, video)),
+        None => io
+            .tasks
+            .spawn(play::run(pc, rx, reporter, media, io.mixer.clone())),
+    };
+    io.pcs.insert(key, (generation, tx));
+    Some(sdp)
+}
+
+/// The host of a `ws://host:port/path` URL.
+fn url_host(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6).to_string(),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(h, _)| h)
+            .to_string(),
     }
 }
 

@@ -5,7 +5,8 @@
 //! which runs the sessions on the engine's own runtime. Nothing in an API call blocks or awaits,
 //! so the API works from any thread, inside or outside a tokio runtime, and from event handlers.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 
@@ -18,7 +19,10 @@ use crate::config::{EngineConfig, EngineProfile, RoomConfig, Scenario};
 use crate::dispatch::{self, EventStream, HandlerSlot, STREAM_CAPACITY};
 use crate::driver::{Driver, Request};
 use crate::event::EventHandler;
+use crate::media::publish::{AudioInput, VideoInput};
+use crate::media::{AudioSink, AudioSource, MediaShared, VideoRenderer, VideoSource};
 use crate::session::{Command, Release, SessionParams, Timing};
+use huddle_media::I420Frame;
 
 /// Requests queued from the API to the engine task; beyond this an API call fails with 1009004.
 const REQUEST_QUEUE: usize = 1024;
@@ -82,7 +86,7 @@ struct Shared {
     requests: mpsc::Sender<Request>,
     handler: HandlerSlot,
     streams: Mutex<Option<broadcast::Sender<crate::Event>>>,
-    camera: AtomicBool,
+    media: Arc<MediaShared>,
 }
 
 /// The Huddle engine: log in to rooms, publish and play streams.
@@ -142,6 +146,7 @@ impl Engine {
         let (streams_tx, _) = broadcast::channel(STREAM_CAPACITY);
         let handler: HandlerSlot = Arc::default();
         let api: SharedApi = Arc::default();
+        let media = Arc::new(MediaShared::new());
         let internal =
             |what: &str, e: std::io::Error| HuddleError::new(ErrorCode::INTERNAL, format!("{what}: {e}"));
 
@@ -162,6 +167,7 @@ impl Engine {
             requests_rx,
             shutdown_rx,
             events_tx,
+            media.clone(),
         );
         let workers = config.worker_threads;
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
@@ -215,7 +221,7 @@ impl Engine {
             requests: requests_tx,
             handler,
             streams: Mutex::new(Some(streams_tx)),
-            camera: AtomicBool::new(true),
+            media,
         };
         Ok(Engine {
             handle: EngineHandle {
@@ -254,6 +260,106 @@ impl Engine {
     /// Whether the camera is on ([`Self::enable_camera`]).
     pub fn is_camera_enabled(&self) -> bool {
         self.handle.is_camera_enabled()
+    }
+
+    /// Chooses where the published audio comes from (default [`AudioSource::Silence`]). It
+    /// applies to the media connections started after the call (publish again to switch).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), huddle::HuddleError> {
+    /// # let engine = huddle::Engine::create(huddle::EngineProfile::new(1, "ws://127.0.0.1:7880"))?;
+    /// engine.set_audio_source(huddle::AudioSource::Wav { path: "speech.wav".into(), looped: true })?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Errors: 1000006 for a file that cannot be read or a tone outside (0, 24000) Hz.
+    #[doc(alias = "setAudioSource")]
+    pub fn set_audio_source(&self, source: AudioSource) -> Result<(), HuddleError> {
+        self.handle.set_audio_source(source)
+    }
+
+    /// Chooses where the published video comes from when the camera is on (default a 320x240
+    /// test pattern at 30 fps). It applies to the media connections started after the call.
+    ///
+    /// Errors: 1000006 for a bad size or a Y4M file that cannot be read.
+    #[doc(alias = "setVideoSource")]
+    pub fn set_video_source(&self, source: VideoSource) -> Result<(), HuddleError> {
+        self.handle.set_video_source(source)
+    }
+
+    /// Pushes captured audio for [`AudioSource::Custom`]: 48 kHz mono samples, any count (the
+    /// engine sends 960 every 20 ms). At most a second is kept; older samples are dropped.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), huddle::HuddleError> {
+    /// # let engine = huddle::Engine::create(huddle::EngineProfile::new(1, "ws://127.0.0.1:7880"))?;
+    /// engine.set_audio_source(huddle::AudioSource::Custom)?;
+    /// let frame = [0i16; 960]; // 20 ms from the app's own capture
+    /// engine.push_audio_frame(&frame)?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Errors: 1000001 once the engine is destroyed.
+    #[doc(alias = "sendCustomAudioCapturePCMData")]
+    pub fn push_audio_frame(&self, samples: &[i16]) -> Result<(), HuddleError> {
+        self.handle.push_audio_frame(samples)
+    }
+
+    /// Pushes a captured video frame for [`VideoSource::Custom`] (of the size given there;
+    /// others are refused). The newest frame is sent at each frame time.
+    ///
+    /// Errors: 1000006 for a frame of another size than the custom source's, 1000001 once the
+    /// engine is destroyed.
+    #[doc(alias = "sendCustomVideoCaptureRawData")]
+    pub fn push_video_frame(&self, frame: I420Frame) -> Result<(), HuddleError> {
+        self.handle.push_video_frame(frame)
+    }
+
+    /// Chooses where the mix of the played streams goes (default [`AudioSink::Discard`]). A WAV
+    /// file is created at once and completed when the sink is replaced or the engine destroyed.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), huddle::HuddleError> {
+    /// # let engine = huddle::Engine::create(huddle::EngineProfile::new(1, "ws://127.0.0.1:7880"))?;
+    /// engine.set_audio_sink(huddle::AudioSink::Wav("call.wav".into()))?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Errors: 1000006 for a file that cannot be created.
+    #[doc(alias = "setAudioSink")]
+    pub fn set_audio_sink(&self, sink: AudioSink) -> Result<(), HuddleError> {
+        self.handle.set_audio_sink(sink)
+    }
+
+    /// Pulls rendered audio for [`AudioSink::Custom`] into `out` (48 kHz mono); returns how
+    /// many samples were written (fewer than asked when less is buffered).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), huddle::HuddleError> {
+    /// # let engine = huddle::Engine::create(huddle::EngineProfile::new(1, "ws://127.0.0.1:7880"))?;
+    /// engine.set_audio_sink(huddle::AudioSink::Custom)?;
+    /// let mut frame = [0i16; 960];
+    /// let n = engine.fetch_audio_frame(&mut frame);
+    /// # let _ = n; Ok(()) }
+    /// ```
+    #[doc(alias = "fetchCustomAudioRenderPCMData")]
+    pub fn fetch_audio_frame(&self, out: &mut [i16]) -> usize {
+        self.handle.fetch_audio_frame(out)
+    }
+
+    /// Sets (or with `None` removes) the renderer that receives the decoded video frames of
+    /// every played stream.
+    #[doc(alias = "setCustomVideoRenderHandler")]
+    pub fn set_video_renderer(&self, renderer: Option<Arc<dyn VideoRenderer>>) {
+        self.handle.set_video_renderer(renderer)
+    }
+
+    /// Records the decoded video of a played stream into a Y4M file (or with `None` stops
+    /// recording it), from the stream's next media connection's first frame.
+    ///
+    /// Errors: the stream ID's code.
+    pub fn set_video_sink_y4m(&self, stream_id: &str, path: Option<PathBuf>) -> Result<(), HuddleError> {
+        self.handle.set_video_sink_y4m(stream_id, path)
     }
 
     /// The scenario the engine was created with.
@@ -428,12 +534,82 @@ impl EngineHandle {
 
     /// Same as [`Engine::enable_camera`].
     pub fn enable_camera(&self, enable: bool) {
-        self.shared.camera.store(enable, Ordering::Relaxed);
+        self.shared.media.camera.store(enable, Ordering::Relaxed);
     }
 
     /// Same as [`Engine::is_camera_enabled`].
     pub fn is_camera_enabled(&self) -> bool {
-        self.shared.camera.load(Ordering::Relaxed)
+        self.shared.media.camera.load(Ordering::Relaxed)
+    }
+
+    /// Same as [`Engine::set_audio_source`].
+    pub fn set_audio_source(&self, source: AudioSource) -> Result<(), HuddleError> {
+        AudioInput::open(&source)?;
+        drop(self.alive()?);
+        self.shared.media.clear_pushed();
+        self.shared.media.config().audio_source = source;
+        Ok(())
+    }
+
+    /// Same as [`Engine::set_video_source`].
+    pub fn set_video_source(&self, source: VideoSource) -> Result<(), HuddleError> {
+        VideoInput::open(&source)?;
+        drop(self.alive()?);
+        self.shared.media.config().video_source = source;
+        Ok(())
+    }
+
+    /// Same as [`Engine::push_audio_frame`].
+    pub fn push_audio_frame(&self, samples: &[i16]) -> Result<(), HuddleError> {
+        drop(self.alive()?);
+        self.shared.media.push_audio(samples);
+        Ok(())
+    }
+
+    /// Same as [`Engine::push_video_frame`].
+    pub fn push_video_frame(&self, frame: I420Frame) -> Result<(), HuddleError> {
+        drop(self.alive()?);
+        if let VideoSource::Custom { width, height, .. } = self.shared.media.config().video_source
+            && (width, height) != (frame.width(), frame.height())
+        {
+            return Err(HuddleError::new(
+                ErrorCode::INVALID_PARAMETER,
+                format!(
+                    "frame of {}x{} for a custom video source of {width}x{height}",
+                    frame.width(),
+                    frame.height()
+                ),
+            ));
+        }
+        self.shared.media.push_video(frame);
+        Ok(())
+    }
+
+    /// Same as [`Engine::set_audio_sink`].
+    pub fn set_audio_sink(&self, sink: AudioSink) -> Result<(), HuddleError> {
+        drop(self.alive()?);
+        self.shared.media.set_audio_sink(sink)
+    }
+
+    /// Same as [`Engine::fetch_audio_frame`].
+    pub fn fetch_audio_frame(&self, out: &mut [i16]) -> usize {
+        self.shared.media.fetch_rendered(out)
+    }
+
+    /// Same as [`Engine::set_video_renderer`].
+    pub fn set_video_renderer(&self, renderer: Option<Arc<dyn VideoRenderer>>) {
+        self.shared.media.config().renderer = renderer;
+    }
+
+    /// Same as [`Engine::set_video_sink_y4m`].
+    pub fn set_video_sink_y4m(&self, stream_id: &str, path: Option<PathBuf>) -> Result<(), HuddleError> {
+        let stream_id = StreamId::new(stream_id)?;
+        let mut c = self.shared.media.config();
+        match path {
+            Some(p) => c.y4m_sinks.insert(stream_id, p),
+            None => c.y4m_sinks.remove(&stream_id),
+        };
+        Ok(())
     }
 
     /// Same as [`Engine::scenario`].
@@ -469,6 +645,7 @@ impl EngineHandle {
             user_status_notify: config.is_user_status_notify,
             max_member_count: config.max_member_count,
             timing: s.timing.clone(),
+            media: true,
         };
         self.request(Request::Login {
             login,

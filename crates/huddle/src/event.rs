@@ -154,6 +154,20 @@ pub enum Event {
         /// Seconds until the token expires.
         remain_secs: i64,
     },
+    /// See [`EventHandler::on_publisher_captured_audio_first_frame`].
+    PublisherCapturedAudioFirstFrame,
+    /// See [`EventHandler::on_publisher_captured_video_first_frame`].
+    PublisherCapturedVideoFirstFrame,
+    /// See [`EventHandler::on_player_recv_audio_first_frame`].
+    PlayerRecvAudioFirstFrame {
+        /// The stream.
+        stream_id: StreamId,
+    },
+    /// See [`EventHandler::on_player_recv_video_first_frame`].
+    PlayerRecvVideoFirstFrame {
+        /// The stream.
+        stream_id: StreamId,
+    },
     /// See [`EventHandler::on_debug_error`].
     DebugError {
         /// The code.
@@ -206,6 +220,14 @@ impl Event {
             } => h.on_player_state_update(stream_id.as_str(), *state, *error_code, extended_data),
             Event::RoomTokenWillExpire { room_id, remain_secs } => {
                 h.on_room_token_will_expire(room_id.as_str(), *remain_secs)
+            }
+            Event::PublisherCapturedAudioFirstFrame => h.on_publisher_captured_audio_first_frame(),
+            Event::PublisherCapturedVideoFirstFrame => h.on_publisher_captured_video_first_frame(),
+            Event::PlayerRecvAudioFirstFrame { stream_id } => {
+                h.on_player_recv_audio_first_frame(stream_id.as_str())
+            }
+            Event::PlayerRecvVideoFirstFrame { stream_id } => {
+                h.on_player_recv_video_first_frame(stream_id.as_str())
             }
             Event::DebugError {
                 error_code,
@@ -293,6 +315,24 @@ pub trait EventHandler: Send + Sync + 'static {
     /// and pass it to `renew_token`.
     #[doc(alias = "onRoomTokenWillExpire")]
     fn on_room_token_will_expire(&self, room_id: &str, remain_secs: i64) {}
+
+    /// The published stream's first audio frame was captured (from the configured
+    /// [`AudioSource`](crate::AudioSource)), once per media connection.
+    #[doc(alias = "onPublisherCapturedAudioFirstFrame")]
+    fn on_publisher_captured_audio_first_frame(&self) {}
+
+    /// The published stream's first video frame was captured, once per media connection.
+    #[doc(alias = "onPublisherCapturedVideoFirstFrame")]
+    fn on_publisher_captured_video_first_frame(&self) {}
+
+    /// The first audio frame of a played stream was received and decoded, once per media
+    /// connection (again after the stream comes back).
+    #[doc(alias = "onPlayerRecvAudioFirstFrame")]
+    fn on_player_recv_audio_first_frame(&self, stream_id: &str) {}
+
+    /// The first video frame of a played stream was received and decoded.
+    #[doc(alias = "onPlayerRecvVideoFirstFrame")]
+    fn on_player_recv_video_first_frame(&self, stream_id: &str) {}
 
     /// Something went wrong that no state change reports (for example the server refused a
     /// renewed token).

@@ -87,8 +87,36 @@
 //! ([`EngineConfig::reconnect_budget`]); each attempt resumes the server session if the server
 //! still holds it. Error codes are the system-wide table of [`ErrorCode`] (`docs/errors.md`).
 //!
-//! This version is the control plane: "publishing" registers the stream at the server and
-//! "playing" subscribes to it. Audio and video come with the media plane.
+//! # Media
+//!
+//! Each published or played stream has its own WebRTC peer connection to the server's SFU
+//! (str0m; ICE, DTLS-SRTP; one UDP socket per connection). A publisher is `Publishing` once its
+//! connection is up and its first packet has gone out; a player is `Playing` once its first
+//! frame is decoded. Audio is Opus (48 kHz mono, 20 ms, in-band FEC), played through an adaptive
+//! jitter buffer with FEC recovery and concealment, and mixed; video is VP8 (keyframes on
+//! request; [`Engine::enable_camera`]`(false)` negotiates no video at all).
+//!
+//! Sources and sinks are pluggable: [`AudioSource`] (silence, WAV file, tone, pushed PCM with
+//! [`Engine::push_audio_frame`]), [`VideoSource`] (test pattern, Y4M file, pushed frames with
+//! [`Engine::push_video_frame`]), [`AudioSink`] (WAV recorder, pulled PCM with
+//! [`Engine::fetch_audio_frame`]), and decoded video through a [`VideoRenderer`] or
+//! [`Engine::set_video_sink_y4m`].
+//!
+//! ```no_run
+//! use huddle::{AudioSink, AudioSource, Engine, EngineProfile, RoomConfig, User, UserId};
+//!
+//! # fn main() -> Result<(), huddle::HuddleError> {
+//! let mut profile = EngineProfile::new(1234, "ws://127.0.0.1:7880");
+//! profile.app_sign = Some("0123456789abcdef".repeat(4));
+//! let engine = Engine::create(profile)?;
+//! engine.enable_camera(false);
+//! engine.set_audio_source(AudioSource::Tone { hz: 440.0 })?;
+//! engine.set_audio_sink(AudioSink::Wav("heard.wav".into()))?;
+//! engine.login_room("room-1", User::new(UserId::new("alice")?), RoomConfig::default())?;
+//! engine.start_publishing_stream("alice-main")?;
+//! engine.start_playing_stream("bob-main")?;
+//! # Ok(()) }
+//! ```
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -99,12 +127,15 @@ mod dispatch;
 mod driver;
 mod engine;
 mod event;
+mod media;
 mod session;
 
 pub use config::{EngineConfig, EngineProfile, RoomConfig, Scenario};
 pub use dispatch::EventStream;
 pub use engine::{Engine, EngineHandle};
 pub use event::{Event, EventHandler, PlayerState, PublisherState, RoomState, RoomStateChangedReason};
+pub use huddle_media::I420Frame;
 pub use huddle_proto::{
     ErrorCode, HuddleError, RoomId, StreamId, StreamInfo, UpdateType, User, UserId, UserName,
 };
+pub use media::{AudioSink, AudioSource, VideoRenderer, VideoSource};

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use huddle_proto::{
-    AppId, Auth, ClientMsg, ErrorCode, Login, LoginOk, PROTOCOL_VERSION, Resume, RoomId, ServerMsg, StreamId,
-    StreamInfo, UpdateType, User, UserId,
+    AppId, Auth, ClientMsg, ErrorCode, Login, LoginOk, MediaRole, PROTOCOL_VERSION, PeerState, Resume,
+    RoomId, ServerMsg, StreamId, StreamInfo, UpdateType, User, UserId,
 };
 use huddle_token::AppSign;
 use tracing::{debug, warn};
@@ -30,7 +30,9 @@ use tracing::{debug, warn};
 use crate::config::EngineConfig;
 use crate::event::{Event, PlayerState, PublisherState, RoomStateChangedReason, extended};
 use backoff::Backoff;
-use stream::{Player, Publisher};
+use stream::{MediaLink, Player, Publisher};
+
+use crate::media::MediaUpdate;
 
 /// The timings a session runs by.
 #[derive(Debug, Clone)]
@@ -68,6 +70,9 @@ pub(crate) struct SessionParams {
     pub(crate) user_status_notify: bool,
     pub(crate) max_member_count: u32,
     pub(crate) timing: Timing,
+    /// Whether the media plane runs: streams offer media connections, and `Publishing` /
+    /// `Playing` wait for media (off in the control-plane tests).
+    pub(crate) media: bool,
 }
 
 impl fmt::Debug for SessionParams {
@@ -98,6 +103,12 @@ pub(crate) enum Input {
     Timeout,
     /// An API call for this room.
     Command(Command),
+    /// A media connection of this room reported.
+    Media {
+        stream_id: StreamId,
+        kind: MediaRole,
+        update: MediaUpdate,
+    },
 }
 
 /// An API call for the room, after the API validated it.
@@ -137,6 +148,21 @@ pub(crate) enum Output {
     Release(Release),
     /// Deliver an event to the app.
     Event(Event),
+    /// Open a media connection for the stream (replacing any of the same stream and kind) and
+    /// send its offer as `media_offer` with this `seq`.
+    MediaOpen {
+        seq: u32,
+        stream_id: StreamId,
+        kind: MediaRole,
+    },
+    /// Hand the server's answer to the stream's media connection.
+    MediaAnswer {
+        stream_id: StreamId,
+        kind: MediaRole,
+        sdp: String,
+    },
+    /// Close the stream's media connection.
+    MediaClose { stream_id: StreamId, kind: MediaRole },
     /// Nothing more to do before this instant (`None`: until the next input).
     Timeout(Option<Instant>),
     /// The session is over.
@@ -196,6 +222,7 @@ enum Pending {
     RenewToken,
     Ping,
     Logout,
+    MediaOffer { stream_id: StreamId, kind: MediaRole },
 }
 
 /// The signaling session of one room. See the module docs for the driving loop.
@@ -294,6 +321,11 @@ impl Session {
             Input::Message(msg) => self.on_message(msg, now),
             Input::Timeout => self.on_timeout(now),
             Input::Command(cmd) => self.on_command(cmd, now),
+            Input::Media {
+                stream_id,
+                kind,
+                update,
+            } => self.on_media(stream_id, kind, update),
         }
     }
 
@@ -384,6 +416,11 @@ impl Session {
                 }
                 if let Some(p) = self.players.get_mut(&stream_id) {
                     p.available = available;
+                    if available {
+                        self.open_play_media(&stream_id);
+                    } else {
+                        self.close_play_media(&stream_id);
+                    }
                     self.refresh_player(&stream_id, ErrorCode::OK, "");
                 }
             }
@@ -394,10 +431,29 @@ impl Session {
                 self.leave(RoomStateChangedReason::KickOut, code, &message);
                 self.finish();
             }
-            // Messages of the media plane (answers to media offers, transport states) are not
-            // the control plane's business.
+            ServerMsg::MediaAnswer {
+                seq,
+                stream_id,
+                kind,
+                sdp,
+            } => {
+                if let Some(Pending::MediaOffer { .. }) = self.pending.remove(&seq) {
+                    self.on_media_answer(seq, stream_id, kind, sdp);
+                }
+            }
+            ServerMsg::MediaState {
+                stream_id,
+                kind,
+                state,
+                code,
+                message,
+            } => {
+                if self.is_online() {
+                    self.on_media_state(stream_id, kind, state, code, &message);
+                }
+            }
             #[allow(unreachable_patterns)]
-            other => debug!(room = %self.p.room_id, ?other, "message not handled by the control plane"),
+            other => debug!(room = %self.p.room_id, ?other, "message not handled"),
         }
     }
 
@@ -451,13 +507,22 @@ impl Session {
                 p.registered = false;
                 p.requested = false;
             }
-            for p in self.players.values_mut() {
-                p.requested = false;
-                p.available = false;
+            self.close_publish_media();
+            let ids: Vec<StreamId> = self.players.keys().cloned().collect();
+            for id in ids {
+                self.close_play_media(&id);
+                if let Some(p) = self.players.get_mut(&id) {
+                    p.requested = false;
+                    p.available = false;
+                }
             }
         }
         match &self.publisher {
-            Some(p) if p.registered => self.refresh_publisher(ErrorCode::OK, ""),
+            Some(p) if p.registered => {
+                // An offer in flight when the connection broke was lost with it.
+                self.open_publish_media();
+                self.refresh_publisher(ErrorCode::OK, "");
+            }
             Some(_) => self.send_publish(),
             None => {}
         }
@@ -476,6 +541,7 @@ impl Session {
                     && p.ticket == ticket
                 {
                     p.registered = true;
+                    self.open_publish_media();
                     self.refresh_publisher(ErrorCode::OK, "");
                 }
             }
@@ -529,6 +595,9 @@ impl Session {
                 });
             }
             Some(Pending::Logout) => self.finish(),
+            Some(Pending::MediaOffer { stream_id, kind }) => {
+                self.on_media_refused(seq, stream_id, kind, code, message)
+            }
             Some(other) => debug!(room = %self.p.room_id, ?other, ?code, message, "request refused"),
             None => debug!(room = %self.p.room_id, seq, ?code, message, "error for an unknown request"),
         }
@@ -614,7 +683,7 @@ impl Session {
                     self.stop_publish();
                 }
                 self.unpublish_later.remove(&stream_id);
-                self.publisher = Some(Publisher::new(stream_id, ticket));
+                self.publisher = Some(Publisher::new(stream_id, ticket, self.p.media));
                 self.refresh_publisher(ErrorCode::OK, "");
                 if self.is_ready() {
                     self.send_publish();
@@ -626,13 +695,14 @@ impl Session {
                     return;
                 }
                 self.stop_play_later.remove(&stream_id);
-                self.players.insert(stream_id.clone(), Player::new());
+                self.players.insert(stream_id.clone(), Player::new(self.p.media));
                 self.refresh_player(&stream_id, ErrorCode::OK, "");
                 if self.is_ready() {
                     self.send_play(stream_id);
                 }
             }
             Command::StopPlay { stream_id } => {
+                self.close_play_media(&stream_id);
                 if let Some(p) = self.players.remove(&stream_id) {
                     if self.is_ready() {
                         let seq = self.request(Pending::StopPlay);
@@ -795,6 +865,7 @@ impl Session {
     }
 
     fn stop_publish(&mut self) {
+        self.close_publish_media();
         let Some(p) = self.publisher.take() else { return };
         if p.registered || p.requested {
             if self.is_ready() {
@@ -832,6 +903,251 @@ impl Session {
         if state != p.state {
             p.state = state;
             self.player_event(stream_id.clone(), state, code, message);
+        }
+    }
+
+    // ----- media -----
+
+    /// Whether a stream in this media state needs a (new) offer: none was made, or the one made
+    /// was lost with a broken connection.
+    fn needs_offer(&self, link: MediaLink) -> bool {
+        match link {
+            MediaLink::Idle => true,
+            MediaLink::Offered { seq } => !self.pending.contains_key(&seq),
+            MediaLink::Answered => false,
+        }
+    }
+
+    /// Offers the publisher's media connection if it has none and may have one.
+    fn open_publish_media(&mut self) {
+        if !self.p.media || !self.is_ready() {
+            return;
+        }
+        let Some(p) = &self.publisher else { return };
+        if !p.registered || !self.needs_offer(p.media) {
+            return;
+        }
+        let stream_id = p.stream_id.clone();
+        let kind = MediaRole::Publish;
+        let seq = self.request(Pending::MediaOffer {
+            stream_id: stream_id.clone(),
+            kind,
+        });
+        if let Some(p) = &mut self.publisher {
+            p.media = MediaLink::Offered { seq };
+            p.flowing = false;
+        }
+        self.out.push_back(Output::MediaOpen { seq, stream_id, kind });
+    }
+
+    fn close_publish_media(&mut self) {
+        let Some(p) = &mut self.publisher else { return };
+        p.flowing = false;
+        if p.media != MediaLink::Idle {
+            p.media = MediaLink::Idle;
+            let stream_id = p.stream_id.clone();
+            self.out.push_back(Output::MediaClose {
+                stream_id,
+                kind: MediaRole::Publish,
+            });
+        }
+    }
+
+    /// Offers a player's media connection if it has none and the stream is available.
+    fn open_play_media(&mut self, stream_id: &StreamId) {
+        if !self.p.media || !self.is_ready() {
+            return;
+        }
+        let Some(p) = self.players.get(stream_id) else {
+            return;
+        };
+        if !p.available || !self.needs_offer(p.media) {
+            return;
+        }
+        let kind = MediaRole::Play;
+        let seq = self.request(Pending::MediaOffer {
+            stream_id: stream_id.clone(),
+            kind,
+        });
+        if let Some(p) = self.players.get_mut(stream_id) {
+            p.media = MediaLink::Offered { seq };
+            p.first_frame = false;
+        }
+        self.out.push_back(Output::MediaOpen {
+            seq,
+            stream_id: stream_id.clone(),
+            kind,
+        });
+    }
+
+    fn close_play_media(&mut self, stream_id: &StreamId) {
+        let Some(p) = self.players.get_mut(stream_id) else {
+            return;
+        };
+        p.first_frame = false;
+        if p.media != MediaLink::Idle {
+            p.media = MediaLink::Idle;
+            self.out.push_back(Output::MediaClose {
+                stream_id: stream_id.clone(),
+                kind: MediaRole::Play,
+            });
+        }
+    }
+
+    fn media_link(&mut self, stream_id: &StreamId, kind: MediaRole) -> Option<&mut MediaLink> {
+        match kind {
+            MediaRole::Publish => self
+                .publisher
+                .as_mut()
+                .filter(|p| p.stream_id == *stream_id)
+                .map(|p| &mut p.media),
+            MediaRole::Play => self.players.get_mut(stream_id).map(|p| &mut p.media),
+        }
+    }
+
+    fn on_media_answer(&mut self, seq: u32, stream_id: StreamId, kind: MediaRole, sdp: String) {
+        let Some(link) = self.media_link(&stream_id, kind) else {
+            return;
+        };
+        if *link != (MediaLink::Offered { seq }) {
+            return; // an older offer's answer
+        }
+        *link = MediaLink::Answered;
+        self.out.push_back(Output::MediaAnswer { stream_id, kind, sdp });
+    }
+
+    fn on_media_refused(
+        &mut self,
+        seq: u32,
+        stream_id: StreamId,
+        kind: MediaRole,
+        code: ErrorCode,
+        message: &str,
+    ) {
+        let Some(link) = self.media_link(&stream_id, kind) else {
+            return;
+        };
+        if *link != (MediaLink::Offered { seq }) {
+            return;
+        }
+        match kind {
+            MediaRole::Publish => self.close_publish_media(),
+            // A play offer refused because the stream went away: its `play_update` follows, and
+            // the stream's return brings a new offer.
+            MediaRole::Play => self.close_play_media(&stream_id),
+        }
+        if code != ErrorCode::STREAM_NOT_FOUND {
+            self.event(Event::DebugError {
+                error_code: code,
+                func_name: "media_offer".into(),
+                info: format!("{stream_id}: {message}"),
+            });
+        }
+    }
+
+    /// The server reports a media connection's state.
+    fn on_media_state(
+        &mut self,
+        stream_id: StreamId,
+        kind: MediaRole,
+        state: PeerState,
+        code: ErrorCode,
+        message: &str,
+    ) {
+        match state {
+            PeerState::Connected => {}
+            PeerState::Closed | PeerState::Failed => {
+                let link = self.media_link(&stream_id, kind).map(|l| *l);
+                // The media task may have seen the close (DTLS close_notify) first and left the
+                // link idle: a failure is retried all the same.
+                let ours = link == Some(MediaLink::Answered)
+                    || (state == PeerState::Failed && link == Some(MediaLink::Idle));
+                if !ours {
+                    return; // not about the connection we have now
+                }
+                debug!(room = %self.p.room_id, %stream_id, ?kind, ?state, ?code, message, "media connection ended by the server");
+                if state == PeerState::Failed {
+                    self.media_down(stream_id, kind, true, "media connection failed");
+                } else {
+                    // The stream's publisher stopped: as when the stream goes away (its
+                    // `play_update` follows), not a break.
+                    self.media_down(stream_id, kind, false, "");
+                }
+            }
+        }
+    }
+
+    /// A media connection is gone; offer a new one when `retry` and the stream is still wanted.
+    /// A break (`retry`) reports 1003020 / 1004020 with `why`; an end reports no error.
+    fn media_down(&mut self, stream_id: StreamId, kind: MediaRole, retry: bool, why: &str) {
+        match kind {
+            MediaRole::Publish => {
+                self.close_publish_media();
+                let code = if retry {
+                    self.open_publish_media();
+                    ErrorCode::PUBLISH_TEMPORARY_BREAK
+                } else {
+                    ErrorCode::OK
+                };
+                self.refresh_publisher(code, why);
+            }
+            MediaRole::Play => {
+                self.close_play_media(&stream_id);
+                let code = if retry {
+                    self.open_play_media(&stream_id);
+                    ErrorCode::PLAY_TEMPORARY_BREAK
+                } else {
+                    ErrorCode::OK
+                };
+                self.refresh_player(&stream_id, code, why);
+            }
+        }
+    }
+
+    /// A media task reported.
+    fn on_media(&mut self, stream_id: StreamId, kind: MediaRole, update: MediaUpdate) {
+        if matches!(self.phase, Phase::Done | Phase::LoggingOut { .. }) {
+            return;
+        }
+        match update {
+            MediaUpdate::Lost => {
+                if self.media_link(&stream_id, kind).is_some() {
+                    self.media_down(stream_id, kind, true, "media connection lost");
+                }
+            }
+            // The server closed it and says why on the signaling connection (`media_state`,
+            // `play_update`); until then the stream has no media.
+            MediaUpdate::Closed => {
+                if self.media_link(&stream_id, kind).is_some() {
+                    self.media_down(stream_id, kind, false, "");
+                }
+            }
+            MediaUpdate::CapturedAudioFirstFrame => self.event(Event::PublisherCapturedAudioFirstFrame),
+            MediaUpdate::CapturedVideoFirstFrame => self.event(Event::PublisherCapturedVideoFirstFrame),
+            MediaUpdate::Flowing => {
+                if let Some(p) = &mut self.publisher
+                    && p.stream_id == stream_id
+                {
+                    p.flowing = true;
+                    self.refresh_publisher(ErrorCode::OK, "");
+                }
+            }
+            MediaUpdate::RecvAudioFirstFrame | MediaUpdate::RecvVideoFirstFrame => {
+                let Some(p) = self.players.get_mut(&stream_id) else {
+                    return;
+                };
+                p.first_frame = true;
+                self.event(if update == MediaUpdate::RecvAudioFirstFrame {
+                    Event::PlayerRecvAudioFirstFrame {
+                        stream_id: stream_id.clone(),
+                    }
+                } else {
+                    Event::PlayerRecvVideoFirstFrame {
+                        stream_id: stream_id.clone(),
+                    }
+                });
+                self.refresh_player(&stream_id, ErrorCode::OK, "");
+            }
         }
     }
 
@@ -918,6 +1234,11 @@ impl Session {
     /// Ends the room for the app: releases the API's record, reports the room state, then every
     /// publisher and player as stopped with the same code.
     fn leave(&mut self, reason: RoomStateChangedReason, code: ErrorCode, message: &str) {
+        self.close_publish_media();
+        let ids: Vec<StreamId> = self.players.keys().cloned().collect();
+        for id in ids {
+            self.close_play_media(&id);
+        }
         self.out.push_back(Output::Release(Release::Room));
         self.room_event(reason, code, message);
         if let Some(p) = self.publisher.take() {

@@ -10,6 +10,17 @@ use huddle_proto::StreamId;
 
 use crate::event::{PlayerState, PublisherState};
 
+/// Where a stream's media peer connection is, as the session sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MediaLink {
+    /// None.
+    Idle,
+    /// Offered with this request number; no answer yet.
+    Offered { seq: u32 },
+    /// Answered: the connection is the media task's business until it reports.
+    Answered,
+}
+
 /// The engine's one publishing stream.
 #[derive(Debug)]
 pub(crate) struct Publisher {
@@ -23,22 +34,31 @@ pub(crate) struct Publisher {
     pub(crate) registered: bool,
     /// A `publish` went out to the current server session (answered or not).
     pub(crate) requested: bool,
+    /// The media plane is on: `Publishing` waits for media to flow.
+    pub(crate) media_required: bool,
+    /// The media connection.
+    pub(crate) media: MediaLink,
+    /// The media connection is up and sending.
+    pub(crate) flowing: bool,
 }
 
 impl Publisher {
-    pub(crate) fn new(stream_id: StreamId, ticket: u64) -> Self {
+    pub(crate) fn new(stream_id: StreamId, ticket: u64, media_required: bool) -> Self {
         Publisher {
             stream_id,
             ticket,
             state: PublisherState::NoPublish,
             registered: false,
             requested: false,
+            media_required,
+            media: MediaLink::Idle,
+            flowing: false,
         }
     }
 
-    /// The state to report now, from the signaling facts.
+    /// The state to report now, from the signaling and media facts.
     pub(crate) fn target_state(&self, online: bool) -> PublisherState {
-        if online && self.registered {
+        if online && self.registered && (self.flowing || !self.media_required) {
             PublisherState::Publishing
         } else {
             PublisherState::PublishRequesting
@@ -55,20 +75,29 @@ pub(crate) struct Player {
     pub(crate) available: bool,
     /// A `play` went out to the current server session.
     pub(crate) requested: bool,
+    /// The media plane is on: `Playing` waits for the first decoded frame.
+    pub(crate) media_required: bool,
+    /// The media connection.
+    pub(crate) media: MediaLink,
+    /// A frame was decoded on the current media connection.
+    pub(crate) first_frame: bool,
 }
 
 impl Player {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(media_required: bool) -> Self {
         Player {
             state: PlayerState::NoPlay,
             available: false,
             requested: false,
+            media_required,
+            media: MediaLink::Idle,
+            first_frame: false,
         }
     }
 
-    /// The state to report now, from the signaling facts.
+    /// The state to report now, from the signaling and media facts.
     pub(crate) fn target_state(&self, online: bool) -> PlayerState {
-        if online && self.available {
+        if online && self.available && (self.first_frame || !self.media_required) {
             PlayerState::Playing
         } else {
             PlayerState::PlayRequesting

@@ -47,6 +47,7 @@ fn params(token: Option<String>, timing: Timing) -> SessionParams {
         user_status_notify: true,
         max_member_count: 0,
         timing,
+        media: false,
     }
 }
 
@@ -235,6 +236,7 @@ fn evs(out: &[Output]) -> Vec<String> {
                 func_name,
                 ..
             } => v.push(format!("debug {func_name} {error_code}")),
+            other => v.push(format!("{other:?}")),
         }
         i += 1;
     }
@@ -834,4 +836,194 @@ fn a_renewed_token_already_in_the_warning_window_is_announced_at_once() {
     assert!(evs(&h.advance(Duration::ZERO)).is_empty());
     let left = h.s.token_warn_at.unwrap().duration_since(h.now).as_secs();
     assert!((1398..=1400).contains(&left), "{left}");
+}
+
+// ----- media plane -----
+
+fn media_params() -> SessionParams {
+    let mut p = params(None, timing());
+    p.media = true;
+    p
+}
+
+/// The `MediaOpen` outputs as (seq, stream, kind).
+fn opens(out: &[Output]) -> Vec<(u32, String, MediaRole)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::MediaOpen { seq, stream_id, kind } => Some((*seq, stream_id.to_string(), *kind)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn closes(out: &[Output]) -> Vec<(String, MediaRole)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::MediaClose { stream_id, kind } => Some((stream_id.to_string(), *kind)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn media(h: &mut Harness, stream: &str, kind: MediaRole, update: MediaUpdate) -> Vec<Output> {
+    h.input(Input::Media {
+        stream_id: sid(stream),
+        kind,
+        update,
+    })
+}
+
+#[test]
+fn publishing_waits_for_media_to_flow() {
+    let (mut h, _) = Harness::new(media_params());
+    h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    let out = h.cmd(Command::Publish {
+        stream_id: sid("mine"),
+        ticket: 1,
+    });
+    assert_eq!(evs(&out), ["pub mine PublishRequesting 0"]);
+    let publish = seq_of(&out, |m| matches!(m, ClientMsg::Publish { .. }));
+    // Registered, but no media yet: an offer, still requesting.
+    let out = h.msg(ServerMsg::Ok { seq: publish });
+    assert!(evs(&out).is_empty(), "{:?}", evs(&out));
+    let [(offer, stream, MediaRole::Publish)] = &opens(&out)[..] else {
+        panic!("expected one publish offer: {out:?}");
+    };
+    assert_eq!(stream, "mine");
+    let out = h.msg(ServerMsg::MediaAnswer {
+        seq: *offer,
+        stream_id: sid("mine"),
+        kind: MediaRole::Publish,
+        sdp: "v=0".into(),
+    });
+    assert!(matches!(&out[..], [Output::MediaAnswer { sdp, .. }, ..] if sdp == "v=0"));
+    let out = media(
+        &mut h,
+        "mine",
+        MediaRole::Publish,
+        MediaUpdate::CapturedAudioFirstFrame,
+    );
+    assert_eq!(evs(&out), ["PublisherCapturedAudioFirstFrame"]);
+    let out = media(&mut h, "mine", MediaRole::Publish, MediaUpdate::Flowing);
+    assert_eq!(evs(&out), ["pub mine Publishing 0"]);
+
+    // Lost: back to requesting with the break code, and a new offer at once.
+    let out = media(&mut h, "mine", MediaRole::Publish, MediaUpdate::Lost);
+    assert_eq!(evs(&out), ["pub mine PublishRequesting 1003020"]);
+    assert_eq!(closes(&out), [("mine".to_string(), MediaRole::Publish)]);
+    assert_eq!(opens(&out).len(), 1);
+
+    // Stopping closes the media connection.
+    let out = h.cmd(Command::StopPublish);
+    assert_eq!(closes(&out), [("mine".to_string(), MediaRole::Publish)]);
+    assert_eq!(evs(&out), ["pub mine NoPublish 0"]);
+}
+
+#[test]
+fn playing_offers_while_available_and_waits_for_a_frame() {
+    let (mut h, _) = Harness::new(media_params());
+    h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    let out = h.cmd(Command::Play {
+        stream_id: sid("theirs"),
+    });
+    let play = seq_of(&out, |m| matches!(m, ClientMsg::Play { .. }));
+    let out = h.msg(ServerMsg::Ok { seq: play });
+    assert!(opens(&out).is_empty());
+    let out = h.msg(ServerMsg::PlayUpdate {
+        stream_id: sid("theirs"),
+        available: false,
+    });
+    assert!(opens(&out).is_empty(), "no offer for a stream not published");
+    let out = h.msg(ServerMsg::PlayUpdate {
+        stream_id: sid("theirs"),
+        available: true,
+    });
+    let [(offer, _, MediaRole::Play)] = &opens(&out)[..] else {
+        panic!("expected one play offer: {out:?}");
+    };
+    assert!(evs(&out).is_empty(), "Playing waits for the first frame");
+    h.msg(ServerMsg::MediaAnswer {
+        seq: *offer,
+        stream_id: sid("theirs"),
+        kind: MediaRole::Play,
+        sdp: "v=0".into(),
+    });
+    let out = media(
+        &mut h,
+        "theirs",
+        MediaRole::Play,
+        MediaUpdate::RecvAudioFirstFrame,
+    );
+    assert_eq!(
+        evs(&out),
+        [
+            "PlayerRecvAudioFirstFrame { stream_id: \"theirs\" }",
+            "play theirs Playing 0"
+        ]
+    );
+    // The publisher stops: the server closes the connection, then says the stream is gone.
+    let out = h.msg(ServerMsg::MediaState {
+        stream_id: sid("theirs"),
+        kind: MediaRole::Play,
+        state: PeerState::Closed,
+        code: ErrorCode::STREAM_NOT_FOUND,
+        message: "the stream's publisher stopped".into(),
+    });
+    assert_eq!(evs(&out), ["play theirs PlayRequesting 0"]);
+    assert_eq!(closes(&out), [("theirs".to_string(), MediaRole::Play)]);
+    assert!(opens(&out).is_empty());
+    let out = h.msg(ServerMsg::PlayUpdate {
+        stream_id: sid("theirs"),
+        available: false,
+    });
+    assert!(evs(&out).is_empty() && closes(&out).is_empty());
+    // Back: a new offer.
+    let out = h.msg(ServerMsg::PlayUpdate {
+        stream_id: sid("theirs"),
+        available: true,
+    });
+    assert_eq!(opens(&out).len(), 1);
+    // A refused offer for a stream that went away again is quiet; another error is reported.
+    let (seq, _, _) = opens(&out)[0].clone();
+    let out = h.msg(ServerMsg::Error {
+        seq: Some(seq),
+        code: ErrorCode::STREAM_NOT_FOUND,
+        message: "gone".into(),
+    });
+    assert!(evs(&out).is_empty());
+    assert_eq!(closes(&out).len(), 1);
+}
+
+#[test]
+fn media_survives_a_resumed_session_and_restarts_with_a_fresh_one() {
+    let (mut h, _) = Harness::new(media_params());
+    h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    let out = h.cmd(Command::Publish {
+        stream_id: sid("mine"),
+        ticket: 1,
+    });
+    let publish = seq_of(&out, |m| matches!(m, ClientMsg::Publish { .. }));
+    let out = h.msg(ServerMsg::Ok { seq: publish });
+    let offer = opens(&out)[0].0;
+    h.msg(ServerMsg::MediaAnswer {
+        seq: offer,
+        stream_id: sid("mine"),
+        kind: MediaRole::Publish,
+        sdp: "v=0".into(),
+    });
+    media(&mut h, "mine", MediaRole::Publish, MediaUpdate::Flowing);
+
+    // A resumed session keeps the media connection as it is.
+    h.input(Input::Closed("reset".into()));
+    let (_, out) = h.log_in(|seq| login_ok(seq, true, vec![], vec![]));
+    assert!(opens(&out).is_empty() && closes(&out).is_empty(), "{out:?}");
+    assert_eq!(evs(&out), ["room Reconnected 0", "pub mine Publishing 0"]);
+
+    // A fresh one forgot it: closed, published again, offered again after the `ok`.
+    h.input(Input::Closed("reset".into()));
+    let (_, out) = h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    assert_eq!(closes(&out), [("mine".to_string(), MediaRole::Publish)]);
+    let publish = seq_of(&out, |m| matches!(m, ClientMsg::Publish { .. }));
+    let out = h.msg(ServerMsg::Ok { seq: publish });
+    assert_eq!(opens(&out).len(), 1);
 }

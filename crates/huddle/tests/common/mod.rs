@@ -123,6 +123,22 @@ impl EventHandler for Recorder {
             remain_secs,
         });
     }
+    fn on_publisher_captured_audio_first_frame(&self) {
+        self.record(Event::PublisherCapturedAudioFirstFrame);
+    }
+    fn on_publisher_captured_video_first_frame(&self) {
+        self.record(Event::PublisherCapturedVideoFirstFrame);
+    }
+    fn on_player_recv_audio_first_frame(&self, stream_id: &str) {
+        self.record(Event::PlayerRecvAudioFirstFrame {
+            stream_id: stream_id.parse().unwrap(),
+        });
+    }
+    fn on_player_recv_video_first_frame(&self, stream_id: &str) {
+        self.record(Event::PlayerRecvVideoFirstFrame {
+            stream_id: stream_id.parse().unwrap(),
+        });
+    }
     fn on_debug_error(&self, error_code: ErrorCode, func_name: &str, info: &str) {
         self.record(Event::DebugError {
             error_code,

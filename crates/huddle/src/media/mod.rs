@@ -1,0 +1,377 @@
+//! The media plane: what the app configures (sources, sinks, renderers) and the tasks that move
+//! audio and video between them and the server.
+//!
+//! One WebRTC peer connection (str0m, sans IO) per published or played stream, each on its own
+//! UDP socket and driven by a small task of the engine's runtime ([`publish`], [`play`]); one
+//! mixer task ([`mixer`]) that pops every played stream's jitter buffer every 20 ms, decodes,
+//! mixes and writes the audio sink. `docs/media.md` has the pipeline and its latency budget.
+//!
+//! The app's configuration lives in [`MediaShared`], read by the tasks when they start (sources,
+//! per published stream) or at every tick (the audio sink, renderers).
+
+pub(crate) mod mixer;
+pub(crate) mod pc;
+pub(crate) mod play;
+pub(crate) mod publish;
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use huddle_media::{
+    AudioFrame, AudioSink as _, FRAME_SAMPLES, I420Frame, MediaError, SAMPLE_RATE, WavRecorder,
+};
+use huddle_proto::{ErrorCode, HuddleError, MediaRole, StreamId};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+/// Pushed PCM kept for the publisher at most (1 s); older samples are dropped.
+const PUSHED_AUDIO_MAX: usize = SAMPLE_RATE as usize;
+/// Rendered PCM kept for the app at most (1 s); older samples are dropped.
+const RENDERED_AUDIO_MAX: usize = SAMPLE_RATE as usize;
+/// Pushed video frames kept for the publisher at most; older frames are dropped.
+const PUSHED_VIDEO_MAX: usize = 4;
+
+/// Where the published audio comes from. Set it with
+/// [`Engine::set_audio_source`](crate::Engine::set_audio_source) before publishing.
+///
+/// Every source is read as 48 kHz mono in 20 ms frames, paced in real time by the engine, and
+/// sent as Opus (32 kbit/s, in-band FEC).
+///
+/// ```
+/// use huddle::AudioSource;
+/// let wav = AudioSource::Wav { path: "speech.wav".into(), looped: true };
+/// let tone = AudioSource::Tone { hz: 440.0 };
+/// assert_ne!(wav, tone);
+/// assert_eq!(AudioSource::default(), AudioSource::Silence);
+/// ```
+#[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
+#[doc(alias = "ZegoAudioSourceType")]
+pub enum AudioSource {
+    /// Silence (the default: these builds have no microphone unless the `device` feature is on).
+    #[default]
+    Silence,
+    /// A WAV file of any rate and channel count, played once (then silence) or looped.
+    Wav {
+        /// The file.
+        path: PathBuf,
+        /// Start again at the end.
+        looped: bool,
+    },
+    /// A sine tone at half of full scale.
+    Tone {
+        /// Its frequency, in (0, 24000) Hz.
+        hz: f64,
+    },
+    /// PCM the app pushes with [`Engine::push_audio_frame`](crate::Engine::push_audio_frame)
+    /// (custom audio capture). A 20 ms tick with too little pushed audio is padded with silence.
+    #[doc(alias = "enableCustomAudioIO")]
+    Custom,
+}
+
+/// Where the published video comes from, when the camera is on
+/// ([`Engine::enable_camera`](crate::Engine::enable_camera)). Sent as VP8.
+///
+/// ```
+/// use huddle::VideoSource;
+/// let pattern = VideoSource::TestPattern { width: 320, height: 240, fps: 30 };
+/// assert_eq!(VideoSource::default(), pattern);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VideoSource {
+    /// A moving test pattern (colour bars and a box).
+    TestPattern {
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+        /// Frames per second.
+        fps: u32,
+    },
+    /// A Y4M file (8-bit 4:2:0 or mono), at its own frame rate.
+    Y4m {
+        /// The file.
+        path: PathBuf,
+        /// Start again at the end (otherwise the last frame is repeated).
+        looped: bool,
+    },
+    /// I420 frames the app pushes with
+    /// [`Engine::push_video_frame`](crate::Engine::push_video_frame) (custom video capture).
+    /// At every tick the newest pushed frame is sent (the previous one again when none is new).
+    #[doc(alias = "enableCustomVideoCapture")]
+    Custom {
+        /// Width of the frames, in pixels.
+        width: u32,
+        /// Height of the frames, in pixels.
+        height: u32,
+        /// Frames per second sent.
+        fps: u32,
+    },
+}
+
+impl Default for VideoSource {
+    fn default() -> Self {
+        VideoSource::TestPattern {
+            width: 320,
+            height: 240,
+            fps: 30,
+        }
+    }
+}
+
+/// Where the mix of the played streams goes (48 kHz mono, one 20 ms frame every 20 ms). Set
+/// it with [`Engine::set_audio_sink`](crate::Engine::set_audio_sink).
+///
+/// ```
+/// use huddle::AudioSink;
+/// let sink = AudioSink::Wav("call.wav".into());
+/// assert_eq!(AudioSink::default(), AudioSink::Discard);
+/// # let _ = sink;
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum AudioSink {
+    /// Nowhere (the default without the `device` feature).
+    #[default]
+    Discard,
+    /// A WAV file (48 kHz, mono, 16-bit), from the moment the sink is set until it is replaced
+    /// or the engine is destroyed (then the file is complete).
+    Wav(PathBuf),
+    /// A buffer the app pulls with
+    /// [`Engine::fetch_audio_frame`](crate::Engine::fetch_audio_frame) (custom audio render);
+    /// it keeps the last second.
+    #[doc(alias = "fetchCustomAudioRenderPCMData")]
+    Custom,
+}
+
+/// Receives the decoded video frames of the played streams (custom video render). Called on an
+/// engine thread for each frame: return quickly (copy the frame if it is needed later).
+///
+/// ```
+/// use huddle::{I420Frame, VideoRenderer};
+/// struct Counter(std::sync::atomic::AtomicUsize);
+/// impl VideoRenderer for Counter {
+///     fn on_remote_video_frame(&self, _stream_id: &str, _frame: &I420Frame) {
+///         self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+///     }
+/// }
+/// ```
+#[doc(alias = "onRemoteVideoFrameRawData")]
+pub trait VideoRenderer: Send + Sync + 'static {
+    /// A decoded frame of `stream_id`.
+    fn on_remote_video_frame(&self, stream_id: &str, frame: &I420Frame);
+}
+
+/// The app's media configuration and the buffers of custom capture and render, shared by the API
+/// and the media tasks.
+#[derive(Default)]
+pub(crate) struct MediaShared {
+    pub(crate) camera: AtomicBool,
+    config: Mutex<MediaConfig>,
+    /// Where the mixer writes; replaced by `set_audio_sink`.
+    sink: Mutex<SinkState>,
+    pushed_audio: Mutex<VecDeque<i16>>,
+    pushed_video: Mutex<VecDeque<I420Frame>>,
+    rendered_audio: Mutex<VecDeque<i16>>,
+}
+
+#[derive(Default)]
+enum SinkState {
+    #[default]
+    Discard,
+    Wav(WavRecorder),
+    Custom,
+}
+
+#[derive(Default)]
+pub(crate) struct MediaConfig {
+    pub(crate) audio_source: AudioSource,
+    pub(crate) video_source: VideoSource,
+    pub(crate) renderer: Option<Arc<dyn VideoRenderer>>,
+    pub(crate) y4m_sinks: HashMap<StreamId, PathBuf>,
+}
+
+impl fmt::Debug for MediaShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = self.config();
+        f.debug_struct("Media")
+            .field("camera", &self.camera.load(Ordering::Relaxed))
+            .field("audio_source", &c.audio_source)
+            .field("video_source", &c.video_source)
+            .finish_non_exhaustive()
+    }
+}
+
+fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl MediaShared {
+    pub(crate) fn new() -> Self {
+        let m = MediaShared::default();
+        m.camera.store(true, Ordering::Relaxed);
+        m
+    }
+
+    pub(crate) fn config(&self) -> MutexGuard<'_, MediaConfig> {
+        relock(&self.config)
+    }
+
+    /// Replaces the audio sink (a WAV file is created now; the previous one is completed).
+    pub(crate) fn set_audio_sink(&self, sink: AudioSink) -> Result<(), HuddleError> {
+        let new = match sink {
+            AudioSink::Discard => SinkState::Discard,
+            AudioSink::Wav(path) => SinkState::Wav(WavRecorder::create(&path).map_err(media_error)?),
+            AudioSink::Custom => SinkState::Custom,
+        };
+        let old = std::mem::replace(&mut *relock(&self.sink), new);
+        if let SinkState::Wav(recorder) = old
+            && let Err(e) = recorder.finish()
+        {
+            warn!(error = %e, "completing the recorded WAV file failed");
+        }
+        relock(&self.rendered_audio).clear();
+        Ok(())
+    }
+
+    /// Completes a WAV sink (at the engine's end).
+    pub(crate) fn finish_sink(&self) {
+        let _ = self.set_audio_sink(AudioSink::Discard);
+    }
+
+    /// Writes one mixed frame to the sink.
+    pub(crate) fn write_sink(&self, frame: &AudioFrame) {
+        let mut sink = relock(&self.sink);
+        match &mut *sink {
+            SinkState::Discard => {}
+            SinkState::Wav(recorder) => {
+                if let Err(e) = recorder.write_frame(frame) {
+                    warn!(error = %e, "recording failed; recording stops");
+                    *sink = SinkState::Discard;
+                }
+            }
+            SinkState::Custom => {
+                drop(sink);
+                self.render_audio(&frame.samples);
+            }
+        }
+    }
+
+    pub(crate) fn push_audio(&self, samples: &[i16]) {
+        let mut q = relock(&self.pushed_audio);
+        q.extend(samples.iter().copied());
+        let excess = q.len().saturating_sub(PUSHED_AUDIO_MAX);
+        q.drain(..excess);
+    }
+
+    /// One 20 ms frame of pushed audio, padded with silence when too little was pushed.
+    pub(crate) fn pull_pushed_audio(&self, out: &mut [i16; FRAME_SAMPLES]) {
+        let mut q = relock(&self.pushed_audio);
+        let n = q.len().min(FRAME_SAMPLES);
+        for (o, s) in out.iter_mut().zip(q.drain(..n)) {
+            *o = s;
+        }
+        out[n..].fill(0);
+    }
+
+    pub(crate) fn clear_pushed(&self) {
+        relock(&self.pushed_audio).clear();
+        relock(&self.pushed_video).clear();
+    }
+
+    pub(crate) fn push_video(&self, frame: I420Frame) {
+        let mut q = relock(&self.pushed_video);
+        q.push_back(frame);
+        while q.len() > PUSHED_VIDEO_MAX {
+            q.pop_front();
+        }
+    }
+
+    /// The newest pushed frame, if any arrived since the last call.
+    pub(crate) fn pull_pushed_video(&self) -> Option<I420Frame> {
+        let mut q = relock(&self.pushed_video);
+        let newest = q.pop_back();
+        q.clear();
+        newest
+    }
+
+    pub(crate) fn render_audio(&self, samples: &[i16]) {
+        let mut q = relock(&self.rendered_audio);
+        q.extend(samples.iter().copied());
+        let excess = q.len().saturating_sub(RENDERED_AUDIO_MAX);
+        q.drain(..excess);
+    }
+
+    pub(crate) fn fetch_rendered(&self, out: &mut [i16]) -> usize {
+        let mut q = relock(&self.rendered_audio);
+        let n = q.len().min(out.len());
+        for (o, s) in out.iter_mut().zip(q.drain(..n)) {
+            *o = s;
+        }
+        n
+    }
+}
+
+/// What a media task reports to the engine task (and from there to the room's session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MediaUpdate {
+    /// Publish: the first audio frame was captured.
+    CapturedAudioFirstFrame,
+    /// Publish: the first video frame was captured.
+    CapturedVideoFirstFrame,
+    /// Publish: the connection is up and the first packet went out.
+    Flowing,
+    /// Play: the first audio frame was decoded.
+    RecvAudioFirstFrame,
+    /// Play: the first video frame was decoded.
+    RecvVideoFirstFrame,
+    /// The connection failed or was lost (ICE, DTLS, a socket error).
+    Lost,
+    /// The server closed the connection (it tells why in `media_state`).
+    Closed,
+}
+
+/// A [`MediaUpdate`] of one peer connection.
+#[derive(Debug, Clone)]
+pub(crate) struct MediaEvent {
+    /// The room session's login number.
+    pub(crate) login: u64,
+    pub(crate) stream_id: StreamId,
+    pub(crate) kind: MediaRole,
+    /// Which connection of this stream and kind (a newer one replaces an older one).
+    pub(crate) generation: u64,
+    pub(crate) update: MediaUpdate,
+}
+
+/// A media library error as an SDK error.
+pub(crate) fn media_error(e: MediaError) -> HuddleError {
+    HuddleError::new(ErrorCode(e.code()), e.to_string())
+}
+
+/// Reports of one task.
+#[derive(Clone)]
+pub(crate) struct Reporter {
+    pub(crate) events: mpsc::Sender<MediaEvent>,
+    pub(crate) template: MediaEvent,
+}
+
+impl Reporter {
+    pub(crate) fn report(&self, update: MediaUpdate) {
+        let mut e = self.template.clone();
+        e.update = update;
+        // Never blocks a media task; the engine task drains the queue quickly.
+        let _ = self.events.try_send(e);
+    }
+}
+
+/// Sleeps until `at`; forever with `None`.
+pub(crate) async fn sleep_opt(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

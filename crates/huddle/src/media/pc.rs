@@ -1,0 +1,195 @@
+//! One client peer connection: a str0m [`Rtc`] and its own UDP socket.
+//!
+//! The `Rtc` is sans IO; this wrapper feeds it datagrams and time and performs what it asks.
+//! Invariant (str0m's): after every mutation, [`Pc::drive`] drains `poll_output` until it
+//! returns a timeout. The client always offers; the server (ICE-lite) answers and learns our
+//! address from our connectivity checks, so the offer carries one host candidate: the socket's
+//! address on the interface that routes to the server.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::time::Instant;
+
+use huddle_proto::MediaRole;
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use tracing::debug;
+
+use super::MediaUpdate;
+
+/// Largest datagram read.
+pub(crate) const RECV_BUF: usize = 2048;
+
+/// The local IP address that routes to `host` (the signaling server's host), so that the
+/// candidate in our offers is reachable from the server; loopback when it cannot be found.
+pub(crate) fn local_ip_towards(host: &str) -> IpAddr {
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let Ok(mut addrs) = (host, 9).to_socket_addrs() else {
+        return loopback;
+    };
+    let Some(remote) = addrs.next() else {
+        return loopback;
+    };
+    if remote.ip().is_loopback() {
+        return remote.ip();
+    }
+    let bind: SocketAddr = if remote.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    UdpSocket::bind(bind)
+        .and_then(|s| s.connect(remote).map(|_| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip())
+        .unwrap_or(loopback)
+}
+
+/// A client peer connection before its task starts: the `Rtc`, the bound socket, the offer.
+pub(crate) struct Pc {
+    pub(crate) rtc: Rtc,
+    pub(crate) socket: tokio::net::UdpSocket,
+    pub(crate) local: SocketAddr,
+    pub(crate) audio: Option<Mid>,
+    pub(crate) video: Option<Mid>,
+    pending: Option<SdpPendingOffer>,
+    /// ICE and DTLS are up.
+    pub(crate) connected: bool,
+    /// The connection is over (closed, failed, or ICE lost).
+    pub(crate) dead: bool,
+    /// The server closed it (DTLS close_notify): it says why on the signaling connection.
+    pub(crate) closed_by_peer: bool,
+}
+
+impl Pc {
+    /// A new peer connection on `ip`:0 and its SDP offer: send-only audio (and video when
+    /// `video`) for a publisher, receive-only audio and video for a player. Must be called
+    /// inside the engine's runtime (the socket registers with it).
+    pub(crate) fn new(ip: IpAddr, role: MediaRole, video: bool) -> std::io::Result<(Pc, String)> {
+        let now = Instant::now();
+        let std_socket = UdpSocket::bind((ip, 0))?;
+        std_socket.set_nonblocking(true)?;
+        let local = std_socket.local_addr()?;
+        let socket = tokio::net::UdpSocket::from_std(std_socket)?;
+        let mut rtc = RtcConfig::new()
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            // The SDK's jitter buffer reorders and conceals: hand every audio packet over at once.
+            .set_reordering_size_audio(0)
+            .build(now);
+        let candidate = Candidate::host(local, "udp")
+            .map_err(|e| std::io::Error::other(format!("host candidate {local}: {e}")))?;
+        rtc.add_local_candidate(candidate);
+        let dir = match role {
+            MediaRole::Publish => Direction::SendOnly,
+            MediaRole::Play => Direction::RecvOnly,
+        };
+        let mut api = rtc.sdp_api();
+        let audio = Some(api.add_media(MediaKind::Audio, dir, None, None, None));
+        let video = video.then(|| api.add_media(MediaKind::Video, dir, None, None, None));
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| std::io::Error::other("no media to offer"))?;
+        let pc = Pc {
+            rtc,
+            socket,
+            local,
+            audio,
+            video,
+            pending: Some(pending),
+            connected: false,
+            dead: false,
+            closed_by_peer: false,
+        };
+        Ok((pc, offer.to_sdp_string()))
+    }
+
+    /// Applies the server's answer.
+    pub(crate) fn accept_answer(&mut self, sdp: &str) -> Result<(), String> {
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| format!("bad answer: {e}"))?;
+        let pending = self.pending.take().ok_or("no offer pending")?;
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(|e| format!("answer refused: {e}"))
+    }
+
+    /// The payload type negotiated for `codec` on `mid`.
+    pub(crate) fn pt(&mut self, mid: Mid, codec: Codec) -> Option<Pt> {
+        let writer = self.rtc.writer(mid)?;
+        writer
+            .payload_params()
+            .find(|p| p.spec().codec == codec)
+            .map(|p| p.pt())
+    }
+
+    /// Feeds a datagram.
+    pub(crate) fn receive(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let Ok(r) = Receive::new(Protocol::Udp, from, self.local, data) else {
+            return;
+        };
+        if let Err(e) = self.rtc.handle_input(Input::Receive(now, r)) {
+            debug!(error = %e, "peer connection input refused");
+            self.dead = true;
+        }
+    }
+
+    /// Feeds the time.
+    pub(crate) fn timeout(&mut self, now: Instant) {
+        if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
+            debug!(error = %e, "peer connection timeout refused");
+            self.dead = true;
+        }
+    }
+
+    /// What to report when the connection is over.
+    pub(crate) fn end_update(&self) -> MediaUpdate {
+        if self.closed_by_peer {
+            MediaUpdate::Closed
+        } else {
+            MediaUpdate::Lost
+        }
+    }
+
+    /// Drains the `Rtc`'s output: sends its datagrams, hands its events to `on_event`, and
+    /// returns when it next wants the time.
+    pub(crate) fn drive(&mut self, mut on_event: impl FnMut(&mut Self, Event)) -> Option<Instant> {
+        loop {
+            if self.dead || !self.rtc.is_alive() {
+                self.dead = true;
+                return None;
+            }
+            match self.rtc.poll_output() {
+                Ok(Output::Transmit(t)) => {
+                    // UDP: a full socket buffer drops the datagram, as the network would.
+                    let _ = self.socket.try_send_to(&t.contents, t.destination);
+                }
+                Ok(Output::Timeout(at)) => return Some(at),
+                Ok(Output::Event(e)) => {
+                    match &e {
+                        Event::Connected => self.connected = true,
+                        Event::Closed => self.closed_by_peer = true,
+                        Event::IceConnectionStateChange(IceConnectionState::Disconnected) => self.dead = true,
+                        _ => {}
+                    }
+                    on_event(self, e);
+                }
+                Err(e) => {
+                    debug!(error = %e, "peer connection failed");
+                    self.dead = true;
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Commands from the engine task to a media task.
+#[derive(Debug)]
+pub(crate) enum PcCommand {
+    /// The server's SDP answer.
+    Answer(String),
+}

@@ -1,0 +1,162 @@
+//! The task of one played stream: the receive-only peer connection, audio into the stream's
+//! jitter buffer (the mixer decodes it), video decoded here and handed to the renderer and the
+//! stream's Y4M sink.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use huddle_media::{Vp8Decoder, Y4mWriter};
+use str0m::Event;
+use str0m::media::KeyframeRequestKind;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::mixer::{Mixer, PlayerAudio};
+use super::pc::{Pc, PcCommand, RECV_BUF};
+
+use super::{MediaShared, MediaUpdate, Reporter, sleep_opt};
+
+/// Unregisters the stream's audio from the mixer when the task ends, however it ends.
+struct Registered {
+    mixer: Arc<Mixer>,
+    audio: Arc<Mutex<PlayerAudio>>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.mixer.remove(&self.audio);
+    }
+}
+
+/// The video side of a played stream.
+struct VideoOut {
+    decoder: Option<Vp8Decoder>,
+    y4m: Option<Y4mWriter>,
+    first: bool,
+    /// A frame was lost since the last keyframe: ask for one (and skip until it comes).
+    broken: bool,
+}
+
+/// Runs one play connection until the engine drops its command sender or the connection is
+/// lost.
+pub(crate) async fn run(
+    mut pc: Pc,
+    mut cmds: mpsc::Receiver<PcCommand>,
+    reporter: Reporter,
+    media: Arc<MediaShared>,
+    mixer: Arc<Mixer>,
+) {
+    let Some(audio) = PlayerAudio::new(reporter.clone()) else {
+        warn!("cannot create the Opus decoder");
+        reporter.report(MediaUpdate::Lost);
+        return;
+    };
+    let audio = Arc::new(Mutex::new(audio));
+    mixer.add(audio.clone());
+    let _registered = Registered {
+        mixer,
+        audio: audio.clone(),
+    };
+    let stream_id = reporter.template.stream_id.clone();
+    let mut video = VideoOut {
+        decoder: None,
+        y4m: None,
+        first: false,
+        broken: false,
+    };
+    let mut buf = vec![0u8; RECV_BUF];
+    loop {
+        let wake = pc.drive(|pc, e| {
+            let Event::MediaData(data) = e else { return };
+            if Some(data.mid) == pc.audio {
+                let seq = data.seq_range.start().as_u16();
+                let ts = data.time.numer() as u32;
+                audio.lock().unwrap_or_else(|e| e.into_inner()).jitter.insert(
+                    seq,
+                    ts,
+                    data.data.to_vec(),
+                    data.network_time,
+                );
+            } else if Some(data.mid) == pc.video {
+                if !data.contiguous {
+                    video.broken = true;
+                }
+                let keyframe = huddle_media::vp8_is_keyframe(&data.data);
+                if keyframe {
+                    video.broken = false;
+                }
+                if video.broken {
+                    if let Some(mut w) = pc.rtc.writer(data.mid) {
+                        let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
+                    }
+                    return;
+                }
+                if video.decoder.is_none() {
+                    video.decoder = Vp8Decoder::new().ok();
+                }
+                let Some(decoder) = video.decoder.as_mut() else {
+                    return;
+                };
+                match decoder.decode(&data.data) {
+                    Ok(Some(frame)) => {
+                        if !video.first {
+                            video.first = true;
+                            reporter.report(MediaUpdate::RecvVideoFirstFrame);
+                            let path = media.config().y4m_sinks.get(&stream_id).cloned();
+                            if let Some(path) = path {
+                                match Y4mWriter::create(&path, frame.width(), frame.height(), (30, 1)) {
+                                    Ok(w) => video.y4m = Some(w),
+                                    Err(e) => {
+                                        warn!(error = %e, path = %path.display(), "cannot record video")
+                                    }
+                                }
+                            }
+                        }
+                        if let Some(w) = video.y4m.as_mut()
+                            && w.write_frame(&frame).is_err()
+                        {
+                            video.y4m = None;
+                        }
+                        let renderer = media.config().renderer.clone();
+                        if let Some(r) = renderer {
+                            r.on_remote_video_frame(stream_id.as_str(), &frame);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        debug!(error = %e, "undecodable video frame; asking for a keyframe");
+                        video.broken = true;
+                        if let Some(mut w) = pc.rtc.writer(data.mid) {
+                            let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
+                        }
+                    }
+                }
+            }
+        });
+        if pc.dead {
+            reporter.report(pc.end_update());
+            break;
+        }
+        tokio::select! {
+            cmd = cmds.recv() => match cmd {
+                Some(PcCommand::Answer(sdp)) => {
+                    if let Err(e) = pc.accept_answer(&sdp) {
+                        warn!(error = %e, "play answer refused");
+                        reporter.report(MediaUpdate::Lost);
+                        break;
+                    }
+                }
+                None => break,
+            },
+            r = pc.socket.recv_from(&mut buf) => {
+                if let Ok((n, from)) = r {
+                    pc.receive(Instant::now(), from, &buf[..n]);
+                }
+            }
+            _ = sleep_opt(wake) => pc.timeout(Instant::now()),
+        }
+    }
+    if let Some(w) = video.y4m.take() {
+        let _ = w.finish();
+    }
+}
