@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use socket2::SockRef;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -111,8 +112,13 @@ async fn run(
     let mut signals = Vec::new();
     loop {
         // Send what the last step produced, then deliver signaling messages.
+        // Sends go straight to the kernel through the raw socket, not tokio's `try_send_to`: that
+        // answers WouldBlock whenever the reactor has not (yet, or again) seen the socket
+        // writable, which drops datagrams the kernel would have taken. A full socket buffer
+        // still drops, as the network would.
+        let raw = SockRef::from(&socket);
         while let Some(t) = sfu.poll_transmit() {
-            if let Err(e) = socket.try_send_to(&t.contents, t.destination) {
+            if let Err(e) = raw.send_to(&t.contents, &t.destination.into()) {
                 counters.count_send_failure();
                 debug!(error = %e, to = %t.destination, "media send failed: dropped");
             }

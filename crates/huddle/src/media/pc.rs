@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::time::Instant;
 
 use huddle_proto::MediaRole;
+use socket2::SockRef;
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
@@ -164,8 +165,11 @@ impl Pc {
             }
             match self.rtc.poll_output() {
                 Ok(Output::Transmit(t)) => {
-                    // UDP: a full socket buffer drops the datagram, as the network would.
-                    let _ = self.socket.try_send_to(&t.contents, t.destination);
+                    // UDP: a full socket buffer drops the datagram, as the network would. Sent
+                    // through the raw socket, not tokio's `try_send_to`, which answers WouldBlock
+                    // until the reactor has seen the socket writable once and so dropped the
+                    // first ICE check of a new connection (retried only after 250 ms).
+                    let _ = SockRef::from(&self.socket).send_to(&t.contents, &t.destination.into());
                 }
                 Ok(Output::Timeout(at)) => return Some(at),
                 Ok(Output::Event(e)) => {
