@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use huddle_proto::{AppId, Auth, ErrorCode, HuddleError, Login, RoomId, StreamId, UserId};
-use huddle_token::{Privileges, TokenError, VerifyOptions};
+use huddle_token::{Cipher, Privileges, TokenError, VerifyOptions};
 
 use crate::config::AppConfig;
 
@@ -86,6 +86,16 @@ impl Authenticator {
         now: i64,
     ) -> Result<Grant, HuddleError> {
         let app = self.known_app(app_id)?;
+        if !app.allow_cbc_tokens
+            && huddle_token::decode(token, app.server_secret.as_str()).is_ok_and(|d| d.cipher == Cipher::Cbc)
+        {
+            // CBC has no integrity: a holder can rewrite the first block of the JSON through the
+            // IV (docs/security.md).
+            return Err(HuddleError::new(
+                ErrorCode::TOKEN_FORMAT,
+                format!("AES-CBC tokens are not accepted for the AppID {app_id} (allow_cbc_tokens)"),
+            ));
+        }
         let opts = VerifyOptions {
             app_id: Some(app_id.get()),
             user_id: Some(user_id.as_str()),
@@ -291,15 +301,41 @@ mod tests {
             code(a.authenticate(&login(7, "r1", "alice", Auth::Token(other)), "n", NOW)),
             ErrorCode::TOKEN_APP_ID_MISMATCH
         );
-        // CBC tokens (the older generators) are accepted too.
+        // CBC tokens (the older generators) have no integrity: refused unless the app allows them.
         let cbc = TokenBuilder::new(7, "alice", test_app(7).server_secret.as_str())
             .ctime(NOW)
             .cipher(Cipher::Cbc)
             .build()
             .unwrap();
+        let refused = a
+            .authenticate(&login(7, "r1", "alice", Auth::Token(cbc.clone())), "n", NOW)
+            .unwrap_err();
+        assert_eq!(refused.code, ErrorCode::TOKEN_FORMAT);
+        assert!(refused.message.contains("allow_cbc_tokens"), "{refused:?}");
+        let legacy = Authenticator::new(&[AppConfig {
+            allow_cbc_tokens: true,
+            ..test_app(7)
+        }]);
         assert!(
-            a.authenticate(&login(7, "r1", "alice", Auth::Token(cbc)), "n", NOW)
+            legacy
+                .authenticate(&login(7, "r1", "alice", Auth::Token(cbc.clone())), "n", NOW)
                 .is_ok()
+        );
+        // The same holds for a renewal.
+        let (room, user) = (RoomId::new("r1").unwrap(), UserId::new("alice").unwrap());
+        assert_eq!(
+            code(a.verify_token(AppId::new(7).unwrap(), &room, &user, &cbc, NOW)),
+            ErrorCode::TOKEN_FORMAT
+        );
+        assert!(
+            legacy
+                .verify_token(AppId::new(7).unwrap(), &room, &user, &cbc, NOW)
+                .is_ok()
+        );
+        // A CBC-looking string that does not decrypt keeps its own error.
+        assert_eq!(
+            code(a.authenticate(&login(7, "r1", "alice", Auth::Token("04AAAA".into())), "n", NOW)),
+            ErrorCode::TOKEN_FORMAT
         );
     }
 

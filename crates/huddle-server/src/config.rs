@@ -56,6 +56,13 @@ pub struct AppConfig {
     pub app_sign: AppSign,
     /// The server secret (32 characters) that Token04 tokens are encrypted with.
     pub server_secret: ServerSecret,
+    /// Whether logins may use AES-CBC Token04 tokens (`allow_cbc_tokens`, default `false`).
+    ///
+    /// CBC tokens have no integrity: whoever holds one can rewrite the first 16 bytes of its JSON
+    /// through the IV (the start of the user ID with the legacy generators' key order) and log in
+    /// as someone else. AES-GCM tokens are authenticated and always accepted. Turn this on only
+    /// for an app whose token server still uses a CBC-only generator (`docs/security.md`).
+    pub allow_cbc_tokens: bool,
 }
 
 impl AppConfig {
@@ -65,17 +72,22 @@ impl AppConfig {
             app_id,
             app_sign: AppSign::generate(),
             server_secret: ServerSecret::generate(),
+            allow_cbc_tokens: false,
         }
     }
 
     /// The app as a `[[apps]]` TOML table (contains the secrets).
     pub fn to_toml(&self) -> String {
-        format!(
+        let mut t = format!(
             "[[apps]]\napp_id = {}\napp_sign = \"{}\"\nserver_secret = \"{}\"\n",
             self.app_id,
             self.app_sign.to_hex(),
             self.server_secret.as_str()
-        )
+        );
+        if self.allow_cbc_tokens {
+            t.push_str("allow_cbc_tokens = true\n");
+        }
+        t
     }
 }
 
@@ -95,6 +107,7 @@ pub fn test_app(app_id: u32) -> AppConfig {
         app_id,
         app_sign: sign.parse().expect("64 hex characters"),
         server_secret: secret.parse().expect("32 characters"),
+        allow_cbc_tokens: false,
     }
 }
 
@@ -145,6 +158,17 @@ pub struct ServerConfig {
     pub rate_limit_per_sec: u32,
     /// Burst of messages a connection may send (`rate_limit_burst`, 100).
     pub rate_limit_burst: u32,
+    /// Open WebSocket connections from one IP address, an IPv6 address counting by its /64 prefix
+    /// (`max_connections_per_ip`, 1000; 0: no limit). Beyond it a new connection gets `error`
+    /// 1009006 and is closed. Behind a reverse proxy every client has the proxy's address: raise
+    /// it or set 0 there (`docs/security.md`).
+    pub max_connections_per_ip: usize,
+    /// New WebSocket connections per second from one IP address, sustained
+    /// (`connection_rate_per_ip`, 50; 0: no limit). Beyond it a new connection gets `error`
+    /// 1009004 and is closed.
+    pub connection_rate_per_ip: u32,
+    /// Burst of new connections from one IP address (`connection_burst_per_ip`, 500).
+    pub connection_burst_per_ip: u32,
 }
 
 impl Default for ServerConfig {
@@ -168,6 +192,9 @@ impl Default for ServerConfig {
             outbound_queue: 1024,
             rate_limit_per_sec: 50,
             rate_limit_burst: 100,
+            max_connections_per_ip: 1000,
+            connection_rate_per_ip: 50,
+            connection_burst_per_ip: 500,
         }
     }
 }
@@ -204,6 +231,9 @@ struct FileConfig {
     outbound_queue: Option<usize>,
     rate_limit_per_sec: Option<u32>,
     rate_limit_burst: Option<u32>,
+    max_connections_per_ip: Option<usize>,
+    connection_rate_per_ip: Option<u32>,
+    connection_burst_per_ip: Option<u32>,
     #[serde(default)]
     apps: Vec<FileApp>,
 }
@@ -214,6 +244,8 @@ struct FileApp {
     app_id: u32,
     app_sign: String,
     server_secret: String,
+    #[serde(default)]
+    allow_cbc_tokens: bool,
 }
 
 /// The dev-mode app file: exactly one `[[apps]]` table.
@@ -251,6 +283,7 @@ fn convert_apps(apps: Vec<FileApp>) -> Result<Vec<AppConfig>, ConfigError> {
                 app_id,
                 app_sign,
                 server_secret,
+                allow_cbc_tokens: a.allow_cbc_tokens,
             })
         })
         .collect()
@@ -328,6 +361,9 @@ impl ServerConfig {
             outbound_queue: f.outbound_queue.unwrap_or(d.outbound_queue),
             rate_limit_per_sec: f.rate_limit_per_sec.unwrap_or(d.rate_limit_per_sec),
             rate_limit_burst: f.rate_limit_burst.unwrap_or(d.rate_limit_burst),
+            max_connections_per_ip: f.max_connections_per_ip.unwrap_or(d.max_connections_per_ip),
+            connection_rate_per_ip: f.connection_rate_per_ip.unwrap_or(d.connection_rate_per_ip),
+            connection_burst_per_ip: f.connection_burst_per_ip.unwrap_or(d.connection_burst_per_ip),
         };
         config.validate()?;
         Ok(config)
@@ -421,6 +457,11 @@ impl ServerConfig {
         ];
         if let Some((name, _)) = limits.iter().find(|(_, v)| *v == 0) {
             return invalid(format!("{name} must not be 0"));
+        }
+        if self.connection_rate_per_ip > 0 && self.connection_burst_per_ip == 0 {
+            return invalid(
+                "connection_burst_per_ip must not be 0 when connection_rate_per_ip is set".into(),
+            );
         }
         // A resume is answered with login_ok and a play_update for every played stream at once.
         if self.outbound_queue < self.max_plays_per_session + 2 {
@@ -581,11 +622,17 @@ mod tests {
         let text = include_str!("../huddle.example.toml");
         assert!(ServerConfig::from_toml_str(text).unwrap().apps.is_empty());
         // The commented-out app is valid too.
-        let text = ["[[apps]]", "app_id", "app_sign", "server_secret"]
-            .iter()
-            .fold(text.to_string(), |t, key| {
-                t.replace(&format!("\n# {key}"), &format!("\n{key}"))
-            });
+        let text = [
+            "[[apps]]",
+            "app_id",
+            "app_sign",
+            "server_secret",
+            "allow_cbc_tokens",
+        ]
+        .iter()
+        .fold(text.to_string(), |t, key| {
+            t.replace(&format!("\n# {key}"), &format!("\n{key}"))
+        });
         let c = ServerConfig::from_toml_str(&text).unwrap();
         let d = ServerConfig::default();
         assert_eq!(c.listen, d.listen);
@@ -603,7 +650,16 @@ mod tests {
         assert_eq!(c.outbound_queue, d.outbound_queue);
         assert_eq!(c.rate_limit_per_sec, d.rate_limit_per_sec);
         assert_eq!(c.rate_limit_burst, d.rate_limit_burst);
+        assert_eq!(c.max_connections_per_ip, d.max_connections_per_ip);
+        assert_eq!(c.connection_rate_per_ip, d.connection_rate_per_ip);
+        assert_eq!(c.connection_burst_per_ip, d.connection_burst_per_ip);
         assert_eq!(c.apps.len(), 1);
+        assert!(!c.apps[0].allow_cbc_tokens);
+        let on =
+            ServerConfig::from_toml_str(&text.replace("allow_cbc_tokens = false", "allow_cbc_tokens = true"))
+                .unwrap();
+        assert!(on.apps[0].allow_cbc_tokens);
+        assert!(on.apps[0].to_toml().contains("allow_cbc_tokens = true"));
     }
 
     #[test]

@@ -69,11 +69,10 @@ pub async fn serve(
         .merge(web::routes(state.clone()))
         .into_make_service_with_connect_info::<SocketAddr>();
     let trigger = state.clone();
-    // Signaling messages are small and latency-bound (an answer and the event after it must not
-    // wait for the peer's delayed ACK): no Nagle.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-        let _ = tcp.set_nodelay(true);
-    });
+    // The guard turns Nagle off (signaling messages are small and latency-bound), caps raw TCP
+    // connections per address and closes one that sends nothing within the login timeout: axum
+    // runs hyper without a timer, so its header timeout never fires on its own.
+    let listener = axum::serve::ListenerExt::tap_io(state.guard_listener(listener), |_| {});
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;

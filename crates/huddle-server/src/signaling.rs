@@ -7,7 +7,7 @@
 //! full is closed (1009005) and its session detached, as any broken connection is.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -74,6 +74,211 @@ struct Shared {
     /// The media task, once started.
     media_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     counters: Arc<Counters>,
+    /// Open connections and the connection-rate bucket of each peer IP address.
+    per_ip: Mutex<PerIpTable>,
+    /// Open TCP connections of each peer IP address ([`ServerState::guard_listener`]); an
+    /// address without one has no entry.
+    tcp_per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// The per-address table, pruned of idle addresses when it doubles (amortized O(1) per new
+/// connection however many addresses connect).
+struct PerIpTable {
+    map: HashMap<IpAddr, PerIp>,
+    prune_at: usize,
+}
+
+/// What the per-address limits know of one IP address.
+struct PerIp {
+    open: usize,
+    /// New connections allowed now (refilled at `connection_rate_per_ip`).
+    tokens: f64,
+    at: Instant,
+}
+
+/// Past this many tracked addresses (or twice as many as the last pruning kept), idle ones (no
+/// connection, bucket full) are forgotten.
+const PER_IP_PRUNE: usize = 4096;
+
+/// The address the per-address limits count under: an IPv4 address (also when mapped into IPv6),
+/// or the /64 prefix of an IPv6 address (one host usually holds a whole /64, so counting single
+/// IPv6 addresses would limit nothing).
+fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+    }
+}
+
+/// Raw TCP connections allowed per address beyond `max_connections_per_ip` (plain HTTP beside the
+/// WebSockets).
+const TCP_SLACK_PER_IP: usize = 64;
+
+/// A TCP connection's place in its address's count; released on drop.
+struct TcpSlot {
+    state: ServerState,
+    ip: IpAddr,
+}
+
+impl Drop for TcpSlot {
+    fn drop(&mut self) {
+        let mut map = self.state.0.tcp_per_ip.lock();
+        if let Some(open) = map.get_mut(&self.ip) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The signaling listener with the per-address TCP limits ([`ServerState::guard_listener`]).
+pub struct GuardedListener {
+    inner: tokio::net::TcpListener,
+    state: ServerState,
+}
+
+impl axum::serve::Listener for GuardedListener {
+    type Io = GuardedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (GuardedStream, SocketAddr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, addr)) => {
+                    let Some(slot) = self.state.admit_tcp(addr.ip()) else {
+                        debug!(%addr, "per-address TCP limit: connection closed");
+                        continue;
+                    };
+                    // Signaling messages are small and latency-bound: no Nagle.
+                    let _ = stream.set_nodelay(true);
+                    let deadline = tokio::time::sleep(self.state.0.config.login_timeout);
+                    return (
+                        GuardedStream {
+                            inner: stream,
+                            first_byte: Some(Box::pin(deadline)),
+                            _slot: slot,
+                        },
+                        addr,
+                    );
+                }
+                // As axum's own listener: errors of one connection are skipped, others (out of
+                // file descriptors) wait a moment.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::ConnectionReset
+                    ) => {}
+                Err(e) => {
+                    warn!("accept error: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A TCP connection accepted by a [`GuardedListener`]: fails its reads with `TimedOut` if no byte
+/// arrived before the deadline, and holds its place in its address's count.
+pub struct GuardedStream {
+    inner: tokio::net::TcpStream,
+    first_byte: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    _slot: TcpSlot,
+}
+
+impl tokio::io::AsyncRead for GuardedStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    this.first_byte = None;
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let timed_out = this
+                    .first_byte
+                    .as_mut()
+                    .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+                if timed_out {
+                    Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no HTTP request in time",
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for GuardedStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// An admitted connection's place in its address's count; released on drop.
+struct IpSlot {
+    state: ServerState,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut table = self.state.0.per_ip.lock();
+        if let Some(e) = table.map.get_mut(&self.ip) {
+            e.open = e.open.saturating_sub(1);
+        }
+    }
 }
 
 /// The registry and where each attached session's messages go.
@@ -248,7 +453,97 @@ impl ServerState {
             udp_addr: OnceLock::new(),
             media_task: Mutex::new(None),
             counters: Arc::new(Counters::default()),
+            per_ip: Mutex::new(PerIpTable {
+                map: HashMap::new(),
+                prune_at: PER_IP_PRUNE,
+            }),
+            tcp_per_ip: Mutex::new(HashMap::new()),
         })))
+    }
+
+    /// Wraps the signaling listener so that raw TCP connections obey the per-address limits too:
+    /// at most `max_connections_per_ip` + 64 open TCP connections per address (the margin
+    /// leaves room for plain HTTP beside the WebSockets, so that a client normally meets the
+    /// WebSocket limit and its numbered error first; beyond it a new connection is closed at
+    /// once), and a connection that sends no byte of its HTTP request within `login_timeout`
+    /// is closed. Accepted connections have Nagle off. Serve it through
+    /// `axum::serve::ListenerExt::tap_io` to keep the peer address as `ConnectInfo<SocketAddr>`.
+    pub fn guard_listener(&self, listener: tokio::net::TcpListener) -> GuardedListener {
+        GuardedListener {
+            inner: listener,
+            state: self.clone(),
+        }
+    }
+
+    /// Counts a new TCP connection from `ip`; `None` beyond the limit.
+    fn admit_tcp(&self, ip: IpAddr) -> Option<TcpSlot> {
+        let max = self.0.config.max_connections_per_ip;
+        let ip = limit_key(ip);
+        let mut map = self.0.tcp_per_ip.lock();
+        let open = map.entry(ip).or_insert(0);
+        if max > 0 && *open >= max + TCP_SLACK_PER_IP {
+            if *open == 0 {
+                map.remove(&ip);
+            }
+            return None;
+        }
+        *open += 1;
+        Some(TcpSlot {
+            state: self.clone(),
+            ip,
+        })
+    }
+
+    /// Admits a new connection from `ip` under the per-address limits: the connection rate
+    /// (1009004 beyond it; an attempt refused by it does not count) and the open connections
+    /// (1009006).
+    fn admit(&self, ip: IpAddr) -> Result<IpSlot, HuddleError> {
+        let ip = limit_key(ip);
+        let c = &self.0.config;
+        let now = Instant::now();
+        let burst = f64::from(c.connection_burst_per_ip.max(1));
+        let mut table = self.0.per_ip.lock();
+        if table.map.len() >= table.prune_at && !table.map.contains_key(&ip) {
+            let rate = f64::from(c.connection_rate_per_ip);
+            table.map.retain(|_, e| {
+                e.open > 0 || (rate > 0.0 && e.tokens + now.duration_since(e.at).as_secs_f64() * rate < burst)
+            });
+            table.prune_at = (2 * table.map.len()).max(PER_IP_PRUNE);
+        }
+        let e = table.map.entry(ip).or_insert(PerIp {
+            open: 0,
+            tokens: burst,
+            at: now,
+        });
+        if c.connection_rate_per_ip > 0 {
+            let elapsed = now.saturating_duration_since(e.at).as_secs_f64();
+            e.tokens = (e.tokens + elapsed * f64::from(c.connection_rate_per_ip)).min(burst);
+            e.at = now;
+            if e.tokens < 1.0 {
+                return Err(HuddleError::new(
+                    ErrorCode::RATE_LIMITED,
+                    format!(
+                        "more than {} new connections a second from this address (bursts of {})",
+                        c.connection_rate_per_ip, c.connection_burst_per_ip
+                    ),
+                ));
+            }
+            e.tokens -= 1.0;
+        }
+        if c.max_connections_per_ip > 0 && e.open >= c.max_connections_per_ip {
+            return Err(HuddleError::new(
+                ErrorCode::SERVER_BUSY,
+                format!(
+                    "more than {} open connections from this address",
+                    c.max_connections_per_ip
+                ),
+            ));
+        }
+        e.open += 1;
+        Ok(IpSlot {
+            state: self.clone(),
+            ip,
+        })
     }
 
     /// Binds the media UDP socket now (the IP of `listen`, `udp_port`), if not yet bound, and
@@ -352,8 +647,9 @@ impl ServerState {
         }
     }
 
-    /// Serves one upgraded WebSocket until it closes.
-    async fn serve_socket(self, socket: WebSocket) {
+    /// Serves one upgraded WebSocket until it closes. `admission` is the per-address verdict
+    /// (`Ok(None)`: the peer address is unknown); a refused connection gets its error and closes.
+    async fn serve_socket(self, socket: WebSocket, admission: Result<Option<IpSlot>, HuddleError>) {
         self.0.connections.fetch_add(1, Ordering::AcqRel);
         let _guard = ConnGuard(self.clone());
         let config = &self.0.config;
@@ -371,8 +667,16 @@ impl ServerState {
             bucket: TokenBucket::new(config.rate_limit_per_sec, config.rate_limit_burst),
             dropped_in_a_row: 0,
         };
-        // Open connections are bounded like sessions (a connection logs in to at most one).
-        if self.connections() > config.max_sessions {
+        // Held until the connection ends.
+        let (_slot, refused) = match admission {
+            Ok(slot) => (slot, None),
+            Err(e) => (None, Some(e)),
+        };
+        if let Some(e) = refused {
+            warn!(code = e.code.0, "per-address limit: connection refused");
+            close(&conn.ctl, Closing::Now(Some(error_text(None, &e))));
+        } else if self.connections() > config.max_sessions {
+            // Open connections are bounded like sessions (a connection logs in to at most one).
             warn!("connection limit reached");
             let busy = HuddleError::new(ErrorCode::SERVER_BUSY, "the server is at its connection limit");
             close(&conn.ctl, Closing::Now(Some(error_text(None, &busy))));
@@ -404,14 +708,15 @@ async fn ws_handler(
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let peer = peer
-        .map(|Extension(ConnectInfo(addr))| addr.to_string())
-        .unwrap_or_default();
+    let addr = peer.map(|Extension(ConnectInfo(addr))| addr);
+    // Admitted before the upgrade, so that the count covers the connection from its start.
+    let admission = addr.map(|a| state.admit(a.ip())).transpose();
+    let peer = addr.map(|a| a.to_string()).unwrap_or_default();
     ws.max_message_size(WS_MAX_MESSAGE)
         .max_frame_size(WS_MAX_MESSAGE)
         .on_upgrade(move |socket| {
             let span = tracing::info_span!("conn", %peer);
-            state.serve_socket(socket).instrument(span)
+            state.serve_socket(socket, admission).instrument(span)
         })
 }
 
@@ -956,4 +1261,84 @@ fn is_too_large(e: axum::Error) -> bool {
         e.into_inner().downcast::<WsError>().map(|b| *b),
         Ok(WsError::Capacity(CapacityError::MessageTooLong { .. }))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(f: impl FnOnce(&mut ServerConfig)) -> ServerState {
+        let mut config = ServerConfig::for_tests(vec![crate::config::test_app(1)]);
+        f(&mut config);
+        ServerState::new(config).unwrap()
+    }
+
+    fn ip(n: u32) -> IpAddr {
+        IpAddr::from(n.to_be_bytes())
+    }
+
+    #[test]
+    fn per_address_limits_count_open_connections_and_new_ones() {
+        let s = state(|c| {
+            c.max_connections_per_ip = 2;
+            c.connection_rate_per_ip = 1;
+            c.connection_burst_per_ip = 3;
+        });
+        let a = s.admit(ip(1)).unwrap();
+        let _b = s.admit(ip(1)).unwrap();
+        assert_eq!(s.admit(ip(1)).err().unwrap().code, ErrorCode::SERVER_BUSY);
+        // Another address is not affected.
+        let _c = s.admit(ip(2)).unwrap();
+        drop(a);
+        // The place is free, but the burst of 3 is spent (the refused attempt took a token too).
+        assert_eq!(s.admit(ip(1)).err().unwrap().code, ErrorCode::RATE_LIMITED);
+        // Off when 0.
+        let s = state(|c| {
+            c.max_connections_per_ip = 0;
+            c.connection_rate_per_ip = 0;
+        });
+        let slots: Vec<_> = (0..5000).map(|_| s.admit(ip(1)).unwrap()).collect();
+        assert_eq!(s.0.per_ip.lock().map[&ip(1)].open, 5000);
+        drop(slots);
+        assert_eq!(s.0.per_ip.lock().map[&ip(1)].open, 0);
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_prefix() {
+        let s = state(|c| {
+            c.max_connections_per_ip = 2;
+            c.connection_rate_per_ip = 0;
+        });
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        let _a = s.admit(v6("2001:db8:1:2::1")).unwrap();
+        let _b = s.admit(v6("2001:db8:1:2:ffff::9")).unwrap();
+        assert_eq!(
+            s.admit(v6("2001:db8:1:2:abcd::7")).err().unwrap().code,
+            ErrorCode::SERVER_BUSY
+        );
+        let _c = s.admit(v6("2001:db8:1:3::1")).unwrap();
+        // An IPv4-mapped address is its IPv4 address.
+        let _d = s.admit(v6("::ffff:192.0.2.1")).unwrap();
+        let _e = s.admit(v6("192.0.2.1")).unwrap();
+        assert_eq!(
+            s.admit(v6("192.0.2.1")).err().unwrap().code,
+            ErrorCode::SERVER_BUSY
+        );
+    }
+
+    #[test]
+    fn the_per_address_table_forgets_idle_addresses() {
+        let s = state(|c| c.connection_rate_per_ip = 1_000_000_000);
+        let mut held = Vec::new();
+        for n in 0..20_000 {
+            let slot = s.admit(ip(n)).unwrap();
+            // One address in a hundred keeps its connection open.
+            if n % 100 == 0 {
+                held.push(slot);
+            }
+        }
+        let len = s.0.per_ip.lock().map.len();
+        assert!(len <= 2 * PER_IP_PRUNE, "{len} addresses tracked");
+        drop(held);
+    }
 }
