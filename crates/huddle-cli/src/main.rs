@@ -4,6 +4,7 @@
 //! codes are kept stable (see the README and `docs/cli.md`).
 
 mod call;
+mod load_test;
 mod token;
 
 use std::net::SocketAddr;
@@ -32,6 +33,8 @@ enum Command {
     Token(token::TokenCommand),
     /// Join a room as a user, publish and play streams; prints one JSON line per SDK event.
     Call(call::CallArgs),
+    /// Simulated WebRTC publishers and subscribers against a server (or Janus); prints a report.
+    LoadTest(load_test::LoadTestArgs),
 }
 
 #[derive(clap::Args)]
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Token(cmd) => token::run(cmd),
         Command::Call(args) => call::run(args),
+        Command::LoadTest(args) => load_test::run(args),
     }
 }
 

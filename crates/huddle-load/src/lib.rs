@@ -42,6 +42,7 @@ mod peer;
 mod relay;
 mod report;
 mod run;
+mod rxstamp;
 mod target;
 mod ws;
 

@@ -218,6 +218,9 @@ pub struct ProcSample {
     pub cpu_us: u64,
     /// Resident set size, KiB.
     pub rss_kib: u64,
+    /// Time the threads were runnable but waited for a CPU (schedstat's run-queue wait),
+    /// microseconds; 0 where the kernel does not say.
+    pub runq_wait_us: u64,
 }
 
 /// What to sample: a process, or one thread of it.
@@ -256,8 +259,10 @@ impl ProcTarget {
     /// measure keep their threads for the run.
     pub fn sample(&self) -> std::io::Result<ProcSample> {
         let at = Instant::now();
-        let cpu_us = match self.schedstat_ns() {
-            Some(ns) => ns / 1_000,
+        let sched = self.schedstat_ns();
+        let runq_wait_us = sched.map_or(0, |(_, wait)| wait / 1_000);
+        let cpu_us = match sched {
+            Some((ns, _)) => ns / 1_000,
             None => {
                 let stat_path = match self.tid {
                     Some(tid) => format!("/proc/{}/task/{tid}/stat", self.pid),
@@ -271,25 +276,34 @@ impl ProcTarget {
         };
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
         let rss_kib = parse_status_rss_kib(&status).unwrap_or(0);
-        Ok(ProcSample { at, cpu_us, rss_kib })
+        Ok(ProcSample {
+            at,
+            cpu_us,
+            rss_kib,
+            runq_wait_us,
+        })
     }
 
-    /// CPU nanoseconds from `/proc/PID/task/*/schedstat` (or one task's).
-    fn schedstat_ns(&self) -> Option<u64> {
-        let read = |tid: &str| -> Option<u64> {
+    /// CPU and run-queue wait nanoseconds from `/proc/PID/task/*/schedstat` (or one task's).
+    fn schedstat_ns(&self) -> Option<(u64, u64)> {
+        let read = |tid: &str| -> Option<(u64, u64)> {
             let s = std::fs::read_to_string(format!("/proc/{}/task/{tid}/schedstat", self.pid)).ok()?;
-            s.split_whitespace().next()?.parse().ok()
+            let mut f = s.split_whitespace();
+            let cpu = f.next()?.parse().ok()?;
+            Some((cpu, f.next().and_then(|w| w.parse().ok()).unwrap_or(0)))
         };
         match self.tid {
             Some(tid) => read(&tid.to_string()),
             None => {
-                let mut total = 0;
+                let (mut cpu, mut wait) = (0, 0);
                 for entry in std::fs::read_dir(format!("/proc/{}/task", self.pid)).ok()? {
                     let name = entry.ok()?.file_name();
                     // A thread may end between the listing and the read: count what is there.
-                    total += read(name.to_str()?).unwrap_or(0);
+                    let (c, w) = read(name.to_str()?).unwrap_or((0, 0));
+                    cpu += c;
+                    wait += w;
                 }
-                Some(total)
+                Some((cpu, wait))
             }
         }
     }

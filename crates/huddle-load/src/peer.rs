@@ -5,8 +5,11 @@
 //! it returns a timeout; [`drain`] does that and is called after each one.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::io::Interest;
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::config::DtlsCert;
@@ -44,6 +47,11 @@ impl PcSetup {
     pub(crate) fn new(ip: IpAddr, cert: Option<&DtlsCert>) -> Result<PcSetup, LoadError> {
         let socket = UdpSocket::bind((ip, 0)).map_err(LoadError::Io)?;
         socket.set_nonblocking(true).map_err(LoadError::Io)?;
+        // Kernel receive stamps split a probe's latency at the socket (`rxstamp`); a kernel
+        // without them only loses that split.
+        if let Err(e) = crate::rxstamp::enable(&socket) {
+            tracing::debug!("SO_TIMESTAMPNS: {e}");
+        }
         let local = socket.local_addr().map_err(LoadError::Io)?;
         let mut config = RtcConfig::new()
             .clear_codecs()
@@ -228,7 +236,8 @@ pub(crate) async fn run_pc(
                         connected: &mut bool,
                         audio: &mut Option<Mid>,
                         stream: &mut StreamOutcome,
-                        out: &mut ClientOutcome| match e {
+                        out: &mut ClientOutcome,
+                        waited_us: Option<u64>| match e {
             Event::Connected => {
                 *connected = true;
                 out.join_ms = Some(joined.elapsed().as_secs_f64() * 1e3);
@@ -250,7 +259,11 @@ pub(crate) async fn run_pc(
                             .received
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         if in_window {
-                            stream.latency.record(now_us.saturating_sub(p.sent_us));
+                            let latency = now_us.saturating_sub(p.sent_us);
+                            stream.latency.record(latency);
+                            if let Some(w) = waited_us {
+                                stream.latency_socket.record(latency.saturating_sub(w));
+                            }
                         }
                     }
                 }
@@ -258,8 +271,9 @@ pub(crate) async fn run_pc(
             _ => {}
         };
         let mut next_timeout = drain(&mut rtc, &send_socket, &mut guard, |e| {
-            on_event(e, &mut connected, &mut audio, &mut stream, &mut out)
+            on_event(e, &mut connected, &mut audio, &mut stream, &mut out, None)
         })?;
+        let fd = socket.as_raw_fd();
         loop {
             if connected && let Some(tx) = ready.take() {
                 let _ = tx.send(());
@@ -270,11 +284,13 @@ pub(crate) async fn run_pc(
             } else {
                 next_timeout
             };
+            let mut waited_us = None;
             tokio::select! {
                 biased;
                 _ = stopped(&mut stop) => return Ok(()),
-                r = socket.recv_from(&mut buf) => {
-                    let (n, from) = r.map_err(LoadError::Io)?;
+                r = socket.async_io(Interest::READABLE, || crate::rxstamp::recv(fd, &mut buf)) => {
+                    let (n, from, w) = r.map_err(LoadError::Io)?;
+                    waited_us = w;
                     if let Ok(rx) = Receive::new(Protocol::Udp, from, local, &buf[..n]) {
                         rtc.handle_input(Input::Receive(Instant::now(), rx))
                             .map_err(|e| LoadError::Media(format!("input: {e}")))?;
@@ -307,7 +323,7 @@ pub(crate) async fn run_pc(
                 }
             }
             next_timeout = drain(&mut rtc, &send_socket, &mut guard, |e| {
-                on_event(e, &mut connected, &mut audio, &mut stream, &mut out)
+                on_event(e, &mut connected, &mut audio, &mut stream, &mut out, waited_us)
             })?;
         }
     }

@@ -60,6 +60,10 @@ pub struct ProcReport {
     pub cpu_cores: f64,
     /// CPU microseconds per delivered (forwarded) packet.
     pub cpu_us_per_packet: Option<f64>,
+    /// Time its threads were runnable but waited for a CPU in the window (schedstat), seconds:
+    /// on a shared machine, what other processes took from it.
+    #[serde(default)]
+    pub runq_wait_s: f64,
     /// Resident memory before any client joined, KiB.
     pub rss_kib_before: u64,
     /// Resident memory at the end of the window, KiB.
@@ -94,6 +98,7 @@ impl ProcReport {
             cpu_s: cpu_us / 1e6,
             cpu_cores: cpu_us / 1e6 / window_s,
             cpu_us_per_packet: (delivered > 0).then(|| cpu_us / delivered as f64),
+            runq_wait_s: end.runq_wait_us.saturating_sub(start.runq_wait_us) as f64 / 1e6,
             rss_kib_before: before.rss_kib,
             rss_kib_end: end.rss_kib,
             rss_kib_peak: peak,
@@ -142,6 +147,11 @@ pub struct Report {
     pub jitter_ms_max: Option<f64>,
     /// One-way latency publisher → subscriber (same clock: loopback), ms.
     pub latency_ms: Option<Dist>,
+    /// The same latency up to the moment the datagram entered the subscriber's socket (kernel
+    /// receive timestamp, `SO_TIMESTAMPNS`): sender, server and kernel, without the time the
+    /// datagram waited for the generator to read it. WebRTC runs only.
+    #[serde(default)]
+    pub latency_socket_ms: Option<Dist>,
     /// Publisher: start of signaling → ICE + DTLS up, ms.
     pub publish_join_ms: Option<Dist>,
     /// Play: start of the stream's negotiation (`play`/subscriber join) → ICE + DTLS up, ms
@@ -156,6 +166,9 @@ pub struct Report {
     pub server: Option<ProcReport>,
     /// Cores the load generator itself used in the window (it shares the machine).
     pub generator_cpu_cores: f64,
+    /// Time the generator's threads were runnable but waited for a CPU in the window, seconds.
+    #[serde(default)]
+    pub generator_runq_wait_s: f64,
     /// The whole run (join, window, drain, stop), seconds.
     pub total_s: f64,
     /// The first errors clients met (at most 20).
@@ -265,6 +278,9 @@ impl Report {
             opt(self.jitter_ms_max, 3)
         );
         let _ = writeln!(t, "latency ms        {}", dist(&self.latency_ms));
+        if self.latency_socket_ms.is_some() {
+            let _ = writeln!(t, "  to socket ms    {}", dist(&self.latency_socket_ms));
+        }
         let _ = writeln!(t, "publish join ms   {}", dist(&self.publish_join_ms));
         let _ = writeln!(t, "play join ms      {}", dist(&self.play_join_ms));
         let _ = writeln!(t, "first packet ms   {}", dist(&self.first_packet_ms));
@@ -273,10 +289,11 @@ impl Report {
             Some(s) => {
                 let _ = writeln!(
                     t,
-                    "server CPU        {:.3} s = {:.3} cores, {} us/packet",
+                    "server CPU        {:.3} s = {:.3} cores, {} us/packet, waited for a CPU {:.3} s",
                     s.cpu_s,
                     s.cpu_cores,
-                    opt(s.cpu_us_per_packet, 2)
+                    opt(s.cpu_us_per_packet, 2),
+                    s.runq_wait_s
                 );
                 let _ = writeln!(
                     t,
@@ -291,7 +308,11 @@ impl Report {
                 let _ = writeln!(t, "server            (no process to sample)");
             }
         }
-        let _ = writeln!(t, "generator CPU     {:.3} cores", self.generator_cpu_cores);
+        let _ = writeln!(
+            t,
+            "generator CPU     {:.3} cores, waited for a CPU {:.3} s",
+            self.generator_cpu_cores, self.generator_runq_wait_s
+        );
         for e in &self.errors {
             let _ = writeln!(t, "error             {e}");
         }

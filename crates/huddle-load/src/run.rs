@@ -78,6 +78,8 @@ impl Shared {
 pub(crate) struct StreamOutcome {
     pub stats: StreamStats,
     pub latency: Histogram,
+    /// Latency up to the datagram entering the client's socket (kernel timestamp).
+    pub latency_socket: Histogram,
     pub first_packet_ms: Option<f64>,
     pub first_packet_at: Option<Instant>,
 }
@@ -498,6 +500,7 @@ async fn drive<C: Clients>(
     // Each publisher is expected at each subscriber.
     let expected = sent * u64::from(plan.subscribers);
     let mut latency = Histogram::default();
+    let mut latency_socket = Histogram::default();
     let mut delivered = 0;
     let mut duplicates = 0;
     let mut jitters = Vec::new();
@@ -515,6 +518,7 @@ async fn drive<C: Clients>(
             delivered += s.stats.received_in_window;
             duplicates += s.stats.duplicates;
             latency.merge(&s.latency);
+            latency_socket.merge(&s.latency_socket);
             if s.stats.received >= 2 {
                 jitters.push(s.stats.jitter_us() / 1e3);
             }
@@ -568,12 +572,14 @@ async fn drive<C: Clients>(
         },
         jitter_ms_max: jitters.iter().copied().reduce(f64::max),
         latency_ms: Dist::from_histogram_us(&latency),
+        latency_socket_ms: Dist::from_histogram_us(&latency_socket),
         publish_join_ms: Dist::from_samples(&pub_joins),
         play_join_ms: Dist::from_samples(&play_joins),
         first_packet_ms: Dist::from_samples(&firsts),
         login_first_packet_ms: Dist::from_samples(&login_firsts),
         server: server_report,
         generator_cpu_cores: cpu_us / 1e6 / window_s.max(1e-9),
+        generator_runq_wait_s: gen_end.runq_wait_us.saturating_sub(gen_start.runq_wait_us) as f64 / 1e6,
         total_s: started.elapsed().as_secs_f64(),
         errors,
     })

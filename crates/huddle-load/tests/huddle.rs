@@ -26,6 +26,14 @@ async fn webrtc_through_huddle() {
     assert_eq!(report.play_streams_joined, 6);
     assert!(report.sent_packets >= 180, "{}", report.sent_packets);
     assert!(report.loss < 0.02, "loss {}", report.loss);
+    // The kernel stamps every datagram: the latency to the socket is part of the whole.
+    let latency = report.latency_ms.unwrap();
+    let to_socket = report.latency_socket_ms.unwrap();
+    assert_eq!(to_socket.n, latency.n);
+    assert!(
+        to_socket.p50 <= latency.p50 * 1.04 + 0.001,
+        "{to_socket:?} vs {latency:?}"
+    );
     let first = report.first_packet_ms.unwrap();
     assert_eq!(first.n, 6);
     // A connection whose first ICE check is lost waits for str0m's 250 ms STUN retransmission;

@@ -1,6 +1,7 @@
-//! The load generator's command line, for `scripts/bench.sh` until `huddle load-test` wraps the
-//! library: `b0` (plain UDP relay, in process), `janus` and `huddle` (WebRTC clients), and
-//! `janus-smoke` (a tiny load against Janus that must go through without a loss).
+//! The load generator's lower-level command line: `b0` (plain UDP relay, in process), `janus` and
+//! `huddle` (WebRTC clients), and `janus-smoke` (a tiny load against Janus that must go through
+//! without a loss). `scripts/bench.sh` uses it for B0 and the smoke check; the WebRTC runs go through
+//! `huddle load-test`, the user-facing wrapper of the same library.
 //!
 //! Clients bind `--bind` (default 127.0.0.1) and send only to loopback or that address; a
 //! non-loopback `--bind` is refused outside a network namespace made for the run

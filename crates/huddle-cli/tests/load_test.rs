@@ -1,0 +1,218 @@
+//! `huddle serve` and `huddle load-test` as processes: short runs on loopback.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+fn huddle() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_huddle"))
+}
+
+/// A dev-mode `huddle serve` on free ports; killed on drop.
+struct Serve {
+    child: Child,
+    addr: String,
+    app_id: String,
+    app_sign: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve() -> Serve {
+    let data = std::env::temp_dir().join(format!(
+        "huddle-load-test-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let mut child = huddle()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--udp-port",
+            "0",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start huddle serve");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut addr, mut app_id, mut app_sign) = (String::new(), String::new(), String::new());
+    while let Some(Ok(line)) = lines.next() {
+        let l = line.trim();
+        if let Some(a) = l.strip_prefix("huddle server listening on ") {
+            addr = a.to_string();
+        } else if let Some(v) = l.strip_prefix("app_id:") {
+            app_id = v.trim().to_string();
+        } else if let Some(v) = l.strip_prefix("app_sign:") {
+            app_sign = v.trim().to_string();
+        }
+        if l.starts_with("server_secret:") {
+            break;
+        }
+    }
+    assert!(!addr.is_empty() && !app_id.is_empty() && !app_sign.is_empty());
+    std::thread::spawn(move || for _ in lines {});
+    Serve {
+        child,
+        addr,
+        app_id,
+        app_sign,
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+#[test]
+fn load_test_reports_json_against_huddle_serve() {
+    let server = serve();
+    let pid = server.child.id().to_string();
+    let url = format!("ws://{}", server.addr);
+    let started = std::time::Instant::now();
+    let out = huddle()
+        .args(["load-test", "--server", &url, "--app-id", &server.app_id])
+        .args(["--app-sign", &server.app_sign, "--server-pid", &pid])
+        .args(["--publishers", "2", "--subscribers", "3", "--duration", "2"])
+        .args(["--join-timeout", "10", "--json", "--strict"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{:?}\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
+    // Bounded: 2 s window, joins, drain and stop.
+    assert!(started.elapsed().as_secs() < 40);
+    // Progress lines on stderr, one object on stdout.
+    assert!(stderr.contains("measure"), "no progress line: {stderr}");
+    assert_eq!(stdout.trim().lines().count(), 1, "{stdout}");
+    let r: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(r["target"], "huddle");
+    assert_eq!(r["mode"], "webrtc");
+    assert_eq!(r["publishers_joined"], 2);
+    assert_eq!(r["play_streams_joined"], 6);
+    assert_eq!(r["errors"].as_array().unwrap().len(), 0, "{r}");
+    // 2 publishers × 50/s to 3 subscribers each: 300 packets/s.
+    let pps = r["delivered_pps"].as_f64().unwrap();
+    assert!((270.0..=330.0).contains(&pps), "delivered {pps}/s");
+    // Loopback: no loss (a packet or two at most on a busy machine; --strict passed means 0).
+    assert!(r["loss"].as_f64().unwrap() < 0.01, "{r}");
+    for key in [
+        "publish_join_ms",
+        "play_join_ms",
+        "first_packet_ms",
+        "login_first_packet_ms",
+    ] {
+        assert!(r[key]["p50"].as_f64().unwrap() > 0.0, "{key}: {r}");
+    }
+    assert_eq!(r["first_packet_ms"]["n"], 6);
+    assert!(r["latency_ms"]["p50"].as_f64().unwrap() < 50.0, "{r}");
+    assert!(
+        r["latency_socket_ms"]["p50"].as_f64().unwrap()
+            <= r["latency_ms"]["p50"].as_f64().unwrap() * 1.04 + 0.001
+    );
+    let s = &r["server"];
+    assert_eq!(s["pid"].as_u64().unwrap().to_string(), pid);
+    assert!(s["cpu_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(s["rss_kib_end"].as_u64().unwrap() > 0);
+    assert!(s["cpu_us_per_packet"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn load_test_prints_a_table_and_refuses_bad_plans() {
+    let server = serve();
+    let url = format!("ws://{}/ws", server.addr);
+    let base = [
+        "load-test",
+        "--server",
+        &url,
+        "--app-id",
+        &server.app_id,
+        "--app-sign",
+    ];
+    let out = huddle()
+        .args(base)
+        .arg(&server.app_sign)
+        .args([
+            "--publishers",
+            "1",
+            "--subscribers",
+            "1",
+            "--duration",
+            "1",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("target            huddle (webrtc)"), "{stdout}");
+    assert!(
+        stdout.contains("1 publishers x 1 subscribers = 1 play streams"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("login→1st pkt ms  p50"), "{stdout}");
+    assert!(
+        out.stderr.is_empty(),
+        "--quiet: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Out of bounds: exit 2 before any client starts.
+    for bad in [
+        &["--publishers", "1001"][..],
+        &["--publishers", "100", "--subscribers", "201"],
+        &["--duration", "601"],
+    ] {
+        let out = huddle()
+            .args(base)
+            .arg(&server.app_sign)
+            .args(bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
+    // A wrong AppSign: every login is refused (1001005); the report names it, exit 1.
+    let wrong = "00".repeat(32);
+    let out = huddle()
+        .args(base)
+        .arg(&wrong)
+        .args(["--duration", "1", "--quiet", "--join-timeout", "5"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout} {stderr}");
+    assert!(stdout.contains("joined            0/2 publishers"), "{stdout}");
+    assert!(
+        stderr.contains("no publisher joined; first error:") && stderr.contains("1001005"),
+        "{stderr}"
+    );
+    // Only loopback (or a namespace-made address): elsewhere refused.
+    let out = huddle()
+        .args([
+            "load-test",
+            "--janus",
+            "ws://192.0.2.1:8188",
+            "--duration",
+            "1",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("signaling URL"));
+}
