@@ -35,6 +35,7 @@ cargo test --workspace --locked
 # The debug page and huddle.js in a real browser (web/tests): playwright-core (pinned in
 # web/tests/package-lock.json) drives Debian's chromium against a `huddle serve` in dev mode on
 # 127.0.0.1, which the tests start from the binary built here (the page is compiled into it).
+# interop.test.js also runs `huddle call` clients and scores speech with numpy/scipy/pesq (above).
 echo "== browser tests (web/tests)"
 cargo build -p huddle-cli --locked
 (cd web/tests && npm ci --include=dev --no-audit --no-fund --loglevel=error && node --test --test-concurrency=1)

@@ -48,6 +48,8 @@ const app = {
   meters: new Map(),
   /** @type {string[]} */
   logLines: [],
+  /** When each stream was asked to play (performance.now()), for the first-frame times. @type {Map<string, number>} */
+  playStarted: new Map(),
   /** The last dev token and whom it was minted for (`appId/user/room`). */
   devToken: { token: "", key: "" },
 };
@@ -228,6 +230,16 @@ function wire(engine) {
       }
     }
   });
+  /** @param {string} kind @param {string} streamID */
+  const firstFrame = (kind, streamID) => {
+    const t0 = app.playStarted.get(streamID);
+    const ms = t0 === undefined ? "" : ` after ${Math.round(performance.now() - t0)} ms`;
+    log(`playerRecv${kind}FirstFrame ${streamID}${ms}`, "event");
+    const p = app.playing.get(streamID);
+    if (p && t0 !== undefined) p.tile.dataset[`first${kind}Ms`] = String(Math.round(performance.now() - t0));
+  };
+  engine.on("playerRecvAudioFirstFrame", (id) => firstFrame("Audio", id));
+  engine.on("playerRecvVideoFirstFrame", (id) => firstFrame("Video", id));
   engine.on("debugError", (code, func, info) => log(`${func}: code ${code} — ${info}`, "error"));
 }
 
@@ -475,7 +487,7 @@ async function publish() {
   audioContext();
   let stream;
   try {
-    stream = await engine.createStream({ camera: { audio: true, video } });
+    stream = await engine.createStream({ camera: { audio: true, video, audioProcessing: input("audioProcessing").checked } });
   } catch (e) {
     return logError("createStream", e);
   }
@@ -509,6 +521,7 @@ async function play(id) {
   if (app.playing.has(streamId)) return log(`already playing ${streamId}`);
   audioContext();
   log(`startPlayingStream ${streamId}`);
+  app.playStarted.set(streamId, performance.now());
   const tile = makeTile(streamId, "play");
   setTileState(tile, "PLAY_REQUESTING");
   try {

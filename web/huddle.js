@@ -107,6 +107,8 @@ export class HuddleError extends Error {
  *   publisherStateUpdate: (result: PublisherStateResult) => void,
  *   playerStateUpdate: (result: PlayerStateResult) => void,
  *   roomTokenWillExpire: (roomID: string, remainSecs: number) => void,
+ *   playerRecvAudioFirstFrame: (streamID: string) => void,
+ *   playerRecvVideoFirstFrame: (streamID: string) => void,
  *   debugError: (errorCode: number, funcName: string, info: string) => void,
  * }} EventMap
  */
@@ -201,14 +203,21 @@ function streamOut(s) {
 
 /**
  * Waits until the peer connection has gathered its candidates (no trickle), or `ms` passed.
+ * Without STUN/TURN servers only host candidates exist, and the server (ICE-lite, UDP) can use
+ * only UDP ones: Chromium gathers those at once but its TCP candidates (useless here) only
+ * ~120 ms later, so the wait ends `settleMs` after the last UDP host candidate instead.
  * @param {RTCPeerConnection} pc
  * @param {number} ms
+ * @param {number | null} settleMs null: wait for the end of gathering
  */
-function gathered(pc, ms) {
+function gathered(pc, ms, settleMs = null) {
   if (pc.iceGatheringState === "complete") return Promise.resolve();
   return new Promise((resolve) => {
+    /** @type {any} */
+    let settle = null;
     const done = () => {
       clearTimeout(timer);
+      clearTimeout(settle);
       pc.removeEventListener("icegatheringstatechange", check);
       pc.removeEventListener("icecandidate", onCandidate);
       resolve(undefined);
@@ -218,11 +227,17 @@ function gathered(pc, ms) {
     };
     /** @param {RTCPeerConnectionIceEvent} e */
     const onCandidate = (e) => {
-      if (!e.candidate) done();
+      if (!e.candidate) return done();
+      if (settleMs !== null && / udp /i.test(` ${e.candidate.candidate} `)) {
+        clearTimeout(settle);
+        settle = setTimeout(done, settleMs);
+      }
     };
     const timer = setTimeout(done, ms);
     pc.addEventListener("icegatheringstatechange", check);
     pc.addEventListener("icecandidate", onCandidate);
+    // Candidates gathered before the listener was added count too.
+    if (settleMs !== null && / udp /i.test(pc.localDescription?.sdp ?? "")) settle = setTimeout(done, settleMs);
   });
 }
 
@@ -270,6 +285,7 @@ function closePc(pc) {
  *   streamId: string, state: PlayerState, available: boolean, requested: boolean,
  *   pc: RTCPeerConnection | null, mediaUp: boolean, gen: number, offering: boolean,
  *   retryTimer: any, failures: number, stopped: boolean, mediaStream: MediaStream, last: Map<string, any>,
+ *   firstFrame: Set<string>,
  * }} Player
  */
 
@@ -649,7 +665,7 @@ export class HuddleEngine {
         if (pub.gen === gen && pc.connectionState === "failed") this._mediaFailed(pub, "publish", ErrorCode.PUBLISH_TEMPORARY_BREAK, "the peer connection failed");
       };
       await pc.setLocalDescription(await pc.createOffer());
-      await gathered(pc, this.options.iceGatheringTimeoutMs);
+      await gathered(pc, this.options.iceGatheringTimeoutMs, this._hostOnly() ? 30 : null);
       if (pub.gen !== gen) return;
       const reply = await this._request({ type: "media_offer", stream_id: pub.streamId, kind: "publish", sdp: pc.localDescription?.sdp ?? "" });
       if (pub.gen !== gen) return;
@@ -709,6 +725,7 @@ export class HuddleEngine {
       stopped: false,
       mediaStream: new MediaStream(),
       last: new Map(),
+      firstFrame: new Set(),
     };
     this._players.set(streamId, player);
     this._stopPlayLater.delete(streamId);
@@ -796,12 +813,13 @@ export class HuddleEngine {
         const ms = player.mediaStream;
         for (const old of ms.getTracks().filter((t) => t.kind === ev.track.kind)) ms.removeTrack(old);
         ms.addTrack(ev.track);
+        this._watchFirstFrame(player, gen, ev.track);
       };
       pc.onconnectionstatechange = () => {
         if (player.gen === gen && pc.connectionState === "failed") this._mediaFailed(player, "play", ErrorCode.PLAY_TEMPORARY_BREAK, "the peer connection failed");
       };
       await pc.setLocalDescription(await pc.createOffer());
-      await gathered(pc, this.options.iceGatheringTimeoutMs);
+      await gathered(pc, this.options.iceGatheringTimeoutMs, this._hostOnly() ? 30 : null);
       if (player.gen !== gen) return;
       const reply = await this._request({ type: "media_offer", stream_id: player.streamId, kind: "play", sdp: pc.localDescription?.sdp ?? "" });
       if (player.gen !== gen) return;
@@ -821,6 +839,47 @@ export class HuddleEngine {
       if (code === ErrorCode.STREAM_NOT_FOUND && !player.available) return; // play_update brings it back
       this._mediaFailed(player, "play", ErrorCode.PLAY_TEMPORARY_BREAK, e?.detail ?? String(e));
     }
+  }
+
+  /**
+   * `playerRecvAudioFirstFrame` / `playerRecvVideoFirstFrame`, once per kind and
+   * startPlayingStream (as in the Rust SDK): when the first media of that kind arrives. A remote
+   * track starts muted and is unmuted by its first RTP packet; the receiver's stats then confirm
+   * it (audio: a packet received, whether or not the stream is rendered yet; video: a frame
+   * decoded), polled every 10 ms for at most 10 s.
+   * @param {Player} player
+   * @param {number} gen
+   * @param {MediaStreamTrack} track
+   */
+  _watchFirstFrame(player, gen, track) {
+    const kind = track.kind;
+    if (player.firstFrame.has(kind) || (kind !== "audio" && kind !== "video")) return;
+    const pc = player.pc;
+    const live = () => !player.stopped && player.gen === gen && !player.firstFrame.has(kind);
+    const fire = () => {
+      if (!live()) return;
+      player.firstFrame.add(kind);
+      this._emit(kind === "audio" ? "playerRecvAudioFirstFrame" : "playerRecvVideoFirstFrame", player.streamId);
+    };
+    const deadline = Date.now() + 10_000;
+    const poll = async () => {
+      if (!live() || !pc) return;
+      try {
+        const report = await pc.getStats(track);
+        let decoded = false;
+        report.forEach((r) => {
+          if (r.type !== "inbound-rtp") return;
+          if (kind === "audio" && ((r.packetsReceived ?? 0) > 0 || (r.totalSamplesReceived ?? 0) > 0)) decoded = true;
+          if (kind === "video" && (r.framesDecoded ?? 0) > 0) decoded = true;
+        });
+        if (decoded) return fire();
+      } catch {
+        return; // the connection closed meanwhile
+      }
+      if (Date.now() < deadline) setTimeout(poll, 10);
+    };
+    if (track.muted) track.addEventListener("unmute", () => poll(), { once: true });
+    else poll();
   }
 
   /**
@@ -920,6 +979,12 @@ export class HuddleEngine {
   }
 
   // ----- signaling connection -----
+
+  /** No STUN/TURN server configured: host candidates only. */
+  _hostOnly() {
+    const servers = this._rtcConfig().iceServers ?? [];
+    return servers.length === 0;
+  }
 
   /** @returns {RTCConfiguration} */
   _rtcConfig() {

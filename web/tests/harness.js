@@ -109,11 +109,18 @@ export function writeToneWav(path, freq = 440, seconds = 5, amplitude = 0.5) {
   writeFileSync(path, buf);
 }
 
-/** Launches headless chromium with fake media (a tone) and loopback ICE. */
-export async function launchBrowser() {
+/**
+ * Launches headless chromium with fake media and loopback ICE. The fake microphone plays (and
+ * loops) `opts.audioFile`, by default a 440 Hz tone; the fake camera is Chromium's own pattern.
+ * @param {{ audioFile?: string }} [opts]
+ */
+export async function launchBrowser(opts = {}) {
   const dir = mkdtempSync(join(tmpdir(), "huddle-web-browser-"));
-  const wav = join(dir, "tone.wav");
-  writeToneWav(wav, 440, 5, 0.5);
+  let wav = opts.audioFile;
+  if (!wav) {
+    wav = join(dir, "tone.wav");
+    writeToneWav(wav, 440, 5, 0.5);
+  }
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     headless: true,
