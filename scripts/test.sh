@@ -5,9 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the tests need beyond the Rust toolchain and gcc (huddle-media links libopus and
-# libvpx, found through pkg-config; the browser tests drive Debian's chromium). Installed only when
-# missing, so a warm machine starts at once.
-apt_packages=(libopus-dev libvpx-dev pkg-config chromium)
+# libvpx, found through pkg-config; the SDK's `device` feature links ALSA through cpal; the browser
+# tests drive Debian's chromium). Installed only when missing, so a warm machine starts at once.
+apt_packages=(libopus-dev libvpx-dev pkg-config chromium libasound2-dev)
 need_apt=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
@@ -29,8 +29,12 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The SDK's microphone/speaker code (cpal) is behind its `device` feature: lint it too.
+cargo clippy -p huddle --features device --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+# With the feature on, a machine without a sound card refuses the devices with a numbered error.
+cargo test -p huddle --features device --locked --test device
 
 # The debug page and huddle.js in a real browser (web/tests): playwright-core (pinned in
 # web/tests/package-lock.json) drives Debian's chromium against a `huddle serve` in dev mode on

@@ -21,6 +21,19 @@ const DROP_THRESHOLD_US: i64 = FRAME_US + FRAME_US / 2;
 /// ... and only when that has lasted this many ticks (200 ms), so one late packet does not
 /// cost a frame.
 const DROP_HOLD_TICKS: u32 = 10;
+/// A packet later than the percentile (a delay spike: a scheduling hiccup, a burst) keeps the
+/// target at least at its delay for this long (10 s; then it shrinks as usual), so that the
+/// next spike like it, which on a busy machine or a bursty link is likely, costs nothing.
+const PEAK_HOLD_US: i64 = 10_000_000;
+/// A spike holds the target at most this far above the percentile (80 ms): enough for the
+/// scheduling hiccups of a busy machine, while one catastrophic stall (a suspended process, a
+/// Wi-Fi scan) does not keep a quarter of a second of delay for the next 10 s.
+const PEAK_CAP_US: i64 = 80_000;
+/// Spikes remembered at most.
+const PEAKS: usize = 16;
+/// While the caller reports speech, an optional delay step (growing by less than a frame,
+/// dropping a frame) is put off for at most this many ticks (5 s), waiting for a pause.
+const DEFER_TICKS: u32 = 250;
 /// After this long with an empty buffer the stream is taken as stopped: `pop` returns `None`
 /// until packets come again.
 const STALL_TICKS: u32 = 50;
@@ -141,6 +154,9 @@ pub struct JitterStats {
     pub expanded: u64,
     /// Packets dropped to shrink the delay.
     pub discarded: u64,
+    /// Ticks at which a delay step (an expand or a drop) was put off because the caller
+    /// reported speech (see [`JitterBuffer::set_speech`]).
+    pub deferred: u64,
     /// Times the buffer started over (see [`Inserted::Restarted`]).
     pub restarts: u64,
 }
@@ -168,12 +184,16 @@ struct Slot {
 /// the target delay is the 95th percentile of `d` over the last 100 packets (2 s) plus one
 /// frame (20 ms), clamped to `[min_delay, max_delay]` (20 ms to 300 ms by default). On a clean
 /// network that is 20 ms, and the frame after a lost one is already here, so Opus FEC can
-/// recover every isolated loss. The target grows at once when jitter grows and shrinks by at
-/// most 10 ms per second when the network calms.
+/// recover every isolated loss. A packet later than that percentile (a spike) keeps the target
+/// at least at its delay (at most 80 ms above the percentile) for 10 s, so that the next spike
+/// like it costs nothing. The target grows at once when jitter grows and shrinks by at most
+/// 10 ms per second when the network calms.
 ///
 /// The delay follows the target by whole frames: when it is too short the buffer plays an
 /// [`Playout::Expand`] (a concealed frame that consumes no packet); when it is more than
 /// 1.5 frames too long for 200 ms it drops one frame (counted in [`JitterStats::discarded`]).
+/// A caller that reports voice activity ([`JitterBuffer::set_speech`]) gets these steps in the
+/// pauses of the speech.
 ///
 /// A missing packet whose time has come is reported as [`Playout::Lost`], with the next
 /// packet's payload when it is here for FEC. If nothing after it had arrived either and the
@@ -221,6 +241,8 @@ pub struct JitterBuffer {
     buffered: usize,
     stream: Option<Stream>,
     stats: JitterStats,
+    /// The caller's voice activity (see [`JitterBuffer::set_speech`]).
+    speech: bool,
 }
 
 /// Everything that starts over with a new stream.
@@ -234,6 +256,8 @@ struct Stream {
     highest_ts: i64,
     /// Transits (arrival - timestamp, in µs) of the last `WINDOW` packets.
     transits: VecDeque<i64>,
+    /// Recent spikes: (arrival in µs, transit in µs), oldest first.
+    peaks: VecDeque<(i64, i64)>,
     scratch: Vec<i64>,
     min_transit: i64,
     /// Playout offset: a frame with timestamp `ts` is due at `ts + offset` (µs).
@@ -251,6 +275,8 @@ struct Stream {
     empty_ticks: u32,
     /// Consecutive ticks with the delay above the drop threshold.
     over_ticks: u32,
+    /// Consecutive ticks with a delay step put off for speech.
+    deferred_ticks: u32,
 }
 
 impl Stream {
@@ -288,12 +314,35 @@ impl JitterBuffer {
             buffered: 0,
             stream: None,
             stats: JitterStats::default(),
+            speech: false,
         }
     }
 
     /// The settings.
     pub fn config(&self) -> &JitterConfig {
         &self.config
+    }
+
+    /// Tells the buffer whether the audio just played is speech (voice activity, e.g. the
+    /// decoded frame's level). While it is, the delay steps that can wait are put off until a
+    /// pause, for at most 5 s: growing the delay while the frame's packet is here (it is played
+    /// now; the expand comes later) and dropping a frame to shrink it. A step in a pause is
+    /// inaudible; one in the middle of a word costs a concealed or a missing 20 ms. What cannot
+    /// wait still happens at once: a frame whose packet is not here is concealed, and a buffer
+    /// behind by more than `max_delay` catches up. A caller that never calls this gets every
+    /// step as soon as it is due.
+    pub fn set_speech(&mut self, active: bool) {
+        self.speech = active;
+    }
+
+    /// Whether the buffer is playing and starved: the packet for its next output has not
+    /// arrived, nor anything after it. A caller that runs behind real time (its own thread
+    /// was not scheduled, so the sender's packets may be queued behind it on the same machine)
+    /// can wait a little for them before popping, instead of concealing what is about to come.
+    pub fn is_starved(&self) -> bool {
+        self.stream
+            .as_ref()
+            .is_some_and(|s| s.playing && s.next_seq.is_some() && self.buffered == 0)
     }
 
     /// Counters and current delays.
@@ -428,6 +477,7 @@ impl JitterBuffer {
             highest_seq: i64::from(seq),
             highest_ts: i64::from(rtp_ts),
             transits: VecDeque::from([transit]),
+            peaks: VecDeque::new(),
             scratch: Vec::with_capacity(WINDOW),
             min_transit: transit,
             offset: transit + self.config.min_delay.as_micros() as i64,
@@ -439,6 +489,7 @@ impl JitterBuffer {
             tentative: 0,
             empty_ticks: 0,
             over_ticks: 0,
+            deferred_ticks: 0,
         });
     }
 
@@ -461,6 +512,18 @@ impl JitterBuffer {
         let rank = (percentile * (s.scratch.len() - 1) as f64) as usize;
         let high = *s.scratch.select_nth_unstable(rank).1;
         self.stats.jitter = duration_us(high - s.min_transit);
+        // Spikes above the percentile hold the target up for a while (see PEAK_HOLD_US).
+        while s.peaks.front().is_some_and(|&(at, _)| now - at > PEAK_HOLD_US) {
+            s.peaks.pop_front();
+        }
+        if transit > high {
+            if s.peaks.len() == PEAKS {
+                s.peaks.pop_front();
+            }
+            s.peaks.push_back((now, transit));
+        }
+        let peak = s.peaks.iter().map(|&(_, t)| t).max().unwrap_or(high);
+        let high = high.max(peak.min(high + PEAK_CAP_US));
 
         let wanted = (high + FRAME_US).clamp(s.min_transit + min_delay, s.min_transit + max_delay);
         let elapsed = (now - s.last_arrival).max(0);
@@ -557,10 +620,14 @@ impl JitterBuffer {
             let lateness = delay - s.offset;
             let present = self.peek(seq).is_some();
             let buffer_empty = self.buffered == 0;
+            let speech = self.speech;
             let s = self.stream.as_mut().expect("stream exists");
 
-            if lateness < 0 {
+            // Growing with the packet here can wait for a pause.
+            let defer_expand = lateness < 0 && present && speech && s.deferred_ticks < DEFER_TICKS;
+            if lateness < 0 && !defer_expand {
                 s.over_ticks = 0;
+                s.deferred_ticks = 0;
                 self.stats.expanded += 1;
                 self.stats.concealed += 1;
                 self.note_empty(buffer_empty);
@@ -572,9 +639,19 @@ impl JitterBuffer {
             } else {
                 0
             };
-            if s.over_ticks >= DROP_HOLD_TICKS || (catching_up && lateness >= FRAME_US) {
+            let want_drop = s.over_ticks >= DROP_HOLD_TICKS;
+            // Dropping a frame of speech can wait for a pause too.
+            let defer_drop = want_drop && present && speech && s.deferred_ticks < DEFER_TICKS;
+            if defer_expand || defer_drop {
+                s.deferred_ticks += 1;
+                self.stats.deferred += 1;
+            } else if lateness >= 0 && !want_drop {
+                s.deferred_ticks = 0;
+            }
+            if (want_drop && !defer_drop) || (catching_up && lateness >= FRAME_US) {
                 // Too much delay for a while: skip this frame (free when it is missing).
                 s.over_ticks = 0;
+                s.deferred_ticks = 0;
                 s.tentative = 0;
                 s.next_seq = Some(seq + 1);
                 s.next_ts = ts + FRAME_SAMPLES as i64;

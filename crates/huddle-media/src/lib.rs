@@ -42,6 +42,7 @@ mod audio;
 mod error;
 pub mod impair;
 mod jitter;
+mod loss;
 mod sink;
 mod source;
 mod video;
@@ -52,6 +53,7 @@ pub use audio::{
 };
 pub use error::{MediaError, Result};
 pub use jitter::{Inserted, JitterBuffer, JitterConfig, JitterStats, Playout};
+pub use loss::LossHint;
 pub use sink::{AudioSink, WavRecorder, mix};
 pub use source::{AudioSource, Playback, ToneSource, WavSource};
 pub use video::pattern::TestPattern;

@@ -400,9 +400,13 @@ fn a_late_packet_is_dropped_and_its_frame_was_recovered_from_the_next_one() {
     );
     let stats = jb.stats();
     assert_eq!(
-        (stats.late, stats.lost, stats.fec_recovered, stats.played),
-        (1, 1, 1, 18)
+        (stats.late, stats.lost, stats.fec_recovered),
+        (1, 1, 1),
+        "{stats:?}"
     );
+    // The spike holds the target up: the next one like it will be in time.
+    assert!(stats.target_delay >= 80 * MS, "{stats:?}");
+    assert!(stats.played >= 12, "{stats:?}");
     assert_eq!(
         jb.insert(6, 960 * 6, payload(6), t0 + 400 * MS),
         Inserted::Duplicate
@@ -539,4 +543,126 @@ fn simulations_are_deterministic() {
     let (a, b) = (run(), run());
     assert_eq!(a, b);
     eprintln!("burst loss: {:?}", a.1);
+}
+
+/// Drives a buffer by hand: packet i is sent at i × 20 ms and arrives `5 + extra(i)` ms later;
+/// the receiver pops at 7 ms past every 20 ms and reports `speech(ms)` before each pop.
+/// Returns (time of the pop in ms, output).
+fn drive(
+    jb: &mut JitterBuffer,
+    until_ms: u64,
+    extra: impl Fn(u64) -> u64,
+    speech: impl Fn(u64) -> bool,
+) -> Vec<(u64, Playout)> {
+    let t0 = Instant::now();
+    let mut pending: Vec<(u64, u64)> = Vec::new(); // (arrival ms, index)
+    let mut outs = Vec::new();
+    for ms in 0..until_ms {
+        if ms % 20 == 0 {
+            let i = ms / 20;
+            pending.push((ms + 5 + extra(i), i));
+        }
+        pending.sort();
+        while pending.first().is_some_and(|&(at, _)| at <= ms) {
+            let (_, i) = pending.remove(0);
+            jb.insert(i as u16, 960 * i as u32, payload(i), t0 + millis(ms));
+        }
+        if ms % 20 == 7 {
+            jb.set_speech(speech(ms));
+            while let Some(out) = jb.pop(t0 + millis(ms)) {
+                outs.push((ms, out));
+            }
+        }
+    }
+    outs
+}
+
+#[test]
+fn a_delay_spike_holds_the_target_so_the_next_one_costs_nothing() {
+    let mut jb = JitterBuffer::new(JitterConfig::default());
+    // Two 40 ms hiccups 6 s apart (packets 50-51, then 350-351 held back and sent in a burst).
+    let spike = |i: u64| match i {
+        50 => 40,
+        51 => 20,
+        350 => 40,
+        351 => 20,
+        _ => 0,
+    };
+    // Speech in 1 s bursts with 1 s pauses.
+    let outs = drive(&mut jb, 8_000, spike, |ms| (ms / 1_000) % 2 == 0);
+    let stats = jb.stats();
+    eprintln!("{stats:?}");
+    let bad = |o: &Playout| !matches!(o, Playout::Packet { .. });
+    let first: Vec<_> = outs
+        .iter()
+        .filter(|(ms, o)| (1_000..1_400).contains(ms) && bad(o))
+        .collect();
+    assert!(!first.is_empty(), "the first spike is a surprise");
+    let second: Vec<_> = outs.iter().filter(|(ms, o)| *ms >= 6_000 && bad(o)).collect();
+    assert!(
+        second.is_empty(),
+        "the second spike must cost nothing: {second:?}"
+    );
+    assert!(stats.target_delay >= 60 * MS, "{stats:?}");
+    assert_eq!(stats.late, 0);
+}
+
+#[test]
+fn delay_steps_wait_for_a_pause_in_speech() {
+    // Packet 100 comes 15 ms late: the target grows above the current delay. While the caller
+    // reports speech the buffer plays on (the packets are here) and expands only in the pause
+    // that starts at 3 s.
+    let speech = |ms: u64| ms < 3_000;
+    let mut jb = JitterBuffer::new(JitterConfig::default());
+    let outs = drive(&mut jb, 4_000, |i| if i == 100 { 15 } else { 0 }, speech);
+    let stats = jb.stats();
+    eprintln!("{stats:?}");
+    let steps: Vec<u64> = outs
+        .iter()
+        .filter(|(_, o)| matches!(o, Playout::Expand))
+        .map(|(ms, _)| *ms)
+        .collect();
+    assert!(stats.deferred > 0, "{stats:?}");
+    assert!(!steps.is_empty(), "the delay grows in the pause");
+    assert!(
+        steps.iter().all(|&ms| !(100..3_000).contains(&ms)),
+        "expanded during speech at {steps:?} ms"
+    );
+    assert_eq!((stats.lost, stats.late), (0, 0), "{stats:?}");
+
+    // The same without voice activity reports: the step comes at once, in the middle of it.
+    let mut jb = JitterBuffer::new(JitterConfig::default());
+    let outs = drive(&mut jb, 4_000, |i| if i == 100 { 15 } else { 0 }, |_| false);
+    assert!(
+        outs.iter()
+            .any(|(ms, o)| matches!(o, Playout::Expand) && (2_000..2_400).contains(ms)),
+        "without the hint the step is immediate"
+    );
+}
+
+#[test]
+fn starved_means_playing_with_nothing_to_play() {
+    let mut jb = JitterBuffer::new(JitterConfig::default());
+    let t0 = Instant::now();
+    assert!(!jb.is_starved(), "not playing yet");
+    jb.insert(0, 0, payload(0), t0);
+    jb.insert(1, 960, payload(1), t0 + 20 * MS);
+    assert!(!jb.is_starved());
+    assert!(matches!(
+        jb.pop(t0 + 25 * MS),
+        Some(Playout::Packet { seq: 0, .. })
+    ));
+    assert!(!jb.is_starved(), "packet 1 is here");
+    assert!(matches!(
+        jb.pop(t0 + 45 * MS),
+        Some(Playout::Packet { seq: 1, .. })
+    ));
+    assert!(jb.is_starved(), "packet 2 is due next and nothing is here");
+    // A caller that waits for it (it was behind real time) gets it played, not concealed.
+    jb.insert(2, 1920, payload(2), t0 + 40 * MS);
+    assert!(!jb.is_starved());
+    assert!(matches!(
+        jb.pop(t0 + 65 * MS),
+        Some(Playout::Packet { seq: 2, .. })
+    ));
 }

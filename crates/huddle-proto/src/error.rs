@@ -129,6 +129,8 @@ codes! {
     SERVER_BUSY = 1009006, "The server is at its session limit.";
     /// A `media_offer` whose SDP cannot be parsed or offers nothing the server can use.
     MEDIA_OFFER_INVALID = 1009007, "The media offer (SDP) is invalid or offers no usable media.";
+    /// The microphone or speaker could not be opened (none present, busy, or no usable format).
+    DEVICE_UNAVAILABLE = 1009020, "The audio device could not be opened (none present, busy, or no usable format).";
     /// An internal error at the server.
     INTERNAL = 1009099, "Internal error.";
 }

@@ -109,10 +109,10 @@ fn first_audio_frame(events: &mut Events, stream: &str) {
 }
 
 /// One call carrying the speech sample; returns the recording's score.
-fn speech_call(attempt: u32) -> serde_json::Value {
+fn speech_call() -> serde_json::Value {
     let server = server();
     let sent = tmp("speech-sent.wav");
-    let heard = tmp(&format!("speech-heard-{attempt}.wav"));
+    let heard = tmp("speech-heard.wav");
     padded_speech(&sent);
 
     // The player comes first: its offer waits at the server for the publisher's media.
@@ -150,21 +150,18 @@ fn speech_call(attempt: u32) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     let score: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    eprintln!("speech through the SFU (attempt {attempt}): {score}");
+    eprintln!("speech through the SFU: {score}");
     score
 }
 
 #[test]
 fn speech_arrives_intact() {
     let _machine = exclusive();
-    // On a clean run the pipeline is deterministic (PESQ 3.66 every time). A busy machine (other
-    // builds on a shared 2-core box) can delay one of the four tasks on the path by tens of
-    // milliseconds, which the 20 ms jitter buffer conceals as a loss: one retry tells such a
-    // hiccup from a pipeline that degrades speech every time.
-    let mut score = speech_call(1);
-    if score["pesq"].as_f64().unwrap() < 3.5 || score["min_window_corr"].as_f64().unwrap() < 0.7 {
-        score = speech_call(2);
-    }
+    // One call, scored once. On a busy machine (other builds on a shared 2-core box) a task on
+    // the path is now and then delayed by tens of milliseconds; the jitter buffer keeps its
+    // delay above such spikes once it has seen one and moves its delay only in pauses of the
+    // speech, so they cost no audio (docs/media.md).
+    let score = speech_call();
     let pesq = score["pesq"].as_f64().unwrap();
     let min_corr = score["min_window_corr"].as_f64().unwrap();
     assert!(pesq >= 3.5, "wideband PESQ {pesq} < 3.5: {score}");

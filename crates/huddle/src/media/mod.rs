@@ -9,6 +9,7 @@
 //! The app's configuration lives in [`MediaShared`], read by the tasks when they start (sources,
 //! per published stream) or at every tick (the audio sink, renderers).
 
+pub(crate) mod device;
 pub(crate) mod mixer;
 pub(crate) mod pc;
 pub(crate) mod play;
@@ -70,6 +71,11 @@ pub enum AudioSource {
     /// (custom audio capture). A 20 ms tick with too little pushed audio is padded with silence.
     #[doc(alias = "enableCustomAudioIO")]
     Custom,
+    /// The system's default microphone, captured while publishing and converted to 48 kHz
+    /// mono (cargo feature `device`). Setting it checks that the device opens: without a
+    /// microphone, or in a build without the feature, the call fails with
+    /// `DEVICE_UNAVAILABLE` (1009020) and says why.
+    Microphone,
 }
 
 /// Where the published video comes from, when the camera is on
@@ -146,6 +152,11 @@ pub enum AudioSink {
     /// it keeps the last second.
     #[doc(alias = "fetchCustomAudioRenderPCMData")]
     Custom,
+    /// The system's default speaker (cargo feature `device`), converted from 48 kHz mono to
+    /// what the device plays. Without one, or in a build without the feature,
+    /// [`Engine::set_audio_sink`](crate::Engine::set_audio_sink) fails with
+    /// `DEVICE_UNAVAILABLE` (1009020).
+    Speaker,
 }
 
 /// Receives the decoded video frames of the played streams (custom video render). Called on an
@@ -185,6 +196,7 @@ enum SinkState {
     Discard,
     Wav(WavRecorder),
     Custom,
+    Speaker(device::Speaker),
 }
 
 #[derive(Default)]
@@ -227,6 +239,7 @@ impl MediaShared {
             AudioSink::Discard => SinkState::Discard,
             AudioSink::Wav(path) => SinkState::Wav(WavRecorder::create(&path).map_err(media_error)?),
             AudioSink::Custom => SinkState::Custom,
+            AudioSink::Speaker => SinkState::Speaker(device::Speaker::open()?),
         };
         let old = std::mem::replace(&mut *relock(&self.sink), new);
         if let SinkState::Wav(recorder) = old
@@ -238,7 +251,7 @@ impl MediaShared {
         Ok(())
     }
 
-    /// Completes a WAV sink (at the engine's end).
+    /// Completes a WAV sink and closes the speaker (at the engine's end).
     pub(crate) fn finish_sink(&self) {
         let _ = self.set_audio_sink(AudioSink::Discard);
     }
@@ -257,6 +270,9 @@ impl MediaShared {
             SinkState::Custom => {
                 drop(sink);
                 self.render_audio(&frame.samples);
+            }
+            SinkState::Speaker(speaker) => {
+                speaker.ring.push(frame.samples.iter().copied());
             }
         }
     }

@@ -80,6 +80,8 @@ impl Pc {
             .enable_vp8(true)
             // The SDK's jitter buffer reorders and conceals: hand every audio packet over at once.
             .set_reordering_size_audio(0)
+            // Once a second: the publisher feeds the RTCP loss reports to its Opus FEC.
+            .set_stats_interval(Some(std::time::Duration::from_secs(1)))
             .build(now);
         let candidate = Candidate::host(local, "udp")
             .map_err(|e| std::io::Error::other(format!("host candidate {local}: {e}")))?;

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use huddle_media::{
-    AudioFrame, FRAME_DURATION, FRAME_SAMPLES, I420Frame, OpusConfig, OpusEncoder, Playback, TestPattern,
-    ToneSource, VIDEO_CLOCK_RATE, Vp8Config, Vp8Encoder, WavSource, Y4mReader,
+    AudioFrame, FRAME_DURATION, FRAME_SAMPLES, I420Frame, LossHint, OpusConfig, OpusEncoder, Playback,
+    TestPattern, ToneSource, VIDEO_CLOCK_RATE, Vp8Config, Vp8Encoder, WavSource, Y4mReader,
 };
 use huddle_proto::HuddleError;
 use str0m::Event;
@@ -34,6 +34,8 @@ pub(crate) enum AudioInput {
     Silence,
     Source(Box<dyn huddle_media::AudioSource>),
     Custom,
+    /// The default microphone, open while the stream is published (closed when dropped).
+    Microphone(super::device::Microphone),
 }
 
 impl AudioInput {
@@ -49,6 +51,7 @@ impl AudioInput {
                 AudioInput::Source(Box::new(ToneSource::new(*hz, 0.5).map_err(media_error)?))
             }
             AudioSource::Custom => AudioInput::Custom,
+            AudioSource::Microphone => AudioInput::Microphone(super::device::Microphone::open()?),
         })
     }
 
@@ -65,6 +68,9 @@ impl AudioInput {
                 }
             },
             AudioInput::Custom => media.pull_pushed_audio(&mut frame.samples),
+            AudioInput::Microphone(mic) => {
+                mic.ring.pop_into(&mut frame.samples);
+            }
         }
         frame
     }
@@ -187,6 +193,16 @@ impl Pacer {
     }
 }
 
+/// Gives the encoder's FEC a new loss hint (see [`LossHint`]), if there is one.
+fn apply_loss_percent(encoder: &mut OpusEncoder, percent: Option<u8>) {
+    if let Some(percent) = percent {
+        debug!(percent, "Opus packet loss hint");
+        if let Err(e) = encoder.set_packet_loss_percent(percent) {
+            warn!(error = %e, "cannot set the Opus loss hint");
+        }
+    }
+}
+
 /// Runs one publish connection until the engine drops its command sender or the connection is
 /// lost.
 pub(crate) async fn run(
@@ -222,6 +238,7 @@ pub(crate) async fn run(
         }
         None => None,
     };
+    let mut loss_hint = LossHint::new(encoder.config().packet_loss_percent);
     let audio_base: u32 = rand::random();
     let mut audio_clock: Option<Pacer> = None;
     let mut video_clock: Option<Pacer> = None;
@@ -231,10 +248,18 @@ pub(crate) async fn run(
     let mut keyframe_wanted = false;
     let mut buf = vec![0u8; RECV_BUF];
     loop {
-        let wake = pc.drive(|_, e| {
-            if let Event::KeyframeRequest(_) = e {
-                keyframe_wanted = true;
+        let wake = pc.drive(|pc, e| match e {
+            Event::KeyframeRequest(_) => keyframe_wanted = true,
+            // RTCP receiver reports from the server: how much of our audio it lost.
+            Event::MediaEgressStats(s) if Some(s.mid) == pc.audio => {
+                // The counters of the last report block (str0m averages `loss` only over two
+                // reports within one stats interval; the server reports every few seconds).
+                if let Some(r) = &s.remote {
+                    let percent = loss_hint.on_cumulative(*r.maximum_sequence_number, r.packets_lost);
+                    apply_loss_percent(&mut encoder, percent);
+                }
             }
+            _ => {}
         });
         if pc.dead {
             reporter.report(pc.end_update());
@@ -339,5 +364,27 @@ pub(crate) async fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receiver_reports_set_the_encoders_loss_hint() {
+        let mut encoder = OpusEncoder::new(OpusConfig::default()).unwrap();
+        let mut hint = LossHint::new(encoder.config().packet_loss_percent);
+        // Reports' cumulative counters: the first is the reference, then 25 % lost.
+        apply_loss_percent(&mut encoder, hint.on_cumulative(1_000, 10));
+        assert_eq!(encoder.config().packet_loss_percent, 10);
+        apply_loss_percent(&mut encoder, hint.on_cumulative(1_200, 60));
+        assert_eq!(encoder.config().packet_loss_percent, 25);
+        // A clean network: down slowly, to the 2 % floor (FEC stays on).
+        for i in 0..30 {
+            apply_loss_percent(&mut encoder, hint.on_cumulative(1_400 + 250 * i, 60));
+        }
+        assert_eq!(encoder.config().packet_loss_percent, 2);
+        assert!(encoder.config().fec);
     }
 }
