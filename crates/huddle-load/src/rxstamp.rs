@@ -98,9 +98,15 @@ mod tests {
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         enable(&rx).unwrap();
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // The kernel switches receive timestamping on for the whole stack lazily (a deferred
+        // static key) when the first socket asks: until then a datagram is stamped when it is
+        // read, not when it arrives. Let that happen before the datagram that is measured.
+        let mut buf = [0u8; 64];
+        tx.send_to(b"warm-up", rx.local_addr().unwrap()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        recv(rx.as_raw_fd(), &mut buf).unwrap();
         tx.send_to(b"hello", rx.local_addr().unwrap()).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(30));
-        let mut buf = [0u8; 64];
         let (n, from, waited) = recv(rx.as_raw_fd(), &mut buf).unwrap();
         assert_eq!(&buf[..n], b"hello");
         assert_eq!(from, tx.local_addr().unwrap());
