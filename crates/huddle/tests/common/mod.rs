@@ -1,6 +1,8 @@
 //! Test helpers: a recording event handler, waiting for events, engines against a real server.
 #![allow(dead_code)]
 
+pub mod netsim;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::Mutex;
