@@ -347,41 +347,38 @@ test("browser speech (fake microphone) → native player: the recording is the s
   await publish(page, "web-speech", false);
   // The native player records the mix for long enough to hold one whole pass of the looped file
   // wherever the loop stands when the recording starts (two passes: the file is 5.7 s), so the
-  // scoring script finds the whole reference in the recording. As in the SDK's own speech test, a
-  // call scoring below 3.5 is measured once more (on a busy 2-core machine a late packet costs a
-  // concealed or expanded frame in the middle of speech: the receiver's jitter buffer steps its
-  // delay by whole frames); the better call counts.
-  /** @type {any[]} */
-  const scores = [];
-  for (let attempt = 1; attempt <= 2; attempt++) {
-    const rec = join(dir, `browser-speech-heard-${attempt}.wav`);
-    const native = await nativeCall(room, `native-listener-${attempt}`, ["--play", "web-speech", "--record", rec, "--duration", "12.5"]);
-    const first = await native.wait("first audio frame", (e) => e.event === "player_recv_audio_first_frame");
-    const logined = native.events.find((e) => e.event === "room_state_changed" && e.reason === "Logined");
-    assert.equal(await native.exited, 0, `${native.lines.join("\n")}\n${native.stderr()}`);
-    const score = spawnSync("python3", [AUDIO_SCORE, speechWav, rec], { encoding: "utf8" });
-    assert.equal(score.status, 0, `audio_score.py: ${score.stderr}`);
-    const s = JSON.parse(score.stdout);
-    const parts = spawnSync("python3", [SPEECH_WINDOWS, speechWav, rec, String(s.lag_ms)], { encoding: "utf8" });
-    assert.equal(parts.status, 0, `speech_windows.py: ${parts.stderr}`);
-    s.steps = JSON.parse(parts.stdout);
-    s.firstFrameMs = first.t_ms - (logined?.t_ms ?? 0);
-    scores.push(s);
-    console.log(
-      `browser → native speech (call ${attempt}): PESQ ${s.pesq.toFixed(2)}, min 200 ms-window correlation ${s.min_window_corr.toFixed(2)} ` +
-        `over ${s.windows} windows (±30 ms), ${s.steps.min_window_corr.toFixed(2)} allowing the receiver's delay steps (±120 ms; ` +
-        `shifts ${[...new Set(s.steps.shift_ms.map(Math.round))].join("/")} ms); native login → first audio frame ${s.firstFrameMs} ms`,
-    );
-    if (s.pesq >= 3.5) break;
-  }
-  const s = scores.reduce((a, b) => (b.pesq > a.pesq ? b : a));
-  assert.ok(s.windows >= 10, `too little speech compared: ${JSON.stringify(s)}`);
-  // Nothing missing: every 200 ms speech window of the file is in the recording (a window that
-  // straddles one of the receiver's delay steps still correlates 0.5 or so; a lost stretch ≈ 0).
-  // The ±30 ms measure of audio_score.py is reported, not asserted: the native receiver steps its
-  // delay by 40–60 ms during a call from Chromium (see docs/web.md).
-  assert.ok(s.steps.min_window_corr >= 0.4, `a part of the speech is missing or garbled: ${JSON.stringify(s)}`);
-  assert.ok(s.pesq >= 3.0, `the speech arrived degraded: ${JSON.stringify(s)}`);
+  // scoring script finds the whole reference in the recording. One call, scored once: Chromium
+  // sends a bandwidth probe of RTP padding-only packets on the audio stream every 5 s, which the
+  // native jitter buffer used to play as frames of their own (a 40–80 ms delay step, twice a
+  // call); it skips them now (docs/media.md), and the call plays with no delay step.
+  const rec = join(dir, "browser-speech-heard.wav");
+  const native = await nativeCall(room, "native-listener", ["--play", "web-speech", "--record", rec, "--duration", "12.5"]);
+  const first = await native.wait("first audio frame", (e) => e.event === "player_recv_audio_first_frame");
+  const logined = native.events.find((e) => e.event === "room_state_changed" && e.reason === "Logined");
+  assert.equal(await native.exited, 0, `${native.lines.join("\n")}\n${native.stderr()}`);
+  const score = spawnSync("python3", [AUDIO_SCORE, speechWav, rec], { encoding: "utf8" });
+  assert.equal(score.status, 0, `audio_score.py: ${score.stderr}`);
+  const s = JSON.parse(score.stdout);
+  const parts = spawnSync("python3", [SPEECH_WINDOWS, speechWav, rec, String(s.lag_ms)], { encoding: "utf8" });
+  assert.equal(parts.status, 0, `speech_windows.py: ${parts.stderr}`);
+  s.windowsDetail = JSON.parse(parts.stdout);
+  s.firstFrameMs = first.t_ms - (logined?.t_ms ?? 0);
+  const w = s.windowsDetail;
+  console.log(
+    `browser → native speech: PESQ ${s.pesq.toFixed(2)}, min 200 ms-window correlation ${w.min_window_corr.toFixed(2)} over ${w.windows} ` +
+      `windows (±30 ms; ${w.corr.map((/** @type {number} */ c) => c.toFixed(2)).join(" ")}; shifts ` +
+      `${[...new Set(w.shift_ms.map((/** @type {number} */ x) => Math.round(x)))].join("/")} ms); native login → first audio frame ${s.firstFrameMs} ms`,
+  );
+  assert.ok(w.windows >= 10, `too little speech compared: ${JSON.stringify(s)}`);
+  // Nothing missing and no delay step: every 200 ms speech window of the file is in the recording
+  // within ±30 ms of where the file was found. A missing or replaced stretch correlates 0.1 or so,
+  // and a delay step of 40 ms or more takes every window after it to 0.1–0.6. The threshold is not
+  // the SDK test's 0.7 for every window: one window of the file (at 3.6 s, an unvoiced fricative
+  // with its energy above 1 kHz, which Chromium's Opus encoder codes as shaped noise) correlates
+  // 0.48–0.57 in every call at shift 0, while the others correlate 0.79–0.99 (docs/media.md).
+  assert.ok(w.min_window_corr >= 0.4, `a part of the speech is missing, garbled or shifted: ${JSON.stringify(s)}`);
+  assert.ok(w.low_windows <= 2, `more than 2 speech windows correlate below 0.7: ${JSON.stringify(s)}`);
+  assert.ok(s.pesq >= 3.5, `the speech arrived degraded: ${JSON.stringify(s)}`);
   await page.click("#stopPublish");
 });
 

@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
-"""Is every part of the sent speech in the recording? For the browser interop tests.
+"""Is every part of the sent speech in the recording, in place? For the browser interop tests.
 
-usage: speech_windows.py REFERENCE.wav RECORDING.wav LAG_MS
+usage: speech_windows.py REFERENCE.wav RECORDING.wav LAG_MS [SEARCH_MS]
 
 LAG_MS is where audio_score.py (crates/huddle/tests) found the reference in the recording. Like
 its `min_window_corr`, each 200 ms window of the reference that holds speech is looked for in the
-recording, but within +-120 ms of that place instead of +-30 ms: a receiver whose jitter buffer
-steps its delay by whole 20 ms frames (expand to grow, drop to shrink) during the call shifts the
-rest of the speech by a few frames, which is not a missing part. A missing, replaced or garbled
-stretch still shows as a low correlation. Prints one JSON object:
+recording within +-SEARCH_MS (default 30) of that place: a missing, replaced or garbled stretch
+shows as a low correlation, and so does every window after a delay step of the receiver larger
+than the search (a jitter buffer that moves its delay by whole 20 ms frames in the middle of the
+call shifts the rest of the speech). Prints one JSON object:
 - `min_window_corr`: the lowest best normalised correlation over the speech windows;
 - `windows`: how many windows were compared;
-- `shift_ms`: the best shift of each window (the delay steps the receiver took).
+- `corr`: each window's best correlation, in order;
+- `low_windows`: how many of them are below 0.7;
+- `shift_ms`: the best shift of each window (a delay step shows as a change).
 """
 
 import json
@@ -29,7 +31,8 @@ def main():
     rec = read(sys.argv[2])
     lag = int(round(float(sys.argv[3]) * RATE / 1000))
     win = RATE // 5
-    shift = RATE * 120 // 1000
+    search_ms = float(sys.argv[4]) if len(sys.argv) > 4 else 30.0
+    shift = int(RATE * search_ms / 1000)
     peak = np.sqrt(np.mean(ref**2))
     corrs = []
     shifts = []
@@ -55,6 +58,8 @@ def main():
             {
                 "min_window_corr": min(corrs) if corrs else -1.0,
                 "windows": len(corrs),
+                "corr": [round(c, 3) for c in corrs],
+                "low_windows": sum(1 for c in corrs if c < 0.7),
                 "shift_ms": shifts,
             }
         )

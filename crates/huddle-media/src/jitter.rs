@@ -120,6 +120,10 @@ pub enum Inserted {
     /// It jumped far from the stream (sender restart, long pause): the buffer started over
     /// with it.
     Restarted,
+    /// It carried no audio (an empty payload: an RTP padding-only packet, which Chromium sends
+    /// on the audio stream to probe the bandwidth): its sequence number is skipped at playout,
+    /// taking no time.
+    Padding,
 }
 
 /// Counters and delays of a [`JitterBuffer`].
@@ -159,6 +163,10 @@ pub struct JitterStats {
     pub deferred: u64,
     /// Times the buffer started over (see [`Inserted::Restarted`]).
     pub restarts: u64,
+    /// Sequence numbers that carried no audio, skipped at playout without taking time:
+    /// padding-only packets ([`Inserted::Padding`]) and gaps in the sequence numbers across
+    /// which the timestamp did not advance.
+    pub padding: u64,
 }
 
 #[derive(Debug)]
@@ -205,6 +213,13 @@ struct Slot {
 /// long pause): the buffer starts over with it ([`Inserted::Restarted`]). After 1 s with an
 /// empty buffer the stream is taken as stopped and `pop` returns `None` until packets come.
 ///
+/// Playout follows the timestamps: a packet with an empty payload (RTP padding only, which
+/// Chromium sends on the audio stream as a bandwidth probe, with the previous packet's
+/// timestamp) is not a frame ([`Inserted::Padding`]): its sequence number is skipped at playout
+/// without taking time, and its transit is not measured. A missing sequence number after which
+/// the next packet carries the timestamp the missing one would have had is skipped the same way
+/// (padding dropped before the buffer), not concealed.
+///
 /// Sequence numbers and timestamps are unwrapped to 64 bits, so they wrap around freely. The
 /// buffer holds at most 64 packets; it assumes 20 ms packets (what every browser sends).
 ///
@@ -238,6 +253,9 @@ pub struct JitterBuffer {
     slots: Vec<Option<Slot>>,
     /// Extended sequence numbers received recently (to tell duplicates from late packets).
     seen: Vec<i64>,
+    /// Extended sequence numbers of padding-only packets received recently (skipped at
+    /// playout).
+    padding: Vec<i64>,
     buffered: usize,
     stream: Option<Stream>,
     stats: JitterStats,
@@ -271,6 +289,11 @@ struct Stream {
     next_tick: Option<Instant>,
     /// Consecutive `Lost` frames reported while nothing after them had arrived.
     tentative: i64,
+    /// Frames `next_ts` went past a missing sequence number without moving on from it: when
+    /// the packets around a hole hold more sequence numbers than frames (some of them were
+    /// padding), a missing frame is reported by its timestamp, and a packet of it that comes
+    /// later is dropped instead of played a second time.
+    ts_ahead: i64,
     /// Consecutive ticks with an empty buffer.
     empty_ticks: u32,
     /// Consecutive ticks with the delay above the drop threshold.
@@ -311,6 +334,7 @@ impl JitterBuffer {
             config,
             slots: (0..CAPACITY).map(|_| None).collect(),
             seen: vec![i64::MIN; CAPACITY],
+            padding: vec![i64::MIN; CAPACITY],
             buffered: 0,
             stream: None,
             stats: JitterStats::default(),
@@ -333,6 +357,14 @@ impl JitterBuffer {
     /// step as soon as it is due.
     pub fn set_speech(&mut self, active: bool) {
         self.speech = active;
+    }
+
+    /// Changes the smallest delay (`JitterConfig::min_delay`, at most `max_delay`), e.g. to
+    /// give frames that arrive late because they come back from redundancy (RFC 2198 RED: a
+    /// lost frame travels again in the next packets) the time to arrive. The target follows at
+    /// once when it grows and by the usual steps when it shrinks.
+    pub fn set_min_delay(&mut self, min_delay: Duration) {
+        self.config.min_delay = min_delay.min(self.config.max_delay);
     }
 
     /// Whether the buffer is playing and starved: the packet for its next output has not
@@ -359,6 +391,9 @@ impl JitterBuffer {
     /// at `arrival`, on the same clock as [`pop`](Self::pop)'s `now`.
     pub fn insert(&mut self, seq: u16, rtp_ts: u32, payload: Vec<u8>, arrival: Instant) -> Inserted {
         self.stats.received += 1;
+        if payload.is_empty() {
+            return self.insert_padding(seq, rtp_ts);
+        }
         let Some(stream) = &self.stream else {
             self.start_stream(seq, rtp_ts, arrival);
             self.store(i64::from(seq), i64::from(rtp_ts), payload);
@@ -394,14 +429,20 @@ impl JitterBuffer {
             stream.highest_ts = ext_ts;
         }
         if let Some(next) = stream.next_seq {
-            if ext_seq < next {
+            if ext_seq < next || ext_ts < stream.next_ts {
                 // Its time has passed. If every frame since it was reported lost while nothing
                 // after it had arrived, and it can still be played within `max_delay`, take it:
-                // the concealed frames become expansion.
-                let behind = next - ext_seq;
+                // the concealed frames become expansion. Counted both in sequence numbers and
+                // in frames by timestamp: either may run ahead of the other (an Opus DTX gap:
+                // one sequence number for many frames; padding: sequence numbers for none).
+                let seq_behind = (next - ext_seq).max(0);
+                let ts_behind = ((stream.next_ts - ext_ts) / FRAME_SAMPLES as i64).max(0);
                 let delay = stream.us(arrival) - stream.ts_us(ext_ts) - stream.min_transit;
-                if behind <= stream.tentative && delay <= self.config.max_delay.as_micros() as i64 {
+                if seq_behind.max(ts_behind) <= stream.tentative
+                    && delay <= self.config.max_delay.as_micros() as i64
+                {
                     // The frames reported missing before it are lost for sure now.
+                    let behind = if ext_seq < next { seq_behind } else { ts_behind };
                     self.stats.lost += (stream.tentative - behind) as u64;
                     stream.tentative = 0;
                     stream.next_seq = Some(ext_seq);
@@ -421,6 +462,60 @@ impl JitterBuffer {
         }
         self.store(ext_seq, ext_ts, payload);
         Inserted::Buffered
+    }
+
+    /// A padding-only packet (no payload). It takes a sequence number but no time: its
+    /// timestamp repeats the previous packet's, and the next audio packet's timestamp follows
+    /// that one as if there had been no padding. It is remembered (so that playout skips its
+    /// sequence number instead of concealing a frame for it) and keeps the sequence number
+    /// and timestamp tracking in step, but its transit is not measured: it was sent whenever
+    /// the sender's pacer wanted to probe, not when its timestamp's audio was captured.
+    fn insert_padding(&mut self, seq: u16, rtp_ts: u32) -> Inserted {
+        self.stats.padding += 1;
+        let lowest = self.lowest_buffered();
+        let Some(stream) = self.stream.as_mut() else {
+            return Inserted::Padding;
+        };
+        let ext_seq = stream.highest_seq + i64::from(seq.wrapping_sub(stream.highest_seq as u16) as i16);
+        let ext_ts = stream.highest_ts + i64::from(rtp_ts.wrapping_sub(stream.highest_ts as u32) as i32);
+        let base_seq = stream.next_seq.or(lowest).unwrap_or(ext_seq);
+        if ext_seq >= base_seq + CAPACITY as i64 || ext_seq < base_seq - CAPACITY as i64 {
+            // Far from the stream: nothing to skip (a restart waits for audio).
+            return Inserted::Padding;
+        }
+        if ext_seq > stream.highest_seq {
+            stream.highest_seq = ext_seq;
+            stream.highest_ts = ext_ts;
+        }
+        let idx = ext_seq.rem_euclid(CAPACITY as i64) as usize;
+        self.padding[idx] = ext_seq;
+        self.seen[idx] = ext_seq;
+        Inserted::Padding
+    }
+
+    /// Whether sequence number `seq`, due next and not in the buffer, carried no audio:
+    /// a padding-only packet, or (when padding was filtered before the buffer) a gap after
+    /// which the next packet's timestamp is the one `seq` would have had.
+    fn carries_no_audio(&self, seq: i64, next_ts: i64) -> bool {
+        if self.is_padding(seq) {
+            return true;
+        }
+        self.next_buffered_after(seq)
+            .is_some_and(|next| next.ts <= next_ts)
+    }
+
+    /// Whether a padding-only packet with this sequence number was received.
+    fn is_padding(&self, seq: i64) -> bool {
+        self.padding[seq.rem_euclid(CAPACITY as i64) as usize] == seq
+    }
+
+    /// The buffered packet with the lowest sequence number above `seq`.
+    fn next_buffered_after(&self, seq: i64) -> Option<&Slot> {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|s| s.seq > seq)
+            .min_by_key(|s| s.seq)
     }
 
     /// The output for the next 20 ms tick, if one is due at `now`.
@@ -487,6 +582,7 @@ impl JitterBuffer {
             playing: false,
             next_tick: None,
             tentative: 0,
+            ts_ahead: 0,
             empty_ticks: 0,
             over_ticks: 0,
             deferred_ticks: 0,
@@ -573,6 +669,7 @@ impl JitterBuffer {
     fn clear(&mut self) {
         self.slots.iter_mut().for_each(|s| *s = None);
         self.seen.iter_mut().for_each(|s| *s = i64::MIN);
+        self.padding.iter_mut().for_each(|s| *s = i64::MIN);
         self.buffered = 0;
         self.stream = None;
     }
@@ -601,6 +698,7 @@ impl JitterBuffer {
             s.next_ts = ts;
             s.playing = true;
             s.tentative = 0;
+            s.ts_ahead = 0;
             s.empty_ticks = 0;
             s.over_ticks = 0;
             return true;
@@ -615,6 +713,28 @@ impl JitterBuffer {
         loop {
             let s = self.stream.as_ref().expect("stream exists");
             let seq = s.next_seq.expect("playing");
+            if self.peek(seq).is_none() && self.carries_no_audio(seq, s.next_ts) {
+                // Padding (a browser's bandwidth probe): no frame to play, no time taken. (Not
+                // counted when it is the sequence number of a frame reported lost by its
+                // timestamp, see `ts_ahead`, or counted already.)
+                if s.ts_ahead == 0 && !self.is_padding(seq) {
+                    self.stats.padding += 1;
+                }
+                let s = self.stream.as_mut().expect("stream exists");
+                s.next_seq = Some(seq + 1);
+                continue;
+            }
+            let oldest_reported = s.next_ts - s.ts_ahead * FRAME_SAMPLES as i64;
+            if let Some(slot) = self.peek(seq)
+                && (oldest_reported..s.next_ts).contains(&slot.ts)
+            {
+                // Its frame was reported lost already (see `ts_ahead`): do not play it twice.
+                self.take(seq);
+                self.stats.late += 1;
+                let s = self.stream.as_mut().expect("stream exists");
+                s.next_seq = Some(seq + 1);
+                continue;
+            }
             let ts = self.peek(seq).map_or(s.next_ts, |slot| slot.ts);
             let delay = s.us(tick) - s.ts_us(ts);
             let lateness = delay - s.offset;
@@ -669,6 +789,7 @@ impl JitterBuffer {
                 let slot = self.take(seq).expect("present");
                 let s = self.stream.as_mut().expect("stream exists");
                 s.tentative = 0;
+                s.ts_ahead = 0;
                 s.empty_ticks = 0;
                 self.stats.played += 1;
                 self.stats.current_delay = duration_us(delay - s.min_transit);
@@ -679,7 +800,7 @@ impl JitterBuffer {
                 };
             }
             let fec_from = self
-                .peek(seq + 1)
+                .next_buffered_after(seq)
                 .filter(|next| next.ts == ts + FRAME_SAMPLES as i64)
                 .map(|next| next.payload.clone());
             if fec_from.is_some() {
@@ -687,9 +808,21 @@ impl JitterBuffer {
             } else {
                 self.stats.concealed += 1;
             }
+            // More sequence numbers than frames up to the next packet: some of them were padding
+            // (lost or late), and which one held this frame is not known yet. Report the frame
+            // by its timestamp and stay at this sequence number: the packets after it are
+            // skipped (padding) or dropped (this frame, late) when they come.
+            let unaccounted = self.next_buffered_after(seq).is_some_and(|next| {
+                let padding = (seq + 1..next.seq).filter(|&p| self.is_padding(p)).count() as i64;
+                next.seq - seq - padding > (next.ts - ts) / FRAME_SAMPLES as i64
+            });
             // With later packets here the frame is lost for sure; with none it is only missing
             // so far (counted as lost once a later packet comes, see `insert`).
             let s = self.stream.as_mut().expect("stream exists");
+            if unaccounted {
+                s.next_seq = Some(seq);
+                s.ts_ahead += 1;
+            }
             if buffer_empty {
                 s.tentative += 1;
             } else {

@@ -666,3 +666,209 @@ fn starved_means_playing_with_nothing_to_play() {
         Some(Playout::Packet { seq: 2, .. })
     ));
 }
+
+/// Drives a buffer with a list of packets (arrival ms, seq, ts, payload); pops at 7 ms past
+/// every 20 ms. Returns (time of the pop in ms, output) and what each insert said.
+fn drive_packets(
+    jb: &mut JitterBuffer,
+    until_ms: u64,
+    mut packets: Vec<(u64, u16, u32, Vec<u8>)>,
+) -> (Vec<(u64, Playout)>, Vec<Inserted>) {
+    let t0 = Instant::now();
+    packets.sort_by_key(|p| p.0);
+    let mut packets = packets.into_iter().peekable();
+    let mut outs = Vec::new();
+    let mut inserted = Vec::new();
+    for ms in 0..until_ms {
+        while let Some((_, seq, ts, data)) = packets.next_if(|p| p.0 <= ms) {
+            inserted.push(jb.insert(seq, ts, data, t0 + millis(ms)));
+        }
+        if ms % 20 == 7 {
+            while let Some(out) = jb.pop(t0 + millis(ms)) {
+                outs.push((ms, out));
+            }
+        }
+    }
+    (outs, inserted)
+}
+
+/// What Chromium sends on an audio-only stream (recorded at the native player, see
+/// docs/media.md): 20 ms Opus packets, and every 5 s a bandwidth probe of RTP padding-only
+/// packets interleaved with them. Each padding packet takes the next sequence number, repeats
+/// the timestamp of the audio packet before it and has an empty payload (str0m strips the
+/// padding); the audio packets' timestamps go on as if there were no padding. Frame `i` is sent
+/// at `i` × 20 ms and arrives 5 ms later; after each frame in `probed` comes one padding packet
+/// (`with_padding` false: the padding never reaches the buffer, as when a layer before it drops
+/// it). Returns the packets, and each frame's sequence number.
+fn chromium_stream(frames: u64, probed: &[u64], with_padding: bool) -> Vec<(u64, u16, u32, Vec<u8>)> {
+    let mut packets = Vec::new();
+    let mut seq: u16 = 7000;
+    for i in 0..frames {
+        let ts = 960 * i as u32;
+        packets.push((20 * i + 5, seq, ts, payload(i)));
+        seq = seq.wrapping_add(1);
+        if probed.contains(&i) {
+            if with_padding {
+                packets.push((20 * i + 11, seq, ts, Vec::new()));
+            }
+            seq = seq.wrapping_add(1);
+        }
+    }
+    packets
+}
+
+#[test]
+fn padding_only_packets_take_no_playout_time() {
+    // Two probes of three padding packets, at 5 s and 10 s, as recorded from Chromium: before
+    // the fix each was played as a (concealed) frame of its own, and the delay stepped by 60 ms.
+    let probed = [250, 251, 252, 500, 501, 502];
+    for with_padding in [true, false] {
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        let (outs, inserted) = drive_packets(&mut jb, 12_000, chromium_stream(590, &probed, with_padding));
+        let stats = jb.stats();
+        eprintln!("padding {with_padding}: {stats:?}");
+        let played: Vec<u64> = outs
+            .iter()
+            .filter_map(|(_, o)| match o {
+                Playout::Packet { payload, .. } => {
+                    assert!(!payload.is_empty(), "an empty payload was handed out");
+                    Some(u64::from_be_bytes(payload[..].try_into().unwrap()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(played, (0..590).collect::<Vec<_>>(), "every frame once, in order");
+        // Nothing concealed between the first frame and the last: no delay step at all.
+        let first = outs
+            .iter()
+            .position(|(_, o)| matches!(o, Playout::Packet { .. }))
+            .unwrap();
+        let last = outs
+            .iter()
+            .rposition(|(_, o)| matches!(o, Playout::Packet { .. }))
+            .unwrap();
+        let steps: Vec<_> = outs[first..=last]
+            .iter()
+            .filter(|(_, o)| !matches!(o, Playout::Packet { .. }))
+            .collect();
+        assert!(steps.is_empty(), "delay steps: {steps:?}");
+        assert_eq!(stats.padding, 6, "{stats:?}");
+        // (The frames after the last one are concealed as missing: the stream ends there.)
+        assert_eq!(
+            (stats.lost, stats.expanded, stats.discarded),
+            (0, 0, 0),
+            "{stats:?}"
+        );
+        assert!(
+            stats.target_delay <= 25 * MS,
+            "padding must not count as jitter: {stats:?}"
+        );
+        assert!(stats.current_delay <= 25 * MS, "{stats:?}");
+        let padded = inserted.iter().filter(|i| **i == Inserted::Padding).count();
+        assert_eq!(padded, if with_padding { 6 } else { 0 });
+    }
+}
+
+#[test]
+fn a_lost_frame_before_padding_is_recovered_from_the_frame_after_it() {
+    // Frame 250 is lost; the padding packet after it stands between it and frame 251.
+    let mut packets = chromium_stream(400, &[250], true);
+    packets.retain(|p| p.3 != payload(250));
+    let mut jb = JitterBuffer::new(JitterConfig::default());
+    let (outs, _) = drive_packets(&mut jb, 8_000, packets);
+    let lost: Vec<_> = outs
+        .iter()
+        .filter(|(ms, _)| *ms < 8_000 - 20)
+        .filter(|(_, o)| !matches!(o, Playout::Packet { .. }))
+        .collect();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert!(
+        matches!(&lost[0].1, Playout::Lost { fec_from: Some(next), .. } if *next == payload(251)),
+        "{lost:?}"
+    );
+    let stats = jb.stats();
+    assert_eq!(
+        (stats.lost, stats.fec_recovered, stats.padding),
+        (1, 1, 1),
+        "{stats:?}"
+    );
+}
+
+#[test]
+fn padding_alone_starts_nothing_and_a_padding_packet_is_not_a_duplicate_of_audio() {
+    let mut jb = JitterBuffer::new(JitterConfig::default());
+    let t0 = Instant::now();
+    assert_eq!(jb.insert(5, 0, Vec::new(), t0), Inserted::Padding);
+    assert_eq!(jb.pop(t0 + 100 * MS), None, "no stream from padding alone");
+    assert_eq!(jb.next_due(), None);
+    assert_eq!(jb.insert(6, 0, payload(0), t0 + 20 * MS), Inserted::Buffered);
+    assert!(matches!(
+        jb.pop(t0 + 45 * MS),
+        Some(Playout::Packet { seq: 6, .. })
+    ));
+}
+
+#[test]
+fn padding_over_a_jittery_lossy_link_costs_no_frame() {
+    // The Chromium stream (a probe of three padding packets every 5 s) through 30 ms of
+    // jitter, 10 % loss and some reordering: the padding packets are lost, late or reordered
+    // like the audio. Whatever happens to them, no frame is played twice, an empty payload is
+    // never handed out, and each frame takes one output (played or lost) and padding none.
+    let probed: Vec<u64> = (0..1_000).filter(|i| i % 250 < 3).collect();
+    let packets = chromium_stream(1_000, &probed, true);
+    for seed in 0..20 {
+        let mut impairment = impairment(40, 30, 0.1);
+        impairment.reorder = 0.05;
+        let mut link: Link<Packet> = Link::new(impairment, seed);
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        let t0 = Instant::now();
+        let mut outs = Vec::new();
+        let mut pending = packets.iter().peekable();
+        for ms in 0..21_000u64 {
+            let now = t0 + millis(ms);
+            // chromium_stream's times are arrivals 5 ms after sending: send at that time - 5.
+            while let Some((_, seq, ts, data)) = pending.next_if(|p| p.0 - 5 <= ms) {
+                link.send((*seq, *ts, data.clone()), now);
+            }
+            while let Some((seq, ts, data)) = link.recv(now) {
+                jb.insert(seq, ts, data, now);
+            }
+            if ms % 20 == 7 {
+                while let Some(out) = jb.pop(now) {
+                    outs.push(out);
+                }
+            }
+        }
+        let stats = jb.stats();
+        let mut frames = BTreeSet::new();
+        for out in &outs {
+            if let Playout::Packet { payload, .. } = out {
+                assert!(
+                    !payload.is_empty(),
+                    "seed {seed}: an empty payload was handed out"
+                );
+                let frame = u64::from_be_bytes(payload[..].try_into().unwrap());
+                assert!(frames.insert(frame), "seed {seed}: frame {frame} played twice");
+            }
+        }
+        // From the first frame played to the last, one output per frame: padding takes none.
+        let is_packet = |o: &Playout| matches!(o, Playout::Packet { .. });
+        let first = outs.iter().position(is_packet).unwrap();
+        let last = outs.iter().rposition(is_packet).unwrap();
+        let span = frames.last().unwrap() - frames.first().unwrap() + 1;
+        let frame_outputs = outs[first..=last]
+            .iter()
+            .filter(|o| matches!(o, Playout::Packet { .. } | Playout::Lost { .. }))
+            .count() as u64;
+        // (A frame reported lost while nothing had arrived and played after all when it came
+        // turns its `Lost` into expansion: counted in `expanded`, not among the outputs.)
+        let expands = outs.iter().filter(|o| matches!(o, Playout::Expand)).count() as u64;
+        let late_played = stats.expanded - expands;
+        assert!(
+            frame_outputs <= span + late_played && frame_outputs + stats.discarded >= span,
+            "seed {seed}: {frame_outputs} outputs for {span} frames: {stats:?}"
+        );
+        assert!(stats.played >= 850, "seed {seed}: {stats:?}");
+        assert!(stats.padding >= 6, "seed {seed}: {stats:?}");
+    }
+}
