@@ -5,7 +5,15 @@
 //! Progress on stderr each second (unless `--quiet`); at the end the report as a table on stdout,
 //! or with `--json` as one JSON object. Bounded: at most `huddle_load::MAX_PUBLISHERS` publishers
 //! and `huddle_load::MAX_PLAY_STREAMS` played streams, a window of at most
-//! [`MAX_DURATION_S`] seconds, and a hard bound on the whole run (`--max-run`).
+//! `huddle_load::cli::MAX_DURATION_S` seconds, and a hard bound on the whole run (`--max-run`).
+//! The flags of the load's shape are `huddle_load::cli::LoadArgs`, shared with the `huddle-load`
+//! binary.
+//!
+//! With `--churn`, the churn soak instead (`huddle_load::run_churn`): `--clients` clients loop
+//! login → publish → play others → hold → stop → logout (or drop the socket, or drop mid-ICE) for
+//! `--duration` (default 60 s, at most 3600 s), seeded by `--seed`; the report gives cycles, errors
+//! by code, the server's RSS (with `--server-pid`) at the end of the warm-up and at the end, the
+//! slope in KiB per 1000 cycles, and whether the server was empty again at the end.
 //!
 //! Clients bind `--bind` (127.0.0.1 unless the run is inside a network namespace of its own, see
 //! `huddle_load::netguard`) and send only to loopback or that address.
@@ -13,21 +21,15 @@
 //! Exit codes: 0 the run completed (its report says how well); 1 the run could not be made
 //! (unreachable server, a URL outside loopback, no publisher joined, e.g. a refused login; the
 //! report is still printed when there is one); 2 bad arguments; 3 with `--strict`, the run
-//! completed but not cleanly (a client failed to join or errored, or a packet was lost).
+//! completed but not cleanly (a client failed to join or errored, or a packet was lost; churn: a
+//! cycle errored, or the server was not empty at the end). Churn exits 1 when no cycle completed.
 
-use std::net::IpAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use huddle_load::{HuddleTarget, JanusTarget, LoadError, Plan, ProcTarget, Report, netguard};
-
-/// The longest measurement window the command takes, seconds.
-pub const MAX_DURATION_S: f64 = 600.0;
-/// The longest join timeout, seconds.
-const MAX_JOIN_TIMEOUT_S: f64 = 120.0;
-/// The most generator threads.
-const MAX_THREADS: usize = 64;
+use huddle_load::cli::{ChurnArgs, LoadArgs};
+use huddle_load::{ChurnReport, HuddleTarget, JanusTarget, LoadError, ProcTarget, Report};
 
 #[derive(clap::Args, Debug)]
 pub struct LoadTestArgs {
@@ -36,7 +38,7 @@ pub struct LoadTestArgs {
     server: Option<String>,
     /// Run the same load against Janus videoroom instead, at its WebSocket API
     /// (`ws://HOST:8188`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "churn")]
     janus: Option<String>,
     /// The AppID to log in to (Huddle).
     #[arg(long, required_unless_present = "janus")]
@@ -44,46 +46,20 @@ pub struct LoadTestArgs {
     /// The app's AppSign, 64 hex characters (Huddle).
     #[arg(long, required_unless_present = "janus")]
     app_sign: Option<String>,
-    /// Publishers, each sending one Opus-sized audio stream.
-    #[arg(long, default_value_t = 2)]
-    publishers: u32,
-    /// Subscribers, each playing every publisher (one peer connection per played stream).
-    #[arg(long, default_value_t = 3)]
-    subscribers: u32,
-    /// The measurement window, seconds (after everyone joined).
-    #[arg(long, default_value_t = 5.0)]
-    duration: f64,
-    /// Packets per second per publisher (50: 20 ms frames).
-    #[arg(long, default_value_t = 50)]
-    rate: u32,
-    /// How long joining may take (publishers, then subscribers), seconds.
-    #[arg(long, default_value_t = 20.0)]
-    join_timeout: f64,
-    /// Clients negotiating at once.
-    #[arg(long, default_value_t = 32)]
-    join_concurrency: usize,
-    /// A hard bound on the whole run, seconds (default: window + 2 × join timeout + 30).
-    #[arg(long)]
-    max_run: Option<f64>,
-    /// The clients' address, and the only non-loopback address they send to: loopback, or an
-    /// address of a network namespace made for the run (refused elsewhere).
-    #[arg(long, default_value_t = netguard::DEFAULT_BIND)]
-    bind: IpAddr,
     /// The server's PID: its CPU and memory (from /proc) go into the report.
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Threads of the generator's runtime.
-    #[arg(long, default_value_t = 2)]
-    threads: usize,
     /// Print the report as one JSON object (instead of the table).
     #[arg(long)]
     json: bool,
-    /// No progress lines on stderr.
-    #[arg(long)]
-    quiet: bool,
-    /// Exit 3 unless every client joined, none failed and no packet was lost.
+    /// Exit 3 unless every client joined, none failed and no packet was lost (with `--churn`:
+    /// unless cycles completed without an error and the server was empty at the end).
     #[arg(long)]
     strict: bool,
+    #[command(flatten)]
+    load: LoadArgs,
+    #[command(flatten)]
+    churn: ChurnArgs,
 }
 
 /// Appends the signaling path to a `ws://HOST:PORT` without one.
@@ -99,88 +75,138 @@ fn huddle_url(server: &str) -> String {
     }
 }
 
-fn seconds(name: &str, v: f64, max: f64) -> Result<Duration, String> {
-    if !v.is_finite() || v <= 0.0 || v > max {
-        return Err(format!("--{name} must be in (0, {max}] seconds"));
-    }
-    Ok(Duration::from_secs_f64(v))
-}
-
-impl LoadTestArgs {
-    /// The plan, bounds checked.
-    fn plan(&self) -> Result<Plan, String> {
-        let duration = seconds("duration", self.duration, MAX_DURATION_S)?;
-        let join_timeout = seconds("join-timeout", self.join_timeout, MAX_JOIN_TIMEOUT_S)?;
-        let default_max = duration + 2 * join_timeout + Duration::from_secs(30);
-        let max_run = match self.max_run {
-            Some(s) => seconds("max-run", s, MAX_DURATION_S + 2.0 * MAX_JOIN_TIMEOUT_S + 30.0)?,
-            None => default_max,
-        };
-        if !(1..=1024).contains(&self.join_concurrency) {
-            return Err("--join-concurrency must be 1..=1024".into());
-        }
-        if !(1..=MAX_THREADS).contains(&self.threads) {
-            return Err(format!("--threads must be 1..={MAX_THREADS}"));
-        }
-        let mut plan = Plan::default();
-        plan.publishers = self.publishers;
-        plan.subscribers = self.subscribers;
-        plan.packet_rate = self.rate;
-        plan.duration = duration;
-        plan.join_timeout = join_timeout;
-        plan.join_concurrency = self.join_concurrency;
-        plan.max_run = max_run;
-        plan.progress = !self.quiet;
-        plan.server = self.server_pid.map(ProcTarget::process);
-        plan.bind = self.bind;
-        plan.validate().map_err(|e| e.to_string())?;
-        Ok(plan)
-    }
+/// Fails with exit code 2 (bad arguments).
+fn usage(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("huddle load-test: {e}");
+    ExitCode::from(2)
 }
 
 pub fn run(args: LoadTestArgs) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let plan = match args.plan() {
+    huddle_load::cli::init_logs();
+    let server = args.server_pid.map(ProcTarget::process);
+    if args.churn.churn {
+        return churn(&args, server);
+    }
+    let plan = match args.load.plan(server) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("huddle load-test: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return usage(e),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads)
-        .thread_name("huddle-load")
-        .enable_all()
-        .build()
-    {
+    match (&args.janus, &args.server) {
+        (Some(url), _) => {
+            let target = Arc::new(JanusTarget::new(url));
+            execute(
+                &args,
+                |rt| rt.block_on(huddle_load::run(target, plan)),
+                judge_load,
+            )
+        }
+        (None, Some(_)) => match huddle_target(&args) {
+            Ok(target) => execute(
+                &args,
+                |rt| rt.block_on(huddle_load::run(Arc::new(target), plan)),
+                judge_load,
+            ),
+            Err(code) => code,
+        },
+        (None, None) => unreachable!("clap requires --server or --janus"),
+    }
+}
+
+/// The Huddle target of `--server`, `--app-id`, `--app-sign` (exit 2 on a bad AppSign).
+fn huddle_target(args: &LoadTestArgs) -> Result<HuddleTarget, ExitCode> {
+    let server = args.server.as_deref().unwrap_or_default();
+    let sign = args
+        .app_sign
+        .as_deref()
+        .unwrap_or("")
+        .parse()
+        .map_err(|e| usage(format!("--app-sign: {e}")))?;
+    Ok(HuddleTarget::new(
+        huddle_url(server),
+        args.app_id.unwrap_or(0),
+        sign,
+    ))
+}
+
+/// `--churn`: the churn soak against the Huddle server.
+fn churn(args: &LoadTestArgs, server: Option<ProcTarget>) -> ExitCode {
+    let plan = match args.churn.plan(&args.load, server) {
+        Ok(p) => p,
+        Err(e) => return usage(e),
+    };
+    let target = match huddle_target(args) {
+        Ok(t) => Arc::new(t),
+        Err(code) => return code,
+    };
+    if server.is_none() {
+        eprintln!("huddle load-test: no --server-pid: the server's memory is not sampled");
+    }
+    execute(
+        args,
+        |rt| rt.block_on(huddle_load::run_churn(target, plan)),
+        judge_churn,
+    )
+}
+
+/// What the command makes of a report: its table, why nothing went through (exit 1), and what
+/// is not clean (exit 3 with `--strict`).
+struct Judged {
+    table: String,
+    nothing_done: Option<String>,
+    failures: Vec<String>,
+}
+
+impl Judged {
+    /// `none`: nothing went through, said as `what` with the first error.
+    fn new(table: String, none: bool, what: &str, first: Option<&String>, failures: Vec<String>) -> Judged {
+        let first = first.map_or("no error reported", String::as_str);
+        let nothing_done = none.then(|| format!("{what}; first error: {first}"));
+        Judged {
+            table,
+            nothing_done,
+            failures,
+        }
+    }
+}
+
+fn judge_load(r: &Report) -> Judged {
+    let none = r.publishers_joined == 0;
+    Judged::new(
+        r.to_table(),
+        none,
+        "no publisher joined",
+        r.errors.first(),
+        r.smoke_failures(),
+    )
+}
+
+fn judge_churn(r: &ChurnReport) -> Judged {
+    let none = r.cycles_completed == 0;
+    let first = r.error_samples.first();
+    Judged::new(
+        r.to_table(),
+        none,
+        "no churn cycle completed",
+        first,
+        r.failures(),
+    )
+}
+
+/// Runs `run` on the generator's runtime, prints its report (table, or JSON with `--json`) and
+/// picks the exit code.
+fn execute<R: serde::Serialize>(
+    args: &LoadTestArgs,
+    run: impl FnOnce(&tokio::runtime::Runtime) -> Result<R, LoadError>,
+    judge: impl FnOnce(&R) -> Judged,
+) -> ExitCode {
+    let runtime = match args.load.runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("huddle load-test: cannot start the runtime: {e}");
+            eprintln!("huddle load-test: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let report: Result<Report, LoadError> = match (&args.janus, &args.server) {
-        (Some(url), _) => runtime.block_on(huddle_load::run(Arc::new(JanusTarget::new(url)), plan)),
-        (None, Some(server)) => {
-            let sign = match args.app_sign.as_deref().unwrap_or("").parse() {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("huddle load-test: --app-sign: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let app_id = args.app_id.unwrap_or(0);
-            let target = HuddleTarget::new(huddle_url(server), app_id, sign);
-            runtime.block_on(huddle_load::run(Arc::new(target), plan))
-        }
-        (None, None) => unreachable!("clap requires --server or --janus"),
-    };
+    let report = run(&runtime);
     // Clients that did not stop in time must not hold the process.
     runtime.shutdown_timeout(Duration::from_secs(2));
     let report = match report {
@@ -190,19 +216,18 @@ pub fn run(args: LoadTestArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let judged = judge(&report);
     if args.json {
         println!("{}", serde_json::to_string(&report).expect("a report serializes"));
     } else {
-        print!("{}", report.to_table());
+        print!("{}", judged.table);
     }
-    if report.publishers_joined == 0 {
-        let first = report.errors.first().map_or("no error reported", String::as_str);
-        eprintln!("huddle load-test: no publisher joined; first error: {first}");
+    if let Some(why) = judged.nothing_done {
+        eprintln!("huddle load-test: {why}");
         return ExitCode::FAILURE;
     }
-    let failures = report.smoke_failures();
-    if args.strict && !failures.is_empty() {
-        eprintln!("huddle load-test: not clean: {}", failures.join("; "));
+    if args.strict && !judged.failures.is_empty() {
+        eprintln!("huddle load-test: not clean: {}", judged.failures.join("; "));
         return ExitCode::from(3);
     }
     ExitCode::SUCCESS
@@ -224,6 +249,21 @@ mod tests {
     }
 
     const SIGN: &str = "8f3a1c2b4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
+    /// A Huddle server and its credentials.
+    const HUDDLE: [&str; 6] = [
+        "--server",
+        "ws://127.0.0.1:1",
+        "--app-id",
+        "1",
+        "--app-sign",
+        SIGN,
+    ];
+    const JANUS: [&str; 2] = ["--janus", "ws://127.0.0.1:8188"];
+
+    /// `base` then `extra`, parsed (an error as text).
+    fn parse2(base: &[&str], extra: &[&str]) -> Result<LoadTestArgs, String> {
+        parse(&[base, extra].concat()).map_err(|e| e.to_string())
+    }
 
     #[test]
     fn the_signaling_path_is_added_when_missing() {
@@ -235,38 +275,17 @@ mod tests {
     #[test]
     fn huddle_needs_credentials_janus_does_not() {
         assert!(parse(&["--server", "ws://127.0.0.1:1"]).is_err());
-        assert!(
-            parse(&[
-                "--server",
-                "ws://127.0.0.1:1",
-                "--app-id",
-                "1",
-                "--app-sign",
-                SIGN
-            ])
-            .is_ok()
-        );
-        assert!(parse(&["--janus", "ws://127.0.0.1:8188"]).is_ok());
+        assert!(parse(&HUDDLE).is_ok());
+        assert!(parse(&JANUS).is_ok());
         assert!(parse(&[]).is_err());
-        let both = [
-            "--janus",
-            "ws://127.0.0.1:8188",
-            "--server",
-            "ws://127.0.0.1:1",
-            "--app-id",
-            "1",
-            "--app-sign",
-            SIGN,
-        ];
-        assert!(parse(&both).is_err());
+        assert!(parse2(&JANUS, &HUDDLE).is_err());
     }
 
     #[test]
     fn plans_are_bounded() {
-        let base = ["--janus", "ws://127.0.0.1:8188"];
         let plan = |extra: &[&str]| {
-            let v: Vec<&str> = base.iter().chain(extra).copied().collect();
-            parse(&v).unwrap().plan()
+            let args = parse2(&JANUS, extra)?;
+            args.load.plan(args.server_pid.map(ProcTarget::process))
         };
         let p = plan(&["--publishers", "10", "--subscribers", "100", "--duration", "2"]).unwrap();
         assert_eq!((p.publishers, p.subscribers), (10, 100));
@@ -291,5 +310,35 @@ mod tests {
         let p = plan(&["--max-run", "9", "--duration", "3", "--server-pid", "1"]).unwrap();
         assert_eq!(p.max_run, Duration::from_secs(9));
         assert!(p.server.is_some());
+    }
+
+    #[test]
+    fn churn_flags() {
+        let churn = |extra: &[&str]| {
+            let args = parse2(&HUDDLE, extra)?;
+            assert!(args.churn.churn);
+            args.churn.plan(&args.load, None)
+        };
+        let p = churn(&["--churn", "--clients", "20", "--duration", "600s"]).unwrap();
+        assert_eq!((p.clients, p.duration), (20, Duration::from_secs(600)));
+        assert_eq!(p.warmup, Duration::from_secs(60));
+        assert_eq!(p.seed, 1);
+        let p = churn(&["--churn", "--duration", "25", "--seed", "7", "--warmup", "5s"]).unwrap();
+        assert_eq!((p.seed, p.warmup), (7, Duration::from_secs(5)));
+        // Churn runs may be longer than a measurement window (up to an hour).
+        assert!(churn(&["--churn", "--duration", "1h"]).is_ok());
+        for bad in [
+            &["--churn", "--duration", "3601"][..],
+            &["--churn", "--clients", "0"],
+            &["--churn", "--clients", "501"],
+            &["--churn", "--duration", "10", "--warmup", "10"],
+            &["--churn", "--hold-max", "0"],
+            &["--churn", "--max-plays", "9"],
+        ] {
+            assert!(churn(bad).is_err(), "{bad:?} accepted");
+        }
+        // Churn flags need --churn; churn is Huddle's only.
+        assert!(parse2(&HUDDLE, &["--clients", "3"]).is_err());
+        assert!(parse2(&JANUS, &["--churn"]).is_err());
     }
 }

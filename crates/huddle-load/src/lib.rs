@@ -12,6 +12,13 @@
 //! bounded: at most [`MAX_PUBLISHERS`] publishers, [`MAX_PLAY_STREAMS`] played streams, and
 //! [`Plan::max_run`] of wall time.
 //!
+//! The churn soak ([`run_churn`], `huddle load-test --churn`) is the leak detector: clients that
+//! log in, publish, play, hold and leave (cleanly, by dropping the socket, or mid-ICE) in a loop,
+//! with the server's RSS sampled over the cycles and its live counts checked at the end
+//! ([`ChurnReport`]).
+//!
+//! The flags of both command lines are [`cli::LoadArgs`] and [`cli::ChurnArgs`].
+//!
 //! It sends only to loopback, or, inside a network namespace made for the run, to the one address
 //! its clients bind ([`Plan::bind`], default 127.0.0.1): see [`netguard`]. Janus's ICE ignores
 //! loopback, so `scripts/bench.sh` runs Janus, Huddle and the generator in such a namespace with
@@ -35,6 +42,8 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
 
+mod churn;
+pub mod cli;
 pub mod metrics;
 pub mod netguard;
 pub mod packet;
@@ -46,6 +55,10 @@ mod rxstamp;
 mod target;
 mod ws;
 
+pub use churn::{
+    ChurnMemory, ChurnPlan, ChurnReport, LiveCounts, MAX_CHURN_CLIENTS, RssSample, fetch_live_counts,
+    run_churn,
+};
 pub use peer::PcSetup;
 pub use relay::{Relay, RelayStats};
 pub use report::{Dist, ProcReport, Report};
@@ -158,12 +171,17 @@ impl Plan {
         if self.max_run < self.duration {
             return Err(LoadError::Plan("max_run is shorter than the window".into()));
         }
-        let ok_id = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-        if self.run_id.is_empty() || self.run_id.len() > 32 || !self.run_id.chars().all(ok_id) {
-            return Err(LoadError::Plan("run_id: 1 to 32 of [0-9A-Za-z_-]".into()));
-        }
-        Ok(())
+        check_run_id(&self.run_id)
     }
+}
+
+/// A run ID names rooms, users and streams: 1 to 32 of `[0-9A-Za-z_-]`.
+pub(crate) fn check_run_id(id: &str) -> Result<(), LoadError> {
+    let ok_id = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    if id.is_empty() || id.len() > 32 || !id.chars().all(ok_id) {
+        return Err(LoadError::Plan("run_id: 1 to 32 of [0-9A-Za-z_-]".into()));
+    }
+    Ok(())
 }
 
 /// A simulated user.

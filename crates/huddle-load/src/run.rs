@@ -42,6 +42,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// A run's state whose window is always open (the churn soak counts every packet).
+    pub(crate) fn open(rate: u32) -> Shared {
+        let s = Shared::new(rate);
+        s.window_start_us.store(0, Ordering::Relaxed);
+        s
+    }
+
     fn new(rate: u32) -> Shared {
         Shared {
             epoch: Instant::now(),
@@ -99,7 +106,7 @@ pub(crate) struct ClientOutcome {
 }
 
 impl ClientOutcome {
-    fn failed(e: impl ToString) -> ClientOutcome {
+    pub(crate) fn failed(e: impl ToString) -> ClientOutcome {
         ClientOutcome {
             error: Some(e.to_string()),
             ..ClientOutcome::default()

@@ -3,7 +3,10 @@
 //!
 //! - `GET /` (the page), `/app.js`, `/style.css`, `/sdk/huddle.js` (the browser SDK, an ES module).
 //! - `GET /api/info`: `{"dev_mode": bool, "protocol": 1}`, and in dev mode also the dev app's
-//!   `app_id` (public; the page pre-fills it).
+//!   `app_id` (public; the page pre-fills it). Asked from a loopback address (monitoring on the
+//!   host, the churn soak of `huddle load-test --churn`), also `"live"`: the server's counts now,
+//!   `{"connections", "sessions", "detached", "rooms", "streams", "peer_connections"}` (read-only,
+//!   aggregate; not given to other addresses).
 //! - `POST /api/dev-token`, **only in dev mode** (the route does not exist otherwise: 404): JSON
 //!   `{"app_id", "user_id", "room_id"?, "effective_secs"?}` → `{"token": "04…", "expire": unix_s}`,
 //!   a Token04 token minted with the dev app's server secret. With a `room_id` the token may log in
@@ -13,13 +16,15 @@
 //! The files live in `web/` at the repository root; they are compiled in, so a release binary
 //! serves the page without any file beside it.
 
-use axum::Json;
-use axum::Router;
+use std::net::SocketAddr;
+
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::connect_info::ConnectInfo;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
 use huddle_proto::{AppId, ErrorCode, HuddleError, PROTOCOL_VERSION, RoomId, UserId};
 use huddle_token::{Privileges, TokenBuilder};
 use serde::Deserialize;
@@ -73,7 +78,10 @@ async fn asset(body: &'static str, content_type: &'static str) -> Response {
         .into_response()
 }
 
-async fn info(State(state): State<ServerState>) -> Response {
+async fn info(
+    State(state): State<ServerState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+) -> Response {
     let config = state.config();
     let mut body = json!({ "dev_mode": config.dev_mode, "protocol": PROTOCOL_VERSION });
     if config.dev_mode
@@ -81,7 +89,25 @@ async fn info(State(state): State<ServerState>) -> Response {
     {
         body["app_id"] = json!(app.app_id.get());
     }
+    if peer.is_some_and(|Extension(ConnectInfo(a))| a.ip().to_canonical().is_loopback()) {
+        body["live"] = live_counts(&state);
+    }
     Json(body).into_response()
+}
+
+/// The server's counts now: open WebSocket connections, sessions (attached or in grace), detached
+/// sessions, rooms, published streams and open peer connections (opened − closed).
+fn live_counts(state: &ServerState) -> serde_json::Value {
+    let stats = state.stats();
+    let media = state.media_stats();
+    json!({
+        "connections": state.connections(),
+        "sessions": stats.sessions,
+        "detached": stats.detached,
+        "rooms": stats.rooms,
+        "streams": stats.streams,
+        "peer_connections": media.pcs_opened.saturating_sub(media.pcs_closed),
+    })
 }
 
 #[derive(Deserialize)]

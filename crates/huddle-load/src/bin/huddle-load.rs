@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use huddle_load::cli::LoadArgs;
 use huddle_load::{HuddleTarget, JanusTarget, LoadError, Plan, ProcTarget, Relay, Report, netguard};
 
 #[derive(Parser)]
@@ -28,6 +29,8 @@ enum Cmd {
     B0 {
         #[command(flatten)]
         load: LoadArgs,
+        #[command(flatten)]
+        out: JsonOut,
     },
     /// WebRTC clients against Janus videoroom (already running; see scripts/bench.sh).
     Janus {
@@ -39,6 +42,8 @@ enum Cmd {
         pid: Option<u32>,
         #[command(flatten)]
         load: LoadArgs,
+        #[command(flatten)]
+        out: JsonOut,
     },
     /// The Janus adapter's smoke check: 2 publishers x 3 subscribers for 2 s against a running
     /// Janus; fails unless every client joins, none errs and no packet is lost.
@@ -72,73 +77,21 @@ enum Cmd {
         pid: Option<u32>,
         #[command(flatten)]
         load: LoadArgs,
+        #[command(flatten)]
+        out: JsonOut,
     },
 }
 
+/// Where to write the report as JSON (besides the table on stdout).
 #[derive(Args)]
-struct LoadArgs {
-    /// Publishers.
-    #[arg(long, default_value_t = 2)]
-    publishers: u32,
-    /// Subscribers (each plays every publisher).
-    #[arg(long, default_value_t = 3)]
-    subscribers: u32,
-    /// Measurement window, seconds.
-    #[arg(long, default_value_t = 5.0)]
-    duration: f64,
-    /// Packets per second per publisher.
-    #[arg(long, default_value_t = 50)]
-    rate: u32,
-    /// Join timeout, seconds.
-    #[arg(long, default_value_t = 20.0)]
-    join_timeout: f64,
-    /// Clients negotiating at once.
-    #[arg(long, default_value_t = 32)]
-    join_concurrency: usize,
-    /// The clients' address, and the only non-loopback address they send to: loopback, or an
-    /// address of a network namespace made for the run (refused elsewhere).
-    #[arg(long, default_value_t = netguard::DEFAULT_BIND)]
-    bind: IpAddr,
-    /// Runtime worker threads of the generator.
-    #[arg(long, default_value_t = 2)]
-    threads: usize,
+struct JsonOut {
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// No progress lines.
-    #[arg(long)]
-    quiet: bool,
 }
 
-impl LoadArgs {
-    fn plan(&self, server: Option<ProcTarget>) -> Plan {
-        let duration = Duration::from_secs_f64(self.duration.max(0.001));
-        let join_timeout = Duration::from_secs_f64(self.join_timeout.max(0.1));
-        let mut plan = Plan::default();
-        plan.publishers = self.publishers;
-        plan.subscribers = self.subscribers;
-        plan.packet_rate = self.rate;
-        plan.duration = duration;
-        plan.join_timeout = join_timeout;
-        plan.join_concurrency = self.join_concurrency;
-        plan.max_run = duration + 2 * join_timeout + Duration::from_secs(30);
-        plan.progress = !self.quiet;
-        plan.server = server;
-        plan.bind = self.bind;
-        plan
-    }
-
-    fn runtime(&self) -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(self.threads.max(1))
-            .enable_all()
-            .build()
-            .expect("a tokio runtime")
-    }
-}
-
-fn finish(load: &LoadArgs, report: Result<Report, LoadError>) -> Result<(), String> {
-    finish_to(load.json.as_ref(), report).map(drop)
+fn finish(out: &JsonOut, report: Result<Report, LoadError>) -> Result<(), String> {
+    finish_to(out.json.as_ref(), report).map(drop)
 }
 
 fn finish_to(json: Option<&PathBuf>, report: Result<Report, LoadError>) -> Result<Report, String> {
@@ -155,35 +108,31 @@ fn finish_to(json: Option<&PathBuf>, report: Result<Report, LoadError>) -> Resul
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    huddle_load::cli::init_logs();
     let result = match cli.cmd {
-        Cmd::B0 { load } => (|| {
+        Cmd::B0 { load, out } => (|| {
             netguard::check_bind(load.bind).map_err(|e| e.to_string())?;
+            let runtime = load.runtime()?;
             let relay = Relay::start(SocketAddr::new(load.bind, 0)).map_err(|e| e.to_string())?;
             let plan = load.plan(Some(relay.proc_target()));
-            let report = load
-                .runtime()
-                .block_on(huddle_load::run_plain(relay.local_addr(), plan));
+            let report = match plan {
+                Ok(plan) => runtime.block_on(huddle_load::run_plain(relay.local_addr(), plan)),
+                Err(e) => Err(LoadError::Plan(e)),
+            };
             let stats = relay.stop().map_err(|e| e.to_string())?;
             eprintln!(
                 "relay: {} received, {} forwarded in {} sendmmsg calls",
                 stats.received, stats.forwarded, stats.send_calls
             );
-            finish(&load, report)
+            finish(&out, report)
         })(),
-        Cmd::Janus { url, pid, load } => {
-            let plan = load.plan(pid.map(ProcTarget::process));
+        Cmd::Janus { url, pid, load, out } => (|| {
+            let plan = load.plan(pid.map(ProcTarget::process))?;
             let report = load
-                .runtime()
+                .runtime()?
                 .block_on(huddle_load::run(Arc::new(JanusTarget::new(url)), plan));
-            finish(&load, report)
-        }
+            finish(&out, report)
+        })(),
         Cmd::JanusSmoke { url, pid, bind, json } => (|| {
             let mut plan = Plan::default();
             plan.publishers = 2;
@@ -213,12 +162,13 @@ fn main() {
             app_sign,
             pid,
             load,
+            out,
         } => (|| {
             let sign = app_sign.parse().map_err(|e| format!("--app-sign: {e}"))?;
-            let plan = load.plan(pid.map(ProcTarget::process));
+            let plan = load.plan(pid.map(ProcTarget::process))?;
             let target = Arc::new(HuddleTarget::new(url, app_id, sign));
-            let report = load.runtime().block_on(huddle_load::run(target, plan));
-            finish(&load, report)
+            let report = load.runtime()?.block_on(huddle_load::run(target, plan));
+            finish(&out, report)
         })(),
     };
     if let Err(e) = result {

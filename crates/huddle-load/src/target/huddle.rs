@@ -89,6 +89,61 @@ impl HuddleConn {
         Ok(reply)
     }
 
+    /// Waits for a `play_update` of `stream_id` whose availability `want` accepts; returns it.
+    async fn wait_play_update(
+        &mut self,
+        stream_id: &str,
+        want: impl Fn(bool) -> bool,
+    ) -> Result<bool, LoadError> {
+        let v = self
+            .ws
+            .wait_event(REQUEST_TIMEOUT, |v| {
+                v.get("type").and_then(Value::as_str) == Some("play_update")
+                    && v.get("stream_id").and_then(Value::as_str) == Some(stream_id)
+                    && v.get("available").and_then(Value::as_bool).is_some_and(&want)
+            })
+            .await?;
+        Ok(v["available"].as_bool() == Some(true))
+    }
+
+    /// Plays `stream` and, when it is available (the first `play_update`), negotiates `pc` for
+    /// it; `Ok(false)` when it is not (its publisher left meanwhile: the play is stopped again).
+    pub(crate) async fn play_if_available(
+        &mut self,
+        stream: &StreamSpec,
+        pc: &mut PcSetup,
+    ) -> Result<bool, LoadError> {
+        let stream_id = StreamId::new(&stream.stream_id).map_err(bad_id)?;
+        self.call(|seq| ClientMsg::Play { seq, stream_id }).await?;
+        if !self.wait_play_update(&stream.stream_id, |_| true).await? {
+            self.stop_play(stream).await?;
+            return Ok(false);
+        }
+        self.offer(stream, MediaRole::Play, pc).await?;
+        Ok(true)
+    }
+
+    /// `unpublish`.
+    pub(crate) async fn unpublish(&mut self, stream: &StreamSpec) -> Result<(), LoadError> {
+        let stream_id = StreamId::new(&stream.stream_id).map_err(bad_id)?;
+        self.call(|seq| ClientMsg::Unpublish { seq, stream_id })
+            .await
+            .map(drop)
+    }
+
+    /// `stop_play`.
+    pub(crate) async fn stop_play(&mut self, stream: &StreamSpec) -> Result<(), LoadError> {
+        let stream_id = StreamId::new(&stream.stream_id).map_err(bad_id)?;
+        self.call(|seq| ClientMsg::StopPlay { seq, stream_id })
+            .await
+            .map(drop)
+    }
+
+    /// `logout`, answered `ok`.
+    pub(crate) async fn logout(&mut self) -> Result<(), LoadError> {
+        self.call(|seq| ClientMsg::Logout { seq }).await.map(drop)
+    }
+
     async fn offer(
         &mut self,
         stream: &StreamSpec,
@@ -213,13 +268,7 @@ impl Target for HuddleTarget {
     ) -> Result<(), LoadError> {
         let stream_id = StreamId::new(&stream.stream_id).map_err(bad_id)?;
         conn.call(|seq| ClientMsg::Play { seq, stream_id }).await?;
-        let id = stream.stream_id.clone();
-        conn.ws
-            .wait_event(REQUEST_TIMEOUT, |v| {
-                v.get("type").and_then(Value::as_str) == Some("play_update")
-                    && v.get("stream_id").and_then(Value::as_str) == Some(id.as_str())
-                    && v.get("available").and_then(Value::as_bool) == Some(true)
-            })
+        conn.wait_play_update(&stream.stream_id, |available| available)
             .await?;
         conn.offer(stream, MediaRole::Play, pc).await
     }
