@@ -53,6 +53,13 @@ export const ErrorCode = Object.freeze({
   TEMPORARY_BREAK: 1002051,
   RETRY_TIMEOUT: 1002053,
   KICKED_BY_SERVER: 1002055,
+  KICKED_TOKEN_EXPIRED: 1002056,
+  TOKEN_FORMAT: 1002074,
+  TOKEN_DECRYPT: 1002075,
+  TOKEN_EXPIRED: 1002078,
+  TOKEN_USER_ID_MISMATCH: 1002079,
+  TOKEN_ROOM_FORBIDDEN: 1002080,
+  PUBLISH_FORBIDDEN: 1003025,
   PUBLISH_TEMPORARY_BREAK: 1003020,
   STREAM_NOT_FOUND: 1004002,
   PLAY_TEMPORARY_BREAK: 1004020,
@@ -414,6 +421,8 @@ export class HuddleEngine {
       /** @type {any} */ deadlineTimer: null,
       /** @type {any} */ pingTimer: null,
       /** @type {any} */ tokenTimer: null,
+      /** `roomTokenWillExpire` was emitted for the current token (local timer or server). */
+      tokenWarned: false,
       clockOffsetMs: 0,
       closeReason: "",
       /** @type {Map<string, any>} */ users: new Map(),
@@ -458,16 +467,24 @@ export class HuddleEngine {
   async renewToken(roomId, token) {
     const room = this._room;
     if (!room || roomId !== room.roomId) throw new HuddleError(ErrorCode.NOT_LOGGED_IN, "not logged in to this room");
-    room.token = token;
-    this._armToken();
+    const adopt = () => {
+      if (this._room !== room) return;
+      room.token = token;
+      this._armToken();
+    };
     if (room.phase === "online" && room.link === "ready") {
       try {
         await this._request({ type: "renew_token", token });
       } catch (/** @type {any} */ e) {
+        // A refused token does not replace the one in force (nor serve the next login); one
+        // whose answer was lost with the connection may have been taken: the next login checks it.
+        if (e.code === ErrorCode.TEMPORARY_BREAK) adopt();
         this._emit("debugError", e.code ?? ErrorCode.INTERNAL, "renewToken", e.detail ?? String(e));
         throw e;
       }
     }
+    // Accepted (or not sent while the connection is down: the next login uses and checks it).
+    adopt();
     return true;
   }
 
@@ -1183,7 +1200,18 @@ export class HuddleEngine {
       case "media_state":
         this._onMediaState(msg);
         return;
+      case "token_will_expire":
+        // The server's clock decides the expiry: its warning stands in for the local timer when
+        // it comes first; one for a token already replaced is stale.
+        if (room.phase !== "online" || room.tokenWarned) return;
+        if (room.tokenExpire !== null && room.tokenExpire !== msg.expire) return;
+        clearTimeout(room.tokenTimer);
+        room.tokenTimer = null;
+        room.tokenWarned = true;
+        this._emit("roomTokenWillExpire", room.roomId, Math.max(0, msg.remain_secs ?? 0));
+        return;
       case "kicked":
+        // Also the end of a session whose token expired unrenewed (1002056).
         if (room.phase === "done" || room.phase === "loggingout") return;
         this._leave("KICKOUT", msg.code, msg.message);
         this._finish(room);
@@ -1490,6 +1518,7 @@ export class HuddleEngine {
     clearTimeout(room.tokenTimer);
     room.tokenTimer = null;
     room.tokenExpire = null;
+    room.tokenWarned = false;
     const expire = tokenExpire(room.token);
     if (expire !== null) this._armExpiry(expire);
   }
@@ -1511,6 +1540,8 @@ export class HuddleEngine {
       if (this._room !== room || room.tokenExpire !== expire) return;
       if (step < delay) return this._armExpiry(expire);
       if (room.phase !== "online" && room.phase !== "reconnecting") return;
+      if (room.tokenWarned) return;
+      room.tokenWarned = true;
       const remain = Math.max(0, Math.floor((expire * 1000 - (Date.now() + room.clockOffsetMs)) / 1000));
       this._emit("roomTokenWillExpire", room.roomId, remain);
     }, step);

@@ -83,6 +83,8 @@ codes! {
     RETRY_TIMEOUT = 1002053, "Reconnection failed: the retry time ran out.";
     /// The server ended the session (session timed out, admin kick, shutdown).
     KICKED_BY_SERVER = 1002055, "Kicked out by the server.";
+    /// The session's token expired without a renewal: the server ended the session.
+    KICKED_TOKEN_EXPIRED = 1002056, "Kicked out: the token expired and was not renewed.";
     /// Token not in the Token04 format.
     TOKEN_FORMAT = 1002074, "The token is malformed (not a valid Token04 string).";
     /// Token not decryptable with the app's server secret (wrong secret or tampered).

@@ -312,6 +312,15 @@ pub enum ServerMsg {
         /// In words.
         message: String,
     },
+    /// The session's token expires soon (sent once per token, 30 s before its expiry, or at once
+    /// when less is left): renew it with `renew_token`, or the session ends at `expire` with
+    /// `kicked` 1002056.
+    TokenWillExpire {
+        /// The token's expiry, Unix seconds (the one the warning is for).
+        expire: i64,
+        /// Whole seconds left, by the server's clock.
+        remain_secs: i64,
+    },
     /// The session is ended by the server; the connection closes after this.
     Kicked {
         /// Why (e.g. 1002050 for a duplicate login).

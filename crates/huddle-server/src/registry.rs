@@ -173,6 +173,15 @@ pub struct SessionInfo {
     pub attached: bool,
 }
 
+/// A room as its members see it: its users and streams, sorted by ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomView {
+    /// The users (one session each).
+    pub users: Vec<User>,
+    /// The published streams.
+    pub streams: Vec<StreamInfo>,
+}
+
 /// Counts, for monitoring and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -851,7 +860,9 @@ impl Registry {
         Ok(())
     }
 
-    /// Replaces the session's grant after a token renewal (checked by the caller). Answers `ok`.
+    /// Replaces the session's grant after a token renewal (checked by the caller as at login).
+    /// The new privileges must allow every stream the session publishes now (else 1003025 and
+    /// nothing changes: unpublish first). Answers `ok`.
     pub fn renew(
         &mut self,
         id: SessionId,
@@ -860,6 +871,17 @@ impl Registry {
         out: &mut Vec<Output>,
     ) -> Result<(), HuddleError> {
         let s = self.sessions.get_mut(&id).ok_or_else(not_logged_in)?;
+        for stream_id in &s.publishes {
+            check_publish(grant.privileges.as_ref(), stream_id).map_err(|e| {
+                err(
+                    e.code,
+                    format!(
+                        "{} (this session publishes {stream_id} now: unpublish it before renewing with this token)",
+                        e.message
+                    ),
+                )
+            })?;
+        }
         s.grant = grant;
         out.push(Output::Send {
             to: id,
@@ -899,6 +921,50 @@ impl Registry {
         due
     }
 
+    /// The expiry (Unix seconds) of the session's token; `None` for a session without one
+    /// (AppSign login) or a session that does not exist.
+    pub fn token_expire(&self, id: SessionId) -> Option<i64> {
+        self.sessions.get(&id).and_then(|s| s.grant.token_expire)
+    }
+
+    /// Warns the session that its token, expiring at `expire`, expires soon (`token_will_expire`
+    /// with the seconds left at `now`, Unix seconds). A no-op returning `false` when the session
+    /// is gone or holds another token now (renewed), or is detached (nobody to tell).
+    pub fn warn_token(&self, id: SessionId, expire: i64, now: i64, out: &mut Vec<Output>) -> bool {
+        let due = self
+            .sessions
+            .get(&id)
+            .is_some_and(|s| s.attached() && s.grant.token_expire == Some(expire));
+        if due {
+            out.push(Output::Send {
+                to: id,
+                msg: ServerMsg::TokenWillExpire {
+                    expire,
+                    remain_secs: (expire - now).max(0),
+                },
+            });
+        }
+        due
+    }
+
+    /// Ends the session if its token has expired at `now` (Unix seconds) without a renewal: it
+    /// gets `kicked` 1002056 (if attached) and leaves the room as on logout (its streams are
+    /// deleted, the room sees `stream_update` and `user_update` Delete). A no-op returning `false`
+    /// when the session is gone, has no token, or holds a token still valid at `now` (a token is
+    /// valid while `now < expire`).
+    pub fn expire_token(&mut self, id: SessionId, now: i64, out: &mut Vec<Output>) -> bool {
+        let due = self
+            .sessions
+            .get(&id)
+            .is_some_and(|s| s.grant.token_expire.is_some_and(|e| now >= e));
+        due && self.kick(
+            id,
+            ErrorCode::KICKED_TOKEN_EXPIRED,
+            "the token expired and was not renewed",
+            out,
+        )
+    }
+
     /// What the shell needs to know about a session, if it exists.
     pub fn session(&self, id: SessionId) -> Option<SessionInfo> {
         self.sessions.get(&id).map(|s| SessionInfo {
@@ -929,6 +995,24 @@ impl Registry {
                 .get(&s.app)
                 .is_some_and(|a| a.streams.contains_key(stream_id)),
         )
+    }
+
+    /// The room `room_id` of `app_id` now, if it exists.
+    pub fn room(&self, app_id: AppId, room_id: &RoomId) -> Option<RoomView> {
+        let app = self.apps.get(&app_id)?;
+        let room = app.rooms.get(room_id)?;
+        Some(RoomView {
+            users: room
+                .users
+                .values()
+                .filter_map(|id| self.sessions.get(id).map(|s| s.user.clone()))
+                .collect(),
+            streams: room
+                .streams
+                .iter()
+                .filter_map(|st| app.streams.get(st).map(|p| p.info.clone()))
+                .collect(),
+        })
     }
 
     /// Counts of sessions, rooms and streams.

@@ -34,7 +34,7 @@ use tracing::{Instrument, debug, info, warn};
 use crate::auth::Authenticator;
 use crate::config::{ConfigError, ServerConfig};
 use crate::media::{self, MediaTx};
-use crate::registry::{Detached, Limits, Output, Registry, SessionId, Stats};
+use crate::registry::{Detached, Limits, Output, Registry, RoomView, SessionId, Stats};
 use crate::sfu::{Command, Counters, MediaStats, Offer};
 
 /// The WebSocket message size limit: the protocol's limit plus room for what a frame adds, so that
@@ -51,6 +51,10 @@ const OWN_REPLY_ROOM: usize = 4;
 
 /// How long [`crate::run`] waits for connections to close after a shutdown.
 pub(crate) const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long before its token expires a session gets `token_will_expire` (what the hosted SDKs
+/// use for `onRoomTokenWillExpire`).
+pub(crate) const TOKEN_WARNING: Duration = Duration::from_secs(30);
 
 /// The server's shared state: configuration, apps, the registry and the live connections.
 /// Cheap to clone.
@@ -288,6 +292,11 @@ struct Hub {
     /// Commands to the media plane, sent under the hub lock so that they follow the registry's
     /// order. `None` until the media plane runs.
     media: Option<MediaTx>,
+    /// The token timer of each session whose token expires (warning, then the end of the
+    /// session), with the number of its arming; aborted when the session ends or renews.
+    token_timers: HashMap<SessionId, (u64, tokio::task::AbortHandle)>,
+    /// Counts the armings of token timers.
+    token_timer_gen: u64,
 }
 
 /// The connection that carries a session now.
@@ -369,10 +378,18 @@ impl Hub {
                     if let Some(h) = self.conns.remove(&session) {
                         close(&h.ctl, Closing::AfterQueue);
                     }
+                    self.disarm_token(session);
                     // The session is gone from the registry: so are its media connections.
                     self.media_command(Command::SessionGone { session });
                 }
             }
+        }
+    }
+
+    /// Stops the token timer of a session that ended.
+    fn disarm_token(&mut self, session: SessionId) {
+        if let Some((_, timer)) = self.token_timers.remove(&session) {
+            timer.abort();
         }
     }
 
@@ -419,6 +436,7 @@ fn msg_type(m: &ServerMsg) -> &'static str {
         ServerMsg::Kicked { .. } => "kicked",
         ServerMsg::MediaAnswer { .. } => "media_answer",
         ServerMsg::MediaState { .. } => "media_state",
+        ServerMsg::TokenWillExpire { .. } => "token_will_expire",
     }
 }
 
@@ -445,6 +463,8 @@ impl ServerState {
                 registry,
                 conns: HashMap::new(),
                 media: None,
+                token_timers: HashMap::new(),
+                token_timer_gen: 0,
             }),
             shutdown: watch::Sender::new(false),
             connections: AtomicUsize::new(0),
@@ -616,6 +636,26 @@ impl ServerState {
     /// Counts of the registry: sessions, detached sessions, rooms, streams.
     pub fn stats(&self) -> Stats {
         self.0.hub.lock().registry.stats()
+    }
+
+    /// The room `room_id` of `app_id` as its members see it now (`None`: no such room).
+    pub fn room(&self, app_id: huddle_proto::AppId, room_id: &huddle_proto::RoomId) -> Option<RoomView> {
+        self.0.hub.lock().registry.room(app_id, room_id)
+    }
+
+    /// Checks the registry's invariants ([`Registry::check_invariants`]), and that every token
+    /// timer belongs to a live session (tests).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let hub = self.0.hub.lock();
+        hub.registry.check_invariants()?;
+        match hub
+            .token_timers
+            .keys()
+            .find(|id| hub.registry.session(**id).is_none())
+        {
+            Some(id) => Err(format!("token timer of the ended session {id:?}")),
+            None => Ok(()),
+        }
     }
 
     /// Open WebSocket connections.
@@ -1079,7 +1119,7 @@ impl Conn {
                 ),
             );
         }
-        let now = i64::try_from(unix_ms() / 1000).unwrap_or(i64::MAX);
+        let now = unix_secs();
         let grant = match self.state.0.auth.authenticate(&login, &self.nonce, now) {
             Ok(g) => g,
             Err(e) => {
@@ -1101,6 +1141,8 @@ impl Conn {
                     close(&old.ctl, Closing::Now(None));
                 }
                 hub.dispatch(out);
+                let expire = hub.registry.token_expire(att.session);
+                self.state.arm_token(&mut hub, att.session, expire);
                 drop(hub);
                 self.session = Some((att.session, att.epoch));
                 info!(
@@ -1120,7 +1162,7 @@ impl Conn {
         let Some(who) = who else {
             return self.reply_error(Some(seq), &HuddleError::from(ErrorCode::NOT_LOGGED_IN));
         };
-        let now = i64::try_from(unix_ms() / 1000).unwrap_or(i64::MAX);
+        let now = unix_secs();
         let grant = match self
             .state
             .0
@@ -1134,6 +1176,10 @@ impl Conn {
         let mut hub = self.state.0.hub.lock();
         let r = hub.registry.renew(id, seq, grant, &mut out);
         hub.dispatch(out);
+        if r.is_ok() {
+            let expire = hub.registry.token_expire(id);
+            self.state.arm_token(&mut hub, id, expire);
+        }
         drop(hub);
         match r {
             Ok(()) => info!(session = %id, "token renewed"),
@@ -1179,6 +1225,7 @@ impl ServerState {
                         if hub.registry.expire(id, d.epoch, now, &mut out) {
                             info!(session = %id, "grace period over: session ended");
                             hub.media_command(Command::SessionGone { session: id });
+                            hub.disarm_token(id);
                         }
                         hub.dispatch(out);
                     }
@@ -1187,6 +1234,80 @@ impl ServerState {
             }
             .in_current_span(),
         );
+    }
+}
+
+impl ServerState {
+    /// (Re-)arms the token timer of session `id` for a token expiring at `expire` (Unix
+    /// seconds), replacing any earlier one; `None` (no token) only disarms. The timer sends
+    /// `token_will_expire` [`TOKEN_WARNING`] before the expiry (at once if less is left) and ends
+    /// the session at the expiry with `kicked` 1002056 unless a renewal re-armed it meanwhile.
+    /// Both steps are checked again under the hub lock ([`Registry::warn_token`],
+    /// [`Registry::expire_token`]), so a timer that lost a race with a renewal does nothing.
+    fn arm_token(&self, hub: &mut Hub, id: SessionId, expire: Option<i64>) {
+        hub.disarm_token(id);
+        let Some(expire) = expire else { return };
+        hub.token_timer_gen += 1;
+        let arming = hub.token_timer_gen;
+        let state = self.clone();
+        let mut shutdown = self.0.shutdown.subscribe();
+        let task = tokio::spawn(
+            async move {
+                let expire_ms = u64::try_from(expire).unwrap_or(0).saturating_mul(1000);
+                let warn_ms = expire_ms.saturating_sub(u64::try_from(TOKEN_WARNING.as_millis()).unwrap_or(0));
+                tokio::select! {
+                    () = state.token_step(id, arming, warn_ms, expire_ms) => {}
+                    _ = shutdown.wait_for(|s| *s) => {}
+                }
+            }
+            .in_current_span(),
+        );
+        hub.token_timers.insert(id, (arming, task.abort_handle()));
+    }
+
+    /// The two steps of a token timer: the warning at `warn_ms`, the end at `expire_ms` (Unix
+    /// milliseconds, by the wall clock that tokens use).
+    async fn token_step(&self, id: SessionId, arming: u64, warn_ms: u64, expire_ms: u64) {
+        sleep_until_unix_ms(warn_ms).await;
+        {
+            let mut out = Vec::new();
+            let mut hub = self.0.hub.lock();
+            let now = unix_secs();
+            let expire = i64::try_from(expire_ms / 1000).unwrap_or(i64::MAX);
+            if hub.registry.warn_token(id, expire, now, &mut out) {
+                info!(session = %id, remain_secs = expire - now, "token expires soon: warned");
+            }
+            hub.dispatch(out);
+        }
+        sleep_until_unix_ms(expire_ms).await;
+        let mut out = Vec::new();
+        let mut hub = self.0.hub.lock();
+        if hub.registry.expire_token(id, unix_secs(), &mut out) {
+            info!(session = %id, "token expired without renewal: session ended (1002056)");
+        }
+        // The kick's `Close` disarms this timer; otherwise forget it if it is still ours.
+        hub.dispatch(out);
+        if hub.token_timers.get(&id).is_some_and(|(g, _)| *g == arming) {
+            hub.token_timers.remove(&id);
+        }
+    }
+}
+
+fn unix_secs() -> i64 {
+    i64::try_from(unix_ms() / 1000).unwrap_or(i64::MAX)
+}
+
+/// Sleeps until the wall clock reads `at` (Unix milliseconds): in steps, as the monotonic clock
+/// that timers use and the wall clock may drift apart.
+async fn sleep_until_unix_ms(at: u64) {
+    loop {
+        let now = unix_ms();
+        if now >= at {
+            return;
+        }
+        // At most ten minutes at a time, so that a wall clock that jumps is followed (and a
+        // long-lived token's timer wakes rarely).
+        tokio::time::sleep(Duration::from_millis((at - now).min(600_000))).await;
     }
 }
 

@@ -1,282 +1,17 @@
-//! End-to-end signaling tests over real WebSockets on 127.0.0.1 (tokio-tungstenite as a raw client).
-//!
-//! Waiting is done on messages with timeouts, not with fixed sleeps. To prove that a session did
-//! *not* get a message, [`Client::barrier`] sends a `ping` and collects what arrives before its
-//! `pong`: the server queues every event of an operation before it answers the operation, so an
-//! event that was not before the pong was never sent.
+//! End-to-end signaling tests over real WebSockets on 127.0.0.1, with the raw client of
+//! `tests/common/ws.rs` (tokio-tungstenite). Waiting is done on messages with timeouts, not with
+//! fixed sleeps; what a session did *not* get is proven with [`Client::barrier`].
+
+mod common;
 
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use huddle_proto::{
-    AppId, Auth, ClientMsg, ErrorCode, Login, LoginOk, PROTOCOL_VERSION, Resume, RoomId, ServerMsg, StreamId,
-    StreamInfo, UpdateType, User, UserId,
-};
-use huddle_server::{AppConfig, BackgroundServer, ServerConfig, test_app};
-use huddle_token::{Privileges, TokenBuilder};
+use common::ws::*;
+use futures_util::SinkExt;
+use huddle_proto::{AppId, Auth, ClientMsg, ErrorCode, Login, RoomId, ServerMsg, UpdateType};
+use huddle_token::Privileges;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-const APP: u32 = 11;
-const OTHER_APP: u32 = 12;
-const WAIT: Duration = Duration::from_secs(3);
-
-fn server_with(f: impl FnOnce(&mut ServerConfig)) -> BackgroundServer {
-    let mut config = ServerConfig::for_tests(vec![test_app(APP), test_app(OTHER_APP)]);
-    f(&mut config);
-    BackgroundServer::start(config).unwrap()
-}
-
-fn server() -> BackgroundServer {
-    server_with(|_| {})
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-fn app(n: u32) -> AppConfig {
-    test_app(n)
-}
-
-fn token(app_id: u32, user: &str, privileges: Option<&Privileges>) -> String {
-    let mut b = TokenBuilder::new(app_id, user, app(app_id).server_secret.as_str()).effective_secs(3600);
-    if let Some(p) = privileges {
-        b = b.privileges(p);
-    }
-    b.build().unwrap()
-}
-
-fn sid(s: &str) -> StreamId {
-    StreamId::new(s).unwrap()
-}
-
-fn user(u: &str) -> User {
-    User::new(UserId::new(u).unwrap())
-}
-
-/// A raw signaling client.
-struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    nonce: String,
-    seq: u32,
-}
-
-/// How a connection ended.
-#[derive(Debug, PartialEq)]
-enum End {
-    /// A close frame with this code.
-    Close(u16),
-    /// The TCP stream ended or broke without a close frame.
-    Gone,
-}
-
-impl Client {
-    /// Connects and reads the `hello`.
-    async fn connect(server: &BackgroundServer) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url()).await.unwrap();
-        let mut c = Client {
-            ws,
-            nonce: String::new(),
-            seq: 100,
-        };
-        match c.recv().await {
-            ServerMsg::Hello {
-                protocol,
-                nonce,
-                server_time_ms,
-            } => {
-                assert_eq!(protocol, PROTOCOL_VERSION);
-                assert_eq!(nonce.len(), 32);
-                assert!(server_time_ms > 1_600_000_000_000);
-                c.nonce = nonce;
-            }
-            other => panic!("expected hello, got {other:?}"),
-        }
-        c
-    }
-
-    fn next_seq(&mut self) -> u32 {
-        self.seq += 1;
-        self.seq
-    }
-
-    async fn send(&mut self, msg: &ClientMsg) {
-        self.send_raw(msg.encode()).await;
-    }
-
-    async fn send_raw(&mut self, text: String) {
-        self.ws.send(Message::text(text)).await.unwrap();
-    }
-
-    /// The next message, or `Err` with how the connection ended.
-    async fn try_recv(&mut self) -> Result<ServerMsg, End> {
-        loop {
-            let item = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("timed out waiting for a message");
-            match item {
-                Some(Ok(Message::Text(t))) => return Ok(ServerMsg::decode(t.as_str()).unwrap()),
-                Some(Ok(Message::Close(frame))) => {
-                    return Err(End::Close(frame.map_or(1005, |f| u16::from(f.code))));
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Err(End::Gone),
-            }
-        }
-    }
-
-    async fn recv(&mut self) -> ServerMsg {
-        match self.try_recv().await {
-            Ok(m) => m,
-            Err(end) => panic!("connection ended: {end:?}"),
-        }
-    }
-
-    /// Reads until the connection ends; returns the messages before the end.
-    async fn until_closed(&mut self) -> (Vec<ServerMsg>, End) {
-        let mut msgs = Vec::new();
-        loop {
-            match self.try_recv().await {
-                Ok(m) => msgs.push(m),
-                Err(end) => return (msgs, end),
-            }
-        }
-    }
-
-    /// Pings and returns what arrived before the pong (see the module documentation).
-    async fn barrier(&mut self) -> Vec<ServerMsg> {
-        let seq = self.next_seq();
-        self.send(&ClientMsg::Ping { seq }).await;
-        let mut before = Vec::new();
-        loop {
-            match self.recv().await {
-                ServerMsg::Pong {
-                    seq: s,
-                    server_time_ms,
-                } if s == seq => {
-                    assert!(server_time_ms > 0);
-                    return before;
-                }
-                m => before.push(m),
-            }
-        }
-    }
-
-    /// Sends a request and returns its reply (skipping events), and the events seen before it.
-    async fn request(&mut self, msg: ClientMsg) -> ServerMsg {
-        let seq = msg.seq();
-        self.send(&msg).await;
-        loop {
-            let m = self.recv().await;
-            match &m {
-                ServerMsg::Ok { seq: s } | ServerMsg::LoginOk(LoginOk { seq: s, .. }) if *s == seq => {
-                    return m;
-                }
-                ServerMsg::Error { seq: Some(s), .. } if *s == seq => return m,
-                _ => {}
-            }
-        }
-    }
-
-    fn login_msg(&mut self, app_id: u32, room: &str, user_id: &str, notify: bool) -> Login {
-        let sign = huddle_token::sign_challenge(&app(app_id).app_sign, app_id, room, user_id, &self.nonce);
-        Login {
-            seq: self.next_seq(),
-            protocol: PROTOCOL_VERSION,
-            app_id: AppId::new(app_id).unwrap(),
-            room_id: RoomId::new(room).unwrap(),
-            user: user(user_id),
-            auth: Auth::Sign(sign),
-            user_status_notify: notify,
-            max_member_count: 0,
-            resume: None,
-        }
-    }
-
-    /// Logs in and returns the reply (`login_ok` or `error`).
-    async fn try_login(&mut self, login: Login) -> ServerMsg {
-        self.request(ClientMsg::Login(login)).await
-    }
-
-    async fn login(&mut self, room: &str, user_id: &str, notify: bool) -> LoginOk {
-        let l = self.login_msg(APP, room, user_id, notify);
-        expect_login_ok(self.try_login(l).await)
-    }
-
-    async fn publish(&mut self, stream: &str) -> ServerMsg {
-        let seq = self.next_seq();
-        self.request(ClientMsg::Publish {
-            seq,
-            stream_id: sid(stream),
-            extra_info: format!("x-{stream}"),
-        })
-        .await
-    }
-
-    async fn unpublish(&mut self, stream: &str) -> ServerMsg {
-        let seq = self.next_seq();
-        self.request(ClientMsg::Unpublish {
-            seq,
-            stream_id: sid(stream),
-        })
-        .await
-    }
-}
-
-fn expect_login_ok(m: ServerMsg) -> LoginOk {
-    match m {
-        ServerMsg::LoginOk(ok) => ok,
-        other => panic!("expected login_ok, got {other:?}"),
-    }
-}
-
-fn assert_ok(m: ServerMsg) {
-    assert!(matches!(m, ServerMsg::Ok { .. }), "expected ok, got {m:?}");
-}
-
-fn code_of(m: &ServerMsg) -> ErrorCode {
-    match m {
-        ServerMsg::Error { code, .. } => *code,
-        other => panic!("expected an error, got {other:?}"),
-    }
-}
-
-fn info(u: &str, s: &str) -> StreamInfo {
-    StreamInfo {
-        user_id: UserId::new(u).unwrap(),
-        user_name: huddle_proto::UserName::new(u).unwrap(),
-        stream_id: sid(s),
-        extra_info: format!("x-{s}"),
-    }
-}
-
-fn users(room: &str, t: UpdateType, u: &[&str]) -> ServerMsg {
-    ServerMsg::UserUpdate {
-        room_id: RoomId::new(room).unwrap(),
-        update_type: t,
-        users: u.iter().map(|u| user(u)).collect(),
-    }
-}
-
-fn streams(room: &str, t: UpdateType, s: &[(&str, &str)]) -> ServerMsg {
-    ServerMsg::StreamUpdate {
-        room_id: RoomId::new(room).unwrap(),
-        update_type: t,
-        streams: s.iter().map(|(u, s)| info(u, s)).collect(),
-    }
-}
-
-fn play_update(s: &str, available: bool) -> ServerMsg {
-    ServerMsg::PlayUpdate {
-        stream_id: sid(s),
-        available,
-    }
-}
 
 #[tokio::test]
 async fn three_users_see_each_other() {
@@ -411,22 +146,10 @@ async fn login_errors() {
         app_id: AppId::new(app_id).unwrap(),
         ..base.clone()
     };
-    let expired = TokenBuilder::new(APP, "alice", app(APP).server_secret.as_str())
-        .ctime(now_secs() - 7200)
-        .effective_secs(3600)
-        .build()
-        .unwrap();
+    let expired = token_made_at(APP, "alice", now_secs() - 7200, 3600);
     let mut tampered = token(APP, "alice", None).into_bytes();
     let i = tampered.len() / 2;
     tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
-    let other_room = Privileges {
-        room_id: "r2".into(),
-        ..Default::default()
-    };
-    let no_login = Privileges {
-        login: Some(false),
-        ..Default::default()
-    };
     let cases = [
         (
             with(Auth::Sign("00".repeat(32)), APP),
@@ -443,11 +166,11 @@ async fn login_errors() {
             ErrorCode::TOKEN_USER_ID_MISMATCH,
         ),
         (
-            with(Auth::Token(token(APP, "alice", Some(&other_room))), APP),
+            with(Auth::Token(token(APP, "alice", Some(&room_only("r2")))), APP),
             ErrorCode::TOKEN_ROOM_FORBIDDEN,
         ),
         (
-            with(Auth::Token(token(APP, "alice", Some(&no_login))), APP),
+            with(Auth::Token(token(APP, "alice", Some(&no_login()))), APP),
             ErrorCode::TOKEN_ROOM_FORBIDDEN,
         ),
         (with(Auth::Token("garbage".into()), APP), ErrorCode::TOKEN_FORMAT),
@@ -488,14 +211,7 @@ async fn login_errors() {
     assert_eq!(code_of(&again), ErrorCode::ALREADY_LOGGED_IN);
     let mut t = Client::connect(&server).await;
     let mut l = t.login_msg(APP, "r1", "tom", false);
-    l.auth = Auth::Token(token(
-        APP,
-        "tom",
-        Some(&Privileges {
-            room_id: "r1".into(),
-            ..Default::default()
-        }),
-    ));
+    l.auth = Auth::Token(token(APP, "tom", Some(&room_only("r1"))));
     let ok = expect_login_ok(t.try_login(l).await);
     assert!(ok.token_expire.unwrap() > now_secs());
 }
@@ -505,11 +221,7 @@ async fn publish_privileges_of_the_token() {
     let server = server();
     let mut c = Client::connect(&server).await;
     let mut l = c.login_msg(APP, "r1", "alice", false);
-    let no_publish = Privileges {
-        publish: Some(false),
-        ..Default::default()
-    };
-    l.auth = Auth::Token(token(APP, "alice", Some(&no_publish)));
+    l.auth = Auth::Token(token(APP, "alice", Some(&no_publish())));
     expect_login_ok(c.try_login(l).await);
     assert_eq!(code_of(&c.publish("s1").await), ErrorCode::PUBLISH_FORBIDDEN);
 
@@ -526,23 +238,10 @@ async fn publish_privileges_of_the_token() {
     assert_ok(d.publish("b1").await);
 
     // Renewing the token replaces the privileges; a bad token is refused and changes nothing.
-    let seq = c.next_seq();
-    let reply = c
-        .request(ClientMsg::RenewToken {
-            seq,
-            token: token(APP, "bob", None),
-        })
-        .await;
+    let reply = c.renew(token(APP, "bob", None)).await;
     assert_eq!(code_of(&reply), ErrorCode::TOKEN_USER_ID_MISMATCH);
     assert_eq!(code_of(&c.publish("s1").await), ErrorCode::PUBLISH_FORBIDDEN);
-    let seq = c.next_seq();
-    assert_ok(
-        c.request(ClientMsg::RenewToken {
-            seq,
-            token: token(APP, "alice", None),
-        })
-        .await,
-    );
+    assert_ok(c.renew(token(APP, "alice", None)).await);
     assert_ok(c.publish("s1").await);
 }
 
@@ -553,14 +252,7 @@ async fn dropped_connection_keeps_the_session_for_the_grace_period() {
     w.login("r1", "watcher", true).await;
     let mut p = Client::connect(&server).await;
     p.login("r2", "player", false).await;
-    let seq = p.next_seq();
-    assert_ok(
-        p.request(ClientMsg::Play {
-            seq,
-            stream_id: sid("a-cam"),
-        })
-        .await,
-    );
+    assert_ok(p.play("a-cam").await);
     assert_eq!(p.recv().await, play_update("a-cam", false));
 
     let mut a = Client::connect(&server).await;
@@ -610,14 +302,7 @@ async fn resume_within_grace_is_invisible_to_the_others() {
     let mut a = Client::connect(&server).await;
     let first = a.login("r1", "alice", false).await;
     assert_ok(a.publish("a-cam").await);
-    let seq = a.next_seq();
-    assert_ok(
-        a.request(ClientMsg::Play {
-            seq,
-            stream_id: sid("later"),
-        })
-        .await,
-    );
+    assert_ok(a.play("later").await);
     assert_eq!(a.recv().await, play_update("later", false));
     assert_eq!(w.recv().await, users("r1", UpdateType::Add, &["alice"]));
     assert_eq!(
@@ -633,10 +318,7 @@ async fn resume_within_grace_is_invisible_to_the_others() {
 
     let mut a = Client::connect(&server).await;
     let mut l = a.login_msg(APP, "r1", "alice", true);
-    l.resume = Some(Resume {
-        session_id: first.session_id.clone(),
-        resume_key: first.resume_key.clone(),
-    });
+    l.resume = resume_of(&first);
     let ok = expect_login_ok(a.try_login(l).await);
     assert!(ok.resumed);
     assert_eq!(ok.session_id, first.session_id);
@@ -664,10 +346,7 @@ async fn resume_replaces_a_half_open_connection() {
     let first = a.login("r1", "alice", false).await;
     let mut a2 = Client::connect(&server).await;
     let mut l = a2.login_msg(APP, "r1", "alice", false);
-    l.resume = Some(Resume {
-        session_id: first.session_id.clone(),
-        resume_key: first.resume_key.clone(),
-    });
+    l.resume = resume_of(&first);
     assert!(expect_login_ok(a2.try_login(l).await).resumed);
     // The old connection is closed without a kick; the session stays attached to the new one.
     let (msgs, _) = a.until_closed().await;
@@ -756,14 +435,7 @@ async fn play_before_publish_follows_the_stream() {
     let server = server();
     let mut p = Client::connect(&server).await;
     p.login("r2", "player", false).await;
-    let seq = p.next_seq();
-    assert_ok(
-        p.request(ClientMsg::Play {
-            seq,
-            stream_id: sid("s1"),
-        })
-        .await,
-    );
+    assert_ok(p.play("s1").await);
     assert_eq!(p.recv().await, play_update("s1", false));
     let mut a = Client::connect(&server).await;
     a.login("r1", "alice", false).await;
@@ -771,14 +443,7 @@ async fn play_before_publish_follows_the_stream() {
     assert_eq!(p.recv().await, play_update("s1", true));
     assert_ok(a.unpublish("s1").await);
     assert_eq!(p.recv().await, play_update("s1", false));
-    let seq = p.next_seq();
-    assert_ok(
-        p.request(ClientMsg::StopPlay {
-            seq,
-            stream_id: sid("s1"),
-        })
-        .await,
-    );
+    assert_ok(p.stop_play("s1").await);
     assert_ok(a.publish("s1").await);
     assert_eq!(p.barrier().await, vec![], "no updates after stop_play");
 }

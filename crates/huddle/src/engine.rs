@@ -436,8 +436,10 @@ impl Engine {
     }
 
     /// Gives the room a new token, after `on_room_token_will_expire`. The engine sends it to
-    /// the server, uses it for later reconnections, and warns again before it expires. A refusal
-    /// by the server arrives as `on_debug_error` with the code and `func_name` `"renew_token"`.
+    /// the server, uses it for later reconnections, and warns again before it expires. The
+    /// server checks it as a login token (same AppID, user and room; its privileges must allow
+    /// the stream published now); a refusal arrives as `on_debug_error` with the code and
+    /// `func_name` `"renew_token"`, and leaves the old token in force until its expiry.
     ///
     /// Errors: 1000002 when `room_id` is not the logged-in room, 1000006 for an empty token.
     #[doc(alias = "renewToken")]

@@ -311,8 +311,10 @@ pub trait EventHandler: Send + Sync + 'static {
     ) {
     }
 
-    /// The room's token expires in `remain_secs` seconds: get a new one from the app's server
-    /// and pass it to `renew_token`.
+    /// The room's token expires in `remain_secs` seconds (fired once per token, 30 s ahead or
+    /// at once when less is left): get a new one from the app's server and pass it to
+    /// `renew_token`. Left unrenewed, the server ends the session at the expiry:
+    /// `on_room_state_changed` with `KickOut` and 1002056 (`KICKED_TOKEN_EXPIRED`).
     #[doc(alias = "onRoomTokenWillExpire")]
     fn on_room_token_will_expire(&self, room_id: &str, remain_secs: i64) {}
 

@@ -775,10 +775,91 @@ fn publish_checks_token_privileges() {
     let (r, _) = h.run(|reg, out| reg.renew(a, 7, grant(None, None), out));
     r.unwrap();
     h.publish(a, "s1").unwrap();
+    // A renewal must allow what the session publishes now: refused, nothing changes.
     let (r, out) = h.run(|reg, out| reg.renew(a, 8, grant(Some(false), None), out));
+    assert_eq!(r.unwrap_err().code, ErrorCode::PUBLISH_FORBIDDEN);
+    assert!(out.is_empty());
+    h.publish(a, "s2").unwrap();
+    let (r, _) = h.run(|reg, out| reg.renew(a, 9, grant(Some(true), Some(vec!["s1"])), out));
+    assert_eq!(r.unwrap_err().code, ErrorCode::PUBLISH_FORBIDDEN);
+    let (r, _) = h.run(|reg, out| reg.unpublish(a, 10, &sid("s2"), out));
     r.unwrap();
-    assert_eq!(flatten(out).0, vec![(a, ok(8))]);
+    let (r, out) = h.run(|reg, out| reg.renew(a, 11, grant(Some(true), Some(vec!["s1"])), out));
+    r.unwrap();
+    assert_eq!(flatten(out).0, vec![(a, ok(11))]);
     assert_eq!(h.publish(a, "s2"), Err(ErrorCode::PUBLISH_FORBIDDEN));
+}
+
+#[test]
+fn an_expired_token_ends_the_session_and_a_renewal_moves_the_expiry() {
+    let mut h = H::new();
+    let w = h.login("r1", "watcher", true);
+    let grant = |expire| Grant {
+        privileges: None,
+        token_expire: Some(expire),
+    };
+    let (a, _) = h.try_login_with(&login_msg(APP, "r1", "alice", false), grant(100));
+    let a = a.unwrap().session;
+    h.publish(a, "s1").unwrap();
+    assert_eq!(h.reg.token_expire(a), Some(100));
+    assert_eq!(h.reg.token_expire(w), None);
+    // The warning names the token it is for; a stale one is a no-op.
+    let mut out = Vec::new();
+    assert!(h.reg.warn_token(a, 100, 80, &mut out));
+    assert_eq!(
+        flatten(out).0,
+        vec![(
+            a,
+            ServerMsg::TokenWillExpire {
+                expire: 100,
+                remain_secs: 20
+            }
+        )]
+    );
+    let mut out = Vec::new();
+    assert!(!h.reg.warn_token(a, 99, 80, &mut out));
+    assert!(!h.reg.warn_token(w, 100, 80, &mut out));
+    // Valid while now < expire; sessions without a token never expire.
+    assert!(!h.reg.expire_token(a, 99, &mut out));
+    assert!(!h.reg.expire_token(w, i64::MAX, &mut out));
+    assert!(out.is_empty());
+    // A renewal moves the expiry.
+    let (r, _) = h.run(|reg, out| reg.renew(a, 5, grant(200), out));
+    r.unwrap();
+    assert!(!h.reg.expire_token(a, 150, &mut out));
+    assert!(!h.reg.warn_token(a, 100, 150, &mut out));
+    assert!(out.is_empty());
+    // At the expiry: kicked (1002056), the stream and the user deleted once.
+    assert!(h.reg.expire_token(a, 200, &mut out));
+    let (sends, closes) = flatten(out);
+    assert_eq!(closes, vec![a]);
+    assert!(matches!(
+        &sends[0],
+        (s, ServerMsg::Kicked { code, .. }) if *s == a && *code == ErrorCode::KICKED_TOKEN_EXPIRED
+    ));
+    let to_w: Vec<_> = sends
+        .iter()
+        .filter(|(s, _)| *s == w)
+        .map(|(_, m)| m.clone())
+        .collect();
+    assert_eq!(to_w.len(), 2, "{to_w:?}");
+    assert!(
+        matches!(&to_w[0], ServerMsg::StreamUpdate { update_type: UpdateType::Delete, streams, .. } if streams.len() == 1)
+    );
+    assert!(matches!(
+        &to_w[1],
+        ServerMsg::UserUpdate {
+            update_type: UpdateType::Delete,
+            ..
+        }
+    ));
+    assert_eq!(h.reg.stats().sessions, 1);
+    assert_eq!(h.reg.stats().streams, 0);
+    h.reg.check_invariants().unwrap();
+    // Gone: a second expiry is a no-op.
+    let mut out = Vec::new();
+    assert!(!h.reg.expire_token(a, 300, &mut out));
+    assert!(out.is_empty());
 }
 
 #[test]

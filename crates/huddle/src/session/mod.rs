@@ -34,6 +34,11 @@ use stream::{MediaLink, Player, Publisher};
 
 use crate::media::MediaUpdate;
 
+/// See [`Timing::retry_fast_window`].
+const RETRY_FAST_WINDOW: Duration = Duration::from_secs(30);
+/// See [`Timing::retry_fast_window`]: 400 ms, at most 500 ms with the jitter.
+const RETRY_FAST_MAX: Duration = Duration::from_millis(400);
+
 /// The timings a session runs by.
 #[derive(Debug, Clone)]
 pub(crate) struct Timing {
@@ -42,6 +47,11 @@ pub(crate) struct Timing {
     pub(crate) attempt_timeout: Duration,
     pub(crate) retry_delay_min: Duration,
     pub(crate) retry_delay_max: Duration,
+    /// For this long after a break, retries are at most [`Timing::retry_fast_max`] apart (with
+    /// jitter), so that the end of an outage is noticed within about half a second; later the
+    /// backoff goes on up to `retry_delay_max`.
+    pub(crate) retry_fast_window: Duration,
+    pub(crate) retry_fast_max: Duration,
     pub(crate) token_warning: Duration,
     pub(crate) logout_timeout: Duration,
 }
@@ -54,6 +64,8 @@ impl From<&EngineConfig> for Timing {
             attempt_timeout: c.attempt_timeout,
             retry_delay_min: c.retry_delay_min,
             retry_delay_max: c.retry_delay_max,
+            retry_fast_window: RETRY_FAST_WINDOW,
+            retry_fast_max: RETRY_FAST_MAX,
             token_warning: c.token_warning,
             logout_timeout: c.logout_timeout,
         }
@@ -212,6 +224,16 @@ enum Step {
     Login { seq: u32 },
 }
 
+/// A renewed token waiting for the server's answer (adopted when accepted); `Debug` does not
+/// print it.
+struct SecretToken(String);
+
+impl fmt::Debug for SecretToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// What a request in flight was.
 #[derive(Debug)]
 enum Pending {
@@ -219,7 +241,7 @@ enum Pending {
     Unpublish,
     Play { stream_id: StreamId },
     StopPlay,
-    RenewToken,
+    RenewToken(SecretToken),
     Ping,
     Logout,
     MediaOffer { stream_id: StreamId, kind: MediaRole },
@@ -231,6 +253,8 @@ pub(crate) struct Session {
     phase: Phase,
     link: Link,
     backoff: Backoff,
+    /// When the current break began (while reconnecting).
+    broke_at: Option<Instant>,
     /// A transport connection opened at least once during the first login (selects 1002031
     /// over 1002030 when the login times out).
     ever_connected: bool,
@@ -253,6 +277,9 @@ pub(crate) struct Session {
     /// When to fire `on_room_token_will_expire`, and the token's expiry (Unix seconds).
     token_warn_at: Option<Instant>,
     token_expire: Option<i64>,
+    /// `on_room_token_will_expire` was fired for the current token (by the local timer or the
+    /// server's `token_will_expire`, whichever came first).
+    token_warned: bool,
     /// An instant and the Unix time (ms) at that instant, to convert expiry times.
     clock_base: (Instant, i64),
     out: VecDeque<Output>,
@@ -270,6 +297,7 @@ impl Session {
             phase: Phase::Login { deadline },
             link: Link::Down { retry_at: None },
             backoff,
+            broke_at: None,
             ever_connected: false,
             next_seq: 1,
             pending: HashMap::new(),
@@ -284,6 +312,7 @@ impl Session {
             stop_play_later: BTreeSet::new(),
             token_warn_at: None,
             token_expire: None,
+            token_warned: false,
             clock_base: (now, unix_ms),
             out: VecDeque::new(),
         };
@@ -424,6 +453,19 @@ impl Session {
                     self.refresh_player(&stream_id, ErrorCode::OK, "");
                 }
             }
+            ServerMsg::TokenWillExpire { expire, remain_secs } => {
+                // The server's clock decides the expiry; its warning stands in for the local
+                // timer when it comes first (a client clock behind the server's). A warning for
+                // a token already replaced is stale.
+                if self.is_online() && !self.token_warned && self.token_expire.is_none_or(|e| e == expire) {
+                    self.token_warn_at = None;
+                    self.token_warned = true;
+                    self.event(Event::RoomTokenWillExpire {
+                        room_id: self.p.room_id.clone(),
+                        remain_secs: remain_secs.max(0),
+                    });
+                }
+            }
             ServerMsg::Kicked { code, message } => {
                 if matches!(self.phase, Phase::Done | Phase::LoggingOut { .. }) {
                     return;
@@ -546,6 +588,7 @@ impl Session {
                 }
             }
             Some(Pending::Logout) => self.finish(),
+            Some(Pending::RenewToken(token)) => self.adopt_token(token.0),
             _ => {}
         }
     }
@@ -563,6 +606,9 @@ impl Session {
                     self.finish();
                 }
                 Phase::Reconnecting { .. } if retriable(code) => {
+                    // The server is reachable but busy: the usual backoff, not the quick retries
+                    // that watch for the end of an outage.
+                    self.broke_at = None;
                     self.out.push_back(Output::Close);
                     self.link_down(now, message);
                 }
@@ -587,7 +633,7 @@ impl Session {
                     self.player_event(stream_id, PlayerState::NoPlay, code, message);
                 }
             }
-            Some(Pending::RenewToken) => {
+            Some(Pending::RenewToken(_)) => {
                 self.event(Event::DebugError {
                     error_code: code,
                     func_name: "renew_token".into(),
@@ -660,6 +706,7 @@ impl Session {
             && self.token_warning_allowed()
         {
             self.token_warn_at = None;
+            self.token_warned = true;
             let remain_ms = self.token_expire.unwrap_or_default() * 1000 - self.unix_ms_at(now);
             self.event(Event::RoomTokenWillExpire {
                 room_id: self.p.room_id.clone(),
@@ -717,13 +764,15 @@ impl Session {
                 }
             }
             Command::RenewToken { token } => {
-                self.p.token = Some(token.clone());
-                self.arm_token();
                 if self.is_ready() {
-                    let seq = self.request(Pending::RenewToken);
+                    // Adopted when the server accepts it: a refused token must not replace the
+                    // one in force (nor be used for the next login).
+                    let seq = self.request(Pending::RenewToken(SecretToken(token.clone())));
                     self.send(ClientMsg::RenewToken { seq, token });
+                } else {
+                    // The next login uses it, and checks it.
+                    self.adopt_token(token);
                 }
-                // Otherwise the next login uses it.
             }
             Command::Logout => {
                 let ready = self.is_ready();
@@ -753,7 +802,15 @@ impl Session {
 
     /// The current connection is gone (closed, failed or given up).
     fn link_down(&mut self, now: Instant, why: &str) {
-        self.pending.clear();
+        // A renewal whose answer was lost may have been accepted: the next login uses (and
+        // checks) the newer token.
+        let renewal = self.pending.drain().find_map(|(_, p)| match p {
+            Pending::RenewToken(t) => Some(t.0),
+            _ => None,
+        });
+        if let Some(token) = renewal {
+            self.adopt_token(token);
+        }
         match self.phase {
             Phase::Done => {}
             Phase::LoggingOut { .. } => self.finish(),
@@ -767,6 +824,7 @@ impl Session {
             deadline: now + self.p.timing.reconnect_budget,
         };
         self.link = Link::Down { retry_at: None };
+        self.broke_at = Some(now);
         self.room_event(
             RoomStateChangedReason::Reconnecting,
             ErrorCode::TEMPORARY_BREAK,
@@ -780,9 +838,16 @@ impl Session {
         self.schedule_attempt(now);
     }
 
-    /// The next connection attempt: now, or after the backoff delay.
+    /// The next connection attempt: now, or after the backoff delay (at most
+    /// `retry_fast_max` early in a break).
     fn schedule_attempt(&mut self, now: Instant) {
-        let delay = self.backoff.next_delay();
+        let t = &self.p.timing;
+        let delay = match (self.phase, self.broke_at) {
+            (Phase::Reconnecting { .. }, Some(broke)) if now < broke + t.retry_fast_window => {
+                self.backoff.next_delay_within(t.retry_fast_max)
+            }
+            _ => self.backoff.next_delay(),
+        };
         if delay.is_zero() {
             self.start_attempt(now);
         } else {
@@ -1260,9 +1325,16 @@ impl Session {
 
     // ----- tokens -----
 
+    /// Makes `token` the session's token (used by the next login) and re-arms the warning.
+    fn adopt_token(&mut self, token: String) {
+        self.p.token = Some(token);
+        self.arm_token();
+    }
+
     fn arm_token(&mut self) {
         self.token_warn_at = None;
         self.token_expire = None;
+        self.token_warned = false;
         let Some(token) = &self.p.token else { return };
         match huddle_token::peek_expire(token) {
             Ok(expire) => self.arm_expiry(expire),

@@ -138,6 +138,22 @@ impl Harness {
         let out = self.msg(ServerMsg::LoginOk(ok(login.seq)));
         (login, out)
     }
+
+    /// A login the server refuses: connected, the `hello`, and an `error` with `code` answering
+    /// the login; returns the outputs of the refusal.
+    fn refused_login(&mut self, code: ErrorCode) -> Vec<Output> {
+        self.input(Input::Connected);
+        let out = self.msg(ServerMsg::Hello {
+            protocol: 1,
+            nonce: "x".into(),
+            server_time_ms: 0,
+        });
+        self.msg(ServerMsg::Error {
+            seq: Some(sent(&out)[0].seq()),
+            code,
+            message: "refused".into(),
+        })
+    }
 }
 
 fn login_ok(seq: u32, resumed: bool, users: Vec<User>, streams: Vec<StreamInfo>) -> LoginOk {
@@ -414,18 +430,7 @@ fn a_refused_login_fails_with_the_code() {
         stream_id: sid("mine"),
         ticket: 1,
     });
-    h.input(Input::Connected);
-    let out = h.msg(ServerMsg::Hello {
-        protocol: 1,
-        nonce: "x".into(),
-        server_time_ms: 0,
-    });
-    let seq = sent(&out)[0].seq();
-    let out = h.msg(ServerMsg::Error {
-        seq: Some(seq),
-        code: ErrorCode::APP_SIGN_INCORRECT,
-        message: "wrong".into(),
-    });
+    let out = h.refused_login(ErrorCode::APP_SIGN_INCORRECT);
     assert_eq!(
         evs(&out),
         ["room LoginFailed 1001005", "pub mine NoPublish 1001005"]
@@ -635,31 +640,11 @@ fn reconnecting_gives_up_after_the_budget() {
 fn reconnect_login_errors_retry_or_end() {
     let mut h = online_with_streams();
     h.input(Input::Closed("reset".into()));
-    h.input(Input::Connected);
-    let out = h.msg(ServerMsg::Hello {
-        protocol: 1,
-        nonce: "x".into(),
-        server_time_ms: 0,
-    });
-    let out = h.msg(ServerMsg::Error {
-        seq: Some(sent(&out)[0].seq()),
-        code: ErrorCode::SERVER_BUSY,
-        message: "".into(),
-    });
+    let out = h.refused_login(ErrorCode::SERVER_BUSY);
     assert!(evs(&out).is_empty(), "busy is retried");
     let out = h.advance(Duration::from_secs(1));
     assert_eq!(connects(&out), 1);
-    h.input(Input::Connected);
-    let out = h.msg(ServerMsg::Hello {
-        protocol: 1,
-        nonce: "x".into(),
-        server_time_ms: 0,
-    });
-    let out = h.msg(ServerMsg::Error {
-        seq: Some(sent(&out)[0].seq()),
-        code: ErrorCode::TOKEN_EXPIRED,
-        message: "".into(),
-    });
+    let out = h.refused_login(ErrorCode::TOKEN_EXPIRED);
     assert_eq!(evs(&out)[0], "room ReconnectFailed 1002078");
     assert!(h.finished);
 }
@@ -773,21 +758,45 @@ fn token_expiry_is_announced_and_renewal_rearms_it() {
     let out = h.advance(Duration::from_secs(3));
     let e = evs(&out);
     assert!(e == ["token 30"] || e == ["token 29"], "{e:?}");
-    // Renewed: sent, and announced again 30 s before the new expiry.
+    // A renewal the server refuses is reported and does not replace the token in force.
+    let first = token_of(&h);
     let out = h.cmd(Command::RenewToken { token: token(100) });
     let seq = seq_of(&out, |m| matches!(m, ClientMsg::RenewToken { .. }));
     let out = h.msg(ServerMsg::Error {
         seq: Some(seq),
-        code: ErrorCode::MALFORMED_MESSAGE,
+        code: ErrorCode::TOKEN_USER_ID_MISMATCH,
         message: "?".into(),
     });
-    assert_eq!(evs(&out), ["debug renew_token 1009001"]);
+    assert_eq!(evs(&out), ["debug renew_token 1002079"]);
+    assert_eq!(token_of(&h), first);
+    // An accepted one is adopted, and announced again 30 s before its expiry.
+    let renewed = token(100);
+    let out = h.cmd(Command::RenewToken {
+        token: renewed.clone(),
+    });
+    let seq = seq_of(&out, |m| matches!(m, ClientMsg::RenewToken { .. }));
+    assert_eq!(token_of(&h), first, "adopted before the server's answer");
+    h.msg(ServerMsg::Ok { seq });
+    assert_eq!(token_of(&h), renewed);
     let announced: Vec<String> = evs(&h.advance(Duration::from_secs(75)));
     assert!(announced.iter().any(|e| e.starts_with("token ")), "{announced:?}");
     // The next login uses the renewed token.
     h.input(Input::Closed("reset".into()));
     let (login, _) = h.log_in(|seq| login_ok(seq, true, vec![], vec![]));
-    assert_eq!(login.auth, Auth::Token(token_of(&h)));
+    assert_eq!(login.auth, Auth::Token(renewed));
+    // A renewal whose answer is lost with the connection is used (and checked) by the next login.
+    let lost = token(200);
+    h.cmd(Command::RenewToken { token: lost.clone() });
+    h.input(Input::Closed("reset".into()));
+    let (login, _) = h.log_in(|seq| login_ok(seq, true, vec![], vec![]));
+    assert_eq!(login.auth, Auth::Token(lost));
+}
+
+/// Renews the token, and the server accepts it.
+fn renew(h: &mut Harness, token: String) {
+    let out = h.cmd(Command::RenewToken { token });
+    let seq = seq_of(&out, |m| matches!(m, ClientMsg::RenewToken { .. }));
+    h.msg(ServerMsg::Ok { seq });
 }
 
 fn token_of(h: &Harness) -> String {
@@ -828,14 +837,56 @@ fn a_renewed_token_already_in_the_warning_window_is_announced_at_once() {
     assert_eq!(evs(&out), ["room Logined 0"]);
     let out = h.advance(Duration::ZERO);
     assert_eq!(evs(&out), ["token 2999"]);
-    h.cmd(Command::RenewToken { token: token(3500) });
+    renew(&mut h, token(3500));
     let out = h.advance(Duration::ZERO);
     assert_eq!(evs(&out), ["token 3499"]);
     // Renewed with a longer token: announced when its window comes.
-    h.cmd(Command::RenewToken { token: token(5000) });
+    renew(&mut h, token(5000));
     assert!(evs(&h.advance(Duration::ZERO)).is_empty());
     let left = h.s.token_warn_at.unwrap().duration_since(h.now).as_secs();
     assert!((1398..=1400).contains(&left), "{left}");
+}
+
+#[test]
+fn the_servers_token_warning_stands_in_for_the_local_one_once() {
+    let token = |secs| {
+        huddle_token::TokenBuilder::new(APP, "me", SECRET)
+            .effective_secs(secs)
+            .build()
+            .unwrap()
+    };
+    let t = token(100);
+    let expire = huddle_token::peek_expire(&t).unwrap();
+    let (mut h, _) = Harness::new(params(Some(t), timing()));
+    let quiet = |seq| LoginOk {
+        heartbeat_ms: 600_000,
+        session_timeout_ms: 1_800_000,
+        ..login_ok(seq, false, vec![], vec![])
+    };
+    h.log_in(quiet);
+    // A warning for another token is stale; the server's for this one comes before the local
+    // timer (a client clock behind the server's) and replaces it.
+    let warn = |expire| ServerMsg::TokenWillExpire {
+        expire,
+        remain_secs: 30,
+    };
+    assert!(evs(&h.msg(warn(expire - 50))).is_empty());
+    assert_eq!(evs(&h.msg(warn(expire))), ["token 30"]);
+    assert!(evs(&h.msg(warn(expire))).is_empty());
+    assert!(evs(&h.advance(Duration::from_secs(90))).is_empty());
+    // A renewal re-arms both.
+    let t = token(40);
+    let expire = huddle_token::peek_expire(&t).unwrap();
+    renew(&mut h, t);
+    let out = h.advance(Duration::ZERO);
+    assert_eq!(evs(&out).len(), 1, "{:?}", evs(&out));
+    assert!(evs(&h.msg(warn(expire))).is_empty());
+    // The end of the session comes as a kick with its code.
+    let out = h.msg(ServerMsg::Kicked {
+        code: ErrorCode::KICKED_TOKEN_EXPIRED,
+        message: "expired".into(),
+    });
+    assert_eq!(evs(&out)[0], "room KickOut 1002056");
 }
 
 // ----- media plane -----
@@ -871,6 +922,44 @@ fn media(h: &mut Harness, stream: &str, kind: MediaRole, update: MediaUpdate) ->
         kind,
         update,
     })
+}
+
+/// Answers the one media offer of `out`, for `stream` and `kind`.
+fn answer(h: &mut Harness, out: &[Output], stream: &str, kind: MediaRole) {
+    let [(seq, offered, k)] = &opens(out)[..] else {
+        panic!("expected one offer: {out:?}");
+    };
+    assert_eq!((offered.as_str(), *k), (stream, kind));
+    h.msg(ServerMsg::MediaAnswer {
+        seq: *seq,
+        stream_id: sid(stream),
+        kind,
+        sdp: "v=0".into(),
+    });
+}
+
+/// The first audio frame of the played `stream` arrives: reported, and the player is `Playing`.
+fn expect_first_frame(h: &mut Harness, stream: &str) {
+    let out = media(h, stream, MediaRole::Play, MediaUpdate::RecvAudioFirstFrame);
+    assert_eq!(
+        evs(&out),
+        [
+            format!("PlayerRecvAudioFirstFrame {{ stream_id: {stream:?} }}"),
+            format!("play {stream} Playing 0")
+        ]
+    );
+}
+
+/// Publishes `stream`: the server accepts, the offer is answered, and media flows.
+fn publish_flowing(h: &mut Harness, stream: &str) {
+    let out = h.cmd(Command::Publish {
+        stream_id: sid(stream),
+        ticket: 1,
+    });
+    let publish = seq_of(&out, |m| matches!(m, ClientMsg::Publish { .. }));
+    let out = h.msg(ServerMsg::Ok { seq: publish });
+    answer(h, &out, stream, MediaRole::Publish);
+    media(h, stream, MediaRole::Publish, MediaUpdate::Flowing);
 }
 
 #[test]
@@ -938,29 +1027,9 @@ fn playing_offers_while_available_and_waits_for_a_frame() {
         stream_id: sid("theirs"),
         available: true,
     });
-    let [(offer, _, MediaRole::Play)] = &opens(&out)[..] else {
-        panic!("expected one play offer: {out:?}");
-    };
     assert!(evs(&out).is_empty(), "Playing waits for the first frame");
-    h.msg(ServerMsg::MediaAnswer {
-        seq: *offer,
-        stream_id: sid("theirs"),
-        kind: MediaRole::Play,
-        sdp: "v=0".into(),
-    });
-    let out = media(
-        &mut h,
-        "theirs",
-        MediaRole::Play,
-        MediaUpdate::RecvAudioFirstFrame,
-    );
-    assert_eq!(
-        evs(&out),
-        [
-            "PlayerRecvAudioFirstFrame { stream_id: \"theirs\" }",
-            "play theirs Playing 0"
-        ]
-    );
+    answer(&mut h, &out, "theirs", MediaRole::Play);
+    expect_first_frame(&mut h, "theirs");
     // The publisher stops: the server closes the connection, then says the stream is gone.
     let out = h.msg(ServerMsg::MediaState {
         stream_id: sid("theirs"),
@@ -998,20 +1067,7 @@ fn playing_offers_while_available_and_waits_for_a_frame() {
 fn media_survives_a_resumed_session_and_restarts_with_a_fresh_one() {
     let (mut h, _) = Harness::new(media_params());
     h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
-    let out = h.cmd(Command::Publish {
-        stream_id: sid("mine"),
-        ticket: 1,
-    });
-    let publish = seq_of(&out, |m| matches!(m, ClientMsg::Publish { .. }));
-    let out = h.msg(ServerMsg::Ok { seq: publish });
-    let offer = opens(&out)[0].0;
-    h.msg(ServerMsg::MediaAnswer {
-        seq: offer,
-        stream_id: sid("mine"),
-        kind: MediaRole::Publish,
-        sdp: "v=0".into(),
-    });
-    media(&mut h, "mine", MediaRole::Publish, MediaUpdate::Flowing);
+    publish_flowing(&mut h, "mine");
 
     // A resumed session keeps the media connection as it is.
     h.input(Input::Closed("reset".into()));
@@ -1026,4 +1082,142 @@ fn media_survives_a_resumed_session_and_restarts_with_a_fresh_one() {
     let publish = seq_of(&out, |m| matches!(m, ClientMsg::Publish { .. }));
     let out = h.msg(ServerMsg::Ok { seq: publish });
     assert_eq!(opens(&out).len(), 1);
+}
+
+/// The delays between the connection attempts of a break where every attempt fails at once,
+/// over `span` of virtual time; returns with an attempt in progress.
+fn retry_gaps(h: &mut Harness, span: Duration) -> Vec<(Duration, Duration)> {
+    let start = h.now;
+    let mut out = h.input(Input::Closed("reset".into()));
+    let mut last = h.now;
+    let mut gaps = Vec::new();
+    while !h.finished {
+        if connects(&out) > 0 {
+            gaps.push((h.now.duration_since(start), h.now.duration_since(last)));
+            last = h.now;
+            if h.now.duration_since(start) >= span {
+                break;
+            }
+            out = h.input(Input::ConnectFailed("refused".into()));
+        } else {
+            out = h.advance(Duration::from_millis(5));
+        }
+    }
+    gaps
+}
+
+#[test]
+fn a_break_is_retried_often_at_first_then_backs_off() {
+    let (mut h, _) = Harness::new(params(None, timing()));
+    h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    let gaps = retry_gaps(&mut h, Duration::from_secs(60));
+    // The first attempt at once; then at most 500 ms apart (400 ms with jitter) for 30 s, so
+    // that the end of an outage is noticed within half a second.
+    assert_eq!(gaps[0].1, Duration::ZERO);
+    let (early, late): (Vec<_>, Vec<_>) = gaps[1..]
+        .iter()
+        .partition(|(at, _)| *at <= Duration::from_secs(30));
+    assert!(early.len() >= 60, "{early:?}");
+    assert!(
+        early.iter().all(|(_, gap)| *gap <= Duration::from_millis(505)),
+        "{early:?}"
+    );
+    // Then the usual backoff, up to 5 s (with jitter).
+    assert!(
+        late.iter()
+            .skip(1)
+            .all(|(_, gap)| *gap >= Duration::from_millis(3750)),
+        "{late:?}"
+    );
+    assert!(
+        late.iter().all(|(_, gap)| *gap <= Duration::from_millis(6255)),
+        "{late:?}"
+    );
+
+    // A new break starts fast again.
+    let (_, out) = h.log_in(|seq| login_ok(seq, true, vec![], vec![]));
+    assert_eq!(evs(&out)[0], "room Reconnected 0");
+    let gaps = retry_gaps(&mut h, Duration::from_secs(5));
+    assert!(
+        gaps.iter().all(|(_, gap)| *gap <= Duration::from_millis(505)),
+        "{gaps:?}"
+    );
+}
+
+#[test]
+fn a_media_connection_lost_during_a_break_is_offered_again_on_resume() {
+    let (mut h, _) = Harness::new(media_params());
+    h.log_in(|seq| login_ok(seq, false, vec![], vec![stream("them", "theirs")]));
+    publish_flowing(&mut h, "mine");
+    h.cmd(Command::Play {
+        stream_id: sid("theirs"),
+    });
+    let out = h.msg(ServerMsg::PlayUpdate {
+        stream_id: sid("theirs"),
+        available: true,
+    });
+    answer(&mut h, &out, "theirs", MediaRole::Play);
+    media(
+        &mut h,
+        "theirs",
+        MediaRole::Play,
+        MediaUpdate::RecvAudioFirstFrame,
+    );
+
+    // The network goes: signaling breaks, then the connections' ICE gives up.
+    let out = h.input(Input::Closed("nothing heard from the server".into()));
+    assert_eq!(
+        evs(&out),
+        [
+            "room Reconnecting 1002051",
+            "pub mine PublishRequesting 1003020",
+            "play theirs PlayRequesting 1004020"
+        ]
+    );
+    for (stream, kind) in [("mine", MediaRole::Publish), ("theirs", MediaRole::Play)] {
+        let out = media(&mut h, stream, kind, MediaUpdate::Lost);
+        // Closed, and not offered while signaling is down; no new state to report.
+        assert_eq!(closes(&out), [(stream.to_string(), kind)]);
+        assert!(opens(&out).is_empty() && evs(&out).is_empty(), "{out:?}");
+    }
+
+    // The session resumes: the publisher offers again at once, the player when the server
+    // confirms the stream; both report their state again only when media is back.
+    let (_, out) = h.log_in(|seq| login_ok(seq, true, vec![], vec![stream("them", "theirs")]));
+    assert_eq!(evs(&out), ["room Reconnected 0"]);
+    let opened = opens(&out);
+    assert_eq!(opened.len(), 1, "{out:?}");
+    assert_eq!((opened[0].1.as_str(), opened[0].2), ("mine", MediaRole::Publish));
+    let play = seq_of(&out, |m| matches!(m, ClientMsg::Play { .. }));
+    h.msg(ServerMsg::Ok { seq: play });
+    let out = h.msg(ServerMsg::PlayUpdate {
+        stream_id: sid("theirs"),
+        available: true,
+    });
+    let opened = opens(&out);
+    assert_eq!((opened[0].1.as_str(), opened[0].2), ("theirs", MediaRole::Play));
+    assert!(evs(&out).is_empty(), "{out:?}");
+    let out = media(&mut h, "mine", MediaRole::Publish, MediaUpdate::Flowing);
+    assert_eq!(evs(&out), ["pub mine Publishing 0"]);
+    expect_first_frame(&mut h, "theirs");
+}
+
+#[test]
+fn a_busy_server_is_retried_with_the_usual_backoff() {
+    let mut h = online_with_streams();
+    h.input(Input::Closed("reset".into()));
+    let mut gaps = Vec::new();
+    let mut last = h.now;
+    for _ in 0..6 {
+        let out = h.refused_login(ErrorCode::SERVER_BUSY);
+        assert!(evs(&out).is_empty(), "busy is retried");
+        let mut out = Vec::new();
+        while connects(&out) == 0 {
+            out = h.advance(Duration::from_millis(5));
+        }
+        gaps.push(h.now.duration_since(last));
+        last = h.now;
+    }
+    // 250 ms doubling (±25%): the fourth retry waits at least 1.5 s.
+    assert!(gaps[3] >= Duration::from_millis(1500), "{gaps:?}");
 }

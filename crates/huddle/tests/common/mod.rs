@@ -262,6 +262,13 @@ impl Events {
         }
     }
 
+    /// Waits for the room's `KickOut` with `code`, and for the publisher of `publishing` to stop
+    /// with the same code.
+    pub fn kicked_out(&mut self, code: ErrorCode, publishing: &str) {
+        assert_eq!(self.room(RoomStateChangedReason::KickOut), code);
+        assert_eq!(self.publisher(publishing, PublisherState::NoPublish), code);
+    }
+
     /// Waits for a player to reach `state`; returns the error code.
     pub fn player(&mut self, stream: &str, state: PlayerState) -> ErrorCode {
         let kind = |e: &Event| matches!(e, Event::PlayerStateUpdate { stream_id, .. } if stream_id.as_str() == stream);
