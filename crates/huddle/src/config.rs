@@ -98,6 +98,10 @@ pub struct EngineConfig {
     /// jitter. Default 250 ms.
     pub retry_delay_min: Duration,
     /// The largest delay between two connection attempts. Default 5 s.
+    ///
+    /// In the first 30 s of a break the delay is at most 400 ms (500 ms with the jitter, or
+    /// this value if lower), so that the end of a short outage is noticed within half a second;
+    /// after that the backoff goes on up to this value.
     pub retry_delay_max: Duration,
     /// How long one connection attempt (TCP, WebSocket, hello, login) may take. Default 5 s.
     pub attempt_timeout: Duration,

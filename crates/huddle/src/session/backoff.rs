@@ -31,12 +31,22 @@ impl Backoff {
 
     /// The delay before the next attempt; counts one more failure.
     pub(crate) fn next_delay(&mut self) -> Duration {
+        self.next_delay_within(self.max)
+    }
+
+    /// [`Self::next_delay`] with the largest delay lowered to `cap` for this attempt (the jitter
+    /// still applies): a break just begun is retried often, so that its end is noticed soon.
+    pub(crate) fn next_delay_within(&mut self, cap: Duration) -> Duration {
         let n = self.failures;
         self.failures = self.failures.saturating_add(1);
         if n == 0 {
             return Duration::ZERO;
         }
-        let base = self.min.saturating_mul(1u32 << (n - 1).min(20)).min(self.max);
+        let base = self
+            .min
+            .saturating_mul(1u32 << (n - 1).min(20))
+            .min(self.max)
+            .min(cap);
         base.mul_f64(self.rng.gen_range(0.75..=1.25))
     }
 
@@ -68,6 +78,18 @@ mod tests {
         b.reset();
         assert_eq!(b.next_delay(), Duration::ZERO);
         assert!(b.next_delay() <= min.mul_f64(1.25));
+    }
+
+    #[test]
+    fn a_cap_bounds_the_delay_and_keeps_the_count() {
+        let mut b = Backoff::new(Duration::from_millis(250), Duration::from_secs(5), 3);
+        assert_eq!(b.next_delay_within(Duration::from_millis(400)), Duration::ZERO);
+        for _ in 0..10 {
+            let d = b.next_delay_within(Duration::from_millis(400));
+            assert!(d <= Duration::from_millis(500), "{d:?}");
+        }
+        // Without the cap the doubling goes on from where it was.
+        assert!(b.next_delay() >= Duration::from_millis(3750));
     }
 
     #[test]
