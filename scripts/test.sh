@@ -22,6 +22,8 @@ python3 -c "import cryptography" 2>/dev/null || python3 -m pip install -q crypto
 # against numpy, so numpy goes first) after aligning it with numpy/scipy.
 python3 -c "import numpy, scipy" 2>/dev/null || python3 -m pip install -q numpy scipy
 python3 -c "import pesq" 2>/dev/null || python3 -m pip install -q pesq
+# ... and intelligibility with STOI (PyPI `pystoi`) in the loss tests (`tests/quality.rs`).
+python3 -c "import pystoi" 2>/dev/null || python3 -m pip install -q pystoi
 
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
 

@@ -43,6 +43,7 @@ mod error;
 pub mod impair;
 mod jitter;
 mod loss;
+mod recovery;
 mod sink;
 mod source;
 mod video;
@@ -54,6 +55,7 @@ pub use audio::{
 pub use error::{MediaError, Result};
 pub use jitter::{Inserted, JitterBuffer, JitterConfig, JitterStats, Playout};
 pub use loss::LossHint;
+pub use recovery::RecoveryDelay;
 pub use sink::{AudioSink, WavRecorder, mix};
 pub use source::{AudioSource, Playback, ToneSource, WavSource};
 pub use video::pattern::TestPattern;

@@ -10,7 +10,9 @@ cross-correlation (the lag of the correlation peak), then scored:
   200 ms windows where the reference has speech (a missing or garbled part shows as a low value),
   each window allowed +-30 ms of residual shift (an adaptive jitter buffer may step its delay by a
   frame during the call);
-- `lag_ms`: where the reference starts in the recording.
+- `lag_ms`: where the reference starts in the recording;
+- `stoi`: short-time objective intelligibility (PyPI `pystoi`) of the aligned recording, 0 to 1
+  (`null` when pystoi is not installed; the loss tests in `tests/quality.rs` need it).
 Prints one JSON object.
 """
 
@@ -50,6 +52,12 @@ def main():
     aligned[lo - lag : lo - lag + len(seg)] = seg
 
     score = float(pesq(RATE, ref, aligned, "wb"))
+    try:
+        from pystoi import stoi
+
+        intelligibility = float(stoi(ref, aligned, RATE, extended=False))
+    except ImportError:
+        intelligibility = None
 
     win = RATE // 5
     shift = RATE * 30 // 1000
@@ -73,6 +81,7 @@ def main():
         json.dumps(
             {
                 "pesq": score,
+                "stoi": intelligibility,
                 "lag_ms": lag * 1000.0 / RATE,
                 "min_window_corr": min(corrs) if corrs else -1.0,
                 "windows": len(corrs),

@@ -41,11 +41,16 @@ struct Peer {
 
 impl Peer {
     fn new(now: Instant, port: u16, role: MediaRole, video: bool) -> (Peer, String) {
+        Peer::with_red(now, port, role, video, false)
+    }
+
+    /// A peer that offers RED (RFC 2198) for Opus when `red`.
+    fn with_red(now: Instant, port: u16, role: MediaRole, video: bool, red: bool) -> (Peer, String) {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut rtc = RtcConfig::new()
             .set_rtp_mode(true)
             .clear_codecs()
-            .enable_opus(true, false)
+            .enable_opus(true, red)
             .enable_vp8(true)
             .build(now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
@@ -669,4 +674,91 @@ fn every_packet_is_delivered_at_a_high_packet_rate() {
     sim.run(&mut [&mut publisher, &mut player], 100);
     assert_eq!(sim.counters.snapshot().rtp_forwarded, 1000);
     assert_eq!(player.got.len(), 1000);
+}
+
+/// A publisher's RED audio reaches a player that negotiated RED as it was sent, and a player
+/// that did not as plain Opus: the primary blocks, and the frames lost upstream restored from
+/// the redundancy of the packet after them.
+#[test]
+fn red_audio_is_forwarded_or_made_plain_per_player() {
+    use str0m::rtp::{RedEncoder, RedundantBlock};
+
+    let mut sim = Sim::new();
+    let (mut publisher, offer) = Peer::with_red(sim.now, 10_001, MediaRole::Publish, false, true);
+    sim.negotiate(&mut publisher, offer, 1, "r", MediaRole::Publish);
+    let (mut red_player, offer) = Peer::with_red(sim.now, 10_002, MediaRole::Play, false, true);
+    sim.negotiate(&mut red_player, offer, 2, "r", MediaRole::Play);
+    let (mut plain_player, offer) = Peer::new(sim.now, 10_003, MediaRole::Play, false);
+    sim.negotiate(&mut plain_player, offer, 3, "r", MediaRole::Play);
+    sim.connect(&mut [&mut publisher, &mut red_player, &mut plain_player]);
+    let pts = |peer: &Peer| {
+        let p = peer
+            .rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .unwrap();
+        (p.pt(), p.red())
+    };
+    let (opus, red) = pts(&publisher);
+    let red = red.expect("the publisher negotiated RED");
+    assert!(pts(&red_player).1.is_some(), "the RED player negotiated RED");
+    assert_eq!(pts(&plain_player).1, None);
+
+    // 20 frames, two levels of redundancy; packets 10 and 11 are lost on the way up.
+    let frames: Vec<Vec<u8>> = (0..20).map(payload).collect();
+    let mut sent = Vec::new();
+    for i in 0..20usize {
+        let redundant: Vec<RedundantBlock> = (1..=2usize)
+            .filter(|d| i >= *d)
+            .rev()
+            .map(|d| RedundantBlock {
+                pt: *opus,
+                timestamp_offset: 960 * d as u32,
+                payload: frames[i - d].clone(),
+            })
+            .collect();
+        let bytes = RedEncoder::encode(*opus, &frames[i], &redundant);
+        if i != 10 && i != 11 {
+            let now = sim.now;
+            let mid = publisher.mid(MediaKind::Audio);
+            let mut api = publisher.rtc.direct_api();
+            let tx = api.stream_tx_by_mid(mid, None).unwrap();
+            let seq = 100 + i as u64;
+            tx.write_rtp(RtpWrite::new(
+                red,
+                seq.into(),
+                (seq * 960) as u32,
+                now,
+                bytes.clone(),
+            ));
+            sent.push(bytes);
+        }
+        sim.run(&mut [&mut publisher, &mut red_player, &mut plain_player], 20);
+    }
+    sim.run(&mut [&mut publisher, &mut red_player, &mut plain_player], 200);
+
+    // The RED player: the RED packets, unchanged, on its RED payload type.
+    let red_pt = pts(&red_player).1.unwrap();
+    let got: Vec<Vec<u8>> = red_player.got.iter().map(|p| p.payload.to_vec()).collect();
+    assert_eq!(got, sent);
+    assert!(red_player.got.iter().all(|p| p.header.payload_type == red_pt));
+
+    // The plain player: every frame as plain Opus, 10 and 11 restored, with consecutive
+    // sequence numbers and timestamps 960 apart.
+    let mut got: Vec<(u64, u32, Vec<u8>)> = plain_player
+        .got
+        .iter()
+        .map(|p| {
+            assert_eq!(p.header.payload_type, pts(&plain_player).0);
+            (*p.seq_no, p.header.timestamp, p.payload.to_vec())
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got.iter().map(|g| g.2.clone()).collect::<Vec<_>>(), frames);
+    for w in got.windows(2) {
+        assert_eq!(w[1].0, w[0].0 + 1);
+        assert_eq!(w[1].1, w[0].1.wrapping_add(960));
+    }
 }

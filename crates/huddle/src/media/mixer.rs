@@ -52,6 +52,7 @@ impl PlayerAudio {
         let now = tick;
         let mut out = None;
         while let Some(playout) = self.jitter.pop(now) {
+            tracing::trace!(tick = ?now, out = ?playout, stats = ?self.jitter.stats(), "audio playout");
             let frame = match playout {
                 Playout::Packet { payload, .. } => match self.decoder.decode(&payload) {
                     Ok(f) => {

@@ -64,6 +64,10 @@ pub(crate) async fn run(
         first: false,
         broken: false,
     };
+    // Frames lost on the wire come back late from the RED redundancy of the next packets
+    // (str0m recovers them): the jitter buffer's minimum delay makes room for them.
+    let mut recovery = huddle_media::RecoveryDelay::new();
+    let mut min_delay = recovery.min_delay();
     let mut buf = vec![0u8; RECV_BUF];
     loop {
         let wake = pc.drive(|pc, e| {
@@ -71,12 +75,21 @@ pub(crate) async fn run(
             if Some(data.mid) == pc.audio {
                 let seq = data.seq_range.start().as_u16();
                 let ts = data.time.numer() as u32;
-                audio.lock().unwrap_or_else(|e| e.into_inner()).jitter.insert(
-                    seq,
-                    ts,
-                    data.data.to_vec(),
-                    data.network_time,
-                );
+                // Arrivals against timestamps, to see what a sender does (docs/media.md).
+                tracing::trace!(seq, ts, len = data.data.len(), at = ?data.network_time, "audio packet");
+                let late = recovery.on_packet(seq);
+                // Dated when it would have come: the buffer's jitter estimate is not raised by
+                // redundancy, its minimum delay covers it.
+                let arrival = data
+                    .network_time
+                    .checked_sub(huddle_media::FRAME_DURATION * u32::from(late))
+                    .unwrap_or(data.network_time);
+                let mut audio = audio.lock().unwrap_or_else(|e| e.into_inner());
+                if recovery.min_delay() != min_delay {
+                    min_delay = recovery.min_delay();
+                    audio.jitter.set_min_delay(min_delay);
+                }
+                audio.jitter.insert(seq, ts, data.data.to_vec(), arrival);
             } else if Some(data.mid) == pc.video {
                 if !data.contiguous {
                     video.broken = true;

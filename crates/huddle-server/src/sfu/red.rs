@@ -1,0 +1,137 @@
+//! RFC 2198 redundant audio (RED) at the SFU, sans IO.
+//!
+//! A publisher that negotiated RED (`red/48000/2`, fmtp `111/111`, as browsers and the SDK
+//! offer it) sends each Opus frame as the primary block of a RED packet, with copies of the
+//! previous frames as redundant blocks. The SFU forwards such a packet unchanged to players
+//! that negotiated RED too (their own RED payload type). Players that did not get the primary
+//! block alone, as plain Opus; and when packets were lost between the publisher and the SFU,
+//! the frames they carried are taken from the redundant blocks of the next packet that arrived
+//! and forwarded to those players as well (as LiveKit's "RED primary receiver" does), so a
+//! player without RED still profits from the publisher's redundancy on the upstream leg.
+
+use str0m::rtp::{RedBlock, RedDecoder};
+
+/// Samples of one 20 ms Opus frame at 48 kHz: a redundant block's timestamp offset in frames.
+const FRAME_TICKS: u32 = 960;
+
+/// Frames recovered from one packet at most (the deepest redundancy the SDK sends is 3; browsers
+/// send 1).
+pub(crate) const MAX_RECOVER: u64 = 4;
+
+/// A RED payload split into its blocks.
+#[derive(Debug)]
+pub(crate) struct RedPacket<'a> {
+    /// The primary block: this packet's own Opus frame.
+    pub(crate) primary: &'a [u8],
+    /// The redundant blocks of the primary's payload type: (timestamp offset, payload), oldest
+    /// first.
+    pub(crate) redundant: Vec<(u32, &'a [u8])>,
+}
+
+/// Parses a RED payload whose blocks should carry `primary_pt`; `None` when it is malformed or
+/// its primary block is of another payload type (it cannot be turned into plain Opus then).
+pub(crate) fn split(payload: &[u8], primary_pt: u8) -> Option<RedPacket<'_>> {
+    let blocks: Vec<RedBlock<'_>> = RedDecoder::decode(payload).ok()?;
+    let (primary, rest) = blocks.split_last()?;
+    if !primary.is_primary || primary.pt != primary_pt {
+        return None;
+    }
+    let redundant = rest
+        .iter()
+        .filter(|b| b.pt == primary_pt && b.timestamp_offset > 0)
+        .map(|b| (b.timestamp_offset, b.payload))
+        .collect();
+    Some(RedPacket {
+        primary: primary.payload,
+        redundant,
+    })
+}
+
+/// The frames of `packet` (extended sequence number `seq`, timestamp `ts`) that fill a gap
+/// after `last_seq`, the highest sequence number received before it: (sequence number,
+/// timestamp, payload), oldest first. A redundant block belongs to the packet
+/// `offset / 960` before this one (20 ms frames, no DTX gap in between: a block whose offset
+/// is not a whole number of frames is not used). Nothing is recovered for a packet that is
+/// not the newest (a reordered one), or across more than [`MAX_RECOVER`] frames.
+pub(crate) fn recover<'a>(
+    packet: &RedPacket<'a>,
+    last_seq: Option<u64>,
+    seq: u64,
+    ts: u32,
+) -> impl Iterator<Item = (u64, u32, &'a [u8])> {
+    let missing_from = last_seq.map_or(seq, |l| (l + 1).max(seq.saturating_sub(MAX_RECOVER)));
+    let usable = last_seq.is_some_and(|l| seq > l + 1);
+    packet.redundant.iter().filter_map(move |&(offset, payload)| {
+        if !usable || offset % FRAME_TICKS != 0 || payload.is_empty() {
+            return None;
+        }
+        let back = u64::from(offset / FRAME_TICKS);
+        let s = seq.checked_sub(back)?;
+        (s >= missing_from && s < seq).then(|| (s, ts.wrapping_sub(offset), payload))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use str0m::rtp::{RedEncoder, RedundantBlock};
+
+    fn red(primary: &[u8], older: &[(u32, &[u8])]) -> Vec<u8> {
+        let blocks: Vec<RedundantBlock> = older
+            .iter()
+            .map(|&(timestamp_offset, p)| RedundantBlock {
+                pt: 111,
+                timestamp_offset,
+                payload: p.to_vec(),
+            })
+            .collect();
+        RedEncoder::encode(111, primary, &blocks)
+    }
+
+    #[test]
+    fn splits_the_primary_and_the_redundant_blocks() {
+        let bytes = red(b"now", &[(1920, b"two ago"), (960, b"one ago")]);
+        let p = split(&bytes, 111).unwrap();
+        assert_eq!(p.primary, b"now");
+        assert_eq!(p.redundant, vec![(1920, &b"two ago"[..]), (960, &b"one ago"[..])]);
+        // Plain RED without redundancy (the first packet of a talk spurt).
+        let bytes = red(b"first", &[]);
+        let p = split(&bytes, 111).unwrap();
+        assert_eq!((p.primary, p.redundant.len()), (&b"first"[..], 0));
+    }
+
+    #[test]
+    fn refuses_malformed_payloads_and_other_codecs() {
+        assert!(split(&[], 111).is_none());
+        assert!(split(&[0x80 | 111, 0, 0], 111).is_none()); // truncated block header
+        assert!(split(&[0x80 | 111, 0, 0x04, 50, 111, 1, 2], 111).is_none()); // block beyond the end
+        assert!(split(&red(b"x", &[]), 0).is_none()); // primary of another payload type
+    }
+
+    #[test]
+    fn recovers_only_the_frames_missing_before_the_newest_packet() {
+        let bytes = red(b"s10", &[(1920, b"s8"), (960, b"s9")]);
+        let p = split(&bytes, 111).unwrap();
+        let ts = 100_000u32;
+        // 8 and 9 were lost: both come back, oldest first, with their own timestamps.
+        let got: Vec<_> = recover(&p, Some(7), 10, ts).collect();
+        assert_eq!(got, vec![(8, ts - 1920, &b"s8"[..]), (9, ts - 960, &b"s9"[..])]);
+        // Only 9 was lost.
+        let got: Vec<_> = recover(&p, Some(8), 10, ts).collect();
+        assert_eq!(got, vec![(9, ts - 960, &b"s9"[..])]);
+        // Nothing was lost, the packet is reordered, or it is the first one.
+        assert_eq!(recover(&p, Some(9), 10, ts).count(), 0);
+        assert_eq!(recover(&p, Some(12), 10, ts).count(), 0);
+        assert_eq!(recover(&p, None, 10, ts).count(), 0);
+        // Timestamps wrap.
+        let got: Vec<_> = recover(&p, Some(8), 10, 500).collect();
+        assert_eq!(got, vec![(9, 500u32.wrapping_sub(960), &b"s9"[..])]);
+    }
+
+    #[test]
+    fn ignores_blocks_that_are_not_whole_frames() {
+        let bytes = red(b"s10", &[(480, b"half")]);
+        let p = split(&bytes, 111).unwrap();
+        assert_eq!(recover(&p, Some(5), 10, 48_000).count(), 0);
+    }
+}
