@@ -51,6 +51,9 @@ struct ServeArgs {
     /// Where dev-mode credentials are kept (stable across restarts).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Media threads (SFU shards) on the one UDP port; 0: one per CPU (`media_workers`).
+    #[arg(long)]
+    media_workers: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -118,6 +121,10 @@ fn load_config(args: &ServeArgs) -> Result<huddle_server::ServerConfig, String> 
     }
     if let Some(dir) = &args.data_dir {
         config.data_dir = dir.clone();
+    }
+    if let Some(n) = args.media_workers {
+        config.media_workers = n;
+        config.validate().map_err(|e| e.to_string())?;
     }
     if config.apps.is_empty() {
         config.use_dev_app().map_err(|e| e.to_string())?;

@@ -126,6 +126,11 @@ pub struct ServerConfig {
     /// UDP port (`public_ip`, default 127.0.0.1). Set it to the host's public address when the
     /// server listens on a wildcard or behind a 1:1 NAT.
     pub public_ip: IpAddr,
+    /// Threads that run the SFU, each a shard with its own peer connections, all on the one UDP
+    /// port (`media_workers`, default 0: one per CPU the server may run on, as `taskset` or a
+    /// container's CPU set allows; at most 256). The first of them also reads the socket and
+    /// hands each datagram to its shard (`docs/sfu.md`).
+    pub media_workers: usize,
     /// The configured apps (`[[apps]]`).
     pub apps: Vec<AppConfig>,
     /// Where the server keeps its files (`data_dir`, default [`default_data_dir`]).
@@ -177,6 +182,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 7880)),
             udp_port: 7882,
             public_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            media_workers: 0,
             apps: Vec::new(),
             data_dir: default_data_dir(),
             dev_mode: false,
@@ -218,6 +224,7 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     udp_port: Option<u16>,
     public_ip: Option<IpAddr>,
+    media_workers: Option<usize>,
     data_dir: Option<PathBuf>,
     heartbeat_ms: Option<u64>,
     session_timeout_ms: Option<u64>,
@@ -346,6 +353,7 @@ impl ServerConfig {
             listen: f.listen.unwrap_or(d.listen),
             udp_port: f.udp_port.unwrap_or(d.udp_port),
             public_ip: f.public_ip.unwrap_or(d.public_ip),
+            media_workers: f.media_workers.unwrap_or(d.media_workers),
             apps: convert_apps(f.apps)?,
             data_dir: f.data_dir.unwrap_or(d.data_dir),
             dev_mode: false,
@@ -458,6 +466,13 @@ impl ServerConfig {
         if let Some((name, _)) = limits.iter().find(|(_, v)| *v == 0) {
             return invalid(format!("{name} must not be 0"));
         }
+        if self.media_workers > crate::sfu::shard::MAX_SHARDS {
+            return invalid(format!(
+                "media_workers ({}) must be at most {} (0: one per CPU)",
+                self.media_workers,
+                crate::sfu::shard::MAX_SHARDS
+            ));
+        }
         if self.connection_rate_per_ip > 0 && self.connection_burst_per_ip == 0 {
             return invalid(
                 "connection_burst_per_ip must not be 0 when connection_rate_per_ip is set".into(),
@@ -561,6 +576,25 @@ mod tests {
         );
         assert_eq!((c.rate_limit_per_sec, c.rate_limit_burst), (50, 100));
         assert!(c.apps.is_empty() && !c.dev_mode);
+        assert_eq!(c.media_workers, 0);
+    }
+
+    #[test]
+    fn media_workers_is_read_and_bounded() {
+        assert_eq!(
+            ServerConfig::from_toml_str("media_workers = 3")
+                .unwrap()
+                .media_workers,
+            3
+        );
+        assert_eq!(
+            ServerConfig::from_toml_str("media_workers = 256")
+                .unwrap()
+                .media_workers,
+            256
+        );
+        assert!(err("media_workers = 257").contains("media_workers"));
+        assert!(err("media_workers = -1").contains("media_workers"));
     }
 
     #[test]

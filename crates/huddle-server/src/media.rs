@@ -1,67 +1,171 @@
-//! The media plane's IO shell: one UDP socket and one tokio task around the sans-IO [`Sfu`].
+//! The media plane's IO shell: the one UDP socket and N shards of the sans-IO [`Sfu`], each on
+//! its own thread (`docs/sfu.md`, "Sharding over cores").
 //!
-//! The task waits for a datagram, a command from signaling, a timer or the shutdown. After each
-//! wake-up it reads every datagram already queued in the socket (up to a batch), runs the timers
-//! that are due (so that they never starve under load), sends what the SFU queued without waiting
-//! (a datagram the socket refuses is dropped and counted: UDP may lose it anyway) and delivers the
-//! SFU's signaling messages to their sessions.
+//! ```text
+//!             recvmmsg     huddle-media-0: Router ──► its own Sfu (shard 0)   ──► sendmmsg on
+//!  UDP port ─────────────► STUN by the ufrag's    ──► huddle-media-1: Sfu     ──► the same
+//!                          shard, the rest by     ──► huddle-media-N: Sfu     ──► socket
+//!                          address (learned from the shards' passed checks)
+//!                          commands from signaling go to the stream's shard ▲
+//! ```
 //!
-//! Commands arrive on one channel, in the order signaling produced them under the registry lock,
-//! so an offer and the close that follows it are never reordered. Offers in flight are bounded
-//! ([`MAX_OFFERS_IN_FLIGHT`], beyond: 1009006); closes are bounded by the sessions and their
-//! rate limit.
+//! - **Threads, not tokio tasks.** The media plane is CPU-bound and its system calls never wait
+//!   (`recvmmsg`/`sendmmsg` with `MSG_DONTWAIT`; thread 0 sleeps in `poll`), so plain threads
+//!   skip the reactor's bookkeeping; the kernel spreads them over the cores, and `taskset` or
+//!   `top -H` show them by name (`huddle-media-N`).
+//! - **Thread 0 receives.** It reads up to 64 datagrams per system call and hands each to its
+//!   shard ([`Router`]): a STUN check by the shard index in the server's ICE username fragment,
+//!   anything else by the source address, learned from the shards once a check from it passed.
+//!   Shard 0 runs on this thread, so its datagrams (all of them, with one worker) are handled
+//!   where they are read, with no hand-off. The other shards' datagrams go to them in batches
+//!   (buffers recycled, no allocation per packet); a shard more than [`MAX_QUEUED_DATAGRAMS`]
+//!   behind loses new ones (`dropped_overload`).
+//! - **Shards.** Each owns an [`Sfu`] (its PCs, tables and timer heap) and waits for a batch, a
+//!   command or its next timer (thread 0: for a datagram, a command — its [`Waker`] is woken —
+//!   or shard 0's next timer). After each batch or command it runs the due timers (so they never
+//!   starve under load), sends what its SFU queued in batches of up to 64 datagrams per
+//!   `sendmmsg` on the shared socket (a datagram the kernel refuses is dropped and counted: UDP
+//!   may lose it anyway) and delivers the SFU's signaling messages to their sessions.
+//! - **Commands keep the registry's order.** Signaling sends them under the registry lock. An
+//!   offer, `ClosePublish` and `ClosePlay` go to the stream's shard ([`stream_shard`]), so a
+//!   stream's publish PC and its play PCs live together and an offer and the close that follows
+//!   it travel on the same channel, never reordered; `SessionGone` goes to every shard. Offers in
+//!   flight are bounded ([`MAX_OFFERS_IN_FLIGHT`], beyond: 1009006); closes are bounded by the
+//!   sessions and their rate limit.
+//! - **Shutdown** (the server's shutdown signal): every shard is told to stop (thread 0 woken),
+//!   and the task returned by [`spawn`] ends once every thread is joined.
+
+#[allow(unsafe_code)]
+mod mmsg;
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use socket2::SockRef;
-use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch};
+use str0m::net::Transmit;
 use tracing::{debug, info, warn};
 
+use crate::sfu::shard::{MAX_SHARDS, ROUTES_PER_GENERATION, Router, stream_shard};
 use crate::sfu::{Command, Counters, Sfu, SfuConfig};
 use crate::signaling::ServerState;
+use mmsg::{BATCH, RecvBatch, SendBatch, Waiter, Waker};
 
-/// Offers sent to the media task and not yet handled, at most.
+/// Offers sent to the media plane and not yet handled, at most.
 pub(crate) const MAX_OFFERS_IN_FLIGHT: usize = 256;
-
-/// Datagrams read in one go before the SFU's output is flushed.
-const READ_BATCH: usize = 64;
 
 /// The largest datagram read (larger ones are truncated and then refused by the SFU).
 const MAX_DATAGRAM: usize = 2048;
 
+/// Datagrams handed to a shard and not yet handled, at most; beyond, new ones are dropped
+/// (`dropped_overload`) rather than queued without bound.
+const MAX_QUEUED_DATAGRAMS: usize = 8192;
+
 /// Kernel buffer asked for each direction of the media socket, so that a burst (many players,
-/// a keyframe) is not dropped while the task is busy. The kernel may cap it (`net.core.rmem_max`).
+/// a keyframe) is not dropped while the threads are busy. The kernel may cap it
+/// (`net.core.rmem_max`).
 const SOCKET_BUFFER: usize = 4 << 20;
 
-/// The signaling side's handle on the media task.
+/// The longest a shard sleeps without a timer.
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+
+/// What a shard's thread is sent.
+enum ShardMsg {
+    Datagrams(Batch),
+    Command(Command),
+    Stop,
+}
+
+/// Datagrams for one shard, packed in one buffer; recycled between thread 0 (which receives)
+/// and the shard.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    /// Sender, end offset in `bytes`.
+    items: Vec<(SocketAddr, usize)>,
+}
+
+impl Batch {
+    fn push(&mut self, from: SocketAddr, datagram: &[u8]) {
+        self.bytes.extend_from_slice(datagram);
+        self.items.push((from, self.bytes.len()));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
+        let mut start = 0;
+        self.items.iter().map(move |(from, end)| {
+            let d = &self.bytes[start..*end];
+            start = *end;
+            (*from, d)
+        })
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.items.clear();
+    }
+}
+
+/// The signaling side's handle on the media plane.
 #[derive(Debug, Clone)]
 pub(crate) struct MediaTx {
-    tx: mpsc::UnboundedSender<Command>,
+    shards: Vec<mpsc::Sender<ShardMsg>>,
+    /// Wakes thread 0 (shard 0 runs there and sleeps in `poll`, not on its channel).
+    waker: Arc<Waker>,
     offers_in_flight: Arc<AtomicUsize>,
 }
 
+impl std::fmt::Debug for ShardMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShardMsg::Datagrams(b) => write!(f, "Datagrams({})", b.items.len()),
+            ShardMsg::Command(c) => write!(f, "Command({c:?})"),
+            ShardMsg::Stop => f.write_str("Stop"),
+        }
+    }
+}
+
 impl MediaTx {
-    /// Queues a command; offers are refused (`false`) when too many are in flight.
+    /// Queues a command for its shard (every shard for `SessionGone`); offers are refused
+    /// (`false`) when too many are in flight.
     pub(crate) fn send(&self, cmd: Command) -> bool {
-        if matches!(cmd, Command::Offer(_))
-            && self.offers_in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_OFFERS_IN_FLIGHT
-        {
+        let n = self.shards.len();
+        let shard = match &cmd {
+            Command::Offer(o) => Some(stream_shard(o.app, &o.stream_id, n)),
+            Command::ClosePublish { app, stream_id } | Command::ClosePlay { app, stream_id, .. } => {
+                Some(stream_shard(*app, stream_id, n))
+            }
+            Command::SessionGone { .. } => None,
+        };
+        let Some(shard) = shard else {
+            let mut ok = true;
+            for tx in &self.shards {
+                ok &= tx.send(ShardMsg::Command(cmd.clone())).is_ok();
+            }
+            self.waker.wake();
+            return ok;
+        };
+        let is_offer = matches!(cmd, Command::Offer(_));
+        if is_offer && self.offers_in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_OFFERS_IN_FLIGHT {
             self.offers_in_flight.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
-        self.tx.send(cmd).is_ok()
+        let sent = self.shards[shard].send(ShardMsg::Command(cmd)).is_ok();
+        if shard == 0 {
+            self.waker.wake();
+        }
+        if !sent && is_offer {
+            self.offers_in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        sent
     }
 }
 
 /// Binds the media socket for `config`: the IP of `listen`, port `udp_port`.
 pub(crate) fn bind(config: &crate::ServerConfig) -> io::Result<std::net::UdpSocket> {
     let socket = std::net::UdpSocket::bind(SocketAddr::new(config.listen.ip(), config.udp_port))?;
-    socket.set_nonblocking(true)?;
     let sock = socket2::SockRef::from(&socket);
     if let Err(e) = sock
         .set_recv_buffer_size(SOCKET_BUFFER)
@@ -72,8 +176,18 @@ pub(crate) fn bind(config: &crate::ServerConfig) -> io::Result<std::net::UdpSock
     Ok(socket)
 }
 
-/// Starts the media task on `socket` (within a tokio runtime). Returns the command handle and
-/// the task.
+/// The number of shards for `media_workers` (0: one per core this process may run on).
+pub(crate) fn shard_count(media_workers: usize) -> usize {
+    let n = match media_workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    n.clamp(1, MAX_SHARDS)
+}
+
+/// Starts the media plane on `socket`: the shard threads (thread 0 also receives), and (within
+/// a tokio runtime) a task that stops and joins them at shutdown. Returns the command handle and
+/// that task.
 pub(crate) fn spawn(
     state: ServerState,
     socket: std::net::UdpSocket,
@@ -81,108 +195,442 @@ pub(crate) fn spawn(
 ) -> io::Result<(MediaTx, tokio::task::JoinHandle<()>)> {
     let local = socket.local_addr()?;
     let candidate = SocketAddr::new(state.config().public_ip, local.port());
-    let socket = UdpSocket::from_std(socket)?;
-    let (tx, rx) = mpsc::unbounded_channel();
+    // Receives and sends never wait on Linux (MSG_DONTWAIT; thread 0 sleeps in poll). The mode
+    // matters only for the fallback elsewhere: blocking receives with a short timeout.
+    socket.set_nonblocking(false)?;
+    socket.set_read_timeout(Some(Duration::from_millis(10)))?;
+    let socket = Arc::new(socket);
+    let n = shard_count(state.config().media_workers);
     let offers_in_flight = Arc::new(AtomicUsize::new(0));
-    let sfu = Sfu::new(SfuConfig::new(candidate), counters.clone());
-    info!(%local, %candidate, "media plane listening");
-    let shutdown = state.shutdown_receiver();
-    let task = tokio::spawn(run(
-        state,
-        socket,
-        sfu,
-        rx,
-        offers_in_flight.clone(),
-        counters,
-        shutdown,
-    ));
-    Ok((MediaTx { tx, offers_in_flight }, task))
-}
-
-async fn run(
-    state: ServerState,
-    socket: UdpSocket,
-    mut sfu: Sfu,
-    mut rx: mpsc::UnboundedReceiver<Command>,
-    offers_in_flight: Arc<AtomicUsize>,
-    counters: Arc<Counters>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut signals = Vec::new();
-    loop {
-        // Send what the last step produced, then deliver signaling messages.
-        // Sends go straight to the kernel through the raw socket, not tokio's `try_send_to`: that
-        // answers WouldBlock whenever the reactor has not (yet, or again) seen the socket
-        // writable, which drops datagrams the kernel would have taken. A full socket buffer
-        // still drops, as the network would.
-        let raw = SockRef::from(&socket);
-        while let Some(t) = sfu.poll_transmit() {
-            if let Err(e) = raw.send_to(&t.contents, &t.destination.into()) {
-                counters.count_send_failure();
-                debug!(error = %e, to = %t.destination, "media send failed: dropped");
-            }
-        }
-        while let Some(s) = sfu.poll_signal() {
-            signals.push(s);
-        }
-        if !signals.is_empty() {
-            state.deliver_media(&mut signals);
-        }
-        let now = Instant::now();
-        let deadline = sfu
-            .poll_timeout()
-            .unwrap_or(now + Duration::from_secs(1))
-            .min(now + Duration::from_secs(1));
-        tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|s| *s) => break,
-            cmd = rx.recv() => {
-                let Some(cmd) = cmd else { break };
-                handle_command(&mut sfu, cmd, &offers_in_flight);
-                // Take whatever else is queued now, within a batch.
-                for _ in 0..READ_BATCH {
-                    match rx.try_recv() {
-                        Ok(cmd) => handle_command(&mut sfu, cmd, &offers_in_flight),
-                        Err(_) => break,
-                    }
-                }
-            }
-            r = socket.recv_from(&mut buf) => {
-                match r {
-                    Ok((n, from)) => sfu.handle_datagram(Instant::now(), from, &buf[..n]),
-                    Err(e) => debug!(error = %e, "media receive failed"),
-                }
-                for _ in 1..READ_BATCH {
-                    match socket.try_recv_from(&mut buf) {
-                        Ok((n, from)) => sfu.handle_datagram(Instant::now(), from, &buf[..n]),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) => {
-                            debug!(error = %e, "media receive failed");
-                            break;
-                        }
-                    }
-                }
-            }
-            () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
-        }
-        let now = Instant::now();
-        if sfu.poll_timeout().is_some_and(|t| t <= now) {
-            sfu.handle_timeout(now);
-        }
+    let waker = Arc::new(Waker::new()?);
+    let (learn_tx, learn_rx) = mpsc::channel();
+    let (recycle_tx, recycle_rx) = mpsc::channel();
+    let mut senders = Vec::with_capacity(n);
+    let mut shards = Vec::with_capacity(n);
+    for index in 0..n {
+        let (tx, rx) = mpsc::channel();
+        let mut config = SfuConfig::new(candidate);
+        config.shard = index;
+        senders.push(tx);
+        shards.push(Shard {
+            index,
+            sfu: Sfu::new(config, counters.clone()),
+            rx,
+            socket: socket.clone(),
+            state: state.clone(),
+            counters: counters.clone(),
+            queued: Arc::new(AtomicUsize::new(0)),
+            offers_in_flight: offers_in_flight.clone(),
+            learn: learn_tx.clone(),
+            recycle: recycle_tx.clone(),
+            sender: SendBatch::new(),
+            out: Vec::with_capacity(BATCH),
+            signals: Vec::new(),
+        });
     }
-    if sfu.peer_connections() > 0 {
-        warn!(
-            pcs = sfu.peer_connections(),
-            "media plane stopped with open peer connections"
+    drop((learn_tx, recycle_tx));
+    let mut threads = Vec::with_capacity(n);
+    let mut shards = shards.into_iter();
+    let shard0 = shards.next().expect("at least one shard");
+    let mut queues = vec![shard0.queued.clone()];
+    for shard in shards {
+        queues.push(shard.queued.clone());
+        // On an error, the senders dropped on return stop the threads already started.
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("huddle-media-{}", shard.index))
+                .spawn(move || shard.run())?,
         );
     }
-    info!("media plane stopped");
+    let receiver = Receiver {
+        socket: socket.clone(),
+        router: Router::new(n, ROUTES_PER_GENERATION),
+        shard0,
+        shards: senders.clone(),
+        queues,
+        learn: learn_rx,
+        recycle: recycle_rx,
+        waiter: Waiter::new(waker.clone()),
+    };
+    threads.insert(
+        0,
+        std::thread::Builder::new()
+            .name("huddle-media-0".into())
+            .spawn(move || receiver.run())?,
+    );
+    info!(%local, %candidate, shards = n, "media plane listening");
+    let mut shutdown = state.shutdown_receiver();
+    let stopper = senders.clone();
+    let stop_waker = waker.clone();
+    let task = tokio::spawn(async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+        for tx in &stopper {
+            let _ = tx.send(ShardMsg::Stop);
+        }
+        stop_waker.wake();
+        let joined = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                if t.join().is_err() {
+                    warn!("a media thread panicked");
+                }
+            }
+        })
+        .await;
+        if joined.is_err() {
+            warn!("joining the media threads failed");
+        }
+        info!("media plane stopped");
+    });
+    Ok((
+        MediaTx {
+            shards: senders,
+            waker,
+            offers_in_flight,
+        },
+        task,
+    ))
 }
 
-fn handle_command(sfu: &mut Sfu, cmd: Command, offers_in_flight: &AtomicUsize) {
-    if matches!(cmd, Command::Offer(_)) {
-        offers_in_flight.fetch_sub(1, Ordering::AcqRel);
+/// Thread 0: receives for every shard and runs shard 0.
+struct Receiver {
+    socket: Arc<std::net::UdpSocket>,
+    router: Router,
+    shard0: Shard,
+    /// Every shard's channel (shard 0's carries only commands and the stop).
+    shards: Vec<mpsc::Sender<ShardMsg>>,
+    /// Per shard: datagrams handed over and not yet handled (shard 0's stays 0).
+    queues: Vec<Arc<AtomicUsize>>,
+    /// Addresses whose connectivity check passed, and their shard.
+    learn: mpsc::Receiver<(SocketAddr, usize)>,
+    /// Emptied batches, back from the shards.
+    recycle: mpsc::Receiver<Batch>,
+    waiter: Waiter,
+}
+
+impl Receiver {
+    fn run(mut self) {
+        let mut batch = RecvBatch::new(MAX_DATAGRAM);
+        let mut out: Vec<Option<Batch>> = (0..self.shards.len()).map(|_| None).collect();
+        'run: loop {
+            // Commands first, but at most a batch of them between two reads of the socket, so
+            // that a storm of offers does not starve the media.
+            let mut more_commands = true;
+            for _ in 0..BATCH {
+                match self.shard0.rx.try_recv() {
+                    Ok(ShardMsg::Stop) | Err(mpsc::TryRecvError::Disconnected) => break 'run,
+                    Ok(msg) => {
+                        self.shard0.handle(msg);
+                        self.shard0.step();
+                    }
+                    Err(mpsc::TryRecvError::Empty) => {
+                        more_commands = false;
+                        break;
+                    }
+                }
+            }
+            let received = match batch.recv(&self.socket) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    0
+                }
+                Err(e) => {
+                    // Not expected on an unconnected UDP socket; do not spin on it.
+                    debug!(error = %e, "media receive failed");
+                    std::thread::sleep(Duration::from_millis(1));
+                    0
+                }
+            };
+            if received > 0 {
+                self.dispatch(&batch, &mut out);
+            }
+            self.shard0.step();
+            if received < BATCH && !more_commands {
+                // The socket is (nearly) empty: sleep until a datagram, a command or a timer.
+                let wait = self.shard0.next_wait();
+                if !wait.is_zero()
+                    && let Err(e) = self.waiter.wait(&self.socket, wait)
+                {
+                    debug!(error = %e, "media wait failed");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        self.shard0.stopped();
     }
-    sfu.handle_command(Instant::now(), cmd);
+
+    /// Routes the received datagrams: shard 0's are handled here, the others' sent in batches.
+    fn dispatch(&mut self, batch: &RecvBatch, out: &mut [Option<Batch>]) {
+        // Learn before routing: a shard reports an address before it answers the check, so the
+        // client's next datagrams find it here.
+        while let Ok((addr, shard)) = self.learn.try_recv() {
+            self.router.learn(addr, shard);
+        }
+        let now = Instant::now();
+        for (from, datagram) in batch.iter() {
+            let Some((from, shard)) = from.and_then(|f| Some((f, self.router.route(f, datagram)?))) else {
+                self.shard0.counters.count_unroutable();
+                continue;
+            };
+            if shard == 0 {
+                self.shard0.datagram(now, from, datagram);
+                if datagram.first().is_some_and(|b| *b < 2) {
+                    // Shard 0 may have reported this address just now.
+                    while let Ok((addr, shard)) = self.learn.try_recv() {
+                        self.router.learn(addr, shard);
+                    }
+                }
+            } else {
+                out[shard]
+                    .get_or_insert_with(|| self.recycle.try_recv().unwrap_or_default())
+                    .push(from, datagram);
+            }
+        }
+        for (shard, slot) in out.iter_mut().enumerate() {
+            let Some(mut b) = slot.take() else { continue };
+            let n = b.items.len();
+            let counters = &self.shard0.counters;
+            if self.queues[shard].fetch_add(n, Ordering::AcqRel) >= MAX_QUEUED_DATAGRAMS {
+                self.queues[shard].fetch_sub(n, Ordering::AcqRel);
+                for _ in 0..n {
+                    counters.count_overload();
+                }
+                b.clear();
+                *slot = Some(b);
+                continue;
+            }
+            if self.shards[shard].send(ShardMsg::Datagrams(b)).is_err() {
+                // The shard's thread is gone (it panicked): its traffic is lost, the other
+                // shards' is not.
+                self.queues[shard].fetch_sub(n, Ordering::AcqRel);
+                for _ in 0..n {
+                    counters.count_unroutable();
+                }
+            }
+        }
+    }
+}
+
+/// One shard: its SFU and what it needs to talk to the socket, the router and signaling.
+struct Shard {
+    index: usize,
+    sfu: Sfu,
+    rx: mpsc::Receiver<ShardMsg>,
+    socket: Arc<std::net::UdpSocket>,
+    state: ServerState,
+    counters: Arc<Counters>,
+    queued: Arc<AtomicUsize>,
+    offers_in_flight: Arc<AtomicUsize>,
+    learn: mpsc::Sender<(SocketAddr, usize)>,
+    recycle: mpsc::Sender<Batch>,
+    sender: SendBatch,
+    /// Datagrams taken from the SFU, not yet sent (at most a batch).
+    out: Vec<Transmit>,
+    signals: Vec<(crate::registry::SessionId, huddle_proto::ServerMsg)>,
+}
+
+impl Shard {
+    /// The loop of shards 1 to N-1: wait for a message or the next timer, handle, step.
+    fn run(mut self) {
+        loop {
+            match self.rx.recv_timeout(self.next_wait()) {
+                Ok(ShardMsg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Ok(msg) => self.handle(msg),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            self.step();
+        }
+        self.stopped();
+    }
+
+    /// How long the shard may sleep: until its next timer, at most [`IDLE_WAKE`].
+    fn next_wait(&self) -> Duration {
+        let now = Instant::now();
+        self.sfu
+            .poll_timeout()
+            .map_or(IDLE_WAKE, |t| t.saturating_duration_since(now))
+            .min(IDLE_WAKE)
+    }
+
+    fn handle(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Command(cmd) => {
+                if matches!(cmd, Command::Offer(_)) {
+                    self.offers_in_flight.fetch_sub(1, Ordering::AcqRel);
+                }
+                self.sfu.handle_command(Instant::now(), cmd);
+            }
+            ShardMsg::Datagrams(mut batch) => {
+                let now = Instant::now();
+                for (from, datagram) in batch.iter() {
+                    self.datagram(now, from, datagram);
+                }
+                self.queued.fetch_sub(batch.items.len(), Ordering::AcqRel);
+                batch.clear();
+                let _ = self.recycle.send(batch);
+            }
+            ShardMsg::Stop => {}
+        }
+    }
+
+    /// One datagram routed here.
+    fn datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        self.sfu.handle_datagram(now, from, datagram);
+        if datagram.first().is_some_and(|b| *b < 2) && self.sfu.routes_address(from) {
+            // Before the check's answer leaves: see `Receiver::dispatch`.
+            let _ = self.learn.send((from, self.index));
+        }
+        self.send(false);
+    }
+
+    /// After each message or batch: the due timers, then send everything queued and deliver the
+    /// signaling messages.
+    fn step(&mut self) {
+        let now = Instant::now();
+        if self.sfu.poll_timeout().is_some_and(|t| t <= now) {
+            self.sfu.handle_timeout(now);
+        }
+        self.send(true);
+        while let Some(s) = self.sfu.poll_signal() {
+            self.signals.push(s);
+        }
+        if !self.signals.is_empty() {
+            self.state.deliver_media(&mut self.signals);
+        }
+    }
+
+    /// Moves the SFU's queued datagrams into `out` and sends them in batches: every full batch,
+    /// and with `all` the rest too.
+    fn send(&mut self, all: bool) {
+        loop {
+            while self.out.len() < BATCH {
+                match self.sfu.poll_transmit() {
+                    Some(t) => self.out.push(t),
+                    None => break,
+                }
+            }
+            if self.out.is_empty() || (self.out.len() < BATCH && !all) {
+                return;
+            }
+            let refused = self.sender.send(&self.socket, &self.out);
+            for _ in 0..refused {
+                self.counters.count_send_failure();
+            }
+            self.out.clear();
+        }
+    }
+
+    fn stopped(&self) {
+        if self.sfu.peer_connections() > 0 {
+            warn!(
+                shard = self.index,
+                pcs = self.sfu.peer_connections(),
+                "media shard stopped with open peer connections"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sfu::Offer;
+    use huddle_proto::{AppId, MediaRole, StreamId};
+
+    fn handle(n: usize) -> (MediaTx, Vec<mpsc::Receiver<ShardMsg>>) {
+        let (shards, rxs) = (0..n).map(|_| mpsc::channel()).unzip();
+        let tx = MediaTx {
+            shards,
+            waker: Arc::new(Waker::new().unwrap()),
+            offers_in_flight: Arc::new(AtomicUsize::new(0)),
+        };
+        (tx, rxs)
+    }
+
+    fn commands(rx: &mpsc::Receiver<ShardMsg>) -> Vec<String> {
+        rx.try_iter()
+            .map(|m| match m {
+                ShardMsg::Command(Command::Offer(o)) => format!("offer {}", o.stream_id),
+                ShardMsg::Command(Command::ClosePublish { stream_id, .. }) => {
+                    format!("unpublish {stream_id}")
+                }
+                ShardMsg::Command(Command::ClosePlay { stream_id, .. }) => format!("stop {stream_id}"),
+                ShardMsg::Command(Command::SessionGone { .. }) => "gone".into(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn commands_go_to_the_stream_shard_in_order_and_session_ends_to_all() {
+        let (tx, rxs) = handle(3);
+        let app = AppId::new(9).unwrap();
+        let session = "4".parse().unwrap();
+        let offer = |s: &str| {
+            Command::Offer(Offer {
+                session,
+                app,
+                stream_id: StreamId::new(s).unwrap(),
+                role: MediaRole::Publish,
+                seq: 1,
+                sdp: String::new(),
+            })
+        };
+        let mut want: Vec<Vec<String>> = vec![Vec::new(); 3];
+        for i in 0..12 {
+            let s = format!("s{i}");
+            let shard = stream_shard(app, &StreamId::new(&s).unwrap(), 3);
+            assert!(tx.send(offer(&s)));
+            assert!(tx.send(Command::ClosePlay {
+                session,
+                app,
+                stream_id: StreamId::new(&s).unwrap(),
+            }));
+            assert!(tx.send(Command::ClosePublish {
+                app,
+                stream_id: StreamId::new(&s).unwrap(),
+            }));
+            want[shard].extend([
+                format!("offer {s}"),
+                format!("stop {s}"),
+                format!("unpublish {s}"),
+            ]);
+        }
+        assert!(tx.send(Command::SessionGone { session }));
+        for (rx, mut want) in rxs.iter().zip(want) {
+            assert!(want.len() >= 3, "12 streams over 3 shards reach each one");
+            want.push("gone".into());
+            assert_eq!(commands(rx), want);
+        }
+        assert_eq!(tx.offers_in_flight.load(Ordering::Acquire), 12);
+    }
+
+    #[test]
+    fn offers_in_flight_are_bounded() {
+        let (tx, _rxs) = handle(2);
+        let app = AppId::new(9).unwrap();
+        let offer = || {
+            Command::Offer(Offer {
+                session: "1".parse().unwrap(),
+                app,
+                stream_id: StreamId::new("s").unwrap(),
+                role: MediaRole::Play,
+                seq: 1,
+                sdp: String::new(),
+            })
+        };
+        for _ in 0..MAX_OFFERS_IN_FLIGHT {
+            assert!(tx.send(offer()));
+        }
+        assert!(!tx.send(offer()));
+        // Closes are never refused.
+        assert!(tx.send(Command::ClosePublish {
+            app,
+            stream_id: StreamId::new("s").unwrap(),
+        }));
+    }
 }

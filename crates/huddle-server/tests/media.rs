@@ -1,473 +1,19 @@
-//! End-to-end media tests: real WebRTC (str0m clients written here) over UDP on 127.0.0.1 through a
+//! End-to-end media tests: real WebRTC (the str0m clients of `tests/common/`) over UDP on 127.0.0.1 through a
 //! [`BackgroundServer`], negotiated over the signaling WebSocket.
 //!
 //! The publisher sends Opus-shaped RTP packets (a valid TOC byte and random bytes; the encoder
 //! lives in another crate) at 50 per second; players check that they receive the same payloads,
 //! in order. Every client peer connection has its own UDP socket, as browsers do.
 
-use std::net::{SocketAddr, UdpSocket};
+mod common;
+
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use huddle_proto::{
-    AppId, Auth, ClientMsg, ErrorCode, Login, LoginOk, MediaRole, PROTOCOL_VERSION, PeerState, RoomId,
-    ServerMsg, StreamId, User, UserId,
-};
-use huddle_server::{BackgroundServer, ServerConfig, test_app};
+use common::*;
+use huddle_proto::{ClientMsg, ErrorCode, MediaRole, PeerState};
+use huddle_server::BackgroundServer;
 use rand::Rng;
-use str0m::change::{SdpAnswer, SdpPendingOffer};
-use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid};
-use str0m::net::{Protocol, Receive};
-use str0m::rtp::RtpWrite;
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-const APP: u32 = 21;
-const WAIT: Duration = Duration::from_secs(5);
-const ROOM: &str = "media-room";
-
-fn server() -> BackgroundServer {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let mut config = ServerConfig::for_tests(vec![test_app(APP)]);
-    // These clients do not send heartbeats.
-    config.heartbeat = Duration::from_secs(10);
-    config.session_timeout = Duration::from_secs(60);
-    BackgroundServer::start(config).unwrap()
-}
-
-fn sid(s: &str) -> StreamId {
-    StreamId::new(s).unwrap()
-}
-
-// ----- signaling -----
-
-struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    seq: u32,
-    /// Events read while waiting for something else.
-    events: Vec<ServerMsg>,
-}
-
-impl Client {
-    async fn login(server: &BackgroundServer, user: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url()).await.unwrap();
-        let mut c = Client {
-            ws,
-            seq: 0,
-            events: Vec::new(),
-        };
-        let ServerMsg::Hello { nonce, .. } = c.recv().await else {
-            panic!("expected hello");
-        };
-        let sign = huddle_token::sign_challenge(&test_app(APP).app_sign, APP, ROOM, user, &nonce);
-        let seq = c.next_seq();
-        let login = ClientMsg::Login(Login {
-            seq,
-            protocol: PROTOCOL_VERSION,
-            app_id: AppId::new(APP).unwrap(),
-            room_id: RoomId::new(ROOM).unwrap(),
-            user: User::new(UserId::new(user).unwrap()),
-            auth: Auth::Sign(sign),
-            user_status_notify: false,
-            max_member_count: 0,
-            resume: None,
-        });
-        let reply = c.request(login).await;
-        assert!(matches!(reply, ServerMsg::LoginOk(LoginOk { .. })), "{reply:?}");
-        c
-    }
-
-    fn next_seq(&mut self) -> u32 {
-        self.seq += 1;
-        self.seq
-    }
-
-    async fn recv(&mut self) -> ServerMsg {
-        loop {
-            let item = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("timed out waiting for a signaling message");
-            match item {
-                Some(Ok(Message::Text(t))) => return ServerMsg::decode(t.as_str()).unwrap(),
-                Some(Ok(Message::Close(_))) | None => panic!("signaling closed"),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => panic!("signaling error: {e}"),
-            }
-        }
-    }
-
-    /// Sends a request and returns its reply; events before it are kept in `events`.
-    async fn request(&mut self, msg: ClientMsg) -> ServerMsg {
-        let seq = msg.seq();
-        self.ws.send(Message::text(msg.encode())).await.unwrap();
-        loop {
-            let m = self.recv().await;
-            match &m {
-                ServerMsg::Ok { seq: s }
-                | ServerMsg::LoginOk(LoginOk { seq: s, .. })
-                | ServerMsg::MediaAnswer { seq: s, .. }
-                | ServerMsg::Error { seq: Some(s), .. }
-                    if *s == seq =>
-                {
-                    return m;
-                }
-                _ => self.events.push(m),
-            }
-        }
-    }
-
-    async fn ok(&mut self, msg: ClientMsg) {
-        let reply = self.request(msg).await;
-        assert!(matches!(reply, ServerMsg::Ok { .. }), "{reply:?}");
-    }
-
-    async fn publish(&mut self, stream: &str) {
-        let seq = self.next_seq();
-        self.ok(ClientMsg::Publish {
-            seq,
-            stream_id: sid(stream),
-            extra_info: String::new(),
-        })
-        .await;
-    }
-
-    async fn unpublish(&mut self, stream: &str) {
-        let seq = self.next_seq();
-        self.ok(ClientMsg::Unpublish {
-            seq,
-            stream_id: sid(stream),
-        })
-        .await;
-    }
-
-    /// Plays and returns the availability in the first `play_update`.
-    async fn play(&mut self, stream: &str) -> bool {
-        let seq = self.next_seq();
-        self.ok(ClientMsg::Play {
-            seq,
-            stream_id: sid(stream),
-        })
-        .await;
-        self.wait_play_update(stream).await
-    }
-
-    async fn wait_for(&mut self, mut f: impl FnMut(&ServerMsg) -> bool) -> ServerMsg {
-        if let Some(i) = self.events.iter().position(&mut f) {
-            return self.events.remove(i);
-        }
-        loop {
-            let m = self.recv().await;
-            if f(&m) {
-                return m;
-            }
-            self.events.push(m);
-        }
-    }
-
-    async fn wait_play_update(&mut self, stream: &str) -> bool {
-        match self
-            .wait_for(
-                |m| matches!(m, ServerMsg::PlayUpdate { stream_id, .. } if stream_id.as_str() == stream),
-            )
-            .await
-        {
-            ServerMsg::PlayUpdate { available, .. } => available,
-            _ => unreachable!(),
-        }
-    }
-
-    async fn wait_media_state(&mut self, stream: &str, role: MediaRole) -> (PeerState, ErrorCode) {
-        match self
-            .wait_for(|m| {
-                matches!(m, ServerMsg::MediaState { stream_id, kind, .. }
-                    if stream_id.as_str() == stream && *kind == role)
-            })
-            .await
-        {
-            ServerMsg::MediaState { state, code, .. } => (state, code),
-            _ => unreachable!(),
-        }
-    }
-
-    /// Waits until the server reports the connection of `stream` and `role` connected.
-    async fn media_up(&mut self, stream: &str, role: MediaRole) {
-        assert_eq!(
-            self.wait_media_state(stream, role).await,
-            (PeerState::Connected, ErrorCode::OK)
-        );
-    }
-
-    /// Sends a media offer; returns the answer SDP or the error code.
-    async fn offer(&mut self, stream: &str, role: MediaRole, sdp: String) -> Result<String, ErrorCode> {
-        let seq = self.next_seq();
-        self.send_offer(seq, stream, role, sdp).await;
-        self.offer_reply(seq).await
-    }
-
-    async fn send_offer(&mut self, seq: u32, stream: &str, role: MediaRole, sdp: String) {
-        let msg = ClientMsg::MediaOffer {
-            seq,
-            stream_id: sid(stream),
-            kind: role,
-            sdp,
-        };
-        self.ws.send(Message::text(msg.encode())).await.unwrap();
-    }
-
-    async fn offer_reply(&mut self, seq: u32) -> Result<String, ErrorCode> {
-        let m = self
-            .wait_for(|m| {
-                matches!(m, ServerMsg::MediaAnswer { seq: s, .. } | ServerMsg::Error { seq: Some(s), .. } if *s == seq)
-            })
-            .await;
-        match m {
-            ServerMsg::MediaAnswer { sdp, .. } => Ok(sdp),
-            ServerMsg::Error { code, .. } => Err(code),
-            _ => unreachable!(),
-        }
-    }
-}
-
-// ----- media peers -----
-
-/// A client peer connection on its own UDP socket.
-struct Peer {
-    rtc: Rtc,
-    socket: UdpSocket,
-    local: SocketAddr,
-    pending: Option<SdpPendingOffer>,
-    audio: Mid,
-    created: Instant,
-    connected_at: Option<Instant>,
-    closed: bool,
-    /// Whether the peer reads its socket (a player that stops reading lets the kernel drop).
-    reading: bool,
-    /// Payloads of the RTP packets received.
-    got: Vec<Vec<u8>>,
-    next_seq: u64,
-}
-
-impl Peer {
-    /// A new peer and its SDP offer: send-only audio for a publisher, receive-only for a player.
-    fn new(role: MediaRole) -> (Peer, String) {
-        let now = Instant::now();
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.set_nonblocking(true).unwrap();
-        let local = socket.local_addr().unwrap();
-        let mut rtc = RtcConfig::new()
-            .set_rtp_mode(true)
-            .clear_codecs()
-            .enable_opus(true, false)
-            .enable_vp8(true)
-            .build(now);
-        rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
-        let dir = match role {
-            MediaRole::Publish => Direction::SendOnly,
-            MediaRole::Play => Direction::RecvOnly,
-        };
-        let mut api = rtc.sdp_api();
-        let audio = api.add_media(MediaKind::Audio, dir, None, None, None);
-        let (offer, pending) = api.apply().unwrap();
-        let peer = Peer {
-            rtc,
-            socket,
-            local,
-            pending: Some(pending),
-            audio,
-            created: now,
-            connected_at: None,
-            closed: false,
-            reading: true,
-            got: Vec::new(),
-            next_seq: rand::thread_rng().gen_range(1000..30_000),
-        };
-        (peer, offer.to_sdp_string())
-    }
-
-    fn accept(&mut self, answer: &str) {
-        let answer = SdpAnswer::from_sdp_string(answer).unwrap();
-        let pending = self.pending.take().unwrap();
-        self.rtc.sdp_api().accept_answer(pending, answer).unwrap();
-    }
-
-    fn connected(&self) -> bool {
-        self.connected_at.is_some() && !self.closed
-    }
-
-    /// Reads what arrived, drives time and sends what the peer wants sent.
-    fn step(&mut self, now: Instant) {
-        if self.closed {
-            return;
-        }
-        let mut buf = [0u8; 2048];
-        while self.reading {
-            let Ok((n, from)) = self.socket.recv_from(&mut buf) else {
-                break;
-            };
-            if let Ok(r) = Receive::new(Protocol::Udp, from, self.local, &buf[..n]) {
-                if self.rtc.handle_input(Input::Receive(now, r)).is_err() {
-                    self.closed = true;
-                    return;
-                }
-                // str0m's invariant: drain the output after every input (an RTP packet not
-                // polled before the next input is lost).
-                self.drain();
-            }
-        }
-        if self.rtc.handle_input(Input::Timeout(now)).is_err() {
-            self.closed = true;
-            return;
-        }
-        self.drain();
-    }
-
-    /// Polls the output until it returns a timeout: sends, and records events.
-    fn drain(&mut self) {
-        loop {
-            if !self.rtc.is_alive() {
-                self.closed = true;
-                return;
-            }
-            match self.rtc.poll_output() {
-                Ok(Output::Transmit(t)) => {
-                    let _ = self.socket.send_to(&t.contents, t.destination);
-                }
-                Ok(Output::Timeout(_)) => return,
-                Ok(Output::Event(e)) => match e {
-                    Event::Connected => self.connected_at = Some(Instant::now()),
-                    Event::RtpPacket(p) => self.got.push(p.payload.to_vec()),
-                    Event::Closed | Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                        self.closed = true;
-                    }
-                    _ => {}
-                },
-                Err(_) => {
-                    self.closed = true;
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Sends one Opus-shaped packet (20 ms of 48 kHz) with `payload`.
-    fn send_audio(&mut self, payload: &[u8], now: Instant) {
-        let pt = self
-            .rtc
-            .codec_config()
-            .params()
-            .iter()
-            .find(|p| p.spec().codec == Codec::Opus)
-            .map(|p| p.pt())
-            .unwrap();
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let mut api = self.rtc.direct_api();
-        let tx = api.stream_tx_by_mid(self.audio, None).expect("a send stream");
-        tx.write_rtp(RtpWrite::new(pt, seq.into(), (seq * 960) as u32, now, payload.to_vec()).nackable(true));
-    }
-}
-
-/// A synthetic Opus packet: TOC byte 0xf8 (CELT fullband, 20 ms, mono, one frame) and random
-/// bytes.
-fn opus_payload() -> Vec<u8> {
-    let mut rng = rand::thread_rng();
-    let len = rng.gen_range(40..120);
-    let mut p = vec![0xf8u8];
-    p.extend((0..len).map(|_| rng.r#gen::<u8>()));
-    p
-}
-
-/// Steps `peers` every millisecond until `done` holds or `timeout` passes; returns whether it held.
-async fn run_until(
-    peers: &mut [&mut Peer],
-    timeout: Duration,
-    mut done: impl FnMut(&[&mut Peer]) -> bool,
-) -> bool {
-    let end = Instant::now() + timeout;
-    loop {
-        let now = Instant::now();
-        for p in peers.iter_mut() {
-            p.step(now);
-        }
-        if done(peers) {
-            return true;
-        }
-        if now >= end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-/// The publisher (`peers[0]`) sends `count` packets at 50 per second while every peer is stepped;
-/// then the peers run a little longer for the last packets to land. Returns the payloads sent.
-async fn stream_audio(peers: &mut [&mut Peer], count: usize) -> Vec<Vec<u8>> {
-    let mut sent = Vec::with_capacity(count);
-    let start = Instant::now();
-    while sent.len() < count {
-        let now = Instant::now();
-        let due = start + Duration::from_millis(20 * sent.len() as u64);
-        if now >= due {
-            let payload = opus_payload();
-            peers[0].send_audio(&payload, now);
-            sent.push(payload);
-        }
-        for p in peers.iter_mut() {
-            p.step(now);
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    run_until(peers, Duration::from_millis(300), |_| false).await;
-    sent
-}
-
-/// Asserts that `got` is `sent` in order with at most 5% missing, and returns how many arrived.
-fn assert_in_order(sent: &[Vec<u8>], got: &[Vec<u8>]) -> usize {
-    let mut i = 0;
-    for g in got {
-        let Some(pos) = sent[i..].iter().position(|s| s == g) else {
-            panic!("a received payload was not sent, or arrived out of order");
-        };
-        i += pos + 1;
-    }
-    assert!(
-        got.len() * 100 >= sent.len() * 95,
-        "only {} of {} packets arrived",
-        got.len(),
-        sent.len()
-    );
-    got.len()
-}
-
-/// Negotiates and connects a publisher for `stream` (already published by `client`).
-async fn start_publisher(client: &mut Client, stream: &str) -> Peer {
-    let (mut peer, offer) = Peer::new(MediaRole::Publish);
-    let answer = client.offer(stream, MediaRole::Publish, offer).await.unwrap();
-    assert!(answer.contains("a=ice-lite"), "{answer}");
-    assert!(answer.contains("useinbandfec=1"), "{answer}");
-    peer.accept(&answer);
-    peer
-}
-
-async fn start_player(client: &mut Client, stream: &str) -> Peer {
-    let (mut peer, offer) = Peer::new(MediaRole::Play);
-    let answer = client.offer(stream, MediaRole::Play, offer).await.unwrap();
-    peer.accept(&answer);
-    peer
-}
-
-async fn connect(peers: &mut [&mut Peer]) {
-    assert!(
-        run_until(peers, WAIT, |ps| ps.iter().all(|p| p.connected())).await,
-        "peers did not connect"
-    );
-}
 
 #[tokio::test]
 async fn publish_play_stop_and_restart() {
@@ -657,13 +203,7 @@ async fn junk_datagrams_neither_crash_nor_disturb() {
     // Nearly all of the stranger's junk is dropped as unknown (the kernel may drop a few).
     assert!(stats.dropped_unknown >= junk * 9 / 10, "{stats:?}");
     // The server still answers signaling.
-    let seq = bob.next_seq();
-    bob.ws
-        .send(Message::text(ClientMsg::Ping { seq }.encode()))
-        .await
-        .unwrap();
-    bob.wait_for(|m| matches!(m, ServerMsg::Pong { seq: s, .. } if *s == seq))
-        .await;
+    bob.ping().await;
 }
 
 #[tokio::test]
@@ -697,26 +237,33 @@ async fn a_vanished_publisher_closes_its_players_after_the_grace_period() {
     );
 }
 
-/// On-CPU time of the server's thread (the `BackgroundServer` runs signaling and media on one
-/// thread), from the scheduler's statistics.
+/// On-CPU time of the server's threads (the `BackgroundServer`'s signaling thread and the media
+/// threads, `huddle-media-N`), from the scheduler's statistics. The media
+/// threads' names do not say which server they belong to: run the benchmark alone (as the filter
+/// below does) for a number that means something.
 fn server_thread_cpu(server: &BackgroundServer) -> Option<Duration> {
     let name = format!("huddle-server-{}", server.addr().port());
+    let mut total = None;
     for task in std::fs::read_dir("/proc/self/task").ok()? {
         let dir = task.ok()?.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue; // the thread ended
+        };
+        let comm = comm.trim();
         // Thread names are cut to 15 bytes.
-        if name.starts_with(comm.trim()) && comm.trim().len() >= 14 {
+        if (name.starts_with(comm) && comm.len() >= 14) || comm.starts_with("huddle-media-") {
             let stat = std::fs::read_to_string(dir.join("schedstat")).ok()?;
             let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
-            return Some(Duration::from_nanos(ns));
+            *total.get_or_insert(Duration::ZERO) += Duration::from_nanos(ns);
         }
     }
-    None
+    total
 }
 
 /// Ten players get what one publisher sends at 500 packets per second over real UDP, and what it
 /// costs the server (syscalls included): 1 publisher, 10 players (`HUDDLE_BENCH_PLAYERS`), 500
-/// packets (`HUDDLE_BENCH_PACKETS`). For the cost, run it with
+/// packets (`HUDDLE_BENCH_PACKETS`), media shards as configured by default (one per CPU;
+/// `HUDDLE_BENCH_WORKERS` sets `media_workers`). For the cost, run it with
 /// `cargo test -p huddle-server --release --test media -- --nocapture cpu_per_forwarded`.
 #[tokio::test]
 async fn cpu_per_forwarded_packet_over_udp() {
@@ -729,7 +276,12 @@ async fn cpu_per_forwarded_packet_over_udp() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
-    let server = server();
+    let mut config = config();
+    config.media_workers = std::env::var("HUDDLE_BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let server = BackgroundServer::start(config).unwrap();
     let mut alice = Client::login(&server, "alice").await;
     alice.publish("load").await;
     let mut publisher = start_publisher(&mut alice, "load").await;
@@ -776,7 +328,7 @@ async fn cpu_per_forwarded_packet_over_udp() {
     let received: usize = players.iter().map(|p| p.got.len()).sum();
     println!(
         "{players_n} players x {packets} packets: {forwarded} forwarded, {received} received, {datagrams} \
-         datagrams in; server thread CPU {cpu:?}: {:.2} µs per forwarded packet (receive, SRTP in and out, \
+         datagrams in; server threads' CPU {cpu:?}: {:.2} µs per forwarded packet (receive, SRTP in and out, \
          send syscalls, RTCP, ICE); {:?}",
         cpu.as_secs_f64() * 1e6 / forwarded as f64,
         after.1
@@ -791,4 +343,103 @@ async fn cpu_per_forwarded_packet_over_udp() {
         received as u64 * 100 >= forwarded * 99,
         "received {received} of {forwarded} forwarded"
     );
+}
+
+/// The shard of the server's PC from its answer: the first two characters of its ICE username
+/// fragment.
+fn answer_shard(answer: &str) -> usize {
+    let ufrag = answer
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"))
+        .expect("an ICE username fragment");
+    huddle_server::sfu::shard::ufrag_shard(ufrag).expect("a shard prefix")
+}
+
+/// Two media shards on the one UDP port: streams land on both (by stream key), each stream's
+/// publisher and player share the stream's shard, media flows on every stream at once, and a
+/// session's end closes its PCs on every shard.
+#[tokio::test]
+async fn streams_on_two_shards() {
+    let mut config = config();
+    config.media_workers = 2;
+    let server = BackgroundServer::start(config).unwrap();
+    let app = huddle_proto::AppId::new(APP).unwrap();
+    // Two streams on each shard.
+    let mut streams = Vec::new();
+    let mut per_shard = [0; 2];
+    for i in 0.. {
+        let name = format!("sh{i}");
+        let shard = huddle_server::sfu::shard::stream_shard(app, &sid(&name), 2);
+        if per_shard[shard] < 2 {
+            per_shard[shard] += 1;
+            streams.push((name, shard));
+        }
+        if per_shard == [2, 2] {
+            break;
+        }
+    }
+    let mut alice = Client::login(&server, "alice").await;
+    let mut bob = Client::login(&server, "bob").await;
+    let mut publishers = Vec::new();
+    let mut players = Vec::new();
+    for (name, shard) in &streams {
+        alice.publish(name).await;
+        let (mut publisher, offer) = Peer::new(MediaRole::Publish);
+        let answer = alice.offer(name, MediaRole::Publish, offer).await.unwrap();
+        assert_eq!(answer_shard(&answer), *shard, "{name}");
+        publisher.accept(&answer);
+        assert!(bob.play(name).await);
+        let (mut player, offer) = Peer::new(MediaRole::Play);
+        let answer = bob.offer(name, MediaRole::Play, offer).await.unwrap();
+        assert_eq!(answer_shard(&answer), *shard, "{name}");
+        player.accept(&answer);
+        publishers.push(publisher);
+        players.push(player);
+    }
+    {
+        let mut all: Vec<&mut Peer> = publishers.iter_mut().chain(players.iter_mut()).collect();
+        connect(&mut all).await;
+    }
+    for (name, _) in &streams {
+        alice.media_up(name, MediaRole::Publish).await;
+        bob.media_up(name, MediaRole::Play).await;
+    }
+    // Every publisher sends 50 packets at 50 a second, all at once.
+    let mut sent = vec![Vec::new(); streams.len()];
+    let start = Instant::now();
+    while sent[0].len() < 50 {
+        let now = Instant::now();
+        if now >= start + Duration::from_millis(20 * sent[0].len() as u64) {
+            for (p, s) in publishers.iter_mut().zip(&mut sent) {
+                let payload = opus_payload();
+                p.send_audio(&payload, now);
+                s.push(payload);
+            }
+        }
+        for p in publishers.iter_mut().chain(players.iter_mut()) {
+            p.step(now);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    {
+        let mut all: Vec<&mut Peer> = publishers.iter_mut().chain(players.iter_mut()).collect();
+        run_until(&mut all, Duration::from_millis(300), |_| false).await;
+    }
+    for (player, sent) in players.iter().zip(&sent) {
+        assert_in_order(sent, &player.got);
+    }
+    let stats = server.media_stats();
+    assert_eq!((stats.pcs_opened, stats.pcs_connected), (8, 8), "{stats:?}");
+    assert_eq!(stats.dropped_overload, 0, "{stats:?}");
+
+    // Alice's session ends: the shards close her publish PCs and the players' of her streams.
+    let seq = alice.next_seq();
+    alice.ok(ClientMsg::Logout { seq }).await;
+    for (name, _) in &streams {
+        assert_eq!(
+            bob.wait_media_state(name, MediaRole::Play).await,
+            (PeerState::Closed, ErrorCode::STREAM_NOT_FOUND)
+        );
+    }
+    assert_eq!(server.media_stats().pcs_closed, 8);
 }

@@ -21,7 +21,9 @@
 //!   receiver that stops reading loses only its own packets (the kernel drops them), and a PC that
 //!   fails is closed alone.
 
+mod red;
 mod rewrite;
+pub mod shard;
 
 pub use rewrite::Rewriter;
 
@@ -76,16 +78,20 @@ pub struct SfuConfig {
     pub play_wait: Duration,
     /// Peer connections at once; offers beyond are refused (1009006).
     pub max_peer_connections: usize,
+    /// This SFU's index among the media plane's shards (below [`shard::MAX_SHARDS`]): its PCs'
+    /// ICE username fragments start with it ([`shard::ice_credentials`]).
+    pub shard: usize,
 }
 
 impl SfuConfig {
-    /// Defaults around `candidate`: 15 s connect timeout, 5 s play wait, 20 000 PCs.
+    /// Defaults around `candidate`: 15 s connect timeout, 5 s play wait, 20 000 PCs, shard 0.
     pub fn new(candidate: SocketAddr) -> SfuConfig {
         SfuConfig {
             candidate,
             connect_timeout: Duration::from_secs(15),
             play_wait: Duration::from_secs(5),
             max_peer_connections: 20_000,
+            shard: 0,
         }
     }
 }
@@ -138,8 +144,8 @@ pub struct Offer {
     pub sdp: String,
 }
 
-/// Counters of the media plane, shared with monitoring (relaxed atomics: each is written by the
-/// media task only).
+/// Counters of the media plane, shared by its threads and with monitoring (relaxed atomic
+/// increments: no lock, no ordering needed).
 #[derive(Debug, Default)]
 pub struct Counters {
     datagrams_in: AtomicU64,
@@ -152,6 +158,7 @@ pub struct Counters {
     pcs_opened: AtomicU64,
     pcs_closed: AtomicU64,
     pcs_connected: AtomicU64,
+    dropped_overload: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -162,6 +169,20 @@ impl Counters {
     /// Counts a datagram the socket refused to send (`transmits_dropped`).
     pub fn count_send_failure(&self) {
         bump(&self.transmits_dropped);
+    }
+
+    /// Counts a received datagram that no shard's PC can own (the sharded media plane's router:
+    /// `datagrams_in` and `dropped_unknown`).
+    pub fn count_unroutable(&self) {
+        bump(&self.datagrams_in);
+        bump(&self.dropped_unknown);
+    }
+
+    /// Counts a received datagram dropped because its shard is too far behind
+    /// (`datagrams_in` and `dropped_overload`).
+    pub fn count_overload(&self) {
+        bump(&self.datagrams_in);
+        bump(&self.dropped_overload);
     }
 
     /// A snapshot.
@@ -178,6 +199,7 @@ impl Counters {
             pcs_opened: g(&self.pcs_opened),
             pcs_closed: g(&self.pcs_closed),
             pcs_connected: g(&self.pcs_connected),
+            dropped_overload: g(&self.dropped_overload),
         }
     }
 }
@@ -206,6 +228,8 @@ pub struct MediaStats {
     pub pcs_closed: u64,
     /// Peer connections that connected (ICE and DTLS).
     pub pcs_connected: u64,
+    /// Datagrams dropped on receipt because their shard was too far behind (overload).
+    pub dropped_overload: u64,
 }
 
 type StreamKey = (AppId, StreamId);
@@ -223,6 +247,8 @@ struct TrackOut {
     kind: MediaKind,
     mid: Mid,
     pt: Pt,
+    /// Audio: the player's RED payload type, when it negotiated RED (RFC 2198) for Opus.
+    red_pt: Option<Pt>,
     rewriter: Rewriter,
 }
 
@@ -248,6 +274,12 @@ struct Pc {
     mids: Vec<(Mid, MediaKind)>,
     /// Publish: the kind of each SSRC seen (a cache of `mids` by SSRC).
     ssrc_kinds: Vec<(Ssrc, MediaKind)>,
+    /// Publish: the RED payload type the publisher sends Opus in and Opus's own payload type,
+    /// when it negotiated RED.
+    red_in: Option<(Pt, Pt)>,
+    /// Publish: the highest extended sequence number of audio received (to tell which frames
+    /// a RED packet's redundancy can restore for players without RED).
+    last_audio_seq: Option<u64>,
     /// Play: the tracks sent.
     tracks: Vec<TrackOut>,
 }
@@ -314,6 +346,8 @@ pub struct Sfu {
     /// Deadlines of waiting play offers (some may be answered already).
     pending_deadlines: BinaryHeap<Reverse<Instant>>,
     dirty: Vec<usize>,
+    /// Scratch list of `handle_timeout`: the timers due now.
+    due: Vec<(Instant, usize)>,
     transmits: VecDeque<Transmit>,
     signals: VecDeque<(SessionId, ServerMsg)>,
 }
@@ -380,6 +414,7 @@ impl Sfu {
             timers: BinaryHeap::new(),
             pending_deadlines: BinaryHeap::new(),
             dirty: Vec::new(),
+            due: Vec::new(),
             transmits: VecDeque::new(),
             signals: VecDeque::new(),
         }
@@ -456,11 +491,14 @@ impl Sfu {
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .clear_codecs()
-            .enable_opus(true, false)
+            // RED (RFC 2198) for Opus when the offer has it, as browsers negotiate it: publishers
+            // may send redundant audio, players may receive it (see `forward`).
+            .enable_opus(true, true)
             .enable_vp8(true);
         if let Some(cert) = &self.cert {
             config = config.set_dtls_cert(cert.clone());
         }
+        config = config.set_local_ice_credentials(shard::ice_credentials(self.config.shard));
         if role == MediaRole::Play {
             // No transport-wide congestion control on what the server sends yet (no bandwidth
             // estimation to feed): without it str0m keeps no history of the last 1000 packets
@@ -502,6 +540,8 @@ impl Sfu {
             epoch: 0,
             mids: Vec::new(),
             ssrc_kinds: Vec::new(),
+            red_in: None,
+            last_audio_seq: None,
             tracks: Vec::new(),
         });
         self.live += 1;
@@ -558,6 +598,13 @@ impl Sfu {
                 pc.mids.push((mid, m.kind()));
             }
         }
+        pc.red_in = pc
+            .rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .and_then(|p| Some((p.red()?, p.pt())));
         let kinds = Kinds {
             audio: pc.mids.iter().any(|(_, k)| k.is_audio()),
             video: pc.mids.iter().any(|(_, k)| k.is_video()),
@@ -822,6 +869,12 @@ impl Sfu {
         }
     }
 
+    /// Whether datagrams from `addr` reach a PC (a connectivity check from there passed): the
+    /// sharded media plane's router learns the address after a STUN datagram.
+    pub fn routes_address(&self, addr: SocketAddr) -> bool {
+        self.by_addr.contains_key(&addr)
+    }
+
     /// Handles one datagram received from `from` on the media socket.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) {
         bump(&self.counters.datagrams_in);
@@ -893,7 +946,8 @@ impl Sfu {
     /// Drives time: PCs whose timeout is due, connect deadlines and waiting play offers.
     pub fn handle_timeout(&mut self, now: Instant) {
         // Take the due entries first: a PC rescheduled at `now` waits for the next call.
-        let mut due = Vec::new();
+        // The list is kept between calls (no allocation per timer event).
+        let mut due = std::mem::take(&mut self.due);
         while let Some(Reverse((t, id))) = self.timers.peek().copied() {
             if t > now {
                 break;
@@ -901,7 +955,7 @@ impl Sfu {
             self.timers.pop();
             due.push((t, id));
         }
-        for (t, id) in due {
+        for (t, id) in due.drain(..) {
             let Some(pc) = self.pc(id) else { continue };
             if !pc.connected && now >= pc.connect_deadline {
                 self.fail_pc(now, id, "not connected in time (ICE or DTLS)");
@@ -918,6 +972,7 @@ impl Sfu {
             }
             self.drive(id, now);
         }
+        self.due = due;
         let mut expire = false;
         while self.pending_deadlines.peek().is_some_and(|Reverse(t)| *t <= now) {
             self.pending_deadlines.pop();
@@ -1095,6 +1150,11 @@ impl Sfu {
     }
 
     /// Forwards one packet of a publisher to every connected player of its stream.
+    ///
+    /// Audio the publisher sends as RED (RFC 2198) goes unchanged to the players that
+    /// negotiated RED, on their RED payload type; the others get the primary block alone, as
+    /// plain Opus, preceded by the frames that were lost upstream and that the packet's
+    /// redundant blocks carry (see [`red`]).
     fn forward(&mut self, now: Instant, from: usize, packet: &RtpPacket) {
         bump(&self.counters.rtp_in);
         let Sfu {
@@ -1114,6 +1174,23 @@ impl Sfu {
             return;
         };
         let source = (u64::from(src.epoch) << 32) | u64::from(*packet.header.ssrc);
+        let seq = *packet.seq_no;
+        // The primary's payload type when this is a RED packet.
+        let red_primary = match src.red_in {
+            Some((red_pt, opus_pt)) if kind.is_audio() && packet.header.payload_type == red_pt => {
+                Some(opus_pt)
+            }
+            _ => None,
+        };
+        let last_audio_seq = if kind.is_audio() {
+            let last = src.last_audio_seq;
+            if last.is_none_or(|l| seq > l) {
+                src.last_audio_seq = Some(seq);
+            }
+            last
+        } else {
+            None
+        };
         let Some(entry) = streams.get(&src.key) else {
             return;
         };
@@ -1122,6 +1199,11 @@ impl Sfu {
             voice_activity: packet.header.ext_vals.voice_activity,
             ..ExtensionValues::default()
         };
+        let no_ext = ExtensionValues::default();
+        // A RED packet as plain Opus, made once for all the players without RED: the primary
+        // and the frames recovered from the redundancy (`None`: malformed, not forwarded).
+        let mut plain: Option<Option<PlainAudio>> = None;
+        let ts = packet.header.timestamp;
         for &pid in &entry.players {
             let Some(p) = pcs.get_mut(pid).and_then(|p| p.as_deref_mut()) else {
                 continue;
@@ -1129,29 +1211,58 @@ impl Sfu {
             if !p.connected {
                 continue;
             }
-            let Some(track) = p.tracks.iter_mut().find(|t| t.kind == kind) else {
+            let Pc { rtc, tracks, .. } = p;
+            let Some(track) = tracks.iter_mut().find(|t| t.kind == kind) else {
                 continue;
             };
-            let Some((seq, ts)) = track
-                .rewriter
-                .map(source, *packet.seq_no, packet.header.timestamp, now)
-            else {
+            let mut sent = 0;
+            match red_primary {
+                Some(opus_pt) if track.red_pt.is_none() => {
+                    let plain = plain.get_or_insert_with(|| {
+                        let split = red::split(&packet.payload, *opus_pt)?;
+                        let recovered = red::recover(&split, last_audio_seq, seq, ts)
+                            .map(|(s, t, b)| (s, t, Arc::from(b)))
+                            .collect();
+                        Some(PlainAudio {
+                            primary: Arc::from(split.primary),
+                            recovered,
+                        })
+                    });
+                    let Some(plain) = plain.as_ref() else { continue };
+                    for (s, t, b) in &plain.recovered {
+                        let out = Outgoing {
+                            seq: *s,
+                            ts: *t,
+                            payload: b.clone(),
+                            marker: false,
+                            red: false,
+                        };
+                        sent += u64::from(send_on(rtc, track, source, now, packet.timestamp, out, &no_ext));
+                    }
+                    let out = Outgoing {
+                        seq,
+                        ts,
+                        payload: plain.primary.clone(),
+                        marker: packet.header.marker,
+                        red: false,
+                    };
+                    sent += u64::from(send_on(rtc, track, source, now, packet.timestamp, out, &ext));
+                }
+                _ => {
+                    let out = Outgoing {
+                        seq,
+                        ts,
+                        payload: packet.payload.clone(),
+                        marker: packet.header.marker,
+                        red: red_primary.is_some(),
+                    };
+                    sent += u64::from(send_on(rtc, track, source, now, packet.timestamp, out, &ext));
+                }
+            }
+            if sent == 0 {
                 continue;
-            };
-            let (mid, pt) = (track.mid, track.pt);
-            let mut api = p.rtc.direct_api();
-            let Some(tx) = api.stream_tx_by_mid(mid, None) else {
-                continue;
-            };
-            tx.write_rtp(
-                RtpWrite::new(pt, seq.into(), ts, packet.timestamp, packet.payload.clone())
-                    .marker(packet.header.marker)
-                    .ext_vals(ext.clone())
-                    // Opus is repaired by in-band FEC, not NACK (browsers do not negotiate NACK for
-                    // audio): only video goes to the send buffer.
-                    .nackable(kind.is_video()),
-            );
-            bump(&counters.rtp_forwarded);
+            }
+            counters.rtp_forwarded.fetch_add(sent, Ordering::Relaxed);
             if !p.dirty {
                 p.dirty = true;
                 dirty.push(pid);
@@ -1238,6 +1349,57 @@ fn not_started() -> HuddleError {
     )
 }
 
+/// A publisher's RED packet made plain Opus for the players without RED.
+struct PlainAudio {
+    primary: Arc<[u8]>,
+    /// Frames lost upstream and restored from the redundant blocks: (seq, ts, payload).
+    recovered: Vec<(u64, u32, Arc<[u8]>)>,
+}
+
+/// One packet to write to a played track, in the publisher's sequence and timestamp space.
+struct Outgoing {
+    seq: u64,
+    ts: u32,
+    payload: Arc<[u8]>,
+    marker: bool,
+    /// A RED payload: sent on the track's RED payload type.
+    red: bool,
+}
+
+/// Writes a packet to a played track, rewritten into the player's sequence and timestamp
+/// space; false when it predates the player's view of the source or the track has no stream.
+fn send_on(
+    rtc: &mut Rtc,
+    track: &mut TrackOut,
+    source: u64,
+    now: Instant,
+    wallclock: Instant,
+    out: Outgoing,
+    ext: &ExtensionValues,
+) -> bool {
+    let Some((seq, ts)) = track.rewriter.map(source, out.seq, out.ts, now) else {
+        return false;
+    };
+    let pt = match (out.red, track.red_pt) {
+        (true, Some(red)) => red,
+        _ => track.pt,
+    };
+    let mut api = rtc.direct_api();
+    let Some(tx) = api.stream_tx_by_mid(track.mid, None) else {
+        return false;
+    };
+    tx.write_rtp(
+        RtpWrite::new(pt, seq.into(), ts, wallclock, out.payload)
+            .marker(out.marker)
+            .ext_vals(ext.clone())
+            // Opus is repaired by RED and in-band FEC, not NACK (browsers do not negotiate NACK
+            // for audio, and str0m cannot retransmit a RED packet): only video goes to the send
+            // buffer.
+            .nackable(track.kind.is_video()),
+    );
+    true
+}
+
 /// Sets up a played track for `mid` if the PC can send `kind` with our codec.
 fn add_track(pc: &mut Pc, mid: Mid, kind: MediaKind) {
     let (codec, clock_rate) = if kind.is_audio() {
@@ -1247,24 +1409,34 @@ fn add_track(pc: &mut Pc, mid: Mid, kind: MediaKind) {
     };
     let Some(media) = pc.rtc.media(mid) else { return };
     let remote = media.remote_pts();
-    let Some(pt) = pc
+    let Some((pt, red_pt)) = pc
         .rtc
         .codec_config()
         .params()
         .iter()
         .find(|p| p.spec().codec == codec && remote.contains(&p.pt()))
-        .map(|p| p.pt())
+        .map(|p| (p.pt(), p.red()))
     else {
         return;
     };
-    if pc.rtc.direct_api().stream_tx_by_mid(mid, None).is_none() {
+    let mut api = pc.rtc.direct_api();
+    let Some(tx) = api.stream_tx_by_mid(mid, None) else {
         return;
+    };
+    if kind.is_video() {
+        // str0m's default send buffer (1000 packets, 3 s), without its cap on the share of
+        // retransmissions (15 %): on a lossy downlink the cap dropped the queued answers to a
+        // player's NACKs, and the player then waited for its five NACKs to run out (about 0.9 s
+        // at 100 ms RTT) before asking for a keyframe. The retransmissions are what the player
+        // lost, no more.
+        tx.set_rtx_cache(1000, Duration::from_secs(3), None);
     }
     let mut rng = rand::thread_rng();
     pc.tracks.push(TrackOut {
         kind,
         mid,
         pt,
+        red_pt,
         rewriter: Rewriter::new(clock_rate, rng.gen_range(1..0x4000), rng.r#gen()),
     });
 }
