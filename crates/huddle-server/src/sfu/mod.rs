@@ -21,7 +21,7 @@
 //!   receiver that stops reading loses only its own packets (the kernel drops them), and a PC that
 //!   fails is closed alone.
 
-mod red;
+pub mod red;
 mod rewrite;
 pub mod shard;
 

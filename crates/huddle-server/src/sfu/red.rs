@@ -16,21 +16,21 @@ const FRAME_TICKS: u32 = 960;
 
 /// Frames recovered from one packet at most (the deepest redundancy the SDK sends is 3; browsers
 /// send 1).
-pub(crate) const MAX_RECOVER: u64 = 4;
+pub const MAX_RECOVER: u64 = 4;
 
 /// A RED payload split into its blocks.
 #[derive(Debug)]
-pub(crate) struct RedPacket<'a> {
+pub struct RedPacket<'a> {
     /// The primary block: this packet's own Opus frame.
-    pub(crate) primary: &'a [u8],
+    pub primary: &'a [u8],
     /// The redundant blocks of the primary's payload type: (timestamp offset, payload), oldest
     /// first.
-    pub(crate) redundant: Vec<(u32, &'a [u8])>,
+    pub redundant: Vec<(u32, &'a [u8])>,
 }
 
 /// Parses a RED payload whose blocks should carry `primary_pt`; `None` when it is malformed or
 /// its primary block is of another payload type (it cannot be turned into plain Opus then).
-pub(crate) fn split(payload: &[u8], primary_pt: u8) -> Option<RedPacket<'_>> {
+pub fn split(payload: &[u8], primary_pt: u8) -> Option<RedPacket<'_>> {
     let blocks: Vec<RedBlock<'_>> = RedDecoder::decode(payload).ok()?;
     let (primary, rest) = blocks.split_last()?;
     if !primary.is_primary || primary.pt != primary_pt {
@@ -53,7 +53,7 @@ pub(crate) fn split(payload: &[u8], primary_pt: u8) -> Option<RedPacket<'_>> {
 /// `offset / 960` before this one (20 ms frames, no DTX gap in between: a block whose offset
 /// is not a whole number of frames is not used). Nothing is recovered for a packet that is
 /// not the newest (a reordered one), or across more than [`MAX_RECOVER`] frames.
-pub(crate) fn recover<'a>(
+pub fn recover<'a>(
     packet: &RedPacket<'a>,
     last_seq: Option<u64>,
     seq: u64,
