@@ -22,7 +22,7 @@ export HUDDLE_QUALITY_SEEDS="${SEEDS:-1,2,3}"
 export HUDDLE_QUALITY_LOSSES="${LOSSES:-0,10,20,30,40,50,60,70}"
 export HUDDLE_QUALITY_MODELS="${MODELS:-random,bursty}"
 
-cargo test -p huddle --test quality --no-run
+cargo bench -p huddle --bench loss_curve --no-run
 # One pass per configuration: NAME and the value of HUDDLE_AUDIO_RED (empty: the default).
 curve() {
   local name=$1 red=$2
@@ -30,10 +30,10 @@ curve() {
   echo "== loss curve $name (HUDDLE_AUDIO_RED=${red:-default}) -> $out/$name.jsonl"
   if [ -z "$red" ]; then
     env -u HUDDLE_AUDIO_RED HUDDLE_QUALITY_OUT="$PWD/$out/$name.jsonl" \
-      cargo test -q -p huddle --test quality -- --ignored --exact loss_curve --test-threads 1
+      cargo bench -q -p huddle --bench loss_curve
   else
     HUDDLE_AUDIO_RED=$red HUDDLE_QUALITY_OUT="$PWD/$out/$name.jsonl" \
-      cargo test -q -p huddle --test quality -- --ignored --exact loss_curve --test-threads 1
+      cargo bench -q -p huddle --bench loss_curve
   fi
 }
 curve red ""

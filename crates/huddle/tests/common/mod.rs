@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod netsim;
+pub mod quality;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
