@@ -7,25 +7,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
+use common::quality::{padded_speech, score, tmp};
 use common::*;
 use huddle::{
     AudioSink, AudioSource, Engine, Event, I420Frame, PlayerState, PublisherState, RoomConfig, VideoRenderer,
     VideoSource,
 };
-use huddle_media::{
-    AudioFrame, AudioSink as _, AudioSource as _, Playback, TestPattern, WavRecorder, WavSource, Y4mReader,
-    psnr,
-};
-
-const SPEECH: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../huddle-media/tests/data/speech-16k.wav"
-);
+use huddle_media::{AudioSource as _, Playback, TestPattern, WavSource, Y4mReader, psnr};
 
 /// The tests that score quality or measure latency run alone (`exclusive`); the others share the
 /// machine (`shared`). Tests of one binary run in parallel, and a 2-core machine running three
@@ -38,30 +30,6 @@ fn exclusive() -> RwLockWriteGuard<'static, ()> {
 
 fn shared() -> RwLockReadGuard<'static, ()> {
     MACHINE.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("huddle-media-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-/// The speech sample with 1.5 s of silence before it and 0.5 s after, as a 48 kHz WAV. The
-/// lead-in lets the receiver's adaptive jitter buffer settle (its delay steps at start-up, a
-/// frame expanded or dropped, land in silence): the score is of the call's steady state.
-fn padded_speech(path: &Path) {
-    let mut src = WavSource::open(SPEECH, Playback::Once).unwrap();
-    let mut out = WavRecorder::create(path).unwrap();
-    for _ in 0..75 {
-        out.write_frame(&AudioFrame::silence(0)).unwrap();
-    }
-    while let Some(f) = src.read_frame().unwrap() {
-        out.write_frame(&f).unwrap();
-    }
-    for _ in 0..25 {
-        out.write_frame(&AudioFrame::silence(0)).unwrap();
-    }
-    out.finish().unwrap();
 }
 
 /// Reads a recorded 48 kHz mono WAV.
@@ -113,7 +81,7 @@ fn speech_call() -> serde_json::Value {
     let server = server();
     let sent = tmp("speech-sent.wav");
     let heard = tmp("speech-heard.wav");
-    padded_speech(&sent);
+    padded_speech(&sent, Duration::from_millis(1_500));
 
     // The player comes first: its offer waits at the server for the publisher's media.
     let (bob, mut eb) = voice_engine(&server, "speech", "bob");
@@ -138,18 +106,7 @@ fn speech_call() -> serde_json::Value {
 
     std::thread::sleep(Duration::from_millis(5_900));
     bob.set_audio_sink(AudioSink::Discard).unwrap(); // completes the file
-    let out = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/audio_score.py"))
-        .arg(SPEECH)
-        .arg(&heard)
-        .output()
-        .expect("run python3 audio_score.py");
-    assert!(
-        out.status.success(),
-        "audio_score.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let score: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let score = score(&heard);
     eprintln!("speech through the SFU: {score}");
     score
 }

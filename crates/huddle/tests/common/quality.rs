@@ -21,19 +21,20 @@ pub const SPEECH: &str = concat!(
     "/../huddle-media/tests/data/speech-16k.wav"
 );
 
+/// A path for a test's media file, in a directory of this test process.
 pub fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("huddle-quality-test-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("huddle-media-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
 }
 
-/// The speech sample with 2 s of silence before it (the jitter buffer settles on the impaired
-/// network before the speech starts: its delay steps land in silence) and 0.5 s after, as a
-/// 48 kHz WAV.
-pub fn padded_speech(path: &Path) {
+/// The speech sample with `lead_in` of silence before it and 0.5 s after, as a 48 kHz WAV. The
+/// lead-in lets the receiver's adaptive jitter buffer settle (its delay steps at start-up, or
+/// on an impaired network, land in silence): the score is of the call's steady state.
+pub fn padded_speech(path: &Path, lead_in: Duration) {
     let mut src = WavSource::open(SPEECH, Playback::Once).unwrap();
     let mut out = WavRecorder::create(path).unwrap();
-    for _ in 0..100 {
+    for _ in 0..lead_in.as_millis() / 20 {
         out.write_frame(&AudioFrame::silence(0)).unwrap();
     }
     while let Some(f) = src.read_frame().unwrap() {
@@ -109,7 +110,7 @@ pub fn speech_call(seed: u64, cond: Conditions, tag: &str) -> serde_json::Value 
     let (a, b) = (net.client(10), net.client(11));
     let sent = tmp(&format!("sent-{tag}.wav"));
     let heard = tmp(&format!("heard-{tag}.wav"));
-    padded_speech(&sent);
+    padded_speech(&sent, Duration::from_secs(2));
 
     let (bob, mut eb) = voice_engine(&b, "bob");
     bob.set_audio_sink(AudioSink::Wav(heard.clone())).unwrap();
@@ -143,18 +144,7 @@ pub fn speech_call(seed: u64, cond: Conditions, tag: &str) -> serde_json::Value 
     bob.destroy();
     alice.destroy();
 
-    let out = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/audio_score.py"))
-        .arg(SPEECH)
-        .arg(&heard)
-        .output()
-        .expect("run python3 audio_score.py");
-    assert!(
-        out.status.success(),
-        "audio_score.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut score: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut score = score(&heard);
     let delivered = after.delivered.saturating_sub(before.delivered);
     let dropped = after.dropped.saturating_sub(before.dropped);
     score["seed"] = seed.into();
@@ -172,4 +162,21 @@ pub fn stoi(score: &serde_json::Value) -> f64 {
     score["stoi"]
         .as_f64()
         .unwrap_or_else(|| panic!("no STOI (is PyPI `pystoi` installed? scripts/test.sh does it): {score}"))
+}
+
+/// Scores a recording of the speech sample with `audio_score.py` (aligned wideband PESQ, STOI,
+/// the 200 ms windows): one JSON object.
+pub fn score(heard: &Path) -> serde_json::Value {
+    let out = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/audio_score.py"))
+        .arg(SPEECH)
+        .arg(heard)
+        .output()
+        .expect("run python3 audio_score.py");
+    assert!(
+        out.status.success(),
+        "audio_score.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
