@@ -33,8 +33,12 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The SDK's microphone/speaker code (cpal) is behind its `device` feature: lint it too.
 cargo clippy -p huddle --features device --all-targets --locked -- -D warnings
+# The SFU's in-memory network and the forwarding benchmark are behind `testkit`.
+cargo clippy -p huddle-server --features testkit --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+# The forwarding benchmark once, briefly (every player must get every packet).
+cargo test -p huddle-server --features testkit --bench forward --locked
 # With the feature on, a machine without a sound card refuses the devices with a numbered error.
 cargo test -p huddle --features device --locked --test device
 

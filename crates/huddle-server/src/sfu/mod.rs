@@ -161,6 +161,15 @@ pub struct Counters {
     dropped_overload: AtomicU64,
 }
 
+/// Queues a datagram for the socket, or drops and counts it when the queue is full.
+fn queue_transmit(transmits: &mut VecDeque<Transmit>, counters: &Counters, t: Transmit) {
+    if transmits.len() >= MAX_QUEUED_TRANSMITS {
+        bump(&counters.transmits_dropped);
+    } else {
+        transmits.push_back(t);
+    }
+}
+
 fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
@@ -268,6 +277,9 @@ struct Pc {
     connected: bool,
     /// In the dirty list: mutated, to be drained.
     dirty: bool,
+    /// Mutated by more than forwarded RTP (a keyframe request): the drain must give it the
+    /// time and poll it in full, not only send what was written.
+    dirty_full: bool,
     /// Publish: the source number of this connection (changes when a publisher re-offers).
     epoch: u32,
     /// Publish: the kind of each received media line.
@@ -502,11 +514,12 @@ impl Sfu {
         if role == MediaRole::Play {
             // No transport-wide congestion control on what the server sends yet (no bandwidth
             // estimation to feed): without it str0m keeps no history of the last 1000 packets
-            // sent, which is most of a play connection's memory.
+            // sent, which is most of a play connection's memory. Nor absolute send time: it
+            // feeds only a receiver's REMB estimate, which nothing here reads, and stamping it
+            // (a wall clock conversion per packet) was 6 % of the SFU's time per forwarded packet.
             config = config
                 .clear_extension_map()
                 .set_extension(1, Extension::AudioLevel)
-                .set_extension(2, Extension::AbsoluteSendTime)
                 .set_extension(4, Extension::RtpMid)
                 .set_extension(10, Extension::RtpStreamId)
                 .set_extension(11, Extension::RepairedRtpStreamId)
@@ -537,6 +550,7 @@ impl Sfu {
             connect_deadline: now + self.config.connect_timeout,
             connected: false,
             dirty: false,
+            dirty_full: false,
             epoch: 0,
             mids: Vec::new(),
             ssrc_kinds: Vec::new(),
@@ -1046,28 +1060,49 @@ impl Sfu {
     }
 
     fn push_transmit(&mut self, t: Transmit) {
-        if self.transmits.len() >= MAX_QUEUED_TRANSMITS {
-            bump(&self.counters.transmits_dropped);
-        } else {
-            self.transmits.push_back(t);
-        }
+        queue_transmit(&mut self.transmits, &self.counters, t);
     }
 
+    /// Marks a PC mutated by more than forwarded RTP, to be given the time and drained in full.
     fn mark_dirty(&mut self, id: usize) {
-        if let Some(pc) = self.pc(id)
-            && !pc.dirty
-        {
-            pc.dirty = true;
-            self.dirty.push(id);
+        if let Some(pc) = self.pc(id) {
+            pc.dirty_full = true;
+            if !pc.dirty {
+                pc.dirty = true;
+                self.dirty.push(id);
+            }
         }
     }
 
-    /// Drains every PC mutated from outside its own drive. str0m sends what was written (RTP,
-    /// keyframe requests) when time moves, so each is given the time first: forwarded packets
-    /// leave in the same pass as the packet that brought them.
+    /// Drains every PC mutated from outside its own drive, so that forwarded packets leave in
+    /// the same pass as the packet that brought them.
+    ///
+    /// A PC that was only written RTP takes str0m's fast path, `Rtc::send_written_rtp` (our
+    /// patch, vendor/str0m/PATCHES.md): its packets are protected and queued for the socket
+    /// without running its other timers, which keep their schedule. That halves the SFU's own
+    /// time per forwarded packet (benches/forward.rs). Otherwise (a keyframe request, or a PC
+    /// the fast path does not take) str0m sends what was written when time moves, so the PC is
+    /// given the time and drained in full.
     fn flush(&mut self, now: Instant) {
         while let Some(id) = self.dirty.pop() {
-            let Some(pc) = self.pc(id) else { continue };
+            let Sfu {
+                pcs,
+                transmits,
+                counters,
+                ..
+            } = self;
+            let Some(pc) = pcs.get_mut(id).and_then(|p| p.as_deref_mut()) else {
+                continue;
+            };
+            if !std::mem::take(&mut pc.dirty_full) {
+                let sent = pc
+                    .rtc
+                    .send_written_rtp(now, |t| queue_transmit(transmits, counters, t));
+                if sent {
+                    pc.dirty = false;
+                    continue;
+                }
+            }
             if let Err(e) = pc.rtc.handle_input(Input::Timeout(now)) {
                 debug!(error = %e, "media timeout handling failed");
                 self.fail_pc(now, id, "the connection failed");
@@ -1497,3 +1532,5 @@ mod tests {
 
 #[cfg(test)]
 mod sim;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;

@@ -1,0 +1,343 @@
+//! A virtual network for the SFU core: str0m clients and an [`Sfu`] exchange datagrams in memory
+//! on virtual time (no socket, no sleep), with loss injected where a caller wants it.
+//!
+//! The deterministic SFU tests (`sfu/sim.rs`) and the forwarding benchmark
+//! (`benches/forward.rs`, feature `testkit`) share it. Not part of the server's API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use huddle_proto::{AppId, MediaRole, ServerMsg, StreamId};
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{RtpPacket, RtpWrite};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+
+use super::{Command, Counters, Offer, Sfu, SfuConfig};
+use crate::registry::SessionId;
+
+const SERVER: &str = "127.0.0.1:7882";
+
+/// The one app of the virtual network.
+pub fn app() -> AppId {
+    AppId::new(1).expect("app 1")
+}
+
+/// The session numbered `n`.
+pub fn session(n: u64) -> SessionId {
+    format!("{n}").parse().expect("a session ID")
+}
+
+/// A client peer connection with its own address.
+pub struct Peer {
+    /// The client's WebRTC state.
+    pub rtc: Rtc,
+    /// Its address on the virtual network.
+    pub addr: SocketAddr,
+    pending: Option<SdpPendingOffer>,
+    mids: Vec<(Mid, MediaKind)>,
+    /// ICE and DTLS are up.
+    pub connected: bool,
+    /// The connection ended (closed or failed).
+    pub closed: bool,
+    /// Every RTP packet received, in order.
+    pub got: Vec<RtpPacket>,
+    /// Keyframe requests received.
+    pub keyframe_requests: usize,
+    /// The next sequence number to send, audio then video.
+    pub seq: [u64; 2],
+    /// Keep received packets in `got` (a benchmark counts them only).
+    pub keep: bool,
+    /// RTP packets received.
+    pub received: u64,
+}
+
+impl Peer {
+    /// A client on 127.0.0.1:`port` offering to publish or play audio, and video when `video`;
+    /// returns it with its offer.
+    pub fn new(now: Instant, port: u16, role: MediaRole, video: bool) -> (Peer, String) {
+        Peer::with_red(now, port, role, video, false)
+    }
+
+    /// A peer that offers RED (RFC 2198) for Opus when `red`.
+    pub fn with_red(now: Instant, port: u16, role: MediaRole, video: bool, red: bool) -> (Peer, String) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut rtc = RtcConfig::new()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, red)
+            .enable_vp8(true)
+            .build(now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("a host candidate"));
+        let dir = match role {
+            MediaRole::Publish => Direction::SendOnly,
+            MediaRole::Play => Direction::RecvOnly,
+        };
+        let mut api = rtc.sdp_api();
+        let mut mids = vec![(
+            api.add_media(MediaKind::Audio, dir, None, None, None),
+            MediaKind::Audio,
+        )];
+        if video {
+            mids.push((
+                api.add_media(MediaKind::Video, dir, None, None, None),
+                MediaKind::Video,
+            ));
+        }
+        let (offer, pending) = api.apply().expect("an offer");
+        let peer = Peer {
+            rtc,
+            addr,
+            pending: Some(pending),
+            mids,
+            connected: false,
+            closed: false,
+            got: Vec::new(),
+            keyframe_requests: 0,
+            seq: [100, 5000],
+            keep: true,
+            received: 0,
+        };
+        (peer, offer.to_sdp_string())
+    }
+
+    /// Applies the server's answer to the peer's offer.
+    ///
+    /// # Panics
+    /// When no offer is pending or the answer does not apply.
+    pub fn accept(&mut self, sdp: &str) {
+        let pending = self.pending.take().expect("an offer pending");
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, SdpAnswer::from_sdp_string(sdp).expect("an SDP answer"))
+            .expect("the answer applies");
+    }
+
+    /// The media line of `kind`.
+    pub fn mid(&self, kind: MediaKind) -> Mid {
+        self.mids
+            .iter()
+            .find(|(_, k)| *k == kind)
+            .expect("a media line")
+            .0
+    }
+
+    /// Writes one RTP packet of `kind` (the next sequence number, marker set, NACK-able).
+    pub fn send(&mut self, kind: MediaKind, payload: &[u8], now: Instant) {
+        let codec = if kind.is_audio() { Codec::Opus } else { Codec::Vp8 };
+        let pt = self
+            .rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == codec)
+            .expect("the codec")
+            .pt();
+        let i = usize::from(kind.is_video());
+        let seq = self.seq[i];
+        self.seq[i] += 1;
+        let mid = self.mid(kind);
+        let mut api = self.rtc.direct_api();
+        let tx = api.stream_tx_by_mid(mid, None).expect("a send stream");
+        let step = if kind.is_audio() { 960 } else { 3000 };
+        tx.write_rtp(
+            RtpWrite::new(pt, seq.into(), (seq * step) as u32, now, payload.to_vec())
+                .marker(true)
+                .nackable(true),
+        );
+    }
+
+    /// Drains the peer's output: datagrams to the server go to `out`.
+    pub fn drain(&mut self, out: &mut Vec<(SocketAddr, Vec<u8>)>) {
+        while self.rtc.is_alive() {
+            match self.rtc.poll_output() {
+                Ok(Output::Transmit(t)) => out.push((self.addr, t.contents.into())),
+                Ok(Output::Timeout(_)) => return,
+                Ok(Output::Event(e)) => match e {
+                    Event::Connected => self.connected = true,
+                    Event::RtpPacket(p) => {
+                        self.received += 1;
+                        if self.keep {
+                            self.got.push(p);
+                        }
+                    }
+                    Event::KeyframeRequest(_) => self.keyframe_requests += 1,
+                    Event::Closed => self.closed = true,
+                    _ => {}
+                },
+                Err(_) => {
+                    self.closed = true;
+                    return;
+                }
+            }
+        }
+        self.closed = true;
+    }
+
+    /// Hands the peer a datagram from the server and drains its output into `up`.
+    pub fn receive(
+        &mut self,
+        now: Instant,
+        server: SocketAddr,
+        bytes: &[u8],
+        up: &mut Vec<(SocketAddr, Vec<u8>)>,
+    ) {
+        if self.closed {
+            return;
+        }
+        if let Ok(r) = Receive::new(Protocol::Udp, server, self.addr, bytes) {
+            let _ = self.rtc.handle_input(Input::Receive(now, r));
+            self.drain(up);
+        }
+    }
+}
+
+/// Decides whether a datagram from the server to a client address is lost.
+pub type DropFilter = Box<dyn FnMut(SocketAddr, &[u8]) -> bool>;
+
+/// The SFU and its clients on one virtual network.
+pub struct Sim {
+    /// The SFU under test.
+    pub sfu: Sfu,
+    /// Its counters.
+    pub counters: Arc<Counters>,
+    /// Virtual time.
+    pub now: Instant,
+    /// The SFU's address.
+    pub server: SocketAddr,
+    /// Signaling messages from the SFU, not yet taken.
+    pub signals: Vec<(SessionId, ServerMsg)>,
+    /// Drops datagrams from the server to a client when it returns true.
+    pub drop_down: DropFilter,
+}
+
+impl Default for Sim {
+    fn default() -> Self {
+        Sim::new()
+    }
+}
+
+impl Sim {
+    /// An SFU alone on the network, at the current time.
+    pub fn new() -> Sim {
+        let server: SocketAddr = SERVER.parse().expect("the server address");
+        let counters = Arc::new(Counters::default());
+        Sim {
+            sfu: Sfu::new(SfuConfig::new(server), counters.clone()),
+            counters,
+            now: Instant::now(),
+            server,
+            signals: Vec::new(),
+            drop_down: Box::new(|_, _| false),
+        }
+    }
+
+    /// Gives the SFU a signaling command and collects its signals.
+    pub fn command(&mut self, cmd: Command) {
+        self.sfu.handle_command(self.now, cmd);
+        while let Some(s) = self.sfu.poll_signal() {
+            self.signals.push(s);
+        }
+    }
+
+    /// Offers for `peer` (session `who`, stream `stream`) and applies the answer.
+    ///
+    /// # Panics
+    /// When the SFU does not answer.
+    pub fn negotiate(&mut self, peer: &mut Peer, offer: String, who: u64, stream: &str, role: MediaRole) {
+        self.command(Command::Offer(Offer {
+            session: session(who),
+            app: app(),
+            stream_id: StreamId::new(stream).expect("a stream ID"),
+            role,
+            seq: 1,
+            sdp: offer,
+        }));
+        let i = self
+            .signals
+            .iter()
+            .position(|(s, m)| *s == session(who) && matches!(m, ServerMsg::MediaAnswer { .. }))
+            .unwrap_or_else(|| panic!("no answer: {:?}", self.signals));
+        let ServerMsg::MediaAnswer { sdp, .. } = self.signals.remove(i).1 else {
+            unreachable!()
+        };
+        peer.accept(&sdp);
+    }
+
+    /// Delivers the SFU's queued datagrams to the peers (through `drop_down`); what the peers
+    /// answer goes to `up`.
+    pub fn deliver(&mut self, peers: &mut [&mut Peer], up: &mut Vec<(SocketAddr, Vec<u8>)>) {
+        let now = self.now;
+        while let Some(t) = self.sfu.poll_transmit() {
+            if (self.drop_down)(t.destination, &t.contents) {
+                continue;
+            }
+            let Some(p) = peers.iter_mut().find(|p| p.addr == t.destination) else {
+                continue;
+            };
+            p.receive(now, self.server, &t.contents, up);
+        }
+    }
+
+    /// One millisecond of virtual time: every peer and the SFU exchange what they have.
+    ///
+    /// # Panics
+    /// When the SFU's tables break an invariant.
+    pub fn tick(&mut self, peers: &mut [&mut Peer]) {
+        self.now += Duration::from_millis(1);
+        let now = self.now;
+        let mut up = Vec::new();
+        for p in peers.iter_mut() {
+            if !p.closed {
+                let _ = p.rtc.handle_input(Input::Timeout(now));
+                p.drain(&mut up);
+            }
+        }
+        for (from, bytes) in up {
+            self.sfu.handle_datagram(now, from, &bytes);
+        }
+        if self.sfu.poll_timeout().is_some_and(|t| t <= now) {
+            self.sfu.handle_timeout(now);
+        }
+        let mut up = Vec::new();
+        self.deliver(peers, &mut up);
+        for (from, bytes) in up {
+            self.sfu.handle_datagram(now, from, &bytes);
+        }
+        while let Some(s) = self.sfu.poll_signal() {
+            self.signals.push(s);
+        }
+        self.sfu.check_invariants().expect("the SFU's invariants");
+    }
+
+    /// `ms` milliseconds of virtual time.
+    pub fn run(&mut self, peers: &mut [&mut Peer], ms: u64) {
+        for _ in 0..ms {
+            self.tick(peers);
+        }
+    }
+
+    /// Runs until every peer is connected.
+    ///
+    /// # Panics
+    /// When they are not within 2 s of virtual time.
+    pub fn connect(&mut self, peers: &mut [&mut Peer]) {
+        for _ in 0..2000 {
+            if peers.iter().all(|p| p.connected) {
+                return;
+            }
+            self.tick(peers);
+        }
+        panic!("peers did not connect");
+    }
+}
+
+/// An Opus-like payload (a valid TOC byte, then 60 bytes that depend on `i`).
+pub fn payload(i: usize) -> Vec<u8> {
+    let mut p = vec![0xf8];
+    p.extend((0..60).map(|j| (i * 7 + j) as u8));
+    p
+}
