@@ -27,7 +27,8 @@
 //!   `sendmmsg` on the shared socket (a datagram the kernel refuses is dropped and counted: UDP
 //!   may lose it anyway) and delivers the SFU's signaling messages to their sessions.
 //! - **Commands keep the registry's order.** Signaling sends them under the registry lock. An
-//!   offer, `ClosePublish` and `ClosePlay` go to the stream's shard ([`stream_shard`]), so a
+//!   offer, `ClosePublish` and `ClosePlay` go to the stream's shard ([`Placement`]: the least
+//!   loaded shard when the stream first appears, the same one while it has state there), so a
 //!   stream's publish PC and its play PCs live together and an offer and the close that follows
 //!   it travel on the same channel, never reordered; `SessionGone` goes to every shard. Offers in
 //!   flight are bounded ([`MAX_OFFERS_IN_FLIGHT`], beyond: 1009006); closes are bounded by the
@@ -48,7 +49,10 @@ use std::time::{Duration, Instant};
 use str0m::net::Transmit;
 use tracing::{debug, info, warn};
 
-use crate::sfu::shard::{MAX_SHARDS, ROUTES_PER_GENERATION, Router, stream_shard};
+use parking_lot::Mutex;
+
+use crate::sfu::placement::Placement;
+use crate::sfu::shard::{MAX_SHARDS, ROUTES_PER_GENERATION, Router};
 use crate::sfu::{Command, Counters, Sfu, SfuConfig};
 use crate::signaling::ServerState;
 use mmsg::{BATCH, RecvBatch, SendBatch, Waiter, Waker};
@@ -115,6 +119,8 @@ pub(crate) struct MediaTx {
     /// Wakes thread 0 (shard 0 runs there and sleeps in `poll`, not on its channel).
     waker: Arc<Waker>,
     offers_in_flight: Arc<AtomicUsize>,
+    /// Which shard each stream lives in (`sfu::placement`), shared with the shards.
+    placement: Arc<Mutex<Placement>>,
 }
 
 impl std::fmt::Debug for ShardMsg {
@@ -131,15 +137,7 @@ impl MediaTx {
     /// Queues a command for its shard (every shard for `SessionGone`); offers are refused
     /// (`false`) when too many are in flight.
     pub(crate) fn send(&self, cmd: Command) -> bool {
-        let n = self.shards.len();
-        let shard = match &cmd {
-            Command::Offer(o) => Some(stream_shard(o.app, &o.stream_id, n)),
-            Command::ClosePublish { app, stream_id } | Command::ClosePlay { app, stream_id, .. } => {
-                Some(stream_shard(*app, stream_id, n))
-            }
-            Command::SessionGone { .. } => None,
-        };
-        let Some(shard) = shard else {
+        let Some((app, stream_id)) = cmd.stream() else {
             let mut ok = true;
             for tx in &self.shards {
                 ok &= tx.send(ShardMsg::Command(cmd.clone())).is_ok();
@@ -152,7 +150,14 @@ impl MediaTx {
             self.offers_in_flight.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
+        let key = (app, stream_id.clone());
+        // Counted in flight before it can reach the shard, which reports it handled.
+        let shard = self.placement.lock().route(app, stream_id);
         let sent = self.shards[shard].send(ShardMsg::Command(cmd)).is_ok();
+        if !sent {
+            // The shard's thread is gone: nothing will report this command.
+            self.placement.lock().handled(&key, true);
+        }
         if shard == 0 {
             self.waker.wake();
         }
@@ -202,6 +207,7 @@ pub(crate) fn spawn(
     let socket = Arc::new(socket);
     let n = shard_count(state.config().media_workers);
     let offers_in_flight = Arc::new(AtomicUsize::new(0));
+    let placement = Arc::new(Mutex::new(Placement::new(n)));
     let waker = Arc::new(Waker::new()?);
     let (learn_tx, learn_rx) = mpsc::channel();
     let (recycle_tx, recycle_rx) = mpsc::channel();
@@ -221,6 +227,8 @@ pub(crate) fn spawn(
             counters: counters.clone(),
             queued: Arc::new(AtomicUsize::new(0)),
             offers_in_flight: offers_in_flight.clone(),
+            placement: placement.clone(),
+            reported_pcs: 0,
             learn: learn_tx.clone(),
             recycle: recycle_tx.clone(),
             sender: SendBatch::new(),
@@ -286,6 +294,7 @@ pub(crate) fn spawn(
             shards: senders,
             waker,
             offers_in_flight,
+            placement,
         },
         task,
     ))
@@ -425,6 +434,9 @@ struct Shard {
     counters: Arc<Counters>,
     queued: Arc<AtomicUsize>,
     offers_in_flight: Arc<AtomicUsize>,
+    placement: Arc<Mutex<Placement>>,
+    /// The PC count last given to `placement`.
+    reported_pcs: usize,
     learn: mpsc::Sender<(SocketAddr, usize)>,
     recycle: mpsc::Sender<Batch>,
     sender: SendBatch,
@@ -462,7 +474,17 @@ impl Shard {
                 if matches!(cmd, Command::Offer(_)) {
                     self.offers_in_flight.fetch_sub(1, Ordering::AcqRel);
                 }
+                let key = cmd.stream().map(|(app, id)| (app, id.clone()));
                 self.sfu.handle_command(Instant::now(), cmd);
+                let mut placement = self.placement.lock();
+                while let Some(k) = self.sfu.poll_released() {
+                    placement.released(&k);
+                }
+                if let Some((app, id)) = key {
+                    placement.handled(&(app, id.clone()), self.sfu.has_stream(app, &id));
+                }
+                self.reported_pcs = self.sfu.peer_connections();
+                placement.set_pcs(self.index, self.reported_pcs);
             }
             ShardMsg::Datagrams(mut batch) => {
                 let now = Instant::now();
@@ -494,6 +516,7 @@ impl Shard {
         if self.sfu.poll_timeout().is_some_and(|t| t <= now) {
             self.sfu.handle_timeout(now);
         }
+        self.report_placement();
         self.send(true);
         while let Some(s) = self.sfu.poll_signal() {
             self.signals.push(s);
@@ -524,6 +547,25 @@ impl Shard {
         }
     }
 
+    /// Streams the SFU dropped on its own (failed or timed-out PCs), and its PC count when it
+    /// changed, to the placement table: the lock is taken only then, never per packet.
+    fn report_placement(&mut self) {
+        let first = self.sfu.poll_released();
+        let pcs = self.sfu.peer_connections();
+        if first.is_none() && pcs == self.reported_pcs {
+            return;
+        }
+        let mut placement = self.placement.lock();
+        if let Some(k) = first {
+            placement.released(&k);
+        }
+        while let Some(k) = self.sfu.poll_released() {
+            placement.released(&k);
+        }
+        self.reported_pcs = pcs;
+        placement.set_pcs(self.index, pcs);
+    }
+
     fn stopped(&self) {
         if self.sfu.peer_connections() > 0 {
             warn!(
@@ -547,6 +589,7 @@ mod tests {
             shards,
             waker: Arc::new(Waker::new().unwrap()),
             offers_in_flight: Arc::new(AtomicUsize::new(0)),
+            placement: Arc::new(Mutex::new(Placement::new(n))),
         };
         (tx, rxs)
     }
@@ -583,8 +626,9 @@ mod tests {
         let mut want: Vec<Vec<String>> = vec![Vec::new(); 3];
         for i in 0..12 {
             let s = format!("s{i}");
-            let shard = stream_shard(app, &StreamId::new(&s).unwrap(), 3);
             assert!(tx.send(offer(&s)));
+            let key = (app, StreamId::new(&s).unwrap());
+            let shard = tx.placement.lock().shard_of(&key).expect("placed");
             assert!(tx.send(Command::ClosePlay {
                 session,
                 app,
@@ -602,7 +646,7 @@ mod tests {
         }
         assert!(tx.send(Command::SessionGone { session }));
         for (rx, mut want) in rxs.iter().zip(want) {
-            assert!(want.len() >= 3, "12 streams over 3 shards reach each one");
+            assert_eq!(want.len(), 12, "12 streams over 3 shards: 4 each");
             want.push("gone".into());
             assert_eq!(commands(rx), want);
         }

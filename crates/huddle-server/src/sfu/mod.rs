@@ -21,6 +21,7 @@
 //!   receiver that stops reading loses only its own packets (the kernel drops them), and a PC that
 //!   fails is closed alone.
 
+pub mod placement;
 pub mod red;
 mod rewrite;
 pub mod shard;
@@ -125,6 +126,20 @@ pub enum Command {
         /// The session.
         session: SessionId,
     },
+}
+
+impl Command {
+    /// The stream the command is about (none for `SessionGone`, which is about every stream).
+    #[must_use]
+    pub fn stream(&self) -> Option<(AppId, &StreamId)> {
+        match self {
+            Command::Offer(o) => Some((o.app, &o.stream_id)),
+            Command::ClosePublish { app, stream_id } | Command::ClosePlay { app, stream_id, .. } => {
+                Some((*app, stream_id))
+            }
+            Command::SessionGone { .. } => None,
+        }
+    }
 }
 
 /// A `media_offer` from a session.
@@ -358,6 +373,8 @@ pub struct Sfu {
     /// Deadlines of waiting play offers (some may be answered already).
     pending_deadlines: BinaryHeap<Reverse<Instant>>,
     dirty: Vec<usize>,
+    /// Streams whose entry was removed, not yet taken by [`Sfu::poll_released`].
+    released: Vec<StreamKey>,
     /// Scratch list of `handle_timeout`: the timers due now.
     due: Vec<(Instant, usize)>,
     transmits: VecDeque<Transmit>,
@@ -426,6 +443,7 @@ impl Sfu {
             timers: BinaryHeap::new(),
             pending_deadlines: BinaryHeap::new(),
             dirty: Vec::new(),
+            released: Vec::new(),
             due: Vec::new(),
             transmits: VecDeque::new(),
             signals: VecDeque::new(),
@@ -764,7 +782,7 @@ impl Sfu {
             }
             entry.players.retain(|p| *p != id);
             if entry.is_unused() && entry.publisher_session.is_none() {
-                self.streams.remove(&pc.key);
+                self.drop_stream(&pc.key);
             }
         }
         // Tell the peer (RTCP BYE, DTLS close_notify) and send what that produced.
@@ -832,7 +850,7 @@ impl Sfu {
                 .push_back((p.session, ServerMsg::error(Some(p.seq), &not_started())));
         }
         if self.streams.get(key).is_some_and(StreamEntry::is_unused) {
-            self.streams.remove(key);
+            self.drop_stream(key);
         }
     }
 
@@ -847,7 +865,7 @@ impl Sfu {
         if let Some(entry) = self.streams.get_mut(key) {
             entry.pending.retain(|p| p.session != session);
             if entry.is_unused() && entry.publisher_session.is_none() {
-                self.streams.remove(key);
+                self.drop_stream(key);
             }
         }
     }
@@ -879,8 +897,27 @@ impl Sfu {
             }
         }
         for key in empty {
-            self.streams.remove(&key);
+            self.drop_stream(&key);
         }
+    }
+
+    /// Removes a stream's entry, reporting it through [`Sfu::poll_released`].
+    fn drop_stream(&mut self, key: &StreamKey) {
+        if self.streams.remove(key).is_some() {
+            self.released.push(key.clone());
+        }
+    }
+
+    /// Whether the stream has state here (a PC or a waiting play offer).
+    #[must_use]
+    pub fn has_stream(&self, app: AppId, stream_id: &StreamId) -> bool {
+        self.streams.contains_key(&(app, stream_id.clone()))
+    }
+
+    /// The next stream whose state this SFU dropped (for the shard placement table).
+    #[must_use]
+    pub fn poll_released(&mut self) -> Option<(AppId, StreamId)> {
+        self.released.pop()
     }
 
     /// Whether datagrams from `addr` reach a PC (a connectivity check from there passed): the
@@ -1017,8 +1054,14 @@ impl Sfu {
             self.signals
                 .push_back((session, ServerMsg::error(Some(seq), &not_started())));
         }
-        self.streams
-            .retain(|_, e| !(e.is_unused() && e.publisher_session.is_none()));
+        let released = &mut self.released;
+        self.streams.retain(|k, e| {
+            let keep = !(e.is_unused() && e.publisher_session.is_none());
+            if !keep {
+                released.push(k.clone());
+            }
+            keep
+        });
     }
 
     /// Rebuilds the timer heap without its stale entries.
