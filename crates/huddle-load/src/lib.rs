@@ -61,7 +61,7 @@ pub use churn::{
 };
 pub use peer::PcSetup;
 pub use relay::{Relay, RelayStats};
-pub use report::{Dist, ProcReport, Report};
+pub use report::{Dist, PlayPhases, ProcReport, Report};
 pub use run::{run, run_plain};
 pub use target::huddle::HuddleTarget;
 pub use target::janus::JanusTarget;

@@ -19,7 +19,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
 use crate::packet::{MAX_LEN, Probe};
-use crate::run::{ClientOutcome, Shared, StreamOutcome, stopped};
+use crate::run::{ClientOutcome, PhaseTimes, Shared, StreamOutcome, stopped};
 use crate::{LoadError, netguard};
 
 /// Largest datagram read.
@@ -33,6 +33,8 @@ pub struct PcSetup {
     pending: Option<SdpPendingOffer>,
     /// The audio line we offered (publishers).
     mid: Option<Mid>,
+    /// When the remote SDP was applied (the end of signaling).
+    negotiated: Option<Instant>,
 }
 
 impl std::fmt::Debug for PcSetup {
@@ -54,6 +56,8 @@ impl PcSetup {
         }
         let local = socket.local_addr().map_err(LoadError::Io)?;
         let mut config = RtcConfig::new()
+            // DTLS configured once for the process, not validated again per connection (`dtls`).
+            .set_crypto_provider(huddle_dtls::crypto_provider())
             .clear_codecs()
             .enable_opus(true, false)
             // We measure reordering and loss ourselves: hand every packet over at once.
@@ -71,6 +75,7 @@ impl PcSetup {
             local,
             pending: None,
             mid: None,
+            negotiated: None,
         })
     }
 
@@ -106,7 +111,9 @@ impl PcSetup {
         self.rtc
             .sdp_api()
             .accept_answer(pending, answer)
-            .map_err(|e| LoadError::Media(format!("answer refused: {e}")))
+            .map_err(|e| LoadError::Media(format!("answer refused: {e}")))?;
+        self.negotiated = Some(Instant::now());
+        Ok(())
     }
 
     /// Answers a remote offer (the server offers what we receive).
@@ -118,6 +125,7 @@ impl PcSetup {
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| LoadError::Media(format!("offer refused: {e}")))?;
+        self.negotiated = Some(Instant::now());
         Ok(answer.to_sdp_string())
     }
 }
@@ -202,6 +210,7 @@ pub(crate) async fn run_pc(
         local,
         pending: _,
         mid,
+        negotiated,
     } = setup;
     let mut out = ClientOutcome::default();
     // Sends go through a clone of the plain socket (see `drain`); receives through tokio.
@@ -226,6 +235,8 @@ pub(crate) async fn run_pc(
     let mut seq: u32 = 0;
     let mut next_send = Instant::now();
     let mut stream = StreamOutcome::default();
+    let mut ice_at: Option<Instant> = None;
+    let mut connected_at: Option<Instant> = None;
     let mut guard = SendGuard {
         local: local.ip(),
         refused: Vec::new(),
@@ -237,9 +248,16 @@ pub(crate) async fn run_pc(
                         audio: &mut Option<Mid>,
                         stream: &mut StreamOutcome,
                         out: &mut ClientOutcome,
+                        (ice_at, connected_at): (&mut Option<Instant>, &mut Option<Instant>),
                         waited_us: Option<u64>| match e {
+            Event::IceConnectionStateChange(
+                IceConnectionState::Connected | IceConnectionState::Completed,
+            ) => {
+                ice_at.get_or_insert_with(Instant::now);
+            }
             Event::Connected => {
                 *connected = true;
+                connected_at.get_or_insert_with(Instant::now);
                 out.join_ms = Some(joined.elapsed().as_secs_f64() * 1e3);
             }
             Event::MediaAdded(m) if m.kind == MediaKind::Audio => {
@@ -271,7 +289,8 @@ pub(crate) async fn run_pc(
             _ => {}
         };
         let mut next_timeout = drain(&mut rtc, &send_socket, &mut guard, |e| {
-            on_event(e, &mut connected, &mut audio, &mut stream, &mut out, None)
+            let at = (&mut ice_at, &mut connected_at);
+            on_event(e, &mut connected, &mut audio, &mut stream, &mut out, at, None)
         })?;
         let fd = socket.as_raw_fd();
         loop {
@@ -323,7 +342,16 @@ pub(crate) async fn run_pc(
                 }
             }
             next_timeout = drain(&mut rtc, &send_socket, &mut guard, |e| {
-                on_event(e, &mut connected, &mut audio, &mut stream, &mut out, waited_us)
+                let at = (&mut ice_at, &mut connected_at);
+                on_event(
+                    e,
+                    &mut connected,
+                    &mut audio,
+                    &mut stream,
+                    &mut out,
+                    at,
+                    waited_us,
+                )
             })?;
         }
     }
@@ -333,6 +361,16 @@ pub(crate) async fn run_pc(
     }
     rtc.disconnect();
     if matches!(role, PcRole::Play) {
+        let ms = |from: Option<Instant>, to: Option<Instant>| {
+            Some(to?.saturating_duration_since(from?).as_secs_f64() * 1e3)
+        };
+        out.phases = PhaseTimes {
+            login: None,
+            signaling: ms(Some(joined), negotiated),
+            ice: ms(negotiated, ice_at),
+            dtls: ms(ice_at, connected_at),
+            first_packet: ms(connected_at, stream.first_packet_at),
+        };
         out.stream = Some(stream);
     }
     out

@@ -47,6 +47,24 @@ impl Dist {
     }
 }
 
+/// Where the play joins' time went (WebRTC runs): each phase from the end of the one before, ms.
+/// `login` is per subscriber; the others per play connection, from the start of its negotiation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PlayPhases {
+    /// Subscriber: start of its login → logged in (signaling connection, challenge, `login`).
+    pub login: Option<Dist>,
+    /// Start of the stream's negotiation (`play` request or subscriber join) → the remote SDP
+    /// applied (the server's answer, or our answer to Janus's offer).
+    pub signaling: Option<Dist>,
+    /// → ICE connected (a connectivity check answered).
+    pub ice: Option<Dist>,
+    /// → DTLS connected (handshake done, SRTP keys made).
+    pub dtls: Option<Dist>,
+    /// → the first probe: the wait for the publisher's next packet (one every 20 ms at 50/s),
+    /// and its way through the server.
+    pub first_packet: Option<Dist>,
+}
+
 /// The server process (or relay thread) over the measurement window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcReport {
@@ -162,6 +180,9 @@ pub struct Report {
     /// Per subscriber: start of its login → first probe of any stream, ms. A subscriber negotiates
     /// its streams one after another, so its later streams start later.
     pub login_first_packet_ms: Option<Dist>,
+    /// The play joins phase by phase (WebRTC runs).
+    #[serde(default)]
+    pub play_phases_ms: Option<PlayPhases>,
     /// The server's CPU and memory, when its process was given.
     pub server: Option<ProcReport>,
     /// Cores the load generator itself used in the window (it shares the machine).
@@ -285,6 +306,18 @@ impl Report {
         let _ = writeln!(t, "play join ms      {}", dist(&self.play_join_ms));
         let _ = writeln!(t, "first packet ms   {}", dist(&self.first_packet_ms));
         let _ = writeln!(t, "login→1st pkt ms  {}", dist(&self.login_first_packet_ms));
+        if let Some(ph) = &self.play_phases_ms {
+            let p50 = |d: &Option<Dist>| opt(d.map(|d| d.p50), 1);
+            let _ = writeln!(
+                t,
+                "  phases p50 ms   login {}  signaling {}  ICE {}  DTLS {}  → 1st pkt {}",
+                p50(&ph.login),
+                p50(&ph.signaling),
+                p50(&ph.ice),
+                p50(&ph.dtls),
+                p50(&ph.first_packet)
+            );
+        }
         match &self.server {
             Some(s) => {
                 let _ = writeln!(

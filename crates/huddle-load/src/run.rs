@@ -14,7 +14,7 @@ use crate::metrics::{Histogram, ProcSample, ProcTarget, StreamStats, loss_ratio}
 use crate::packet::{MAX_LEN, Probe};
 use crate::peer::{PcRole, PcSetup, period_of, run_pc};
 use crate::relay::SUBSCRIBE;
-use crate::report::{Dist, ProcReport, Report};
+use crate::report::{Dist, PlayPhases, ProcReport, Report};
 use crate::{LoadError, Plan, StreamSpec, Target, UserSpec, netguard};
 
 /// Packets in flight when the window closes still count if they arrive within this.
@@ -102,7 +102,20 @@ pub(crate) struct ClientOutcome {
     pub login_first_packet_ms: Option<f64>,
     /// Play connections: what was received.
     pub stream: Option<StreamOutcome>,
+    /// Play connections: where the join's time went.
+    pub phases: PhaseTimes,
     pub error: Option<String>,
+}
+
+/// The phases of a play join, ms, each from the end of the one before (see
+/// [`PlayPhases`](crate::PlayPhases)); `login` only on a subscriber's first play.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct PhaseTimes {
+    pub login: Option<f64>,
+    pub signaling: Option<f64>,
+    pub ice: Option<f64>,
+    pub dtls: Option<f64>,
+    pub first_packet: Option<f64>,
 }
 
 impl ClientOutcome {
@@ -189,6 +202,7 @@ impl<T: Target> Clients for RtcClients<T> {
                     return readies.iter().map(|_| ClientOutcome::failed(&e)).collect();
                 }
             };
+            let login_ms = joined.elapsed().as_secs_f64() * 1e3;
             let mut plays = Vec::new();
             let mut outs = Vec::new();
             for (p, ready) in readies.into_iter().enumerate() {
@@ -214,6 +228,9 @@ impl<T: Target> Clients for RtcClients<T> {
             }
             me.target.disconnect(conn).await;
             set_login_first_packet(&mut outs, joined);
+            if let Some(o) = outs.first_mut() {
+                o.phases.login = Some(login_ms);
+            }
             outs
         })
     }
@@ -514,7 +531,15 @@ async fn drive<C: Clients>(
     let mut firsts = Vec::new();
     let mut play_joins = Vec::new();
     let mut login_firsts = Vec::new();
+    let mut phases: [Vec<f64>; 5] = Default::default();
     for o in &play_outs {
+        let p = &o.phases;
+        for (all, v) in phases
+            .iter_mut()
+            .zip([p.login, p.signaling, p.ice, p.dtls, p.first_packet])
+        {
+            all.extend(v);
+        }
         if let Some(ms) = o.login_first_packet_ms {
             login_firsts.push(ms);
         }
@@ -584,6 +609,17 @@ async fn drive<C: Clients>(
         play_join_ms: Dist::from_samples(&play_joins),
         first_packet_ms: Dist::from_samples(&firsts),
         login_first_packet_ms: Dist::from_samples(&login_firsts),
+        play_phases_ms: phases.iter().any(|p| !p.is_empty()).then(|| {
+            let [login, signaling, ice, dtls, first_packet] =
+                phases.each_ref().map(|p| Dist::from_samples(p));
+            PlayPhases {
+                login,
+                signaling,
+                ice,
+                dtls,
+                first_packet,
+            }
+        }),
         server: server_report,
         generator_cpu_cores: cpu_us / 1e6 / window_s.max(1e-9),
         generator_runq_wait_s: gen_end.runq_wait_us.saturating_sub(gen_start.runq_wait_us) as f64 / 1e6,
