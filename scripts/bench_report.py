@@ -332,6 +332,11 @@ def summary(out):
         p("")
         p(f"- Server cores used: {f(c1, '.3f')} pinned to one CPU, {f(c2, '.3f')} with both; delivered "
           f"{s2['delivered_pps'] / max(s1['delivered_pps'], 1e-9):.2f}× as many packets/s with 2 cores.")
+        for label, r in (("one CPU", s1), ("both CPUs", s2)):
+            threads = (r.get("server") or {}).get("threads") or []
+            if threads:
+                p(f"- Server threads on {label} (cores): "
+                  + ", ".join(f"`{t['name']}` {t['cores']:.3f}" for t in threads) + ".")
     p("")
 
     # Profile

@@ -309,6 +309,35 @@ impl ProcTarget {
     }
 }
 
+/// CPU time of each thread of process `pid` by thread name (`/proc/PID/task/*/comm`: the media
+/// threads are `huddle-media-N`; a pool's threads share a name and are summed), microseconds,
+/// from `schedstat`. Empty where the kernel has no schedstat.
+pub fn thread_cpu_us(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for entry in tasks.flatten() {
+        let dir = entry.path();
+        // A thread may end between the listing and the reads: skip it.
+        let (Ok(comm), Ok(sched)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("schedstat")),
+        ) else {
+            continue;
+        };
+        let Some(ns) = sched
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        *out.entry(comm.trim().to_string()).or_default() += ns / 1_000;
+    }
+    out
+}
+
 fn clock_ticks_per_second() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };

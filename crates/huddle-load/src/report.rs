@@ -90,6 +90,37 @@ pub struct ProcReport {
     pub rss_kib_peak: u64,
     /// (end − before) / planned play streams, KiB.
     pub rss_kib_per_play_stream: Option<f64>,
+    /// Cores used in the window per thread name (threads of one name summed), busiest first;
+    /// names under 0.005 cores left out. Shows whether the server spreads over the cores.
+    #[serde(default)]
+    pub threads: Vec<ThreadCpu>,
+}
+
+/// One thread name's share of the window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThreadCpu {
+    /// The thread name (`/proc/PID/task/TID/comm`).
+    pub name: String,
+    /// Average cores busy in the window.
+    pub cores: f64,
+}
+
+/// Per-thread-name cores between two [`crate::metrics::thread_cpu_us`] readings `window_s` apart.
+pub(crate) fn thread_cores(
+    start: &std::collections::BTreeMap<String, u64>,
+    end: &std::collections::BTreeMap<String, u64>,
+    window_s: f64,
+) -> Vec<ThreadCpu> {
+    let mut v: Vec<ThreadCpu> = end
+        .iter()
+        .map(|(name, us)| ThreadCpu {
+            name: name.clone(),
+            cores: us.saturating_sub(start.get(name).copied().unwrap_or(0)) as f64 / 1e6 / window_s.max(1e-9),
+        })
+        .filter(|t| t.cores >= 0.005)
+        .collect();
+    v.sort_by(|a, b| b.cores.total_cmp(&a.cores));
+    v
 }
 
 impl ProcReport {
@@ -122,6 +153,7 @@ impl ProcReport {
             rss_kib_peak: peak,
             rss_kib_per_play_stream: (play_streams > 0)
                 .then(|| end.rss_kib.saturating_sub(before.rss_kib) as f64 / play_streams as f64),
+            threads: Vec::new(),
         }
     }
 }
@@ -328,6 +360,14 @@ impl Report {
                     opt(s.cpu_us_per_packet, 2),
                     s.runq_wait_s
                 );
+                if !s.threads.is_empty() {
+                    let list: Vec<String> = s
+                        .threads
+                        .iter()
+                        .map(|th| format!("{} {:.3}", th.name, th.cores))
+                        .collect();
+                    let _ = writeln!(t, "server threads    {} (cores)", list.join("  "));
+                }
                 let _ = writeln!(
                     t,
                     "server RSS KiB    before {}  end {}  peak {}  per play stream {}",
@@ -356,6 +396,30 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thread_cores_are_per_name_busiest_first_and_skip_idle_ones() {
+        let start = [("huddle-media-0", 1_000_000), ("huddle-media-1", 0), ("tokio", 5)]
+            .map(|(n, us)| (n.to_string(), us))
+            .into_iter()
+            .collect();
+        let end = [
+            ("huddle-media-0", 1_400_000),
+            ("huddle-media-1", 500_000),
+            ("tokio", 6),
+            ("new", 20_000),
+        ]
+        .map(|(n, us)| (n.to_string(), us))
+        .into_iter()
+        .collect();
+        let t = thread_cores(&start, &end, 1.0);
+        let names: Vec<&str> = t.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["huddle-media-1", "huddle-media-0", "new"]);
+        assert!((t[0].cores - 0.5).abs() < 1e-9 && (t[1].cores - 0.4).abs() < 1e-9);
+        // This process's threads are read from /proc.
+        let mine = crate::metrics::thread_cpu_us(std::process::id());
+        assert!(!mine.is_empty());
+    }
 
     /// A 2 × 3 run of 2 s at 50 packets/s that went well.
     fn good() -> Report {

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::metrics::{Histogram, ProcSample, ProcTarget, StreamStats, loss_ratio};
+use crate::metrics::{Histogram, ProcSample, ProcTarget, StreamStats, loss_ratio, thread_cpu_us};
 use crate::packet::{MAX_LEN, Probe};
 use crate::peer::{PcRole, PcSetup, period_of, run_pc};
 use crate::relay::SUBSCRIBE;
-use crate::report::{Dist, PlayPhases, ProcReport, Report};
+use crate::report::{Dist, PlayPhases, ProcReport, Report, thread_cores};
 use crate::{LoadError, Plan, StreamSpec, Target, UserSpec, netguard};
 
 /// Packets in flight when the window closes still count if they arrive within this.
@@ -498,12 +498,14 @@ async fn drive<C: Clients>(
     let window = plan.duration.min(remaining(hard_deadline).saturating_sub(DRAIN));
     let gen_start = me.sample().map_err(LoadError::Io)?;
     let server_start = server.map(|s| s.sample()).transpose().map_err(LoadError::Io)?;
+    let threads_start = server.filter(|s| s.tid.is_none()).map(|s| thread_cpu_us(s.pid));
     let start_us = shared.now_us();
     shared.window_start_us.store(start_us, Ordering::Relaxed);
     tokio::time::sleep(window).await;
     let end_us = shared.now_us();
     shared.window_end_us.store(end_us, Ordering::Relaxed);
     let server_end = server.map(|s| s.sample()).transpose().map_err(LoadError::Io)?;
+    let threads_end = server.filter(|s| s.tid.is_none()).map(|s| thread_cpu_us(s.pid));
     let gen_end = me.sample().map_err(LoadError::Io)?;
     *phase.lock().expect("not poisoned") = "drain";
     tokio::time::sleep(DRAIN).await;
@@ -569,15 +571,13 @@ async fn drive<C: Clients>(
     let pub_joins: Vec<f64> = pub_outs.iter().filter_map(|o| o.join_ms).collect();
     let play_streams = u64::from(plan.publishers) * u64::from(plan.subscribers);
     let server_report = match (server, server_before, server_start, server_end) {
-        (Some(t), Some(before), Some(start), Some(end)) => Some(ProcReport::new(
-            t,
-            before,
-            start,
-            end,
-            &samples.server,
-            delivered,
-            play_streams,
-        )),
+        (Some(t), Some(before), Some(start), Some(end)) => {
+            let mut r = ProcReport::new(t, before, start, end, &samples.server, delivered, play_streams);
+            if let (Some(a), Some(b)) = (&threads_start, &threads_end) {
+                r.threads = thread_cores(a, b, end.at.duration_since(start.at).as_secs_f64());
+            }
+            Some(r)
+        }
         _ => None,
     };
     let cpu_us = gen_end.cpu_us.saturating_sub(gen_start.cpu_us) as f64;

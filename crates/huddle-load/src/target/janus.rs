@@ -242,7 +242,20 @@ impl Target for JanusTarget {
             "request": "join", "ptype": "subscriber", "room": self.room(),
             "streams": [{"feed": feed_of(stream)}],
         });
-        let reply = conn.message(handle, body, None).await?;
+        // Janus lists a publisher's feed only once its own side of the publisher's connection is
+        // up ("webrtcup"), which can come a little after our side saw DTLS connect: a subscriber
+        // that asks at once gets 428 "No such feed". Ask again every 10 ms for up to 2 s; the
+        // wait counts in the subscriber's join and first-packet times.
+        let mut tries = 0;
+        let reply = loop {
+            match conn.message(handle, body.clone(), None).await {
+                Err(LoadError::Refused(why)) if why.starts_with("videoroom 428") && tries < 200 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                r => break r?,
+            }
+        };
         if videoroom_kind(&reply) != "attached" {
             return Err(LoadError::Refused(format!("subscriber join: {reply}")));
         }
