@@ -1286,6 +1286,7 @@ impl Sfu {
         // and the frames recovered from the redundancy (`None`: malformed, not forwarded).
         let mut plain: Option<Option<PlainAudio>> = None;
         let ts = packet.header.timestamp;
+        let mut forwarded = 0;
         for &pid in &entry.players {
             let Some(p) = pcs.get_mut(pid).and_then(|p| p.as_deref_mut()) else {
                 continue;
@@ -1344,12 +1345,14 @@ impl Sfu {
             if sent == 0 {
                 continue;
             }
-            counters.rtp_forwarded.fetch_add(sent, Ordering::Relaxed);
+            forwarded += sent;
             if !p.dirty {
                 p.dirty = true;
                 dirty.push(pid);
             }
         }
+        // Once per packet, not per player: the counters are shared by every shard's thread.
+        counters.rtp_forwarded.fetch_add(forwarded, Ordering::Relaxed);
     }
 
     /// Asks the stream's publisher for a keyframe, at most once per

@@ -348,6 +348,34 @@ fn every_packet_is_delivered_at_a_high_packet_rate() {
     assert_eq!(player.got.len(), 1000);
 }
 
+/// Forwarded packets take str0m's send fast path (no timeout per packet), and the player's
+/// connection keeps its RTCP: sender reports reach the player (lip sync and RTT need them).
+#[test]
+fn players_get_sender_reports_while_packets_take_the_fast_path() {
+    let mut sim = Sim::new();
+    let (mut publisher, offer) = Peer::new(sim.now, 10_001, MediaRole::Publish, false);
+    sim.negotiate(&mut publisher, offer, 1, "s", MediaRole::Publish);
+    let (mut player, offer) = Peer::new(sim.now, 10_002, MediaRole::Play, false);
+    sim.negotiate(&mut player, offer, 2, "s", MediaRole::Play);
+    sim.connect(&mut [&mut publisher, &mut player]);
+    for i in 0..800 {
+        let now = sim.now;
+        publisher.send(MediaKind::Audio, &payload(i), now);
+        sim.run(&mut [&mut publisher, &mut player], 20);
+    }
+    assert_eq!(player.got.len(), 800);
+    // str0m reports every 5 s (RFC 3550's minimum interval), as it does without the fast path.
+    let mut counts: Vec<u32> = player
+        .got
+        .iter()
+        .filter_map(|p| p.last_sender_info.map(|i| i.sender_packet_count))
+        .collect();
+    counts.dedup();
+    assert!(counts.len() >= 3, "{counts:?}: sender reports in 16 s");
+    // Each report counts the packets sent so far, fast path included.
+    assert!(counts.windows(2).all(|w| w[1] >= w[0] + 200), "{counts:?}");
+}
+
 /// A publisher's RED audio reaches a player that negotiated RED as it was sent, and a player
 /// that did not as plain Opus: the primary blocks, and the frames lost upstream restored from
 /// the redundancy of the packet after them.
