@@ -6,13 +6,11 @@
 //! field can carry anything but invalid UTF-8).
 #![no_main]
 
-mod common;
-
 use std::sync::OnceLock;
 
-use common::{Peer, Sim, session};
 use huddle_proto::{MediaRole, ServerMsg};
 use huddle_server::sfu::Command;
+use huddle_server::sfu::testkit::{Peer, Sim, session};
 use libfuzzer_sys::fuzz_target;
 
 /// A real publish offer (audio and video), made once.

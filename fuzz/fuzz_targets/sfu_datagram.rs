@@ -15,14 +15,13 @@
 //! Nothing may panic and the SFU's invariants must hold throughout.
 #![no_main]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Peer, Sim};
 use huddle_proto::MediaRole;
+use huddle_server::sfu::testkit::{Peer, Sim};
 use libfuzzer_sys::fuzz_target;
+use str0m::media::MediaKind;
 
 fn mutate(captured: &[Vec<u8>], pick: impl Fn(&[u8]) -> bool, bytes: &[u8]) -> Option<Vec<u8>> {
     let candidates: Vec<&Vec<u8>> = captured.iter().filter(|d| pick(d)).collect();
@@ -45,14 +44,16 @@ fn mutate(captured: &[Vec<u8>], pick: impl Fn(&[u8]) -> bool, bytes: &[u8]) -> O
 fuzz_target!(|data: &[u8]| {
     let mut sim = Sim::new();
     let (mut publisher, offer) = Peer::new(sim.now, 10_001, MediaRole::Publish, true);
+    publisher.capture = true;
     sim.negotiate(&mut publisher, offer, 1, "s", MediaRole::Publish);
     let (mut player, offer) = Peer::new(sim.now, 10_002, MediaRole::Play, true);
+    (player.capture, player.keep) = (true, false);
     sim.negotiate(&mut player, offer, 2, "s", MediaRole::Play);
-    assert!(sim.connect(&mut [&mut publisher, &mut player]), "set-up connects");
+    sim.connect(&mut [&mut publisher, &mut player]);
     for i in 0..3u8 {
         let now = sim.now;
-        publisher.send(false, &[0xf8, i, i, i], now);
-        publisher.send(true, &[0x90, 0x80, i, 1, 2, 3], now);
+        publisher.send(MediaKind::Audio, &[0xf8, i, i, i], now);
+        publisher.send(MediaKind::Video, &[0x90, 0x80, i, 1, 2, 3], now);
         sim.run(&mut [&mut publisher, &mut player], 5);
     }
     let stranger: SocketAddr = "127.0.0.1:40000".parse().unwrap();
@@ -104,11 +105,16 @@ fuzz_target!(|data: &[u8]| {
                 sim.run(&mut [&mut publisher, &mut player], ms.max(1));
             }
             _ => {
-                publisher.send(bytes.first().is_some_and(|b| b & 1 == 1), bytes, now);
+                let kind = if bytes.first().is_some_and(|b| b & 1 == 1) {
+                    MediaKind::Video
+                } else {
+                    MediaKind::Audio
+                };
+                publisher.send(kind, bytes, now);
                 sim.run(&mut [&mut publisher, &mut player], 1);
             }
         }
-        sim.deliver(&mut [&mut publisher, &mut player]);
+        sim.exchange(&mut [&mut publisher, &mut player]);
         sim.drain_signals();
         sim.sfu.check_invariants().expect("SFU invariants");
         sim.sfu.handle_timeout(sim.now);

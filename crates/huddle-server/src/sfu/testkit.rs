@@ -53,6 +53,10 @@ pub struct Peer {
     pub keep: bool,
     /// RTP packets received.
     pub received: u64,
+    /// Keep the datagrams this peer sends in `sent` (a fuzz target mutates them).
+    pub capture: bool,
+    /// The first 256 datagrams sent to the server, when `capture`.
+    pub sent: Vec<Vec<u8>>,
 }
 
 impl Peer {
@@ -100,6 +104,8 @@ impl Peer {
             seq: [100, 5000],
             keep: true,
             received: 0,
+            capture: false,
+            sent: Vec::new(),
         };
         (peer, offer.to_sdp_string())
     }
@@ -125,23 +131,30 @@ impl Peer {
             .0
     }
 
-    /// Writes one RTP packet of `kind` (the next sequence number, marker set, NACK-able).
+    /// Writes one RTP packet of `kind` (the next sequence number, marker set, NACK-able); nothing
+    /// when the peer has no such media or stream (say its connection failed).
     pub fn send(&mut self, kind: MediaKind, payload: &[u8], now: Instant) {
         let codec = if kind.is_audio() { Codec::Opus } else { Codec::Vp8 };
-        let pt = self
+        let Some(pt) = self
             .rtc
             .codec_config()
             .params()
             .iter()
             .find(|p| p.spec().codec == codec)
-            .expect("the codec")
-            .pt();
+            .map(|p| p.pt())
+        else {
+            return;
+        };
+        let Some(&(mid, _)) = self.mids.iter().find(|(_, k)| *k == kind) else {
+            return;
+        };
         let i = usize::from(kind.is_video());
         let seq = self.seq[i];
         self.seq[i] += 1;
-        let mid = self.mid(kind);
         let mut api = self.rtc.direct_api();
-        let tx = api.stream_tx_by_mid(mid, None).expect("a send stream");
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+            return;
+        };
         let step = if kind.is_audio() { 960 } else { 3000 };
         tx.write_rtp(
             RtpWrite::new(pt, seq.into(), (seq * step) as u32, now, payload.to_vec())
@@ -154,7 +167,13 @@ impl Peer {
     pub fn drain(&mut self, out: &mut Vec<(SocketAddr, Vec<u8>)>) {
         while self.rtc.is_alive() {
             match self.rtc.poll_output() {
-                Ok(Output::Transmit(t)) => out.push((self.addr, t.contents.into())),
+                Ok(Output::Transmit(t)) => {
+                    let bytes: Vec<u8> = t.contents.into();
+                    if self.capture && self.sent.len() < 256 {
+                        self.sent.push(bytes.clone());
+                    }
+                    out.push((self.addr, bytes));
+                }
                 Ok(Output::Timeout(_)) => return,
                 Ok(Output::Event(e)) => match e {
                     Event::Connected => self.connected = true,
@@ -238,9 +257,30 @@ impl Sim {
     /// Gives the SFU a signaling command and collects its signals.
     pub fn command(&mut self, cmd: Command) {
         self.sfu.handle_command(self.now, cmd);
+        self.drain_signals();
+    }
+
+    /// Collects the SFU's signaling messages into `signals`.
+    ///
+    /// # Panics
+    /// When one does not survive encoding and decoding (what goes to a session must).
+    pub fn drain_signals(&mut self) {
         while let Some(s) = self.sfu.poll_signal() {
+            ServerMsg::decode(&s.1.encode()).expect("media signals decode");
             self.signals.push(s);
         }
+    }
+
+    /// Session `who` offers `sdp` to publish or play `stream` (sequence number 1).
+    pub fn offer(&mut self, who: u64, stream: &str, role: MediaRole, sdp: String) {
+        self.command(Command::Offer(Offer {
+            session: session(who),
+            app: app(),
+            stream_id: StreamId::new(stream).expect("a stream ID"),
+            role,
+            seq: 1,
+            sdp,
+        }));
     }
 
     /// Offers for `peer` (session `who`, stream `stream`) and applies the answer.
@@ -248,14 +288,7 @@ impl Sim {
     /// # Panics
     /// When the SFU does not answer.
     pub fn negotiate(&mut self, peer: &mut Peer, offer: String, who: u64, stream: &str, role: MediaRole) {
-        self.command(Command::Offer(Offer {
-            session: session(who),
-            app: app(),
-            stream_id: StreamId::new(stream).expect("a stream ID"),
-            role,
-            seq: 1,
-            sdp: offer,
-        }));
+        self.offer(who, stream, role, offer);
         let i = self
             .signals
             .iter()
@@ -282,6 +315,15 @@ impl Sim {
         }
     }
 
+    /// Delivers the SFU's queued datagrams to the peers and their answers back to the SFU.
+    pub fn exchange(&mut self, peers: &mut [&mut Peer]) {
+        let mut up = Vec::new();
+        self.deliver(peers, &mut up);
+        for (from, bytes) in up {
+            self.sfu.handle_datagram(self.now, from, &bytes);
+        }
+    }
+
     /// One millisecond of virtual time: every peer and the SFU exchange what they have.
     ///
     /// # Panics
@@ -302,14 +344,8 @@ impl Sim {
         if self.sfu.poll_timeout().is_some_and(|t| t <= now) {
             self.sfu.handle_timeout(now);
         }
-        let mut up = Vec::new();
-        self.deliver(peers, &mut up);
-        for (from, bytes) in up {
-            self.sfu.handle_datagram(now, from, &bytes);
-        }
-        while let Some(s) = self.sfu.poll_signal() {
-            self.signals.push(s);
-        }
+        self.exchange(peers);
+        self.drain_signals();
         self.sfu.check_invariants().expect("the SFU's invariants");
     }
 
