@@ -155,11 +155,7 @@ fn lost_video_packets_are_retransmitted_from_the_send_buffer() {
 #[test]
 fn unpublish_closes_players_and_tells_them() {
     let mut sim = Sim::new();
-    let (mut publisher, offer) = Peer::new(sim.now, 10_001, MediaRole::Publish, false);
-    sim.negotiate(&mut publisher, offer, 1, "s", MediaRole::Publish);
-    let (mut player, offer) = Peer::new(sim.now, 10_002, MediaRole::Play, false);
-    sim.negotiate(&mut player, offer, 2, "s", MediaRole::Play);
-    sim.connect(&mut [&mut publisher, &mut player]);
+    let (mut publisher, mut player) = sim.publisher_and_player(false);
     sim.signals.clear();
     sim.command(Command::ClosePublish {
         app: app(),
@@ -177,11 +173,7 @@ fn unpublish_closes_players_and_tells_them() {
 #[test]
 fn a_client_that_vanishes_is_failed_and_told() {
     let mut sim = Sim::new();
-    let (mut publisher, offer) = Peer::new(sim.now, 10_001, MediaRole::Publish, false);
-    sim.negotiate(&mut publisher, offer, 1, "s", MediaRole::Publish);
-    let (mut player, offer) = Peer::new(sim.now, 10_002, MediaRole::Play, false);
-    sim.negotiate(&mut player, offer, 2, "s", MediaRole::Play);
-    sim.connect(&mut [&mut publisher, &mut player]);
+    let (mut publisher, _player) = sim.publisher_and_player(false);
     sim.signals.clear();
     // The player goes silent (no ICE checks, no RTCP): only the publisher keeps running.
     let start = sim.now;
@@ -295,11 +287,7 @@ fn random_datagrams_from_anywhere_break_nothing() {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut sim = Sim::new();
-    let (mut publisher, offer) = Peer::new(sim.now, 10_001, MediaRole::Publish, true);
-    sim.negotiate(&mut publisher, offer, 1, "s", MediaRole::Publish);
-    let (mut player, offer) = Peer::new(sim.now, 10_002, MediaRole::Play, true);
-    sim.negotiate(&mut player, offer, 2, "s", MediaRole::Play);
-    sim.connect(&mut [&mut publisher, &mut player]);
+    let (mut publisher, mut player) = sim.publisher_and_player(true);
     let stranger: SocketAddr = "127.0.0.1:10999".parse().unwrap();
     let sources = [publisher.addr, player.addr, stranger];
     for i in 0..100 {
@@ -333,11 +321,7 @@ fn random_datagrams_from_anywhere_break_nothing() {
 #[test]
 fn every_packet_is_delivered_at_a_high_packet_rate() {
     let mut sim = Sim::new();
-    let (mut publisher, offer) = Peer::new(sim.now, 10_001, MediaRole::Publish, false);
-    sim.negotiate(&mut publisher, offer, 1, "s", MediaRole::Publish);
-    let (mut player, offer) = Peer::new(sim.now, 10_002, MediaRole::Play, false);
-    sim.negotiate(&mut player, offer, 2, "s", MediaRole::Play);
-    sim.connect(&mut [&mut publisher, &mut player]);
+    let (mut publisher, mut player) = sim.publisher_and_player(false);
     for i in 0..1000 {
         let now = sim.now;
         publisher.send(MediaKind::Audio, &payload(i), now);
@@ -353,11 +337,7 @@ fn every_packet_is_delivered_at_a_high_packet_rate() {
 #[test]
 fn players_get_sender_reports_while_packets_take_the_fast_path() {
     let mut sim = Sim::new();
-    let (mut publisher, offer) = Peer::new(sim.now, 10_001, MediaRole::Publish, false);
-    sim.negotiate(&mut publisher, offer, 1, "s", MediaRole::Publish);
-    let (mut player, offer) = Peer::new(sim.now, 10_002, MediaRole::Play, false);
-    sim.negotiate(&mut player, offer, 2, "s", MediaRole::Play);
-    sim.connect(&mut [&mut publisher, &mut player]);
+    let (mut publisher, mut player) = sim.publisher_and_player(false);
     for i in 0..800 {
         let now = sim.now;
         publisher.send(MediaKind::Audio, &payload(i), now);

@@ -356,6 +356,17 @@ impl Sim {
         }
     }
 
+    /// Session 1 publishing stream "s" from 127.0.0.1:10001 and session 2 playing it from
+    /// 10002, audio (and video when `video`), both connected.
+    pub fn publisher_and_player(&mut self, video: bool) -> (Peer, Peer) {
+        let (mut publisher, offer) = Peer::new(self.now, 10_001, MediaRole::Publish, video);
+        self.negotiate(&mut publisher, offer, 1, "s", MediaRole::Publish);
+        let (mut player, offer) = Peer::new(self.now, 10_002, MediaRole::Play, video);
+        self.negotiate(&mut player, offer, 2, "s", MediaRole::Play);
+        self.connect(&mut [&mut publisher, &mut player]);
+        (publisher, player)
+    }
+
     /// Runs until every peer is connected.
     ///
     /// # Panics
