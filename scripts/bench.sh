@@ -12,7 +12,8 @@
 #       relay latency at the same loads;
 #   B4  login -> first audio packet p50/p95, 1 and 50 subscribers joining at once; Huddle and Janus;
 #   MEM server RSS per played stream (from the B1 runs);
-#   SCALE Huddle pinned with taskset to 1 core, then 2 cores, at the same load.
+#   SCALE Huddle pinned with taskset to 1 core: B1's ramp (capacity on 1 core against B1's on
+#         all cores), then 1 core and 2 cores at the same load.
 # Writes one JSON report per run into target/bench/, then scripts/bench_report.py prints the
 # summary, writes target/bench/results.md and the SVG plots; with BENCH_PUBLISH=1 it also puts
 # them into docs/benchmarks.md (between the bench markers) and docs/bench/*.svg.
@@ -295,8 +296,18 @@ if [ "$skip_janus" != 1 ]; then
   janus_pid=
 fi
 
-# 1 -> 2 cores: the same load with the server pinned to CPU 0, then to every CPU. The generator is
-# not pinned (the scheduler places it, as in every other run).
+# 1 -> 2 cores, as capacity: B1's ramp again with the server pinned to CPU 0 (files
+# huddle1core-b1-N.json), against B1's capacity on every CPU. The generator is not pinned: on
+# two cores it shares them with the server, so the ratio understates what a second core gives.
+echo "== SCALE huddle pinned to CPU 0: B1's ramp"
+start_huddle 0
+b1 huddle1core "${hud[@]}" --server-pid "$server_pid"
+stop_pid "$server_pid"
+server_pid=
+
+# 1 -> 2 cores at one load: the server pinned to CPU 0, then to every CPU (per-thread CPU and,
+# on every CPU, the profile). The generator is not pinned (the scheduler places it, as in every
+# other run).
 for cpus in 0 "$all_cpus"; do
   if [ "$cpus" = 0 ]; then n_cpus=1; else n_cpus=$ncpu; fi
   echo "== SCALE huddle on CPUs $cpus: $publishers x $scale_subscribers"

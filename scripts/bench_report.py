@@ -317,8 +317,31 @@ def summary(out):
 
     # Scaling
     s1, s2 = get("huddle-scale-1core"), get(f"huddle-scale-{meta.get('cores', 2)}core")
-    p("### 1 → 2 cores (Huddle pinned with `taskset`, same load)")
+    p("### 1 → 2 cores (Huddle pinned with `taskset`)")
     p("")
+    one = ramp(out, "huddle1core")
+    c1run, c2run = capacity(one), capacity(hr)
+    if one:
+        p("B1's ramp with the server pinned to CPU 0, against B1 on both CPUs (the generator shares "
+          "the CPUs in both):")
+        p("")
+        p("| server CPUs | largest N at ≤ 0.5 % loss | delivered pkt/s | server cores | CPU µs/pkt | server threads (cores) |")
+        p("|---|---:|---:|---:|---:|---|")
+        for label, r in (("1 (CPU 0)", c1run), ("2 (all)", c2run)):
+            if r:
+                s = r.get("server") or {}
+                th = ", ".join(f"`{t['name']}` {t['cores']:.2f}" for t in s.get("threads") or [])
+                p(f"| {label} | {r['subscribers']} | {r['delivered_pps']:.0f} | {f(s.get('cpu_cores'), '.3f')} | "
+                  f"{f(s.get('cpu_us_per_packet'))} | {th or '-'} |")
+            else:
+                p(f"| {label} | none | - | - | - | - |")
+        if c1run and c2run:
+            p("")
+            p(f"- Capacity from 1 to 2 cores: **{c2run['delivered_pps'] / max(c1run['delivered_pps'], 1e-9):.2f}×** "
+              f"the delivered packets/s (N = {c1run['subscribers']} → {c2run['subscribers']}).")
+        p("")
+        p("The same load on 1 core and on 2:")
+        p("")
     p("| server CPUs | load | delivered pkt/s | loss % | server cores used | CPU µs/pkt | latency p50 / p95 / p99 ms | to socket p50 / p95 ms | generator cores | CPU wait s, server / generator |")
     p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, r in (("1 (CPU 0)", s1), (f"{meta.get('cores', 2)} (all)", s2)):
