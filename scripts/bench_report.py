@@ -202,10 +202,29 @@ def summary(out):
     busy = f"load average {meta.get('loadavg_before', 0):.2f} on {meta.get('cores', '?')} cores just before"
     p(f"Run: `BENCH_MODE={meta.get('mode', '?')}` ({meta.get('duration', '?'):g} s windows), "
       f"{meta.get('date_utc', '?')} UTC, {meta.get('cpu', '?')}, {meta.get('cores', '?')} cores, "
-      f"kernel {meta.get('kernel', '?')}; **a shared, busy machine** ({busy}; other engineers' builds "
-      f"and tests ran alongside), so the numbers are indicative, not a quiet-machine benchmark. "
+      f"kernel {meta.get('kernel', '?')}; the generator and the servers share the machine's cores "
+      f"({busy}), so the numbers are indicative, not a dedicated-hardware benchmark. "
       f"Generator: {meta.get('generator_threads', '?')} runtime threads, on the same 2 cores as the server.")
     p("")
+    # A run whose clients hit errors (a refused join, a failed connection) says so here, not only
+    # as a "-" in a table below. Loss is not an error: the B1 ramps end on a lossy step by design.
+    failed = []
+    for path in sorted(glob.glob(os.path.join(out, "*.json"))):
+        name = os.path.basename(path)[:-5]
+        if name == "meta":
+            continue
+        try:
+            r = load(path)
+        except (OSError, ValueError):
+            continue
+        errs = r.get("errors") or [] if isinstance(r, dict) else []
+        if errs:
+            failed.append(f"- `{name}`: {len(errs)} client error(s), first: {errs[0]}")
+    if failed:
+        p("**Runs with client errors** (their numbers below are incomplete):")
+        p("")
+        md.extend(failed)
+        p("")
 
     # B0
     b0, b0_1 = get("b0"), get("b0-1x1")
