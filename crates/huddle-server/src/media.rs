@@ -20,6 +20,10 @@
 //!   where they are read, with no hand-off. The other shards' datagrams go to them in batches
 //!   (buffers recycled, no allocation per packet); a shard more than [`MAX_QUEUED_DATAGRAMS`]
 //!   behind loses new ones (`dropped_overload`).
+//! - **Late RTP is shed.** The kernel stamps each datagram's arrival (`SO_TIMESTAMPNS`); RTP
+//!   that reaches its shard more than [`STALE_RTP`] after arriving is dropped and counted
+//!   (`dropped_stale`) instead of forwarded, so overload costs the excess packets rather than
+//!   adding seconds of queueing to every stream.
 //! - **Shards.** Each owns an [`Sfu`] (its PCs, tables and timer heap) and waits for a batch, a
 //!   command or its next timer (thread 0: for a datagram, a command — its [`Waker`] is woken —
 //!   or shard 0's next timer). After each batch or command it runs the due timers (so they never
@@ -72,6 +76,13 @@ const MAX_QUEUED_DATAGRAMS: usize = 8192;
 /// (`net.core.rmem_max`).
 const SOCKET_BUFFER: usize = 4 << 20;
 
+/// RTP that waited longer than this between arriving at the socket and reaching its shard (the
+/// kernel's receive buffer, then the shard's channel) is dropped instead of forwarded: under
+/// overload the queues would otherwise turn the excess into seconds of delay for everyone, and
+/// audio this late is past any player's jitter buffer anyway. RTCP, STUN and DTLS always go
+/// through.
+const STALE_RTP: Duration = Duration::from_millis(200);
+
 /// The longest a shard sleeps without a timer.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
 
@@ -87,22 +98,22 @@ enum ShardMsg {
 #[derive(Default)]
 struct Batch {
     bytes: Vec<u8>,
-    /// Sender, end offset in `bytes`.
-    items: Vec<(SocketAddr, usize)>,
+    /// Sender, end offset in `bytes`, the kernel's arrival time (ns since the Unix epoch).
+    items: Vec<(SocketAddr, usize, Option<u64>)>,
 }
 
 impl Batch {
-    fn push(&mut self, from: SocketAddr, datagram: &[u8]) {
+    fn push(&mut self, from: SocketAddr, datagram: &[u8], at: Option<u64>) {
         self.bytes.extend_from_slice(datagram);
-        self.items.push((from, self.bytes.len()));
+        self.items.push((from, self.bytes.len(), at));
     }
 
-    fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
+    fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8], Option<u64>)> + '_ {
         let mut start = 0;
-        self.items.iter().map(move |(from, end)| {
+        self.items.iter().map(move |(from, end, at)| {
             let d = &self.bytes[start..*end];
             start = *end;
-            (*from, d)
+            (*from, d, *at)
         })
     }
 
@@ -168,6 +179,24 @@ impl MediaTx {
     }
 }
 
+/// The realtime clock in ns since the Unix epoch (the clock of the kernel's arrival stamps).
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Whether `datagram` is RTP (not RTCP: RFC 5761's payload types 64–95 with the marker bit are
+/// RTCP's 192–223) that reached the socket at `at` and is older than [`STALE_RTP`] at `now`
+/// (ns since the Unix epoch). Without an arrival time nothing is stale; a clock that stepped
+/// back makes nothing stale either.
+fn is_stale_rtp(datagram: &[u8], at: Option<u64>, now: u64) -> bool {
+    let Some(at) = at else { return false };
+    let rtp =
+        datagram.len() >= 12 && (128..192).contains(&datagram[0]) && !(192..=223).contains(&datagram[1]);
+    rtp && now.saturating_sub(at) > STALE_RTP.as_nanos() as u64
+}
+
 /// Binds the media socket for `config`: the IP of `listen`, port `udp_port`.
 pub(crate) fn bind(config: &crate::ServerConfig) -> io::Result<std::net::UdpSocket> {
     let socket = std::net::UdpSocket::bind(SocketAddr::new(config.listen.ip(), config.udp_port))?;
@@ -177,6 +206,9 @@ pub(crate) fn bind(config: &crate::ServerConfig) -> io::Result<std::net::UdpSock
         .and_then(|()| sock.set_send_buffer_size(SOCKET_BUFFER))
     {
         warn!(error = %e, "could not enlarge the media socket buffers");
+    }
+    if let Err(e) = mmsg::enable_rx_timestamps(&socket) {
+        warn!(error = %e, "no arrival times on the media socket: late RTP is not shed");
     }
     Ok(socket)
 }
@@ -380,13 +412,14 @@ impl Receiver {
             self.router.learn(addr, shard);
         }
         let now = Instant::now();
-        for (from, datagram) in batch.iter() {
+        let wall = unix_ns();
+        for (from, datagram, at) in batch.iter() {
             let Some((from, shard)) = from.and_then(|f| Some((f, self.router.route(f, datagram)?))) else {
                 self.shard0.counters.count_unroutable();
                 continue;
             };
             if shard == 0 {
-                self.shard0.datagram(now, from, datagram);
+                self.shard0.datagram(now, wall, from, datagram, at);
                 if datagram.first().is_some_and(|b| *b < 2) {
                     // Shard 0 may have reported this address just now.
                     while let Ok((addr, shard)) = self.learn.try_recv() {
@@ -396,7 +429,7 @@ impl Receiver {
             } else {
                 out[shard]
                     .get_or_insert_with(|| self.recycle.try_recv().unwrap_or_default())
-                    .push(from, datagram);
+                    .push(from, datagram, at);
             }
         }
         for (shard, slot) in out.iter_mut().enumerate() {
@@ -488,8 +521,9 @@ impl Shard {
             }
             ShardMsg::Datagrams(mut batch) => {
                 let now = Instant::now();
-                for (from, datagram) in batch.iter() {
-                    self.datagram(now, from, datagram);
+                let wall = unix_ns();
+                for (from, datagram, at) in batch.iter() {
+                    self.datagram(now, wall, from, datagram, at);
                 }
                 self.queued.fetch_sub(batch.items.len(), Ordering::AcqRel);
                 batch.clear();
@@ -499,8 +533,13 @@ impl Shard {
         }
     }
 
-    /// One datagram routed here.
-    fn datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+    /// One datagram routed here; `at` is when it reached the socket and `wall` the time now, both
+    /// in ns since the Unix epoch (stale RTP is dropped: [`STALE_RTP`]).
+    fn datagram(&mut self, now: Instant, wall: u64, from: SocketAddr, datagram: &[u8], at: Option<u64>) {
+        if is_stale_rtp(datagram, at, wall) {
+            self.counters.count_stale();
+            return;
+        }
         self.sfu.handle_datagram(now, from, datagram);
         if datagram.first().is_some_and(|b| *b < 2) && self.sfu.routes_address(from) {
             // Before the check's answer leaves: see `Receiver::dispatch`.
@@ -651,6 +690,28 @@ mod tests {
             assert_eq!(commands(rx), want);
         }
         assert_eq!(tx.offers_in_flight.load(Ordering::Acquire), 12);
+    }
+
+    #[test]
+    fn only_rtp_that_waited_too_long_is_stale() {
+        let ms = 1_000_000u64;
+        let now = 10_000 * ms;
+        let rtp = [0x80, 111, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0xf8];
+        let rtp_marker = [0x80, 111 | 0x80, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0xf8];
+        let rtcp_sr = [0x80, 200, 0, 6, 0, 0, 0, 1, 0, 0, 0, 0, 0];
+        let stun = [0u8, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0];
+        let dtls = [22u8, 254, 253, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert!(is_stale_rtp(&rtp, Some(now - 201 * ms), now));
+        assert!(is_stale_rtp(&rtp_marker, Some(now - 500 * ms), now));
+        assert!(!is_stale_rtp(&rtp, Some(now - 199 * ms), now));
+        assert!(!is_stale_rtp(&rtp, None, now), "no arrival time: never stale");
+        assert!(
+            !is_stale_rtp(&rtp, Some(now + 50 * ms), now),
+            "a clock that stepped back"
+        );
+        for other in [&rtcp_sr[..], &stun, &dtls, &rtp[..4]] {
+            assert!(!is_stale_rtp(other, Some(now - 5_000 * ms), now), "{other:?}");
+        }
     }
 
     #[test]

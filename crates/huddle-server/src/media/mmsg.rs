@@ -47,15 +47,52 @@ impl Outgoing for (SocketAddr, Vec<u8>) {
     }
 }
 
+/// Asks the kernel to stamp each datagram received on `socket` with its arrival time
+/// (`SO_TIMESTAMPNS`, the realtime clock), which [`RecvBatch`] then reports.
+#[cfg(target_os = "linux")]
+pub(crate) fn enable_rx_timestamps(socket: &UdpSocket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: the option value is a c_int that outlives the call, and its size is passed.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Elsewhere datagrams carry no arrival time.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn enable_rx_timestamps(_socket: &UdpSocket) -> io::Result<()> {
+    Ok(())
+}
+
+/// Room for one `SCM_TIMESTAMPNS` control message (a `timespec`), with the kernel's alignment.
+#[cfg(target_os = "linux")]
+const CONTROL: usize = 64;
+
 /// Up to [`BATCH`] received datagrams, in buffers reused from call to call.
 pub(crate) struct RecvBatch {
     /// `BATCH` slots of `size` bytes.
     buf: Vec<u8>,
     size: usize,
-    /// Per slot: the sender (`None`: an address family other than IPv4/IPv6) and the length.
-    got: Vec<(Option<SocketAddr>, usize)>,
+    /// Per slot: the sender (`None`: an address family other than IPv4/IPv6), the length and the
+    /// kernel's arrival time (ns since the Unix epoch) when the socket stamps datagrams.
+    got: Vec<(Option<SocketAddr>, usize, Option<u64>)>,
     #[cfg(target_os = "linux")]
     names: Vec<libc::sockaddr_storage>,
+    /// Per slot: room for the control message carrying the arrival time.
+    #[cfg(target_os = "linux")]
+    controls: Vec<[u64; CONTROL / 8]>,
 }
 
 impl RecvBatch {
@@ -68,6 +105,8 @@ impl RecvBatch {
             #[cfg(target_os = "linux")]
             // SAFETY: sockaddr_storage is plain data; all zeroes is a valid (AF_UNSPEC) value.
             names: vec![unsafe { std::mem::zeroed() }; BATCH],
+            #[cfg(target_os = "linux")]
+            controls: vec![[0; CONTROL / 8]; BATCH],
         }
     }
 
@@ -81,12 +120,13 @@ impl RecvBatch {
     }
 
     /// The datagrams received by the last [`RecvBatch::recv`]: sender (`None` for a family other
-    /// than IPv4 and IPv6) and bytes.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (Option<SocketAddr>, &[u8])> + '_ {
+    /// than IPv4 and IPv6), bytes, and the kernel's arrival time in ns since the Unix epoch (when
+    /// [`enable_rx_timestamps`] was called on the socket).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (Option<SocketAddr>, &[u8], Option<u64>)> + '_ {
         self.got
             .iter()
             .enumerate()
-            .map(|(i, (from, len))| (*from, &self.buf[i * self.size..i * self.size + len]))
+            .map(|(i, (from, len, at))| (*from, &self.buf[i * self.size..i * self.size + len], *at))
     }
 
     #[cfg(target_os = "linux")]
@@ -96,10 +136,11 @@ impl RecvBatch {
         // valid values, and every one used is filled in below.
         let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
         let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-        for (((chunk, name), iov), msg) in self
+        for ((((chunk, name), control), iov), msg) in self
             .buf
             .chunks_exact_mut(self.size)
             .zip(self.names.iter_mut())
+            .zip(self.controls.iter_mut())
             .zip(iovs.iter_mut())
             .zip(msgs.iter_mut())
         {
@@ -109,6 +150,8 @@ impl RecvBatch {
             msg.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             msg.msg_hdr.msg_iov = iov;
             msg.msg_hdr.msg_iovlen = 1;
+            msg.msg_hdr.msg_control = control.as_mut_ptr().cast();
+            msg.msg_hdr.msg_controllen = CONTROL as _;
         }
         let n = loop {
             // SAFETY: each mmsghdr points to one iovec over its own `size`-byte slot of `buf` and
@@ -133,7 +176,7 @@ impl RecvBatch {
         };
         for (msg, name) in msgs.iter().zip(&self.names).take(n) {
             let len = (msg.msg_len as usize).min(self.size);
-            self.got.push((from_storage(name), len));
+            self.got.push((from_storage(name), len, arrival(&msg.msg_hdr)));
         }
         Ok(())
     }
@@ -141,9 +184,31 @@ impl RecvBatch {
     #[cfg(not(target_os = "linux"))]
     fn recv_inner(&mut self, socket: &UdpSocket) -> io::Result<()> {
         let (len, from) = socket.recv_from(&mut self.buf[..self.size])?;
-        self.got.push((Some(from), len));
+        self.got.push((Some(from), len, None));
         Ok(())
     }
+}
+
+/// The `SCM_TIMESTAMPNS` arrival time in a received message's control data, in ns since the Unix
+/// epoch.
+#[cfg(target_os = "linux")]
+fn arrival(hdr: &libc::msghdr) -> Option<u64> {
+    // SAFETY: `hdr` was filled in by recvmmsg: its control pointer and length describe the
+    // slot's control buffer, which the CMSG macros walk without leaving it; the timespec is read
+    // unaligned from the message's data.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(hdr);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                return u64::try_from(ts.tv_sec)
+                    .ok()
+                    .map(|s| s * 1_000_000_000 + ts.tv_nsec as u64);
+            }
+            c = libc::CMSG_NXTHDR(hdr, c);
+        }
+    }
+    None
 }
 
 /// Sends batches of datagrams, with the address storage reused from call to call.
@@ -435,13 +500,44 @@ mod tests {
                 waiter.wait(&rx, Duration::from_secs(2)).unwrap();
                 let n = batch.recv(&rx).unwrap();
                 assert!((1..=BATCH).contains(&n));
-                for (from, bytes) in batch.iter() {
+                for (from, bytes, at) in batch.iter() {
                     assert_eq!(from, Some(tx.local_addr().unwrap()));
+                    assert_eq!(at, None, "no arrival times unless asked for");
                     got.push(bytes.to_vec());
                 }
             }
             let want: Vec<Vec<u8>> = out.into_iter().map(|(_, b)| b).collect();
             assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn datagrams_carry_the_kernels_arrival_time_when_asked() {
+        let (tx, rx) = pair("127.0.0.1").unwrap();
+        enable_rx_timestamps(&rx).unwrap();
+        let mut waiter = Waiter::new(std::sync::Arc::new(Waker::new().unwrap()));
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        for i in 0..3u8 {
+            tx.send_to(&[i; 40], rx.local_addr().unwrap()).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        let mut batch = RecvBatch::new(2048);
+        waiter.wait(&rx, Duration::from_secs(2)).unwrap();
+        assert_eq!(batch.recv(&rx).unwrap(), 3);
+        let after = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        for (i, (_, bytes, at)) in batch.iter().enumerate() {
+            assert_eq!(bytes, &[i as u8; 40]);
+            let at = at.expect("an arrival time");
+            assert!(before <= at && at <= after, "{before} <= {at} <= {after}");
+            // Stamped on arrival, not when read 30 ms later.
+            assert!(after - at >= 25_000_000, "{}", after - at);
         }
     }
 
@@ -493,7 +589,7 @@ mod tests {
         let mut got = Vec::new();
         while got.len() < 2 {
             batch.recv(&rx).unwrap();
-            got.extend(batch.iter().map(|(_, b)| b.to_vec()));
+            got.extend(batch.iter().map(|(_, b, _)| b.to_vec()));
         }
         assert_eq!(got, vec![vec![1], vec![4]]);
     }

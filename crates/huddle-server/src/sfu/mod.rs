@@ -174,6 +174,7 @@ pub struct Counters {
     pcs_closed: AtomicU64,
     pcs_connected: AtomicU64,
     dropped_overload: AtomicU64,
+    dropped_stale: AtomicU64,
 }
 
 /// Queues a datagram for the socket, or drops and counts it when the queue is full.
@@ -209,6 +210,13 @@ impl Counters {
         bump(&self.dropped_overload);
     }
 
+    /// Counts a received RTP datagram dropped because it waited too long in the server's queues
+    /// to be of use (`datagrams_in` and `dropped_stale`).
+    pub fn count_stale(&self) {
+        bump(&self.datagrams_in);
+        bump(&self.dropped_stale);
+    }
+
     /// A snapshot.
     pub fn snapshot(&self) -> MediaStats {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -224,6 +232,7 @@ impl Counters {
             pcs_closed: g(&self.pcs_closed),
             pcs_connected: g(&self.pcs_connected),
             dropped_overload: g(&self.dropped_overload),
+            dropped_stale: g(&self.dropped_stale),
         }
     }
 }
@@ -254,6 +263,9 @@ pub struct MediaStats {
     pub pcs_connected: u64,
     /// Datagrams dropped on receipt because their shard was too far behind (overload).
     pub dropped_overload: u64,
+    /// RTP dropped because it had waited in the server's queues longer than it could still be
+    /// of use (overload: forwarding it late would only add latency).
+    pub dropped_stale: u64,
 }
 
 type StreamKey = (AppId, StreamId);
