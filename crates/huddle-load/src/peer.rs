@@ -56,7 +56,7 @@ impl PcSetup {
         }
         let local = socket.local_addr().map_err(LoadError::Io)?;
         let mut config = RtcConfig::new()
-            // DTLS configured once for the process, not validated again per connection (`dtls`).
+            // DTLS configured once for the process, not validated again per connection (`huddle_dtls`).
             .set_crypto_provider(huddle_dtls::crypto_provider())
             .clear_codecs()
             .enable_opus(true, false)
