@@ -68,6 +68,7 @@ export const ErrorCode = Object.freeze({
   SLOW_CONSUMER: 1009005,
   SERVER_BUSY: 1009006,
   MEDIA_OFFER_INVALID: 1009007,
+  SERVER_SHUTTING_DOWN: 1009008,
   INTERNAL: 1009099,
 });
 
@@ -135,6 +136,7 @@ const REASON_STATE = /** @type {Record<RoomStateChangedReason, RoomState>} */ ({
 /** Login refusals worth another attempt while reconnecting (as in the Rust SDK). */
 const RETRIABLE_LOGIN_CODES = /** @type {number[]} */ ([
   ErrorCode.SERVER_BUSY,
+  ErrorCode.SERVER_SHUTTING_DOWN,
   ErrorCode.RATE_LIMITED,
   ErrorCode.INTERNAL,
   ErrorCode.LOGIN_TIMEOUT,

@@ -131,6 +131,9 @@ codes! {
     SERVER_BUSY = 1009006, "The server is at its session limit.";
     /// A `media_offer` whose SDP cannot be parsed or offers nothing the server can use.
     MEDIA_OFFER_INVALID = 1009007, "The media offer (SDP) is invalid or offers no usable media.";
+    /// The server is shutting down (draining after SIGTERM): it takes no new login, only the
+    /// resume of a session it already has. Worth retrying: a restarted or another node answers.
+    SERVER_SHUTTING_DOWN = 1009008, "The server is shutting down and takes no new login; retry.";
     /// The microphone or speaker could not be opened (none present, busy, or no usable format).
     DEVICE_UNAVAILABLE = 1009020, "The audio device could not be opened (none present, busy, or no usable format).";
     /// An internal error at the server.

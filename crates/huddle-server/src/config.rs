@@ -1,6 +1,5 @@
 //! Server configuration, layered: built-in defaults, then a TOML file (unknown keys refused), then
-//! validation. `huddle.example.toml` beside this crate's `Cargo.toml` shows every key with its
-//! default.
+//! validation. `huddle.example.toml` at the repository root shows every key with its default.
 //!
 //! With no configured app the server runs in *dev mode*: [`ServerConfig::use_dev_app`] loads one app
 //! from `{data_dir}/dev-app.toml`, or generates and saves it there, so that its credentials stay the
@@ -91,6 +90,36 @@ impl AppConfig {
     }
 }
 
+/// TURN servers for clients that no direct path reaches (`[turn]`): coturn, or any TURN server
+/// with the REST API's shared secret (coturn's `use-auth-secret` and `static-auth-secret`).
+///
+/// `Debug` never prints the secret.
+#[derive(Clone)]
+pub struct TurnConfig {
+    /// The TURN URLs given to clients, e.g. `turns:turn.example.com:443?transport=tcp`
+    /// (`urls`; `turn:`, `turns:` or `stun:` URLs).
+    pub urls: Vec<String>,
+    /// The shared secret, the same as coturn's `static-auth-secret` (`secret`).
+    pub secret: String,
+    /// How long handed-out credentials stay valid (`credential_ttl_secs`, default one day, as the
+    /// TURN REST API draft recommends).
+    pub credential_ttl: Duration,
+}
+
+impl TurnConfig {
+    /// The default lifetime of handed-out credentials: one day.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(86_400);
+}
+
+impl fmt::Debug for TurnConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TurnConfig")
+            .field("urls", &self.urls)
+            .field("credential_ttl", &self.credential_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An app with fixed, publicly known credentials, for tests (never for production).
 ///
 /// The AppSign is the AppID as 8 hex digits followed by `ab` repeated; the server secret is the
@@ -122,10 +151,12 @@ pub struct ServerConfig {
     /// The UDP port of the media plane (`udp_port`, default 7882; 0 picks a free port). The socket
     /// is bound on the IP of `listen`.
     pub udp_port: u16,
-    /// The address clients send media to, advertised as the server's ICE candidate with the bound
-    /// UDP port (`public_ip`, default 127.0.0.1). Set it to the host's public address when the
-    /// server listens on a wildcard or behind a 1:1 NAT.
-    pub public_ip: IpAddr,
+    /// The address clients send media to, advertised as the server's one ICE candidate with the
+    /// bound UDP port (`public_ip`, `--public-ip`; default none). Set it when the host sits behind a
+    /// 1:1 NAT (a cloud VM's public address) or a proxy forwards its media: every datagram is then
+    /// taken as sent to it. Without it the server advertises the IP of `listen`, or, on a wildcard
+    /// listen, each address of the host's interfaces (`docs/deploy.md`).
+    pub public_ip: Option<IpAddr>,
     /// Threads that run the SFU, each a shard with its own peer connections, all on the one UDP
     /// port (`media_workers`, default 0: one per CPU the server may run on, as `taskset` or a
     /// container's CPU set allows; at most 256). The first of them also reads the socket and
@@ -135,8 +166,25 @@ pub struct ServerConfig {
     pub apps: Vec<AppConfig>,
     /// Where the server keeps its files (`data_dir`, default [`default_data_dir`]).
     pub data_dir: PathBuf,
+    /// Dev mode asked for (`dev`, `--dev`; default false): run the generated dev app, with its
+    /// token route, even when `listen` is not a loopback address ([`ServerConfig::resolve_apps`]).
+    pub dev: bool,
     /// True when the only app is the generated dev-mode app.
     pub dev_mode: bool,
+    /// A PEM certificate chain for HTTPS and WSS (`tls_cert`, `--tls-cert`; with `tls_key`).
+    /// Without it the server speaks plain HTTP (behind a TLS reverse proxy, or on loopback).
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls_cert` (`tls_key`, `--tls-key`).
+    pub tls_key: Option<PathBuf>,
+    /// Reverse proxies whose `X-Forwarded-For` header is believed (`trusted_proxies`, default
+    /// none): a connection from one of these addresses counts, for the per-address limits and
+    /// the loopback-only answers, as the client address the proxy reports.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// TURN servers handed to clients with the login answer (`[turn]`, default none).
+    pub turn: Option<TurnConfig>,
+    /// After SIGTERM, how long calls in progress may go on before the server closes them and
+    /// exits (`drain_timeout_ms`, default 30 s); new logins are refused meanwhile.
+    pub drain_timeout: Duration,
     /// How often clients send `ping` (`heartbeat_ms`, default 5 s).
     pub heartbeat: Duration,
     /// A connection silent this long is dropped and its session detached (`session_timeout_ms`,
@@ -181,11 +229,17 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 7880)),
             udp_port: 7882,
-            public_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            public_ip: None,
             media_workers: 0,
             apps: Vec::new(),
             data_dir: default_data_dir(),
+            dev: false,
             dev_mode: false,
+            tls_cert: None,
+            tls_key: None,
+            trusted_proxies: Vec::new(),
+            turn: None,
+            drain_timeout: Duration::from_secs(30),
             heartbeat: Duration::from_secs(5),
             session_timeout: Duration::from_secs(15),
             grace: Duration::from_secs(20),
@@ -217,6 +271,36 @@ pub fn default_data_dir() -> PathBuf {
     PathBuf::from("huddle-data")
 }
 
+/// The keys of the file format ([`FileConfig`]), checked against `huddle.example.toml`.
+#[cfg(test)]
+const FILE_KEYS: &[&str] = &[
+    "listen",
+    "udp_port",
+    "public_ip",
+    "media_workers",
+    "data_dir",
+    "dev",
+    "tls_cert",
+    "tls_key",
+    "trusted_proxies",
+    "drain_timeout_ms",
+    "heartbeat_ms",
+    "session_timeout_ms",
+    "grace_ms",
+    "login_timeout_ms",
+    "default_max_member_count",
+    "max_streams_per_app",
+    "max_streams_per_session",
+    "max_plays_per_session",
+    "max_sessions",
+    "outbound_queue",
+    "rate_limit_per_sec",
+    "rate_limit_burst",
+    "max_connections_per_ip",
+    "connection_rate_per_ip",
+    "connection_burst_per_ip",
+];
+
 /// The file format: every key optional, unknown keys refused.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -226,6 +310,13 @@ struct FileConfig {
     public_ip: Option<IpAddr>,
     media_workers: Option<usize>,
     data_dir: Option<PathBuf>,
+    dev: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    #[serde(default)]
+    trusted_proxies: Vec<IpAddr>,
+    turn: Option<FileTurn>,
+    drain_timeout_ms: Option<u64>,
     heartbeat_ms: Option<u64>,
     session_timeout_ms: Option<u64>,
     grace_ms: Option<u64>,
@@ -253,6 +344,14 @@ struct FileApp {
     server_secret: String,
     #[serde(default)]
     allow_cbc_tokens: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTurn {
+    urls: Vec<String>,
+    secret: String,
+    credential_ttl_secs: Option<u64>,
 }
 
 /// The dev-mode app file: exactly one `[[apps]]` table.
@@ -352,11 +451,23 @@ impl ServerConfig {
         let config = ServerConfig {
             listen: f.listen.unwrap_or(d.listen),
             udp_port: f.udp_port.unwrap_or(d.udp_port),
-            public_ip: f.public_ip.unwrap_or(d.public_ip),
+            public_ip: f.public_ip.or(d.public_ip),
             media_workers: f.media_workers.unwrap_or(d.media_workers),
             apps: convert_apps(f.apps)?,
             data_dir: f.data_dir.unwrap_or(d.data_dir),
+            dev: f.dev.unwrap_or(d.dev),
             dev_mode: false,
+            tls_cert: f.tls_cert,
+            tls_key: f.tls_key,
+            trusted_proxies: f.trusted_proxies,
+            turn: f.turn.map(|t| TurnConfig {
+                urls: t.urls,
+                secret: t.secret,
+                credential_ttl: Duration::from_secs(
+                    t.credential_ttl_secs.unwrap_or(TurnConfig::DEFAULT_TTL.as_secs()),
+                ),
+            }),
+            drain_timeout: f.drain_timeout_ms.map_or(d.drain_timeout, ms),
             heartbeat: f.heartbeat_ms.map_or(d.heartbeat, ms),
             session_timeout: f.session_timeout_ms.map_or(d.session_timeout, ms),
             grace: f.grace_ms.map_or(d.grace, ms),
@@ -423,6 +534,40 @@ impl ServerConfig {
         Ok(&self.apps[0])
     }
 
+    /// Decides where the apps come from, once the file and the flags are read:
+    ///
+    /// - configured `[[apps]]`: those (with `dev` too, an error: dev mode would replace them);
+    /// - none, and `dev` asked for or `listen` on a loopback address: dev mode
+    ///   ([`ServerConfig::use_dev_app`]);
+    /// - none, on any other address: an error that says what to do. A dev-mode server mints tokens
+    ///   for anyone who reaches it (`POST /api/dev-token`), so it never starts there by accident.
+    ///
+    /// ```
+    /// let mut c = huddle_server::ServerConfig::from_toml_str("listen = \"0.0.0.0:7880\"").unwrap();
+    /// assert!(c.resolve_apps().unwrap_err().to_string().contains("--dev"));
+    /// ```
+    pub fn resolve_apps(&mut self) -> Result<(), ConfigError> {
+        if !self.apps.is_empty() {
+            if self.dev {
+                return Err(ConfigError::Invalid(
+                    "dev mode replaces the configured [[apps]]: remove `dev` (--dev) or the apps".into(),
+                ));
+            }
+            return Ok(());
+        }
+        if self.dev || self.listen.ip().is_loopback() {
+            self.use_dev_app()?;
+            return Ok(());
+        }
+        Err(ConfigError::Invalid(format!(
+            "no app is configured and {} is not a loopback address. Configure your apps in a \
+             config file (`[[apps]]`, see huddle.example.toml) and pass --config FILE, or pass --dev \
+             to run the generated dev app there anyway (anyone who reaches the server can then mint \
+             tokens for it)",
+            self.listen
+        )))
+    }
+
     /// Checks the values: unique non-zero AppIDs, positive timings (heartbeat < session timeout,
     /// all below 2^32 ms), and non-zero limits.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -472,6 +617,34 @@ impl ServerConfig {
                 self.media_workers,
                 crate::sfu::shard::MAX_SHARDS
             ));
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return invalid("tls_cert is set without tls_key".into()),
+            (None, Some(_)) => return invalid("tls_key is set without tls_cert".into()),
+            _ => {}
+        }
+        if self.drain_timeout.as_millis() > u128::from(u32::MAX) {
+            return invalid(format!("drain_timeout_ms must be at most {} ms", u32::MAX));
+        }
+        if let Some(turn) = &self.turn {
+            if turn.urls.is_empty() {
+                return invalid("[turn] urls must list at least one turn: or turns: URL".into());
+            }
+            if let Some(u) = turn
+                .urls
+                .iter()
+                .find(|u| !["turn:", "turns:", "stun:"].iter().any(|p| u.starts_with(p)))
+            {
+                return invalid(format!("[turn] urls: {u:?} is not a turn:, turns: or stun: URL"));
+            }
+            if turn.secret.len() < 16 {
+                return invalid(
+                    "[turn] secret must be at least 16 characters (coturn's static-auth-secret)".into(),
+                );
+            }
+            if turn.credential_ttl.is_zero() || turn.credential_ttl > Duration::from_secs(7 * 86_400) {
+                return invalid("[turn] credential_ttl_secs must be between 1 and 604800 (a week)".into());
+            }
         }
         if self.connection_rate_per_ip > 0 && self.connection_burst_per_ip == 0 {
             return invalid(
@@ -608,7 +781,7 @@ mod tests {
         let c = ServerConfig::from_toml_str(&text).unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.udp_port, 9002);
-        assert_eq!(c.public_ip, "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(c.public_ip, Some("10.0.0.1".parse::<IpAddr>().unwrap()));
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.grace, Duration::from_millis(700));
         assert_eq!(c.max_sessions, 10);
@@ -653,7 +826,7 @@ mod tests {
 
     #[test]
     fn example_file_parses_and_shows_the_defaults() {
-        let text = include_str!("../huddle.example.toml");
+        let text = include_str!("../../../huddle.example.toml");
         assert!(ServerConfig::from_toml_str(text).unwrap().apps.is_empty());
         // The commented-out app is valid too.
         let text = [
@@ -669,6 +842,12 @@ mod tests {
         });
         let c = ServerConfig::from_toml_str(&text).unwrap();
         let d = ServerConfig::default();
+        assert_eq!(c.dev, d.dev);
+        assert_eq!(c.tls_cert, d.tls_cert);
+        assert_eq!(c.trusted_proxies, d.trusted_proxies);
+        assert_eq!(c.drain_timeout, d.drain_timeout);
+        assert!(c.turn.is_none());
+        assert_eq!(c.media_workers, d.media_workers);
         assert_eq!(c.listen, d.listen);
         assert_eq!(c.udp_port, d.udp_port);
         assert_eq!(c.public_ip, d.public_ip);
@@ -694,6 +873,74 @@ mod tests {
                 .unwrap();
         assert!(on.apps[0].allow_cbc_tokens);
         assert!(on.apps[0].to_toml().contains("allow_cbc_tokens = true"));
+        // The commented-out TURN table is valid and shows its default lifetime.
+        let turn = ["[turn]", "urls", "secret", "credential_ttl_secs"]
+            .iter()
+            .fold(text.clone(), |t, key| {
+                t.replace(&format!("\n# {key}"), &format!("\n{key}"))
+            });
+        let turn = ServerConfig::from_toml_str(&turn).unwrap().turn.unwrap();
+        assert_eq!(turn.credential_ttl, TurnConfig::DEFAULT_TTL);
+        assert_eq!(turn.urls.len(), 2);
+        // Every key of the file format appears in the example (commented out or not).
+        let example = include_str!("../../../huddle.example.toml");
+        for key in FILE_KEYS {
+            assert!(
+                example.contains(&format!("\n{key} =")) || example.contains(&format!("\n# {key} =")),
+                "huddle.example.toml does not show `{key}`"
+            );
+        }
+    }
+
+    #[test]
+    fn every_file_key_is_listed() {
+        // FILE_KEYS is what the example test checks; an unknown key proves the list is the
+        // parser's: each listed key is accepted, and a typo of one is refused.
+        for key in FILE_KEYS {
+            let e = ServerConfig::from_toml_str(&format!("{key}x = 1"));
+            assert!(e.unwrap_err().to_string().contains("unknown field"), "{key}");
+        }
+    }
+
+    #[test]
+    fn dev_mode_only_on_loopback_or_when_asked() {
+        let dir = std::env::temp_dir().join(format!("huddle-dev-resolve-{}", std::process::id()));
+        let with = |text: &str| {
+            let mut c =
+                ServerConfig::from_toml_str(&format!("data_dir = {:?}\n{text}", dir.display().to_string()))
+                    .unwrap();
+            c.resolve_apps().map(|()| c)
+        };
+        assert!(with("").unwrap().dev_mode);
+        assert!(with("listen = \"[::1]:7880\"").unwrap().dev_mode);
+        let e = with("listen = \"0.0.0.0:7880\"").unwrap_err().to_string();
+        assert!(e.contains("no app is configured") && e.contains("--dev"), "{e}");
+        assert!(with("listen = \"192.0.2.1:7880\"").is_err());
+        assert!(with("listen = \"0.0.0.0:7880\"\ndev = true").unwrap().dev_mode);
+        let apps = with(&format!("listen = \"0.0.0.0:7880\"\n{}", app_toml(3))).unwrap();
+        assert!(!apps.dev_mode && apps.apps.len() == 1);
+        let e = with(&format!("dev = true\n{}", app_toml(3)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dev mode replaces"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn tls_and_turn_are_checked() {
+        assert!(err("tls_cert = \"a.pem\"").contains("tls_cert is set without tls_key"));
+        assert!(err("tls_key = \"a.pem\"").contains("tls_key is set without tls_cert"));
+        let turn = |body: &str| err(&format!("[turn]\n{body}"));
+        assert!(turn("urls = []\nsecret = \"0123456789abcdef\"").contains("at least one"));
+        assert!(turn("urls = [\"http://x\"]\nsecret = \"0123456789abcdef\"").contains("not a turn:"));
+        assert!(turn("urls = [\"turn:x\"]\nsecret = \"short\"").contains("at least 16"));
+        assert!(
+            turn("urls = [\"turn:x\"]\nsecret = \"0123456789abcdef\"\ncredential_ttl_secs = 0")
+                .contains("credential_ttl_secs")
+        );
+        let c = ServerConfig::from_toml_str("[turn]\nurls = [\"turn:x\"]\nsecret = \"0123456789abcdef\"")
+            .unwrap();
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
     }
 
     #[test]

@@ -25,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 mod media;
 pub mod registry;
@@ -35,7 +36,7 @@ mod web;
 use std::future::Future;
 use std::net::SocketAddr;
 
-pub use config::{AppConfig, ConfigError, ServerConfig, default_data_dir, test_app};
+pub use config::{AppConfig, ConfigError, ServerConfig, TurnConfig, default_data_dir, test_app};
 pub use registry::Stats;
 pub use sfu::MediaStats;
 pub use signaling::{ServerState, router};

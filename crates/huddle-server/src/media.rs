@@ -231,7 +231,11 @@ pub(crate) fn spawn(
     counters: Arc<Counters>,
 ) -> io::Result<(MediaTx, tokio::task::JoinHandle<()>)> {
     let local = socket.local_addr()?;
-    let candidate = SocketAddr::new(state.config().public_ip, local.port());
+    let ip = state.config().public_ip.unwrap_or_else(|| match local.ip() {
+        ip if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        ip => ip,
+    });
+    let candidate = SocketAddr::new(ip, local.port());
     // Receives and sends never wait on Linux (MSG_DONTWAIT; thread 0 sleeps in poll). The mode
     // matters only for the fallback elsewhere: blocking receives with a short timeout.
     socket.set_nonblocking(false)?;

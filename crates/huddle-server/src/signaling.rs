@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -67,6 +67,8 @@ struct Shared {
     hub: Mutex<Hub>,
     /// Set once, to `true`, when the server shuts down.
     shutdown: watch::Sender<bool>,
+    /// Set once when the server starts draining ([`ServerState::drain`]): no new login.
+    draining: AtomicBool,
     /// Open WebSocket connections (each one a task).
     connections: AtomicUsize,
     /// Notified when `connections` drops to zero.
@@ -467,6 +469,7 @@ impl ServerState {
                 token_timer_gen: 0,
             }),
             shutdown: watch::Sender::new(false),
+            draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             idle: Notify::new(),
             udp: Mutex::new(None),
@@ -674,6 +677,47 @@ impl ServerState {
         *self.0.shutdown.borrow()
     }
 
+    /// Drains before a shutdown (what `huddle serve` does on SIGTERM): `/readyz` answers 503 so
+    /// that a load balancer sends no one new, fresh logins are refused with 1009008 (a client
+    /// retries, reaching a restarted or another node), resumes of existing sessions are still
+    /// taken, and calls in progress go on. Returns when no session is left, when `drain_timeout`
+    /// has passed, or when `cut_short` completes (a second signal), whichever comes first; the
+    /// caller then shuts down ([`ServerState::shutdown`], which closes what is left with
+    /// "going away").
+    pub async fn drain(&self, cut_short: impl std::future::Future<Output = ()>) {
+        self.0.draining.store(true, Ordering::Release);
+        let timeout = self.0.config.drain_timeout;
+        let sessions = self.stats().sessions;
+        info!(
+            sessions,
+            timeout_ms = timeout.as_millis() as u64,
+            "draining: no new logins"
+        );
+        let empty = async {
+            while self.stats().sessions > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::select! {
+            () = empty => info!("drained: no session left"),
+            () = tokio::time::sleep(timeout) => {
+                info!(sessions = self.stats().sessions, "drain timeout: closing what is left");
+            }
+            () = cut_short => info!("drain cut short"),
+        }
+    }
+
+    /// Whether [`ServerState::drain`] has started.
+    pub fn is_draining(&self) -> bool {
+        self.0.draining.load(Ordering::Acquire)
+    }
+
+    /// Whether the server takes new logins: the media plane runs and it is neither draining nor
+    /// shutting down (`GET /readyz`).
+    pub fn is_ready(&self) -> bool {
+        self.0.media_task.lock().is_some() && !self.is_draining() && !self.is_shutting_down()
+    }
+
     /// Waits until no connection task runs.
     pub async fn wait_idle(&self) {
         loop {
@@ -733,14 +777,28 @@ impl ServerState {
     }
 }
 
-/// Builds the HTTP router: `GET /ws` (signaling) and `GET /healthz` (`"ok"`). Serve it with
+/// Builds the HTTP router: `GET /ws` (signaling), `GET /healthz` (liveness: `"ok"` while the
+/// process serves HTTP) and `GET /readyz` (readiness: 200 `"ready"` while it takes new logins,
+/// 503 `"draining"` or `"starting"` otherwise). Serve it with
 /// `into_make_service_with_connect_info::<SocketAddr>()` to log peer addresses. Other routes can
 /// be merged into it.
 pub fn router(state: ServerState) -> Router {
     Router::new()
         .route(SIGNALING_PATH, get(ws_handler))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .with_state(state)
+}
+
+async fn readyz(State(state): State<ServerState>) -> (axum::http::StatusCode, &'static str) {
+    use axum::http::StatusCode;
+    if state.is_ready() {
+        (StatusCode::OK, "ready")
+    } else if state.is_draining() || state.is_shutting_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
 }
 
 async fn ws_handler(
@@ -1118,6 +1176,10 @@ impl Conn {
                     ),
                 ),
             );
+        }
+        if login.resume.is_none() && self.state.is_draining() {
+            info!(app = %login.app_id, room = %login.room_id, user = %login.user.user_id, "login refused: draining");
+            return self.reply_error(seq, &HuddleError::from(ErrorCode::SERVER_SHUTTING_DOWN));
         }
         let now = unix_secs();
         let grant = match self.state.0.auth.authenticate(&login, &self.nonce, now) {

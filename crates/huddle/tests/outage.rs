@@ -607,7 +607,7 @@ fn a_restarted_server_gets_the_call_back() {
     let mut config = ServerConfig::for_tests(vec![app()]);
     config.listen = addr;
     config.udp_port = media.port();
-    config.public_ip = MEDIA_IP.parse().unwrap();
+    config.public_ip = Some(MEDIA_IP.parse().unwrap());
     let restarted = Instant::now();
     let _server = BackgroundServer::start(config).expect("restart on the same ports");
     let (reconnected, heard) = call.returned(stopped, restarted);

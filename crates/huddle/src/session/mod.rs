@@ -1487,6 +1487,7 @@ impl Session {
 fn retriable(code: ErrorCode) -> bool {
     [
         ErrorCode::SERVER_BUSY,
+        ErrorCode::SERVER_SHUTTING_DOWN,
         ErrorCode::RATE_LIMITED,
         ErrorCode::INTERNAL,
         ErrorCode::LOGIN_TIMEOUT,

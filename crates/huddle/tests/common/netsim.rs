@@ -29,7 +29,7 @@ impl Net {
     /// proxy. `seed` seeds every loss and jitter draw.
     pub fn start_with(seed: u64, tweak: impl FnOnce(&mut ServerConfig)) -> Net {
         let mut config = ServerConfig::for_tests(vec![app()]);
-        config.public_ip = MEDIA_IP.parse().unwrap();
+        config.public_ip = Some(MEDIA_IP.parse().unwrap());
         tweak(&mut config);
         let server = BackgroundServer::start(config).expect("server starts");
         let media = server.udp_addr();
