@@ -334,6 +334,8 @@ export class HuddleEngine {
     /** @type {Set<string>} */
     this._stopPlayLater = new Set();
     this._destroyed = false;
+    /** TURN servers from the last `login_ok`. @type {RTCIceServer[]} */
+    this._serverIceServers = [];
   }
 
   // ----- events -----
@@ -1005,9 +1007,19 @@ export class HuddleEngine {
     return servers.length === 0;
   }
 
-  /** @returns {RTCConfiguration} */
+  /**
+   * The peer connections' configuration: the TURN servers of the last `login_ok` (the server's
+   * `[turn]`), then `options.rtcConfiguration` over it (its own `iceServers` replace the server's;
+   * `iceTransportPolicy: "relay"` forces TURN).
+   * @returns {RTCConfiguration}
+   */
   _rtcConfig() {
-    return { iceServers: [], bundlePolicy: "max-bundle", rtcpMuxPolicy: "require", ...(this.options.rtcConfiguration ?? {}) };
+    return {
+      iceServers: this._serverIceServers ?? [],
+      bundlePolicy: "max-bundle",
+      rtcpMuxPolicy: "require",
+      ...(this.options.rtcConfiguration ?? {}),
+    };
   }
 
   _ready() {
@@ -1258,6 +1270,9 @@ export class HuddleEngine {
     room.heartbeatMs = Math.max(100, ok.heartbeat_ms ?? 5000);
     room.sessionTimeoutMs = Math.max(ok.session_timeout_ms ?? 15000, room.heartbeatMs * 2);
     room.resume = { session_id: ok.session_id, resume_key: ok.resume_key };
+    // TURN servers with fresh short-lived credentials (a server with `[turn]`); used by every
+    // peer connection made from now on.
+    this._serverIceServers = Array.isArray(ok.ice_servers) ? ok.ice_servers : [];
     room.failures = 0;
     room.phase = "online";
     room.lastRx = Date.now();

@@ -22,9 +22,10 @@ export function huddleBin() {
  */
 
 /**
- * Starts `huddle serve` in dev mode and parses its banner (crates/huddle-cli print_banner).
- * `listen` and `dataDir` restart a server where an earlier one was (same address, same dev app).
- * @param {{ listen?: string, dataDir?: string }} [opts]
+ * Starts `huddle serve` in dev mode and parses its banner (huddle_server::cli print_banner).
+ * `listen` and `dataDir` restart a server where an earlier one was (same address, same dev app);
+ * `netns` runs it in that network namespace; `args` are more flags (e.g. `--config FILE`).
+ * @param {{ listen?: string, dataDir?: string, netns?: string, args?: string[] }} [opts]
  * @returns {Promise<Server>}
  */
 export async function startServer(opts = {}) {
@@ -32,7 +33,9 @@ export async function startServer(opts = {}) {
   if (!existsSync(bin)) throw new Error(`${bin} not found: run cargo build -p huddle-cli (or set HUDDLE_BIN)`);
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), "huddle-web-test-"));
   const listen = opts.listen ?? "127.0.0.1:0";
-  const child = spawn(bin, ["serve", "--listen", listen, "--udp-port", "0", "--data-dir", dataDir], {
+  const argv = [bin, "serve", "--listen", listen, "--udp-port", "0", "--data-dir", dataDir, ...(opts.args ?? [])];
+  const [cmd, ...cmdArgs] = opts.netns ? ["ip", "netns", "exec", opts.netns, ...argv] : argv;
+  const child = spawn(cmd, cmdArgs, {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" },
   });
@@ -112,7 +115,9 @@ export function writeToneWav(path, freq = 440, seconds = 5, amplitude = 0.5) {
 /**
  * Launches headless chromium with fake media and loopback ICE. The fake microphone plays (and
  * loops) `opts.audioFile`, by default a 440 Hz tone; the fake camera is Chromium's own pattern.
- * @param {{ audioFile?: string }} [opts]
+ * `netns` runs the browser in that network namespace (playwright talks to it over a pipe, so it
+ * needs no network); `args` are more command-line switches.
+ * @param {{ audioFile?: string, netns?: string, args?: string[] }} [opts]
  */
 export async function launchBrowser(opts = {}) {
   const dir = mkdtempSync(join(tmpdir(), "huddle-web-browser-"));
@@ -121,8 +126,14 @@ export async function launchBrowser(opts = {}) {
     wav = join(dir, "tone.wav");
     writeToneWav(wav, 440, 5, 0.5);
   }
+  let executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
+  if (opts.netns) {
+    const wrapper = join(dir, "chromium-in-netns");
+    writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${opts.netns} ${executablePath} "$@"\n`, { mode: 0o755 });
+    executablePath = wrapper;
+  }
   const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    executablePath,
     headless: true,
     args: [
       "--no-sandbox",
@@ -137,6 +148,7 @@ export async function launchBrowser(opts = {}) {
       `--use-file-for-fake-audio-capture=${wav}`,
       "--autoplay-policy=no-user-gesture-required",
       "--allow-loopback-in-peer-connection",
+      ...(opts.args ?? []),
     ],
   });
   return {

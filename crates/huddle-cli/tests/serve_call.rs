@@ -435,3 +435,60 @@ fn a_bad_source_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("1000006"));
 }
+
+#[test]
+fn a_public_listener_without_apps_refuses_to_start_and_mints_nothing() {
+    let dir = tempdir();
+    let data = dir.join("data");
+    let o = huddle()
+        .args(["serve", "--listen", "0.0.0.0:0", "--udp-port", "0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no app is configured") && stderr.contains("--dev") && stderr.contains("[[apps]]"),
+        "{stderr}"
+    );
+    // No dev app was generated.
+    assert!(!data.join("dev-app.toml").exists());
+
+    // A config file that forgot its [[apps]] is refused the same way.
+    let path = dir.join("no-apps.toml");
+    std::fs::write(&path, "listen = \"0.0.0.0:0\"\nudp_port = 0\n").unwrap();
+    let o = huddle()
+        .args(["serve", "--config", path.to_str().unwrap(), "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn dev_on_a_public_listener_only_when_asked() {
+    let dir = tempdir();
+    let mut child = huddle()
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--udp-port",
+            "0",
+            "--dev",
+            "--data-dir",
+        ])
+        .arg(dir.join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines: Vec<String> = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .take_while(|l| !l.contains("server_secret:"))
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(lines.iter().any(|l| l.contains("dev mode")), "{lines:?}");
+}

@@ -11,6 +11,6 @@ mod msg;
 pub use error::{ErrorCode, HuddleError, TABLE as ERROR_TABLE};
 pub use ids::{AppId, RoomId, StreamId, UserId, UserName, check_extra_info};
 pub use msg::{
-    Auth, ClientMsg, DecodeError, Login, LoginOk, MAX_MESSAGE_BYTES, MediaRole, PROTOCOL_VERSION, PeerState,
-    Resume, SIGNALING_PATH, ServerMsg, StreamInfo, UpdateType, User,
+    Auth, ClientMsg, DecodeError, IceServer, Login, LoginOk, MAX_MESSAGE_BYTES, MediaRole, PROTOCOL_VERSION,
+    PeerState, Resume, SIGNALING_PATH, ServerMsg, StreamInfo, UpdateType, User,
 };

@@ -223,6 +223,25 @@ pub struct LoginOk {
     /// The token's expiry (Unix seconds) when the login used a token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_expire: Option<i64>,
+    /// TURN (and STUN) servers for this session's peer connections, with short-lived
+    /// credentials, when the server has a `[turn]` configuration; absent otherwise. Shaped as
+    /// the browser's `RTCIceServer`, so a web client passes them to `RTCPeerConnection` as they
+    /// are. Each `login_ok` (a resume too) carries fresh credentials.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ice_servers: Vec<IceServer>,
+}
+
+/// A STUN or TURN server for a client's peer connections (the browser's `RTCIceServer`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    /// `turn:`, `turns:` or `stun:` URLs of one server.
+    pub urls: Vec<String>,
+    /// The TURN username (`{expiry unix seconds}:{user}` in the TURN REST API scheme).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The TURN password (base64 of HMAC-SHA1 over the username, keyed by the shared secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// Messages from the server to a client.

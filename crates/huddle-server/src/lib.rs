@@ -4,6 +4,7 @@
 //! - [`auth`]: AppSign challenge and Token04 checks at login, token privileges at publish.
 //! - [`registry`]: the sans-IO room registry (apps, rooms, users, sessions, streams, plays).
 //! - signaling: the tokio/axum shell around the registry ([`router`], [`ServerState`]).
+//! - [`turn`]: short-lived TURN credentials for coturn, handed out with `login_ok`.
 //! - [`sfu`]: the sans-IO SFU (WebRTC peer connections, RTP forwarding) and, privately, its tokio
 //!   shell on the one media UDP socket (`docs/sfu.md`).
 //!
@@ -31,6 +32,7 @@ mod media;
 pub mod registry;
 pub mod sfu;
 mod signaling;
+pub mod turn;
 mod web;
 
 use std::future::Future;

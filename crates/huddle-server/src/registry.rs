@@ -546,6 +546,8 @@ impl Registry {
             session_timeout_ms: self.limits.session_timeout_ms,
             grace_ms: ms_u32(self.limits.grace),
             token_expire: s.grant.token_expire,
+            // The signaling shell adds the TURN credentials (`crate::turn`).
+            ice_servers: Vec::new(),
         })
     }
 

@@ -1193,6 +1193,21 @@ impl Conn {
         let mut hub = self.state.0.hub.lock();
         match hub.registry.login(&login, grant, random_hex(16), &mut out) {
             Ok(att) => {
+                if let Some(turn) = &self.state.0.config.turn {
+                    // The registry decides membership; how to reach the media plane (TURN
+                    // credentials, fresh on every login) is the shell's to add.
+                    let servers = crate::turn::ice_servers(turn, login.app_id, &login.user.user_id, now);
+                    for o in &mut out {
+                        if let Output::Send {
+                            to,
+                            msg: ServerMsg::LoginOk(ok),
+                        } = o
+                            && *to == att.session
+                        {
+                            ok.ice_servers = servers.clone();
+                        }
+                    }
+                }
                 let handle = ConnHandle {
                     epoch: att.epoch,
                     tx: self.tx.clone(),

@@ -169,6 +169,7 @@ fn login_ok(seq: u32, resumed: bool, users: Vec<User>, streams: Vec<StreamInfo>)
         session_timeout_ms: 3000,
         grace_ms: 5000,
         token_expire: None,
+        ice_servers: Vec::new(),
     }
 }
 
