@@ -7,9 +7,9 @@ cd "$(dirname "$0")/.."
 # System packages the tests need beyond the Rust toolchain and gcc (huddle-media links libopus and
 # libvpx, found through pkg-config; the SDK's `device` feature links ALSA through cpal; the browser
 # tests drive Debian's chromium; the firewall tests run coturn in network namespaces made with
-# iproute2 and nftables, with a certificate made by openssl). Installed only when missing, so a
-# warm machine starts at once.
-apt_packages=(libopus-dev libvpx-dev pkg-config chromium libasound2-dev coturn nftables iproute2 openssl)
+# iproute2 and nftables, with a certificate made by openssl; systemd-analyze checks the unit file).
+# Installed only when missing, so a warm machine starts at once.
+apt_packages=(libopus-dev libvpx-dev pkg-config chromium libasound2-dev coturn nftables iproute2 openssl systemd)
 need_apt=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
@@ -43,6 +43,14 @@ cargo test --workspace --locked
 cargo test -p huddle-server --features testkit --bench forward --locked
 # With the feature on, a machine without a sound card refuses the devices with a numbered error.
 cargo test -p huddle --features device --locked --test device
+
+# The systemd unit of docs/deploy.md is one systemd accepts (pointed at the binary built here).
+echo "== deploy/huddle.service"
+unit_dir=$(mktemp -d)
+sed "s|/usr/local/bin/huddle-server|$(realpath "${CARGO_TARGET_DIR:-target}")/debug/huddle-server|" \
+  deploy/huddle.service > "$unit_dir/huddle.service"
+systemd-analyze verify "$unit_dir/huddle.service"
+rm -rf "$unit_dir"
 
 # The debug page and huddle.js in a real browser (web/tests): playwright-core (pinned in
 # web/tests/package-lock.json) drives Debian's chromium against a `huddle serve` in dev mode on
