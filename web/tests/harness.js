@@ -1,7 +1,7 @@
 // Test harness: a `huddle serve` in dev mode on 127.0.0.1 (ports picked by the OS) and a headless
 // Debian chromium driven by playwright-core, with fake media and loopback ICE (FIELD-NOTES).
 import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync, existsSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -184,4 +184,35 @@ export async function openPage(browser, url, viewport = { width: 1100, height: 1
  */
 export async function logText(page) {
   return page.$$eval("#log li", (lis) => lis.map((li) => li.textContent ?? ""));
+}
+
+/**
+ * Reads a 16-bit PCM WAV (mono or the channels' mean) as floats in [-1, 1].
+ * @param {string} path
+ */
+export function readWav(path) {
+  const b = readFileSync(path);
+  let off = 12;
+  let channels = 1;
+  let rate = 0;
+  while (off + 8 <= b.length) {
+    const id = b.toString("ascii", off, off + 4);
+    const size = b.readUInt32LE(off + 4);
+    if (id === "fmt ") {
+      channels = b.readUInt16LE(off + 10);
+      rate = b.readUInt32LE(off + 12);
+      if (b.readUInt16LE(off + 22) !== 16) throw new Error(`${path}: not 16-bit PCM`);
+    } else if (id === "data") {
+      const n = Math.floor(Math.min(size, b.length - off - 8) / 2 / channels);
+      const x = new Float64Array(n);
+      for (let i = 0; i < n; i++) {
+        let v = 0;
+        for (let c = 0; c < channels; c++) v += b.readInt16LE(off + 8 + (i * channels + c) * 2);
+        x[i] = v / channels / 32768;
+      }
+      return { rate, x };
+    }
+    off += 8 + size + (size & 1);
+  }
+  throw new Error(`${path}: no data chunk`);
 }

@@ -12,7 +12,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startServer, launchBrowser, openPage, logText, huddleBin, REPO } from "./harness.js";
+import { startServer, launchBrowser, openPage, logText, huddleBin, readWav, REPO } from "./harness.js";
 
 const SPEECH_16K = join(REPO, "crates/huddle-media/tests/data/speech-16k.wav");
 const AUDIO_SCORE = join(REPO, "crates/huddle/tests/audio_score.py");
@@ -244,37 +244,6 @@ function nativeView(call) {
     if (e.event === "room_stream_update") for (const s of e.streams) e.update_type === "Add" ? streams.add(s.stream_id) : streams.delete(s.stream_id);
   }
   return { users: [...users].sort(), streams: [...streams].sort() };
-}
-
-/**
- * Reads a 16-bit PCM WAV (mono or the channels' mean) as floats in [-1, 1].
- * @param {string} path
- */
-function readWav(path) {
-  const b = readFileSync(path);
-  let off = 12;
-  let channels = 1;
-  let rate = 0;
-  while (off + 8 <= b.length) {
-    const id = b.toString("ascii", off, off + 4);
-    const size = b.readUInt32LE(off + 4);
-    if (id === "fmt ") {
-      channels = b.readUInt16LE(off + 10);
-      rate = b.readUInt32LE(off + 12);
-      assert.equal(b.readUInt16LE(off + 22), 16, "16-bit PCM");
-    } else if (id === "data") {
-      const n = Math.floor(Math.min(size, b.length - off - 8) / 2 / channels);
-      const x = new Float64Array(n);
-      for (let i = 0; i < n; i++) {
-        let v = 0;
-        for (let c = 0; c < channels; c++) v += b.readInt16LE(off + 8 + (i * channels + c) * 2);
-        x[i] = v / channels / 32768;
-      }
-      return { rate, x };
-    }
-    off += 8 + size + (size & 1);
-  }
-  throw new Error(`${path}: no data chunk`);
 }
 
 /**

@@ -11,10 +11,10 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startServer, launchBrowser, huddleBin } from "./harness.js";
+import { startServer, launchBrowser, huddleBin, readWav } from "./harness.js";
 
 const TAG = String(process.pid % 100000);
 const NS_SERVER = `hsrv${TAG}`;
@@ -123,36 +123,6 @@ after(async () => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-/**
- * 16-bit PCM WAV samples (the channels' mean) in [-1, 1], and the rate.
- * @param {string} path
- */
-function readWav(path) {
-  const b = readFileSync(path);
-  let off = 12;
-  let channels = 1;
-  let rate = 0;
-  while (off + 8 <= b.length) {
-    const id = b.toString("ascii", off, off + 4);
-    const size = b.readUInt32LE(off + 4);
-    if (id === "fmt ") {
-      channels = b.readUInt16LE(off + 10);
-      rate = b.readUInt32LE(off + 12);
-    } else if (id === "data") {
-      const n = Math.floor(Math.min(size, b.length - off - 8) / 2 / channels);
-      const out = new Float64Array(n);
-      for (let i = 0; i < n; i++) {
-        let sum = 0;
-        for (let c = 0; c < channels; c++) sum += b.readInt16LE(off + 8 + (i * channels + c) * 2);
-        out[i] = sum / channels / 32768;
-      }
-      return { samples: out, rate };
-    }
-    off += 8 + size + (size % 2);
-  }
-  throw new Error(`${path}: no data chunk`);
-}
-
 /** The share of the signal's power at `freq` (Goertzel over the whole signal). */
 function toneShare(/** @type {Float64Array} */ x, /** @type {number} */ rate, /** @type {number} */ freq) {
   const w = (2 * Math.PI * freq) / rate;
@@ -228,7 +198,7 @@ test("Chromium behind a TCP-443-only firewall publishes through coturn (TURN/TLS
   const events = player.stdout.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
   const playing = events.find((e) => e.event === "player_state_update" && e.state === "Playing");
   assert.ok(playing, player.stdout);
-  const { samples, rate } = readWav(wav);
+  const { x: samples, rate } = readWav(wav);
   // The last 3 s: the tone is there, loud and clean.
   const tail = samples.subarray(Math.max(0, samples.length - 3 * rate));
   const rms = Math.sqrt(tail.reduce((a, v) => a + v * v, 0) / tail.length);
