@@ -13,6 +13,9 @@
 //!   (default route to srv)  (two addresses on one link)                   (masquerade) │
 //!                                                                  nat ── 10.200.3.2 ──┘ 10.200.3.1
 //! ```
+//!
+//! (one test each: the second address, the NAT; a third listens on `[::]` and serves an IPv4
+//! and an IPv6 client on one dual-stack socket.)
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -166,16 +169,17 @@ fn tempdir(tag: &str) -> PathBuf {
     dir
 }
 
-/// Starts `huddle serve --listen 0.0.0.0` (with an app from a config file: dev mode is refused on
-/// a non-loopback listener) in the `srv` namespace; returns it once it listens.
-fn serve(ns: &Netns, dir: &Path) -> Proc {
+/// Starts `huddle serve --listen <wildcard>:7880` (`0.0.0.0` or `[::]`; with an app from a config
+/// file: dev mode is refused on a non-loopback listener) in the `srv` namespace; returns it once
+/// it listens.
+fn serve(ns: &Netns, dir: &Path, wildcard: &str) -> Proc {
     let config = dir.join("huddle.toml");
     std::fs::write(
         &config,
         format!("[[apps]]\napp_id = {APP_ID}\napp_sign = \"{APP_SIGN}\"\nserver_secret = \"{SECRET}\"\n"),
     )
     .unwrap();
-    let listen = format!("0.0.0.0:{HTTP_PORT}");
+    let listen = format!("{wildcard}:{HTTP_PORT}");
     let udp = UDP_PORT.to_string();
     let mut server = ns.spawn(
         "srv",
@@ -340,7 +344,7 @@ fn a_client_on_another_network_reaches_the_second_address_of_a_wildcard_server()
          ip saddr 10.200.1.1 udp sport {UDP_PORT} counter drop comment \"from-first\"\n  }}\n}}\n"
     );
     ns.nft("cli", &nft, &dir);
-    let _server = serve(&ns, &dir);
+    let _server = serve(&ns, &dir, "0.0.0.0");
     let logged = candidates_logged(&dir.join("server.log"));
     assert!(
         logged.contains("10.200.1.1:7882") && logged.contains("10.200.9.1:7882"),
@@ -401,7 +405,7 @@ fn a_client_behind_nat_reaches_a_wildcard_server() {
     let nft = "table ip hdl {\n  chain post {\n    type nat hook postrouting priority 100; policy accept;\n    \
                oifname \"r0\" counter masquerade comment \"nat\"\n  }\n}\n";
     ns.nft("rtr", nft, &dir);
-    let _server = serve(&ns, &dir);
+    let _server = serve(&ns, &dir, "0.0.0.0");
     let logged = candidates_logged(&dir.join("server.log"));
     assert!(
         logged.contains("10.200.1.1:7882") && logged.contains("10.200.2.1:7882"),
@@ -440,4 +444,53 @@ fn a_client_behind_nat_reaches_a_wildcard_server() {
         "nothing went through the NAT"
     );
     eprintln!("{secs:.2} s of tone behind NAT; {logged}");
+}
+
+#[test]
+fn a_dual_stack_server_serves_ipv4_and_ipv6_clients_on_one_socket() {
+    require_root_ip_and_nft();
+    let ns = Netns::new("c", &["srv", "cli"]);
+    ns.link("srv", "s0", "10.200.1.1/24", "cli", "c0", "10.200.1.2/24");
+    // No duplicate address detection: the addresses are usable at once.
+    ns.ip("srv", &["addr", "add", "fd00:200::1/64", "dev", "s0", "nodad"]);
+    ns.ip("cli", &["addr", "add", "fd00:200::2/64", "dev", "c0", "nodad"]);
+    let dir = tempdir("c");
+    let _server = serve(&ns, &dir, "[::]");
+    let logged = candidates_logged(&dir.join("server.log"));
+    assert!(
+        logged.contains("10.200.1.1:7882") && logged.contains("[fd00:200::1]:7882"),
+        "{logged}"
+    );
+    assert!(!logged.contains("fe80"), "link-local advertised: {logged}");
+    assert!(!logged.contains("::ffff:"), "a v4-mapped candidate: {logged}");
+
+    // The publisher over IPv4 (a v4-mapped peer on the server's IPv6 socket), the player over
+    // IPv6.
+    let wav = dir.join("heard.wav");
+    let (play_log, pub_log) = (dir.join("player.log"), dir.join("publisher.log"));
+    let wav_s = wav.to_str().unwrap();
+    let player = call(
+        &ns,
+        "cli",
+        "[fd00:200::1]",
+        "bob",
+        &["--play", "tone", "--record", wav_s],
+        "3.5",
+        &play_log,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let publisher = call(
+        &ns,
+        "cli",
+        "10.200.1.1",
+        "alice",
+        &["--publish", "tone", "--source", "tone:500"],
+        "2.5",
+        &pub_log,
+    );
+    finish(publisher, &pub_log);
+    let events = finish(player, &play_log);
+    assert!(events.contains("player_recv_audio_first_frame"), "{events}");
+    let secs = assert_tone(&wav);
+    eprintln!("{secs:.2} s of tone from an IPv4 publisher to an IPv6 player; {logged}");
 }
