@@ -765,7 +765,15 @@ mod tests {
     /// from that destination when sending with a source.
     #[cfg(target_os = "linux")]
     fn wildcard_socket_answers_from_where_it_was_reached(wildcard: &str, locals: &[&str]) {
-        let server = UdpSocket::bind((wildcard, 0)).unwrap();
+        let addr = SocketAddr::new(wildcard.parse().unwrap(), 0);
+        let sock =
+            socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None).unwrap();
+        if addr.is_ipv6() {
+            // Dual stack, as media::bind makes it, whatever net.ipv6.bindv6only says.
+            sock.set_only_v6(false).unwrap();
+        }
+        sock.bind(&addr.into()).unwrap();
+        let server = UdpSocket::from(sock);
         enable_pktinfo(&server).unwrap();
         let port = server.local_addr().unwrap().port();
         let mut sender = SendBatch::new(&server, true);
@@ -812,8 +820,6 @@ mod tests {
             panic!("this test needs IPv6 on lo (::1)");
         };
         drop(probe);
-        // std binds [::] dual-stack on Linux unless net.ipv6.bindv6only is set; the media plane
-        // sets IPV6_V6ONLY off itself (media::bind).
         wildcard_socket_answers_from_where_it_was_reached("::", &["127.0.0.2", "::1", "127.0.0.1"]);
     }
 
