@@ -618,6 +618,13 @@ impl ServerConfig {
                 crate::sfu::shard::MAX_SHARDS
             ));
         }
+        if let Some(ip) = self.public_ip
+            && (ip.is_unspecified() || ip.is_multicast())
+        {
+            return invalid(format!(
+                "public_ip {ip} is not an address clients can send media to"
+            ));
+        }
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => return invalid("tls_cert is set without tls_key".into()),
             (None, Some(_)) => return invalid("tls_key is set without tls_cert".into()),
@@ -822,6 +829,10 @@ mod tests {
         assert!(err("listen = \"nowhere\"").contains("listen"));
         assert!(err("udp_port = 70000").contains("udp_port"));
         assert!(err("[[apps]]\napp_id = 1\n").contains("missing field"));
+        for bad in ["0.0.0.0", "::", "224.0.0.1"] {
+            let e = err(&format!("public_ip = \"{bad}\""));
+            assert!(e.contains("not an address clients can send media to"), "{e}");
+        }
     }
 
     #[test]

@@ -13,6 +13,11 @@
 //!   (`recvmmsg`/`sendmmsg` with `MSG_DONTWAIT`; thread 0 sleeps in `poll`), so plain threads
 //!   skip the reactor's bookkeeping; the kernel spreads them over the cores, and `taskset` or
 //!   `top -H` show them by name (`huddle-media-N`).
+//! - **Candidates** ([`candidates`]): `public_ip`, else the listen IP, else (a wildcard listen)
+//!   the host's addresses. On a wildcard listen the kernel tells each datagram's destination
+//!   (`IP_PKTINFO`), which the SFU takes as the candidate the client reached, and each reply
+//!   leaves from its connection's candidate (`mmsg`). A `[::]` listen is one dual-stack socket;
+//!   addresses are canonical (IPv4 peers as IPv4) from the socket on.
 //! - **Thread 0 receives.** It reads up to 64 datagrams per system call and hands each to its
 //!   shard ([`Router`]): a STUN check by the shard index in the server's ICE username fragment,
 //!   anything else by the source address, learned from the shards once a check from it passed.
@@ -40,6 +45,7 @@
 //! - **Shutdown** (the server's shutdown signal): every shard is told to stop (thread 0 woken),
 //!   and the task returned by [`spawn`] ends once every thread is joined.
 
+mod candidates;
 #[allow(unsafe_code)]
 mod mmsg;
 
@@ -98,22 +104,23 @@ enum ShardMsg {
 #[derive(Default)]
 struct Batch {
     bytes: Vec<u8>,
-    /// Sender, end offset in `bytes`, the kernel's arrival time (ns since the Unix epoch).
-    items: Vec<(SocketAddr, usize, Option<u64>)>,
+    /// Sender, the candidate it was sent to, end offset in `bytes`, the kernel's arrival time (ns
+    /// since the Unix epoch).
+    items: Vec<(SocketAddr, SocketAddr, usize, Option<u64>)>,
 }
 
 impl Batch {
-    fn push(&mut self, from: SocketAddr, datagram: &[u8], at: Option<u64>) {
+    fn push(&mut self, from: SocketAddr, to: SocketAddr, datagram: &[u8], at: Option<u64>) {
         self.bytes.extend_from_slice(datagram);
-        self.items.push((from, self.bytes.len(), at));
+        self.items.push((from, to, self.bytes.len(), at));
     }
 
-    fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8], Option<u64>)> + '_ {
+    fn iter(&self) -> impl Iterator<Item = (SocketAddr, SocketAddr, &[u8], Option<u64>)> + '_ {
         let mut start = 0;
-        self.items.iter().map(move |(from, end, at)| {
+        self.items.iter().map(move |(from, to, end, at)| {
             let d = &self.bytes[start..*end];
             start = *end;
-            (*from, d, *at)
+            (*from, *to, d, *at)
         })
     }
 
@@ -197,9 +204,20 @@ fn is_stale_rtp(datagram: &[u8], at: Option<u64>, now: u64) -> bool {
     rtp && now.saturating_sub(at) > STALE_RTP.as_nanos() as u64
 }
 
-/// Binds the media socket for `config`: the IP of `listen`, port `udp_port`.
+/// Binds the media socket for `config`: the IP of `listen`, port `udp_port`; on `[::]` one
+/// dual-stack socket (IPv4 too, whatever `net.ipv6.bindv6only` says).
 pub(crate) fn bind(config: &crate::ServerConfig) -> io::Result<std::net::UdpSocket> {
-    let socket = std::net::UdpSocket::bind(SocketAddr::new(config.listen.ip(), config.udp_port))?;
+    let addr = SocketAddr::new(config.listen.ip(), config.udp_port);
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if addr.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
+        sock.set_only_v6(false)?;
+    }
+    sock.bind(&addr.into())?;
+    let socket = std::net::UdpSocket::from(sock);
     let sock = socket2::SockRef::from(&socket);
     if let Err(e) = sock
         .set_recv_buffer_size(SOCKET_BUFFER)
@@ -231,11 +249,13 @@ pub(crate) fn spawn(
     counters: Arc<Counters>,
 ) -> io::Result<(MediaTx, tokio::task::JoinHandle<()>)> {
     let local = socket.local_addr()?;
-    let ip = state.config().public_ip.unwrap_or_else(|| match local.ip() {
-        ip if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
-        ip => ip,
-    });
-    let candidate = SocketAddr::new(ip, local.port());
+    let plan = candidates::plan(local, state.config().public_ip, candidates::host_ips)?;
+    let per_datagram = plan.destination.per_datagram();
+    if per_datagram {
+        // Without destinations every check would count as sent to the first candidate, and
+        // str0m drops the checks sent to any other.
+        mmsg::enable_pktinfo(&socket)?;
+    }
     // Receives and sends never wait on Linux (MSG_DONTWAIT; thread 0 sleeps in poll). The mode
     // matters only for the fallback elsewhere: blocking receives with a short timeout.
     socket.set_nonblocking(false)?;
@@ -251,7 +271,8 @@ pub(crate) fn spawn(
     let mut shards = Vec::with_capacity(n);
     for index in 0..n {
         let (tx, rx) = mpsc::channel();
-        let mut config = SfuConfig::new(candidate);
+        let mut config = SfuConfig::new(plan.candidates[0]);
+        config.candidates = plan.candidates.clone();
         config.shard = index;
         senders.push(tx);
         shards.push(Shard {
@@ -267,7 +288,7 @@ pub(crate) fn spawn(
             reported_pcs: 0,
             learn: learn_tx.clone(),
             recycle: recycle_tx.clone(),
-            sender: SendBatch::new(),
+            sender: SendBatch::new(&socket, per_datagram),
             out: Vec::with_capacity(BATCH),
             signals: Vec::new(),
         });
@@ -295,6 +316,7 @@ pub(crate) fn spawn(
         learn: learn_rx,
         recycle: recycle_rx,
         waiter: Waiter::new(waker.clone()),
+        destination: plan.destination,
     };
     threads.insert(
         0,
@@ -302,7 +324,13 @@ pub(crate) fn spawn(
             .name("huddle-media-0".into())
             .spawn(move || receiver.run())?,
     );
-    info!(%local, %candidate, shards = n, "media plane listening");
+    let advertised = plan
+        .candidates
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ");
+    info!(%local, candidates = %advertised, per_datagram_destination = per_datagram, shards = n, "media plane listening");
     let mut shutdown = state.shutdown_receiver();
     let stopper = senders.clone();
     let stop_waker = waker.clone();
@@ -350,6 +378,8 @@ struct Receiver {
     /// Emptied batches, back from the shards.
     recycle: mpsc::Receiver<Batch>,
     waiter: Waiter,
+    /// Which candidate a datagram was sent to.
+    destination: candidates::Destination,
 }
 
 impl Receiver {
@@ -417,13 +447,15 @@ impl Receiver {
         }
         let now = Instant::now();
         let wall = unix_ns();
-        for (from, datagram, at) in batch.iter() {
-            let Some((from, shard)) = from.and_then(|f| Some((f, self.router.route(f, datagram)?))) else {
+        for d in batch.iter() {
+            let (datagram, at) = (d.bytes, d.at);
+            let Some((from, shard)) = d.from.and_then(|f| Some((f, self.router.route(f, datagram)?))) else {
                 self.shard0.counters.count_unroutable();
                 continue;
             };
+            let to = self.destination.of(d.to);
             if shard == 0 {
-                self.shard0.datagram(now, wall, from, datagram, at);
+                self.shard0.datagram(now, wall, from, to, datagram, at);
                 if datagram.first().is_some_and(|b| *b < 2) {
                     // Shard 0 may have reported this address just now.
                     while let Ok((addr, shard)) = self.learn.try_recv() {
@@ -433,7 +465,7 @@ impl Receiver {
             } else {
                 out[shard]
                     .get_or_insert_with(|| self.recycle.try_recv().unwrap_or_default())
-                    .push(from, datagram, at);
+                    .push(from, to, datagram, at);
             }
         }
         for (shard, slot) in out.iter_mut().enumerate() {
@@ -526,8 +558,8 @@ impl Shard {
             ShardMsg::Datagrams(mut batch) => {
                 let now = Instant::now();
                 let wall = unix_ns();
-                for (from, datagram, at) in batch.iter() {
-                    self.datagram(now, wall, from, datagram, at);
+                for (from, to, datagram, at) in batch.iter() {
+                    self.datagram(now, wall, from, to, datagram, at);
                 }
                 self.queued.fetch_sub(batch.items.len(), Ordering::AcqRel);
                 batch.clear();
@@ -537,14 +569,23 @@ impl Shard {
         }
     }
 
-    /// One datagram routed here; `at` is when it reached the socket and `wall` the time now, both
-    /// in ns since the Unix epoch (stale RTP is dropped: [`STALE_RTP`]).
-    fn datagram(&mut self, now: Instant, wall: u64, from: SocketAddr, datagram: &[u8], at: Option<u64>) {
+    /// One datagram from `from` to the candidate `to`, routed here; `at` is when it reached the
+    /// socket and `wall` the time now, both in ns since the Unix epoch (stale RTP is dropped:
+    /// [`STALE_RTP`]).
+    fn datagram(
+        &mut self,
+        now: Instant,
+        wall: u64,
+        from: SocketAddr,
+        to: SocketAddr,
+        datagram: &[u8],
+        at: Option<u64>,
+    ) {
         if is_stale_rtp(datagram, at, wall) {
             self.counters.count_stale();
             return;
         }
-        self.sfu.handle_datagram(now, from, datagram);
+        self.sfu.handle_datagram_to(now, from, to, datagram);
         if datagram.first().is_some_and(|b| *b < 2) && self.sfu.routes_address(from) {
             // Before the check's answer leaves: see `Receiver::dispatch`.
             let _ = self.learn.send((from, self.index));

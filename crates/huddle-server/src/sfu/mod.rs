@@ -70,8 +70,11 @@ const PROBE_RTP: [u8; 12] = [0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct SfuConfig {
-    /// The server's one ICE candidate: the advertised IP and the bound UDP port.
-    pub candidate: SocketAddr,
+    /// The server's ICE candidates, in order of preference, at least one: the advertised IPs
+    /// and the bound UDP port. A datagram is handed over with the candidate it was sent to
+    /// ([`Sfu::handle_datagram_to`]), and each PC's datagrams leave from the candidate its
+    /// client reached ([`Transmit::source`]).
+    pub candidates: Vec<SocketAddr>,
     /// A PC that does not connect (ICE and DTLS) in this time is closed as failed.
     pub connect_timeout: Duration,
     /// How long a play offer waits for the publisher's media offer (when the stream is published
@@ -85,10 +88,10 @@ pub struct SfuConfig {
 }
 
 impl SfuConfig {
-    /// Defaults around `candidate`: 15 s connect timeout, 5 s play wait, 20 000 PCs, shard 0.
+    /// Defaults around one `candidate`: 15 s connect timeout, 5 s play wait, 20 000 PCs, shard 0.
     pub fn new(candidate: SocketAddr) -> SfuConfig {
         SfuConfig {
-            candidate,
+            candidates: vec![candidate],
             connect_timeout: Duration::from_secs(15),
             play_wait: Duration::from_secs(5),
             max_peer_connections: 20_000,
@@ -396,7 +399,7 @@ pub struct Sfu {
 impl std::fmt::Debug for Sfu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sfu")
-            .field("candidate", &self.config.candidate)
+            .field("candidates", &self.config.candidates)
             .field("peer_connections", &self.live)
             .field("streams", &self.streams.len())
             .finish_non_exhaustive()
@@ -462,9 +465,18 @@ impl Sfu {
         }
     }
 
-    /// The server's ICE candidate.
-    pub fn candidate(&self) -> SocketAddr {
-        self.config.candidate
+    /// The server's ICE candidates.
+    pub fn candidates(&self) -> &[SocketAddr] {
+        &self.config.candidates
+    }
+
+    /// The first candidate (127.0.0.1:9 if there is none, which nothing then reaches).
+    fn first_candidate(&self) -> SocketAddr {
+        self.config
+            .candidates
+            .first()
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9)))
     }
 
     /// Open peer connections.
@@ -560,9 +572,17 @@ impl Sfu {
                 .set_extension(13, Extension::VideoOrientation);
         }
         let mut rtc = config.build(now);
-        let candidate = Candidate::host(self.config.candidate, "udp")
-            .map_err(|e| HuddleError::new(ErrorCode::INTERNAL, format!("server candidate: {e}")))?;
-        rtc.add_local_candidate(candidate);
+        if self.config.candidates.is_empty() {
+            return Err(HuddleError::new(
+                ErrorCode::INTERNAL,
+                "the server has no media candidate",
+            ));
+        }
+        for addr in &self.config.candidates {
+            let candidate = Candidate::host(*addr, "udp")
+                .map_err(|e| HuddleError::new(ErrorCode::INTERNAL, format!("server candidate: {e}")))?;
+            rtc.add_local_candidate(candidate);
+        }
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
@@ -942,8 +962,17 @@ impl Sfu {
         self.by_addr.contains_key(&addr)
     }
 
-    /// Handles one datagram received from `from` on the media socket.
+    /// Handles one datagram received from `from` on the media socket, sent to the first
+    /// candidate (see [`Sfu::handle_datagram_to`]).
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) {
+        let to = self.first_candidate();
+        self.handle_datagram_to(now, from, to, buf);
+    }
+
+    /// Handles one datagram received from `from` on the media socket, sent to the candidate
+    /// `to` (with several candidates, the address the socket says it arrived on). A connectivity
+    /// check to an address that is not a candidate is dropped by the PC's ICE agent.
+    pub fn handle_datagram_to(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, buf: &[u8]) {
         bump(&self.counters.datagrams_in);
         let is_stun = buf.first().is_some_and(|b| *b < 2);
         let id = if is_stun {
@@ -959,8 +988,7 @@ impl Sfu {
             bump(&self.counters.dropped_unknown);
             return;
         };
-        let candidate = self.config.candidate;
-        let Ok(receive) = Receive::new(Protocol::Udp, from, candidate, buf) else {
+        let Ok(receive) = Receive::new(Protocol::Udp, from, to, buf) else {
             bump(&self.counters.dropped_invalid);
             return;
         };
@@ -977,7 +1005,7 @@ impl Sfu {
             return;
         }
         if is_stun {
-            self.learn_address(now, id, from);
+            self.learn_address(now, id, from, to);
         }
         self.drive(id, now);
         self.flush(now);
@@ -985,13 +1013,12 @@ impl Sfu {
 
     /// After a connectivity check from `from`, routes that address's other traffic to the PC if
     /// its ICE agent now accepts it.
-    fn learn_address(&mut self, now: Instant, id: usize, from: SocketAddr) {
+    fn learn_address(&mut self, now: Instant, id: usize, from: SocketAddr, to: SocketAddr) {
         if self.by_addr.get(&from) == Some(&id) {
             return;
         }
-        let candidate = self.config.candidate;
         let Some(pc) = self.pc(id) else { return };
-        let Ok(probe) = Receive::new(Protocol::Udp, from, candidate, &PROBE_RTP) else {
+        let Ok(probe) = Receive::new(Protocol::Udp, from, to, &PROBE_RTP) else {
             return;
         };
         if !pc.rtc.accepts(&Input::Receive(now, probe)) {

@@ -442,3 +442,69 @@ fn red_audio_is_forwarded_or_made_plain_per_player() {
         assert_eq!(w[1].1, w[0].1.wrapping_add(960));
     }
 }
+
+#[test]
+fn a_client_reaches_the_second_of_two_candidates() {
+    // A multi-homed server: the clients cannot reach its first address, only its second.
+    let first: SocketAddr = "10.0.0.1:7882".parse().unwrap();
+    let second: SocketAddr = "192.168.5.1:7882".parse().unwrap();
+    let mut sim = super::testkit::Sim::with_candidates(vec![first, second]);
+    sim.unreachable.push(first);
+    let (mut publisher, offer) = Peer::new(sim.now, 10_001, MediaRole::Publish, false);
+    publisher.capture = true;
+    sim.offer(1, "s", MediaRole::Publish, offer);
+    let answer = sim
+        .signals
+        .iter()
+        .find_map(|(_, m)| match m {
+            ServerMsg::MediaAnswer { sdp, .. } => Some(sdp.clone()),
+            _ => None,
+        })
+        .expect("an answer");
+    sim.signals.clear();
+    let candidates: Vec<&str> = answer.lines().filter(|l| l.starts_with("a=candidate")).collect();
+    assert_eq!(candidates.len(), 2, "{answer}");
+    assert!(candidates[0].contains("10.0.0.1 7882 typ host"), "{candidates:?}");
+    assert!(
+        candidates[1].contains("192.168.5.1 7882 typ host"),
+        "{candidates:?}"
+    );
+    publisher.accept(&answer);
+    let (mut player, offer) = Peer::new(sim.now, 10_002, MediaRole::Play, false);
+    sim.negotiate(&mut player, offer, 2, "s", MediaRole::Play);
+    sim.connect(&mut [&mut publisher, &mut player]);
+    for i in 0..20 {
+        let now = sim.now;
+        publisher.send(MediaKind::Audio, &payload(i), now);
+        sim.run(&mut [&mut publisher, &mut player], 20);
+    }
+    assert_eq!(player.got.len(), 20);
+    // Both clients tried the first address too, and lost those checks.
+    assert!(sim.lost_up >= 2, "{}", sim.lost_up);
+    // Everything the SFU sent left from the address the clients reached.
+    assert_eq!(sim.sources, vec![second]);
+    // A check to an address that is not a candidate is dropped by the PC: no answer, no route
+    // learned. The same check to the second candidate is answered, from there.
+    let check = publisher
+        .sent
+        .iter()
+        .find(|b| b.first().is_some_and(|x| *x < 2))
+        .expect("a captured check")
+        .clone();
+    let stranger: SocketAddr = "127.0.0.1:10009".parse().unwrap();
+    let now = sim.now;
+    sim.sfu
+        .handle_datagram_to(now, stranger, "10.9.9.9:7882".parse().unwrap(), &check);
+    assert!(!sim.sfu.routes_address(stranger));
+    assert!(
+        sim.sfu.poll_transmit().is_none(),
+        "an answer to a check to a non-candidate"
+    );
+    sim.sfu.handle_datagram_to(now, stranger, second, &check);
+    let answer = sim
+        .sfu
+        .poll_transmit()
+        .expect("an answer to a check to a candidate");
+    assert_eq!((answer.source, answer.destination), (second, stranger));
+    assert!(sim.sfu.check_invariants().is_ok());
+}

@@ -163,8 +163,16 @@ impl Peer {
         );
     }
 
-    /// Drains the peer's output: datagrams to the server go to `out`.
+    /// Drains the peer's output: datagrams to the server go to `out` (sender and bytes).
     pub fn drain(&mut self, out: &mut Vec<(SocketAddr, Vec<u8>)>) {
+        let mut with_to = Vec::new();
+        self.drain_to(&mut with_to);
+        out.extend(with_to.into_iter().map(|(from, _, bytes)| (from, bytes)));
+    }
+
+    /// Drains the peer's output: datagrams to the server go to `out` (sender, the server address
+    /// they are sent to, bytes).
+    pub fn drain_to(&mut self, out: &mut Vec<(SocketAddr, SocketAddr, Vec<u8>)>) {
         while self.rtc.is_alive() {
             match self.rtc.poll_output() {
                 Ok(Output::Transmit(t)) => {
@@ -172,7 +180,7 @@ impl Peer {
                     if self.capture && self.sent.len() < 256 {
                         self.sent.push(bytes.clone());
                     }
-                    out.push((self.addr, bytes));
+                    out.push((self.addr, t.destination, bytes));
                 }
                 Ok(Output::Timeout(_)) => return,
                 Ok(Output::Event(e)) => match e {
@@ -212,6 +220,23 @@ impl Peer {
             self.drain(up);
         }
     }
+
+    /// As [`Peer::receive`], with the server address each datagram in `up` is sent to.
+    pub fn receive_to(
+        &mut self,
+        now: Instant,
+        server: SocketAddr,
+        bytes: &[u8],
+        up: &mut Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
+    ) {
+        if self.closed {
+            return;
+        }
+        if let Ok(r) = Receive::new(Protocol::Udp, server, self.addr, bytes) {
+            let _ = self.rtc.handle_input(Input::Receive(now, r));
+            self.drain_to(up);
+        }
+    }
 }
 
 /// Decides whether a datagram from the server to a client address is lost.
@@ -225,8 +250,15 @@ pub struct Sim {
     pub counters: Arc<Counters>,
     /// Virtual time.
     pub now: Instant,
-    /// The SFU's address.
+    /// The SFU's address (its first candidate).
     pub server: SocketAddr,
+    /// Server addresses that lose every datagram sent to them (a candidate the clients cannot
+    /// reach).
+    pub unreachable: Vec<SocketAddr>,
+    /// Datagrams the clients sent to an unreachable address.
+    pub lost_up: u64,
+    /// Every distinct source address the SFU sent from.
+    pub sources: Vec<SocketAddr>,
     /// Signaling messages from the SFU, not yet taken.
     pub signals: Vec<(SessionId, ServerMsg)>,
     /// Drops datagrams from the server to a client when it returns true.
@@ -242,13 +274,26 @@ impl Default for Sim {
 impl Sim {
     /// An SFU alone on the network, at the current time.
     pub fn new() -> Sim {
-        let server: SocketAddr = SERVER.parse().expect("the server address");
+        Sim::with_candidates(vec![SERVER.parse().expect("the server address")])
+    }
+
+    /// An SFU with these candidates (at least one).
+    ///
+    /// # Panics
+    /// With no candidate.
+    pub fn with_candidates(candidates: Vec<SocketAddr>) -> Sim {
+        let server = candidates[0];
         let counters = Arc::new(Counters::default());
+        let mut config = SfuConfig::new(server);
+        config.candidates = candidates;
         Sim {
-            sfu: Sfu::new(SfuConfig::new(server), counters.clone()),
+            sfu: Sfu::new(config, counters.clone()),
             counters,
             now: Instant::now(),
             server,
+            unreachable: Vec::new(),
+            lost_up: 0,
+            sources: Vec::new(),
             signals: Vec::new(),
             drop_down: Box::new(|_, _| false),
         }
@@ -300,28 +345,48 @@ impl Sim {
         peer.accept(&sdp);
     }
 
-    /// Delivers the SFU's queued datagrams to the peers (through `drop_down`); what the peers
-    /// answer goes to `up`.
+    /// Delivers the SFU's queued datagrams to the peers (through `drop_down`), from the source
+    /// the SFU chose; what the peers answer goes to `up`.
     pub fn deliver(&mut self, peers: &mut [&mut Peer], up: &mut Vec<(SocketAddr, Vec<u8>)>) {
+        let mut with_to = Vec::new();
+        self.deliver_to(peers, &mut with_to);
+        up.extend(with_to.into_iter().map(|(from, _, bytes)| (from, bytes)));
+    }
+
+    /// As [`Sim::deliver`], with the server address each answer is sent to.
+    pub fn deliver_to(&mut self, peers: &mut [&mut Peer], up: &mut Vec<(SocketAddr, SocketAddr, Vec<u8>)>) {
         let now = self.now;
         while let Some(t) = self.sfu.poll_transmit() {
+            if !self.sources.contains(&t.source) {
+                self.sources.push(t.source);
+            }
             if (self.drop_down)(t.destination, &t.contents) {
                 continue;
             }
             let Some(p) = peers.iter_mut().find(|p| p.addr == t.destination) else {
                 continue;
             };
-            p.receive(now, self.server, &t.contents, up);
+            p.receive_to(now, t.source, &t.contents, up);
+        }
+    }
+
+    /// Hands the clients' datagrams to the SFU, each with the server address it was sent to;
+    /// those to an unreachable address are lost.
+    fn up(&mut self, now: Instant, up: Vec<(SocketAddr, SocketAddr, Vec<u8>)>) {
+        for (from, to, bytes) in up {
+            if self.unreachable.contains(&to) {
+                self.lost_up += 1;
+                continue;
+            }
+            self.sfu.handle_datagram_to(now, from, to, &bytes);
         }
     }
 
     /// Delivers the SFU's queued datagrams to the peers and their answers back to the SFU.
     pub fn exchange(&mut self, peers: &mut [&mut Peer]) {
         let mut up = Vec::new();
-        self.deliver(peers, &mut up);
-        for (from, bytes) in up {
-            self.sfu.handle_datagram(self.now, from, &bytes);
-        }
+        self.deliver_to(peers, &mut up);
+        self.up(self.now, up);
     }
 
     /// One millisecond of virtual time: every peer and the SFU exchange what they have.
@@ -335,12 +400,10 @@ impl Sim {
         for p in peers.iter_mut() {
             if !p.closed {
                 let _ = p.rtc.handle_input(Input::Timeout(now));
-                p.drain(&mut up);
+                p.drain_to(&mut up);
             }
         }
-        for (from, bytes) in up {
-            self.sfu.handle_datagram(now, from, &bytes);
-        }
+        self.up(now, up);
         if self.sfu.poll_timeout().is_some_and(|t| t <= now) {
             self.sfu.handle_timeout(now);
         }
