@@ -494,3 +494,153 @@ fn a_dual_stack_server_serves_ipv4_and_ipv6_clients_on_one_socket() {
     let secs = assert_tone(&wav);
     eprintln!("{secs:.2} s of tone from an IPv4 publisher to an IPv6 player; {logged}");
 }
+
+/// The `t_ms` of the first event line of `events` that contains every one of `needles`.
+fn event_ms(events: &str, needles: &[&str]) -> Option<u64> {
+    let line = events.lines().find(|l| needles.iter().all(|n| l.contains(n)))?;
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    v["t_ms"].as_u64()
+}
+
+/// The speech sample (16 kHz mono) with 1.5 s of silence before it and 0.5 s after, as a WAV
+/// file: `huddle call --source` loops it, and the scorer finds one whole repetition.
+fn padded_speech(path: &Path) {
+    let speech = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../huddle-media/tests/data/speech-16k.wav"
+    );
+    let bytes = std::fs::read(speech).unwrap();
+    let at = bytes.windows(4).position(|w| w == b"data").expect("a data chunk") + 8;
+    let mut pcm = vec![0u8; 16_000 * 3]; // 1.5 s of silence, 16-bit
+    pcm.extend_from_slice(&bytes[at..]);
+    pcm.extend(std::iter::repeat_n(0u8, 16_000)); // 0.5 s
+    let mut wav = Vec::with_capacity(44 + pcm.len());
+    let n = pcm.len() as u32;
+    for (chunk, v) in [(&b"RIFF"[..], 36 + n), (b"WAVE", u32::MAX), (b"fmt ", 16)] {
+        wav.extend_from_slice(chunk);
+        if v != u32::MAX {
+            wav.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    // PCM, mono, 16 kHz, 32 000 bytes/s, 2-byte frames, 16 bits.
+    for v in [1u16, 1] {
+        wav.extend_from_slice(&v.to_le_bytes());
+    }
+    wav.extend_from_slice(&16_000u32.to_le_bytes());
+    wav.extend_from_slice(&32_000u32.to_le_bytes());
+    for v in [2u16, 16] {
+        wav.extend_from_slice(&v.to_le_bytes());
+    }
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&n.to_le_bytes());
+    wav.extend_from_slice(&pcm);
+    std::fs::write(path, wav).unwrap();
+}
+
+/// Wideband PESQ of a recording of the speech sample (`crates/huddle/tests/audio_score.py`, which
+/// aligns it first; numpy, scipy and PyPI `pesq`, installed by scripts/test.sh).
+fn pesq(heard: &Path) -> f64 {
+    let out = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../huddle/tests/audio_score.py"
+        ))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../huddle-media/tests/data/speech-16k.wav"
+        ))
+        .arg(heard)
+        .output()
+        .expect("run python3 audio_score.py");
+    assert!(
+        out.status.success(),
+        "audio_score.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let score: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    score["pesq"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no PESQ in {score}"))
+}
+
+#[test]
+fn clients_whose_network_blocks_udp_call_over_ice_tcp_at_the_quality_of_udp() {
+    require_root_ip_and_nft();
+    let ns = Netns::new("t", &["srv", "cli", "open"]);
+    ns.link("srv", "s0", "10.200.1.1/24", "cli", "c0", "10.200.1.2/24");
+    ns.link("srv", "s1", "10.200.4.1/24", "open", "o0", "10.200.4.2/24");
+    // The client's network lets no UDP out at all; TCP goes through (signaling and ICE-TCP).
+    // The other client's network is open: the same call over UDP, side by side.
+    let dir = tempdir("t");
+    let nft = "table inet hdl {\n  chain out {\n    type filter hook output priority 0; policy accept;\n    \
+               oif \"lo\" accept\n    meta l4proto udp counter drop comment \"udp\"\n    \
+               tcp dport 7881 counter accept comment \"ice-tcp\"\n  }\n}\n";
+    ns.nft("cli", nft, &dir);
+    let _server = serve(&ns, &dir, "0.0.0.0");
+    let speech = dir.join("speech.wav");
+    padded_speech(&speech);
+    let speech = speech.to_str().unwrap();
+
+    let mut players = Vec::new();
+    for (role, ip) in [("cli", "10.200.1.1"), ("open", "10.200.4.1")] {
+        let wav = dir.join(format!("heard-{role}.wav"));
+        let log = dir.join(format!("player-{role}.log"));
+        let stream = format!("speech-{role}");
+        let p = call(
+            &ns,
+            role,
+            ip,
+            &format!("bob-{role}"),
+            &["--play", &stream, "--record", wav.to_str().unwrap()],
+            "8",
+            &log,
+        );
+        players.push((role, p, log, wav));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut publishers = Vec::new();
+    for (role, ip) in [("cli", "10.200.1.1"), ("open", "10.200.4.1")] {
+        let log = dir.join(format!("publisher-{role}.log"));
+        let stream = format!("speech-{role}");
+        let p = call(
+            &ns,
+            role,
+            ip,
+            &format!("alice-{role}"),
+            &["--publish", &stream, "--source", speech],
+            "7",
+            &log,
+        );
+        publishers.push((role, p, log));
+    }
+    let mut joins = Vec::new();
+    for (role, p, log) in publishers {
+        let events = finish(p, &log);
+        let requested = event_ms(&events, &["publisher_state_update", "PublishRequesting"]);
+        let publishing = event_ms(&events, &["publisher_state_update", "Publishing"]);
+        joins.push(format!(
+            "{role}: PublishRequesting {requested:?} ms, Publishing {publishing:?} ms"
+        ));
+    }
+    let mut scores = Vec::new();
+    for (role, p, log, wav) in players {
+        let events = finish(p, &log);
+        assert!(
+            events.contains("player_recv_audio_first_frame"),
+            "{role}: {events}"
+        );
+        scores.push((role, pesq(&wav)));
+    }
+    assert!(
+        nft_packets(&ns, "cli", "\"udp\"") > 0,
+        "the blocked clients never tried UDP"
+    );
+    assert!(
+        nft_packets(&ns, "cli", "\"ice-tcp\"") > 0,
+        "nothing went over ICE-TCP"
+    );
+    eprintln!("ICE-TCP (cli) and UDP (open): PESQ {scores:?}; {joins:?}");
+    let (tcp, udp) = (scores[0].1, scores[1].1);
+    assert!(tcp >= 3.0, "speech over ICE-TCP scored PESQ {tcp:.2}");
+    assert!(tcp >= udp - 0.3, "ICE-TCP {tcp:.2} well below UDP {udp:.2}");
+}

@@ -5,6 +5,7 @@
 //! exactly one place.
 
 mod error;
+pub mod framing;
 mod ids;
 mod msg;
 

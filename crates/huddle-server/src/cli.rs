@@ -21,6 +21,10 @@ pub struct ServeArgs {
     /// UDP port for media (`udp_port`; default 7882).
     #[arg(long)]
     pub udp_port: Option<u16>,
+    /// TCP port for ICE over TCP, the fallback for clients whose network blocks UDP (`tcp_port`;
+    /// default 7881; 0: off).
+    #[arg(long)]
+    pub tcp_port: Option<u16>,
     /// The address clients send media to, for a host behind a 1:1 NAT (`public_ip`); by default
     /// the listen address, or each of the host's addresses on a wildcard listen.
     #[arg(long)]
@@ -56,6 +60,9 @@ impl ServeArgs {
         }
         if let Some(port) = self.udp_port {
             config.udp_port = port;
+        }
+        if let Some(port) = self.tcp_port {
+            config.tcp_port = (port != 0).then_some(port);
         }
         if let Some(ip) = self.public_ip {
             config.public_ip = Some(ip);

@@ -151,6 +151,11 @@ pub struct ServerConfig {
     /// The UDP port of the media plane (`udp_port`, default 7882; 0 picks a free port). The socket
     /// is bound on the IP of `listen`.
     pub udp_port: u16,
+    /// The TCP port of ICE over TCP (RFC 6544 passive candidates beside the UDP ones, for clients
+    /// whose network blocks UDP; `tcp_port`, `--tcp-port`, default 7881, as LiveKit's; 0 in the
+    /// file turns it off: `None`). `Some(0)` picks a free port (tests). Bound on the IP of
+    /// `listen`.
+    pub tcp_port: Option<u16>,
     /// The address clients send media to, advertised as the server's one ICE candidate with the
     /// bound UDP port (`public_ip`, `--public-ip`; default none). Set it when the host sits behind a
     /// 1:1 NAT (a cloud VM's public address) or a proxy forwards its media: every datagram is then
@@ -229,6 +234,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 7880)),
             udp_port: 7882,
+            tcp_port: Some(7881),
             public_ip: None,
             media_workers: 0,
             apps: Vec::new(),
@@ -276,6 +282,7 @@ pub fn default_data_dir() -> PathBuf {
 const FILE_KEYS: &[&str] = &[
     "listen",
     "udp_port",
+    "tcp_port",
     "public_ip",
     "media_workers",
     "data_dir",
@@ -307,6 +314,7 @@ const FILE_KEYS: &[&str] = &[
 struct FileConfig {
     listen: Option<SocketAddr>,
     udp_port: Option<u16>,
+    tcp_port: Option<u16>,
     public_ip: Option<IpAddr>,
     media_workers: Option<usize>,
     data_dir: Option<PathBuf>,
@@ -406,6 +414,7 @@ impl ServerConfig {
         ServerConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             udp_port: 0,
+            tcp_port: Some(0),
             apps,
             data_dir: std::env::temp_dir().join("huddle-test-data"),
             heartbeat: Duration::from_millis(500),
@@ -451,6 +460,7 @@ impl ServerConfig {
         let config = ServerConfig {
             listen: f.listen.unwrap_or(d.listen),
             udp_port: f.udp_port.unwrap_or(d.udp_port),
+            tcp_port: f.tcp_port.map_or(d.tcp_port, |p| (p != 0).then_some(p)),
             public_ip: f.public_ip.or(d.public_ip),
             media_workers: f.media_workers.unwrap_or(d.media_workers),
             apps: convert_apps(f.apps)?,
@@ -741,6 +751,15 @@ mod tests {
         let c = ServerConfig::from_toml_str("").unwrap();
         assert_eq!(c.listen, "127.0.0.1:7880".parse().unwrap());
         assert_eq!(c.udp_port, 7882);
+        assert_eq!(c.tcp_port, Some(7881));
+        assert_eq!(
+            ServerConfig::from_toml_str("tcp_port = 0").unwrap().tcp_port,
+            None
+        );
+        assert_eq!(
+            ServerConfig::from_toml_str("tcp_port = 443").unwrap().tcp_port,
+            Some(443)
+        );
         assert_eq!(c.heartbeat, Duration::from_secs(5));
         assert_eq!(c.session_timeout, Duration::from_secs(15));
         assert_eq!(c.grace, Duration::from_secs(20));
@@ -861,6 +880,7 @@ mod tests {
         assert_eq!(c.media_workers, d.media_workers);
         assert_eq!(c.listen, d.listen);
         assert_eq!(c.udp_port, d.udp_port);
+        assert_eq!(c.tcp_port, d.tcp_port);
         assert_eq!(c.public_ip, d.public_ip);
         assert_eq!(c.heartbeat, d.heartbeat);
         assert_eq!(c.session_timeout, d.session_timeout);

@@ -48,7 +48,9 @@
 mod candidates;
 #[allow(unsafe_code)]
 mod mmsg;
+mod tcp;
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,7 +58,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use str0m::net::Transmit;
+use str0m::net::{Protocol, Transmit};
 use tracing::{debug, info, warn};
 
 use parking_lot::Mutex;
@@ -96,6 +98,21 @@ const IDLE_WAKE: Duration = Duration::from_secs(1);
 enum ShardMsg {
     Datagrams(Batch),
     Command(Command),
+    /// A new ICE-TCP connection from `from`: where its PCs' transmits go (framed).
+    TcpOpen {
+        from: SocketAddr,
+        tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    },
+    /// A datagram of the ICE-TCP connection from `from`, accepted on the candidate `to`.
+    TcpFrame {
+        from: SocketAddr,
+        to: SocketAddr,
+        datagram: Vec<u8>,
+    },
+    /// The ICE-TCP connection from `from` ended.
+    TcpClosed {
+        from: SocketAddr,
+    },
     Stop,
 }
 
@@ -146,6 +163,9 @@ impl std::fmt::Debug for ShardMsg {
         match self {
             ShardMsg::Datagrams(b) => write!(f, "Datagrams({})", b.items.len()),
             ShardMsg::Command(c) => write!(f, "Command({c:?})"),
+            ShardMsg::TcpOpen { from, .. } => write!(f, "TcpOpen({from})"),
+            ShardMsg::TcpFrame { from, datagram, .. } => write!(f, "TcpFrame({from}, {})", datagram.len()),
+            ShardMsg::TcpClosed { from } => write!(f, "TcpClosed({from})"),
             ShardMsg::Stop => f.write_str("Stop"),
         }
     }
@@ -231,6 +251,11 @@ pub(crate) fn bind(config: &crate::ServerConfig) -> io::Result<std::net::UdpSock
     Ok(socket)
 }
 
+/// Binds the ICE-TCP listener: the IP of `listen`, port `tcp_port` ([`tcp::bind`]).
+pub(crate) fn bind_tcp(ip: std::net::IpAddr, port: u16) -> io::Result<std::net::TcpListener> {
+    tcp::bind(ip, port)
+}
+
 /// The number of shards for `media_workers` (0: one per core this process may run on).
 pub(crate) fn shard_count(media_workers: usize) -> usize {
     let n = match media_workers {
@@ -246,9 +271,14 @@ pub(crate) fn shard_count(media_workers: usize) -> usize {
 pub(crate) fn spawn(
     state: ServerState,
     socket: std::net::UdpSocket,
+    tcp_listener: Option<std::net::TcpListener>,
     counters: Arc<Counters>,
 ) -> io::Result<(MediaTx, tokio::task::JoinHandle<()>)> {
     let local = socket.local_addr()?;
+    let tcp_port = match &tcp_listener {
+        Some(l) => Some(l.local_addr()?.port()),
+        None => None,
+    };
     let plan = candidates::plan(local, state.config().public_ip, candidates::host_ips)?;
     let per_datagram = plan.destination.per_datagram();
     if per_datagram {
@@ -273,6 +303,7 @@ pub(crate) fn spawn(
         let (tx, rx) = mpsc::channel();
         let mut config = SfuConfig::new(plan.candidates[0]);
         config.candidates = plan.candidates.clone();
+        config.tcp_port = tcp_port;
         config.shard = index;
         senders.push(tx);
         shards.push(Shard {
@@ -291,6 +322,7 @@ pub(crate) fn spawn(
             sender: SendBatch::new(&socket, per_datagram),
             out: Vec::with_capacity(BATCH),
             signals: Vec::new(),
+            tcp: HashMap::new(),
         });
     }
     drop((learn_tx, recycle_tx));
@@ -307,6 +339,15 @@ pub(crate) fn spawn(
                 .spawn(move || shard.run())?,
         );
     }
+    let tcp_plane = tcp_port.map(|port| tcp::Plane {
+        shards: senders.clone(),
+        queues: queues.clone(),
+        waker: waker.clone(),
+        counters: counters.clone(),
+        destination: plan.destination,
+        port,
+        max_per_ip: state.config().max_connections_per_ip,
+    });
     let receiver = Receiver {
         socket: socket.clone(),
         router: Router::new(n, ROUTES_PER_GENERATION),
@@ -331,6 +372,13 @@ pub(crate) fn spawn(
         .collect::<Vec<_>>()
         .join(" ");
     info!(%local, candidates = %advertised, per_datagram_destination = per_datagram, shards = n, "media plane listening");
+    if let (Some(listener), Some(plane)) = (tcp_listener, tcp_plane) {
+        info!(
+            tcp_port = plane.port,
+            "ICE-TCP listening (passive candidates on the same addresses)"
+        );
+        tokio::spawn(tcp::serve(listener, plane, state.shutdown_receiver()));
+    }
     let mut shutdown = state.shutdown_receiver();
     let stopper = senders.clone();
     let stop_waker = waker.clone();
@@ -512,6 +560,8 @@ struct Shard {
     /// Datagrams taken from the SFU, not yet sent (at most a batch).
     out: Vec<Transmit>,
     signals: Vec<(crate::registry::SessionId, huddle_proto::ServerMsg)>,
+    /// The ICE-TCP connections of this shard's PCs, by client address ([`tcp`]).
+    tcp: HashMap<SocketAddr, tokio::sync::mpsc::Sender<Vec<u8>>>,
 }
 
 impl Shard {
@@ -565,6 +615,18 @@ impl Shard {
                 batch.clear();
                 let _ = self.recycle.send(batch);
             }
+            ShardMsg::TcpOpen { from, tx } => {
+                self.tcp.insert(from, tx);
+            }
+            ShardMsg::TcpFrame { from, to, datagram } => {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                self.sfu
+                    .handle_input(Instant::now(), Protocol::Tcp, from, to, &datagram);
+                self.send(false);
+            }
+            ShardMsg::TcpClosed { from } => {
+                self.tcp.remove(&from);
+            }
             ShardMsg::Stop => {}
         }
     }
@@ -616,6 +678,7 @@ impl Shard {
         loop {
             while self.out.len() < BATCH {
                 match self.sfu.poll_transmit() {
+                    Some(t) if t.proto == Protocol::Tcp => self.send_tcp(&t),
                     Some(t) => self.out.push(t),
                     None => break,
                 }
@@ -628,6 +691,19 @@ impl Shard {
                 self.counters.count_send_failure();
             }
             self.out.clear();
+        }
+    }
+
+    /// Queues a transmit on its ICE-TCP connection; dropped (and counted) when the connection is
+    /// gone or its queue is full.
+    fn send_tcp(&mut self, t: &Transmit) {
+        let sent = self
+            .tcp
+            .get(&t.destination)
+            .zip(huddle_proto::framing::encode(&t.contents))
+            .is_some_and(|(tx, f)| tx.try_send(f).is_ok());
+        if !sent {
+            self.counters.count_send_failure();
         }
     }
 

@@ -77,6 +77,10 @@ struct Shared {
     udp: Mutex<Option<std::net::UdpSocket>>,
     /// The media socket's bound address.
     udp_addr: OnceLock<SocketAddr>,
+    /// The ICE-TCP listener (`tcp_port`), bound with the media socket.
+    tcp: Mutex<Option<std::net::TcpListener>>,
+    /// The ICE-TCP listener's bound address.
+    tcp_addr: OnceLock<SocketAddr>,
     /// The media task, once started.
     media_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     counters: Arc<Counters>,
@@ -474,6 +478,8 @@ impl ServerState {
             idle: Notify::new(),
             udp: Mutex::new(None),
             udp_addr: OnceLock::new(),
+            tcp: Mutex::new(None),
+            tcp_addr: OnceLock::new(),
             media_task: Mutex::new(None),
             counters: Arc::new(Counters::default()),
             per_ip: Mutex::new(PerIpTable {
@@ -577,9 +583,19 @@ impl ServerState {
         }
         let socket = media::bind(&self.0.config)?;
         let addr = socket.local_addr()?;
+        if let Some(port) = self.0.config.tcp_port {
+            let listener = media::bind_tcp(self.0.config.listen.ip(), port)?;
+            let _ = self.0.tcp_addr.set(listener.local_addr()?);
+            *self.0.tcp.lock() = Some(listener);
+        }
         *self.0.udp.lock() = Some(socket);
         let _ = self.0.udp_addr.set(addr);
         Ok(addr)
+    }
+
+    /// The bound address of the ICE-TCP listener, once bound (`None` with `tcp_port` off).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.0.tcp_addr.get().copied()
     }
 
     /// The bound address of the media UDP socket, once bound.
@@ -603,7 +619,8 @@ impl ServerState {
         let Some(socket) = self.0.udp.lock().take() else {
             return Err(std::io::Error::other("the media socket was already used"));
         };
-        let (tx, handle) = media::spawn(self.clone(), socket, self.0.counters.clone())?;
+        let tcp = self.0.tcp.lock().take();
+        let (tx, handle) = media::spawn(self.clone(), socket, tcp, self.0.counters.clone())?;
         self.0.hub.lock().media = Some(tx);
         *task = Some(handle);
         Ok(())

@@ -41,7 +41,7 @@ use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
 use str0m::format::Codec;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt};
-use str0m::net::{Protocol, Receive, Transmit};
+use str0m::net::{Protocol, Receive, TcpType, Transmit};
 use str0m::rtp::{Extension, ExtensionValues, RtpPacket, RtpWrite, Ssrc};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tracing::{debug, info};
@@ -75,6 +75,9 @@ pub struct SfuConfig {
     /// ([`Sfu::handle_datagram_to`]), and each PC's datagrams leave from the candidate its
     /// client reached ([`Transmit::source`]).
     pub candidates: Vec<SocketAddr>,
+    /// The TCP port of the server's ICE-TCP candidates (RFC 6544 passive), one on each IP of
+    /// `candidates`, for clients whose network blocks UDP; `None`: UDP only.
+    pub tcp_port: Option<u16>,
     /// A PC that does not connect (ICE and DTLS) in this time is closed as failed.
     pub connect_timeout: Duration,
     /// How long a play offer waits for the publisher's media offer (when the stream is published
@@ -92,6 +95,7 @@ impl SfuConfig {
     pub fn new(candidate: SocketAddr) -> SfuConfig {
         SfuConfig {
             candidates: vec![candidate],
+            tcp_port: None,
             connect_timeout: Duration::from_secs(15),
             play_wait: Duration::from_secs(5),
             max_peer_connections: 20_000,
@@ -300,7 +304,7 @@ struct Pc {
     /// The server's ICE username fragment of this PC (the `by_ufrag` key).
     ufrag: String,
     /// The remote addresses in `by_addr` that lead here.
-    addrs: Vec<SocketAddr>,
+    addrs: Vec<(Protocol, SocketAddr)>,
     /// The str0m timeout that has the live entry in the timer heap.
     scheduled: Option<Instant>,
     connect_deadline: Instant,
@@ -378,7 +382,7 @@ pub struct Sfu {
     free: Vec<usize>,
     live: usize,
     by_ufrag: HashMap<String, usize>,
-    by_addr: HashMap<SocketAddr, usize>,
+    by_addr: HashMap<(Protocol, SocketAddr), usize>,
     by_owner: HashMap<(SessionId, StreamKey, MediaRole), usize>,
     streams: HashMap<StreamKey, StreamEntry>,
     next_epoch: u32,
@@ -582,6 +586,17 @@ impl Sfu {
             let candidate = Candidate::host(*addr, "udp")
                 .map_err(|e| HuddleError::new(ErrorCode::INTERNAL, format!("server candidate: {e}")))?;
             rtc.add_local_candidate(candidate);
+        }
+        for addr in self.tcp_candidates() {
+            // RFC 6544: the server only accepts connections (passive); its type preference puts
+            // it below the UDP candidates, so a client that reaches both nominates UDP.
+            let tcp = Candidate::builder()
+                .tcp()
+                .host(addr)
+                .tcptype(TcpType::Passive)
+                .build()
+                .map_err(|e| HuddleError::new(ErrorCode::INTERNAL, format!("server TCP candidate: {e}")))?;
+            rtc.add_local_candidate(tcp);
         }
         let answer = rtc
             .sdp_api()
@@ -959,7 +974,7 @@ impl Sfu {
     /// Whether datagrams from `addr` reach a PC (a connectivity check from there passed): the
     /// sharded media plane's router learns the address after a STUN datagram.
     pub fn routes_address(&self, addr: SocketAddr) -> bool {
-        self.by_addr.contains_key(&addr)
+        self.by_addr.contains_key(&(Protocol::Udp, addr))
     }
 
     /// Handles one datagram received from `from` on the media socket, sent to the first
@@ -973,6 +988,20 @@ impl Sfu {
     /// `to` (with several candidates, the address the socket says it arrived on). A connectivity
     /// check to an address that is not a candidate is dropped by the PC's ICE agent.
     pub fn handle_datagram_to(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, buf: &[u8]) {
+        self.handle_input(now, Protocol::Udp, from, to, buf);
+    }
+
+    /// Handles one datagram received over `proto` from `from`, sent to the candidate `to`: a UDP
+    /// datagram, or (TCP) a frame of an ICE-TCP connection (RFC 4571) accepted on `to`, whose
+    /// answers leave as transmits with that protocol and destination.
+    pub fn handle_input(
+        &mut self,
+        now: Instant,
+        proto: Protocol,
+        from: SocketAddr,
+        to: SocketAddr,
+        buf: &[u8],
+    ) {
         bump(&self.counters.datagrams_in);
         let is_stun = buf.first().is_some_and(|b| *b < 2);
         let id = if is_stun {
@@ -982,13 +1011,13 @@ impl Sfu {
                 self.by_ufrag.get(local).copied()
             })
         } else {
-            self.by_addr.get(&from).copied()
+            self.by_addr.get(&(proto, from)).copied()
         };
         let Some(id) = id else {
             bump(&self.counters.dropped_unknown);
             return;
         };
-        let Ok(receive) = Receive::new(Protocol::Udp, from, to, buf) else {
+        let Ok(receive) = Receive::new(proto, from, to, buf) else {
             bump(&self.counters.dropped_invalid);
             return;
         };
@@ -1005,7 +1034,7 @@ impl Sfu {
             return;
         }
         if is_stun {
-            self.learn_address(now, id, from, to);
+            self.learn_address(now, id, proto, from, to);
         }
         self.drive(id, now);
         self.flush(now);
@@ -1013,12 +1042,13 @@ impl Sfu {
 
     /// After a connectivity check from `from`, routes that address's other traffic to the PC if
     /// its ICE agent now accepts it.
-    fn learn_address(&mut self, now: Instant, id: usize, from: SocketAddr, to: SocketAddr) {
-        if self.by_addr.get(&from) == Some(&id) {
+    fn learn_address(&mut self, now: Instant, id: usize, proto: Protocol, from: SocketAddr, to: SocketAddr) {
+        let key = (proto, from);
+        if self.by_addr.get(&key) == Some(&id) {
             return;
         }
         let Some(pc) = self.pc(id) else { return };
-        let Ok(probe) = Receive::new(Protocol::Udp, from, to, &PROBE_RTP) else {
+        let Ok(probe) = Receive::new(proto, from, to, &PROBE_RTP) else {
             return;
         };
         if !pc.rtc.accepts(&Input::Receive(now, probe)) {
@@ -1027,14 +1057,24 @@ impl Sfu {
         // A client whose address keeps changing (NAT rebinding, a new network) keeps its
         // latest addresses.
         let oldest = (pc.addrs.len() >= MAX_ADDRS_PER_PC).then(|| pc.addrs.remove(0));
-        pc.addrs.push(from);
+        pc.addrs.push(key);
         if let Some(old) = oldest
             && self.by_addr.get(&old) == Some(&id)
         {
             self.by_addr.remove(&old);
         }
         // A newer PC from the same address (a client reusing its port) takes the address over.
-        self.by_addr.insert(from, id);
+        self.by_addr.insert(key, id);
+    }
+
+    /// The ICE-TCP candidates: each candidate's IP with the TCP port.
+    fn tcp_candidates(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.config.tcp_port.into_iter().flat_map(|port| {
+            self.config
+                .candidates
+                .iter()
+                .map(move |c| SocketAddr::new(c.ip(), port))
+        })
     }
 
     /// Drives time: PCs whose timeout is due, connect deadlines and waiting play offers.
@@ -1438,7 +1478,7 @@ impl Sfu {
         }
         for (a, id) in &self.by_addr {
             if self.pcs.get(*id).and_then(Option::as_ref).is_none() {
-                return Err(format!("address {a} -> dead PC {id}"));
+                return Err(format!("address {a:?} -> dead PC {id}"));
             }
         }
         for ((s, k, r), id) in &self.by_owner {

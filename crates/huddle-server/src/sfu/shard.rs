@@ -83,6 +83,14 @@ fn stun_username(m: &[u8]) -> Option<&str> {
     None
 }
 
+/// The shard among `shards` of a STUN message by the server's ICE username fragment (the first
+/// half of its USERNAME), if it has that form. An ICE-TCP connection belongs to the shard of its
+/// first message.
+pub fn stun_shard(datagram: &[u8], shards: usize) -> Option<usize> {
+    let (local, _) = stun_username(datagram)?.split_once(':')?;
+    ufrag_shard(local).filter(|s| *s < shards)
+}
+
 /// Routes each received datagram to a shard (see the [module documentation](self)).
 ///
 /// The address table is bounded by two generations of [`Router::new`]'s `per_generation` entries:
@@ -114,8 +122,7 @@ impl Router {
     pub fn route(&mut self, from: SocketAddr, datagram: &[u8]) -> Option<usize> {
         let first = *datagram.first()?;
         if first < 2 {
-            let (local, _) = stun_username(datagram)?.split_once(':')?;
-            return ufrag_shard(local).filter(|s| *s < self.shards);
+            return stun_shard(datagram, self.shards);
         }
         if let Some(s) = self.young.get(&from) {
             return Some(usize::from(*s));

@@ -5,23 +5,157 @@
 //! returns a timeout. The client always offers; the server (ICE-lite) answers and learns our
 //! address from our connectivity checks, so the offer carries one host candidate: the socket's
 //! address on the interface that routes to the server.
+//!
+//! **ICE over TCP, the fallback.** When the answer carries a passive TCP candidate of the server
+//! (RFC 6544) and ICE over UDP has not connected [`TCP_FALLBACK_DELAY`] after the answer (a
+//! network that blocks UDP), the PC connects to that candidate, adds the connection's address as
+//! an active TCP candidate of its own, and str0m checks and nominates the TCP pair; datagrams
+//! then travel framed (RFC 4571, `huddle_proto::framing`) by a small task that owns the stream.
+//! UDP keeps its higher priority: a path where both work nominates UDP. There is no TURN client
+//! (str0m has none): a network that lets neither UDP nor TCP to the server through is not
+//! reached.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs, UdpSocket};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use huddle_proto::MediaRole;
 use socket2::SockRef;
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, TcpType};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::MediaUpdate;
 
 /// Largest datagram read.
 pub(crate) const RECV_BUF: usize = 2048;
+
+/// How long after the answer ICE over UDP may take to connect before the PC also tries the
+/// server's ICE-TCP candidate: a check and its answer cross most networks well within it, so a
+/// PC whose UDP works never opens a TCP connection.
+pub(crate) const TCP_FALLBACK_DELAY: Duration = Duration::from_millis(300);
+
+/// How long connecting to the server's ICE-TCP candidate may take.
+const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Frames queued each way between a PC and its TCP task; beyond, outgoing ones are dropped (as
+/// a congested path would) and incoming ones wait.
+const TCP_QUEUE: usize = 256;
+
+/// What the TCP task tells its PC.
+#[derive(Debug)]
+pub(crate) enum TcpEvent {
+    /// Connected from this local address.
+    Connected(SocketAddr),
+    /// A datagram from the server.
+    Frame(Vec<u8>),
+    /// The connection failed or ended.
+    Closed,
+}
+
+/// What a PC receives next ([`Pc::recv`]).
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    /// A UDP datagram of this length in the buffer, from this address.
+    Udp(usize, SocketAddr),
+    /// From the ICE-TCP connection.
+    Tcp(TcpEvent),
+    /// The socket failed (nothing to do).
+    Error,
+}
+
+/// The ICE-TCP fallback of a PC.
+struct TcpLink {
+    /// The server's passive candidate.
+    server: SocketAddr,
+    /// Our end, once connected (our active candidate).
+    local: Option<SocketAddr>,
+    out: mpsc::Sender<Vec<u8>>,
+    events: mpsc::Receiver<TcpEvent>,
+}
+
+/// The server's passive ICE-TCP candidate of the address family of `local` in an SDP answer.
+fn tcp_candidate(sdp: &str, local: SocketAddr) -> Option<SocketAddr> {
+    sdp.lines()
+        .filter_map(|l| l.trim_end().strip_prefix("a=candidate:"))
+        .filter_map(|c| {
+            // foundation component transport priority address port typ host [tcptype passive]
+            let f: Vec<&str> = c.split_whitespace().collect();
+            let passive = f.windows(2).any(|w| w[0] == "tcptype" && w[1] == "passive");
+            if f.len() < 6 || !f[2].eq_ignore_ascii_case("tcp") || !passive {
+                return None;
+            }
+            let ip: IpAddr = f[4].parse().ok()?;
+            Some(SocketAddr::new(ip, f[5].parse().ok()?))
+        })
+        .find(|a| a.is_ipv4() == local.is_ipv4())
+}
+
+/// Connects to `server` and carries framed datagrams both ways until either side ends.
+async fn tcp_link(server: SocketAddr, mut out: mpsc::Receiver<Vec<u8>>, events: mpsc::Sender<TcpEvent>) {
+    let stream = match tokio::time::timeout(TCP_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(server)).await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            debug!(%server, error = %e, "ICE-TCP connect failed");
+            let _ = events.send(TcpEvent::Closed).await;
+            return;
+        }
+        Err(_) => {
+            debug!(%server, "ICE-TCP connect timed out");
+            let _ = events.send(TcpEvent::Closed).await;
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let Ok(local) = stream.local_addr() else {
+        let _ = events.send(TcpEvent::Closed).await;
+        return;
+    };
+    if events.send(TcpEvent::Connected(local)).await.is_err() {
+        return;
+    }
+    let (mut rd, mut wr) = stream.into_split();
+    let reader = async {
+        let mut decoder = huddle_proto::framing::FrameDecoder::new(RECV_BUF);
+        let mut chunk = [0u8; 4096];
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(f)) => {
+                    if events.send(TcpEvent::Frame(f)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    debug!(error = %e, "ICE-TCP stream unusable");
+                    return;
+                }
+            }
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => decoder.push(&chunk[..n]),
+            }
+        }
+    };
+    let writer = async {
+        while let Some(f) = out.recv().await {
+            if wr.write_all(&f).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = reader => {}
+        () = writer => {}
+    }
+    let _ = events.send(TcpEvent::Closed).await;
+}
 
 /// The frames back each RED packet repeats (see `docs/quality.md` for the measurements behind
 /// the choice): frame *n* travels in packets *n*, *n + 1*, *n + 3* and *n + 6*, so a frame is
@@ -114,6 +248,13 @@ pub(crate) struct Pc {
     pub(crate) dead: bool,
     /// The server closed it (DTLS close_notify): it says why on the signaling connection.
     pub(crate) closed_by_peer: bool,
+    /// ICE has a working pair (over UDP or TCP).
+    ice_connected: bool,
+    /// When to try ICE over TCP if ICE is not connected by then (set by the answer).
+    tcp_fallback_at: Option<Instant>,
+    /// The server's passive ICE-TCP candidate, from the answer.
+    tcp_server: Option<SocketAddr>,
+    tcp: Option<TcpLink>,
 }
 
 impl Pc {
@@ -166,6 +307,10 @@ impl Pc {
             connected: false,
             dead: false,
             closed_by_peer: false,
+            ice_connected: false,
+            tcp_fallback_at: None,
+            tcp_server: None,
+            tcp: None,
         };
         Ok((pc, offer.to_sdp_string()))
     }
@@ -177,7 +322,84 @@ impl Pc {
         self.rtc
             .sdp_api()
             .accept_answer(pending, answer)
-            .map_err(|e| format!("answer refused: {e}"))
+            .map_err(|e| format!("answer refused: {e}"))?;
+        self.tcp_server = tcp_candidate(sdp, self.local);
+        if self.tcp_server.is_some() && !self.ice_connected {
+            self.tcp_fallback_at = Some(Instant::now() + TCP_FALLBACK_DELAY);
+        }
+        Ok(())
+    }
+
+    /// Waits for the next datagram: on the UDP socket, or from the ICE-TCP connection once
+    /// there is one. Cancel-safe (a branch of `select!`).
+    pub(crate) async fn recv(&mut self, buf: &mut [u8]) -> Incoming {
+        let udp = &self.socket;
+        match &mut self.tcp {
+            Some(link) => tokio::select! {
+                r = udp.recv_from(buf) => r.map_or(Incoming::Error, |(n, from)| Incoming::Udp(n, from)),
+                e = link.events.recv() => Incoming::Tcp(e.unwrap_or(TcpEvent::Closed)),
+            },
+            None => udp
+                .recv_from(buf)
+                .await
+                .map_or(Incoming::Error, |(n, from)| Incoming::Udp(n, from)),
+        }
+    }
+
+    /// Handles what [`Pc::recv`] returned (`buf` holds a UDP datagram).
+    pub(crate) fn on_incoming(&mut self, now: Instant, incoming: Incoming, buf: &[u8]) {
+        match incoming {
+            Incoming::Udp(n, from) => self.receive(now, from, &buf[..n]),
+            Incoming::Tcp(TcpEvent::Connected(local)) => {
+                let Some(link) = &mut self.tcp else { return };
+                link.local = Some(local);
+                let candidate = Candidate::builder()
+                    .tcp()
+                    .host(local)
+                    .tcptype(TcpType::Active)
+                    .build();
+                match candidate {
+                    Ok(c) => {
+                        debug!(%local, server = %link.server, "ICE-TCP connected: checking the TCP pair");
+                        self.rtc.add_local_candidate(c);
+                    }
+                    Err(e) => debug!(error = %e, "no ICE-TCP candidate"),
+                }
+            }
+            Incoming::Tcp(TcpEvent::Frame(data)) => {
+                let Some((server, Some(local))) = self.tcp.as_ref().map(|l| (l.server, l.local)) else {
+                    return;
+                };
+                let Ok(r) = Receive::new(Protocol::Tcp, server, local, &data) else {
+                    return;
+                };
+                if let Err(e) = self.rtc.handle_input(Input::Receive(now, r)) {
+                    debug!(error = %e, "peer connection input refused");
+                    self.dead = true;
+                }
+            }
+            Incoming::Tcp(TcpEvent::Closed) => {
+                // The TCP path is gone; if it carried the media, ICE notices and ends the PC.
+                debug!("ICE-TCP connection closed");
+                self.tcp = None;
+            }
+            Incoming::Error => {}
+        }
+    }
+
+    /// Starts the ICE-TCP fallback (see the module documentation).
+    fn start_tcp(&mut self) {
+        let Some(server) = self.tcp_server else { return };
+        let (out_tx, out_rx) = mpsc::channel(TCP_QUEUE);
+        let (ev_tx, ev_rx) = mpsc::channel(TCP_QUEUE);
+        debug!(%server, "ICE over UDP not connected yet: trying ICE-TCP");
+        tokio::spawn(tcp_link(server, out_rx, ev_tx));
+        self.tcp = Some(TcpLink {
+            server,
+            local: None,
+            out: out_tx,
+            events: ev_rx,
+        });
     }
 
     /// The payload type negotiated for `codec` on `mid`.
@@ -200,8 +422,14 @@ impl Pc {
         }
     }
 
-    /// Feeds the time.
+    /// Feeds the time (and starts the ICE-TCP fallback when it is due).
     pub(crate) fn timeout(&mut self, now: Instant) {
+        if self.tcp_fallback_at.is_some_and(|t| t <= now) {
+            self.tcp_fallback_at = None;
+            if !self.ice_connected && self.tcp.is_none() {
+                self.start_tcp();
+            }
+        }
         if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
             debug!(error = %e, "peer connection timeout refused");
             self.dead = true;
@@ -226,6 +454,12 @@ impl Pc {
                 return None;
             }
             match self.rtc.poll_output() {
+                Ok(Output::Transmit(t)) if t.proto == Protocol::Tcp => {
+                    // A full queue drops the datagram, as a congested path would.
+                    if let (Some(link), Some(f)) = (&self.tcp, huddle_proto::framing::encode(&t.contents)) {
+                        let _ = link.out.try_send(f);
+                    }
+                }
                 Ok(Output::Transmit(t)) => {
                     // UDP: a full socket buffer drops the datagram, as the network would. Sent
                     // through the raw socket, not tokio's `try_send_to`, which answers WouldBlock
@@ -233,10 +467,18 @@ impl Pc {
                     // first ICE check of a new connection (retried only after 250 ms).
                     let _ = SockRef::from(&self.socket).send_to(&t.contents, &t.destination.into());
                 }
-                Ok(Output::Timeout(at)) => return Some(at),
+                Ok(Output::Timeout(at)) => {
+                    return Some(match self.tcp_fallback_at {
+                        Some(t) => t.min(at),
+                        None => at,
+                    });
+                }
                 Ok(Output::Event(e)) => {
                     match &e {
                         Event::Connected => self.connected = true,
+                        Event::IceConnectionStateChange(
+                            IceConnectionState::Connected | IceConnectionState::Completed,
+                        ) => self.ice_connected = true,
                         Event::Closed => self.closed_by_peer = true,
                         Event::IceConnectionStateChange(IceConnectionState::Disconnected) => self.dead = true,
                         _ => {}

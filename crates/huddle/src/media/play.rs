@@ -161,11 +161,7 @@ pub(crate) async fn run(
                 }
                 None => break,
             },
-            r = pc.socket.recv_from(&mut buf) => {
-                if let Ok((n, from)) = r {
-                    pc.receive(Instant::now(), from, &buf[..n]);
-                }
-            }
+            r = pc.recv(&mut buf) => pc.on_incoming(Instant::now(), r, &buf),
             _ = sleep_opt(wake) => pc.timeout(Instant::now()),
         }
     }
