@@ -90,7 +90,7 @@ urls = ["turns:${TURN_IP}:443?transport=tcp"]
 secret = "${TURN_SECRET}"
 `,
   );
-  server = await startServer({ listen: `${SERVER_IP}:443`, netns: NS_SERVER, args: ["--config", config] });
+  server = await startServer({ listen: `${SERVER_IP}:443`, netns: NS_SERVER, args: ["--config", config], tcpPort: "7881" });
   chrome = await launchBrowser({
     netns: NS_CLIENT,
     args: [`--unsafely-treat-insecure-origin-as-secure=${server.url}`, "--ignore-certificate-errors"],

@@ -24,8 +24,9 @@ export function huddleBin() {
 /**
  * Starts `huddle serve` in dev mode and parses its banner (huddle_server::cli print_banner).
  * `listen` and `dataDir` restart a server where an earlier one was (same address, same dev app);
- * `netns` runs it in that network namespace; `args` are more flags (e.g. `--config FILE`).
- * @param {{ listen?: string, dataDir?: string, netns?: string, args?: string[] }} [opts]
+ * `netns` runs it in that network namespace; `args` are more flags (e.g. `--config FILE`);
+ * `tcpPort` is the ICE-TCP port (default "0": off).
+ * @param {{ listen?: string, dataDir?: string, netns?: string, args?: string[], tcpPort?: string }} [opts]
  * @returns {Promise<Server>}
  */
 export async function startServer(opts = {}) {
@@ -33,7 +34,8 @@ export async function startServer(opts = {}) {
   if (!existsSync(bin)) throw new Error(`${bin} not found: run cargo build -p huddle-cli (or set HUDDLE_BIN)`);
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), "huddle-web-test-"));
   const listen = opts.listen ?? "127.0.0.1:0";
-  const argv = [bin, "serve", "--listen", listen, "--udp-port", "0", "--data-dir", dataDir, ...(opts.args ?? [])];
+  // ICE-TCP off unless asked for (`tcpPort`): its default port is fixed.
+  const argv = [bin, "serve", "--listen", listen, "--udp-port", "0", "--tcp-port", opts.tcpPort ?? "0", "--data-dir", dataDir, ...(opts.args ?? [])];
   const [cmd, ...cmdArgs] = opts.netns ? ["ip", "netns", "exec", opts.netns, ...argv] : argv;
   const child = spawn(cmd, cmdArgs, {
     stdio: ["ignore", "pipe", "pipe"],
