@@ -1,6 +1,7 @@
 //! Test certificates made with rcgen: a CA, and a server certificate it signs for `localhost` and
 //! `127.0.0.1`, written as PEM files in a fresh directory. Shared with the SDK's TLS test
 //! (`crates/huddle/tests/tls.rs` includes this file).
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 
