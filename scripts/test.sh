@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 
 # System packages the tests need beyond the Rust toolchain and gcc (huddle-media links libopus and
 # libvpx, found through pkg-config; the SDK's `device` feature links ALSA through cpal; the browser
-# tests drive Debian's chromium). Installed only when missing, so a warm machine starts at once.
-apt_packages=(libopus-dev libvpx-dev pkg-config chromium libasound2-dev)
+# tests drive Debian's chromium, and web/tests/tls.test.js makes its certificate with the openssl
+# command). Installed only when missing, so a warm machine starts at once.
+apt_packages=(libopus-dev libvpx-dev pkg-config chromium libasound2-dev openssl)
 need_apt=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")

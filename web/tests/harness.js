@@ -23,8 +23,9 @@ export function huddleBin() {
 
 /**
  * Starts `huddle serve` in dev mode and parses its banner (crates/huddle-cli print_banner).
- * `listen` and `dataDir` restart a server where an earlier one was (same address, same dev app).
- * @param {{ listen?: string, dataDir?: string }} [opts]
+ * `listen` and `dataDir` restart a server where an earlier one was (same address, same dev app);
+ * `args` are more flags (`--tls-cert`, `--tls-key`: then `url` is https:// and `wsUrl` wss://).
+ * @param {{ listen?: string, dataDir?: string, args?: string[] }} [opts]
  * @returns {Promise<Server>}
  */
 export async function startServer(opts = {}) {
@@ -32,7 +33,7 @@ export async function startServer(opts = {}) {
   if (!existsSync(bin)) throw new Error(`${bin} not found: run cargo build -p huddle-cli (or set HUDDLE_BIN)`);
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), "huddle-web-test-"));
   const listen = opts.listen ?? "127.0.0.1:0";
-  const child = spawn(bin, ["serve", "--listen", listen, "--udp-port", "0", "--data-dir", dataDir], {
+  const child = spawn(bin, ["serve", "--listen", listen, "--udp-port", "0", "--data-dir", dataDir, ...(opts.args ?? [])], {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" },
   });
@@ -46,9 +47,10 @@ export async function startServer(opts = {}) {
       const addr = out.match(/listening on (\S+)/);
       const app = out.match(/app_id:\s+(\d+)/);
       const secret = out.match(/server_secret:\s+(\S+)/);
+      const tls = /signaling: wss:\/\//.test(out);
       if (addr && app && secret) {
         clearTimeout(timer);
-        resolvePromise({ addr: addr[1], appId: Number(app[1]), serverSecret: secret[1] });
+        resolvePromise({ addr: addr[1], appId: Number(app[1]), serverSecret: secret[1], tls });
       }
     });
     child.on("exit", (code) => {
@@ -68,8 +70,8 @@ export async function startServer(opts = {}) {
     if (!o.keepData) rmSync(dataDir, { recursive: true, force: true });
   };
   return {
-    url: `http://${banner.addr}`,
-    wsUrl: `ws://${banner.addr}`,
+    url: `${banner.tls ? "https" : "http"}://${banner.addr}`,
+    wsUrl: `${banner.tls ? "wss" : "ws"}://${banner.addr}`,
     addr: banner.addr,
     dataDir,
     appId: banner.appId,
@@ -112,7 +114,8 @@ export function writeToneWav(path, freq = 440, seconds = 5, amplitude = 0.5) {
 /**
  * Launches headless chromium with fake media and loopback ICE. The fake microphone plays (and
  * loops) `opts.audioFile`, by default a 440 Hz tone; the fake camera is Chromium's own pattern.
- * @param {{ audioFile?: string }} [opts]
+ * `opts.args` are more Chromium flags.
+ * @param {{ audioFile?: string, args?: string[] }} [opts]
  */
 export async function launchBrowser(opts = {}) {
   const dir = mkdtempSync(join(tmpdir(), "huddle-web-browser-"));
@@ -137,6 +140,7 @@ export async function launchBrowser(opts = {}) {
       `--use-file-for-fake-audio-capture=${wav}`,
       "--autoplay-policy=no-user-gesture-required",
       "--allow-loopback-in-peer-connection",
+      ...(opts.args ?? []),
     ],
   });
   return {
