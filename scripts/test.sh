@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 # System packages the tests need beyond the Rust toolchain and gcc (huddle-media links libopus and
 # libvpx, found through pkg-config; the SDK's `device` feature links ALSA through cpal; the browser
 # tests drive Debian's chromium, and web/tests/tls.test.js makes its certificate with the openssl
-# command). Installed only when missing, so a warm machine starts at once.
-apt_packages=(libopus-dev libvpx-dev pkg-config chromium libasound2-dev openssl)
+# command; crates/huddle-server/tests/reverse_proxy.rs runs docs/deploy.md's nginx and Caddy
+# setups, started by hand on 127.0.0.1). Installed only when missing, so a warm machine starts at
+# once.
+apt_packages=(libopus-dev libvpx-dev pkg-config chromium libasound2-dev openssl nginx-light caddy)
 need_apt=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
