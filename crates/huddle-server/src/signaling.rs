@@ -236,13 +236,23 @@ async fn tls_handshake(
     deadline: tokio::time::Instant,
     slot: TcpSlot,
 ) -> Option<(GuardedStream, SocketAddr)> {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let handshake = async {
         let mut first = [0u8; 1];
         if stream.peek(&mut first).await? == 1 && first[0] != crate::tls::HANDSHAKE_RECORD {
             let mut stream = stream;
             stream.write_all(crate::tls::PLAIN_HTTP_ANSWER).await?;
             let _ = stream.shutdown().await;
+            // Read what the client sent (a little, until it closes or the deadline) before
+            // closing: a close with unread data is a reset, which may destroy the answer.
+            let mut sink = [0u8; 4096];
+            let mut read = 0;
+            while read < 64 * 1024 {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => read += n,
+                }
+            }
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 "plain HTTP on the TLS port",
