@@ -652,6 +652,21 @@ impl ServerState {
     ///
     /// This is the address the per-address WebSocket limits count and the loopback-only
     /// answers of `/api/info` check.
+    ///
+    /// ```
+    /// use axum::http::HeaderMap;
+    /// use huddle_server::{ServerConfig, ServerState, test_app};
+    ///
+    /// let mut config = ServerConfig::for_tests(vec![test_app(1)]);
+    /// config.trusted_proxies = vec!["10.0.0.2".parse().unwrap()];
+    /// let state = ServerState::new(config).unwrap();
+    /// let mut headers = HeaderMap::new();
+    /// // The client wrote the first entry itself; the proxy appended the address it saw.
+    /// headers.insert("x-forwarded-for", "192.0.2.66, 203.0.113.7".parse().unwrap());
+    /// let ip = |peer: &str| state.client_ip(peer.parse().unwrap(), &headers).to_string();
+    /// assert_eq!(ip("10.0.0.2"), "203.0.113.7"); // through the trusted proxy
+    /// assert_eq!(ip("198.51.100.1"), "198.51.100.1"); // anyone else: the header is ignored
+    /// ```
     pub fn client_ip(&self, peer: IpAddr, headers: &axum::http::HeaderMap) -> IpAddr {
         if !self.is_trusted_proxy(peer) {
             return peer;
