@@ -7,10 +7,12 @@ cd "$(dirname "$0")/.."
 # System packages the tests need beyond the Rust toolchain and gcc (huddle-media links libopus and
 # libvpx, found through pkg-config; the SDK's `device` feature links ALSA through cpal; the browser
 # tests drive Debian's chromium; the network namespace tests, `crates/huddle-cli/tests/netns.rs`
-# and the firewall tests in web/tests, need `ip` and `nft`, and run coturn with a certificate made
-# by openssl; systemd-analyze checks the unit file). Installed only when missing, so a warm
-# machine starts at once.
-apt_packages=(libopus-dev libvpx-dev pkg-config chromium libasound2-dev iproute2 nftables coturn openssl systemd)
+# and the firewall tests in web/tests, need `ip` and `nft`, and run coturn; web/tests/tls.test.js
+# and the firewall tests make their certificates with the openssl command;
+# crates/huddle-server/tests/reverse_proxy.rs runs docs/deploy.md's nginx and Caddy setups,
+# started by hand on 127.0.0.1; systemd-analyze checks the unit file). Installed only when
+# missing, so a warm machine starts at once.
+apt_packages=(libopus-dev libvpx-dev pkg-config chromium libasound2-dev iproute2 nftables coturn openssl nginx-light caddy systemd)
 need_apt=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")

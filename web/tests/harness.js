@@ -24,8 +24,9 @@ export function huddleBin() {
 /**
  * Starts `huddle serve` in dev mode and parses its banner (huddle_server::cli print_banner).
  * `listen` and `dataDir` restart a server where an earlier one was (same address, same dev app);
- * `netns` runs it in that network namespace; `args` are more flags (e.g. `--config FILE`);
- * `tcpPort` is the ICE-TCP port (default "0": off).
+ * `netns` runs it in that network namespace; `args` are more flags (`--config FILE`; `--tls-cert`,
+ * `--tls-key`: then `url` is https:// and `wsUrl` wss://); `tcpPort` is the ICE-TCP port
+ * (default "0": off).
  * @param {{ listen?: string, dataDir?: string, netns?: string, args?: string[], tcpPort?: string }} [opts]
  * @returns {Promise<Server>}
  */
@@ -51,9 +52,10 @@ export async function startServer(opts = {}) {
       const addr = out.match(/listening on (\S+)/);
       const app = out.match(/app_id:\s+(\d+)/);
       const secret = out.match(/server_secret:\s+(\S+)/);
+      const tls = /signaling: wss:\/\//.test(out);
       if (addr && app && secret) {
         clearTimeout(timer);
-        resolvePromise({ addr: addr[1], appId: Number(app[1]), serverSecret: secret[1] });
+        resolvePromise({ addr: addr[1], appId: Number(app[1]), serverSecret: secret[1], tls });
       }
     });
     child.on("exit", (code) => {
@@ -73,8 +75,8 @@ export async function startServer(opts = {}) {
     if (!o.keepData) rmSync(dataDir, { recursive: true, force: true });
   };
   return {
-    url: `http://${banner.addr}`,
-    wsUrl: `ws://${banner.addr}`,
+    url: `${banner.tls ? "https" : "http"}://${banner.addr}`,
+    wsUrl: `${banner.tls ? "wss" : "ws"}://${banner.addr}`,
     addr: banner.addr,
     dataDir,
     appId: banner.appId,

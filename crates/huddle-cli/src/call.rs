@@ -23,9 +23,13 @@ use tokio::sync::mpsc;
 
 #[derive(clap::Args)]
 pub struct CallArgs {
-    /// The server's signaling address, `ws://HOST:PORT`.
+    /// The server's signaling address, `ws://HOST:PORT`, or `wss://HOST[:PORT]` over TLS.
     #[arg(long)]
     server: String,
+    /// A CA certificate (PEM) that the wss:// server's certificate may chain to, besides the
+    /// system's roots: for a self-hosted server with a certificate of your own CA.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     /// The AppID.
     #[arg(long)]
     app_id: u32,
@@ -294,6 +298,15 @@ pub fn run(args: CallArgs) -> ExitCode {
 fn call(args: CallArgs, start: Instant) -> Result<ErrorCode, huddle::HuddleError> {
     let mut profile = EngineProfile::new(args.app_id, args.server.clone());
     profile.app_sign = args.app_sign.clone();
+    if let Some(path) = &args.ca_file {
+        let pem = std::fs::read_to_string(path).map_err(|e| {
+            HuddleError::new(
+                ErrorCode::INVALID_PARAMETER,
+                format!("--ca-file {}: {e}", path.display()),
+            )
+        })?;
+        profile.ca_cert_pem = Some(pem);
+    }
     let engine = Engine::create(profile)?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     engine.set_event_handler(Arc::new(Printer {

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+#[path = "../../huddle-server/tests/common/certs.rs"]
+mod certs;
+
 const APP_ID: &str = "424242";
 const APP_SIGN: &str = "8f3a1c2b4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -241,6 +244,73 @@ fn call_reports_a_refused_login_and_exits_1() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+#[test]
+fn call_over_wss_trusts_the_ca_file() {
+    let dir = tempdir();
+    let config = write_config(&dir);
+    let certs = certs::TestCerts::new("cli-wss");
+    let server = serve(&[
+        "--config",
+        &config,
+        "--tls-cert",
+        certs.cert_file.to_str().unwrap(),
+        "--tls-key",
+        certs.key_file.to_str().unwrap(),
+    ]);
+    assert!(
+        server.banner.iter().any(|l| l.contains("signaling: wss://")),
+        "{:?}",
+        server.banner
+    );
+    let port = server.addr.rsplit(':').next().unwrap();
+    let call = |extra: &[&str]| {
+        huddle()
+            .args([
+                "call",
+                "--server",
+                &format!("wss://localhost:{port}"),
+                "--app-id",
+                APP_ID,
+            ])
+            .args([
+                "--app-sign",
+                APP_SIGN,
+                "--room",
+                "r1",
+                "--user",
+                "tess",
+                "--duration",
+                "0.5",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = call(&["--ca-file", certs.ca_file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(has(&events(&o), |e| e["reason"] == "Logined"));
+    // Without the CA: 1002030, saying the certificate was not trusted.
+    let o = call(&[]);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    let ev = events(&o);
+    assert!(
+        has(&ev, |e| e["reason"] == "LoginFailed"
+            && e["error_code"] == 1002030
+            && e.to_string().contains("certificate was not trusted")),
+        "{ev:?}"
+    );
+    // A CA file that is not there, or not a certificate: a numbered error, exit code 2.
+    for bad in [dir.join("missing.pem"), certs.key_file.clone()] {
+        let o = call(&["--ca-file", bad.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("1000006") && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]

@@ -68,7 +68,7 @@ codes! {
     /// Room ID longer than 128 bytes.
     ROOM_ID_TOO_LONG = 1002013, "The room ID is longer than 128 bytes.";
     /// The signaling connection could not be made.
-    CONNECT_FAILED = 1002030, "Could not connect to the server.";
+    CONNECT_FAILED = 1002030, "Could not connect to the server (unreachable, or its TLS certificate is not trusted; see the message).";
     /// The server did not answer the login in time.
     LOGIN_TIMEOUT = 1002031, "The login timed out.";
     /// Authentication failed for another reason than the AppSign or the token.

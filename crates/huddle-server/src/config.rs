@@ -176,14 +176,19 @@ pub struct ServerConfig {
     pub dev: bool,
     /// True when the only app is the generated dev-mode app.
     pub dev_mode: bool,
-    /// A PEM certificate chain for HTTPS and WSS (`tls_cert`, `--tls-cert`; with `tls_key`).
-    /// Without it the server speaks plain HTTP (behind a TLS reverse proxy, or on loopback).
+    /// A PEM certificate chain for HTTPS and WSS (`tls_cert`, `--tls-cert`; with `tls_key`), the
+    /// server's certificate first (certbot's `fullchain.pem`). Read once, when the server state
+    /// is built: a file that cannot be read or parsed is a [`ConfigError`] naming it. Without it
+    /// the server speaks plain HTTP (behind a TLS reverse proxy, or on loopback).
     pub tls_cert: Option<PathBuf>,
     /// The PEM private key of `tls_cert` (`tls_key`, `--tls-key`).
     pub tls_key: Option<PathBuf>,
     /// Reverse proxies whose `X-Forwarded-For` header is believed (`trusted_proxies`, default
     /// none): a connection from one of these addresses counts, for the per-address limits and
-    /// the loopback-only answers, as the client address the proxy reports.
+    /// the loopback-only answers, as the client address the proxy reports (the rightmost entry
+    /// of the header that is not itself a trusted proxy;
+    /// [`ServerState::client_ip`](crate::ServerState::client_ip)), and is exempt from the raw
+    /// TCP cap per address. From other addresses the header is ignored.
     pub trusted_proxies: Vec<IpAddr>,
     /// TURN servers handed to clients with the login answer (`[turn]`, default none).
     pub turn: Option<TurnConfig>,
@@ -218,8 +223,8 @@ pub struct ServerConfig {
     pub rate_limit_burst: u32,
     /// Open WebSocket connections from one IP address, an IPv6 address counting by its /64 prefix
     /// (`max_connections_per_ip`, 1000; 0: no limit). Beyond it a new connection gets `error`
-    /// 1009006 and is closed. Behind a reverse proxy every client has the proxy's address: raise
-    /// it or set 0 there (`docs/security.md`).
+    /// 1009006 and is closed. Behind a reverse proxy list the proxy in `trusted_proxies`, or
+    /// every client counts under the proxy's address (`docs/security.md`).
     pub max_connections_per_ip: usize,
     /// New WebSocket connections per second from one IP address, sustained
     /// (`connection_rate_per_ip`, 50; 0: no limit). Beyond it a new connection gets `error`

@@ -32,6 +32,7 @@ mod media;
 pub mod registry;
 pub mod sfu;
 mod signaling;
+mod tls;
 pub mod turn;
 mod web;
 
@@ -148,9 +149,20 @@ impl BackgroundServer {
         self.addr
     }
 
-    /// The signaling URL, `ws://127.0.0.1:PORT/ws` (a wildcard listen address is given as
-    /// loopback).
+    /// The signaling URL, `ws://127.0.0.1:PORT/ws`, or `wss://` with TLS (a wildcard listen
+    /// address is given as loopback).
     pub fn ws_url(&self) -> String {
+        let scheme = if self.state.is_tls() { "wss" } else { "ws" };
+        format!("{scheme}://{}{}", self.local_addr(), huddle_proto::SIGNALING_PATH)
+    }
+
+    /// The web page's URL, `http://127.0.0.1:PORT/`, or `https://` with TLS.
+    pub fn http_url(&self) -> String {
+        let scheme = if self.state.is_tls() { "https" } else { "http" };
+        format!("{scheme}://{}/", self.local_addr())
+    }
+
+    fn local_addr(&self) -> SocketAddr {
         let mut addr = self.addr;
         if addr.ip().is_unspecified() {
             addr.set_ip(match addr {
@@ -158,7 +170,7 @@ impl BackgroundServer {
                 SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
             });
         }
-        format!("ws://{addr}{}", huddle_proto::SIGNALING_PATH)
+        addr
     }
 
     /// The bound address of the media UDP socket (the server's ICE candidate uses its port with

@@ -89,6 +89,8 @@ struct Shared {
     /// Open TCP connections of each peer IP address ([`ServerState::guard_listener`]); an
     /// address without one has no entry.
     tcp_per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// The TLS acceptor, with `tls_cert` and `tls_key` (read once, at start).
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// The per-address table, pruned of idle addresses when it doubles (amortized O(1) per new
@@ -123,32 +125,54 @@ fn limit_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// One entry of `X-Forwarded-For`: an IP address, maybe with a port (`192.0.2.1:4711`,
+/// `[2001:db8::1]:4711`) or in brackets.
+fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            entry
+                .strip_prefix('[')
+                .and_then(|e| e.strip_suffix(']'))
+                .and_then(|e| e.parse().ok())
+        })
+}
+
 /// Raw TCP connections allowed per address beyond `max_connections_per_ip` (plain HTTP beside the
 /// WebSockets).
 const TCP_SLACK_PER_IP: usize = 64;
 
-/// A TCP connection's place in its address's count; released on drop.
+/// A TCP connection's place in its address's count; released on drop. `ip` is `None` for a
+/// trusted proxy's connection, which is not counted.
 struct TcpSlot {
     state: ServerState,
-    ip: IpAddr,
+    ip: Option<IpAddr>,
 }
 
 impl Drop for TcpSlot {
     fn drop(&mut self) {
+        let Some(ip) = self.ip else { return };
         let mut map = self.state.0.tcp_per_ip.lock();
-        if let Some(open) = map.get_mut(&self.ip) {
+        if let Some(open) = map.get_mut(&ip) {
             *open = open.saturating_sub(1);
             if *open == 0 {
-                map.remove(&self.ip);
+                map.remove(&ip);
             }
         }
     }
 }
 
-/// The signaling listener with the per-address TCP limits ([`ServerState::guard_listener`]).
+/// The signaling listener with the per-address TCP limits and, with `tls_cert`, TLS
+/// ([`ServerState::guard_listener`]).
 pub struct GuardedListener {
     inner: tokio::net::TcpListener,
     state: ServerState,
+    /// TLS handshakes under way, each its own task so that a slow one holds up nobody; each ends
+    /// by the connection's deadline. Dropped (aborted) with the listener.
+    handshakes: tokio::task::JoinSet<Option<(GuardedStream, SocketAddr)>>,
 }
 
 impl axum::serve::Listener for GuardedListener {
@@ -157,7 +181,16 @@ impl axum::serve::Listener for GuardedListener {
 
     async fn accept(&mut self) -> (GuardedStream, SocketAddr) {
         loop {
-            match self.inner.accept().await {
+            let accepted = tokio::select! {
+                r = self.inner.accept() => r,
+                Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
+                    if let Ok(Some(conn)) = done {
+                        return conn;
+                    }
+                    continue;
+                }
+            };
+            match accepted {
                 Ok((stream, addr)) => {
                     let Some(slot) = self.state.admit_tcp(addr.ip()) else {
                         debug!(%addr, "per-address TCP limit: connection closed");
@@ -165,15 +198,16 @@ impl axum::serve::Listener for GuardedListener {
                     };
                     // Signaling messages are small and latency-bound: no Nagle.
                     let _ = stream.set_nodelay(true);
-                    let deadline = tokio::time::sleep(self.state.0.config.login_timeout);
-                    return (
-                        GuardedStream {
-                            inner: stream,
-                            first_byte: Some(Box::pin(deadline)),
-                            _slot: slot,
-                        },
-                        addr,
-                    );
+                    // One deadline for the TLS handshake and the first byte of the request.
+                    let deadline = tokio::time::Instant::now() + self.state.0.config.login_timeout;
+                    match &self.state.0.tls {
+                        None => return (GuardedStream::new(Transport::Plain(stream), deadline, slot), addr),
+                        Some(acceptor) => {
+                            let acceptor = acceptor.clone();
+                            self.handshakes
+                                .spawn(tls_handshake(acceptor, stream, addr, deadline, slot));
+                        }
+                    }
                 }
                 // As axum's own listener: errors of one connection are skipped, others (out of
                 // file descriptors) wait a moment.
@@ -197,12 +231,94 @@ impl axum::serve::Listener for GuardedListener {
     }
 }
 
-/// A TCP connection accepted by a [`GuardedListener`]: fails its reads with `TimedOut` if no byte
-/// arrived before the deadline, and holds its place in its address's count.
+/// Runs the server side of a TLS handshake until `deadline`. A client that speaks plain HTTP to
+/// the TLS port gets a 400 that says so; a handshake that fails or takes too long is dropped.
+async fn tls_handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    addr: SocketAddr,
+    deadline: tokio::time::Instant,
+    slot: TcpSlot,
+) -> Option<(GuardedStream, SocketAddr)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let handshake = async {
+        let mut first = [0u8; 1];
+        if stream.peek(&mut first).await? == 1 && first[0] != crate::tls::HANDSHAKE_RECORD {
+            let mut stream = stream;
+            stream.write_all(crate::tls::PLAIN_HTTP_ANSWER).await?;
+            let _ = stream.shutdown().await;
+            // Read what the client sent (a little, until it closes or the deadline) before
+            // closing: a close with unread data is a reset, which may destroy the answer.
+            let mut sink = [0u8; 4096];
+            let mut read = 0;
+            while read < 64 * 1024 {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => read += n,
+                }
+            }
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "plain HTTP on the TLS port",
+            ));
+        }
+        acceptor.accept(stream).await
+    };
+    match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok(tls)) => Some((
+            GuardedStream::new(Transport::Tls(Box::new(tls)), deadline, slot),
+            addr,
+        )),
+        Ok(Err(e)) => {
+            debug!(%addr, "TLS handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            debug!(%addr, "TLS handshake not finished within the login timeout: connection closed");
+            None
+        }
+    }
+}
+
+/// The transport under a [`GuardedStream`].
+enum Transport {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+/// A connection accepted by a [`GuardedListener`] (TCP, or TLS over TCP with `tls_cert`): fails
+/// its reads with `TimedOut` if no byte of the request arrived before the deadline, and holds its
+/// place in its address's count.
 pub struct GuardedStream {
-    inner: tokio::net::TcpStream,
+    inner: Transport,
     first_byte: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     _slot: TcpSlot,
+}
+
+impl GuardedStream {
+    fn new(inner: Transport, deadline: tokio::time::Instant, slot: TcpSlot) -> GuardedStream {
+        GuardedStream {
+            inner,
+            first_byte: Some(Box::pin(tokio::time::sleep_until(deadline))),
+            _slot: slot,
+        }
+    }
+}
+
+/// Forwards a poll to the transport, whichever it is.
+macro_rules! on_conn {
+    ($self:ident, $s:ident => $e:expr) => {
+        match &mut $self.inner {
+            Transport::Plain($s) => {
+                let $s = std::pin::Pin::new($s);
+                $e
+            }
+            Transport::Tls($s) => {
+                let $s = std::pin::Pin::new(&mut **$s);
+                $e
+            }
+        }
+    };
 }
 
 impl tokio::io::AsyncRead for GuardedStream {
@@ -215,7 +331,7 @@ impl tokio::io::AsyncRead for GuardedStream {
         use std::task::Poll;
         let this = &mut *self;
         let before = buf.filled().len();
-        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
+        match on_conn!(this, s => s.poll_read(cx, buf)) {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
                     this.first_byte = None;
@@ -246,7 +362,7 @@ impl tokio::io::AsyncWrite for GuardedStream {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+        on_conn!(self, s => s.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -254,25 +370,28 @@ impl tokio::io::AsyncWrite for GuardedStream {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        on_conn!(self, s => s.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        match &self.inner {
+            Transport::Plain(s) => s.is_write_vectored(),
+            Transport::Tls(s) => s.is_write_vectored(),
+        }
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        on_conn!(self, s => s.poll_flush(cx))
     }
 
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        on_conn!(self, s => s.poll_shutdown(cx))
     }
 }
 
@@ -459,8 +578,15 @@ impl Drop for ConnGuard {
 
 impl ServerState {
     /// Validates `config` and builds the state (no socket is opened).
+    ///
+    /// With `tls_cert` and `tls_key` it reads the certificate chain and key: a file that cannot
+    /// be read or holds no usable certificate or key is a [`ConfigError`] that names it.
     pub fn new(config: ServerConfig) -> Result<ServerState, ConfigError> {
         config.validate()?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            _ => None,
+        };
         let registry = Registry::new(Limits::from(&config));
         Ok(ServerState(Arc::new(Shared {
             auth: Authenticator::new(&config.apps),
@@ -487,6 +613,7 @@ impl ServerState {
                 prune_at: PER_IP_PRUNE,
             }),
             tcp_per_ip: Mutex::new(HashMap::new()),
+            tls,
         })))
     }
 
@@ -494,18 +621,87 @@ impl ServerState {
     /// at most `max_connections_per_ip` + 64 open TCP connections per address (the margin
     /// leaves room for plain HTTP beside the WebSockets, so that a client normally meets the
     /// WebSocket limit and its numbered error first; beyond it a new connection is closed at
-    /// once), and a connection that sends no byte of its HTTP request within `login_timeout`
-    /// is closed. Accepted connections have Nagle off. Serve it through
-    /// `axum::serve::ListenerExt::tap_io` to keep the peer address as `ConnectInfo<SocketAddr>`.
+    /// once; a `trusted_proxies` address is not capped, since all its clients share it), and a
+    /// connection that has not sent the first byte of its HTTP request within `login_timeout`
+    /// is closed. With `tls_cert` the listener speaks TLS: each handshake runs in its own task
+    /// and must finish within the same `login_timeout`. Accepted connections have Nagle off.
+    /// Serve it through `axum::serve::ListenerExt::tap_io` to keep the peer address as
+    /// `ConnectInfo<SocketAddr>`.
     pub fn guard_listener(&self, listener: tokio::net::TcpListener) -> GuardedListener {
         GuardedListener {
             inner: listener,
             state: self.clone(),
+            handshakes: tokio::task::JoinSet::new(),
         }
+    }
+
+    /// Whether the server speaks TLS (HTTPS and WSS) on its listener.
+    pub fn is_tls(&self) -> bool {
+        self.0.tls.is_some()
+    }
+
+    /// Whether `ip` is one of `trusted_proxies`.
+    fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0
+            .config
+            .trusted_proxies
+            .iter()
+            .any(|p| p.to_canonical() == ip)
+    }
+
+    /// The address of the client that sent a request over a connection from `peer`: `peer`
+    /// itself, unless `peer` is one of `trusted_proxies`; then the rightmost address of the
+    /// `X-Forwarded-For` header(s) that is not itself a trusted proxy (each proxy appends the
+    /// address it got the request from, so everything left of that one is the client's word).
+    /// `peer` if the header is missing, or that entry is not an IP address.
+    ///
+    /// This is the address the per-address WebSocket limits count and the loopback-only
+    /// answers of `/api/info` check.
+    ///
+    /// ```
+    /// use axum::http::HeaderMap;
+    /// use huddle_server::{ServerConfig, ServerState, test_app};
+    ///
+    /// let mut config = ServerConfig::for_tests(vec![test_app(1)]);
+    /// config.trusted_proxies = vec!["10.0.0.2".parse().unwrap()];
+    /// let state = ServerState::new(config).unwrap();
+    /// let mut headers = HeaderMap::new();
+    /// // The client wrote the first entry itself; the proxy appended the address it saw.
+    /// headers.insert("x-forwarded-for", "192.0.2.66, 203.0.113.7".parse().unwrap());
+    /// let ip = |peer: &str| state.client_ip(peer.parse().unwrap(), &headers).to_string();
+    /// assert_eq!(ip("10.0.0.2"), "203.0.113.7"); // through the trusted proxy
+    /// assert_eq!(ip("198.51.100.1"), "198.51.100.1"); // anyone else: the header is ignored
+    /// ```
+    pub fn client_ip(&self, peer: IpAddr, headers: &axum::http::HeaderMap) -> IpAddr {
+        if !self.is_trusted_proxy(peer) {
+            return peer;
+        }
+        let entries: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        for entry in entries.iter().rev() {
+            match parse_forwarded_ip(entry) {
+                Some(ip) if self.is_trusted_proxy(ip) => continue,
+                Some(ip) => return ip.to_canonical(),
+                None => return peer,
+            }
+        }
+        peer
     }
 
     /// Counts a new TCP connection from `ip`; `None` beyond the limit.
     fn admit_tcp(&self, ip: IpAddr) -> Option<TcpSlot> {
+        if self.is_trusted_proxy(ip) {
+            return Some(TcpSlot {
+                state: self.clone(),
+                ip: None,
+            });
+        }
         let max = self.0.config.max_connections_per_ip;
         let ip = limit_key(ip);
         let mut map = self.0.tcp_per_ip.lock();
@@ -519,7 +715,7 @@ impl ServerState {
         *open += 1;
         Some(TcpSlot {
             state: self.clone(),
-            ip,
+            ip: Some(ip),
         })
     }
 
@@ -821,12 +1017,18 @@ async fn readyz(State(state): State<ServerState>) -> (axum::http::StatusCode, &'
 async fn ws_handler(
     State(state): State<ServerState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: axum::http::HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     let addr = peer.map(|Extension(ConnectInfo(addr))| addr);
+    let client = addr.map(|a| state.client_ip(a.ip(), &headers));
     // Admitted before the upgrade, so that the count covers the connection from its start.
-    let admission = addr.map(|a| state.admit(a.ip())).transpose();
-    let peer = addr.map(|a| a.to_string()).unwrap_or_default();
+    let admission = client.map(|ip| state.admit(ip)).transpose();
+    let peer = match (addr, client) {
+        (Some(a), Some(ip)) if ip != a.ip() => format!("{ip} via {a}"),
+        (Some(a), _) => a.to_string(),
+        _ => String::new(),
+    };
     ws.max_message_size(WS_MAX_MESSAGE)
         .max_frame_size(WS_MAX_MESSAGE)
         .on_upgrade(move |socket| {

@@ -6,7 +6,8 @@
 //!   `app_id` (public; the page pre-fills it). Asked from a loopback address (monitoring on the
 //!   host, the churn soak of `huddle load-test --churn`), also `"live"`: the server's counts now,
 //!   `{"connections", "sessions", "detached", "rooms", "streams", "peer_connections"}` (read-only,
-//!   aggregate; not given to other addresses).
+//!   aggregate; not given to other addresses). Through a `trusted_proxies` proxy the address is
+//!   the client's from `X-Forwarded-For` ([`ServerState::client_ip`]).
 //! - `POST /api/dev-token`, **only in dev mode** (the route does not exist otherwise: 404): JSON
 //!   `{"app_id", "user_id", "room_id"?, "effective_secs"?}` → `{"token": "04…", "expire": unix_s}`,
 //!   a Token04 token minted with the dev app's server secret. With a `room_id` the token may log in
@@ -81,6 +82,7 @@ async fn asset(body: &'static str, content_type: &'static str) -> Response {
 async fn info(
     State(state): State<ServerState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: axum::http::HeaderMap,
 ) -> Response {
     let config = state.config();
     let mut body = json!({ "dev_mode": config.dev_mode, "protocol": PROTOCOL_VERSION });
@@ -89,7 +91,10 @@ async fn info(
     {
         body["app_id"] = json!(app.app_id.get());
     }
-    if peer.is_some_and(|Extension(ConnectInfo(a))| a.ip().to_canonical().is_loopback()) {
+    // Behind a trusted proxy on the same host, the client's address, not the proxy's.
+    if peer.is_some_and(|Extension(ConnectInfo(a))| {
+        state.client_ip(a.ip(), &headers).to_canonical().is_loopback()
+    }) {
         body["live"] = live_counts(&state);
     }
     Json(body).into_response()

@@ -50,8 +50,21 @@ pub struct EngineProfile {
     pub app_sign: Option<String>,
     /// The use case.
     pub scenario: Scenario,
-    /// The server: `ws://host:port` or `ws://host:port/ws`.
+    /// The server: `ws://host:port[/path]`, or `wss://host[:port][/path]` for a server behind
+    /// TLS (its own or a reverse proxy's); the path defaults to `/ws`.
     pub server: String,
+    /// An extra CA certificate (PEM text, one or more certificates) that `wss://` servers' certificates
+    /// may chain to, besides the system's roots: for a self-hosted server whose certificate is
+    /// issued by your own CA. `None` (the default): the system's roots only.
+    ///
+    /// ```
+    /// use huddle::EngineProfile;
+    /// let mut profile = EngineProfile::new(1234, "wss://huddle.example.com");
+    /// # let pem = String::new();
+    /// // let pem = std::fs::read_to_string("my-ca.pem")?;
+    /// profile.ca_cert_pem = Some(pem).filter(|p| !p.is_empty());
+    /// ```
+    pub ca_cert_pem: Option<String>,
     /// Timings and sizes; the defaults suit most apps.
     pub config: EngineConfig,
 }
@@ -74,6 +87,7 @@ impl fmt::Debug for EngineProfile {
             .field("app_sign", &self.app_sign.as_ref().map(|_| "<redacted>"))
             .field("scenario", &self.scenario)
             .field("server", &self.server)
+            .field("ca_cert_pem", &self.ca_cert_pem.as_ref().map(|_| "<PEM>"))
             .field("config", &self.config)
             .finish()
     }

@@ -4,6 +4,7 @@
 //! client message to the server, until either side ends. It decides nothing: what a message or
 //! a close means is the session's business.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -19,6 +20,12 @@ pub(crate) type ConnId = u64;
 /// Messages queued for the server on one connection; more means the connection is stuck.
 pub(crate) const SEND_QUEUE: usize = 256;
 
+/// Where the connections go: the signaling URL and, for `wss://`, the TLS client configuration.
+pub(crate) struct Endpoint {
+    pub(crate) url: String,
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+}
+
 /// What a connection reports to the engine task.
 #[derive(Debug)]
 pub(crate) enum ConnEvent {
@@ -26,17 +33,21 @@ pub(crate) enum ConnEvent {
     Connected(ConnId),
     /// The WebSocket could not be opened.
     Failed(ConnId, String),
+    /// The server's TLS certificate was refused (a failure that retrying does not mend).
+    CertificateRejected(ConnId, String),
     /// A message from the server.
     Message(ConnId, ServerMsg),
     /// The connection closed or broke.
     Closed(ConnId, String),
 }
 
-/// Runs one connection to `url`. Ends when the server closes, the network breaks, or the
-/// engine drops the sending side of `outgoing` (then it closes the WebSocket politely).
+/// Runs one connection to `url` (`wss://` with `tls`). Ends when the server closes, the network
+/// breaks, or the engine drops the sending side of `outgoing` (then it closes the WebSocket
+/// politely).
 pub(crate) async fn run(
     id: ConnId,
     url: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
     connect_timeout: Duration,
     mut outgoing: mpsc::Receiver<String>,
     events: mpsc::Sender<ConnEvent>,
@@ -44,11 +55,17 @@ pub(crate) async fn run(
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES));
-    let connecting = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
+    let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+    let connecting =
+        tokio_tungstenite::connect_async_tls_with_config(url.as_str(), Some(config), true, connector);
     let ws = match tokio::time::timeout(connect_timeout, connecting).await {
         Ok(Ok((ws, _response))) => ws,
         Ok(Err(e)) => {
-            let _ = events.send(ConnEvent::Failed(id, e.to_string())).await;
+            let event = match crate::tls::untrusted_certificate(&e) {
+                Some(why) => ConnEvent::CertificateRejected(id, why),
+                None => ConnEvent::Failed(id, e.to_string()),
+            };
+            let _ = events.send(event).await;
             return;
         }
         Err(_) => {

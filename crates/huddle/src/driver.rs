@@ -57,6 +57,8 @@ struct Room {
 /// What performing outputs needs besides the room.
 struct Io {
     url: String,
+    /// The TLS client configuration, for a `wss://` URL.
+    tls: Option<Arc<rustls::ClientConfig>>,
     timing: Timing,
     api: SharedApi,
     events: mpsc::Sender<Event>,
@@ -85,7 +87,7 @@ pub(crate) struct Driver {
 
 impl Driver {
     pub(crate) fn new(
-        url: String,
+        server: conn::Endpoint,
         timing: Timing,
         api: SharedApi,
         requests: mpsc::Receiver<Request>,
@@ -97,7 +99,8 @@ impl Driver {
         let (media_events, media_rx) = mpsc::channel(MEDIA_EVENT_QUEUE);
         Driver {
             io: Io {
-                url,
+                url: server.url,
+                tls: server.tls,
                 timing,
                 api,
                 events,
@@ -230,6 +233,7 @@ impl Driver {
         let id = match &ev {
             ConnEvent::Connected(id)
             | ConnEvent::Failed(id, _)
+            | ConnEvent::CertificateRejected(id, _)
             | ConnEvent::Message(id, _)
             | ConnEvent::Closed(id, _) => *id,
         };
@@ -246,6 +250,10 @@ impl Driver {
             ConnEvent::Failed(_, why) => {
                 room.conn = None;
                 Input::ConnectFailed(why)
+            }
+            ConnEvent::CertificateRejected(_, why) => {
+                room.conn = None;
+                Input::CertificateRejected(why)
             }
             ConnEvent::Closed(_, why) => {
                 room.conn = None;
@@ -269,6 +277,7 @@ async fn drive(room: &mut Room, io: &mut Io) {
                 io.tasks.spawn(conn::run(
                     id,
                     io.url.clone(),
+                    io.tls.clone(),
                     io.timing.attempt_timeout,
                     rx,
                     io.conn_events.clone(),

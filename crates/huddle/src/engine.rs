@@ -122,8 +122,13 @@ impl Engine {
     /// Creates an engine and starts its threads.
     ///
     /// Errors: 1001004 for AppID 0, 1001006 for an AppSign that is not 64 hexadecimal
-    /// characters, 1000006 for a server address that is not `ws://host:port[/path]` or a
+    /// characters, 1000006 for a server address that is not `ws://host:port[/path]` or
+    /// `wss://host[:port][/path]`, a `ca_cert_pem` that holds no valid PEM certificate, or a
     /// config out of range.
+    ///
+    /// Over `wss://` the server's certificate is checked against the system's roots and
+    /// [`EngineProfile::ca_cert_pem`]; one that is not trusted fails the login with 1002030
+    /// (`CONNECT_FAILED`) and a message that says so.
     #[doc(alias = "createEngine")]
     pub fn create(profile: EngineProfile) -> Result<Engine, HuddleError> {
         let app_id = AppId::new(profile.app_id)?;
@@ -137,6 +142,15 @@ impl Engine {
             })?)),
         };
         let url = signaling_url(&profile.server)?;
+        let ca = profile.ca_cert_pem.as_deref().filter(|p| !p.trim().is_empty());
+        if let Some(pem) = ca {
+            crate::tls::parse_ca(pem)?;
+        }
+        let tls = if url.starts_with("wss://") {
+            Some(crate::tls::client_config(ca)?)
+        } else {
+            None
+        };
         let config = profile.config;
         check_config(&config)?;
 
@@ -161,7 +175,7 @@ impl Engine {
         // The control thread builds, runs and drops the runtime, so that the runtime is never
         // dropped in the caller's (possibly async) context; it reports whether the build worked.
         let driver = Driver::new(
-            url,
+            crate::conn::Endpoint { url, tls },
             Timing::from(&config),
             api.clone(),
             requests_rx,
@@ -813,7 +827,8 @@ fn not_logged_in(room_id: &RoomId) -> HuddleError {
     )
 }
 
-/// `ws://host:port` or `ws://host:port/path` → the signaling URL (`/ws` when no path is given).
+/// `ws://host:port` or `ws://host:port/path` → the signaling URL (`/ws` when no path is given);
+/// the same for `wss://`.
 fn signaling_url(server: &str) -> Result<String, HuddleError> {
     let bad = |why: &str| {
         HuddleError::new(
@@ -822,12 +837,13 @@ fn signaling_url(server: &str) -> Result<String, HuddleError> {
         )
     };
     let server = server.trim();
-    if server.starts_with("wss://") {
-        return Err(bad("wss:// is not supported by this build; use ws://"));
-    }
-    let rest = server
-        .strip_prefix("ws://")
-        .ok_or_else(|| bad("expected ws://host:port"))?;
+    let (scheme, rest) = if let Some(rest) = server.strip_prefix("wss://") {
+        ("wss", rest)
+    } else if let Some(rest) = server.strip_prefix("ws://") {
+        ("ws", rest)
+    } else {
+        return Err(bad("expected ws://host:port or wss://host[:port]"));
+    };
     let (host, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
     if host.is_empty() || host.contains(char::is_whitespace) {
         return Err(bad("no host"));
@@ -837,7 +853,7 @@ fn signaling_url(server: &str) -> Result<String, HuddleError> {
     } else {
         path
     };
-    Ok(format!("ws://{host}{path}"))
+    Ok(format!("{scheme}://{host}{path}"))
 }
 
 fn check_config(c: &EngineConfig) -> Result<(), HuddleError> {
@@ -881,13 +897,16 @@ mod tests {
             signaling_url("ws://h:1/custom/path").unwrap(),
             "ws://h:1/custom/path"
         );
+        assert_eq!(signaling_url("wss://h").unwrap(), "wss://h/ws");
+        assert_eq!(signaling_url("wss://h:8443/x").unwrap(), "wss://h:8443/x");
         for bad in [
             "",
             "127.0.0.1:7880",
             "http://h:1",
             "ws://",
             "ws:///ws",
-            "wss://h:1",
+            "wss://",
+            "https://h:1",
         ] {
             assert_eq!(
                 signaling_url(bad).unwrap_err().code,

@@ -129,6 +129,7 @@ mod engine;
 mod event;
 mod media;
 mod session;
+mod tls;
 
 pub use config::{EngineConfig, EngineProfile, RoomConfig, Scenario};
 pub use dispatch::EventStream;

@@ -8,6 +8,7 @@
 //! Each test binary uses part of it: `dead_code` is allowed here and in the submodules.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod ws;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -70,6 +71,11 @@ impl Client {
 
     pub async fn login_url(url: &str, user: &str) -> Client {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Client::login_ws(ws, user).await
+    }
+
+    /// Logs in on a WebSocket already open (over TLS, say).
+    pub async fn login_ws(ws: WebSocketStream<MaybeTlsStream<TcpStream>>, user: &str) -> Client {
         let mut c = Client {
             ws,
             seq: 0,

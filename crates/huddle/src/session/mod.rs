@@ -107,6 +107,10 @@ pub(crate) enum Input {
     Connected,
     /// The connection asked for could not be opened.
     ConnectFailed(String),
+    /// The connection asked for could not be opened: the server's TLS certificate is not
+    /// trusted. The first login fails at once (1002030), since retrying cannot help; later, while
+    /// reconnecting, it counts as any failed attempt (a certificate may be replaced meanwhile).
+    CertificateRejected(String),
     /// A message arrived on the current connection.
     Message(ServerMsg),
     /// The current connection closed or broke.
@@ -258,6 +262,9 @@ pub(crate) struct Session {
     /// A transport connection opened at least once during the first login (selects 1002031
     /// over 1002030 when the login times out).
     ever_connected: bool,
+    /// Why the last connection attempt failed, for the message of a first login that never
+    /// connected.
+    last_failure: Option<String>,
     next_seq: u32,
     pending: HashMap<u32, Pending>,
     /// From the last `login_ok`: how to resume after a break.
@@ -299,6 +306,7 @@ impl Session {
             backoff,
             broke_at: None,
             ever_connected: false,
+            last_failure: None,
             next_seq: 1,
             pending: HashMap::new(),
             resume: None,
@@ -343,7 +351,26 @@ impl Session {
                     self.ever_connected = true;
                 }
             }
-            Input::ConnectFailed(why) | Input::Closed(why) => {
+            Input::ConnectFailed(why) => {
+                debug!(room = %self.p.room_id, %why, "signaling connection failed");
+                self.link_down(now, &why);
+                self.last_failure = Some(why);
+            }
+            Input::CertificateRejected(why) => {
+                debug!(room = %self.p.room_id, %why, "signaling connection refused");
+                if matches!(self.phase, Phase::Login { .. }) && !self.ever_connected {
+                    self.leave(
+                        RoomStateChangedReason::LoginFailed,
+                        ErrorCode::CONNECT_FAILED,
+                        &why,
+                    );
+                    self.finish();
+                    return;
+                }
+                self.link_down(now, &why);
+                self.last_failure = Some(why);
+            }
+            Input::Closed(why) => {
                 debug!(room = %self.p.room_id, %why, "signaling connection down");
                 self.link_down(now, &why);
             }
@@ -660,7 +687,11 @@ impl Session {
                 } else {
                     (ErrorCode::CONNECT_FAILED, "could not connect to the server")
                 };
-                self.leave(RoomStateChangedReason::LoginFailed, code, why);
+                let why = match (&self.last_failure, code) {
+                    (Some(last), ErrorCode::CONNECT_FAILED) => format!("{why}: {last}"),
+                    _ => why.to_string(),
+                };
+                self.leave(RoomStateChangedReason::LoginFailed, code, &why);
                 self.finish();
                 return;
             }

@@ -1222,3 +1222,66 @@ fn a_busy_server_is_retried_with_the_usual_backoff() {
     // 250 ms doubling (±25%): the fourth retry waits at least 1.5 s.
     assert!(gaps[3] >= Duration::from_millis(1500), "{gaps:?}");
 }
+
+/// The message of the first room state change in `out`.
+fn room_message(out: &[Output]) -> String {
+    out.iter()
+        .find_map(|o| match o {
+            Output::Event(Event::RoomStateChanged { extended_data, .. }) => Some(extended_data.clone()),
+            _ => None,
+        })
+        .expect("a room state change")
+}
+
+#[test]
+fn an_untrusted_certificate_fails_the_first_login_at_once() {
+    let (mut h, _) = Harness::new(params(None, timing()));
+    h.cmd(Command::Publish {
+        stream_id: sid("mine"),
+        ticket: 1,
+    });
+    let out = h.input(Input::CertificateRejected("certificate not trusted".into()));
+    assert_eq!(
+        evs(&out),
+        ["room LoginFailed 1002030", "pub mine NoPublish 1002030"]
+    );
+    assert!(room_message(&out).contains("certificate not trusted"));
+    assert!(h.finished);
+}
+
+#[test]
+fn a_first_login_that_never_connects_says_why() {
+    let (mut h, _) = Harness::new(params(None, timing()));
+    let mut out = h.input(Input::ConnectFailed("connection refused".into()));
+    while !h.finished {
+        out = if connects(&out) > 0 {
+            h.input(Input::ConnectFailed("connection refused".into()))
+        } else {
+            h.advance(Duration::from_millis(10))
+        };
+    }
+    assert_eq!(evs(&out), ["room LoginFailed 1002030"]);
+    let message = room_message(&out);
+    assert!(
+        message.contains("could not connect") && message.contains("connection refused"),
+        "{message}"
+    );
+}
+
+#[test]
+fn an_untrusted_certificate_while_reconnecting_is_retried() {
+    let (mut h, _) = Harness::new(params(None, timing()));
+    h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    let mut out = h.input(Input::Closed("reset".into()));
+    assert_eq!(evs(&out), ["room Reconnecting 1002051"]);
+    // A certificate being replaced: refused once, then the server is back.
+    while connects(&out) == 0 {
+        out = h.advance(Duration::from_millis(10));
+    }
+    out = h.input(Input::CertificateRejected("certificate not trusted".into()));
+    assert!(evs(&out).is_empty(), "{:?}", evs(&out));
+    assert!(!h.finished);
+    while connects(&out) == 0 {
+        out = h.advance(Duration::from_millis(10));
+    }
+}
