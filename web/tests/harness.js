@@ -1,6 +1,6 @@
 // Test harness: a `huddle serve` in dev mode on 127.0.0.1 (ports picked by the OS) and a headless
 // Debian chromium driven by playwright-core, with fake media and loopback ICE (FIELD-NOTES).
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, dirname, resolve } from "node:path";
@@ -219,4 +219,43 @@ export function readWav(path) {
     off += 8 + size + (size & 1);
   }
   throw new Error(`${path}: no data chunk`);
+}
+
+/**
+ * Writes the speech sample (crates/huddle-media/tests/data/speech-16k.wav) at 48 kHz with `leadS`
+ * seconds of silence before it and `tailS` after, to `path` (numpy/scipy, installed by
+ * scripts/test.sh for the scoring): Chromium's fake microphone and `huddle call --source` loop it,
+ * and `crates/huddle/tests/audio_score.py` finds one whole pass in a recording and scores it.
+ * @param {string} path @param {number} leadS @param {number} tailS
+ */
+export function writePaddedSpeech(path, leadS = 1.5, tailS = 0.5) {
+  const py = spawnSync(
+    "python3",
+    [
+      "-c",
+      `import sys, numpy as np
+from scipy.io import wavfile
+from scipy.signal import resample_poly
+rate, x = wavfile.read(sys.argv[1])
+assert rate == 16000, rate
+y = resample_poly(x.astype(np.float64), 3, 1)
+y = np.concatenate([np.zeros(int(48000 * ${leadS})), y, np.zeros(int(48000 * ${tailS}))])
+wavfile.write(sys.argv[2], 48000, np.clip(np.round(y), -32768, 32767).astype(np.int16))`,
+      join(REPO, "crates/huddle-media/tests/data/speech-16k.wav"),
+      path,
+    ],
+    { encoding: "utf8" },
+  );
+  if (py.status !== 0) throw new Error(`making the 48 kHz speech file: ${py.stderr}`);
+}
+
+/**
+ * Scores a recording of the padded speech against it (`crates/huddle/tests/audio_score.py`:
+ * aligned wideband PESQ, STOI, windows); the parsed JSON.
+ * @param {string} reference @param {string} recording
+ */
+export function scoreSpeech(reference, recording) {
+  const r = spawnSync("python3", [join(REPO, "crates/huddle/tests/audio_score.py"), reference, recording], { encoding: "utf8" });
+  if (r.status !== 0) throw new Error(`audio_score.py: ${r.stderr}`);
+  return JSON.parse(r.stdout);
 }

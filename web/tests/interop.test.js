@@ -12,7 +12,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startServer, launchBrowser, openPage, logText, huddleBin, readWav, REPO } from "./harness.js";
+import { startServer, launchBrowser, openPage, logText, huddleBin, readWav, writePaddedSpeech, REPO } from "./harness.js";
 
 const SPEECH_16K = join(REPO, "crates/huddle-media/tests/data/speech-16k.wav");
 const AUDIO_SCORE = join(REPO, "crates/huddle/tests/audio_score.py");
@@ -37,24 +37,7 @@ const calls = [];
 before(async () => {
   dir = mkdtempSync(join(tmpdir(), "huddle-interop-"));
   speechWav = join(dir, "speech48k.wav");
-  const py = spawnSync(
-    "python3",
-    [
-      "-c",
-      `import sys, numpy as np
-from scipy.io import wavfile
-from scipy.signal import resample_poly
-rate, x = wavfile.read(sys.argv[1])
-assert rate == 16000, rate
-y = resample_poly(x.astype(np.float64), 3, 1)
-y = np.concatenate([np.zeros(int(48000 * ${LEAD_S})), y, np.zeros(int(48000 * ${TAIL_S}))])
-wavfile.write(sys.argv[2], 48000, np.clip(np.round(y), -32768, 32767).astype(np.int16))`,
-      SPEECH_16K,
-      speechWav,
-    ],
-    { encoding: "utf8" },
-  );
-  assert.equal(py.status, 0, `making the 48 kHz speech file: ${py.stderr}`);
+  writePaddedSpeech(speechWav, LEAD_S, TAIL_S);
   server = await startServer();
   chrome = await launchBrowser({ audioFile: speechWav });
 });

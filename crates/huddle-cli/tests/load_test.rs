@@ -61,7 +61,15 @@ fn serve_with(args: &[&str], app: Option<(&str, &str)>) -> Serve {
         rand_suffix()
     ));
     let mut cmd = huddle();
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--udp-port", "0", "--tcp-port", "0"]);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--udp-port",
+        "0",
+        "--tcp-port",
+        "0",
+    ]);
     if app.is_none() {
         cmd.arg("--data-dir").arg(&data);
     }

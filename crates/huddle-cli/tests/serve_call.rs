@@ -37,7 +37,15 @@ fn serve(args: &[&str]) -> Serve {
     let mut child = huddle()
         // A free UDP port too: tests run in parallel, each with its own server.
         // No ICE-TCP: tests run in parallel, and its default port is fixed.
-        .args(["serve", "--listen", "127.0.0.1:0", "--udp-port", "0", "--tcp-port", "0"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--udp-port",
+            "0",
+            "--tcp-port",
+            "0",
+        ])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -512,7 +520,16 @@ fn a_public_listener_without_apps_refuses_to_start_and_mints_nothing() {
     let dir = tempdir();
     let data = dir.join("data");
     let o = huddle()
-        .args(["serve", "--listen", "0.0.0.0:0", "--udp-port", "0", "--tcp-port", "0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--udp-port",
+            "0",
+            "--tcp-port",
+            "0",
+            "--data-dir",
+        ])
         .arg(&data)
         .output()
         .unwrap();

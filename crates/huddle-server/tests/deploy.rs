@@ -159,7 +159,15 @@ fn the_server_binary_serves_and_stops_cleanly_on_sigterm() {
     use std::process::{Command, Stdio};
     let data = std::env::temp_dir().join(format!("huddle-server-bin-{}", std::process::id()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_huddle-server"))
-        .args(["--listen", "127.0.0.1:0", "--udp-port", "0", "--tcp-port", "0", "--data-dir"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--udp-port",
+            "0",
+            "--tcp-port",
+            "0",
+            "--data-dir",
+        ])
         .arg(&data)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

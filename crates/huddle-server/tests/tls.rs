@@ -285,7 +285,15 @@ fn bad_certificate_files_are_config_errors_that_name_the_file() {
 
     // The command says so and exits with 2, the configuration error's code.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_huddle-server"))
-        .args(["--listen", "127.0.0.1:0", "--udp-port", "0", "--tls-cert"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--udp-port",
+            "0",
+            "--tcp-port",
+            "0",
+            "--tls-cert",
+        ])
         .arg(&missing)
         .arg("--tls-key")
         .arg(&certs.key_file)
