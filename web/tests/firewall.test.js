@@ -5,8 +5,9 @@
 //   handed out by the server with login_ok) and a native player hears it, undegraded.
 //
 // Two network namespaces made here and removed afterwards, joined by a veth pair (traffic never
-// leaves them): "server" holds `huddle serve` (signaling on 10.231.0.1:443, media on a UDP port of
-// the same address and ICE-TCP on 7881) and coturn (10.231.0.2: TLS on 443, relaying from the same
+// leaves them): "server" holds `huddle serve` (the page and signaling over HTTPS/WSS on
+// 10.231.0.1:443 with a certificate from a test CA made here, media on a UDP port of the same
+// address and ICE-TCP on 7881) and coturn (10.231.0.2: TLS on 443, relaying from the same
 // address); "client" holds Chromium and the native clients, behind an nftables output chain that
 // each test sets. Needs root, iproute2, nftables, coturn and openssl (scripts/test.sh installs
 // them).
@@ -16,7 +17,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startServer, launchBrowser, huddleBin, scoreSpeech, writePaddedSpeech } from "./harness.js";
+import { startServer, launchBrowser, huddleBin, makeCertificate, scoreSpeech, spkiHash, writePaddedSpeech } from "./harness.js";
 
 const TAG = String(process.pid % 100000);
 const NS_SERVER = `hsrv${TAG}`;
@@ -31,6 +32,10 @@ const ROOM = `turn-${TAG}`;
 let dir;
 /** The padded speech, Chromium's fake microphone. @type {string} */
 let speechWav;
+/** The server's certificate (HTTPS and WSS) and the test CA that signed it. @type {string} */
+let serverCert;
+/** @type {string} */
+let serverCa;
 /** @type {import("node:child_process").ChildProcess | null} */
 let coturn = null;
 let coturnLog = "";
@@ -72,9 +77,7 @@ before(async () => {
   }
 
   // coturn with TLS on 443 and the REST API's shared secret.
-  const [cert, key] = [join(dir, "turn-cert.pem"), join(dir, "turn-key.pem")];
-  run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", cert,
-    "-days", "1", "-subj", "/CN=turn.huddle.test", "-addext", `subjectAltName=IP:${TURN_IP}`);
+  const { cert, key } = makeCertificate(dir, "turn", `IP:${TURN_IP}`);
   coturn = spawn("ip", ["netns", "exec", NS_SERVER, "turnserver", "-n", "--listening-ip", TURN_IP, "--relay-ip", TURN_IP,
     "--listening-port", "3478", "--tls-listening-port", "443", "--use-auth-secret", "--static-auth-secret", TURN_SECRET,
     "--realm", "huddle.test", "--cert", cert, "--pkey", key, "--no-cli", "--no-dtls", "--log-file", "stdout", "--simple-log",
@@ -92,13 +95,24 @@ urls = ["turns:${TURN_IP}:443?transport=tcp"]
 secret = "${TURN_SECRET}"
 `,
   );
-  server = await startServer({ listen: `${SERVER_IP}:443`, netns: NS_SERVER, args: ["--config", config], tcpPort: "7881" });
+  // The page over HTTPS from the server's own (non-loopback) address, with a certificate made
+  // here: Chromium trusts exactly its key, the native clients it as their CA (--ca-file).
+  const huddleCert = makeCertificate(dir, "huddle", `IP:${SERVER_IP}`);
+  [serverCert, serverCa] = [huddleCert.cert, huddleCert.ca];
+  const serverKey = huddleCert.key;
+  server = await startServer({
+    listen: `${SERVER_IP}:443`,
+    netns: NS_SERVER,
+    args: ["--config", config, "--tls-cert", serverCert, "--tls-key", serverKey],
+    tcpPort: "7881",
+  });
+  assert.equal(server.url, `https://${SERVER_IP}:443`);
   speechWav = join(dir, "speech48k.wav");
   writePaddedSpeech(speechWav);
   chrome = await launchBrowser({
     audioFile: speechWav,
     netns: NS_CLIENT,
-    args: [`--unsafely-treat-insecure-origin-as-secure=${server.url}`, "--ignore-certificate-errors"],
+    args: [`--ignore-certificate-errors-spki-list=${spkiHash(serverCert)},${spkiHash(cert)}`],
   });
 });
 
@@ -193,7 +207,7 @@ function nativePlayerHearsTheSpeech(ns, user, token, streamId) {
   const wav = join(dir, `heard-${user}.wav`);
   const player = spawnSync(
     "ip",
-    ["netns", "exec", ns, huddleBin(), "call", "--server", server?.wsUrl ?? "", "--app-id", String(server?.appId), "--token", token,
+    ["netns", "exec", ns, huddleBin(), "call", "--server", server?.wsUrl ?? "", "--app-id", String(server?.appId), "--token", token, "--ca-file", serverCa,
       "--room", ROOM, "--user", user, "--play", streamId, "--duration", "12.5", "--record", wav],
     { encoding: "utf8", timeout: 40_000 },
   );

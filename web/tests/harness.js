@@ -1,6 +1,7 @@
 // Test harness: a `huddle serve` in dev mode on 127.0.0.1 (ports picked by the OS) and a headless
 // Debian chromium driven by playwright-core, with fake media and loopback ICE (FIELD-NOTES).
-import { spawn, spawnSync } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { X509Certificate, createHash } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, dirname, resolve } from "node:path";
@@ -258,4 +259,30 @@ export function scoreSpeech(reference, recording) {
   const r = spawnSync("python3", [join(REPO, "crates/huddle/tests/audio_score.py"), reference, recording], { encoding: "utf8" });
   if (r.status !== 0) throw new Error(`audio_score.py: ${r.stderr}`);
   return JSON.parse(r.stdout);
+}
+
+/**
+ * A server certificate for `subjectAltName` (e.g. `DNS:localhost,IP:127.0.0.1`) signed by a test
+ * CA made with it, both P-256, made with the openssl command into `dir`; returns the file paths.
+ * Chromium trusts exactly the server's key with `--ignore-certificate-errors-spki-list=`
+ * {@link spkiHash}, a native client the CA with `huddle call --ca-file`.
+ * @param {string} dir @param {string} name @param {string} subjectAltName
+ */
+export function makeCertificate(dir, name, subjectAltName) {
+  const f = (/** @type {string} */ what) => join(dir, `${name}-${what}`);
+  const openssl = (/** @type {string[]} */ args) => execFileSync("openssl", args, { stdio: ["ignore", "ignore", "pipe"] });
+  const p256 = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+  openssl(["req", "-x509", ...p256, "-keyout", f("ca-key.pem"), "-out", f("ca.pem"), "-days", "2", "-subj", `/CN=${name} test CA`,
+    "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"]);
+  openssl(["req", ...p256, "-keyout", f("key.pem"), "-out", f("csr.pem"), "-subj", `/CN=${name}`]);
+  writeFileSync(f("ext.cnf"), `subjectAltName=${subjectAltName}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n`);
+  openssl(["x509", "-req", "-in", f("csr.pem"), "-CA", f("ca.pem"), "-CAkey", f("ca-key.pem"), "-CAcreateserial",
+    "-out", f("cert.pem"), "-days", "2", "-extfile", f("ext.cnf")]);
+  return { cert: f("cert.pem"), key: f("key.pem"), ca: f("ca.pem") };
+}
+
+/** The base64 SHA-256 of the certificate's SubjectPublicKeyInfo (what chromium pins). @param {string} certFile */
+export function spkiHash(certFile) {
+  const spki = new X509Certificate(readFileSync(certFile)).publicKey.export({ type: "spki", format: "der" });
+  return createHash("sha256").update(spki).digest("base64");
 }

@@ -5,12 +5,10 @@
 // browser without that flag refuses the page: the certificate check is real.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { X509Certificate, createHash } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startServer, launchBrowser, openPage, logText } from "./harness.js";
+import { startServer, launchBrowser, openPage, logText, makeCertificate, spkiHash } from "./harness.js";
 
 /** @type {Awaited<ReturnType<typeof startServer>>} */
 let server;
@@ -20,27 +18,9 @@ let chrome;
 let certDir;
 const ROOM = `tls-room-${process.pid}`;
 
-/** A self-signed P-256 certificate for 127.0.0.1 and localhost; returns the file paths. */
-function makeCertificate() {
-  certDir = mkdtempSync(join(tmpdir(), "huddle-web-tls-"));
-  const cert = join(certDir, "cert.pem");
-  const key = join(certDir, "key.pem");
-  execFileSync("openssl", [
-    "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-    "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
-    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-  ], { stdio: ["ignore", "ignore", "pipe"] });
-  return { cert, key };
-}
-
-/** The base64 SHA-256 of the certificate's SubjectPublicKeyInfo (what chromium pins). @param {string} certFile */
-function spkiHash(certFile) {
-  const spki = new X509Certificate(readFileSync(certFile)).publicKey.export({ type: "spki", format: "der" });
-  return createHash("sha256").update(spki).digest("base64");
-}
-
 before(async () => {
-  const { cert, key } = makeCertificate();
+  certDir = mkdtempSync(join(tmpdir(), "huddle-web-tls-"));
+  const { cert, key } = makeCertificate(certDir, "localhost", "DNS:localhost,IP:127.0.0.1");
   server = await startServer({ args: ["--tls-cert", cert, "--tls-key", key] });
   chrome = await launchBrowser({ args: [`--ignore-certificate-errors-spki-list=${spkiHash(cert)}`] });
 });
