@@ -286,3 +286,25 @@ export function spkiHash(certFile) {
   const spki = new X509Certificate(readFileSync(certFile)).publicKey.export({ type: "spki", format: "der" });
   return createHash("sha256").update(spki).digest("base64");
 }
+
+/**
+ * Waits until a line of the debug page's log matches `re`; fails with the log.
+ * @param {import("playwright-core").Page} page @param {RegExp} re
+ */
+export async function waitLog(page, re, timeout = 15_000) {
+  await page
+    .waitForFunction(([s, f]) => [...document.querySelectorAll("#log li")].some((li) => new RegExp(s, f).test(li.textContent ?? "")), [re.source, re.flags], { timeout })
+    .catch(async (e) => {
+      throw new Error(`${e.message}\nlog:\n${(await logText(page)).join("\n")}`);
+    });
+}
+
+/**
+ * Waits for `selector` on the page; fails with the page's log (and `console`, when given).
+ * @param {import("playwright-core").Page} page @param {string} selector @param {string[]} [console]
+ */
+export async function waitSel(page, selector, timeout = 15_000, console = []) {
+  await page.waitForSelector(selector, { timeout }).catch(async (e) => {
+    throw new Error(`${e.message}\nlog:\n${(await logText(page)).join("\n")}\nconsole:\n${console.join("\n")}`);
+  });
+}

@@ -12,7 +12,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startServer, launchBrowser, openPage, logText, huddleBin, readWav, writePaddedSpeech, REPO } from "./harness.js";
+import { startServer, launchBrowser, openPage, logText, huddleBin, readWav, writePaddedSpeech, REPO, waitLog, waitSel } from "./harness.js";
 
 const SPEECH_16K = join(REPO, "crates/huddle-media/tests/data/speech-16k.wav");
 const AUDIO_SCORE = join(REPO, "crates/huddle/tests/audio_score.py");
@@ -162,22 +162,6 @@ async function open() {
   const p = await openPage(chrome.browser, `${server.url}/`);
   pages.push(p);
   return p.page;
-}
-
-/** @param {import("playwright-core").Page} page @param {RegExp} re */
-async function waitLog(page, re, timeout = 15_000) {
-  await page
-    .waitForFunction(([s, f]) => [...document.querySelectorAll("#log li")].some((li) => new RegExp(s, f).test(li.textContent ?? "")), [re.source, re.flags], { timeout })
-    .catch(async (e) => {
-      throw new Error(`${e.message}\nlog:\n${(await logText(page)).join("\n")}`);
-    });
-}
-
-/** @param {import("playwright-core").Page} page @param {string} selector */
-async function waitSel(page, selector, timeout = 15_000) {
-  await page.waitForSelector(selector, { timeout }).catch(async (e) => {
-    throw new Error(`${e.message}\nlog:\n${(await logText(page)).join("\n")}`);
-  });
 }
 
 /**

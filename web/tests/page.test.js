@@ -4,7 +4,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { startServer, launchBrowser, openPage, logText, REPO } from "./harness.js";
+import { startServer, launchBrowser, openPage, logText, REPO, waitLog, waitSel } from "./harness.js";
 
 /** @type {Awaited<ReturnType<typeof startServer>>} */
 let server;
@@ -61,17 +61,6 @@ async function waitList(page, selector, want) {
     [selector, want, selector === "#users" ? "data-user-id" : "data-stream-id"],
     { timeout: 10_000 },
   );
-}
-
-/** @param {import("playwright-core").Page} page @param {RegExp} re */
-async function waitLog(page, re, timeout = 10_000) {
-  const src = re.source;
-  const flags = re.flags;
-  await page
-    .waitForFunction(([s, f]) => [...document.querySelectorAll("#log li")].some((li) => new RegExp(s, f).test(li.textContent ?? "")), [src, flags], { timeout })
-    .catch(async (e) => {
-      throw new Error(`${e.message}\nlog:\n${(await logText(page)).join("\n")}`);
-    });
 }
 
 test("the page loads and knows the server's dev mode", async () => {
@@ -159,21 +148,18 @@ test("errors show their codes in the log", async () => {
 });
 
 /** @param {import("playwright-core").Page} page @param {string} selector */
-async function waitSel(page, selector, timeout = 15_000) {
-  await page.waitForSelector(selector, { timeout }).catch(async (e) => {
-    const p = pages.find((x) => x.page === page);
-    throw new Error(`${e.message}\nlog:\n${(await logText(page)).join("\n")}\nconsole:\n${p?.console.join("\n") ?? ""}`);
-  });
+function waitSelWithConsole(page, selector, timeout = 15_000) {
+  return waitSel(page, selector, timeout, pages.find((x) => x.page === page)?.console);
 }
 
 test("a played stream carries the publisher's audio (WebAudio analysis)", async () => {
   const a = pages[0].page;
   const b = pages[1].page;
   // alice publishes the fake microphone (a 440 Hz tone) as alice-main since the earlier test.
-  await waitSel(a, ".tile.publish[data-state='PUBLISHING']");
+  await waitSelWithConsole(a, ".tile.publish[data-state='PUBLISHING']");
   await waitLog(a, /publishing alice-main/);
   await b.click("#streams li[data-stream-id='alice-main']");
-  await waitSel(b, ".tile.play[data-stream-id='alice-main'][data-state='PLAYING']");
+  await waitSelWithConsole(b, ".tile.play[data-stream-id='alice-main'][data-state='PLAYING']");
   const result = await b.evaluate(async () => {
     // @ts-ignore
     const stream = window.huddleApp.playing.get("alice-main").stream;
@@ -217,9 +203,9 @@ test("a played stream carries the publisher's video (VP8 decoded)", async () => 
   await b.fill("#streamId", "bob-cam");
   await b.check("#mediaVideo");
   await b.click("#publish");
-  await waitSel(b, ".tile.publish[data-stream-id='bob-cam'][data-state='PUBLISHING']");
+  await waitSelWithConsole(b, ".tile.publish[data-stream-id='bob-cam'][data-state='PUBLISHING']");
   await a.click("#streams li[data-stream-id='bob-cam']");
-  await waitSel(a, ".tile.play[data-stream-id='bob-cam'][data-state='PLAYING']");
+  await waitSelWithConsole(a, ".tile.play[data-stream-id='bob-cam'][data-state='PLAYING']");
   await a.waitForFunction(
     () => {
       const v = /** @type {HTMLVideoElement | null} */ (document.querySelector(".tile.play[data-stream-id='bob-cam'] video"));
@@ -269,8 +255,8 @@ test("a broken signaling connection resumes and the media goes on", async () => 
   const bobLog = (await logText(b)).join("\n");
   assert.doesNotMatch(bobLog, /roomUserUpdate DELETE: alice|roomStreamUpdate DELETE: alice-main/);
   await waitList(b, "#users", ["alice"]);
-  await waitSel(a, ".tile.publish[data-stream-id='alice-main'][data-state='PUBLISHING']");
-  await waitSel(b, ".tile.play[data-stream-id='alice-main'][data-state='PLAYING']");
+  await waitSelWithConsole(a, ".tile.publish[data-stream-id='alice-main'][data-state='PUBLISHING']");
+  await waitSelWithConsole(b, ".tile.play[data-stream-id='alice-main'][data-state='PLAYING']");
   // The played audio still flows: bytes keep arriving after the break.
   const before = await b.evaluate(async () => (await window.huddleApp.engine.getStats("alice-main")).audio.packets);
   await b.waitForFunction(
@@ -292,12 +278,12 @@ test("a duplicate login kicks the older session out (1002050)", async () => {
   // The kicked session's stream is gone for bob; alice (the new session) is still in the room.
   await waitList(b, "#streams", []);
   await waitList(b, "#users", ["alice"]);
-  await waitSel(b, ".tile.play[data-stream-id='alice-main'][data-state='PLAY_REQUESTING']");
+  await waitSelWithConsole(b, ".tile.play[data-stream-id='alice-main'][data-state='PLAY_REQUESTING']");
   // The stream comes back from the new session: bob's player offers again and plays it.
   await a2.fill("#streamId", "alice-main");
   await a2.click("#publish");
   await waitList(b, "#streams", ["alice-main"]);
-  await waitSel(b, ".tile.play[data-stream-id='alice-main'][data-state='PLAYING']");
+  await waitSelWithConsole(b, ".tile.play[data-stream-id='alice-main'][data-state='PLAYING']");
   await b.waitForFunction(
     async () => ((await window.huddleApp.engine.getStats("alice-main"))?.audio?.packets ?? 0) > 20,
     null,
@@ -330,20 +316,20 @@ test("after a server restart the pages log in again, publish and play again", as
   await a.fill("#streamId", "alice-main");
   await a.check("#mediaAudio");
   await a.click("#publish");
-  await waitSel(b, ".tile.play[data-stream-id='alice-main'][data-state='PLAYING']");
+  await waitSelWithConsole(b, ".tile.play[data-stream-id='alice-main'][data-state='PLAYING']");
 
   // The server restarts on the same address: its sessions are gone, so no resume.
   const { addr, dataDir } = server;
   await server.stop({ keepData: true });
   await waitLog(a, /RECONNECTING code 1002051/);
   await waitLog(b, /RECONNECTING code 1002051/);
-  await waitSel(b, ".tile.play[data-stream-id='alice-main'][data-state='PLAY_REQUESTING']");
+  await waitSelWithConsole(b, ".tile.play[data-stream-id='alice-main'][data-state='PLAY_REQUESTING']");
   server = await startServer({ listen: addr, dataDir });
   await waitLog(a, /roomStateChanged \S+: RECONNECTED/, 15_000);
   await waitLog(b, /roomStateChanged \S+: RECONNECTED/, 15_000);
   // Published and played again through new peer connections; the audio flows.
-  await waitSel(a, ".tile.publish[data-stream-id='alice-main'][data-state='PUBLISHING']");
-  await waitSel(b, ".tile.play[data-stream-id='alice-main'][data-state='PLAYING']");
+  await waitSelWithConsole(a, ".tile.publish[data-stream-id='alice-main'][data-state='PUBLISHING']");
+  await waitSelWithConsole(b, ".tile.play[data-stream-id='alice-main'][data-state='PLAYING']");
   await waitList(b, "#streams", ["alice-main"]);
   await waitList(a, "#streams", ["bob-cam"]);
   await waitList(b, "#users", ["alice"]);

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startServer, launchBrowser, openPage, logText, makeCertificate, spkiHash } from "./harness.js";
+import { startServer, launchBrowser, openPage, logText, makeCertificate, spkiHash, waitLog, waitSel } from "./harness.js";
 
 /** @type {Awaited<ReturnType<typeof startServer>>} */
 let server;
@@ -30,22 +30,6 @@ after(async () => {
   await server?.stop();
   if (certDir) rmSync(certDir, { recursive: true, force: true });
 });
-
-/** @param {import("playwright-core").Page} page @param {RegExp} re */
-async function waitLog(page, re, timeout = 10_000) {
-  await page
-    .waitForFunction(([s, f]) => [...document.querySelectorAll("#log li")].some((li) => new RegExp(s, f).test(li.textContent ?? "")), [re.source, re.flags], { timeout })
-    .catch(async (e) => {
-      throw new Error(`${e.message}\nlog:\n${(await logText(page)).join("\n")}`);
-    });
-}
-
-/** @param {import("playwright-core").Page} page @param {string} selector */
-async function waitSel(page, selector, timeout = 15_000) {
-  await page.waitForSelector(selector, { timeout }).catch(async (e) => {
-    throw new Error(`${e.message}\nlog:\n${(await logText(page)).join("\n")}`);
-  });
-}
 
 /** @param {import("playwright-core").Page} page @param {string} user */
 async function login(page, user) {

@@ -17,14 +17,14 @@
 //! (one test each: the second address, the NAT; a third listens on `[::]` and serves an IPv4
 //! and an IPv6 client on one dual-stack socket.)
 
+mod common;
+
+use common::{APP_ID, APP_SIGN, SECRET, tone_db, wav_samples};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-const APP_ID: &str = "424242";
-const APP_SIGN: &str = "8f3a1c2b4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
-const SECRET: &str = "0123456789abcdef0123456789abcdef";
 const HTTP_PORT: u16 = 7880;
 const UDP_PORT: u16 = 7882;
 
@@ -251,30 +251,6 @@ fn finish(mut p: Proc, log: &Path) -> String {
     stdout
 }
 
-/// The samples of a 16-bit mono WAV file (the `data` chunk).
-fn wav_samples(path: &Path) -> Vec<i16> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let at = bytes.windows(4).position(|w| w == b"data").expect("a data chunk") + 8;
-    bytes[at..]
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect()
-}
-
-/// Power of `hz` (48 kHz samples) relative to the signal's power, in dB (Goertzel).
-fn tone_db(x: &[i16], hz: f64) -> f64 {
-    let coeff = 2.0 * (2.0 * std::f64::consts::PI * hz / 48_000.0).cos();
-    let (mut s1, mut s2, mut energy) = (0.0f64, 0.0f64, 1e-9);
-    for &v in x {
-        let v = f64::from(v) / 32768.0;
-        energy += v * v;
-        let s = v + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    10.0 * ((s1 * s1 + s2 * s2 - coeff * s1 * s2) / (energy * x.len() as f64 / 2.0)).log10()
-}
-
 /// Asserts that `wav` holds more than a second of the 500 Hz tone; returns the seconds of tone.
 fn assert_tone(wav: &Path) -> f64 {
     let samples = wav_samples(wav);
@@ -293,6 +269,38 @@ fn assert_tone(wav: &Path) -> f64 {
     let db = tone_db(&loud, 500.0);
     assert!(db > -3.0, "the recording is not the 500 Hz tone ({db:.1} dB)");
     loud.len() as f64 / 48_000.0
+}
+
+/// A 500 Hz tone published by `alice` from namespace `publisher.0` (to the server at
+/// `publisher.1`) and played by `bob` from `player.0` (at `player.1`), the player started first;
+/// asserts that the player heard more than a second of it and returns the seconds.
+fn tone_call(ns: &Netns, dir: &Path, publisher: (&str, &str), player: (&str, &str)) -> f64 {
+    let wav = dir.join("heard.wav");
+    let (play_log, pub_log) = (dir.join("player.log"), dir.join("publisher.log"));
+    let wav_s = wav.to_str().unwrap();
+    let play = call(
+        ns,
+        player.0,
+        player.1,
+        "bob",
+        &["--play", "tone", "--record", wav_s],
+        "3.5",
+        &play_log,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let publish = call(
+        ns,
+        publisher.0,
+        publisher.1,
+        "alice",
+        &["--publish", "tone", "--source", "tone:500"],
+        "2.5",
+        &pub_log,
+    );
+    finish(publish, &pub_log);
+    let events = finish(play, &play_log);
+    assert!(events.contains("player_recv_audio_first_frame"), "{events}");
+    assert_tone(&wav)
 }
 
 /// The packet count of the nft rule with `comment` in namespace `role`.
@@ -352,32 +360,7 @@ fn a_client_on_another_network_reaches_the_second_address_of_a_wildcard_server()
     );
     assert!(!logged.contains("127.0.0.1"), "loopback advertised: {logged}");
 
-    let wav = dir.join("heard.wav");
-    let (play_log, pub_log) = (dir.join("player.log"), dir.join("publisher.log"));
-    let wav_s = wav.to_str().unwrap();
-    let player = call(
-        &ns,
-        "cli",
-        "10.200.1.1",
-        "bob",
-        &["--play", "tone", "--record", wav_s],
-        "3.5",
-        &play_log,
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let publisher = call(
-        &ns,
-        "cli",
-        "10.200.1.1",
-        "alice",
-        &["--publish", "tone", "--source", "tone:500"],
-        "2.5",
-        &pub_log,
-    );
-    finish(publisher, &pub_log);
-    let events = finish(player, &play_log);
-    assert!(events.contains("player_recv_audio_first_frame"), "{events}");
-    let secs = assert_tone(&wav);
+    let secs = tone_call(&ns, &dir, ("cli", "10.200.1.1"), ("cli", "10.200.1.1"));
     assert!(
         nft_packets(&ns, "cli", "\"first\"") > 0,
         "the clients never tried the first address"
@@ -413,32 +396,7 @@ fn a_client_behind_nat_reaches_a_wildcard_server() {
     );
 
     // The publisher is on the server's own network, the player behind the NAT.
-    let wav = dir.join("heard.wav");
-    let (play_log, pub_log) = (dir.join("player.log"), dir.join("publisher.log"));
-    let wav_s = wav.to_str().unwrap();
-    let player = call(
-        &ns,
-        "nat",
-        "10.200.2.1",
-        "bob",
-        &["--play", "tone", "--record", wav_s],
-        "3.5",
-        &play_log,
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let publisher = call(
-        &ns,
-        "cli",
-        "10.200.1.1",
-        "alice",
-        &["--publish", "tone", "--source", "tone:500"],
-        "2.5",
-        &pub_log,
-    );
-    finish(publisher, &pub_log);
-    let events = finish(player, &play_log);
-    assert!(events.contains("player_recv_audio_first_frame"), "{events}");
-    let secs = assert_tone(&wav);
+    let secs = tone_call(&ns, &dir, ("cli", "10.200.1.1"), ("nat", "10.200.2.1"));
     assert!(
         nft_packets(&ns, "rtr", "\"nat\"") > 0,
         "nothing went through the NAT"
@@ -466,32 +424,7 @@ fn a_dual_stack_server_serves_ipv4_and_ipv6_clients_on_one_socket() {
 
     // The publisher over IPv4 (a v4-mapped peer on the server's IPv6 socket), the player over
     // IPv6.
-    let wav = dir.join("heard.wav");
-    let (play_log, pub_log) = (dir.join("player.log"), dir.join("publisher.log"));
-    let wav_s = wav.to_str().unwrap();
-    let player = call(
-        &ns,
-        "cli",
-        "[fd00:200::1]",
-        "bob",
-        &["--play", "tone", "--record", wav_s],
-        "3.5",
-        &play_log,
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let publisher = call(
-        &ns,
-        "cli",
-        "10.200.1.1",
-        "alice",
-        &["--publish", "tone", "--source", "tone:500"],
-        "2.5",
-        &pub_log,
-    );
-    finish(publisher, &pub_log);
-    let events = finish(player, &play_log);
-    assert!(events.contains("player_recv_audio_first_frame"), "{events}");
-    let secs = assert_tone(&wav);
+    let secs = tone_call(&ns, &dir, ("cli", "10.200.1.1"), ("cli", "[fd00:200::1]"));
     eprintln!("{secs:.2} s of tone from an IPv4 publisher to an IPv6 player; {logged}");
 }
 
