@@ -1,4 +1,5 @@
-// Through firewalls, with a real Chromium and native clients (`huddle call`):
+// Through firewalls, with a real Chromium and native clients (`huddle call`), side by side with
+// the same call on an open network (UDP):
 // - UDP blocked: the page and a native player still have a call, over ICE-TCP (the server's passive
 //   TCP candidate on port 7881), with no setting on either side;
 // - only TCP to port 443 out: Chromium publishes through coturn (TURN over TLS on 443, credentials
@@ -129,6 +130,11 @@ after(async () => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
+/** Opens the client namespace's firewall: nothing dropped. */
+function noFirewall() {
+  inNs(NS_CLIENT, "nft", "flush", "ruleset");
+}
+
 /**
  * Sets the client namespace's firewall: out, nothing but TCP to `tcpPorts` (and the replies).
  * @param {number[]} tcpPorts
@@ -228,6 +234,21 @@ async function tokenVia(/** @type {import("playwright-core").Page} */ page, /** 
     return (await r.json()).token;
   }, { appId: server?.appId, room: ROOM, user });
 }
+
+test("with no firewall, Chromium and a native player have the same call over UDP (the baseline)", async () => {
+  noFirewall();
+  const streamId = `udp-pub-${TAG}`;
+  const { page, context, result } = await publishFromPage("erin", streamId, {});
+  assert.equal(result.local?.protocol, "udp", `selected local candidate: ${JSON.stringify(result.local)}`);
+  assert.equal(result.remote?.protocol, "udp");
+  console.log(`# publish over UDP: PUBLISHING ${result.publishMs.toFixed(0)} ms after the request`);
+  nativePlayerHearsTheSpeech(NS_CLIENT, "frank", await tokenVia(page, "frank"), streamId);
+  await page.evaluate(() => {
+    // @ts-ignore
+    window.testEngine.destroy();
+  });
+  await context.close();
+});
 
 test("with UDP blocked, Chromium and a native player have a call over ICE-TCP, with no setting", async () => {
   firewall([443, 7881]);
