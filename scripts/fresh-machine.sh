@@ -45,6 +45,7 @@ serve_in_netns() {
     sleep 1
   done
   local took=$((SECONDS - start))
+  echo "load average when served (1, 5, 15 min; this machine has $(nproc) CPUs): $(cut -d' ' -f1-3 /proc/loadavg)"
   # The server (cargo run execs it) and anything else of its session.
   kill -TERM -- "-$pid" 2>/dev/null || true
   local status=0
@@ -200,8 +201,9 @@ lap "gcc, git, clone"
 
 case "$mode" in
   serve)
-    in_root sh -c 'cd /root/huddle && cargo fetch --locked'
-    lap "cargo fetch (crates.io)"
+    in_root sh -c 'cd /root/huddle && cargo fetch --locked' 2>"$work/fetch.log" ||
+      { tail -n 20 "$work/fetch.log"; die "cargo fetch failed"; }
+    lap "cargo fetch ($(grep -c '^ *Downloaded ' "$work/fetch.log") crates from crates.io)"
     echo "fresh-machine: cargo run --release -p huddle-server (cold; nice $nice; own network namespace)"
     unshare -n "$repo/scripts/fresh-machine.sh" __serve_in_netns "$root" "$work/serve.log" "$timeout" "$nice"
     lap "cold build and serve"
