@@ -10,16 +10,44 @@ cd "$(dirname "$0")/.."
 # and the firewall tests in web/tests, need `ip` and `nft`, and run coturn; web/tests/tls.test.js
 # and the firewall tests make their certificates with the openssl command;
 # crates/huddle-server/tests/reverse_proxy.rs runs docs/deploy.md's nginx and Caddy setups,
-# started by hand on 127.0.0.1; systemd-analyze checks the unit file). Installed only when
-# missing, so a warm machine starts at once.
+# started by hand on 127.0.0.1; systemd-analyze checks the unit file). A fresh machine may have no
+# Python or Node.js at all: the tests run `python3` (an independent token decoder, the speech
+# scorers) and `node`/`npm` (the browser tests), and PyPI's `pesq` has no wheels, so it is
+# compiled against Python's headers. Installed only when missing, so a warm machine starts at once.
 apt_packages=(libopus-dev libvpx-dev pkg-config chromium libasound2-dev iproute2 nftables coturn openssl nginx-light caddy systemd)
 need_apt=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
+command -v python3 >/dev/null || need_apt+=(python3 python3-venv python3-dev)
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
+apt_install() {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+}
 if [ ${#need_apt[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+  apt_install "${need_apt[@]}"
 fi
+
+# The tests' Python packages go into a virtualenv under target/, put first on PATH so that every
+# `python3` the tests start is this one. Debian 12's own python3 refuses `pip install` outside a
+# venv (PEP 668, "externally-managed-environment"); a venv leaves the system's Python untouched
+# (no `--break-system-packages`), works the same with any other python3, and `cargo clean` removes it.
+venv="$PWD/target/test-venv"
+if [ ! -x "$venv/bin/python3" ]; then
+  rm -rf "$venv"
+  # Debian ships venv's pip bootstrap (ensurepip) and the C headers separately from python3.
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    rm -rf "$venv"
+    apt_install python3-venv
+    python3 -m venv "$venv"
+  fi
+fi
+python3_headers() {
+  python3 -c 'import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null
+}
+python3_headers || apt_install python3-dev
+export PATH="$venv/bin:$PATH"
 
 # Python's `cryptography` decodes tokens independently of our Rust code in the CLI tests.
 python3 -c "import cryptography" 2>/dev/null || python3 -m pip install -q cryptography
