@@ -287,19 +287,28 @@ enum Transport {
 }
 
 /// A connection accepted by a [`GuardedListener`] (TCP, or TLS over TCP with `tls_cert`): fails
-/// its reads with `TimedOut` if no byte of the request arrived before the deadline, and holds its
-/// place in its address's count.
+/// its reads with `TimedOut` if the head of its first HTTP request (up to the blank line) has not
+/// arrived by the deadline, so that a client trickling its headers a byte at a time holds the
+/// connection no longer than one that sends nothing; holds its place in its address's count.
 pub struct GuardedStream {
     inner: Transport,
-    first_byte: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Until the request head is complete.
+    head_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// The last four bytes read while the head is incomplete (big-endian), to find `\r\n\r\n`
+    /// across reads.
+    head_tail: u32,
     _slot: TcpSlot,
 }
+
+/// `\r\n\r\n`, the end of an HTTP request head.
+const HEAD_END: u32 = u32::from_be_bytes(*b"\r\n\r\n");
 
 impl GuardedStream {
     fn new(inner: Transport, deadline: tokio::time::Instant, slot: TcpSlot) -> GuardedStream {
         GuardedStream {
             inner,
-            first_byte: Some(Box::pin(tokio::time::sleep_until(deadline))),
+            head_deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
+            head_tail: 0,
             _slot: slot,
         }
     }
@@ -333,20 +342,26 @@ impl tokio::io::AsyncRead for GuardedStream {
         let before = buf.filled().len();
         match on_conn!(this, s => s.poll_read(cx, buf)) {
             Poll::Ready(r) => {
-                if buf.filled().len() > before {
-                    this.first_byte = None;
+                if this.head_deadline.is_some() {
+                    for b in &buf.filled()[before..] {
+                        this.head_tail = this.head_tail << 8 | u32::from(*b);
+                        if this.head_tail == HEAD_END {
+                            this.head_deadline = None;
+                            break;
+                        }
+                    }
                 }
                 Poll::Ready(r)
             }
             Poll::Pending => {
                 let timed_out = this
-                    .first_byte
+                    .head_deadline
                     .as_mut()
                     .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
                 if timed_out {
                     Poll::Ready(Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
-                        "no HTTP request in time",
+                        "no whole HTTP request head in time",
                     )))
                 } else {
                     Poll::Pending

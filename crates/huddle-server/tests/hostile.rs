@@ -712,6 +712,24 @@ async fn silent_tcp_connections_are_closed_and_counted_per_address() {
         assert!(Instant::now() < deadline, "{first:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A connection that trickles its request head a byte at a time is closed at the same
+    // deadline: what counts is the whole head (up to the blank line), not its first byte.
+    use tokio::io::AsyncWriteExt;
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let trickle = async {
+        for _ in 0..60 {
+            if slow.write_all(b"X").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), trickle).await;
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(1)).await,
+        "a connection trickling its headers stays open"
+    );
     // The first-request deadline is over once the request arrived: a session lives on.
     let mut alice = Client::login_url(&url, "alice").await;
     tokio::time::sleep(Duration::from_millis(800)).await;
