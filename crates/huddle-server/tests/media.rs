@@ -11,7 +11,7 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use common::*;
-use huddle_proto::{ClientMsg, ErrorCode, MediaRole, PeerState};
+use huddle_proto::{ClientMsg, ErrorCode, MediaRole, PeerState, ServerMsg};
 use huddle_server::BackgroundServer;
 use rand::Rng;
 
@@ -442,4 +442,51 @@ async fn streams_on_two_shards() {
         );
     }
     assert_eq!(server.media_stats().pcs_closed, 8);
+}
+
+/// A refused offer is answered in the project's own words: no parser positions, memory addresses,
+/// module paths or library internals, whatever the offer held.
+#[tokio::test]
+async fn refused_offers_leak_no_internals() {
+    let server = server();
+    let mut alice = Client::login(&server, "alice").await;
+    alice.publish("s1").await;
+    let (_, good) = Peer::new(MediaRole::Publish);
+    let offers = [
+        "garbage\u{0}\u{1}".to_string(),
+        "v=0\r\nnonsense".to_string(),
+        String::new(),
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n".to_string(),
+        good.replace("a=fingerprint", "a=fingerprnt"),
+        good.replace("a=ice-ufrag", "a=ice-ufrg"),
+        good.replace("opus", "speex"),
+        "x".repeat(40_000),
+    ];
+    for sdp in offers {
+        let seq = alice.next_seq();
+        alice.send_offer(seq, "s1", MediaRole::Publish, sdp.clone()).await;
+        let m = alice
+            .wait_for(|m| matches!(m, ServerMsg::MediaAnswer { seq: s, .. } | ServerMsg::Error { seq: Some(s), .. } if *s == seq))
+            .await;
+        let ServerMsg::Error { code, message, .. } = m else {
+            continue; // an offer str0m still answers is not a refusal
+        };
+        assert_eq!(code, ErrorCode::MEDIA_OFFER_INVALID, "{message}");
+        let leaks = [
+            "0x",
+            "Pointer",
+            "::",
+            "panicked",
+            ".rs",
+            "str0m",
+            "Parse error",
+            "Unexpected",
+            "\n",
+        ];
+        assert!(
+            !leaks.iter().any(|l| message.contains(l)),
+            "the answer to {:?} leaks internals: {message:?}",
+            &sdp[..sdp.len().min(40)]
+        );
+    }
 }

@@ -44,7 +44,7 @@ use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive, TcpType, Transmit};
 use str0m::rtp::{Extension, ExtensionValues, RtpPacket, RtpWrite, Ssrc};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::registry::SessionId;
 
@@ -414,6 +414,42 @@ fn invalid(why: impl std::fmt::Display) -> HuddleError {
     HuddleError::new(ErrorCode::MEDIA_OFFER_INVALID, why.to_string())
 }
 
+/// Parses a client's SDP offer. The parser's own message (positions, pointers, its internals) is
+/// logged, never answered: the client gets the project's words.
+fn parse_offer(sdp: &str) -> Result<SdpOffer, HuddleError> {
+    SdpOffer::from_sdp_string(sdp).map_err(|e| {
+        debug!(error = %e, "SDP offer refused");
+        invalid("the SDP offer could not be parsed")
+    })
+}
+
+/// The answer with the user name of its origin line (`o=`) replaced by `-`: str0m writes its name
+/// and version there, which tells a stranger which library (and which of its bugs) to aim at.
+fn plain_origin(sdp: &str) -> String {
+    let mut out = String::with_capacity(sdp.len());
+    let mut done = false;
+    for line in sdp.split_inclusive('\n') {
+        match line.strip_prefix("o=").and_then(|rest| rest.split_once(' ')) {
+            Some((_, rest)) if !done => {
+                done = true;
+                out.push_str("o=- ");
+                out.push_str(rest);
+            }
+            _ => out.push_str(line),
+        }
+    }
+    out
+}
+
+/// A server-side failure to set up a PC: logged with its cause, answered as internal.
+fn setup_failed(what: &str, e: impl std::fmt::Display) -> HuddleError {
+    warn!(error = %e, "{what}");
+    HuddleError::new(
+        ErrorCode::INTERNAL,
+        "the media plane could not set up the connection",
+    )
+}
+
 fn failure_code(role: MediaRole) -> ErrorCode {
     match role {
         MediaRole::Publish => ErrorCode::PUBLISH_TEMPORARY_BREAK,
@@ -544,7 +580,7 @@ impl Sfu {
                 "the media plane is at its peer connection limit",
             ));
         }
-        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| invalid(format!("bad SDP: {e}")))?;
+        let offer = parse_offer(sdp)?;
         let mut config = RtcConfig::new()
             .set_ice_lite(true)
             .set_rtp_mode(true)
@@ -583,8 +619,8 @@ impl Sfu {
             ));
         }
         for addr in &self.config.candidates {
-            let candidate = Candidate::host(*addr, "udp")
-                .map_err(|e| HuddleError::new(ErrorCode::INTERNAL, format!("server candidate: {e}")))?;
+            let candidate =
+                Candidate::host(*addr, "udp").map_err(|e| setup_failed("server candidate refused", e))?;
             rtc.add_local_candidate(candidate);
         }
         for addr in self.tcp_candidates() {
@@ -595,14 +631,17 @@ impl Sfu {
                 .host(addr)
                 .tcptype(TcpType::Passive)
                 .build()
-                .map_err(|e| HuddleError::new(ErrorCode::INTERNAL, format!("server TCP candidate: {e}")))?;
+                .map_err(|e| setup_failed("server TCP candidate refused", e))?;
             rtc.add_local_candidate(tcp);
         }
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
-            .map_err(|e| invalid(format!("cannot answer the offer: {e}")))?;
-        Ok((rtc, answer.to_sdp_string()))
+            .map_err(|e| {
+                debug!(error = %e, "SDP offer not answerable");
+                invalid("the offer has nothing the server can answer (it takes Opus audio and VP8 video, with ICE and DTLS)")
+            })?;
+        Ok((rtc, plain_origin(&answer.to_sdp_string())))
     }
 
     fn insert(&mut self, now: Instant, rtc: Rtc, owner: SessionId, key: StreamKey, role: MediaRole) -> usize {
@@ -741,7 +780,7 @@ impl Sfu {
             return self.accept_play(now, session, key, &sdp, kinds).map(Some);
         }
         // Published, but the publisher has not negotiated its media yet: wait for it.
-        SdpOffer::from_sdp_string(&sdp).map_err(|e| invalid(format!("bad SDP: {e}")))?;
+        parse_offer(&sdp)?;
         let deadline = now + self.config.play_wait;
         let entry = self.streams.entry(key.clone()).or_default();
         if let Some(i) = entry.pending.iter().position(|p| p.session == session) {
@@ -1607,6 +1646,16 @@ fn add_track(pc: &mut Pc, mid: Mid, kind: MediaKind) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_answer_origin_names_no_library() {
+        let sdp = "v=0\r\no=str0m-0.25.0 123 2 IN IP4 0.0.0.0\r\ns=-\r\n";
+        assert_eq!(
+            super::plain_origin(sdp),
+            "v=0\r\no=- 123 2 IN IP4 0.0.0.0\r\ns=-\r\n"
+        );
+        assert_eq!(super::plain_origin("v=0\r\n"), "v=0\r\n");
+    }
+
     use super::*;
 
     #[test]

@@ -495,6 +495,8 @@ pub async fn start_publisher(client: &mut Client, stream: &str) -> Peer {
     let answer = client.offer(stream, MediaRole::Publish, offer).await.unwrap();
     assert!(answer.contains("a=ice-lite"), "{answer}");
     assert!(answer.contains("useinbandfec=1"), "{answer}");
+    // The origin line names no library (nor its version).
+    assert!(answer.contains("\no=- ") && !answer.contains("str0m"), "{answer}");
     peer.accept(&answer);
     peer
 }
