@@ -458,12 +458,22 @@ enum Closing {
     Now(Option<Utf8Bytes>),
     /// The server is shutting down: close with "going away".
     Shutdown,
+    /// The peer broke the WebSocket protocol (RFC 6455, 7.4.1): close at once with this code and
+    /// reason, after this error if any.
+    Violation {
+        error: Option<Utf8Bytes>,
+        code: u16,
+        reason: &'static str,
+    },
 }
 
 impl Closing {
     /// Whether the writer must stop sending the queue.
     fn is_hard(&self) -> bool {
-        matches!(self, Closing::Now(_) | Closing::Shutdown)
+        matches!(
+            self,
+            Closing::Now(_) | Closing::Shutdown | Closing::Violation { .. }
+        )
     }
 }
 
@@ -1075,6 +1085,7 @@ async fn write_loop(
     }
     let closing = ctl.borrow().clone();
     let finish = async {
+        let mut reason = "";
         let code = match closing {
             Closing::Now(Some(last)) => {
                 sink.send(Message::Text(last)).await?;
@@ -1082,6 +1093,17 @@ async fn write_loop(
             }
             Closing::Now(None) => 1000,
             Closing::Shutdown => 1001,
+            Closing::Violation {
+                error,
+                code,
+                reason: why,
+            } => {
+                if let Some(last) = error {
+                    sink.send(Message::Text(last)).await?;
+                }
+                reason = why;
+                code
+            }
             Closing::Open | Closing::AfterQueue => {
                 rx.close();
                 while let Some(m) = rx.recv().await {
@@ -1092,7 +1114,7 @@ async fn write_loop(
         };
         sink.send(Message::Close(Some(CloseFrame {
             code,
-            reason: Utf8Bytes::from_static(""),
+            reason: Utf8Bytes::from_static(reason),
         })))
         .await?;
         sink.close().await
@@ -1232,10 +1254,20 @@ impl Conn {
             match item {
                 None | Some(Ok(Message::Close(_))) => return,
                 Some(Err(e)) => {
-                    if is_too_large(e) {
-                        self.too_large();
-                    } else {
-                        debug!("read error");
+                    match violation(e) {
+                        Some(Violation::TooLarge) => self.too_large(),
+                        Some(Violation::Protocol { code, reason }) => {
+                            info!(code, reason, "WebSocket protocol violation: closing");
+                            close(
+                                &self.ctl,
+                                Closing::Violation {
+                                    error: None,
+                                    code,
+                                    reason,
+                                },
+                            );
+                        }
+                        None => debug!("read error"),
                     }
                     return;
                 }
@@ -1259,7 +1291,14 @@ impl Conn {
             format!("messages are limited to {MAX_MESSAGE_BYTES} bytes"),
         );
         info!("message too large: closing");
-        close(&self.ctl, Closing::Now(Some(error_text(None, &err))));
+        close(
+            &self.ctl,
+            Closing::Violation {
+                error: Some(error_text(None, &err)),
+                code: 1009,
+                reason: "message too big",
+            },
+        );
     }
 
     /// Applies the rate limit; answers 1009004 to a dropped message, and closes a connection that
@@ -1686,13 +1725,33 @@ fn media_offer(
 }
 
 /// Whether a read error is tungstenite's "message too long".
-fn is_too_large(e: axum::Error) -> bool {
+/// What a WebSocket read error says about the peer.
+enum Violation {
+    /// A message over the limit (answered 1009002, closed 1009).
+    TooLarge,
+    /// A broken protocol: closed with this code and reason (RFC 6455, 7.4.1).
+    Protocol { code: u16, reason: &'static str },
+}
+
+/// The peer's fault behind a read error, if it is one (else the connection just broke).
+fn violation(e: axum::Error) -> Option<Violation> {
     use tokio_tungstenite::tungstenite::Error as WsError;
     use tokio_tungstenite::tungstenite::error::CapacityError;
-    matches!(
-        e.into_inner().downcast::<WsError>().map(|b| *b),
-        Ok(WsError::Capacity(CapacityError::MessageTooLong { .. }))
-    )
+    match e.into_inner().downcast::<WsError>().map(|b| *b) {
+        Ok(WsError::Capacity(CapacityError::MessageTooLong { .. })) => Some(Violation::TooLarge),
+        // 1007: data inconsistent with the message type (a text frame that is not UTF-8).
+        Ok(WsError::Utf8(_)) => Some(Violation::Protocol {
+            code: 1007,
+            reason: "invalid UTF-8 in a text message",
+        }),
+        // 1002: reserved bits or opcodes, an unmasked client frame, a bad control frame or
+        // continuation.
+        Ok(WsError::Protocol(_) | WsError::Capacity(_)) => Some(Violation::Protocol {
+            code: 1002,
+            reason: "WebSocket protocol error",
+        }),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -735,3 +735,116 @@ async fn silent_tcp_connections_are_closed_and_counted_per_address() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     alice.publish("after-the-deadline").await;
 }
+
+/// A WebSocket opened by hand over TCP (the upgrade, then the server's `hello`), to send frames no
+/// well-behaved client library would.
+async fn raw_websocket(addr: SocketAddr) -> TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // The 101 answer, then the hello frame (a text frame the server does not mask).
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.unwrap());
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let (_, payload) = read_frame(&mut tcp).await.expect("hello");
+    assert!(String::from_utf8_lossy(&payload).contains("hello"));
+    tcp
+}
+
+/// Reads one server frame: its opcode and payload (`None` if the stream ends).
+async fn read_frame(tcp: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let b0 = tcp.read_u8().await.ok()?;
+    let b1 = tcp.read_u8().await.ok()?;
+    let len = match b1 & 0x7f {
+        126 => usize::from(tcp.read_u16().await.ok()?),
+        127 => usize::try_from(tcp.read_u64().await.ok()?).ok()?,
+        n => usize::from(n),
+    };
+    let mut payload = vec![0; len];
+    tcp.read_exact(&mut payload).await.ok()?;
+    Some((b0 & 0x0f, payload))
+}
+
+/// A client frame: `first` (FIN, RSV, opcode), `payload`, masked unless `unmasked`, with `len` as
+/// its length field when given (a lie).
+fn client_frame(first: u8, payload: &[u8], unmasked: bool) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut f = vec![first];
+    let masked_bit = if unmasked { 0 } else { 0x80 };
+    if payload.len() < 126 {
+        f.push(masked_bit | payload.len() as u8);
+    } else {
+        f.push(masked_bit | 126);
+        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    if unmasked {
+        f.extend_from_slice(payload);
+    } else {
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    }
+    f
+}
+
+#[tokio::test]
+async fn websocket_protocol_violations_are_closed_with_their_codes() {
+    use tokio::io::AsyncWriteExt;
+    let server = BackgroundServer::start(config()).unwrap();
+    let cases: [(&str, Vec<u8>, u16); 6] = [
+        (
+            "invalid UTF-8 in a text frame",
+            client_frame(0x81, &[0xff, 0xfe, 0x41], false),
+            1007,
+        ),
+        ("a reserved opcode", client_frame(0x83, b"x", false), 1002),
+        ("RSV1 set", client_frame(0xc1, b"{}", false), 1002),
+        ("an unmasked client frame", client_frame(0x81, b"{}", true), 1002),
+        (
+            "a control frame over 125 bytes",
+            client_frame(0x89, &[0; 200], false),
+            1002,
+        ),
+        (
+            "a continuation with nothing to continue",
+            client_frame(0x80, b"x", false),
+            1002,
+        ),
+    ];
+    for (what, frame, want) in cases {
+        let mut tcp = raw_websocket(server.addr()).await;
+        tcp.write_all(&frame).await.unwrap();
+        let close = tokio::time::timeout(WAIT, async {
+            while let Some((op, payload)) = read_frame(&mut tcp).await {
+                if op == 0x8 {
+                    return Some(payload);
+                }
+            }
+            None
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no close in time"));
+        let payload = close.unwrap_or_else(|| panic!("{what}: the connection ended without a close frame"));
+        let code = u16::from_be_bytes([payload[0], payload[1]]);
+        let reason = String::from_utf8_lossy(&payload[2..]).to_string();
+        assert_eq!(code, want, "{what}: closed with {code} {reason:?}");
+        assert!(
+            !reason.is_empty() && reason.len() < 64,
+            "{what}: reason {reason:?}"
+        );
+    }
+    // The server is fine: a normal client still logs in.
+    let mut alice = Client::login(&server, "alice").await;
+    alice.publish("after-the-violations").await;
+}
