@@ -1318,8 +1318,11 @@ impl Conn {
             ),
         );
         if self.dropped_in_a_row > self.config().rate_limit_burst {
+            // What was accepted is answered first: the replies already queued, then this error,
+            // then the close (bounded by the close timeout, as any queue drain is).
             warn!("rate limit exceeded by a whole burst: closing");
-            close(&self.ctl, Closing::Now(Some(error_text(None, &err))));
+            self.reply_error(None, &err);
+            close(&self.ctl, Closing::AfterQueue);
         } else {
             self.reply_error(seq, &err);
         }

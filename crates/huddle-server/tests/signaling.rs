@@ -526,12 +526,47 @@ async fn rate_limit() {
     // The login took one token of the burst of 10; a slow machine may refill a few meanwhile.
     assert!((9..=13).contains(&pongs), "{pongs} pongs");
     assert_eq!(pongs + limited.len(), 15);
-    // Far beyond the limit, the connection is closed.
-    for seq in 0..30 {
-        c.send(&ClientMsg::Ping { seq }).await;
+    // Far beyond the limit, the connection is closed, but only after what it accepted is
+    // answered: 300 pings sent at once, every accepted one gets its pong, every dropped one its
+    // 1009004 until the close, whose 1009004 has no seq and comes last.
+    // A new connection: its own bucket, full.
+    let mut c = Client::connect(&server).await;
+    c.login("r1", "bob", false).await;
+    // In one write: the server reads them in one go, far ahead of its writer.
+    for seq in 100..400 {
+        c.ws.feed(Message::text(ClientMsg::Ping { seq }.encode()))
+            .await
+            .unwrap();
     }
-    let (_, end) = c.until_closed().await;
+    c.ws.flush().await.unwrap();
+    let (msgs, end) = c.until_closed().await;
     assert_eq!(end, End::Close(1000));
+    let pongs = msgs
+        .iter()
+        .filter(|m| matches!(m, ServerMsg::Pong { .. }))
+        .count();
+    assert!(pongs >= 9, "{pongs} pongs for the accepted burst: {msgs:?}");
+    let last = msgs.last().expect("messages before the close");
+    assert!(
+        matches!(
+            last,
+            ServerMsg::Error {
+                seq: None,
+                code: ErrorCode::RATE_LIMITED,
+                ..
+            }
+        ),
+        "{last:?}"
+    );
+    let answered = msgs
+        .iter()
+        .filter(|m| matches!(m, ServerMsg::Error { seq: Some(_), .. }))
+        .count();
+    assert_eq!(
+        pongs + answered + 1,
+        msgs.len(),
+        "only pongs and rate-limit answers: {msgs:?}"
+    );
 }
 
 #[tokio::test]
