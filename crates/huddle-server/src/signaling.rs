@@ -41,6 +41,9 @@ use crate::sfu::{Command, Counters, MediaStats, Offer};
 /// a message just over [`MAX_MESSAGE_BYTES`] is still read and answered 1009002 by the decoder.
 const WS_MAX_MESSAGE: usize = MAX_MESSAGE_BYTES + 4096;
 
+/// The WebSocket read buffer reserved per connection (see `ws_handler`).
+const WS_READ_BUFFER: usize = 4096;
+
 /// How long the writer may take to flush its last messages and the close frame, and how long the
 /// peer then has to answer the close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -1054,8 +1057,12 @@ async fn ws_handler(
         (Some(a), _) => a.to_string(),
         _ => String::new(),
     };
+    // tungstenite reserves its whole read buffer per connection (128 KiB by default), most of
+    // the memory of a connection that never logs in; signaling messages are small, and a larger
+    // one grows the buffer for that connection only.
     ws.max_message_size(WS_MAX_MESSAGE)
         .max_frame_size(WS_MAX_MESSAGE)
+        .read_buffer_size(WS_READ_BUFFER)
         .on_upgrade(move |socket| {
             let span = tracing::info_span!("conn", %peer);
             state.serve_socket(socket, admission).instrument(span)
