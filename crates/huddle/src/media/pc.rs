@@ -213,10 +213,10 @@ fn set_ice_timing(config: &mut RtcConfig) {
 /// candidate in our offers is reachable from the server; loopback when it cannot be found.
 pub(crate) fn local_ip_towards(host: &str) -> IpAddr {
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let Ok(mut addrs) = (host, 9).to_socket_addrs() else {
+    let Ok(addrs) = (host, 9).to_socket_addrs() else {
         return loopback;
     };
-    let Some(remote) = addrs.next() else {
+    let Some(remote) = prefer_ipv4(addrs) else {
         return loopback;
     };
     if remote.ip().is_loopback() {
@@ -232,6 +232,21 @@ pub(crate) fn local_ip_towards(host: &str) -> IpAddr {
         .and_then(|s| s.local_addr())
         .map(|a| a.ip())
         .unwrap_or(loopback)
+}
+
+/// The address to reach among a name's addresses: an IPv4 one if there is one. A server on its
+/// default or a `0.0.0.0` listen advertises IPv4 candidates only, and a PC bound to an IPv6
+/// address has no pair with them (`localhost` resolves to `::1` first on some systems); a
+/// dual-stack server advertises IPv4 too.
+fn prefer_ipv4(addrs: impl Iterator<Item = SocketAddr>) -> Option<SocketAddr> {
+    let mut first = None;
+    for a in addrs {
+        if a.is_ipv4() {
+            return Some(a);
+        }
+        first.get_or_insert(a);
+    }
+    first
 }
 
 /// A client peer connection before its task starts: the `Rtc`, the bound socket, the offer.
@@ -500,4 +515,37 @@ impl Pc {
 pub(crate) enum PcCommand {
     /// The server's SDP answer.
     Answer(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_with_both_families_is_reached_over_ipv4() {
+        let v6: SocketAddr = "[::1]:9".parse().unwrap();
+        let v4: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert_eq!(prefer_ipv4([v6, v4].into_iter()), Some(v4));
+        assert_eq!(prefer_ipv4([v6].into_iter()), Some(v6));
+        assert_eq!(prefer_ipv4(std::iter::empty()), None);
+        assert!(local_ip_towards("127.0.0.1").is_ipv4());
+        assert!(local_ip_towards("::1").is_ipv6());
+    }
+
+    #[test]
+    fn the_servers_tcp_candidate_of_our_family_is_found_in_the_answer() {
+        let sdp = "v=0\r\na=candidate:1 1 udp 2130706175 10.0.0.1 7882 typ host\r\n\
+                   a=candidate:2 1 tcp 1509949695 10.0.0.1 7881 typ host tcptype passive\r\n\
+                   a=candidate:3 1 tcp 1509949695 2001:db8::1 7881 typ host tcptype passive\r\n";
+        let v4: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::2]:5000".parse().unwrap();
+        assert_eq!(tcp_candidate(sdp, v4), Some("10.0.0.1:7881".parse().unwrap()));
+        assert_eq!(
+            tcp_candidate(sdp, v6),
+            Some("[2001:db8::1]:7881".parse().unwrap())
+        );
+        // Active or UDP candidates are not what the fallback connects to.
+        let none = "a=candidate:2 1 tcp 1509949695 10.0.0.1 9 typ host tcptype active\r\n";
+        assert_eq!(tcp_candidate(none, v4), None);
+    }
 }
