@@ -18,8 +18,6 @@ use common::certs::TestCerts;
 use futures_util::StreamExt;
 use huddle_proto::{ErrorCode, ServerMsg};
 use huddle_server::BackgroundServer;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -180,21 +178,6 @@ fn server() -> BackgroundServer {
     BackgroundServer::start(config).unwrap()
 }
 
-fn tls_client(ca_pem: &str) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
-}
-
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Opens `wss://localhost:PORT/ws` through the proxy from the local address `from`, sending
@@ -249,7 +232,7 @@ async fn connect(
 /// What both proxies must give: each client address its own count, a client's own
 /// `X-Forwarded-For` changing nothing.
 async fn clients_are_counted_apart(proxy: &Proxy, certs: &TestCerts, server: &BackgroundServer) {
-    let tls = tls_client(&certs.ca_pem);
+    let tls = certs.client_config(&[b"http/1.1"]);
     let a = Ipv4Addr::new(127, 0, 0, 2);
     let b = Ipv4Addr::new(127, 0, 0, 3);
     let (first, _a) = connect(proxy, &tls, a, Some("203.0.113.1")).await;

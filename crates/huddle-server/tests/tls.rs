@@ -13,8 +13,7 @@ use common::certs::TestCerts;
 use common::{Client, WAIT};
 use huddle_proto::ServerMsg;
 use huddle_server::{BackgroundServer, ServerConfig};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -23,22 +22,6 @@ fn tls_config(certs: &TestCerts) -> ServerConfig {
     config.tls_cert = Some(certs.cert_file.clone());
     config.tls_key = Some(certs.key_file.clone());
     config
-}
-
-/// A client that trusts the test CA (and nothing else) and offers h2 and http/1.1.
-fn client_config(ca_pem: &str) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Arc::new(config)
 }
 
 /// One HTTPS GET (HTTP/1.1, `Connection: close`) to `host` (a name or an IP in the
@@ -91,7 +74,7 @@ async fn https_serves_the_page_the_api_the_probes_and_wss_signaling() {
         "{}",
         server.http_url()
     );
-    let client = client_config(&certs.ca_pem);
+    let client = certs.client_config(&[b"h2", b"http/1.1"]);
     let addr = server.addr();
 
     let (alpn, status, body) = https_get(addr, "localhost", client.clone(), "/").await;
@@ -166,7 +149,7 @@ async fn plain_http_and_ws_on_the_tls_port_fail_cleanly() {
         "{answer}"
     );
     // The server serves TLS clients as before.
-    let client = client_config(&certs.ca_pem);
+    let client = certs.client_config(&[b"h2", b"http/1.1"]);
     assert_eq!(
         https_get(server.addr(), "localhost", client, "/healthz").await.1,
         200
@@ -201,7 +184,7 @@ async fn handshakes_that_never_finish_are_cut_and_hold_up_nobody() {
         .await
         .unwrap();
     // Meanwhile others are served.
-    let client = client_config(&certs.ca_pem);
+    let client = certs.client_config(&[b"h2", b"http/1.1"]);
     assert_eq!(
         https_get(server.addr(), "localhost", client.clone(), "/healthz")
             .await
@@ -244,7 +227,7 @@ async fn untrusted_certificates_are_refused_by_clients() {
     let other = TestCerts::new("server-other-ca");
     let server = BackgroundServer::start(tls_config(&certs)).unwrap();
     let tcp = TcpStream::connect(server.addr()).await.unwrap();
-    let connector = tokio_rustls::TlsConnector::from(client_config(&other.ca_pem));
+    let connector = tokio_rustls::TlsConnector::from(other.client_config(&[b"h2", b"http/1.1"]));
     let err = connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await

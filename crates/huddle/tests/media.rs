@@ -229,19 +229,6 @@ fn voice_only_negotiates_no_video() {
     );
 }
 
-/// Pulls custom-rendered audio for `d`; returns it.
-fn pull(engine: &Engine, d: Duration) -> Vec<i16> {
-    let end = Instant::now() + d;
-    let mut all = Vec::new();
-    let mut buf = [0i16; 4800];
-    while Instant::now() < end {
-        let n = engine.fetch_audio_frame(&mut buf);
-        all.extend_from_slice(&buf[..n]);
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    all
-}
-
 #[test]
 fn publisher_stops_and_restarts_under_the_same_id() {
     let _machine = shared();

@@ -7,7 +7,7 @@ mod common;
 #[path = "../../huddle-server/tests/common/certs.rs"]
 mod certs;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use certs::TestCerts;
 use common::*;
@@ -26,19 +26,6 @@ fn wss_profile(server: &BackgroundServer, ca: Option<&str>) -> EngineProfile {
     assert!(p.server.starts_with("wss://"), "{}", p.server);
     p.ca_cert_pem = ca.map(str::to_string);
     p
-}
-
-/// Custom-rendered audio pulled for `d`.
-fn pull(engine: &Engine, d: Duration) -> Vec<i16> {
-    let end = Instant::now() + d;
-    let mut all = Vec::new();
-    let mut buf = [0i16; 4800];
-    while Instant::now() < end {
-        let n = engine.fetch_audio_frame(&mut buf);
-        all.extend_from_slice(&buf[..n]);
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    all
 }
 
 #[test]

@@ -411,3 +411,16 @@ pub fn known_users(events: &[Event]) -> std::collections::BTreeSet<String> {
     }
     set
 }
+
+/// Pulls custom-rendered audio for `d`; returns it.
+pub fn pull(engine: &huddle::Engine, d: std::time::Duration) -> Vec<i16> {
+    let end = std::time::Instant::now() + d;
+    let mut all = Vec::new();
+    let mut buf = [0i16; 4800];
+    while std::time::Instant::now() < end {
+        let n = engine.fetch_audio_frame(&mut buf);
+        all.extend_from_slice(&buf[..n]);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    all
+}
