@@ -232,7 +232,7 @@ async fn connect(
 /// What both proxies must give: each client address its own count, a client's own
 /// `X-Forwarded-For` changing nothing.
 async fn clients_are_counted_apart(proxy: &Proxy, certs: &TestCerts, server: &BackgroundServer) {
-    let tls = certs.client_config(&[b"http/1.1"]);
+    let tls = common::tls_client(certs, &[b"http/1.1"]);
     let a = Ipv4Addr::new(127, 0, 0, 2);
     let b = Ipv4Addr::new(127, 0, 0, 3);
     let (first, _a) = connect(proxy, &tls, a, Some("203.0.113.1")).await;

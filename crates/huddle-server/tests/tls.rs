@@ -74,7 +74,7 @@ async fn https_serves_the_page_the_api_the_probes_and_wss_signaling() {
         "{}",
         server.http_url()
     );
-    let client = certs.client_config(&[b"h2", b"http/1.1"]);
+    let client = common::tls_client(&certs, &[b"h2", b"http/1.1"]);
     let addr = server.addr();
 
     let (alpn, status, body) = https_get(addr, "localhost", client.clone(), "/").await;
@@ -149,7 +149,7 @@ async fn plain_http_and_ws_on_the_tls_port_fail_cleanly() {
         "{answer}"
     );
     // The server serves TLS clients as before.
-    let client = certs.client_config(&[b"h2", b"http/1.1"]);
+    let client = common::tls_client(&certs, &[b"h2", b"http/1.1"]);
     assert_eq!(
         https_get(server.addr(), "localhost", client, "/healthz").await.1,
         200
@@ -184,7 +184,7 @@ async fn handshakes_that_never_finish_are_cut_and_hold_up_nobody() {
         .await
         .unwrap();
     // Meanwhile others are served.
-    let client = certs.client_config(&[b"h2", b"http/1.1"]);
+    let client = common::tls_client(&certs, &[b"h2", b"http/1.1"]);
     assert_eq!(
         https_get(server.addr(), "localhost", client.clone(), "/healthz")
             .await
@@ -227,7 +227,7 @@ async fn untrusted_certificates_are_refused_by_clients() {
     let other = TestCerts::new("server-other-ca");
     let server = BackgroundServer::start(tls_config(&certs)).unwrap();
     let tcp = TcpStream::connect(server.addr()).await.unwrap();
-    let connector = tokio_rustls::TlsConnector::from(other.client_config(&[b"h2", b"http/1.1"]));
+    let connector = tokio_rustls::TlsConnector::from(common::tls_client(&other, &[b"h2", b"http/1.1"]));
     let err = connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await

@@ -64,26 +64,6 @@ impl TestCerts {
     }
 }
 
-impl TestCerts {
-    /// A rustls client that trusts this test CA, and nothing else, offering `alpn`.
-    pub fn client_config(&self, alpn: &[&[u8]]) -> std::sync::Arc<rustls::ClientConfig> {
-        use rustls_pki_types::CertificateDer;
-        use rustls_pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        std::sync::Arc::new(config)
-    }
-}
-
 impl Drop for TestCerts {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);

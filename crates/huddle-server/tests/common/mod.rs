@@ -514,3 +514,22 @@ pub async fn connect(peers: &mut [&mut Peer]) {
         "peers did not connect"
     );
 }
+
+/// A rustls client that trusts the test CA of `certs`, and nothing else, offering `alpn` (here,
+/// not in `certs.rs`, which the SDK's and the CLI's tests include without rustls).
+pub fn tls_client(certs: &certs::TestCerts, alpn: &[&[u8]]) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(certs.ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    std::sync::Arc::new(config)
+}
