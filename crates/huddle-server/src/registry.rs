@@ -27,6 +27,9 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+
 use huddle_proto::{
     AppId, ErrorCode, HuddleError, Login, LoginOk, RoomId, ServerMsg, StreamId, StreamInfo, UpdateType, User,
     UserId,
@@ -256,7 +259,9 @@ pub struct Registry {
     limits: Limits,
     apps: HashMap<AppId, App>,
     sessions: HashMap<SessionId, Session>,
-    next_id: u64,
+    /// Session IDs are drawn at random (not counted up), so that one session's ID says nothing
+    /// about another's; the resume key is the secret (128 bits), the ID only names the session.
+    ids: StdRng,
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> HuddleError {
@@ -335,7 +340,17 @@ impl Registry {
             limits,
             apps: HashMap::new(),
             sessions: HashMap::new(),
-            next_id: 1,
+            ids: StdRng::from_entropy(),
+        }
+    }
+
+    /// A random session ID that no session holds (0 is never used).
+    fn new_session_id(&mut self) -> SessionId {
+        loop {
+            let id = SessionId(self.ids.next_u64());
+            if id.0 != 0 && !self.sessions.contains_key(&id) {
+                return id;
+            }
         }
     }
 
@@ -457,8 +472,7 @@ impl Registry {
             out.push(Output::Close { session: old });
             self.remove_session(old, false, out);
         }
-        let id = SessionId(self.next_id);
-        self.next_id += 1;
+        let id = self.new_session_id();
         let max_members = match login.max_member_count {
             0 => self.limits.default_max_member_count,
             n => n,

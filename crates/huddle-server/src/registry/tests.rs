@@ -996,3 +996,21 @@ fn random_operations_keep_every_invariant() {
     let avg = (totals.0 / 200, totals.1 / 200, totals.2 / 200);
     assert!(avg.0 > 300 && avg.1 > 100 && avg.2 > 50, "{avg:?}");
 }
+
+/// Session IDs are random: neither counted up nor small, so that one says nothing of another.
+#[test]
+fn session_ids_are_random_not_sequential() {
+    let mut h = H::new();
+    let ids: Vec<u64> = (0..64)
+        .map(|i| h.login("r", &format!("u{i}"), false).get())
+        .collect();
+    let distinct: BTreeSet<u64> = ids.iter().copied().collect();
+    assert_eq!(distinct.len(), ids.len(), "IDs repeat: {ids:?}");
+    let steps: BTreeSet<u64> = ids.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
+    assert!(steps.len() > 60, "IDs advance in a pattern: {ids:?}");
+    // Random 64-bit numbers: all but about one in four billion use the upper half.
+    assert!(
+        ids.iter().filter(|&&id| id > u64::from(u32::MAX)).count() >= 60,
+        "small IDs: {ids:?}"
+    );
+}
