@@ -20,8 +20,9 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
-// `deny`, not `forbid`: the one exception is the media plane's batched socket calls
-// (`media/mmsg.rs`, `recvmmsg`/`sendmmsg` through libc), allowed there alone.
+// `deny`, not `forbid`: the exceptions are the media plane's batched socket calls
+// (`media/mmsg.rs`, `recvmmsg`/`sendmmsg` through libc) and one `malloc_trim` (`memory.rs`),
+// allowed there alone.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -29,6 +30,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 mod media;
+mod memory;
 pub mod registry;
 pub mod sfu;
 mod signaling;
@@ -71,6 +73,7 @@ pub async fn serve(
         tracing::info!(%addr, apps = state.config().apps.len(), dev_mode = state.config().dev_mode, "listening");
     }
     state.start_media()?;
+    tokio::spawn(memory::trim_after_bursts(state.clone()));
     let app = router(state.clone())
         .merge(web::routes(state.clone()))
         .into_make_service_with_connect_info::<SocketAddr>();

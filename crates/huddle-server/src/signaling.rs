@@ -74,6 +74,8 @@ struct Shared {
     draining: AtomicBool,
     /// Open WebSocket connections (each one a task).
     connections: AtomicUsize,
+    /// The most `connections` reached since [`ServerState::take_connections_peak`] last asked.
+    connections_peak: AtomicUsize,
     /// Notified when `connections` drops to zero.
     idle: Notify,
     /// The media socket, bound but not yet handed to the media task.
@@ -629,6 +631,7 @@ impl ServerState {
             shutdown: watch::Sender::new(false),
             draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
+            connections_peak: AtomicUsize::new(0),
             idle: Notify::new(),
             udp: Mutex::new(None),
             udp_addr: OnceLock::new(),
@@ -907,6 +910,12 @@ impl ServerState {
         self.0.connections.load(Ordering::Acquire)
     }
 
+    /// The most WebSocket connections open at once since the last call (at least those open now).
+    pub(crate) fn take_connections_peak(&self) -> usize {
+        let open = self.connections();
+        self.0.connections_peak.swap(open, Ordering::AcqRel).max(open)
+    }
+
     /// Starts shutting down: every connection is closed ("going away"; their sessions are not
     /// detached) and the grace timers stop. Idempotent.
     pub fn shutdown(&self) {
@@ -975,7 +984,8 @@ impl ServerState {
     /// Serves one upgraded WebSocket until it closes. `admission` is the per-address verdict
     /// (`Ok(None)`: the peer address is unknown); a refused connection gets its error and closes.
     async fn serve_socket(self, socket: WebSocket, admission: Result<Option<IpSlot>, HuddleError>) {
-        self.0.connections.fetch_add(1, Ordering::AcqRel);
+        let open = self.0.connections.fetch_add(1, Ordering::AcqRel) + 1;
+        self.0.connections_peak.fetch_max(open, Ordering::AcqRel);
         let _guard = ConnGuard(self.clone());
         let config = &self.0.config;
         let (sink, mut stream) = socket.split();
