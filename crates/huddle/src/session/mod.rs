@@ -85,6 +85,9 @@ pub(crate) struct SessionParams {
     /// Whether the media plane runs: streams offer media connections, and `Publishing` /
     /// `Playing` wait for media (off in the control-plane tests).
     pub(crate) media: bool,
+    /// How many servers the engine knows ([`crate::EngineProfile::fallback_servers`] plus one);
+    /// [`Output::Connect`] names one of them by its index.
+    pub(crate) servers: usize,
 }
 
 impl fmt::Debug for SessionParams {
@@ -153,8 +156,9 @@ impl fmt::Debug for Command {
 /// What the session wants done, in order.
 #[derive(Debug)]
 pub(crate) enum Output {
-    /// Close the current connection, if any, and open a new one.
-    Connect,
+    /// Close the current connection, if any, and open a new one to the server of this index
+    /// (0: [`crate::EngineProfile::server`], then the fallbacks in order).
+    Connect { server: usize },
     /// Send a message on the current connection.
     Send(ClientMsg),
     /// Close the current connection.
@@ -265,6 +269,9 @@ pub(crate) struct Session {
     /// Why the last connection attempt failed, for the message of a first login that never
     /// connected.
     last_failure: Option<String>,
+    /// The server that connections go to: the same one while it answers; the next one in the
+    /// list after an attempt that failed or was refused as busy or shutting down.
+    server: usize,
     next_seq: u32,
     pending: HashMap<u32, Pending>,
     /// From the last `login_ok`: how to resume after a break.
@@ -307,6 +314,7 @@ impl Session {
             broke_at: None,
             ever_connected: false,
             last_failure: None,
+            server: 0,
             next_seq: 1,
             pending: HashMap::new(),
             resume: None,
@@ -353,6 +361,7 @@ impl Session {
             }
             Input::ConnectFailed(why) => {
                 debug!(room = %self.p.room_id, %why, "signaling connection failed");
+                self.next_server();
                 self.link_down(now, &why);
                 self.last_failure = Some(why);
             }
@@ -367,6 +376,7 @@ impl Session {
                     self.finish();
                     return;
                 }
+                self.next_server();
                 self.link_down(now, &why);
                 self.last_failure = Some(why);
             }
@@ -628,6 +638,14 @@ impl Session {
             && seq == login_seq
         {
             match self.phase {
+                Phase::Login { .. } if retriable(code) && self.p.servers > 1 => {
+                    // This server is busy or shutting down; another may take the login (within
+                    // the login timeout).
+                    self.out.push_back(Output::Close);
+                    self.next_server();
+                    self.link_down(now, message);
+                    self.last_failure = Some(message.to_string());
+                }
                 Phase::Login { .. } => {
                     self.leave(RoomStateChangedReason::LoginFailed, code, message);
                     self.finish();
@@ -637,6 +655,7 @@ impl Session {
                     // that watch for the end of an outage.
                     self.broke_at = None;
                     self.out.push_back(Output::Close);
+                    self.next_server();
                     self.link_down(now, message);
                 }
                 Phase::Reconnecting { .. } => {
@@ -715,6 +734,7 @@ impl Session {
             Link::Down { retry_at: Some(at) } if now >= at => self.start_attempt(now),
             Link::Opening { deadline, .. } if now >= deadline => {
                 self.out.push_back(Output::Close);
+                self.next_server();
                 self.link_down(now, "the connection attempt timed out");
             }
             Link::Ready { next_ping, last_rx } if self.is_online() => {
@@ -828,7 +848,15 @@ impl Session {
             deadline: now + self.p.timing.attempt_timeout,
             step: Step::Transport,
         };
-        self.out.push_back(Output::Connect);
+        self.out.push_back(Output::Connect { server: self.server });
+    }
+
+    /// The current server failed an attempt: the next attempt goes to the next one (with one
+    /// server, the same). A connection that was up and broke is retried on the same server
+    /// first: a short network break is the usual cause, and the server may still hold the
+    /// session for a resume.
+    fn next_server(&mut self) {
+        self.server = (self.server + 1) % self.p.servers.max(1);
     }
 
     /// The current connection is gone (closed, failed or given up).
