@@ -391,7 +391,7 @@ impl Session {
                 stream_id,
                 kind,
                 update,
-            } => self.on_media(stream_id, kind, update),
+            } => self.on_media(stream_id, kind, update, now),
         }
     }
 
@@ -528,7 +528,7 @@ impl Session {
                 message,
             } => {
                 if self.is_online() {
-                    self.on_media_state(stream_id, kind, state, code, &message);
+                    self.on_media_state(stream_id, kind, state, code, &message, now);
                 }
             }
             #[allow(unreachable_patterns)]
@@ -751,6 +751,17 @@ impl Session {
                 }
             }
             _ => {}
+        }
+        if self.publisher.as_mut().is_some_and(|p| p.retry.due(now)) {
+            self.open_publish_media();
+        }
+        let due: Vec<StreamId> = self
+            .players
+            .iter_mut()
+            .filter_map(|(id, p)| p.retry.due(now).then(|| id.clone()))
+            .collect();
+        for id in due {
+            self.open_play_media(&id);
         }
         if let Some(at) = self.token_warn_at
             && now >= at
@@ -1048,7 +1059,7 @@ impl Session {
             return;
         }
         let Some(p) = &self.publisher else { return };
-        if !p.registered || !self.needs_offer(p.media) {
+        if !p.registered || !self.needs_offer(p.media) || p.retry.at.is_some() {
             return;
         }
         let stream_id = p.stream_id.clone();
@@ -1085,7 +1096,7 @@ impl Session {
         let Some(p) = self.players.get(stream_id) else {
             return;
         };
-        if !p.available || !self.needs_offer(p.media) {
+        if !p.available || !self.needs_offer(p.media) || p.retry.at.is_some() {
             return;
         }
         let kind = MediaRole::Play;
@@ -1177,6 +1188,7 @@ impl Session {
         state: PeerState,
         code: ErrorCode,
         message: &str,
+        now: Instant,
     ) {
         match state {
             PeerState::Connected => {}
@@ -1191,11 +1203,11 @@ impl Session {
                 }
                 debug!(room = %self.p.room_id, %stream_id, ?kind, ?state, ?code, message, "media connection ended by the server");
                 if state == PeerState::Failed {
-                    self.media_down(stream_id, kind, true, "media connection failed");
+                    self.media_down(stream_id, kind, true, "media connection failed", now);
                 } else {
                     // The stream's publisher stopped: as when the stream goes away (its
                     // `play_update` follows), not a break.
-                    self.media_down(stream_id, kind, false, "");
+                    self.media_down(stream_id, kind, false, "", now);
                 }
             }
         }
@@ -1203,11 +1215,14 @@ impl Session {
 
     /// A media connection is gone; offer a new one when `retry` and the stream is still wanted.
     /// A break (`retry`) reports 1003020 / 1004020 with `why`; an end reports no error.
-    fn media_down(&mut self, stream_id: StreamId, kind: MediaRole, retry: bool, why: &str) {
+    fn media_down(&mut self, stream_id: StreamId, kind: MediaRole, retry: bool, why: &str, now: Instant) {
         match kind {
             MediaRole::Publish => {
                 self.close_publish_media();
                 let code = if retry {
+                    if let Some(p) = &mut self.publisher {
+                        p.retry.lost(now);
+                    }
                     self.open_publish_media();
                     ErrorCode::PUBLISH_TEMPORARY_BREAK
                 } else {
@@ -1218,6 +1233,9 @@ impl Session {
             MediaRole::Play => {
                 self.close_play_media(&stream_id);
                 let code = if retry {
+                    if let Some(p) = self.players.get_mut(&stream_id) {
+                        p.retry.lost(now);
+                    }
                     self.open_play_media(&stream_id);
                     ErrorCode::PLAY_TEMPORARY_BREAK
                 } else {
@@ -1229,21 +1247,21 @@ impl Session {
     }
 
     /// A media task reported.
-    fn on_media(&mut self, stream_id: StreamId, kind: MediaRole, update: MediaUpdate) {
+    fn on_media(&mut self, stream_id: StreamId, kind: MediaRole, update: MediaUpdate, now: Instant) {
         if matches!(self.phase, Phase::Done | Phase::LoggingOut { .. }) {
             return;
         }
         match update {
             MediaUpdate::Lost => {
                 if self.media_link(&stream_id, kind).is_some() {
-                    self.media_down(stream_id, kind, true, "media connection lost");
+                    self.media_down(stream_id, kind, true, "media connection lost", now);
                 }
             }
             // The server closed it and says why on the signaling connection (`media_state`,
             // `play_update`); until then the stream has no media.
             MediaUpdate::Closed => {
                 if self.media_link(&stream_id, kind).is_some() {
-                    self.media_down(stream_id, kind, false, "");
+                    self.media_down(stream_id, kind, false, "", now);
                 }
             }
             MediaUpdate::CapturedAudioFirstFrame => self.event(Event::PublisherCapturedAudioFirstFrame),
@@ -1253,6 +1271,7 @@ impl Session {
                     && p.stream_id == stream_id
                 {
                     p.flowing = true;
+                    p.retry.up(now);
                     self.refresh_publisher(ErrorCode::OK, "");
                 }
             }
@@ -1261,6 +1280,7 @@ impl Session {
                     return;
                 };
                 p.first_frame = true;
+                p.retry.up(now);
                 self.event(if update == MediaUpdate::RecvAudioFirstFrame {
                     Event::PlayerRecvAudioFirstFrame {
                         stream_id: stream_id.clone(),
@@ -1453,6 +1473,13 @@ impl Session {
         }
         if let Some(t) = self.token_warn_at
             && self.token_warning_allowed()
+        {
+            consider(t);
+        }
+        let retries = self.publisher.iter().map(|p| &p.retry);
+        for t in retries
+            .chain(self.players.values().map(|p| &p.retry))
+            .filter_map(|r| r.at)
         {
             consider(t);
         }

@@ -1366,3 +1366,46 @@ fn a_broken_connection_is_retried_on_its_server_first() {
     assert!(evs(&out).is_empty(), "{:?}", evs(&out));
     assert_eq!(next_connect(&mut h, out), 0);
 }
+
+#[test]
+fn media_connections_that_die_young_are_offered_again_with_growing_delays() {
+    let (mut h, _) = Harness::new(media_params());
+    h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    publish_flowing(&mut h, "mine");
+    // The first loss is offered again at once.
+    let out = media(&mut h, "mine", MediaRole::Publish, MediaUpdate::Lost);
+    answer(&mut h, &out, "mine", MediaRole::Publish);
+    // Then every new connection dies before it carries media: the offers spread out.
+    let mut gaps = Vec::new();
+    for _ in 0..5 {
+        let lost_at = h.now;
+        let mut out = media(&mut h, "mine", MediaRole::Publish, MediaUpdate::Lost);
+        for _ in 0..400 {
+            if !opens(&out).is_empty() {
+                break;
+            }
+            // The server answers (signaling stays up while media is retried).
+            h.msg(ServerMsg::Pong {
+                seq: 0,
+                server_time_ms: 0,
+            });
+            out = h.advance(Duration::from_millis(50));
+        }
+        gaps.push(h.now - lost_at);
+        answer(&mut h, &out, "mine", MediaRole::Publish);
+    }
+    let ms: Vec<u128> = gaps.iter().map(|g| g.as_millis()).collect();
+    assert_eq!(ms, [250, 500, 1000, 2000, 4000], "{gaps:?}");
+    // One that lasts resets it: the next loss is offered again at once.
+    let out = media(&mut h, "mine", MediaRole::Publish, MediaUpdate::Flowing);
+    assert_eq!(evs(&out), ["pub mine Publishing 0"]);
+    for _ in 0..30 {
+        h.msg(ServerMsg::Pong {
+            seq: 0,
+            server_time_ms: 0,
+        });
+        h.advance(Duration::from_secs(1));
+    }
+    let out = media(&mut h, "mine", MediaRole::Publish, MediaUpdate::Lost);
+    assert_eq!(opens(&out).len(), 1, "{out:?}");
+}
