@@ -11,7 +11,8 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
-use crate::media::MediaTx;
+use super::ServerState;
+use crate::media::{MediaTx, Signal};
 use crate::registry::{Output, Registry, SessionId};
 use crate::sfu::Command;
 
@@ -177,5 +178,26 @@ pub(super) fn msg_type(m: &ServerMsg) -> &'static str {
         ServerMsg::MediaAnswer { .. } => "media_answer",
         ServerMsg::MediaState { .. } => "media_state",
         ServerMsg::TokenWillExpire { .. } => "token_will_expire",
+    }
+}
+
+/// Signals taken from the channel per lock of the hub, at most.
+const SIGNAL_BATCH: usize = 64;
+
+/// Delivers the media plane's signals to their sessions (dropped for detached ones) until every
+/// sender is gone. Each batch is encoded before the hub lock is taken; under it, only the
+/// queueing (`try_send`, never a wait). The shards never touch the hub.
+pub(super) async fn deliver_signals(state: ServerState, mut rx: mpsc::Receiver<Signal>) {
+    let mut batch = Vec::with_capacity(SIGNAL_BATCH);
+    let mut encoded = Vec::with_capacity(SIGNAL_BATCH);
+    while rx.recv_many(&mut batch, SIGNAL_BATCH).await > 0 {
+        for (to, msg) in batch.drain(..) {
+            debug!(session = %to, msg = msg_type(&msg), "media signal");
+            encoded.push((to, Message::Text(text(&msg))));
+        }
+        let mut hub = state.0.hub.lock();
+        for (to, m) in encoded.drain(..) {
+            hub.deliver(to, m);
+        }
     }
 }

@@ -29,21 +29,20 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::extract::ws::Message;
 use axum::routing::get;
-use huddle_proto::{MAX_MESSAGE_BYTES, SIGNALING_PATH, ServerMsg};
+use huddle_proto::{MAX_MESSAGE_BYTES, SIGNALING_PATH};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
-use tracing::{debug, info};
+use tracing::{Instrument, info};
 
 use crate::auth::Authenticator;
 use crate::config::{ConfigError, ServerConfig};
-use crate::media::{self};
-use crate::registry::{Limits, Registry, RoomView, SessionId, Stats};
+use crate::media;
+use crate::registry::{Limits, Registry, RoomView, Stats};
 use crate::sfu::{Counters, MediaStats};
 use admission::{PER_IP_PRUNE, PerIpTable};
 use conn::ws_handler;
-use hub::{Hub, msg_type, text};
+use hub::Hub;
 
 /// The WebSocket message size limit: the protocol's limit plus room for what a frame adds, so that
 /// a message just over [`MAX_MESSAGE_BYTES`] is still read and answered 1009002 by the decoder.
@@ -195,7 +194,17 @@ impl ServerState {
             return Err(std::io::Error::other("the media socket was already used"));
         };
         let tcp = self.0.tcp.lock().take();
-        let (tx, handle) = media::spawn(self.clone(), socket, tcp, self.0.counters.clone())?;
+        let (signal_tx, signal_rx) = media::signal_channel();
+        let (tx, handle) = media::spawn(
+            &self.0.config,
+            self.shutdown_receiver(),
+            signal_tx,
+            socket,
+            tcp,
+            self.0.counters.clone(),
+        )?;
+        // Ends by itself once the media threads are gone (every sender dropped).
+        tokio::spawn(hub::deliver_signals(self.clone(), signal_rx).in_current_span());
         self.0.hub.lock().media = Some(tx);
         *task = Some(handle);
         Ok(())
@@ -212,15 +221,6 @@ impl ServerState {
 
     pub(crate) fn shutdown_receiver(&self) -> watch::Receiver<bool> {
         self.0.shutdown.subscribe()
-    }
-
-    /// Delivers the media plane's messages to their sessions (dropped for detached ones).
-    pub(crate) fn deliver_media(&self, signals: &mut Vec<(SessionId, ServerMsg)>) {
-        let mut hub = self.0.hub.lock();
-        for (to, msg) in signals.drain(..) {
-            debug!(session = %to, msg = msg_type(&msg), "media signal");
-            hub.deliver(to, Message::Text(text(&msg)));
-        }
     }
 
     /// The configuration in force.
