@@ -396,10 +396,11 @@ impl Conn {
         if self.state.is_shutting_down() {
             return;
         }
-        if let Some(d) = hub.registry.detach(id, epoch, Instant::now()) {
+        if hub.registry.detach(id, epoch, Instant::now()).is_some() {
             drop(hub);
             info!(session = %id, grace = ?self.config().grace, "connection lost: session detached");
-            self.state.spawn_expiry(id, d);
+            // Its grace timer is armed in the registry.
+            self.state.wake_timers();
         }
     }
 }

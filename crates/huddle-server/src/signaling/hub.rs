@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 
 use super::ServerState;
 use crate::media::{MediaTx, Signal};
-use crate::registry::{Output, Registry, SessionId};
+use crate::registry::{MediaCommand, Output, Registry, SessionId};
 use crate::sfu::Command;
 
 /// The registry and where each attached session's messages go.
@@ -23,11 +23,6 @@ pub(super) struct Hub {
     /// Commands to the media plane, sent under the hub lock so that they follow the registry's
     /// order. `None` until the media plane runs.
     pub(super) media: Option<MediaTx>,
-    /// The token timer of each session whose token expires (warning, then the end of the
-    /// session), with the number of its arming; aborted when the session ends or renews.
-    pub(super) token_timers: HashMap<SessionId, (u64, tokio::task::AbortHandle)>,
-    /// Counts the armings of token timers.
-    pub(super) token_timer_gen: u64,
 }
 
 /// The connection that carries a session now.
@@ -93,6 +88,10 @@ pub(super) fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+pub(super) fn unix_secs() -> i64 {
+    i64::try_from(unix_ms() / 1000).unwrap_or(i64::MAX)
+}
+
 pub(super) fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rand::thread_rng().fill_bytes(&mut buf);
@@ -119,18 +118,25 @@ impl Hub {
                     if let Some(h) = self.conns.remove(&session) {
                         close(&h.ctl, Closing::AfterQueue);
                     }
-                    self.disarm_token(session);
-                    // The session is gone from the registry: so are its media connections.
-                    self.media_command(Command::SessionGone { session });
+                }
+                Output::Media(cmd) => {
+                    self.media_command(match cmd {
+                        MediaCommand::ClosePublish { app, stream_id } => {
+                            Command::ClosePublish { app, stream_id }
+                        }
+                        MediaCommand::ClosePlay {
+                            session,
+                            app,
+                            stream_id,
+                        } => Command::ClosePlay {
+                            session,
+                            app,
+                            stream_id,
+                        },
+                        MediaCommand::SessionGone { session } => Command::SessionGone { session },
+                    });
                 }
             }
-        }
-    }
-
-    /// Stops the token timer of a session that ended.
-    pub(super) fn disarm_token(&mut self, session: SessionId) {
-        if let Some((_, timer)) = self.token_timers.remove(&session) {
-            timer.abort();
         }
     }
 

@@ -62,10 +62,6 @@ const OWN_REPLY_ROOM: usize = 4;
 /// How long [`crate::run`] waits for connections to close after a shutdown.
 pub(crate) const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long before its token expires a session gets `token_will_expire` (what the hosted SDKs
-/// use for `onRoomTokenWillExpire`).
-pub(crate) const TOKEN_WARNING: Duration = Duration::from_secs(30);
-
 /// The server's shared state: configuration, apps, the registry and the live connections.
 /// Cheap to clone.
 #[derive(Clone)]
@@ -75,6 +71,11 @@ struct Shared {
     config: ServerConfig,
     auth: Authenticator,
     hub: Mutex<Hub>,
+    /// Wakes the timer task ([`timers::run`]) after an operation that may have armed a timer
+    /// earlier than the one it sleeps for.
+    timer_wake: Notify,
+    /// The timer task, started with the first operation that needs it.
+    timer_task: OnceLock<()>,
     /// Set once, to `true`, when the server shuts down.
     shutdown: watch::Sender<bool>,
     /// Set once when the server starts draining ([`ServerState::drain`]): no new login.
@@ -122,9 +123,9 @@ impl ServerState {
                 registry,
                 conns: HashMap::new(),
                 media: None,
-                token_timers: HashMap::new(),
-                token_timer_gen: 0,
             }),
+            timer_wake: Notify::new(),
+            timer_task: OnceLock::new(),
             shutdown: watch::Sender::new(false),
             draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
@@ -238,19 +239,9 @@ impl ServerState {
         self.0.hub.lock().registry.room(app_id, room_id)
     }
 
-    /// Checks the registry's invariants ([`Registry::check_invariants`]), and that every token
-    /// timer belongs to a live session (tests).
+    /// Checks the registry's invariants, its timers' included ([`Registry::check_invariants`]).
     pub fn check_invariants(&self) -> Result<(), String> {
-        let hub = self.0.hub.lock();
-        hub.registry.check_invariants()?;
-        match hub
-            .token_timers
-            .keys()
-            .find(|id| hub.registry.session(**id).is_none())
-        {
-            Some(id) => Err(format!("token timer of the ended session {id:?}")),
-            None => Ok(()),
-        }
+        self.0.hub.lock().registry.check_invariants()
     }
 
     /// Open WebSocket connections.

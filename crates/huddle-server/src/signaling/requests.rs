@@ -4,8 +4,7 @@ use huddle_proto::{ClientMsg, ErrorCode, HuddleError, Login, MediaRole, PROTOCOL
 use tracing::{debug, info};
 
 use super::conn::Conn;
-use super::hub::{Closing, ConnHandle, Hub, close, random_hex, unix_ms};
-use super::timers::unix_secs;
+use super::hub::{Closing, ConnHandle, Hub, close, random_hex, unix_ms, unix_secs};
 use crate::registry::{Output, SessionId};
 use crate::sfu::{Command, Offer};
 
@@ -66,33 +65,14 @@ impl Conn {
                 (*seq, r)
             }
             ClientMsg::Unpublish { seq, stream_id } => {
-                let app = reg.session(id).map(|s| s.app_id);
                 let r = reg.unpublish(id, *seq, stream_id, &mut out);
                 if r.is_ok() {
                     info!(session = %id, %stream_id, "unpublish");
-                    if let Some(app) = app {
-                        hub.media_command(Command::ClosePublish {
-                            app,
-                            stream_id: stream_id.clone(),
-                        });
-                    }
                 }
                 (*seq, r)
             }
             ClientMsg::Play { seq, stream_id } => (*seq, reg.play(id, *seq, stream_id, &mut out)),
-            ClientMsg::StopPlay { seq, stream_id } => {
-                let r = reg.stop_play(id, *seq, stream_id, &mut out);
-                if r.is_ok()
-                    && let Some(s) = hub.registry.session(id)
-                {
-                    hub.media_command(Command::ClosePlay {
-                        session: id,
-                        app: s.app_id,
-                        stream_id: stream_id.clone(),
-                    });
-                }
-                (*seq, r)
-            }
+            ClientMsg::StopPlay { seq, stream_id } => (*seq, reg.stop_play(id, *seq, stream_id, &mut out)),
             ClientMsg::MediaOffer {
                 seq,
                 stream_id,
@@ -175,9 +155,9 @@ impl Conn {
                     close(&old.ctl, Closing::Now(None));
                 }
                 hub.dispatch(out);
-                let expire = hub.registry.token_expire(att.session);
-                self.state.arm_token(&mut hub, att.session, expire);
                 drop(hub);
+                // The login (or resume) armed the session's token timer.
+                self.state.wake_timers();
                 self.session = Some((att.session, att.epoch));
                 info!(
                     app = %login.app_id, room = %login.room_id, user = %login.user.user_id,
@@ -216,11 +196,10 @@ impl Conn {
         let mut hub = self.state.0.hub.lock();
         let r = hub.registry.renew(id, seq, grant, &mut out);
         hub.dispatch(out);
-        if r.is_ok() {
-            let expire = hub.registry.token_expire(id);
-            self.state.arm_token(&mut hub, id, expire);
-        }
         drop(hub);
+        if r.is_ok() {
+            self.state.wake_timers();
+        }
         match r {
             Ok(()) => info!(session = %id, "token renewed"),
             Err(e) => self.reply_error(Some(seq), &e),

@@ -1,112 +1,96 @@
-//! The registry's timers: the resume grace of detached sessions, token warnings and expiry.
+//! The registry's timers in the shell: one task for the whole registry, sleeping until the next
+//! deadline the registry reports ([`Registry::poll_timeout`](crate::registry::Registry::poll_timeout)),
+//! then running what is due ([`Registry::handle_timeout`](crate::registry::Registry::handle_timeout))
+//! and delivering its outputs. The timers themselves (resume grace, token warnings and expiry)
+//! are the registry's, tested on virtual time with it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tracing::{Instrument, info};
+use tracing::{Instrument, debug};
 
-use super::hub::{Hub, unix_ms};
-use super::{ServerState, TOKEN_WARNING};
-use crate::registry::{Detached, SessionId};
-use crate::sfu::Command;
+use super::ServerState;
+use crate::registry::{Clock, Timeout};
 
-impl ServerState {
-    /// Ends the detached session when its grace period is over, unless it was resumed.
-    pub(super) fn spawn_expiry(&self, id: SessionId, d: Detached) {
-        let state = self.clone();
-        let mut shutdown = self.0.shutdown.subscribe();
-        tokio::spawn(
-            async move {
-                tokio::select! {
-                    () = tokio::time::sleep_until(tokio::time::Instant::from_std(d.deadline)) => {
-                        let mut out = Vec::new();
-                        let mut hub = state.0.hub.lock();
-                        // The timer fired: the deadline is reached even if the clocks differ by a tick.
-                        let now = Instant::now().max(d.deadline);
-                        if hub.registry.expire(id, d.epoch, now, &mut out) {
-                            info!(session = %id, "grace period over: session ended");
-                            hub.media_command(Command::SessionGone { session: id });
-                            hub.disarm_token(id);
-                        }
-                        hub.dispatch(out);
-                    }
-                    _ = shutdown.wait_for(|s| *s) => {}
-                }
-            }
-            .in_current_span(),
-        );
-    }
-}
+/// The longest the task sleeps on a wall-clock deadline before it looks again: the monotonic
+/// clock that tokio sleeps by and the wall clock that tokens use may drift apart, or the wall
+/// clock may jump.
+const WALL_STEP: Duration = Duration::from_secs(600);
 
 impl ServerState {
-    /// (Re-)arms the token timer of session `id` for a token expiring at `expire` (Unix
-    /// seconds), replacing any earlier one; `None` (no token) only disarms. The timer sends
-    /// `token_will_expire` [`TOKEN_WARNING`] before the expiry (at once if less is left) and ends
-    /// the session at the expiry with `kicked` 1002056 unless a renewal re-armed it meanwhile.
-    /// Both steps are checked again under the hub lock ([`Registry::warn_token`],
-    /// [`Registry::expire_token`]), so a timer that lost a race with a renewal does nothing.
-    pub(super) fn arm_token(&self, hub: &mut Hub, id: SessionId, expire: Option<i64>) {
-        hub.disarm_token(id);
-        let Some(expire) = expire else { return };
-        hub.token_timer_gen += 1;
-        let arming = hub.token_timer_gen;
-        let state = self.clone();
-        let mut shutdown = self.0.shutdown.subscribe();
-        let task = tokio::spawn(
-            async move {
-                let expire_ms = u64::try_from(expire).unwrap_or(0).saturating_mul(1000);
-                let warn_ms = expire_ms.saturating_sub(u64::try_from(TOKEN_WARNING.as_millis()).unwrap_or(0));
-                tokio::select! {
-                    () = state.token_step(id, arming, warn_ms, expire_ms) => {}
-                    _ = shutdown.wait_for(|s| *s) => {}
-                }
-            }
-            .in_current_span(),
-        );
-        hub.token_timers.insert(id, (arming, task.abort_handle()));
-    }
-
-    /// The two steps of a token timer: the warning at `warn_ms`, the end at `expire_ms` (Unix
-    /// milliseconds, by the wall clock that tokens use).
-    pub(super) async fn token_step(&self, id: SessionId, arming: u64, warn_ms: u64, expire_ms: u64) {
-        sleep_until_unix_ms(warn_ms).await;
-        {
-            let mut out = Vec::new();
-            let mut hub = self.0.hub.lock();
-            let now = unix_secs();
-            let expire = i64::try_from(expire_ms / 1000).unwrap_or(i64::MAX);
-            if hub.registry.warn_token(id, expire, now, &mut out) {
-                info!(session = %id, remain_secs = expire - now, "token expires soon: warned");
-            }
-            hub.dispatch(out);
-        }
-        sleep_until_unix_ms(expire_ms).await;
-        let mut out = Vec::new();
-        let mut hub = self.0.hub.lock();
-        if hub.registry.expire_token(id, unix_secs(), &mut out) {
-            info!(session = %id, "token expired without renewal: session ended (1002056)");
-        }
-        // The kick's `Close` disarms this timer; otherwise forget it if it is still ours.
-        hub.dispatch(out);
-        if hub.token_timers.get(&id).is_some_and(|(g, _)| *g == arming) {
-            hub.token_timers.remove(&id);
-        }
+    /// Tells the timer task (started here on first use) that a timer may have been armed earlier
+    /// than the one it sleeps for. Must be called within a tokio runtime.
+    pub(super) fn wake_timers(&self) {
+        self.0.timer_task.get_or_init(|| {
+            tokio::spawn(run(self.clone()).in_current_span());
+        });
+        self.0.timer_wake.notify_one();
     }
 }
 
-pub(super) fn unix_secs() -> i64 {
-    i64::try_from(unix_ms() / 1000).unwrap_or(i64::MAX)
+/// How long to sleep for `timeout` at `now` (`None`: no timer).
+fn wait(timeout: Timeout, now: Clock) -> Option<Duration> {
+    let mono = timeout.at.map(|at| at.saturating_duration_since(now.at));
+    let wall = timeout
+        .unix_ms
+        .map(|due| Duration::from_millis(due.saturating_sub(now.unix_ms)).min(WALL_STEP));
+    match (mono, wall) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
-/// Sleeps until the wall clock reads `at` (Unix milliseconds): in steps, as the monotonic clock
-/// that timers use and the wall clock may drift apart.
-pub(super) async fn sleep_until_unix_ms(at: u64) {
+/// The timer task: until the server shuts down, sleeps until the registry's next deadline or a
+/// wake, then runs the timers due and delivers what they cause.
+async fn run(state: ServerState) {
+    let mut shutdown = state.shutdown_receiver();
     loop {
-        let now = unix_ms();
-        if now >= at {
-            return;
+        let timeout = state.0.hub.lock().registry.poll_timeout();
+        let sleep = async {
+            match wait(timeout, Clock::now()) {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = sleep => {
+                let mut out = Vec::new();
+                let mut hub = state.0.hub.lock();
+                let ran = hub.registry.handle_timeout(Clock::now(), &mut out);
+                hub.dispatch(out);
+                drop(hub);
+                debug!(ran, "registry timers");
+            }
+            () = state.0.timer_wake.notified() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
         }
-        // At most ten minutes at a time, so that a wall clock that jumps is followed (and a
-        // long-lived token's timer wakes rarely).
-        tokio::time::sleep(Duration::from_millis((at - now).min(600_000))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn the_task_sleeps_until_the_earlier_deadline_and_looks_again_on_a_long_wall_clock_one() {
+        let now = Clock {
+            at: Instant::now(),
+            unix_ms: 1_000_000,
+        };
+        assert_eq!(wait(Timeout::default(), now), None);
+        let t = |mono_ms: Option<u64>, wall_ms: Option<u64>| Timeout {
+            at: mono_ms.map(|ms| now.at + Duration::from_millis(ms)),
+            unix_ms: wall_ms.map(|ms| now.unix_ms + ms),
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(wait(t(Some(300), None), now), Some(ms(300)));
+        assert_eq!(wait(t(Some(300), Some(200)), now), Some(ms(200)));
+        assert_eq!(wait(t(None, Some(3_600_000)), now), Some(WALL_STEP));
+        // Overdue: at once.
+        let overdue = Timeout {
+            at: None,
+            unix_ms: Some(now.unix_ms - 5),
+        };
+        assert_eq!(wait(overdue, now), Some(Duration::ZERO));
     }
 }
