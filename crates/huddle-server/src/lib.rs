@@ -32,6 +32,7 @@ mod media;
 pub mod registry;
 pub mod sfu;
 mod signaling;
+pub mod store;
 mod tls;
 pub mod turn;
 mod web;
@@ -70,6 +71,10 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, apps = state.config().apps.len(), dev_mode = state.config().dev_mode, "listening");
     }
+    state
+        .connect_store()
+        .await
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e))?;
     state.start_media()?;
     let app = router(state.clone())
         .merge(web::routes(state.clone()))

@@ -108,6 +108,8 @@ pub enum Output {
 pub enum MediaCommand {
     /// The stream is no longer published: close its publish connection and its players'.
     ClosePublish {
+        /// The session that published it.
+        session: SessionId,
         /// The app.
         app: AppId,
         /// The stream.
@@ -215,6 +217,15 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits::from(&ServerConfig::default())
     }
+}
+
+/// What [`Registry::check_publish`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishCheck {
+    /// The session may publish the stream ID, new to it.
+    New,
+    /// The session publishes it already (publishing again is answered `ok`).
+    Already,
 }
 
 /// A session (re-)attached by [`Registry::login`].
@@ -754,6 +765,46 @@ impl Registry {
         }
     }
 
+    /// Whether session `id` may publish `stream_id` now, with the error [`Registry::publish`]
+    /// would give (privileges, uniqueness in this node's AppID, limits), without changing
+    /// anything: what the shell checks before it claims the ID in the cluster store.
+    pub fn check_publish(&self, id: SessionId, stream_id: &StreamId) -> Result<PublishCheck, HuddleError> {
+        let s = self.sessions.get(&id).ok_or_else(not_logged_in)?;
+        check_publish(s.grant.privileges.as_ref(), stream_id)?;
+        let app = self
+            .apps
+            .get(&s.app)
+            .ok_or_else(|| internal("session without app"))?;
+        if let Some(p) = app.streams.get(stream_id) {
+            if p.session == id {
+                return Ok(PublishCheck::Already);
+            }
+            return Err(err(
+                ErrorCode::STREAM_ID_EXISTS,
+                format!("the stream ID {stream_id} is already published in this AppID"),
+            ));
+        }
+        if s.publishes.len() >= self.limits.max_streams_per_session {
+            return Err(err(
+                ErrorCode::TOO_MANY_STREAMS,
+                format!(
+                    "a session publishes at most {} streams",
+                    self.limits.max_streams_per_session
+                ),
+            ));
+        }
+        if app.streams.len() >= self.limits.max_streams_per_app {
+            return Err(err(
+                ErrorCode::TOO_MANY_STREAMS,
+                format!(
+                    "the AppID has reached its limit of {} streams",
+                    self.limits.max_streams_per_app
+                ),
+            ));
+        }
+        Ok(PublishCheck::New)
+    }
+
     /// Publishes `stream_id` (extra info already validated): checked against the session's token
     /// privileges (1003025), unique in the AppID (1003028), idempotent for the same session, within
     /// the per-session and per-app limits (1003040). Answers `ok`; the room's other sessions get
@@ -766,25 +817,18 @@ impl Registry {
         extra_info: &str,
         out: &mut Vec<Output>,
     ) -> Result<(), HuddleError> {
+        if self.check_publish(id, stream_id)? == PublishCheck::Already {
+            out.push(Output::Send {
+                to: id,
+                msg: ServerMsg::Ok { seq },
+            });
+            return Ok(());
+        }
         let s = self.sessions.get(&id).ok_or_else(not_logged_in)?;
-        check_publish(s.grant.privileges.as_ref(), stream_id)?;
         let app = self
             .apps
             .get(&s.app)
             .ok_or_else(|| internal("session without app"))?;
-        if let Some(p) = app.streams.get(stream_id) {
-            if p.session == id {
-                out.push(Output::Send {
-                    to: id,
-                    msg: ServerMsg::Ok { seq },
-                });
-                return Ok(());
-            }
-            return Err(err(
-                ErrorCode::STREAM_ID_EXISTS,
-                format!("the stream ID {stream_id} is already published in this AppID"),
-            ));
-        }
         if s.publishes.len() >= self.limits.max_streams_per_session {
             return Err(err(
                 ErrorCode::TOO_MANY_STREAMS,
@@ -882,6 +926,7 @@ impl Registry {
             return Ok(());
         };
         out.push(Output::Media(MediaCommand::ClosePublish {
+            session: id,
             app: app_id,
             stream_id: stream_id.clone(),
         }));

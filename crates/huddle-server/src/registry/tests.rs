@@ -1202,6 +1202,7 @@ fn unpublish_stop_play_and_logout_tell_the_media_plane_in_order() {
     assert_eq!(
         media(&out),
         vec![MediaCommand::ClosePublish {
+            session: a,
             app: app_id(APP),
             stream_id: sid("s1")
         }]

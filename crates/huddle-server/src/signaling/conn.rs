@@ -322,7 +322,7 @@ impl Conn {
                     }
                     return;
                 }
-                Some(Ok(Message::Text(t))) => self.on_text(t.as_str()),
+                Some(Ok(Message::Text(t))) => self.on_text(t.as_str()).await,
                 Some(Ok(Message::Binary(_))) => {
                     if self.rate_ok(None) {
                         self.reply_error(

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use super::ServerState;
+use super::cluster::{StoreOp, release};
 use crate::media::{MediaTx, Signal};
 use crate::registry::{MediaCommand, Output, Registry, SessionId};
 use crate::sfu::Command;
@@ -23,6 +24,8 @@ pub(super) struct Hub {
     /// Commands to the media plane, sent under the hub lock so that they follow the registry's
     /// order. `None` until the media plane runs.
     pub(super) media: Option<MediaTx>,
+    /// Releases to the cluster store, queued in the registry's order ([`super::cluster`]).
+    pub(super) store: mpsc::Sender<StoreOp>,
 }
 
 /// The connection that carries a session now.
@@ -121,7 +124,17 @@ impl Hub {
                 }
                 Output::Media(cmd) => {
                     self.media_command(match cmd {
-                        MediaCommand::ClosePublish { app, stream_id } => {
+                        MediaCommand::ClosePublish {
+                            session,
+                            app,
+                            stream_id,
+                        } => {
+                            let op = StoreOp::Release {
+                                app,
+                                stream_id: stream_id.clone(),
+                                session,
+                            };
+                            release(&self.store, op);
                             Command::ClosePublish { app, stream_id }
                         }
                         MediaCommand::ClosePlay {
@@ -133,7 +146,10 @@ impl Hub {
                             app,
                             stream_id,
                         },
-                        MediaCommand::SessionGone { session } => Command::SessionGone { session },
+                        MediaCommand::SessionGone { session } => {
+                            release(&self.store, StoreOp::ReleaseSession { session });
+                            Command::SessionGone { session }
+                        }
                     });
                 }
             }

@@ -15,6 +15,7 @@
 //! - `timers`: the registry's timers (resume grace, token warnings and expiry).
 
 mod admission;
+mod cluster;
 mod conn;
 mod guard;
 mod hub;
@@ -76,6 +77,13 @@ struct Shared {
     timer_wake: Notify,
     /// The timer task, started with the first operation that needs it.
     timer_task: OnceLock<()>,
+    /// The cluster store: one node in memory from the start, or Redis once
+    /// [`ServerState::connect_store`] connected it.
+    store: OnceLock<Arc<dyn crate::store::Store>>,
+    /// The queue to the store task (a clone is in the hub, for releases).
+    store_tx: tokio::sync::mpsc::Sender<cluster::StoreOp>,
+    /// The store task's end of the queue until the task starts.
+    store_rx: Mutex<Option<tokio::sync::mpsc::Receiver<cluster::StoreOp>>>,
     /// Set once, to `true`, when the server shuts down.
     shutdown: watch::Sender<bool>,
     /// Set once when the server starts draining ([`ServerState::drain`]): no new login.
@@ -116,6 +124,12 @@ impl ServerState {
             _ => None,
         };
         let registry = Registry::new(Limits::from(&config));
+        let (store_tx, store_rx) = tokio::sync::mpsc::channel(cluster::STORE_QUEUE);
+        let store = OnceLock::new();
+        if config.redis.is_none() {
+            let local: Arc<dyn crate::store::Store> = Arc::new(crate::store::MemoryStore::new());
+            let _ = store.set(local);
+        }
         Ok(ServerState(Arc::new(Shared {
             auth: Authenticator::new(&config.apps),
             config,
@@ -123,7 +137,11 @@ impl ServerState {
                 registry,
                 conns: HashMap::new(),
                 media: None,
+                store: store_tx.clone(),
             }),
+            store,
+            store_tx,
+            store_rx: Mutex::new(Some(store_rx)),
             timer_wake: Notify::new(),
             timer_task: OnceLock::new(),
             shutdown: watch::Sender::new(false),

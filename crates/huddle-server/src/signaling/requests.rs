@@ -3,13 +3,15 @@
 use huddle_proto::{ClientMsg, ErrorCode, HuddleError, Login, MediaRole, PROTOCOL_VERSION, ServerMsg};
 use tracing::{debug, info};
 
+use super::cluster::{StoreOp, release};
 use super::conn::Conn;
 use super::hub::{Closing, ConnHandle, Hub, close, random_hex, unix_ms, unix_secs};
+use crate::registry::PublishCheck;
 use crate::registry::{Output, SessionId};
 use crate::sfu::{Command, Offer};
 
 impl Conn {
-    pub(super) fn on_text(&mut self, text: &str) {
+    pub(super) async fn on_text(&mut self, text: &str) {
         let msg = match ClientMsg::decode(text) {
             Ok(m) => m,
             Err(e) if e.error.code == ErrorCode::MESSAGE_TOO_LARGE => return self.too_large(),
@@ -34,6 +36,31 @@ impl Conn {
             return;
         };
         debug!(session = %id, seq = msg.seq(), "request");
+        // A new stream ID is claimed in the cluster store first (unique per AppID across the
+        // nodes); `claimed`: this request won it, so a refusal below gives it back.
+        let mut claimed = false;
+        if let ClientMsg::Publish { seq, stream_id, .. } = &msg {
+            // The node's own checks first (privileges, limits): their codes come before the
+            // store's; `publish` below checks again under the lock.
+            let check = {
+                let hub = self.state.0.hub.lock();
+                let reg = &hub.registry;
+                reg.check_publish(id, stream_id)
+                    .map(|c| (reg.session(id).map(|s| s.app_id), c))
+            };
+            let app = match check {
+                Ok((Some(app), PublishCheck::New)) => Some(app),
+                Ok(_) => None,
+                Err(e) => return self.reply_error(Some(*seq), &e),
+            };
+            if let Some(app) = app {
+                if let Err(e) = self.state.claim_stream(app, stream_id, id).await {
+                    info!(session = %id, %stream_id, code = e.code.0, "publish refused by the cluster store");
+                    return self.reply_error(Some(*seq), &e);
+                }
+                claimed = true;
+            }
+        }
         let mut out = Vec::new();
         let mut hub = self.state.0.hub.lock();
         let reg = &mut hub.registry;
@@ -61,6 +88,16 @@ impl Conn {
                 let r = reg.publish(id, *seq, stream_id, extra_info, &mut out);
                 if r.is_ok() {
                     info!(session = %id, %stream_id, "publish");
+                } else if claimed && let Some(s) = reg.session(id) {
+                    let op = StoreOp::Release {
+                        app: s.app_id,
+                        stream_id: stream_id.clone(),
+                        session: id,
+                    };
+                    release(&hub.store, op);
+                } else if claimed {
+                    // The session ended meanwhile: its end released what it held, this too.
+                    release(&hub.store, StoreOp::ReleaseSession { session: id });
                 }
                 (*seq, r)
             }
