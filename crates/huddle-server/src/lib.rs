@@ -34,6 +34,7 @@ mod memory;
 pub mod registry;
 pub mod sfu;
 mod signaling;
+pub mod store;
 mod tls;
 pub mod turn;
 mod web;
@@ -72,6 +73,10 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, apps = state.config().apps.len(), dev_mode = state.config().dev_mode, "listening");
     }
+    state
+        .connect_store()
+        .await
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e))?;
     state.start_media()?;
     tokio::spawn(memory::trim_after_bursts(state.clone()));
     let app = router(state.clone())
