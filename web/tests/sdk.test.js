@@ -319,3 +319,44 @@ test("a stream stopped during a break is stopped at the server once the session 
   assert.equal(ws.last("publish"), undefined);
   e.destroy();
 });
+
+test("early in a break retries come at most 400 ms apart (as in the Rust SDK), later they back off", async () => {
+  // The default backoff (250 ms doubling to 5 s) would make 4 attempts in the first 3 s of a
+  // break; capped at 400 ms (±25%) it makes 7 or more.
+  const { e, events } = engine({ retryDelayMinMs: 250, retryDelayMaxMs: 5000, reconnectBudgetMs: 60_000 });
+  const done = e.loginRoom("r1", "04tok", { userID: "alice" });
+  await acceptLogin();
+  await done;
+  mode = "refuse";
+  const before = sockets.length;
+  sockets.at(-1).drop(1006);
+  await sleep(3000);
+  const attempts = sockets.length - before;
+  assert.ok(attempts >= 6, `${attempts} attempts in the first 3 s of a break`);
+  assert.ok(events.includes("room RECONNECTING 1002051"));
+  e.destroy();
+});
+
+test("a busy server during a break is retried with the usual backoff, not the quick retries", async () => {
+  const { e } = engine({ retryDelayMinMs: 250, retryDelayMaxMs: 5000, reconnectBudgetMs: 60_000 });
+  const done = e.loginRoom("r1", "04tok", { userID: "alice" });
+  await acceptLogin();
+  await done;
+  const before = sockets.length;
+  sockets.at(-1).drop(1006);
+  // Every attempt is answered 1009006 (busy): after the first the fast window is over.
+  const end = Date.now() + 3000;
+  let answered = 0;
+  while (Date.now() < end) {
+    const ws = sockets.at(-1);
+    const login = ws.last("login");
+    if (ws !== sockets[before - 1] && login && !ws.answered) {
+      ws.answered = true;
+      answered++;
+      ws.push({ type: "error", seq: login.seq, code: 1009006, message: "busy" });
+    }
+    await sleep(5);
+  }
+  assert.ok(answered >= 2 && answered <= 5, `${answered} attempts in 3 s against a busy server`);
+  e.destroy();
+});

@@ -130,6 +130,8 @@ mod event;
 mod media;
 mod session;
 mod tls;
+#[cfg(test)]
+mod web_tables;
 
 pub use config::{EngineConfig, EngineProfile, RoomConfig, Scenario};
 pub use dispatch::EventStream;

@@ -35,9 +35,9 @@ use stream::{MediaLink, Player, Publisher};
 use crate::media::MediaUpdate;
 
 /// See [`Timing::retry_fast_window`].
-const RETRY_FAST_WINDOW: Duration = Duration::from_secs(30);
+pub(crate) const RETRY_FAST_WINDOW: Duration = Duration::from_secs(30);
 /// See [`Timing::retry_fast_window`]: 400 ms, at most 500 ms with the jitter.
-const RETRY_FAST_MAX: Duration = Duration::from_millis(400);
+pub(crate) const RETRY_FAST_MAX: Duration = Duration::from_millis(400);
 
 /// The timings a session runs by.
 #[derive(Debug, Clone)]
@@ -1568,16 +1568,19 @@ impl Session {
     }
 }
 
-/// Login refusals worth another attempt while reconnecting (the server is busy or restarting);
-/// any other refusal (auth, room full, …) ends the room.
+/// Login refusals worth another attempt while reconnecting (the server is busy, restarting or
+/// cannot reach its cluster store); any other refusal (auth, room full, …) ends the room.
+/// `huddle.js` has the same list (checked by `crate::web_tables`).
+pub(crate) const RETRIABLE_LOGIN_REFUSALS: [ErrorCode; 7] = [
+    ErrorCode::SERVER_BUSY,
+    ErrorCode::SERVER_SHUTTING_DOWN,
+    ErrorCode::CLUSTER_UNAVAILABLE,
+    ErrorCode::RATE_LIMITED,
+    ErrorCode::INTERNAL,
+    ErrorCode::LOGIN_TIMEOUT,
+    ErrorCode::SLOW_CONSUMER,
+];
+
 fn retriable(code: ErrorCode) -> bool {
-    [
-        ErrorCode::SERVER_BUSY,
-        ErrorCode::SERVER_SHUTTING_DOWN,
-        ErrorCode::RATE_LIMITED,
-        ErrorCode::INTERNAL,
-        ErrorCode::LOGIN_TIMEOUT,
-        ErrorCode::SLOW_CONSUMER,
-    ]
-    .contains(&code)
+    RETRIABLE_LOGIN_REFUSALS.contains(&code)
 }
