@@ -345,12 +345,20 @@ function closePc(pc) {
 export class HuddleEngine {
   /**
    * @param {number} appId The AppID.
-   * @param {string} serverUrl The server: `ws://host:port` (or `http://…`, or with `/ws`).
+   * @param {string | string[]} serverUrl The server: `ws://host:port` (or `http://…`, or with
+   *   `/ws`); or several servers of one deployment, the first preferred. As in the Rust SDK
+   *   (`EngineProfile::fallback_servers`), a connection stays with a server while it answers;
+   *   an attempt that fails, times out or is refused as busy or shutting down moves to the next,
+   *   and a connection that was up and broke is retried on its own server first.
    * @param {EngineOptions} [options] Timings (defaults as in the Rust SDK) and the RTCConfiguration.
    */
   constructor(appId, serverUrl, options = {}) {
     this.appId = Number(appId);
-    this.serverUrl = signalingUrl(serverUrl);
+    /** The servers' signaling URLs, the first preferred. */
+    this.serverUrls = (Array.isArray(serverUrl) ? serverUrl : [serverUrl]).map(signalingUrl);
+    if (this.serverUrls.length === 0) throw new HuddleError(ErrorCode.INVALID_PARAMETER, "no server address");
+    /** The first (preferred) server's signaling URL. */
+    this.serverUrl = this.serverUrls[0];
     this.options = {
       ...DEFAULT_TIMINGS,
       requestTimeoutMs: 10_000,
@@ -449,6 +457,8 @@ export class HuddleEngine {
       link: "down",
       loginSeq: 0,
       everConnected: false,
+      /** The index in `serverUrls` of the server connections go to. */
+      server: 0,
       seq: 1,
       /** @type {Map<number, any>} */
       pending: new Map(),
@@ -1086,19 +1096,23 @@ export class HuddleEngine {
     /** @type {WebSocket} */
     let ws;
     try {
-      ws = new WebSocket(this.serverUrl);
+      ws = new WebSocket(this.serverUrls[room.server]);
     } catch (e) {
       room.link = "down";
+      this._nextServer(room);
       this._linkDown(room, `cannot connect: ${e}`);
       return;
     }
+    let opened = false;
     room.ws = ws;
     room.timer = setTimeout(() => {
       if (room.ws !== ws) return;
       this._closeWs(room);
+      this._nextServer(room);
       this._linkDown(room, "the connection attempt timed out");
     }, this.options.attemptTimeoutMs);
     ws.onopen = () => {
+      opened = true;
       room.everConnected = true;
     };
     ws.onmessage = (ev) => {
@@ -1116,9 +1130,19 @@ export class HuddleEngine {
       room.ws = null;
       const why = room.closeReason || `the connection closed (${ev.code}${ev.reason ? " " + ev.reason : ""})`;
       room.closeReason = "";
+      // Never opened: this server is unreachable, the next attempt goes to the next one.
+      if (!opened) this._nextServer(room);
       this._linkDown(room, why);
     };
     ws.onerror = () => {};
+  }
+
+  /**
+   * The current server failed an attempt: the next attempt goes to the next one.
+   * @param {any} room
+   */
+  _nextServer(room) {
+    room.server = (room.server + 1) % this.serverUrls.length;
   }
 
   /** @param {any} room */
@@ -1376,13 +1400,19 @@ export class HuddleEngine {
    * @param {string} message
    */
   _onLoginError(room, code, message) {
-    if (room.phase === "login") {
+    if (room.phase === "login" && RETRIABLE_LOGIN_CODES.includes(code) && this.serverUrls.length > 1) {
+      // This server is busy or shutting down; another may take the login.
+      this._closeWs(room);
+      this._nextServer(room);
+      this._linkDown(room, message);
+    } else if (room.phase === "login") {
       this._leave("LOGIN_FAILED", code, message);
       this._finish(room);
     } else if (room.phase === "reconnecting" && RETRIABLE_LOGIN_CODES.includes(code)) {
       // The server is reachable but busy: the usual backoff, not the quick retries.
       room.brokeAt = null;
       this._closeWs(room);
+      this._nextServer(room);
       this._linkDown(room, message);
     } else if (room.phase === "reconnecting") {
       this._leave("RECONNECT_FAILED", code, message);

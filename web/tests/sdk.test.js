@@ -8,6 +8,8 @@ import { HuddleEngine, tokenExpire, signalingUrl } from "../huddle.js";
 let sockets = [];
 /** What a new socket does: "open" (then hello), "silent" (open, no hello), "refuse". */
 let mode = "open";
+/** Servers (signaling URLs) that refuse every connection, whatever `mode` says. */
+let refused = new Set();
 
 class FakeSocket {
   static CONNECTING = 0;
@@ -25,7 +27,7 @@ class FakeSocket {
     /** @type {any} */ this.onclose = null;
     /** @type {any} */ this.onerror = null;
     sockets.push(this);
-    const how = mode;
+    const how = refused.has(url) ? "refuse" : mode;
     setTimeout(() => {
       if (how === "refuse") return this.drop(1006);
       this.readyState = FakeSocket.OPEN;
@@ -117,6 +119,7 @@ async function acceptLogin(extra = {}) {
 beforeEach(() => {
   sockets = [];
   mode = "open";
+  refused = new Set();
 });
 
 test("pure helpers: token expiry header and server URLs", () => {
@@ -359,4 +362,49 @@ test("a busy server during a break is retried with the usual backoff, not the qu
   }
   assert.ok(answered >= 2 && answered <= 5, `${answered} attempts in 3 s against a busy server`);
   e.destroy();
+});
+
+test("several servers: an unreachable one is passed over; a broken connection tries its own server first", async () => {
+  const urls = ["ws://127.0.0.1:1/ws", "ws://127.0.0.1:2/ws", "ws://127.0.0.1:3/ws"];
+  const e = new HuddleEngine(7, urls, FAST);
+  assert.equal(e.serverUrl, urls[0]);
+  refused = new Set([urls[0]]);
+  const done = e.loginRoom("r1", "04tok", { userID: "alice" });
+  await until(() => sockets.at(-1).url === urls[1] && sockets.at(-1).last("login"), "a login on the second server");
+  await acceptLogin();
+  await done;
+  // The second server breaks the connection: asked again first (it may resume the session).
+  const count = sockets.length;
+  sockets.at(-1).drop(1006);
+  await until(() => sockets.length > count, "a new attempt");
+  assert.equal(sockets.at(-1).url, urls[1]);
+  // It is gone: on to the third (not back to the refused first).
+  refused.add(urls[1]);
+  sockets.at(-1).drop(1006);
+  await until(() => sockets.at(-1).url === urls[2] && sockets.at(-1).last("login"), "a login on the third server");
+  // The third is shutting down: the next goes round to the first, which is refused, then the second.
+  const third = sockets.at(-1);
+  third.push({ type: "error", seq: third.last("login").seq, code: 1009008, message: "shutting down" });
+  await until(() => sockets.length > count + 3, "more attempts");
+  assert.equal(sockets.at(-2).url, urls[0]);
+  e.destroy();
+});
+
+test("several servers: a login refused as shutting down moves on; with one server it fails", async () => {
+  const urls = ["ws://127.0.0.1:1/ws", "ws://127.0.0.1:2/ws"];
+  const e = new HuddleEngine(7, urls, FAST);
+  const done = e.loginRoom("r1", "04tok", { userID: "alice" });
+  await until(() => sockets.at(-1)?.last("login"), "the login");
+  const first = sockets.at(-1);
+  first.push({ type: "error", seq: first.last("login").seq, code: 1009008, message: "shutting down" });
+  await until(() => sockets.at(-1).url === urls[1] && sockets.at(-1).last("login"), "a login on the second server");
+  await acceptLogin();
+  await done;
+  e.destroy();
+  const one = engine();
+  const failed = one.e.loginRoom("r1", "04tok", { userID: "bob" });
+  await until(() => sockets.at(-1)?.last("login") && sockets.at(-1).url.includes(":1/"), "the login");
+  const ws = sockets.at(-1);
+  ws.push({ type: "error", seq: ws.last("login").seq, code: 1009008, message: "shutting down" });
+  await assert.rejects(failed, { code: 1009008 });
 });
