@@ -29,6 +29,13 @@ apt_install() {
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt_install "${need_apt[@]}"
 fi
+# promtool checks /metrics (crates/huddle-server/tests/metrics.rs). It comes with Debian's
+# prometheus, whose recommends (node exporter, IPMI tools) the tests do not need; the server
+# itself is not wanted running.
+if ! command -v promtool >/dev/null; then
+  apt_install --no-install-recommends prometheus
+  if [ -d /run/systemd/system ]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+fi
 
 # The tests' Python packages go into a virtualenv under target/, put first on PATH so that every
 # `python3` the tests start is this one. Debian 12's own python3 refuses `pip install` outside a

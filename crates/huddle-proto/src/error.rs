@@ -139,6 +139,9 @@ codes! {
     CLUSTER_UNAVAILABLE = 1009009, "The cluster store could not be reached; retry.";
     /// The microphone or speaker could not be opened (none present, busy, or no usable format).
     DEVICE_UNAVAILABLE = 1009020, "The audio device could not be opened (none present, busy, or no usable format).";
+    /// An operations endpoint (`/metrics`) asked from an address other than loopback without
+    /// its bearer token.
+    ACCESS_DENIED = 1009030, "Access denied: ask from loopback or with the configured bearer token.";
     /// An internal error at the server.
     INTERNAL = 1009099, "Internal error.";
 }

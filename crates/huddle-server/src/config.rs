@@ -198,6 +198,9 @@ pub struct ServerConfig {
     /// This node's ID in the cluster (`node_id`, 1 to 64 of `[0-9A-Za-z_.-]`; default: the host
     /// name and the signaling port). Only with `redis`.
     pub node_id: Option<String>,
+    /// The bearer token that opens `/metrics` to addresses other than loopback
+    /// (`metrics_token`, default none: loopback only). See `docs/operations.md`.
+    pub metrics_token: Option<String>,
     /// After SIGTERM, how long calls in progress may go on before the server closes them and
     /// exits (`drain_timeout_ms`, default 30 s); new logins are refused meanwhile.
     pub drain_timeout: Duration,
@@ -258,6 +261,7 @@ impl Default for ServerConfig {
             turn: None,
             redis: None,
             node_id: None,
+            metrics_token: None,
             drain_timeout: Duration::from_secs(30),
             heartbeat: Duration::from_secs(5),
             session_timeout: Duration::from_secs(15),
@@ -306,6 +310,7 @@ const FILE_KEYS: &[&str] = &[
     "drain_timeout_ms",
     "redis",
     "node_id",
+    "metrics_token",
     "heartbeat_ms",
     "session_timeout_ms",
     "grace_ms",
@@ -342,6 +347,7 @@ struct FileConfig {
     drain_timeout_ms: Option<u64>,
     redis: Option<String>,
     node_id: Option<String>,
+    metrics_token: Option<String>,
     heartbeat_ms: Option<u64>,
     session_timeout_ms: Option<u64>,
     grace_ms: Option<u64>,
@@ -496,6 +502,7 @@ impl ServerConfig {
             }),
             redis: f.redis,
             node_id: f.node_id,
+            metrics_token: f.metrics_token,
             drain_timeout: f.drain_timeout_ms.map_or(d.drain_timeout, ms),
             heartbeat: f.heartbeat_ms.map_or(d.heartbeat, ms),
             session_timeout: f.session_timeout_ms.map_or(d.session_timeout, ms),
@@ -679,6 +686,13 @@ impl ServerConfig {
         }
         if self.drain_timeout.as_millis() > u128::from(u32::MAX) {
             return invalid(format!("drain_timeout_ms must be at most {} ms", u32::MAX));
+        }
+        if let Some(token) = &self.metrics_token
+            && (token.len() < 16 || token.len() > 256 || !token.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return invalid(
+                "metrics_token must be 16 to 256 printable ASCII characters without spaces".into(),
+            );
         }
         if let Some(turn) = &self.turn {
             if turn.urls.is_empty() {

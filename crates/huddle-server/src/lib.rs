@@ -31,6 +31,7 @@ pub mod cli;
 pub mod config;
 mod media;
 mod memory;
+mod metrics;
 pub mod registry;
 pub mod sfu;
 mod signaling;

@@ -57,7 +57,8 @@ pub(crate) fn routes(state: ServerState) -> Router {
             "/sdk/huddle.js",
             get(|| asset(HUDDLE_JS, "text/javascript; charset=utf-8")),
         )
-        .route("/api/info", get(info));
+        .route("/api/info", get(info))
+        .route("/metrics", get(metrics));
     let router = if state.config().dev_mode {
         router.route("/api/dev-token", post(dev_token))
     } else {
@@ -98,6 +99,36 @@ async fn info(
         body["live"] = live_counts(&state);
     }
     Json(body).into_response()
+}
+
+/// `/metrics`, Prometheus' text format: to loopback (the client's address behind a trusted
+/// proxy), or to anyone with `Authorization: Bearer <metrics_token>`; else 403 with 1009030.
+async fn metrics(
+    State(state): State<ServerState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let loopback = peer.is_some_and(|Extension(ConnectInfo(a))| {
+        state.client_ip(a.ip(), &headers).to_canonical().is_loopback()
+    });
+    let token = state.config().metrics_token.as_deref().is_some_and(|t| {
+        let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        crate::metrics::token_matches(t, authorization)
+    });
+    if !loopback && !token {
+        return api_error(
+            StatusCode::FORBIDDEN,
+            &HuddleError::new(
+                ErrorCode::ACCESS_DENIED,
+                "/metrics answers loopback, or a request with Authorization: Bearer <metrics_token>",
+            ),
+        );
+    }
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        state.metrics().render(&state),
+    )
+        .into_response()
 }
 
 /// The server's counts now: open WebSocket connections, sessions (attached or in grace), detached

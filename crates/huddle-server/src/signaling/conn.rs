@@ -58,6 +58,7 @@ impl ServerState {
             ctl,
             nonce: random_hex(16),
             session: None,
+            opened: std::time::Instant::now(),
             bucket: TokenBucket::new(config.rate_limit_per_sec, config.rate_limit_burst),
             dropped_in_a_row: 0,
         };
@@ -216,6 +217,8 @@ pub(super) struct Conn {
     pub(super) nonce: String,
     /// The attached session and the epoch of this attachment.
     pub(super) session: Option<(SessionId, u64)>,
+    /// When the WebSocket was upgraded (for the login duration in `/metrics`).
+    pub(super) opened: std::time::Instant,
     pub(super) bucket: TokenBucket,
     /// Messages dropped by the rate limit since the last one accepted.
     pub(super) dropped_in_a_row: u32,

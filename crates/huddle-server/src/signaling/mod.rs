@@ -94,6 +94,8 @@ struct Shared {
     connections_peak: AtomicUsize,
     /// Notified when `connections` drops to zero.
     idle: Notify,
+    /// What `/metrics` shows.
+    metrics: crate::metrics::Metrics,
     /// The media socket, bound but not yet handed to the media task.
     udp: Mutex<Option<std::net::UdpSocket>>,
     /// The media socket's bound address.
@@ -151,6 +153,7 @@ impl ServerState {
             connections: AtomicUsize::new(0),
             connections_peak: AtomicUsize::new(0),
             idle: Notify::new(),
+            metrics: crate::metrics::Metrics::new(),
             udp: Mutex::new(None),
             udp_addr: OnceLock::new(),
             tcp: Mutex::new(None),
@@ -268,6 +271,11 @@ impl ServerState {
     /// Open WebSocket connections.
     pub fn connections(&self) -> usize {
         self.0.connections.load(Ordering::Acquire)
+    }
+
+    /// What `/metrics` shows.
+    pub(crate) fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.0.metrics
     }
 
     /// The most WebSocket connections open at once since the last call (at least those open now).

@@ -196,6 +196,9 @@ impl Conn {
                 // The login (or resume) armed the session's token timer.
                 self.state.wake_timers();
                 self.session = Some((att.session, att.epoch));
+                self.state
+                    .metrics()
+                    .observe_login(self.opened.elapsed(), att.resumed);
                 info!(
                     app = %login.app_id, room = %login.room_id, user = %login.user.user_id,
                     session = %att.session, resumed = att.resumed, "login"

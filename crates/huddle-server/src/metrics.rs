@@ -1,0 +1,226 @@
+//! `/metrics`: the server's counts in Prometheus' text format, for loopback or a bearer token.
+//!
+//! Most figures already exist as counts that the server keeps for itself (the registry's
+//! [`Stats`](crate::Stats), the media plane's [`MediaStats`](crate::MediaStats), the open
+//! connections): they are copied into the families at each scrape, under one lock, so that a
+//! scrape sees one moment. What no count holds (how long logins take) is observed as it happens.
+//! `docs/operations.md` lists every family.
+
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntGauge, Opts, Registry, TextEncoder};
+use sha2::{Digest, Sha256};
+
+use crate::ServerState;
+
+/// The content type of Prometheus' text format.
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The families and the lock that makes a scrape one moment.
+pub(crate) struct Metrics {
+    registry: Registry,
+    scrape: Mutex<()>,
+    login_seconds: HistogramVec,
+    gauges: Gauges,
+    counters: Counters,
+}
+
+struct Gauges {
+    connections: IntGauge,
+    sessions: IntGauge,
+    sessions_detached: IntGauge,
+    rooms: IntGauge,
+    streams: IntGauge,
+    peer_connections: IntGauge,
+}
+
+struct Counters {
+    datagrams_received: IntCounter,
+    datagrams_dropped_unknown: IntCounter,
+    datagrams_dropped_invalid: IntCounter,
+    datagrams_dropped_overload: IntCounter,
+    rtp_received: IntCounter,
+    rtp_forwarded: IntCounter,
+    rtp_dropped_stale: IntCounter,
+    transmits_dropped: IntCounter,
+    keyframe_requests: IntCounter,
+    peer_connections_opened: IntCounter,
+    peer_connections_connected: IntCounter,
+    peer_connections_closed: IntCounter,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Metrics {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("a valid gauge");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("one family per name");
+            g
+        };
+        let gauges = Gauges {
+            connections: gauge("huddle_connections", "Open WebSocket connections."),
+            sessions: gauge(
+                "huddle_sessions",
+                "Sessions (users logged in to a room), attached or detached.",
+            ),
+            sessions_detached: gauge(
+                "huddle_sessions_detached",
+                "Sessions whose connection broke, waiting for a resume.",
+            ),
+            rooms: gauge("huddle_rooms", "Rooms with at least one session."),
+            streams: gauge("huddle_streams", "Published streams."),
+            peer_connections: gauge("huddle_peer_connections", "Open media peer connections."),
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("a valid counter");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("one family per name");
+            c
+        };
+        let dropped = |reason: &str, help: &str| {
+            let opts = Opts::new("huddle_udp_datagrams_dropped_total", help).const_label("reason", reason);
+            let c = IntCounter::with_opts(opts).expect("a valid counter");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("one series per reason");
+            c
+        };
+        let dropped_help = "UDP datagrams dropped on receipt, by reason.";
+        let counters = Counters {
+            datagrams_received: counter("huddle_udp_datagrams_received_total", "UDP datagrams received."),
+            datagrams_dropped_unknown: dropped("unknown", dropped_help),
+            datagrams_dropped_invalid: dropped("invalid", dropped_help),
+            datagrams_dropped_overload: dropped("overload", dropped_help),
+            rtp_received: counter(
+                "huddle_rtp_packets_received_total",
+                "RTP packets received from publishers.",
+            ),
+            rtp_forwarded: counter(
+                "huddle_rtp_packets_forwarded_total",
+                "RTP packets written to players (one per player per packet).",
+            ),
+            rtp_dropped_stale: counter(
+                "huddle_rtp_packets_dropped_stale_total",
+                "RTP packets dropped because they waited in the server's queues too long (overload).",
+            ),
+            transmits_dropped: counter(
+                "huddle_udp_transmits_dropped_total",
+                "Datagrams not sent: the send queue was full or the socket refused them.",
+            ),
+            keyframe_requests: counter(
+                "huddle_keyframe_requests_total",
+                "Keyframe requests (PLI/FIR) forwarded to publishers.",
+            ),
+            peer_connections_opened: counter(
+                "huddle_peer_connections_opened_total",
+                "Media peer connections opened (offers answered).",
+            ),
+            peer_connections_connected: counter(
+                "huddle_peer_connections_connected_total",
+                "Media peer connections that connected (ICE and DTLS).",
+            ),
+            peer_connections_closed: counter(
+                "huddle_peer_connections_closed_total",
+                "Media peer connections closed.",
+            ),
+        };
+        let login_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "huddle_login_duration_seconds",
+                "From the WebSocket upgrade to login_ok: the server's part of joining a room plus \
+                 the client's answer to hello.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["resumed"],
+        )
+        .expect("a valid histogram");
+        registry
+            .register(Box::new(login_seconds.clone()))
+            .expect("one family per name");
+        Metrics {
+            registry,
+            scrape: Mutex::new(()),
+            login_seconds,
+            gauges,
+            counters,
+        }
+    }
+
+    /// A login (or resume) was answered `login_ok`, `took` after its connection was upgraded.
+    pub(crate) fn observe_login(&self, took: Duration, resumed: bool) {
+        self.login_seconds
+            .with_label_values(&[if resumed { "true" } else { "false" }])
+            .observe(took.as_secs_f64());
+    }
+
+    /// The text of a scrape: every family, with the counts of `state` now.
+    pub(crate) fn render(&self, state: &ServerState) -> String {
+        let _one_moment = self.scrape.lock();
+        let stats = state.stats();
+        let media = state.media_stats();
+        let g = &self.gauges;
+        let set = |gauge: &IntGauge, v: usize| gauge.set(i64::try_from(v).unwrap_or(i64::MAX));
+        set(&g.connections, state.connections());
+        set(&g.sessions, stats.sessions);
+        set(&g.sessions_detached, stats.detached);
+        set(&g.rooms, stats.rooms);
+        set(&g.streams, stats.streams);
+        let open_pcs = media.pcs_opened.saturating_sub(media.pcs_closed);
+        g.peer_connections
+            .set(i64::try_from(open_pcs).unwrap_or(i64::MAX));
+        let c = &self.counters;
+        // The media plane's counts only grow; a counter is set to the count it mirrors.
+        for (counter, value) in [
+            (&c.datagrams_received, media.datagrams_in),
+            (&c.datagrams_dropped_unknown, media.dropped_unknown),
+            (&c.datagrams_dropped_invalid, media.dropped_invalid),
+            (&c.datagrams_dropped_overload, media.dropped_overload),
+            (&c.rtp_received, media.rtp_in),
+            (&c.rtp_forwarded, media.rtp_forwarded),
+            (&c.rtp_dropped_stale, media.dropped_stale),
+            (&c.transmits_dropped, media.transmits_dropped),
+            (&c.keyframe_requests, media.keyframe_requests),
+            (&c.peer_connections_opened, media.pcs_opened),
+            (&c.peer_connections_connected, media.pcs_connected),
+            (&c.peer_connections_closed, media.pcs_closed),
+        ] {
+            counter.reset();
+            counter.inc_by(value);
+        }
+        let mut text = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut text)
+            .expect("the text encoder writes to memory");
+        String::from_utf8(text).expect("the text format is UTF-8")
+    }
+}
+
+/// Whether `Authorization: Bearer <token>` carries the configured token. Compared as SHA-256
+/// digests, so that the time taken says nothing about how much of the token matched.
+pub(crate) fn token_matches(configured: &str, authorization: Option<&str>) -> bool {
+    let Some(given) = authorization.and_then(|a| a.strip_prefix("Bearer ")) else {
+        return false;
+    };
+    Sha256::digest(given.trim().as_bytes()) == Sha256::digest(configured.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_token_must_match_exactly() {
+        let t = "0123456789abcdef-metrics";
+        assert!(token_matches(t, Some("Bearer 0123456789abcdef-metrics")));
+        assert!(!token_matches(t, Some("Bearer 0123456789abcdef-metric")));
+        assert!(!token_matches(t, Some("Basic 0123456789abcdef-metrics")));
+        assert!(!token_matches(t, Some("0123456789abcdef-metrics")));
+        assert!(!token_matches(t, None));
+    }
+}
