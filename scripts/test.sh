@@ -65,6 +65,9 @@ python3 -c "import numpy, scipy" 2>/dev/null || python3 -m pip install -q numpy 
 python3 -c "import pesq" 2>/dev/null || python3 -m pip install -q pesq
 # ... and intelligibility with STOI (PyPI `pystoi`) in the loss tests (`tests/quality.rs`).
 python3 -c "import pystoi" 2>/dev/null || python3 -m pip install -q pystoi
+# An independent WebRTC stack for the interop test (`crates/huddle-cli/tests/aiortc_peer.py`):
+# aiortc (wheels, with PyAV) and a WebSocket client for its signaling.
+python3 -c "import aiortc, websockets" 2>/dev/null || python3 -m pip install -q aiortc websockets
 
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
 

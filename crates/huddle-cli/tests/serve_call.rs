@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{APP_ID, APP_SIGN, SECRET, tone_db, wav_samples};
+use common::{APP_ID, APP_SIGN, SECRET, padded_speech, pesq, tone_db, wav_samples};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -578,4 +578,117 @@ fn dev_on_a_public_listener_only_when_asked() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(lines.iter().any(|l| l.contains("dev mode")), "{lines:?}");
+}
+
+/// A client on aiortc (`tests/aiortc_peer.py`, PyPI `aiortc`, installed by scripts/test.sh): a
+/// WebRTC stack this project did not write.
+fn aiortc_peer(server: &Serve, user: &str, args: &[&str], seconds: &str) -> std::process::Child {
+    Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/aiortc_peer.py"))
+        .args(["--url", &format!("ws://{}/ws", server.addr), "--app-id", APP_ID])
+        .args(["--app-sign", APP_SIGN, "--room", "interop", "--user", user])
+        .args(args)
+        .args(["--duration", seconds])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 tests/aiortc_peer.py")
+}
+
+/// Speech both ways between `huddle call` and aiortc, through the server at once: each side
+/// publishes the speech sample and plays the other's, and both recordings are scored.
+#[test]
+fn aiortc_and_huddle_call_hear_each_other() {
+    let dir = tempdir();
+    let config = write_config(&dir);
+    let server = serve(&["--config", &config]);
+    let speech = dir.join("speech.wav");
+    padded_speech(&speech);
+    let speech = speech.to_str().unwrap();
+    let heard_by_aiortc = dir.join("heard-by-aiortc.wav");
+    let heard_by_call = dir.join("heard-by-call.wav");
+
+    // The publishers first, so that both streams exist when the players ask. The speech loops
+    // every 5.7 s; 13 s of recording hold at least one whole repetition wherever they start.
+    let aiortc_pub = aiortc_peer(
+        &server,
+        "py-pub",
+        &["--publish", "from-aiortc", "--source", speech],
+        "18",
+    );
+    let call_pub = huddle()
+        .args([
+            "call",
+            "--server",
+            &format!("ws://{}", server.addr),
+            "--app-id",
+            APP_ID,
+        ])
+        .args(["--app-sign", APP_SIGN, "--room", "interop", "--user", "rs-pub"])
+        .args(["--publish", "from-call", "--source", speech, "--duration", "18"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let aiortc_play = aiortc_peer(
+        &server,
+        "py-play",
+        &[
+            "--play",
+            "from-call",
+            "--record",
+            heard_by_aiortc.to_str().unwrap(),
+        ],
+        "13",
+    );
+    let call_play = huddle()
+        .args([
+            "call",
+            "--server",
+            &format!("ws://{}", server.addr),
+            "--app-id",
+            APP_ID,
+        ])
+        .args(["--app-sign", APP_SIGN, "--room", "interop", "--user", "rs-play"])
+        .args([
+            "--play",
+            "from-aiortc",
+            "--record",
+            heard_by_call.to_str().unwrap(),
+            "--duration",
+            "13",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let mut logs = Vec::new();
+    for (name, child) in [
+        ("aiortc publisher", aiortc_pub),
+        ("huddle call publisher", call_pub),
+        ("aiortc player", aiortc_play),
+        ("huddle call player", call_play),
+    ] {
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{name} failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        logs.push((name, stdout));
+    }
+    for (name, log) in &logs {
+        if name.starts_with("aiortc") {
+            assert!(log.contains("\"media_connected\""), "{name}: {log}");
+        }
+    }
+    let (to_aiortc, to_call) = (pesq(&heard_by_aiortc), pesq(&heard_by_call));
+    eprintln!("interop PESQ: huddle call -> aiortc {to_aiortc:.2}, aiortc -> huddle call {to_call:.2}");
+    // Speech arrives whole and clear both ways; the figures themselves belong to
+    // scripts/quality.sh.
+    assert!(to_aiortc >= 3.0, "huddle call -> aiortc: PESQ {to_aiortc:.2}");
+    assert!(to_call >= 3.0, "aiortc -> huddle call: PESQ {to_call:.2}");
 }

@@ -1,8 +1,10 @@
-//! What the CLI's process tests share: the configured app and reading recorded tones.
+//! What the CLI's process tests share: the configured app, reading recorded tones, and the
+//! speech sample with its scorer.
 // Each test file uses part of it.
 #![allow(dead_code)]
 
 use std::path::Path;
+use std::process::Command;
 
 /// The app of the tests' config files.
 pub const APP_ID: &str = "424242";
@@ -31,4 +33,65 @@ pub fn tone_db(x: &[i16], hz: f64) -> f64 {
         s1 = s;
     }
     10.0 * ((s1 * s1 + s2 * s2 - coeff * s1 * s2) / (energy * x.len() as f64 / 2.0)).log10()
+}
+
+/// The speech sample (16 kHz mono) with 1.5 s of silence before it and 0.5 s after, as a WAV
+/// file: `huddle call --source` loops it, and the scorer finds one whole repetition.
+pub fn padded_speech(path: &Path) {
+    let speech = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../huddle-media/tests/data/speech-16k.wav"
+    );
+    let bytes = std::fs::read(speech).unwrap();
+    let at = bytes.windows(4).position(|w| w == b"data").expect("a data chunk") + 8;
+    let mut pcm = vec![0u8; 16_000 * 3]; // 1.5 s of silence, 16-bit
+    pcm.extend_from_slice(&bytes[at..]);
+    pcm.extend(std::iter::repeat_n(0u8, 16_000)); // 0.5 s
+    let mut wav = Vec::with_capacity(44 + pcm.len());
+    let n = pcm.len() as u32;
+    for (chunk, v) in [(&b"RIFF"[..], 36 + n), (b"WAVE", u32::MAX), (b"fmt ", 16)] {
+        wav.extend_from_slice(chunk);
+        if v != u32::MAX {
+            wav.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    // PCM, mono, 16 kHz, 32 000 bytes/s, 2-byte frames, 16 bits.
+    for v in [1u16, 1] {
+        wav.extend_from_slice(&v.to_le_bytes());
+    }
+    wav.extend_from_slice(&16_000u32.to_le_bytes());
+    wav.extend_from_slice(&32_000u32.to_le_bytes());
+    for v in [2u16, 16] {
+        wav.extend_from_slice(&v.to_le_bytes());
+    }
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&n.to_le_bytes());
+    wav.extend_from_slice(&pcm);
+    std::fs::write(path, wav).unwrap();
+}
+
+/// Wideband PESQ of a recording of the speech sample (`crates/huddle/tests/audio_score.py`, which
+/// aligns it first; numpy, scipy and PyPI `pesq`, installed by scripts/test.sh).
+pub fn pesq(heard: &Path) -> f64 {
+    let out = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../huddle/tests/audio_score.py"
+        ))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../huddle-media/tests/data/speech-16k.wav"
+        ))
+        .arg(heard)
+        .output()
+        .expect("run python3 audio_score.py");
+    assert!(
+        out.status.success(),
+        "audio_score.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let score: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    score["pesq"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no PESQ in {score}"))
 }
