@@ -1243,7 +1243,7 @@ impl Sfu {
     /// the same pass as the packet that brought them.
     ///
     /// A PC that was only written RTP takes str0m's fast path, `Rtc::send_written_rtp` (our
-    /// patch, vendor/str0m/PATCHES.md): its packets are protected and queued for the socket
+    /// patch, vendor/patches/0002-send-fast-path.patch): its packets are protected and queued for the socket
     /// without running its other timers, which keep their schedule. That halves the SFU's own
     /// time per forwarded packet (benches/forward.rs). Otherwise (a keyframe request, or a PC
     /// the fast path does not take) str0m sends what was written when time moves, so the PC is
