@@ -398,6 +398,9 @@ pub struct Sfu {
     due: Vec<(Instant, usize)>,
     transmits: VecDeque<Transmit>,
     signals: VecDeque<(SessionId, ServerMsg)>,
+    /// Whether [`Sfu::flush`] may take str0m's send fast path (always, but for the benchmark
+    /// that measures what it saves: `benches/forward.rs`).
+    fast_path: bool,
 }
 
 impl std::fmt::Debug for Sfu {
@@ -502,7 +505,28 @@ impl Sfu {
             due: Vec::new(),
             transmits: VecDeque::new(),
             signals: VecDeque::new(),
+            fast_path: true,
         }
+    }
+
+    /// Turns str0m's send fast path off (or back on), so that `benches/forward.rs` can measure
+    /// what it saves against stock str0m's way of sending written RTP.
+    #[cfg(any(test, feature = "testkit"))]
+    pub fn set_fast_path(&mut self, on: bool) {
+        self.fast_path = on;
+    }
+
+    /// Handles a batch of datagrams (as one `recvmmsg` returns them) and flushes the written
+    /// PCs once at the end instead of after each datagram: a PC written by several datagrams of
+    /// the batch is given the time and drained once. For the benchmark that asks whether this
+    /// alone would make the fast path unnecessary (`benches/forward.rs`).
+    #[cfg(any(test, feature = "testkit"))]
+    pub fn handle_datagram_batch(&mut self, now: Instant, batch: &[(SocketAddr, Vec<u8>)]) {
+        let to = self.first_candidate();
+        for (from, buf) in batch {
+            self.receive(now, Protocol::Udp, *from, to, buf);
+        }
+        self.flush(now);
     }
 
     /// The server's ICE candidates.
@@ -1041,6 +1065,12 @@ impl Sfu {
         to: SocketAddr,
         buf: &[u8],
     ) {
+        self.receive(now, proto, from, to, buf);
+        self.flush(now);
+    }
+
+    /// [`Sfu::handle_input`] but for the flush, which the caller does.
+    fn receive(&mut self, now: Instant, proto: Protocol, from: SocketAddr, to: SocketAddr, buf: &[u8]) {
         bump(&self.counters.datagrams_in);
         let is_stun = buf.first().is_some_and(|b| *b < 2);
         let id = if is_stun {
@@ -1069,14 +1099,12 @@ impl Sfu {
         if let Err(e) = pc.rtc.handle_input(input) {
             debug!(error = %e, "media input refused");
             self.fail_pc(now, id, "the connection failed (bad input)");
-            self.flush(now);
             return;
         }
         if is_stun {
             self.learn_address(now, id, proto, from, to);
         }
         self.drive(id, now);
-        self.flush(now);
     }
 
     /// After a connectivity check from `from`, routes that address's other traffic to the PC if
@@ -1259,7 +1287,7 @@ impl Sfu {
             let Some(pc) = pcs.get_mut(id).and_then(|p| p.as_deref_mut()) else {
                 continue;
             };
-            if !std::mem::take(&mut pc.dirty_full) {
+            if !std::mem::take(&mut pc.dirty_full) && self.fast_path {
                 let sent = pc
                     .rtc
                     .send_written_rtp(now, |t| queue_transmit(transmits, counters, t));
