@@ -20,8 +20,8 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
-// `deny`, not `forbid`: the one exception is the media plane's batched socket calls
-// (`media/mmsg.rs`, `recvmmsg`/`sendmmsg` through libc), allowed there alone.
+// No exception: the media plane's batched socket calls (`recvmmsg`/`sendmmsg` through libc) are
+// the `huddle-udp` crate's, whose one unsafe module argues its soundness.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
