@@ -33,23 +33,27 @@ impl Sfu {
         }
         self.flush(now);
     }
+
     /// Whether datagrams from `addr` reach a PC (a connectivity check from there passed): the
     /// sharded media plane's router learns the address after a STUN datagram.
     pub fn routes_address(&self, addr: SocketAddr) -> bool {
         self.by_addr.contains_key(&(Protocol::Udp, addr))
     }
+
     /// Handles one datagram received from `from` on the media socket, sent to the first
     /// candidate (see [`Sfu::handle_datagram_to`]).
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) {
         let to = self.first_candidate();
         self.handle_datagram_to(now, from, to, buf);
     }
+
     /// Handles one datagram received from `from` on the media socket, sent to the candidate
     /// `to` (with several candidates, the address the socket says it arrived on). A connectivity
     /// check to an address that is not a candidate is dropped by the PC's ICE agent.
     pub fn handle_datagram_to(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, buf: &[u8]) {
         self.handle_input(now, Protocol::Udp, from, to, buf);
     }
+
     /// Handles one datagram received over `proto` from `from`, sent to the candidate `to`: a UDP
     /// datagram, or (TCP) a frame of an ICE-TCP connection (RFC 4571) accepted on `to`, whose
     /// answers leave as transmits with that protocol and destination.
@@ -64,6 +68,7 @@ impl Sfu {
         self.receive(now, proto, from, to, buf);
         self.flush(now);
     }
+
     /// [`Sfu::handle_input`] but for the flush, which the caller does.
     pub(super) fn receive(
         &mut self,
@@ -108,6 +113,7 @@ impl Sfu {
         }
         self.drive(id, now);
     }
+
     /// After a connectivity check from `from`, routes that address's other traffic to the PC if
     /// its ICE agent now accepts it.
     pub(super) fn learn_address(

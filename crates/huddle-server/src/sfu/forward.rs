@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use huddle_proto::{ErrorCode, MediaRole, PeerState, ServerMsg};
+use huddle_proto::{ErrorCode, PeerState, ServerMsg};
 use str0m::media::KeyframeRequestKind;
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tracing::{debug, info};
 
-use super::pc::{Pc, TrackOut};
+use super::pc::{Link, Pc, Playing, Role, TrackOut};
 use super::types::{bump, queue_transmit};
 use super::{KEYFRAME_REQUEST_INTERVAL, Sfu, StreamKey, red};
 
@@ -27,6 +27,7 @@ impl Sfu {
             }
         }
     }
+
     /// Drains every PC mutated from outside its own drive, so that forwarded packets leave in
     /// the same pass as the packet that brought them.
     ///
@@ -64,6 +65,7 @@ impl Sfu {
             self.drive(id, now);
         }
     }
+
     /// Drains one PC's output until it returns a timeout.
     pub(super) fn drive(&mut self, id: usize, now: Instant) {
         loop {
@@ -91,12 +93,13 @@ impl Sfu {
             }
         }
     }
+
     pub(super) fn on_event(&mut self, now: Instant, id: usize, event: Event) {
         match event {
             Event::RtpPacket(packet) => self.forward(now, id, &packet),
             Event::KeyframeRequest(req) => {
                 if let Some(pc) = self.pc(id)
-                    && pc.role == MediaRole::Play
+                    && matches!(pc.role, Role::Play(_))
                 {
                     let key = pc.key.clone();
                     self.request_keyframe(now, &key, req.kind);
@@ -104,9 +107,9 @@ impl Sfu {
             }
             Event::Connected => {
                 let Some(pc) = self.pc(id) else { return };
-                pc.connected = true;
-                let (owner, key, role) = (pc.owner, pc.key.clone(), pc.role);
-                let has_video = pc.tracks.iter().any(|t| t.kind.is_video());
+                pc.link = Link::Connected;
+                let (owner, key, role) = (pc.owner, pc.key.clone(), pc.media_role());
+                let has_video = pc.tracks().iter().any(|t| t.kind.is_video());
                 bump(&self.counters.pcs_connected);
                 info!(session = %owner, stream = %key.1, ?role, "media connected");
                 self.signals.push_back((
@@ -134,6 +137,7 @@ impl Sfu {
             _ => {}
         }
     }
+
     /// Forwards one packet of a publisher to every connected player of its stream.
     ///
     /// Audio the publisher sends as RED (RFC 2198) goes unchanged to the players that
@@ -149,13 +153,16 @@ impl Sfu {
             dirty,
             ..
         } = self;
-        let Some(src) = pcs.get_mut(from).and_then(|p| p.as_deref_mut()) else {
+        let Some(Pc {
+            rtc: src_rtc,
+            role: Role::Publish(src),
+            key: src_key,
+            ..
+        }) = pcs.get_mut(from).and_then(|p| p.as_deref_mut())
+        else {
             return;
         };
-        if src.role != MediaRole::Publish {
-            return;
-        }
-        let Some(kind) = src.kind_of(packet.header.ssrc) else {
+        let Some(kind) = src.kind_of(src_rtc, packet.header.ssrc) else {
             return;
         };
         let source = (u64::from(src.epoch) << 32) | u64::from(*packet.header.ssrc);
@@ -176,7 +183,7 @@ impl Sfu {
         } else {
             None
         };
-        let Some(entry) = streams.get(&src.key) else {
+        let Some(entry) = streams.get(src_key) else {
             return;
         };
         let ext = ExtensionValues {
@@ -191,13 +198,17 @@ impl Sfu {
         let ts = packet.header.timestamp;
         let mut forwarded = 0;
         for &pid in &entry.players {
-            let Some(p) = pcs.get_mut(pid).and_then(|p| p.as_deref_mut()) else {
+            // Connected players only.
+            let Some(Pc {
+                rtc,
+                role: Role::Play(Playing { tracks }),
+                link: Link::Connected,
+                dirty: queued,
+                ..
+            }) = pcs.get_mut(pid).and_then(|p| p.as_deref_mut())
+            else {
                 continue;
             };
-            if !p.connected {
-                continue;
-            }
-            let Pc { rtc, tracks, .. } = p;
             let Some(track) = tracks.iter_mut().find(|t| t.kind == kind) else {
                 continue;
             };
@@ -249,14 +260,15 @@ impl Sfu {
                 continue;
             }
             forwarded += sent;
-            if !p.dirty {
-                p.dirty = true;
+            if !*queued {
+                *queued = true;
                 dirty.push(pid);
             }
         }
         // Once per packet, not per player: the counters are shared by every shard's thread.
         counters.rtp_forwarded.fetch_add(forwarded, Ordering::Relaxed);
     }
+
     /// Asks the stream's publisher for a keyframe, at most once per
     /// [`KEYFRAME_REQUEST_INTERVAL`].
     pub(super) fn request_keyframe(&mut self, now: Instant, key: &StreamKey, kind: KeyframeRequestKind) {
@@ -270,13 +282,23 @@ impl Sfu {
             return;
         }
         let Some(pid) = entry.publisher else { return };
-        let Some(pc) = self.pcs.get_mut(pid).and_then(|p| p.as_deref_mut()) else {
+        let Some(Pc {
+            rtc,
+            role: Role::Publish(publishing),
+            ..
+        }) = self.pcs.get_mut(pid).and_then(|p| p.as_deref_mut())
+        else {
             return;
         };
-        let Some(mid) = pc.mids.iter().find(|(_, k)| k.is_video()).map(|(m, _)| *m) else {
+        let Some(mid) = publishing
+            .mids
+            .iter()
+            .find(|(_, k)| k.is_video())
+            .map(|(m, _)| *m)
+        else {
             return;
         };
-        let mut api = pc.rtc.direct_api();
+        let mut api = rtc.direct_api();
         let Some(rx) = api.stream_rx_by_mid(mid, None) else {
             return;
         };

@@ -127,16 +127,19 @@ impl Sfu {
             fast_path: true,
         }
     }
+
     /// Turns str0m's send fast path off (or back on), so that `benches/forward.rs` can measure
     /// what it saves against stock str0m's way of sending written RTP.
     #[cfg(any(test, feature = "testkit"))]
     pub fn set_fast_path(&mut self, on: bool) {
         self.fast_path = on;
     }
+
     /// The server's ICE candidates.
     pub fn candidates(&self) -> &[SocketAddr] {
         &self.config.candidates
     }
+
     /// The first candidate (127.0.0.1:9 if there is none, which nothing then reaches).
     fn first_candidate(&self) -> SocketAddr {
         self.config
@@ -145,36 +148,44 @@ impl Sfu {
             .copied()
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9)))
     }
+
     /// Open peer connections.
     pub fn peer_connections(&self) -> usize {
         self.live
     }
+
     fn pc(&mut self, id: usize) -> Option<&mut Pc> {
         self.pcs.get_mut(id).and_then(|p| p.as_deref_mut())
     }
+
     /// Whether the stream has state here (a PC or a waiting play offer).
     #[must_use]
     pub fn has_stream(&self, app: AppId, stream_id: &StreamId) -> bool {
         self.streams.contains_key(&(app, stream_id.clone()))
     }
+
     /// The next stream whose state this SFU dropped (for the shard placement table).
     #[must_use]
     pub fn poll_released(&mut self) -> Option<(AppId, StreamId)> {
         self.released.pop()
     }
+
     /// The next datagram to send.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
     }
+
     /// The next signaling message for a session.
     #[must_use]
     pub fn poll_signal(&mut self) -> Option<(SessionId, ServerMsg)> {
         self.signals.pop_front()
     }
+
     fn push_transmit(&mut self, t: Transmit) {
         queue_transmit(&mut self.transmits, &self.counters, t);
     }
+
     /// Checks the internal tables against each other; `Err` names the first inconsistency. For
     /// tests.
     pub fn check_invariants(&self) -> Result<(), String> {
@@ -195,7 +206,7 @@ impl Sfu {
         }
         for ((s, k, r), id) in &self.by_owner {
             match self.pcs.get(*id).and_then(Option::as_ref) {
-                Some(pc) if pc.owner == *s && &pc.key == k && pc.role == *r => {}
+                Some(pc) if pc.owner == *s && &pc.key == k && pc.media_role() == *r => {}
                 _ => return Err(format!("owner {s:?} {} -> wrong PC {id}", k.1)),
             }
         }

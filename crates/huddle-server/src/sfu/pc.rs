@@ -46,48 +46,98 @@ pub(super) struct Pc {
     pub(super) rtc: Rtc,
     pub(super) owner: SessionId,
     pub(super) key: StreamKey,
-    pub(super) role: MediaRole,
+    /// Publish or play, with what only that role keeps.
+    pub(super) role: Role,
+    /// Connecting (until a deadline) or connected.
+    pub(super) link: Link,
     /// The server's ICE username fragment of this PC (the `by_ufrag` key).
     pub(super) ufrag: String,
     /// The remote addresses in `by_addr` that lead here.
     pub(super) addrs: Vec<(Protocol, SocketAddr)>,
     /// The str0m timeout that has the live entry in the timer heap.
     pub(super) scheduled: Option<Instant>,
-    pub(super) connect_deadline: Instant,
-    pub(super) connected: bool,
     /// In the dirty list: mutated, to be drained.
     pub(super) dirty: bool,
     /// Mutated by more than forwarded RTP (a keyframe request): the drain must give it the
     /// time and poll it in full, not only send what was written.
     pub(super) dirty_full: bool,
-    /// Publish: the source number of this connection (changes when a publisher re-offers).
-    pub(super) epoch: u32,
-    /// Publish: the kind of each received media line.
-    pub(super) mids: Vec<(Mid, MediaKind)>,
-    /// Publish: the kind of each SSRC seen (a cache of `mids` by SSRC).
-    pub(super) ssrc_kinds: Vec<(Ssrc, MediaKind)>,
-    /// Publish: the RED payload type the publisher sends Opus in and Opus's own payload type,
-    /// when it negotiated RED.
-    pub(super) red_in: Option<(Pt, Pt)>,
-    /// Publish: the highest extended sequence number of audio received (to tell which frames
-    /// a RED packet's redundancy can restore for players without RED).
-    pub(super) last_audio_seq: Option<u64>,
-    /// Play: the tracks sent.
-    pub(super) tracks: Vec<TrackOut>,
 }
 
 impl Pc {
-    pub(super) fn kind_of(&mut self, ssrc: Ssrc) -> Option<MediaKind> {
+    /// Publish or play, as signaling names it.
+    pub(super) fn media_role(&self) -> MediaRole {
+        match self.role {
+            Role::Publish(_) => MediaRole::Publish,
+            Role::Play(_) => MediaRole::Play,
+        }
+    }
+
+    /// The tracks a play PC sends (none for a publish PC).
+    pub(super) fn tracks(&self) -> &[TrackOut] {
+        match &self.role {
+            Role::Play(play) => &play.tracks,
+            Role::Publish(_) => &[],
+        }
+    }
+}
+
+/// What a PC is for: a publish PC only receives, a play PC only sends.
+pub(super) enum Role {
+    /// Receives a publisher's media.
+    Publish(Publishing),
+    /// Sends a stream's media to a player.
+    Play(Playing),
+}
+
+/// What a publish PC keeps.
+#[derive(Debug, Default)]
+pub(super) struct Publishing {
+    /// The source number of this connection (changes when a publisher re-offers).
+    pub(super) epoch: u32,
+    /// The kind of each received media line.
+    pub(super) mids: Vec<(Mid, MediaKind)>,
+    /// The kind of each SSRC seen (a cache of `mids` by SSRC).
+    pub(super) ssrc_kinds: Vec<(Ssrc, MediaKind)>,
+    /// The RED payload type the publisher sends Opus in and Opus's own payload type, when it
+    /// negotiated RED.
+    pub(super) red_in: Option<(Pt, Pt)>,
+    /// The highest extended sequence number of audio received (to tell which frames a RED
+    /// packet's redundancy can restore for players without RED).
+    pub(super) last_audio_seq: Option<u64>,
+}
+
+impl Publishing {
+    /// The kind of the media an SSRC of this PC's `rtc` carries.
+    pub(super) fn kind_of(&mut self, rtc: &mut Rtc, ssrc: Ssrc) -> Option<MediaKind> {
         if let Some((_, k)) = self.ssrc_kinds.iter().find(|(s, _)| *s == ssrc) {
             return Some(*k);
         }
-        let mid = self.rtc.direct_api().stream_rx(&ssrc)?.mid();
+        let mid = rtc.direct_api().stream_rx(&ssrc)?.mid();
         let kind = self.mids.iter().find(|(m, _)| *m == mid)?.1;
         if self.ssrc_kinds.len() < 8 {
             self.ssrc_kinds.push((ssrc, kind));
         }
         Some(kind)
     }
+}
+
+/// What a play PC keeps.
+#[derive(Debug, Default)]
+pub(super) struct Playing {
+    /// The tracks sent.
+    pub(super) tracks: Vec<TrackOut>,
+}
+
+/// Whether a PC has connected (ICE and DTLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Link {
+    /// Not yet; failed if still so at `deadline`.
+    Connecting {
+        /// When it fails.
+        deadline: Instant,
+    },
+    /// Connected: media flows.
+    Connected,
 }
 
 /// A play offer waiting for the publisher's media.
@@ -133,6 +183,7 @@ impl Sfu {
         }
         self.flush(now);
     }
+
     /// Answers a `media_offer` (the answer or an error goes to [`Sfu::poll_signal`]). A play offer
     /// for a stream whose publisher has not negotiated media yet waits for it (at most
     /// [`SfuConfig::play_wait`]).
@@ -153,6 +204,7 @@ impl Sfu {
         }
         self.flush(now);
     }
+
     pub(super) fn answer(&mut self, to: SessionId, seq: u32, key: &StreamKey, role: MediaRole, sdp: String) {
         self.signals.push_back((
             to,
@@ -164,6 +216,7 @@ impl Sfu {
             },
         ));
     }
+
     /// A new `Rtc` answering `sdp`; returns it with the answer.
     pub(super) fn build_rtc(
         &self,
@@ -240,37 +293,31 @@ impl Sfu {
             })?;
         Ok((rtc, plain_origin(&answer.to_sdp_string())))
     }
+
     pub(super) fn insert(
         &mut self,
         now: Instant,
         rtc: Rtc,
         owner: SessionId,
         key: StreamKey,
-        role: MediaRole,
+        role: Role,
     ) -> usize {
         let mut rtc = rtc;
         let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        let deadline = now + self.config.connect_timeout;
         let pc = Box::new(Pc {
             rtc,
             owner,
             key,
             role,
+            link: Link::Connecting { deadline },
             ufrag,
             addrs: Vec::new(),
             scheduled: None,
-            connect_deadline: now + self.config.connect_timeout,
-            connected: false,
             dirty: false,
             dirty_full: false,
-            epoch: 0,
-            mids: Vec::new(),
-            ssrc_kinds: Vec::new(),
-            red_in: None,
-            last_audio_seq: None,
-            tracks: Vec::new(),
         });
         self.live += 1;
-        let deadline = pc.connect_deadline;
         let id = match self.free.pop() {
             Some(i) => {
                 self.pcs[i] = Some(pc);
@@ -284,11 +331,12 @@ impl Sfu {
         self.timers.push(Reverse((deadline, id)));
         id
     }
+
     /// Makes a newly negotiated PC reachable (ICE username, owner) and replaces the owner's
     /// earlier PC for the same stream and role.
     pub(super) fn register(&mut self, now: Instant, id: usize) {
         let Some(pc) = self.pc(id) else { return };
-        let owner_key = (pc.owner, pc.key.clone(), pc.role);
+        let owner_key = (pc.owner, pc.key.clone(), pc.media_role());
         let ufrag = pc.ufrag.clone();
         if let Some(old) = self.by_owner.get(&owner_key).copied() {
             self.close_pc(now, old, None);
@@ -297,6 +345,7 @@ impl Sfu {
         self.by_ufrag.insert(ufrag, id);
         bump(&self.counters.pcs_opened);
     }
+
     pub(super) fn offer_publish(
         &mut self,
         now: Instant,
@@ -305,29 +354,26 @@ impl Sfu {
         sdp: &str,
     ) -> Result<String, HuddleError> {
         let (rtc, answer) = self.build_rtc(now, sdp, MediaRole::Publish)?;
-        let id = self.insert(now, rtc, session, key.clone(), MediaRole::Publish);
-        let Some(pc) = self.pc(id) else {
-            return Err(invalid("the offer could not be negotiated"));
-        };
+        let mut publishing = Publishing::default();
         for mid in mids_of(&answer) {
-            if let Some(m) = pc.rtc.media(mid)
+            if let Some(m) = rtc.media(mid)
                 && !m.disabled()
                 && m.direction().is_receiving()
             {
-                pc.mids.push((mid, m.kind()));
+                publishing.mids.push((mid, m.kind()));
             }
         }
-        pc.red_in = pc
-            .rtc
+        publishing.red_in = rtc
             .codec_config()
             .params()
             .iter()
             .find(|p| p.spec().codec == Codec::Opus)
             .and_then(|p| Some((p.red()?, p.pt())));
         let kinds = Kinds {
-            audio: pc.mids.iter().any(|(_, k)| k.is_audio()),
-            video: pc.mids.iter().any(|(_, k)| k.is_video()),
+            audio: publishing.mids.iter().any(|(_, k)| k.is_audio()),
+            video: publishing.mids.iter().any(|(_, k)| k.is_video()),
         };
+        let id = self.insert(now, rtc, session, key.clone(), Role::Publish(publishing));
         if !kinds.audio && !kinds.video {
             self.close_pc(now, id, None);
             return Err(invalid("the offer sends neither Opus audio nor VP8 video"));
@@ -335,8 +381,12 @@ impl Sfu {
         self.register(now, id);
         self.next_epoch = self.next_epoch.wrapping_add(1);
         let epoch = self.next_epoch;
-        if let Some(pc) = self.pc(id) {
-            pc.epoch = epoch;
+        if let Some(Pc {
+            role: Role::Publish(publishing),
+            ..
+        }) = self.pc(id)
+        {
+            publishing.epoch = epoch;
         }
         let entry = self.streams.entry(key.clone()).or_default();
         let previous = entry.publisher.replace(id);
@@ -363,6 +413,7 @@ impl Sfu {
         }
         Ok(answer)
     }
+
     pub(super) fn offer_play(
         &mut self,
         now: Instant,
@@ -402,6 +453,7 @@ impl Sfu {
         self.pending_deadlines.push(Reverse(deadline));
         Ok(None)
     }
+
     pub(super) fn accept_play(
         &mut self,
         now: Instant,
@@ -412,19 +464,19 @@ impl Sfu {
     ) -> Result<String, HuddleError> {
         let sdp = restrict_offer(sdp, kinds);
         let (rtc, answer) = self.build_rtc(now, &sdp, MediaRole::Play)?;
-        let id = self.insert(now, rtc, session, key.clone(), MediaRole::Play);
-        if let Some(pc) = self.pc(id) {
-            for mid in mids_of(&answer) {
-                if let Some(m) = pc.rtc.media(mid)
-                    && !m.disabled()
-                    && m.direction().is_sending()
-                {
-                    let kind = m.kind();
-                    add_track(pc, mid, kind);
-                }
+        let mut rtc = rtc;
+        let mut playing = Playing::default();
+        for mid in mids_of(&answer) {
+            if let Some(m) = rtc.media(mid)
+                && !m.disabled()
+                && m.direction().is_sending()
+            {
+                let kind = m.kind();
+                add_track(&mut rtc, &mut playing, mid, kind);
             }
         }
-        if self.pc(id).is_none_or(|pc| pc.tracks.is_empty()) {
+        let id = self.insert(now, rtc, session, key.clone(), Role::Play(playing));
+        if self.pc(id).is_none_or(|pc| pc.tracks().is_empty()) {
             self.close_pc(now, id, None);
             let has = match (kinds.audio, kinds.video) {
                 (true, true) => "Opus audio and VP8 video",
@@ -440,6 +492,7 @@ impl Sfu {
         info!(%session, stream = %key.1, "play media negotiated");
         Ok(answer)
     }
+
     /// Closes a PC. `notify`: tell its owner (`media_state`) why.
     pub(super) fn close_pc(
         &mut self,
@@ -460,7 +513,7 @@ impl Sfu {
                 self.by_addr.remove(a);
             }
         }
-        let owner_key = (pc.owner, pc.key.clone(), pc.role);
+        let owner_key = (pc.owner, pc.key.clone(), pc.media_role());
         if self.by_owner.get(&owner_key) == Some(&id) {
             self.by_owner.remove(&owner_key);
             bump(&self.counters.pcs_closed);
@@ -493,7 +546,7 @@ impl Sfu {
                 pc.owner,
                 ServerMsg::MediaState {
                     stream_id: pc.key.1.clone(),
-                    kind: pc.role,
+                    kind: pc.media_role(),
                     state,
                     code,
                     message,
@@ -501,12 +554,15 @@ impl Sfu {
             ));
         }
     }
+
     pub(super) fn fail_pc(&mut self, now: Instant, id: usize, why: &str) {
         let Some(pc) = self.pc(id) else { return };
-        let code = failure_code(pc.role);
-        info!(session = %pc.owner, stream = %pc.key.1, role = ?pc.role, why, "media connection failed");
+        let role = pc.media_role();
+        let code = failure_code(role);
+        info!(session = %pc.owner, stream = %pc.key.1, ?role, why, "media connection failed");
         self.close_pc(now, id, Some((PeerState::Failed, code, why.to_string())));
     }
+
     /// The stream is no longer published.
     pub(super) fn close_publish(&mut self, now: Instant, key: &StreamKey) {
         let Some(mut entry) = self.streams.remove(key) else {
@@ -540,6 +596,7 @@ impl Sfu {
             self.drop_stream(key);
         }
     }
+
     pub(super) fn close_play(&mut self, now: Instant, session: SessionId, key: &StreamKey) {
         if let Some(id) = self
             .by_owner
@@ -555,6 +612,7 @@ impl Sfu {
             }
         }
     }
+
     pub(super) fn session_gone(&mut self, now: Instant, session: SessionId) {
         let published: Vec<StreamKey> = self
             .streams
@@ -585,12 +643,14 @@ impl Sfu {
             self.drop_stream(&key);
         }
     }
+
     /// Removes a stream's entry, reporting it through [`Sfu::poll_released`].
     pub(super) fn drop_stream(&mut self, key: &StreamKey) {
         if self.streams.remove(key).is_some() {
             self.released.push(key.clone());
         }
     }
+
     /// The ICE-TCP candidates: each candidate's IP with the TCP port.
     pub(super) fn tcp_candidates(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         self.config.tcp_port.into_iter().flat_map(|port| {
@@ -684,17 +744,16 @@ pub(super) fn not_started() -> HuddleError {
     )
 }
 
-/// Sets up a played track for `mid` if the PC can send `kind` with our codec.
-pub(super) fn add_track(pc: &mut Pc, mid: Mid, kind: MediaKind) {
+/// Sets up a played track for `mid` if `rtc` can send `kind` with our codec.
+pub(super) fn add_track(rtc: &mut Rtc, playing: &mut Playing, mid: Mid, kind: MediaKind) {
     let (codec, clock_rate) = if kind.is_audio() {
         (Codec::Opus, 48_000)
     } else {
         (Codec::Vp8, 90_000)
     };
-    let Some(media) = pc.rtc.media(mid) else { return };
+    let Some(media) = rtc.media(mid) else { return };
     let remote = media.remote_pts();
-    let Some((pt, red_pt)) = pc
-        .rtc
+    let Some((pt, red_pt)) = rtc
         .codec_config()
         .params()
         .iter()
@@ -703,7 +762,7 @@ pub(super) fn add_track(pc: &mut Pc, mid: Mid, kind: MediaKind) {
     else {
         return;
     };
-    let mut api = pc.rtc.direct_api();
+    let mut api = rtc.direct_api();
     let Some(tx) = api.stream_tx_by_mid(mid, None) else {
         return;
     };
@@ -716,7 +775,7 @@ pub(super) fn add_track(pc: &mut Pc, mid: Mid, kind: MediaKind) {
         tx.set_rtx_cache(1000, Duration::from_secs(3), None);
     }
     let mut rng = rand::thread_rng();
-    pc.tracks.push(TrackOut {
+    playing.tracks.push(TrackOut {
         kind,
         mid,
         pt,

@@ -8,6 +8,7 @@ use str0m::Input;
 use tracing::debug;
 
 use super::Sfu;
+use super::pc::Link;
 use super::pc::not_started;
 
 impl Sfu {
@@ -25,7 +26,7 @@ impl Sfu {
         }
         for (t, id) in due.drain(..) {
             let Some(pc) = self.pc(id) else { continue };
-            if !pc.connected && now >= pc.connect_deadline {
+            if matches!(pc.link, Link::Connecting { deadline } if now >= deadline) {
                 self.fail_pc(now, id, "not connected in time (ICE or DTLS)");
                 continue;
             }
@@ -54,6 +55,7 @@ impl Sfu {
             self.compact_timers();
         }
     }
+
     pub(super) fn expire_pending(&mut self, now: Instant) {
         let mut expired = Vec::new();
         for entry in self.streams.values_mut() {
@@ -79,6 +81,7 @@ impl Sfu {
             keep
         });
     }
+
     /// Rebuilds the timer heap without its stale entries.
     pub(super) fn compact_timers(&mut self) {
         self.timers.clear();
@@ -87,11 +90,12 @@ impl Sfu {
             if let Some(t) = pc.scheduled {
                 self.timers.push(Reverse((t, id)));
             }
-            if !pc.connected {
-                self.timers.push(Reverse((pc.connect_deadline, id)));
+            if let Link::Connecting { deadline } = pc.link {
+                self.timers.push(Reverse((deadline, id)));
             }
         }
     }
+
     /// When [`Sfu::handle_timeout`] is due next, if anything waits (possibly early: a stale
     /// entry makes a call that finds nothing to do).
     #[must_use]
