@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use huddle::{
     Engine, EngineConfig, EngineProfile, ErrorCode, Event, EventHandler, PlayerState, PublisherState,
-    RoomConfig, RoomState, RoomStateChangedReason, StreamInfo, UpdateType, User, UserId,
+    RoomConfig, RoomStateChangedReason, UpdateType, User, UserId,
 };
 use huddle_server::{AppConfig, BackgroundServer, ServerConfig};
 
@@ -43,111 +43,8 @@ impl Recorder {
 }
 
 impl EventHandler for Recorder {
-    fn on_room_state_update(
-        &self,
-        room_id: &str,
-        state: RoomState,
-        error_code: ErrorCode,
-        extended_data: &str,
-    ) {
-        self.record(Event::RoomStateUpdate {
-            room_id: room_id.parse().unwrap(),
-            state,
-            error_code,
-            extended_data: extended_data.into(),
-        });
-    }
-    fn on_room_state_changed(
-        &self,
-        room_id: &str,
-        reason: RoomStateChangedReason,
-        error_code: ErrorCode,
-        extended_data: &str,
-    ) {
-        self.record(Event::RoomStateChanged {
-            room_id: room_id.parse().unwrap(),
-            reason,
-            error_code,
-            extended_data: extended_data.into(),
-        });
-    }
-    fn on_room_user_update(&self, room_id: &str, update_type: UpdateType, users: &[User]) {
-        self.record(Event::RoomUserUpdate {
-            room_id: room_id.parse().unwrap(),
-            update_type,
-            users: users.to_vec(),
-        });
-    }
-    fn on_room_stream_update(
-        &self,
-        room_id: &str,
-        update_type: UpdateType,
-        streams: &[StreamInfo],
-        extended_data: &str,
-    ) {
-        self.record(Event::RoomStreamUpdate {
-            room_id: room_id.parse().unwrap(),
-            update_type,
-            streams: streams.to_vec(),
-            extended_data: extended_data.into(),
-        });
-    }
-    fn on_publisher_state_update(
-        &self,
-        stream_id: &str,
-        state: PublisherState,
-        error_code: ErrorCode,
-        extended_data: &str,
-    ) {
-        self.record(Event::PublisherStateUpdate {
-            stream_id: stream_id.parse().unwrap(),
-            state,
-            error_code,
-            extended_data: extended_data.into(),
-        });
-    }
-    fn on_player_state_update(
-        &self,
-        stream_id: &str,
-        state: PlayerState,
-        error_code: ErrorCode,
-        extended_data: &str,
-    ) {
-        self.record(Event::PlayerStateUpdate {
-            stream_id: stream_id.parse().unwrap(),
-            state,
-            error_code,
-            extended_data: extended_data.into(),
-        });
-    }
-    fn on_room_token_will_expire(&self, room_id: &str, remain_secs: i64) {
-        self.record(Event::RoomTokenWillExpire {
-            room_id: room_id.parse().unwrap(),
-            remain_secs,
-        });
-    }
-    fn on_publisher_captured_audio_first_frame(&self) {
-        self.record(Event::PublisherCapturedAudioFirstFrame);
-    }
-    fn on_publisher_captured_video_first_frame(&self) {
-        self.record(Event::PublisherCapturedVideoFirstFrame);
-    }
-    fn on_player_recv_audio_first_frame(&self, stream_id: &str) {
-        self.record(Event::PlayerRecvAudioFirstFrame {
-            stream_id: stream_id.parse().unwrap(),
-        });
-    }
-    fn on_player_recv_video_first_frame(&self, stream_id: &str) {
-        self.record(Event::PlayerRecvVideoFirstFrame {
-            stream_id: stream_id.parse().unwrap(),
-        });
-    }
-    fn on_debug_error(&self, error_code: ErrorCode, func_name: &str, info: &str) {
-        self.record(Event::DebugError {
-            error_code,
-            func_name: func_name.into(),
-            info: info.into(),
-        });
+    fn on_event(&self, event: &Event) {
+        self.record(event.clone());
     }
 }
 
