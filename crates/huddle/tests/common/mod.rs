@@ -321,3 +321,45 @@ pub fn pull(engine: &huddle::Engine, d: std::time::Duration) -> Vec<i16> {
     }
     all
 }
+
+/// An engine without camera, logged in to `room` as `user_id`.
+pub fn voice_engine(server: &huddle_server::BackgroundServer, room: &str, user_id: &str) -> (Engine, Events) {
+    let (engine, events) = engine_with(profile(server));
+    engine.enable_camera(false);
+    engine
+        .login_room(room, user(user_id), RoomConfig::default())
+        .unwrap();
+    (engine, events)
+}
+
+/// Waits for the first audio frame of `stream`.
+pub fn first_audio_frame(events: &mut Events, stream: &str) {
+    events.wait(
+        &format!("first audio frame of {stream}"),
+        |e| matches!(e, Event::PlayerRecvAudioFirstFrame { stream_id } if stream_id.as_str() == stream),
+    );
+}
+
+/// One mouth-to-ear time: a loud 20 ms 1 kHz burst pushed into `publisher`'s custom capture,
+/// found in `player`'s custom render (both engines already publishing and playing one stream;
+/// what the render held before the push is dropped). Fails after 2 s without it.
+pub fn mouth_to_ear(publisher: &Engine, player: &Engine) -> Duration {
+    let burst: Vec<i16> = (0..960)
+        .map(|i| ((i as f64 * 2.0 * std::f64::consts::PI * 1000.0 / 48_000.0).sin() * 20_000.0) as i16)
+        .collect();
+    let mut buf = [0i16; 4800];
+    while player.fetch_audio_frame(&mut buf) > 0 {}
+    let t0 = Instant::now();
+    publisher.push_audio_frame(&burst).unwrap();
+    loop {
+        let n = player.fetch_audio_frame(&mut buf);
+        let now = Instant::now();
+        if let Some(k) = buf[..n].iter().position(|s| s.abs() > 3000) {
+            // The chunk just fetched was rendered at `now` (within the 1 ms poll); sample k of
+            // it plays k / 48 ms after the chunk's start.
+            return now + Duration::from_secs_f64(k as f64 / 48_000.0) - t0;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(2), "burst never heard");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
