@@ -144,23 +144,44 @@ pub(super) async fn client_loop(ctx: Arc<Ctx>, index: u32) {
     }
 }
 
+/// The connection of a churn client.
+type Conn = <HuddleTarget as Target>::Conn;
+
+/// What a cycle draws at its start, in this order (the run is reproducible from its seed).
+struct Draw {
+    exit: Exit,
+    hold: Duration,
+    plays: u32,
+}
+
+impl Draw {
+    fn new(plan: &ChurnPlan, rng: &mut StdRng) -> Draw {
+        let x: f64 = rng.r#gen();
+        let exit = if x < plan.mid_ice_ratio {
+            Exit::MidIce
+        } else if x < plan.mid_ice_ratio + plan.drop_ratio {
+            Exit::Drop
+        } else {
+            Exit::Clean
+        };
+        let hold = rng.gen_range(plan.hold_min..=plan.hold_max);
+        let plays = if plan.max_plays == 0 {
+            0
+        } else {
+            rng.gen_range(1..=plan.max_plays)
+        };
+        Draw { exit, hold, plays }
+    }
+}
+
 /// One cycle: login, publish, play, hold, leave.
 pub(super) async fn cycle(ctx: &Arc<Ctx>, index: u32, n: u64, rng: &mut StdRng) {
     let plan = &ctx.plan;
-    let x: f64 = rng.r#gen();
-    let exit = if x < plan.mid_ice_ratio {
-        Exit::MidIce
-    } else if x < plan.mid_ice_ratio + plan.drop_ratio {
-        Exit::Drop
-    } else {
-        Exit::Clean
-    };
-    let hold = rng.gen_range(plan.hold_min..=plan.hold_max);
-    let want_plays = if plan.max_plays == 0 {
-        0
-    } else {
-        rng.gen_range(1..=plan.max_plays)
-    };
+    let Draw {
+        exit,
+        hold,
+        plays: want_plays,
+    } = Draw::new(plan, rng);
     let room = index / plan.room_size;
     let user = UserSpec {
         index,
@@ -231,9 +252,72 @@ pub(super) async fn cycle(ctx: &Arc<Ctx>, index: u32, n: u64, rng: &mut StdRng) 
     }
     ctx.add_live(room, &stream.stream_id, index);
 
-    // Plays of others' live streams.
+    let mut plays = start_plays(ctx, &mut conn, room, index, want_plays, &shared, rng).await;
+
+    // Hold (not past the run's end); plays get their connect timeout, whatever the hold.
+    let hold_end = Instant::now() + hold.min(ctx.end.saturating_duration_since(Instant::now()));
+    tokio::time::sleep_until(hold_end.into()).await;
+    for p in &mut plays {
+        let deadline = (p.started + plan.connect_timeout).max(hold_end);
+        p.connected = matches!(
+            tokio::time::timeout_at(deadline.into(), &mut p.ready).await,
+            Ok(Ok(()))
+        );
+    }
+    // Whether each played stream's publisher is still there (it leaves the list before it stops).
+    let still_live: Vec<bool> = plays.iter().map(|p| ctx.is_live(room, &p.stream)).collect();
+
+    // Leave: nobody may start playing us from now on; then stop the connections.
+    ctx.remove_live(room, &stream.stream_id);
+    stop_all(&shared);
+    let mut ok = true;
+    let played: Vec<String> = plays.iter().map(|p| p.stream.clone()).collect();
+    let out = publisher.await.unwrap_or_else(ClientOutcome::failed);
+    if let Some(e) = out.error {
+        ctx.error("publish:media".into(), e);
+        ok = false;
+    }
+    ok &= judge_plays(ctx, plays, still_live).await;
+    counts
+        .sent
+        .fetch_add(shared.counters.sent.load(Ordering::Relaxed), Ordering::Relaxed);
+    counts.received.fetch_add(
+        shared.counters.received.load(Ordering::Relaxed),
+        Ordering::Relaxed,
+    );
+    match exit {
+        Exit::Clean => {
+            if let Err((phase, e)) = leave_clean(&mut conn, &stream, played).await {
+                ctx.load_error(phase, &e);
+                ok = false;
+            }
+        }
+        Exit::Drop | Exit::MidIce => drop(conn),
+    }
+    if !ok {
+        return fail();
+    }
+    bump(&counts.cycles);
+    bump(match exit {
+        Exit::Clean => &counts.clean,
+        Exit::Drop => &counts.dropped,
+        Exit::MidIce => &counts.mid_ice,
+    });
+}
+
+/// Plays up to `want` live streams of others in `room` over their own peer connections.
+async fn start_plays(
+    ctx: &Arc<Ctx>,
+    conn: &mut Conn,
+    room: u32,
+    index: u32,
+    want: u32,
+    shared: &Arc<Shared>,
+    rng: &mut StdRng,
+) -> Vec<Play> {
+    let (plan, counts) = (&ctx.plan, &ctx.counts);
     let mut plays = Vec::new();
-    for s in ctx.pick(room, index, want_plays, rng) {
+    for s in ctx.pick(room, index, want, rng) {
         bump(&counts.plays);
         let spec = StreamSpec {
             publisher: 0,
@@ -263,30 +347,14 @@ pub(super) async fn cycle(ctx: &Arc<Ctx>, index: u32, n: u64, rng: &mut StdRng) 
             Err(e) => ctx.load_error("play", &e),
         }
     }
+    plays
+}
 
-    // Hold (not past the run's end); plays get their connect timeout, whatever the hold.
-    let hold_end = Instant::now() + hold.min(ctx.end.saturating_duration_since(Instant::now()));
-    tokio::time::sleep_until(hold_end.into()).await;
-    for p in &mut plays {
-        let deadline = (p.started + plan.connect_timeout).max(hold_end);
-        p.connected = matches!(
-            tokio::time::timeout_at(deadline.into(), &mut p.ready).await,
-            Ok(Ok(()))
-        );
-    }
-    // Whether each played stream's publisher is still there (it leaves the list before it stops).
-    let still_live: Vec<bool> = plays.iter().map(|p| ctx.is_live(room, &p.stream)).collect();
-
-    // Leave: nobody may start playing us from now on; then stop the connections.
-    ctx.remove_live(room, &stream.stream_id);
-    stop_all(&shared);
+/// Counts how the plays ended (their connections stopped); false if one failed for another
+/// reason than its publisher leaving.
+async fn judge_plays(ctx: &Ctx, plays: Vec<Play>, still_live: Vec<bool>) -> bool {
+    let counts = &ctx.counts;
     let mut ok = true;
-    let played: Vec<String> = plays.iter().map(|p| p.stream.clone()).collect();
-    let out = publisher.await.unwrap_or_else(ClientOutcome::failed);
-    if let Some(e) = out.error {
-        ctx.error("publish:media".into(), e);
-        ok = false;
-    }
     for (p, live) in plays.into_iter().zip(still_live) {
         let out = p.task.await.unwrap_or_else(ClientOutcome::failed);
         let received = out.stream.as_ref().map_or(0, |s| s.stats.received);
@@ -306,41 +374,22 @@ pub(super) async fn cycle(ctx: &Arc<Ctx>, index: u32, n: u64, rng: &mut StdRng) 
             ok = false;
         }
     }
-    counts
-        .sent
-        .fetch_add(shared.counters.sent.load(Ordering::Relaxed), Ordering::Relaxed);
-    counts.received.fetch_add(
-        shared.counters.received.load(Ordering::Relaxed),
-        Ordering::Relaxed,
-    );
-    match exit {
-        Exit::Clean => {
-            let leave = async {
-                conn.unpublish(&stream).await.map_err(|e| ("unpublish", e))?;
-                for s in played {
-                    let spec = StreamSpec {
-                        publisher: 0,
-                        stream_id: s,
-                    };
-                    conn.stop_play(&spec).await.map_err(|e| ("stop-play", e))?;
-                }
-                conn.logout().await.map_err(|e| ("logout", e))
-            }
-            .await;
-            if let Err((phase, e)) = leave {
-                ctx.load_error(phase, &e);
-                ok = false;
-            }
-        }
-        Exit::Drop | Exit::MidIce => drop(conn),
+    ok
+}
+
+/// A clean leave: unpublish, stop every play, log out; the phase that failed.
+async fn leave_clean(
+    conn: &mut Conn,
+    stream: &StreamSpec,
+    played: Vec<String>,
+) -> Result<(), (&'static str, LoadError)> {
+    conn.unpublish(stream).await.map_err(|e| ("unpublish", e))?;
+    for s in played {
+        let spec = StreamSpec {
+            publisher: 0,
+            stream_id: s,
+        };
+        conn.stop_play(&spec).await.map_err(|e| ("stop-play", e))?;
     }
-    if !ok {
-        return fail();
-    }
-    bump(&counts.cycles);
-    bump(match exit {
-        Exit::Clean => &counts.clean,
-        Exit::Drop => &counts.dropped,
-        Exit::MidIce => &counts.mid_ice,
-    });
+    conn.logout().await.map_err(|e| ("logout", e))
 }
