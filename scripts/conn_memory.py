@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Server memory per WebSocket connection that never logs in (docs/security.md).
 
-usage: scripts/conn_memory.py [HUDDLE_BINARY] [N]   (default target/release/huddle, 400)
+usage: scripts/conn_memory.py [SERVER_BINARY] [N]   (default target/release/huddle-server, 400)
 
-Starts `huddle serve` (dev mode, 127.0.0.1, free ports), opens N WebSocket connections that only
-receive `hello`, and prints the server's RSS before, with them open, and after they close (glibc
-keeps freed memory in its arenas, so "after" stays near "with"). N stays within the per-address
+Starts the server (dev mode, 127.0.0.1, free ports; `huddle-server`, or `huddle` with `serve`),
+opens N WebSocket connections that only receive `hello`, and prints the server's RSS before, with
+them open, just after they close (glibc keeps freed memory in its arenas) and once the server has
+given the free memory back (`src/memory.rs`, within about 5 s). N stays within the per-address
 connection burst (500) so that every connection is admitted.
 """
 
@@ -17,11 +18,11 @@ import sys
 import tempfile
 import time
 
-binary = sys.argv[1] if len(sys.argv) > 1 else "target/release/huddle"
+binary = sys.argv[1] if len(sys.argv) > 1 else "target/release/huddle-server"
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 400
 data = tempfile.mkdtemp(prefix="huddle-conn-memory-")
 server = subprocess.Popen(
-    [binary, "serve", "--listen", "127.0.0.1:0", "--udp-port", "0", "--tcp-port", "0", "--data-dir", data],
+    [binary, *(["serve"] if os.path.basename(binary) == "huddle" else []), "--listen", "127.0.0.1:0", "--udp-port", "0", "--tcp-port", "0", "--data-dir", data],
     stdout=subprocess.PIPE,
     stderr=subprocess.DEVNULL,
     text=True,
@@ -62,9 +63,12 @@ try:
         s.close()
     time.sleep(1.5)
     after = rss()
+    time.sleep(10)
+    trimmed = rss()
     print(
         f"server RSS: {before} KiB idle, {during} KiB with {n} connections "
-        f"({(during - before) / n:.1f} KiB each), {after} KiB after they closed"
+        f"({(during - before) / n:.1f} KiB each), {after} KiB just after they closed, "
+        f"{trimmed} KiB 10 s later"
     )
 finally:
     server.terminate()

@@ -10,11 +10,12 @@ cd "$(dirname "$0")/.."
 # and the firewall tests in web/tests, need `ip` and `nft`, and run coturn; web/tests/tls.test.js
 # and the firewall tests make their certificates with the openssl command;
 # crates/huddle-server/tests/reverse_proxy.rs runs docs/deploy.md's nginx and Caddy setups,
-# started by hand on 127.0.0.1; systemd-analyze checks the unit file). A fresh machine may have no
+# started by hand on 127.0.0.1; systemd-analyze checks the unit file; crates/huddle-server/tests/cluster.rs
+# starts its own redis-server on a free loopback port). A fresh machine may have no
 # Python or Node.js at all: the tests run `python3` (an independent token decoder, the speech
 # scorers) and `node`/`npm` (the browser tests), and PyPI's `pesq` has no wheels, so it is
 # compiled against Python's headers. Installed only when missing, so a warm machine starts at once.
-apt_packages=(libopus-dev libvpx-dev pkg-config chromium libasound2-dev iproute2 nftables coturn openssl nginx-light caddy systemd)
+apt_packages=(libopus-dev libvpx-dev pkg-config chromium libasound2-dev iproute2 nftables coturn openssl nginx-light caddy systemd redis-server)
 need_apt=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")

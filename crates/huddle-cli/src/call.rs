@@ -23,8 +23,10 @@ use tokio::sync::mpsc;
 #[derive(clap::Args)]
 pub struct CallArgs {
     /// The server's signaling address, `ws://HOST:PORT`, or `wss://HOST[:PORT]` over TLS.
-    #[arg(long)]
-    server: String,
+    /// Repeat it to name the other servers of a deployment: the call starts on the first and
+    /// moves to the next when one cannot be reached or is shutting down.
+    #[arg(long, required = true)]
+    server: Vec<String>,
     /// A CA certificate (PEM) that the wss:// server's certificate may chain to, besides the
     /// system's roots: for a self-hosted server with a certificate of your own CA.
     #[arg(long, value_name = "FILE")]
@@ -177,7 +179,8 @@ pub fn run(args: CallArgs) -> ExitCode {
 
 /// Runs the call; returns the code that ended it (0 when it ended as asked).
 fn call(args: CallArgs, start: Instant) -> Result<ErrorCode, huddle::HuddleError> {
-    let mut profile = EngineProfile::new(args.app_id, args.server.clone());
+    let mut profile = EngineProfile::new(args.app_id, args.server[0].clone());
+    profile.fallback_servers = args.server[1..].to_vec();
     profile.app_sign = args.app_sign.clone();
     if let Some(path) = &args.ca_file {
         let pem = std::fs::read_to_string(path).map_err(|e| {

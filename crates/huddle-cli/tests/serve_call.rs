@@ -193,6 +193,28 @@ fn call_reports_a_refused_login_and_exits_1() {
         && e["reason"] == "LoginFailed"
         && e["error_code"] == 1001005));
 
+    // --server repeated: an address where nothing listens first, then the server.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let o = huddle()
+        .args(["call", "--server", &format!("ws://{dead_addr}")])
+        .args(["--server", &format!("ws://{}", server.addr), "--app-id", APP_ID])
+        .args([
+            "--app-sign",
+            APP_SIGN,
+            "--room",
+            "r1",
+            "--user",
+            "fay",
+            "--duration",
+            "0.5",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(has(&events(&o), |e| e["reason"] == "Logined"));
+
     // A token login works without the AppSign.
     let token = huddle()
         .args([

@@ -134,6 +134,9 @@ codes! {
     /// The server is shutting down (draining after SIGTERM): it takes no new login, only the
     /// resume of a session it already has. Worth retrying: a restarted or another node answers.
     SERVER_SHUTTING_DOWN = 1009008, "The server is shutting down and takes no new login; retry.";
+    /// The cluster's shared store (Redis) did not answer in time, or this node lost its lease:
+    /// the request changed nothing. Worth retrying.
+    CLUSTER_UNAVAILABLE = 1009009, "The cluster store could not be reached; retry.";
     /// The microphone or speaker could not be opened (none present, busy, or no usable format).
     DEVICE_UNAVAILABLE = 1009020, "The audio device could not be opened (none present, busy, or no usable format).";
     /// An internal error at the server.

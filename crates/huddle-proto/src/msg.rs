@@ -404,8 +404,7 @@ impl ClientMsg {
             seq,
             error: HuddleError::new(ErrorCode::MALFORMED_MESSAGE, why),
         };
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| malformed(None, format!("not JSON: {e}")))?;
+        let value: Value = serde_json::from_str(text).map_err(|e| malformed(None, not_json(&e)))?;
         let Some(obj) = value.as_object() else {
             return Err(malformed(None, "not a JSON object".into()));
         };
@@ -415,8 +414,80 @@ impl ClientMsg {
             .and_then(|s| u32::try_from(s).ok());
         // Check the IDs first so that a bad one is answered with its own code, not "malformed".
         check_fields(obj).map_err(|error| DecodeError { seq, error })?;
-        serde_json::from_value(value).map_err(|e| malformed(seq, format!("invalid message: {e}")))
+        ClientMsg::deserialize(&value).map_err(|e| malformed(seq, not_a_message(obj, &e)))
     }
+}
+
+/// Says in the project's words why a text is not JSON, with the position of the fault in the
+/// text (the client's own input, so it may be named).
+fn not_json(e: &serde_json::Error) -> String {
+    let why = match e.classify() {
+        serde_json::error::Category::Eof => "it ends too early",
+        _ => "a syntax error",
+    };
+    format!(
+        "the message is not JSON: {why} at line {}, column {}",
+        e.line(),
+        e.column()
+    )
+}
+
+/// Says in the project's words why a JSON object is not a client message. serde's own texts
+/// name Rust types (`struct User`, `u32`, `variant identifier`), which are ours to keep, so they
+/// are translated here and anything not recognised is left out rather than passed through.
+/// (serde loses the path of the field inside an internally tagged enum, so only an unknown
+/// value can be pinned to its field, by looking for it among the message's fields.)
+fn not_a_message(obj: &serde_json::Map<String, Value>, e: &serde_json::Error) -> String {
+    let inner = e.to_string();
+    let quoted = |s: &str| s.split('`').nth(1).unwrap_or_default().to_owned();
+    if let Some(rest) = inner.strip_prefix("missing field ") {
+        return format!("the field `{}` is missing", quoted(rest));
+    }
+    if let Some(rest) = inner.strip_prefix("unknown variant ") {
+        let got = quoted(rest);
+        let allowed = rest.split_once("expected ").map(|(_, a)| a).unwrap_or("");
+        let field = obj
+            .iter()
+            .find(|(_, v)| v.as_str() == Some(got.as_str()))
+            .map(|(k, _)| k);
+        return match field.map(String::as_str) {
+            Some("type") => format!("unknown message type `{got}`; expected {allowed}"),
+            Some(field) => format!("`{field}` has the unknown value `{got}`; expected {allowed}"),
+            None => format!("a field has the unknown value `{got}`; expected {allowed}"),
+        };
+    }
+    for (prefix, what) in [
+        ("invalid type: ", "has the wrong type"),
+        ("invalid value: ", "is out of range"),
+    ] {
+        if let Some(rest) = inner.strip_prefix(prefix) {
+            let (got, expected) = rest.split_once(", expected ").unwrap_or((rest, ""));
+            return match expected_in_our_words(expected) {
+                Some(expected) => format!("a field {what}: {got}, expected {expected}"),
+                None => format!("a field {what}: {got}"),
+            };
+        }
+    }
+    "the message does not match the protocol (docs/protocol.md)".to_owned()
+}
+
+/// The protocol's words for what serde expected, or `None` for anything unrecognised.
+fn expected_in_our_words(serde: &str) -> Option<&'static str> {
+    Some(match serde {
+        "u8" => "a whole number from 0 to 255",
+        "u16" => "a whole number from 0 to 65535",
+        "u32" => "a whole number from 0 to 4294967295",
+        "u64" => "a whole number from 0 to 18446744073709551615",
+        "i32" | "i64" => "a whole number",
+        "a boolean" => "true or false",
+        "a string" | "variant identifier" => "a string",
+        "string or map" => "a string or an object",
+        "a sequence" => "an array",
+        s if s.starts_with("struct ") || s.starts_with("internally tagged enum") || s == "a map" => {
+            "an object"
+        }
+        _ => return None,
+    })
 }
 
 fn check_fields(obj: &serde_json::Map<String, Value>) -> Result<(), HuddleError> {
@@ -530,6 +601,69 @@ mod tests {
                 .contains(r#""kind":"publish","state":"failed","code":1003020"#)
         );
         assert_eq!(ServerMsg::decode(&state.encode()).unwrap(), state);
+    }
+
+    #[test]
+    fn decode_errors_are_in_the_protocols_words() {
+        let cases = [
+            (r#"{"type":"login","seq":1}"#, "the field `protocol` is missing"),
+            (
+                r#"{"type":"login","seq":1,"protocol":1,"app_id":7,"room_id":"r","user":5,"auth":{"sign":"00"}}"#,
+                "a field has the wrong type: integer `5`, expected an object",
+            ),
+            (
+                r#"{"type":"nope","seq":1}"#,
+                "unknown message type `nope`; expected one of `login`,",
+            ),
+            (r#"{"seq":1}"#, "the field `type` is missing"),
+            (
+                r#"{"type":5}"#,
+                "has the wrong type: integer `5`, expected a string",
+            ),
+            (
+                r#"{"type":"ping","seq":"x"}"#,
+                "a field has the wrong type: string \"x\", expected a whole number",
+            ),
+            (
+                r#"{"type":"ping","seq":-1}"#,
+                "a field is out of range: integer `-1`, expected a whole number from 0",
+            ),
+            (
+                r#"{"type":"media_offer","seq":1,"stream_id":"s","kind":"x","sdp":""}"#,
+                "`kind` has the unknown value `x`; expected `publish` or `play`",
+            ),
+            (
+                r#"{"type":"login","seq":1,"protocol":1,"app_id":7,"room_id":"r","user":{"user_id":"u"},"auth":7}"#,
+                "a field has the wrong type: integer `7`, expected a string or an object",
+            ),
+            (
+                r#"{"type":"login","seq":1,"protocol":1,"app_id":7,"room_id":"r","user":{},"auth":{"sign":"00"}}"#,
+                "the field `user_id` is missing",
+            ),
+            (
+                "[1",
+                "the message is not JSON: it ends too early at line 1, column 2",
+            ),
+            (
+                "{\"a\" 1}",
+                "the message is not JSON: a syntax error at line 1, column 6",
+            ),
+        ];
+        for (text, want) in cases {
+            let got = ClientMsg::decode(text).unwrap_err().error.message;
+            assert!(got.contains(want), "{text}\n  got: {got}\n want: {want}");
+            for internal in [
+                "struct",
+                "u32",
+                "u64",
+                "variant identifier",
+                "ClientMsg",
+                "::",
+                "serde",
+            ] {
+                assert!(!got.contains(internal), "{text}: {got} names {internal}");
+            }
+        }
     }
 
     #[test]

@@ -45,6 +45,12 @@ pub struct ServeArgs {
     /// PEM private key of --tls-cert (`tls_key`).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Join a cluster on this Redis, `redis://HOST:PORT` (`redis`; docs/cluster.md).
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// This node's ID in the cluster (`node_id`; needs a Redis).
+    #[arg(long)]
+    pub node_id: Option<String>,
 }
 
 impl ServeArgs {
@@ -77,6 +83,12 @@ impl ServeArgs {
         if self.tls_cert.is_some() {
             config.tls_cert = self.tls_cert.clone();
             config.tls_key = self.tls_key.clone();
+        }
+        if self.redis.is_some() {
+            config.redis = self.redis.clone();
+        }
+        if self.node_id.is_some() {
+            config.node_id = self.node_id.clone();
         }
         config.validate().map_err(|e| e.to_string())?;
         config.resolve_apps().map_err(|e| e.to_string())?;

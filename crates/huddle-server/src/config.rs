@@ -192,6 +192,12 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpAddr>,
     /// TURN servers handed to clients with the login answer (`[turn]`, default none).
     pub turn: Option<TurnConfig>,
+    /// The Redis that the nodes of a cluster share (`redis`, `redis://HOST:PORT`; default none:
+    /// one node, everything in memory). See `docs/cluster.md`.
+    pub redis: Option<String>,
+    /// This node's ID in the cluster (`node_id`, 1 to 64 of `[0-9A-Za-z_.-]`; default: the host
+    /// name and the signaling port). Only with `redis`.
+    pub node_id: Option<String>,
     /// After SIGTERM, how long calls in progress may go on before the server closes them and
     /// exits (`drain_timeout_ms`, default 30 s); new logins are refused meanwhile.
     pub drain_timeout: Duration,
@@ -250,6 +256,8 @@ impl Default for ServerConfig {
             tls_key: None,
             trusted_proxies: Vec::new(),
             turn: None,
+            redis: None,
+            node_id: None,
             drain_timeout: Duration::from_secs(30),
             heartbeat: Duration::from_secs(5),
             session_timeout: Duration::from_secs(15),
@@ -296,6 +304,8 @@ const FILE_KEYS: &[&str] = &[
     "tls_key",
     "trusted_proxies",
     "drain_timeout_ms",
+    "redis",
+    "node_id",
     "heartbeat_ms",
     "session_timeout_ms",
     "grace_ms",
@@ -330,6 +340,8 @@ struct FileConfig {
     trusted_proxies: Vec<IpAddr>,
     turn: Option<FileTurn>,
     drain_timeout_ms: Option<u64>,
+    redis: Option<String>,
+    node_id: Option<String>,
     heartbeat_ms: Option<u64>,
     session_timeout_ms: Option<u64>,
     grace_ms: Option<u64>,
@@ -482,6 +494,8 @@ impl ServerConfig {
                     t.credential_ttl_secs.unwrap_or(TurnConfig::DEFAULT_TTL.as_secs()),
                 ),
             }),
+            redis: f.redis,
+            node_id: f.node_id,
             drain_timeout: f.drain_timeout_ms.map_or(d.drain_timeout, ms),
             heartbeat: f.heartbeat_ms.map_or(d.heartbeat, ms),
             session_timeout: f.session_timeout_ms.map_or(d.session_timeout, ms),
@@ -644,6 +658,24 @@ impl ServerConfig {
             (Some(_), None) => return invalid("tls_cert is set without tls_key".into()),
             (None, Some(_)) => return invalid("tls_key is set without tls_cert".into()),
             _ => {}
+        }
+        if let Some(url) = &self.redis
+            && !(url.starts_with("redis://") && url.len() > "redis://".len())
+        {
+            return invalid(format!("redis {url:?} is not a redis://HOST:PORT URL"));
+        }
+        if let Some(id) = &self.node_id {
+            if self.redis.is_none() {
+                return invalid("node_id is set without redis".into());
+            }
+            let ok = !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            if !ok {
+                return invalid(format!("node_id {id:?} must be 1 to 64 of [0-9A-Za-z_.-]"));
+            }
         }
         if self.drain_timeout.as_millis() > u128::from(u32::MAX) {
             return invalid(format!("drain_timeout_ms must be at most {} ms", u32::MAX));

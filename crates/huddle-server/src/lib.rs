@@ -20,8 +20,9 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
-// No exception: the media plane's batched socket calls (`recvmmsg`/`sendmmsg` through libc) are
-// the `huddle-udp` crate's, whose one unsafe module argues its soundness.
+// `deny`, not `forbid`: the one exception is a `malloc_trim` (`memory.rs`), allowed there alone.
+// The media plane's batched socket calls (`recvmmsg`/`sendmmsg` through libc) are the
+// `huddle-udp` crate's, whose one unsafe module argues its soundness.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -29,9 +30,11 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 mod media;
+mod memory;
 pub mod registry;
 pub mod sfu;
 mod signaling;
+pub mod store;
 mod tls;
 pub mod turn;
 mod web;
@@ -70,7 +73,12 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, apps = state.config().apps.len(), dev_mode = state.config().dev_mode, "listening");
     }
+    state
+        .connect_store()
+        .await
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e))?;
     state.start_media()?;
+    tokio::spawn(memory::trim_after_bursts(state.clone()));
     let app = router(state.clone())
         .merge(web::routes(state.clone()))
         .into_make_service_with_connect_info::<SocketAddr>();

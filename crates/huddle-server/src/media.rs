@@ -34,7 +34,13 @@
 //!   or shard 0's next timer). After each batch or command it runs the due timers (so they never
 //!   starve under load), sends what its SFU queued in batches of up to 64 datagrams per
 //!   `sendmmsg` on the shared socket (a datagram the kernel refuses is dropped and counted: UDP
-//!   may lose it anyway) and delivers the SFU's signaling messages to their sessions.
+//!   may lose it anyway) and hands the SFU's signaling messages (`media_answer`, an offer's
+//!   `error`, `media_state`) to signaling through one bounded channel ([`signal_channel`]). A
+//!   shard takes no lock of signaling's: the task at the other end of the channel owns their
+//!   delivery. When the channel is full the shard keeps its messages, in order, and offers them
+//!   again at its next step (within [`SIGNAL_RETRY`]); past [`MAX_PENDING_SIGNALS`] waiting in
+//!   one shard, new ones are dropped and logged (a client whose `media_answer` is lost offers
+//!   again after its own timeout; media already flowing is not affected).
 //! - **Commands keep the registry's order.** Signaling sends them under the registry lock. An
 //!   offer, `ClosePublish` and `ClosePlay` go to the stream's shard ([`Placement`]: the least
 //!   loaded shard when the stream first appears, the same one while it has state there), so a
@@ -62,10 +68,11 @@ use tracing::{debug, info, warn};
 
 use parking_lot::Mutex;
 
+use crate::config::ServerConfig;
+use crate::registry::SessionId;
 use crate::sfu::placement::Placement;
 use crate::sfu::shard::{MAX_SHARDS, ROUTES_PER_GENERATION, Router};
 use crate::sfu::{Command, Counters, Sfu, SfuConfig};
-use crate::signaling::ServerState;
 use mmsg::{BATCH, RecvBatch, SendBatch, Waiter, Waker};
 
 /// Offers sent to the media plane and not yet handled, at most.
@@ -92,6 +99,27 @@ const STALE_RTP: Duration = Duration::from_millis(200);
 
 /// The longest a shard sleeps without a timer.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
+
+/// A message of the media plane to one session.
+pub(crate) type Signal = (SessionId, huddle_proto::ServerMsg);
+
+/// Signals in the channel from every shard to signaling's delivery task, at most.
+pub(crate) const SIGNAL_QUEUE: usize = 1024;
+
+/// Signals a shard keeps while the channel is full, at most; beyond, new ones are dropped.
+pub(crate) const MAX_PENDING_SIGNALS: usize = 1024;
+
+/// How soon a shard with signals waiting for room in the channel offers them again.
+pub(crate) const SIGNAL_RETRY: Duration = Duration::from_millis(5);
+
+/// The channel from the shards to whoever delivers their signals (signaling). Bounded: see
+/// the module documentation for what happens when it is full.
+pub(crate) fn signal_channel() -> (
+    tokio::sync::mpsc::Sender<Signal>,
+    tokio::sync::mpsc::Receiver<Signal>,
+) {
+    tokio::sync::mpsc::channel(SIGNAL_QUEUE)
+}
 
 /// What a shard's thread is sent.
 enum ShardMsg {
@@ -267,8 +295,13 @@ pub(crate) fn shard_count(media_workers: usize) -> usize {
 /// Starts the media plane on `socket`: the shard threads (thread 0 also receives), and (within
 /// a tokio runtime) a task that stops and joins them at shutdown. Returns the command handle and
 /// that task.
+///
+/// The shards send their signals on `signals` ([`signal_channel`]) and the plane stops when
+/// `shutdown` turns `true`: the media plane knows nothing else of signaling.
 pub(crate) fn spawn(
-    state: ServerState,
+    config: &ServerConfig,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    signals: tokio::sync::mpsc::Sender<Signal>,
     socket: std::net::UdpSocket,
     tcp_listener: Option<std::net::TcpListener>,
     counters: Arc<Counters>,
@@ -278,7 +311,7 @@ pub(crate) fn spawn(
         Some(l) => Some(l.local_addr()?.port()),
         None => None,
     };
-    let plan = candidates::plan(local, state.config().public_ip, candidates::host_ips)?;
+    let plan = candidates::plan(local, config.public_ip, candidates::host_ips)?;
     let per_datagram = plan.destination.per_datagram();
     if per_datagram {
         // Without destinations every check would count as sent to the first candidate, and
@@ -290,7 +323,7 @@ pub(crate) fn spawn(
     socket.set_nonblocking(false)?;
     socket.set_read_timeout(Some(Duration::from_millis(10)))?;
     let socket = Arc::new(socket);
-    let n = shard_count(state.config().media_workers);
+    let n = shard_count(config.media_workers);
     let offers_in_flight = Arc::new(AtomicUsize::new(0));
     let placement = Arc::new(Mutex::new(Placement::new(n)));
     let waker = Arc::new(Waker::new()?);
@@ -310,7 +343,7 @@ pub(crate) fn spawn(
             sfu: Sfu::new(config, counters.clone()),
             rx,
             socket: socket.clone(),
-            state: state.clone(),
+            signals: SignalOut::new(signals.clone()),
             counters: counters.clone(),
             queued: Arc::new(AtomicUsize::new(0)),
             offers_in_flight: offers_in_flight.clone(),
@@ -320,7 +353,6 @@ pub(crate) fn spawn(
             recycle: recycle_tx.clone(),
             sender: SendBatch::new(&socket, per_datagram),
             out: Vec::with_capacity(BATCH),
-            signals: Vec::new(),
             tcp: HashMap::new(),
         });
     }
@@ -345,7 +377,7 @@ pub(crate) fn spawn(
         counters: counters.clone(),
         destination: plan.destination,
         port,
-        max_per_ip: state.config().max_connections_per_ip,
+        max_per_ip: config.max_connections_per_ip,
     });
     let receiver = Receiver {
         socket: socket.clone(),
@@ -376,9 +408,9 @@ pub(crate) fn spawn(
             tcp_port = plane.port,
             "ICE-TCP listening (passive candidates on the same addresses)"
         );
-        tokio::spawn(tcp::serve(listener, plane, state.shutdown_receiver()));
+        tokio::spawn(tcp::serve(listener, plane, shutdown.clone()));
     }
-    let mut shutdown = state.shutdown_receiver();
+    let mut shutdown = shutdown;
     let stopper = senders.clone();
     let stop_waker = waker.clone();
     let task = tokio::spawn(async move {
@@ -540,13 +572,67 @@ impl Receiver {
     }
 }
 
+/// A shard's end of the signal channel, with the signals waiting for room in it.
+struct SignalOut {
+    tx: tokio::sync::mpsc::Sender<Signal>,
+    /// In order, at most [`MAX_PENDING_SIGNALS`].
+    pending: std::collections::VecDeque<Signal>,
+    /// Dropped since the last report, the channel and the backlog being full.
+    dropped: u64,
+}
+
+impl SignalOut {
+    fn new(tx: tokio::sync::mpsc::Sender<Signal>) -> SignalOut {
+        SignalOut {
+            tx,
+            pending: std::collections::VecDeque::new(),
+            dropped: 0,
+        }
+    }
+
+    /// Keeps `s` behind the waiting ones, or drops it (counted) when [`MAX_PENDING_SIGNALS`] wait.
+    fn push(&mut self, s: Signal) {
+        if self.pending.len() < MAX_PENDING_SIGNALS {
+            self.pending.push_back(s);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// Offers the waiting signals to the channel, in order, until it is full. Returns how many
+    /// were dropped since the last report, once the backlog has room again.
+    #[must_use]
+    fn flush(&mut self) -> Option<u64> {
+        use tokio::sync::mpsc::error::TrySendError;
+        while let Some(s) = self.pending.pop_front() {
+            match self.tx.try_send(s) {
+                Ok(()) => {}
+                Err(TrySendError::Full(s)) => {
+                    self.pending.push_front(s);
+                    break;
+                }
+                // Nobody delivers any more (shutdown): nothing to keep them for.
+                Err(TrySendError::Closed(_)) => {
+                    self.pending.clear();
+                    break;
+                }
+            }
+        }
+        if self.dropped > 0 && self.pending.len() < MAX_PENDING_SIGNALS / 2 {
+            return Some(std::mem::take(&mut self.dropped));
+        }
+        None
+    }
+}
+
 /// One shard: its SFU and what it needs to talk to the socket, the router and signaling.
 struct Shard {
     index: usize,
     sfu: Sfu,
     rx: mpsc::Receiver<ShardMsg>,
     socket: Arc<std::net::UdpSocket>,
-    state: ServerState,
+    /// Signals to signaling's delivery task.
+    signals: SignalOut,
     counters: Arc<Counters>,
     queued: Arc<AtomicUsize>,
     offers_in_flight: Arc<AtomicUsize>,
@@ -558,7 +644,6 @@ struct Shard {
     sender: SendBatch,
     /// Datagrams taken from the SFU, not yet sent (at most a batch).
     out: Vec<Transmit>,
-    signals: Vec<(crate::registry::SessionId, huddle_proto::ServerMsg)>,
     /// The ICE-TCP connections of this shard's PCs, by client address ([`tcp`]).
     tcp: HashMap<SocketAddr, tokio::sync::mpsc::Sender<Vec<u8>>>,
 }
@@ -580,10 +665,15 @@ impl Shard {
     /// How long the shard may sleep: until its next timer, at most [`IDLE_WAKE`].
     fn next_wait(&self) -> Duration {
         let now = Instant::now();
+        let idle = if self.signals.pending.is_empty() {
+            IDLE_WAKE
+        } else {
+            SIGNAL_RETRY
+        };
         self.sfu
             .poll_timeout()
-            .map_or(IDLE_WAKE, |t| t.saturating_duration_since(now))
-            .min(IDLE_WAKE)
+            .map_or(idle, |t| t.saturating_duration_since(now))
+            .min(idle)
     }
 
     fn handle(&mut self, msg: ShardMsg) {
@@ -666,8 +756,11 @@ impl Shard {
         while let Some(s) = self.sfu.poll_signal() {
             self.signals.push(s);
         }
-        if !self.signals.is_empty() {
-            self.state.deliver_media(&mut self.signals);
+        if let Some(dropped) = self.signals.flush() {
+            warn!(
+                shard = self.index,
+                dropped, "signaling fell behind: media signals dropped"
+            );
         }
     }
 
@@ -810,6 +903,51 @@ mod tests {
             assert_eq!(commands(rx), want);
         }
         assert_eq!(tx.offers_in_flight.load(Ordering::Acquire), 12);
+    }
+
+    #[test]
+    fn a_full_signal_channel_keeps_signals_in_order_then_drops_and_counts() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let mut out = SignalOut::new(tx);
+        let signal = |n: u32| {
+            (
+                "1".parse::<SessionId>().unwrap(),
+                huddle_proto::ServerMsg::Pong {
+                    seq: n,
+                    server_time_ms: 0,
+                },
+            )
+        };
+        let total = MAX_PENDING_SIGNALS as u32 + 3;
+        for n in 0..total {
+            out.push(signal(n));
+        }
+        // The backlog keeps its limit (the last three are dropped); two fit in the channel.
+        assert_eq!(out.flush(), None);
+        assert_eq!(out.pending.len(), MAX_PENDING_SIGNALS - 2);
+        let mut seen = Vec::new();
+        let mut reports = Vec::new();
+        loop {
+            while let Ok((_, m)) = rx.try_recv() {
+                let huddle_proto::ServerMsg::Pong { seq, .. } = m else {
+                    panic!("not a pong");
+                };
+                seen.push(seq);
+            }
+            if out.pending.is_empty() {
+                break;
+            }
+            reports.extend(out.flush());
+        }
+        // The three dropped are reported once, when the backlog has room again.
+        assert_eq!(reports, vec![3]);
+        assert_eq!(out.dropped, 0);
+        assert_eq!(seen, (0..MAX_PENDING_SIGNALS as u32).collect::<Vec<_>>());
+        // Once delivery is gone, the backlog is not kept.
+        out.push(signal(0));
+        drop(rx);
+        assert_eq!(out.flush(), None);
+        assert!(out.pending.is_empty());
     }
 
     #[test]

@@ -21,11 +21,23 @@
 //! Every attach and detach bumps the session's *epoch*. `detach` and `expire` name the epoch they
 //! act on, so a stale call (a connection that was replaced by a resume, a grace timer of an earlier
 //! break) is a no-op.
+//!
+//! # Timers
+//!
+//! The registry keeps its own timers, as str0m does: the end of each detached session's grace
+//! period (by the monotonic clock) and each token's warning and expiry (by the wall clock, which
+//! tokens use). [`Registry::poll_timeout`] tells when the next one is due on each clock, and
+//! [`Registry::handle_timeout`] runs every timer due at the given [`Clock`] reading, pushing what
+//! they cause into `out` as any operation does: messages, and [`Output::Media`] for the media
+//! plane. The shell has one timer for the whole registry; after any operation it polls again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 
 use huddle_proto::{
     AppId, ErrorCode, HuddleError, Login, LoginOk, RoomId, ServerMsg, StreamId, StreamInfo, UpdateType, User,
@@ -90,7 +102,79 @@ pub enum Output {
         /// The session whose connection to close.
         session: SessionId,
     },
+    /// Tell the media plane, in this order relative to the other outputs.
+    Media(MediaCommand),
 }
+
+/// What the registry's decisions mean for the media plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaCommand {
+    /// The stream is no longer published: close its publish connection and its players'.
+    ClosePublish {
+        /// The session that published it.
+        session: SessionId,
+        /// The app.
+        app: AppId,
+        /// The stream.
+        stream_id: StreamId,
+    },
+    /// The session stopped playing the stream: close its play connection.
+    ClosePlay {
+        /// The session.
+        session: SessionId,
+        /// The app.
+        app: AppId,
+        /// The stream.
+        stream_id: StreamId,
+    },
+    /// The session ended (logout, kick, duplicate login, grace or token expiry): close all its
+    /// connections.
+    SessionGone {
+        /// The session.
+        session: SessionId,
+    },
+}
+
+/// A reading of both clocks the registry's timers use, taken together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clock {
+    /// The monotonic clock (grace periods).
+    pub at: Instant,
+    /// The wall clock, in milliseconds since the Unix epoch (token expiries).
+    pub unix_ms: u64,
+}
+
+impl Clock {
+    /// The clocks now.
+    pub fn now() -> Clock {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Clock {
+            at: Instant::now(),
+            unix_ms,
+        }
+    }
+
+    /// The wall clock in whole seconds since the Unix epoch.
+    pub fn unix_secs(&self) -> i64 {
+        i64::try_from(self.unix_ms / 1000).unwrap_or(i64::MAX)
+    }
+}
+
+/// When the registry's next timer is due, on each clock (`None`: no timer on that clock).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[must_use]
+pub struct Timeout {
+    /// By the monotonic clock.
+    pub at: Option<Instant>,
+    /// By the wall clock, in milliseconds since the Unix epoch.
+    pub unix_ms: Option<u64>,
+}
+
+/// How long before its token expires a session gets `token_will_expire` (what the hosted SDKs
+/// use for `onRoomTokenWillExpire`).
+pub const TOKEN_WARNING: Duration = Duration::from_secs(30);
 
 /// The limits and timings the registry applies (see the fields of [`ServerConfig`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +220,15 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits::from(&ServerConfig::default())
     }
+}
+
+/// What [`Registry::check_publish`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishCheck {
+    /// The session may publish the stream ID, new to it.
+    New,
+    /// The session publishes it already (publishing again is answered `ok`).
+    Already,
 }
 
 /// A session (re-)attached by [`Registry::login`].
@@ -218,6 +311,11 @@ struct Session {
     epoch: u64,
     /// `None` while attached; the end of the grace period while detached.
     detached_until: Option<Instant>,
+    /// When this session's token timer is due (Unix ms), if armed: the warning, or after it
+    /// the expiry.
+    token_due: Option<u64>,
+    /// Whether the warning for the current token was given (or was due while detached).
+    token_warned: bool,
 }
 
 impl Session {
@@ -256,7 +354,13 @@ pub struct Registry {
     limits: Limits,
     apps: HashMap<AppId, App>,
     sessions: HashMap<SessionId, Session>,
-    next_id: u64,
+    /// Session IDs are drawn at random (not counted up), so that one session's ID says nothing
+    /// about another's; the resume key is the secret (128 bits), the ID only names the session.
+    ids: StdRng,
+    /// The grace timers: every detached session by the end of its grace period.
+    grace_timers: BTreeSet<(Instant, SessionId)>,
+    /// The token timers: every session with a token by its `token_due`.
+    token_timers: BTreeSet<(u64, SessionId)>,
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> HuddleError {
@@ -335,7 +439,19 @@ impl Registry {
             limits,
             apps: HashMap::new(),
             sessions: HashMap::new(),
-            next_id: 1,
+            ids: StdRng::from_entropy(),
+            grace_timers: BTreeSet::new(),
+            token_timers: BTreeSet::new(),
+        }
+    }
+
+    /// A random session ID that no session holds (0 is never used).
+    fn new_session_id(&mut self) -> SessionId {
+        loop {
+            let id = SessionId(self.ids.next_u64());
+            if id.0 != 0 && !self.sessions.contains_key(&id) {
+                return id;
+            }
         }
     }
 
@@ -393,10 +509,13 @@ impl Registry {
     ) -> Option<Attached> {
         let s = self.sessions.get_mut(&id)?;
         s.epoch += 1;
-        s.detached_until = None;
+        if let Some(until) = s.detached_until.take() {
+            self.grace_timers.remove(&(until, id));
+        }
         s.grant = grant;
         s.user_status_notify = login.user_status_notify;
         let epoch = s.epoch;
+        self.arm_token(id);
         out.push(Output::Send {
             to: id,
             msg: self.login_ok(id, login.seq, true),
@@ -457,8 +576,7 @@ impl Registry {
             out.push(Output::Close { session: old });
             self.remove_session(old, false, out);
         }
-        let id = SessionId(self.next_id);
-        self.next_id += 1;
+        let id = self.new_session_id();
         let max_members = match login.max_member_count {
             0 => self.limits.default_max_member_count,
             n => n,
@@ -483,8 +601,11 @@ impl Registry {
                 plays: BTreeSet::new(),
                 epoch: 1,
                 detached_until: None,
+                token_due: None,
+                token_warned: false,
             },
         );
+        self.arm_token(id);
         out.push(Output::Send {
             to: id,
             msg: self.login_ok(id, login.seq, false),
@@ -591,6 +712,13 @@ impl Registry {
         let Some(s) = self.sessions.remove(&id) else {
             return;
         };
+        if let Some(until) = s.detached_until {
+            self.grace_timers.remove(&(until, id));
+        }
+        if let Some(due) = s.token_due {
+            self.token_timers.remove(&(due, id));
+        }
+        out.push(Output::Media(MediaCommand::SessionGone { session: id }));
         let sessions = &self.sessions;
         let Some(app) = self.apps.get_mut(&s.app) else {
             return;
@@ -651,6 +779,46 @@ impl Registry {
         }
     }
 
+    /// Whether session `id` may publish `stream_id` now, with the error [`Registry::publish`]
+    /// would give (privileges, uniqueness in this node's AppID, limits), without changing
+    /// anything: what the shell checks before it claims the ID in the cluster store.
+    pub fn check_publish(&self, id: SessionId, stream_id: &StreamId) -> Result<PublishCheck, HuddleError> {
+        let s = self.sessions.get(&id).ok_or_else(not_logged_in)?;
+        check_publish(s.grant.privileges.as_ref(), stream_id)?;
+        let app = self
+            .apps
+            .get(&s.app)
+            .ok_or_else(|| internal("session without app"))?;
+        if let Some(p) = app.streams.get(stream_id) {
+            if p.session == id {
+                return Ok(PublishCheck::Already);
+            }
+            return Err(err(
+                ErrorCode::STREAM_ID_EXISTS,
+                format!("the stream ID {stream_id} is already published in this AppID"),
+            ));
+        }
+        if s.publishes.len() >= self.limits.max_streams_per_session {
+            return Err(err(
+                ErrorCode::TOO_MANY_STREAMS,
+                format!(
+                    "a session publishes at most {} streams",
+                    self.limits.max_streams_per_session
+                ),
+            ));
+        }
+        if app.streams.len() >= self.limits.max_streams_per_app {
+            return Err(err(
+                ErrorCode::TOO_MANY_STREAMS,
+                format!(
+                    "the AppID has reached its limit of {} streams",
+                    self.limits.max_streams_per_app
+                ),
+            ));
+        }
+        Ok(PublishCheck::New)
+    }
+
     /// Publishes `stream_id` (extra info already validated): checked against the session's token
     /// privileges (1003025), unique in the AppID (1003028), idempotent for the same session, within
     /// the per-session and per-app limits (1003040). Answers `ok`; the room's other sessions get
@@ -663,25 +831,18 @@ impl Registry {
         extra_info: &str,
         out: &mut Vec<Output>,
     ) -> Result<(), HuddleError> {
+        if self.check_publish(id, stream_id)? == PublishCheck::Already {
+            out.push(Output::Send {
+                to: id,
+                msg: ServerMsg::Ok { seq },
+            });
+            return Ok(());
+        }
         let s = self.sessions.get(&id).ok_or_else(not_logged_in)?;
-        check_publish(s.grant.privileges.as_ref(), stream_id)?;
         let app = self
             .apps
             .get(&s.app)
             .ok_or_else(|| internal("session without app"))?;
-        if let Some(p) = app.streams.get(stream_id) {
-            if p.session == id {
-                out.push(Output::Send {
-                    to: id,
-                    msg: ServerMsg::Ok { seq },
-                });
-                return Ok(());
-            }
-            return Err(err(
-                ErrorCode::STREAM_ID_EXISTS,
-                format!("the stream ID {stream_id} is already published in this AppID"),
-            ));
-        }
         if s.publishes.len() >= self.limits.max_streams_per_session {
             return Err(err(
                 ErrorCode::TOO_MANY_STREAMS,
@@ -778,6 +939,11 @@ impl Registry {
         let Some(p) = app.streams.remove(stream_id) else {
             return Ok(());
         };
+        out.push(Output::Media(MediaCommand::ClosePublish {
+            session: id,
+            app: app_id,
+            stream_id: stream_id.clone(),
+        }));
         if let Some(room) = app.rooms.get_mut(&room_id) {
             room.streams.remove(stream_id);
             let to = room_recipients(sessions, room, id, false);
@@ -846,6 +1012,7 @@ impl Registry {
         out: &mut Vec<Output>,
     ) -> Result<(), HuddleError> {
         let s = self.sessions.get_mut(&id).ok_or_else(not_logged_in)?;
+        let app_id = s.app;
         if s.plays.remove(stream_id)
             && let Some(app) = self.apps.get_mut(&s.app)
             && let Some(players) = app.players.get_mut(stream_id)
@@ -859,6 +1026,11 @@ impl Registry {
             to: id,
             msg: ServerMsg::Ok { seq },
         });
+        out.push(Output::Media(MediaCommand::ClosePlay {
+            session: id,
+            app: app_id,
+            stream_id: stream_id.clone(),
+        }));
         Ok(())
     }
 
@@ -885,6 +1057,7 @@ impl Registry {
             })?;
         }
         s.grant = grant;
+        self.arm_token(id);
         out.push(Output::Send {
             to: id,
             msg: ServerMsg::Ok { seq },
@@ -903,6 +1076,7 @@ impl Registry {
         let deadline = now + self.limits.grace;
         s.epoch += 1;
         s.detached_until = Some(deadline);
+        self.grace_timers.insert((deadline, id));
         Some(Detached {
             epoch: s.epoch,
             deadline,
@@ -965,6 +1139,81 @@ impl Registry {
             "the token expired and was not renewed",
             out,
         )
+    }
+
+    /// (Re-)arms the token timer of session `id` for the token it holds now (disarms it for a
+    /// session without one): the warning [`TOKEN_WARNING`] before the expiry, then the expiry.
+    fn arm_token(&mut self, id: SessionId) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if let Some(due) = s.token_due.take() {
+            self.token_timers.remove(&(due, id));
+        }
+        s.token_warned = false;
+        let Some(expire) = s.grant.token_expire else {
+            return;
+        };
+        let expire_ms = u64::try_from(expire).unwrap_or(0).saturating_mul(1000);
+        let warning_ms = u64::try_from(TOKEN_WARNING.as_millis()).unwrap_or(u64::MAX);
+        let due = expire_ms.saturating_sub(warning_ms);
+        s.token_due = Some(due);
+        self.token_timers.insert((due, id));
+    }
+
+    /// When the next timer is due, on each clock.
+    pub fn poll_timeout(&self) -> Timeout {
+        Timeout {
+            at: self.grace_timers.first().map(|(at, _)| *at),
+            unix_ms: self.token_timers.first().map(|(due, _)| *due),
+        }
+    }
+
+    /// Runs every timer due at `now`, in deadline order (grace periods first, then tokens):
+    ///
+    /// - a detached session whose grace period is over ends as on logout ([`Registry::expire`]);
+    /// - a session whose token expires within [`TOKEN_WARNING`] gets `token_will_expire`
+    ///   ([`Registry::warn_token`]; not while detached: a resume re-arms the warning);
+    /// - a session whose token has expired without a renewal is kicked with 1002056
+    ///   ([`Registry::expire_token`]).
+    ///
+    /// Ending sessions push [`MediaCommand::SessionGone`]. Returns the number of timers run.
+    pub fn handle_timeout(&mut self, now: Clock, out: &mut Vec<Output>) -> usize {
+        let mut ran = 0;
+        while let Some(&(until, id)) = self.grace_timers.first() {
+            if until > now.at {
+                break;
+            }
+            self.grace_timers.pop_first();
+            ran += 1;
+            if let Some(epoch) = self.sessions.get(&id).map(|s| s.epoch) {
+                self.expire(id, epoch, now.at, out);
+            }
+        }
+        while let Some(&(due, id)) = self.token_timers.first() {
+            if due > now.unix_ms {
+                break;
+            }
+            self.token_timers.pop_first();
+            ran += 1;
+            let Some(s) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            s.token_due = None;
+            let Some(expire) = s.grant.token_expire else {
+                continue;
+            };
+            if s.token_warned {
+                self.expire_token(id, now.unix_secs(), out);
+                continue;
+            }
+            s.token_warned = true;
+            let expire_ms = u64::try_from(expire).unwrap_or(0).saturating_mul(1000);
+            s.token_due = Some(expire_ms);
+            self.token_timers.insert((expire_ms, id));
+            self.warn_token(id, expire, now.unix_secs(), out);
+        }
+        ran
     }
 
     /// What the shell needs to know about a session, if it exists.
@@ -1056,6 +1305,31 @@ impl Registry {
                 if !app.players.get(st).is_some_and(|p| p.contains(id)) {
                     return fail(format!("{id:?}: played {st} not registered"));
                 }
+            }
+        }
+        for (id, s) in &self.sessions {
+            if let Some(until) = s.detached_until
+                && !self.grace_timers.contains(&(until, *id))
+            {
+                return fail(format!("{id:?}: detached without a grace timer"));
+            }
+            if let Some(due) = s.token_due
+                && !self.token_timers.contains(&(due, *id))
+            {
+                return fail(format!("{id:?}: token timer not registered"));
+            }
+            if s.token_due.is_none() && s.grant.token_expire.is_some() && !s.token_warned {
+                return fail(format!("{id:?}: token without a timer"));
+            }
+        }
+        for (until, id) in &self.grace_timers {
+            if self.sessions.get(id).and_then(|s| s.detached_until) != Some(*until) {
+                return fail(format!("grace timer of {id:?} does not match a detached session"));
+            }
+        }
+        for (due, id) in &self.token_timers {
+            if self.sessions.get(id).and_then(|s| s.token_due) != Some(*due) {
+                return fail(format!("token timer of {id:?} does not match its session"));
             }
         }
         for (app_id, app) in &self.apps {

@@ -282,12 +282,19 @@ fn code_of(m: &ServerMsg) -> Option<ErrorCode> {
     }
 }
 
-/// Sends `text` and returns the one reply (an error).
+/// Sends `text` and returns the one reply (an error), whose message names no internals.
 async fn expect_error(ws: &mut Ws, msg: Message) -> ErrorCode {
+    let asked: String = msg.to_text().unwrap_or("(binary)").chars().take(60).collect();
     ws.send(msg).await.unwrap();
     let (msgs, _) = read_some(ws, 1, WAIT).await;
     let m = msgs.first().expect("a reply (the connection closed)");
-    code_of(m).unwrap_or_else(|| panic!("expected an error, got {m:?}"))
+    match m {
+        ServerMsg::Error { code, message, .. } => {
+            assert_no_internals(message, &asked);
+            *code
+        }
+        _ => panic!("expected an error, got {m:?}"),
+    }
 }
 
 /// One hostile connection: malformed, wrong and oversized messages; returns the codes it got.
@@ -304,6 +311,12 @@ async fn hostile_connection(url: String, i: usize) -> Vec<ErrorCode> {
         "null".into(),
         "[]".into(),
         r#"{"type":"explode","seq":1}"#.into(),
+        r#"{"type":"ping","seq":"one"}"#.into(),
+        r#"{"type":"ping"}"#.into(),
+        r#"{"type":7,"seq":1}"#.into(),
+        r#"{"type":"login","seq":1,"protocol":1,"app_id":1,"room_id":"r","user":5,"auth":7}"#.into(),
+        r#"{"type":"media_offer","seq":1,"stream_id":"s","kind":"both","sdp":""}"#.into(),
+        r#"{"type":"ping","seq":1"#.into(),
         r#"{"type":"ping","seq":-1}"#.into(),
         r#"{"type":"ping","seq":99999999999999999999}"#.into(),
         r#"{"type":"publish","seq":2,"stream_id":"a b"}"#.into(),

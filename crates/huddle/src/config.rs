@@ -53,6 +53,24 @@ pub struct EngineProfile {
     /// The server: `ws://host:port[/path]`, or `wss://host[:port][/path]` for a server behind
     /// TLS (its own or a reverse proxy's); the path defaults to `/ws`.
     pub server: String,
+    /// More servers of the same deployment (the nodes of a cluster, or the addresses of one
+    /// server), each written as [`server`](Self::server). A connection goes to `server` first and
+    /// stays with a server while it answers; after an attempt that fails (unreachable, timed out,
+    /// or refused as busy or shutting down, such as 1009006 or 1009008) the next goes to the next server in
+    /// this list, round and round, within the login timeout or the reconnect budget. A connection
+    /// that was up and broke is retried on its own server first. Empty (the default): one server.
+    ///
+    /// On a new server the room is joined afresh: the engine publishes and plays again what it
+    /// had, as after any break that its server did not outlast. (The hosted SDKs pick their
+    /// servers themselves; a self-hosted deployment names its own, as it would behind a load
+    /// balancer.)
+    ///
+    /// ```
+    /// use huddle::EngineProfile;
+    /// let mut profile = EngineProfile::new(1234, "wss://a.huddle.example.com");
+    /// profile.fallback_servers = vec!["wss://b.huddle.example.com".into()];
+    /// ```
+    pub fallback_servers: Vec<String>,
     /// An extra CA certificate (PEM text, one or more certificates) that `wss://` servers' certificates
     /// may chain to, besides the system's roots: for a self-hosted server whose certificate is
     /// issued by your own CA. `None` (the default): the system's roots only.
@@ -87,6 +105,7 @@ impl fmt::Debug for EngineProfile {
             .field("app_sign", &self.app_sign.as_ref().map(|_| "<redacted>"))
             .field("scenario", &self.scenario)
             .field("server", &self.server)
+            .field("fallback_servers", &self.fallback_servers)
             .field("ca_cert_pem", &self.ca_cert_pem.as_ref().map(|_| "<PEM>"))
             .field("config", &self.config)
             .finish()

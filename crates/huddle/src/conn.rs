@@ -20,9 +20,10 @@ pub(crate) type ConnId = u64;
 /// Messages queued for the server on one connection; more means the connection is stuck.
 pub(crate) const SEND_QUEUE: usize = 256;
 
-/// Where the connections go: the signaling URL and, for `wss://`, the TLS client configuration.
+/// Where the connections go: the servers' signaling URLs (the first preferred) and, for
+/// `wss://`, the TLS client configuration.
 pub(crate) struct Endpoint {
-    pub(crate) url: String,
+    pub(crate) urls: Vec<String>,
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
 }
 

@@ -50,6 +50,8 @@ pub(crate) enum Request {
 struct Room {
     login: u64,
     session: Session,
+    /// The server (an index into [`Io::urls`]) of the last connection.
+    server: usize,
     conn: Option<(ConnId, mpsc::Sender<String>)>,
     wake: Option<Instant>,
     finished: bool,
@@ -57,8 +59,9 @@ struct Room {
 
 /// What performing outputs needs besides the room.
 struct Io {
-    url: String,
-    /// The TLS client configuration, for a `wss://` URL.
+    /// The servers' signaling URLs, in the order the engine was given them.
+    urls: Vec<String>,
+    /// The TLS client configuration, for `wss://` URLs.
     tls: Option<Arc<rustls::ClientConfig>>,
     timing: Timing,
     api: SharedApi,
@@ -73,8 +76,8 @@ struct Io {
     /// (dropping it ends the task).
     pcs: HashMap<(u64, MediaRole, StreamId), (u64, mpsc::Sender<PcCommand>)>,
     next_generation: u64,
-    /// The local address media sockets bind to (the one that routes to the server).
-    local_ip: Option<IpAddr>,
+    /// The local address media sockets bind to (the one that routes to the server), per server.
+    local_ips: HashMap<usize, IpAddr>,
 }
 
 pub(crate) struct Driver {
@@ -100,7 +103,7 @@ impl Driver {
         let (media_events, media_rx) = mpsc::channel(MEDIA_EVENT_QUEUE);
         Driver {
             io: Io {
-                url: server.url,
+                urls: server.urls,
                 tls: server.tls,
                 timing,
                 api,
@@ -113,7 +116,7 @@ impl Driver {
                 media_events,
                 pcs: HashMap::new(),
                 next_generation: 0,
-                local_ip: None,
+                local_ips: HashMap::new(),
             },
             rooms: Vec::new(),
             requests,
@@ -197,6 +200,7 @@ impl Driver {
                 self.rooms.push(Room {
                     login,
                     session,
+                    server: 0,
                     conn: None,
                     wake: None,
                     finished: false,
@@ -269,7 +273,8 @@ impl Driver {
 async fn drive(room: &mut Room, io: &mut Io) {
     loop {
         match room.session.poll_output() {
-            Output::Connect => {
+            Output::Connect { server } => {
+                room.server = server.min(io.urls.len() - 1);
                 let id = io.next_conn;
                 io.next_conn += 1;
                 let (tx, rx) = mpsc::channel(SEND_QUEUE);
@@ -277,7 +282,7 @@ async fn drive(room: &mut Room, io: &mut Io) {
                 room.conn = Some((id, tx));
                 io.tasks.spawn(conn::run(
                     id,
-                    io.url.clone(),
+                    io.urls[room.server].clone(),
                     io.tls.clone(),
                     io.timing.attempt_timeout,
                     rx,
@@ -286,7 +291,7 @@ async fn drive(room: &mut Room, io: &mut Io) {
             }
             Output::Send(msg) => send(room, msg),
             Output::MediaOpen { seq, stream_id, kind } => {
-                if let Some(sdp) = open_media(room.login, stream_id.clone(), kind, io) {
+                if let Some(sdp) = open_media(room.login, room.server, stream_id.clone(), kind, io) {
                     send(
                         room,
                         ClientMsg::MediaOffer {
@@ -343,12 +348,19 @@ fn send(room: &mut Room, msg: ClientMsg) {
 
 /// Starts the media connection of a stream (replacing the previous one of the same stream and
 /// kind) and returns its SDP offer; `None` when it cannot start (logged).
-fn open_media(login: u64, stream_id: StreamId, kind: MediaRole, io: &mut Io) -> Option<String> {
+fn open_media(
+    login: u64,
+    server: usize,
+    stream_id: StreamId,
+    kind: MediaRole,
+    io: &mut Io,
+) -> Option<String> {
     let key = (login, kind, stream_id.clone());
     io.pcs.remove(&key);
     let ip = *io
-        .local_ip
-        .get_or_insert_with(|| pc::local_ip_towards(&url_host(&io.url)));
+        .local_ips
+        .entry(server)
+        .or_insert_with(|| pc::local_ip_towards(&url_host(&io.urls[server])));
     let (audio, video) = match kind {
         MediaRole::Publish => {
             let (audio_spec, video_spec) = {

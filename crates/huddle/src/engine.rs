@@ -82,6 +82,8 @@ struct Shared {
     app_sign: Option<Arc<AppSign>>,
     scenario: Scenario,
     timing: Timing,
+    /// How many servers the profile names.
+    servers: usize,
     api: SharedApi,
     requests: mpsc::Sender<Request>,
     handler: HandlerSlot,
@@ -141,12 +143,16 @@ impl Engine {
                 )
             })?)),
         };
-        let url = signaling_url(&profile.server)?;
+        let urls = std::iter::once(&profile.server)
+            .chain(&profile.fallback_servers)
+            .map(|s| signaling_url(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let servers = urls.len();
         let ca = profile.ca_cert_pem.as_deref().filter(|p| !p.trim().is_empty());
         if let Some(pem) = ca {
             crate::tls::parse_ca(pem)?;
         }
-        let tls = if url.starts_with("wss://") {
+        let tls = if urls.iter().any(|url| url.starts_with("wss://")) {
             Some(crate::tls::client_config(ca)?)
         } else {
             None
@@ -175,7 +181,7 @@ impl Engine {
         // The control thread builds, runs and drops the runtime, so that the runtime is never
         // dropped in the caller's (possibly async) context; it reports whether the build worked.
         let driver = Driver::new(
-            crate::conn::Endpoint { url, tls },
+            crate::conn::Endpoint { urls, tls },
             Timing::from(&config),
             api.clone(),
             requests_rx,
@@ -231,6 +237,7 @@ impl Engine {
             app_sign,
             scenario: profile.scenario,
             timing: Timing::from(&config),
+            servers,
             api,
             requests: requests_tx,
             handler,
@@ -662,6 +669,7 @@ impl EngineHandle {
             max_member_count: config.max_member_count,
             timing: s.timing.clone(),
             media: true,
+            servers: s.servers,
         };
         self.request(Request::Login {
             login,

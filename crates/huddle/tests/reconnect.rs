@@ -87,3 +87,52 @@ fn reconnecting_gives_up_after_the_budget() {
         ErrorCode::NOT_LOGGED_IN
     );
 }
+
+/// An address where nothing listens (connections are refused at once).
+fn dead_server() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    format!("ws://{addr}/ws")
+}
+
+#[test]
+fn a_login_goes_past_an_unreachable_server_to_the_next() {
+    let live = server();
+    let mut p = profile(&live);
+    p.fallback_servers = vec![p.server.clone()];
+    p.server = dead_server();
+    let (engine, mut events) = engine_with(p);
+    engine.login_room("fallback", user("alice"), notify()).unwrap();
+    assert_eq!(events.room(Reason::Logined), ErrorCode::OK);
+    assert_eq!(live.stats().sessions, 1);
+}
+
+#[test]
+fn a_stopped_server_hands_its_users_to_the_next() {
+    let a = server();
+    let b = server();
+    // Alice knows both servers and starts on A; Bob is on B alone (the two servers share
+    // nothing: Alice meets Bob only once she is on B).
+    let mut p = profile(&a);
+    p.fallback_servers = vec![b.ws_url()];
+    let (alice, mut ea) = engine_with(p);
+    alice.login_room("moving", user("alice"), notify()).unwrap();
+    ea.room(Reason::Logined);
+    alice.start_publishing_stream("alice-cam").unwrap();
+    ea.publisher("alice-cam", PublisherState::Publishing);
+    let (bob, mut eb) = logged_in(&b, "moving", "bob", notify());
+    bob.start_playing_stream("alice-cam").unwrap();
+    eb.player("alice-cam", PlayerState::PlayRequesting);
+
+    a.stop();
+    assert_eq!(ea.room(Reason::Reconnecting), ErrorCode::TEMPORARY_BREAK);
+    // A refuses the retry on its own address, so the next goes to B: a fresh session there,
+    // and Alice publishes again.
+    assert_eq!(ea.room(Reason::Reconnected), ErrorCode::OK);
+    ea.publisher("alice-cam", PublisherState::Publishing);
+    assert_eq!(b.stats().sessions, 2);
+    eb.stream(UpdateType::Add, "alice-cam");
+    eb.player("alice-cam", PlayerState::Playing);
+    ea.wait_until("alice to know bob", |seen| known_users(seen).contains("bob"));
+}

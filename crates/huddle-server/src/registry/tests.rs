@@ -152,6 +152,7 @@ fn flatten(out: Vec<Output>) -> (Msgs, Vec<SessionId>) {
                 msgs.extend(to.into_iter().map(|t| (t, msg.clone())));
             }
             Output::Close { session } => closes.push(session),
+            Output::Media(_) => {}
         }
     }
     (msgs, closes)
@@ -995,4 +996,239 @@ fn random_operations_keep_every_invariant() {
     // The walk keeps a populated registry (averages x100), or it would prove little.
     let avg = (totals.0 / 200, totals.1 / 200, totals.2 / 200);
     assert!(avg.0 > 300 && avg.1 > 100 && avg.2 > 50, "{avg:?}");
+}
+
+/// Session IDs are random: neither counted up nor small, so that one says nothing of another.
+#[test]
+fn session_ids_are_random_not_sequential() {
+    let mut h = H::new();
+    let ids: Vec<u64> = (0..64)
+        .map(|i| h.login("r", &format!("u{i}"), false).get())
+        .collect();
+    let distinct: BTreeSet<u64> = ids.iter().copied().collect();
+    assert_eq!(distinct.len(), ids.len(), "IDs repeat: {ids:?}");
+    let steps: BTreeSet<u64> = ids.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
+    assert!(steps.len() > 60, "IDs advance in a pattern: {ids:?}");
+    // Random 64-bit numbers: all but about one in four billion use the upper half.
+    assert!(
+        ids.iter().filter(|&&id| id > u64::from(u32::MAX)).count() >= 60,
+        "small IDs: {ids:?}"
+    );
+}
+
+/// The media plane's commands among `out`, in order.
+fn media(out: &[Output]) -> Vec<MediaCommand> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Media(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+impl H {
+    /// Both clocks at `self.now`, the wall clock reading `unix_ms`.
+    fn clock(&self, unix_ms: u64) -> Clock {
+        Clock {
+            at: self.now,
+            unix_ms,
+        }
+    }
+
+    /// Runs the timers due at `self.now` and wall time `unix_ms`.
+    fn tick(&mut self, unix_ms: u64) -> (usize, Vec<Output>) {
+        let mut out = Vec::new();
+        let ran = self.reg.handle_timeout(self.clock(unix_ms), &mut out);
+        self.check();
+        (ran, out)
+    }
+}
+
+#[test]
+fn a_grace_timer_ends_a_detached_session_on_virtual_time_and_a_resume_disarms_it() {
+    let grace = Duration::from_millis(300);
+    let mut h = H::with(Limits {
+        grace,
+        ..Limits::default()
+    });
+    let w = h.login("r1", "watcher", true);
+    let (a, msgs) = h.login_full(&login_msg(APP, "r1", "alice", true));
+    let a_ok = login_ok(&msgs, a.session);
+    let a = a.session;
+    let b = h.login("r1", "bob", false);
+    h.publish(a, "s1").unwrap();
+    h.play(w, "s1").unwrap();
+    assert_eq!(
+        h.reg.poll_timeout(),
+        Timeout::default(),
+        "no timer while all are attached"
+    );
+    let start = h.now;
+    let d = h.detach(a, 1).unwrap();
+    h.detach(b, 1).unwrap();
+    assert_eq!(h.reg.poll_timeout().at, Some(start + grace));
+    assert_eq!(h.reg.poll_timeout().unix_ms, None);
+    // Alice comes back within the grace period and breaks again: her first timer is gone, the
+    // new one ends later than bob's.
+    h.now += Duration::from_millis(100);
+    let (r, _) = h.try_login_with(&resume_login("r1", "alice", &a_ok), Grant::default());
+    assert!(r.unwrap().resumed);
+    let d2 = h.detach(a, d.epoch + 1).unwrap();
+    assert_eq!(
+        h.reg.poll_timeout().at,
+        Some(start + grace),
+        "bob's timer is first"
+    );
+    // One tick early: nothing.
+    h.now = start + grace - Duration::from_millis(1);
+    assert_eq!(h.tick(0), (0, vec![]));
+    // Due: bob leaves as on logout, with his media closed (one timer ran: alice's first one was
+    // disarmed by her resume).
+    h.now = start + grace;
+    let (ran, out) = h.tick(0);
+    assert_eq!(ran, 1);
+    assert_eq!(media(&out), vec![MediaCommand::SessionGone { session: b }]);
+    assert_eq!(
+        flatten(out.clone()).0,
+        vec![(w, users_msg("r1", UpdateType::Delete, &["bob"]))]
+    );
+    assert!(h.reg.session(b).is_none());
+    assert_eq!(h.reg.poll_timeout().at, Some(d2.deadline));
+    // Alice's later detachment ends at its own deadline: her stream goes, her player is told.
+    h.now = d2.deadline;
+    let (ran, out) = h.tick(0);
+    assert_eq!(ran, 1);
+    assert_eq!(media(&out), vec![MediaCommand::SessionGone { session: a }]);
+    let msgs = flatten(out).0;
+    assert!(msgs.contains(&(w, play_msg("s1", false))), "{msgs:?}");
+    assert!(msgs.contains(&(w, streams_msg("r1", UpdateType::Delete, &[("alice", "s1")]))));
+    assert!(msgs.contains(&(w, users_msg("r1", UpdateType::Delete, &["alice"]))));
+    assert_eq!(h.reg.poll_timeout(), Timeout::default());
+    assert_eq!(h.reg.stats().sessions, 1);
+}
+
+#[test]
+fn token_timers_warn_then_expire_on_virtual_wall_time_and_follow_renewals() {
+    let mut h = H::new();
+    let w = h.login("r1", "watcher", true);
+    let grant = |expire| Grant {
+        privileges: None,
+        token_expire: Some(expire),
+    };
+    let (a, _) = h.try_login_with(&login_msg(APP, "r1", "alice", false), grant(100));
+    let a = a.unwrap().session;
+    h.publish(a, "s1").unwrap();
+    // The warning is due TOKEN_WARNING (30 s) before the expiry, by the wall clock.
+    assert_eq!(h.reg.poll_timeout().unix_ms, Some(70_000));
+    assert_eq!(h.reg.poll_timeout().at, None);
+    assert_eq!(h.tick(69_999), (0, vec![]));
+    let (ran, out) = h.tick(70_000);
+    assert_eq!(ran, 1);
+    assert_eq!(
+        flatten(out).0,
+        vec![(
+            a,
+            ServerMsg::TokenWillExpire {
+                expire: 100,
+                remain_secs: 30
+            }
+        )]
+    );
+    // Then the expiry; a renewal before it moves both steps to the new token.
+    assert_eq!(h.reg.poll_timeout().unix_ms, Some(100_000));
+    let (r, _) = h.run(|reg, out| reg.renew(a, 5, grant(200), out));
+    r.unwrap();
+    assert_eq!(h.reg.poll_timeout().unix_ms, Some(170_000));
+    assert_eq!(
+        h.tick(100_000),
+        (0, vec![]),
+        "the old token's expiry is forgotten"
+    );
+    // A detached session is not warned; a resume re-arms the warning (due at once: 10 s left).
+    let d = h.detach(a, 1).unwrap();
+    let (ran, out) = h.tick(170_000);
+    assert_eq!((ran, out), (1, vec![]));
+    assert_eq!(h.reg.poll_timeout().unix_ms, Some(200_000));
+    // The wall-clock expiry comes before the grace period ends: kicked (1002056) even while
+    // detached, the stream and the user deleted, the media closed; the grace timer goes with it.
+    assert!(d.deadline > h.now);
+    let (ran, out) = h.tick(200_000);
+    assert_eq!(ran, 1);
+    assert_eq!(media(&out), vec![MediaCommand::SessionGone { session: a }]);
+    let (sends, closes) = flatten(out);
+    assert_eq!(closes, vec![a]);
+    assert!(matches!(
+        &sends[0],
+        (s, ServerMsg::Kicked { code, .. }) if *s == a && *code == ErrorCode::KICKED_TOKEN_EXPIRED
+    ));
+    assert!(sends.contains(&(w, users_msg("r1", UpdateType::Delete, &["alice"]))));
+    assert_eq!(h.reg.poll_timeout(), Timeout::default());
+    assert_eq!(h.reg.stats().streams, 0);
+}
+
+#[test]
+fn a_resume_rearms_the_token_warning_missed_while_detached() {
+    let mut h = H::new();
+    let grant = |expire| Grant {
+        privileges: None,
+        token_expire: Some(expire),
+    };
+    let login = login_msg(APP, "r1", "alice", false);
+    let (a, out) = h.try_login_with(&login, grant(100));
+    let a = a.unwrap();
+    let ok = login_ok(&flatten(out).0, a.session);
+    h.detach(a.session, a.epoch).unwrap();
+    // The warning falls due while detached: nobody to tell.
+    assert_eq!(h.tick(75_000), (1, vec![]));
+    let (r, _) = h.try_login_with(&resume_login("r1", "alice", &ok), grant(100));
+    assert!(r.unwrap().resumed);
+    // Re-armed by the resume, and overdue: given at the next tick, with the seconds left.
+    assert_eq!(h.reg.poll_timeout().unix_ms, Some(70_000));
+    let (ran, out) = h.tick(80_000);
+    assert_eq!(ran, 1);
+    assert_eq!(
+        flatten(out).0,
+        vec![(
+            a.session,
+            ServerMsg::TokenWillExpire {
+                expire: 100,
+                remain_secs: 20
+            }
+        )]
+    );
+}
+
+#[test]
+fn unpublish_stop_play_and_logout_tell_the_media_plane_in_order() {
+    let mut h = H::new();
+    let a = h.login("r1", "alice", false);
+    let b = h.login("r1", "bob", false);
+    h.publish(a, "s1").unwrap();
+    h.play(b, "s1").unwrap();
+    let (r, out) = h.run(|reg, out| reg.stop_play(b, 5, &sid("s1"), out));
+    r.unwrap();
+    assert_eq!(
+        media(&out),
+        vec![MediaCommand::ClosePlay {
+            session: b,
+            app: app_id(APP),
+            stream_id: sid("s1")
+        }]
+    );
+    let (r, out) = h.run(|reg, out| reg.unpublish(a, 3, &sid("s1"), out));
+    r.unwrap();
+    assert_eq!(
+        media(&out),
+        vec![MediaCommand::ClosePublish {
+            session: a,
+            app: app_id(APP),
+            stream_id: sid("s1")
+        }]
+    );
+    // An error outputs nothing, the media plane included.
+    let (r, out) = h.run(|reg, out| reg.unpublish(a, 3, &sid("s1"), out));
+    assert!(r.is_err() && out.is_empty());
+    let (r, out) = h.run(|reg, out| reg.logout(a, 6, out));
+    r.unwrap();
+    assert_eq!(media(&out), vec![MediaCommand::SessionGone { session: a }]);
 }

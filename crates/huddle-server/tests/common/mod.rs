@@ -31,6 +31,31 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// Panics if an error message the server sent names its internals: a memory address, a Rust
+/// module path or type, a source file, a panic, a library's parser text, or spans lines.
+pub fn assert_no_internals(message: &str, asked: &str) {
+    let leaks = [
+        "0x",
+        "Pointer",
+        "::",
+        "panicked",
+        ".rs",
+        "src/",
+        "str0m",
+        "serde",
+        "Parse error",
+        "Unexpected",
+        "struct ",
+        "variant identifier",
+        "u32",
+        "u64",
+        "\n",
+    ];
+    if let Some(leak) = leaks.iter().find(|l| message.contains(*l)) {
+        panic!("the answer to {asked:?} names internals ({leak:?}): {message:?}");
+    }
+}
+
 pub const APP: u32 = 21;
 pub const WAIT: Duration = Duration::from_secs(5);
 pub const ROOM: &str = "media-room";

@@ -85,6 +85,9 @@ pub(crate) struct SessionParams {
     /// Whether the media plane runs: streams offer media connections, and `Publishing` /
     /// `Playing` wait for media (off in the control-plane tests).
     pub(crate) media: bool,
+    /// How many servers the engine knows ([`crate::EngineProfile::fallback_servers`] plus one);
+    /// [`Output::Connect`] names one of them by its index.
+    pub(crate) servers: usize,
 }
 
 impl fmt::Debug for SessionParams {
@@ -153,8 +156,9 @@ impl fmt::Debug for Command {
 /// What the session wants done, in order.
 #[derive(Debug)]
 pub(crate) enum Output {
-    /// Close the current connection, if any, and open a new one.
-    Connect,
+    /// Close the current connection, if any, and open a new one to the server of this index
+    /// (0: [`crate::EngineProfile::server`], then the fallbacks in order).
+    Connect { server: usize },
     /// Send a message on the current connection.
     Send(ClientMsg),
     /// Close the current connection.
@@ -265,6 +269,9 @@ pub(crate) struct Session {
     /// Why the last connection attempt failed, for the message of a first login that never
     /// connected.
     last_failure: Option<String>,
+    /// The server that connections go to: the same one while it answers; the next one in the
+    /// list after an attempt that failed or was refused as busy or shutting down.
+    server: usize,
     next_seq: u32,
     pending: HashMap<u32, Pending>,
     /// From the last `login_ok`: how to resume after a break.
@@ -307,6 +314,7 @@ impl Session {
             broke_at: None,
             ever_connected: false,
             last_failure: None,
+            server: 0,
             next_seq: 1,
             pending: HashMap::new(),
             resume: None,
@@ -353,6 +361,7 @@ impl Session {
             }
             Input::ConnectFailed(why) => {
                 debug!(room = %self.p.room_id, %why, "signaling connection failed");
+                self.next_server();
                 self.link_down(now, &why);
                 self.last_failure = Some(why);
             }
@@ -367,6 +376,7 @@ impl Session {
                     self.finish();
                     return;
                 }
+                self.next_server();
                 self.link_down(now, &why);
                 self.last_failure = Some(why);
             }
@@ -381,7 +391,7 @@ impl Session {
                 stream_id,
                 kind,
                 update,
-            } => self.on_media(stream_id, kind, update),
+            } => self.on_media(stream_id, kind, update, now),
         }
     }
 
@@ -518,7 +528,7 @@ impl Session {
                 message,
             } => {
                 if self.is_online() {
-                    self.on_media_state(stream_id, kind, state, code, &message);
+                    self.on_media_state(stream_id, kind, state, code, &message, now);
                 }
             }
             #[allow(unreachable_patterns)]
@@ -628,6 +638,14 @@ impl Session {
             && seq == login_seq
         {
             match self.phase {
+                Phase::Login { .. } if retriable(code) && self.p.servers > 1 => {
+                    // This server is busy or shutting down; another may take the login (within
+                    // the login timeout).
+                    self.out.push_back(Output::Close);
+                    self.next_server();
+                    self.link_down(now, message);
+                    self.last_failure = Some(message.to_string());
+                }
                 Phase::Login { .. } => {
                     self.leave(RoomStateChangedReason::LoginFailed, code, message);
                     self.finish();
@@ -637,6 +655,7 @@ impl Session {
                     // that watch for the end of an outage.
                     self.broke_at = None;
                     self.out.push_back(Output::Close);
+                    self.next_server();
                     self.link_down(now, message);
                 }
                 Phase::Reconnecting { .. } => {
@@ -715,6 +734,7 @@ impl Session {
             Link::Down { retry_at: Some(at) } if now >= at => self.start_attempt(now),
             Link::Opening { deadline, .. } if now >= deadline => {
                 self.out.push_back(Output::Close);
+                self.next_server();
                 self.link_down(now, "the connection attempt timed out");
             }
             Link::Ready { next_ping, last_rx } if self.is_online() => {
@@ -731,6 +751,17 @@ impl Session {
                 }
             }
             _ => {}
+        }
+        if self.publisher.as_mut().is_some_and(|p| p.retry.due(now)) {
+            self.open_publish_media();
+        }
+        let due: Vec<StreamId> = self
+            .players
+            .iter_mut()
+            .filter_map(|(id, p)| p.retry.due(now).then(|| id.clone()))
+            .collect();
+        for id in due {
+            self.open_play_media(&id);
         }
         if let Some(at) = self.token_warn_at
             && now >= at
@@ -828,7 +859,15 @@ impl Session {
             deadline: now + self.p.timing.attempt_timeout,
             step: Step::Transport,
         };
-        self.out.push_back(Output::Connect);
+        self.out.push_back(Output::Connect { server: self.server });
+    }
+
+    /// The current server failed an attempt: the next attempt goes to the next one (with one
+    /// server, the same). A connection that was up and broke is retried on the same server
+    /// first: a short network break is the usual cause, and the server may still hold the
+    /// session for a resume.
+    fn next_server(&mut self) {
+        self.server = (self.server + 1) % self.p.servers.max(1);
     }
 
     /// The current connection is gone (closed, failed or given up).
@@ -1020,7 +1059,7 @@ impl Session {
             return;
         }
         let Some(p) = &self.publisher else { return };
-        if !p.registered || !self.needs_offer(p.media) {
+        if !p.registered || !self.needs_offer(p.media) || p.retry.at.is_some() {
             return;
         }
         let stream_id = p.stream_id.clone();
@@ -1057,7 +1096,7 @@ impl Session {
         let Some(p) = self.players.get(stream_id) else {
             return;
         };
-        if !p.available || !self.needs_offer(p.media) {
+        if !p.available || !self.needs_offer(p.media) || p.retry.at.is_some() {
             return;
         }
         let kind = MediaRole::Play;
@@ -1149,6 +1188,7 @@ impl Session {
         state: PeerState,
         code: ErrorCode,
         message: &str,
+        now: Instant,
     ) {
         match state {
             PeerState::Connected => {}
@@ -1163,11 +1203,11 @@ impl Session {
                 }
                 debug!(room = %self.p.room_id, %stream_id, ?kind, ?state, ?code, message, "media connection ended by the server");
                 if state == PeerState::Failed {
-                    self.media_down(stream_id, kind, true, "media connection failed");
+                    self.media_down(stream_id, kind, true, "media connection failed", now);
                 } else {
                     // The stream's publisher stopped: as when the stream goes away (its
                     // `play_update` follows), not a break.
-                    self.media_down(stream_id, kind, false, "");
+                    self.media_down(stream_id, kind, false, "", now);
                 }
             }
         }
@@ -1175,11 +1215,14 @@ impl Session {
 
     /// A media connection is gone; offer a new one when `retry` and the stream is still wanted.
     /// A break (`retry`) reports 1003020 / 1004020 with `why`; an end reports no error.
-    fn media_down(&mut self, stream_id: StreamId, kind: MediaRole, retry: bool, why: &str) {
+    fn media_down(&mut self, stream_id: StreamId, kind: MediaRole, retry: bool, why: &str, now: Instant) {
         match kind {
             MediaRole::Publish => {
                 self.close_publish_media();
                 let code = if retry {
+                    if let Some(p) = &mut self.publisher {
+                        p.retry.lost(now);
+                    }
                     self.open_publish_media();
                     ErrorCode::PUBLISH_TEMPORARY_BREAK
                 } else {
@@ -1190,6 +1233,9 @@ impl Session {
             MediaRole::Play => {
                 self.close_play_media(&stream_id);
                 let code = if retry {
+                    if let Some(p) = self.players.get_mut(&stream_id) {
+                        p.retry.lost(now);
+                    }
                     self.open_play_media(&stream_id);
                     ErrorCode::PLAY_TEMPORARY_BREAK
                 } else {
@@ -1201,21 +1247,21 @@ impl Session {
     }
 
     /// A media task reported.
-    fn on_media(&mut self, stream_id: StreamId, kind: MediaRole, update: MediaUpdate) {
+    fn on_media(&mut self, stream_id: StreamId, kind: MediaRole, update: MediaUpdate, now: Instant) {
         if matches!(self.phase, Phase::Done | Phase::LoggingOut { .. }) {
             return;
         }
         match update {
             MediaUpdate::Lost => {
                 if self.media_link(&stream_id, kind).is_some() {
-                    self.media_down(stream_id, kind, true, "media connection lost");
+                    self.media_down(stream_id, kind, true, "media connection lost", now);
                 }
             }
             // The server closed it and says why on the signaling connection (`media_state`,
             // `play_update`); until then the stream has no media.
             MediaUpdate::Closed => {
                 if self.media_link(&stream_id, kind).is_some() {
-                    self.media_down(stream_id, kind, false, "");
+                    self.media_down(stream_id, kind, false, "", now);
                 }
             }
             MediaUpdate::CapturedAudioFirstFrame => self.event(Event::PublisherCapturedAudioFirstFrame),
@@ -1225,6 +1271,7 @@ impl Session {
                     && p.stream_id == stream_id
                 {
                     p.flowing = true;
+                    p.retry.up(now);
                     self.refresh_publisher(ErrorCode::OK, "");
                 }
             }
@@ -1233,6 +1280,7 @@ impl Session {
                     return;
                 };
                 p.first_frame = true;
+                p.retry.up(now);
                 self.event(if update == MediaUpdate::RecvAudioFirstFrame {
                     Event::PlayerRecvAudioFirstFrame {
                         stream_id: stream_id.clone(),
@@ -1425,6 +1473,13 @@ impl Session {
         }
         if let Some(t) = self.token_warn_at
             && self.token_warning_allowed()
+        {
+            consider(t);
+        }
+        let retries = self.publisher.iter().map(|p| &p.retry);
+        for t in retries
+            .chain(self.players.values().map(|p| &p.retry))
+            .filter_map(|r| r.at)
         {
             consider(t);
         }

@@ -6,6 +6,8 @@
 //! `Playing` when the stream is available *and* its first frame is decoded. The signaling facts
 //! kept here stay as they are.
 
+use std::time::{Duration, Instant};
+
 use huddle_proto::StreamId;
 
 use crate::event::{PlayerState, PublisherState};
@@ -19,6 +21,63 @@ pub(crate) enum MediaLink {
     Offered { seq: u32 },
     /// Answered: the connection is the media task's business until it reports.
     Answered,
+}
+
+/// When a stream's lost media connection is offered again: at once after a connection that
+/// lasted, and with a delay that doubles (250 ms up to 8 s) after connections that die young.
+/// Without it a path that cannot carry media (a firewall that lets ICE through but not DTLS, a
+/// server that fails the connection at once) is re-offered as fast as it fails, until the
+/// server's rate limit cuts the signaling connection.
+#[derive(Debug, Default)]
+pub(crate) struct MediaRetry {
+    /// Connections lost in a row, none of which lasted [`MediaRetry::LASTED`].
+    failures: u32,
+    /// When the current connection started to carry media.
+    up_since: Option<Instant>,
+    /// The next offer waits until then.
+    pub(crate) at: Option<Instant>,
+}
+
+impl MediaRetry {
+    /// A connection that carried media this long was not a failure of the path.
+    const LASTED: Duration = Duration::from_secs(10);
+    const FIRST_DELAY: Duration = Duration::from_millis(250);
+    const MAX_DELAY: Duration = Duration::from_secs(8);
+
+    /// The current connection carries media (since `now`, if not already).
+    pub(crate) fn up(&mut self, now: Instant) {
+        self.up_since.get_or_insert(now);
+    }
+
+    /// The connection was lost at `now`: the next offer waits until the returned instant
+    /// (`now` for an offer at once).
+    pub(crate) fn lost(&mut self, now: Instant) -> Instant {
+        if self
+            .up_since
+            .take()
+            .is_some_and(|since| now.duration_since(since) >= Self::LASTED)
+        {
+            self.failures = 0;
+        }
+        let delay = match self.failures {
+            0 => Duration::ZERO,
+            n => Self::FIRST_DELAY
+                .saturating_mul(1 << (n - 1).min(16))
+                .min(Self::MAX_DELAY),
+        };
+        self.failures = self.failures.saturating_add(1);
+        self.at = Some(now + delay).filter(|_| !delay.is_zero());
+        now + delay
+    }
+
+    /// Whether a waiting offer is due at `now` (then it waits no more).
+    pub(crate) fn due(&mut self, now: Instant) -> bool {
+        let due = self.at.is_some_and(|at| now >= at);
+        if due {
+            self.at = None;
+        }
+        due
+    }
 }
 
 /// The engine's one publishing stream.
@@ -40,6 +99,8 @@ pub(crate) struct Publisher {
     pub(crate) media: MediaLink,
     /// The media connection is up and sending.
     pub(crate) flowing: bool,
+    /// When a lost media connection is offered again.
+    pub(crate) retry: MediaRetry,
 }
 
 impl Publisher {
@@ -53,6 +114,7 @@ impl Publisher {
             media_required,
             media: MediaLink::Idle,
             flowing: false,
+            retry: MediaRetry::default(),
         }
     }
 
@@ -81,6 +143,8 @@ pub(crate) struct Player {
     pub(crate) media: MediaLink,
     /// A frame was decoded on the current media connection.
     pub(crate) first_frame: bool,
+    /// When a lost media connection is offered again.
+    pub(crate) retry: MediaRetry,
 }
 
 impl Player {
@@ -92,6 +156,7 @@ impl Player {
             media_required,
             media: MediaLink::Idle,
             first_frame: false,
+            retry: MediaRetry::default(),
         }
     }
 
@@ -102,5 +167,51 @@ impl Player {
         } else {
             PlayerState::PlayRequesting
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn young_losses_back_off_and_a_lasting_connection_resets() {
+        let t0 = Instant::now();
+        let ms = |n| Duration::from_millis(n);
+        let mut r = MediaRetry::default();
+        // Lost before it ever carried media, again and again: 0, 250, 500, … up to 8 s.
+        let mut now = t0;
+        let mut delays = Vec::new();
+        for _ in 0..8 {
+            let at = r.lost(now);
+            delays.push(at - now);
+            assert!(!r.due(now) || at == now);
+            now = at;
+            assert!(r.at.is_none() || r.due(now));
+        }
+        assert_eq!(
+            delays,
+            [
+                ms(0),
+                ms(250),
+                ms(500),
+                ms(1000),
+                ms(2000),
+                ms(4000),
+                ms(8000),
+                ms(8000)
+            ]
+        );
+        // Up for a second only: still young.
+        r.up(now);
+        now += ms(1000);
+        assert_eq!(r.lost(now) - now, ms(8000));
+        // Up for a minute: the next loss is retried at once, the one after waits again.
+        now += ms(8000);
+        r.up(now);
+        now += Duration::from_secs(60);
+        assert_eq!(r.lost(now), now);
+        assert!(r.at.is_none());
+        assert_eq!(r.lost(now) - now, ms(250));
     }
 }

@@ -48,6 +48,7 @@ fn params(token: Option<String>, timing: Timing) -> SessionParams {
         max_member_count: 0,
         timing,
         media: false,
+        servers: 1,
     }
 }
 
@@ -261,7 +262,7 @@ fn evs(out: &[Output]) -> Vec<String> {
 }
 
 fn connects(out: &[Output]) -> usize {
-    out.iter().filter(|o| matches!(o, Output::Connect)).count()
+    out.iter().filter(|o| matches!(o, Output::Connect { .. })).count()
 }
 
 fn position(out: &[Output], pred: impl Fn(&Output) -> bool) -> usize {
@@ -1284,4 +1285,127 @@ fn an_untrusted_certificate_while_reconnecting_is_retried() {
     while connects(&out) == 0 {
         out = h.advance(Duration::from_millis(10));
     }
+}
+
+// ----- several servers -----
+
+/// The servers named by the `Connect` outputs.
+fn servers_of(out: &[Output]) -> Vec<usize> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Connect { server } => Some(*server),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The server of the next `Connect`: in `out` (the outputs of the last input), or else after
+/// advancing time until one comes.
+fn next_connect(h: &mut Harness, out: Vec<Output>) -> usize {
+    let mut out = out;
+    for _ in 0..2000 {
+        if let [server] = servers_of(&out)[..] {
+            return server;
+        }
+        assert!(!h.finished, "ended before connecting again: {:?}", evs(&out));
+        out = h.advance(Duration::from_millis(10));
+    }
+    panic!("no connection attempt within 20 s");
+}
+
+fn several(servers: usize) -> SessionParams {
+    let mut p = params(None, timing());
+    p.servers = servers;
+    p
+}
+
+#[test]
+fn failed_attempts_go_round_the_servers() {
+    let (mut h, out) = Harness::new(several(3));
+    assert_eq!(servers_of(&out), [0]);
+    let mut tried = Vec::new();
+    for _ in 0..3 {
+        let out = h.input(Input::ConnectFailed("refused".into()));
+        tried.push(next_connect(&mut h, out));
+    }
+    assert_eq!(tried, [1, 2, 0]);
+    // A timed-out attempt moves on too.
+    let out = h.advance(timing().attempt_timeout);
+    assert!(out.iter().any(|o| matches!(o, Output::Close)), "{out:?}");
+    assert_eq!(next_connect(&mut h, out), 1);
+}
+
+#[test]
+fn a_login_refused_as_shutting_down_tries_the_next_server() {
+    let (mut h, _) = Harness::new(several(2));
+    let out = h.refused_login(ErrorCode::SERVER_SHUTTING_DOWN);
+    assert!(evs(&out).is_empty(), "not a failure yet: {:?}", evs(&out));
+    assert_eq!(next_connect(&mut h, out), 1);
+    let (_, out) = h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    assert_eq!(evs(&out)[0], "room Logined 0");
+    // With one server the same refusal ends the login, as it always did.
+    let (mut h, _) = Harness::new(several(1));
+    let out = h.refused_login(ErrorCode::SERVER_SHUTTING_DOWN);
+    assert_eq!(evs(&out)[0], "room LoginFailed 1009008");
+}
+
+#[test]
+fn a_broken_connection_is_retried_on_its_server_first() {
+    let (mut h, _) = Harness::new(several(3));
+    let out = h.input(Input::ConnectFailed("refused".into()));
+    assert_eq!(next_connect(&mut h, out), 1);
+    h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    // Server 1 breaks: the session may still be there (resume), so it is asked first.
+    let out = h.input(Input::Closed("reset".into()));
+    assert_eq!(next_connect(&mut h, out), 1);
+    // It is gone for good (killed): on to the next.
+    let out = h.input(Input::ConnectFailed("refused".into()));
+    assert_eq!(next_connect(&mut h, out), 2);
+    // Refused as busy while reconnecting: on again.
+    let out = h.refused_login(ErrorCode::SERVER_BUSY);
+    assert!(evs(&out).is_empty(), "{:?}", evs(&out));
+    assert_eq!(next_connect(&mut h, out), 0);
+}
+
+#[test]
+fn media_connections_that_die_young_are_offered_again_with_growing_delays() {
+    let (mut h, _) = Harness::new(media_params());
+    h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    publish_flowing(&mut h, "mine");
+    // The first loss is offered again at once.
+    let out = media(&mut h, "mine", MediaRole::Publish, MediaUpdate::Lost);
+    answer(&mut h, &out, "mine", MediaRole::Publish);
+    // Then every new connection dies before it carries media: the offers spread out.
+    let mut gaps = Vec::new();
+    for _ in 0..5 {
+        let lost_at = h.now;
+        let mut out = media(&mut h, "mine", MediaRole::Publish, MediaUpdate::Lost);
+        for _ in 0..400 {
+            if !opens(&out).is_empty() {
+                break;
+            }
+            // The server answers (signaling stays up while media is retried).
+            h.msg(ServerMsg::Pong {
+                seq: 0,
+                server_time_ms: 0,
+            });
+            out = h.advance(Duration::from_millis(50));
+        }
+        gaps.push(h.now - lost_at);
+        answer(&mut h, &out, "mine", MediaRole::Publish);
+    }
+    let ms: Vec<u128> = gaps.iter().map(|g| g.as_millis()).collect();
+    assert_eq!(ms, [250, 500, 1000, 2000, 4000], "{gaps:?}");
+    // One that lasts resets it: the next loss is offered again at once.
+    let out = media(&mut h, "mine", MediaRole::Publish, MediaUpdate::Flowing);
+    assert_eq!(evs(&out), ["pub mine Publishing 0"]);
+    for _ in 0..30 {
+        h.msg(ServerMsg::Pong {
+            seq: 0,
+            server_time_ms: 0,
+        });
+        h.advance(Duration::from_secs(1));
+    }
+    let out = media(&mut h, "mine", MediaRole::Publish, MediaUpdate::Lost);
+    assert_eq!(opens(&out).len(), 1, "{out:?}");
 }

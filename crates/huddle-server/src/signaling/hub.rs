@@ -1,0 +1,225 @@
+//! The hub: the registry and where each attached session's messages go.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use huddle_proto::{ErrorCode, HuddleError, ServerMsg};
+use rand::RngCore;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, warn};
+
+use super::ServerState;
+use super::cluster::{StoreOp, release};
+use crate::media::{MediaTx, Signal};
+use crate::registry::{MediaCommand, Output, Registry, SessionId};
+use crate::sfu::Command;
+
+/// The registry and where each attached session's messages go.
+pub(super) struct Hub {
+    pub(super) registry: Registry,
+    pub(super) conns: HashMap<SessionId, ConnHandle>,
+    /// Commands to the media plane, sent under the hub lock so that they follow the registry's
+    /// order. `None` until the media plane runs.
+    pub(super) media: Option<MediaTx>,
+    /// Releases to the cluster store, queued in the registry's order ([`super::cluster`]).
+    pub(super) store: mpsc::Sender<StoreOp>,
+}
+
+/// The connection that carries a session now.
+pub(super) struct ConnHandle {
+    /// The registry epoch of this attachment.
+    pub(super) epoch: u64,
+    pub(super) tx: mpsc::Sender<Message>,
+    pub(super) ctl: Arc<watch::Sender<Closing>>,
+}
+
+/// Whether and how a connection is closing; set once (the first reason wins).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Closing {
+    Open,
+    /// Send what is queued, then close (logout, kick, login timeout, the peer went away).
+    AfterQueue,
+    /// Close at once, ahead of the queue, after this error (slow consumer, oversized message) if
+    /// any (session timeout, replaced by a resume).
+    Now(Option<Utf8Bytes>),
+    /// The server is shutting down: close with "going away".
+    Shutdown,
+    /// The peer broke the WebSocket protocol (RFC 6455, 7.4.1): close at once with this code and
+    /// reason, after this error if any.
+    Violation {
+        error: Option<Utf8Bytes>,
+        code: u16,
+        reason: &'static str,
+    },
+}
+
+impl Closing {
+    /// Whether the writer must stop sending the queue.
+    pub(super) fn is_hard(&self) -> bool {
+        matches!(
+            self,
+            Closing::Now(_) | Closing::Shutdown | Closing::Violation { .. }
+        )
+    }
+}
+
+pub(super) fn close(ctl: &watch::Sender<Closing>, how: Closing) {
+    ctl.send_if_modified(|c| {
+        if *c == Closing::Open {
+            *c = how;
+            true
+        } else {
+            false
+        }
+    });
+}
+
+pub(super) fn text(msg: &ServerMsg) -> Utf8Bytes {
+    Utf8Bytes::from(msg.encode())
+}
+
+pub(super) fn error_text(seq: Option<u32>, err: &HuddleError) -> Utf8Bytes {
+    text(&ServerMsg::error(seq, err))
+}
+
+pub(super) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+pub(super) fn unix_secs() -> i64 {
+    i64::try_from(unix_ms() / 1000).unwrap_or(i64::MAX)
+}
+
+pub(super) fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+impl Hub {
+    /// Delivers the registry's outputs, in order, without waiting.
+    pub(super) fn dispatch(&mut self, out: Vec<Output>) {
+        for o in out {
+            match o {
+                Output::Send { to, msg } => {
+                    debug!(session = %to, msg = msg_type(&msg), "send");
+                    self.deliver(to, Message::Text(text(&msg)));
+                }
+                Output::Broadcast { to, msg } => {
+                    debug!(sessions = to.len(), msg = msg_type(&msg), "broadcast");
+                    let t = text(&msg);
+                    for id in to {
+                        self.deliver(id, Message::Text(t.clone()));
+                    }
+                }
+                Output::Close { session } => {
+                    if let Some(h) = self.conns.remove(&session) {
+                        close(&h.ctl, Closing::AfterQueue);
+                    }
+                }
+                Output::Media(cmd) => {
+                    self.media_command(match cmd {
+                        MediaCommand::ClosePublish {
+                            session,
+                            app,
+                            stream_id,
+                        } => {
+                            let op = StoreOp::Release {
+                                app,
+                                stream_id: stream_id.clone(),
+                                session,
+                            };
+                            release(&self.store, op);
+                            Command::ClosePublish { app, stream_id }
+                        }
+                        MediaCommand::ClosePlay {
+                            session,
+                            app,
+                            stream_id,
+                        } => Command::ClosePlay {
+                            session,
+                            app,
+                            stream_id,
+                        },
+                        MediaCommand::SessionGone { session } => {
+                            release(&self.store, StoreOp::ReleaseSession { session });
+                            Command::SessionGone { session }
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Sends a command to the media plane (dropped when it does not run). `false`: refused (too
+    /// many offers in flight).
+    pub(super) fn media_command(&self, cmd: Command) -> bool {
+        match &self.media {
+            Some(m) => m.send(cmd),
+            None => !matches!(cmd, Command::Offer(_)),
+        }
+    }
+
+    pub(super) fn deliver(&mut self, to: SessionId, m: Message) {
+        let Some(h) = self.conns.get(&to) else { return };
+        match h.tx.try_send(m) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                warn!(session = %to, "outbound queue full: closing the connection (1009005)");
+                if let Some(h) = self.conns.remove(&to) {
+                    close(&h.ctl, Closing::Now(Some(slow_consumer())));
+                }
+            }
+            Err(TrySendError::Closed(_)) => {
+                self.conns.remove(&to);
+            }
+        }
+    }
+}
+
+pub(super) fn slow_consumer() -> Utf8Bytes {
+    error_text(None, &HuddleError::from(ErrorCode::SLOW_CONSUMER))
+}
+
+pub(super) fn msg_type(m: &ServerMsg) -> &'static str {
+    match m {
+        ServerMsg::Hello { .. } => "hello",
+        ServerMsg::LoginOk(_) => "login_ok",
+        ServerMsg::Ok { .. } => "ok",
+        ServerMsg::Error { .. } => "error",
+        ServerMsg::Pong { .. } => "pong",
+        ServerMsg::UserUpdate { .. } => "user_update",
+        ServerMsg::StreamUpdate { .. } => "stream_update",
+        ServerMsg::PlayUpdate { .. } => "play_update",
+        ServerMsg::Kicked { .. } => "kicked",
+        ServerMsg::MediaAnswer { .. } => "media_answer",
+        ServerMsg::MediaState { .. } => "media_state",
+        ServerMsg::TokenWillExpire { .. } => "token_will_expire",
+    }
+}
+
+/// Signals taken from the channel per lock of the hub, at most.
+const SIGNAL_BATCH: usize = 64;
+
+/// Delivers the media plane's signals to their sessions (dropped for detached ones) until every
+/// sender is gone. Each batch is encoded before the hub lock is taken; under it, only the
+/// queueing (`try_send`, never a wait). The shards never touch the hub.
+pub(super) async fn deliver_signals(state: ServerState, mut rx: mpsc::Receiver<Signal>) {
+    let mut batch = Vec::with_capacity(SIGNAL_BATCH);
+    let mut encoded = Vec::with_capacity(SIGNAL_BATCH);
+    while rx.recv_many(&mut batch, SIGNAL_BATCH).await > 0 {
+        for (to, msg) in batch.drain(..) {
+            debug!(session = %to, msg = msg_type(&msg), "media signal");
+            encoded.push((to, Message::Text(text(&msg))));
+        }
+        let mut hub = state.0.hub.lock();
+        for (to, m) in encoded.drain(..) {
+            hub.deliver(to, m);
+        }
+    }
+}

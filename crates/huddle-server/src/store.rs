@@ -1,0 +1,122 @@
+//! The cluster store: what the nodes of a cluster must agree on, behind one trait.
+//!
+//! The room registry ([`crate::registry`]) stays each node's own sans-IO state machine; what
+//! must hold across nodes goes through a [`Store`], chosen once at start-up
+//! ([`from_config`]): [`MemoryStore`] for one node (the default, no Redis), [`RedisStore`] when
+//! `redis` is configured. Nothing else knows which one runs (the split LiveKit makes between
+//! its local and Redis routers and stores).
+//!
+//! What the store holds so far (`docs/cluster.md`):
+//!
+//! - **Node leases.** A node registers with a lease it renews ([`Store::renew_lease`]); what
+//!   it owns expires with its lease.
+//! - **Stream IDs**, unique per AppID across the cluster: a publish first claims its ID
+//!   ([`Store::claim_stream`]), atomically and fenced by the owner's lease; an unpublish or the
+//!   end of the session releases it.
+
+mod memory;
+mod redis;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use huddle_proto::{AppId, ErrorCode, HuddleError, StreamId};
+
+use crate::config::ServerConfig;
+use crate::registry::SessionId;
+
+pub use self::memory::MemoryStore;
+pub use self::redis::RedisStore;
+
+/// What a store operation returns.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// The answer to a claim of a stream ID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The ID is this session's now (or was already).
+    Won,
+    /// Another session (on this node or another live one) holds it.
+    Taken,
+}
+
+/// Why a store operation failed. The operation changed nothing it reports as failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store did not answer in time or refused the command.
+    #[error("the cluster store failed: {0}")]
+    Unavailable(String),
+    /// This node's lease expired (it was cut off longer than the lease): what it owned may be
+    /// another node's now.
+    #[error("this node's lease was lost")]
+    LeaseLost,
+}
+
+impl From<&StoreError> for HuddleError {
+    fn from(e: &StoreError) -> HuddleError {
+        HuddleError::new(ErrorCode::CLUSTER_UNAVAILABLE, e.to_string())
+    }
+}
+
+/// What the nodes of a cluster share. Every method is safe to call from several tasks at once;
+/// the implementations answer in bounded time (a Redis command times out).
+pub trait Store: Send + Sync + 'static {
+    /// This node's ID in the cluster.
+    fn node_id(&self) -> &str;
+
+    /// Registers this node, or renews its lease (every [`Store::renew_every`]). A renewal after
+    /// the lease expired fails with [`StoreError::LeaseLost`] and registers the node anew,
+    /// without what it owned before.
+    fn renew_lease(&self) -> StoreFuture<'_, ()>;
+
+    /// How often to renew the lease.
+    fn renew_every(&self) -> Duration;
+
+    /// Claims `stream_id` of `app` for `session` of this node: atomically, exactly one of any
+    /// number of concurrent claims from any nodes wins; an ID held by a node whose lease
+    /// expired is free.
+    fn claim_stream<'a>(
+        &'a self,
+        app: AppId,
+        stream_id: &'a StreamId,
+        session: SessionId,
+    ) -> StoreFuture<'a, Claim>;
+
+    /// Releases `stream_id` of `app` if `session` holds it (a no-op otherwise).
+    fn release_stream<'a>(
+        &'a self,
+        app: AppId,
+        stream_id: &'a StreamId,
+        session: SessionId,
+    ) -> StoreFuture<'a, ()>;
+
+    /// Releases everything `session` holds (the session ended).
+    fn release_session(&self, session: SessionId) -> StoreFuture<'_, ()>;
+
+    /// Leaves the cluster (shutdown): drops the lease and everything this node holds.
+    fn leave(&self) -> StoreFuture<'_, ()>;
+}
+
+/// The store `config` asks for: Redis at `redis` as node `node_id`, else one node in memory.
+/// Connects (and registers the node) before it returns, so that a node that cannot reach its
+/// Redis does not start.
+pub async fn from_config(config: &ServerConfig) -> Result<Arc<dyn Store>, StoreError> {
+    match &config.redis {
+        Some(url) => {
+            let node_id = config.node_id.clone().unwrap_or_else(|| default_node_id(config));
+            let store = RedisStore::connect(url, &node_id, redis::DEFAULT_LEASE).await?;
+            Ok(Arc::new(store))
+        }
+        None => Ok(Arc::new(MemoryStore::new())),
+    }
+}
+
+/// A node ID for a node that was given none: its host name and signaling port.
+fn default_node_id(config: &ServerConfig) -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let host = host.trim();
+    let host = if host.is_empty() { "node" } else { host };
+    format!("{host}-{}", config.listen.port())
+}
