@@ -8,6 +8,7 @@
 #
 # Writes target/quality/{red,nored}.jsonl (one JSON object per call), then
 # docs/quality.csv and docs/quality.svg (scripts/quality_plot.py), and prints the table.
+# Then the latency benchmark (crates/huddle/benches/latency.rs) into target/quality/latency.jsonl.
 # Run it on an otherwise idle machine: a stalled process costs audio that the network did not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,3 +40,9 @@ curve() {
 curve red ""
 curve nored 0
 python3 scripts/quality_plot.py "$out/red.jsonl" "$out/nored.jsonl" docs/quality.csv docs/quality.svg
+
+# Latency against DESIGN.md's targets (login -> first audio frame <= 50 ms, mouth to ear <= 60 ms),
+# a benchmark: the tests check that the audio gets through, this says how fast.
+echo "== latency -> $out/latency.jsonl"
+rm -f "$out/latency.jsonl"
+HUDDLE_LATENCY_OUT="$PWD/$out/latency.jsonl" cargo bench -q -p huddle --bench latency

@@ -71,6 +71,9 @@ python3 -c "import aiortc, websockets" 2>/dev/null || python3 -m pip install -q 
 
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
 
+# vendor/str0m is str0m 0.25.0 from crates.io plus vendor/patches, nothing else (vendor/README.md).
+echo "== vendor/str0m"
+scripts/check-vendor.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -14,9 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use huddle::{
-    AudioSink, AudioSource, Engine, EngineProfile, ErrorCode, EventHandler, HuddleError, PlayerState,
-    PublisherState, RoomConfig, RoomState, RoomStateChangedReason, StreamInfo, UpdateType, User, UserId,
-    VideoSource,
+    AudioSink, AudioSource, Engine, EngineProfile, ErrorCode, Event, EventHandler, HuddleError, RoomConfig,
+    RoomStateChangedReason, User, UserId, VideoSource,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -135,152 +134,34 @@ struct Printer {
     signals: mpsc::UnboundedSender<Signal>,
 }
 
-impl Printer {
-    fn emit(&self, event: &str, fields: Value) {
+impl EventHandler for Printer {
+    fn on_event(&self, event: &Event) {
         let mut line = serde_json::Map::new();
         line.insert("t_ms".into(), json!(self.start.elapsed().as_millis() as u64));
-        line.insert("event".into(), json!(event));
-        if let Value::Object(map) = fields {
-            for (k, v) in map {
-                if k == "extended_data" && v.as_str() == Some("") {
-                    continue;
-                }
-                line.insert(k, v);
+        if let Value::Object(fields) = event.to_json() {
+            line.extend(fields);
+        }
+        {
+            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+            // A closed stdout (the reader went away) must not stop the call; nothing to report to.
+            let _ = writeln!(out, "{}", Value::Object(line));
+            let _ = out.flush();
+        }
+        if let Event::RoomStateChanged {
+            reason, error_code, ..
+        } = event
+        {
+            let signal = match reason {
+                RoomStateChangedReason::Logined => Some(Signal::LoggedIn),
+                RoomStateChangedReason::LoginFailed
+                | RoomStateChangedReason::KickOut
+                | RoomStateChangedReason::ReconnectFailed => Some(Signal::Ended(*error_code)),
+                _ => None,
+            };
+            if let Some(s) = signal {
+                let _ = self.signals.send(s);
             }
         }
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        // A closed stdout (the reader went away) must not stop the call; nothing to report to.
-        let _ = writeln!(out, "{}", Value::Object(line));
-        let _ = out.flush();
-    }
-}
-
-fn name<T: std::fmt::Debug>(v: T) -> String {
-    format!("{v:?}")
-}
-
-fn streams_json(streams: &[StreamInfo]) -> Value {
-    streams
-        .iter()
-        .map(|s| json!({"user_id": s.user_id.as_str(), "stream_id": s.stream_id.as_str(), "extra_info": s.extra_info}))
-        .collect()
-}
-
-impl EventHandler for Printer {
-    fn on_room_state_update(
-        &self,
-        room_id: &str,
-        state: RoomState,
-        error_code: ErrorCode,
-        extended_data: &str,
-    ) {
-        self.emit(
-            "room_state_update",
-            json!({"room_id": room_id, "state": name(state), "error_code": error_code, "extended_data": extended_data}),
-        );
-    }
-
-    fn on_room_state_changed(
-        &self,
-        room_id: &str,
-        reason: RoomStateChangedReason,
-        error_code: ErrorCode,
-        extended_data: &str,
-    ) {
-        self.emit(
-            "room_state_changed",
-            json!({"room_id": room_id, "reason": name(reason), "error_code": error_code, "extended_data": extended_data}),
-        );
-        let signal = match reason {
-            RoomStateChangedReason::Logined => Some(Signal::LoggedIn),
-            RoomStateChangedReason::LoginFailed
-            | RoomStateChangedReason::KickOut
-            | RoomStateChangedReason::ReconnectFailed => Some(Signal::Ended(error_code)),
-            _ => None,
-        };
-        if let Some(s) = signal {
-            let _ = self.signals.send(s);
-        }
-    }
-
-    fn on_room_user_update(&self, room_id: &str, update_type: UpdateType, users: &[User]) {
-        let users: Vec<Value> = users
-            .iter()
-            .map(|u| json!({"user_id": u.user_id.as_str(), "user_name": u.user_name.as_str()}))
-            .collect();
-        self.emit(
-            "room_user_update",
-            json!({"room_id": room_id, "update_type": name(update_type), "users": users}),
-        );
-    }
-
-    fn on_room_stream_update(
-        &self,
-        room_id: &str,
-        update_type: UpdateType,
-        streams: &[StreamInfo],
-        extended_data: &str,
-    ) {
-        self.emit(
-            "room_stream_update",
-            json!({"room_id": room_id, "update_type": name(update_type), "streams": streams_json(streams), "extended_data": extended_data}),
-        );
-    }
-
-    fn on_publisher_state_update(
-        &self,
-        stream_id: &str,
-        state: PublisherState,
-        error_code: ErrorCode,
-        extended_data: &str,
-    ) {
-        self.emit(
-            "publisher_state_update",
-            json!({"stream_id": stream_id, "state": name(state), "error_code": error_code, "extended_data": extended_data}),
-        );
-    }
-
-    fn on_player_state_update(
-        &self,
-        stream_id: &str,
-        state: PlayerState,
-        error_code: ErrorCode,
-        extended_data: &str,
-    ) {
-        self.emit(
-            "player_state_update",
-            json!({"stream_id": stream_id, "state": name(state), "error_code": error_code, "extended_data": extended_data}),
-        );
-    }
-
-    fn on_room_token_will_expire(&self, room_id: &str, remain_secs: i64) {
-        self.emit(
-            "room_token_will_expire",
-            json!({"room_id": room_id, "remain_secs": remain_secs}),
-        );
-    }
-
-    fn on_publisher_captured_audio_first_frame(&self) {
-        self.emit("publisher_captured_audio_first_frame", json!({}));
-    }
-
-    fn on_publisher_captured_video_first_frame(&self) {
-        self.emit("publisher_captured_video_first_frame", json!({}));
-    }
-
-    fn on_player_recv_audio_first_frame(&self, stream_id: &str) {
-        self.emit("player_recv_audio_first_frame", json!({"stream_id": stream_id}));
-    }
-
-    fn on_player_recv_video_first_frame(&self, stream_id: &str) {
-        self.emit("player_recv_video_first_frame", json!({"stream_id": stream_id}));
-    }
-
-    fn on_debug_error(&self, error_code: ErrorCode, func_name: &str, info: &str) {
-        self.emit(
-            "debug_error",
-            json!({"error_code": error_code, "func_name": func_name, "info": info}),
-        );
     }
 }
 

@@ -38,12 +38,16 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(unsafe_code)]
+
 use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
 
 mod churn;
 pub mod cli;
+// Two libc calls without preconditions (gettid, sysconf); the socket calls are huddle-udp's.
+#[allow(unsafe_code)]
 pub mod metrics;
 pub mod netguard;
 pub mod packet;

@@ -5,7 +5,6 @@
 //! it returns a timeout; [`drain`] does that and is called after each one.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -292,7 +291,6 @@ pub(crate) async fn run_pc(
             let at = (&mut ice_at, &mut connected_at);
             on_event(e, &mut connected, &mut audio, &mut stream, &mut out, at, None)
         })?;
-        let fd = socket.as_raw_fd();
         loop {
             if connected && let Some(tx) = ready.take() {
                 let _ = tx.send(());
@@ -307,7 +305,7 @@ pub(crate) async fn run_pc(
             tokio::select! {
                 biased;
                 _ = stopped(&mut stop) => return Ok(()),
-                r = socket.async_io(Interest::READABLE, || crate::rxstamp::recv(fd, &mut buf)) => {
+                r = socket.async_io(Interest::READABLE, || crate::rxstamp::recv(&socket, &mut buf)) => {
                     let (n, from, w) = r.map_err(LoadError::Io)?;
                     waited_us = w;
                     if let Ok(rx) = Receive::new(Protocol::Udp, from, local, &buf[..n]) {

@@ -1,5 +1,5 @@
 //! B0, the machine's ceiling: a plain UDP relay that fans every publisher's packets out to its
-//! subscribers, one thread, batched with `recvmmsg`/`sendmmsg`, no SRTP, no parsing beyond the
+//! subscribers, one thread, batched with `recvmmsg`/`sendmmsg` (`huddle-udp`, as the server), no SRTP, no parsing beyond the
 //! probe header. What a real SFU costs per packet is compared with what this costs.
 //!
 //! Protocol (IPv4): a datagram `"SUB\0" + publisher (u32 BE)` subscribes its sender to a
@@ -8,11 +8,12 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use huddle_udp::{RecvBatch, SendBatch, Waiter, Waker};
 
 use crate::metrics::ProcTarget;
 use crate::packet::Probe;
@@ -20,10 +21,10 @@ use crate::packet::Probe;
 /// The subscribe request's prefix.
 pub const SUBSCRIBE: [u8; 4] = *b"SUB\0";
 
-/// Datagrams read per `recvmmsg`.
-const BATCH: usize = 64;
-/// Datagrams written per `sendmmsg`.
+/// Datagrams queued before they are sent (`huddle_udp` sends them `BATCH` per `sendmmsg`).
 const SEND_BATCH: usize = 256;
+/// How often the thread looks at the stop flag when no datagram comes.
+const STOP_CHECK: Duration = Duration::from_millis(50);
 /// Largest datagram relayed.
 const MTU: usize = 1500;
 /// Bounds on the relay's table.
@@ -61,8 +62,6 @@ impl Relay {
         let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
         let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
         socket.bind(&addr.into())?;
-        // The thread wakes this often to see the stop flag.
-        socket.set_read_timeout(Some(Duration::from_millis(50)))?;
         let socket: UdpSocket = socket.into();
         let addr = socket.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -121,138 +120,72 @@ impl Drop for Relay {
     }
 }
 
-fn from_sockaddr(a: &libc::sockaddr_in) -> SocketAddrV4 {
-    SocketAddrV4::new(a.sin_addr.s_addr.to_ne_bytes().into(), u16::from_be(a.sin_port))
-}
-
-/// One queued datagram: which receive buffer and to whom.
-#[derive(Clone, Copy)]
-struct Out {
-    buf: usize,
-    len: usize,
-    to: libc::sockaddr_in,
-}
-
 fn relay_loop(socket: &UdpSocket, stop: &AtomicBool, forwarded: &AtomicU64) -> io::Result<RelayStats> {
-    let fd = socket.as_raw_fd();
     let mut stats = RelayStats::default();
-    let mut bufs = vec![[0u8; MTU]; BATCH];
-    // SAFETY (for the zeroed values below): these are plain C structs for which all-zero is valid.
-    let mut names: Vec<libc::sockaddr_in> = vec![unsafe { std::mem::zeroed() }; BATCH];
-    let mut iovs: Vec<libc::iovec> = vec![unsafe { std::mem::zeroed() }; BATCH];
-    let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
-    let mut subs: HashMap<u32, Vec<libc::sockaddr_in>> = HashMap::new();
-    let mut out: Vec<Out> = Vec::with_capacity(SEND_BATCH);
-    let mut out_iovs: Vec<libc::iovec> = vec![unsafe { std::mem::zeroed() }; SEND_BATCH];
-    let mut out_msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; SEND_BATCH];
+    let mut batch = RecvBatch::new(MTU);
+    let mut sender = SendBatch::new(socket, false);
+    // Nothing wakes the waiter but datagrams and the timeout: the stop flag is read that often.
+    let mut waiter = Waiter::new(Arc::new(Waker::new()?));
+    let mut subs: HashMap<u32, Vec<SocketAddrV4>> = HashMap::new();
 
     while !stop.load(Ordering::Relaxed) {
-        for i in 0..BATCH {
-            iovs[i] = libc::iovec {
-                iov_base: bufs[i].as_mut_ptr().cast(),
-                iov_len: MTU,
-            };
-            msgs[i].msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_in).cast();
-            msgs[i].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            msgs[i].msg_hdr.msg_iov = &mut iovs[i];
-            msgs[i].msg_hdr.msg_iovlen = 1;
-            msgs[i].msg_len = 0;
-        }
-        // SAFETY: every mmsghdr points into buffers that live across the call.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                msgs.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => continue,
-                _ => return Err(e),
+        match batch.recv(socket) {
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                waiter.wait(socket, STOP_CHECK)?;
+                continue;
             }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         }
         stats.recv_calls += 1;
-        for i in 0..n as usize {
-            let len = msgs[i].msg_len as usize;
-            let data = &bufs[i][..len];
-            if len == 8 && data[..4] == SUBSCRIBE {
-                let publisher = u32::from_be_bytes(data[4..8].try_into().expect("4 bytes"));
-                let from = from_sockaddr(&names[i]);
+        // Borrows the receive buffers: one small allocation per batch, not per datagram.
+        let mut out: Vec<(SocketAddr, &[u8])> = Vec::with_capacity(SEND_BATCH);
+        for d in batch.iter() {
+            let Some(SocketAddr::V4(from)) = d.from else {
+                continue;
+            };
+            if d.bytes.len() == 8 && d.bytes[..4] == SUBSCRIBE {
+                let publisher = u32::from_be_bytes(d.bytes[4..8].try_into().expect("4 bytes"));
                 if subs.len() >= MAX_PUBLISHERS && !subs.contains_key(&publisher) {
                     continue;
                 }
                 let list = subs.entry(publisher).or_default();
-                if list.len() < MAX_SUBSCRIBERS_PER_PUBLISHER
-                    && !list.iter().any(|a| from_sockaddr(a) == from)
-                {
-                    list.push(names[i]);
+                if list.len() < MAX_SUBSCRIBERS_PER_PUBLISHER && !list.contains(&from) {
+                    list.push(from);
                 }
                 continue;
             }
             stats.received += 1;
-            let Some(probe) = Probe::parse(data) else { continue };
+            let Some(probe) = Probe::parse(d.bytes) else {
+                continue;
+            };
             let Some(list) = subs.get(&probe.publisher) else {
                 continue;
             };
-            for to in list {
-                if out.len() == SEND_BATCH {
-                    flush(fd, &bufs, &mut out, &mut out_iovs, &mut out_msgs, &mut stats);
-                }
-                out.push(Out { buf: i, len, to: *to });
+            out.extend(list.iter().map(|to| (SocketAddr::V4(*to), d.bytes)));
+            if out.len() >= SEND_BATCH {
+                send(socket, &mut sender, &mut out, &mut stats);
             }
         }
-        // The receive buffers are reused by the next recvmmsg: send everything now.
-        flush(fd, &bufs, &mut out, &mut out_iovs, &mut out_msgs, &mut stats);
+        // The receive buffers are reused by the next receive: send everything now.
+        send(socket, &mut sender, &mut out, &mut stats);
         forwarded.store(stats.forwarded, Ordering::Relaxed);
     }
     Ok(stats)
 }
 
-/// Sends the queued datagrams with as few `sendmmsg` calls as the kernel allows.
-fn flush(
-    fd: libc::c_int,
-    bufs: &[[u8; MTU]],
-    out: &mut Vec<Out>,
-    iovs: &mut [libc::iovec],
-    msgs: &mut [libc::mmsghdr],
+/// Sends the queued datagrams; a refused one (e.g. a subscriber that went away) is skipped, as
+/// UDP would.
+fn send(
+    socket: &UdpSocket,
+    sender: &mut SendBatch,
+    out: &mut Vec<(SocketAddr, &[u8])>,
     stats: &mut RelayStats,
 ) {
-    for (k, o) in out.iter_mut().enumerate() {
-        iovs[k] = libc::iovec {
-            iov_base: bufs[o.buf].as_ptr() as *mut libc::c_void,
-            iov_len: o.len,
-        };
-        msgs[k].msg_hdr.msg_name = (&mut o.to as *mut libc::sockaddr_in).cast();
-        msgs[k].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        msgs[k].msg_hdr.msg_iov = &mut iovs[k];
-        msgs[k].msg_hdr.msg_iovlen = 1;
-        msgs[k].msg_len = 0;
-    }
-    let mut done = 0;
-    while done < out.len() {
-        // SAFETY: msgs[done..out.len()] point at live buffers and addresses (out is not touched
-        // until the loop ends).
-        let n = unsafe {
-            libc::sendmmsg(
-                fd,
-                msgs[done..].as_mut_ptr(),
-                (out.len() - done) as libc::c_uint,
-                0,
-            )
-        };
-        stats.send_calls += 1;
-        if n <= 0 {
-            // This datagram failed (e.g. a subscriber that went away): skip it, as UDP would.
-            done += 1;
-            continue;
-        }
-        stats.forwarded += n as u64;
-        done += n as usize;
-    }
+    let refused = sender.send(socket, out);
+    stats.forwarded += (out.len() - refused) as u64;
+    stats.send_calls = sender.calls();
     out.clear();
 }
 

@@ -20,9 +20,9 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
-// `deny`, not `forbid`: the exceptions are the media plane's batched socket calls
-// (`media/mmsg.rs`, `recvmmsg`/`sendmmsg` through libc) and one `malloc_trim` (`memory.rs`),
-// allowed there alone.
+// `deny`, not `forbid`: the one exception is a `malloc_trim` (`memory.rs`), allowed there alone.
+// The media plane's batched socket calls (`recvmmsg`/`sendmmsg` through libc) are the
+// `huddle-udp` crate's, whose one unsafe module argues its soundness.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -52,7 +52,6 @@
 //!   and the task returned by [`spawn`] ends once every thread is joined.
 
 mod candidates;
-#[allow(unsafe_code)]
 mod mmsg;
 mod tcp;
 

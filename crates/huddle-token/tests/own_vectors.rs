@@ -343,8 +343,7 @@ fn generate_positives() -> Vec<Positive> {
                 Style::PythonNode,
             )
             .len()
-                % 16
-                == 0
+            .is_multiple_of(16)
         })
         .expect("some length pads to a full block");
     out.push(positive(Case {

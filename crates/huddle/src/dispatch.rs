@@ -28,7 +28,7 @@ pub(crate) fn run(
         }
         let current = handler.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(h) = current
-            && catch_unwind(AssertUnwindSafe(|| event.dispatch(&*h))).is_err()
+            && catch_unwind(AssertUnwindSafe(|| h.on_event(&event))).is_err()
         {
             error!(
                 ?event,

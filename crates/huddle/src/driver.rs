@@ -2,8 +2,9 @@
 //!
 //! One task per engine, on the engine's control thread. It is the only place that feeds the
 //! [`Session`]s and performs their outputs, so events leave in one order: the order things
-//! happened. Connections are tasks of their own ([`crate::conn`]); the media plane will add a
-//! publisher task and a player task per stream beside them, fed and watched from here.
+//! happened. Connections are tasks of their own ([`crate::conn`]); so is the media plane: a
+//! publisher task or a player task per stream (one peer connection each, `media::publish` and
+//! `media::play`) and the engine's mixer task, started, fed and watched from here.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

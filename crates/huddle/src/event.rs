@@ -180,8 +180,113 @@ pub enum Event {
 }
 
 impl Event {
-    /// Calls the handler method of this event.
-    pub(crate) fn dispatch(&self, h: &dyn EventHandler) {
+    /// The event's name: its callback's without `on_` (`room_state_update`, …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::RoomStateUpdate { .. } => "room_state_update",
+            Event::RoomStateChanged { .. } => "room_state_changed",
+            Event::RoomUserUpdate { .. } => "room_user_update",
+            Event::RoomStreamUpdate { .. } => "room_stream_update",
+            Event::PublisherStateUpdate { .. } => "publisher_state_update",
+            Event::PlayerStateUpdate { .. } => "player_state_update",
+            Event::RoomTokenWillExpire { .. } => "room_token_will_expire",
+            Event::PublisherCapturedAudioFirstFrame => "publisher_captured_audio_first_frame",
+            Event::PublisherCapturedVideoFirstFrame => "publisher_captured_video_first_frame",
+            Event::PlayerRecvAudioFirstFrame { .. } => "player_recv_audio_first_frame",
+            Event::PlayerRecvVideoFirstFrame { .. } => "player_recv_video_first_frame",
+            Event::DebugError { .. } => "debug_error",
+        }
+    }
+
+    /// The event as one JSON object: `"event"` (its [`name`](Self::name)) and its callback's
+    /// arguments by name; states, reasons and update types by their variant names (`"Publishing"`),
+    /// error codes as numbers, an empty `extended_data` left out. What `huddle call` prints, one
+    /// object a line.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        fn name<T: std::fmt::Debug>(v: T) -> String {
+            format!("{v:?}")
+        }
+        let mut v = match self {
+            Event::RoomStateUpdate {
+                room_id,
+                state,
+                error_code,
+                extended_data,
+            } => {
+                json!({"room_id": room_id.as_str(), "state": name(state), "error_code": error_code, "extended_data": extended_data})
+            }
+            Event::RoomStateChanged {
+                room_id,
+                reason,
+                error_code,
+                extended_data,
+            } => {
+                json!({"room_id": room_id.as_str(), "reason": name(reason), "error_code": error_code, "extended_data": extended_data})
+            }
+            Event::RoomUserUpdate {
+                room_id,
+                update_type,
+                users,
+            } => {
+                let users: Vec<_> = users
+                    .iter()
+                    .map(|u| json!({"user_id": u.user_id.as_str(), "user_name": u.user_name.as_str()}))
+                    .collect();
+                json!({"room_id": room_id.as_str(), "update_type": name(update_type), "users": users})
+            }
+            Event::RoomStreamUpdate {
+                room_id,
+                update_type,
+                streams,
+                extended_data,
+            } => {
+                let streams: Vec<_> = streams
+                    .iter()
+                    .map(|s| json!({"user_id": s.user_id.as_str(), "stream_id": s.stream_id.as_str(), "extra_info": s.extra_info}))
+                    .collect();
+                json!({"room_id": room_id.as_str(), "update_type": name(update_type), "streams": streams, "extended_data": extended_data})
+            }
+            Event::PublisherStateUpdate {
+                stream_id,
+                state,
+                error_code,
+                extended_data,
+            } => {
+                json!({"stream_id": stream_id.as_str(), "state": name(state), "error_code": error_code, "extended_data": extended_data})
+            }
+            Event::PlayerStateUpdate {
+                stream_id,
+                state,
+                error_code,
+                extended_data,
+            } => {
+                json!({"stream_id": stream_id.as_str(), "state": name(state), "error_code": error_code, "extended_data": extended_data})
+            }
+            Event::RoomTokenWillExpire { room_id, remain_secs } => {
+                json!({"room_id": room_id.as_str(), "remain_secs": remain_secs})
+            }
+            Event::PublisherCapturedAudioFirstFrame | Event::PublisherCapturedVideoFirstFrame => json!({}),
+            Event::PlayerRecvAudioFirstFrame { stream_id }
+            | Event::PlayerRecvVideoFirstFrame { stream_id } => {
+                json!({"stream_id": stream_id.as_str()})
+            }
+            Event::DebugError {
+                error_code,
+                func_name,
+                info,
+            } => json!({"error_code": error_code, "func_name": func_name, "info": info}),
+        };
+        let map = v.as_object_mut().expect("an object");
+        if map.get("extended_data").is_some_and(|d| d.as_str() == Some("")) {
+            map.remove("extended_data");
+        }
+        map.insert("event".into(), self.name().into());
+        v
+    }
+
+    /// Calls `h`'s callback for this event (what [`EventHandler::on_event`] does by default).
+    pub fn dispatch<H: EventHandler + ?Sized>(&self, h: &H) {
         match self {
             Event::RoomStateUpdate {
                 room_id,
@@ -249,6 +354,13 @@ impl Event {
 /// [`EngineConfig::event_queue`]: crate::EngineConfig::event_queue
 #[allow(unused_variables)]
 pub trait EventHandler: Send + Sync + 'static {
+    /// Every event, whole. The default calls the event's callback below
+    /// ([`Event::dispatch`]); a handler that wants events as values (to log them with
+    /// [`Event::to_json`], or queue them) overrides this one instead of the callbacks.
+    fn on_event(&self, event: &Event) {
+        event.dispatch(self);
+    }
+
     /// The room's connection state changed. Fired with every [`Self::on_room_state_changed`].
     #[doc(alias = "onRoomStateUpdate")]
     fn on_room_state_update(
@@ -348,5 +460,56 @@ pub(crate) fn extended(message: &str) -> String {
         String::new()
     } else {
         serde_json::json!({ "message": message }).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialize_with_their_callback_names_and_arguments() {
+        let e = Event::PublisherStateUpdate {
+            stream_id: StreamId::new("s1").unwrap(),
+            state: PublisherState::Publishing,
+            error_code: ErrorCode::OK,
+            extended_data: String::new(),
+        };
+        assert_eq!(
+            e.to_json(),
+            serde_json::json!({"event": "publisher_state_update", "stream_id": "s1", "state": "Publishing", "error_code": 0})
+        );
+        let e = Event::RoomStateChanged {
+            room_id: RoomId::new("r").unwrap(),
+            reason: RoomStateChangedReason::LoginFailed,
+            error_code: ErrorCode(1002033),
+            extended_data: extended("no"),
+        };
+        assert_eq!(
+            e.to_json(),
+            serde_json::json!({"event": "room_state_changed", "room_id": "r", "reason": "LoginFailed", "error_code": 1002033, "extended_data": "{\"message\":\"no\"}"})
+        );
+        assert_eq!(
+            Event::PublisherCapturedAudioFirstFrame.to_json(),
+            serde_json::json!({"event": "publisher_captured_audio_first_frame"})
+        );
+    }
+
+    /// A handler that overrides only the callbacks still gets them through `on_event`'s default.
+    #[test]
+    fn the_default_on_event_calls_the_callback() {
+        struct Streams(std::sync::Mutex<Vec<String>>);
+        impl EventHandler for Streams {
+            fn on_player_recv_audio_first_frame(&self, stream_id: &str) {
+                self.0.lock().unwrap().push(stream_id.into());
+            }
+        }
+        let h = Streams(Default::default());
+        let e = Event::PlayerRecvAudioFirstFrame {
+            stream_id: StreamId::new("s2").unwrap(),
+        };
+        h.on_event(&e);
+        Event::PublisherCapturedAudioFirstFrame.dispatch(&h);
+        assert_eq!(*h.0.lock().unwrap(), vec!["s2".to_string()]);
     }
 }

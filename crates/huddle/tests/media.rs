@@ -9,12 +9,12 @@ mod common;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::quality::{padded_speech, score, tmp};
 use common::*;
 use huddle::{
-    AudioSink, AudioSource, Engine, Event, I420Frame, PlayerState, PublisherState, RoomConfig, VideoRenderer,
+    AudioSink, AudioSource, Event, I420Frame, PlayerState, PublisherState, RoomConfig, VideoRenderer,
     VideoSource,
 };
 use huddle_media::{AudioSource as _, Playback, TestPattern, WavSource, Y4mReader, psnr};
@@ -58,22 +58,6 @@ fn tone_db(x: &[i16], hz: f64) -> f64 {
     let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
     // A pure tone of any amplitude gives power = energy × N / 2.
     10.0 * (power / (energy * x.len() as f64 / 2.0)).log10()
-}
-
-fn voice_engine(server: &huddle_server::BackgroundServer, room: &str, user_id: &str) -> (Engine, Events) {
-    let (engine, events) = engine_with(profile(server));
-    engine.enable_camera(false);
-    engine
-        .login_room(room, user(user_id), RoomConfig::default())
-        .unwrap();
-    (engine, events)
-}
-
-fn first_audio_frame(events: &mut Events, stream: &str) {
-    events.wait(
-        &format!("first audio frame of {stream}"),
-        |e| matches!(e, Event::PlayerRecvAudioFirstFrame { stream_id } if stream_id.as_str() == stream),
-    );
 }
 
 /// One call carrying the speech sample; returns the recording's score.
@@ -315,70 +299,32 @@ fn three_publishers_and_three_players_hear_each_other() {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
+/// A player that logs in to a stream already published gets its first audio frame, and each
+/// 20 ms burst pushed into the publisher's custom capture comes out of the player's custom
+/// render, once, after it was pushed. How fast (login → first frame, mouth to ear) is measured by
+/// `benches/latency.rs` against the targets, not asserted here.
 #[test]
-fn measure_first_frame_and_mouth_to_ear() {
-    let _machine = exclusive();
+fn a_pushed_burst_comes_out_of_the_players_render() {
+    let _machine = shared();
     let server = server();
-    let (alice, mut ea) = voice_engine(&server, "measure", "alice");
+    let (alice, mut ea) = voice_engine(&server, "burst", "alice");
     alice.set_audio_source(AudioSource::Custom).unwrap();
-    alice.start_publishing_stream("alice-m").unwrap();
-    ea.publisher("alice-m", PublisherState::Publishing);
-
-    // Login → first audio frame decoded, for a stream already published.
-    let mut first = Vec::new();
-    for i in 0..5 {
-        let (bob, mut eb) = engine_with(profile(&server));
-        bob.enable_camera(false);
-        let t0 = Instant::now();
-        bob.login_room("measure", user(&format!("bob{i}")), RoomConfig::default())
-            .unwrap();
-        bob.start_playing_stream("alice-m").unwrap();
-        first_audio_frame(&mut eb, "alice-m");
-        first.push(t0.elapsed().as_secs_f64() * 1000.0);
-    }
-    let first_p50 = median(first.clone());
-
-    // Mouth to ear: a 20 ms burst pushed at t0 (custom capture), found in the custom render.
-    let (bob, mut eb) = voice_engine(&server, "measure", "bob-ear");
+    alice.start_publishing_stream("alice-b").unwrap();
+    ea.publisher("alice-b", PublisherState::Publishing);
+    let (bob, mut eb) = voice_engine(&server, "burst", "bob");
     bob.set_audio_sink(AudioSink::Custom).unwrap();
-    bob.start_playing_stream("alice-m").unwrap();
-    first_audio_frame(&mut eb, "alice-m");
-    pull(&bob, Duration::from_millis(500));
-    let burst: Vec<i16> = (0..960)
-        .map(|i| ((i as f64 * 2.0 * std::f64::consts::PI * 1000.0 / 48_000.0).sin() * 20_000.0) as i16)
-        .collect();
-    let mut latencies = Vec::new();
-    let mut buf = [0i16; 4800];
-    for _ in 0..5 {
-        while bob.fetch_audio_frame(&mut buf) > 0 {}
-        let t0 = Instant::now();
-        alice.push_audio_frame(&burst).unwrap();
-        let found = loop {
-            let n = bob.fetch_audio_frame(&mut buf);
-            let now = Instant::now();
-            if let Some(k) = buf[..n].iter().position(|s| s.abs() > 3000) {
-                // The chunk just fetched was rendered at `now` (within the 1 ms poll); sample
-                // k of it plays k / 48 ms after the chunk's start.
-                break now + Duration::from_secs_f64(k as f64 / 48_000.0) - t0;
-            }
-            assert!(t0.elapsed() < Duration::from_secs(2), "burst never heard");
-            std::thread::sleep(Duration::from_millis(1));
-        };
-        latencies.push(found.as_secs_f64() * 1000.0);
-        std::thread::sleep(Duration::from_millis(300));
+    bob.start_playing_stream("alice-b").unwrap();
+    first_audio_frame(&mut eb, "alice-b");
+    for _ in 0..3 {
+        // Heard (it fails after 2 s without).
+        mouth_to_ear(&alice, &bob);
+        // The rest of the burst, then nothing loud: it came out once.
+        pull(&bob, Duration::from_millis(100));
+        let after = pull(&bob, Duration::from_millis(200));
+        assert!(!after.is_empty(), "the render goes on after the burst");
+        assert!(
+            after.iter().all(|s| s.abs() <= 3000),
+            "the burst came out more than once"
+        );
     }
-    let m2e = median(latencies.clone());
-    eprintln!(
-        "login → first audio frame: p50 {first_p50:.1} ms ({first:.1?}); mouth-to-ear (custom capture → custom render): p50 {m2e:.1} ms ({latencies:.1?})"
-    );
-    assert!(
-        first_p50 < 1_000.0,
-        "login → first audio frame p50 {first_p50:.1} ms"
-    );
-    assert!(m2e < 200.0, "mouth-to-ear p50 {m2e:.1} ms");
 }

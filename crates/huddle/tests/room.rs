@@ -264,21 +264,19 @@ struct Reentrant {
 }
 
 impl EventHandler for Reentrant {
-    fn on_room_state_changed(
-        &self,
-        room_id: &str,
-        reason: RoomStateChangedReason,
-        code: ErrorCode,
-        data: &str,
-    ) {
+    fn on_event(&self, event: &Event) {
+        // The callbacks below first (they drive the engine), then the recorder.
+        event.dispatch(self);
+        self.inner.on_event(event);
+    }
+    fn on_room_state_changed(&self, _: &str, reason: RoomStateChangedReason, _: ErrorCode, _: &str) {
         if reason == RoomStateChangedReason::Logined {
             let engine = self.engine.lock().unwrap().clone().unwrap();
             engine.start_publishing_stream("self-s").unwrap();
             engine.start_playing_stream("self-s").unwrap();
         }
-        self.inner.on_room_state_changed(room_id, reason, code, data);
     }
-    fn on_publisher_state_update(&self, stream_id: &str, state: PublisherState, code: ErrorCode, data: &str) {
+    fn on_publisher_state_update(&self, _: &str, state: PublisherState, _: ErrorCode, _: &str) {
         if state == PublisherState::Publishing {
             let engine = self.engine.lock().unwrap().clone().unwrap();
             engine.stop_publishing_stream().unwrap();
@@ -288,10 +286,6 @@ impl EventHandler for Reentrant {
                 .login_room("reentry", user("me"), RoomConfig::default())
                 .unwrap();
         }
-        self.inner.on_publisher_state_update(stream_id, state, code, data);
-    }
-    fn on_player_state_update(&self, stream_id: &str, state: PlayerState, code: ErrorCode, data: &str) {
-        self.inner.on_player_state_update(stream_id, state, code, data);
     }
 }
 

@@ -3,7 +3,9 @@
 //!
 //! The media plane runs N [`Sfu`](super::Sfu)s, each on its own thread with its own tables and
 //! timers, all on the one UDP port. A stream's publish PC and all its play PCs live in one shard,
-//! [`stream_shard`], so forwarding never leaves it. Each shard's ICE username fragments start with
+//! chosen when the stream first appears by [`Placement`](super::placement::Placement) (the shard
+//! with the fewest streams, then the fewest PCs, then [`stream_shard`]) and kept while the shard
+//! has state of it, so forwarding never leaves it. Each shard's ICE username fragments start with
 //! its index ([`ice_credentials`]), so the receiving thread's [`Router`] sends a STUN check to its
 //! shard by the server half of `USERNAME`; every other datagram goes by its source address, which
 //! the router learns from the shards: a shard reports an address once a connectivity check from it
@@ -45,9 +47,9 @@ pub fn ufrag_shard(ufrag: &str) -> Option<usize> {
     u8::from_str_radix(prefix, 16).ok().map(usize::from)
 }
 
-/// The shard of a stream among `shards`: FNV-1a of the AppID and the stream ID, so that the same
-/// stream always lands on the same shard (its offers and closes keep their order on that shard's
-/// channel).
+/// A stream's hashed shard among `shards`: FNV-1a of the AppID and the stream ID. Placement's
+/// last tie-break ([`Placement::route`](super::placement::Placement::route)), once the shards
+/// have as many streams and PCs as each other; it does not by itself say where a stream lives.
 pub fn stream_shard(app: AppId, stream_id: &StreamId, shards: usize) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in app

@@ -34,7 +34,7 @@ pub fn b64_encode(data: &[u8]) -> String {
 /// Strict decoder: length multiple of 4, padding only at the end, zero trailing bits.
 pub fn b64_decode(text: &str) -> Option<Vec<u8>> {
     let bytes = text.as_bytes();
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::new();

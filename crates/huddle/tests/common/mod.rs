@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use huddle::{
     Engine, EngineConfig, EngineProfile, ErrorCode, Event, EventHandler, PlayerState, PublisherState,
-    RoomConfig, RoomState, RoomStateChangedReason, StreamInfo, UpdateType, User, UserId,
+    RoomConfig, RoomStateChangedReason, UpdateType, User, UserId,
 };
 use huddle_server::{AppConfig, BackgroundServer, ServerConfig};
 
@@ -43,111 +43,8 @@ impl Recorder {
 }
 
 impl EventHandler for Recorder {
-    fn on_room_state_update(
-        &self,
-        room_id: &str,
-        state: RoomState,
-        error_code: ErrorCode,
-        extended_data: &str,
-    ) {
-        self.record(Event::RoomStateUpdate {
-            room_id: room_id.parse().unwrap(),
-            state,
-            error_code,
-            extended_data: extended_data.into(),
-        });
-    }
-    fn on_room_state_changed(
-        &self,
-        room_id: &str,
-        reason: RoomStateChangedReason,
-        error_code: ErrorCode,
-        extended_data: &str,
-    ) {
-        self.record(Event::RoomStateChanged {
-            room_id: room_id.parse().unwrap(),
-            reason,
-            error_code,
-            extended_data: extended_data.into(),
-        });
-    }
-    fn on_room_user_update(&self, room_id: &str, update_type: UpdateType, users: &[User]) {
-        self.record(Event::RoomUserUpdate {
-            room_id: room_id.parse().unwrap(),
-            update_type,
-            users: users.to_vec(),
-        });
-    }
-    fn on_room_stream_update(
-        &self,
-        room_id: &str,
-        update_type: UpdateType,
-        streams: &[StreamInfo],
-        extended_data: &str,
-    ) {
-        self.record(Event::RoomStreamUpdate {
-            room_id: room_id.parse().unwrap(),
-            update_type,
-            streams: streams.to_vec(),
-            extended_data: extended_data.into(),
-        });
-    }
-    fn on_publisher_state_update(
-        &self,
-        stream_id: &str,
-        state: PublisherState,
-        error_code: ErrorCode,
-        extended_data: &str,
-    ) {
-        self.record(Event::PublisherStateUpdate {
-            stream_id: stream_id.parse().unwrap(),
-            state,
-            error_code,
-            extended_data: extended_data.into(),
-        });
-    }
-    fn on_player_state_update(
-        &self,
-        stream_id: &str,
-        state: PlayerState,
-        error_code: ErrorCode,
-        extended_data: &str,
-    ) {
-        self.record(Event::PlayerStateUpdate {
-            stream_id: stream_id.parse().unwrap(),
-            state,
-            error_code,
-            extended_data: extended_data.into(),
-        });
-    }
-    fn on_room_token_will_expire(&self, room_id: &str, remain_secs: i64) {
-        self.record(Event::RoomTokenWillExpire {
-            room_id: room_id.parse().unwrap(),
-            remain_secs,
-        });
-    }
-    fn on_publisher_captured_audio_first_frame(&self) {
-        self.record(Event::PublisherCapturedAudioFirstFrame);
-    }
-    fn on_publisher_captured_video_first_frame(&self) {
-        self.record(Event::PublisherCapturedVideoFirstFrame);
-    }
-    fn on_player_recv_audio_first_frame(&self, stream_id: &str) {
-        self.record(Event::PlayerRecvAudioFirstFrame {
-            stream_id: stream_id.parse().unwrap(),
-        });
-    }
-    fn on_player_recv_video_first_frame(&self, stream_id: &str) {
-        self.record(Event::PlayerRecvVideoFirstFrame {
-            stream_id: stream_id.parse().unwrap(),
-        });
-    }
-    fn on_debug_error(&self, error_code: ErrorCode, func_name: &str, info: &str) {
-        self.record(Event::DebugError {
-            error_code,
-            func_name: func_name.into(),
-            info: info.into(),
-        });
+    fn on_event(&self, event: &Event) {
+        self.record(event.clone());
     }
 }
 
@@ -423,4 +320,46 @@ pub fn pull(engine: &huddle::Engine, d: std::time::Duration) -> Vec<i16> {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     all
+}
+
+/// An engine without camera, logged in to `room` as `user_id`.
+pub fn voice_engine(server: &huddle_server::BackgroundServer, room: &str, user_id: &str) -> (Engine, Events) {
+    let (engine, events) = engine_with(profile(server));
+    engine.enable_camera(false);
+    engine
+        .login_room(room, user(user_id), RoomConfig::default())
+        .unwrap();
+    (engine, events)
+}
+
+/// Waits for the first audio frame of `stream`.
+pub fn first_audio_frame(events: &mut Events, stream: &str) {
+    events.wait(
+        &format!("first audio frame of {stream}"),
+        |e| matches!(e, Event::PlayerRecvAudioFirstFrame { stream_id } if stream_id.as_str() == stream),
+    );
+}
+
+/// One mouth-to-ear time: a loud 20 ms 1 kHz burst pushed into `publisher`'s custom capture,
+/// found in `player`'s custom render (both engines already publishing and playing one stream;
+/// what the render held before the push is dropped). Fails after 2 s without it.
+pub fn mouth_to_ear(publisher: &Engine, player: &Engine) -> Duration {
+    let burst: Vec<i16> = (0..960)
+        .map(|i| ((i as f64 * 2.0 * std::f64::consts::PI * 1000.0 / 48_000.0).sin() * 20_000.0) as i16)
+        .collect();
+    let mut buf = [0i16; 4800];
+    while player.fetch_audio_frame(&mut buf) > 0 {}
+    let t0 = Instant::now();
+    publisher.push_audio_frame(&burst).unwrap();
+    loop {
+        let n = player.fetch_audio_frame(&mut buf);
+        let now = Instant::now();
+        if let Some(k) = buf[..n].iter().position(|s| s.abs() > 3000) {
+            // The chunk just fetched was rendered at `now` (within the 1 ms poll); sample k of
+            // it plays k / 48 ms after the chunk's start.
+            return now + Duration::from_secs_f64(k as f64 / 48_000.0) - t0;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(2), "burst never heard");
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }

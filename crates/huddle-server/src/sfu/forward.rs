@@ -1,0 +1,361 @@
+//! Forwarding: a publisher's RTP written to every player's PC (rewritten, RED made plain for
+//! players without it), keyframe requests passed up, and the written PCs flushed.
+
+use std::cmp::Reverse;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use huddle_proto::{ErrorCode, PeerState, ServerMsg};
+use str0m::media::KeyframeRequestKind;
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::{Event, IceConnectionState, Input, Output, Rtc};
+use tracing::{debug, info};
+
+use super::pc::{Link, Pc, Playing, Role, TrackOut};
+use super::types::{bump, queue_transmit};
+use super::{KEYFRAME_REQUEST_INTERVAL, Sfu, StreamKey, red};
+
+impl Sfu {
+    /// Marks a PC mutated by more than forwarded RTP, to be given the time and drained in full.
+    pub(super) fn mark_dirty(&mut self, id: usize) {
+        if let Some(pc) = self.pc(id) {
+            pc.dirty_full = true;
+            if !pc.dirty {
+                pc.dirty = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    /// Drains every PC mutated from outside its own drive, so that forwarded packets leave in
+    /// the same pass as the packet that brought them.
+    ///
+    /// A PC that was only written RTP takes str0m's fast path, `Rtc::send_written_rtp` (our
+    /// patch, vendor/patches/0002-send-fast-path.patch): its packets are protected and queued for the socket
+    /// without running its other timers, which keep their schedule. That halves the SFU's own
+    /// time per forwarded packet (benches/forward.rs). Otherwise (a keyframe request, or a PC
+    /// the fast path does not take) str0m sends what was written when time moves, so the PC is
+    /// given the time and drained in full.
+    pub(super) fn flush(&mut self, now: Instant) {
+        while let Some(id) = self.dirty.pop() {
+            let Sfu {
+                pcs,
+                transmits,
+                counters,
+                ..
+            } = self;
+            let Some(pc) = pcs.get_mut(id).and_then(|p| p.as_deref_mut()) else {
+                continue;
+            };
+            if !std::mem::take(&mut pc.dirty_full) && self.fast_path {
+                let sent = pc
+                    .rtc
+                    .send_written_rtp(now, |t| queue_transmit(transmits, counters, t));
+                if sent {
+                    pc.dirty = false;
+                    continue;
+                }
+            }
+            if let Err(e) = pc.rtc.handle_input(Input::Timeout(now)) {
+                debug!(error = %e, "media timeout handling failed");
+                self.fail_pc(now, id, "the connection failed");
+                continue;
+            }
+            self.drive(id, now);
+        }
+    }
+
+    /// Drains one PC's output until it returns a timeout.
+    pub(super) fn drive(&mut self, id: usize, now: Instant) {
+        loop {
+            let Some(pc) = self.pc(id) else { return };
+            pc.dirty = false;
+            if !pc.rtc.is_alive() {
+                self.close_pc(now, id, None);
+                return;
+            }
+            match pc.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    if pc.scheduled != Some(t) {
+                        pc.scheduled = Some(t);
+                        self.timers.push(Reverse((t, id)));
+                    }
+                    return;
+                }
+                Ok(Output::Transmit(t)) => self.push_transmit(t),
+                Ok(Output::Event(e)) => self.on_event(now, id, e),
+                Err(e) => {
+                    debug!(error = %e, "media output failed");
+                    self.fail_pc(now, id, "the connection failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_event(&mut self, now: Instant, id: usize, event: Event) {
+        match event {
+            Event::RtpPacket(packet) => self.forward(now, id, &packet),
+            Event::KeyframeRequest(req) => {
+                if let Some(pc) = self.pc(id)
+                    && matches!(pc.role, Role::Play(_))
+                {
+                    let key = pc.key.clone();
+                    self.request_keyframe(now, &key, req.kind);
+                }
+            }
+            Event::Connected => {
+                let Some(pc) = self.pc(id) else { return };
+                pc.link = Link::Connected;
+                let (owner, key, role) = (pc.owner, pc.key.clone(), pc.media_role());
+                let has_video = pc.tracks().iter().any(|t| t.kind.is_video());
+                bump(&self.counters.pcs_connected);
+                info!(session = %owner, stream = %key.1, ?role, "media connected");
+                self.signals.push_back((
+                    owner,
+                    ServerMsg::MediaState {
+                        stream_id: key.1.clone(),
+                        kind: role,
+                        state: PeerState::Connected,
+                        code: ErrorCode::OK,
+                        message: String::new(),
+                    },
+                ));
+                if has_video {
+                    // A new viewer needs a keyframe to start decoding.
+                    self.request_keyframe(now, &key, KeyframeRequestKind::Pli);
+                }
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.fail_pc(now, id, "ICE disconnected (no connectivity checks)");
+            }
+            Event::Closed => {
+                // The client closed it (DTLS close_notify): nothing to tell.
+                self.close_pc(now, id, None);
+            }
+            _ => {}
+        }
+    }
+
+    /// Forwards one packet of a publisher to every connected player of its stream.
+    ///
+    /// Audio the publisher sends as RED (RFC 2198) goes unchanged to the players that
+    /// negotiated RED, on their RED payload type; the others get the primary block alone, as
+    /// plain Opus, preceded by the frames that were lost upstream and that the packet's
+    /// redundant blocks carry (see [`red`]).
+    pub(super) fn forward(&mut self, now: Instant, from: usize, packet: &RtpPacket) {
+        bump(&self.counters.rtp_in);
+        let Sfu {
+            pcs,
+            streams,
+            counters,
+            dirty,
+            ..
+        } = self;
+        let Some(Pc {
+            rtc: src_rtc,
+            role: Role::Publish(src),
+            key: src_key,
+            ..
+        }) = pcs.get_mut(from).and_then(|p| p.as_deref_mut())
+        else {
+            return;
+        };
+        let Some(kind) = src.kind_of(src_rtc, packet.header.ssrc) else {
+            return;
+        };
+        let source = (u64::from(src.epoch) << 32) | u64::from(*packet.header.ssrc);
+        let seq = *packet.seq_no;
+        // The primary's payload type when this is a RED packet.
+        let red_primary = match src.red_in {
+            Some((red_pt, opus_pt)) if kind.is_audio() && packet.header.payload_type == red_pt => {
+                Some(opus_pt)
+            }
+            _ => None,
+        };
+        let last_audio_seq = if kind.is_audio() {
+            let last = src.last_audio_seq;
+            if last.is_none_or(|l| seq > l) {
+                src.last_audio_seq = Some(seq);
+            }
+            last
+        } else {
+            None
+        };
+        let Some(entry) = streams.get(src_key) else {
+            return;
+        };
+        let ext = ExtensionValues {
+            audio_level: packet.header.ext_vals.audio_level,
+            voice_activity: packet.header.ext_vals.voice_activity,
+            ..ExtensionValues::default()
+        };
+        let no_ext = ExtensionValues::default();
+        // A RED packet as plain Opus, made once for all the players without RED: the primary
+        // and the frames recovered from the redundancy (`None`: malformed, not forwarded).
+        let mut plain: Option<Option<PlainAudio>> = None;
+        let ts = packet.header.timestamp;
+        let mut forwarded = 0;
+        for &pid in &entry.players {
+            // Connected players only.
+            let Some(Pc {
+                rtc,
+                role: Role::Play(Playing { tracks }),
+                link: Link::Connected,
+                dirty: queued,
+                ..
+            }) = pcs.get_mut(pid).and_then(|p| p.as_deref_mut())
+            else {
+                continue;
+            };
+            let Some(track) = tracks.iter_mut().find(|t| t.kind == kind) else {
+                continue;
+            };
+            let mut sent = 0;
+            match red_primary {
+                Some(opus_pt) if track.red_pt.is_none() => {
+                    let plain = plain.get_or_insert_with(|| {
+                        let split = red::split(&packet.payload, *opus_pt)?;
+                        let recovered = red::recover(&split, last_audio_seq, seq, ts)
+                            .map(|(s, t, b)| (s, t, Arc::from(b)))
+                            .collect();
+                        Some(PlainAudio {
+                            primary: Arc::from(split.primary),
+                            recovered,
+                        })
+                    });
+                    let Some(plain) = plain.as_ref() else { continue };
+                    for (s, t, b) in &plain.recovered {
+                        let out = Outgoing {
+                            seq: *s,
+                            ts: *t,
+                            payload: b.clone(),
+                            marker: false,
+                            red: false,
+                        };
+                        sent += u64::from(send_on(rtc, track, source, now, packet.timestamp, out, &no_ext));
+                    }
+                    let out = Outgoing {
+                        seq,
+                        ts,
+                        payload: plain.primary.clone(),
+                        marker: packet.header.marker,
+                        red: false,
+                    };
+                    sent += u64::from(send_on(rtc, track, source, now, packet.timestamp, out, &ext));
+                }
+                _ => {
+                    let out = Outgoing {
+                        seq,
+                        ts,
+                        payload: packet.payload.clone(),
+                        marker: packet.header.marker,
+                        red: red_primary.is_some(),
+                    };
+                    sent += u64::from(send_on(rtc, track, source, now, packet.timestamp, out, &ext));
+                }
+            }
+            if sent == 0 {
+                continue;
+            }
+            forwarded += sent;
+            if !*queued {
+                *queued = true;
+                dirty.push(pid);
+            }
+        }
+        // Once per packet, not per player: the counters are shared by every shard's thread.
+        counters.rtp_forwarded.fetch_add(forwarded, Ordering::Relaxed);
+    }
+
+    /// Asks the stream's publisher for a keyframe, at most once per
+    /// [`KEYFRAME_REQUEST_INTERVAL`].
+    pub(super) fn request_keyframe(&mut self, now: Instant, key: &StreamKey, kind: KeyframeRequestKind) {
+        let Some(entry) = self.streams.get_mut(key) else {
+            return;
+        };
+        if entry
+            .last_keyframe_request
+            .is_some_and(|t| now < t + KEYFRAME_REQUEST_INTERVAL)
+        {
+            return;
+        }
+        let Some(pid) = entry.publisher else { return };
+        let Some(Pc {
+            rtc,
+            role: Role::Publish(publishing),
+            ..
+        }) = self.pcs.get_mut(pid).and_then(|p| p.as_deref_mut())
+        else {
+            return;
+        };
+        let Some(mid) = publishing
+            .mids
+            .iter()
+            .find(|(_, k)| k.is_video())
+            .map(|(m, _)| *m)
+        else {
+            return;
+        };
+        let mut api = rtc.direct_api();
+        let Some(rx) = api.stream_rx_by_mid(mid, None) else {
+            return;
+        };
+        rx.request_keyframe(kind);
+        entry.last_keyframe_request = Some(now);
+        bump(&self.counters.keyframe_requests);
+        self.mark_dirty(pid);
+    }
+}
+
+/// A publisher's RED packet made plain Opus for the players without RED.
+pub(super) struct PlainAudio {
+    pub(super) primary: Arc<[u8]>,
+    /// Frames lost upstream and restored from the redundant blocks: (seq, ts, payload).
+    pub(super) recovered: Vec<(u64, u32, Arc<[u8]>)>,
+}
+
+/// One packet to write to a played track, in the publisher's sequence and timestamp space.
+pub(super) struct Outgoing {
+    pub(super) seq: u64,
+    pub(super) ts: u32,
+    pub(super) payload: Arc<[u8]>,
+    pub(super) marker: bool,
+    /// A RED payload: sent on the track's RED payload type.
+    pub(super) red: bool,
+}
+
+/// Writes a packet to a played track, rewritten into the player's sequence and timestamp
+/// space; false when it predates the player's view of the source or the track has no stream.
+pub(super) fn send_on(
+    rtc: &mut Rtc,
+    track: &mut TrackOut,
+    source: u64,
+    now: Instant,
+    wallclock: Instant,
+    out: Outgoing,
+    ext: &ExtensionValues,
+) -> bool {
+    let Some((seq, ts)) = track.rewriter.map(source, out.seq, out.ts, now) else {
+        return false;
+    };
+    let pt = match (out.red, track.red_pt) {
+        (true, Some(red)) => red,
+        _ => track.pt,
+    };
+    let mut api = rtc.direct_api();
+    let Some(tx) = api.stream_tx_by_mid(track.mid, None) else {
+        return false;
+    };
+    tx.write_rtp(
+        RtpWrite::new(pt, seq.into(), ts, wallclock, out.payload)
+            .marker(out.marker)
+            .ext_vals(ext.clone())
+            // Opus is repaired by RED and in-band FEC, not NACK (browsers do not negotiate NACK
+            // for audio, and str0m cannot retransmit a RED packet): only video goes to the send
+            // buffer.
+            .nackable(track.kind.is_video()),
+    );
+    true
+}

@@ -1,0 +1,225 @@
+//! The SFU's public vocabulary: its configuration, the commands signaling sends it, and the
+//! counters it keeps (shared with monitoring).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use huddle_proto::{AppId, MediaRole, StreamId};
+use str0m::net::Transmit;
+
+use crate::registry::SessionId;
+
+/// Datagrams queued for the socket before new ones are dropped (the shell drains the queue after
+/// every input, so this is only reached when the socket refuses to send).
+pub(super) const MAX_QUEUED_TRANSMITS: usize = 8192;
+
+/// The SFU's settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SfuConfig {
+    /// The server's ICE candidates, in order of preference, at least one: the advertised IPs
+    /// and the bound UDP port. A datagram is handed over with the candidate it was sent to
+    /// ([`Sfu::handle_datagram_to`]), and each PC's datagrams leave from the candidate its
+    /// client reached ([`Transmit::source`]).
+    pub candidates: Vec<SocketAddr>,
+    /// The TCP port of the server's ICE-TCP candidates (RFC 6544 passive), one on each IP of
+    /// `candidates`, for clients whose network blocks UDP; `None`: UDP only.
+    pub tcp_port: Option<u16>,
+    /// A PC that does not connect (ICE and DTLS) in this time is closed as failed.
+    pub connect_timeout: Duration,
+    /// How long a play offer waits for the publisher's media offer (when the stream is published
+    /// but its media has not been negotiated yet).
+    pub play_wait: Duration,
+    /// Peer connections at once; offers beyond are refused (1009006).
+    pub max_peer_connections: usize,
+    /// This SFU's index among the media plane's shards (below [`shard::MAX_SHARDS`]): its PCs'
+    /// ICE username fragments start with it ([`shard::ice_credentials`]).
+    pub shard: usize,
+}
+
+impl SfuConfig {
+    /// Defaults around one `candidate`: 15 s connect timeout, 5 s play wait, 20 000 PCs, shard 0.
+    pub fn new(candidate: SocketAddr) -> SfuConfig {
+        SfuConfig {
+            candidates: vec![candidate],
+            tcp_port: None,
+            connect_timeout: Duration::from_secs(15),
+            play_wait: Duration::from_secs(5),
+            max_peer_connections: 20_000,
+            shard: 0,
+        }
+    }
+}
+
+/// What signaling asks of the media plane, in the order the registry decided it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Command {
+    /// A `media_offer`, already checked against the registry.
+    Offer(Offer),
+    /// The stream is no longer published (unpublish): close its publish PC and every play PC of
+    /// it (their sessions get `media_state` closed).
+    ClosePublish {
+        /// The app.
+        app: AppId,
+        /// The stream.
+        stream_id: StreamId,
+    },
+    /// The session stopped playing the stream: close its play PC.
+    ClosePlay {
+        /// The session.
+        session: SessionId,
+        /// The app.
+        app: AppId,
+        /// The stream.
+        stream_id: StreamId,
+    },
+    /// The session ended (logout, kick, grace expiry): close its PCs, and the play PCs of the
+    /// streams it published.
+    SessionGone {
+        /// The session.
+        session: SessionId,
+    },
+}
+
+impl Command {
+    /// The stream the command is about (none for `SessionGone`, which is about every stream).
+    #[must_use]
+    pub fn stream(&self) -> Option<(AppId, &StreamId)> {
+        match self {
+            Command::Offer(o) => Some((o.app, &o.stream_id)),
+            Command::ClosePublish { app, stream_id } | Command::ClosePlay { app, stream_id, .. } => {
+                Some((*app, stream_id))
+            }
+            Command::SessionGone { .. } => None,
+        }
+    }
+}
+
+/// A `media_offer` from a session.
+#[derive(Debug, Clone)]
+pub struct Offer {
+    /// Who offers.
+    pub session: SessionId,
+    /// The session's app.
+    pub app: AppId,
+    /// The stream.
+    pub stream_id: StreamId,
+    /// Publish or play.
+    pub role: MediaRole,
+    /// The request number, echoed in the answer.
+    pub seq: u32,
+    /// The SDP offer.
+    pub sdp: String,
+}
+
+/// Counters of the media plane, shared by its threads and with monitoring (relaxed atomic
+/// increments: no lock, no ordering needed).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub(super) datagrams_in: AtomicU64,
+    pub(super) dropped_unknown: AtomicU64,
+    pub(super) dropped_invalid: AtomicU64,
+    pub(super) rtp_in: AtomicU64,
+    pub(super) rtp_forwarded: AtomicU64,
+    pub(super) transmits_dropped: AtomicU64,
+    pub(super) keyframe_requests: AtomicU64,
+    pub(super) pcs_opened: AtomicU64,
+    pub(super) pcs_closed: AtomicU64,
+    pub(super) pcs_connected: AtomicU64,
+    pub(super) dropped_overload: AtomicU64,
+    pub(super) dropped_stale: AtomicU64,
+}
+
+/// Queues a datagram for the socket, or drops and counts it when the queue is full.
+pub(super) fn queue_transmit(transmits: &mut VecDeque<Transmit>, counters: &Counters, t: Transmit) {
+    if transmits.len() >= MAX_QUEUED_TRANSMITS {
+        bump(&counters.transmits_dropped);
+    } else {
+        transmits.push_back(t);
+    }
+}
+
+pub(super) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    /// Counts a datagram the socket refused to send (`transmits_dropped`).
+    pub fn count_send_failure(&self) {
+        bump(&self.transmits_dropped);
+    }
+
+    /// Counts a received datagram that no shard's PC can own (the sharded media plane's router:
+    /// `datagrams_in` and `dropped_unknown`).
+    pub fn count_unroutable(&self) {
+        bump(&self.datagrams_in);
+        bump(&self.dropped_unknown);
+    }
+
+    /// Counts a received datagram dropped because its shard is too far behind
+    /// (`datagrams_in` and `dropped_overload`).
+    pub fn count_overload(&self) {
+        bump(&self.datagrams_in);
+        bump(&self.dropped_overload);
+    }
+
+    /// Counts a received RTP datagram dropped because it waited too long in the server's queues
+    /// to be of use (`datagrams_in` and `dropped_stale`).
+    pub fn count_stale(&self) {
+        bump(&self.datagrams_in);
+        bump(&self.dropped_stale);
+    }
+
+    /// A snapshot.
+    pub fn snapshot(&self) -> MediaStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        MediaStats {
+            datagrams_in: g(&self.datagrams_in),
+            dropped_unknown: g(&self.dropped_unknown),
+            dropped_invalid: g(&self.dropped_invalid),
+            rtp_in: g(&self.rtp_in),
+            rtp_forwarded: g(&self.rtp_forwarded),
+            transmits_dropped: g(&self.transmits_dropped),
+            keyframe_requests: g(&self.keyframe_requests),
+            pcs_opened: g(&self.pcs_opened),
+            pcs_closed: g(&self.pcs_closed),
+            pcs_connected: g(&self.pcs_connected),
+            dropped_overload: g(&self.dropped_overload),
+            dropped_stale: g(&self.dropped_stale),
+        }
+    }
+}
+
+/// Counts of the media plane since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MediaStats {
+    /// UDP datagrams received.
+    pub datagrams_in: u64,
+    /// Datagrams that belong to no PC (unknown address or ICE username), dropped.
+    pub dropped_unknown: u64,
+    /// Datagrams that are not STUN, DTLS, RTP or RTCP, or that their PC refused, dropped.
+    pub dropped_invalid: u64,
+    /// RTP packets received from publishers.
+    pub rtp_in: u64,
+    /// RTP packets written to players (one per player per packet).
+    pub rtp_forwarded: u64,
+    /// Datagrams not sent: the queue to the socket was full, or the socket refused them.
+    pub transmits_dropped: u64,
+    /// Keyframe requests forwarded to publishers.
+    pub keyframe_requests: u64,
+    /// Peer connections opened (answers sent).
+    pub pcs_opened: u64,
+    /// Peer connections closed.
+    pub pcs_closed: u64,
+    /// Peer connections that connected (ICE and DTLS).
+    pub pcs_connected: u64,
+    /// Datagrams dropped on receipt because their shard was too far behind (overload).
+    pub dropped_overload: u64,
+    /// RTP dropped because it had waited in the server's queues longer than it could still be
+    /// of use (overload: forwarding it late would only add latency).
+    pub dropped_stale: u64,
+}
