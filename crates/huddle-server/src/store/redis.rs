@@ -126,7 +126,7 @@ return {id, seq, live(KEYS[1]), live(KEYS[2])}
 /// length, key lifetime (ms). Deletes the entries whose owner's lease has ended.
 const REAP: &str = r"
 local n = 0
-for h = 1, 2 do
+for _, h in ipairs({2, 1}) do
   local all = redis.call('HGETALL', KEYS[h])
   for i = 1, #all, 2 do
     local v = all[i + 1]
