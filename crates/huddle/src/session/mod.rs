@@ -1568,12 +1568,13 @@ impl Session {
     }
 }
 
-/// Login refusals worth another attempt while reconnecting (the server is busy or restarting);
-/// any other refusal (auth, room full, …) ends the room.
+/// Login refusals worth another attempt while reconnecting (the server is busy or restarting,
+/// or its cluster store is out of reach); any other refusal (auth, room full, …) ends the room.
 fn retriable(code: ErrorCode) -> bool {
     [
         ErrorCode::SERVER_BUSY,
         ErrorCode::SERVER_SHUTTING_DOWN,
+        ErrorCode::CLUSTER_UNAVAILABLE,
         ErrorCode::RATE_LIMITED,
         ErrorCode::INTERNAL,
         ErrorCode::LOGIN_TIMEOUT,
