@@ -1748,6 +1748,14 @@ impl Registry {
                         return fail(format!("room {room_id}: stream {st} not registered"));
                     }
                 }
+                if room.remote_users.iter().any(|(id, (_, u))| *id != u.user_id)
+                    || room
+                        .remote_streams
+                        .iter()
+                        .any(|(id, (_, st))| *id != st.stream_id)
+                {
+                    return fail(format!("room {room_id}: a remote entry under another ID"));
+                }
             }
             for (st, p) in &app.streams {
                 if !self

@@ -58,7 +58,8 @@ pub struct RoomEvent {
     /// The room's sequence number: one more than the event before it, unless events were lost
     /// (the follower then reads a fresh snapshot).
     pub seq: u64,
-    /// The node (and lease) that owns what changed ([`Store::owner`] for this node's own).
+    /// The node (and lease) that owns what changed, `node|epoch` (this node's own start with
+    /// its [`Store::node_id`] and `|`).
     pub owner: String,
     /// What changed.
     pub change: RoomChange,

@@ -312,6 +312,9 @@ async fn a_room_spans_nodes_and_each_node_sees_the_others_changes_in_order() {
     let c3 = node(&redis, "node-c", Duration::from_secs(10));
     let (mut alice, _) = join(&a, "alice").await;
     alice.publish("s-alice").await;
+    // A change reaches the store just after its own answer: wait for it, so that what Bob's
+    // login lists is known (a login racing a change gets it as an event right after login_ok).
+    assert!(a.state().cluster_barrier().await);
     // Bob logs in through B and sees the whole room: A's user and stream.
     let (mut bob, ok) = join(&b, "bob").await;
     assert_eq!(ok.users, vec![user("alice")]);
@@ -320,6 +323,7 @@ async fn a_room_spans_nodes_and_each_node_sees_the_others_changes_in_order() {
         room_event(&mut alice, WAIT).await,
         users_msg(UpdateType::Add, "bob")
     );
+    assert!(b.state().cluster_barrier().await);
     // A third node: its user sees both others.
     let (mut dave, ok) = join(&c3, "dave").await;
     assert_eq!(ok.users, vec![user("alice"), user("bob")]);
@@ -401,6 +405,7 @@ async fn a_dead_nodes_users_and_streams_leave_for_the_others_and_its_ids_are_fre
     let b = node(&redis, "node-b", lease);
     let (mut alice, _) = join(&a, "alice").await;
     alice.publish("s-alice").await;
+    assert!(a.state().cluster_barrier().await);
     let (mut bob, ok) = join(&b, "bob").await;
     assert_eq!(ok.streams, vec![info("alice", "s-alice")]);
     assert_eq!(
@@ -479,6 +484,7 @@ async fn after_a_redis_restart_the_nodes_restore_the_room_and_no_stream_id_is_ha
         try_publish(&mut alice, "s-bob").await,
         Err(ErrorCode::STREAM_ID_EXISTS)
     );
+    assert!(a.state().cluster_barrier().await);
     // Both nodes put their part of the room back: a newcomer on either sees all of it.
     let all_streams = vec![
         info("alice", "s-alice"),
