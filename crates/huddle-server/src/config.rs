@@ -201,6 +201,11 @@ pub struct ServerConfig {
     /// The bearer token that opens `/metrics` to addresses other than loopback
     /// (`metrics_token`, default none: loopback only). See `docs/operations.md`.
     pub metrics_token: Option<String>,
+    /// A node's lease in the cluster store (`cluster_lease_ms`, default 10 s, at least 300 ms):
+    /// renewed every third of it; what a node owns (stream IDs, its users and streams in shared
+    /// rooms) is gone for the others within about a lease and a third after it dies. Only with
+    /// `redis`.
+    pub cluster_lease: Duration,
     /// After SIGTERM, how long calls in progress may go on before the server closes them and
     /// exits (`drain_timeout_ms`, default 30 s); new logins are refused meanwhile.
     pub drain_timeout: Duration,
@@ -262,6 +267,7 @@ impl Default for ServerConfig {
             redis: None,
             node_id: None,
             metrics_token: None,
+            cluster_lease: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
             heartbeat: Duration::from_secs(5),
             session_timeout: Duration::from_secs(15),
@@ -311,6 +317,7 @@ const FILE_KEYS: &[&str] = &[
     "redis",
     "node_id",
     "metrics_token",
+    "cluster_lease_ms",
     "heartbeat_ms",
     "session_timeout_ms",
     "grace_ms",
@@ -348,6 +355,7 @@ struct FileConfig {
     redis: Option<String>,
     node_id: Option<String>,
     metrics_token: Option<String>,
+    cluster_lease_ms: Option<u64>,
     heartbeat_ms: Option<u64>,
     session_timeout_ms: Option<u64>,
     grace_ms: Option<u64>,
@@ -503,6 +511,7 @@ impl ServerConfig {
             redis: f.redis,
             node_id: f.node_id,
             metrics_token: f.metrics_token,
+            cluster_lease: f.cluster_lease_ms.map_or(d.cluster_lease, ms),
             drain_timeout: f.drain_timeout_ms.map_or(d.drain_timeout, ms),
             heartbeat: f.heartbeat_ms.map_or(d.heartbeat, ms),
             session_timeout: f.session_timeout_ms.map_or(d.session_timeout, ms),
@@ -621,6 +630,7 @@ impl ServerConfig {
             ("session_timeout_ms", self.session_timeout),
             ("grace_ms", self.grace),
             ("login_timeout_ms", self.login_timeout),
+            ("cluster_lease_ms", self.cluster_lease),
         ];
         for (name, d) in timings {
             if d.is_zero() || d.as_millis() > u128::from(u32::MAX) {
@@ -683,6 +693,9 @@ impl ServerConfig {
             if !ok {
                 return invalid(format!("node_id {id:?} must be 1 to 64 of [0-9A-Za-z_.-]"));
             }
+        }
+        if self.cluster_lease < Duration::from_millis(300) {
+            return invalid("cluster_lease_ms must be at least 300 ms".into());
         }
         if self.drain_timeout.as_millis() > u128::from(u32::MAX) {
             return invalid(format!("drain_timeout_ms must be at most {} ms", u32::MAX));

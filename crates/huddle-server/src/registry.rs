@@ -104,6 +104,85 @@ pub enum Output {
     },
     /// Tell the media plane, in this order relative to the other outputs.
     Media(MediaCommand),
+    /// Tell the cluster (the other nodes, through the store), in this order relative to the
+    /// other outputs.
+    Cluster(ClusterCommand),
+}
+
+/// A change of a room that the other nodes with members in it must see: made by this node
+/// ([`ClusterCommand::Change`]) or by another ([`Registry::remote_update`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomChange {
+    /// A user joined the room.
+    UserAdd(User),
+    /// A user left the room.
+    UserDelete(UserId),
+    /// A stream was published in the room.
+    StreamAdd(StreamInfo),
+    /// A stream of the room is no longer published.
+    StreamDelete(StreamId),
+}
+
+/// What the registry's decisions mean for the cluster: the rooms this node follows and the
+/// changes of its own part of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterCommand {
+    /// This node has members in the room now: read the room's history from `cursor` (where the
+    /// [`RemoteRoom`] given to the login that created the room was taken) and feed it to
+    /// [`Registry::remote_update`].
+    Follow {
+        /// The app.
+        app: AppId,
+        /// The room.
+        room: RoomId,
+        /// The opaque position in the room's history of the snapshot.
+        cursor: String,
+        /// The room's sequence number at the snapshot.
+        seq: u64,
+    },
+    /// This node has no member in the room any more: stop reading its history.
+    Unfollow {
+        /// The app.
+        app: AppId,
+        /// The room.
+        room: RoomId,
+    },
+    /// This node's part of the room changed: tell the others.
+    Change {
+        /// The app.
+        app: AppId,
+        /// The room.
+        room: RoomId,
+        /// What changed.
+        change: RoomChange,
+    },
+}
+
+/// The other nodes' part of a room, as the cluster store had it at `cursor`: their users and
+/// streams, each with the opaque name of the node (and lease) that owns it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteRoom {
+    /// The opaque position in the room's history of this snapshot.
+    pub cursor: String,
+    /// The room's sequence number at this snapshot.
+    pub seq: u64,
+    /// The users of other nodes, with their owners.
+    pub users: Vec<(String, User)>,
+    /// The streams of other nodes, with their owners.
+    pub streams: Vec<(String, StreamInfo)>,
+}
+
+/// This node's own part of one room ([`Registry::local_rooms`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalRoom {
+    /// The app.
+    pub app: AppId,
+    /// The room.
+    pub room: RoomId,
+    /// This node's users in the room.
+    pub users: Vec<User>,
+    /// This node's streams in the room.
+    pub streams: Vec<StreamInfo>,
 }
 
 /// What the registry's decisions mean for the media plane.
@@ -337,6 +416,22 @@ struct Room {
     /// One session per user ID.
     users: BTreeMap<UserId, SessionId>,
     streams: BTreeSet<StreamId>,
+    /// The users of other nodes, with their owners (a user ID also on this node is shown once).
+    remote_users: BTreeMap<UserId, (String, User)>,
+    /// The streams of other nodes, with their owners.
+    remote_streams: BTreeMap<StreamId, (String, StreamInfo)>,
+}
+
+impl Room {
+    /// Members of the room on every node (a user on two nodes counts once).
+    fn member_count(&self) -> usize {
+        self.users.len()
+            + self
+                .remote_users
+                .keys()
+                .filter(|u| !self.users.contains_key(*u))
+                .count()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -398,6 +493,21 @@ fn room_recipients(
                 .is_some_and(|s| s.attached() && (!notify_only || s.user_status_notify))
         })
         .collect()
+}
+
+/// The streams of `room` on every node, sorted by stream ID.
+fn room_streams(app: &App, room: &Room) -> Vec<StreamInfo> {
+    let mut all: BTreeMap<&StreamId, &StreamInfo> = room
+        .remote_streams
+        .iter()
+        .map(|(id, (_, info))| (id, info))
+        .collect();
+    for st in &room.streams {
+        if let Some(p) = app.streams.get(st) {
+            all.insert(st, &p.info);
+        }
+    }
+    all.into_values().cloned().collect()
 }
 
 fn broadcast(out: &mut Vec<Output>, to: Vec<SessionId>, msg: ServerMsg) {
@@ -481,12 +591,34 @@ impl Registry {
         new_resume_key: String,
         out: &mut Vec<Output>,
     ) -> Result<Attached, HuddleError> {
+        self.login_with(login, grant, new_resume_key, None, out)
+    }
+
+    /// [`Registry::login`] in a cluster: `remote` is the other nodes' part of the room, read
+    /// from the store just before. It is taken when this login creates the room on this node
+    /// (which then pushes [`ClusterCommand::Follow`]); a room this node follows already is kept
+    /// up to date by [`Registry::remote_update`] and `remote` is ignored. The room's member
+    /// limit counts the members of every node. A new user (not a resume) pushes
+    /// [`ClusterCommand::Change`] with [`RoomChange::UserAdd`].
+    pub fn login_with(
+        &mut self,
+        login: &Login,
+        grant: Grant,
+        new_resume_key: String,
+        remote: Option<RemoteRoom>,
+        out: &mut Vec<Output>,
+    ) -> Result<Attached, HuddleError> {
         if let Some(id) = self.resumable(login)
             && let Some(attached) = self.resume(id, login, grant.clone(), out)
         {
             return Ok(attached);
         }
-        self.login_new(login, grant, new_resume_key, out)
+        self.login_new(login, grant, new_resume_key, remote, out)
+    }
+
+    /// Whether this node follows the room (has members in it).
+    pub fn follows(&self, app: AppId, room: &RoomId) -> bool {
+        self.apps.get(&app).is_some_and(|a| a.rooms.contains_key(room))
     }
 
     fn resumable(&self, login: &Login) -> Option<SessionId> {
@@ -544,6 +676,7 @@ impl Registry {
         login: &Login,
         grant: Grant,
         resume_key: String,
+        remote: Option<RemoteRoom>,
         out: &mut Vec<Output>,
     ) -> Result<Attached, HuddleError> {
         let room = self
@@ -555,12 +688,26 @@ impl Registry {
             if self.sessions.len() >= self.limits.max_sessions {
                 return Err(err(ErrorCode::SERVER_BUSY, "the server is at its session limit"));
             }
-            if let Some(r) = room
-                && r.users.len() >= r.max_members as usize
-            {
+            let (members, max) = match (room, &remote) {
+                (Some(r), _) => (r.member_count(), r.max_members),
+                (None, Some(remote)) => {
+                    let users: BTreeSet<&UserId> = remote.users.iter().map(|(_, u)| &u.user_id).collect();
+                    let max = match login.max_member_count {
+                        0 => self.limits.default_max_member_count,
+                        n => n,
+                    };
+                    (users.len(), max)
+                }
+                (None, None) => (0, u32::MAX),
+            };
+            let rejoin = room.is_some_and(|r| r.remote_users.contains_key(&login.user.user_id))
+                || remote
+                    .as_ref()
+                    .is_some_and(|r| r.users.iter().any(|(_, u)| u.user_id == login.user.user_id));
+            if members >= max as usize && !rejoin {
                 return Err(err(
                     ErrorCode::ROOM_FULL,
-                    format!("the room is full ({} members)", r.max_members),
+                    format!("the room is full ({max} members)"),
                 ));
             }
         }
@@ -582,11 +729,33 @@ impl Registry {
             n => n,
         };
         let app = self.apps.entry(login.app_id).or_default();
-        let room = app.rooms.entry(login.room_id.clone()).or_insert_with(|| Room {
-            max_members,
-            users: BTreeMap::new(),
-            streams: BTreeSet::new(),
-        });
+        let room = match app.rooms.entry(login.room_id.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let remote = remote.unwrap_or_default();
+                out.push(Output::Cluster(ClusterCommand::Follow {
+                    app: login.app_id,
+                    room: login.room_id.clone(),
+                    cursor: remote.cursor,
+                    seq: remote.seq,
+                }));
+                e.insert(Room {
+                    max_members,
+                    users: BTreeMap::new(),
+                    streams: BTreeSet::new(),
+                    remote_users: remote
+                        .users
+                        .into_iter()
+                        .map(|(owner, u)| (u.user_id.clone(), (owner, u)))
+                        .collect(),
+                    remote_streams: remote
+                        .streams
+                        .into_iter()
+                        .map(|(owner, s)| (s.stream_id.clone(), (owner, s)))
+                        .collect(),
+                })
+            }
+        };
         room.users.insert(login.user.user_id.clone(), id);
         self.sessions.insert(
             id,
@@ -615,16 +784,23 @@ impl Registry {
             .get(&login.app_id)
             .and_then(|a| a.rooms.get(&login.room_id));
         if let (None, Some(room)) = (older, room) {
-            let to = room_recipients(&self.sessions, room, id, true);
-            broadcast(
-                out,
-                to,
-                ServerMsg::UserUpdate {
-                    room_id: login.room_id.clone(),
-                    update_type: UpdateType::Add,
-                    users: vec![login.user.clone()],
-                },
-            );
+            if !room.remote_users.contains_key(&login.user.user_id) {
+                let to = room_recipients(&self.sessions, room, id, true);
+                broadcast(
+                    out,
+                    to,
+                    ServerMsg::UserUpdate {
+                        room_id: login.room_id.clone(),
+                        update_type: UpdateType::Add,
+                        users: vec![login.user.clone()],
+                    },
+                );
+            }
+            out.push(Output::Cluster(ClusterCommand::Change {
+                app: login.app_id,
+                room: login.room_id.clone(),
+                change: RoomChange::UserAdd(login.user.clone()),
+            }));
         }
         Ok(Attached {
             session: id,
@@ -639,20 +815,15 @@ impl Registry {
         let app = self.apps.get(&s.app);
         let room = app.and_then(|a| a.rooms.get(&s.room));
         let users = match room {
-            Some(room) if s.user_status_notify => room
-                .users
-                .values()
-                .filter(|other| **other != id)
-                .filter_map(|other| self.sessions.get(other).map(|o| o.user.clone()))
+            Some(room) if s.user_status_notify => self
+                .room_users(room)
+                .into_iter()
+                .filter(|u| u.user_id != s.user.user_id)
                 .collect(),
             _ => Vec::new(),
         };
         let streams = match (app, room) {
-            (Some(app), Some(room)) => room
-                .streams
-                .iter()
-                .filter_map(|sid| app.streams.get(sid).map(|p| p.info.clone()))
-                .collect(),
+            (Some(app), Some(room)) => room_streams(app, room),
             _ => Vec::new(),
         };
         ServerMsg::LoginOk(LoginOk {
@@ -738,6 +909,11 @@ impl Registry {
                     room.streams.remove(stream_id);
                 }
                 play_update(sessions, app, stream_id, false, out);
+                out.push(Output::Cluster(ClusterCommand::Change {
+                    app: s.app,
+                    room: p.room.clone(),
+                    change: RoomChange::StreamDelete(stream_id.clone()),
+                }));
                 gone.push(p.info);
             }
         }
@@ -760,19 +936,30 @@ impl Registry {
             if room.users.get(&s.user.user_id) == Some(&id) {
                 room.users.remove(&s.user.user_id);
             }
-            let to = room_recipients(sessions, room, id, true);
-            broadcast(
-                out,
-                to,
-                ServerMsg::UserUpdate {
-                    room_id: s.room.clone(),
-                    update_type: UpdateType::Delete,
-                    users: vec![s.user.clone()],
-                },
-            );
+            out.push(Output::Cluster(ClusterCommand::Change {
+                app: s.app,
+                room: s.room.clone(),
+                change: RoomChange::UserDelete(s.user.user_id.clone()),
+            }));
+            if !room.remote_users.contains_key(&s.user.user_id) {
+                let to = room_recipients(sessions, room, id, true);
+                broadcast(
+                    out,
+                    to,
+                    ServerMsg::UserUpdate {
+                        room_id: s.room.clone(),
+                        update_type: UpdateType::Delete,
+                        users: vec![s.user.clone()],
+                    },
+                );
+            }
         }
         if room.users.is_empty() {
             app.rooms.remove(&s.room);
+            out.push(Output::Cluster(ClusterCommand::Unfollow {
+                app: s.app,
+                room: s.room.clone(),
+            }));
         }
         if app.rooms.is_empty() {
             self.apps.remove(&s.app);
@@ -896,6 +1083,11 @@ impl Registry {
             to: id,
             msg: ServerMsg::Ok { seq },
         });
+        out.push(Output::Cluster(ClusterCommand::Change {
+            app: app_id,
+            room: room_id.clone(),
+            change: RoomChange::StreamAdd(info.clone()),
+        }));
         let to = room_recipients(sessions, room, id, false);
         broadcast(
             out,
@@ -943,6 +1135,11 @@ impl Registry {
             session: id,
             app: app_id,
             stream_id: stream_id.clone(),
+        }));
+        out.push(Output::Cluster(ClusterCommand::Change {
+            app: app_id,
+            room: room_id.clone(),
+            change: RoomChange::StreamDelete(stream_id.clone()),
         }));
         if let Some(room) = app.rooms.get_mut(&room_id) {
             room.streams.remove(stream_id);
@@ -1216,6 +1413,214 @@ impl Registry {
         ran
     }
 
+    /// The users of `room` on every node, sorted by user ID (a user on two nodes once: the
+    /// local session's).
+    fn room_users(&self, room: &Room) -> Vec<User> {
+        let mut all: BTreeMap<&UserId, &User> =
+            room.remote_users.iter().map(|(id, (_, u))| (id, u)).collect();
+        for (uid, sid) in &room.users {
+            if let Some(s) = self.sessions.get(sid) {
+                all.insert(uid, &s.user);
+            }
+        }
+        all.into_values().cloned().collect()
+    }
+
+    /// Another node's part of a room changed: `owner` names that node (and its lease), as the
+    /// store does. The room's attached members here see it as they see local changes
+    /// (`user_update` to those that asked for it, `stream_update` to all), except when it
+    /// changes nothing they see: a user or stream also present on this node, or an add that
+    /// only renews an entry (a node registered anew), or a delete by an owner that no longer
+    /// holds the entry. A room this node does not follow is ignored. Returns whether the
+    /// registry changed.
+    pub fn remote_update(
+        &mut self,
+        app_id: AppId,
+        room_id: &RoomId,
+        owner: &str,
+        change: RoomChange,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let sessions = &self.sessions;
+        let Some(room) = self.apps.get_mut(&app_id).and_then(|a| a.rooms.get_mut(room_id)) else {
+            return false;
+        };
+        let (notify_only, update) = match change {
+            RoomChange::UserAdd(user) => {
+                let known = room.remote_users.contains_key(&user.user_id);
+                let shadowed = room.users.contains_key(&user.user_id);
+                room.remote_users
+                    .insert(user.user_id.clone(), (owner.to_string(), user.clone()));
+                if known || shadowed {
+                    return true;
+                }
+                (
+                    true,
+                    ServerMsg::UserUpdate {
+                        room_id: room_id.clone(),
+                        update_type: UpdateType::Add,
+                        users: vec![user],
+                    },
+                )
+            }
+            RoomChange::UserDelete(user_id) => {
+                if room.remote_users.get(&user_id).is_none_or(|(o, _)| o != owner) {
+                    return false;
+                }
+                let Some((_, user)) = room.remote_users.remove(&user_id) else {
+                    return false;
+                };
+                if room.users.contains_key(&user_id) {
+                    return true;
+                }
+                (
+                    true,
+                    ServerMsg::UserUpdate {
+                        room_id: room_id.clone(),
+                        update_type: UpdateType::Delete,
+                        users: vec![user],
+                    },
+                )
+            }
+            RoomChange::StreamAdd(info) => {
+                let known = room.remote_streams.contains_key(&info.stream_id);
+                let shadowed = room.streams.contains(&info.stream_id);
+                let changed = room
+                    .remote_streams
+                    .get(&info.stream_id)
+                    .is_some_and(|(_, old)| *old != info);
+                room.remote_streams
+                    .insert(info.stream_id.clone(), (owner.to_string(), info.clone()));
+                if shadowed || (known && !changed) {
+                    return true;
+                }
+                (
+                    false,
+                    ServerMsg::StreamUpdate {
+                        room_id: room_id.clone(),
+                        update_type: UpdateType::Add,
+                        streams: vec![info],
+                    },
+                )
+            }
+            RoomChange::StreamDelete(stream_id) => {
+                if room
+                    .remote_streams
+                    .get(&stream_id)
+                    .is_none_or(|(o, _)| o != owner)
+                {
+                    return false;
+                }
+                let Some((_, info)) = room.remote_streams.remove(&stream_id) else {
+                    return false;
+                };
+                if room.streams.contains(&stream_id) {
+                    return true;
+                }
+                (
+                    false,
+                    ServerMsg::StreamUpdate {
+                        room_id: room_id.clone(),
+                        update_type: UpdateType::Delete,
+                        streams: vec![info],
+                    },
+                )
+            }
+        };
+        let to = room
+            .users
+            .values()
+            .copied()
+            .filter(|id| {
+                sessions
+                    .get(id)
+                    .is_some_and(|s| s.attached() && (!notify_only || s.user_status_notify))
+            })
+            .collect();
+        broadcast(out, to, update);
+        true
+    }
+
+    /// Brings the other nodes' part of a followed room in line with `remote`, a fresh snapshot
+    /// from the store (after a gap in the room's history, or the store lost its data): what is
+    /// gone is deleted and what is new added, as [`Registry::remote_update`] would, deletes
+    /// first. A room this node does not follow is ignored.
+    pub fn remote_sync(
+        &mut self,
+        app_id: AppId,
+        room_id: &RoomId,
+        remote: RemoteRoom,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(room) = self.apps.get(&app_id).and_then(|a| a.rooms.get(room_id)) else {
+            return;
+        };
+        let users: BTreeMap<UserId, (String, User)> = remote
+            .users
+            .into_iter()
+            .map(|(o, u)| (u.user_id.clone(), (o, u)))
+            .collect();
+        let streams: BTreeMap<StreamId, (String, StreamInfo)> = remote
+            .streams
+            .into_iter()
+            .map(|(o, s)| (s.stream_id.clone(), (o, s)))
+            .collect();
+        let mut changes = Vec::new();
+        for (id, (owner, _)) in &room.remote_streams {
+            if !streams.contains_key(id) {
+                changes.push((owner.clone(), RoomChange::StreamDelete(id.clone())));
+            }
+        }
+        for (id, (owner, _)) in &room.remote_users {
+            if !users.contains_key(id) {
+                changes.push((owner.clone(), RoomChange::UserDelete(id.clone())));
+            }
+        }
+        for (_, (owner, user)) in users {
+            changes.push((owner, RoomChange::UserAdd(user)));
+        }
+        for (_, (owner, info)) in streams {
+            changes.push((owner, RoomChange::StreamAdd(info)));
+        }
+        for (owner, change) in changes {
+            self.remote_update(app_id, room_id, &owner, change, out);
+        }
+    }
+
+    /// This node's own part of every room it has members in: what it tells the cluster store
+    /// again after the store lost it (the node's lease expired, or Redis restarted empty).
+    pub fn local_rooms(&self) -> Vec<LocalRoom> {
+        let mut rooms = Vec::new();
+        for (app_id, app) in &self.apps {
+            for (room_id, room) in &app.rooms {
+                rooms.push(LocalRoom {
+                    app: *app_id,
+                    room: room_id.clone(),
+                    users: room
+                        .users
+                        .values()
+                        .filter_map(|id| self.sessions.get(id).map(|s| s.user.clone()))
+                        .collect(),
+                    streams: room
+                        .streams
+                        .iter()
+                        .filter_map(|st| app.streams.get(st).map(|p| p.info.clone()))
+                        .collect(),
+                });
+            }
+        }
+        rooms
+    }
+
+    /// Every stream published on this node, with its app and session: what it claims again
+    /// after the store lost its claims.
+    pub fn local_publishes(&self) -> Vec<(AppId, StreamId, SessionId)> {
+        self.apps
+            .iter()
+            .flat_map(|(app_id, app)| app.streams.iter().map(|(st, p)| (*app_id, st.clone(), p.session)))
+            .collect()
+    }
+
     /// What the shell needs to know about a session, if it exists.
     pub fn session(&self, id: SessionId) -> Option<SessionInfo> {
         self.sessions.get(&id).map(|s| SessionInfo {
@@ -1253,16 +1658,8 @@ impl Registry {
         let app = self.apps.get(&app_id)?;
         let room = app.rooms.get(room_id)?;
         Some(RoomView {
-            users: room
-                .users
-                .values()
-                .filter_map(|id| self.sessions.get(id).map(|s| s.user.clone()))
-                .collect(),
-            streams: room
-                .streams
-                .iter()
-                .filter_map(|st| app.streams.get(st).map(|p| p.info.clone()))
-                .collect(),
+            users: self.room_users(room),
+            streams: room_streams(app, room),
         })
     }
 
@@ -1350,6 +1747,14 @@ impl Registry {
                     if app.streams.get(st).is_none_or(|p| &p.room != room_id) {
                         return fail(format!("room {room_id}: stream {st} not registered"));
                     }
+                }
+                if room.remote_users.iter().any(|(id, (_, u))| *id != u.user_id)
+                    || room
+                        .remote_streams
+                        .iter()
+                        .any(|(id, (_, st))| *id != st.stream_id)
+                {
+                    return fail(format!("room {room_id}: a remote entry under another ID"));
                 }
             }
             for (st, p) in &app.streams {

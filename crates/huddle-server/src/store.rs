@@ -13,6 +13,10 @@
 //! - **Stream IDs**, unique per AppID across the cluster: a publish first claims its ID
 //!   ([`Store::claim_stream`]), atomically and fenced by the owner's lease; an unpublish or the
 //!   end of the session releases it.
+//! - **Rooms across nodes.** Each node's part of a shared room (its users and streams, owned by
+//!   its lease) and the room's history of changes ([`Store::room_change`],
+//!   [`Store::room_snapshot`], [`Store::read_rooms`]); what a dead node owned is removed, with
+//!   the events its absence means, by the nodes that follow the room ([`Store::reap_rooms`]).
 
 mod memory;
 mod redis;
@@ -22,10 +26,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use huddle_proto::{AppId, ErrorCode, HuddleError, StreamId};
+use huddle_proto::{AppId, ErrorCode, HuddleError, RoomId, StreamId};
 
 use crate::config::ServerConfig;
-use crate::registry::SessionId;
+use crate::registry::{RemoteRoom, RoomChange, SessionId};
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
@@ -42,6 +46,46 @@ pub enum Claim {
     Taken,
 }
 
+/// One change in a room's history, as read from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomEvent {
+    /// The app.
+    pub app: AppId,
+    /// The room.
+    pub room: RoomId,
+    /// The opaque position of this event in the room's history (read on from here).
+    pub cursor: String,
+    /// The room's sequence number: one more than the event before it, unless events were lost
+    /// (the follower then reads a fresh snapshot).
+    pub seq: u64,
+    /// The node (and lease) that owns what changed, `node|epoch` (this node's own start with
+    /// its [`Store::node_id`] and `|`).
+    pub owner: String,
+    /// What changed.
+    pub change: RoomChange,
+}
+
+/// A followed room and where to read its history on from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomCursor {
+    /// The app.
+    pub app: AppId,
+    /// The room.
+    pub room: RoomId,
+    /// The position of the last event read (or of the snapshot).
+    pub cursor: String,
+}
+
+/// Whether cursor `a` comes after cursor `b` in a room's history (Redis stream IDs,
+/// `MS-SEQ`; anything unreadable counts as the start).
+pub fn cursor_after(a: &str, b: &str) -> bool {
+    fn parse(c: &str) -> (u64, u64) {
+        let (ms, seq) = c.split_once('-').unwrap_or((c, "0"));
+        (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+    }
+    parse(a) > parse(b)
+}
+
 /// Why a store operation failed. The operation changed nothing it reports as failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -52,6 +96,10 @@ pub enum StoreError {
     /// another node's now.
     #[error("this node's lease was lost")]
     LeaseLost,
+    /// The store lost its data (Redis restarted empty) and, for one lease, takes back only the
+    /// IDs the nodes still publish.
+    #[error("the cluster store restarted and is settling: retry shortly")]
+    Settling,
 }
 
 impl From<&StoreError> for HuddleError {
@@ -97,6 +145,36 @@ pub trait Store: Send + Sync + 'static {
 
     /// Leaves the cluster (shutdown): drops the lease and everything this node holds.
     fn leave(&self) -> StoreFuture<'_, ()>;
+
+    /// The name of this node's current lease (`node|epoch`), which owns its part of the rooms:
+    /// events with this owner are the node's own.
+    fn owner(&self) -> String;
+
+    /// Claims again, after the store lost this node's claims (its lease was lost and taken
+    /// anew), an ID the node still publishes: as [`Store::claim_stream`], but allowed while the
+    /// store settles after losing its data.
+    fn reclaim_stream<'a>(
+        &'a self,
+        app: AppId,
+        stream_id: &'a StreamId,
+        session: SessionId,
+    ) -> StoreFuture<'a, Claim>;
+
+    /// Records a change of this node's part of a room and appends it to the room's history.
+    /// A delete of an entry this node's lease does not own changes nothing.
+    fn room_change<'a>(&'a self, app: AppId, room: &'a RoomId, change: &'a RoomChange)
+    -> StoreFuture<'a, ()>;
+
+    /// The other nodes' live part of a room and the position of its history now.
+    fn room_snapshot<'a>(&'a self, app: AppId, room: &'a RoomId) -> StoreFuture<'a, RemoteRoom>;
+
+    /// The events of `rooms` after their cursors, in order per room; waits a short while (a
+    /// fraction of a second) when there are none.
+    fn read_rooms<'a>(&'a self, rooms: &'a [RoomCursor]) -> StoreFuture<'a, Vec<RoomEvent>>;
+
+    /// Removes from `rooms` what nodes whose lease ended still own there, appending a delete
+    /// for each to the room's history, and keeps the rooms' keys alive.
+    fn reap_rooms<'a>(&'a self, rooms: &'a [(AppId, RoomId)]) -> StoreFuture<'a, ()>;
 }
 
 /// The store `config` asks for: Redis at `redis` as node `node_id`, else one node in memory.
@@ -106,7 +184,7 @@ pub async fn from_config(config: &ServerConfig) -> Result<Arc<dyn Store>, StoreE
     match &config.redis {
         Some(url) => {
             let node_id = config.node_id.clone().unwrap_or_else(|| default_node_id(config));
-            let store = RedisStore::connect(url, &node_id, redis::DEFAULT_LEASE).await?;
+            let store = RedisStore::connect(url, &node_id, config.cluster_lease).await?;
             Ok(Arc::new(store))
         }
         None => Ok(Arc::new(MemoryStore::new())),

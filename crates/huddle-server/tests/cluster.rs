@@ -1,8 +1,9 @@
 //! The cluster store against a real `redis-server` (Debian's, installed by `scripts/test.sh`):
 //! each test starts its own on a free loopback port with a temporary directory, and stops it.
 
+mod common;
+
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,60 +11,7 @@ use huddle_proto::{AppId, StreamId};
 use huddle_server::registry::SessionId;
 use huddle_server::store::{Claim, RedisStore, Store, StoreError};
 
-/// A `redis-server` of the test's own, killed on drop.
-struct RedisServer {
-    child: Child,
-    dir: std::path::PathBuf,
-    url: String,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("huddle-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (scripts/test.sh: apt-get install -y redis-server)");
-        let server = RedisServer {
-            child,
-            dir,
-            url: format!("redis://127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use common::redis::RedisServer;
 
 fn session(n: u64) -> SessionId {
     n.to_string().parse().unwrap()
@@ -211,4 +159,382 @@ async fn a_node_that_cannot_reach_its_redis_fails_with_an_error_not_a_hang() {
     .await;
     assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
     assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+}
+
+// ----- rooms across nodes: real servers on one real Redis -----
+
+use common::{APP, Client, ROOM, WAIT};
+use futures_util::SinkExt;
+use huddle_proto::{
+    Auth, ClientMsg, ErrorCode, Login, LoginOk, PROTOCOL_VERSION, RoomId, ServerMsg, StreamInfo, UpdateType,
+    User, UserId,
+};
+use huddle_server::{BackgroundServer, test_app};
+use tokio_tungstenite::tungstenite::Message;
+
+/// How long a test waits for something the cluster does by itself (a lease to end, a Redis
+/// restart to settle): generous, since the machine is shared; the tests assert what happens,
+/// not how fast.
+const CLUSTER_WAIT: Duration = Duration::from_secs(30);
+
+/// A node of the test cluster: the media test config on `redis` as `node`, with a short lease.
+fn node(redis: &RedisServer, node: &str, lease: Duration) -> BackgroundServer {
+    let mut config = common::config();
+    config.redis = Some(redis.url.clone());
+    config.node_id = Some(node.into());
+    config.cluster_lease = lease;
+    BackgroundServer::start(config).unwrap()
+}
+
+/// Logs `user` in to the test room on `server`, asking for user updates: the reply (`login_ok`
+/// or `error`) and the client.
+async fn try_join(server: &BackgroundServer, user: &str) -> (Client, ServerMsg) {
+    let (ws, _) = tokio_tungstenite::connect_async(server.ws_url()).await.unwrap();
+    let mut c = Client {
+        ws,
+        seq: 0,
+        events: Vec::new(),
+    };
+    let ServerMsg::Hello { nonce, .. } = c.recv().await else {
+        panic!("expected hello");
+    };
+    let sign = huddle_token::sign_challenge(&test_app(APP).app_sign, APP, ROOM, user, &nonce);
+    let seq = c.next_seq();
+    let reply = c
+        .request(ClientMsg::Login(Login {
+            seq,
+            protocol: PROTOCOL_VERSION,
+            app_id: AppId::new(APP).unwrap(),
+            room_id: RoomId::new(ROOM).unwrap(),
+            user: User::new(UserId::new(user).unwrap()),
+            auth: Auth::Sign(sign),
+            user_status_notify: true,
+            max_member_count: 0,
+            resume: None,
+        }))
+        .await;
+    (c, reply)
+}
+
+async fn join(server: &BackgroundServer, user: &str) -> (Client, LoginOk) {
+    match try_join(server, user).await {
+        (c, ServerMsg::LoginOk(ok)) => (c, ok),
+        (_, other) => panic!("login of {user} refused: {other:?}"),
+    }
+}
+
+/// Logs in, retrying while the answer is 1009009 (the store is away or settling), until
+/// `CLUSTER_WAIT`.
+async fn join_when_ready(server: &BackgroundServer, user: &str) -> (Client, LoginOk) {
+    let deadline = Instant::now() + CLUSTER_WAIT;
+    loop {
+        match try_join(server, user).await {
+            (c, ServerMsg::LoginOk(ok)) => return (c, ok),
+            (_, ServerMsg::Error { code, .. }) if code == ErrorCode::CLUSTER_UNAVAILABLE => {
+                assert!(Instant::now() < deadline, "the cluster never took {user}'s login");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (_, other) => panic!("login of {user} refused: {other:?}"),
+        }
+    }
+}
+
+fn user(u: &str) -> User {
+    User::new(UserId::new(u).unwrap())
+}
+
+fn info(u: &str, s: &str) -> StreamInfo {
+    StreamInfo {
+        user_id: UserId::new(u).unwrap(),
+        user_name: huddle_proto::UserName::new(u).unwrap(),
+        stream_id: stream(s),
+        extra_info: String::new(),
+    }
+}
+
+fn users_msg(t: UpdateType, u: &str) -> ServerMsg {
+    ServerMsg::UserUpdate {
+        room_id: RoomId::new(ROOM).unwrap(),
+        update_type: t,
+        users: vec![user(u)],
+    }
+}
+
+fn streams_msg(t: UpdateType, u: &str, s: &str) -> ServerMsg {
+    ServerMsg::StreamUpdate {
+        room_id: RoomId::new(ROOM).unwrap(),
+        update_type: t,
+        streams: vec![info(u, s)],
+    }
+}
+
+/// The next room event (`user_update` or `stream_update`) of `c`, kept ones first.
+async fn room_event(c: &mut Client, within: Duration) -> ServerMsg {
+    let is_room = |m: &ServerMsg| matches!(m, ServerMsg::UserUpdate { .. } | ServerMsg::StreamUpdate { .. });
+    if let Some(i) = c.events.iter().position(is_room) {
+        return c.events.remove(i);
+    }
+    tokio::time::timeout(within, async {
+        loop {
+            let m = c.recv().await;
+            if is_room(&m) {
+                return m;
+            }
+            c.events.push(m);
+        }
+    })
+    .await
+    .expect("no room event came")
+}
+
+/// Sends a publish and returns the reply: `Ok` or the error code.
+async fn try_publish(c: &mut Client, s: &str) -> Result<(), ErrorCode> {
+    let seq = c.next_seq();
+    let reply = c
+        .request(ClientMsg::Publish {
+            seq,
+            stream_id: stream(s),
+            extra_info: String::new(),
+        })
+        .await;
+    match reply {
+        ServerMsg::Ok { .. } => Ok(()),
+        ServerMsg::Error { code, .. } => Err(code),
+        other => panic!("unexpected reply to publish: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_spans_nodes_and_each_node_sees_the_others_changes_in_order() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "node-a", Duration::from_secs(10));
+    let b = node(&redis, "node-b", Duration::from_secs(10));
+    let c3 = node(&redis, "node-c", Duration::from_secs(10));
+    let (mut alice, _) = join(&a, "alice").await;
+    alice.publish("s-alice").await;
+    // A change reaches the store just after its own answer: wait for it, so that what Bob's
+    // login lists is known (a login racing a change gets it as an event right after login_ok).
+    assert!(a.state().cluster_barrier().await);
+    // Bob logs in through B and sees the whole room: A's user and stream.
+    let (mut bob, ok) = join(&b, "bob").await;
+    assert_eq!(ok.users, vec![user("alice")]);
+    assert_eq!(ok.streams, vec![info("alice", "s-alice")]);
+    assert_eq!(
+        room_event(&mut alice, WAIT).await,
+        users_msg(UpdateType::Add, "bob")
+    );
+    assert!(b.state().cluster_barrier().await);
+    // A third node: its user sees both others.
+    let (mut dave, ok) = join(&c3, "dave").await;
+    assert_eq!(ok.users, vec![user("alice"), user("bob")]);
+    assert_eq!(
+        room_event(&mut bob, WAIT).await,
+        users_msg(UpdateType::Add, "dave")
+    );
+    // Carol comes and goes on A; Bob on B and Dave on C see each step, in order.
+    let (mut carol, _) = join(&a, "carol").await;
+    carol.publish("s-carol").await;
+    carol.unpublish("s-carol").await;
+    let seq = carol.next_seq();
+    carol.ok(ClientMsg::Logout { seq }).await;
+    let expected = [
+        users_msg(UpdateType::Add, "carol"),
+        streams_msg(UpdateType::Add, "carol", "s-carol"),
+        streams_msg(UpdateType::Delete, "carol", "s-carol"),
+        users_msg(UpdateType::Delete, "carol"),
+    ];
+    for watcher in [&mut bob, &mut dave] {
+        for e in &expected {
+            assert_eq!(&room_event(watcher, WAIT).await, e);
+        }
+    }
+    // Stream IDs stay unique across the nodes; a stream published on B reaches A.
+    assert_eq!(
+        try_publish(&mut bob, "s-alice").await,
+        Err(ErrorCode::STREAM_ID_EXISTS)
+    );
+    bob.publish("s-bob").await;
+    // Alice saw Dave and Carol meanwhile; Bob's stream comes after them.
+    let mut seen = Vec::new();
+    loop {
+        let e = room_event(&mut alice, WAIT).await;
+        if e == streams_msg(UpdateType::Add, "bob", "s-bob") {
+            break;
+        }
+        seen.push(e);
+    }
+    assert_eq!(seen[0], users_msg(UpdateType::Add, "dave"));
+    assert_eq!(&seen[1..], &expected[..]);
+    // Alice leaves: her stream, then herself, leave for the others.
+    let seq = alice.next_seq();
+    alice.ok(ClientMsg::Logout { seq }).await;
+    for watcher in [&mut bob, &mut dave] {
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            let e = room_event(watcher, WAIT).await;
+            // Dave also sees Bob's stream come.
+            if e != streams_msg(UpdateType::Add, "bob", "s-bob") {
+                seen.push(e);
+            }
+        }
+        assert_eq!(
+            seen,
+            vec![
+                streams_msg(UpdateType::Delete, "alice", "s-alice"),
+                users_msg(UpdateType::Delete, "alice"),
+            ]
+        );
+    }
+    let view = c3
+        .state()
+        .room(AppId::new(APP).unwrap(), &RoomId::new(ROOM).unwrap())
+        .unwrap();
+    assert_eq!(view.users, vec![user("bob"), user("dave")]);
+    assert_eq!(view.streams, vec![info("bob", "s-bob")]);
+    assert_eq!(a.stats().rooms, 0, "A follows no room any more");
+    for s in [a, b, c3] {
+        s.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_users_and_streams_leave_for_the_others_and_its_ids_are_free() {
+    let redis = RedisServer::start();
+    let lease = Duration::from_secs(1);
+    let a = node(&redis, "node-a", lease);
+    let b = node(&redis, "node-b", lease);
+    let (mut alice, _) = join(&a, "alice").await;
+    alice.publish("s-alice").await;
+    assert!(a.state().cluster_barrier().await);
+    let (mut bob, ok) = join(&b, "bob").await;
+    assert_eq!(ok.streams, vec![info("alice", "s-alice")]);
+    assert_eq!(
+        try_publish(&mut bob, "s-alice").await,
+        Err(ErrorCode::STREAM_ID_EXISTS)
+    );
+    // Node A dies without a word to the store (as under SIGKILL): no renewal, no leave.
+    a.state().abandon_cluster();
+    let died = Instant::now();
+    drop(alice);
+    a.stop();
+    // Within its lease (and a reap), Bob sees A's stream and user leave; no ghost stays.
+    let ev = room_event(&mut bob, CLUSTER_WAIT).await;
+    let gone_after = died.elapsed();
+    assert_eq!(ev, streams_msg(UpdateType::Delete, "alice", "s-alice"));
+    assert_eq!(
+        room_event(&mut bob, WAIT).await,
+        users_msg(UpdateType::Delete, "alice")
+    );
+    let view = b
+        .state()
+        .room(AppId::new(APP).unwrap(), &RoomId::new(ROOM).unwrap())
+        .unwrap();
+    assert_eq!(view.users, vec![user("bob")]);
+    assert!(view.streams.is_empty());
+    // A newcomer sees no ghost either, and A's stream ID is free.
+    let (_erin, ok) = join(&b, "erin").await;
+    assert_eq!(ok.users, vec![user("bob")]);
+    assert!(ok.streams.is_empty());
+    bob.publish("s-alice").await;
+    println!(
+        "a dead node's user and stream left for the others {gone_after:?} after it died (lease {lease:?})"
+    );
+    b.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_redis_restart_the_nodes_restore_the_room_and_no_stream_id_is_handed_out_twice() {
+    let mut redis = RedisServer::start();
+    let lease = Duration::from_secs(1);
+    let a = node(&redis, "node-a", lease);
+    let b = node(&redis, "node-b", lease);
+    let (mut alice, _) = join(&a, "alice").await;
+    alice.publish("s-alice").await;
+    let (mut bob, _) = join(&b, "bob").await;
+    bob.publish("s-bob").await;
+    // Redis dies and comes back empty.
+    redis.restart();
+    let restarted = Instant::now();
+    // Bob asks for A's stream ID over and over: never granted. Once A has claimed it again the
+    // answer is "taken"; before, "retry" (the store is away or settling).
+    let deadline = Instant::now() + CLUSTER_WAIT;
+    let mut retries = 0;
+    loop {
+        match try_publish(&mut bob, "s-alice").await {
+            Err(ErrorCode::STREAM_ID_EXISTS) => break,
+            Err(ErrorCode::CLUSTER_UNAVAILABLE) => retries += 1,
+            other => panic!("a stream ID published on A was answered {other:?} on B"),
+        }
+        assert!(Instant::now() < deadline, "A never claimed its stream ID again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reclaimed = restarted.elapsed();
+    // The other way round too, and a new ID is granted once the store settled.
+    let deadline = Instant::now() + CLUSTER_WAIT;
+    loop {
+        match try_publish(&mut alice, "s-new").await {
+            Ok(()) => break,
+            Err(ErrorCode::CLUSTER_UNAVAILABLE) => {}
+            other => panic!("a fresh stream ID was answered {other:?}"),
+        }
+        assert!(Instant::now() < deadline, "the store never settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        try_publish(&mut alice, "s-bob").await,
+        Err(ErrorCode::STREAM_ID_EXISTS)
+    );
+    assert!(a.state().cluster_barrier().await);
+    // Both nodes put their part of the room back: a newcomer on either sees all of it.
+    let all_streams = vec![
+        info("alice", "s-alice"),
+        info("bob", "s-bob"),
+        info("alice", "s-new"),
+    ];
+    for (server, name) in [(&a, "carol"), (&b, "dave")] {
+        let (_c, ok) = join_when_ready(server, name).await;
+        let mut users: Vec<_> = ok.users.iter().map(|u| u.user_id.to_string()).collect();
+        users.retain(|u| u != "carol");
+        assert_eq!(users, vec!["alice", "bob"], "{name} on {server:?}");
+        assert_eq!(ok.streams, all_streams, "{name} on {server:?}");
+    }
+    println!(
+        "after a Redis restart: A's stream ID re-claimed {reclaimed:?} later ({retries} publishes answered 1009009 meanwhile)"
+    );
+    let _ = alice.ws.send(Message::Close(None)).await;
+    a.stop();
+    b.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_new_logins_fail_closed_and_calls_in_progress_keep_their_media() {
+    let mut redis = RedisServer::start();
+    let a = node(&redis, "node-a", Duration::from_secs(1));
+    let (mut alice, _) = join(&a, "alice").await;
+    let (mut bob, _) = join(&a, "bob").await;
+    alice.publish("s1").await;
+    let mut publisher = common::start_publisher(&mut alice, "s1").await;
+    assert!(bob.play("s1").await);
+    let mut player = common::start_player(&mut bob, "s1").await;
+    common::connect(&mut [&mut publisher, &mut player]).await;
+    redis.kill();
+    // A new login is refused with 1009009; so is a new stream ID.
+    match try_join(&a, "carol").await.1 {
+        ServerMsg::Error { code, .. } => assert_eq!(code, ErrorCode::CLUSTER_UNAVAILABLE),
+        other => panic!("a login without the cluster store was answered {other:?}"),
+    }
+    assert_eq!(
+        try_publish(&mut alice, "s2").await,
+        Err(ErrorCode::CLUSTER_UNAVAILABLE)
+    );
+    // The call goes on: signaling answers and the media flows, in order.
+    bob.ping().await;
+    let sent = common::stream_audio(&mut [&mut publisher, &mut player], 100).await;
+    common::assert_in_order(&sent, &player.got);
+    // Redis comes back: logins are taken again, and the room is whole for them.
+    redis.restart();
+    let (_carol, ok) = join_when_ready(&a, "carol").await;
+    assert_eq!(ok.users, vec![user("alice"), user("bob")]);
+    assert_eq!(ok.streams, vec![info("alice", "s1")]);
+    a.stop();
 }

@@ -152,7 +152,7 @@ fn flatten(out: Vec<Output>) -> (Msgs, Vec<SessionId>) {
                 msgs.extend(to.into_iter().map(|t| (t, msg.clone())));
             }
             Output::Close { session } => closes.push(session),
-            Output::Media(_) => {}
+            Output::Media(_) | Output::Cluster(_) => {}
         }
     }
     (msgs, closes)
@@ -1231,4 +1231,212 @@ fn unpublish_stop_play_and_logout_tell_the_media_plane_in_order() {
     let (r, out) = h.run(|reg, out| reg.logout(a, 6, out));
     r.unwrap();
     assert_eq!(media(&out), vec![MediaCommand::SessionGone { session: a }]);
+}
+
+// ----- rooms across nodes -----
+
+/// The cluster commands among `out`.
+fn cluster(out: &[Output]) -> Vec<ClusterCommand> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Cluster(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Feeds node `from`'s changes (its cluster outputs) to registry `to` as the room reader does.
+fn relay(from: &str, out: &[Output], to: &mut H) -> Msgs {
+    let mut msgs = Vec::new();
+    for c in cluster(out) {
+        if let ClusterCommand::Change { app, room, change } = c {
+            let mut o = Vec::new();
+            to.reg.remote_update(app, &room, from, change, &mut o);
+            to.check();
+            msgs.extend(flatten(o).0);
+        }
+    }
+    msgs
+}
+
+/// Node `h`'s part of room `r` as a snapshot for another node, owned by `owner`.
+fn snapshot_of(h: &H, r: &str, owner: &str) -> RemoteRoom {
+    let local = h
+        .reg
+        .local_rooms()
+        .into_iter()
+        .find(|l| l.room == room(r))
+        .expect("the node has the room");
+    RemoteRoom {
+        cursor: "5-0".into(),
+        seq: 5,
+        users: local.users.into_iter().map(|u| (owner.to_string(), u)).collect(),
+        streams: local
+            .streams
+            .into_iter()
+            .map(|s| (owner.to_string(), s))
+            .collect(),
+    }
+}
+
+fn login_remote(h: &mut H, r: &str, u: &str, remote: RemoteRoom) -> (SessionId, Msgs, Vec<Output>) {
+    let (res, out) = h.run(|reg, out| {
+        reg.login_with(
+            &login_msg(APP, r, u, true),
+            Grant::default(),
+            "k".into(),
+            Some(remote),
+            out,
+        )
+    });
+    let id = res.unwrap().session;
+    (id, flatten(out.clone()).0, out)
+}
+
+#[test]
+fn a_user_on_another_node_sees_the_whole_room_and_its_changes_in_order() {
+    let (mut a, mut b) = (H::new(), H::new());
+    let alice = a.login("r", "alice", true);
+    a.publish(alice, "s-alice").unwrap();
+    // Bob logs in on node B with A's part of the room: login_ok lists both, and B follows it.
+    let (bob, msgs, out) = login_remote(&mut b, "r", "bob", snapshot_of(&a, "r", "A|1"));
+    let ok = login_ok(&msgs, bob);
+    assert_eq!(ok.users, vec![user("alice")]);
+    assert_eq!(ok.streams, vec![info("alice", "s-alice")]);
+    let cmds = cluster(&out);
+    assert_eq!(
+        cmds[0],
+        ClusterCommand::Follow {
+            app: app_id(APP),
+            room: room("r"),
+            cursor: "5-0".into(),
+            seq: 5
+        }
+    );
+    assert_eq!(
+        cmds[1],
+        ClusterCommand::Change {
+            app: app_id(APP),
+            room: room("r"),
+            change: RoomChange::UserAdd(user("bob"))
+        }
+    );
+    // A's members see bob join, then his stream, in that order.
+    let seen = relay("B|1", &out, &mut a);
+    assert_eq!(seen, vec![(alice, users_msg("r", UpdateType::Add, &["bob"]))]);
+    let (r, out) = b.run(|reg, out| reg.publish(bob, 2, &sid("s-bob"), "x", out));
+    r.unwrap();
+    assert_eq!(
+        relay("B|1", &out, &mut a),
+        vec![(alice, streams_msg("r", UpdateType::Add, &[("bob", "s-bob")]))]
+    );
+    assert_eq!(a.reg.room(app_id(APP), &room("r")).unwrap().users.len(), 2);
+    // Alice unpublishes, then logs out: B sees the stream go, then the user; A stops following.
+    let (r, out) = a.run(|reg, out| reg.unpublish(alice, 3, &sid("s-alice"), out));
+    r.unwrap();
+    assert_eq!(
+        relay("A|1", &out, &mut b),
+        vec![(bob, streams_msg("r", UpdateType::Delete, &[("alice", "s-alice")]))]
+    );
+    let (r, out) = a.run(|reg, out| reg.logout(alice, 6, out));
+    r.unwrap();
+    assert!(cluster(&out).contains(&ClusterCommand::Unfollow {
+        app: app_id(APP),
+        room: room("r")
+    }));
+    assert_eq!(
+        relay("A|1", &out, &mut b),
+        vec![(bob, users_msg("r", UpdateType::Delete, &["alice"]))]
+    );
+    assert!(!a.reg.follows(app_id(APP), &room("r")));
+    let view = b.reg.room(app_id(APP), &room("r")).unwrap();
+    assert_eq!(view.users, vec![user("bob")]);
+    assert_eq!(view.streams, vec![info("bob", "s-bob")]);
+}
+
+#[test]
+fn a_dead_nodes_part_leaves_by_sync_and_stale_or_foreign_deletes_change_nothing() {
+    let (mut a, mut b) = (H::new(), H::new());
+    let alice = a.login("r", "alice", true);
+    a.publish(alice, "s1").unwrap();
+    let (bob, _, _) = login_remote(&mut b, "r", "bob", snapshot_of(&a, "r", "A|1"));
+    // A delete by an owner that does not hold the entry (an old lease of A) changes nothing.
+    let mut out = Vec::new();
+    assert!(!b.reg.remote_update(
+        app_id(APP),
+        &room("r"),
+        "A|0",
+        RoomChange::UserDelete(UserId::new("alice").unwrap()),
+        &mut out
+    ));
+    assert!(out.is_empty());
+    // A re-add by A's new lease (it registered anew) shows nothing either.
+    assert!(b.reg.remote_update(
+        app_id(APP),
+        &room("r"),
+        "A|2",
+        RoomChange::UserAdd(user("alice")),
+        &mut out
+    ));
+    assert!(out.is_empty(), "{out:?}");
+    // Node A died: a fresh snapshot without it removes its stream, then its user.
+    b.reg
+        .remote_sync(app_id(APP), &room("r"), RemoteRoom::default(), &mut out);
+    b.check();
+    assert_eq!(
+        flatten(out).0,
+        vec![
+            (bob, streams_msg("r", UpdateType::Delete, &[("alice", "s1")])),
+            (bob, users_msg("r", UpdateType::Delete, &["alice"])),
+        ]
+    );
+    assert_eq!(
+        b.reg.room(app_id(APP), &room("r")).unwrap().users,
+        vec![user("bob")]
+    );
+    // Events of a room this node does not follow are ignored.
+    let mut out = Vec::new();
+    assert!(!b.reg.remote_update(
+        app_id(APP),
+        &room("elsewhere"),
+        "A|1",
+        RoomChange::UserAdd(user("x")),
+        &mut out
+    ));
+    assert!(out.is_empty());
+}
+
+#[test]
+fn the_member_limit_counts_every_node_and_a_user_on_two_nodes_shows_once() {
+    let mut a = H::new();
+    let mut remote = RemoteRoom::default();
+    for u in ["u1", "u2"] {
+        remote.users.push(("B|1".into(), user(u)));
+    }
+    let mut login = login_msg(APP, "r", "u3", true);
+    login.max_member_count = 2;
+    let (r, _) =
+        a.run(|reg, out| reg.login_with(&login, Grant::default(), "k".into(), Some(remote.clone()), out));
+    assert_eq!(r.unwrap_err().code, ErrorCode::ROOM_FULL);
+    // u1 is on B already: logging in here too is no new member.
+    let mut login = login_msg(APP, "r", "u1", true);
+    login.max_member_count = 2;
+    let (r, out) =
+        a.run(|reg, out| reg.login_with(&login, Grant::default(), "k".into(), Some(remote.clone()), out));
+    let u1 = r.unwrap().session;
+    let ok = login_ok(&flatten(out).0, u1);
+    assert_eq!(ok.users, vec![user("u2")], "itself is not listed, u2 is");
+    let view = a.reg.room(app_id(APP), &room("r")).unwrap();
+    assert_eq!(view.users, vec![user("u1"), user("u2")]);
+    // B's u1 leaves: u1 is still here, nobody sees a delete.
+    let mut out = Vec::new();
+    a.reg.remote_update(
+        app_id(APP),
+        &room("r"),
+        "B|1",
+        RoomChange::UserDelete(UserId::new("u1").unwrap()),
+        &mut out,
+    );
+    assert!(flatten(out).0.is_empty());
+    assert_eq!(a.reg.room(app_id(APP), &room("r")).unwrap().users.len(), 2);
 }

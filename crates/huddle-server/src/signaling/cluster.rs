@@ -7,16 +7,43 @@
 //! its own release was still on the way. When the queue is full a claim is answered
 //! 1009009 (retry), and a release waits for room in a task of its own (it may then overtake or
 //! be overtaken; a claim refused for it is worth retrying too).
+//!
+//! Rooms across nodes: the registry's [`ClusterCommand::Change`]s (this node's users and
+//! streams joining and leaving shared rooms) go through the same queue, so they reach the store
+//! in the registry's order. One that fails (Redis unreachable) waits in an outbox, with every
+//! change after it, and is sent again in order after the next lease renewal that succeeds. A
+//! second task, the room reader, reads the history of every room the node follows and feeds
+//! the other nodes' changes to the registry ([`Registry::remote_update`]); on a gap in a room's
+//! sequence it reads a fresh snapshot instead ([`Registry::remote_sync`]). After each renewal
+//! the store task also reaps the followed rooms: what a node whose lease ended still owned
+//! there is deleted, and the followers see it leave.
+//!
+//! When the node's lease was lost (it was cut off longer than the lease, or Redis restarted
+//! empty) it registers anew and *restores*: it claims again every stream ID it still publishes,
+//! adds its users and streams to their rooms again, and re-reads every followed room.
+//!
+//! [`ClusterCommand::Change`]: crate::registry::ClusterCommand::Change
+//! [`Registry::remote_update`]: crate::registry::Registry::remote_update
+//! [`Registry::remote_sync`]: crate::registry::Registry::remote_sync
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
-use huddle_proto::{AppId, ErrorCode, HuddleError, StreamId};
+use huddle_proto::{AppId, ErrorCode, HuddleError, RoomId, StreamId};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{Instrument, info, warn};
+use tracing::{Instrument, error, info, warn};
 
 use super::ServerState;
-use crate::registry::SessionId;
-use crate::store::{Claim, Store, StoreError};
+use crate::registry::{RemoteRoom, RoomChange, SessionId};
+use crate::store::{Claim, RoomCursor, Store, StoreError, cursor_after};
+
+/// Room changes kept while the store cannot be reached, at most; beyond, the oldest are dropped
+/// (logged): what they would have removed then stays until this node's lease ends.
+const OUTBOX: usize = 4096;
+
+/// How long the room reader waits after the store failed before it reads again.
+const READ_RETRY: Duration = Duration::from_millis(500);
 
 /// Store operations waiting for the store task, at most.
 pub(super) const STORE_QUEUE: usize = 1024;
@@ -37,6 +64,14 @@ pub(super) enum StoreOp {
     ReleaseSession {
         session: SessionId,
     },
+    /// This node's part of a shared room changed.
+    Room {
+        app: AppId,
+        room: RoomId,
+        change: RoomChange,
+    },
+    /// Answered once every operation queued before it was done (or is waiting in the outbox).
+    Barrier(oneshot::Sender<()>),
 }
 
 impl ServerState {
@@ -58,8 +93,47 @@ impl ServerState {
             return;
         };
         if let Some(rx) = self.0.store_rx.lock().take() {
-            tokio::spawn(run(store.clone(), rx, self.shutdown_receiver()).in_current_span());
+            tokio::spawn(run(self.clone(), store.clone(), rx, self.shutdown_receiver()).in_current_span());
+            tokio::spawn(read_rooms(self.clone(), store.clone(), self.shutdown_receiver()).in_current_span());
         }
+    }
+
+    /// For tests: the node stops renewing its lease and will leave nothing behind at shutdown,
+    /// as a node killed with SIGKILL does; its room reader stops too. Its users, streams and
+    /// stream IDs in the store are then the others' to remove once its lease ends.
+    #[doc(hidden)]
+    pub fn abandon_cluster(&self) {
+        self.0.abandon.send_replace(true);
+    }
+
+    /// For tests: returns once every change this node queued for the cluster store before the
+    /// call was handed to the store (the others may read it now; one waiting in the outbox for
+    /// an unreachable store counts as handed). `false` when the store task does not run.
+    #[doc(hidden)]
+    pub async fn cluster_barrier(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.0.store_tx.send(StoreOp::Barrier(tx)).await.is_err() {
+            return false;
+        }
+        rx.await.is_ok()
+    }
+
+    /// The other nodes' part of `room` for a login, or 1009009 when the store cannot answer
+    /// (new logins fail closed while the cluster store is unreachable).
+    pub(super) async fn room_snapshot(&self, app: AppId, room: &RoomId) -> Result<RemoteRoom, HuddleError> {
+        let Some(store) = self.0.store.get() else {
+            return Err(HuddleError::new(
+                ErrorCode::CLUSTER_UNAVAILABLE,
+                "the cluster store is not connected: retry",
+            ));
+        };
+        store.room_snapshot(app, room).await.map_err(|e| {
+            warn!(%app, %room, "login refused: the cluster store did not answer: {e}");
+            HuddleError::new(
+                ErrorCode::CLUSTER_UNAVAILABLE,
+                "the cluster store could not be reached: retry",
+            )
+        })
     }
 
     /// Claims `stream_id` for `session` in the cluster: `Ok` when it is the session's now,
@@ -89,6 +163,10 @@ impl ServerState {
                 ErrorCode::STREAM_ID_EXISTS,
                 format!("the stream ID {stream_id} is already published in this AppID"),
             )),
+            Ok(Err(StoreError::Settling)) => Err(HuddleError::new(
+                ErrorCode::CLUSTER_UNAVAILABLE,
+                "the cluster store restarted and is settling: retry in a few seconds",
+            )),
             Ok(Err(e)) => Err(HuddleError::from(&e)),
             Err(_) => Err(busy()),
         }
@@ -105,29 +183,41 @@ pub(super) fn release(queue: &mpsc::Sender<StoreOp>, op: StoreOp) {
     }
 }
 
-/// The store task: the operations in order, the lease renewed, and the node's leave at
-/// shutdown.
+/// The store task: the operations in order, the lease renewed (then the outbox sent again and
+/// the followed rooms reaped), a restore after a lost lease, and the node's leave at shutdown.
 async fn run(
+    state: ServerState,
     store: Arc<dyn Store>,
     mut rx: mpsc::Receiver<StoreOp>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut renew = tokio::time::interval(store.renew_every());
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut outbox = VecDeque::new();
     loop {
         tokio::select! {
             op = rx.recv() => match op {
-                Some(op) => handle(&*store, op).await,
+                Some(op) => handle(&state, &*store, op, &mut outbox).await,
                 None => break,
             },
             _ = renew.tick() => match store.renew_lease().await {
-                Ok(()) => {}
-                Err(StoreError::LeaseLost) => warn!(
-                    node = store.node_id(),
-                    "the node's lease expired: registered anew; stream IDs it held may be another node's now"
-                ),
+                Ok(()) => {
+                    flush(&state, &*store, &mut outbox).await;
+                    reap(&state, &*store).await;
+                }
+                Err(StoreError::LeaseLost) => {
+                    warn!(
+                        node = store.node_id(),
+                        "the node's lease was lost: registered anew, restoring its stream IDs and rooms"
+                    );
+                    restore(&state, &*store, &mut outbox).await;
+                }
                 Err(e) => warn!(node = store.node_id(), "lease renewal failed: {e}"),
             },
+            () = abandoned(&state) => {
+                warn!(node = store.node_id(), "abandoned the cluster: no renewal, no leave");
+                return;
+            }
             () = async {
                 let _ = shutdown.wait_for(|s| *s).await;
             } => break,
@@ -142,7 +232,12 @@ async fn run(
     }
 }
 
-async fn handle(store: &dyn Store, op: StoreOp) {
+async fn handle(
+    state: &ServerState,
+    store: &dyn Store,
+    op: StoreOp,
+    outbox: &mut VecDeque<(AppId, RoomId, RoomChange)>,
+) {
     let result = match op {
         StoreOp::Claim {
             app,
@@ -159,8 +254,185 @@ async fn handle(store: &dyn Store, op: StoreOp) {
             session,
         } => store.release_stream(app, &stream_id, session).await,
         StoreOp::ReleaseSession { session } => store.release_session(session).await,
+        StoreOp::Barrier(reply) => {
+            let _ = reply.send(());
+            return;
+        }
+        StoreOp::Room { app, room, change } => {
+            if outbox.is_empty() {
+                match store.room_change(app, &room, &change).await {
+                    Ok(()) => return,
+                    Err(StoreError::LeaseLost) => {
+                        // The lease is gone: register anew now and restore, which sends the
+                        // node's rooms as the registry has them (this change included).
+                        if let Err(StoreError::LeaseLost) = store.renew_lease().await {
+                            restore(state, store, outbox).await;
+                        }
+                        return;
+                    }
+                    Err(e) => warn!(%app, %room, "a room change waits for the cluster store: {e}"),
+                }
+            }
+            if outbox.len() >= OUTBOX {
+                error!("the room outbox is full: the oldest change is dropped");
+                outbox.pop_front();
+            }
+            outbox.push_back((app, room, change));
+            return;
+        }
     };
     if let Err(e) = result {
         warn!("releasing in the cluster store failed (it expires with the lease): {e}");
+    }
+}
+
+/// Completes once [`ServerState::abandon_cluster`] was called.
+async fn abandoned(state: &ServerState) {
+    let mut rx = state.0.abandon.subscribe();
+    let _ = rx.wait_for(|a| *a).await;
+}
+
+/// Sends the outbox again, in order, up to the first failure.
+async fn flush(state: &ServerState, store: &dyn Store, outbox: &mut VecDeque<(AppId, RoomId, RoomChange)>) {
+    while let Some((app, room, change)) = outbox.front() {
+        match store.room_change(*app, room, change).await {
+            Ok(()) => {
+                outbox.pop_front();
+            }
+            Err(StoreError::LeaseLost) => return restore(state, store, outbox).await,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Reaps the rooms this node follows (see [`Store::reap_rooms`]).
+async fn reap(state: &ServerState, store: &dyn Store) {
+    let rooms: Vec<(AppId, RoomId)> = state.0.hub.lock().follows.keys().cloned().collect();
+    if let Err(e) = store.reap_rooms(&rooms).await {
+        warn!("reaping the followed rooms failed: {e}");
+    }
+}
+
+/// After the lease was lost and taken anew: claims again what this node publishes, adds its
+/// users and streams to their rooms again, and has every followed room read afresh. The outbox
+/// is dropped: the registry's state now is what counts.
+async fn restore(state: &ServerState, store: &dyn Store, outbox: &mut VecDeque<(AppId, RoomId, RoomChange)>) {
+    outbox.clear();
+    let (publishes, rooms) = {
+        let hub = state.0.hub.lock();
+        (hub.registry.local_publishes(), hub.registry.local_rooms())
+    };
+    for (app, stream_id, session) in publishes {
+        match store.reclaim_stream(app, &stream_id, session).await {
+            Ok(Claim::Won) => {}
+            Ok(Claim::Taken) => error!(
+                %app, %stream_id, %session,
+                "a stream ID this node publishes was claimed by another node while this node's lease was lost"
+            ),
+            Err(e) => warn!(%app, %stream_id, "claiming a stream ID again failed: {e}"),
+        }
+    }
+    for room in rooms {
+        let changes = room
+            .users
+            .into_iter()
+            .map(RoomChange::UserAdd)
+            .chain(room.streams.into_iter().map(RoomChange::StreamAdd));
+        for change in changes {
+            if let Err(e) = store.room_change(room.app, &room.room, &change).await {
+                warn!(app = %room.app, room = %room.room, "restoring a room change waits: {e}");
+                outbox.push_back((room.app, room.room.clone(), change));
+            }
+        }
+    }
+    let mut hub = state.0.hub.lock();
+    for f in hub.follows.values_mut() {
+        f.resync = true;
+    }
+    hub.follows_changed.notify_one();
+}
+
+/// The room reader: the history of every followed room, the other nodes' changes fed to the
+/// registry in order; a fresh snapshot for a room marked for it.
+async fn read_rooms(
+    state: ServerState,
+    store: Arc<dyn Store>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let changed = state.0.hub.lock().follows_changed.clone();
+    loop {
+        let (rooms, resync) = {
+            let hub = state.0.hub.lock();
+            let mut rooms = Vec::with_capacity(hub.follows.len());
+            let mut resync = Vec::new();
+            for ((app, room), f) in &hub.follows {
+                rooms.push(RoomCursor {
+                    app: *app,
+                    room: room.clone(),
+                    cursor: f.cursor.clone(),
+                });
+                if f.resync {
+                    resync.push((*app, room.clone()));
+                }
+            }
+            (rooms, resync)
+        };
+        for (app, room) in resync {
+            match store.room_snapshot(app, &room).await {
+                Ok(snapshot) => {
+                    let mut hub = state.0.hub.lock();
+                    if let Some(f) = hub.follows.get_mut(&(app, room.clone())) {
+                        f.cursor = snapshot.cursor.clone();
+                        f.seq = snapshot.seq;
+                        f.resync = false;
+                        let mut out = Vec::new();
+                        hub.registry.remote_sync(app, &room, snapshot, &mut out);
+                        hub.dispatch(out);
+                    }
+                }
+                Err(e) => {
+                    warn!(%app, %room, "reading a room afresh failed: {e}");
+                    tokio::time::sleep(READ_RETRY).await;
+                }
+            }
+        }
+        tokio::select! {
+            r = store.read_rooms(&rooms), if !rooms.is_empty() => match r {
+                Ok(events) if !events.is_empty() => {
+                    // The node's own events, of this lease or an earlier one, are skipped: its
+                    // registry is the truth about its own part.
+                    let own = format!("{}|", store.node_id());
+                    let mut hub = state.0.hub.lock();
+                    let mut out = Vec::new();
+                    for ev in events {
+                        let Some(f) = hub.follows.get_mut(&(ev.app, ev.room.clone())) else {
+                            continue;
+                        };
+                        if !cursor_after(&ev.cursor, &f.cursor) {
+                            continue;
+                        }
+                        f.cursor = ev.cursor;
+                        if ev.seq != f.seq + 1 {
+                            f.resync = true;
+                        }
+                        f.seq = ev.seq;
+                        if !ev.owner.starts_with(&own) {
+                            hub.registry.remote_update(ev.app, &ev.room, &ev.owner, ev.change, &mut out);
+                        }
+                    }
+                    hub.dispatch(out);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!("reading the followed rooms failed: {e}");
+                    tokio::time::sleep(READ_RETRY).await;
+                }
+            },
+            () = changed.notified() => {}
+            () = abandoned(&state) => return,
+            () = async {
+                let _ = shutdown.wait_for(|s| *s).await;
+            } => return,
+        }
     }
 }

@@ -5,16 +5,16 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{Message, Utf8Bytes};
-use huddle_proto::{ErrorCode, HuddleError, ServerMsg};
+use huddle_proto::{AppId, ErrorCode, HuddleError, RoomId, ServerMsg};
 use rand::RngCore;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, warn};
 
 use super::ServerState;
 use super::cluster::{StoreOp, release};
 use crate::media::{MediaTx, Signal};
-use crate::registry::{MediaCommand, Output, Registry, SessionId};
+use crate::registry::{ClusterCommand, MediaCommand, Output, Registry, SessionId};
 use crate::sfu::Command;
 
 /// The registry and where each attached session's messages go.
@@ -24,8 +24,22 @@ pub(super) struct Hub {
     /// Commands to the media plane, sent under the hub lock so that they follow the registry's
     /// order. `None` until the media plane runs.
     pub(super) media: Option<MediaTx>,
-    /// Releases to the cluster store, queued in the registry's order ([`super::cluster`]).
+    /// Releases and room changes to the cluster store, queued in the registry's order
+    /// ([`super::cluster`]).
     pub(super) store: mpsc::Sender<StoreOp>,
+    /// The rooms this node follows in the cluster (it has members in them), with where their
+    /// history was read up to.
+    pub(super) follows: HashMap<(AppId, RoomId), Follow>,
+    /// Wakes the room reader when `follows` changed.
+    pub(super) follows_changed: Arc<Notify>,
+}
+
+/// A followed room's position in its history.
+pub(super) struct Follow {
+    pub(super) cursor: String,
+    pub(super) seq: u64,
+    /// Read a fresh snapshot before going on (a gap in the history, or the store lost it).
+    pub(super) resync: bool,
 }
 
 /// The connection that carries a session now.
@@ -122,6 +136,29 @@ impl Hub {
                         close(&h.ctl, Closing::AfterQueue);
                     }
                 }
+                Output::Cluster(cmd) => match cmd {
+                    ClusterCommand::Follow {
+                        app,
+                        room,
+                        cursor,
+                        seq,
+                    } => {
+                        let follow = Follow {
+                            cursor,
+                            seq,
+                            resync: false,
+                        };
+                        self.follows.insert((app, room), follow);
+                        self.follows_changed.notify_one();
+                    }
+                    ClusterCommand::Unfollow { app, room } => {
+                        self.follows.remove(&(app, room));
+                        self.follows_changed.notify_one();
+                    }
+                    ClusterCommand::Change { app, room, change } => {
+                        release(&self.store, StoreOp::Room { app, room, change });
+                    }
+                },
                 Output::Media(cmd) => {
                     self.media_command(match cmd {
                         MediaCommand::ClosePublish {

@@ -84,6 +84,9 @@ struct Shared {
     store_tx: tokio::sync::mpsc::Sender<cluster::StoreOp>,
     /// The store task's end of the queue until the task starts.
     store_rx: Mutex<Option<tokio::sync::mpsc::Receiver<cluster::StoreOp>>>,
+    /// Set by [`ServerState::abandon_cluster`]: the store task stops renewing the lease and
+    /// leaves nothing.
+    abandon: watch::Sender<bool>,
     /// Set once, to `true`, when the server shuts down.
     shutdown: watch::Sender<bool>,
     /// Set once when the server starts draining ([`ServerState::drain`]): no new login.
@@ -142,10 +145,13 @@ impl ServerState {
                 conns: HashMap::new(),
                 media: None,
                 store: store_tx.clone(),
+                follows: HashMap::new(),
+                follows_changed: Arc::new(Notify::new()),
             }),
             store,
             store_tx,
             store_rx: Mutex::new(Some(store_rx)),
+            abandon: watch::Sender::new(false),
             timer_wake: Notify::new(),
             timer_task: OnceLock::new(),
             shutdown: watch::Sender::new(false),

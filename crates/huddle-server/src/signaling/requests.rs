@@ -27,7 +27,7 @@ impl Conn {
         }
         let Some((id, _)) = self.session else {
             match msg {
-                ClientMsg::Login(login) => self.login(login),
+                ClientMsg::Login(login) => self.login(login).await,
                 other => self.reply_error(
                     Some(other.seq()),
                     &HuddleError::new(ErrorCode::NOT_LOGGED_IN, "log in first"),
@@ -137,7 +137,7 @@ impl Conn {
         }
     }
 
-    pub(super) fn login(&mut self, login: Login) {
+    pub(super) async fn login(&mut self, login: Login) {
         let seq = Some(login.seq);
         if login.protocol != PROTOCOL_VERSION {
             return self.reply_error(
@@ -163,9 +163,30 @@ impl Conn {
                 return self.reply_error(seq, &e);
             }
         };
+        // The other nodes' part of the room, for a login that may create the room on this node.
+        // A new login needs the cluster store (fail closed: 1009009); a resume of a session
+        // this node holds does not, so calls in progress go on while the store is away.
+        let follows = {
+            let hub = self.state.0.hub.lock();
+            hub.registry.follows(login.app_id, &login.room_id)
+        };
+        let remote = if login.resume.is_none() || !follows {
+            match self.state.room_snapshot(login.app_id, &login.room_id).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    info!(app = %login.app_id, room = %login.room_id, user = %login.user.user_id, code = e.code.0, "login refused");
+                    return self.reply_error(seq, &e);
+                }
+            }
+        } else {
+            None
+        };
         let mut out = Vec::new();
         let mut hub = self.state.0.hub.lock();
-        match hub.registry.login(&login, grant, random_hex(16), &mut out) {
+        match hub
+            .registry
+            .login_with(&login, grant, random_hex(16), remote, &mut out)
+        {
             Ok(att) => {
                 if let Some(turn) = &self.state.0.config.turn {
                     // The registry decides membership; how to reach the media plane (TURN

@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use huddle_proto::{AppId, StreamId};
+use huddle_proto::{AppId, RoomId, StreamId};
 use parking_lot::Mutex;
 
-use super::{Claim, Store, StoreFuture};
-use crate::registry::SessionId;
+use super::{Claim, RoomCursor, RoomEvent, Store, StoreFuture};
+use crate::registry::{RemoteRoom, RoomChange, SessionId};
 
 /// One node's store ([`Store`]): every answer is ready at once.
 #[derive(Debug, Default)]
@@ -105,6 +105,39 @@ impl Store for MemoryStore {
 
     fn leave(&self) -> StoreFuture<'_, ()> {
         *self.inner.lock() = Inner::default();
+        Box::pin(async { Ok(()) })
+    }
+
+    fn owner(&self) -> String {
+        "local".into()
+    }
+
+    fn reclaim_stream<'a>(
+        &'a self,
+        app: AppId,
+        stream_id: &'a StreamId,
+        session: SessionId,
+    ) -> StoreFuture<'a, Claim> {
+        self.claim_stream(app, stream_id, session)
+    }
+
+    // One node: a room has no other part, and its history holds only this node's own events,
+    // which nobody needs to read.
+
+    fn room_change<'a>(&'a self, _: AppId, _: &'a RoomId, _: &'a RoomChange) -> StoreFuture<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn room_snapshot<'a>(&'a self, _: AppId, _: &'a RoomId) -> StoreFuture<'a, RemoteRoom> {
+        Box::pin(async { Ok(RemoteRoom::default()) })
+    }
+
+    fn read_rooms<'a>(&'a self, _: &'a [RoomCursor]) -> StoreFuture<'a, Vec<RoomEvent>> {
+        // No other node writes: nothing ever comes.
+        Box::pin(std::future::pending())
+    }
+
+    fn reap_rooms<'a>(&'a self, _: &'a [(AppId, RoomId)]) -> StoreFuture<'a, ()> {
         Box::pin(async { Ok(()) })
     }
 }

@@ -7,27 +7,36 @@
 //! owner's node no longer holds the owner's epoch (its lease expired, or the node restarted and
 //! registered anew). So a node cut off longer than its lease cannot win anything with its old
 //! epoch, and its IDs are free the moment its lease ends.
+//!
+//! Rooms: each room has a hash of users and one of streams (field: the ID; value:
+//! `node|epoch|JSON`, the owner first), a history (a Redis stream, trimmed to about
+//! [`HISTORY`] entries) and a sequence counter. Every change of a node's part is one script
+//! that changes the hash and appends to the history together, so a snapshot (the hashes and
+//! the history's last ID, read in one script) and the events after it are exactly the room.
+//!
+//! Settling: when Redis lost its data (a restart without persistence), a node that had a lease
+//! finds its counter gone as it registers anew, and marks the store as settling for one lease:
+//! meanwhile only re-claims of IDs the nodes still publish succeed ([`Store::reclaim_stream`]),
+//! so an ID is not handed to a new publisher before its live owner has claimed it again.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use huddle_proto::{AppId, StreamId};
+use huddle_proto::{AppId, RoomId, StreamId, UserId};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tracing::warn;
 
-use super::{Claim, Store, StoreError, StoreFuture};
-use crate::registry::SessionId;
-
-/// A node's lease when nothing else is configured: renewed every third of it, so two renewals
-/// may fail before the node's state expires.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+use super::{Claim, RoomCursor, RoomEvent, Store, StoreError, StoreFuture};
+use crate::registry::{RemoteRoom, RoomChange, SessionId};
 
 /// How long one Redis command may take (connecting included) before the operation fails.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 
 const REGISTER: &str = r"
 local e = redis.call('INCR', KEYS[2])
+if e == 1 and ARGV[2] == '1' then redis.call('SET', KEYS[4], '1', 'PX', ARGV[1]) end
 redis.call('SET', KEYS[1], e, 'PX', ARGV[1])
 redis.call('DEL', KEYS[3])
 return e
@@ -44,6 +53,7 @@ return 1
 
 const CLAIM: &str = r"
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then return -1 end
+if ARGV[5] ~= '1' and redis.call('EXISTS', KEYS[4]) == 1 then return -2 end
 local cur = redis.call('GET', KEYS[1])
 if cur and cur ~= ARGV[1] then
   local node, epoch = string.match(cur, '^([^|]*)|([^|]*)|')
@@ -71,6 +81,90 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 ";
 
+/// KEYS: users or streams hash, history, sequence, this node's lease. ARGV: owner, epoch, field,
+/// `add` or `del`, value (JSON, for `add`), event kind, history length, key lifetime (ms).
+const ROOM_CHANGE: &str = r"
+if redis.call('GET', KEYS[4]) ~= ARGV[2] then return -1 end
+if ARGV[4] == 'add' then
+  redis.call('HSET', KEYS[1], ARGV[3], ARGV[1] .. '|' .. ARGV[5])
+else
+  local cur = redis.call('HGET', KEYS[1], ARGV[3])
+  if not cur or string.sub(cur, 1, #ARGV[1] + 1) ~= ARGV[1] .. '|' then return 0 end
+  redis.call('HDEL', KEYS[1], ARGV[3])
+end
+local seq = redis.call('INCR', KEYS[3])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'seq', seq, 'owner', ARGV[1],
+  'kind', ARGV[6], 'field', ARGV[3], 'data', ARGV[5])
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[8]) end
+return 1
+";
+
+/// KEYS: users hash, streams hash, history, sequence. ARGV: the asking node's owner, the lease
+/// key prefix. Returns the history's last ID, the sequence, and the live entries of others.
+const SNAPSHOT: &str = r"
+local function live(h)
+  local out = {}
+  local all = redis.call('HGETALL', h)
+  for i = 1, #all, 2 do
+    local v = all[i + 1]
+    local node, epoch = string.match(v, '^([^|]*)|([^|]*)|')
+    if node and redis.call('GET', ARGV[2] .. node) == epoch
+      and string.sub(v, 1, #ARGV[1] + 1) ~= ARGV[1] .. '|' then
+      table.insert(out, v)
+    end
+  end
+  return out
+end
+local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+local id = '0-0'
+if #last > 0 then id = last[1][1] end
+local seq = redis.call('GET', KEYS[4]) or '0'
+return {id, seq, live(KEYS[1]), live(KEYS[2])}
+";
+
+/// KEYS: users hash, streams hash, history, sequence. ARGV: the lease key prefix, history
+/// length, key lifetime (ms). Deletes the entries whose owner's lease has ended.
+const REAP: &str = r"
+local n = 0
+for _, h in ipairs({2, 1}) do
+  local all = redis.call('HGETALL', KEYS[h])
+  for i = 1, #all, 2 do
+    local v = all[i + 1]
+    local node, epoch = string.match(v, '^([^|]*)|([^|]*)|')
+    if not node or redis.call('GET', ARGV[1] .. node) ~= epoch then
+      redis.call('HDEL', KEYS[h], all[i])
+      local seq = redis.call('INCR', KEYS[4])
+      local kind = 'ud'
+      if h == 2 then kind = 'sd' end
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'seq', seq,
+        'owner', (node or '') .. '|' .. (epoch or ''), 'kind', kind, 'field', all[i], 'data', '')
+      n = n + 1
+    end
+  end
+end
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
+return n
+";
+
+/// About how many events a room's history keeps: a follower further behind than this reads a
+/// fresh snapshot instead (it sees a gap in the sequence).
+pub const HISTORY: usize = 1024;
+
+/// How long `XREAD` waits for a room event before the reader looks at its rooms again.
+const READ_BLOCK: Duration = Duration::from_millis(250);
+
+/// Events read at once, at most.
+const READ_COUNT: usize = 256;
+
+/// The key that marks the store as settling after it lost its data.
+const SETTLE_KEY: &str = "huddle:settle";
+
+/// The key prefix of a room: `huddle:room:{app}:{room}`, then `:users`, `:streams`, `:log`,
+/// `:seq`.
+fn room_key(app: AppId, room: &RoomId, part: &str) -> String {
+    format!("huddle:room:{app}:{room}:{part}")
+}
+
 /// The key of node `node`'s lease (its value: the lease epoch).
 fn node_key(node: &str) -> String {
     format!("huddle:node:{node}")
@@ -89,6 +183,9 @@ fn stream_key(app: AppId, stream_id: &StreamId) -> String {
 /// The store of one node of a cluster on Redis ([`Store`]).
 pub struct RedisStore {
     con: ConnectionManager,
+    /// A connection of its own for the reader's blocking `XREAD`, so that it never delays a
+    /// claim.
+    reader: ConnectionManager,
     node: String,
     lease: Duration,
     /// The epoch of this node's lease (0: none).
@@ -104,6 +201,9 @@ struct Scripts {
     claim: redis::Script,
     release: redis::Script,
     leave: redis::Script,
+    room_change: redis::Script,
+    snapshot: redis::Script,
+    reap: redis::Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -133,11 +233,18 @@ impl RedisStore {
             .set_response_timeout(Some(COMMAND_TIMEOUT))
             .set_number_of_retries(2);
         let con = client
-            .get_connection_manager_with_config(config)
+            .get_connection_manager_with_config(config.clone())
+            .await
+            .map_err(unavailable)?;
+        let reader = client
+            .get_connection_manager_with_config(
+                config.set_response_timeout(Some(COMMAND_TIMEOUT + READ_BLOCK)),
+            )
             .await
             .map_err(unavailable)?;
         let store = RedisStore {
             con,
+            reader,
             node: node.to_string(),
             lease,
             epoch: AtomicU64::new(0),
@@ -148,6 +255,9 @@ impl RedisStore {
                 claim: redis::Script::new(CLAIM),
                 release: redis::Script::new(RELEASE),
                 leave: redis::Script::new(LEAVE),
+                room_change: redis::Script::new(ROOM_CHANGE),
+                snapshot: redis::Script::new(SNAPSHOT),
+                reap: redis::Script::new(REAP),
             },
         };
         store.register().await?;
@@ -162,13 +272,16 @@ impl RedisStore {
     /// Takes a new lease (a new epoch): nothing held under an earlier one counts any more.
     async fn register(&self) -> Result<u64, StoreError> {
         let mut con = self.con.clone();
+        let had_lease = self.epoch() != 0;
         let epoch: u64 = self
             .scripts
             .register
             .key(node_key(&self.node))
             .key("huddle:epoch")
             .key(node_streams_key(&self.node))
+            .key(SETTLE_KEY)
             .arg(ms(self.lease))
+            .arg(if had_lease { "1" } else { "0" })
             .invoke_async(&mut con)
             .await
             .map_err(unavailable)?;
@@ -177,7 +290,7 @@ impl RedisStore {
         Ok(epoch)
     }
 
-    fn owner(&self, epoch: u64, session: SessionId) -> String {
+    fn session_owner(&self, epoch: u64, session: SessionId) -> String {
         format!("{}|{epoch}|{session}", self.node)
     }
 
@@ -204,7 +317,7 @@ impl RedisStore {
             .release
             .key(stream_key(app, stream_id))
             .key(node_streams_key(&self.node))
-            .arg(self.owner(epoch, session))
+            .arg(self.session_owner(epoch, session))
             .invoke_async(&mut con)
             .await
             .map_err(unavailable)?;
@@ -250,35 +363,7 @@ impl Store for RedisStore {
         stream_id: &'a StreamId,
         session: SessionId,
     ) -> StoreFuture<'a, Claim> {
-        Box::pin(async move {
-            let epoch = self.epoch();
-            let mut con = self.con.clone();
-            let r: i64 = self
-                .scripts
-                .claim
-                .key(stream_key(app, stream_id))
-                .key(node_key(&self.node))
-                .key(node_streams_key(&self.node))
-                .arg(self.owner(epoch, session))
-                .arg(epoch)
-                .arg(ms(self.lease))
-                .arg("huddle:node:")
-                .invoke_async(&mut con)
-                .await
-                .map_err(unavailable)?;
-            match r {
-                1 => {
-                    let mut held = self.held.lock();
-                    let list = held.entry(session).or_default();
-                    if !list.iter().any(|(a, s)| *a == app && s == stream_id) {
-                        list.push((app, stream_id.clone()));
-                    }
-                    Ok(Claim::Won)
-                }
-                0 => Ok(Claim::Taken),
-                _ => Err(StoreError::LeaseLost),
-            }
-        })
+        Box::pin(self.claim(app, stream_id, session, false))
     }
 
     fn release_stream<'a>(
@@ -325,5 +410,222 @@ impl Store for RedisStore {
                 .map_err(unavailable)?;
             Ok(())
         })
+    }
+
+    fn reclaim_stream<'a>(
+        &'a self,
+        app: AppId,
+        stream_id: &'a StreamId,
+        session: SessionId,
+    ) -> StoreFuture<'a, Claim> {
+        Box::pin(self.claim(app, stream_id, session, true))
+    }
+
+    fn owner(&self) -> String {
+        format!("{}|{}", self.node, self.epoch())
+    }
+
+    fn room_change<'a>(
+        &'a self,
+        app: AppId,
+        room: &'a RoomId,
+        change: &'a RoomChange,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let (part, field, op, value, kind) = match change {
+                RoomChange::UserAdd(u) => ("users", u.user_id.to_string(), "add", json(u)?, "ua"),
+                RoomChange::UserDelete(id) => ("users", id.to_string(), "del", String::new(), "ud"),
+                RoomChange::StreamAdd(s) => ("streams", s.stream_id.to_string(), "add", json(s)?, "sa"),
+                RoomChange::StreamDelete(id) => ("streams", id.to_string(), "del", String::new(), "sd"),
+            };
+            let epoch = self.epoch();
+            let mut con = self.con.clone();
+            let r: i64 = self
+                .scripts
+                .room_change
+                .key(room_key(app, room, part))
+                .key(room_key(app, room, "log"))
+                .key(room_key(app, room, "seq"))
+                .key(node_key(&self.node))
+                .arg(format!("{}|{epoch}", self.node))
+                .arg(epoch)
+                .arg(field)
+                .arg(op)
+                .arg(value)
+                .arg(kind)
+                .arg(HISTORY)
+                .arg(ms(self.room_lifetime()))
+                .invoke_async(&mut con)
+                .await
+                .map_err(unavailable)?;
+            if r < 0 {
+                return Err(StoreError::LeaseLost);
+            }
+            Ok(())
+        })
+    }
+
+    fn room_snapshot<'a>(&'a self, app: AppId, room: &'a RoomId) -> StoreFuture<'a, RemoteRoom> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let (cursor, seq, users, streams): (String, String, Vec<String>, Vec<String>) = self
+                .scripts
+                .snapshot
+                .key(room_key(app, room, "users"))
+                .key(room_key(app, room, "streams"))
+                .key(room_key(app, room, "log"))
+                .key(room_key(app, room, "seq"))
+                .arg(self.owner())
+                .arg("huddle:node:")
+                .invoke_async(&mut con)
+                .await
+                .map_err(unavailable)?;
+            Ok(RemoteRoom {
+                cursor,
+                seq: seq.parse().unwrap_or(0),
+                users: users.iter().filter_map(|v| entry(v)).collect(),
+                streams: streams.iter().filter_map(|v| entry(v)).collect(),
+            })
+        })
+    }
+
+    fn read_rooms<'a>(&'a self, rooms: &'a [RoomCursor]) -> StoreFuture<'a, Vec<RoomEvent>> {
+        Box::pin(async move {
+            if rooms.is_empty() {
+                tokio::time::sleep(READ_BLOCK).await;
+                return Ok(Vec::new());
+            }
+            let mut cmd = redis::cmd("XREAD");
+            cmd.arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(ms(READ_BLOCK))
+                .arg("STREAMS");
+            for r in rooms {
+                cmd.arg(room_key(r.app, &r.room, "log"));
+            }
+            for r in rooms {
+                cmd.arg(&r.cursor);
+            }
+            let mut con = self.reader.clone();
+            type Reply = Option<Vec<(String, Vec<(String, HashMap<String, String>)>)>>;
+            let reply: Reply = cmd.query_async(&mut con).await.map_err(unavailable)?;
+            let mut events = Vec::new();
+            for (key, entries) in reply.unwrap_or_default() {
+                let Some(r) = rooms.iter().find(|r| room_key(r.app, &r.room, "log") == key) else {
+                    continue;
+                };
+                for (id, fields) in entries {
+                    match event(r, id, &fields) {
+                        Some(e) => events.push(e),
+                        None => warn!(key, "an unreadable room event was skipped"),
+                    }
+                }
+            }
+            Ok(events)
+        })
+    }
+
+    fn reap_rooms<'a>(&'a self, rooms: &'a [(AppId, RoomId)]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            for (app, room) in rooms {
+                let mut con = self.con.clone();
+                let _: i64 = self
+                    .scripts
+                    .reap
+                    .key(room_key(*app, room, "users"))
+                    .key(room_key(*app, room, "streams"))
+                    .key(room_key(*app, room, "log"))
+                    .key(room_key(*app, room, "seq"))
+                    .arg("huddle:node:")
+                    .arg(HISTORY)
+                    .arg(ms(self.room_lifetime()))
+                    .invoke_async(&mut con)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A value as JSON (what a room's hash and history hold).
+fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Unavailable(format!("encoding an entry: {e}")))
+}
+
+/// An entry of a room's hash, `node|epoch|JSON`: its owner and value (`None`: unreadable).
+fn entry<T: serde::de::DeserializeOwned>(v: &str) -> Option<(String, T)> {
+    let mut parts = v.splitn(3, '|');
+    let (node, epoch, data) = (parts.next()?, parts.next()?, parts.next()?);
+    let value = serde_json::from_str(data).ok()?;
+    Some((format!("{node}|{epoch}"), value))
+}
+
+/// An event of a room's history (`None`: unreadable).
+fn event(room: &RoomCursor, id: String, f: &HashMap<String, String>) -> Option<RoomEvent> {
+    let field = f.get("field")?;
+    let change = match f.get("kind")?.as_str() {
+        "ua" => RoomChange::UserAdd(serde_json::from_str(f.get("data")?).ok()?),
+        "ud" => RoomChange::UserDelete(UserId::new(field).ok()?),
+        "sa" => RoomChange::StreamAdd(serde_json::from_str(f.get("data")?).ok()?),
+        "sd" => RoomChange::StreamDelete(StreamId::new(field).ok()?),
+        _ => return None,
+    };
+    Some(RoomEvent {
+        app: room.app,
+        room: room.room.clone(),
+        cursor: id,
+        seq: f.get("seq")?.parse().ok()?,
+        owner: f.get("owner")?.clone(),
+        change,
+    })
+}
+
+impl RedisStore {
+    /// How long a room's keys live without a change or a reap: three leases.
+    fn room_lifetime(&self) -> Duration {
+        self.lease * 3
+    }
+
+    async fn claim(
+        &self,
+        app: AppId,
+        stream_id: &StreamId,
+        session: SessionId,
+        restore: bool,
+    ) -> Result<Claim, StoreError> {
+        {
+            let epoch = self.epoch();
+            let mut con = self.con.clone();
+            let r: i64 = self
+                .scripts
+                .claim
+                .key(stream_key(app, stream_id))
+                .key(node_key(&self.node))
+                .key(node_streams_key(&self.node))
+                .key(SETTLE_KEY)
+                .arg(self.session_owner(epoch, session))
+                .arg(epoch)
+                .arg(ms(self.lease))
+                .arg("huddle:node:")
+                .arg(if restore { "1" } else { "0" })
+                .invoke_async(&mut con)
+                .await
+                .map_err(unavailable)?;
+            match r {
+                1 => {
+                    let mut held = self.held.lock();
+                    let list = held.entry(session).or_default();
+                    if !list.iter().any(|(a, s)| *a == app && s == stream_id) {
+                        list.push((app, stream_id.clone()));
+                    }
+                    Ok(Claim::Won)
+                }
+                0 => Ok(Claim::Taken),
+                -2 => Err(StoreError::Settling),
+                _ => Err(StoreError::LeaseLost),
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod redis;
 pub mod ws;
 
 use std::net::{SocketAddr, UdpSocket};

@@ -1350,6 +1350,16 @@ fn a_login_refused_as_shutting_down_tries_the_next_server() {
 }
 
 #[test]
+fn a_login_refused_because_the_cluster_store_is_away_tries_the_next_server() {
+    let (mut h, _) = Harness::new(several(2));
+    let out = h.refused_login(ErrorCode::CLUSTER_UNAVAILABLE);
+    assert!(evs(&out).is_empty(), "not a failure yet: {:?}", evs(&out));
+    assert_eq!(next_connect(&mut h, out), 1);
+    let (_, out) = h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    assert_eq!(evs(&out)[0], "room Logined 0");
+}
+
+#[test]
 fn a_broken_connection_is_retried_on_its_server_first() {
     let (mut h, _) = Harness::new(several(3));
     let out = h.input(Input::ConnectFailed("refused".into()));
