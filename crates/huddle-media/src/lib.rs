@@ -38,6 +38,7 @@
 
 #![warn(missing_docs)]
 
+mod adapt;
 mod audio;
 mod error;
 pub mod impair;
@@ -48,6 +49,7 @@ mod sink;
 mod source;
 mod video;
 
+pub use adapt::{AudioAdapter, AudioConfig, AudioConfigPreset, EncoderSettings};
 pub use audio::{
     AudioFrame, CHANNELS, FRAME_DURATION, FRAME_MS, FRAME_SAMPLES, MAX_OPUS_PACKET, OpusConfig, OpusDecoder,
     OpusEncoder, SAMPLE_RATE, packet_has_fec,

@@ -135,7 +135,7 @@ pub use config::{EngineConfig, EngineProfile, RoomConfig, Scenario};
 pub use dispatch::EventStream;
 pub use engine::{Engine, EngineHandle};
 pub use event::{Event, EventHandler, PlayerState, PublisherState, RoomState, RoomStateChangedReason};
-pub use huddle_media::I420Frame;
+pub use huddle_media::{AudioConfig, AudioConfigPreset, I420Frame};
 pub use huddle_proto::{
     ErrorCode, HuddleError, RoomId, StreamId, StreamInfo, UpdateType, User, UserId, UserName,
 };
