@@ -135,12 +135,13 @@ impl AudioConfig {
     /// ```
     pub fn opus_config(&self) -> crate::OpusConfig {
         let start = AudioAdapter::new(self.clone()).settings();
-        let mut opus = crate::OpusConfig::default();
-        opus.bitrate = start.bitrate;
-        opus.fec = start.fec;
-        opus.packet_loss_percent = start.packet_loss_percent;
-        opus.music = self.music;
-        opus
+        crate::OpusConfig {
+            bitrate: start.bitrate,
+            fec: start.fec,
+            packet_loss_percent: start.packet_loss_percent,
+            music: self.music,
+            ..Default::default()
+        }
     }
 }
 
@@ -497,10 +498,12 @@ mod tests {
     #[test]
     fn fixed_configs_and_music_ignore_or_skip_fec() {
         let t0 = Instant::now();
-        let mut fixed = AudioConfig::default();
-        fixed.adaptive = false;
-        fixed.bitrate = 32_000;
-        fixed.loss_hint_percent = 10;
+        let fixed = AudioConfig {
+            adaptive: false,
+            bitrate: 32_000,
+            loss_hint_percent: 10,
+            ..Default::default()
+        };
         let mut a = AudioAdapter::new(fixed);
         a.on_report(t0, 0.4, RTT);
         assert_eq!(
