@@ -321,6 +321,23 @@ impl Engine {
         self.handle.audio_config()
     }
 
+    /// The audio receive stats of a played stream: the delay its jitter buffer adds now
+    /// ([`PlayerAudioStats::added_delay`](crate::PlayerAudioStats)), its target, and what it
+    /// concealed and stretched. `None` when the stream is not being played.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), huddle::HuddleError> {
+    /// # let engine = huddle::Engine::create(huddle::EngineProfile::new(1, "ws://127.0.0.1:7880"))?;
+    /// if let Some(stats) = engine.player_audio_stats("bob-voice") {
+    ///     println!("jitter buffer delay {:?}", stats.added_delay);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    #[doc(alias = "onPlayerQualityUpdate")]
+    pub fn player_audio_stats(&self, stream_id: &str) -> Option<crate::PlayerAudioStats> {
+        self.handle.player_audio_stats(stream_id)
+    }
+
     /// Chooses where the published video comes from when the camera is on (default a 320x240
     /// test pattern at 30 fps). It applies to the media connections started after the call.
     ///
@@ -606,6 +623,11 @@ impl EngineHandle {
             .audio_config_generation
             .fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Same as [`Engine::player_audio_stats`].
+    pub fn player_audio_stats(&self, stream_id: &str) -> Option<crate::PlayerAudioStats> {
+        self.shared.media.mixer.stats(stream_id)
     }
 
     /// Same as [`Engine::audio_config`].

@@ -183,6 +183,8 @@ pub trait VideoRenderer: Send + Sync + 'static {
 #[derive(Default)]
 pub(crate) struct MediaShared {
     pub(crate) camera: AtomicBool,
+    /// The played streams' audio (the mixer task reads it; the API reads their stats).
+    pub(crate) mixer: Arc<mixer::Mixer>,
     /// Bumped by every `set_audio_config`: the publish tasks pick the new config up.
     pub(crate) audio_config_generation: std::sync::atomic::AtomicU64,
     config: Mutex<MediaConfig>,
