@@ -23,6 +23,30 @@ export HUDDLE_QUALITY_LOSSES="${LOSSES:-0,10,20,30,40,50,60,70}"
 export HUDDLE_QUALITY_MODELS="${MODELS:-random,bursty}"
 
 cargo bench -p huddle --bench loss_curve --no-run
+
+# `scripts/quality.sh clean`: the clean-call checks instead of the loss curve, before and after
+# side by side in one run: a clean loopback call, one packet in 100 20 ms late, ±20 ms of
+# jitter, each with the encoder's old settings and whole-frame delay steps (legacy:
+# HUDDLE_QUALITY_AUDIO=legacy HUDDLE_AUDIO_STRETCH=0) and with the current ones; then Opus
+# alone on the same speech at 48 kbit/s for the codec's ceiling.
+if [ "${1:-}" = clean ]; then
+  rm -f "$out/clean.jsonl"
+  for variant in legacy current; do
+    if [ $variant = legacy ]; then a=legacy; s=0; else a=current; s=1; fi
+    HUDDLE_QUALITY_AUDIO=$a HUDDLE_AUDIO_STRETCH=$s HUDDLE_QUALITY_MODELS=clean,late,jitter \
+      HUDDLE_QUALITY_LOSSES=0 HUDDLE_QUALITY_SEEDS="${SEEDS:-1,2}" HUDDLE_QUALITY_OUT="$PWD/$out/clean-$variant.jsonl" \
+      cargo bench -q -p huddle --bench loss_curve
+  done
+  cargo test -q -p huddle-media --test opus -- --ignored opus_alone_writes --nocapture
+  python3 crates/huddle/tests/audio_score.py crates/huddle-media/tests/data/speech-16k.wav target/quality/opus-alone-48k.wav
+  for variant in legacy current; do
+    echo "== $variant"
+    python3 -c "import json,sys
+for l in open(sys.argv[1]):
+    r=json.loads(l); print(r['model'], 'seed', r['seed'], 'PESQ %.2f STOI %.3f' % (r['pesq'], r['stoi']))" "$out/clean-$variant.jsonl"
+  done
+  exit 0
+fi
 # One pass per configuration: NAME and the value of HUDDLE_AUDIO_RED (empty: the default).
 curve() {
   local name=$1 red=$2
