@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use huddle::{
-    AudioConfig, AudioConfigPreset, AudioSink, AudioSource, Engine, EngineProfile, ErrorCode, EventHandler, HuddleError, PlayerState,
-    PublisherState, RoomConfig, RoomState, RoomStateChangedReason, StreamInfo, UpdateType, User, UserId,
-    VideoSource,
+    AudioConfig, AudioConfigPreset, AudioSink, AudioSource, Engine, EngineProfile, ErrorCode, EventHandler,
+    HuddleError, PlayerState, PublisherState, RoomConfig, RoomState, RoomStateChangedReason, StreamInfo,
+    UpdateType, User, UserId, VideoSource,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
