@@ -201,7 +201,9 @@ struct Slot {
 /// [`Playout::Expand`] (a concealed frame that consumes no packet); when it is more than
 /// 1.5 frames too long for 200 ms it drops one frame (counted in [`JitterStats::discarded`]).
 /// A caller that reports voice activity ([`JitterBuffer::set_speech`]) gets these steps in the
-/// pauses of the speech.
+/// pauses of the speech; one that time-stretches ([`JitterBuffer::set_stretching`], as
+/// [`AudioPlayer`](crate::AudioPlayer) does) moves the delay in speech itself, by a pitch
+/// period at a time, asking for each frame where its audio ends ([`JitterBuffer::pop_at`]).
 ///
 /// A missing packet whose time has come is reported as [`Playout::Lost`], with the next
 /// packet's payload when it is here for FEC. If nothing after it had arrived either and the

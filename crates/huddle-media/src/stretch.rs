@@ -2,17 +2,19 @@
 //! (`accelerate` and `preemptive expand`): how the jitter buffer changes its delay in the middle
 //! of a word without inserting or dropping 20 ms.
 //!
-//! Written here rather than taken from a crate: the crates that stretch audio (SoundTouch
-//! bindings, phase vocoders) change the tempo of a continuous stream by a ratio and hold tens
-//! of milliseconds of their own; a jitter buffer needs the opposite: a decision per 20 ms frame,
-//! by exactly one pitch period, only where the signal allows it, with no delay of its own.
+//! Written here rather than taken from a crate: the crates that stretch audio (the `wsola`
+//! crate, 0.1 with one release; SoundTouch bindings; phase vocoders) change the tempo of a
+//! continuous stream by a ratio and hold tens of milliseconds of their own; a jitter buffer
+//! needs the opposite: a decision per 20 ms frame, by exactly one pitch period, only where the
+//! signal allows it, with no delay of its own. It is about 150 lines.
 //!
 //! The method (NetEq's `TimeStretch`): find the pitch period `P` (2.5 to 10 ms, the lag of the
 //! highest normalised autocorrelation, searched at 12 kHz and refined at 48 kHz); when the
 //! frame is voiced (correlation ≥ 0.9, NetEq's threshold) or quiet, cross-fade two consecutive
 //! periods into one (accelerate, `P` samples shorter) or one period into two (expand, `P`
 //! samples longer). Both ends of the frame are untouched, so it joins its neighbours without a
-//! click. Unvoiced loud frames (noise-like: a fricative) are left alone.
+//! click. Unvoiced loud frames (noise-like: a fricative) are left alone, and so are voices
+//! below 100 Hz (a period longer than half a 20 ms frame): their steps wait for a pause.
 
 /// Shortest pitch period searched, in samples at 48 kHz (2.5 ms: 400 Hz).
 const MIN_PERIOD: usize = 120;
@@ -35,8 +37,8 @@ pub struct Period {
     pub correlation: f32,
 }
 
-/// The pitch period of `x` (at least `2 × 480` samples are searched when there are that many),
-/// or `None` for a frame too short.
+/// The pitch period of `x` (searched up to 10 ms, or half of `x` when shorter), or `None`
+/// for a frame too short (under 240 samples).
 pub fn pitch_period(x: &[i16]) -> Option<Period> {
     let max = MAX_PERIOD.min(x.len() / 2);
     if max < MIN_PERIOD {

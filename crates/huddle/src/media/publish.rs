@@ -235,7 +235,7 @@ pub(crate) async fn run(
         reporter.report(MediaUpdate::Lost);
         return;
     };
-    let mut red_applied = false;
+    let mut configured = false;
     let mut vp8 = match &video {
         Some(v) => {
             let (w, h) = v.size();
@@ -320,11 +320,12 @@ pub(crate) async fn run(
                 let ts = audio_base.wrapping_add((clock.n as u32).wrapping_mul(FRAME_SAMPLES as u32));
                 clock.n += 1;
                 let frame = audio.next(&media, ts);
-                // The application changed the audio config: start again from its settings.
+                // First frame, or the application changed the audio config: (re)start from its
+                // settings (and RED as it says).
                 let generation = media.audio_config_generation.load(Ordering::Relaxed);
-                if generation != config_generation || !red_applied {
+                if generation != config_generation || !configured {
                     config_generation = generation;
-                    red_applied = true;
+                    configured = true;
                     let config = media.config().audio_config.clone();
                     if config.music != adapter.config().music
                         && let Some(e) = new_encoder(&AudioAdapter::new(config.clone()))
