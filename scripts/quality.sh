@@ -5,6 +5,7 @@
 #
 #   scripts/quality.sh            # all points, seeds 1,2,3 (about 15 minutes on 2 cores)
 #   SEEDS=1 LOSSES=0,30,60 scripts/quality.sh
+#   scripts/quality.sh clean      # the clean-call ceiling and delay steps, before/after (~5 min)
 #
 # Writes target/quality/{red,nored}.jsonl (one JSON object per call), then
 # docs/quality.csv and docs/quality.svg (scripts/quality_plot.py), and prints the table.
@@ -24,6 +25,76 @@ export HUDDLE_QUALITY_LOSSES="${LOSSES:-0,10,20,30,40,50,60,70}"
 export HUDDLE_QUALITY_MODELS="${MODELS:-random,bursty}"
 
 cargo bench -p huddle --bench loss_curve --no-run
+
+# `scripts/quality.sh clean`: the clean-call checks instead of the loss curve, before and after
+# side by side in one run. First two `huddle call` processes through a `huddle serve` on
+# loopback (publisher -> server -> player, a recording scored; the issue's measurement), then the
+# SDK through the real server behind the `huddle-netsim` proxies: a clean call, one packet in
+# 100 20 ms late, ±20 ms of jitter (0-40 ms uniform). "legacy" is the encoder's old settings
+# (32 kbit/s, a 10 % FEC loss hint, held) with whole-frame delay steps (HUDDLE_AUDIO_STRETCH=0);
+# "current" the defaults. Last, Opus alone on the same padded speech at 48 kbit/s: the ceiling.
+if [ "${1:-}" = clean ]; then
+  cargo build -q --release -p huddle-cli
+  work=$(mktemp -d)
+  python3 - "$work/sent.wav" <<'PY'
+import sys
+import numpy as np
+from scipy.io import wavfile
+rate, x = wavfile.read("crates/huddle-media/tests/data/speech-16k.wav")
+pad = lambda s: np.zeros(int(rate * s), dtype=x.dtype)
+wavfile.write(sys.argv[1], rate, np.concatenate([pad(2.0), x, pad(0.5)]))
+PY
+  target/release/huddle serve --listen 127.0.0.1:0 --udp-port 0 --tcp-port 0 --data-dir "$work/data" \
+    > "$work/serve.log" 2>/dev/null &
+  server=$!
+  for _ in $(seq 100); do grep -q "app_sign:" "$work/serve.log" && break; sleep 0.1; done
+  addr=$(sed -n 's/^huddle server listening on //p' "$work/serve.log" | head -1)
+  app_id=$(awk '/app_id:/ {print $2; exit}' "$work/serve.log")
+  app_sign=$(awk '/app_sign:/ {print $2; exit}' "$work/serve.log")
+  rm -f "$out/clean-cli.jsonl"
+  for run in $(echo "${SEEDS:-1,2}" | tr , ' '); do
+    for variant in legacy current; do
+      if [ $variant = legacy ]; then flags="--audio-bitrate 32000 --audio-loss-hint 10 --audio-fixed"; s=0; else flags=""; s=1; fi
+      common=(--server "ws://$addr" --app-id "$app_id" --app-sign "$app_sign" --room "q-$variant-$run")
+      HUDDLE_AUDIO_STRETCH=$s target/release/huddle call "${common[@]}" --user bob --play "v-$variant-$run" \
+        --record "$work/heard-$variant.wav" --duration 9 > /dev/null &
+      player=$!
+      sleep 0.5
+      # shellcheck disable=SC2086
+      target/release/huddle call "${common[@]}" --user alice --publish "v-$variant-$run" \
+        --source "$work/sent.wav" --duration 7.5 $flags > /dev/null
+      wait $player
+      score=$(python3 crates/huddle/tests/audio_score.py crates/huddle-media/tests/data/speech-16k.wav "$work/heard-$variant.wav")
+      echo "{\"variant\": \"$variant\", \"run\": $run, \"score\": $score}" | tee -a "$out/clean-cli.jsonl"
+    done
+  done
+  kill $server; wait $server 2>/dev/null || true
+  rm -rf "$work"
+
+  for variant in legacy current; do
+    rm -f "$out/clean-$variant.jsonl"
+    HUDDLE_QUALITY_AUDIO=$variant HUDDLE_AUDIO_STRETCH=$([ $variant = legacy ] && echo 0 || echo 1) \
+      HUDDLE_QUALITY_MODELS=clean,late,jitter HUDDLE_QUALITY_LOSSES=0 HUDDLE_QUALITY_SEEDS="${SEEDS:-1,2}" \
+      HUDDLE_QUALITY_OUT="$PWD/$out/clean-$variant.jsonl" cargo bench -q -p huddle --bench loss_curve
+  done
+  cargo test -q -p huddle-media --test opus -- --ignored opus_alone_writes --nocapture
+  echo "== Opus alone, 48 kbit/s: $(python3 crates/huddle/tests/audio_score.py \
+    crates/huddle-media/tests/data/speech-16k.wav "$out/opus-alone-48k.wav")"
+  python3 - "$out" <<'PY'
+import json, sys
+out = sys.argv[1]
+print("== huddle call -> huddle serve -> huddle call (PESQ / STOI)")
+for l in open(f"{out}/clean-cli.jsonl"):
+    r = json.loads(l)
+    print(f"  {r['variant']:8} run {r['run']}: {r['score']['pesq']:.2f} / {r['score']['stoi']:.3f}")
+print("== SDK through the server and the netsim proxies (PESQ / STOI)")
+for variant in ("legacy", "current"):
+    for l in open(f"{out}/clean-{variant}.jsonl"):
+        r = json.loads(l)
+        print(f"  {variant:8} {r['model']:7} seed {r['seed']}: {r['pesq']:.2f} / {r['stoi']:.3f}")
+PY
+  exit 0
+fi
 # One pass per configuration: NAME and the value of HUDDLE_AUDIO_RED (empty: the default).
 curve() {
   local name=$1 red=$2

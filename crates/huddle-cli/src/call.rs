@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use huddle::{
-    AudioSink, AudioSource, Engine, EngineProfile, ErrorCode, Event, EventHandler, HuddleError, RoomConfig,
-    RoomStateChangedReason, User, UserId, VideoSource,
+    AudioConfig, AudioConfigPreset, AudioSink, AudioSource, Engine, EngineProfile, ErrorCode, Event,
+    EventHandler, HuddleError, RoomConfig, RoomStateChangedReason, User, UserId, VideoSource,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -65,6 +65,19 @@ pub struct CallArgs {
     /// this flag the call is voice only: no video is negotiated.
     #[arg(long, value_name = "testsrc|FILE.y4m", num_args = 0..=1, default_missing_value = "testsrc")]
     camera: Option<String>,
+    /// The published audio's preset: `basic` (16 kbit/s), `standard` (48 kbit/s, the default),
+    /// `standard-stereo` (56), `high` (128) or `high-stereo` (192), as the hosted SDKs name them.
+    #[arg(long, value_name = "PRESET")]
+    audio_preset: Option<String>,
+    /// The published audio's bitrate on a clean network, in bit/s (instead of the preset's).
+    #[arg(long, value_name = "BPS")]
+    audio_bitrate: Option<u32>,
+    /// The Opus FEC loss hint on a clean network, in percent (default 2 for voice).
+    #[arg(long, value_name = "PERCENT")]
+    audio_loss_hint: Option<u8>,
+    /// Keep the audio settings fixed instead of following the receivers' reports.
+    #[arg(long)]
+    audio_fixed: bool,
     /// Record the mix of the played streams (48 kHz mono WAV).
     #[arg(long, value_name = "FILE.wav")]
     record: Option<PathBuf>,
@@ -91,6 +104,33 @@ fn audio_source(spec: &str) -> Result<AudioSource, HuddleError> {
             looped: true,
         }),
     }
+}
+
+/// The audio config of the `--audio-*` flags (errors: 1000006 for an unknown preset or a value
+/// out of range).
+fn audio_config(args: &CallArgs) -> Result<AudioConfig, HuddleError> {
+    let preset = match args.audio_preset.as_deref().unwrap_or("standard") {
+        "basic" => AudioConfigPreset::BasicQuality,
+        "standard" => AudioConfigPreset::StandardQuality,
+        "standard-stereo" => AudioConfigPreset::StandardQualityStereo,
+        "high" => AudioConfigPreset::HighQuality,
+        "high-stereo" => AudioConfigPreset::HighQualityStereo,
+        other => {
+            return Err(HuddleError::new(
+                ErrorCode::INVALID_PARAMETER,
+                format!("--audio-preset {other}: not basic, standard, standard-stereo, high or high-stereo"),
+            ));
+        }
+    };
+    let mut config = AudioConfig::preset(preset);
+    if let Some(bitrate) = args.audio_bitrate {
+        config.bitrate = bitrate;
+    }
+    if let Some(hint) = args.audio_loss_hint {
+        config.loss_hint_percent = hint;
+    }
+    config.adaptive = !args.audio_fixed;
+    Ok(config)
 }
 
 /// The video source a `--camera` value names.
@@ -202,6 +242,7 @@ fn call(args: CallArgs, start: Instant) -> Result<ErrorCode, huddle::HuddleError
     if let Some(spec) = &args.source {
         engine.set_audio_source(audio_source(spec)?)?;
     }
+    engine.set_audio_config(audio_config(&args)?)?;
     if let Some(spec) = &args.camera {
         engine.set_video_source(video_source(spec))?;
     }

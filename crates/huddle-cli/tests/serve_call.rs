@@ -513,6 +513,33 @@ fn a_bad_source_is_refused() {
 }
 
 #[test]
+fn a_bad_audio_config_is_refused() {
+    for bad in [
+        &["--audio-preset", "loud"][..],
+        &["--audio-bitrate", "1000"],
+        &["--audio-loss-hint", "90"],
+    ] {
+        let out = huddle()
+            .args([
+                "call",
+                "--server",
+                "ws://127.0.0.1:9",
+                "--app-id",
+                APP_ID,
+                "--app-sign",
+                APP_SIGN,
+            ])
+            .args(["--room", "r", "--user", "u"])
+            .args(bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("1000006"), "{bad:?}: {stderr}");
+    }
+}
+
+#[test]
 fn a_public_listener_without_apps_refuses_to_start_and_mints_nothing() {
     let dir = tempdir();
     let data = dir.join("data");

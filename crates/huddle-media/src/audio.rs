@@ -149,6 +149,9 @@ pub struct OpusConfig {
     pub dtx: bool,
     /// Encoder complexity, 0 (fastest) to 10 (best).
     pub complexity: u8,
+    /// Music rather than voice: libopus' `AUDIO` application instead of `VOIP` (fixed when
+    /// the encoder is created).
+    pub music: bool,
 }
 
 impl Default for OpusConfig {
@@ -159,6 +162,7 @@ impl Default for OpusConfig {
             packet_loss_percent: 10,
             dtx: false,
             complexity: 10,
+            music: false,
         }
     }
 }
@@ -182,7 +186,12 @@ pub struct OpusEncoder {
 impl OpusEncoder {
     /// Creates an encoder with these settings.
     pub fn new(config: OpusConfig) -> Result<Self> {
-        let inner = opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)?;
+        let application = if config.music {
+            opus::Application::Audio
+        } else {
+            opus::Application::Voip
+        };
+        let inner = opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, application)?;
         let mut encoder = OpusEncoder {
             inner,
             config: config.clone(),
@@ -211,6 +220,35 @@ impl OpusEncoder {
     /// and returns the packet length. A 1- or 2-byte packet is a DTX "nothing to send" packet.
     pub fn encode_into(&mut self, frame: &AudioFrame, out: &mut [u8]) -> Result<usize> {
         Ok(self.inner.encode(&frame.samples, out)?)
+    }
+
+    /// Applies what an [`AudioAdapter`](crate::AudioAdapter) asks for (bitrate, FEC, loss
+    /// hint), touching only what changed; returns whether anything did.
+    ///
+    /// ```
+    /// use huddle_media::{AudioAdapter, AudioConfig, OpusConfig, OpusEncoder};
+    /// let adapter = AudioAdapter::new(AudioConfig::default());
+    /// let mut encoder = OpusEncoder::new(OpusConfig::default())?;
+    /// assert!(encoder.apply(&adapter.settings())?);
+    /// assert_eq!(encoder.config().bitrate, 48_000);
+    /// assert!(!encoder.apply(&adapter.settings())?);
+    /// # Ok::<(), huddle_media::MediaError>(())
+    /// ```
+    pub fn apply(&mut self, settings: &crate::EncoderSettings) -> Result<bool> {
+        let mut changed = false;
+        if settings.bitrate != self.config.bitrate {
+            self.set_bitrate(settings.bitrate)?;
+            changed = true;
+        }
+        if settings.fec != self.config.fec {
+            self.set_fec(settings.fec)?;
+            changed = true;
+        }
+        if settings.packet_loss_percent != self.config.packet_loss_percent {
+            self.set_packet_loss_percent(settings.packet_loss_percent)?;
+            changed = true;
+        }
+        Ok(changed)
     }
 
     /// Sets the target bitrate in bit/s (6 000 to 510 000).

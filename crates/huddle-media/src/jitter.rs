@@ -201,7 +201,9 @@ struct Slot {
 /// [`Playout::Expand`] (a concealed frame that consumes no packet); when it is more than
 /// 1.5 frames too long for 200 ms it drops one frame (counted in [`JitterStats::discarded`]).
 /// A caller that reports voice activity ([`JitterBuffer::set_speech`]) gets these steps in the
-/// pauses of the speech.
+/// pauses of the speech; one that time-stretches ([`JitterBuffer::set_stretching`], as
+/// [`AudioPlayer`](crate::AudioPlayer) does) moves the delay in speech itself, by a pitch
+/// period at a time, asking for each frame where its audio ends ([`JitterBuffer::pop_at`]).
 ///
 /// A missing packet whose time has come is reported as [`Playout::Lost`], with the next
 /// packet's payload when it is here for FEC. If nothing after it had arrived either and the
@@ -261,6 +263,8 @@ pub struct JitterBuffer {
     stats: JitterStats,
     /// The caller's voice activity (see [`JitterBuffer::set_speech`]).
     speech: bool,
+    /// The caller time-stretches (see [`JitterBuffer::set_stretching`]).
+    stretching: bool,
 }
 
 /// Everything that starts over with a new stream.
@@ -300,6 +304,8 @@ struct Stream {
     over_ticks: u32,
     /// Consecutive ticks with a delay step put off for speech.
     deferred_ticks: u32,
+    /// Lateness (µs) of the last packet handed out: how far the delay is above its target.
+    last_lateness: i64,
 }
 
 impl Stream {
@@ -339,6 +345,7 @@ impl JitterBuffer {
             stream: None,
             stats: JitterStats::default(),
             speech: false,
+            stretching: false,
         }
     }
 
@@ -357,6 +364,23 @@ impl JitterBuffer {
     /// step as soon as it is due.
     pub fn set_speech(&mut self, active: bool) {
         self.speech = active;
+    }
+
+    /// Tells the buffer that the caller changes the delay during speech itself, by
+    /// time-stretching the decoded audio (see [`crate::stretch`] and [`crate::AudioPlayer`]),
+    /// driven by [`delay_error_us`](Self::delay_error_us) and [`pop_at`](Self::pop_at). Then the
+    /// delay steps that [`set_speech`](Self::set_speech) puts off wait for a pause for as long
+    /// as it takes (not at most 5 s): the stretching does them meanwhile.
+    pub fn set_stretching(&mut self, on: bool) {
+        self.stretching = on;
+    }
+
+    /// How far the delay of the last packet handed out is from the target, in microseconds:
+    /// positive when the buffer holds more than it aims at (a caller that stretches should
+    /// shorten, see [`crate::stretch::accelerate`]), negative when less
+    /// ([`crate::stretch::expand`]). Zero before playout starts.
+    pub fn delay_error_us(&self) -> i64 {
+        self.stream.as_ref().map_or(0, |s| s.last_lateness)
     }
 
     /// Changes the smallest delay (`JitterConfig::min_delay`, at most `max_delay`), e.g. to
@@ -546,6 +570,23 @@ impl JitterBuffer {
         Some(out)
     }
 
+    /// The output for a frame whose playout starts at `at`, off any grid: for a caller that
+    /// time-stretches, whose frames start wherever the audio it already has ends (see
+    /// [`AudioPlayer`](crate::AudioPlayer)). Returns `None` before the first frame is due and
+    /// once the stream has stopped; otherwise one output per call. Do not mix with
+    /// [`pop`](Self::pop) on one buffer.
+    pub fn pop_at(&mut self, at: Instant) -> Option<Playout> {
+        let stream = self.stream.as_ref()?;
+        if !stream.playing && !self.try_start(at) {
+            return None;
+        }
+        let out = self.tick(at);
+        if let Some(stream) = self.stream.as_mut() {
+            stream.next_tick = stream.playing.then_some(at + FRAME_DURATION);
+        }
+        Some(out)
+    }
+
     /// When [`pop`](Self::pop) has something next: the next tick while playing, the moment the
     /// first packet is due while waiting to start, `None` with nothing buffered. A caller that
     /// sleeps until then (rather than on its own 20 ms timer) plays each frame as soon as it is
@@ -586,6 +627,7 @@ impl JitterBuffer {
             empty_ticks: 0,
             over_ticks: 0,
             deferred_ticks: 0,
+            last_lateness: 0,
         });
     }
 
@@ -741,10 +783,13 @@ impl JitterBuffer {
             let present = self.peek(seq).is_some();
             let buffer_empty = self.buffered == 0;
             let speech = self.speech;
+            let stretching = self.stretching;
             let s = self.stream.as_mut().expect("stream exists");
 
-            // Growing with the packet here can wait for a pause.
-            let defer_expand = lateness < 0 && present && speech && s.deferred_ticks < DEFER_TICKS;
+            // Growing with the packet here can wait for a pause (for as long as it takes when
+            // the caller stretches meanwhile).
+            let can_wait = speech && (stretching || s.deferred_ticks < DEFER_TICKS);
+            let defer_expand = lateness < 0 && present && can_wait;
             if lateness < 0 && !defer_expand {
                 s.over_ticks = 0;
                 s.deferred_ticks = 0;
@@ -761,7 +806,7 @@ impl JitterBuffer {
             };
             let want_drop = s.over_ticks >= DROP_HOLD_TICKS;
             // Dropping a frame of speech can wait for a pause too.
-            let defer_drop = want_drop && present && speech && s.deferred_ticks < DEFER_TICKS;
+            let defer_drop = want_drop && present && can_wait;
             if defer_expand || defer_drop {
                 s.deferred_ticks += 1;
                 self.stats.deferred += 1;
@@ -793,6 +838,7 @@ impl JitterBuffer {
                 s.empty_ticks = 0;
                 self.stats.played += 1;
                 self.stats.current_delay = duration_us(delay - s.min_transit);
+                s.last_lateness = lateness;
                 return Playout::Packet {
                     seq: slot.seq as u16,
                     rtp_ts: slot.ts as u32,

@@ -14,7 +14,10 @@
 //! - Audio ([`AudioFrame`], [`OpusEncoder`], [`OpusDecoder`]): mono, 48 kHz, 20 ms frames of
 //!   960 samples, Opus with in-band FEC.
 //! - Sources and sinks ([`ToneSource`], [`WavSource`], [`WavRecorder`], [`mix`]).
-//! - [`JitterBuffer`]: adaptive playout delay, loss, reordering, FEC hand-off.
+//! - [`JitterBuffer`]: adaptive playout delay, loss, reordering, FEC hand-off; [`AudioPlayer`]:
+//!   the buffer, decoding and [`stretch`]ing, so that the delay changes without a step in speech.
+//! - [`AudioConfig`] (the hosted SDKs' presets) and [`AudioAdapter`]: the encoder follows the
+//!   receivers' reports.
 //! - Video ([`I420Frame`], [`Vp8Encoder`], [`Vp8Decoder`], [`TestPattern`], [`Y4mReader`],
 //!   [`Y4mWriter`], [`psnr`]).
 //! - [`impair`]: a seeded network impairment model for tests.
@@ -38,16 +41,20 @@
 
 #![warn(missing_docs)]
 
+mod adapt;
 mod audio;
 mod error;
 pub mod impair;
 mod jitter;
 mod loss;
+mod player;
 mod recovery;
 mod sink;
 mod source;
+pub mod stretch;
 mod video;
 
+pub use adapt::{AudioAdapter, AudioConfig, AudioConfigPreset, EncoderSettings};
 pub use audio::{
     AudioFrame, CHANNELS, FRAME_DURATION, FRAME_MS, FRAME_SAMPLES, MAX_OPUS_PACKET, OpusConfig, OpusDecoder,
     OpusEncoder, SAMPLE_RATE, packet_has_fec,
@@ -55,6 +62,7 @@ pub use audio::{
 pub use error::{MediaError, Result};
 pub use jitter::{Inserted, JitterBuffer, JitterConfig, JitterStats, Playout};
 pub use loss::LossHint;
+pub use player::{AudioPlayer, PlayerStats};
 pub use recovery::RecoveryDelay;
 pub use sink::{AudioSink, WavRecorder, mix};
 pub use source::{AudioSource, Playback, ToneSource, WavSource};

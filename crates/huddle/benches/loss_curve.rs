@@ -14,7 +14,7 @@ use common::quality::{Conditions, speech_call};
 /// PESQ and STOI at 0–70 % random and bursty loss with 100 ms
 /// RTT, one line of JSON per call appended to `$HUDDLE_QUALITY_OUT` (default: stderr only).
 /// `HUDDLE_QUALITY_LOSSES` (percentages, comma-separated), `HUDDLE_QUALITY_MODELS` (`random`,
-/// `bursty`) and `HUDDLE_QUALITY_SEEDS` choose the points; `HUDDLE_QUALITY_LEG=publisher` puts
+/// `bursty`; `clean`, `late`, `jitter` for the clean-call checks) and `HUDDLE_QUALITY_SEEDS` choose the points; `HUDDLE_QUALITY_LEG=publisher` puts
 /// the loss on the publisher's uplink instead of the player's downlink, `HUDDLE_AUDIO_RED` (read
 /// by the SDK) turns RED off (`0`) or sets its levels (`1,3,6`).
 fn main() {
@@ -39,11 +39,25 @@ fn main() {
         for model in models.iter().map(String::as_str) {
             for &loss in &losses {
                 let p = f64::from(loss) / 100.0;
-                let cond = if model == "random" {
-                    Conditions::random(p)
-                } else {
-                    Conditions::bursty(p)
+                let cond = match model {
+                    "random" => Conditions::random(p),
+                    "bursty" => Conditions::bursty(p),
+                    // The clean-call checks (`scripts/quality.sh clean`): a loopback call with
+                    // no impairment, one packet in a hundred (one every 2 s) 20 ms late, and
+                    // ±20 ms of jitter (0-40 ms uniform), each with `p` random loss.
+                    "clean" => Conditions::clean(),
+                    "late" => Conditions {
+                        late: 0.01,
+                        late_by: std::time::Duration::from_millis(20),
+                        ..Conditions::clean()
+                    },
+                    "jitter" => Conditions {
+                        jitter: std::time::Duration::from_millis(40),
+                        ..Conditions::clean()
+                    },
+                    other => panic!("unknown model {other}"),
                 };
+                let cond = Conditions { loss: p, ..cond };
                 let mut score = speech_call(seed * 1000 + u64::from(loss), cond, &format!("{model}-{loss}"));
                 score["model"] = model.into();
                 score["red"] = red.as_str().into();

@@ -299,6 +299,52 @@ impl Engine {
         self.handle.set_audio_source(source)
     }
 
+    /// Sets the published audio's encoder settings: a preset of the hosted SDKs or a config of
+    /// its own ([`AudioConfig`](crate::AudioConfig), default
+    /// [`StandardQuality`](crate::AudioConfigPreset::StandardQuality): 48 kbit/s voice). It
+    /// applies at once, also to streams being published. With `adaptive` on (the default) the
+    /// bitrate and the Opus FEC follow the receivers' reports from this clean-network start
+    /// (`huddle_media::AudioAdapter`).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), huddle::HuddleError> {
+    /// use huddle::{AudioConfig, AudioConfigPreset};
+    /// # let engine = huddle::Engine::create(huddle::EngineProfile::new(1, "ws://127.0.0.1:7880"))?;
+    /// engine.set_audio_config(AudioConfig::preset(AudioConfigPreset::HighQuality))?;
+    /// assert_eq!(engine.audio_config().bitrate, 128_000);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Errors: 1000006 for a config out of range ([`AudioConfig::validate`](crate::AudioConfig::validate)),
+    /// 1000001 once the engine is destroyed.
+    #[doc(alias = "setAudioConfig")]
+    pub fn set_audio_config(&self, config: crate::AudioConfig) -> Result<(), HuddleError> {
+        self.handle.set_audio_config(config)
+    }
+
+    /// The published audio's encoder settings (see [`Engine::set_audio_config`]).
+    #[doc(alias = "getAudioConfig")]
+    pub fn audio_config(&self) -> crate::AudioConfig {
+        self.handle.audio_config()
+    }
+
+    /// The audio receive stats of a played stream: the delay its jitter buffer adds now
+    /// ([`PlayerAudioStats::added_delay`](crate::PlayerAudioStats)), its target, and what it
+    /// concealed and stretched. `None` when the stream is not being played.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), huddle::HuddleError> {
+    /// # let engine = huddle::Engine::create(huddle::EngineProfile::new(1, "ws://127.0.0.1:7880"))?;
+    /// if let Some(stats) = engine.player_audio_stats("bob-voice") {
+    ///     println!("jitter buffer delay {:?}", stats.added_delay);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    #[doc(alias = "onPlayerQualityUpdate")]
+    pub fn player_audio_stats(&self, stream_id: &str) -> Option<crate::PlayerAudioStats> {
+        self.handle.player_audio_stats(stream_id)
+    }
+
     /// Chooses where the published video comes from when the camera is on (default a 320x240
     /// test pattern at 30 fps). It applies to the media connections started after the call.
     ///
@@ -572,6 +618,28 @@ impl EngineHandle {
         self.shared.media.clear_pushed();
         self.shared.media.config().audio_source = source;
         Ok(())
+    }
+
+    /// Same as [`Engine::set_audio_config`].
+    pub fn set_audio_config(&self, config: crate::AudioConfig) -> Result<(), HuddleError> {
+        config.validate().map_err(crate::media::media_error)?;
+        drop(self.alive()?);
+        self.shared.media.config().audio_config = config;
+        self.shared
+            .media
+            .audio_config_generation
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Same as [`Engine::player_audio_stats`].
+    pub fn player_audio_stats(&self, stream_id: &str) -> Option<crate::PlayerAudioStats> {
+        self.shared.media.mixer.stats(stream_id)
+    }
+
+    /// Same as [`Engine::audio_config`].
+    pub fn audio_config(&self) -> crate::AudioConfig {
+        self.shared.media.config().audio_config.clone()
     }
 
     /// Same as [`Engine::set_video_source`].

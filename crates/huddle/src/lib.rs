@@ -137,7 +137,10 @@ pub use config::{EngineConfig, EngineProfile, RoomConfig, Scenario};
 pub use dispatch::EventStream;
 pub use engine::{Engine, EngineHandle};
 pub use event::{Event, EventHandler, PlayerState, PublisherState, RoomState, RoomStateChangedReason};
-pub use huddle_media::I420Frame;
+/// The audio receive stats of a played stream ([`Engine::player_audio_stats`]): the jitter
+/// buffer's added delay, its counters, and the time-stretching.
+pub use huddle_media::PlayerStats as PlayerAudioStats;
+pub use huddle_media::{AudioConfig, AudioConfigPreset, I420Frame};
 pub use huddle_proto::{
     ErrorCode, HuddleError, RoomId, StreamId, StreamInfo, UpdateType, User, UserId, UserName,
 };

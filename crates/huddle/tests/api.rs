@@ -209,3 +209,33 @@ fn usable_from_inside_a_tokio_runtime() {
         {}
     });
 }
+
+#[test]
+fn audio_config_takes_presets_and_refuses_bad_values() {
+    use huddle::{AudioConfig, AudioConfigPreset};
+    let engine = Engine::create(profile()).unwrap();
+    assert_eq!(engine.audio_config().bitrate, 48_000);
+    engine
+        .set_audio_config(AudioConfig::preset(AudioConfigPreset::HighQualityStereo))
+        .unwrap();
+    assert_eq!(engine.audio_config().bitrate, 192_000);
+    for edit in [
+        (|c: &mut AudioConfig| c.bitrate = 0) as fn(&mut AudioConfig),
+        |c| c.bitrate = u32::MAX,
+        |c| c.channels = 6,
+        |c| c.loss_hint_percent = 200,
+    ] {
+        let mut bad = AudioConfig::default();
+        edit(&mut bad);
+        assert_eq!(code(engine.set_audio_config(bad)), ErrorCode::INVALID_PARAMETER);
+    }
+    // A refused config leaves the last good one.
+    assert_eq!(engine.audio_config().bitrate, 192_000);
+    assert!(engine.player_audio_stats("nobody").is_none());
+    let handle = engine.handle();
+    engine.destroy();
+    assert_eq!(
+        code(handle.set_audio_config(AudioConfig::default())),
+        ErrorCode::ENGINE_NOT_CREATED
+    );
+}

@@ -8,9 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use huddle_media::{
-    AudioFrame, FRAME_DURATION, FRAME_SAMPLES, JitterBuffer, JitterConfig, OpusDecoder, Playout, mix,
-};
+use huddle_media::{AudioFrame, AudioPlayer, FRAME_DURATION, FRAME_SAMPLES, JitterConfig, mix};
 use tokio::sync::oneshot;
 use tracing::debug;
 
@@ -19,80 +17,54 @@ use super::MediaUpdate;
 use super::Reporter;
 
 /// The receive side of one played stream's audio: filled by its player task, drained by the
-/// mixer.
+/// mixer. The jitter buffer, decoding and time-stretching are `huddle_media::AudioPlayer`.
 pub(crate) struct PlayerAudio {
-    pub(crate) jitter: JitterBuffer,
-    decoder: OpusDecoder,
+    pub(crate) player: AudioPlayer,
     first_decoded: bool,
     reporter: Reporter,
-    /// Ticks of speech still assumed after the last loud frame.
-    speech_hang: u8,
 }
 
 impl Drop for PlayerAudio {
     fn drop(&mut self) {
-        debug!(stats = ?self.jitter.stats(), "played audio stream ended");
+        debug!(stats = ?self.player.stats(), "played audio stream ended");
     }
+}
+
+/// Whether the players time-stretch (the default); `HUDDLE_AUDIO_STRETCH=0` in the environment
+/// turns it off, a measurement knob (`scripts/quality.sh clean` compares both).
+fn stretching() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("HUDDLE_AUDIO_STRETCH").map_or(true, |v| v.trim() != "0"))
 }
 
 impl PlayerAudio {
     pub(crate) fn new(reporter: Reporter) -> Option<PlayerAudio> {
+        let mut player = AudioPlayer::new(JitterConfig::default()).ok()?;
+        player.set_stretching(stretching());
         Some(PlayerAudio {
-            jitter: JitterBuffer::new(JitterConfig::default()),
-            decoder: OpusDecoder::new().ok()?,
+            player,
             first_decoded: false,
             reporter,
-            speech_hang: 0,
         })
     }
 
-    /// The frame of the tick due at `tick`, if the stream is playing. The buffer is asked at
+    /// The stream's jitter buffer.
+    pub(crate) fn jitter(&mut self) -> &mut huddle_media::JitterBuffer {
+        self.player.jitter()
+    }
+
+    /// The frame of the tick due at `tick`, if the stream is playing. The player is asked at
     /// the tick's deadline, not the real time: a late tick still yields exactly one frame.
     fn tick(&mut self, tick: Instant) -> Option<AudioFrame> {
-        let now = tick;
-        let mut out = None;
-        while let Some(playout) = self.jitter.pop(now) {
-            tracing::trace!(tick = ?now, out = ?playout, stats = ?self.jitter.stats(), "audio playout");
-            let frame = match playout {
-                Playout::Packet { payload, .. } => match self.decoder.decode(&payload) {
-                    Ok(f) => {
-                        if !self.first_decoded {
-                            self.first_decoded = true;
-                            self.reporter.report(MediaUpdate::RecvAudioFirstFrame);
-                        }
-                        f
-                    }
-                    Err(e) => {
-                        debug!(error = %e, "undecodable audio packet; concealing");
-                        self.decoder.conceal()
-                    }
-                },
-                Playout::Lost {
-                    fec_from: Some(next), ..
-                } => self
-                    .decoder
-                    .decode_fec(&next)
-                    .unwrap_or_else(|_| self.decoder.conceal()),
-                _ => self.decoder.conceal(),
-            };
-            // Voice activity of what was just played, with a short hang-over so that a dip
-            // inside a word does not count as a pause: the buffer puts its delay steps there.
-            if frame.rms_dbfs() > SPEECH_DBFS {
-                self.speech_hang = SPEECH_HANG_TICKS;
-            } else {
-                self.speech_hang = self.speech_hang.saturating_sub(1);
-            }
-            self.jitter.set_speech(self.speech_hang > 0);
-            out = Some(frame);
+        let frame = self.player.pull(tick);
+        if !self.first_decoded && self.player.stats().jitter.played > 0 {
+            self.first_decoded = true;
+            self.reporter.report(MediaUpdate::RecvAudioFirstFrame);
         }
-        out
+        frame
     }
 }
 
-/// A decoded frame louder than this (dBFS) is speech for the jitter buffer's delay steps.
-const SPEECH_DBFS: f32 = -50.0;
-/// ... and so are the next frames for this many ticks (60 ms).
-const SPEECH_HANG_TICKS: u8 = 3;
 /// A tick this late (the process was not scheduled) first lets the player tasks read what
 /// their sockets received meanwhile, so that those packets count as arrived in time.
 const LATE_TICK: std::time::Duration = std::time::Duration::from_millis(5);
@@ -111,6 +83,15 @@ pub(crate) struct Mixer {
 impl Mixer {
     pub(crate) fn add(&self, p: Arc<Mutex<PlayerAudio>>) {
         self.players.lock().unwrap_or_else(|e| e.into_inner()).push(p);
+    }
+
+    /// The audio stats of the played stream `stream_id`, if it is playing.
+    pub(crate) fn stats(&self, stream_id: &str) -> Option<huddle_media::PlayerStats> {
+        let players = self.players.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        players.iter().find_map(|p| {
+            let p = p.lock().unwrap_or_else(|e| e.into_inner());
+            (p.reporter.template.stream_id.as_str() == stream_id).then(|| p.player.stats())
+        })
     }
 
     pub(crate) fn remove(&self, p: &Arc<Mutex<PlayerAudio>>) {
@@ -150,7 +131,7 @@ pub(crate) async fn run(mixer: Arc<Mixer>, media: Arc<MediaShared>, mut stop: on
                 }
                 let starved = players
                     .iter()
-                    .any(|p| p.lock().unwrap_or_else(|e| e.into_inner()).jitter.is_starved());
+                    .any(|p| p.lock().unwrap_or_else(|e| e.into_inner()).jitter().is_starved());
                 if !starved || woke.elapsed() >= budget {
                     break;
                 }

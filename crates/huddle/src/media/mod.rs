@@ -39,7 +39,8 @@ const PUSHED_VIDEO_MAX: usize = 4;
 /// [`Engine::set_audio_source`](crate::Engine::set_audio_source) before publishing.
 ///
 /// Every source is read as 48 kHz mono in 20 ms frames, paced in real time by the engine, and
-/// sent as Opus (32 kbit/s, in-band FEC).
+/// sent as Opus with the settings of [`Engine::set_audio_config`](crate::Engine::set_audio_config)
+/// (48 kbit/s by default, following the network).
 ///
 /// ```
 /// use huddle::AudioSource;
@@ -182,6 +183,10 @@ pub trait VideoRenderer: Send + Sync + 'static {
 #[derive(Default)]
 pub(crate) struct MediaShared {
     pub(crate) camera: AtomicBool,
+    /// The played streams' audio (the mixer task reads it; the API reads their stats).
+    pub(crate) mixer: Arc<mixer::Mixer>,
+    /// Bumped by every `set_audio_config`: the publish tasks pick the new config up.
+    pub(crate) audio_config_generation: std::sync::atomic::AtomicU64,
     config: Mutex<MediaConfig>,
     /// Where the mixer writes; replaced by `set_audio_sink`.
     sink: Mutex<SinkState>,
@@ -202,6 +207,7 @@ enum SinkState {
 #[derive(Default)]
 pub(crate) struct MediaConfig {
     pub(crate) audio_source: AudioSource,
+    pub(crate) audio_config: huddle_media::AudioConfig,
     pub(crate) video_source: VideoSource,
     pub(crate) renderer: Option<Arc<dyn VideoRenderer>>,
     pub(crate) y4m_sinks: HashMap<StreamId, PathBuf>,

@@ -87,9 +87,9 @@ pub(crate) async fn run(
                 let mut audio = audio.lock().unwrap_or_else(|e| e.into_inner());
                 if recovery.min_delay() != min_delay {
                     min_delay = recovery.min_delay();
-                    audio.jitter.set_min_delay(min_delay);
+                    audio.jitter().set_min_delay(min_delay);
                 }
-                audio.jitter.insert(seq, ts, data.data.to_vec(), arrival);
+                audio.jitter().insert(seq, ts, data.data.to_vec(), arrival);
             } else if Some(data.mid) == pc.video {
                 if !data.contiguous {
                     video.broken = true;

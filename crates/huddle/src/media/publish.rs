@@ -9,11 +9,12 @@
 //! [`MAX_LAG`] (a suspended process) are the missed frames skipped.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use huddle_media::{
-    AudioFrame, FRAME_DURATION, FRAME_SAMPLES, I420Frame, LossHint, OpusConfig, OpusEncoder, Playback,
-    TestPattern, ToneSource, VIDEO_CLOCK_RATE, Vp8Config, Vp8Encoder, WavSource, Y4mReader,
+    AudioAdapter, AudioFrame, FRAME_DURATION, FRAME_SAMPLES, I420Frame, OpusEncoder, Playback, TestPattern,
+    ToneSource, VIDEO_CLOCK_RATE, Vp8Config, Vp8Encoder, WavSource, Y4mReader,
 };
 use huddle_proto::HuddleError;
 use str0m::Event;
@@ -193,12 +194,27 @@ impl Pacer {
     }
 }
 
-/// Gives the encoder's FEC a new loss hint (see [`LossHint`]), if there is one.
-fn apply_loss_percent(encoder: &mut OpusEncoder, percent: Option<u8>) {
-    if let Some(percent) = percent {
-        debug!(percent, "Opus packet loss hint");
-        if let Err(e) = encoder.set_packet_loss_percent(percent) {
-            warn!(error = %e, "cannot set the Opus loss hint");
+/// Gives the encoder and the RED wrapping what the adapter asks for now.
+fn apply_settings(encoder: &mut OpusEncoder, adapter: &AudioAdapter, pc: &mut Pc) {
+    let settings = adapter.settings();
+    match encoder.apply(&settings) {
+        Ok(true) => debug!(?settings, "Opus settings"),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "cannot apply the Opus settings"),
+    }
+    if let Some(mid) = pc.audio {
+        pc.rtc.direct_api().set_red_send(mid, settings.red);
+    }
+}
+
+/// A new encoder for `adapter`'s config (the application (voice or music) is fixed when an
+/// encoder is made).
+fn new_encoder(adapter: &AudioAdapter) -> Option<OpusEncoder> {
+    match OpusEncoder::new(adapter.config().opus_config()) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            warn!(error = %e, "cannot create the Opus encoder");
+            None
         }
     }
 }
@@ -213,14 +229,13 @@ pub(crate) async fn run(
     mut audio: AudioInput,
     mut video: Option<VideoInput>,
 ) {
-    let mut encoder = match OpusEncoder::new(OpusConfig::default()) {
-        Ok(e) => e,
-        Err(e) => {
-            warn!(error = %e, "cannot create the Opus encoder");
-            reporter.report(MediaUpdate::Lost);
-            return;
-        }
+    let mut config_generation = media.audio_config_generation.load(Ordering::Relaxed);
+    let mut adapter = AudioAdapter::new(media.config().audio_config.clone());
+    let Some(mut encoder) = new_encoder(&adapter) else {
+        reporter.report(MediaUpdate::Lost);
+        return;
     };
+    let mut configured = false;
     let mut vp8 = match &video {
         Some(v) => {
             let (w, h) = v.size();
@@ -238,7 +253,6 @@ pub(crate) async fn run(
         }
         None => None,
     };
-    let mut loss_hint = LossHint::new(encoder.config().packet_loss_percent);
     let audio_base: u32 = rand::random();
     let mut audio_clock: Option<Pacer> = None;
     let mut video_clock: Option<Pacer> = None;
@@ -250,13 +264,13 @@ pub(crate) async fn run(
     loop {
         let wake = pc.drive(|pc, e| match e {
             Event::KeyframeRequest(_) => keyframe_wanted = true,
-            // RTCP receiver reports from the server: how much of our audio it lost.
+            // RTCP receiver reports from the server: how much of our audio it lost, and the RTT.
             Event::MediaEgressStats(s) if Some(s.mid) == pc.audio => {
                 // The counters of the last report block (str0m averages `loss` only over two
                 // reports within one stats interval; the server reports every few seconds).
                 if let Some(r) = &s.remote {
-                    let percent = loss_hint.on_cumulative(*r.maximum_sequence_number, r.packets_lost);
-                    apply_loss_percent(&mut encoder, percent);
+                    adapter.on_cumulative(s.timestamp, *r.maximum_sequence_number, r.packets_lost, s.rtt);
+                    apply_settings(&mut encoder, &adapter, pc);
                 }
             }
             _ => {}
@@ -306,6 +320,21 @@ pub(crate) async fn run(
                 let ts = audio_base.wrapping_add((clock.n as u32).wrapping_mul(FRAME_SAMPLES as u32));
                 clock.n += 1;
                 let frame = audio.next(&media, ts);
+                // First frame, or the application changed the audio config: (re)start from its
+                // settings (and RED as it says).
+                let generation = media.audio_config_generation.load(Ordering::Relaxed);
+                if generation != config_generation || !configured {
+                    config_generation = generation;
+                    configured = true;
+                    let config = media.config().audio_config.clone();
+                    if config.music != adapter.config().music
+                        && let Some(e) = new_encoder(&AudioAdapter::new(config.clone()))
+                    {
+                        encoder = e;
+                    }
+                    adapter.set_config(config);
+                    apply_settings(&mut encoder, &adapter, &mut pc);
+                }
                 if !captured_audio {
                     captured_audio = true;
                     reporter.report(MediaUpdate::CapturedAudioFirstFrame);
@@ -368,19 +397,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn receiver_reports_set_the_encoders_loss_hint() {
-        let mut encoder = OpusEncoder::new(OpusConfig::default()).unwrap();
-        let mut hint = LossHint::new(encoder.config().packet_loss_percent);
-        // Reports' cumulative counters: the first is the reference, then 25 % lost.
-        apply_loss_percent(&mut encoder, hint.on_cumulative(1_000, 10));
-        assert_eq!(encoder.config().packet_loss_percent, 10);
-        apply_loss_percent(&mut encoder, hint.on_cumulative(1_200, 60));
-        assert_eq!(encoder.config().packet_loss_percent, 25);
-        // A clean network: down slowly, to the 2 % floor (FEC stays on).
-        for i in 0..30 {
-            apply_loss_percent(&mut encoder, hint.on_cumulative(1_400 + 250 * i, 60));
-        }
+    fn receiver_reports_move_the_encoder() {
+        let t0 = Instant::now();
+        let mut adapter = AudioAdapter::new(huddle_media::AudioConfig::default());
+        let mut encoder = new_encoder(&adapter).unwrap();
+        assert_eq!(encoder.config().bitrate, 48_000);
         assert_eq!(encoder.config().packet_loss_percent, 2);
+        // Reports' cumulative counters: the first is the reference, then 25 % lost.
+        adapter.on_cumulative(t0, 1_000, 10, None);
+        adapter.on_cumulative(t0 + Duration::from_secs(1), 1_200, 60, None);
+        assert!(encoder.apply(&adapter.settings()).unwrap());
+        assert_eq!(encoder.config().packet_loss_percent, 25);
+        assert!(encoder.config().bitrate > 48_000);
+        // A clean network: back down slowly, to the clean-network start (FEC stays on).
+        for i in 0..40 {
+            adapter.on_cumulative(t0 + Duration::from_secs(2 + i), 1_400 + 250 * i, 60, None);
+        }
+        encoder.apply(&adapter.settings()).unwrap();
+        assert_eq!(encoder.config().packet_loss_percent, 2);
+        assert_eq!(encoder.config().bitrate, 48_000);
         assert!(encoder.config().fec);
     }
 }

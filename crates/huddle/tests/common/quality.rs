@@ -57,6 +57,11 @@ pub struct Conditions {
     pub delay: Duration,
     /// Jitter (uniform, 0 to this) on each of the player's links.
     pub jitter: Duration,
+    /// Share of the player's downlink packets held back by `late_by` more (a packet late now
+    /// and then, overtaken by the next ones).
+    pub late: f64,
+    /// How late such a packet is.
+    pub late_by: Duration,
 }
 
 impl Conditions {
@@ -66,6 +71,17 @@ impl Conditions {
             burst: 1.0,
             delay: Duration::from_millis(50),
             jitter: Duration::from_millis(5),
+            late: 0.0,
+            late_by: Duration::from_millis(20),
+        }
+    }
+
+    /// A clean loopback call: no delay, jitter or loss beyond the machine's own.
+    pub fn clean() -> Conditions {
+        Conditions {
+            delay: Duration::ZERO,
+            jitter: Duration::ZERO,
+            ..Conditions::random(0.0)
         }
     }
 
@@ -87,6 +103,9 @@ impl Conditions {
         let mut clean = Impairment::default();
         clean.delay = self.delay;
         clean.jitter = self.jitter;
+        // Late packets on the leg that carries the audio (the lossy one).
+        lossy.reorder = self.late;
+        lossy.reorder_delay = self.late_by;
         let (down, up) = if uplink { (clean, lossy) } else { (lossy, clean) };
         net.impair(Some(client), Direction::Down, down);
         net.impair(Some(client), Direction::Up, up);
@@ -118,6 +137,15 @@ pub fn speech_call(seed: u64, cond: Conditions, tag: &str) -> serde_json::Value 
     eb.player("alice-voice", PlayerState::PlayRequesting);
 
     let (alice, mut ea) = voice_engine(&a, "alice");
+    // `HUDDLE_QUALITY_AUDIO=legacy`: the encoder settings before the adapter (32 kbit/s, a 10 %
+    // FEC loss hint, held), for the side-by-side of `scripts/quality.sh clean`.
+    if std::env::var("HUDDLE_QUALITY_AUDIO").is_ok_and(|v| v == "legacy") {
+        let mut legacy = huddle::AudioConfig::default();
+        legacy.bitrate = 32_000;
+        legacy.loss_hint_percent = 10;
+        legacy.adaptive = false;
+        alice.set_audio_config(legacy).unwrap();
+    }
     alice
         .set_audio_source(AudioSource::Wav {
             path: sent.clone(),
@@ -152,6 +180,8 @@ pub fn speech_call(seed: u64, cond: Conditions, tag: &str) -> serde_json::Value 
     score["burst"] = cond.burst.into();
     score["rtt_ms"] = (2 * cond.delay.as_millis() as u64).into();
     score["jitter_ms"] = (cond.jitter.as_millis() as u64).into();
+    score["late"] = cond.late.into();
+    score["late_ms"] = (cond.late_by.as_millis() as u64).into();
     score["applied_loss"] = (dropped as f64 / (delivered + dropped).max(1) as f64).into();
     score["leg"] = if uplink { "publisher" } else { "player" }.into();
     eprintln!("speech over {cond:?}, seed {seed}: {score}");
