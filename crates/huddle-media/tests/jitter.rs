@@ -61,7 +61,7 @@ impl Sim {
     fn run(&mut self, ms: u64, send: impl Fn(u64) -> bool) {
         for _ in 0..ms {
             let now = self.t0 + millis(self.ms);
-            if self.ms % 20 == 0 {
+            if self.ms.is_multiple_of(20) {
                 let i = self.ms / 20;
                 if send(i) {
                     let seq = self.first_seq.wrapping_add(i as u16);
