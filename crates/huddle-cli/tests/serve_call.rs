@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{APP_ID, APP_SIGN, SECRET, padded_speech, pesq, tone_db, wav_samples};
+use common::{APP_ID, APP_SIGN, SECRET, padded_speech, speech_score, tone_db, wav_samples};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -632,6 +632,23 @@ fn aiortc_and_huddle_call_hear_each_other() {
     let speech = dir.join("speech.wav");
     padded_speech(&speech);
     let speech = speech.to_str().unwrap();
+    let interop_call = |user: &str, args: &[&str], seconds: &str| {
+        huddle()
+            .args([
+                "call",
+                "--server",
+                &format!("ws://{}", server.addr),
+                "--app-id",
+                APP_ID,
+            ])
+            .args(["--app-sign", APP_SIGN, "--room", "interop", "--user", user])
+            .args(args)
+            .args(["--duration", seconds])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
     let heard_by_aiortc = dir.join("heard-by-aiortc.wav");
     let heard_by_call = dir.join("heard-by-call.wav");
 
@@ -643,20 +660,7 @@ fn aiortc_and_huddle_call_hear_each_other() {
         &["--publish", "from-aiortc", "--source", speech],
         "18",
     );
-    let call_pub = huddle()
-        .args([
-            "call",
-            "--server",
-            &format!("ws://{}", server.addr),
-            "--app-id",
-            APP_ID,
-        ])
-        .args(["--app-sign", APP_SIGN, "--room", "interop", "--user", "rs-pub"])
-        .args(["--publish", "from-call", "--source", speech, "--duration", "18"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let call_pub = interop_call("rs-pub", &["--publish", "from-call", "--source", speech], "18");
     std::thread::sleep(Duration::from_millis(1500));
     let aiortc_play = aiortc_peer(
         &server,
@@ -669,27 +673,16 @@ fn aiortc_and_huddle_call_hear_each_other() {
         ],
         "13",
     );
-    let call_play = huddle()
-        .args([
-            "call",
-            "--server",
-            &format!("ws://{}", server.addr),
-            "--app-id",
-            APP_ID,
-        ])
-        .args(["--app-sign", APP_SIGN, "--room", "interop", "--user", "rs-play"])
-        .args([
+    let call_play = interop_call(
+        "rs-play",
+        &[
             "--play",
             "from-aiortc",
             "--record",
             heard_by_call.to_str().unwrap(),
-            "--duration",
-            "13",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        ],
+        "13",
+    );
 
     let mut logs = Vec::new();
     for (name, child) in [
@@ -712,10 +705,23 @@ fn aiortc_and_huddle_call_hear_each_other() {
             assert!(log.contains("\"media_connected\""), "{name}: {log}");
         }
     }
-    let (to_aiortc, to_call) = (pesq(&heard_by_aiortc), pesq(&heard_by_call));
-    eprintln!("interop PESQ: huddle call -> aiortc {to_aiortc:.2}, aiortc -> huddle call {to_call:.2}");
-    // Speech arrives whole and clear both ways; the figures themselves belong to
-    // scripts/quality.sh.
-    assert!(to_aiortc >= 3.0, "huddle call -> aiortc: PESQ {to_aiortc:.2}");
-    assert!(to_call >= 3.0, "aiortc -> huddle call: PESQ {to_call:.2}");
+    // Speech arrives whole both ways: every 200 ms window of the sample is found in the
+    // recording, following a delay that the player's jitter buffer may move during speech (on a
+    // loaded machine aiortc's Python sender bursts, and the buffer stretches its audio to absorb
+    // it: 80 ms over half a second was seen). The PESQ floor catches a garbled call; the figures
+    // themselves belong to scripts/quality.sh.
+    for (way, heard) in [
+        ("huddle call -> aiortc", &heard_by_aiortc),
+        ("aiortc -> huddle call", &heard_by_call),
+    ] {
+        let score = speech_score(heard);
+        eprintln!("interop {way}: {score}");
+        let tracked = score["min_window_corr_tracked"].as_f64().unwrap();
+        let pesq = score["pesq"].as_f64().unwrap();
+        assert!(
+            tracked >= 0.7,
+            "{way}: a part of the speech is missing or garbled: {score}"
+        );
+        assert!(pesq >= 2.5, "{way}: PESQ {pesq:.2}: {score}");
+    }
 }

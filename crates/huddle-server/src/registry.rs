@@ -1025,29 +1025,12 @@ impl Registry {
             });
             return Ok(());
         }
+        // `check_publish` has checked the limits.
         let s = self.sessions.get(&id).ok_or_else(not_logged_in)?;
         let app = self
             .apps
             .get(&s.app)
             .ok_or_else(|| internal("session without app"))?;
-        if s.publishes.len() >= self.limits.max_streams_per_session {
-            return Err(err(
-                ErrorCode::TOO_MANY_STREAMS,
-                format!(
-                    "a session publishes at most {} streams",
-                    self.limits.max_streams_per_session
-                ),
-            ));
-        }
-        if app.streams.len() >= self.limits.max_streams_per_app {
-            return Err(err(
-                ErrorCode::TOO_MANY_STREAMS,
-                format!(
-                    "the AppID has reached its limit of {} streams",
-                    self.limits.max_streams_per_app
-                ),
-            ));
-        }
         if !app.rooms.contains_key(&s.room) {
             return Err(internal("session without room"));
         }

@@ -10,6 +10,10 @@ cross-correlation (the lag of the correlation peak), then scored:
   200 ms windows where the reference has speech (a missing or garbled part shows as a low value),
   each window allowed +-30 ms of residual shift (an adaptive jitter buffer may step its delay by a
   frame during the call);
+- `min_window_corr_tracked` and `drift_ms`: the same windows, each searched within +-30 ms of
+  where the previous one was found, so that a delay that moves gradually during speech (a jitter
+  buffer that stretches its audio) is followed: the lowest correlation, and how far the delay
+  moved from the start to the end of the speech;
 - `lag_ms`: where the reference starts in the recording;
 - `stoi`: short-time objective intelligibility (PyPI `pystoi`) of the aligned recording, 0 to 1
   (`null` when pystoi is not installed; the loss tests in `tests/quality.rs` need it).
@@ -62,21 +66,29 @@ def main():
     win = RATE // 5
     shift = RATE * 30 // 1000
     peak = np.sqrt(np.mean(ref**2))
-    corrs = []
-    for start in range(0, len(ref) - win + 1, win):
-        r = ref[start : start + win]
-        if np.sqrt(np.mean(r**2)) < 0.1 * peak:
-            continue  # (nearly) silent in the reference: nothing to compare
-        best = -1.0
+    def best_near(r, at):
+        """The best correlation of `r` within +-30 ms of `at` in the recording, and where."""
+        best, where = -1.0, at
         for d in range(-shift, shift + 1, 2):
-            a0 = lag + start + d
+            a0 = at + d
             if a0 < 0 or a0 + win > len(rec):
                 continue
             a = rec[a0 : a0 + win]
             den = np.linalg.norm(r) * np.linalg.norm(a)
-            if den > 0:
-                best = max(best, float(np.dot(r, a) / den))
-        corrs.append(best)
+            if den > 0 and float(np.dot(r, a) / den) > best:
+                best, where = float(np.dot(r, a) / den), a0
+        return best, where
+
+    corrs, tracked = [], []
+    offset = 0  # the delay's move so far (samples), followed window by window
+    for start in range(0, len(ref) - win + 1, win):
+        r = ref[start : start + win]
+        if np.sqrt(np.mean(r**2)) < 0.1 * peak:
+            continue  # (nearly) silent in the reference: nothing to compare
+        corrs.append(best_near(r, lag + start)[0])
+        best, where = best_near(r, lag + start + offset)
+        tracked.append(best)
+        offset = where - lag - start
     print(
         json.dumps(
             {
@@ -84,6 +96,8 @@ def main():
                 "stoi": intelligibility,
                 "lag_ms": lag * 1000.0 / RATE,
                 "min_window_corr": min(corrs) if corrs else -1.0,
+                "min_window_corr_tracked": min(tracked) if tracked else -1.0,
+                "drift_ms": offset * 1000.0 / RATE,
                 "windows": len(corrs),
             }
         )

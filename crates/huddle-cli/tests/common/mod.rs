@@ -70,9 +70,9 @@ pub fn padded_speech(path: &Path) {
     std::fs::write(path, wav).unwrap();
 }
 
-/// Wideband PESQ of a recording of the speech sample (`crates/huddle/tests/audio_score.py`, which
-/// aligns it first; numpy, scipy and PyPI `pesq`, installed by scripts/test.sh).
-pub fn pesq(heard: &Path) -> f64 {
+/// The scores of a recording of the speech sample (`crates/huddle/tests/audio_score.py`, which
+/// aligns it first; numpy, scipy, PyPI `pesq` and `pystoi`, installed by scripts/test.sh).
+pub fn speech_score(heard: &Path) -> serde_json::Value {
     let out = Command::new("python3")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -90,7 +90,12 @@ pub fn pesq(heard: &Path) -> f64 {
         "audio_score.py: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let score: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Wideband PESQ of a recording of the speech sample.
+pub fn pesq(heard: &Path) -> f64 {
+    let score = speech_score(heard);
     score["pesq"]
         .as_f64()
         .unwrap_or_else(|| panic!("no PESQ in {score}"))
