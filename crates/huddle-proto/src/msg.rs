@@ -21,7 +21,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 pub const SIGNALING_PATH: &str = "/ws";
 
 /// A user in a room.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct User {
     /// The user's ID, unique in the room.
     pub user_id: UserId,
@@ -39,7 +39,7 @@ impl User {
 }
 
 /// A published stream as others see it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StreamInfo {
     /// The publisher's user ID.
     pub user_id: UserId,
@@ -52,7 +52,7 @@ pub struct StreamInfo {
 }
 
 /// Whether a list update adds or removes entries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum UpdateType {
     /// The entries are new.
     Add,
@@ -61,7 +61,7 @@ pub enum UpdateType {
 }
 
 /// Which side of a stream a media peer connection carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MediaRole {
     /// The client sends the stream it publishes; the server receives.
@@ -71,7 +71,7 @@ pub enum MediaRole {
 }
 
 /// The state of a media peer connection, as the server reports it in `media_state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PeerState {
     /// ICE and DTLS are up: media flows.
@@ -83,7 +83,7 @@ pub enum PeerState {
 }
 
 /// How a login proves it may use the app.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Auth {
     /// Lowercase hex HMAC-SHA256 of the server's nonce, keyed by the AppSign
@@ -94,7 +94,7 @@ pub enum Auth {
 }
 
 /// Resuming a session that broke, within the server's grace period.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Resume {
     /// The session ID from the earlier `login_ok`.
     pub session_id: String,
@@ -103,7 +103,7 @@ pub struct Resume {
 }
 
 /// The login request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Login {
     /// Request number, echoed in the reply.
     pub seq: u32,
@@ -129,7 +129,7 @@ pub struct Login {
 }
 
 /// Messages from a client to the server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMsg {
     /// Log in to a room (the first message; answered by `login_ok` or `error`).
@@ -198,7 +198,7 @@ pub enum ClientMsg {
 }
 
 /// The reply to a successful login.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LoginOk {
     /// The login's request number.
     pub seq: u32,
@@ -232,7 +232,7 @@ pub struct LoginOk {
 }
 
 /// A STUN or TURN server for a client's peer connections (the browser's `RTCIceServer`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct IceServer {
     /// `turn:`, `turns:` or `stun:` URLs of one server.
     pub urls: Vec<String>,
@@ -245,7 +245,7 @@ pub struct IceServer {
 }
 
 /// Messages from the server to a client.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMsg {
     /// Sent first on every connection: the challenge nonce for AppSign logins.
