@@ -96,6 +96,7 @@ export const ErrorCode = Object.freeze({
   CLUSTER_UNAVAILABLE: 1009009,
   DEVICE_UNAVAILABLE: 1009020,
   ACCESS_DENIED: 1009030,
+  QUALITY_REPORT_TOO_FREQUENT: 1009050,
   INTERNAL: 1009099,
 });
 
@@ -124,6 +125,18 @@ const DEFAULT_TIMINGS = Object.freeze({
 /** For this long after a break, retries are at most RETRY_FAST_MAX_MS apart (with jitter). */
 const RETRY_FAST_WINDOW_MS = 30000;
 const RETRY_FAST_MAX_MS = 400;
+
+/** The quality rules of the Rust SDK (`session::quality`): intervals, Die, level thresholds. */
+const QUALITY = Object.freeze({
+  streamIntervalMs: 3000,
+  networkIntervalMs: 2000,
+  dieAfterMs: 3000,
+  remoteUnknownAfterMs: 3000,
+  remoteDieAfterMs: 6000,
+  lossLevels: [0.02, 0.05, 0.15],
+  rttLevelsMs: [100, 200, 400],
+  jitterLevelsMs: [20, 50, 100],
+});
 // --- end of generated ---
 
 /** An error with its numbered code (`docs/errors.md`). */

@@ -40,8 +40,8 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
 use huddle_proto::{
-    AppId, ErrorCode, HuddleError, Login, LoginOk, RoomId, ServerMsg, StreamId, StreamInfo, StreamQualityLevel,
-    UpdateType, User, UserId,
+    AppId, ErrorCode, HuddleError, Login, LoginOk, RoomId, ServerMsg, StreamId, StreamInfo,
+    StreamQualityLevel, UpdateType, User, UserId,
 };
 
 use crate::auth::{Grant, check_publish};
@@ -1252,8 +1252,7 @@ impl Registry {
         out: &mut Vec<Output>,
     ) -> Result<(), HuddleError> {
         let s = self.sessions.get_mut(&id).ok_or_else(not_logged_in)?;
-        if s
-            .quality_at
+        if s.quality_at
             .is_some_and(|at| now.saturating_duration_since(at) < QUALITY_REPORT_MIN_INTERVAL)
         {
             return Err(HuddleError::from(ErrorCode::QUALITY_REPORT_TOO_FREQUENT));

@@ -122,7 +122,14 @@ impl Conn {
                 downstream,
             } => (
                 *seq,
-                reg.network_quality(id, *seq, *upstream, *downstream, std::time::Instant::now(), &mut out),
+                reg.network_quality(
+                    id,
+                    *seq,
+                    *upstream,
+                    *downstream,
+                    std::time::Instant::now(),
+                    &mut out,
+                ),
             ),
             ClientMsg::Ping { seq } => {
                 drop(hub);
