@@ -432,7 +432,7 @@ impl Session {
             *last_rx = now;
         }
         let back = self.quality.arrived(now, now);
-        self.own_quality(back);
+        self.own_quality(back, now);
         match msg {
             ServerMsg::Hello { protocol, nonce, .. } => {
                 if protocol != PROTOCOL_VERSION {
@@ -1301,13 +1301,13 @@ impl Session {
             MediaUpdate::PublishStats(sample) => {
                 if self.p.quality && self.publisher.as_ref().is_some_and(|p| p.stream_id == stream_id) {
                     let back = self.quality.publish_sample(&stream_id, sample, now);
-                    self.own_quality(back);
+                    self.own_quality(back, now);
                 }
             }
             MediaUpdate::PlayStats(sample) => {
                 if self.p.quality && self.players.get(&stream_id).is_some_and(|p| p.available) {
                     let back = self.quality.play_sample(&stream_id, sample, now);
-                    self.own_quality(back);
+                    self.own_quality(back, now);
                 }
             }
             MediaUpdate::CapturedAudioFirstFrame => self.event(Event::PublisherCapturedAudioFirstFrame),
@@ -1499,8 +1499,9 @@ impl Session {
         self.p.quality && matches!(self.phase, Phase::Online | Phase::Reconnecting { .. })
     }
 
-    /// Reports this user's levels at once (`Some`: they came back from `Die`).
-    fn own_quality(&mut self, levels: Option<(StreamQualityLevel, StreamQualityLevel)>) {
+    /// Reports this user's levels at once (`Some`: they came back from `Die`), to the app and
+    /// to the room (the others need not wait for the next tick either).
+    fn own_quality(&mut self, levels: Option<(StreamQualityLevel, StreamQualityLevel)>, now: Instant) {
         if let Some((up, down)) = levels
             && self.quality_allowed()
         {
@@ -1508,6 +1509,18 @@ impl Session {
                 user_id: None,
                 upstream_quality: up,
                 downstream_quality: down,
+            });
+            self.report_quality(up, down, now);
+        }
+    }
+
+    fn report_quality(&mut self, upstream: StreamQualityLevel, downstream: StreamQualityLevel, now: Instant) {
+        if self.is_ready() {
+            let seq = self.request(Pending::Quality { sent: now });
+            self.send(ClientMsg::NetworkQuality {
+                seq,
+                upstream,
+                downstream,
             });
         }
     }
@@ -1525,14 +1538,13 @@ impl Session {
             self.event(Event::PlayerQualityUpdate { stream_id, quality });
         }
         if let Some((up, down)) = due.own {
-            self.own_quality(Some((up, down)));
-            if due.report && self.is_ready() {
-                let seq = self.request(Pending::Quality { sent: now });
-                self.send(ClientMsg::NetworkQuality {
-                    seq,
-                    upstream: up,
-                    downstream: down,
-                });
+            self.event(Event::NetworkQuality {
+                user_id: None,
+                upstream_quality: up,
+                downstream_quality: down,
+            });
+            if due.report {
+                self.report_quality(up, down, now);
             }
         }
         for (user, up, down) in due.remote {
