@@ -33,6 +33,12 @@ cargo bench -p huddle --bench loss_curve --no-run
 # 100 20 ms late, ±20 ms of jitter (0-40 ms uniform). "legacy" is the encoder's old settings
 # (32 kbit/s, a 10 % FEC loss hint, held) with whole-frame delay steps (HUDDLE_AUDIO_STRETCH=0);
 # "current" the defaults. Last, Opus alone on the same padded speech at 48 kbit/s: the ceiling.
+# `scripts/quality.sh outage`: the outage runs with their timings (RECOVERY and QUALITY lines:
+# Die after the outage starts, levels and audio back after it ends; docs/quality.md).
+if [ "${1:-}" = outage ]; then
+  cargo test -q -p huddle --test outage -- --nocapture 2>&1 | grep -E '^(RECOVERY|QUALITY) ' | tee "$out/outage.txt"
+  exit 0
+fi
 if [ "${1:-}" = clean ]; then
   cargo build -q --release -p huddle-cli
   work=$(mktemp -d)

@@ -96,6 +96,7 @@ export const ErrorCode = Object.freeze({
   CLUSTER_UNAVAILABLE: 1009009,
   DEVICE_UNAVAILABLE: 1009020,
   ACCESS_DENIED: 1009030,
+  QUALITY_REPORT_TOO_FREQUENT: 1009050,
   INTERNAL: 1009099,
 });
 
@@ -124,6 +125,18 @@ const DEFAULT_TIMINGS = Object.freeze({
 /** For this long after a break, retries are at most RETRY_FAST_MAX_MS apart (with jitter). */
 const RETRY_FAST_WINDOW_MS = 30000;
 const RETRY_FAST_MAX_MS = 400;
+
+/** The quality rules of the Rust SDK (`session::quality`): intervals, Die, level thresholds. */
+const QUALITY = Object.freeze({
+  streamIntervalMs: 3000,
+  networkIntervalMs: 2000,
+  dieAfterMs: 3000,
+  remoteUnknownAfterMs: 3000,
+  remoteDieAfterMs: 6000,
+  lossLevels: [0.02, 0.05, 0.15],
+  rttLevelsMs: [100, 200, 400],
+  jitterLevelsMs: [20, 50, 100],
+});
 // --- end of generated ---
 
 /** An error with its numbered code (`docs/errors.md`). */
@@ -343,6 +356,39 @@ function closePc(pc) {
  */
 
 /** The Huddle engine: one per app in the page. */
+/**
+ * Quality levels, numbered as ZEGO's `ZegoStreamQualityLevel` (the web SDK's `QualityGrade`
+ * numbers): what `networkQuality`, `publishQualityUpdate` and `playQualityUpdate` carry.
+ */
+export const QualityLevel = Object.freeze({ EXCELLENT: 0, GOOD: 1, MEDIUM: 2, BAD: 3, DIE: 4, UNKNOWN: 5 });
+
+/**
+ * The level of a path with this loss (0–1), RTT and jitter (ms): the worst measure's, with the
+ * Rust SDK's thresholds (`QUALITY`).
+ * @param {number} loss @param {number} rttMs @param {number} jitterMs
+ */
+export function qualityLevelOf(loss, rttMs, jitterMs) {
+  /** @param {number} x @param {number[]} limits */
+  const grade = (x, limits) => limits.filter((l) => x >= l).length;
+  return Math.max(grade(loss, QUALITY.lossLevels), grade(rttMs, QUALITY.rttLevelsMs), grade(jitterMs, QUALITY.jitterLevelsMs));
+}
+
+/**
+ * Another user's levels as last reported at `at`, seen at `now`: as reported, UNKNOWN when one
+ * report is late, DIE when three are (ZEGO's heartbeat rule).
+ * @param {{up: number, down: number, at: number}} r @param {number} now
+ * @returns {[number, number]}
+ */
+export function remoteLevels(r, now) {
+  const age = now - r.at;
+  if (age > QUALITY.remoteDieAfterMs) return [QualityLevel.DIE, QualityLevel.DIE];
+  if (age > QUALITY.remoteUnknownAfterMs) return [QualityLevel.UNKNOWN, QualityLevel.UNKNOWN];
+  return [r.up, r.down];
+}
+
+/** Level names on the wire (`network_quality`), in level order. */
+const LEVEL_NAMES = ["excellent", "good", "medium", "bad", "die", "unknown"];
+
 export class HuddleEngine {
   /**
    * @param {number} appId The AppID.
@@ -374,6 +420,12 @@ export class HuddleEngine {
     this._publishers = new Map();
     /** @type {Map<string, Player>} */
     this._players = new Map();
+    /** Other users' last reported levels. @type {Map<string, {up: number, down: number, at: number}>} */
+    this._remoteQuality = new Map();
+    /** @type {any} */
+    this._qualityTimer = null;
+    this._qualityTicks = 0;
+    this._ownDead = false;
     /** Stopped while the connection was down: to unpublish / stop playing if the server session
      * is resumed (a fresh one has forgotten them anyway). @type {Set<string>} */
     this._unpublishLater = new Set();
@@ -983,6 +1035,76 @@ export class HuddleEngine {
 
   // ----- stats -----
 
+  /** Starts the quality tick (once a second) if it is not running. */
+  _armQuality() {
+    if (this._qualityTimer) return;
+    this._qualityTimer = setInterval(() => this._qualityTick().catch(() => {}), 1000);
+  }
+
+  /**
+   * Once a second: every 3 s `publishQualityUpdate` / `playQualityUpdate`, every 2 s
+   * `networkQuality` for this user ("" as ZEGO's) and each other user that reports, and this
+   * user's levels to the server (`network_quality`). This user's levels are DIE when nothing
+   * arrived (signaling, or media on a played stream) for 3 s.
+   */
+  async _qualityTick() {
+    const room = this._room;
+    if (!room || room.phase === "done") {
+      clearInterval(this._qualityTimer);
+      this._qualityTimer = null;
+      this._remoteQuality.clear();
+      return;
+    }
+    this._qualityTicks++;
+    const now = Date.now();
+    const streamTick = this._qualityTicks % (QUALITY.streamIntervalMs / 1000) === 0;
+    const networkTick = this._qualityTicks % (QUALITY.networkIntervalMs / 1000) === 0;
+    let up = QualityLevel.UNKNOWN;
+    let down = QualityLevel.UNKNOWN;
+    let lastRx = room.lastRx ?? 0;
+    for (const id of this._publishers.keys()) {
+      const s = await this.getStats(id).catch(() => null);
+      const a = s?.audio;
+      if (!a) continue;
+      const level = qualityLevelOf(a.lossRate ?? 0, a.rttMs ?? 0, a.jitterMs ?? 0);
+      up = level;
+      if (streamTick) {
+        this._emit("publishQualityUpdate", id, { rtt: a.rttMs ?? 0, packetLostRate: a.lossRate ?? 0, jitter: a.jitterMs ?? 0, audioKBPS: a.bitrateKbps ?? 0, videoKBPS: s.video?.bitrateKbps ?? 0, level });
+      }
+    }
+    for (const [id, p] of this._players) {
+      const s = await this.getStats(id).catch(() => null);
+      const a = s?.audio;
+      if (!a) continue;
+      if ((a.bitrateKbps ?? 0) > 0) p.qualityRx = now;
+      lastRx = Math.max(lastRx, p.qualityRx ?? 0);
+      const dead = now - (p.qualityRx ?? now) >= QUALITY.dieAfterMs;
+      const level = dead ? QualityLevel.DIE : qualityLevelOf(a.lossRate ?? 0, a.rttMs ?? 0, a.jitterMs ?? 0);
+      if (!dead) down = down === QualityLevel.UNKNOWN ? level : Math.max(down, level);
+      if (streamTick) {
+        this._emit("playQualityUpdate", id, { rtt: a.rttMs ?? 0, packetLostRate: a.lossRate ?? 0, jitter: a.jitterMs ?? 0, audioKBPS: a.bitrateKbps ?? 0, videoKBPS: s.video?.bitrateKbps ?? 0, level });
+      }
+    }
+    const active = this._publishers.size > 0 || this._players.size > 0;
+    const dead = active && now - lastRx >= QUALITY.dieAfterMs;
+    if (dead) [up, down] = [QualityLevel.DIE, QualityLevel.DIE];
+    const changed = dead !== this._ownDead;
+    this._ownDead = dead;
+    if (active && (networkTick || changed)) {
+      this._emit("networkQuality", "", up, down);
+      if (!dead && room.phase === "online") {
+        this._request({ type: "network_quality", upstream: LEVEL_NAMES[up], downstream: LEVEL_NAMES[down] }).catch(() => {});
+      }
+    }
+    if (networkTick) {
+      for (const [user, r] of [...this._remoteQuality]) {
+        const [u, d] = remoteLevels(r, now);
+        this._emit("networkQuality", user, u, d);
+        if (u === QualityLevel.DIE) this._remoteQuality.delete(user);
+      }
+    }
+  }
+
   /**
    * Statistics of a published or played stream: bitrate, loss, RTT and jitter per kind, computed
    * since the previous call (the first call gives bitrate 0).
@@ -1291,6 +1413,17 @@ export class HuddleEngine {
         room.tokenWarned = true;
         this._emit("roomTokenWillExpire", room.roomId, Math.max(0, msg.remain_secs ?? 0));
         return;
+      case "network_quality": {
+        // Another user's levels, relayed by the server; shown at the next 2 s tick.
+        const up = LEVEL_NAMES.indexOf(msg.upstream);
+        const down = LEVEL_NAMES.indexOf(msg.downstream);
+        if (room.phase !== "online" || up < 0 || down < 0 || msg.user_id === room.user?.user_id) return;
+        if (this._remoteQuality.size < 1000 || this._remoteQuality.has(msg.user_id)) {
+          this._remoteQuality.set(msg.user_id, { up, down, at: Date.now() });
+        }
+        this._armQuality();
+        return;
+      }
       case "kicked":
         // Also the end of a session whose token expired unrenewed (1002056).
         if (room.phase === "done" || room.phase === "loggingout") return;
@@ -1343,6 +1476,7 @@ export class HuddleEngine {
     room.failures = 0;
     room.brokeAt = null;
     room.phase = "online";
+    this._armQuality();
     room.lastRx = Date.now();
     clearInterval(room.pingTimer);
     const ws = room.ws;

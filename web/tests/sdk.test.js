@@ -408,3 +408,33 @@ test("several servers: a login refused as shutting down moves on; with one serve
   ws.push({ type: "error", seq: ws.last("login").seq, code: 1009008, message: "shutting down" });
   await assert.rejects(failed, { code: 1009008 });
 });
+
+test("other users' network quality is relayed, then UNKNOWN and DIE when their reports stop", async () => {
+  const { QualityLevel, remoteLevels, qualityLevelOf } = await import("../huddle.js");
+  // The rules, as the Rust SDK's (generated QUALITY table).
+  assert.equal(qualityLevelOf(0, 20, 5), QualityLevel.EXCELLENT);
+  assert.equal(qualityLevelOf(0.03, 20, 5), QualityLevel.GOOD);
+  assert.equal(qualityLevelOf(0, 250, 5), QualityLevel.MEDIUM);
+  assert.equal(qualityLevelOf(0.3, 20, 5), QualityLevel.BAD);
+  const r = { up: QualityLevel.GOOD, down: QualityLevel.BAD, at: 0 };
+  assert.deepEqual(remoteLevels(r, 2000), [QualityLevel.GOOD, QualityLevel.BAD]);
+  assert.deepEqual(remoteLevels(r, 4000), [QualityLevel.UNKNOWN, QualityLevel.UNKNOWN]);
+  assert.deepEqual(remoteLevels(r, 7000), [QualityLevel.DIE, QualityLevel.DIE]);
+
+  // A relayed report reaches the app as `networkQuality` at the next 2 s tick.
+  const { e } = engine();
+  /** @type {any[]} */
+  const got = [];
+  e.on("networkQuality", (user, up, down) => got.push([user, up, down]));
+  const done = e.loginRoom("r1", "04tok", { userID: "me" });
+  await acceptLogin();
+  assert.equal(await done, true);
+  const ws = sockets.at(-1);
+  ws.push({ type: "network_quality", user_id: "bob", upstream: "good", downstream: "medium" });
+  // Our own user's report (another session of ours) and unknown levels are ignored.
+  ws.push({ type: "network_quality", user_id: "me", upstream: "bad", downstream: "bad" });
+  ws.push({ type: "network_quality", user_id: "eve", upstream: "great", downstream: "bad" });
+  await until(() => got.length > 0, "the relayed levels", 3000);
+  assert.deepEqual(got, [["bob", QualityLevel.GOOD, QualityLevel.MEDIUM]]);
+  e.destroy();
+});

@@ -13,5 +13,5 @@ pub use error::{ErrorCode, HuddleError, TABLE as ERROR_TABLE};
 pub use ids::{AppId, RoomId, StreamId, UserId, UserName, check_extra_info};
 pub use msg::{
     Auth, ClientMsg, DecodeError, IceServer, Login, LoginOk, MAX_MESSAGE_BYTES, MediaRole, PROTOCOL_VERSION,
-    PeerState, Resume, SIGNALING_PATH, ServerMsg, StreamInfo, UpdateType, User,
+    PeerState, Resume, SIGNALING_PATH, ServerMsg, StreamInfo, StreamQualityLevel, UpdateType, User,
 };

@@ -82,6 +82,27 @@ pub enum PeerState {
     Failed,
 }
 
+/// A quality level of a stream or of a user's network (ZEGO Express's `ZegoStreamQualityLevel`,
+/// in the same order: Excellent 0 … Die 4, Unknown 5). Carried by `network_quality` and by the
+/// SDK's quality events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[doc(alias = "ZegoStreamQualityLevel")]
+pub enum StreamQualityLevel {
+    /// Excellent.
+    Excellent,
+    /// Good.
+    Good,
+    /// Medium: noticeable, still fine for a call.
+    Medium,
+    /// Bad: the call suffers.
+    Bad,
+    /// Nothing arrives: the network (or the user) is gone for now.
+    Die,
+    /// Not known (yet): no measurement, or a user's report is late.
+    Unknown,
+}
+
 /// How a login proves it may use the app.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -194,6 +215,17 @@ pub enum ClientMsg {
         kind: MediaRole,
         /// The SDP offer.
         sdp: String,
+    },
+    /// This session's own network quality, as the client measures it (sent every 2 s while it
+    /// publishes or plays); answered by `ok`, or 1009050 when sent again within a second. The
+    /// server relays it to the room's other sessions as `network_quality`.
+    NetworkQuality {
+        /// Request number.
+        seq: u32,
+        /// The client's upstream level (what it sends reaches the server).
+        upstream: StreamQualityLevel,
+        /// The client's downstream level (what the server sends reaches it).
+        downstream: StreamQualityLevel,
     },
 }
 
@@ -340,6 +372,15 @@ pub enum ServerMsg {
         /// Whole seconds left, by the server's clock.
         remain_secs: i64,
     },
+    /// Another user of the room reported its network quality (relayed `network_quality`).
+    NetworkQuality {
+        /// The user.
+        user_id: UserId,
+        /// Its upstream level.
+        upstream: StreamQualityLevel,
+        /// Its downstream level.
+        downstream: StreamQualityLevel,
+    },
     /// The session is ended by the server; the connection closes after this.
     Kicked {
         /// Why (e.g. 1002050 for a duplicate login).
@@ -370,7 +411,8 @@ impl ClientMsg {
             | ClientMsg::StopPlay { seq, .. }
             | ClientMsg::RenewToken { seq, .. }
             | ClientMsg::Ping { seq }
-            | ClientMsg::MediaOffer { seq, .. } => *seq,
+            | ClientMsg::MediaOffer { seq, .. }
+            | ClientMsg::NetworkQuality { seq, .. } => *seq,
         }
     }
 

@@ -40,8 +40,8 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
 use huddle_proto::{
-    AppId, ErrorCode, HuddleError, Login, LoginOk, RoomId, ServerMsg, StreamId, StreamInfo, UpdateType, User,
-    UserId,
+    AppId, ErrorCode, HuddleError, Login, LoginOk, RoomId, ServerMsg, StreamId, StreamInfo,
+    StreamQualityLevel, UpdateType, User, UserId,
 };
 
 use crate::auth::{Grant, check_publish};
@@ -77,6 +77,9 @@ impl FromStr for SessionId {
         s.parse().map(SessionId)
     }
 }
+
+/// The shortest time between two relayed `network_quality` reports of one session.
+pub const QUALITY_REPORT_MIN_INTERVAL: Duration = Duration::from_millis(900);
 
 /// Something the registry wants done, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -395,6 +398,8 @@ struct Session {
     token_due: Option<u64>,
     /// Whether the warning for the current token was given (or was due while detached).
     token_warned: bool,
+    /// When the session's last `network_quality` report was relayed (one a second at most).
+    quality_at: Option<Instant>,
 }
 
 impl Session {
@@ -772,6 +777,7 @@ impl Registry {
                 detached_until: None,
                 token_due: None,
                 token_warned: false,
+                quality_at: None,
             },
         );
         self.arm_token(id);
@@ -1211,6 +1217,46 @@ impl Registry {
             app: app_id,
             stream_id: stream_id.clone(),
         }));
+        Ok(())
+    }
+
+    /// A session's own network quality (`network_quality`): relayed to the other attached
+    /// sessions of its room on this node, and answered `ok`. A report less than
+    /// [`QUALITY_REPORT_MIN_INTERVAL`] after the session's last one is refused (1009050) and not
+    /// relayed, so that one client cannot make the room's traffic grow with its own rate (the
+    /// SDKs report every 2 s).
+    pub fn network_quality(
+        &mut self,
+        id: SessionId,
+        seq: u32,
+        upstream: StreamQualityLevel,
+        downstream: StreamQualityLevel,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) -> Result<(), HuddleError> {
+        let s = self.sessions.get_mut(&id).ok_or_else(not_logged_in)?;
+        if s.quality_at
+            .is_some_and(|at| now.saturating_duration_since(at) < QUALITY_REPORT_MIN_INTERVAL)
+        {
+            return Err(HuddleError::from(ErrorCode::QUALITY_REPORT_TOO_FREQUENT));
+        }
+        s.quality_at = Some(now);
+        let msg = ServerMsg::NetworkQuality {
+            user_id: s.user.user_id.clone(),
+            upstream,
+            downstream,
+        };
+        let to = self
+            .apps
+            .get(&s.app)
+            .and_then(|a| a.rooms.get(&s.room))
+            .map(|room| room_recipients(&self.sessions, room, id, false))
+            .unwrap_or_default();
+        out.push(Output::Send {
+            to: id,
+            msg: ServerMsg::Ok { seq },
+        });
+        broadcast(out, to, msg);
         Ok(())
     }
 

@@ -737,6 +737,7 @@ impl EngineHandle {
             max_member_count: config.max_member_count,
             timing: s.timing.clone(),
             media: true,
+            quality: true,
             servers: s.servers,
         };
         self.request(Request::Login {

@@ -1,6 +1,6 @@
 //! States, events and the [`EventHandler`] trait.
 
-use huddle_proto::{ErrorCode, RoomId, StreamId, StreamInfo, UpdateType, User};
+use huddle_proto::{ErrorCode, RoomId, StreamId, StreamInfo, StreamQualityLevel, UpdateType, User, UserId};
 
 /// The state of the engine's connection to a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,9 +78,117 @@ pub enum PlayerState {
     Playing,
 }
 
+/// The quality of the published stream over the last 3 s, as the server's RTCP receiver
+/// reports describe it (ZEGO Express's `ZegoPublishStreamQuality`, with the fields a voice and
+/// video call needs). See `docs/quality.md` ("Quality events") for how the level and MOS are
+/// estimated.
+///
+/// ```
+/// use huddle::{PublishStreamQuality, StreamQualityLevel};
+/// let q = PublishStreamQuality::default();
+/// assert_eq!(q.level, StreamQualityLevel::Unknown);
+/// assert_eq!(q.mos, -1.0);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+#[doc(alias = "ZegoPublishStreamQuality")]
+pub struct PublishStreamQuality {
+    /// Round trip to the server, in milliseconds (0: not measured yet).
+    pub rtt: u32,
+    /// Of the packets sent, the fraction the server did not receive, 0.0–1.0 (before any
+    /// recovery by FEC or RED).
+    pub packet_lost_rate: f64,
+    /// Interarrival jitter at the server, in milliseconds (RFC 3550; a Huddle addition).
+    pub jitter: u32,
+    /// Audio bitrate sent, in kbit/s.
+    pub audio_kbps: f64,
+    /// Video bitrate sent, in kbit/s.
+    pub video_kbps: f64,
+    /// Bytes sent in all (audio and video) on the current media connection.
+    pub total_send_bytes: u64,
+    /// Estimated listening quality at the server, MOS 1.0–4.5 (an E-model estimate from the
+    /// loss, RTT and jitter); -1.0 when unknown.
+    pub mos: f64,
+    /// The stream's quality level: from the loss, RTT and jitter, or `Die` when nothing came
+    /// back from the server for 3 s.
+    pub level: StreamQualityLevel,
+}
+
+impl Default for PublishStreamQuality {
+    fn default() -> Self {
+        PublishStreamQuality {
+            rtt: 0,
+            packet_lost_rate: 0.0,
+            jitter: 0,
+            audio_kbps: 0.0,
+            video_kbps: 0.0,
+            total_send_bytes: 0,
+            mos: -1.0,
+            level: StreamQualityLevel::Unknown,
+        }
+    }
+}
+
+/// The quality of a played stream over the last 3 s, as received (ZEGO Express's
+/// `ZegoPlayStreamQuality`, with the fields a voice and video call needs).
+///
+/// ```
+/// use huddle::{PlayStreamQuality, StreamQualityLevel};
+/// let q = PlayStreamQuality::default();
+/// assert_eq!((q.level, q.mos), (StreamQualityLevel::Unknown, -1.0));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+#[doc(alias = "ZegoPlayStreamQuality")]
+pub struct PlayStreamQuality {
+    /// Round trip to the server, in milliseconds: the publisher's RTCP round trip when this
+    /// engine publishes, else the signaling round trip of the quality reports (0: not known).
+    pub rtt: u32,
+    /// Of the packets the server sent, the fraction that did not arrive, 0.0–1.0 (before
+    /// recovery by FEC and RED).
+    pub packet_lost_rate: f64,
+    /// Of the audio frames played, the fraction concealed (lost even after FEC and RED, or
+    /// late), 0.0–1.0 (a Huddle addition: what the listener hears).
+    pub audio_concealed_rate: f64,
+    /// Network jitter as the jitter buffer measures it (95th percentile of the packets' delay
+    /// above the fastest one), in milliseconds.
+    pub jitter: u32,
+    /// Delay the jitter buffer adds, in milliseconds (ZEGO's `delay`).
+    pub delay: u32,
+    /// Audio bitrate received, in kbit/s.
+    pub audio_kbps: f64,
+    /// Video bitrate received, in kbit/s.
+    pub video_kbps: f64,
+    /// Bytes received in all (audio and video) on the current media connection.
+    pub total_recv_bytes: u64,
+    /// Estimated listening quality, MOS 1.0–4.5 (an E-model estimate from the concealed
+    /// frames, the RTT, the jitter buffer's delay); -1.0 when unknown.
+    pub mos: f64,
+    /// The stream's quality level: from the loss, RTT and jitter, or `Die` when nothing of the
+    /// stream arrived for 3 s.
+    pub level: StreamQualityLevel,
+}
+
+impl Default for PlayStreamQuality {
+    fn default() -> Self {
+        PlayStreamQuality {
+            rtt: 0,
+            packet_lost_rate: 0.0,
+            audio_concealed_rate: 0.0,
+            jitter: 0,
+            delay: 0,
+            audio_kbps: 0.0,
+            video_kbps: 0.0,
+            total_recv_bytes: 0,
+            mos: -1.0,
+            level: StreamQualityLevel::Unknown,
+        }
+    }
+}
+
 /// One event of the engine, as [`Engine::events`](crate::Engine::events) delivers it. Each
 /// variant is one [`EventHandler`] method, with the same fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Event {
     /// See [`EventHandler::on_room_state_update`].
@@ -168,6 +276,29 @@ pub enum Event {
         /// The stream.
         stream_id: StreamId,
     },
+    /// See [`EventHandler::on_publisher_quality_update`].
+    PublisherQualityUpdate {
+        /// The stream.
+        stream_id: StreamId,
+        /// Its quality.
+        quality: PublishStreamQuality,
+    },
+    /// See [`EventHandler::on_player_quality_update`].
+    PlayerQualityUpdate {
+        /// The stream.
+        stream_id: StreamId,
+        /// Its quality.
+        quality: PlayStreamQuality,
+    },
+    /// See [`EventHandler::on_network_quality`].
+    NetworkQuality {
+        /// The user; `None` for this engine's own user (ZEGO's empty user ID).
+        user_id: Option<UserId>,
+        /// The user's upstream level.
+        upstream_quality: StreamQualityLevel,
+        /// The user's downstream level.
+        downstream_quality: StreamQualityLevel,
+    },
     /// See [`EventHandler::on_debug_error`].
     DebugError {
         /// The code.
@@ -195,7 +326,22 @@ impl Event {
             Event::PlayerRecvAudioFirstFrame { .. } => "player_recv_audio_first_frame",
             Event::PlayerRecvVideoFirstFrame { .. } => "player_recv_video_first_frame",
             Event::DebugError { .. } => "debug_error",
+            Event::PublisherQualityUpdate { .. } => "publisher_quality_update",
+            Event::PlayerQualityUpdate { .. } => "player_quality_update",
+            Event::NetworkQuality { .. } => "network_quality",
         }
+    }
+
+    /// Whether this is one of the periodic quality events (`publisher_quality_update`,
+    /// `player_quality_update`, `network_quality`): an app that logs every event may want to
+    /// leave them out.
+    pub fn is_quality(&self) -> bool {
+        matches!(
+            self,
+            Event::PublisherQualityUpdate { .. }
+                | Event::PlayerQualityUpdate { .. }
+                | Event::NetworkQuality { .. }
+        )
     }
 
     /// The event as one JSON object: `"event"` (its [`name`](Self::name)) and its callback's
@@ -206,6 +352,10 @@ impl Event {
         use serde_json::json;
         fn name<T: std::fmt::Debug>(v: T) -> String {
             format!("{v:?}")
+        }
+        /// Three decimals are all a reader needs (and keep a line short).
+        fn round3(x: f64) -> f64 {
+            (x * 1000.0).round() / 1000.0
         }
         let mut v = match self {
             Event::RoomStateUpdate {
@@ -276,6 +426,38 @@ impl Event {
                 func_name,
                 info,
             } => json!({"error_code": error_code, "func_name": func_name, "info": info}),
+            Event::PublisherQualityUpdate {
+                stream_id,
+                quality: q,
+            } => json!({
+                "stream_id": stream_id.as_str(),
+                "quality": {
+                    "rtt": q.rtt, "packet_lost_rate": round3(q.packet_lost_rate), "jitter": q.jitter,
+                    "audio_kbps": round3(q.audio_kbps), "video_kbps": round3(q.video_kbps),
+                    "total_send_bytes": q.total_send_bytes, "mos": round3(q.mos), "level": name(q.level),
+                },
+            }),
+            Event::PlayerQualityUpdate {
+                stream_id,
+                quality: q,
+            } => json!({
+                "stream_id": stream_id.as_str(),
+                "quality": {
+                    "rtt": q.rtt, "packet_lost_rate": round3(q.packet_lost_rate),
+                    "audio_concealed_rate": round3(q.audio_concealed_rate), "jitter": q.jitter, "delay": q.delay,
+                    "audio_kbps": round3(q.audio_kbps), "video_kbps": round3(q.video_kbps),
+                    "total_recv_bytes": q.total_recv_bytes, "mos": round3(q.mos), "level": name(q.level),
+                },
+            }),
+            Event::NetworkQuality {
+                user_id,
+                upstream_quality,
+                downstream_quality,
+            } => json!({
+                "user_id": user_id.as_ref().map_or("", |u| u.as_str()),
+                "upstream_quality": name(upstream_quality),
+                "downstream_quality": name(downstream_quality),
+            }),
         };
         let map = v.as_object_mut().expect("an object");
         if map.get("extended_data").is_some_and(|d| d.as_str() == Some("")) {
@@ -339,6 +521,21 @@ impl Event {
                 func_name,
                 info,
             } => h.on_debug_error(*error_code, func_name, info),
+            Event::PublisherQualityUpdate { stream_id, quality } => {
+                h.on_publisher_quality_update(stream_id.as_str(), quality)
+            }
+            Event::PlayerQualityUpdate { stream_id, quality } => {
+                h.on_player_quality_update(stream_id.as_str(), quality)
+            }
+            Event::NetworkQuality {
+                user_id,
+                upstream_quality,
+                downstream_quality,
+            } => h.on_network_quality(
+                user_id.as_ref().map_or("", |u| u.as_str()),
+                *upstream_quality,
+                *downstream_quality,
+            ),
         }
     }
 }
@@ -447,6 +644,29 @@ pub trait EventHandler: Send + Sync + 'static {
     /// The first video frame of a played stream was received and decoded.
     #[doc(alias = "onPlayerRecvVideoFirstFrame")]
     fn on_player_recv_video_first_frame(&self, stream_id: &str) {}
+
+    /// The published stream's quality, every 3 s while publishing (ZEGO's interval).
+    #[doc(alias = "onPublisherQualityUpdate")]
+    fn on_publisher_quality_update(&self, stream_id: &str, quality: &PublishStreamQuality) {}
+
+    /// A played stream's quality, every 3 s while the stream is available.
+    #[doc(alias = "onPlayerQualityUpdate")]
+    fn on_player_quality_update(&self, stream_id: &str, quality: &PlayStreamQuality) {}
+
+    /// A user's network quality: this engine's own (`user_id` empty) every 2 s while it
+    /// publishes or plays, and each other user's that reports its own (other Huddle SDKs do
+    /// while they publish or play) every 2 s. Unlike ZEGO, a change to or from `Die` is
+    /// reported at once, not at the next 2 s tick: nothing (media or signaling) arriving for
+    /// 3 s makes this engine's levels `Die`. Another user whose report is late by one interval
+    /// is `Unknown`, by three `Die` (as ZEGO's heartbeat rule).
+    #[doc(alias = "onNetworkQuality")]
+    fn on_network_quality(
+        &self,
+        user_id: &str,
+        upstream_quality: StreamQualityLevel,
+        downstream_quality: StreamQualityLevel,
+    ) {
+    }
 
     /// Something went wrong that no state change reports (for example the server refused a
     /// renewed token).

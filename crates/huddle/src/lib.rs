@@ -136,12 +136,16 @@ mod web_tables;
 pub use config::{EngineConfig, EngineProfile, RoomConfig, Scenario};
 pub use dispatch::EventStream;
 pub use engine::{Engine, EngineHandle};
-pub use event::{Event, EventHandler, PlayerState, PublisherState, RoomState, RoomStateChangedReason};
+pub use event::{
+    Event, EventHandler, PlayStreamQuality, PlayerState, PublishStreamQuality, PublisherState, RoomState,
+    RoomStateChangedReason,
+};
 /// The audio receive stats of a played stream ([`Engine::player_audio_stats`]): the jitter
 /// buffer's added delay, its counters, and the time-stretching.
 pub use huddle_media::PlayerStats as PlayerAudioStats;
 pub use huddle_media::{AudioConfig, AudioConfigPreset, I420Frame};
 pub use huddle_proto::{
-    ErrorCode, HuddleError, RoomId, StreamId, StreamInfo, UpdateType, User, UserId, UserName,
+    ErrorCode, HuddleError, RoomId, StreamId, StreamInfo, StreamQualityLevel, UpdateType, User, UserId,
+    UserName,
 };
 pub use media::{AudioSink, AudioSource, VideoRenderer, VideoSource};

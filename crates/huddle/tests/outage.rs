@@ -25,7 +25,7 @@ use common::netsim::{Client, MEDIA_IP, Net};
 use common::*;
 use huddle::{
     AudioSink, AudioSource, Engine, ErrorCode, Event, PlayerState, PublisherState,
-    RoomStateChangedReason as Reason, UpdateType,
+    RoomStateChangedReason as Reason, StreamQualityLevel, UpdateType,
 };
 use huddle_netsim::Scope;
 use huddle_server::{BackgroundServer, ServerConfig};
@@ -142,8 +142,17 @@ struct Call {
 impl Call {
     /// Both logged in to `room`, publishing, playing and hearing each other.
     fn start(a: &Client, b: &Client, room: &str) -> Call {
+        Self::start_with(a, b, room, false)
+    }
+
+    /// As [`Self::start`]; the recorders keep the quality events when `quality`.
+    fn start_with(a: &Client, b: &Client, room: &str, quality: bool) -> Call {
         let join = |client: &Client, who: &str, hz: f64, publish: &str| {
-            let (engine, mut events) = engine_with(client.profile());
+            let (engine, mut events) = if quality {
+                engine_with_quality(client.profile())
+            } else {
+                engine_with(client.profile())
+            };
             engine.enable_camera(false);
             engine.set_audio_source(AudioSource::Tone { hz }).unwrap();
             engine.login_room(room, user(who), notify()).unwrap();
@@ -664,4 +673,95 @@ fn a_server_gone_for_good_fails_the_reconnection_after_the_budget() {
         ErrorCode::NOT_LOGGED_IN
     );
     alice.destroy();
+}
+
+/// The levels of a `network_quality` event about `user` (`None`: the engine's own user).
+fn levels_of(e: &Event, user: Option<&str>) -> Option<(StreamQualityLevel, StreamQualityLevel)> {
+    match e {
+        Event::NetworkQuality {
+            user_id,
+            upstream_quality,
+            downstream_quality,
+        } if user_id.as_ref().map(|u| u.as_str()) == user => Some((*upstream_quality, *downstream_quality)),
+        _ => None,
+    }
+}
+
+fn is_level(l: Option<(StreamQualityLevel, StreamQualityLevel)>) -> bool {
+    use StreamQualityLevel::{Die, Unknown};
+    l.is_some_and(|(up, down)| ![Die, Unknown].contains(&up) && ![Die, Unknown].contains(&down))
+}
+
+/// Waits until an event after `mark` satisfies `pred`.
+fn after(events: &mut Events, mark: usize, what: &str, pred: impl Fn(&Event) -> bool) {
+    events.wait_until(what, |seen| seen.len() > mark && seen[mark..].iter().any(&pred));
+}
+
+#[test]
+fn a_five_second_outage_shows_as_die_and_the_levels_come_back_with_the_audio() {
+    use StreamQualityLevel::{Die, Unknown};
+    // The server's default liveness (a connection silent for 15 s is dropped): the signaling
+    // connection outlives the outage and the room never breaks. Only the quality events tell the
+    // apps (before them, nothing did).
+    let net = Net::start_with(19, |c| {
+        let d = ServerConfig::default();
+        (c.heartbeat, c.session_timeout, c.grace) = (d.heartbeat, d.session_timeout, d.grace);
+    });
+    let (a, b) = (net.client(35), net.client(36));
+    let mut call = Call::start_with(&a, &b, "die", true);
+    // Levels before the outage, for Alice and (relayed) for Bob about her.
+    after(&mut call.ea, 0, "Alice's own levels", |e| {
+        is_level(levels_of(e, None))
+    });
+    after(&mut call.eb, 0, "Alice's levels at Bob", |e| {
+        is_level(levels_of(e, Some("alice")))
+    });
+    let _m = measuring();
+    let (ma, mb) = call.mark();
+
+    net.outage(&a, true);
+    let started = Instant::now();
+    after(&mut call.ea, ma, "Die", |e| {
+        levels_of(e, None) == Some((Die, Die))
+    });
+    let die = started.elapsed();
+    // Bob sees Alice's reports stop: Unknown (one missed), Die (three missed) if it lasts.
+    after(&mut call.eb, mb, "Alice unknown at Bob", |e| {
+        matches!(levels_of(e, Some("alice")), Some((Unknown | Die, Unknown | Die)))
+    });
+    let unknown_at_bob = started.elapsed();
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(started.elapsed()));
+    let (ma2, mb2) = call.mark();
+    net.outage(&a, false);
+    let back = Instant::now();
+    after(&mut call.ea, ma2, "Alice's own levels again", |e| {
+        levels_of(e, None).is_some_and(|(up, down)| up != Die && down != Die)
+    });
+    let level_back = back.elapsed();
+    let heard = call.media_back(back);
+    call.check_silence(started, back);
+    after(&mut call.ea, ma2, "Bob's stream quality again", |e| {
+        matches!(e, Event::PlayerQualityUpdate { stream_id, quality }
+            if stream_id.as_str() == BOB_VOICE && quality.level != Die)
+    });
+    after(&mut call.eb, mb2, "Alice's levels at Bob again", |e| {
+        is_level(levels_of(e, Some("alice")))
+    });
+    let level_at_bob = back.elapsed();
+    println!(
+        "QUALITY outage=5s die_after_ms={} unknown_at_other_after_ms={} own_level_back_ms={} level_back_at_other_ms={}",
+        ms(die),
+        ms(unknown_at_bob),
+        ms(level_back),
+        ms(level_at_bob)
+    );
+    report("outage=5s path=none(default liveness)", None, heard);
+    // Die came during the outage (the 3 s rule; exact timing in scripts/quality.sh), before the
+    // network returned; the room and the streams never changed state.
+    assert!(die < Duration::from_secs(5), "{die:?}");
+    assert!(level_back < LOOSE, "{level_back:?}");
+    let ea = since(&mut call.ea, ma);
+    assert!(room_changes(&ea).is_empty(), "{ea:#?}");
+    assert!(stream_states(&ea).is_empty(), "{ea:#?}");
+    call.end();
 }

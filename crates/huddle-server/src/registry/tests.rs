@@ -1440,3 +1440,52 @@ fn the_member_limit_counts_every_node_and_a_user_on_two_nodes_shows_once() {
     assert!(flatten(out).0.is_empty());
     assert_eq!(a.reg.room(app_id(APP), &room("r")).unwrap().users.len(), 2);
 }
+
+/// `network_quality` goes to the other attached sessions of the same room only, once a second
+/// at most per session.
+#[test]
+fn network_quality_is_relayed_to_the_room_and_rate_limited() {
+    use StreamQualityLevel::{Bad, Good};
+    let mut h = H::new();
+    let a = h.login("q", "alice", false);
+    let b = h.login("q", "bob", false);
+    let c = h.login("q", "carol", true);
+    let elsewhere = h.login("other", "dave", true);
+    let t0 = h.now;
+    let report = |h: &mut H, id, seq, at| h.run(|reg, out| reg.network_quality(id, seq, Good, Bad, at, out));
+
+    let (r, out) = report(&mut h, a, 9, t0);
+    r.unwrap();
+    let msgs = flatten(out).0;
+    assert_eq!(to(&msgs, a), vec![ServerMsg::Ok { seq: 9 }]);
+    let relayed = ServerMsg::NetworkQuality {
+        user_id: UserId::new("alice").unwrap(),
+        upstream: Good,
+        downstream: Bad,
+    };
+    // Whatever their user status notify says: the SDK decides what to show.
+    assert_eq!(to(&msgs, b), vec![relayed.clone()]);
+    assert_eq!(to(&msgs, c), vec![relayed.clone()]);
+    assert!(to(&msgs, elsewhere).is_empty());
+
+    // Again within the interval: refused, nothing relayed (`run` checks that errors output
+    // nothing).
+    let (r, _) = report(&mut h, a, 10, t0 + Duration::from_millis(500));
+    assert_eq!(r.unwrap_err().code, ErrorCode::QUALITY_REPORT_TOO_FREQUENT);
+    // Another session has its own budget; the first one's comes back after the interval.
+    report(&mut h, b, 3, t0 + Duration::from_millis(500)).0.unwrap();
+    let (r, out) = report(&mut h, a, 11, t0 + QUALITY_REPORT_MIN_INTERVAL);
+    r.unwrap();
+    assert_eq!(to(&flatten(out).0, b), vec![relayed]);
+
+    // A detached session is not sent to; a session that is gone cannot report.
+    h.detach(b, 1).unwrap();
+    let (r, out) = report(&mut h, c, 4, t0 + Duration::from_secs(5));
+    r.unwrap();
+    let msgs = flatten(out).0;
+    assert!(to(&msgs, b).is_empty());
+    assert_eq!(to(&msgs, a).len(), 1);
+    h.logout(c);
+    let (r, _) = report(&mut h, c, 5, t0 + Duration::from_secs(9));
+    assert_eq!(r.unwrap_err().code, ErrorCode::NOT_LOGGED_IN);
+}

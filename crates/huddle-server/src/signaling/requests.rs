@@ -116,6 +116,21 @@ impl Conn {
                 kind,
                 sdp,
             } => (*seq, media_offer(&hub, id, *seq, stream_id, *kind, sdp)),
+            ClientMsg::NetworkQuality {
+                seq,
+                upstream,
+                downstream,
+            } => (
+                *seq,
+                reg.network_quality(
+                    id,
+                    *seq,
+                    *upstream,
+                    *downstream,
+                    std::time::Instant::now(),
+                    &mut out,
+                ),
+            ),
             ClientMsg::Ping { seq } => {
                 drop(hub);
                 self.send(&ServerMsg::Pong {

@@ -338,8 +338,42 @@ impl MediaShared {
     }
 }
 
+/// A publish connection's counters, once a second (from its RTCP receiver reports). Cumulative,
+/// so that the session computes rates over its own windows.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub(crate) struct PublishSample {
+    pub(crate) audio_bytes: u64,
+    pub(crate) video_bytes: u64,
+    /// Packets the server expected of our audio (extended highest sequence number) and lost,
+    /// from its last receiver report.
+    pub(crate) expected: u64,
+    pub(crate) lost: u64,
+    /// Interarrival jitter the server reports, in ms.
+    pub(crate) jitter_ms: u32,
+    pub(crate) rtt: Option<std::time::Duration>,
+    /// When the connection last received anything (RTCP, STUN).
+    pub(crate) last_rx: Option<std::time::Instant>,
+}
+
+/// A play connection's counters, once a second.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub(crate) struct PlaySample {
+    pub(crate) audio_bytes: u64,
+    pub(crate) video_bytes: u64,
+    /// The fraction of audio packets lost on the wire in the last RTCP interval (before RED
+    /// and FEC), as our receiver report says.
+    pub(crate) loss: Option<f32>,
+    /// The jitter buffer's measures (`huddle_media::PlayerStats`).
+    pub(crate) jitter: std::time::Duration,
+    pub(crate) delay: std::time::Duration,
+    pub(crate) played: u64,
+    pub(crate) concealed: u64,
+    /// When the connection last received anything (media, RTCP, STUN).
+    pub(crate) last_rx: Option<std::time::Instant>,
+}
+
 /// What a media task reports to the engine task (and from there to the room's session).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum MediaUpdate {
     /// Publish: the first audio frame was captured.
     CapturedAudioFirstFrame,
@@ -355,6 +389,10 @@ pub(crate) enum MediaUpdate {
     Lost,
     /// The server closed the connection (it tells why in `media_state`).
     Closed,
+    /// Publish: the counters of the last second.
+    PublishStats(PublishSample),
+    /// Play: the counters of the last second.
+    PlayStats(PlaySample),
 }
 
 /// A [`MediaUpdate`] of one peer connection.

@@ -68,10 +68,33 @@ pub(crate) async fn run(
     // (str0m recovers them): the jitter buffer's minimum delay makes room for them.
     let mut recovery = huddle_media::RecoveryDelay::new();
     let mut min_delay = recovery.min_delay();
+    let mut sample = super::PlaySample::default();
+    let mut last_rx: Option<Instant> = None;
     let mut buf = vec![0u8; RECV_BUF];
     loop {
         let wake = pc.drive(|pc, e| {
-            let Event::MediaData(data) = e else { return };
+            let data = match e {
+                Event::MediaData(data) => data,
+                Event::MediaIngressStats(s) if Some(s.mid) == pc.video => {
+                    sample.video_bytes = s.bytes;
+                    return;
+                }
+                Event::MediaIngressStats(s) if Some(s.mid) == pc.audio => {
+                    // Once a second: the counters for the quality events, the jitter buffer's
+                    // own measures with them (`Engine::player_audio_stats` reads the same).
+                    let stats = audio.lock().unwrap_or_else(|e| e.into_inner()).player.stats();
+                    sample.audio_bytes = s.bytes;
+                    sample.loss = s.loss.or(sample.loss);
+                    sample.jitter = stats.jitter.jitter;
+                    sample.delay = stats.added_delay;
+                    sample.played = stats.jitter.played;
+                    sample.concealed = stats.jitter.concealed;
+                    sample.last_rx = last_rx;
+                    reporter.report(MediaUpdate::PlayStats(sample));
+                    return;
+                }
+                _ => return,
+            };
             if Some(data.mid) == pc.audio {
                 let seq = data.seq_range.start().as_u16();
                 let ts = data.time.numer() as u32;
@@ -161,7 +184,11 @@ pub(crate) async fn run(
                 }
                 None => break,
             },
-            r = pc.recv(&mut buf) => pc.on_incoming(Instant::now(), r, &buf),
+            r = pc.recv(&mut buf) => {
+                let now = Instant::now();
+                last_rx = Some(now);
+                pc.on_incoming(now, r, &buf)
+            }
             _ = sleep_opt(wake) => pc.timeout(Instant::now()),
         }
     }

@@ -260,6 +260,8 @@ pub(crate) async fn run(
     let mut captured_audio = false;
     let mut captured_video = false;
     let mut keyframe_wanted = false;
+    let mut sample = super::PublishSample::default();
+    let mut last_rx: Option<Instant> = None;
     let mut buf = vec![0u8; RECV_BUF];
     loop {
         let wake = pc.drive(|pc, e| match e {
@@ -271,8 +273,17 @@ pub(crate) async fn run(
                 if let Some(r) = &s.remote {
                     adapter.on_cumulative(s.timestamp, *r.maximum_sequence_number, r.packets_lost, s.rtt);
                     apply_settings(&mut encoder, &adapter, pc);
+                    sample.expected = *r.maximum_sequence_number;
+                    sample.lost = r.packets_lost;
+                    sample.jitter_ms = r.jitter / 48;
                 }
+                // The same reports feed the quality events (the session's windows).
+                sample.audio_bytes = s.bytes;
+                sample.rtt = s.rtt.or(sample.rtt);
+                sample.last_rx = last_rx;
+                reporter.report(MediaUpdate::PublishStats(sample));
             }
+            Event::MediaEgressStats(s) if Some(s.mid) == pc.video => sample.video_bytes = s.bytes,
             _ => {}
         });
         if pc.dead {
@@ -308,7 +319,11 @@ pub(crate) async fn run(
                 }
                 None => return,
             },
-            r = pc.recv(&mut buf) => pc.on_incoming(Instant::now(), r, &buf),
+            r = pc.recv(&mut buf) => {
+                let now = Instant::now();
+                last_rx = Some(now);
+                pc.on_incoming(now, r, &buf)
+            }
             _ = sleep_opt(wake) => pc.timeout(Instant::now()),
             _ = sleep_opt(next_audio) => {
                 let now = Instant::now();

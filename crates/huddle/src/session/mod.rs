@@ -11,6 +11,7 @@
 //! so that a reconnection reports only the differences.
 
 mod backoff;
+pub(crate) mod quality;
 mod stream;
 #[cfg(test)]
 mod tests;
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use huddle_proto::{
     AppId, Auth, ClientMsg, ErrorCode, Login, LoginOk, MediaRole, PROTOCOL_VERSION, PeerState, Resume,
-    RoomId, ServerMsg, StreamId, StreamInfo, UpdateType, User, UserId,
+    RoomId, ServerMsg, StreamId, StreamInfo, StreamQualityLevel, UpdateType, User, UserId,
 };
 use huddle_token::AppSign;
 use tracing::{debug, warn};
@@ -88,6 +89,9 @@ pub(crate) struct SessionParams {
     /// How many servers the engine knows ([`crate::EngineProfile::fallback_servers`] plus one);
     /// [`Output::Connect`] names one of them by its index.
     pub(crate) servers: usize,
+    /// Whether the session reports quality ([`quality`]): on in the engine, off in the tests
+    /// of the other rules (they check exact event sequences).
+    pub(crate) quality: bool,
 }
 
 impl fmt::Debug for SessionParams {
@@ -245,14 +249,25 @@ impl fmt::Debug for SecretToken {
 /// What a request in flight was.
 #[derive(Debug)]
 enum Pending {
-    Publish { ticket: u64 },
+    Publish {
+        ticket: u64,
+    },
     Unpublish,
-    Play { stream_id: StreamId },
+    Play {
+        stream_id: StreamId,
+    },
     StopPlay,
     RenewToken(SecretToken),
     Ping,
     Logout,
-    MediaOffer { stream_id: StreamId, kind: MediaRole },
+    MediaOffer {
+        stream_id: StreamId,
+        kind: MediaRole,
+    },
+    /// A `network_quality` report sent at this instant (its answer measures the round trip).
+    Quality {
+        sent: Instant,
+    },
 }
 
 /// The signaling session of one room. See the module docs for the driving loop.
@@ -296,6 +311,8 @@ pub(crate) struct Session {
     token_warned: bool,
     /// An instant and the Unix time (ms) at that instant, to convert expiry times.
     clock_base: (Instant, i64),
+    /// Stream and network quality.
+    quality: quality::Monitor,
     out: VecDeque<Output>,
 }
 
@@ -330,6 +347,7 @@ impl Session {
             token_expire: None,
             token_warned: false,
             clock_base: (now, unix_ms),
+            quality: quality::Monitor::new(),
             out: VecDeque::new(),
         };
         s.arm_token();
@@ -413,6 +431,8 @@ impl Session {
         if let Link::Ready { last_rx, .. } = &mut self.link {
             *last_rx = now;
         }
+        let back = self.quality.arrived(now, now);
+        self.own_quality(back, now);
         match msg {
             ServerMsg::Hello { protocol, nonce, .. } => {
                 if protocol != PROTOCOL_VERSION {
@@ -441,7 +461,7 @@ impl Session {
                     self.on_login_ok(ok, now);
                 }
             }
-            ServerMsg::Ok { seq } => self.on_ok(seq),
+            ServerMsg::Ok { seq } => self.on_ok(seq, now),
             ServerMsg::Error {
                 seq: Some(seq),
                 code,
@@ -486,6 +506,7 @@ impl Session {
                         self.open_play_media(&stream_id);
                     } else {
                         self.close_play_media(&stream_id);
+                        self.quality.stop_playing(&stream_id);
                     }
                     self.refresh_player(&stream_id, ErrorCode::OK, "");
                 }
@@ -501,6 +522,15 @@ impl Session {
                         room_id: self.p.room_id.clone(),
                         remain_secs: remain_secs.max(0),
                     });
+                }
+            }
+            ServerMsg::NetworkQuality {
+                user_id,
+                upstream,
+                downstream,
+            } => {
+                if self.p.quality && self.is_online() && user_id != self.p.user.user_id {
+                    self.quality.remote_report(user_id, upstream, downstream, now);
                 }
             }
             ServerMsg::Kicked { code, message } => {
@@ -613,8 +643,9 @@ impl Session {
         }
     }
 
-    fn on_ok(&mut self, seq: u32) {
+    fn on_ok(&mut self, seq: u32, now: Instant) {
         match self.pending.remove(&seq) {
+            Some(Pending::Quality { sent }) => self.quality.answered(now.saturating_duration_since(sent)),
             Some(Pending::Publish { ticket }) => {
                 if let Some(p) = &mut self.publisher
                     && p.ticket == ticket
@@ -763,6 +794,7 @@ impl Session {
         for id in due {
             self.open_play_media(&id);
         }
+        self.poll_quality(now);
         if let Some(at) = self.token_warn_at
             && now >= at
             && self.token_warning_allowed()
@@ -812,6 +844,7 @@ impl Session {
             }
             Command::StopPlay { stream_id } => {
                 self.close_play_media(&stream_id);
+                self.quality.stop_playing(&stream_id);
                 if let Some(p) = self.players.remove(&stream_id) {
                     if self.is_ready() {
                         let seq = self.request(Pending::StopPlay);
@@ -1001,6 +1034,7 @@ impl Session {
 
     fn stop_publish(&mut self) {
         self.close_publish_media();
+        self.quality.stop_publishing();
         let Some(p) = self.publisher.take() else { return };
         if p.registered || p.requested {
             if self.is_ready() {
@@ -1264,6 +1298,18 @@ impl Session {
                     self.media_down(stream_id, kind, false, "", now);
                 }
             }
+            MediaUpdate::PublishStats(sample) => {
+                if self.p.quality && self.publisher.as_ref().is_some_and(|p| p.stream_id == stream_id) {
+                    let back = self.quality.publish_sample(&stream_id, sample, now);
+                    self.own_quality(back, now);
+                }
+            }
+            MediaUpdate::PlayStats(sample) => {
+                if self.p.quality && self.players.get(&stream_id).is_some_and(|p| p.available) {
+                    let back = self.quality.play_sample(&stream_id, sample, now);
+                    self.own_quality(back, now);
+                }
+            }
             MediaUpdate::CapturedAudioFirstFrame => self.event(Event::PublisherCapturedAudioFirstFrame),
             MediaUpdate::CapturedVideoFirstFrame => self.event(Event::PublisherCapturedVideoFirstFrame),
             MediaUpdate::Flowing => {
@@ -1345,6 +1391,11 @@ impl Session {
 
     fn apply_user_update(&mut self, update_type: UpdateType, users: Vec<User>) {
         let me = self.p.user.user_id.clone();
+        if update_type == UpdateType::Delete {
+            for u in &users {
+                self.quality.remote_left(&u.user_id);
+            }
+        }
         let mut changed = Vec::new();
         for u in users.into_iter().filter(|u| u.user_id != me) {
             let is_new = match update_type {
@@ -1383,6 +1434,7 @@ impl Session {
         for id in ids {
             self.close_play_media(&id);
         }
+        self.quality.stop_all();
         self.out.push_back(Output::Release(Release::Room));
         self.room_event(reason, code, message);
         if let Some(p) = self.publisher.take() {
@@ -1440,6 +1492,70 @@ impl Session {
         base_ms + now.saturating_duration_since(base).as_millis() as i64
     }
 
+    // ----- quality -----
+
+    /// Quality is reported while logged in, the breaks included.
+    fn quality_allowed(&self) -> bool {
+        self.p.quality && matches!(self.phase, Phase::Online | Phase::Reconnecting { .. })
+    }
+
+    /// Reports this user's levels at once (`Some`: they came back from `Die`), to the app and
+    /// to the room (the others need not wait for the next tick either).
+    fn own_quality(&mut self, levels: Option<(StreamQualityLevel, StreamQualityLevel)>, now: Instant) {
+        if let Some((up, down)) = levels
+            && self.quality_allowed()
+        {
+            self.event(Event::NetworkQuality {
+                user_id: None,
+                upstream_quality: up,
+                downstream_quality: down,
+            });
+            self.report_quality(up, down, now);
+        }
+    }
+
+    fn report_quality(&mut self, upstream: StreamQualityLevel, downstream: StreamQualityLevel, now: Instant) {
+        if self.is_ready() {
+            let seq = self.request(Pending::Quality { sent: now });
+            self.send(ClientMsg::NetworkQuality {
+                seq,
+                upstream,
+                downstream,
+            });
+        }
+    }
+
+    /// The quality events and the report due at `now`.
+    fn poll_quality(&mut self, now: Instant) {
+        if !self.quality_allowed() {
+            return;
+        }
+        let due = self.quality.poll(now);
+        if let Some((stream_id, quality)) = due.publisher {
+            self.event(Event::PublisherQualityUpdate { stream_id, quality });
+        }
+        for (stream_id, quality) in due.players {
+            self.event(Event::PlayerQualityUpdate { stream_id, quality });
+        }
+        if let Some((up, down)) = due.own {
+            self.event(Event::NetworkQuality {
+                user_id: None,
+                upstream_quality: up,
+                downstream_quality: down,
+            });
+            if due.report {
+                self.report_quality(up, down, now);
+            }
+        }
+        for (user, up, down) in due.remote {
+            self.event(Event::NetworkQuality {
+                user_id: Some(user),
+                upstream_quality: up,
+                downstream_quality: down,
+            });
+        }
+    }
+
     // ----- helpers -----
 
     fn is_online(&self) -> bool {
@@ -1473,6 +1589,11 @@ impl Session {
         }
         if let Some(t) = self.token_warn_at
             && self.token_warning_allowed()
+        {
+            consider(t);
+        }
+        if self.quality_allowed()
+            && let Some(t) = self.quality.next_timeout()
         {
             consider(t);
         }

@@ -10,6 +10,7 @@ use huddle_token::AppSign;
 
 use super::*;
 use crate::event::Event;
+use crate::media::{PlaySample, PublishSample};
 
 const APP: u32 = 77;
 const SIGN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -48,6 +49,7 @@ fn params(token: Option<String>, timing: Timing) -> SessionParams {
         max_member_count: 0,
         timing,
         media: false,
+        quality: false,
         servers: 1,
     }
 }
@@ -1418,4 +1420,265 @@ fn media_connections_that_die_young_are_offered_again_with_growing_delays() {
     }
     let out = media(&mut h, "mine", MediaRole::Publish, MediaUpdate::Lost);
     assert_eq!(opens(&out).len(), 1, "{out:?}");
+}
+
+// ----- quality -----
+
+/// The quality events in a compact form: `pubq STREAM LEVEL`, `playq STREAM LEVEL`,
+/// `net USER UP DOWN` (`-` for this user).
+fn qevs(out: &[Output]) -> Vec<String> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Event(Event::PublisherQualityUpdate { stream_id, quality }) => {
+                Some(format!("pubq {stream_id} {:?}", quality.level))
+            }
+            Output::Event(Event::PlayerQualityUpdate { stream_id, quality }) => {
+                Some(format!("playq {stream_id} {:?}", quality.level))
+            }
+            Output::Event(Event::NetworkQuality {
+                user_id,
+                upstream_quality,
+                downstream_quality,
+            }) => Some(format!(
+                "net {} {upstream_quality:?} {downstream_quality:?}",
+                user_id.as_ref().map_or("-", |u| u.as_str())
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The counters a clean publish and a clean play connection report after `secs` seconds.
+fn clean_samples(secs: u64, last_rx: Instant) -> (PublishSample, PlaySample) {
+    (
+        PublishSample {
+            audio_bytes: 6000 * secs,
+            expected: 50 * secs,
+            rtt: Some(Duration::from_millis(40)),
+            jitter_ms: 2,
+            last_rx: Some(last_rx),
+            ..Default::default()
+        },
+        PlaySample {
+            audio_bytes: 6000 * secs,
+            loss: Some(0.0),
+            jitter: Duration::from_millis(8),
+            delay: Duration::from_millis(40),
+            played: 50 * secs,
+            last_rx: Some(last_rx),
+            ..Default::default()
+        },
+    )
+}
+
+/// A session that publishes `mine` and plays `theirs` with quality on, on a server whose
+/// liveness outlasts a 5 s outage (the default 15 s).
+fn quality_call() -> Harness {
+    let mut p = media_params();
+    p.quality = true;
+    let (mut h, _) = Harness::new(p);
+    h.log_in(|seq| LoginOk {
+        heartbeat_ms: 5000,
+        session_timeout_ms: 15000,
+        ..login_ok(seq, false, vec![user("bob")], vec![stream("bob", "theirs")])
+    });
+    publish_flowing(&mut h, "mine");
+    let out = h.cmd(Command::Play {
+        stream_id: sid("theirs"),
+    });
+    let play = seq_of(&out, |m| matches!(m, ClientMsg::Play { .. }));
+    h.msg(ServerMsg::Ok { seq: play });
+    let out = h.msg(ServerMsg::PlayUpdate {
+        stream_id: sid("theirs"),
+        available: true,
+    });
+    answer(&mut h, &out, "theirs", MediaRole::Play);
+    expect_first_frame(&mut h, "theirs");
+    h
+}
+
+/// One second of a call: the media tasks' samples (last received now, or at `silent_since`),
+/// then the time.
+fn second(h: &mut Harness, secs: u64, silent_since: Option<Instant>) -> Vec<Output> {
+    let (p, q) = clean_samples(secs, silent_since.unwrap_or(h.now));
+    let mut out = media(h, "mine", MediaRole::Publish, MediaUpdate::PublishStats(p));
+    out.extend(media(h, "theirs", MediaRole::Play, MediaUpdate::PlayStats(q)));
+    out.extend(h.advance(Duration::from_secs(1)));
+    out
+}
+
+/// The report of this user's levels in `out`, answered by the server.
+fn answer_reports(h: &mut Harness, out: &[Output]) -> Vec<(StreamQualityLevel, StreamQualityLevel)> {
+    let mut levels = Vec::new();
+    for m in sent(out) {
+        if let ClientMsg::NetworkQuality {
+            seq,
+            upstream,
+            downstream,
+        } = m
+        {
+            levels.push((upstream, downstream));
+            h.msg(ServerMsg::Ok { seq });
+        }
+    }
+    levels
+}
+
+#[test]
+fn quality_is_reported_every_3_s_per_stream_and_every_2_s_per_user() {
+    let mut h = quality_call();
+    let mut out = Vec::new();
+    for secs in 1..=6 {
+        let o = second(&mut h, secs, None);
+        answer_reports(&mut h, &o);
+        out.extend(o);
+    }
+    // Stream quality at 3 s and 6 s after the first sample; network quality at 2, 4 and 6 s,
+    // each also reported to the server.
+    assert_eq!(
+        qevs(&out),
+        [
+            "net - Excellent Excellent",
+            "pubq mine Excellent",
+            "playq theirs Excellent",
+            "net - Excellent Excellent",
+            "pubq mine Excellent",
+            "playq theirs Excellent",
+            "net - Excellent Excellent",
+        ]
+    );
+    let reports: Vec<_> = sent(&out)
+        .into_iter()
+        .filter(|m| matches!(m, ClientMsg::NetworkQuality { .. }))
+        .collect();
+    assert_eq!(reports.len(), 3, "{reports:?}");
+    // The numbers: 48 kbit/s each way, no loss, the publisher's RTT for both.
+    let q = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Event(Event::PlayerQualityUpdate { quality, .. }) => Some(*quality),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!((q.rtt, q.jitter, q.delay), (40, 8, 40));
+    assert!((q.audio_kbps - 48.0).abs() < 0.01, "{q:?}");
+    assert_eq!((q.packet_lost_rate, q.audio_concealed_rate), (0.0, 0.0));
+    assert!(q.mos > 4.3, "{q:?}");
+}
+
+#[test]
+fn quality_of_an_outage_is_die_after_3_s_and_a_level_again_with_the_first_arrival() {
+    use StreamQualityLevel::Die;
+    let mut h = quality_call();
+    for secs in 1..=4 {
+        let o = second(&mut h, secs, None);
+        answer_reports(&mut h, &o);
+    }
+    // The network goes: the media tasks' samples say nothing arrived since, and no signaling
+    // comes. Die exactly 3 s after the last arrival, at once (not at the next 2 s tick).
+    let last = h.now;
+    let mut out = Vec::new();
+    let mut died_at = None;
+    for secs in 5..=9 {
+        let o = second(&mut h, secs, Some(last));
+        if died_at.is_none() && qevs(&o).iter().any(|e| e == "net - Die Die") {
+            died_at = Some(h.now);
+        }
+        out.extend(o);
+    }
+    // Before the 3 s are up, the regular tick may still report the last levels; from the
+    // first Die on, only Die.
+    let own: Vec<String> = qevs(&out)
+        .into_iter()
+        .filter(|e| e.starts_with("net -"))
+        .collect();
+    let first = own.iter().position(|e| e == "net - Die Die").expect("Die");
+    assert!(own[first..].iter().all(|e| e == "net - Die Die"), "{own:?}");
+    let died_at = died_at.unwrap();
+    assert!(died_at - last <= Duration::from_secs(4), "{:?}", died_at - last);
+    // Stream levels die with it; no report can go out while dead.
+    assert!(
+        qevs(&out).contains(&"pubq mine Die".to_string()),
+        "{:?}",
+        qevs(&out)
+    );
+    assert!(
+        qevs(&out).contains(&"playq theirs Die".to_string()),
+        "{:?}",
+        qevs(&out)
+    );
+    let die = out
+        .iter()
+        .position(|o| {
+            matches!(
+                o,
+                Output::Event(Event::NetworkQuality {
+                    upstream_quality: Die,
+                    ..
+                })
+            )
+        })
+        .unwrap();
+    assert!(
+        !sent(&out[die..])
+            .iter()
+            .any(|m| matches!(m, ClientMsg::NetworkQuality { .. })),
+        "{out:?}"
+    );
+    // The network returns: the first sample with a new arrival brings a level back at once.
+    let (p, _) = clean_samples(10, h.now);
+    let out = media(&mut h, "mine", MediaRole::Publish, MediaUpdate::PublishStats(p));
+    let back = qevs(&out);
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert!(
+        back[0].starts_with("net - ") && !back[0].contains("Die"),
+        "{back:?}"
+    );
+    // And the reports start again at the next tick.
+    let mut out = second(&mut h, 11, None);
+    out.extend(second(&mut h, 12, None));
+    assert_eq!(answer_reports(&mut h, &out).len(), 1, "{out:?}");
+}
+
+#[test]
+fn quality_of_other_users_is_relayed_then_unknown_then_die_when_their_reports_stop() {
+    use StreamQualityLevel::*;
+    let mut h = quality_call();
+    let bob = |up, down| ServerMsg::NetworkQuality {
+        user_id: UserId::new("bob").unwrap(),
+        upstream: up,
+        downstream: down,
+    };
+    h.msg(bob(Good, Medium));
+    let mut out = Vec::new();
+    for secs in 1..=10 {
+        if secs == 2 {
+            h.msg(bob(Good, Bad));
+        }
+        let o = second(&mut h, secs, None);
+        answer_reports(&mut h, &o);
+        out.extend(o);
+    }
+    let bobs: Vec<String> = qevs(&out)
+        .into_iter()
+        .filter(|e| e.starts_with("net bob"))
+        .collect();
+    // 2 s: the last report; 4 s: still fresh (2 s old); 6 s: one missed: Unknown; 8 s: three
+    // missed: Die, then forgotten.
+    assert_eq!(
+        bobs,
+        [
+            "net bob Good Bad",
+            "net bob Good Bad",
+            "net bob Unknown Unknown",
+            "net bob Die Die"
+        ]
+    );
+    // A report from ourselves (a second session of our user) is not someone else's.
+    let out = h.msg(ServerMsg::NetworkQuality {
+        user_id: UserId::new("me").unwrap(),
+        upstream: Bad,
+        downstream: Bad,
+    });
+    assert!(qevs(&out).is_empty());
 }
