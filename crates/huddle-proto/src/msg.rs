@@ -85,7 +85,9 @@ pub enum PeerState {
 /// A quality level of a stream or of a user's network (ZEGO Express's `ZegoStreamQualityLevel`,
 /// in the same order: Excellent 0 … Die 4, Unknown 5). Carried by `network_quality` and by the
 /// SDK's quality events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 #[doc(alias = "ZegoStreamQualityLevel")]
 pub enum StreamQualityLevel {
