@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checks that vendor/str0m is str0m 0.25.0 as published on crates.io plus vendor/patches/*.patch,
-# and nothing else (vendor/README.md says why the copy exists and how to change it).
+# and vendor/dimpl dimpl 0.9.0 plus vendor/dimpl-patches/*.patch, and nothing else
+# (vendor/README.md says why the copies exist and how to change them).
 #
 # Two steps:
 #  1. Always, with no network: the patches are taken back out of a copy of vendor/str0m (in
@@ -22,12 +23,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-version=0.25.0
-tree=vendor/str0m
-patches=(vendor/patches/*.patch)
-files_record=vendor/str0m-$version.files.sha256
-crate_record=vendor/str0m-$version.crate.sha256
-
 offline=${CHECK_VENDOR_OFFLINE:-0}
 for arg in "$@"; do
   case "$arg" in
@@ -36,8 +31,8 @@ for arg in "$@"; do
   esac
 done
 
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
 
 fail() {
   echo "check-vendor: $*" >&2
@@ -49,53 +44,66 @@ hash_tree() {
   (cd "$1" && find . -type f | sed 's|^\./||' | LC_ALL=C sort | xargs -d '\n' sha256sum)
 }
 
-# Step 1: vendor/str0m minus the patches is the recorded pristine tree.
-cp -r "$tree" "$work/unpatched"
-for ((i = ${#patches[@]} - 1; i >= 0; i--)); do
-  # `git apply` outside a repository is a plain patch tool (no `patch` binary needed).
-  (cd "$work/unpatched" && git apply -R --whitespace=nowarn "$root/${patches[i]}") ||
-    fail "${patches[i]} does not come back out of $tree: the tree and the patch disagree"
-done
-LC_ALL=C sort -k2 "$files_record" > "$work/expected"
-hash_tree "$work/unpatched" > "$work/actual"
-if ! diff "$work/expected" "$work/actual" > "$work/diff"; then
-  cat "$work/diff" >&2
-  fail "$tree is not str0m $version plus vendor/patches (< the pristine files, > what the tree has)"
-fi
-echo "check-vendor: $tree = str0m $version (${#patches[@]} patches, $(wc -l < "$work/expected") pristine files)"
+# Checks one vendored crate: NAME VERSION PATCH_DIR.
+check() {
+  local name=$1 version=$2
+  local tree=vendor/$name
+  local patches=("$3"/*.patch)
+  local files_record=vendor/$name-$version.files.sha256
+  local crate_record=vendor/$name-$version.crate.sha256
+  local work
+  work=$(mktemp -d "$scratch/$name.XXXX")
+  # Step 1: the tree minus the patches is the recorded pristine tree.
+  cp -r "$tree" "$work/unpatched"
+  for ((i = ${#patches[@]} - 1; i >= 0; i--)); do
+    # `git apply` outside a repository is a plain patch tool (no `patch` binary needed).
+    (cd "$work/unpatched" && git apply -R --whitespace=nowarn "$root/${patches[i]}") ||
+      fail "${patches[i]} does not come back out of $tree: the tree and the patch disagree"
+  done
+  LC_ALL=C sort -k2 "$files_record" > "$work/expected"
+  hash_tree "$work/unpatched" > "$work/actual"
+  if ! diff "$work/expected" "$work/actual" > "$work/diff"; then
+    cat "$work/diff" >&2
+    fail "$tree is not $name $version plus $3 (< the pristine files, > what the tree has)"
+  fi
+  echo "check-vendor: $tree = $name $version (${#patches[@]} patches, $(wc -l < "$work/expected") pristine files)"
 
-# Step 2: the record is the published crate.
-if [ "$offline" = 1 ]; then
-  echo "check-vendor: offline: the record was not compared with the published crate"
-  exit 0
-fi
-crate_file=str0m-$version.crate
-find_crate() {
-  find "${CARGO_HOME:-$HOME/.cargo}/registry/cache" -name "$crate_file" -print -quit 2>/dev/null || true
-}
-crate=$(find_crate)
-if [ -z "$crate" ]; then
-  # A scratch package whose only dependency is the crate; `cargo fetch` puts it in the cache.
-  mkdir -p "$work/fetch/src"
-  cat > "$work/fetch/Cargo.toml" <<EOF
+  # Step 2: the record is the published crate.
+  if [ "$offline" = 1 ]; then
+    echo "check-vendor: offline: the record was not compared with the published crate"
+    return 0
+  fi
+  crate_file=$name-$version.crate
+  find_crate() {
+    find "${CARGO_HOME:-$HOME/.cargo}/registry/cache" -name "$crate_file" -print -quit 2>/dev/null || true
+  }
+  crate=$(find_crate)
+  if [ -z "$crate" ]; then
+    # A scratch package whose only dependency is the crate; `cargo fetch` puts it in the cache.
+    mkdir -p "$work/fetch/src"
+    cat > "$work/fetch/Cargo.toml" <<EOF
 [package]
 name = "check-vendor-fetch"
 version = "0.0.0"
 edition = "2021"
 [dependencies]
-str0m = { version = "=$version", default-features = false }
+$name = { version = "=$version", default-features = false }
 [workspace]
 EOF
-  : > "$work/fetch/src/lib.rs"
-  (cd "$work/fetch" && cargo fetch --quiet) ||
-    fail "cannot fetch $crate_file from crates.io (use --offline to check the tree against the record only)"
-  crate=$(find_crate)
-  [ -n "$crate" ] || fail "cargo fetch did not leave $crate_file in the registry cache"
-fi
-(cd "$(dirname "$crate")" && sha256sum --quiet -c "$root/$crate_record") ||
-  fail "$crate does not have the checksum in $crate_record"
-mkdir "$work/crate"
-tar -xzf "$crate" -C "$work/crate"
-(cd "$work/crate/str0m-$version" && sha256sum --quiet -c "$work/expected") ||
-  fail "$files_record does not match the published crate"
-echo "check-vendor: the record matches $crate_file from crates.io (sha256 $(cut -c1-16 "$crate_record")…)"
+    : > "$work/fetch/src/lib.rs"
+    (cd "$work/fetch" && cargo fetch --quiet) ||
+      fail "cannot fetch $crate_file from crates.io (use --offline to check the tree against the record only)"
+    crate=$(find_crate)
+    [ -n "$crate" ] || fail "cargo fetch did not leave $crate_file in the registry cache"
+  fi
+  (cd "$(dirname "$crate")" && sha256sum --quiet -c "$root/$crate_record") ||
+    fail "$crate does not have the checksum in $crate_record"
+  mkdir "$work/crate"
+  tar -xzf "$crate" -C "$work/crate"
+  (cd "$work/crate/$name-$version" && sha256sum --quiet -c "$work/expected") ||
+    fail "$files_record does not match the published crate"
+  echo "check-vendor: the record matches $crate_file from crates.io (sha256 $(cut -c1-16 "$crate_record")…)"
+}
+
+check str0m 0.25.0 vendor/patches
+check dimpl 0.9.0 vendor/dimpl-patches

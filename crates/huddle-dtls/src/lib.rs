@@ -14,21 +14,88 @@
 //! let config = str0m::RtcConfig::new().set_crypto_provider(huddle_dtls::crypto_provider());
 //! let _rtc = config.build(std::time::Instant::now());
 //! ```
+//!
+//! **Handshake timing.** The configuration also sets when a handshake flight that got no answer
+//! is sent again ([`HandshakeTiming`]): dimpl's defaults (1 s, doubling, 4 retries) made a call
+//! set up under loss wait seconds for a flight lost once, and give up after four; the
+//! [`HandshakeTiming::BROWSER`] schedule starts as libwebrtc's and keeps its pace under loss (see there). `HUDDLE_SETUP_TIMING=legacy`
+//! in the environment brings the old schedule back, for measurements before/after in one run
+//! (`scripts/quality.sh setup`).
 
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::crypto::dtls::{
     DtlsCert, DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, DtlsVersion, ProtocolVersion,
 };
 use str0m::crypto::{CryptoError, CryptoProvider};
 
+/// When a DTLS handshake flight that got no answer is sent again: after [`start_rto`], then
+/// after twice as long each time up to [`max_rto`] (with dimpl's ±25 % jitter), [`retries`]
+/// times at most; the handshake fails when the last one goes unanswered too.
+///
+/// [`start_rto`]: HandshakeTiming::start_rto
+/// [`max_rto`]: HandshakeTiming::max_rto
+/// [`retries`]: HandshakeTiming::retries
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandshakeTiming {
+    /// The first retransmission timeout of each flight.
+    pub start_rto: Duration,
+    /// The largest interval the backoff reaches (`dimpl::Config::flight_max_rto`, a patch of
+    /// ours: vendor/README.md).
+    pub max_rto: Duration,
+    /// Retransmissions of a flight before the handshake fails.
+    pub retries: usize,
+}
+
+impl HandshakeTiming {
+    /// A browser's start, kept up under loss. libwebrtc's `OpenSSLStreamAdapter` starts
+    /// BoringSSL's timer at 50 ms (`dtls_handshake_timeout_ms_`) and, once ICE has a round-trip
+    /// time, at twice that RTT clamped to 50 ms–3 s (`DtlsTransport::ConfigureHandshakeTimeout`);
+    /// BoringSSL doubles it on each timeout (to 60 s) and fails after 12 (`DTLS1_MAX_TIMEOUTS`).
+    /// Here the start is 50 ms for every connection: str0m builds the DTLS instance (and dimpl
+    /// fixes the timeout in its configuration) with the `Rtc`, before ICE has measured anything,
+    /// so there is no later point at which an RTT could set it without changing both crates.
+    /// Against an RTT above 50 ms this sends a flight a few times before its answer can come
+    /// (about 0.6 KB each): under loss that extra copy is what gets through. Unlike BoringSSL
+    /// the interval stops doubling at 200 ms (2 × a 100 ms RTT): with doubling alone, at 30 %
+    /// loss each way a flight missed five times waits 1.6 s for its next copy, and one setup in
+    /// twenty took more than 2 s (`docs/quality.md`, "Setup under loss"). 100 retries at that
+    /// pace cover about 20 s; dimpl's 40 s deadline on the whole handshake stays the outer
+    /// bound. A stuck handshake costs 5 datagrams of ≤ 0.6 KB a second.
+    pub const BROWSER: HandshakeTiming = HandshakeTiming {
+        start_rto: Duration::from_millis(50),
+        max_rto: Duration::from_millis(200),
+        retries: 100,
+    };
+
+    /// dimpl's defaults, which Huddle used before: 1 s, doubling without a cap, 4 retries (a
+    /// flight unanswered after 1 + 2 + 4 + 8 + 16 s fails the handshake).
+    pub const LEGACY: HandshakeTiming = HandshakeTiming {
+        start_rto: Duration::from_secs(1),
+        max_rto: Duration::MAX,
+        retries: 4,
+    };
+
+    /// The schedule of this process: [`HandshakeTiming::BROWSER`], or
+    /// [`HandshakeTiming::LEGACY`] when the environment has `HUDDLE_SETUP_TIMING=legacy` (read
+    /// once; for measurements before/after with the same binaries).
+    pub fn of_process() -> HandshakeTiming {
+        static TIMING: OnceLock<HandshakeTiming> = OnceLock::new();
+        *TIMING.get_or_init(|| match std::env::var("HUDDLE_SETUP_TIMING").as_deref() {
+            Ok("legacy") => HandshakeTiming::LEGACY,
+            _ => HandshakeTiming::BROWSER,
+        })
+    }
+}
+
 /// The DTLS half of [`crypto_provider`].
 static DTLS: SharedConfigDtls = SharedConfigDtls {
     configs: Mutex::new(Vec::new()),
+    timing: None,
 };
 
-/// The provider for every `Rtc` of this process.
+/// The provider for every `Rtc` of this process, with [`HandshakeTiming::of_process`].
 pub fn crypto_provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
@@ -41,10 +108,33 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
         .clone()
 }
 
+/// A provider with this handshake timing instead of the process's, for simulations that compare
+/// schedules in one process. One provider per distinct timing lives as long as the process (a
+/// str0m provider holds its DTLS half by `&'static`); ask for a handful, not one per connection.
+pub fn crypto_provider_with(timing: HandshakeTiming) -> Arc<CryptoProvider> {
+    static PROVIDERS: Mutex<Vec<(HandshakeTiming, Arc<CryptoProvider>)>> = Mutex::new(Vec::new());
+    let mut providers = PROVIDERS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, p)) = providers.iter().find(|(t, _)| *t == timing) {
+        return p.clone();
+    }
+    let dtls: &'static SharedConfigDtls = Box::leak(Box::new(SharedConfigDtls {
+        configs: Mutex::new(Vec::new()),
+        timing: Some(timing),
+    }));
+    let provider = Arc::new(CryptoProvider {
+        dtls_provider: dtls,
+        ..str0m::crypto::from_feature_flags()
+    });
+    providers.push((timing, provider.clone()));
+    provider
+}
+
 /// dimpl over aws-lc-rs, with one validated configuration per MTU.
 #[derive(Debug)]
 struct SharedConfigDtls {
     configs: Mutex<Vec<(Option<usize>, Arc<dimpl::Config>)>>,
+    /// The handshake timing; the process's when `None`.
+    timing: Option<HandshakeTiming>,
 }
 
 impl SharedConfigDtls {
@@ -53,8 +143,13 @@ impl SharedConfigDtls {
         if let Some((_, c)) = configs.iter().find(|(m, _)| *m == mtu) {
             return Ok(c.clone());
         }
-        // As str0m-aws-lc-rs configures it.
-        let mut builder = dimpl::Config::builder().use_server_cookie(false);
+        // As str0m-aws-lc-rs configures it, with the handshake timing.
+        let timing = self.timing.unwrap_or_else(HandshakeTiming::of_process);
+        let mut builder = dimpl::Config::builder()
+            .use_server_cookie(false)
+            .flight_start_rto(timing.start_rto)
+            .flight_max_rto(timing.max_rto)
+            .flight_retries(timing.retries);
         if let Some(mtu) = mtu {
             builder = builder.mtu(mtu);
         }

@@ -14,6 +14,8 @@ pub(crate) mod mixer;
 pub(crate) mod pc;
 pub(crate) mod play;
 pub(crate) mod publish;
+#[cfg(test)]
+mod setup_sim;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;

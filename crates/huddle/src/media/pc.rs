@@ -192,21 +192,82 @@ const ICE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis
 /// Unanswered checks in a row that end a client connection (str0m's default is 9).
 const ICE_MAX_UNANSWERED: usize = 24;
 
-/// Sizes the ICE consent checks of a client connection so that an outage of a few seconds does
-/// not end it while a long one is noticed before the server forgets the connection: checks every
-/// [`ICE_CHECK_INTERVAL`], then, unanswered, at 250 ms and then that interval again; 24
-/// unanswered checks in a row end it (`Lost`), about 10 s into an outage. The server (ICE-lite)
-/// forgets a connection 15 s after its last check, so a client never keeps a connection the
-/// server has dropped, and a lost one is offered again as soon as signaling is back
-/// (`docs/protocol.md`, "Reconnection"). Many short checks rather than a few long ones, so that a
-/// very lossy path is not mistaken for a dead one: with 60% loss each way (a check answered one
-/// time in six), 24 in a row fail about once in 400 checks (3 minutes; 9 in a row, str0m's
-/// default, once in 25). Two and a half checks a second cost the server a few microseconds a
-/// second per connection.
-fn set_ice_timing(config: &mut RtcConfig) {
-    config.set_initial_stun_rto(std::time::Duration::from_millis(250));
+/// The first check's retransmission timeout while setting up: libwebrtc checks a pair that is
+/// not writable yet every 48 ms (`WEAK_PING_INTERVAL`), RFC 8445's pacing Ta of 50 ms; str0m
+/// doubles from here up to [`ICE_CHECK_INTERVAL`] (50, 100, 200, 400 ms).
+const ICE_INITIAL_RTO: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// How a client connection's ICE and DTLS retransmit while setting up (`docs/quality.md`,
+/// "Setup under loss").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SetupTiming {
+    /// As fast as a browser's: ICE checks from 50 ms on, DTLS flights from 50 ms on
+    /// ([`huddle_dtls::HandshakeTiming::BROWSER`]).
+    Browser,
+    /// The schedule before: ICE checks from 250 ms, DTLS flights from 1 s with 4 retries.
+    Legacy,
+}
+
+impl SetupTiming {
+    /// [`SetupTiming::Browser`], or [`SetupTiming::Legacy`] with `HUDDLE_SETUP_TIMING=legacy`
+    /// in the environment (measurements before/after with the same binaries; the server reads
+    /// the same variable through `huddle_dtls`).
+    pub(crate) fn of_process() -> SetupTiming {
+        match huddle_dtls::HandshakeTiming::of_process() {
+            huddle_dtls::HandshakeTiming::LEGACY => SetupTiming::Legacy,
+            _ => SetupTiming::Browser,
+        }
+    }
+
+    pub(crate) fn dtls(self) -> huddle_dtls::HandshakeTiming {
+        match self {
+            SetupTiming::Browser => huddle_dtls::HandshakeTiming::BROWSER,
+            SetupTiming::Legacy => huddle_dtls::HandshakeTiming::LEGACY,
+        }
+    }
+}
+
+/// Sizes the ICE checks of a client connection. While setting up, the first checks go out at
+/// [`ICE_INITIAL_RTO`] doubling (250 ms before), so a check lost on a lossy path is sent again
+/// within a round trip, as a browser does. Once connected, the consent checks are sized so that
+/// an outage of a few seconds does not end the connection while a long one is noticed before
+/// the server forgets it: checks every [`ICE_CHECK_INTERVAL`], then, unanswered, from the
+/// initial RTO again up to that interval; 24 unanswered checks in a row end it (`Lost`), about
+/// 9 s into an outage. The server (ICE-lite) forgets a connection 15 s after its last check, so
+/// a client never keeps a connection the server has dropped, and a lost one is offered again as
+/// soon as signaling is back (`docs/protocol.md`, "Reconnection"). Many short checks rather than
+/// a few long ones, so that a very lossy path is not mistaken for a dead one: with 60% loss each
+/// way (a check answered one time in six), 24 in a row fail about once in 400 checks (3
+/// minutes; 9 in a row, str0m's default, once in 25). Two and a half checks a second cost the
+/// server a few microseconds a second per connection.
+fn set_ice_timing(config: &mut RtcConfig, timing: SetupTiming) {
+    config.set_initial_stun_rto(match timing {
+        SetupTiming::Browser => ICE_INITIAL_RTO,
+        SetupTiming::Legacy => std::time::Duration::from_millis(250),
+    });
     config.set_max_stun_rto(ICE_CHECK_INTERVAL);
     config.set_max_stun_retransmits(ICE_MAX_UNANSWERED);
+}
+
+/// The configuration of every client peer connection (the offerer, ICE-full, DTLS client).
+pub(crate) fn client_config(timing: SetupTiming) -> RtcConfig {
+    let mut config = RtcConfig::new()
+        // DTLS configured once for the process, not validated again per connection (0.65 ms
+        // of CPU each; `huddle_dtls`), with this timing.
+        .set_crypto_provider(huddle_dtls::crypto_provider_with(timing.dtls()))
+        .clear_codecs()
+        // RED (RFC 2198, `red/48000/2` with fmtp `111/111`, as browsers offer it): each
+        // Opus packet also carries the previous frames, and a player recovers a lost
+        // frame from the packets after it (str0m wraps and unwraps it in frame mode).
+        .enable_opus(true, red_distances().is_some())
+        .set_red_distances(red_distances().unwrap_or(RED_DISTANCES))
+        .enable_vp8(true)
+        // The SDK's jitter buffer reorders and conceals: hand every audio packet over at once.
+        .set_reordering_size_audio(0)
+        // Once a second: the publisher feeds the RTCP loss reports to its Opus FEC.
+        .set_stats_interval(Some(std::time::Duration::from_secs(1)));
+    set_ice_timing(&mut config, timing);
+    config
 }
 
 /// The local IP address that routes to `host` (the signaling server's host), so that the
@@ -282,23 +343,7 @@ impl Pc {
         std_socket.set_nonblocking(true)?;
         let local = std_socket.local_addr()?;
         let socket = tokio::net::UdpSocket::from_std(std_socket)?;
-        let mut config = RtcConfig::new()
-            // DTLS configured once for the process, not validated again per connection (0.65 ms
-            // of CPU each; `huddle_dtls`).
-            .set_crypto_provider(huddle_dtls::crypto_provider())
-            .clear_codecs()
-            // RED (RFC 2198, `red/48000/2` with fmtp `111/111`, as browsers offer it): each
-            // Opus packet also carries the previous frames, and a player recovers a lost
-            // frame from the packets after it (str0m wraps and unwraps it in frame mode).
-            .enable_opus(true, red_distances().is_some())
-            .set_red_distances(red_distances().unwrap_or(RED_DISTANCES))
-            .enable_vp8(true)
-            // The SDK's jitter buffer reorders and conceals: hand every audio packet over at once.
-            .set_reordering_size_audio(0)
-            // Once a second: the publisher feeds the RTCP loss reports to its Opus FEC.
-            .set_stats_interval(Some(std::time::Duration::from_secs(1)));
-        set_ice_timing(&mut config);
-        let mut rtc = config.build(now);
+        let mut rtc = client_config(SetupTiming::of_process()).build(now);
         let candidate = Candidate::host(local, "udp")
             .map_err(|e| std::io::Error::other(format!("host candidate {local}: {e}")))?;
         rtc.add_local_candidate(candidate);
