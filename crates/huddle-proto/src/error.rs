@@ -142,6 +142,9 @@ codes! {
     /// An operations endpoint (`/metrics`) asked from an address other than loopback without
     /// its bearer token.
     ACCESS_DENIED = 1009030, "Access denied: ask from loopback or with the configured bearer token.";
+    /// A node's pull of a stream (`/cluster/ws`) was not signed with the cluster's secret, was
+    /// signed too long ago, or came while this node serves no pulls.
+    CLUSTER_AUTH_FAILED = 1009040, "The pull was refused: it is not signed with the cluster's secret, or its signature expired.";
     /// A `network_quality` report came less than a second after the session's previous one
     /// (clients report every 2 s); it was not relayed.
     QUALITY_REPORT_TOO_FREQUENT = 1009050, "Network quality reported too often: at most one report a second.";

@@ -198,6 +198,14 @@ pub struct ServerConfig {
     /// This node's ID in the cluster (`node_id`, 1 to 64 of `[0-9A-Za-z_.-]`; default: the host
     /// name and the signaling port). Only with `redis`.
     pub node_id: Option<String>,
+    /// The secret the nodes of a cluster share to pull each other's streams (`cluster_secret`,
+    /// at least 16 characters; default none: this node neither pulls nor serves pulls, and a
+    /// stream of another node stays unavailable here). Only with `redis`. Never sent: a pull is
+    /// signed with an HMAC of it (`docs/cluster.md`).
+    pub cluster_secret: Option<String>,
+    /// The URL other nodes reach this node's signaling at to pull its streams (`cluster_url`,
+    /// `ws://HOST:PORT` or `wss://…`; default: the bound listen address). Only with `redis`.
+    pub cluster_url: Option<String>,
     /// The bearer token that opens `/metrics` to addresses other than loopback
     /// (`metrics_token`, default none: loopback only). See `docs/operations.md`.
     pub metrics_token: Option<String>,
@@ -266,6 +274,8 @@ impl Default for ServerConfig {
             turn: None,
             redis: None,
             node_id: None,
+            cluster_secret: None,
+            cluster_url: None,
             metrics_token: None,
             cluster_lease: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
@@ -316,6 +326,8 @@ const FILE_KEYS: &[&str] = &[
     "drain_timeout_ms",
     "redis",
     "node_id",
+    "cluster_secret",
+    "cluster_url",
     "metrics_token",
     "cluster_lease_ms",
     "heartbeat_ms",
@@ -354,6 +366,8 @@ struct FileConfig {
     drain_timeout_ms: Option<u64>,
     redis: Option<String>,
     node_id: Option<String>,
+    cluster_secret: Option<String>,
+    cluster_url: Option<String>,
     metrics_token: Option<String>,
     cluster_lease_ms: Option<u64>,
     heartbeat_ms: Option<u64>,
@@ -510,6 +524,8 @@ impl ServerConfig {
             }),
             redis: f.redis,
             node_id: f.node_id,
+            cluster_secret: f.cluster_secret,
+            cluster_url: f.cluster_url,
             metrics_token: f.metrics_token,
             cluster_lease: f.cluster_lease_ms.map_or(d.cluster_lease, ms),
             drain_timeout: f.drain_timeout_ms.map_or(d.drain_timeout, ms),
@@ -692,6 +708,22 @@ impl ServerConfig {
                     .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
             if !ok {
                 return invalid(format!("node_id {id:?} must be 1 to 64 of [0-9A-Za-z_.-]"));
+            }
+        }
+        if let Some(secret) = &self.cluster_secret {
+            if self.redis.is_none() {
+                return invalid("cluster_secret is set without redis".into());
+            }
+            if secret.len() < 16 {
+                return invalid("cluster_secret must be at least 16 characters".into());
+            }
+        }
+        if let Some(url) = &self.cluster_url {
+            if self.redis.is_none() {
+                return invalid("cluster_url is set without redis".into());
+            }
+            if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                return invalid(format!("cluster_url {url:?} is not a ws:// or wss:// URL"));
             }
         }
         if self.cluster_lease < Duration::from_millis(300) {

@@ -78,6 +78,9 @@ pub async fn serve(
         .connect_store()
         .await
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e))?;
+    if let Ok(addr) = listener.local_addr() {
+        state.advertise_cluster(addr).await;
+    }
     state.start_media()?;
     tokio::spawn(memory::trim_after_bursts(state.clone()));
     let app = router(state.clone())

@@ -55,6 +55,7 @@ mod candidates;
 mod mmsg;
 mod tcp;
 
+use huddle_proto::{AppId, StreamId};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -140,6 +141,24 @@ enum ShardMsg {
     TcpClosed {
         from: SocketAddr,
     },
+    /// A pull's link (`signaling::relay`) has its socket at `local`: the transmits of its relay
+    /// PC (those from `local`) go to `tx`.
+    RelayOpen {
+        local: SocketAddr,
+        tx: tokio::sync::mpsc::Sender<Transmit>,
+    },
+    /// A datagram the link `session` of a stream received on its socket `to` from `from`.
+    RelayFrame {
+        session: SessionId,
+        key: (AppId, StreamId),
+        from: SocketAddr,
+        to: SocketAddr,
+        datagram: Vec<u8>,
+    },
+    /// The link's socket at `local` is closed.
+    RelayClosed {
+        local: SocketAddr,
+    },
     Stop,
 }
 
@@ -193,6 +212,11 @@ impl std::fmt::Debug for ShardMsg {
             ShardMsg::TcpOpen { from, .. } => write!(f, "TcpOpen({from})"),
             ShardMsg::TcpFrame { from, datagram, .. } => write!(f, "TcpFrame({from}, {})", datagram.len()),
             ShardMsg::TcpClosed { from } => write!(f, "TcpClosed({from})"),
+            ShardMsg::RelayOpen { local, .. } => write!(f, "RelayOpen({local})"),
+            ShardMsg::RelayFrame { from, datagram, .. } => {
+                write!(f, "RelayFrame({from}, {})", datagram.len())
+            }
+            ShardMsg::RelayClosed { local } => write!(f, "RelayClosed({local})"),
             ShardMsg::Stop => f.write_str("Stop"),
         }
     }
@@ -230,6 +254,68 @@ impl MediaTx {
             self.offers_in_flight.fetch_sub(1, Ordering::AcqRel);
         }
         sent
+    }
+}
+
+impl MediaTx {
+    /// Starts a pull (`signaling::relay`): the link's socket at `local` (its relay PC's
+    /// transmits go to `tx`), then `cmd` ([`Command::PullOffer`]), both to the stream's shard in
+    /// this order.
+    pub(crate) fn pull(
+        &self,
+        cmd: Command,
+        local: SocketAddr,
+        tx: tokio::sync::mpsc::Sender<Transmit>,
+    ) -> bool {
+        let Some((app, stream_id)) = cmd.stream() else {
+            return false;
+        };
+        let key = (app, stream_id.clone());
+        let shard = self.placement.lock().route(app, stream_id);
+        let opened = self.shards[shard].send(ShardMsg::RelayOpen { local, tx }).is_ok();
+        let sent = opened && self.shards[shard].send(ShardMsg::Command(cmd)).is_ok();
+        if !sent {
+            self.placement.lock().handled(&key, true);
+        }
+        if shard == 0 {
+            self.waker.wake();
+        }
+        sent
+    }
+
+    /// Hands a datagram of a pull's link to the stream's shard; dropped when the stream has no
+    /// shard (its relay PC is gone) or the shard is too far behind.
+    pub(crate) fn relay_frame(
+        &self,
+        session: SessionId,
+        key: &(AppId, StreamId),
+        from: SocketAddr,
+        to: SocketAddr,
+        datagram: Vec<u8>,
+    ) -> bool {
+        let Some(shard) = self.placement.lock().shard_of(key) else {
+            return false;
+        };
+        let msg = ShardMsg::RelayFrame {
+            session,
+            key: key.clone(),
+            from,
+            to,
+            datagram,
+        };
+        let sent = self.shards[shard].send(msg).is_ok();
+        if shard == 0 {
+            self.waker.wake();
+        }
+        sent
+    }
+
+    /// The link's socket at `local` is closed: every shard forgets it.
+    pub(crate) fn relay_closed(&self, local: SocketAddr) {
+        for tx in &self.shards {
+            let _ = tx.send(ShardMsg::RelayClosed { local });
+        }
+        self.waker.wake();
     }
 }
 
@@ -354,6 +440,7 @@ pub(crate) fn spawn(
             sender: SendBatch::new(&socket, per_datagram),
             out: Vec::with_capacity(BATCH),
             tcp: HashMap::new(),
+            relays: HashMap::new(),
         });
     }
     drop((learn_tx, recycle_tx));
@@ -646,6 +733,9 @@ struct Shard {
     out: Vec<Transmit>,
     /// The ICE-TCP connections of this shard's PCs, by client address ([`tcp`]).
     tcp: HashMap<SocketAddr, tokio::sync::mpsc::Sender<Vec<u8>>>,
+    /// The sockets of pulls' links whose relay PCs live here, by their address (the source of
+    /// their PCs' transmits).
+    relays: HashMap<SocketAddr, tokio::sync::mpsc::Sender<Transmit>>,
 }
 
 impl Shard {
@@ -716,6 +806,23 @@ impl Shard {
             ShardMsg::TcpClosed { from } => {
                 self.tcp.remove(&from);
             }
+            ShardMsg::RelayOpen { local, tx } => {
+                self.relays.insert(local, tx);
+            }
+            ShardMsg::RelayFrame {
+                session,
+                key,
+                from,
+                to,
+                datagram,
+            } => {
+                self.sfu
+                    .handle_relay_input(Instant::now(), session, &key, from, to, &datagram);
+                self.send(false);
+            }
+            ShardMsg::RelayClosed { local } => {
+                self.relays.remove(&local);
+            }
             ShardMsg::Stop => {}
         }
     }
@@ -771,6 +878,9 @@ impl Shard {
             while self.out.len() < BATCH {
                 match self.sfu.poll_transmit() {
                     Some(t) if t.proto == Protocol::Tcp => self.send_tcp(&t),
+                    Some(t) if !self.relays.is_empty() && self.relays.contains_key(&t.source) => {
+                        self.send_relay(t);
+                    }
                     Some(t) => self.out.push(t),
                     None => break,
                 }
@@ -794,6 +904,18 @@ impl Shard {
             .get(&t.destination)
             .zip(huddle_proto::framing::encode(&t.contents))
             .is_some_and(|(tx, f)| tx.try_send(f).is_ok());
+        if !sent {
+            self.counters.count_send_failure();
+        }
+    }
+
+    /// Hands a relay PC's transmit to its link's socket task; dropped (and counted) when the
+    /// link is gone or its queue is full.
+    fn send_relay(&mut self, t: Transmit) {
+        let sent = self
+            .relays
+            .get(&t.source)
+            .is_some_and(|tx| tx.try_send(t).is_ok());
         if !sent {
             self.counters.count_send_failure();
         }

@@ -71,6 +71,14 @@ impl fmt::Debug for SessionId {
     }
 }
 
+impl SessionId {
+    /// The session ID with this number (for the media plane's sessions that are not clients':
+    /// the links between nodes).
+    pub(crate) fn from_raw(n: u64) -> SessionId {
+        SessionId(n)
+    }
+}
+
 impl FromStr for SessionId {
     type Err = std::num::ParseIntError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -214,6 +222,23 @@ pub enum MediaCommand {
     SessionGone {
         /// The session.
         session: SessionId,
+    },
+    /// A session here plays a stream that another node publishes: pull it from that node (once
+    /// per stream: a pull that runs already is not started again).
+    Pull {
+        /// The app.
+        app: AppId,
+        /// The stream.
+        stream_id: StreamId,
+        /// The owner of the stream's entry in its room (`node|epoch`).
+        owner: String,
+    },
+    /// Stop pulling the stream: it is no longer published, or nobody here plays it any more.
+    Unpull {
+        /// The app.
+        app: AppId,
+        /// The stream.
+        stream_id: StreamId,
     },
 }
 
@@ -518,6 +543,36 @@ fn room_streams(app: &App, room: &Room) -> Vec<StreamInfo> {
 fn broadcast(out: &mut Vec<Output>, to: Vec<SessionId>, msg: ServerMsg) {
     if !to.is_empty() {
         out.push(Output::Broadcast { to, msg });
+    }
+}
+
+/// The owner (`node|epoch`) of `stream_id` when another node publishes it in a room this node
+/// follows, and this node does not publish it.
+fn remote_owner<'a>(app: &'a App, stream_id: &StreamId) -> Option<&'a str> {
+    if app.streams.contains_key(stream_id) {
+        return None;
+    }
+    app.rooms
+        .values()
+        .find_map(|r| r.remote_streams.get(stream_id))
+        .map(|(owner, _)| owner.as_str())
+}
+
+/// Removes `id` from the players of `stream_id`; when it was the last one here and another node
+/// publishes the stream, stops pulling it.
+fn remove_player(app: &mut App, app_id: AppId, stream_id: &StreamId, id: SessionId, out: &mut Vec<Output>) {
+    let Some(players) = app.players.get_mut(stream_id) else {
+        return;
+    };
+    if !players.remove(&id) || !players.is_empty() {
+        return;
+    }
+    app.players.remove(stream_id);
+    if remote_owner(app, stream_id).is_some() {
+        out.push(Output::Media(MediaCommand::Unpull {
+            app: app_id,
+            stream_id: stream_id.clone(),
+        }));
     }
 }
 
@@ -901,12 +956,7 @@ impl Registry {
             return;
         };
         for stream_id in &s.plays {
-            if let Some(players) = app.players.get_mut(stream_id) {
-                players.remove(&id);
-                if players.is_empty() {
-                    app.players.remove(stream_id);
-                }
-            }
+            remove_player(app, s.app, stream_id, id, out);
         }
         let mut gone = Vec::new();
         for stream_id in &s.publishes {
@@ -1174,11 +1224,19 @@ impl Registry {
             s.plays.insert(stream_id.clone());
             app.players.entry(stream_id.clone()).or_default().insert(id);
         }
-        let available = app.streams.contains_key(stream_id);
+        let remote = remote_owner(app, stream_id);
+        let available = app.streams.contains_key(stream_id) || remote.is_some();
         out.push(Output::Send {
             to: id,
             msg: ServerMsg::Ok { seq },
         });
+        if let Some(owner) = remote {
+            out.push(Output::Media(MediaCommand::Pull {
+                app: s.app,
+                stream_id: stream_id.clone(),
+                owner: owner.to_string(),
+            }));
+        }
         out.push(Output::Send {
             to: id,
             msg: ServerMsg::PlayUpdate {
@@ -1201,12 +1259,8 @@ impl Registry {
         let app_id = s.app;
         if s.plays.remove(stream_id)
             && let Some(app) = self.apps.get_mut(&s.app)
-            && let Some(players) = app.players.get_mut(stream_id)
         {
-            players.remove(&id);
-            if players.is_empty() {
-                app.players.remove(stream_id);
-            }
+            remove_player(app, app_id, stream_id, id, out);
         }
         out.push(Output::Send {
             to: id,
@@ -1474,6 +1528,8 @@ impl Registry {
         let Some(room) = self.apps.get_mut(&app_id).and_then(|a| a.rooms.get_mut(room_id)) else {
             return false;
         };
+        // A stream of the room now published, or no longer, on another node: its players here.
+        let mut availability: Option<(StreamId, bool)> = None;
         let (notify_only, update) = match change {
             RoomChange::UserAdd(user) => {
                 let known = room.remote_users.contains_key(&user.user_id);
@@ -1523,6 +1579,9 @@ impl Registry {
                 if shadowed || (known && !changed) {
                     return true;
                 }
+                if !known {
+                    availability = Some((info.stream_id.clone(), true));
+                }
                 (
                     false,
                     ServerMsg::StreamUpdate {
@@ -1546,6 +1605,7 @@ impl Registry {
                 if room.streams.contains(&stream_id) {
                     return true;
                 }
+                availability = Some((stream_id.clone(), false));
                 (
                     false,
                     ServerMsg::StreamUpdate {
@@ -1567,6 +1627,25 @@ impl Registry {
             })
             .collect();
         broadcast(out, to, update);
+        if let Some((stream_id, available)) = availability
+            && let Some(app) = self.apps.get(&app_id)
+            && app.players.contains_key(&stream_id)
+        {
+            play_update(&self.sessions, app, &stream_id, available, out);
+            let cmd = if available {
+                MediaCommand::Pull {
+                    app: app_id,
+                    stream_id,
+                    owner: owner.to_string(),
+                }
+            } else {
+                MediaCommand::Unpull {
+                    app: app_id,
+                    stream_id,
+                }
+            };
+            out.push(Output::Media(cmd));
+        }
         true
     }
 
@@ -1678,8 +1757,15 @@ impl Registry {
         Some(
             self.apps
                 .get(&s.app)
-                .is_some_and(|a| a.streams.contains_key(stream_id)),
+                .is_some_and(|a| a.streams.contains_key(stream_id) || remote_owner(a, stream_id).is_some()),
         )
+    }
+
+    /// Whether a session of this node publishes `stream_id` of `app` now.
+    pub fn publishes_here(&self, app: AppId, stream_id: &StreamId) -> bool {
+        self.apps
+            .get(&app)
+            .is_some_and(|a| a.streams.contains_key(stream_id))
     }
 
     /// The room `room_id` of `app_id` now, if it exists.

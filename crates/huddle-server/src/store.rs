@@ -175,6 +175,13 @@ pub trait Store: Send + Sync + 'static {
     /// Removes from `rooms` what nodes whose lease ended still own there, appending a delete
     /// for each to the room's history, and keeps the rooms' keys alive.
     fn reap_rooms<'a>(&'a self, rooms: &'a [(AppId, RoomId)]) -> StoreFuture<'a, ()>;
+
+    /// Sets the URL other nodes reach this node's signaling at to pull its streams; it is
+    /// published with the lease from the next renewal on, and lives as long as the lease.
+    fn advertise(&self, url: String);
+
+    /// The URL node `node` advertised ([`Store::advertise`]), while its lease lives.
+    fn node_url<'a>(&'a self, node: &'a str) -> StoreFuture<'a, Option<String>>;
 }
 
 /// The store `config` asks for: Redis at `redis` as node `node_id`, else one node in memory.

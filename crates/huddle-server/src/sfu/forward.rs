@@ -109,7 +109,11 @@ impl Sfu {
                 let Some(pc) = self.pc(id) else { return };
                 pc.link = Link::Connected;
                 let (owner, key, role) = (pc.owner, pc.key.clone(), pc.media_role());
-                let has_video = pc.tracks().iter().any(|t| t.kind.is_video());
+                // A new viewer needs a keyframe to start decoding; so do the players of a relay
+                // publisher that (re)connected (they saw the stream stop).
+                let has_video = pc.tracks().iter().any(|t| t.kind.is_video())
+                    || (pc.relay.is_some()
+                        && matches!(&pc.role, Role::Publish(p) if p.mids.iter().any(|(_, k)| k.is_video())));
                 bump(&self.counters.pcs_connected);
                 info!(session = %owner, stream = %key.1, ?role, "media connected");
                 self.signals.push_back((
@@ -123,7 +127,6 @@ impl Sfu {
                     },
                 ));
                 if has_video {
-                    // A new viewer needs a keyframe to start decoding.
                     self.request_keyframe(now, &key, KeyframeRequestKind::Pli);
                 }
             }

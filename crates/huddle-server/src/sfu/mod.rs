@@ -30,6 +30,7 @@ mod forward;
 mod pc;
 pub mod placement;
 pub mod red;
+mod relay;
 mod rewrite;
 pub mod shard;
 mod timers;

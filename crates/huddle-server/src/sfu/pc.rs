@@ -61,6 +61,8 @@ pub(super) struct Pc {
     /// Mutated by more than forwarded RTP (a keyframe request): the drain must give it the
     /// time and poll it in full, not only send what was written.
     pub(super) dirty_full: bool,
+    /// A relay publisher's link to the stream's node (`super::relay`); `None` for a client's PC.
+    pub(super) relay: Option<Box<super::relay::RelayLink>>,
 }
 
 impl Pc {
@@ -180,6 +182,23 @@ impl Sfu {
                 stream_id,
             } => self.close_play(now, session, &(app, stream_id)),
             Command::SessionGone { session } => self.session_gone(now, session),
+            Command::PullOffer {
+                session,
+                app,
+                stream_id,
+                local,
+            } => self.pull_offer(now, session, &(app, stream_id), local),
+            Command::PullAnswer {
+                session,
+                app,
+                stream_id,
+                sdp,
+            } => self.pull_answer(now, session, &(app, stream_id), &sdp),
+            Command::PullBroken {
+                session,
+                app,
+                stream_id,
+            } => self.pull_broken(now, session, &(app, stream_id)),
         }
         self.flush(now);
     }
@@ -316,6 +335,7 @@ impl Sfu {
             scheduled: None,
             dirty: false,
             dirty_full: false,
+            relay: None,
         });
         self.live += 1;
         let id = match self.free.pop() {
@@ -388,6 +408,20 @@ impl Sfu {
         {
             publishing.epoch = epoch;
         }
+        self.install_publisher(now, id, session, key, kinds);
+        Ok(answer)
+    }
+
+    /// Makes PC `id` (negotiated, registered) the stream's publisher: it replaces the earlier
+    /// one, and the play offers that waited for media are answered.
+    pub(super) fn install_publisher(
+        &mut self,
+        now: Instant,
+        id: usize,
+        session: SessionId,
+        key: &StreamKey,
+        kinds: Kinds,
+    ) {
         let entry = self.streams.entry(key.clone()).or_default();
         let previous = entry.publisher.replace(id);
         entry.publisher_session = Some(session);
@@ -411,7 +445,6 @@ impl Sfu {
                     .push_back((p.session, ServerMsg::error(Some(p.seq), &e))),
             }
         }
-        Ok(answer)
     }
 
     pub(super) fn offer_play(

@@ -82,6 +82,40 @@ pub enum Command {
         /// The session.
         session: SessionId,
     },
+    /// Pull the stream from the node that publishes it: build a relay publisher (a PC that
+    /// offers to receive the stream, on the link's socket at `local`) and hand its offer to
+    /// `session` as a `media_answer` whose `sdp` is the offer (`docs/cluster.md`).
+    PullOffer {
+        /// The link's session (not a client's).
+        session: SessionId,
+        /// The app.
+        app: AppId,
+        /// The stream.
+        stream_id: StreamId,
+        /// The address of the link's socket.
+        local: SocketAddr,
+    },
+    /// The stream's node answered the pull's offer.
+    PullAnswer {
+        /// The link's session.
+        session: SessionId,
+        /// The app.
+        app: AppId,
+        /// The stream.
+        stream_id: StreamId,
+        /// The SDP answer.
+        sdp: String,
+    },
+    /// The link broke: close the relay publisher alone (the players keep their PCs and get
+    /// media again from the next link).
+    PullBroken {
+        /// The link's session.
+        session: SessionId,
+        /// The app.
+        app: AppId,
+        /// The stream.
+        stream_id: StreamId,
+    },
 }
 
 impl Command {
@@ -90,9 +124,11 @@ impl Command {
     pub fn stream(&self) -> Option<(AppId, &StreamId)> {
         match self {
             Command::Offer(o) => Some((o.app, &o.stream_id)),
-            Command::ClosePublish { app, stream_id } | Command::ClosePlay { app, stream_id, .. } => {
-                Some((*app, stream_id))
-            }
+            Command::ClosePublish { app, stream_id }
+            | Command::ClosePlay { app, stream_id, .. }
+            | Command::PullOffer { app, stream_id, .. }
+            | Command::PullAnswer { app, stream_id, .. }
+            | Command::PullBroken { app, stream_id, .. } => Some((*app, stream_id)),
             Command::SessionGone { .. } => None,
         }
     }

@@ -95,6 +95,25 @@ impl ServerState {
         if let Some(rx) = self.0.store_rx.lock().take() {
             tokio::spawn(run(self.clone(), store.clone(), rx, self.shutdown_receiver()).in_current_span());
             tokio::spawn(read_rooms(self.clone(), store.clone(), self.shutdown_receiver()).in_current_span());
+            self.start_puller();
+        }
+    }
+
+    /// Publishes, with this node's lease, the URL other nodes pull its streams from
+    /// (`cluster_url`, else `ws://` or `wss://` and `listen`, the bound signaling address).
+    pub(crate) async fn advertise_cluster(&self, listen: std::net::SocketAddr) {
+        let Some(store) = self.0.store.get() else { return };
+        if self.0.config.redis.is_none() || self.0.config.cluster_secret.is_none() {
+            return;
+        }
+        let url = self.0.config.cluster_url.clone().unwrap_or_else(|| {
+            let scheme = if self.is_tls() { "wss" } else { "ws" };
+            format!("{scheme}://{listen}{}", super::relay::CLUSTER_PATH)
+        });
+        info!(%url, "pulls of this node's streams served at");
+        store.advertise(url);
+        if let Err(e) = store.renew_lease().await {
+            warn!("publishing this node's pull address: {e} (it is published with the next renewal)");
         }
     }
 

@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 
 use super::ServerState;
 use super::cluster::{StoreOp, release};
+use super::relay::PullOp;
 use crate::media::{MediaTx, Signal};
 use crate::registry::{ClusterCommand, MediaCommand, Output, Registry, SessionId};
 use crate::sfu::Command;
@@ -32,6 +33,8 @@ pub(super) struct Hub {
     pub(super) follows: HashMap<(AppId, RoomId), Follow>,
     /// Wakes the room reader when `follows` changed.
     pub(super) follows_changed: Arc<Notify>,
+    /// Pulls of other nodes' streams to start and stop, in the registry's order ([`super::relay`]).
+    pub(super) pulls: mpsc::Sender<PullOp>,
 }
 
 /// A followed room's position in its history.
@@ -159,6 +162,18 @@ impl Hub {
                         release(&self.store, StoreOp::Room { app, room, change });
                     }
                 },
+                Output::Media(MediaCommand::Pull {
+                    app,
+                    stream_id,
+                    owner,
+                }) => self.pull(PullOp::Pull {
+                    app,
+                    stream_id,
+                    owner,
+                }),
+                Output::Media(MediaCommand::Unpull { app, stream_id }) => {
+                    self.pull(PullOp::Unpull { app, stream_id });
+                }
                 Output::Media(cmd) => {
                     self.media_command(match cmd {
                         MediaCommand::ClosePublish {
@@ -187,9 +202,20 @@ impl Hub {
                             release(&self.store, StoreOp::ReleaseSession { session });
                             Command::SessionGone { session }
                         }
+                        MediaCommand::Pull { .. } | MediaCommand::Unpull { .. } => continue,
                     });
                 }
             }
+        }
+    }
+
+    /// Queues a pull or its end for the puller; dropped (and logged) when the queue is full or
+    /// this node does not pull (no `cluster_secret`).
+    fn pull(&self, op: PullOp) {
+        match self.pulls.try_send(op) {
+            Ok(()) => {}
+            Err(TrySendError::Full(op)) => warn!(?op, "the pull queue is full: dropped"),
+            Err(TrySendError::Closed(_)) => {}
         }
     }
 
@@ -253,6 +279,9 @@ pub(super) async fn deliver_signals(state: ServerState, mut rx: mpsc::Receiver<S
     while rx.recv_many(&mut batch, SIGNAL_BATCH).await > 0 {
         for (to, msg) in batch.drain(..) {
             debug!(session = %to, msg = msg_type(&msg), "media signal");
+            if state.relay_signal(to, &msg) {
+                continue;
+            }
             encoded.push((to, Message::Text(text(&msg))));
         }
         let mut hub = state.0.hub.lock();

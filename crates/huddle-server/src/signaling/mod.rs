@@ -19,6 +19,7 @@ mod cluster;
 mod conn;
 mod guard;
 mod hub;
+mod relay;
 mod requests;
 mod timers;
 
@@ -117,6 +118,11 @@ struct Shared {
     tcp_per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// The TLS acceptor, with `tls_cert` and `tls_key` (read once, at start).
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The links to other nodes and the pulls served to them, by their session IDs: where the
+    /// media plane's signals to them go ([`relay`]).
+    relays: Mutex<HashMap<crate::registry::SessionId, tokio::sync::mpsc::Sender<huddle_proto::ServerMsg>>>,
+    /// The puller's end of the pull queue until the puller starts ([`relay`]).
+    pull_rx: Mutex<Option<tokio::sync::mpsc::Receiver<relay::PullOp>>>,
 }
 
 impl ServerState {
@@ -132,6 +138,7 @@ impl ServerState {
         };
         let registry = Registry::new(Limits::from(&config));
         let (store_tx, store_rx) = tokio::sync::mpsc::channel(cluster::STORE_QUEUE);
+        let (pull_tx, pull_rx) = tokio::sync::mpsc::channel(relay::PULL_QUEUE);
         let store = OnceLock::new();
         if config.redis.is_none() {
             let local: Arc<dyn crate::store::Store> = Arc::new(crate::store::MemoryStore::new());
@@ -147,6 +154,7 @@ impl ServerState {
                 store: store_tx.clone(),
                 follows: HashMap::new(),
                 follows_changed: Arc::new(Notify::new()),
+                pulls: pull_tx,
             }),
             store,
             store_tx,
@@ -172,6 +180,8 @@ impl ServerState {
             }),
             tcp_per_ip: Mutex::new(HashMap::new()),
             tls,
+            relays: Mutex::new(HashMap::new()),
+            pull_rx: Mutex::new(Some(pull_rx)),
         })))
     }
 
@@ -364,6 +374,7 @@ impl ServerState {
 pub fn router(state: ServerState) -> Router {
     Router::new()
         .route(SIGNALING_PATH, get(ws_handler))
+        .route(relay::CLUSTER_PATH, get(relay::cluster_ws))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state)

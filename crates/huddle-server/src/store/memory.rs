@@ -140,6 +140,14 @@ impl Store for MemoryStore {
     fn reap_rooms<'a>(&'a self, _: &'a [(AppId, RoomId)]) -> StoreFuture<'a, ()> {
         Box::pin(async { Ok(()) })
     }
+
+    fn advertise(&self, _: String) {
+        // One node: nobody pulls from it.
+    }
+
+    fn node_url<'a>(&'a self, _: &'a str) -> StoreFuture<'a, Option<String>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 #[cfg(test)]

@@ -170,6 +170,11 @@ fn node_key(node: &str) -> String {
     format!("huddle:node:{node}")
 }
 
+/// The key of the URL node `node` advertises for pulls (lives with its lease).
+fn node_url_key(node: &str) -> String {
+    format!("huddle:node:{node}:url")
+}
+
 /// The key of the set of stream keys node `node` holds.
 fn node_streams_key(node: &str) -> String {
     format!("huddle:node:{node}:streams")
@@ -192,6 +197,8 @@ pub struct RedisStore {
     epoch: AtomicU64,
     /// The stream IDs each session of this node holds, to release them when it ends.
     held: Mutex<HashMap<SessionId, Vec<(AppId, StreamId)>>>,
+    /// The URL other nodes pull this node's streams from ([`Store::advertise`]).
+    url: Mutex<Option<String>>,
     scripts: Scripts,
 }
 
@@ -249,6 +256,7 @@ impl RedisStore {
             lease,
             epoch: AtomicU64::new(0),
             held: Mutex::new(HashMap::new()),
+            url: Mutex::new(None),
             scripts: Scripts {
                 register: redis::Script::new(REGISTER),
                 renew: redis::Script::new(RENEW),
@@ -288,6 +296,22 @@ impl RedisStore {
         self.held.lock().clear();
         self.epoch.store(epoch, Ordering::Release);
         Ok(epoch)
+    }
+
+    /// Writes the advertised URL, if any, for the lease's lifetime.
+    async fn publish_url(&self) -> Result<(), StoreError> {
+        let url = self.url.lock().clone();
+        let Some(url) = url else { return Ok(()) };
+        let mut con = self.con.clone();
+        let () = redis::cmd("SET")
+            .arg(node_url_key(&self.node))
+            .arg(url)
+            .arg("PX")
+            .arg(ms(self.lease))
+            .query_async(&mut con)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     fn session_owner(&self, epoch: u64, session: SessionId) -> String {
@@ -345,6 +369,7 @@ impl Store for RedisStore {
                 .await
                 .map_err(unavailable)?;
             if renewed == 1 {
+                self.publish_url().await?;
                 return Ok(());
             }
             // Expired (or taken over by a restart with the same node ID): start again, empty.
@@ -545,6 +570,21 @@ impl Store for RedisStore {
                     .map_err(unavailable)?;
             }
             Ok(())
+        })
+    }
+
+    fn advertise(&self, url: String) {
+        *self.url.lock() = Some(url);
+    }
+
+    fn node_url<'a>(&'a self, node: &'a str) -> StoreFuture<'a, Option<String>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            redis::cmd("GET")
+                .arg(node_url_key(node))
+                .query_async(&mut con)
+                .await
+                .map_err(unavailable)
         })
     }
 }
