@@ -26,6 +26,10 @@ const CLUSTER_WAIT: Duration = Duration::from_secs(30);
 
 /// A node of the test cluster on `redis`, with a 1 s lease and the cluster's secret.
 fn node(redis: &RedisServer, id: &str) -> BackgroundServer {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let mut config = ServerConfig::for_tests(vec![app()]);
     config.redis = Some(redis.url.clone());
     config.node_id = Some(id.into());

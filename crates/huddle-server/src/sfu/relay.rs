@@ -98,6 +98,11 @@ impl Sfu {
             }));
         }
         self.by_owner.insert(owner_key, id);
+        // The stream has state here from now on (its publisher-to-be), so that the placement
+        // table keeps it on this shard until the answer comes: without the entry the offer's
+        // command was reported handled with nothing live, the stream was forgotten, and the
+        // answer and the link's datagrams could be routed to another shard.
+        self.streams.entry(key.clone()).or_default();
         bump(&self.counters.pcs_opened);
         self.signals.push_back((
             session,

@@ -508,3 +508,30 @@ fn a_client_reaches_the_second_of_two_candidates() {
     assert_eq!((answer.source, answer.destination), (second, stranger));
     assert!(sim.sfu.check_invariants().is_ok());
 }
+
+/// A pull's relay PC holds its stream on its shard from the offer on (the placement table asks
+/// `has_stream` after each command): before the answer comes, and until the link's session ends.
+#[test]
+fn a_pull_offer_holds_its_stream_until_the_link_ends() {
+    let mut sim = Sim::new();
+    let stream_id = StreamId::new("pulled").unwrap();
+    let link = session(9);
+    sim.command(Command::PullOffer {
+        session: link,
+        app: app(),
+        stream_id: stream_id.clone(),
+        local: "127.0.0.1:40000".parse().unwrap(),
+    });
+    assert!(
+        matches!(&sim.signals[..], [(s, ServerMsg::MediaAnswer { .. })] if *s == link),
+        "the relay offer: {:?}",
+        sim.signals
+    );
+    assert!(
+        sim.sfu.has_stream(app(), &stream_id),
+        "forgotten between offer and answer"
+    );
+    sim.command(Command::SessionGone { session: link });
+    assert!(!sim.sfu.has_stream(app(), &stream_id));
+    assert_eq!(sim.sfu.poll_released(), Some((app(), stream_id)));
+}
