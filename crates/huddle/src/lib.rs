@@ -136,7 +136,9 @@ mod web_tables;
 pub use config::{EngineConfig, EngineProfile, RoomConfig, Scenario};
 pub use dispatch::EventStream;
 pub use engine::{Engine, EngineHandle};
-pub use event::{Event, EventHandler, PlayerState, PublisherState, RoomState, RoomStateChangedReason};
+pub use event::{
+    BroadcastMessageInfo, Event, EventHandler, PlayerState, PublisherState, RoomState, RoomStateChangedReason,
+};
 /// The audio receive stats of a played stream ([`Engine::player_audio_stats`]): the jitter
 /// buffer's added delay, its counters, and the time-stretching.
 pub use huddle_media::PlayerStats as PlayerAudioStats;

@@ -237,6 +237,7 @@ pub(super) fn msg_type(m: &ServerMsg) -> &'static str {
         ServerMsg::MediaAnswer { .. } => "media_answer",
         ServerMsg::MediaState { .. } => "media_state",
         ServerMsg::TokenWillExpire { .. } => "token_will_expire",
+        ServerMsg::BroadcastMessage { .. } => "broadcast_message",
     }
 }
 
