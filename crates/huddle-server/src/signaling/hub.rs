@@ -32,6 +32,8 @@ pub(super) struct Hub {
     pub(super) follows: HashMap<(AppId, RoomId), Follow>,
     /// Wakes the room reader when `follows` changed.
     pub(super) follows_changed: Arc<Notify>,
+    /// Turns the registry's room changes into webhook events (apps with webhooks only).
+    pub(super) webhooks: Option<crate::webhooks::WebhookTap>,
 }
 
 /// A followed room's position in its history.
@@ -136,7 +138,11 @@ impl Hub {
                         close(&h.ctl, Closing::AfterQueue);
                     }
                 }
-                Output::Cluster(cmd) => match cmd {
+                Output::Cluster(cmd) => {
+                    if let Some(tap) = &mut self.webhooks {
+                        tap.observe(&cmd);
+                    }
+                    match cmd {
                     ClusterCommand::Follow {
                         app,
                         room,
@@ -158,7 +164,8 @@ impl Hub {
                     ClusterCommand::Change { app, room, change } => {
                         release(&self.store, StoreOp::Room { app, room, change });
                     }
-                },
+                    }
+                }
                 Output::Media(cmd) => {
                     self.media_command(match cmd {
                         MediaCommand::ClosePublish {

@@ -117,6 +117,10 @@ struct Shared {
     tcp_per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// The TLS acceptor, with `tls_cert` and `tls_key` (read once, at start).
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The server API's nonces and counters (`crate::api`).
+    api: crate::api::ApiState,
+    /// The webhook logs and deliverers, when an app has a webhook (`crate::webhooks`).
+    webhooks: Option<Arc<crate::webhooks::Webhooks>>,
 }
 
 impl ServerState {
@@ -131,6 +135,7 @@ impl ServerState {
             _ => None,
         };
         let registry = Registry::new(Limits::from(&config));
+        let webhooks = crate::webhooks::Webhooks::open(&config.data_dir, &config.apps)?.map(Arc::new);
         let (store_tx, store_rx) = tokio::sync::mpsc::channel(cluster::STORE_QUEUE);
         let store = OnceLock::new();
         if config.redis.is_none() {
@@ -147,6 +152,7 @@ impl ServerState {
                 store: store_tx.clone(),
                 follows: HashMap::new(),
                 follows_changed: Arc::new(Notify::new()),
+                webhooks: webhooks.as_ref().map(|w| w.tap()),
             }),
             store,
             store_tx,
@@ -172,6 +178,8 @@ impl ServerState {
             }),
             tcp_per_ip: Mutex::new(HashMap::new()),
             tls,
+            api: crate::api::ApiState::new(),
+            webhooks,
         })))
     }
 
@@ -267,6 +275,46 @@ impl ServerState {
     /// The room `room_id` of `app_id` as its members see it now (`None`: no such room).
     pub fn room(&self, app_id: huddle_proto::AppId, room_id: &huddle_proto::RoomId) -> Option<RoomView> {
         self.0.hub.lock().registry.room(app_id, room_id)
+    }
+
+    /// Runs `f` on the registry under the hub lock and delivers what it output, as a client
+    /// request does (the server API's actions).
+    pub(crate) fn with_registry<R>(&self, f: impl FnOnce(&mut Registry, &mut Vec<crate::registry::Output>) -> R) -> R {
+        let mut hub = self.0.hub.lock();
+        let mut out = Vec::new();
+        let r = f(&mut hub.registry, &mut out);
+        hub.dispatch(out);
+        r
+    }
+
+    /// The cluster store, once connected.
+    pub(crate) fn cluster_store(&self) -> Option<Arc<dyn crate::store::Store>> {
+        self.0.store.get().cloned()
+    }
+
+    /// The server API's state.
+    pub(crate) fn api(&self) -> &crate::api::ApiState {
+        &self.0.api
+    }
+
+    /// The webhooks, when an app has one.
+    pub(crate) fn webhooks(&self) -> Option<&Arc<crate::webhooks::Webhooks>> {
+        self.0.webhooks.as_ref()
+    }
+
+    /// Starts the webhook writer and deliverers (within a tokio runtime); a no-op without
+    /// webhooks or after the first call.
+    pub(crate) fn start_webhooks(&self) {
+        if let Some(w) = &self.0.webhooks {
+            w.start(self.shutdown_receiver());
+        }
+    }
+
+    /// Stops the webhook writer once every event queued so far is on disk.
+    pub(crate) fn stop_webhooks(&self) {
+        if let Some(w) = &self.0.webhooks {
+            w.stop();
+        }
     }
 
     /// Checks the registry's invariants, its timers' included ([`Registry::check_invariants`]).
