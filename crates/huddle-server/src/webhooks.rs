@@ -469,14 +469,15 @@ fn tls_config() -> Arc<rustls::ClientConfig> {
     }
 }
 
-/// The body sent for `event`: the event with `appid`, `timestamp`, `nonce` and `signature`.
-fn signed_body(app: AppId, secret: &str, event: &str) -> Result<String, String> {
+/// The body sent for `event`: the event with `appid`, `seq`, `timestamp`, `nonce` and `signature`.
+fn signed_body(app: AppId, seq: u64, secret: &str, event: &str) -> Result<String, String> {
     let mut map: Map<String, Value> =
         serde_json::from_str(event).map_err(|e| format!("a logged event is not JSON: {e}"))?;
     let timestamp = unix_ms() / 1000;
     let nonce = rand::thread_rng().gen_range(100_000_000u64..1_000_000_000).to_string();
     let signature = callback_signature(secret, &timestamp.to_string(), &nonce);
     map.insert("appid".into(), app.get().to_string().into());
+    map.insert("seq".into(), seq.into());
     map.insert("timestamp".into(), timestamp.into());
     map.insert("nonce".into(), nonce.into());
     map.insert("signature".into(), signature.into());
@@ -517,7 +518,7 @@ async fn deliver_loop(
             }
             continue;
         };
-        let result = match (&uri, signed_body(log.app, &receiver.secret, &event)) {
+        let result = match (&uri, signed_body(log.app, seq, &receiver.secret, &event)) {
             (Some(uri), Ok(body)) => match tokio::time::timeout(ATTEMPT_TIMEOUT, post(uri, &tls, body)).await {
                 Ok(r) => r,
                 Err(_) => Err("no answer in time".to_string()),
