@@ -23,7 +23,9 @@ use axum::extract::{RawQuery, State};
 use axum::http::{Method, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use huddle_proto::{AppId, ErrorCode, HuddleError, RoomId, ServerMsg, StreamId, StreamInfo, User, UserId, UserName};
+use huddle_proto::{
+    AppId, ErrorCode, HuddleError, RoomId, ServerMsg, StreamId, StreamInfo, User, UserId, UserName,
+};
 use md5::{Digest, Md5};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -131,7 +133,13 @@ struct NonceCache {
 }
 
 impl NonceCache {
-    fn check_and_insert(&mut self, app: AppId, nonce: &str, timestamp: i64, now: i64) -> Result<(), ApiError> {
+    fn check_and_insert(
+        &mut self,
+        app: AppId,
+        nonce: &str,
+        timestamp: i64,
+        now: i64,
+    ) -> Result<(), ApiError> {
         while let Some(first) = self.order.first() {
             if first.0 >= now {
                 break;
@@ -203,8 +211,7 @@ impl Params {
     }
 
     fn required(&self, name: &str) -> Result<&str, ApiError> {
-        self.get(name)
-            .ok_or_else(|| bad_text(name, "missing"))
+        self.get(name).ok_or_else(|| bad_text(name, "missing"))
     }
 
     fn room(&self) -> Result<RoomId, ApiError> {
@@ -224,7 +231,9 @@ impl Params {
 
 fn request_id() -> String {
     use rand::Rng;
-    rand::thread_rng().gen_range(1_000_000_000_000_000u64..10_000_000_000_000_000).to_string()
+    rand::thread_rng()
+        .gen_range(1_000_000_000_000_000u64..10_000_000_000_000_000)
+        .to_string()
 }
 
 fn answer(request_id: &str, result: Result<Option<Value>, ApiError>) -> Response {
@@ -249,7 +258,12 @@ pub(crate) fn routes(state: ServerState) -> Router {
         .with_state(state)
 }
 
-async fn handle(State(state): State<ServerState>, method: Method, RawQuery(query): RawQuery, body: Body) -> Response {
+async fn handle(
+    State(state): State<ServerState>,
+    method: Method,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Response {
     let id = request_id();
     if method != Method::GET && method != Method::POST {
         return answer(&id, Err(fail(code::BODY, "use GET or POST")));
@@ -259,7 +273,10 @@ async fn handle(State(state): State<ServerState>, method: Method, RawQuery(query
         Err(_) => {
             return answer(
                 &id,
-                Err(fail(code::BODY, format!("the request body is over {MAX_BODY} bytes or broken"))),
+                Err(fail(
+                    code::BODY,
+                    format!("the request body is over {MAX_BODY} bytes or broken"),
+                )),
             );
         }
     };
@@ -316,7 +333,10 @@ fn authenticate<'a>(state: &ServerState, p: &'a Params) -> Result<(AppId, &'a st
         Some(_) => return Err(fail(code::VERSION_UNSUPPORTED, "SignatureVersion must be 2.0")),
     }
     let Some(config) = state.config().apps.iter().find(|a| a.app_id == app) else {
-        return Err(fail(code::SECRET_UNKNOWN, format!("the AppId {app} is not configured")));
+        return Err(fail(
+            code::SECRET_UNKNOWN,
+            format!("the AppId {app} is not configured"),
+        ));
     };
     let now = crate::registry::Clock::now().unix_secs();
     if (now - timestamp).abs() > MAX_SKEW_SECS {
@@ -329,7 +349,11 @@ fn authenticate<'a>(state: &ServerState, p: &'a Params) -> Result<(AppId, &'a st
     if !secret_eq(&expected, &signature.to_ascii_lowercase()) {
         return Err(fail(code::SIGNATURE_ERROR, "the Signature does not match"));
     }
-    state.api().nonces.lock().check_and_insert(app, nonce, timestamp, now)?;
+    state
+        .api()
+        .nonces
+        .lock()
+        .check_and_insert(app, nonce, timestamp, now)?;
     Ok((app, action))
 }
 
@@ -346,7 +370,11 @@ fn secret_eq(a: &str, b: &str) -> bool {
 
 /// A room as the cluster sees it: the registry's view where this node has members (it holds
 /// the other nodes' part too), else the store's snapshot of the other nodes' part.
-async fn room_view(state: &ServerState, app: AppId, room: &RoomId) -> Result<Option<(Vec<User>, Vec<StreamInfo>)>, ApiError> {
+async fn room_view(
+    state: &ServerState,
+    app: AppId,
+    room: &RoomId,
+) -> Result<Option<(Vec<User>, Vec<StreamInfo>)>, ApiError> {
     if let Some(v) = state.room(app, room) {
         return Ok(Some((v.users, v.streams)));
     }
@@ -394,7 +422,10 @@ async fn run(state: &ServerState, app: AppId, action: &str, p: &Params) -> Resul
         "DescribeUserNum" => {
             let ids = p.list("RoomId");
             if ids.is_empty() || ids.len() > MAX_ROOMS_PER_QUERY {
-                return Err(bad_text("RoomId", &format!("give 1 to {MAX_ROOMS_PER_QUERY} rooms")));
+                return Err(bad_text(
+                    "RoomId",
+                    &format!("give 1 to {MAX_ROOMS_PER_QUERY} rooms"),
+                ));
             }
             let mut list = Vec::new();
             for id in ids {
@@ -407,14 +438,18 @@ async fn run(state: &ServerState, app: AppId, action: &str, p: &Params) -> Resul
         "DescribeUserList" | "DescribeUsers" => {
             let room = p.room()?;
             let mode = p.number("Mode", 0, 1)?;
-            let limit = usize::try_from(p.number("Limit", MAX_USER_PAGE as u64, MAX_USER_PAGE as u64)?).unwrap_or(MAX_USER_PAGE);
+            let limit = usize::try_from(p.number("Limit", MAX_USER_PAGE as u64, MAX_USER_PAGE as u64)?)
+                .unwrap_or(MAX_USER_PAGE);
             let start = match p.get("Marker") {
                 None | Some("") => 0,
                 Some(m) => m
                     .parse::<usize>()
                     .map_err(|_| bad_text("Marker", "not a marker from an earlier answer"))?,
             };
-            let mut users = room_view(state, app, &room).await?.map(|(u, _)| u).unwrap_or_default();
+            let mut users = room_view(state, app, &room)
+                .await?
+                .map(|(u, _)| u)
+                .unwrap_or_default();
             if mode == 1 {
                 users.reverse();
             }
@@ -425,12 +460,19 @@ async fn run(state: &ServerState, app: AppId, action: &str, p: &Params) -> Resul
                 .map(|u| json!({"UserId": u.user_id.as_str(), "UserName": u.user_name.as_str(), "UserRole": 0}))
                 .collect();
             let next = start.saturating_add(page.len());
-            let marker = if next < users.len() && limit > 0 { next.to_string() } else { String::new() };
+            let marker = if next < users.len() && limit > 0 {
+                next.to_string()
+            } else {
+                String::new()
+            };
             Ok(Some(json!({"Marker": marker, "UserList": page})))
         }
         "DescribeSimpleStreamList" => {
             let room = p.room()?;
-            let streams = room_view(state, app, &room).await?.map(|(_, s)| s).unwrap_or_default();
+            let streams = room_view(state, app, &room)
+                .await?
+                .map(|(_, s)| s)
+                .unwrap_or_default();
             let list: Vec<Value> = streams
                 .iter()
                 .map(|s| json!({"StreamId": s.stream_id.as_str(), "UserId": s.user_id.as_str(), "UserName": s.user_name.as_str(), "ExtraInfo": s.extra_info}))
@@ -454,7 +496,9 @@ async fn run(state: &ServerState, app: AppId, action: &str, p: &Params) -> Resul
                 let mut missing = Vec::new();
                 for u in &users {
                     match r.session_of(app, &room, u) {
-                        Some(s) if r.kick(s, ErrorCode::KICKED_BY_SERVER, &why, out) => kicked.push(u.clone()),
+                        Some(s) if r.kick(s, ErrorCode::KICKED_BY_SERVER, &why, out) => {
+                            kicked.push(u.clone())
+                        }
                         _ => missing.push(u.clone()),
                     }
                 }
@@ -465,7 +509,11 @@ async fn run(state: &ServerState, app: AppId, action: &str, p: &Params) -> Resul
                     .as_ref()
                     .is_some_and(|(us, _)| us.iter().any(|x| x.user_id == *u))
             };
-            let elsewhere: Vec<&str> = missing.iter().filter(|u| in_cluster(u)).map(UserId::as_str).collect();
+            let elsewhere: Vec<&str> = missing
+                .iter()
+                .filter(|u| in_cluster(u))
+                .map(UserId::as_str)
+                .collect();
             if kicked.is_empty() && elsewhere.is_empty() {
                 return Err(fail(code::USER_NOT_FOUND, "none of the users is in the room"));
             }
@@ -488,7 +536,11 @@ async fn run(state: &ServerState, app: AppId, action: &str, p: &Params) -> Resul
                 return Err(fail(code::ROOM_NOT_FOUND, "the room does not exist"));
             }
             let remaining = state.room(app, &room).map_or(0, |v| v.users.len());
-            let others = if closed == 0 { cluster.map_or(0, |(u, _)| u.len()) } else { remaining };
+            let others = if closed == 0 {
+                cluster.map_or(0, |(u, _)| u.len())
+            } else {
+                remaining
+            };
             Ok(Some(json!({"ClosedSessions": closed, "OtherNodeUsers": others})))
         }
         "DeleteStream" => {
@@ -499,7 +551,14 @@ async fn run(state: &ServerState, app: AppId, action: &str, p: &Params) -> Resul
             let stream = StreamId::new(p.required("StreamId")?).map_err(|e| bad("StreamId", &e))?;
             let message = "the stream was stopped by the app's server";
             let stopped = state.with_registry(|r, out| {
-                r.stop_stream(app, &room, &stream, ErrorCode::STREAM_STOPPED_BY_SERVER, message, out)
+                r.stop_stream(
+                    app,
+                    &room,
+                    &stream,
+                    ErrorCode::STREAM_STOPPED_BY_SERVER,
+                    message,
+                    out,
+                )
             });
             if stopped {
                 return Ok(None);
@@ -522,18 +581,28 @@ async fn run(state: &ServerState, app: AppId, action: &str, p: &Params) -> Resul
                 Some(n) => UserName::new(n).map_err(|e| bad("UserName", &e))?,
             };
             p.number("MessageCategory", 1, 2).and_then(|c| {
-                if c == 0 { Err(bad_text("MessageCategory", "1 (system) or 2 (chat)")) } else { Ok(c) }
+                if c == 0 {
+                    Err(bad_text("MessageCategory", "1 (system) or 2 (chat)"))
+                } else {
+                    Ok(c)
+                }
             })?;
             let message = p.required("MessageContent")?;
             if message.is_empty() || message.len() > MAX_MESSAGE_BYTES {
-                return Err(bad_text("MessageContent", &format!("1 to {MAX_MESSAGE_BYTES} bytes")));
+                return Err(bad_text(
+                    "MessageContent",
+                    &format!("1 to {MAX_MESSAGE_BYTES} bytes"),
+                ));
             }
             let message_id = state.api().message_id.fetch_add(1, Ordering::Relaxed) + 1;
             let msg = ServerMsg::BroadcastMessage {
                 room_id: room.clone(),
                 message_id,
                 send_time_ms: crate::registry::Clock::now().unix_ms,
-                from_user: User { user_id: from.clone(), user_name: name },
+                from_user: User {
+                    user_id: from.clone(),
+                    user_name: name,
+                },
                 message: message.to_string(),
             };
             let found = state.with_registry(|r, out| {
@@ -572,7 +641,10 @@ async fn run(state: &ServerState, app: AppId, action: &str, p: &Params) -> Resul
         }
         other => Err(fail(
             code::ACTION_UNSUPPORTED,
-            format!("the Action {:?} is not supported", other.chars().take(64).collect::<String>()),
+            format!(
+                "the Action {:?} is not supported",
+                other.chars().take(64).collect::<String>()
+            ),
         )),
     }
 }
@@ -588,7 +660,10 @@ mod tests {
     #[test]
     fn the_signature_is_md5_of_app_nonce_secret_timestamp() {
         let s = sign(app(1234567890), "15215528852396", "secret", "1234567890");
-        assert_eq!(s, hex::encode(Md5::digest(b"123456789015215528852396secret1234567890")));
+        assert_eq!(
+            s,
+            hex::encode(Md5::digest(b"123456789015215528852396secret1234567890"))
+        );
     }
 
     #[test]
@@ -614,12 +689,19 @@ mod tests {
         let e = c.check_and_insert(app(1), "one-more", 5000, 5000).unwrap_err();
         assert_eq!(e.code, 1009032);
         // Still remembered: a replay of the first is a replay.
-        assert_eq!(c.check_and_insert(app(1), "0", 5000, 5001).unwrap_err().code, 1009031);
+        assert_eq!(
+            c.check_and_insert(app(1), "0", 5000, 5001).unwrap_err().code,
+            1009031
+        );
     }
 
     #[test]
     fn params_take_lists_from_the_query_and_a_json_body() {
-        let p = Params::parse(Some("RoomId%5B%5D=a&RoomId[]=b&Limit=3"), br#"{"UserId": ["u1", "u2"], "Mode": 1}"#).unwrap();
+        let p = Params::parse(
+            Some("RoomId%5B%5D=a&RoomId[]=b&Limit=3"),
+            br#"{"UserId": ["u1", "u2"], "Mode": 1}"#,
+        )
+        .unwrap();
         assert_eq!(p.list("RoomId"), ["a", "b"]);
         assert_eq!(p.list("UserId"), ["u1", "u2"]);
         assert_eq!(p.number("Mode", 0, 1).unwrap(), 1);

@@ -1167,4 +1167,39 @@ mod tests {
         assert!(!debug.contains(&a.app_sign.to_hex()) && !debug.contains(a.server_secret.as_str()));
         assert!(ServerConfig::for_tests(vec![a]).validate().is_ok());
     }
+
+    #[test]
+    fn webhooks_are_read_and_checked() {
+        let c = ServerConfig::from_toml_str(&format!(
+            "{}webhook_url = \"https://a.example/hook\"\n[[apps.webhooks]]\nurl = \"http://127.0.0.1:9/x\"\ncallback_secret = \"s3cret-long\"\n",
+            app_toml(1)
+        ))
+        .unwrap();
+        let w = &c.apps[0].webhooks;
+        assert_eq!(w.len(), 2);
+        assert_eq!(
+            (w[0].url.as_str(), w[0].callback_secret.as_deref()),
+            ("https://a.example/hook", None)
+        );
+        assert_eq!(w[1].callback_secret.as_deref(), Some("s3cret-long"));
+        assert!(!format!("{w:?}").contains("s3cret"), "Debug prints no secret");
+        for (extra, needle) in [
+            ("webhook_url = \"ftp://a/\"\n", "http:// or https://"),
+            ("webhook_url = \"not a url\"\n", "not a valid URL"),
+            (
+                "webhook_url = \"http://a/\"\n[[apps.webhooks]]\nurl = \"http://a/\"\n",
+                "twice",
+            ),
+            (
+                "[[apps.webhooks]]\nurl = \"http://a/\"\ncallback_secret = \"short\"\n",
+                "8 to 256",
+            ),
+        ] {
+            let e = ServerConfig::from_toml_str(&format!("{}{extra}", app_toml(1)))
+                .and_then(|c| c.validate().map(|()| c))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{extra}: {e}");
+        }
+    }
 }

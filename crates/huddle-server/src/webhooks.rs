@@ -474,7 +474,9 @@ fn signed_body(app: AppId, seq: u64, secret: &str, event: &str) -> Result<String
     let mut map: Map<String, Value> =
         serde_json::from_str(event).map_err(|e| format!("a logged event is not JSON: {e}"))?;
     let timestamp = unix_ms() / 1000;
-    let nonce = rand::thread_rng().gen_range(100_000_000u64..1_000_000_000).to_string();
+    let nonce = rand::thread_rng()
+        .gen_range(100_000_000u64..1_000_000_000)
+        .to_string();
     let signature = callback_signature(secret, &timestamp.to_string(), &nonce);
     map.insert("appid".into(), app.get().to_string().into());
     map.insert("seq".into(), seq.into());
@@ -519,7 +521,8 @@ async fn deliver_loop(
             continue;
         };
         let result = match (&uri, signed_body(log.app, seq, &receiver.secret, &event)) {
-            (Some(uri), Ok(body)) => match tokio::time::timeout(ATTEMPT_TIMEOUT, post(uri, &tls, body)).await {
+            (Some(uri), Ok(body)) => match tokio::time::timeout(ATTEMPT_TIMEOUT, post(uri, &tls, body)).await
+            {
                 Ok(r) => r,
                 Err(_) => Err("no answer in time".to_string()),
             },
@@ -576,7 +579,8 @@ async fn post(uri: &Uri, tls: &Arc<rustls::ClientConfig>, body: String) -> Resul
         .map_err(|e| format!("connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
     if https {
-        let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| format!("host name: {e}"))?;
+        let name =
+            rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| format!("host name: {e}"))?;
         let stream = tokio_rustls::TlsConnector::from(tls.clone())
             .connect(name, tcp)
             .await
@@ -600,10 +604,16 @@ where
     let request = hyper::Request::post(path)
         .header(hyper::header::HOST, authority)
         .header(hyper::header::CONTENT_TYPE, "application/json")
-        .header(hyper::header::USER_AGENT, concat!("huddle/", env!("CARGO_PKG_VERSION")))
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("huddle/", env!("CARGO_PKG_VERSION")),
+        )
         .body(http_body_util::Full::new(axum::body::Bytes::from(body)))
         .map_err(|e| format!("request: {e}"))?;
-    let response = sender.send_request(request).await.map_err(|e| format!("HTTP: {e}"));
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("HTTP: {e}"));
     conn.abort();
     Ok(response?.status().as_u16())
 }
@@ -629,7 +639,11 @@ pub(crate) struct WebhookTap {
 
 impl WebhookTap {
     fn queue(&self, app: AppId, event: Map<String, Value>) {
-        let name = event.get("event").and_then(Value::as_str).unwrap_or("").to_string();
+        let name = event
+            .get("event")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         if self
             .tx
             .try_send(WriterMsg::Event(Pending { app, event }))
@@ -734,7 +748,10 @@ impl WebhookTap {
                 let (name, login) = self
                     .users
                     .remove(&(app, room.clone(), user_id.clone()))
-                    .map_or_else(|| (user_id.as_str().to_string(), 0), |(n, t)| (n.as_str().to_string(), t));
+                    .map_or_else(
+                        || (user_id.as_str().to_string(), 0),
+                        |(n, t)| (n.as_str().to_string(), t),
+                    );
                 self.queue(
                     app,
                     Self::obj(json!({
@@ -775,7 +792,13 @@ impl WebhookTap {
                 let known = self.streams.remove(&(app, stream_id.clone()));
                 let (user_id, user_name, created) = known.map_or_else(
                     || (String::new(), String::new(), 0),
-                    |(i, t)| (i.user_id.as_str().to_string(), i.user_name.as_str().to_string(), t),
+                    |(i, t)| {
+                        (
+                            i.user_id.as_str().to_string(),
+                            i.user_name.as_str().to_string(),
+                            t,
+                        )
+                    },
                 );
                 self.queue(
                     app,

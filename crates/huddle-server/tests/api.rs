@@ -20,7 +20,14 @@ fn python_signature(app_id: u32, nonce: &str, secret: &str, timestamp: i64) -> S
                   app_id, nonce, secret, ts = sys.argv[1:5]\n\
                   print(hashlib.md5((str(app_id) + nonce + secret + str(ts)).encode('utf-8')).hexdigest())";
     let out = Command::new("python3")
-        .args(["-c", script, &app_id.to_string(), nonce, secret, &timestamp.to_string()])
+        .args([
+            "-c",
+            script,
+            &app_id.to_string(),
+            nonce,
+            secret,
+            &timestamp.to_string(),
+        ])
         .output()
         .expect("python3 runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -34,7 +41,12 @@ fn random_nonce() -> String {
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
     h.finish()
 }
 
@@ -57,7 +69,10 @@ async fn http(addr: SocketAddr, method: &str, path_query: &str, body: &str) -> (
     let mut response = String::new();
     tcp.read_to_string(&mut response).await.unwrap();
     let status = response[9..12].parse().unwrap();
-    let text = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let text = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
     (status, v)
 }
@@ -107,12 +122,16 @@ async fn signatures_timestamps_and_replays() {
     let ts = now_secs();
     let nonce = random_nonce();
     let other = python_signature(APP, &nonce, app(OTHER_APP).server_secret.as_str(), ts);
-    let q = format!("Action=DescribeRoomList&AppId={APP}&SignatureNonce={nonce}&Timestamp={ts}&Signature={other}&SignatureVersion=2.0");
+    let q = format!(
+        "Action=DescribeRoomList&AppId={APP}&SignatureNonce={nonce}&Timestamp={ts}&Signature={other}&SignatureVersion=2.0"
+    );
     let (_, v) = http(addr, "GET", &format!("/server-api/?{q}"), "").await;
     assert_eq!(code(&v), 100000005, "{v}");
     // A refused request does not use up its nonce: signed right, it goes through.
     let good = python_signature(APP, &nonce, app(APP).server_secret.as_str(), ts);
-    let q = format!("Action=DescribeRoomList&AppId={APP}&SignatureNonce={nonce}&Timestamp={ts}&Signature={good}&SignatureVersion=2.0");
+    let q = format!(
+        "Action=DescribeRoomList&AppId={APP}&SignatureNonce={nonce}&Timestamp={ts}&Signature={good}&SignatureVersion=2.0"
+    );
     let (_, v) = http(addr, "GET", &format!("/server-api/?{q}"), "").await;
     assert_eq!(code(&v), 0, "{v}");
 
@@ -132,11 +151,20 @@ async fn signatures_timestamps_and_replays() {
         (without("Timestamp"), 100000002),
         (without("Signature"), 100000009),
         (without("SignatureVersion"), 100000013),
-        (full.replace("SignatureVersion=2.0", "SignatureVersion=1.0"), 100000014),
-        (full.replace(&format!("Timestamp={ts}"), "Timestamp=yesterday"), 100000003),
+        (
+            full.replace("SignatureVersion=2.0", "SignatureVersion=1.0"),
+            100000014,
+        ),
+        (
+            full.replace(&format!("Timestamp={ts}"), "Timestamp=yesterday"),
+            100000003,
+        ),
         (full.replace(&format!("AppId={APP}"), "AppId=0"), 100000001),
         (full.replace(&format!("AppId={APP}"), "AppId=999"), 100000010),
-        (full.replace("Action=DescribeRoomList", "Action=DropAllTables"), 100000007),
+        (
+            full.replace("Action=DescribeRoomList", "Action=DropAllTables"),
+            100000007,
+        ),
     ] {
         let (_, v) = http(addr, "GET", &format!("/server-api/?{query}"), "").await;
         assert_eq!(code(&v), expect, "{query}: {v}");
@@ -151,11 +179,27 @@ async fn signatures_timestamps_and_replays() {
         ("DescribeUserList", "RoomId=r&Marker=x", "Marker"),
         ("DescribeUserList", "", "RoomId: missing"),
         ("DescribeUserNum", "", "RoomId"),
-        ("KickoutUser", "RoomId=r&UserId[]=a&UserId[]=b&UserId[]=c&UserId[]=d&UserId[]=e&UserId[]=f", "UserId"),
-        ("KickoutUser", &format!("RoomId=r&UserId={}", "u".repeat(65)), "1002007"),
+        (
+            "KickoutUser",
+            "RoomId=r&UserId[]=a&UserId[]=b&UserId[]=c&UserId[]=d&UserId[]=e&UserId[]=f",
+            "UserId",
+        ),
+        (
+            "KickoutUser",
+            &format!("RoomId=r&UserId={}", "u".repeat(65)),
+            "1002007",
+        ),
         ("SendBroadcastMessage", "RoomId=r&UserId=admin", "MessageContent"),
-        ("SendBroadcastMessage", &format!("RoomId=r&UserId=admin&MessageContent={}", "x".repeat(1025)), "MessageContent"),
-        ("SendBroadcastMessage", "RoomId=r&UserId=admin&MessageContent=hi&MessageCategory=3", "MessageCategory"),
+        (
+            "SendBroadcastMessage",
+            &format!("RoomId=r&UserId=admin&MessageContent={}", "x".repeat(1025)),
+            "MessageContent",
+        ),
+        (
+            "SendBroadcastMessage",
+            "RoomId=r&UserId=admin&MessageContent=hi&MessageCategory=3",
+            "MessageCategory",
+        ),
         ("DeleteStream", "RoomId=r&StreamId=a.b", "1000016"),
         ("CloseRoom", "RoomId=r&CustomReason=%07", "CustomReason"),
     ] {
@@ -168,7 +212,13 @@ async fn signatures_timestamps_and_replays() {
 
     // A POST with the business parameters in a JSON body; a body that is not an object.
     let q = signed("DescribeUserNum", &random_nonce(), now_secs());
-    let (_, v) = http(addr, "POST", &format!("/server-api/?{q}"), r#"{"RoomId": ["r1", "r2"]}"#).await;
+    let (_, v) = http(
+        addr,
+        "POST",
+        &format!("/server-api/?{q}"),
+        r#"{"RoomId": ["r1", "r2"]}"#,
+    )
+    .await;
     assert_eq!(code(&v), 0, "{v}");
     assert_eq!(v["Data"]["UserCountList"].as_array().unwrap().len(), 2);
     let q = signed("DescribeUserNum", &random_nonce(), now_secs());
@@ -190,7 +240,10 @@ async fn actions_on_a_room_with_clients() {
     bob.login("r1", "bob", true).await;
     assert_eq!(alice.recv().await, users("r1", UpdateType::Add, &["bob"]));
     assert_ok(alice.publish("s1").await);
-    assert_eq!(bob.recv().await, streams("r1", UpdateType::Add, &[("alice", "s1")]));
+    assert_eq!(
+        bob.recv().await,
+        streams("r1", UpdateType::Add, &[("alice", "s1")])
+    );
 
     let v = call(addr, "DescribeRoomList", "").await;
     assert_eq!(v["Data"]["RoomList"][0]["RoomId"], "r1", "{v}");
@@ -200,19 +253,35 @@ async fn actions_on_a_room_with_clients() {
     let v = call(addr, "DescribeUserNum", "RoomId[]=r1&RoomId[]=nobody").await;
     assert_eq!(code(&v), 0, "{v}");
     let list = v["Data"]["UserCountList"].as_array().unwrap();
-    assert_eq!((list[0]["RoomId"].as_str(), list[0]["UserCount"].as_u64()), (Some("r1"), Some(2)));
-    assert_eq!((list[1]["RoomId"].as_str(), list[1]["UserCount"].as_u64()), (Some("nobody"), Some(0)));
+    assert_eq!(
+        (list[0]["RoomId"].as_str(), list[0]["UserCount"].as_u64()),
+        (Some("r1"), Some(2))
+    );
+    assert_eq!(
+        (list[1]["RoomId"].as_str(), list[1]["UserCount"].as_u64()),
+        (Some("nobody"), Some(0))
+    );
 
     // Paging with Marker.
     let v = call(addr, "DescribeUserList", "RoomId=r1&Limit=1").await;
     assert_eq!(v["Data"]["UserList"][0]["UserId"], "alice", "{v}");
     let marker = v["Data"]["Marker"].as_str().unwrap().to_string();
     assert!(!marker.is_empty());
-    let v = call(addr, "DescribeUserList", &format!("RoomId=r1&Limit=1&Marker={marker}")).await;
+    let v = call(
+        addr,
+        "DescribeUserList",
+        &format!("RoomId=r1&Limit=1&Marker={marker}"),
+    )
+    .await;
     assert_eq!(v["Data"]["UserList"][0]["UserId"], "bob", "{v}");
     assert_eq!(v["Data"]["Marker"], "");
     let v = call(addr, "DescribeUsers", "RoomId=r1&Mode=1").await;
-    let ids: Vec<&str> = v["Data"]["UserList"].as_array().unwrap().iter().map(|u| u["UserId"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = v["Data"]["UserList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["UserId"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["bob", "alice"]);
 
     let v = call(addr, "DescribeSimpleStreamList", "RoomId=r1").await;
@@ -220,25 +289,54 @@ async fn actions_on_a_room_with_clients() {
     assert_eq!(v["Data"]["StreamList"][0]["UserId"], "alice");
 
     // A broadcast from the app's server reaches everyone in the room.
-    let v = call(addr, "SendBroadcastMessage", "RoomId=r1&UserId=admin&UserName=Admin&MessageCategory=1&MessageContent=hello%20room").await;
+    let v = call(
+        addr,
+        "SendBroadcastMessage",
+        "RoomId=r1&UserId=admin&UserName=Admin&MessageCategory=1&MessageContent=hello%20room",
+    )
+    .await;
     assert_eq!(code(&v), 0, "{v}");
     let id = v["Data"]["MessageId"].as_u64().unwrap();
     for c in [&mut alice, &mut bob] {
         match c.recv().await {
-            ServerMsg::BroadcastMessage { room_id, message_id, from_user, message, send_time_ms } => {
-                assert_eq!((room_id.as_str(), message_id, message.as_str()), ("r1", id, "hello room"));
-                assert_eq!((from_user.user_id.as_str(), from_user.user_name.as_str()), ("admin", "Admin"));
+            ServerMsg::BroadcastMessage {
+                room_id,
+                message_id,
+                from_user,
+                message,
+                send_time_ms,
+            } => {
+                assert_eq!(
+                    (room_id.as_str(), message_id, message.as_str()),
+                    ("r1", id, "hello room")
+                );
+                assert_eq!(
+                    (from_user.user_id.as_str(), from_user.user_name.as_str()),
+                    ("admin", "Admin")
+                );
                 assert!(send_time_ms > 1_600_000_000_000);
             }
             other => panic!("expected broadcast_message, got {other:?}"),
         }
     }
     // Sent as bob: bob's own session does not get it.
-    let v = call(addr, "SendBroadcastMessage", "RoomId=r1&UserId=bob&MessageContent=from%20bob").await;
+    let v = call(
+        addr,
+        "SendBroadcastMessage",
+        "RoomId=r1&UserId=bob&MessageContent=from%20bob",
+    )
+    .await;
     assert_eq!(code(&v), 0, "{v}");
-    assert!(matches!(alice.recv().await, ServerMsg::BroadcastMessage { ref message, .. } if message == "from bob"));
+    assert!(
+        matches!(alice.recv().await, ServerMsg::BroadcastMessage { ref message, .. } if message == "from bob")
+    );
     assert!(bob.barrier().await.is_empty());
-    let v = call(addr, "SendBroadcastMessage", "RoomId=nobody&UserId=admin&MessageContent=x").await;
+    let v = call(
+        addr,
+        "SendBroadcastMessage",
+        "RoomId=nobody&UserId=admin&MessageContent=x",
+    )
+    .await;
     assert_eq!(code(&v), 50001, "{v}");
 
     // DeleteStream stops alice's stream: she hears why, bob sees it go.
@@ -247,24 +345,50 @@ async fn actions_on_a_room_with_clients() {
     let v = call(addr, "DeleteStream", "RoomId=r1&UserId=admin&StreamId=s1").await;
     assert_eq!(code(&v), 0, "{v}");
     match alice.recv().await {
-        ServerMsg::MediaState { stream_id, kind, state, code, .. } => {
-            assert_eq!((stream_id.as_str(), kind, state, code), ("s1", MediaRole::Publish, PeerState::Closed, ErrorCode::STREAM_STOPPED_BY_SERVER));
+        ServerMsg::MediaState {
+            stream_id,
+            kind,
+            state,
+            code,
+            ..
+        } => {
+            assert_eq!(
+                (stream_id.as_str(), kind, state, code),
+                (
+                    "s1",
+                    MediaRole::Publish,
+                    PeerState::Closed,
+                    ErrorCode::STREAM_STOPPED_BY_SERVER
+                )
+            );
         }
         other => panic!("expected media_state, got {other:?}"),
     }
-    assert_eq!(bob.recv().await, streams("r1", UpdateType::Delete, &[("alice", "s1")]));
+    assert_eq!(
+        bob.recv().await,
+        streams("r1", UpdateType::Delete, &[("alice", "s1")])
+    );
     let v = call(addr, "DeleteStream", "RoomId=r1&StreamId=s1").await;
     assert_eq!(code(&v), 1004002, "{v}");
     // The stream ID is free again: alice may publish it anew.
     assert_ok(alice.publish("s1").await);
-    assert_eq!(bob.recv().await, streams("r1", UpdateType::Add, &[("alice", "s1")]));
+    assert_eq!(
+        bob.recv().await,
+        streams("r1", UpdateType::Add, &[("alice", "s1")])
+    );
 
     // KickoutUser: bob is kicked with 1002055; a user who is not there is 50002.
     let v = call(addr, "KickoutUser", "RoomId=r1&UserId[]=bob&CustomReason=bye").await;
     assert_eq!(code(&v), 0, "{v}");
     assert_eq!(v["Data"]["KickedUsers"][0], "bob");
     let (msgs, _) = bob.until_closed().await;
-    assert!(msgs.contains(&ServerMsg::Kicked { code: ErrorCode::KICKED_BY_SERVER, message: "bye".into() }), "{msgs:?}");
+    assert!(
+        msgs.contains(&ServerMsg::Kicked {
+            code: ErrorCode::KICKED_BY_SERVER,
+            message: "bye".into()
+        }),
+        "{msgs:?}"
+    );
     assert_eq!(alice.recv().await, users("r1", UpdateType::Delete, &["bob"]));
     let v = call(addr, "KickoutUser", "RoomId=r1&UserId=carol").await;
     assert_eq!(code(&v), 50002, "{v}");
@@ -274,7 +398,11 @@ async fn actions_on_a_room_with_clients() {
     assert_eq!(code(&v), 0, "{v}");
     assert_eq!(v["Data"]["ClosedSessions"], 1);
     let (msgs, _) = alice.until_closed().await;
-    assert!(msgs.iter().any(|m| matches!(m, ServerMsg::Kicked { code, .. } if *code == ErrorCode::KICKED_BY_SERVER)), "{msgs:?}");
+    assert!(
+        msgs.iter()
+            .any(|m| matches!(m, ServerMsg::Kicked { code, .. } if *code == ErrorCode::KICKED_BY_SERVER)),
+        "{msgs:?}"
+    );
     let v = call(addr, "DescribeUserNum", "RoomId=r1").await;
     assert_eq!(v["Data"]["UserCountList"][0]["UserCount"], 0);
     let v = call(addr, "CloseRoom", "RoomId=r1").await;

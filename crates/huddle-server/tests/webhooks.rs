@@ -32,7 +32,9 @@ async fn hook(State(r): State<Receiver>, body: String) -> StatusCode {
         r.refused.fetch_add(1, Ordering::SeqCst);
         return StatusCode::SERVICE_UNAVAILABLE;
     }
-    r.got.lock().push(serde_json::from_str(&body).expect("a JSON body"));
+    r.got
+        .lock()
+        .push(serde_json::from_str(&body).expect("a JSON body"));
     StatusCode::OK
 }
 
@@ -121,7 +123,10 @@ async fn nothing_is_lost_across_an_outage_and_a_restart() {
     bob.login("r2", "bob", false).await;
     let seq = alice.next_seq();
     assert_ok(alice.request(huddle_proto::ClientMsg::Logout { seq }).await);
-    until("a refused delivery", || receiver.refused.load(Ordering::SeqCst) > 0).await;
+    until("a refused delivery", || {
+        receiver.refused.load(Ordering::SeqCst) > 0
+    })
+    .await;
     // The server stops with events undelivered (bob's session ends with it, untold).
     server.stop();
     drop(bob);
@@ -171,7 +176,11 @@ async fn nothing_is_lost_across_an_outage_and_a_restart() {
         let nonce = format!("replay{from}{ts}");
         let text = format!("{APP}{nonce}{}{ts}", app.server_secret.as_str());
         let out = Command::new("python3")
-            .args(["-c", "import hashlib,sys; print(hashlib.md5(sys.argv[1].encode()).hexdigest())", &text])
+            .args([
+                "-c",
+                "import hashlib,sys; print(hashlib.md5(sys.argv[1].encode()).hexdigest())",
+                &text,
+            ])
             .output()
             .unwrap();
         let sig = String::from_utf8(out.stdout).unwrap().trim().to_string();
@@ -181,7 +190,13 @@ async fn nothing_is_lost_across_an_outage_and_a_restart() {
     };
     let answer = http_get(server.addr(), &replay(7)).await;
     assert_eq!(answer["Code"], 0, "{answer}");
-    assert_eq!((answer["Data"]["FromSeq"].as_u64(), answer["Data"]["LastSeq"].as_u64()), (Some(7), Some(10)));
+    assert_eq!(
+        (
+            answer["Data"]["FromSeq"].as_u64(),
+            answer["Data"]["LastSeq"].as_u64()
+        ),
+        (Some(7), Some(10))
+    );
     until("the replay", || receiver.got.lock().len() >= 14).await;
     assert_eq!(seqs(&receiver.got.lock())[10..], [7, 8, 9, 10]);
     let answer = http_get(server.addr(), &replay(99)).await;
@@ -189,8 +204,14 @@ async fn nothing_is_lost_across_an_outage_and_a_restart() {
 
     // /metrics: nothing left to deliver.
     let metrics = http_text(server.addr(), "/metrics").await;
-    assert!(metrics.contains(&format!("huddle_webhook_queue_depth{{app_id=\"{APP}\"}} 0")), "{metrics}");
-    assert!(metrics.contains("huddle_webhook_deliveries_total{result=\"failed\"}"), "{metrics}");
+    assert!(
+        metrics.contains(&format!("huddle_webhook_queue_depth{{app_id=\"{APP}\"}} 0")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("huddle_webhook_deliveries_total{result=\"failed\"}"),
+        "{metrics}"
+    );
     drop(carol);
     server.stop();
     let _ = std::fs::remove_dir_all(&dir);
@@ -203,7 +224,10 @@ async fn http_text(addr: std::net::SocketAddr, path: &str) -> String {
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     tcp.read_to_string(&mut response).await.unwrap();
-    response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
 }
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> Value {

@@ -1449,8 +1449,16 @@ fn the_server_api_stops_a_stream_and_finds_sessions() {
     let _c = h.login("r2", "carol", false);
     h.publish(a, "s1").unwrap();
     assert_eq!(h.reg.room_ids(app_id(APP)), vec![room("r1"), room("r2")]);
-    assert_eq!(h.reg.session_of(app_id(APP), &room("r1"), &UserId::new("bob").unwrap()), Some(b));
-    assert_eq!(h.reg.session_of(app_id(APP), &room("r2"), &UserId::new("bob").unwrap()), None);
+    assert_eq!(
+        h.reg
+            .session_of(app_id(APP), &room("r1"), &UserId::new("bob").unwrap()),
+        Some(b)
+    );
+    assert_eq!(
+        h.reg
+            .session_of(app_id(APP), &room("r2"), &UserId::new("bob").unwrap()),
+        None
+    );
     let mut in_r1 = h.reg.room_sessions(app_id(APP), &room("r1"));
     in_r1.sort();
     let mut expect = vec![a, b];
@@ -1458,11 +1466,25 @@ fn the_server_api_stops_a_stream_and_finds_sessions() {
     assert_eq!(in_r1, expect);
     // Not in that room: nothing happens.
     let (stopped, out) = h.run(|r, out| {
-        Ok::<_, HuddleError>(r.stop_stream(app_id(APP), &room("r2"), &sid("s1"), ErrorCode::STREAM_STOPPED_BY_SERVER, "x", out))
+        Ok::<_, HuddleError>(r.stop_stream(
+            app_id(APP),
+            &room("r2"),
+            &sid("s1"),
+            ErrorCode::STREAM_STOPPED_BY_SERVER,
+            "x",
+            out,
+        ))
     });
     assert!(!stopped.unwrap() && out.is_empty());
     let (stopped, out) = h.run(|r, out| {
-        Ok::<_, HuddleError>(r.stop_stream(app_id(APP), &room("r1"), &sid("s1"), ErrorCode::STREAM_STOPPED_BY_SERVER, "stopped", out))
+        Ok::<_, HuddleError>(r.stop_stream(
+            app_id(APP),
+            &room("r1"),
+            &sid("s1"),
+            ErrorCode::STREAM_STOPPED_BY_SERVER,
+            "stopped",
+            out,
+        ))
     });
     assert!(stopped.unwrap());
     let msgs = flatten(out).0;
@@ -1476,7 +1498,10 @@ fn the_server_api_stops_a_stream_and_finds_sessions() {
             message: "stopped".into(),
         }]
     );
-    assert_eq!(to(&msgs, b), vec![streams_msg("r1", UpdateType::Delete, &[("alice", "s1")])]);
+    assert_eq!(
+        to(&msgs, b),
+        vec![streams_msg("r1", UpdateType::Delete, &[("alice", "s1")])]
+    );
     assert_eq!(h.unpublish(a, "s1"), Err(ErrorCode::STREAM_NOT_FOUND));
     h.publish(a, "s1").unwrap();
 }

@@ -143,27 +143,27 @@ impl Hub {
                         tap.observe(&cmd);
                     }
                     match cmd {
-                    ClusterCommand::Follow {
-                        app,
-                        room,
-                        cursor,
-                        seq,
-                    } => {
-                        let follow = Follow {
+                        ClusterCommand::Follow {
+                            app,
+                            room,
                             cursor,
                             seq,
-                            resync: false,
-                        };
-                        self.follows.insert((app, room), follow);
-                        self.follows_changed.notify_one();
-                    }
-                    ClusterCommand::Unfollow { app, room } => {
-                        self.follows.remove(&(app, room));
-                        self.follows_changed.notify_one();
-                    }
-                    ClusterCommand::Change { app, room, change } => {
-                        release(&self.store, StoreOp::Room { app, room, change });
-                    }
+                        } => {
+                            let follow = Follow {
+                                cursor,
+                                seq,
+                                resync: false,
+                            };
+                            self.follows.insert((app, room), follow);
+                            self.follows_changed.notify_one();
+                        }
+                        ClusterCommand::Unfollow { app, room } => {
+                            self.follows.remove(&(app, room));
+                            self.follows_changed.notify_one();
+                        }
+                        ClusterCommand::Change { app, room, change } => {
+                            release(&self.store, StoreOp::Room { app, room, change });
+                        }
                     }
                 }
                 Output::Media(cmd) => {

@@ -279,7 +279,10 @@ impl ServerState {
 
     /// Runs `f` on the registry under the hub lock and delivers what it output, as a client
     /// request does (the server API's actions).
-    pub(crate) fn with_registry<R>(&self, f: impl FnOnce(&mut Registry, &mut Vec<crate::registry::Output>) -> R) -> R {
+    pub(crate) fn with_registry<R>(
+        &self,
+        f: impl FnOnce(&mut Registry, &mut Vec<crate::registry::Output>) -> R,
+    ) -> R {
         let mut hub = self.0.hub.lock();
         let mut out = Vec::new();
         let r = f(&mut hub.registry, &mut out);
