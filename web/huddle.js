@@ -96,6 +96,11 @@ export const ErrorCode = Object.freeze({
   CLUSTER_UNAVAILABLE: 1009009,
   DEVICE_UNAVAILABLE: 1009020,
   ACCESS_DENIED: 1009030,
+  API_NONCE_REPLAYED: 1009031,
+  API_NONCE_CACHE_FULL: 1009032,
+  STREAM_STOPPED_BY_SERVER: 1009033,
+  WEBHOOK_SEQ_UNAVAILABLE: 1009034,
+  WEBHOOK_NOT_CONFIGURED: 1009035,
   CLUSTER_AUTH_FAILED: 1009040,
   QUALITY_REPORT_TOO_FREQUENT: 1009050,
   INTERNAL: 1009099,
@@ -163,6 +168,7 @@ export class HuddleError extends Error {
  * @typedef {"NO_PLAY" | "PLAY_REQUESTING" | "PLAYING"} PlayerState
  * @typedef {"ADD" | "DELETE"} UpdateType
  * @typedef {{ userID: string, userName?: string }} User
+ * @typedef {{ message: string, messageID: number, sendTime: number, fromUser: User }} BroadcastMessageInfo
  * @typedef {{ streamID: string, user: { userID: string, userName: string }, extraInfo: string }} StreamInfo
  * @typedef {{ streamID: string, state: PublisherState, errorCode: number, extendedData: string }} PublisherStateResult
  * @typedef {{ streamID: string, state: PlayerState, errorCode: number, extendedData: string }} PlayerStateResult
@@ -183,6 +189,7 @@ export class HuddleError extends Error {
  *   publisherStateUpdate: (result: PublisherStateResult) => void,
  *   playerStateUpdate: (result: PlayerStateResult) => void,
  *   roomTokenWillExpire: (roomID: string, remainSecs: number) => void,
+ *   IMRecvBroadcastMessage: (roomID: string, messageList: BroadcastMessageInfo[]) => void,
  *   playerRecvAudioFirstFrame: (streamID: string) => void,
  *   playerRecvVideoFirstFrame: (streamID: string) => void,
  *   debugError: (errorCode: number, funcName: string, info: string) => void,
@@ -1425,6 +1432,18 @@ export class HuddleEngine {
         this._armQuality();
         return;
       }
+      case "broadcast_message":
+        // Sent by the app's server (server API `SendBroadcastMessage`) to the whole room.
+        if (room.phase !== "online" || msg.room_id !== room.roomId) return;
+        this._emit("IMRecvBroadcastMessage", room.roomId, [
+          {
+            message: String(msg.message ?? ""),
+            messageID: Number(msg.message_id ?? 0),
+            sendTime: Number(msg.send_time_ms ?? 0),
+            fromUser: { userID: msg.from_user?.user_id ?? "", userName: msg.from_user?.user_name ?? "" },
+          },
+        ]);
+        return;
       case "kicked":
         // Also the end of a session whose token expired unrenewed (1002056).
         if (room.phase === "done" || room.phase === "loggingout") return;
@@ -1440,6 +1459,12 @@ export class HuddleEngine {
   _onMediaState(msg) {
     const s = msg.kind === "publish" ? this._publishers.get(msg.stream_id) : this._players.get(msg.stream_id);
     if (!s || s.stopped || s.offering) return;
+    if (msg.kind === "publish" && msg.code === ErrorCode.STREAM_STOPPED_BY_SERVER) {
+      // The app's server stopped the stream (server API `DeleteStream`): the server already
+      // forgot it, so nothing is unpublished.
+      this._dropPublisher(/** @type {Publisher} */ (s), msg.code, msg.message);
+      return;
+    }
     if (msg.state === "connected") {
       s.mediaUp = true;
       s.failures = 0;

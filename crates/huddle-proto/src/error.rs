@@ -142,6 +142,17 @@ codes! {
     /// An operations endpoint (`/metrics`) asked from an address other than loopback without
     /// its bearer token.
     ACCESS_DENIED = 1009030, "Access denied: ask from loopback or with the configured bearer token.";
+    /// A server API request reused a `SignatureNonce` seen within the timestamp window.
+    API_NONCE_REPLAYED = 1009031, "The server API request reuses a signature nonce (a replay): sign each request with a fresh nonce.";
+    /// The server API's memory of recent nonces is full: the request is refused rather than
+    /// risk a replay going unnoticed.
+    API_NONCE_CACHE_FULL = 1009032, "The server API has too many recent requests to check for replays; retry shortly.";
+    /// A stream stopped by the server API (`DeleteStream`): told to its publisher.
+    STREAM_STOPPED_BY_SERVER = 1009033, "The stream was stopped by the server (server API).";
+    /// A webhook replay asked for sequence numbers that are no longer kept.
+    WEBHOOK_SEQ_UNAVAILABLE = 1009034, "The webhook events asked for are no longer kept (or not yet sent).";
+    /// A server API request for an app that has no webhook configured.
+    WEBHOOK_NOT_CONFIGURED = 1009035, "The app has no webhook configured.";
     /// A node's pull of a stream (`/cluster/ws`) was not signed with the cluster's secret, was
     /// signed too long ago, or came while this node serves no pulls.
     CLUSTER_AUTH_FAILED = 1009040, "The pull was refused: it is not signed with the cluster's secret, or its signature expired.";

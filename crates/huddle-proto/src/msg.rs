@@ -383,6 +383,20 @@ pub enum ServerMsg {
         /// Its downstream level.
         downstream: StreamQualityLevel,
     },
+    /// A broadcast message to everyone in the room, sent by the server API
+    /// (`SendBroadcastMessage`); what the hosted SDKs report as `onIMRecvBroadcastMessage`.
+    BroadcastMessage {
+        /// The room.
+        room_id: RoomId,
+        /// The message's number: increasing per room on the node that sent it.
+        message_id: u64,
+        /// When the server sent it, Unix milliseconds.
+        send_time_ms: u64,
+        /// The sender as the API call named it (it need not be in the room).
+        from_user: User,
+        /// The text (at most 1024 bytes).
+        message: String,
+    },
     /// The session is ended by the server; the connection closes after this.
     Kicked {
         /// Why (e.g. 1002050 for a duplicate login).

@@ -62,6 +62,47 @@ pub struct AppConfig {
     /// as someone else. AES-GCM tokens are authenticated and always accepted. Turn this on only
     /// for an app whose token server still uses a CBC-only generator (`docs/security.md`).
     pub allow_cbc_tokens: bool,
+    /// Where the app's server hears of rooms, users and streams (`webhook_url`, or
+    /// `[[apps.webhooks]]` tables; `docs/operations.md`).
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// One receiver of an app's webhook events (`[[apps.webhooks]]`).
+///
+/// `Debug` never prints the callback secret.
+#[derive(Clone)]
+pub struct WebhookConfig {
+    /// The receiver's URL, `http://` or `https://` (`url`).
+    pub url: String,
+    /// The secret the events are signed with (`callback_secret`; default: the app's server
+    /// secret), as the hosted platform's callback secret.
+    pub callback_secret: Option<String>,
+}
+
+impl fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks a webhook URL: `http://` or `https://` with a host, at most 2048 bytes.
+fn check_webhook_url(url: &str) -> Result<(), String> {
+    if url.len() > 2048 {
+        return Err("a webhook url is at most 2048 bytes".into());
+    }
+    let uri: axum::http::Uri = url
+        .parse()
+        .map_err(|_| format!("webhook url {url:?} is not a valid URL"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("webhook url {url:?} must start with http:// or https://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("webhook url {url:?} has no host"));
+    }
+    Ok(())
 }
 
 impl AppConfig {
@@ -72,6 +113,7 @@ impl AppConfig {
             app_sign: AppSign::generate(),
             server_secret: ServerSecret::generate(),
             allow_cbc_tokens: false,
+            webhooks: Vec::new(),
         }
     }
 
@@ -137,6 +179,7 @@ pub fn test_app(app_id: u32) -> AppConfig {
         app_sign: sign.parse().expect("64 hex characters"),
         server_secret: secret.parse().expect("32 characters"),
         allow_cbc_tokens: false,
+        webhooks: Vec::new(),
     }
 }
 
@@ -397,6 +440,16 @@ struct FileApp {
     server_secret: String,
     #[serde(default)]
     allow_cbc_tokens: bool,
+    webhook_url: Option<String>,
+    #[serde(default)]
+    webhooks: Vec<FileWebhook>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWebhook {
+    url: String,
+    callback_secret: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -438,11 +491,24 @@ fn convert_apps(apps: Vec<FileApp>) -> Result<Vec<AppConfig>, ConfigError> {
                     a.server_secret.len()
                 ))
             })?;
+            let mut webhooks: Vec<WebhookConfig> = a
+                .webhook_url
+                .into_iter()
+                .map(|url| WebhookConfig {
+                    url,
+                    callback_secret: None,
+                })
+                .collect();
+            webhooks.extend(a.webhooks.into_iter().map(|w| WebhookConfig {
+                url: w.url,
+                callback_secret: w.callback_secret,
+            }));
             Ok(AppConfig {
                 app_id,
                 app_sign,
                 server_secret,
                 allow_cbc_tokens: a.allow_cbc_tokens,
+                webhooks,
             })
         })
         .collect()
@@ -639,6 +705,25 @@ impl ServerConfig {
                     "app_id {} is configured twice (apps[{j}] and apps[{i}])",
                     app.app_id
                 ));
+            }
+            for (k, w) in app.webhooks.iter().enumerate() {
+                if let Err(e) = check_webhook_url(&w.url) {
+                    return invalid(format!("apps[{i}] (app_id {}): {e}", app.app_id));
+                }
+                if app.webhooks[..k].iter().any(|o| o.url == w.url) {
+                    return invalid(format!(
+                        "apps[{i}] (app_id {}): webhook url {:?} is configured twice",
+                        app.app_id, w.url
+                    ));
+                }
+                if let Some(secret) = &w.callback_secret
+                    && !(8..=256).contains(&secret.len())
+                {
+                    return invalid(format!(
+                        "apps[{i}] (app_id {}): a webhook callback_secret is 8 to 256 characters",
+                        app.app_id
+                    ));
+                }
             }
         }
         let timings = [
@@ -1113,5 +1198,40 @@ mod tests {
         let debug = format!("{a:?}");
         assert!(!debug.contains(&a.app_sign.to_hex()) && !debug.contains(a.server_secret.as_str()));
         assert!(ServerConfig::for_tests(vec![a]).validate().is_ok());
+    }
+
+    #[test]
+    fn webhooks_are_read_and_checked() {
+        let c = ServerConfig::from_toml_str(&format!(
+            "{}webhook_url = \"https://a.example/hook\"\n[[apps.webhooks]]\nurl = \"http://127.0.0.1:9/x\"\ncallback_secret = \"s3cret-long\"\n",
+            app_toml(1)
+        ))
+        .unwrap();
+        let w = &c.apps[0].webhooks;
+        assert_eq!(w.len(), 2);
+        assert_eq!(
+            (w[0].url.as_str(), w[0].callback_secret.as_deref()),
+            ("https://a.example/hook", None)
+        );
+        assert_eq!(w[1].callback_secret.as_deref(), Some("s3cret-long"));
+        assert!(!format!("{w:?}").contains("s3cret"), "Debug prints no secret");
+        for (extra, needle) in [
+            ("webhook_url = \"ftp://a/\"\n", "http:// or https://"),
+            ("webhook_url = \"not a url\"\n", "not a valid URL"),
+            (
+                "webhook_url = \"http://a/\"\n[[apps.webhooks]]\nurl = \"http://a/\"\n",
+                "twice",
+            ),
+            (
+                "[[apps.webhooks]]\nurl = \"http://a/\"\ncallback_secret = \"short\"\n",
+                "8 to 256",
+            ),
+        ] {
+            let e = ServerConfig::from_toml_str(&format!("{}{extra}", app_toml(1)))
+                .and_then(|c| c.validate().map(|()| c))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{extra}: {e}");
+        }
     }
 }

@@ -26,6 +26,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -39,11 +40,14 @@ pub mod store;
 mod tls;
 pub mod turn;
 mod web;
+mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
 
-pub use config::{AppConfig, ConfigError, ServerConfig, TurnConfig, default_data_dir, test_app};
+pub use config::{
+    AppConfig, ConfigError, ServerConfig, TurnConfig, WebhookConfig, default_data_dir, test_app,
+};
 pub use registry::Stats;
 pub use sfu::MediaStats;
 pub use signaling::{ServerState, router};
@@ -82,9 +86,11 @@ pub async fn serve(
         state.advertise_cluster(addr).await;
     }
     state.start_media()?;
+    state.start_webhooks();
     tokio::spawn(memory::trim_after_bursts(state.clone()));
     let app = router(state.clone())
         .merge(web::routes(state.clone()))
+        .merge(api::routes(state.clone()))
         .into_make_service_with_connect_info::<SocketAddr>();
     let trigger = state.clone();
     // The guard turns Nagle off (signaling messages are small and latency-bound), caps raw TCP
@@ -99,6 +105,7 @@ pub async fn serve(
         .await;
     state.shutdown();
     state.join_media().await;
+    state.stop_webhooks();
     if tokio::time::timeout(signaling::SHUTDOWN_TIMEOUT, state.wait_idle())
         .await
         .is_err()

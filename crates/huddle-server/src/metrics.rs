@@ -9,7 +9,10 @@
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 use sha2::{Digest, Sha256};
 
 use crate::ServerState;
@@ -24,6 +27,9 @@ pub(crate) struct Metrics {
     login_seconds: HistogramVec,
     gauges: Gauges,
     counters: Counters,
+    webhook_depth: IntGaugeVec,
+    webhook_deliveries: IntCounterVec,
+    webhook_dropped: IntCounter,
 }
 
 struct Gauges {
@@ -143,12 +149,43 @@ impl Metrics {
         registry
             .register(Box::new(login_seconds.clone()))
             .expect("one family per name");
+        let webhook_depth = IntGaugeVec::new(
+            Opts::new(
+                "huddle_webhook_queue_depth",
+                "Webhook events of an app not yet delivered to every one of its receivers.",
+            ),
+            &["app_id"],
+        )
+        .expect("a valid gauge");
+        let webhook_deliveries = IntCounterVec::new(
+            Opts::new(
+                "huddle_webhook_deliveries_total",
+                "Webhook delivery attempts, by result (ok: answered 2xx; failed: retried later).",
+            ),
+            &["result"],
+        )
+        .expect("a valid counter");
+        let webhook_dropped = IntCounter::new(
+            "huddle_webhook_events_dropped_total",
+            "Webhook events dropped: the queue to the disk was full, or an app kept too many undelivered.",
+        )
+        .expect("a valid counter");
+        for c in [
+            Box::new(webhook_depth.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(webhook_deliveries.clone()),
+            Box::new(webhook_dropped.clone()),
+        ] {
+            registry.register(c).expect("one family per name");
+        }
         Metrics {
             registry,
             scrape: Mutex::new(()),
             login_seconds,
             gauges,
             counters,
+            webhook_depth,
+            webhook_deliveries,
+            webhook_dropped,
         }
     }
 
@@ -192,6 +229,24 @@ impl Metrics {
         ] {
             counter.reset();
             counter.inc_by(value);
+        }
+        if let Some(hooks) = state.webhooks() {
+            use std::sync::atomic::Ordering::Relaxed;
+            for (app, depth) in hooks.depths() {
+                self.webhook_depth
+                    .with_label_values(&[app.to_string().as_str()])
+                    .set(i64::try_from(depth).unwrap_or(i64::MAX));
+            }
+            for (result, value) in [
+                ("ok", hooks.counts.delivered.load(Relaxed)),
+                ("failed", hooks.counts.failed.load(Relaxed)),
+            ] {
+                let c = self.webhook_deliveries.with_label_values(&[result]);
+                c.reset();
+                c.inc_by(value);
+            }
+            self.webhook_dropped.reset();
+            self.webhook_dropped.inc_by(hooks.counts.dropped.load(Relaxed));
         }
         let mut text = Vec::new();
         TextEncoder::new()

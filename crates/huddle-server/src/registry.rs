@@ -1778,6 +1778,89 @@ impl Registry {
         })
     }
 
+    /// The rooms of `app_id` this node has members in, sorted (the server API's room list).
+    pub fn room_ids(&self, app_id: AppId) -> Vec<RoomId> {
+        let mut ids: Vec<RoomId> = self
+            .apps
+            .get(&app_id)
+            .map(|a| a.rooms.keys().cloned().collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    /// This node's session of `user_id` in the room, if it has one (the server API's kick).
+    pub fn session_of(&self, app_id: AppId, room_id: &RoomId, user_id: &UserId) -> Option<SessionId> {
+        self.apps
+            .get(&app_id)?
+            .rooms
+            .get(room_id)?
+            .users
+            .get(user_id)
+            .copied()
+    }
+
+    /// This node's sessions in the room (the server API's close and broadcast).
+    pub fn room_sessions(&self, app_id: AppId, room_id: &RoomId) -> Vec<SessionId> {
+        self.apps
+            .get(&app_id)
+            .and_then(|a| a.rooms.get(room_id))
+            .map(|r| r.users.values().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The attached sessions of the room on this node (who gets a broadcast message now).
+    pub fn room_attached(&self, app_id: AppId, room_id: &RoomId) -> Vec<SessionId> {
+        self.room_sessions(app_id, room_id)
+            .into_iter()
+            .filter(|id| self.sessions.get(id).is_some_and(Session::attached))
+            .collect()
+    }
+
+    /// Stops `stream_id` of the room from the server side (the server API's `DeleteStream`): as
+    /// the publisher's own unpublish, except that the publisher gets `media_state` closed with
+    /// `code` instead of an `ok`. Returns whether this node published it in that room.
+    pub fn stop_stream(
+        &mut self,
+        app_id: AppId,
+        room_id: &RoomId,
+        stream_id: &StreamId,
+        code: ErrorCode,
+        message: &str,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let Some(p) = self.apps.get(&app_id).and_then(|a| a.streams.get(stream_id)) else {
+            return false;
+        };
+        if p.room != *room_id {
+            return false;
+        }
+        let session = p.session;
+        let mut inner = Vec::new();
+        if self.unpublish(session, 0, stream_id, &mut inner).is_err() {
+            return false;
+        }
+        for o in inner {
+            match o {
+                Output::Send {
+                    to,
+                    msg: ServerMsg::Ok { .. },
+                } if to == session => out.push(Output::Send {
+                    to: session,
+                    msg: ServerMsg::MediaState {
+                        stream_id: stream_id.clone(),
+                        kind: huddle_proto::MediaRole::Publish,
+                        state: huddle_proto::PeerState::Closed,
+                        code,
+                        message: message.into(),
+                    },
+                }),
+                o => out.push(o),
+            }
+        }
+        true
+    }
+
     /// Counts of sessions, rooms and streams.
     pub fn stats(&self) -> Stats {
         Stats {

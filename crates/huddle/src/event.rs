@@ -262,6 +262,13 @@ pub enum Event {
         /// Seconds until the token expires.
         remain_secs: i64,
     },
+    /// See [`EventHandler::on_im_recv_broadcast_message`].
+    IMRecvBroadcastMessage {
+        /// The room.
+        room_id: RoomId,
+        /// The messages, oldest first.
+        messages: Vec<BroadcastMessageInfo>,
+    },
     /// See [`EventHandler::on_publisher_captured_audio_first_frame`].
     PublisherCapturedAudioFirstFrame,
     /// See [`EventHandler::on_publisher_captured_video_first_frame`].
@@ -310,6 +317,22 @@ pub enum Event {
     },
 }
 
+/// A broadcast message to a room ([`EventHandler::on_im_recv_broadcast_message`]), as the
+/// hosted SDKs' `ZegoBroadcastMessageInfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BroadcastMessageInfo {
+    /// The text.
+    pub message: String,
+    /// The message's number, increasing per room.
+    #[doc(alias = "messageID")]
+    pub message_id: u64,
+    /// When the server sent it, Unix milliseconds.
+    pub send_time: u64,
+    /// The sender, as the server API call named it.
+    pub from_user: User,
+}
+
 impl Event {
     /// The event's name: its callback's without `on_` (`room_state_update`, …).
     pub fn name(&self) -> &'static str {
@@ -321,6 +344,7 @@ impl Event {
             Event::PublisherStateUpdate { .. } => "publisher_state_update",
             Event::PlayerStateUpdate { .. } => "player_state_update",
             Event::RoomTokenWillExpire { .. } => "room_token_will_expire",
+            Event::IMRecvBroadcastMessage { .. } => "im_recv_broadcast_message",
             Event::PublisherCapturedAudioFirstFrame => "publisher_captured_audio_first_frame",
             Event::PublisherCapturedVideoFirstFrame => "publisher_captured_video_first_frame",
             Event::PlayerRecvAudioFirstFrame { .. } => "player_recv_audio_first_frame",
@@ -416,6 +440,20 @@ impl Event {
             Event::RoomTokenWillExpire { room_id, remain_secs } => {
                 json!({"room_id": room_id.as_str(), "remain_secs": remain_secs})
             }
+            Event::IMRecvBroadcastMessage { room_id, messages } => {
+                let list: Vec<serde_json::Value> = messages
+                    .iter()
+                    .map(|m| {
+                        json!({
+                            "message": m.message,
+                            "message_id": m.message_id,
+                            "send_time": m.send_time,
+                            "from_user": {"user_id": m.from_user.user_id.as_str(), "user_name": m.from_user.user_name.as_str()},
+                        })
+                    })
+                    .collect();
+                json!({"room_id": room_id.as_str(), "messages": list})
+            }
             Event::PublisherCapturedAudioFirstFrame | Event::PublisherCapturedVideoFirstFrame => json!({}),
             Event::PlayerRecvAudioFirstFrame { stream_id }
             | Event::PlayerRecvVideoFirstFrame { stream_id } => {
@@ -507,6 +545,9 @@ impl Event {
             } => h.on_player_state_update(stream_id.as_str(), *state, *error_code, extended_data),
             Event::RoomTokenWillExpire { room_id, remain_secs } => {
                 h.on_room_token_will_expire(room_id.as_str(), *remain_secs)
+            }
+            Event::IMRecvBroadcastMessage { room_id, messages } => {
+                h.on_im_recv_broadcast_message(room_id.as_str(), messages)
             }
             Event::PublisherCapturedAudioFirstFrame => h.on_publisher_captured_audio_first_frame(),
             Event::PublisherCapturedVideoFirstFrame => h.on_publisher_captured_video_first_frame(),
@@ -626,6 +667,25 @@ pub trait EventHandler: Send + Sync + 'static {
     /// `on_room_state_changed` with `KickOut` and 1002056 (`KICKED_TOKEN_EXPIRED`).
     #[doc(alias = "onRoomTokenWillExpire")]
     fn on_room_token_will_expire(&self, room_id: &str, remain_secs: i64) {}
+
+    /// Broadcast messages to the room arrived: sent by the app's server through the server API
+    /// (`SendBroadcastMessage`), to every session of the room.
+    ///
+    /// ```
+    /// use huddle::{BroadcastMessageInfo, EventHandler};
+    ///
+    /// struct Chat;
+    /// impl EventHandler for Chat {
+    ///     fn on_im_recv_broadcast_message(&self, room_id: &str, messages: &[BroadcastMessageInfo]) {
+    ///         for m in messages {
+    ///             println!("[{room_id}] {}: {}", m.from_user.user_name, m.message);
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    #[doc(alias = "onIMRecvBroadcastMessage")]
+    #[doc(alias = "IMRecvBroadcastMessage")]
+    fn on_im_recv_broadcast_message(&self, room_id: &str, messages: &[BroadcastMessageInfo]) {}
 
     /// The published stream's first audio frame was captured (from the configured
     /// [`AudioSource`](crate::AudioSource)), once per media connection.

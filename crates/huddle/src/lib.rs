@@ -137,8 +137,8 @@ pub use config::{EngineConfig, EngineProfile, RoomConfig, Scenario};
 pub use dispatch::EventStream;
 pub use engine::{Engine, EngineHandle};
 pub use event::{
-    Event, EventHandler, PlayStreamQuality, PlayerState, PublishStreamQuality, PublisherState, RoomState,
-    RoomStateChangedReason,
+    BroadcastMessageInfo, Event, EventHandler, PlayStreamQuality, PlayerState, PublishStreamQuality,
+    PublisherState, RoomState, RoomStateChangedReason,
 };
 /// The audio receive stats of a played stream ([`Engine::player_audio_stats`]): the jitter
 /// buffer's added delay, its counters, and the time-stretching.

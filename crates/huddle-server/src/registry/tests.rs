@@ -1489,3 +1489,68 @@ fn network_quality_is_relayed_to_the_room_and_rate_limited() {
     let (r, _) = report(&mut h, c, 5, t0 + Duration::from_secs(9));
     assert_eq!(r.unwrap_err().code, ErrorCode::NOT_LOGGED_IN);
 }
+
+#[test]
+fn the_server_api_stops_a_stream_and_finds_sessions() {
+    let mut h = H::new();
+    let a = h.login("r1", "alice", false);
+    let b = h.login("r1", "bob", false);
+    let _c = h.login("r2", "carol", false);
+    h.publish(a, "s1").unwrap();
+    assert_eq!(h.reg.room_ids(app_id(APP)), vec![room("r1"), room("r2")]);
+    assert_eq!(
+        h.reg
+            .session_of(app_id(APP), &room("r1"), &UserId::new("bob").unwrap()),
+        Some(b)
+    );
+    assert_eq!(
+        h.reg
+            .session_of(app_id(APP), &room("r2"), &UserId::new("bob").unwrap()),
+        None
+    );
+    let mut in_r1 = h.reg.room_sessions(app_id(APP), &room("r1"));
+    in_r1.sort();
+    let mut expect = vec![a, b];
+    expect.sort();
+    assert_eq!(in_r1, expect);
+    // Not in that room: nothing happens.
+    let (stopped, out) = h.run(|r, out| {
+        Ok::<_, HuddleError>(r.stop_stream(
+            app_id(APP),
+            &room("r2"),
+            &sid("s1"),
+            ErrorCode::STREAM_STOPPED_BY_SERVER,
+            "x",
+            out,
+        ))
+    });
+    assert!(!stopped.unwrap() && out.is_empty());
+    let (stopped, out) = h.run(|r, out| {
+        Ok::<_, HuddleError>(r.stop_stream(
+            app_id(APP),
+            &room("r1"),
+            &sid("s1"),
+            ErrorCode::STREAM_STOPPED_BY_SERVER,
+            "stopped",
+            out,
+        ))
+    });
+    assert!(stopped.unwrap());
+    let msgs = flatten(out).0;
+    assert_eq!(
+        to(&msgs, a),
+        vec![ServerMsg::MediaState {
+            stream_id: sid("s1"),
+            kind: huddle_proto::MediaRole::Publish,
+            state: huddle_proto::PeerState::Closed,
+            code: ErrorCode::STREAM_STOPPED_BY_SERVER,
+            message: "stopped".into(),
+        }]
+    );
+    assert_eq!(
+        to(&msgs, b),
+        vec![streams_msg("r1", UpdateType::Delete, &[("alice", "s1")])]
+    );
+    assert_eq!(h.unpublish(a, "s1"), Err(ErrorCode::STREAM_NOT_FOUND));
+    h.publish(a, "s1").unwrap();
+}

@@ -35,6 +35,8 @@ pub(super) struct Hub {
     pub(super) follows_changed: Arc<Notify>,
     /// Pulls of other nodes' streams to start and stop, in the registry's order ([`super::relay`]).
     pub(super) pulls: mpsc::Sender<PullOp>,
+    /// Turns the registry's room changes into webhook events (apps with webhooks only).
+    pub(super) webhooks: Option<crate::webhooks::WebhookTap>,
 }
 
 /// A followed room's position in its history.
@@ -139,29 +141,34 @@ impl Hub {
                         close(&h.ctl, Closing::AfterQueue);
                     }
                 }
-                Output::Cluster(cmd) => match cmd {
-                    ClusterCommand::Follow {
-                        app,
-                        room,
-                        cursor,
-                        seq,
-                    } => {
-                        let follow = Follow {
+                Output::Cluster(cmd) => {
+                    if let Some(tap) = &mut self.webhooks {
+                        tap.observe(&cmd);
+                    }
+                    match cmd {
+                        ClusterCommand::Follow {
+                            app,
+                            room,
                             cursor,
                             seq,
-                            resync: false,
-                        };
-                        self.follows.insert((app, room), follow);
-                        self.follows_changed.notify_one();
+                        } => {
+                            let follow = Follow {
+                                cursor,
+                                seq,
+                                resync: false,
+                            };
+                            self.follows.insert((app, room), follow);
+                            self.follows_changed.notify_one();
+                        }
+                        ClusterCommand::Unfollow { app, room } => {
+                            self.follows.remove(&(app, room));
+                            self.follows_changed.notify_one();
+                        }
+                        ClusterCommand::Change { app, room, change } => {
+                            release(&self.store, StoreOp::Room { app, room, change });
+                        }
                     }
-                    ClusterCommand::Unfollow { app, room } => {
-                        self.follows.remove(&(app, room));
-                        self.follows_changed.notify_one();
-                    }
-                    ClusterCommand::Change { app, room, change } => {
-                        release(&self.store, StoreOp::Room { app, room, change });
-                    }
-                },
+                }
                 Output::Media(MediaCommand::Pull {
                     app,
                     stream_id,
@@ -264,6 +271,7 @@ pub(super) fn msg_type(m: &ServerMsg) -> &'static str {
         ServerMsg::MediaState { .. } => "media_state",
         ServerMsg::TokenWillExpire { .. } => "token_will_expire",
         ServerMsg::NetworkQuality { .. } => "network_quality",
+        ServerMsg::BroadcastMessage { .. } => "broadcast_message",
     }
 }
 

@@ -123,6 +123,10 @@ struct Shared {
     relays: Mutex<HashMap<crate::registry::SessionId, tokio::sync::mpsc::Sender<huddle_proto::ServerMsg>>>,
     /// The puller's end of the pull queue until the puller starts ([`relay`]).
     pull_rx: Mutex<Option<tokio::sync::mpsc::Receiver<relay::PullOp>>>,
+    /// The server API's nonces and counters (`crate::api`).
+    api: crate::api::ApiState,
+    /// The webhook logs and deliverers, when an app has a webhook (`crate::webhooks`).
+    webhooks: Option<Arc<crate::webhooks::Webhooks>>,
 }
 
 impl ServerState {
@@ -137,6 +141,7 @@ impl ServerState {
             _ => None,
         };
         let registry = Registry::new(Limits::from(&config));
+        let webhooks = crate::webhooks::Webhooks::open(&config.data_dir, &config.apps)?.map(Arc::new);
         let (store_tx, store_rx) = tokio::sync::mpsc::channel(cluster::STORE_QUEUE);
         let (pull_tx, pull_rx) = tokio::sync::mpsc::channel(relay::PULL_QUEUE);
         let store = OnceLock::new();
@@ -155,6 +160,7 @@ impl ServerState {
                 follows: HashMap::new(),
                 follows_changed: Arc::new(Notify::new()),
                 pulls: pull_tx,
+                webhooks: webhooks.as_ref().map(|w| w.tap()),
             }),
             store,
             store_tx,
@@ -182,6 +188,8 @@ impl ServerState {
             tls,
             relays: Mutex::new(HashMap::new()),
             pull_rx: Mutex::new(Some(pull_rx)),
+            api: crate::api::ApiState::new(),
+            webhooks,
         })))
     }
 
@@ -277,6 +285,49 @@ impl ServerState {
     /// The room `room_id` of `app_id` as its members see it now (`None`: no such room).
     pub fn room(&self, app_id: huddle_proto::AppId, room_id: &huddle_proto::RoomId) -> Option<RoomView> {
         self.0.hub.lock().registry.room(app_id, room_id)
+    }
+
+    /// Runs `f` on the registry under the hub lock and delivers what it output, as a client
+    /// request does (the server API's actions).
+    pub(crate) fn with_registry<R>(
+        &self,
+        f: impl FnOnce(&mut Registry, &mut Vec<crate::registry::Output>) -> R,
+    ) -> R {
+        let mut hub = self.0.hub.lock();
+        let mut out = Vec::new();
+        let r = f(&mut hub.registry, &mut out);
+        hub.dispatch(out);
+        r
+    }
+
+    /// The cluster store, once connected.
+    pub(crate) fn cluster_store(&self) -> Option<Arc<dyn crate::store::Store>> {
+        self.0.store.get().cloned()
+    }
+
+    /// The server API's state.
+    pub(crate) fn api(&self) -> &crate::api::ApiState {
+        &self.0.api
+    }
+
+    /// The webhooks, when an app has one.
+    pub(crate) fn webhooks(&self) -> Option<&Arc<crate::webhooks::Webhooks>> {
+        self.0.webhooks.as_ref()
+    }
+
+    /// Starts the webhook writer and deliverers (within a tokio runtime); a no-op without
+    /// webhooks or after the first call.
+    pub(crate) fn start_webhooks(&self) {
+        if let Some(w) = &self.0.webhooks {
+            w.start(self.shutdown_receiver());
+        }
+    }
+
+    /// Stops the webhook writer once every event queued so far is on disk.
+    pub(crate) fn stop_webhooks(&self) {
+        if let Some(w) = &self.0.webhooks {
+            w.stop();
+        }
     }
 
     /// Checks the registry's invariants, its timers' included ([`Registry::check_invariants`]).

@@ -533,6 +533,25 @@ impl Session {
                     self.quality.remote_report(user_id, upstream, downstream, now);
                 }
             }
+            ServerMsg::BroadcastMessage {
+                room_id,
+                message_id,
+                send_time_ms,
+                from_user,
+                message,
+            } => {
+                if self.is_online() && room_id == self.p.room_id {
+                    self.event(Event::IMRecvBroadcastMessage {
+                        room_id,
+                        messages: vec![crate::event::BroadcastMessageInfo {
+                            message,
+                            message_id,
+                            send_time: send_time_ms,
+                            from_user,
+                        }],
+                    });
+                }
+            }
             ServerMsg::Kicked { code, message } => {
                 if matches!(self.phase, Phase::Done | Phase::LoggingOut { .. }) {
                     return;
@@ -1224,6 +1243,18 @@ impl Session {
         message: &str,
         now: Instant,
     ) {
+        if kind == MediaRole::Publish
+            && code == ErrorCode::STREAM_STOPPED_BY_SERVER
+            && self.publisher.as_ref().is_some_and(|p| p.stream_id == stream_id)
+        {
+            // The app's server stopped the stream (server API `DeleteStream`): the server
+            // already forgot it, so nothing is unpublished; the app hears why.
+            self.close_publish_media();
+            if let Some(p) = self.publisher.take() {
+                self.publisher_event(p.stream_id, PublisherState::NoPublish, code, message);
+            }
+            return;
+        }
         match state {
             PeerState::Connected => {}
             PeerState::Closed | PeerState::Failed => {

@@ -1682,3 +1682,67 @@ fn quality_of_other_users_is_relayed_then_unknown_then_die_when_their_reports_st
     });
     assert!(qevs(&out).is_empty());
 }
+
+#[test]
+fn broadcast_messages_of_the_room_are_reported_in_order() {
+    let mut h = online_with_streams();
+    let msg = |id: u64, room: &str, text: &str| ServerMsg::BroadcastMessage {
+        room_id: RoomId::new(room).unwrap(),
+        message_id: id,
+        send_time_ms: 1_700_000_000_000 + id,
+        from_user: user("admin"),
+        message: text.into(),
+    };
+    let mut got = Vec::new();
+    for m in [
+        msg(1, "room", "hello"),
+        msg(2, "other", "not ours"),
+        msg(3, "room", "bye"),
+    ] {
+        for o in h.msg(m) {
+            if let Output::Event(Event::IMRecvBroadcastMessage { room_id, messages }) = o {
+                assert_eq!(room_id.as_str(), "room");
+                for m in messages {
+                    got.push((
+                        m.message_id,
+                        m.send_time,
+                        m.from_user.user_id.to_string(),
+                        m.message,
+                    ));
+                }
+            }
+        }
+    }
+    assert_eq!(
+        got,
+        [
+            (1, 1_700_000_000_001, "admin".to_string(), "hello".to_string()),
+            (3, 1_700_000_000_003, "admin".to_string(), "bye".to_string())
+        ]
+    );
+}
+
+#[test]
+fn a_stream_stopped_by_the_server_ends_the_publisher_without_an_unpublish() {
+    let (mut h, _) = Harness::new(media_params());
+    h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    publish_flowing(&mut h, "mine");
+    let out = h.msg(ServerMsg::MediaState {
+        stream_id: sid("mine"),
+        kind: MediaRole::Publish,
+        state: PeerState::Closed,
+        code: ErrorCode::STREAM_STOPPED_BY_SERVER,
+        message: "stopped".into(),
+    });
+    assert_eq!(evs(&out), ["pub mine NoPublish 1009033"]);
+    assert_eq!(closes(&out), [("mine".to_string(), MediaRole::Publish)]);
+    assert!(
+        !sent(&out)
+            .iter()
+            .any(|m| matches!(m, ClientMsg::Unpublish { .. })),
+        "{out:?}"
+    );
+    // Nothing is retried: no new offer later either.
+    let out = h.advance(Duration::from_secs(10));
+    assert!(opens(&out).is_empty(), "{out:?}");
+}
