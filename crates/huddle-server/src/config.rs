@@ -183,6 +183,36 @@ pub fn test_app(app_id: u32) -> AppConfig {
     }
 }
 
+/// A secret of the configuration (`metrics_token`, `cluster_secret`): used as text through
+/// `Deref`, never printed: `Debug` (and so a logged [`ServerConfig`]) shows `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl std::ops::Deref for Secret {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Secret {
+        Secret(s)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Secret {
+        Secret(s.to_owned())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// Everything the server needs to run. Build it with [`ServerConfig::default`],
 /// [`ServerConfig::load`], [`ServerConfig::from_toml_str`], [`ServerConfig::dev`] or
 /// [`ServerConfig::for_tests`], adjust fields, and pass it to [`crate::run`].
@@ -245,13 +275,13 @@ pub struct ServerConfig {
     /// at least 16 characters; default none: this node neither pulls nor serves pulls, and a
     /// stream of another node stays unavailable here). Only with `redis`. Never sent: a pull is
     /// signed with an HMAC of it (`docs/cluster.md`).
-    pub cluster_secret: Option<String>,
+    pub cluster_secret: Option<Secret>,
     /// The URL other nodes reach this node's signaling at to pull its streams (`cluster_url`,
     /// `ws://HOST:PORT` or `wss://…`; default: the bound listen address). Only with `redis`.
     pub cluster_url: Option<String>,
     /// The bearer token that opens `/metrics` to addresses other than loopback
     /// (`metrics_token`, default none: loopback only). See `docs/operations.md`.
-    pub metrics_token: Option<String>,
+    pub metrics_token: Option<Secret>,
     /// A node's lease in the cluster store (`cluster_lease_ms`, default 10 s, at least 300 ms):
     /// renewed every third of it; what a node owns (stream IDs, its users and streams in shared
     /// rooms) is gone for the others within about a lease and a third after it dies. Only with
@@ -590,9 +620,9 @@ impl ServerConfig {
             }),
             redis: f.redis,
             node_id: f.node_id,
-            cluster_secret: f.cluster_secret,
+            cluster_secret: f.cluster_secret.map(Secret::from),
             cluster_url: f.cluster_url,
-            metrics_token: f.metrics_token,
+            metrics_token: f.metrics_token.map(Secret::from),
             cluster_lease: f.cluster_lease_ms.map_or(d.cluster_lease, ms),
             drain_timeout: f.drain_timeout_ms.map_or(d.drain_timeout, ms),
             heartbeat: f.heartbeat_ms.map_or(d.heartbeat, ms),
@@ -925,6 +955,19 @@ mod tests {
 
     fn err(text: &str) -> String {
         ServerConfig::from_toml_str(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn debug_prints_no_secret() {
+        let mut c = ServerConfig::for_tests(vec![test_app(1)]);
+        c.metrics_token = Some("the-metrics-token-123".into());
+        c.cluster_secret = Some("the-cluster-secret-456".into());
+        let printed = format!("{c:?}");
+        assert!(
+            !printed.contains("the-metrics-token") && !printed.contains("the-cluster-secret"),
+            "{printed}"
+        );
+        assert!(printed.contains("<redacted>"));
     }
 
     #[test]

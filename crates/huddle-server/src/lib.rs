@@ -46,7 +46,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 pub use config::{
-    AppConfig, ConfigError, ServerConfig, TurnConfig, WebhookConfig, default_data_dir, test_app,
+    AppConfig, ConfigError, Secret, ServerConfig, TurnConfig, WebhookConfig, default_data_dir, test_app,
 };
 pub use registry::Stats;
 pub use sfu::MediaStats;
