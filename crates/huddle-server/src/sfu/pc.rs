@@ -630,14 +630,15 @@ impl Sfu {
         }
     }
 
-    pub(super) fn close_play(&mut self, now: Instant, session: SessionId, key: &StreamKey) {
-        if let Some(id) = self
-            .by_owner
-            .get(&(session, key.clone(), MediaRole::Play))
-            .copied()
-        {
+    /// Closes the PC that `session` has for `key` in `role`, if any.
+    pub(super) fn close_owned(&mut self, now: Instant, session: SessionId, key: &StreamKey, role: MediaRole) {
+        if let Some(id) = self.by_owner.get(&(session, key.clone(), role)).copied() {
             self.close_pc(now, id, None);
         }
+    }
+
+    pub(super) fn close_play(&mut self, now: Instant, session: SessionId, key: &StreamKey) {
+        self.close_owned(now, session, key, MediaRole::Play);
         if let Some(entry) = self.streams.get_mut(key) {
             entry.pending.retain(|p| p.session != session);
             if entry.is_unused() && entry.publisher_session.is_none() {

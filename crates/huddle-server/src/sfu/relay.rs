@@ -186,13 +186,7 @@ impl Sfu {
     /// Closes the link's relay PC alone: the stream keeps its players, who get media again when
     /// the next link's relay PC is answered.
     pub(super) fn pull_broken(&mut self, now: Instant, session: SessionId, key: &StreamKey) {
-        if let Some(id) = self
-            .by_owner
-            .get(&(session, key.clone(), MediaRole::Publish))
-            .copied()
-        {
-            self.close_pc(now, id, None);
-        }
+        self.close_owned(now, session, key, MediaRole::Publish);
     }
 
     /// Handles a datagram that the link `session` of stream `key` received on its socket
