@@ -93,6 +93,7 @@ impl HandshakeTiming {
 static DTLS: SharedConfigDtls = SharedConfigDtls {
     configs: Mutex::new(Vec::new()),
     timing: None,
+    seed: None,
 };
 
 /// The provider for every `Rtc` of this process, with [`HandshakeTiming::of_process`].
@@ -112,20 +113,33 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
 /// schedules in one process. One provider per distinct timing lives as long as the process (a
 /// str0m provider holds its DTLS half by `&'static`); ask for a handful, not one per connection.
 pub fn crypto_provider_with(timing: HandshakeTiming) -> Arc<CryptoProvider> {
-    static PROVIDERS: Mutex<Vec<(HandshakeTiming, Arc<CryptoProvider>)>> = Mutex::new(Vec::new());
+    provider(timing, None)
+}
+
+/// [`crypto_provider_with`], and dimpl's retransmission jitter drawn from `seed` (the same
+/// sequence for every handshake made with this provider): for simulations that must come out
+/// the same on every run. Never for real connections.
+pub fn crypto_provider_seeded(timing: HandshakeTiming, seed: u64) -> Arc<CryptoProvider> {
+    provider(timing, Some(seed))
+}
+
+fn provider(timing: HandshakeTiming, seed: Option<u64>) -> Arc<CryptoProvider> {
+    type Providers = Vec<(HandshakeTiming, Option<u64>, Arc<CryptoProvider>)>;
+    static PROVIDERS: Mutex<Providers> = Mutex::new(Vec::new());
     let mut providers = PROVIDERS.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some((_, p)) = providers.iter().find(|(t, _)| *t == timing) {
+    if let Some((_, _, p)) = providers.iter().find(|(t, s, _)| *t == timing && *s == seed) {
         return p.clone();
     }
     let dtls: &'static SharedConfigDtls = Box::leak(Box::new(SharedConfigDtls {
         configs: Mutex::new(Vec::new()),
         timing: Some(timing),
+        seed,
     }));
     let provider = Arc::new(CryptoProvider {
         dtls_provider: dtls,
         ..str0m::crypto::from_feature_flags()
     });
-    providers.push((timing, provider.clone()));
+    providers.push((timing, seed, provider.clone()));
     provider
 }
 
@@ -135,6 +149,9 @@ struct SharedConfigDtls {
     configs: Mutex<Vec<(Option<usize>, Arc<dimpl::Config>)>>,
     /// The handshake timing; the process's when `None`.
     timing: Option<HandshakeTiming>,
+    /// The seed of dimpl's non-cryptographic randomness (retransmission jitter), for
+    /// simulations; from the system when `None`.
+    seed: Option<u64>,
 }
 
 impl SharedConfigDtls {
@@ -152,6 +169,9 @@ impl SharedConfigDtls {
             .flight_retries(timing.retries);
         if let Some(mtu) = mtu {
             builder = builder.mtu(mtu);
+        }
+        if let Some(seed) = self.seed {
+            builder = builder.dangerously_set_rng_seed(seed);
         }
         let config = Arc::new(
             builder
