@@ -83,7 +83,7 @@ PY
       HUDDLE_QUALITY_MODELS=clean,late,jitter HUDDLE_QUALITY_LOSSES=0 HUDDLE_QUALITY_SEEDS="${SEEDS:-1,2}" \
       HUDDLE_QUALITY_OUT="$PWD/$out/clean-$variant.jsonl" cargo bench -q -p huddle --bench loss_curve
   done
-  cargo test -q -p huddle-media --test opus -- --ignored opus_alone_writes --nocapture
+  cargo run -q -p huddle-media --example opus_alone
   echo "== Opus alone, 48 kbit/s: $(python3 crates/huddle/tests/audio_score.py \
     crates/huddle-media/tests/data/speech-16k.wav "$out/opus-alone-48k.wav")"
   python3 - "$out" <<'PY'

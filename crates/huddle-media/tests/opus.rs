@@ -173,28 +173,3 @@ fn encoder_settings_are_checked_and_kept() {
         .collect();
     assert!(sizes[20..].iter().all(|&n| n <= 2), "{sizes:?}");
 }
-
-/// Opus alone on the speech sample at 48 kbit/s without FEC, written to
-/// `target/quality/opus-alone-48k.wav`: the codec's ceiling that `scripts/quality.sh clean`
-/// scores beside the calls (a tool, not a check: `--ignored`).
-#[test]
-#[ignore]
-fn opus_alone_writes_the_codec_ceiling() {
-    let mut config = OpusConfig::default();
-    config.bitrate = 48_000;
-    config.fec = false;
-    config.packet_loss_percent = 0;
-    // Padded as the calls' speech is (2 s of silence before, 0.5 s after), so that the
-    // scorer aligns and trims both alike.
-    let mut frames = vec![AudioFrame::silence(0); 100];
-    frames.extend(common::speech_frames());
-    frames.extend(vec![AudioFrame::silence(0); 25]);
-    let decoded = decode_all(&encode_all(&frames, &config));
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/quality");
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut out = huddle_media::WavRecorder::create(dir.join("opus-alone-48k.wav")).unwrap();
-    for f in &decoded {
-        huddle_media::AudioSink::write_frame(&mut out, f).unwrap();
-    }
-    out.finish().unwrap();
-}
