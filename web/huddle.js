@@ -359,7 +359,7 @@ function closePc(pc) {
  *   streamId: string, state: PlayerState, available: boolean, requested: boolean,
  *   pc: RTCPeerConnection | null, mediaUp: boolean, gen: number, offering: boolean,
  *   retryTimer: any, failures: number, stopped: boolean, mediaStream: MediaStream, last: Map<string, any>,
- *   firstFrame: Set<string>,
+ *   firstFrame: Set<string>, qualityRx?: number,
  * }} Player
  */
 
@@ -1067,7 +1067,9 @@ export class HuddleEngine {
     const now = Date.now();
     const streamTick = this._qualityTicks % (QUALITY.streamIntervalMs / 1000) === 0;
     const networkTick = this._qualityTicks % (QUALITY.networkIntervalMs / 1000) === 0;
+    /** @type {number} */
     let up = QualityLevel.UNKNOWN;
+    /** @type {number} */
     let down = QualityLevel.UNKNOWN;
     let lastRx = room.lastRx ?? 0;
     for (const id of this._publishers.keys()) {
