@@ -263,8 +263,14 @@ impl Sfu {
         }
         // One DTLS configuration for every PC: str0m's default validates dimpl's crypto provider
         // again for each one, ~0.65 ms of this shard's thread per offer (`huddle_dtls`).
+        let provider = match self.config.dtls_seed {
+            Some(seed) => {
+                huddle_dtls::crypto_provider_seeded(huddle_dtls::HandshakeTiming::of_process(), seed)
+            }
+            None => huddle_dtls::crypto_provider(),
+        };
         config = config
-            .set_crypto_provider(huddle_dtls::crypto_provider())
+            .set_crypto_provider(provider)
             .set_local_ice_credentials(shard::ice_credentials(self.config.shard));
         if role == MediaRole::Play {
             // No transport-wide congestion control on what the server sends yet (no bandwidth

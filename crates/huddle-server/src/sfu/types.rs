@@ -37,6 +37,11 @@ pub struct SfuConfig {
     /// This SFU's index among the media plane's shards (below [`shard::MAX_SHARDS`]): its PCs'
     /// ICE username fragments start with it ([`shard::ice_credentials`]).
     pub shard: usize,
+    /// Draw DTLS's retransmission jitter from this seed instead of at random
+    /// (`huddle_dtls::crypto_provider_seeded`): for simulations on virtual time that must come
+    /// out the same on every run (the SDK's end-to-end harness). `None` (the default) for
+    /// every real server.
+    pub dtls_seed: Option<u64>,
 }
 
 impl SfuConfig {
@@ -49,6 +54,7 @@ impl SfuConfig {
             play_wait: Duration::from_secs(5),
             max_peer_connections: 20_000,
             shard: 0,
+            dtls_seed: None,
         }
     }
 }

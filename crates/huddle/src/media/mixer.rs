@@ -55,7 +55,7 @@ impl PlayerAudio {
 
     /// The frame of the tick due at `tick`, if the stream is playing. The player is asked at
     /// the tick's deadline, not the real time: a late tick still yields exactly one frame.
-    fn tick(&mut self, tick: Instant) -> Option<AudioFrame> {
+    pub(crate) fn tick(&mut self, tick: Instant) -> Option<AudioFrame> {
         let frame = self.player.pull(tick);
         if !self.first_decoded && self.player.stats().jitter.played > 0 {
             self.first_decoded = true;

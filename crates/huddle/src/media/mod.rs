@@ -11,6 +11,8 @@
 
 pub(crate) mod device;
 pub(crate) mod mixer;
+#[cfg(test)]
+mod netem;
 pub(crate) mod pc;
 pub(crate) mod play;
 pub(crate) mod publish;

@@ -310,10 +310,23 @@ fn prefer_ipv4(addrs: impl Iterator<Item = SocketAddr>) -> Option<SocketAddr> {
     first
 }
 
-/// A client peer connection before its task starts: the `Rtc`, the bound socket, the offer.
+/// Where a PC's datagrams go and come from: the seam between the sans-IO peer connection and
+/// its I/O. The engine's media tasks own a real socket; the virtual-time harness
+/// (`media::netem`) carries the queued datagrams itself, through its impaired links.
+pub(crate) enum Wire {
+    /// A UDP socket, registered with the engine's runtime.
+    Udp(tokio::net::UdpSocket),
+    /// No socket: [`Pc::drive`] queues each datagram here (destination, bytes) for the caller
+    /// to take with [`Pc::take_transmit`], and datagrams come in by [`Pc::receive`]. Only the
+    /// harness makes one.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Queue(std::collections::VecDeque<(SocketAddr, Vec<u8>)>),
+}
+
+/// A client peer connection: the `Rtc`, its wire, the offer.
 pub(crate) struct Pc {
     pub(crate) rtc: Rtc,
-    pub(crate) socket: tokio::net::UdpSocket,
+    wire: Wire,
     pub(crate) local: SocketAddr,
     pub(crate) audio: Option<Mid>,
     pub(crate) video: Option<Mid>,
@@ -338,12 +351,36 @@ impl Pc {
     /// `video`) for a publisher, receive-only audio and video for a player. Must be called
     /// inside the engine's runtime (the socket registers with it).
     pub(crate) fn new(ip: IpAddr, role: MediaRole, video: bool) -> std::io::Result<(Pc, String)> {
-        let now = Instant::now();
         let std_socket = UdpSocket::bind((ip, 0))?;
         std_socket.set_nonblocking(true)?;
         let local = std_socket.local_addr()?;
         let socket = tokio::net::UdpSocket::from_std(std_socket)?;
-        let mut rtc = client_config(SetupTiming::of_process()).build(now);
+        let config = client_config(SetupTiming::of_process());
+        Pc::with_wire(config, Instant::now(), local, Wire::Udp(socket), role, video)
+    }
+
+    /// A peer connection with no socket ([`Wire::Queue`]), as `local` on a virtual network,
+    /// built from `config` at `now`, and its offer.
+    #[cfg(test)]
+    pub(crate) fn queued(
+        config: RtcConfig,
+        now: Instant,
+        local: SocketAddr,
+        role: MediaRole,
+        video: bool,
+    ) -> std::io::Result<(Pc, String)> {
+        Pc::with_wire(config, now, local, Wire::Queue(Default::default()), role, video)
+    }
+
+    fn with_wire(
+        config: RtcConfig,
+        now: Instant,
+        local: SocketAddr,
+        wire: Wire,
+        role: MediaRole,
+        video: bool,
+    ) -> std::io::Result<(Pc, String)> {
+        let mut rtc = config.build(now);
         let candidate = Candidate::host(local, "udp")
             .map_err(|e| std::io::Error::other(format!("host candidate {local}: {e}")))?;
         rtc.add_local_candidate(candidate);
@@ -359,7 +396,7 @@ impl Pc {
             .ok_or_else(|| std::io::Error::other("no media to offer"))?;
         let pc = Pc {
             rtc,
-            socket,
+            wire,
             local,
             audio,
             video,
@@ -375,8 +412,8 @@ impl Pc {
         Ok((pc, offer.to_sdp_string()))
     }
 
-    /// Applies the server's answer.
-    pub(crate) fn accept_answer(&mut self, sdp: &str) -> Result<(), String> {
+    /// Applies the server's answer, received at `now`.
+    pub(crate) fn accept_answer(&mut self, now: Instant, sdp: &str) -> Result<(), String> {
         let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| format!("bad answer: {e}"))?;
         let pending = self.pending.take().ok_or("no offer pending")?;
         self.rtc
@@ -385,15 +422,18 @@ impl Pc {
             .map_err(|e| format!("answer refused: {e}"))?;
         self.tcp_server = tcp_candidate(sdp, self.local);
         if self.tcp_server.is_some() && !self.ice_connected {
-            self.tcp_fallback_at = Some(Instant::now() + TCP_FALLBACK_DELAY);
+            self.tcp_fallback_at = Some(now + TCP_FALLBACK_DELAY);
         }
         Ok(())
     }
 
     /// Waits for the next datagram: on the UDP socket, or from the ICE-TCP connection once
-    /// there is one. Cancel-safe (a branch of `select!`).
+    /// there is one. Cancel-safe (a branch of `select!`). Never returns on a [`Wire::Queue`]
+    /// (its caller hands datagrams over with [`Pc::receive`]).
     pub(crate) async fn recv(&mut self, buf: &mut [u8]) -> Incoming {
-        let udp = &self.socket;
+        let Wire::Udp(udp) = &self.wire else {
+            return std::future::pending().await;
+        };
         match &mut self.tcp {
             Some(link) => tokio::select! {
                 r = udp.recv_from(buf) => r.map_or(Incoming::Error, |(n, from)| Incoming::Udp(n, from)),
@@ -496,6 +536,15 @@ impl Pc {
         }
     }
 
+    /// The next datagram [`Pc::drive`] queued on a [`Wire::Queue`] (destination, bytes).
+    #[cfg(test)]
+    pub(crate) fn take_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        match &mut self.wire {
+            Wire::Queue(q) => q.pop_front(),
+            Wire::Udp(_) => None,
+        }
+    }
+
     /// What to report when the connection is over.
     pub(crate) fn end_update(&self) -> MediaUpdate {
         if self.closed_by_peer {
@@ -520,13 +569,16 @@ impl Pc {
                         let _ = link.out.try_send(f);
                     }
                 }
-                Ok(Output::Transmit(t)) => {
+                Ok(Output::Transmit(t)) => match &mut self.wire {
                     // UDP: a full socket buffer drops the datagram, as the network would. Sent
                     // through the raw socket, not tokio's `try_send_to`, which answers WouldBlock
                     // until the reactor has seen the socket writable once and so dropped the
                     // first ICE check of a new connection (retried only after 250 ms).
-                    let _ = SockRef::from(&self.socket).send_to(&t.contents, &t.destination.into());
-                }
+                    Wire::Udp(socket) => {
+                        let _ = SockRef::from(&*socket).send_to(&t.contents, &t.destination.into());
+                    }
+                    Wire::Queue(q) => q.push_back((t.destination, t.contents.to_vec())),
+                },
                 Ok(Output::Timeout(at)) => {
                     return Some(match self.tcp_fallback_at {
                         Some(t) => t.min(at),

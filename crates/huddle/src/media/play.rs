@@ -37,8 +37,168 @@ struct VideoOut {
     broken: bool,
 }
 
+/// The sans-IO core of a play connection: what its peer connection delivers goes into the
+/// stream's jitter buffer (audio) or decoder (video). Its driver ([`run`] on a socket;
+/// `media::netem` on virtual time) feeds it the connection's events ([`Player::on_event`]); the
+/// mixer (or the harness) pops [`Player::audio`] every 20 ms.
+pub(crate) struct Player {
+    reporter: Reporter,
+    media: Arc<MediaShared>,
+    /// The stream's audio, shared with the mixer.
+    pub(crate) audio: Arc<Mutex<PlayerAudio>>,
+    video: VideoOut,
+    /// Frames lost on the wire come back late from the RED redundancy of the next packets
+    /// (str0m recovers them): the jitter buffer's minimum delay makes room for them.
+    recovery: huddle_media::RecoveryDelay,
+    min_delay: std::time::Duration,
+    sample: super::PlaySample,
+    stream_id: huddle_proto::StreamId,
+    /// When the connection last received anything.
+    pub(crate) last_rx: Option<Instant>,
+}
+
+impl Player {
+    /// A player; `None` when no Opus decoder can be made (reported as `Lost`).
+    pub(crate) fn new(reporter: Reporter, media: Arc<MediaShared>) -> Option<Player> {
+        let Some(audio) = PlayerAudio::new(reporter.clone()) else {
+            warn!("cannot create the Opus decoder");
+            reporter.report(MediaUpdate::Lost);
+            return None;
+        };
+        let recovery = huddle_media::RecoveryDelay::new();
+        Some(Player {
+            stream_id: reporter.template.stream_id.clone(),
+            reporter,
+            media,
+            audio: Arc::new(Mutex::new(audio)),
+            video: VideoOut {
+                decoder: None,
+                y4m: None,
+                first: false,
+                broken: false,
+            },
+            min_delay: recovery.min_delay(),
+            recovery,
+            sample: super::PlaySample::default(),
+            last_rx: None,
+        })
+    }
+
+    /// An event of the peer connection.
+    pub(crate) fn on_event(&mut self, pc: &mut Pc, e: Event) {
+        let data = match e {
+            Event::MediaData(data) => data,
+            Event::MediaIngressStats(s) if Some(s.mid) == pc.video => {
+                self.sample.video_bytes = s.bytes;
+                return;
+            }
+            Event::MediaIngressStats(s) if Some(s.mid) == pc.audio => {
+                // Once a second: the counters for the quality events, the jitter buffer's
+                // own measures with them (`Engine::player_audio_stats` reads the same).
+                let stats = self
+                    .audio
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .player
+                    .stats();
+                self.sample.audio_bytes = s.bytes;
+                self.sample.loss = s.loss.or(self.sample.loss);
+                self.sample.jitter = stats.jitter.jitter;
+                self.sample.delay = stats.added_delay;
+                self.sample.played = stats.jitter.played;
+                self.sample.concealed = stats.jitter.concealed;
+                self.sample.last_rx = self.last_rx;
+                self.reporter.report(MediaUpdate::PlayStats(self.sample));
+                return;
+            }
+            _ => return,
+        };
+        if Some(data.mid) == pc.audio {
+            let seq = data.seq_range.start().as_u16();
+            let ts = data.time.numer() as u32;
+            // Arrivals against timestamps, to see what a sender does (docs/media.md).
+            tracing::trace!(seq, ts, len = data.data.len(), at = ?data.network_time, "audio packet");
+            let late = self.recovery.on_packet(seq);
+            // Dated when it would have come: the buffer's jitter estimate is not raised by
+            // redundancy, its minimum delay covers it.
+            let arrival = data
+                .network_time
+                .checked_sub(huddle_media::FRAME_DURATION * u32::from(late))
+                .unwrap_or(data.network_time);
+            let mut audio = self.audio.lock().unwrap_or_else(|e| e.into_inner());
+            if self.recovery.min_delay() != self.min_delay {
+                self.min_delay = self.recovery.min_delay();
+                audio.jitter().set_min_delay(self.min_delay);
+            }
+            audio.jitter().insert(seq, ts, data.data.to_vec(), arrival);
+        } else if Some(data.mid) == pc.video {
+            let video = &mut self.video;
+            if !data.contiguous {
+                video.broken = true;
+            }
+            let keyframe = huddle_media::vp8_is_keyframe(&data.data);
+            if keyframe {
+                video.broken = false;
+            }
+            if video.broken {
+                if let Some(mut w) = pc.rtc.writer(data.mid) {
+                    let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
+                }
+                return;
+            }
+            if video.decoder.is_none() {
+                video.decoder = Vp8Decoder::new().ok();
+            }
+            let Some(decoder) = video.decoder.as_mut() else {
+                return;
+            };
+            match decoder.decode(&data.data) {
+                Ok(Some(frame)) => {
+                    if !video.first {
+                        video.first = true;
+                        self.reporter.report(MediaUpdate::RecvVideoFirstFrame);
+                        let path = self.media.config().y4m_sinks.get(&self.stream_id).cloned();
+                        if let Some(path) = path {
+                            match Y4mWriter::create(&path, frame.width(), frame.height(), (30, 1)) {
+                                Ok(w) => video.y4m = Some(w),
+                                Err(e) => {
+                                    warn!(error = %e, path = %path.display(), "cannot record video")
+                                }
+                            }
+                        }
+                    }
+                    if let Some(w) = video.y4m.as_mut()
+                        && w.write_frame(&frame).is_err()
+                    {
+                        video.y4m = None;
+                    }
+                    let renderer = self.media.config().renderer.clone();
+                    if let Some(r) = renderer {
+                        r.on_remote_video_frame(self.stream_id.as_str(), &frame);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    debug!(error = %e, "undecodable video frame; asking for a keyframe");
+                    video.broken = true;
+                    if let Some(mut w) = pc.rtc.writer(data.mid) {
+                        let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Completes the video recording, if any.
+    fn finish(&mut self) {
+        if let Some(w) = self.video.y4m.take() {
+            let _ = w.finish();
+        }
+    }
+}
+
 /// Runs one play connection until the engine drops its command sender or the connection is
-/// lost.
+/// lost: [`Player`] on the engine's clock, `pc` on its socket, its audio in the `mixer`.
 pub(crate) async fn run(
     mut pc: Pc,
     mut cmds: mpsc::Receiver<PcCommand>,
@@ -46,129 +206,17 @@ pub(crate) async fn run(
     media: Arc<MediaShared>,
     mixer: Arc<Mixer>,
 ) {
-    let Some(audio) = PlayerAudio::new(reporter.clone()) else {
-        warn!("cannot create the Opus decoder");
-        reporter.report(MediaUpdate::Lost);
+    let Some(mut player) = Player::new(reporter.clone(), media) else {
         return;
     };
-    let audio = Arc::new(Mutex::new(audio));
-    mixer.add(audio.clone());
+    mixer.add(player.audio.clone());
     let _registered = Registered {
         mixer,
-        audio: audio.clone(),
+        audio: player.audio.clone(),
     };
-    let stream_id = reporter.template.stream_id.clone();
-    let mut video = VideoOut {
-        decoder: None,
-        y4m: None,
-        first: false,
-        broken: false,
-    };
-    // Frames lost on the wire come back late from the RED redundancy of the next packets
-    // (str0m recovers them): the jitter buffer's minimum delay makes room for them.
-    let mut recovery = huddle_media::RecoveryDelay::new();
-    let mut min_delay = recovery.min_delay();
-    let mut sample = super::PlaySample::default();
-    let mut last_rx: Option<Instant> = None;
     let mut buf = vec![0u8; RECV_BUF];
     loop {
-        let wake = pc.drive(|pc, e| {
-            let data = match e {
-                Event::MediaData(data) => data,
-                Event::MediaIngressStats(s) if Some(s.mid) == pc.video => {
-                    sample.video_bytes = s.bytes;
-                    return;
-                }
-                Event::MediaIngressStats(s) if Some(s.mid) == pc.audio => {
-                    // Once a second: the counters for the quality events, the jitter buffer's
-                    // own measures with them (`Engine::player_audio_stats` reads the same).
-                    let stats = audio.lock().unwrap_or_else(|e| e.into_inner()).player.stats();
-                    sample.audio_bytes = s.bytes;
-                    sample.loss = s.loss.or(sample.loss);
-                    sample.jitter = stats.jitter.jitter;
-                    sample.delay = stats.added_delay;
-                    sample.played = stats.jitter.played;
-                    sample.concealed = stats.jitter.concealed;
-                    sample.last_rx = last_rx;
-                    reporter.report(MediaUpdate::PlayStats(sample));
-                    return;
-                }
-                _ => return,
-            };
-            if Some(data.mid) == pc.audio {
-                let seq = data.seq_range.start().as_u16();
-                let ts = data.time.numer() as u32;
-                // Arrivals against timestamps, to see what a sender does (docs/media.md).
-                tracing::trace!(seq, ts, len = data.data.len(), at = ?data.network_time, "audio packet");
-                let late = recovery.on_packet(seq);
-                // Dated when it would have come: the buffer's jitter estimate is not raised by
-                // redundancy, its minimum delay covers it.
-                let arrival = data
-                    .network_time
-                    .checked_sub(huddle_media::FRAME_DURATION * u32::from(late))
-                    .unwrap_or(data.network_time);
-                let mut audio = audio.lock().unwrap_or_else(|e| e.into_inner());
-                if recovery.min_delay() != min_delay {
-                    min_delay = recovery.min_delay();
-                    audio.jitter().set_min_delay(min_delay);
-                }
-                audio.jitter().insert(seq, ts, data.data.to_vec(), arrival);
-            } else if Some(data.mid) == pc.video {
-                if !data.contiguous {
-                    video.broken = true;
-                }
-                let keyframe = huddle_media::vp8_is_keyframe(&data.data);
-                if keyframe {
-                    video.broken = false;
-                }
-                if video.broken {
-                    if let Some(mut w) = pc.rtc.writer(data.mid) {
-                        let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
-                    }
-                    return;
-                }
-                if video.decoder.is_none() {
-                    video.decoder = Vp8Decoder::new().ok();
-                }
-                let Some(decoder) = video.decoder.as_mut() else {
-                    return;
-                };
-                match decoder.decode(&data.data) {
-                    Ok(Some(frame)) => {
-                        if !video.first {
-                            video.first = true;
-                            reporter.report(MediaUpdate::RecvVideoFirstFrame);
-                            let path = media.config().y4m_sinks.get(&stream_id).cloned();
-                            if let Some(path) = path {
-                                match Y4mWriter::create(&path, frame.width(), frame.height(), (30, 1)) {
-                                    Ok(w) => video.y4m = Some(w),
-                                    Err(e) => {
-                                        warn!(error = %e, path = %path.display(), "cannot record video")
-                                    }
-                                }
-                            }
-                        }
-                        if let Some(w) = video.y4m.as_mut()
-                            && w.write_frame(&frame).is_err()
-                        {
-                            video.y4m = None;
-                        }
-                        let renderer = media.config().renderer.clone();
-                        if let Some(r) = renderer {
-                            r.on_remote_video_frame(stream_id.as_str(), &frame);
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        debug!(error = %e, "undecodable video frame; asking for a keyframe");
-                        video.broken = true;
-                        if let Some(mut w) = pc.rtc.writer(data.mid) {
-                            let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
-                        }
-                    }
-                }
-            }
-        });
+        let wake = pc.drive(|pc, e| player.on_event(pc, e));
         if pc.dead {
             reporter.report(pc.end_update());
             break;
@@ -176,7 +224,7 @@ pub(crate) async fn run(
         tokio::select! {
             cmd = cmds.recv() => match cmd {
                 Some(PcCommand::Answer(sdp)) => {
-                    if let Err(e) = pc.accept_answer(&sdp) {
+                    if let Err(e) = pc.accept_answer(Instant::now(), &sdp) {
                         warn!(error = %e, "play answer refused");
                         reporter.report(MediaUpdate::Lost);
                         break;
@@ -186,13 +234,11 @@ pub(crate) async fn run(
             },
             r = pc.recv(&mut buf) => {
                 let now = Instant::now();
-                last_rx = Some(now);
+                player.last_rx = Some(now);
                 pc.on_incoming(now, r, &buf)
             }
             _ = sleep_opt(wake) => pc.timeout(Instant::now()),
         }
     }
-    if let Some(w) = video.y4m.take() {
-        let _ = w.finish();
-    }
+    player.finish();
 }

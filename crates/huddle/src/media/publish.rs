@@ -219,99 +219,264 @@ fn new_encoder(adapter: &AudioAdapter) -> Option<OpusEncoder> {
     }
 }
 
-/// Runs one publish connection until the engine drops its command sender or the connection is
-/// lost.
-pub(crate) async fn run(
-    mut pc: Pc,
-    mut cmds: mpsc::Receiver<PcCommand>,
+/// The sans-IO core of a publish connection: sources, encoders and the stream's counters. Its
+/// driver ([`run`] on a socket and the engine's clock; `media::netem` on virtual time) feeds it
+/// the peer connection's events ([`Publisher::on_event`]) and calls its ticks when they are due
+/// ([`Publisher::next_audio`], [`Publisher::next_video`]), with the time.
+pub(crate) struct Publisher {
     reporter: Reporter,
     media: Arc<MediaShared>,
-    mut audio: AudioInput,
-    mut video: Option<VideoInput>,
-) {
-    let mut config_generation = media.audio_config_generation.load(Ordering::Relaxed);
-    let mut adapter = AudioAdapter::new(media.config().audio_config.clone());
-    let Some(mut encoder) = new_encoder(&adapter) else {
-        reporter.report(MediaUpdate::Lost);
-        return;
-    };
-    let mut configured = false;
-    let mut vp8 = match &video {
-        Some(v) => {
-            let (w, h) = v.size();
-            let mut config = Vp8Config::new(w, h);
-            let (n, d) = v.fps();
-            config.fps = (n / d.max(1)).max(1);
-            match Vp8Encoder::new(config) {
-                Ok(e) => Some(e),
-                Err(e) => {
-                    warn!(error = %e, "cannot create the VP8 encoder; audio only");
-                    video = None;
-                    None
+    audio: AudioInput,
+    video: Option<VideoInput>,
+    vp8: Option<Vp8Encoder>,
+    config_generation: u64,
+    adapter: AudioAdapter,
+    encoder: OpusEncoder,
+    configured: bool,
+    audio_base: u32,
+    audio_clock: Option<Pacer>,
+    video_clock: Option<Pacer>,
+    flowing: bool,
+    captured_audio: bool,
+    captured_video: bool,
+    keyframe_wanted: bool,
+    sample: super::PublishSample,
+    /// When the connection last received anything.
+    pub(crate) last_rx: Option<Instant>,
+}
+
+impl Publisher {
+    /// A publisher of `audio` (and `video`), its RTP timestamps from `audio_base`; `None` when
+    /// no Opus encoder can be made (reported as `Lost`).
+    pub(crate) fn new(
+        reporter: Reporter,
+        media: Arc<MediaShared>,
+        audio: AudioInput,
+        mut video: Option<VideoInput>,
+        audio_base: u32,
+    ) -> Option<Publisher> {
+        let config_generation = media.audio_config_generation.load(Ordering::Relaxed);
+        let adapter = AudioAdapter::new(media.config().audio_config.clone());
+        let Some(encoder) = new_encoder(&adapter) else {
+            reporter.report(MediaUpdate::Lost);
+            return None;
+        };
+        let vp8 = match &video {
+            Some(v) => {
+                let (w, h) = v.size();
+                let mut config = Vp8Config::new(w, h);
+                let (n, d) = v.fps();
+                config.fps = (n / d.max(1)).max(1);
+                match Vp8Encoder::new(config) {
+                    Ok(e) => Some(e),
+                    Err(e) => {
+                        warn!(error = %e, "cannot create the VP8 encoder; audio only");
+                        video = None;
+                        None
+                    }
                 }
             }
-        }
-        None => None,
-    };
-    let audio_base: u32 = rand::random();
-    let mut audio_clock: Option<Pacer> = None;
-    let mut video_clock: Option<Pacer> = None;
-    let mut flowing = false;
-    let mut captured_audio = false;
-    let mut captured_video = false;
-    let mut keyframe_wanted = false;
-    let mut sample = super::PublishSample::default();
-    let mut last_rx: Option<Instant> = None;
-    let mut buf = vec![0u8; RECV_BUF];
-    loop {
-        let wake = pc.drive(|pc, e| match e {
-            Event::KeyframeRequest(_) => keyframe_wanted = true,
+            None => None,
+        };
+        Some(Publisher {
+            reporter,
+            media,
+            audio,
+            video,
+            vp8,
+            config_generation,
+            adapter,
+            encoder,
+            configured: false,
+            audio_base,
+            audio_clock: None,
+            video_clock: None,
+            flowing: false,
+            captured_audio: false,
+            captured_video: false,
+            keyframe_wanted: false,
+            sample: super::PublishSample::default(),
+            last_rx: None,
+        })
+    }
+
+    /// An event of the peer connection.
+    pub(crate) fn on_event(&mut self, pc: &mut Pc, e: Event) {
+        match e {
+            Event::KeyframeRequest(_) => self.keyframe_wanted = true,
             // RTCP receiver reports from the server: how much of our audio it lost, and the RTT.
             Event::MediaEgressStats(s) if Some(s.mid) == pc.audio => {
                 // The counters of the last report block (str0m averages `loss` only over two
                 // reports within one stats interval; the server reports every few seconds).
                 if let Some(r) = &s.remote {
-                    adapter.on_cumulative(s.timestamp, *r.maximum_sequence_number, r.packets_lost, s.rtt);
-                    apply_settings(&mut encoder, &adapter, pc);
-                    sample.expected = *r.maximum_sequence_number;
-                    sample.lost = r.packets_lost;
-                    sample.jitter_ms = r.jitter / 48;
+                    self.adapter.on_cumulative(
+                        s.timestamp,
+                        *r.maximum_sequence_number,
+                        r.packets_lost,
+                        s.rtt,
+                    );
+                    apply_settings(&mut self.encoder, &self.adapter, pc);
+                    self.sample.expected = *r.maximum_sequence_number;
+                    self.sample.lost = r.packets_lost;
+                    self.sample.jitter_ms = r.jitter / 48;
                 }
                 // The same reports feed the quality events (the session's windows).
-                sample.audio_bytes = s.bytes;
-                sample.rtt = s.rtt.or(sample.rtt);
-                sample.last_rx = last_rx;
-                reporter.report(MediaUpdate::PublishStats(sample));
+                self.sample.audio_bytes = s.bytes;
+                self.sample.rtt = s.rtt.or(self.sample.rtt);
+                self.sample.last_rx = self.last_rx;
+                self.reporter.report(MediaUpdate::PublishStats(self.sample));
             }
-            Event::MediaEgressStats(s) if Some(s.mid) == pc.video => sample.video_bytes = s.bytes,
+            Event::MediaEgressStats(s) if Some(s.mid) == pc.video => self.sample.video_bytes = s.bytes,
             _ => {}
+        }
+    }
+
+    /// Starts the sources' clocks at `now` once the connection is up (call after every drive).
+    pub(crate) fn start_when_connected(&mut self, pc: &Pc, now: Instant) {
+        if !pc.connected || self.audio_clock.is_some() {
+            return;
+        }
+        self.audio_clock = Some(Pacer {
+            start: now,
+            n: 0,
+            period: FRAME_DURATION,
         });
+        if let Some(v) = &self.video {
+            let (n, d) = v.fps();
+            self.video_clock = Some(Pacer {
+                start: now,
+                n: 0,
+                period: Duration::from_secs_f64(f64::from(d) / f64::from(n.max(1))),
+            });
+        }
+    }
+
+    /// When the next audio frame is due.
+    pub(crate) fn next_audio(&self) -> Option<Instant> {
+        self.audio_clock.as_ref().map(Pacer::due)
+    }
+
+    /// When the next video frame is due.
+    pub(crate) fn next_video(&self) -> Option<Instant> {
+        self.video_clock.as_ref().map(Pacer::due)
+    }
+
+    /// The audio frame due: read, encoded and written to the connection at `now`.
+    pub(crate) fn audio_tick(&mut self, pc: &mut Pc, now: Instant) {
+        let Some(clock) = self.audio_clock.as_mut() else {
+            return;
+        };
+        let skipped = clock.catch_up(now);
+        if skipped > 0 {
+            debug!(skipped, "audio source fell behind; skipping frames");
+        }
+        let ts = self
+            .audio_base
+            .wrapping_add((clock.n as u32).wrapping_mul(FRAME_SAMPLES as u32));
+        clock.n += 1;
+        let frame = self.audio.next(&self.media, ts);
+        // First frame, or the application changed the audio config: (re)start from its
+        // settings (and RED as it says).
+        let generation = self.media.audio_config_generation.load(Ordering::Relaxed);
+        if generation != self.config_generation || !self.configured {
+            self.config_generation = generation;
+            self.configured = true;
+            let config = self.media.config().audio_config.clone();
+            if config.music != self.adapter.config().music
+                && let Some(e) = new_encoder(&AudioAdapter::new(config.clone()))
+            {
+                self.encoder = e;
+            }
+            self.adapter.set_config(config);
+            apply_settings(&mut self.encoder, &self.adapter, pc);
+        }
+        if !self.captured_audio {
+            self.captured_audio = true;
+            self.reporter.report(MediaUpdate::CapturedAudioFirstFrame);
+        }
+        let packet = match self.encoder.encode(&frame) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "Opus encoding failed");
+                return;
+            }
+        };
+        let Some(mid) = pc.audio else { return };
+        let Some(pt) = pc.pt(mid, Codec::Opus) else { return };
+        let Some(writer) = pc.rtc.writer(mid) else { return };
+        let time = MediaTime::new(u64::from(ts), Frequency::FORTY_EIGHT_KHZ);
+        if writer.write(pt, now, time, packet).is_ok() && !self.flowing {
+            self.flowing = true;
+            self.reporter.report(MediaUpdate::Flowing);
+        }
+    }
+
+    /// The video frame due: read, encoded and written to the connection at `now`.
+    pub(crate) fn video_tick(&mut self, pc: &mut Pc, now: Instant) {
+        let Some(clock) = self.video_clock.as_mut() else {
+            return;
+        };
+        clock.catch_up(now);
+        let (Some(input), Some(enc)) = (self.video.as_mut(), self.vp8.as_mut()) else {
+            return;
+        };
+        let (fps_n, fps_d) = input.fps();
+        let pts = (clock.n * u64::from(VIDEO_CLOCK_RATE) * u64::from(fps_d) / u64::from(fps_n.max(1))) as i64;
+        clock.n += 1;
+        let frame = input.next(&self.media);
+        if !self.captured_video {
+            self.captured_video = true;
+            self.reporter.report(MediaUpdate::CapturedVideoFirstFrame);
+        }
+        if std::mem::take(&mut self.keyframe_wanted) {
+            enc.force_keyframe();
+        }
+        let encoded = match enc.encode(&frame, pts) {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(error = %e, "VP8 encoding failed");
+                return;
+            }
+        };
+        let Some(mid) = pc.video else { return };
+        let Some(pt) = pc.pt(mid, Codec::Vp8) else { return };
+        for f in encoded {
+            let Some(writer) = pc.rtc.writer(mid) else { break };
+            let time = MediaTime::new(f.pts as u64, Frequency::NINETY_KHZ);
+            if let Err(e) = writer.write(pt, now, time, f.data) {
+                debug!(error = %e, "video frame not sent");
+            }
+        }
+    }
+}
+
+/// Runs one publish connection until the engine drops its command sender or the connection is
+/// lost: [`Publisher`] on the engine's clock, `pc` on its socket.
+pub(crate) async fn run(
+    mut pc: Pc,
+    mut cmds: mpsc::Receiver<PcCommand>,
+    reporter: Reporter,
+    media: Arc<MediaShared>,
+    audio: AudioInput,
+    video: Option<VideoInput>,
+) {
+    let Some(mut publisher) = Publisher::new(reporter.clone(), media, audio, video, rand::random()) else {
+        return;
+    };
+    let mut buf = vec![0u8; RECV_BUF];
+    loop {
+        let wake = pc.drive(|pc, e| publisher.on_event(pc, e));
         if pc.dead {
             reporter.report(pc.end_update());
             return;
         }
-        if pc.connected && audio_clock.is_none() {
-            let now = Instant::now();
-            audio_clock = Some(Pacer {
-                start: now,
-                n: 0,
-                period: FRAME_DURATION,
-            });
-            if let Some(v) = &video {
-                let (n, d) = v.fps();
-                video_clock = Some(Pacer {
-                    start: now,
-                    n: 0,
-                    period: Duration::from_secs_f64(f64::from(d) / f64::from(n.max(1))),
-                });
-            }
-        }
-        let next_audio = audio_clock.as_ref().map(Pacer::due);
-        let next_video = video_clock.as_ref().map(Pacer::due);
+        publisher.start_when_connected(&pc, Instant::now());
+        let next_audio = publisher.next_audio();
+        let next_video = publisher.next_video();
         tokio::select! {
             cmd = cmds.recv() => match cmd {
                 Some(PcCommand::Answer(sdp)) => {
-                    if let Err(e) = pc.accept_answer(&sdp) {
+                    if let Err(e) = pc.accept_answer(Instant::now(), &sdp) {
                         warn!(error = %e, "publish answer refused");
                         reporter.report(MediaUpdate::Lost);
                         return;
@@ -321,88 +486,12 @@ pub(crate) async fn run(
             },
             r = pc.recv(&mut buf) => {
                 let now = Instant::now();
-                last_rx = Some(now);
+                publisher.last_rx = Some(now);
                 pc.on_incoming(now, r, &buf)
             }
             _ = sleep_opt(wake) => pc.timeout(Instant::now()),
-            _ = sleep_opt(next_audio) => {
-                let now = Instant::now();
-                let clock = audio_clock.as_mut().expect("armed");
-                let skipped = clock.catch_up(now);
-                if skipped > 0 {
-                    debug!(skipped, "audio source fell behind; skipping frames");
-                }
-                let ts = audio_base.wrapping_add((clock.n as u32).wrapping_mul(FRAME_SAMPLES as u32));
-                clock.n += 1;
-                let frame = audio.next(&media, ts);
-                // First frame, or the application changed the audio config: (re)start from its
-                // settings (and RED as it says).
-                let generation = media.audio_config_generation.load(Ordering::Relaxed);
-                if generation != config_generation || !configured {
-                    config_generation = generation;
-                    configured = true;
-                    let config = media.config().audio_config.clone();
-                    if config.music != adapter.config().music
-                        && let Some(e) = new_encoder(&AudioAdapter::new(config.clone()))
-                    {
-                        encoder = e;
-                    }
-                    adapter.set_config(config);
-                    apply_settings(&mut encoder, &adapter, &mut pc);
-                }
-                if !captured_audio {
-                    captured_audio = true;
-                    reporter.report(MediaUpdate::CapturedAudioFirstFrame);
-                }
-                let packet = match encoder.encode(&frame) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        warn!(error = %e, "Opus encoding failed");
-                        continue;
-                    }
-                };
-                let Some(mid) = pc.audio else { continue };
-                let Some(pt) = pc.pt(mid, Codec::Opus) else { continue };
-                let Some(writer) = pc.rtc.writer(mid) else { continue };
-                let time = MediaTime::new(u64::from(ts), Frequency::FORTY_EIGHT_KHZ);
-                if writer.write(pt, now, time, packet).is_ok() && !flowing {
-                    flowing = true;
-                    reporter.report(MediaUpdate::Flowing);
-                }
-            }
-            _ = sleep_opt(next_video) => {
-                let now = Instant::now();
-                let clock = video_clock.as_mut().expect("armed");
-                clock.catch_up(now);
-                let (Some(input), Some(enc)) = (video.as_mut(), vp8.as_mut()) else { continue };
-                let (fps_n, fps_d) = input.fps();
-                let pts = (clock.n * u64::from(VIDEO_CLOCK_RATE) * u64::from(fps_d) / u64::from(fps_n.max(1))) as i64;
-                clock.n += 1;
-                let frame = input.next(&media);
-                if !captured_video {
-                    captured_video = true;
-                    reporter.report(MediaUpdate::CapturedVideoFirstFrame);
-                }
-                if std::mem::take(&mut keyframe_wanted) {
-                    enc.force_keyframe();
-                }
-                let encoded = match enc.encode(&frame, pts) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        warn!(error = %e, "VP8 encoding failed");
-                        continue;
-                    }
-                };
-                let Some(mid) = pc.video else { continue };
-                let Some(pt) = pc.pt(mid, Codec::Vp8) else { continue };
-                for f in encoded {
-                    let Some(writer) = pc.rtc.writer(mid) else { break };
-                    let time = MediaTime::new(f.pts as u64, Frequency::NINETY_KHZ);
-                    if let Err(e) = writer.write(pt, now, time, f.data) {
-                        debug!(error = %e, "video frame not sent");
-                    }
-                }
-            }
+            _ = sleep_opt(next_audio) => publisher.audio_tick(&mut pc, Instant::now()),
+            _ = sleep_opt(next_video) => publisher.video_tick(&mut pc, Instant::now()),
         }
     }
 }

@@ -1,0 +1,690 @@
+//! SDK publisher ↔ SFU ↔ SDK player on virtual time, through seeded impaired links.
+//!
+//! The harness of the end-to-end quality and outage tests (`docs/quality.md`, "The
+//! virtual-time harness"), in the style of str0m's netem tests: the same code as a real call —
+//! the SDK's peer connections ([`Pc`] on a [`Wire::Queue`](super::pc::Wire) instead of a
+//! socket), its publisher ([`Publisher`]: the Opus encoder and its adapter, RED) and player
+//! ([`Player`]: RED recovery, the jitter buffer, `AudioPlayer` decoding and time-stretching,
+//! popped every 20 ms as the mixer does), the session's quality monitor
+//! ([`Monitor`](crate::session::quality::Monitor)) and the server's sans-IO [`Sfu`] — driven by
+//! one loop that hands each of them its datagrams and the time. Every datagram crosses a
+//! seeded [`Link`] (loss, delay, jitter, outages), one per client and direction. Nothing reads
+//! the clock or sleeps: a seed gives the same call on every run, however busy the machine, and
+//! a 10 s call takes well under a second of CPU in a release build.
+//!
+//! What it leaves out: login and the WebSocket (signaling is modelled as TCP over the same
+//! links: a message takes the one-way delay, plus a retransmission timeout for each time the
+//! link's loss draw takes it), devices (the publisher reads samples from memory, the player's
+//! frames are collected), and the ICE-TCP fallback.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use huddle_media::impair::{Impairment, Link};
+use huddle_media::{
+    AudioFrame, AudioSink as _, AudioSource as _, FRAME_DURATION, Playback, WavRecorder, WavSource,
+};
+use huddle_proto::{AppId, MediaRole, ServerMsg, StreamId, StreamQualityLevel as Level};
+use huddle_server::sfu::{Command, Counters, Offer, Sfu, SfuConfig};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use str0m::Event;
+use tokio::sync::mpsc;
+
+use super::pc::{Pc, SetupTiming, client_config};
+use super::play::Player;
+use super::publish::{AudioInput, Publisher};
+use super::{MediaEvent, MediaShared, MediaUpdate, Reporter};
+use crate::session::quality::Monitor;
+
+/// The speech sample of the media tests (3.7 s, 16 kHz; read as 48 kHz).
+pub(crate) const SPEECH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../huddle-media/tests/data/speech-16k.wav"
+);
+
+const SERVER: &str = "10.0.0.100:7882";
+const PUBLISHER: &str = "10.0.0.1:50000";
+const PLAYER: &str = "10.0.0.2:50000";
+
+/// The first retransmission timeout of a lost signaling segment (Linux's minimum RTO is
+/// 200 ms, plus the round trip); it doubles for each further loss.
+const SIGNALING_RTO: Duration = Duration::from_millis(200);
+
+/// One client's two links.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Leg {
+    /// Client to server.
+    pub(crate) up: Impairment,
+    /// Server to client.
+    pub(crate) down: Impairment,
+}
+
+impl Leg {
+    /// Random loss `loss` and `delay` each way, `jitter` (uniform, 0 to it) on each.
+    pub(crate) fn lossy(loss: f64, delay: Duration, jitter: Duration) -> Leg {
+        let mut one = Impairment::default();
+        one.loss = loss;
+        one.delay = delay;
+        one.jitter = jitter;
+        Leg {
+            up: one.clone(),
+            down: one,
+        }
+    }
+}
+
+/// The network of one call.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Network {
+    pub(crate) publisher: Leg,
+    pub(crate) player: Leg,
+    /// Spans of the call (from its start) when both clients' links carry nothing, both ways.
+    pub(crate) outages: Vec<(Duration, Duration)>,
+}
+
+/// Which client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Who {
+    Publisher,
+    Player,
+}
+
+/// A quality event of a client's session, as the app would get it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Quality {
+    /// This user's network levels (up, down): `onNetworkQuality`.
+    Network(Level, Level),
+    /// The published stream's level (`onPublisherQualityUpdate`).
+    Publish(Level),
+    /// The played stream's level (`onPlayerQualityUpdate`).
+    Play(Level),
+}
+
+/// A message on a client's signaling connection, due at a time.
+struct Signal {
+    at: Instant,
+    /// The client that sent the offer, or that the answer goes to.
+    who: Who,
+    /// An offer to the server (else an answer to the client).
+    offer: bool,
+    sdp: String,
+}
+
+/// One client: its peer connection, its media core and its session's quality monitor.
+struct Client<C> {
+    pc: Pc,
+    addr: SocketAddr,
+    core: C,
+    up: Link<Vec<u8>>,
+    down: Link<Vec<u8>>,
+    wake: Option<Instant>,
+    monitor: Monitor,
+    /// Draws the signaling losses of this client's connection.
+    signaling: StdRng,
+    loss: (f64, f64),
+    delay: (Duration, Duration),
+}
+
+impl<C> Client<C> {
+    /// When a signaling message sent now arrives (`up`: to the server).
+    fn signal_arrival(&mut self, now: Instant, up: bool) -> Instant {
+        let (loss, delay) = if up {
+            (self.loss.0, self.delay.0)
+        } else {
+            (self.loss.1, self.delay.1)
+        };
+        let mut at = now + delay;
+        let mut rto = SIGNALING_RTO + self.delay.0 + self.delay.1;
+        while loss > 0.0 && self.signaling.gen_bool(loss.clamp(0.0, 0.99)) {
+            at += rto;
+            rto *= 2;
+        }
+        at
+    }
+}
+
+/// What a call produced.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    /// The player's audio output, one 20 ms frame per tick from the call's start (silence
+    /// before the stream plays).
+    pub(crate) heard: Vec<AudioFrame>,
+    /// After each tick: frames the player had played from packets so far.
+    pub(crate) played: Vec<u64>,
+    /// When each client's peer connection reported `Connected`, from the call's start.
+    pub(crate) connected: [Option<Duration>; 2],
+    /// The quality events of both sessions, in order.
+    pub(crate) quality: Vec<(Duration, Who, Quality)>,
+    /// Datagrams sent and lost on the four links (publisher up, down; player up, down).
+    pub(crate) links: [(u64, u64); 4],
+}
+
+impl Outcome {
+    /// Writes the player's output as a 48 kHz WAV file.
+    pub(crate) fn write_wav(&self, path: &Path) {
+        let mut w = WavRecorder::create(path).expect("a WAV file");
+        for f in &self.heard {
+            w.write_frame(f).expect("written");
+        }
+        w.finish().expect("completed");
+    }
+
+    /// The tick index of a time from the call's start.
+    pub(crate) fn tick(at: Duration) -> usize {
+        (at.as_millis() / FRAME_DURATION.as_millis()) as usize
+    }
+}
+
+/// An audio source from memory: `lead_in` of silence, the speech sample (looped when
+/// `looped`), then silence.
+struct Speech {
+    frames: Vec<AudioFrame>,
+    at: usize,
+    lead_in: usize,
+    looped: bool,
+}
+
+impl Speech {
+    fn new(lead_in: Duration, looped: bool) -> Speech {
+        let mut src = WavSource::open(SPEECH, Playback::Once).expect("the speech sample");
+        let mut frames = Vec::new();
+        while let Some(f) = src.read_frame().expect("readable") {
+            frames.push(f);
+        }
+        Speech {
+            frames,
+            at: 0,
+            lead_in: (lead_in.as_millis() / FRAME_DURATION.as_millis()) as usize,
+            looped,
+        }
+    }
+}
+
+impl huddle_media::AudioSource for Speech {
+    fn read_frame(&mut self) -> huddle_media::Result<Option<AudioFrame>> {
+        let i = self.at;
+        self.at += 1;
+        let mut frame = AudioFrame::silence(0);
+        if i >= self.lead_in {
+            let j = i - self.lead_in;
+            let n = self.frames.len();
+            if self.looped || j < n {
+                frame.samples = self.frames[j % n].samples;
+            }
+        }
+        Ok(Some(frame))
+    }
+}
+
+/// A call: a publisher and a player of stream "s", each on its own leg of `network`.
+pub(crate) struct Call {
+    t0: Instant,
+    now: Instant,
+    network: Network,
+    sfu: Sfu,
+    server: SocketAddr,
+    publisher: Client<Publisher>,
+    player: Client<Player>,
+    reports: mpsc::Receiver<MediaEvent>,
+    signals: VecDeque<Signal>,
+    /// The player's offer, sent once the server has the publisher's (the stream exists).
+    play_offer: Option<String>,
+    next_tick: Instant,
+    outage: bool,
+    out: Outcome,
+}
+
+/// The reporter of one client's media task (the events go to `tx`).
+fn reporter(tx: &mpsc::Sender<MediaEvent>, kind: MediaRole) -> Reporter {
+    Reporter {
+        events: tx.clone(),
+        template: MediaEvent {
+            login: 1,
+            stream_id: StreamId::new("s").expect("a stream ID"),
+            kind,
+            generation: 1,
+            update: MediaUpdate::Lost,
+        },
+    }
+}
+
+impl Call {
+    /// A call on `network` with `seed`; the publisher sends the speech sample after `lead_in`
+    /// of silence (once, or looped).
+    pub(crate) fn new(network: Network, seed: u64, lead_in: Duration, looped: bool) -> Call {
+        let t0 = Instant::now();
+        let server: SocketAddr = SERVER.parse().expect("address");
+        let mut config = SfuConfig::new(server);
+        config.dtls_seed = Some(seed.wrapping_mul(4) + 3);
+        let sfu = Sfu::new(config, Arc::new(Counters::default()));
+        let (tx, reports) = mpsc::channel(4096);
+        let pc_config = |n: u64| {
+            client_config(SetupTiming::Browser).set_crypto_provider(huddle_dtls::crypto_provider_seeded(
+                SetupTiming::Browser.dtls(),
+                seed.wrapping_mul(4) + n,
+            ))
+        };
+        let client = |leg: &Leg, n: u64| {
+            (
+                Link::new(leg.up.clone(), seed.wrapping_mul(8) + 2 * n),
+                Link::new(leg.down.clone(), seed.wrapping_mul(8) + 2 * n + 1),
+                StdRng::seed_from_u64(seed.wrapping_mul(8) + 4 + n),
+                (leg.up.loss, leg.down.loss),
+                (leg.up.delay, leg.down.delay),
+            )
+        };
+
+        let addr: SocketAddr = PUBLISHER.parse().expect("address");
+        let (pc, pub_offer) =
+            Pc::queued(pc_config(0), t0, addr, MediaRole::Publish, false).expect("a publish offer");
+        let audio = AudioInput::Source(Box::new(Speech::new(lead_in, looped)));
+        let media = Arc::new(MediaShared::new());
+        let core = Publisher::new(reporter(&tx, MediaRole::Publish), media, audio, None, 0x1234_5678)
+            .expect("an Opus encoder");
+        let (up, down, signaling, loss, delay) = client(&network.publisher, 0);
+        let mut publisher = Client {
+            pc,
+            addr,
+            core,
+            up,
+            down,
+            wake: Some(t0),
+            monitor: Monitor::new(),
+            signaling,
+            loss,
+            delay,
+        };
+
+        let addr: SocketAddr = PLAYER.parse().expect("address");
+        let (pc, play_offer) =
+            Pc::queued(pc_config(1), t0, addr, MediaRole::Play, false).expect("a play offer");
+        let core =
+            Player::new(reporter(&tx, MediaRole::Play), Arc::new(MediaShared::new())).expect("a decoder");
+        let (up, down, signaling, loss, delay) = client(&network.player, 1);
+        let player = Client {
+            pc,
+            addr,
+            core,
+            up,
+            down,
+            wake: Some(t0),
+            monitor: Monitor::new(),
+            signaling,
+            loss,
+            delay,
+        };
+
+        let mut signals = VecDeque::new();
+        let at = publisher.signal_arrival(t0, true);
+        signals.push_back(Signal {
+            at,
+            who: Who::Publisher,
+            offer: true,
+            sdp: pub_offer,
+        });
+        Call {
+            t0,
+            now: t0,
+            network,
+            sfu,
+            server,
+            publisher,
+            player,
+            reports,
+            signals,
+            play_offer: Some(play_offer),
+            next_tick: t0 + FRAME_DURATION,
+            outage: false,
+            out: Outcome::default(),
+        }
+    }
+
+    fn since(&self, t: Instant) -> Duration {
+        t.saturating_duration_since(self.t0)
+    }
+
+    /// Gives the SFU an offer from `who` (session 1 publishes, session 2 plays).
+    fn offer(&mut self, who: Who, sdp: String) {
+        let (session, role) = match who {
+            Who::Publisher => ("1", MediaRole::Publish),
+            Who::Player => ("2", MediaRole::Play),
+        };
+        self.sfu.handle_command(
+            self.now,
+            Command::Offer(Offer {
+                session: session.parse().expect("a session ID"),
+                app: AppId::new(1).expect("app 1"),
+                stream_id: StreamId::new("s").expect("a stream ID"),
+                role,
+                seq: 1,
+                sdp,
+            }),
+        );
+        if who == Who::Publisher
+            && let Some(sdp) = self.play_offer.take()
+        {
+            // The player learns of the stream from the server and offers to play it.
+            let now = self.now;
+            let told = self.player.signal_arrival(now, false);
+            let at = self.player.signal_arrival(told, true);
+            self.signals.push_back(Signal {
+                at,
+                who: Who::Player,
+                offer: true,
+                sdp,
+            });
+        }
+    }
+
+    /// Runs the call until `until` after its start.
+    pub(crate) fn run(&mut self, until: Duration) {
+        let end = self.t0 + until;
+        while self.now < end {
+            self.step();
+            let mut next = [
+                self.publisher.wake,
+                self.player.wake,
+                self.publisher.core.next_audio(),
+                self.sfu.poll_timeout(),
+                self.publisher.up.next_arrival(),
+                self.publisher.down.next_arrival(),
+                self.player.up.next_arrival(),
+                self.player.down.next_arrival(),
+                self.publisher.monitor.next_timeout(),
+                self.player.monitor.next_timeout(),
+                self.signals.iter().map(|s| s.at).min(),
+                Some(self.next_tick),
+                Some(end),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(end);
+            for (a, b) in &self.network.outages {
+                for edge in [self.t0 + *a, self.t0 + *b] {
+                    if edge > self.now {
+                        next = next.min(edge);
+                    }
+                }
+            }
+            // Time always moves (str0m paces its own timeouts to at least 1 ms anyway).
+            self.now = next.max(self.now + Duration::from_micros(100));
+        }
+    }
+
+    /// Everything due at `now`.
+    fn step(&mut self) {
+        let now = self.now;
+        // Outages, both clients, both ways.
+        let out = self.network.outages.iter().any(|(a, b)| {
+            let t = self.since(now);
+            t >= *a && t < *b
+        });
+        if out != self.outage {
+            self.outage = out;
+            for l in [
+                &mut self.publisher.up,
+                &mut self.publisher.down,
+                &mut self.player.up,
+                &mut self.player.down,
+            ] {
+                l.set_down(out);
+            }
+        }
+        // Signaling.
+        while let Some(i) = self.signals.iter().position(|s| s.at <= now) {
+            let s = self.signals.remove(i).expect("found");
+            if s.offer {
+                self.offer(s.who, s.sdp);
+            } else {
+                let pc = match s.who {
+                    Who::Publisher => &mut self.publisher.pc,
+                    Who::Player => &mut self.player.pc,
+                };
+                pc.accept_answer(now, &s.sdp)
+                    .expect("the server's answer applies");
+            }
+        }
+        while let Some((session, msg)) = self.sfu.poll_signal() {
+            if let ServerMsg::MediaAnswer { sdp, .. } = msg {
+                let to = if session.to_string() == "1" {
+                    Who::Publisher
+                } else {
+                    Who::Player
+                };
+                let at = match to {
+                    Who::Publisher => self.publisher.signal_arrival(now, false),
+                    Who::Player => self.player.signal_arrival(now, false),
+                };
+                self.signals.push_back(Signal {
+                    at,
+                    who: to,
+                    offer: false,
+                    sdp,
+                });
+            }
+        }
+        // Datagrams that arrived.
+        while let Some(d) = self.publisher.up.recv(now) {
+            self.sfu
+                .handle_datagram_to(now, self.publisher.addr, self.server, &d);
+        }
+        while let Some(d) = self.player.up.recv(now) {
+            self.sfu
+                .handle_datagram_to(now, self.player.addr, self.server, &d);
+        }
+        while let Some(d) = self.publisher.down.recv(now) {
+            self.publisher.core.last_rx = Some(now);
+            self.publisher.pc.receive(now, self.server, &d);
+        }
+        while let Some(d) = self.player.down.recv(now) {
+            self.player.core.last_rx = Some(now);
+            self.player.pc.receive(now, self.server, &d);
+        }
+        // Timers.
+        if self.sfu.poll_timeout().is_some_and(|t| t <= now) {
+            self.sfu.handle_timeout(now);
+        }
+        if self.publisher.wake.is_some_and(|t| t <= now) {
+            self.publisher.pc.timeout(now);
+        }
+        if self.player.wake.is_some_and(|t| t <= now) {
+            self.player.pc.timeout(now);
+        }
+        // The publisher's frames due (each at its own deadline, as the engine's pacer sends).
+        self.drive_publisher();
+        while let Some(due) = self.publisher.core.next_audio().filter(|t| *t <= now) {
+            self.publisher.core.audio_tick(&mut self.publisher.pc, due);
+            self.drive_publisher();
+        }
+        self.drive_player();
+        // What the SFU sends.
+        while let Some(t) = self.sfu.poll_transmit() {
+            if t.destination == self.publisher.addr {
+                self.publisher.down.send(t.contents.to_vec(), now);
+            } else if t.destination == self.player.addr {
+                self.player.down.send(t.contents.to_vec(), now);
+            }
+        }
+        // The mixer's ticks.
+        while self.next_tick <= now {
+            let due = self.next_tick;
+            let frame = self
+                .player
+                .core
+                .audio
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .tick(due)
+                .unwrap_or_else(|| AudioFrame::silence(0));
+            self.out.heard.push(frame);
+            let played = self.player_stats().jitter.played;
+            self.out.played.push(played);
+            self.next_tick += FRAME_DURATION;
+        }
+        // Reports to the sessions, and their quality timers.
+        while let Ok(e) = self.reports.try_recv() {
+            let (who, back) = match e.update {
+                MediaUpdate::PublishStats(s) => (
+                    Who::Publisher,
+                    self.publisher.monitor.publish_sample(&e.stream_id, s, now),
+                ),
+                MediaUpdate::PlayStats(s) => {
+                    (Who::Player, self.player.monitor.play_sample(&e.stream_id, s, now))
+                }
+                _ => continue,
+            };
+            if let Some((up, down)) = back {
+                let t = self.since(now);
+                self.out.quality.push((t, who, Quality::Network(up, down)));
+            }
+        }
+        for who in [Who::Publisher, Who::Player] {
+            let monitor = match who {
+                Who::Publisher => &mut self.publisher.monitor,
+                Who::Player => &mut self.player.monitor,
+            };
+            if monitor.next_timeout().is_none_or(|t| t > now) {
+                continue;
+            }
+            let due = monitor.poll(now);
+            let t = self.since(now);
+            if let Some((_, q)) = due.publisher {
+                self.out.quality.push((t, who, Quality::Publish(q.level)));
+            }
+            for (_, q) in due.players {
+                self.out.quality.push((t, who, Quality::Play(q.level)));
+            }
+            if let Some((up, down)) = due.own {
+                self.out.quality.push((t, who, Quality::Network(up, down)));
+            }
+        }
+    }
+
+    fn drive_publisher(&mut self) {
+        let c = &mut self.publisher;
+        let core = &mut c.core;
+        c.wake = c.pc.drive(|pc, e| {
+            if matches!(e, Event::Connected) {
+                self.out.connected[0].get_or_insert(self.now.saturating_duration_since(self.t0));
+            }
+            core.on_event(pc, e);
+        });
+        c.core.start_when_connected(&c.pc, self.now);
+        while let Some((_, d)) = c.pc.take_transmit() {
+            c.up.send(d, self.now);
+        }
+    }
+
+    fn drive_player(&mut self) {
+        let c = &mut self.player;
+        let core = &mut c.core;
+        c.wake = c.pc.drive(|pc, e| {
+            if matches!(e, Event::Connected) {
+                self.out.connected[1].get_or_insert(self.now.saturating_duration_since(self.t0));
+            }
+            core.on_event(pc, e);
+        });
+        while let Some((_, d)) = c.pc.take_transmit() {
+            c.up.send(d, self.now);
+        }
+    }
+
+    /// The player's jitter buffer and decoder figures now.
+    pub(crate) fn player_stats(&self) -> huddle_media::PlayerStats {
+        self.player
+            .core
+            .audio
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .player
+            .stats()
+    }
+
+    /// What the call produced (the links' counters filled in).
+    pub(crate) fn finish(mut self) -> Outcome {
+        let links = [
+            &self.publisher.up,
+            &self.publisher.down,
+            &self.player.up,
+            &self.player.down,
+        ];
+        for (i, l) in links.into_iter().enumerate() {
+            let s = l.stats();
+            self.out.links[i] = (s.sent, s.dropped);
+        }
+        self.out
+    }
+}
+
+/// Scores the player's output against the speech sample with `tests/audio_score.py` (aligned
+/// wideband PESQ, STOI); needs the tests' Python packages (`scripts/test.sh` installs them).
+pub(crate) fn score(heard: &Path) -> serde_json::Value {
+    let out = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/audio_score.py"))
+        .arg(SPEECH)
+        .arg(heard)
+        .output()
+        .expect("run python3 audio_score.py");
+    assert!(
+        out.status.success(),
+        "audio_score.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(d: Duration) -> u128 {
+        d.as_millis()
+    }
+
+    /// A path for a test's WAV file, in a directory of this test process.
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("huddle-netem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        dir.join(name)
+    }
+
+    /// The same seed gives the same call, sample for sample and event for event: nothing in the
+    /// harness reads the clock or depends on the machine.
+    #[test]
+    fn a_seeded_call_comes_out_the_same_on_every_run() {
+        let network = Network {
+            publisher: Leg::lossy(0.1, Duration::from_millis(30), Duration::from_millis(10)),
+            player: Leg::lossy(0.1, Duration::from_millis(30), Duration::from_millis(10)),
+            outages: vec![],
+        };
+        let run = || {
+            let mut call = Call::new(network.clone(), 7, Duration::from_millis(500), true);
+            call.run(Duration::from_secs(4));
+            call.finish()
+        };
+        let (a, b) = (run(), run());
+        assert!(a.connected.iter().all(Option::is_some), "{:?}", a.connected);
+        assert!(
+            *a.played.last().expect("ticks") > 50,
+            "the player played the speech: {:?}",
+            a.played.last()
+        );
+        assert_eq!(a.connected, b.connected);
+        assert_eq!(a.links, b.links);
+        assert_eq!(a.played, b.played);
+        assert_eq!(a.quality, b.quality);
+        assert!(
+            a.heard.iter().zip(&b.heard).all(|(x, y)| x.samples == y.samples),
+            "the same audio"
+        );
+        // And the links lost what they were told to (about 10 % of each direction).
+        for (sent, lost) in a.links {
+            assert!(sent > 0 && lost > 0 && lost * 4 < sent, "{:?}", a.links);
+        }
+    }
+}
