@@ -242,7 +242,7 @@ pub(crate) struct Publisher {
     keyframe_wanted: bool,
     sample: super::PublishSample,
     /// When the connection last received anything.
-    pub(crate) last_rx: Option<Instant>,
+    last_rx: Option<Instant>,
 }
 
 impl Publisher {
@@ -298,6 +298,20 @@ impl Publisher {
             sample: super::PublishSample::default(),
             last_rx: None,
         })
+    }
+
+    /// A datagram arrived at `now`. The first after a silence that the session took for an
+    /// outage (`DIE_AFTER`) is reported at once with the counters, so that its network levels
+    /// come back now rather than at the next stats interval, up to a second later.
+    pub(crate) fn on_received(&mut self, now: Instant) {
+        let was_silent = self
+            .last_rx
+            .is_some_and(|t| now.saturating_duration_since(t) >= crate::session::quality::DIE_AFTER);
+        self.last_rx = Some(now);
+        if was_silent {
+            self.sample.last_rx = Some(now);
+            self.reporter.report(MediaUpdate::PublishStats(self.sample));
+        }
     }
 
     /// An event of the peer connection.
@@ -486,7 +500,7 @@ pub(crate) async fn run(
             },
             r = pc.recv(&mut buf) => {
                 let now = Instant::now();
-                publisher.last_rx = Some(now);
+                publisher.on_received(now);
                 pc.on_incoming(now, r, &buf)
             }
             _ = sleep_opt(wake) => pc.timeout(Instant::now()),
