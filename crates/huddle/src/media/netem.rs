@@ -621,21 +621,35 @@ impl Call {
     }
 }
 
-/// Scores the player's output against the speech sample with `tests/audio_score.py` (aligned
-/// wideband PESQ, STOI); needs the tests' Python packages (`scripts/test.sh` installs them).
-pub(crate) fn score(heard: &Path) -> serde_json::Value {
-    let out = std::process::Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/audio_score.py"))
-        .arg(SPEECH)
-        .arg(heard)
-        .output()
-        .expect("run python3 audio_score.py");
-    assert!(
-        out.status.success(),
-        "audio_score.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("one JSON object")
+/// Scores recordings of the player's output against the speech sample with
+/// `tests/audio_score.py` (aligned wideband PESQ, STOI), one process each, all at once; needs
+/// the tests' Python packages (`scripts/test.sh` installs them).
+pub(crate) fn score_all(heard: &[std::path::PathBuf]) -> Vec<serde_json::Value> {
+    let children: Vec<_> = heard
+        .iter()
+        .map(|path| {
+            std::process::Command::new("python3")
+                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/audio_score.py"))
+                .arg(SPEECH)
+                .arg(path)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("run python3 audio_score.py")
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().expect("audio_score.py ran");
+            assert!(
+                out.status.success(),
+                "audio_score.py failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice(&out.stdout).expect("one JSON object")
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -712,14 +726,19 @@ mod tests {
         call.run(Duration::from_secs(12));
         let o = call.finish();
         let die = |q: &Quality| matches!(q, Quality::Network(Level::Die, Level::Die));
-        let alive = |q: &Quality| matches!(q, Quality::Network(up, down) if *up != Level::Die || *down != Level::Die);
+        let alive =
+            |q: &Quality| matches!(q, Quality::Network(up, down) if *up != Level::Die || *down != Level::Die);
         // Played frames per tick: the audio is back when the count moves again after the outage.
         let at_end = o.played[Outcome::tick(end)];
         let back = o.played[Outcome::tick(end)..]
             .iter()
             .position(|p| *p > at_end)
             .map(|i| FRAME_DURATION * i as u32);
-        println!("OUTAGE connected {:?}, audio back {:?} after the network", o.connected, back.map(ms));
+        println!(
+            "OUTAGE connected {:?}, audio back {:?} after the network",
+            o.connected,
+            back.map(ms)
+        );
         let mut found = Vec::new();
         for who in [Who::Publisher, Who::Player] {
             let before = first(&o, who, Duration::ZERO, die);
@@ -744,15 +763,24 @@ mod tests {
                 dead - start
             );
             let again = again.unwrap_or_else(|| panic!("{who:?}: levels never back: {:?}", o.quality));
-            assert!(again - end <= Duration::from_secs(1), "{who:?}: back {:?} after", again - end);
+            assert!(
+                again - end <= Duration::from_secs(1),
+                "{who:?}: back {:?} after",
+                again - end
+            );
         }
         let back = back.expect("the player plays again");
-        assert!(back <= Duration::from_secs(1), "audio back {back:?} after the network");
+        assert!(
+            back <= Duration::from_secs(1),
+            "audio back {back:?} after the network"
+        );
     }
 
-    /// Five calls at the loss condition, scored.
-    fn lossy_calls(per_leg: f64, lead_in: Duration) -> Vec<(f64, f64, Option<Duration>)> {
-        (1..=5)
+    /// Five seeded calls with `per_leg` random loss on every link (both clients, both ways,
+    /// signaling included) from the first packet, 100 ms RTT to the server and 5 ms of jitter:
+    /// the publisher sends the speech sample after `lead_in` of silence. PESQ and STOI of each.
+    fn lossy_calls(per_leg: f64, lead_in: Duration) -> Vec<(f64, f64)> {
+        let paths: Vec<_> = (1..=5)
             .map(|seed| {
                 let leg = Leg::lossy(per_leg, Duration::from_millis(50), Duration::from_millis(5));
                 let network = Network {
@@ -760,42 +788,94 @@ mod tests {
                     player: leg,
                     outages: vec![],
                 };
+                let cpu = std::time::Instant::now();
                 let mut call = Call::new(network, seed, lead_in, false);
-                call.run(lead_in + Duration::from_secs(7));
+                let length = lead_in + Duration::from_secs(7);
+                call.run(length);
                 let o = call.finish();
-                let path = tmp(&format!("loss-{per_leg}-{}-{seed}.wav", lead_in.as_millis()));
-                o.write_wav(&path);
-                let s = score(&path);
-                let pesq = s["pesq"].as_f64().expect("a PESQ figure");
-                let stoi = s["stoi"].as_f64().unwrap_or(f64::NAN);
                 println!(
-                    "LOSS {:.0}% per leg, lead-in {} ms, seed {seed}: PESQ {pesq:.2} STOI {stoi:.2}, connected {:?} (ms), links {:?}",
+                    "LOSS {:.1}% per leg, lead-in {} ms, seed {seed}: connected {:?} ms, links (sent, lost) {:?}; {} ms of call simulated in {} ms",
                     per_leg * 100.0,
                     lead_in.as_millis(),
                     o.connected.map(|c| c.map(ms)),
-                    o.links
+                    o.links,
+                    ms(length),
+                    ms(cpu.elapsed()),
                 );
-                (pesq, stoi, o.connected[1])
+                let path = tmp(&format!("loss-{per_leg}-{}-{seed}.wav", lead_in.as_millis()));
+                o.write_wav(&path);
+                path
+            })
+            .collect();
+        let scores = score_all(&paths);
+        for p in &paths {
+            let _ = std::fs::remove_file(p);
+        }
+        scores
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let pesq = s["pesq"].as_f64().expect("a PESQ figure");
+                let stoi = s["stoi"].as_f64().expect("a STOI figure (pystoi)");
+                println!(
+                    "LOSS {:.1}% per leg, seed {}: PESQ {pesq:.2} STOI {stoi:.2}",
+                    per_leg * 100.0,
+                    i + 1
+                );
+                (pesq, stoi)
             })
             .collect()
     }
 
-    fn median(mut v: Vec<f64>) -> f64 {
+    /// (median, min) of `v`.
+    fn median_min(mut v: Vec<f64>) -> (f64, f64) {
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        (v[v.len() / 2], v[0])
     }
 
-    /// ≈ 30 % loss end to end from the first packet (16 % on every link, both clients, both
-    /// ways, signaling included) and 100 ms RTT: five seeded calls, scored.
+    /// The loss curve of `docs/quality.md` ("The virtual-time harness"): loss on both legs from
+    /// the start of the call, setup included, five seeds a point. 16 % per link is the issue's
+    /// condition, ≈ 30 % end to end; 30 % per link is ≈ 50 % end to end. The floors are below
+    /// the figures measured (the same on every run: the calls are seeded), so that a change
+    /// that costs quality fails here rather than in a listening test.
     #[test]
-    fn thirty_percent_loss_from_the_start_is_scored() {
-        for lead in [1000, 2000] {
-            let r = lossy_calls(0.16, Duration::from_millis(lead));
-            let pesq: Vec<f64> = r.iter().map(|x| x.0).collect();
-            println!("LOSS median {:.2}, min {:.2}", median(pesq.clone()), pesq.iter().copied().fold(f64::MAX, f64::min));
+    fn the_loss_curve_from_the_start_of_the_call() {
+        let lead_in = Duration::from_secs(2);
+        // (loss per link, floor of the median PESQ, floor of the lowest PESQ)
+        let points = [
+            (0.0, 3.9, 3.9),
+            (0.05, 3.7, 2.6),
+            (0.105, 3.6, 2.9),
+            (0.16, 3.0, 2.5),
+            (0.30, 2.4, 2.2),
+        ];
+        let mut figures = Vec::new();
+        for (per_leg, median_floor, min_floor) in points {
+            let r = lossy_calls(per_leg, lead_in);
+            let (median, min) = median_min(r.iter().map(|x| x.0).collect());
+            let (stoi, stoi_min) = median_min(r.iter().map(|x| x.1).collect());
+            let end_to_end = 1.0 - (1.0 - per_leg) * (1.0 - per_leg);
+            println!(
+                "CURVE {:>4.1}% per link ({:>4.1}% end to end): PESQ median {median:.2} min {min:.2}, STOI median {stoi:.2} min {stoi_min:.2}",
+                per_leg * 100.0,
+                end_to_end * 100.0
+            );
+            figures.push((per_leg, median, min, median_floor, min_floor));
         }
-        let r = lossy_calls(0.30, Duration::from_millis(2000));
-        let pesq: Vec<f64> = r.iter().map(|x| x.0).collect();
-        println!("LOSS 30/leg median {:.2}, min {:.2}", median(pesq.clone()), pesq.iter().copied().fold(f64::MAX, f64::min));
+        for (per_leg, median, min, median_floor, min_floor) in figures {
+            assert!(median >= median_floor, "{per_leg}: median PESQ {median:.2}");
+            assert!(min >= min_floor, "{per_leg}: lowest PESQ {min:.2}");
+        }
+    }
+
+    /// The same condition as the curve's 16 % point, with 1 s of silence before the speech
+    /// instead of 2: setup and the player's first second under loss land closer to the speech
+    /// (printed beside the curve's figures in `docs/quality.md`).
+    #[test]
+    fn thirty_percent_loss_with_a_short_lead_in() {
+        let r = lossy_calls(0.16, Duration::from_secs(1));
+        let (median, min) = median_min(r.iter().map(|x| x.0).collect());
+        println!("SHORT LEAD-IN 16% per link: PESQ median {median:.2} min {min:.2}");
+        assert!(median >= 2.3 && min >= 1.8, "median {median:.2}, lowest {min:.2}");
     }
 }
