@@ -157,6 +157,8 @@ pub(crate) struct Outcome {
     pub(crate) played: Vec<u64>,
     /// When each client's peer connection reported `Connected`, from the call's start.
     pub(crate) connected: [Option<Duration>; 2],
+    /// When each client got the server's answer, from the call's start.
+    pub(crate) answered: [Option<Duration>; 2],
     /// The quality events of both sessions, in order.
     pub(crate) quality: Vec<(Duration, Who, Quality)>,
     /// Datagrams sent and lost on the four links (publisher up, down; player up, down).
@@ -451,10 +453,11 @@ impl Call {
             if s.offer {
                 self.offer(s.who, s.sdp);
             } else {
-                let pc = match s.who {
-                    Who::Publisher => &mut self.publisher.pc,
-                    Who::Player => &mut self.player.pc,
+                let (pc, i) = match s.who {
+                    Who::Publisher => (&mut self.publisher.pc, 0),
+                    Who::Player => (&mut self.player.pc, 1),
                 };
+                self.out.answered[i] = Some(now.saturating_duration_since(self.t0));
                 pc.accept_answer(now, &s.sdp)
                     .expect("the server's answer applies");
             }
@@ -906,6 +909,7 @@ mod tests {
     fn setup_through_the_whole_stack_under_loss() {
         for per_leg in [0.16, 0.30] {
             let mut times = [Vec::new(), Vec::new()];
+            let mut after_answer = [Vec::new(), Vec::new()];
             for seed in 1..=100 {
                 let leg = Leg::lossy(per_leg, Duration::from_millis(50), Duration::from_millis(5));
                 let network = Network {
@@ -920,16 +924,22 @@ mod tests {
                     let c =
                         c.unwrap_or_else(|| panic!("seed {seed}: {:?} not connected in 10 s", o.connected));
                     times[i].push(c);
+                    after_answer[i].push(c - o.answered[i].expect("answered before connected"));
                 }
             }
-            for (who, t) in ["publisher", "player"].iter().zip(&mut times) {
+            for (i, who) in ["publisher", "player"].iter().enumerate() {
+                let (t, a) = (&mut times[i], &mut after_answer[i]);
                 t.sort();
+                a.sort();
                 println!(
-                    "SETUP {:.0}% per link, {who}: p50 {} ms, p95 {} ms, max {} ms",
+                    "SETUP {:.0}% per link, {who}: p50 {} ms, p95 {} ms, max {} ms; from the answer p50 {} ms, p95 {} ms, max {} ms",
                     per_leg * 100.0,
                     ms(quantile(t, 0.5)),
                     ms(quantile(t, 0.95)),
-                    ms(quantile(t, 1.0))
+                    ms(quantile(t, 1.0)),
+                    ms(quantile(a, 0.5)),
+                    ms(quantile(a, 0.95)),
+                    ms(quantile(a, 1.0))
                 );
             }
             if per_leg < 0.2 {
