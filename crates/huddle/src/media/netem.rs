@@ -793,9 +793,14 @@ mod tests {
     /// signaling included) from the first packet, 100 ms RTT to the server and 5 ms of jitter:
     /// the publisher sends the speech sample after `lead_in` of silence. PESQ and STOI of each.
     fn lossy_calls(per_leg: f64, lead_in: Duration) -> Vec<(f64, f64)> {
+        calls(per_leg, Duration::from_millis(5), lead_in)
+    }
+
+    /// As [`lossy_calls`], with `jitter` (uniform, 0 to it) on every link.
+    fn calls(per_leg: f64, jitter: Duration, lead_in: Duration) -> Vec<(f64, f64)> {
         let paths: Vec<_> = (1..=5)
             .map(|seed| {
-                let leg = Leg::lossy(per_leg, Duration::from_millis(50), Duration::from_millis(5));
+                let leg = Leg::lossy(per_leg, Duration::from_millis(50), jitter);
                 let network = Network {
                     publisher: leg.clone(),
                     player: leg,
@@ -815,7 +820,11 @@ mod tests {
                     ms(length),
                     ms(cpu.elapsed()),
                 );
-                let path = tmp(&format!("loss-{per_leg}-{}-{seed}.wav", lead_in.as_millis()));
+                let path = tmp(&format!(
+                    "loss-{per_leg}-{}-{}-{seed}.wav",
+                    jitter.as_millis(),
+                    lead_in.as_millis()
+                ));
                 o.write_wav(&path);
                 path
             })
@@ -948,5 +957,22 @@ mod tests {
                 assert!(quantile(&times[1], 0.95) <= Duration::from_millis(2200));
             }
         }
+    }
+
+    /// A clean path with 0–40 ms of jitter on every link (±20 ms around its mean; the player's
+    /// leg adds its own, so up to 80 ms end to end): five seeds, scored at a single alignment.
+    #[test]
+    fn a_clean_call_with_jitter_is_scored() {
+        let r = calls(0.0, Duration::from_millis(40), Duration::from_secs(2));
+        let (pesq, pesq_min) = median_min(r.iter().map(|x| x.0).collect());
+        let (stoi, stoi_min) = median_min(r.iter().map(|x| x.1).collect());
+        println!(
+            "JITTER 0-40 ms per link: PESQ median {pesq:.2} min {pesq_min:.2}, STOI median {stoi:.3} min {stoi_min:.3}"
+        );
+        // Measured: PESQ 4.07 for all five; STOI 0.995 median, 0.960 lowest (seed 4).
+        assert!(
+            pesq_min >= 3.8 && stoi_min >= 0.93,
+            "PESQ {pesq_min:.2}, STOI {stoi_min:.3}"
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! One client peer connection: a str0m [`Rtc`] and its own UDP socket.
 //!
 //! The `Rtc` is sans IO; this wrapper feeds it datagrams and time and performs what it asks.
+//! Its I/O is behind a seam ([`Wire`]): the engine's tasks give it a UDP socket, the
+//! virtual-time harness (`media::netem`) a queue that it carries through impaired links itself.
 //! Invariant (str0m's): after every mutation, [`Pc::drive`] drains `poll_output` until it
 //! returns a timeout. The client always offers; the server (ICE-lite) answers and learns our
 //! address from our connectivity checks, so the offer carries one host candidate: the socket's
