@@ -1015,6 +1015,16 @@ mod tests {
                 })
                 .collect();
             assert!(!publish.is_empty() && !play.is_empty(), "{:?}", o.quality);
+            let times: Vec<u128> = o
+                .quality
+                .iter()
+                .filter(|(_, _, q)| matches!(q, Quality::Publish(_)))
+                .map(|(t, _, _)| ms(*t))
+                .collect();
+            println!(
+                "EVENTS {:.0}% per link, publisher events at {times:?} ms",
+                per_leg * 100.0
+            );
             for q in &publish {
                 println!(
                     "EVENTS {:.0}% per link, publisher: level {:?}, loss {:.3}, rtt {} ms, mos {:.2}, {:.0} kbit/s",
