@@ -24,6 +24,15 @@ export HUDDLE_QUALITY_SEEDS="${SEEDS:-1,2,3}"
 export HUDDLE_QUALITY_LOSSES="${LOSSES:-0,10,20,30,40,50,60,70}"
 export HUDDLE_QUALITY_MODELS="${MODELS:-random,bursty}"
 
+# `scripts/quality.sh netem`: the end-to-end calls on virtual time (crates/huddle/src/media/
+# netem.rs; docs/quality.md "End to end on virtual time"): the loss curve on both legs from the
+# start, setup through the whole stack, the outage, the quality events. Seeded: the same figures
+# on every run, on a busy machine too (about 4 minutes in a debug build).
+if [ "${1:-}" = netem ]; then
+  cargo test -q -p huddle --lib netem -- --nocapture --test-threads 1 2>&1 |
+    grep -E '^(CURVE|SETUP|OUTAGE|EVENTS|JITTER|SHORT|LOSS) ' | tee "$out/netem.txt"
+  exit 0
+fi
 cargo bench -p huddle --bench loss_curve --no-run
 
 # `scripts/quality.sh clean`: the clean-call checks instead of the loss curve, before and after
