@@ -30,8 +30,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use huddle::{
-    AudioConfig, AudioSink, AudioSource, EngineHandle, ErrorCode, HuddleError, RoomConfig, User, UserId,
-    UserName,
+    AudioConfig, AudioDeviceType, AudioSink, AudioSource, EngineHandle, ErrorCode, HuddleError, RoomConfig,
+    User, UserId, UserName,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -82,8 +82,31 @@ pub(crate) enum Command {
     SetAudioSource { source: String, looped: Option<bool> },
     /// Where the mix of the played streams goes: `discard`, `speaker`, or a WAV file to record.
     SetAudioSink { sink: String },
+    /// Choose the microphone (`input`) or speaker (`output`) by its ID or name
+    /// (`--list-devices`); an empty `device_id` goes back to the system's default.
+    UseAudioDevice {
+        device_type: DeviceTypeName,
+        device_id: String,
+    },
     /// End the call: stop publishing and playing, log out, exit 0.
     Quit {},
+}
+
+/// `input` or `output`, as in `use_audio_device`.
+#[derive(Debug, Deserialize, PartialEq, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DeviceTypeName {
+    Input,
+    Output,
+}
+
+impl From<DeviceTypeName> for AudioDeviceType {
+    fn from(t: DeviceTypeName) -> Self {
+        match t {
+            DeviceTypeName::Input => AudioDeviceType::Input,
+            DeviceTypeName::Output => AudioDeviceType::Output,
+        }
+    }
 }
 
 /// What a command asks of the call's main loop beyond its result line.
@@ -463,6 +486,10 @@ impl Call {
                 engine.set_audio_source(audio_source(&source, looped.unwrap_or(true))?)?
             }
             Command::SetAudioSink { sink } => engine.set_audio_sink(audio_sink(&sink))?,
+            Command::UseAudioDevice {
+                device_type,
+                device_id,
+            } => engine.use_audio_device(device_type.into(), &device_id)?,
             Command::Quit {} => return Ok(Next::Quit),
         }
         Ok(Next::Continue)
@@ -695,6 +722,8 @@ mod tests {
         let p = line(r#"{"cmd":"stop_publishing_stream","stream":"s1"}"#);
         assert_eq!(code(&p), 1009082, "an unknown field is refused");
         assert_eq!(code(&line(r#"{"cmd":"quit","now":true}"#)), 1009082);
+        let p = line(r#"{"cmd":"use_audio_device","device_type":"mic","device_id":""}"#);
+        assert_eq!(code(&p), 1009082, "input or output only");
     }
 
     #[test]
@@ -712,6 +741,7 @@ mod tests {
             "renew_token",
             "set_audio_source",
             "set_audio_sink",
+            "use_audio_device",
             "quit",
         ] {
             assert!(names.contains(&n), "{n} in {names:?}");
