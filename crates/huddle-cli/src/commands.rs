@@ -22,7 +22,7 @@
 //! One variant in [`Command`] (its name in snake_case is the `cmd`; its fields are the JSON
 //! fields, `Option` or `#[serde(default)]` for optional ones) and one arm in [`Call::execute`].
 //! Nothing else: parsing, unknown-field and type checks, `id` echo and the result line come
-//! from the enum. Then a line in `docs/cli.md`.
+//! from the enum. Then its row in `docs/cli.md` (a test checks that every command has one).
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
@@ -749,6 +749,29 @@ mod tests {
         }
         assert!(is_command("logout") && is_command("login"));
         assert!(!is_command("fly") && !is_command(""));
+    }
+
+    /// docs/cli.md documents every command (a new variant fails here until it has its row).
+    #[test]
+    fn docs_cli_md_lists_every_command() {
+        let doc = include_str!("../../../docs/cli.md");
+        for name in command_names() {
+            assert!(
+                doc.contains(&format!("`{name}`")),
+                "docs/cli.md lacks the command {name}"
+            );
+        }
+        for code in [
+            ErrorCode::COMMAND_MALFORMED,
+            ErrorCode::COMMAND_UNKNOWN,
+            ErrorCode::COMMAND_FIELD_INVALID,
+            ErrorCode::COMMAND_TOO_LONG,
+        ] {
+            assert!(
+                doc.contains(&code.as_u32().to_string()),
+                "docs/cli.md lacks {code:?}"
+            );
+        }
     }
 
     fn read_all(input: &[u8]) -> Vec<Input> {
