@@ -4,7 +4,10 @@
 //! These machines have no sound card. "No device at all" is made certain on any Linux machine
 //! by pointing ALSA at an empty configuration (`ALSA_CONFIG_PATH`); the machine's own
 //! configuration is checked as it is; and ALSA's `null` device (which every ALSA configuration
-//! defines, sound card or not) stands in for a microphone and a speaker in a real call.
+//! defines, sound card or not) stands in for a microphone and a speaker in a real call. For
+//! audio through real, paced devices, a PulseAudio server of the test's own with null sinks
+//! sits behind ALSA's `pulse` device (Debian's pulseaudio, pulseaudio-utils and
+//! libasound2-plugins, which scripts/test.sh installs).
 
 mod common;
 
@@ -300,5 +303,152 @@ fn devices_chosen_by_name_carry_a_call() {
     assert!(bob.wait().unwrap().success());
     send(&mut alice, json!({"cmd": "quit"}));
     assert!(alice.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A PulseAudio server of the test's own (null sinks, paced by PulseAudio's clock, on a private
+/// socket); killed on drop. ALSA reaches it through its `pulse` plugin (libasound2-plugins).
+struct Pulse {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Drop for Pulse {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Pulse {
+    /// Sinks `tone` (a 440 Hz sine plays into it) and `heard`, and their `.monitor` sources.
+    fn start(dir: &std::path::Path) -> Pulse {
+        let socket = dir.join("native");
+        let child = Command::new("pulseaudio")
+            .args(["--daemonize=no", "-n", "--exit-idle-time=-1", "--use-pid-file=no"])
+            .args(["--disable-shm=yes", "--log-target=stderr"])
+            .arg("-L")
+            .arg(format!("module-native-protocol-unix socket={} auth-anonymous=1", socket.display()))
+            .args(["-L", "module-null-sink sink_name=tone", "-L", "module-null-sink sink_name=heard"])
+            .args(["-L", "module-sine sink=tone frequency=440"])
+            .env("HOME", dir)
+            .env("XDG_RUNTIME_DIR", dir)
+            .env("PULSE_RUNTIME_PATH", dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pulseaudio (apt: pulseaudio pulseaudio-utils libasound2-plugins; scripts/test.sh installs them)");
+        let pulse = Pulse { child, socket };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !pulse
+            .client("pactl")
+            .arg("info")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            assert!(Instant::now() < deadline, "pulseaudio did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        pulse
+    }
+
+    /// A command that talks to this server only.
+    fn client(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("PULSE_SERVER", format!("unix:{}", self.socket.display()));
+        c
+    }
+}
+
+/// Power of `hz` relative to the whole signal, in dB (48 kHz samples).
+fn tone_db(x: &[i16], hz: f64) -> f64 {
+    common::tone_db(x, hz)
+}
+
+/// Real, paced devices: PulseAudio's null sinks behind ALSA's `pulse` device. Alice's
+/// microphone hears a 440 Hz sine; Bob's speaker plays into another sink, whose monitor is
+/// recorded: the tone went through `--mic-device`, the SDK's capture, Opus, the server, the
+/// SDK's playout and `--speaker-device`.
+#[test]
+fn a_tone_goes_through_a_microphone_and_a_speaker() {
+    let dir = tempdir("pulse");
+    let pulse = Pulse::start(&dir);
+    let server = serve(&dir);
+    let call = |user: &str, env: (&str, &str), extra: &[&str]| {
+        let mut child = pulse
+            .client(env!("CARGO_BIN_EXE_huddle"))
+            .env(env.0, env.1)
+            .args([
+                "call",
+                "--server",
+                &server.1,
+                "--app-id",
+                APP_ID,
+                "--app-sign",
+                APP_SIGN,
+            ])
+            .args(["--room", "pulse", "--user", user, "--duration", "60"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = Lines::of(&mut child);
+        (child, lines)
+    };
+    let (mut alice, mut alice_out) = call(
+        "alice",
+        ("PULSE_SOURCE", "tone.monitor"),
+        &["--mic-device", "pulse", "--publish", "a"],
+    );
+    alice_out.expect("alice publishing from the microphone", |v| {
+        v["event"] == "publisher_state_update" && v["state"] == "Publishing"
+    });
+    let (mut bob, mut bob_out) = call(
+        "bob",
+        ("PULSE_SINK", "heard"),
+        &["--speaker-device", "pulse", "--play", "a"],
+    );
+    bob_out.expect("bob playing to the speaker", |v| {
+        v["event"] == "player_state_update" && v["state"] == "Playing"
+    });
+
+    // One second of what the speaker played.
+    let mut rec = pulse
+        .client("parec")
+        .args([
+            "-d",
+            "heard.monitor",
+            "--rate=48000",
+            "--channels=1",
+            "--format=s16le",
+            "--raw",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("parec (pulseaudio-utils)");
+    let mut raw = vec![0u8; 96_000];
+    std::io::Read::read_exact(rec.stdout.as_mut().unwrap(), &mut raw).unwrap();
+    let _ = rec.kill();
+    let _ = rec.wait();
+    for child in [&mut alice, &mut bob] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let samples: Vec<i16> = raw
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let loud = samples.iter().filter(|s| s.abs() > 1000).count();
+    assert!(
+        loud > 48_000 / 4,
+        "the speaker played almost nothing: {loud} loud samples in 1 s"
+    );
+    let (at_440, at_1000) = (tone_db(&samples, 440.0), tone_db(&samples, 1000.0));
+    assert!(
+        at_440 > -15.0 && at_440 - at_1000 > 30.0,
+        "not the 440 Hz tone: {at_440:.1} dB at 440 Hz, {at_1000:.1} dB at 1 kHz"
+    );
+    drop(pulse);
     let _ = std::fs::remove_dir_all(&dir);
 }
