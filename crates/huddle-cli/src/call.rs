@@ -22,7 +22,7 @@ use std::io::Write;
 
 use huddle::{
     AudioConfig, AudioDeviceType, AudioSink, AudioSource, Engine, EngineProfile, ErrorCode, Event,
-    EventHandler, HuddleError, RoomStateChangedReason, User, UserId, VideoSource,
+    EventHandler, HuddleError, RoomStateChangedReason, User, UserId,
 };
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -130,18 +130,6 @@ fn audio_config(args: &CallArgs) -> Result<AudioConfig, HuddleError> {
     }
     config.adaptive = !args.audio_fixed;
     Ok(config)
-}
-
-/// The video source a `--camera` value names.
-fn video_source(spec: &str) -> VideoSource {
-    if spec == "testsrc" {
-        VideoSource::default()
-    } else {
-        VideoSource::Y4m {
-            path: spec.into(),
-            looped: true,
-        }
-    }
 }
 
 /// Where the video of `stream` is recorded: `base` itself when one stream is played, else
@@ -275,7 +263,7 @@ fn call(args: CallArgs, start: Instant) -> Result<ErrorCode, huddle::HuddleError
     }
     engine.set_audio_config(audio_config(&args)?)?;
     if let Some(spec) = &args.camera {
-        engine.set_video_source(video_source(spec))?;
+        engine.set_video_source(commands::video_source(spec))?;
     }
     if let Some(path) = &args.record {
         engine.set_audio_sink(AudioSink::Wav(path.clone()))?;

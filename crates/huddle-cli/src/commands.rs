@@ -31,7 +31,7 @@ use std::time::Instant;
 
 use huddle::{
     AudioConfig, AudioDeviceType, AudioSink, AudioSource, EngineHandle, ErrorCode, HuddleError, RoomConfig,
-    User, UserId, UserName,
+    User, UserId, UserName, VideoSource,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -82,6 +82,12 @@ pub(crate) enum Command {
     SetAudioSource { source: String, looped: Option<bool> },
     /// Where the mix of the played streams goes: `discard`, `speaker`, or a WAV file to record.
     SetAudioSink { sink: String },
+    /// Where the published video comes from when the camera is on, as `--camera` names it:
+    /// `testsrc` or a Y4M file (looped). Publish again to apply it.
+    SetVideoSource { source: String },
+    /// Record the video of a played stream into a Y4M file (`path` absent or null: stop), from
+    /// its next connection on.
+    SetVideoSinkY4m { stream_id: String, path: Option<String> },
     /// Choose the microphone (`input`) or speaker (`output`) by its ID or name
     /// (`--list-devices`); an empty `device_id` goes back to the system's default.
     UseAudioDevice {
@@ -486,6 +492,10 @@ impl Call {
                 engine.set_audio_source(audio_source(&source, looped.unwrap_or(true))?)?
             }
             Command::SetAudioSink { sink } => engine.set_audio_sink(audio_sink(&sink))?,
+            Command::SetVideoSource { source } => engine.set_video_source(video_source(&source))?,
+            Command::SetVideoSinkY4m { stream_id, path } => {
+                engine.set_video_sink_y4m(&stream_id, path.map(Into::into))?
+            }
             Command::UseAudioDevice {
                 device_type,
                 device_id,
@@ -578,6 +588,18 @@ pub(crate) fn audio_source(spec: &str, looped: bool) -> Result<AudioSource, Hudd
             looped,
         },
     })
+}
+
+/// The video source a `--camera` value or a `set_video_source` `source` names.
+pub(crate) fn video_source(spec: &str) -> VideoSource {
+    if spec == "testsrc" {
+        VideoSource::default()
+    } else {
+        VideoSource::Y4m {
+            path: spec.into(),
+            looped: true,
+        }
+    }
 }
 
 /// The audio sink a `set_audio_sink` `sink` names: `discard`, `speaker`, or a WAV file.
@@ -741,6 +763,8 @@ mod tests {
             "renew_token",
             "set_audio_source",
             "set_audio_sink",
+            "set_video_source",
+            "set_video_sink_y4m",
             "use_audio_device",
             "quit",
         ] {
@@ -897,6 +921,24 @@ mod tests {
             Ok(Next::Continue)
         );
         assert!(!call.engine.is_camera_enabled());
+        assert_eq!(
+            run(&mut call, r#"{"cmd":"set_video_source","source":"testsrc"}"#),
+            Ok(Next::Continue)
+        );
+        assert_eq!(
+            run(&mut call, r#"{"cmd":"set_video_source","source":"/no/such.y4m"}"#),
+            Err(1000006)
+        );
+        let sink = r#"{"cmd":"set_video_sink_y4m","stream_id":"s1","path":"/tmp/v.y4m"}"#;
+        assert_eq!(run(&mut call, sink), Ok(Next::Continue));
+        assert_eq!(
+            run(&mut call, r#"{"cmd":"set_video_sink_y4m","stream_id":"s1"}"#),
+            Ok(Next::Continue)
+        );
+        assert_eq!(
+            run(&mut call, r#"{"cmd":"set_video_sink_y4m","stream_id":""}"#),
+            Err(1000015)
+        );
         // No AppSign and no token: the engine refuses the login.
         assert_eq!(
             run(&mut call, r#"{"cmd":"login_room","room":"r","user":"u"}"#),
