@@ -13,12 +13,11 @@
 //! Ctrl-C or a `quit` command, as a call started without any input does. `--quit-on-eof` asks
 //! for the other behaviour.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use std::io::Write;
 
 use huddle::{
     AudioConfig, AudioDeviceType, AudioSink, AudioSource, Engine, EngineProfile, ErrorCode, Event,
@@ -200,8 +199,7 @@ pub fn run(args: CallArgs) -> ExitCode {
     }
 }
 
-/// `--list-devices`: one JSON line per device, the microphones first, with `is_default` for
-/// the one a call uses without --mic-device / --speaker-device.
+/// `--list-devices`: one JSON line per device, the microphones first.
 fn list_devices() -> Result<(), HuddleError> {
     let mut out = std::io::stdout().lock();
     for (device_type, name) in [
