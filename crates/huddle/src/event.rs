@@ -417,7 +417,7 @@ impl Event {
             } => {
                 let streams: Vec<_> = streams
                     .iter()
-                    .map(|s| json!({"user_id": s.user_id.as_str(), "stream_id": s.stream_id.as_str(), "extra_info": s.extra_info}))
+                    .map(|s| json!({"user_id": s.user_id.as_str(), "user_name": s.user_name.as_str(), "stream_id": s.stream_id.as_str(), "extra_info": s.extra_info}))
                     .collect();
                 json!({"room_id": room_id.as_str(), "update_type": name(update_type), "streams": streams, "extended_data": extended_data})
             }

@@ -14,6 +14,8 @@ mod backoff;
 pub(crate) mod quality;
 mod stream;
 #[cfg(test)]
+mod conformance;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
