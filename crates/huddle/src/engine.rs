@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::warn;
 
 use crate::config::{EngineConfig, EngineProfile, RoomConfig, Scenario};
-use crate::dispatch::{self, EventStream, HandlerSlot, STREAM_CAPACITY};
+use crate::dispatch::{self, EventSink, EventStream, HandlerSlot, STREAM_CAPACITY};
 use crate::driver::{Driver, Request};
 use crate::event::EventHandler;
 use crate::media::publish::{AudioInput, VideoInput};
@@ -172,10 +172,9 @@ impl Engine {
 
         let event_thread = {
             let handler = handler.clone();
-            let streams = streams_tx.clone();
             thread::Builder::new()
                 .name(format!("{THREAD_PREFIX}evt"))
-                .spawn(move || dispatch::run(events_rx, handler, streams))
+                .spawn(move || dispatch::run(events_rx, handler))
                 .map_err(|e| internal("cannot start the event thread", e))?
         };
         // The control thread builds, runs and drops the runtime, so that the runtime is never
@@ -186,7 +185,7 @@ impl Engine {
             api.clone(),
             requests_rx,
             shutdown_rx,
-            events_tx,
+            EventSink::new(events_tx, streams_tx.clone()),
             media.clone(),
         );
         let workers = config.worker_threads;
