@@ -890,7 +890,9 @@ fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let counter = AtomicUsize::new(0);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
-        .max_blocking_threads(2)
+        // Also the threads that take a worker's place while it runs codec work
+        // (`media::off_runtime`): one per worker at most, and the device threads' spare.
+        .max_blocking_threads(4)
         .thread_name_fn(move || format!("{THREAD_PREFIX}rt-{}", counter.fetch_add(1, Ordering::Relaxed)))
         .enable_all()
         .build()

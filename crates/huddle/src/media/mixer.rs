@@ -144,16 +144,19 @@ pub(crate) async fn run(mixer: Arc<Mixer>, media: Arc<MediaShared>, mut stop: on
                 }
             }
         }
-        let frames: Vec<AudioFrame> = players
-            .iter()
-            .filter_map(|p| p.lock().unwrap_or_else(|e| e.into_inner()).tick(due))
-            .collect();
+        // Opus decoding, time-stretching and the sink's file writes, off the runtime.
+        let frames: Vec<AudioFrame> = super::off_runtime(|| {
+            players
+                .iter()
+                .filter_map(|p| p.lock().unwrap_or_else(|e| e.into_inner()).tick(due))
+                .collect()
+        });
         if woke.saturating_duration_since(due) > LATE_TICK {
             budget = budget.saturating_sub(woke.elapsed());
         }
         let mixed = mix(timestamp, frames.iter());
         timestamp = timestamp.wrapping_add(FRAME_SAMPLES as u32);
-        media.write_sink(&mixed);
+        super::off_runtime(|| media.write_sink(&mixed));
     }
     media.finish_sink();
 }

@@ -430,10 +430,54 @@ impl Reporter {
     }
 }
 
+/// Runs codec work, file reads and writes, and the app's video renderer where they cannot hold
+/// up the runtime's other tasks (the signaling connections, the engine task, the other streams'
+/// sockets, the mixer): on the engine's multi-thread runtime, `block_in_place` first hands this
+/// worker's other tasks to another thread. On any other runtime (tests) it runs inline.
+///
+/// A dedicated thread per stream for capture and encoding would also take the work off the
+/// runtime; it needs the adaptive encoder settings and the keyframe requests to cross threads,
+/// which this keeps simple: the task still does one thing at a time, in order.
+pub(crate) fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Sleeps until `at`; forever with `None`.
 pub(crate) async fn sleep_opt(at: Option<std::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod off_runtime_tests {
+    use std::time::Duration;
+
+    /// With one worker, a task blocked in `off_runtime` still lets another task run: the
+    /// blocked one waits for a message only the other sends (inline it would wait out the
+    /// 10 s and fail).
+    #[test]
+    fn work_off_the_runtime_lets_the_other_tasks_run() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let (started_tx, started) = tokio::sync::oneshot::channel();
+            let blocked = tokio::spawn(async move {
+                let _ = started_tx.send(());
+                super::off_runtime(|| rx.recv_timeout(Duration::from_secs(10)))
+            });
+            started.await.unwrap();
+            let other = tokio::spawn(async move { tx.send(()).unwrap() });
+            assert!(blocked.await.unwrap().is_ok(), "the other task never ran");
+            other.await.unwrap();
+        });
     }
 }

@@ -133,7 +133,8 @@ pub(crate) async fn run(
                 let Some(decoder) = video.decoder.as_mut() else {
                     return;
                 };
-                match decoder.decode(&data.data) {
+                // Decoding, the Y4M recording and the app's renderer, off the runtime.
+                super::off_runtime(|| match decoder.decode(&data.data) {
                     Ok(Some(frame)) => {
                         if !video.first {
                             video.first = true;
@@ -166,7 +167,7 @@ pub(crate) async fn run(
                             let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
                         }
                     }
-                }
+                })
             }
         });
         if pc.dead {
