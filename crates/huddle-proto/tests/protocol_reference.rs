@@ -219,11 +219,14 @@ fn reference(client: &Value, server: &Value) -> String {
         .expect("the vector login_success")
         .1;
     transcript(&mut out, login);
-    out.push_str(
-        "### The vectors\n\nEach file of `conformance/` (format above), run against both SDKs:\n\n",
-    );
+    out.push_str("### The vectors\n\nEach file of `conformance/` (format above), run against both SDKs:\n\n");
     for (name, v) in &vectors {
-        writeln!(out, "- `{name}`: {}", summary(&serde_json::json!({"description": v["about"]}))).unwrap();
+        writeln!(
+            out,
+            "- `{name}`: {}",
+            summary(&serde_json::json!({"description": v["about"]}))
+        )
+        .unwrap();
     }
     out.push('\n');
     out.push_str(

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use huddle::{AudioSink, AudioSource, Engine, Event, EventHandler, PlayerState, PublisherState, RoomStateChangedReason};
+use huddle::{
+    AudioSink, AudioSource, Engine, Event, EventHandler, PlayerState, PublisherState, RoomStateChangedReason,
+};
 
 /// Records each event, then sleeps 2 s.
 struct Slow(Mutex<Sender<Event>>);
@@ -80,7 +82,13 @@ fn a_handler_that_takes_two_seconds_per_event_stalls_nothing() {
     bob.login_room("slow", user("bob"), notify()).unwrap();
     bob.start_playing_stream("alice-slow").unwrap();
     wait(&observed, &mut seen, "Playing", |e| {
-        matches!(e, Event::PlayerStateUpdate { state: PlayerState::Playing, .. })
+        matches!(
+            e,
+            Event::PlayerStateUpdate {
+                state: PlayerState::Playing,
+                ..
+            }
+        )
     });
 
     // Four times the server's session timeout (2 s; heartbeats every 500 ms): the tone is heard
@@ -115,16 +123,32 @@ fn a_handler_that_takes_two_seconds_per_event_stalls_nothing() {
     bob.logout_room("slow").unwrap();
     let end = Instant::now() + Duration::from_secs(10);
     while server.stats().sessions != 1 {
-        assert!(Instant::now() < end, "the logout never reached the server: {:?}", server.stats());
+        assert!(
+            Instant::now() < end,
+            "the logout never reached the server: {:?}",
+            server.stats()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut got: Vec<Event> = handled.try_iter().collect();
     assert!(
-        !got.iter().any(|e| matches!(e, Event::RoomStateChanged { reason: RoomStateChangedReason::Logout, .. })),
+        !got.iter().any(|e| matches!(
+            e,
+            Event::RoomStateChanged {
+                reason: RoomStateChangedReason::Logout,
+                ..
+            }
+        )),
         "the handler was not behind"
     );
     wait(&observed, &mut seen, "Logout", |e| {
-        matches!(e, Event::RoomStateChanged { reason: RoomStateChangedReason::Logout, .. })
+        matches!(
+            e,
+            Event::RoomStateChanged {
+                reason: RoomStateChangedReason::Logout,
+                ..
+            }
+        )
     });
 
     // The handler got a prefix of what happened, with each run of events it could not take
@@ -147,7 +171,11 @@ fn a_handler_that_takes_two_seconds_per_event_stalls_nothing() {
                 at += *count as usize;
             }
             e => {
-                assert_eq!(Some(e), seen.get(at), "the handler's event {at} is not the engine's");
+                assert_eq!(
+                    Some(e),
+                    seen.get(at),
+                    "the handler's event {at} is not the engine's"
+                );
                 at += 1;
             }
         }
@@ -155,7 +183,9 @@ fn a_handler_that_takes_two_seconds_per_event_stalls_nothing() {
     assert!(at <= seen.len());
     eprintln!(
         "the handler took {} events, and was told of {} dropped, of the {} that happened",
-        got.iter().filter(|e| !matches!(e, Event::EventsDropped { .. })).count(),
+        got.iter()
+            .filter(|e| !matches!(e, Event::EventsDropped { .. }))
+            .count(),
         got.iter()
             .map(|e| match e {
                 Event::EventsDropped { count } => *count,

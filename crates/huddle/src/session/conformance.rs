@@ -31,7 +31,10 @@ fn load(path: &Path) -> Vector {
         Some(name.as_str()),
         "a vector's file is named after it"
     );
-    assert!(v["about"].as_str().is_some_and(|a| !a.is_empty()), "{name}: says what it checks");
+    assert!(
+        v["about"].as_str().is_some_and(|a| !a.is_empty()),
+        "{name}: says what it checks"
+    );
     Vector {
         name,
         app_id: v["app_id"].as_u64().expect("app_id") as u32,
@@ -42,7 +45,12 @@ fn load(path: &Path) -> Vector {
 
 /// Matches `actual` against `pattern`: `"*"` matches anything, `"$name"` binds the value the
 /// first time and must equal it afterwards; objects must have exactly the pattern's keys.
-fn matches(pattern: &Value, actual: &Value, vars: &mut BTreeMap<String, Value>, path: &str) -> Result<(), String> {
+fn matches(
+    pattern: &Value,
+    actual: &Value,
+    vars: &mut BTreeMap<String, Value>,
+    path: &str,
+) -> Result<(), String> {
     match (pattern, actual) {
         (Value::String(p), _) if p == "*" => Ok(()),
         (Value::String(p), _) if p.starts_with('$') => match vars.get(p) {
@@ -140,7 +148,9 @@ impl Run {
                         self.connects.push_back(server);
                     }
                 }
-                Output::Send(msg) => self.sent.push_back(serde_json::to_value(&msg).expect("serializes")),
+                Output::Send(msg) => self
+                    .sent
+                    .push_back(serde_json::to_value(&msg).expect("serializes")),
                 Output::Close => {
                     if std::mem::take(&mut self.live) {
                         self.closes += 1;
@@ -175,7 +185,12 @@ impl Run {
     }
 
     fn call(&mut self, v: &Vector, step: &Value) {
-        let str_of = |k: &str| step[k].as_str().unwrap_or_else(|| panic!("{k} in {step}")).to_string();
+        let str_of = |k: &str| {
+            step[k]
+                .as_str()
+                .unwrap_or_else(|| panic!("{k} in {step}"))
+                .to_string()
+        };
         let stream = |k: &str| StreamId::new(str_of(k)).expect("a valid stream ID");
         let cmd = match step["call"].as_str().expect("a call") {
             "login_room" => {
@@ -211,7 +226,9 @@ impl Run {
             "stop_playing_stream" => Command::StopPlay {
                 stream_id: stream("stream_id"),
             },
-            "renew_token" => Command::RenewToken { token: str_of("token") },
+            "renew_token" => Command::RenewToken {
+                token: str_of("token"),
+            },
             "logout_room" => Command::Logout,
             other => panic!("unknown call {other}"),
         };
@@ -244,8 +261,8 @@ impl Run {
             self.refuse = mode == "refuse";
         } else if let Some(msg) = obj.get("server") {
             let msg = substitute(msg, &self.vars);
-            let parsed: ServerMsg =
-                serde_json::from_value(msg.clone()).unwrap_or_else(|e| panic!("{at}: not a server message: {e}"));
+            let parsed: ServerMsg = serde_json::from_value(msg.clone())
+                .unwrap_or_else(|e| panic!("{at}: not a server message: {e}"));
             self.input(Input::Message(parsed));
         } else if let Some(pattern) = obj.get("client") {
             let got = self
@@ -294,8 +311,16 @@ fn run(v: &Vector) {
         r.step(v, i, step);
     }
     let name = &v.name;
-    assert!(r.sent.is_empty(), "{name}: sent but not in the vector: {:?}", r.sent);
-    assert!(r.events.is_empty(), "{name}: events not in the vector: {:?}", r.events);
+    assert!(
+        r.sent.is_empty(),
+        "{name}: sent but not in the vector: {:?}",
+        r.sent
+    );
+    assert!(
+        r.events.is_empty(),
+        "{name}: events not in the vector: {:?}",
+        r.events
+    );
     assert!(r.connects.is_empty(), "{name}: connections not in the vector");
     assert_eq!(r.closes, 0, "{name}: closes not in the vector");
 }
@@ -326,7 +351,23 @@ fn the_matcher_binds_compares_and_is_strict_about_fields() {
     assert!(matches(&p, &serde_json::json!({"type": "ping", "seq": 4}), &mut vars, "").is_ok());
     assert_eq!(vars["$s"], 4);
     assert!(matches(&p, &serde_json::json!({"type": "ping", "seq": 5}), &mut vars, "").is_err());
-    assert!(matches(&p, &serde_json::json!({"type": "ping", "seq": 4, "x": 1}), &mut vars, "").is_err());
-    assert!(matches(&serde_json::json!(["*"]), &serde_json::json!([{"a": 1}]), &mut vars, "").is_ok());
+    assert!(
+        matches(
+            &p,
+            &serde_json::json!({"type": "ping", "seq": 4, "x": 1}),
+            &mut vars,
+            ""
+        )
+        .is_err()
+    );
+    assert!(
+        matches(
+            &serde_json::json!(["*"]),
+            &serde_json::json!([{"a": 1}]),
+            &mut vars,
+            ""
+        )
+        .is_ok()
+    );
     assert!(matches(&serde_json::json!(["*"]), &serde_json::json!([]), &mut vars, "").is_err());
 }

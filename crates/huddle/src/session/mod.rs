@@ -11,10 +11,10 @@
 //! so that a reconnection reports only the differences.
 
 mod backoff;
-pub(crate) mod quality;
-mod stream;
 #[cfg(test)]
 mod conformance;
+pub(crate) mod quality;
+mod stream;
 #[cfg(test)]
 mod tests;
 
