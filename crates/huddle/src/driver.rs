@@ -135,6 +135,8 @@ impl Driver {
             self.io.media.clone(),
             mixer_stopped,
         ));
+        // Joined when it is dropped, at the end of this function.
+        let _video_thread = crate::media::RenderThread::start(self.io.media.clone());
         let mut stop_at: Option<Instant> = None;
         loop {
             self.io.events.flush();

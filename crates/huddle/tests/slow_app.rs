@@ -195,3 +195,72 @@ fn a_handler_that_takes_two_seconds_per_event_stalls_nothing() {
         seen.len()
     );
 }
+
+/// Counts frames, taking 2 s over each.
+#[derive(Default)]
+struct SlowRenderer(std::sync::atomic::AtomicUsize);
+
+impl huddle::VideoRenderer for SlowRenderer {
+    fn on_remote_video_frame(&self, _stream_id: &str, _frame: &huddle::I420Frame) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// A video renderer that takes 2 s per frame costs frames, not the stream's audio (which comes
+/// on the same connection) nor the session.
+#[test]
+fn a_renderer_that_takes_two_seconds_per_frame_stalls_nothing() {
+    let server = server();
+    let (bob, mut eb) = voice_engine(&server, "slow-video", "bob");
+    let renderer = Arc::new(SlowRenderer::default());
+    bob.set_video_renderer(Some(renderer.clone()));
+    bob.set_audio_sink(AudioSink::Custom).unwrap();
+    bob.start_playing_stream("alice-cam").unwrap();
+
+    let (alice, mut ea) = engine_with(profile(&server));
+    alice.enable_camera(true);
+    alice.set_audio_source(AudioSource::Tone { hz: 600.0 }).unwrap();
+    alice
+        .login_room("slow-video", user("alice"), huddle::RoomConfig::default())
+        .unwrap();
+    alice.start_publishing_stream("alice-cam").unwrap();
+    ea.publisher("alice-cam", PublisherState::Publishing);
+    eb.wait(
+        "first video frame",
+        |e| matches!(e, Event::PlayerRecvVideoFirstFrame { stream_id } if stream_id.as_str() == "alice-cam"),
+    );
+    eb.player("alice-cam", PlayerState::Playing);
+
+    let mut quiet = Vec::new();
+    for i in 0..16 {
+        let heard = pull(&bob, Duration::from_millis(500));
+        let level = rms(&heard);
+        if level < 1000.0 {
+            quiet.push((i, level, heard.len()));
+        }
+    }
+    assert!(quiet.is_empty(), "half seconds without the tone: {quiet:?}");
+    let rendered = renderer.0.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        (1..=6).contains(&rendered),
+        "{rendered} frames rendered in 8 s at 2 s each"
+    );
+    eb.drain();
+    let broke = eb.seen.iter().any(|e| {
+        matches!(
+            e,
+            Event::RoomStateChanged {
+                reason: RoomStateChangedReason::Reconnecting,
+                ..
+            } | Event::PlayerStateUpdate {
+                state: PlayerState::PlayRequesting,
+                error_code: huddle::ErrorCode::PLAY_TEMPORARY_BREAK,
+                ..
+            }
+        )
+    });
+    assert!(!broke, "the stream or the session broke: {:?}", eb.seen);
+    bob.destroy();
+    alice.destroy();
+}
