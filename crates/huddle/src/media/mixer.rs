@@ -144,19 +144,20 @@ pub(crate) async fn run(mixer: Arc<Mixer>, media: Arc<MediaShared>, mut stop: on
                 }
             }
         }
-        // Opus decoding, time-stretching and the sink's file writes, off the runtime.
-        let frames: Vec<AudioFrame> = super::off_runtime(|| {
-            players
-                .iter()
-                .filter_map(|p| p.lock().unwrap_or_else(|e| e.into_inner()).tick(due))
-                .collect()
-        });
+        // Inline, not `off_runtime`: the mixer is the playback's clock, and its work per tick
+        // (one Opus decode and a time-stretch per stream, a buffered sink write) is tens of
+        // microseconds, less than handing the worker's other tasks to another thread each
+        // 20 ms would cost; on a loaded machine that handoff made ticks late.
+        let frames: Vec<AudioFrame> = players
+            .iter()
+            .filter_map(|p| p.lock().unwrap_or_else(|e| e.into_inner()).tick(due))
+            .collect();
         if woke.saturating_duration_since(due) > LATE_TICK {
             budget = budget.saturating_sub(woke.elapsed());
         }
         let mixed = mix(timestamp, frames.iter());
         timestamp = timestamp.wrapping_add(FRAME_SAMPLES as u32);
-        super::off_runtime(|| media.write_sink(&mixed));
+        media.write_sink(&mixed);
     }
     media.finish_sink();
 }
