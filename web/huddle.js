@@ -1337,6 +1337,8 @@ export class HuddleEngine {
     switch (msg.type) {
       case "hello": {
         room.clockOffsetMs = (msg.server_time_ms ?? Date.now()) - Date.now();
+        // The server's clock decides when the token expires: time the warning by it.
+        if (room.tokenExpire !== null && !room.tokenWarned) this._armExpiry(room.tokenExpire);
         if (room.link !== "opening" || room.loginSeq) return;
         const seq = room.seq++;
         room.loginSeq = seq;

@@ -148,7 +148,7 @@ fn two_calls_see_each_other() {
     assert!(has(&eb, |e| e["event"] == "room_stream_update"
         && e["update_type"] == "Add"
         && e["streams"]
-            == serde_json::json!([{"user_id":"alice","stream_id":"alice-main","extra_info":""}])));
+            == serde_json::json!([{"user_id":"alice","user_name":"alice","stream_id":"alice-main","extra_info":""}])));
     // Alice left after 2 s: Bob sees her stream and her user go.
     assert!(has(&eb, |e| e["event"] == "room_stream_update"
         && e["update_type"] == "Delete"));

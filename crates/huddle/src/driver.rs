@@ -20,8 +20,8 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::conn::{self, ConnEvent, ConnId, SEND_QUEUE};
+use crate::dispatch::EventSink;
 use crate::engine::{SharedApi, lock};
-use crate::event::Event;
 use crate::media::mixer::{self, Mixer};
 use crate::media::pc::{self as pc, Pc, PcCommand};
 use crate::media::publish::{AudioInput, VideoInput};
@@ -65,7 +65,7 @@ struct Io {
     tls: Option<Arc<rustls::ClientConfig>>,
     timing: Timing,
     api: SharedApi,
-    events: mpsc::Sender<Event>,
+    events: EventSink,
     conn_events: mpsc::Sender<ConnEvent>,
     next_conn: ConnId,
     tasks: JoinSet<()>,
@@ -96,7 +96,7 @@ impl Driver {
         api: SharedApi,
         requests: mpsc::Receiver<Request>,
         shutdown: oneshot::Receiver<()>,
-        events: mpsc::Sender<Event>,
+        events: EventSink,
         media: Arc<MediaShared>,
     ) -> Driver {
         let (conn_events, conn_rx) = mpsc::channel(CONN_EVENT_QUEUE);
@@ -135,10 +135,13 @@ impl Driver {
             self.io.media.clone(),
             mixer_stopped,
         ));
+        // Joined when it is dropped, at the end of this function.
+        let _video_thread = crate::media::RenderThread::start(self.io.media.clone());
         let mut stop_at: Option<Instant> = None;
         loop {
+            self.io.events.flush();
             for room in &mut self.rooms {
-                drive(room, &mut self.io).await;
+                drive(room, &mut self.io);
             }
             self.rooms.retain(|r| !r.finished);
             let rooms = &self.rooms;
@@ -270,7 +273,7 @@ impl Driver {
 }
 
 /// Performs a room's outputs until it waits for time or input (the session's invariant).
-async fn drive(room: &mut Room, io: &mut Io) {
+fn drive(room: &mut Room, io: &mut Io) {
     loop {
         match room.session.poll_output() {
             Output::Connect { server } => {
@@ -313,10 +316,8 @@ async fn drive(room: &mut Room, io: &mut Io) {
             }
             Output::Close => room.conn = None,
             Output::Release(release) => lock(&io.api).release(room.login, release),
-            Output::Event(event) => {
-                // Waits while the app's handler is far behind: better than losing events.
-                let _ = io.events.send(event).await;
-            }
+            // Never waits for the app's handler (see `EventSink`).
+            Output::Event(event) => io.events.deliver(event),
             Output::Timeout(at) => {
                 room.wake = at.map(Instant::from_std);
                 return;

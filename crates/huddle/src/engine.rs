@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::warn;
 
 use crate::config::{EngineConfig, EngineProfile, RoomConfig, Scenario};
-use crate::dispatch::{self, EventStream, HandlerSlot, STREAM_CAPACITY};
+use crate::dispatch::{self, EventSink, EventStream, HandlerSlot, STREAM_CAPACITY};
 use crate::driver::{Driver, Request};
 use crate::event::EventHandler;
 use crate::media::device::AudioDeviceType;
@@ -173,10 +173,9 @@ impl Engine {
 
         let event_thread = {
             let handler = handler.clone();
-            let streams = streams_tx.clone();
             thread::Builder::new()
                 .name(format!("{THREAD_PREFIX}evt"))
-                .spawn(move || dispatch::run(events_rx, handler, streams))
+                .spawn(move || dispatch::run(events_rx, handler))
                 .map_err(|e| internal("cannot start the event thread", e))?
         };
         // The control thread builds, runs and drops the runtime, so that the runtime is never
@@ -187,7 +186,7 @@ impl Engine {
             api.clone(),
             requests_rx,
             shutdown_rx,
-            events_tx,
+            EventSink::new(events_tx, streams_tx.clone()),
             media.clone(),
         );
         let workers = config.worker_threads;
@@ -961,7 +960,9 @@ fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let counter = AtomicUsize::new(0);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
-        .max_blocking_threads(2)
+        // Also the threads that take a worker's place while it runs codec work
+        // (`media::off_runtime`): one per worker at most, and the device threads' spare.
+        .max_blocking_threads(4)
         .thread_name_fn(move || format!("{THREAD_PREFIX}rt-{}", counter.fetch_add(1, Ordering::Relaxed)))
         .enable_all()
         .build()

@@ -306,6 +306,12 @@ pub enum Event {
         /// The user's downstream level.
         downstream_quality: StreamQualityLevel,
     },
+    /// See [`EventHandler::on_events_dropped`].
+    EventsDropped {
+        /// How many events were dropped, all of them between the event before this one and
+        /// this one.
+        count: u64,
+    },
     /// See [`EventHandler::on_debug_error`].
     DebugError {
         /// The code.
@@ -350,6 +356,7 @@ impl Event {
             Event::PlayerRecvAudioFirstFrame { .. } => "player_recv_audio_first_frame",
             Event::PlayerRecvVideoFirstFrame { .. } => "player_recv_video_first_frame",
             Event::DebugError { .. } => "debug_error",
+            Event::EventsDropped { .. } => "events_dropped",
             Event::PublisherQualityUpdate { .. } => "publisher_quality_update",
             Event::PlayerQualityUpdate { .. } => "player_quality_update",
             Event::NetworkQuality { .. } => "network_quality",
@@ -417,7 +424,7 @@ impl Event {
             } => {
                 let streams: Vec<_> = streams
                     .iter()
-                    .map(|s| json!({"user_id": s.user_id.as_str(), "stream_id": s.stream_id.as_str(), "extra_info": s.extra_info}))
+                    .map(|s| json!({"user_id": s.user_id.as_str(), "user_name": s.user_name.as_str(), "stream_id": s.stream_id.as_str(), "extra_info": s.extra_info}))
                     .collect();
                 json!({"room_id": room_id.as_str(), "update_type": name(update_type), "streams": streams, "extended_data": extended_data})
             }
@@ -464,6 +471,7 @@ impl Event {
                 func_name,
                 info,
             } => json!({"error_code": error_code, "func_name": func_name, "info": info}),
+            Event::EventsDropped { count } => json!({"count": count}),
             Event::PublisherQualityUpdate {
                 stream_id,
                 quality: q,
@@ -562,6 +570,7 @@ impl Event {
                 func_name,
                 info,
             } => h.on_debug_error(*error_code, func_name, info),
+            Event::EventsDropped { count } => h.on_events_dropped(*count),
             Event::PublisherQualityUpdate { stream_id, quality } => {
                 h.on_publisher_quality_update(stream_id.as_str(), quality)
             }
@@ -586,8 +595,10 @@ impl Event {
 /// The engine calls them on its one event thread (`huddle-sdk-evt`), one at a time, in the order
 /// the events happened, and never while holding a lock that an API call needs: a handler may call
 /// the engine (through an [`EngineHandle`](crate::EngineHandle)). A slow handler delays the
-/// events after it, not the engine's networking (up to [`EngineConfig::event_queue`]
-/// events are queued). A panicking handler is caught and logged; the next event is delivered.
+/// events after it, never the engine's heartbeats, reconnection or media: up to
+/// [`EngineConfig::event_queue`] events wait for it; beyond that the engine drops the newest
+/// and then reports how many with [`Self::on_events_dropped`], in their place. A panicking
+/// handler is caught and logged; the next event is delivered.
 ///
 /// [`EngineConfig::event_queue`]: crate::EngineConfig::event_queue
 #[allow(unused_variables)]
@@ -732,6 +743,30 @@ pub trait EventHandler: Send + Sync + 'static {
     /// renewed token).
     #[doc(alias = "onDebugError")]
     fn on_debug_error(&self, error_code: ErrorCode, func_name: &str, info: &str) {}
+
+    /// The handler fell [`EngineConfig::event_queue`] events behind, so the engine dropped
+    /// `count` events rather than wait for it (waiting would stall heartbeats, reconnection and
+    /// media). They are exactly the events that happened between the event delivered before
+    /// this one and the next one delivered after it. A Huddle addition: the hosted SDKs say
+    /// nothing of what a slow callback costs.
+    ///
+    /// An app that sees this should treat its view of the room as stale: the room's users and
+    /// streams are what [`Engine`](crate::Engine) reports through later events, and a state
+    /// event may be among the dropped ones.
+    ///
+    /// ```
+    /// use huddle::EventHandler;
+    ///
+    /// struct App;
+    /// impl EventHandler for App {
+    ///     fn on_events_dropped(&self, count: u64) {
+    ///         eprintln!("{count} events lost: this handler is too slow");
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// [`EngineConfig::event_queue`]: crate::EngineConfig::event_queue
+    fn on_events_dropped(&self, count: u64) {}
 }
 
 /// Details for `extended_data`: `{"message": …}`, or empty when there is nothing to say.

@@ -68,6 +68,16 @@
 //! breaks it reconnects with backoff, resumes the server session when the server still holds it,
 //! publishes and plays again when it does not, and reports only what changed.
 //!
+//! A slow app never hurts the call. The handler runs on the event thread, never on the engine's
+//! runtime: while it is busy, heartbeats, reconnection and media go on. The video renderer has
+//! a thread of its own too. Encoding (Opus, VP8), VP8 decoding and the media files' reads and
+//! writes run off the runtime's scheduling (the runtime's other tasks move to another thread
+//! while they run); only the mixer's per-tick Opus decoding stays inline, tens of microseconds. Events wait for a slow handler in a
+//! queue of [`EngineConfig::event_queue`] (8192); past that the engine drops the newest rather
+//! than wait, and reports exactly how many, where they were, with
+//! [`EventHandler::on_events_dropped`] ([`Event::EventsDropped`]). An [`EventStream`] is fed
+//! directly, not through the handler, and reports its own losses the same way.
+//!
 //! # States and codes
 //!
 //! | what happens | room (`on_room_state_changed`) | publisher | players |

@@ -144,6 +144,10 @@ pub(crate) async fn run(mixer: Arc<Mixer>, media: Arc<MediaShared>, mut stop: on
                 }
             }
         }
+        // Inline, not `off_runtime`: the mixer is the playback's clock, and its work per tick
+        // (one Opus decode and a time-stretch per stream, a buffered sink write) is tens of
+        // microseconds, less than handing the worker's other tasks to another thread each
+        // 20 ms would cost; on a loaded machine that handoff made ticks late.
         let frames: Vec<AudioFrame> = players
             .iter()
             .filter_map(|p| p.lock().unwrap_or_else(|e| e.into_inner()).tick(due))

@@ -164,8 +164,10 @@ pub enum AudioSink {
     Speaker,
 }
 
-/// Receives the decoded video frames of the played streams (custom video render). Called on an
-/// engine thread for each frame: return quickly (copy the frame if it is needed later).
+/// Receives the decoded video frames of the played streams (custom video render). Called on the
+/// engine's video thread (`huddle-sdk-vid`), one frame at a time, never on the threads that
+/// move media: a slow renderer costs frames, not the call. While it is busy, up to 4 frames
+/// wait; newer ones are dropped, as a display skips frames it cannot show in time.
 ///
 /// ```
 /// use huddle::{I420Frame, VideoRenderer};
@@ -197,6 +199,68 @@ pub(crate) struct MediaShared {
     pushed_audio: Mutex<VecDeque<i16>>,
     pushed_video: Mutex<VecDeque<I420Frame>>,
     rendered_audio: Mutex<VecDeque<i16>>,
+    /// The queue to the video thread, while the engine runs ([`RenderThread`]).
+    render: Mutex<Option<std::sync::mpsc::SyncSender<(StreamId, I420Frame)>>>,
+}
+
+/// How many decoded frames may wait for the app's [`VideoRenderer`].
+pub(crate) const RENDER_QUEUE: usize = 4;
+
+/// The thread that calls the app's [`VideoRenderer`], so that a slow one never holds up a
+/// play task (whose socket carries the stream's audio too).
+pub(crate) struct RenderThread {
+    closing: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    media: Arc<MediaShared>,
+}
+
+impl RenderThread {
+    pub(crate) fn start(media: Arc<MediaShared>) -> RenderThread {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(StreamId, I420Frame)>(RENDER_QUEUE);
+        *relock(&media.render) = Some(tx);
+        let closing = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (closing, media) = (closing.clone(), media.clone());
+            std::thread::Builder::new()
+                .name(format!("{}vid", crate::engine::THREAD_PREFIX))
+                .spawn(move || {
+                    while !closing.load(Ordering::Relaxed) {
+                        let Ok((stream_id, frame)) = rx.recv_timeout(std::time::Duration::from_millis(100))
+                        else {
+                            continue;
+                        };
+                        let renderer = media.config().renderer.clone();
+                        if let Some(r) = renderer
+                            && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                r.on_remote_video_frame(stream_id.as_str(), &frame)
+                            }))
+                            .is_err()
+                        {
+                            tracing::error!("the video renderer panicked; continuing with the next frame");
+                        }
+                    }
+                })
+                .map_err(|e| warn!(error = %e, "cannot start the video thread; no custom video render"))
+                .ok()
+        };
+        RenderThread {
+            closing,
+            thread,
+            media,
+        }
+    }
+}
+
+impl Drop for RenderThread {
+    /// Stops the thread: frames still queued are not rendered; a renderer call in progress is
+    /// waited for.
+    fn drop(&mut self) {
+        *relock(&self.media.render) = None;
+        self.closing.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -240,6 +304,15 @@ impl MediaShared {
         let m = MediaShared::default();
         m.camera.store(true, Ordering::Relaxed);
         m
+    }
+
+    /// Hands a decoded frame to the video thread; drops it when the renderer is behind.
+    pub(crate) fn render(&self, stream_id: &StreamId, frame: I420Frame) {
+        if let Some(tx) = relock(&self.render).as_ref()
+            && let Err(std::sync::mpsc::TrySendError::Full(_)) = tx.try_send((stream_id.clone(), frame))
+        {
+            tracing::debug!(%stream_id, "the video renderer is behind; frame dropped");
+        }
     }
 
     pub(crate) fn config(&self) -> MutexGuard<'_, MediaConfig> {
@@ -443,10 +516,56 @@ impl Reporter {
     }
 }
 
+/// Runs codec work and file reads and writes where they cannot hold
+/// up the runtime's other tasks (the signaling connections, the engine task, the other streams'
+/// sockets, the mixer): on the engine's multi-thread runtime, `block_in_place` first hands this
+/// worker's other tasks to another thread. On any other runtime (tests) it runs inline.
+///
+/// A dedicated thread per stream for capture and encoding would also take the work off the
+/// runtime; it needs the adaptive encoder settings and the keyframe requests to cross threads,
+/// which this keeps simple: the task still does one thing at a time, in order.
+pub(crate) fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// Sleeps until `at`; forever with `None`.
 pub(crate) async fn sleep_opt(at: Option<std::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod off_runtime_tests {
+    use std::time::Duration;
+
+    /// With one worker, a task blocked in `off_runtime` still lets another task run: the
+    /// blocked one waits for a message only the other sends (inline it would wait out the
+    /// 10 s and fail).
+    #[test]
+    fn work_off_the_runtime_lets_the_other_tasks_run() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let (started_tx, started) = tokio::sync::oneshot::channel();
+            let blocked = tokio::spawn(async move {
+                let _ = started_tx.send(());
+                super::off_runtime(|| rx.recv_timeout(Duration::from_secs(10)))
+            });
+            started.await.unwrap();
+            let other = tokio::spawn(async move { tx.send(()).unwrap() });
+            assert!(blocked.await.unwrap().is_ok(), "the other task never ran");
+            other.await.unwrap();
+        });
     }
 }

@@ -335,7 +335,8 @@ pub(crate) async fn run(
                 }
                 let ts = audio_base.wrapping_add((clock.n as u32).wrapping_mul(FRAME_SAMPLES as u32));
                 clock.n += 1;
-                let frame = audio.next(&media, ts);
+                // The source (a file read) and the encoder run off the runtime (`off_runtime`).
+                let frame = super::off_runtime(|| audio.next(&media, ts));
                 // First frame, or the application changed the audio config: (re)start from its
                 // settings (and RED as it says).
                 let generation = media.audio_config_generation.load(Ordering::Relaxed);
@@ -355,7 +356,7 @@ pub(crate) async fn run(
                     captured_audio = true;
                     reporter.report(MediaUpdate::CapturedAudioFirstFrame);
                 }
-                let packet = match encoder.encode(&frame) {
+                let packet = match super::off_runtime(|| encoder.encode(&frame)) {
                     Ok(p) => p,
                     Err(e) => {
                         warn!(error = %e, "Opus encoding failed");
@@ -379,7 +380,7 @@ pub(crate) async fn run(
                 let (fps_n, fps_d) = input.fps();
                 let pts = (clock.n * u64::from(VIDEO_CLOCK_RATE) * u64::from(fps_d) / u64::from(fps_n.max(1))) as i64;
                 clock.n += 1;
-                let frame = input.next(&media);
+                let frame = super::off_runtime(|| input.next(&media));
                 if !captured_video {
                     captured_video = true;
                     reporter.report(MediaUpdate::CapturedVideoFirstFrame);
@@ -387,7 +388,7 @@ pub(crate) async fn run(
                 if std::mem::take(&mut keyframe_wanted) {
                     enc.force_keyframe();
                 }
-                let encoded = match enc.encode(&frame, pts) {
+                let encoded = match super::off_runtime(|| enc.encode(&frame, pts)) {
                     Ok(e) => e,
                     Err(e) => {
                         warn!(error = %e, "VP8 encoding failed");

@@ -11,6 +11,8 @@
 //! so that a reconnection reports only the differences.
 
 mod backoff;
+#[cfg(test)]
+mod conformance;
 pub(crate) mod quality;
 mod stream;
 #[cfg(test)]
@@ -309,8 +311,11 @@ pub(crate) struct Session {
     /// `on_room_token_will_expire` was fired for the current token (by the local timer or the
     /// server's `token_will_expire`, whichever came first).
     token_warned: bool,
-    /// An instant and the Unix time (ms) at that instant, to convert expiry times.
+    /// An instant and the Unix time (ms) at that instant, to convert expiry times: the local
+    /// clock at first, the server's from its `hello` on.
     clock_base: (Instant, i64),
+    /// The reason the server gave (`error` without `seq`) before it closes the connection.
+    close_reason: Option<String>,
     /// Stream and network quality.
     quality: quality::Monitor,
     out: VecDeque<Output>,
@@ -347,6 +352,7 @@ impl Session {
             token_expire: None,
             token_warned: false,
             clock_base: (now, unix_ms),
+            close_reason: None,
             quality: quality::Monitor::new(),
             out: VecDeque::new(),
         };
@@ -399,6 +405,7 @@ impl Session {
                 self.last_failure = Some(why);
             }
             Input::Closed(why) => {
+                let why = self.close_reason.take().unwrap_or(why);
                 debug!(room = %self.p.room_id, %why, "signaling connection down");
                 self.link_down(now, &why);
             }
@@ -434,7 +441,23 @@ impl Session {
         let back = self.quality.arrived(now, now);
         self.own_quality(back, now);
         match msg {
-            ServerMsg::Hello { protocol, nonce, .. } => {
+            ServerMsg::Hello {
+                protocol,
+                nonce,
+                server_time_ms,
+            } => {
+                self.close_reason = None;
+                // The server's clock decides when a token expires: the warning is timed by it.
+                if let Ok(server_ms) = i64::try_from(server_time_ms)
+                    && server_ms > 0
+                {
+                    self.clock_base = (now, server_ms);
+                    if let Some(expire) = self.token_expire
+                        && !self.token_warned
+                    {
+                        self.arm_expiry(expire);
+                    }
+                }
                 if protocol != PROTOCOL_VERSION {
                     warn!(
                         protocol,
@@ -472,8 +495,16 @@ impl Session {
                 code,
                 message,
             } => {
-                // The server closes the connection after this; the close drives what follows.
+                // The server closes the connection after this; the close drives what follows,
+                // and says this reason (as huddle.js does; conformance vector
+                // `server_error_then_close`).
                 debug!(room = %self.p.room_id, ?code, %message, "server error before closing");
+                self.close_reason = Some(format!("{}: {message}", code.0));
+                self.event(Event::DebugError {
+                    error_code: code,
+                    func_name: "signaling".into(),
+                    info: message,
+                });
             }
             ServerMsg::Pong { seq, .. } => {
                 self.pending.remove(&seq);
