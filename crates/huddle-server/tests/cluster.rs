@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use huddle_proto::{AppId, StreamId};
+use huddle_proto::{AppId, DeviceState, StreamId};
 use huddle_server::registry::SessionId;
 use huddle_server::store::{Claim, RedisStore, Store, StoreError};
 
@@ -249,6 +249,8 @@ fn info(u: &str, s: &str) -> StreamInfo {
         user_name: huddle_proto::UserName::new(u).unwrap(),
         stream_id: stream(s),
         extra_info: String::new(),
+        mic_state: DeviceState::Open,
+        camera_state: DeviceState::Open,
     }
 }
 

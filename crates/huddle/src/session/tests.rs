@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use huddle_proto::{
-    AppId, Auth, ClientMsg, ErrorCode, LoginOk, Resume, RoomId, ServerMsg, StreamId, StreamInfo, UpdateType,
-    User, UserId,
+    AppId, Auth, ClientMsg, DeviceState, ErrorCode, LoginOk, Resume, RoomId, ServerMsg, StreamId, StreamInfo,
+    UpdateType, User, UserId,
 };
 use huddle_token::AppSign;
 
@@ -27,6 +27,8 @@ fn stream(user_id: &str, stream_id: &str) -> StreamInfo {
         user_name: u.user_name,
         stream_id: StreamId::new(stream_id).unwrap(),
         extra_info: String::new(),
+        mic_state: DeviceState::Open,
+        camera_state: DeviceState::Open,
     }
 }
 
