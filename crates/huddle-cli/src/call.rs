@@ -6,6 +6,8 @@
 //! Media: the published audio comes from `--source` (a WAV file, looped, or `tone:HZ`; silence
 //! without it), video from `--camera` (the test pattern or a Y4M file; no video without it); the
 //! mix of the played streams is recorded with `--record`, their video with `--record-video`.
+//! `--mute-mic` and `--mute-camera` join muted (the players get `remote_mic_state_update` /
+//! `remote_camera_state_update` `Mute`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -78,6 +80,13 @@ pub struct CallArgs {
     /// Keep the audio settings fixed instead of following the receivers' reports.
     #[arg(long)]
     audio_fixed: bool,
+    /// Join with the microphone muted (`mute_microphone`): the published stream carries
+    /// silence and its players are told `Mute`.
+    #[arg(long)]
+    mute_mic: bool,
+    /// Join with the published video muted (`mute_publish_stream_video`): no video is sent.
+    #[arg(long)]
+    mute_camera: bool,
     /// Record the mix of the played streams (48 kHz mono WAV).
     #[arg(long, value_name = "FILE.wav")]
     record: Option<PathBuf>,
@@ -239,6 +248,8 @@ fn call(args: CallArgs, start: Instant) -> Result<ErrorCode, huddle::HuddleError
         signals: tx,
     }));
     engine.enable_camera(args.camera.is_some());
+    engine.mute_microphone(args.mute_mic);
+    engine.mute_publish_stream_video(args.mute_camera);
     if let Some(spec) = &args.source {
         engine.set_audio_source(audio_source(spec)?)?;
     }

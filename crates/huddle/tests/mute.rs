@@ -127,8 +127,14 @@ fn a_muted_speaker_renders_silence_while_the_stream_still_arrives() {
     assert!(bob.is_speaker_muted());
     let before = server.media_stats().rtp_forwarded;
     let heard = pull(&bob, Duration::from_millis(600));
-    assert!(rms_tail(&heard, 300) < 1.0, "the muted speaker renders digital silence");
-    assert!(server.media_stats().rtp_forwarded - before >= 20, "the stream still arrives");
+    assert!(
+        rms_tail(&heard, 300) < 1.0,
+        "the muted speaker renders digital silence"
+    );
+    assert!(
+        server.media_stats().rtp_forwarded - before >= 20,
+        "the stream still arrives"
+    );
     bob.mute_speaker(false);
     assert!(rms_tail(&pull(&bob, Duration::from_millis(400)), 200) > 3000.0);
 }
