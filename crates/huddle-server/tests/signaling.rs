@@ -668,10 +668,27 @@ async fn mute_states_reach_players_and_bad_mutes_get_codes() {
     // Not one's own stream, a stream not played, a bad track name.
     let m = p.request_json(serde_json::json!({"type": "set_device_state", "stream_id": "s1", "track": "audio", "state": "open"})).await;
     assert_eq!(code_of(&m), ErrorCode::MUTE_NOT_PUBLISHING);
-    let m = a.request_json(serde_json::json!({"type": "mute_play", "stream_id": "s1", "track": "audio", "mute": true})).await;
+    let m = a
+        .request_json(
+            serde_json::json!({"type": "mute_play", "stream_id": "s1", "track": "audio", "mute": true}),
+        )
+        .await;
     assert_eq!(code_of(&m), ErrorCode::MUTE_NOT_PLAYING);
-    let m = p.request_json(serde_json::json!({"type": "mute_play", "stream_id": "s1", "track": "voice", "mute": true})).await;
+    let m = p
+        .request_json(
+            serde_json::json!({"type": "mute_play", "stream_id": "s1", "track": "voice", "mute": true}),
+        )
+        .await;
     assert_eq!(code_of(&m), ErrorCode::MALFORMED_MESSAGE);
-    assert_ok(p.request_json(serde_json::json!({"type": "mute_play", "stream_id": "s1", "track": "audio", "mute": true})).await);
-    assert_eq!(a.barrier().await, vec![], "the publisher hears of nobody's play mute");
+    assert_ok(
+        p.request_json(
+            serde_json::json!({"type": "mute_play", "stream_id": "s1", "track": "audio", "mute": true}),
+        )
+        .await,
+    );
+    assert_eq!(
+        a.barrier().await,
+        vec![],
+        "the publisher hears of nobody's play mute"
+    );
 }
