@@ -5,7 +5,8 @@
 //   `remote_mic_state_update` Mute then Open, and its recording is silent in between (energy
 //   measured), loud before and after.
 // - A native publisher joins muted (`--mute-mic`): the page's tile shows it (remoteMicStatusUpdate
-//   MUTE), and the page hears silence from it while it hears an unmuted native publisher's tone.
+//   MUTE), and the page hears silence from it while it hears an unmuted native publisher's tone;
+//   unmuted by its `mute_microphone` command, the page shows OPEN and hears it.
 // - The page mutes a played stream's audio (the played tile's button): the server stops sending it
 //   (`huddle_rtp_packets_muted_total` grows), and the page hears it again once unmuted.
 import { test, before, after } from "node:test";
@@ -54,7 +55,7 @@ after(async () => {
 /**
  * @typedef {{ name: string, events: any[], lines: string[], stderr: () => string,
  *   wait: (what: string, pred: (e: any) => boolean, timeout?: number) => Promise<any>,
- *   exited: Promise<number | null>, stop: () => Promise<void> }} NativeCall
+ *   exited: Promise<number | null>, stop: () => Promise<void>, send: (cmd: object) => void }} NativeCall
  */
 
 /**
@@ -74,7 +75,7 @@ async function nativeCall(room, user, args) {
   const child = spawn(
     huddleBin(),
     ["call", "--server", server.wsUrl, "--app-id", String(server.appId), "--token", token, "--room", room, "--user", user, ...args],
-    { stdio: ["ignore", "pipe", "pipe"] },
+    { stdio: ["pipe", "pipe", "pipe"] },
   );
   /** @type {any[]} */
   const events = [];
@@ -126,6 +127,7 @@ async function nativeCall(room, user, args) {
         check();
       }),
     exited,
+    send: (cmd) => child.stdin.write(`${JSON.stringify(cmd)}\n`),
     stop: async () => {
       if (child.exitCode === null && child.signalCode === null) {
         child.kill("SIGINT");
@@ -272,6 +274,16 @@ test("a native publisher joined muted: the page shows MUTE and hears silence; a 
   console.log(`page's level: muted native publisher ${quietDb.toFixed(1)} dB, unmuted ${loudDb.toFixed(1)} dB`);
   assert.ok(loudDb > -25, `the unmuted tone is heard (${loudDb.toFixed(1)} dB)`);
   assert.ok(quietDb < -70, `the muted publisher is silent (${quietDb.toFixed(1)} dB)`);
+  // Unmuted by a command on its standard input: the page sees OPEN and hears the tone.
+  quiet.send({ cmd: "mute_microphone", mute: false, id: 1 });
+  const result = await quiet.wait("the command's result", (e) => e.result === "mute_microphone" && e.id === 1);
+  assert.equal(result.error_code, 0);
+  await waitSel(page, ".tile.play[data-stream-id='native-quiet'][data-remote-mic='OPEN']");
+  assert.equal((await page.textContent(".tile.play[data-stream-id='native-quiet'] .remote")) ?? "", "");
+  await new Promise((r) => setTimeout(r, 300));
+  const unmutedDb = await pageLevel(page, "native-quiet", 1000);
+  console.log(`page's level after the native publisher's unmute command: ${unmutedDb.toFixed(1)} dB`);
+  assert.ok(unmutedDb > -25, `the unmuted publisher is heard (${unmutedDb.toFixed(1)} dB)`);
 
   // The page stops receiving the loud stream's audio: the server holds its packets back.
   const audioButton = ".tile.play[data-stream-id='native-loud'] button.mute[data-track='audio']";
