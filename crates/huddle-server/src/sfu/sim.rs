@@ -594,3 +594,42 @@ fn a_muted_play_track_is_not_sent_and_resumes_without_a_gap() {
     assert_eq!(sim.counters.snapshot().rtp_muted - before, 5);
     assert!(sim.sfu.check_invariants().is_ok());
 }
+
+/// A player's video mute holds its video back while its audio still flows; unmuting asks the
+/// publisher for a keyframe, where the player's decoder starts again.
+#[test]
+fn an_unmuted_play_video_starts_at_a_requested_keyframe() {
+    let mut sim = Sim::new();
+    let (mut publisher, mut player) = sim.publisher_and_player(true);
+    sim.run(&mut [&mut publisher, &mut player], 1000);
+    let mute = |mute| Command::MutePlay {
+        session: session(2),
+        app: app(),
+        stream_id: StreamId::new("s").unwrap(),
+        track: huddle_proto::TrackKind::Video,
+        mute,
+    };
+    sim.command(mute(true));
+    let (before, requests) = (player.got.len(), publisher.keyframe_requests);
+    for i in 0..10 {
+        let now = sim.now;
+        publisher.send(MediaKind::Video, &payload(i), now);
+        publisher.send(MediaKind::Audio, &payload(100 + i), now);
+        sim.run(&mut [&mut publisher, &mut player], 30);
+    }
+    // The audio came, the video did not.
+    assert_eq!(player.got.len() - before, 10);
+    assert_eq!(sim.counters.snapshot().rtp_muted, 10);
+    sim.command(mute(false));
+    sim.run(&mut [&mut publisher, &mut player], 50);
+    assert_eq!(
+        publisher.keyframe_requests,
+        requests + 1,
+        "unmuting asks for a keyframe"
+    );
+    let before = player.got.len();
+    let now = sim.now;
+    publisher.send(MediaKind::Video, &payload(20), now);
+    sim.run(&mut [&mut publisher, &mut player], 50);
+    assert_eq!(player.got.len() - before, 1, "the video flows again");
+}
