@@ -1561,6 +1561,9 @@ export class HuddleEngine {
         player.available = !!msg.available;
         if (player.available && (!was || !player.pc)) {
           player.failures = 0;
+          // The stream (back) at the server may live on another of its cores than before: the
+          // mutes go again, ahead of the offer they apply to.
+          if (!was) for (const kind of /** @type {const} */ (["audio", "video"])) if (player.muted[kind]) this._sendMutePlay(player.streamId, kind, true);
           this._offerPlay(player);
         } else if (!player.available) {
           player.gen++;

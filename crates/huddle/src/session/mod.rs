@@ -535,8 +535,17 @@ impl Session {
                     return;
                 }
                 if let Some(p) = self.players.get_mut(&stream_id) {
+                    let was = p.available;
                     p.available = available;
+                    let muted = p.muted;
                     if available {
+                        // A stream that comes back may be placed on another of the server's
+                        // media cores than before: its mutes go again, ahead of the offer.
+                        for (track, mute) in [(TrackKind::Audio, muted[0]), (TrackKind::Video, muted[1])] {
+                            if mute && !was {
+                                self.send_mute_play(stream_id.clone(), track, true);
+                            }
+                        }
                         self.open_play_media(&stream_id);
                     } else {
                         self.close_play_media(&stream_id);

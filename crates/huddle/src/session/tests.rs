@@ -1911,6 +1911,17 @@ fn play_mutes_follow_the_play_and_remote_states_become_events() {
         .unwrap();
     assert!(play < mute, "{msgs:?}");
     assert_eq!(mute_plays(&out), [("theirs".into(), TrackKind::Audio, true)]);
+    // The stream goes and comes back: the mute goes again (the stream may be placed on another
+    // of the server's media cores; the media offer comes after it, from the media plane).
+    h.msg(ServerMsg::PlayUpdate {
+        stream_id: sid("theirs"),
+        available: false,
+    });
+    let out = h.msg(ServerMsg::PlayUpdate {
+        stream_id: sid("theirs"),
+        available: true,
+    });
+    assert_eq!(mute_plays(&out), [("theirs".into(), TrackKind::Audio, true)]);
     // Unmuting sends it.
     let out = h.cmd(Command::MutePlay {
         stream_id: sid("theirs"),
