@@ -241,6 +241,14 @@ function wire(engine) {
   engine.on("playerRecvAudioFirstFrame", (id) => firstFrame("Audio", id));
   engine.on("playerRecvVideoFirstFrame", (id) => firstFrame("Video", id));
   engine.on("debugError", (code, func, info) => log(`${func}: code ${code} — ${info}`, "error"));
+  engine.on("remoteMicStatusUpdate", (id, status) => {
+    log(`${id}: publisher's microphone ${status.toLowerCase()}`);
+    showRemoteDevice(id, "mic", status);
+  });
+  engine.on("remoteCameraStatusUpdate", (id, status) => {
+    log(`${id}: publisher's camera ${status.toLowerCase()}`);
+    showRemoteDevice(id, "camera", status);
+  });
 }
 
 function onRoomGone() {
@@ -319,10 +327,73 @@ function makeTile(streamId, kind) {
       <span class="label"></span><span class="state"></span>
       <meter class="level" min="0" max="100" low="10" high="85" optimum="50" value="0"></meter>
       <span class="stats">—</span>
+      <span class="mutes"><button type="button" class="mute" data-track="audio"></button><button type="button" class="mute" data-track="video"></button></span>
+      <span class="remote" title="the publisher's microphone and camera"></span>
     </figcaption>`;
   /** @type {HTMLElement} */ (tile.querySelector(".label")).textContent = `${kind === "publish" ? "▲ local" : "▼ played"} · ${streamId}`;
+  for (const b of tile.querySelectorAll("button.mute")) {
+    const button = /** @type {HTMLButtonElement} */ (b);
+    const track = button.dataset.track === "video" ? "video" : "audio";
+    setMuteButton(button, kind, track, false);
+    button.addEventListener("click", () => toggleMute(tile, button, kind, track));
+  }
   $("tiles").append(tile);
   return tile;
+}
+
+/**
+ * @param {HTMLButtonElement} button
+ * @param {"publish" | "play"} kind
+ * @param {"audio" | "video"} track
+ * @param {boolean} muted
+ */
+function setMuteButton(button, kind, track, muted) {
+  const what = kind === "publish" ? (track === "audio" ? "mic" : "camera") : track;
+  button.setAttribute("aria-pressed", String(muted));
+  button.textContent = `${muted ? "unmute" : "mute"} ${what}`;
+}
+
+/**
+ * The mute buttons: the local tile mutes the microphone (`muteMicrophone`) and the stream's
+ * video (`mutePublishStreamVideo`); a played tile stops receiving its audio or video
+ * (`mutePlayStreamAudio` / `mutePlayStreamVideo`).
+ * @param {HTMLElement} tile
+ * @param {HTMLButtonElement} button
+ * @param {"publish" | "play"} kind
+ * @param {"audio" | "video"} track
+ */
+function toggleMute(tile, button, kind, track) {
+  const engine = app.engine;
+  const streamId = tile.dataset.streamId ?? "";
+  if (!engine) return;
+  const mute = button.getAttribute("aria-pressed") !== "true";
+  let ok;
+  if (kind === "publish" && track === "audio") ok = engine.muteMicrophone(mute);
+  else if (kind === "publish") ok = engine.mutePublishStreamVideo(streamId, mute);
+  else if (track === "audio") ok = engine.mutePlayStreamAudio(streamId, mute);
+  else ok = engine.mutePlayStreamVideo(streamId, mute);
+  if (!ok) return log(`cannot ${mute ? "mute" : "unmute"} ${track} of ${streamId}`, "error");
+  setMuteButton(button, kind, track, mute);
+  tile.dataset[track === "audio" ? "mutedAudio" : "mutedVideo"] = String(mute);
+  log(`${mute ? "muted" : "unmuted"} ${track} of ${streamId}`);
+}
+
+/**
+ * Shows a played stream's publisher's microphone or camera state on its tile.
+ * @param {string} streamId
+ * @param {"mic" | "camera"} device
+ * @param {string} status OPEN, MUTE or DISABLE
+ */
+function showRemoteDevice(streamId, device, status) {
+  for (const el of $("tiles").querySelectorAll(".tile.play")) {
+    const tile = /** @type {HTMLElement} */ (el);
+    if (tile.dataset.streamId !== streamId) continue;
+    tile.dataset[device === "mic" ? "remoteMic" : "remoteCamera"] = status;
+    const parts = [];
+    if (tile.dataset.remoteMic && tile.dataset.remoteMic !== "OPEN") parts.push(`mic ${tile.dataset.remoteMic.toLowerCase()}`);
+    if (tile.dataset.remoteCamera && tile.dataset.remoteCamera !== "OPEN") parts.push(`camera ${tile.dataset.remoteCamera.toLowerCase()}`);
+    /** @type {HTMLElement} */ (tile.querySelector(".remote")).textContent = parts.length ? `🔇 ${parts.join(", ")}` : "";
+  }
 }
 
 /**

@@ -103,6 +103,9 @@ export const ErrorCode = Object.freeze({
   WEBHOOK_NOT_CONFIGURED: 1009035,
   CLUSTER_AUTH_FAILED: 1009040,
   QUALITY_REPORT_TOO_FREQUENT: 1009050,
+  MUTE_NOT_PUBLISHING: 1009060,
+  MUTE_NOT_PLAYING: 1009061,
+  MUTE_TOO_FREQUENT: 1009062,
   COMMAND_MALFORMED: 1009080,
   COMMAND_UNKNOWN: 1009081,
   COMMAND_FIELD_INVALID: 1009082,
@@ -172,6 +175,7 @@ export class HuddleError extends Error {
  * @typedef {"NO_PUBLISH" | "PUBLISH_REQUESTING" | "PUBLISHING"} PublisherState
  * @typedef {"NO_PLAY" | "PLAY_REQUESTING" | "PLAYING"} PlayerState
  * @typedef {"ADD" | "DELETE"} UpdateType
+ * @typedef {"OPEN" | "DISABLE" | "MUTE"} RemoteDeviceStatus
  * @typedef {{ userID: string, userName?: string }} User
  * @typedef {{ message: string, messageID: number, sendTime: number, fromUser: User }} BroadcastMessageInfo
  * @typedef {{ streamID: string, user: { userID: string, userName: string }, extraInfo: string }} StreamInfo
@@ -198,6 +202,8 @@ export class HuddleError extends Error {
  *   playerRecvAudioFirstFrame: (streamID: string) => void,
  *   playerRecvVideoFirstFrame: (streamID: string) => void,
  *   debugError: (errorCode: number, funcName: string, info: string) => void,
+ *   remoteMicStatusUpdate: (streamID: string, status: RemoteDeviceStatus) => void,
+ *   remoteCameraStatusUpdate: (streamID: string, status: RemoteDeviceStatus) => void,
  * }} EventMap
  */
 
@@ -355,6 +361,7 @@ function closePc(pc) {
  *   registered: boolean, requested: boolean, pc: RTCPeerConnection | null, mediaUp: boolean,
  *   gen: number, offering: boolean, retryTimer: any, failures: number, stopped: boolean,
  *   waiters: { resolve: (v: any) => void, reject: (e: any) => void }[], last: Map<string, any>,
+ *   audioMuted: boolean, videoMuted: boolean, sentStates: { audio: string, video: string },
  * }} Publisher
  */
 
@@ -364,7 +371,7 @@ function closePc(pc) {
  *   streamId: string, state: PlayerState, available: boolean, requested: boolean,
  *   pc: RTCPeerConnection | null, mediaUp: boolean, gen: number, offering: boolean,
  *   retryTimer: any, failures: number, stopped: boolean, mediaStream: MediaStream, last: Map<string, any>,
- *   firstFrame: Set<string>, qualityRx?: number,
+ *   firstFrame: Set<string>, qualityRx?: number, muted: { audio: boolean, video: boolean },
  * }} Player
  */
 
@@ -447,6 +454,8 @@ export class HuddleEngine {
     this._destroyed = false;
     /** TURN servers from the last `login_ok`. @type {RTCIceServer[]} */
     this._serverIceServers = [];
+    /** `muteMicrophone`: every published stream's audio tracks are disabled (silence). */
+    this._micMuted = false;
   }
 
   // ----- events -----
@@ -698,8 +707,12 @@ export class HuddleEngine {
       stopped: false,
       waiters: [],
       last: new Map(),
+      audioMuted: false,
+      videoMuted: false,
+      sentStates: { audio: "open", video: "open" },
     };
     this._publishers.set(streamId, pub);
+    this._applyPublishMute(pub);
     this._unpublishLater.delete(streamId);
     const promise = new Promise((resolve, reject) => pub.waiters.push({ resolve, reject }));
     this._refreshPublisher(pub, 0, "");
@@ -722,10 +735,148 @@ export class HuddleEngine {
     return true;
   }
 
+  // ----- mute -----
+
+  /**
+   * Mutes or unmutes the microphone: the audio tracks of every published stream are disabled
+   * (the browser then sends silence frames, keeping the stream's timing), and the players get
+   * `remoteMicStatusUpdate` MUTE. Holds for streams published later.
+   * @param {boolean} mute
+   * @returns {boolean}
+   */
+  muteMicrophone(mute) {
+    this._micMuted = !!mute;
+    for (const pub of this._publishers.values()) this._applyPublishMute(pub);
+    return true;
+  }
+
+  /** Whether the microphone is muted ({@link muteMicrophone}). */
+  isMicrophoneMuted() {
+    return this._micMuted;
+  }
+
+  /**
+   * Stops or resumes sending a published stream's audio (silence is sent; players are told
+   * MUTE). As the ZEGO Web SDK, the stream is named by its local MediaStream; its stream ID
+   * is taken too. `false` when no published stream matches.
+   * @param {MediaStream | string} stream
+   * @param {boolean} mute
+   */
+  mutePublishStreamAudio(stream, mute) {
+    return this._mutePublish(stream, "audio", mute);
+  }
+
+  /**
+   * Stops or resumes sending a published stream's video (the browser sends black frames while
+   * the track is disabled; players are told MUTE). See {@link mutePublishStreamAudio}.
+   * @param {MediaStream | string} stream
+   * @param {boolean} mute
+   */
+  mutePublishStreamVideo(stream, mute) {
+    return this._mutePublish(stream, "video", mute);
+  }
+
+  /**
+   * @param {MediaStream | string} stream
+   * @param {"audio" | "video"} kind
+   * @param {boolean} mute
+   */
+  _mutePublish(stream, kind, mute) {
+    let found = false;
+    for (const pub of this._publishers.values()) {
+      if (pub.streamId !== stream && pub.stream !== stream) continue;
+      found = true;
+      if (kind === "audio") pub.audioMuted = !!mute;
+      else pub.videoMuted = !!mute;
+      this._applyPublishMute(pub);
+    }
+    return found;
+  }
+
+  /**
+   * Stops or resumes receiving a played stream's audio: the server stops sending it to this
+   * page (the downlink is spared) and its track is disabled here; unmuted, it is sent again.
+   * `false` when the stream is not played.
+   * @param {string} streamID
+   * @param {boolean} mute
+   */
+  mutePlayStreamAudio(streamID, mute) {
+    return this._mutePlay(streamID, "audio", mute);
+  }
+
+  /**
+   * Stops or resumes receiving a played stream's video (resumed at a keyframe the server asks
+   * the publisher for). See {@link mutePlayStreamAudio}.
+   * @param {string} streamID
+   * @param {boolean} mute
+   */
+  mutePlayStreamVideo(streamID, mute) {
+    return this._mutePlay(streamID, "video", mute);
+  }
+
+  /**
+   * @param {string} streamID
+   * @param {"audio" | "video"} kind
+   * @param {boolean} mute
+   */
+  _mutePlay(streamID, kind, mute) {
+    const player = this._players.get(streamID);
+    if (!player) return false;
+    mute = !!mute;
+    for (const t of player.mediaStream.getTracks()) if (t.kind === kind) t.enabled = !mute;
+    if (player.muted[kind] === mute) return true;
+    player.muted[kind] = mute;
+    if (player.requested && this._ready()) this._sendMutePlay(player.streamId, kind, mute);
+    return true;
+  }
+
+  /**
+   * @param {string} streamId
+   * @param {"audio" | "video"} kind
+   * @param {boolean} mute
+   */
+  _sendMutePlay(streamId, kind, mute) {
+    this._request({ type: "mute_play", stream_id: streamId, track: kind, mute }).catch((e) => {
+      if (e.code !== ErrorCode.TEMPORARY_BREAK) this._emit("debugError", e.code, "mutePlayStream", e.detail ?? e.message);
+    });
+  }
+
+  /**
+   * Applies the microphone's and the stream's mutes to a publisher's tracks, and tells the
+   * server the states that changed (when it knows the stream).
+   * @param {Publisher} pub
+   */
+  _applyPublishMute(pub) {
+    const audioMuted = this._micMuted || pub.audioMuted;
+    for (const t of pub.stream?.getAudioTracks() ?? []) t.enabled = !audioMuted;
+    for (const t of pub.stream?.getVideoTracks() ?? []) t.enabled = !pub.videoMuted;
+    if (pub.requested && this._ready()) this._sendDeviceStates(pub);
+  }
+
+  /**
+   * Sends the publisher's microphone and camera states that differ from the last ones sent.
+   * @param {Publisher} pub
+   */
+  _sendDeviceStates(pub) {
+    const want = { audio: this._micMuted || pub.audioMuted ? "mute" : "open", video: pub.videoMuted ? "mute" : "open" };
+    for (const kind of /** @type {const} */ (["audio", "video"])) {
+      if (pub.sentStates[kind] === want[kind]) continue;
+      pub.sentStates[kind] = want[kind];
+      this._request({ type: "set_device_state", stream_id: pub.streamId, track: kind, state: want[kind] }).catch((e) => {
+        if (e.code !== ErrorCode.TEMPORARY_BREAK) this._emit("debugError", e.code, "muteMicrophone", e.detail ?? e.message);
+      });
+    }
+  }
+
   /** @param {Publisher} pub */
   _sendPublish(pub) {
     pub.requested = true;
-    this._request({ type: "publish", stream_id: pub.streamId, extra_info: pub.extraInfo }).then(
+    // A new publish starts from `open` at the server; the states follow it (requests are
+    // handled in order).
+    pub.sentStates = { audio: "open", video: "open" };
+    const published = this._request({ type: "publish", stream_id: pub.streamId, extra_info: pub.extraInfo });
+    this._sendDeviceStates(pub);
+    published.then(
       () => {
         if (pub.stopped || this._publishers.get(pub.streamId) !== pub) return;
         pub.registered = true;
@@ -860,6 +1011,7 @@ export class HuddleEngine {
       mediaStream: new MediaStream(),
       last: new Map(),
       firstFrame: new Set(),
+      muted: { audio: false, video: false },
     };
     this._players.set(streamId, player);
     this._stopPlayLater.delete(streamId);
@@ -884,7 +1036,12 @@ export class HuddleEngine {
    */
   _sendPlay(player) {
     player.requested = true;
-    return this._request({ type: "play", stream_id: player.streamId }).then(
+    const played = this._request({ type: "play", stream_id: player.streamId });
+    // A new server session has forgotten the mutes; they follow the play (in order).
+    for (const kind of /** @type {const} */ (["audio", "video"])) {
+      if (player.muted[kind]) this._sendMutePlay(player.streamId, kind, true);
+    }
+    return played.then(
       () => {},
       (e) => {
         if (player.stopped) return;
@@ -946,6 +1103,7 @@ export class HuddleEngine {
         if (player.gen !== gen) return;
         const ms = player.mediaStream;
         for (const old of ms.getTracks().filter((t) => t.kind === ev.track.kind)) ms.removeTrack(old);
+        ev.track.enabled = !player.muted[ev.track.kind === "video" ? "video" : "audio"];
         ms.addTrack(ev.track);
         this._watchFirstFrame(player, gen, ev.track);
       };
@@ -1405,6 +1563,9 @@ export class HuddleEngine {
         player.available = !!msg.available;
         if (player.available && (!was || !player.pc)) {
           player.failures = 0;
+          // The stream (back) at the server may live on another of its cores than before: the
+          // mutes go again, ahead of the offer they apply to.
+          if (!was) for (const kind of /** @type {const} */ (["audio", "video"])) if (player.muted[kind]) this._sendMutePlay(player.streamId, kind, true);
           this._offerPlay(player);
         } else if (!player.available) {
           player.gen++;
@@ -1439,6 +1600,14 @@ export class HuddleEngine {
           this._remoteQuality.set(msg.user_id, { up, down, at: Date.now() });
         }
         this._armQuality();
+        return;
+      }
+      case "remote_device_state": {
+        // A played stream's publisher muted or unmuted its microphone or camera.
+        if (room.phase !== "online" || !this._players.has(msg.stream_id)) return;
+        const status = String(msg.state ?? "open").toUpperCase();
+        const event = msg.track === "video" ? "remoteCameraStatusUpdate" : "remoteMicStatusUpdate";
+        this._emit(event, msg.stream_id, status);
         return;
       }
       case "broadcast_message":

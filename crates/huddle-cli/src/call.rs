@@ -6,6 +6,8 @@
 //! Media: the published audio comes from `--source` (a WAV file, looped, or `tone:HZ`; silence
 //! without it), video from `--camera` (the test pattern or a Y4M file; no video without it); the
 //! mix of the played streams is recorded with `--record`, their video with `--record-video`.
+//! `--mute-mic` and `--mute-camera` join muted (the players get `remote_mic_state_update` /
+//! `remote_camera_state_update` `Mute`).
 //!
 //! Standard input takes commands, one JSON object per line, each answered by a result line
 //! ([`crate::commands`]; `docs/cli.md`). Standard input ending does not end the call: a script
@@ -104,6 +106,13 @@ pub struct CallArgs {
     /// Keep the audio settings fixed instead of following the receivers' reports.
     #[arg(long)]
     audio_fixed: bool,
+    /// Join with the microphone muted (`mute_microphone`): the published stream carries
+    /// silence and its players are told `Mute`.
+    #[arg(long)]
+    mute_mic: bool,
+    /// Join with the published video muted (`mute_publish_stream_video`): no video is sent.
+    #[arg(long)]
+    mute_camera: bool,
     /// Record the mix of the played streams (48 kHz mono WAV).
     #[arg(long, value_name = "FILE.wav")]
     record: Option<PathBuf>,
@@ -245,6 +254,8 @@ fn call(args: CallArgs, start: Instant) -> Result<ErrorCode, huddle::HuddleError
         signals: tx,
     }));
     engine.enable_camera(args.camera.is_some());
+    engine.mute_microphone(args.mute_mic);
+    engine.mute_publish_stream_video(args.mute_camera);
     if let Some(device) = &args.mic_device {
         engine.use_audio_device(AudioDeviceType::Input, device)?;
     }

@@ -82,6 +82,19 @@ pub(crate) enum Command {
     SetAudioSource { source: String, looped: Option<bool> },
     /// Where the mix of the played streams goes: `discard`, `speaker`, or a WAV file to record.
     SetAudioSink { sink: String },
+    /// Mute or unmute the microphone: the published audio is silence and the players are told
+    /// (`remote_mic_state_update` Mute / Open).
+    MuteMicrophone { mute: bool },
+    /// Mute or unmute the speaker: the mix written to the sink is silence.
+    MuteSpeaker { mute: bool },
+    /// Stop or resume sending the published stream's audio (silence is sent instead).
+    MutePublishStreamAudio { mute: bool },
+    /// Stop or resume sending the published stream's video.
+    MutePublishStreamVideo { mute: bool },
+    /// Stop or resume receiving a played stream's audio (the server stops sending it).
+    MutePlayStreamAudio { stream_id: String, mute: bool },
+    /// Stop or resume receiving a played stream's video.
+    MutePlayStreamVideo { stream_id: String, mute: bool },
     /// Where the published video comes from when the camera is on, as `--camera` names it:
     /// `testsrc` or a Y4M file (looped). Publish again to apply it.
     SetVideoSource { source: String },
@@ -492,6 +505,16 @@ impl Call {
                 engine.set_audio_source(audio_source(&source, looped.unwrap_or(true))?)?
             }
             Command::SetAudioSink { sink } => engine.set_audio_sink(audio_sink(&sink))?,
+            Command::MuteMicrophone { mute } => engine.mute_microphone(mute),
+            Command::MuteSpeaker { mute } => engine.mute_speaker(mute),
+            Command::MutePublishStreamAudio { mute } => engine.mute_publish_stream_audio(mute),
+            Command::MutePublishStreamVideo { mute } => engine.mute_publish_stream_video(mute),
+            Command::MutePlayStreamAudio { stream_id, mute } => {
+                engine.mute_play_stream(&stream_id, false, mute)?
+            }
+            Command::MutePlayStreamVideo { stream_id, mute } => {
+                engine.mute_play_stream(&stream_id, true, mute)?
+            }
             Command::SetVideoSource { source } => engine.set_video_source(video_source(&source))?,
             Command::SetVideoSinkY4m { stream_id, path } => {
                 engine.set_video_sink_y4m(&stream_id, path.map(Into::into))?
@@ -741,6 +764,12 @@ mod tests {
         assert_eq!(code(&p), 1009082);
         assert!(!p.command.unwrap_err().message.contains(" at line "));
         assert_eq!(code(&line(r#"{"cmd":"enable_camera","enable":"yes"}"#)), 1009082);
+        assert_eq!(
+            code(&line(
+                r#"{"cmd":"mute_play_stream_video","stream_id":"s1","mute":"yes"}"#
+            )),
+            1009082
+        );
         let p = line(r#"{"cmd":"stop_publishing_stream","stream":"s1"}"#);
         assert_eq!(code(&p), 1009082, "an unknown field is refused");
         assert_eq!(code(&line(r#"{"cmd":"quit","now":true}"#)), 1009082);
@@ -763,6 +792,12 @@ mod tests {
             "renew_token",
             "set_audio_source",
             "set_audio_sink",
+            "mute_microphone",
+            "mute_speaker",
+            "mute_publish_stream_audio",
+            "mute_publish_stream_video",
+            "mute_play_stream_audio",
+            "mute_play_stream_video",
             "set_video_source",
             "set_video_sink_y4m",
             "use_audio_device",
@@ -921,6 +956,28 @@ mod tests {
             Ok(Next::Continue)
         );
         assert!(!call.engine.is_camera_enabled());
+        // Mute: the engine's state follows; a bad stream ID gets its own code.
+        assert_eq!(
+            run(&mut call, r#"{"cmd":"mute_microphone","mute":true}"#),
+            Ok(Next::Continue)
+        );
+        assert!(call.engine.is_microphone_muted());
+        assert_eq!(
+            run(&mut call, r#"{"cmd":"mute_speaker","mute":true}"#),
+            Ok(Next::Continue)
+        );
+        assert!(call.engine.is_speaker_muted());
+        assert_eq!(
+            run(
+                &mut call,
+                r#"{"cmd":"mute_play_stream_audio","stream_id":"a b","mute":true}"#
+            ),
+            Err(1000016)
+        );
+        assert_eq!(
+            run(&mut call, r#"{"cmd":"mute_publish_stream_audio","mute":false}"#),
+            Ok(Next::Continue)
+        );
         assert_eq!(
             run(&mut call, r#"{"cmd":"set_video_source","source":"testsrc"}"#),
             Ok(Next::Continue)

@@ -159,6 +159,12 @@ codes! {
     /// A `network_quality` report came less than a second after the session's previous one
     /// (clients report every 2 s); it was not relayed.
     QUALITY_REPORT_TOO_FREQUENT = 1009050, "Network quality reported too often: at most one report a second.";
+    /// A device state (mute) was set for a stream the session does not publish.
+    MUTE_NOT_PUBLISHING = 1009060, "The stream's microphone or camera state can be set only by the session that publishes it.";
+    /// A play mute was asked for a stream the session does not play.
+    MUTE_NOT_PLAYING = 1009061, "Only a stream the session plays can be muted for it: play it first.";
+    /// Device state or play mute changes came too fast.
+    MUTE_TOO_FREQUENT = 1009062, "Mute states changed too often: at most 20 changes a second per session.";
     /// A line on `huddle call`'s standard input that is not one JSON object (or not UTF-8).
     COMMAND_MALFORMED = 1009080, "The command line is not one JSON object.";
     /// A `huddle call` command line whose `cmd` names no command (or that has no `cmd`).

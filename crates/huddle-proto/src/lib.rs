@@ -12,6 +12,7 @@ mod msg;
 pub use error::{ErrorCode, HuddleError, TABLE as ERROR_TABLE};
 pub use ids::{AppId, RoomId, StreamId, UserId, UserName, check_extra_info};
 pub use msg::{
-    Auth, ClientMsg, DecodeError, IceServer, Login, LoginOk, MAX_MESSAGE_BYTES, MediaRole, PROTOCOL_VERSION,
-    PeerState, Resume, SIGNALING_PATH, ServerMsg, StreamInfo, StreamQualityLevel, UpdateType, User,
+    Auth, ClientMsg, DecodeError, DeviceState, IceServer, Login, LoginOk, MAX_MESSAGE_BYTES, MediaRole,
+    PROTOCOL_VERSION, PeerState, Resume, SIGNALING_PATH, ServerMsg, StreamInfo, StreamQualityLevel,
+    TrackKind, UpdateType, User,
 };

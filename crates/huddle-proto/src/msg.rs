@@ -49,6 +49,53 @@ pub struct StreamInfo {
     pub stream_id: StreamId,
     /// Free text the publisher attached (at most 1024 bytes).
     pub extra_info: String,
+    /// The publisher's microphone as its players see it (`open` when absent).
+    #[serde(default, skip_serializing_if = "DeviceState::is_open")]
+    pub mic_state: DeviceState,
+    /// The publisher's camera as its players see it (`open` when absent).
+    #[serde(default, skip_serializing_if = "DeviceState::is_open")]
+    pub camera_state: DeviceState,
+}
+
+/// The state of a publisher's microphone or camera as its players see it: a subset of ZEGO
+/// Express's `ZegoRemoteDeviceState`, whose numbers [`DeviceState::code`] gives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[doc(alias = "ZegoRemoteDeviceState")]
+pub enum DeviceState {
+    /// The device is on and its media is sent (ZEGO's `Open`, 0).
+    #[default]
+    Open,
+    /// The publisher turned the device off (ZEGO's `Disable`, 9).
+    Disable,
+    /// The publisher muted it: silence (audio) or nothing (video) is sent (ZEGO's `Mute`, 10).
+    Mute,
+}
+
+impl DeviceState {
+    /// Whether the device is open (the default, left out of [`StreamInfo`] on the wire).
+    pub fn is_open(&self) -> bool {
+        *self == DeviceState::Open
+    }
+
+    /// ZEGO Express's number for this state (`ZegoRemoteDeviceState`).
+    pub fn code(self) -> u32 {
+        match self {
+            DeviceState::Open => 0,
+            DeviceState::Disable => 9,
+            DeviceState::Mute => 10,
+        }
+    }
+}
+
+/// An audio or video track of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackKind {
+    /// The audio track (the microphone).
+    Audio,
+    /// The video track (the camera).
+    Video,
 }
 
 /// Whether a list update adds or removes entries.
@@ -229,6 +276,34 @@ pub enum ClientMsg {
         /// The client's downstream level (what the server sends reaches it).
         downstream: StreamQualityLevel,
     },
+    /// The publisher's microphone or camera state for a stream it publishes (mute, unmute);
+    /// answered by `ok`. Kept with the stream (late players and `stream_update` see it) and sent
+    /// to its players as `remote_device_state`. 1009060 for a stream this session does not
+    /// publish, 1009062 beyond 20 mute changes a second.
+    SetDeviceState {
+        /// Request number.
+        seq: u32,
+        /// The stream.
+        stream_id: StreamId,
+        /// Audio (microphone) or video (camera).
+        track: TrackKind,
+        /// The new state.
+        state: DeviceState,
+    },
+    /// Stop (`mute`) or resume receiving one track of a stream this session plays: the server
+    /// stops forwarding it to this session (saving its downlink) until unmuted; a video track
+    /// resumes at a keyframe. Answered by `ok`; kept across a new `media_offer` of the stream.
+    /// 1009061 for a stream this session does not play, 1009062 beyond 20 mute changes a second.
+    MutePlay {
+        /// Request number.
+        seq: u32,
+        /// The stream.
+        stream_id: StreamId,
+        /// Audio or video.
+        track: TrackKind,
+        /// True to stop receiving, false to resume.
+        mute: bool,
+    },
 }
 
 /// The reply to a successful login.
@@ -397,6 +472,17 @@ pub enum ServerMsg {
         /// The text (at most 1024 bytes).
         message: String,
     },
+    /// The microphone or camera state of a stream this session plays changed (its publisher
+    /// muted or unmuted it); also sent after `play_update` available when the state is not `open`.
+    /// What the SDKs report as `on_remote_mic_state_update` / `on_remote_camera_state_update`.
+    RemoteDeviceState {
+        /// The stream.
+        stream_id: StreamId,
+        /// Audio (microphone) or video (camera).
+        track: TrackKind,
+        /// The new state.
+        state: DeviceState,
+    },
     /// The session is ended by the server; the connection closes after this.
     Kicked {
         /// Why (e.g. 1002050 for a duplicate login).
@@ -428,7 +514,9 @@ impl ClientMsg {
             | ClientMsg::RenewToken { seq, .. }
             | ClientMsg::Ping { seq }
             | ClientMsg::MediaOffer { seq, .. }
-            | ClientMsg::NetworkQuality { seq, .. } => *seq,
+            | ClientMsg::NetworkQuality { seq, .. }
+            | ClientMsg::SetDeviceState { seq, .. }
+            | ClientMsg::MutePlay { seq, .. } => *seq,
         }
     }
 

@@ -48,6 +48,7 @@ struct Counters {
     datagrams_dropped_overload: IntCounter,
     rtp_received: IntCounter,
     rtp_forwarded: IntCounter,
+    rtp_muted: IntCounter,
     rtp_dropped_stale: IntCounter,
     transmits_dropped: IntCounter,
     keyframe_requests: IntCounter,
@@ -108,6 +109,10 @@ impl Metrics {
             rtp_forwarded: counter(
                 "huddle_rtp_packets_forwarded_total",
                 "RTP packets written to players (one per player per packet).",
+            ),
+            rtp_muted: counter(
+                "huddle_rtp_packets_muted_total",
+                "RTP packets not written to players that muted their track (mute_play).",
             ),
             rtp_dropped_stale: counter(
                 "huddle_rtp_packets_dropped_stale_total",
@@ -220,6 +225,7 @@ impl Metrics {
             (&c.datagrams_dropped_overload, media.dropped_overload),
             (&c.rtp_received, media.rtp_in),
             (&c.rtp_forwarded, media.rtp_forwarded),
+            (&c.rtp_muted, media.rtp_muted),
             (&c.rtp_dropped_stale, media.dropped_stale),
             (&c.transmits_dropped, media.transmits_dropped),
             (&c.keyframe_requests, media.keyframe_requests),

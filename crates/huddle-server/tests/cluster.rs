@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use huddle_proto::{AppId, StreamId};
+use huddle_proto::{AppId, DeviceState, StreamId, TrackKind};
 use huddle_server::registry::SessionId;
 use huddle_server::store::{Claim, RedisStore, Store, StoreError};
 
@@ -249,6 +249,8 @@ fn info(u: &str, s: &str) -> StreamInfo {
         user_name: huddle_proto::UserName::new(u).unwrap(),
         stream_id: stream(s),
         extra_info: String::new(),
+        mic_state: DeviceState::Open,
+        camera_state: DeviceState::Open,
     }
 }
 
@@ -537,4 +539,94 @@ async fn with_redis_down_new_logins_fail_closed_and_calls_in_progress_keep_their
     assert_eq!(ok.users, vec![user("alice"), user("bob")]);
     assert_eq!(ok.streams, vec![info("alice", "s1")]);
     a.stop();
+}
+
+/// The next message of `c` that `pred` picks, kept ones first.
+async fn next_where(c: &mut Client, within: Duration, pred: impl Fn(&ServerMsg) -> bool) -> ServerMsg {
+    if let Some(i) = c.events.iter().position(&pred) {
+        return c.events.remove(i);
+    }
+    tokio::time::timeout(within, async {
+        loop {
+            let m = c.recv().await;
+            if pred(&m) {
+                return m;
+            }
+            c.events.push(m);
+        }
+    })
+    .await
+    .expect("no such message came")
+}
+
+/// A publisher's mute on node A reaches its player on node B, and a user joining through node C
+/// later sees it in the room's streams and gets it when it plays the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publishers_mute_reaches_players_on_other_nodes_and_late_joiners() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "node-a", Duration::from_secs(10));
+    let b = node(&redis, "node-b", Duration::from_secs(10));
+    let c3 = node(&redis, "node-c", Duration::from_secs(10));
+    let (mut alice, _) = join(&a, "alice").await;
+    alice.publish("s-alice").await;
+    assert!(a.state().cluster_barrier().await);
+    let (mut bob, _) = join(&b, "bob").await;
+    let seq = bob.next_seq();
+    bob.ok(ClientMsg::Play {
+        seq,
+        stream_id: stream("s-alice"),
+    })
+    .await;
+    let muted = ServerMsg::RemoteDeviceState {
+        stream_id: stream("s-alice"),
+        track: TrackKind::Audio,
+        state: DeviceState::Mute,
+    };
+    let is_device = |m: &ServerMsg| matches!(m, ServerMsg::RemoteDeviceState { .. });
+    let seq = alice.next_seq();
+    alice
+        .ok(ClientMsg::SetDeviceState {
+            seq,
+            stream_id: stream("s-alice"),
+            track: TrackKind::Audio,
+            state: DeviceState::Mute,
+        })
+        .await;
+    assert_eq!(next_where(&mut bob, WAIT, is_device).await, muted);
+    assert!(a.state().cluster_barrier().await);
+    let (mut carol, ok) = join(&c3, "carol").await;
+    assert_eq!(ok.streams.len(), 1);
+    assert_eq!(ok.streams[0].mic_state, DeviceState::Mute);
+    let seq = carol.next_seq();
+    carol
+        .ok(ClientMsg::Play {
+            seq,
+            stream_id: stream("s-alice"),
+        })
+        .await;
+    assert_eq!(next_where(&mut carol, WAIT, is_device).await, muted);
+    // Unmuted: both players hear of it, and nobody gets a stream update for it.
+    let seq = alice.next_seq();
+    alice
+        .ok(ClientMsg::SetDeviceState {
+            seq,
+            stream_id: stream("s-alice"),
+            track: TrackKind::Audio,
+            state: DeviceState::Open,
+        })
+        .await;
+    let open = ServerMsg::RemoteDeviceState {
+        stream_id: stream("s-alice"),
+        track: TrackKind::Audio,
+        state: DeviceState::Open,
+    };
+    assert_eq!(next_where(&mut bob, WAIT, is_device).await, open);
+    assert_eq!(next_where(&mut carol, WAIT, is_device).await, open);
+    assert!(
+        !bob.events
+            .iter()
+            .any(|m| matches!(m, ServerMsg::StreamUpdate { .. })),
+        "a mute is not a stream update: {:?}",
+        bob.events
+    );
 }

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 
-use huddle_proto::{AppId, ErrorCode, HuddleError, RoomId, SIGNALING_PATH, StreamId, User};
+use huddle_proto::{
+    AppId, DeviceState, ErrorCode, HuddleError, RoomId, SIGNALING_PATH, StreamId, TrackKind, User,
+};
 use huddle_token::AppSign;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::warn;
@@ -281,6 +283,84 @@ impl Engine {
     /// Whether the camera is on ([`Self::enable_camera`]).
     pub fn is_camera_enabled(&self) -> bool {
         self.handle.is_camera_enabled()
+    }
+
+    /// Mutes or unmutes the microphone (the published audio source, whatever it is): while
+    /// muted, the published stream carries digital silence, still sent every 20 ms, and its
+    /// players get [`EventHandler::on_remote_mic_state_update`] `Mute`. Callable at any time;
+    /// it holds for later publishing and rooms too. See `docs/media.md`, "Mute".
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), huddle::HuddleError> {
+    /// # let engine = huddle::Engine::create(huddle::EngineProfile::new(1, "ws://127.0.0.1:7880"))?;
+    /// engine.mute_microphone(true);
+    /// assert!(engine.is_microphone_muted());
+    /// # Ok(()) }
+    /// ```
+    #[doc(alias = "muteMicrophone")]
+    pub fn mute_microphone(&self, mute: bool) {
+        self.handle.mute_microphone(mute)
+    }
+
+    /// Whether the microphone is muted ([`Self::mute_microphone`]).
+    #[doc(alias = "isMicrophoneMuted")]
+    pub fn is_microphone_muted(&self) -> bool {
+        self.handle.is_microphone_muted()
+    }
+
+    /// Mutes or unmutes the speaker: every played stream is still received and decoded, and
+    /// the audio sink gets silence (a WAV recording keeps its length). Local only.
+    #[doc(alias = "muteSpeaker")]
+    pub fn mute_speaker(&self, mute: bool) {
+        self.handle.mute_speaker(mute)
+    }
+
+    /// Whether the speaker is muted ([`Self::mute_speaker`]).
+    #[doc(alias = "isSpeakerMuted")]
+    pub fn is_speaker_muted(&self) -> bool {
+        self.handle.is_speaker_muted()
+    }
+
+    /// Stops or resumes sending the published stream's audio: as [`Self::mute_microphone`]
+    /// (silence is sent, players are told `Mute`), for the published stream rather than the
+    /// device. The audio is muted while either is.
+    #[doc(alias = "mutePublishStreamAudio")]
+    pub fn mute_publish_stream_audio(&self, mute: bool) {
+        self.handle.mute_publish_stream_audio(mute)
+    }
+
+    /// Stops or resumes sending the published stream's video: while muted no video frame is
+    /// encoded or sent (players keep the last frame and get
+    /// [`EventHandler::on_remote_camera_state_update`] `Mute`); it resumes with a keyframe.
+    #[doc(alias = "mutePublishStreamVideo")]
+    pub fn mute_publish_stream_video(&self, mute: bool) {
+        self.handle.mute_publish_stream_video(mute)
+    }
+
+    /// Stops or resumes receiving a played stream's audio. Muted, the server stops sending it
+    /// to this engine (the downlink is spared, not only the speaker) and it is left out of the
+    /// mix; unmuted, it is sent again from the next packet. Kept per stream ID until unmuted,
+    /// across reconnections and later plays of the stream.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), huddle::HuddleError> {
+    /// # let engine = huddle::Engine::create(huddle::EngineProfile::new(1, "ws://127.0.0.1:7880"))?;
+    /// engine.start_playing_stream("s1")?;
+    /// engine.mute_play_stream_audio("s1", true)?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Errors: the stream ID's own codes (1000014–1000016); 1000001 once destroyed.
+    #[doc(alias = "mutePlayStreamAudio")]
+    pub fn mute_play_stream_audio(&self, stream_id: &str, mute: bool) -> Result<(), HuddleError> {
+        self.handle.mute_play_stream(stream_id, false, mute)
+    }
+
+    /// Stops or resumes receiving a played stream's video: as [`Self::mute_play_stream_audio`];
+    /// when it resumes, the server asks the publisher for a keyframe to start from.
+    #[doc(alias = "mutePlayStreamVideo")]
+    pub fn mute_play_stream_video(&self, stream_id: &str, mute: bool) -> Result<(), HuddleError> {
+        self.handle.mute_play_stream(stream_id, true, mute)
     }
 
     /// Chooses where the published audio comes from (default [`AudioSource::Silence`]). It
@@ -643,6 +723,97 @@ impl EngineHandle {
         self.shared.media.camera.load(Ordering::Relaxed)
     }
 
+    /// Same as [`Engine::mute_microphone`].
+    pub fn mute_microphone(&self, mute: bool) {
+        self.shared.media.mic_muted.store(mute, Ordering::Relaxed);
+        self.sync_devices();
+    }
+
+    /// Same as [`Engine::is_microphone_muted`].
+    pub fn is_microphone_muted(&self) -> bool {
+        self.shared.media.mic_muted.load(Ordering::Relaxed)
+    }
+
+    /// Same as [`Engine::mute_speaker`].
+    pub fn mute_speaker(&self, mute: bool) {
+        self.shared.media.speaker_muted.store(mute, Ordering::Relaxed);
+    }
+
+    /// Same as [`Engine::is_speaker_muted`].
+    pub fn is_speaker_muted(&self) -> bool {
+        self.shared.media.speaker_muted.load(Ordering::Relaxed)
+    }
+
+    /// Same as [`Engine::mute_publish_stream_audio`].
+    pub fn mute_publish_stream_audio(&self, mute: bool) {
+        self.shared
+            .media
+            .publish_audio_muted
+            .store(mute, Ordering::Relaxed);
+        self.sync_devices();
+    }
+
+    /// Same as [`Engine::mute_publish_stream_video`].
+    pub fn mute_publish_stream_video(&self, mute: bool) {
+        self.shared
+            .media
+            .publish_video_muted
+            .store(mute, Ordering::Relaxed);
+        self.sync_devices();
+    }
+
+    /// Same as [`Engine::mute_play_stream_audio`] (`video` false) and
+    /// [`Engine::mute_play_stream_video`].
+    pub fn mute_play_stream(&self, stream_id: &str, video: bool, mute: bool) -> Result<(), HuddleError> {
+        let stream_id = StreamId::new(stream_id)?;
+        let api = self.alive()?;
+        self.shared.media.set_play_muted(&stream_id, video, mute);
+        if let Some(room) = &api.room {
+            let track = if video { TrackKind::Video } else { TrackKind::Audio };
+            self.request(Request::Room {
+                login: room.login,
+                cmd: Command::MutePlay {
+                    stream_id,
+                    track,
+                    mute,
+                },
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Tells the room's session the publisher's microphone and camera states (it sends what
+    /// changed, with every publish too).
+    fn sync_devices(&self) {
+        let Ok(api) = self.alive() else { return };
+        if let Some(room) = &api.room {
+            self.device_commands(room.login);
+        }
+    }
+
+    fn device_commands(&self, login: u64) {
+        let m = &self.shared.media;
+        let state = |muted: bool| {
+            if muted {
+                DeviceState::Mute
+            } else {
+                DeviceState::Open
+            }
+        };
+        for (track, muted) in [
+            (TrackKind::Audio, m.audio_muted()),
+            (TrackKind::Video, m.publish_video_muted.load(Ordering::Relaxed)),
+        ] {
+            let cmd = Command::DeviceState {
+                track,
+                state: state(muted),
+            };
+            if let Err(e) = self.request(Request::Room { login, cmd }) {
+                warn!(error = %e, "the mute state could not be queued for the room");
+            }
+        }
+    }
+
     /// Same as [`Engine::set_audio_source`].
     pub fn set_audio_source(&self, source: AudioSource) -> Result<(), HuddleError> {
         let mic = self.shared.media.config().input_device.clone();
@@ -813,6 +984,7 @@ impl EngineHandle {
             login,
             params: Box::new(params),
         })?;
+        self.device_commands(login);
         api.room = Some(ApiRoom {
             room_id,
             login,
@@ -889,10 +1061,27 @@ impl EngineHandle {
     pub fn start_playing_stream(&self, stream_id: &str) -> Result<(), HuddleError> {
         let stream_id = StreamId::new(stream_id)?;
         let login = self.room_gen()?;
+        let muted = self.shared.media.play_muted(&stream_id);
         self.request(Request::Room {
             login,
-            cmd: Command::Play { stream_id },
-        })
+            cmd: Command::Play {
+                stream_id: stream_id.clone(),
+            },
+        })?;
+        // The app's mutes of this stream hold for a new play of it.
+        for (track, mute) in [(TrackKind::Audio, muted[0]), (TrackKind::Video, muted[1])] {
+            if mute {
+                self.request(Request::Room {
+                    login,
+                    cmd: Command::MutePlay {
+                        stream_id: stream_id.clone(),
+                        track,
+                        mute,
+                    },
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// Same as [`Engine::stop_playing_stream`].

@@ -1,5 +1,6 @@
 //! States, events and the [`EventHandler`] trait.
 
+use huddle_proto::DeviceState as RemoteDeviceState;
 use huddle_proto::{ErrorCode, RoomId, StreamId, StreamInfo, StreamQualityLevel, UpdateType, User, UserId};
 
 /// The state of the engine's connection to a room.
@@ -312,6 +313,20 @@ pub enum Event {
         /// this one.
         count: u64,
     },
+    /// See [`EventHandler::on_remote_mic_state_update`].
+    RemoteMicStateUpdate {
+        /// The played stream.
+        stream_id: StreamId,
+        /// Its publisher's microphone.
+        state: RemoteDeviceState,
+    },
+    /// See [`EventHandler::on_remote_camera_state_update`].
+    RemoteCameraStateUpdate {
+        /// The played stream.
+        stream_id: StreamId,
+        /// Its publisher's camera.
+        state: RemoteDeviceState,
+    },
     /// See [`EventHandler::on_debug_error`].
     DebugError {
         /// The code.
@@ -360,6 +375,8 @@ impl Event {
             Event::PublisherQualityUpdate { .. } => "publisher_quality_update",
             Event::PlayerQualityUpdate { .. } => "player_quality_update",
             Event::NetworkQuality { .. } => "network_quality",
+            Event::RemoteMicStateUpdate { .. } => "remote_mic_state_update",
+            Event::RemoteCameraStateUpdate { .. } => "remote_camera_state_update",
         }
     }
 
@@ -472,6 +489,10 @@ impl Event {
                 info,
             } => json!({"error_code": error_code, "func_name": func_name, "info": info}),
             Event::EventsDropped { count } => json!({"count": count}),
+            Event::RemoteMicStateUpdate { stream_id, state }
+            | Event::RemoteCameraStateUpdate { stream_id, state } => {
+                json!({"stream_id": stream_id.as_str(), "state": name(state)})
+            }
             Event::PublisherQualityUpdate {
                 stream_id,
                 quality: q,
@@ -571,6 +592,12 @@ impl Event {
                 info,
             } => h.on_debug_error(*error_code, func_name, info),
             Event::EventsDropped { count } => h.on_events_dropped(*count),
+            Event::RemoteMicStateUpdate { stream_id, state } => {
+                h.on_remote_mic_state_update(stream_id.as_str(), *state)
+            }
+            Event::RemoteCameraStateUpdate { stream_id, state } => {
+                h.on_remote_camera_state_update(stream_id.as_str(), *state)
+            }
             Event::PublisherQualityUpdate { stream_id, quality } => {
                 h.on_publisher_quality_update(stream_id.as_str(), quality)
             }
@@ -738,6 +765,20 @@ pub trait EventHandler: Send + Sync + 'static {
         downstream_quality: StreamQualityLevel,
     ) {
     }
+
+    /// The microphone of a played stream's publisher changed: `Mute` when it muted it
+    /// (`mute_microphone` or `mute_publish_stream_audio`: its players hear silence), `Open` when
+    /// it unmuted. Only for streams this engine plays; a stream already muted when its playing
+    /// starts is reported then. Unlike ZEGO, the states are Open, Disable and Mute only (no device
+    /// faults are reported).
+    #[doc(alias = "onRemoteMicStateUpdate")]
+    fn on_remote_mic_state_update(&self, stream_id: &str, state: RemoteDeviceState) {}
+
+    /// The camera of a played stream's publisher changed: `Mute` when it stopped sending video
+    /// (`mute_publish_stream_video`), `Open` when it resumed. As
+    /// [`on_remote_mic_state_update`](Self::on_remote_mic_state_update) otherwise.
+    #[doc(alias = "onRemoteCameraStateUpdate")]
+    fn on_remote_camera_state_update(&self, stream_id: &str, state: RemoteDeviceState) {}
 
     /// Something went wrong that no state change reports (for example the server refused a
     /// renewed token).

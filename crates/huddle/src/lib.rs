@@ -160,6 +160,11 @@ pub use event::{
 /// buffer's added delay, its counters, and the time-stretching.
 pub use huddle_media::PlayerStats as PlayerAudioStats;
 pub use huddle_media::{AudioConfig, AudioConfigPreset, I420Frame};
+/// A played stream's publisher's microphone or camera ([`EventHandler::on_remote_mic_state_update`]):
+/// ZEGO Express's `ZegoRemoteDeviceState` values Open (0), Disable (9) and Mute (10), whose
+/// numbers [`RemoteDeviceState::code`] gives.
+#[doc(alias = "ZegoRemoteDeviceState")]
+pub use huddle_proto::DeviceState as RemoteDeviceState;
 pub use huddle_proto::{
     ErrorCode, HuddleError, RoomId, StreamId, StreamInfo, StreamQualityLevel, UpdateType, User, UserId,
     UserName,

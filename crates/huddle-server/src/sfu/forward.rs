@@ -200,6 +200,7 @@ impl Sfu {
         let mut plain: Option<Option<PlainAudio>> = None;
         let ts = packet.header.timestamp;
         let mut forwarded = 0;
+        let mut muted = 0;
         for &pid in &entry.players {
             // Connected players only.
             let Some(Pc {
@@ -215,6 +216,10 @@ impl Sfu {
             let Some(track) = tracks.iter_mut().find(|t| t.kind == kind) else {
                 continue;
             };
+            if track.muted {
+                muted += 1;
+                continue;
+            }
             let mut sent = 0;
             match red_primary {
                 Some(opus_pt) if track.red_pt.is_none() => {
@@ -270,6 +275,9 @@ impl Sfu {
         }
         // Once per packet, not per player: the counters are shared by every shard's thread.
         counters.rtp_forwarded.fetch_add(forwarded, Ordering::Relaxed);
+        if muted > 0 {
+            counters.rtp_muted.fetch_add(muted, Ordering::Relaxed);
+        }
     }
 
     /// Asks the stream's publisher for a keyframe, at most once per

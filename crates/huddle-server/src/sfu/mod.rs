@@ -72,6 +72,9 @@ pub struct Sfu {
     by_addr: HashMap<(Protocol, SocketAddr), usize>,
     by_owner: HashMap<(SessionId, StreamKey, MediaRole), usize>,
     streams: HashMap<StreamKey, StreamEntry>,
+    /// The tracks players muted (`mute_play`), audio and video, by session and stream: applied
+    /// to each new play PC of the stream (a reconnect keeps the mute).
+    play_mutes: HashMap<(SessionId, StreamKey), [bool; 2]>,
     next_epoch: u32,
     /// PC deadlines (str0m timeouts and connect deadlines), earliest first. Entries go stale when
     /// a PC's timeout moves or it closes; they are skipped when popped (see `Pc::scheduled`).
@@ -117,6 +120,7 @@ impl Sfu {
             by_addr: HashMap::new(),
             by_owner: HashMap::new(),
             streams: HashMap::new(),
+            play_mutes: HashMap::new(),
             next_epoch: 0,
             timers: BinaryHeap::new(),
             pending_deadlines: BinaryHeap::new(),

@@ -5,11 +5,11 @@ use std::cmp::Reverse;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use huddle_proto::{ErrorCode, HuddleError, MediaRole, PeerState, ServerMsg};
+use huddle_proto::{ErrorCode, HuddleError, MediaRole, PeerState, ServerMsg, TrackKind};
 use rand::Rng;
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
-use str0m::media::{MediaKind, Mid, Pt};
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, TcpType};
 use str0m::rtp::{Extension, Ssrc};
 use str0m::{Candidate, Output, Rtc, RtcConfig};
@@ -39,6 +39,8 @@ pub(super) struct TrackOut {
     /// Audio: the player's RED payload type, when it negotiated RED (RFC 2198) for Opus.
     pub(super) red_pt: Option<Pt>,
     pub(super) rewriter: Rewriter,
+    /// The player muted this track (`mute_play`): nothing of it is forwarded.
+    pub(super) muted: bool,
 }
 
 /// One media peer connection.
@@ -207,6 +209,13 @@ impl Sfu {
                 app,
                 stream_id,
             } => self.close_play(now, session, &(app, stream_id)),
+            Command::MutePlay {
+                session,
+                app,
+                stream_id,
+                track,
+                mute,
+            } => self.mute_play(now, session, &(app, stream_id), track, mute),
             Command::SessionGone { session } => self.session_gone(now, session),
             Command::PullOffer {
                 session,
@@ -387,9 +396,71 @@ impl Sfu {
         if let Some(old) = self.by_owner.get(&owner_key).copied() {
             self.close_pc(now, old, None);
         }
+        let mutes = (owner_key.2 == MediaRole::Play)
+            .then(|| self.play_mutes.get(&(owner_key.0, owner_key.1.clone())).copied())
+            .flatten();
         self.by_owner.insert(owner_key, id);
         self.by_ufrag.insert(ufrag, id);
         bump(&self.counters.pcs_opened);
+        // A new play connection of a stream the session muted stays muted.
+        if let Some(mutes) = mutes
+            && let Some(Pc {
+                role: Role::Play(playing),
+                ..
+            }) = self.pc(id)
+        {
+            for t in &mut playing.tracks {
+                t.muted = mutes[usize::from(t.kind.is_video())];
+            }
+        }
+    }
+
+    /// A player stops (`mute`) or resumes receiving one track of a stream: kept for the
+    /// session's play connections of the stream, this one and later ones, until it stops
+    /// playing. Resuming video asks the publisher for a keyframe, where the player's decoder
+    /// starts again.
+    pub(super) fn mute_play(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        key: &StreamKey,
+        track: TrackKind,
+        mute: bool,
+    ) {
+        let video = track == TrackKind::Video;
+        let slot = (session, key.clone());
+        let mut mutes = self.play_mutes.get(&slot).copied().unwrap_or_default();
+        mutes[usize::from(video)] = mute;
+        if mutes == [false, false] {
+            self.play_mutes.remove(&slot);
+        } else {
+            self.play_mutes.insert(slot, mutes);
+        }
+        let Some(id) = self
+            .by_owner
+            .get(&(session, key.clone(), MediaRole::Play))
+            .copied()
+        else {
+            return;
+        };
+        let Some(Pc {
+            role: Role::Play(playing),
+            ..
+        }) = self.pc(id)
+        else {
+            return;
+        };
+        let mut resumed_video = false;
+        for t in playing.tracks.iter_mut().filter(|t| t.kind.is_video() == video) {
+            if t.muted && !mute {
+                t.rewriter.resume();
+                resumed_video |= video;
+            }
+            t.muted = mute;
+        }
+        if resumed_video {
+            self.request_keyframe(now, key, KeyframeRequestKind::Pli);
+        }
     }
 
     pub(super) fn offer_publish(
@@ -647,6 +718,7 @@ impl Sfu {
 
     pub(super) fn close_play(&mut self, now: Instant, session: SessionId, key: &StreamKey) {
         self.close_owned(now, session, key, MediaRole::Play);
+        self.play_mutes.remove(&(session, key.clone()));
         if let Some(entry) = self.streams.get_mut(key) {
             entry.pending.retain(|p| p.session != session);
             if entry.is_unused() && entry.publisher_session.is_none() {
@@ -656,6 +728,7 @@ impl Sfu {
     }
 
     pub(super) fn session_gone(&mut self, now: Instant, session: SessionId) {
+        self.play_mutes.retain(|(s, _), _| *s != session);
         let published: Vec<StreamKey> = self
             .streams
             .iter()
@@ -823,6 +896,7 @@ pub(super) fn add_track(rtc: &mut Rtc, playing: &mut Playing, mid: Mid, kind: Me
         pt,
         red_pt,
         rewriter: Rewriter::new(clock_rate, rng.gen_range(1..0x4000), rng.r#gen()),
+        muted: false,
     });
 }
 

@@ -272,6 +272,7 @@ pub(super) fn msg_type(m: &ServerMsg) -> &'static str {
         ServerMsg::TokenWillExpire { .. } => "token_will_expire",
         ServerMsg::NetworkQuality { .. } => "network_quality",
         ServerMsg::BroadcastMessage { .. } => "broadcast_message",
+        ServerMsg::RemoteDeviceState { .. } => "remote_device_state",
     }
 }
 

@@ -131,6 +131,49 @@ impl Conn {
                     &mut out,
                 ),
             ),
+            ClientMsg::SetDeviceState {
+                seq,
+                stream_id,
+                track,
+                state,
+            } => (
+                *seq,
+                reg.set_device_state(
+                    id,
+                    *seq,
+                    stream_id,
+                    *track,
+                    *state,
+                    std::time::Instant::now(),
+                    &mut out,
+                ),
+            ),
+            ClientMsg::MutePlay {
+                seq,
+                stream_id,
+                track,
+                mute,
+            } => {
+                let r = reg
+                    .check_mute_play(id, stream_id, std::time::Instant::now())
+                    .map(|app| {
+                        // The media plane keeps the mute for the session's play connections of the
+                        // stream, this one and the next (a dropped command is not possible here:
+                        // only offers are refused when the plane is busy).
+                        hub.media_command(Command::MutePlay {
+                            session: id,
+                            app,
+                            stream_id: stream_id.clone(),
+                            track: *track,
+                            mute: *mute,
+                        });
+                        out.push(Output::Send {
+                            to: id,
+                            msg: ServerMsg::Ok { seq: *seq },
+                        });
+                    });
+                (*seq, r)
+            }
             ClientMsg::Ping { seq } => {
                 drop(hub);
                 self.send(&ServerMsg::Pong {

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use huddle_proto::{
-    AppId, Auth, ClientMsg, ErrorCode, Login, LoginOk, PROTOCOL_VERSION, Resume, RoomId, ServerMsg,
-    StreamInfo, UpdateType, User, UserId,
+    AppId, Auth, ClientMsg, DeviceState, ErrorCode, Login, LoginOk, PROTOCOL_VERSION, Resume, RoomId,
+    ServerMsg, StreamInfo, UpdateType, User, UserId,
 };
 use huddle_server::{AppConfig, BackgroundServer, ServerConfig, test_app};
 use huddle_token::{Cipher, Privileges, TokenBuilder};
@@ -127,6 +127,8 @@ pub fn info(u: &str, s: &str) -> StreamInfo {
         user_name: huddle_proto::UserName::new(u).unwrap(),
         stream_id: sid(s),
         extra_info: format!("x-{s}"),
+        mic_state: DeviceState::Open,
+        camera_state: DeviceState::Open,
     }
 }
 

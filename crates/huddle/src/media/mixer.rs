@@ -150,7 +150,15 @@ pub(crate) async fn run(mixer: Arc<Mixer>, media: Arc<MediaShared>, mut stop: on
         // 20 ms would cost; on a loaded machine that handoff made ticks late.
         let frames: Vec<AudioFrame> = players
             .iter()
-            .filter_map(|p| p.lock().unwrap_or_else(|e| e.into_inner()).tick(due))
+            .filter_map(|p| {
+                let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+                // A stream the app muted is not pulled: nothing of it is heard, and its player
+                // counts no concealment for the packets the server does not send meanwhile.
+                if media.play_audio_muted(&p.reporter.template.stream_id) {
+                    return None;
+                }
+                p.tick(due)
+            })
             .collect();
         if woke.saturating_duration_since(due) > LATE_TICK {
             budget = budget.saturating_sub(woke.elapsed());

@@ -189,6 +189,19 @@ pub trait VideoRenderer: Send + Sync + 'static {
 #[derive(Default)]
 pub(crate) struct MediaShared {
     pub(crate) camera: AtomicBool,
+    /// `mute_microphone`: the published audio is digital silence (see [`MediaShared::audio_muted`]).
+    pub(crate) mic_muted: AtomicBool,
+    /// `mute_publish_stream_audio`: as the microphone's mute, for the published stream.
+    pub(crate) publish_audio_muted: AtomicBool,
+    /// `mute_publish_stream_video`: no video frame is encoded or sent.
+    pub(crate) publish_video_muted: AtomicBool,
+    /// `mute_speaker`: the mixer writes silence to the sink.
+    pub(crate) speaker_muted: AtomicBool,
+    /// The played streams whose audio the app muted (`mute_play_stream_audio`): the mixer
+    /// leaves them out (the server stops sending them too).
+    pub(crate) muted_play_audio: Mutex<std::collections::HashSet<StreamId>>,
+    /// The played streams whose video the app muted (`mute_play_stream_video`).
+    pub(crate) muted_play_video: Mutex<std::collections::HashSet<StreamId>>,
     /// The played streams' audio (the mixer task reads it; the API reads their stats).
     pub(crate) mixer: Arc<mixer::Mixer>,
     /// Bumped by every `set_audio_config`: the publish tasks pick the new config up.
@@ -350,8 +363,48 @@ impl MediaShared {
         let _ = self.set_audio_sink(AudioSink::Discard);
     }
 
-    /// Writes one mixed frame to the sink.
+    /// Whether the published audio is muted (by the microphone's mute or the stream's).
+    pub(crate) fn audio_muted(&self) -> bool {
+        self.mic_muted.load(Ordering::Relaxed) || self.publish_audio_muted.load(Ordering::Relaxed)
+    }
+
+    /// Whether the app muted the audio of the played stream `stream_id`.
+    pub(crate) fn play_audio_muted(&self, stream_id: &StreamId) -> bool {
+        relock(&self.muted_play_audio).contains(stream_id)
+    }
+
+    /// Records the app's mute of a played stream's track; returns whether it changed.
+    pub(crate) fn set_play_muted(&self, stream_id: &StreamId, video: bool, mute: bool) -> bool {
+        let mut set = relock(if video {
+            &self.muted_play_video
+        } else {
+            &self.muted_play_audio
+        });
+        if mute {
+            set.insert(stream_id.clone())
+        } else {
+            set.remove(stream_id)
+        }
+    }
+
+    /// The app's mutes of a played stream (`[audio, video]`).
+    pub(crate) fn play_muted(&self, stream_id: &StreamId) -> [bool; 2] {
+        [
+            relock(&self.muted_play_audio).contains(stream_id),
+            relock(&self.muted_play_video).contains(stream_id),
+        ]
+    }
+
+    /// Writes one mixed frame to the sink (silence while the speaker is muted, so that a
+    /// recording keeps its timeline).
     pub(crate) fn write_sink(&self, frame: &AudioFrame) {
+        let silence;
+        let frame = if self.speaker_muted.load(Ordering::Relaxed) {
+            silence = AudioFrame::silence(frame.timestamp);
+            &silence
+        } else {
+            frame
+        };
         let mut sink = relock(&self.sink);
         match &mut *sink {
             SinkState::Discard => {}

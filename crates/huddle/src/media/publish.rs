@@ -336,7 +336,13 @@ pub(crate) async fn run(
                 let ts = audio_base.wrapping_add((clock.n as u32).wrapping_mul(FRAME_SAMPLES as u32));
                 clock.n += 1;
                 // The source (a file read) and the encoder run off the runtime (`off_runtime`).
-                let frame = super::off_runtime(|| audio.next(&media, ts));
+                let mut frame = super::off_runtime(|| audio.next(&media, ts));
+                // Muted: the source is still read (what is said while muted is dropped, not
+                // delayed) and its frames are replaced by digital silence, encoded and sent at
+                // the usual 20 ms pace (docs/media.md, "Mute").
+                if media.audio_muted() {
+                    frame.samples.fill(0);
+                }
                 // First frame, or the application changed the audio config: (re)start from its
                 // settings (and RED as it says).
                 let generation = media.audio_config_generation.load(Ordering::Relaxed);
@@ -381,6 +387,11 @@ pub(crate) async fn run(
                 let pts = (clock.n * u64::from(VIDEO_CLOCK_RATE) * u64::from(fps_d) / u64::from(fps_n.max(1))) as i64;
                 clock.n += 1;
                 let frame = super::off_runtime(|| input.next(&media));
+                // Muted video sends nothing; the first frame after it is a keyframe.
+                if media.publish_video_muted.load(Ordering::Relaxed) {
+                    keyframe_wanted = true;
+                    continue;
+                }
                 if !captured_video {
                     captured_video = true;
                     reporter.report(MediaUpdate::CapturedVideoFirstFrame);

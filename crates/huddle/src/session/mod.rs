@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use huddle_proto::{
-    AppId, Auth, ClientMsg, ErrorCode, Login, LoginOk, MediaRole, PROTOCOL_VERSION, PeerState, Resume,
-    RoomId, ServerMsg, StreamId, StreamInfo, StreamQualityLevel, UpdateType, User, UserId,
+    AppId, Auth, ClientMsg, DeviceState, ErrorCode, Login, LoginOk, MediaRole, PROTOCOL_VERSION, PeerState,
+    Resume, RoomId, ServerMsg, StreamId, StreamInfo, StreamQualityLevel, TrackKind, UpdateType, User, UserId,
 };
 use huddle_token::AppSign;
 use tracing::{debug, warn};
@@ -138,11 +138,32 @@ pub(crate) enum Input {
 
 /// An API call for the room, after the API validated it.
 pub(crate) enum Command {
-    Publish { stream_id: StreamId, ticket: u64 },
+    Publish {
+        stream_id: StreamId,
+        ticket: u64,
+    },
     StopPublish,
-    Play { stream_id: StreamId },
-    StopPlay { stream_id: StreamId },
-    RenewToken { token: String },
+    Play {
+        stream_id: StreamId,
+    },
+    StopPlay {
+        stream_id: StreamId,
+    },
+    RenewToken {
+        token: String,
+    },
+    /// The publisher's microphone (`Audio`) or camera (`Video`) state, for the stream published
+    /// now and the ones published later.
+    DeviceState {
+        track: TrackKind,
+        state: DeviceState,
+    },
+    /// Stop (`mute`) or resume receiving one track of a played stream.
+    MutePlay {
+        stream_id: StreamId,
+        track: TrackKind,
+        mute: bool,
+    },
     Logout,
 }
 
@@ -154,6 +175,12 @@ impl fmt::Debug for Command {
             Command::Play { stream_id } => write!(f, "Play({stream_id})"),
             Command::StopPlay { stream_id } => write!(f, "StopPlay({stream_id})"),
             Command::RenewToken { .. } => f.write_str("RenewToken(<redacted>)"),
+            Command::DeviceState { track, state } => write!(f, "DeviceState({track:?}, {state:?})"),
+            Command::MutePlay {
+                stream_id,
+                track,
+                mute,
+            } => write!(f, "MutePlay({stream_id}, {track:?}, {mute})"),
             Command::Logout => f.write_str("Logout"),
         }
     }
@@ -270,6 +297,10 @@ enum Pending {
     Quality {
         sent: Instant,
     },
+    /// A `set_device_state` or `mute_play` (a refusal is reported as a debug error).
+    Mute {
+        func_name: &'static str,
+    },
 }
 
 /// The signaling session of one room. See the module docs for the driving loop.
@@ -300,6 +331,8 @@ pub(crate) struct Session {
     /// The streams the app has been told about.
     streams: BTreeMap<StreamId, StreamInfo>,
     publisher: Option<Publisher>,
+    /// The publisher's microphone and camera states (`[audio, video]`), sent with every publish.
+    devices: [DeviceState; 2],
     players: BTreeMap<StreamId, Player>,
     /// Stopped while the connection was down: to unpublish / stop playing if the server session
     /// is resumed (a fresh session has forgotten them anyway).
@@ -345,6 +378,7 @@ impl Session {
             users: BTreeMap::new(),
             streams: BTreeMap::new(),
             publisher: None,
+            devices: [DeviceState::Open; 2],
             players: BTreeMap::new(),
             unpublish_later: BTreeSet::new(),
             stop_play_later: BTreeSet::new(),
@@ -532,14 +566,36 @@ impl Session {
                     return;
                 }
                 if let Some(p) = self.players.get_mut(&stream_id) {
+                    let was = p.available;
                     p.available = available;
+                    let muted = p.muted;
                     if available {
+                        // A stream that comes back may be placed on another of the server's
+                        // media cores than before: its mutes go again, ahead of the offer.
+                        for (track, mute) in [(TrackKind::Audio, muted[0]), (TrackKind::Video, muted[1])] {
+                            if mute && !was {
+                                self.send_mute_play(stream_id.clone(), track, true);
+                            }
+                        }
                         self.open_play_media(&stream_id);
                     } else {
                         self.close_play_media(&stream_id);
                         self.quality.stop_playing(&stream_id);
                     }
                     self.refresh_player(&stream_id, ErrorCode::OK, "");
+                }
+            }
+            ServerMsg::RemoteDeviceState {
+                stream_id,
+                track,
+                state,
+            } => {
+                // Reported for the streams this engine plays, as the hosted SDKs do.
+                if self.is_online() && self.players.contains_key(&stream_id) {
+                    self.event(match track {
+                        TrackKind::Audio => Event::RemoteMicStateUpdate { stream_id, state },
+                        TrackKind::Video => Event::RemoteCameraStateUpdate { stream_id, state },
+                    });
                 }
             }
             ServerMsg::TokenWillExpire { expire, remain_secs } => {
@@ -768,6 +824,13 @@ impl Session {
                 });
             }
             Some(Pending::Logout) => self.finish(),
+            Some(Pending::Mute { func_name }) => {
+                self.event(Event::DebugError {
+                    error_code: code,
+                    func_name: func_name.into(),
+                    info: message.to_string(),
+                });
+            }
             Some(Pending::MediaOffer { stream_id, kind }) => {
                 self.on_media_refused(seq, stream_id, kind, code, message)
             }
@@ -919,6 +982,38 @@ impl Session {
                     self.adopt_token(token);
                 }
             }
+            Command::DeviceState { track, state } => {
+                let slot = &mut self.devices[usize::from(track == TrackKind::Video)];
+                if *slot == state {
+                    return;
+                }
+                *slot = state;
+                if self.is_ready()
+                    && let Some(p) = &self.publisher
+                    && (p.registered || p.requested)
+                {
+                    let stream_id = p.stream_id.clone();
+                    self.send_device_state(stream_id, track, state);
+                }
+            }
+            Command::MutePlay {
+                stream_id,
+                track,
+                mute,
+            } => {
+                let ready = self.is_ready();
+                let Some(p) = self.players.get_mut(&stream_id) else {
+                    return;
+                };
+                let slot = &mut p.muted[usize::from(track == TrackKind::Video)];
+                if *slot == mute {
+                    return;
+                }
+                *slot = mute;
+                if ready && p.requested {
+                    self.send_mute_play(stream_id, track, mute);
+                }
+            }
             Command::Logout => {
                 let ready = self.is_ready();
                 self.leave(RoomStateChangedReason::Logout, ErrorCode::OK, "");
@@ -1064,22 +1159,68 @@ impl Session {
         let seq = self.request(Pending::Publish { ticket });
         self.send(ClientMsg::Publish {
             seq,
-            stream_id,
+            stream_id: stream_id.clone(),
             extra_info: String::new(),
         });
         if let Some(p) = &mut self.publisher {
             p.requested = true;
         }
+        // The server handles requests in order: the states follow the publish they belong to.
+        for (track, state) in [
+            (TrackKind::Audio, self.devices[0]),
+            (TrackKind::Video, self.devices[1]),
+        ] {
+            if state != DeviceState::Open {
+                self.send_device_state(stream_id.clone(), track, state);
+            }
+        }
+    }
+
+    fn send_device_state(&mut self, stream_id: StreamId, track: TrackKind, state: DeviceState) {
+        let seq = self.request(Pending::Mute {
+            func_name: "set_device_state",
+        });
+        self.send(ClientMsg::SetDeviceState {
+            seq,
+            stream_id,
+            track,
+            state,
+        });
+    }
+
+    fn send_mute_play(&mut self, stream_id: StreamId, track: TrackKind, mute: bool) {
+        let seq = self.request(Pending::Mute {
+            func_name: "mute_play",
+        });
+        self.send(ClientMsg::MutePlay {
+            seq,
+            stream_id,
+            track,
+            mute,
+        });
     }
 
     fn send_play(&mut self, stream_id: StreamId) {
         let seq = self.request(Pending::Play {
             stream_id: stream_id.clone(),
         });
-        if let Some(p) = self.players.get_mut(&stream_id) {
-            p.requested = true;
+        let muted = match self.players.get_mut(&stream_id) {
+            Some(p) => {
+                p.requested = true;
+                p.muted
+            }
+            None => [false; 2],
+        };
+        self.send(ClientMsg::Play {
+            seq,
+            stream_id: stream_id.clone(),
+        });
+        // A new server session has forgotten the mutes; the play comes first (in order).
+        for (track, mute) in [(TrackKind::Audio, muted[0]), (TrackKind::Video, muted[1])] {
+            if mute {
+                self.send_mute_play(stream_id.clone(), track, true);
+            }
         }
-        self.send(ClientMsg::Play { seq, stream_id });
     }
 
     fn stop_publish(&mut self) {

@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use huddle_proto::{
-    AppId, Auth, ClientMsg, ErrorCode, LoginOk, Resume, RoomId, ServerMsg, StreamId, StreamInfo, UpdateType,
-    User, UserId,
+    AppId, Auth, ClientMsg, DeviceState, ErrorCode, LoginOk, Resume, RoomId, ServerMsg, StreamId, StreamInfo,
+    UpdateType, User, UserId,
 };
 use huddle_token::AppSign;
 
@@ -27,6 +27,8 @@ fn stream(user_id: &str, stream_id: &str) -> StreamInfo {
         user_name: u.user_name,
         stream_id: StreamId::new(stream_id).unwrap(),
         extra_info: String::new(),
+        mic_state: DeviceState::Open,
+        camera_state: DeviceState::Open,
     }
 }
 
@@ -1745,4 +1747,186 @@ fn a_stream_stopped_by_the_server_ends_the_publisher_without_an_unpublish() {
     // Nothing is retried: no new offer later either.
     let out = h.advance(Duration::from_secs(10));
     assert!(opens(&out).is_empty(), "{out:?}");
+}
+
+// ----- mute -----
+
+fn device_state(out: &[Output]) -> Vec<(String, TrackKind, DeviceState)> {
+    sent(out)
+        .into_iter()
+        .filter_map(|m| match m {
+            ClientMsg::SetDeviceState {
+                stream_id,
+                track,
+                state,
+                ..
+            } => Some((stream_id.to_string(), track, state)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn mute_plays(out: &[Output]) -> Vec<(String, TrackKind, bool)> {
+    sent(out)
+        .into_iter()
+        .filter_map(|m| match m {
+            ClientMsg::MutePlay {
+                stream_id,
+                track,
+                mute,
+                ..
+            } => Some((stream_id.to_string(), track, mute)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_publishers_mute_is_sent_with_the_stream_and_again_after_a_fresh_login() {
+    let mut h = online_with_streams();
+    let out = h.cmd(Command::DeviceState {
+        track: TrackKind::Audio,
+        state: DeviceState::Mute,
+    });
+    assert_eq!(
+        device_state(&out),
+        [("mine".into(), TrackKind::Audio, DeviceState::Mute)]
+    );
+    // The same state again sends nothing.
+    let out = h.cmd(Command::DeviceState {
+        track: TrackKind::Audio,
+        state: DeviceState::Mute,
+    });
+    assert!(sent(&out).is_empty());
+    // A refusal is reported as a debug error, nothing else changes.
+    let seq = seq_of(
+        &h.cmd(Command::DeviceState {
+            track: TrackKind::Video,
+            state: DeviceState::Mute,
+        }),
+        |m| matches!(m, ClientMsg::SetDeviceState { .. }),
+    );
+    let out = h.msg(ServerMsg::Error {
+        seq: Some(seq),
+        code: ErrorCode::MUTE_TOO_FREQUENT,
+        message: "too often".into(),
+    });
+    assert_eq!(evs(&out), ["debug set_device_state 1009062"]);
+    // The server forgot the session (no resume): the new publish carries the states after it.
+    h.input(Input::Closed("reset".into()));
+    let (_, out) = h.log_in(|seq| login_ok(seq, false, vec![], vec![stream("bob", "theirs")]));
+    let msgs = sent(&out);
+    let publish = msgs
+        .iter()
+        .position(|m| matches!(m, ClientMsg::Publish { .. }))
+        .unwrap();
+    let first_state = msgs
+        .iter()
+        .position(|m| matches!(m, ClientMsg::SetDeviceState { .. }))
+        .unwrap();
+    assert!(publish < first_state, "{msgs:?}");
+    assert_eq!(
+        device_state(&out),
+        [
+            ("mine".into(), TrackKind::Audio, DeviceState::Mute),
+            ("mine".into(), TrackKind::Video, DeviceState::Mute)
+        ]
+    );
+    // Before any publish, a state is kept and sent with the publish.
+    let (mut h, _) = Harness::new(params(None, timing()));
+    h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    let out = h.cmd(Command::DeviceState {
+        track: TrackKind::Audio,
+        state: DeviceState::Mute,
+    });
+    assert!(sent(&out).is_empty());
+    let out = h.cmd(Command::Publish {
+        stream_id: sid("mine"),
+        ticket: 1,
+    });
+    assert_eq!(
+        device_state(&out),
+        [("mine".into(), TrackKind::Audio, DeviceState::Mute)]
+    );
+}
+
+#[test]
+fn play_mutes_follow_the_play_and_remote_states_become_events() {
+    let mut h = online_with_streams();
+    let out = h.cmd(Command::MutePlay {
+        stream_id: sid("theirs"),
+        track: TrackKind::Audio,
+        mute: true,
+    });
+    assert_eq!(mute_plays(&out), [("theirs".into(), TrackKind::Audio, true)]);
+    // A stream not played: nothing to send.
+    let out = h.cmd(Command::MutePlay {
+        stream_id: sid("other"),
+        track: TrackKind::Audio,
+        mute: true,
+    });
+    assert!(sent(&out).is_empty());
+    // The remote side's states, for the played stream only.
+    let out = h.msg(ServerMsg::RemoteDeviceState {
+        stream_id: sid("theirs"),
+        track: TrackKind::Audio,
+        state: DeviceState::Mute,
+    });
+    let out2 = h.msg(ServerMsg::RemoteDeviceState {
+        stream_id: sid("theirs"),
+        track: TrackKind::Video,
+        state: DeviceState::Open,
+    });
+    let out3 = h.msg(ServerMsg::RemoteDeviceState {
+        stream_id: sid("unplayed"),
+        track: TrackKind::Audio,
+        state: DeviceState::Mute,
+    });
+    let events: Vec<_> = [out, out2, out3]
+        .iter()
+        .flat_map(|o| o.iter())
+        .filter_map(|o| match o {
+            Output::Event(e) => Some(e.to_json()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            serde_json::json!({"event": "remote_mic_state_update", "stream_id": "theirs", "state": "Mute"}),
+            serde_json::json!({"event": "remote_camera_state_update", "stream_id": "theirs", "state": "Open"}),
+        ]
+    );
+    // After a break without resume, the play is sent again with its mute after it.
+    h.input(Input::Closed("reset".into()));
+    let (_, out) = h.log_in(|seq| login_ok(seq, false, vec![], vec![stream("bob", "theirs")]));
+    let msgs = sent(&out);
+    let play = msgs
+        .iter()
+        .position(|m| matches!(m, ClientMsg::Play { .. }))
+        .unwrap();
+    let mute = msgs
+        .iter()
+        .position(|m| matches!(m, ClientMsg::MutePlay { .. }))
+        .unwrap();
+    assert!(play < mute, "{msgs:?}");
+    assert_eq!(mute_plays(&out), [("theirs".into(), TrackKind::Audio, true)]);
+    // The stream goes and comes back: the mute goes again (the stream may be placed on another
+    // of the server's media cores; the media offer comes after it, from the media plane).
+    h.msg(ServerMsg::PlayUpdate {
+        stream_id: sid("theirs"),
+        available: false,
+    });
+    let out = h.msg(ServerMsg::PlayUpdate {
+        stream_id: sid("theirs"),
+        available: true,
+    });
+    assert_eq!(mute_plays(&out), [("theirs".into(), TrackKind::Audio, true)]);
+    // Unmuting sends it.
+    let out = h.cmd(Command::MutePlay {
+        stream_id: sid("theirs"),
+        track: TrackKind::Audio,
+        mute: false,
+    });
+    assert_eq!(mute_plays(&out), [("theirs".into(), TrackKind::Audio, false)]);
 }
