@@ -110,6 +110,8 @@ pub struct SoundLevelMeter {
     pending: Vec<i16>,
     /// The loudest block since the last report, in level points.
     peak: f32,
+    /// The loudest block of the last frame.
+    frame_level: f32,
     /// The last detector windows' RMS in dBFS (a ring), for the modulation.
     energies: [f32; MODULATION_WINDOWS],
     next_energy: usize,
@@ -139,6 +141,7 @@ impl SoundLevelMeter {
             input: vec![0.0; FRAME_SAMPLES],
             pending: Vec::with_capacity(2 * VAD_WINDOW),
             peak: 0.0,
+            frame_level: 0.0,
             energies: [-100.0; MODULATION_WINDOWS],
             next_energy: 0,
             voiced_run: 0,
@@ -149,10 +152,11 @@ impl SoundLevelMeter {
 
     /// Measures one 20 ms frame (960 samples at 48 kHz).
     pub fn push_frame(&mut self, samples: &[i16; FRAME_SAMPLES]) {
-        for block in samples.chunks(BLOCK) {
-            let level = level_from_dbfs(rms_dbfs(block));
-            self.peak = self.peak.max(level);
-        }
+        self.frame_level = samples
+            .chunks(BLOCK)
+            .map(|block| level_from_dbfs(rms_dbfs(block)))
+            .fold(0.0, f32::max);
+        self.peak = self.peak.max(self.frame_level);
         for (i, &s) in self.input.iter_mut().zip(samples.iter()) {
             *i = f32::from(s) / 32768.0;
         }
@@ -205,6 +209,11 @@ impl SoundLevelMeter {
                 self.speaking = false;
             }
         }
+    }
+
+    /// The level of the last frame (its loudest 10 ms), 0–100.
+    pub fn frame_level(&self) -> f32 {
+        self.frame_level
     }
 
     /// Whether the signal holds voice now (with the hangover).

@@ -159,6 +159,8 @@ codes! {
     /// A `network_quality` report came less than a second after the session's previous one
     /// (clients report every 2 s); it was not relayed.
     QUALITY_REPORT_TOO_FREQUENT = 1009050, "Network quality reported too often: at most one report a second.";
+    /// `start_sound_level_monitor` with an interval outside 100–3000 ms (the hosted SDKs' range).
+    SOUND_LEVEL_INTERVAL_INVALID = 1009065, "The sound-level interval must be 100–3000 ms.";
     /// An internal error at the server.
     INTERNAL = 1009099, "Internal error.";
 }

@@ -133,6 +133,7 @@ impl Driver {
         let mixer_task = tokio::spawn(mixer::run(
             self.io.mixer.clone(),
             self.io.media.clone(),
+            self.io.events.clone(),
             mixer_stopped,
         ));
         let mut stop_at: Option<Instant> = None;

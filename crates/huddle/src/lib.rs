@@ -138,7 +138,7 @@ pub use dispatch::EventStream;
 pub use engine::{Engine, EngineHandle};
 pub use event::{
     BroadcastMessageInfo, Event, EventHandler, PlayStreamQuality, PlayerState, PublishStreamQuality,
-    PublisherState, RoomState, RoomStateChangedReason,
+    PublisherState, RoomState, RoomStateChangedReason, SoundLevelInfo,
 };
 /// The audio receive stats of a played stream ([`Engine::player_audio_stats`]): the jitter
 /// buffer's added delay, its counters, and the time-stretching.
@@ -148,4 +148,5 @@ pub use huddle_proto::{
     ErrorCode, HuddleError, RoomId, StreamId, StreamInfo, StreamQualityLevel, UpdateType, User, UserId,
     UserName,
 };
+pub use media::levels::SoundLevelConfig;
 pub use media::{AudioSink, AudioSource, VideoRenderer, VideoSource};

@@ -9,10 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use huddle_media::{AudioFrame, AudioPlayer, FRAME_DURATION, FRAME_SAMPLES, JitterConfig, mix};
-use tokio::sync::oneshot;
+use huddle_proto::StreamId;
+use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use super::MediaShared;
+use crate::event::Event;
 use super::MediaUpdate;
 use super::Reporter;
 
@@ -103,7 +105,14 @@ impl Mixer {
 }
 
 /// Runs until `stop` fires (or its sender is dropped); then completes the sink.
-pub(crate) async fn run(mixer: Arc<Mixer>, media: Arc<MediaShared>, mut stop: oneshot::Receiver<()>) {
+/// The sound-level events go to `events` without waiting: a level report that finds the app's
+/// event queue full is dropped (the next one follows at the interval).
+pub(crate) async fn run(
+    mixer: Arc<Mixer>,
+    media: Arc<MediaShared>,
+    events: mpsc::Sender<Event>,
+    mut stop: oneshot::Receiver<()>,
+) {
     let start = Instant::now();
     let mut n: u32 = 0;
     let mut timestamp: u32 = 0;
@@ -144,14 +153,25 @@ pub(crate) async fn run(mixer: Arc<Mixer>, media: Arc<MediaShared>, mut stop: on
                 }
             }
         }
-        let frames: Vec<AudioFrame> = players
+        let frames: Vec<(StreamId, Option<AudioFrame>)> = players
             .iter()
-            .filter_map(|p| p.lock().unwrap_or_else(|e| e.into_inner()).tick(due))
+            .map(|p| {
+                let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+                (p.reporter.template.stream_id.clone(), p.tick(due))
+            })
             .collect();
+        if media.levels.running() {
+            let played: Vec<_> = frames.iter().map(|(id, f)| (id.clone(), f.as_ref())).collect();
+            for event in media.levels.tick(&played) {
+                if events.try_send(event).is_err() {
+                    debug!("event queue full; a sound-level event was dropped");
+                }
+            }
+        }
         if woke.saturating_duration_since(due) > LATE_TICK {
             budget = budget.saturating_sub(woke.elapsed());
         }
-        let mixed = mix(timestamp, frames.iter());
+        let mixed = mix(timestamp, frames.iter().filter_map(|(_, f)| f.as_ref()));
         timestamp = timestamp.wrapping_add(FRAME_SAMPLES as u32);
         media.write_sink(&mixed);
     }

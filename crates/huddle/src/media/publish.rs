@@ -335,6 +335,7 @@ pub(crate) async fn run(
                 let ts = audio_base.wrapping_add((clock.n as u32).wrapping_mul(FRAME_SAMPLES as u32));
                 clock.n += 1;
                 let frame = audio.next(&media, ts);
+                media.levels.captured(&reporter.template.stream_id, &frame);
                 // First frame, or the application changed the audio config: (re)start from its
                 // settings (and RED as it says).
                 let generation = media.audio_config_generation.load(Ordering::Relaxed);
