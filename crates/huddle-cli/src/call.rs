@@ -6,6 +6,7 @@
 //! Media: the published audio comes from `--source` (a WAV file, looped, or `tone:HZ`; silence
 //! without it), video from `--camera` (the test pattern or a Y4M file; no video without it); the
 //! mix of the played streams is recorded with `--record`, their video with `--record-video`.
+//! `--sound-level-interval MS` adds the sound-level and active-speaker events.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use huddle::{
     AudioConfig, AudioConfigPreset, AudioSink, AudioSource, Engine, EngineProfile, ErrorCode, Event,
-    EventHandler, HuddleError, RoomConfig, RoomStateChangedReason, User, UserId, VideoSource,
+    EventHandler, HuddleError, RoomConfig, RoomStateChangedReason, SoundLevelConfig, User, UserId, VideoSource,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -81,6 +82,11 @@ pub struct CallArgs {
     /// Record the mix of the played streams (48 kHz mono WAV).
     #[arg(long, value_name = "FILE.wav")]
     record: Option<PathBuf>,
+    /// Start the sound-level monitor with this interval (100–3000 ms): `captured_sound_level_update`
+    /// and `remote_sound_level_update` lines at the interval, `active_speakers_changed` when the
+    /// speakers change.
+    #[arg(long, value_name = "MS")]
+    sound_level_interval: Option<u32>,
     /// Record the video of the played stream (Y4M); with several --play, one file per stream
     /// (FILE-STREAM.y4m).
     #[arg(long, value_name = "FILE.y4m")]
@@ -253,6 +259,10 @@ fn call(args: CallArgs, start: Instant) -> Result<ErrorCode, huddle::HuddleError
         for stream in &args.play {
             engine.set_video_sink_y4m(stream, Some(video_path(base, stream, args.play.len())))?;
         }
+    }
+
+    if let Some(ms) = args.sound_level_interval {
+        engine.start_sound_level_monitor(SoundLevelConfig::new(ms, true))?;
     }
 
     let user = User::new(UserId::new(args.user.as_str())?);
