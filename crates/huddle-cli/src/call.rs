@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use huddle::{
     AudioConfig, AudioConfigPreset, AudioSink, AudioSource, Engine, EngineProfile, ErrorCode, Event,
-    EventHandler, HuddleError, RoomConfig, RoomStateChangedReason, SoundLevelConfig, User, UserId, VideoSource,
+    EventHandler, HuddleError, RoomConfig, RoomStateChangedReason, SoundLevelConfig, User, UserId,
+    VideoSource,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;

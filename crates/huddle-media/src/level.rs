@@ -169,8 +169,11 @@ impl SoundLevelMeter {
                 return;
             }
         };
-        self.pending
-            .extend(out[0].iter().map(|&x| (x * 32768.0).clamp(-32768.0, 32767.0) as i16));
+        self.pending.extend(
+            out[0]
+                .iter()
+                .map(|&x| (x * 32768.0).clamp(-32768.0, 32767.0) as i16),
+        );
         let mut used = 0;
         while self.pending.len() - used >= VAD_WINDOW {
             let window = &self.pending[used..used + VAD_WINDOW];

@@ -80,7 +80,11 @@ fn check(reports: &[(Option<Part>, f32, bool)]) {
     // -10 dBFS; its quietest syllables are above -40 dBFS).
     let speech: Vec<_> = of(Part::Speech).collect();
     let voiced = speech.iter().filter(|r| r.2).count();
-    assert!(voiced * 100 >= speech.len() * 85, "speech voiced in {voiced} of {} reports: {trace}", speech.len());
+    assert!(
+        voiced * 100 >= speech.len() * 85,
+        "speech voiced in {voiced} of {} reports: {trace}",
+        speech.len()
+    );
     let mean_speech = speech.iter().map(|r| r.1).sum::<f32>() / speech.len() as f32;
     assert!(mean_speech > 55.0, "speech level {mean_speech}: {trace}");
     // Silence: quiet, and not voiced once the hangover (320 ms: 4 reports) has run out.

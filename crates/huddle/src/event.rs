@@ -551,8 +551,10 @@ impl Event {
             }),
             Event::CapturedSoundLevelUpdate { info } => level(info),
             Event::RemoteSoundLevelUpdate { sound_levels } => {
-                let map: serde_json::Map<String, serde_json::Value> =
-                    sound_levels.iter().map(|(id, i)| (id.clone(), level(i))).collect();
+                let map: serde_json::Map<String, serde_json::Value> = sound_levels
+                    .iter()
+                    .map(|(id, i)| (id.clone(), level(i)))
+                    .collect();
                 json!({ "sound_levels": map })
             }
             Event::ActiveSpeakersChanged { stream_ids } => {

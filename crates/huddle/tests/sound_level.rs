@@ -53,7 +53,9 @@ fn check_follows(who: &str, reports: &[SoundLevelInfo]) {
         .unwrap_or_else(|| panic!("{who}: never voiced: {trace}"));
     // (The report before the first voiced one holds the speech's first 32 ms: the onset.)
     assert!(
-        reports[..start.saturating_sub(1)].iter().all(|r| r.sound_level < 10.0),
+        reports[..start.saturating_sub(1)]
+            .iter()
+            .all(|r| r.sound_level < 10.0),
         "{who}: loud before the speech: {trace}"
     );
     let second = start + SPEECH_REPORTS + GAP_REPORTS;
@@ -162,7 +164,12 @@ fn remote_and_captured_levels_follow_speech_and_silence() {
     check_follows("alice's capture", &captured[from.saturating_sub(1)..]);
 
     // Both sides' active speakers: alice-main while she speaks, nobody in the silences.
-    let want: Vec<Vec<String>> = vec![vec!["alice-main".into()], vec![], vec!["alice-main".into()], vec![]];
+    let want: Vec<Vec<String>> = vec![
+        vec!["alice-main".into()],
+        vec![],
+        vec!["alice-main".into()],
+        vec![],
+    ];
     assert_eq!(speakers(&eb.seen), want, "bob's active speakers");
     assert_eq!(speakers(&ea.seen), want, "alice's active speakers");
 

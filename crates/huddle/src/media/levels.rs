@@ -153,7 +153,9 @@ impl LevelMonitor {
         let mut heard: Vec<(StreamId, f32, bool)> = Vec::with_capacity(played.len() + 1);
         for (id, frame) in played {
             if !r.remote.contains_key(id) {
-                let Ok(meter) = SoundLevelMeter::new() else { continue };
+                let Ok(meter) = SoundLevelMeter::new() else {
+                    continue;
+                };
                 r.remote.insert(id.clone(), meter);
             }
             let meter = r.remote.get_mut(id).expect("inserted");
@@ -185,7 +187,10 @@ impl LevelMonitor {
                     vad: vad && l.vad,
                 }
             };
-            let captured = r.captured.as_mut().map_or(SoundLevelInfo::default(), |(_, m)| info(m));
+            let captured = r
+                .captured
+                .as_mut()
+                .map_or(SoundLevelInfo::default(), |(_, m)| info(m));
             let remote: BTreeMap<String, SoundLevelInfo> = r
                 .remote
                 .iter_mut()
@@ -303,12 +308,18 @@ mod tests {
         let mut sp = ActiveSpeakers::default();
         // 180 ms of voice: not yet.
         assert!(run(&mut sp, &[("a", 60.0, true), ("b", 10.0, false)], 9).is_empty());
-        assert_eq!(run(&mut sp, &[("a", 60.0, true), ("b", 10.0, false)], 1), vec![vec!["a"]]);
+        assert_eq!(
+            run(&mut sp, &[("a", 60.0, true), ("b", 10.0, false)], 1),
+            vec![vec!["a"]]
+        );
         // A breath of 500 ms: still speaking, no event.
         assert!(run(&mut sp, &[("a", 5.0, false), ("b", 10.0, false)], 25).is_empty());
         assert!(run(&mut sp, &[("a", 60.0, true), ("b", 10.0, false)], 10).is_empty());
         // 600 ms without voice: gone.
-        assert_eq!(run(&mut sp, &[("a", 5.0, false), ("b", 10.0, false)], 30), vec![Vec::<String>::new()]);
+        assert_eq!(
+            run(&mut sp, &[("a", 5.0, false), ("b", 10.0, false)], 30),
+            vec![Vec::<String>::new()]
+        );
         // A stream that goes away is no longer a speaker.
         run(&mut sp, &[("a", 60.0, true)], 20);
         assert_eq!(run(&mut sp, &[], 1), vec![Vec::<String>::new()]);
@@ -334,7 +345,12 @@ mod tests {
         // At most three reported.
         let changes = run(
             &mut sp,
-            &[("a", 60.0, true), ("b", 60.0, true), ("c", 60.0, true), ("d", 90.0, true)],
+            &[
+                ("a", 60.0, true),
+                ("b", 60.0, true),
+                ("c", 60.0, true),
+                ("d", 90.0, true),
+            ],
             60,
         );
         assert_eq!(changes.last().unwrap().len(), MAX_SPEAKERS);

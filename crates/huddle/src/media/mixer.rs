@@ -14,9 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use super::MediaShared;
-use crate::event::Event;
 use super::MediaUpdate;
 use super::Reporter;
+use crate::event::Event;
 
 /// The receive side of one played stream's audio: filled by its player task, drained by the
 /// mixer. The jitter buffer, decoding and time-stretching are `huddle_media::AudioPlayer`.
