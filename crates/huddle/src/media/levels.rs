@@ -173,11 +173,11 @@ impl LevelMonitor {
             heard.push((id.clone(), meter.frame_level(), meter.vad()));
         }
         let mut events = Vec::new();
-        if let Some(speakers) = r.speakers.update(&heard, FRAME_MS as u32) {
+        if let Some(speakers) = r.speakers.update(&heard, FRAME_MS) {
             events.push(Event::ActiveSpeakersChanged { stream_ids: speakers });
         }
-        r.elapsed_ms += FRAME_MS as u32;
-        if r.elapsed_ms + FRAME_MS as u32 / 2 >= r.config.millisecond {
+        r.elapsed_ms += FRAME_MS;
+        if r.elapsed_ms + FRAME_MS / 2 >= r.config.millisecond {
             r.elapsed_ms = r.elapsed_ms.saturating_sub(r.config.millisecond);
             let vad = r.config.enable_vad;
             let info = |m: &mut SoundLevelMeter| {
