@@ -1,7 +1,7 @@
 // @ts-check
 // The debug page: a thin UI over huddle.js. Everything the SDK reports goes to the log, so the page
 // doubles as a protocol explorer. `window.huddleApp` exposes the engine and the media for tests.
-import { HuddleEngine, HuddleError, SoundLevelMeter } from "/sdk/huddle.js";
+import { HuddleEngine, HuddleError } from "/sdk/huddle.js";
 
 /** @param {string} id */
 const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id));
@@ -44,8 +44,8 @@ const app = {
   streams: new Map(),
   /** @type {AudioContext | null} */
   audio: null,
-  /** @type {Map<HTMLElement, SoundLevelMeter>} */
-  meters: new Map(),
+  /** The active speakers' stream IDs, loudest first (`activeSpeakersChanged`). @type {string[]} */
+  speakers: [],
   /** @type {string[]} */
   logLines: [],
   /** When each stream was asked to play (performance.now()), for the first-frame times. @type {Map<string, number>} */
@@ -249,6 +249,63 @@ function wire(engine) {
     log(`${id}: publisher's camera ${status.toLowerCase()}`);
     showRemoteDevice(id, "camera", status);
   });
+  // Levels and voice on the tiles, from the SDK's monitor (every 100 ms), and the active speaker.
+  engine.on("soundLevelUpdate", (list) => {
+    for (const l of list) {
+      const tile = tileOf(l.type === "push" ? "publish" : "play", l.streamID);
+      if (!tile) continue;
+      const level = Math.round(l.soundLevel);
+      /** @type {HTMLMeterElement} */ (tile.querySelector("meter")).value = level;
+      tile.dataset.level = String(level);
+      tile.dataset.vad = l.vad ? "1" : "0";
+      tile.classList.toggle("speaking", l.vad);
+    }
+  });
+  engine.on("activeSpeakersChanged", (ids) => {
+    app.speakers = ids;
+    log(`activeSpeakersChanged: ${ids.length ? ids.join(", ") : "nobody"}`, "event");
+    for (const tile of /** @type {NodeListOf<HTMLElement>} */ (document.querySelectorAll(".tile"))) {
+      const rank = ids.indexOf(tile.dataset.streamId ?? "");
+      tile.classList.toggle("active-speaker", rank === 0);
+      if (rank >= 0) tile.dataset.speakerRank = String(rank);
+      else delete tile.dataset.speakerRank;
+    }
+  });
+  // Network quality levels (issue 12's events) on the tiles: each stream's own, and its user's.
+  /** @param {string} kind @param {string} id @param {{ level: number }} q */
+  const streamQuality = (kind, id, q) => {
+    const tile = tileOf(kind, id);
+    if (tile) showQuality(tile, "stream", q.level);
+  };
+  engine.on("publishQualityUpdate", (id, q) => streamQuality("publish", id, q));
+  engine.on("playQualityUpdate", (id, q) => streamQuality("play", id, q));
+  engine.on("networkQuality", (userID, up, down) => {
+    for (const tile of /** @type {NodeListOf<HTMLElement>} */ (document.querySelectorAll(".tile"))) {
+      const owner = tile.dataset.kind === "publish" ? "" : app.streams.get(tile.dataset.streamId ?? "")?.user?.userID;
+      if (owner === userID) showQuality(tile, "net", Math.max(up, down), `up ${QUALITY_NAMES[up]} · down ${QUALITY_NAMES[down]}`);
+    }
+  });
+  engine.startSoundLevelMonitor({ millisecond: 100, enableVAD: true });
+}
+
+/** Quality level names, by number (ZEGO's `ZegoStreamQualityLevel`). */
+const QUALITY_NAMES = ["excellent", "good", "medium", "bad", "die", "unknown"];
+
+/**
+ * @param {HTMLElement} tile @param {"stream" | "net"} what @param {number} level @param {string} [title]
+ */
+function showQuality(tile, what, level, title) {
+  const el = /** @type {HTMLElement} */ (tile.querySelector(`.quality .${what}`));
+  const name = QUALITY_NAMES[level] ?? "unknown";
+  el.dataset.level = name;
+  el.textContent = `${what === "net" ? "net" : "stream"} ${name}`;
+  el.title = title ?? `${what === "net" ? "the user's network" : "this stream"}: ${name}`;
+  tile.dataset[what === "net" ? "netQuality" : "quality"] = name;
+}
+
+/** @param {string} kind @param {string} streamId */
+function tileOf(kind, streamId) {
+  return (kind === "publish" ? app.publishing : app.playing).get(streamId)?.tile ?? null;
 }
 
 function onRoomGone() {
@@ -326,6 +383,7 @@ function makeTile(streamId, kind) {
     <figcaption>
       <span class="label"></span><span class="state"></span>
       <meter class="level" min="0" max="100" low="10" high="85" optimum="50" value="0"></meter>
+      <span class="quality"><span class="stream" data-level="unknown">stream —</span><span class="net" data-level="unknown">net —</span></span>
       <span class="stats">—</span>
       <span class="mutes"><button type="button" class="mute" data-track="audio"></button><button type="button" class="mute" data-track="video"></button></span>
       <span class="remote" title="the publisher's microphone and camera"></span>
@@ -407,15 +465,6 @@ function attach(tile, stream, muted) {
   video.srcObject = stream;
   video.play().catch(() => {});
   tile.classList.toggle("has-video", stream.getVideoTracks().length > 0);
-  app.meters.get(tile)?.close();
-  app.meters.delete(tile);
-  if (stream.getAudioTracks().length) {
-    try {
-      app.meters.set(tile, new SoundLevelMeter(stream, audioContext()));
-    } catch (e) {
-      log(`no level meter: ${e}`, "error");
-    }
-  }
 }
 
 /**
@@ -436,8 +485,6 @@ function dropTile(map, streamId, stopTracks) {
   const p = map.get(streamId);
   if (!p) return;
   map.delete(streamId);
-  app.meters.get(p.tile)?.close();
-  app.meters.delete(p.tile);
   p.tile.remove();
   if (stopTracks) p.stream.getTracks().forEach((t) => t.stop());
   restorePlaceholder();
@@ -445,14 +492,6 @@ function dropTile(map, streamId, stopTracks) {
 
 function restorePlaceholder() {
   if (!$("tiles").children.length) $("tiles").innerHTML = '<p class="empty">Publish or play a stream to see it here.</p>';
-}
-
-function tickLevels() {
-  for (const [tile, meter] of app.meters) {
-    const level = Math.round(meter.level());
-    /** @type {HTMLMeterElement} */ (tile.querySelector("meter")).value = level;
-    tile.dataset.level = String(level);
-  }
 }
 
 /**
@@ -634,7 +673,6 @@ input("server").addEventListener("change", loadInfo);
 window.addEventListener("pagehide", () => {
   if (app.engine && app.roomId) app.engine.logoutRoom(app.roomId);
 });
-setInterval(tickLevels, 100);
 setInterval(tickStats, 1000);
 loadInfo().then(() => {
   document.body.dataset.ready = "1";

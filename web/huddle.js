@@ -106,6 +106,7 @@ export const ErrorCode = Object.freeze({
   MUTE_NOT_PUBLISHING: 1009060,
   MUTE_NOT_PLAYING: 1009061,
   MUTE_TOO_FREQUENT: 1009062,
+  SOUND_LEVEL_INTERVAL_INVALID: 1009065,
   COMMAND_MALFORMED: 1009080,
   COMMAND_UNKNOWN: 1009081,
   COMMAND_FIELD_INVALID: 1009082,
@@ -185,6 +186,8 @@ export class HuddleError extends Error {
  * @typedef {{ camera?: { audio?: boolean, video?: boolean, audioProcessing?: boolean, width?: number, height?: number, frameRate?: number } }} StreamSource
  * @typedef {{ bitrateKbps: number, packets: number, packetsLost: number, lossRate: number, jitterMs: number, rttMs: number, codec: string, frameWidth?: number, frameHeight?: number, fps?: number }} TrackStats
  * @typedef {{ streamID: string, direction: "publish" | "play", connectionState: string, audio: TrackStats | null, video: TrackStats | null }} StreamStats
+ * @typedef {{ millisecond?: number, enableVAD?: boolean }} SoundLevelConfig
+ * @typedef {{ streamID: string, soundLevel: number, type: "push" | "pull", vad: boolean }} SoundLevelInfo
  * @typedef {{ loginTimeoutMs?: number, attemptTimeoutMs?: number, reconnectBudgetMs?: number, retryDelayMinMs?: number, retryDelayMaxMs?: number, tokenWarningMs?: number, logoutTimeoutMs?: number, requestTimeoutMs?: number, iceGatheringTimeoutMs?: number, rtcConfiguration?: RTCConfiguration }} EngineOptions
  */
 
@@ -204,6 +207,12 @@ export class HuddleError extends Error {
  *   debugError: (errorCode: number, funcName: string, info: string) => void,
  *   remoteMicStatusUpdate: (streamID: string, status: RemoteDeviceStatus) => void,
  *   remoteCameraStatusUpdate: (streamID: string, status: RemoteDeviceStatus) => void,
+ *   capturedSoundLevelUpdate: (soundLevel: number, vad: boolean) => void,
+ *   soundLevelUpdate: (soundLevelList: SoundLevelInfo[]) => void,
+ *   activeSpeakersChanged: (streamIDs: string[]) => void,
+ *   publishQualityUpdate: (streamID: string, stats: { rtt: number, packetLostRate: number, jitter: number, audioKBPS: number, videoKBPS: number, level: number }) => void,
+ *   playQualityUpdate: (streamID: string, stats: { rtt: number, packetLostRate: number, jitter: number, audioKBPS: number, videoKBPS: number, level: number }) => void,
+ *   networkQuality: (userID: string, upstreamQuality: number, downstreamQuality: number) => void,
  * }} EventMap
  */
 
@@ -456,6 +465,8 @@ export class HuddleEngine {
     this._serverIceServers = [];
     /** `muteMicrophone`: every published stream's audio tracks are disabled (silence). */
     this._micMuted = false;
+    /** The sound-level monitor while it runs. @type {LevelMonitor | null} */
+    this._levels = null;
   }
 
   // ----- events -----
@@ -633,6 +644,7 @@ export class HuddleEngine {
 
   /** Logs out, stops everything; the engine cannot be used afterwards. */
   destroy() {
+    this.stopSoundLevelMonitor();
     if (this._room) this.logoutRoom(this._room.roomId);
     this._destroyed = true;
     this._listeners.clear();
@@ -1202,6 +1214,110 @@ export class HuddleEngine {
         if (player.available) this._offerPlay(player);
       }
     }, Math.max(delay, 200));
+  }
+
+  // ----- sound levels -----
+
+  /**
+   * Starts the sound-level monitor (or changes its configuration), as the Rust SDK's
+   * `start_sound_level_monitor`: every `millisecond` (100–3000, default 100)
+   * `capturedSoundLevelUpdate(soundLevel, vad)` for the first published stream (0 when none) and
+   * `soundLevelUpdate(list)` with every published ("push") and played ("pull") stream, levels
+   * 0–100 (-60 dBFS → 0, 0 dBFS → 100, the loudest ~20 ms of the interval); and
+   * `activeSpeakersChanged(streamIDs)` when the speakers change (loudest first, at most 3; a
+   * Huddle addition). Measured every 20 ms with WebAudio on the streams' tracks. Throws a
+   * {@link HuddleError} 1009065 for an interval out of range.
+   * @param {SoundLevelConfig} [config]
+   */
+  startSoundLevelMonitor(config = {}) {
+    const millisecond = config.millisecond ?? 100;
+    if (!(Number.isInteger(millisecond) && millisecond >= 100 && millisecond <= 3000)) {
+      throw new HuddleError(ErrorCode.SOUND_LEVEL_INTERVAL_INVALID, `the sound-level interval is ${millisecond} ms; it must be 100–3000 ms`);
+    }
+    const enableVAD = config.enableVAD ?? true;
+    if (this._levels) {
+      this._levels.millisecond = millisecond;
+      this._levels.enableVAD = enableVAD;
+      return true;
+    }
+    /** @type {LevelMonitor} */
+    const m = { millisecond, enableVAD, context: new AudioContext(), meters: new Map(), elapsed: 0, timer: null, speakers: new ActiveSpeakers() };
+    m.context.resume().catch(() => {});
+    m.timer = setInterval(() => this._levelTick(), LEVEL_FRAME_MS);
+    this._levels = m;
+    return true;
+  }
+
+  /** Stops the sound-level monitor. */
+  stopSoundLevelMonitor() {
+    const m = this._levels;
+    if (!m) return false;
+    this._levels = null;
+    clearInterval(m.timer);
+    for (const t of m.meters.values()) t.meter.close();
+    m.context.close().catch(() => {});
+    return true;
+  }
+
+  /**
+   * ZEGO Web's name: `setSoundLevelDelegate(true, interval)` starts the monitor, `false` stops it.
+   * @param {boolean} enable @param {number} [interval]
+   */
+  setSoundLevelDelegate(enable, interval) {
+    return enable ? this.startSoundLevelMonitor({ millisecond: interval ?? 100 }) : this.stopSoundLevelMonitor();
+  }
+
+  /** Every 20 ms: each stream's level and voice; the events at the interval. */
+  _levelTick() {
+    const m = this._levels;
+    if (!m) return;
+    /** @type {[string, "push" | "pull", MediaStream][]} */
+    const streams = [];
+    for (const [id, pub] of this._publishers) if (pub.stream?.getAudioTracks().length) streams.push([id, "push", pub.stream]);
+    for (const [id, p] of this._players) if (p.state === "PLAYING" && p.mediaStream.getAudioTracks().length) streams.push([id, "pull", p.mediaStream]);
+    const keys = new Set(streams.map(([id, type]) => `${type}:${id}`));
+    for (const [key, t] of m.meters) {
+      if (!keys.has(key)) {
+        t.meter.close();
+        m.meters.delete(key);
+      }
+    }
+    /** @type {[string, number, boolean][]} */
+    const heard = [];
+    for (const [id, type, stream] of streams) {
+      const key = `${type}:${id}`;
+      let t = m.meters.get(key);
+      if (t && t.stream !== stream) {
+        t.meter.close();
+        t = undefined;
+      }
+      if (!t) {
+        try {
+          t = { stream, meter: new SoundLevelMeter(stream, m.context, type === "pull"), vad: new VoiceActivity(), peak: 0, streamID: id, type };
+        } catch {
+          continue;
+        }
+        m.meters.set(key, t);
+      }
+      const s = t.meter.sample();
+      t.peak = Math.max(t.peak, s.level);
+      const voiced = t.vad.push(s.dbfs, s.speechBand, LEVEL_FRAME_MS);
+      heard.push([id, s.level, voiced]);
+    }
+    const speakers = m.speakers.update(heard, LEVEL_FRAME_MS);
+    if (speakers) this._emit("activeSpeakersChanged", speakers);
+    m.elapsed += LEVEL_FRAME_MS;
+    if (m.elapsed + LEVEL_FRAME_MS / 2 < m.millisecond) return;
+    m.elapsed = Math.max(0, m.elapsed - m.millisecond);
+    /** @type {SoundLevelInfo[]} */
+    const list = [];
+    for (const t of m.meters.values()) {
+      list.push({ streamID: t.streamID, soundLevel: Math.round(t.peak * 10) / 10, type: t.type, vad: m.enableVAD && t.vad.speaking });
+      t.peak = 0;
+    }
+    const captured = list.find((l) => l.type === "push");
+    this._emit("capturedSoundLevelUpdate", captured?.soundLevel ?? 0, captured?.vad ?? false);
+    this._emit("soundLevelUpdate", list);
   }
 
   // ----- stats -----
@@ -1983,24 +2099,170 @@ export class HuddleEngine {
   }
 }
 
+/** The sound-level monitor's state (`startSoundLevelMonitor`). @typedef {{ millisecond: number, enableVAD: boolean, context: AudioContext, elapsed: number, timer: any, speakers: ActiveSpeakers, meters: Map<string, { stream: MediaStream, meter: SoundLevelMeter, vad: VoiceActivity, peak: number, streamID: string, type: "push" | "pull" }> }} LevelMonitor */
+
+/** The monitor's frame: levels and voice are measured every 20 ms, as in the Rust SDK. */
+const LEVEL_FRAME_MS = 20;
+
+/**
+ * The level (0–100) of a signal at `dbfs` RMS: -60 dBFS → 0, 0 dBFS → 100, linear in dB (the
+ * Rust SDK's `huddle_media::level_from_dbfs`).
+ * @param {number} dbfs
+ */
+export function levelFromDbfs(dbfs) {
+  if (!Number.isFinite(dbfs)) return 0;
+  return Math.max(0, Math.min(100, ((dbfs + 60) / 60) * 100));
+}
+
+/**
+ * Voice activity from a 20 ms frame's RMS (dBFS) and the share of its energy in the speech band
+ * (300–3400 Hz): the Rust SDK's rules without its neural model (none runs in the page). A frame
+ * is voiced when it is above -55 dBFS, holds at least half its energy in the speech band (white
+ * noise holds 13 %, a hum or a high tone none) and the last 480 ms rose and fell by 9 dB or more
+ * (speech's syllables; a steady noise does not); speech starts after two voiced frames and ends
+ * 320 ms after the last.
+ */
+export class VoiceActivity {
+  constructor() {
+    /** @type {number[]} */
+    this._energies = [];
+    this._run = 0;
+    this._hangover = 0;
+    this.speaking = false;
+  }
+
+  /**
+   * One frame; returns whether the signal holds voice now.
+   * @param {number} dbfs @param {number} speechBand 0–1 @param {number} ms
+   */
+  push(dbfs, speechBand, ms) {
+    this._energies.push(Math.max(dbfs, -100));
+    if (this._energies.length > 480 / ms) this._energies.shift();
+    const modulated = Math.max(...this._energies) - Math.min(...this._energies) >= 9;
+    const voiced = dbfs >= -55 && speechBand >= 0.5 && modulated;
+    if (voiced) {
+      this._run++;
+      if (this._run >= 2 || this.speaking) {
+        this.speaking = true;
+        this._hangover = 320;
+      }
+    } else {
+      this._run = 0;
+      this._hangover = Math.max(0, this._hangover - ms);
+      if (this._hangover === 0) this.speaking = false;
+    }
+    return this.speaking;
+  }
+}
+
+/**
+ * The active speakers, as the Rust SDK's: streams with voice for 200 ms join, 600 ms without
+ * leave, loudest first (a speaker overtakes the one before only when louder by 6 points,
+ * smoothed over ~400 ms); at most 3. `update` returns the new list when it changed.
+ */
+export class ActiveSpeakers {
+  constructor() {
+    /** @type {Map<string, { smoothed: number, voicedMs: number, quietMs: number }>} */
+    this._state = new Map();
+    /** @type {string[]} */
+    this._order = [];
+    /** @type {string[]} */
+    this._reported = [];
+  }
+
+  /**
+   * @param {[string, number, boolean][]} heard Each stream's frame: ID, level, voice.
+   * @param {number} ms
+   * @returns {string[] | null}
+   */
+  update(heard, ms) {
+    const ids = new Set(heard.map((h) => h[0]));
+    for (const id of [...this._state.keys()]) if (!ids.has(id)) this._state.delete(id);
+    for (const [id, level, vad] of heard) {
+      let s = this._state.get(id);
+      if (!s) this._state.set(id, (s = { smoothed: 0, voicedMs: 0, quietMs: 0 }));
+      s.smoothed += (level - s.smoothed) * (ms / 400);
+      if (vad) {
+        s.voicedMs += ms;
+        s.quietMs = 0;
+      } else {
+        s.quietMs += ms;
+        if (s.quietMs >= 600) s.voicedMs = 0;
+      }
+    }
+    this._order = this._order.filter((id) => (this._state.get(id)?.quietMs ?? Infinity) < 600);
+    const joining = [...this._state].filter(([id, s]) => s.voicedMs >= 200 && s.quietMs === 0 && !this._order.includes(id)).map(([id]) => id);
+    this._order.push(...joining.sort());
+    /** @param {string} id */
+    const level = (id) => this._state.get(id)?.smoothed ?? 0;
+    for (let pass = 0; pass < this._order.length; pass++) {
+      let swapped = false;
+      for (let i = 1; i < this._order.length; i++) {
+        if (level(this._order[i]) > level(this._order[i - 1]) + 6) {
+          [this._order[i - 1], this._order[i]] = [this._order[i], this._order[i - 1]];
+          swapped = true;
+        }
+      }
+      if (!swapped) break;
+    }
+    const now = this._order.slice(0, 3);
+    if (now.length === this._reported.length && now.every((id, i) => id === this._reported[i])) return null;
+    this._reported = now;
+    return [...now];
+  }
+}
+
 /**
  * The sound level of a MediaStream's audio, 0–100, from a WebAudio AnalyserNode (RMS over the
  * last ~20 ms, on a log scale: -60 dBFS → 0, 0 dBFS → 100). Remote streams must also be attached
- * to a media element (muted is enough) for Chromium to feed WebAudio.
+ * to a media element (muted is enough) for Chromium to feed WebAudio: with `attach` the meter
+ * does so itself.
  */
 export class SoundLevelMeter {
   /**
    * @param {MediaStream} stream
    * @param {AudioContext} [context] A shared AudioContext (one is made otherwise).
+   * @param {boolean} [attach] Attach the stream to a muted media element of the meter's own.
    */
-  constructor(stream, context) {
+  constructor(stream, context, attach = false) {
     this.context = context ?? new AudioContext();
     this._own = !context;
     this.source = this.context.createMediaStreamSource(stream);
     this.analyser = this.context.createAnalyser();
     this.analyser.fftSize = 1024;
+    this.analyser.smoothingTimeConstant = 0;
     this.source.connect(this.analyser);
     this._buf = new Float32Array(this.analyser.fftSize);
+    this._freq = new Float32Array(this.analyser.frequencyBinCount);
+    /** @type {HTMLAudioElement | null} */
+    this._element = null;
+    if (attach) {
+      this._element = new Audio();
+      this._element.muted = true;
+      this._element.srcObject = stream;
+      this._element.play().catch(() => {});
+    }
+  }
+
+  /**
+   * The last ~20 ms: level (0–100), RMS in dBFS and the share of the energy in the speech band
+   * (300–3400 Hz).
+   */
+  sample() {
+    this.analyser.getFloatTimeDomainData(this._buf);
+    let sum = 0;
+    for (const v of this._buf) sum += v * v;
+    const dbfs = 10 * Math.log10(sum / this._buf.length + 1e-12);
+    this.analyser.getFloatFrequencyData(this._freq);
+    const binHz = this.context.sampleRate / this.analyser.fftSize;
+    let band = 0;
+    let total = 0;
+    for (let i = 1; i < this._freq.length; i++) {
+      const e = 10 ** (this._freq[i] / 10);
+      total += e;
+      if (i * binHz >= 300 && i * binHz <= 3400) band += e;
+    }
+    return { level: levelFromDbfs(dbfs), dbfs, speechBand: total > 0 ? band / total : 0 };
   }
 
   /** The RMS of the last block, linear (0–1). */
@@ -2025,6 +2287,7 @@ export class SoundLevelMeter {
     } catch {
       // already disconnected
     }
+    if (this._element) this._element.srcObject = null;
     if (this._own) this.context.close().catch(() => {});
   }
 }

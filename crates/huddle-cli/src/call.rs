@@ -8,6 +8,7 @@
 //! mix of the played streams is recorded with `--record`, their video with `--record-video`.
 //! `--mute-mic` and `--mute-camera` join muted (the players get `remote_mic_state_update` /
 //! `remote_camera_state_update` `Mute`).
+//! `--sound-level-interval MS` adds the sound-level and active-speaker events.
 //!
 //! Standard input takes commands, one JSON object per line, each answered by a result line
 //! ([`crate::commands`]; `docs/cli.md`). Standard input ending does not end the call: a script
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use huddle::{
     AudioConfig, AudioDeviceType, AudioSink, AudioSource, Engine, EngineProfile, ErrorCode, Event,
-    EventHandler, HuddleError, RoomStateChangedReason, User, UserId,
+    EventHandler, HuddleError, RoomStateChangedReason, SoundLevelConfig, User, UserId,
 };
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -116,6 +117,11 @@ pub struct CallArgs {
     /// Record the mix of the played streams (48 kHz mono WAV).
     #[arg(long, value_name = "FILE.wav")]
     record: Option<PathBuf>,
+    /// Start the sound-level monitor with this interval (100–3000 ms): `captured_sound_level_update`
+    /// and `remote_sound_level_update` lines at the interval, `active_speakers_changed` when the
+    /// speakers change.
+    #[arg(long, value_name = "MS")]
+    sound_level_interval: Option<u32>,
     /// Record the video of the played stream (Y4M); with several --play, one file per stream
     /// (FILE-STREAM.y4m).
     #[arg(long, value_name = "FILE.y4m")]
@@ -281,6 +287,10 @@ fn call(args: CallArgs, start: Instant) -> Result<ErrorCode, huddle::HuddleError
         for stream in &args.play {
             engine.set_video_sink_y4m(stream, Some(video_path(base, stream, args.play.len())))?;
         }
+    }
+
+    if let Some(ms) = args.sound_level_interval {
+        engine.start_sound_level_monitor(SoundLevelConfig::new(ms, true))?;
     }
 
     let mut call = Call::new(engine.handle(), args.token.clone(), args.user_status_notify);

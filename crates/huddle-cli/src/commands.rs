@@ -107,6 +107,15 @@ pub(crate) enum Command {
         device_type: DeviceTypeName,
         device_id: String,
     },
+    /// Start (or reconfigure) the sound-level monitor: `millisecond` 100–3000 (default 100;
+    /// 1009065 outside), `enable_vad` (default true). Its events come out as lines
+    /// (`captured_sound_level_update`, `remote_sound_level_update`, `active_speakers_changed`).
+    StartSoundLevelMonitor {
+        millisecond: Option<u32>,
+        enable_vad: Option<bool>,
+    },
+    /// Stop the sound-level monitor.
+    StopSoundLevelMonitor {},
     /// End the call: stop publishing and playing, log out, exit 0.
     Quit {},
 }
@@ -523,6 +532,17 @@ impl Call {
                 device_type,
                 device_id,
             } => engine.use_audio_device(device_type.into(), &device_id)?,
+            Command::StartSoundLevelMonitor {
+                millisecond,
+                enable_vad,
+            } => {
+                let d = huddle::SoundLevelConfig::default();
+                engine.start_sound_level_monitor(huddle::SoundLevelConfig::new(
+                    millisecond.unwrap_or(d.millisecond),
+                    enable_vad.unwrap_or(d.enable_vad),
+                ))?
+            }
+            Command::StopSoundLevelMonitor {} => engine.stop_sound_level_monitor(),
             Command::Quit {} => return Ok(Next::Quit),
         }
         Ok(Next::Continue)
@@ -801,6 +821,8 @@ mod tests {
             "set_video_source",
             "set_video_sink_y4m",
             "use_audio_device",
+            "start_sound_level_monitor",
+            "stop_sound_level_monitor",
             "quit",
         ] {
             assert!(names.contains(&n), "{n} in {names:?}");
@@ -1005,6 +1027,36 @@ mod tests {
         assert_eq!(
             run(&mut call, r#"{"cmd":"login_room","room":"r","user":"u u"}"#),
             Err(1002006)
+        );
+        assert_eq!(
+            run(
+                &mut call,
+                r#"{"cmd":"start_sound_level_monitor","millisecond":50}"#
+            ),
+            Err(1009065)
+        );
+        assert_eq!(
+            run(
+                &mut call,
+                r#"{"cmd":"start_sound_level_monitor","millisecond":200,"enable_vad":false}"#
+            ),
+            Ok(Next::Continue)
+        );
+        assert_eq!(
+            run(&mut call, r#"{"cmd":"start_sound_level_monitor"}"#),
+            Ok(Next::Continue)
+        );
+        assert_eq!(
+            line(r#"{"cmd":"start_sound_level_monitor","interval":100}"#)
+                .command
+                .unwrap_err()
+                .code
+                .as_u32(),
+            1009082
+        );
+        assert_eq!(
+            run(&mut call, r#"{"cmd":"stop_sound_level_monitor"}"#),
+            Ok(Next::Continue)
         );
         assert_eq!(run(&mut call, r#"{"cmd":"quit"}"#), Ok(Next::Quit));
         engine.destroy();

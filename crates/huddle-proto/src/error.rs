@@ -165,6 +165,8 @@ codes! {
     MUTE_NOT_PLAYING = 1009061, "Only a stream the session plays can be muted for it: play it first.";
     /// Device state or play mute changes came too fast.
     MUTE_TOO_FREQUENT = 1009062, "Mute states changed too often: at most 20 changes a second per session.";
+    /// `start_sound_level_monitor` with an interval outside 100–3000 ms (the hosted SDKs' range).
+    SOUND_LEVEL_INTERVAL_INVALID = 1009065, "The sound-level interval must be 100–3000 ms.";
     /// A line on `huddle call`'s standard input that is not one JSON object (or not UTF-8).
     COMMAND_MALFORMED = 1009080, "The command line is not one JSON object.";
     /// A `huddle call` command line whose `cmd` names no command (or that has no `cmd`).

@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 use crate::conn::{self, ConnEvent, ConnId, SEND_QUEUE};
 use crate::dispatch::EventSink;
 use crate::engine::{SharedApi, lock};
+use crate::event::Event;
 use crate::media::mixer::{self, Mixer};
 use crate::media::pc::{self as pc, Pc, PcCommand};
 use crate::media::publish::{AudioInput, VideoInput};
@@ -87,7 +88,15 @@ pub(crate) struct Driver {
     shutdown: oneshot::Receiver<()>,
     conn_rx: mpsc::Receiver<ConnEvent>,
     media_rx: mpsc::Receiver<MediaEvent>,
+    /// The mixer's sound-level events, delivered through `io.events` like every other event
+    /// (so the app's slowness costs them as it costs the others, with the same drop report).
+    level_tx: Option<mpsc::Sender<Event>>,
+    level_rx: mpsc::Receiver<Event>,
 }
+
+/// Sound-level events on their way from the mixer to the engine task, at most (the task takes
+/// them within a tick; a report that finds this full is dropped, the next follows).
+const LEVEL_EVENT_QUEUE: usize = 16;
 
 impl Driver {
     pub(crate) fn new(
@@ -101,6 +110,7 @@ impl Driver {
     ) -> Driver {
         let (conn_events, conn_rx) = mpsc::channel(CONN_EVENT_QUEUE);
         let (media_events, media_rx) = mpsc::channel(MEDIA_EVENT_QUEUE);
+        let (level_tx, level_rx) = mpsc::channel(LEVEL_EVENT_QUEUE);
         Driver {
             io: Io {
                 urls: server.urls,
@@ -123,6 +133,8 @@ impl Driver {
             shutdown,
             conn_rx,
             media_rx,
+            level_tx: Some(level_tx),
+            level_rx,
         }
     }
 
@@ -133,6 +145,7 @@ impl Driver {
         let mixer_task = tokio::spawn(mixer::run(
             self.io.mixer.clone(),
             self.io.media.clone(),
+            self.level_tx.take().expect("the engine task runs once"),
             mixer_stopped,
         ));
         // Joined when it is dropped, at the end of this function.
@@ -169,6 +182,7 @@ impl Driver {
                 }
                 Some(ev) = self.conn_rx.recv() => self.on_conn_event(ev),
                 Some(ev) = self.media_rx.recv() => self.on_media_event(ev),
+                Some(ev) = self.level_rx.recv() => self.io.events.deliver(ev),
                 _ = sleep_until(wake) => {
                     let now = Instant::now();
                     for room in &mut self.rooms {

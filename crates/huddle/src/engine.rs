@@ -457,6 +457,44 @@ impl Engine {
         self.handle.player_audio_stats(stream_id)
     }
 
+    /// Starts the sound-level monitor (or changes its configuration): every
+    /// `config.millisecond` the captured level
+    /// ([`EventHandler::on_captured_sound_level_info_update`]) and the played streams' levels
+    /// ([`EventHandler::on_remote_sound_level_info_update`]), 0–100 with voice activity, and the
+    /// active speakers when they change ([`EventHandler::on_active_speakers_changed`]). Levels
+    /// are measured on every 20 ms frame: the captured one before encoding, each played
+    /// stream's after decoding and before mixing. Callable before or after logging in.
+    ///
+    /// Errors: 1009065 (`SOUND_LEVEL_INTERVAL_INVALID`) for an interval outside 100–3000 ms
+    /// (ZEGO's range).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), huddle::HuddleError> {
+    /// # let engine = huddle::Engine::create(huddle::EngineProfile::new(1, "ws://127.0.0.1:7880"))?;
+    /// use huddle::SoundLevelConfig;
+    /// engine.start_sound_level_monitor(SoundLevelConfig::new(200, true))?;
+    /// assert_eq!(
+    ///     engine.start_sound_level_monitor(SoundLevelConfig::new(50, true)).unwrap_err().code.as_u32(),
+    ///     1009065
+    /// );
+    /// engine.stop_sound_level_monitor();
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// [`EventHandler::on_captured_sound_level_info_update`]: crate::EventHandler::on_captured_sound_level_info_update
+    /// [`EventHandler::on_remote_sound_level_info_update`]: crate::EventHandler::on_remote_sound_level_info_update
+    /// [`EventHandler::on_active_speakers_changed`]: crate::EventHandler::on_active_speakers_changed
+    #[doc(alias = "startSoundLevelMonitor")]
+    pub fn start_sound_level_monitor(&self, config: crate::SoundLevelConfig) -> Result<(), HuddleError> {
+        self.handle.start_sound_level_monitor(config)
+    }
+
+    /// Stops the sound-level monitor: no more level or active-speaker events.
+    #[doc(alias = "stopSoundLevelMonitor")]
+    pub fn stop_sound_level_monitor(&self) {
+        self.handle.stop_sound_level_monitor()
+    }
+
     /// Chooses where the published video comes from when the camera is on (default a 320x240
     /// test pattern at 30 fps). It applies to the media connections started after the call.
     ///
@@ -875,6 +913,17 @@ impl EngineHandle {
     /// Same as [`Engine::player_audio_stats`].
     pub fn player_audio_stats(&self, stream_id: &str) -> Option<crate::PlayerAudioStats> {
         self.shared.media.mixer.stats(stream_id)
+    }
+
+    /// Same as [`Engine::start_sound_level_monitor`].
+    pub fn start_sound_level_monitor(&self, config: crate::SoundLevelConfig) -> Result<(), HuddleError> {
+        drop(self.alive()?);
+        self.shared.media.levels.start(config)
+    }
+
+    /// Same as [`Engine::stop_sound_level_monitor`].
+    pub fn stop_sound_level_monitor(&self) {
+        self.shared.media.levels.stop()
     }
 
     /// Same as [`Engine::audio_config`].

@@ -1,6 +1,8 @@
 //! States, events and the [`EventHandler`] trait.
 
 use huddle_proto::DeviceState as RemoteDeviceState;
+use std::collections::BTreeMap;
+
 use huddle_proto::{ErrorCode, RoomId, StreamId, StreamInfo, StreamQualityLevel, UpdateType, User, UserId};
 
 /// The state of the engine's connection to a room.
@@ -327,6 +329,21 @@ pub enum Event {
         /// Its publisher's camera.
         state: RemoteDeviceState,
     },
+    /// See [`EventHandler::on_captured_sound_level_info_update`].
+    CapturedSoundLevelUpdate {
+        /// The captured signal's level and voice activity.
+        info: SoundLevelInfo,
+    },
+    /// See [`EventHandler::on_remote_sound_level_info_update`].
+    RemoteSoundLevelUpdate {
+        /// Each played stream's level and voice activity, by stream ID.
+        sound_levels: BTreeMap<String, SoundLevelInfo>,
+    },
+    /// See [`EventHandler::on_active_speakers_changed`].
+    ActiveSpeakersChanged {
+        /// The speaking streams, loudest first (at most 3; empty when nobody speaks).
+        stream_ids: Vec<StreamId>,
+    },
     /// See [`EventHandler::on_debug_error`].
     DebugError {
         /// The code.
@@ -336,6 +353,26 @@ pub enum Event {
         /// In words.
         info: String,
     },
+}
+
+/// A sound level and voice-activity decision (ZEGO Express's `ZegoSoundLevelInfo`). The level
+/// is 0–100, linear in dBFS from -60 dBFS (0) to 0 dBFS (100): `docs/media.md` ("Sound levels").
+///
+/// ```
+/// use huddle::SoundLevelInfo;
+/// let quiet = SoundLevelInfo::default();
+/// assert_eq!((quiet.sound_level, quiet.vad), (0.0, false));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
+#[doc(alias = "ZegoSoundLevelInfo")]
+pub struct SoundLevelInfo {
+    /// The loudest 10 ms of the interval, 0.0–100.0.
+    #[doc(alias = "soundLevel")]
+    pub sound_level: f32,
+    /// Whether the signal holds speech (ZEGO's `vad` 1); always `false` when the monitor was
+    /// started without VAD.
+    pub vad: bool,
 }
 
 /// A broadcast message to a room ([`EventHandler::on_im_recv_broadcast_message`]), as the
@@ -377,6 +414,9 @@ impl Event {
             Event::NetworkQuality { .. } => "network_quality",
             Event::RemoteMicStateUpdate { .. } => "remote_mic_state_update",
             Event::RemoteCameraStateUpdate { .. } => "remote_camera_state_update",
+            Event::CapturedSoundLevelUpdate { .. } => "captured_sound_level_update",
+            Event::RemoteSoundLevelUpdate { .. } => "remote_sound_level_update",
+            Event::ActiveSpeakersChanged { .. } => "active_speakers_changed",
         }
     }
 
@@ -392,6 +432,15 @@ impl Event {
         )
     }
 
+    /// Whether this is one of the periodic sound-level events (`captured_sound_level_update`,
+    /// `remote_sound_level_update`), which come at the monitor's interval.
+    pub fn is_sound_level(&self) -> bool {
+        matches!(
+            self,
+            Event::CapturedSoundLevelUpdate { .. } | Event::RemoteSoundLevelUpdate { .. }
+        )
+    }
+
     /// The event as one JSON object: `"event"` (its [`name`](Self::name)) and its callback's
     /// arguments by name; states, reasons and update types by their variant names (`"Publishing"`),
     /// error codes as numbers, an empty `extended_data` left out. What `huddle call` prints, one
@@ -404,6 +453,10 @@ impl Event {
         /// Three decimals are all a reader needs (and keep a line short).
         fn round3(x: f64) -> f64 {
             (x * 1000.0).round() / 1000.0
+        }
+        /// A level with one decimal, and the voice decision.
+        fn level(i: &SoundLevelInfo) -> serde_json::Value {
+            json!({"sound_level": (f64::from(i.sound_level) * 10.0).round() / 10.0, "vad": i.vad})
         }
         let mut v = match self {
             Event::RoomStateUpdate {
@@ -525,6 +578,17 @@ impl Event {
                 "upstream_quality": name(upstream_quality),
                 "downstream_quality": name(downstream_quality),
             }),
+            Event::CapturedSoundLevelUpdate { info } => level(info),
+            Event::RemoteSoundLevelUpdate { sound_levels } => {
+                let map: serde_json::Map<String, serde_json::Value> = sound_levels
+                    .iter()
+                    .map(|(id, i)| (id.clone(), level(i)))
+                    .collect();
+                json!({ "sound_levels": map })
+            }
+            Event::ActiveSpeakersChanged { stream_ids } => {
+                json!({ "stream_ids": stream_ids.iter().map(|s| s.as_str()).collect::<Vec<_>>() })
+            }
         };
         let map = v.as_object_mut().expect("an object");
         if map.get("extended_data").is_some_and(|d| d.as_str() == Some("")) {
@@ -613,6 +677,11 @@ impl Event {
                 *upstream_quality,
                 *downstream_quality,
             ),
+            Event::CapturedSoundLevelUpdate { info } => h.on_captured_sound_level_info_update(info),
+            Event::RemoteSoundLevelUpdate { sound_levels } => {
+                h.on_remote_sound_level_info_update(sound_levels)
+            }
+            Event::ActiveSpeakersChanged { stream_ids } => h.on_active_speakers_changed(stream_ids),
         }
     }
 }
@@ -779,6 +848,61 @@ pub trait EventHandler: Send + Sync + 'static {
     /// [`on_remote_mic_state_update`](Self::on_remote_mic_state_update) otherwise.
     #[doc(alias = "onRemoteCameraStateUpdate")]
     fn on_remote_camera_state_update(&self, stream_id: &str, state: RemoteDeviceState) {}
+    /// The captured signal's sound level, at the interval of
+    /// [`Engine::start_sound_level_monitor`](crate::Engine::start_sound_level_monitor): measured
+    /// on the captured audio before encoding while publishing, 0 otherwise. The default calls
+    /// [`Self::on_captured_sound_level_update`] with the level alone.
+    #[doc(alias = "onCapturedSoundLevelInfoUpdate")]
+    fn on_captured_sound_level_info_update(&self, sound_level_info: &SoundLevelInfo) {
+        self.on_captured_sound_level_update(sound_level_info.sound_level);
+    }
+
+    /// The captured signal's sound level, 0–100 (ZEGO's older callback, without the voice
+    /// decision; called by the default [`Self::on_captured_sound_level_info_update`]).
+    #[doc(alias = "onCapturedSoundLevelUpdate")]
+    fn on_captured_sound_level_update(&self, sound_level: f32) {}
+
+    /// The played streams' sound levels, by stream ID, at the monitor's interval: measured on
+    /// each stream's decoded audio before mixing. Every played stream is in the map (0 while it
+    /// sends nothing). The default calls [`Self::on_remote_sound_level_update`].
+    ///
+    /// ```
+    /// use std::collections::BTreeMap;
+    /// use huddle::{EventHandler, SoundLevelInfo};
+    ///
+    /// struct Meters;
+    /// impl EventHandler for Meters {
+    ///     fn on_remote_sound_level_info_update(&self, levels: &BTreeMap<String, SoundLevelInfo>) {
+    ///         for (stream_id, info) in levels {
+    ///             let talking = if info.vad { " (talking)" } else { "" };
+    ///             println!("{stream_id}: {:.0}{talking}", info.sound_level);
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    #[doc(alias = "onRemoteSoundLevelInfoUpdate")]
+    fn on_remote_sound_level_info_update(&self, sound_level_infos: &BTreeMap<String, SoundLevelInfo>) {
+        let levels: BTreeMap<String, f32> = sound_level_infos
+            .iter()
+            .map(|(id, i)| (id.clone(), i.sound_level))
+            .collect();
+        self.on_remote_sound_level_update(&levels);
+    }
+
+    /// The played streams' sound levels alone (ZEGO's older callback; called by the default
+    /// [`Self::on_remote_sound_level_info_update`]).
+    #[doc(alias = "onRemoteSoundLevelUpdate")]
+    fn on_remote_sound_level_update(&self, sound_levels: &BTreeMap<String, f32>) {}
+
+    /// The active speakers changed: the streams (played ones, and this engine's published one)
+    /// whose voice is on, loudest first, at most 3. A stream joins after 200 ms of voice and
+    /// leaves after 600 ms without (on top of the voice detector's own 320 ms hangover), and
+    /// overtakes the one before it only when clearly louder, so the list does not flap; an
+    /// empty list when nobody speaks. Only while the sound-level monitor runs.
+    ///
+    /// A Huddle addition, after LiveKit's `ActiveSpeakersChanged`: ZEGO Express has no such
+    /// event (its apps compare the sound levels themselves).
+    fn on_active_speakers_changed(&self, stream_ids: &[StreamId]) {}
 
     /// Something went wrong that no state change reports (for example the server refused a
     /// renewed token).
@@ -849,6 +973,47 @@ mod tests {
             Event::PublisherCapturedAudioFirstFrame.to_json(),
             serde_json::json!({"event": "publisher_captured_audio_first_frame"})
         );
+    }
+
+    #[test]
+    fn sound_level_events_serialize_and_reach_both_callbacks() {
+        let info = SoundLevelInfo {
+            sound_level: 42.345,
+            vad: true,
+        };
+        let remote = Event::RemoteSoundLevelUpdate {
+            sound_levels: [("s1".to_string(), info)].into_iter().collect(),
+        };
+        assert_eq!(
+            remote.to_json(),
+            serde_json::json!({"event": "remote_sound_level_update", "sound_levels": {"s1": {"sound_level": 42.3, "vad": true}}})
+        );
+        assert_eq!(
+            Event::CapturedSoundLevelUpdate { info }.to_json(),
+            serde_json::json!({"event": "captured_sound_level_update", "sound_level": 42.3, "vad": true})
+        );
+        let speakers = Event::ActiveSpeakersChanged {
+            stream_ids: vec![StreamId::new("a").unwrap(), StreamId::new("b").unwrap()],
+        };
+        assert_eq!(
+            speakers.to_json(),
+            serde_json::json!({"event": "active_speakers_changed", "stream_ids": ["a", "b"]})
+        );
+        assert!(remote.is_sound_level() && !speakers.is_sound_level());
+        // ZEGO's older callbacks (level only) get the levels through the defaults.
+        struct Old(std::sync::Mutex<Vec<f32>>);
+        impl EventHandler for Old {
+            fn on_captured_sound_level_update(&self, sound_level: f32) {
+                self.0.lock().unwrap().push(sound_level);
+            }
+            fn on_remote_sound_level_update(&self, sound_levels: &BTreeMap<String, f32>) {
+                self.0.lock().unwrap().push(sound_levels["s1"]);
+            }
+        }
+        let h = Old(Default::default());
+        h.on_event(&remote);
+        h.on_event(&Event::CapturedSoundLevelUpdate { info });
+        assert_eq!(*h.0.lock().unwrap(), vec![42.345, 42.345]);
     }
 
     /// A handler that overrides only the callbacks still gets them through `on_event`'s default.

@@ -154,7 +154,7 @@ pub use dispatch::EventStream;
 pub use engine::{Engine, EngineHandle};
 pub use event::{
     BroadcastMessageInfo, Event, EventHandler, PlayStreamQuality, PlayerState, PublishStreamQuality,
-    PublisherState, RoomState, RoomStateChangedReason,
+    PublisherState, RoomState, RoomStateChangedReason, SoundLevelInfo,
 };
 /// The audio receive stats of a played stream ([`Engine::player_audio_stats`]): the jitter
 /// buffer's added delay, its counters, and the time-stretching.
@@ -170,4 +170,5 @@ pub use huddle_proto::{
     UserName,
 };
 pub use media::device::{AudioDeviceType, DeviceInfo, audio_device_list};
+pub use media::levels::SoundLevelConfig;
 pub use media::{AudioSink, AudioSource, VideoRenderer, VideoSource};

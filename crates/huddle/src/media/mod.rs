@@ -10,6 +10,7 @@
 //! per published stream) or at every tick (the audio sink, renderers).
 
 pub(crate) mod device;
+pub(crate) mod levels;
 pub(crate) mod mixer;
 pub(crate) mod pc;
 pub(crate) mod play;
@@ -204,6 +205,8 @@ pub(crate) struct MediaShared {
     pub(crate) muted_play_video: Mutex<std::collections::HashSet<StreamId>>,
     /// The played streams' audio (the mixer task reads it; the API reads their stats).
     pub(crate) mixer: Arc<mixer::Mixer>,
+    /// The sound-level monitor (fed by the publish task and the mixer).
+    pub(crate) levels: levels::LevelMonitor,
     /// Bumped by every `set_audio_config`: the publish tasks pick the new config up.
     pub(crate) audio_config_generation: std::sync::atomic::AtomicU64,
     config: Mutex<MediaConfig>,

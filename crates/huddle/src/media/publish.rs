@@ -343,6 +343,7 @@ pub(crate) async fn run(
                 if media.audio_muted() {
                     frame.samples.fill(0);
                 }
+                media.levels.captured(&reporter.template.stream_id, &frame);
                 // First frame, or the application changed the audio config: (re)start from its
                 // settings (and RED as it says).
                 let generation = media.audio_config_generation.load(Ordering::Relaxed);
