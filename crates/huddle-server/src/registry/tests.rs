@@ -147,7 +147,7 @@ fn flatten(out: Vec<Output>) -> (Msgs, Vec<SessionId>) {
     for o in out {
         match o {
             Output::Send { to, msg } => msgs.push((to, msg)),
-            Output::Broadcast { to, msg } => {
+            Output::Broadcast { to, msg } | Output::BroadcastLossy { to, msg } => {
                 assert!(!to.is_empty(), "empty broadcast");
                 msgs.extend(to.into_iter().map(|t| (t, msg.clone())));
             }
@@ -1276,6 +1276,7 @@ fn snapshot_of(h: &H, r: &str, owner: &str) -> RemoteRoom {
             .into_iter()
             .map(|s| (owner.to_string(), s))
             .collect(),
+        extra: Vec::new(),
     }
 }
 
@@ -1554,3 +1555,5 @@ fn the_server_api_stops_a_stream_and_finds_sessions() {
     assert_eq!(h.unpublish(a, "s1"), Err(ErrorCode::STREAM_NOT_FOUND));
     h.publish(a, "s1").unwrap();
 }
+
+mod im;

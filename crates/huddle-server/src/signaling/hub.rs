@@ -136,6 +136,17 @@ impl Hub {
                         self.deliver(id, Message::Text(t.clone()));
                     }
                 }
+                Output::BroadcastLossy { to, msg } => {
+                    debug!(
+                        sessions = to.len(),
+                        msg = msg_type(&msg),
+                        "broadcast (best effort)"
+                    );
+                    let t = text(&msg);
+                    for id in to {
+                        self.deliver_lossy(id, Message::Text(t.clone()));
+                    }
+                }
                 Output::Close { session } => {
                     if let Some(h) = self.conns.remove(&session) {
                         close(&h.ctl, Closing::AfterQueue);
@@ -235,6 +246,17 @@ impl Hub {
         }
     }
 
+    /// Queues `m` for `to` unless its outbound queue is half full or more: then `m` is dropped
+    /// (barrage messages, which may be lost under load; the connection stays).
+    pub(super) fn deliver_lossy(&mut self, to: SessionId, m: Message) {
+        let Some(h) = self.conns.get(&to) else { return };
+        if h.tx.capacity() * 2 < h.tx.max_capacity() {
+            debug!(session = %to, "outbound queue half full: a barrage message is dropped");
+            return;
+        }
+        self.deliver(to, m);
+    }
+
     pub(super) fn deliver(&mut self, to: SessionId, m: Message) {
         let Some(h) = self.conns.get(&to) else { return };
         match h.tx.try_send(m) {
@@ -272,6 +294,12 @@ pub(super) fn msg_type(m: &ServerMsg) -> &'static str {
         ServerMsg::TokenWillExpire { .. } => "token_will_expire",
         ServerMsg::NetworkQuality { .. } => "network_quality",
         ServerMsg::BroadcastMessage { .. } => "broadcast_message",
+        ServerMsg::MessageSent { .. } => "message_sent",
+        ServerMsg::BarrageMessage { .. } => "barrage_message",
+        ServerMsg::CustomCommand { .. } => "custom_command",
+        ServerMsg::StreamExtraInfoUpdate { .. } => "stream_extra_info_update",
+        ServerMsg::RoomExtraInfoUpdate { .. } => "room_extra_info_update",
+        ServerMsg::RoomOnlineUserCount { .. } => "room_online_user_count",
     }
 }
 
