@@ -555,3 +555,46 @@ test("two browsers and a native client in one room agree on users and streams", 
   await native.stop();
   await waitSel(c, "#users li.empty");
 });
+
+test("broadcast messages go both ways between the page and a native client, with room and stream extra info", async () => {
+  const room = "im-room";
+  const page = await open();
+  await login(page, room, "web-user");
+  // The native client logs in after the page (a broadcast message reaches who is in the room),
+  // publishes with extra info and says hello.
+  const native = await nativeCall(room, "native-user", [
+    "--publish",
+    "native-im",
+    "--source",
+    "tone:440",
+    "--stream-extra-info",
+    "from rust",
+    "--broadcast-message",
+    "hello from rust",
+  ]);
+  const sent = await native.wait("send result", (e) => e.event === "im_send_broadcast_message_result");
+  assert.equal(sent.error_code, 0);
+  assert.ok(sent.message_id > 0);
+  await waitSel(page, "#chat li:has-text('hello from rust')");
+  await waitSel(page, "#streams li[data-stream-id='native-im']:has-text('from rust')");
+  const count = await native.wait("online count", (e) => e.event === "room_online_user_count_update");
+  assert.equal(count.count, 2);
+
+  // The page's chat box to the native client.
+  await page.fill("#chatText", "hello from the browser");
+  await page.click("#chatSend");
+  const got = await native.wait("broadcast message", (e) => e.event === "im_recv_broadcast_message");
+  assert.equal(got.messages[0].message, "hello from the browser");
+  assert.equal(got.messages[0].from_user.user_id, "web-user");
+  await waitSel(page, "#chat li:has-text('hello from the browser')");
+
+  // Room extra info set on the page reaches the native client.
+  await page.fill("#roomExtraValue", "interop");
+  await page.click("#roomExtraSet");
+  const extra = await native.wait("room extra info", (e) => e.event === "room_extra_info_update");
+  assert.deepEqual(
+    extra.room_extra_info_list.map((/** @type {any} */ i) => [i.key, i.value, i.update_user.user_id]),
+    [["topic", "interop", "web-user"]],
+  );
+  await native.stop();
+});

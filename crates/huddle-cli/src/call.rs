@@ -85,6 +85,13 @@ pub struct CallArgs {
     /// (FILE-STREAM.y4m).
     #[arg(long, value_name = "FILE.y4m")]
     record_video: Option<PathBuf>,
+    /// Send TEXT as a broadcast message to the room once logged in (repeatable; sent in order;
+    /// each result is printed as `im_send_broadcast_message_result`).
+    #[arg(long, value_name = "TEXT")]
+    broadcast_message: Vec<String>,
+    /// The published stream's extra info (set before the publish).
+    #[arg(long, value_name = "TEXT")]
+    stream_extra_info: Option<String>,
 }
 
 /// The audio source a `--source` value names.
@@ -260,6 +267,9 @@ fn call(args: CallArgs, start: Instant) -> Result<ErrorCode, huddle::HuddleError
     config.is_user_status_notify = args.user_status_notify;
     config.token = args.token.clone();
     engine.login_room(&args.room, user, config)?;
+    if let Some(extra) = &args.stream_extra_info {
+        engine.set_stream_extra_info(extra)?;
+    }
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -291,6 +301,12 @@ fn call(args: CallArgs, start: Instant) -> Result<ErrorCode, huddle::HuddleError
                         for stream in &args.play {
                             if let Err(e) = engine.start_playing_stream(stream) {
                                 eprintln!("huddle call: play {stream}: error {}: {}", e.code, e.message);
+                                return e.code;
+                            }
+                        }
+                        for text in &args.broadcast_message {
+                            if let Err(e) = engine.send_broadcast_message(&args.room, text) {
+                                eprintln!("huddle call: broadcast message: error {}: {}", e.code, e.message);
                                 return e.code;
                             }
                         }

@@ -137,7 +137,7 @@ pub use config::{EngineConfig, EngineProfile, RoomConfig, Scenario};
 pub use dispatch::EventStream;
 pub use engine::{Engine, EngineHandle};
 pub use event::{
-    BroadcastMessageInfo, Event, EventHandler, PlayStreamQuality, PlayerState, PublishStreamQuality,
+    BarrageMessageInfo, BroadcastMessageInfo, Event, EventHandler, PlayStreamQuality, PlayerState, PublishStreamQuality,
     PublisherState, RoomState, RoomStateChangedReason,
 };
 /// The audio receive stats of a played stream ([`Engine::player_audio_stats`]): the jitter
@@ -145,7 +145,7 @@ pub use event::{
 pub use huddle_media::PlayerStats as PlayerAudioStats;
 pub use huddle_media::{AudioConfig, AudioConfigPreset, I420Frame};
 pub use huddle_proto::{
-    ErrorCode, HuddleError, RoomId, StreamId, StreamInfo, StreamQualityLevel, UpdateType, User, UserId,
+    ErrorCode, HuddleError, RoomExtraInfo, RoomId, StreamId, StreamInfo, StreamQualityLevel, UpdateType, User, UserId,
     UserName,
 };
 pub use media::{AudioSink, AudioSource, VideoRenderer, VideoSource};

@@ -155,6 +155,7 @@ impl Client {
             let m = self.recv().await;
             match &m {
                 ServerMsg::Ok { seq: s }
+                | ServerMsg::MessageSent { seq: s, .. }
                 | ServerMsg::LoginOk(LoginOk { seq: s, .. })
                 | ServerMsg::MediaAnswer { seq: s, .. }
                 | ServerMsg::Error { seq: Some(s), .. }

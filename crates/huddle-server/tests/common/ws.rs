@@ -287,7 +287,10 @@ impl Client {
         loop {
             let m = self.recv().await;
             let s = match &m {
-                ServerMsg::Ok { seq } | ServerMsg::Pong { seq, .. } | ServerMsg::MediaAnswer { seq, .. } => {
+                ServerMsg::Ok { seq }
+                | ServerMsg::MessageSent { seq, .. }
+                | ServerMsg::Pong { seq, .. }
+                | ServerMsg::MediaAnswer { seq, .. } => {
                     Some(*seq)
                 }
                 ServerMsg::LoginOk(ok) => Some(ok.seq),
