@@ -989,4 +989,65 @@ mod tests {
             ErrorCode::EXTRA_INFO_TOO_LONG
         );
     }
+
+    #[test]
+    fn message_and_extra_info_requests_are_checked_with_their_own_codes() {
+        let code = |text: &str| {
+            ClientMsg::decode(text)
+                .map(|_| ())
+                .map_err(|e| (e.seq, e.error.code))
+        };
+        let x = |n: usize| "x".repeat(n);
+        for kind in ["send_broadcast_message", "send_barrage_message"] {
+            assert_eq!(
+                code(&format!(r#"{{"type":"{kind}","seq":4,"message":"{}"}}"#, x(1024))),
+                Ok(())
+            );
+            for bad in [x(0), x(1025)] {
+                assert_eq!(
+                    code(&format!(r#"{{"type":"{kind}","seq":4,"message":"{bad}"}}"#)),
+                    Err((Some(4), ErrorCode::IM_CONTENT_INVALID))
+                );
+            }
+        }
+        assert_eq!(
+            code(r#"{"type":"send_custom_command","seq":5,"command":"c"}"#),
+            Ok(()),
+            "to_users may be left out (everyone)"
+        );
+        assert_eq!(
+            code(r#"{"type":"send_custom_command","seq":5,"command":"c","to_users":["a b"]}"#),
+            Err((Some(5), ErrorCode::USER_ID_INVALID_CHARACTER))
+        );
+        let many: Vec<String> = (0..101).map(|i| format!("\"u{i}\"")).collect();
+        assert_eq!(
+            code(&format!(
+                r#"{{"type":"send_custom_command","seq":5,"command":"c","to_users":[{}]}}"#,
+                many.join(",")
+            )),
+            Err((Some(5), ErrorCode::CUSTOM_COMMAND_NO_RECIPIENT))
+        );
+        assert_eq!(
+            code(r#"{"type":"set_room_extra_info","seq":6,"key":"1234567890","value":""}"#),
+            Ok(())
+        );
+        assert_eq!(
+            code(r#"{"type":"set_room_extra_info","seq":6,"key":"12345678901","value":""}"#),
+            Err((Some(6), ErrorCode::ROOM_EXTRA_INFO_KEY_INVALID))
+        );
+        assert_eq!(
+            code(&format!(
+                r#"{{"type":"set_room_extra_info","seq":6,"key":"k","value":"{}"}}"#,
+                x(129)
+            )),
+            Err((Some(6), ErrorCode::ROOM_EXTRA_INFO_VALUE_TOO_LONG))
+        );
+        assert_eq!(
+            code(&format!(
+                r#"{{"type":"set_stream_extra_info","seq":7,"stream_id":"s","extra_info":"{}"}}"#,
+                x(1025)
+            )),
+            Err((Some(7), ErrorCode::EXTRA_INFO_TOO_LONG))
+        );
+    }
 }

@@ -108,7 +108,7 @@ pub enum Output {
         msg: ServerMsg,
     },
     /// Send the same `msg` to several sessions, best effort: a session whose outbound queue is
-    /// half full or more does not get it (barrage messages; never closes a connection).
+    /// more than half full does not get it (barrage messages; never closes a connection).
     BroadcastLossy {
         /// The recipients (never empty).
         to: Vec<SessionId>,

@@ -541,7 +541,12 @@ async fn with_redis_down_new_logins_fail_closed_and_calls_in_progress_keep_their
 
 /// The next message of `c` that `pred` picks (kept events first), within `within`; the others
 /// are kept.
-async fn next_msg(c: &mut Client, within: Duration, what: &str, pred: impl Fn(&ServerMsg) -> bool) -> ServerMsg {
+async fn next_msg(
+    c: &mut Client,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&ServerMsg) -> bool,
+) -> ServerMsg {
     if let Some(i) = c.events.iter().position(&pred) {
         return c.events.remove(i);
     }
@@ -576,8 +581,14 @@ async fn messages_commands_and_extra_info_cross_nodes_in_order() {
     let (mut bob, _) = join(&b, "bob").await;
     let (mut carol, _) = join(&b, "carol").await;
     // Node A knows Bob and Carol before Alice names Bob in a custom command.
-    assert_eq!(room_event(&mut alice, WAIT).await, users_msg(UpdateType::Add, "bob"));
-    assert_eq!(room_event(&mut alice, WAIT).await, users_msg(UpdateType::Add, "carol"));
+    assert_eq!(
+        room_event(&mut alice, WAIT).await,
+        users_msg(UpdateType::Add, "bob")
+    );
+    assert_eq!(
+        room_event(&mut alice, WAIT).await,
+        users_msg(UpdateType::Add, "carol")
+    );
 
     // Broadcast messages from A reach B's users in order, with the IDs their sender got.
     let mut ids = Vec::new();
@@ -596,19 +607,30 @@ async fn messages_commands_and_extra_info_cross_nodes_in_order() {
     }
     for watcher in [&mut bob, &mut carol] {
         for (text, id) in ["one", "two"].into_iter().zip(&ids) {
-            let m = next_msg(watcher, WAIT, "broadcast message", |m| broadcast_text(m).is_some()).await;
+            let m = next_msg(watcher, WAIT, "broadcast message", |m| {
+                broadcast_text(m).is_some()
+            })
+            .await;
             assert_eq!(broadcast_text(&m), Some(text));
-            assert!(matches!(m, ServerMsg::BroadcastMessage { message_id, ref from_user, .. } if message_id == *id && from_user.user_id.as_str() == "alice"));
+            assert!(
+                matches!(m, ServerMsg::BroadcastMessage { message_id, ref from_user, .. } if message_id == *id && from_user.user_id.as_str() == "alice")
+            );
         }
     }
     // And the other way: B to A.
     let seq = bob.next_seq();
     assert!(matches!(
-        bob.request(ClientMsg::SendBroadcastMessage { seq, message: "from b".into() })
-            .await,
+        bob.request(ClientMsg::SendBroadcastMessage {
+            seq,
+            message: "from b".into()
+        })
+        .await,
         ServerMsg::MessageSent { .. }
     ));
-    let m = next_msg(&mut alice, WAIT, "broadcast from B", |m| broadcast_text(m).is_some()).await;
+    let m = next_msg(&mut alice, WAIT, "broadcast from B", |m| {
+        broadcast_text(m).is_some()
+    })
+    .await;
     assert_eq!(broadcast_text(&m), Some("from b"));
 
     // A custom command from A to Bob on B reaches Bob alone.
@@ -620,7 +642,10 @@ async fn messages_commands_and_extra_info_cross_nodes_in_order() {
             to_users: vec![UserId::new("bob").unwrap()],
         })
         .await;
-    let m = next_msg(&mut bob, WAIT, "custom command", |m| matches!(m, ServerMsg::CustomCommand { .. })).await;
+    let m = next_msg(&mut bob, WAIT, "custom command", |m| {
+        matches!(m, ServerMsg::CustomCommand { .. })
+    })
+    .await;
     assert!(matches!(m, ServerMsg::CustomCommand { ref command, .. } if command == "psst"));
 
     // Room extra info set on A reaches B's users; stream extra info too.
@@ -642,18 +667,36 @@ async fn messages_commands_and_extra_info_cross_nodes_in_order() {
         })
         .await;
     for watcher in [&mut bob, &mut carol] {
-        let m = next_msg(watcher, WAIT, "room extra info", |m| matches!(m, ServerMsg::RoomExtraInfoUpdate { .. })).await;
-        assert!(matches!(m, ServerMsg::RoomExtraInfoUpdate { ref infos, .. } if infos[0].value == "planning" && infos[0].update_user.user_id.as_str() == "alice"));
-        let m = next_msg(watcher, WAIT, "stream extra info", |m| matches!(m, ServerMsg::StreamExtraInfoUpdate { .. })).await;
-        assert!(matches!(m, ServerMsg::StreamExtraInfoUpdate { ref streams, .. } if streams[0].extra_info == "on stage"));
+        let m = next_msg(watcher, WAIT, "room extra info", |m| {
+            matches!(m, ServerMsg::RoomExtraInfoUpdate { .. })
+        })
+        .await;
+        assert!(
+            matches!(m, ServerMsg::RoomExtraInfoUpdate { ref infos, .. } if infos[0].value == "planning" && infos[0].update_user.user_id.as_str() == "alice")
+        );
+        let m = next_msg(watcher, WAIT, "stream extra info", |m| {
+            matches!(m, ServerMsg::StreamExtraInfoUpdate { .. })
+        })
+        .await;
+        assert!(
+            matches!(m, ServerMsg::StreamExtraInfoUpdate { ref streams, .. } if streams[0].extra_info == "on stage")
+        );
     }
     // A late joiner on a node new to the room gets both from the store's snapshot.
     assert!(a.state().cluster_barrier().await);
     let (mut erin, ok) = join(&c3, "erin").await;
     assert_eq!(ok.streams[0].extra_info, "on stage");
-    let m = next_msg(&mut erin, WAIT, "room extra info at login", |m| matches!(m, ServerMsg::RoomExtraInfoUpdate { .. })).await;
-    assert!(matches!(m, ServerMsg::RoomExtraInfoUpdate { ref infos, .. } if infos[0].key == "topic" && infos[0].value == "planning"));
-    let m = next_msg(&mut erin, WAIT, "online count", |m| matches!(m, ServerMsg::RoomOnlineUserCount { .. })).await;
+    let m = next_msg(&mut erin, WAIT, "room extra info at login", |m| {
+        matches!(m, ServerMsg::RoomExtraInfoUpdate { .. })
+    })
+    .await;
+    assert!(
+        matches!(m, ServerMsg::RoomExtraInfoUpdate { ref infos, .. } if infos[0].key == "topic" && infos[0].value == "planning")
+    );
+    let m = next_msg(&mut erin, WAIT, "online count", |m| {
+        matches!(m, ServerMsg::RoomOnlineUserCount { .. })
+    })
+    .await;
     assert_eq!(
         m,
         ServerMsg::RoomOnlineUserCount {
@@ -663,8 +706,18 @@ async fn messages_commands_and_extra_info_cross_nodes_in_order() {
     );
     // Carol never got Bob's command, nor anyone their own messages.
     let carol_got = std::mem::take(&mut carol.events);
-    assert!(!carol_got.iter().any(|m| matches!(m, ServerMsg::CustomCommand { .. })), "{carol_got:?}");
-    assert!(!alice.events.iter().any(|m| broadcast_text(m).is_some_and(|t| t != "from b")));
+    assert!(
+        !carol_got
+            .iter()
+            .any(|m| matches!(m, ServerMsg::CustomCommand { .. })),
+        "{carol_got:?}"
+    );
+    assert!(
+        !alice
+            .events
+            .iter()
+            .any(|m| broadcast_text(m).is_some_and(|t| t != "from b"))
+    );
     for s in [a, b, c3] {
         s.stop();
     }

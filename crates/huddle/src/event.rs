@@ -1,6 +1,8 @@
 //! States, events and the [`EventHandler`] trait.
 
-use huddle_proto::{ErrorCode, RoomExtraInfo, RoomId, StreamId, StreamInfo, StreamQualityLevel, UpdateType, User, UserId};
+use huddle_proto::{
+    ErrorCode, RoomExtraInfo, RoomId, StreamId, StreamInfo, StreamQualityLevel, UpdateType, User, UserId,
+};
 
 /// The state of the engine's connection to a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -593,13 +595,17 @@ impl Event {
                 seq,
                 error_code,
                 message_id,
-            } => json!({"room_id": room_id.as_str(), "seq": seq, "error_code": error_code, "message_id": message_id}),
+            } => {
+                json!({"room_id": room_id.as_str(), "seq": seq, "error_code": error_code, "message_id": message_id})
+            }
             Event::IMSendBarrageMessageResult {
                 room_id,
                 seq,
                 error_code,
                 message_id,
-            } => json!({"room_id": room_id.as_str(), "seq": seq, "error_code": error_code, "message_id": message_id}),
+            } => {
+                json!({"room_id": room_id.as_str(), "seq": seq, "error_code": error_code, "message_id": message_id})
+            }
             Event::IMSendCustomCommandResult {
                 room_id,
                 seq,
@@ -935,13 +941,26 @@ pub trait EventHandler: Send + Sync + 'static {
     /// number `seq`: 0 and the message's ID, or the code (1009070, 1009071, 1009072; 1000002
     /// when the room was not connected).
     #[doc(alias = "ZegoIMSendBroadcastMessageCallback")]
-    fn on_im_send_broadcast_message_result(&self, room_id: &str, seq: u64, error_code: ErrorCode, message_id: u64) {
+    fn on_im_send_broadcast_message_result(
+        &self,
+        room_id: &str,
+        seq: u64,
+        error_code: ErrorCode,
+        message_id: u64,
+    ) {
     }
 
     /// The result of [`Engine::send_barrage_message`](crate::Engine::send_barrage_message)
     /// number `seq`: 0 and the message's ID, or the code.
     #[doc(alias = "ZegoIMSendBarrageMessageCallback")]
-    fn on_im_send_barrage_message_result(&self, room_id: &str, seq: u64, error_code: ErrorCode, message_id: &str) {}
+    fn on_im_send_barrage_message_result(
+        &self,
+        room_id: &str,
+        seq: u64,
+        error_code: ErrorCode,
+        message_id: &str,
+    ) {
+    }
 
     /// The result of [`Engine::send_custom_command`](crate::Engine::send_custom_command) number
     /// `seq`: 0, or the code (1009073 when none of the recipients is in the room).

@@ -137,15 +137,15 @@ pub use config::{EngineConfig, EngineProfile, RoomConfig, Scenario};
 pub use dispatch::EventStream;
 pub use engine::{Engine, EngineHandle};
 pub use event::{
-    BarrageMessageInfo, BroadcastMessageInfo, Event, EventHandler, PlayStreamQuality, PlayerState, PublishStreamQuality,
-    PublisherState, RoomState, RoomStateChangedReason,
+    BarrageMessageInfo, BroadcastMessageInfo, Event, EventHandler, PlayStreamQuality, PlayerState,
+    PublishStreamQuality, PublisherState, RoomState, RoomStateChangedReason,
 };
 /// The audio receive stats of a played stream ([`Engine::player_audio_stats`]): the jitter
 /// buffer's added delay, its counters, and the time-stretching.
 pub use huddle_media::PlayerStats as PlayerAudioStats;
 pub use huddle_media::{AudioConfig, AudioConfigPreset, I420Frame};
 pub use huddle_proto::{
-    ErrorCode, HuddleError, RoomExtraInfo, RoomId, StreamId, StreamInfo, StreamQualityLevel, UpdateType, User, UserId,
-    UserName,
+    ErrorCode, HuddleError, RoomExtraInfo, RoomId, StreamId, StreamInfo, StreamQualityLevel, UpdateType,
+    User, UserId, UserName,
 };
 pub use media::{AudioSink, AudioSource, VideoRenderer, VideoSource};

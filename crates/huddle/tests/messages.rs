@@ -10,7 +10,9 @@ fn broadcast_texts(events: &[Event]) -> Vec<String> {
     events
         .iter()
         .filter_map(|e| match e {
-            Event::IMRecvBroadcastMessage { messages, .. } => Some(messages.iter().map(|m| m.message.clone())),
+            Event::IMRecvBroadcastMessage { messages, .. } => {
+                Some(messages.iter().map(|m| m.message.clone()))
+            }
             _ => None,
         })
         .flatten()
@@ -35,7 +37,10 @@ fn engines_exchange_messages_commands_and_extra_info_within_their_room_only() {
         ErrorCode::NOT_LOGGED_IN
     );
     assert_eq!(
-        alice.set_room_extra_info("chat", "a-long-key!", "v").unwrap_err().code,
+        alice
+            .set_room_extra_info("chat", "a-long-key!", "v")
+            .unwrap_err()
+            .code,
         ErrorCode::ROOM_EXTRA_INFO_KEY_INVALID
     );
 
@@ -43,18 +48,24 @@ fn engines_exchange_messages_commands_and_extra_info_within_their_room_only() {
     let s1 = alice.send_broadcast_message("chat", "one").unwrap();
     let s2 = alice.send_broadcast_message("chat", "two").unwrap();
     let s3 = alice.send_broadcast_message("chat", "three").unwrap();
-    let result = |events: &mut Events, seq: u64| match events.wait("broadcast result", |e| {
-        matches!(e, Event::IMSendBroadcastMessageResult { seq: s, .. } if *s == seq)
-    }) {
+    let result = |events: &mut Events, seq: u64| match events.wait(
+        "broadcast result",
+        |e| matches!(e, Event::IMSendBroadcastMessageResult { seq: s, .. } if *s == seq),
+    ) {
         Event::IMSendBroadcastMessageResult {
-            error_code, message_id, ..
+            error_code,
+            message_id,
+            ..
         } => (error_code, message_id),
         _ => unreachable!(),
     };
     let (c1, id1) = result(&mut ea, s1);
     let (c2, id2) = result(&mut ea, s2);
     let (c3, _) = result(&mut ea, s3);
-    assert_eq!((c1, c2, c3), (ErrorCode::OK, ErrorCode::OK, ErrorCode::IM_USER_RATE_LIMITED));
+    assert_eq!(
+        (c1, c2, c3),
+        (ErrorCode::OK, ErrorCode::OK, ErrorCode::IM_USER_RATE_LIMITED)
+    );
     assert!(id2 > id1);
     for events in [&mut eb, &mut ec] {
         events.wait_until("both messages", |seen| broadcast_texts(seen).len() >= 2);
@@ -71,7 +82,9 @@ fn engines_exchange_messages_commands_and_extra_info_within_their_room_only() {
     });
 
     // A custom command to bob alone; to dave (another room) refused.
-    alice.send_custom_command("chat", "mute please", &["bob"]).unwrap();
+    alice
+        .send_custom_command("chat", "mute please", &["bob"])
+        .unwrap();
     eb.wait("custom command", |e| {
         matches!(e, Event::IMRecvCustomCommand { from_user, command, .. } if command == "mute please" && from_user.user_id.as_str() == "alice")
     });

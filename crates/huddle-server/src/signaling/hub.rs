@@ -246,7 +246,7 @@ impl Hub {
         }
     }
 
-    /// Queues `m` for `to` unless its outbound queue is half full or more: then `m` is dropped
+    /// Queues `m` for `to` unless its outbound queue is more than half full: then `m` is dropped
     /// (barrage messages, which may be lost under load; the connection stays).
     pub(super) fn deliver_lossy(&mut self, to: SessionId, m: Message) {
         let Some(h) = self.conns.get(&to) else { return };

@@ -290,9 +290,7 @@ impl Client {
                 ServerMsg::Ok { seq }
                 | ServerMsg::MessageSent { seq, .. }
                 | ServerMsg::Pong { seq, .. }
-                | ServerMsg::MediaAnswer { seq, .. } => {
-                    Some(*seq)
-                }
+                | ServerMsg::MediaAnswer { seq, .. } => Some(*seq),
                 ServerMsg::LoginOk(ok) => Some(ok.seq),
                 ServerMsg::Error { seq, .. } => *seq,
                 _ => continue,

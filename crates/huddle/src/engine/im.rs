@@ -61,7 +61,12 @@ impl Engine {
     /// # Ok(()) }
     /// ```
     #[doc(alias = "sendCustomCommand")]
-    pub fn send_custom_command(&self, room_id: &str, command: &str, to_users: &[&str]) -> Result<u64, HuddleError> {
+    pub fn send_custom_command(
+        &self,
+        room_id: &str,
+        command: &str,
+        to_users: &[&str],
+    ) -> Result<u64, HuddleError> {
         self.handle.send_custom_command(room_id, command, to_users)
     }
 
@@ -111,7 +116,12 @@ impl EngineHandle {
     }
 
     /// Same as [`Engine::send_custom_command`].
-    pub fn send_custom_command(&self, room_id: &str, command: &str, to_users: &[&str]) -> Result<u64, HuddleError> {
+    pub fn send_custom_command(
+        &self,
+        room_id: &str,
+        command: &str,
+        to_users: &[&str],
+    ) -> Result<u64, HuddleError> {
         check_im_content(command)?;
         if to_users.len() > huddle_proto::MAX_COMMAND_RECIPIENTS {
             return Err(HuddleError::new(

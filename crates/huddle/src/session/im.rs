@@ -107,7 +107,10 @@ impl Session {
                 seq: ticket,
                 error_code,
             },
-            ImKind::StreamExtraInfo => Event::PublisherSetStreamExtraInfoResult { seq: ticket, error_code },
+            ImKind::StreamExtraInfo => Event::PublisherSetStreamExtraInfoResult {
+                seq: ticket,
+                error_code,
+            },
             ImKind::RoomExtraInfo => Event::RoomSetRoomExtraInfoResult {
                 room_id,
                 seq: ticket,

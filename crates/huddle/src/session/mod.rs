@@ -138,14 +138,26 @@ pub(crate) enum Input {
 
 /// An API call for the room, after the API validated it.
 pub(crate) enum Command {
-    Publish { stream_id: StreamId, ticket: u64 },
+    Publish {
+        stream_id: StreamId,
+        ticket: u64,
+    },
     StopPublish,
-    Play { stream_id: StreamId },
-    StopPlay { stream_id: StreamId },
-    RenewToken { token: String },
+    Play {
+        stream_id: StreamId,
+    },
+    StopPlay {
+        stream_id: StreamId,
+    },
+    RenewToken {
+        token: String,
+    },
     Logout,
     /// A message or extra info request; its result is reported with `ticket`.
-    Im { ticket: u64, req: ImRequest },
+    Im {
+        ticket: u64,
+        req: ImRequest,
+    },
 }
 
 impl fmt::Debug for Command {

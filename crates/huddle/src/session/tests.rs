@@ -1766,7 +1766,10 @@ fn message_requests_report_their_results_with_the_callers_number() {
         ticket: 7,
         req: ImRequest::Broadcast("hi".into()),
     });
-    let seq = seq_of(&out, |m| matches!(m, ClientMsg::SendBroadcastMessage { message, .. } if message == "hi"));
+    let seq = seq_of(
+        &out,
+        |m| matches!(m, ClientMsg::SendBroadcastMessage { message, .. } if message == "hi"),
+    );
     let out = h.msg(ServerMsg::MessageSent { seq, message_id: 42 });
     assert_eq!(
         events(&out),
@@ -1817,7 +1820,10 @@ fn message_requests_report_their_results_with_the_callers_number() {
             _ => None,
         })
         .collect();
-    assert_eq!(failed, [(9, ErrorCode::NOT_LOGGED_IN), (10, ErrorCode::NOT_LOGGED_IN)]);
+    assert_eq!(
+        failed,
+        [(9, ErrorCode::NOT_LOGGED_IN), (10, ErrorCode::NOT_LOGGED_IN)]
+    );
     let out = h.cmd(Command::Im {
         ticket: 11,
         req: ImRequest::Barrage("x".into()),
@@ -1885,7 +1891,9 @@ fn the_others_messages_commands_and_extra_info_become_events() {
         from_user: user("bob"),
         message: "b".into(),
     });
-    assert!(matches!(&events(&out)[..], [Event::IMRecvBarrageMessage { messages, .. }] if messages[0].message_id == "5"));
+    assert!(
+        matches!(&events(&out)[..], [Event::IMRecvBarrageMessage { messages, .. }] if messages[0].message_id == "5")
+    );
     let mut updated = stream("bob", "theirs");
     updated.extra_info = "new".into();
     let out = h.msg(ServerMsg::StreamExtraInfoUpdate {
@@ -1903,7 +1911,13 @@ fn the_others_messages_commands_and_extra_info_become_events() {
         room_id: room.clone(),
         count: 3,
     });
-    assert_eq!(events(&out), [Event::RoomOnlineUserCountUpdate { room_id: room, count: 3 }]);
+    assert_eq!(
+        events(&out),
+        [Event::RoomOnlineUserCountUpdate {
+            room_id: room,
+            count: 3
+        }]
+    );
     // Another room's are ignored.
     let out = h.msg(ServerMsg::RoomOnlineUserCount {
         room_id: RoomId::new("other").unwrap(),
