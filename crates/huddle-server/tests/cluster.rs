@@ -552,7 +552,7 @@ async fn next_msg(
     }
     tokio::time::timeout(within, async {
         loop {
-            let m = c.recv().await;
+            let m = c.recv_any().await;
             if pred(&m) {
                 return m;
             }

@@ -1096,6 +1096,48 @@ mod tests {
         );
     }
 
+    #[test]
+    fn message_and_extra_info_events_serialize_for_huddle_call() {
+        let r = RoomId::new("r").unwrap();
+        let alice = User::new(UserId::new("alice").unwrap());
+        let e = Event::IMRecvCustomCommand {
+            room_id: r.clone(),
+            from_user: alice.clone(),
+            command: "go".into(),
+        };
+        assert_eq!(
+            e.to_json(),
+            serde_json::json!({"event": "im_recv_custom_command", "room_id": "r", "from_user": {"user_id": "alice", "user_name": "alice"}, "command": "go"})
+        );
+        let e = Event::IMSendBroadcastMessageResult {
+            room_id: r.clone(),
+            seq: 3,
+            error_code: ErrorCode::OK,
+            message_id: 9,
+        };
+        assert_eq!(
+            e.to_json(),
+            serde_json::json!({"event": "im_send_broadcast_message_result", "room_id": "r", "seq": 3, "error_code": 0, "message_id": 9})
+        );
+        let e = Event::RoomExtraInfoUpdate {
+            room_id: r.clone(),
+            room_extra_info_list: vec![RoomExtraInfo {
+                key: "topic".into(),
+                value: "v".into(),
+                update_user: alice,
+                update_time_ms: 5,
+            }],
+        };
+        assert_eq!(
+            e.to_json(),
+            serde_json::json!({"event": "room_extra_info_update", "room_id": "r", "room_extra_info_list": [{"key": "topic", "value": "v", "update_user": {"user_id": "alice", "user_name": "alice"}, "update_time": 5}]})
+        );
+        assert_eq!(
+            Event::RoomOnlineUserCountUpdate { room_id: r, count: 2 }.to_json(),
+            serde_json::json!({"event": "room_online_user_count_update", "room_id": "r", "count": 2})
+        );
+    }
+
     /// A handler that overrides only the callbacks still gets them through `on_event`'s default.
     #[test]
     fn the_default_on_event_calls_the_callback() {

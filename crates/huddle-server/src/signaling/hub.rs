@@ -326,3 +326,54 @@ pub(super) async fn deliver_signals(state: ServerState, mut rx: mpsc::Receiver<S
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{Limits, Registry};
+
+    fn hub() -> Hub {
+        Hub {
+            registry: Registry::new(Limits::default()),
+            conns: HashMap::new(),
+            media: None,
+            store: mpsc::channel(4).0,
+            follows: HashMap::new(),
+            follows_changed: Arc::new(Notify::new()),
+            pulls: mpsc::channel(4).0,
+            webhooks: None,
+        }
+    }
+
+    /// A barrage message is dropped for a session whose queue is more than half full; a
+    /// reliable message is still queued, and the connection stays.
+    #[test]
+    fn barrage_messages_are_dropped_for_a_congested_session_only() {
+        let mut h = hub();
+        let (tx, mut rx) = mpsc::channel(4);
+        let id = SessionId::from_raw(7);
+        let ctl = Arc::new(watch::channel(Closing::Open).0);
+        h.conns.insert(
+            id,
+            ConnHandle {
+                epoch: 1,
+                tx,
+                ctl: ctl.clone(),
+            },
+        );
+        let m = |s: &str| Message::Text(Utf8Bytes::from(s.to_string()));
+        h.deliver_lossy(id, m("b1"));
+        h.deliver_lossy(id, m("b2"));
+        // Two of four queued: half full, still taken; three: more than half, dropped.
+        h.deliver_lossy(id, m("b3"));
+        h.deliver_lossy(id, m("b4"));
+        h.deliver(id, m("reliable"));
+        let mut got = Vec::new();
+        while let Ok(Message::Text(t)) = rx.try_recv() {
+            got.push(t.as_str().to_string());
+        }
+        assert_eq!(got, ["b1", "b2", "b3", "reliable"]);
+        assert_eq!(*ctl.borrow(), Closing::Open);
+        assert!(h.conns.contains_key(&id));
+    }
+}
