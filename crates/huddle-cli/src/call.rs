@@ -6,19 +6,26 @@
 //! Media: the published audio comes from `--source` (a WAV file, looped, or `tone:HZ`; silence
 //! without it), video from `--camera` (the test pattern or a Y4M file; no video without it); the
 //! mix of the played streams is recorded with `--record`, their video with `--record-video`.
+//!
+//! Standard input takes commands, one JSON object per line, each answered by a result line
+//! ([`crate::commands`]; `docs/cli.md`). Standard input ending does not end the call: a script
+//! that pipes a few commands in and closes its end still sees the call through to `--duration`,
+//! Ctrl-C or a `quit` command, as a call started without any input does. `--quit-on-eof` asks
+//! for the other behaviour.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use huddle::{
-    AudioConfig, AudioConfigPreset, AudioSink, AudioSource, Engine, EngineProfile, ErrorCode, Event,
-    EventHandler, HuddleError, RoomConfig, RoomStateChangedReason, User, UserId, VideoSource,
+    AudioConfig, AudioSink, Engine, EngineProfile, ErrorCode, Event, EventHandler, HuddleError,
+    RoomStateChangedReason, User, UserId, VideoSource,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::mpsc;
+
+use crate::commands::{self, Call, Input, Next, Output};
 
 #[derive(clap::Args)]
 pub struct CallArgs {
@@ -40,20 +47,21 @@ pub struct CallArgs {
     /// A Token04 token for this user.
     #[arg(long)]
     token: Option<String>,
-    /// The room to log in to (created on first login).
-    #[arg(long)]
-    room: String,
+    /// The room to log in to at start (created on first login). Without --room and --user the
+    /// call waits for a `login_room` command on standard input.
+    #[arg(long, requires = "user")]
+    room: Option<String>,
     /// The user ID.
-    #[arg(long)]
-    user: String,
+    #[arg(long, requires = "room")]
+    user: Option<String>,
     /// Receive room_user_update events.
     #[arg(long)]
     user_status_notify: bool,
-    /// Publish a stream under this ID once logged in.
-    #[arg(long)]
+    /// Publish a stream under this ID once logged in (the login at start).
+    #[arg(long, requires = "room")]
     publish: Option<String>,
-    /// Play this stream once logged in (repeatable).
-    #[arg(long = "play")]
+    /// Play this stream once logged in (the login at start; repeatable).
+    #[arg(long = "play", requires = "room")]
     play: Vec<String>,
     /// Leave after this many seconds (default: run until interrupted).
     #[arg(long)]
@@ -85,50 +93,15 @@ pub struct CallArgs {
     /// (FILE-STREAM.y4m).
     #[arg(long, value_name = "FILE.y4m")]
     record_video: Option<PathBuf>,
-    /// Send TEXT as a broadcast message to the room once logged in (repeatable; sent in order;
-    /// each result is printed as `im_send_broadcast_message_result`).
-    #[arg(long, value_name = "TEXT")]
-    broadcast_message: Vec<String>,
-    /// The published stream's extra info (set before the publish).
-    #[arg(long, value_name = "TEXT")]
-    stream_extra_info: Option<String>,
-}
-
-/// The audio source a `--source` value names.
-fn audio_source(spec: &str) -> Result<AudioSource, HuddleError> {
-    match spec.strip_prefix("tone:") {
-        Some(hz) => {
-            let hz: f64 = hz.parse().map_err(|_| {
-                HuddleError::new(
-                    ErrorCode::INVALID_PARAMETER,
-                    format!("--source {spec}: not a frequency"),
-                )
-            })?;
-            Ok(AudioSource::Tone { hz })
-        }
-        None => Ok(AudioSource::Wav {
-            path: spec.into(),
-            looped: true,
-        }),
-    }
+    /// End the call when standard input ends (by default the call goes on without commands).
+    #[arg(long)]
+    quit_on_eof: bool,
 }
 
 /// The audio config of the `--audio-*` flags (errors: 1000006 for an unknown preset or a value
 /// out of range).
 fn audio_config(args: &CallArgs) -> Result<AudioConfig, HuddleError> {
-    let preset = match args.audio_preset.as_deref().unwrap_or("standard") {
-        "basic" => AudioConfigPreset::BasicQuality,
-        "standard" => AudioConfigPreset::StandardQuality,
-        "standard-stereo" => AudioConfigPreset::StandardQualityStereo,
-        "high" => AudioConfigPreset::HighQuality,
-        "high-stereo" => AudioConfigPreset::HighQualityStereo,
-        other => {
-            return Err(HuddleError::new(
-                ErrorCode::INVALID_PARAMETER,
-                format!("--audio-preset {other}: not basic, standard, standard-stereo, high or high-stereo"),
-            ));
-        }
-    };
+    let preset = commands::audio_preset(args.audio_preset.as_deref().unwrap_or("standard"))?;
     let mut config = AudioConfig::preset(preset);
     if let Some(bitrate) = args.audio_bitrate {
         config.bitrate = bitrate;
@@ -176,23 +149,14 @@ enum Signal {
 
 /// Prints every callback as a JSON line and forwards the ones that steer the command.
 struct Printer {
-    start: Instant,
-    out: Mutex<std::io::Stdout>,
+    out: Arc<Output>,
     signals: mpsc::UnboundedSender<Signal>,
 }
 
 impl EventHandler for Printer {
     fn on_event(&self, event: &Event) {
-        let mut line = serde_json::Map::new();
-        line.insert("t_ms".into(), json!(self.start.elapsed().as_millis() as u64));
         if let Value::Object(fields) = event.to_json() {
-            line.extend(fields);
-        }
-        {
-            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-            // A closed stdout (the reader went away) must not stop the call; nothing to report to.
-            let _ = writeln!(out, "{}", Value::Object(line));
-            let _ = out.flush();
+            self.out.lock().line(fields);
         }
         if let Event::RoomStateChanged {
             reason, error_code, ..
@@ -240,14 +204,14 @@ fn call(args: CallArgs, start: Instant) -> Result<ErrorCode, huddle::HuddleError
     }
     let engine = Engine::create(profile)?;
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let out = Arc::new(Output::new(start, Box::new(std::io::stdout())));
     engine.set_event_handler(Arc::new(Printer {
-        start,
-        out: Mutex::new(std::io::stdout()),
+        out: out.clone(),
         signals: tx,
     }));
     engine.enable_camera(args.camera.is_some());
     if let Some(spec) = &args.source {
-        engine.set_audio_source(audio_source(spec)?)?;
+        engine.set_audio_source(commands::audio_source(spec, true)?)?;
     }
     engine.set_audio_config(audio_config(&args)?)?;
     if let Some(spec) = &args.camera {
@@ -262,14 +226,26 @@ fn call(args: CallArgs, start: Instant) -> Result<ErrorCode, huddle::HuddleError
         }
     }
 
-    let user = User::new(UserId::new(args.user.as_str())?);
-    let mut config = RoomConfig::default();
-    config.is_user_status_notify = args.user_status_notify;
-    config.token = args.token.clone();
-    engine.login_room(&args.room, user, config)?;
-    if let Some(extra) = &args.stream_extra_info {
-        engine.set_stream_extra_info(extra)?;
+    let mut call = Call::new(engine.handle(), args.token.clone(), args.user_status_notify);
+    // --publish and --play follow the login at start only; later logins are the script's.
+    let mut start_login = false;
+    if let (Some(room), Some(user)) = (&args.room, &args.user) {
+        call.login(room, User::new(UserId::new(user.as_str())?), None, None)?;
+        start_login = true;
     }
+    let (lines_tx, mut lines) = mpsc::channel::<Option<Input>>(16);
+    // Blocking reads on a thread of their own: it ends with standard input, or stays blocked
+    // in its read when the call ends first (the process exits with it).
+    std::thread::Builder::new()
+        .name("huddle-stdin".into())
+        .spawn(move || {
+            commands::read_lines(std::io::stdin().lock(), |line| {
+                lines_tx.blocking_send(Some(line)).is_ok()
+            });
+            let _ = lines_tx.blocking_send(None);
+        })
+        .map_err(|e| HuddleError::new(ErrorCode::INTERNAL, format!("cannot read standard input: {e}")))?;
+    let mut stdin_open = true;
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -290,41 +266,48 @@ fn call(args: CallArgs, start: Instant) -> Result<ErrorCode, huddle::HuddleError
             tokio::select! {
                 _ = &mut until_deadline => return ErrorCode::OK,
                 _ = &mut interrupted => return ErrorCode::OK,
+                line = lines.recv(), if stdin_open => match line {
+                    Some(Some(input)) => {
+                        if call.handle(&input, &out) == Next::Quit {
+                            return ErrorCode::OK;
+                        }
+                    }
+                    _ => {
+                        if args.quit_on_eof {
+                            return ErrorCode::OK;
+                        }
+                        stdin_open = false;
+                    }
+                },
                 signal = rx.recv() => match signal {
-                    Some(Signal::LoggedIn) => {
-                        if let Some(stream) = &args.publish
-                            && let Err(e) = engine.start_publishing_stream(stream)
-                        {
-                            eprintln!("huddle call: publish {stream}: error {}: {}", e.code, e.message);
-                            return e.code;
+                    Some(Signal::LoggedIn) if std::mem::take(&mut start_login) => {
+                        if let Some(stream) = &args.publish {
+                            if let Err(e) = call.engine.start_publishing_stream(stream) {
+                                eprintln!("huddle call: publish {stream}: error {}: {}", e.code, e.message);
+                                return e.code;
+                            }
+                            call.publishing = Some(stream.clone());
                         }
                         for stream in &args.play {
-                            if let Err(e) = engine.start_playing_stream(stream) {
+                            if let Err(e) = call.engine.start_playing_stream(stream) {
                                 eprintln!("huddle call: play {stream}: error {}: {}", e.code, e.message);
                                 return e.code;
                             }
-                        }
-                        for text in &args.broadcast_message {
-                            if let Err(e) = engine.send_broadcast_message(&args.room, text) {
-                                eprintln!("huddle call: broadcast message: error {}: {}", e.code, e.message);
-                                return e.code;
-                            }
+                            call.playing.insert(stream.clone());
                         }
                     }
-                    Some(Signal::Ended(code)) => return code,
+                    Some(Signal::LoggedIn) => {}
+                    Some(Signal::Ended(code)) => {
+                        call.left();
+                        return code;
+                    }
                     None => return ErrorCode::OK,
                 },
             }
         }
     });
     if ended.is_ok() {
-        if args.publish.is_some() {
-            let _ = engine.stop_publishing_stream();
-        }
-        for stream in &args.play {
-            let _ = engine.stop_playing_stream(stream);
-        }
-        let _ = engine.logout_room(&args.room);
+        call.finish();
     }
     engine.destroy();
     Ok(ended)

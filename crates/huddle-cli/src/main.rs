@@ -4,6 +4,7 @@
 //! codes are kept stable (see the README and `docs/cli.md`).
 
 mod call;
+mod commands;
 mod load_test;
 mod token;
 

@@ -175,6 +175,16 @@ codes! {
     ROOM_EXTRA_INFO_KEY_LIMIT = 1009076, "The room already has another extra info key: one key per room.";
     /// Room extra info set too often in the room.
     ROOM_EXTRA_INFO_RATE_LIMITED = 1009077, "Room extra info set too often: at most 10 times a second in the room.";
+    /// A line on `huddle call`'s standard input that is not one JSON object (or not UTF-8).
+    COMMAND_MALFORMED = 1009080, "The command line is not one JSON object.";
+    /// A `huddle call` command line whose `cmd` names no command (or that has no `cmd`).
+    COMMAND_UNKNOWN = 1009081, "Unknown command: `cmd` names none of the commands in docs/cli.md.";
+    /// A `huddle call` command with a field missing, of the wrong type, or not of that command.
+    COMMAND_FIELD_INVALID = 1009082, "A field of the command is missing, of the wrong type, or unknown.";
+    /// A `huddle call` command line longer than 64 KiB; it is skipped.
+    COMMAND_TOO_LONG = 1009083, "The command line is longer than 64 KiB.";
+    /// No microphone or speaker has the device ID or name asked for.
+    DEVICE_NOT_FOUND = 1009084, "No audio device has that ID or name (list them with `huddle call --list-devices`).";
     /// An internal error at the server.
     INTERNAL = 1009099, "Internal error.";
 }

@@ -109,6 +109,32 @@ pub(super) struct Publishing {
 }
 
 impl Publishing {
+    /// What a publish PC receives once its SDP is negotiated: the media lines of `mids` that it
+    /// receives on, and whether Opus comes in RED. Publisher PCs (offers from clients) and relay
+    /// publisher PCs (answers from the stream's node) are both read this way.
+    pub(super) fn negotiated(rtc: &Rtc, mids: impl IntoIterator<Item = Mid>) -> (Publishing, Kinds) {
+        let mut publishing = Publishing::default();
+        for mid in mids {
+            if let Some(m) = rtc.media(mid)
+                && !m.disabled()
+                && m.direction().is_receiving()
+            {
+                publishing.mids.push((mid, m.kind()));
+            }
+        }
+        publishing.red_in = rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .and_then(|p| Some((p.red()?, p.pt())));
+        let kinds = Kinds {
+            audio: publishing.mids.iter().any(|(_, k)| k.is_audio()),
+            video: publishing.mids.iter().any(|(_, k)| k.is_video()),
+        };
+        (publishing, kinds)
+    }
+
     /// The kind of the media an SSRC of this PC's `rtc` carries.
     pub(super) fn kind_of(&mut self, rtc: &mut Rtc, ssrc: Ssrc) -> Option<MediaKind> {
         if let Some((_, k)) = self.ssrc_kinds.iter().find(|(s, _)| *s == ssrc) {
@@ -374,25 +400,7 @@ impl Sfu {
         sdp: &str,
     ) -> Result<String, HuddleError> {
         let (rtc, answer) = self.build_rtc(now, sdp, MediaRole::Publish)?;
-        let mut publishing = Publishing::default();
-        for mid in mids_of(&answer) {
-            if let Some(m) = rtc.media(mid)
-                && !m.disabled()
-                && m.direction().is_receiving()
-            {
-                publishing.mids.push((mid, m.kind()));
-            }
-        }
-        publishing.red_in = rtc
-            .codec_config()
-            .params()
-            .iter()
-            .find(|p| p.spec().codec == Codec::Opus)
-            .and_then(|p| Some((p.red()?, p.pt())));
-        let kinds = Kinds {
-            audio: publishing.mids.iter().any(|(_, k)| k.is_audio()),
-            video: publishing.mids.iter().any(|(_, k)| k.is_video()),
-        };
+        let (publishing, kinds) = Publishing::negotiated(&rtc, mids_of(&answer));
         let id = self.insert(now, rtc, session, key.clone(), Role::Publish(publishing));
         if !kinds.audio && !kinds.video {
             self.close_pc(now, id, None);
