@@ -45,14 +45,19 @@ impl ImRequest {
 
 impl Session {
     /// An API call: sent when the room is connected; else answered at once with 1000002 (not
-    /// connected): a message would be stale after a reconnection. Stream extra info set while
-    /// no publish is registered is kept and sent with the publish.
+    /// connected): a message would be stale after a reconnection. Stream extra info set before
+    /// the publish is sent is kept and sent with the publish.
     pub(super) fn im_request(&mut self, ticket: u64, req: ImRequest) {
         let kind = req.kind();
         if let ImRequest::StreamExtraInfo(extra) = &req {
             self.stream_extra_info = extra.clone();
-            let registered = self.publisher.as_ref().is_some_and(|p| p.registered);
-            if !registered || !self.is_ready() {
+            // A publish sent (answered or not) is followed by the update on the same connection,
+            // which the server takes in order; else the next publish carries it.
+            let sent = self
+                .publisher
+                .as_ref()
+                .is_some_and(|p| p.registered || p.requested);
+            if !sent || !self.is_ready() {
                 // Sent with the next publish (or with the publish again after a reconnection).
                 return self.im_result(kind, ticket, ErrorCode::OK, 0);
             }

@@ -1836,7 +1836,7 @@ fn message_requests_report_their_results_with_the_callers_number() {
 }
 
 #[test]
-fn stream_extra_info_set_before_the_publish_goes_with_it_and_after_it_alone() {
+fn stream_extra_info_set_before_the_publish_goes_with_it_and_after_it_alone_behind_it() {
     let (mut h, _) = Harness::new(params(None, timing()));
     h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
     let out = h.cmd(Command::Im {
@@ -1863,6 +1863,15 @@ fn stream_extra_info_set_before_the_publish_goes_with_it_and_after_it_alone() {
         })
         .unwrap();
     assert_eq!(publish.1, "early");
+    // Set while the publish awaits its answer: sent at once, behind the publish.
+    let out = h.cmd(Command::Im {
+        ticket: 4,
+        req: ImRequest::StreamExtraInfo("meanwhile".into()),
+    });
+    assert!(matches!(
+        &sent(&out)[..],
+        [ClientMsg::SetStreamExtraInfo { extra_info, .. }] if extra_info == "meanwhile"
+    ));
     h.msg(ServerMsg::Ok { seq: publish.0 });
     let out = h.cmd(Command::Im {
         ticket: 3,
