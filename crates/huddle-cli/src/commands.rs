@@ -90,7 +90,8 @@ pub(crate) enum Command {
     SendBarrageMessage { message: String, room: Option<String> },
     /// A custom command to `to_users` of the room (everyone else when empty); the result line
     /// has the `seq` of `im_send_custom_command_result`.
-    SendCustomCommand {
+    #[serde(rename = "send_custom_command")]
+    SendCustom {
         command: String,
         #[serde(default)]
         to_users: Vec<String>,
@@ -505,7 +506,7 @@ impl Call {
                 let room = self.room_or(room)?;
                 self.seq = Some(engine.send_barrage_message(&room, &message)?);
             }
-            Command::SendCustomCommand {
+            Command::SendCustom {
                 command,
                 to_users,
                 room,
@@ -707,7 +708,7 @@ mod tests {
             line(r#"{"cmd":"send_custom_command","command":"go","to_users":["bob"],"room":"r"}"#)
                 .command
                 .unwrap(),
-            Command::SendCustomCommand {
+            Command::SendCustom {
                 command: "go".into(),
                 to_users: vec!["bob".into()],
                 room: Some("r".into())
@@ -717,7 +718,7 @@ mod tests {
             line(r#"{"cmd":"send_custom_command","command":"go"}"#)
                 .command
                 .unwrap(),
-            Command::SendCustomCommand {
+            Command::SendCustom {
                 command: "go".into(),
                 to_users: Vec::new(),
                 room: None

@@ -272,11 +272,7 @@ impl Registry {
         let mut to: Vec<UserId> = to_users.iter().filter(|u| present(u)).cloned().collect();
         to.sort();
         to.dedup();
-        let others = room
-            .users
-            .keys()
-            .chain(room.remote_users.keys())
-            .any(|u| present(u));
+        let others = room.users.keys().chain(room.remote_users.keys()).any(present);
         if to.is_empty() && (!to_users.is_empty() || !others) {
             return Err(err(
                 ErrorCode::CUSTOM_COMMAND_NO_RECIPIENT,
