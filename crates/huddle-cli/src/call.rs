@@ -13,14 +13,15 @@
 //! Ctrl-C or a `quit` command, as a call started without any input does. `--quit-on-eof` asks
 //! for the other behaviour.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use huddle::{
-    AudioConfig, AudioSink, Engine, EngineProfile, ErrorCode, Event, EventHandler, HuddleError,
-    RoomStateChangedReason, User, UserId, VideoSource,
+    AudioConfig, AudioDeviceType, AudioSink, AudioSource, Engine, EngineProfile, ErrorCode, Event,
+    EventHandler, HuddleError, RoomStateChangedReason, User, UserId,
 };
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -32,17 +33,17 @@ pub struct CallArgs {
     /// The server's signaling address, `ws://HOST:PORT`, or `wss://HOST[:PORT]` over TLS.
     /// Repeat it to name the other servers of a deployment: the call starts on the first and
     /// moves to the next when one cannot be reached or is shutting down.
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "list_devices")]
     server: Vec<String>,
     /// A CA certificate (PEM) that the wss:// server's certificate may chain to, besides the
     /// system's roots: for a self-hosted server with a certificate of your own CA.
     #[arg(long, value_name = "FILE")]
     ca_file: Option<PathBuf>,
     /// The AppID.
-    #[arg(long)]
-    app_id: u32,
+    #[arg(long, required_unless_present = "list_devices")]
+    app_id: Option<u32>,
     /// The app's AppSign (64 hex characters); or log in with --token.
-    #[arg(long, conflicts_with = "token", required_unless_present = "token")]
+    #[arg(long, conflicts_with = "token", required_unless_present_any = ["token", "list_devices"])]
     app_sign: Option<String>,
     /// A Token04 token for this user.
     #[arg(long)]
@@ -66,9 +67,26 @@ pub struct CallArgs {
     /// Leave after this many seconds (default: run until interrupted).
     #[arg(long)]
     duration: Option<f64>,
-    /// The published audio: a WAV file (looped) or `tone:HZ` (default: silence).
-    #[arg(long, value_name = "FILE.wav|tone:HZ")]
+    /// The published audio: a WAV file (looped), `tone:HZ`, `mic` (as --mic) or `silence`
+    /// (the default).
+    #[arg(long, value_name = "FILE.wav|tone:HZ|mic|silence", conflicts_with = "mic")]
     source: Option<String>,
+    /// Publish from the microphone (the system's default, or --mic-device).
+    #[arg(long)]
+    mic: bool,
+    /// The microphone to use, by its ID or name as --list-devices prints them (implies --mic).
+    #[arg(long, value_name = "ID|NAME", conflicts_with = "source")]
+    mic_device: Option<String>,
+    /// Play the mix of the played streams on the speaker (the system's default, or
+    /// --speaker-device).
+    #[arg(long, conflicts_with = "record")]
+    speaker: bool,
+    /// The speaker to use, by its ID or name as --list-devices prints them (implies --speaker).
+    #[arg(long, value_name = "ID|NAME", conflicts_with = "record")]
+    speaker_device: Option<String>,
+    /// Print the microphones and speakers, one JSON line each, and exit.
+    #[arg(long, exclusive = true)]
+    list_devices: bool,
     /// Publish video: the test pattern (`testsrc`, the default) or a Y4M file (looped). Without
     /// this flag the call is voice only: no video is negotiated.
     #[arg(long, value_name = "testsrc|FILE.y4m", num_args = 0..=1, default_missing_value = "testsrc")]
@@ -111,18 +129,6 @@ fn audio_config(args: &CallArgs) -> Result<AudioConfig, HuddleError> {
     }
     config.adaptive = !args.audio_fixed;
     Ok(config)
-}
-
-/// The video source a `--camera` value names.
-fn video_source(spec: &str) -> VideoSource {
-    if spec == "testsrc" {
-        VideoSource::default()
-    } else {
-        VideoSource::Y4m {
-            path: spec.into(),
-            looped: true,
-        }
-    }
 }
 
 /// Where the video of `stream` is recorded: `base` itself when one stream is played, else
@@ -178,7 +184,12 @@ impl EventHandler for Printer {
 
 pub fn run(args: CallArgs) -> ExitCode {
     let start = Instant::now();
-    match call(args, start) {
+    let result = if args.list_devices {
+        list_devices().map(|()| ErrorCode::OK)
+    } else {
+        call(args, start)
+    };
+    match result {
         Ok(code) if code.is_ok() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
         Err(e) => {
@@ -188,9 +199,33 @@ pub fn run(args: CallArgs) -> ExitCode {
     }
 }
 
+/// `--list-devices`: one JSON line per device, the microphones first.
+fn list_devices() -> Result<(), HuddleError> {
+    let mut out = std::io::stdout().lock();
+    for (device_type, name) in [
+        (AudioDeviceType::Input, "input"),
+        (AudioDeviceType::Output, "output"),
+    ] {
+        for d in huddle::audio_device_list(device_type)? {
+            let line = serde_json::json!({
+                "device_type": name,
+                "device_id": d.device_id,
+                "device_name": d.device_name,
+            });
+            // A closed stdout ends the listing; there is no one left to tell.
+            if writeln!(out, "{line}").is_err() {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs the call; returns the code that ended it (0 when it ended as asked).
 fn call(args: CallArgs, start: Instant) -> Result<ErrorCode, huddle::HuddleError> {
-    let mut profile = EngineProfile::new(args.app_id, args.server[0].clone());
+    let app_id = args.app_id.unwrap_or_default();
+    let server = args.server.first().cloned().unwrap_or_default();
+    let mut profile = EngineProfile::new(app_id, server);
     profile.fallback_servers = args.server[1..].to_vec();
     profile.app_sign = args.app_sign.clone();
     if let Some(path) = &args.ca_file {
@@ -210,12 +245,23 @@ fn call(args: CallArgs, start: Instant) -> Result<ErrorCode, huddle::HuddleError
         signals: tx,
     }));
     engine.enable_camera(args.camera.is_some());
-    if let Some(spec) = &args.source {
+    if let Some(device) = &args.mic_device {
+        engine.use_audio_device(AudioDeviceType::Input, device)?;
+    }
+    if let Some(device) = &args.speaker_device {
+        engine.use_audio_device(AudioDeviceType::Output, device)?;
+    }
+    if args.mic || args.mic_device.is_some() {
+        engine.set_audio_source(AudioSource::Microphone)?;
+    } else if let Some(spec) = &args.source {
         engine.set_audio_source(commands::audio_source(spec, true)?)?;
+    }
+    if args.speaker || args.speaker_device.is_some() {
+        engine.set_audio_sink(AudioSink::Speaker)?;
     }
     engine.set_audio_config(audio_config(&args)?)?;
     if let Some(spec) = &args.camera {
-        engine.set_video_source(video_source(spec))?;
+        engine.set_video_source(commands::video_source(spec))?;
     }
     if let Some(path) = &args.record {
         engine.set_audio_sink(AudioSink::Wav(path.clone()))?;

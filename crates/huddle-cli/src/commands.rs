@@ -22,7 +22,7 @@
 //! One variant in [`Command`] (its name in snake_case is the `cmd`; its fields are the JSON
 //! fields, `Option` or `#[serde(default)]` for optional ones) and one arm in [`Call::execute`].
 //! Nothing else: parsing, unknown-field and type checks, `id` echo and the result line come
-//! from the enum. Then a line in `docs/cli.md`.
+//! from the enum. Then its row in `docs/cli.md` (a test checks that every command has one).
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
@@ -30,8 +30,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use huddle::{
-    AudioConfig, AudioSink, AudioSource, EngineHandle, ErrorCode, HuddleError, RoomConfig, User, UserId,
-    UserName,
+    AudioConfig, AudioDeviceType, AudioSink, AudioSource, EngineHandle, ErrorCode, HuddleError, RoomConfig,
+    User, UserId, UserName, VideoSource,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -107,8 +107,37 @@ pub(crate) enum Command {
         value: String,
         room: Option<String>,
     },
+    /// Where the published video comes from when the camera is on, as `--camera` names it:
+    /// `testsrc` or a Y4M file (looped). Publish again to apply it.
+    SetVideoSource { source: String },
+    /// Record the video of a played stream into a Y4M file (`path` absent or null: stop), from
+    /// its next connection on.
+    SetVideoSinkY4m { stream_id: String, path: Option<String> },
+    /// Choose the microphone (`input`) or speaker (`output`) by its ID or name
+    /// (`--list-devices`); an empty `device_id` goes back to the system's default.
+    UseAudioDevice {
+        device_type: DeviceTypeName,
+        device_id: String,
+    },
     /// End the call: stop publishing and playing, log out, exit 0.
     Quit {},
+}
+
+/// `input` or `output`, as in `use_audio_device`.
+#[derive(Debug, Deserialize, PartialEq, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DeviceTypeName {
+    Input,
+    Output,
+}
+
+impl From<DeviceTypeName> for AudioDeviceType {
+    fn from(t: DeviceTypeName) -> Self {
+        match t {
+            DeviceTypeName::Input => AudioDeviceType::Input,
+            DeviceTypeName::Output => AudioDeviceType::Output,
+        }
+    }
 }
 
 /// What a command asks of the call's main loop beyond its result line.
@@ -522,6 +551,14 @@ impl Call {
                 let room = self.room_or(room)?;
                 self.seq = Some(engine.set_room_extra_info(&room, &key, &value)?);
             }
+            Command::SetVideoSource { source } => engine.set_video_source(video_source(&source))?,
+            Command::SetVideoSinkY4m { stream_id, path } => {
+                engine.set_video_sink_y4m(&stream_id, path.map(Into::into))?
+            }
+            Command::UseAudioDevice {
+                device_type,
+                device_id,
+            } => engine.use_audio_device(device_type.into(), &device_id)?,
             Command::Quit {} => return Ok(Next::Quit),
         }
         Ok(Next::Continue)
@@ -610,6 +647,18 @@ pub(crate) fn audio_source(spec: &str, looped: bool) -> Result<AudioSource, Hudd
             looped,
         },
     })
+}
+
+/// The video source a `--camera` value or a `set_video_source` `source` names.
+pub(crate) fn video_source(spec: &str) -> VideoSource {
+    if spec == "testsrc" {
+        VideoSource::default()
+    } else {
+        VideoSource::Y4m {
+            path: spec.into(),
+            looped: true,
+        }
+    }
 }
 
 /// The audio sink a `set_audio_sink` `sink` names: `discard`, `speaker`, or a WAV file.
@@ -807,6 +856,8 @@ mod tests {
         let p = line(r#"{"cmd":"stop_publishing_stream","stream":"s1"}"#);
         assert_eq!(code(&p), 1009082, "an unknown field is refused");
         assert_eq!(code(&line(r#"{"cmd":"quit","now":true}"#)), 1009082);
+        let p = line(r#"{"cmd":"use_audio_device","device_type":"mic","device_id":""}"#);
+        assert_eq!(code(&p), 1009082, "input or output only");
     }
 
     #[test]
@@ -824,6 +875,9 @@ mod tests {
             "renew_token",
             "set_audio_source",
             "set_audio_sink",
+            "set_video_source",
+            "set_video_sink_y4m",
+            "use_audio_device",
             "quit",
         ] {
             assert!(names.contains(&n), "{n} in {names:?}");
@@ -831,6 +885,29 @@ mod tests {
         }
         assert!(is_command("logout") && is_command("login"));
         assert!(!is_command("fly") && !is_command(""));
+    }
+
+    /// docs/cli.md documents every command (a new variant fails here until it has its row).
+    #[test]
+    fn docs_cli_md_lists_every_command() {
+        let doc = include_str!("../../../docs/cli.md");
+        for name in command_names() {
+            assert!(
+                doc.contains(&format!("`{name}`")),
+                "docs/cli.md lacks the command {name}"
+            );
+        }
+        for code in [
+            ErrorCode::COMMAND_MALFORMED,
+            ErrorCode::COMMAND_UNKNOWN,
+            ErrorCode::COMMAND_FIELD_INVALID,
+            ErrorCode::COMMAND_TOO_LONG,
+        ] {
+            assert!(
+                doc.contains(&code.as_u32().to_string()),
+                "docs/cli.md lacks {code:?}"
+            );
+        }
     }
 
     fn read_all(input: &[u8]) -> Vec<Input> {
@@ -956,6 +1033,24 @@ mod tests {
             Ok(Next::Continue)
         );
         assert!(!call.engine.is_camera_enabled());
+        assert_eq!(
+            run(&mut call, r#"{"cmd":"set_video_source","source":"testsrc"}"#),
+            Ok(Next::Continue)
+        );
+        assert_eq!(
+            run(&mut call, r#"{"cmd":"set_video_source","source":"/no/such.y4m"}"#),
+            Err(1000006)
+        );
+        let sink = r#"{"cmd":"set_video_sink_y4m","stream_id":"s1","path":"/tmp/v.y4m"}"#;
+        assert_eq!(run(&mut call, sink), Ok(Next::Continue));
+        assert_eq!(
+            run(&mut call, r#"{"cmd":"set_video_sink_y4m","stream_id":"s1"}"#),
+            Ok(Next::Continue)
+        );
+        assert_eq!(
+            run(&mut call, r#"{"cmd":"set_video_sink_y4m","stream_id":""}"#),
+            Err(1000015)
+        );
         // No AppSign and no token: the engine refuses the login.
         assert_eq!(
             run(&mut call, r#"{"cmd":"login_room","room":"r","user":"u"}"#),

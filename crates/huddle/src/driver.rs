@@ -363,11 +363,15 @@ fn open_media(
         .or_insert_with(|| pc::local_ip_towards(&url_host(&io.urls[server])));
     let (audio, video) = match kind {
         MediaRole::Publish => {
-            let (audio_spec, video_spec) = {
+            let (audio_spec, video_spec, mic) = {
                 let c = io.media.config();
-                (c.audio_source.clone(), c.video_source.clone())
+                (
+                    c.audio_source.clone(),
+                    c.video_source.clone(),
+                    c.input_device.clone(),
+                )
             };
-            let audio = AudioInput::open(&audio_spec).unwrap_or_else(|e| {
+            let audio = AudioInput::open(&audio_spec, mic.as_deref()).unwrap_or_else(|e| {
                 warn!(error = %e.message, "cannot open the audio source; sending silence");
                 AudioInput::Silence
             });

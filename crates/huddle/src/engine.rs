@@ -19,6 +19,7 @@ use crate::config::{EngineConfig, EngineProfile, RoomConfig, Scenario};
 use crate::dispatch::{self, EventStream, HandlerSlot, STREAM_CAPACITY};
 use crate::driver::{Driver, Request};
 use crate::event::EventHandler;
+use crate::media::device::AudioDeviceType;
 use crate::media::publish::{AudioInput, VideoInput};
 use crate::media::{AudioSink, AudioSource, MediaShared, VideoRenderer, VideoSource};
 use crate::session::{Command, Release, SessionParams, Timing};
@@ -299,6 +300,38 @@ impl Engine {
     #[doc(alias = "setAudioSource")]
     pub fn set_audio_source(&self, source: AudioSource) -> Result<(), HuddleError> {
         self.handle.set_audio_source(source)
+    }
+
+    /// Chooses the microphone ([`AudioDeviceType::Input`]) or the speaker
+    /// ([`AudioDeviceType::Output`]) by the ID of [`audio_device_list`](crate::audio_device_list)
+    /// (or its name); an empty `device_id` goes back to the system's default. The microphone
+    /// serves [`AudioSource::Microphone`] from the next publish on; a speaker playing now
+    /// ([`AudioSink::Speaker`]) moves to the new one at once.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), huddle::HuddleError> {
+    /// use huddle::{AudioDeviceType, AudioSink, AudioSource, audio_device_list};
+    /// # let engine = huddle::Engine::create(huddle::EngineProfile::new(1, "ws://127.0.0.1:7880"))?;
+    /// if let Some(headset) = audio_device_list(AudioDeviceType::Input)?
+    ///     .into_iter()
+    ///     .find(|d| d.device_name.contains("Headset"))
+    /// {
+    ///     engine.use_audio_device(AudioDeviceType::Input, &headset.device_id)?;
+    /// }
+    /// engine.set_audio_source(AudioSource::Microphone)?; // fails with 1009020 without one
+    /// engine.set_audio_sink(AudioSink::Speaker)?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Unlike ZEGO's `useAudioDevice`, a device that the system does not list is refused at
+    /// once rather than when it is used.
+    ///
+    /// Errors: 1009084 (`DEVICE_NOT_FOUND`) for an ID or name the system does not list, 1009020
+    /// when devices cannot be listed (no device support in this build, or no audio system) or
+    /// the new speaker does not open, 1000001 once the engine is destroyed.
+    #[doc(alias = "useAudioDevice")]
+    pub fn use_audio_device(&self, device_type: AudioDeviceType, device_id: &str) -> Result<(), HuddleError> {
+        self.handle.use_audio_device(device_type, device_id)
     }
 
     /// Sets the published audio's encoder settings: a preset of the hosted SDKs or a config of
@@ -615,11 +648,48 @@ impl EngineHandle {
 
     /// Same as [`Engine::set_audio_source`].
     pub fn set_audio_source(&self, source: AudioSource) -> Result<(), HuddleError> {
-        AudioInput::open(&source)?;
+        let mic = self.shared.media.config().input_device.clone();
+        AudioInput::open(&source, mic.as_deref())?;
         drop(self.alive()?);
         self.shared.media.clear_pushed();
         self.shared.media.config().audio_source = source;
         Ok(())
+    }
+
+    /// Same as [`Engine::use_audio_device`].
+    pub fn use_audio_device(&self, device_type: AudioDeviceType, device_id: &str) -> Result<(), HuddleError> {
+        drop(self.alive()?);
+        let chosen = if device_id.is_empty() {
+            None
+        } else {
+            let listed = crate::audio_device_list(device_type)?;
+            Some(
+                crate::media::device::find(device_type, &listed, device_id)?
+                    .device_id
+                    .clone(),
+            )
+        };
+        let media = &self.shared.media;
+        match device_type {
+            AudioDeviceType::Input => media.config().input_device = chosen,
+            AudioDeviceType::Output => {
+                let old = std::mem::replace(&mut media.config().output_device, chosen);
+                // A speaker playing now moves to the new device; if that fails, it stays.
+                if media.sink_is_speaker()
+                    && let Err(e) = media.set_audio_sink(AudioSink::Speaker)
+                {
+                    media.config().output_device = old;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The microphone chosen with `use_audio_device` (tests).
+    #[cfg(test)]
+    pub(crate) fn shared_input_device(&self) -> Option<String> {
+        self.shared.media.config().input_device.clone()
     }
 
     /// Same as [`Engine::set_audio_config`].

@@ -102,6 +102,12 @@
 //! [`Engine::fetch_audio_frame`]), and decoded video through a [`VideoRenderer`] or
 //! [`Engine::set_video_sink_y4m`].
 //!
+//! The microphone ([`AudioSource::Microphone`]) and the speaker ([`AudioSink::Speaker`]) need
+//! the cargo feature `device` (cpal; on Linux ALSA, whose build needs `libasound2-dev`).
+//! [`audio_device_list`] lists them and [`Engine::use_audio_device`] chooses one; a machine
+//! without a sound card, or a build without the feature, refuses them with 1009020
+//! (`DEVICE_UNAVAILABLE`) and a message that says why.
+//!
 //! ```no_run
 //! use huddle::{AudioSink, AudioSource, Engine, EngineProfile, RoomConfig, User, UserId};
 //!
@@ -148,4 +154,5 @@ pub use huddle_proto::{
     ErrorCode, HuddleError, RoomExtraInfo, RoomId, StreamId, StreamInfo, StreamQualityLevel, UpdateType,
     User, UserId, UserName,
 };
+pub use media::device::{AudioDeviceType, DeviceInfo, audio_device_list};
 pub use media::{AudioSink, AudioSource, VideoRenderer, VideoSource};

@@ -74,7 +74,8 @@ pub enum AudioSource {
     /// (custom audio capture). A 20 ms tick with too little pushed audio is padded with silence.
     #[doc(alias = "enableCustomAudioIO")]
     Custom,
-    /// The system's default microphone, captured while publishing and converted to 48 kHz
+    /// The microphone chosen with [`Engine::use_audio_device`](crate::Engine::use_audio_device)
+    /// (the system's default until then), captured while publishing and converted to 48 kHz
     /// mono (cargo feature `device`). Setting it checks that the device opens: without a
     /// microphone, or in a build without the feature, the call fails with
     /// `DEVICE_UNAVAILABLE` (1009020) and says why.
@@ -155,7 +156,8 @@ pub enum AudioSink {
     /// it keeps the last second.
     #[doc(alias = "fetchCustomAudioRenderPCMData")]
     Custom,
-    /// The system's default speaker (cargo feature `device`), converted from 48 kHz mono to
+    /// The speaker chosen with [`Engine::use_audio_device`](crate::Engine::use_audio_device)
+    /// (the system's default until then; cargo feature `device`), converted from 48 kHz mono to
     /// what the device plays. Without one, or in a build without the feature,
     /// [`Engine::set_audio_sink`](crate::Engine::set_audio_sink) fails with
     /// `DEVICE_UNAVAILABLE` (1009020).
@@ -213,6 +215,9 @@ pub(crate) struct MediaConfig {
     pub(crate) video_source: VideoSource,
     pub(crate) renderer: Option<Arc<dyn VideoRenderer>>,
     pub(crate) y4m_sinks: HashMap<StreamId, PathBuf>,
+    /// The microphone and speaker chosen with `use_audio_device` (`None`: the default).
+    pub(crate) input_device: Option<String>,
+    pub(crate) output_device: Option<String>,
 }
 
 impl fmt::Debug for MediaShared {
@@ -247,7 +252,10 @@ impl MediaShared {
             AudioSink::Discard => SinkState::Discard,
             AudioSink::Wav(path) => SinkState::Wav(WavRecorder::create(&path).map_err(media_error)?),
             AudioSink::Custom => SinkState::Custom,
-            AudioSink::Speaker => SinkState::Speaker(device::Speaker::open()?),
+            AudioSink::Speaker => {
+                let chosen = self.config().output_device.clone();
+                SinkState::Speaker(device::Speaker::open(chosen.as_deref())?)
+            }
         };
         let old = std::mem::replace(&mut *relock(&self.sink), new);
         if let SinkState::Wav(recorder) = old
@@ -257,6 +265,11 @@ impl MediaShared {
         }
         relock(&self.rendered_audio).clear();
         Ok(())
+    }
+
+    /// Whether the mix goes to the speaker now.
+    pub(crate) fn sink_is_speaker(&self) -> bool {
+        matches!(*relock(&self.sink), SinkState::Speaker(_))
     }
 
     /// Completes a WAV sink and closes the speaker (at the engine's end).

@@ -35,13 +35,14 @@ pub(crate) enum AudioInput {
     Silence,
     Source(Box<dyn huddle_media::AudioSource>),
     Custom,
-    /// The default microphone, open while the stream is published (closed when dropped).
+    /// The microphone, open while the stream is published (closed when dropped).
     Microphone(super::device::Microphone),
 }
 
 impl AudioInput {
-    /// Opens the app's audio source (errors: 1000006 for a file that cannot be read).
-    pub(crate) fn open(spec: &AudioSource) -> Result<AudioInput, HuddleError> {
+    /// Opens the app's audio source (errors: 1000006 for a file that cannot be read; 1009020
+    /// and 1009084 for a microphone, `mic` naming the one chosen or `None` for the default).
+    pub(crate) fn open(spec: &AudioSource, mic: Option<&str>) -> Result<AudioInput, HuddleError> {
         Ok(match spec {
             AudioSource::Silence => AudioInput::Silence,
             AudioSource::Wav { path, looped } => {
@@ -52,7 +53,7 @@ impl AudioInput {
                 AudioInput::Source(Box::new(ToneSource::new(*hz, 0.5).map_err(media_error)?))
             }
             AudioSource::Custom => AudioInput::Custom,
-            AudioSource::Microphone => AudioInput::Microphone(super::device::Microphone::open()?),
+            AudioSource::Microphone => AudioInput::Microphone(super::device::Microphone::open(mic)?),
         })
     }
 
