@@ -42,6 +42,8 @@ const app = {
   users: new Map(),
   /** @type {Map<string, any>} */
   streams: new Map(),
+  /** The room's extra info by key. @type {Map<string, string>} */
+  roomExtra: new Map(),
   /** @type {AudioContext | null} */
   audio: null,
   /** The active speakers' stream IDs, loudest first (`activeSpeakersChanged`). @type {string[]} */
@@ -162,7 +164,7 @@ function saveFields() {
 
 /** @param {boolean} on */
 function setLoggedIn(on) {
-  for (const id of ["logout", "publish", "stopPublish", "play", "stopPlay"]) /** @type {HTMLButtonElement} */ ($(id)).disabled = !on;
+  for (const id of ["logout", "publish", "stopPublish", "play", "stopPlay", "chatSend", "roomExtraSet", "streamExtraSet"]) /** @type {HTMLButtonElement} */ ($(id)).disabled = !on;
   for (const id of ["login", "server", "appId", "roomId", "userId"]) /** @type {HTMLButtonElement} */ ($(id)).disabled = on;
 }
 
@@ -306,10 +308,99 @@ function showQuality(tile, what, level, title) {
 /** @param {string} kind @param {string} streamId */
 function tileOf(kind, streamId) {
   return (kind === "publish" ? app.publishing : app.playing).get(streamId)?.tile ?? null;
+  engine.on("IMRecvBroadcastMessage", (roomID, list) => {
+    for (const m of list) chatLine(m.fromUser.userID, m.message);
+  });
+  engine.on("IMRecvBarrageMessage", (roomID, list) => {
+    for (const m of list) chatLine(m.fromUser.userID, m.message);
+  });
+  engine.on("IMRecvCustomCommand", (roomID, from, command) => log(`IMRecvCustomCommand from ${from.userID}: ${command}`, "event"));
+  engine.on("roomExtraInfoUpdate", (roomID, list) => {
+    for (const i of list) {
+      app.roomExtra.set(i.key, i.value);
+      log(`roomExtraInfoUpdate ${i.key}=${i.value} by ${i.updateUser.userID}`, "event");
+    }
+    renderRoomExtra();
+  });
+  engine.on("streamExtraInfoUpdate", (roomID, streams) => {
+    for (const s of streams) {
+      app.streams.set(s.streamID, s);
+      log(`streamExtraInfoUpdate ${s.streamID}: ${s.extraInfo}`, "event");
+    }
+    renderStreams();
+  });
+  engine.on("roomOnlineUserCountUpdate", (roomID, count) => {
+    $("onlineCount").textContent = String(count);
+  });
+}
+
+// ----- chat and extra info -----
+
+/**
+ * @param {string} from
+ * @param {string} text
+ */
+function chatLine(from, text) {
+  const li = document.createElement("li");
+  const who = document.createElement("b");
+  who.textContent = from;
+  li.append(who, document.createTextNode(": " + text));
+  const list = $("chat");
+  list.append(li);
+  while (list.children.length > 200) list.firstElementChild?.remove();
+  list.scrollTop = list.scrollHeight;
+}
+
+function renderRoomExtra() {
+  $("roomExtra").textContent = app.roomExtra.size ? [...app.roomExtra].map(([k, v]) => `${k}: ${v}`).join(", ") : "none";
+}
+
+async function sendChat() {
+  const text = input("chatText").value;
+  if (!app.engine || !app.roomId || !text) return;
+  try {
+    const r = await app.engine.sendBroadcastMessage(app.roomId, text);
+    if (r.errorCode === 0) {
+      chatLine("me", text);
+      input("chatText").value = "";
+    } else {
+      log(`sendBroadcastMessage: code ${r.errorCode}`, "error");
+    }
+  } catch (e) {
+    logError("sendBroadcastMessage", e);
+  }
+}
+
+async function setRoomExtra() {
+  if (!app.engine || !app.roomId) return;
+  const value = input("roomExtraValue").value;
+  try {
+    const r = await app.engine.setRoomExtraInfo(app.roomId, "topic", value);
+    if (r.errorCode === 0) {
+      app.roomExtra.set("topic", value);
+      renderRoomExtra();
+    } else log(`setRoomExtraInfo: code ${r.errorCode} ${r.extendedData}`, "error");
+  } catch (e) {
+    logError("setRoomExtraInfo", e);
+  }
+}
+
+async function setStreamExtra() {
+  const id = [...app.publishing.keys()][0];
+  if (!app.engine || !id) return log("setStreamExtraInfo: publish a stream first", "error");
+  try {
+    const r = await app.engine.setStreamExtraInfo(id, input("streamExtraValue").value);
+    log(`setStreamExtraInfo ${id}: code ${r.errorCode}`, r.errorCode === 0 ? "ok" : "error");
+  } catch (e) {
+    logError("setStreamExtraInfo", e);
+  }
 }
 
 function onRoomGone() {
   app.roomId = null;
+  app.roomExtra.clear();
+  renderRoomExtra();
+  $("onlineCount").textContent = "–";
   app.users.clear();
   app.streams.clear();
   for (const id of [...app.publishing.keys()]) dropTile(app.publishing, id, true);
@@ -347,7 +438,7 @@ function renderStreams() {
     name.textContent = s.streamID;
     const by = document.createElement("span");
     by.className = "by";
-    by.textContent = `by ${s.user.userID}`;
+    by.textContent = `by ${s.user.userID}` + (s.extraInfo ? ` — ${s.extraInfo}` : "");
     li.append(name, by);
     li.addEventListener("click", () => {
       input("streamId").value = s.streamID;
@@ -668,6 +759,12 @@ $("stopPublish").addEventListener("click", stopPublish);
 $("play").addEventListener("click", () => play());
 $("stopPlay").addEventListener("click", () => stopPlay());
 $("clearLog").addEventListener("click", () => $("log").replaceChildren());
+$("chatSend").addEventListener("click", sendChat);
+$("chatText").addEventListener("keydown", (e) => {
+  if (e.key === "Enter") sendChat();
+});
+$("roomExtraSet").addEventListener("click", setRoomExtra);
+$("streamExtraSet").addEventListener("click", setStreamExtra);
 input("server").addEventListener("change", loadInfo);
 // Leaving the page logs out at once (otherwise the others see us go only after the server's grace).
 window.addEventListener("pagehide", () => {

@@ -107,6 +107,14 @@ export const ErrorCode = Object.freeze({
   MUTE_NOT_PLAYING: 1009061,
   MUTE_TOO_FREQUENT: 1009062,
   SOUND_LEVEL_INTERVAL_INVALID: 1009065,
+  IM_CONTENT_INVALID: 1009070,
+  IM_USER_RATE_LIMITED: 1009071,
+  IM_ROOM_RATE_LIMITED: 1009072,
+  CUSTOM_COMMAND_NO_RECIPIENT: 1009073,
+  ROOM_EXTRA_INFO_KEY_INVALID: 1009074,
+  ROOM_EXTRA_INFO_VALUE_TOO_LONG: 1009075,
+  ROOM_EXTRA_INFO_KEY_LIMIT: 1009076,
+  ROOM_EXTRA_INFO_RATE_LIMITED: 1009077,
   COMMAND_MALFORMED: 1009080,
   COMMAND_UNKNOWN: 1009081,
   COMMAND_FIELD_INVALID: 1009082,
@@ -179,6 +187,9 @@ export class HuddleError extends Error {
  * @typedef {"OPEN" | "DISABLE" | "MUTE"} RemoteDeviceStatus
  * @typedef {{ userID: string, userName?: string }} User
  * @typedef {{ message: string, messageID: number, sendTime: number, fromUser: User }} BroadcastMessageInfo
+ * @typedef {{ message: string, messageID: string, sendTime: number, fromUser: User }} BarrageMessageInfo
+ * @typedef {{ key: string, value: string, updateUser: User, updateTime: number }} RoomExtraInfo
+ * @typedef {{ errorCode: number, extendedData: string }} ServerResponse
  * @typedef {{ streamID: string, user: { userID: string, userName: string }, extraInfo: string }} StreamInfo
  * @typedef {{ streamID: string, state: PublisherState, errorCode: number, extendedData: string }} PublisherStateResult
  * @typedef {{ streamID: string, state: PlayerState, errorCode: number, extendedData: string }} PlayerStateResult
@@ -202,6 +213,11 @@ export class HuddleError extends Error {
  *   playerStateUpdate: (result: PlayerStateResult) => void,
  *   roomTokenWillExpire: (roomID: string, remainSecs: number) => void,
  *   IMRecvBroadcastMessage: (roomID: string, messageList: BroadcastMessageInfo[]) => void,
+ *   IMRecvBarrageMessage: (roomID: string, messageList: BarrageMessageInfo[]) => void,
+ *   IMRecvCustomCommand: (roomID: string, fromUser: User, command: string) => void,
+ *   streamExtraInfoUpdate: (roomID: string, streamList: StreamInfo[]) => void,
+ *   roomExtraInfoUpdate: (roomID: string, roomExtraInfoList: RoomExtraInfo[]) => void,
+ *   roomOnlineUserCountUpdate: (roomID: string, count: number) => void,
  *   playerRecvAudioFirstFrame: (streamID: string) => void,
  *   playerRecvVideoFirstFrame: (streamID: string) => void,
  *   debugError: (errorCode: number, funcName: string, info: string) => void,
@@ -229,6 +245,17 @@ const REASON_STATE = /** @type {Record<RoomStateChangedReason, RoomState>} */ ({
 });
 
 const STREAM_ID_RE = /^[0-9A-Za-z_-]+$/;
+
+/**
+ * Checks a message or custom command as the server does: 1 to 1024 bytes.
+ * @param {string} text
+ * @returns {string}
+ */
+function checkImText(text) {
+  const n = new TextEncoder().encode(text).length;
+  if (n < 1 || n > 1024) throw new HuddleError(ErrorCode.IM_CONTENT_INVALID, `the text is ${n} bytes; 1 to 1024 are allowed`);
+  return text;
+}
 
 /**
  * Checks a stream ID as the server does (the hosted SDKs' rules).
@@ -623,6 +650,104 @@ export class HuddleEngine {
     // Accepted (or not sent while the connection is down: the next login uses and checks it).
     adopt();
     return true;
+  }
+
+  /**
+   * Sends a broadcast message to every other user of the room: reliable, in order; 1 to 1024
+   * bytes; at most 2 a second per user and 10 per room. Resolves `{ errorCode, messageID }`:
+   * 0 and the message's ID, or the code (1009071, 1009072 over the rates; 1000002 when the room
+   * is not connected). The others get `IMRecvBroadcastMessage`.
+   * @param {string} roomId
+   * @param {string} message
+   * @returns {Promise<{ errorCode: number, messageID: number }>}
+   */
+  async sendBroadcastMessage(roomId, message) {
+    const r = await this._im(roomId, { type: "send_broadcast_message", message: checkImText(message) });
+    return { errorCode: r.errorCode, messageID: Number(r.reply?.message_id ?? 0) };
+  }
+
+  /**
+   * Sends a barrage message to every other user of the room: best effort (the server drops it
+   * for a recipient whose connection is congested); 1 to 1024 bytes; at most 20 a second per
+   * room. Resolves `{ errorCode, messageID }` (the ID as a string, as ZEGO's). The others get
+   * `IMRecvBarrageMessage`.
+   * @param {string} roomId
+   * @param {string} message
+   * @returns {Promise<{ errorCode: number, messageID: string }>}
+   */
+  async sendBarrageMessage(roomId, message) {
+    const r = await this._im(roomId, { type: "send_barrage_message", message: checkImText(message) });
+    return { errorCode: r.errorCode, messageID: r.errorCode === 0 ? String(r.reply?.message_id ?? "") : "" };
+  }
+
+  /**
+   * Sends a custom command to the users `toUserList` names (every other user of the room when
+   * empty); 1 to 1024 bytes; at most 100 users. Users not in the room are skipped; none left:
+   * 1009073. The recipients get `IMRecvCustomCommand`.
+   * @param {string} roomId
+   * @param {string} command
+   * @param {string[]} [toUserList] user IDs
+   * @returns {Promise<ServerResponse>}
+   */
+  async sendCustomCommand(roomId, command, toUserList = []) {
+    const r = await this._im(roomId, { type: "send_custom_command", command: checkImText(command), to_users: toUserList });
+    return { errorCode: r.errorCode, extendedData: r.message };
+  }
+
+  /**
+   * Sets the extra info of a stream this engine publishes (at most 1024 bytes); kept and sent
+   * again with every publish of it. The room gets `streamExtraInfoUpdate`.
+   * @param {string} streamId
+   * @param {string} extraInfo
+   * @returns {Promise<ServerResponse>}
+   */
+  async setStreamExtraInfo(streamId, extraInfo) {
+    if (new TextEncoder().encode(extraInfo).length > 1024) {
+      throw new HuddleError(ErrorCode.EXTRA_INFO_TOO_LONG, "the extra info is longer than 1024 bytes");
+    }
+    const pub = this._publishers.get(streamId);
+    if (!pub) return { errorCode: ErrorCode.STREAM_NOT_FOUND, extendedData: "this engine does not publish the stream" };
+    pub.extraInfo = extraInfo;
+    if (!pub.registered || !this._ready()) return { errorCode: 0, extendedData: "" };
+    const r = await this._im(this._room?.roomId ?? "", { type: "set_stream_extra_info", stream_id: streamId, extra_info: extraInfo });
+    return { errorCode: r.errorCode, extendedData: r.message };
+  }
+
+  /**
+   * Sets the room's extra info `key` (1 to 10 bytes; one key per room) to `value` (at most 128
+   * bytes); at most 10 times a second per room. The others, and every later login, get
+   * `roomExtraInfoUpdate`.
+   * @param {string} roomId
+   * @param {string} key
+   * @param {string} value
+   * @returns {Promise<ServerResponse>}
+   */
+  async setRoomExtraInfo(roomId, key, value) {
+    const bytes = (/** @type {string} */ s) => new TextEncoder().encode(s).length;
+    if (bytes(key) < 1 || bytes(key) > 10) {
+      throw new HuddleError(ErrorCode.ROOM_EXTRA_INFO_KEY_INVALID, "the key must be 1 to 10 bytes");
+    }
+    if (bytes(value) > 128) throw new HuddleError(ErrorCode.ROOM_EXTRA_INFO_VALUE_TOO_LONG, "the value is longer than 128 bytes");
+    const r = await this._im(roomId, { type: "set_room_extra_info", key, value });
+    return { errorCode: r.errorCode, extendedData: r.message };
+  }
+
+  /**
+   * A message or extra info request: the server's answer, or its refusal as a code (as ZEGO's
+   * promises resolve with an error code rather than reject).
+   * @param {string} roomId
+   * @param {any} msg
+   * @returns {Promise<{ errorCode: number, message: string, reply: any }>}
+   */
+  async _im(roomId, msg) {
+    const room = this._room;
+    if (!room || roomId !== room.roomId) throw new HuddleError(ErrorCode.NOT_LOGGED_IN, "not logged in to this room");
+    if (!this._ready()) return { errorCode: ErrorCode.NOT_LOGGED_IN, message: "the room is not connected", reply: null };
+    try {
+      return { errorCode: 0, message: "", reply: await this._request(msg) };
+    } catch (/** @type {any} */ e) {
+      return { errorCode: e.code ?? ErrorCode.INTERNAL, message: e.detail ?? String(e), reply: null };
+    }
   }
 
   /** The room's state now. @returns {RoomState} */
@@ -1637,6 +1762,7 @@ export class HuddleEngine {
         return;
       case "ok":
       case "pong":
+      case "message_sent":
       case "media_answer": {
         const p = room.pending.get(msg.seq);
         if (p) {
@@ -1727,7 +1853,8 @@ export class HuddleEngine {
         return;
       }
       case "broadcast_message":
-        // Sent by the app's server (server API `SendBroadcastMessage`) to the whole room.
+        // Sent by another user of the room, or by the app's server (server API
+        // `SendBroadcastMessage`).
         if (room.phase !== "online" || msg.room_id !== room.roomId) return;
         this._emit("IMRecvBroadcastMessage", room.roomId, [
           {
@@ -1737,6 +1864,52 @@ export class HuddleEngine {
             fromUser: { userID: msg.from_user?.user_id ?? "", userName: msg.from_user?.user_name ?? "" },
           },
         ]);
+        return;
+      case "barrage_message":
+        if (room.phase !== "online" || msg.room_id !== room.roomId) return;
+        this._emit("IMRecvBarrageMessage", room.roomId, [
+          {
+            message: String(msg.message ?? ""),
+            messageID: String(msg.message_id ?? ""),
+            sendTime: Number(msg.send_time_ms ?? 0),
+            fromUser: { userID: msg.from_user?.user_id ?? "", userName: msg.from_user?.user_name ?? "" },
+          },
+        ]);
+        return;
+      case "custom_command":
+        if (room.phase !== "online" || msg.room_id !== room.roomId) return;
+        this._emit(
+          "IMRecvCustomCommand",
+          room.roomId,
+          { userID: msg.from_user?.user_id ?? "", userName: msg.from_user?.user_name ?? "" },
+          String(msg.command ?? ""),
+        );
+        return;
+      case "stream_extra_info_update": {
+        if (room.phase !== "online" || msg.room_id !== room.roomId) return;
+        const mine = room.user?.user_id;
+        /** @type {any[]} */
+        const list = (msg.streams ?? []).filter((/** @type {any} */ s) => s.user_id !== mine);
+        for (const s of list) room.streams.set(s.stream_id, s);
+        if (list.length) this._emit("streamExtraInfoUpdate", room.roomId, list.map(streamOut));
+        return;
+      }
+      case "room_extra_info_update":
+        if (room.phase !== "online" || msg.room_id !== room.roomId) return;
+        this._emit(
+          "roomExtraInfoUpdate",
+          room.roomId,
+          (msg.infos ?? []).map((/** @type {any} */ i) => ({
+            key: String(i.key ?? ""),
+            value: String(i.value ?? ""),
+            updateUser: { userID: i.update_user?.user_id ?? "", userName: i.update_user?.user_name ?? "" },
+            updateTime: Number(i.update_time_ms ?? 0),
+          })),
+        );
+        return;
+      case "room_online_user_count":
+        if (room.phase !== "online" || msg.room_id !== room.roomId) return;
+        this._emit("roomOnlineUserCountUpdate", room.roomId, Number(msg.count ?? 0));
         return;
       case "kicked":
         // Also the end of a session whose token expired unrenewed (1002056).

@@ -95,6 +95,31 @@ pub(crate) enum Command {
     MutePlayStreamAudio { stream_id: String, mute: bool },
     /// Stop or resume receiving a played stream's video.
     MutePlayStreamVideo { stream_id: String, mute: bool },
+    /// A broadcast message to the room (default: the one logged in); the result line has the
+    /// `seq` that `im_send_broadcast_message_result` carries.
+    SendBroadcastMessage { message: String, room: Option<String> },
+    /// A barrage message to the room; the result line has the `seq` of
+    /// `im_send_barrage_message_result`.
+    SendBarrageMessage { message: String, room: Option<String> },
+    /// A custom command to `to_users` of the room (everyone else when empty); the result line
+    /// has the `seq` of `im_send_custom_command_result`.
+    #[serde(rename = "send_custom_command")]
+    SendCustom {
+        command: String,
+        #[serde(default)]
+        to_users: Vec<String>,
+        room: Option<String>,
+    },
+    /// The published stream's extra info; the result line has the `seq` of
+    /// `publisher_set_stream_extra_info_result`.
+    SetStreamExtraInfo { extra_info: String },
+    /// The room's extra info under `key`; the result line has the `seq` of
+    /// `room_set_room_extra_info_result`.
+    SetRoomExtraInfo {
+        key: String,
+        value: String,
+        room: Option<String>,
+    },
     /// Where the published video comes from when the camera is on, as `--camera` names it:
     /// `testsrc` or a Y4M file (looped). Publish again to apply it.
     SetVideoSource { source: String },
@@ -416,6 +441,9 @@ pub(crate) struct Call {
     pub(crate) room: Option<String>,
     pub(crate) publishing: Option<String>,
     pub(crate) playing: BTreeSet<String>,
+    /// The `seq` the last command's result event will carry (messages and extra info), for
+    /// its result line.
+    pub(crate) seq: Option<u64>,
 }
 
 impl Call {
@@ -427,6 +455,7 @@ impl Call {
             room: None,
             publishing: None,
             playing: BTreeSet::new(),
+            seq: None,
         }
     }
 
@@ -442,7 +471,13 @@ impl Call {
             },
             Err(e) => (Err(e), Next::Continue),
         };
-        guard.line(result_line(parsed.id, parsed.name, &outcome));
+        let mut line = result_line(parsed.id, parsed.name, &outcome);
+        if let Some(seq) = self.seq.take()
+            && outcome.is_ok()
+        {
+            line.insert("seq".into(), json!(seq));
+        }
+        guard.line(line);
         next
     }
 
@@ -523,6 +558,30 @@ impl Call {
             }
             Command::MutePlayStreamVideo { stream_id, mute } => {
                 engine.mute_play_stream(&stream_id, true, mute)?
+            }
+            Command::SendBroadcastMessage { message, room } => {
+                let room = self.room_or(room)?;
+                self.seq = Some(engine.send_broadcast_message(&room, &message)?);
+            }
+            Command::SendBarrageMessage { message, room } => {
+                let room = self.room_or(room)?;
+                self.seq = Some(engine.send_barrage_message(&room, &message)?);
+            }
+            Command::SendCustom {
+                command,
+                to_users,
+                room,
+            } => {
+                let room = self.room_or(room)?;
+                let to: Vec<&str> = to_users.iter().map(String::as_str).collect();
+                self.seq = Some(engine.send_custom_command(&room, &command, &to)?);
+            }
+            Command::SetStreamExtraInfo { extra_info } => {
+                self.seq = Some(engine.set_stream_extra_info(&extra_info)?);
+            }
+            Command::SetRoomExtraInfo { key, value, room } => {
+                let room = self.room_or(room)?;
+                self.seq = Some(engine.set_room_extra_info(&room, &key, &value)?);
             }
             Command::SetVideoSource { source } => engine.set_video_source(video_source(&source))?,
             Command::SetVideoSinkY4m { stream_id, path } => {
@@ -724,6 +783,59 @@ mod tests {
 
     fn code(p: &Parsed) -> u32 {
         p.command.as_ref().map_or_else(|e| e.code.as_u32(), |_| 0)
+    }
+
+    #[test]
+    fn message_and_extra_info_commands_parse_with_their_fields() {
+        assert_eq!(
+            line(r#"{"cmd":"send_broadcast_message","message":"hi"}"#)
+                .command
+                .unwrap(),
+            Command::SendBroadcastMessage {
+                message: "hi".into(),
+                room: None
+            }
+        );
+        assert_eq!(
+            line(r#"{"cmd":"send_custom_command","command":"go","to_users":["bob"],"room":"r"}"#)
+                .command
+                .unwrap(),
+            Command::SendCustom {
+                command: "go".into(),
+                to_users: vec!["bob".into()],
+                room: Some("r".into())
+            }
+        );
+        assert_eq!(
+            line(r#"{"cmd":"send_custom_command","command":"go"}"#)
+                .command
+                .unwrap(),
+            Command::SendCustom {
+                command: "go".into(),
+                to_users: Vec::new(),
+                room: None
+            }
+        );
+        assert_eq!(
+            line(r#"{"cmd":"set_room_extra_info","key":"topic","value":"v"}"#)
+                .command
+                .unwrap(),
+            Command::SetRoomExtraInfo {
+                key: "topic".into(),
+                value: "v".into(),
+                room: None
+            }
+        );
+        assert_eq!(
+            code(&line(r#"{"cmd":"set_stream_extra_info"}"#)),
+            ErrorCode::COMMAND_FIELD_INVALID.as_u32()
+        );
+        assert_eq!(
+            code(&line(
+                r#"{"cmd":"send_barrage_message","message":"x","to_users":[]}"#
+            )),
+            ErrorCode::COMMAND_FIELD_INVALID.as_u32()
+        );
     }
 
     #[test]

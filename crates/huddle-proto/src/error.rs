@@ -167,6 +167,22 @@ codes! {
     MUTE_TOO_FREQUENT = 1009062, "Mute states changed too often: at most 20 changes a second per session.";
     /// `start_sound_level_monitor` with an interval outside 100–3000 ms (the hosted SDKs' range).
     SOUND_LEVEL_INTERVAL_INVALID = 1009065, "The sound-level interval must be 100–3000 ms.";
+    /// A broadcast or barrage message or a custom command is empty or over 1024 bytes.
+    IM_CONTENT_INVALID = 1009070, "The message or command is empty or longer than 1024 bytes.";
+    /// One user sent broadcast messages too often (at most 2 a second, as the hosted SDKs allow).
+    IM_USER_RATE_LIMITED = 1009071, "Broadcast messages sent too often by this user: at most 2 a second.";
+    /// The room's message rate is exceeded (counted on the node the sender is connected to).
+    IM_ROOM_RATE_LIMITED = 1009072, "Too many messages in the room: at most 10 broadcast, 20 barrage, and 10 custom commands to several users or 200 to one user a second.";
+    /// A custom command names no user of the room, or too many.
+    CUSTOM_COMMAND_NO_RECIPIENT = 1009073, "The custom command names no user of the room (or more than 100 users).";
+    /// A room extra info key is empty or over 10 bytes.
+    ROOM_EXTRA_INFO_KEY_INVALID = 1009074, "The room extra info key is empty or longer than 10 bytes.";
+    /// A room extra info value is over 128 bytes.
+    ROOM_EXTRA_INFO_VALUE_TOO_LONG = 1009075, "The room extra info value is longer than 128 bytes.";
+    /// The room has an extra info key already; one key per room, as the hosted SDKs allow.
+    ROOM_EXTRA_INFO_KEY_LIMIT = 1009076, "The room already has another extra info key: one key per room.";
+    /// Room extra info set too often in the room.
+    ROOM_EXTRA_INFO_RATE_LIMITED = 1009077, "Room extra info set too often: at most 10 times a second in the room.";
     /// A line on `huddle call`'s standard input that is not one JSON object (or not UTF-8).
     COMMAND_MALFORMED = 1009080, "The command line is not one JSON object.";
     /// A `huddle call` command line whose `cmd` names no command (or that has no `cmd`).

@@ -16,3 +16,7 @@ pub use msg::{
     PROTOCOL_VERSION, PeerState, Resume, SIGNALING_PATH, ServerMsg, StreamInfo, StreamQualityLevel,
     TrackKind, UpdateType, User,
 };
+pub use msg::{
+    MAX_COMMAND_RECIPIENTS, MAX_IM_BYTES, MAX_ROOM_EXTRA_KEY_BYTES, MAX_ROOM_EXTRA_VALUE_BYTES,
+    RoomExtraInfo, check_im_content, check_room_extra_key, check_room_extra_value,
+};

@@ -40,8 +40,8 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
 use huddle_proto::{
-    AppId, DeviceState, ErrorCode, HuddleError, Login, LoginOk, RoomId, ServerMsg, StreamId, StreamInfo,
-    StreamQualityLevel, TrackKind, UpdateType, User, UserId,
+    AppId, DeviceState, ErrorCode, HuddleError, Login, LoginOk, RoomExtraInfo, RoomId, ServerMsg, StreamId,
+    StreamInfo, StreamQualityLevel, TrackKind, UpdateType, User, UserId,
 };
 
 use crate::auth::{Grant, check_publish};
@@ -112,6 +112,14 @@ pub enum Output {
         /// The message.
         msg: ServerMsg,
     },
+    /// Send the same `msg` to several sessions, best effort: a session whose outbound queue is
+    /// more than half full does not get it (barrage messages; never closes a connection).
+    BroadcastLossy {
+        /// The recipients (never empty).
+        to: Vec<SessionId>,
+        /// The message.
+        msg: ServerMsg,
+    },
     /// Close the session's connection once the messages before this output are sent. The session
     /// is already gone from the registry.
     Close {
@@ -137,6 +145,12 @@ pub enum RoomChange {
     StreamAdd(StreamInfo),
     /// A stream of the room is no longer published.
     StreamDelete(StreamId),
+    /// A message or custom command to members of the room (kept in the room's history only).
+    Message(RoomMessage),
+    /// A stream of the room has new extra info.
+    StreamExtraInfo(StreamInfo),
+    /// A key of the room's extra info was set (room-wide: no node owns it).
+    RoomExtraInfo(RoomExtraInfo),
 }
 
 /// What the registry's decisions mean for the cluster: the rooms this node follows and the
@@ -186,6 +200,8 @@ pub struct RemoteRoom {
     pub users: Vec<(String, User)>,
     /// The streams of other nodes, with their owners.
     pub streams: Vec<(String, StreamInfo)>,
+    /// The room's extra info, by whichever node set it.
+    pub extra: Vec<RoomExtraInfo>,
 }
 
 /// This node's own part of one room ([`Registry::local_rooms`]).
@@ -433,6 +449,8 @@ struct Session {
     /// The start of the session's current one-second window of mute changes and how many it
     /// made in it ([`MUTE_CHANGES_PER_SECOND`]).
     mute_window: Option<(Instant, u32)>,
+    /// The session's broadcast messages in the last second.
+    broadcast_rate: im::Rate,
 }
 
 impl Session {
@@ -458,6 +476,13 @@ struct Room {
     remote_users: BTreeMap<UserId, (String, User)>,
     /// The streams of other nodes, with their owners.
     remote_streams: BTreeMap<StreamId, (String, StreamInfo)>,
+    /// The room's extra info by key (room-wide, set on any node).
+    extra: BTreeMap<String, RoomExtraInfo>,
+    /// The room's message and extra info rates on this node.
+    rates: im::RoomRates,
+    /// When the room's next online user count is due (armed by the first login's
+    /// [`Registry::online_count_after_login`]).
+    count_due: Option<Instant>,
 }
 
 impl Room {
@@ -494,6 +519,12 @@ pub struct Registry {
     grace_timers: BTreeSet<(Instant, SessionId)>,
     /// The token timers: every session with a token by its `token_due`.
     token_timers: BTreeSet<(u64, SessionId)>,
+    /// The rooms' online user count timers (an entry whose room's `count_due` differs is stale).
+    count_timers: BTreeSet<(Instant, AppId, RoomId)>,
+    /// The high bits of this node's message IDs (random, 20 bits).
+    message_base: u64,
+    /// The last message ID's low bits.
+    message_seq: u64,
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> HuddleError {
@@ -684,13 +715,18 @@ fn stream_info<'a>(app: &'a App, stream_id: &StreamId) -> Option<&'a StreamInfo>
 impl Registry {
     /// An empty registry.
     pub fn new(limits: Limits) -> Registry {
+        let mut ids = StdRng::from_entropy();
+        let message_base = u64::from(ids.next_u32() & 0xf_ffff) << 32;
         Registry {
             limits,
             apps: HashMap::new(),
             sessions: HashMap::new(),
-            ids: StdRng::from_entropy(),
+            ids,
             grace_timers: BTreeSet::new(),
             token_timers: BTreeSet::new(),
+            count_timers: BTreeSet::new(),
+            message_base,
+            message_seq: 0,
         }
     }
 
@@ -791,6 +827,7 @@ impl Registry {
             to: id,
             msg: self.login_ok(id, login.seq, true),
         });
+        self.extra_after_login(id, out);
         if let (Some(s), Some(app)) = (self.sessions.get(&id), self.apps.get(&login.app_id)) {
             for stream_id in &s.plays {
                 let available = app.streams.contains_key(stream_id);
@@ -878,10 +915,14 @@ impl Registry {
                     cursor: remote.cursor,
                     seq: remote.seq,
                 }));
+                let extra = remote.extra.into_iter().map(|i| (i.key.clone(), i)).collect();
                 e.insert(Room {
                     max_members,
                     users: BTreeMap::new(),
                     streams: BTreeSet::new(),
+                    extra,
+                    rates: im::RoomRates::default(),
+                    count_due: None,
                     remote_users: remote
                         .users
                         .into_iter()
@@ -913,6 +954,7 @@ impl Registry {
                 token_warned: false,
                 quality_at: None,
                 mute_window: None,
+                broadcast_rate: im::Rate::default(),
             },
         );
         self.arm_token(id);
@@ -920,6 +962,7 @@ impl Registry {
             to: id,
             msg: self.login_ok(id, login.seq, false),
         });
+        self.extra_after_login(id, out);
         let room = self
             .apps
             .get(&login.app_id)
@@ -1624,8 +1667,13 @@ impl Registry {
 
     /// When the next timer is due, on each clock.
     pub fn poll_timeout(&self) -> Timeout {
+        let grace = self.grace_timers.first().map(|(at, _)| *at);
+        let count = self.count_timers.first().map(|(at, _, _)| *at);
         Timeout {
-            at: self.grace_timers.first().map(|(at, _)| *at),
+            at: match (grace, count) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
             unix_ms: self.token_timers.first().map(|(due, _)| *due),
         }
     }
@@ -1674,7 +1722,7 @@ impl Registry {
             self.token_timers.insert((expire_ms, id));
             self.warn_token(id, expire, now.unix_secs(), out);
         }
-        ran
+        ran + self.handle_count_timers(now.at, out)
     }
 
     /// The users of `room` on every node, sorted by user ID (a user on two nodes once: the
@@ -1705,6 +1753,22 @@ impl Registry {
         change: RoomChange,
         out: &mut Vec<Output>,
     ) -> bool {
+        let change = match change {
+            RoomChange::Message(m) => {
+                if !self.follows(app_id, room_id) {
+                    return false;
+                }
+                self.deliver_local(app_id, room_id, &m, out);
+                return true;
+            }
+            RoomChange::StreamExtraInfo(info) => {
+                return self.remote_stream_extra_info(app_id, room_id, owner, info, out);
+            }
+            RoomChange::RoomExtraInfo(info) => {
+                return self.remote_room_extra_info(app_id, room_id, info, out);
+            }
+            other => other,
+        };
         let sessions = &self.sessions;
         let Some(App { rooms, players, .. }) = self.apps.get_mut(&app_id) else {
             return false;
@@ -1817,6 +1881,9 @@ impl Registry {
                     },
                 )
             }
+            RoomChange::Message(_) | RoomChange::StreamExtraInfo(_) | RoomChange::RoomExtraInfo(_) => {
+                return false;
+            }
         };
         let to = room
             .users
@@ -1891,6 +1958,9 @@ impl Registry {
         }
         for (_, (owner, info)) in streams {
             changes.push((owner, RoomChange::StreamAdd(info)));
+        }
+        for info in remote.extra {
+            changes.push((String::new(), RoomChange::RoomExtraInfo(info)));
         }
         for (owner, change) in changes {
             self.remote_update(app_id, room_id, &owner, change, out);
@@ -2190,6 +2260,13 @@ impl Registry {
         Ok(())
     }
 }
+
+mod im;
+
+pub use im::{
+    BARRAGE_PER_ROOM, BROADCAST_PER_ROOM, BROADCAST_PER_USER, COMMAND_MANY_PER_ROOM, COMMAND_ONE_PER_ROOM,
+    MessageKind, ONLINE_COUNT_INTERVAL, ROOM_EXTRA_KEYS, ROOM_EXTRA_PER_ROOM, RoomMessage,
+};
 
 #[cfg(test)]
 mod tests;

@@ -711,6 +711,8 @@ impl WebhookTap {
 
     fn change(&mut self, app: AppId, room: &RoomId, change: &RoomChange, now: u64) {
         match change {
+            // No webhook event of the hosted platforms carries these.
+            RoomChange::Message(_) | RoomChange::StreamExtraInfo(_) | RoomChange::RoomExtraInfo(_) => {}
             RoomChange::UserAdd(user) => {
                 if let Some(life) = self.rooms.get_mut(&(app, room.clone()))
                     && !life.announced

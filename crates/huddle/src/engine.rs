@@ -25,6 +25,8 @@ use crate::media::device::AudioDeviceType;
 use crate::media::publish::{AudioInput, VideoInput};
 use crate::media::{AudioSink, AudioSource, MediaShared, VideoRenderer, VideoSource};
 use crate::session::{Command, Release, SessionParams, Timing};
+
+mod im;
 use huddle_media::I420Frame;
 
 /// Requests queued from the API to the engine task; beyond this an API call fails with 1009004.

@@ -3,7 +3,9 @@
 use huddle_proto::DeviceState as RemoteDeviceState;
 use std::collections::BTreeMap;
 
-use huddle_proto::{ErrorCode, RoomId, StreamId, StreamInfo, StreamQualityLevel, UpdateType, User, UserId};
+use huddle_proto::{
+    ErrorCode, RoomExtraInfo, RoomId, StreamId, StreamInfo, StreamQualityLevel, UpdateType, User, UserId,
+};
 
 /// The state of the engine's connection to a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -272,6 +274,90 @@ pub enum Event {
         /// The messages, oldest first.
         messages: Vec<BroadcastMessageInfo>,
     },
+    /// See [`EventHandler::on_im_recv_barrage_message`].
+    IMRecvBarrageMessage {
+        /// The room.
+        room_id: RoomId,
+        /// The messages, oldest first.
+        messages: Vec<BarrageMessageInfo>,
+    },
+    /// See [`EventHandler::on_im_recv_custom_command`].
+    IMRecvCustomCommand {
+        /// The room.
+        room_id: RoomId,
+        /// The sender.
+        from_user: User,
+        /// The command.
+        command: String,
+    },
+    /// See [`EventHandler::on_im_send_broadcast_message_result`].
+    IMSendBroadcastMessageResult {
+        /// The room.
+        room_id: RoomId,
+        /// What `send_broadcast_message` returned.
+        seq: u64,
+        /// 0 when sent.
+        error_code: ErrorCode,
+        /// The message's ID (0 when not sent).
+        message_id: u64,
+    },
+    /// See [`EventHandler::on_im_send_barrage_message_result`].
+    IMSendBarrageMessageResult {
+        /// The room.
+        room_id: RoomId,
+        /// What `send_barrage_message` returned.
+        seq: u64,
+        /// 0 when sent.
+        error_code: ErrorCode,
+        /// The message's ID (empty when not sent).
+        message_id: String,
+    },
+    /// See [`EventHandler::on_im_send_custom_command_result`].
+    IMSendCustomCommandResult {
+        /// The room.
+        room_id: RoomId,
+        /// What `send_custom_command` returned.
+        seq: u64,
+        /// 0 when sent.
+        error_code: ErrorCode,
+    },
+    /// See [`EventHandler::on_publisher_set_stream_extra_info_result`].
+    PublisherSetStreamExtraInfoResult {
+        /// What `set_stream_extra_info` returned.
+        seq: u64,
+        /// 0 when set.
+        error_code: ErrorCode,
+    },
+    /// See [`EventHandler::on_room_set_room_extra_info_result`].
+    RoomSetRoomExtraInfoResult {
+        /// The room.
+        room_id: RoomId,
+        /// What `set_room_extra_info` returned.
+        seq: u64,
+        /// 0 when set.
+        error_code: ErrorCode,
+    },
+    /// See [`EventHandler::on_room_stream_extra_info_update`].
+    RoomStreamExtraInfoUpdate {
+        /// The room.
+        room_id: RoomId,
+        /// The streams with their new extra info.
+        streams: Vec<StreamInfo>,
+    },
+    /// See [`EventHandler::on_room_extra_info_update`].
+    RoomExtraInfoUpdate {
+        /// The room.
+        room_id: RoomId,
+        /// The keys that changed (at login: all of them).
+        room_extra_info_list: Vec<RoomExtraInfo>,
+    },
+    /// See [`EventHandler::on_room_online_user_count_update`].
+    RoomOnlineUserCountUpdate {
+        /// The room.
+        room_id: RoomId,
+        /// Users online in the room, on every node.
+        count: u32,
+    },
     /// See [`EventHandler::on_publisher_captured_audio_first_frame`].
     PublisherCapturedAudioFirstFrame,
     /// See [`EventHandler::on_publisher_captured_video_first_frame`].
@@ -391,6 +477,27 @@ pub struct BroadcastMessageInfo {
     pub from_user: User,
 }
 
+/// A barrage message to a room ([`EventHandler::on_im_recv_barrage_message`]), as the hosted
+/// SDKs' `ZegoBarrageMessageInfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BarrageMessageInfo {
+    /// The text.
+    pub message: String,
+    /// The message's ID.
+    #[doc(alias = "messageID")]
+    pub message_id: String,
+    /// When the server took it, Unix milliseconds.
+    pub send_time: u64,
+    /// The sender.
+    pub from_user: User,
+}
+
+/// A user as JSON (`{"user_id", "user_name"}`).
+fn user_json(u: &User) -> serde_json::Value {
+    serde_json::json!({"user_id": u.user_id.as_str(), "user_name": u.user_name.as_str()})
+}
+
 impl Event {
     /// The event's name: its callback's without `on_` (`room_state_update`, …).
     pub fn name(&self) -> &'static str {
@@ -403,6 +510,16 @@ impl Event {
             Event::PlayerStateUpdate { .. } => "player_state_update",
             Event::RoomTokenWillExpire { .. } => "room_token_will_expire",
             Event::IMRecvBroadcastMessage { .. } => "im_recv_broadcast_message",
+            Event::IMRecvBarrageMessage { .. } => "im_recv_barrage_message",
+            Event::IMRecvCustomCommand { .. } => "im_recv_custom_command",
+            Event::IMSendBroadcastMessageResult { .. } => "im_send_broadcast_message_result",
+            Event::IMSendBarrageMessageResult { .. } => "im_send_barrage_message_result",
+            Event::IMSendCustomCommandResult { .. } => "im_send_custom_command_result",
+            Event::PublisherSetStreamExtraInfoResult { .. } => "publisher_set_stream_extra_info_result",
+            Event::RoomSetRoomExtraInfoResult { .. } => "room_set_room_extra_info_result",
+            Event::RoomStreamExtraInfoUpdate { .. } => "room_stream_extra_info_update",
+            Event::RoomExtraInfoUpdate { .. } => "room_extra_info_update",
+            Event::RoomOnlineUserCountUpdate { .. } => "room_online_user_count_update",
             Event::PublisherCapturedAudioFirstFrame => "publisher_captured_audio_first_frame",
             Event::PublisherCapturedVideoFirstFrame => "publisher_captured_video_first_frame",
             Event::PlayerRecvAudioFirstFrame { .. } => "player_recv_audio_first_frame",
@@ -531,6 +648,74 @@ impl Event {
                     .collect();
                 json!({"room_id": room_id.as_str(), "messages": list})
             }
+            Event::IMRecvBarrageMessage { room_id, messages } => {
+                let list: Vec<serde_json::Value> = messages
+                    .iter()
+                    .map(|m| {
+                        json!({
+                            "message": m.message,
+                            "message_id": m.message_id,
+                            "send_time": m.send_time,
+                            "from_user": user_json(&m.from_user),
+                        })
+                    })
+                    .collect();
+                json!({"room_id": room_id.as_str(), "messages": list})
+            }
+            Event::IMRecvCustomCommand {
+                room_id,
+                from_user,
+                command,
+            } => json!({"room_id": room_id.as_str(), "from_user": user_json(from_user), "command": command}),
+            Event::IMSendBroadcastMessageResult {
+                room_id,
+                seq,
+                error_code,
+                message_id,
+            } => {
+                json!({"room_id": room_id.as_str(), "seq": seq, "error_code": error_code, "message_id": message_id})
+            }
+            Event::IMSendBarrageMessageResult {
+                room_id,
+                seq,
+                error_code,
+                message_id,
+            } => {
+                json!({"room_id": room_id.as_str(), "seq": seq, "error_code": error_code, "message_id": message_id})
+            }
+            Event::IMSendCustomCommandResult {
+                room_id,
+                seq,
+                error_code,
+            }
+            | Event::RoomSetRoomExtraInfoResult {
+                room_id,
+                seq,
+                error_code,
+            } => json!({"room_id": room_id.as_str(), "seq": seq, "error_code": error_code}),
+            Event::PublisherSetStreamExtraInfoResult { seq, error_code } => {
+                json!({"seq": seq, "error_code": error_code})
+            }
+            Event::RoomStreamExtraInfoUpdate { room_id, streams } => json!({
+                "room_id": room_id.as_str(),
+                "streams": streams
+                    .iter()
+                    .map(|s| json!({"user_id": s.user_id.as_str(), "stream_id": s.stream_id.as_str(), "extra_info": s.extra_info}))
+                    .collect::<Vec<_>>(),
+            }),
+            Event::RoomExtraInfoUpdate {
+                room_id,
+                room_extra_info_list,
+            } => json!({
+                "room_id": room_id.as_str(),
+                "room_extra_info_list": room_extra_info_list
+                    .iter()
+                    .map(|i| json!({"key": i.key, "value": i.value, "update_user": user_json(&i.update_user), "update_time": i.update_time_ms}))
+                    .collect::<Vec<_>>(),
+            }),
+            Event::RoomOnlineUserCountUpdate { room_id, count } => {
+                json!({"room_id": room_id.as_str(), "count": count})
+            }
             Event::PublisherCapturedAudioFirstFrame | Event::PublisherCapturedVideoFirstFrame => json!({}),
             Event::PlayerRecvAudioFirstFrame { stream_id }
             | Event::PlayerRecvVideoFirstFrame { stream_id } => {
@@ -641,6 +826,49 @@ impl Event {
             }
             Event::IMRecvBroadcastMessage { room_id, messages } => {
                 h.on_im_recv_broadcast_message(room_id.as_str(), messages)
+            }
+            Event::IMRecvBarrageMessage { room_id, messages } => {
+                h.on_im_recv_barrage_message(room_id.as_str(), messages)
+            }
+            Event::IMRecvCustomCommand {
+                room_id,
+                from_user,
+                command,
+            } => h.on_im_recv_custom_command(room_id.as_str(), from_user, command),
+            Event::IMSendBroadcastMessageResult {
+                room_id,
+                seq,
+                error_code,
+                message_id,
+            } => h.on_im_send_broadcast_message_result(room_id.as_str(), *seq, *error_code, *message_id),
+            Event::IMSendBarrageMessageResult {
+                room_id,
+                seq,
+                error_code,
+                message_id,
+            } => h.on_im_send_barrage_message_result(room_id.as_str(), *seq, *error_code, message_id),
+            Event::IMSendCustomCommandResult {
+                room_id,
+                seq,
+                error_code,
+            } => h.on_im_send_custom_command_result(room_id.as_str(), *seq, *error_code),
+            Event::PublisherSetStreamExtraInfoResult { seq, error_code } => {
+                h.on_publisher_set_stream_extra_info_result(*seq, *error_code)
+            }
+            Event::RoomSetRoomExtraInfoResult {
+                room_id,
+                seq,
+                error_code,
+            } => h.on_room_set_room_extra_info_result(room_id.as_str(), *seq, *error_code),
+            Event::RoomStreamExtraInfoUpdate { room_id, streams } => {
+                h.on_room_stream_extra_info_update(room_id.as_str(), streams)
+            }
+            Event::RoomExtraInfoUpdate {
+                room_id,
+                room_extra_info_list,
+            } => h.on_room_extra_info_update(room_id.as_str(), room_extra_info_list),
+            Event::RoomOnlineUserCountUpdate { room_id, count } => {
+                h.on_room_online_user_count_update(room_id.as_str(), *count)
             }
             Event::PublisherCapturedAudioFirstFrame => h.on_publisher_captured_audio_first_frame(),
             Event::PublisherCapturedVideoFirstFrame => h.on_publisher_captured_video_first_frame(),
@@ -793,6 +1021,99 @@ pub trait EventHandler: Send + Sync + 'static {
     #[doc(alias = "onIMRecvBroadcastMessage")]
     #[doc(alias = "IMRecvBroadcastMessage")]
     fn on_im_recv_broadcast_message(&self, room_id: &str, messages: &[BroadcastMessageInfo]) {}
+
+    /// Barrage messages of other users of the room arrived (`send_barrage_message`): best
+    /// effort, so some may be missing under load.
+    #[doc(alias = "onIMRecvBarrageMessage")]
+    #[doc(alias = "IMRecvBarrageMessage")]
+    fn on_im_recv_barrage_message(&self, room_id: &str, messages: &[BarrageMessageInfo]) {}
+
+    /// Another user of the room sent this user a custom command (`send_custom_command`).
+    ///
+    /// ```
+    /// use huddle::{EventHandler, User};
+    ///
+    /// struct Remote;
+    /// impl EventHandler for Remote {
+    ///     fn on_im_recv_custom_command(&self, room_id: &str, from_user: &User, command: &str) {
+    ///         println!("[{room_id}] {} asks: {command}", from_user.user_id);
+    ///     }
+    /// }
+    /// ```
+    #[doc(alias = "onIMRecvCustomCommand")]
+    #[doc(alias = "IMRecvCustomCommand")]
+    fn on_im_recv_custom_command(&self, room_id: &str, from_user: &User, command: &str) {}
+
+    /// The result of [`Engine::send_broadcast_message`](crate::Engine::send_broadcast_message)
+    /// number `seq`: 0 and the message's ID, or the code (1009070, 1009071, 1009072; 1000002
+    /// when the room was not connected).
+    #[doc(alias = "ZegoIMSendBroadcastMessageCallback")]
+    fn on_im_send_broadcast_message_result(
+        &self,
+        room_id: &str,
+        seq: u64,
+        error_code: ErrorCode,
+        message_id: u64,
+    ) {
+    }
+
+    /// The result of [`Engine::send_barrage_message`](crate::Engine::send_barrage_message)
+    /// number `seq`: 0 and the message's ID, or the code.
+    #[doc(alias = "ZegoIMSendBarrageMessageCallback")]
+    fn on_im_send_barrage_message_result(
+        &self,
+        room_id: &str,
+        seq: u64,
+        error_code: ErrorCode,
+        message_id: &str,
+    ) {
+    }
+
+    /// The result of [`Engine::send_custom_command`](crate::Engine::send_custom_command) number
+    /// `seq`: 0, or the code (1009073 when none of the recipients is in the room).
+    #[doc(alias = "ZegoIMSendCustomCommandCallback")]
+    fn on_im_send_custom_command_result(&self, room_id: &str, seq: u64, error_code: ErrorCode) {}
+
+    /// The result of [`Engine::set_stream_extra_info`](crate::Engine::set_stream_extra_info)
+    /// number `seq`.
+    #[doc(alias = "ZegoPublisherSetStreamExtraInfoCallback")]
+    fn on_publisher_set_stream_extra_info_result(&self, seq: u64, error_code: ErrorCode) {}
+
+    /// The result of [`Engine::set_room_extra_info`](crate::Engine::set_room_extra_info) number
+    /// `seq`: 0, or the code (1009074–1009077).
+    #[doc(alias = "ZegoRoomSetRoomExtraInfoCallback")]
+    fn on_room_set_room_extra_info_result(&self, room_id: &str, seq: u64, error_code: ErrorCode) {}
+
+    /// Streams of other users of the room have new extra info (their publishers called
+    /// `set_stream_extra_info`).
+    #[doc(alias = "onRoomStreamExtraInfoUpdate")]
+    #[doc(alias = "roomStreamExtraInfoUpdate")]
+    fn on_room_stream_extra_info_update(&self, room_id: &str, streams: &[StreamInfo]) {}
+
+    /// The room's extra info changed (another user called `set_room_extra_info`), or, right
+    /// after the login, the room's extra info as it is.
+    ///
+    /// ```
+    /// use huddle::{EventHandler, RoomExtraInfo};
+    ///
+    /// struct Topic;
+    /// impl EventHandler for Topic {
+    ///     fn on_room_extra_info_update(&self, room_id: &str, list: &[RoomExtraInfo]) {
+    ///         for i in list {
+    ///             println!("[{room_id}] {} = {} (by {})", i.key, i.value, i.update_user.user_id);
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    #[doc(alias = "onRoomExtraInfoUpdate")]
+    #[doc(alias = "roomExtraInfoUpdate")]
+    fn on_room_extra_info_update(&self, room_id: &str, room_extra_info_list: &[RoomExtraInfo]) {}
+
+    /// The number of users online in the room (on every node): right after the login, then
+    /// every 30 seconds, as the hosted SDKs report it.
+    #[doc(alias = "onRoomOnlineUserCountUpdate")]
+    #[doc(alias = "roomOnlineUserCountUpdate")]
+    fn on_room_online_user_count_update(&self, room_id: &str, count: u32) {}
 
     /// The published stream's first audio frame was captured (from the configured
     /// [`AudioSource`](crate::AudioSource)), once per media connection.
@@ -1014,6 +1335,48 @@ mod tests {
         h.on_event(&remote);
         h.on_event(&Event::CapturedSoundLevelUpdate { info });
         assert_eq!(*h.0.lock().unwrap(), vec![42.345, 42.345]);
+    }
+
+    #[test]
+    fn message_and_extra_info_events_serialize_for_huddle_call() {
+        let r = RoomId::new("r").unwrap();
+        let alice = User::new(UserId::new("alice").unwrap());
+        let e = Event::IMRecvCustomCommand {
+            room_id: r.clone(),
+            from_user: alice.clone(),
+            command: "go".into(),
+        };
+        assert_eq!(
+            e.to_json(),
+            serde_json::json!({"event": "im_recv_custom_command", "room_id": "r", "from_user": {"user_id": "alice", "user_name": "alice"}, "command": "go"})
+        );
+        let e = Event::IMSendBroadcastMessageResult {
+            room_id: r.clone(),
+            seq: 3,
+            error_code: ErrorCode::OK,
+            message_id: 9,
+        };
+        assert_eq!(
+            e.to_json(),
+            serde_json::json!({"event": "im_send_broadcast_message_result", "room_id": "r", "seq": 3, "error_code": 0, "message_id": 9})
+        );
+        let e = Event::RoomExtraInfoUpdate {
+            room_id: r.clone(),
+            room_extra_info_list: vec![RoomExtraInfo {
+                key: "topic".into(),
+                value: "v".into(),
+                update_user: alice,
+                update_time_ms: 5,
+            }],
+        };
+        assert_eq!(
+            e.to_json(),
+            serde_json::json!({"event": "room_extra_info_update", "room_id": "r", "room_extra_info_list": [{"key": "topic", "value": "v", "update_user": {"user_id": "alice", "user_name": "alice"}, "update_time": 5}]})
+        );
+        assert_eq!(
+            Event::RoomOnlineUserCountUpdate { room_id: r, count: 2 }.to_json(),
+            serde_json::json!({"event": "room_online_user_count_update", "room_id": "r", "count": 2})
+        );
     }
 
     /// A handler that overrides only the callbacks still gets them through `on_event`'s default.

@@ -153,8 +153,8 @@ pub use config::{EngineConfig, EngineProfile, RoomConfig, Scenario};
 pub use dispatch::EventStream;
 pub use engine::{Engine, EngineHandle};
 pub use event::{
-    BroadcastMessageInfo, Event, EventHandler, PlayStreamQuality, PlayerState, PublishStreamQuality,
-    PublisherState, RoomState, RoomStateChangedReason, SoundLevelInfo,
+    BarrageMessageInfo, BroadcastMessageInfo, Event, EventHandler, PlayStreamQuality, PlayerState,
+    PublishStreamQuality, PublisherState, RoomState, RoomStateChangedReason, SoundLevelInfo,
 };
 /// The audio receive stats of a played stream ([`Engine::player_audio_stats`]): the jitter
 /// buffer's added delay, its counters, and the time-stretching.
@@ -166,8 +166,8 @@ pub use huddle_media::{AudioConfig, AudioConfigPreset, I420Frame};
 #[doc(alias = "ZegoRemoteDeviceState")]
 pub use huddle_proto::DeviceState as RemoteDeviceState;
 pub use huddle_proto::{
-    ErrorCode, HuddleError, RoomId, StreamId, StreamInfo, StreamQualityLevel, UpdateType, User, UserId,
-    UserName,
+    ErrorCode, HuddleError, RoomExtraInfo, RoomId, StreamId, StreamInfo, StreamQualityLevel, UpdateType,
+    User, UserId, UserName,
 };
 pub use media::device::{AudioDeviceType, DeviceInfo, audio_device_list};
 pub use media::levels::SoundLevelConfig;

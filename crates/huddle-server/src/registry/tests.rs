@@ -147,7 +147,7 @@ fn flatten(out: Vec<Output>) -> (Msgs, Vec<SessionId>) {
     for o in out {
         match o {
             Output::Send { to, msg } => msgs.push((to, msg)),
-            Output::Broadcast { to, msg } => {
+            Output::Broadcast { to, msg } | Output::BroadcastLossy { to, msg } => {
                 assert!(!to.is_empty(), "empty broadcast");
                 msgs.extend(to.into_iter().map(|t| (t, msg.clone())));
             }
@@ -1278,6 +1278,7 @@ fn snapshot_of(h: &H, r: &str, owner: &str) -> RemoteRoom {
             .into_iter()
             .map(|s| (owner.to_string(), s))
             .collect(),
+        extra: Vec::new(),
     }
 }
 
@@ -1743,3 +1744,5 @@ fn mute_requests_for_streams_not_ones_own_or_too_fast_are_refused_with_codes() {
     });
     assert_eq!(r.unwrap_err().code, ErrorCode::MUTE_TOO_FREQUENT);
 }
+
+mod im;

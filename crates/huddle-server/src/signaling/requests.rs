@@ -6,7 +6,7 @@ use tracing::{debug, info};
 use super::cluster::{StoreOp, release};
 use super::conn::Conn;
 use super::hub::{Closing, ConnHandle, Hub, close, random_hex, unix_ms, unix_secs};
-use crate::registry::PublishCheck;
+use crate::registry::{Clock, MessageKind, PublishCheck};
 use crate::registry::{Output, SessionId};
 use crate::sfu::{Command, Offer};
 
@@ -174,6 +174,34 @@ impl Conn {
                     });
                 (*seq, r)
             }
+            ClientMsg::SendBroadcastMessage { seq, message } => (
+                *seq,
+                reg.send_message(id, *seq, MessageKind::Broadcast, message, Clock::now(), &mut out),
+            ),
+            ClientMsg::SendBarrageMessage { seq, message } => (
+                *seq,
+                reg.send_message(id, *seq, MessageKind::Barrage, message, Clock::now(), &mut out),
+            ),
+            ClientMsg::SendCustomCommand {
+                seq,
+                command,
+                to_users,
+            } => (
+                *seq,
+                reg.send_custom_command(id, *seq, command, to_users, Clock::now(), &mut out),
+            ),
+            ClientMsg::SetStreamExtraInfo {
+                seq,
+                stream_id,
+                extra_info,
+            } => (
+                *seq,
+                reg.set_stream_extra_info(id, *seq, stream_id, extra_info, &mut out),
+            ),
+            ClientMsg::SetRoomExtraInfo { seq, key, value } => (
+                *seq,
+                reg.set_room_extra_info(id, *seq, key, value, Clock::now(), &mut out),
+            ),
             ClientMsg::Ping { seq } => {
                 drop(hub);
                 self.send(&ServerMsg::Pong {
@@ -270,6 +298,9 @@ impl Conn {
                     // A resume from a new connection: the old one is half-open.
                     close(&old.ctl, Closing::Now(None));
                 }
+                // The room's online user count now, then on the room's 30 s timer.
+                hub.registry
+                    .online_count_after_login(att.session, std::time::Instant::now(), &mut out);
                 hub.dispatch(out);
                 drop(hub);
                 // The login (or resume) armed the session's token timer.

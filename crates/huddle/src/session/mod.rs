@@ -13,6 +13,7 @@
 mod backoff;
 #[cfg(test)]
 mod conformance;
+mod im;
 pub(crate) mod quality;
 mod stream;
 #[cfg(test)]
@@ -33,6 +34,7 @@ use tracing::{debug, warn};
 use crate::config::EngineConfig;
 use crate::event::{Event, PlayerState, PublisherState, RoomStateChangedReason, extended};
 use backoff::Backoff;
+pub(crate) use im::ImRequest;
 use stream::{MediaLink, Player, Publisher};
 
 use crate::media::MediaUpdate;
@@ -165,6 +167,11 @@ pub(crate) enum Command {
         mute: bool,
     },
     Logout,
+    /// A message or extra info request; its result is reported with `ticket`.
+    Im {
+        ticket: u64,
+        req: ImRequest,
+    },
 }
 
 impl fmt::Debug for Command {
@@ -182,6 +189,7 @@ impl fmt::Debug for Command {
                 mute,
             } => write!(f, "MutePlay({stream_id}, {track:?}, {mute})"),
             Command::Logout => f.write_str("Logout"),
+            Command::Im { ticket, req } => write!(f, "Im({ticket}, {req:?})"),
         }
     }
 }
@@ -301,6 +309,11 @@ enum Pending {
     Mute {
         func_name: &'static str,
     },
+    /// A message or extra info request of the API's `ticket`.
+    Im {
+        ticket: u64,
+        kind: im::ImKind,
+    },
 }
 
 /// The signaling session of one room. See the module docs for the driving loop.
@@ -351,6 +364,8 @@ pub(crate) struct Session {
     close_reason: Option<String>,
     /// Stream and network quality.
     quality: quality::Monitor,
+    /// The published stream's extra info (`set_stream_extra_info`), sent with every publish.
+    stream_extra_info: String,
     out: VecDeque<Output>,
 }
 
@@ -388,6 +403,7 @@ impl Session {
             clock_base: (now, unix_ms),
             close_reason: None,
             quality: quality::Monitor::new(),
+            stream_extra_info: String::new(),
             out: VecDeque::new(),
         };
         s.arm_token();
@@ -620,24 +636,14 @@ impl Session {
                     self.quality.remote_report(user_id, upstream, downstream, now);
                 }
             }
-            ServerMsg::BroadcastMessage {
-                room_id,
-                message_id,
-                send_time_ms,
-                from_user,
-                message,
-            } => {
-                if self.is_online() && room_id == self.p.room_id {
-                    self.event(Event::IMRecvBroadcastMessage {
-                        room_id,
-                        messages: vec![crate::event::BroadcastMessageInfo {
-                            message,
-                            message_id,
-                            send_time: send_time_ms,
-                            from_user,
-                        }],
-                    });
-                }
+            ServerMsg::BroadcastMessage { .. }
+            | ServerMsg::MessageSent { .. }
+            | ServerMsg::BarrageMessage { .. }
+            | ServerMsg::CustomCommand { .. }
+            | ServerMsg::StreamExtraInfoUpdate { .. }
+            | ServerMsg::RoomExtraInfoUpdate { .. }
+            | ServerMsg::RoomOnlineUserCount { .. } => {
+                self.im_message(&msg);
             }
             ServerMsg::Kicked { code, message } => {
                 if matches!(self.phase, Phase::Done | Phase::LoggingOut { .. }) {
@@ -763,6 +769,7 @@ impl Session {
             }
             Some(Pending::Logout) => self.finish(),
             Some(Pending::RenewToken(token)) => self.adopt_token(token.0),
+            Some(Pending::Im { ticket, kind }) => self.im_result(kind, ticket, ErrorCode::OK, 0),
             _ => {}
         }
     }
@@ -834,6 +841,7 @@ impl Session {
             Some(Pending::MediaOffer { stream_id, kind }) => {
                 self.on_media_refused(seq, stream_id, kind, code, message)
             }
+            Some(Pending::Im { ticket, kind }) => self.im_result(kind, ticket, code, 0),
             Some(other) => debug!(room = %self.p.room_id, ?other, ?code, message, "request refused"),
             None => debug!(room = %self.p.room_id, seq, ?code, message, "error for an unknown request"),
         }
@@ -1014,6 +1022,7 @@ impl Session {
                     self.send_mute_play(stream_id, track, mute);
                 }
             }
+            Command::Im { ticket, req } => self.im_request(ticket, req),
             Command::Logout => {
                 let ready = self.is_ready();
                 self.leave(RoomStateChangedReason::Logout, ErrorCode::OK, "");
@@ -1052,10 +1061,17 @@ impl Session {
     fn link_down(&mut self, now: Instant, why: &str) {
         // A renewal whose answer was lost may have been accepted: the next login uses (and
         // checks) the newer token.
-        let renewal = self.pending.drain().find_map(|(_, p)| match p {
-            Pending::RenewToken(t) => Some(t.0),
-            _ => None,
-        });
+        let mut renewal = None;
+        let mut lost = Vec::new();
+        for (_, p) in self.pending.drain() {
+            match p {
+                Pending::RenewToken(t) => renewal = Some(t.0),
+                Pending::Im { ticket, kind } => lost.push((ticket, kind)),
+                _ => {}
+            }
+        }
+        lost.sort_unstable_by_key(|(ticket, _)| *ticket);
+        self.im_unanswered(lost);
         if let Some(token) = renewal {
             self.adopt_token(token);
         }
@@ -1160,7 +1176,7 @@ impl Session {
         self.send(ClientMsg::Publish {
             seq,
             stream_id: stream_id.clone(),
-            extra_info: String::new(),
+            extra_info: self.stream_extra_info.clone(),
         });
         if let Some(p) = &mut self.publisher {
             p.requested = true;

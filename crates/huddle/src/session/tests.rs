@@ -1930,3 +1930,191 @@ fn play_mutes_follow_the_play_and_remote_states_become_events() {
     });
     assert_eq!(mute_plays(&out), [("theirs".into(), TrackKind::Audio, false)]);
 }
+
+// ----- messages and extra info -----
+
+/// The events of `out` (none of the state events).
+fn events(out: &[Output]) -> Vec<Event> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Event(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn message_requests_report_their_results_with_the_callers_number() {
+    let mut h = online_with_streams();
+    let out = h.cmd(Command::Im {
+        ticket: 7,
+        req: ImRequest::Broadcast("hi".into()),
+    });
+    let seq = seq_of(
+        &out,
+        |m| matches!(m, ClientMsg::SendBroadcastMessage { message, .. } if message == "hi"),
+    );
+    let out = h.msg(ServerMsg::MessageSent { seq, message_id: 42 });
+    assert_eq!(
+        events(&out),
+        [Event::IMSendBroadcastMessageResult {
+            room_id: RoomId::new("room").unwrap(),
+            seq: 7,
+            error_code: ErrorCode::OK,
+            message_id: 42
+        }]
+    );
+    let out = h.cmd(Command::Im {
+        ticket: 8,
+        req: ImRequest::Command {
+            command: "go".into(),
+            to_users: vec![UserId::new("nobody").unwrap()],
+        },
+    });
+    let seq = seq_of(&out, |m| matches!(m, ClientMsg::SendCustomCommand { .. }));
+    let out = h.msg(ServerMsg::Error {
+        seq: Some(seq),
+        code: ErrorCode::CUSTOM_COMMAND_NO_RECIPIENT,
+        message: "none".into(),
+    });
+    assert_eq!(
+        events(&out),
+        [Event::IMSendCustomCommandResult {
+            room_id: RoomId::new("room").unwrap(),
+            seq: 8,
+            error_code: ErrorCode::CUSTOM_COMMAND_NO_RECIPIENT
+        }]
+    );
+    // Unanswered when the connection breaks: failed (1000002), in call order; while
+    // reconnecting, refused at once and nothing is sent.
+    for ticket in [9, 10] {
+        h.cmd(Command::Im {
+            ticket,
+            req: ImRequest::RoomExtraInfo {
+                key: "k".into(),
+                value: "v".into(),
+            },
+        });
+    }
+    let out = h.input(Input::Closed("reset".into()));
+    let failed: Vec<(u64, ErrorCode)> = events(&out)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::RoomSetRoomExtraInfoResult { seq, error_code, .. } => Some((seq, error_code)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        failed,
+        [(9, ErrorCode::NOT_LOGGED_IN), (10, ErrorCode::NOT_LOGGED_IN)]
+    );
+    let out = h.cmd(Command::Im {
+        ticket: 11,
+        req: ImRequest::Barrage("x".into()),
+    });
+    assert!(sent(&out).is_empty());
+    assert!(matches!(
+        &events(&out)[..],
+        [Event::IMSendBarrageMessageResult { seq: 11, error_code: ErrorCode::NOT_LOGGED_IN, message_id, .. }] if message_id.is_empty()
+    ));
+}
+
+#[test]
+fn stream_extra_info_set_before_the_publish_goes_with_it_and_after_it_alone_behind_it() {
+    let (mut h, _) = Harness::new(params(None, timing()));
+    h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    let out = h.cmd(Command::Im {
+        ticket: 1,
+        req: ImRequest::StreamExtraInfo("early".into()),
+    });
+    assert!(sent(&out).is_empty());
+    assert_eq!(
+        events(&out),
+        [Event::PublisherSetStreamExtraInfoResult {
+            seq: 1,
+            error_code: ErrorCode::OK
+        }]
+    );
+    let out = h.cmd(Command::Publish {
+        stream_id: sid("mine"),
+        ticket: 2,
+    });
+    let publish = sent(&out)
+        .into_iter()
+        .find_map(|m| match m {
+            ClientMsg::Publish { seq, extra_info, .. } => Some((seq, extra_info)),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(publish.1, "early");
+    // Set while the publish awaits its answer: sent at once, behind the publish.
+    let out = h.cmd(Command::Im {
+        ticket: 4,
+        req: ImRequest::StreamExtraInfo("meanwhile".into()),
+    });
+    assert!(matches!(
+        &sent(&out)[..],
+        [ClientMsg::SetStreamExtraInfo { extra_info, .. }] if extra_info == "meanwhile"
+    ));
+    h.msg(ServerMsg::Ok { seq: publish.0 });
+    let out = h.cmd(Command::Im {
+        ticket: 3,
+        req: ImRequest::StreamExtraInfo("later".into()),
+    });
+    assert!(matches!(
+        &sent(&out)[..],
+        [ClientMsg::SetStreamExtraInfo { stream_id, extra_info, .. }] if stream_id.as_str() == "mine" && extra_info == "later"
+    ));
+}
+
+#[test]
+fn the_others_messages_commands_and_extra_info_become_events() {
+    let mut h = online_with_streams();
+    let room = RoomId::new("room").unwrap();
+    let out = h.msg(ServerMsg::CustomCommand {
+        room_id: room.clone(),
+        from_user: user("bob"),
+        command: "c".into(),
+    });
+    assert!(matches!(&events(&out)[..], [Event::IMRecvCustomCommand { command, .. }] if command == "c"));
+    let out = h.msg(ServerMsg::BarrageMessage {
+        room_id: room.clone(),
+        message_id: 5,
+        send_time_ms: 1,
+        from_user: user("bob"),
+        message: "b".into(),
+    });
+    assert!(
+        matches!(&events(&out)[..], [Event::IMRecvBarrageMessage { messages, .. }] if messages[0].message_id == "5")
+    );
+    let mut updated = stream("bob", "theirs");
+    updated.extra_info = "new".into();
+    let out = h.msg(ServerMsg::StreamExtraInfoUpdate {
+        room_id: room.clone(),
+        streams: vec![updated.clone()],
+    });
+    assert_eq!(
+        events(&out),
+        [Event::RoomStreamExtraInfoUpdate {
+            room_id: room.clone(),
+            streams: vec![updated]
+        }]
+    );
+    let out = h.msg(ServerMsg::RoomOnlineUserCount {
+        room_id: room.clone(),
+        count: 3,
+    });
+    assert_eq!(
+        events(&out),
+        [Event::RoomOnlineUserCountUpdate {
+            room_id: room,
+            count: 3
+        }]
+    );
+    // Another room's are ignored.
+    let out = h.msg(ServerMsg::RoomOnlineUserCount {
+        room_id: RoomId::new("other").unwrap(),
+        count: 3,
+    });
+    assert!(events(&out).is_empty());
+}
