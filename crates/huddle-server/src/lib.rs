@@ -33,6 +33,7 @@ pub mod config;
 mod media;
 mod memory;
 mod metrics;
+pub mod recording;
 pub mod registry;
 pub mod sfu;
 mod signaling;

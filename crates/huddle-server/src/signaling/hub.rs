@@ -37,6 +37,8 @@ pub(super) struct Hub {
     pub(super) pulls: mpsc::Sender<PullOp>,
     /// Turns the registry's room changes into webhook events (apps with webhooks only).
     pub(super) webhooks: Option<crate::webhooks::WebhookTap>,
+    /// Learns which room each stream published here is in, for recording (`crate::recording`).
+    pub(super) recorder: Arc<crate::recording::Recorder>,
 }
 
 /// A followed room's position in its history.
@@ -145,6 +147,7 @@ impl Hub {
                     if let Some(tap) = &mut self.webhooks {
                         tap.observe(&cmd);
                     }
+                    self.recorder.observe(&cmd);
                     match cmd {
                         ClusterCommand::Follow {
                             app,
