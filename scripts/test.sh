@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 # Python or Node.js at all: the tests run `python3` (an independent token decoder, the speech
 # scorers) and `node`/`npm` (the browser tests), and PyPI's `pesq` has no wheels, so it is
 # compiled against Python's headers. Installed only when missing, so a warm machine starts at once.
-apt_packages=(libopus-dev libvpx-dev pkg-config chromium libasound2-dev iproute2 nftables coturn openssl nginx-light caddy systemd redis-server)
+apt_packages=(libopus-dev libvpx-dev pkg-config ffmpeg chromium libasound2-dev iproute2 nftables coturn openssl nginx-light caddy systemd redis-server)
 need_apt=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
