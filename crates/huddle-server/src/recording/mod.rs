@@ -1022,3 +1022,42 @@ impl Finish for Files {
         result
     }
 }
+
+/// What the recording benchmark (`benches/record.rs`) drives: the shard's side (a tap and the
+/// end of its queue) and the recording thread's side (packets to files), without a server.
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit {
+    use super::*;
+
+    /// A tap whose queue holds `capacity` packets, and the queue's other end.
+    pub fn tap(capacity: usize) -> (Tap, Receiver<RecPacket>) {
+        let (tx, rx) = sync_channel(capacity);
+        let rec = Arc::new(StreamRecording {
+            task: "bench".into(),
+            app: AppId::new(1).expect("non-zero"),
+            room: RoomId::new("bench").expect("valid"),
+            stream: StreamId::new("bench").expect("valid"),
+            stop: AtomicBool::new(false),
+            wants_keyframe: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+            state: Mutex::new(RecState {
+                status: Status::Recording,
+                files: Vec::new(),
+                error: None,
+            }),
+        });
+        (Tap { tx, rec }, rx)
+    }
+
+    /// Writes `packets` as a recording thread does, to `{base}.ogg` and `{base}.webm`; returns
+    /// the files and their sizes.
+    pub fn write_files(base: &Path, packets: impl IntoIterator<Item = RecPacket>) -> Result<Vec<(PathBuf, u64)>, String> {
+        let mut files = Files::new(base.to_path_buf(), 0);
+        let mut core = Core::default();
+        for p in packets {
+            core.push(p, &mut files).map_err(|(_, m)| m)?;
+        }
+        core.finish(&mut files).map_err(|(_, m)| m)?;
+        Ok(files.infos().into_iter().map(|f| (f.path, f.bytes)).collect())
+    }
+}
