@@ -2,7 +2,8 @@
 //!
 //! - **shard**: what a shard thread spends per recorded packet (`Tap::send`: the packet's
 //!   header fields and a reference to its payload into a bounded channel), with a thread at the
-//!   other end draining it;
+//!   other end draining it without sleeping in `recv`, as the recording thread polls (so no
+//!   send pays for waking it);
 //! - **writer**: what the recording thread spends per packet (reordering, RED/VP8 handling, Ogg
 //!   pages, libwebm's muxing, the writes into the page cache) for a voice stream (Opus, 20 ms
 //!   packets of 80 bytes: about 32 kbit/s) and a video call stream (the same audio and VP8 at
@@ -116,7 +117,18 @@ fn main() {
     let mut per_packet = Vec::new();
     for _ in 0..rounds {
         let (t, rx) = tap(huddle_server::recording::QUEUE_PACKETS);
-        let drain = std::thread::spawn(move || rx.iter().count());
+        // The other end drains without sleeping in `recv`, as the recording thread does (it
+        // polls): a send never has a sleeping receiver to wake.
+        let drain = std::thread::spawn(move || {
+            let mut n = 0;
+            loop {
+                match rx.try_recv() {
+                    Ok(_) => n += 1,
+                    Err(std::sync::mpsc::TryRecvError::Empty) => std::thread::yield_now(),
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return n,
+                }
+            }
+        });
         let copies: Vec<RecPacket> = packets.clone();
         let n = copies.len();
         let mut dropped = 0;
