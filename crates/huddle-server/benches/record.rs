@@ -26,12 +26,18 @@ use huddle_server::recording::testkit::{tap, write_files};
 use huddle_server::recording::{RecPacket, Sent, Track};
 
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// This thread's CPU time.
 fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid timespec to write to; the clock ID is a constant Linux supports.
     #[allow(unsafe_code)]
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
@@ -85,7 +91,12 @@ fn stream(minutes: u64, video: bool) -> Vec<RecPacket> {
             let chunks: Vec<&[u8]> = frame.chunks(1_100).collect();
             let n = chunks.len();
             for (i, c) in chunks.into_iter().enumerate() {
-                let mut p = vec![if i == 0 { 0x90 } else { 0x80 }, 0x80, 0x80 | ((v >> 8) as u8 & 0x7f), v as u8];
+                let mut p = vec![
+                    if i == 0 { 0x90 } else { 0x80 },
+                    0x80,
+                    0x80 | ((v >> 8) as u8 & 0x7f),
+                    v as u8,
+                ];
                 p.extend_from_slice(c);
                 out.push(RecPacket {
                     track: Track::Video,
@@ -193,8 +204,15 @@ fn main() {
             shard_ns * per_hour / 1e9,
         );
         for (path, bytes) in sizes {
-            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("?").to_string();
-            println!("        {ext}: {:.0} KB per minute", bytes as f64 / minutes as f64 / 1000.0);
+            let ext = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("?")
+                .to_string();
+            println!(
+                "        {ext}: {:.0} KB per minute",
+                bytes as f64 / minutes as f64 / 1000.0
+            );
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -30,7 +30,11 @@ fn signature(nonce: &str, timestamp: u64) -> String {
     let secret = app().server_secret.as_str().to_string();
     let text = format!("{APP_ID}{nonce}{secret}{timestamp}");
     let out = Command::new("python3")
-        .args(["-c", "import hashlib,sys; print(hashlib.md5(sys.argv[1].encode()).hexdigest())", &text])
+        .args([
+            "-c",
+            "import hashlib,sys; print(hashlib.md5(sys.argv[1].encode()).hexdigest())",
+            &text,
+        ])
         .output()
         .expect("python3 runs");
     String::from_utf8(out.stdout).unwrap().trim().to_string()
@@ -53,7 +57,11 @@ fn api(addr: SocketAddr, action: &str, params: &str) -> Value {
         "Action={action}&AppId={APP_ID}&SignatureNonce={nonce}&Timestamp={ts}&Signature={sig}&SignatureVersion=2.0&{params}"
     );
     let mut tcp = std::net::TcpStream::connect(addr).unwrap();
-    write!(tcp, "GET /server-api/?{q} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        tcp,
+        "GET /server-api/?{q} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     tcp.read_to_string(&mut response).unwrap();
     let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
@@ -111,7 +119,11 @@ impl Hooks {
             if let Some(e) = self.events.lock().unwrap().iter().find(|e| e["event"] == name) {
                 return e.clone();
             }
-            assert!(Instant::now() < end, "no {name} webhook: {:?}", self.events.lock().unwrap());
+            assert!(
+                Instant::now() < end,
+                "no {name} webhook: {:?}",
+                self.events.lock().unwrap()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -125,7 +137,10 @@ fn run_quiet(tool: &str, args: &[&str]) -> String {
         .output()
         .unwrap_or_else(|e| panic!("{tool} (Debian's ffmpeg package, scripts/test.sh) does not run: {e}"));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && stderr.trim().is_empty(), "{tool} {args:?} complained: {stderr}");
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "{tool} {args:?} complained: {stderr}"
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -134,7 +149,17 @@ fn ogg_packets(path: &Path) -> Vec<(f64, f64)> {
     let p = path.to_str().unwrap();
     let csv = run_quiet(
         "ffprobe",
-        &["-v", "error", "-select_streams", "a:0", "-show_entries", "packet=pts_time,duration_time", "-of", "csv=p=0", p],
+        &[
+            "-v",
+            "error",
+            "-select_streams",
+            "a:0",
+            "-show_entries",
+            "packet=pts_time,duration_time",
+            "-of",
+            "csv=p=0",
+            p,
+        ],
     );
     csv.lines()
         .filter_map(|l| {
@@ -230,7 +255,13 @@ fn a_recorded_call_plays_in_ffmpeg_scores_and_keeps_its_gap() {
     // streams until it is stopped.
     let end = Instant::now() + Duration::from_secs(10);
     let hook = loop {
-        if let Some(e) = hooks.events.lock().unwrap().iter().find(|e| e["event"] == "record_stopped") {
+        if let Some(e) = hooks
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|e| e["event"] == "record_stopped")
+        {
             break e.clone();
         }
         assert!(Instant::now() < end, "no record_stopped");
@@ -264,7 +295,18 @@ fn a_recorded_call_plays_in_ffmpeg_scores_and_keeps_its_gap() {
     let decoded = tmp("rec-decoded.wav");
     run_quiet(
         "ffmpeg",
-        &["-v", "error", "-y", "-i", ogg_path.to_str().unwrap(), "-ac", "1", "-ar", "48000", decoded.to_str().unwrap()],
+        &[
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            ogg_path.to_str().unwrap(),
+            "-ac",
+            "1",
+            "-ar",
+            "48000",
+            decoded.to_str().unwrap(),
+        ],
     );
     let s = score(&decoded);
     eprintln!("recorded speech: {s}");
@@ -288,37 +330,81 @@ fn a_recorded_call_plays_in_ffmpeg_scores_and_keeps_its_gap() {
     let covered: f64 = packets.iter().map(|p| p.1).sum();
     let total = audio_ms as f64 / 1000.0;
     let gap_sum: f64 = gaps.iter().sum();
-    assert!((covered + gap_sum - total).abs() < 0.05, "{covered} + {gap_sum} vs {total}");
+    assert!(
+        (covered + gap_sum - total).abs() < 0.05,
+        "{covered} + {gap_sum} vs {total}"
+    );
 
     // The WebM: VP8, starting on a keyframe, every frame decodable, about 15 per second.
     let w = webm_path.to_str().unwrap();
     run_quiet("ffmpeg", &["-v", "error", "-i", w, "-f", "null", "-"]);
     let probe: Value = serde_json::from_str(&run_quiet(
         "ffprobe",
-        &["-v", "error", "-count_frames", "-show_entries", "stream=codec_name,width,height,nb_read_frames:format=format_name", "-of", "json", w],
+        &[
+            "-v",
+            "error",
+            "-count_frames",
+            "-show_entries",
+            "stream=codec_name,width,height,nb_read_frames:format=format_name",
+            "-of",
+            "json",
+            w,
+        ],
     ))
     .unwrap();
     eprintln!("webm: {probe}");
     let stream = &probe["streams"][0];
     assert_eq!(stream["codec_name"], "vp8");
-    assert_eq!((stream["width"].as_u64(), stream["height"].as_u64()), (Some(320), Some(240)));
+    assert_eq!(
+        (stream["width"].as_u64(), stream["height"].as_u64()),
+        (Some(320), Some(240))
+    );
     let frames: u64 = stream["nb_read_frames"].as_str().unwrap().parse().unwrap();
     let video_s = webm["Duration"].as_u64().unwrap() as f64 / 1000.0;
     // Less the outage and the wait for the keyframe after it.
-    assert!(frames as f64 >= (video_s - 2.0) * 15.0 * 0.8, "{frames} frames in {video_s} s");
+    assert!(
+        frames as f64 >= (video_s - 2.0) * 15.0 * 0.8,
+        "{frames} frames in {video_s} s"
+    );
     let first_key = run_quiet(
         "ffprobe",
-        &["-v", "error", "-select_streams", "v:0", "-show_entries", "packet=flags", "-read_intervals", "%+#1", "-of", "csv=p=0", w],
+        &[
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "packet=flags",
+            "-read_intervals",
+            "%+#1",
+            "-of",
+            "csv=p=0",
+            w,
+        ],
     );
-    assert!(first_key.trim().starts_with('K'), "the first frame is not a keyframe: {first_key}");
+    assert!(
+        first_key.trim().starts_with('K'),
+        "the first frame is not a keyframe: {first_key}"
+    );
     // Audio and video share the timeline: both start near the recording's time zero.
     let starts: Vec<f64> = [ogg_path.to_str().unwrap(), w]
         .iter()
         .map(|p| {
-            run_quiet("ffprobe", &["-v", "error", "-show_entries", "format=start_time", "-of", "csv=p=0", p])
-                .trim()
-                .parse()
-                .unwrap()
+            run_quiet(
+                "ffprobe",
+                &[
+                    "-v",
+                    "error",
+                    "-show_entries",
+                    "format=start_time",
+                    "-of",
+                    "csv=p=0",
+                    p,
+                ],
+            )
+            .trim()
+            .parse()
+            .unwrap()
         })
         .collect();
     assert!(starts.iter().all(|s| (0.0..0.5).contains(s)), "{starts:?}");
@@ -346,7 +432,10 @@ fn an_unwritable_directory_is_reported_and_the_call_goes_on() {
     assert_eq!(v["Code"], 1009085, "{v}");
     assert!(v["Message"].as_str().unwrap().contains("not-a-directory"), "{v}");
     // Unknown tasks: 1009087; a bad TaskId: 2.
-    assert_eq!(api(addr, "DescribeRecordStatus", "TaskId=0123456789abcdef")["Code"], 1009087);
+    assert_eq!(
+        api(addr, "DescribeRecordStatus", "TaskId=0123456789abcdef")["Code"],
+        1009087
+    );
     assert_eq!(api(addr, "StopRecord", "TaskId=no%20such")["Code"], 2);
 
     // auto_record: the stream's recording fails (webhook with 1009085), the publisher publishes on.

@@ -209,7 +209,8 @@ impl Tap {
 
     /// Whether the recording waits for a video keyframe (and takes the request: asked once).
     pub fn take_keyframe_request(&self) -> bool {
-        self.rec.wants_keyframe.load(Ordering::Relaxed) && self.rec.wants_keyframe.swap(false, Ordering::Relaxed)
+        self.rec.wants_keyframe.load(Ordering::Relaxed)
+            && self.rec.wants_keyframe.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -261,7 +262,9 @@ pub struct Recorder {
 
 impl std::fmt::Debug for Recorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Recorder").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("Recorder")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -286,7 +289,11 @@ pub(crate) enum StartError {
 impl Recorder {
     /// A recorder writing under `dir`, telling `hooks` (if any) of its recordings, recording
     /// every stream of `auto_apps`.
-    pub(crate) fn new(dir: PathBuf, hooks: Option<WebhookSender>, auto_apps: impl IntoIterator<Item = AppId>) -> Recorder {
+    pub(crate) fn new(
+        dir: PathBuf,
+        hooks: Option<WebhookSender>,
+        auto_apps: impl IntoIterator<Item = AppId>,
+    ) -> Recorder {
         Recorder {
             dir,
             hooks,
@@ -311,7 +318,10 @@ impl Recorder {
     /// Learns which room each stream published on this node is in (the hub calls this with
     /// the registry's room changes, in order).
     pub(crate) fn observe(&self, cmd: &ClusterCommand) {
-        let ClusterCommand::Change { app, room, change, .. } = cmd else {
+        let ClusterCommand::Change {
+            app, room, change, ..
+        } = cmd
+        else {
             return;
         };
         let mut inner = self.inner.lock();
@@ -615,7 +625,10 @@ impl Recorder {
         // An automatic task ends with its stream.
         let mut inner = self.inner.lock();
         let auto = inner.room_tasks.get(&(rec.app, rec.room.clone())) != Some(&rec.task);
-        if auto && let Some(task) = inner.tasks.get_mut(&rec.task) && !task.stopped {
+        if auto
+            && let Some(task) = inner.tasks.get_mut(&rec.task)
+            && !task.stopped
+        {
             task.stopped = true;
             inner.ended.push_back(rec.task.clone());
             forget_old(&mut inner);
@@ -746,7 +759,10 @@ impl Files {
 
     fn video_error(&self) -> Failure {
         let Some((_, meta)) = &self.video else {
-            return (ErrorCode::RECORD_WRITE_FAILED, "the video file is not open".into());
+            return (
+                ErrorCode::RECORD_WRITE_FAILED,
+                "the video file is not open".into(),
+            );
         };
         match meta.error.lock().as_ref() {
             Some(e) => write_failed(&meta.path, e),
@@ -883,7 +899,10 @@ impl Sinks for Files {
         Files::video(self)
     }
     fn audio_failed(&self, e: &io::Error) -> Failure {
-        let path = self.audio.as_ref().map_or_else(|| self.base.clone(), |(_, m)| m.path.clone());
+        let path = self
+            .audio
+            .as_ref()
+            .map_or_else(|| self.base.clone(), |(_, m)| m.path.clone());
         write_failed(&path, e)
     }
     fn video_failed(&self) -> Failure {
@@ -963,7 +982,13 @@ impl Core {
         }
     }
 
-    fn video_out<S: Sinks>(&mut self, zero: Instant, p: &RecPacket, hole: bool, sinks: &mut S) -> Result<(), Failure> {
+    fn video_out<S: Sinks>(
+        &mut self,
+        zero: Instant,
+        p: &RecPacket,
+        hole: bool,
+        sinks: &mut S,
+    ) -> Result<(), Failure> {
         let writer = sinks.video()?;
         if hole {
             writer.lost();
@@ -1066,7 +1091,10 @@ pub mod testkit {
 
     /// Writes `packets` as a recording thread does, to `{base}.ogg` and `{base}.webm`; returns
     /// the files and their sizes.
-    pub fn write_files(base: &Path, packets: impl IntoIterator<Item = RecPacket>) -> Result<Vec<(PathBuf, u64)>, String> {
+    pub fn write_files(
+        base: &Path,
+        packets: impl IntoIterator<Item = RecPacket>,
+    ) -> Result<Vec<(PathBuf, u64)>, String> {
         let mut files = Files::new(base.to_path_buf(), 0);
         let mut core = Core::default();
         for p in packets {

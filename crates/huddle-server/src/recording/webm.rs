@@ -262,7 +262,10 @@ mod tests {
         assert_eq!(vp8_descriptor(&[0x10, 9]), Some((1, true, 0)));
         assert_eq!(vp8_descriptor(&[0x90, 0x80, 0x05, 9]), Some((3, true, 0)));
         assert_eq!(vp8_descriptor(&[0x90, 0x80, 0x85, 0x05, 9]), Some((4, true, 0)));
-        assert_eq!(vp8_descriptor(&[0x81, 0xf0, 0x85, 0x05, 1, 2, 9]), Some((6, false, 1)));
+        assert_eq!(
+            vp8_descriptor(&[0x81, 0xf0, 0x85, 0x05, 1, 2, 9]),
+            Some((6, false, 1))
+        );
         assert_eq!(vp8_descriptor(&[0x90, 0x80, 0x85]), None);
         assert_eq!(vp8_descriptor(&[0x10]), None);
         assert_eq!(vp8_descriptor(&[]), None);
@@ -329,7 +332,10 @@ mod tests {
         let track = &mkv.tracks()[0];
         assert_eq!(track.codec_id(), "V_VP8");
         let video = track.video().unwrap();
-        assert_eq!((video.pixel_width().get(), video.pixel_height().get()), (640, 360));
+        assert_eq!(
+            (video.pixel_width().get(), video.pixel_height().get()),
+            (640, 360)
+        );
         let mut frame = matroska_demuxer::Frame::default();
         let mut times = Vec::new();
         let mut keys = 0;

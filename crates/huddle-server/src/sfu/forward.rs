@@ -195,7 +195,11 @@ impl Sfu {
         let mut record_keyframe = None;
         if let Some(tap) = &entry.record {
             let copy = RecPacket {
-                track: if kind.is_audio() { Track::Audio } else { Track::Video },
+                track: if kind.is_audio() {
+                    Track::Audio
+                } else {
+                    Track::Video
+                },
                 source,
                 seq,
                 ts: packet.header.timestamp,

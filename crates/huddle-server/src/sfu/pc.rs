@@ -697,7 +697,12 @@ impl Sfu {
         if entry.record.as_ref().is_some_and(crate::recording::Tap::is_live) {
             return;
         }
-        if self.pcs.get(pid).and_then(|p| p.as_deref()).is_none_or(|p| p.relay.is_some()) {
+        if self
+            .pcs
+            .get(pid)
+            .and_then(|p| p.as_deref())
+            .is_none_or(|p| p.relay.is_some())
+        {
             return;
         }
         let Some(tap) = recorder.tap(key.0, &key.1) else {
