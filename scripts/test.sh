@@ -86,6 +86,8 @@ echo "== cargo test"
 cargo test --workspace --locked
 # The forwarding benchmark once, briefly (every player must get every packet).
 cargo test -p huddle-server --features testkit --bench forward --locked
+# The recording benchmark once, briefly (every packet written; docs/operations.md has its figures).
+HUDDLE_RECORD_MINUTES=1 HUDDLE_RECORD_ROUNDS=1 cargo test -p huddle-server --features testkit --bench record --locked
 # With the feature on, a machine without a sound card refuses the devices with a numbered error.
 cargo test -p huddle --features device --locked --test device
 

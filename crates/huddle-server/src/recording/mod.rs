@@ -184,6 +184,7 @@ pub enum Sent {
 pub struct Tap {
     tx: SyncSender<RecPacket>,
     rec: Arc<StreamRecording>,
+    counts: Arc<RecordCounts>,
 }
 
 impl Tap {
@@ -196,6 +197,7 @@ impl Tap {
             Ok(()) => Sent::Queued,
             Err(TrySendError::Full(_)) => {
                 self.rec.dropped.fetch_add(1, Ordering::Relaxed);
+                self.counts.dropped.fetch_add(1, Ordering::Relaxed);
                 Sent::Dropped
             }
             Err(TrySendError::Disconnected(_)) => Sent::Closed,
@@ -511,7 +513,11 @@ impl Recorder {
             task.recordings.push(rec.clone());
         }
         self.counts.active.fetch_add(1, Ordering::Relaxed);
-        Some(Tap { tx, rec })
+        Some(Tap {
+            tx,
+            rec,
+            counts: self.counts.clone(),
+        })
     }
 
     fn hook(&self, rec: &StreamRecording, event: &str, extra: Value) {
@@ -589,7 +595,6 @@ impl Recorder {
         };
         let infos = files.infos();
         let dropped = rec.dropped.load(Ordering::Relaxed);
-        self.counts.dropped.fetch_add(dropped, Ordering::Relaxed);
         self.counts.active.fetch_sub(1, Ordering::Relaxed);
         let list: Vec<Value> = infos.iter().map(FileInfo::hook).collect();
         {
@@ -1086,7 +1091,14 @@ pub mod testkit {
                 error: None,
             }),
         });
-        (Tap { tx, rec }, rx)
+        (
+            Tap {
+                tx,
+                rec,
+                counts: Arc::default(),
+            },
+            rx,
+        )
     }
 
     /// Writes `packets` as a recording thread does, to `{base}.ogg` and `{base}.webm`; returns
