@@ -805,10 +805,14 @@ impl Files {
     }
 }
 
-/// Puts a track's packets back in sequence order, within [`REORDER_PACKETS`].
+/// Puts a track's packets back in sequence order, within [`REORDER_PACKETS`]. A new source (the
+/// publisher reconnected: new sequence numbers) first lets out what the old one left.
 #[derive(Debug, Default)]
 pub(crate) struct Reorder {
     held: BTreeMap<u64, RecPacket>,
+    /// The old source's packets, in order, to go out before the new source's.
+    draining: std::collections::VecDeque<RecPacket>,
+    source: Option<u64>,
     /// The next sequence number to hand out.
     next: Option<u64>,
     /// Packets that came after their place was passed (or twice).
@@ -817,6 +821,14 @@ pub(crate) struct Reorder {
 
 impl Reorder {
     pub(crate) fn push(&mut self, p: RecPacket) {
+        if self.source != Some(p.source) {
+            if self.source.is_some() {
+                let old = std::mem::take(&mut self.held);
+                self.draining.extend(old.into_values());
+            }
+            self.source = Some(p.source);
+            self.next = None;
+        }
         if self.next.is_some_and(|n| p.seq < n) {
             self.late += 1;
             return;
@@ -827,6 +839,9 @@ impl Reorder {
     /// The next packet in order, and whether packets are missing before it. With `all`, the held
     /// packets go out even with holes (the end of the recording).
     pub(crate) fn pop(&mut self, all: bool) -> Option<(RecPacket, bool)> {
+        if let Some(p) = self.draining.pop_front() {
+            return Some((p, false));
+        }
         let (&first, _) = self.held.first_key_value()?;
         let in_order = self.next.is_none_or(|n| first == n);
         if !in_order && !all && self.held.len() <= REORDER_PACKETS {
@@ -1114,5 +1129,214 @@ pub mod testkit {
         }
         core.finish(&mut files).map_err(|(_, m)| m)?;
         Ok(files.infos().into_iter().map(|f| (f.path, f.bytes)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    /// The writers in memory.
+    #[derive(Default)]
+    struct Mem {
+        audio: Option<OggOpusWriter<Vec<u8>>>,
+        video: Option<WebmVp8Writer<Cursor<Vec<u8>>>>,
+    }
+
+    impl Sinks for Mem {
+        type A = Vec<u8>;
+        type V = Cursor<Vec<u8>>;
+        fn audio(&mut self) -> Result<&mut OggOpusWriter<Vec<u8>>, Failure> {
+            Ok(self
+                .audio
+                .get_or_insert_with(|| OggOpusWriter::new(Vec::new(), 5)))
+        }
+        fn video(&mut self) -> Result<&mut WebmVp8Writer<Cursor<Vec<u8>>>, Failure> {
+            Ok(self
+                .video
+                .get_or_insert_with(|| WebmVp8Writer::new(Cursor::new(Vec::new()))))
+        }
+        fn audio_failed(&self, e: &io::Error) -> Failure {
+            (ErrorCode::RECORD_WRITE_FAILED, e.to_string())
+        }
+        fn video_failed(&self) -> Failure {
+            (ErrorCode::RECORD_WRITE_FAILED, "video".into())
+        }
+    }
+
+    /// The writers stay for the test to finish and read.
+    impl Finish for Mem {
+        fn finish(&mut self) -> Result<(), Failure> {
+            Ok(())
+        }
+    }
+
+    const OPUS: u8 = 111;
+
+    /// A RED payload (RFC 2198) with one redundant block (the previous frame) and the primary:
+    /// a 20 ms CELT frame whose second byte is `n`.
+    fn red(n: u8) -> Arc<[u8]> {
+        let redundant = [0xfc, n.wrapping_sub(1), 0xee];
+        let offset: u32 = 960;
+        let header = (offset << 10) | redundant.len() as u32;
+        let mut p = vec![0x80 | OPUS];
+        p.extend_from_slice(&header.to_be_bytes()[1..]);
+        p.push(OPUS);
+        p.extend_from_slice(&redundant);
+        p.extend_from_slice(&[0xfc, n]);
+        p.into()
+    }
+
+    fn audio(
+        zero: Instant,
+        source: u64,
+        seq: u64,
+        ts: u32,
+        at_ms: u64,
+        payload: Arc<[u8]>,
+        red: bool,
+    ) -> RecPacket {
+        RecPacket {
+            track: Track::Audio,
+            source,
+            seq,
+            ts,
+            marker: false,
+            red_primary: red.then_some(OPUS),
+            payload,
+            at: zero + Duration::from_millis(at_ms),
+        }
+    }
+
+    /// The Ogg's audio packets and its pages' granule positions.
+    fn read_ogg(bytes: Vec<u8>) -> (Vec<Vec<u8>>, Vec<u64>) {
+        let mut reader = ::ogg::PacketReader::new(Cursor::new(bytes));
+        let mut packets = Vec::new();
+        let mut granules = Vec::new();
+        while let Some(p) = reader.read_packet().unwrap() {
+            if p.data.starts_with(b"Opus") {
+                continue;
+            }
+            if p.last_in_page() {
+                granules.push(p.absgp_page());
+            }
+            packets.push(p.data);
+        }
+        (packets, granules)
+    }
+
+    #[test]
+    fn red_is_stripped_reordering_undone_and_a_loss_kept_as_a_gap() {
+        let zero = Instant::now();
+        let mut core = Core::default();
+        let mut mem = Mem::default();
+        // 20 packets, RTP timestamps from a random-looking base that wraps; packet 10 is lost,
+        // 4 and 5 come swapped.
+        let base: u32 = u32::MAX - 5 * 960;
+        let mut order: Vec<u64> = (0..20).filter(|s| *s != 10).collect();
+        order.swap(4, 5);
+        for s in order {
+            let ts = base.wrapping_add((s * 960) as u32);
+            let p = audio(zero, 1, 1000 + s, ts, s * 20 + 3, red(s as u8), true);
+            core.push(p, &mut mem).unwrap();
+        }
+        core.finish(&mut mem).unwrap();
+        let (packets, granules) = read_ogg(mem.audio.take().unwrap().finish().unwrap());
+        // The primaries alone, in order, none made up for the lost one.
+        let expect: Vec<Vec<u8>> = (0..20u8).filter(|s| *s != 10).map(|s| vec![0xfc, s]).collect();
+        assert_eq!(packets, expect);
+        // The page before the loss ends with packet 9; the last page's granule counts packet 10's
+        // 960 samples as time that passed.
+        assert_eq!(granules, [10 * 960, 20 * 960]);
+        assert_eq!(core.skipped, 0);
+    }
+
+    #[test]
+    fn a_new_source_is_anchored_by_arrival_and_a_late_packet_dropped() {
+        let zero = Instant::now();
+        let mut core = Core::default();
+        let mut mem = Mem::default();
+        let frame = |n: u8| -> Arc<[u8]> { vec![0xfc, n].into() };
+        for s in 0..5u64 {
+            core.push(
+                audio(
+                    zero,
+                    1,
+                    s,
+                    7_000 + (s * 960) as u32,
+                    s * 20,
+                    frame(s as u8),
+                    false,
+                ),
+                &mut mem,
+            )
+            .unwrap();
+        }
+        // The publisher reconnects: a new source, new sequence and timestamp bases, 2 s later.
+        for s in 0..5u64 {
+            let p = audio(
+                zero,
+                2,
+                50_000 + s,
+                123_456 + (s * 960) as u32,
+                2_000 + s * 20,
+                frame(100 + s as u8),
+                false,
+            );
+            core.push(p, &mut mem).unwrap();
+        }
+        // A packet of the new source from before its first one (its place is passed): dropped.
+        core.push(
+            audio(zero, 2, 49_000, 123_456 - 960, 2_100, frame(99), false),
+            &mut mem,
+        )
+        .unwrap();
+        core.finish(&mut mem).unwrap();
+        let (packets, granules) = read_ogg(mem.audio.take().unwrap().finish().unwrap());
+        assert_eq!(packets.len(), 10);
+        // 5 frames, then a gap up to 2 s (96 000 samples), then 5 frames.
+        assert_eq!(granules, [5 * 960, 96_000 + 5 * 960]);
+    }
+
+    #[test]
+    fn the_clock_unwraps_timestamps() {
+        let mut c = Clock::default();
+        assert_eq!(c.position(1, u32::MAX - 959, 480, 0), Some(480));
+        assert_eq!(c.position(1, 0, 999, 0), Some(480 + 960));
+        assert_eq!(c.position(1, 960, 999, 0), Some(480 + 1920));
+        // Reordered: behind the newest, still placed by its own timestamp.
+        assert_eq!(c.position(1, u32::MAX - 959, 999, 0), Some(480));
+        // A new source never lands before what was written (`floor`).
+        assert_eq!(c.position(2, 5, 100, 5_000), Some(5_000));
+    }
+
+    #[test]
+    fn video_waits_for_a_keyframe_and_asks_for_one() {
+        let zero = Instant::now();
+        let mut core = Core::default();
+        let mut mem = Mem::default();
+        let pkt = |seq: u64, ts: u32, payload: Vec<u8>| RecPacket {
+            track: Track::Video,
+            source: 9,
+            seq,
+            ts,
+            marker: true,
+            red_primary: None,
+            payload: payload.into(),
+            at: zero,
+        };
+        // An interframe first: nothing written, a keyframe wanted.
+        core.push(pkt(1, 0, vec![0x10, 0x31, 0, 0, 1, 2, 3]), &mut mem)
+            .unwrap();
+        assert!(core.needs_keyframe());
+        let mut key = vec![0x10, 0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xf0, 0x00];
+        key.resize(200, 7);
+        core.push(pkt(2, 3000, key), &mut mem).unwrap();
+        assert!(!core.needs_keyframe());
+        core.push(pkt(3, 6000, vec![0x10, 0x31, 0, 0, 4]), &mut mem)
+            .unwrap();
+        let v = mem.video.as_ref().unwrap();
+        assert_eq!((v.frames, v.keyframes, v.size), (2, 1, Some((320, 240))));
     }
 }
