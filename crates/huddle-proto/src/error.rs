@@ -193,6 +193,21 @@ codes! {
     COMMAND_TOO_LONG = 1009083, "The command line is longer than 64 KiB.";
     /// No microphone or speaker has the device ID or name asked for.
     DEVICE_NOT_FOUND = 1009084, "No audio device has that ID or name (list them with `huddle call --list-devices`).";
+    /// A recording's directory could not be created or a file in it opened (permissions, a
+    /// missing or read-only file system): the recording failed, the call goes on.
+    RECORD_DIR_UNWRITABLE = 1009085, "The recording directory is not writable: the recording failed (the call goes on).";
+    /// Writing a recording's file failed (the disk is full, or an IO error): the recording
+    /// stopped there, the call goes on; the file holds what was written before.
+    RECORD_WRITE_FAILED = 1009086, "Writing the recording failed (disk full or IO error): the recording stopped (the call goes on).";
+    /// A server API recording action named a `TaskId` the server does not know (or no longer
+    /// keeps).
+    RECORD_TASK_NOT_FOUND = 1009087, "No recording task has this TaskId on this server.";
+    /// `StartRecord` for a room that already has a recording task (stop it first), or for an app
+    /// that records every stream already.
+    RECORD_TASK_EXISTS = 1009088, "The room is recorded already (StopRecord its task first).";
+    /// The recorder fell behind (its queue from the media plane was full): packets were left out
+    /// of the file, which shows as gaps; the recording goes on.
+    RECORD_PACKETS_DROPPED = 1009089, "The recorder fell behind and left packets out (they show as gaps).";
     /// An internal error at the server.
     INTERNAL = 1009099, "Internal error.";
 }

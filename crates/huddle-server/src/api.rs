@@ -624,6 +624,56 @@ async fn run(state: &ServerState, app: AppId, action: &str, p: &Params) -> Resul
                 )),
             }
         }
+        "StartRecord" => {
+            let room = p.room()?;
+            let stream = match p.get("StreamId") {
+                None | Some("") => None,
+                Some(s) => Some(StreamId::new(s).map_err(|e| bad("StreamId", &e))?),
+            };
+            // The directory is checked here, off the runtime's threads, so that an unwritable
+            // one is refused at once; a disk that fills later fails the recording alone.
+            let recorder = state.recorder().clone();
+            let checked = tokio::task::spawn_blocking(move || recorder.check_dir(app))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            if let Err(why) = checked {
+                return Err(fail(
+                    i64::from(ErrorCode::RECORD_DIR_UNWRITABLE.as_u32()),
+                    format!("the recording directory is not writable: {why}"),
+                ));
+            }
+            match state.recorder().start_task(app, &room, stream) {
+                Ok((task, now)) => {
+                    state.record_streams(app, now);
+                    Ok(Some(json!({"TaskId": task})))
+                }
+                Err(crate::recording::StartError::Exists(task)) => Err(fail(
+                    i64::from(ErrorCode::RECORD_TASK_EXISTS.as_u32()),
+                    match task {
+                        Some(t) => format!("the room is recorded already by task {t}"),
+                        None => "the app records every stream already (auto_record)".to_string(),
+                    },
+                )),
+            }
+        }
+        "StopRecord" | "DescribeRecordStatus" => {
+            let task = p.required("TaskId")?;
+            if task.is_empty() || task.len() > 64 || !task.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return Err(bad_text("TaskId", "the TaskId StartRecord returned"));
+            }
+            let recorder = state.recorder();
+            let found = if action == "StopRecord" {
+                recorder.stop_task(app, task).then_some(None)
+            } else {
+                recorder.describe(app, task).map(Some)
+            };
+            found.ok_or_else(|| {
+                fail(
+                    i64::from(ErrorCode::RECORD_TASK_NOT_FOUND.as_u32()),
+                    "no recording task has this TaskId on this server",
+                )
+            })
+        }
         other => Err(fail(
             code::ACTION_UNSUPPORTED,
             format!(

@@ -403,6 +403,7 @@ pub(crate) fn spawn(
     socket: std::net::UdpSocket,
     tcp_listener: Option<std::net::TcpListener>,
     counters: Arc<Counters>,
+    recorder: Arc<crate::recording::Recorder>,
 ) -> io::Result<(MediaTx, tokio::task::JoinHandle<()>)> {
     let local = socket.local_addr()?;
     let tcp_port = match &tcp_listener {
@@ -436,9 +437,11 @@ pub(crate) fn spawn(
         config.tcp_port = tcp_port;
         config.shard = index;
         senders.push(tx);
+        let mut sfu = Sfu::new(config, counters.clone());
+        sfu.set_recorder(recorder.clone());
         shards.push(Shard {
             index,
-            sfu: Sfu::new(config, counters.clone()),
+            sfu,
             rx,
             socket: socket.clone(),
             signals: SignalOut::new(signals.clone()),

@@ -30,6 +30,9 @@ pub(crate) struct Metrics {
     webhook_depth: IntGaugeVec,
     webhook_deliveries: IntCounterVec,
     webhook_dropped: IntCounter,
+    recordings: IntGauge,
+    /// Recording packets: written, dropped (the recorder was behind); recordings failed.
+    record_counts: [IntCounter; 3],
 }
 
 struct Gauges {
@@ -182,7 +185,34 @@ impl Metrics {
         ] {
             registry.register(c).expect("one family per name");
         }
+        let recordings =
+            IntGauge::new("huddle_recordings", "Streams being recorded.").expect("a valid gauge");
+        let record_counts = [
+            (
+                "huddle_record_packets_written_total",
+                "RTP packets written to recordings.",
+            ),
+            (
+                "huddle_record_packets_dropped_total",
+                "RTP packets left out of recordings because a recorder's queue was full.",
+            ),
+            (
+                "huddle_record_failures_total",
+                "Recordings ended by an error (directory not writable, disk full).",
+            ),
+        ]
+        .map(|(name, help)| IntCounter::new(name, help).expect("a valid counter"));
+        registry
+            .register(Box::new(recordings.clone()))
+            .expect("one family per name");
+        for c in &record_counts {
+            registry
+                .register(Box::new(c.clone()))
+                .expect("one family per name");
+        }
         Metrics {
+            recordings,
+            record_counts,
             registry,
             scrape: Mutex::new(()),
             login_seconds,
@@ -253,6 +283,20 @@ impl Metrics {
             }
             self.webhook_dropped.reset();
             self.webhook_dropped.inc_by(hooks.counts.dropped.load(Relaxed));
+        }
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            let counts = state.recorder().counts();
+            self.recordings
+                .set(i64::try_from(counts.active.load(Relaxed)).unwrap_or(i64::MAX));
+            for (counter, value) in self.record_counts.iter().zip([
+                counts.packets.load(Relaxed),
+                counts.dropped.load(Relaxed),
+                counts.failed.load(Relaxed),
+            ]) {
+                counter.reset();
+                counter.inc_by(value);
+            }
         }
         let mut text = Vec::new();
         TextEncoder::new()

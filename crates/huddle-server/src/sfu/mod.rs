@@ -91,6 +91,8 @@ pub struct Sfu {
     /// Whether [`Sfu::flush`] may take str0m's send fast path (always, but for the benchmark
     /// that measures what it saves: `benches/forward.rs`).
     fast_path: bool,
+    /// Where recorded streams' packets go (`crate::recording`); `None`: nothing is recorded.
+    recorder: Option<Arc<crate::recording::Recorder>>,
 }
 
 impl std::fmt::Debug for Sfu {
@@ -130,7 +132,13 @@ impl Sfu {
             transmits: VecDeque::new(),
             signals: VecDeque::new(),
             fast_path: true,
+            recorder: None,
         }
+    }
+
+    /// Records the streams `recorder` asks for (see [`crate::recording`]).
+    pub fn set_recorder(&mut self, recorder: Arc<crate::recording::Recorder>) {
+        self.recorder = Some(recorder);
     }
 
     /// Turns str0m's send fast path off (or back on), so that `benches/forward.rs` can measure

@@ -190,6 +190,9 @@ pub(super) struct StreamEntry {
     pub(super) players: Vec<usize>,
     pub(super) pending: Vec<Pending>,
     pub(super) last_keyframe_request: Option<Instant>,
+    /// The stream's recording, when it is recorded here (`crate::recording`): the shard hands
+    /// it a copy of each packet without waiting.
+    pub(super) record: Option<crate::recording::Tap>,
 }
 
 impl StreamEntry {
@@ -234,6 +237,7 @@ impl Sfu {
                 app,
                 stream_id,
             } => self.pull_broken(now, session, &(app, stream_id)),
+            Command::Record { app, stream_id } => self.attach_recording(now, &(app, stream_id)),
         }
         self.flush(now);
     }
@@ -510,6 +514,7 @@ impl Sfu {
             self.close_pc(now, old, None);
         }
         info!(%session, stream = %key.1, audio = kinds.audio, video = kinds.video, "publish media negotiated");
+        self.attach_recording(now, key);
         // The play offers that waited for this publisher.
         for p in pending {
             if p.deadline < now {
@@ -757,6 +762,37 @@ impl Sfu {
         for key in empty {
             self.drop_stream(&key);
         }
+    }
+
+    /// Gives the stream a recording tap when the recorder wants it recorded, its publisher is a
+    /// client of this node (a relay's stream is recorded on the publisher's node) and it has
+    /// no running tap; asks the publisher for a keyframe so that the video starts at once.
+    pub(super) fn attach_recording(&mut self, now: Instant, key: &StreamKey) {
+        let Some(recorder) = self.recorder.clone() else {
+            return;
+        };
+        let Some(entry) = self.streams.get(key) else {
+            return;
+        };
+        let Some(pid) = entry.publisher else { return };
+        if entry.record.as_ref().is_some_and(crate::recording::Tap::is_live) {
+            return;
+        }
+        if self
+            .pcs
+            .get(pid)
+            .and_then(|p| p.as_deref())
+            .is_none_or(|p| p.relay.is_some())
+        {
+            return;
+        }
+        let Some(tap) = recorder.tap(key.0, &key.1) else {
+            return;
+        };
+        if let Some(entry) = self.streams.get_mut(key) {
+            entry.record = Some(tap);
+        }
+        self.request_keyframe(now, key, KeyframeRequestKind::Pli);
     }
 
     /// Removes a stream's entry, reporting it through [`Sfu::poll_released`].

@@ -120,6 +120,14 @@ pub enum Command {
         /// The SDP answer.
         sdp: String,
     },
+    /// The stream is to be recorded (server API `StartRecord`): ask the recorder for a tap if
+    /// its publisher's media is here and it has none.
+    Record {
+        /// The app.
+        app: AppId,
+        /// The stream.
+        stream_id: StreamId,
+    },
     /// The link broke: close the relay publisher alone (the players keep their PCs and get
     /// media again from the next link).
     PullBroken {
@@ -143,7 +151,8 @@ impl Command {
             | Command::MutePlay { app, stream_id, .. }
             | Command::PullOffer { app, stream_id, .. }
             | Command::PullAnswer { app, stream_id, .. }
-            | Command::PullBroken { app, stream_id, .. } => Some((*app, stream_id)),
+            | Command::PullBroken { app, stream_id, .. }
+            | Command::Record { app, stream_id } => Some((*app, stream_id)),
             Command::SessionGone { .. } => None,
         }
     }

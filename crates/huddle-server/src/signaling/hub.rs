@@ -37,6 +37,8 @@ pub(super) struct Hub {
     pub(super) pulls: mpsc::Sender<PullOp>,
     /// Turns the registry's room changes into webhook events (apps with webhooks only).
     pub(super) webhooks: Option<crate::webhooks::WebhookTap>,
+    /// Learns which room each stream published here is in, for recording (`crate::recording`).
+    pub(super) recorder: Arc<crate::recording::Recorder>,
 }
 
 /// A followed room's position in its history.
@@ -156,6 +158,7 @@ impl Hub {
                     if let Some(tap) = &mut self.webhooks {
                         tap.observe(&cmd);
                     }
+                    self.recorder.observe(&cmd);
                     match cmd {
                         ClusterCommand::Follow {
                             app,
@@ -343,6 +346,7 @@ mod tests {
             follows_changed: Arc::new(Notify::new()),
             pulls: mpsc::channel(4).0,
             webhooks: None,
+            recorder: Arc::new(crate::recording::Recorder::new(std::env::temp_dir(), None, [])),
         }
     }
 
