@@ -166,12 +166,14 @@ impl Player {
             let Some(decoder) = video.decoder.as_mut() else {
                 return;
             };
-            match decoder.decode(&data.data) {
+            // Decoding and the Y4M recording, off the runtime; the renderer on the video thread.
+            let (reporter, media, stream_id) = (&self.reporter, &self.media, &self.stream_id);
+            super::off_runtime(|| match decoder.decode(&data.data) {
                 Ok(Some(frame)) => {
                     if !video.first {
                         video.first = true;
-                        self.reporter.report(MediaUpdate::RecvVideoFirstFrame);
-                        let path = self.media.config().y4m_sinks.get(&self.stream_id).cloned();
+                        reporter.report(MediaUpdate::RecvVideoFirstFrame);
+                        let path = media.config().y4m_sinks.get(stream_id).cloned();
                         if let Some(path) = path {
                             match Y4mWriter::create(&path, frame.width(), frame.height(), (30, 1)) {
                                 Ok(w) => video.y4m = Some(w),
@@ -186,9 +188,8 @@ impl Player {
                     {
                         video.y4m = None;
                     }
-                    let renderer = self.media.config().renderer.clone();
-                    if let Some(r) = renderer {
-                        r.on_remote_video_frame(self.stream_id.as_str(), &frame);
+                    if media.config().renderer.is_some() {
+                        media.render(stream_id, frame);
                     }
                 }
                 Ok(None) => {}
@@ -199,7 +200,7 @@ impl Player {
                         let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
                     }
                 }
-            }
+            })
         }
     }
 

@@ -35,13 +35,14 @@ pub(crate) enum AudioInput {
     Silence,
     Source(Box<dyn huddle_media::AudioSource>),
     Custom,
-    /// The default microphone, open while the stream is published (closed when dropped).
+    /// The microphone, open while the stream is published (closed when dropped).
     Microphone(super::device::Microphone),
 }
 
 impl AudioInput {
-    /// Opens the app's audio source (errors: 1000006 for a file that cannot be read).
-    pub(crate) fn open(spec: &AudioSource) -> Result<AudioInput, HuddleError> {
+    /// Opens the app's audio source (errors: 1000006 for a file that cannot be read; 1009020
+    /// and 1009084 for a microphone, `mic` naming the one chosen or `None` for the default).
+    pub(crate) fn open(spec: &AudioSource, mic: Option<&str>) -> Result<AudioInput, HuddleError> {
         Ok(match spec {
             AudioSource::Silence => AudioInput::Silence,
             AudioSource::Wav { path, looped } => {
@@ -52,7 +53,7 @@ impl AudioInput {
                 AudioInput::Source(Box::new(ToneSource::new(*hz, 0.5).map_err(media_error)?))
             }
             AudioSource::Custom => AudioInput::Custom,
-            AudioSource::Microphone => AudioInput::Microphone(super::device::Microphone::open()?),
+            AudioSource::Microphone => AudioInput::Microphone(super::device::Microphone::open(mic)?),
         })
     }
 
@@ -388,7 +389,17 @@ impl Publisher {
             .audio_base
             .wrapping_add((clock.n as u32).wrapping_mul(FRAME_SAMPLES as u32));
         clock.n += 1;
-        let frame = self.audio.next(&self.media, ts);
+        // The source (a file read) and the encoder run off the runtime (`off_runtime`).
+        let mut frame = super::off_runtime(|| self.audio.next(&self.media, ts));
+        // Muted: the source is still read (what is said while muted is dropped, not
+        // delayed) and its frames are replaced by digital silence, encoded and sent at
+        // the usual 20 ms pace (docs/media.md, "Mute").
+        if self.media.audio_muted() {
+            frame.samples.fill(0);
+        }
+        self.media
+            .levels
+            .captured(&self.reporter.template.stream_id, &frame);
         // First frame, or the application changed the audio config: (re)start from its
         // settings (and RED as it says).
         let generation = self.media.audio_config_generation.load(Ordering::Relaxed);
@@ -408,7 +419,7 @@ impl Publisher {
             self.captured_audio = true;
             self.reporter.report(MediaUpdate::CapturedAudioFirstFrame);
         }
-        let packet = match self.encoder.encode(&frame) {
+        let packet = match super::off_runtime(|| self.encoder.encode(&frame)) {
             Ok(p) => p,
             Err(e) => {
                 warn!(error = %e, "Opus encoding failed");
@@ -437,7 +448,12 @@ impl Publisher {
         let (fps_n, fps_d) = input.fps();
         let pts = (clock.n * u64::from(VIDEO_CLOCK_RATE) * u64::from(fps_d) / u64::from(fps_n.max(1))) as i64;
         clock.n += 1;
-        let frame = input.next(&self.media);
+        let frame = super::off_runtime(|| input.next(&self.media));
+        // Muted video sends nothing; the first frame after it is a keyframe.
+        if self.media.publish_video_muted.load(Ordering::Relaxed) {
+            self.keyframe_wanted = true;
+            return;
+        }
         if !self.captured_video {
             self.captured_video = true;
             self.reporter.report(MediaUpdate::CapturedVideoFirstFrame);
@@ -445,7 +461,7 @@ impl Publisher {
         if std::mem::take(&mut self.keyframe_wanted) {
             enc.force_keyframe();
         }
-        let encoded = match enc.encode(&frame, pts) {
+        let encoded = match super::off_runtime(|| enc.encode(&frame, pts)) {
             Ok(e) => e,
             Err(e) => {
                 warn!(error = %e, "VP8 encoding failed");
