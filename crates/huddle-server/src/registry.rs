@@ -773,14 +773,7 @@ impl Registry {
         }
         // From here on nothing fails.
         if let Some(old) = older {
-            out.push(Output::Send {
-                to: old,
-                msg: ServerMsg::Kicked {
-                    code: ErrorCode::KICKED_DUPLICATE_LOGIN,
-                    message: "the same user ID logged in to this room elsewhere".into(),
-                },
-            });
-            out.push(Output::Close { session: old });
+            self.send_duplicate_kick(old, out);
             self.remove_session(old, false, out);
         }
         let id = self.new_session_id();
@@ -940,6 +933,24 @@ impl Registry {
 
     /// Removes a session with its streams and plays. `leaves`: the user leaves the room (logout,
     /// expiry) rather than being replaced by a newer session of the same user (duplicate login).
+    /// Tells session `id` it is kicked out as a duplicate login (1002050) and closes it.
+    fn send_duplicate_kick(&self, id: SessionId, out: &mut Vec<Output>) {
+        out.push(Output::Send {
+            to: id,
+            msg: ServerMsg::Kicked {
+                code: ErrorCode::KICKED_DUPLICATE_LOGIN,
+                message: "the same user ID logged in to this room elsewhere".into(),
+            },
+        });
+        out.push(Output::Close { session: id });
+    }
+
+    /// Ends session `id` because its user logged in to the room on another node.
+    fn kick_duplicate(&mut self, id: SessionId, out: &mut Vec<Output>) {
+        self.send_duplicate_kick(id, out);
+        self.remove_session(id, true, out);
+    }
+
     fn remove_session(&mut self, id: SessionId, leaves: bool, out: &mut Vec<Output>) {
         let Some(s) = self.sessions.remove(&id) else {
             return;
@@ -1532,11 +1543,22 @@ impl Registry {
         let mut availability: Option<(StreamId, bool)> = None;
         let (notify_only, update) = match change {
             RoomChange::UserAdd(user) => {
-                let known = room.remote_users.contains_key(&user.user_id);
-                let shadowed = room.users.contains_key(&user.user_id);
+                let earlier = room.remote_users.get(&user.user_id).map(|(o, _)| owner_node(o).to_string());
+                let known = earlier.is_some();
+                let shadowed = room.users.get(&user.user_id).copied();
                 room.remote_users
                     .insert(user.user_id.clone(), (owner.to_string(), user.clone()));
-                if known || shadowed {
+                if let Some(older) = shadowed
+                    && earlier.as_deref() != Some(owner_node(owner))
+                {
+                    // The same user logged in to the room on another node after the session
+                    // here (a node re-adding what it had is a renewal, not a login): the older
+                    // session is kicked, as on one node. Its leave changes nothing the others
+                    // see: the user stays, on the other node.
+                    self.kick_duplicate(older, out);
+                    return true;
+                }
+                if known || shadowed.is_some() {
                     return true;
                 }
                 (
@@ -1991,3 +2013,8 @@ impl Registry {
 
 #[cfg(test)]
 mod tests;
+
+/// The node part of an owner (`node|epoch`) as the store writes it.
+fn owner_node(owner: &str) -> &str {
+    owner.split('|').next().unwrap_or(owner)
+}

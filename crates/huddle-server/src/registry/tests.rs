@@ -1554,3 +1554,57 @@ fn the_server_api_stops_a_stream_and_finds_sessions() {
     assert_eq!(h.unpublish(a, "s1"), Err(ErrorCode::STREAM_NOT_FOUND));
     h.publish(a, "s1").unwrap();
 }
+
+/// The same user logging in to the room on another node kicks the older session (1002050), as
+/// on one node. Its leave is silent for the others (the user stays, on the newer node); its
+/// stream leaves. A node re-adding its own user (a renewal) kicks nobody.
+#[test]
+fn a_login_of_the_same_user_on_another_node_kicks_the_older_session() {
+    let (mut a, mut b) = (H::new(), H::new());
+    let alice = a.login("r", "alice", true);
+    a.publish(alice, "s-alice").unwrap();
+    let carol = a.login("r", "carol", true);
+    // Alice logs in again on node B (her client moved): B lists A's part of the room.
+    let (alice_b, _, out) = login_remote(&mut b, "r", "alice", snapshot_of(&a, "r", "A|1"));
+    // A renewal of the same user by node A itself would not kick alice on B.
+    let mut o = Vec::new();
+    b.reg
+        .remote_update(app_id(APP), &room("r"), "A|2", RoomChange::UserAdd(user("alice")), &mut o);
+    assert!(flatten(o).1.is_empty(), "a renewal kicks nobody");
+    // A hears of B's login: its alice is kicked and closed; carol sees her stream go, not her.
+    let mut o = Vec::new();
+    for c in cluster(&out) {
+        if let ClusterCommand::Change { app, room, change } = c {
+            a.reg.remote_update(app, &room, "B|1", change, &mut o);
+            a.check();
+        }
+    }
+    let cmds = cluster(&o);
+    let (msgs, closes) = flatten(o);
+    assert_eq!(closes, vec![alice]);
+    assert_eq!(
+        to(&msgs, alice),
+        vec![ServerMsg::Kicked {
+            code: ErrorCode::KICKED_DUPLICATE_LOGIN,
+            message: "the same user ID logged in to this room elsewhere".into(),
+        }]
+    );
+    assert_eq!(
+        to(&msgs, carol),
+        vec![streams_msg("r", UpdateType::Delete, &[("alice", "s-alice")])]
+    );
+    // A tells the store its session left (the store ignores the user's delete: B owns the
+    // entry now).
+    assert!(cmds.contains(&ClusterCommand::Change {
+        app: app_id(APP),
+        room: room("r"),
+        change: RoomChange::StreamDelete(sid("s-alice")),
+    }));
+    let view = a.reg.room(app_id(APP), &room("r")).unwrap();
+    assert_eq!(view.users, vec![user("alice"), user("carol")]);
+    assert!(view.streams.is_empty());
+    assert!(!a.reg.publishes_here(app_id(APP), &sid("s-alice")));
+    // B's alice lives on and may publish the ID again.
+    let (r, _) = b.run(|reg, out| reg.publish(alice_b, 2, &sid("s-alice"), "", out));
+    r.unwrap();
+}
