@@ -1129,25 +1129,36 @@ impl Registry {
             return Err(internal("room vanished"));
         };
         room.streams.insert(stream_id.clone());
+        // The ID was another node's (its publisher moved here before that node's entry was
+        // reaped): the members knew the stream already, and its players here stop pulling it.
+        let was_remote = room.remote_streams.remove(stream_id);
         out.push(Output::Send {
             to: id,
             msg: ServerMsg::Ok { seq },
         });
+        if was_remote.is_some() && app.players.contains_key(stream_id) {
+            out.push(Output::Media(MediaCommand::Unpull {
+                app: app_id,
+                stream_id: stream_id.clone(),
+            }));
+        }
         out.push(Output::Cluster(ClusterCommand::Change {
             app: app_id,
             room: room_id.clone(),
             change: RoomChange::StreamAdd(info.clone()),
         }));
-        let to = room_recipients(sessions, room, id, false);
-        broadcast(
-            out,
-            to,
-            ServerMsg::StreamUpdate {
-                room_id,
-                update_type: UpdateType::Add,
-                streams: vec![info],
-            },
-        );
+        if was_remote.as_ref().is_none_or(|(_, old)| *old != info) {
+            let to = room_recipients(sessions, room, id, false);
+            broadcast(
+                out,
+                to,
+                ServerMsg::StreamUpdate {
+                    room_id,
+                    update_type: UpdateType::Add,
+                    streams: vec![info],
+                },
+            );
+        }
         play_update(sessions, app, stream_id, true, out);
         Ok(())
     }
@@ -1536,7 +1547,11 @@ impl Registry {
         out: &mut Vec<Output>,
     ) -> bool {
         let sessions = &self.sessions;
-        let Some(room) = self.apps.get_mut(&app_id).and_then(|a| a.rooms.get_mut(room_id)) else {
+        let Some(app) = self.apps.get_mut(&app_id) else {
+            return false;
+        };
+        let players = &app.players;
+        let Some(room) = app.rooms.get_mut(room_id) else {
             return false;
         };
         // A stream of the room now published, or no longer, on another node: its players here.
@@ -1590,7 +1605,8 @@ impl Registry {
                 )
             }
             RoomChange::StreamAdd(info) => {
-                let known = room.remote_streams.contains_key(&info.stream_id);
+                let earlier = room.remote_streams.get(&info.stream_id).map(|(o, _)| owner_node(o).to_string());
+                let known = earlier.is_some();
                 let shadowed = room.streams.contains(&info.stream_id);
                 let changed = room
                     .remote_streams
@@ -1598,6 +1614,20 @@ impl Registry {
                     .is_some_and(|(_, old)| *old != info);
                 room.remote_streams
                     .insert(info.stream_id.clone(), (owner.to_string(), info.clone()));
+                // Published again on another node (its publisher moved there before the old
+                // node's entry was reaped): pulled from there from now on.
+                let moved = earlier.as_deref().is_some_and(|n| n != owner_node(owner));
+                if moved && !shadowed && players.contains_key(&info.stream_id) {
+                    out.push(Output::Media(MediaCommand::Unpull {
+                        app: app_id,
+                        stream_id: info.stream_id.clone(),
+                    }));
+                    out.push(Output::Media(MediaCommand::Pull {
+                        app: app_id,
+                        stream_id: info.stream_id.clone(),
+                        owner: owner.to_string(),
+                    }));
+                }
                 if shadowed || (known && !changed) {
                     return true;
                 }

@@ -1608,3 +1608,64 @@ fn a_login_of_the_same_user_on_another_node_kicks_the_older_session() {
     let (r, _) = b.run(|reg, out| reg.publish(alice_b, 2, &sid("s-alice"), "", out));
     r.unwrap();
 }
+
+/// A stream published again on another node before its old node's entry was reaped (its
+/// publisher moved): the members saw it already and see nothing; its players on a third node
+/// pull it from the new node, and on the new node they stop pulling and play it locally.
+#[test]
+fn a_stream_that_moves_to_another_node_is_pulled_from_there() {
+    let (mut a, mut b, mut c) = (H::new(), H::new(), H::new());
+    let alice = a.login("r", "alice", true);
+    a.publish(alice, "s1").unwrap();
+    let snap = snapshot_of(&a, "r", "A|1");
+    let (carol, _, _) = login_remote(&mut c, "r", "carol", snap.clone());
+    let pulls = |h: &mut H, id| {
+        let (r, out) = h.run(|reg, out| reg.play(id, 4, &sid("s1"), out));
+        r.unwrap();
+        media(&out)
+    };
+    assert!(matches!(&pulls(&mut c, carol)[..], [MediaCommand::Pull { owner, .. }] if owner == "A|1"));
+    let (bob, _, _) = login_remote(&mut b, "r", "bob", snap);
+    assert!(matches!(&pulls(&mut b, bob)[..], [MediaCommand::Pull { owner, .. }] if owner == "A|1"));
+    // Node A died; alice publishes s1 again on node B before A's entry is reaped.
+    let (alice_b, _, _) = login_remote(&mut b, "r", "alice", RemoteRoom::default());
+    let (r, out) = b.run(|reg, out| reg.publish(alice_b, 2, &sid("s1"), "x", out));
+    r.unwrap();
+    assert!(
+        media(&out).contains(&MediaCommand::Unpull {
+            app: app_id(APP),
+            stream_id: sid("s1")
+        }),
+        "B plays it locally now: {out:?}"
+    );
+    assert!(
+        !flatten(out.clone()).0.iter().any(|(_, m)| matches!(m, ServerMsg::StreamUpdate { .. })),
+        "bob knew the stream"
+    );
+    let mut o = Vec::new();
+    for cmd in cluster(&out) {
+        if let ClusterCommand::Change { app, room, change } = cmd {
+            c.reg.remote_update(app, &room, "B|1", change, &mut o);
+            c.check();
+        }
+    }
+    assert_eq!(
+        media(&o),
+        vec![
+            MediaCommand::Unpull {
+                app: app_id(APP),
+                stream_id: sid("s1")
+            },
+            MediaCommand::Pull {
+                app: app_id(APP),
+                stream_id: sid("s1"),
+                owner: "B|1".into()
+            },
+        ]
+    );
+    assert!(flatten(o).0.is_empty(), "carol knew the stream");
+    // A's late reap of its old entry changes nothing (the entry is B's).
+    let mut o = Vec::new();
+    assert!(!c.reg.remote_update(app_id(APP), &room("r"), "A|1", RoomChange::StreamDelete(sid("s1")), &mut o));
+    assert!(o.is_empty());
+}
