@@ -58,7 +58,7 @@ impl ServeArgs {
     /// [`ServerConfig::resolve_apps`] (dev mode, or the refusal to start without apps).
     pub fn config(&self) -> Result<ServerConfig, String> {
         let mut config = match &self.config {
-            Some(path) => ServerConfig::load(path).map_err(|e| e.to_string())?,
+            Some(path) => ServerConfig::load_unchecked(path).map_err(|e| e.to_string())?,
             None => ServerConfig::default(),
         };
         if let Some(listen) = self.listen {

@@ -1712,6 +1712,30 @@ impl Registry {
         remote: RemoteRoom,
         out: &mut Vec<Output>,
     ) {
+        self.apply_snapshot(app_id, room_id, remote, true, out);
+    }
+
+    /// Like [`Registry::remote_sync`], but only adds and updates: what the snapshot lacks stays.
+    /// For the time after the store lost its data, while the nodes put their parts back (a part
+    /// not restored yet is not gone); a full [`Registry::remote_sync`] follows.
+    pub fn remote_merge(
+        &mut self,
+        app_id: AppId,
+        room_id: &RoomId,
+        remote: RemoteRoom,
+        out: &mut Vec<Output>,
+    ) {
+        self.apply_snapshot(app_id, room_id, remote, false, out);
+    }
+
+    fn apply_snapshot(
+        &mut self,
+        app_id: AppId,
+        room_id: &RoomId,
+        remote: RemoteRoom,
+        deletes: bool,
+        out: &mut Vec<Output>,
+    ) {
         let Some(room) = self.apps.get(&app_id).and_then(|a| a.rooms.get(room_id)) else {
             return;
         };
@@ -1727,12 +1751,12 @@ impl Registry {
             .collect();
         let mut changes = Vec::new();
         for (id, (owner, _)) in &room.remote_streams {
-            if !streams.contains_key(id) {
+            if deletes && !streams.contains_key(id) {
                 changes.push((owner.clone(), RoomChange::StreamDelete(id.clone())));
             }
         }
         for (id, (owner, _)) in &room.remote_users {
-            if !users.contains_key(id) {
+            if deletes && !users.contains_key(id) {
                 changes.push((owner.clone(), RoomChange::UserDelete(id.clone())));
             }
         }

@@ -1669,3 +1669,31 @@ fn a_stream_that_moves_to_another_node_is_pulled_from_there() {
     assert!(!c.reg.remote_update(app_id(APP), &room("r"), "A|1", RoomChange::StreamDelete(sid("s1")), &mut o));
     assert!(o.is_empty());
 }
+
+/// After the store lost its data, a snapshot taken before a node put its part back lacks that
+/// part: merged, it removes nothing; the full sync after the settling removes what is gone.
+#[test]
+fn a_merged_snapshot_only_adds_and_a_full_sync_then_removes() {
+    let (mut a, mut b) = (H::new(), H::new());
+    let alice = a.login("r", "alice", true);
+    a.publish(alice, "s1").unwrap();
+    let (bob, _, _) = login_remote(&mut b, "r", "bob", snapshot_of(&a, "r", "A|1"));
+    let mut carol = RemoteRoom::default();
+    carol.users.push(("C|2".into(), user("carol")));
+    let mut out = Vec::new();
+    b.reg.remote_merge(app_id(APP), &room("r"), carol.clone(), &mut out);
+    b.check();
+    assert_eq!(flatten(out).0, vec![(bob, users_msg("r", UpdateType::Add, &["carol"]))]);
+    let view = b.reg.room(app_id(APP), &room("r")).unwrap();
+    assert_eq!(view.users, vec![user("alice"), user("bob"), user("carol")]);
+    assert_eq!(view.streams, vec![info("alice", "s1")]);
+    let mut out = Vec::new();
+    b.reg.remote_sync(app_id(APP), &room("r"), carol, &mut out);
+    assert_eq!(
+        flatten(out).0,
+        vec![
+            (bob, streams_msg("r", UpdateType::Delete, &[("alice", "s1")])),
+            (bob, users_msg("r", UpdateType::Delete, &["alice"])),
+        ]
+    );
+}

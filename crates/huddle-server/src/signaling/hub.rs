@@ -45,6 +45,10 @@ pub(super) struct Follow {
     pub(super) seq: u64,
     /// Read a fresh snapshot before going on (a gap in the history, or the store lost it).
     pub(super) resync: bool,
+    /// The store lost its data and the nodes are putting their parts back: until then a fresh
+    /// snapshot only adds (a node that has not restored its part yet is not gone), and then
+    /// the room is read afresh in full.
+    pub(super) settle_until: Option<tokio::time::Instant>,
 }
 
 /// The connection that carries a session now.
@@ -156,6 +160,7 @@ impl Hub {
                                 cursor,
                                 seq,
                                 resync: false,
+                                settle_until: None,
                             };
                             self.follows.insert((app, room), follow);
                             self.follows_changed.notify_one();

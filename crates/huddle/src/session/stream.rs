@@ -107,7 +107,7 @@ pub(crate) struct Publisher {
     pub(crate) reclaim_until: Option<Instant>,
     /// The next `publish` of such a retry.
     pub(crate) reclaim_at: Option<Instant>,
-    /// Retries of the reclaim so far (the delay doubles: 250 ms up to 2 s).
+    /// Retries of the reclaim so far (the delay doubles: 250 ms up to 1 s).
     pub(crate) reclaims: u32,
 }
 
@@ -129,9 +129,9 @@ impl Publisher {
         }
     }
 
-    /// The delay before the next `publish` of a reclaim: 250 ms, doubling up to 2 s.
+    /// The delay before the next `publish` of a reclaim: 250 ms, doubling up to 1 s.
     pub(crate) fn next_reclaim_delay(&mut self) -> Duration {
-        let d = Duration::from_millis(250).saturating_mul(1 << self.reclaims.min(3));
+        let d = Duration::from_millis(250).saturating_mul(1 << self.reclaims.min(2));
         self.reclaims = self.reclaims.saturating_add(1);
         d
     }
