@@ -240,6 +240,18 @@ pub enum MediaCommand {
         /// The stream.
         stream_id: StreamId,
     },
+    /// The stream's publisher moved to another node (or here) while it was pulled: stop the
+    /// link and close the relay PC alone, so that the players here keep their connections, and
+    /// pull it from `owner` (none: it is published on this node now, and the local publisher
+    /// takes the relay's place for them).
+    PullMoved {
+        /// The app.
+        app: AppId,
+        /// The stream.
+        stream_id: StreamId,
+        /// The new owner of the stream's entry (`node|epoch`), if another node.
+        owner: Option<String>,
+    },
 }
 
 /// A reading of both clocks the registry's timers use, taken together.
@@ -1137,9 +1149,10 @@ impl Registry {
             msg: ServerMsg::Ok { seq },
         });
         if was_remote.is_some() && app.players.contains_key(stream_id) {
-            out.push(Output::Media(MediaCommand::Unpull {
+            out.push(Output::Media(MediaCommand::PullMoved {
                 app: app_id,
                 stream_id: stream_id.clone(),
+                owner: None,
             }));
         }
         out.push(Output::Cluster(ClusterCommand::Change {
@@ -1618,14 +1631,10 @@ impl Registry {
                 // node's entry was reaped): pulled from there from now on.
                 let moved = earlier.as_deref().is_some_and(|n| n != owner_node(owner));
                 if moved && !shadowed && players.contains_key(&info.stream_id) {
-                    out.push(Output::Media(MediaCommand::Unpull {
+                    out.push(Output::Media(MediaCommand::PullMoved {
                         app: app_id,
                         stream_id: info.stream_id.clone(),
-                    }));
-                    out.push(Output::Media(MediaCommand::Pull {
-                        app: app_id,
-                        stream_id: info.stream_id.clone(),
-                        owner: owner.to_string(),
+                        owner: Some(owner.to_string()),
                     }));
                 }
                 if shadowed || (known && !changed) {

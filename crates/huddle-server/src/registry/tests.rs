@@ -1611,7 +1611,8 @@ fn a_login_of_the_same_user_on_another_node_kicks_the_older_session() {
 
 /// A stream published again on another node before its old node's entry was reaped (its
 /// publisher moved): the members saw it already and see nothing; its players on a third node
-/// pull it from the new node, and on the new node they stop pulling and play it locally.
+/// pull it from the new node, and on the new node they stop pulling and play it locally, in
+/// both cases keeping their connections (`PullMoved`, not `Unpull`).
 #[test]
 fn a_stream_that_moves_to_another_node_is_pulled_from_there() {
     let (mut a, mut b, mut c) = (H::new(), H::new(), H::new());
@@ -1632,9 +1633,10 @@ fn a_stream_that_moves_to_another_node_is_pulled_from_there() {
     let (r, out) = b.run(|reg, out| reg.publish(alice_b, 2, &sid("s1"), "x", out));
     r.unwrap();
     assert!(
-        media(&out).contains(&MediaCommand::Unpull {
+        media(&out).contains(&MediaCommand::PullMoved {
             app: app_id(APP),
-            stream_id: sid("s1")
+            stream_id: sid("s1"),
+            owner: None,
         }),
         "B plays it locally now: {out:?}"
     );
@@ -1651,17 +1653,11 @@ fn a_stream_that_moves_to_another_node_is_pulled_from_there() {
     }
     assert_eq!(
         media(&o),
-        vec![
-            MediaCommand::Unpull {
-                app: app_id(APP),
-                stream_id: sid("s1")
-            },
-            MediaCommand::Pull {
-                app: app_id(APP),
-                stream_id: sid("s1"),
-                owner: "B|1".into()
-            },
-        ]
+        vec![MediaCommand::PullMoved {
+            app: app_id(APP),
+            stream_id: sid("s1"),
+            owner: Some("B|1".into()),
+        }]
     );
     assert!(flatten(o).0.is_empty(), "carol knew the stream");
     // A's late reap of its old entry changes nothing (the entry is B's).

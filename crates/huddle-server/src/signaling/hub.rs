@@ -184,7 +184,21 @@ impl Hub {
                     owner,
                 }),
                 Output::Media(MediaCommand::Unpull { app, stream_id }) => {
-                    self.pull(PullOp::Unpull { app, stream_id });
+                    self.pull(PullOp::Unpull {
+                        app,
+                        stream_id,
+                        players_stay: false,
+                    });
+                }
+                Output::Media(MediaCommand::PullMoved { app, stream_id, owner }) => {
+                    self.pull(PullOp::Unpull {
+                        app,
+                        stream_id: stream_id.clone(),
+                        players_stay: true,
+                    });
+                    if let Some(owner) = owner {
+                        self.pull(PullOp::Pull { app, stream_id, owner });
+                    }
                 }
                 Output::Media(cmd) => {
                     self.media_command(match cmd {
@@ -214,7 +228,7 @@ impl Hub {
                             release(&self.store, StoreOp::ReleaseSession { session });
                             Command::SessionGone { session }
                         }
-                        MediaCommand::Pull { .. } | MediaCommand::Unpull { .. } => continue,
+                        MediaCommand::Pull { .. } | MediaCommand::Unpull { .. } | MediaCommand::PullMoved { .. } => continue,
                     });
                 }
             }
