@@ -20,7 +20,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::{APP_ID, APP_SIGN, SECRET, tone_db};
-use huddle::{AudioSink, AudioSource, Engine, EngineConfig, EngineProfile, Event, EventHandler, RoomConfig, User, UserId};
+use huddle::{
+    AudioSink, AudioSource, Engine, EngineConfig, EngineProfile, Event, EventHandler, RoomConfig, User,
+    UserId,
+};
 use redis::RedisServer;
 use serde_json::Value;
 
@@ -54,7 +57,15 @@ impl Node {
         .unwrap();
         let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_huddle"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--udp-port", "0", "--tcp-port", "0"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--udp-port",
+                "0",
+                "--tcp-port",
+                "0",
+            ])
             .arg("--config")
             .arg(&config)
             .args(["--redis", &redis.url, "--node-id", id])
@@ -204,7 +215,9 @@ impl Client {
             events: Vec::new(),
             ear: None,
         };
-        c.wait("login", |e| e["event"] == "room_state_changed" && e["reason"] == "Logined");
+        c.wait("login", |e| {
+            e["event"] == "room_state_changed" && e["reason"] == "Logined"
+        });
         c
     }
 
@@ -472,12 +485,22 @@ fn a_cluster_of_processes_survives_kill_restart_duplicate_login_drain_and_churn(
     let mut dave_gone = Duration::ZERO;
     for p in [&mut bob, &mut carol] {
         let at = p.wait_after("dave gone", killed, |e| {
-            e["event"] == "room_user_update" && e["update_type"] == "Delete" && e["users"][0]["user_id"] == "dave"
+            e["event"] == "room_user_update"
+                && e["update_type"] == "Delete"
+                && e["users"][0]["user_id"] == "dave"
         });
         dave_gone = dave_gone.max(at - killed);
         let seen = p.room_events_since(killed);
-        let dave: Vec<&String> = seen.iter().filter(|e| e.ends_with(" dave") || e.ends_with(" s-dave")).collect();
-        assert_eq!(dave, ["stream Delete s-dave", "user Delete dave"], "{}: {seen:?}", p.user);
+        let dave: Vec<&String> = seen
+            .iter()
+            .filter(|e| e.ends_with(" dave") || e.ends_with(" s-dave"))
+            .collect();
+        assert_eq!(
+            dave,
+            ["stream Delete s-dave", "user Delete dave"],
+            "{}: {seen:?}",
+            p.user
+        );
         assert!(
             !seen.contains(&"user Delete alice".to_string()),
             "{}: alice moved, she never left: {seen:?}",
@@ -518,7 +541,9 @@ fn a_cluster_of_processes_survives_kill_restart_duplicate_login_drain_and_churn(
         let asked = Instant::now();
         erin.engine.start_publishing_stream("s-alice").unwrap();
         erin.wait_after("an answer to erin's publish", asked, |e| {
-            e["event"] == "publisher_state_update" && e["stream_id"] == "s-alice" && e["state"] != "PublishRequesting"
+            e["event"] == "publisher_state_update"
+                && e["stream_id"] == "s-alice"
+                && e["state"] != "PublishRequesting"
         });
         let (_, e) = erin
             .events
@@ -543,7 +568,11 @@ fn a_cluster_of_processes_survives_kill_restart_duplicate_login_drain_and_churn(
     std::thread::sleep(Duration::from_secs(1));
     for p in [&bob, &carol] {
         let (windows, tone) = p.ear().tone_between(before, Instant::now());
-        assert!(windows >= 10 && tone + 2 >= windows, "{}: {tone} of {windows} windows held the tone", p.user);
+        assert!(
+            windows >= 10 && tone + 2 >= windows,
+            "{}: {tone} of {windows} windows held the tone",
+            p.user
+        );
     }
     println!(
         "Redis restart: s-alice claimed again within {} ms ({} publishes of it answered 1009009 meanwhile); the players heard the tone throughout",
@@ -561,7 +590,11 @@ fn a_cluster_of_processes_survives_kill_restart_duplicate_login_drain_and_churn(
     std::thread::sleep(Duration::from_millis(500));
     for p in [&mut bob, &mut carol] {
         let seen = p.room_events_since(since - Duration::from_secs(1));
-        assert!(!seen.iter().any(|e| e == "user Delete gina"), "{}: gina stays: {seen:?}", p.user);
+        assert!(
+            !seen.iter().any(|e| e == "user Delete gina"),
+            "{}: gina stays: {seen:?}",
+            p.user
+        );
     }
     gina_c.pump();
     assert!(
@@ -577,8 +610,12 @@ fn a_cluster_of_processes_survives_kill_restart_duplicate_login_drain_and_churn(
     b.sigterm();
     let mut moved = Vec::new();
     for p in [&mut alice, &mut bob] {
-        p.wait_after("told to move", term, |e| e["event"] == "room_state_changed" && e["reason"] == "Reconnecting");
-        let at = p.wait_after("moved", term, |e| e["event"] == "room_state_changed" && e["reason"] == "Reconnected");
+        p.wait_after("told to move", term, |e| {
+            e["event"] == "room_state_changed" && e["reason"] == "Reconnecting"
+        });
+        let at = p.wait_after("moved", term, |e| {
+            e["event"] == "room_state_changed" && e["reason"] == "Reconnected"
+        });
         moved.push(at);
     }
     assert!(b.running(), "both clients moved before node B exited");
@@ -593,7 +630,9 @@ fn a_cluster_of_processes_survives_kill_restart_duplicate_login_drain_and_churn(
     bob.tone_after("after the drain", exited, 5);
     let seen = carol.room_events_since(term);
     assert!(
-        !seen.iter().any(|e| e == "user Delete alice" || e == "user Delete bob"),
+        !seen
+            .iter()
+            .any(|e| e == "user Delete alice" || e == "user Delete bob"),
         "moves are not leaves: {seen:?}"
     );
     println!(
@@ -636,20 +675,35 @@ fn a_cluster_of_processes_survives_kill_restart_duplicate_login_drain_and_churn(
         }
         let _ = r;
     };
-    const ROUNDS: usize = 8;
+    // HUDDLE_FAILOVER_CHURN_ROUNDS: a longer soak (each round prints the nodes' memory).
+    let rounds: usize = std::env::var("HUDDLE_FAILOVER_CHURN_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8)
+        .max(3);
     round(0);
     round(1);
     std::thread::sleep(Duration::from_millis(500));
     let warm: Vec<u64> = nodes.iter().map(|n| n.rss_kib()).collect();
-    for r in 2..ROUNDS {
+    for r in 2..rounds {
         round(r);
+        if rounds > 8 {
+            println!(
+                "churn round {r}: {:?} KiB",
+                nodes.iter().map(|n| n.rss_kib()).collect::<Vec<_>>()
+            );
+        }
     }
     std::thread::sleep(Duration::from_millis(500));
     let after: Vec<u64> = nodes.iter().map(|n| n.rss_kib()).collect();
-    println!("churn: resident memory per node after 2 rounds {warm:?} KiB, after {ROUNDS} {after:?} KiB");
+    println!("churn: resident memory per node after 2 rounds {warm:?} KiB, after {rounds} {after:?} KiB");
     for (i, (w, a)) in warm.iter().zip(&after).enumerate() {
         // Flat: no growth with the rounds beyond the allocator's slack (2 MiB).
-        assert!(*a <= w + 2048, "node {i} grew from {w} to {a} KiB over {} rounds", ROUNDS - 2);
+        assert!(
+            *a <= w + 2048,
+            "node {i} grew from {w} to {a} KiB over {} rounds",
+            rounds - 2
+        );
     }
     // No key is left once the nodes are gone: each node's leave removes its lease and claims,
     // and the rooms' keys expire three leases after their last change. The lease counter stays:

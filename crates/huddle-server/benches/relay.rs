@@ -112,7 +112,10 @@ impl Setup {
             }
             s.tick(Duration::from_millis(1));
         }
-        assert!(s.players.iter().all(|p| p.connected), "the players did not connect");
+        assert!(
+            s.players.iter().all(|p| p.connected),
+            "the players did not connect"
+        );
         // Media flows end to end (the link's PC too) before anything is measured.
         for _ in 0..50 {
             s.send_one();
@@ -191,7 +194,9 @@ impl Setup {
                 while let Some(t) = b.sfu.poll_transmit() {
                     moved = true;
                     if t.source == link {
-                        self.a.sfu.handle_datagram_to(now, link, t.destination, &t.contents);
+                        self.a
+                            .sfu
+                            .handle_datagram_to(now, link, t.destination, &t.contents);
                     } else if let Some(p) = self.players.iter_mut().find(|p| p.addr == t.destination) {
                         let mut up = Vec::new();
                         p.receive_to(now, t.source, &t.contents, &mut up);
@@ -251,7 +256,9 @@ impl Setup {
                 down.retain(|tr| tr.destination != link);
                 for tr in out {
                     if tr.source == link {
-                        self.a.sfu.handle_datagram_to(now, link, tr.destination, &tr.contents);
+                        self.a
+                            .sfu
+                            .handle_datagram_to(now, link, tr.destination, &tr.contents);
                     } else if let Some(p) = self.players.iter_mut().find(|p| p.addr == tr.destination) {
                         let mut up = Vec::new();
                         p.receive_to(now, tr.source, &tr.contents, &mut up);
@@ -294,7 +301,8 @@ fn main() {
     for n in players {
         let mut one = Setup::new(n, false);
         let mut two = Setup::new(n, true);
-        let (mut single, mut a_side, mut b_side, mut added) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut single, mut a_side, mut b_side, mut added) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             // Alternated in one run, so that both see the same machine.
             let (s, _) = one.round(packets);

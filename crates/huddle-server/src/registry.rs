@@ -1571,7 +1571,10 @@ impl Registry {
         let mut availability: Option<(StreamId, bool)> = None;
         let (notify_only, update) = match change {
             RoomChange::UserAdd(user) => {
-                let earlier = room.remote_users.get(&user.user_id).map(|(o, _)| owner_node(o).to_string());
+                let earlier = room
+                    .remote_users
+                    .get(&user.user_id)
+                    .map(|(o, _)| owner_node(o).to_string());
                 let known = earlier.is_some();
                 let shadowed = room.users.get(&user.user_id).copied();
                 room.remote_users
@@ -1618,7 +1621,10 @@ impl Registry {
                 )
             }
             RoomChange::StreamAdd(info) => {
-                let earlier = room.remote_streams.get(&info.stream_id).map(|(o, _)| owner_node(o).to_string());
+                let earlier = room
+                    .remote_streams
+                    .get(&info.stream_id)
+                    .map(|(o, _)| owner_node(o).to_string());
                 let known = earlier.is_some();
                 let shadowed = room.streams.contains(&info.stream_id);
                 let changed = room

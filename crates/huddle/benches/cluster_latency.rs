@@ -106,9 +106,18 @@ fn main() {
         diff.push(t[1] - t[0]);
         std::thread::sleep(Duration::from_millis(300));
     }
-    println!("mouth to ear, player on the publisher's node: p50 {:.1} ms; samples {one:.1?}", median(&one));
-    println!("mouth to ear, player on another node (pulled): p50 {:.1} ms; samples {two:.1?}", median(&two));
-    println!("added by the pull: p50 {:.1} ms per sample (B minus A)", median(&diff));
+    println!(
+        "mouth to ear, player on the publisher's node: p50 {:.1} ms; samples {one:.1?}",
+        median(&one)
+    );
+    println!(
+        "mouth to ear, player on another node (pulled): p50 {:.1} ms; samples {two:.1?}",
+        median(&two)
+    );
+    println!(
+        "added by the pull: p50 {:.1} ms per sample (B minus A)",
+        median(&diff)
+    );
     for e in [far, near, alice] {
         e.destroy();
     }

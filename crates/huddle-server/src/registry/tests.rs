@@ -1568,8 +1568,13 @@ fn a_login_of_the_same_user_on_another_node_kicks_the_older_session() {
     let (alice_b, _, out) = login_remote(&mut b, "r", "alice", snapshot_of(&a, "r", "A|1"));
     // A renewal of the same user by node A itself would not kick alice on B.
     let mut o = Vec::new();
-    b.reg
-        .remote_update(app_id(APP), &room("r"), "A|2", RoomChange::UserAdd(user("alice")), &mut o);
+    b.reg.remote_update(
+        app_id(APP),
+        &room("r"),
+        "A|2",
+        RoomChange::UserAdd(user("alice")),
+        &mut o,
+    );
     assert!(flatten(o).1.is_empty(), "a renewal kicks nobody");
     // A hears of B's login: its alice is kicked and closed; carol sees her stream go, not her.
     let mut o = Vec::new();
@@ -1641,7 +1646,10 @@ fn a_stream_that_moves_to_another_node_is_pulled_from_there() {
         "B plays it locally now: {out:?}"
     );
     assert!(
-        !flatten(out.clone()).0.iter().any(|(_, m)| matches!(m, ServerMsg::StreamUpdate { .. })),
+        !flatten(out.clone())
+            .0
+            .iter()
+            .any(|(_, m)| matches!(m, ServerMsg::StreamUpdate { .. })),
         "bob knew the stream"
     );
     let mut o = Vec::new();
@@ -1662,7 +1670,13 @@ fn a_stream_that_moves_to_another_node_is_pulled_from_there() {
     assert!(flatten(o).0.is_empty(), "carol knew the stream");
     // A's late reap of its old entry changes nothing (the entry is B's).
     let mut o = Vec::new();
-    assert!(!c.reg.remote_update(app_id(APP), &room("r"), "A|1", RoomChange::StreamDelete(sid("s1")), &mut o));
+    assert!(!c.reg.remote_update(
+        app_id(APP),
+        &room("r"),
+        "A|1",
+        RoomChange::StreamDelete(sid("s1")),
+        &mut o
+    ));
     assert!(o.is_empty());
 }
 
@@ -1677,9 +1691,13 @@ fn a_merged_snapshot_only_adds_and_a_full_sync_then_removes() {
     let mut carol = RemoteRoom::default();
     carol.users.push(("C|2".into(), user("carol")));
     let mut out = Vec::new();
-    b.reg.remote_merge(app_id(APP), &room("r"), carol.clone(), &mut out);
+    b.reg
+        .remote_merge(app_id(APP), &room("r"), carol.clone(), &mut out);
     b.check();
-    assert_eq!(flatten(out).0, vec![(bob, users_msg("r", UpdateType::Add, &["carol"]))]);
+    assert_eq!(
+        flatten(out).0,
+        vec![(bob, users_msg("r", UpdateType::Add, &["carol"]))]
+    );
     let view = b.reg.room(app_id(APP), &room("r")).unwrap();
     assert_eq!(view.users, vec![user("alice"), user("bob"), user("carol")]);
     assert_eq!(view.streams, vec![info("alice", "s1")]);

@@ -190,14 +190,22 @@ impl Hub {
                         players_stay: false,
                     });
                 }
-                Output::Media(MediaCommand::PullMoved { app, stream_id, owner }) => {
+                Output::Media(MediaCommand::PullMoved {
+                    app,
+                    stream_id,
+                    owner,
+                }) => {
                     self.pull(PullOp::Unpull {
                         app,
                         stream_id: stream_id.clone(),
                         players_stay: true,
                     });
                     if let Some(owner) = owner {
-                        self.pull(PullOp::Pull { app, stream_id, owner });
+                        self.pull(PullOp::Pull {
+                            app,
+                            stream_id,
+                            owner,
+                        });
                     }
                 }
                 Output::Media(cmd) => {
@@ -228,7 +236,9 @@ impl Hub {
                             release(&self.store, StoreOp::ReleaseSession { session });
                             Command::SessionGone { session }
                         }
-                        MediaCommand::Pull { .. } | MediaCommand::Unpull { .. } | MediaCommand::PullMoved { .. } => continue,
+                        MediaCommand::Pull { .. }
+                        | MediaCommand::Unpull { .. }
+                        | MediaCommand::PullMoved { .. } => continue,
                     });
                 }
             }

@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
 use axum::extract::ws::Message;
+use axum::routing::get;
 use huddle_proto::{ErrorCode, HuddleError, MAX_MESSAGE_BYTES, SIGNALING_PATH};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};

@@ -1769,9 +1769,14 @@ fn a_draining_node_is_left_for_the_next_server_at_once() {
     let connect = position(&out, |o| matches!(o, Output::Connect { .. }));
     assert!(close < connect, "the old connection closes first: {out:?}");
     assert_eq!(servers_of(&out), [1], "to the next server, without a delay");
-    assert_eq!(evs(&out), ["room Reconnecting 1002051", "pub mine PublishRequesting 1003020"]);
+    assert_eq!(
+        evs(&out),
+        ["room Reconnecting 1002051", "pub mine PublishRequesting 1003020"]
+    );
     let (_, out) = h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
-    assert!(matches!(&sent(&out)[..], [ClientMsg::Publish { stream_id, .. }] if stream_id.as_str() == "mine"));
+    assert!(
+        matches!(&sent(&out)[..], [ClientMsg::Publish { stream_id, .. }] if stream_id.as_str() == "mine")
+    );
 }
 
 /// Publishing again on a fresh session of another node, the stream ID may still be held by the
@@ -1808,7 +1813,10 @@ fn a_republish_refused_as_existing_is_retried_until_the_old_claim_ends() {
             // Heartbeats go on meanwhile.
             for m in sent(&out) {
                 if let ClientMsg::Ping { seq } = m {
-                    h.msg(ServerMsg::Pong { seq, server_time_ms: 0 });
+                    h.msg(ServerMsg::Pong {
+                        seq,
+                        server_time_ms: 0,
+                    });
                 }
             }
         }
