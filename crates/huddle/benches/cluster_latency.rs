@@ -8,7 +8,6 @@
 //! Prints both medians and the median of the per-sample differences (B minus A).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 #[path = "../../huddle-server/tests/common/redis.rs"]
 #[allow(dead_code)]
