@@ -5,6 +5,8 @@
 //! one before left, so the suite pays for the processes once.
 //!
 //! Every wait is bounded; the nodes and Redis are killed when the test ends, however it ends.
+//! The nodes' logs are kept in `$TMPDIR/huddle-failover-PID/` when it fails (removed when it
+//! passes).
 
 mod common;
 #[path = "../../huddle-server/tests/common/redis.rs"]
@@ -85,7 +87,11 @@ impl Node {
                 break;
             }
         }
-        assert!(!addr.is_empty(), "node {id} did not start (see {}.log)", id);
+        assert!(
+            !addr.is_empty(),
+            "node {id} did not start (see {})",
+            dir.join(format!("{id}.log")).display()
+        );
         std::thread::spawn(move || for _ in lines {});
         Node {
             id: id.to_string(),
