@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the tests need beyond the Rust toolchain and gcc (huddle-media links libopus and
-# libvpx, found through pkg-config; the SDK's `device` feature links ALSA through cpal; the browser
+# libvpx, found through pkg-config; the SDK's `device` feature, on in huddle-cli, links ALSA through
+# cpal; crates/huddle-cli/tests/devices.rs runs a PulseAudio server of its own behind ALSA's `pulse`
+# device (pulseaudio, pulseaudio-utils for pactl/parec, libasound2-plugins); the browser
 # tests drive Debian's chromium; the network namespace tests, `crates/huddle-cli/tests/netns.rs`
 # and the firewall tests in web/tests, need `ip` and `nft`, and run coturn; web/tests/tls.test.js
 # and the firewall tests make their certificates with the openssl command;
@@ -15,7 +17,7 @@ cd "$(dirname "$0")/.."
 # Python or Node.js at all: the tests run `python3` (an independent token decoder, the speech
 # scorers) and `node`/`npm` (the browser tests), and PyPI's `pesq` has no wheels, so it is
 # compiled against Python's headers. Installed only when missing, so a warm machine starts at once.
-apt_packages=(libopus-dev libvpx-dev pkg-config chromium libasound2-dev iproute2 nftables coturn openssl nginx-light caddy systemd redis-server)
+apt_packages=(libopus-dev libvpx-dev pkg-config ffmpeg chromium libasound2-dev pulseaudio pulseaudio-utils libasound2-plugins iproute2 nftables coturn openssl nginx-light caddy systemd redis-server)
 need_apt=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
@@ -86,6 +88,8 @@ echo "== cargo test"
 cargo test --workspace --locked
 # The forwarding benchmark once, briefly (every player must get every packet).
 cargo test -p huddle-server --features testkit --bench forward --locked
+# The recording benchmark once, briefly (every packet written; docs/operations.md has its figures).
+HUDDLE_RECORD_MINUTES=1 HUDDLE_RECORD_ROUNDS=1 cargo test -p huddle-server --features testkit --bench record --locked
 # With the feature on, a machine without a sound card refuses the devices with a numbered error.
 cargo test -p huddle --features device --locked --test device
 

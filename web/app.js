@@ -1,7 +1,7 @@
 // @ts-check
 // The debug page: a thin UI over huddle.js. Everything the SDK reports goes to the log, so the page
 // doubles as a protocol explorer. `window.huddleApp` exposes the engine and the media for tests.
-import { HuddleEngine, HuddleError, SoundLevelMeter } from "/sdk/huddle.js";
+import { HuddleEngine, HuddleError } from "/sdk/huddle.js";
 
 /** @param {string} id */
 const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id));
@@ -42,10 +42,12 @@ const app = {
   users: new Map(),
   /** @type {Map<string, any>} */
   streams: new Map(),
+  /** The room's extra info by key. @type {Map<string, string>} */
+  roomExtra: new Map(),
   /** @type {AudioContext | null} */
   audio: null,
-  /** @type {Map<HTMLElement, SoundLevelMeter>} */
-  meters: new Map(),
+  /** The active speakers' stream IDs, loudest first (`activeSpeakersChanged`). @type {string[]} */
+  speakers: [],
   /** @type {string[]} */
   logLines: [],
   /** When each stream was asked to play (performance.now()), for the first-frame times. @type {Map<string, number>} */
@@ -162,7 +164,7 @@ function saveFields() {
 
 /** @param {boolean} on */
 function setLoggedIn(on) {
-  for (const id of ["logout", "publish", "stopPublish", "play", "stopPlay"]) /** @type {HTMLButtonElement} */ ($(id)).disabled = !on;
+  for (const id of ["logout", "publish", "stopPublish", "play", "stopPlay", "chatSend", "roomExtraSet", "streamExtraSet"]) /** @type {HTMLButtonElement} */ ($(id)).disabled = !on;
   for (const id of ["login", "server", "appId", "roomId", "userId"]) /** @type {HTMLButtonElement} */ ($(id)).disabled = on;
 }
 
@@ -241,10 +243,164 @@ function wire(engine) {
   engine.on("playerRecvAudioFirstFrame", (id) => firstFrame("Audio", id));
   engine.on("playerRecvVideoFirstFrame", (id) => firstFrame("Video", id));
   engine.on("debugError", (code, func, info) => log(`${func}: code ${code} — ${info}`, "error"));
+  engine.on("remoteMicStatusUpdate", (id, status) => {
+    log(`${id}: publisher's microphone ${status.toLowerCase()}`);
+    showRemoteDevice(id, "mic", status);
+  });
+  engine.on("remoteCameraStatusUpdate", (id, status) => {
+    log(`${id}: publisher's camera ${status.toLowerCase()}`);
+    showRemoteDevice(id, "camera", status);
+  });
+  // Levels and voice on the tiles, from the SDK's monitor (every 100 ms), and the active speaker.
+  engine.on("soundLevelUpdate", (list) => {
+    for (const l of list) {
+      const tile = tileOf(l.type === "push" ? "publish" : "play", l.streamID);
+      if (!tile) continue;
+      const level = Math.round(l.soundLevel);
+      /** @type {HTMLMeterElement} */ (tile.querySelector("meter")).value = level;
+      tile.dataset.level = String(level);
+      tile.dataset.vad = l.vad ? "1" : "0";
+      tile.classList.toggle("speaking", l.vad);
+    }
+  });
+  engine.on("activeSpeakersChanged", (ids) => {
+    app.speakers = ids;
+    log(`activeSpeakersChanged: ${ids.length ? ids.join(", ") : "nobody"}`, "event");
+    for (const tile of /** @type {NodeListOf<HTMLElement>} */ (document.querySelectorAll(".tile"))) {
+      const rank = ids.indexOf(tile.dataset.streamId ?? "");
+      tile.classList.toggle("active-speaker", rank === 0);
+      if (rank >= 0) tile.dataset.speakerRank = String(rank);
+      else delete tile.dataset.speakerRank;
+    }
+  });
+  // Network quality levels (issue 12's events) on the tiles: each stream's own, and its user's.
+  /** @param {string} kind @param {string} id @param {{ level: number }} q */
+  const streamQuality = (kind, id, q) => {
+    const tile = tileOf(kind, id);
+    if (tile) showQuality(tile, "stream", q.level);
+  };
+  engine.on("publishQualityUpdate", (id, q) => streamQuality("publish", id, q));
+  engine.on("playQualityUpdate", (id, q) => streamQuality("play", id, q));
+  engine.on("networkQuality", (userID, up, down) => {
+    for (const tile of /** @type {NodeListOf<HTMLElement>} */ (document.querySelectorAll(".tile"))) {
+      const owner = tile.dataset.kind === "publish" ? "" : app.streams.get(tile.dataset.streamId ?? "")?.user?.userID;
+      if (owner === userID) showQuality(tile, "net", Math.max(up, down), `up ${QUALITY_NAMES[up]} · down ${QUALITY_NAMES[down]}`);
+    }
+  });
+  engine.startSoundLevelMonitor({ millisecond: 100, enableVAD: true });
+}
+
+/** Quality level names, by number (ZEGO's `ZegoStreamQualityLevel`). */
+const QUALITY_NAMES = ["excellent", "good", "medium", "bad", "die", "unknown"];
+
+/**
+ * @param {HTMLElement} tile @param {"stream" | "net"} what @param {number} level @param {string} [title]
+ */
+function showQuality(tile, what, level, title) {
+  const el = /** @type {HTMLElement} */ (tile.querySelector(`.quality .${what}`));
+  const name = QUALITY_NAMES[level] ?? "unknown";
+  el.dataset.level = name;
+  el.textContent = `${what === "net" ? "net" : "stream"} ${name}`;
+  el.title = title ?? `${what === "net" ? "the user's network" : "this stream"}: ${name}`;
+  tile.dataset[what === "net" ? "netQuality" : "quality"] = name;
+}
+
+/** @param {string} kind @param {string} streamId */
+function tileOf(kind, streamId) {
+  return (kind === "publish" ? app.publishing : app.playing).get(streamId)?.tile ?? null;
+  engine.on("IMRecvBroadcastMessage", (roomID, list) => {
+    for (const m of list) chatLine(m.fromUser.userID, m.message);
+  });
+  engine.on("IMRecvBarrageMessage", (roomID, list) => {
+    for (const m of list) chatLine(m.fromUser.userID, m.message);
+  });
+  engine.on("IMRecvCustomCommand", (roomID, from, command) => log(`IMRecvCustomCommand from ${from.userID}: ${command}`, "event"));
+  engine.on("roomExtraInfoUpdate", (roomID, list) => {
+    for (const i of list) {
+      app.roomExtra.set(i.key, i.value);
+      log(`roomExtraInfoUpdate ${i.key}=${i.value} by ${i.updateUser.userID}`, "event");
+    }
+    renderRoomExtra();
+  });
+  engine.on("streamExtraInfoUpdate", (roomID, streams) => {
+    for (const s of streams) {
+      app.streams.set(s.streamID, s);
+      log(`streamExtraInfoUpdate ${s.streamID}: ${s.extraInfo}`, "event");
+    }
+    renderStreams();
+  });
+  engine.on("roomOnlineUserCountUpdate", (roomID, count) => {
+    $("onlineCount").textContent = String(count);
+  });
+}
+
+// ----- chat and extra info -----
+
+/**
+ * @param {string} from
+ * @param {string} text
+ */
+function chatLine(from, text) {
+  const li = document.createElement("li");
+  const who = document.createElement("b");
+  who.textContent = from;
+  li.append(who, document.createTextNode(": " + text));
+  const list = $("chat");
+  list.append(li);
+  while (list.children.length > 200) list.firstElementChild?.remove();
+  list.scrollTop = list.scrollHeight;
+}
+
+function renderRoomExtra() {
+  $("roomExtra").textContent = app.roomExtra.size ? [...app.roomExtra].map(([k, v]) => `${k}: ${v}`).join(", ") : "none";
+}
+
+async function sendChat() {
+  const text = input("chatText").value;
+  if (!app.engine || !app.roomId || !text) return;
+  try {
+    const r = await app.engine.sendBroadcastMessage(app.roomId, text);
+    if (r.errorCode === 0) {
+      chatLine("me", text);
+      input("chatText").value = "";
+    } else {
+      log(`sendBroadcastMessage: code ${r.errorCode}`, "error");
+    }
+  } catch (e) {
+    logError("sendBroadcastMessage", e);
+  }
+}
+
+async function setRoomExtra() {
+  if (!app.engine || !app.roomId) return;
+  const value = input("roomExtraValue").value;
+  try {
+    const r = await app.engine.setRoomExtraInfo(app.roomId, "topic", value);
+    if (r.errorCode === 0) {
+      app.roomExtra.set("topic", value);
+      renderRoomExtra();
+    } else log(`setRoomExtraInfo: code ${r.errorCode} ${r.extendedData}`, "error");
+  } catch (e) {
+    logError("setRoomExtraInfo", e);
+  }
+}
+
+async function setStreamExtra() {
+  const id = [...app.publishing.keys()][0];
+  if (!app.engine || !id) return log("setStreamExtraInfo: publish a stream first", "error");
+  try {
+    const r = await app.engine.setStreamExtraInfo(id, input("streamExtraValue").value);
+    log(`setStreamExtraInfo ${id}: code ${r.errorCode}`, r.errorCode === 0 ? "ok" : "error");
+  } catch (e) {
+    logError("setStreamExtraInfo", e);
+  }
 }
 
 function onRoomGone() {
   app.roomId = null;
+  app.roomExtra.clear();
+  renderRoomExtra();
+  $("onlineCount").textContent = "–";
   app.users.clear();
   app.streams.clear();
   for (const id of [...app.publishing.keys()]) dropTile(app.publishing, id, true);
@@ -282,7 +438,7 @@ function renderStreams() {
     name.textContent = s.streamID;
     const by = document.createElement("span");
     by.className = "by";
-    by.textContent = `by ${s.user.userID}`;
+    by.textContent = `by ${s.user.userID}` + (s.extraInfo ? ` — ${s.extraInfo}` : "");
     li.append(name, by);
     li.addEventListener("click", () => {
       input("streamId").value = s.streamID;
@@ -318,11 +474,75 @@ function makeTile(streamId, kind) {
     <figcaption>
       <span class="label"></span><span class="state"></span>
       <meter class="level" min="0" max="100" low="10" high="85" optimum="50" value="0"></meter>
+      <span class="quality"><span class="stream" data-level="unknown">stream —</span><span class="net" data-level="unknown">net —</span></span>
       <span class="stats">—</span>
+      <span class="mutes"><button type="button" class="mute" data-track="audio"></button><button type="button" class="mute" data-track="video"></button></span>
+      <span class="remote" title="the publisher's microphone and camera"></span>
     </figcaption>`;
   /** @type {HTMLElement} */ (tile.querySelector(".label")).textContent = `${kind === "publish" ? "▲ local" : "▼ played"} · ${streamId}`;
+  for (const b of tile.querySelectorAll("button.mute")) {
+    const button = /** @type {HTMLButtonElement} */ (b);
+    const track = button.dataset.track === "video" ? "video" : "audio";
+    setMuteButton(button, kind, track, false);
+    button.addEventListener("click", () => toggleMute(tile, button, kind, track));
+  }
   $("tiles").append(tile);
   return tile;
+}
+
+/**
+ * @param {HTMLButtonElement} button
+ * @param {"publish" | "play"} kind
+ * @param {"audio" | "video"} track
+ * @param {boolean} muted
+ */
+function setMuteButton(button, kind, track, muted) {
+  const what = kind === "publish" ? (track === "audio" ? "mic" : "camera") : track;
+  button.setAttribute("aria-pressed", String(muted));
+  button.textContent = `${muted ? "unmute" : "mute"} ${what}`;
+}
+
+/**
+ * The mute buttons: the local tile mutes the microphone (`muteMicrophone`) and the stream's
+ * video (`mutePublishStreamVideo`); a played tile stops receiving its audio or video
+ * (`mutePlayStreamAudio` / `mutePlayStreamVideo`).
+ * @param {HTMLElement} tile
+ * @param {HTMLButtonElement} button
+ * @param {"publish" | "play"} kind
+ * @param {"audio" | "video"} track
+ */
+function toggleMute(tile, button, kind, track) {
+  const engine = app.engine;
+  const streamId = tile.dataset.streamId ?? "";
+  if (!engine) return;
+  const mute = button.getAttribute("aria-pressed") !== "true";
+  let ok;
+  if (kind === "publish" && track === "audio") ok = engine.muteMicrophone(mute);
+  else if (kind === "publish") ok = engine.mutePublishStreamVideo(streamId, mute);
+  else if (track === "audio") ok = engine.mutePlayStreamAudio(streamId, mute);
+  else ok = engine.mutePlayStreamVideo(streamId, mute);
+  if (!ok) return log(`cannot ${mute ? "mute" : "unmute"} ${track} of ${streamId}`, "error");
+  setMuteButton(button, kind, track, mute);
+  tile.dataset[track === "audio" ? "mutedAudio" : "mutedVideo"] = String(mute);
+  log(`${mute ? "muted" : "unmuted"} ${track} of ${streamId}`);
+}
+
+/**
+ * Shows a played stream's publisher's microphone or camera state on its tile.
+ * @param {string} streamId
+ * @param {"mic" | "camera"} device
+ * @param {string} status OPEN, MUTE or DISABLE
+ */
+function showRemoteDevice(streamId, device, status) {
+  for (const el of $("tiles").querySelectorAll(".tile.play")) {
+    const tile = /** @type {HTMLElement} */ (el);
+    if (tile.dataset.streamId !== streamId) continue;
+    tile.dataset[device === "mic" ? "remoteMic" : "remoteCamera"] = status;
+    const parts = [];
+    if (tile.dataset.remoteMic && tile.dataset.remoteMic !== "OPEN") parts.push(`mic ${tile.dataset.remoteMic.toLowerCase()}`);
+    if (tile.dataset.remoteCamera && tile.dataset.remoteCamera !== "OPEN") parts.push(`camera ${tile.dataset.remoteCamera.toLowerCase()}`);
+    /** @type {HTMLElement} */ (tile.querySelector(".remote")).textContent = parts.length ? `🔇 ${parts.join(", ")}` : "";
+  }
 }
 
 /**
@@ -336,15 +556,6 @@ function attach(tile, stream, muted) {
   video.srcObject = stream;
   video.play().catch(() => {});
   tile.classList.toggle("has-video", stream.getVideoTracks().length > 0);
-  app.meters.get(tile)?.close();
-  app.meters.delete(tile);
-  if (stream.getAudioTracks().length) {
-    try {
-      app.meters.set(tile, new SoundLevelMeter(stream, audioContext()));
-    } catch (e) {
-      log(`no level meter: ${e}`, "error");
-    }
-  }
 }
 
 /**
@@ -365,8 +576,6 @@ function dropTile(map, streamId, stopTracks) {
   const p = map.get(streamId);
   if (!p) return;
   map.delete(streamId);
-  app.meters.get(p.tile)?.close();
-  app.meters.delete(p.tile);
   p.tile.remove();
   if (stopTracks) p.stream.getTracks().forEach((t) => t.stop());
   restorePlaceholder();
@@ -374,14 +583,6 @@ function dropTile(map, streamId, stopTracks) {
 
 function restorePlaceholder() {
   if (!$("tiles").children.length) $("tiles").innerHTML = '<p class="empty">Publish or play a stream to see it here.</p>';
-}
-
-function tickLevels() {
-  for (const [tile, meter] of app.meters) {
-    const level = Math.round(meter.level());
-    /** @type {HTMLMeterElement} */ (tile.querySelector("meter")).value = level;
-    tile.dataset.level = String(level);
-  }
 }
 
 /**
@@ -558,12 +759,17 @@ $("stopPublish").addEventListener("click", stopPublish);
 $("play").addEventListener("click", () => play());
 $("stopPlay").addEventListener("click", () => stopPlay());
 $("clearLog").addEventListener("click", () => $("log").replaceChildren());
+$("chatSend").addEventListener("click", sendChat);
+$("chatText").addEventListener("keydown", (e) => {
+  if (e.key === "Enter") sendChat();
+});
+$("roomExtraSet").addEventListener("click", setRoomExtra);
+$("streamExtraSet").addEventListener("click", setStreamExtra);
 input("server").addEventListener("change", loadInfo);
 // Leaving the page logs out at once (otherwise the others see us go only after the server's grace).
 window.addEventListener("pagehide", () => {
   if (app.engine && app.roomId) app.engine.logoutRoom(app.roomId);
 });
-setInterval(tickLevels, 100);
 setInterval(tickStats, 1000);
 loadInfo().then(() => {
   document.body.dataset.ready = "1";

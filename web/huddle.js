@@ -103,6 +103,28 @@ export const ErrorCode = Object.freeze({
   WEBHOOK_NOT_CONFIGURED: 1009035,
   CLUSTER_AUTH_FAILED: 1009040,
   QUALITY_REPORT_TOO_FREQUENT: 1009050,
+  MUTE_NOT_PUBLISHING: 1009060,
+  MUTE_NOT_PLAYING: 1009061,
+  MUTE_TOO_FREQUENT: 1009062,
+  SOUND_LEVEL_INTERVAL_INVALID: 1009065,
+  IM_CONTENT_INVALID: 1009070,
+  IM_USER_RATE_LIMITED: 1009071,
+  IM_ROOM_RATE_LIMITED: 1009072,
+  CUSTOM_COMMAND_NO_RECIPIENT: 1009073,
+  ROOM_EXTRA_INFO_KEY_INVALID: 1009074,
+  ROOM_EXTRA_INFO_VALUE_TOO_LONG: 1009075,
+  ROOM_EXTRA_INFO_KEY_LIMIT: 1009076,
+  ROOM_EXTRA_INFO_RATE_LIMITED: 1009077,
+  COMMAND_MALFORMED: 1009080,
+  COMMAND_UNKNOWN: 1009081,
+  COMMAND_FIELD_INVALID: 1009082,
+  COMMAND_TOO_LONG: 1009083,
+  DEVICE_NOT_FOUND: 1009084,
+  RECORD_DIR_UNWRITABLE: 1009085,
+  RECORD_WRITE_FAILED: 1009086,
+  RECORD_TASK_NOT_FOUND: 1009087,
+  RECORD_TASK_EXISTS: 1009088,
+  RECORD_PACKETS_DROPPED: 1009089,
   INTERNAL: 1009099,
 });
 
@@ -167,8 +189,12 @@ export class HuddleError extends Error {
  * @typedef {"NO_PUBLISH" | "PUBLISH_REQUESTING" | "PUBLISHING"} PublisherState
  * @typedef {"NO_PLAY" | "PLAY_REQUESTING" | "PLAYING"} PlayerState
  * @typedef {"ADD" | "DELETE"} UpdateType
+ * @typedef {"OPEN" | "DISABLE" | "MUTE"} RemoteDeviceStatus
  * @typedef {{ userID: string, userName?: string }} User
  * @typedef {{ message: string, messageID: number, sendTime: number, fromUser: User }} BroadcastMessageInfo
+ * @typedef {{ message: string, messageID: string, sendTime: number, fromUser: User }} BarrageMessageInfo
+ * @typedef {{ key: string, value: string, updateUser: User, updateTime: number }} RoomExtraInfo
+ * @typedef {{ errorCode: number, extendedData: string }} ServerResponse
  * @typedef {{ streamID: string, user: { userID: string, userName: string }, extraInfo: string }} StreamInfo
  * @typedef {{ streamID: string, state: PublisherState, errorCode: number, extendedData: string }} PublisherStateResult
  * @typedef {{ streamID: string, state: PlayerState, errorCode: number, extendedData: string }} PlayerStateResult
@@ -176,6 +202,8 @@ export class HuddleError extends Error {
  * @typedef {{ camera?: { audio?: boolean, video?: boolean, audioProcessing?: boolean, width?: number, height?: number, frameRate?: number } }} StreamSource
  * @typedef {{ bitrateKbps: number, packets: number, packetsLost: number, lossRate: number, jitterMs: number, rttMs: number, codec: string, frameWidth?: number, frameHeight?: number, fps?: number }} TrackStats
  * @typedef {{ streamID: string, direction: "publish" | "play", connectionState: string, audio: TrackStats | null, video: TrackStats | null }} StreamStats
+ * @typedef {{ millisecond?: number, enableVAD?: boolean }} SoundLevelConfig
+ * @typedef {{ streamID: string, soundLevel: number, type: "push" | "pull", vad: boolean }} SoundLevelInfo
  * @typedef {{ loginTimeoutMs?: number, attemptTimeoutMs?: number, reconnectBudgetMs?: number, retryDelayMinMs?: number, retryDelayMaxMs?: number, tokenWarningMs?: number, logoutTimeoutMs?: number, requestTimeoutMs?: number, iceGatheringTimeoutMs?: number, rtcConfiguration?: RTCConfiguration }} EngineOptions
  */
 
@@ -190,9 +218,22 @@ export class HuddleError extends Error {
  *   playerStateUpdate: (result: PlayerStateResult) => void,
  *   roomTokenWillExpire: (roomID: string, remainSecs: number) => void,
  *   IMRecvBroadcastMessage: (roomID: string, messageList: BroadcastMessageInfo[]) => void,
+ *   IMRecvBarrageMessage: (roomID: string, messageList: BarrageMessageInfo[]) => void,
+ *   IMRecvCustomCommand: (roomID: string, fromUser: User, command: string) => void,
+ *   streamExtraInfoUpdate: (roomID: string, streamList: StreamInfo[]) => void,
+ *   roomExtraInfoUpdate: (roomID: string, roomExtraInfoList: RoomExtraInfo[]) => void,
+ *   roomOnlineUserCountUpdate: (roomID: string, count: number) => void,
  *   playerRecvAudioFirstFrame: (streamID: string) => void,
  *   playerRecvVideoFirstFrame: (streamID: string) => void,
  *   debugError: (errorCode: number, funcName: string, info: string) => void,
+ *   remoteMicStatusUpdate: (streamID: string, status: RemoteDeviceStatus) => void,
+ *   remoteCameraStatusUpdate: (streamID: string, status: RemoteDeviceStatus) => void,
+ *   capturedSoundLevelUpdate: (soundLevel: number, vad: boolean) => void,
+ *   soundLevelUpdate: (soundLevelList: SoundLevelInfo[]) => void,
+ *   activeSpeakersChanged: (streamIDs: string[]) => void,
+ *   publishQualityUpdate: (streamID: string, stats: { rtt: number, packetLostRate: number, jitter: number, audioKBPS: number, videoKBPS: number, level: number }) => void,
+ *   playQualityUpdate: (streamID: string, stats: { rtt: number, packetLostRate: number, jitter: number, audioKBPS: number, videoKBPS: number, level: number }) => void,
+ *   networkQuality: (userID: string, upstreamQuality: number, downstreamQuality: number) => void,
  * }} EventMap
  */
 
@@ -209,6 +250,17 @@ const REASON_STATE = /** @type {Record<RoomStateChangedReason, RoomState>} */ ({
 });
 
 const STREAM_ID_RE = /^[0-9A-Za-z_-]+$/;
+
+/**
+ * Checks a message or custom command as the server does: 1 to 1024 bytes.
+ * @param {string} text
+ * @returns {string}
+ */
+function checkImText(text) {
+  const n = new TextEncoder().encode(text).length;
+  if (n < 1 || n > 1024) throw new HuddleError(ErrorCode.IM_CONTENT_INVALID, `the text is ${n} bytes; 1 to 1024 are allowed`);
+  return text;
+}
 
 /**
  * Checks a stream ID as the server does (the hosted SDKs' rules).
@@ -350,6 +402,7 @@ function closePc(pc) {
  *   registered: boolean, requested: boolean, pc: RTCPeerConnection | null, mediaUp: boolean,
  *   gen: number, offering: boolean, retryTimer: any, failures: number, stopped: boolean,
  *   waiters: { resolve: (v: any) => void, reject: (e: any) => void }[], last: Map<string, any>,
+ *   audioMuted: boolean, videoMuted: boolean, sentStates: { audio: string, video: string },
  * }} Publisher
  */
 
@@ -359,7 +412,7 @@ function closePc(pc) {
  *   streamId: string, state: PlayerState, available: boolean, requested: boolean,
  *   pc: RTCPeerConnection | null, mediaUp: boolean, gen: number, offering: boolean,
  *   retryTimer: any, failures: number, stopped: boolean, mediaStream: MediaStream, last: Map<string, any>,
- *   firstFrame: Set<string>, qualityRx?: number,
+ *   firstFrame: Set<string>, qualityRx?: number, muted: { audio: boolean, video: boolean },
  * }} Player
  */
 
@@ -442,6 +495,10 @@ export class HuddleEngine {
     this._destroyed = false;
     /** TURN servers from the last `login_ok`. @type {RTCIceServer[]} */
     this._serverIceServers = [];
+    /** `muteMicrophone`: every published stream's audio tracks are disabled (silence). */
+    this._micMuted = false;
+    /** The sound-level monitor while it runs. @type {LevelMonitor | null} */
+    this._levels = null;
   }
 
   // ----- events -----
@@ -600,6 +657,104 @@ export class HuddleEngine {
     return true;
   }
 
+  /**
+   * Sends a broadcast message to every other user of the room: reliable, in order; 1 to 1024
+   * bytes; at most 2 a second per user and 10 per room. Resolves `{ errorCode, messageID }`:
+   * 0 and the message's ID, or the code (1009071, 1009072 over the rates; 1000002 when the room
+   * is not connected). The others get `IMRecvBroadcastMessage`.
+   * @param {string} roomId
+   * @param {string} message
+   * @returns {Promise<{ errorCode: number, messageID: number }>}
+   */
+  async sendBroadcastMessage(roomId, message) {
+    const r = await this._im(roomId, { type: "send_broadcast_message", message: checkImText(message) });
+    return { errorCode: r.errorCode, messageID: Number(r.reply?.message_id ?? 0) };
+  }
+
+  /**
+   * Sends a barrage message to every other user of the room: best effort (the server drops it
+   * for a recipient whose connection is congested); 1 to 1024 bytes; at most 20 a second per
+   * room. Resolves `{ errorCode, messageID }` (the ID as a string, as ZEGO's). The others get
+   * `IMRecvBarrageMessage`.
+   * @param {string} roomId
+   * @param {string} message
+   * @returns {Promise<{ errorCode: number, messageID: string }>}
+   */
+  async sendBarrageMessage(roomId, message) {
+    const r = await this._im(roomId, { type: "send_barrage_message", message: checkImText(message) });
+    return { errorCode: r.errorCode, messageID: r.errorCode === 0 ? String(r.reply?.message_id ?? "") : "" };
+  }
+
+  /**
+   * Sends a custom command to the users `toUserList` names (every other user of the room when
+   * empty); 1 to 1024 bytes; at most 100 users. Users not in the room are skipped; none left:
+   * 1009073. The recipients get `IMRecvCustomCommand`.
+   * @param {string} roomId
+   * @param {string} command
+   * @param {string[]} [toUserList] user IDs
+   * @returns {Promise<ServerResponse>}
+   */
+  async sendCustomCommand(roomId, command, toUserList = []) {
+    const r = await this._im(roomId, { type: "send_custom_command", command: checkImText(command), to_users: toUserList });
+    return { errorCode: r.errorCode, extendedData: r.message };
+  }
+
+  /**
+   * Sets the extra info of a stream this engine publishes (at most 1024 bytes); kept and sent
+   * again with every publish of it. The room gets `streamExtraInfoUpdate`.
+   * @param {string} streamId
+   * @param {string} extraInfo
+   * @returns {Promise<ServerResponse>}
+   */
+  async setStreamExtraInfo(streamId, extraInfo) {
+    if (new TextEncoder().encode(extraInfo).length > 1024) {
+      throw new HuddleError(ErrorCode.EXTRA_INFO_TOO_LONG, "the extra info is longer than 1024 bytes");
+    }
+    const pub = this._publishers.get(streamId);
+    if (!pub) return { errorCode: ErrorCode.STREAM_NOT_FOUND, extendedData: "this engine does not publish the stream" };
+    pub.extraInfo = extraInfo;
+    if (!pub.registered || !this._ready()) return { errorCode: 0, extendedData: "" };
+    const r = await this._im(this._room?.roomId ?? "", { type: "set_stream_extra_info", stream_id: streamId, extra_info: extraInfo });
+    return { errorCode: r.errorCode, extendedData: r.message };
+  }
+
+  /**
+   * Sets the room's extra info `key` (1 to 10 bytes; one key per room) to `value` (at most 128
+   * bytes); at most 10 times a second per room. The others, and every later login, get
+   * `roomExtraInfoUpdate`.
+   * @param {string} roomId
+   * @param {string} key
+   * @param {string} value
+   * @returns {Promise<ServerResponse>}
+   */
+  async setRoomExtraInfo(roomId, key, value) {
+    const bytes = (/** @type {string} */ s) => new TextEncoder().encode(s).length;
+    if (bytes(key) < 1 || bytes(key) > 10) {
+      throw new HuddleError(ErrorCode.ROOM_EXTRA_INFO_KEY_INVALID, "the key must be 1 to 10 bytes");
+    }
+    if (bytes(value) > 128) throw new HuddleError(ErrorCode.ROOM_EXTRA_INFO_VALUE_TOO_LONG, "the value is longer than 128 bytes");
+    const r = await this._im(roomId, { type: "set_room_extra_info", key, value });
+    return { errorCode: r.errorCode, extendedData: r.message };
+  }
+
+  /**
+   * A message or extra info request: the server's answer, or its refusal as a code (as ZEGO's
+   * promises resolve with an error code rather than reject).
+   * @param {string} roomId
+   * @param {any} msg
+   * @returns {Promise<{ errorCode: number, message: string, reply: any }>}
+   */
+  async _im(roomId, msg) {
+    const room = this._room;
+    if (!room || roomId !== room.roomId) throw new HuddleError(ErrorCode.NOT_LOGGED_IN, "not logged in to this room");
+    if (!this._ready()) return { errorCode: ErrorCode.NOT_LOGGED_IN, message: "the room is not connected", reply: null };
+    try {
+      return { errorCode: 0, message: "", reply: await this._request(msg) };
+    } catch (/** @type {any} */ e) {
+      return { errorCode: e.code ?? ErrorCode.INTERNAL, message: e.detail ?? String(e), reply: null };
+    }
+  }
+
   /** The room's state now. @returns {RoomState} */
   getRoomState() {
     const r = this._room;
@@ -619,6 +774,7 @@ export class HuddleEngine {
 
   /** Logs out, stops everything; the engine cannot be used afterwards. */
   destroy() {
+    this.stopSoundLevelMonitor();
     if (this._room) this.logoutRoom(this._room.roomId);
     this._destroyed = true;
     this._listeners.clear();
@@ -693,8 +849,12 @@ export class HuddleEngine {
       stopped: false,
       waiters: [],
       last: new Map(),
+      audioMuted: false,
+      videoMuted: false,
+      sentStates: { audio: "open", video: "open" },
     };
     this._publishers.set(streamId, pub);
+    this._applyPublishMute(pub);
     this._unpublishLater.delete(streamId);
     const promise = new Promise((resolve, reject) => pub.waiters.push({ resolve, reject }));
     this._refreshPublisher(pub, 0, "");
@@ -717,10 +877,148 @@ export class HuddleEngine {
     return true;
   }
 
+  // ----- mute -----
+
+  /**
+   * Mutes or unmutes the microphone: the audio tracks of every published stream are disabled
+   * (the browser then sends silence frames, keeping the stream's timing), and the players get
+   * `remoteMicStatusUpdate` MUTE. Holds for streams published later.
+   * @param {boolean} mute
+   * @returns {boolean}
+   */
+  muteMicrophone(mute) {
+    this._micMuted = !!mute;
+    for (const pub of this._publishers.values()) this._applyPublishMute(pub);
+    return true;
+  }
+
+  /** Whether the microphone is muted ({@link muteMicrophone}). */
+  isMicrophoneMuted() {
+    return this._micMuted;
+  }
+
+  /**
+   * Stops or resumes sending a published stream's audio (silence is sent; players are told
+   * MUTE). As the ZEGO Web SDK, the stream is named by its local MediaStream; its stream ID
+   * is taken too. `false` when no published stream matches.
+   * @param {MediaStream | string} stream
+   * @param {boolean} mute
+   */
+  mutePublishStreamAudio(stream, mute) {
+    return this._mutePublish(stream, "audio", mute);
+  }
+
+  /**
+   * Stops or resumes sending a published stream's video (the browser sends black frames while
+   * the track is disabled; players are told MUTE). See {@link mutePublishStreamAudio}.
+   * @param {MediaStream | string} stream
+   * @param {boolean} mute
+   */
+  mutePublishStreamVideo(stream, mute) {
+    return this._mutePublish(stream, "video", mute);
+  }
+
+  /**
+   * @param {MediaStream | string} stream
+   * @param {"audio" | "video"} kind
+   * @param {boolean} mute
+   */
+  _mutePublish(stream, kind, mute) {
+    let found = false;
+    for (const pub of this._publishers.values()) {
+      if (pub.streamId !== stream && pub.stream !== stream) continue;
+      found = true;
+      if (kind === "audio") pub.audioMuted = !!mute;
+      else pub.videoMuted = !!mute;
+      this._applyPublishMute(pub);
+    }
+    return found;
+  }
+
+  /**
+   * Stops or resumes receiving a played stream's audio: the server stops sending it to this
+   * page (the downlink is spared) and its track is disabled here; unmuted, it is sent again.
+   * `false` when the stream is not played.
+   * @param {string} streamID
+   * @param {boolean} mute
+   */
+  mutePlayStreamAudio(streamID, mute) {
+    return this._mutePlay(streamID, "audio", mute);
+  }
+
+  /**
+   * Stops or resumes receiving a played stream's video (resumed at a keyframe the server asks
+   * the publisher for). See {@link mutePlayStreamAudio}.
+   * @param {string} streamID
+   * @param {boolean} mute
+   */
+  mutePlayStreamVideo(streamID, mute) {
+    return this._mutePlay(streamID, "video", mute);
+  }
+
+  /**
+   * @param {string} streamID
+   * @param {"audio" | "video"} kind
+   * @param {boolean} mute
+   */
+  _mutePlay(streamID, kind, mute) {
+    const player = this._players.get(streamID);
+    if (!player) return false;
+    mute = !!mute;
+    for (const t of player.mediaStream.getTracks()) if (t.kind === kind) t.enabled = !mute;
+    if (player.muted[kind] === mute) return true;
+    player.muted[kind] = mute;
+    if (player.requested && this._ready()) this._sendMutePlay(player.streamId, kind, mute);
+    return true;
+  }
+
+  /**
+   * @param {string} streamId
+   * @param {"audio" | "video"} kind
+   * @param {boolean} mute
+   */
+  _sendMutePlay(streamId, kind, mute) {
+    this._request({ type: "mute_play", stream_id: streamId, track: kind, mute }).catch((e) => {
+      if (e.code !== ErrorCode.TEMPORARY_BREAK) this._emit("debugError", e.code, "mutePlayStream", e.detail ?? e.message);
+    });
+  }
+
+  /**
+   * Applies the microphone's and the stream's mutes to a publisher's tracks, and tells the
+   * server the states that changed (when it knows the stream).
+   * @param {Publisher} pub
+   */
+  _applyPublishMute(pub) {
+    const audioMuted = this._micMuted || pub.audioMuted;
+    for (const t of pub.stream?.getAudioTracks() ?? []) t.enabled = !audioMuted;
+    for (const t of pub.stream?.getVideoTracks() ?? []) t.enabled = !pub.videoMuted;
+    if (pub.requested && this._ready()) this._sendDeviceStates(pub);
+  }
+
+  /**
+   * Sends the publisher's microphone and camera states that differ from the last ones sent.
+   * @param {Publisher} pub
+   */
+  _sendDeviceStates(pub) {
+    const want = { audio: this._micMuted || pub.audioMuted ? "mute" : "open", video: pub.videoMuted ? "mute" : "open" };
+    for (const kind of /** @type {const} */ (["audio", "video"])) {
+      if (pub.sentStates[kind] === want[kind]) continue;
+      pub.sentStates[kind] = want[kind];
+      this._request({ type: "set_device_state", stream_id: pub.streamId, track: kind, state: want[kind] }).catch((e) => {
+        if (e.code !== ErrorCode.TEMPORARY_BREAK) this._emit("debugError", e.code, "muteMicrophone", e.detail ?? e.message);
+      });
+    }
+  }
+
   /** @param {Publisher} pub */
   _sendPublish(pub) {
     pub.requested = true;
-    this._request({ type: "publish", stream_id: pub.streamId, extra_info: pub.extraInfo }).then(
+    // A new publish starts from `open` at the server; the states follow it (requests are
+    // handled in order).
+    pub.sentStates = { audio: "open", video: "open" };
+    const published = this._request({ type: "publish", stream_id: pub.streamId, extra_info: pub.extraInfo });
+    this._sendDeviceStates(pub);
+    published.then(
       () => {
         if (pub.stopped || this._publishers.get(pub.streamId) !== pub) return;
         pub.registered = true;
@@ -855,6 +1153,7 @@ export class HuddleEngine {
       mediaStream: new MediaStream(),
       last: new Map(),
       firstFrame: new Set(),
+      muted: { audio: false, video: false },
     };
     this._players.set(streamId, player);
     this._stopPlayLater.delete(streamId);
@@ -879,7 +1178,12 @@ export class HuddleEngine {
    */
   _sendPlay(player) {
     player.requested = true;
-    return this._request({ type: "play", stream_id: player.streamId }).then(
+    const played = this._request({ type: "play", stream_id: player.streamId });
+    // A new server session has forgotten the mutes; they follow the play (in order).
+    for (const kind of /** @type {const} */ (["audio", "video"])) {
+      if (player.muted[kind]) this._sendMutePlay(player.streamId, kind, true);
+    }
+    return played.then(
       () => {},
       (e) => {
         if (player.stopped) return;
@@ -941,6 +1245,7 @@ export class HuddleEngine {
         if (player.gen !== gen) return;
         const ms = player.mediaStream;
         for (const old of ms.getTracks().filter((t) => t.kind === ev.track.kind)) ms.removeTrack(old);
+        ev.track.enabled = !player.muted[ev.track.kind === "video" ? "video" : "audio"];
         ms.addTrack(ev.track);
         this._watchFirstFrame(player, gen, ev.track);
       };
@@ -1039,6 +1344,110 @@ export class HuddleEngine {
         if (player.available) this._offerPlay(player);
       }
     }, Math.max(delay, 200));
+  }
+
+  // ----- sound levels -----
+
+  /**
+   * Starts the sound-level monitor (or changes its configuration), as the Rust SDK's
+   * `start_sound_level_monitor`: every `millisecond` (100–3000, default 100)
+   * `capturedSoundLevelUpdate(soundLevel, vad)` for the first published stream (0 when none) and
+   * `soundLevelUpdate(list)` with every published ("push") and played ("pull") stream, levels
+   * 0–100 (-60 dBFS → 0, 0 dBFS → 100, the loudest ~20 ms of the interval); and
+   * `activeSpeakersChanged(streamIDs)` when the speakers change (loudest first, at most 3; a
+   * Huddle addition). Measured every 20 ms with WebAudio on the streams' tracks. Throws a
+   * {@link HuddleError} 1009065 for an interval out of range.
+   * @param {SoundLevelConfig} [config]
+   */
+  startSoundLevelMonitor(config = {}) {
+    const millisecond = config.millisecond ?? 100;
+    if (!(Number.isInteger(millisecond) && millisecond >= 100 && millisecond <= 3000)) {
+      throw new HuddleError(ErrorCode.SOUND_LEVEL_INTERVAL_INVALID, `the sound-level interval is ${millisecond} ms; it must be 100–3000 ms`);
+    }
+    const enableVAD = config.enableVAD ?? true;
+    if (this._levels) {
+      this._levels.millisecond = millisecond;
+      this._levels.enableVAD = enableVAD;
+      return true;
+    }
+    /** @type {LevelMonitor} */
+    const m = { millisecond, enableVAD, context: new AudioContext(), meters: new Map(), elapsed: 0, timer: null, speakers: new ActiveSpeakers() };
+    m.context.resume().catch(() => {});
+    m.timer = setInterval(() => this._levelTick(), LEVEL_FRAME_MS);
+    this._levels = m;
+    return true;
+  }
+
+  /** Stops the sound-level monitor. */
+  stopSoundLevelMonitor() {
+    const m = this._levels;
+    if (!m) return false;
+    this._levels = null;
+    clearInterval(m.timer);
+    for (const t of m.meters.values()) t.meter.close();
+    m.context.close().catch(() => {});
+    return true;
+  }
+
+  /**
+   * ZEGO Web's name: `setSoundLevelDelegate(true, interval)` starts the monitor, `false` stops it.
+   * @param {boolean} enable @param {number} [interval]
+   */
+  setSoundLevelDelegate(enable, interval) {
+    return enable ? this.startSoundLevelMonitor({ millisecond: interval ?? 100 }) : this.stopSoundLevelMonitor();
+  }
+
+  /** Every 20 ms: each stream's level and voice; the events at the interval. */
+  _levelTick() {
+    const m = this._levels;
+    if (!m) return;
+    /** @type {[string, "push" | "pull", MediaStream][]} */
+    const streams = [];
+    for (const [id, pub] of this._publishers) if (pub.stream?.getAudioTracks().length) streams.push([id, "push", pub.stream]);
+    for (const [id, p] of this._players) if (p.state === "PLAYING" && p.mediaStream.getAudioTracks().length) streams.push([id, "pull", p.mediaStream]);
+    const keys = new Set(streams.map(([id, type]) => `${type}:${id}`));
+    for (const [key, t] of m.meters) {
+      if (!keys.has(key)) {
+        t.meter.close();
+        m.meters.delete(key);
+      }
+    }
+    /** @type {[string, number, boolean][]} */
+    const heard = [];
+    for (const [id, type, stream] of streams) {
+      const key = `${type}:${id}`;
+      let t = m.meters.get(key);
+      if (t && t.stream !== stream) {
+        t.meter.close();
+        t = undefined;
+      }
+      if (!t) {
+        try {
+          t = { stream, meter: new SoundLevelMeter(stream, m.context, type === "pull"), vad: new VoiceActivity(), peak: 0, streamID: id, type };
+        } catch {
+          continue;
+        }
+        m.meters.set(key, t);
+      }
+      const s = t.meter.sample();
+      t.peak = Math.max(t.peak, s.level);
+      const voiced = t.vad.push(s.dbfs, s.speechBand, LEVEL_FRAME_MS);
+      heard.push([id, s.level, voiced]);
+    }
+    const speakers = m.speakers.update(heard, LEVEL_FRAME_MS);
+    if (speakers) this._emit("activeSpeakersChanged", speakers);
+    m.elapsed += LEVEL_FRAME_MS;
+    if (m.elapsed + LEVEL_FRAME_MS / 2 < m.millisecond) return;
+    m.elapsed = Math.max(0, m.elapsed - m.millisecond);
+    /** @type {SoundLevelInfo[]} */
+    const list = [];
+    for (const t of m.meters.values()) {
+      list.push({ streamID: t.streamID, soundLevel: Math.round(t.peak * 10) / 10, type: t.type, vad: m.enableVAD && t.vad.speaking });
+      t.peak = 0;
+    }
+    const captured = list.find((l) => l.type === "push");
+    this._emit("capturedSoundLevelUpdate", captured?.soundLevel ?? 0, captured?.vad ?? false);
+    this._emit("soundLevelUpdate", list);
   }
 
   // ----- stats -----
@@ -1332,6 +1741,8 @@ export class HuddleEngine {
     switch (msg.type) {
       case "hello": {
         room.clockOffsetMs = (msg.server_time_ms ?? Date.now()) - Date.now();
+        // The server's clock decides when the token expires: time the warning by it.
+        if (room.tokenExpire !== null && !room.tokenWarned) this._armExpiry(room.tokenExpire);
         if (room.link !== "opening" || room.loginSeq) return;
         const seq = room.seq++;
         room.loginSeq = seq;
@@ -1356,6 +1767,7 @@ export class HuddleEngine {
         return;
       case "ok":
       case "pong":
+      case "message_sent":
       case "media_answer": {
         const p = room.pending.get(msg.seq);
         if (p) {
@@ -1406,6 +1818,9 @@ export class HuddleEngine {
         player.available = !!msg.available;
         if (player.available && (!was || !player.pc)) {
           player.failures = 0;
+          // The stream (back) at the server may live on another of its cores than before: the
+          // mutes go again, ahead of the offer they apply to.
+          if (!was) for (const kind of /** @type {const} */ (["audio", "video"])) if (player.muted[kind]) this._sendMutePlay(player.streamId, kind, true);
           this._offerPlay(player);
         } else if (!player.available) {
           player.gen++;
@@ -1442,8 +1857,17 @@ export class HuddleEngine {
         this._armQuality();
         return;
       }
+      case "remote_device_state": {
+        // A played stream's publisher muted or unmuted its microphone or camera.
+        if (room.phase !== "online" || !this._players.has(msg.stream_id)) return;
+        const status = String(msg.state ?? "open").toUpperCase();
+        const event = msg.track === "video" ? "remoteCameraStatusUpdate" : "remoteMicStatusUpdate";
+        this._emit(event, msg.stream_id, status);
+        return;
+      }
       case "broadcast_message":
-        // Sent by the app's server (server API `SendBroadcastMessage`) to the whole room.
+        // Sent by another user of the room, or by the app's server (server API
+        // `SendBroadcastMessage`).
         if (room.phase !== "online" || msg.room_id !== room.roomId) return;
         this._emit("IMRecvBroadcastMessage", room.roomId, [
           {
@@ -1453,6 +1877,52 @@ export class HuddleEngine {
             fromUser: { userID: msg.from_user?.user_id ?? "", userName: msg.from_user?.user_name ?? "" },
           },
         ]);
+        return;
+      case "barrage_message":
+        if (room.phase !== "online" || msg.room_id !== room.roomId) return;
+        this._emit("IMRecvBarrageMessage", room.roomId, [
+          {
+            message: String(msg.message ?? ""),
+            messageID: String(msg.message_id ?? ""),
+            sendTime: Number(msg.send_time_ms ?? 0),
+            fromUser: { userID: msg.from_user?.user_id ?? "", userName: msg.from_user?.user_name ?? "" },
+          },
+        ]);
+        return;
+      case "custom_command":
+        if (room.phase !== "online" || msg.room_id !== room.roomId) return;
+        this._emit(
+          "IMRecvCustomCommand",
+          room.roomId,
+          { userID: msg.from_user?.user_id ?? "", userName: msg.from_user?.user_name ?? "" },
+          String(msg.command ?? ""),
+        );
+        return;
+      case "stream_extra_info_update": {
+        if (room.phase !== "online" || msg.room_id !== room.roomId) return;
+        const mine = room.user?.user_id;
+        /** @type {any[]} */
+        const list = (msg.streams ?? []).filter((/** @type {any} */ s) => s.user_id !== mine);
+        for (const s of list) room.streams.set(s.stream_id, s);
+        if (list.length) this._emit("streamExtraInfoUpdate", room.roomId, list.map(streamOut));
+        return;
+      }
+      case "room_extra_info_update":
+        if (room.phase !== "online" || msg.room_id !== room.roomId) return;
+        this._emit(
+          "roomExtraInfoUpdate",
+          room.roomId,
+          (msg.infos ?? []).map((/** @type {any} */ i) => ({
+            key: String(i.key ?? ""),
+            value: String(i.value ?? ""),
+            updateUser: { userID: i.update_user?.user_id ?? "", userName: i.update_user?.user_name ?? "" },
+            updateTime: Number(i.update_time_ms ?? 0),
+          })),
+        );
+        return;
+      case "room_online_user_count":
+        if (room.phase !== "online" || msg.room_id !== room.roomId) return;
+        this._emit("roomOnlineUserCountUpdate", room.roomId, Number(msg.count ?? 0));
         return;
       case "kicked":
         // Also the end of a session whose token expired unrenewed (1002056).
@@ -1815,24 +2285,170 @@ export class HuddleEngine {
   }
 }
 
+/** The sound-level monitor's state (`startSoundLevelMonitor`). @typedef {{ millisecond: number, enableVAD: boolean, context: AudioContext, elapsed: number, timer: any, speakers: ActiveSpeakers, meters: Map<string, { stream: MediaStream, meter: SoundLevelMeter, vad: VoiceActivity, peak: number, streamID: string, type: "push" | "pull" }> }} LevelMonitor */
+
+/** The monitor's frame: levels and voice are measured every 20 ms, as in the Rust SDK. */
+const LEVEL_FRAME_MS = 20;
+
+/**
+ * The level (0–100) of a signal at `dbfs` RMS: -60 dBFS → 0, 0 dBFS → 100, linear in dB (the
+ * Rust SDK's `huddle_media::level_from_dbfs`).
+ * @param {number} dbfs
+ */
+export function levelFromDbfs(dbfs) {
+  if (!Number.isFinite(dbfs)) return 0;
+  return Math.max(0, Math.min(100, ((dbfs + 60) / 60) * 100));
+}
+
+/**
+ * Voice activity from a 20 ms frame's RMS (dBFS) and the share of its energy in the speech band
+ * (300–3400 Hz): the Rust SDK's rules without its neural model (none runs in the page). A frame
+ * is voiced when it is above -55 dBFS, holds at least half its energy in the speech band (white
+ * noise holds 13 %, a hum or a high tone none) and the last 480 ms rose and fell by 9 dB or more
+ * (speech's syllables; a steady noise does not); speech starts after two voiced frames and ends
+ * 320 ms after the last.
+ */
+export class VoiceActivity {
+  constructor() {
+    /** @type {number[]} */
+    this._energies = [];
+    this._run = 0;
+    this._hangover = 0;
+    this.speaking = false;
+  }
+
+  /**
+   * One frame; returns whether the signal holds voice now.
+   * @param {number} dbfs @param {number} speechBand 0–1 @param {number} ms
+   */
+  push(dbfs, speechBand, ms) {
+    this._energies.push(Math.max(dbfs, -100));
+    if (this._energies.length > 480 / ms) this._energies.shift();
+    const modulated = Math.max(...this._energies) - Math.min(...this._energies) >= 9;
+    const voiced = dbfs >= -55 && speechBand >= 0.5 && modulated;
+    if (voiced) {
+      this._run++;
+      if (this._run >= 2 || this.speaking) {
+        this.speaking = true;
+        this._hangover = 320;
+      }
+    } else {
+      this._run = 0;
+      this._hangover = Math.max(0, this._hangover - ms);
+      if (this._hangover === 0) this.speaking = false;
+    }
+    return this.speaking;
+  }
+}
+
+/**
+ * The active speakers, as the Rust SDK's: streams with voice for 200 ms join, 600 ms without
+ * leave, loudest first (a speaker overtakes the one before only when louder by 6 points,
+ * smoothed over ~400 ms); at most 3. `update` returns the new list when it changed.
+ */
+export class ActiveSpeakers {
+  constructor() {
+    /** @type {Map<string, { smoothed: number, voicedMs: number, quietMs: number }>} */
+    this._state = new Map();
+    /** @type {string[]} */
+    this._order = [];
+    /** @type {string[]} */
+    this._reported = [];
+  }
+
+  /**
+   * @param {[string, number, boolean][]} heard Each stream's frame: ID, level, voice.
+   * @param {number} ms
+   * @returns {string[] | null}
+   */
+  update(heard, ms) {
+    const ids = new Set(heard.map((h) => h[0]));
+    for (const id of [...this._state.keys()]) if (!ids.has(id)) this._state.delete(id);
+    for (const [id, level, vad] of heard) {
+      let s = this._state.get(id);
+      if (!s) this._state.set(id, (s = { smoothed: 0, voicedMs: 0, quietMs: 0 }));
+      s.smoothed += (level - s.smoothed) * (ms / 400);
+      if (vad) {
+        s.voicedMs += ms;
+        s.quietMs = 0;
+      } else {
+        s.quietMs += ms;
+        if (s.quietMs >= 600) s.voicedMs = 0;
+      }
+    }
+    this._order = this._order.filter((id) => (this._state.get(id)?.quietMs ?? Infinity) < 600);
+    const joining = [...this._state].filter(([id, s]) => s.voicedMs >= 200 && s.quietMs === 0 && !this._order.includes(id)).map(([id]) => id);
+    this._order.push(...joining.sort());
+    /** @param {string} id */
+    const level = (id) => this._state.get(id)?.smoothed ?? 0;
+    for (let pass = 0; pass < this._order.length; pass++) {
+      let swapped = false;
+      for (let i = 1; i < this._order.length; i++) {
+        if (level(this._order[i]) > level(this._order[i - 1]) + 6) {
+          [this._order[i - 1], this._order[i]] = [this._order[i], this._order[i - 1]];
+          swapped = true;
+        }
+      }
+      if (!swapped) break;
+    }
+    const now = this._order.slice(0, 3);
+    if (now.length === this._reported.length && now.every((id, i) => id === this._reported[i])) return null;
+    this._reported = now;
+    return [...now];
+  }
+}
+
 /**
  * The sound level of a MediaStream's audio, 0–100, from a WebAudio AnalyserNode (RMS over the
  * last ~20 ms, on a log scale: -60 dBFS → 0, 0 dBFS → 100). Remote streams must also be attached
- * to a media element (muted is enough) for Chromium to feed WebAudio.
+ * to a media element (muted is enough) for Chromium to feed WebAudio: with `attach` the meter
+ * does so itself.
  */
 export class SoundLevelMeter {
   /**
    * @param {MediaStream} stream
    * @param {AudioContext} [context] A shared AudioContext (one is made otherwise).
+   * @param {boolean} [attach] Attach the stream to a muted media element of the meter's own.
    */
-  constructor(stream, context) {
+  constructor(stream, context, attach = false) {
     this.context = context ?? new AudioContext();
     this._own = !context;
     this.source = this.context.createMediaStreamSource(stream);
     this.analyser = this.context.createAnalyser();
     this.analyser.fftSize = 1024;
+    this.analyser.smoothingTimeConstant = 0;
     this.source.connect(this.analyser);
     this._buf = new Float32Array(this.analyser.fftSize);
+    this._freq = new Float32Array(this.analyser.frequencyBinCount);
+    /** @type {HTMLAudioElement | null} */
+    this._element = null;
+    if (attach) {
+      this._element = new Audio();
+      this._element.muted = true;
+      this._element.srcObject = stream;
+      this._element.play().catch(() => {});
+    }
+  }
+
+  /**
+   * The last ~20 ms: level (0–100), RMS in dBFS and the share of the energy in the speech band
+   * (300–3400 Hz).
+   */
+  sample() {
+    this.analyser.getFloatTimeDomainData(this._buf);
+    let sum = 0;
+    for (const v of this._buf) sum += v * v;
+    const dbfs = 10 * Math.log10(sum / this._buf.length + 1e-12);
+    this.analyser.getFloatFrequencyData(this._freq);
+    const binHz = this.context.sampleRate / this.analyser.fftSize;
+    let band = 0;
+    let total = 0;
+    for (let i = 1; i < this._freq.length; i++) {
+      const e = 10 ** (this._freq[i] / 10);
+      total += e;
+      if (i * binHz >= 300 && i * binHz <= 3400) band += e;
+    }
+    return { level: levelFromDbfs(dbfs), dbfs, speechBand: total > 0 ? band / total : 0 };
   }
 
   /** The RMS of the last block, linear (0–1). */
@@ -1857,6 +2473,7 @@ export class SoundLevelMeter {
     } catch {
       // already disconnected
     }
+    if (this._element) this._element.srcObject = null;
     if (this._own) this.context.close().catch(() => {});
   }
 }

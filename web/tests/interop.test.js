@@ -77,7 +77,7 @@ async function devToken(user, room) {
 /**
  * @typedef {{ name: string, events: any[], lines: string[], stderr: () => string,
  *   wait: (what: string, pred: (e: any) => boolean, timeout?: number) => Promise<any>,
- *   exited: Promise<number | null>, stop: () => Promise<void> }} NativeCall
+ *   exited: Promise<number | null>, command: (cmd: object) => void, stop: () => Promise<void> }} NativeCall
  */
 
 /**
@@ -92,7 +92,7 @@ async function nativeCall(room, user, args) {
   const child = spawn(
     huddleBin(),
     ["call", "--server", server.wsUrl, "--app-id", String(server.appId), "--token", token, "--room", room, "--user", user, ...args],
-    { stdio: ["ignore", "pipe", "pipe"] },
+    { stdio: ["pipe", "pipe", "pipe"] },
   );
   /** @type {any[]} */
   const events = [];
@@ -144,6 +144,7 @@ async function nativeCall(room, user, args) {
         check();
       }),
     exited,
+    command: (cmd) => child.stdin.write(JSON.stringify(cmd) + "\n"),
     stop: async () => {
       if (child.exitCode === null && child.signalCode === null) {
         child.kill("SIGINT");
@@ -554,4 +555,42 @@ test("two browsers and a native client in one room agree on users and streams", 
   await agree(left, [[c, "web-c", "web-c-main"]]);
   await native.stop();
   await waitSel(c, "#users li.empty");
+});
+
+test("broadcast messages go both ways between the page and a native client, with room and stream extra info", async () => {
+  const room = "im-room";
+  const page = await open();
+  await login(page, room, "web-user");
+  // The native client publishes with extra info and says hello, with its standard-input commands.
+  const native = await nativeCall(room, "native-user", ["--publish", "native-im", "--source", "tone:440"]);
+  await native.wait("login", (e) => e.event === "room_state_changed" && e.reason === "Logined");
+  native.command({ cmd: "set_stream_extra_info", extra_info: "from rust" });
+  native.command({ cmd: "send_broadcast_message", message: "hello from rust" });
+  const accepted = await native.wait("result line", (e) => e.result === "send_broadcast_message");
+  assert.equal(accepted.error_code, 0);
+  const sent = await native.wait("send result", (e) => e.event === "im_send_broadcast_message_result" && e.seq === accepted.seq);
+  assert.equal(sent.error_code, 0);
+  assert.ok(sent.message_id > 0);
+  await waitSel(page, "#chat li:has-text('hello from rust')");
+  await waitSel(page, "#streams li[data-stream-id='native-im']:has-text('from rust')");
+  const count = await native.wait("online count", (e) => e.event === "room_online_user_count_update");
+  assert.equal(count.count, 2);
+
+  // The page's chat box to the native client.
+  await page.fill("#chatText", "hello from the browser");
+  await page.click("#chatSend");
+  const got = await native.wait("broadcast message", (e) => e.event === "im_recv_broadcast_message");
+  assert.equal(got.messages[0].message, "hello from the browser");
+  assert.equal(got.messages[0].from_user.user_id, "web-user");
+  await waitSel(page, "#chat li:has-text('hello from the browser')");
+
+  // Room extra info set on the page reaches the native client.
+  await page.fill("#roomExtraValue", "interop");
+  await page.click("#roomExtraSet");
+  const extra = await native.wait("room extra info", (e) => e.event === "room_extra_info_update");
+  assert.deepEqual(
+    extra.room_extra_info_list.map((/** @type {any} */ i) => [i.key, i.value, i.update_user.user_id]),
+    [["topic", "interop", "web-user"]],
+  );
+  await native.stop();
 });

@@ -6,61 +6,90 @@
 //! Media: the published audio comes from `--source` (a WAV file, looped, or `tone:HZ`; silence
 //! without it), video from `--camera` (the test pattern or a Y4M file; no video without it); the
 //! mix of the played streams is recorded with `--record`, their video with `--record-video`.
+//! `--mute-mic` and `--mute-camera` join muted (the players get `remote_mic_state_update` /
+//! `remote_camera_state_update` `Mute`).
+//! `--sound-level-interval MS` adds the sound-level and active-speaker events.
+//!
+//! Standard input takes commands, one JSON object per line, each answered by a result line
+//! ([`crate::commands`]; `docs/cli.md`). Standard input ending does not end the call: a script
+//! that pipes a few commands in and closes its end still sees the call through to `--duration`,
+//! Ctrl-C or a `quit` command, as a call started without any input does. `--quit-on-eof` asks
+//! for the other behaviour.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use huddle::{
-    AudioConfig, AudioConfigPreset, AudioSink, AudioSource, Engine, EngineProfile, ErrorCode, Event,
-    EventHandler, HuddleError, RoomConfig, RoomStateChangedReason, User, UserId, VideoSource,
+    AudioConfig, AudioDeviceType, AudioSink, AudioSource, Engine, EngineProfile, ErrorCode, Event,
+    EventHandler, HuddleError, RoomStateChangedReason, SoundLevelConfig, User, UserId,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::mpsc;
+
+use crate::commands::{self, Call, Input, Next, Output};
 
 #[derive(clap::Args)]
 pub struct CallArgs {
     /// The server's signaling address, `ws://HOST:PORT`, or `wss://HOST[:PORT]` over TLS.
     /// Repeat it to name the other servers of a deployment: the call starts on the first and
     /// moves to the next when one cannot be reached or is shutting down.
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "list_devices")]
     server: Vec<String>,
     /// A CA certificate (PEM) that the wss:// server's certificate may chain to, besides the
     /// system's roots: for a self-hosted server with a certificate of your own CA.
     #[arg(long, value_name = "FILE")]
     ca_file: Option<PathBuf>,
     /// The AppID.
-    #[arg(long)]
-    app_id: u32,
+    #[arg(long, required_unless_present = "list_devices")]
+    app_id: Option<u32>,
     /// The app's AppSign (64 hex characters); or log in with --token.
-    #[arg(long, conflicts_with = "token", required_unless_present = "token")]
+    #[arg(long, conflicts_with = "token", required_unless_present_any = ["token", "list_devices"])]
     app_sign: Option<String>,
     /// A Token04 token for this user.
     #[arg(long)]
     token: Option<String>,
-    /// The room to log in to (created on first login).
-    #[arg(long)]
-    room: String,
+    /// The room to log in to at start (created on first login). Without --room and --user the
+    /// call waits for a `login_room` command on standard input.
+    #[arg(long, requires = "user")]
+    room: Option<String>,
     /// The user ID.
-    #[arg(long)]
-    user: String,
+    #[arg(long, requires = "room")]
+    user: Option<String>,
     /// Receive room_user_update events.
     #[arg(long)]
     user_status_notify: bool,
-    /// Publish a stream under this ID once logged in.
-    #[arg(long)]
+    /// Publish a stream under this ID once logged in (the login at start).
+    #[arg(long, requires = "room")]
     publish: Option<String>,
-    /// Play this stream once logged in (repeatable).
-    #[arg(long = "play")]
+    /// Play this stream once logged in (the login at start; repeatable).
+    #[arg(long = "play", requires = "room")]
     play: Vec<String>,
     /// Leave after this many seconds (default: run until interrupted).
     #[arg(long)]
     duration: Option<f64>,
-    /// The published audio: a WAV file (looped) or `tone:HZ` (default: silence).
-    #[arg(long, value_name = "FILE.wav|tone:HZ")]
+    /// The published audio: a WAV file (looped), `tone:HZ`, `mic` (as --mic) or `silence`
+    /// (the default).
+    #[arg(long, value_name = "FILE.wav|tone:HZ|mic|silence", conflicts_with = "mic")]
     source: Option<String>,
+    /// Publish from the microphone (the system's default, or --mic-device).
+    #[arg(long)]
+    mic: bool,
+    /// The microphone to use, by its ID or name as --list-devices prints them (implies --mic).
+    #[arg(long, value_name = "ID|NAME", conflicts_with = "source")]
+    mic_device: Option<String>,
+    /// Play the mix of the played streams on the speaker (the system's default, or
+    /// --speaker-device).
+    #[arg(long, conflicts_with = "record")]
+    speaker: bool,
+    /// The speaker to use, by its ID or name as --list-devices prints them (implies --speaker).
+    #[arg(long, value_name = "ID|NAME", conflicts_with = "record")]
+    speaker_device: Option<String>,
+    /// Print the microphones and speakers, one JSON line each, and exit.
+    #[arg(long, exclusive = true)]
+    list_devices: bool,
     /// Publish video: the test pattern (`testsrc`, the default) or a Y4M file (looped). Without
     /// this flag the call is voice only: no video is negotiated.
     #[arg(long, value_name = "testsrc|FILE.y4m", num_args = 0..=1, default_missing_value = "testsrc")]
@@ -78,50 +107,34 @@ pub struct CallArgs {
     /// Keep the audio settings fixed instead of following the receivers' reports.
     #[arg(long)]
     audio_fixed: bool,
+    /// Join with the microphone muted (`mute_microphone`): the published stream carries
+    /// silence and its players are told `Mute`.
+    #[arg(long)]
+    mute_mic: bool,
+    /// Join with the published video muted (`mute_publish_stream_video`): no video is sent.
+    #[arg(long)]
+    mute_camera: bool,
     /// Record the mix of the played streams (48 kHz mono WAV).
     #[arg(long, value_name = "FILE.wav")]
     record: Option<PathBuf>,
+    /// Start the sound-level monitor with this interval (100–3000 ms): `captured_sound_level_update`
+    /// and `remote_sound_level_update` lines at the interval, `active_speakers_changed` when the
+    /// speakers change.
+    #[arg(long, value_name = "MS")]
+    sound_level_interval: Option<u32>,
     /// Record the video of the played stream (Y4M); with several --play, one file per stream
     /// (FILE-STREAM.y4m).
     #[arg(long, value_name = "FILE.y4m")]
     record_video: Option<PathBuf>,
-}
-
-/// The audio source a `--source` value names.
-fn audio_source(spec: &str) -> Result<AudioSource, HuddleError> {
-    match spec.strip_prefix("tone:") {
-        Some(hz) => {
-            let hz: f64 = hz.parse().map_err(|_| {
-                HuddleError::new(
-                    ErrorCode::INVALID_PARAMETER,
-                    format!("--source {spec}: not a frequency"),
-                )
-            })?;
-            Ok(AudioSource::Tone { hz })
-        }
-        None => Ok(AudioSource::Wav {
-            path: spec.into(),
-            looped: true,
-        }),
-    }
+    /// End the call when standard input ends (by default the call goes on without commands).
+    #[arg(long)]
+    quit_on_eof: bool,
 }
 
 /// The audio config of the `--audio-*` flags (errors: 1000006 for an unknown preset or a value
 /// out of range).
 fn audio_config(args: &CallArgs) -> Result<AudioConfig, HuddleError> {
-    let preset = match args.audio_preset.as_deref().unwrap_or("standard") {
-        "basic" => AudioConfigPreset::BasicQuality,
-        "standard" => AudioConfigPreset::StandardQuality,
-        "standard-stereo" => AudioConfigPreset::StandardQualityStereo,
-        "high" => AudioConfigPreset::HighQuality,
-        "high-stereo" => AudioConfigPreset::HighQualityStereo,
-        other => {
-            return Err(HuddleError::new(
-                ErrorCode::INVALID_PARAMETER,
-                format!("--audio-preset {other}: not basic, standard, standard-stereo, high or high-stereo"),
-            ));
-        }
-    };
+    let preset = commands::audio_preset(args.audio_preset.as_deref().unwrap_or("standard"))?;
     let mut config = AudioConfig::preset(preset);
     if let Some(bitrate) = args.audio_bitrate {
         config.bitrate = bitrate;
@@ -131,18 +144,6 @@ fn audio_config(args: &CallArgs) -> Result<AudioConfig, HuddleError> {
     }
     config.adaptive = !args.audio_fixed;
     Ok(config)
-}
-
-/// The video source a `--camera` value names.
-fn video_source(spec: &str) -> VideoSource {
-    if spec == "testsrc" {
-        VideoSource::default()
-    } else {
-        VideoSource::Y4m {
-            path: spec.into(),
-            looped: true,
-        }
-    }
 }
 
 /// Where the video of `stream` is recorded: `base` itself when one stream is played, else
@@ -169,23 +170,14 @@ enum Signal {
 
 /// Prints every callback as a JSON line and forwards the ones that steer the command.
 struct Printer {
-    start: Instant,
-    out: Mutex<std::io::Stdout>,
+    out: Arc<Output>,
     signals: mpsc::UnboundedSender<Signal>,
 }
 
 impl EventHandler for Printer {
     fn on_event(&self, event: &Event) {
-        let mut line = serde_json::Map::new();
-        line.insert("t_ms".into(), json!(self.start.elapsed().as_millis() as u64));
         if let Value::Object(fields) = event.to_json() {
-            line.extend(fields);
-        }
-        {
-            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-            // A closed stdout (the reader went away) must not stop the call; nothing to report to.
-            let _ = writeln!(out, "{}", Value::Object(line));
-            let _ = out.flush();
+            self.out.lock().line(fields);
         }
         if let Event::RoomStateChanged {
             reason, error_code, ..
@@ -207,7 +199,12 @@ impl EventHandler for Printer {
 
 pub fn run(args: CallArgs) -> ExitCode {
     let start = Instant::now();
-    match call(args, start) {
+    let result = if args.list_devices {
+        list_devices().map(|()| ErrorCode::OK)
+    } else {
+        call(args, start)
+    };
+    match result {
         Ok(code) if code.is_ok() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
         Err(e) => {
@@ -217,9 +214,33 @@ pub fn run(args: CallArgs) -> ExitCode {
     }
 }
 
+/// `--list-devices`: one JSON line per device, the microphones first.
+fn list_devices() -> Result<(), HuddleError> {
+    let mut out = std::io::stdout().lock();
+    for (device_type, name) in [
+        (AudioDeviceType::Input, "input"),
+        (AudioDeviceType::Output, "output"),
+    ] {
+        for d in huddle::audio_device_list(device_type)? {
+            let line = serde_json::json!({
+                "device_type": name,
+                "device_id": d.device_id,
+                "device_name": d.device_name,
+            });
+            // A closed stdout ends the listing; there is no one left to tell.
+            if writeln!(out, "{line}").is_err() {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs the call; returns the code that ended it (0 when it ended as asked).
 fn call(args: CallArgs, start: Instant) -> Result<ErrorCode, huddle::HuddleError> {
-    let mut profile = EngineProfile::new(args.app_id, args.server[0].clone());
+    let app_id = args.app_id.unwrap_or_default();
+    let server = args.server.first().cloned().unwrap_or_default();
+    let mut profile = EngineProfile::new(app_id, server);
     profile.fallback_servers = args.server[1..].to_vec();
     profile.app_sign = args.app_sign.clone();
     if let Some(path) = &args.ca_file {
@@ -233,18 +254,31 @@ fn call(args: CallArgs, start: Instant) -> Result<ErrorCode, huddle::HuddleError
     }
     let engine = Engine::create(profile)?;
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let out = Arc::new(Output::new(start, Box::new(std::io::stdout())));
     engine.set_event_handler(Arc::new(Printer {
-        start,
-        out: Mutex::new(std::io::stdout()),
+        out: out.clone(),
         signals: tx,
     }));
     engine.enable_camera(args.camera.is_some());
-    if let Some(spec) = &args.source {
-        engine.set_audio_source(audio_source(spec)?)?;
+    engine.mute_microphone(args.mute_mic);
+    engine.mute_publish_stream_video(args.mute_camera);
+    if let Some(device) = &args.mic_device {
+        engine.use_audio_device(AudioDeviceType::Input, device)?;
+    }
+    if let Some(device) = &args.speaker_device {
+        engine.use_audio_device(AudioDeviceType::Output, device)?;
+    }
+    if args.mic || args.mic_device.is_some() {
+        engine.set_audio_source(AudioSource::Microphone)?;
+    } else if let Some(spec) = &args.source {
+        engine.set_audio_source(commands::audio_source(spec, true)?)?;
+    }
+    if args.speaker || args.speaker_device.is_some() {
+        engine.set_audio_sink(AudioSink::Speaker)?;
     }
     engine.set_audio_config(audio_config(&args)?)?;
     if let Some(spec) = &args.camera {
-        engine.set_video_source(video_source(spec))?;
+        engine.set_video_source(commands::video_source(spec))?;
     }
     if let Some(path) = &args.record {
         engine.set_audio_sink(AudioSink::Wav(path.clone()))?;
@@ -255,11 +289,30 @@ fn call(args: CallArgs, start: Instant) -> Result<ErrorCode, huddle::HuddleError
         }
     }
 
-    let user = User::new(UserId::new(args.user.as_str())?);
-    let mut config = RoomConfig::default();
-    config.is_user_status_notify = args.user_status_notify;
-    config.token = args.token.clone();
-    engine.login_room(&args.room, user, config)?;
+    if let Some(ms) = args.sound_level_interval {
+        engine.start_sound_level_monitor(SoundLevelConfig::new(ms, true))?;
+    }
+
+    let mut call = Call::new(engine.handle(), args.token.clone(), args.user_status_notify);
+    // --publish and --play follow the login at start only; later logins are the script's.
+    let mut start_login = false;
+    if let (Some(room), Some(user)) = (&args.room, &args.user) {
+        call.login(room, User::new(UserId::new(user.as_str())?), None, None)?;
+        start_login = true;
+    }
+    let (lines_tx, mut lines) = mpsc::channel::<Option<Input>>(16);
+    // Blocking reads on a thread of their own: it ends with standard input, or stays blocked
+    // in its read when the call ends first (the process exits with it).
+    std::thread::Builder::new()
+        .name("huddle-stdin".into())
+        .spawn(move || {
+            commands::read_lines(std::io::stdin().lock(), |line| {
+                lines_tx.blocking_send(Some(line)).is_ok()
+            });
+            let _ = lines_tx.blocking_send(None);
+        })
+        .map_err(|e| HuddleError::new(ErrorCode::INTERNAL, format!("cannot read standard input: {e}")))?;
+    let mut stdin_open = true;
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -280,35 +333,48 @@ fn call(args: CallArgs, start: Instant) -> Result<ErrorCode, huddle::HuddleError
             tokio::select! {
                 _ = &mut until_deadline => return ErrorCode::OK,
                 _ = &mut interrupted => return ErrorCode::OK,
+                line = lines.recv(), if stdin_open => match line {
+                    Some(Some(input)) => {
+                        if call.handle(&input, &out) == Next::Quit {
+                            return ErrorCode::OK;
+                        }
+                    }
+                    _ => {
+                        if args.quit_on_eof {
+                            return ErrorCode::OK;
+                        }
+                        stdin_open = false;
+                    }
+                },
                 signal = rx.recv() => match signal {
-                    Some(Signal::LoggedIn) => {
-                        if let Some(stream) = &args.publish
-                            && let Err(e) = engine.start_publishing_stream(stream)
-                        {
-                            eprintln!("huddle call: publish {stream}: error {}: {}", e.code, e.message);
-                            return e.code;
+                    Some(Signal::LoggedIn) if std::mem::take(&mut start_login) => {
+                        if let Some(stream) = &args.publish {
+                            if let Err(e) = call.engine.start_publishing_stream(stream) {
+                                eprintln!("huddle call: publish {stream}: error {}: {}", e.code, e.message);
+                                return e.code;
+                            }
+                            call.publishing = Some(stream.clone());
                         }
                         for stream in &args.play {
-                            if let Err(e) = engine.start_playing_stream(stream) {
+                            if let Err(e) = call.engine.start_playing_stream(stream) {
                                 eprintln!("huddle call: play {stream}: error {}: {}", e.code, e.message);
                                 return e.code;
                             }
+                            call.playing.insert(stream.clone());
                         }
                     }
-                    Some(Signal::Ended(code)) => return code,
+                    Some(Signal::LoggedIn) => {}
+                    Some(Signal::Ended(code)) => {
+                        call.left();
+                        return code;
+                    }
                     None => return ErrorCode::OK,
                 },
             }
         }
     });
     if ended.is_ok() {
-        if args.publish.is_some() {
-            let _ = engine.stop_publishing_stream();
-        }
-        for stream in &args.play {
-            let _ = engine.stop_playing_stream(stream);
-        }
-        let _ = engine.logout_room(&args.room);
+        call.finish();
     }
     engine.destroy();
     Ok(ended)

@@ -4,6 +4,7 @@
 //! codes are kept stable (see the README and `docs/cli.md`).
 
 mod call;
+mod commands;
 mod load_test;
 mod token;
 
@@ -29,7 +30,8 @@ enum Command {
     /// Make or check Token04 tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
-    /// Join a room as a user, publish and play streams; prints one JSON line per SDK event.
+    /// Join a room as a user, publish and play streams; prints one JSON line per SDK event and
+    /// takes commands on standard input, one JSON line each (docs/cli.md).
     Call(call::CallArgs),
     /// Simulated WebRTC publishers and subscribers against a server (or Janus); prints a report.
     LoadTest(load_test::LoadTestArgs),

@@ -148,7 +148,7 @@ fn two_calls_see_each_other() {
     assert!(has(&eb, |e| e["event"] == "room_stream_update"
         && e["update_type"] == "Add"
         && e["streams"]
-            == serde_json::json!([{"user_id":"alice","stream_id":"alice-main","extra_info":""}])));
+            == serde_json::json!([{"user_id":"alice","user_name":"alice","stream_id":"alice-main","extra_info":""}])));
     // Alice left after 2 s: Bob sees her stream and her user go.
     assert!(has(&eb, |e| e["event"] == "room_stream_update"
         && e["update_type"] == "Delete"));
@@ -724,4 +724,100 @@ fn aiortc_and_huddle_call_hear_each_other() {
         );
         assert!(pesq >= 2.5, "{way}: PESQ {pesq:.2}: {score}");
     }
+}
+
+/// `--sound-level-interval`: the player's remote levels and the publisher's captured levels come
+/// out as JSON lines, and follow the speech (voiced while it plays).
+#[test]
+fn sound_levels_come_out_as_json_lines() {
+    let dir = tempdir();
+    let config = write_config(&dir);
+    let server = serve(&["--config", &config]);
+    let url = format!("ws://{}", server.addr);
+    let speech = dir.join("speech.wav");
+    padded_speech(&speech);
+    let call = |user: &str, extra: &[&str], secs: &str| {
+        huddle()
+            .args([
+                "call",
+                "--server",
+                &url,
+                "--app-id",
+                APP_ID,
+                "--app-sign",
+                APP_SIGN,
+            ])
+            .args(["--room", "levels", "--user", user, "--duration", secs])
+            .args(["--sound-level-interval", "200"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let b = call("bob", &["--play", "alice-main"], "8");
+    std::thread::sleep(Duration::from_millis(300));
+    let a = call(
+        "alice",
+        &["--publish", "alice-main", "--source", speech.to_str().unwrap()],
+        "7",
+    );
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(
+        a.status.success(),
+        "alice: {}",
+        String::from_utf8_lossy(&a.stderr)
+    );
+    assert!(b.status.success(), "bob: {}", String::from_utf8_lossy(&b.stderr));
+    let (ea, eb) = (events(&a), events(&b));
+    let remote: Vec<&Value> = eb
+        .iter()
+        .filter(|e| e["event"] == "remote_sound_level_update")
+        .filter_map(|e| e["sound_levels"].get("alice-main"))
+        .collect();
+    assert!(remote.len() > 15, "{} remote reports", remote.len());
+    assert!(
+        remote
+            .iter()
+            .any(|l| l["vad"] == true && l["sound_level"].as_f64().unwrap() > 40.0)
+    );
+    assert!(
+        remote
+            .iter()
+            .any(|l| l["vad"] == false && l["sound_level"].as_f64().unwrap() < 10.0)
+    );
+    let captured: Vec<&Value> = ea
+        .iter()
+        .filter(|e| e["event"] == "captured_sound_level_update")
+        .collect();
+    assert!(
+        captured
+            .iter()
+            .any(|l| l["vad"] == true && l["sound_level"].as_f64().unwrap() > 40.0)
+    );
+    assert!(has(&eb, |e| e["event"] == "active_speakers_changed"
+        && e["stream_ids"] == serde_json::json!(["alice-main"])));
+}
+
+#[test]
+fn a_bad_sound_level_interval_is_refused() {
+    let out = huddle()
+        .args([
+            "call",
+            "--server",
+            "ws://127.0.0.1:9",
+            "--app-id",
+            APP_ID,
+            "--app-sign",
+            APP_SIGN,
+        ])
+        .args(["--room", "r", "--user", "u", "--sound-level-interval", "50"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("1009065") && stderr.contains("100–3000 ms"),
+        "{stderr}"
+    );
 }

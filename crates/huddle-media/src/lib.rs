@@ -20,6 +20,7 @@
 //!   receivers' reports.
 //! - Video ([`I420Frame`], [`Vp8Encoder`], [`Vp8Decoder`], [`TestPattern`], [`Y4mReader`],
 //!   [`Y4mWriter`], [`psnr`]).
+//! - [`SoundLevelMeter`]: the sound level (0–100) and voice activity of a signal.
 //! - [`impair`]: a seeded network impairment model for tests.
 //!
 //! ```
@@ -46,6 +47,7 @@ mod audio;
 mod error;
 pub mod impair;
 mod jitter;
+mod level;
 mod loss;
 mod player;
 mod recovery;
@@ -61,6 +63,7 @@ pub use audio::{
 };
 pub use error::{MediaError, Result};
 pub use jitter::{Inserted, JitterBuffer, JitterConfig, JitterStats, Playout};
+pub use level::{LEVEL_FLOOR_DBFS, SoundLevel, SoundLevelMeter, VAD_HANGOVER, level_from_dbfs, rms_dbfs};
 pub use loss::LossHint;
 pub use player::{AudioPlayer, PlayerStats};
 pub use recovery::RecoveryDelay;

@@ -159,6 +159,55 @@ codes! {
     /// A `network_quality` report came less than a second after the session's previous one
     /// (clients report every 2 s); it was not relayed.
     QUALITY_REPORT_TOO_FREQUENT = 1009050, "Network quality reported too often: at most one report a second.";
+    /// A device state (mute) was set for a stream the session does not publish.
+    MUTE_NOT_PUBLISHING = 1009060, "The stream's microphone or camera state can be set only by the session that publishes it.";
+    /// A play mute was asked for a stream the session does not play.
+    MUTE_NOT_PLAYING = 1009061, "Only a stream the session plays can be muted for it: play it first.";
+    /// Device state or play mute changes came too fast.
+    MUTE_TOO_FREQUENT = 1009062, "Mute states changed too often: at most 20 changes a second per session.";
+    /// `start_sound_level_monitor` with an interval outside 100–3000 ms (the hosted SDKs' range).
+    SOUND_LEVEL_INTERVAL_INVALID = 1009065, "The sound-level interval must be 100–3000 ms.";
+    /// A broadcast or barrage message or a custom command is empty or over 1024 bytes.
+    IM_CONTENT_INVALID = 1009070, "The message or command is empty or longer than 1024 bytes.";
+    /// One user sent broadcast messages too often (at most 2 a second, as the hosted SDKs allow).
+    IM_USER_RATE_LIMITED = 1009071, "Broadcast messages sent too often by this user: at most 2 a second.";
+    /// The room's message rate is exceeded (counted on the node the sender is connected to).
+    IM_ROOM_RATE_LIMITED = 1009072, "Too many messages in the room: at most 10 broadcast, 20 barrage, and 10 custom commands to several users or 200 to one user a second.";
+    /// A custom command names no user of the room, or too many.
+    CUSTOM_COMMAND_NO_RECIPIENT = 1009073, "The custom command names no user of the room (or more than 100 users).";
+    /// A room extra info key is empty or over 10 bytes.
+    ROOM_EXTRA_INFO_KEY_INVALID = 1009074, "The room extra info key is empty or longer than 10 bytes.";
+    /// A room extra info value is over 128 bytes.
+    ROOM_EXTRA_INFO_VALUE_TOO_LONG = 1009075, "The room extra info value is longer than 128 bytes.";
+    /// The room has an extra info key already; one key per room, as the hosted SDKs allow.
+    ROOM_EXTRA_INFO_KEY_LIMIT = 1009076, "The room already has another extra info key: one key per room.";
+    /// Room extra info set too often in the room.
+    ROOM_EXTRA_INFO_RATE_LIMITED = 1009077, "Room extra info set too often: at most 10 times a second in the room.";
+    /// A line on `huddle call`'s standard input that is not one JSON object (or not UTF-8).
+    COMMAND_MALFORMED = 1009080, "The command line is not one JSON object.";
+    /// A `huddle call` command line whose `cmd` names no command (or that has no `cmd`).
+    COMMAND_UNKNOWN = 1009081, "Unknown command: `cmd` names none of the commands in docs/cli.md.";
+    /// A `huddle call` command with a field missing, of the wrong type, or not of that command.
+    COMMAND_FIELD_INVALID = 1009082, "A field of the command is missing, of the wrong type, or unknown.";
+    /// A `huddle call` command line longer than 64 KiB; it is skipped.
+    COMMAND_TOO_LONG = 1009083, "The command line is longer than 64 KiB.";
+    /// No microphone or speaker has the device ID or name asked for.
+    DEVICE_NOT_FOUND = 1009084, "No audio device has that ID or name (list them with `huddle call --list-devices`).";
+    /// A recording's directory could not be created or a file in it opened (permissions, a
+    /// missing or read-only file system): the recording failed, the call goes on.
+    RECORD_DIR_UNWRITABLE = 1009085, "The recording directory is not writable: the recording failed (the call goes on).";
+    /// Writing a recording's file failed (the disk is full, or an IO error): the recording
+    /// stopped there, the call goes on; the file holds what was written before.
+    RECORD_WRITE_FAILED = 1009086, "Writing the recording failed (disk full or IO error): the recording stopped (the call goes on).";
+    /// A server API recording action named a `TaskId` the server does not know (or no longer
+    /// keeps).
+    RECORD_TASK_NOT_FOUND = 1009087, "No recording task has this TaskId on this server.";
+    /// `StartRecord` for a room that already has a recording task (stop it first), or for an app
+    /// that records every stream already.
+    RECORD_TASK_EXISTS = 1009088, "The room is recorded already (StopRecord its task first).";
+    /// The recorder fell behind (its queue from the media plane was full): packets were left out
+    /// of the file, which shows as gaps; the recording goes on.
+    RECORD_PACKETS_DROPPED = 1009089, "The recorder fell behind and left packets out (they show as gaps).";
     /// An internal error at the server.
     INTERNAL = 1009099, "Internal error.";
 }

@@ -17,6 +17,57 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The largest signaling message either side accepts, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
+/// The largest broadcast or barrage message or custom command, in bytes (as the hosted SDKs).
+pub const MAX_IM_BYTES: usize = 1024;
+
+/// The most recipients one custom command may name.
+pub const MAX_COMMAND_RECIPIENTS: usize = 100;
+
+/// The longest room extra info key, in bytes (as the hosted SDKs).
+pub const MAX_ROOM_EXTRA_KEY_BYTES: usize = 10;
+
+/// The longest room extra info value, in bytes (as the hosted SDKs).
+pub const MAX_ROOM_EXTRA_VALUE_BYTES: usize = 128;
+
+/// Checks a broadcast or barrage message or a custom command: 1 to [`MAX_IM_BYTES`] bytes.
+pub fn check_im_content(s: &str) -> Result<(), HuddleError> {
+    if s.is_empty() || s.len() > MAX_IM_BYTES {
+        return Err(HuddleError::new(
+            ErrorCode::IM_CONTENT_INVALID,
+            format!("the text is {} bytes; 1 to {MAX_IM_BYTES} are allowed", s.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a room extra info key: 1 to [`MAX_ROOM_EXTRA_KEY_BYTES`] bytes.
+pub fn check_room_extra_key(s: &str) -> Result<(), HuddleError> {
+    if s.is_empty() || s.len() > MAX_ROOM_EXTRA_KEY_BYTES {
+        return Err(HuddleError::new(
+            ErrorCode::ROOM_EXTRA_INFO_KEY_INVALID,
+            format!(
+                "the key is {} bytes; 1 to {MAX_ROOM_EXTRA_KEY_BYTES} are allowed",
+                s.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a room extra info value: at most [`MAX_ROOM_EXTRA_VALUE_BYTES`] bytes.
+pub fn check_room_extra_value(s: &str) -> Result<(), HuddleError> {
+    if s.len() > MAX_ROOM_EXTRA_VALUE_BYTES {
+        return Err(HuddleError::new(
+            ErrorCode::ROOM_EXTRA_INFO_VALUE_TOO_LONG,
+            format!(
+                "the value is {} bytes; at most {MAX_ROOM_EXTRA_VALUE_BYTES} are allowed",
+                s.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The WebSocket path of the signaling endpoint.
 pub const SIGNALING_PATH: &str = "/ws";
 
@@ -49,6 +100,66 @@ pub struct StreamInfo {
     pub stream_id: StreamId,
     /// Free text the publisher attached (at most 1024 bytes).
     pub extra_info: String,
+    /// The publisher's microphone as its players see it (`open` when absent).
+    #[serde(default, skip_serializing_if = "DeviceState::is_open")]
+    pub mic_state: DeviceState,
+    /// The publisher's camera as its players see it (`open` when absent).
+    #[serde(default, skip_serializing_if = "DeviceState::is_open")]
+    pub camera_state: DeviceState,
+}
+
+/// The state of a publisher's microphone or camera as its players see it: a subset of ZEGO
+/// Express's `ZegoRemoteDeviceState`, whose numbers [`DeviceState::code`] gives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[doc(alias = "ZegoRemoteDeviceState")]
+pub enum DeviceState {
+    /// The device is on and its media is sent (ZEGO's `Open`, 0).
+    #[default]
+    Open,
+    /// The publisher turned the device off (ZEGO's `Disable`, 9).
+    Disable,
+    /// The publisher muted it: silence (audio) or nothing (video) is sent (ZEGO's `Mute`, 10).
+    Mute,
+}
+
+impl DeviceState {
+    /// Whether the device is open (the default, left out of [`StreamInfo`] on the wire).
+    pub fn is_open(&self) -> bool {
+        *self == DeviceState::Open
+    }
+
+    /// ZEGO Express's number for this state (`ZegoRemoteDeviceState`).
+    pub fn code(self) -> u32 {
+        match self {
+            DeviceState::Open => 0,
+            DeviceState::Disable => 9,
+            DeviceState::Mute => 10,
+        }
+    }
+}
+
+/// An audio or video track of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackKind {
+    /// The audio track (the microphone).
+    Audio,
+    /// The video track (the camera).
+    Video,
+}
+
+/// One key of a room's extra info, as the hosted SDKs' `ZegoRoomExtraInfo`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RoomExtraInfo {
+    /// The key (1 to 10 bytes).
+    pub key: String,
+    /// The value (at most 128 bytes).
+    pub value: String,
+    /// Who set it last.
+    pub update_user: User,
+    /// When it was set, Unix milliseconds (by the server's clock).
+    pub update_time_ms: u64,
 }
 
 /// Whether a list update adds or removes entries.
@@ -229,6 +340,88 @@ pub enum ClientMsg {
         /// The client's downstream level (what the server sends reaches it).
         downstream: StreamQualityLevel,
     },
+    /// The publisher's microphone or camera state for a stream it publishes (mute, unmute);
+    /// answered by `ok`. Kept with the stream (late players and `stream_update` see it) and sent
+    /// to its players as `remote_device_state`. 1009060 for a stream this session does not
+    /// publish, 1009062 beyond 20 mute changes a second.
+    SetDeviceState {
+        /// Request number.
+        seq: u32,
+        /// The stream.
+        stream_id: StreamId,
+        /// Audio (microphone) or video (camera).
+        track: TrackKind,
+        /// The new state.
+        state: DeviceState,
+    },
+    /// Stop (`mute`) or resume receiving one track of a stream this session plays: the server
+    /// stops forwarding it to this session (saving its downlink) until unmuted; a video track
+    /// resumes at a keyframe. Answered by `ok`; kept across a new `media_offer` of the stream.
+    /// 1009061 for a stream this session does not play, 1009062 beyond 20 mute changes a second.
+    MutePlay {
+        /// Request number.
+        seq: u32,
+        /// The stream.
+        stream_id: StreamId,
+        /// Audio or video.
+        track: TrackKind,
+        /// True to stop receiving, false to resume.
+        mute: bool,
+    },
+    /// A broadcast message to everyone else in the room: reliable and in order per sender;
+    /// 1 to 1024 bytes; at most 2 a second per user and 10 a second per room (1009071,
+    /// 1009072). Answered by `message_sent` with the message's ID; the others get
+    /// `broadcast_message`.
+    SendBroadcastMessage {
+        /// Request number.
+        seq: u32,
+        /// The text.
+        message: String,
+    },
+    /// A barrage message to everyone else in the room: best effort (dropped for a recipient
+    /// whose connection is congested); 1 to 1024 bytes; at most 20 a second per room. Answered
+    /// by `message_sent`; the others get `barrage_message`.
+    SendBarrageMessage {
+        /// Request number.
+        seq: u32,
+        /// The text.
+        message: String,
+    },
+    /// A custom command to chosen users of the room (every other user when `to_users` is
+    /// empty): reliable; 1 to 1024 bytes; at most 100 recipients; at most 200 a second per room
+    /// to one user, 10 to several. Users not in the room are skipped; when none is left the
+    /// command is refused with 1009073. Answered by `ok`; the recipients get `custom_command`.
+    SendCustomCommand {
+        /// Request number.
+        seq: u32,
+        /// The command text.
+        command: String,
+        /// The recipients (empty: everyone else in the room).
+        #[serde(default)]
+        to_users: Vec<UserId>,
+    },
+    /// Replaces the extra info of a stream this session publishes (at most 1024 bytes);
+    /// answered by `ok`, or 1004002 when the session does not publish it. The room gets
+    /// `stream_extra_info_update`.
+    SetStreamExtraInfo {
+        /// Request number.
+        seq: u32,
+        /// The stream.
+        stream_id: StreamId,
+        /// The new extra info.
+        extra_info: String,
+    },
+    /// Sets the room's extra info under `key` (1 to 10 bytes; one key per room) to `value` (at
+    /// most 128 bytes); at most 10 a second per room. Answered by `ok`; the others get
+    /// `room_extra_info_update`, and so does every later login.
+    SetRoomExtraInfo {
+        /// Request number.
+        seq: u32,
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
 }
 
 /// The reply to a successful login.
@@ -383,19 +576,83 @@ pub enum ServerMsg {
         /// Its downstream level.
         downstream: StreamQualityLevel,
     },
-    /// A broadcast message to everyone in the room, sent by the server API
-    /// (`SendBroadcastMessage`); what the hosted SDKs report as `onIMRecvBroadcastMessage`.
+    /// A broadcast message to everyone else in the room, sent by another user
+    /// (`send_broadcast_message`) or by the server API (`SendBroadcastMessage`); what the
+    /// hosted SDKs report as `onIMRecvBroadcastMessage`.
     BroadcastMessage {
         /// The room.
         room_id: RoomId,
-        /// The message's number: increasing per room on the node that sent it.
+        /// The message's ID: unique, and increasing on the node that took it.
         message_id: u64,
         /// When the server sent it, Unix milliseconds.
         send_time_ms: u64,
-        /// The sender as the API call named it (it need not be in the room).
+        /// The sender (a server API call names it: it need not be in the room).
         from_user: User,
         /// The text (at most 1024 bytes).
         message: String,
+    },
+    /// The answer to `send_broadcast_message` and `send_barrage_message`.
+    MessageSent {
+        /// The request number.
+        seq: u32,
+        /// The message's ID (as in `broadcast_message` and `barrage_message`).
+        message_id: u64,
+    },
+    /// A barrage message of another user of the room (`send_barrage_message`); what the
+    /// hosted SDKs report as `onIMRecvBarrageMessage`.
+    BarrageMessage {
+        /// The room.
+        room_id: RoomId,
+        /// The message's ID.
+        message_id: u64,
+        /// When the server took it, Unix milliseconds.
+        send_time_ms: u64,
+        /// The sender.
+        from_user: User,
+        /// The text (at most 1024 bytes).
+        message: String,
+    },
+    /// The microphone or camera state of a stream this session plays changed (its publisher
+    /// muted or unmuted it); also sent after `play_update` available when the state is not `open`.
+    /// What the SDKs report as `on_remote_mic_state_update` / `on_remote_camera_state_update`.
+    RemoteDeviceState {
+        /// The stream.
+        stream_id: StreamId,
+        /// Audio (microphone) or video (camera).
+        track: TrackKind,
+        /// The new state.
+        state: DeviceState,
+    },
+    /// A custom command another user of the room sent to this user (`send_custom_command`).
+    CustomCommand {
+        /// The room.
+        room_id: RoomId,
+        /// The sender.
+        from_user: User,
+        /// The command text (at most 1024 bytes).
+        command: String,
+    },
+    /// Streams of the room have new extra info (`set_stream_extra_info`).
+    StreamExtraInfoUpdate {
+        /// The room.
+        room_id: RoomId,
+        /// The streams, with their new extra info.
+        streams: Vec<StreamInfo>,
+    },
+    /// The room's extra info changed (`set_room_extra_info`), or, right after `login_ok`, the
+    /// room's extra info as it is.
+    RoomExtraInfoUpdate {
+        /// The room.
+        room_id: RoomId,
+        /// The keys that changed, with their values now.
+        infos: Vec<RoomExtraInfo>,
+    },
+    /// The number of users in the room on every node: once after `login_ok`, then every 30 s.
+    RoomOnlineUserCount {
+        /// The room.
+        room_id: RoomId,
+        /// The users online.
+        count: u32,
     },
     /// The session is ended by the server; the connection closes after this.
     Kicked {
@@ -428,7 +685,14 @@ impl ClientMsg {
             | ClientMsg::RenewToken { seq, .. }
             | ClientMsg::Ping { seq }
             | ClientMsg::MediaOffer { seq, .. }
-            | ClientMsg::NetworkQuality { seq, .. } => *seq,
+            | ClientMsg::NetworkQuality { seq, .. }
+            | ClientMsg::SetDeviceState { seq, .. }
+            | ClientMsg::MutePlay { seq, .. }
+            | ClientMsg::SendBroadcastMessage { seq, .. }
+            | ClientMsg::SendBarrageMessage { seq, .. }
+            | ClientMsg::SendCustomCommand { seq, .. }
+            | ClientMsg::SetStreamExtraInfo { seq, .. }
+            | ClientMsg::SetRoomExtraInfo { seq, .. } => *seq,
         }
     }
 
@@ -568,6 +832,42 @@ fn check_fields(obj: &serde_json::Map<String, Value>) -> Result<(), HuddleError>
     }
     if let Some(Value::String(s)) = obj.get("extra_info") {
         check_extra_info(s)?;
+    }
+    let kind = obj.get("type").and_then(Value::as_str);
+    for field in ["message", "command"] {
+        if matches!(
+            kind,
+            Some("send_broadcast_message" | "send_barrage_message" | "send_custom_command")
+        ) && let Some(Value::String(s)) = obj.get(field)
+        {
+            check_im_content(s)?;
+        }
+    }
+    if kind == Some("send_custom_command")
+        && let Some(Value::Array(to)) = obj.get("to_users")
+    {
+        if to.len() > MAX_COMMAND_RECIPIENTS {
+            return Err(HuddleError::new(
+                ErrorCode::CUSTOM_COMMAND_NO_RECIPIENT,
+                format!(
+                    "a custom command goes to at most {MAX_COMMAND_RECIPIENTS} users, not {}",
+                    to.len()
+                ),
+            ));
+        }
+        for u in to {
+            if let Value::String(u) = u {
+                UserId::new(u.as_str())?;
+            }
+        }
+    }
+    if kind == Some("set_room_extra_info") {
+        if let Some(Value::String(k)) = obj.get("key") {
+            check_room_extra_key(k)?;
+        }
+        if let Some(Value::String(v)) = obj.get("value") {
+            check_room_extra_value(v)?;
+        }
     }
     Ok(())
 }
@@ -775,6 +1075,67 @@ mod tests {
         assert_eq!(
             ClientMsg::decode(&extra).unwrap_err().error.code,
             ErrorCode::EXTRA_INFO_TOO_LONG
+        );
+    }
+
+    #[test]
+    fn message_and_extra_info_requests_are_checked_with_their_own_codes() {
+        let code = |text: &str| {
+            ClientMsg::decode(text)
+                .map(|_| ())
+                .map_err(|e| (e.seq, e.error.code))
+        };
+        let x = |n: usize| "x".repeat(n);
+        for kind in ["send_broadcast_message", "send_barrage_message"] {
+            assert_eq!(
+                code(&format!(r#"{{"type":"{kind}","seq":4,"message":"{}"}}"#, x(1024))),
+                Ok(())
+            );
+            for bad in [x(0), x(1025)] {
+                assert_eq!(
+                    code(&format!(r#"{{"type":"{kind}","seq":4,"message":"{bad}"}}"#)),
+                    Err((Some(4), ErrorCode::IM_CONTENT_INVALID))
+                );
+            }
+        }
+        assert_eq!(
+            code(r#"{"type":"send_custom_command","seq":5,"command":"c"}"#),
+            Ok(()),
+            "to_users may be left out (everyone)"
+        );
+        assert_eq!(
+            code(r#"{"type":"send_custom_command","seq":5,"command":"c","to_users":["a b"]}"#),
+            Err((Some(5), ErrorCode::USER_ID_INVALID_CHARACTER))
+        );
+        let many: Vec<String> = (0..101).map(|i| format!("\"u{i}\"")).collect();
+        assert_eq!(
+            code(&format!(
+                r#"{{"type":"send_custom_command","seq":5,"command":"c","to_users":[{}]}}"#,
+                many.join(",")
+            )),
+            Err((Some(5), ErrorCode::CUSTOM_COMMAND_NO_RECIPIENT))
+        );
+        assert_eq!(
+            code(r#"{"type":"set_room_extra_info","seq":6,"key":"1234567890","value":""}"#),
+            Ok(())
+        );
+        assert_eq!(
+            code(r#"{"type":"set_room_extra_info","seq":6,"key":"12345678901","value":""}"#),
+            Err((Some(6), ErrorCode::ROOM_EXTRA_INFO_KEY_INVALID))
+        );
+        assert_eq!(
+            code(&format!(
+                r#"{{"type":"set_room_extra_info","seq":6,"key":"k","value":"{}"}}"#,
+                x(129)
+            )),
+            Err((Some(6), ErrorCode::ROOM_EXTRA_INFO_VALUE_TOO_LONG))
+        );
+        assert_eq!(
+            code(&format!(
+                r#"{{"type":"set_stream_extra_info","seq":7,"stream_id":"s","extra_info":"{}"}}"#,
+                x(1025)
+            )),
+            Err((Some(7), ErrorCode::EXTRA_INFO_TOO_LONG))
         );
     }
 }

@@ -61,6 +61,19 @@ fn type_of(v: &Value) -> String {
             return consts.join(" \\| ");
         }
     }
+    // An optional value: `"type": ["integer", "null"]` (absent and null mean the same).
+    if let Some(types) = v.get("type").and_then(Value::as_array) {
+        let mut one = v.clone();
+        let parts: Vec<String> = types
+            .iter()
+            .filter(|t| t.as_str() != Some("null"))
+            .map(|t| {
+                one["type"] = t.clone();
+                type_of(&one)
+            })
+            .collect();
+        return parts.join(" or ");
+    }
     match v.get("type").and_then(Value::as_str) {
         Some("array") => format!("array of {}", v.get("items").map_or("any".into(), type_of)),
         Some("integer") => match v.get("format").and_then(Value::as_str) {
@@ -112,13 +125,116 @@ fn messages(out: &mut String, schema: &Value, title: &str) {
     }
 }
 
-/// The generated block: both directions, then the objects they refer to.
+/// The conformance vectors (`conformance/*.json`), by file name.
+fn vectors() -> Vec<(String, Value)> {
+    let mut all: Vec<(String, Value)> = std::fs::read_dir(repo("conformance"))
+        .expect("the conformance directory")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| {
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+            (p.file_stem().unwrap().to_string_lossy().into_owned(), v)
+        })
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
+
+/// A message on one line, its `type` first (as people write them).
+fn compact(m: &Value) -> String {
+    match (m.get("type"), m.as_object()) {
+        (Some(t), Some(fields)) => {
+            let rest: Vec<String> = fields
+                .iter()
+                .filter(|(k, _)| *k != "type")
+                .map(|(k, v)| format!("{}:{v}", Value::from(k.as_str())))
+                .collect();
+            format!("{{\"type\":{t},{}}}", rest.join(","))
+        }
+        _ => m.to_string(),
+    }
+}
+
+/// A vector's exchange as a transcript: what the app calls, what goes over the wire each way,
+/// the time steps and the events the app gets.
+fn transcript(out: &mut String, v: &Value) {
+    out.push_str("```\n");
+    for step in v["steps"].as_array().expect("steps") {
+        let o = step.as_object().expect("a step");
+        let line = if let Some(call) = o.get("call").and_then(Value::as_str) {
+            format!("app: {call}")
+        } else if o.contains_key("connect") {
+            "client opens the WebSocket (/ws)".into()
+        } else if let Some(t) = o.get("transport").and_then(Value::as_str) {
+            format!("transport: {t}")
+        } else if let Some(m) = o.get("server") {
+            format!("  <-- {}", compact(m))
+        } else if let Some(m) = o.get("client") {
+            format!("  --> {}", compact(m))
+        } else if let Some(ms) = o.get("advance_ms") {
+            format!("      ... {ms} ms later ...")
+        } else if let Some(events) = o.get("events").and_then(Value::as_array) {
+            let names: Vec<String> = events
+                .iter()
+                .map(|e| {
+                    let what = ["reason", "state", "update_type"]
+                        .iter()
+                        .find_map(|k| e.get(*k).and_then(Value::as_str));
+                    match what {
+                        Some(w) => format!("{} {w}", e["event"].as_str().unwrap_or("?")),
+                        None => e["event"].as_str().unwrap_or("?").to_string(),
+                    }
+                })
+                .collect();
+            if names.is_empty() {
+                continue;
+            }
+            format!("app gets: {}", names.join(", "))
+        } else if o.contains_key("closed") {
+            "client closes the WebSocket".into()
+        } else {
+            continue;
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out.push_str("```\n\n");
+}
+
+/// The generated block: a login message by message, the conformance vectors, both directions'
+/// messages, then the objects they refer to.
 fn reference(client: &Value, server: &Value) -> String {
     let mut out = String::from(BEGIN);
+    let vectors = vectors();
+    out.push_str(
+        "### A login, message by message\n\nThe conformance vector `login_success` (below): the \
+         order is fixed. The server speaks first (`hello`); the client answers with `login` (its \
+         first message on every connection); `login_ok` (or `error`) answers it; only then may \
+         the client send other requests, and the server its events. `$name` stands for a value \
+         the client chooses (a request number), repeated where the server echoes it.\n\n",
+    );
+    let login = &vectors
+        .iter()
+        .find(|(n, _)| n == "login_success")
+        .expect("the vector login_success")
+        .1;
+    transcript(&mut out, login);
+    out.push_str("### The vectors\n\nEach file of `conformance/` (format above), run against both SDKs:\n\n");
+    for (name, v) in &vectors {
+        writeln!(
+            out,
+            "- `{name}`: {}",
+            summary(&serde_json::json!({"description": v["about"]}))
+        )
+        .unwrap();
+    }
+    out.push('\n');
     out.push_str(
         "Every field of every message, from the types themselves (`huddle_proto::{ClientMsg, \
          ServerMsg}`); the same as JSON Schema in `protocol.schema.json`. A field that is not \
-         required may be left out; unknown fields are ignored.\n\n",
+         required may be left out (and is left out, never `null`, by this server and the SDKs); \
+         unknown fields are ignored. \"yes\" in a server message's table: the server always \
+         sends the field.\n\n",
     );
     messages(&mut out, client, "Client → server");
     messages(&mut out, server, "Server → client");

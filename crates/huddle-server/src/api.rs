@@ -15,7 +15,6 @@
 //! `docs/operations.md` is the reference of every action.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::body::Body;
@@ -23,9 +22,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{Method, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use huddle_proto::{
-    AppId, ErrorCode, HuddleError, RoomId, ServerMsg, StreamId, StreamInfo, User, UserId, UserName,
-};
+use huddle_proto::{AppId, ErrorCode, HuddleError, RoomId, StreamId, StreamInfo, User, UserId, UserName};
 use md5::{Digest, Md5};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -108,17 +105,15 @@ fn bad_text(param: &str, why: &str) -> ApiError {
     fail(code::BAD_PARAMETER, format!("{param}: {why}"))
 }
 
-/// The server API's state: the nonces seen and the broadcast message counter.
+/// The server API's state: the nonces seen.
 pub(crate) struct ApiState {
     nonces: Mutex<NonceCache>,
-    message_id: AtomicU64,
 }
 
 impl ApiState {
     pub(crate) fn new() -> ApiState {
         ApiState {
             nonces: Mutex::new(NonceCache::default()),
-            message_id: AtomicU64::new(0),
         }
     }
 }
@@ -594,35 +589,25 @@ async fn run(state: &ServerState, app: AppId, action: &str, p: &Params) -> Resul
                     &format!("1 to {MAX_MESSAGE_BYTES} bytes"),
                 ));
             }
-            let message_id = state.api().message_id.fetch_add(1, Ordering::Relaxed) + 1;
-            let msg = ServerMsg::BroadcastMessage {
-                room_id: room.clone(),
-                message_id,
-                send_time_ms: crate::registry::Clock::now().unix_ms,
-                from_user: User {
-                    user_id: from.clone(),
-                    user_name: name,
-                },
-                message: message.to_string(),
+            // As on the hosted platform, a session of the sender's own user ID does not get it;
+            // members on other nodes get it through the room's history.
+            let from = User {
+                user_id: from,
+                user_name: name,
             };
-            let found = state.with_registry(|r, out| {
-                if !r.follows(app, &room) {
-                    return false;
-                }
-                // As on the hosted platform, a session of the sender's own user ID does not get it.
-                let to: Vec<_> = r
-                    .room_attached(app, &room)
-                    .into_iter()
-                    .filter(|s| r.session(*s).is_none_or(|i| i.user_id != from))
-                    .collect();
-                if !to.is_empty() {
-                    out.push(crate::registry::Output::Broadcast { to, msg });
-                }
-                true
+            let sent = state.with_registry(|r, out| {
+                r.server_broadcast(
+                    app,
+                    &room,
+                    from,
+                    message.to_string(),
+                    crate::registry::Clock::now().unix_ms,
+                    out,
+                )
             });
-            if !found {
+            let Some(message_id) = sent else {
                 return Err(fail(code::ROOM_NOT_FOUND, "the room has no member on this node"));
-            }
+            };
             Ok(Some(json!({"MessageId": message_id})))
         }
         "ReplayCallbacks" => {
@@ -638,6 +623,56 @@ async fn run(state: &ServerState, app: AppId, action: &str, p: &Params) -> Resul
                     format!("FromSeq must be from {oldest} to {last} (the events kept)"),
                 )),
             }
+        }
+        "StartRecord" => {
+            let room = p.room()?;
+            let stream = match p.get("StreamId") {
+                None | Some("") => None,
+                Some(s) => Some(StreamId::new(s).map_err(|e| bad("StreamId", &e))?),
+            };
+            // The directory is checked here, off the runtime's threads, so that an unwritable
+            // one is refused at once; a disk that fills later fails the recording alone.
+            let recorder = state.recorder().clone();
+            let checked = tokio::task::spawn_blocking(move || recorder.check_dir(app))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            if let Err(why) = checked {
+                return Err(fail(
+                    i64::from(ErrorCode::RECORD_DIR_UNWRITABLE.as_u32()),
+                    format!("the recording directory is not writable: {why}"),
+                ));
+            }
+            match state.recorder().start_task(app, &room, stream) {
+                Ok((task, now)) => {
+                    state.record_streams(app, now);
+                    Ok(Some(json!({"TaskId": task})))
+                }
+                Err(crate::recording::StartError::Exists(task)) => Err(fail(
+                    i64::from(ErrorCode::RECORD_TASK_EXISTS.as_u32()),
+                    match task {
+                        Some(t) => format!("the room is recorded already by task {t}"),
+                        None => "the app records every stream already (auto_record)".to_string(),
+                    },
+                )),
+            }
+        }
+        "StopRecord" | "DescribeRecordStatus" => {
+            let task = p.required("TaskId")?;
+            if task.is_empty() || task.len() > 64 || !task.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return Err(bad_text("TaskId", "the TaskId StartRecord returned"));
+            }
+            let recorder = state.recorder();
+            let found = if action == "StopRecord" {
+                recorder.stop_task(app, task).then_some(None)
+            } else {
+                recorder.describe(app, task).map(Some)
+            };
+            found.ok_or_else(|| {
+                fail(
+                    i64::from(ErrorCode::RECORD_TASK_NOT_FOUND.as_u32()),
+                    "no recording task has this TaskId on this server",
+                )
+            })
         }
         other => Err(fail(
             code::ACTION_UNSUPPORTED,

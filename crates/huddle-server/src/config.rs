@@ -65,6 +65,9 @@ pub struct AppConfig {
     /// Where the app's server hears of rooms, users and streams (`webhook_url`, or
     /// `[[apps.webhooks]]` tables; `docs/operations.md`).
     pub webhooks: Vec<WebhookConfig>,
+    /// Whether every stream of the app is recorded from its first packet (`auto_record`,
+    /// default `false`; `docs/operations.md`, "Recording").
+    pub auto_record: bool,
 }
 
 /// One receiver of an app's webhook events (`[[apps.webhooks]]`).
@@ -114,6 +117,7 @@ impl AppConfig {
             server_secret: ServerSecret::generate(),
             allow_cbc_tokens: false,
             webhooks: Vec::new(),
+            auto_record: false,
         }
     }
 
@@ -180,6 +184,7 @@ pub fn test_app(app_id: u32) -> AppConfig {
         server_secret: secret.parse().expect("32 characters"),
         allow_cbc_tokens: false,
         webhooks: Vec::new(),
+        auto_record: false,
     }
 }
 
@@ -244,6 +249,8 @@ pub struct ServerConfig {
     pub apps: Vec<AppConfig>,
     /// Where the server keeps its files (`data_dir`, default [`default_data_dir`]).
     pub data_dir: PathBuf,
+    /// Where recordings go (`record_dir`, default `{data_dir}/recordings`).
+    pub record_dir: Option<PathBuf>,
     /// Dev mode asked for (`dev`, `--dev`; default false): run the generated dev app, with its
     /// token route, even when `listen` is not a loopback address ([`ServerConfig::resolve_apps`]).
     pub dev: bool,
@@ -339,6 +346,7 @@ impl Default for ServerConfig {
             media_workers: 0,
             apps: Vec::new(),
             data_dir: default_data_dir(),
+            record_dir: None,
             dev: false,
             dev_mode: false,
             tls_cert: None,
@@ -392,6 +400,7 @@ const FILE_KEYS: &[&str] = &[
     "public_ip",
     "media_workers",
     "data_dir",
+    "record_dir",
     "dev",
     "tls_cert",
     "tls_key",
@@ -430,6 +439,7 @@ struct FileConfig {
     public_ip: Option<IpAddr>,
     media_workers: Option<usize>,
     data_dir: Option<PathBuf>,
+    record_dir: Option<PathBuf>,
     dev: Option<bool>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -473,6 +483,8 @@ struct FileApp {
     webhook_url: Option<String>,
     #[serde(default)]
     webhooks: Vec<FileWebhook>,
+    #[serde(default)]
+    auto_record: bool,
 }
 
 #[derive(Deserialize)]
@@ -539,6 +551,7 @@ fn convert_apps(apps: Vec<FileApp>) -> Result<Vec<AppConfig>, ConfigError> {
                 server_secret,
                 allow_cbc_tokens: a.allow_cbc_tokens,
                 webhooks,
+                auto_record: a.auto_record,
             })
         })
         .collect()
@@ -558,6 +571,7 @@ impl ServerConfig {
             tcp_port: Some(0),
             apps,
             data_dir: std::env::temp_dir().join("huddle-test-data"),
+            record_dir: None,
             heartbeat: Duration::from_millis(500),
             session_timeout: Duration::from_secs(2),
             grace: Duration::from_millis(300),
@@ -621,6 +635,7 @@ impl ServerConfig {
             media_workers: f.media_workers.unwrap_or(d.media_workers),
             apps: convert_apps(f.apps)?,
             data_dir: f.data_dir.unwrap_or(d.data_dir),
+            record_dir: f.record_dir,
             dev: f.dev.unwrap_or(d.dev),
             dev_mode: false,
             tls_cert: f.tls_cert,

@@ -33,6 +33,7 @@ pub mod config;
 mod media;
 mod memory;
 mod metrics;
+pub mod recording;
 pub mod registry;
 pub mod sfu;
 mod signaling;
@@ -105,6 +106,19 @@ pub async fn serve(
         .await;
     state.shutdown();
     state.join_media().await;
+    // The media plane is gone, so every recording's tap is dropped: their threads finish the
+    // files (within their 50 ms poll); wait for that, bounded.
+    let recordings_done = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while state
+        .recorder()
+        .counts()
+        .active
+        .load(std::sync::atomic::Ordering::Relaxed)
+        > 0
+        && tokio::time::Instant::now() < recordings_done
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     state.stop_webhooks();
     if tokio::time::timeout(signaling::SHUTDOWN_TIMEOUT, state.wait_idle())
         .await

@@ -202,6 +202,10 @@ pub(crate) struct MediaTx {
     offers_in_flight: Arc<AtomicUsize>,
     /// Which shard each stream lives in (`sfu::placement`), shared with the shards.
     placement: Arc<Mutex<Placement>>,
+    /// Each shard's datagrams handed over and not yet handled: the pull links' frames count
+    /// against [`MAX_QUEUED_DATAGRAMS`] as the UDP and ICE-TCP datagrams do.
+    queues: Vec<Arc<AtomicUsize>>,
+    counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for ShardMsg {
@@ -296,6 +300,11 @@ impl MediaTx {
         let Some(shard) = self.placement.lock().shard_of(key) else {
             return false;
         };
+        if self.queues[shard].fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED_DATAGRAMS {
+            self.queues[shard].fetch_sub(1, Ordering::AcqRel);
+            self.counters.count_overload();
+            return false;
+        }
         let msg = ShardMsg::RelayFrame {
             session,
             key: key.clone(),
@@ -304,6 +313,9 @@ impl MediaTx {
             datagram,
         };
         let sent = self.shards[shard].send(msg).is_ok();
+        if !sent {
+            self.queues[shard].fetch_sub(1, Ordering::AcqRel);
+        }
         if shard == 0 {
             self.waker.wake();
         }
@@ -391,6 +403,7 @@ pub(crate) fn spawn(
     socket: std::net::UdpSocket,
     tcp_listener: Option<std::net::TcpListener>,
     counters: Arc<Counters>,
+    recorder: Arc<crate::recording::Recorder>,
 ) -> io::Result<(MediaTx, tokio::task::JoinHandle<()>)> {
     let local = socket.local_addr()?;
     let tcp_port = match &tcp_listener {
@@ -424,9 +437,11 @@ pub(crate) fn spawn(
         config.tcp_port = tcp_port;
         config.shard = index;
         senders.push(tx);
+        let mut sfu = Sfu::new(config, counters.clone());
+        sfu.set_recorder(recorder.clone());
         shards.push(Shard {
             index,
-            sfu: Sfu::new(config, counters.clone()),
+            sfu,
             rx,
             socket: socket.clone(),
             signals: SignalOut::new(signals.clone()),
@@ -457,6 +472,7 @@ pub(crate) fn spawn(
                 .spawn(move || shard.run())?,
         );
     }
+    let tx_queues = queues.clone();
     let tcp_plane = tcp_port.map(|port| tcp::Plane {
         shards: senders.clone(),
         queues: queues.clone(),
@@ -525,6 +541,8 @@ pub(crate) fn spawn(
             waker,
             offers_in_flight,
             placement,
+            queues: tx_queues,
+            counters,
         },
         task,
     ))
@@ -816,6 +834,7 @@ impl Shard {
                 to,
                 datagram,
             } => {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
                 self.sfu
                     .handle_relay_input(Instant::now(), session, &key, from, to, &datagram);
                 self.send(false);
@@ -964,6 +983,8 @@ mod tests {
             waker: Arc::new(Waker::new().unwrap()),
             offers_in_flight: Arc::new(AtomicUsize::new(0)),
             placement: Arc::new(Mutex::new(Placement::new(n))),
+            queues: (0..n).map(|_| Arc::new(AtomicUsize::new(0))).collect(),
+            counters: Arc::new(Counters::default()),
         };
         (tx, rxs)
     }
@@ -1117,5 +1138,23 @@ mod tests {
             app,
             stream_id: StreamId::new("s").unwrap(),
         }));
+    }
+
+    #[test]
+    fn a_pull_links_frames_are_bounded_like_datagrams() {
+        let (tx, rxs) = handle(2);
+        let key = (AppId::new(9).unwrap(), StreamId::new("s").unwrap());
+        let shard = tx.placement.lock().route(key.0, &key.1);
+        let session = "1".parse().unwrap();
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        for _ in 0..MAX_QUEUED_DATAGRAMS {
+            assert!(tx.relay_frame(session, &key, addr, addr, vec![0; 12]));
+        }
+        assert!(
+            !tx.relay_frame(session, &key, addr, addr, vec![0; 12]),
+            "a shard this far behind loses the link's frames"
+        );
+        assert_eq!(tx.counters.snapshot().dropped_overload, 1);
+        assert_eq!(rxs[shard].try_iter().count(), MAX_QUEUED_DATAGRAMS);
     }
 }

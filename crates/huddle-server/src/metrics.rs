@@ -30,6 +30,9 @@ pub(crate) struct Metrics {
     webhook_depth: IntGaugeVec,
     webhook_deliveries: IntCounterVec,
     webhook_dropped: IntCounter,
+    recordings: IntGauge,
+    /// Recording packets: written, dropped (the recorder was behind); recordings failed.
+    record_counts: [IntCounter; 3],
 }
 
 struct Gauges {
@@ -48,6 +51,7 @@ struct Counters {
     datagrams_dropped_overload: IntCounter,
     rtp_received: IntCounter,
     rtp_forwarded: IntCounter,
+    rtp_muted: IntCounter,
     rtp_dropped_stale: IntCounter,
     transmits_dropped: IntCounter,
     keyframe_requests: IntCounter,
@@ -108,6 +112,10 @@ impl Metrics {
             rtp_forwarded: counter(
                 "huddle_rtp_packets_forwarded_total",
                 "RTP packets written to players (one per player per packet).",
+            ),
+            rtp_muted: counter(
+                "huddle_rtp_packets_muted_total",
+                "RTP packets not written to players that muted their track (mute_play).",
             ),
             rtp_dropped_stale: counter(
                 "huddle_rtp_packets_dropped_stale_total",
@@ -177,7 +185,34 @@ impl Metrics {
         ] {
             registry.register(c).expect("one family per name");
         }
+        let recordings =
+            IntGauge::new("huddle_recordings", "Streams being recorded.").expect("a valid gauge");
+        let record_counts = [
+            (
+                "huddle_record_packets_written_total",
+                "RTP packets written to recordings.",
+            ),
+            (
+                "huddle_record_packets_dropped_total",
+                "RTP packets left out of recordings because a recorder's queue was full.",
+            ),
+            (
+                "huddle_record_failures_total",
+                "Recordings ended by an error (directory not writable, disk full).",
+            ),
+        ]
+        .map(|(name, help)| IntCounter::new(name, help).expect("a valid counter"));
+        registry
+            .register(Box::new(recordings.clone()))
+            .expect("one family per name");
+        for c in &record_counts {
+            registry
+                .register(Box::new(c.clone()))
+                .expect("one family per name");
+        }
         Metrics {
+            recordings,
+            record_counts,
             registry,
             scrape: Mutex::new(()),
             login_seconds,
@@ -220,6 +255,7 @@ impl Metrics {
             (&c.datagrams_dropped_overload, media.dropped_overload),
             (&c.rtp_received, media.rtp_in),
             (&c.rtp_forwarded, media.rtp_forwarded),
+            (&c.rtp_muted, media.rtp_muted),
             (&c.rtp_dropped_stale, media.dropped_stale),
             (&c.transmits_dropped, media.transmits_dropped),
             (&c.keyframe_requests, media.keyframe_requests),
@@ -247,6 +283,20 @@ impl Metrics {
             }
             self.webhook_dropped.reset();
             self.webhook_dropped.inc_by(hooks.counts.dropped.load(Relaxed));
+        }
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            let counts = state.recorder().counts();
+            self.recordings
+                .set(i64::try_from(counts.active.load(Relaxed)).unwrap_or(i64::MAX));
+            for (counter, value) in self.record_counts.iter().zip([
+                counts.packets.load(Relaxed),
+                counts.dropped.load(Relaxed),
+                counts.failed.load(Relaxed),
+            ]) {
+                counter.reset();
+                counter.inc_by(value);
+            }
         }
         let mut text = Vec::new();
         TextEncoder::new()

@@ -40,8 +40,8 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
 use huddle_proto::{
-    AppId, ErrorCode, HuddleError, Login, LoginOk, RoomId, ServerMsg, StreamId, StreamInfo,
-    StreamQualityLevel, UpdateType, User, UserId,
+    AppId, DeviceState, ErrorCode, HuddleError, Login, LoginOk, RoomExtraInfo, RoomId, ServerMsg, StreamId,
+    StreamInfo, StreamQualityLevel, TrackKind, UpdateType, User, UserId,
 };
 
 use crate::auth::{Grant, check_publish};
@@ -89,6 +89,11 @@ impl FromStr for SessionId {
 /// The shortest time between two relayed `network_quality` reports of one session.
 pub const QUALITY_REPORT_MIN_INTERVAL: Duration = Duration::from_millis(900);
 
+/// The most mute changes (`set_device_state` and `mute_play` together) a session makes in one
+/// second; more are refused (1009062). A person clicks a mute button a few times a second at
+/// most; each change of a published stream goes to every player on every node.
+pub const MUTE_CHANGES_PER_SECOND: u32 = 20;
+
 /// Something the registry wants done, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
@@ -102,6 +107,14 @@ pub enum Output {
     },
     /// Send the same `msg` to several sessions (encode it once).
     Broadcast {
+        /// The recipients (never empty).
+        to: Vec<SessionId>,
+        /// The message.
+        msg: ServerMsg,
+    },
+    /// Send the same `msg` to several sessions, best effort: a session whose outbound queue is
+    /// more than half full does not get it (barrage messages; never closes a connection).
+    BroadcastLossy {
         /// The recipients (never empty).
         to: Vec<SessionId>,
         /// The message.
@@ -132,6 +145,12 @@ pub enum RoomChange {
     StreamAdd(StreamInfo),
     /// A stream of the room is no longer published.
     StreamDelete(StreamId),
+    /// A message or custom command to members of the room (kept in the room's history only).
+    Message(RoomMessage),
+    /// A stream of the room has new extra info.
+    StreamExtraInfo(StreamInfo),
+    /// A key of the room's extra info was set (room-wide: no node owns it).
+    RoomExtraInfo(RoomExtraInfo),
 }
 
 /// What the registry's decisions mean for the cluster: the rooms this node follows and the
@@ -181,6 +200,8 @@ pub struct RemoteRoom {
     pub users: Vec<(String, User)>,
     /// The streams of other nodes, with their owners.
     pub streams: Vec<(String, StreamInfo)>,
+    /// The room's extra info, by whichever node set it.
+    pub extra: Vec<RoomExtraInfo>,
 }
 
 /// This node's own part of one room ([`Registry::local_rooms`]).
@@ -437,6 +458,11 @@ struct Session {
     token_warned: bool,
     /// When the session's last `network_quality` report was relayed (one a second at most).
     quality_at: Option<Instant>,
+    /// The start of the session's current one-second window of mute changes and how many it
+    /// made in it ([`MUTE_CHANGES_PER_SECOND`]).
+    mute_window: Option<(Instant, u32)>,
+    /// The session's broadcast messages in the last second.
+    broadcast_rate: im::Rate,
 }
 
 impl Session {
@@ -462,6 +488,13 @@ struct Room {
     remote_users: BTreeMap<UserId, (String, User)>,
     /// The streams of other nodes, with their owners.
     remote_streams: BTreeMap<StreamId, (String, StreamInfo)>,
+    /// The room's extra info by key (room-wide, set on any node).
+    extra: BTreeMap<String, RoomExtraInfo>,
+    /// The room's message and extra info rates on this node.
+    rates: im::RoomRates,
+    /// When the room's next online user count is due (armed by the first login's
+    /// [`Registry::online_count_after_login`]).
+    count_due: Option<Instant>,
 }
 
 impl Room {
@@ -498,6 +531,12 @@ pub struct Registry {
     grace_timers: BTreeSet<(Instant, SessionId)>,
     /// The token timers: every session with a token by its `token_due`.
     token_timers: BTreeSet<(u64, SessionId)>,
+    /// The rooms' online user count timers (an entry whose room's `count_due` differs is stale).
+    count_timers: BTreeSet<(Instant, AppId, RoomId)>,
+    /// The high bits of this node's message IDs (random, 20 bits).
+    message_base: u64,
+    /// The last message ID's low bits.
+    message_seq: u64,
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> HuddleError {
@@ -606,24 +645,100 @@ fn play_update(
         .collect();
     broadcast(
         out,
-        to,
+        to.clone(),
         ServerMsg::PlayUpdate {
             stream_id: stream_id.clone(),
             available,
         },
     );
+    if available && let Some(info) = stream_info(app, stream_id) {
+        device_states(out, &to, info);
+    }
+}
+
+/// The tracks whose device state differs between `old` and `new`, with the new state.
+fn device_changes(old: &StreamInfo, new: &StreamInfo) -> Vec<(TrackKind, DeviceState)> {
+    let mut changes = Vec::new();
+    if old.mic_state != new.mic_state {
+        changes.push((TrackKind::Audio, new.mic_state));
+    }
+    if old.camera_state != new.camera_state {
+        changes.push((TrackKind::Video, new.camera_state));
+    }
+    changes
+}
+
+/// Whether `old` and `new` are the same stream but for their device states.
+fn only_devices_differ(old: &StreamInfo, new: &StreamInfo) -> bool {
+    old != new
+        && old.user_id == new.user_id
+        && old.user_name == new.user_name
+        && old.extra_info == new.extra_info
+}
+
+/// The attached players of `stream_id` on this node.
+fn attached_players(
+    sessions: &HashMap<SessionId, Session>,
+    players: &HashMap<StreamId, BTreeSet<SessionId>>,
+    stream_id: &StreamId,
+) -> Vec<SessionId> {
+    players
+        .get(stream_id)
+        .map(|p| {
+            p.iter()
+                .copied()
+                .filter(|id| sessions.get(id).is_some_and(Session::attached))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Tells `to` the device states of `info` that are not `open` (what a player that starts now
+/// cannot have seen change).
+fn device_states(out: &mut Vec<Output>, to: &[SessionId], info: &StreamInfo) {
+    let open = StreamInfo {
+        mic_state: DeviceState::Open,
+        camera_state: DeviceState::Open,
+        ..info.clone()
+    };
+    for (track, state) in device_changes(&open, info) {
+        broadcast(
+            out,
+            to.to_vec(),
+            ServerMsg::RemoteDeviceState {
+                stream_id: info.stream_id.clone(),
+                track,
+                state,
+            },
+        );
+    }
+}
+
+/// The stream as this node knows it: published here, or by another node in a followed room.
+fn stream_info<'a>(app: &'a App, stream_id: &StreamId) -> Option<&'a StreamInfo> {
+    app.streams.get(stream_id).map(|p| &p.info).or_else(|| {
+        app.rooms
+            .values()
+            .find_map(|r| r.remote_streams.get(stream_id))
+            .map(|(_, info)| info)
+    })
 }
 
 impl Registry {
     /// An empty registry.
     pub fn new(limits: Limits) -> Registry {
+        let mut ids = StdRng::from_entropy();
+        let message_base = u64::from(ids.next_u32() & 0xf_ffff) << 32;
         Registry {
             limits,
             apps: HashMap::new(),
             sessions: HashMap::new(),
-            ids: StdRng::from_entropy(),
+            ids,
             grace_timers: BTreeSet::new(),
             token_timers: BTreeSet::new(),
+            count_timers: BTreeSet::new(),
+            message_base,
+            message_seq: 0,
         }
     }
 
@@ -724,6 +839,7 @@ impl Registry {
             to: id,
             msg: self.login_ok(id, login.seq, true),
         });
+        self.extra_after_login(id, out);
         if let (Some(s), Some(app)) = (self.sessions.get(&id), self.apps.get(&login.app_id)) {
             for stream_id in &s.plays {
                 let available = app.streams.contains_key(stream_id);
@@ -804,10 +920,14 @@ impl Registry {
                     cursor: remote.cursor,
                     seq: remote.seq,
                 }));
+                let extra = remote.extra.into_iter().map(|i| (i.key.clone(), i)).collect();
                 e.insert(Room {
                     max_members,
                     users: BTreeMap::new(),
                     streams: BTreeSet::new(),
+                    extra,
+                    rates: im::RoomRates::default(),
+                    count_due: None,
                     remote_users: remote
                         .users
                         .into_iter()
@@ -838,6 +958,8 @@ impl Registry {
                 token_due: None,
                 token_warned: false,
                 quality_at: None,
+                mute_window: None,
+                broadcast_rate: im::Rate::default(),
             },
         );
         self.arm_token(id);
@@ -845,6 +967,7 @@ impl Registry {
             to: id,
             msg: self.login_ok(id, login.seq, false),
         });
+        self.extra_after_login(id, out);
         let room = self
             .apps
             .get(&login.app_id)
@@ -1119,6 +1242,8 @@ impl Registry {
             user_name: s.user.user_name.clone(),
             stream_id: stream_id.clone(),
             extra_info: extra_info.to_string(),
+            mic_state: DeviceState::Open,
+            camera_state: DeviceState::Open,
         };
         let room_id = s.room.clone();
         let app_id = s.app;
@@ -1279,6 +1404,9 @@ impl Registry {
                 available,
             },
         });
+        if let Some(info) = stream_info(app, stream_id) {
+            device_states(out, &[id], info);
+        }
         Ok(())
     }
 
@@ -1347,6 +1475,102 @@ impl Registry {
         });
         broadcast(out, to, msg);
         Ok(())
+    }
+
+    /// Counts one mute change of the session against [`MUTE_CHANGES_PER_SECOND`] (1009062 beyond).
+    fn count_mute_change(s: &mut Session, now: Instant) -> Result<(), HuddleError> {
+        match &mut s.mute_window {
+            Some((start, n)) if now.saturating_duration_since(*start) < Duration::from_secs(1) => {
+                if *n >= MUTE_CHANGES_PER_SECOND {
+                    return Err(HuddleError::from(ErrorCode::MUTE_TOO_FREQUENT));
+                }
+                *n += 1;
+            }
+            _ => s.mute_window = Some((now, 1)),
+        }
+        Ok(())
+    }
+
+    /// The publisher's microphone (`Audio`) or camera (`Video`) state of a stream it publishes
+    /// (`set_device_state`; 1009060 for another stream, 1009062 when too frequent). Answers `ok`;
+    /// a change is kept with the stream (the cluster sees it as the stream's new info) and sent
+    /// to the stream's players here as `remote_device_state` (other nodes send it to theirs in
+    /// [`Registry::remote_update`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn set_device_state(
+        &mut self,
+        id: SessionId,
+        seq: u32,
+        stream_id: &StreamId,
+        track: TrackKind,
+        state: DeviceState,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) -> Result<(), HuddleError> {
+        let s = self.sessions.get_mut(&id).ok_or_else(not_logged_in)?;
+        if !s.publishes.contains(stream_id) {
+            return Err(err(
+                ErrorCode::MUTE_NOT_PUBLISHING,
+                format!("this session does not publish the stream ID {stream_id}"),
+            ));
+        }
+        Self::count_mute_change(s, now)?;
+        let (app_id, room_id) = (s.app, s.room.clone());
+        out.push(Output::Send {
+            to: id,
+            msg: ServerMsg::Ok { seq },
+        });
+        let sessions = &self.sessions;
+        let Some(app) = self.apps.get_mut(&app_id) else {
+            return Ok(());
+        };
+        let Some(p) = app.streams.get_mut(stream_id) else {
+            return Ok(());
+        };
+        let slot = match track {
+            TrackKind::Audio => &mut p.info.mic_state,
+            TrackKind::Video => &mut p.info.camera_state,
+        };
+        if *slot == state {
+            return Ok(());
+        }
+        *slot = state;
+        let info = p.info.clone();
+        out.push(Output::Cluster(ClusterCommand::Change {
+            app: app_id,
+            room: room_id,
+            change: RoomChange::StreamAdd(info),
+        }));
+        let to = attached_players(sessions, &app.players, stream_id);
+        broadcast(
+            out,
+            to,
+            ServerMsg::RemoteDeviceState {
+                stream_id: stream_id.clone(),
+                track,
+                state,
+            },
+        );
+        Ok(())
+    }
+
+    /// Checks a `mute_play` of `stream_id` (1009061 when the session does not play it, 1009062
+    /// when too frequent) and counts it; the media plane does the muting. Returns the app.
+    pub fn check_mute_play(
+        &mut self,
+        id: SessionId,
+        stream_id: &StreamId,
+        now: Instant,
+    ) -> Result<AppId, HuddleError> {
+        let s = self.sessions.get_mut(&id).ok_or_else(not_logged_in)?;
+        if !s.plays.contains(stream_id) {
+            return Err(err(
+                ErrorCode::MUTE_NOT_PLAYING,
+                format!("this session does not play the stream ID {stream_id}"),
+            ));
+        }
+        Self::count_mute_change(s, now)?;
+        Ok(s.app)
     }
 
     /// Replaces the session's grant after a token renewal (checked by the caller as at login).
@@ -1478,8 +1702,13 @@ impl Registry {
 
     /// When the next timer is due, on each clock.
     pub fn poll_timeout(&self) -> Timeout {
+        let grace = self.grace_timers.first().map(|(at, _)| *at);
+        let count = self.count_timers.first().map(|(at, _, _)| *at);
         Timeout {
-            at: self.grace_timers.first().map(|(at, _)| *at),
+            at: match (grace, count) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
             unix_ms: self.token_timers.first().map(|(due, _)| *due),
         }
     }
@@ -1528,7 +1757,7 @@ impl Registry {
             self.token_timers.insert((expire_ms, id));
             self.warn_token(id, expire, now.unix_secs(), out);
         }
-        ran
+        ran + self.handle_count_timers(now.at, out)
     }
 
     /// The users of `room` on every node, sorted by user ID (a user on two nodes once: the
@@ -1559,6 +1788,22 @@ impl Registry {
         change: RoomChange,
         out: &mut Vec<Output>,
     ) -> bool {
+        let change = match change {
+            RoomChange::Message(m) => {
+                if !self.follows(app_id, room_id) {
+                    return false;
+                }
+                self.deliver_local(app_id, room_id, &m, out);
+                return true;
+            }
+            RoomChange::StreamExtraInfo(info) => {
+                return self.remote_stream_extra_info(app_id, room_id, owner, info, out);
+            }
+            RoomChange::RoomExtraInfo(info) => {
+                return self.remote_room_extra_info(app_id, room_id, info, out);
+            }
+            other => other,
+        };
         let sessions = &self.sessions;
         let Some(app) = self.apps.get_mut(&app_id) else {
             return false;
@@ -1627,10 +1872,11 @@ impl Registry {
                     .map(|(o, _)| owner_node(o).to_string());
                 let known = earlier.is_some();
                 let shadowed = room.streams.contains(&info.stream_id);
-                let changed = room
+                let old = room
                     .remote_streams
                     .get(&info.stream_id)
-                    .is_some_and(|(_, old)| *old != info);
+                    .map(|(_, old)| old.clone());
+                let changed = old.as_ref().is_some_and(|old| *old != info);
                 room.remote_streams
                     .insert(info.stream_id.clone(), (owner.to_string(), info.clone()));
                 // Published again on another node (its publisher moved there before the old
@@ -1644,6 +1890,23 @@ impl Registry {
                     }));
                 }
                 if shadowed || (known && !changed) {
+                    return true;
+                }
+                // Only the publisher's microphone or camera changed: its players here hear of
+                // it, and nobody else (the room's stream list is the same).
+                if let Some(old) = old.filter(|old| only_devices_differ(old, &info)) {
+                    let to = attached_players(sessions, players, &info.stream_id);
+                    for (track, state) in device_changes(&old, &info) {
+                        broadcast(
+                            out,
+                            to.clone(),
+                            ServerMsg::RemoteDeviceState {
+                                stream_id: info.stream_id.clone(),
+                                track,
+                                state,
+                            },
+                        );
+                    }
                     return true;
                 }
                 if !known {
@@ -1681,6 +1944,9 @@ impl Registry {
                         streams: vec![info],
                     },
                 )
+            }
+            RoomChange::Message(_) | RoomChange::StreamExtraInfo(_) | RoomChange::RoomExtraInfo(_) => {
+                return false;
             }
         };
         let to = room
@@ -1780,6 +2046,9 @@ impl Registry {
         }
         for (_, (owner, info)) in streams {
             changes.push((owner, RoomChange::StreamAdd(info)));
+        }
+        for info in remote.extra {
+            changes.push((String::new(), RoomChange::RoomExtraInfo(info)));
         }
         for (owner, change) in changes {
             self.remote_update(app_id, room_id, &owner, change, out);
@@ -2079,6 +2348,13 @@ impl Registry {
         Ok(())
     }
 }
+
+mod im;
+
+pub use im::{
+    BARRAGE_PER_ROOM, BROADCAST_PER_ROOM, BROADCAST_PER_USER, COMMAND_MANY_PER_ROOM, COMMAND_ONE_PER_ROOM,
+    MessageKind, ONLINE_COUNT_INTERVAL, ROOM_EXTRA_KEYS, ROOM_EXTRA_PER_ROOM, RoomMessage,
+};
 
 #[cfg(test)]
 mod tests;

@@ -222,6 +222,16 @@ impl Webhooks {
         }
     }
 
+    /// A handle that queues events from other parts of the server (recording), numbered and
+    /// delivered as the registry's are.
+    pub(crate) fn sender(&self) -> WebhookSender {
+        WebhookSender {
+            tx: self.tx.clone(),
+            counts: self.counts.clone(),
+            apps: self.logs.keys().copied().collect(),
+        }
+    }
+
     /// Stops the writer thread once it has written every event queued so far.
     pub(crate) fn stop(&self) {
         // The channel may be full: the writer drains it, so a blocking send ends.
@@ -618,6 +628,32 @@ where
     Ok(response?.status().as_u16())
 }
 
+/// Queues webhook events from any thread without waiting (see [`Webhooks::sender`]).
+#[derive(Clone)]
+pub(crate) struct WebhookSender {
+    tx: mpsc::Sender<WriterMsg>,
+    counts: Arc<WebhookCounts>,
+    apps: Vec<AppId>,
+}
+
+impl WebhookSender {
+    /// Queues `event` for `app` (nothing when the app has no webhook); a full queue drops it,
+    /// counted as the registry's events are.
+    pub(crate) fn send(&self, app: AppId, event: Map<String, Value>) {
+        if !self.apps.contains(&app) {
+            return;
+        }
+        if self
+            .tx
+            .try_send(WriterMsg::Event(Pending { app, event }))
+            .is_err()
+        {
+            self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+            warn!(%app, "webhook queue full: recording event dropped");
+        }
+    }
+}
+
 /// The life of a room on this node, for its events.
 struct RoomLife {
     session_id: u64,
@@ -711,6 +747,8 @@ impl WebhookTap {
 
     fn change(&mut self, app: AppId, room: &RoomId, change: &RoomChange, now: u64) {
         match change {
+            // No webhook event of the hosted platforms carries these.
+            RoomChange::Message(_) | RoomChange::StreamExtraInfo(_) | RoomChange::RoomExtraInfo(_) => {}
             RoomChange::UserAdd(user) => {
                 if let Some(life) = self.rooms.get_mut(&(app, room.clone()))
                     && !life.announced

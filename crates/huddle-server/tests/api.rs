@@ -411,3 +411,51 @@ async fn actions_on_a_room_with_clients() {
     server.state().check_invariants().unwrap();
     let _ = ClientMsg::Ping { seq: 0 };
 }
+
+#[tokio::test]
+async fn recording_tasks_start_describe_and_stop() {
+    let dir = std::env::temp_dir().join(format!("huddle-api-rec-{}", rand_u64()));
+    let record_dir = dir.clone();
+    let server = server_with(move |c| c.record_dir = Some(record_dir));
+    let addr = server.addr();
+    // A task for a room with no stream yet: waiting (1), no file.
+    let v = call(addr, "StartRecord", "RoomId=r1").await;
+    assert_eq!(code(&v), 0, "{v}");
+    let task = v["Data"]["TaskId"].as_str().unwrap().to_string();
+    assert_eq!(task.len(), 16);
+    let d = call(addr, "DescribeRecordStatus", &format!("TaskId={task}")).await;
+    assert_eq!(code(&d), 0, "{d}");
+    assert_eq!(d["Data"]["Status"], 1);
+    assert_eq!(d["Data"]["RoomId"], "r1");
+    assert_eq!(d["Data"]["RecordFiles"], Value::Array(vec![]));
+    // The directory was created and probed, and nothing was left in it.
+    assert_eq!(std::fs::read_dir(dir.join(APP.to_string())).unwrap().count(), 0);
+    // One task per room; another room may have its own; one stream of a room alone.
+    assert_eq!(code(&call(addr, "StartRecord", "RoomId=r1").await), 1009088);
+    let other = call(addr, "StartRecord", "RoomId=r2&StreamId=s1").await;
+    assert_eq!(code(&other), 0, "{other}");
+    let other = other["Data"]["TaskId"].as_str().unwrap().to_string();
+    assert_eq!(
+        call(addr, "DescribeRecordStatus", &format!("TaskId={other}")).await["Data"]["StreamId"],
+        "s1"
+    );
+    // Stopped: ended (3); the room may be recorded again.
+    assert_eq!(
+        code(&call(addr, "StopRecord", &format!("TaskId={task}")).await),
+        0
+    );
+    let d = call(addr, "DescribeRecordStatus", &format!("TaskId={task}")).await;
+    assert_eq!(d["Data"]["Status"], 3, "{d}");
+    assert_eq!(code(&call(addr, "StartRecord", "RoomId=r1").await), 0);
+    // Bad input: numbered codes.
+    assert_eq!(code(&call(addr, "StartRecord", "").await), 2);
+    assert_eq!(
+        code(&call(addr, "StartRecord", "RoomId=r1&StreamId=a%20b").await),
+        2
+    );
+    assert_eq!(code(&call(addr, "StopRecord", "").await), 2);
+    assert_eq!(code(&call(addr, "StopRecord", "TaskId=a%2Fb").await), 2);
+    let unknown = call(addr, "DescribeRecordStatus", "TaskId=ffffffffffffffff").await;
+    assert_eq!(code(&unknown), 1009087, "{unknown}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

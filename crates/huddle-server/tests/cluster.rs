@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use huddle_proto::{AppId, StreamId};
+use huddle_proto::{AppId, DeviceState, StreamId, TrackKind};
 use huddle_server::registry::SessionId;
 use huddle_server::store::{Claim, RedisStore, Store, StoreError};
 
@@ -249,6 +249,8 @@ fn info(u: &str, s: &str) -> StreamInfo {
         user_name: huddle_proto::UserName::new(u).unwrap(),
         stream_id: stream(s),
         extra_info: String::new(),
+        mic_state: DeviceState::Open,
+        camera_state: DeviceState::Open,
     }
 }
 
@@ -537,4 +539,278 @@ async fn with_redis_down_new_logins_fail_closed_and_calls_in_progress_keep_their
     assert_eq!(ok.users, vec![user("alice"), user("bob")]);
     assert_eq!(ok.streams, vec![info("alice", "s1")]);
     a.stop();
+}
+
+/// The next message of `c` that `pred` picks, kept ones first.
+async fn next_where(c: &mut Client, within: Duration, pred: impl Fn(&ServerMsg) -> bool) -> ServerMsg {
+    if let Some(i) = c.events.iter().position(&pred) {
+        return c.events.remove(i);
+    }
+    tokio::time::timeout(within, async {
+        loop {
+            let m = c.recv().await;
+            if pred(&m) {
+                return m;
+            }
+            c.events.push(m);
+        }
+    })
+    .await
+    .expect("no such message came")
+}
+
+/// A publisher's mute on node A reaches its player on node B, and a user joining through node C
+/// later sees it in the room's streams and gets it when it plays the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publishers_mute_reaches_players_on_other_nodes_and_late_joiners() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "node-a", Duration::from_secs(10));
+    let b = node(&redis, "node-b", Duration::from_secs(10));
+    let c3 = node(&redis, "node-c", Duration::from_secs(10));
+    let (mut alice, _) = join(&a, "alice").await;
+    alice.publish("s-alice").await;
+    assert!(a.state().cluster_barrier().await);
+    let (mut bob, _) = join(&b, "bob").await;
+    let seq = bob.next_seq();
+    bob.ok(ClientMsg::Play {
+        seq,
+        stream_id: stream("s-alice"),
+    })
+    .await;
+    let muted = ServerMsg::RemoteDeviceState {
+        stream_id: stream("s-alice"),
+        track: TrackKind::Audio,
+        state: DeviceState::Mute,
+    };
+    let is_device = |m: &ServerMsg| matches!(m, ServerMsg::RemoteDeviceState { .. });
+    let seq = alice.next_seq();
+    alice
+        .ok(ClientMsg::SetDeviceState {
+            seq,
+            stream_id: stream("s-alice"),
+            track: TrackKind::Audio,
+            state: DeviceState::Mute,
+        })
+        .await;
+    assert_eq!(next_where(&mut bob, WAIT, is_device).await, muted);
+    assert!(a.state().cluster_barrier().await);
+    let (mut carol, ok) = join(&c3, "carol").await;
+    assert_eq!(ok.streams.len(), 1);
+    assert_eq!(ok.streams[0].mic_state, DeviceState::Mute);
+    let seq = carol.next_seq();
+    carol
+        .ok(ClientMsg::Play {
+            seq,
+            stream_id: stream("s-alice"),
+        })
+        .await;
+    assert_eq!(next_where(&mut carol, WAIT, is_device).await, muted);
+    // Unmuted: both players hear of it, and nobody gets a stream update for it.
+    let seq = alice.next_seq();
+    alice
+        .ok(ClientMsg::SetDeviceState {
+            seq,
+            stream_id: stream("s-alice"),
+            track: TrackKind::Audio,
+            state: DeviceState::Open,
+        })
+        .await;
+    let open = ServerMsg::RemoteDeviceState {
+        stream_id: stream("s-alice"),
+        track: TrackKind::Audio,
+        state: DeviceState::Open,
+    };
+    assert_eq!(next_where(&mut bob, WAIT, is_device).await, open);
+    assert_eq!(next_where(&mut carol, WAIT, is_device).await, open);
+    assert!(
+        !bob.events
+            .iter()
+            .any(|m| matches!(m, ServerMsg::StreamUpdate { .. })),
+        "a mute is not a stream update: {:?}",
+        bob.events
+    );
+}
+
+/// The next message of `c` that `pred` picks (kept events first), within `within`; the others
+/// are kept.
+async fn next_msg(
+    c: &mut Client,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&ServerMsg) -> bool,
+) -> ServerMsg {
+    if let Some(i) = c.events.iter().position(&pred) {
+        return c.events.remove(i);
+    }
+    tokio::time::timeout(within, async {
+        loop {
+            let m = c.recv_any().await;
+            if pred(&m) {
+                return m;
+            }
+            c.events.push(m);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {what} came"))
+}
+
+fn broadcast_text(m: &ServerMsg) -> Option<&str> {
+    match m {
+        ServerMsg::BroadcastMessage { message, .. } => Some(message),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_commands_and_extra_info_cross_nodes_in_order() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "node-a", Duration::from_secs(10));
+    let b = node(&redis, "node-b", Duration::from_secs(10));
+    let c3 = node(&redis, "node-c", Duration::from_secs(10));
+    let (mut alice, _) = join(&a, "alice").await;
+    assert!(a.state().cluster_barrier().await);
+    let (mut bob, _) = join(&b, "bob").await;
+    let (mut carol, _) = join(&b, "carol").await;
+    // Node A knows Bob and Carol before Alice names Bob in a custom command.
+    assert_eq!(
+        room_event(&mut alice, WAIT).await,
+        users_msg(UpdateType::Add, "bob")
+    );
+    assert_eq!(
+        room_event(&mut alice, WAIT).await,
+        users_msg(UpdateType::Add, "carol")
+    );
+
+    // Broadcast messages from A reach B's users in order, with the IDs their sender got.
+    let mut ids = Vec::new();
+    for text in ["one", "two"] {
+        let seq = alice.next_seq();
+        match alice
+            .request(ClientMsg::SendBroadcastMessage {
+                seq,
+                message: text.into(),
+            })
+            .await
+        {
+            ServerMsg::MessageSent { message_id, .. } => ids.push(message_id),
+            other => panic!("expected message_sent, got {other:?}"),
+        }
+    }
+    for watcher in [&mut bob, &mut carol] {
+        for (text, id) in ["one", "two"].into_iter().zip(&ids) {
+            let m = next_msg(watcher, WAIT, "broadcast message", |m| {
+                broadcast_text(m).is_some()
+            })
+            .await;
+            assert_eq!(broadcast_text(&m), Some(text));
+            assert!(
+                matches!(m, ServerMsg::BroadcastMessage { message_id, ref from_user, .. } if message_id == *id && from_user.user_id.as_str() == "alice")
+            );
+        }
+    }
+    // And the other way: B to A.
+    let seq = bob.next_seq();
+    assert!(matches!(
+        bob.request(ClientMsg::SendBroadcastMessage {
+            seq,
+            message: "from b".into()
+        })
+        .await,
+        ServerMsg::MessageSent { .. }
+    ));
+    let m = next_msg(&mut alice, WAIT, "broadcast from B", |m| {
+        broadcast_text(m).is_some()
+    })
+    .await;
+    assert_eq!(broadcast_text(&m), Some("from b"));
+
+    // A custom command from A to Bob on B reaches Bob alone.
+    let seq = alice.next_seq();
+    alice
+        .ok(ClientMsg::SendCustomCommand {
+            seq,
+            command: "psst".into(),
+            to_users: vec![UserId::new("bob").unwrap()],
+        })
+        .await;
+    let m = next_msg(&mut bob, WAIT, "custom command", |m| {
+        matches!(m, ServerMsg::CustomCommand { .. })
+    })
+    .await;
+    assert!(matches!(m, ServerMsg::CustomCommand { ref command, .. } if command == "psst"));
+
+    // Room extra info set on A reaches B's users; stream extra info too.
+    let seq = alice.next_seq();
+    alice
+        .ok(ClientMsg::SetRoomExtraInfo {
+            seq,
+            key: "topic".into(),
+            value: "planning".into(),
+        })
+        .await;
+    alice.publish("s-alice").await;
+    let seq = alice.next_seq();
+    alice
+        .ok(ClientMsg::SetStreamExtraInfo {
+            seq,
+            stream_id: stream("s-alice"),
+            extra_info: "on stage".into(),
+        })
+        .await;
+    for watcher in [&mut bob, &mut carol] {
+        let m = next_msg(watcher, WAIT, "room extra info", |m| {
+            matches!(m, ServerMsg::RoomExtraInfoUpdate { .. })
+        })
+        .await;
+        assert!(
+            matches!(m, ServerMsg::RoomExtraInfoUpdate { ref infos, .. } if infos[0].value == "planning" && infos[0].update_user.user_id.as_str() == "alice")
+        );
+        let m = next_msg(watcher, WAIT, "stream extra info", |m| {
+            matches!(m, ServerMsg::StreamExtraInfoUpdate { .. })
+        })
+        .await;
+        assert!(
+            matches!(m, ServerMsg::StreamExtraInfoUpdate { ref streams, .. } if streams[0].extra_info == "on stage")
+        );
+    }
+    // A late joiner on a node new to the room gets both from the store's snapshot.
+    assert!(a.state().cluster_barrier().await);
+    let (mut erin, ok) = join(&c3, "erin").await;
+    assert_eq!(ok.streams[0].extra_info, "on stage");
+    let m = next_msg(&mut erin, WAIT, "room extra info at login", |m| {
+        matches!(m, ServerMsg::RoomExtraInfoUpdate { .. })
+    })
+    .await;
+    assert!(
+        matches!(m, ServerMsg::RoomExtraInfoUpdate { ref infos, .. } if infos[0].key == "topic" && infos[0].value == "planning")
+    );
+    let m = next_msg(&mut erin, WAIT, "online count", |m| {
+        matches!(m, ServerMsg::RoomOnlineUserCount { .. })
+    })
+    .await;
+    assert_eq!(
+        m,
+        ServerMsg::RoomOnlineUserCount {
+            room_id: RoomId::new(ROOM).unwrap(),
+            count: 4
+        }
+    );
+    // Carol never got Bob's command, nor anyone their own messages.
+    let carol_got = std::mem::take(&mut carol.events);
+    assert!(
+        !carol_got
+            .iter()
+            .any(|m| matches!(m, ServerMsg::CustomCommand { .. })),
+        "{carol_got:?}"
+    );
+    assert!(
+        !alice
+            .events
+            .iter()
+            .any(|m| broadcast_text(m).is_some_and(|t| t != "from b"))
+    );
+    for s in [a, b, c3] {
+        s.stop();
+    }
 }

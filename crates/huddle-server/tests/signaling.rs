@@ -636,3 +636,59 @@ async fn healthz_and_shutdown() {
         stopping.elapsed()
     );
 }
+
+/// Mute over the wire: a publisher's state reaches its player (and a late player and a late
+/// joiner's stream list); bad input gets its numbered code and the session goes on.
+#[tokio::test]
+async fn mute_states_reach_players_and_bad_mutes_get_codes() {
+    let server = server();
+    let mut a = Client::connect(&server).await;
+    a.login("r", "alice", false).await;
+    assert_ok(a.publish("s1").await);
+    let mut p = Client::connect(&server).await;
+    p.login("r", "player", false).await;
+    assert_ok(p.play("s1").await);
+    assert_eq!(p.recv().await, play_update("s1", true));
+
+    assert_ok(a.request_json(serde_json::json!({"type": "set_device_state", "stream_id": "s1", "track": "audio", "state": "mute"})).await);
+    let want = ServerMsg::RemoteDeviceState {
+        stream_id: huddle_proto::StreamId::new("s1").unwrap(),
+        track: huddle_proto::TrackKind::Audio,
+        state: huddle_proto::DeviceState::Mute,
+    };
+    assert_eq!(p.recv().await, want);
+    // A late player hears it with the play; a late joiner sees it in the room's streams.
+    let mut late = Client::connect(&server).await;
+    let ok = late.login("r", "late", false).await;
+    assert_eq!(ok.streams[0].mic_state, huddle_proto::DeviceState::Mute);
+    assert_ok(late.play("s1").await);
+    assert_eq!(late.recv().await, play_update("s1", true));
+    assert_eq!(late.recv().await, want);
+
+    // Not one's own stream, a stream not played, a bad track name.
+    let m = p.request_json(serde_json::json!({"type": "set_device_state", "stream_id": "s1", "track": "audio", "state": "open"})).await;
+    assert_eq!(code_of(&m), ErrorCode::MUTE_NOT_PUBLISHING);
+    let m = a
+        .request_json(
+            serde_json::json!({"type": "mute_play", "stream_id": "s1", "track": "audio", "mute": true}),
+        )
+        .await;
+    assert_eq!(code_of(&m), ErrorCode::MUTE_NOT_PLAYING);
+    let m = p
+        .request_json(
+            serde_json::json!({"type": "mute_play", "stream_id": "s1", "track": "voice", "mute": true}),
+        )
+        .await;
+    assert_eq!(code_of(&m), ErrorCode::MALFORMED_MESSAGE);
+    assert_ok(
+        p.request_json(
+            serde_json::json!({"type": "mute_play", "stream_id": "s1", "track": "audio", "mute": true}),
+        )
+        .await,
+    );
+    assert_eq!(
+        a.barrier().await,
+        vec![],
+        "the publisher hears of nobody's play mute"
+    );
+}

@@ -147,7 +147,8 @@ pub struct EngineConfig {
     /// Default 2.
     pub worker_threads: usize,
     /// Capacity of the queue from the engine to the event thread. When the app's handler is
-    /// this far behind, the engine waits for it. Default 8192.
+    /// this far behind, the engine drops the events that do not fit (it never waits for the
+    /// handler) and reports them with `on_events_dropped` once there is room. Default 8192.
     pub event_queue: usize,
 }
 

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::conn::{self, ConnEvent, ConnId, SEND_QUEUE};
+use crate::dispatch::EventSink;
 use crate::engine::{SharedApi, lock};
 use crate::event::Event;
 use crate::media::mixer::{self, Mixer};
@@ -65,7 +66,7 @@ struct Io {
     tls: Option<Arc<rustls::ClientConfig>>,
     timing: Timing,
     api: SharedApi,
-    events: mpsc::Sender<Event>,
+    events: EventSink,
     conn_events: mpsc::Sender<ConnEvent>,
     next_conn: ConnId,
     tasks: JoinSet<()>,
@@ -87,7 +88,15 @@ pub(crate) struct Driver {
     shutdown: oneshot::Receiver<()>,
     conn_rx: mpsc::Receiver<ConnEvent>,
     media_rx: mpsc::Receiver<MediaEvent>,
+    /// The mixer's sound-level events, delivered through `io.events` like every other event
+    /// (so the app's slowness costs them as it costs the others, with the same drop report).
+    level_tx: Option<mpsc::Sender<Event>>,
+    level_rx: mpsc::Receiver<Event>,
 }
+
+/// Sound-level events on their way from the mixer to the engine task, at most (the task takes
+/// them within a tick; a report that finds this full is dropped, the next follows).
+const LEVEL_EVENT_QUEUE: usize = 16;
 
 impl Driver {
     pub(crate) fn new(
@@ -96,11 +105,12 @@ impl Driver {
         api: SharedApi,
         requests: mpsc::Receiver<Request>,
         shutdown: oneshot::Receiver<()>,
-        events: mpsc::Sender<Event>,
+        events: EventSink,
         media: Arc<MediaShared>,
     ) -> Driver {
         let (conn_events, conn_rx) = mpsc::channel(CONN_EVENT_QUEUE);
         let (media_events, media_rx) = mpsc::channel(MEDIA_EVENT_QUEUE);
+        let (level_tx, level_rx) = mpsc::channel(LEVEL_EVENT_QUEUE);
         Driver {
             io: Io {
                 urls: server.urls,
@@ -123,6 +133,8 @@ impl Driver {
             shutdown,
             conn_rx,
             media_rx,
+            level_tx: Some(level_tx),
+            level_rx,
         }
     }
 
@@ -133,12 +145,16 @@ impl Driver {
         let mixer_task = tokio::spawn(mixer::run(
             self.io.mixer.clone(),
             self.io.media.clone(),
+            self.level_tx.take().expect("the engine task runs once"),
             mixer_stopped,
         ));
+        // Joined when it is dropped, at the end of this function.
+        let _video_thread = crate::media::RenderThread::start(self.io.media.clone());
         let mut stop_at: Option<Instant> = None;
         loop {
+            self.io.events.flush();
             for room in &mut self.rooms {
-                drive(room, &mut self.io).await;
+                drive(room, &mut self.io);
             }
             self.rooms.retain(|r| !r.finished);
             let rooms = &self.rooms;
@@ -166,6 +182,7 @@ impl Driver {
                 }
                 Some(ev) = self.conn_rx.recv() => self.on_conn_event(ev),
                 Some(ev) = self.media_rx.recv() => self.on_media_event(ev),
+                Some(ev) = self.level_rx.recv() => self.io.events.deliver(ev),
                 _ = sleep_until(wake) => {
                     let now = Instant::now();
                     for room in &mut self.rooms {
@@ -270,7 +287,7 @@ impl Driver {
 }
 
 /// Performs a room's outputs until it waits for time or input (the session's invariant).
-async fn drive(room: &mut Room, io: &mut Io) {
+fn drive(room: &mut Room, io: &mut Io) {
     loop {
         match room.session.poll_output() {
             Output::Connect { server } => {
@@ -313,10 +330,8 @@ async fn drive(room: &mut Room, io: &mut Io) {
             }
             Output::Close => room.conn = None,
             Output::Release(release) => lock(&io.api).release(room.login, release),
-            Output::Event(event) => {
-                // Waits while the app's handler is far behind: better than losing events.
-                let _ = io.events.send(event).await;
-            }
+            // Never waits for the app's handler (see `EventSink`).
+            Output::Event(event) => io.events.deliver(event),
             Output::Timeout(at) => {
                 room.wake = at.map(Instant::from_std);
                 return;
@@ -363,11 +378,15 @@ fn open_media(
         .or_insert_with(|| pc::local_ip_towards(&url_host(&io.urls[server])));
     let (audio, video) = match kind {
         MediaRole::Publish => {
-            let (audio_spec, video_spec) = {
+            let (audio_spec, video_spec, mic) = {
                 let c = io.media.config();
-                (c.audio_source.clone(), c.video_source.clone())
+                (
+                    c.audio_source.clone(),
+                    c.video_source.clone(),
+                    c.input_device.clone(),
+                )
             };
-            let audio = AudioInput::open(&audio_spec).unwrap_or_else(|e| {
+            let audio = AudioInput::open(&audio_spec, mic.as_deref()).unwrap_or_else(|e| {
                 warn!(error = %e.message, "cannot open the audio source; sending silence");
                 AudioInput::Silence
             });

@@ -10,18 +10,23 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 
-use huddle_proto::{AppId, ErrorCode, HuddleError, RoomId, SIGNALING_PATH, StreamId, User};
+use huddle_proto::{
+    AppId, DeviceState, ErrorCode, HuddleError, RoomId, SIGNALING_PATH, StreamId, TrackKind, User,
+};
 use huddle_token::AppSign;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::warn;
 
 use crate::config::{EngineConfig, EngineProfile, RoomConfig, Scenario};
-use crate::dispatch::{self, EventStream, HandlerSlot, STREAM_CAPACITY};
+use crate::dispatch::{self, EventSink, EventStream, HandlerSlot, STREAM_CAPACITY};
 use crate::driver::{Driver, Request};
 use crate::event::EventHandler;
+use crate::media::device::AudioDeviceType;
 use crate::media::publish::{AudioInput, VideoInput};
 use crate::media::{AudioSink, AudioSource, MediaShared, VideoRenderer, VideoSource};
 use crate::session::{Command, Release, SessionParams, Timing};
+
+mod im;
 use huddle_media::I420Frame;
 
 /// Requests queued from the API to the engine task; beyond this an API call fails with 1009004.
@@ -172,10 +177,9 @@ impl Engine {
 
         let event_thread = {
             let handler = handler.clone();
-            let streams = streams_tx.clone();
             thread::Builder::new()
                 .name(format!("{THREAD_PREFIX}evt"))
-                .spawn(move || dispatch::run(events_rx, handler, streams))
+                .spawn(move || dispatch::run(events_rx, handler))
                 .map_err(|e| internal("cannot start the event thread", e))?
         };
         // The control thread builds, runs and drops the runtime, so that the runtime is never
@@ -186,7 +190,7 @@ impl Engine {
             api.clone(),
             requests_rx,
             shutdown_rx,
-            events_tx,
+            EventSink::new(events_tx, streams_tx.clone()),
             media.clone(),
         );
         let workers = config.worker_threads;
@@ -283,6 +287,84 @@ impl Engine {
         self.handle.is_camera_enabled()
     }
 
+    /// Mutes or unmutes the microphone (the published audio source, whatever it is): while
+    /// muted, the published stream carries digital silence, still sent every 20 ms, and its
+    /// players get [`EventHandler::on_remote_mic_state_update`] `Mute`. Callable at any time;
+    /// it holds for later publishing and rooms too. See `docs/media.md`, "Mute".
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), huddle::HuddleError> {
+    /// # let engine = huddle::Engine::create(huddle::EngineProfile::new(1, "ws://127.0.0.1:7880"))?;
+    /// engine.mute_microphone(true);
+    /// assert!(engine.is_microphone_muted());
+    /// # Ok(()) }
+    /// ```
+    #[doc(alias = "muteMicrophone")]
+    pub fn mute_microphone(&self, mute: bool) {
+        self.handle.mute_microphone(mute)
+    }
+
+    /// Whether the microphone is muted ([`Self::mute_microphone`]).
+    #[doc(alias = "isMicrophoneMuted")]
+    pub fn is_microphone_muted(&self) -> bool {
+        self.handle.is_microphone_muted()
+    }
+
+    /// Mutes or unmutes the speaker: every played stream is still received and decoded, and
+    /// the audio sink gets silence (a WAV recording keeps its length). Local only.
+    #[doc(alias = "muteSpeaker")]
+    pub fn mute_speaker(&self, mute: bool) {
+        self.handle.mute_speaker(mute)
+    }
+
+    /// Whether the speaker is muted ([`Self::mute_speaker`]).
+    #[doc(alias = "isSpeakerMuted")]
+    pub fn is_speaker_muted(&self) -> bool {
+        self.handle.is_speaker_muted()
+    }
+
+    /// Stops or resumes sending the published stream's audio: as [`Self::mute_microphone`]
+    /// (silence is sent, players are told `Mute`), for the published stream rather than the
+    /// device. The audio is muted while either is.
+    #[doc(alias = "mutePublishStreamAudio")]
+    pub fn mute_publish_stream_audio(&self, mute: bool) {
+        self.handle.mute_publish_stream_audio(mute)
+    }
+
+    /// Stops or resumes sending the published stream's video: while muted no video frame is
+    /// encoded or sent (players keep the last frame and get
+    /// [`EventHandler::on_remote_camera_state_update`] `Mute`); it resumes with a keyframe.
+    #[doc(alias = "mutePublishStreamVideo")]
+    pub fn mute_publish_stream_video(&self, mute: bool) {
+        self.handle.mute_publish_stream_video(mute)
+    }
+
+    /// Stops or resumes receiving a played stream's audio. Muted, the server stops sending it
+    /// to this engine (the downlink is spared, not only the speaker) and it is left out of the
+    /// mix; unmuted, it is sent again from the next packet. Kept per stream ID until unmuted,
+    /// across reconnections and later plays of the stream.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), huddle::HuddleError> {
+    /// # let engine = huddle::Engine::create(huddle::EngineProfile::new(1, "ws://127.0.0.1:7880"))?;
+    /// engine.start_playing_stream("s1")?;
+    /// engine.mute_play_stream_audio("s1", true)?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Errors: the stream ID's own codes (1000014–1000016); 1000001 once destroyed.
+    #[doc(alias = "mutePlayStreamAudio")]
+    pub fn mute_play_stream_audio(&self, stream_id: &str, mute: bool) -> Result<(), HuddleError> {
+        self.handle.mute_play_stream(stream_id, false, mute)
+    }
+
+    /// Stops or resumes receiving a played stream's video: as [`Self::mute_play_stream_audio`];
+    /// when it resumes, the server asks the publisher for a keyframe to start from.
+    #[doc(alias = "mutePlayStreamVideo")]
+    pub fn mute_play_stream_video(&self, stream_id: &str, mute: bool) -> Result<(), HuddleError> {
+        self.handle.mute_play_stream(stream_id, true, mute)
+    }
+
     /// Chooses where the published audio comes from (default [`AudioSource::Silence`]). It
     /// applies to the media connections started after the call (publish again to switch).
     ///
@@ -297,6 +379,38 @@ impl Engine {
     #[doc(alias = "setAudioSource")]
     pub fn set_audio_source(&self, source: AudioSource) -> Result<(), HuddleError> {
         self.handle.set_audio_source(source)
+    }
+
+    /// Chooses the microphone ([`AudioDeviceType::Input`]) or the speaker
+    /// ([`AudioDeviceType::Output`]) by the ID of [`audio_device_list`](crate::audio_device_list)
+    /// (or its name); an empty `device_id` goes back to the system's default. The microphone
+    /// serves [`AudioSource::Microphone`] from the next publish on; a speaker playing now
+    /// ([`AudioSink::Speaker`]) moves to the new one at once.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), huddle::HuddleError> {
+    /// use huddle::{AudioDeviceType, AudioSink, AudioSource, audio_device_list};
+    /// # let engine = huddle::Engine::create(huddle::EngineProfile::new(1, "ws://127.0.0.1:7880"))?;
+    /// if let Some(headset) = audio_device_list(AudioDeviceType::Input)?
+    ///     .into_iter()
+    ///     .find(|d| d.device_name.contains("Headset"))
+    /// {
+    ///     engine.use_audio_device(AudioDeviceType::Input, &headset.device_id)?;
+    /// }
+    /// engine.set_audio_source(AudioSource::Microphone)?; // fails with 1009020 without one
+    /// engine.set_audio_sink(AudioSink::Speaker)?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Unlike ZEGO's `useAudioDevice`, a device that the system does not list is refused at
+    /// once rather than when it is used.
+    ///
+    /// Errors: 1009084 (`DEVICE_NOT_FOUND`) for an ID or name the system does not list, 1009020
+    /// when devices cannot be listed (no device support in this build, or no audio system) or
+    /// the new speaker does not open, 1000001 once the engine is destroyed.
+    #[doc(alias = "useAudioDevice")]
+    pub fn use_audio_device(&self, device_type: AudioDeviceType, device_id: &str) -> Result<(), HuddleError> {
+        self.handle.use_audio_device(device_type, device_id)
     }
 
     /// Sets the published audio's encoder settings: a preset of the hosted SDKs or a config of
@@ -343,6 +457,44 @@ impl Engine {
     #[doc(alias = "onPlayerQualityUpdate")]
     pub fn player_audio_stats(&self, stream_id: &str) -> Option<crate::PlayerAudioStats> {
         self.handle.player_audio_stats(stream_id)
+    }
+
+    /// Starts the sound-level monitor (or changes its configuration): every
+    /// `config.millisecond` the captured level
+    /// ([`EventHandler::on_captured_sound_level_info_update`]) and the played streams' levels
+    /// ([`EventHandler::on_remote_sound_level_info_update`]), 0–100 with voice activity, and the
+    /// active speakers when they change ([`EventHandler::on_active_speakers_changed`]). Levels
+    /// are measured on every 20 ms frame: the captured one before encoding, each played
+    /// stream's after decoding and before mixing. Callable before or after logging in.
+    ///
+    /// Errors: 1009065 (`SOUND_LEVEL_INTERVAL_INVALID`) for an interval outside 100–3000 ms
+    /// (ZEGO's range).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), huddle::HuddleError> {
+    /// # let engine = huddle::Engine::create(huddle::EngineProfile::new(1, "ws://127.0.0.1:7880"))?;
+    /// use huddle::SoundLevelConfig;
+    /// engine.start_sound_level_monitor(SoundLevelConfig::new(200, true))?;
+    /// assert_eq!(
+    ///     engine.start_sound_level_monitor(SoundLevelConfig::new(50, true)).unwrap_err().code.as_u32(),
+    ///     1009065
+    /// );
+    /// engine.stop_sound_level_monitor();
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// [`EventHandler::on_captured_sound_level_info_update`]: crate::EventHandler::on_captured_sound_level_info_update
+    /// [`EventHandler::on_remote_sound_level_info_update`]: crate::EventHandler::on_remote_sound_level_info_update
+    /// [`EventHandler::on_active_speakers_changed`]: crate::EventHandler::on_active_speakers_changed
+    #[doc(alias = "startSoundLevelMonitor")]
+    pub fn start_sound_level_monitor(&self, config: crate::SoundLevelConfig) -> Result<(), HuddleError> {
+        self.handle.start_sound_level_monitor(config)
+    }
+
+    /// Stops the sound-level monitor: no more level or active-speaker events.
+    #[doc(alias = "stopSoundLevelMonitor")]
+    pub fn stop_sound_level_monitor(&self) {
+        self.handle.stop_sound_level_monitor()
     }
 
     /// Chooses where the published video comes from when the camera is on (default a 320x240
@@ -611,13 +763,141 @@ impl EngineHandle {
         self.shared.media.camera.load(Ordering::Relaxed)
     }
 
+    /// Same as [`Engine::mute_microphone`].
+    pub fn mute_microphone(&self, mute: bool) {
+        self.shared.media.mic_muted.store(mute, Ordering::Relaxed);
+        self.sync_devices();
+    }
+
+    /// Same as [`Engine::is_microphone_muted`].
+    pub fn is_microphone_muted(&self) -> bool {
+        self.shared.media.mic_muted.load(Ordering::Relaxed)
+    }
+
+    /// Same as [`Engine::mute_speaker`].
+    pub fn mute_speaker(&self, mute: bool) {
+        self.shared.media.speaker_muted.store(mute, Ordering::Relaxed);
+    }
+
+    /// Same as [`Engine::is_speaker_muted`].
+    pub fn is_speaker_muted(&self) -> bool {
+        self.shared.media.speaker_muted.load(Ordering::Relaxed)
+    }
+
+    /// Same as [`Engine::mute_publish_stream_audio`].
+    pub fn mute_publish_stream_audio(&self, mute: bool) {
+        self.shared
+            .media
+            .publish_audio_muted
+            .store(mute, Ordering::Relaxed);
+        self.sync_devices();
+    }
+
+    /// Same as [`Engine::mute_publish_stream_video`].
+    pub fn mute_publish_stream_video(&self, mute: bool) {
+        self.shared
+            .media
+            .publish_video_muted
+            .store(mute, Ordering::Relaxed);
+        self.sync_devices();
+    }
+
+    /// Same as [`Engine::mute_play_stream_audio`] (`video` false) and
+    /// [`Engine::mute_play_stream_video`].
+    pub fn mute_play_stream(&self, stream_id: &str, video: bool, mute: bool) -> Result<(), HuddleError> {
+        let stream_id = StreamId::new(stream_id)?;
+        let api = self.alive()?;
+        self.shared.media.set_play_muted(&stream_id, video, mute);
+        if let Some(room) = &api.room {
+            let track = if video { TrackKind::Video } else { TrackKind::Audio };
+            self.request(Request::Room {
+                login: room.login,
+                cmd: Command::MutePlay {
+                    stream_id,
+                    track,
+                    mute,
+                },
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Tells the room's session the publisher's microphone and camera states (it sends what
+    /// changed, with every publish too).
+    fn sync_devices(&self) {
+        let Ok(api) = self.alive() else { return };
+        if let Some(room) = &api.room {
+            self.device_commands(room.login);
+        }
+    }
+
+    fn device_commands(&self, login: u64) {
+        let m = &self.shared.media;
+        let state = |muted: bool| {
+            if muted {
+                DeviceState::Mute
+            } else {
+                DeviceState::Open
+            }
+        };
+        for (track, muted) in [
+            (TrackKind::Audio, m.audio_muted()),
+            (TrackKind::Video, m.publish_video_muted.load(Ordering::Relaxed)),
+        ] {
+            let cmd = Command::DeviceState {
+                track,
+                state: state(muted),
+            };
+            if let Err(e) = self.request(Request::Room { login, cmd }) {
+                warn!(error = %e, "the mute state could not be queued for the room");
+            }
+        }
+    }
+
     /// Same as [`Engine::set_audio_source`].
     pub fn set_audio_source(&self, source: AudioSource) -> Result<(), HuddleError> {
-        AudioInput::open(&source)?;
+        let mic = self.shared.media.config().input_device.clone();
+        AudioInput::open(&source, mic.as_deref())?;
         drop(self.alive()?);
         self.shared.media.clear_pushed();
         self.shared.media.config().audio_source = source;
         Ok(())
+    }
+
+    /// Same as [`Engine::use_audio_device`].
+    pub fn use_audio_device(&self, device_type: AudioDeviceType, device_id: &str) -> Result<(), HuddleError> {
+        drop(self.alive()?);
+        let chosen = if device_id.is_empty() {
+            None
+        } else {
+            let listed = crate::audio_device_list(device_type)?;
+            Some(
+                crate::media::device::find(device_type, &listed, device_id)?
+                    .device_id
+                    .clone(),
+            )
+        };
+        let media = &self.shared.media;
+        match device_type {
+            AudioDeviceType::Input => media.config().input_device = chosen,
+            AudioDeviceType::Output => {
+                let old = std::mem::replace(&mut media.config().output_device, chosen);
+                // A speaker playing now moves to the new device; if that fails, it stays.
+                if media.sink_is_speaker()
+                    && let Err(e) = media.set_audio_sink(AudioSink::Speaker)
+                {
+                    media.config().output_device = old;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The microphone chosen with `use_audio_device` (tests).
+    #[cfg(test)]
+    pub(crate) fn shared_input_device(&self) -> Option<String> {
+        self.shared.media.config().input_device.clone()
     }
 
     /// Same as [`Engine::set_audio_config`].
@@ -635,6 +915,17 @@ impl EngineHandle {
     /// Same as [`Engine::player_audio_stats`].
     pub fn player_audio_stats(&self, stream_id: &str) -> Option<crate::PlayerAudioStats> {
         self.shared.media.mixer.stats(stream_id)
+    }
+
+    /// Same as [`Engine::start_sound_level_monitor`].
+    pub fn start_sound_level_monitor(&self, config: crate::SoundLevelConfig) -> Result<(), HuddleError> {
+        drop(self.alive()?);
+        self.shared.media.levels.start(config)
+    }
+
+    /// Same as [`Engine::stop_sound_level_monitor`].
+    pub fn stop_sound_level_monitor(&self) {
+        self.shared.media.levels.stop()
     }
 
     /// Same as [`Engine::audio_config`].
@@ -744,6 +1035,7 @@ impl EngineHandle {
             login,
             params: Box::new(params),
         })?;
+        self.device_commands(login);
         api.room = Some(ApiRoom {
             room_id,
             login,
@@ -820,10 +1112,27 @@ impl EngineHandle {
     pub fn start_playing_stream(&self, stream_id: &str) -> Result<(), HuddleError> {
         let stream_id = StreamId::new(stream_id)?;
         let login = self.room_gen()?;
+        let muted = self.shared.media.play_muted(&stream_id);
         self.request(Request::Room {
             login,
-            cmd: Command::Play { stream_id },
-        })
+            cmd: Command::Play {
+                stream_id: stream_id.clone(),
+            },
+        })?;
+        // The app's mutes of this stream hold for a new play of it.
+        for (track, mute) in [(TrackKind::Audio, muted[0]), (TrackKind::Video, muted[1])] {
+            if mute {
+                self.request(Request::Room {
+                    login,
+                    cmd: Command::MutePlay {
+                        stream_id: stream_id.clone(),
+                        track,
+                        mute,
+                    },
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// Same as [`Engine::stop_playing_stream`].
@@ -891,7 +1200,9 @@ fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let counter = AtomicUsize::new(0);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
-        .max_blocking_threads(2)
+        // Also the threads that take a worker's place while it runs codec work
+        // (`media::off_runtime`): one per worker at most, and the device threads' spare.
+        .max_blocking_threads(4)
         .thread_name_fn(move || format!("{THREAD_PREFIX}rt-{}", counter.fetch_add(1, Ordering::Relaxed)))
         .enable_all()
         .build()

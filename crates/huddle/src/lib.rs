@@ -68,6 +68,16 @@
 //! breaks it reconnects with backoff, resumes the server session when the server still holds it,
 //! publishes and plays again when it does not, and reports only what changed.
 //!
+//! A slow app never hurts the call. The handler runs on the event thread, never on the engine's
+//! runtime: while it is busy, heartbeats, reconnection and media go on. The video renderer has
+//! a thread of its own too. Encoding (Opus, VP8), VP8 decoding and the media files' reads and
+//! writes run off the runtime's scheduling (the runtime's other tasks move to another thread
+//! while they run); only the mixer's per-tick Opus decoding stays inline, tens of microseconds. Events wait for a slow handler in a
+//! queue of [`EngineConfig::event_queue`] (8192); past that the engine drops the newest rather
+//! than wait, and reports exactly how many, where they were, with
+//! [`EventHandler::on_events_dropped`] ([`Event::EventsDropped`]). An [`EventStream`] is fed
+//! directly, not through the handler, and reports its own losses the same way.
+//!
 //! # States and codes
 //!
 //! | what happens | room (`on_room_state_changed`) | publisher | players |
@@ -101,6 +111,12 @@
 //! [`Engine::push_video_frame`]), [`AudioSink`] (WAV recorder, pulled PCM with
 //! [`Engine::fetch_audio_frame`]), and decoded video through a [`VideoRenderer`] or
 //! [`Engine::set_video_sink_y4m`].
+//!
+//! The microphone ([`AudioSource::Microphone`]) and the speaker ([`AudioSink::Speaker`]) need
+//! the cargo feature `device` (cpal; on Linux ALSA, whose build needs `libasound2-dev`).
+//! [`audio_device_list`] lists them and [`Engine::use_audio_device`] chooses one; a machine
+//! without a sound card, or a build without the feature, refuses them with 1009020
+//! (`DEVICE_UNAVAILABLE`) and a message that says why.
 //!
 //! ```no_run
 //! use huddle::{AudioSink, AudioSource, Engine, EngineProfile, RoomConfig, User, UserId};
@@ -137,15 +153,22 @@ pub use config::{EngineConfig, EngineProfile, RoomConfig, Scenario};
 pub use dispatch::EventStream;
 pub use engine::{Engine, EngineHandle};
 pub use event::{
-    BroadcastMessageInfo, Event, EventHandler, PlayStreamQuality, PlayerState, PublishStreamQuality,
-    PublisherState, RoomState, RoomStateChangedReason,
+    BarrageMessageInfo, BroadcastMessageInfo, Event, EventHandler, PlayStreamQuality, PlayerState,
+    PublishStreamQuality, PublisherState, RoomState, RoomStateChangedReason, SoundLevelInfo,
 };
 /// The audio receive stats of a played stream ([`Engine::player_audio_stats`]): the jitter
 /// buffer's added delay, its counters, and the time-stretching.
 pub use huddle_media::PlayerStats as PlayerAudioStats;
 pub use huddle_media::{AudioConfig, AudioConfigPreset, I420Frame};
+/// A played stream's publisher's microphone or camera ([`EventHandler::on_remote_mic_state_update`]):
+/// ZEGO Express's `ZegoRemoteDeviceState` values Open (0), Disable (9) and Mute (10), whose
+/// numbers [`RemoteDeviceState::code`] gives.
+#[doc(alias = "ZegoRemoteDeviceState")]
+pub use huddle_proto::DeviceState as RemoteDeviceState;
 pub use huddle_proto::{
-    ErrorCode, HuddleError, RoomId, StreamId, StreamInfo, StreamQualityLevel, UpdateType, User, UserId,
-    UserName,
+    ErrorCode, HuddleError, RoomExtraInfo, RoomId, StreamId, StreamInfo, StreamQualityLevel, UpdateType,
+    User, UserId, UserName,
 };
+pub use media::device::{AudioDeviceType, DeviceInfo, audio_device_list};
+pub use media::levels::SoundLevelConfig;
 pub use media::{AudioSink, AudioSource, VideoRenderer, VideoSource};

@@ -1,6 +1,6 @@
 //! Deterministic tests of every registry rule of `docs/protocol.md`.
 
-use huddle_proto::{Auth, PROTOCOL_VERSION, Resume, UserName};
+use huddle_proto::{Auth, DeviceState, PROTOCOL_VERSION, Resume, TrackKind, UserName};
 use huddle_token::Privileges;
 
 use super::*;
@@ -147,7 +147,7 @@ fn flatten(out: Vec<Output>) -> (Msgs, Vec<SessionId>) {
     for o in out {
         match o {
             Output::Send { to, msg } => msgs.push((to, msg)),
-            Output::Broadcast { to, msg } => {
+            Output::Broadcast { to, msg } | Output::BroadcastLossy { to, msg } => {
                 assert!(!to.is_empty(), "empty broadcast");
                 msgs.extend(to.into_iter().map(|t| (t, msg.clone())));
             }
@@ -178,6 +178,8 @@ fn info(u: &str, s: &str) -> StreamInfo {
         user_name: UserName::new(u).unwrap(),
         stream_id: sid(s),
         extra_info: "x".into(),
+        mic_state: DeviceState::Open,
+        camera_state: DeviceState::Open,
     }
 }
 
@@ -1276,6 +1278,7 @@ fn snapshot_of(h: &H, r: &str, owner: &str) -> RemoteRoom {
             .into_iter()
             .map(|s| (owner.to_string(), s))
             .collect(),
+        extra: Vec::new(),
     }
 }
 
@@ -1711,3 +1714,192 @@ fn a_merged_snapshot_only_adds_and_a_full_sync_then_removes() {
         ]
     );
 }
+
+// ----- mute: device states and play mutes -----
+
+fn device_msg(s: &str, track: TrackKind, state: DeviceState) -> ServerMsg {
+    ServerMsg::RemoteDeviceState {
+        stream_id: sid(s),
+        track,
+        state,
+    }
+}
+
+#[test]
+fn a_publishers_mute_reaches_its_players_and_late_players_across_nodes() {
+    let (mut a, mut b) = (H::new(), H::new());
+    let alice = a.login("r", "alice", true);
+    let carol = a.login("r", "carol", true);
+    let dave = a.login("r", "dave", true);
+    a.publish(alice, "s1").unwrap();
+    a.play(carol, "s1").unwrap();
+    // Bob on node B plays alice's stream too.
+    let (bob, _, _) = login_remote(&mut b, "r", "bob", snapshot_of(&a, "r", "A|1"));
+    let (r, _) = b.run(|reg, out| reg.play(bob, 4, &sid("s1"), out));
+    r.unwrap();
+
+    let now = a.now;
+    let (r, out) = a.run(|reg, out| {
+        reg.set_device_state(
+            alice,
+            7,
+            &sid("s1"),
+            TrackKind::Audio,
+            DeviceState::Mute,
+            now,
+            out,
+        )
+    });
+    r.unwrap();
+    // Alice gets `ok`, her player carol the state; dave, who does not play it, nothing.
+    assert_eq!(
+        flatten(out.clone()).0,
+        vec![
+            (alice, ServerMsg::Ok { seq: 7 }),
+            (carol, device_msg("s1", TrackKind::Audio, DeviceState::Mute))
+        ]
+    );
+    let _ = dave;
+    // The cluster sees it as the stream's new info; node B tells its player bob, nobody else.
+    let mut muted = info("alice", "s1");
+    muted.mic_state = DeviceState::Mute;
+    assert!(cluster(&out).contains(&ClusterCommand::Change {
+        app: app_id(APP),
+        room: room("r"),
+        change: RoomChange::StreamAdd(muted.clone()),
+    }));
+    assert_eq!(
+        relay("A|1", &out, &mut b),
+        vec![(bob, device_msg("s1", TrackKind::Audio, DeviceState::Mute))]
+    );
+    assert_eq!(
+        b.reg.room(app_id(APP), &room("r")).unwrap().streams,
+        vec![muted.clone()]
+    );
+    // The same state again changes nothing (ok alone).
+    let (r, out) = a.run(|reg, out| {
+        reg.set_device_state(
+            alice,
+            8,
+            &sid("s1"),
+            TrackKind::Audio,
+            DeviceState::Mute,
+            now,
+            out,
+        )
+    });
+    r.unwrap();
+    assert_eq!(flatten(out).0, vec![(alice, ServerMsg::Ok { seq: 8 })]);
+
+    // A late player on each node hears the state when it starts playing; a late joiner sees it
+    // in the room's stream list.
+    let msgs = a.play(dave, "s1").unwrap();
+    assert_eq!(
+        to(&msgs, dave),
+        vec![
+            ServerMsg::Ok { seq: 4 },
+            ServerMsg::PlayUpdate {
+                stream_id: sid("s1"),
+                available: true
+            },
+            device_msg("s1", TrackKind::Audio, DeviceState::Mute),
+        ]
+    );
+    let (erin, msgs, _) = login_remote(&mut b, "r", "erin", snapshot_of(&a, "r", "A|1"));
+    assert_eq!(login_ok(&msgs, erin).streams, vec![muted]);
+    let (r, out) = b.run(|reg, out| reg.play(erin, 4, &sid("s1"), out));
+    r.unwrap();
+    assert!(
+        flatten(out)
+            .0
+            .contains(&(erin, device_msg("s1", TrackKind::Audio, DeviceState::Mute)))
+    );
+
+    // Unmuting the microphone and muting the camera: each change alone.
+    let (r, out) = a.run(|reg, out| {
+        reg.set_device_state(
+            alice,
+            9,
+            &sid("s1"),
+            TrackKind::Video,
+            DeviceState::Mute,
+            now,
+            out,
+        )
+    });
+    r.unwrap();
+    let seen = relay("A|1", &out, &mut b);
+    assert!(seen.contains(&(bob, device_msg("s1", TrackKind::Video, DeviceState::Mute))));
+    assert!(
+        !seen
+            .iter()
+            .any(|(_, m)| matches!(m, ServerMsg::StreamUpdate { .. })),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn mute_requests_for_streams_not_ones_own_or_too_fast_are_refused_with_codes() {
+    let mut h = H::new();
+    let alice = h.login("r", "alice", false);
+    let bob = h.login("r", "bob", false);
+    h.publish(alice, "s1").unwrap();
+    let now = h.now;
+    // Bob does not publish s1, and nobody publishes s2.
+    for (who, s) in [(bob, "s1"), (alice, "s2")] {
+        let (r, _) = h.run(|reg, out| {
+            reg.set_device_state(who, 1, &sid(s), TrackKind::Audio, DeviceState::Mute, now, out)
+        });
+        assert_eq!(r.unwrap_err().code, ErrorCode::MUTE_NOT_PUBLISHING);
+    }
+    // Muting a stream one does not play.
+    assert_eq!(
+        h.reg.check_mute_play(bob, &sid("s1"), now).unwrap_err().code,
+        ErrorCode::MUTE_NOT_PLAYING
+    );
+    h.play(bob, "s1").unwrap();
+    assert_eq!(h.reg.check_mute_play(bob, &sid("s1"), now), Ok(app_id(APP)));
+    // 20 changes a second (play mutes and device states together); the 21st is refused, and a
+    // second later they are allowed again.
+    for i in 1..MUTE_CHANGES_PER_SECOND {
+        h.reg
+            .check_mute_play(bob, &sid("s1"), now + Duration::from_millis(u64::from(i)))
+            .unwrap();
+    }
+    assert_eq!(
+        h.reg
+            .check_mute_play(bob, &sid("s1"), now + Duration::from_millis(500))
+            .unwrap_err()
+            .code,
+        ErrorCode::MUTE_TOO_FREQUENT
+    );
+    h.reg
+        .check_mute_play(bob, &sid("s1"), now + Duration::from_secs(1))
+        .unwrap();
+    let (r, _) = h.run(|reg, out| {
+        for i in 0..MUTE_CHANGES_PER_SECOND {
+            let state = if i % 2 == 0 {
+                DeviceState::Mute
+            } else {
+                DeviceState::Open
+            };
+            reg.set_device_state(alice, 1, &sid("s1"), TrackKind::Audio, state, now, out)?;
+        }
+        Ok(())
+    });
+    r.unwrap();
+    let (r, _) = h.run(|reg, out| {
+        reg.set_device_state(
+            alice,
+            1,
+            &sid("s1"),
+            TrackKind::Audio,
+            DeviceState::Mute,
+            now,
+            out,
+        )
+    });
+    assert_eq!(r.unwrap_err().code, ErrorCode::MUTE_TOO_FREQUENT);
+}
+
+mod im;

@@ -12,6 +12,8 @@ use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tracing::{debug, info};
 
+use crate::recording::{RecPacket, Sent, Track};
+
 use super::pc::{Link, Pc, Playing, Role, TrackOut};
 use super::types::{bump, queue_transmit};
 use super::{KEYFRAME_REQUEST_INTERVAL, Sfu, StreamKey, red};
@@ -186,9 +188,33 @@ impl Sfu {
         } else {
             None
         };
-        let Some(entry) = streams.get(src_key) else {
+        let Some(entry) = streams.get_mut(src_key) else {
             return;
         };
+        // A copy for the recorder, never waiting for it (`crate::recording`).
+        let mut record_keyframe = None;
+        if let Some(tap) = &entry.record {
+            let copy = RecPacket {
+                track: if kind.is_audio() {
+                    Track::Audio
+                } else {
+                    Track::Video
+                },
+                source,
+                seq,
+                ts: packet.header.timestamp,
+                marker: packet.header.marker,
+                red_primary: red_primary.map(|pt| *pt),
+                payload: packet.payload.clone(),
+                at: packet.timestamp,
+            };
+            if tap.send(copy) == Sent::Closed {
+                entry.record = None;
+            } else if tap.take_keyframe_request() {
+                record_keyframe = Some(src_key.clone());
+            }
+        }
+        let entry = &*entry;
         let ext = ExtensionValues {
             audio_level: packet.header.ext_vals.audio_level,
             voice_activity: packet.header.ext_vals.voice_activity,
@@ -200,6 +226,7 @@ impl Sfu {
         let mut plain: Option<Option<PlainAudio>> = None;
         let ts = packet.header.timestamp;
         let mut forwarded = 0;
+        let mut muted = 0;
         for &pid in &entry.players {
             // Connected players only.
             let Some(Pc {
@@ -215,6 +242,10 @@ impl Sfu {
             let Some(track) = tracks.iter_mut().find(|t| t.kind == kind) else {
                 continue;
             };
+            if track.muted {
+                muted += 1;
+                continue;
+            }
             let mut sent = 0;
             match red_primary {
                 Some(opus_pt) if track.red_pt.is_none() => {
@@ -270,6 +301,12 @@ impl Sfu {
         }
         // Once per packet, not per player: the counters are shared by every shard's thread.
         counters.rtp_forwarded.fetch_add(forwarded, Ordering::Relaxed);
+        if muted > 0 {
+            counters.rtp_muted.fetch_add(muted, Ordering::Relaxed);
+        }
+        if let Some(key) = record_keyframe {
+            self.request_keyframe(now, &key, KeyframeRequestKind::Pli);
+        }
     }
 
     /// Asks the stream's publisher for a keyframe, at most once per

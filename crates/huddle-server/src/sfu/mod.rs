@@ -72,6 +72,9 @@ pub struct Sfu {
     by_addr: HashMap<(Protocol, SocketAddr), usize>,
     by_owner: HashMap<(SessionId, StreamKey, MediaRole), usize>,
     streams: HashMap<StreamKey, StreamEntry>,
+    /// The tracks players muted (`mute_play`), audio and video, by session and stream: applied
+    /// to each new play PC of the stream (a reconnect keeps the mute).
+    play_mutes: HashMap<(SessionId, StreamKey), [bool; 2]>,
     next_epoch: u32,
     /// PC deadlines (str0m timeouts and connect deadlines), earliest first. Entries go stale when
     /// a PC's timeout moves or it closes; they are skipped when popped (see `Pc::scheduled`).
@@ -88,6 +91,8 @@ pub struct Sfu {
     /// Whether [`Sfu::flush`] may take str0m's send fast path (always, but for the benchmark
     /// that measures what it saves: `benches/forward.rs`).
     fast_path: bool,
+    /// Where recorded streams' packets go (`crate::recording`); `None`: nothing is recorded.
+    recorder: Option<Arc<crate::recording::Recorder>>,
 }
 
 impl std::fmt::Debug for Sfu {
@@ -117,6 +122,7 @@ impl Sfu {
             by_addr: HashMap::new(),
             by_owner: HashMap::new(),
             streams: HashMap::new(),
+            play_mutes: HashMap::new(),
             next_epoch: 0,
             timers: BinaryHeap::new(),
             pending_deadlines: BinaryHeap::new(),
@@ -126,7 +132,13 @@ impl Sfu {
             transmits: VecDeque::new(),
             signals: VecDeque::new(),
             fast_path: true,
+            recorder: None,
         }
+    }
+
+    /// Records the streams `recorder` asks for (see [`crate::recording`]).
+    pub fn set_recorder(&mut self, recorder: Arc<crate::recording::Recorder>) {
+        self.recorder = Some(recorder);
     }
 
     /// Turns str0m's send fast path off (or back on), so that `benches/forward.rs` can measure

@@ -5,11 +5,11 @@ use std::cmp::Reverse;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use huddle_proto::{ErrorCode, HuddleError, MediaRole, PeerState, ServerMsg};
+use huddle_proto::{ErrorCode, HuddleError, MediaRole, PeerState, ServerMsg, TrackKind};
 use rand::Rng;
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
-use str0m::media::{MediaKind, Mid, Pt};
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, TcpType};
 use str0m::rtp::{Extension, Ssrc};
 use str0m::{Candidate, Output, Rtc, RtcConfig};
@@ -39,6 +39,8 @@ pub(super) struct TrackOut {
     /// Audio: the player's RED payload type, when it negotiated RED (RFC 2198) for Opus.
     pub(super) red_pt: Option<Pt>,
     pub(super) rewriter: Rewriter,
+    /// The player muted this track (`mute_play`): nothing of it is forwarded.
+    pub(super) muted: bool,
 }
 
 /// One media peer connection.
@@ -109,6 +111,32 @@ pub(super) struct Publishing {
 }
 
 impl Publishing {
+    /// What a publish PC receives once its SDP is negotiated: the media lines of `mids` that it
+    /// receives on, and whether Opus comes in RED. Publisher PCs (offers from clients) and relay
+    /// publisher PCs (answers from the stream's node) are both read this way.
+    pub(super) fn negotiated(rtc: &Rtc, mids: impl IntoIterator<Item = Mid>) -> (Publishing, Kinds) {
+        let mut publishing = Publishing::default();
+        for mid in mids {
+            if let Some(m) = rtc.media(mid)
+                && !m.disabled()
+                && m.direction().is_receiving()
+            {
+                publishing.mids.push((mid, m.kind()));
+            }
+        }
+        publishing.red_in = rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .and_then(|p| Some((p.red()?, p.pt())));
+        let kinds = Kinds {
+            audio: publishing.mids.iter().any(|(_, k)| k.is_audio()),
+            video: publishing.mids.iter().any(|(_, k)| k.is_video()),
+        };
+        (publishing, kinds)
+    }
+
     /// The kind of the media an SSRC of this PC's `rtc` carries.
     pub(super) fn kind_of(&mut self, rtc: &mut Rtc, ssrc: Ssrc) -> Option<MediaKind> {
         if let Some((_, k)) = self.ssrc_kinds.iter().find(|(s, _)| *s == ssrc) {
@@ -162,6 +190,9 @@ pub(super) struct StreamEntry {
     pub(super) players: Vec<usize>,
     pub(super) pending: Vec<Pending>,
     pub(super) last_keyframe_request: Option<Instant>,
+    /// The stream's recording, when it is recorded here (`crate::recording`): the shard hands
+    /// it a copy of each packet without waiting.
+    pub(super) record: Option<crate::recording::Tap>,
 }
 
 impl StreamEntry {
@@ -181,6 +212,13 @@ impl Sfu {
                 app,
                 stream_id,
             } => self.close_play(now, session, &(app, stream_id)),
+            Command::MutePlay {
+                session,
+                app,
+                stream_id,
+                track,
+                mute,
+            } => self.mute_play(now, session, &(app, stream_id), track, mute),
             Command::SessionGone { session } => self.session_gone(now, session),
             Command::PullOffer {
                 session,
@@ -199,6 +237,7 @@ impl Sfu {
                 app,
                 stream_id,
             } => self.pull_broken(now, session, &(app, stream_id)),
+            Command::Record { app, stream_id } => self.attach_recording(now, &(app, stream_id)),
         }
         self.flush(now);
     }
@@ -361,9 +400,71 @@ impl Sfu {
         if let Some(old) = self.by_owner.get(&owner_key).copied() {
             self.close_pc(now, old, None);
         }
+        let mutes = (owner_key.2 == MediaRole::Play)
+            .then(|| self.play_mutes.get(&(owner_key.0, owner_key.1.clone())).copied())
+            .flatten();
         self.by_owner.insert(owner_key, id);
         self.by_ufrag.insert(ufrag, id);
         bump(&self.counters.pcs_opened);
+        // A new play connection of a stream the session muted stays muted.
+        if let Some(mutes) = mutes
+            && let Some(Pc {
+                role: Role::Play(playing),
+                ..
+            }) = self.pc(id)
+        {
+            for t in &mut playing.tracks {
+                t.muted = mutes[usize::from(t.kind.is_video())];
+            }
+        }
+    }
+
+    /// A player stops (`mute`) or resumes receiving one track of a stream: kept for the
+    /// session's play connections of the stream, this one and later ones, until it stops
+    /// playing. Resuming video asks the publisher for a keyframe, where the player's decoder
+    /// starts again.
+    pub(super) fn mute_play(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        key: &StreamKey,
+        track: TrackKind,
+        mute: bool,
+    ) {
+        let video = track == TrackKind::Video;
+        let slot = (session, key.clone());
+        let mut mutes = self.play_mutes.get(&slot).copied().unwrap_or_default();
+        mutes[usize::from(video)] = mute;
+        if mutes == [false, false] {
+            self.play_mutes.remove(&slot);
+        } else {
+            self.play_mutes.insert(slot, mutes);
+        }
+        let Some(id) = self
+            .by_owner
+            .get(&(session, key.clone(), MediaRole::Play))
+            .copied()
+        else {
+            return;
+        };
+        let Some(Pc {
+            role: Role::Play(playing),
+            ..
+        }) = self.pc(id)
+        else {
+            return;
+        };
+        let mut resumed_video = false;
+        for t in playing.tracks.iter_mut().filter(|t| t.kind.is_video() == video) {
+            if t.muted && !mute {
+                t.rewriter.resume();
+                resumed_video |= video;
+            }
+            t.muted = mute;
+        }
+        if resumed_video {
+            self.request_keyframe(now, key, KeyframeRequestKind::Pli);
+        }
     }
 
     pub(super) fn offer_publish(
@@ -374,25 +475,7 @@ impl Sfu {
         sdp: &str,
     ) -> Result<String, HuddleError> {
         let (rtc, answer) = self.build_rtc(now, sdp, MediaRole::Publish)?;
-        let mut publishing = Publishing::default();
-        for mid in mids_of(&answer) {
-            if let Some(m) = rtc.media(mid)
-                && !m.disabled()
-                && m.direction().is_receiving()
-            {
-                publishing.mids.push((mid, m.kind()));
-            }
-        }
-        publishing.red_in = rtc
-            .codec_config()
-            .params()
-            .iter()
-            .find(|p| p.spec().codec == Codec::Opus)
-            .and_then(|p| Some((p.red()?, p.pt())));
-        let kinds = Kinds {
-            audio: publishing.mids.iter().any(|(_, k)| k.is_audio()),
-            video: publishing.mids.iter().any(|(_, k)| k.is_video()),
-        };
+        let (publishing, kinds) = Publishing::negotiated(&rtc, mids_of(&answer));
         let id = self.insert(now, rtc, session, key.clone(), Role::Publish(publishing));
         if !kinds.audio && !kinds.video {
             self.close_pc(now, id, None);
@@ -431,6 +514,7 @@ impl Sfu {
             self.close_pc(now, old, None);
         }
         info!(%session, stream = %key.1, audio = kinds.audio, video = kinds.video, "publish media negotiated");
+        self.attach_recording(now, key);
         // The play offers that waited for this publisher.
         for p in pending {
             if p.deadline < now {
@@ -639,6 +723,7 @@ impl Sfu {
 
     pub(super) fn close_play(&mut self, now: Instant, session: SessionId, key: &StreamKey) {
         self.close_owned(now, session, key, MediaRole::Play);
+        self.play_mutes.remove(&(session, key.clone()));
         if let Some(entry) = self.streams.get_mut(key) {
             entry.pending.retain(|p| p.session != session);
             if entry.is_unused() && entry.publisher_session.is_none() {
@@ -648,6 +733,7 @@ impl Sfu {
     }
 
     pub(super) fn session_gone(&mut self, now: Instant, session: SessionId) {
+        self.play_mutes.retain(|(s, _), _| *s != session);
         let published: Vec<StreamKey> = self
             .streams
             .iter()
@@ -676,6 +762,37 @@ impl Sfu {
         for key in empty {
             self.drop_stream(&key);
         }
+    }
+
+    /// Gives the stream a recording tap when the recorder wants it recorded, its publisher is a
+    /// client of this node (a relay's stream is recorded on the publisher's node) and it has
+    /// no running tap; asks the publisher for a keyframe so that the video starts at once.
+    pub(super) fn attach_recording(&mut self, now: Instant, key: &StreamKey) {
+        let Some(recorder) = self.recorder.clone() else {
+            return;
+        };
+        let Some(entry) = self.streams.get(key) else {
+            return;
+        };
+        let Some(pid) = entry.publisher else { return };
+        if entry.record.as_ref().is_some_and(crate::recording::Tap::is_live) {
+            return;
+        }
+        if self
+            .pcs
+            .get(pid)
+            .and_then(|p| p.as_deref())
+            .is_none_or(|p| p.relay.is_some())
+        {
+            return;
+        }
+        let Some(tap) = recorder.tap(key.0, &key.1) else {
+            return;
+        };
+        if let Some(entry) = self.streams.get_mut(key) {
+            entry.record = Some(tap);
+        }
+        self.request_keyframe(now, key, KeyframeRequestKind::Pli);
     }
 
     /// Removes a stream's entry, reporting it through [`Sfu::poll_released`].
@@ -815,6 +932,7 @@ pub(super) fn add_track(rtc: &mut Rtc, playing: &mut Playing, mid: Mid, kind: Me
         pt,
         red_pt,
         rewriter: Rewriter::new(clock_rate, rng.gen_range(1..0x4000), rng.r#gen()),
+        muted: false,
     });
 }
 

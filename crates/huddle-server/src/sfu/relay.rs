@@ -21,7 +21,6 @@ use std::time::Instant;
 
 use huddle_proto::{MediaRole, ServerMsg};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
-use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Input, RtcConfig};
@@ -29,7 +28,7 @@ use tracing::{debug, info};
 
 use crate::registry::SessionId;
 
-use super::pc::{Kinds, Publishing, Role, setup_failed};
+use super::pc::{Publishing, Role, setup_failed};
 use super::types::bump;
 use super::{Sfu, StreamKey, shard};
 
@@ -150,26 +149,7 @@ impl Sfu {
             );
             return;
         }
-        let mut publishing = Publishing::default();
-        for mid in mids {
-            if let Some(m) = pc.rtc.media(mid)
-                && !m.disabled()
-                && m.direction().is_receiving()
-            {
-                publishing.mids.push((mid, m.kind()));
-            }
-        }
-        publishing.red_in = pc
-            .rtc
-            .codec_config()
-            .params()
-            .iter()
-            .find(|p| p.spec().codec == Codec::Opus)
-            .and_then(|p| Some((p.red()?, p.pt())));
-        let kinds = Kinds {
-            audio: publishing.mids.iter().any(|(_, k)| k.is_audio()),
-            video: publishing.mids.iter().any(|(_, k)| k.is_video()),
-        };
+        let (mut publishing, kinds) = Publishing::negotiated(&pc.rtc, mids);
         publishing.epoch = epoch;
         pc.role = Role::Publish(publishing);
         self.next_epoch = epoch;

@@ -90,6 +90,14 @@ impl Rewriter {
         }
         Some((out_seq, out_ts))
     }
+
+    /// The receiver missed the source's packets for a while on purpose (a play mute): the next
+    /// packet continues the receiver's numbers as a new source would (next sequence number,
+    /// timestamp advanced by the time that passed), so that the receiver sees a pause, not a
+    /// loss to repair, and packets from before the pause are not sent any more.
+    pub fn resume(&mut self) {
+        self.source = None;
+    }
 }
 
 #[cfg(test)]
@@ -142,5 +150,19 @@ mod tests {
         // An immediate switch still advances by one frame.
         let (seq, ts2) = r.map(3, 7, 0, t1).unwrap();
         assert_eq!((seq, ts2), (112, ts + 960 + 960));
+    }
+
+    #[test]
+    fn a_resumed_track_shows_a_pause_not_a_gap() {
+        let t0 = Instant::now();
+        let mut r = Rewriter::new(48_000, 100, 0);
+        assert_eq!(r.map(1, 10, 0, t0), Some((100, 0)));
+        // Source packets 11..=59 are not sent (muted); 1 s later the track resumes.
+        r.resume();
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(r.map(1, 60, 50 * 960, t1), Some((101, 48_000)));
+        assert_eq!(r.map(1, 61, 51 * 960, t1), Some((102, 48_960)));
+        // A retransmission from before the pause is not sent.
+        assert_eq!(r.map(1, 30, 20 * 960, t1), None);
     }
 }

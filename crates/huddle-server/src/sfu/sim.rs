@@ -535,3 +535,101 @@ fn a_pull_offer_holds_its_stream_until_the_link_ends() {
     assert!(!sim.sfu.has_stream(app(), &stream_id));
     assert_eq!(sim.sfu.poll_released(), Some((app(), stream_id)));
 }
+
+/// A player that mutes a track of the stream it plays receives none of it (the packets are not
+/// sent, and counted), and after unmuting gets the stream again as one continuous sequence: a
+/// pause, not a gap to NACK or conceal. The mute holds for a new play connection too.
+#[test]
+fn a_muted_play_track_is_not_sent_and_resumes_without_a_gap() {
+    let mut sim = Sim::new();
+    let (mut publisher, mut player) = sim.publisher_and_player(false);
+    let mute = |mute| Command::MutePlay {
+        session: session(2),
+        app: app(),
+        stream_id: StreamId::new("s").unwrap(),
+        track: huddle_proto::TrackKind::Audio,
+        mute,
+    };
+    let mut i = 0;
+    let mut send = |sim: &mut Sim, publisher: &mut Peer, player: &mut Peer, n: usize| {
+        for _ in 0..n {
+            let now = sim.now;
+            publisher.send(MediaKind::Audio, &payload(i), now);
+            i += 1;
+            sim.run(&mut [&mut *publisher, &mut *player], 20);
+        }
+    };
+    send(&mut sim, &mut publisher, &mut player, 10);
+    assert_eq!(player.got.len(), 10);
+    sim.command(mute(true));
+    send(&mut sim, &mut publisher, &mut player, 50);
+    let c = sim.counters.snapshot();
+    assert_eq!((player.got.len(), c.rtp_forwarded, c.rtp_muted), (10, 10, 50));
+    sim.command(mute(false));
+    send(&mut sim, &mut publisher, &mut player, 10);
+    assert_eq!(player.got.len(), 20);
+    for w in player.got.windows(2) {
+        assert_eq!(
+            *w[1].seq_no,
+            *w[0].seq_no + 1,
+            "a sequence gap the player would NACK"
+        );
+    }
+    // The pause shows in the timestamps: about the 50 frames not sent.
+    let step = player.got[10]
+        .header
+        .timestamp
+        .wrapping_sub(player.got[9].header.timestamp);
+    assert!((50 * 960..=60 * 960).contains(&step), "timestamp step {step}");
+    assert_eq!(&player.got[10].payload[..], &payload(60)[..]);
+
+    // Muted again, the player reconnects with a new offer: the new connection is muted too.
+    sim.command(mute(true));
+    let (mut player2, offer) = Peer::new(sim.now, 10_009, MediaRole::Play, false);
+    sim.negotiate(&mut player2, offer, 2, "s", MediaRole::Play);
+    sim.connect(&mut [&mut publisher, &mut player2]);
+    let before = sim.counters.snapshot().rtp_muted;
+    send(&mut sim, &mut publisher, &mut player2, 5);
+    assert!(player2.got.is_empty());
+    assert_eq!(sim.counters.snapshot().rtp_muted - before, 5);
+    assert!(sim.sfu.check_invariants().is_ok());
+}
+
+/// A player's video mute holds its video back while its audio still flows; unmuting asks the
+/// publisher for a keyframe, where the player's decoder starts again.
+#[test]
+fn an_unmuted_play_video_starts_at_a_requested_keyframe() {
+    let mut sim = Sim::new();
+    let (mut publisher, mut player) = sim.publisher_and_player(true);
+    sim.run(&mut [&mut publisher, &mut player], 1000);
+    let mute = |mute| Command::MutePlay {
+        session: session(2),
+        app: app(),
+        stream_id: StreamId::new("s").unwrap(),
+        track: huddle_proto::TrackKind::Video,
+        mute,
+    };
+    sim.command(mute(true));
+    let (before, requests) = (player.got.len(), publisher.keyframe_requests);
+    for i in 0..10 {
+        let now = sim.now;
+        publisher.send(MediaKind::Video, &payload(i), now);
+        publisher.send(MediaKind::Audio, &payload(100 + i), now);
+        sim.run(&mut [&mut publisher, &mut player], 30);
+    }
+    // The audio came, the video did not.
+    assert_eq!(player.got.len() - before, 10);
+    assert_eq!(sim.counters.snapshot().rtp_muted, 10);
+    sim.command(mute(false));
+    sim.run(&mut [&mut publisher, &mut player], 50);
+    assert_eq!(
+        publisher.keyframe_requests,
+        requests + 1,
+        "unmuting asks for a keyframe"
+    );
+    let before = player.got.len();
+    let now = sim.now;
+    publisher.send(MediaKind::Video, &payload(20), now);
+    sim.run(&mut [&mut publisher, &mut player], 50);
+    assert_eq!(player.got.len() - before, 1, "the video flows again");
+}

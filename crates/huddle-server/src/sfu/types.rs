@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use huddle_proto::{AppId, MediaRole, StreamId};
+use huddle_proto::{AppId, MediaRole, StreamId, TrackKind};
 use str0m::net::Transmit;
 
 use crate::registry::SessionId;
@@ -76,6 +76,20 @@ pub enum Command {
         /// The stream.
         stream_id: StreamId,
     },
+    /// The session stops (`mute`) or resumes receiving one track of a stream it plays
+    /// (`mute_play`): kept for its play PCs of the stream until it stops playing it.
+    MutePlay {
+        /// The session.
+        session: SessionId,
+        /// The app.
+        app: AppId,
+        /// The stream.
+        stream_id: StreamId,
+        /// Audio or video.
+        track: TrackKind,
+        /// Stop (true) or resume (false).
+        mute: bool,
+    },
     /// The session ended (logout, kick, grace expiry): close its PCs, and the play PCs of the
     /// streams it published.
     SessionGone {
@@ -106,6 +120,14 @@ pub enum Command {
         /// The SDP answer.
         sdp: String,
     },
+    /// The stream is to be recorded (server API `StartRecord`): ask the recorder for a tap if
+    /// its publisher's media is here and it has none.
+    Record {
+        /// The app.
+        app: AppId,
+        /// The stream.
+        stream_id: StreamId,
+    },
     /// The link broke: close the relay publisher alone (the players keep their PCs and get
     /// media again from the next link).
     PullBroken {
@@ -126,9 +148,11 @@ impl Command {
             Command::Offer(o) => Some((o.app, &o.stream_id)),
             Command::ClosePublish { app, stream_id }
             | Command::ClosePlay { app, stream_id, .. }
+            | Command::MutePlay { app, stream_id, .. }
             | Command::PullOffer { app, stream_id, .. }
             | Command::PullAnswer { app, stream_id, .. }
-            | Command::PullBroken { app, stream_id, .. } => Some((*app, stream_id)),
+            | Command::PullBroken { app, stream_id, .. }
+            | Command::Record { app, stream_id } => Some((*app, stream_id)),
             Command::SessionGone { .. } => None,
         }
     }
@@ -160,6 +184,7 @@ pub struct Counters {
     pub(super) dropped_invalid: AtomicU64,
     pub(super) rtp_in: AtomicU64,
     pub(super) rtp_forwarded: AtomicU64,
+    pub(super) rtp_muted: AtomicU64,
     pub(super) transmits_dropped: AtomicU64,
     pub(super) keyframe_requests: AtomicU64,
     pub(super) pcs_opened: AtomicU64,
@@ -218,6 +243,7 @@ impl Counters {
             dropped_invalid: g(&self.dropped_invalid),
             rtp_in: g(&self.rtp_in),
             rtp_forwarded: g(&self.rtp_forwarded),
+            rtp_muted: g(&self.rtp_muted),
             transmits_dropped: g(&self.transmits_dropped),
             keyframe_requests: g(&self.keyframe_requests),
             pcs_opened: g(&self.pcs_opened),
@@ -243,6 +269,8 @@ pub struct MediaStats {
     pub rtp_in: u64,
     /// RTP packets written to players (one per player per packet).
     pub rtp_forwarded: u64,
+    /// RTP packets not written to a player because it muted their track (`mute_play`).
+    pub rtp_muted: u64,
     /// Datagrams not sent: the queue to the socket was full, or the socket refused them.
     pub transmits_dropped: u64,
     /// Keyframe requests forwarded to publishers.

@@ -447,7 +447,9 @@ async fn read_rooms(
                             f.resync = true;
                         }
                         f.seq = ev.seq;
-                        if !ev.owner.starts_with(&own) {
+                        // Room extra info is room-wide: every node applies every change in the
+                        // history's order, its own too, so all end with the same last value.
+                        if !ev.owner.starts_with(&own) || matches!(ev.change, RoomChange::RoomExtraInfo(_)) {
                             hub.registry.remote_update(ev.app, &ev.room, &ev.owner, ev.change, &mut out);
                         }
                     }

@@ -37,6 +37,8 @@ pub(super) struct Hub {
     pub(super) pulls: mpsc::Sender<PullOp>,
     /// Turns the registry's room changes into webhook events (apps with webhooks only).
     pub(super) webhooks: Option<crate::webhooks::WebhookTap>,
+    /// Learns which room each stream published here is in, for recording (`crate::recording`).
+    pub(super) recorder: Arc<crate::recording::Recorder>,
 }
 
 /// A followed room's position in its history.
@@ -140,6 +142,17 @@ impl Hub {
                         self.deliver(id, Message::Text(t.clone()));
                     }
                 }
+                Output::BroadcastLossy { to, msg } => {
+                    debug!(
+                        sessions = to.len(),
+                        msg = msg_type(&msg),
+                        "broadcast (best effort)"
+                    );
+                    let t = text(&msg);
+                    for id in to {
+                        self.deliver_lossy(id, Message::Text(t.clone()));
+                    }
+                }
                 Output::Close { session } => {
                     if let Some(h) = self.conns.remove(&session) {
                         close(&h.ctl, Closing::AfterQueue);
@@ -149,6 +162,7 @@ impl Hub {
                     if let Some(tap) = &mut self.webhooks {
                         tap.observe(&cmd);
                     }
+                    self.recorder.observe(&cmd);
                     match cmd {
                         ClusterCommand::Follow {
                             app,
@@ -264,6 +278,17 @@ impl Hub {
         }
     }
 
+    /// Queues `m` for `to` unless its outbound queue is more than half full: then `m` is dropped
+    /// (barrage messages, which may be lost under load; the connection stays).
+    pub(super) fn deliver_lossy(&mut self, to: SessionId, m: Message) {
+        let Some(h) = self.conns.get(&to) else { return };
+        if h.tx.capacity() * 2 < h.tx.max_capacity() {
+            debug!(session = %to, "outbound queue half full: a barrage message is dropped");
+            return;
+        }
+        self.deliver(to, m);
+    }
+
     pub(super) fn deliver(&mut self, to: SessionId, m: Message) {
         let Some(h) = self.conns.get(&to) else { return };
         match h.tx.try_send(m) {
@@ -301,6 +326,13 @@ pub(super) fn msg_type(m: &ServerMsg) -> &'static str {
         ServerMsg::TokenWillExpire { .. } => "token_will_expire",
         ServerMsg::NetworkQuality { .. } => "network_quality",
         ServerMsg::BroadcastMessage { .. } => "broadcast_message",
+        ServerMsg::RemoteDeviceState { .. } => "remote_device_state",
+        ServerMsg::MessageSent { .. } => "message_sent",
+        ServerMsg::BarrageMessage { .. } => "barrage_message",
+        ServerMsg::CustomCommand { .. } => "custom_command",
+        ServerMsg::StreamExtraInfoUpdate { .. } => "stream_extra_info_update",
+        ServerMsg::RoomExtraInfoUpdate { .. } => "room_extra_info_update",
+        ServerMsg::RoomOnlineUserCount { .. } => "room_online_user_count",
     }
 }
 
@@ -325,5 +357,57 @@ pub(super) async fn deliver_signals(state: ServerState, mut rx: mpsc::Receiver<S
         for (to, m) in encoded.drain(..) {
             hub.deliver(to, m);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{Limits, Registry};
+
+    fn hub() -> Hub {
+        Hub {
+            registry: Registry::new(Limits::default()),
+            conns: HashMap::new(),
+            media: None,
+            store: mpsc::channel(4).0,
+            follows: HashMap::new(),
+            follows_changed: Arc::new(Notify::new()),
+            pulls: mpsc::channel(4).0,
+            webhooks: None,
+            recorder: Arc::new(crate::recording::Recorder::new(std::env::temp_dir(), None, [])),
+        }
+    }
+
+    /// A barrage message is dropped for a session whose queue is more than half full; a
+    /// reliable message is still queued, and the connection stays.
+    #[test]
+    fn barrage_messages_are_dropped_for_a_congested_session_only() {
+        let mut h = hub();
+        let (tx, mut rx) = mpsc::channel(4);
+        let id = SessionId::from_raw(7);
+        let ctl = Arc::new(watch::channel(Closing::Open).0);
+        h.conns.insert(
+            id,
+            ConnHandle {
+                epoch: 1,
+                tx,
+                ctl: ctl.clone(),
+            },
+        );
+        let m = |s: &str| Message::Text(Utf8Bytes::from(s.to_string()));
+        h.deliver_lossy(id, m("b1"));
+        h.deliver_lossy(id, m("b2"));
+        // Two of four queued: half full, still taken; three: more than half, dropped.
+        h.deliver_lossy(id, m("b3"));
+        h.deliver_lossy(id, m("b4"));
+        h.deliver(id, m("reliable"));
+        let mut got = Vec::new();
+        while let Ok(Message::Text(t)) = rx.try_recv() {
+            got.push(t.as_str().to_string());
+        }
+        assert_eq!(got, ["b1", "b2", "b3", "reliable"]);
+        assert_eq!(*ctl.borrow(), Closing::Open);
+        assert!(h.conns.contains_key(&id));
     }
 }

@@ -128,6 +128,8 @@ struct Shared {
     api: crate::api::ApiState,
     /// The webhook logs and deliverers, when an app has a webhook (`crate::webhooks`).
     webhooks: Option<Arc<crate::webhooks::Webhooks>>,
+    /// Recording (`crate::recording`): tasks, taps handed to the shards, writer threads.
+    recorder: Arc<crate::recording::Recorder>,
 }
 
 impl ServerState {
@@ -143,6 +145,14 @@ impl ServerState {
         };
         let registry = Registry::new(Limits::from(&config));
         let webhooks = crate::webhooks::Webhooks::open(&config.data_dir, &config.apps)?.map(Arc::new);
+        let recorder = Arc::new(crate::recording::Recorder::new(
+            config
+                .record_dir
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("recordings")),
+            webhooks.as_ref().map(|w| w.sender()),
+            config.apps.iter().filter(|a| a.auto_record).map(|a| a.app_id),
+        ));
         let (store_tx, store_rx) = tokio::sync::mpsc::channel(cluster::STORE_QUEUE);
         let (pull_tx, pull_rx) = tokio::sync::mpsc::channel(relay::PULL_QUEUE);
         let store = OnceLock::new();
@@ -162,6 +172,7 @@ impl ServerState {
                 follows_changed: Arc::new(Notify::new()),
                 pulls: pull_tx,
                 webhooks: webhooks.as_ref().map(|w| w.tap()),
+                recorder: recorder.clone(),
             }),
             store,
             store_tx,
@@ -191,6 +202,7 @@ impl ServerState {
             pull_rx: Mutex::new(Some(pull_rx)),
             api: crate::api::ApiState::new(),
             webhooks,
+            recorder,
         })))
     }
 
@@ -252,6 +264,7 @@ impl ServerState {
             socket,
             tcp,
             self.0.counters.clone(),
+            self.0.recorder.clone(),
         )?;
         // Ends by itself once the media threads are gone (every sender dropped).
         tokio::spawn(hub::deliver_signals(self.clone(), signal_rx).in_current_span());
@@ -309,6 +322,22 @@ impl ServerState {
     /// The server API's state.
     pub(crate) fn api(&self) -> &crate::api::ApiState {
         &self.0.api
+    }
+
+    /// The recorder.
+    pub(crate) fn recorder(&self) -> &Arc<crate::recording::Recorder> {
+        &self.0.recorder
+    }
+
+    /// Tells the media plane that these streams are to be recorded (`StartRecord`): each shard
+    /// that has one asks the recorder for a tap.
+    pub(crate) fn record_streams(&self, app: huddle_proto::AppId, streams: Vec<huddle_proto::StreamId>) {
+        let hub = self.0.hub.lock();
+        if let Some(media) = &hub.media {
+            for stream_id in streams {
+                media.send(crate::sfu::Command::Record { app, stream_id });
+            }
+        }
     }
 
     /// The webhooks, when an app has one.

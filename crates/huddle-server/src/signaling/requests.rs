@@ -6,7 +6,7 @@ use tracing::{debug, info};
 use super::cluster::{StoreOp, release};
 use super::conn::Conn;
 use super::hub::{Closing, ConnHandle, Hub, close, random_hex, unix_ms, unix_secs};
-use crate::registry::PublishCheck;
+use crate::registry::{Clock, MessageKind, PublishCheck};
 use crate::registry::{Output, SessionId};
 use crate::sfu::{Command, Offer};
 
@@ -131,6 +131,77 @@ impl Conn {
                     &mut out,
                 ),
             ),
+            ClientMsg::SetDeviceState {
+                seq,
+                stream_id,
+                track,
+                state,
+            } => (
+                *seq,
+                reg.set_device_state(
+                    id,
+                    *seq,
+                    stream_id,
+                    *track,
+                    *state,
+                    std::time::Instant::now(),
+                    &mut out,
+                ),
+            ),
+            ClientMsg::MutePlay {
+                seq,
+                stream_id,
+                track,
+                mute,
+            } => {
+                let r = reg
+                    .check_mute_play(id, stream_id, std::time::Instant::now())
+                    .map(|app| {
+                        // The media plane keeps the mute for the session's play connections of the
+                        // stream, this one and the next (a dropped command is not possible here:
+                        // only offers are refused when the plane is busy).
+                        hub.media_command(Command::MutePlay {
+                            session: id,
+                            app,
+                            stream_id: stream_id.clone(),
+                            track: *track,
+                            mute: *mute,
+                        });
+                        out.push(Output::Send {
+                            to: id,
+                            msg: ServerMsg::Ok { seq: *seq },
+                        });
+                    });
+                (*seq, r)
+            }
+            ClientMsg::SendBroadcastMessage { seq, message } => (
+                *seq,
+                reg.send_message(id, *seq, MessageKind::Broadcast, message, Clock::now(), &mut out),
+            ),
+            ClientMsg::SendBarrageMessage { seq, message } => (
+                *seq,
+                reg.send_message(id, *seq, MessageKind::Barrage, message, Clock::now(), &mut out),
+            ),
+            ClientMsg::SendCustomCommand {
+                seq,
+                command,
+                to_users,
+            } => (
+                *seq,
+                reg.send_custom_command(id, *seq, command, to_users, Clock::now(), &mut out),
+            ),
+            ClientMsg::SetStreamExtraInfo {
+                seq,
+                stream_id,
+                extra_info,
+            } => (
+                *seq,
+                reg.set_stream_extra_info(id, *seq, stream_id, extra_info, &mut out),
+            ),
+            ClientMsg::SetRoomExtraInfo { seq, key, value } => (
+                *seq,
+                reg.set_room_extra_info(id, *seq, key, value, Clock::now(), &mut out),
+            ),
             ClientMsg::Ping { seq } => {
                 drop(hub);
                 self.send(&ServerMsg::Pong {
@@ -227,6 +298,9 @@ impl Conn {
                     // A resume from a new connection: the old one is half-open.
                     close(&old.ctl, Closing::Now(None));
                 }
+                // The room's online user count now, then on the room's 30 s timer.
+                hub.registry
+                    .online_count_after_login(att.session, std::time::Instant::now(), &mut out);
                 hub.dispatch(out);
                 drop(hub);
                 // The login (or resume) armed the session's token timer.

@@ -81,12 +81,16 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 ";
 
-/// KEYS: users or streams hash, history, sequence, this node's lease. ARGV: owner, epoch, field,
-/// `add` or `del`, value (JSON, for `add`), event kind, history length, key lifetime (ms).
+/// KEYS: users, streams or extra hash, history, sequence, this node's lease. ARGV: owner, epoch,
+/// field, `add` (owned entry), `set` (room-wide entry), `log` (history only) or `del`, value
+/// (JSON), event kind, history length, key lifetime (ms).
 const ROOM_CHANGE: &str = r"
 if redis.call('GET', KEYS[4]) ~= ARGV[2] then return -1 end
 if ARGV[4] == 'add' then
   redis.call('HSET', KEYS[1], ARGV[3], ARGV[1] .. '|' .. ARGV[5])
+elseif ARGV[4] == 'set' then
+  redis.call('HSET', KEYS[1], ARGV[3], ARGV[5])
+elseif ARGV[4] == 'log' then
 else
   local cur = redis.call('HGET', KEYS[1], ARGV[3])
   if not cur or string.sub(cur, 1, #ARGV[1] + 1) ~= ARGV[1] .. '|' then return 0 end
@@ -99,8 +103,9 @@ for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[8]) end
 return 1
 ";
 
-/// KEYS: users hash, streams hash, history, sequence. ARGV: the asking node's owner, the lease
-/// key prefix. Returns the history's last ID, the sequence, and the live entries of others.
+/// KEYS: users hash, streams hash, history, sequence, extra hash. ARGV: the asking node's owner,
+/// the lease key prefix. Returns the history's last ID, the sequence, the live entries of
+/// others, and the room's extra info.
 const SNAPSHOT: &str = r"
 local function live(h)
   local out = {}
@@ -119,11 +124,11 @@ local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
 local id = '0-0'
 if #last > 0 then id = last[1][1] end
 local seq = redis.call('GET', KEYS[4]) or '0'
-return {id, seq, live(KEYS[1]), live(KEYS[2])}
+return {id, seq, live(KEYS[1]), live(KEYS[2]), redis.call('HVALS', KEYS[5])}
 ";
 
-/// KEYS: users hash, streams hash, history, sequence. ARGV: the lease key prefix, history
-/// length, key lifetime (ms). Deletes the entries whose owner's lease has ended.
+/// KEYS: users hash, streams hash, history, sequence, extra hash. ARGV: the lease key prefix,
+/// history length, key lifetime (ms). Deletes the entries whose owner's lease has ended.
 const REAP: &str = r"
 local n = 0
 for _, h in ipairs({2, 1}) do
@@ -142,7 +147,7 @@ for _, h in ipairs({2, 1}) do
     end
   end
 end
-for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
+for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
 return n
 ";
 
@@ -159,8 +164,8 @@ const READ_COUNT: usize = 256;
 /// The key that marks the store as settling after it lost its data.
 const SETTLE_KEY: &str = "huddle:settle";
 
-/// The key prefix of a room: `huddle:room:{app}:{room}`, then `:users`, `:streams`, `:log`,
-/// `:seq`.
+/// The key prefix of a room: `huddle:room:{app}:{room}`, then `:users`, `:streams`, `:extra`,
+/// `:log`, `:seq`.
 fn room_key(app: AppId, room: &RoomId, part: &str) -> String {
     format!("huddle:room:{app}:{room}:{part}")
 }
@@ -462,6 +467,9 @@ impl Store for RedisStore {
                 RoomChange::UserDelete(id) => ("users", id.to_string(), "del", String::new(), "ud"),
                 RoomChange::StreamAdd(s) => ("streams", s.stream_id.to_string(), "add", json(s)?, "sa"),
                 RoomChange::StreamDelete(id) => ("streams", id.to_string(), "del", String::new(), "sd"),
+                RoomChange::Message(m) => ("users", String::new(), "log", json(m)?, "m"),
+                RoomChange::StreamExtraInfo(s) => ("streams", s.stream_id.to_string(), "add", json(s)?, "sx"),
+                RoomChange::RoomExtraInfo(i) => ("extra", i.key.clone(), "set", json(i)?, "rx"),
             };
             let epoch = self.epoch();
             let mut con = self.con.clone();
@@ -493,13 +501,15 @@ impl Store for RedisStore {
     fn room_snapshot<'a>(&'a self, app: AppId, room: &'a RoomId) -> StoreFuture<'a, RemoteRoom> {
         Box::pin(async move {
             let mut con = self.con.clone();
-            let (cursor, seq, users, streams): (String, String, Vec<String>, Vec<String>) = self
+            type Reply = (String, String, Vec<String>, Vec<String>, Vec<String>);
+            let (cursor, seq, users, streams, extra): Reply = self
                 .scripts
                 .snapshot
                 .key(room_key(app, room, "users"))
                 .key(room_key(app, room, "streams"))
                 .key(room_key(app, room, "log"))
                 .key(room_key(app, room, "seq"))
+                .key(room_key(app, room, "extra"))
                 .arg(self.owner())
                 .arg("huddle:node:")
                 .invoke_async(&mut con)
@@ -510,6 +520,10 @@ impl Store for RedisStore {
                 seq: seq.parse().unwrap_or(0),
                 users: users.iter().filter_map(|v| entry(v)).collect(),
                 streams: streams.iter().filter_map(|v| entry(v)).collect(),
+                extra: extra
+                    .iter()
+                    .filter_map(|v| serde_json::from_str(v).ok())
+                    .collect(),
             })
         })
     }
@@ -562,6 +576,7 @@ impl Store for RedisStore {
                     .key(room_key(*app, room, "streams"))
                     .key(room_key(*app, room, "log"))
                     .key(room_key(*app, room, "seq"))
+                    .key(room_key(*app, room, "extra"))
                     .arg("huddle:node:")
                     .arg(HISTORY)
                     .arg(ms(self.room_lifetime()))
@@ -610,6 +625,9 @@ fn event(room: &RoomCursor, id: String, f: &HashMap<String, String>) -> Option<R
         "ud" => RoomChange::UserDelete(UserId::new(field).ok()?),
         "sa" => RoomChange::StreamAdd(serde_json::from_str(f.get("data")?).ok()?),
         "sd" => RoomChange::StreamDelete(StreamId::new(field).ok()?),
+        "m" => RoomChange::Message(serde_json::from_str(f.get("data")?).ok()?),
+        "sx" => RoomChange::StreamExtraInfo(serde_json::from_str(f.get("data")?).ok()?),
+        "rx" => RoomChange::RoomExtraInfo(serde_json::from_str(f.get("data")?).ok()?),
         _ => return None,
     };
     Some(RoomEvent {

@@ -133,7 +133,19 @@ impl Client {
         self.seq
     }
 
+    /// The next message but the room's online user count (after every login, then every
+    /// 30 s), which [`Client::recv_any`] returns too.
     pub async fn recv(&mut self) -> ServerMsg {
+        loop {
+            let m = self.recv_any().await;
+            if !matches!(m, ServerMsg::RoomOnlineUserCount { .. }) {
+                return m;
+            }
+        }
+    }
+
+    /// The next message.
+    pub async fn recv_any(&mut self) -> ServerMsg {
         loop {
             let item = tokio::time::timeout(WAIT, self.ws.next())
                 .await
@@ -155,6 +167,7 @@ impl Client {
             let m = self.recv().await;
             match &m {
                 ServerMsg::Ok { seq: s }
+                | ServerMsg::MessageSent { seq: s, .. }
                 | ServerMsg::LoginOk(LoginOk { seq: s, .. })
                 | ServerMsg::MediaAnswer { seq: s, .. }
                 | ServerMsg::Error { seq: Some(s), .. }

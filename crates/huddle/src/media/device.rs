@@ -1,5 +1,6 @@
-//! The microphone and the speaker (the `device` feature): cpal's default input and output
-//! devices, converted to and from Huddle's 48 kHz mono `i16`.
+//! The microphone and the speaker (the `device` feature): cpal's input and output devices (the
+//! system's default, or one chosen by ID or name), converted to and from Huddle's 48 kHz mono
+//! `i16`; and the list of devices ([`audio_device_list`]).
 //!
 //! Each open device is owned by a thread of its own, which builds the cpal stream, starts it and
 //! holds it until the handle is dropped (cpal streams are not `Send` on every platform). Between
@@ -133,6 +134,113 @@ impl Linear {
     }
 }
 
+/// Which side of the audio a device is on, as in
+/// [`audio_device_list`] and [`Engine::use_audio_device`](crate::Engine::use_audio_device).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[doc(alias = "ZegoAudioDeviceType")]
+pub enum AudioDeviceType {
+    /// A microphone (capture).
+    Input,
+    /// A speaker (playout).
+    Output,
+}
+
+impl AudioDeviceType {
+    fn what(self) -> &'static str {
+        match self {
+            AudioDeviceType::Input => "microphone",
+            AudioDeviceType::Output => "speaker",
+        }
+    }
+}
+
+/// An audio device the system offers ([`audio_device_list`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+#[doc(alias = "ZegoDeviceInfo")]
+pub struct DeviceInfo {
+    /// What identifies the device to the audio system, stable across runs (on Linux the ALSA
+    /// name, as `alsa:hw:CARD=PCH,DEV=0`); give it to
+    /// [`Engine::use_audio_device`](crate::Engine::use_audio_device).
+    pub device_id: String,
+    /// Its name for people (the ID again when the system gives none).
+    pub device_name: String,
+}
+
+/// The microphones ([`AudioDeviceType::Input`]) or speakers ([`AudioDeviceType::Output`]) the
+/// system offers, for [`Engine::use_audio_device`](crate::Engine::use_audio_device).
+///
+/// It needs no engine (unlike ZEGO's `getAudioDeviceList`, a method there), so that a program
+/// can offer the choice before it creates one. Listing opens no device; on Linux it asks ALSA
+/// for its PCM names, which may include virtual devices (`null`, `default`) on a machine
+/// without a sound card: [`Engine::set_audio_source`](crate::Engine::set_audio_source) with
+/// [`AudioSource::Microphone`](crate::AudioSource::Microphone) is what proves that a device
+/// works.
+///
+/// ```
+/// use huddle::{AudioDeviceType, ErrorCode, audio_device_list};
+///
+/// match audio_device_list(AudioDeviceType::Input) {
+///     Ok(mics) => {
+///         for mic in mics {
+///             println!("{}: {}", mic.device_id, mic.device_name);
+///         }
+///     }
+///     // A build without the `device` feature, or no audio system at all.
+///     Err(e) => assert_eq!(e.code, ErrorCode::DEVICE_UNAVAILABLE),
+/// }
+/// ```
+///
+/// Errors: 1009020 (`DEVICE_UNAVAILABLE`) in a build without the `device` feature or when the
+/// audio system cannot be asked.
+#[doc(alias = "getAudioDeviceList")]
+pub fn audio_device_list(device_type: AudioDeviceType) -> Result<Vec<DeviceInfo>, HuddleError> {
+    #[cfg(feature = "device")]
+    {
+        cpal_impl::list(device_type)
+    }
+    #[cfg(not(feature = "device"))]
+    {
+        Err(unavailable(device_type.what(), NO_FEATURE))
+    }
+}
+
+/// Why a build without the `device` feature cannot open or list devices.
+#[cfg(not(feature = "device"))]
+const NO_FEATURE: &str = "this build of the SDK has no device support (cargo feature `device`)";
+
+/// The device `wanted` names among `devices` (its ID, its ID without the host prefix, or else
+/// its name); 1009084 when none.
+pub(crate) fn find<'a>(
+    device_type: AudioDeviceType,
+    devices: &'a [DeviceInfo],
+    wanted: &str,
+) -> Result<&'a DeviceInfo, HuddleError> {
+    devices
+        .iter()
+        .find(|d| d.device_id == wanted)
+        .or_else(|| {
+            // The ID without its host (`hw:0` for `alsa:hw:0`), as the audio system names it.
+            devices
+                .iter()
+                .find(|d| d.device_id.split_once(':').is_some_and(|(_, id)| id == wanted))
+        })
+        .or_else(|| devices.iter().find(|d| d.device_name == wanted))
+        .ok_or_else(|| {
+            let what = device_type.what();
+            let known = if devices.is_empty() {
+                format!("the system offers no {what}")
+            } else {
+                let ids: Vec<&str> = devices.iter().map(|d| d.device_id.as_str()).collect();
+                format!("the {what}s: {}", ids.join(", "))
+            };
+            HuddleError::new(
+                ErrorCode::DEVICE_NOT_FOUND,
+                format!("no {what} has the ID or name {wanted:?} ({known})"),
+            )
+        })
+}
+
 /// The error for a device that cannot be opened.
 pub(crate) fn unavailable(what: &str, why: impl std::fmt::Display) -> HuddleError {
     HuddleError::new(
@@ -159,21 +267,15 @@ pub(crate) struct Speaker {
 
 #[cfg(not(feature = "device"))]
 impl Microphone {
-    pub(crate) fn open() -> Result<Microphone, HuddleError> {
-        Err(unavailable(
-            "microphone",
-            "this build of the SDK has no device support (cargo feature `device`)",
-        ))
+    pub(crate) fn open(_device: Option<&str>) -> Result<Microphone, HuddleError> {
+        Err(unavailable("microphone", NO_FEATURE))
     }
 }
 
 #[cfg(not(feature = "device"))]
 impl Speaker {
-    pub(crate) fn open() -> Result<Speaker, HuddleError> {
-        Err(unavailable(
-            "speaker",
-            "this build of the SDK has no device support (cargo feature `device`)",
-        ))
+    pub(crate) fn open(_device: Option<&str>) -> Result<Speaker, HuddleError> {
+        Err(unavailable("speaker", NO_FEATURE))
     }
 }
 
@@ -211,31 +313,52 @@ mod cpal_impl {
     use cpal::{FromSample, Sample, SampleFormat, SizedSample, StreamConfig};
     use tracing::warn;
 
-    #[derive(Clone, Copy, PartialEq)]
-    pub(super) enum Dir {
-        Input,
-        Output,
-    }
+    use AudioDeviceType as Dir;
 
-    impl Dir {
-        fn what(self) -> &'static str {
-            match self {
-                Dir::Input => "microphone",
-                Dir::Output => "speaker",
-            }
+    /// The devices of `dir` the default host offers.
+    pub(super) fn list(dir: Dir) -> Result<Vec<DeviceInfo>, HuddleError> {
+        let what = dir.what();
+        let host = cpal::default_host();
+        let devices: Vec<cpal::Device> = match dir {
+            Dir::Input => host.input_devices().map(|d| d.collect()),
+            Dir::Output => host.output_devices().map(|d| d.collect()),
         }
+        .map_err(|e| {
+            unavailable(
+                what,
+                format!("cannot list the devices (audio host {:?}): {e}", host.id()),
+            )
+        })?;
+        Ok(devices
+            .iter()
+            .filter_map(|d| {
+                let device_id = d.id().ok()?.to_string();
+                let device_name = d
+                    .description()
+                    .map(|desc| desc.name().to_string())
+                    .unwrap_or_else(|_| device_id.clone());
+                Some(DeviceInfo {
+                    device_id,
+                    device_name,
+                })
+            })
+            .collect())
     }
 
-    /// Opens the default device of `dir` on a thread of its own; returns once the stream plays
-    /// (or failed to).
-    pub(super) fn spawn(dir: Dir, ring: Arc<Ring>) -> Result<DeviceThread, HuddleError> {
+    /// Opens the device of `dir` that `wanted` names (the default without one) on a thread of
+    /// its own; returns once the stream plays (or failed to).
+    pub(super) fn spawn(
+        dir: Dir,
+        wanted: Option<String>,
+        ring: Arc<Ring>,
+    ) -> Result<DeviceThread, HuddleError> {
         let what = dir.what();
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<String, HuddleError>>(1);
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(format!("huddle-{what}"))
             .spawn(move || {
-                let stream = match open_stream(dir, ring) {
+                let stream = match open_stream(dir, wanted.as_deref(), ring) {
                     Ok((stream, name)) => {
                         let _ = ready_tx.send(Ok(name));
                         stream
@@ -275,14 +398,60 @@ mod cpal_impl {
         }
     }
 
-    fn open_stream(dir: Dir, ring: Arc<Ring>) -> Result<(cpal::Stream, String), HuddleError> {
+    /// Opens the stream; a failure says so when the machine has no sound card at all.
+    fn open_stream(
+        dir: Dir,
+        wanted: Option<&str>,
+        ring: Arc<Ring>,
+    ) -> Result<(cpal::Stream, String), HuddleError> {
+        open_stream_inner(dir, wanted, ring).map_err(|mut e| {
+            if e.code == ErrorCode::DEVICE_UNAVAILABLE
+                && let Some(hint) = no_sound_card()
+            {
+                e.message.push_str(hint);
+            }
+            e
+        })
+    }
+
+    /// A note for errors when Linux lists no sound card (`/proc/asound/cards`).
+    fn no_sound_card() -> Option<&'static str> {
+        if !cfg!(target_os = "linux") {
+            return None;
+        }
+        let cards = std::fs::read_to_string("/proc/asound/cards").unwrap_or_default();
+        let none = cards.trim().is_empty() || cards.contains("no soundcards");
+        none.then_some(" (this machine has no sound card: /proc/asound/cards lists none)")
+    }
+
+    fn open_stream_inner(
+        dir: Dir,
+        wanted: Option<&str>,
+        ring: Arc<Ring>,
+    ) -> Result<(cpal::Stream, String), HuddleError> {
         let what = dir.what();
         let host = cpal::default_host();
-        let device = match dir {
-            Dir::Input => host.default_input_device(),
-            Dir::Output => host.default_output_device(),
-        }
-        .ok_or_else(|| unavailable(what, format!("no default {what} (audio host {:?})", host.id())))?;
+        let device = match wanted {
+            Some(wanted) => {
+                let listed = list(dir)?;
+                let id = find(dir, &listed, wanted)?
+                    .device_id
+                    .parse::<cpal::DeviceId>()
+                    .map_err(|e| {
+                        unavailable(
+                            what,
+                            format!("{wanted:?}: the audio system does not take its ID back: {e}"),
+                        )
+                    })?;
+                host.device_by_id(&id)
+                    .ok_or_else(|| unavailable(what, format!("{wanted:?} went away while opening it")))?
+            }
+            None => match dir {
+                Dir::Input => host.default_input_device(),
+                Dir::Output => host.default_output_device(),
+            }
+            .ok_or_else(|| unavailable(what, format!("no default {what} (audio host {:?})", host.id())))?,
+        };
         let name = device
             .description()
             .map(|d| d.to_string())
@@ -381,21 +550,22 @@ mod cpal_impl {
 
 #[cfg(feature = "device")]
 impl Microphone {
-    /// Opens the default microphone and starts capturing (errors: 1009020).
-    pub(crate) fn open() -> Result<Microphone, HuddleError> {
+    /// Opens the microphone `device` names (its ID or name; the default without one) and
+    /// starts capturing (errors: 1009020, 1009084 for no such device).
+    pub(crate) fn open(device: Option<&str>) -> Result<Microphone, HuddleError> {
         let ring = Ring::new(CAPTURE_RING);
-        let owner = cpal_impl::spawn(cpal_impl::Dir::Input, ring.clone())?;
+        let owner = cpal_impl::spawn(AudioDeviceType::Input, device.map(str::to_string), ring.clone())?;
         Ok(Microphone { ring, owner })
     }
 }
 
 #[cfg(feature = "device")]
 impl Speaker {
-    /// Opens the default speaker and starts playing (silence until frames come; errors:
-    /// 1009020).
-    pub(crate) fn open() -> Result<Speaker, HuddleError> {
+    /// Opens the speaker `device` names (its ID or name; the default without one) and starts
+    /// playing (silence until frames come; errors: 1009020, 1009084 for no such device).
+    pub(crate) fn open(device: Option<&str>) -> Result<Speaker, HuddleError> {
         let ring = Ring::new(PLAYOUT_RING);
-        let owner = cpal_impl::spawn(cpal_impl::Dir::Output, ring.clone())?;
+        let owner = cpal_impl::spawn(AudioDeviceType::Output, device.map(str::to_string), ring.clone())?;
         Ok(Speaker { ring, _owner: owner })
     }
 }
@@ -403,6 +573,78 @@ impl Speaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn devices_are_found_by_id_then_name() {
+        let d = |id: &str, name: &str| DeviceInfo {
+            device_id: id.into(),
+            device_name: name.into(),
+        };
+        let list = [
+            d("alsa:hw:0", "USB mic"),
+            d("alsa:null", "alsa:hw:0"),
+            d("alsa:x", "USB mic"),
+        ];
+        let t = AudioDeviceType::Input;
+        assert_eq!(
+            find(t, &list, "alsa:hw:0").unwrap(),
+            &list[0],
+            "an ID before a name"
+        );
+        assert_eq!(
+            find(t, &list, "null").unwrap(),
+            &list[1],
+            "the ID without its host"
+        );
+        assert_eq!(
+            find(t, &list, "USB mic").unwrap(),
+            &list[0],
+            "the first of a name"
+        );
+        let e = find(t, &list, "usb mic").unwrap_err();
+        assert_eq!(e.code, ErrorCode::DEVICE_NOT_FOUND);
+        assert!(e.message.contains("alsa:null"), "{}", e.message);
+        let e = find(AudioDeviceType::Output, &[], "x").unwrap_err();
+        assert_eq!(e.code, ErrorCode::DEVICE_NOT_FOUND);
+        assert!(e.message.contains("offers no speaker"), "{}", e.message);
+    }
+
+    /// The engine's device choice: without the feature nothing can be listed or chosen
+    /// (1009020); with it, an unlisted device is refused (1009084) and the choice is kept for
+    /// the microphone source. An empty ID (the default) is always taken.
+    #[test]
+    fn the_engine_chooses_listed_devices_only() {
+        let engine = crate::Engine::create(crate::EngineProfile::new(1, "ws://127.0.0.1:9")).unwrap();
+        assert_eq!(engine.use_audio_device(AudioDeviceType::Input, ""), Ok(()));
+        assert_eq!(engine.use_audio_device(AudioDeviceType::Output, ""), Ok(()));
+        let listed = audio_device_list(AudioDeviceType::Input);
+        let refused = engine
+            .use_audio_device(AudioDeviceType::Input, "no-such-device")
+            .unwrap_err();
+        if cfg!(feature = "device") {
+            let listed = listed.expect("ALSA answers even without a sound card");
+            assert_eq!(refused.code, ErrorCode::DEVICE_NOT_FOUND, "{}", refused.message);
+            if let Some(first) = listed.first() {
+                engine
+                    .use_audio_device(AudioDeviceType::Input, &first.device_id)
+                    .unwrap();
+                let chosen = engine.handle().shared_input_device();
+                assert_eq!(chosen.as_deref(), Some(first.device_id.as_str()));
+            }
+        } else {
+            for e in [listed.unwrap_err(), refused] {
+                assert_eq!(e.code, ErrorCode::DEVICE_UNAVAILABLE);
+                assert!(e.message.contains("feature `device`"), "{}", e.message);
+            }
+            let e = engine
+                .set_audio_source(crate::AudioSource::Microphone)
+                .unwrap_err();
+            assert_eq!(e.code, ErrorCode::DEVICE_UNAVAILABLE);
+            let e = engine.set_audio_sink(crate::AudioSink::Speaker).unwrap_err();
+            assert_eq!(e.code, ErrorCode::DEVICE_UNAVAILABLE);
+        }
+        engine.destroy();
+    }
 
     #[test]
     fn ring_is_bounded_and_pads_with_silence() {

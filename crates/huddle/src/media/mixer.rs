@@ -9,12 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use huddle_media::{AudioFrame, AudioPlayer, FRAME_DURATION, FRAME_SAMPLES, JitterConfig, mix};
-use tokio::sync::oneshot;
+use huddle_proto::StreamId;
+use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use super::MediaShared;
 use super::MediaUpdate;
 use super::Reporter;
+use crate::event::Event;
 
 /// The receive side of one played stream's audio: filled by its player task, drained by the
 /// mixer. The jitter buffer, decoding and time-stretching are `huddle_media::AudioPlayer`.
@@ -103,7 +105,15 @@ impl Mixer {
 }
 
 /// Runs until `stop` fires (or its sender is dropped); then completes the sink.
-pub(crate) async fn run(mixer: Arc<Mixer>, media: Arc<MediaShared>, mut stop: oneshot::Receiver<()>) {
+/// The sound-level events go to `events` (the engine task, which delivers them as it delivers
+/// every event) without waiting: a report that finds that queue full is dropped (the next one
+/// follows at the interval).
+pub(crate) async fn run(
+    mixer: Arc<Mixer>,
+    media: Arc<MediaShared>,
+    events: mpsc::Sender<Event>,
+    mut stop: oneshot::Receiver<()>,
+) {
     let start = Instant::now();
     let mut n: u32 = 0;
     let mut timestamp: u32 = 0;
@@ -144,14 +154,37 @@ pub(crate) async fn run(mixer: Arc<Mixer>, media: Arc<MediaShared>, mut stop: on
                 }
             }
         }
-        let frames: Vec<AudioFrame> = players
+        // Inline, not `off_runtime`: the mixer is the playback's clock, and its work per tick
+        // (one Opus decode and a time-stretch per stream, a buffered sink write) is tens of
+        // microseconds, less than handing the worker's other tasks to another thread each
+        // 20 ms would cost; on a loaded machine that handoff made ticks late.
+        let frames: Vec<(StreamId, Option<AudioFrame>)> = players
             .iter()
-            .filter_map(|p| p.lock().unwrap_or_else(|e| e.into_inner()).tick(due))
+            .map(|p| {
+                let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+                let stream_id = p.reporter.template.stream_id.clone();
+                // A stream the app muted is not pulled: nothing of it is heard (its level is
+                // 0), and its player counts no concealment for the packets the server does not
+                // send meanwhile.
+                if media.play_audio_muted(&stream_id) {
+                    return (stream_id, None);
+                }
+                let frame = p.tick(due);
+                (stream_id, frame)
+            })
             .collect();
+        if media.levels.running() {
+            let played: Vec<_> = frames.iter().map(|(id, f)| (id.clone(), f.as_ref())).collect();
+            for event in media.levels.tick(&played) {
+                if events.try_send(event).is_err() {
+                    debug!("event queue full; a sound-level event was dropped");
+                }
+            }
+        }
         if woke.saturating_duration_since(due) > LATE_TICK {
             budget = budget.saturating_sub(woke.elapsed());
         }
-        let mixed = mix(timestamp, frames.iter());
+        let mixed = mix(timestamp, frames.iter().filter_map(|(_, f)| f.as_ref()));
         timestamp = timestamp.wrapping_add(FRAME_SAMPLES as u32);
         media.write_sink(&mixed);
     }

@@ -10,6 +10,7 @@
 //! per published stream) or at every tick (the audio sink, renderers).
 
 pub(crate) mod device;
+pub(crate) mod levels;
 pub(crate) mod mixer;
 pub(crate) mod pc;
 pub(crate) mod play;
@@ -74,7 +75,8 @@ pub enum AudioSource {
     /// (custom audio capture). A 20 ms tick with too little pushed audio is padded with silence.
     #[doc(alias = "enableCustomAudioIO")]
     Custom,
-    /// The system's default microphone, captured while publishing and converted to 48 kHz
+    /// The microphone chosen with [`Engine::use_audio_device`](crate::Engine::use_audio_device)
+    /// (the system's default until then), captured while publishing and converted to 48 kHz
     /// mono (cargo feature `device`). Setting it checks that the device opens: without a
     /// microphone, or in a build without the feature, the call fails with
     /// `DEVICE_UNAVAILABLE` (1009020) and says why.
@@ -155,15 +157,18 @@ pub enum AudioSink {
     /// it keeps the last second.
     #[doc(alias = "fetchCustomAudioRenderPCMData")]
     Custom,
-    /// The system's default speaker (cargo feature `device`), converted from 48 kHz mono to
+    /// The speaker chosen with [`Engine::use_audio_device`](crate::Engine::use_audio_device)
+    /// (the system's default until then; cargo feature `device`), converted from 48 kHz mono to
     /// what the device plays. Without one, or in a build without the feature,
     /// [`Engine::set_audio_sink`](crate::Engine::set_audio_sink) fails with
     /// `DEVICE_UNAVAILABLE` (1009020).
     Speaker,
 }
 
-/// Receives the decoded video frames of the played streams (custom video render). Called on an
-/// engine thread for each frame: return quickly (copy the frame if it is needed later).
+/// Receives the decoded video frames of the played streams (custom video render). Called on the
+/// engine's video thread (`huddle-sdk-vid`), one frame at a time, never on the threads that
+/// move media: a slow renderer costs frames, not the call. While it is busy, up to 4 frames
+/// wait; newer ones are dropped, as a display skips frames it cannot show in time.
 ///
 /// ```
 /// use huddle::{I420Frame, VideoRenderer};
@@ -185,8 +190,23 @@ pub trait VideoRenderer: Send + Sync + 'static {
 #[derive(Default)]
 pub(crate) struct MediaShared {
     pub(crate) camera: AtomicBool,
+    /// `mute_microphone`: the published audio is digital silence (see [`MediaShared::audio_muted`]).
+    pub(crate) mic_muted: AtomicBool,
+    /// `mute_publish_stream_audio`: as the microphone's mute, for the published stream.
+    pub(crate) publish_audio_muted: AtomicBool,
+    /// `mute_publish_stream_video`: no video frame is encoded or sent.
+    pub(crate) publish_video_muted: AtomicBool,
+    /// `mute_speaker`: the mixer writes silence to the sink.
+    pub(crate) speaker_muted: AtomicBool,
+    /// The played streams whose audio the app muted (`mute_play_stream_audio`): the mixer
+    /// leaves them out (the server stops sending them too).
+    pub(crate) muted_play_audio: Mutex<std::collections::HashSet<StreamId>>,
+    /// The played streams whose video the app muted (`mute_play_stream_video`).
+    pub(crate) muted_play_video: Mutex<std::collections::HashSet<StreamId>>,
     /// The played streams' audio (the mixer task reads it; the API reads their stats).
     pub(crate) mixer: Arc<mixer::Mixer>,
+    /// The sound-level monitor (fed by the publish task and the mixer).
+    pub(crate) levels: levels::LevelMonitor,
     /// Bumped by every `set_audio_config`: the publish tasks pick the new config up.
     pub(crate) audio_config_generation: std::sync::atomic::AtomicU64,
     config: Mutex<MediaConfig>,
@@ -195,6 +215,68 @@ pub(crate) struct MediaShared {
     pushed_audio: Mutex<VecDeque<i16>>,
     pushed_video: Mutex<VecDeque<I420Frame>>,
     rendered_audio: Mutex<VecDeque<i16>>,
+    /// The queue to the video thread, while the engine runs ([`RenderThread`]).
+    render: Mutex<Option<std::sync::mpsc::SyncSender<(StreamId, I420Frame)>>>,
+}
+
+/// How many decoded frames may wait for the app's [`VideoRenderer`].
+pub(crate) const RENDER_QUEUE: usize = 4;
+
+/// The thread that calls the app's [`VideoRenderer`], so that a slow one never holds up a
+/// play task (whose socket carries the stream's audio too).
+pub(crate) struct RenderThread {
+    closing: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    media: Arc<MediaShared>,
+}
+
+impl RenderThread {
+    pub(crate) fn start(media: Arc<MediaShared>) -> RenderThread {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(StreamId, I420Frame)>(RENDER_QUEUE);
+        *relock(&media.render) = Some(tx);
+        let closing = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (closing, media) = (closing.clone(), media.clone());
+            std::thread::Builder::new()
+                .name(format!("{}vid", crate::engine::THREAD_PREFIX))
+                .spawn(move || {
+                    while !closing.load(Ordering::Relaxed) {
+                        let Ok((stream_id, frame)) = rx.recv_timeout(std::time::Duration::from_millis(100))
+                        else {
+                            continue;
+                        };
+                        let renderer = media.config().renderer.clone();
+                        if let Some(r) = renderer
+                            && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                r.on_remote_video_frame(stream_id.as_str(), &frame)
+                            }))
+                            .is_err()
+                        {
+                            tracing::error!("the video renderer panicked; continuing with the next frame");
+                        }
+                    }
+                })
+                .map_err(|e| warn!(error = %e, "cannot start the video thread; no custom video render"))
+                .ok()
+        };
+        RenderThread {
+            closing,
+            thread,
+            media,
+        }
+    }
+}
+
+impl Drop for RenderThread {
+    /// Stops the thread: frames still queued are not rendered; a renderer call in progress is
+    /// waited for.
+    fn drop(&mut self) {
+        *relock(&self.media.render) = None;
+        self.closing.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -213,6 +295,9 @@ pub(crate) struct MediaConfig {
     pub(crate) video_source: VideoSource,
     pub(crate) renderer: Option<Arc<dyn VideoRenderer>>,
     pub(crate) y4m_sinks: HashMap<StreamId, PathBuf>,
+    /// The microphone and speaker chosen with `use_audio_device` (`None`: the default).
+    pub(crate) input_device: Option<String>,
+    pub(crate) output_device: Option<String>,
 }
 
 impl fmt::Debug for MediaShared {
@@ -237,6 +322,15 @@ impl MediaShared {
         m
     }
 
+    /// Hands a decoded frame to the video thread; drops it when the renderer is behind.
+    pub(crate) fn render(&self, stream_id: &StreamId, frame: I420Frame) {
+        if let Some(tx) = relock(&self.render).as_ref()
+            && let Err(std::sync::mpsc::TrySendError::Full(_)) = tx.try_send((stream_id.clone(), frame))
+        {
+            tracing::debug!(%stream_id, "the video renderer is behind; frame dropped");
+        }
+    }
+
     pub(crate) fn config(&self) -> MutexGuard<'_, MediaConfig> {
         relock(&self.config)
     }
@@ -247,7 +341,10 @@ impl MediaShared {
             AudioSink::Discard => SinkState::Discard,
             AudioSink::Wav(path) => SinkState::Wav(WavRecorder::create(&path).map_err(media_error)?),
             AudioSink::Custom => SinkState::Custom,
-            AudioSink::Speaker => SinkState::Speaker(device::Speaker::open()?),
+            AudioSink::Speaker => {
+                let chosen = self.config().output_device.clone();
+                SinkState::Speaker(device::Speaker::open(chosen.as_deref())?)
+            }
         };
         let old = std::mem::replace(&mut *relock(&self.sink), new);
         if let SinkState::Wav(recorder) = old
@@ -259,13 +356,58 @@ impl MediaShared {
         Ok(())
     }
 
+    /// Whether the mix goes to the speaker now.
+    pub(crate) fn sink_is_speaker(&self) -> bool {
+        matches!(*relock(&self.sink), SinkState::Speaker(_))
+    }
+
     /// Completes a WAV sink and closes the speaker (at the engine's end).
     pub(crate) fn finish_sink(&self) {
         let _ = self.set_audio_sink(AudioSink::Discard);
     }
 
-    /// Writes one mixed frame to the sink.
+    /// Whether the published audio is muted (by the microphone's mute or the stream's).
+    pub(crate) fn audio_muted(&self) -> bool {
+        self.mic_muted.load(Ordering::Relaxed) || self.publish_audio_muted.load(Ordering::Relaxed)
+    }
+
+    /// Whether the app muted the audio of the played stream `stream_id`.
+    pub(crate) fn play_audio_muted(&self, stream_id: &StreamId) -> bool {
+        relock(&self.muted_play_audio).contains(stream_id)
+    }
+
+    /// Records the app's mute of a played stream's track; returns whether it changed.
+    pub(crate) fn set_play_muted(&self, stream_id: &StreamId, video: bool, mute: bool) -> bool {
+        let mut set = relock(if video {
+            &self.muted_play_video
+        } else {
+            &self.muted_play_audio
+        });
+        if mute {
+            set.insert(stream_id.clone())
+        } else {
+            set.remove(stream_id)
+        }
+    }
+
+    /// The app's mutes of a played stream (`[audio, video]`).
+    pub(crate) fn play_muted(&self, stream_id: &StreamId) -> [bool; 2] {
+        [
+            relock(&self.muted_play_audio).contains(stream_id),
+            relock(&self.muted_play_video).contains(stream_id),
+        ]
+    }
+
+    /// Writes one mixed frame to the sink (silence while the speaker is muted, so that a
+    /// recording keeps its timeline).
     pub(crate) fn write_sink(&self, frame: &AudioFrame) {
+        let silence;
+        let frame = if self.speaker_muted.load(Ordering::Relaxed) {
+            silence = AudioFrame::silence(frame.timestamp);
+            &silence
+        } else {
+            frame
+        };
         let mut sink = relock(&self.sink);
         match &mut *sink {
             SinkState::Discard => {}
@@ -430,10 +572,56 @@ impl Reporter {
     }
 }
 
+/// Runs codec work and file reads and writes where they cannot hold
+/// up the runtime's other tasks (the signaling connections, the engine task, the other streams'
+/// sockets, the mixer): on the engine's multi-thread runtime, `block_in_place` first hands this
+/// worker's other tasks to another thread. On any other runtime (tests) it runs inline.
+///
+/// A dedicated thread per stream for capture and encoding would also take the work off the
+/// runtime; it needs the adaptive encoder settings and the keyframe requests to cross threads,
+/// which this keeps simple: the task still does one thing at a time, in order.
+pub(crate) fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// Sleeps until `at`; forever with `None`.
 pub(crate) async fn sleep_opt(at: Option<std::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod off_runtime_tests {
+    use std::time::Duration;
+
+    /// With one worker, a task blocked in `off_runtime` still lets another task run: the
+    /// blocked one waits for a message only the other sends (inline it would wait out the
+    /// 10 s and fail).
+    #[test]
+    fn work_off_the_runtime_lets_the_other_tasks_run() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let (started_tx, started) = tokio::sync::oneshot::channel();
+            let blocked = tokio::spawn(async move {
+                let _ = started_tx.send(());
+                super::off_runtime(|| rx.recv_timeout(Duration::from_secs(10)))
+            });
+            started.await.unwrap();
+            let other = tokio::spawn(async move { tx.send(()).unwrap() });
+            assert!(blocked.await.unwrap().is_ok(), "the other task never ran");
+            other.await.unwrap();
+        });
     }
 }

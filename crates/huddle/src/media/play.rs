@@ -133,7 +133,8 @@ pub(crate) async fn run(
                 let Some(decoder) = video.decoder.as_mut() else {
                     return;
                 };
-                match decoder.decode(&data.data) {
+                // Decoding and the Y4M recording, off the runtime; the renderer on the video thread.
+                super::off_runtime(|| match decoder.decode(&data.data) {
                     Ok(Some(frame)) => {
                         if !video.first {
                             video.first = true;
@@ -153,9 +154,8 @@ pub(crate) async fn run(
                         {
                             video.y4m = None;
                         }
-                        let renderer = media.config().renderer.clone();
-                        if let Some(r) = renderer {
-                            r.on_remote_video_frame(stream_id.as_str(), &frame);
+                        if media.config().renderer.is_some() {
+                            media.render(&stream_id, frame);
                         }
                     }
                     Ok(None) => {}
@@ -166,7 +166,7 @@ pub(crate) async fn run(
                             let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
                         }
                     }
-                }
+                })
             }
         });
         if pc.dead {

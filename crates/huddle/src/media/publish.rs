@@ -35,13 +35,14 @@ pub(crate) enum AudioInput {
     Silence,
     Source(Box<dyn huddle_media::AudioSource>),
     Custom,
-    /// The default microphone, open while the stream is published (closed when dropped).
+    /// The microphone, open while the stream is published (closed when dropped).
     Microphone(super::device::Microphone),
 }
 
 impl AudioInput {
-    /// Opens the app's audio source (errors: 1000006 for a file that cannot be read).
-    pub(crate) fn open(spec: &AudioSource) -> Result<AudioInput, HuddleError> {
+    /// Opens the app's audio source (errors: 1000006 for a file that cannot be read; 1009020
+    /// and 1009084 for a microphone, `mic` naming the one chosen or `None` for the default).
+    pub(crate) fn open(spec: &AudioSource, mic: Option<&str>) -> Result<AudioInput, HuddleError> {
         Ok(match spec {
             AudioSource::Silence => AudioInput::Silence,
             AudioSource::Wav { path, looped } => {
@@ -52,7 +53,7 @@ impl AudioInput {
                 AudioInput::Source(Box::new(ToneSource::new(*hz, 0.5).map_err(media_error)?))
             }
             AudioSource::Custom => AudioInput::Custom,
-            AudioSource::Microphone => AudioInput::Microphone(super::device::Microphone::open()?),
+            AudioSource::Microphone => AudioInput::Microphone(super::device::Microphone::open(mic)?),
         })
     }
 
@@ -334,7 +335,15 @@ pub(crate) async fn run(
                 }
                 let ts = audio_base.wrapping_add((clock.n as u32).wrapping_mul(FRAME_SAMPLES as u32));
                 clock.n += 1;
-                let frame = audio.next(&media, ts);
+                // The source (a file read) and the encoder run off the runtime (`off_runtime`).
+                let mut frame = super::off_runtime(|| audio.next(&media, ts));
+                // Muted: the source is still read (what is said while muted is dropped, not
+                // delayed) and its frames are replaced by digital silence, encoded and sent at
+                // the usual 20 ms pace (docs/media.md, "Mute").
+                if media.audio_muted() {
+                    frame.samples.fill(0);
+                }
+                media.levels.captured(&reporter.template.stream_id, &frame);
                 // First frame, or the application changed the audio config: (re)start from its
                 // settings (and RED as it says).
                 let generation = media.audio_config_generation.load(Ordering::Relaxed);
@@ -354,7 +363,7 @@ pub(crate) async fn run(
                     captured_audio = true;
                     reporter.report(MediaUpdate::CapturedAudioFirstFrame);
                 }
-                let packet = match encoder.encode(&frame) {
+                let packet = match super::off_runtime(|| encoder.encode(&frame)) {
                     Ok(p) => p,
                     Err(e) => {
                         warn!(error = %e, "Opus encoding failed");
@@ -378,7 +387,12 @@ pub(crate) async fn run(
                 let (fps_n, fps_d) = input.fps();
                 let pts = (clock.n * u64::from(VIDEO_CLOCK_RATE) * u64::from(fps_d) / u64::from(fps_n.max(1))) as i64;
                 clock.n += 1;
-                let frame = input.next(&media);
+                let frame = super::off_runtime(|| input.next(&media));
+                // Muted video sends nothing; the first frame after it is a keyframe.
+                if media.publish_video_muted.load(Ordering::Relaxed) {
+                    keyframe_wanted = true;
+                    continue;
+                }
                 if !captured_video {
                     captured_video = true;
                     reporter.report(MediaUpdate::CapturedVideoFirstFrame);
@@ -386,7 +400,7 @@ pub(crate) async fn run(
                 if std::mem::take(&mut keyframe_wanted) {
                     enc.force_keyframe();
                 }
-                let encoded = match enc.encode(&frame, pts) {
+                let encoded = match super::off_runtime(|| enc.encode(&frame, pts)) {
                     Ok(e) => e,
                     Err(e) => {
                         warn!(error = %e, "VP8 encoding failed");

@@ -11,6 +11,9 @@
 //! so that a reconnection reports only the differences.
 
 mod backoff;
+#[cfg(test)]
+mod conformance;
+mod im;
 pub(crate) mod quality;
 mod stream;
 #[cfg(test)]
@@ -22,8 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use huddle_proto::{
-    AppId, Auth, ClientMsg, ErrorCode, Login, LoginOk, MediaRole, PROTOCOL_VERSION, PeerState, Resume,
-    RoomId, ServerMsg, StreamId, StreamInfo, StreamQualityLevel, UpdateType, User, UserId,
+    AppId, Auth, ClientMsg, DeviceState, ErrorCode, Login, LoginOk, MediaRole, PROTOCOL_VERSION, PeerState,
+    Resume, RoomId, ServerMsg, StreamId, StreamInfo, StreamQualityLevel, TrackKind, UpdateType, User, UserId,
 };
 use huddle_token::AppSign;
 use tracing::{debug, warn};
@@ -31,6 +34,7 @@ use tracing::{debug, warn};
 use crate::config::EngineConfig;
 use crate::event::{Event, PlayerState, PublisherState, RoomStateChangedReason, extended};
 use backoff::Backoff;
+pub(crate) use im::ImRequest;
 use stream::{MediaLink, Player, Publisher};
 
 use crate::media::MediaUpdate;
@@ -136,12 +140,38 @@ pub(crate) enum Input {
 
 /// An API call for the room, after the API validated it.
 pub(crate) enum Command {
-    Publish { stream_id: StreamId, ticket: u64 },
+    Publish {
+        stream_id: StreamId,
+        ticket: u64,
+    },
     StopPublish,
-    Play { stream_id: StreamId },
-    StopPlay { stream_id: StreamId },
-    RenewToken { token: String },
+    Play {
+        stream_id: StreamId,
+    },
+    StopPlay {
+        stream_id: StreamId,
+    },
+    RenewToken {
+        token: String,
+    },
+    /// The publisher's microphone (`Audio`) or camera (`Video`) state, for the stream published
+    /// now and the ones published later.
+    DeviceState {
+        track: TrackKind,
+        state: DeviceState,
+    },
+    /// Stop (`mute`) or resume receiving one track of a played stream.
+    MutePlay {
+        stream_id: StreamId,
+        track: TrackKind,
+        mute: bool,
+    },
     Logout,
+    /// A message or extra info request; its result is reported with `ticket`.
+    Im {
+        ticket: u64,
+        req: ImRequest,
+    },
 }
 
 impl fmt::Debug for Command {
@@ -152,7 +182,14 @@ impl fmt::Debug for Command {
             Command::Play { stream_id } => write!(f, "Play({stream_id})"),
             Command::StopPlay { stream_id } => write!(f, "StopPlay({stream_id})"),
             Command::RenewToken { .. } => f.write_str("RenewToken(<redacted>)"),
+            Command::DeviceState { track, state } => write!(f, "DeviceState({track:?}, {state:?})"),
+            Command::MutePlay {
+                stream_id,
+                track,
+                mute,
+            } => write!(f, "MutePlay({stream_id}, {track:?}, {mute})"),
             Command::Logout => f.write_str("Logout"),
+            Command::Im { ticket, req } => write!(f, "Im({ticket}, {req:?})"),
         }
     }
 }
@@ -268,6 +305,15 @@ enum Pending {
     Quality {
         sent: Instant,
     },
+    /// A `set_device_state` or `mute_play` (a refusal is reported as a debug error).
+    Mute {
+        func_name: &'static str,
+    },
+    /// A message or extra info request of the API's `ticket`.
+    Im {
+        ticket: u64,
+        kind: im::ImKind,
+    },
 }
 
 /// The signaling session of one room. See the module docs for the driving loop.
@@ -298,6 +344,8 @@ pub(crate) struct Session {
     /// The streams the app has been told about.
     streams: BTreeMap<StreamId, StreamInfo>,
     publisher: Option<Publisher>,
+    /// The publisher's microphone and camera states (`[audio, video]`), sent with every publish.
+    devices: [DeviceState; 2],
     players: BTreeMap<StreamId, Player>,
     /// Stopped while the connection was down: to unpublish / stop playing if the server session
     /// is resumed (a fresh session has forgotten them anyway).
@@ -309,10 +357,15 @@ pub(crate) struct Session {
     /// `on_room_token_will_expire` was fired for the current token (by the local timer or the
     /// server's `token_will_expire`, whichever came first).
     token_warned: bool,
-    /// An instant and the Unix time (ms) at that instant, to convert expiry times.
+    /// An instant and the Unix time (ms) at that instant, to convert expiry times: the local
+    /// clock at first, the server's from its `hello` on.
     clock_base: (Instant, i64),
+    /// The reason the server gave (`error` without `seq`) before it closes the connection.
+    close_reason: Option<String>,
     /// Stream and network quality.
     quality: quality::Monitor,
+    /// The published stream's extra info (`set_stream_extra_info`), sent with every publish.
+    stream_extra_info: String,
     out: VecDeque<Output>,
 }
 
@@ -340,6 +393,7 @@ impl Session {
             users: BTreeMap::new(),
             streams: BTreeMap::new(),
             publisher: None,
+            devices: [DeviceState::Open; 2],
             players: BTreeMap::new(),
             unpublish_later: BTreeSet::new(),
             stop_play_later: BTreeSet::new(),
@@ -347,7 +401,9 @@ impl Session {
             token_expire: None,
             token_warned: false,
             clock_base: (now, unix_ms),
+            close_reason: None,
             quality: quality::Monitor::new(),
+            stream_extra_info: String::new(),
             out: VecDeque::new(),
         };
         s.arm_token();
@@ -399,6 +455,7 @@ impl Session {
                 self.last_failure = Some(why);
             }
             Input::Closed(why) => {
+                let why = self.close_reason.take().unwrap_or(why);
                 debug!(room = %self.p.room_id, %why, "signaling connection down");
                 self.link_down(now, &why);
             }
@@ -434,7 +491,23 @@ impl Session {
         let back = self.quality.arrived(now, now);
         self.own_quality(back, now);
         match msg {
-            ServerMsg::Hello { protocol, nonce, .. } => {
+            ServerMsg::Hello {
+                protocol,
+                nonce,
+                server_time_ms,
+            } => {
+                self.close_reason = None;
+                // The server's clock decides when a token expires: the warning is timed by it.
+                if let Ok(server_ms) = i64::try_from(server_time_ms)
+                    && server_ms > 0
+                {
+                    self.clock_base = (now, server_ms);
+                    if let Some(expire) = self.token_expire
+                        && !self.token_warned
+                    {
+                        self.arm_expiry(expire);
+                    }
+                }
                 if protocol != PROTOCOL_VERSION {
                     warn!(
                         protocol,
@@ -485,8 +558,16 @@ impl Session {
                     self.link_down(now, &message);
                     return;
                 }
-                // The server closes the connection after this; the close drives what follows.
+                // The server closes the connection after this; the close drives what follows,
+                // and says this reason (as huddle.js does; conformance vector
+                // `server_error_then_close`).
                 debug!(room = %self.p.room_id, ?code, %message, "server error before closing");
+                self.close_reason = Some(format!("{}: {message}", code.0));
+                self.event(Event::DebugError {
+                    error_code: code,
+                    func_name: "signaling".into(),
+                    info: message,
+                });
             }
             ServerMsg::Pong { seq, .. } => {
                 self.pending.remove(&seq);
@@ -514,14 +595,36 @@ impl Session {
                     return;
                 }
                 if let Some(p) = self.players.get_mut(&stream_id) {
+                    let was = p.available;
                     p.available = available;
+                    let muted = p.muted;
                     if available {
+                        // A stream that comes back may be placed on another of the server's
+                        // media cores than before: its mutes go again, ahead of the offer.
+                        for (track, mute) in [(TrackKind::Audio, muted[0]), (TrackKind::Video, muted[1])] {
+                            if mute && !was {
+                                self.send_mute_play(stream_id.clone(), track, true);
+                            }
+                        }
                         self.open_play_media(&stream_id);
                     } else {
                         self.close_play_media(&stream_id);
                         self.quality.stop_playing(&stream_id);
                     }
                     self.refresh_player(&stream_id, ErrorCode::OK, "");
+                }
+            }
+            ServerMsg::RemoteDeviceState {
+                stream_id,
+                track,
+                state,
+            } => {
+                // Reported for the streams this engine plays, as the hosted SDKs do.
+                if self.is_online() && self.players.contains_key(&stream_id) {
+                    self.event(match track {
+                        TrackKind::Audio => Event::RemoteMicStateUpdate { stream_id, state },
+                        TrackKind::Video => Event::RemoteCameraStateUpdate { stream_id, state },
+                    });
                 }
             }
             ServerMsg::TokenWillExpire { expire, remain_secs } => {
@@ -546,24 +649,14 @@ impl Session {
                     self.quality.remote_report(user_id, upstream, downstream, now);
                 }
             }
-            ServerMsg::BroadcastMessage {
-                room_id,
-                message_id,
-                send_time_ms,
-                from_user,
-                message,
-            } => {
-                if self.is_online() && room_id == self.p.room_id {
-                    self.event(Event::IMRecvBroadcastMessage {
-                        room_id,
-                        messages: vec![crate::event::BroadcastMessageInfo {
-                            message,
-                            message_id,
-                            send_time: send_time_ms,
-                            from_user,
-                        }],
-                    });
-                }
+            ServerMsg::BroadcastMessage { .. }
+            | ServerMsg::MessageSent { .. }
+            | ServerMsg::BarrageMessage { .. }
+            | ServerMsg::CustomCommand { .. }
+            | ServerMsg::StreamExtraInfoUpdate { .. }
+            | ServerMsg::RoomExtraInfoUpdate { .. }
+            | ServerMsg::RoomOnlineUserCount { .. } => {
+                self.im_message(&msg);
             }
             ServerMsg::Kicked { code, message } => {
                 if matches!(self.phase, Phase::Done | Phase::LoggingOut { .. }) {
@@ -703,6 +796,7 @@ impl Session {
             }
             Some(Pending::Logout) => self.finish(),
             Some(Pending::RenewToken(token)) => self.adopt_token(token.0),
+            Some(Pending::Im { ticket, kind }) => self.im_result(kind, ticket, ErrorCode::OK, 0),
             _ => {}
         }
     }
@@ -778,9 +872,17 @@ impl Session {
                 });
             }
             Some(Pending::Logout) => self.finish(),
+            Some(Pending::Mute { func_name }) => {
+                self.event(Event::DebugError {
+                    error_code: code,
+                    func_name: func_name.into(),
+                    info: message.to_string(),
+                });
+            }
             Some(Pending::MediaOffer { stream_id, kind }) => {
                 self.on_media_refused(seq, stream_id, kind, code, message)
             }
+            Some(Pending::Im { ticket, kind }) => self.im_result(kind, ticket, code, 0),
             Some(other) => debug!(room = %self.p.room_id, ?other, ?code, message, "request refused"),
             None => debug!(room = %self.p.room_id, seq, ?code, message, "error for an unknown request"),
         }
@@ -936,6 +1038,39 @@ impl Session {
                     self.adopt_token(token);
                 }
             }
+            Command::DeviceState { track, state } => {
+                let slot = &mut self.devices[usize::from(track == TrackKind::Video)];
+                if *slot == state {
+                    return;
+                }
+                *slot = state;
+                if self.is_ready()
+                    && let Some(p) = &self.publisher
+                    && (p.registered || p.requested)
+                {
+                    let stream_id = p.stream_id.clone();
+                    self.send_device_state(stream_id, track, state);
+                }
+            }
+            Command::MutePlay {
+                stream_id,
+                track,
+                mute,
+            } => {
+                let ready = self.is_ready();
+                let Some(p) = self.players.get_mut(&stream_id) else {
+                    return;
+                };
+                let slot = &mut p.muted[usize::from(track == TrackKind::Video)];
+                if *slot == mute {
+                    return;
+                }
+                *slot = mute;
+                if ready && p.requested {
+                    self.send_mute_play(stream_id, track, mute);
+                }
+            }
+            Command::Im { ticket, req } => self.im_request(ticket, req),
             Command::Logout => {
                 let ready = self.is_ready();
                 self.leave(RoomStateChangedReason::Logout, ErrorCode::OK, "");
@@ -974,10 +1109,17 @@ impl Session {
     fn link_down(&mut self, now: Instant, why: &str) {
         // A renewal whose answer was lost may have been accepted: the next login uses (and
         // checks) the newer token.
-        let renewal = self.pending.drain().find_map(|(_, p)| match p {
-            Pending::RenewToken(t) => Some(t.0),
-            _ => None,
-        });
+        let mut renewal = None;
+        let mut lost = Vec::new();
+        for (_, p) in self.pending.drain() {
+            match p {
+                Pending::RenewToken(t) => renewal = Some(t.0),
+                Pending::Im { ticket, kind } => lost.push((ticket, kind)),
+                _ => {}
+            }
+        }
+        lost.sort_unstable_by_key(|(ticket, _)| *ticket);
+        self.im_unanswered(lost);
         if let Some(token) = renewal {
             self.adopt_token(token);
         }
@@ -1081,22 +1223,68 @@ impl Session {
         let seq = self.request(Pending::Publish { ticket });
         self.send(ClientMsg::Publish {
             seq,
-            stream_id,
-            extra_info: String::new(),
+            stream_id: stream_id.clone(),
+            extra_info: self.stream_extra_info.clone(),
         });
         if let Some(p) = &mut self.publisher {
             p.requested = true;
         }
+        // The server handles requests in order: the states follow the publish they belong to.
+        for (track, state) in [
+            (TrackKind::Audio, self.devices[0]),
+            (TrackKind::Video, self.devices[1]),
+        ] {
+            if state != DeviceState::Open {
+                self.send_device_state(stream_id.clone(), track, state);
+            }
+        }
+    }
+
+    fn send_device_state(&mut self, stream_id: StreamId, track: TrackKind, state: DeviceState) {
+        let seq = self.request(Pending::Mute {
+            func_name: "set_device_state",
+        });
+        self.send(ClientMsg::SetDeviceState {
+            seq,
+            stream_id,
+            track,
+            state,
+        });
+    }
+
+    fn send_mute_play(&mut self, stream_id: StreamId, track: TrackKind, mute: bool) {
+        let seq = self.request(Pending::Mute {
+            func_name: "mute_play",
+        });
+        self.send(ClientMsg::MutePlay {
+            seq,
+            stream_id,
+            track,
+            mute,
+        });
     }
 
     fn send_play(&mut self, stream_id: StreamId) {
         let seq = self.request(Pending::Play {
             stream_id: stream_id.clone(),
         });
-        if let Some(p) = self.players.get_mut(&stream_id) {
-            p.requested = true;
+        let muted = match self.players.get_mut(&stream_id) {
+            Some(p) => {
+                p.requested = true;
+                p.muted
+            }
+            None => [false; 2],
+        };
+        self.send(ClientMsg::Play {
+            seq,
+            stream_id: stream_id.clone(),
+        });
+        // A new server session has forgotten the mutes; the play comes first (in order).
+        for (track, mute) in [(TrackKind::Audio, muted[0]), (TrackKind::Video, muted[1])] {
+            if mute {
+                self.send_mute_play(stream_id.clone(), track, true);
+            }
         }
-        self.send(ClientMsg::Play { seq, stream_id });
     }
 
     fn stop_publish(&mut self) {

@@ -161,6 +161,8 @@ pub(crate) struct Player {
     pub(crate) media: MediaLink,
     /// A frame was decoded on the current media connection.
     pub(crate) first_frame: bool,
+    /// The tracks the app muted (`[audio, video]`): the server does not send them.
+    pub(crate) muted: [bool; 2],
     /// When a lost media connection is offered again.
     pub(crate) retry: MediaRetry,
 }
@@ -174,6 +176,7 @@ impl Player {
             media_required,
             media: MediaLink::Idle,
             first_frame: false,
+            muted: [false; 2],
             retry: MediaRetry::default(),
         }
     }

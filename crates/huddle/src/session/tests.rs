@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use huddle_proto::{
-    AppId, Auth, ClientMsg, ErrorCode, LoginOk, Resume, RoomId, ServerMsg, StreamId, StreamInfo, UpdateType,
-    User, UserId,
+    AppId, Auth, ClientMsg, DeviceState, ErrorCode, LoginOk, Resume, RoomId, ServerMsg, StreamId, StreamInfo,
+    UpdateType, User, UserId,
 };
 use huddle_token::AppSign;
 
@@ -27,6 +27,8 @@ fn stream(user_id: &str, stream_id: &str) -> StreamInfo {
         user_name: u.user_name,
         stream_id: StreamId::new(stream_id).unwrap(),
         extra_info: String::new(),
+        mic_state: DeviceState::Open,
+        camera_state: DeviceState::Open,
     }
 }
 
@@ -1840,4 +1842,374 @@ fn a_republish_refused_as_existing_is_retried_until_the_old_claim_ends() {
         message: "taken".into(),
     });
     assert_eq!(evs(&out), ["pub other NoPublish 1003028"]);
+}
+
+// ----- mute -----
+
+fn device_state(out: &[Output]) -> Vec<(String, TrackKind, DeviceState)> {
+    sent(out)
+        .into_iter()
+        .filter_map(|m| match m {
+            ClientMsg::SetDeviceState {
+                stream_id,
+                track,
+                state,
+                ..
+            } => Some((stream_id.to_string(), track, state)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn mute_plays(out: &[Output]) -> Vec<(String, TrackKind, bool)> {
+    sent(out)
+        .into_iter()
+        .filter_map(|m| match m {
+            ClientMsg::MutePlay {
+                stream_id,
+                track,
+                mute,
+                ..
+            } => Some((stream_id.to_string(), track, mute)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_publishers_mute_is_sent_with_the_stream_and_again_after_a_fresh_login() {
+    let mut h = online_with_streams();
+    let out = h.cmd(Command::DeviceState {
+        track: TrackKind::Audio,
+        state: DeviceState::Mute,
+    });
+    assert_eq!(
+        device_state(&out),
+        [("mine".into(), TrackKind::Audio, DeviceState::Mute)]
+    );
+    // The same state again sends nothing.
+    let out = h.cmd(Command::DeviceState {
+        track: TrackKind::Audio,
+        state: DeviceState::Mute,
+    });
+    assert!(sent(&out).is_empty());
+    // A refusal is reported as a debug error, nothing else changes.
+    let seq = seq_of(
+        &h.cmd(Command::DeviceState {
+            track: TrackKind::Video,
+            state: DeviceState::Mute,
+        }),
+        |m| matches!(m, ClientMsg::SetDeviceState { .. }),
+    );
+    let out = h.msg(ServerMsg::Error {
+        seq: Some(seq),
+        code: ErrorCode::MUTE_TOO_FREQUENT,
+        message: "too often".into(),
+    });
+    assert_eq!(evs(&out), ["debug set_device_state 1009062"]);
+    // The server forgot the session (no resume): the new publish carries the states after it.
+    h.input(Input::Closed("reset".into()));
+    let (_, out) = h.log_in(|seq| login_ok(seq, false, vec![], vec![stream("bob", "theirs")]));
+    let msgs = sent(&out);
+    let publish = msgs
+        .iter()
+        .position(|m| matches!(m, ClientMsg::Publish { .. }))
+        .unwrap();
+    let first_state = msgs
+        .iter()
+        .position(|m| matches!(m, ClientMsg::SetDeviceState { .. }))
+        .unwrap();
+    assert!(publish < first_state, "{msgs:?}");
+    assert_eq!(
+        device_state(&out),
+        [
+            ("mine".into(), TrackKind::Audio, DeviceState::Mute),
+            ("mine".into(), TrackKind::Video, DeviceState::Mute)
+        ]
+    );
+    // Before any publish, a state is kept and sent with the publish.
+    let (mut h, _) = Harness::new(params(None, timing()));
+    h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    let out = h.cmd(Command::DeviceState {
+        track: TrackKind::Audio,
+        state: DeviceState::Mute,
+    });
+    assert!(sent(&out).is_empty());
+    let out = h.cmd(Command::Publish {
+        stream_id: sid("mine"),
+        ticket: 1,
+    });
+    assert_eq!(
+        device_state(&out),
+        [("mine".into(), TrackKind::Audio, DeviceState::Mute)]
+    );
+}
+
+#[test]
+fn play_mutes_follow_the_play_and_remote_states_become_events() {
+    let mut h = online_with_streams();
+    let out = h.cmd(Command::MutePlay {
+        stream_id: sid("theirs"),
+        track: TrackKind::Audio,
+        mute: true,
+    });
+    assert_eq!(mute_plays(&out), [("theirs".into(), TrackKind::Audio, true)]);
+    // A stream not played: nothing to send.
+    let out = h.cmd(Command::MutePlay {
+        stream_id: sid("other"),
+        track: TrackKind::Audio,
+        mute: true,
+    });
+    assert!(sent(&out).is_empty());
+    // The remote side's states, for the played stream only.
+    let out = h.msg(ServerMsg::RemoteDeviceState {
+        stream_id: sid("theirs"),
+        track: TrackKind::Audio,
+        state: DeviceState::Mute,
+    });
+    let out2 = h.msg(ServerMsg::RemoteDeviceState {
+        stream_id: sid("theirs"),
+        track: TrackKind::Video,
+        state: DeviceState::Open,
+    });
+    let out3 = h.msg(ServerMsg::RemoteDeviceState {
+        stream_id: sid("unplayed"),
+        track: TrackKind::Audio,
+        state: DeviceState::Mute,
+    });
+    let events: Vec<_> = [out, out2, out3]
+        .iter()
+        .flat_map(|o| o.iter())
+        .filter_map(|o| match o {
+            Output::Event(e) => Some(e.to_json()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            serde_json::json!({"event": "remote_mic_state_update", "stream_id": "theirs", "state": "Mute"}),
+            serde_json::json!({"event": "remote_camera_state_update", "stream_id": "theirs", "state": "Open"}),
+        ]
+    );
+    // After a break without resume, the play is sent again with its mute after it.
+    h.input(Input::Closed("reset".into()));
+    let (_, out) = h.log_in(|seq| login_ok(seq, false, vec![], vec![stream("bob", "theirs")]));
+    let msgs = sent(&out);
+    let play = msgs
+        .iter()
+        .position(|m| matches!(m, ClientMsg::Play { .. }))
+        .unwrap();
+    let mute = msgs
+        .iter()
+        .position(|m| matches!(m, ClientMsg::MutePlay { .. }))
+        .unwrap();
+    assert!(play < mute, "{msgs:?}");
+    assert_eq!(mute_plays(&out), [("theirs".into(), TrackKind::Audio, true)]);
+    // The stream goes and comes back: the mute goes again (the stream may be placed on another
+    // of the server's media cores; the media offer comes after it, from the media plane).
+    h.msg(ServerMsg::PlayUpdate {
+        stream_id: sid("theirs"),
+        available: false,
+    });
+    let out = h.msg(ServerMsg::PlayUpdate {
+        stream_id: sid("theirs"),
+        available: true,
+    });
+    assert_eq!(mute_plays(&out), [("theirs".into(), TrackKind::Audio, true)]);
+    // Unmuting sends it.
+    let out = h.cmd(Command::MutePlay {
+        stream_id: sid("theirs"),
+        track: TrackKind::Audio,
+        mute: false,
+    });
+    assert_eq!(mute_plays(&out), [("theirs".into(), TrackKind::Audio, false)]);
+}
+
+// ----- messages and extra info -----
+
+/// The events of `out` (none of the state events).
+fn events(out: &[Output]) -> Vec<Event> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Event(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn message_requests_report_their_results_with_the_callers_number() {
+    let mut h = online_with_streams();
+    let out = h.cmd(Command::Im {
+        ticket: 7,
+        req: ImRequest::Broadcast("hi".into()),
+    });
+    let seq = seq_of(
+        &out,
+        |m| matches!(m, ClientMsg::SendBroadcastMessage { message, .. } if message == "hi"),
+    );
+    let out = h.msg(ServerMsg::MessageSent { seq, message_id: 42 });
+    assert_eq!(
+        events(&out),
+        [Event::IMSendBroadcastMessageResult {
+            room_id: RoomId::new("room").unwrap(),
+            seq: 7,
+            error_code: ErrorCode::OK,
+            message_id: 42
+        }]
+    );
+    let out = h.cmd(Command::Im {
+        ticket: 8,
+        req: ImRequest::Command {
+            command: "go".into(),
+            to_users: vec![UserId::new("nobody").unwrap()],
+        },
+    });
+    let seq = seq_of(&out, |m| matches!(m, ClientMsg::SendCustomCommand { .. }));
+    let out = h.msg(ServerMsg::Error {
+        seq: Some(seq),
+        code: ErrorCode::CUSTOM_COMMAND_NO_RECIPIENT,
+        message: "none".into(),
+    });
+    assert_eq!(
+        events(&out),
+        [Event::IMSendCustomCommandResult {
+            room_id: RoomId::new("room").unwrap(),
+            seq: 8,
+            error_code: ErrorCode::CUSTOM_COMMAND_NO_RECIPIENT
+        }]
+    );
+    // Unanswered when the connection breaks: failed (1000002), in call order; while
+    // reconnecting, refused at once and nothing is sent.
+    for ticket in [9, 10] {
+        h.cmd(Command::Im {
+            ticket,
+            req: ImRequest::RoomExtraInfo {
+                key: "k".into(),
+                value: "v".into(),
+            },
+        });
+    }
+    let out = h.input(Input::Closed("reset".into()));
+    let failed: Vec<(u64, ErrorCode)> = events(&out)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::RoomSetRoomExtraInfoResult { seq, error_code, .. } => Some((seq, error_code)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        failed,
+        [(9, ErrorCode::NOT_LOGGED_IN), (10, ErrorCode::NOT_LOGGED_IN)]
+    );
+    let out = h.cmd(Command::Im {
+        ticket: 11,
+        req: ImRequest::Barrage("x".into()),
+    });
+    assert!(sent(&out).is_empty());
+    assert!(matches!(
+        &events(&out)[..],
+        [Event::IMSendBarrageMessageResult { seq: 11, error_code: ErrorCode::NOT_LOGGED_IN, message_id, .. }] if message_id.is_empty()
+    ));
+}
+
+#[test]
+fn stream_extra_info_set_before_the_publish_goes_with_it_and_after_it_alone_behind_it() {
+    let (mut h, _) = Harness::new(params(None, timing()));
+    h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    let out = h.cmd(Command::Im {
+        ticket: 1,
+        req: ImRequest::StreamExtraInfo("early".into()),
+    });
+    assert!(sent(&out).is_empty());
+    assert_eq!(
+        events(&out),
+        [Event::PublisherSetStreamExtraInfoResult {
+            seq: 1,
+            error_code: ErrorCode::OK
+        }]
+    );
+    let out = h.cmd(Command::Publish {
+        stream_id: sid("mine"),
+        ticket: 2,
+    });
+    let publish = sent(&out)
+        .into_iter()
+        .find_map(|m| match m {
+            ClientMsg::Publish { seq, extra_info, .. } => Some((seq, extra_info)),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(publish.1, "early");
+    // Set while the publish awaits its answer: sent at once, behind the publish.
+    let out = h.cmd(Command::Im {
+        ticket: 4,
+        req: ImRequest::StreamExtraInfo("meanwhile".into()),
+    });
+    assert!(matches!(
+        &sent(&out)[..],
+        [ClientMsg::SetStreamExtraInfo { extra_info, .. }] if extra_info == "meanwhile"
+    ));
+    h.msg(ServerMsg::Ok { seq: publish.0 });
+    let out = h.cmd(Command::Im {
+        ticket: 3,
+        req: ImRequest::StreamExtraInfo("later".into()),
+    });
+    assert!(matches!(
+        &sent(&out)[..],
+        [ClientMsg::SetStreamExtraInfo { stream_id, extra_info, .. }] if stream_id.as_str() == "mine" && extra_info == "later"
+    ));
+}
+
+#[test]
+fn the_others_messages_commands_and_extra_info_become_events() {
+    let mut h = online_with_streams();
+    let room = RoomId::new("room").unwrap();
+    let out = h.msg(ServerMsg::CustomCommand {
+        room_id: room.clone(),
+        from_user: user("bob"),
+        command: "c".into(),
+    });
+    assert!(matches!(&events(&out)[..], [Event::IMRecvCustomCommand { command, .. }] if command == "c"));
+    let out = h.msg(ServerMsg::BarrageMessage {
+        room_id: room.clone(),
+        message_id: 5,
+        send_time_ms: 1,
+        from_user: user("bob"),
+        message: "b".into(),
+    });
+    assert!(
+        matches!(&events(&out)[..], [Event::IMRecvBarrageMessage { messages, .. }] if messages[0].message_id == "5")
+    );
+    let mut updated = stream("bob", "theirs");
+    updated.extra_info = "new".into();
+    let out = h.msg(ServerMsg::StreamExtraInfoUpdate {
+        room_id: room.clone(),
+        streams: vec![updated.clone()],
+    });
+    assert_eq!(
+        events(&out),
+        [Event::RoomStreamExtraInfoUpdate {
+            room_id: room.clone(),
+            streams: vec![updated]
+        }]
+    );
+    let out = h.msg(ServerMsg::RoomOnlineUserCount {
+        room_id: room.clone(),
+        count: 3,
+    });
+    assert_eq!(
+        events(&out),
+        [Event::RoomOnlineUserCountUpdate {
+            room_id: room,
+            count: 3
+        }]
+    );
+    // Another room's are ignored.
+    let out = h.msg(ServerMsg::RoomOnlineUserCount {
+        room_id: RoomId::new("other").unwrap(),
+        count: 3,
+    });
+    assert!(events(&out).is_empty());
 }
