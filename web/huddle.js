@@ -1778,6 +1778,14 @@ export class HuddleEngine {
         return;
       }
       case "error": {
+        if ((msg.seq === undefined || msg.seq === null) && msg.code === ErrorCode.SERVER_SHUTTING_DOWN && this.serverUrls.length > 1 && room.phase === "online" && room.link === "ready") {
+          // A node of a cluster drains: move to the next server now, while this one still holds
+          // the session (the new login there ends it), as the Rust SDK does.
+          this._closeWs(room);
+          this._nextServer(room);
+          this._linkDown(room, `${msg.code}: ${msg.message}`);
+          return;
+        }
         if (msg.seq === undefined || msg.seq === null) {
           // The server closes the connection after this; the close drives what follows.
           room.closeReason = `${msg.code}: ${msg.message}`;

@@ -409,6 +409,25 @@ test("several servers: a login refused as shutting down moves on; with one serve
   await assert.rejects(failed, { code: 1009008 });
 });
 
+test("several servers: a draining node's notice (1009008 without seq) moves the session to the next server at once", async () => {
+  const urls = ["ws://127.0.0.1:1/ws", "ws://127.0.0.1:2/ws"];
+  const e = new HuddleEngine(7, urls, FAST);
+  const events = [];
+  e.on("roomStateChanged", (_room, reason, code) => events.push(`${reason} ${code}`));
+  const done = e.loginRoom("r1", "04tok", { userID: "alice" });
+  await until(() => sockets.at(-1)?.last("login"), "the login");
+  await acceptLogin();
+  await done;
+  const first = sockets.at(-1);
+  first.push({ type: "error", code: 1009008, message: "this node is draining" });
+  await until(() => sockets.at(-1).url === urls[1] && sockets.at(-1).last("login"), "a login on the second server");
+  assert.equal(first.readyState, FakeSocket.CLOSED, "the draining node's connection is closed by the client");
+  await acceptLogin();
+  await until(() => events.includes("RECONNECTED 0"), "reconnected");
+  assert.ok(events.includes("RECONNECTING 1002051"), events.join());
+  e.destroy();
+});
+
 test("other users' network quality is relayed, then UNKNOWN and DIE when their reports stop", async () => {
   const { QualityLevel, remoteLevels, qualityLevelOf } = await import("../huddle.js");
   // The rules, as the Rust SDK's (generated QUALITY table).

@@ -58,7 +58,7 @@ impl ServeArgs {
     /// [`ServerConfig::resolve_apps`] (dev mode, or the refusal to start without apps).
     pub fn config(&self) -> Result<ServerConfig, String> {
         let mut config = match &self.config {
-            Some(path) => ServerConfig::load(path).map_err(|e| e.to_string())?,
+            Some(path) => ServerConfig::load_unchecked(path).map_err(|e| e.to_string())?,
             None => ServerConfig::default(),
         };
         if let Some(listen) = self.listen {
@@ -191,5 +191,39 @@ pub async fn interrupted() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flags come on top of the file, then the whole is validated: a file that names the
+    /// cluster's secret is valid with `--redis` on the command line, and not without it.
+    #[test]
+    fn flags_complete_the_file_before_validation() {
+        let dir = std::env::temp_dir().join(format!("huddle-cli-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("huddle.toml");
+        std::fs::write(
+            &path,
+            "cluster_secret = \"a secret of the cluster\"\n\n[[apps]]\napp_id = 7\n\
+             app_sign = \"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"\n\
+             server_secret = \"fa94dd0f974cf2e293728a526b028271\"\n",
+        )
+        .unwrap();
+        let mut args = ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        };
+        let e = args.config().unwrap_err();
+        assert!(e.contains("cluster_secret is set without redis"), "{e}");
+        args.redis = Some("redis://127.0.0.1:6379".into());
+        args.node_id = Some("node-a".into());
+        let config = args.config().unwrap();
+        assert_eq!(config.redis.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert_eq!(config.node_id.as_deref(), Some("node-a"));
+        assert!(config.cluster_secret.is_some());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

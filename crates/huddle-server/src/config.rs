@@ -601,15 +601,30 @@ impl ServerConfig {
     /// Reads the TOML file at `path` (see [`ServerConfig::from_toml_str`]). A relative `data_dir` is
     /// relative to the working directory.
     pub fn load(path: impl AsRef<Path>) -> Result<ServerConfig, ConfigError> {
+        let config = Self::load_unchecked(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads the TOML file at `path` without [`ServerConfig::validate`]: for `huddle serve`,
+    /// whose flags come on top of the file (a file with `cluster_secret` and `--redis` on the
+    /// command line is valid) and which validates the result.
+    pub(crate) fn load_unchecked(path: impl AsRef<Path>) -> Result<ServerConfig, ConfigError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_toml_origin(&text, &path.display().to_string())
+        Self::from_toml_unchecked(&text, &path.display().to_string())
     }
 
     fn from_toml_origin(text: &str, origin: &str) -> Result<ServerConfig, ConfigError> {
+        let config = Self::from_toml_unchecked(text, origin)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_toml_unchecked(text: &str, origin: &str) -> Result<ServerConfig, ConfigError> {
         let f: FileConfig = parse_toml(text, origin)?;
         let d = ServerConfig::default();
         let config = ServerConfig {
@@ -656,7 +671,6 @@ impl ServerConfig {
             connection_rate_per_ip: f.connection_rate_per_ip.unwrap_or(d.connection_rate_per_ip),
             connection_burst_per_ip: f.connection_burst_per_ip.unwrap_or(d.connection_burst_per_ip),
         };
-        config.validate()?;
         Ok(config)
     }
 

@@ -261,6 +261,18 @@ pub enum MediaCommand {
         /// The stream.
         stream_id: StreamId,
     },
+    /// The stream's publisher moved to another node (or here) while it was pulled: stop the
+    /// link and close the relay PC alone, so that the players here keep their connections, and
+    /// pull it from `owner` (none: it is published on this node now, and the local publisher
+    /// takes the relay's place for them).
+    PullMoved {
+        /// The app.
+        app: AppId,
+        /// The stream.
+        stream_id: StreamId,
+        /// The new owner of the stream's entry (`node|epoch`), if another node.
+        owner: Option<String>,
+    },
 }
 
 /// A reading of both clocks the registry's timers use, taken together.
@@ -889,14 +901,7 @@ impl Registry {
         }
         // From here on nothing fails.
         if let Some(old) = older {
-            out.push(Output::Send {
-                to: old,
-                msg: ServerMsg::Kicked {
-                    code: ErrorCode::KICKED_DUPLICATE_LOGIN,
-                    message: "the same user ID logged in to this room elsewhere".into(),
-                },
-            });
-            out.push(Output::Close { session: old });
+            self.send_duplicate_kick(old, out);
             self.remove_session(old, false, out);
         }
         let id = self.new_session_id();
@@ -1063,6 +1068,24 @@ impl Registry {
 
     /// Removes a session with its streams and plays. `leaves`: the user leaves the room (logout,
     /// expiry) rather than being replaced by a newer session of the same user (duplicate login).
+    /// Tells session `id` it is kicked out as a duplicate login (1002050) and closes it.
+    fn send_duplicate_kick(&self, id: SessionId, out: &mut Vec<Output>) {
+        out.push(Output::Send {
+            to: id,
+            msg: ServerMsg::Kicked {
+                code: ErrorCode::KICKED_DUPLICATE_LOGIN,
+                message: "the same user ID logged in to this room elsewhere".into(),
+            },
+        });
+        out.push(Output::Close { session: id });
+    }
+
+    /// Ends session `id` because its user logged in to the room on another node.
+    fn kick_duplicate(&mut self, id: SessionId, out: &mut Vec<Output>) {
+        self.send_duplicate_kick(id, out);
+        self.remove_session(id, true, out);
+    }
+
     fn remove_session(&mut self, id: SessionId, leaves: bool, out: &mut Vec<Output>) {
         let Some(s) = self.sessions.remove(&id) else {
             return;
@@ -1243,25 +1266,37 @@ impl Registry {
             return Err(internal("room vanished"));
         };
         room.streams.insert(stream_id.clone());
+        // The ID was another node's (its publisher moved here before that node's entry was
+        // reaped): the members knew the stream already, and its players here stop pulling it.
+        let was_remote = room.remote_streams.remove(stream_id);
         out.push(Output::Send {
             to: id,
             msg: ServerMsg::Ok { seq },
         });
+        if was_remote.is_some() && app.players.contains_key(stream_id) {
+            out.push(Output::Media(MediaCommand::PullMoved {
+                app: app_id,
+                stream_id: stream_id.clone(),
+                owner: None,
+            }));
+        }
         out.push(Output::Cluster(ClusterCommand::Change {
             app: app_id,
             room: room_id.clone(),
             change: RoomChange::StreamAdd(info.clone()),
         }));
-        let to = room_recipients(sessions, room, id, false);
-        broadcast(
-            out,
-            to,
-            ServerMsg::StreamUpdate {
-                room_id,
-                update_type: UpdateType::Add,
-                streams: vec![info],
-            },
-        );
+        if was_remote.as_ref().is_none_or(|(_, old)| *old != info) {
+            let to = room_recipients(sessions, room, id, false);
+            broadcast(
+                out,
+                to,
+                ServerMsg::StreamUpdate {
+                    room_id,
+                    update_type: UpdateType::Add,
+                    streams: vec![info],
+                },
+            );
+        }
         play_update(sessions, app, stream_id, true, out);
         Ok(())
     }
@@ -1770,21 +1805,36 @@ impl Registry {
             other => other,
         };
         let sessions = &self.sessions;
-        let Some(App { rooms, players, .. }) = self.apps.get_mut(&app_id) else {
+        let Some(app) = self.apps.get_mut(&app_id) else {
             return false;
         };
-        let Some(room) = rooms.get_mut(room_id) else {
+        let players = &app.players;
+        let Some(room) = app.rooms.get_mut(room_id) else {
             return false;
         };
         // A stream of the room now published, or no longer, on another node: its players here.
         let mut availability: Option<(StreamId, bool)> = None;
         let (notify_only, update) = match change {
             RoomChange::UserAdd(user) => {
-                let known = room.remote_users.contains_key(&user.user_id);
-                let shadowed = room.users.contains_key(&user.user_id);
+                let earlier = room
+                    .remote_users
+                    .get(&user.user_id)
+                    .map(|(o, _)| owner_node(o).to_string());
+                let known = earlier.is_some();
+                let shadowed = room.users.get(&user.user_id).copied();
                 room.remote_users
                     .insert(user.user_id.clone(), (owner.to_string(), user.clone()));
-                if known || shadowed {
+                if let Some(older) = shadowed
+                    && earlier.as_deref() != Some(owner_node(owner))
+                {
+                    // The same user logged in to the room on another node after the session
+                    // here (a node re-adding what it had is a renewal, not a login): the older
+                    // session is kicked, as on one node. Its leave changes nothing the others
+                    // see: the user stays, on the other node.
+                    self.kick_duplicate(older, out);
+                    return true;
+                }
+                if known || shadowed.is_some() {
                     return true;
                 }
                 (
@@ -1816,7 +1866,11 @@ impl Registry {
                 )
             }
             RoomChange::StreamAdd(info) => {
-                let known = room.remote_streams.contains_key(&info.stream_id);
+                let earlier = room
+                    .remote_streams
+                    .get(&info.stream_id)
+                    .map(|(o, _)| owner_node(o).to_string());
+                let known = earlier.is_some();
                 let shadowed = room.streams.contains(&info.stream_id);
                 let old = room
                     .remote_streams
@@ -1825,6 +1879,16 @@ impl Registry {
                 let changed = old.as_ref().is_some_and(|old| *old != info);
                 room.remote_streams
                     .insert(info.stream_id.clone(), (owner.to_string(), info.clone()));
+                // Published again on another node (its publisher moved there before the old
+                // node's entry was reaped): pulled from there from now on.
+                let moved = earlier.as_deref().is_some_and(|n| n != owner_node(owner));
+                if moved && !shadowed && players.contains_key(&info.stream_id) {
+                    out.push(Output::Media(MediaCommand::PullMoved {
+                        app: app_id,
+                        stream_id: info.stream_id.clone(),
+                        owner: Some(owner.to_string()),
+                    }));
+                }
                 if shadowed || (known && !changed) {
                     return true;
                 }
@@ -1929,6 +1993,30 @@ impl Registry {
         remote: RemoteRoom,
         out: &mut Vec<Output>,
     ) {
+        self.apply_snapshot(app_id, room_id, remote, true, out);
+    }
+
+    /// Like [`Registry::remote_sync`], but only adds and updates: what the snapshot lacks stays.
+    /// For the time after the store lost its data, while the nodes put their parts back (a part
+    /// not restored yet is not gone); a full [`Registry::remote_sync`] follows.
+    pub fn remote_merge(
+        &mut self,
+        app_id: AppId,
+        room_id: &RoomId,
+        remote: RemoteRoom,
+        out: &mut Vec<Output>,
+    ) {
+        self.apply_snapshot(app_id, room_id, remote, false, out);
+    }
+
+    fn apply_snapshot(
+        &mut self,
+        app_id: AppId,
+        room_id: &RoomId,
+        remote: RemoteRoom,
+        deletes: bool,
+        out: &mut Vec<Output>,
+    ) {
         let Some(room) = self.apps.get(&app_id).and_then(|a| a.rooms.get(room_id)) else {
             return;
         };
@@ -1944,12 +2032,12 @@ impl Registry {
             .collect();
         let mut changes = Vec::new();
         for (id, (owner, _)) in &room.remote_streams {
-            if !streams.contains_key(id) {
+            if deletes && !streams.contains_key(id) {
                 changes.push((owner.clone(), RoomChange::StreamDelete(id.clone())));
             }
         }
         for (id, (owner, _)) in &room.remote_users {
-            if !users.contains_key(id) {
+            if deletes && !users.contains_key(id) {
                 changes.push((owner.clone(), RoomChange::UserDelete(id.clone())));
             }
         }
@@ -2270,3 +2358,8 @@ pub use im::{
 
 #[cfg(test)]
 mod tests;
+
+/// The node part of an owner (`node|epoch`) as the store writes it.
+fn owner_node(owner: &str) -> &str {
+    owner.split('|').next().unwrap_or(owner)
+}

@@ -1558,6 +1558,163 @@ fn the_server_api_stops_a_stream_and_finds_sessions() {
     h.publish(a, "s1").unwrap();
 }
 
+/// The same user logging in to the room on another node kicks the older session (1002050), as
+/// on one node. Its leave is silent for the others (the user stays, on the newer node); its
+/// stream leaves. A node re-adding its own user (a renewal) kicks nobody.
+#[test]
+fn a_login_of_the_same_user_on_another_node_kicks_the_older_session() {
+    let (mut a, mut b) = (H::new(), H::new());
+    let alice = a.login("r", "alice", true);
+    a.publish(alice, "s-alice").unwrap();
+    let carol = a.login("r", "carol", true);
+    // Alice logs in again on node B (her client moved): B lists A's part of the room.
+    let (alice_b, _, out) = login_remote(&mut b, "r", "alice", snapshot_of(&a, "r", "A|1"));
+    // A renewal of the same user by node A itself would not kick alice on B.
+    let mut o = Vec::new();
+    b.reg.remote_update(
+        app_id(APP),
+        &room("r"),
+        "A|2",
+        RoomChange::UserAdd(user("alice")),
+        &mut o,
+    );
+    assert!(flatten(o).1.is_empty(), "a renewal kicks nobody");
+    // A hears of B's login: its alice is kicked and closed; carol sees her stream go, not her.
+    let mut o = Vec::new();
+    for c in cluster(&out) {
+        if let ClusterCommand::Change { app, room, change } = c {
+            a.reg.remote_update(app, &room, "B|1", change, &mut o);
+            a.check();
+        }
+    }
+    let cmds = cluster(&o);
+    let (msgs, closes) = flatten(o);
+    assert_eq!(closes, vec![alice]);
+    assert_eq!(
+        to(&msgs, alice),
+        vec![ServerMsg::Kicked {
+            code: ErrorCode::KICKED_DUPLICATE_LOGIN,
+            message: "the same user ID logged in to this room elsewhere".into(),
+        }]
+    );
+    assert_eq!(
+        to(&msgs, carol),
+        vec![streams_msg("r", UpdateType::Delete, &[("alice", "s-alice")])]
+    );
+    // A tells the store its session left (the store ignores the user's delete: B owns the
+    // entry now).
+    assert!(cmds.contains(&ClusterCommand::Change {
+        app: app_id(APP),
+        room: room("r"),
+        change: RoomChange::StreamDelete(sid("s-alice")),
+    }));
+    let view = a.reg.room(app_id(APP), &room("r")).unwrap();
+    assert_eq!(view.users, vec![user("alice"), user("carol")]);
+    assert!(view.streams.is_empty());
+    assert!(!a.reg.publishes_here(app_id(APP), &sid("s-alice")));
+    // B's alice lives on and may publish the ID again.
+    let (r, _) = b.run(|reg, out| reg.publish(alice_b, 2, &sid("s-alice"), "", out));
+    r.unwrap();
+}
+
+/// A stream published again on another node before its old node's entry was reaped (its
+/// publisher moved): the members saw it already and see nothing; its players on a third node
+/// pull it from the new node, and on the new node they stop pulling and play it locally, in
+/// both cases keeping their connections (`PullMoved`, not `Unpull`).
+#[test]
+fn a_stream_that_moves_to_another_node_is_pulled_from_there() {
+    let (mut a, mut b, mut c) = (H::new(), H::new(), H::new());
+    let alice = a.login("r", "alice", true);
+    a.publish(alice, "s1").unwrap();
+    let snap = snapshot_of(&a, "r", "A|1");
+    let (carol, _, _) = login_remote(&mut c, "r", "carol", snap.clone());
+    let pulls = |h: &mut H, id| {
+        let (r, out) = h.run(|reg, out| reg.play(id, 4, &sid("s1"), out));
+        r.unwrap();
+        media(&out)
+    };
+    assert!(matches!(&pulls(&mut c, carol)[..], [MediaCommand::Pull { owner, .. }] if owner == "A|1"));
+    let (bob, _, _) = login_remote(&mut b, "r", "bob", snap);
+    assert!(matches!(&pulls(&mut b, bob)[..], [MediaCommand::Pull { owner, .. }] if owner == "A|1"));
+    // Node A died; alice publishes s1 again on node B before A's entry is reaped.
+    let (alice_b, _, _) = login_remote(&mut b, "r", "alice", RemoteRoom::default());
+    let (r, out) = b.run(|reg, out| reg.publish(alice_b, 2, &sid("s1"), "x", out));
+    r.unwrap();
+    assert!(
+        media(&out).contains(&MediaCommand::PullMoved {
+            app: app_id(APP),
+            stream_id: sid("s1"),
+            owner: None,
+        }),
+        "B plays it locally now: {out:?}"
+    );
+    assert!(
+        !flatten(out.clone())
+            .0
+            .iter()
+            .any(|(_, m)| matches!(m, ServerMsg::StreamUpdate { .. })),
+        "bob knew the stream"
+    );
+    let mut o = Vec::new();
+    for cmd in cluster(&out) {
+        if let ClusterCommand::Change { app, room, change } = cmd {
+            c.reg.remote_update(app, &room, "B|1", change, &mut o);
+            c.check();
+        }
+    }
+    assert_eq!(
+        media(&o),
+        vec![MediaCommand::PullMoved {
+            app: app_id(APP),
+            stream_id: sid("s1"),
+            owner: Some("B|1".into()),
+        }]
+    );
+    assert!(flatten(o).0.is_empty(), "carol knew the stream");
+    // A's late reap of its old entry changes nothing (the entry is B's).
+    let mut o = Vec::new();
+    assert!(!c.reg.remote_update(
+        app_id(APP),
+        &room("r"),
+        "A|1",
+        RoomChange::StreamDelete(sid("s1")),
+        &mut o
+    ));
+    assert!(o.is_empty());
+}
+
+/// After the store lost its data, a snapshot taken before a node put its part back lacks that
+/// part: merged, it removes nothing; the full sync after the settling removes what is gone.
+#[test]
+fn a_merged_snapshot_only_adds_and_a_full_sync_then_removes() {
+    let (mut a, mut b) = (H::new(), H::new());
+    let alice = a.login("r", "alice", true);
+    a.publish(alice, "s1").unwrap();
+    let (bob, _, _) = login_remote(&mut b, "r", "bob", snapshot_of(&a, "r", "A|1"));
+    let mut carol = RemoteRoom::default();
+    carol.users.push(("C|2".into(), user("carol")));
+    let mut out = Vec::new();
+    b.reg
+        .remote_merge(app_id(APP), &room("r"), carol.clone(), &mut out);
+    b.check();
+    assert_eq!(
+        flatten(out).0,
+        vec![(bob, users_msg("r", UpdateType::Add, &["carol"]))]
+    );
+    let view = b.reg.room(app_id(APP), &room("r")).unwrap();
+    assert_eq!(view.users, vec![user("alice"), user("bob"), user("carol")]);
+    assert_eq!(view.streams, vec![info("alice", "s1")]);
+    let mut out = Vec::new();
+    b.reg.remote_sync(app_id(APP), &room("r"), carol, &mut out);
+    assert_eq!(
+        flatten(out).0,
+        vec![
+            (bob, streams_msg("r", UpdateType::Delete, &[("alice", "s1")])),
+            (bob, users_msg("r", UpdateType::Delete, &["alice"])),
+        ]
+    );
+}
+
 // ----- mute: device states and play mutes -----
 
 fn device_msg(s: &str, track: TrackKind, state: DeviceState) -> ServerMsg {

@@ -364,9 +364,13 @@ async fn restore(state: &ServerState, store: &dyn Store, outbox: &mut VecDeque<(
             }
         }
     }
+    // Every live node restores within a third of a lease of the restart; until a lease has
+    // passed, what a snapshot lacks may be a part not restored yet, not a part that is gone.
+    let settled = tokio::time::Instant::now() + state.0.config.cluster_lease;
     let mut hub = state.0.hub.lock();
     for f in hub.follows.values_mut() {
         f.resync = true;
+        f.settle_until = Some(settled);
     }
     hub.follows_changed.notify_one();
 }
@@ -390,7 +394,7 @@ async fn read_rooms(
                     room: room.clone(),
                     cursor: f.cursor.clone(),
                 });
-                if f.resync {
+                if f.resync || f.settle_until.is_some_and(|t| tokio::time::Instant::now() >= t) {
                     resync.push((*app, room.clone()));
                 }
             }
@@ -404,8 +408,16 @@ async fn read_rooms(
                         f.cursor = snapshot.cursor.clone();
                         f.seq = snapshot.seq;
                         f.resync = false;
+                        let settling = f.settle_until.is_some_and(|t| tokio::time::Instant::now() < t);
+                        if !settling {
+                            f.settle_until = None;
+                        }
                         let mut out = Vec::new();
-                        hub.registry.remote_sync(app, &room, snapshot, &mut out);
+                        if settling {
+                            hub.registry.remote_merge(app, &room, snapshot, &mut out);
+                        } else {
+                            hub.registry.remote_sync(app, &room, snapshot, &mut out);
+                        }
                         hub.dispatch(out);
                     }
                 }

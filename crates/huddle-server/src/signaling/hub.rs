@@ -47,6 +47,10 @@ pub(super) struct Follow {
     pub(super) seq: u64,
     /// Read a fresh snapshot before going on (a gap in the history, or the store lost it).
     pub(super) resync: bool,
+    /// The store lost its data and the nodes are putting their parts back: until then a fresh
+    /// snapshot only adds (a node that has not restored its part yet is not gone), and then
+    /// the room is read afresh in full.
+    pub(super) settle_until: Option<tokio::time::Instant>,
 }
 
 /// The connection that carries a session now.
@@ -170,6 +174,7 @@ impl Hub {
                                 cursor,
                                 seq,
                                 resync: false,
+                                settle_until: None,
                             };
                             self.follows.insert((app, room), follow);
                             self.follows_changed.notify_one();
@@ -193,7 +198,29 @@ impl Hub {
                     owner,
                 }),
                 Output::Media(MediaCommand::Unpull { app, stream_id }) => {
-                    self.pull(PullOp::Unpull { app, stream_id });
+                    self.pull(PullOp::Unpull {
+                        app,
+                        stream_id,
+                        players_stay: false,
+                    });
+                }
+                Output::Media(MediaCommand::PullMoved {
+                    app,
+                    stream_id,
+                    owner,
+                }) => {
+                    self.pull(PullOp::Unpull {
+                        app,
+                        stream_id: stream_id.clone(),
+                        players_stay: true,
+                    });
+                    if let Some(owner) = owner {
+                        self.pull(PullOp::Pull {
+                            app,
+                            stream_id,
+                            owner,
+                        });
+                    }
                 }
                 Output::Media(cmd) => {
                     self.media_command(match cmd {
@@ -223,7 +250,9 @@ impl Hub {
                             release(&self.store, StoreOp::ReleaseSession { session });
                             Command::SessionGone { session }
                         }
-                        MediaCommand::Pull { .. } | MediaCommand::Unpull { .. } => continue,
+                        MediaCommand::Pull { .. }
+                        | MediaCommand::Unpull { .. }
+                        | MediaCommand::PullMoved { .. } => continue,
                     });
                 }
             }

@@ -31,8 +31,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
+use axum::extract::ws::Message;
 use axum::routing::get;
-use huddle_proto::{MAX_MESSAGE_BYTES, SIGNALING_PATH};
+use huddle_proto::{ErrorCode, HuddleError, MAX_MESSAGE_BYTES, SIGNALING_PATH};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tracing::{Instrument, info};
@@ -407,6 +408,9 @@ impl ServerState {
             timeout_ms = timeout.as_millis() as u64,
             "draining: no new logins"
         );
+        if self.0.config.redis.is_some() {
+            self.tell_sessions_to_move();
+        }
         let empty = async {
             while self.stats().sessions > 0 {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -419,6 +423,30 @@ impl ServerState {
             }
             () = cut_short => info!("drain cut short"),
         }
+    }
+
+    /// In a cluster, a draining node tells each attached session to move: an `error` without
+    /// `seq`, 1009008, on a connection it keeps open. The SDK then logs in to its next server at
+    /// once; when that login reaches this node through the store (the same user in the same
+    /// room on another node), the session here ends as a duplicate login, without a delete
+    /// for the others. A client that does not move keeps its session until the drain timeout.
+    /// A node alone has nowhere to send its clients: it waits for their sessions to end.
+    fn tell_sessions_to_move(&self) {
+        let notice = hub::error_text(
+            None,
+            &HuddleError::new(
+                ErrorCode::SERVER_SHUTTING_DOWN,
+                "this node is draining: log in to another node of the cluster",
+            ),
+        );
+        let hub = self.0.hub.lock();
+        let mut told = 0usize;
+        for conn in hub.conns.values() {
+            if conn.tx.try_send(Message::Text(notice.clone())).is_ok() {
+                told += 1;
+            }
+        }
+        info!(told, "draining: sessions told to move to another node");
     }
 
     /// Whether [`ServerState::drain`] has started.

@@ -85,6 +85,9 @@ pub(super) enum PullOp {
     Unpull {
         app: AppId,
         stream_id: StreamId,
+        /// The stream moved: only the relay PC closes (the link does it as it stops), the
+        /// players keep their connections for the stream's next publisher.
+        players_stay: bool,
     },
 }
 
@@ -237,10 +240,17 @@ async fn puller(state: ServerState, mut rx: mpsc::Receiver<PullOp>, mut shutdown
                 let span = info_span!("pull", %app, stream = %stream_id);
                 tokio::spawn(link(state.clone(), app, stream_id, owner, stopped).instrument(span));
             }
-            PullOp::Unpull { app, stream_id } => {
+            PullOp::Unpull {
+                app,
+                stream_id,
+                players_stay,
+            } => {
                 let key = (app, stream_id.clone());
                 if let Some(l) = links.remove(&key) {
                     l.stop.send_replace(true);
+                }
+                if players_stay {
+                    continue;
                 }
                 // In the registry's order: a pull asked again after this starts anew.
                 if let Some(media) = state.media() {

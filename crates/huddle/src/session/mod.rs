@@ -545,6 +545,19 @@ impl Session {
                 code,
                 message,
             } => {
+                if code == ErrorCode::SERVER_SHUTTING_DOWN
+                    && self.p.servers > 1
+                    && matches!(self.phase, Phase::Online)
+                    && matches!(self.link, Link::Ready { .. })
+                {
+                    // A node of a cluster drains: move to the next server now, while this one
+                    // still holds the session (the new login there ends it).
+                    debug!(room = %self.p.room_id, %message, "the server asks to move");
+                    self.out.push_back(Output::Close);
+                    self.next_server();
+                    self.link_down(now, &message);
+                    return;
+                }
                 // The server closes the connection after this; the close drives what follows,
                 // and says this reason (as huddle.js does; conformance vector
                 // `server_error_then_close`).
@@ -724,7 +737,14 @@ impl Session {
             // A fresh server session knows nothing of ours: publish and play again.
             self.unpublish_later.clear();
             self.stop_play_later.clear();
+            let budget = self.p.timing.reconnect_budget;
             if let Some(p) = &mut self.publisher {
+                // Published before the break: the stream ID may still be held by the old
+                // session (on a node not yet known dead, or not yet told of this login).
+                if !first && (p.registered || p.requested) {
+                    p.reclaim_until = Some(now + budget);
+                    p.reclaims = 0;
+                }
                 p.registered = false;
                 p.requested = false;
             }
@@ -744,7 +764,12 @@ impl Session {
                 self.open_publish_media();
                 self.refresh_publisher(ErrorCode::OK, "");
             }
-            Some(_) => self.send_publish(),
+            Some(_) => {
+                if let Some(p) = &mut self.publisher {
+                    p.reclaim_at = None;
+                }
+                self.send_publish()
+            }
             None => {}
         }
         // Play again even on a resumed session: the answer tells the availability now, which
@@ -763,6 +788,8 @@ impl Session {
                     && p.ticket == ticket
                 {
                     p.registered = true;
+                    p.reclaim_until = None;
+                    p.reclaim_at = None;
                     self.open_publish_media();
                     self.refresh_publisher(ErrorCode::OK, "");
                 }
@@ -812,6 +839,20 @@ impl Session {
         }
         match self.pending.remove(&seq) {
             Some(Pending::Publish { ticket }) => {
+                if let Some(p) = &mut self.publisher
+                    && p.ticket == ticket
+                    && code == ErrorCode::STREAM_ID_EXISTS
+                    && p.reclaim_until.is_some_and(|until| now < until)
+                {
+                    // Most likely our own old session's claim: it ends with its node's lease,
+                    // or when the old node sees this login. Ask again.
+                    let at = now + p.next_reclaim_delay();
+                    p.reclaim_at = Some(at);
+                    p.requested = false;
+                    debug!(room = %self.p.room_id, stream = %p.stream_id, "stream ID still held: publishing again soon");
+                    self.refresh_publisher(code, message);
+                    return;
+                }
                 if self.publisher.as_ref().is_some_and(|p| p.ticket == ticket) {
                     let p = self.publisher.take().expect("checked");
                     self.out.push_back(Output::Release(Release::Publisher { ticket }));
@@ -906,6 +947,13 @@ impl Session {
         }
         if self.publisher.as_mut().is_some_and(|p| p.retry.due(now)) {
             self.open_publish_media();
+        }
+        if self.is_ready()
+            && let Some(p) = &mut self.publisher
+            && p.reclaim_at.is_some_and(|at| now >= at)
+        {
+            p.reclaim_at = None;
+            self.send_publish();
         }
         let due: Vec<StreamId> = self
             .players
@@ -1813,6 +1861,11 @@ impl Session {
         }
         if self.quality_allowed()
             && let Some(t) = self.quality.next_timeout()
+        {
+            consider(t);
+        }
+        if self.is_ready()
+            && let Some(t) = self.publisher.as_ref().and_then(|p| p.reclaim_at)
         {
             consider(t);
         }

@@ -101,6 +101,14 @@ pub(crate) struct Publisher {
     pub(crate) flowing: bool,
     /// When a lost media connection is offered again.
     pub(crate) retry: MediaRetry,
+    /// Publishing again on a fresh server session (another node, after a move or a node's
+    /// death): until then, a refusal as "stream ID exists" is the old session's claim that has
+    /// not ended yet (its node's lease, or the kick of the older session), and is retried.
+    pub(crate) reclaim_until: Option<Instant>,
+    /// The next `publish` of such a retry.
+    pub(crate) reclaim_at: Option<Instant>,
+    /// Retries of the reclaim so far (the delay doubles: 250 ms up to 1 s).
+    pub(crate) reclaims: u32,
 }
 
 impl Publisher {
@@ -115,7 +123,17 @@ impl Publisher {
             media: MediaLink::Idle,
             flowing: false,
             retry: MediaRetry::default(),
+            reclaim_until: None,
+            reclaim_at: None,
+            reclaims: 0,
         }
+    }
+
+    /// The delay before the next `publish` of a reclaim: 250 ms, doubling up to 1 s.
+    pub(crate) fn next_reclaim_delay(&mut self) -> Duration {
+        let d = Duration::from_millis(250).saturating_mul(1 << self.reclaims.min(2));
+        self.reclaims = self.reclaims.saturating_add(1);
+        d
     }
 
     /// The state to report now, from the signaling and media facts.

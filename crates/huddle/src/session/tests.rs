@@ -1749,6 +1749,101 @@ fn a_stream_stopped_by_the_server_ends_the_publisher_without_an_unpublish() {
     assert!(opens(&out).is_empty(), "{out:?}");
 }
 
+/// A node of a cluster that drains says so (`error` 1009008 without `seq`): the session moves
+/// to its next server at once, and publishes and plays there again.
+#[test]
+fn a_draining_node_is_left_for_the_next_server_at_once() {
+    let (mut h, out) = Harness::new(several(2));
+    assert_eq!(servers_of(&out), [0]);
+    h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    let out = h.cmd(Command::Publish {
+        stream_id: sid("mine"),
+        ticket: 1,
+    });
+    let publish = seq_of(&out, |m| matches!(m, ClientMsg::Publish { .. }));
+    h.msg(ServerMsg::Ok { seq: publish });
+    let out = h.msg(ServerMsg::Error {
+        seq: None,
+        code: ErrorCode::SERVER_SHUTTING_DOWN,
+        message: "draining".into(),
+    });
+    let close = position(&out, |o| matches!(o, Output::Close));
+    let connect = position(&out, |o| matches!(o, Output::Connect { .. }));
+    assert!(close < connect, "the old connection closes first: {out:?}");
+    assert_eq!(servers_of(&out), [1], "to the next server, without a delay");
+    assert_eq!(
+        evs(&out),
+        ["room Reconnecting 1002051", "pub mine PublishRequesting 1003020"]
+    );
+    let (_, out) = h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    assert!(
+        matches!(&sent(&out)[..], [ClientMsg::Publish { stream_id, .. }] if stream_id.as_str() == "mine")
+    );
+}
+
+/// Publishing again on a fresh session of another node, the stream ID may still be held by the
+/// session left behind (until its node's lease ends, or it hears of the new login): "exists" is
+/// retried, 250 ms and then longer apart, and the publisher is not dropped; a first publish so
+/// refused fails at once.
+#[test]
+fn a_republish_refused_as_existing_is_retried_until_the_old_claim_ends() {
+    let (mut h, _) = Harness::new(several(2));
+    h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    let out = h.cmd(Command::Publish {
+        stream_id: sid("mine"),
+        ticket: 1,
+    });
+    let publish = seq_of(&out, |m| matches!(m, ClientMsg::Publish { .. }));
+    h.msg(ServerMsg::Ok { seq: publish });
+    let out = h.input(Input::Closed("node died".into()));
+    next_connect(&mut h, out);
+    let (_, out) = h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    let mut publish = seq_of(&out, |m| matches!(m, ClientMsg::Publish { .. }));
+    let start = h.now;
+    let mut gaps = Vec::new();
+    for _ in 0..4 {
+        let out = h.msg(ServerMsg::Error {
+            seq: Some(publish),
+            code: ErrorCode::STREAM_ID_EXISTS,
+            message: "taken".into(),
+        });
+        assert!(evs(&out).is_empty(), "still requesting: {:?}", evs(&out));
+        let mut out = Vec::new();
+        let asked = h.now;
+        while !sent(&out).iter().any(|m| matches!(m, ClientMsg::Publish { .. })) {
+            out = h.advance(Duration::from_millis(10));
+            // Heartbeats go on meanwhile.
+            for m in sent(&out) {
+                if let ClientMsg::Ping { seq } = m {
+                    h.msg(ServerMsg::Pong {
+                        seq,
+                        server_time_ms: 0,
+                    });
+                }
+            }
+        }
+        gaps.push((h.now - asked).as_millis() / 10 * 10);
+        publish = seq_of(&out, |m| matches!(m, ClientMsg::Publish { .. }));
+    }
+    assert_eq!(gaps, [250, 500, 1000, 1000]);
+    let out = h.msg(ServerMsg::Ok { seq: publish });
+    assert_eq!(evs(&out), ["pub mine Publishing 0"]);
+    assert!(h.now - start < timing().reconnect_budget);
+
+    // A first publish refused as existing: no retry.
+    let out = h.cmd(Command::Publish {
+        stream_id: sid("other"),
+        ticket: 2,
+    });
+    let publish = seq_of(&out, |m| matches!(m, ClientMsg::Publish { .. }));
+    let out = h.msg(ServerMsg::Error {
+        seq: Some(publish),
+        code: ErrorCode::STREAM_ID_EXISTS,
+        message: "taken".into(),
+    });
+    assert_eq!(evs(&out), ["pub other NoPublish 1003028"]);
+}
+
 // ----- mute -----
 
 fn device_state(out: &[Output]) -> Vec<(String, TrackKind, DeviceState)> {
