@@ -4,9 +4,11 @@
 import { ErrorCode, RETRIABLE_LOGIN_CODES, DEFAULT_TIMINGS, RETRY_FAST_WINDOW_MS, RETRY_FAST_MAX_MS, HuddleError } from "./errors.js";
 import { PROTOCOL_VERSION, REASON_STATE, checkImText, checkStreamId, signalingUrl, extended, userOut, streamOut } from "./protocol.js";
 import { tokenExpire } from "./token.js";
+import { levelTick } from "./monitor.js";
+import { qualityTick, streamStats } from "./stats.js";
 import { gathered, preferVp8, closePc } from "./pc.js";
-import { QUALITY, QualityLevel, qualityLevelOf, remoteLevels, LEVEL_NAMES } from "./quality.js";
-import { LEVEL_FRAME_MS, VoiceActivity, ActiveSpeakers, SoundLevelMeter } from "./levels.js";
+import { LEVEL_NAMES } from "./quality.js";
+import { LEVEL_FRAME_MS, ActiveSpeakers } from "./levels.js";
 
 /** @typedef {import("./types.js").RoomState} RoomState */
 /** @typedef {import("./types.js").RoomStateChangedReason} RoomStateChangedReason */
@@ -17,10 +19,8 @@ import { LEVEL_FRAME_MS, VoiceActivity, ActiveSpeakers, SoundLevelMeter } from "
 /** @typedef {import("./types.js").StreamInfo} StreamInfo */
 /** @typedef {import("./types.js").RoomConfig} RoomConfig */
 /** @typedef {import("./types.js").StreamSource} StreamSource */
-/** @typedef {import("./types.js").TrackStats} TrackStats */
 /** @typedef {import("./types.js").StreamStats} StreamStats */
 /** @typedef {import("./types.js").SoundLevelConfig} SoundLevelConfig */
-/** @typedef {import("./types.js").SoundLevelInfo} SoundLevelInfo */
 /** @typedef {import("./types.js").EngineOptions} EngineOptions */
 /** @typedef {import("./types.js").EventMap} EventMap */
 /** @typedef {import("./levels.js").LevelMonitor} LevelMonitor */
@@ -995,57 +995,9 @@ export class HuddleEngine {
     return enable ? this.startSoundLevelMonitor({ millisecond: interval ?? 100 }) : this.stopSoundLevelMonitor();
   }
 
-  /** Every 20 ms: each stream's level and voice; the events at the interval. */
+  /** Every 20 ms: each stream's level and voice; the events at the interval (`monitor.js`). */
   _levelTick() {
-    const m = this._levels;
-    if (!m) return;
-    /** @type {[string, "push" | "pull", MediaStream][]} */
-    const streams = [];
-    for (const [id, pub] of this._publishers) if (pub.stream?.getAudioTracks().length) streams.push([id, "push", pub.stream]);
-    for (const [id, p] of this._players) if (p.state === "PLAYING" && p.mediaStream.getAudioTracks().length) streams.push([id, "pull", p.mediaStream]);
-    const keys = new Set(streams.map(([id, type]) => `${type}:${id}`));
-    for (const [key, t] of m.meters) {
-      if (!keys.has(key)) {
-        t.meter.close();
-        m.meters.delete(key);
-      }
-    }
-    /** @type {[string, number, boolean][]} */
-    const heard = [];
-    for (const [id, type, stream] of streams) {
-      const key = `${type}:${id}`;
-      let t = m.meters.get(key);
-      if (t && t.stream !== stream) {
-        t.meter.close();
-        t = undefined;
-      }
-      if (!t) {
-        try {
-          t = { stream, meter: new SoundLevelMeter(stream, m.context, type === "pull"), vad: new VoiceActivity(), peak: 0, streamID: id, type };
-        } catch {
-          continue;
-        }
-        m.meters.set(key, t);
-      }
-      const s = t.meter.sample();
-      t.peak = Math.max(t.peak, s.level);
-      const voiced = t.vad.push(s.dbfs, s.speechBand, LEVEL_FRAME_MS);
-      heard.push([id, s.level, voiced]);
-    }
-    const speakers = m.speakers.update(heard, LEVEL_FRAME_MS);
-    if (speakers) this._emit("activeSpeakersChanged", speakers);
-    m.elapsed += LEVEL_FRAME_MS;
-    if (m.elapsed + LEVEL_FRAME_MS / 2 < m.millisecond) return;
-    m.elapsed = Math.max(0, m.elapsed - m.millisecond);
-    /** @type {SoundLevelInfo[]} */
-    const list = [];
-    for (const t of m.meters.values()) {
-      list.push({ streamID: t.streamID, soundLevel: Math.round(t.peak * 10) / 10, type: t.type, vad: m.enableVAD && t.vad.speaking });
-      t.peak = 0;
-    }
-    const captured = list.find((l) => l.type === "push");
-    this._emit("capturedSoundLevelUpdate", captured?.soundLevel ?? 0, captured?.vad ?? false);
-    this._emit("soundLevelUpdate", list);
+    levelTick(this);
   }
 
   // ----- stats -----
@@ -1056,70 +1008,9 @@ export class HuddleEngine {
     this._qualityTimer = setInterval(() => this._qualityTick().catch(() => {}), 1000);
   }
 
-  /**
-   * Once a second: every 3 s `publishQualityUpdate` / `playQualityUpdate`, every 2 s
-   * `networkQuality` for this user ("" as ZEGO's) and each other user that reports, and this
-   * user's levels to the server (`network_quality`). This user's levels are DIE when nothing
-   * arrived (signaling, or media on a played stream) for 3 s.
-   */
-  async _qualityTick() {
-    const room = this._room;
-    if (!room || room.phase === "done") {
-      clearInterval(this._qualityTimer);
-      this._qualityTimer = null;
-      this._remoteQuality.clear();
-      return;
-    }
-    this._qualityTicks++;
-    const now = Date.now();
-    const streamTick = this._qualityTicks % (QUALITY.streamIntervalMs / 1000) === 0;
-    const networkTick = this._qualityTicks % (QUALITY.networkIntervalMs / 1000) === 0;
-    /** @type {number} */
-    let up = QualityLevel.UNKNOWN;
-    /** @type {number} */
-    let down = QualityLevel.UNKNOWN;
-    let lastRx = room.lastRx ?? 0;
-    for (const id of this._publishers.keys()) {
-      const s = await this.getStats(id).catch(() => null);
-      const a = s?.audio;
-      if (!a) continue;
-      const level = qualityLevelOf(a.lossRate ?? 0, a.rttMs ?? 0, a.jitterMs ?? 0);
-      up = level;
-      if (streamTick) {
-        this._emit("publishQualityUpdate", id, { rtt: a.rttMs ?? 0, packetLostRate: a.lossRate ?? 0, jitter: a.jitterMs ?? 0, audioKBPS: a.bitrateKbps ?? 0, videoKBPS: s.video?.bitrateKbps ?? 0, level });
-      }
-    }
-    for (const [id, p] of this._players) {
-      const s = await this.getStats(id).catch(() => null);
-      const a = s?.audio;
-      if (!a) continue;
-      if ((a.bitrateKbps ?? 0) > 0) p.qualityRx = now;
-      lastRx = Math.max(lastRx, p.qualityRx ?? 0);
-      const dead = now - (p.qualityRx ?? now) >= QUALITY.dieAfterMs;
-      const level = dead ? QualityLevel.DIE : qualityLevelOf(a.lossRate ?? 0, a.rttMs ?? 0, a.jitterMs ?? 0);
-      if (!dead) down = down === QualityLevel.UNKNOWN ? level : Math.max(down, level);
-      if (streamTick) {
-        this._emit("playQualityUpdate", id, { rtt: a.rttMs ?? 0, packetLostRate: a.lossRate ?? 0, jitter: a.jitterMs ?? 0, audioKBPS: a.bitrateKbps ?? 0, videoKBPS: s.video?.bitrateKbps ?? 0, level });
-      }
-    }
-    const active = this._publishers.size > 0 || this._players.size > 0;
-    const dead = active && now - lastRx >= QUALITY.dieAfterMs;
-    if (dead) [up, down] = [QualityLevel.DIE, QualityLevel.DIE];
-    const changed = dead !== this._ownDead;
-    this._ownDead = dead;
-    if (active && (networkTick || changed)) {
-      this._emit("networkQuality", "", up, down);
-      if (!dead && room.phase === "online") {
-        this._request({ type: "network_quality", upstream: LEVEL_NAMES[up], downstream: LEVEL_NAMES[down] }).catch(() => {});
-      }
-    }
-    if (networkTick) {
-      for (const [user, r] of [...this._remoteQuality]) {
-        const [u, d] = remoteLevels(r, now);
-        this._emit("networkQuality", user, u, d);
-        if (u === QualityLevel.DIE) this._remoteQuality.delete(user);
-      }
-    }
+  /** Once a second: the quality events and this user's levels to the server (`stats.js`). */
+  _qualityTick() {
+    return qualityTick(this);
   }
 
   /**
@@ -1133,57 +1024,7 @@ export class HuddleEngine {
     const s = this._publishers.get(streamId) ?? this._players.get(streamId);
     if (!s || !s.pc) return null;
     const direction = this._publishers.get(streamId) === s ? "publish" : "play";
-    const report = await s.pc.getStats();
-    /** @type {Map<string, any>} */
-    const byId = new Map();
-    report.forEach((r) => byId.set(r.id, r));
-    let rttMs = 0;
-    for (const r of byId.values()) {
-      if (r.type === "candidate-pair" && r.nominated && r.state === "succeeded" && r.currentRoundTripTime !== undefined) {
-        rttMs = r.currentRoundTripTime * 1000;
-      }
-    }
-    const now = performance.now();
-    /** @type {{audio: TrackStats | null, video: TrackStats | null}} */
-    const out = { audio: null, video: null };
-    for (const r of byId.values()) {
-      const wanted = direction === "publish" ? "outbound-rtp" : "inbound-rtp";
-      if (r.type !== wanted || (r.kind !== "audio" && r.kind !== "video")) continue;
-      const bytes = direction === "publish" ? r.bytesSent ?? 0 : r.bytesReceived ?? 0;
-      const packets = direction === "publish" ? r.packetsSent ?? 0 : r.packetsReceived ?? 0;
-      const prev = s.last.get(r.kind);
-      const bitrateKbps = prev && now > prev.t ? ((bytes - prev.bytes) * 8) / (now - prev.t) : 0;
-      let packetsLost = 0;
-      let lossRate = 0;
-      let jitterMs = 0;
-      let trackRtt = rttMs;
-      if (direction === "play") {
-        packetsLost = Math.max(0, r.packetsLost ?? 0);
-        jitterMs = (r.jitter ?? 0) * 1000;
-        const dLost = packetsLost - (prev?.lost ?? 0);
-        const dRecv = packets - (prev?.packets ?? 0);
-        lossRate = dLost + dRecv > 0 ? Math.max(0, dLost) / (dLost + dRecv) : 0;
-      } else {
-        const remote = r.remoteId ? byId.get(r.remoteId) : undefined;
-        if (remote) {
-          packetsLost = Math.max(0, remote.packetsLost ?? 0);
-          lossRate = remote.fractionLost ?? 0;
-          jitterMs = (remote.jitter ?? 0) * 1000;
-          if (remote.roundTripTime !== undefined) trackRtt = remote.roundTripTime * 1000;
-        }
-      }
-      s.last.set(r.kind, { t: now, bytes, packets, lost: packetsLost });
-      const codec = r.codecId ? byId.get(r.codecId)?.mimeType ?? "" : "";
-      /** @type {TrackStats} */
-      const ts = { bitrateKbps, packets, packetsLost, lossRate, jitterMs, rttMs: trackRtt, codec };
-      if (r.kind === "video") {
-        ts.frameWidth = r.frameWidth ?? 0;
-        ts.frameHeight = r.frameHeight ?? 0;
-        ts.fps = r.framesPerSecond ?? 0;
-      }
-      out[/** @type {"audio" | "video"} */ (r.kind)] = ts;
-    }
-    return { streamID: streamId, direction, connectionState: s.pc.connectionState, ...out };
+    return streamStats(s.pc, s.last, direction, streamId);
   }
 
   // ----- signaling connection -----

@@ -46,9 +46,11 @@ const SDK_MODULES: &[(&str, &str)] = &[
     ("engine.js", include_str!("../../../web/sdk/engine.js")),
     ("errors.js", include_str!("../../../web/sdk/errors.js")),
     ("levels.js", include_str!("../../../web/sdk/levels.js")),
+    ("monitor.js", include_str!("../../../web/sdk/monitor.js")),
     ("pc.js", include_str!("../../../web/sdk/pc.js")),
     ("protocol.js", include_str!("../../../web/sdk/protocol.js")),
     ("quality.js", include_str!("../../../web/sdk/quality.js")),
+    ("stats.js", include_str!("../../../web/sdk/stats.js")),
     ("token.js", include_str!("../../../web/sdk/token.js")),
     ("types.js", include_str!("../../../web/sdk/types.js")),
 ];
