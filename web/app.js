@@ -287,27 +287,6 @@ function wire(engine) {
       if (owner === userID) showQuality(tile, "net", Math.max(up, down), `up ${QUALITY_NAMES[up]} · down ${QUALITY_NAMES[down]}`);
     }
   });
-  engine.startSoundLevelMonitor({ millisecond: 100, enableVAD: true });
-}
-
-/** Quality level names, by number (ZEGO's `ZegoStreamQualityLevel`). */
-const QUALITY_NAMES = ["excellent", "good", "medium", "bad", "die", "unknown"];
-
-/**
- * @param {HTMLElement} tile @param {"stream" | "net"} what @param {number} level @param {string} [title]
- */
-function showQuality(tile, what, level, title) {
-  const el = /** @type {HTMLElement} */ (tile.querySelector(`.quality .${what}`));
-  const name = QUALITY_NAMES[level] ?? "unknown";
-  el.dataset.level = name;
-  el.textContent = `${what === "net" ? "net" : "stream"} ${name}`;
-  el.title = title ?? `${what === "net" ? "the user's network" : "this stream"}: ${name}`;
-  tile.dataset[what === "net" ? "netQuality" : "quality"] = name;
-}
-
-/** @param {string} kind @param {string} streamId */
-function tileOf(kind, streamId) {
-  return (kind === "publish" ? app.publishing : app.playing).get(streamId)?.tile ?? null;
   engine.on("IMRecvBroadcastMessage", (roomID, list) => {
     for (const m of list) chatLine(m.fromUser.userID, m.message);
   });
@@ -332,6 +311,27 @@ function tileOf(kind, streamId) {
   engine.on("roomOnlineUserCountUpdate", (roomID, count) => {
     $("onlineCount").textContent = String(count);
   });
+  engine.startSoundLevelMonitor({ millisecond: 100, enableVAD: true });
+}
+
+/** Quality level names, by number (ZEGO's `ZegoStreamQualityLevel`). */
+const QUALITY_NAMES = ["excellent", "good", "medium", "bad", "die", "unknown"];
+
+/**
+ * @param {HTMLElement} tile @param {"stream" | "net"} what @param {number} level @param {string} [title]
+ */
+function showQuality(tile, what, level, title) {
+  const el = /** @type {HTMLElement} */ (tile.querySelector(`.quality .${what}`));
+  const name = QUALITY_NAMES[level] ?? "unknown";
+  el.dataset.level = name;
+  el.textContent = `${what === "net" ? "net" : "stream"} ${name}`;
+  el.title = title ?? `${what === "net" ? "the user's network" : "this stream"}: ${name}`;
+  tile.dataset[what === "net" ? "netQuality" : "quality"] = name;
+}
+
+/** @param {string} kind @param {string} streamId */
+function tileOf(kind, streamId) {
+  return (kind === "publish" ? app.publishing : app.playing).get(streamId)?.tile ?? null;
 }
 
 // ----- chat and extra info -----

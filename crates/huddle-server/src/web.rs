@@ -1,7 +1,9 @@
 //! The web debug page and `huddle.js`, embedded in the binary, and the small JSON API the page
 //! uses.
 //!
-//! - `GET /` (the page), `/app.js`, `/style.css`, `/sdk/huddle.js` (the browser SDK, an ES module).
+//! - `GET /` (the page), `/app.js`, `/style.css`, `/sdk/huddle.js` (the browser SDK's entry, an ES
+//!   module) and its modules `/sdk/sdk/*.js` (`web/sdk/`: the URLs mirror the files, so that the
+//!   entry's relative imports resolve the same in the page and in node).
 //! - `GET /api/info`: `{"dev_mode": bool, "protocol": 1}`, and in dev mode also the dev app's
 //!   `app_id` (public; the page pre-fills it). Asked from a loopback address (monitoring on the
 //!   host, the churn soak of `huddle load-test --churn`), also `"live"`: the server's counts now,
@@ -38,6 +40,21 @@ const APP_JS: &str = include_str!("../../../web/app.js");
 const STYLE_CSS: &str = include_str!("../../../web/style.css");
 const HUDDLE_JS: &str = include_str!("../../../web/huddle.js");
 
+/// The SDK's modules (`web/sdk/`), served at `/sdk/sdk/<name>`. `tests/web.rs` checks that every
+/// file of that directory is here.
+const SDK_MODULES: &[(&str, &str)] = &[
+    ("engine.js", include_str!("../../../web/sdk/engine.js")),
+    ("errors.js", include_str!("../../../web/sdk/errors.js")),
+    ("levels.js", include_str!("../../../web/sdk/levels.js")),
+    ("monitor.js", include_str!("../../../web/sdk/monitor.js")),
+    ("pc.js", include_str!("../../../web/sdk/pc.js")),
+    ("protocol.js", include_str!("../../../web/sdk/protocol.js")),
+    ("quality.js", include_str!("../../../web/sdk/quality.js")),
+    ("stats.js", include_str!("../../../web/sdk/stats.js")),
+    ("token.js", include_str!("../../../web/sdk/token.js")),
+    ("types.js", include_str!("../../../web/sdk/types.js")),
+];
+
 /// The longest lifetime a dev token may ask for (a day), and the default (an hour).
 const MAX_DEV_TOKEN_SECS: i64 = 24 * 3600;
 const DEFAULT_DEV_TOKEN_SECS: i64 = 3600;
@@ -45,7 +62,7 @@ const DEFAULT_DEV_TOKEN_SECS: i64 = 3600;
 /// The page, the SDK and the JSON API, merged into the signaling router by [`crate::serve`]. The
 /// dev-token route exists only when the server runs in dev mode.
 pub(crate) fn routes(state: ServerState) -> Router {
-    let router = Router::new()
+    let mut router = Router::new()
         .route("/", get(|| asset(INDEX_HTML, "text/html; charset=utf-8")))
         .route(
             "/index.html",
@@ -59,6 +76,12 @@ pub(crate) fn routes(state: ServerState) -> Router {
         )
         .route("/api/info", get(info))
         .route("/metrics", get(metrics));
+    for &(name, body) in SDK_MODULES {
+        router = router.route(
+            &format!("/sdk/sdk/{name}"),
+            get(move || asset(body, "text/javascript; charset=utf-8")),
+        );
+    }
     let router = if state.config().dev_mode {
         router.route("/api/dev-token", post(dev_token))
     } else {

@@ -115,7 +115,12 @@ fn serves_the_page_and_the_sdk_with_their_content_types() {
         ("/", "text/html", "id=\"login\""),
         ("/app.js", "text/javascript", "HuddleEngine"),
         ("/style.css", "text/css", "#log"),
-        ("/sdk/huddle.js", "text/javascript", "export class HuddleEngine"),
+        ("/sdk/huddle.js", "text/javascript", "export { HuddleEngine }"),
+        (
+            "/sdk/sdk/engine.js",
+            "text/javascript",
+            "export class HuddleEngine",
+        ),
     ] {
         let r = http(&server, "GET", path, None);
         assert_eq!(r.status, 200, "{path}");
@@ -126,6 +131,51 @@ fn serves_the_page_and_the_sdk_with_their_content_types() {
     assert_eq!(http(&server, "GET", "/nope.js", None).status, 404);
     // Signaling and health are still there.
     assert_eq!(http(&server, "GET", "/healthz", None).body, "ok");
+}
+
+/// Every module of the browser SDK (`web/sdk/`, read from disk here, so a new file the server
+/// does not embed fails this test) is served at `/sdk/sdk/<name>` as it is on disk, with the
+/// entry's content type and headers; every module the entry and the modules import is served.
+#[test]
+fn serves_every_sdk_module() {
+    let server = BackgroundServer::start(ServerConfig::for_tests(vec![test_app(3)])).unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web/sdk");
+    let entry = http(&server, "GET", "/sdk/huddle.js", None);
+    let headers_of = |r: &Reply| {
+        [
+            "content-type",
+            "cache-control",
+            "x-content-type-options",
+            "content-security-policy",
+        ]
+        .map(|h| r.header(h).map(str::to_string))
+    };
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert!(names.iter().any(|n| n == "engine.js"), "{names:?}");
+    let mut sources = vec![entry.body.clone()];
+    for name in &names {
+        let r = http(&server, "GET", &format!("/sdk/sdk/{name}"), None);
+        assert_eq!(r.status, 200, "web/sdk/{name} is not served");
+        assert_eq!(r.body, std::fs::read_to_string(dir.join(name)).unwrap(), "{name}");
+        assert_eq!(headers_of(&r), headers_of(&entry), "{name}");
+        sources.push(r.body);
+    }
+    // The imports resolve: `./sdk/x.js` from the entry, `./x.js` between modules.
+    for src in &sources {
+        for import in src.split("from \"./").skip(1) {
+            let target = import.split('"').next().unwrap();
+            let name = target.strip_prefix("sdk/").unwrap_or(target);
+            assert!(
+                names.iter().any(|n| n == name),
+                "an import of {target} has no module"
+            );
+        }
+    }
+    assert_eq!(http(&server, "GET", "/sdk/sdk/nope.js", None).status, 404);
 }
 
 #[test]
