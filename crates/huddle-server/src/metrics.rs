@@ -64,6 +64,7 @@ struct Counters {
     rtp_lost: IntCounter,
     nacks_received: IntCounter,
     nacks_sent: IntCounter,
+    rtx_sent: IntCounter,
 }
 
 impl Metrics {
@@ -177,6 +178,11 @@ impl Metrics {
                 "huddle_nacks_sent_total",
                 "NACKs (RTCP generic NACK messages) sent to publishers for packets missing on the way \
                  to the server. Counted once a second per connection.",
+            ),
+            rtx_sent: counter(
+                "huddle_rtx_packets_sent_total",
+                "Video packets sent to players again (RTX) in answer to their NACKs. Counted once a \
+                 second per connection.",
             ),
         };
         let login_seconds = HistogramVec::new(
@@ -315,6 +321,7 @@ impl Metrics {
             (&c.rtp_lost, media.rtp_lost),
             (&c.nacks_received, media.nacks_in),
             (&c.nacks_sent, media.nacks_out),
+            (&c.rtx_sent, media.rtx_sent),
         ] {
             counter.reset();
             counter.inc_by(value);

@@ -140,7 +140,10 @@ impl Sfu {
                 self.close_pc(now, id, None);
             }
             // Cumulative per media line: the counters get what is new since the last report.
-            Event::MediaEgressStats(stats) => self.count_nacks(id, stats.mid, stats.nacks, true),
+            Event::MediaEgressStats(stats) => {
+                self.count_nacks(id, stats.mid, stats.nacks, true);
+                self.count_resent(id, stats.mid, stats.packets);
+            }
             Event::MediaIngressStats(stats) => self.count_nacks(id, stats.mid, stats.nacks, false),
             _ => {}
         }
@@ -171,6 +174,31 @@ impl Sfu {
                 &counters.nacks_out
             };
             c.fetch_add(new, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts the retransmissions of a played track: str0m's count of packets sent on it
+    /// (`sent`, retransmissions included) beyond the packets written to it. Packets written
+    /// but not yet sent make that short for a moment; the count only grows, so they are
+    /// counted at a later report.
+    fn count_resent(&mut self, id: usize, mid: Mid, sent: u64) {
+        let Sfu { pcs, counters, .. } = self;
+        let Some(Pc {
+            role: Role::Play(Playing { tracks }),
+            ..
+        }) = pcs.get_mut(id).and_then(|p| p.as_deref_mut())
+        else {
+            return;
+        };
+        let Some(track) = tracks.iter_mut().find(|t| t.mid == mid) else {
+            return;
+        };
+        let resent = sent.saturating_sub(track.written);
+        if resent > track.resent {
+            counters
+                .rtx_sent
+                .fetch_add(resent - track.resent, Ordering::Relaxed);
+            track.resent = resent;
         }
     }
 
@@ -452,6 +480,7 @@ pub(super) fn send_on(
     let mut api = rtc.direct_api();
     let tx = api.stream_tx_by_mid(track.mid, None)?;
     let bytes = out.payload.len();
+    track.written += 1;
     tx.write_rtp(
         RtpWrite::new(pt, seq.into(), ts, wallclock, out.payload)
             .marker(out.marker)

@@ -47,6 +47,10 @@ pub(super) struct TrackOut {
     pub(super) rewriter: Rewriter,
     /// The player muted this track (`mute_play`): nothing of it is forwarded.
     pub(super) muted: bool,
+    /// Packets written to str0m for this track.
+    pub(super) written: u64,
+    /// Retransmissions counted so far: str0m's packets sent beyond those written.
+    pub(super) resent: u64,
 }
 
 /// One media peer connection.
@@ -976,12 +980,32 @@ pub(super) fn add_track(rtc: &mut Rtc, playing: &mut Playing, mid: Mid, kind: Me
         red_pt,
         rewriter: Rewriter::new(clock_rate, rng.gen_range(1..0x4000), rng.r#gen()),
         muted: false,
+        written: 0,
+        resent: 0,
     });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sequence_gaps_count_as_loss_but_not_reordering_or_restarts() {
+        let mut p = Publishing::default();
+        let (a, b) = (Ssrc::from(1), Ssrc::from(2));
+        assert_eq!(p.count_gap(a, 100), 0);
+        assert_eq!(p.count_gap(a, 101), 0);
+        assert_eq!(p.count_gap(a, 104), 2);
+        // Late (reordered or retransmitted) packets are not counted again.
+        assert_eq!(p.count_gap(a, 102), 0);
+        assert_eq!(p.count_gap(a, 104), 0);
+        // Another SSRC has its own numbers.
+        assert_eq!(p.count_gap(b, 7), 0);
+        assert_eq!(p.count_gap(b, 9), 1);
+        // A jump beyond MAX_COUNTED_GAP is a restarted source.
+        assert_eq!(p.count_gap(a, 105 + MAX_COUNTED_GAP + 1), 0);
+        assert_eq!(p.count_gap(a, 106 + MAX_COUNTED_GAP + 1), 0);
+    }
 
     #[test]
     pub(super) fn the_answer_origin_names_no_library() {

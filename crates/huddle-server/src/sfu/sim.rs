@@ -137,8 +137,20 @@ fn lost_video_packets_are_retransmitted_from_the_send_buffer() {
         sim.run(&mut [&mut publisher, &mut player], 10);
     }
     sim.drop_down = Box::new(|_, _| false);
-    sim.run(&mut [&mut publisher, &mut player], 1000);
+    // Past a statistics report (once a second), which carries the NACK and send counts.
+    sim.run(
+        &mut [&mut publisher, &mut player],
+        1000 + super::pc::STATS_INTERVAL.as_millis() as u64,
+    );
     assert_eq!(dropped.load(std::sync::atomic::Ordering::Relaxed), 18);
+    // The metrics saw the player's NACKs and the retransmissions (a packet may be asked for
+    // more than once), and no loss on the publisher's side.
+    let stats = sim.counters.snapshot();
+    println!("{stats:?}");
+    assert!(stats.nacks_in >= 1, "{stats:?}");
+    assert!((18..=36).contains(&stats.rtx_sent), "{stats:?}");
+    assert_eq!(stats.rtp_lost, 0, "{stats:?}");
+    assert_eq!(stats.nacks_out, 0, "{stats:?}");
     let mut got: Vec<(u64, Vec<u8>)> = player
         .got
         .iter()

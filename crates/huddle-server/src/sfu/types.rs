@@ -189,6 +189,8 @@ pub struct Counters {
     pub(super) nacks_in: AtomicU64,
     /// NACKs sent to publishers (str0m's ingress statistics).
     pub(super) nacks_out: AtomicU64,
+    /// Packets sent again to players in answer to their NACKs.
+    pub(super) rtx_sent: AtomicU64,
     /// How long after its offer a PC forwarded (play) or received (publish) its first packet.
     pub first_packet: FirstPacket,
     pub(super) datagrams_in: AtomicU64,
@@ -255,6 +257,7 @@ impl Counters {
             rtp_lost: g(&self.rtp_lost),
             nacks_in: g(&self.nacks_in),
             nacks_out: g(&self.nacks_out),
+            rtx_sent: g(&self.rtx_sent),
             datagrams_in: g(&self.datagrams_in),
             dropped_unknown: g(&self.dropped_unknown),
             dropped_invalid: g(&self.dropped_invalid),
@@ -287,6 +290,8 @@ pub struct MediaStats {
     pub nacks_in: u64,
     /// NACKs sent to publishers.
     pub nacks_out: u64,
+    /// Packets sent again to players (RTX) in answer to their NACKs.
+    pub rtx_sent: u64,
     /// UDP datagrams received.
     pub datagrams_in: u64,
     /// Datagrams that belong to no PC (unknown address or ICE username), dropped.
