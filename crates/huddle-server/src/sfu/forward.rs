@@ -222,6 +222,7 @@ impl Sfu {
             role: Role::Publish(src),
             key: src_key,
             offered,
+            relay,
             ..
         }) = pcs.get_mut(from).and_then(|p| p.as_deref_mut())
         else {
@@ -230,7 +231,10 @@ impl Sfu {
         counters
             .rtp_bytes_in
             .fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
-        if let Some(at) = offered.take() {
+        // A client's publish only: a relay's link between nodes is not a publisher's wait.
+        if let Some(at) = offered.take()
+            && relay.is_none()
+        {
             counters
                 .first_packet
                 .observe(false, now.saturating_duration_since(at));
