@@ -474,9 +474,7 @@ pub(super) fn send_on(
     out: Outgoing,
     ext: &ExtensionValues,
 ) -> Option<usize> {
-    let Some((seq, ts)) = track.rewriter.map(source, out.seq, out.ts, now) else {
-        return None;
-    };
+    let (seq, ts) = track.rewriter.map(source, out.seq, out.ts, now)?;
     let pt = match (out.red, track.red_pt) {
         (true, Some(red)) => red,
         _ => track.pt,
