@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use sha2::{Digest, Sha256};
 
@@ -33,6 +33,7 @@ pub(crate) struct Metrics {
     recordings: IntGauge,
     /// Recording packets: written, dropped (the recorder was behind); recordings failed.
     record_counts: [IntCounter; 3],
+    shard_cpu: CounterVec,
 }
 
 struct Gauges {
@@ -58,11 +59,22 @@ struct Counters {
     peer_connections_opened: IntCounter,
     peer_connections_connected: IntCounter,
     peer_connections_closed: IntCounter,
+    rtp_bytes_received: IntCounter,
+    rtp_bytes_forwarded: IntCounter,
+    rtp_lost: IntCounter,
+    nacks_received: IntCounter,
+    nacks_sent: IntCounter,
+    rtx_sent: IntCounter,
 }
 
 impl Metrics {
-    pub(crate) fn new() -> Metrics {
+    /// The families, with the media plane's first-packet histogram (which its shards observe
+    /// in `counters`).
+    pub(crate) fn new(counters: &crate::sfu::Counters) -> Metrics {
         let registry = Registry::new();
+        registry
+            .register(Box::new(counters.first_packet.vec.clone()))
+            .expect("one family per name");
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("a valid gauge");
             registry
@@ -141,6 +153,37 @@ impl Metrics {
                 "huddle_peer_connections_closed_total",
                 "Media peer connections closed.",
             ),
+            rtp_bytes_received: counter(
+                "huddle_rtp_payload_received_bytes_total",
+                "RTP payload bytes received from publishers (RTP headers, SRTP, UDP and IP overhead \
+                 not counted).",
+            ),
+            rtp_bytes_forwarded: counter(
+                "huddle_rtp_payload_forwarded_bytes_total",
+                "RTP payload bytes written to players, one copy per player (RTP headers, SRTP, UDP \
+                 and IP overhead and retransmissions not counted).",
+            ),
+            rtp_lost: counter(
+                "huddle_rtp_packets_lost_total",
+                "RTP packets missing from publishers' sequence numbers when a later packet arrived: \
+                 lost on the way to the server, or reordered (a NACK may still bring them).",
+            ),
+            nacks_received: counter(
+                "huddle_nacks_received_total",
+                "NACKs (RTCP generic NACK messages, each naming one or more packets) received from \
+                 players; the server answers them from its send buffer. Counted once a second per \
+                 connection.",
+            ),
+            nacks_sent: counter(
+                "huddle_nacks_sent_total",
+                "NACKs (RTCP generic NACK messages) sent to publishers for packets missing on the way \
+                 to the server. Counted once a second per connection.",
+            ),
+            rtx_sent: counter(
+                "huddle_rtx_packets_sent_total",
+                "Video packets sent to players again (RTX) in answer to their NACKs. Counted once a \
+                 second per connection.",
+            ),
         };
         let login_seconds = HistogramVec::new(
             HistogramOpts::new(
@@ -148,9 +191,7 @@ impl Metrics {
                 "From the WebSocket upgrade to login_ok: the server's part of joining a room plus \
                  the client's answer to hello.",
             )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
+            .buckets(crate::sfu::LATENCY_BUCKETS.to_vec()),
             &["resumed"],
         )
         .expect("a valid histogram");
@@ -210,7 +251,20 @@ impl Metrics {
                 .register(Box::new(c.clone()))
                 .expect("one family per name");
         }
+        let shard_cpu = CounterVec::new(
+            Opts::new(
+                "huddle_media_shard_cpu_seconds_total",
+                "CPU time (user and system) of each media shard's thread, read from the kernel \
+                 at each scrape (Linux only).",
+            ),
+            &["shard"],
+        )
+        .expect("a valid counter");
+        registry
+            .register(Box::new(shard_cpu.clone()))
+            .expect("one family per name");
         Metrics {
+            shard_cpu,
             recordings,
             record_counts,
             registry,
@@ -262,6 +316,12 @@ impl Metrics {
             (&c.peer_connections_opened, media.pcs_opened),
             (&c.peer_connections_connected, media.pcs_connected),
             (&c.peer_connections_closed, media.pcs_closed),
+            (&c.rtp_bytes_received, media.rtp_bytes_in),
+            (&c.rtp_bytes_forwarded, media.rtp_bytes_forwarded),
+            (&c.rtp_lost, media.rtp_lost),
+            (&c.nacks_received, media.nacks_in),
+            (&c.nacks_sent, media.nacks_out),
+            (&c.rtx_sent, media.rtx_sent),
         ] {
             counter.reset();
             counter.inc_by(value);
@@ -298,12 +358,69 @@ impl Metrics {
                 counter.inc_by(value);
             }
         }
+        self.shard_cpu.reset();
+        for (shard, seconds) in shard_cpu_seconds() {
+            self.shard_cpu
+                .with_label_values(&[shard.to_string().as_str()])
+                .inc_by(seconds);
+        }
         let mut text = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut text)
             .expect("the text encoder writes to memory");
         String::from_utf8(text).expect("the text format is UTF-8")
     }
+}
+
+/// The CPU seconds of this process's media shard threads (named `huddle-media-N` by
+/// `crate::media`), by shard, read from `/proc/self/task` at a scrape: the shards pay nothing
+/// for it. Threads of several servers in one process (the tests) add up by shard. Read here
+/// rather than through a crate: no well-kept one reads another thread's CPU clock without
+/// unsafe code, and the kernel's files are the documented interface (proc(5)).
+fn shard_cpu_seconds() -> Vec<(usize, f64)> {
+    let mut out: Vec<(usize, f64)> = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        let Some(shard) = comm
+            .trim_end()
+            .strip_prefix("huddle-media-")
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        let Some(seconds) = thread_cpu_seconds(&dir) else {
+            continue;
+        };
+        match out.iter_mut().find(|(s, _)| *s == shard) {
+            Some((_, total)) => *total += seconds,
+            None => out.push((shard, seconds)),
+        }
+    }
+    out.sort_by_key(|(s, _)| *s);
+    out
+}
+
+/// A thread's CPU seconds: `schedstat`'s nanoseconds on a CPU, else `stat`'s user and system
+/// clock ticks (fields 14 and 15; the kernel reports them in USER_HZ, 100 a second).
+fn thread_cpu_seconds(dir: &std::path::Path) -> Option<f64> {
+    if let Ok(s) = std::fs::read_to_string(dir.join("schedstat"))
+        && let Some(ns) = s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok())
+    {
+        return Some(ns as f64 / 1e9);
+    }
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    // The name (field 2) is in parentheses and may hold spaces: count from the last `)`.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
 }
 
 /// Whether `Authorization: Bearer <token>` carries the configured token. Compared as SHA-256

@@ -140,3 +140,103 @@ async fn only_loopback_or_the_token_may_scrape() {
     .await;
     assert_eq!(status, 403);
 }
+
+/// The sum of every sample of `name` (any labels), and how many there are.
+fn samples(text: &str, name: &str) -> (f64, usize) {
+    let mut sum = 0.0;
+    let mut n = 0;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if series == name
+            || series
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{'))
+        {
+            sum += value.parse::<f64>().unwrap();
+            n += 1;
+        }
+    }
+    (sum, n)
+}
+
+#[tokio::test]
+async fn a_real_call_moves_the_media_families() {
+    use huddle_proto::MediaRole;
+    let server = server();
+    let mut alice = Client::login(&server, "alice").await;
+    let mut bob = Client::login(&server, "bob").await;
+    alice.publish("metered").await;
+    let mut publisher = start_publisher(&mut alice, "metered").await;
+    assert!(bob.play("metered").await);
+    let mut player = start_player(&mut bob, "metered").await;
+    connect(&mut [&mut publisher, &mut player]).await;
+    alice.media_up("metered", MediaRole::Publish).await;
+    bob.media_up("metered", MediaRole::Play).await;
+    let sent = stream_audio(&mut [&mut publisher, &mut player], 100).await;
+    let got = assert_in_order(&sent, &player.got);
+
+    let (status, text) = scrape(server.addr(), "").await;
+    assert_eq!(status, 200);
+    let received = sample(&text, "huddle_rtp_payload_received_bytes_total");
+    let forwarded = sample(&text, "huddle_rtp_payload_forwarded_bytes_total");
+    let payload_sent: usize = sent.iter().map(Vec::len).sum();
+    let payload_got: usize = player.got.iter().map(Vec::len).sum();
+    println!(
+        "{got}/100 packets; payload bytes sent {payload_sent}, received by the server {received}, \
+         forwarded {forwarded}, reached the player {payload_got}"
+    );
+    // One player: everything received is forwarded (the test's publisher sends no RED).
+    assert!(received > 0.0);
+    assert!(received <= payload_sent as f64);
+    assert!(forwarded >= received, "{forwarded} < {received}");
+    assert!(forwarded >= payload_got as f64);
+    // The first packet of each side was timed once.
+    assert_eq!(
+        sample(&text, "huddle_first_packet_seconds_count{role=\"publish\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "huddle_first_packet_seconds_count{role=\"play\"}"),
+        1.0
+    );
+    let play_first = sample(&text, "huddle_first_packet_seconds_sum{role=\"play\"}");
+    assert!(play_first > 0.0, "{play_first}");
+    // The media threads used some CPU: at least shard 0, the receiving thread.
+    let (cpu, shards) = samples(&text, "huddle_media_shard_cpu_seconds_total");
+    assert!(shards >= 1, "{text}");
+    assert!(cpu > 0.0, "{cpu}");
+    assert!(sample(&text, "huddle_media_shard_cpu_seconds_total{shard=\"0\"}") > 0.0);
+    // On loopback nothing is lost; the families are there, and counters.
+    let lost = sample(&text, "huddle_rtp_packets_lost_total");
+    assert!(lost <= (100 - got) as f64, "{lost}");
+    sample(&text, "huddle_nacks_received_total");
+    sample(&text, "huddle_nacks_sent_total");
+    for family in [
+        "huddle_first_packet_seconds",
+        "huddle_media_shard_cpu_seconds_total",
+        "huddle_nacks_received_total",
+        "huddle_nacks_sent_total",
+        "huddle_rtp_packets_lost_total",
+    ] {
+        let ty = if family.ends_with("_seconds") {
+            "histogram"
+        } else {
+            "counter"
+        };
+        assert!(text.contains(&format!("# TYPE {family} {ty}\n")), "{family}");
+    }
+    // The join histogram's buckets span 10 ms to 10 s.
+    for le in ["0.01", "10"] {
+        sample(
+            &text,
+            &format!("huddle_login_duration_seconds_bucket{{resumed=\"false\",le=\"{le}\"}}"),
+        );
+        sample(
+            &text,
+            &format!("huddle_first_packet_seconds_bucket{{role=\"play\",le=\"{le}\"}}"),
+        );
+    }
+    promtool_check(&text);
+}

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use huddle_proto::{ErrorCode, PeerState, ServerMsg};
-use str0m::media::KeyframeRequestKind;
+use str0m::media::{KeyframeRequestKind, Mid};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tracing::{debug, info};
@@ -139,7 +139,66 @@ impl Sfu {
                 // The client closed it (DTLS close_notify): nothing to tell.
                 self.close_pc(now, id, None);
             }
+            // Cumulative per media line: the counters get what is new since the last report.
+            Event::MediaEgressStats(stats) => {
+                self.count_nacks(id, stats.mid, stats.nacks, true);
+                self.count_resent(id, stats.mid, stats.packets);
+            }
+            Event::MediaIngressStats(stats) => self.count_nacks(id, stats.mid, stats.nacks, false),
             _ => {}
+        }
+    }
+
+    /// Adds to the NACK counters what a PC's media line reports beyond its last report:
+    /// `received` (from a player, egress statistics) or sent (to a publisher, ingress).
+    fn count_nacks(&mut self, id: usize, mid: Mid, total: u64, received: bool) {
+        let Sfu { pcs, counters, .. } = self;
+        let Some(pc) = pcs.get_mut(id).and_then(|p| p.as_deref_mut()) else {
+            return;
+        };
+        let new = match pc.nacks.iter_mut().find(|(m, _)| *m == mid) {
+            Some((_, seen)) => {
+                let new = total.saturating_sub(*seen);
+                *seen = (*seen).max(total);
+                new
+            }
+            None => {
+                pc.nacks.push((mid, total));
+                total
+            }
+        };
+        if new > 0 {
+            let c = if received {
+                &counters.nacks_in
+            } else {
+                &counters.nacks_out
+            };
+            c.fetch_add(new, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts the retransmissions of a played track: str0m's count of packets sent on it
+    /// (`sent`, retransmissions included) beyond the packets written to it. Packets written
+    /// but not yet sent make that short for a moment; the count only grows, so they are
+    /// counted at a later report.
+    fn count_resent(&mut self, id: usize, mid: Mid, sent: u64) {
+        let Sfu { pcs, counters, .. } = self;
+        let Some(Pc {
+            role: Role::Play(Playing { tracks }),
+            ..
+        }) = pcs.get_mut(id).and_then(|p| p.as_deref_mut())
+        else {
+            return;
+        };
+        let Some(track) = tracks.iter_mut().find(|t| t.mid == mid) else {
+            return;
+        };
+        let resent = sent.saturating_sub(track.written);
+        if resent > track.resent {
+            counters
+                .rtx_sent
+                .fetch_add(resent - track.resent, Ordering::Relaxed);
+            track.resent = resent;
         }
     }
 
@@ -162,16 +221,33 @@ impl Sfu {
             rtc: src_rtc,
             role: Role::Publish(src),
             key: src_key,
+            offered,
+            relay,
             ..
         }) = pcs.get_mut(from).and_then(|p| p.as_deref_mut())
         else {
             return;
         };
+        counters
+            .rtp_bytes_in
+            .fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
+        // A client's publish only: a relay's link between nodes is not a publisher's wait.
+        if let Some(at) = offered.take()
+            && relay.is_none()
+        {
+            counters
+                .first_packet
+                .observe(false, now.saturating_duration_since(at));
+        }
         let Some(kind) = src.kind_of(src_rtc, packet.header.ssrc) else {
             return;
         };
         let source = (u64::from(src.epoch) << 32) | u64::from(*packet.header.ssrc);
         let seq = *packet.seq_no;
+        let lost = src.count_gap(packet.header.ssrc, seq);
+        if lost > 0 {
+            counters.rtp_lost.fetch_add(lost, Ordering::Relaxed);
+        }
         // The primary's payload type when this is a RED packet.
         let red_primary = match src.red_in {
             Some((red_pt, opus_pt)) if kind.is_audio() && packet.header.payload_type == red_pt => {
@@ -226,6 +302,7 @@ impl Sfu {
         let mut plain: Option<Option<PlainAudio>> = None;
         let ts = packet.header.timestamp;
         let mut forwarded = 0;
+        let mut forwarded_bytes = 0;
         let mut muted = 0;
         for &pid in &entry.players {
             // Connected players only.
@@ -234,6 +311,7 @@ impl Sfu {
                 role: Role::Play(Playing { tracks }),
                 link: Link::Connected,
                 dirty: queued,
+                offered,
                 ..
             }) = pcs.get_mut(pid).and_then(|p| p.as_deref_mut())
             else {
@@ -247,6 +325,7 @@ impl Sfu {
                 continue;
             }
             let mut sent = 0;
+            let mut bytes = 0;
             match red_primary {
                 Some(opus_pt) if track.red_pt.is_none() => {
                     let plain = plain.get_or_insert_with(|| {
@@ -268,7 +347,9 @@ impl Sfu {
                             marker: false,
                             red: false,
                         };
-                        sent += u64::from(send_on(rtc, track, source, now, packet.timestamp, out, &no_ext));
+                        let n = send_on(rtc, track, source, now, packet.timestamp, out, &no_ext);
+                        sent += u64::from(n.is_some());
+                        bytes += n.unwrap_or(0);
                     }
                     let out = Outgoing {
                         seq,
@@ -277,7 +358,9 @@ impl Sfu {
                         marker: packet.header.marker,
                         red: false,
                     };
-                    sent += u64::from(send_on(rtc, track, source, now, packet.timestamp, out, &ext));
+                    let n = send_on(rtc, track, source, now, packet.timestamp, out, &ext);
+                    sent += u64::from(n.is_some());
+                    bytes += n.unwrap_or(0);
                 }
                 _ => {
                     let out = Outgoing {
@@ -287,13 +370,21 @@ impl Sfu {
                         marker: packet.header.marker,
                         red: red_primary.is_some(),
                     };
-                    sent += u64::from(send_on(rtc, track, source, now, packet.timestamp, out, &ext));
+                    let n = send_on(rtc, track, source, now, packet.timestamp, out, &ext);
+                    sent += u64::from(n.is_some());
+                    bytes += n.unwrap_or(0);
                 }
             }
             if sent == 0 {
                 continue;
             }
             forwarded += sent;
+            forwarded_bytes += bytes as u64;
+            if let Some(at) = offered.take() {
+                counters
+                    .first_packet
+                    .observe(true, now.saturating_duration_since(at));
+            }
             if !*queued {
                 *queued = true;
                 dirty.push(pid);
@@ -301,6 +392,11 @@ impl Sfu {
         }
         // Once per packet, not per player: the counters are shared by every shard's thread.
         counters.rtp_forwarded.fetch_add(forwarded, Ordering::Relaxed);
+        if forwarded_bytes > 0 {
+            counters
+                .rtp_bytes_forwarded
+                .fetch_add(forwarded_bytes, Ordering::Relaxed);
+        }
         if muted > 0 {
             counters.rtp_muted.fetch_add(muted, Ordering::Relaxed);
         }
@@ -367,7 +463,8 @@ pub(super) struct Outgoing {
 }
 
 /// Writes a packet to a played track, rewritten into the player's sequence and timestamp
-/// space; false when it predates the player's view of the source or the track has no stream.
+/// space; returns its payload's length, or `None` when it predates the player's view of the
+/// source or the track has no stream.
 pub(super) fn send_on(
     rtc: &mut Rtc,
     track: &mut TrackOut,
@@ -376,18 +473,16 @@ pub(super) fn send_on(
     wallclock: Instant,
     out: Outgoing,
     ext: &ExtensionValues,
-) -> bool {
-    let Some((seq, ts)) = track.rewriter.map(source, out.seq, out.ts, now) else {
-        return false;
-    };
+) -> Option<usize> {
+    let (seq, ts) = track.rewriter.map(source, out.seq, out.ts, now)?;
     let pt = match (out.red, track.red_pt) {
         (true, Some(red)) => red,
         _ => track.pt,
     };
     let mut api = rtc.direct_api();
-    let Some(tx) = api.stream_tx_by_mid(track.mid, None) else {
-        return false;
-    };
+    let tx = api.stream_tx_by_mid(track.mid, None)?;
+    let bytes = out.payload.len();
+    track.written += 1;
     tx.write_rtp(
         RtpWrite::new(pt, seq.into(), ts, wallclock, out.payload)
             .marker(out.marker)
@@ -397,5 +492,5 @@ pub(super) fn send_on(
             // buffer.
             .nackable(track.kind.is_video()),
     );
-    true
+    Some(bytes)
 }

@@ -37,7 +37,7 @@ mod timers;
 mod types;
 
 pub use rewrite::Rewriter;
-pub use types::{Command, Counters, MediaStats, Offer, SfuConfig};
+pub use types::{Command, Counters, FirstPacket, LATENCY_BUCKETS, MediaStats, Offer, SfuConfig};
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};

@@ -20,6 +20,12 @@ use crate::registry::SessionId;
 use super::types::{Command, Offer, bump};
 use super::{Rewriter, Sfu, StreamKey, shard};
 
+/// How often str0m reports a PC's statistics (cumulative NACK counts).
+pub(super) const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Larger sequence number jumps are a restarted source, not counted as loss.
+pub(super) const MAX_COUNTED_GAP: u64 = 1000;
+
 /// Play offers waiting for a publisher's media, per stream.
 pub(super) const MAX_PENDING_PER_STREAM: usize = 64;
 
@@ -41,6 +47,10 @@ pub(super) struct TrackOut {
     pub(super) rewriter: Rewriter,
     /// The player muted this track (`mute_play`): nothing of it is forwarded.
     pub(super) muted: bool,
+    /// Packets written to str0m for this track.
+    pub(super) written: u64,
+    /// Retransmissions counted so far: str0m's packets sent beyond those written.
+    pub(super) resent: u64,
 }
 
 /// One media peer connection.
@@ -65,6 +75,11 @@ pub(super) struct Pc {
     pub(super) dirty_full: bool,
     /// A relay publisher's link to the stream's node (`super::relay`); `None` for a client's PC.
     pub(super) relay: Option<Box<super::relay::RelayLink>>,
+    /// When its offer came, until its first packet is forwarded (play) or received (publish):
+    /// the first-packet latency histogram's start (`Counters::first_packet`).
+    pub(super) offered: Option<Instant>,
+    /// NACKs counted so far, per media line, from str0m's cumulative statistics events.
+    pub(super) nacks: Vec<(Mid, u64)>,
 }
 
 impl Pc {
@@ -108,6 +123,8 @@ pub(super) struct Publishing {
     /// The highest extended sequence number of audio received (to tell which frames a RED
     /// packet's redundancy can restore for players without RED).
     pub(super) last_audio_seq: Option<u64>,
+    /// The highest extended sequence number received per SSRC (at most 8), for the loss count.
+    pub(super) highest_seq: Vec<(Ssrc, u64)>,
 }
 
 impl Publishing {
@@ -135,6 +152,26 @@ impl Publishing {
             video: publishing.mids.iter().any(|(_, k)| k.is_video()),
         };
         (publishing, kinds)
+    }
+
+    /// Notes sequence number `seq` of `ssrc`; returns how many packets it shows missing (the
+    /// numbers skipped since the highest one so far). A jump of more than
+    /// [`MAX_COUNTED_GAP`] is a restarted source, not loss.
+    pub(super) fn count_gap(&mut self, ssrc: Ssrc, seq: u64) -> u64 {
+        match self.highest_seq.iter_mut().find(|(s, _)| *s == ssrc) {
+            Some((_, highest)) if seq > *highest => {
+                let gap = seq - *highest - 1;
+                *highest = seq;
+                if gap <= MAX_COUNTED_GAP { gap } else { 0 }
+            }
+            Some(_) => 0,
+            None => {
+                if self.highest_seq.len() < 8 {
+                    self.highest_seq.push((ssrc, seq));
+                }
+                0
+            }
+        }
     }
 
     /// The kind of the media an SSRC of this PC's `rtc` carries.
@@ -292,6 +329,8 @@ impl Sfu {
         let mut config = RtcConfig::new()
             .set_ice_lite(true)
             .set_rtp_mode(true)
+            // str0m's statistics events, once a second per PC: the NACK counts (`forward`).
+            .set_stats_interval(Some(STATS_INTERVAL))
             .clear_codecs()
             // RED (RFC 2198) for Opus when the offer has it, as browsers negotiate it: publishers
             // may send redundant audio, players may receive it (see `forward`).
@@ -381,6 +420,8 @@ impl Sfu {
             dirty: false,
             dirty_full: false,
             relay: None,
+            offered: Some(now),
+            nacks: Vec::new(),
         });
         self.live += 1;
         let id = match self.free.pop() {
@@ -528,7 +569,9 @@ impl Sfu {
                     .push_back((p.session, ServerMsg::error(Some(p.seq), &not_started())));
                 continue;
             }
-            match self.accept_play(now, p.session, key, &p.sdp, kinds) {
+            // The wait for the publisher counts in the player's first-packet latency.
+            let offered = p.deadline.checked_sub(self.config.play_wait).unwrap_or(now);
+            match self.accept_play(now, offered, p.session, key, &p.sdp, kinds) {
                 Ok(sdp) => self.answer(p.session, p.seq, key, MediaRole::Play, sdp),
                 Err(e) => self
                     .signals
@@ -547,7 +590,7 @@ impl Sfu {
     ) -> Result<Option<String>, HuddleError> {
         let kinds = self.streams.get(key).and_then(|e| e.kinds);
         if let Some(kinds) = kinds {
-            return self.accept_play(now, session, key, &sdp, kinds).map(Some);
+            return self.accept_play(now, now, session, key, &sdp, kinds).map(Some);
         }
         // Published, but the publisher has not negotiated its media yet: wait for it.
         parse_offer(&sdp)?;
@@ -580,6 +623,7 @@ impl Sfu {
     pub(super) fn accept_play(
         &mut self,
         now: Instant,
+        offered: Instant,
         session: SessionId,
         key: &StreamKey,
         sdp: &str,
@@ -599,6 +643,9 @@ impl Sfu {
             }
         }
         let id = self.insert(now, rtc, session, key.clone(), Role::Play(playing));
+        if let Some(pc) = self.pc(id) {
+            pc.offered = Some(offered);
+        }
         if self.pc(id).is_none_or(|pc| pc.tracks().is_empty()) {
             self.close_pc(now, id, None);
             let has = match (kinds.audio, kinds.video) {
@@ -939,12 +986,32 @@ pub(super) fn add_track(rtc: &mut Rtc, playing: &mut Playing, mid: Mid, kind: Me
         red_pt,
         rewriter: Rewriter::new(clock_rate, rng.gen_range(1..0x4000), rng.r#gen()),
         muted: false,
+        written: 0,
+        resent: 0,
     });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sequence_gaps_count_as_loss_but_not_reordering_or_restarts() {
+        let mut p = Publishing::default();
+        let (a, b) = (Ssrc::from(1), Ssrc::from(2));
+        assert_eq!(p.count_gap(a, 100), 0);
+        assert_eq!(p.count_gap(a, 101), 0);
+        assert_eq!(p.count_gap(a, 104), 2);
+        // Late (reordered or retransmitted) packets are not counted again.
+        assert_eq!(p.count_gap(a, 102), 0);
+        assert_eq!(p.count_gap(a, 104), 0);
+        // Another SSRC has its own numbers.
+        assert_eq!(p.count_gap(b, 7), 0);
+        assert_eq!(p.count_gap(b, 9), 1);
+        // A jump beyond MAX_COUNTED_GAP is a restarted source.
+        assert_eq!(p.count_gap(a, 105 + MAX_COUNTED_GAP + 1), 0);
+        assert_eq!(p.count_gap(a, 106 + MAX_COUNTED_GAP + 1), 0);
+    }
 
     #[test]
     pub(super) fn the_answer_origin_names_no_library() {

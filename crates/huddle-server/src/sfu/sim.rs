@@ -137,8 +137,19 @@ fn lost_video_packets_are_retransmitted_from_the_send_buffer() {
         sim.run(&mut [&mut publisher, &mut player], 10);
     }
     sim.drop_down = Box::new(|_, _| false);
-    sim.run(&mut [&mut publisher, &mut player], 1000);
+    // Past a statistics report (once a second), which carries the NACK and send counts.
+    sim.run(
+        &mut [&mut publisher, &mut player],
+        1000 + super::pc::STATS_INTERVAL.as_millis() as u64,
+    );
     assert_eq!(dropped.load(std::sync::atomic::Ordering::Relaxed), 18);
+    // The metrics saw the player's NACKs and the retransmissions (a packet may be asked for
+    // more than once), and no loss on the publisher's side.
+    let stats = sim.counters.snapshot();
+    assert!(stats.nacks_in >= 1, "{stats:?}");
+    assert!((18..=36).contains(&stats.rtx_sent), "{stats:?}");
+    assert_eq!(stats.rtp_lost, 0, "{stats:?}");
+    assert_eq!(stats.nacks_out, 0, "{stats:?}");
     let mut got: Vec<(u64, Vec<u8>)> = player
         .got
         .iter()
@@ -150,6 +161,54 @@ fn lost_video_packets_are_retransmitted_from_the_send_buffer() {
     let payloads: Vec<Vec<u8>> = got.into_iter().map(|(_, p)| p).collect();
     assert_eq!(payloads.len(), sent.len(), "lost packets were not all repaired");
     assert_eq!(payloads, sent);
+}
+
+#[test]
+fn packets_lost_on_the_way_up_are_counted_and_asked_for_again() {
+    let mut sim = Sim::new();
+    let (mut publisher, offer) = Peer::new(sim.now, 10_001, MediaRole::Publish, true);
+    sim.negotiate(&mut publisher, offer, 1, "v", MediaRole::Publish);
+    let (mut player, offer) = Peer::new(sim.now, 10_002, MediaRole::Play, true);
+    sim.negotiate(&mut player, offer, 2, "v", MediaRole::Play);
+    sim.connect(&mut [&mut publisher, &mut player]);
+    let publisher_addr = publisher.addr;
+    let vp8 = *publisher
+        .rtc
+        .codec_config()
+        .params()
+        .iter()
+        .find(|p| p.spec().codec == Codec::Vp8)
+        .unwrap()
+        .pt();
+    // Lose every 10th of the publisher's first 90 video packets (not its retransmissions).
+    let mut n = 0u32;
+    sim.drop_up = Box::new(move |from, bytes| {
+        let is_vp8 = bytes.len() > 12 && (128..192).contains(&bytes[0]) && (bytes[1] & 0x7f) == vp8;
+        if from == publisher_addr && is_vp8 {
+            n += 1;
+            return n.is_multiple_of(10) && n <= 90;
+        }
+        false
+    });
+    for i in 0..100 {
+        let now = sim.now;
+        publisher.send(MediaKind::Video, &payload(i).repeat(3), now);
+        sim.run(&mut [&mut publisher, &mut player], 10);
+    }
+    sim.run(
+        &mut [&mut publisher, &mut player],
+        1000 + super::pc::STATS_INTERVAL.as_millis() as u64,
+    );
+    let stats = sim.counters.snapshot();
+    // Nine gaps seen as the next packet arrived, nine NACKs at least, and the repaired packets
+    // received and forwarded: the byte counts agree for the one player.
+    assert_eq!(stats.rtp_lost, 9, "{stats:?}");
+    assert!(stats.nacks_out >= 9, "{stats:?}");
+    assert!(stats.rtp_in >= 100, "{stats:?}");
+    assert_eq!(stats.rtp_bytes_forwarded, stats.rtp_bytes_in, "{stats:?}");
+    // The player saw the same gaps and may have asked for them too, but the server had
+    // nothing to send again: the repairs reach it as regular packets.
+    assert_eq!(stats.rtx_sent, 0, "{stats:?}");
 }
 
 #[test]

@@ -263,6 +263,8 @@ pub struct Sim {
     pub signals: Vec<(SessionId, ServerMsg)>,
     /// Drops datagrams from the server to a client when it returns true.
     pub drop_down: DropFilter,
+    /// Drops datagrams from a client (its address) to the server when it returns true.
+    pub drop_up: DropFilter,
 }
 
 impl Default for Sim {
@@ -296,6 +298,7 @@ impl Sim {
             sources: Vec::new(),
             signals: Vec::new(),
             drop_down: Box::new(|_, _| false),
+            drop_up: Box::new(|_, _| false),
         }
     }
 
@@ -376,6 +379,9 @@ impl Sim {
         for (from, to, bytes) in up {
             if self.unreachable.contains(&to) {
                 self.lost_up += 1;
+                continue;
+            }
+            if (self.drop_up)(from, &bytes) {
                 continue;
             }
             self.sfu.handle_datagram_to(now, from, to, &bytes);

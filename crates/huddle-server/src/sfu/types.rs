@@ -185,6 +185,20 @@ pub struct Offer {
 /// increments: no lock, no ordering needed).
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// RTP payload bytes received from publishers.
+    pub(super) rtp_bytes_in: AtomicU64,
+    /// RTP payload bytes written to players.
+    pub(super) rtp_bytes_forwarded: AtomicU64,
+    /// Packets missing from publishers' sequence numbers when a later one arrived.
+    pub(super) rtp_lost: AtomicU64,
+    /// NACKs received from players (str0m's egress statistics).
+    pub(super) nacks_in: AtomicU64,
+    /// NACKs sent to publishers (str0m's ingress statistics).
+    pub(super) nacks_out: AtomicU64,
+    /// Packets sent again to players in answer to their NACKs.
+    pub(super) rtx_sent: AtomicU64,
+    /// How long after its offer a PC forwarded (play) or received (publish) its first packet.
+    pub first_packet: FirstPacket,
     pub(super) datagrams_in: AtomicU64,
     pub(super) dropped_unknown: AtomicU64,
     pub(super) dropped_invalid: AtomicU64,
@@ -244,6 +258,12 @@ impl Counters {
     pub fn snapshot(&self) -> MediaStats {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         MediaStats {
+            rtp_bytes_in: g(&self.rtp_bytes_in),
+            rtp_bytes_forwarded: g(&self.rtp_bytes_forwarded),
+            rtp_lost: g(&self.rtp_lost),
+            nacks_in: g(&self.nacks_in),
+            nacks_out: g(&self.nacks_out),
+            rtx_sent: g(&self.rtx_sent),
             datagrams_in: g(&self.datagrams_in),
             dropped_unknown: g(&self.dropped_unknown),
             dropped_invalid: g(&self.dropped_invalid),
@@ -265,6 +285,19 @@ impl Counters {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MediaStats {
+    /// RTP payload bytes received from publishers (headers not counted).
+    pub rtp_bytes_in: u64,
+    /// RTP payload bytes written to players (one copy per player; headers not counted).
+    pub rtp_bytes_forwarded: u64,
+    /// Packets missing from a publisher's sequence numbers when a later packet arrived: lost
+    /// upstream or reordered (a NACK may still bring them).
+    pub rtp_lost: u64,
+    /// NACKs received from players (each may name several packets).
+    pub nacks_in: u64,
+    /// NACKs sent to publishers.
+    pub nacks_out: u64,
+    /// Packets sent again to players (RTX) in answer to their NACKs.
+    pub rtx_sent: u64,
     /// UDP datagrams received.
     pub datagrams_in: u64,
     /// Datagrams that belong to no PC (unknown address or ICE username), dropped.
@@ -292,4 +325,54 @@ pub struct MediaStats {
     /// RTP dropped because it had waited in the server's queues longer than it could still be
     /// of use (overload: forwarding it late would only add latency).
     pub dropped_stale: u64,
+}
+
+/// The seconds from an offer to a PC's first packet, by role: a Prometheus histogram whose
+/// children are looked up once here, so that an observation is a few atomic additions on the
+/// shard's thread (once per PC, never per packet).
+pub struct FirstPacket {
+    /// The family (`huddle_first_packet_seconds`), registered by `/metrics`.
+    pub vec: prometheus::HistogramVec,
+    pub(super) publish: prometheus::Histogram,
+    pub(super) play: prometheus::Histogram,
+}
+
+/// The buckets of the latency histograms: 10 ms to 10 s, about three per decade.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Default for FirstPacket {
+    fn default() -> FirstPacket {
+        let vec = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "huddle_first_packet_seconds",
+                "From a media offer to the PC's first RTP packet: forwarded to the player (role play; \
+                 a play offer that waits for the publisher's media counts the wait), or received \
+                 from the publisher (role publish).",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["role"],
+        )
+        .expect("a valid histogram");
+        let publish = vec.with_label_values(&["publish"]);
+        let play = vec.with_label_values(&["play"]);
+        FirstPacket { vec, publish, play }
+    }
+}
+
+impl std::fmt::Debug for FirstPacket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FirstPacket")
+            .field("publish", &self.publish.get_sample_count())
+            .field("play", &self.play.get_sample_count())
+            .finish()
+    }
+}
+
+impl FirstPacket {
+    pub(super) fn observe(&self, play: bool, took: std::time::Duration) {
+        let h = if play { &self.play } else { &self.publish };
+        h.observe(took.as_secs_f64());
+    }
 }

@@ -153,6 +153,7 @@ impl ServerState {
             webhooks.as_ref().map(|w| w.sender()),
             config.apps.iter().filter(|a| a.auto_record).map(|a| a.app_id),
         ));
+        let counters = Arc::new(Counters::default());
         let (store_tx, store_rx) = tokio::sync::mpsc::channel(cluster::STORE_QUEUE);
         let (pull_tx, pull_rx) = tokio::sync::mpsc::channel(relay::PULL_QUEUE);
         let store = OnceLock::new();
@@ -185,13 +186,13 @@ impl ServerState {
             connections: AtomicUsize::new(0),
             connections_peak: AtomicUsize::new(0),
             idle: Notify::new(),
-            metrics: crate::metrics::Metrics::new(),
+            metrics: crate::metrics::Metrics::new(&counters),
             udp: Mutex::new(None),
             udp_addr: OnceLock::new(),
             tcp: Mutex::new(None),
             tcp_addr: OnceLock::new(),
             media_task: Mutex::new(None),
-            counters: Arc::new(Counters::default()),
+            counters,
             per_ip: Mutex::new(PerIpTable {
                 map: HashMap::new(),
                 prune_at: PER_IP_PRUNE,
