@@ -6,6 +6,7 @@
 //! subscriber sends `play` per stream, waits for `play_update {available: true}`, then
 //! `media_offer {kind: play}` with a receive-only offer (the client always offers).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use huddle_proto::{
@@ -24,17 +25,49 @@ const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// Pings use sequence numbers from here, apart from requests.
 const PING_SEQ_BASE: u32 = 1 << 30;
 
-/// A Huddle server as a load [`Target`].
+/// A Huddle server, or the nodes of a Huddle cluster, as a load [`Target`].
+///
+/// With several signaling URLs (the nodes of a cluster, as a load balancer would spread clients)
+/// users are assigned round-robin ([`Target::server_of`]): publisher `p` to server `p mod n`,
+/// subscriber `s` to server `(s + 1) mod n`, churn client `c` to `c mod n`. Subscriber 0 thus
+/// lands on another node than publisher 0, and as every subscriber plays every publisher, with
+/// two or more servers a share of the plays (half with two nodes and an even publisher count)
+/// crosses nodes, which is what a cluster's load is about.
 pub struct HuddleTarget {
-    url: String,
+    urls: Vec<String>,
     app_id: u32,
     app_sign: AppSign,
+    counts: Vec<ServerCounters>,
+}
+
+/// Live counts of one server's users (the churn soak reports them per server).
+#[derive(Debug, Default)]
+struct ServerCounters {
+    logins: AtomicU64,
+    login_failures: AtomicU64,
+    joins: AtomicU64,
+    join_failures: AtomicU64,
+}
+
+/// What the users of one server did so far ([`HuddleTarget::server_counts`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServerCounts {
+    /// The signaling URL.
+    pub url: String,
+    /// Logins answered `login_ok`.
+    pub logins: u64,
+    /// Logins that failed (connect, refused, timeout).
+    pub login_failures: u64,
+    /// Publishes and plays whose signaling completed (SDP answer applied).
+    pub joins: u64,
+    /// Publishes and plays whose signaling failed.
+    pub join_failures: u64,
 }
 
 impl std::fmt::Debug for HuddleTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HuddleTarget")
-            .field("url", &self.url)
+            .field("urls", &self.urls)
             .field("app_id", &self.app_id)
             .finish_non_exhaustive()
     }
@@ -44,11 +77,133 @@ impl HuddleTarget {
     /// A Huddle server whose signaling is at `url` (`ws://HOST:PORT/ws`), logging in to app
     /// `app_id` with its AppSign.
     pub fn new(url: impl Into<String>, app_id: u32, app_sign: AppSign) -> HuddleTarget {
-        HuddleTarget {
-            url: url.into(),
+        HuddleTarget::cluster(vec![url.into()], app_id, app_sign).expect("one URL is a cluster of one")
+    }
+
+    /// The nodes of a cluster, their signaling at `urls` (at least one), the users spread over
+    /// them round-robin (see [`HuddleTarget`]).
+    pub fn cluster(urls: Vec<String>, app_id: u32, app_sign: AppSign) -> Result<HuddleTarget, LoadError> {
+        if urls.is_empty() {
+            return Err(LoadError::Plan("no signaling server given".into()));
+        }
+        Ok(HuddleTarget {
+            counts: urls.iter().map(|_| ServerCounters::default()).collect(),
+            urls,
             app_id,
             app_sign,
-        }
+        })
+    }
+
+    /// Logins, publishes and plays per server, so far.
+    pub fn server_counts(&self) -> Vec<ServerCounts> {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        self.urls
+            .iter()
+            .zip(&self.counts)
+            .map(|(url, c)| ServerCounts {
+                url: url.clone(),
+                logins: g(&c.logins),
+                login_failures: g(&c.login_failures),
+                joins: g(&c.joins),
+                join_failures: g(&c.join_failures),
+            })
+            .collect()
+    }
+
+    fn count_join<T>(&self, server: usize, r: &Result<T, LoadError>) {
+        let c = &self.counts[server];
+        let n = if r.is_ok() { &c.joins } else { &c.join_failures };
+        n.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn login(&self, server: usize, user: &UserSpec) -> Result<HuddleConn, LoadError> {
+        let protocol = WsProtocol {
+            subprotocol: None,
+            reply_key: |v| match v.get("type").and_then(Value::as_str) {
+                Some("pong") => None,
+                _ => v.get("seq").and_then(Value::as_u64).map(|s| s.to_string()),
+            },
+            // Pings follow the login's heartbeat_ms (below).
+            keepalive: None,
+        };
+        let mut ws = WsClient::connect(&self.urls[server], protocol).await?;
+        let hello = ws
+            .wait_event(REQUEST_TIMEOUT, |v| {
+                v.get("type").and_then(Value::as_str) == Some("hello")
+            })
+            .await?;
+        let nonce = hello
+            .get("nonce")
+            .and_then(Value::as_str)
+            .ok_or_else(|| LoadError::Signaling("hello without nonce".into()))?
+            .to_owned();
+        let mut conn = HuddleConn {
+            ws,
+            next_seq: 0,
+            pinger: None,
+            server,
+        };
+        let sign =
+            huddle_token::sign_challenge(&self.app_sign, self.app_id, &user.room_id, &user.user_id, &nonce);
+        let login = Login {
+            seq: 0,
+            protocol: PROTOCOL_VERSION,
+            app_id: AppId::new(self.app_id).map_err(bad_id)?,
+            room_id: RoomId::new(&user.room_id).map_err(bad_id)?,
+            user: User::new(UserId::new(&user.user_id).map_err(bad_id)?),
+            auth: Auth::Sign(sign),
+            user_status_notify: false,
+            max_member_count: 0,
+            resume: None,
+        };
+        let ok = conn.call(|seq| ClientMsg::Login(Login { seq, ..login })).await?;
+        let heartbeat = ok
+            .get("heartbeat_ms")
+            .and_then(Value::as_u64)
+            .filter(|&ms| ms >= 10)
+            .map_or(DEFAULT_HEARTBEAT, Duration::from_millis);
+        let out = conn.ws.sender();
+        conn.pinger = Some(tokio::spawn(async move {
+            let mut seq = PING_SEQ_BASE;
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+            loop {
+                tick.tick().await;
+                seq = seq.wrapping_add(1);
+                if out.send(ClientMsg::Ping { seq }.encode()).await.is_err() {
+                    return;
+                }
+            }
+        }));
+        Ok(conn)
+    }
+
+    async fn publish_on(
+        &self,
+        conn: &mut HuddleConn,
+        stream: &StreamSpec,
+        pc: &mut PcSetup,
+    ) -> Result<(), LoadError> {
+        let stream_id = StreamId::new(&stream.stream_id).map_err(bad_id)?;
+        conn.call(|seq| ClientMsg::Publish {
+            seq,
+            stream_id,
+            extra_info: String::new(),
+        })
+        .await?;
+        conn.offer(stream, MediaRole::Publish, pc).await
+    }
+
+    async fn play_on(
+        &self,
+        conn: &mut HuddleConn,
+        stream: &StreamSpec,
+        pc: &mut PcSetup,
+    ) -> Result<(), LoadError> {
+        let stream_id = StreamId::new(&stream.stream_id).map_err(bad_id)?;
+        conn.call(|seq| ClientMsg::Play { seq, stream_id }).await?;
+        conn.wait_play_update(&stream.stream_id, |available| available)
+            .await?;
+        conn.offer(stream, MediaRole::Play, pc).await
     }
 }
 
@@ -58,6 +213,8 @@ pub struct HuddleConn {
     next_seq: u32,
     /// Sends `ping` every `heartbeat_ms` of the `login_ok`.
     pinger: Option<tokio::task::JoinHandle<()>>,
+    /// The index of its server in the target's URLs.
+    server: usize,
 }
 
 impl Drop for HuddleConn {
@@ -176,7 +333,7 @@ impl Target for HuddleTarget {
     }
 
     fn signaling_url(&self) -> &str {
-        &self.url
+        &self.urls[0]
     }
 
     async fn prepare(&self, _plan: &Plan) -> Result<(), LoadError> {
@@ -184,64 +341,23 @@ impl Target for HuddleTarget {
         Ok(())
     }
 
+    fn servers(&self) -> Vec<String> {
+        self.urls.clone()
+    }
+
+    fn server_of(&self, user: &UserSpec) -> usize {
+        let n = self.urls.len();
+        let i = user.index as usize % n;
+        if user.publisher { i } else { (i + 1) % n }
+    }
+
     async fn connect(&self, user: &UserSpec) -> Result<HuddleConn, LoadError> {
-        let protocol = WsProtocol {
-            subprotocol: None,
-            reply_key: |v| match v.get("type").and_then(Value::as_str) {
-                Some("pong") => None,
-                _ => v.get("seq").and_then(Value::as_u64).map(|s| s.to_string()),
-            },
-            // Pings follow the login's heartbeat_ms (below).
-            keepalive: None,
-        };
-        let mut ws = WsClient::connect(&self.url, protocol).await?;
-        let hello = ws
-            .wait_event(REQUEST_TIMEOUT, |v| {
-                v.get("type").and_then(Value::as_str) == Some("hello")
-            })
-            .await?;
-        let nonce = hello
-            .get("nonce")
-            .and_then(Value::as_str)
-            .ok_or_else(|| LoadError::Signaling("hello without nonce".into()))?
-            .to_owned();
-        let mut conn = HuddleConn {
-            ws,
-            next_seq: 0,
-            pinger: None,
-        };
-        let sign =
-            huddle_token::sign_challenge(&self.app_sign, self.app_id, &user.room_id, &user.user_id, &nonce);
-        let login = Login {
-            seq: 0,
-            protocol: PROTOCOL_VERSION,
-            app_id: AppId::new(self.app_id).map_err(bad_id)?,
-            room_id: RoomId::new(&user.room_id).map_err(bad_id)?,
-            user: User::new(UserId::new(&user.user_id).map_err(bad_id)?),
-            auth: Auth::Sign(sign),
-            user_status_notify: false,
-            max_member_count: 0,
-            resume: None,
-        };
-        let ok = conn.call(|seq| ClientMsg::Login(Login { seq, ..login })).await?;
-        let heartbeat = ok
-            .get("heartbeat_ms")
-            .and_then(Value::as_u64)
-            .filter(|&ms| ms >= 10)
-            .map_or(DEFAULT_HEARTBEAT, Duration::from_millis);
-        let out = conn.ws.sender();
-        conn.pinger = Some(tokio::spawn(async move {
-            let mut seq = PING_SEQ_BASE;
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-            loop {
-                tick.tick().await;
-                seq = seq.wrapping_add(1);
-                if out.send(ClientMsg::Ping { seq }.encode()).await.is_err() {
-                    return;
-                }
-            }
-        }));
-        Ok(conn)
+        let server = self.server_of(user);
+        let r = self.login(server, user).await;
+        let c = &self.counts[server];
+        let n = if r.is_ok() { &c.logins } else { &c.login_failures };
+        n.fetch_add(1, Ordering::Relaxed);
+        r
     }
 
     async fn publish(
@@ -250,14 +366,9 @@ impl Target for HuddleTarget {
         stream: &StreamSpec,
         pc: &mut PcSetup,
     ) -> Result<(), LoadError> {
-        let stream_id = StreamId::new(&stream.stream_id).map_err(bad_id)?;
-        conn.call(|seq| ClientMsg::Publish {
-            seq,
-            stream_id,
-            extra_info: String::new(),
-        })
-        .await?;
-        conn.offer(stream, MediaRole::Publish, pc).await
+        let r = self.publish_on(conn, stream, pc).await;
+        self.count_join(conn.server, &r);
+        r
     }
 
     async fn play(
@@ -266,11 +377,9 @@ impl Target for HuddleTarget {
         stream: &StreamSpec,
         pc: &mut PcSetup,
     ) -> Result<(), LoadError> {
-        let stream_id = StreamId::new(&stream.stream_id).map_err(bad_id)?;
-        conn.call(|seq| ClientMsg::Play { seq, stream_id }).await?;
-        conn.wait_play_update(&stream.stream_id, |available| available)
-            .await?;
-        conn.offer(stream, MediaRole::Play, pc).await
+        let r = self.play_on(conn, stream, pc).await;
+        self.count_join(conn.server, &r);
+        r
     }
 
     async fn disconnect(&self, mut conn: HuddleConn) {
