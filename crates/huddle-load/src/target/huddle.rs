@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use huddle_proto::{
-    AppId, Auth, ClientMsg, Login, MediaRole, PROTOCOL_VERSION, RoomId, StreamId, User, UserId,
+    AppId, Auth, ClientMsg, ErrorCode, Login, MediaRole, PROTOCOL_VERSION, RoomId, StreamId, User, UserId,
 };
 use huddle_token::AppSign;
 use serde_json::Value;
@@ -22,6 +22,10 @@ use crate::{LoadError, PcSetup, Plan, StreamSpec, Target, UserSpec};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The heartbeat when `login_ok` names none usable.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How often a play offer refused as "not started" is made again.
+const PLAY_OFFER_RETRIES: u32 = 2;
+/// How long, at most, a refused play offer waits for the stream's next `play_update`.
+const PLAY_OFFER_RETRY_WAIT: Duration = Duration::from_millis(200);
 /// Pings use sequence numbers from here, apart from requests.
 const PING_SEQ_BASE: u32 = 1 << 30;
 
@@ -201,7 +205,7 @@ impl HuddleTarget {
     ) -> Result<(), LoadError> {
         let stream_id = StreamId::new(&stream.stream_id).map_err(bad_id)?;
         conn.call(|seq| ClientMsg::Play { seq, stream_id }).await?;
-        conn.wait_play_update(&stream.stream_id, |available| available)
+        conn.wait_play_update(&stream.stream_id, REQUEST_TIMEOUT, |available| available)
             .await?;
         conn.offer(stream, MediaRole::Play, pc).await
     }
@@ -250,11 +254,12 @@ impl HuddleConn {
     async fn wait_play_update(
         &mut self,
         stream_id: &str,
+        timeout: Duration,
         want: impl Fn(bool) -> bool,
     ) -> Result<bool, LoadError> {
         let v = self
             .ws
-            .wait_event(REQUEST_TIMEOUT, |v| {
+            .wait_event(timeout, |v| {
                 v.get("type").and_then(Value::as_str) == Some("play_update")
                     && v.get("stream_id").and_then(Value::as_str) == Some(stream_id)
                     && v.get("available").and_then(Value::as_bool).is_some_and(&want)
@@ -272,7 +277,10 @@ impl HuddleConn {
     ) -> Result<bool, LoadError> {
         let stream_id = StreamId::new(&stream.stream_id).map_err(bad_id)?;
         self.call(|seq| ClientMsg::Play { seq, stream_id }).await?;
-        if !self.wait_play_update(&stream.stream_id, |_| true).await? {
+        if !self
+            .wait_play_update(&stream.stream_id, REQUEST_TIMEOUT, |_| true)
+            .await?
+        {
             self.stop_play(stream).await?;
             return Ok(false);
         }
@@ -309,14 +317,31 @@ impl HuddleConn {
     ) -> Result<(), LoadError> {
         let stream_id = StreamId::new(&stream.stream_id).map_err(bad_id)?;
         let sdp = pc.create_offer(kind == MediaRole::Publish)?;
-        let reply = self
-            .call(|seq| ClientMsg::MediaOffer {
+        let mut refused = 0;
+        let reply = loop {
+            let offer = |seq| ClientMsg::MediaOffer {
                 seq,
-                stream_id,
+                stream_id: stream_id.clone(),
                 kind,
-                sdp,
-            })
-            .await?;
+                sdp: sdp.clone(),
+            };
+            match self.call(offer).await {
+                // A play of a stream published on another node may be offered before that node's
+                // media reached this one (1004002, "not started"): as the SDK does, wait for the
+                // stream's next `play_update` (or a moment) and offer again.
+                Err(LoadError::Refused(why))
+                    if kind == MediaRole::Play
+                        && why.starts_with(&ErrorCode::STREAM_NOT_FOUND.0.to_string())
+                        && refused < PLAY_OFFER_RETRIES =>
+                {
+                    refused += 1;
+                    let _ = self
+                        .wait_play_update(&stream.stream_id, PLAY_OFFER_RETRY_WAIT, |a| a)
+                        .await;
+                }
+                r => break r?,
+            }
+        };
         let answer = reply
             .get("sdp")
             .and_then(Value::as_str)
