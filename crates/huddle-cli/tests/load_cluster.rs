@@ -7,7 +7,9 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
+// The server tests' redis-server helper, shared rather than copied; its restart is not used here.
 #[path = "../../huddle-server/tests/common/redis.rs"]
+#[allow(dead_code)]
 mod redis;
 
 const APP_ID: &str = "4243";
