@@ -6,6 +6,7 @@
 //! subscriber sends `play` per stream, waits for `play_update {available: true}`, then
 //! `media_offer {kind: play}` with a receive-only offer (the client always offers).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -41,7 +42,7 @@ pub struct HuddleTarget {
     urls: Vec<String>,
     app_id: u32,
     app_sign: AppSign,
-    counts: Vec<ServerCounters>,
+    counts: Vec<Arc<ServerCounters>>,
 }
 
 /// Live counts of one server's users (the churn soak reports them per server).
@@ -68,6 +69,17 @@ pub struct ServerCounts {
     pub join_failures: u64,
 }
 
+impl ServerCounters {
+    fn count_join<T>(&self, r: &Result<T, LoadError>) {
+        let n = if r.is_ok() {
+            &self.joins
+        } else {
+            &self.join_failures
+        };
+        n.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl std::fmt::Debug for HuddleTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HuddleTarget")
@@ -91,7 +103,7 @@ impl HuddleTarget {
             return Err(LoadError::Plan("no signaling server given".into()));
         }
         Ok(HuddleTarget {
-            counts: urls.iter().map(|_| ServerCounters::default()).collect(),
+            counts: urls.iter().map(|_| Arc::default()).collect(),
             urls,
             app_id,
             app_sign,
@@ -112,12 +124,6 @@ impl HuddleTarget {
                 join_failures: g(&c.join_failures),
             })
             .collect()
-    }
-
-    fn count_join<T>(&self, server: usize, r: &Result<T, LoadError>) {
-        let c = &self.counts[server];
-        let n = if r.is_ok() { &c.joins } else { &c.join_failures };
-        n.fetch_add(1, Ordering::Relaxed);
     }
 
     async fn login(&self, server: usize, user: &UserSpec) -> Result<HuddleConn, LoadError> {
@@ -145,7 +151,7 @@ impl HuddleTarget {
             ws,
             next_seq: 0,
             pinger: None,
-            server,
+            counts: self.counts[server].clone(),
         };
         let sign =
             huddle_token::sign_challenge(&self.app_sign, self.app_id, &user.room_id, &user.user_id, &nonce);
@@ -217,8 +223,8 @@ pub struct HuddleConn {
     next_seq: u32,
     /// Sends `ping` every `heartbeat_ms` of the `login_ok`.
     pinger: Option<tokio::task::JoinHandle<()>>,
-    /// The index of its server in the target's URLs.
-    server: usize,
+    /// Its server's counts.
+    counts: Arc<ServerCounters>,
 }
 
 impl Drop for HuddleConn {
@@ -271,6 +277,18 @@ impl HuddleConn {
     /// Plays `stream` and, when it is available (the first `play_update`), negotiates `pc` for
     /// it; `Ok(false)` when it is not (its publisher left meanwhile: the play is stopped again).
     pub(crate) async fn play_if_available(
+        &mut self,
+        stream: &StreamSpec,
+        pc: &mut PcSetup,
+    ) -> Result<bool, LoadError> {
+        let r = self.try_play_if_available(stream, pc).await;
+        if !matches!(r, Ok(false)) {
+            self.counts.count_join(&r);
+        }
+        r
+    }
+
+    async fn try_play_if_available(
         &mut self,
         stream: &StreamSpec,
         pc: &mut PcSetup,
@@ -392,7 +410,7 @@ impl Target for HuddleTarget {
         pc: &mut PcSetup,
     ) -> Result<(), LoadError> {
         let r = self.publish_on(conn, stream, pc).await;
-        self.count_join(conn.server, &r);
+        conn.counts.count_join(&r);
         r
     }
 
@@ -403,7 +421,7 @@ impl Target for HuddleTarget {
         pc: &mut PcSetup,
     ) -> Result<(), LoadError> {
         let r = self.play_on(conn, stream, pc).await;
-        self.count_join(conn.server, &r);
+        conn.counts.count_join(&r);
         r
     }
 
