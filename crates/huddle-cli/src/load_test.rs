@@ -34,8 +34,12 @@ use huddle_load::{ChurnReport, HuddleTarget, JanusTarget, LoadError, ProcTarget,
 #[derive(clap::Args, Debug)]
 pub struct LoadTestArgs {
     /// The Huddle server's signaling address, `ws://HOST:PORT` (the path defaults to `/ws`).
+    /// Repeat it for the nodes of a cluster (`huddle serve --redis`): the clients are spread over
+    /// them round-robin, as a load balancer would (publisher p on server p mod n, subscriber s on
+    /// server (s + 1) mod n, churn client c on c mod n), so that plays cross nodes; the report
+    /// gives logins, joins and failures per server besides the totals.
     #[arg(long, conflicts_with = "janus", required_unless_present = "janus")]
-    server: Option<String>,
+    server: Vec<String>,
     /// Run the same load against Janus videoroom instead, at its WebSocket API
     /// (`ws://HOST:8188`).
     #[arg(long, conflicts_with = "churn")]
@@ -100,7 +104,7 @@ pub fn run(args: LoadTestArgs) -> ExitCode {
                 judge_load,
             )
         }
-        (None, Some(_)) => match huddle_target(&args) {
+        (None, _) => match huddle_target(&args) {
             Ok(target) => execute(
                 &args,
                 |rt| rt.block_on(huddle_load::run(Arc::new(target), plan)),
@@ -108,24 +112,20 @@ pub fn run(args: LoadTestArgs) -> ExitCode {
             ),
             Err(code) => code,
         },
-        (None, None) => unreachable!("clap requires --server or --janus"),
     }
 }
 
-/// The Huddle target of `--server`, `--app-id`, `--app-sign` (exit 2 on a bad AppSign).
+/// The Huddle target of `--server` (one or more), `--app-id`, `--app-sign` (exit 2 on a bad
+/// AppSign or no server).
 fn huddle_target(args: &LoadTestArgs) -> Result<HuddleTarget, ExitCode> {
-    let server = args.server.as_deref().unwrap_or_default();
     let sign = args
         .app_sign
         .as_deref()
         .unwrap_or("")
         .parse()
         .map_err(|e| usage(format!("--app-sign: {e}")))?;
-    Ok(HuddleTarget::new(
-        huddle_url(server),
-        args.app_id.unwrap_or(0),
-        sign,
-    ))
+    let urls = args.server.iter().map(|s| huddle_url(s)).collect();
+    HuddleTarget::cluster(urls, args.app_id.unwrap_or(0), sign).map_err(|e| usage(format!("--server: {e}")))
 }
 
 /// `--churn`: the churn soak against the Huddle server.
@@ -279,6 +279,13 @@ mod tests {
         assert!(parse(&JANUS).is_ok());
         assert!(parse(&[]).is_err());
         assert!(parse2(&JANUS, &HUDDLE).is_err());
+        let two = parse2(&HUDDLE, &["--server", "ws://127.0.0.1:2/ws"]).unwrap();
+        assert_eq!(two.server, ["ws://127.0.0.1:1", "ws://127.0.0.1:2/ws"]);
+        let target = huddle_target(&two).unwrap();
+        assert_eq!(
+            huddle_load::Target::servers(&target),
+            ["ws://127.0.0.1:1/ws", "ws://127.0.0.1:2/ws"]
+        );
     }
 
     #[test]

@@ -65,9 +65,9 @@ pub use churn::{
 };
 pub use peer::PcSetup;
 pub use relay::{Relay, RelayStats};
-pub use report::{Dist, PlayPhases, ProcReport, Report};
+pub use report::{Dist, PlayPhases, ProcReport, Report, ServerReport};
 pub use run::{run, run_plain};
-pub use target::huddle::HuddleTarget;
+pub use target::huddle::{HuddleTarget, ServerCounts};
 pub use target::janus::JanusTarget;
 
 pub use metrics::ProcTarget;
@@ -250,8 +250,21 @@ pub trait Target: Send + Sync + 'static {
     /// A short name for reports.
     fn name(&self) -> &'static str;
 
-    /// The signaling URL (checked against [`netguard::check_url`] before the run).
+    /// The signaling URL (checked against [`netguard::check_url`] before the run); the first
+    /// of [`Target::servers`].
     fn signaling_url(&self) -> &str;
+
+    /// Every signaling URL the clients are spread over (each checked against
+    /// [`netguard::check_url`]); [`Target::server_of`] says which one a user gets.
+    fn servers(&self) -> Vec<String> {
+        vec![self.signaling_url().to_string()]
+    }
+
+    /// The index in [`Target::servers`] of the server `user` logs in to.
+    fn server_of(&self, user: &UserSpec) -> usize {
+        let _ = user;
+        0
+    }
 
     /// Prepares the run's room (Janus: creates it).
     fn prepare(&self, plan: &Plan) -> impl Future<Output = Result<(), LoadError>> + Send;

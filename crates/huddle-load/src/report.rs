@@ -226,6 +226,39 @@ pub struct Report {
     pub total_s: f64,
     /// The first errors clients met (at most 20).
     pub errors: Vec<String>,
+    /// Per signaling server the clients were spread over (one entry when there is one server; empty
+    /// for the plain UDP relay).
+    #[serde(default)]
+    pub servers: Vec<ServerReport>,
+}
+
+/// What the clients assigned to one signaling server did (`huddle load-test --server A --server
+/// B`). A play counts on its subscriber's server; it is cross-node when its publisher was assigned
+/// another server.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerReport {
+    /// The signaling URL.
+    pub url: String,
+    /// Publishers assigned to it.
+    pub publishers: u64,
+    /// Subscribers assigned to it.
+    pub subscribers: u64,
+    /// Clients whose login there succeeded.
+    pub logins: u64,
+    /// Publish connections up (ICE + DTLS).
+    pub publishes_joined: u64,
+    /// Play streams of its subscribers.
+    pub plays: u64,
+    /// Of those, connected (ICE + DTLS).
+    pub plays_joined: u64,
+    /// Of those, with at least one probe received.
+    pub plays_with_media: u64,
+    /// Plays of a publisher on another server.
+    pub cross_node_plays: u64,
+    /// Of those, with at least one probe received.
+    pub cross_node_plays_with_media: u64,
+    /// Publish or play connections that failed (login, signaling or media).
+    pub failures: u64,
 }
 
 impl Report {
@@ -386,6 +419,25 @@ impl Report {
             "generator CPU     {:.3} cores, waited for a CPU {:.3} s",
             self.generator_cpu_cores, self.generator_runq_wait_s
         );
+        if self.servers.len() > 1 {
+            for s in &self.servers {
+                let _ = writeln!(
+                    t,
+                    "server {:<10} {} pubs + {} subs, {} logins, {} publishes up, plays {}/{} up, {} with media, cross-node {}/{} with media, {} failed",
+                    s.url,
+                    s.publishers,
+                    s.subscribers,
+                    s.logins,
+                    s.publishes_joined,
+                    s.plays_joined,
+                    s.plays,
+                    s.plays_with_media,
+                    s.cross_node_plays_with_media,
+                    s.cross_node_plays,
+                    s.failures
+                );
+            }
+        }
         for e in &self.errors {
             let _ = writeln!(t, "error             {e}");
         }

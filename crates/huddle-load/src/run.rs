@@ -14,7 +14,7 @@ use crate::metrics::{Histogram, ProcSample, ProcTarget, StreamStats, loss_ratio,
 use crate::packet::{MAX_LEN, Probe};
 use crate::peer::{PcRole, PcSetup, period_of, run_pc};
 use crate::relay::SUBSCRIBE;
-use crate::report::{Dist, PlayPhases, ProcReport, Report, thread_cores};
+use crate::report::{Dist, PlayPhases, ProcReport, Report, ServerReport, thread_cores};
 use crate::{LoadError, Plan, StreamSpec, Target, UserSpec, netguard};
 
 /// Packets in flight when the window closes still count if they arrive within this.
@@ -105,6 +105,12 @@ pub(crate) struct ClientOutcome {
     /// Play connections: where the join's time went.
     pub phases: PhaseTimes,
     pub error: Option<String>,
+    /// The index of the client's signaling server ([`Target::servers`]).
+    pub server: usize,
+    /// Play connections: the server of the stream's publisher.
+    pub publisher_server: Option<usize>,
+    /// The first outcome of a client whose login succeeded.
+    pub logged_in: bool,
 }
 
 /// The phases of a play join, ms, each from the end of the one before (see
@@ -139,6 +145,10 @@ trait Clients: Send + Sync + 'static {
         index: u32,
         readies: Vec<oneshot::Sender<()>>,
     ) -> JoinHandle<Vec<ClientOutcome>>;
+    /// The signaling servers the clients are spread over (none for the plain relay).
+    fn servers(&self) -> Vec<String>;
+    /// The index in [`Clients::servers`] of `user`'s server.
+    fn server_of(&self, user: &UserSpec) -> usize;
 }
 
 struct RtcClients<T: Target> {
@@ -162,9 +172,14 @@ impl<T: Target> Clients for RtcClients<T> {
             let joined = Instant::now();
             let user = UserSpec::publisher(&me.plan, index);
             let stream = StreamSpec::of(&me.plan, index);
+            let server = me.target.server_of(&user);
             let mut conn = match me.target.connect(&user).await {
                 Ok(c) => c,
-                Err(e) => return vec![ClientOutcome::failed(format!("publisher {index} connect: {e}"))],
+                Err(e) => {
+                    let mut out = ClientOutcome::failed(format!("publisher {index} connect: {e}"));
+                    out.server = server;
+                    return vec![out];
+                }
             };
             let setup = async {
                 let mut setup = PcSetup::new(me.ip, me.cert.as_ref())?;
@@ -173,13 +188,14 @@ impl<T: Target> Clients for RtcClients<T> {
             }
             .await;
             drop(permit);
-            let out = match setup {
+            let mut out = match setup {
                 Ok(setup) => {
                     let role = PcRole::Publish { publisher: index };
                     run_pc(setup, role, me.shared.clone(), joined, ready).await
                 }
                 Err(e) => ClientOutcome::failed(format!("publisher {index}: {e}")),
             };
+            (out.server, out.logged_in) = (server, true);
             me.target.disconnect(conn).await;
             vec![out]
         })
@@ -195,16 +211,24 @@ impl<T: Target> Clients for RtcClients<T> {
             let permit = me.joins.clone().acquire_owned().await;
             let joined = Instant::now();
             let user = UserSpec::subscriber(&me.plan, index);
+            let server = me.target.server_of(&user);
+            let publisher_server = |p: usize| me.target.server_of(&UserSpec::publisher(&me.plan, p as u32));
             let mut conn = match me.target.connect(&user).await {
                 Ok(c) => c,
                 Err(e) => {
                     let e = format!("subscriber {index} connect: {e}");
-                    return readies.iter().map(|_| ClientOutcome::failed(&e)).collect();
+                    let failed = |p| ClientOutcome {
+                        server,
+                        publisher_server: Some(publisher_server(p)),
+                        ..ClientOutcome::failed(&e)
+                    };
+                    return (0..readies.len()).map(failed).collect();
                 }
             };
             let login_ms = joined.elapsed().as_secs_f64() * 1e3;
             let mut plays = Vec::new();
             let mut outs = Vec::new();
+            let mut play_servers = Vec::new();
             for (p, ready) in readies.into_iter().enumerate() {
                 let stream = StreamSpec::of(&me.plan, p as u32);
                 let started = Instant::now();
@@ -218,21 +242,39 @@ impl<T: Target> Clients for RtcClients<T> {
                     Ok(setup) => {
                         let shared = me.shared.clone();
                         plays.push(tokio::spawn(run_pc(setup, PcRole::Play, shared, started, ready)));
+                        play_servers.push(publisher_server(p));
                     }
-                    Err(e) => outs.push(ClientOutcome::failed(format!("subscriber {index} play {p}: {e}"))),
+                    Err(e) => outs.push(ClientOutcome {
+                        publisher_server: Some(publisher_server(p)),
+                        ..ClientOutcome::failed(format!("subscriber {index} play {p}: {e}"))
+                    }),
                 }
             }
             drop(permit);
-            for play in plays {
-                outs.push(play.await.unwrap_or_else(ClientOutcome::failed));
+            for (play, from) in plays.into_iter().zip(play_servers) {
+                let mut out = play.await.unwrap_or_else(ClientOutcome::failed);
+                out.publisher_server = Some(from);
+                outs.push(out);
+            }
+            for o in &mut outs {
+                o.server = server;
             }
             me.target.disconnect(conn).await;
             set_login_first_packet(&mut outs, joined);
             if let Some(o) = outs.first_mut() {
                 o.phases.login = Some(login_ms);
+                o.logged_in = true;
             }
             outs
         })
+    }
+
+    fn servers(&self) -> Vec<String> {
+        self.target.servers()
+    }
+
+    fn server_of(&self, user: &UserSpec) -> usize {
+        self.target.server_of(user)
     }
 }
 
@@ -273,6 +315,14 @@ impl Clients for PlainClients {
             set_login_first_packet(&mut outs, joined);
             outs
         })
+    }
+
+    fn servers(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn server_of(&self, _user: &UserSpec) -> usize {
+        0
     }
 }
 
@@ -390,7 +440,9 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
 pub async fn run<T: Target>(target: Arc<T>, plan: Plan) -> Result<Report, LoadError> {
     plan.validate()?;
     netguard::check_bind(plan.bind)?;
-    netguard::check_url(target.signaling_url(), plan.bind)?;
+    for url in target.servers() {
+        netguard::check_url(&url, plan.bind)?;
+    }
     let shared = Arc::new(Shared::new(plan.packet_rate));
     let cert = str0m::crypto::from_feature_flags()
         .dtls_provider
@@ -580,6 +632,7 @@ async fn drive<C: Clients>(
         }
         _ => None,
     };
+    let servers = per_server(clients.as_ref(), plan, &pub_outs, &play_outs);
     let cpu_us = gen_end.cpu_us.saturating_sub(gen_start.cpu_us) as f64;
     Ok(Report {
         target: target.to_string(),
@@ -625,7 +678,54 @@ async fn drive<C: Clients>(
         generator_runq_wait_s: gen_end.runq_wait_us.saturating_sub(gen_start.runq_wait_us) as f64 / 1e6,
         total_s: started.elapsed().as_secs_f64(),
         errors,
+        servers,
     })
+}
+
+/// The clients' outcomes per signaling server: assigned publishers and subscribers from the plan
+/// (a client task that had to be aborted still counts there), the rest from the outcomes.
+fn per_server<C: Clients>(
+    clients: &C,
+    plan: &Plan,
+    pub_outs: &[ClientOutcome],
+    play_outs: &[ClientOutcome],
+) -> Vec<ServerReport> {
+    let mut servers: Vec<ServerReport> = clients
+        .servers()
+        .into_iter()
+        .map(|url| ServerReport {
+            url,
+            ..ServerReport::default()
+        })
+        .collect();
+    if servers.is_empty() {
+        return servers;
+    }
+    for p in 0..plan.publishers {
+        servers[clients.server_of(&UserSpec::publisher(plan, p))].publishers += 1;
+    }
+    for s in 0..plan.subscribers {
+        servers[clients.server_of(&UserSpec::subscriber(plan, s))].subscribers += 1;
+    }
+    for o in pub_outs {
+        let s = &mut servers[o.server];
+        s.logins += u64::from(o.logged_in);
+        s.publishes_joined += u64::from(o.error.is_none() && o.join_ms.is_some());
+        s.failures += u64::from(o.error.is_some());
+    }
+    for o in play_outs {
+        let s = &mut servers[o.server];
+        let media = o.stream.as_ref().is_some_and(|st| st.stats.received > 0);
+        let cross = o.publisher_server.is_some_and(|p| p != o.server);
+        s.logins += u64::from(o.logged_in);
+        s.plays += 1;
+        s.plays_joined += u64::from(o.join_ms.is_some());
+        s.plays_with_media += u64::from(media);
+        s.cross_node_plays += u64::from(cross);
+        s.cross_node_plays_with_media += u64::from(cross && media);
+        s.failures += u64::from(o.error.is_some());
+    }
+    servers
 }
 
 /// Waits for the client tasks until `deadline` (aborting the late ones) and gathers their outcomes.

@@ -177,8 +177,10 @@ impl ChurnPlan {
 pub async fn run_churn(target: Arc<HuddleTarget>, plan: ChurnPlan) -> Result<ChurnReport, LoadError> {
     plan.validate()?;
     netguard::check_bind(plan.bind)?;
-    netguard::check_url(target.signaling_url(), plan.bind)?;
-    let url = target.signaling_url().to_string();
+    let urls = target.servers();
+    for url in &urls {
+        netguard::check_url(url, plan.bind)?;
+    }
     let cert = str0m::crypto::from_feature_flags()
         .dtls_provider
         .generate_certificate();
@@ -214,14 +216,23 @@ pub async fn run_churn(target: Arc<HuddleTarget>, plan: ChurnPlan) -> Result<Chu
 
     // Back to empty? (Dropped sessions wait out the server's grace; mid-ICE connections its
     // connect timeout.)
-    let mut live_end = None;
+    let mut live_end: Option<LiveCounts>;
     let mut empty_after_s = None;
     let wait_until = cycles_done + plan.empty_timeout;
     loop {
-        match fetch_live_counts(&url).await {
-            Ok(l) => live_end = l,
-            Err(e) => tracing::warn!("live counts: {e}"),
+        // The cluster is empty when every node is (a room's rooms count on each node with members).
+        let mut all = Some(LiveCounts::default());
+        for url in &urls {
+            let l = match fetch_live_counts(url).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!("live counts of {url}: {e}");
+                    None
+                }
+            };
+            all = all.zip(l).map(|(a, l)| a.sum(&l));
         }
+        live_end = all;
         if live_end.is_some_and(|l| l.is_empty()) {
             empty_after_s = Some(cycles_done.elapsed().as_secs_f64());
             break;
@@ -266,6 +277,7 @@ pub async fn run_churn(target: Arc<HuddleTarget>, plan: ChurnPlan) -> Result<Chu
         live_end,
         empty_after_s,
         total_s: started.elapsed().as_secs_f64(),
+        servers: ctx.target.server_counts(),
     })
 }
 

@@ -24,6 +24,18 @@ pub struct LiveCounts {
 }
 
 impl LiveCounts {
+    /// The counts of several servers, added.
+    pub fn sum(&self, o: &LiveCounts) -> LiveCounts {
+        LiveCounts {
+            connections: self.connections + o.connections,
+            sessions: self.sessions + o.sessions,
+            detached: self.detached + o.detached,
+            rooms: self.rooms + o.rooms,
+            streams: self.streams + o.streams,
+            peer_connections: self.peer_connections + o.peer_connections,
+        }
+    }
+
     /// Whether nothing is left.
     pub fn is_empty(&self) -> bool {
         *self == LiveCounts::default()
@@ -112,6 +124,10 @@ pub struct ChurnReport {
     pub empty_after_s: Option<f64>,
     /// The whole run, seconds.
     pub total_s: f64,
+    /// Logins, publishes and plays per signaling server the clients were spread over (the live
+    /// counts at the end are the sum over them).
+    #[serde(default)]
+    pub servers: Vec<crate::ServerCounts>,
 }
 
 impl ChurnReport {
@@ -227,6 +243,15 @@ impl ChurnReport {
             ),
         };
         let _ = writeln!(t, "server at end     {live}");
+        if self.servers.len() > 1 {
+            for s in &self.servers {
+                let _ = writeln!(
+                    t,
+                    "server {:<10} {} logins ({} failed), {} publishes and plays ({} failed)",
+                    s.url, s.logins, s.login_failures, s.joins, s.join_failures
+                );
+            }
+        }
         t
     }
 }
