@@ -29,9 +29,7 @@ impl Drop for Node {
 }
 
 /// `huddle serve` as cluster node `id` on `redis`, with the test's app and the cluster secret that
-/// lets nodes pull each other's streams, on free ports. (`redis` and `node_id` go into the
-/// configuration file with `cluster_secret`: the file is checked before `--redis` applies, and a
-/// secret without Redis is refused.)
+/// lets nodes pull each other's streams, on free ports (everything in its configuration file).
 fn node(redis: &str, id: &str) -> Node {
     let dir = std::env::temp_dir().join(format!("huddle-load-cluster-{}-{id}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
