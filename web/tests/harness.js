@@ -1,5 +1,6 @@
 // Test harness: a `huddle serve` in dev mode on 127.0.0.1 (ports picked by the OS) and a headless
 // Debian chromium driven by playwright-core, with fake media and loopback ICE (FIELD-NOTES).
+import assert from "node:assert/strict";
 import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { X509Certificate, createHash } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from "node:fs";
@@ -307,4 +308,106 @@ export async function waitSel(page, selector, timeout = 15_000, console = []) {
   await page.waitForSelector(selector, { timeout }).catch(async (e) => {
     throw new Error(`${e.message}\nlog:\n${(await logText(page)).join("\n")}\nconsole:\n${console.join("\n")}`);
   });
+}
+
+/**
+ * A dev token (POST /api/dev-token) for a user in a room of `server` (startServer's).
+ * @param {{ url: string, appId: number }} server
+ * @param {string} user
+ * @param {string} room
+ */
+export async function devToken(server, user, room) {
+  const r = await fetch(`${server.url}/api/dev-token`, {
+    method: "POST",
+    body: JSON.stringify({ app_id: server.appId, user_id: user, room_id: room }),
+  });
+  assert.equal(r.status, 200, await r.clone().text());
+  return /** @type {{ token: string }} */ (await r.json()).token;
+}
+
+/**
+ * A native client: `huddle call`'s event lines, a wait for one, its standard-input commands
+ * (`command`, one JSON object per line), and its end.
+ * @typedef {{ name: string, events: any[], lines: string[], stderr: () => string,
+ *   wait: (what: string, pred: (e: any) => boolean, timeout?: number) => Promise<any>,
+ *   exited: Promise<number | null>, command: (cmd: object) => void, stop: () => Promise<void> }} NativeCall
+ */
+
+/**
+ * Starts a native client: `huddle call` logged in with a dev token on `server` (startServer's);
+ * its JSON event lines are kept. The caller stops it (`stop`).
+ * @param {{ url: string, wsUrl: string, appId: number }} server
+ * @param {string} room
+ * @param {string} user
+ * @param {string[]} args
+ * @returns {Promise<NativeCall>}
+ */
+export async function startNativeCall(server, room, user, args) {
+  const token = await devToken(server, user, room);
+  const child = spawn(
+    huddleBin(),
+    ["call", "--server", server.wsUrl, "--app-id", String(server.appId), "--token", token, "--room", room, "--user", user, ...args],
+    { stdio: ["pipe", "pipe", "pipe"] },
+  );
+  /** @type {any[]} */
+  const events = [];
+  /** @type {string[]} */
+  const lines = [];
+  /** @type {Set<() => void>} */
+  const waiters = new Set();
+  let buf = "";
+  let err = "";
+  child.stderr.on("data", (d) => (err += d));
+  child.stdout.on("data", (d) => {
+    buf += d;
+    let i;
+    while ((i = buf.indexOf("\n")) >= 0) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      lines.push(line);
+      try {
+        events.push(JSON.parse(line));
+      } catch {
+        // not an event line
+      }
+    }
+    for (const w of [...waiters]) w();
+  });
+  /** @type {Promise<number | null>} */
+  const exited = new Promise((resolve) => child.on("exit", (code) => resolve(code)));
+  /** @type {NativeCall} */
+  const call = {
+    name: `huddle call ${user} ${args.join(" ")}`,
+    events,
+    lines,
+    stderr: () => err,
+    wait: (what, pred, timeout = 15_000) =>
+      new Promise((resolve, reject) => {
+        const check = () => {
+          const e = events.find(pred);
+          if (e) {
+            waiters.delete(check);
+            clearTimeout(timer);
+            resolve(e);
+          }
+        };
+        const timer = setTimeout(() => {
+          waiters.delete(check);
+          reject(new Error(`${call.name}: no ${what} in ${timeout} ms:\n${lines.join("\n")}\n${err}`));
+        }, timeout);
+        waiters.add(check);
+        check();
+      }),
+    exited,
+    command: (cmd) => child.stdin.write(JSON.stringify(cmd) + "\n"),
+    stop: async () => {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill("SIGINT");
+        const t = setTimeout(() => child.kill("SIGKILL"), 5000);
+        await exited;
+        clearTimeout(t);
+      }
+    },
+  };
+  return call;
 }

@@ -8,11 +8,12 @@
 // publisher's --source (looped); received speech is scored by crates/huddle/tests/audio_score.py.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { mkdtempSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startServer, launchBrowser, openPage, logText, huddleBin, readWav, writePaddedSpeech, REPO, waitLog, waitSel } from "./harness.js";
+import { startServer, startNativeCall, launchBrowser, openPage, logText, readWav, writePaddedSpeech, REPO, waitLog, waitSel } from "./harness.js";
+/** @typedef {import("./harness.js").NativeCall} NativeCall */
 
 const SPEECH_16K = join(REPO, "crates/huddle-media/tests/data/speech-16k.wav");
 const AUDIO_SCORE = join(REPO, "crates/huddle/tests/audio_score.py");
@@ -61,99 +62,13 @@ after(async () => {
 // ----- helpers -----
 
 /**
- * A dev token (POST /api/dev-token) for a user in a room.
- * @param {string} user
- * @param {string} room
- */
-async function devToken(user, room) {
-  const r = await fetch(`${server.url}/api/dev-token`, {
-    method: "POST",
-    body: JSON.stringify({ app_id: server.appId, user_id: user, room_id: room }),
-  });
-  assert.equal(r.status, 200, await r.clone().text());
-  return /** @type {{ token: string }} */ (await r.json()).token;
-}
-
-/**
- * @typedef {{ name: string, events: any[], lines: string[], stderr: () => string,
- *   wait: (what: string, pred: (e: any) => boolean, timeout?: number) => Promise<any>,
- *   exited: Promise<number | null>, command: (cmd: object) => void, stop: () => Promise<void> }} NativeCall
- */
-
-/**
- * Starts a native client: `huddle call` logged in with a dev token; its JSON event lines are kept.
+ * Starts a native client (`huddle call`, logged in with a dev token) and keeps it to stop after.
  * @param {string} room
  * @param {string} user
  * @param {string[]} args
- * @returns {Promise<NativeCall>}
  */
 async function nativeCall(room, user, args) {
-  const token = await devToken(user, room);
-  const child = spawn(
-    huddleBin(),
-    ["call", "--server", server.wsUrl, "--app-id", String(server.appId), "--token", token, "--room", room, "--user", user, ...args],
-    { stdio: ["pipe", "pipe", "pipe"] },
-  );
-  /** @type {any[]} */
-  const events = [];
-  /** @type {string[]} */
-  const lines = [];
-  /** @type {Set<() => void>} */
-  const waiters = new Set();
-  let buf = "";
-  let err = "";
-  child.stderr.on("data", (d) => (err += d));
-  child.stdout.on("data", (d) => {
-    buf += d;
-    let i;
-    while ((i = buf.indexOf("\n")) >= 0) {
-      const line = buf.slice(0, i);
-      buf = buf.slice(i + 1);
-      lines.push(line);
-      try {
-        events.push(JSON.parse(line));
-      } catch {
-        // not an event line
-      }
-    }
-    for (const w of [...waiters]) w();
-  });
-  /** @type {Promise<number | null>} */
-  const exited = new Promise((resolve) => child.on("exit", (code) => resolve(code)));
-  /** @type {NativeCall} */
-  const call = {
-    name: `huddle call ${user} ${args.join(" ")}`,
-    events,
-    lines,
-    stderr: () => err,
-    wait: (what, pred, timeout = 15_000) =>
-      new Promise((resolve, reject) => {
-        const check = () => {
-          const e = events.find(pred);
-          if (e) {
-            waiters.delete(check);
-            clearTimeout(timer);
-            resolve(e);
-          }
-        };
-        const timer = setTimeout(() => {
-          waiters.delete(check);
-          reject(new Error(`${call.name}: no ${what} in ${timeout} ms:\n${lines.join("\n")}\n${err}`));
-        }, timeout);
-        waiters.add(check);
-        check();
-      }),
-    exited,
-    command: (cmd) => child.stdin.write(JSON.stringify(cmd) + "\n"),
-    stop: async () => {
-      if (child.exitCode === null && child.signalCode === null) {
-        child.kill("SIGINT");
-        const t = setTimeout(() => child.kill("SIGKILL"), 5000);
-        await exited;
-        clearTimeout(t);
-      }
-    },
-  };
+  const call = await startNativeCall(server, room, user, args);
   calls.push(call);
   return call;
 }

@@ -11,11 +11,11 @@
 //   (`huddle_rtp_packets_muted_total` grows), and the page hears it again once unmuted.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startServer, launchBrowser, openPage, logText, huddleBin, readWav, writeToneWav, waitLog, waitSel } from "./harness.js";
+import { startServer, startNativeCall, launchBrowser, openPage, logText, readWav, writeToneWav, waitLog, waitSel } from "./harness.js";
+/** @typedef {import("./harness.js").NativeCall} NativeCall */
 
 /** @type {Awaited<ReturnType<typeof startServer>>} */
 let server;
@@ -53,90 +53,13 @@ after(async () => {
 });
 
 /**
- * @typedef {{ name: string, events: any[], lines: string[], stderr: () => string,
- *   wait: (what: string, pred: (e: any) => boolean, timeout?: number) => Promise<any>,
- *   exited: Promise<number | null>, stop: () => Promise<void>, send: (cmd: object) => void }} NativeCall
- */
-
-/**
- * Starts `huddle call` logged in with a dev token; its JSON event lines are kept.
+ * Starts a native client (`huddle call`, logged in with a dev token) and keeps it to stop after.
  * @param {string} room
  * @param {string} user
  * @param {string[]} args
- * @returns {Promise<NativeCall>}
  */
 async function nativeCall(room, user, args) {
-  const r = await fetch(`${server.url}/api/dev-token`, {
-    method: "POST",
-    body: JSON.stringify({ app_id: server.appId, user_id: user, room_id: room }),
-  });
-  assert.equal(r.status, 200);
-  const { token } = /** @type {{ token: string }} */ (await r.json());
-  const child = spawn(
-    huddleBin(),
-    ["call", "--server", server.wsUrl, "--app-id", String(server.appId), "--token", token, "--room", room, "--user", user, ...args],
-    { stdio: ["pipe", "pipe", "pipe"] },
-  );
-  /** @type {any[]} */
-  const events = [];
-  /** @type {string[]} */
-  const lines = [];
-  /** @type {Set<() => void>} */
-  const waiters = new Set();
-  let buf = "";
-  let err = "";
-  child.stderr.on("data", (d) => (err += d));
-  child.stdout.on("data", (d) => {
-    buf += d;
-    let i;
-    while ((i = buf.indexOf("\n")) >= 0) {
-      const line = buf.slice(0, i);
-      buf = buf.slice(i + 1);
-      lines.push(line);
-      try {
-        events.push(JSON.parse(line));
-      } catch {
-        // not an event line
-      }
-    }
-    for (const w of [...waiters]) w();
-  });
-  /** @type {Promise<number | null>} */
-  const exited = new Promise((resolve) => child.on("exit", (code) => resolve(code)));
-  /** @type {NativeCall} */
-  const call = {
-    name: `huddle call ${user} ${args.join(" ")}`,
-    events,
-    lines,
-    stderr: () => err,
-    wait: (what, pred, timeout = 15_000) =>
-      new Promise((resolve, reject) => {
-        const check = () => {
-          const e = events.find(pred);
-          if (e) {
-            waiters.delete(check);
-            clearTimeout(timer);
-            resolve(e);
-          }
-        };
-        const timer = setTimeout(() => {
-          waiters.delete(check);
-          reject(new Error(`${call.name}: no ${what} in ${timeout} ms:\n${lines.join("\n")}\n${err}`));
-        }, timeout);
-        waiters.add(check);
-        check();
-      }),
-    exited,
-    send: (cmd) => child.stdin.write(`${JSON.stringify(cmd)}\n`),
-    stop: async () => {
-      if (child.exitCode === null && child.signalCode === null) {
-        child.kill("SIGINT");
-        const t = setTimeout(() => child.kill("SIGKILL"), 5000);
-        await exited;
-        clearTimeout(t);
-      }
-    },
-  };
+  const call = await startNativeCall(server, room, user, args);
   calls.push(call);
   return call;
 }
@@ -275,7 +198,7 @@ test("a native publisher joined muted: the page shows MUTE and hears silence; a 
   assert.ok(loudDb > -25, `the unmuted tone is heard (${loudDb.toFixed(1)} dB)`);
   assert.ok(quietDb < -70, `the muted publisher is silent (${quietDb.toFixed(1)} dB)`);
   // Unmuted by a command on its standard input: the page sees OPEN and hears the tone.
-  quiet.send({ cmd: "mute_microphone", mute: false, id: 1 });
+  quiet.command({ cmd: "mute_microphone", mute: false, id: 1 });
   const result = await quiet.wait("the command's result", (e) => e.result === "mute_microphone" && e.id === 1);
   assert.equal(result.error_code, 0);
   await waitSel(page, ".tile.play[data-stream-id='native-quiet'][data-remote-mic='OPEN']");

@@ -10,76 +10,17 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{APP_ID, APP_SIGN, SECRET, tone_db, wav_samples};
+use common::{APP_ID, APP_SIGN, Serve, huddle, serve_app, tone_db, wav_samples};
 use serde_json::{Value, json};
 
 /// How long a test waits for a line before it fails (a guard against hangs, not a speed check).
 const PATIENCE: Duration = Duration::from_secs(30);
-
-fn huddle() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_huddle"))
-}
 
 fn tempdir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("huddle-cli-cmd-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// A `huddle serve` on free ports; killed on drop.
-struct Serve {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(dir: &std::path::Path) -> Serve {
-    let config = dir.join("huddle.toml");
-    std::fs::write(
-        &config,
-        format!("[[apps]]\napp_id = {APP_ID}\napp_sign = \"{APP_SIGN}\"\nserver_secret = \"{SECRET}\"\n"),
-    )
-    .unwrap();
-    let mut child = huddle()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--udp-port",
-            "0",
-            "--tcp-port",
-            "0",
-        ])
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start huddle serve");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut addr = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(a) = line.strip_prefix("huddle server listening on ") {
-            addr = Some(a.trim().to_string());
-        }
-        if line.contains("web page:") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    let addr = addr.expect("the server's listening line");
-    Serve {
-        child,
-        url: format!("ws://{addr}"),
-    }
 }
 
 /// A `huddle call` with piped standard input and output; killed on drop.
@@ -202,7 +143,7 @@ fn event<'a>(name: &'a str, field: &'a str, value: &'a str) -> impl Fn(&Value) -
 #[test]
 fn a_call_scripted_through_stdin() {
     let dir = tempdir();
-    let server = serve(&dir);
+    let server = serve_app(&dir);
     let heard = dir.join("bob.wav");
 
     // Bob starts without a room: everything comes from his commands.

@@ -17,12 +17,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{APP_ID, APP_SIGN, SECRET};
+use common::{APP_ID, APP_SIGN, huddle, serve_app};
 use serde_json::{Value, json};
-
-fn huddle() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_huddle"))
-}
 
 fn tempdir(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("huddle-cli-dev-test-{}-{test}", std::process::id()));
@@ -143,54 +139,6 @@ fn this_machine_answers_for_its_sound_cards() {
     }
 }
 
-/// A `huddle serve` on free ports; killed on drop.
-struct Serve(Child, String);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(dir: &std::path::Path) -> Serve {
-    let config = dir.join("huddle.toml");
-    std::fs::write(
-        &config,
-        format!("[[apps]]\napp_id = {APP_ID}\napp_sign = \"{APP_SIGN}\"\nserver_secret = \"{SECRET}\"\n"),
-    )
-    .unwrap();
-    let mut child = huddle()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--udp-port",
-            "0",
-            "--tcp-port",
-            "0",
-        ])
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut addr = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(a) = line.strip_prefix("huddle server listening on ") {
-            addr = Some(a.trim().to_string());
-        }
-        if line.contains("web page:") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    Serve(child, format!("ws://{}", addr.expect("the listening line")))
-}
-
 /// A call's output lines as they come.
 struct Lines(mpsc::Receiver<Value>, Vec<Value>);
 
@@ -233,13 +181,13 @@ impl Lines {
 #[test]
 fn devices_chosen_by_name_carry_a_call() {
     let dir = tempdir("null");
-    let server = serve(&dir);
+    let server = serve_app(&dir);
     let call = |user: &str, extra: &[&str]| {
         let mut child = huddle()
             .args([
                 "call",
                 "--server",
-                &server.1,
+                &server.url,
                 "--app-id",
                 APP_ID,
                 "--app-sign",
@@ -373,7 +321,7 @@ fn tone_db(x: &[i16], hz: f64) -> f64 {
 fn a_tone_goes_through_a_microphone_and_a_speaker() {
     let dir = tempdir("pulse");
     let pulse = Pulse::start(&dir);
-    let server = serve(&dir);
+    let server = serve_app(&dir);
     let call = |user: &str, env: (&str, &str), extra: &[&str]| {
         let mut child = pulse
             .client(env!("CARGO_BIN_EXE_huddle"))
@@ -381,7 +329,7 @@ fn a_tone_goes_through_a_microphone_and_a_speaker() {
             .args([
                 "call",
                 "--server",
-                &server.1,
+                &server.url,
                 "--app-id",
                 APP_ID,
                 "--app-sign",

@@ -1,10 +1,11 @@
-//! What the CLI's process tests share: the configured app, reading recorded tones, and the
-//! speech sample with its scorer.
+//! What the CLI's process tests share: the configured app, a `huddle serve` of it, reading
+//! recorded tones, and the speech sample with its scorer.
 // Each test file uses part of it.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 /// The app of the tests' config files.
 pub const APP_ID: &str = "424242";
@@ -99,4 +100,67 @@ pub fn pesq(heard: &Path) -> f64 {
     score["pesq"]
         .as_f64()
         .unwrap_or_else(|| panic!("no PESQ in {score}"))
+}
+
+/// The `huddle` binary under test.
+pub fn huddle() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_huddle"))
+}
+
+/// A `huddle serve` of the tests' app on free ports; killed on drop.
+pub struct Serve {
+    child: Child,
+    /// Its signaling URL (`ws://127.0.0.1:PORT`).
+    pub url: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `huddle serve` with a config file of the tests' app written in `dir`, and waits until
+/// it listens.
+pub fn serve_app(dir: &Path) -> Serve {
+    let config = dir.join("huddle.toml");
+    std::fs::write(
+        &config,
+        format!("[[apps]]\napp_id = {APP_ID}\napp_sign = \"{APP_SIGN}\"\nserver_secret = \"{SECRET}\"\n"),
+    )
+    .unwrap();
+    let mut child = huddle()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--udp-port",
+            "0",
+            "--tcp-port",
+            "0",
+        ])
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start huddle serve");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut addr = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(a) = line.strip_prefix("huddle server listening on ") {
+            addr = Some(a.trim().to_string());
+        }
+        if line.contains("web page:") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let addr = addr.expect("the server's listening line");
+    Serve {
+        child,
+        url: format!("ws://{addr}"),
+    }
 }
