@@ -404,8 +404,11 @@ fn a_tone_goes_through_a_microphone_and_a_speaker() {
         "speaker: {:.2} s of tone in 3 s; 440 Hz at {at_440:.1} dB, 1 kHz at {at_1000:.1} dB",
         loud.len() as f64 / 48_000.0
     );
+    // The tone is told by its spectrum (440 Hz some 50 dB above 1 kHz); its level through the
+    // paced virtual devices varies with how the engine's clock and the device's meet (-5.5 dB on
+    // a quiet machine, -15.5 dB once in CI), so the level bound only says it is clearly there.
     assert!(
-        at_440 > -15.0 && at_440 - at_1000 > 30.0,
+        at_440 > -25.0 && at_440 - at_1000 > 30.0,
         "not the 440 Hz tone: {at_440:.1} dB at 440 Hz, {at_1000:.1} dB at 1 kHz"
     );
     drop(pulse);
