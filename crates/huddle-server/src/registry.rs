@@ -495,6 +495,11 @@ struct Room {
     /// When the room's next online user count is due (armed by the first login's
     /// [`Registry::online_count_after_login`]).
     count_due: Option<Instant>,
+    /// Per local user, this node's adds of the user ([`RoomChange::UserAdd`]) sent to the
+    /// cluster and not yet read back from the room's history ([`Registry::own_update`]). While
+    /// one is on its way, the local session is the user's later login in the history's order:
+    /// another node's add of the same user read now came earlier, and kicks nobody here.
+    pending_adds: BTreeMap<UserId, u32>,
 }
 
 impl Room {
@@ -928,6 +933,7 @@ impl Registry {
                     extra,
                     rates: im::RoomRates::default(),
                     count_due: None,
+                    pending_adds: BTreeMap::new(),
                     remote_users: remote
                         .users
                         .into_iter()
@@ -970,9 +976,10 @@ impl Registry {
         self.extra_after_login(id, out);
         let room = self
             .apps
-            .get(&login.app_id)
-            .and_then(|a| a.rooms.get(&login.room_id));
+            .get_mut(&login.app_id)
+            .and_then(|a| a.rooms.get_mut(&login.room_id));
         if let (None, Some(room)) = (older, room) {
+            *room.pending_adds.entry(login.user.user_id.clone()).or_default() += 1;
             if !room.remote_users.contains_key(&login.user.user_id) {
                 let to = room_recipients(&self.sessions, room, id, true);
                 broadcast(
@@ -1773,6 +1780,71 @@ impl Registry {
         all.into_values().cloned().collect()
     }
 
+    /// This node's own change, read back from the room's history (the reader skips it
+    /// otherwise): an add of a user tells that the user's login here has its place in the
+    /// history's order now (see [`Registry::remote_update`] on duplicate logins).
+    pub fn own_update(&mut self, app_id: AppId, room_id: &RoomId, change: &RoomChange) {
+        let RoomChange::UserAdd(user) = change else {
+            return;
+        };
+        if let Some(room) = self.apps.get_mut(&app_id).and_then(|a| a.rooms.get_mut(room_id))
+            && let Some(n) = room.pending_adds.get_mut(&user.user_id)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                room.pending_adds.remove(&user.user_id);
+            }
+        }
+    }
+
+    /// Stops the publish of `stream_id` by `session` because another node took its ID over
+    /// ([`crate::store::Store::take_fenced`]): as [`Registry::stop_stream`] with 1009041. Returns
+    /// whether the session published it.
+    pub fn stop_taken_over(
+        &mut self,
+        app_id: AppId,
+        stream_id: &StreamId,
+        session: SessionId,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let Some(room) = self
+            .apps
+            .get(&app_id)
+            .and_then(|a| a.streams.get(stream_id))
+            .filter(|p| p.session == session)
+            .map(|p| p.room.clone())
+        else {
+            return false;
+        };
+        self.stop_stream(
+            app_id,
+            &room,
+            stream_id,
+            ErrorCode::STREAM_TAKEN_OVER,
+            "the stream ID was taken over on another node: this publish stopped",
+            out,
+        )
+    }
+
+    /// Ends this node's session of `user_id` in the room because the user's entry in the
+    /// cluster is another node's later login (found when this node restored its part after a
+    /// lost lease): `kicked` 1002050, as for a duplicate login. Returns whether there was one.
+    pub fn kick_replaced(
+        &mut self,
+        app_id: AppId,
+        room_id: &RoomId,
+        user_id: &UserId,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        match self.session_of(app_id, room_id, user_id) {
+            Some(id) => {
+                self.kick_duplicate(id, out);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Another node's part of a room changed: `owner` names that node (and its lease), as the
     /// store does. The room's attached members here see it as they see local changes
     /// (`user_update` to those that asked for it, `stream_update` to all), except when it
@@ -1822,6 +1894,12 @@ impl Registry {
                     .map(|(o, _)| owner_node(o).to_string());
                 let known = earlier.is_some();
                 let shadowed = room.users.get(&user.user_id).copied();
+                if shadowed.is_some() && room.pending_adds.get(&user.user_id).is_some_and(|n| *n > 0) {
+                    // This node's own add of the user is still on its way into the room's
+                    // history: the session here is the later login, and the other node kicks
+                    // its own when it reads that add (one winner, the same on every node).
+                    return true;
+                }
                 room.remote_users
                     .insert(user.user_id.clone(), (owner.to_string(), user.clone()));
                 if let Some(older) = shadowed

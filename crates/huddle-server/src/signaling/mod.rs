@@ -89,6 +89,9 @@ struct Shared {
     /// Set by [`ServerState::abandon_cluster`]: the store task stops renewing the lease and
     /// leaves nothing.
     abandon: watch::Sender<bool>,
+    /// Set by [`ServerState::cut_off_cluster`]: the store task and the room reader pause (a
+    /// node cut off from Redis and the other nodes for a while, its lease still running).
+    cut_off: watch::Sender<bool>,
     /// Set once, to `true`, when the server shuts down.
     shutdown: watch::Sender<bool>,
     /// Set once when the server starts draining ([`ServerState::drain`]): no new login.
@@ -179,6 +182,7 @@ impl ServerState {
             store_tx,
             store_rx: Mutex::new(Some(store_rx)),
             abandon: watch::Sender::new(false),
+            cut_off: watch::Sender::new(false),
             timer_wake: Notify::new(),
             timer_task: OnceLock::new(),
             shutdown: watch::Sender::new(false),
