@@ -1565,6 +1565,9 @@ fn the_server_api_stops_a_stream_and_finds_sessions() {
 fn a_login_of_the_same_user_on_another_node_kicks_the_older_session() {
     let (mut a, mut b) = (H::new(), H::new());
     let alice = a.login("r", "alice", true);
+    // A reads its own add of alice back from the room's history: her login has its place there.
+    a.reg
+        .own_update(app_id(APP), &room("r"), &RoomChange::UserAdd(user("alice")));
     a.publish(alice, "s-alice").unwrap();
     let carol = a.login("r", "carol", true);
     // Alice logs in again on node B (her client moved): B lists A's part of the room.
@@ -1903,3 +1906,53 @@ fn mute_requests_for_streams_not_ones_own_or_too_fast_are_refused_with_codes() {
 }
 
 mod im;
+
+/// Two logins of one user on two nodes at the same moment, each node's add of the user in the
+/// room's history in the order A, then B: node A reads its own add back and then B's, and kicks
+/// its session (the earlier login); node B reads A's add while its own is still on its way, and
+/// keeps its session (the later login). One winner, whatever order each node reads in.
+#[test]
+fn simultaneous_logins_of_one_user_on_two_nodes_kick_only_the_earlier() {
+    let (mut a, mut b) = (H::new(), H::new());
+    let (app, r) = (app_id(APP), room("r"));
+    let alice_a = a.login("r", "alice", true);
+    let alice_b = b.login("r", "alice", true);
+    // B reads A's add before its own came back: nothing happens on B.
+    let mut o = Vec::new();
+    assert!(
+        b.reg
+            .remote_update(app, &r, "A|1", RoomChange::UserAdd(user("alice")), &mut o)
+    );
+    assert!(o.is_empty(), "{o:?}");
+    b.reg.own_update(app, &r, &RoomChange::UserAdd(user("alice")));
+    b.check();
+    // A reads its own add, then B's: alice on A is kicked.
+    a.reg.own_update(app, &r, &RoomChange::UserAdd(user("alice")));
+    let mut o = Vec::new();
+    a.reg
+        .remote_update(app, &r, "B|1", RoomChange::UserAdd(user("alice")), &mut o);
+    a.check();
+    let (msgs, closes) = flatten(o);
+    assert_eq!(closes, vec![alice_a]);
+    assert_eq!(
+        to(&msgs, alice_a),
+        vec![ServerMsg::Kicked {
+            code: ErrorCode::KICKED_DUPLICATE_LOGIN,
+            message: "the same user ID logged in to this room elsewhere".into(),
+        }]
+    );
+    // A's session leaving deletes nothing the others see (B's entry holds alice); B's session
+    // stays, and a later login of alice on a third node kicks it, since B's add came back.
+    assert!(!b.reg.remote_update(
+        app,
+        &r,
+        "A|1",
+        RoomChange::UserDelete(UserId::new("alice").unwrap()),
+        &mut Vec::new()
+    ));
+    assert_eq!(b.reg.room(app, &r).unwrap().users, vec![user("alice")]);
+    let mut o = Vec::new();
+    b.reg
+        .remote_update(app, &r, "C|1", RoomChange::UserAdd(user("alice")), &mut o);
+    assert_eq!(flatten(o).1, vec![alice_b]);
+}
