@@ -49,6 +49,9 @@ pub enum Claim {
     /// this session's now, and the older holder is fenced (its node finds out at its next
     /// renewal, [`Store::take_fenced`]).
     TakenOver,
+    /// The AppID publishes as many streams across the cluster as it may
+    /// (`max_streams_per_app`); a dead node's streams stop counting when its lease ends.
+    OverLimit,
 }
 
 /// Who claims a stream ID: the session, and the room and user it is logged in as (a newer
@@ -245,7 +248,9 @@ pub async fn from_config(config: &ServerConfig) -> Result<Arc<dyn Store>, StoreE
     match &config.redis {
         Some(url) => {
             let node_id = config.node_id.clone().unwrap_or_else(|| default_node_id(config));
-            let store = RedisStore::connect(url, &node_id, config.cluster_lease).await?;
+            let store = RedisStore::connect(url, &node_id, config.cluster_lease)
+                .await?
+                .with_stream_limit(config.max_streams_per_app);
             Ok(Arc::new(store))
         }
         None => Ok(Arc::new(MemoryStore::new())),

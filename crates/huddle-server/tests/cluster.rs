@@ -180,10 +180,21 @@ const CLUSTER_WAIT: Duration = Duration::from_secs(30);
 
 /// A node of the test cluster: the media test config on `redis` as `node`, with a short lease.
 fn node(redis: &RedisServer, node: &str, lease: Duration) -> BackgroundServer {
+    node_with(redis, node, lease, |_| {})
+}
+
+/// [`node`] with a change of its config.
+fn node_with(
+    redis: &RedisServer,
+    node: &str,
+    lease: Duration,
+    change: impl FnOnce(&mut huddle_server::ServerConfig),
+) -> BackgroundServer {
     let mut config = common::config();
     config.redis = Some(redis.url.clone());
     config.node_id = Some(node.into());
     config.cluster_lease = lease;
+    change(&mut config);
     BackgroundServer::start(config).unwrap()
 }
 
@@ -1096,5 +1107,198 @@ async fn simultaneous_logins_of_one_user_on_two_nodes_have_one_winner() {
         if let Ok(n) = Arc::try_unwrap(n) {
             n.stop();
         }
+    }
+}
+
+// ----- the AppID-wide stream limit -----
+
+/// The keys in Redis matching `pattern`.
+async fn keys(redis: &RedisServer, pattern: &str) -> Vec<String> {
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut con)
+        .await
+        .unwrap()
+}
+
+/// Concurrent claims of distinct stream IDs of one app from three nodes never exceed the
+/// AppID-wide limit, and exactly the limit is granted; an ID held is `Taken`, not over the
+/// limit; a release makes room for one more; a dead node's streams stop counting after its
+/// lease; and nothing of the count is left in Redis when the nodes have left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_appid_wide_stream_limit_holds_across_nodes_and_a_dead_nodes_streams_stop_counting() {
+    const LIMIT: usize = 5;
+    let redis = RedisServer::start();
+    let app = AppId::new(1).unwrap();
+    let lease = Duration::from_millis(600);
+    let mut nodes = Vec::new();
+    for n in 0..3 {
+        let store = RedisStore::connect(&redis.url, &format!("node-{n}"), lease)
+            .await
+            .unwrap()
+            .with_stream_limit(LIMIT);
+        nodes.push(Arc::new(store));
+    }
+    for round in 0..20 {
+        let mut claims = Vec::new();
+        for (n, node) in nodes.iter().enumerate() {
+            for k in 0..8u64 {
+                let node = node.clone();
+                let who = session(n as u64 * 1000 + k + 1);
+                let id = stream(&format!("r{round}-n{n}-k{k}"));
+                claims.push(tokio::spawn(async move {
+                    (
+                        n,
+                        who,
+                        id.clone(),
+                        node.claim_stream(app, &id, who).await.unwrap(),
+                    )
+                }));
+            }
+        }
+        let mut won = Vec::new();
+        for c in claims {
+            let (n, who, id, claim) = c.await.unwrap();
+            match claim {
+                Claim::Won => won.push((n, who, id)),
+                Claim::OverLimit => {}
+                other => panic!("round {round}: {other:?}"),
+            }
+        }
+        assert_eq!(won.len(), LIMIT, "round {round}: {won:?}");
+        // An ID already held is taken, whatever the count.
+        let (n, _, id) = &won[0];
+        assert_eq!(
+            nodes[(n + 1) % 3]
+                .claim_stream(app, id, session(77_777))
+                .await
+                .unwrap(),
+            Claim::Taken
+        );
+        // Another app has its own count.
+        let other = AppId::new(2).unwrap();
+        assert_eq!(
+            nodes[0].claim_stream(other, id, session(88_888)).await.unwrap(),
+            Claim::Won
+        );
+        nodes[0].release_session(session(88_888)).await.unwrap();
+        // A release makes room for exactly one more.
+        let (n, who, id) = won.pop().unwrap();
+        nodes[n].release_stream(app, &id, who).await.unwrap();
+        assert_eq!(
+            nodes[2]
+                .claim_stream(app, &stream("extra-1"), session(90_001))
+                .await
+                .unwrap(),
+            Claim::Won
+        );
+        assert_eq!(
+            nodes[1]
+                .claim_stream(app, &stream("extra-2"), session(90_002))
+                .await
+                .unwrap(),
+            Claim::OverLimit
+        );
+        nodes[2].release_session(session(90_001)).await.unwrap();
+        for (n, who, _) in won {
+            nodes[n].release_session(who).await.unwrap();
+        }
+    }
+    // Node 0 holds three streams and dies (no renewal, no leave): while its lease holds they
+    // count; once it has ended, they do not.
+    for k in 0..3 {
+        let id = stream(&format!("dead-{k}"));
+        assert_eq!(
+            nodes[0].claim_stream(app, &id, session(1)).await.unwrap(),
+            Claim::Won
+        );
+    }
+    for k in 0..2 {
+        let id = stream(&format!("live-{k}"));
+        assert_eq!(
+            nodes[1].claim_stream(app, &id, session(2)).await.unwrap(),
+            Claim::Won
+        );
+    }
+    assert_eq!(
+        nodes[2]
+            .claim_stream(app, &stream("more-0"), session(3))
+            .await
+            .unwrap(),
+        Claim::OverLimit
+    );
+    let start = Instant::now();
+    loop {
+        nodes[1].renew_lease().await.unwrap();
+        nodes[2].renew_lease().await.unwrap();
+        if nodes[2]
+            .claim_stream(app, &stream("more-0"), session(3))
+            .await
+            .unwrap()
+            == Claim::Won
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < lease * 10,
+            "the dead node's streams still count"
+        );
+        tokio::time::sleep(lease / 4).await;
+    }
+    for k in 1..3 {
+        let id = stream(&format!("more-{k}"));
+        assert_eq!(
+            nodes[2].claim_stream(app, &id, session(3)).await.unwrap(),
+            Claim::Won
+        );
+    }
+    assert_eq!(
+        nodes[2]
+            .claim_stream(app, &stream("more-3"), session(3))
+            .await
+            .unwrap(),
+        Claim::OverLimit
+    );
+    // The live nodes leave: the count's key goes with their streams, the dead node's entries
+    // went in the sweep.
+    nodes[1].leave().await.unwrap();
+    nodes[2].leave().await.unwrap();
+    assert_eq!(keys(&redis, "huddle:app:*").await, Vec::<String>::new());
+}
+
+/// Publishes of distinct stream IDs by clients on three nodes at once: exactly
+/// `max_streams_per_app` of them succeed, the others are refused with 1003040.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_on_three_nodes_stop_at_the_appid_wide_limit() {
+    const LIMIT: usize = 4;
+    let redis = RedisServer::start();
+    let lease = Duration::from_secs(3);
+    let nodes: Vec<BackgroundServer> = ["node-a", "node-b", "node-c"]
+        .into_iter()
+        .map(|n| node_with(&redis, n, lease, |c| c.max_streams_per_app = LIMIT))
+        .collect();
+    let mut clients = Vec::new();
+    for (n, server) in nodes.iter().enumerate() {
+        for k in 0..3 {
+            let (c, _) = join(server, &format!("u{n}{k}")).await;
+            clients.push((format!("s{n}{k}"), c));
+        }
+    }
+    let results = futures_util::future::join_all(
+        clients
+            .iter_mut()
+            .map(|(s, c)| async move { try_publish(c, s).await }),
+    )
+    .await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let refused = results
+        .iter()
+        .filter(|r| **r == Err(ErrorCode::TOO_MANY_STREAMS))
+        .count();
+    assert_eq!((ok, refused), (LIMIT, clients.len() - LIMIT), "{results:?}");
+    for n in nodes {
+        n.stop();
     }
 }

@@ -202,6 +202,13 @@ impl ServerState {
                 ErrorCode::STREAM_ID_EXISTS,
                 format!("the stream ID {stream_id} is already published in this AppID"),
             )),
+            Ok(Ok(Claim::OverLimit)) => Err(HuddleError::new(
+                ErrorCode::TOO_MANY_STREAMS,
+                format!(
+                    "the AppID has reached its limit of {} streams across the cluster",
+                    self.0.config.max_streams_per_app
+                ),
+            )),
             Ok(Err(StoreError::Settling)) => Err(HuddleError::new(
                 ErrorCode::CLUSTER_UNAVAILABLE,
                 "the cluster store restarted and is settling: retry in a few seconds",
@@ -386,7 +393,7 @@ async fn restore(state: &ServerState, store: &dyn Store, outbox: &mut VecDeque<(
     let mut lost = Vec::new();
     for (app, stream_id, session) in publishes {
         match store.reclaim_stream(app, &stream_id, session).await {
-            Ok(Claim::Won | Claim::TakenOver) => {}
+            Ok(Claim::Won | Claim::TakenOver | Claim::OverLimit) => {}
             Ok(Claim::Taken) => {
                 error!(
                     %app, %stream_id, %session,

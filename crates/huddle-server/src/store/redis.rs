@@ -54,6 +54,8 @@ for _, k in ipairs(keys) do
   local v = redis.call('GET', k)
   if v and string.sub(v, 1, #ARGV[3]) == ARGV[3] then
     redis.call('PEXPIRE', k, ARGV[2])
+    local app = string.match(k, '^huddle:stream:([^:]*):')
+    if app then redis.call('PEXPIRE', 'huddle:app:' .. app .. ':streams', ARGV[2]) end
   else
     redis.call('SREM', KEYS[2], k)
     table.insert(out, k)
@@ -64,10 +66,15 @@ return out
 ";
 
 /// KEYS: the stream key, this node's lease, its set of stream keys, the settle mark, the
-/// claimant's room users hash. ARGV: the owner record (`node|epoch|session|room|user`), epoch,
-/// lease (ms), the lease key prefix, restore (`1`), `node|epoch`, `room|user`, the user ID.
+/// claimant's room users hash, the app's hash of published streams. ARGV: the owner record
+/// (`node|epoch|session|room|user`), epoch, lease (ms), the lease key prefix, restore (`1`),
+/// `node|epoch`, `room|user`, the user ID, the stream ID, the AppID-wide stream limit.
 /// Returns 1 (won), 2 (taken over from an older login of the same user), 0 (taken), -1 (lease
-/// lost), -2 (settling).
+/// lost), -2 (settling), -3 (the app is at its stream limit).
+///
+/// The app's hash counts its streams across the nodes (field: the stream ID, value: the
+/// holder's `node|epoch`); entries of dead leases are swept out only when the count reaches
+/// the limit, so a claim below it costs no scan.
 const CLAIM: &str = r"
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then return -1 end
 if ARGV[5] ~= '1' and redis.call('EXISTS', KEYS[4]) == 1 then return -2 end
@@ -82,16 +89,37 @@ if cur and cur ~= ARGV[1] then
     won = 2
   end
 end
+local limit = tonumber(ARGV[10])
+if ARGV[5] ~= '1' and redis.call('HEXISTS', KEYS[6], ARGV[9]) == 0 then
+  local n = redis.call('HLEN', KEYS[6])
+  if n >= limit then
+    local all = redis.call('HGETALL', KEYS[6])
+    for i = 1, #all, 2 do
+      local node, epoch = string.match(all[i + 1], '^([^|]*)|([^|]*)$')
+      if not node or redis.call('GET', ARGV[4] .. node) ~= epoch then
+        redis.call('HDEL', KEYS[6], all[i])
+        n = n - 1
+      end
+    end
+  end
+  if n >= limit then return -3 end
+end
+redis.call('HSET', KEYS[6], ARGV[9], ARGV[6])
+redis.call('PEXPIRE', KEYS[6], ARGV[3])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 redis.call('SADD', KEYS[3], KEYS[1])
 redis.call('PEXPIRE', KEYS[3], ARGV[3])
 return won
 ";
 
-/// KEYS: the stream key, the node's set. ARGV: `node|epoch|session|` (the record's start).
+/// KEYS: the stream key, the node's set, the app's hash of streams. ARGV: `node|epoch|session|`
+/// (the record's start), the stream ID.
 const RELEASE: &str = r"
 local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, 1, #ARGV[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if v and string.sub(v, 1, #ARGV[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('HDEL', KEYS[3], ARGV[2])
+end
 redis.call('SREM', KEYS[2], KEYS[1])
 return 1
 ";
@@ -99,7 +127,11 @@ return 1
 const LEAVE: &str = r"
 for _, k in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   local v = redis.call('GET', k)
-  if v and string.sub(v, 1, #ARGV[2]) == ARGV[2] then redis.call('DEL', k) end
+  if v and string.sub(v, 1, #ARGV[2]) == ARGV[2] then
+    redis.call('DEL', k)
+    local app, id = string.match(k, '^huddle:stream:([^:]*):(.*)$')
+    if app then redis.call('HDEL', 'huddle:app:' .. app .. ':streams', id) end
+  end
 end
 redis.call('DEL', KEYS[2])
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
@@ -220,7 +252,13 @@ fn node_streams_key(node: &str) -> String {
     format!("huddle:node:{node}:streams")
 }
 
-/// The key of a stream ID (its value: the owner, `node|epoch|session`).
+/// The key of an app's hash of published streams (stream ID → `node|epoch`): the AppID-wide
+/// stream count.
+fn app_streams_key(app: AppId) -> String {
+    format!("huddle:app:{app}:streams")
+}
+
+/// The key of a stream ID (its value: the owner, `node|epoch|session|room|user`).
 fn stream_key(app: AppId, stream_id: &StreamId) -> String {
     format!("huddle:stream:{app}:{stream_id}")
 }
@@ -242,6 +280,8 @@ pub struct RedisStore {
     /// The room and user (`room|user`) of each session that claimed with them, kept across a
     /// lost lease so that a re-claim records them again.
     tags: Mutex<HashMap<SessionId, String>>,
+    /// Streams one AppID may publish at once across the cluster (`max_streams_per_app`).
+    stream_limit: usize,
     /// IDs the last renewals found taken over by another node ([`Store::take_fenced`]).
     fenced: Mutex<Vec<(AppId, StreamId, SessionId)>>,
     scripts: Scripts,
@@ -303,6 +343,7 @@ impl RedisStore {
             held: Mutex::new(HashMap::new()),
             url: Mutex::new(None),
             tags: Mutex::new(HashMap::new()),
+            stream_limit: usize::MAX,
             fenced: Mutex::new(Vec::new()),
             scripts: Scripts {
                 register: redis::Script::new(REGISTER),
@@ -317,6 +358,13 @@ impl RedisStore {
         };
         store.register().await?;
         Ok(store)
+    }
+
+    /// Sets the most streams one AppID publishes at once across the cluster (claims beyond are
+    /// answered [`Claim::OverLimit`]); unlimited by default.
+    pub fn with_stream_limit(mut self, limit: usize) -> RedisStore {
+        self.stream_limit = limit;
+        self
     }
 
     /// The epoch of this node's lease now (0: none).
@@ -412,7 +460,9 @@ impl RedisStore {
             .release
             .key(stream_key(app, stream_id))
             .key(node_streams_key(&self.node))
+            .key(app_streams_key(app))
             .arg(self.session_owner(epoch, session))
+            .arg(stream_id.as_str())
             .invoke_async(&mut con)
             .await
             .map_err(unavailable)?;
@@ -803,6 +853,7 @@ impl RedisStore {
                 .key(node_streams_key(&self.node))
                 .key(SETTLE_KEY)
                 .key(users)
+                .key(app_streams_key(app))
                 .arg(format!("{}{tag}", self.session_owner(epoch, session)))
                 .arg(epoch)
                 .arg(ms(self.lease))
@@ -811,6 +862,8 @@ impl RedisStore {
                 .arg(format!("{}|{epoch}", self.node))
                 .arg(&tag)
                 .arg(who.map(|w| w.user.to_string()).unwrap_or_default())
+                .arg(stream_id.as_str())
+                .arg(self.stream_limit)
                 .invoke_async(&mut con)
                 .await
                 .map_err(unavailable)?;
@@ -825,6 +878,7 @@ impl RedisStore {
                 }
                 0 => Ok(Claim::Taken),
                 -2 => Err(StoreError::Settling),
+                -3 => Ok(Claim::OverLimit),
                 _ => Err(StoreError::LeaseLost),
             }
         }
