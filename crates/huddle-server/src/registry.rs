@@ -254,6 +254,15 @@ pub enum MediaCommand {
         /// The owner of the stream's entry in its room (`node|epoch`).
         owner: String,
     },
+    /// The last player here of a pulled stream left. The shell arms the pull's linger with its
+    /// clock ([`Registry::linger_pull`]); when it ends with no player back, the registry asks
+    /// for [`MediaCommand::Unpull`].
+    PullIdle {
+        /// The app.
+        app: AppId,
+        /// The stream.
+        stream_id: StreamId,
+    },
     /// Stop pulling the stream: it is no longer published, or nobody here plays it any more.
     Unpull {
         /// The app.
@@ -335,6 +344,9 @@ pub struct Limits {
     pub session_timeout_ms: u32,
     /// How long a detached session waits for a resume.
     pub grace: Duration,
+    /// How long a pull of another node's stream goes on after its last player here left
+    /// (zero: it stops at once).
+    pub pull_linger: Duration,
 }
 
 fn ms_u32(d: Duration) -> u32 {
@@ -352,6 +364,7 @@ impl From<&ServerConfig> for Limits {
             heartbeat_ms: ms_u32(c.heartbeat),
             session_timeout_ms: ms_u32(c.session_timeout),
             grace: c.grace,
+            pull_linger: c.pull_linger,
         }
     }
 }
@@ -538,6 +551,10 @@ pub struct Registry {
     token_timers: BTreeSet<(u64, SessionId)>,
     /// The rooms' online user count timers (an entry whose room's `count_due` differs is stale).
     count_timers: BTreeSet<(Instant, AppId, RoomId)>,
+    /// Pulls with no player here, by the end of their linger ([`Registry::linger_pull`]).
+    linger_timers: BTreeSet<(Instant, AppId, StreamId)>,
+    /// The same pulls, with the end of their linger.
+    lingering: HashMap<(AppId, StreamId), Instant>,
     /// The high bits of this node's message IDs (random, 20 bits).
     message_base: u64,
     /// The last message ID's low bits.
@@ -625,7 +642,7 @@ fn remove_player(app: &mut App, app_id: AppId, stream_id: &StreamId, id: Session
     }
     app.players.remove(stream_id);
     if remote_owner(app, stream_id).is_some() {
-        out.push(Output::Media(MediaCommand::Unpull {
+        out.push(Output::Media(MediaCommand::PullIdle {
             app: app_id,
             stream_id: stream_id.clone(),
         }));
@@ -742,6 +759,8 @@ impl Registry {
             grace_timers: BTreeSet::new(),
             token_timers: BTreeSet::new(),
             count_timers: BTreeSet::new(),
+            linger_timers: BTreeSet::new(),
+            lingering: HashMap::new(),
             message_base,
             message_seq: 0,
         }
@@ -1286,6 +1305,14 @@ impl Registry {
                 stream_id: stream_id.clone(),
                 owner: None,
             }));
+        } else if let Some(at) = self.lingering.remove(&(app_id, stream_id.clone())) {
+            // A lingering pull of it stops: the stream is published here now.
+            self.linger_timers.remove(&(at, app_id, stream_id.clone()));
+            out.push(Output::Media(MediaCommand::PullMoved {
+                app: app_id,
+                stream_id: stream_id.clone(),
+                owner: None,
+            }));
         }
         out.push(Output::Cluster(ClusterCommand::Change {
             app: app_id,
@@ -1398,6 +1425,10 @@ impl Registry {
             msg: ServerMsg::Ok { seq },
         });
         if let Some(owner) = remote {
+            // A lingering pull goes on for this player (the puller keeps a link it has).
+            if let Some(at) = self.lingering.remove(&(s.app, stream_id.clone())) {
+                self.linger_timers.remove(&(at, s.app, stream_id.clone()));
+            }
             out.push(Output::Media(MediaCommand::Pull {
                 app: s.app,
                 stream_id: stream_id.clone(),
@@ -1711,11 +1742,9 @@ impl Registry {
     pub fn poll_timeout(&self) -> Timeout {
         let grace = self.grace_timers.first().map(|(at, _)| *at);
         let count = self.count_timers.first().map(|(at, _, _)| *at);
+        let linger = self.linger_timers.first().map(|(at, _, _)| *at);
         Timeout {
-            at: match (grace, count) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            },
+            at: [grace, count, linger].into_iter().flatten().min(),
             unix_ms: self.token_timers.first().map(|(due, _)| *due),
         }
     }
@@ -1764,7 +1793,82 @@ impl Registry {
             self.token_timers.insert((expire_ms, id));
             self.warn_token(id, expire, now.unix_secs(), out);
         }
-        ran + self.handle_count_timers(now.at, out)
+        ran + self.handle_count_timers(now.at, out) + self.handle_linger_timers(now.at, out)
+    }
+
+    /// Arms the linger of a pull whose last player here left ([`MediaCommand::PullIdle`]), at
+    /// `now` (the shell's clock): the pull goes on until `now` + `pull_linger` and stops then
+    /// ([`MediaCommand::Unpull`]) unless a player came back; with no linger it stops at once.
+    pub fn linger_pull(&mut self, app_id: AppId, stream_id: &StreamId, now: Instant, out: &mut Vec<Output>) {
+        let key = (app_id, stream_id.clone());
+        if self
+            .apps
+            .get(&app_id)
+            .is_some_and(|a| a.players.contains_key(stream_id))
+        {
+            return;
+        }
+        if let Some(at) = self.lingering.remove(&key) {
+            self.linger_timers.remove(&(at, app_id, stream_id.clone()));
+        }
+        if self.limits.pull_linger.is_zero() {
+            out.push(Output::Media(MediaCommand::Unpull {
+                app: app_id,
+                stream_id: stream_id.clone(),
+            }));
+            return;
+        }
+        let at = now + self.limits.pull_linger;
+        self.linger_timers.insert((at, app_id, stream_id.clone()));
+        self.lingering.insert(key, at);
+    }
+
+    /// Whether the pull of `stream_id` lingers (no player here, not stopped yet).
+    pub fn lingers(&self, app_id: AppId, stream_id: &StreamId) -> bool {
+        self.lingering.contains_key(&(app_id, stream_id.clone()))
+    }
+
+    /// Ends the linger of a pull early, because its stream left or moved: the pull stops now
+    /// (`moved_here`: published on this node now, so the link stops and the stream's local
+    /// publisher stays). Returns whether it lingered.
+    fn end_linger(
+        &mut self,
+        app_id: AppId,
+        stream_id: &StreamId,
+        moved_here: bool,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let Some(at) = self.lingering.remove(&(app_id, stream_id.clone())) else {
+            return false;
+        };
+        self.linger_timers.remove(&(at, app_id, stream_id.clone()));
+        out.push(Output::Media(if moved_here {
+            MediaCommand::PullMoved {
+                app: app_id,
+                stream_id: stream_id.clone(),
+                owner: None,
+            }
+        } else {
+            MediaCommand::Unpull {
+                app: app_id,
+                stream_id: stream_id.clone(),
+            }
+        }));
+        true
+    }
+
+    /// Stops the pulls whose linger ended with no player back.
+    fn handle_linger_timers(&mut self, now: Instant, out: &mut Vec<Output>) -> usize {
+        let mut ran = 0;
+        while let Some((at, app_id, stream_id)) = self.linger_timers.first().cloned() {
+            if at > now {
+                break;
+            }
+            ran += 1;
+            let here = self.publishes_here(app_id, &stream_id);
+            self.end_linger(app_id, &stream_id, here, out);
+        }
+        ran
     }
 
     /// The users of `room` on every node, sorted by user ID (a user on two nodes once: the
@@ -1966,6 +2070,16 @@ impl Registry {
                         stream_id: info.stream_id.clone(),
                         owner: Some(owner.to_string()),
                     }));
+                } else if moved
+                    && !shadowed
+                    && let Some(at) = self.lingering.remove(&(app_id, info.stream_id.clone()))
+                {
+                    // A lingering pull from the old node stops; a player here pulls it anew.
+                    self.linger_timers.remove(&(at, app_id, info.stream_id.clone()));
+                    out.push(Output::Media(MediaCommand::Unpull {
+                        app: app_id,
+                        stream_id: info.stream_id.clone(),
+                    }));
                 }
                 if shadowed || (known && !changed) {
                     return true;
@@ -2038,6 +2152,10 @@ impl Registry {
             })
             .collect();
         broadcast(out, to, update);
+        if let Some((stream_id, false)) = &availability {
+            // A lingering pull of a stream that left stops now.
+            self.end_linger(app_id, stream_id, false, out);
+        }
         if let Some((stream_id, available)) = availability
             && let Some(app) = self.apps.get(&app_id)
             && app.players.contains_key(&stream_id)

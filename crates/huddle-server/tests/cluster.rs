@@ -1302,3 +1302,72 @@ async fn concurrent_publishes_on_three_nodes_stop_at_the_appid_wide_limit() {
         n.stop();
     }
 }
+
+// ----- the linger of an idle pull -----
+
+/// A player on node B stops a stream of node A: B's pull of it lingers (the registry's timer,
+/// armed by the shell) and stops when the linger ends; a player who plays it again within the
+/// linger keeps the pull (the linger is cancelled). The linger's logic is tested on virtual
+/// time in the registry (`an_idle_pull_lingers_before_it_stops`); this is its wiring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_pull_lingers_then_stops_and_a_player_coming_back_keeps_it() {
+    let redis = RedisServer::start();
+    let lease = Duration::from_secs(3);
+    let a = node(&redis, "node-a", lease);
+    let b = node_with(&redis, "node-b", lease, |c| {
+        c.pull_linger = Duration::from_millis(300)
+    });
+    let c = node_with(&redis, "node-c", lease, |c| {
+        c.pull_linger = Duration::from_secs(600)
+    });
+    let (mut alice, _) = join(&a, "alice").await;
+    alice.publish("s-alice").await;
+    assert!(a.state().cluster_barrier().await);
+    let (app, s) = (AppId::new(APP).unwrap(), stream("s-alice"));
+    // On B (short linger): the pull lingers after Bob stops, then stops by itself.
+    let (mut bob, _) = join(&b, "bob").await;
+    assert!(bob.play("s-alice").await);
+    assert!(!b.state().pull_lingers(app, &s));
+    stop_play(&mut bob, "s-alice").await;
+    assert!(b.state().pull_lingers(app, &s), "the idle pull lingers");
+    let deadline = Instant::now() + CLUSTER_WAIT;
+    while b.state().pull_lingers(app, &s) {
+        assert!(Instant::now() < deadline, "the linger never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // On C (long linger): Carol comes back within it and keeps the pull.
+    let (mut carol, _) = join(&c, "carol").await;
+    assert!(carol.play("s-alice").await);
+    stop_play(&mut carol, "s-alice").await;
+    assert!(c.state().pull_lingers(app, &s));
+    assert!(carol.play("s-alice").await);
+    assert!(
+        !c.state().pull_lingers(app, &s),
+        "a player back cancels the linger"
+    );
+    // The stream leaves while a pull of it lingers: the pull stops with it.
+    stop_play(&mut carol, "s-alice").await;
+    assert!(c.state().pull_lingers(app, &s));
+    alice.unpublish("s-alice").await;
+    let deadline = Instant::now() + CLUSTER_WAIT;
+    while c.state().pull_lingers(app, &s) {
+        assert!(
+            Instant::now() < deadline,
+            "the pull of a stream that left lingers on"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in [a, b, c] {
+        n.stop();
+    }
+}
+
+/// Stops playing `s`.
+async fn stop_play(c: &mut Client, s: &str) {
+    let seq = c.next_seq();
+    c.ok(ClientMsg::StopPlay {
+        seq,
+        stream_id: stream(s),
+    })
+    .await;
+}

@@ -139,6 +139,13 @@ impl ServerState {
         self.0.hub.lock().registry.publishes_here(app, stream_id)
     }
 
+    /// For tests: whether this node's pull of `stream_id` of `app` lingers (no player here,
+    /// not stopped yet).
+    #[doc(hidden)]
+    pub fn pull_lingers(&self, app: AppId, stream_id: &StreamId) -> bool {
+        self.0.hub.lock().registry.lingers(app, stream_id)
+    }
+
     /// For tests: returns once every change this node queued for the cluster store before the
     /// call was handed to the store (the others may read it now; one waiting in the outbox for
     /// an unreachable store counts as handed). `false` when the store task does not run.
