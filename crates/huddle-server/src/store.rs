@@ -12,7 +12,10 @@
 //!   it owns expires with its lease.
 //! - **Stream IDs**, unique per AppID across the cluster: a publish first claims its ID
 //!   ([`Store::claim_stream`]), atomically and fenced by the owner's lease; an unpublish or the
-//!   end of the session releases it.
+//!   end of the session releases it. The same user's newer login on another node takes an ID
+//!   over from a live holder at once ([`Store::claim_stream_for`]); the older holder learns at
+//!   its next renewal ([`Store::take_fenced`]). The AppID-wide stream limit is counted in the
+//!   same claim.
 //! - **Rooms across nodes.** Each node's part of a shared room (its users and streams, owned by
 //!   its lease) and the room's history of changes ([`Store::room_change`],
 //!   [`Store::room_snapshot`], [`Store::read_rooms`]); what a dead node owned is removed, with
