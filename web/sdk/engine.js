@@ -1378,9 +1378,10 @@ export class HuddleEngine {
   _onMediaState(msg) {
     const s = msg.kind === "publish" ? this._publishers.get(msg.stream_id) : this._players.get(msg.stream_id);
     if (!s || s.stopped || s.offering) return;
-    if (msg.kind === "publish" && msg.code === ErrorCode.STREAM_STOPPED_BY_SERVER) {
-      // The app's server stopped the stream (server API `DeleteStream`): the server already
-      // forgot it, so nothing is unpublished.
+    const stopped = msg.code === ErrorCode.STREAM_STOPPED_BY_SERVER || msg.code === ErrorCode.STREAM_TAKEN_OVER;
+    if (msg.kind === "publish" && stopped) {
+      // The app's server stopped the stream (server API `DeleteStream`), or another node of
+      // the cluster took its ID over: the server already forgot it, so nothing is unpublished.
       this._dropPublisher(/** @type {Publisher} */ (s), msg.code, msg.message);
       return;
     }

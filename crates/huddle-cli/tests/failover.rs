@@ -47,11 +47,16 @@ struct Node {
 
 impl Node {
     fn start(dir: &Path, redis: &RedisServer, id: &str) -> Node {
+        Node::start_with(dir, redis, id, &format!("cluster_lease_ms = {LEASE_MS}\n"))
+    }
+
+    /// A node with `lease` as its lease line of the config (empty: the default lease).
+    fn start_with(dir: &Path, redis: &RedisServer, id: &str, lease: &str) -> Node {
         let config = dir.join(format!("{id}.toml"));
         std::fs::write(
             &config,
             format!(
-                "cluster_lease_ms = {LEASE_MS}\ncluster_secret = \"the test cluster's secret\"\n\
+                "{lease}cluster_secret = \"the test cluster's secret\"\n\
                  drain_timeout_ms = 20000\n\n\
                  [[apps]]\napp_id = {APP_ID}\napp_sign = \"{APP_SIGN}\"\nserver_secret = \"{SECRET}\"\n"
             ),
@@ -411,6 +416,21 @@ impl Ear {
         }
     }
 
+    /// The first window without the tone that ended after `since` and before `until`, if any
+    /// (waits until `until` has passed). `None`: the tone went on throughout (a gap short
+    /// enough for the player's loss concealment to bridge).
+    fn gap_between(&self, since: Instant, until: Instant) -> Option<Instant> {
+        while Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.windows
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(at, tone)| *at > since && *at < until && !tone)
+            .map(|(at, _)| *at)
+    }
+
     /// The windows that ended between `from` and `to`: how many, and how many held the tone.
     fn tone_between(&self, from: Instant, to: Instant) -> (usize, usize) {
         let w = self.windows.lock().unwrap();
@@ -436,10 +456,21 @@ fn hears_tone(x: &[i16]) -> bool {
     rms > 328.0 && tone_db(x, TONE_HZ) > -3.0
 }
 
-fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("huddle-failover-{}", std::process::id()));
+/// A directory of the test's own (`name`: the tests of this file run at once).
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("huddle-failover-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Whether node `node`'s lease is in Redis now (it lives until it ends unrenewed).
+fn lease_alive(redis: &RedisServer, node: &str) -> bool {
+    let port = redis.url.rsplit(':').next().unwrap();
+    let out = Command::new("redis-cli")
+        .args(["-p", port, "--raw", "EXISTS", &format!("huddle:node:{node}")])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim() == "1"
 }
 
 fn ms(d: Duration) -> u128 {
@@ -450,7 +481,7 @@ fn ms(d: Duration) -> u128 {
 
 #[test]
 fn a_cluster_of_processes_survives_kill_restart_duplicate_login_drain_and_churn() {
-    let dir = tempdir();
+    let dir = tempdir("phases");
     let mut redis = RedisServer::start();
     let mut a = Node::start(&dir, &redis, "node-a");
     let mut b = Node::start(&dir, &redis, "node-b");
@@ -728,6 +759,93 @@ fn a_cluster_of_processes_survives_kill_restart_duplicate_login_drain_and_churn(
         }
         assert!(Instant::now() < deadline, "keys left in Redis: {keys:?}");
         std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// kill -9 with the default lease (10 s): the killed node's publisher, back on another node as
+/// the same user, publishes its stream ID again at once (its newer login takes the ID over from
+/// the dead node's session) rather than after the dead node's lease; the players on the other
+/// nodes hear it again, and the dead node's other user and stream still leave for them (no
+/// ghost) once its lease ends.
+#[test]
+fn with_the_default_lease_a_moved_publisher_does_not_wait_for_the_dead_nodes_lease() {
+    let dir = tempdir("default-lease");
+    let redis = RedisServer::start();
+    let mut a = Node::start_with(&dir, &redis, "node-a", "");
+    let b = Node::start_with(&dir, &redis, "node-b", "");
+    let c = Node::start_with(&dir, &redis, "node-c", "");
+    let mut alice = Client::join("alice", &[&a, &b, &c]);
+    alice.publish_tone("s-alice");
+    let mut dave = Client::join("dave", &[&a]);
+    dave.publish_tone("s-dave");
+    let mut bob = Client::join("bob", &[&b, &c, &a]);
+    bob.play("s-alice");
+    let mut carol = Client::join("carol", &[&c, &b, &a]);
+    carol.play("s-alice");
+    let start = Instant::now();
+    bob.tone_after("bob before the kill", start, 3);
+    carol.tone_after("carol before the kill", start, 3);
+
+    let killed = Instant::now();
+    a.kill9();
+    let back = alice.wait_after("alice reconnected", killed, |e| {
+        e["event"] == "room_state_changed" && e["reason"] == "Reconnected"
+    });
+    let republished = alice.wait_after("alice publishing again", killed, |e| {
+        e["event"] == "publisher_state_update" && e["stream_id"] == "s-alice" && e["state"] == "Publishing"
+    });
+    // Taken over while the dead node's lease still held: the publish did not wait for it.
+    let lease_held = lease_alive(&redis, "node-a");
+    // Media back: the tone after the gap the kill made (none heard if the players' loss
+    // concealment bridged it: then the tone never stopped for them).
+    let mut media_back = Vec::new();
+    for p in [&mut bob, &mut carol] {
+        let gap = p.ear().gap_between(killed, republished + Duration::from_secs(3));
+        media_back.push(match gap {
+            Some(gap) => format!("{} ms", ms(p.tone_after("after the kill", gap, 5) - killed)),
+            None => "no gap heard".to_string(),
+        });
+    }
+    println!(
+        "kill -9 of a node (default lease): its publisher reconnected in {} ms and published again in {} ms \
+         (the dead node's lease still held: {lease_held}); media back at the players on the other nodes: \
+         {} and {} after the kill",
+        ms(back - killed),
+        ms(republished - killed),
+        media_back[0],
+        media_back[1],
+    );
+    assert!(lease_held, "the publisher waited for the dead node's lease");
+    // No ghost: Dave (who knew only A) and his stream leave for the others once A's lease
+    // ends; Alice never leaves.
+    for p in [&mut bob, &mut carol] {
+        let at = p.wait_after("dave gone", killed, |e| {
+            e["event"] == "room_user_update"
+                && e["update_type"] == "Delete"
+                && e["users"][0]["user_id"] == "dave"
+        });
+        let seen = p.room_events_since(killed);
+        assert!(
+            !seen.contains(&"user Delete alice".to_string()),
+            "{}: alice moved, she never left: {seen:?}",
+            p.user
+        );
+        let s: Vec<&String> = seen.iter().filter(|e| e.ends_with(" s-alice")).collect();
+        assert!(
+            s.is_empty(),
+            "{}: alice's stream moved silently: {seen:?}",
+            p.user
+        );
+        println!(
+            "{}: the dead node's user left {} ms after the kill",
+            p.user,
+            ms(at - killed)
+        );
+    }
+    dave.destroy();
+    for p in [alice, bob, carol] {
+        p.destroy();
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

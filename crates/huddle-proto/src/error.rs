@@ -156,6 +156,10 @@ codes! {
     /// A node's pull of a stream (`/cluster/ws`) was not signed with the cluster's secret, was
     /// signed too long ago, or came while this node serves no pulls.
     CLUSTER_AUTH_FAILED = 1009040, "The pull was refused: it is not signed with the cluster's secret, or its signature expired.";
+    /// The stream ID a session published was taken over by another node while this one was cut
+    /// off (the same user's newer login there, or a claim after this node's lease ended): the
+    /// publish stopped here (`media_state` closed to its publisher).
+    STREAM_TAKEN_OVER = 1009041, "The stream ID was taken over on another node (a newer login of the same user, or while this node was cut off): it stopped here.";
     /// A `network_quality` report came less than a second after the session's previous one
     /// (clients report every 2 s); it was not relayed.
     QUALITY_REPORT_TOO_FREQUENT = 1009050, "Network quality reported too often: at most one report a second.";

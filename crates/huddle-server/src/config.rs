@@ -294,6 +294,10 @@ pub struct ServerConfig {
     /// rooms) is gone for the others within about a lease and a third after it dies. Only with
     /// `redis`.
     pub cluster_lease: Duration,
+    /// How long a pull of another node's stream goes on after its last player here left
+    /// (`pull_linger_ms`, default 5 s; 0: it stops at once), so that a player who comes back or
+    /// the next one does not wait for a new link. Only with `redis` and `cluster_secret`.
+    pub pull_linger: Duration,
     /// After SIGTERM, how long calls in progress may go on before the server closes them and
     /// exits (`drain_timeout_ms`, default 30 s); new logins are refused meanwhile.
     pub drain_timeout: Duration,
@@ -359,6 +363,7 @@ impl Default for ServerConfig {
             cluster_url: None,
             metrics_token: None,
             cluster_lease: Duration::from_secs(10),
+            pull_linger: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
             heartbeat: Duration::from_secs(5),
             session_timeout: Duration::from_secs(15),
@@ -412,6 +417,7 @@ const FILE_KEYS: &[&str] = &[
     "cluster_url",
     "metrics_token",
     "cluster_lease_ms",
+    "pull_linger_ms",
     "heartbeat_ms",
     "session_timeout_ms",
     "grace_ms",
@@ -453,6 +459,7 @@ struct FileConfig {
     cluster_url: Option<String>,
     metrics_token: Option<String>,
     cluster_lease_ms: Option<u64>,
+    pull_linger_ms: Option<u64>,
     heartbeat_ms: Option<u64>,
     session_timeout_ms: Option<u64>,
     grace_ms: Option<u64>,
@@ -654,6 +661,7 @@ impl ServerConfig {
             cluster_url: f.cluster_url,
             metrics_token: f.metrics_token.map(Secret::from),
             cluster_lease: f.cluster_lease_ms.map_or(d.cluster_lease, ms),
+            pull_linger: f.pull_linger_ms.map_or(d.pull_linger, ms),
             drain_timeout: f.drain_timeout_ms.map_or(d.drain_timeout, ms),
             heartbeat: f.heartbeat_ms.map_or(d.heartbeat, ms),
             session_timeout: f.session_timeout_ms.map_or(d.session_timeout, ms),
@@ -792,6 +800,9 @@ impl ServerConfig {
             ("login_timeout_ms", self.login_timeout),
             ("cluster_lease_ms", self.cluster_lease),
         ];
+        if self.pull_linger.as_millis() > 600_000 {
+            return invalid("pull_linger_ms must be at most 600000 (10 minutes)".into());
+        }
         for (name, d) in timings {
             if d.is_zero() || d.as_millis() > u128::from(u32::MAX) {
                 return invalid(format!("{name} must be between 1 and {} ms", u32::MAX));

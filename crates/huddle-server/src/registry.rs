@@ -254,6 +254,15 @@ pub enum MediaCommand {
         /// The owner of the stream's entry in its room (`node|epoch`).
         owner: String,
     },
+    /// The last player here of a pulled stream left. The shell arms the pull's linger with its
+    /// clock ([`Registry::linger_pull`]); when it ends with no player back, the registry asks
+    /// for [`MediaCommand::Unpull`].
+    PullIdle {
+        /// The app.
+        app: AppId,
+        /// The stream.
+        stream_id: StreamId,
+    },
     /// Stop pulling the stream: it is no longer published, or nobody here plays it any more.
     Unpull {
         /// The app.
@@ -335,6 +344,9 @@ pub struct Limits {
     pub session_timeout_ms: u32,
     /// How long a detached session waits for a resume.
     pub grace: Duration,
+    /// How long a pull of another node's stream goes on after its last player here left
+    /// (zero: it stops at once).
+    pub pull_linger: Duration,
 }
 
 fn ms_u32(d: Duration) -> u32 {
@@ -352,6 +364,7 @@ impl From<&ServerConfig> for Limits {
             heartbeat_ms: ms_u32(c.heartbeat),
             session_timeout_ms: ms_u32(c.session_timeout),
             grace: c.grace,
+            pull_linger: c.pull_linger,
         }
     }
 }
@@ -495,6 +508,11 @@ struct Room {
     /// When the room's next online user count is due (armed by the first login's
     /// [`Registry::online_count_after_login`]).
     count_due: Option<Instant>,
+    /// Per local user, this node's adds of the user ([`RoomChange::UserAdd`]) sent to the
+    /// cluster and not yet read back from the room's history ([`Registry::own_update`]). While
+    /// one is on its way, the local session is the user's later login in the history's order:
+    /// another node's add of the same user read now came earlier, and kicks nobody here.
+    pending_adds: BTreeMap<UserId, u32>,
 }
 
 impl Room {
@@ -533,6 +551,10 @@ pub struct Registry {
     token_timers: BTreeSet<(u64, SessionId)>,
     /// The rooms' online user count timers (an entry whose room's `count_due` differs is stale).
     count_timers: BTreeSet<(Instant, AppId, RoomId)>,
+    /// Pulls with no player here, by the end of their linger ([`Registry::linger_pull`]).
+    linger_timers: BTreeSet<(Instant, AppId, StreamId)>,
+    /// The same pulls, with the end of their linger.
+    lingering: HashMap<(AppId, StreamId), Instant>,
     /// The high bits of this node's message IDs (random, 20 bits).
     message_base: u64,
     /// The last message ID's low bits.
@@ -620,7 +642,7 @@ fn remove_player(app: &mut App, app_id: AppId, stream_id: &StreamId, id: Session
     }
     app.players.remove(stream_id);
     if remote_owner(app, stream_id).is_some() {
-        out.push(Output::Media(MediaCommand::Unpull {
+        out.push(Output::Media(MediaCommand::PullIdle {
             app: app_id,
             stream_id: stream_id.clone(),
         }));
@@ -737,6 +759,8 @@ impl Registry {
             grace_timers: BTreeSet::new(),
             token_timers: BTreeSet::new(),
             count_timers: BTreeSet::new(),
+            linger_timers: BTreeSet::new(),
+            lingering: HashMap::new(),
             message_base,
             message_seq: 0,
         }
@@ -928,6 +952,7 @@ impl Registry {
                     extra,
                     rates: im::RoomRates::default(),
                     count_due: None,
+                    pending_adds: BTreeMap::new(),
                     remote_users: remote
                         .users
                         .into_iter()
@@ -970,9 +995,10 @@ impl Registry {
         self.extra_after_login(id, out);
         let room = self
             .apps
-            .get(&login.app_id)
-            .and_then(|a| a.rooms.get(&login.room_id));
+            .get_mut(&login.app_id)
+            .and_then(|a| a.rooms.get_mut(&login.room_id));
         if let (None, Some(room)) = (older, room) {
+            *room.pending_adds.entry(login.user.user_id.clone()).or_default() += 1;
             if !room.remote_users.contains_key(&login.user.user_id) {
                 let to = room_recipients(&self.sessions, room, id, true);
                 broadcast(
@@ -1279,6 +1305,14 @@ impl Registry {
                 stream_id: stream_id.clone(),
                 owner: None,
             }));
+        } else if let Some(at) = self.lingering.remove(&(app_id, stream_id.clone())) {
+            // A lingering pull of it stops: the stream is published here now.
+            self.linger_timers.remove(&(at, app_id, stream_id.clone()));
+            out.push(Output::Media(MediaCommand::PullMoved {
+                app: app_id,
+                stream_id: stream_id.clone(),
+                owner: None,
+            }));
         }
         out.push(Output::Cluster(ClusterCommand::Change {
             app: app_id,
@@ -1391,6 +1425,10 @@ impl Registry {
             msg: ServerMsg::Ok { seq },
         });
         if let Some(owner) = remote {
+            // A lingering pull goes on for this player (the puller keeps a link it has).
+            if let Some(at) = self.lingering.remove(&(s.app, stream_id.clone())) {
+                self.linger_timers.remove(&(at, s.app, stream_id.clone()));
+            }
             out.push(Output::Media(MediaCommand::Pull {
                 app: s.app,
                 stream_id: stream_id.clone(),
@@ -1704,11 +1742,9 @@ impl Registry {
     pub fn poll_timeout(&self) -> Timeout {
         let grace = self.grace_timers.first().map(|(at, _)| *at);
         let count = self.count_timers.first().map(|(at, _, _)| *at);
+        let linger = self.linger_timers.first().map(|(at, _, _)| *at);
         Timeout {
-            at: match (grace, count) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            },
+            at: [grace, count, linger].into_iter().flatten().min(),
             unix_ms: self.token_timers.first().map(|(due, _)| *due),
         }
     }
@@ -1757,7 +1793,82 @@ impl Registry {
             self.token_timers.insert((expire_ms, id));
             self.warn_token(id, expire, now.unix_secs(), out);
         }
-        ran + self.handle_count_timers(now.at, out)
+        ran + self.handle_count_timers(now.at, out) + self.handle_linger_timers(now.at, out)
+    }
+
+    /// Arms the linger of a pull whose last player here left ([`MediaCommand::PullIdle`]), at
+    /// `now` (the shell's clock): the pull goes on until `now` + `pull_linger` and stops then
+    /// ([`MediaCommand::Unpull`]) unless a player came back; with no linger it stops at once.
+    pub fn linger_pull(&mut self, app_id: AppId, stream_id: &StreamId, now: Instant, out: &mut Vec<Output>) {
+        let key = (app_id, stream_id.clone());
+        if self
+            .apps
+            .get(&app_id)
+            .is_some_and(|a| a.players.contains_key(stream_id))
+        {
+            return;
+        }
+        if let Some(at) = self.lingering.remove(&key) {
+            self.linger_timers.remove(&(at, app_id, stream_id.clone()));
+        }
+        if self.limits.pull_linger.is_zero() {
+            out.push(Output::Media(MediaCommand::Unpull {
+                app: app_id,
+                stream_id: stream_id.clone(),
+            }));
+            return;
+        }
+        let at = now + self.limits.pull_linger;
+        self.linger_timers.insert((at, app_id, stream_id.clone()));
+        self.lingering.insert(key, at);
+    }
+
+    /// Whether the pull of `stream_id` lingers (no player here, not stopped yet).
+    pub fn lingers(&self, app_id: AppId, stream_id: &StreamId) -> bool {
+        self.lingering.contains_key(&(app_id, stream_id.clone()))
+    }
+
+    /// Ends the linger of a pull early, because its stream left or moved: the pull stops now
+    /// (`moved_here`: published on this node now, so the link stops and the stream's local
+    /// publisher stays). Returns whether it lingered.
+    fn end_linger(
+        &mut self,
+        app_id: AppId,
+        stream_id: &StreamId,
+        moved_here: bool,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let Some(at) = self.lingering.remove(&(app_id, stream_id.clone())) else {
+            return false;
+        };
+        self.linger_timers.remove(&(at, app_id, stream_id.clone()));
+        out.push(Output::Media(if moved_here {
+            MediaCommand::PullMoved {
+                app: app_id,
+                stream_id: stream_id.clone(),
+                owner: None,
+            }
+        } else {
+            MediaCommand::Unpull {
+                app: app_id,
+                stream_id: stream_id.clone(),
+            }
+        }));
+        true
+    }
+
+    /// Stops the pulls whose linger ended with no player back.
+    fn handle_linger_timers(&mut self, now: Instant, out: &mut Vec<Output>) -> usize {
+        let mut ran = 0;
+        while let Some((at, app_id, stream_id)) = self.linger_timers.first().cloned() {
+            if at > now {
+                break;
+            }
+            ran += 1;
+            let here = self.publishes_here(app_id, &stream_id);
+            self.end_linger(app_id, &stream_id, here, out);
+        }
+        ran
     }
 
     /// The users of `room` on every node, sorted by user ID (a user on two nodes once: the
@@ -1771,6 +1882,71 @@ impl Registry {
             }
         }
         all.into_values().cloned().collect()
+    }
+
+    /// This node's own change, read back from the room's history (the reader skips it
+    /// otherwise): an add of a user tells that the user's login here has its place in the
+    /// history's order now (see [`Registry::remote_update`] on duplicate logins).
+    pub fn own_update(&mut self, app_id: AppId, room_id: &RoomId, change: &RoomChange) {
+        let RoomChange::UserAdd(user) = change else {
+            return;
+        };
+        if let Some(room) = self.apps.get_mut(&app_id).and_then(|a| a.rooms.get_mut(room_id))
+            && let Some(n) = room.pending_adds.get_mut(&user.user_id)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                room.pending_adds.remove(&user.user_id);
+            }
+        }
+    }
+
+    /// Stops the publish of `stream_id` by `session` because another node took its ID over
+    /// ([`crate::store::Store::take_fenced`]): as [`Registry::stop_stream`] with 1009041. Returns
+    /// whether the session published it.
+    pub fn stop_taken_over(
+        &mut self,
+        app_id: AppId,
+        stream_id: &StreamId,
+        session: SessionId,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let Some(room) = self
+            .apps
+            .get(&app_id)
+            .and_then(|a| a.streams.get(stream_id))
+            .filter(|p| p.session == session)
+            .map(|p| p.room.clone())
+        else {
+            return false;
+        };
+        self.stop_stream(
+            app_id,
+            &room,
+            stream_id,
+            ErrorCode::STREAM_TAKEN_OVER,
+            "the stream ID was taken over on another node: this publish stopped",
+            out,
+        )
+    }
+
+    /// Ends this node's session of `user_id` in the room because the user's entry in the
+    /// cluster is another node's later login (found when this node restored its part after a
+    /// lost lease): `kicked` 1002050, as for a duplicate login. Returns whether there was one.
+    pub fn kick_replaced(
+        &mut self,
+        app_id: AppId,
+        room_id: &RoomId,
+        user_id: &UserId,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        match self.session_of(app_id, room_id, user_id) {
+            Some(id) => {
+                self.kick_duplicate(id, out);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Another node's part of a room changed: `owner` names that node (and its lease), as the
@@ -1822,6 +1998,12 @@ impl Registry {
                     .map(|(o, _)| owner_node(o).to_string());
                 let known = earlier.is_some();
                 let shadowed = room.users.get(&user.user_id).copied();
+                if shadowed.is_some() && room.pending_adds.get(&user.user_id).is_some_and(|n| *n > 0) {
+                    // This node's own add of the user is still on its way into the room's
+                    // history: the session here is the later login, and the other node kicks
+                    // its own when it reads that add (one winner, the same on every node).
+                    return true;
+                }
                 room.remote_users
                     .insert(user.user_id.clone(), (owner.to_string(), user.clone()));
                 if let Some(older) = shadowed
@@ -1887,6 +2069,16 @@ impl Registry {
                         app: app_id,
                         stream_id: info.stream_id.clone(),
                         owner: Some(owner.to_string()),
+                    }));
+                } else if moved
+                    && !shadowed
+                    && let Some(at) = self.lingering.remove(&(app_id, info.stream_id.clone()))
+                {
+                    // A lingering pull from the old node stops; a player here pulls it anew.
+                    self.linger_timers.remove(&(at, app_id, info.stream_id.clone()));
+                    out.push(Output::Media(MediaCommand::Unpull {
+                        app: app_id,
+                        stream_id: info.stream_id.clone(),
                     }));
                 }
                 if shadowed || (known && !changed) {
@@ -1960,6 +2152,10 @@ impl Registry {
             })
             .collect();
         broadcast(out, to, update);
+        if let Some((stream_id, false)) = &availability {
+            // A lingering pull of a stream that left stops now.
+            self.end_linger(app_id, stream_id, false, out);
+        }
         if let Some((stream_id, available)) = availability
             && let Some(app) = self.apps.get(&app_id)
             && app.players.contains_key(&stream_id)

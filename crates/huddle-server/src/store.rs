@@ -12,7 +12,10 @@
 //!   it owns expires with its lease.
 //! - **Stream IDs**, unique per AppID across the cluster: a publish first claims its ID
 //!   ([`Store::claim_stream`]), atomically and fenced by the owner's lease; an unpublish or the
-//!   end of the session releases it.
+//!   end of the session releases it. The same user's newer login on another node takes an ID
+//!   over from a live holder at once ([`Store::claim_stream_for`]); the older holder learns at
+//!   its next renewal ([`Store::take_fenced`]). The AppID-wide stream limit is counted in the
+//!   same claim.
 //! - **Rooms across nodes.** Each node's part of a shared room (its users and streams, owned by
 //!   its lease) and the room's history of changes ([`Store::room_change`],
 //!   [`Store::room_snapshot`], [`Store::read_rooms`]); what a dead node owned is removed, with
@@ -26,7 +29,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use huddle_proto::{AppId, ErrorCode, HuddleError, RoomId, StreamId};
+use huddle_proto::{AppId, ErrorCode, HuddleError, RoomId, StreamId, UserId};
 
 use crate::config::ServerConfig;
 use crate::registry::{RemoteRoom, RoomChange, SessionId};
@@ -44,6 +47,26 @@ pub enum Claim {
     Won,
     /// Another session (on this node or another live one) holds it.
     Taken,
+    /// It was held by a live session of the same user in the same room on another node, and
+    /// this session is that user's newer login there ([`Store::claim_stream_for`]): the ID is
+    /// this session's now, and the older holder is fenced (its node finds out at its next
+    /// renewal, [`Store::take_fenced`]).
+    TakenOver,
+    /// The AppID publishes as many streams across the cluster as it may
+    /// (`max_streams_per_app`); a dead node's streams stop counting when its lease ends.
+    OverLimit,
+}
+
+/// Who claims a stream ID: the session, and the room and user it is logged in as (a newer
+/// login of the same user may take the ID over from an older one, [`Store::claim_stream_for`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimant {
+    /// The session.
+    pub session: SessionId,
+    /// The session's room.
+    pub room: RoomId,
+    /// The session's user.
+    pub user: UserId,
 }
 
 /// One change in a room's history, as read from the store.
@@ -182,6 +205,43 @@ pub trait Store: Send + Sync + 'static {
 
     /// The URL node `node` advertised ([`Store::advertise`]), while its lease lives.
     fn node_url<'a>(&'a self, node: &'a str) -> StoreFuture<'a, Option<String>>;
+
+    /// [`Store::claim_stream`] for `who`, which may also take the ID over from a *live* holder:
+    /// when the holder is a session of the same user in the same room on another node, and
+    /// the room's entry for that user is this node's (the user's later login, in the room
+    /// history's order: `docs/cluster.md`, "Failover without the lease"). Answers
+    /// [`Claim::TakenOver`] then. A store of one node has nothing to take over from.
+    fn claim_stream_for<'a>(
+        &'a self,
+        app: AppId,
+        stream_id: &'a StreamId,
+        who: &'a Claimant,
+    ) -> StoreFuture<'a, Claim> {
+        self.claim_stream(app, stream_id, who.session)
+    }
+
+    /// The stream IDs this node's sessions held that the last renewal found taken over by
+    /// another node (a newer login of the same user, or a claim while this node was cut off):
+    /// each with the session that held it. The node must stop those publishes. Taken once.
+    fn take_fenced(&self) -> Vec<(AppId, StreamId, SessionId)> {
+        Vec::new()
+    }
+
+    /// A user added again by [`Store::room_change`] after this node's lease was lost (a
+    /// restore), unless another live node's entry holds the user now (the user logged in
+    /// there later): `Ok(false)` then, and nothing changed.
+    fn restore_user<'a>(
+        &'a self,
+        app: AppId,
+        room: &'a RoomId,
+        user: &'a huddle_proto::User,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            self.room_change(app, room, &RoomChange::UserAdd(user.clone()))
+                .await?;
+            Ok(true)
+        })
+    }
 }
 
 /// The store `config` asks for: Redis at `redis` as node `node_id`, else one node in memory.
@@ -191,7 +251,9 @@ pub async fn from_config(config: &ServerConfig) -> Result<Arc<dyn Store>, StoreE
     match &config.redis {
         Some(url) => {
             let node_id = config.node_id.clone().unwrap_or_else(|| default_node_id(config));
-            let store = RedisStore::connect(url, &node_id, config.cluster_lease).await?;
+            let store = RedisStore::connect(url, &node_id, config.cluster_lease)
+                .await?
+                .with_stream_limit(config.max_streams_per_app);
             Ok(Arc::new(store))
         }
         None => Ok(Arc::new(MemoryStore::new())),

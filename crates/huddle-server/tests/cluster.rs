@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use huddle_proto::{AppId, DeviceState, StreamId, TrackKind};
+use huddle_server::registry::RoomChange;
 use huddle_server::registry::SessionId;
-use huddle_server::store::{Claim, RedisStore, Store, StoreError};
+use huddle_server::store::{Claim, Claimant, RedisStore, Store, StoreError};
 
 use common::redis::RedisServer;
 
@@ -179,16 +180,32 @@ const CLUSTER_WAIT: Duration = Duration::from_secs(30);
 
 /// A node of the test cluster: the media test config on `redis` as `node`, with a short lease.
 fn node(redis: &RedisServer, node: &str, lease: Duration) -> BackgroundServer {
+    node_with(redis, node, lease, |_| {})
+}
+
+/// [`node`] with a change of its config.
+fn node_with(
+    redis: &RedisServer,
+    node: &str,
+    lease: Duration,
+    change: impl FnOnce(&mut huddle_server::ServerConfig),
+) -> BackgroundServer {
     let mut config = common::config();
     config.redis = Some(redis.url.clone());
     config.node_id = Some(node.into());
     config.cluster_lease = lease;
+    change(&mut config);
     BackgroundServer::start(config).unwrap()
 }
 
 /// Logs `user` in to the test room on `server`, asking for user updates: the reply (`login_ok`
 /// or `error`) and the client.
 async fn try_join(server: &BackgroundServer, user: &str) -> (Client, ServerMsg) {
+    try_join_room(server, ROOM, user).await
+}
+
+/// [`try_join`] to room `room`.
+async fn try_join_room(server: &BackgroundServer, room: &str, user: &str) -> (Client, ServerMsg) {
     let (ws, _) = tokio_tungstenite::connect_async(server.ws_url()).await.unwrap();
     let mut c = Client {
         ws,
@@ -198,14 +215,14 @@ async fn try_join(server: &BackgroundServer, user: &str) -> (Client, ServerMsg) 
     let ServerMsg::Hello { nonce, .. } = c.recv().await else {
         panic!("expected hello");
     };
-    let sign = huddle_token::sign_challenge(&test_app(APP).app_sign, APP, ROOM, user, &nonce);
+    let sign = huddle_token::sign_challenge(&test_app(APP).app_sign, APP, room, user, &nonce);
     let seq = c.next_seq();
     let reply = c
         .request(ClientMsg::Login(Login {
             seq,
             protocol: PROTOCOL_VERSION,
             app_id: AppId::new(APP).unwrap(),
-            room_id: RoomId::new(ROOM).unwrap(),
+            room_id: RoomId::new(room).unwrap(),
             user: User::new(UserId::new(user).unwrap()),
             auth: Auth::Sign(sign),
             user_status_notify: true,
@@ -813,4 +830,544 @@ async fn messages_commands_and_extra_info_cross_nodes_in_order() {
     for s in [a, b, c3] {
         s.stop();
     }
+}
+
+// ----- failover without the lease, fencing, duplicate logins -----
+
+fn alice_in(room: &RoomId, s: u64) -> Claimant {
+    Claimant {
+        session: session(s),
+        room: room.clone(),
+        user: UserId::new("alice").unwrap(),
+    }
+}
+
+/// A newer login of the same user on another node takes a stream ID over from a live holder
+/// (no wait for a lease); nobody else can, the older holder is fenced (its claims and
+/// re-claims fail, its renewal reports the ID, its release changes nothing), and a restore of
+/// the older login's user does not overwrite the newer one.
+#[tokio::test]
+async fn a_newer_login_of_the_same_user_takes_a_stream_id_over_and_the_older_holder_is_fenced() {
+    let redis = RedisServer::start();
+    let app = AppId::new(1).unwrap();
+    let lease = Duration::from_secs(10);
+    let a = RedisStore::connect(&redis.url, "node-a", lease).await.unwrap();
+    let b = RedisStore::connect(&redis.url, "node-b", lease).await.unwrap();
+    let c = RedisStore::connect(&redis.url, "node-c", lease).await.unwrap();
+    let room = RoomId::new("r1").unwrap();
+    let id = stream("s-alice");
+    a.room_change(app, &room, &RoomChange::UserAdd(user("alice")))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.claim_stream_for(app, &id, &alice_in(&room, 1)).await.unwrap(),
+        Claim::Won
+    );
+    // Another user cannot take it; nor can Alice on B before B holds her entry in the room,
+    // nor Alice in another room.
+    let bob = Claimant {
+        session: session(2),
+        room: room.clone(),
+        user: UserId::new("bob").unwrap(),
+    };
+    b.room_change(app, &room, &RoomChange::UserAdd(user("bob")))
+        .await
+        .unwrap();
+    assert_eq!(b.claim_stream_for(app, &id, &bob).await.unwrap(), Claim::Taken);
+    assert_eq!(
+        b.claim_stream_for(app, &id, &alice_in(&room, 3)).await.unwrap(),
+        Claim::Taken
+    );
+    let other_room = RoomId::new("r2").unwrap();
+    b.room_change(app, &other_room, &RoomChange::UserAdd(user("alice")))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.claim_stream_for(app, &id, &alice_in(&other_room, 3))
+            .await
+            .unwrap(),
+        Claim::Taken
+    );
+    // Alice logs in to the room on B (the later login): B takes the ID over while A lives.
+    b.room_change(app, &room, &RoomChange::UserAdd(user("alice")))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.claim_stream_for(app, &id, &alice_in(&room, 3)).await.unwrap(),
+        Claim::TakenOver
+    );
+    assert_eq!(
+        b.claim_stream_for(app, &id, &alice_in(&room, 3)).await.unwrap(),
+        Claim::Won
+    );
+    // A, only cut off and back now, cannot take it back: neither by a claim nor a re-claim.
+    assert_eq!(
+        a.claim_stream_for(app, &id, &alice_in(&room, 1)).await.unwrap(),
+        Claim::Taken
+    );
+    assert_eq!(
+        a.reclaim_stream(app, &id, session(1)).await.unwrap(),
+        Claim::Taken
+    );
+    // Its renewal finds the ID taken over (once), and its release leaves B's claim alone.
+    assert!(a.take_fenced().is_empty());
+    a.renew_lease().await.unwrap();
+    assert_eq!(a.take_fenced(), vec![(app, id.clone(), session(1))]);
+    a.renew_lease().await.unwrap();
+    assert!(a.take_fenced().is_empty(), "a fenced ID is reported once");
+    a.release_stream(app, &id, session(1)).await.unwrap();
+    a.release_session(session(1)).await.unwrap();
+    assert_eq!(c.claim_stream(app, &id, session(9)).await.unwrap(), Claim::Taken);
+    b.renew_lease().await.unwrap();
+    assert!(b.take_fenced().is_empty(), "the new holder is not fenced");
+    // A's restore of its (older) Alice does not overwrite B's (newer) entry; of a user nobody
+    // else holds, it does.
+    assert!(!a.restore_user(app, &room, &user("alice")).await.unwrap());
+    let snap = c.room_snapshot(app, &room).await.unwrap();
+    let owners: Vec<&str> = snap
+        .users
+        .iter()
+        .filter(|(_, u)| u.user_id.as_str() == "alice")
+        .map(|(o, _)| o.as_str())
+        .collect();
+    assert_eq!(owners, vec![b.owner().as_str()]);
+    assert!(a.restore_user(app, &room, &user("dave")).await.unwrap());
+    // The new holder's release frees the ID.
+    b.release_session(session(3)).await.unwrap();
+    assert_eq!(c.claim_stream(app, &id, session(9)).await.unwrap(), Claim::Won);
+    for n in [&a, &b, &c] {
+        n.leave().await.unwrap();
+    }
+}
+
+/// Node A is cut off from the cluster (its lease still running) while its user Alice logs in
+/// again on B and publishes her stream ID there: B gets the ID at once (no 1003028, no wait for
+/// A's lease). When A comes back, its session of Alice finds itself fenced and stops (kicked as
+/// a duplicate login, or its publish closed with 1009041), and no one saw Alice leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_node_finds_its_publish_taken_over_by_a_newer_login_and_stops() {
+    let redis = RedisServer::start();
+    let lease = Duration::from_secs(3);
+    let a = node(&redis, "node-a", lease);
+    let b = node(&redis, "node-b", lease);
+    let (mut alice_a, _) = join(&a, "alice").await;
+    alice_a.publish("s-alice").await;
+    assert!(a.state().cluster_barrier().await);
+    let (mut bob, ok) = join(&b, "bob").await;
+    assert_eq!(ok.streams, vec![info("alice", "s-alice")]);
+    a.state().cut_off_cluster(true);
+    let (mut alice_b, _) = join(&b, "alice").await;
+    assert_eq!(try_publish(&mut alice_b, "s-alice").await, Ok(()));
+    assert!(b.state().cluster_barrier().await);
+    // A comes back: its session of Alice stops.
+    a.state().cut_off_cluster(false);
+    let stop = next_where(&mut alice_a, CLUSTER_WAIT, |m| {
+        matches!(m, ServerMsg::Kicked { code, .. } if *code == ErrorCode::KICKED_DUPLICATE_LOGIN)
+            || matches!(m, ServerMsg::MediaState { code, .. } if *code == ErrorCode::STREAM_TAKEN_OVER)
+    })
+    .await;
+    println!("the fenced session on the node that came back got {stop:?}");
+    // Carol's login on A (after A read the room) lists Alice's stream once, held on B: A no
+    // longer publishes it, and the ID stays B's.
+    let app = AppId::new(APP).unwrap();
+    let deadline = Instant::now() + CLUSTER_WAIT;
+    while a.state().publishes_here(app, &stream("s-alice")) {
+        assert!(
+            Instant::now() < deadline,
+            "node A still publishes the taken-over stream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut carol, ok) = join(&a, "carol").await;
+    assert_eq!(ok.streams, vec![info("alice", "s-alice")]);
+    assert!(ok.users.contains(&user("alice")));
+    assert_eq!(
+        try_publish(&mut carol, "s-alice").await,
+        Err(ErrorCode::STREAM_ID_EXISTS)
+    );
+    // Bob saw Carol come, and neither Alice nor her stream leave.
+    assert!(a.state().cluster_barrier().await);
+    assert_eq!(
+        room_event(&mut bob, CLUSTER_WAIT).await,
+        users_msg(UpdateType::Add, "carol")
+    );
+    assert!(
+        !bob.events.iter().any(|m| matches!(
+            m,
+            ServerMsg::UserUpdate {
+                update_type: UpdateType::Delete,
+                ..
+            } | ServerMsg::StreamUpdate {
+                update_type: UpdateType::Delete,
+                ..
+            }
+        )),
+        "{:?}",
+        bob.events
+    );
+    drop(alice_b);
+    a.stop();
+    b.stop();
+}
+
+/// Reads `c` until it is kicked as a duplicate login (`true`) or sees `marker` join the room
+/// (`false`: its node read the room's history past every login before the marker's).
+async fn kicked_before(c: &mut Client, marker: &str) -> bool {
+    let m = next_where(c, CLUSTER_WAIT, |m| match m {
+        ServerMsg::Kicked { .. } => true,
+        ServerMsg::UserUpdate {
+            update_type: UpdateType::Add,
+            users,
+            ..
+        } => users.iter().any(|u| u.user_id.as_str() == marker),
+        _ => false,
+    })
+    .await;
+    match m {
+        ServerMsg::Kicked { code, .. } => {
+            assert_eq!(code, ErrorCode::KICKED_DUPLICATE_LOGIN);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The same user logs in on two of three nodes at the same moment, many times over: exactly
+/// one of the two sessions is kicked (1002050), every time, and a user who joins afterwards
+/// sees the user once, never leaving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_logins_of_one_user_on_two_nodes_have_one_winner() {
+    let redis = RedisServer::start();
+    let lease = Duration::from_secs(3);
+    let nodes = [
+        Arc::new(node(&redis, "node-a", lease)),
+        Arc::new(node(&redis, "node-b", lease)),
+        Arc::new(node(&redis, "node-c", lease)),
+    ];
+    let rounds: usize = std::env::var("HUDDLE_DUP_LOGIN_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let mut wins = [0usize; 2];
+    for round in 0..rounds {
+        let room = format!("dup-{round}");
+        let (x, y, z) = (round % 3, (round + 1) % 3, (round + 2) % 3);
+        let (first, second) = tokio::join!(
+            try_join_room(&nodes[x], &room, "gina"),
+            try_join_room(&nodes[y], &room, "gina")
+        );
+        let (mut first, mut second) = match (first, second) {
+            ((c1, ServerMsg::LoginOk(_)), (c2, ServerMsg::LoginOk(_))) => (c1, c2),
+            (a, b) => panic!("round {round}: a login was refused: {:?} {:?}", a.1, b.1),
+        };
+        assert!(nodes[x].state().cluster_barrier().await);
+        assert!(nodes[y].state().cluster_barrier().await);
+        // The marker's login comes after both in the room's history.
+        let (mut marker, ok) = match try_join_room(&nodes[z], &room, "mark").await {
+            (c, ServerMsg::LoginOk(ok)) => (c, ok),
+            (_, other) => panic!("round {round}: marker refused: {other:?}"),
+        };
+        assert_eq!(ok.users, vec![user("gina")], "round {round}");
+        let kicked = [
+            kicked_before(&mut first, "mark").await,
+            kicked_before(&mut second, "mark").await,
+        ];
+        assert_eq!(
+            kicked.iter().filter(|k| **k).count(),
+            1,
+            "round {round}: kicked {kicked:?}"
+        );
+        wins[usize::from(kicked[0])] += 1;
+        // The marker never sees Gina leave: the survivor's node holds her entry.
+        assert!(nodes[z].state().cluster_barrier().await);
+        let view = nodes[z]
+            .state()
+            .room(AppId::new(APP).unwrap(), &RoomId::new(&room).unwrap())
+            .unwrap();
+        assert_eq!(view.users, vec![user("gina"), user("mark")], "round {round}");
+        assert!(
+            !marker.events.iter().any(|m| matches!(
+                m,
+                ServerMsg::UserUpdate {
+                    update_type: UpdateType::Delete,
+                    ..
+                }
+            )),
+            "round {round}: {:?}",
+            marker.events
+        );
+        let seq = marker.next_seq();
+        let _ = marker.request(ClientMsg::Logout { seq }).await;
+    }
+    println!(
+        "{rounds} rounds: the first login won {} times, the second {}",
+        wins[0], wins[1]
+    );
+    for n in nodes {
+        if let Ok(n) = Arc::try_unwrap(n) {
+            n.stop();
+        }
+    }
+}
+
+// ----- the AppID-wide stream limit -----
+
+/// The keys in Redis matching `pattern`.
+async fn keys(redis: &RedisServer, pattern: &str) -> Vec<String> {
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut con)
+        .await
+        .unwrap()
+}
+
+/// Concurrent claims of distinct stream IDs of one app from three nodes never exceed the
+/// AppID-wide limit, and exactly the limit is granted; an ID held is `Taken`, not over the
+/// limit; a release makes room for one more; a dead node's streams stop counting after its
+/// lease; and nothing of the count is left in Redis when the nodes have left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_appid_wide_stream_limit_holds_across_nodes_and_a_dead_nodes_streams_stop_counting() {
+    const LIMIT: usize = 5;
+    let redis = RedisServer::start();
+    let app = AppId::new(1).unwrap();
+    let lease = Duration::from_millis(600);
+    let mut nodes = Vec::new();
+    for n in 0..3 {
+        let store = RedisStore::connect(&redis.url, &format!("node-{n}"), lease)
+            .await
+            .unwrap()
+            .with_stream_limit(LIMIT);
+        nodes.push(Arc::new(store));
+    }
+    for round in 0..20 {
+        let mut claims = Vec::new();
+        for (n, node) in nodes.iter().enumerate() {
+            for k in 0..8u64 {
+                let node = node.clone();
+                let who = session(n as u64 * 1000 + k + 1);
+                let id = stream(&format!("r{round}-n{n}-k{k}"));
+                claims.push(tokio::spawn(async move {
+                    (
+                        n,
+                        who,
+                        id.clone(),
+                        node.claim_stream(app, &id, who).await.unwrap(),
+                    )
+                }));
+            }
+        }
+        let mut won = Vec::new();
+        for c in claims {
+            let (n, who, id, claim) = c.await.unwrap();
+            match claim {
+                Claim::Won => won.push((n, who, id)),
+                Claim::OverLimit => {}
+                other => panic!("round {round}: {other:?}"),
+            }
+        }
+        assert_eq!(won.len(), LIMIT, "round {round}: {won:?}");
+        // An ID already held is taken, whatever the count.
+        let (n, _, id) = &won[0];
+        assert_eq!(
+            nodes[(n + 1) % 3]
+                .claim_stream(app, id, session(77_777))
+                .await
+                .unwrap(),
+            Claim::Taken
+        );
+        // Another app has its own count.
+        let other = AppId::new(2).unwrap();
+        assert_eq!(
+            nodes[0].claim_stream(other, id, session(88_888)).await.unwrap(),
+            Claim::Won
+        );
+        nodes[0].release_session(session(88_888)).await.unwrap();
+        // A release makes room for exactly one more.
+        let (n, who, id) = won.pop().unwrap();
+        nodes[n].release_stream(app, &id, who).await.unwrap();
+        assert_eq!(
+            nodes[2]
+                .claim_stream(app, &stream("extra-1"), session(90_001))
+                .await
+                .unwrap(),
+            Claim::Won
+        );
+        assert_eq!(
+            nodes[1]
+                .claim_stream(app, &stream("extra-2"), session(90_002))
+                .await
+                .unwrap(),
+            Claim::OverLimit
+        );
+        nodes[2].release_session(session(90_001)).await.unwrap();
+        for (n, who, _) in won {
+            nodes[n].release_session(who).await.unwrap();
+        }
+    }
+    // Node 0 holds three streams and dies (no renewal, no leave): while its lease holds they
+    // count; once it has ended, they do not.
+    for k in 0..3 {
+        let id = stream(&format!("dead-{k}"));
+        assert_eq!(
+            nodes[0].claim_stream(app, &id, session(1)).await.unwrap(),
+            Claim::Won
+        );
+    }
+    for k in 0..2 {
+        let id = stream(&format!("live-{k}"));
+        assert_eq!(
+            nodes[1].claim_stream(app, &id, session(2)).await.unwrap(),
+            Claim::Won
+        );
+    }
+    assert_eq!(
+        nodes[2]
+            .claim_stream(app, &stream("more-0"), session(3))
+            .await
+            .unwrap(),
+        Claim::OverLimit
+    );
+    let start = Instant::now();
+    loop {
+        nodes[1].renew_lease().await.unwrap();
+        nodes[2].renew_lease().await.unwrap();
+        if nodes[2]
+            .claim_stream(app, &stream("more-0"), session(3))
+            .await
+            .unwrap()
+            == Claim::Won
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < lease * 10,
+            "the dead node's streams still count"
+        );
+        tokio::time::sleep(lease / 4).await;
+    }
+    for k in 1..3 {
+        let id = stream(&format!("more-{k}"));
+        assert_eq!(
+            nodes[2].claim_stream(app, &id, session(3)).await.unwrap(),
+            Claim::Won
+        );
+    }
+    assert_eq!(
+        nodes[2]
+            .claim_stream(app, &stream("more-3"), session(3))
+            .await
+            .unwrap(),
+        Claim::OverLimit
+    );
+    // The live nodes leave: the count's key goes with their streams, the dead node's entries
+    // went in the sweep.
+    nodes[1].leave().await.unwrap();
+    nodes[2].leave().await.unwrap();
+    assert_eq!(keys(&redis, "huddle:app:*").await, Vec::<String>::new());
+}
+
+/// Publishes of distinct stream IDs by clients on three nodes at once: exactly
+/// `max_streams_per_app` of them succeed, the others are refused with 1003040.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_on_three_nodes_stop_at_the_appid_wide_limit() {
+    const LIMIT: usize = 4;
+    let redis = RedisServer::start();
+    let lease = Duration::from_secs(3);
+    let nodes: Vec<BackgroundServer> = ["node-a", "node-b", "node-c"]
+        .into_iter()
+        .map(|n| node_with(&redis, n, lease, |c| c.max_streams_per_app = LIMIT))
+        .collect();
+    let mut clients = Vec::new();
+    for (n, server) in nodes.iter().enumerate() {
+        for k in 0..3 {
+            let (c, _) = join(server, &format!("u{n}{k}")).await;
+            clients.push((format!("s{n}{k}"), c));
+        }
+    }
+    let results = futures_util::future::join_all(
+        clients
+            .iter_mut()
+            .map(|(s, c)| async move { try_publish(c, s).await }),
+    )
+    .await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let refused = results
+        .iter()
+        .filter(|r| **r == Err(ErrorCode::TOO_MANY_STREAMS))
+        .count();
+    assert_eq!((ok, refused), (LIMIT, clients.len() - LIMIT), "{results:?}");
+    for n in nodes {
+        n.stop();
+    }
+}
+
+// ----- the linger of an idle pull -----
+
+/// A player on node B stops a stream of node A: B's pull of it lingers (the registry's timer,
+/// armed by the shell) and stops when the linger ends; a player who plays it again within the
+/// linger keeps the pull (the linger is cancelled). The linger's logic is tested on virtual
+/// time in the registry (`an_idle_pull_lingers_before_it_stops`); this is its wiring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_pull_lingers_then_stops_and_a_player_coming_back_keeps_it() {
+    let redis = RedisServer::start();
+    let lease = Duration::from_secs(3);
+    let a = node(&redis, "node-a", lease);
+    let b = node_with(&redis, "node-b", lease, |c| {
+        c.pull_linger = Duration::from_millis(300)
+    });
+    let c = node_with(&redis, "node-c", lease, |c| {
+        c.pull_linger = Duration::from_secs(600)
+    });
+    let (mut alice, _) = join(&a, "alice").await;
+    alice.publish("s-alice").await;
+    assert!(a.state().cluster_barrier().await);
+    let (app, s) = (AppId::new(APP).unwrap(), stream("s-alice"));
+    // On B (short linger): the pull lingers after Bob stops, then stops by itself.
+    let (mut bob, _) = join(&b, "bob").await;
+    assert!(bob.play("s-alice").await);
+    assert!(!b.state().pull_lingers(app, &s));
+    stop_play(&mut bob, "s-alice").await;
+    assert!(b.state().pull_lingers(app, &s), "the idle pull lingers");
+    let deadline = Instant::now() + CLUSTER_WAIT;
+    while b.state().pull_lingers(app, &s) {
+        assert!(Instant::now() < deadline, "the linger never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // On C (long linger): Carol comes back within it and keeps the pull.
+    let (mut carol, _) = join(&c, "carol").await;
+    assert!(carol.play("s-alice").await);
+    stop_play(&mut carol, "s-alice").await;
+    assert!(c.state().pull_lingers(app, &s));
+    assert!(carol.play("s-alice").await);
+    assert!(
+        !c.state().pull_lingers(app, &s),
+        "a player back cancels the linger"
+    );
+    // The stream leaves while a pull of it lingers: the pull stops with it.
+    stop_play(&mut carol, "s-alice").await;
+    assert!(c.state().pull_lingers(app, &s));
+    alice.unpublish("s-alice").await;
+    let deadline = Instant::now() + CLUSTER_WAIT;
+    while c.state().pull_lingers(app, &s) {
+        assert!(
+            Instant::now() < deadline,
+            "the pull of a stream that left lingers on"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in [a, b, c] {
+        n.stop();
+    }
+}
+
+/// Stops playing `s`.
+async fn stop_play(c: &mut Client, s: &str) {
+    let seq = c.next_seq();
+    c.ok(ClientMsg::StopPlay {
+        seq,
+        stream_id: stream(s),
+    })
+    .await;
 }

@@ -1565,6 +1565,9 @@ fn the_server_api_stops_a_stream_and_finds_sessions() {
 fn a_login_of_the_same_user_on_another_node_kicks_the_older_session() {
     let (mut a, mut b) = (H::new(), H::new());
     let alice = a.login("r", "alice", true);
+    // A reads its own add of alice back from the room's history: her login has its place there.
+    a.reg
+        .own_update(app_id(APP), &room("r"), &RoomChange::UserAdd(user("alice")));
     a.publish(alice, "s-alice").unwrap();
     let carol = a.login("r", "carol", true);
     // Alice logs in again on node B (her client moved): B lists A's part of the room.
@@ -1903,3 +1906,180 @@ fn mute_requests_for_streams_not_ones_own_or_too_fast_are_refused_with_codes() {
 }
 
 mod im;
+
+/// Two logins of one user on two nodes at the same moment, each node's add of the user in the
+/// room's history in the order A, then B: node A reads its own add back and then B's, and kicks
+/// its session (the earlier login); node B reads A's add while its own is still on its way, and
+/// keeps its session (the later login). One winner, whatever order each node reads in.
+#[test]
+fn simultaneous_logins_of_one_user_on_two_nodes_kick_only_the_earlier() {
+    let (mut a, mut b) = (H::new(), H::new());
+    let (app, r) = (app_id(APP), room("r"));
+    let alice_a = a.login("r", "alice", true);
+    let alice_b = b.login("r", "alice", true);
+    // B reads A's add before its own came back: nothing happens on B.
+    let mut o = Vec::new();
+    assert!(
+        b.reg
+            .remote_update(app, &r, "A|1", RoomChange::UserAdd(user("alice")), &mut o)
+    );
+    assert!(o.is_empty(), "{o:?}");
+    b.reg.own_update(app, &r, &RoomChange::UserAdd(user("alice")));
+    b.check();
+    // A reads its own add, then B's: alice on A is kicked.
+    a.reg.own_update(app, &r, &RoomChange::UserAdd(user("alice")));
+    let mut o = Vec::new();
+    a.reg
+        .remote_update(app, &r, "B|1", RoomChange::UserAdd(user("alice")), &mut o);
+    a.check();
+    let (msgs, closes) = flatten(o);
+    assert_eq!(closes, vec![alice_a]);
+    assert_eq!(
+        to(&msgs, alice_a),
+        vec![ServerMsg::Kicked {
+            code: ErrorCode::KICKED_DUPLICATE_LOGIN,
+            message: "the same user ID logged in to this room elsewhere".into(),
+        }]
+    );
+    // A's session leaving deletes nothing the others see (B's entry holds alice); B's session
+    // stays, and a later login of alice on a third node kicks it, since B's add came back.
+    assert!(!b.reg.remote_update(
+        app,
+        &r,
+        "A|1",
+        RoomChange::UserDelete(UserId::new("alice").unwrap()),
+        &mut Vec::new()
+    ));
+    assert_eq!(b.reg.room(app, &r).unwrap().users, vec![user("alice")]);
+    let mut o = Vec::new();
+    b.reg
+        .remote_update(app, &r, "C|1", RoomChange::UserAdd(user("alice")), &mut o);
+    assert_eq!(flatten(o).1, vec![alice_b]);
+}
+
+/// The last player here of a pulled stream leaves: the pull goes idle, not stopped, and lingers
+/// for `pull_linger` from the shell's clock. A player who comes back within it keeps the pull
+/// (a `Pull` the puller finds running; no `Unpull`); once the linger has passed with nobody
+/// back, `Unpull`. A stream that leaves, moves to another node or is published here while its
+/// pull lingers stops the pull at once. With no linger, the pull stops at once.
+#[test]
+fn an_idle_pull_lingers_before_it_stops() {
+    let mut a = H::new();
+    let mut b = H::new();
+    let alice = a.login("r", "alice", true);
+    a.publish(alice, "s1").unwrap();
+    let snap = snapshot_of(&a, "r", "A|1");
+    let (bob, _, _) = login_remote(&mut b, "r", "bob", snap.clone());
+    let (app, s1) = (app_id(APP), sid("s1"));
+    let linger = b.reg.limits().pull_linger;
+    assert_eq!(linger, Duration::from_secs(5), "the default");
+    let play = |h: &mut H, id| {
+        let (r, out) = h.run(|reg, out| reg.play(id, 4, &sid("s1"), out));
+        r.unwrap();
+        media(&out)
+    };
+    // What a stop asks of the pull (the player's own PC closes too).
+    let stop = |h: &mut H, id| {
+        let (r, out) = h.run(|reg, out| reg.stop_play(id, 5, &sid("s1"), out));
+        r.unwrap();
+        let mut m = media(&out);
+        m.retain(|c| !matches!(c, MediaCommand::ClosePlay { .. }));
+        m
+    };
+    let idle = vec![MediaCommand::PullIdle {
+        app,
+        stream_id: s1.clone(),
+    }];
+    let unpull = MediaCommand::Unpull {
+        app,
+        stream_id: s1.clone(),
+    };
+    assert!(matches!(&play(&mut b, bob)[..], [MediaCommand::Pull { .. }]));
+    // Bob stops: the pull is idle; the shell arms its linger.
+    assert_eq!(stop(&mut b, bob), idle);
+    let t0 = b.now;
+    let mut o = Vec::new();
+    b.reg.linger_pull(app, &s1, t0, &mut o);
+    assert!(o.is_empty(), "{o:?}");
+    assert!(b.reg.lingers(app, &s1));
+    assert_eq!(b.reg.poll_timeout().at, Some(t0 + linger));
+    b.now = t0 + linger - Duration::from_millis(1);
+    assert!(media(&b.tick(0).1).is_empty(), "not before the linger ends");
+    // Bob plays again within the linger: the pull goes on, and no timer stops it.
+    assert!(matches!(&play(&mut b, bob)[..], [MediaCommand::Pull { .. }]));
+    assert!(!b.reg.lingers(app, &s1));
+    b.now = t0 + linger * 3;
+    assert!(media(&b.tick(0).1).is_empty());
+    // Bob leaves for good: once the linger has passed, the pull stops.
+    assert_eq!(stop(&mut b, bob), idle);
+    let t1 = b.now;
+    b.reg.linger_pull(app, &s1, t1, &mut Vec::new());
+    b.now = t1 + linger;
+    assert_eq!(media(&b.tick(0).1), vec![unpull.clone()]);
+    assert!(!b.reg.lingers(app, &s1));
+    // A stream that leaves while its pull lingers: the pull stops at once.
+    play(&mut b, bob);
+    stop(&mut b, bob);
+    b.reg.linger_pull(app, &s1, b.now, &mut Vec::new());
+    let mut o = Vec::new();
+    b.reg.remote_update(
+        app,
+        &room("r"),
+        "A|1",
+        RoomChange::StreamDelete(s1.clone()),
+        &mut o,
+    );
+    assert!(media(&o).contains(&unpull), "{o:?}");
+    assert!(!b.reg.lingers(app, &s1));
+    assert!(b.reg.poll_timeout().at.is_none_or(|at| at > b.now + linger));
+    // Published again on node C while a pull from A lingers: the pull from A stops (a player
+    // here would pull it from C anew).
+    let mut o = Vec::new();
+    b.reg.remote_update(
+        app,
+        &room("r"),
+        "A|1",
+        RoomChange::StreamAdd(info("alice", "s1")),
+        &mut o,
+    );
+    play(&mut b, bob);
+    stop(&mut b, bob);
+    b.reg.linger_pull(app, &s1, b.now, &mut Vec::new());
+    let mut o = Vec::new();
+    b.reg.remote_update(
+        app,
+        &room("r"),
+        "C|1",
+        RoomChange::StreamAdd(info("alice", "s1")),
+        &mut o,
+    );
+    assert_eq!(media(&o), vec![unpull.clone()]);
+    // Published here while a pull of it lingers: the link stops, the local publisher stays.
+    play(&mut b, bob);
+    stop(&mut b, bob);
+    b.reg.linger_pull(app, &s1, b.now, &mut Vec::new());
+    let (alice_b, _, _) = login_remote(&mut b, "r", "alice", RemoteRoom::default());
+    let (r, out) = b.run(|reg, out| reg.publish(alice_b, 2, &sid("s1"), "x", out));
+    r.unwrap();
+    assert!(
+        media(&out).contains(&MediaCommand::PullMoved {
+            app,
+            stream_id: s1.clone(),
+            owner: None,
+        }),
+        "{out:?}"
+    );
+    assert!(!b.reg.lingers(app, &s1));
+    // No linger configured: an idle pull stops at once.
+    let mut c = H::with(Limits {
+        pull_linger: Duration::ZERO,
+        ..Limits::default()
+    });
+    let (carol, _, _) = login_remote(&mut c, "r", "carol", snap);
+    play(&mut c, carol);
+    assert_eq!(stop(&mut c, carol), idle);
+    let mut o = Vec::new();
+    c.reg.linger_pull(app, &s1, c.now, &mut o);
+    assert_eq!(media(&o), vec![unpull]);
+    assert!(!c.reg.lingers(app, &s1));
+}

@@ -36,7 +36,7 @@ use tracing::{Instrument, error, info, warn};
 
 use super::ServerState;
 use crate::registry::{RemoteRoom, RoomChange, SessionId};
-use crate::store::{Claim, RoomCursor, Store, StoreError, cursor_after};
+use crate::store::{Claim, Claimant, RoomCursor, Store, StoreError, cursor_after};
 
 /// Room changes kept while the store cannot be reached, at most; beyond, the oldest are dropped
 /// (logged): what they would have removed then stays until this node's lease ends.
@@ -53,7 +53,7 @@ pub(super) enum StoreOp {
     Claim {
         app: AppId,
         stream_id: StreamId,
-        session: SessionId,
+        who: Claimant,
         reply: oneshot::Sender<Result<Claim, StoreError>>,
     },
     Release {
@@ -125,6 +125,27 @@ impl ServerState {
         self.0.abandon.send_replace(true);
     }
 
+    /// For tests: while `cut` is true, the node neither talks to the store (no renewal, no
+    /// claim, no room change: they wait) nor reads its rooms, as a node cut off from Redis
+    /// and the other nodes; its lease runs on meanwhile. `false` reconnects it.
+    #[doc(hidden)]
+    pub fn cut_off_cluster(&self, cut: bool) {
+        self.0.cut_off.send_replace(cut);
+    }
+
+    /// For tests: whether a session of this node publishes `stream_id` of `app` now.
+    #[doc(hidden)]
+    pub fn publishes_here(&self, app: AppId, stream_id: &StreamId) -> bool {
+        self.0.hub.lock().registry.publishes_here(app, stream_id)
+    }
+
+    /// For tests: whether this node's pull of `stream_id` of `app` lingers (no player here,
+    /// not stopped yet).
+    #[doc(hidden)]
+    pub fn pull_lingers(&self, app: AppId, stream_id: &StreamId) -> bool {
+        self.0.hub.lock().registry.lingers(app, stream_id)
+    }
+
     /// For tests: returns once every change this node queued for the cluster store before the
     /// call was handed to the store (the others may read it now; one waiting in the outbox for
     /// an unreachable store counts as handed). `false` when the store task does not run.
@@ -155,13 +176,14 @@ impl ServerState {
         })
     }
 
-    /// Claims `stream_id` for `session` in the cluster: `Ok` when it is the session's now,
-    /// 1003028 when another session holds it, 1009009 when the store cannot answer.
+    /// Claims `stream_id` for `who` in the cluster: `Ok` when it is the session's now (taken
+    /// over, if need be, from an older login of the same user on another node), 1003028 when
+    /// another session holds it, 1009009 when the store cannot answer.
     pub(super) async fn claim_stream(
         &self,
         app: AppId,
         stream_id: &StreamId,
-        session: SessionId,
+        who: Claimant,
     ) -> Result<(), HuddleError> {
         let busy = || HuddleError::new(ErrorCode::CLUSTER_UNAVAILABLE, "the cluster store is busy: retry");
         if self.0.store.get().is_none() {
@@ -169,18 +191,30 @@ impl ServerState {
         }
         self.start_store_task();
         let (reply, answer) = oneshot::channel();
+        let session = who.session;
         let op = StoreOp::Claim {
             app,
             stream_id: stream_id.clone(),
-            session,
+            who,
             reply,
         };
         self.0.store_tx.try_send(op).map_err(|_| busy())?;
         match answer.await {
             Ok(Ok(Claim::Won)) => Ok(()),
+            Ok(Ok(Claim::TakenOver)) => {
+                info!(%app, %stream_id, %session, "stream ID taken over from an older login of the same user");
+                Ok(())
+            }
             Ok(Ok(Claim::Taken)) => Err(HuddleError::new(
                 ErrorCode::STREAM_ID_EXISTS,
                 format!("the stream ID {stream_id} is already published in this AppID"),
+            )),
+            Ok(Ok(Claim::OverLimit)) => Err(HuddleError::new(
+                ErrorCode::TOO_MANY_STREAMS,
+                format!(
+                    "the AppID has reached its limit of {} streams across the cluster",
+                    self.0.config.max_streams_per_app
+                ),
             )),
             Ok(Err(StoreError::Settling)) => Err(HuddleError::new(
                 ErrorCode::CLUSTER_UNAVAILABLE,
@@ -214,6 +248,7 @@ async fn run(
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut outbox = VecDeque::new();
     loop {
+        connected(&state).await;
         tokio::select! {
             op = rx.recv() => match op {
                 Some(op) => handle(&state, &*store, op, &mut outbox).await,
@@ -221,6 +256,7 @@ async fn run(
             },
             _ = renew.tick() => match store.renew_lease().await {
                 Ok(()) => {
+                    stop_taken_over(&state, store.take_fenced());
                     flush(&state, &*store, &mut outbox).await;
                     reap(&state, &*store).await;
                 }
@@ -261,10 +297,10 @@ async fn handle(
         StoreOp::Claim {
             app,
             stream_id,
-            session,
+            who,
             reply,
         } => {
-            let _ = reply.send(store.claim_stream(app, &stream_id, session).await);
+            let _ = reply.send(store.claim_stream_for(app, &stream_id, &who).await);
             return;
         }
         StoreOp::Release {
@@ -305,6 +341,29 @@ async fn handle(
     }
 }
 
+/// Stops this node's publishes whose stream IDs another node took over (fenced: the same
+/// user's newer login there, or a claim while this node was cut off): their publishers get
+/// `media_state` closed 1009041.
+fn stop_taken_over(state: &ServerState, fenced: Vec<(AppId, StreamId, SessionId)>) {
+    if fenced.is_empty() {
+        return;
+    }
+    let mut hub = state.0.hub.lock();
+    let mut out = Vec::new();
+    for (app, stream_id, session) in fenced {
+        if hub.registry.stop_taken_over(app, &stream_id, session, &mut out) {
+            warn!(%app, %stream_id, %session, "a publish stopped: its stream ID was taken over on another node");
+        }
+    }
+    hub.dispatch(out);
+}
+
+/// Completes once the node is not cut off ([`ServerState::cut_off_cluster`]).
+async fn connected(state: &ServerState) {
+    let mut rx = state.0.cut_off.subscribe();
+    let _ = rx.wait_for(|c| !*c).await;
+}
+
 /// Completes once [`ServerState::abandon_cluster`] was called.
 async fn abandoned(state: &ServerState) {
     let mut rx = state.0.abandon.subscribe();
@@ -337,27 +396,45 @@ async fn reap(state: &ServerState, store: &dyn Store) {
 /// is dropped: the registry's state now is what counts.
 async fn restore(state: &ServerState, store: &dyn Store, outbox: &mut VecDeque<(AppId, RoomId, RoomChange)>) {
     outbox.clear();
-    let (publishes, rooms) = {
-        let hub = state.0.hub.lock();
-        (hub.registry.local_publishes(), hub.registry.local_rooms())
-    };
+    let publishes = state.0.hub.lock().registry.local_publishes();
+    let mut lost = Vec::new();
     for (app, stream_id, session) in publishes {
         match store.reclaim_stream(app, &stream_id, session).await {
-            Ok(Claim::Won) => {}
-            Ok(Claim::Taken) => error!(
-                %app, %stream_id, %session,
-                "a stream ID this node publishes was claimed by another node while this node's lease was lost"
-            ),
+            Ok(Claim::Won | Claim::TakenOver | Claim::OverLimit) => {}
+            Ok(Claim::Taken) => {
+                error!(
+                    %app, %stream_id, %session,
+                    "a stream ID this node publishes was claimed by another node while this node's lease was lost: the publish stops"
+                );
+                lost.push((app, stream_id, session));
+            }
             Err(e) => warn!(%app, %stream_id, "claiming a stream ID again failed: {e}"),
         }
     }
+    stop_taken_over(state, lost);
+    let rooms = state.0.hub.lock().registry.local_rooms();
     for room in rooms {
-        let changes = room
-            .users
-            .into_iter()
-            .map(RoomChange::UserAdd)
-            .chain(room.streams.into_iter().map(RoomChange::StreamAdd));
-        for change in changes {
+        for user in room.users {
+            match store.restore_user(room.app, &room.room, &user).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // The user logged in again on another node meanwhile: that login is the
+                    // later one, and the session here ends as a duplicate login.
+                    warn!(app = %room.app, room = %room.room, user = %user.user_id,
+                        "a user of this node logged in on another node while its lease was lost: kicked here");
+                    let mut hub = state.0.hub.lock();
+                    let mut out = Vec::new();
+                    hub.registry
+                        .kick_replaced(room.app, &room.room, &user.user_id, &mut out);
+                    hub.dispatch(out);
+                }
+                Err(e) => {
+                    warn!(app = %room.app, room = %room.room, "restoring a room change waits: {e}");
+                    outbox.push_back((room.app, room.room.clone(), RoomChange::UserAdd(user)));
+                }
+            }
+        }
+        for change in room.streams.into_iter().map(RoomChange::StreamAdd) {
             if let Err(e) = store.room_change(room.app, &room.room, &change).await {
                 warn!(app = %room.app, room = %room.room, "restoring a room change waits: {e}");
                 outbox.push_back((room.app, room.room.clone(), change));
@@ -384,6 +461,7 @@ async fn read_rooms(
 ) {
     let changed = state.0.hub.lock().follows_changed.clone();
     loop {
+        connected(&state).await;
         let (rooms, resync) = {
             let hub = state.0.hub.lock();
             let mut rooms = Vec::with_capacity(hub.follows.len());
@@ -451,6 +529,8 @@ async fn read_rooms(
                         // history's order, its own too, so all end with the same last value.
                         if !ev.owner.starts_with(&own) || matches!(ev.change, RoomChange::RoomExtraInfo(_)) {
                             hub.registry.remote_update(ev.app, &ev.room, &ev.owner, ev.change, &mut out);
+                        } else {
+                            hub.registry.own_update(ev.app, &ev.room, &ev.change);
                         }
                     }
                     hub.dispatch(out);

@@ -35,6 +35,8 @@ pub(super) struct Hub {
     pub(super) follows_changed: Arc<Notify>,
     /// Pulls of other nodes' streams to start and stop, in the registry's order ([`super::relay`]).
     pub(super) pulls: mpsc::Sender<PullOp>,
+    /// Wakes the registry's timer task (a pull's linger was armed).
+    pub(super) timer_wake: Arc<Notify>,
     /// Turns the registry's room changes into webhook events (apps with webhooks only).
     pub(super) webhooks: Option<crate::webhooks::WebhookTap>,
     /// Learns which room each stream published here is in, for recording (`crate::recording`).
@@ -197,6 +199,14 @@ impl Hub {
                     stream_id,
                     owner,
                 }),
+                Output::Media(MediaCommand::PullIdle { app, stream_id }) => {
+                    // The linger is armed with the shell's clock; the timer task looks again.
+                    let mut more = Vec::new();
+                    self.registry
+                        .linger_pull(app, &stream_id, std::time::Instant::now(), &mut more);
+                    self.timer_wake.notify_one();
+                    self.dispatch(more);
+                }
                 Output::Media(MediaCommand::Unpull { app, stream_id }) => {
                     self.pull(PullOp::Unpull {
                         app,
@@ -251,6 +261,7 @@ impl Hub {
                             Command::SessionGone { session }
                         }
                         MediaCommand::Pull { .. }
+                        | MediaCommand::PullIdle { .. }
                         | MediaCommand::Unpull { .. }
                         | MediaCommand::PullMoved { .. } => continue,
                     });
@@ -374,6 +385,7 @@ mod tests {
             follows: HashMap::new(),
             follows_changed: Arc::new(Notify::new()),
             pulls: mpsc::channel(4).0,
+            timer_wake: Arc::new(Notify::new()),
             webhooks: None,
             recorder: Arc::new(crate::recording::Recorder::new(std::env::temp_dir(), None, [])),
         }

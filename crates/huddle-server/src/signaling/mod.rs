@@ -76,7 +76,7 @@ struct Shared {
     hub: Mutex<Hub>,
     /// Wakes the timer task ([`timers::run`]) after an operation that may have armed a timer
     /// earlier than the one it sleeps for.
-    timer_wake: Notify,
+    timer_wake: Arc<Notify>,
     /// The timer task, started with the first operation that needs it.
     timer_task: OnceLock<()>,
     /// The cluster store: one node in memory from the start, or Redis once
@@ -89,6 +89,9 @@ struct Shared {
     /// Set by [`ServerState::abandon_cluster`]: the store task stops renewing the lease and
     /// leaves nothing.
     abandon: watch::Sender<bool>,
+    /// Set by [`ServerState::cut_off_cluster`]: the store task and the room reader pause (a
+    /// node cut off from Redis and the other nodes for a while, its lease still running).
+    cut_off: watch::Sender<bool>,
     /// Set once, to `true`, when the server shuts down.
     shutdown: watch::Sender<bool>,
     /// Set once when the server starts draining ([`ServerState::drain`]): no new login.
@@ -161,6 +164,7 @@ impl ServerState {
             let local: Arc<dyn crate::store::Store> = Arc::new(crate::store::MemoryStore::new());
             let _ = store.set(local);
         }
+        let timer_wake = Arc::new(Notify::new());
         Ok(ServerState(Arc::new(Shared {
             auth: Authenticator::new(&config.apps),
             config,
@@ -172,6 +176,7 @@ impl ServerState {
                 follows: HashMap::new(),
                 follows_changed: Arc::new(Notify::new()),
                 pulls: pull_tx,
+                timer_wake: timer_wake.clone(),
                 webhooks: webhooks.as_ref().map(|w| w.tap()),
                 recorder: recorder.clone(),
             }),
@@ -179,7 +184,8 @@ impl ServerState {
             store_tx,
             store_rx: Mutex::new(Some(store_rx)),
             abandon: watch::Sender::new(false),
-            timer_wake: Notify::new(),
+            cut_off: watch::Sender::new(false),
+            timer_wake,
             timer_task: OnceLock::new(),
             shutdown: watch::Sender::new(false),
             draining: AtomicBool::new(false),

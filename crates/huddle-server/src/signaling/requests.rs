@@ -45,16 +45,22 @@ impl Conn {
             let check = {
                 let hub = self.state.0.hub.lock();
                 let reg = &hub.registry;
-                reg.check_publish(id, stream_id)
-                    .map(|c| (reg.session(id).map(|s| s.app_id), c))
+                reg.check_publish(id, stream_id).map(|c| (reg.session(id), c))
             };
-            let app = match check {
-                Ok((Some(app), PublishCheck::New)) => Some(app),
+            let who = match check {
+                Ok((Some(s), PublishCheck::New)) => Some((
+                    s.app_id,
+                    crate::store::Claimant {
+                        session: id,
+                        room: s.room_id,
+                        user: s.user_id,
+                    },
+                )),
                 Ok(_) => None,
                 Err(e) => return self.reply_error(Some(*seq), &e),
             };
-            if let Some(app) = app {
-                if let Err(e) = self.state.claim_stream(app, stream_id, id).await {
+            if let Some((app, who)) = who {
+                if let Err(e) = self.state.claim_stream(app, stream_id, who).await {
                     info!(session = %id, %stream_id, code = e.code.0, "publish refused by the cluster store");
                     return self.reply_error(Some(*seq), &e);
                 }

@@ -28,7 +28,7 @@ use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tracing::warn;
 
-use super::{Claim, RoomCursor, RoomEvent, Store, StoreError, StoreFuture};
+use super::{Claim, Claimant, RoomCursor, RoomEvent, Store, StoreError, StoreFuture};
 use crate::registry::{RemoteRoom, RoomChange, SessionId};
 
 /// How long one Redis command may take (connecting included) before the operation fails.
@@ -42,31 +42,84 @@ redis.call('DEL', KEYS[3])
 return e
 ";
 
+/// KEYS: the lease, the node's set of stream keys. ARGV: epoch, lease (ms), `node|epoch|`.
+/// Returns `{}` when the lease is gone, else `{'ok', lost...}`: the keys of the set no longer
+/// held under this lease (taken over by another node), which leave the set.
 const RENEW: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {} end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local out = {'ok'}
 local keys = redis.call('SMEMBERS', KEYS[2])
-for _, k in ipairs(keys) do redis.call('PEXPIRE', k, ARGV[2]) end
+for _, k in ipairs(keys) do
+  local v = redis.call('GET', k)
+  if v and string.sub(v, 1, #ARGV[3]) == ARGV[3] then
+    redis.call('PEXPIRE', k, ARGV[2])
+    local app = string.match(k, '^huddle:stream:([^:]*):')
+    if app then redis.call('PEXPIRE', 'huddle:app:' .. app .. ':streams', ARGV[2]) end
+  else
+    redis.call('SREM', KEYS[2], k)
+    table.insert(out, k)
+  end
+end
 if #keys > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
-return 1
+return out
 ";
 
+/// KEYS: the stream key, this node's lease, its set of stream keys, the settle mark, the
+/// claimant's room users hash, the app's hash of published streams. ARGV: the owner record
+/// (`node|epoch|session|room|user`), epoch, lease (ms), the lease key prefix, restore (`1`),
+/// `node|epoch`, `room|user`, the user ID, the stream ID, the AppID-wide stream limit.
+/// Returns 1 (won), 2 (taken over from an older login of the same user), 0 (taken), -1 (lease
+/// lost), -2 (settling), -3 (the app is at its stream limit).
+///
+/// The app's hash counts its streams across the nodes (field: the stream ID, value: the
+/// holder's `node|epoch`); entries of dead leases are swept out only when the count reaches
+/// the limit, so a claim below it costs no scan.
 const CLAIM: &str = r"
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then return -1 end
 if ARGV[5] ~= '1' and redis.call('EXISTS', KEYS[4]) == 1 then return -2 end
 local cur = redis.call('GET', KEYS[1])
+local won = 1
 if cur and cur ~= ARGV[1] then
-  local node, epoch = string.match(cur, '^([^|]*)|([^|]*)|')
-  if node and redis.call('GET', ARGV[4] .. node) == epoch then return 0 end
+  local node, epoch, rest = string.match(cur, '^([^|]*)|([^|]*)|[^|]*|?(.*)$')
+  if node and redis.call('GET', ARGV[4] .. node) == epoch then
+    if ARGV[5] == '1' or rest ~= ARGV[7] or node .. '|' .. epoch == ARGV[6] then return 0 end
+    local u = redis.call('HGET', KEYS[5], ARGV[8])
+    if not u or string.sub(u, 1, #ARGV[6] + 1) ~= ARGV[6] .. '|' then return 0 end
+    won = 2
+  end
 end
+local limit = tonumber(ARGV[10])
+if ARGV[5] ~= '1' and redis.call('HEXISTS', KEYS[6], ARGV[9]) == 0 then
+  local n = redis.call('HLEN', KEYS[6])
+  if n >= limit then
+    local all = redis.call('HGETALL', KEYS[6])
+    for i = 1, #all, 2 do
+      local node, epoch = string.match(all[i + 1], '^([^|]*)|([^|]*)$')
+      if not node or redis.call('GET', ARGV[4] .. node) ~= epoch then
+        redis.call('HDEL', KEYS[6], all[i])
+        n = n - 1
+      end
+    end
+  end
+  if n >= limit then return -3 end
+end
+redis.call('HSET', KEYS[6], ARGV[9], ARGV[6])
+redis.call('PEXPIRE', KEYS[6], ARGV[3])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 redis.call('SADD', KEYS[3], KEYS[1])
 redis.call('PEXPIRE', KEYS[3], ARGV[3])
-return 1
+return won
 ";
 
+/// KEYS: the stream key, the node's set, the app's hash of streams. ARGV: `node|epoch|session|`
+/// (the record's start), the stream ID.
 const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, #ARGV[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('HDEL', KEYS[3], ARGV[2])
+end
 redis.call('SREM', KEYS[2], KEYS[1])
 return 1
 ";
@@ -74,7 +127,11 @@ return 1
 const LEAVE: &str = r"
 for _, k in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   local v = redis.call('GET', k)
-  if v and string.sub(v, 1, #ARGV[2]) == ARGV[2] then redis.call('DEL', k) end
+  if v and string.sub(v, 1, #ARGV[2]) == ARGV[2] then
+    redis.call('DEL', k)
+    local app, id = string.match(k, '^huddle:stream:([^:]*):(.*)$')
+    if app then redis.call('HDEL', 'huddle:app:' .. app .. ':streams', id) end
+  end
 end
 redis.call('DEL', KEYS[2])
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
@@ -82,11 +139,21 @@ return 1
 ";
 
 /// KEYS: users, streams or extra hash, history, sequence, this node's lease. ARGV: owner, epoch,
-/// field, `add` (owned entry), `set` (room-wide entry), `log` (history only) or `del`, value
-/// (JSON), event kind, history length, key lifetime (ms).
+/// field, `add` (owned entry), `readd` (an add after a lost lease: not over another live
+/// node's entry), `set` (room-wide entry), `log` (history only) or `del`, value (JSON), event
+/// kind, history length, key lifetime (ms), the lease key prefix.
 const ROOM_CHANGE: &str = r"
 if redis.call('GET', KEYS[4]) ~= ARGV[2] then return -1 end
-if ARGV[4] == 'add' then
+if ARGV[4] == 'readd' then
+  local cur = redis.call('HGET', KEYS[1], ARGV[3])
+  if cur then
+    local node, epoch = string.match(cur, '^([^|]*)|([^|]*)|')
+    if node and node .. '|' .. epoch ~= ARGV[1] and redis.call('GET', ARGV[9] .. node) == epoch then
+      return 0
+    end
+  end
+  redis.call('HSET', KEYS[1], ARGV[3], ARGV[1] .. '|' .. ARGV[5])
+elseif ARGV[4] == 'add' then
   redis.call('HSET', KEYS[1], ARGV[3], ARGV[1] .. '|' .. ARGV[5])
 elseif ARGV[4] == 'set' then
   redis.call('HSET', KEYS[1], ARGV[3], ARGV[5])
@@ -185,7 +252,13 @@ fn node_streams_key(node: &str) -> String {
     format!("huddle:node:{node}:streams")
 }
 
-/// The key of a stream ID (its value: the owner, `node|epoch|session`).
+/// The key of an app's hash of published streams (stream ID → `node|epoch`): the AppID-wide
+/// stream count.
+fn app_streams_key(app: AppId) -> String {
+    format!("huddle:app:{app}:streams")
+}
+
+/// The key of a stream ID (its value: the owner, `node|epoch|session|room|user`).
 fn stream_key(app: AppId, stream_id: &StreamId) -> String {
     format!("huddle:stream:{app}:{stream_id}")
 }
@@ -204,6 +277,13 @@ pub struct RedisStore {
     held: Mutex<HashMap<SessionId, Vec<(AppId, StreamId)>>>,
     /// The URL other nodes pull this node's streams from ([`Store::advertise`]).
     url: Mutex<Option<String>>,
+    /// The room and user (`room|user`) of each session that claimed with them, kept across a
+    /// lost lease so that a re-claim records them again.
+    tags: Mutex<HashMap<SessionId, String>>,
+    /// Streams one AppID may publish at once across the cluster (`max_streams_per_app`).
+    stream_limit: usize,
+    /// IDs the last renewals found taken over by another node ([`Store::take_fenced`]).
+    fenced: Mutex<Vec<(AppId, StreamId, SessionId)>>,
     scripts: Scripts,
 }
 
@@ -262,6 +342,9 @@ impl RedisStore {
             epoch: AtomicU64::new(0),
             held: Mutex::new(HashMap::new()),
             url: Mutex::new(None),
+            tags: Mutex::new(HashMap::new()),
+            stream_limit: usize::MAX,
+            fenced: Mutex::new(Vec::new()),
             scripts: Scripts {
                 register: redis::Script::new(REGISTER),
                 renew: redis::Script::new(RENEW),
@@ -275,6 +358,13 @@ impl RedisStore {
         };
         store.register().await?;
         Ok(store)
+    }
+
+    /// Sets the most streams one AppID publishes at once across the cluster (claims beyond are
+    /// answered [`Claim::OverLimit`]); unlimited by default.
+    pub fn with_stream_limit(mut self, limit: usize) -> RedisStore {
+        self.stream_limit = limit;
+        self
     }
 
     /// The epoch of this node's lease now (0: none).
@@ -319,8 +409,32 @@ impl RedisStore {
         Ok(())
     }
 
+    /// The start of the owner record of what `session` claims under lease `epoch`.
     fn session_owner(&self, epoch: u64, session: SessionId) -> String {
-        format!("{}|{epoch}|{session}", self.node)
+        format!("{}|{epoch}|{session}|", self.node)
+    }
+
+    /// The stream keys a renewal found taken over: noted for [`Store::take_fenced`] and
+    /// forgotten here (their release would change nothing).
+    fn note_fenced(&self, lost: &[String]) {
+        if lost.is_empty() {
+            return;
+        }
+        let mut fenced = Vec::new();
+        let mut held = self.held.lock();
+        for (session, list) in held.iter_mut() {
+            list.retain(|(app, stream_id)| {
+                let gone = lost.contains(&stream_key(*app, stream_id));
+                if gone {
+                    fenced.push((*app, stream_id.clone(), *session));
+                }
+                !gone
+            });
+        }
+        held.retain(|_, list| !list.is_empty());
+        drop(held);
+        warn!(node = %self.node, ?fenced, "stream IDs of this node were taken over by another node");
+        self.fenced.lock().extend(fenced);
     }
 
     fn forget(&self, app: AppId, stream_id: &StreamId, session: SessionId) {
@@ -346,7 +460,9 @@ impl RedisStore {
             .release
             .key(stream_key(app, stream_id))
             .key(node_streams_key(&self.node))
+            .key(app_streams_key(app))
             .arg(self.session_owner(epoch, session))
+            .arg(stream_id.as_str())
             .invoke_async(&mut con)
             .await
             .map_err(unavailable)?;
@@ -363,17 +479,19 @@ impl Store for RedisStore {
         Box::pin(async move {
             let epoch = self.epoch();
             let mut con = self.con.clone();
-            let renewed: i64 = self
+            let renewed: Vec<String> = self
                 .scripts
                 .renew
                 .key(node_key(&self.node))
                 .key(node_streams_key(&self.node))
                 .arg(epoch)
                 .arg(ms(self.lease))
+                .arg(format!("{}|{epoch}|", self.node))
                 .invoke_async(&mut con)
                 .await
                 .map_err(unavailable)?;
-            if renewed == 1 {
+            if let Some((_, lost)) = renewed.split_first() {
+                self.note_fenced(lost);
                 self.publish_url().await?;
                 return Ok(());
             }
@@ -393,7 +511,7 @@ impl Store for RedisStore {
         stream_id: &'a StreamId,
         session: SessionId,
     ) -> StoreFuture<'a, Claim> {
-        Box::pin(self.claim(app, stream_id, session, false))
+        Box::pin(self.claim(app, stream_id, session, None, false))
     }
 
     fn release_stream<'a>(
@@ -410,6 +528,7 @@ impl Store for RedisStore {
 
     fn release_session(&self, session: SessionId) -> StoreFuture<'_, ()> {
         Box::pin(async move {
+            self.tags.lock().remove(&session);
             let list = self.held.lock().remove(&session).unwrap_or_default();
             let mut result = Ok(());
             for (app, stream_id) in list {
@@ -427,6 +546,7 @@ impl Store for RedisStore {
         Box::pin(async move {
             let epoch = self.epoch.swap(0, Ordering::AcqRel);
             self.held.lock().clear();
+            self.tags.lock().clear();
             let mut con = self.con.clone();
             let _: i64 = self
                 .scripts
@@ -448,7 +568,7 @@ impl Store for RedisStore {
         stream_id: &'a StreamId,
         session: SessionId,
     ) -> StoreFuture<'a, Claim> {
-        Box::pin(self.claim(app, stream_id, session, true))
+        Box::pin(self.claim(app, stream_id, session, None, true))
     }
 
     fn owner(&self) -> String {
@@ -471,29 +591,7 @@ impl Store for RedisStore {
                 RoomChange::StreamExtraInfo(s) => ("streams", s.stream_id.to_string(), "add", json(s)?, "sx"),
                 RoomChange::RoomExtraInfo(i) => ("extra", i.key.clone(), "set", json(i)?, "rx"),
             };
-            let epoch = self.epoch();
-            let mut con = self.con.clone();
-            let r: i64 = self
-                .scripts
-                .room_change
-                .key(room_key(app, room, part))
-                .key(room_key(app, room, "log"))
-                .key(room_key(app, room, "seq"))
-                .key(node_key(&self.node))
-                .arg(format!("{}|{epoch}", self.node))
-                .arg(epoch)
-                .arg(field)
-                .arg(op)
-                .arg(value)
-                .arg(kind)
-                .arg(HISTORY)
-                .arg(ms(self.room_lifetime()))
-                .invoke_async(&mut con)
-                .await
-                .map_err(unavailable)?;
-            if r < 0 {
-                return Err(StoreError::LeaseLost);
-            }
+            self.change(app, room, part, field, op, value, kind).await?;
             Ok(())
         })
     }
@@ -592,6 +690,41 @@ impl Store for RedisStore {
         *self.url.lock() = Some(url);
     }
 
+    fn claim_stream_for<'a>(
+        &'a self,
+        app: AppId,
+        stream_id: &'a StreamId,
+        who: &'a Claimant,
+    ) -> StoreFuture<'a, Claim> {
+        Box::pin(self.claim(app, stream_id, who.session, Some(who), false))
+    }
+
+    fn take_fenced(&self) -> Vec<(AppId, StreamId, SessionId)> {
+        std::mem::take(&mut *self.fenced.lock())
+    }
+
+    fn restore_user<'a>(
+        &'a self,
+        app: AppId,
+        room: &'a RoomId,
+        user: &'a huddle_proto::User,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let r = self
+                .change(
+                    app,
+                    room,
+                    "users",
+                    user.user_id.to_string(),
+                    "readd",
+                    json(user)?,
+                    "ua",
+                )
+                .await?;
+            Ok(r == 1)
+        })
+    }
+
     fn node_url<'a>(&'a self, node: &'a str) -> StoreFuture<'a, Option<String>> {
         Box::pin(async move {
             let mut con = self.con.clone();
@@ -646,15 +779,71 @@ impl RedisStore {
         self.lease * 3
     }
 
+    /// One change of this node's part of a room (the `ROOM_CHANGE` script): 1 done, 0 not (a
+    /// delete of an entry not this node's, a re-add over another live node's entry).
+    #[allow(clippy::too_many_arguments)]
+    async fn change(
+        &self,
+        app: AppId,
+        room: &RoomId,
+        part: &str,
+        field: String,
+        op: &str,
+        value: String,
+        kind: &str,
+    ) -> Result<i64, StoreError> {
+        let epoch = self.epoch();
+        let mut con = self.con.clone();
+        let r: i64 = self
+            .scripts
+            .room_change
+            .key(room_key(app, room, part))
+            .key(room_key(app, room, "log"))
+            .key(room_key(app, room, "seq"))
+            .key(node_key(&self.node))
+            .arg(format!("{}|{epoch}", self.node))
+            .arg(epoch)
+            .arg(field)
+            .arg(op)
+            .arg(value)
+            .arg(kind)
+            .arg(HISTORY)
+            .arg(ms(self.room_lifetime()))
+            .arg("huddle:node:")
+            .invoke_async(&mut con)
+            .await
+            .map_err(unavailable)?;
+        if r < 0 {
+            return Err(StoreError::LeaseLost);
+        }
+        Ok(r)
+    }
+
+    /// A claim (see [`Store::claim_stream`]); `who`: the claimant's room and user, recorded
+    /// with the claim, and what allows a takeover from an older login of the same user.
     async fn claim(
         &self,
         app: AppId,
         stream_id: &StreamId,
         session: SessionId,
+        who: Option<&Claimant>,
         restore: bool,
     ) -> Result<Claim, StoreError> {
         {
             let epoch = self.epoch();
+            // A re-claim records the room and user of the session's first claim again (a
+            // restore never takes over, but a newer login may take over from it later).
+            let tag = match who {
+                Some(w) => {
+                    let tag = format!("{}|{}", w.room, w.user);
+                    self.tags.lock().insert(session, tag.clone());
+                    tag
+                }
+                None => self.tags.lock().get(&session).cloned().unwrap_or_default(),
+            };
+            let users = who
+                .map(|w| room_key(app, &w.room, "users"))
+                .unwrap_or_else(|| format!("huddle:nouser:{app}"));
             let mut con = self.con.clone();
             let r: i64 = self
                 .scripts
@@ -663,25 +852,33 @@ impl RedisStore {
                 .key(node_key(&self.node))
                 .key(node_streams_key(&self.node))
                 .key(SETTLE_KEY)
-                .arg(self.session_owner(epoch, session))
+                .key(users)
+                .key(app_streams_key(app))
+                .arg(format!("{}{tag}", self.session_owner(epoch, session)))
                 .arg(epoch)
                 .arg(ms(self.lease))
                 .arg("huddle:node:")
                 .arg(if restore { "1" } else { "0" })
+                .arg(format!("{}|{epoch}", self.node))
+                .arg(&tag)
+                .arg(who.map(|w| w.user.to_string()).unwrap_or_default())
+                .arg(stream_id.as_str())
+                .arg(self.stream_limit)
                 .invoke_async(&mut con)
                 .await
                 .map_err(unavailable)?;
             match r {
-                1 => {
+                1 | 2 => {
                     let mut held = self.held.lock();
                     let list = held.entry(session).or_default();
                     if !list.iter().any(|(a, s)| *a == app && s == stream_id) {
                         list.push((app, stream_id.clone()));
                     }
-                    Ok(Claim::Won)
+                    Ok(if r == 2 { Claim::TakenOver } else { Claim::Won })
                 }
                 0 => Ok(Claim::Taken),
                 -2 => Err(StoreError::Settling),
+                -3 => Ok(Claim::OverLimit),
                 _ => Err(StoreError::LeaseLost),
             }
         }

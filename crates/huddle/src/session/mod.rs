@@ -1480,11 +1480,12 @@ impl Session {
         now: Instant,
     ) {
         if kind == MediaRole::Publish
-            && code == ErrorCode::STREAM_STOPPED_BY_SERVER
+            && (code == ErrorCode::STREAM_STOPPED_BY_SERVER || code == ErrorCode::STREAM_TAKEN_OVER)
             && self.publisher.as_ref().is_some_and(|p| p.stream_id == stream_id)
         {
-            // The app's server stopped the stream (server API `DeleteStream`): the server
-            // already forgot it, so nothing is unpublished; the app hears why.
+            // The app's server stopped the stream (server API `DeleteStream`), or another node
+            // of the cluster took its ID over (the same user's newer login there): the server
+            // already forgot it, so nothing is unpublished or retried; the app hears why.
             self.close_publish_media();
             if let Some(p) = self.publisher.take() {
                 self.publisher_event(p.stream_id, PublisherState::NoPublish, code, message);

@@ -1749,6 +1749,31 @@ fn a_stream_stopped_by_the_server_ends_the_publisher_without_an_unpublish() {
     assert!(opens(&out).is_empty(), "{out:?}");
 }
 
+/// A publish whose stream ID another node of the cluster took over (1009041) ends as one the
+/// server stopped: `NoPublish` with the code, no unpublish, no retry.
+#[test]
+fn a_stream_taken_over_on_another_node_ends_the_publisher_without_a_retry() {
+    let (mut h, _) = Harness::new(media_params());
+    h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    publish_flowing(&mut h, "mine");
+    let out = h.msg(ServerMsg::MediaState {
+        stream_id: sid("mine"),
+        kind: MediaRole::Publish,
+        state: PeerState::Closed,
+        code: ErrorCode::STREAM_TAKEN_OVER,
+        message: "taken over".into(),
+    });
+    assert_eq!(evs(&out), ["pub mine NoPublish 1009041"]);
+    assert!(
+        !sent(&out)
+            .iter()
+            .any(|m| matches!(m, ClientMsg::Unpublish { .. } | ClientMsg::Publish { .. })),
+        "{out:?}"
+    );
+    let out = h.advance(Duration::from_secs(10));
+    assert!(opens(&out).is_empty(), "{out:?}");
+}
+
 /// A node of a cluster that drains says so (`error` 1009008 without `seq`): the session moves
 /// to its next server at once, and publishes and plays there again.
 #[test]
