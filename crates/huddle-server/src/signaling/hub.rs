@@ -375,7 +375,7 @@ mod tests {
             follows_changed: Arc::new(Notify::new()),
             pulls: mpsc::channel(4).0,
             webhooks: None,
-            recorder: Arc::new(crate::recording::Recorder::new(std::env::temp_dir(), None, [])),
+            recorder: Arc::new(crate::recording::Recorder::new(std::env::temp_dir(), None, [], 1)),
         }
     }
 
