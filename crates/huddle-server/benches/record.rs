@@ -14,15 +14,23 @@
 //! rounds; per stream-hour = per packet × the stream's packets in an hour. Bytes per minute are
 //! the files' sizes for a minute of media (container overhead included).
 //!
+//! - **many**: `HUDDLE_RECORD_MANY` voice recordings at once (default 2,000; 0 skips it) through
+//!   the server's recorder (its writer threads, files in the temporary directory), fed for
+//!   `HUDDLE_RECORD_MANY_SECONDS` (default 10) by one thread standing for the shards (a 20 ms
+//!   Opus packet to each recording every 20 ms): the process's threads and resident memory
+//!   before and while they run, the writer threads' CPU (`huddle-rec*`, from the kernel's
+//!   per-thread `schedstat`) per second and per packet, and what was dropped.
+//!
 //! ```sh
 //! cargo bench -p huddle-server --features testkit --bench record
 //! HUDDLE_RECORD_MINUTES=5 HUDDLE_RECORD_ROUNDS=7 cargo bench -p huddle-server --features testkit --bench record
+//! HUDDLE_RECORD_MANY=2000 HUDDLE_RECORD_WRITERS=2 cargo bench -p huddle-server --features testkit --bench record
 //! ```
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use huddle_server::recording::testkit::{tap, write_files};
+use huddle_server::recording::testkit::{recorder, start, tap, write_files};
 use huddle_server::recording::{RecPacket, Sent, Track};
 
 fn env(name: &str, default: u64) -> u64 {
@@ -43,6 +51,114 @@ fn thread_cpu() -> Duration {
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
     assert_eq!(rc, 0, "clock_gettime");
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// A field of `/proc/self/status` (`Threads`, `VmRSS` in kB).
+fn status(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The CPU time, in ns, of this process's threads whose name starts with `prefix`.
+fn threads_cpu_ns(prefix: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim().starts_with(prefix))
+        })
+        .filter_map(|t| {
+            std::fs::read_to_string(t.path().join("schedstat"))
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// `n` voice recordings at once for `secs`, fed as the shards would (see the module docs).
+fn many(dir: &std::path::Path, n: usize, secs: u64) {
+    let writers = env("HUDDLE_RECORD_WRITERS", 0) as usize;
+    let rec = recorder(dir.join("many"), writers);
+    let (threads0, rss0) = (status("Threads"), status("VmRSS"));
+    let taps: Vec<_> = (0..n)
+        .map(|i| start(&rec, i).expect("the recording starts"))
+        .collect();
+    let opus: Arc<[u8]> = {
+        let mut p = vec![0xfc_u8];
+        p.resize(80, 0x5a);
+        p.into()
+    };
+    let t0 = Instant::now();
+    let (mut sent, mut dropped) = (0u64, 0u64);
+    let (mut cpu_start, mut feed_cpu) = (0, Duration::ZERO);
+    let (mut threads, mut rss) = (0, 0);
+    let ticks = secs * 50;
+    for tick in 0..ticks {
+        if tick == 50 {
+            // One second in: the writers have started and the files are open.
+            cpu_start = threads_cpu_ns("huddle-rec");
+        }
+        let c0 = thread_cpu();
+        for t in &taps {
+            let p = RecPacket {
+                track: Track::Audio,
+                source: 1,
+                seq: tick,
+                ts: (tick * 960) as u32,
+                marker: false,
+                red_primary: None,
+                payload: opus.clone(),
+                at: Instant::now(),
+            };
+            match t.send(p) {
+                Sent::Queued => sent += 1,
+                Sent::Dropped | Sent::Closed => dropped += 1,
+            }
+        }
+        if tick >= 50 {
+            feed_cpu += thread_cpu() - c0;
+        }
+        if tick == ticks - 1 {
+            threads = status("Threads");
+            rss = status("VmRSS");
+        }
+        let next = t0 + Duration::from_millis(20 * (tick + 1));
+        if let Some(d) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+    }
+    let writer_ns = threads_cpu_ns("huddle-rec").saturating_sub(cpu_start);
+    let measured = (ticks - 50) as f64 * n as f64;
+    let secs_measured = (ticks - 50) as f64 / 50.0;
+    println!(
+        "many    {n} voice recordings for {secs} s: threads {threads0} before, {threads} while recording; \
+         resident memory {:.1} MiB before, {:.1} MiB while recording ({:.1} KiB per recording)",
+        rss0 as f64 / 1024.0,
+        rss as f64 / 1024.0,
+        (rss.saturating_sub(rss0)) as f64 / n as f64,
+    );
+    println!(
+        "        writer threads' CPU {:.1} % of a core ({:.0} ns per packet); shard side {:.0} ns per packet; \
+         {sent} packets queued, {dropped} dropped",
+        writer_ns as f64 / 1e9 / secs_measured * 100.0,
+        writer_ns as f64 / measured,
+        feed_cpu.as_nanos() as f64 / measured,
+    );
+    drop(taps);
+    let end = Instant::now() + Duration::from_secs(60);
+    while rec.counts().active.load(std::sync::atomic::Ordering::Relaxed) > 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir_all(dir.join("many"));
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -158,8 +274,8 @@ fn main() {
     let shard_ns = median(&mut per_packet);
     println!("shard   Tap::send: {shard_ns:.0} ns of the shard thread per recorded packet");
 
-    // The recording thread's polling (every 50 ms, whatever the traffic): its own CPU for 2 s of
-    // empty polls.
+    // A writer's polling (every 50 ms, whatever the traffic): its own CPU for 2 s of empty
+    // polls. A writer takes many recordings, so this is per writer thread, not per stream.
     let poll = std::thread::spawn(|| {
         let (_t, rx) = tap(16);
         let c0 = thread_cpu();
@@ -173,7 +289,7 @@ fn main() {
     .join()
     .expect("poll thread");
     println!(
-        "writer  polling every 50 ms: {:.2} CPU-s per stream-hour",
+        "writer  polling every 50 ms: {:.2} CPU-s per writer-hour (per writer thread, not per stream)",
         poll * 3600.0
     );
 
@@ -214,6 +330,10 @@ fn main() {
                 bytes as f64 / minutes as f64 / 1000.0
             );
         }
+    }
+    let n = env("HUDDLE_RECORD_MANY", 2000) as usize;
+    if n > 0 {
+        many(&dir, n, env("HUDDLE_RECORD_MANY_SECONDS", 10).max(2));
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

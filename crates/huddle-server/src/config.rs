@@ -251,6 +251,10 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Where recordings go (`record_dir`, default `{data_dir}/recordings`).
     pub record_dir: Option<PathBuf>,
+    /// Threads writing the recordings' files (`record_writers`, default 0: one per CPU the
+    /// server may run on, at most 16; at most 64). Each takes many recordings in turn
+    /// (`docs/operations.md`, "Recording").
+    pub record_writers: usize,
     /// Dev mode asked for (`dev`, `--dev`; default false): run the generated dev app, with its
     /// token route, even when `listen` is not a loopback address ([`ServerConfig::resolve_apps`]).
     pub dev: bool,
@@ -351,6 +355,7 @@ impl Default for ServerConfig {
             apps: Vec::new(),
             data_dir: default_data_dir(),
             record_dir: None,
+            record_writers: 0,
             dev: false,
             dev_mode: false,
             tls_cert: None,
@@ -406,6 +411,7 @@ const FILE_KEYS: &[&str] = &[
     "media_workers",
     "data_dir",
     "record_dir",
+    "record_writers",
     "dev",
     "tls_cert",
     "tls_key",
@@ -446,6 +452,7 @@ struct FileConfig {
     media_workers: Option<usize>,
     data_dir: Option<PathBuf>,
     record_dir: Option<PathBuf>,
+    record_writers: Option<usize>,
     dev: Option<bool>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -579,6 +586,7 @@ impl ServerConfig {
             apps,
             data_dir: std::env::temp_dir().join("huddle-test-data"),
             record_dir: None,
+            record_writers: 0,
             heartbeat: Duration::from_millis(500),
             session_timeout: Duration::from_secs(2),
             grace: Duration::from_millis(300),
@@ -643,6 +651,7 @@ impl ServerConfig {
             apps: convert_apps(f.apps)?,
             data_dir: f.data_dir.unwrap_or(d.data_dir),
             record_dir: f.record_dir,
+            record_writers: f.record_writers.unwrap_or(d.record_writers),
             dev: f.dev.unwrap_or(d.dev),
             dev_mode: false,
             tls_cert: f.tls_cert,
@@ -833,6 +842,13 @@ impl ServerConfig {
                 "media_workers ({}) must be at most {} (0: one per CPU)",
                 self.media_workers,
                 crate::sfu::shard::MAX_SHARDS
+            ));
+        }
+        if self.record_writers > crate::recording::MAX_WRITERS {
+            return invalid(format!(
+                "record_writers ({}) must be at most {} (0: one per CPU)",
+                self.record_writers,
+                crate::recording::MAX_WRITERS
             ));
         }
         if let Some(ip) = self.public_ip

@@ -106,7 +106,7 @@ pub async fn serve(
         .await;
     state.shutdown();
     state.join_media().await;
-    // The media plane is gone, so every recording's tap is dropped: their threads finish the
+    // The media plane is gone, so every recording's tap is dropped: the writers finish the
     // files (within their 50 ms poll); wait for that, bounded.
     let recordings_done = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     while state

@@ -48,11 +48,17 @@
 //!   it travel on the same channel, never reordered; `SessionGone` goes to every shard. Offers in
 //!   flight are bounded ([`MAX_OFFERS_IN_FLIGHT`], beyond: 1009006); closes are bounded by the
 //!   sessions and their rate limit.
+//! - **Pull links** (`relay_io`): a stream pulled from another node of the cluster has its
+//!   relay PC in its shard and a UDP socket of its own. The shard sends on that socket itself;
+//!   one thread (`huddle-relay`, on nodes with `cluster_secret`) reads every link's socket and
+//!   hands the datagrams to their shards as thread 0 does the media socket's (batches, the
+//!   same bound). Neither direction passes through signaling's runtime.
 //! - **Shutdown** (the server's shutdown signal): every shard is told to stop (thread 0 woken),
 //!   and the task returned by [`spawn`] ends once every thread is joined.
 
 mod candidates;
 mod mmsg;
+mod relay_io;
 mod tcp;
 
 use huddle_proto::{AppId, StreamId};
@@ -141,20 +147,18 @@ enum ShardMsg {
     TcpClosed {
         from: SocketAddr,
     },
-    /// A pull's link (`signaling::relay`) has its socket at `local`: the transmits of its relay
-    /// PC (those from `local`) go to `tx`.
+    /// A pull's link (`signaling::relay`) of the stream `key` has its socket at `local`: the
+    /// transmits of its relay PC (those from `local`) are sent on it, and what the relay thread
+    /// reads from it goes to the relay PC of the link `session`.
     RelayOpen {
         local: SocketAddr,
-        tx: tokio::sync::mpsc::Sender<Transmit>,
-    },
-    /// A datagram the link `session` of a stream received on its socket `to` from `from`.
-    RelayFrame {
         session: SessionId,
         key: (AppId, StreamId),
-        from: SocketAddr,
-        to: SocketAddr,
-        datagram: Vec<u8>,
+        socket: Arc<std::net::UdpSocket>,
     },
+    /// Datagrams the relay thread read from links' sockets (each item's destination is the
+    /// link's socket).
+    RelayDatagrams(Batch),
     /// The link's socket at `local` is closed.
     RelayClosed {
         local: SocketAddr,
@@ -202,10 +206,8 @@ pub(crate) struct MediaTx {
     offers_in_flight: Arc<AtomicUsize>,
     /// Which shard each stream lives in (`sfu::placement`), shared with the shards.
     placement: Arc<Mutex<Placement>>,
-    /// Each shard's datagrams handed over and not yet handled: the pull links' frames count
-    /// against [`MAX_QUEUED_DATAGRAMS`] as the UDP and ICE-TCP datagrams do.
-    queues: Vec<Arc<AtomicUsize>>,
-    counters: Arc<Counters>,
+    /// The thread that reads the pull links' sockets (`None` in unit tests).
+    relay: Option<relay_io::RelayIo>,
 }
 
 impl std::fmt::Debug for ShardMsg {
@@ -217,9 +219,7 @@ impl std::fmt::Debug for ShardMsg {
             ShardMsg::TcpFrame { from, datagram, .. } => write!(f, "TcpFrame({from}, {})", datagram.len()),
             ShardMsg::TcpClosed { from } => write!(f, "TcpClosed({from})"),
             ShardMsg::RelayOpen { local, .. } => write!(f, "RelayOpen({local})"),
-            ShardMsg::RelayFrame { from, datagram, .. } => {
-                write!(f, "RelayFrame({from}, {})", datagram.len())
-            }
+            ShardMsg::RelayDatagrams(b) => write!(f, "RelayDatagrams({})", b.items.len()),
             ShardMsg::RelayClosed { local } => write!(f, "RelayClosed({local})"),
             ShardMsg::Stop => f.write_str("Stop"),
         }
@@ -262,21 +262,42 @@ impl MediaTx {
 }
 
 impl MediaTx {
-    /// Starts a pull (`signaling::relay`): the link's socket at `local` (its relay PC's
-    /// transmits go to `tx`), then `cmd` ([`Command::PullOffer`]), both to the stream's shard in
-    /// this order.
-    pub(crate) fn pull(
-        &self,
-        cmd: Command,
-        local: SocketAddr,
-        tx: tokio::sync::mpsc::Sender<Transmit>,
-    ) -> bool {
+    /// Starts a pull (`signaling::relay`): the link's `socket` goes to the stream's shard (its
+    /// relay PC's transmits are sent on it) and to the relay thread (which reads it), then
+    /// `cmd` ([`Command::PullOffer`]) to the shard, in this order. `false` when the media plane
+    /// cannot take it.
+    pub(crate) fn pull(&self, cmd: Command, socket: std::net::UdpSocket) -> bool {
         let Some((app, stream_id)) = cmd.stream() else {
             return false;
         };
+        let Some(relay) = &self.relay else {
+            return false;
+        };
+        let (Ok(local), Ok(()), Ok(reader)) = (
+            socket.local_addr(),
+            socket.set_nonblocking(true),
+            socket.try_clone(),
+        ) else {
+            return false;
+        };
+        let Command::PullOffer { session, .. } = &cmd else {
+            return false;
+        };
+        let session = *session;
         let key = (app, stream_id.clone());
         let shard = self.placement.lock().route(app, stream_id);
-        let opened = self.shards[shard].send(ShardMsg::RelayOpen { local, tx }).is_ok();
+        let open = ShardMsg::RelayOpen {
+            local,
+            session,
+            key: key.clone(),
+            socket: Arc::new(socket),
+        };
+        let opened = self.shards[shard].send(open).is_ok()
+            && relay.send(relay_io::Op::Open {
+                local,
+                socket: reader,
+                shard,
+            });
         let sent = opened && self.shards[shard].send(ShardMsg::Command(cmd)).is_ok();
         if !sent {
             self.placement.lock().handled(&key, true);
@@ -287,43 +308,19 @@ impl MediaTx {
         sent
     }
 
-    /// Hands a datagram of a pull's link to the stream's shard; dropped when the stream has no
-    /// shard (its relay PC is gone) or the shard is too far behind.
-    pub(crate) fn relay_frame(
-        &self,
-        session: SessionId,
-        key: &(AppId, StreamId),
-        from: SocketAddr,
-        to: SocketAddr,
-        datagram: Vec<u8>,
-    ) -> bool {
-        let Some(shard) = self.placement.lock().shard_of(key) else {
-            return false;
-        };
-        if self.queues[shard].fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED_DATAGRAMS {
-            self.queues[shard].fetch_sub(1, Ordering::AcqRel);
-            self.counters.count_overload();
-            return false;
+    /// The link's socket at `local` takes datagrams from `peers` only (the stream's node's
+    /// candidates, from its signed answer); until this, from nobody.
+    pub(crate) fn relay_peers(&self, local: SocketAddr, peers: Vec<SocketAddr>) {
+        if let Some(relay) = &self.relay {
+            relay.send(relay_io::Op::Peers { local, peers });
         }
-        let msg = ShardMsg::RelayFrame {
-            session,
-            key: key.clone(),
-            from,
-            to,
-            datagram,
-        };
-        let sent = self.shards[shard].send(msg).is_ok();
-        if !sent {
-            self.queues[shard].fetch_sub(1, Ordering::AcqRel);
-        }
-        if shard == 0 {
-            self.waker.wake();
-        }
-        sent
     }
 
-    /// The link's socket at `local` is closed: every shard forgets it.
+    /// The link's socket at `local` is closed: the relay thread and every shard forget it.
     pub(crate) fn relay_closed(&self, local: SocketAddr) {
+        if let Some(relay) = &self.relay {
+            relay.send(relay_io::Op::Close { local });
+        }
         for tx in &self.shards {
             let _ = tx.send(ShardMsg::RelayClosed { local });
         }
@@ -428,6 +425,7 @@ pub(crate) fn spawn(
     let waker = Arc::new(Waker::new()?);
     let (learn_tx, learn_rx) = mpsc::channel();
     let (recycle_tx, recycle_rx) = mpsc::channel();
+    let (relay_recycle_tx, relay_recycle_rx) = mpsc::channel();
     let mut senders = Vec::with_capacity(n);
     let mut shards = Vec::with_capacity(n);
     for index in 0..n {
@@ -452,13 +450,14 @@ pub(crate) fn spawn(
             reported_pcs: 0,
             learn: learn_tx.clone(),
             recycle: recycle_tx.clone(),
+            relay_recycle: relay_recycle_tx.clone(),
             sender: SendBatch::new(&socket, per_datagram),
             out: Vec::with_capacity(BATCH),
             tcp: HashMap::new(),
             relays: HashMap::new(),
         });
     }
-    drop((learn_tx, recycle_tx));
+    drop((learn_tx, recycle_tx, relay_recycle_tx));
     let mut threads = Vec::with_capacity(n);
     let mut shards = shards.into_iter();
     let shard0 = shards.next().expect("at least one shard");
@@ -472,7 +471,20 @@ pub(crate) fn spawn(
                 .spawn(move || shard.run())?,
         );
     }
-    let tx_queues = queues.clone();
+    // The pull links' sockets are read by a thread of their own, on a node that pulls.
+    let relay = if config.cluster_secret.is_some() {
+        let (relay, relay_thread) = relay_io::spawn(relay_io::Plane {
+            shards: senders.clone(),
+            queues: queues.clone(),
+            shard0: waker.clone(),
+            counters: counters.clone(),
+            recycle: relay_recycle_rx,
+        })?;
+        threads.push(relay_thread);
+        Some(relay)
+    } else {
+        None
+    };
     let tcp_plane = tcp_port.map(|port| tcp::Plane {
         shards: senders.clone(),
         queues: queues.clone(),
@@ -516,12 +528,16 @@ pub(crate) fn spawn(
     let mut shutdown = shutdown;
     let stopper = senders.clone();
     let stop_waker = waker.clone();
+    let stop_relay = relay.clone();
     let task = tokio::spawn(async move {
         let _ = shutdown.wait_for(|s| *s).await;
         for tx in &stopper {
             let _ = tx.send(ShardMsg::Stop);
         }
         stop_waker.wake();
+        if let Some(relay) = &stop_relay {
+            relay.send(relay_io::Op::Stop);
+        }
         let joined = tokio::task::spawn_blocking(move || {
             for t in threads {
                 if t.join().is_err() {
@@ -541,8 +557,7 @@ pub(crate) fn spawn(
             waker,
             offers_in_flight,
             placement,
-            queues: tx_queues,
-            counters,
+            relay,
         },
         task,
     ))
@@ -751,9 +766,18 @@ struct Shard {
     out: Vec<Transmit>,
     /// The ICE-TCP connections of this shard's PCs, by client address ([`tcp`]).
     tcp: HashMap<SocketAddr, tokio::sync::mpsc::Sender<Vec<u8>>>,
+    /// Emptied relay batches, back to the relay thread.
+    relay_recycle: mpsc::Sender<Batch>,
     /// The sockets of pulls' links whose relay PCs live here, by their address (the source of
-    /// their PCs' transmits).
-    relays: HashMap<SocketAddr, tokio::sync::mpsc::Sender<Transmit>>,
+    /// their PCs' transmits, the destination of what the relay thread reads from them).
+    relays: HashMap<SocketAddr, RelayEnd>,
+}
+
+/// A pull link's socket, as its stream's shard knows it.
+struct RelayEnd {
+    session: SessionId,
+    key: (AppId, StreamId),
+    socket: Arc<std::net::UdpSocket>,
 }
 
 impl Shard {
@@ -824,20 +848,33 @@ impl Shard {
             ShardMsg::TcpClosed { from } => {
                 self.tcp.remove(&from);
             }
-            ShardMsg::RelayOpen { local, tx } => {
-                self.relays.insert(local, tx);
-            }
-            ShardMsg::RelayFrame {
+            ShardMsg::RelayOpen {
+                local,
                 session,
                 key,
-                from,
-                to,
-                datagram,
+                socket,
             } => {
-                self.queued.fetch_sub(1, Ordering::AcqRel);
-                self.sfu
-                    .handle_relay_input(Instant::now(), session, &key, from, to, &datagram);
-                self.send(false);
+                self.relays.insert(local, RelayEnd { session, key, socket });
+            }
+            ShardMsg::RelayDatagrams(mut batch) => {
+                let now = Instant::now();
+                let wall = unix_ns();
+                for (from, to, datagram, at) in batch.iter() {
+                    if is_stale_rtp(datagram, at, wall) {
+                        self.counters.count_stale();
+                        continue;
+                    }
+                    let Some(end) = self.relays.get(&to) else {
+                        self.counters.count_unroutable();
+                        continue;
+                    };
+                    self.sfu
+                        .handle_relay_input(now, end.session, &end.key, from, to, datagram);
+                    self.send(false);
+                }
+                self.queued.fetch_sub(batch.items.len(), Ordering::AcqRel);
+                batch.clear();
+                let _ = self.relay_recycle.send(batch);
             }
             ShardMsg::RelayClosed { local } => {
                 self.relays.remove(&local);
@@ -898,7 +935,7 @@ impl Shard {
                 match self.sfu.poll_transmit() {
                     Some(t) if t.proto == Protocol::Tcp => self.send_tcp(&t),
                     Some(t) if !self.relays.is_empty() && self.relays.contains_key(&t.source) => {
-                        self.send_relay(t);
+                        self.send_relay(&t);
                     }
                     Some(t) => self.out.push(t),
                     None => break,
@@ -928,13 +965,13 @@ impl Shard {
         }
     }
 
-    /// Hands a relay PC's transmit to its link's socket task; dropped (and counted) when the
-    /// link is gone or its queue is full.
-    fn send_relay(&mut self, t: Transmit) {
+    /// Sends a relay PC's transmit on its link's socket, never waiting (the socket is
+    /// non-blocking); dropped (and counted) when the link is gone or the kernel refuses it.
+    fn send_relay(&mut self, t: &Transmit) {
         let sent = self
             .relays
             .get(&t.source)
-            .is_some_and(|tx| tx.try_send(t).is_ok());
+            .is_some_and(|end| end.socket.send_to(&t.contents, t.destination).is_ok());
         if !sent {
             self.counters.count_send_failure();
         }
@@ -983,8 +1020,7 @@ mod tests {
             waker: Arc::new(Waker::new().unwrap()),
             offers_in_flight: Arc::new(AtomicUsize::new(0)),
             placement: Arc::new(Mutex::new(Placement::new(n))),
-            queues: (0..n).map(|_| Arc::new(AtomicUsize::new(0))).collect(),
-            counters: Arc::new(Counters::default()),
+            relay: None,
         };
         (tx, rxs)
     }
@@ -1138,23 +1174,5 @@ mod tests {
             app,
             stream_id: StreamId::new("s").unwrap(),
         }));
-    }
-
-    #[test]
-    fn a_pull_links_frames_are_bounded_like_datagrams() {
-        let (tx, rxs) = handle(2);
-        let key = (AppId::new(9).unwrap(), StreamId::new("s").unwrap());
-        let shard = tx.placement.lock().route(key.0, &key.1);
-        let session = "1".parse().unwrap();
-        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        for _ in 0..MAX_QUEUED_DATAGRAMS {
-            assert!(tx.relay_frame(session, &key, addr, addr, vec![0; 12]));
-        }
-        assert!(
-            !tx.relay_frame(session, &key, addr, addr, vec![0; 12]),
-            "a shard this far behind loses the link's frames"
-        );
-        assert_eq!(tx.counters.snapshot().dropped_overload, 1);
-        assert_eq!(rxs[shard].try_iter().count(), MAX_QUEUED_DATAGRAMS);
     }
 }

@@ -6,6 +6,14 @@
 //!
 //! `cargo bench -p huddle --bench cluster_latency` (`HUDDLE_LATENCY_SAMPLES`, default 15).
 //! Prints both medians and the median of the per-sample differences (B minus A).
+//!
+//! Then the servers' CPU per packet (`HUDDLE_RELAY_CPU_SECONDS`, default 10 s a phase; 0 skips
+//! it): the publisher sends a steady tone, heard first by the player on A alone (local
+//! forwarding), then by the player on B alone (pulled). What is counted is the CPU time of the
+//! servers' own threads (`huddle-server-*`: signaling; `huddle-media-*`: the shards;
+//! `huddle-relay*`: the link's datagrams), both nodes together, from the kernel's per-thread
+//! `schedstat` (nanoseconds); the SDK's threads are left out. The difference between the phases
+//! is what a relayed packet costs the two nodes beyond forwarding it on one.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -75,6 +83,55 @@ fn burst_to(publisher: &Engine, players: &[&Engine]) -> Vec<f64> {
     heard.into_iter().flatten().collect()
 }
 
+/// The CPU time, in ns, of this process's server threads (see the module documentation).
+fn server_cpu_ns() -> u64 {
+    let mut total = 0;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if !["huddle-server-", "huddle-media-", "huddle-relay"]
+            .iter()
+            .any(|p| comm.starts_with(p))
+        {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+        total += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
+/// Pushes a steady 440 Hz tone into `publisher` for `secs` (20 ms frames, paced), draining
+/// `player`'s render; returns the server threads' CPU per frame sent, in µs.
+fn steady(publisher: &Engine, player: &Engine, secs: u64) -> f64 {
+    let frames = secs * 50;
+    let mut buf = [0i16; 4800];
+    let t0 = Instant::now();
+    let cpu0 = server_cpu_ns();
+    for n in 0..frames {
+        let tone: Vec<i16> = (0..960)
+            .map(|i| {
+                let t = (n * 960 + i) as f64 / 48_000.0;
+                ((t * 2.0 * std::f64::consts::PI * 440.0).sin() * 8_000.0) as i16
+            })
+            .collect();
+        publisher.push_audio_frame(&tone).unwrap();
+        while player.fetch_audio_frame(&mut buf) > 0 {}
+        let next = t0 + Duration::from_millis(20 * (n + 1));
+        if let Some(d) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+    }
+    (server_cpu_ns() - cpu0) as f64 / 1000.0 / frames as f64
+}
+
 fn main() {
     let samples: usize = std::env::var("HUDDLE_LATENCY_SAMPLES")
         .ok()
@@ -117,6 +174,25 @@ fn main() {
         "added by the pull: p50 {:.1} ms per sample (B minus A)",
         median(&diff)
     );
+    let cpu_secs: u64 = std::env::var("HUDDLE_RELAY_CPU_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    if cpu_secs > 0 {
+        far.stop_playing_stream("burst").unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        let local = steady(&alice, &near, cpu_secs);
+        near.stop_playing_stream("burst").unwrap();
+        far.start_playing_stream("burst").unwrap();
+        first_audio_frame(&mut ef, "burst");
+        std::thread::sleep(Duration::from_secs(1));
+        let pulled = steady(&alice, &far, cpu_secs);
+        println!(
+            "servers' CPU per packet sent: {local:.1} µs with the player on A (local), {pulled:.1} µs with \
+             the player on B (pulled): {:.1} µs added by the pull",
+            pulled - local
+        );
+    }
     for e in [far, near, alice] {
         e.destroy();
     }

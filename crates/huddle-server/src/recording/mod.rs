@@ -2,7 +2,8 @@
 //! the server, with no transcoding and no helper process (`docs/operations.md`, "Recording").
 //!
 //! ```text
-//!  shard thread (Sfu::forward)                      huddle-rec-N thread (one per recording)
+//!  shard thread (Sfu::forward)                      huddle-rec-N: one of N writer threads, each
+//!                                                   taking many recordings' queues in turn
 //!  a copy of each packet ──try_send──► bounded ──► reorder ─► RED to primary ─► Ogg pages   ─► .ogg
 //!  (full: dropped, counted)            channel          └──► VP8 pictures ──► libwebm muxer ─► .webm
 //! ```
@@ -10,9 +11,16 @@
 //! - **The shard never waits for the disk.** [`Tap::send`] is a `try_send` on a bounded channel
 //!   ([`QUEUE_PACKETS`]); when the recorder is behind, the packet is dropped and counted
 //!   (`DroppedPackets` in the API, 1009089 in the stop event), and shows as a gap in the file.
-//!   The files are written by a thread per recording, off the shard threads and off the async
-//!   runtime; a failed write (disk full, unwritable directory) ends that recording alone, with
-//!   its state, a `record_failed` webhook and a numbered code: never the call, never the server.
+//!   The files are written off the shard threads and off the async runtime by a small pool of
+//!   writer threads ([`Recorder::new`]'s `writers`, `record_writers` in the configuration;
+//!   default: one per core, at most [`MAX_WRITERS`]), started with the first recording. Each
+//!   recording is given to the writer with the fewest, for its whole life; a writer takes each of
+//!   its recordings' queues in turn every [`POLL`] (a thread per recording cost a thread, its
+//!   stack and a wake-up every [`POLL`] per recording: 1,000 threads for 1,000 recordings).
+//!   The files are written a page (Ogg, about a second) or a buffer (WebM, 32 KiB) at a time.
+//!   A failed write (disk full, unwritable directory) ends that recording alone, with its
+//!   state, a `record_failed` webhook and a numbered code: never the call, never the server,
+//!   never the writer's other recordings.
 //! - **Timeline.** Time zero of a recording is the arrival of its first packet. Each track is
 //!   anchored on it by the arrival of its first packet; after that, positions come from the RTP
 //!   timestamps (48 kHz audio, 90 kHz video), so arrival jitter does not move them, and a gap
@@ -55,9 +63,26 @@ pub const QUEUE_PACKETS: usize = 1024;
 /// Packets held to put reordered ones back in sequence, per track.
 const REORDER_PACKETS: usize = 16;
 
-/// How often a recording's thread takes what its queue holds (and looks at its stop flag):
+/// How often a writer takes what its recordings' queues hold (and looks at their stop flags):
 /// 50 ms is 6 packets of a video call, far below [`QUEUE_PACKETS`].
 const POLL: Duration = Duration::from_millis(50);
+
+/// Writer threads, at most (`record_writers`).
+pub const MAX_WRITERS: usize = 64;
+
+/// How often a recording's file list (sizes, durations) is refreshed for the API while it runs.
+const STATE_EVERY: Duration = Duration::from_secs(1);
+
+/// The number of writer threads for `record_writers` (0: one per core this process may use, at
+/// most 16).
+pub fn writer_count(configured: usize) -> usize {
+    match configured {
+        0 => std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(16),
+        n => n.min(MAX_WRITERS),
+    }
+}
 
 /// Ended tasks kept for `DescribeRecordStatus`, at most (the oldest are forgotten first).
 const MAX_ENDED_TASKS: usize = 1000;
@@ -254,12 +279,34 @@ pub struct RecordCounts {
     pub failed: AtomicU64,
 }
 
-/// Every recording of the server: the tasks, the streams to record, the threads.
+/// Every recording of the server: the tasks, the streams to record, the writer threads.
 pub struct Recorder {
     dir: PathBuf,
     hooks: Option<WebhookSender>,
     inner: Mutex<Inner>,
     counts: Arc<RecordCounts>,
+    /// Writer threads to start ([`writer_count`]).
+    writers: usize,
+    /// The writer threads, started with the first recording.
+    pool: Mutex<Vec<Writer>>,
+}
+
+/// A writer thread's handle: where its new recordings go, and how many it has.
+struct Writer {
+    tx: std::sync::mpsc::Sender<Job>,
+    jobs: Arc<AtomicU64>,
+}
+
+/// One recording as its writer holds it.
+struct Job {
+    rec: Arc<StreamRecording>,
+    rx: Receiver<RecPacket>,
+    files: Files,
+    core: Core,
+    /// `record_started` was sent.
+    started: bool,
+    /// When the file list was last given to the API.
+    state_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -291,10 +338,12 @@ pub(crate) enum StartError {
 impl Recorder {
     /// A recorder writing under `dir`, telling `hooks` (if any) of its recordings, recording
     /// every stream of `auto_apps`.
+    /// `writers` writer threads ([`writer_count`]) are started with the first recording.
     pub(crate) fn new(
         dir: PathBuf,
         hooks: Option<WebhookSender>,
         auto_apps: impl IntoIterator<Item = AppId>,
+        writers: usize,
     ) -> Recorder {
         Recorder {
             dir,
@@ -304,6 +353,8 @@ impl Recorder {
                 ..Inner::default()
             }),
             counts: Arc::new(RecordCounts::default()),
+            writers: writers.max(1),
+            pool: Mutex::new(Vec::new()),
         }
     }
 
@@ -500,13 +551,8 @@ impl Recorder {
             }),
         });
         let (tx, rx) = sync_channel(QUEUE_PACKETS);
-        let me = self.clone();
-        let thread_rec = rec.clone();
-        let spawned = std::thread::Builder::new()
-            .name("huddle-rec".into())
-            .spawn(move || me.run(&thread_rec, &rx));
-        if let Err(e) = spawned {
-            warn!(%app, stream = %stream, "the recording thread could not start: {e}");
+        if let Err(e) = self.start_job(&rec, rx) {
+            warn!(%app, stream = %stream, "no writer thread for the recording: {e}");
             return None;
         }
         if let Some(task) = inner.tasks.get_mut(&task_id) {
@@ -537,63 +583,103 @@ impl Recorder {
         }
     }
 
-    /// A recording's thread: writes its files until its stream ends (the tap is dropped), it is
-    /// stopped, or a write fails.
-    fn run(&self, rec: &StreamRecording, rx: &Receiver<RecPacket>) {
+    /// Gives a new recording to the writer with the fewest (starting the writers first, with
+    /// the first recording).
+    fn start_job(self: &Arc<Self>, rec: &Arc<StreamRecording>, rx: Receiver<RecPacket>) -> io::Result<()> {
+        let mut pool = self.pool.lock();
+        if pool.is_empty() {
+            for i in 0..self.writers {
+                let (tx, jobs_rx) = std::sync::mpsc::channel();
+                let jobs = Arc::new(AtomicU64::new(0));
+                let me = Arc::downgrade(self);
+                let count = jobs.clone();
+                std::thread::Builder::new()
+                    .name(format!("huddle-rec-{i}"))
+                    .spawn(move || writer(&me, &jobs_rx, &count))?;
+                pool.push(Writer { tx, jobs });
+            }
+            info!(writers = self.writers, "recording writers started");
+        }
         let begin = unix_ms();
         let base = self
             .dir
             .join(rec.app.get().to_string())
             .join(rec.room.as_str())
             .join(format!("{}-{begin}", rec.stream.as_str()));
-        let mut files = Files::new(base, begin);
-        let mut core = Core::default();
-        let mut started = false;
-        // The thread drains its queue every POLL rather than sleeping in `recv`: a shard that
-        // sends never finds it asleep, so `try_send` never costs the shard a wake-up (a system
-        // call per packet); the files lag the call by at most POLL.
-        let failure = 'run: loop {
-            let mut taken = 0u64;
-            let mut ended = false;
-            loop {
-                match rx.try_recv() {
-                    Ok(packet) => {
-                        taken += 1;
-                        if let Err(e) = core.push(packet, &mut files) {
-                            break 'run Some(e);
-                        }
-                    }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        ended = true;
+        let job = Job {
+            rec: rec.clone(),
+            rx,
+            files: Files::new(base, begin),
+            core: Core::default(),
+            started: false,
+            state_at: None,
+        };
+        let w = pool
+            .iter()
+            .min_by_key(|w| w.jobs.load(Ordering::Relaxed))
+            .ok_or_else(|| io::Error::other("no writer"))?;
+        w.jobs.fetch_add(1, Ordering::Relaxed);
+        w.tx.send(job)
+            .map_err(|_| io::Error::other("the writer thread is gone"))
+    }
+
+    /// Takes what a recording's queue holds and writes it; `true` when the recording is over
+    /// (its stream ended: the tap is gone, it was stopped, or a write failed), its files
+    /// finished and its end reported.
+    fn step(&self, job: &mut Job) -> bool {
+        let rec = &job.rec;
+        let mut taken = 0u64;
+        let mut ended = false;
+        let mut failure = None;
+        loop {
+            match job.rx.try_recv() {
+                Ok(packet) => {
+                    taken += 1;
+                    if let Err(e) = job.core.push(packet, &mut job.files) {
+                        failure = Some(e);
                         break;
                     }
                 }
-            }
-            if taken > 0 {
-                self.counts.packets.fetch_add(taken, Ordering::Relaxed);
-                if !started && !files.infos().is_empty() {
-                    started = true;
-                    let list: Vec<Value> = files.infos().iter().map(FileInfo::hook).collect();
-                    self.hook(rec, "record_started", json!({"files": list}));
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    ended = true;
+                    break;
                 }
-                if core.needs_keyframe() {
-                    rec.wants_keyframe.store(true, Ordering::Relaxed);
-                }
-                rec.state.lock().files = files.infos();
             }
-            if ended || rec.stop.load(Ordering::Relaxed) {
-                break None;
+        }
+        if taken > 0 {
+            self.counts.packets.fetch_add(taken, Ordering::Relaxed);
+            if !job.started && !job.files.infos().is_empty() {
+                job.started = true;
+                let list: Vec<Value> = job.files.infos().iter().map(FileInfo::hook).collect();
+                self.hook(rec, "record_started", json!({"files": list}));
             }
-            std::thread::sleep(POLL);
-        };
+            if job.core.needs_keyframe() {
+                rec.wants_keyframe.store(true, Ordering::Relaxed);
+            }
+            let now = Instant::now();
+            if job.state_at.is_none_or(|t| now.duration_since(t) >= STATE_EVERY) {
+                job.state_at = Some(now);
+                rec.state.lock().files = job.files.infos();
+            }
+        }
+        if failure.is_none() && !ended && !rec.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.end(job, failure);
+        true
+    }
+
+    /// Finishes a recording's files and reports its end.
+    fn end(&self, job: &mut Job, failure: Option<Failure>) {
+        let rec = &job.rec;
         // Stop the shard's queueing at once (it drops its tap when it sees the flag).
         rec.stop.store(true, Ordering::Relaxed);
-        let failure = match core.finish(&mut files) {
+        let failure = match job.core.finish(&mut job.files) {
             Err(e) if failure.is_none() => Some(e),
             _ => failure,
         };
-        let infos = files.infos();
+        let infos = job.files.infos();
         let dropped = rec.dropped.load(Ordering::Relaxed);
         self.counts.active.fetch_sub(1, Ordering::Relaxed);
         let list: Vec<Value> = infos.iter().map(FileInfo::hook).collect();
@@ -637,6 +723,53 @@ impl Recorder {
             task.stopped = true;
             inner.ended.push_back(rec.task.clone());
             forget_old(&mut inner);
+        }
+    }
+}
+
+/// A writer thread: takes each of its recordings' queues in turn every [`POLL`] (never
+/// sleeping in a queue's `recv`, so a shard's `try_send` never pays for a wake-up), and sleeps
+/// on its channel while it has none. It ends when the recorder is gone and its recordings are
+/// over.
+fn writer(recorder: &std::sync::Weak<Recorder>, new: &std::sync::mpsc::Receiver<Job>, count: &AtomicU64) {
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut open = true;
+    loop {
+        if jobs.is_empty() {
+            match new.recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => return,
+            }
+        }
+        let pass = Instant::now();
+        while open {
+            match new.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => open = false,
+            }
+        }
+        let Some(recorder) = recorder.upgrade() else {
+            // The server is gone: finish the files, nobody to tell.
+            for mut job in jobs.drain(..) {
+                job.rec.stop.store(true, Ordering::Relaxed);
+                let _ = job.core.finish(&mut job.files);
+            }
+            return;
+        };
+        jobs.retain_mut(|job| {
+            let over = recorder.step(job);
+            if over {
+                count.fetch_sub(1, Ordering::Relaxed);
+            }
+            !over
+        });
+        drop(recorder);
+        if jobs.is_empty() && !open {
+            return;
+        }
+        if !jobs.is_empty() {
+            std::thread::sleep(POLL.saturating_sub(pass.elapsed()));
         }
     }
 }
@@ -738,7 +871,9 @@ impl Files {
         let bytes = Arc::new(AtomicU64::new(0));
         let error = Arc::new(Mutex::new(None));
         let out = Out {
-            file: BufWriter::with_capacity(64 * 1024, file),
+            // Ogg is flushed at each page's end (`ogg.rs`), so its buffer holds at most a
+            // page; libwebm writes each frame in small pieces, gathered here.
+            file: BufWriter::with_capacity(if ext == "ogg" { 16 * 1024 } else { 32 * 1024 }, file),
             bytes: bytes.clone(),
             error: error.clone(),
         };
@@ -1116,6 +1251,30 @@ pub mod testkit {
         )
     }
 
+    /// A recorder writing under `dir` with the writer threads `record_writers = writers` gives
+    /// ([`writer_count`]), recording every stream of app 1 (`auto_record`).
+    pub fn recorder(dir: PathBuf, writers: usize) -> Arc<Recorder> {
+        Arc::new(Recorder::new(
+            dir,
+            None,
+            [AppId::new(1).expect("non-zero")],
+            writer_count(writers),
+        ))
+    }
+
+    /// Starts recording the stream `s{n}` of app 1 in the room `bench`, as a shard would when
+    /// its publisher's media is set up: its tap.
+    pub fn start(recorder: &Arc<Recorder>, n: usize) -> Option<Tap> {
+        let app = AppId::new(1).expect("non-zero");
+        let stream = StreamId::new(format!("s{n}")).ok()?;
+        recorder
+            .inner
+            .lock()
+            .streams
+            .insert((app, stream.clone()), RoomId::new("bench").expect("valid"));
+        recorder.tap(app, &stream)
+    }
+
     /// Writes `packets` as a recording thread does, to `{base}.ogg` and `{base}.webm`; returns
     /// the files and their sizes.
     pub fn write_files(
@@ -1338,5 +1497,74 @@ mod tests {
             .unwrap();
         let v = mem.video.as_ref().unwrap();
         assert_eq!((v.frames, v.keyframes, v.size), (2, 1, Some((320, 240))));
+    }
+
+    #[test]
+    fn a_few_writers_take_many_recordings_and_a_failing_one_ends_alone() {
+        let dir = std::env::temp_dir().join(format!("huddle-rec-pool-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // The room `blocked` cannot have a directory: a file holds its name.
+        std::fs::create_dir_all(dir.join("1")).unwrap();
+        std::fs::write(dir.join("1").join("blocked"), b"not a directory").unwrap();
+        let recorder = testkit::recorder(dir.clone(), 2);
+        let app = AppId::new(1).unwrap();
+        let start = |n: usize, room: &str| {
+            let stream = StreamId::new(format!("s{n}")).unwrap();
+            recorder
+                .inner
+                .lock()
+                .streams
+                .insert((app, stream.clone()), RoomId::new(room).unwrap());
+            recorder.tap(app, &stream).expect("recorded")
+        };
+        let mut taps: Vec<Tap> = (0..20).map(|n| start(n, "room")).collect();
+        taps.push(start(20, "blocked"));
+        {
+            let pool = recorder.pool.lock();
+            assert_eq!(pool.len(), 2, "two writers for 21 recordings");
+            let mut jobs: Vec<u64> = pool.iter().map(|w| w.jobs.load(Ordering::Relaxed)).collect();
+            jobs.sort_unstable();
+            assert_eq!(
+                jobs,
+                vec![10, 11],
+                "each new recording to the writer with the fewest"
+            );
+        }
+        let zero = Instant::now();
+        let opus: Arc<[u8]> = vec![0xfc_u8, 1, 2, 3].into();
+        for seq in 0..100u64 {
+            for t in &taps {
+                let p = audio(zero, 1, seq, (seq * 960) as u32, seq * 20, opus.clone(), false);
+                // The queue holds them all (100 < QUEUE_PACKETS) unless the recording ended.
+                assert_ne!(t.send(p), Sent::Dropped);
+            }
+        }
+        let recs: Vec<Arc<StreamRecording>> = taps.iter().map(|t| t.rec.clone()).collect();
+        drop(taps);
+        let end = Instant::now() + Duration::from_secs(20);
+        while recorder.counts().active.load(Ordering::Relaxed) > 0 {
+            assert!(Instant::now() < end, "the recordings never ended");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for r in &recs[..20] {
+            let (status, files, error) = r.snapshot();
+            assert_eq!(status, Status::Ended, "{}: {error:?}", r.stream);
+            assert_eq!(files.len(), 1);
+            assert_eq!(files[0].duration_ms, 2000, "100 packets of 20 ms");
+            let bytes = std::fs::read(&files[0].path).unwrap();
+            assert_eq!(&bytes[..4], b"OggS");
+            assert_eq!(files[0].bytes, bytes.len() as u64);
+        }
+        let (status, files, error) = recs[20].snapshot();
+        assert_eq!(status, Status::Failed);
+        assert!(files.is_empty());
+        assert_eq!(error.map(|e| e.0), Some(ErrorCode::RECORD_DIR_UNWRITABLE));
+        assert_eq!(recorder.counts().failed.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            recorder.counts().packets.load(Ordering::Relaxed),
+            2000 + 1,
+            "the failing one took one"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -126,7 +126,8 @@ impl<W: Write> OggOpusWriter<W> {
         tags.extend_from_slice(vendor.as_bytes());
         tags.extend_from_slice(&0u32.to_le_bytes()); // no user comments
         self.pages
-            .write_packet(tags, self.serial, PacketWriteEndInfo::EndPage, 0)
+            .write_packet(tags, self.serial, PacketWriteEndInfo::EndPage, 0)?;
+        self.pages.inner_mut().flush()
     }
 
     /// Takes the packet that starts at sample `start` of the file's timeline.
@@ -150,7 +151,13 @@ impl<W: Write> OggOpusWriter<W> {
             } else {
                 PacketWriteEndInfo::NormalPacket
             };
+            let page_ended = matches!(close, PacketWriteEndInfo::EndPage);
             self.pages.write_packet(bytes, self.serial, close, end)?;
+            if page_ended {
+                // The file is written a page at a time: what a page holds (about a second)
+                // is all a recording keeps in memory, and all a crash loses.
+                self.pages.inner_mut().flush()?;
+            }
         }
         if gap {
             self.gaps += 1;

@@ -387,7 +387,7 @@ mod tests {
             pulls: mpsc::channel(4).0,
             timer_wake: Arc::new(Notify::new()),
             webhooks: None,
-            recorder: Arc::new(crate::recording::Recorder::new(std::env::temp_dir(), None, [])),
+            recorder: Arc::new(crate::recording::Recorder::new(std::env::temp_dir(), None, [], 1)),
         }
     }
 

@@ -155,6 +155,7 @@ impl ServerState {
                 .unwrap_or_else(|| config.data_dir.join("recordings")),
             webhooks.as_ref().map(|w| w.sender()),
             config.apps.iter().filter(|a| a.auto_record).map(|a| a.app_id),
+            crate::recording::writer_count(config.record_writers),
         ));
         let counters = Arc::new(Counters::default());
         let (store_tx, store_rx) = tokio::sync::mpsc::channel(cluster::STORE_QUEUE);

@@ -9,19 +9,25 @@
 //!   ([`MediaCommand::Unpull`](crate::registry::MediaCommand::Unpull)). Stopping closes the
 //!   stream's relay publisher and any player PC left, in the registry's order.
 //! - **A link** (a task): it connects to the owner's `/cluster/ws` (its URL from the store),
-//!   binds a UDP socket of its own on the IP that reaches the owner, has the media plane build
-//!   the relay publisher's offer ([`Command::PullOffer`]), sends it signed with the cluster's
-//!   secret, hands the answer back ([`Command::PullAnswer`]), then carries the relay PC's
-//!   datagrams between its socket and the stream's shard. When the link breaks (the WebSocket,
-//!   the PC, or the owner's answer) it closes the relay PC alone ([`Command::PullBroken`]) —
-//!   the players keep their PCs — and tries again after 250 ms, doubling to 8 s, as the SDK
-//!   does, until the pull is stopped.
+//!   binds a UDP socket of its own on the IP that reaches the owner and gives it to the media
+//!   plane, has it build the relay publisher's offer ([`Command::PullOffer`]), sends it signed
+//!   with the cluster's secret, checks the owner's signature on the answer, tells the media
+//!   plane which addresses the link's socket may hear from (the answer's candidates) and hands
+//!   the answer back ([`Command::PullAnswer`]). The link's datagrams never pass through this
+//!   task: the stream's shard sends on the socket and the media plane's relay thread reads it
+//!   (`media/relay_io.rs`); the task keeps the control (the WebSocket, the relay PC's state, the
+//!   stop). When the link breaks (the WebSocket, the PC, or the owner's answer) it closes the
+//!   relay PC alone ([`Command::PullBroken`]) — the players keep their PCs — and tries again
+//!   after 250 ms, doubling to 8 s, as the SDK does, until the pull is stopped.
 //! - **Serving a pull** (`GET /cluster/ws`): the owner checks the signature (an HMAC-SHA256 of
 //!   the node, the app, the stream, the time and the offer's hash, keyed by `cluster_secret`;
 //!   at most [`MAX_CLOCK_SKEW`] old), that it publishes the stream now, and answers the offer as
 //!   any play offer of a session that exists only for the link: it is no room member, is never
-//!   listed, and needs no login. The play PC lives as long as the WebSocket: when either ends,
-//!   the other is closed.
+//!   listed, and needs no login. The answer is signed too (an HMAC of the request's signature
+//!   and the answer's hash), so the puller knows the ICE credentials, the DTLS fingerprint and
+//!   the candidates it connects to come from a node of the cluster: a node takes link media only
+//!   from a node holding the secret. The play PC lives as long as the WebSocket: when either
+//!   ends, the other is closed.
 //!
 //! Each link and each served pull has a session ID of its own that no client session holds;
 //! the media plane's signals to it (the offer, the answer, `media_state`) come here instead of
@@ -39,7 +45,6 @@ use hmac::{Hmac, Mac};
 use huddle_proto::{AppId, ErrorCode, HuddleError, MediaRole, PeerState, ServerMsg, StreamId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use str0m::net::Transmit;
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -64,15 +69,8 @@ const RETRY_MAX: Duration = Duration::from_secs(8);
 /// next `play` of the stream asks again).
 pub(super) const PULL_QUEUE: usize = 1024;
 
-/// Transmits of a relay PC waiting for its link's socket, at most (beyond: dropped, counted as
-/// send failures, as the media socket's are).
-const LINK_QUEUE: usize = 1024;
-
 /// Signals for one link or served pull, at most.
 const SIGNAL_QUEUE: usize = 64;
-
-/// The largest datagram a link reads.
-const MAX_DATAGRAM: usize = 2048;
 
 /// What the puller is asked (by the hub, in the registry's order).
 #[derive(Debug)]
@@ -109,6 +107,9 @@ struct PullRequest {
 struct PullReply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sdp: Option<String>,
+    /// With an answer: hex HMAC-SHA256 of [`answer_text`], keyed by `cluster_secret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     code: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,6 +120,48 @@ struct PullReply {
 fn signed_text(node: &str, app: AppId, stream_id: &StreamId, ts: i64, sdp: &str) -> String {
     let hash = hex::encode(Sha256::digest(sdp.as_bytes()));
     format!("huddle-pull\n{node}\n{app}\n{stream_id}\n{ts}\n{hash}")
+}
+
+/// What an answer signs: the request's signature (so an answer fits one request only) and the
+/// answer by its hash.
+fn answer_text(request_mac: &str, sdp: &str) -> String {
+    let hash = hex::encode(Sha256::digest(sdp.as_bytes()));
+    format!("huddle-pull-answer\n{request_mac}\n{hash}")
+}
+
+fn sign_answer(secret: &str, request_mac: &str, sdp: &str) -> String {
+    hex::encode(
+        mac(secret, &answer_text(request_mac, sdp))
+            .finalize()
+            .into_bytes(),
+    )
+}
+
+/// Whether `given` signs the answer `sdp` to the request signed `request_mac`.
+fn verify_answer(secret: &str, request_mac: &str, sdp: &str, given: &str) -> bool {
+    let Ok(given) = hex::decode(given) else {
+        return false;
+    };
+    mac(secret, &answer_text(request_mac, sdp))
+        .verify_slice(&given)
+        .is_ok()
+}
+
+/// The UDP addresses among an SDP's candidates (`a=candidate:F C udp PRIO IP PORT typ …`):
+/// where the stream's node sends the link's media from.
+fn udp_candidates(sdp: &str) -> Vec<SocketAddr> {
+    sdp.lines()
+        .filter_map(|l| l.trim().strip_prefix("a=candidate:"))
+        .filter_map(|c| {
+            let f: Vec<&str> = c.split_whitespace().collect();
+            if f.len() < 6 || !f[2].eq_ignore_ascii_case("udp") {
+                return None;
+            }
+            let ip: std::net::IpAddr = f[4].parse().ok()?;
+            let port: u16 = f[5].parse().ok()?;
+            Some(SocketAddr::new(ip, port))
+        })
+        .collect()
 }
 
 fn mac(secret: &str, text: &str) -> Hmac<Sha256> {
@@ -365,7 +408,7 @@ async fn attempt(
     let Some(local_ip) = ws_local_addr(&ws).map(|a| a.ip()) else {
         return broken("the link's local address is unknown");
     };
-    let socket = match tokio::net::UdpSocket::bind(SocketAddr::new(local_ip, 0)).await {
+    let socket = match std::net::UdpSocket::bind(SocketAddr::new(local_ip, 0)) {
         Ok(s) => s,
         Err(e) => return broken(format!("binding the link's socket: {e}")),
     };
@@ -375,23 +418,21 @@ async fn attempt(
     let Some(media) = state.media() else {
         return broken("the media plane is not running");
     };
-    let (tx, mut transmits) = mpsc::channel::<Transmit>(LINK_QUEUE);
     let cmd = Command::PullOffer {
         session,
         app,
         stream_id: stream_id.clone(),
         local,
     };
-    if !media.pull(cmd, local, tx) {
+    if !media.pull(cmd, socket) {
+        media.relay_closed(local);
         return broken("the media plane refused the pull");
     }
     let end = carry(
         state,
         &media,
         &mut ws,
-        &socket,
         local,
-        &mut transmits,
         &mut signals,
         stop,
         &secret,
@@ -405,15 +446,14 @@ async fn attempt(
     end
 }
 
-/// Exchanges the offer and the answer, then carries the relay PC's datagrams.
+/// Exchanges the offer and the answer, then watches the link until it breaks or is stopped
+/// (its datagrams travel between the socket and the shard: see the module documentation).
 #[allow(clippy::too_many_arguments)]
 async fn carry(
     state: &ServerState,
     media: &crate::media::MediaTx,
     ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    socket: &tokio::net::UdpSocket,
     local: SocketAddr,
-    transmits: &mut mpsc::Receiver<Transmit>,
     signals: &mut mpsc::Receiver<ServerMsg>,
     stop: &mut watch::Receiver<bool>,
     secret: &str,
@@ -431,8 +471,9 @@ async fn carry(
     };
     let node = store_node(state);
     let ts = unix_secs();
+    let request_mac = sign(secret, &node, app, stream_id, ts, &offer);
     let req = PullRequest {
-        mac: sign(secret, &node, app, stream_id, ts, &offer),
+        mac: request_mac.clone(),
         node,
         app,
         stream_id: stream_id.clone(),
@@ -462,31 +503,25 @@ async fn carry(
         let message = reply.message.unwrap_or_else(|| "no answer".into());
         return broken(format!("the stream's node refused the pull ({code}): {message}"));
     };
+    let signed = reply
+        .mac
+        .as_deref()
+        .is_some_and(|m| verify_answer(secret, &request_mac, &answer, m));
+    if !signed {
+        return broken("the answer is not signed with the cluster's secret");
+    }
+    // Before the relay PC has the answer (and so before it sends its first check): the link's
+    // socket hears from the stream's node from then on, and from nobody else.
+    media.relay_peers(local, udp_candidates(&answer));
     media.send(Command::PullAnswer {
         session,
         app,
         stream_id: stream_id.clone(),
         sdp: answer,
     });
-    let key = (app, stream_id.clone());
     let mut connected = false;
-    let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => {
-                    media.relay_frame(session, &key, from, local, buf[..n].to_vec());
-                }
-                Err(e) => return LinkEnd::Broken { connected, why: format!("the link's socket: {e}") },
-            },
-            t = transmits.recv() => {
-                let Some(t) = t else {
-                    return LinkEnd::Broken { connected, why: "the media plane dropped the link".into() };
-                };
-                if socket.send_to(&t.contents, t.destination).await.is_err() {
-                    state.0.counters.count_send_failure();
-                }
-            }
             s = signals.recv() => match s {
                 Some(ServerMsg::MediaState { state: PeerState::Connected, .. }) => {
                     if !connected {
@@ -587,7 +622,7 @@ async fn serve_pull(state: ServerState, mut socket: WebSocket) {
     };
     let sent = state.media().is_some_and(|m| m.send(Command::Offer(offer)));
     if sent {
-        serve_answered(&state, &mut socket, &mut signals).await;
+        serve_answered(&state, &mut socket, &mut signals, &req.mac).await;
     } else {
         let _ = socket
             .send(reply_error(&HuddleError::new(
@@ -608,15 +643,21 @@ async fn serve_pull(state: ServerState, mut socket: WebSocket) {
     debug!(%session, "pull served to its end");
 }
 
-/// Sends the answer, then holds the link until the WebSocket or the play PC ends.
+/// Sends the answer (signed: see the module documentation), then holds the link until the
+/// WebSocket or the play PC ends.
 async fn serve_answered(
     state: &ServerState,
     socket: &mut WebSocket,
     signals: &mut mpsc::Receiver<ServerMsg>,
+    request_mac: &str,
 ) {
     let mut shutdown = state.shutdown_receiver();
+    let Some(secret) = state.0.config.cluster_secret.as_deref() else {
+        return;
+    };
     let reply = match tokio::time::timeout(STEP_TIMEOUT, signals.recv()).await {
         Ok(Some(ServerMsg::MediaAnswer { sdp, .. })) => PullReply {
+            mac: Some(sign_answer(secret, request_mac, &sdp)),
             sdp: Some(sdp),
             ..PullReply::default()
         },
@@ -680,5 +721,45 @@ mod tests {
         req.node = "b".into();
         req.mac = "zz".into();
         assert!(!verify(secret, &req, now), "not hex");
+    }
+
+    #[test]
+    fn an_answer_is_authentic_only_with_the_secret_and_for_its_request() {
+        let secret = "0123456789abcdef0123";
+        let answer = "v=0\r\na=candidate:1 1 udp 2130706431 10.0.0.5 7882 typ host\r\n";
+        let m = sign_answer(secret, "request-1", answer);
+        assert!(verify_answer(secret, "request-1", answer, &m));
+        assert!(
+            !verify_answer(secret, "request-2", answer, &m),
+            "another request's"
+        );
+        assert!(!verify_answer(
+            "another secret of the same length",
+            "request-1",
+            answer,
+            &m
+        ));
+        assert!(
+            !verify_answer(secret, "request-1", "v=0\r\n", &m),
+            "the answer is signed"
+        );
+        assert!(!verify_answer(secret, "request-1", answer, "zz"), "not hex");
+    }
+
+    #[test]
+    fn the_link_hears_from_the_answers_udp_candidates_only() {
+        let sdp = "v=0\r\n\
+                   a=candidate:1 1 udp 2130706431 10.0.0.5 7882 typ host\r\n\
+                   a=candidate:2 1 UDP 2130706175 fd00::5 7882 typ host\r\n\
+                   a=candidate:3 1 tcp 1518280447 10.0.0.5 7881 typ host tcptype passive\r\n\
+                   a=candidate:4 1 udp\r\n\
+                   a=candidate:5 1 udp 1 not-an-ip 1 typ host\r\n";
+        assert_eq!(
+            udp_candidates(sdp),
+            vec![
+                "10.0.0.5:7882".parse::<SocketAddr>().unwrap(),
+                "[fd00::5]:7882".parse().unwrap()
+            ]
+        );
     }
 }
