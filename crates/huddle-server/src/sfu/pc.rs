@@ -350,6 +350,11 @@ impl Sfu {
         config = config
             .set_crypto_provider(provider)
             .set_local_ice_credentials(shard::ice_credentials(self.config.shard));
+        if role == MediaRole::Publish {
+            // Receiver reports to the publisher every second rather than every 5 s: its
+            // quality events and encoder follow them (one small RTCP packet a second).
+            config = config.set_rtcp_report_interval_audio(self.config.publish_report_interval);
+        }
         if role == MediaRole::Play {
             // No transport-wide congestion control on what the server sends yet (no bandwidth
             // estimation to feed): without it str0m keeps no history of the last 1000 packets

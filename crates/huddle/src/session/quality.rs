@@ -84,6 +84,8 @@ struct Track<S> {
     /// When the stream started (or its connection was replaced): a stream that never received
     /// anything is `Die` `DIE_AFTER` after it.
     since: Instant,
+    /// Its last event said `Die`: the next arrival brings an event at once.
+    dead: bool,
 }
 
 impl<S: Copy> Track<S> {
@@ -91,6 +93,7 @@ impl<S: Copy> Track<S> {
         Track {
             history: VecDeque::new(),
             since: now,
+            dead: false,
         }
     }
 
@@ -99,6 +102,36 @@ impl<S: Copy> Track<S> {
             self.history.pop_front();
         }
         self.history.push_back((now, s));
+    }
+
+    /// When its connection last received anything (its start before that).
+    fn last_rx(&self) -> Instant
+    where
+        S: LastRx,
+    {
+        self.history
+            .back()
+            .and_then(|(_, s)| s.last_rx())
+            .unwrap_or(self.since)
+    }
+
+    /// Whether its event is due now, between the regular ones: it has just gone silent for
+    /// `DIE_AFTER` (`Die` at once, as this user's network levels are), or it received again
+    /// after a `Die` (its levels back at once).
+    fn due_now(&self, now: Instant) -> bool
+    where
+        S: LastRx,
+    {
+        let silent = now.saturating_duration_since(self.last_rx()) >= DIE_AFTER;
+        silent != self.dead
+    }
+
+    /// When [`Self::due_now`] can next become true without a new sample.
+    fn next_due(&self) -> Option<Instant>
+    where
+        S: LastRx,
+    {
+        (!self.dead).then(|| self.last_rx() + DIE_AFTER)
     }
 
     /// The oldest sample within `span` before the newest, and the newest.
@@ -110,6 +143,23 @@ impl<S: Copy> Track<S> {
             .find(|(t, _)| newest.0.saturating_duration_since(*t) <= span)
             .copied()?;
         Some((oldest, newest))
+    }
+}
+
+/// A media task's sample: when its connection last received anything.
+trait LastRx {
+    fn last_rx(&self) -> Option<Instant>;
+}
+
+impl LastRx for PublishSample {
+    fn last_rx(&self) -> Option<Instant> {
+        self.last_rx
+    }
+}
+
+impl LastRx for PlaySample {
+    fn last_rx(&self) -> Option<Instant> {
+        self.last_rx
     }
 }
 
@@ -135,6 +185,8 @@ pub(crate) struct Monitor {
     next_network: Option<Instant>,
     /// The signaling round trip of the last answered report.
     signaling_rtt: Option<Duration>,
+    /// A stream whose last event said `Die` received again: its event is due then.
+    back_at: Option<Instant>,
 }
 
 /// What the session should do at a quality timer.
@@ -159,6 +211,7 @@ impl Monitor {
             next_stream: None,
             next_network: None,
             signaling_rtt: None,
+            back_at: None,
         }
     }
 
@@ -223,6 +276,9 @@ impl Monitor {
             *track = Track::new(now);
         }
         track.push(now, s);
+        if track.due_now(now) && track.dead {
+            self.back_at = Some(now);
+        }
         self.arm(now);
         s.last_rx.and_then(|at| self.arrived(at, now))
     }
@@ -246,6 +302,9 @@ impl Monitor {
             *track = Track::new(now);
         }
         track.push(now, s);
+        if track.due_now(now) && track.dead {
+            self.back_at = Some(now);
+        }
         self.arm(now);
         s.last_rx.and_then(|at| self.arrived(at, now))
     }
@@ -411,10 +470,23 @@ impl Monitor {
         let die = (!self.dead && self.active())
             .then(|| self.last_rx.map(|t| t + DIE_AFTER))
             .flatten();
-        [self.next_stream.filter(|_| self.active()), self.next_network, die]
-            .into_iter()
-            .flatten()
-            .min()
+        // A stream going silent (its `Die` at once), or back after one (`back_at`).
+        let silent = self
+            .publisher
+            .iter()
+            .filter_map(|(_, t)| t.next_due())
+            .chain(self.players.values().filter_map(Track::next_due))
+            .min();
+        [
+            self.next_stream.filter(|_| self.active()),
+            self.next_network,
+            die,
+            silent.filter(|_| self.active()),
+            self.back_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// What is due at `now` (timers that are not due are left alone).
@@ -426,17 +498,32 @@ impl Monitor {
             self.next_network = None;
             return due;
         }
-        if active && self.next_stream.is_some_and(|t| now >= t) {
+        let regular = active && self.next_stream.is_some_and(|t| now >= t);
+        if regular {
             self.next_stream = Some(now + STREAM_INTERVAL);
-            due.publisher = self
-                .publisher
-                .as_ref()
-                .map(|(id, t)| (id.clone(), self.publish_quality(t, now)));
-            due.players = self
-                .players
-                .iter()
-                .map(|(id, t)| (id.clone(), self.play_quality(t, now)))
-                .collect();
+        }
+        self.back_at = None;
+        // Every stream's event at the regular interval; between, the event of a stream that
+        // has just gone silent for `DIE_AFTER` or come back after that (ZEGO reports only at
+        // its 3 s interval; `docs/quality.md`, "Quality events").
+        due.publisher = self
+            .publisher
+            .as_ref()
+            .filter(|(_, t)| regular || t.due_now(now))
+            .map(|(id, t)| (id.clone(), self.publish_quality(t, now)));
+        due.players = self
+            .players
+            .iter()
+            .filter(|(_, t)| regular || t.due_now(now))
+            .map(|(id, t)| (id.clone(), self.play_quality(t, now)))
+            .collect();
+        if let (Some((_, q)), Some((_, t))) = (&due.publisher, &mut self.publisher) {
+            t.dead = q.level == Level::Die;
+        }
+        for (id, q) in &due.players {
+            if let Some(t) = self.players.get_mut(id) {
+                t.dead = q.level == Level::Die;
+            }
         }
         let network_due = self.next_network.is_some_and(|t| now >= t);
         if network_due {
