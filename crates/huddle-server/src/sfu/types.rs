@@ -48,6 +48,10 @@ pub struct SfuConfig {
     /// as the reports are frequent (`docs/quality.md`, "Quality events under loss"). Video
     /// keeps str0m's 1 s.
     pub publish_report_interval: Duration,
+    /// Whether the receiver reports to a publisher carry the worst loss of its players
+    /// without RED (so that its in-band FEC covers them; `docs/quality.md`, "FEC for players
+    /// without RED"). On by default; off only to measure without it.
+    pub report_players_loss: bool,
 }
 
 impl SfuConfig {
@@ -63,6 +67,7 @@ impl SfuConfig {
             shard: 0,
             dtls_seed: None,
             publish_report_interval: Duration::from_secs(1),
+            report_players_loss: true,
         }
     }
 }

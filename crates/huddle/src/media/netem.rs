@@ -100,6 +100,10 @@ pub(crate) struct Setup {
     pub(crate) timing: SetupTiming,
     /// The server's receiver reports to the publisher, this often.
     pub(crate) publish_reports: Duration,
+    /// The player offers RED (a player that does not, as Firefox and aiortc, gets plain Opus).
+    pub(crate) player_red: bool,
+    /// The server's reports to the publisher carry its players' loss (SfuConfig).
+    pub(crate) report_players_loss: bool,
 }
 
 impl Default for Setup {
@@ -108,6 +112,8 @@ impl Default for Setup {
             signaling: Signaling::Linux,
             timing: SetupTiming::Browser,
             publish_reports: SfuConfig::new(SERVER.parse().expect("address")).publish_report_interval,
+            player_red: true,
+            report_players_loss: true,
         }
     }
 }
@@ -246,6 +252,8 @@ pub(crate) struct Outcome {
     pub(crate) quality: Vec<(Duration, Who, Quality)>,
     /// Datagrams sent and lost on the four links (publisher up, down; player up, down).
     pub(crate) links: [(u64, u64); 4],
+    /// The publisher's Opus FEC loss hint (percent) after each tick.
+    pub(crate) loss_hint: Vec<u8>,
 }
 
 impl Outcome {
@@ -357,6 +365,7 @@ impl Call {
         let mut config = SfuConfig::new(server);
         config.dtls_seed = Some(seed.wrapping_mul(4) + 3);
         config.publish_report_interval = setup.publish_reports;
+        config.report_players_loss = setup.report_players_loss;
         let sfu = Sfu::new(config, Arc::new(Counters::default()));
         let (tx, reports) = mpsc::channel(4096);
         let pc_config = |n: u64| {
@@ -401,8 +410,17 @@ impl Call {
         };
 
         let addr: SocketAddr = PLAYER.parse().expect("address");
+        let mut config = pc_config(1);
+        if !setup.player_red {
+            config = config.enable_opus(true, false);
+        }
         let (pc, play_offer) =
-            Pc::queued(pc_config(1), setup.timing, t0, addr, MediaRole::Play, false).expect("a play offer");
+            Pc::queued(config, setup.timing, t0, addr, MediaRole::Play, false).expect("a play offer");
+        assert_eq!(
+            play_offer.contains("red/48000"),
+            setup.player_red,
+            "the play offer has RED as asked"
+        );
         let core =
             Player::new(reporter(&tx, MediaRole::Play), Arc::new(MediaShared::new())).expect("a decoder");
         let (up, down, signaling, loss, delay, jitter) = client(&network.player, 1);
@@ -658,6 +676,8 @@ impl Call {
             self.out.heard.push(frame);
             let played = self.player_stats().jitter.played;
             self.out.played.push(played);
+            let hint = self.publisher.core.encoder_settings().packet_loss_percent;
+            self.out.loss_hint.push(hint);
             self.next_tick += FRAME_DURATION;
         }
         // Reports to the sessions, and their quality timers.
@@ -1312,5 +1332,88 @@ mod tests {
                 assert!(alive <= Duration::from_secs(1), "{alive:?}");
             }
         }
+    }
+
+    /// FEC for a player without RED (Firefox, aiortc): the player's downlink loses 15 % from
+    /// the start (100 ms RTT, the publisher's links clean), the player offers no RED, so the
+    /// publisher's in-band FEC (Opus LBRR, decoded by the player from the next packet) is the
+    /// only repair. Five seeds, with the server's reports carrying the player's loss to the
+    /// publisher and without (before), in one run: the publisher's loss hint, the frames the
+    /// player restored from FEC and concealed, PESQ and STOI.
+    #[test]
+    fn fec_follows_the_loss_of_a_player_without_red() {
+        let lead_in = Duration::from_secs(2);
+        let mut figures = Vec::new();
+        for (label, forward) in [("without the players' loss upstream", false), ("with it", true)] {
+            let mut paths = Vec::new();
+            let mut rows = Vec::new();
+            for seed in 1..=5 {
+                let mut player = Leg::lossy(0.0, Duration::from_millis(50), Duration::from_millis(5));
+                player.down.loss = 0.15;
+                let network = Network {
+                    publisher: Leg::lossy(0.0, Duration::from_millis(50), Duration::from_millis(5)),
+                    player,
+                    outages: vec![],
+                };
+                let setup = Setup {
+                    player_red: false,
+                    report_players_loss: forward,
+                    ..Setup::default()
+                };
+                let mut call = Call::with_setup(network, seed, lead_in, false, setup);
+                call.run(lead_in + Duration::from_secs(7));
+                let stats = call.player_stats();
+                let o = call.finish();
+                // When the hint first reached 10 %, and its highest.
+                let raised = o
+                    .loss_hint
+                    .iter()
+                    .position(|h| *h >= 10)
+                    .map(|i| FRAME_DURATION * (i as u32 + 1));
+                let max = o.loss_hint.iter().copied().max().unwrap_or(0);
+                let connected = o.connected[1];
+                let path = tmp(&format!("nored-{forward}-{seed}.wav"));
+                o.write_wav(&path);
+                paths.push(path);
+                rows.push((raised, connected, max, stats.jitter.concealed));
+            }
+            let scores = score_all(&paths);
+            for p in &paths {
+                let _ = std::fs::remove_file(p);
+            }
+            let mut pesq = Vec::new();
+            for ((raised, connected, max, concealed), s) in rows.iter().zip(&scores) {
+                let (p, st) = (
+                    s["pesq"].as_f64().expect("PESQ"),
+                    s["stoi"].as_f64().expect("STOI"),
+                );
+                println!(
+                    "NORED {label}: player connected at {:?} ms, loss hint >= 10 % at {:?} ms (max {max} %), frames not played from a packet {concealed}, PESQ {p:.2} STOI {st:.3}",
+                    connected.map(ms),
+                    raised.map(ms)
+                );
+                pesq.push(p);
+            }
+            let (median, min) = median_min(pesq);
+            println!("NORED {label}: PESQ median {median:.2} min {min:.2}");
+            figures.push((forward, rows, median));
+        }
+        let (_, before, before_pesq) = &figures[0];
+        let (_, after, after_pesq) = &figures[1];
+        // The publisher's FEC follows the player's 15 %: its hint rises within a few seconds
+        // of the player's connection (a report from the player, the server's statistics
+        // event, a report to the publisher, the publisher's statistics event: each once a
+        // second), where it stayed at the clean-network 2 % before; the calls score better.
+        // (The frames decoded from the next packet's FEC are the same in both: the jitter
+        // buffer's timing decides which, the encoder what they hold.)
+        assert!(before.iter().all(|r| r.2 <= 2), "{before:?}");
+        for (raised, connected, _, _) in after {
+            let (raised, connected) = (raised.expect("the hint rose"), connected.expect("connected"));
+            assert!(raised - connected <= Duration::from_secs(5), "{after:?}");
+        }
+        assert!(
+            after_pesq > before_pesq,
+            "PESQ {before_pesq:.2} -> {after_pesq:.2}"
+        );
     }
 }

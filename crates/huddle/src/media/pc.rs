@@ -288,7 +288,10 @@ pub(crate) fn client_config(timing: SetupTiming) -> RtcConfig {
         // The SDK's jitter buffer reorders and conceals: hand every audio packet over at once.
         .set_reordering_size_audio(0)
         // Once a second: the publisher feeds the RTCP loss reports to its Opus FEC.
-        .set_stats_interval(Some(std::time::Duration::from_secs(1)));
+        .set_stats_interval(Some(std::time::Duration::from_secs(1)))
+        // A player's receiver reports every second (str0m's audio default is 5 s): without
+        // RED, the server hands their loss to the publisher's FEC.
+        .set_rtcp_report_interval_audio(std::time::Duration::from_secs(1));
     set_ice_timing(&mut config, timing);
     config
 }
