@@ -939,6 +939,11 @@ mod tests {
 
     /// As [`lossy_calls`], with `jitter` (uniform, 0 to it) on every link.
     fn calls(per_leg: f64, jitter: Duration, lead_in: Duration) -> Vec<(f64, f64)> {
+        calls_with(per_leg, jitter, lead_in, Setup::default())
+    }
+
+    /// As [`calls`], with `setup`.
+    fn calls_with(per_leg: f64, jitter: Duration, lead_in: Duration, setup: Setup) -> Vec<(f64, f64)> {
         let paths: Vec<_> = (1..=5)
             .map(|seed| {
                 let leg = Leg::lossy(per_leg, Duration::from_millis(50), jitter);
@@ -948,7 +953,7 @@ mod tests {
                     outages: vec![],
                 };
                 let cpu = std::time::Instant::now();
-                let mut call = Call::new(network, seed, lead_in, false);
+                let mut call = Call::with_setup(network, seed, lead_in, false, setup);
                 let length = lead_in + Duration::from_secs(7);
                 call.run(length);
                 let o = call.finish();
@@ -1005,12 +1010,16 @@ mod tests {
     fn the_loss_curve_from_the_start_of_the_call() {
         let lead_in = Duration::from_secs(2);
         // (loss per link, floor of the median PESQ, floor of the lowest PESQ)
+        // Five seeds a point: any change of timing (signaling's model, ICE's pace) draws the
+        // losses differently, and a call's score moves by up to 0.5–1.5 with where the jitter
+        // buffer's delay steps land (docs/quality.md): the floors are about 0.3 below the
+        // figures and the lowest call's floor lower still.
         let points = [
             (0.0, 3.9, 3.9),
-            (0.05, 3.7, 2.6),
-            (0.105, 3.6, 2.9),
-            (0.16, 3.0, 2.5),
-            (0.30, 2.4, 2.2),
+            (0.05, 3.2, 2.0),
+            (0.105, 3.7, 3.3),
+            (0.16, 3.6, 2.8),
+            (0.30, 2.6, 1.9),
         ];
         let mut figures = Vec::new();
         for (per_leg, median_floor, min_floor) in points {
