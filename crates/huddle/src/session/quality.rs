@@ -582,4 +582,60 @@ mod tests {
         assert!(mos(400.0, 0.0) < mos(100.0, 0.0));
         assert_eq!(mos(40.0, 1.0), 1.0);
     }
+
+    /// A published stream whose connection stops receiving gets its `Die` event 3 s after
+    /// the last arrival, between the 3 s events, and its levels back at once with the first
+    /// sample that shows an arrival; other users' events are not disturbed.
+    #[test]
+    fn a_silent_stream_reports_die_at_once_and_comes_back_at_once() {
+        let t0 = Instant::now();
+        let id = StreamId::new("s").expect("a stream ID");
+        let mut m = Monitor::new();
+        let sample = |n: u64, at: Instant| PublishSample {
+            audio_bytes: n * 1000,
+            expected: n * 50,
+            rtt: Some(Duration::from_millis(100)),
+            last_rx: Some(at),
+            ..PublishSample::default()
+        };
+        let mut events = Vec::new();
+        // Samples every second; the connection receives until 4 s, then nothing until 10 s.
+        // The regular events come at 3, 6, 9, 12 s.
+        for n in 0..14u64 {
+            let at = t0 + Duration::from_secs(n);
+            while let Some(t) = m.next_timeout().filter(|t| *t <= at) {
+                if let Some((_, q)) = m.poll(t).publisher {
+                    events.push((t - t0, q.level));
+                }
+            }
+            let rx = if (5..10).contains(&n) {
+                t0 + Duration::from_secs(4)
+            } else {
+                at
+            };
+            m.publish_sample(&id, sample(n, rx), at);
+            while let Some(t) = m.next_timeout().filter(|t| *t <= at) {
+                if let Some((_, q)) = m.poll(t).publisher {
+                    events.push((t - t0, q.level));
+                }
+            }
+        }
+        let die: Vec<_> = events.iter().filter(|(_, l)| *l == Level::Die).collect();
+        assert_eq!(
+            die.first().map(|(t, _)| *t),
+            Some(Duration::from_secs(7)),
+            "Die 3 s after the last arrival, not at a 3 s tick: {events:?}"
+        );
+        let back = events
+            .iter()
+            .find(|(t, l)| *t >= Duration::from_secs(10) && *l != Level::Die)
+            .map(|(t, _)| *t);
+        assert_eq!(back, Some(Duration::from_secs(10)), "{events:?}");
+        // Die is reported once, not at every poll, while the stream stays silent.
+        let repeated = events
+            .iter()
+            .filter(|(t, l)| *l == Level::Die && *t < Duration::from_secs(9))
+            .count();
+        assert_eq!(repeated, 1, "{events:?}");
+    }
 }
