@@ -187,12 +187,12 @@ pub(crate) fn deliver(sent: Instant, n: usize, path: &Path, rng: &mut StdRng) ->
                 let newest = (0..n).filter(|i| new & (1 << i) != 0).map(|i| last_tx[i]).max();
                 let reo = path.min_rtt() / 4;
                 let mut reorder_at: Option<Instant> = None;
-                for i in 0..n {
+                for (i, tx) in last_tx.iter().enumerate() {
                     let bit = 1 << i;
-                    if sacked & bit != 0 || newest.is_none_or(|nw| last_tx[i] >= nw) {
+                    if sacked & bit != 0 || newest.is_none_or(|nw| *tx >= nw) {
                         continue;
                     }
-                    let deadline = last_tx[i].0 + path.srtt() + reo;
+                    let deadline = tx.0 + path.srtt() + reo;
                     if deadline <= now {
                         lost |= bit;
                     } else {
@@ -202,11 +202,11 @@ pub(crate) fn deliver(sent: Instant, n: usize, path: &Path, rng: &mut StdRng) ->
                 if let Some(at) = reorder_at {
                     events.push(Reverse((at, Ev::Reorder)));
                 }
-                for i in 0..n {
+                for (i, tx) in last_tx.iter_mut().enumerate() {
                     if lost & (1 << i) != 0 {
                         lost &= !(1 << i);
                         order += 1;
-                        last_tx[i] = (now, order);
+                        *tx = (now, order);
                         recovering = true;
                         transmit(i, now, &mut events, rng);
                     }
@@ -224,13 +224,13 @@ pub(crate) fn deliver(sent: Instant, n: usize, path: &Path, rng: &mut StdRng) ->
                     .filter(|i| sacked & (1 << i) != 0)
                     .map(|i| last_tx[i])
                     .max();
-                for i in 0..n {
+                for (i, tx) in last_tx.iter_mut().enumerate() {
                     if sacked & (1 << i) == 0
-                        && newest.is_some_and(|nw| last_tx[i] < nw)
-                        && last_tx[i].0 + path.srtt() + reo <= now
+                        && newest.is_some_and(|nw| *tx < nw)
+                        && tx.0 + path.srtt() + reo <= now
                     {
                         order += 1;
-                        last_tx[i] = (now, order);
+                        *tx = (now, order);
                         recovering = true;
                         transmit(i, now, &mut events, rng);
                     }
