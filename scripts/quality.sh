@@ -26,11 +26,12 @@ export HUDDLE_QUALITY_MODELS="${MODELS:-random,bursty}"
 
 # `scripts/quality.sh netem`: the end-to-end calls on virtual time (crates/huddle/src/media/
 # netem.rs; docs/quality.md "End to end on virtual time"): the loss curve on both legs from the
-# start, setup through the whole stack, the outage, the quality events. Seeded: the same figures
+# start, setup through the whole stack (before/after), the outage, the quality events (the
+# publisher's, before/after), FEC for a player without RED (before/after). Seeded: the same figures
 # on every run, on a busy machine too (about 4 minutes in a debug build).
 if [ "${1:-}" = netem ]; then
   cargo test -q -p huddle --lib netem -- --nocapture --test-threads 1 2>&1 |
-    grep -E '^(CURVE|SETUP|OUTAGE|EVENTS|JITTER|SHORT|LOSS) ' | tee "$out/netem.txt"
+    grep -E '^(CURVE|SETUP|OUTAGE|EVENTS|JITTER|SHORT|LOSS|NORED) ' | tee "$out/netem.txt"
   exit 0
 fi
 cargo bench -p huddle --bench loss_curve --no-run

@@ -339,13 +339,48 @@ impl AudioAdapter {
     /// assert_eq!(adapter.settings().packet_loss_percent, 20);
     /// ```
     pub fn on_cumulative(&mut self, now: Instant, highest_seq: u64, lost: u64, rtt: Option<Duration>) {
+        self.on_report_block(now, highest_seq, lost, None, rtt);
+    }
+
+    /// As [`AudioAdapter::on_cumulative`], with the reports' own fraction lost when there is
+    /// one (0.0 to 1.0, averaged over the reports since the last call): the higher of the two
+    /// counts. A forwarding server may report more than it lost itself — the loss of its
+    /// players that can only repair with in-band FEC (Huddle's server does, as LiveKit's) —
+    /// and the FEC should cover that too.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use huddle_media::{AudioAdapter, AudioConfig};
+    /// let t0 = Instant::now();
+    /// let mut adapter = AudioAdapter::new(AudioConfig::default());
+    /// adapter.on_report_block(t0, 1_000, 0, None, None); // the reference
+    /// // Nothing lost upstream, but the reports say 12 %: a player downstream loses that.
+    /// adapter.on_report_block(t0 + Duration::from_secs(1), 1_050, 0, Some(0.12), None);
+    /// assert_eq!(adapter.settings().packet_loss_percent, 12);
+    /// ```
+    pub fn on_report_block(
+        &mut self,
+        now: Instant,
+        highest_seq: u64,
+        lost: u64,
+        fraction_lost: Option<f32>,
+        rtt: Option<Duration>,
+    ) {
         let last = self.last_cumulative.replace((highest_seq, lost));
-        let Some((last_seq, last_lost)) = last else { return };
+        let reported = fraction_lost.filter(|f| f.is_finite()).unwrap_or(0.0);
+        let Some((last_seq, last_lost)) = last else {
+            // The counters need a reference; a report's own fraction does not.
+            if reported > 0.0 {
+                self.on_report(now, reported, rtt);
+            }
+            return;
+        };
         if highest_seq <= last_seq {
             return;
         }
         let expected = (highest_seq - last_seq) as f32;
-        self.on_report(now, lost.saturating_sub(last_lost) as f32 / expected, rtt);
+        let counted = lost.saturating_sub(last_lost) as f32 / expected;
+        self.on_report(now, counted.max(reported), rtt);
     }
 
     /// The encoder settings for now.

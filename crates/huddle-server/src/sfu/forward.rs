@@ -4,7 +4,7 @@
 use std::cmp::Reverse;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use huddle_proto::{ErrorCode, PeerState, ServerMsg};
 use str0m::media::{KeyframeRequestKind, Mid};
@@ -17,6 +17,10 @@ use crate::recording::{RecPacket, Sent, Track};
 use super::pc::{Link, Pc, Playing, Role, TrackOut};
 use super::types::{bump, queue_transmit};
 use super::{KEYFRAME_REQUEST_INTERVAL, Sfu, StreamKey, red};
+
+/// How long a player's reported loss counts for the publisher's FEC: two of the 5 s receiver
+/// report intervals that browsers and str0m use for audio, and some slack.
+pub(super) const PLAYER_LOSS_WINDOW: Duration = Duration::from_secs(11);
 
 impl Sfu {
     /// Marks a PC mutated by more than forwarded RTP, to be given the time and drained in full.
@@ -143,9 +147,93 @@ impl Sfu {
             Event::MediaEgressStats(stats) => {
                 self.count_nacks(id, stats.mid, stats.nacks, true);
                 self.count_resent(id, stats.mid, stats.packets);
+                self.note_player_loss(now, id, stats.mid, stats.loss);
             }
-            Event::MediaIngressStats(stats) => self.count_nacks(id, stats.mid, stats.nacks, false),
+            Event::MediaIngressStats(stats) => {
+                self.count_nacks(id, stats.mid, stats.nacks, false);
+                // Once a second on a publish PC: players' reports that aged out stop counting.
+                if let Some(key) = self.pcs.get(id).and_then(|p| p.as_deref()).map(|p| p.key.clone()) {
+                    self.report_players_loss(now, &key);
+                }
+            }
             _ => {}
+        }
+    }
+
+    /// A player's receiver reports on its audio (`loss`: str0m's average of the fraction lost
+    /// of the reports since its last statistics event). Kept only for players that get the
+    /// audio without RED, for whom the publisher's in-band FEC (Opus LBRR) is the only repair.
+    fn note_player_loss(&mut self, now: Instant, id: usize, mid: Mid, loss: Option<f32>) {
+        let Some(loss) = loss.filter(|l| l.is_finite()) else {
+            return;
+        };
+        let Some(pc) = self.pcs.get_mut(id).and_then(|p| p.as_deref_mut()) else {
+            return;
+        };
+        let key = pc.key.clone();
+        let Role::Play(playing) = &mut pc.role else {
+            return;
+        };
+        let Some(track) = playing
+            .tracks
+            .iter_mut()
+            .find(|t| t.mid == mid && t.kind.is_audio() && t.red_pt.is_none())
+        else {
+            return;
+        };
+        track.loss = Some((now, loss.clamp(0.0, 1.0)));
+        self.report_players_loss(now, &key);
+    }
+
+    /// Players' loss upstream: the server's receiver reports on the publisher's audio say at
+    /// least the worst loss that a player without RED reported in the last
+    /// [`PLAYER_LOSS_WINDOW`] (str0m patch 0005, `StreamRx::set_reported_loss_floor`), as
+    /// LiveKit does for audio. A publisher's encoder sizes its in-band FEC from the loss its
+    /// receiver reports show (browsers' Opus and the SDK's adapter both read them), so it
+    /// covers those players' downlinks too. Players with RED get the publisher's redundancy
+    /// and do not count. The loss counters of the reports stay the uplink's: the publisher's
+    /// quality events read those.
+    pub(super) fn report_players_loss(&mut self, now: Instant, key: &StreamKey) {
+        let Some(entry) = self.streams.get(key) else {
+            return;
+        };
+        let worst = entry
+            .players
+            .iter()
+            .filter_map(|&i| self.pcs.get(i)?.as_deref())
+            .flat_map(|pc| pc.tracks())
+            .filter_map(|t| t.loss)
+            .filter(|(at, _)| now.saturating_duration_since(*at) <= PLAYER_LOSS_WINDOW)
+            .map(|(_, l)| l)
+            .fold(0.0f32, f32::max);
+        let Some(publisher) = entry.publisher else {
+            return;
+        };
+        let floor = if self.config.report_players_loss {
+            (worst * 256.0).floor().clamp(0.0, 255.0) as u8
+        } else {
+            0
+        };
+        let Some(pc) = self.pcs.get_mut(publisher).and_then(|p| p.as_deref_mut()) else {
+            return;
+        };
+        let Role::Publish(publishing) = &mut pc.role else {
+            return;
+        };
+        if publishing.reported_loss_floor == floor {
+            return;
+        }
+        publishing.reported_loss_floor = floor;
+        let audio: Vec<Mid> = publishing
+            .mids
+            .iter()
+            .filter(|(_, k)| k.is_audio())
+            .map(|(m, _)| *m)
+            .collect();
+        for mid in audio {
+            if let Some(rx) = pc.rtc.direct_api().stream_rx_by_mid(mid, None) {
+                rx.set_reported_loss_floor(floor);
+            }
         }
     }
 

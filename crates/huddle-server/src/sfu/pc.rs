@@ -51,6 +51,9 @@ pub(super) struct TrackOut {
     pub(super) written: u64,
     /// Retransmissions counted so far: str0m's packets sent beyond those written.
     pub(super) resent: u64,
+    /// Audio without RED: the loss the player last reported (RTCP fraction lost) and when;
+    /// the worst of these goes to the publisher (`forward`, "players' loss upstream").
+    pub(super) loss: Option<(Instant, f32)>,
 }
 
 /// One media peer connection.
@@ -125,6 +128,9 @@ pub(super) struct Publishing {
     pub(super) last_audio_seq: Option<u64>,
     /// The highest extended sequence number received per SSRC (at most 8), for the loss count.
     pub(super) highest_seq: Vec<(Ssrc, u64)>,
+    /// The least fraction lost (0–255) the server's receiver reports on the audio now carry:
+    /// the worst loss of the players without RED (`forward`, "players' loss upstream").
+    pub(super) reported_loss_floor: u8,
 }
 
 impl Publishing {
@@ -350,6 +356,11 @@ impl Sfu {
         config = config
             .set_crypto_provider(provider)
             .set_local_ice_credentials(shard::ice_credentials(self.config.shard));
+        if role == MediaRole::Publish {
+            // Receiver reports to the publisher every second rather than every 5 s: its
+            // quality events and encoder follow them (one small RTCP packet a second).
+            config = config.set_rtcp_report_interval_audio(self.config.publish_report_interval);
+        }
         if role == MediaRole::Play {
             // No transport-wide congestion control on what the server sends yet (no bandwidth
             // estimation to feed): without it str0m keeps no history of the last 1000 packets
@@ -988,6 +999,7 @@ pub(super) fn add_track(rtc: &mut Rtc, playing: &mut Playing, mid: Mid, kind: Me
         muted: false,
         written: 0,
         resent: 0,
+        loss: None,
     });
 }
 

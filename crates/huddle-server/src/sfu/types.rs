@@ -42,10 +42,21 @@ pub struct SfuConfig {
     /// out the same on every run (the SDK's end-to-end harness). `None` (the default) for
     /// every real server.
     pub dtls_seed: Option<u64>,
+    /// How often the server sends its RTCP receiver report on a publish connection's audio
+    /// (str0m's default for audio is 5 s). The publisher's quality events and its encoder's
+    /// adapter read their loss, jitter and RTT from these reports, so they are only as timely
+    /// as the reports are frequent (`docs/quality.md`, "Quality events under loss"). Video
+    /// keeps str0m's 1 s.
+    pub publish_report_interval: Duration,
+    /// Whether the receiver reports to a publisher carry the worst loss of its players
+    /// without RED (so that its in-band FEC covers them; `docs/quality.md`, "FEC for players
+    /// without RED"). On by default; off only to measure without it.
+    pub report_players_loss: bool,
 }
 
 impl SfuConfig {
-    /// Defaults around one `candidate`: 15 s connect timeout, 5 s play wait, 20 000 PCs, shard 0.
+    /// Defaults around one `candidate`: 15 s connect timeout, 5 s play wait, 20 000 PCs, shard
+    /// 0, a receiver report a second to publishers.
     pub fn new(candidate: SocketAddr) -> SfuConfig {
         SfuConfig {
             candidates: vec![candidate],
@@ -55,6 +66,8 @@ impl SfuConfig {
             max_peer_connections: 20_000,
             shard: 0,
             dtls_seed: None,
+            publish_report_interval: Duration::from_secs(1),
+            report_players_loss: true,
         }
     }
 }

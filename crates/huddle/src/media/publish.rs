@@ -323,11 +323,15 @@ impl Publisher {
             Event::MediaEgressStats(s) if Some(s.mid) == pc.audio => {
                 // The counters of the last report block (str0m averages `loss` only over two
                 // reports within one stats interval; the server reports every few seconds).
+                // Their fraction lost may be higher than the counters show: the server reports
+                // the loss of the players that only have Opus FEC to repair it (`docs/quality.md`,
+                // "FEC for players without RED").
                 if let Some(r) = &s.remote {
-                    self.adapter.on_cumulative(
+                    self.adapter.on_report_block(
                         s.timestamp,
                         *r.maximum_sequence_number,
                         r.packets_lost,
+                        s.loss,
                         s.rtt,
                     );
                     apply_settings(&mut self.encoder, &self.adapter, pc);
@@ -344,6 +348,12 @@ impl Publisher {
             Event::MediaEgressStats(s) if Some(s.mid) == pc.video => self.sample.video_bytes = s.bytes,
             _ => {}
         }
+    }
+
+    /// The encoder's settings now (what the adapter made of the receiver reports).
+    #[cfg(test)]
+    pub(crate) fn encoder_settings(&self) -> huddle_media::EncoderSettings {
+        self.adapter.settings()
     }
 
     /// Starts the sources' clocks at `now` once the connection is up (call after every drive).

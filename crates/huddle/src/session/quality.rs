@@ -84,6 +84,8 @@ struct Track<S> {
     /// When the stream started (or its connection was replaced): a stream that never received
     /// anything is `Die` `DIE_AFTER` after it.
     since: Instant,
+    /// Its last event said `Die`: the next arrival brings an event at once.
+    dead: bool,
 }
 
 impl<S: Copy> Track<S> {
@@ -91,6 +93,7 @@ impl<S: Copy> Track<S> {
         Track {
             history: VecDeque::new(),
             since: now,
+            dead: false,
         }
     }
 
@@ -99,6 +102,36 @@ impl<S: Copy> Track<S> {
             self.history.pop_front();
         }
         self.history.push_back((now, s));
+    }
+
+    /// When its connection last received anything (its start before that).
+    fn last_rx(&self) -> Instant
+    where
+        S: LastRx,
+    {
+        self.history
+            .back()
+            .and_then(|(_, s)| s.last_rx())
+            .unwrap_or(self.since)
+    }
+
+    /// Whether its event is due now, between the regular ones: it has just gone silent for
+    /// `DIE_AFTER` (`Die` at once, as this user's network levels are), or it received again
+    /// after a `Die` (its levels back at once).
+    fn due_now(&self, now: Instant) -> bool
+    where
+        S: LastRx,
+    {
+        let silent = now.saturating_duration_since(self.last_rx()) >= DIE_AFTER;
+        silent != self.dead
+    }
+
+    /// When [`Self::due_now`] can next become true without a new sample.
+    fn next_due(&self) -> Option<Instant>
+    where
+        S: LastRx,
+    {
+        (!self.dead).then(|| self.last_rx() + DIE_AFTER)
     }
 
     /// The oldest sample within `span` before the newest, and the newest.
@@ -110,6 +143,23 @@ impl<S: Copy> Track<S> {
             .find(|(t, _)| newest.0.saturating_duration_since(*t) <= span)
             .copied()?;
         Some((oldest, newest))
+    }
+}
+
+/// A media task's sample: when its connection last received anything.
+trait LastRx {
+    fn last_rx(&self) -> Option<Instant>;
+}
+
+impl LastRx for PublishSample {
+    fn last_rx(&self) -> Option<Instant> {
+        self.last_rx
+    }
+}
+
+impl LastRx for PlaySample {
+    fn last_rx(&self) -> Option<Instant> {
+        self.last_rx
     }
 }
 
@@ -135,6 +185,8 @@ pub(crate) struct Monitor {
     next_network: Option<Instant>,
     /// The signaling round trip of the last answered report.
     signaling_rtt: Option<Duration>,
+    /// A stream whose last event said `Die` received again: its event is due then.
+    back_at: Option<Instant>,
 }
 
 /// What the session should do at a quality timer.
@@ -159,6 +211,7 @@ impl Monitor {
             next_stream: None,
             next_network: None,
             signaling_rtt: None,
+            back_at: None,
         }
     }
 
@@ -223,6 +276,9 @@ impl Monitor {
             *track = Track::new(now);
         }
         track.push(now, s);
+        if track.due_now(now) && track.dead {
+            self.back_at = Some(now);
+        }
         self.arm(now);
         s.last_rx.and_then(|at| self.arrived(at, now))
     }
@@ -246,6 +302,9 @@ impl Monitor {
             *track = Track::new(now);
         }
         track.push(now, s);
+        if track.due_now(now) && track.dead {
+            self.back_at = Some(now);
+        }
         self.arm(now);
         s.last_rx.and_then(|at| self.arrived(at, now))
     }
@@ -411,10 +470,23 @@ impl Monitor {
         let die = (!self.dead && self.active())
             .then(|| self.last_rx.map(|t| t + DIE_AFTER))
             .flatten();
-        [self.next_stream.filter(|_| self.active()), self.next_network, die]
-            .into_iter()
-            .flatten()
-            .min()
+        // A stream going silent (its `Die` at once), or back after one (`back_at`).
+        let silent = self
+            .publisher
+            .iter()
+            .filter_map(|(_, t)| t.next_due())
+            .chain(self.players.values().filter_map(Track::next_due))
+            .min();
+        [
+            self.next_stream.filter(|_| self.active()),
+            self.next_network,
+            die,
+            silent.filter(|_| self.active()),
+            self.back_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// What is due at `now` (timers that are not due are left alone).
@@ -426,17 +498,32 @@ impl Monitor {
             self.next_network = None;
             return due;
         }
-        if active && self.next_stream.is_some_and(|t| now >= t) {
+        let regular = active && self.next_stream.is_some_and(|t| now >= t);
+        if regular {
             self.next_stream = Some(now + STREAM_INTERVAL);
-            due.publisher = self
-                .publisher
-                .as_ref()
-                .map(|(id, t)| (id.clone(), self.publish_quality(t, now)));
-            due.players = self
-                .players
-                .iter()
-                .map(|(id, t)| (id.clone(), self.play_quality(t, now)))
-                .collect();
+        }
+        self.back_at = None;
+        // Every stream's event at the regular interval; between, the event of a stream that
+        // has just gone silent for `DIE_AFTER` or come back after that (ZEGO reports only at
+        // its 3 s interval; `docs/quality.md`, "Quality events").
+        due.publisher = self
+            .publisher
+            .as_ref()
+            .filter(|(_, t)| regular || t.due_now(now))
+            .map(|(id, t)| (id.clone(), self.publish_quality(t, now)));
+        due.players = self
+            .players
+            .iter()
+            .filter(|(_, t)| regular || t.due_now(now))
+            .map(|(id, t)| (id.clone(), self.play_quality(t, now)))
+            .collect();
+        if let (Some((_, q)), Some((_, t))) = (&due.publisher, &mut self.publisher) {
+            t.dead = q.level == Level::Die;
+        }
+        for (id, q) in &due.players {
+            if let Some(t) = self.players.get_mut(id) {
+                t.dead = q.level == Level::Die;
+            }
         }
         let network_due = self.next_network.is_some_and(|t| now >= t);
         if network_due {
@@ -494,5 +581,61 @@ mod tests {
         assert!(mos(40.0, 0.05) > mos(40.0, 0.2));
         assert!(mos(400.0, 0.0) < mos(100.0, 0.0));
         assert_eq!(mos(40.0, 1.0), 1.0);
+    }
+
+    /// A published stream whose connection stops receiving gets its `Die` event 3 s after
+    /// the last arrival, between the 3 s events, and its levels back at once with the first
+    /// sample that shows an arrival; other users' events are not disturbed.
+    #[test]
+    fn a_silent_stream_reports_die_at_once_and_comes_back_at_once() {
+        let t0 = Instant::now();
+        let id = StreamId::new("s").expect("a stream ID");
+        let mut m = Monitor::new();
+        let sample = |n: u64, at: Instant| PublishSample {
+            audio_bytes: n * 1000,
+            expected: n * 50,
+            rtt: Some(Duration::from_millis(100)),
+            last_rx: Some(at),
+            ..PublishSample::default()
+        };
+        let mut events = Vec::new();
+        // Samples every second; the connection receives until 4 s, then nothing until 10 s.
+        // The regular events come at 3, 6, 9, 12 s.
+        for n in 0..14u64 {
+            let at = t0 + Duration::from_secs(n);
+            while let Some(t) = m.next_timeout().filter(|t| *t <= at) {
+                if let Some((_, q)) = m.poll(t).publisher {
+                    events.push((t - t0, q.level));
+                }
+            }
+            let rx = if (5..10).contains(&n) {
+                t0 + Duration::from_secs(4)
+            } else {
+                at
+            };
+            m.publish_sample(&id, sample(n, rx), at);
+            while let Some(t) = m.next_timeout().filter(|t| *t <= at) {
+                if let Some((_, q)) = m.poll(t).publisher {
+                    events.push((t - t0, q.level));
+                }
+            }
+        }
+        let die: Vec<_> = events.iter().filter(|(_, l)| *l == Level::Die).collect();
+        assert_eq!(
+            die.first().map(|(t, _)| *t),
+            Some(Duration::from_secs(7)),
+            "Die 3 s after the last arrival, not at a 3 s tick: {events:?}"
+        );
+        let back = events
+            .iter()
+            .find(|(t, l)| *t >= Duration::from_secs(10) && *l != Level::Die)
+            .map(|(t, _)| *t);
+        assert_eq!(back, Some(Duration::from_secs(10)), "{events:?}");
+        // Die is reported once, not at every poll, while the stream stays silent.
+        let repeated = events
+            .iter()
+            .filter(|(t, l)| *l == Level::Die && *t < Duration::from_secs(9))
+            .count();
+        assert_eq!(repeated, 1, "{events:?}");
     }
 }

@@ -1,4 +1,5 @@
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::Candidate;
 use crate::IceCreds;
@@ -190,6 +191,19 @@ impl<'a> DirectApi<'a> {
     /// Set whether to enable ice-lite.
     pub fn set_ice_lite(&mut self, ice_lite: bool) {
         self.rtc.ice.set_ice_lite(ice_lite);
+    }
+
+    /// Changes the STUN timing of ICE on a running instance (what
+    /// [`RtcConfig::set_initial_stun_rto`](crate::RtcConfig::set_initial_stun_rto),
+    /// [`set_max_stun_rto`](crate::RtcConfig::set_max_stun_rto) and
+    /// [`set_max_stun_retransmits`](crate::RtcConfig::set_max_stun_retransmits) set at the
+    /// start). Lets a client pace its connectivity checks one way while it sets up (e.g. a
+    /// check every 50 ms, as libwebrtc pings a pair that is not writable yet) and another once
+    /// connected (consent checks). Takes effect from the next check.
+    pub fn set_stun_timing(&mut self, initial_rto: Duration, max_rto: Duration, max_retransmits: usize) {
+        self.rtc.ice.set_initial_stun_rto(initial_rto);
+        self.rtc.ice.set_max_stun_rto(max_rto);
+        self.rtc.ice.set_max_stun_retransmits(max_retransmits);
     }
 
     /// Enable twcc feedback.

@@ -100,6 +100,9 @@ pub struct StreamRx {
     /// Last time we produced regular feedback RR.
     last_receiver_report: Instant,
 
+    /// The least "fraction lost" our receiver reports carry (see `set_reported_loss_floor`).
+    reported_loss_floor: u8,
+
     /// Statistics of incoming data.
     stats: StreamRxStats,
 
@@ -181,6 +184,7 @@ impl StreamRx {
             pending_request_remb: None,
             fir_seq_no: 0,
             last_receiver_report: already_happened(),
+            reported_loss_floor: 0,
             stats: StreamRxStats::default(),
             check_paused_at: None,
             paused: true,
@@ -247,6 +251,20 @@ impl StreamRx {
     /// * bitrate Bitrate.
     pub fn request_remb(&mut self, bitrate: Bitrate) {
         self.pending_request_remb = Some(bitrate);
+    }
+
+    /// Makes the receiver reports of this stream say at least `fraction` lost (RTCP's
+    /// 8-bit "fraction lost", 0–255), whatever this side measured; 0 (the default) reports
+    /// what was measured.
+    ///
+    /// For a forwarding server: a sender's encoder sizes its in-band FEC from the loss its
+    /// receiver reports show (browsers' Opus does), but the server's own reports show only the
+    /// sender's uplink. Its receivers downstream that cannot repair loss otherwise (no RED, no
+    /// retransmission) need the sender to know their loss: the server reports the worst of
+    /// theirs upstream. The cumulative counters and the statistics events keep the measured
+    /// figures.
+    pub fn set_reported_loss_floor(&mut self, fraction: u8) {
+        self.reported_loss_floor = fraction;
     }
 
     /// Suppress NACK sending.
@@ -728,6 +746,9 @@ impl StreamRx {
             let report = &rr.reports[rr.reports.len() - 1];
             self.stats.update_loss(report.fraction_lost);
             self.stats.jitter = report.jitter;
+        }
+        for report in rr.reports.iter_mut() {
+            report.fraction_lost = report.fraction_lost.max(self.reported_loss_floor);
         }
 
         let xr = self.create_extended_receiver_report(now, sender_ssrc);

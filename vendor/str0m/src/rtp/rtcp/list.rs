@@ -30,6 +30,11 @@ impl<T> ReportList<T> {
         self.into_iter()
     }
 
+    /// Iterator over the elements in the list, to change them.
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.0.iter_mut().flatten()
+    }
+
     /// Tells if the list contains zero elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
