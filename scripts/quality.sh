@@ -30,7 +30,7 @@ export HUDDLE_QUALITY_MODELS="${MODELS:-random,bursty}"
 # on every run, on a busy machine too (about 4 minutes in a debug build).
 if [ "${1:-}" = netem ]; then
   cargo test -q -p huddle --lib netem -- --nocapture --test-threads 1 2>&1 |
-    grep -E '^(CURVE|SETUP|OUTAGE|EVENTS|JITTER|SHORT|LOSS) ' | tee "$out/netem.txt"
+    grep -E '^(CURVE|STEPS|SETUP|OUTAGE|EVENTS|JITTER|SHORT|LOSS) ' | tee "$out/netem.txt"
   exit 0
 fi
 cargo bench -p huddle --bench loss_curve --no-run

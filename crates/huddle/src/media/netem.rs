@@ -810,6 +810,24 @@ mod tests {
                 let mut call = Call::new(network, seed, lead_in, false);
                 let length = lead_in + Duration::from_secs(7);
                 call.run(length);
+                let p = call.player_stats();
+                println!(
+                    "STEPS {:.1}% per leg, jitter {} ms, seed {seed}: in speech {} inserted, {} dropped; stretched {} ({} ms), accelerated {} ({} ms); delay {} ms (target {} ms); lost {}, late {}, concealed {}, duplicates {}",
+                    per_leg * 100.0,
+                    jitter.as_millis(),
+                    p.speech_inserts,
+                    p.speech_drops,
+                    p.stretched,
+                    ms(p.stretched_time),
+                    p.accelerated,
+                    ms(p.accelerated_time),
+                    ms(p.added_delay),
+                    ms(p.jitter.target_delay),
+                    p.jitter.lost,
+                    p.jitter.late,
+                    p.jitter.concealed,
+                    p.jitter.duplicates,
+                );
                 let o = call.finish();
                 println!(
                     "LOSS {:.1}% per leg, lead-in {} ms, seed {seed}: connected {:?} ms, links (sent, lost) {:?}; {} ms of call simulated in {} ms",
@@ -867,8 +885,8 @@ mod tests {
         let points = [
             (0.0, 3.9, 3.9),
             (0.05, 3.7, 2.6),
-            (0.105, 3.6, 2.9),
-            (0.16, 3.0, 2.5),
+            (0.105, 3.8, 3.6),
+            (0.16, 3.6, 3.2),
             (0.30, 2.4, 2.2),
         ];
         let mut figures = Vec::new();
@@ -898,7 +916,8 @@ mod tests {
         let r = lossy_calls(0.16, Duration::from_secs(1));
         let (median, min) = median_min(r.iter().map(|x| x.0).collect());
         println!("SHORT LEAD-IN 16% per link: PESQ median {median:.2} min {min:.2}");
-        assert!(median >= 2.3 && min >= 1.8, "median {median:.2}, lowest {min:.2}");
+        // Measured 2.81 and 2.50 (2.61 and 2.04 waiting only for the RED levels seen).
+        assert!(median >= 2.5 && min >= 2.2, "median {median:.2}, lowest {min:.2}");
     }
 
     /// The `q`-quantile (0..=1) of `v` (sorted), the nearest rank.
