@@ -872,3 +872,63 @@ fn padding_over_a_jittery_lossy_link_costs_no_frame() {
         assert!(stats.padding >= 6, "seed {seed}: {stats:?}");
     }
 }
+
+/// With the caller stretching in speech, a raised minimum delay is not met by a concealed frame
+/// inserted when a packet is missing: that frame is due by the delay reached so far (reported
+/// lost, with FEC from the next packet), and the delay keeps growing by stretching. Without
+/// stretching the same missing frame is waited for (an expand).
+#[test]
+fn a_frame_missing_while_the_delay_grows_in_speech_is_not_waited_for() {
+    for stretching in [true, false] {
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        jb.set_stretching(stretching);
+        let t0 = Instant::now();
+        let mut outs = Vec::new();
+        // Packets every 20 ms, 5 ms in flight; packet 60 is lost. The caller pops each frame
+        // where the last one ends, as a stretching player does without stretching (the delay
+        // then stays below the target for as long as it takes).
+        let mut at = None;
+        for i in 0..100u64 {
+            let now = t0 + millis(20 * i + 5);
+            if i == 50 {
+                jb.set_min_delay(millis(80));
+            }
+            if i != 60 {
+                jb.insert(i as u16, 960 * i as u32, payload(i), now);
+            }
+            jb.set_speech(true);
+            let due = at.unwrap_or(now);
+            if due <= now {
+                if let Some(out) = jb.pop_at(due) {
+                    outs.push(out);
+                    at = Some(due + millis(20));
+                }
+            }
+        }
+        let around_60: Vec<_> = outs
+            .iter()
+            .filter(|o| match o {
+                Playout::Packet { seq, .. } | Playout::Lost { seq, .. } => (58..=62).contains(seq),
+                Playout::Expand => true,
+                _ => false,
+            })
+            .collect();
+        eprintln!("stretching {stretching}: {around_60:?}");
+        let lost_with_fec = outs.iter().any(|o| {
+            matches!(
+                o,
+                Playout::Lost {
+                    seq: 60,
+                    fec_from: Some(_)
+                }
+            )
+        });
+        let expands = outs.iter().filter(|o| matches!(o, Playout::Expand)).count();
+        if stretching {
+            assert!(lost_with_fec, "{around_60:?}");
+            assert_eq!(expands, 0, "{around_60:?}");
+        } else {
+            assert!(expands > 0, "{around_60:?}");
+        }
+    }
+}
