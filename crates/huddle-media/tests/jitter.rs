@@ -898,11 +898,11 @@ fn a_frame_missing_while_the_delay_grows_in_speech_is_not_waited_for() {
             }
             jb.set_speech(true);
             let due = at.unwrap_or(now);
-            if due <= now {
-                if let Some(out) = jb.pop_at(due) {
-                    outs.push(out);
-                    at = Some(due + millis(20));
-                }
+            if due <= now
+                && let Some(out) = jb.pop_at(due)
+            {
+                outs.push(out);
+                at = Some(due + millis(20));
             }
         }
         let around_60: Vec<_> = outs
