@@ -932,3 +932,52 @@ fn a_frame_missing_while_the_delay_grows_in_speech_is_not_waited_for() {
         }
     }
 }
+
+/// ICE over TCP: a segment lost on the way waits for TCP's retransmission (`stall_ms`) and holds
+/// back every packet behind it, which then arrive in one clump; one such stall every `every`
+/// packets for the first 10 s, then a clean path for 20 s. Returns the frames concealed in each
+/// second and the target at the end.
+fn tcp_clumps(stall_ms: u64, every: u64) -> (Vec<usize>, Duration) {
+    let held = stall_ms / 20;
+    let extra = move |i: u64| {
+        let k = i % every;
+        if i < 500 && (5..5 + held).contains(&k) {
+            stall_ms - 20 * (k - 5)
+        } else {
+            0
+        }
+    };
+    let mut jb = JitterBuffer::new(JitterConfig::default());
+    let outs = drive(&mut jb, 30_000, extra, |_| false);
+    let per_second = (0..30u64)
+        .map(|s| {
+            outs.iter()
+                .filter(|(ms, o)| *ms / 1000 == s && !matches!(o, Playout::Packet { .. }))
+                .count()
+        })
+        .collect();
+    (per_second, jb.stats().target_delay)
+}
+
+/// Bursty delivery (ICE over TCP): the first clump costs what it holds back, the buffer then
+/// holds a delay that covers the next ones (its peak detector: 10 s), and once the clumps stop
+/// it comes back down (10 ms per second). A stall longer than the largest delay (300 ms) costs
+/// its excess every time.
+#[test]
+fn tcp_clumps_grow_the_delay_and_it_comes_back_after() {
+    // (stall, a stall every so many packets)
+    for (stall, every) in [(100, 25), (200, 50), (200, 250)] {
+        let (concealed, target) = tcp_clumps(stall, every);
+        eprintln!(
+            "stall {stall} ms every {} ms: concealed per second {concealed:?}; target at the end {target:?}",
+            every * 20
+        );
+        assert!(concealed[0] as u64 <= stall / 20, "{concealed:?}");
+        assert!(concealed[1..].iter().all(|&n| n == 0), "{stall}: {concealed:?}");
+        assert!(target <= 40 * MS, "{stall}: {target:?} at the end");
+    }
+    let (concealed, target) = tcp_clumps(400, 100);
+    eprintln!("stall 400 ms every 2000 ms: concealed per second {concealed:?}; target at the end {target:?}");
+    assert!(concealed[1..].iter().all(|&n| n <= 5), "{concealed:?}");
+    assert!(target <= 120 * MS, "{target:?} 20 s after the last stall");
+}
