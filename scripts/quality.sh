@@ -29,9 +29,16 @@ export HUDDLE_QUALITY_MODELS="${MODELS:-random,bursty}"
 # start, setup through the whole stack (before/after), the outage, the quality events (the
 # publisher's, before/after), FEC for a player without RED (before/after). Seeded: the same figures
 # on every run, on a busy machine too (about 4 minutes in a debug build).
+# `COMPARE=1 scripts/quality.sh netem` runs the scored calls again with the player's old wait for
+# RED (HUDDLE_AUDIO_RED_WAIT=seen) into netem-seen.txt, the same seeds (its floors then fail).
 if [ "${1:-}" = netem ]; then
   cargo test -q -p huddle --lib netem -- --nocapture --test-threads 1 2>&1 |
-    grep -E '^(CURVE|SETUP|OUTAGE|EVENTS|JITTER|SHORT|LOSS|NORED) ' | tee "$out/netem.txt"
+    grep -E '^(CURVE|STEPS|SETUP|OUTAGE|EVENTS|JITTER|SHORT|LOSS|NORED) ' | tee "$out/netem.txt"
+  if [ "${COMPARE:-}" = 1 ]; then
+    HUDDLE_AUDIO_RED_WAIT=seen cargo test -q -p huddle --lib netem -- --nocapture --test-threads 1 \
+      --skip setup_through --skip outage --skip quality_events --skip seeded 2>&1 |
+      grep -E '^(CURVE|STEPS|JITTER|SHORT|LOSS) ' | tee "$out/netem-seen.txt"
+  fi
   exit 0
 fi
 cargo bench -p huddle --bench loss_curve --no-run

@@ -34,6 +34,9 @@ const PEAKS: usize = 16;
 /// While the caller reports speech, an optional delay step (growing by less than a frame,
 /// dropping a frame) is put off for at most this many ticks (5 s), waiting for a pause.
 const DEFER_TICKS: u32 = 250;
+/// A missing frame this close (µs) to the lateness of the last packet played is due by the
+/// delay reached so far (see `due_now` in `tick`).
+const DUE_TOLERANCE_US: i64 = 2_000;
 /// After this long with an empty buffer the stream is taken as stopped: `pop` returns `None`
 /// until packets come again.
 const STALL_TICKS: u32 = 50;
@@ -370,7 +373,10 @@ impl JitterBuffer {
     /// time-stretching the decoded audio (see [`crate::stretch`] and [`crate::AudioPlayer`]),
     /// driven by [`delay_error_us`](Self::delay_error_us) and [`pop_at`](Self::pop_at). Then the
     /// delay steps that [`set_speech`](Self::set_speech) puts off wait for a pause for as long
-    /// as it takes (not at most 5 s): the stretching does them meanwhile.
+    /// as it takes (not at most 5 s): the stretching does them meanwhile. And a frame missing in
+    /// speech while the delay is still growing towards the target, with later packets here, is
+    /// not waited for with a concealed frame inserted: it is due by the delay reached so far
+    /// and reported [`Playout::Lost`] (with FEC from the next packet when that is here).
     pub fn set_stretching(&mut self, on: bool) {
         self.stretching = on;
     }
@@ -790,7 +796,19 @@ impl JitterBuffer {
             // the caller stretches meanwhile).
             let can_wait = speech && (stretching || s.deferred_ticks < DEFER_TICKS);
             let defer_expand = lateness < 0 && present && can_wait;
-            if lateness < 0 && !defer_expand {
+            // A frame missing in speech while the stretching is still growing the delay to the
+            // target, with later packets here (lost on the wire, or overtaken): it is due by the
+            // delay the listener has now (as late as the last packet played, give or take the
+            // tick grid). Waiting for it would put a whole frame into the word; it is reported
+            // lost instead (FEC from the next packet when that is here), and the delay keeps
+            // growing by stretching.
+            let due_now = lateness < 0
+                && !present
+                && !buffer_empty
+                && speech
+                && stretching
+                && lateness >= s.last_lateness.min(0) - DUE_TOLERANCE_US;
+            if lateness < 0 && !defer_expand && !due_now {
                 s.over_ticks = 0;
                 s.deferred_ticks = 0;
                 self.stats.expanded += 1;

@@ -37,6 +37,12 @@ pub struct PlayerStats {
     pub accelerated_time: Duration,
     /// Audio added by stretching, in all.
     pub stretched_time: Duration,
+    /// Whole concealed frames inserted to grow the delay ([`Playout::Expand`]) while the audio
+    /// was speech: the audible 20 ms steps that stretching is there to avoid (a stream that
+    /// starves, its packets not here in time, still gets them).
+    pub speech_inserts: u64,
+    /// Frames dropped or skipped to shrink the delay while the audio was speech.
+    pub speech_drops: u64,
 }
 
 /// The receive side of one audio stream, sans-IO: RTP packets in ([`insert`](Self::insert)),
@@ -85,6 +91,8 @@ pub struct AudioPlayer {
     stretching: bool,
     speech_hang: u8,
     position: u32,
+    /// The buffer's drop counter at the last output (to tell the drops made in speech).
+    discarded: u64,
     stats: PlayerStats,
 }
 
@@ -100,6 +108,7 @@ impl AudioPlayer {
             stretching: true,
             speech_hang: 0,
             position: 0,
+            discarded: 0,
             stats: PlayerStats::default(),
         })
     }
@@ -188,9 +197,25 @@ impl AudioPlayer {
         frame
     }
 
+    /// Counts the whole-frame steps made in speech for one output of the buffer: an expand, and
+    /// the frames the buffer dropped to hand it out.
+    fn count_steps(&mut self, playout: &Playout) {
+        let discarded = self.jitter.stats().discarded;
+        let dropped = discarded - self.discarded;
+        self.discarded = discarded;
+        if self.speech_hang == 0 {
+            return;
+        }
+        if matches!(playout, Playout::Expand) {
+            self.stats.speech_inserts += 1;
+        }
+        self.stats.speech_drops += dropped;
+    }
+
     /// Decodes one output of the buffer; tells whether it was a packet (not concealment), and
     /// feeds the buffer the voice activity of what was decoded.
     fn decode(&mut self, playout: Playout) -> (AudioFrame, bool) {
+        self.count_steps(&playout);
         let (frame, packet) = match playout {
             Playout::Packet { payload, .. } => match self.decoder.decode(&payload) {
                 Ok(f) => (f, true),

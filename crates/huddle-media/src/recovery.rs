@@ -11,6 +11,11 @@ const WINDOW: usize = 500;
 const MAX_LATE: u8 = 8;
 /// A lateness seen this many times in the window is waited for.
 const MIN_COUNT: usize = 1;
+/// Share of frames recovered from a redundancy level deeper than the first from which the
+/// expected redundancy is waited for in full ...
+const LOSSY: f64 = 0.01;
+/// ... counted over at least this many packets.
+const LOSS_SAMPLE: usize = 50;
 
 /// The smallest playout delay that lets frames arriving late in the sequence be played: a frame
 /// lost on the wire comes back in the redundant blocks (RFC 2198 RED) of the packets after it,
@@ -23,14 +28,29 @@ const MIN_COUNT: usize = 1;
 /// 80 ms within a second or two. It grows at the first recovery of a kind (the jitter buffer
 /// makes the step in a pause of the speech when it can, so growing early is what keeps the
 /// steps out of words) and comes down 10 s after the last one (the buffer then shrinks slowly).
+///
+/// Told what redundancy the sender sends ([`RecoveryDelay::expecting`]) and which frames came
+/// back from beyond its first level ([`RecoveryDelay::on_deep_recovery`]), it does not wait
+/// for the deeper levels to show themselves: once two packets in a row are lost often enough
+/// for them to matter, it asks for the deepest level's delay at once (see `docs/quality.md`,
+/// "End to end on virtual time": at ≈ 30 % loss end to end the deeper levels come back during
+/// the first words otherwise, and each step is heard).
 #[derive(Debug, Clone)]
 pub struct RecoveryDelay {
     highest: Option<i64>,
-    /// Lateness in frames of the recent packets, oldest first.
-    recent: VecDeque<u8>,
+    /// Lateness in frames of the recent packets, and whether a deep recovery came with each,
+    /// oldest first.
+    recent: VecDeque<(u8, bool)>,
+    /// Deep recoveries in `recent`.
+    recovered: usize,
+    /// Waiting for the level expected (see [`RecoveryDelay::on_deep_recovery`]).
+    predicting: bool,
     /// Packets in `recent` at least `d` frames late, for d = 1..=MAX_LATE (index d - 1).
     counts: [usize; MAX_LATE as usize],
     frames: u8,
+    /// The deepest redundancy the sender is expected to send, in frames (0: learn it only
+    /// from what comes back).
+    expected: u8,
 }
 
 impl Default for RecoveryDelay {
@@ -47,6 +67,18 @@ impl RecoveryDelay {
             recent: VecDeque::with_capacity(WINDOW),
             counts: [0; MAX_LATE as usize],
             frames: 0,
+            expected: 0,
+            recovered: 0,
+            predicting: false,
+        }
+    }
+
+    /// Expecting the sender's redundancy to reach `frames` back (at most 8): see
+    /// [`RecoveryDelay::min_delay`].
+    pub fn expecting(frames: u8) -> RecoveryDelay {
+        RecoveryDelay {
+            expected: frames.min(MAX_LATE),
+            ..RecoveryDelay::new()
         }
     }
 
@@ -62,6 +94,29 @@ impl RecoveryDelay {
     /// earlier: a caller can date it so (the jitter buffer then does not mistake redundancy
     /// for network jitter) and cover the lateness with [`RecoveryDelay::min_delay`].
     pub fn on_packet(&mut self, seq: u16) -> u8 {
+        self.on_frame(seq)
+    }
+
+    /// A frame came back from a redundancy level deeper than the first (it was lost and so
+    /// was the packet right after it, which carried its first copy), as told by the packet
+    /// that brought it. These give how often two packets in a row are lost: from 1 % of the
+    /// frames of the last 10 s (counted over at least 50; twice at least), deep recoveries are common enough
+    /// that the delay for the deepest level expected ([`RecoveryDelay::expecting`]) is wanted
+    /// at once, rather than when the first frame from that level comes back (most often in the
+    /// middle of speech, where the step is heard). It is held until no deep recovery is left in
+    /// the last 10 s. The random loss that does this is 10 % or
+    /// more on the wire.
+    pub fn on_deep_recovery(&mut self) {
+        if let Some(last) = self.recent.back_mut()
+            && !last.1
+        {
+            last.1 = true;
+            self.recovered += 1;
+        }
+        self.update();
+    }
+
+    fn on_frame(&mut self, seq: u16) -> u8 {
         let late = match self.highest {
             None => {
                 self.highest = Some(i64::from(seq));
@@ -80,18 +135,33 @@ impl RecoveryDelay {
             }
         };
         if self.recent.len() == WINDOW
-            && let Some(old) = self.recent.pop_front()
+            && let Some((old, was_recovered)) = self.recent.pop_front()
         {
             for c in &mut self.counts[..usize::from(old)] {
                 *c -= 1;
             }
+            self.recovered -= usize::from(was_recovered);
         }
-        self.recent.push_back(late);
+        self.recent.push_back((late, false));
         for c in &mut self.counts[..usize::from(late)] {
             *c += 1;
         }
-        self.frames = self.counts.iter().take_while(|&&c| c >= MIN_COUNT).count() as u8;
+        self.update();
         late
+    }
+
+    fn update(&mut self) {
+        let seen = self.counts.iter().take_while(|&&c| c >= MIN_COUNT).count() as u8;
+        let share = self.recovered as f64 / self.recent.len().max(LOSS_SAMPLE) as f64;
+        // Once wanted, held while any deep recovery is in the window (not flapping around the
+        // threshold: each change is a step to make).
+        if self.recovered >= 2 && share >= LOSSY {
+            self.predicting = true;
+        } else if self.recovered == 0 {
+            self.predicting = false;
+        }
+        let predicted = if self.predicting { self.expected } else { 0 };
+        self.frames = seen.max(predicted);
     }
 }
 
@@ -139,6 +209,36 @@ mod tests {
             r.on_packet(seq);
         }
         assert_eq!(r.min_delay(), Duration::from_millis(20));
+    }
+
+    #[test]
+    fn deep_recoveries_wait_for_the_deepest_level_expected_at_once() {
+        for (mut r, wanted) in [
+            (RecoveryDelay::expecting(6), 140),
+            // Not told what to expect: only the lateness seen.
+            (RecoveryDelay::new(), 20),
+        ] {
+            for seq in 0..60u16 {
+                r.on_packet(seq);
+            }
+            // One frame lost with the packet after it, recovered from a deeper level: once is
+            // not yet a pattern.
+            r.on_deep_recovery();
+            assert_eq!(r.min_delay(), Duration::from_millis(20));
+            for seq in 60..100u16 {
+                r.on_packet(seq);
+            }
+            // Twice in 100 frames (2 %): two packets in a row are often lost.
+            r.on_deep_recovery();
+            assert_eq!(r.min_delay(), Duration::from_millis(wanted));
+            // It holds while one is in the last 10 s (500 frames), and comes down after.
+            for seq in 100..599u16 {
+                r.on_packet(seq);
+            }
+            assert_eq!(r.min_delay(), Duration::from_millis(wanted));
+            r.on_packet(599);
+            assert_eq!(r.min_delay(), Duration::from_millis(20));
+        }
     }
 
     #[test]

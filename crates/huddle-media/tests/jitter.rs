@@ -872,3 +872,112 @@ fn padding_over_a_jittery_lossy_link_costs_no_frame() {
         assert!(stats.padding >= 6, "seed {seed}: {stats:?}");
     }
 }
+
+/// With the caller stretching in speech, a raised minimum delay is not met by a concealed frame
+/// inserted when a packet is missing: that frame is due by the delay reached so far (reported
+/// lost, with FEC from the next packet), and the delay keeps growing by stretching. Without
+/// stretching the same missing frame is waited for (an expand).
+#[test]
+fn a_frame_missing_while_the_delay_grows_in_speech_is_not_waited_for() {
+    for stretching in [true, false] {
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        jb.set_stretching(stretching);
+        let t0 = Instant::now();
+        let mut outs = Vec::new();
+        // Packets every 20 ms, 5 ms in flight; packet 60 is lost. The caller pops each frame
+        // where the last one ends, as a stretching player does without stretching (the delay
+        // then stays below the target for as long as it takes).
+        let mut at = None;
+        for i in 0..100u64 {
+            let now = t0 + millis(20 * i + 5);
+            if i == 50 {
+                jb.set_min_delay(millis(80));
+            }
+            if i != 60 {
+                jb.insert(i as u16, 960 * i as u32, payload(i), now);
+            }
+            jb.set_speech(true);
+            let due = at.unwrap_or(now);
+            if due <= now
+                && let Some(out) = jb.pop_at(due)
+            {
+                outs.push(out);
+                at = Some(due + millis(20));
+            }
+        }
+        let around_60: Vec<_> = outs
+            .iter()
+            .filter(|o| match o {
+                Playout::Packet { seq, .. } | Playout::Lost { seq, .. } => (58..=62).contains(seq),
+                Playout::Expand => true,
+                _ => false,
+            })
+            .collect();
+        eprintln!("stretching {stretching}: {around_60:?}");
+        let lost_with_fec = outs.iter().any(|o| {
+            matches!(
+                o,
+                Playout::Lost {
+                    seq: 60,
+                    fec_from: Some(_)
+                }
+            )
+        });
+        let expands = outs.iter().filter(|o| matches!(o, Playout::Expand)).count();
+        if stretching {
+            assert!(lost_with_fec, "{around_60:?}");
+            assert_eq!(expands, 0, "{around_60:?}");
+        } else {
+            assert!(expands > 0, "{around_60:?}");
+        }
+    }
+}
+
+/// ICE over TCP: a segment lost on the way waits for TCP's retransmission (`stall_ms`) and holds
+/// back every packet behind it, which then arrive in one clump; one such stall every `every`
+/// packets for the first 10 s, then a clean path for 20 s. Returns the frames concealed in each
+/// second and the target at the end.
+fn tcp_clumps(stall_ms: u64, every: u64) -> (Vec<usize>, Duration) {
+    let held = stall_ms / 20;
+    let extra = move |i: u64| {
+        let k = i % every;
+        if i < 500 && (5..5 + held).contains(&k) {
+            stall_ms - 20 * (k - 5)
+        } else {
+            0
+        }
+    };
+    let mut jb = JitterBuffer::new(JitterConfig::default());
+    let outs = drive(&mut jb, 30_000, extra, |_| false);
+    let per_second = (0..30u64)
+        .map(|s| {
+            outs.iter()
+                .filter(|(ms, o)| *ms / 1000 == s && !matches!(o, Playout::Packet { .. }))
+                .count()
+        })
+        .collect();
+    (per_second, jb.stats().target_delay)
+}
+
+/// Bursty delivery (ICE over TCP): the first clump costs what it holds back, the buffer then
+/// holds a delay that covers the next ones (its peak detector: 10 s), and once the clumps stop
+/// it comes back down (10 ms per second). A stall longer than the largest delay (300 ms) costs
+/// its excess every time.
+#[test]
+fn tcp_clumps_grow_the_delay_and_it_comes_back_after() {
+    // (stall, a stall every so many packets)
+    for (stall, every) in [(100, 25), (200, 50), (200, 250)] {
+        let (concealed, target) = tcp_clumps(stall, every);
+        eprintln!(
+            "stall {stall} ms every {} ms: concealed per second {concealed:?}; target at the end {target:?}",
+            every * 20
+        );
+        assert!(concealed[0] as u64 <= stall / 20, "{concealed:?}");
+        assert!(concealed[1..].iter().all(|&n| n == 0), "{stall}: {concealed:?}");
+        assert!(target <= 40 * MS, "{stall}: {target:?} at the end");
+    }
+    let (concealed, target) = tcp_clumps(400, 100);
+    eprintln!("stall 400 ms every 2000 ms: concealed per second {concealed:?}; target at the end {target:?}");
+    assert!(concealed[1..].iter().all(|&n| n <= 5), "{concealed:?}");
+    assert!(target <= 120 * MS, "{target:?} 20 s after the last stall");
+}

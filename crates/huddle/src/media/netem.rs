@@ -932,18 +932,27 @@ mod tests {
 
     /// Five seeded calls with `per_leg` random loss on every link (both clients, both ways,
     /// signaling included) from the first packet, 100 ms RTT to the server and 5 ms of jitter:
-    /// the publisher sends the speech sample after `lead_in` of silence. PESQ and STOI of each.
+    /// the publisher sends the speech sample after `lead_in` of silence. PESQ and STOI of each;
+    /// asserts that no call made a 20 ms step (a whole frame inserted or dropped) while its
+    /// audio was speech: the delay moves by stretching there.
     fn lossy_calls(per_leg: f64, lead_in: Duration) -> Vec<(f64, f64)> {
-        calls(per_leg, Duration::from_millis(5), lead_in)
+        let r = calls(per_leg, Duration::from_millis(5), lead_in);
+        let steps: Vec<u64> = r.iter().map(|x| x.2).collect();
+        assert!(
+            steps.iter().all(|&n| n == 0),
+            "{per_leg}: steps in speech per seed {steps:?}"
+        );
+        r.iter().map(|&(pesq, stoi, _)| (pesq, stoi)).collect()
     }
 
-    /// As [`lossy_calls`], with `jitter` (uniform, 0 to it) on every link.
-    fn calls(per_leg: f64, jitter: Duration, lead_in: Duration) -> Vec<(f64, f64)> {
+    /// As [`lossy_calls`], with `jitter` (uniform, 0 to it) on every link; with each call's
+    /// count of 20 ms steps made in speech (see `PlayerStats::speech_inserts`).
+    fn calls(per_leg: f64, jitter: Duration, lead_in: Duration) -> Vec<(f64, f64, u64)> {
         calls_with(per_leg, jitter, lead_in, Setup::default())
     }
 
     /// As [`calls`], with `setup`.
-    fn calls_with(per_leg: f64, jitter: Duration, lead_in: Duration, setup: Setup) -> Vec<(f64, f64)> {
+    fn calls_with(per_leg: f64, jitter: Duration, lead_in: Duration, setup: Setup) -> Vec<(f64, f64, u64)> {
         let paths: Vec<_> = (1..=5)
             .map(|seed| {
                 let leg = Leg::lossy(per_leg, Duration::from_millis(50), jitter);
@@ -956,6 +965,25 @@ mod tests {
                 let mut call = Call::with_setup(network, seed, lead_in, false, setup);
                 let length = lead_in + Duration::from_secs(7);
                 call.run(length);
+                let p = call.player_stats();
+                let steps = p.speech_inserts + p.speech_drops;
+                println!(
+                    "STEPS {:.1}% per leg, jitter {} ms, seed {seed}: in speech {} inserted, {} dropped; stretched {} ({} ms), accelerated {} ({} ms); delay {} ms (target {} ms); lost {}, late {}, concealed {}, duplicates {}",
+                    per_leg * 100.0,
+                    jitter.as_millis(),
+                    p.speech_inserts,
+                    p.speech_drops,
+                    p.stretched,
+                    ms(p.stretched_time),
+                    p.accelerated,
+                    ms(p.accelerated_time),
+                    ms(p.added_delay),
+                    ms(p.jitter.target_delay),
+                    p.jitter.lost,
+                    p.jitter.late,
+                    p.jitter.concealed,
+                    p.jitter.duplicates,
+                );
                 let o = call.finish();
                 println!(
                     "LOSS {:.1}% per leg, lead-in {} ms, seed {seed}: connected {:?} ms, links (sent, lost) {:?}; {} ms of call simulated in {} ms",
@@ -972,9 +1000,10 @@ mod tests {
                     lead_in.as_millis()
                 ));
                 o.write_wav(&path);
-                path
+                (path, steps)
             })
             .collect();
+        let (paths, steps): (Vec<_>, Vec<_>) = paths.into_iter().unzip();
         let scores = score_all(&paths);
         for p in &paths {
             let _ = std::fs::remove_file(p);
@@ -990,7 +1019,7 @@ mod tests {
                     per_leg * 100.0,
                     i + 1
                 );
-                (pesq, stoi)
+                (pesq, stoi, steps[i])
             })
             .collect()
     }
@@ -1003,26 +1032,24 @@ mod tests {
 
     /// The loss curve of `docs/quality.md` ("The virtual-time harness"): loss on both legs from
     /// the start of the call, setup included, five seeds a point. 16 % per link is the issue's
-    /// condition, ≈ 30 % end to end; 30 % per link is ≈ 50 % end to end. The floors are below
+    /// condition, ≈ 30 % end to end; 30 % per link is ≈ 50 % end to end, 36.8 % ≈ 60 %. The floors are below
     /// the figures measured (the same on every run: the calls are seeded), so that a change
     /// that costs quality fails here rather than in a listening test.
     #[test]
     fn the_loss_curve_from_the_start_of_the_call() {
         let lead_in = Duration::from_secs(2);
-        // (loss per link, floor of the median PESQ, floor of the lowest PESQ)
-        // Five seeds a point: any change of timing (signaling's model, ICE's pace) draws the
-        // losses differently, and a call's score moves by up to 0.5–1.5 with where the jitter
-        // buffer's delay steps land (docs/quality.md): the floors are about 0.3 below the
-        // figures and the lowest call's floor lower still.
+        // (loss per link, floors of the median and the lowest PESQ, of the lowest STOI)
         let points = [
-            (0.0, 3.9, 3.9),
-            (0.05, 3.2, 2.0),
-            (0.105, 3.7, 3.3),
-            (0.16, 3.6, 2.8),
-            (0.30, 2.6, 1.9),
+            (0.0, 3.9, 3.9, 0.95),
+            (0.05, 3.7, 2.6, 0.8),
+            (0.105, 3.8, 3.6, 0.95),
+            (0.16, 3.6, 3.2, 0.95),
+            (0.30, 2.4, 2.2, 0.93),
+            // ≈ 60 % end to end: the issue asks for STOI ≥ 0.8 there.
+            (0.368, 1.5, 1.3, 0.8),
         ];
         let mut figures = Vec::new();
-        for (per_leg, median_floor, min_floor) in points {
+        for (per_leg, median_floor, min_floor, stoi_floor) in points {
             let r = lossy_calls(per_leg, lead_in);
             let (median, min) = median_min(r.iter().map(|x| x.0).collect());
             let (stoi, stoi_min) = median_min(r.iter().map(|x| x.1).collect());
@@ -1032,11 +1059,20 @@ mod tests {
                 per_leg * 100.0,
                 end_to_end * 100.0
             );
-            figures.push((per_leg, median, min, median_floor, min_floor));
+            figures.push((
+                per_leg,
+                median,
+                min,
+                stoi_min,
+                median_floor,
+                min_floor,
+                stoi_floor,
+            ));
         }
-        for (per_leg, median, min, median_floor, min_floor) in figures {
+        for (per_leg, median, min, stoi_min, median_floor, min_floor, stoi_floor) in figures {
             assert!(median >= median_floor, "{per_leg}: median PESQ {median:.2}");
             assert!(min >= min_floor, "{per_leg}: lowest PESQ {min:.2}");
+            assert!(stoi_min >= stoi_floor, "{per_leg}: lowest STOI {stoi_min:.2}");
         }
     }
 
@@ -1048,7 +1084,8 @@ mod tests {
         let r = lossy_calls(0.16, Duration::from_secs(1));
         let (median, min) = median_min(r.iter().map(|x| x.0).collect());
         println!("SHORT LEAD-IN 16% per link: PESQ median {median:.2} min {min:.2}");
-        assert!(median >= 2.3 && min >= 1.8, "median {median:.2}, lowest {min:.2}");
+        // Measured 2.84 and 2.56 (2.61 and 2.04 before, docs/quality.md).
+        assert!(median >= 2.5 && min >= 2.2, "median {median:.2}, lowest {min:.2}");
     }
 
     /// The `q`-quantile (0..=1) of `v` (sorted), the nearest rank.
@@ -1153,12 +1190,18 @@ mod tests {
     #[test]
     fn a_clean_call_with_jitter_is_scored() {
         let r = calls(0.0, Duration::from_millis(40), Duration::from_secs(2));
+        let steps: Vec<u64> = r.iter().map(|x| x.2).collect();
+        assert!(
+            steps.iter().all(|&n| n == 0),
+            "steps in speech per seed {steps:?}"
+        );
         let (pesq, pesq_min) = median_min(r.iter().map(|x| x.0).collect());
         let (stoi, stoi_min) = median_min(r.iter().map(|x| x.1).collect());
         println!(
             "JITTER 0-40 ms per link: PESQ median {pesq:.2} min {pesq_min:.2}, STOI median {stoi:.3} min {stoi_min:.3}"
         );
-        // Measured: PESQ 4.07 for all five; STOI 0.995 median, 0.960 lowest (seed 4).
+        // Measured: PESQ 4.07 for all five; STOI 0.995 median, 0.960 lowest (seed 4); no 20 ms
+        // step in speech.
         assert!(
             pesq_min >= 3.8 && stoi_min >= 0.93,
             "PESQ {pesq_min:.2}, STOI {stoi_min:.3}"

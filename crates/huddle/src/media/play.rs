@@ -37,6 +37,15 @@ struct VideoOut {
     broken: bool,
 }
 
+/// Whether a player waits for the deepest RED level the SDK sends as soon as two packets in a
+/// row are often lost (the default), or only for the levels it has seen frames come back from
+/// (`HUDDLE_AUDIO_RED_WAIT=seen` in the environment: a measurement knob, the behaviour before;
+/// `docs/quality.md` compares both).
+fn wait_for_expected_red() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("HUDDLE_AUDIO_RED_WAIT").map_or(true, |v| v.trim() != "seen"))
+}
+
 /// The sans-IO core of a play connection: what its peer connection delivers goes into the
 /// stream's jitter buffer (audio) or decoder (video). Its driver ([`run`] on a socket;
 /// `media::netem` on virtual time) feeds it the connection's events ([`Player::on_event`]); the
@@ -51,6 +60,9 @@ pub(crate) struct Player {
     /// (str0m recovers them): the jitter buffer's minimum delay makes room for them.
     recovery: huddle_media::RecoveryDelay,
     min_delay: std::time::Duration,
+    /// When the last audio frame arrived, and the first frame that arrived then (to tell the
+    /// frames recovered from RED's deeper levels).
+    group: (Option<Instant>, u16, bool),
     sample: super::PlaySample,
     stream_id: huddle_proto::StreamId,
     /// When the connection last received anything.
@@ -65,7 +77,13 @@ impl Player {
             reporter.report(MediaUpdate::Lost);
             return None;
         };
-        let recovery = huddle_media::RecoveryDelay::new();
+        let recovery = if wait_for_expected_red() {
+            // The SDK's publishers send RED up to six frames back (`pc::RED_DISTANCES`).
+            let deepest = super::pc::RED_DISTANCES.iter().copied().max().unwrap_or(1);
+            huddle_media::RecoveryDelay::expecting(deepest as u8)
+        } else {
+            huddle_media::RecoveryDelay::new()
+        };
         Some(Player {
             stream_id: reporter.template.stream_id.clone(),
             reporter,
@@ -78,6 +96,7 @@ impl Player {
                 broken: false,
             },
             min_delay: recovery.min_delay(),
+            group: (None, 0, false),
             recovery,
             sample: super::PlaySample::default(),
             last_rx: None,
@@ -132,6 +151,15 @@ impl Player {
             let ts = data.time.numer() as u32;
             // Arrivals against timestamps, to see what a sender does (docs/media.md).
             tracing::trace!(seq, ts, len = data.data.len(), at = ?data.network_time, "audio packet");
+            // The frames recovered from RED come out of the connection just before the packet
+            // that carried them, with its arrival time: one from further back than the frame
+            // right before that packet was lost with the packet after it.
+            if self.group.0 != Some(data.network_time) {
+                self.group = (Some(data.network_time), seq, false);
+            } else if !self.group.2 && seq.wrapping_sub(self.group.1) as i16 >= 2 {
+                self.group.2 = true;
+                self.recovery.on_deep_recovery();
+            }
             let late = self.recovery.on_packet(seq);
             // Dated when it would have come: the buffer's jitter estimate is not raised by
             // redundancy, its minimum delay covers it.
