@@ -615,12 +615,16 @@ async fn run(state: &ServerState, app: AppId, action: &str, p: &Params) -> Resul
             let Some(hooks) = state.webhooks() else {
                 return Err(huddle(&HuddleError::from(ErrorCode::WEBHOOK_NOT_CONFIGURED)));
             };
-            match hooks.replay(app, from) {
+            match hooks.replay(app, from).await {
                 Replay::Scheduled { from, last } => Ok(Some(json!({"FromSeq": from, "LastSeq": last}))),
                 Replay::NotConfigured => Err(huddle(&HuddleError::from(ErrorCode::WEBHOOK_NOT_CONFIGURED))),
                 Replay::Unavailable { oldest, last } => Err(fail(
                     i64::from(ErrorCode::WEBHOOK_SEQ_UNAVAILABLE.as_u32()),
                     format!("FromSeq must be from {oldest} to {last} (the events kept)"),
+                )),
+                Replay::Unreachable(e) => Err(fail(
+                    code::BUSY,
+                    format!("the cluster's webhook log could not be read: {e}"),
                 )),
             }
         }

@@ -294,6 +294,11 @@ pub struct ServerConfig {
     /// rooms) is gone for the others within about a lease and a third after it dies. Only with
     /// `redis`.
     pub cluster_lease: Duration,
+    /// In a cluster, how many webhook events the log in Redis keeps per app
+    /// (`webhook_log_events`, default 100,000, from 1,000 to 10,000,000): the undelivered ones
+    /// and the last delivered ones, for `ReplayCallbacks` (`docs/operations.md`). Only with
+    /// `redis` (a node alone keeps its log in the data directory).
+    pub webhook_log_events: usize,
     /// After SIGTERM, how long calls in progress may go on before the server closes them and
     /// exits (`drain_timeout_ms`, default 30 s); new logins are refused meanwhile.
     pub drain_timeout: Duration,
@@ -359,6 +364,7 @@ impl Default for ServerConfig {
             cluster_url: None,
             metrics_token: None,
             cluster_lease: Duration::from_secs(10),
+            webhook_log_events: 100_000,
             drain_timeout: Duration::from_secs(30),
             heartbeat: Duration::from_secs(5),
             session_timeout: Duration::from_secs(15),
@@ -412,6 +418,7 @@ const FILE_KEYS: &[&str] = &[
     "cluster_url",
     "metrics_token",
     "cluster_lease_ms",
+    "webhook_log_events",
     "heartbeat_ms",
     "session_timeout_ms",
     "grace_ms",
@@ -453,6 +460,7 @@ struct FileConfig {
     cluster_url: Option<String>,
     metrics_token: Option<String>,
     cluster_lease_ms: Option<u64>,
+    webhook_log_events: Option<usize>,
     heartbeat_ms: Option<u64>,
     session_timeout_ms: Option<u64>,
     grace_ms: Option<u64>,
@@ -654,6 +662,7 @@ impl ServerConfig {
             cluster_url: f.cluster_url,
             metrics_token: f.metrics_token.map(Secret::from),
             cluster_lease: f.cluster_lease_ms.map_or(d.cluster_lease, ms),
+            webhook_log_events: f.webhook_log_events.unwrap_or(d.webhook_log_events),
             drain_timeout: f.drain_timeout_ms.map_or(d.drain_timeout, ms),
             heartbeat: f.heartbeat_ms.map_or(d.heartbeat, ms),
             session_timeout: f.session_timeout_ms.map_or(d.session_timeout, ms),
@@ -869,6 +878,9 @@ impl ServerConfig {
             if !(url.starts_with("ws://") || url.starts_with("wss://")) {
                 return invalid(format!("cluster_url {url:?} is not a ws:// or wss:// URL"));
             }
+        }
+        if !(1_000..=10_000_000).contains(&self.webhook_log_events) {
+            return invalid("webhook_log_events must be from 1000 to 10000000".into());
         }
         if self.cluster_lease < Duration::from_millis(300) {
             return invalid("cluster_lease_ms must be at least 300 ms".into());

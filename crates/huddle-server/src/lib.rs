@@ -119,7 +119,7 @@ pub async fn serve(
     {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    state.stop_webhooks();
+    state.stop_webhooks().await;
     if tokio::time::timeout(signaling::SHUTDOWN_TIMEOUT, state.wait_idle())
         .await
         .is_err()
