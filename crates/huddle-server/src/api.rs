@@ -710,7 +710,7 @@ async fn run(state: &ServerState, app: AppId, action: &str, p: &Params) -> Resul
             };
             let op = Op::Broadcast {
                 room: room.clone(),
-                from,
+                sender: from,
                 message: message.to_string(),
                 to,
             };

@@ -53,7 +53,7 @@ pub(crate) enum Op {
     /// Send a broadcast message to the room, by node `to` alone (one with a member).
     Broadcast {
         room: RoomId,
-        from: User,
+        sender: User,
         message: String,
         to: String,
     },
@@ -74,7 +74,6 @@ struct Request {
     id: u64,
     from: String,
     app: u32,
-    #[serde(flatten)]
     op: Op,
 }
 
@@ -137,7 +136,7 @@ pub(crate) fn run_local(state: &ServerState, node: &str, app: AppId, op: &Op) ->
         }
         Op::Broadcast {
             room,
-            from,
+            sender,
             message,
             to,
         } => {
@@ -148,7 +147,7 @@ pub(crate) fn run_local(state: &ServerState, node: &str, app: AppId, op: &Op) ->
                 r.server_broadcast(
                     app,
                     room,
-                    from.clone(),
+                    sender.clone(),
                     message.clone(),
                     crate::registry::Clock::now().unix_ms,
                     out,
@@ -344,16 +343,28 @@ async fn serve(bus: Arc<Bus>, state: ServerState, first: redis::aio::PubSub) {
                 continue;
             };
             if msg.get_channel_name() == OPS_CHANNEL {
-                let Ok(req) = serde_json::from_str::<Request>(&payload) else {
-                    warn!("an unreadable server API op was ignored");
-                    continue;
-                };
-                let result = match AppId::new(req.app) {
-                    Ok(app) => run_local(&state, &bus.node, app, &req.op),
-                    Err(_) => json!({}),
+                let (id, from, result) = match serde_json::from_str::<Request>(&payload) {
+                    Ok(req) => {
+                        let result = match AppId::new(req.app) {
+                            Ok(app) => run_local(&state, &bus.node, app, &req.op),
+                            Err(_) => json!({}),
+                        };
+                        (req.id, req.from, result)
+                    }
+                    // An op this node cannot read (a node of another version): answered empty,
+                    // so that the asker does not wait for it.
+                    Err(e) => {
+                        let v: Value = serde_json::from_str(&payload).unwrap_or_default();
+                        let (Some(id), Some(from)) = (v["id"].as_u64(), v["from"].as_str()) else {
+                            warn!("an unreadable server API op was ignored");
+                            continue;
+                        };
+                        warn!("a server API op this node cannot read was answered empty: {e}");
+                        (id, from.to_string(), json!({}))
+                    }
                 };
                 let reply = Reply {
-                    id: req.id,
+                    id,
                     node: bus.node.clone(),
                     result,
                 };
@@ -362,7 +373,7 @@ async fn serve(bus: Arc<Bus>, state: ServerState, first: redis::aio::PubSub) {
                 };
                 let mut con = bus.con.clone();
                 let sent: Result<usize, _> = redis::cmd("PUBLISH")
-                    .arg(Bus::reply_channel(&req.from))
+                    .arg(Bus::reply_channel(&from))
                     .arg(text)
                     .query_async(&mut con)
                     .await;
@@ -398,8 +409,21 @@ mod tests {
         };
         let text = serde_json::to_string(&req).unwrap();
         let v: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["op"], "kick");
-        assert_eq!(v["users"][0], "bob");
+        assert_eq!(v["op"]["op"], "kick");
+        assert_eq!(v["op"]["users"][0], "bob");
+        let b = Request {
+            id: 8,
+            from: "node-a".into(),
+            app: 9,
+            op: Op::Broadcast {
+                room: RoomId::new("r1").unwrap(),
+                sender: User::new(UserId::new("ops").unwrap()),
+                message: "hi".into(),
+                to: "node-b".into(),
+            },
+        };
+        let back: Request = serde_json::from_str(&serde_json::to_string(&b).unwrap()).unwrap();
+        assert!(matches!(back.op, Op::Broadcast { ref to, .. } if to == "node-b"));
         let back: Request = serde_json::from_str(&text).unwrap();
         assert!(matches!(back.op, Op::Kick { ref users, .. } if users.len() == 1));
         assert_eq!(owner_node("node-a|12"), "node-a");
