@@ -766,6 +766,11 @@ async fn run(state: &ServerState, app: AppId, action: &str, p: &Params) -> Resul
                 stream,
                 task: task.clone(),
             };
+            if let Some(bus) = state.api().bus() {
+                bus.save_task(app, &task, &op)
+                    .await
+                    .map_err(|e| fail(code::BUSY, format!("the cluster store could not be written: {e}")))?;
+            }
             let answers = cluster(state, app, op).await?;
             let refused = answers
                 .iter()
@@ -773,6 +778,9 @@ async fn run(state: &ServerState, app: AppId, action: &str, p: &Params) -> Resul
                 .map(|(_, a)| a["exists"].as_str().map(str::to_string));
             if let Some(existing) = refused {
                 // Undo it where it started.
+                if let Some(bus) = state.api().bus() {
+                    bus.forget_task(app, &task).await;
+                }
                 let _ = cluster(state, app, Op::RecordStop { task }).await;
                 return Err(fail(
                     i64::from(ErrorCode::RECORD_TASK_EXISTS.as_u32()),
@@ -803,6 +811,9 @@ async fn run(state: &ServerState, app: AppId, action: &str, p: &Params) -> Resul
                     .await?
                     .iter()
                     .any(|(_, a)| a["found"] == Value::Bool(true));
+                if found && let Some(bus) = state.api().bus() {
+                    bus.forget_task(app, task).await;
+                }
                 return if found { Ok(None) } else { Err(not_found()) };
             }
             let op = Op::RecordDescribe {

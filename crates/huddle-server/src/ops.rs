@@ -31,6 +31,8 @@ use crate::signaling::ServerState;
 const OPS_CHANNEL: &str = "huddle:ops";
 /// How long an asker waits for the nodes' answers.
 pub(crate) const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a starting node waits for its first subscription before it serves anyway.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 /// How long one Redis command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -164,6 +166,10 @@ pub(crate) fn run_local(state: &ServerState, node: &str, app: AppId, op: &Op) ->
                     state.record_streams(app, now);
                     json!({ "started": true })
                 }
+                // Known already: from the cluster's task list when this node started.
+                Err(crate::recording::StartError::Exists(Some(other))) if other == *task => {
+                    json!({ "started": true })
+                }
                 Err(crate::recording::StartError::Exists(other)) => {
                     json!({ "started": false, "exists": other })
                 }
@@ -200,17 +206,26 @@ pub(crate) struct Bus {
 
 impl Bus {
     /// Connects to the Redis at `url` as node `node`, subscribes, and serves ops for `state`
-    /// until the server stops. Returns once subscribed (so this node answers from now on).
+    /// until the server stops. Returns once subscribed (so this node answers from now on), or
+    /// after [`SUBSCRIBE_WAIT`] with the subscription still being retried.
     pub(crate) async fn start(url: &str, node: &str, state: ServerState) -> Result<Arc<Bus>, String> {
         let client = redis::Client::open(url).map_err(|e| e.to_string())?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(COMMAND_TIMEOUT))
             .set_response_timeout(Some(COMMAND_TIMEOUT))
             .set_number_of_retries(2);
-        let con = client
-            .get_connection_manager_with_config(config)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut tries = 0;
+        let con = loop {
+            match client.get_connection_manager_with_config(config.clone()).await {
+                Ok(con) => break con,
+                Err(e) if tries < 5 => {
+                    debug!("the ops channel's connection failed ({e}); retrying");
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
         let bus = Arc::new(Bus {
             client,
             node: node.to_string(),
@@ -218,9 +233,67 @@ impl Bus {
             next: AtomicU64::new(1),
             waiting: Mutex::new(HashMap::new()),
         });
-        let pubsub = bus.subscribe().await?;
-        tokio::spawn(serve(bus.clone(), state, pubsub));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(serve(bus.clone(), state, ready_tx));
+        if tokio::time::timeout(SUBSCRIBE_WAIT, ready_rx).await.is_err() {
+            warn!("the server API's ops channel is not subscribed yet; retrying in the background");
+        }
         Ok(bus)
+    }
+
+    fn tasks_key(app: AppId) -> String {
+        format!("huddle:rec:{app}:tasks")
+    }
+
+    /// Keeps a recording task in the cluster's list of running tasks (a node that starts
+    /// later takes it up), before it is started on the nodes.
+    pub(crate) async fn save_task(&self, app: AppId, task: &str, op: &Op) -> Result<(), String> {
+        let mut con = self.con.clone();
+        let text = serde_json::to_string(op).map_err(|e| e.to_string())?;
+        let _: i64 = redis::cmd("HSET")
+            .arg(Self::tasks_key(app))
+            .arg(task)
+            .arg(text)
+            .query_async(&mut con)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Takes a task off the cluster's list (stopped, or refused).
+    pub(crate) async fn forget_task(&self, app: AppId, task: &str) {
+        let mut con = self.con.clone();
+        let done: Result<i64, _> = redis::cmd("HDEL")
+            .arg(Self::tasks_key(app))
+            .arg(task)
+            .query_async(&mut con)
+            .await;
+        if let Err(e) = done {
+            warn!(%app, task, "a stopped recording task stays in the cluster's list: {e}");
+        }
+    }
+
+    /// Starts on this node the recording tasks the cluster runs.
+    async fn resume_tasks(&self, state: &ServerState) {
+        for app in state.config().apps.iter().map(|a| a.app_id) {
+            let mut con = self.con.clone();
+            let tasks: Result<HashMap<String, String>, _> = redis::cmd("HGETALL")
+                .arg(Self::tasks_key(app))
+                .query_async(&mut con)
+                .await;
+            let tasks = match tasks {
+                Ok(t) => t,
+                Err(e) => {
+                    warn!(%app, "the cluster's recording tasks could not be read: {e}");
+                    continue;
+                }
+            };
+            for text in tasks.values() {
+                if let Ok(op @ Op::RecordStart { .. }) = serde_json::from_str::<Op>(text) {
+                    let _ = run_local(state, &self.node, app, &op);
+                }
+            }
+        }
     }
 
     /// This node's ID.
@@ -307,31 +380,34 @@ impl Bus {
 }
 
 /// Serves ops and routes answers until the server stops; subscribes again after a lost
-/// connection.
-async fn serve(bus: Arc<Bus>, state: ServerState, first: redis::aio::PubSub) {
+/// connection. After each subscription it takes up the cluster's running recording tasks (a
+/// task started while this node was not subscribed is in that list).
+async fn serve(bus: Arc<Bus>, state: ServerState, ready: tokio::sync::oneshot::Sender<()>) {
     let mut shutdown = state.shutdown_receiver();
-    let mut pubsub = Some(first);
+    let mut ready = Some(ready);
     let mut backoff = Duration::from_millis(100);
     loop {
-        let current = match pubsub.take() {
-            Some(p) => p,
-            None => match bus.subscribe().await {
-                Ok(p) => {
-                    info!("server API ops channel subscribed again");
-                    backoff = Duration::from_millis(100);
-                    p
+        let current = match bus.subscribe().await {
+            Ok(p) => {
+                backoff = Duration::from_millis(100);
+                p
+            }
+            Err(e) => {
+                debug!("server API ops channel not subscribed ({e}); retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return,
                 }
-                Err(e) => {
-                    debug!("server API ops channel not subscribed ({e}); retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => return,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    continue;
-                }
-            },
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
         };
+        bus.resume_tasks(&state).await;
+        if let Some(r) = ready.take() {
+            let _ = r.send(());
+        } else {
+            info!("server API ops channel subscribed again");
+        }
         let mut messages = current.into_on_message();
         loop {
             let msg = tokio::select! {

@@ -390,7 +390,10 @@ async fn a_recording_started_through_one_node_of_a_stream_on_another_is_told_by_
         if d["Data"]["Status"] == 2 && files.iter().any(|f| f["FileSize"].as_u64() > Some(0)) {
             break d;
         }
-        assert!(Instant::now() < deadline, "C never told the recording: {d}");
+        if Instant::now() >= deadline {
+            let files: Vec<_> = walk(&dir);
+            panic!("C never told the recording: {d}; files: {files:?}");
+        }
         common::stream_audio(&mut [&mut publisher], 10).await;
     };
     let file = &status["Data"]["RecordFiles"][0];
@@ -417,4 +420,19 @@ async fn a_recording_started_through_one_node_of_a_stream_on_another_is_told_by_
         n.stop();
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
