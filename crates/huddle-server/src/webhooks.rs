@@ -27,10 +27,10 @@
 //! most [`MAX_KEPT`]; past that the oldest are dropped and counted) plus the last [`KEEP_DELIVERED`]
 //! delivered ones for replays, and is rewritten without the rest when it grows to twice that.
 //!
-//! In a cluster each node tells its own part: the users and streams it holds, and `room_create` /
-//! `room_close` when the room gets its first / loses its last member *on that node*; sequence
-//! numbers are per node. `docs/operations.md` describes the design for one sequence per app in a
-//! cluster (a Redis stream per app).
+//! That is the [`FileLog`] of a node alone. In a cluster (`redis` set) the same events go to
+//! [`cluster::RedisLog`] behind the same [`EventLog`] seam: one sequence per app for the whole
+//! cluster, the room's life (`room_create` / `room_close`) from every node's members, one
+//! delivering node per receiver under a lease, and replays from any node (`docs/operations.md`).
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
