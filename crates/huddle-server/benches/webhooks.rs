@@ -38,7 +38,11 @@ struct Receiver {
 }
 
 fn unix_ms_f() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() * 1000.0
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        * 1000.0
 }
 
 async fn hook(State(r): State<Receiver>, body: String) -> StatusCode {
@@ -101,7 +105,11 @@ async fn logout(c: &mut Client) {
 async fn wait_for(r: &Receiver, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(300);
     while r.got.lock().len() < n {
-        assert!(Instant::now() < deadline, "only {} of {n} events came", r.got.lock().len());
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} events came",
+            r.got.lock().len()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -137,7 +145,9 @@ async fn run(name: &str, nodes: &[BackgroundServer], r: &Receiver) -> Figures {
     let mut delays: Vec<f64> = r.got.lock()[start..]
         .iter()
         .filter_map(|(at, e)| {
-            let t = e["login_time"].as_str().filter(|_| e["event"] == "room_login")
+            let t = e["login_time"]
+                .as_str()
+                .filter(|_| e["event"] == "room_login")
                 .or(e["logout_time"].as_str())?
                 .parse::<f64>()
                 .ok()?;
@@ -211,9 +221,18 @@ async fn main() {
     println!();
     println!("| | one node | three nodes on Redis |");
     println!("| --- | --- | --- |");
-    println!("| delay event → receiver, p50 | {:.1} ms | {:.1} ms |", one.p50, three.p50);
-    println!("| delay event → receiver, p95 | {:.1} ms | {:.1} ms |", one.p95, three.p95);
-    println!("| backlog through one receiver | {:.0} events/s | {:.0} events/s |", one.rate, three.rate);
+    println!(
+        "| delay event → receiver, p50 | {:.1} ms | {:.1} ms |",
+        one.p50, three.p50
+    );
+    println!(
+        "| delay event → receiver, p95 | {:.1} ms | {:.1} ms |",
+        one.p95, three.p95
+    );
+    println!(
+        "| backlog through one receiver | {:.0} events/s | {:.0} events/s |",
+        one.rate, three.rate
+    );
     println!("| events | {} | {} |", one.events, three.events);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = APP;

@@ -319,7 +319,10 @@ async fn cluster_nonce(state: &ServerState, app: AppId, p: &Params) -> Result<()
         return Ok(());
     };
     let nonce = p.get("SignatureNonce").unwrap_or_default();
-    let ts = p.get("Timestamp").and_then(|t| t.parse::<i64>().ok()).unwrap_or(0);
+    let ts = p
+        .get("Timestamp")
+        .and_then(|t| t.parse::<i64>().ok())
+        .unwrap_or(0);
     let now = i64::try_from(crate::registry::Clock::now().unix_ms / 1000).unwrap_or(i64::MAX);
     let left_secs = (ts + MAX_SKEW_SECS - now).clamp(1, 2 * MAX_SKEW_SECS);
     match bus.spend_nonce(app, nonce, left_secs).await {
@@ -457,12 +460,18 @@ fn merge_record_parts(parts: Vec<Value>) -> Option<Value> {
     let mut best = status(&task);
     for part in rest {
         let s = status(&part);
-        if let (Some(files), Some(more)) = (task["RecordFiles"].as_array_mut(), part["RecordFiles"].as_array()) {
+        if let (Some(files), Some(more)) =
+            (task["RecordFiles"].as_array_mut(), part["RecordFiles"].as_array())
+        {
             files.extend(more.iter().cloned());
         }
-        let dropped = task["DroppedPackets"].as_u64().unwrap_or(0) + part["DroppedPackets"].as_u64().unwrap_or(0);
+        let dropped =
+            task["DroppedPackets"].as_u64().unwrap_or(0) + part["DroppedPackets"].as_u64().unwrap_or(0);
         task["DroppedPackets"] = dropped.into();
-        let created = task["CreateTimestamp"].as_u64().unwrap_or(u64::MAX).min(part["CreateTimestamp"].as_u64().unwrap_or(u64::MAX));
+        let created = task["CreateTimestamp"]
+            .as_u64()
+            .unwrap_or(u64::MAX)
+            .min(part["CreateTimestamp"].as_u64().unwrap_or(u64::MAX));
         task["CreateTimestamp"] = created.into();
         let rank = |s: u64| match s {
             2 => 3,
@@ -479,7 +488,9 @@ fn merge_record_parts(parts: Vec<Value>) -> Option<Value> {
         }
     }
     task["Status"] = best.into();
-    if best != 4 && let Some(m) = task.as_object_mut() {
+    if best != 4
+        && let Some(m) = task.as_object_mut()
+    {
         m.remove("ErrorCode");
         m.remove("ErrorMessage");
     }
@@ -692,7 +703,12 @@ async fn run(state: &ServerState, app: AppId, action: &str, p: &Params) -> Resul
             let here = state.room(app, &room).is_some()
                 && state.with_registry(|r, _| !r.room_sessions(app, &room).is_empty());
             let to = if here {
-                Some(state.api().bus().map_or_else(String::new, |b| b.node().to_string()))
+                Some(
+                    state
+                        .api()
+                        .bus()
+                        .map_or_else(String::new, |b| b.node().to_string()),
+                )
             } else {
                 match state.cluster_store() {
                     Some(store) if state.api().bus().is_some() => store
@@ -843,6 +859,34 @@ mod tests {
 
     fn app(n: u32) -> AppId {
         AppId::new(n).unwrap()
+    }
+
+    #[test]
+    fn a_record_task_is_told_from_every_nodes_part() {
+        let part = |status: u64, files: Value, created: u64| {
+            json!({"TaskId": "t", "RoomId": "r", "Status": status, "CreateTimestamp": created,
+                   "RecordFiles": files, "DroppedPackets": 1})
+        };
+        // Waiting on two nodes, recording on the third: recording, with its files.
+        let merged = merge_record_parts(vec![
+            part(1, json!([]), 30),
+            part(2, json!([{"StreamId": "s", "FileSize": 10}]), 20),
+            part(1, json!([]), 25),
+        ])
+        .unwrap();
+        assert_eq!(merged["Status"], 2);
+        assert_eq!(merged["RecordFiles"].as_array().unwrap().len(), 1);
+        assert_eq!(merged["DroppedPackets"], 3);
+        assert_eq!(merged["CreateTimestamp"], 20);
+        // A failure on one node, ended elsewhere: failed, with its code.
+        let mut failed = part(4, json!([]), 1);
+        failed["ErrorCode"] = 1009086.into();
+        failed["ErrorMessage"] = "disk full".into();
+        let merged = merge_record_parts(vec![part(3, json!([]), 1), failed]).unwrap();
+        assert_eq!(merged["Status"], 4);
+        assert_eq!(merged["ErrorCode"], 1009086);
+        // No node knows the task.
+        assert!(merge_record_parts(Vec::new()).is_none());
     }
 
     #[test]

@@ -250,7 +250,11 @@ impl Webhooks {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         Ok(Some(Webhooks {
             log,
-            apps: apps.iter().filter(|a| !a.webhooks.is_empty()).map(|a| a.app_id).collect(),
+            apps: apps
+                .iter()
+                .filter(|a| !a.webhooks.is_empty())
+                .map(|a| a.app_id)
+                .collect(),
             cluster,
             tx,
             rx: Mutex::new(Some(rx)),
@@ -820,7 +824,15 @@ impl WebhookTap {
     }
 
     /// Queues a room event; in a cluster with what it changes in the room's life.
-    fn queue_room(&self, app: AppId, event: Map<String, Value>, room: &RoomId, kind: TrackKind, id: &str, value: String) {
+    fn queue_room(
+        &self,
+        app: AppId,
+        event: Map<String, Value>,
+        room: &RoomId,
+        kind: TrackKind,
+        id: &str,
+        value: String,
+    ) {
         let track = self.cluster.then(|| Track {
             room: room.clone(),
             kind,

@@ -77,7 +77,12 @@ async fn start_receiver() -> (Receiver, String) {
 }
 
 /// A node of the test cluster (1 s lease), with the receiver at `hook` if given.
-fn node(redis: &RedisServer, id: &str, hook: Option<&str>, record_dir: Option<&std::path::Path>) -> BackgroundServer {
+fn node(
+    redis: &RedisServer,
+    id: &str,
+    hook: Option<&str>,
+    record_dir: Option<&std::path::Path>,
+) -> BackgroundServer {
     let mut config = common::config();
     config.redis = Some(redis.url.clone());
     config.node_id = Some(id.into());
@@ -123,7 +128,9 @@ fn signed(action: &str, nonce: &str) -> String {
     let secret = test_app(APP).server_secret.as_str().to_string();
     let ts = now_secs();
     let sig = hex::encode(md5::Md5::digest(format!("{APP}{nonce}{secret}{ts}").as_bytes()));
-    format!("Action={action}&AppId={APP}&SignatureNonce={nonce}&Timestamp={ts}&Signature={sig}&SignatureVersion=2.0")
+    format!(
+        "Action={action}&AppId={APP}&SignatureNonce={nonce}&Timestamp={ts}&Signature={sig}&SignatureVersion=2.0"
+    )
 }
 
 async fn get(addr: SocketAddr, query: &str) -> Value {
@@ -132,7 +139,10 @@ async fn get(addr: SocketAddr, query: &str) -> Value {
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     tcp.read_to_string(&mut response).await.unwrap();
-    let text = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    let text = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
@@ -172,7 +182,10 @@ async fn same_on_all(nodes: &[&BackgroundServer], what: &str, f: impl Fn(&Value)
         if answers.iter().all(|a| *a == answers[0]) && f(&answers[0]) {
             return answers.remove(0);
         }
-        assert!(Instant::now() < deadline, "the nodes never agreed on {what}: {answers:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "the nodes never agreed on {what}: {answers:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -231,7 +244,10 @@ async fn a_rooms_webhooks_come_once_each_in_one_sequence_and_the_api_answers_for
     bob.publish("s-bob").await;
     logout(&mut carol).await;
     let mut dave = Client::login(&a, "dave").await;
-    until("a refused delivery", || receiver.refused.load(Ordering::SeqCst) > 0).await;
+    until("a refused delivery", || {
+        receiver.refused.load(Ordering::SeqCst) > 0
+    })
+    .await;
 
     // Node B restarts (bob's session ends with it); a new user logs in through it.
     b.stop();
@@ -253,13 +269,21 @@ async fn a_rooms_webhooks_come_once_each_in_one_sequence_and_the_api_answers_for
     );
 
     // Actions asked of a node where the user or stream is not act where it is.
-    let bc = call(&c, "SendBroadcastMessage", &format!("RoomId={ROOM}&UserId=ops&MessageContent=hello")).await;
+    let bc = call(
+        &c,
+        "SendBroadcastMessage",
+        &format!("RoomId={ROOM}&UserId=ops&MessageContent=hello"),
+    )
+    .await;
     assert_eq!(code(&bc), 0, "{bc}");
     for cl in [&mut alice, &mut dave, &mut erin] {
         let m = cl
             .wait_for(|m| matches!(m, ServerMsg::BroadcastMessage { .. }))
             .await;
-        assert!(matches!(m, ServerMsg::BroadcastMessage { ref message, .. } if message == "hello"), "{m:?}");
+        assert!(
+            matches!(m, ServerMsg::BroadcastMessage { ref message, .. } if message == "hello"),
+            "{m:?}"
+        );
     }
     let del = call(&b, "DeleteStream", &format!("RoomId={ROOM}&StreamId=s-alice")).await;
     assert_eq!(code(&del), 0, "{del}");
@@ -270,11 +294,17 @@ async fn a_rooms_webhooks_come_once_each_in_one_sequence_and_the_api_answers_for
     assert_eq!(kick["Data"]["OtherNodeUsers"], serde_json::json!([]), "{kick}");
     let m = dave.wait_for(|m| matches!(m, ServerMsg::Kicked { .. })).await;
     assert!(matches!(m, ServerMsg::Kicked { code, .. } if code == ErrorCode::KICKED_BY_SERVER));
-    same_on_all(&[&a, &b, &c], "alice and erin", |v| user_ids(v) == ["alice", "erin"]).await;
+    same_on_all(&[&a, &b, &c], "alice and erin", |v| {
+        user_ids(v) == ["alice", "erin"]
+    })
+    .await;
     // A nonce spent on one node is refused by another.
     let n = nonce();
     assert_eq!(code(&get(a.addr(), &signed("DescribeRoomList", &n)).await), 0);
-    assert_eq!(code(&get(c.addr(), &signed("DescribeRoomList", &n)).await), 1009031);
+    assert_eq!(
+        code(&get(c.addr(), &signed("DescribeRoomList", &n)).await),
+        1009031
+    );
     // Closing the room through the node with none of its members.
     let close = call(&c, "CloseRoom", &format!("RoomId={ROOM}")).await;
     assert_eq!(code(&close), 0, "{close}");
@@ -370,7 +400,10 @@ async fn a_recording_started_through_one_node_of_a_stream_on_another_is_told_by_
     assert_eq!(code(&start), 0, "{start}");
     let task = start["Data"]["TaskId"].as_str().unwrap().to_string();
     // One task per room for the whole cluster.
-    assert_eq!(code(&call(&c, "StartRecord", &format!("RoomId={ROOM}")).await), 1009088);
+    assert_eq!(
+        code(&call(&c, "StartRecord", &format!("RoomId={ROOM}")).await),
+        1009088
+    );
     let waiting = call(&c, "DescribeRecordStatus", &format!("TaskId={task}")).await;
     assert_eq!(waiting["Data"]["Status"], 1, "{waiting}");
 
@@ -399,7 +432,13 @@ async fn a_recording_started_through_one_node_of_a_stream_on_another_is_told_by_
     let file = &status["Data"]["RecordFiles"][0];
     assert_eq!(file["StreamId"], "s-rec", "{status}");
     assert_eq!(file["OutputFileFormat"], "ogg", "{status}");
-    assert!(file["FilePath"].as_str().unwrap().contains(&format!("{APP}/{ROOM}/s-rec-")), "{status}");
+    assert!(
+        file["FilePath"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{APP}/{ROOM}/s-rec-")),
+        "{status}"
+    );
     assert_eq!(status["Data"]["RoomId"], ROOM);
 
     // Stopped through C: every node's part ends; B tells it.

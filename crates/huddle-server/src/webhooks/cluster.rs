@@ -36,8 +36,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::{
-    ATTEMPT_TIMEOUT, EventLog, FIRST_BACKOFF, LogFuture, MAX_BACKOFF, Pending, Replay, StartCtx, WebhookCounts,
-    WriterMsg, post, signed_body, unix_ms, url_key,
+    ATTEMPT_TIMEOUT, EventLog, FIRST_BACKOFF, LogFuture, MAX_BACKOFF, Pending, Replay, StartCtx,
+    WebhookCounts, WriterMsg, post, signed_body, unix_ms, url_key,
 };
 use crate::config::AppConfig;
 
@@ -461,7 +461,10 @@ impl EventLog for RedisLog {
                     .await
                     .map_err(|e| e.to_string())?;
                 let last = last.unwrap_or(0);
-                let oldest = first.first().and_then(|(id, _)| entry_seq(id)).unwrap_or(last + 1);
+                let oldest = first
+                    .first()
+                    .and_then(|(id, _)| entry_seq(id))
+                    .unwrap_or(last + 1);
                 if from == 0 || from < oldest || from > last {
                     return Ok(Replay::Unavailable { oldest, last });
                 }
@@ -720,10 +723,12 @@ async fn deliver_loop(
                     None => Err("a logged event is not JSON".to_string()),
                 };
                 let result = match (&uri, body) {
-                    (Some(uri), Ok(body)) => match tokio::time::timeout(attempt_timeout, post(uri, &tls, body)).await {
-                        Ok(r) => r,
-                        Err(_) => Err("no answer in time".to_string()),
-                    },
+                    (Some(uri), Ok(body)) => {
+                        match tokio::time::timeout(attempt_timeout, post(uri, &tls, body)).await {
+                            Ok(r) => r,
+                            Err(_) => Err("no answer in time".to_string()),
+                        }
+                    }
                     (None, _) => Err("the url is not valid".to_string()),
                     (_, Err(e)) => Err(e),
                 };
@@ -829,17 +834,19 @@ mod tests {
     fn an_entry_becomes_its_event_with_the_clusters_room_session() {
         let fields = |e: &str, s: &str| vec!["e".to_string(), e.to_string(), "s".to_string(), s.to_string()];
         let login = materialize(&fields(r#"{"event":"room_login","room_seq":""}"#, "42")).unwrap();
-        assert_eq!(
-            serde_json::from_str::<Value>(&login).unwrap()["room_seq"],
-            "42"
-        );
+        assert_eq!(serde_json::from_str::<Value>(&login).unwrap()["room_seq"], "42");
         let create = materialize(&fields(r#"{"event":"stream_create"}"#, "42")).unwrap();
         assert_eq!(
             serde_json::from_str::<Value>(&create).unwrap()["room_session_id"],
             "42"
         );
         let rec = materialize(&fields(r#"{"event":"record_started"}"#, "")).unwrap();
-        assert!(serde_json::from_str::<Value>(&rec).unwrap().get("room_session_id").is_none());
+        assert!(
+            serde_json::from_str::<Value>(&rec)
+                .unwrap()
+                .get("room_session_id")
+                .is_none()
+        );
         assert!(materialize(&fields("not json", "1")).is_none());
         assert_eq!(entry_seq("0-17"), Some(17));
         assert_eq!(entry_seq("5-1"), None);
