@@ -74,6 +74,10 @@ fn node(redis: Option<&RedisServer>, id: &str, url: &str, dir: &std::path::Path)
         callback_secret: None,
     }];
     config.data_dir = dir.join(id);
+    // Every test client comes from 127.0.0.1, faster than a real one would.
+    config.connection_rate_per_ip = 100_000;
+    config.connection_burst_per_ip = 100_000;
+    config.max_connections_per_ip = 100_000;
     if let Some(r) = redis {
         config.redis = Some(r.url.clone());
         config.node_id = Some(id.into());
