@@ -14,7 +14,6 @@
 //! (default 1000 logins, each with its logout).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
 mod common;
 
 use std::sync::Arc;
@@ -23,8 +22,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use common::Client;
 use common::redis::RedisServer;
-use common::{APP, Client};
 use huddle_proto::ClientMsg;
 use huddle_server::{BackgroundServer, WebhookConfig};
 use parking_lot::Mutex;
@@ -239,5 +238,4 @@ async fn main() {
     );
     println!("| events | {} | {} |", one.events, three.events);
     let _ = std::fs::remove_dir_all(&dir);
-    let _ = APP;
 }

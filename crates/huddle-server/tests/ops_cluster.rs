@@ -45,7 +45,7 @@ struct Receiver {
 fn signature_ok(body: &Value) -> bool {
     let ts = body["timestamp"].to_string();
     let nonce = body["nonce"].as_str().unwrap_or("").to_string();
-    let mut parts = vec![SECRET.to_string(), ts, nonce];
+    let mut parts = [SECRET.to_string(), ts, nonce];
     parts.sort();
     let digest = sha1::Sha1::digest(parts.concat().as_bytes());
     body["signature"].as_str() == Some(hex::encode(digest).as_str())

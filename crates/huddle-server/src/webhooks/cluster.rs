@@ -406,10 +406,10 @@ impl EventLog for RedisLog {
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + STOP_WAIT;
             let done = self.writer_done.lock().take();
-            if let Some(done) = done {
-                if tx.send_timeout(WriterMsg::Stop, STOP_WAIT).await.is_ok() {
-                    let _ = tokio::time::timeout_at(deadline, done).await;
-                }
+            if let Some(done) = done
+                && tx.send_timeout(WriterMsg::Stop, STOP_WAIT).await.is_ok()
+            {
+                let _ = tokio::time::timeout_at(deadline, done).await;
             }
             let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock());
             for t in tasks {
