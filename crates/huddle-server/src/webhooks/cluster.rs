@@ -50,7 +50,7 @@ const READ_BLOCK: Duration = Duration::from_millis(250);
 const READ_COUNT: usize = 64;
 /// How long a room's membership record lives after its last change (a room whose every node
 /// died without a later login is forgotten then).
-const ROOM_TTL: Duration = Duration::from_secs(24 * 3600);
+const ROOM_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long `stop` waits for the writer to append what was queued and for the deliveries in
 /// flight to end.
 const STOP_WAIT: Duration = Duration::from_secs(5);
