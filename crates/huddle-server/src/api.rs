@@ -27,6 +27,7 @@ use md5::{Digest, Md5};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
+use crate::ops::Op;
 use crate::signaling::ServerState;
 use crate::webhooks::Replay;
 
@@ -105,16 +106,39 @@ fn bad_text(param: &str, why: &str) -> ApiError {
     fail(code::BAD_PARAMETER, format!("{param}: {why}"))
 }
 
-/// The server API's state: the nonces seen.
+/// The server API's state: the nonces seen, and in a cluster the channel to the other nodes.
 pub(crate) struct ApiState {
     nonces: Mutex<NonceCache>,
+    /// The ops channel of the cluster (`crate::ops`), once started; `None` on one node.
+    bus: std::sync::OnceLock<std::sync::Arc<crate::ops::Bus>>,
 }
 
 impl ApiState {
     pub(crate) fn new() -> ApiState {
         ApiState {
             nonces: Mutex::new(NonceCache::default()),
+            bus: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The cluster's ops channel, when this node is one of a cluster.
+    pub(crate) fn bus(&self) -> Option<&std::sync::Arc<crate::ops::Bus>> {
+        self.bus.get()
+    }
+}
+
+/// In a cluster: starts the ops channel through which the API's actions reach every node.
+/// A node whose Redis does not answer starts without it and logs why (its API then acts on
+/// its own sessions only).
+pub(crate) async fn start_cluster(state: &ServerState) {
+    let (Some(url), Some(store)) = (state.config().redis.clone(), state.cluster_store()) else {
+        return;
+    };
+    match crate::ops::Bus::start(&url, store.node_id(), state.clone()).await {
+        Ok(bus) => {
+            let _ = state.api().bus.set(bus);
+        }
+        Err(e) => tracing::warn!("the server API's ops channel did not start: {e}"),
     }
 }
 
@@ -278,6 +302,7 @@ async fn handle(
     let result = async {
         let params = Params::parse(query.as_deref(), &body)?;
         let (app, action) = authenticate(&state, &params)?;
+        cluster_nonce(&state, app, &params).await?;
         run(&state, app, action, &params).await
     }
     .await;
@@ -285,6 +310,32 @@ async fn handle(
         tracing::debug!(code = e.code, message = %e.message, "server API request refused");
     }
     answer(&id, result)
+}
+
+/// In a cluster, a nonce is spent for every node: `SET NX` of `huddle:api:nonce:{app}:{nonce}`
+/// for the rest of its request's window, so a request replayed to another node is refused too.
+async fn cluster_nonce(state: &ServerState, app: AppId, p: &Params) -> Result<(), ApiError> {
+    let Some(bus) = state.api().bus() else {
+        return Ok(());
+    };
+    let nonce = p.get("SignatureNonce").unwrap_or_default();
+    let ts = p
+        .get("Timestamp")
+        .and_then(|t| t.parse::<i64>().ok())
+        .unwrap_or(0);
+    let now = i64::try_from(crate::registry::Clock::now().unix_ms / 1000).unwrap_or(i64::MAX);
+    let left_secs = (ts + MAX_SKEW_SECS - now).clamp(1, 2 * MAX_SKEW_SECS);
+    match bus.spend_nonce(app, nonce, left_secs).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(huddle(&HuddleError::new(
+            ErrorCode::API_NONCE_REPLAYED,
+            "this SignatureNonce was used already (on this or another node)",
+        ))),
+        Err(e) => Err(fail(
+            code::BUSY,
+            format!("the cluster store could not be read: {e}"),
+        )),
+    }
 }
 
 /// Checks the common parameters and the signature; returns the app and the action.
@@ -391,6 +442,61 @@ async fn room_view(
     Ok(Some((users, streams)))
 }
 
+/// Runs `op` on every node (`crate::ops`): their answers.
+async fn cluster(state: &ServerState, app: AppId, op: Op) -> Result<Vec<(String, Value)>, ApiError> {
+    crate::ops::ask(state, app, op)
+        .await
+        .map_err(|e| fail(code::BUSY, format!("the cluster could not be asked: {e}")))
+}
+
+/// `DescribeRecordStatus` of a task from every node's part: the files of all of them, the
+/// state of the task as a whole (recording on any node: 2; else failed on any: 4 with its code;
+/// else ended: 3; else waiting: 1).
+fn merge_record_parts(parts: Vec<Value>) -> Option<Value> {
+    let mut iter = parts.into_iter();
+    let mut task = iter.next()?;
+    let rest: Vec<Value> = iter.collect();
+    let status = |v: &Value| v["Status"].as_u64().unwrap_or(1);
+    let mut best = status(&task);
+    for part in rest {
+        let s = status(&part);
+        if let (Some(files), Some(more)) =
+            (task["RecordFiles"].as_array_mut(), part["RecordFiles"].as_array())
+        {
+            files.extend(more.iter().cloned());
+        }
+        let dropped =
+            task["DroppedPackets"].as_u64().unwrap_or(0) + part["DroppedPackets"].as_u64().unwrap_or(0);
+        task["DroppedPackets"] = dropped.into();
+        let created = task["CreateTimestamp"]
+            .as_u64()
+            .unwrap_or(u64::MAX)
+            .min(part["CreateTimestamp"].as_u64().unwrap_or(u64::MAX));
+        task["CreateTimestamp"] = created.into();
+        let rank = |s: u64| match s {
+            2 => 3,
+            4 => 2,
+            3 => 1,
+            _ => 0,
+        };
+        if part.get("ErrorCode").is_some() && task.get("ErrorCode").is_none() {
+            task["ErrorCode"] = part["ErrorCode"].clone();
+            task["ErrorMessage"] = part["ErrorMessage"].clone();
+        }
+        if rank(s) > rank(best) {
+            best = s;
+        }
+    }
+    task["Status"] = best.into();
+    if best != 4
+        && let Some(m) = task.as_object_mut()
+    {
+        m.remove("ErrorCode");
+        m.remove("ErrorMessage");
+    }
+    Some(task)
+}
+
 fn reason(p: &Params, default: &str) -> Result<String, ApiError> {
     match p.get("CustomReason") {
         None | Some("") => Ok(default.to_string()),
@@ -405,14 +511,16 @@ fn reason(p: &Params, default: &str) -> Result<String, ApiError> {
 async fn run(state: &ServerState, app: AppId, action: &str, p: &Params) -> Result<Option<Value>, ApiError> {
     match action {
         "DescribeRoomList" => {
-            let rooms = state.with_registry(|r, _| {
-                r.room_ids(app)
-                    .into_iter()
-                    .filter_map(|id| r.room(app, &id).map(|v| (id, v)))
-                    .map(|(id, v)| json!({"RoomId": id.as_str(), "UserCount": v.users.len(), "StreamCount": v.streams.len()}))
-                    .collect::<Vec<_>>()
-            });
-            Ok(Some(json!({"RoomList": rooms})))
+            // Every node lists the rooms it has a member in, each with the whole room's counts.
+            let mut rooms: std::collections::BTreeMap<String, Value> = std::collections::BTreeMap::new();
+            for (_, answer) in cluster(state, app, Op::Rooms).await? {
+                for room in answer["rooms"].as_array().into_iter().flatten() {
+                    if let Some(id) = room["RoomId"].as_str() {
+                        rooms.entry(id.to_string()).or_insert_with(|| room.clone());
+                    }
+                }
+            }
+            Ok(Some(json!({"RoomList": rooms.into_values().collect::<Vec<_>>()})))
         }
         "DescribeUserNum" => {
             let ids = p.list("RoomId");
@@ -485,56 +593,59 @@ async fn run(state: &ServerState, app: AppId, action: &str, p: &Params) -> Resul
                 .map(|u| UserId::new(u).map_err(|e| bad("UserId", &e)))
                 .collect::<Result<Vec<_>, _>>()?;
             let why = reason(p, "kicked out by the app's server")?;
-            let cluster = room_view(state, app, &room).await?;
-            let (kicked, missing) = state.with_registry(|r, out| {
-                let mut kicked = Vec::new();
-                let mut missing = Vec::new();
-                for u in &users {
-                    match r.session_of(app, &room, u) {
-                        Some(s) if r.kick(s, ErrorCode::KICKED_BY_SERVER, &why, out) => {
-                            kicked.push(u.clone())
-                        }
-                        _ => missing.push(u.clone()),
+            let op = Op::Kick {
+                room: room.clone(),
+                users: users.clone(),
+                reason: why,
+            };
+            let mut kicked: Vec<String> = Vec::new();
+            for (_, answer) in cluster(state, app, op).await? {
+                for u in answer["kicked"].as_array().into_iter().flatten() {
+                    if let Some(u) = u.as_str() {
+                        kicked.push(u.to_string());
                     }
                 }
-                (kicked, missing)
-            });
-            let in_cluster = |u: &UserId| {
-                cluster
-                    .as_ref()
-                    .is_some_and(|(us, _)| us.iter().any(|x| x.user_id == *u))
-            };
-            let elsewhere: Vec<&str> = missing
+            }
+            kicked.sort();
+            kicked.dedup();
+            // Users the store lists in the room whose node did not answer in time.
+            let listed = room_view(state, app, &room).await?;
+            let elsewhere: Vec<&str> = users
                 .iter()
-                .filter(|u| in_cluster(u))
+                .filter(|u| !kicked.iter().any(|k| k == u.as_str()))
+                .filter(|u| {
+                    listed
+                        .as_ref()
+                        .is_some_and(|(us, _)| us.iter().any(|x| x.user_id == **u))
+                })
                 .map(UserId::as_str)
                 .collect();
             if kicked.is_empty() && elsewhere.is_empty() {
                 return Err(fail(code::USER_NOT_FOUND, "none of the users is in the room"));
             }
-            let kicked: Vec<&str> = kicked.iter().map(UserId::as_str).collect();
             Ok(Some(json!({"KickedUsers": kicked, "OtherNodeUsers": elsewhere})))
         }
         "CloseRoom" => {
             let room = p.room()?;
             let why = reason(p, "the room was closed by the app's server")?;
-            let cluster = room_view(state, app, &room).await?;
-            let closed = state.with_registry(|r, out| {
-                let sessions = r.room_sessions(app, &room);
-                let n = sessions.len();
-                for s in sessions {
-                    let _ = r.kick(s, ErrorCode::KICKED_BY_SERVER, &why, out);
-                }
-                n
-            });
-            if closed == 0 && cluster.is_none() {
+            let listed = room_view(state, app, &room).await?;
+            let op = Op::Close {
+                room: room.clone(),
+                reason: why,
+            };
+            let closed: u64 = cluster(state, app, op)
+                .await?
+                .iter()
+                .filter_map(|(_, a)| a["closed"].as_u64())
+                .sum();
+            if closed == 0 && listed.is_none() {
                 return Err(fail(code::ROOM_NOT_FOUND, "the room does not exist"));
             }
-            let remaining = state.room(app, &room).map_or(0, |v| v.users.len());
+            // Users of nodes that did not answer in time (none when every node did).
             let others = if closed == 0 {
-                cluster.map_or(0, |(u, _)| u.len())
+                listed.map_or(0, |(u, _)| u.len())
             } else {
-                remaining
+                0
             };
             Ok(Some(json!({"ClosedSessions": closed, "OtherNodeUsers": others})))
         }
@@ -544,29 +655,21 @@ async fn run(state: &ServerState, app: AppId, action: &str, p: &Params) -> Resul
                 UserId::new(u).map_err(|e| bad("UserId", &e))?;
             }
             let stream = StreamId::new(p.required("StreamId")?).map_err(|e| bad("StreamId", &e))?;
-            let message = "the stream was stopped by the app's server";
-            let stopped = state.with_registry(|r, out| {
-                r.stop_stream(
-                    app,
-                    &room,
-                    &stream,
-                    ErrorCode::STREAM_STOPPED_BY_SERVER,
-                    message,
-                    out,
-                )
-            });
+            let op = Op::StopStream {
+                room: room.clone(),
+                stream: stream.clone(),
+            };
+            let stopped = cluster(state, app, op)
+                .await?
+                .iter()
+                .any(|(_, a)| a["stopped"] == Value::Bool(true));
             if stopped {
                 return Ok(None);
             }
-            let elsewhere = room_view(state, app, &room)
-                .await?
-                .is_some_and(|(_, s)| s.iter().any(|x| x.stream_id == stream));
-            let why = if elsewhere {
-                "the stream is published on another node: ask that node (docs/operations.md)"
-            } else {
-                "the stream is not published in the room"
-            };
-            Err(fail(i64::from(ErrorCode::STREAM_NOT_FOUND.as_u32()), why))
+            Err(fail(
+                i64::from(ErrorCode::STREAM_NOT_FOUND.as_u32()),
+                "the stream is not published in the room",
+            ))
         }
         "SendBroadcastMessage" => {
             let room = p.room()?;
@@ -595,18 +698,44 @@ async fn run(state: &ServerState, app: AppId, action: &str, p: &Params) -> Resul
                 user_id: from,
                 user_name: name,
             };
-            let sent = state.with_registry(|r, out| {
-                r.server_broadcast(
-                    app,
-                    &room,
-                    from,
-                    message.to_string(),
-                    crate::registry::Clock::now().unix_ms,
-                    out,
+            // Sent by one node with a member in the room (this one if it has one): the others'
+            // members get it through the room's history.
+            let here = state.room(app, &room).is_some()
+                && state.with_registry(|r, _| !r.room_sessions(app, &room).is_empty());
+            let to = if here {
+                Some(
+                    state
+                        .api()
+                        .bus()
+                        .map_or_else(String::new, |b| b.node().to_string()),
                 )
-            });
+            } else {
+                match state.cluster_store() {
+                    Some(store) if state.api().bus().is_some() => store
+                        .room_snapshot(app, &room)
+                        .await
+                        .map_err(|e| fail(code::BUSY, format!("the cluster store could not be read: {e}")))?
+                        .users
+                        .first()
+                        .map(|(owner, _)| crate::ops::owner_node(owner).to_string()),
+                    _ => None,
+                }
+            };
+            let Some(to) = to else {
+                return Err(fail(code::ROOM_NOT_FOUND, "the room has no member"));
+            };
+            let op = Op::Broadcast {
+                room: room.clone(),
+                sender: from,
+                message: message.to_string(),
+                to,
+            };
+            let sent = cluster(state, app, op)
+                .await?
+                .iter()
+                .find_map(|(_, a)| a["message_id"].as_u64());
             let Some(message_id) = sent else {
-                return Err(fail(code::ROOM_NOT_FOUND, "the room has no member on this node"));
+                return Err(fail(code::ROOM_NOT_FOUND, "the room has no member"));
             };
             Ok(Some(json!({"MessageId": message_id})))
         }
@@ -615,12 +744,16 @@ async fn run(state: &ServerState, app: AppId, action: &str, p: &Params) -> Resul
             let Some(hooks) = state.webhooks() else {
                 return Err(huddle(&HuddleError::from(ErrorCode::WEBHOOK_NOT_CONFIGURED)));
             };
-            match hooks.replay(app, from) {
+            match hooks.replay(app, from).await {
                 Replay::Scheduled { from, last } => Ok(Some(json!({"FromSeq": from, "LastSeq": last}))),
                 Replay::NotConfigured => Err(huddle(&HuddleError::from(ErrorCode::WEBHOOK_NOT_CONFIGURED))),
                 Replay::Unavailable { oldest, last } => Err(fail(
                     i64::from(ErrorCode::WEBHOOK_SEQ_UNAVAILABLE.as_u32()),
                     format!("FromSeq must be from {oldest} to {last} (the events kept)"),
+                )),
+                Replay::Unreachable(e) => Err(fail(
+                    code::BUSY,
+                    format!("the cluster's webhook log could not be read: {e}"),
                 )),
             }
         }
@@ -642,37 +775,73 @@ async fn run(state: &ServerState, app: AppId, action: &str, p: &Params) -> Resul
                     format!("the recording directory is not writable: {why}"),
                 ));
             }
-            match state.recorder().start_task(app, &room, stream) {
-                Ok((task, now)) => {
-                    state.record_streams(app, now);
-                    Ok(Some(json!({"TaskId": task})))
+            // Every node starts the task: each records the room's streams published on it.
+            let task = crate::recording::Recorder::new_task_id();
+            let op = Op::RecordStart {
+                room: room.clone(),
+                stream,
+                task: task.clone(),
+            };
+            if let Some(bus) = state.api().bus() {
+                bus.save_task(app, &task, &op)
+                    .await
+                    .map_err(|e| fail(code::BUSY, format!("the cluster store could not be written: {e}")))?;
+            }
+            let answers = cluster(state, app, op).await?;
+            let refused = answers
+                .iter()
+                .find(|(_, a)| a["started"] == Value::Bool(false))
+                .map(|(_, a)| a["exists"].as_str().map(str::to_string));
+            if let Some(existing) = refused {
+                // Undo it where it started.
+                if let Some(bus) = state.api().bus() {
+                    bus.forget_task(app, &task).await;
                 }
-                Err(crate::recording::StartError::Exists(task)) => Err(fail(
+                let _ = cluster(state, app, Op::RecordStop { task }).await;
+                return Err(fail(
                     i64::from(ErrorCode::RECORD_TASK_EXISTS.as_u32()),
-                    match task {
+                    match existing {
                         Some(t) => format!("the room is recorded already by task {t}"),
                         None => "the app records every stream already (auto_record)".to_string(),
                     },
-                )),
+                ));
             }
+            Ok(Some(json!({"TaskId": task})))
         }
         "StopRecord" | "DescribeRecordStatus" => {
             let task = p.required("TaskId")?;
             if task.is_empty() || task.len() > 64 || !task.bytes().all(|b| b.is_ascii_alphanumeric()) {
                 return Err(bad_text("TaskId", "the TaskId StartRecord returned"));
             }
-            let recorder = state.recorder();
-            let found = if action == "StopRecord" {
-                recorder.stop_task(app, task).then_some(None)
-            } else {
-                recorder.describe(app, task).map(Some)
-            };
-            found.ok_or_else(|| {
+            let not_found = || {
                 fail(
                     i64::from(ErrorCode::RECORD_TASK_NOT_FOUND.as_u32()),
-                    "no recording task has this TaskId on this server",
+                    "no recording task has this TaskId",
                 )
-            })
+            };
+            if action == "StopRecord" {
+                let op = Op::RecordStop {
+                    task: task.to_string(),
+                };
+                let found = cluster(state, app, op)
+                    .await?
+                    .iter()
+                    .any(|(_, a)| a["found"] == Value::Bool(true));
+                if found && let Some(bus) = state.api().bus() {
+                    bus.forget_task(app, task).await;
+                }
+                return if found { Ok(None) } else { Err(not_found()) };
+            }
+            let op = Op::RecordDescribe {
+                task: task.to_string(),
+            };
+            let parts: Vec<Value> = cluster(state, app, op)
+                .await?
+                .into_iter()
+                .map(|(_, mut a)| a["part"].take())
+                .filter(|p| p.is_object())
+                .collect();
+            merge_record_parts(parts).map(Some).ok_or_else(not_found)
         }
         other => Err(fail(
             code::ACTION_UNSUPPORTED,
@@ -690,6 +859,34 @@ mod tests {
 
     fn app(n: u32) -> AppId {
         AppId::new(n).unwrap()
+    }
+
+    #[test]
+    fn a_record_task_is_told_from_every_nodes_part() {
+        let part = |status: u64, files: Value, created: u64| {
+            json!({"TaskId": "t", "RoomId": "r", "Status": status, "CreateTimestamp": created,
+                   "RecordFiles": files, "DroppedPackets": 1})
+        };
+        // Waiting on two nodes, recording on the third: recording, with its files.
+        let merged = merge_record_parts(vec![
+            part(1, json!([]), 30),
+            part(2, json!([{"StreamId": "s", "FileSize": 10}]), 20),
+            part(1, json!([]), 25),
+        ])
+        .unwrap();
+        assert_eq!(merged["Status"], 2);
+        assert_eq!(merged["RecordFiles"].as_array().unwrap().len(), 1);
+        assert_eq!(merged["DroppedPackets"], 3);
+        assert_eq!(merged["CreateTimestamp"], 20);
+        // A failure on one node, ended elsewhere: failed, with its code.
+        let mut failed = part(4, json!([]), 1);
+        failed["ErrorCode"] = 1009086.into();
+        failed["ErrorMessage"] = "disk full".into();
+        let merged = merge_record_parts(vec![part(3, json!([]), 1), failed]).unwrap();
+        assert_eq!(merged["Status"], 4);
+        assert_eq!(merged["ErrorCode"], 1009086);
+        // No node knows the task.
+        assert!(merge_record_parts(Vec::new()).is_none());
     }
 
     #[test]

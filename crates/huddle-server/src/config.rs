@@ -302,6 +302,11 @@ pub struct ServerConfig {
     /// (`pull_linger_ms`, default 5 s; 0: it stops at once), so that a player who comes back or
     /// the next one does not wait for a new link. Only with `redis` and `cluster_secret`.
     pub pull_linger: Duration,
+    /// In a cluster, how many webhook events the log in Redis keeps per app
+    /// (`webhook_log_events`, default 100,000, from 1,000 to 10,000,000): the undelivered ones
+    /// and the last delivered ones, for `ReplayCallbacks` (`docs/operations.md`). Only with
+    /// `redis` (a node alone keeps its log in the data directory).
+    pub webhook_log_events: usize,
     /// After SIGTERM, how long calls in progress may go on before the server closes them and
     /// exits (`drain_timeout_ms`, default 30 s); new logins are refused meanwhile.
     pub drain_timeout: Duration,
@@ -369,6 +374,7 @@ impl Default for ServerConfig {
             metrics_token: None,
             cluster_lease: Duration::from_secs(10),
             pull_linger: Duration::from_secs(5),
+            webhook_log_events: 100_000,
             drain_timeout: Duration::from_secs(30),
             heartbeat: Duration::from_secs(5),
             session_timeout: Duration::from_secs(15),
@@ -424,6 +430,7 @@ const FILE_KEYS: &[&str] = &[
     "metrics_token",
     "cluster_lease_ms",
     "pull_linger_ms",
+    "webhook_log_events",
     "heartbeat_ms",
     "session_timeout_ms",
     "grace_ms",
@@ -467,6 +474,7 @@ struct FileConfig {
     metrics_token: Option<String>,
     cluster_lease_ms: Option<u64>,
     pull_linger_ms: Option<u64>,
+    webhook_log_events: Option<usize>,
     heartbeat_ms: Option<u64>,
     session_timeout_ms: Option<u64>,
     grace_ms: Option<u64>,
@@ -671,6 +679,7 @@ impl ServerConfig {
             metrics_token: f.metrics_token.map(Secret::from),
             cluster_lease: f.cluster_lease_ms.map_or(d.cluster_lease, ms),
             pull_linger: f.pull_linger_ms.map_or(d.pull_linger, ms),
+            webhook_log_events: f.webhook_log_events.unwrap_or(d.webhook_log_events),
             drain_timeout: f.drain_timeout_ms.map_or(d.drain_timeout, ms),
             heartbeat: f.heartbeat_ms.map_or(d.heartbeat, ms),
             session_timeout: f.session_timeout_ms.map_or(d.session_timeout, ms),
@@ -896,6 +905,9 @@ impl ServerConfig {
             if !(url.starts_with("ws://") || url.starts_with("wss://")) {
                 return invalid(format!("cluster_url {url:?} is not a ws:// or wss:// URL"));
             }
+        }
+        if !(1_000..=10_000_000).contains(&self.webhook_log_events) {
+            return invalid("webhook_log_events must be from 1000 to 10000000".into());
         }
         if self.cluster_lease < Duration::from_millis(300) {
             return invalid("cluster_lease_ms must be at least 300 ms".into());

@@ -33,6 +33,7 @@ pub mod config;
 mod media;
 mod memory;
 mod metrics;
+mod ops;
 pub mod recording;
 pub mod registry;
 pub mod sfu;
@@ -87,6 +88,7 @@ pub async fn serve(
         state.advertise_cluster(addr).await;
     }
     state.start_media()?;
+    api::start_cluster(&state).await;
     state.start_webhooks();
     tokio::spawn(memory::trim_after_bursts(state.clone()));
     let app = router(state.clone())
@@ -119,7 +121,7 @@ pub async fn serve(
     {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    state.stop_webhooks();
+    state.stop_webhooks().await;
     if tokio::time::timeout(signaling::SHUTDOWN_TIMEOUT, state.wait_idle())
         .await
         .is_err()

@@ -27,10 +27,10 @@
 //! most [`MAX_KEPT`]; past that the oldest are dropped and counted) plus the last [`KEEP_DELIVERED`]
 //! delivered ones for replays, and is rewritten without the rest when it grows to twice that.
 //!
-//! In a cluster each node tells its own part: the users and streams it holds, and `room_create` /
-//! `room_close` when the room gets its first / loses its last member *on that node*; sequence
-//! numbers are per node. `docs/operations.md` describes the design for one sequence per app in a
-//! cluster (a Redis stream per app).
+//! That is the [`FileLog`] of a node alone. In a cluster (`redis` set) the same events go to
+//! [`cluster::RedisLog`] behind the same [`EventLog`] seam: one sequence per app for the whole
+//! cluster, the room's life (`room_create` / `room_close`) from every node's members, one
+//! delivering node per receiver under a lease, and replays from any node (`docs/operations.md`).
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -48,6 +48,8 @@ use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::{AppConfig, ConfigError};
+
+mod cluster;
 use crate::registry::{ClusterCommand, RoomChange};
 
 /// Events queued between the hub and the writer thread.
@@ -77,12 +79,46 @@ pub(crate) fn callback_signature(secret: &str, timestamp: &str, nonce: &str) -> 
 }
 
 /// An event on its way to the writer.
-struct Pending {
+pub(crate) struct Pending {
     app: AppId,
     event: Map<String, Value>,
+    /// In a cluster: what the event changes in the room's life there ([`cluster::RedisLog`]
+    /// decides `room_create` / `room_close` from every node's members).
+    track: Option<Track>,
 }
 
-enum WriterMsg {
+/// What a room event of a cluster changes in the room's life (see [`Pending::track`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Track {
+    room: RoomId,
+    kind: TrackKind,
+    /// The user or stream ID.
+    id: String,
+    /// What the log keeps of it, to tell its end if its node dies: for a user
+    /// `{login_ms}|{nickname}`, for a stream `{create_ms}|{user_id}|{user_name}`.
+    value: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TrackKind {
+    Login,
+    Logout,
+    StreamCreate,
+    StreamClose,
+}
+
+impl TrackKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            TrackKind::Login => "login",
+            TrackKind::Logout => "logout",
+            TrackKind::StreamCreate => "screate",
+            TrackKind::StreamClose => "sclose",
+        }
+    }
+}
+
+pub(crate) enum WriterMsg {
     Event(Pending),
     Stop,
 }
@@ -125,17 +161,48 @@ pub(crate) struct WebhookCounts {
     pub(crate) dropped: AtomicU64,
 }
 
-/// Every app's webhook logs, the writer thread and the counts.
+/// What [`Webhooks::start`] hands to the event log: where its tasks stop, the counts, the TLS
+/// client configuration, and the cluster store (for the Redis log: this node's lease).
+pub(crate) struct StartCtx {
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) counts: Arc<WebhookCounts>,
+    pub(crate) tls: Arc<rustls::ClientConfig>,
+    pub(crate) store: Option<Arc<dyn crate::store::Store>>,
+}
+
+/// A boxed future of the event logs.
+pub(crate) type LogFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Where the apps' events are numbered, kept and delivered from: the data directory on one
+/// node ([`FileLog`]), or Redis when nodes share one ([`cluster::RedisLog`]). Chosen once at
+/// start ([`Webhooks::open`]); nothing else knows which one runs (as with the cluster store).
+pub(crate) trait EventLog: Send + Sync + 'static {
+    /// Starts numbering what `rx` brings and delivering it (within a tokio runtime).
+    fn start(&self, rx: mpsc::Receiver<WriterMsg>, ctx: StartCtx);
+    /// Finishes: every event queued so far is kept (written, or appended to the cluster log),
+    /// and the deliveries in flight end (their receivers are then free for another node).
+    fn stop<'a>(&'a self, tx: &'a mpsc::Sender<WriterMsg>) -> LogFuture<'a, ()>;
+    /// Per app: events not yet delivered to every receiver (by this node).
+    fn depths(&self) -> Vec<(AppId, u64)>;
+    /// Sends the app's events from `from` on again, to every receiver.
+    fn replay(&self, app: AppId, from: u64) -> LogFuture<'_, Replay>;
+}
+
+/// Every app's webhooks: the event log (a file per app, or the cluster's in Redis), the queue
+/// to it and the counts.
 pub(crate) struct Webhooks {
-    logs: HashMap<AppId, Arc<AppLog>>,
+    log: Arc<dyn EventLog>,
+    apps: Vec<AppId>,
+    /// Whether the rooms' lives are the cluster's (the log numbers and tells `room_create` /
+    /// `room_close` from the members of every node) or this node's.
+    cluster: bool,
     tx: mpsc::Sender<WriterMsg>,
     rx: Mutex<Option<mpsc::Receiver<WriterMsg>>>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     pub(crate) counts: Arc<WebhookCounts>,
 }
 
 /// What a replay request found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Replay {
     /// Events from `from` to `last` will be sent again.
     Scheduled { from: u64, last: u64 },
@@ -143,6 +210,8 @@ pub(crate) enum Replay {
     NotConfigured,
     /// `from` is older than the oldest kept event (`oldest`) or past the last one (`last`).
     Unavailable { oldest: u64, last: u64 },
+    /// The cluster's log could not be read (Redis did not answer).
+    Unreachable(String),
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> ConfigError + '_ {
@@ -158,25 +227,37 @@ fn log_line(seq: u64, event: &str) -> String {
 }
 
 impl Webhooks {
-    /// Opens (or creates) the logs of the apps with webhooks under `{data_dir}/webhooks`.
-    /// `None` when no app has one.
-    pub(crate) fn open(data_dir: &Path, apps: &[AppConfig]) -> Result<Option<Webhooks>, ConfigError> {
+    /// Opens the event log of the apps with webhooks: in Redis when `config.redis` is set (the
+    /// cluster's, `docs/operations.md`), else under `{data_dir}/webhooks`. `None` when no app
+    /// has a webhook.
+    pub(crate) fn open(config: &crate::config::ServerConfig) -> Result<Option<Webhooks>, ConfigError> {
+        let apps = &config.apps;
         if apps.iter().all(|a| a.webhooks.is_empty()) {
             return Ok(None);
         }
-        let dir = data_dir.join("webhooks");
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let mut logs = HashMap::new();
-        for app in apps.iter().filter(|a| !a.webhooks.is_empty()) {
-            let log = open_log(&dir, app)?;
-            logs.insert(app.app_id, Arc::new(log));
-        }
+        let (log, cluster): (Arc<dyn EventLog>, bool) = match &config.redis {
+            Some(url) => (
+                Arc::new(cluster::RedisLog::new(
+                    url,
+                    config.cluster_lease,
+                    config.webhook_log_events,
+                    apps,
+                )),
+                true,
+            ),
+            None => (Arc::new(FileLog::open(&config.data_dir, apps)?), false),
+        };
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         Ok(Some(Webhooks {
-            logs,
+            log,
+            apps: apps
+                .iter()
+                .filter(|a| !a.webhooks.is_empty())
+                .map(|a| a.app_id)
+                .collect(),
+            cluster,
             tx,
             rx: Mutex::new(Some(rx)),
-            writer: Mutex::new(None),
             counts: Arc::new(WebhookCounts::default()),
         }))
     }
@@ -186,40 +267,29 @@ impl Webhooks {
         WebhookTap {
             tx: self.tx.clone(),
             counts: self.counts.clone(),
-            apps: self.logs.keys().copied().collect(),
+            apps: self.apps.clone(),
+            cluster: self.cluster,
             rooms: HashMap::new(),
             users: HashMap::new(),
             streams: HashMap::new(),
         }
     }
 
-    /// Starts the writer thread and one deliverer task per receiver (within a tokio runtime).
-    /// A no-op after the first call.
-    pub(crate) fn start(&self, shutdown: watch::Receiver<bool>) {
+    /// Starts the log's writer and deliverers (within a tokio runtime). A no-op after the first
+    /// call.
+    pub(crate) fn start(&self, shutdown: watch::Receiver<bool>, store: Option<Arc<dyn crate::store::Store>>) {
         let Some(rx) = self.rx.lock().take() else {
             return;
         };
-        let logs: HashMap<AppId, Arc<AppLog>> = self.logs.clone();
-        let counts = self.counts.clone();
-        let writer = std::thread::Builder::new()
-            .name("huddle-webhooks".into())
-            .spawn(move || write_loop(rx, &logs, &counts));
-        match writer {
-            Ok(handle) => *self.writer.lock() = Some(handle),
-            Err(e) => warn!("the webhook writer thread could not start: {e}"),
-        }
-        let tls = tls_config();
-        for log in self.logs.values() {
-            for idx in 0..log.receivers.len() {
-                tokio::spawn(deliver_loop(
-                    log.clone(),
-                    idx,
-                    tls.clone(),
-                    self.counts.clone(),
-                    shutdown.clone(),
-                ));
-            }
-        }
+        self.log.start(
+            rx,
+            StartCtx {
+                shutdown,
+                counts: self.counts.clone(),
+                tls: tls_config(),
+                store,
+            },
+        );
     }
 
     /// A handle that queues events from other parts of the server (recording), numbered and
@@ -228,23 +298,89 @@ impl Webhooks {
         WebhookSender {
             tx: self.tx.clone(),
             counts: self.counts.clone(),
-            apps: self.logs.keys().copied().collect(),
+            apps: self.apps.clone(),
         }
     }
 
-    /// Stops the writer thread once it has written every event queued so far.
-    pub(crate) fn stop(&self) {
-        // The channel may be full: the writer drains it, so a blocking send ends.
-        let handle = self.writer.lock().take();
-        if let Some(handle) = handle {
-            let tx = self.tx.clone();
-            let _ = std::thread::spawn(move || tx.blocking_send(WriterMsg::Stop)).join();
-            let _ = handle.join();
-        }
+    /// Stops once every event queued so far is kept, and the deliveries in flight ended.
+    pub(crate) async fn stop(&self) {
+        self.log.stop(&self.tx).await;
     }
 
     /// Per app: events not yet delivered to every receiver.
     pub(crate) fn depths(&self) -> Vec<(AppId, u64)> {
+        self.log.depths()
+    }
+
+    /// Sends the app's events from `from` on again, to every receiver.
+    pub(crate) async fn replay(&self, app: AppId, from: u64) -> Replay {
+        if !self.apps.contains(&app) {
+            return Replay::NotConfigured;
+        }
+        self.log.replay(app, from).await
+    }
+}
+
+/// The event log of one node: a file per app in the data directory, a writer thread that
+/// numbers and appends, one deliverer task per receiver.
+pub(crate) struct FileLog {
+    logs: HashMap<AppId, Arc<AppLog>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl FileLog {
+    fn open(data_dir: &Path, apps: &[AppConfig]) -> Result<FileLog, ConfigError> {
+        let dir = data_dir.join("webhooks");
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let mut logs = HashMap::new();
+        for app in apps.iter().filter(|a| !a.webhooks.is_empty()) {
+            let log = open_log(&dir, app)?;
+            logs.insert(app.app_id, Arc::new(log));
+        }
+        Ok(FileLog {
+            logs,
+            writer: Mutex::new(None),
+        })
+    }
+}
+
+impl EventLog for FileLog {
+    fn start(&self, rx: mpsc::Receiver<WriterMsg>, ctx: StartCtx) {
+        let logs: HashMap<AppId, Arc<AppLog>> = self.logs.clone();
+        let counts = ctx.counts.clone();
+        let writer = std::thread::Builder::new()
+            .name("huddle-webhooks".into())
+            .spawn(move || write_loop(rx, &logs, &counts));
+        match writer {
+            Ok(handle) => *self.writer.lock() = Some(handle),
+            Err(e) => warn!("the webhook writer thread could not start: {e}"),
+        }
+        for log in self.logs.values() {
+            for idx in 0..log.receivers.len() {
+                tokio::spawn(deliver_loop(
+                    log.clone(),
+                    idx,
+                    ctx.tls.clone(),
+                    ctx.counts.clone(),
+                    ctx.shutdown.clone(),
+                ));
+            }
+        }
+    }
+
+    fn stop<'a>(&'a self, tx: &'a mpsc::Sender<WriterMsg>) -> LogFuture<'a, ()> {
+        Box::pin(async move {
+            // The channel may be full: the writer drains it, so a blocking send ends.
+            let handle = self.writer.lock().take();
+            if let Some(handle) = handle {
+                let tx = tx.clone();
+                let _ = std::thread::spawn(move || tx.blocking_send(WriterMsg::Stop)).join();
+                let _ = handle.join();
+            }
+        })
+    }
+
+    fn depths(&self) -> Vec<(AppId, u64)> {
         let mut v: Vec<(AppId, u64)> = self
             .logs
             .values()
@@ -259,23 +395,25 @@ impl Webhooks {
         v
     }
 
-    /// Sends the app's events from `from` on again, to every receiver.
-    pub(crate) fn replay(&self, app: AppId, from: u64) -> Replay {
-        let Some(log) = self.logs.get(&app) else {
-            return Replay::NotConfigured;
-        };
-        let mut inner = log.inner.lock();
-        let last = inner.next_seq - 1;
-        let oldest = inner.events.front().map_or(inner.next_seq, |(s, _)| *s);
-        if from == 0 || from < oldest || from > last {
-            return Replay::Unavailable { oldest, last };
-        }
-        for c in &mut inner.cursors {
-            *c = (*c).min(from - 1);
-        }
-        drop(inner);
-        log.wake.notify_waiters();
-        Replay::Scheduled { from, last }
+    fn replay(&self, app: AppId, from: u64) -> LogFuture<'_, Replay> {
+        let result = (|| {
+            let Some(log) = self.logs.get(&app) else {
+                return Replay::NotConfigured;
+            };
+            let mut inner = log.inner.lock();
+            let last = inner.next_seq - 1;
+            let oldest = inner.events.front().map_or(inner.next_seq, |(s, _)| *s);
+            if from == 0 || from < oldest || from > last {
+                return Replay::Unavailable { oldest, last };
+            }
+            for c in &mut inner.cursors {
+                *c = (*c).min(from - 1);
+            }
+            drop(inner);
+            log.wake.notify_waiters();
+            Replay::Scheduled { from, last }
+        })();
+        Box::pin(async move { result })
     }
 }
 
@@ -645,7 +783,11 @@ impl WebhookSender {
         }
         if self
             .tx
-            .try_send(WriterMsg::Event(Pending { app, event }))
+            .try_send(WriterMsg::Event(Pending {
+                app,
+                event,
+                track: None,
+            }))
             .is_err()
         {
             self.counts.dropped.fetch_add(1, Ordering::Relaxed);
@@ -666,6 +808,9 @@ pub(crate) struct WebhookTap {
     tx: mpsc::Sender<WriterMsg>,
     counts: Arc<WebhookCounts>,
     apps: Vec<AppId>,
+    /// In a cluster the log tells `room_create` / `room_close` (from every node's members), and
+    /// the room's session ID is the cluster's: the tap tracks users and streams only.
+    cluster: bool,
     rooms: HashMap<(AppId, RoomId), RoomLife>,
     /// Users by room: their names and login times (the logout event carries them).
     users: HashMap<(AppId, RoomId, UserId), (UserName, u64)>,
@@ -675,6 +820,29 @@ pub(crate) struct WebhookTap {
 
 impl WebhookTap {
     fn queue(&self, app: AppId, event: Map<String, Value>) {
+        self.queue_tracked(app, event, None);
+    }
+
+    /// Queues a room event; in a cluster with what it changes in the room's life.
+    fn queue_room(
+        &self,
+        app: AppId,
+        event: Map<String, Value>,
+        room: &RoomId,
+        kind: TrackKind,
+        id: &str,
+        value: String,
+    ) {
+        let track = self.cluster.then(|| Track {
+            room: room.clone(),
+            kind,
+            id: id.to_string(),
+            value,
+        });
+        self.queue_tracked(app, event, track);
+    }
+
+    fn queue_tracked(&self, app: AppId, event: Map<String, Value>, track: Option<Track>) {
         let name = event
             .get("event")
             .and_then(Value::as_str)
@@ -682,7 +850,7 @@ impl WebhookTap {
             .to_string();
         if self
             .tx
-            .try_send(WriterMsg::Event(Pending { app, event }))
+            .try_send(WriterMsg::Event(Pending { app, event, track }))
             .is_err()
         {
             self.counts.dropped.fetch_add(1, Ordering::Relaxed);
@@ -709,6 +877,7 @@ impl WebhookTap {
         }
         let now = unix_ms();
         match cmd {
+            ClusterCommand::Follow { .. } | ClusterCommand::Unfollow { .. } if self.cluster => {}
             ClusterCommand::Follow { room, .. } => {
                 let session_id = rand::thread_rng().r#gen::<u64>() >> 1;
                 self.rooms.insert(
@@ -770,7 +939,7 @@ impl WebhookTap {
                     (app, room.clone(), user.user_id.clone()),
                     (user.user_name.clone(), now),
                 );
-                self.queue(
+                self.queue_room(
                     app,
                     Self::obj(json!({
                         "event": "room_login",
@@ -780,6 +949,10 @@ impl WebhookTap {
                         "user_nickname": user.user_name.as_str(),
                         "login_time": now.to_string(),
                     })),
+                    room,
+                    TrackKind::Login,
+                    user.user_id.as_str(),
+                    format!("{now}|{}", user.user_name.as_str()),
                 );
             }
             RoomChange::UserDelete(user_id) => {
@@ -790,7 +963,7 @@ impl WebhookTap {
                         || (user_id.as_str().to_string(), 0),
                         |(n, t)| (n.as_str().to_string(), t),
                     );
-                self.queue(
+                self.queue_room(
                     app,
                     Self::obj(json!({
                         "event": "room_logout",
@@ -802,12 +975,16 @@ impl WebhookTap {
                         "logout_time": now.to_string(),
                         "reason": 0,
                     })),
+                    room,
+                    TrackKind::Logout,
+                    user_id.as_str(),
+                    String::new(),
                 );
             }
             RoomChange::StreamAdd(info) => {
                 self.streams
                     .insert((app, info.stream_id.clone()), (info.clone(), now));
-                self.queue(
+                self.queue_room(
                     app,
                     Self::obj(json!({
                         "event": "stream_create",
@@ -824,6 +1001,10 @@ impl WebhookTap {
                         "create_time": (now / 1000).to_string(),
                         "create_time_ms": now.to_string(),
                     })),
+                    room,
+                    TrackKind::StreamCreate,
+                    info.stream_id.as_str(),
+                    format!("{now}|{}|{}", info.user_id.as_str(), info.user_name.as_str()),
                 );
             }
             RoomChange::StreamDelete(stream_id) => {
@@ -838,7 +1019,7 @@ impl WebhookTap {
                         )
                     },
                 );
-                self.queue(
+                self.queue_room(
                     app,
                     Self::obj(json!({
                         "event": "stream_close",
@@ -853,6 +1034,10 @@ impl WebhookTap {
                         "create_time_ms": created.to_string(),
                         "close_time_ms": now.to_string(),
                     })),
+                    room,
+                    TrackKind::StreamClose,
+                    stream_id.as_str(),
+                    String::new(),
                 );
             }
         }

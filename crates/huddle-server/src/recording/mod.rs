@@ -399,15 +399,22 @@ impl Recorder {
         result.map_err(|e| format!("{}: {e}", dir.display()))
     }
 
-    /// Starts a task recording `room` (every stream, or `stream` alone) from now on; returns its
-    /// ID and the streams of the room published on this node now (the media plane is to be
-    /// told of them: [`crate::sfu::Command::Record`]).
-    pub(crate) fn start_task(
+    /// A new task ID (16 hex digits).
+    pub(crate) fn new_task_id() -> String {
+        task_id()
+    }
+
+    /// Starts task `id` recording `room` (every stream, or `stream` alone) from now on; returns
+    /// the streams of the room published on this node now (the media plane is to be told of
+    /// them: [`crate::sfu::Command::Record`]). In a cluster every node starts the task with the
+    /// same ID (`crate::ops`), and records the streams published on it.
+    pub(crate) fn start_task_as(
         &self,
         app: AppId,
         room: &RoomId,
         stream: Option<StreamId>,
-    ) -> Result<(String, Vec<StreamId>), StartError> {
+        id: String,
+    ) -> Result<Vec<StreamId>, StartError> {
         let mut inner = self.inner.lock();
         if inner.auto_apps.contains(&app) {
             return Err(StartError::Exists(None));
@@ -415,7 +422,9 @@ impl Recorder {
         if let Some(id) = inner.room_tasks.get(&(app, room.clone())) {
             return Err(StartError::Exists(Some(id.clone())));
         }
-        let id = task_id();
+        if inner.tasks.contains_key(&id) {
+            return Err(StartError::Exists(Some(id)));
+        }
         inner.tasks.insert(
             id.clone(),
             Task {
@@ -435,7 +444,7 @@ impl Recorder {
             .map(|((_, s), _)| s.clone())
             .collect();
         info!(%app, room = %room, task = %id, "recording task started");
-        Ok((id, now))
+        Ok(now)
     }
 
     /// Stops a task: its recordings finish their files. `false` when the app has no such task.

@@ -147,7 +147,7 @@ impl ServerState {
             _ => None,
         };
         let registry = Registry::new(Limits::from(&config));
-        let webhooks = crate::webhooks::Webhooks::open(&config.data_dir, &config.apps)?.map(Arc::new);
+        let webhooks = crate::webhooks::Webhooks::open(&config)?.map(Arc::new);
         let recorder = Arc::new(crate::recording::Recorder::new(
             config
                 .record_dir
@@ -357,14 +357,15 @@ impl ServerState {
     /// webhooks or after the first call.
     pub(crate) fn start_webhooks(&self) {
         if let Some(w) = &self.0.webhooks {
-            w.start(self.shutdown_receiver());
+            w.start(self.shutdown_receiver(), self.cluster_store());
         }
     }
 
-    /// Stops the webhook writer once every event queued so far is on disk.
-    pub(crate) fn stop_webhooks(&self) {
+    /// Stops the webhook writer once every event queued so far is kept (on disk, or in the
+    /// cluster's log), and the deliveries in flight ended.
+    pub(crate) async fn stop_webhooks(&self) {
         if let Some(w) = &self.0.webhooks {
-            w.stop();
+            w.stop().await;
         }
     }
 
