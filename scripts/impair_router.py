@@ -24,6 +24,7 @@ previous SIGHUP (one JSON line: sent and dropped packets per link and direction)
 them; SIGTERM prints them and exits.
 """
 
+import ctypes
 import fcntl
 import heapq
 import json
@@ -52,6 +53,8 @@ def ip(*args):
 
 
 def main():
+    # Ends with the process that started it, however that one ends.
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     path = sys.argv[1]
     conf = json.load(open(path))
     prefix = conf.get("prefix", 24)

@@ -3,7 +3,7 @@
 // heard from the play request. One JSON object per call to OUT, then a Markdown table.
 //
 //   LOSSES=0,10,16,30 RUNS=3 PAIRS=sdk:sdk,chromium:sdk,... node scripts/quality_interop.mjs OUT
-import { appendFileSync, writeFileSync, readFileSync } from "node:fs";
+import { appendFileSync, writeFileSync, readFileSync, copyFileSync, mkdirSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import { impairedNet, impairedCall, writeSentSpeech } from "../web/tests/impaired.js";
 
@@ -28,6 +28,12 @@ try {
         const load = readFileSync("/proc/loadavg", "utf8").split(" ")[0];
         const r = await impairedCall(net, from, to, sent, `${from}-${to}-${loss}-${run}`).catch((e) => ({ from, to, error: String(e).slice(0, 500) }));
         const applied = await net.setLoss(loss);
+        // The recordings are kept beside OUT (OUT without .jsonl, one WAV a call).
+        const rec = /** @type {any} */ (r).recording;
+        if (rec && existsSync(rec)) {
+          mkdirSync(out.replace(/\.jsonl$/, ""), { recursive: true });
+          copyFileSync(rec, join(out.replace(/\.jsonl$/, ""), `${from}-${to}-${loss}-${run}.wav`));
+        }
         const line = { loss_pct: loss, run, ...r, seconds: (Date.now() - t) / 1000, load_before: Number(load), router: applied.links };
         appendFileSync(out, JSON.stringify(line) + "\n");
         const s = /** @type {any} */ (r).score;

@@ -102,10 +102,26 @@ export async function impairedNet(opts) {
   const tag = `hq${process.pid}`;
   const ns = { rtr: `${tag}-rtr`, srv: `${tag}-srv`, pub: `${tag}-pub`, play: `${tag}-play` };
   const dir = mkdtempSync(join(tmpdir(), "huddle-impaired-"));
-  const del = () => {
-    for (const n of Object.values(ns)) spawnSync("ip", ["netns", "del", n], { stdio: "ignore" });
+  // Everything left in the namespaces is ours (the router, the server, the clients): killed by
+  // pid (`ip netns pids`), then the namespaces deleted.
+  const delNs = () => {
+    for (const n of Object.values(ns)) {
+      const pids = spawnSync("ip", ["netns", "pids", n], { encoding: "utf8" }).stdout ?? "";
+      for (const pid of pids.split("\n").filter(Boolean)) {
+        try {
+          process.kill(Number(pid), "SIGKILL");
+        } catch {
+          // already gone
+        }
+      }
+      spawnSync("ip", ["netns", "del", n], { stdio: "ignore" });
+    }
   };
-  del();
+  delNs();
+  const del = () => {
+    delNs();
+    rmSync(dir, { recursive: true, force: true });
+  };
   // Deleted on any exit, a failure or an interrupt included (the TUN devices go with the router).
   process.once("exit", del);
   for (const sig of /** @type {const} */ (["SIGINT", "SIGTERM"])) process.once(sig, () => process.exit(130));
@@ -155,18 +171,21 @@ export async function impairedNet(opts) {
     });
   await nextLine(1);
   for (const role of /** @type {const} */ (["pub", "play"])) execFileSync("ip", ["-n", ns[role], "route", "add", "default", "dev", `imp-${role}`]);
-  const server = await startServer({ netns: ns.srv, listen: "0.0.0.0:7880", args: ["--dev"] });
+  const server = await startServer({ netns: ns.srv, listen: "0.0.0.0:7880", args: ["--dev"], dataDir: join(dir, "data") });
   const appSign = /app_sign:\s+(\S+)/.exec(server.output())?.[1];
   if (!appSign) throw new Error(`no app_sign in the server's banner:\n${server.output()}`);
+  let lossPct = opts.lossPct;
   return {
     ns,
     dir,
+    lossPct: () => lossPct,
     appId: server.appId,
     appSign,
     url: `http://${SERVER_ADDR}:7880`,
     wsUrl: `ws://${SERVER_ADDR}:7880`,
     /** @param {number} pct */
     setLoss: async (pct) => {
+      lossPct = pct;
       writeFileSync(conf, JSON.stringify({ ...config, loss_pct: pct }));
       const n = lines.length + 1;
       router.kill("SIGHUP");
@@ -299,7 +318,7 @@ function processSide(net, stack, role, call) {
           ok: code === 0,
           playMs: between(ev, (e) => e.event === "play_request", (e) => e.event === "media_connected"),
           firstAudioMs: between(ev, (e) => e.event === "play_request", (e) => e.event === "first_frame"),
-          log: p.stderr().slice(-2000),
+          log: `${JSON.stringify(ev)}\n${p.stderr().slice(-2000)}`,
         };
   })();
   return { done, kill: p.kill };
@@ -333,8 +352,13 @@ export async function impairedCall(net, from, to, sent, tag) {
         audioFile: sent,
         args: [`--unsafely-treat-insecure-origin-as-secure=${net.url}`],
       });
-      // The page loads and logs in before the call starts (through the impaired link too).
+      // The page's files load before the loss is applied (at 30 % per link, loading its modules
+      // over TCP took longer than 30 s); its signaling (the login on) is impaired from its first
+      // packet. The login is before the call starts, as for the native clients.
+      const loss = net.lossPct();
+      await net.setLoss(0);
       const { page } = await openPage(chrome.browser, `${net.url}/`);
+      await net.setLoss(loss);
       await page.fill("#roomId", room);
       await page.fill("#userId", `chromium-${role}`);
       await page.fill("#token", "");
@@ -427,7 +451,7 @@ export async function impairedCall(net, from, to, sent, tag) {
     } catch (e) {
       score = { error: String(e).slice(0, 300) };
     }
-    return { from, to, publishMs: pub?.publishMs ?? null, playMs: play?.playMs ?? null, firstAudioMs: play?.firstAudioMs ?? null, score, pubLog: pub?.ok ? undefined : pub?.log, playLog: play?.ok ? undefined : play?.log };
+    return { from, to, recording: rec, publishMs: pub?.publishMs ?? null, playMs: play?.playMs ?? null, firstAudioMs: play?.firstAudioMs ?? null, score, pubLog: pub?.ok ? undefined : pub?.log, playLog: play?.ok && !process.env.HUDDLE_IMPAIRED_LOGS ? undefined : play?.log };
   } finally {
     for (const s of sides) s.kill();
     await chrome?.close();

@@ -60,11 +60,14 @@ class WindowRecorder:
         import numpy as np
 
         base = None  # (first frame's pts, its sample offset from t0)
+        self.frames = 0
         while True:
             try:
                 frame = await track.recv()
-            except Exception:
+            except Exception as e:
+                say("track_ended", frames=self.frames, error=repr(e))
                 return
+            self.frames += 1
             x = frame.to_ndarray()
             channels = len(frame.layout.channels)
             x = x.reshape(-1, channels).mean(axis=1) if x.dtype != np.float32 else x.reshape(-1)
@@ -78,6 +81,7 @@ class WindowRecorder:
                 self.pcm[at : at + len(pcm)] = pcm[: max(0, len(self.pcm) - at)]
 
     async def stop(self):
+        say("recorded", frames=getattr(self, "frames", 0))
         if self.task:
             self.task.cancel()
         with wave.open(self.path, "wb") as w:
