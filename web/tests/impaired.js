@@ -17,7 +17,7 @@ import { spawn, spawnSync, execFileSync } from "node:child_process";
 import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { REPO, huddleBin, startServer, launchBrowser, openPage, waitLog, waitSel, scoreSpeech } from "./harness.js";
+import { REPO, huddleBin, startServer, launchBrowser, openPage, logText, waitLog, waitSel, scoreSpeech } from "./harness.js";
 
 export const SPEECH_16K = join(REPO, "crates/huddle-media/tests/data/speech-16k.wav");
 const ROUTER = join(REPO, "scripts/impair_router.py");
@@ -287,7 +287,7 @@ function processSide(net, stack, role, call) {
         return {
           ok: publishMs !== null,
           publishMs,
-          log: p.stderr().slice(-2000),
+          log: publishMs !== null ? undefined : p.stderr().slice(-2000),
         };
       }
       const req = ev.find((e) => e.event === "player_state_update" && e.state === "PlayRequesting");
@@ -296,10 +296,10 @@ function processSide(net, stack, role, call) {
         ok: !!req,
         playMs: between(ev, (e) => e === req, (e) => e.event === "player_state_update" && e.state === "Playing"),
         firstAudioMs: between(ev, (e) => e === req, (e) => e.event === "player_recv_audio_first_frame"),
-        log: p.stderr().slice(-2000),
+        log: req ? undefined : p.stderr().slice(-2000),
       };
     })();
-    return { done, kill: p.kill };
+    return { done, kill: p.kill, requested: requested(p, (e) => e.event === "player_state_update" && e.state === "PlayRequesting") };
   }
   const p = eventProcess(net.ns[role], "python3", [
     AIORTC, "--url", `${net.wsUrl}/ws`, "--app-id", String(net.appId), "--app-sign", net.appSign, "--room", call.room, "--user", user,
@@ -313,15 +313,27 @@ function processSide(net, stack, role, call) {
     const ev = p.events;
     const publishMs = between(ev, (e) => e.event === "publish_request", (e) => e.event === "media_connected");
     return role === "pub"
-      ? { ok: publishMs !== null, publishMs, log: p.stderr().slice(-2000) }
+      ? { ok: publishMs !== null, publishMs, log: publishMs !== null ? undefined : p.stderr().slice(-2000) }
       : {
           ok: code === 0,
           playMs: between(ev, (e) => e.event === "play_request", (e) => e.event === "media_connected"),
           firstAudioMs: between(ev, (e) => e.event === "play_request", (e) => e.event === "first_frame"),
-          log: `${JSON.stringify(ev)}\n${p.stderr().slice(-2000)}`,
+          log: code === 0 && !process.env.HUDDLE_IMPAIRED_LOGS ? undefined : `${JSON.stringify(ev)}\n${p.stderr().slice(-2000)}`,
         };
   })();
-  return { done, kill: p.kill };
+  return { done, kill: p.kill, requested: requested(p, (e) => e.event === "play_request") };
+}
+
+/**
+ * Resolves once a player process has asked to play (or ended, or after 60 s): the publisher
+ * starts then, so that the player's login is not in the call.
+ * @param {ReturnType<typeof eventProcess>} p @param {(e: any) => boolean} pred
+ */
+async function requested(p, pred) {
+  const deadline = Date.now() + 60_000;
+  let ended = false;
+  p.exited.then(() => (ended = true));
+  while (!ended && Date.now() < deadline && !p.events.some(pred)) await new Promise((r) => setTimeout(r, 20));
 }
 
 /**
@@ -367,6 +379,7 @@ export async function impairedCall(net, from, to, sent, tag) {
       if (role === "pub") {
         const other = processSide(net, /** @type {"sdk" | "aiortc"} */ (to), "play", call);
         sides.push(other);
+        await other.requested;
         await page.fill("#streamId", stream);
         await page.check("#mediaAudio");
         await page.uncheck("#audioProcessing");
@@ -376,7 +389,10 @@ export async function impairedCall(net, from, to, sent, tag) {
         await waitSel(page, `.tile.publish[data-stream-id='${stream}'][data-state='PUBLISHING']`, 30_000)
           .then(() => (publishMs = Date.now() - t0))
           .catch(() => {});
-        pub = { ok: publishMs !== null, publishMs };
+        // A slow or failed publish keeps the page's log (timestamped) to tell signaling from
+        // the media connection.
+        const slow = publishMs === null || publishMs > 3000;
+        pub = { ok: publishMs !== null, publishMs, log: slow ? (await logText(page)).slice(-30).join("\n") : undefined };
         play = await other.done;
       } else {
         const other = processSide(net, /** @type {"sdk" | "aiortc"} */ (from), "pub", call);
@@ -433,14 +449,17 @@ export async function impairedCall(net, from, to, sent, tag) {
           return out;
         }, WINDOW_S * 48000);
         writeWav(rec, samples);
-        play = { ok: playMs !== null, playMs, firstAudioMs: first === null ? null : Number(first) };
+        const slow = playMs === null || playMs > 3000;
+        play = { ok: playMs !== null, playMs, firstAudioMs: first === null ? null : Number(first), log: slow ? (await logText(page)).slice(-30).join("\n") : undefined };
         other.kill();
         pub = await other.done;
       }
     } else {
       const player = processSide(net, /** @type {"sdk" | "aiortc"} */ (to), "play", call);
+      sides.push(player);
+      await player.requested;
       const publisher = processSide(net, /** @type {"sdk" | "aiortc"} */ (from), "pub", call);
-      sides.push(player, publisher);
+      sides.push(publisher);
       play = await player.done;
       publisher.kill();
       pub = await publisher.done;
@@ -451,7 +470,7 @@ export async function impairedCall(net, from, to, sent, tag) {
     } catch (e) {
       score = { error: String(e).slice(0, 300) };
     }
-    return { from, to, recording: rec, publishMs: pub?.publishMs ?? null, playMs: play?.playMs ?? null, firstAudioMs: play?.firstAudioMs ?? null, score, pubLog: pub?.ok ? undefined : pub?.log, playLog: play?.ok && !process.env.HUDDLE_IMPAIRED_LOGS ? undefined : play?.log };
+    return { from, to, recording: rec, publishMs: pub?.publishMs ?? null, playMs: play?.playMs ?? null, firstAudioMs: play?.firstAudioMs ?? null, score, pubLog: pub?.log, playLog: play?.log };
   } finally {
     for (const s of sides) s.kill();
     await chrome?.close();
