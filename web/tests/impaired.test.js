@@ -36,7 +36,7 @@ test("native publisher → Chromium player at 10 % loss on every link, from the 
   const up = links.links["pub.up"];
   const down = links.links["play.down"];
   assert.ok(up?.dropped > 0 && down?.dropped > 0, `no loss applied: ${JSON.stringify(links)}`);
-  // Calls at this point score 3.0–3.6 (docs/quality.md, "Interop under loss"); the clean call
+  // Calls at this point scored 3.0–3.9 (docs/quality.md, "Interop under loss"); the clean call
   // of this pair scored as low as 2.68 on the loaded machine (headless Chromium's playout), a
   // call whose repair fails (plain Opus at this loss) 1.1–1.8, one that misses its speech 1.0.
   assert.ok(r.score?.pesq >= 2.0, `the speech arrived degraded: ${JSON.stringify(r)}`);
