@@ -6,6 +6,7 @@
 #   scripts/quality.sh            # all points, seeds 1,2,3 (about 15 minutes on 2 cores)
 #   SEEDS=1 LOSSES=0,30,60 scripts/quality.sh
 #   scripts/quality.sh clean      # the clean-call ceiling and delay steps, before/after (~5 min)
+#   scripts/quality.sh interop    # interop pairs (SDK, Chromium, aiortc) in namespaces under loss (root)
 #
 # Writes target/quality/{red,nored}.jsonl (one JSON object per call), then
 # docs/quality.csv and docs/quality.svg (scripts/quality_plot.py), and prints the table.
@@ -31,6 +32,22 @@ export HUDDLE_QUALITY_MODELS="${MODELS:-random,bursty}"
 # on every run, on a busy machine too (about 4 minutes in a debug build).
 # `COMPARE=1 scripts/quality.sh netem` runs the scored calls again with the player's old wait for
 # RED (HUDDLE_AUDIO_RED_WAIT=seen) into netem-seen.txt, the same seeds (its floors then fail).
+# `scripts/quality.sh interop`: real processes in network namespaces (web/tests/impaired.js,
+# scripts/quality_interop.mjs; docs/quality.md "Interop under loss"): `huddle serve`, a publisher
+# and a player each in its own namespace, every packet of both legs (signaling included) through
+# scripts/impair_router.py from the first packet: LOSSES per link, 50 ms each way; every pair of
+# SDK (`huddle call`, release build), Chromium and aiortc; RUNS calls a point (netem's loss is
+# random: repeated runs, not seeds). Scored from the play request, setup included. Needs root.
+# Writes target/quality/interop.jsonl (+ the recordings in target/quality/interop/) and prints
+# the table. About 20 s a call: 7 pairs x 4 points x 3 runs is 30-40 minutes.
+if [ "${1:-}" = interop ]; then
+  cargo build -q --release -p huddle-cli
+  [ -d web/tests/node_modules/playwright-core ] || (cd web/tests && npm ci --silent)
+  python3 -c "import aiortc" 2>/dev/null || python3 -m pip install -q aiortc
+  HUDDLE_BIN="$PWD/target/release/huddle" node scripts/quality_interop.mjs "$out/interop.jsonl"
+  python3 scripts/quality_interop_table.py "$out/interop.jsonl"
+  exit 0
+fi
 if [ "${1:-}" = netem ]; then
   cargo test -q -p huddle --lib netem -- --nocapture --test-threads 1 2>&1 |
     grep -E '^(CURVE|STEPS|SETUP|OUTAGE|EVENTS|JITTER|SHORT|LOSS|NORED) ' | tee "$out/netem.txt"

@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""A userspace netem between network namespaces: random loss and a fixed delay on every link.
+
+usage: impair_router.py CONFIG.json  (run as root inside its own network namespace)
+
+CONFIG: {"links": [{"name": "pub", "netns": "NS", "addr": "10.203.0.2"}, ...],
+         "server": {"name": "srv", "netns": "NS", "addr": "10.203.0.1"},
+         "prefix": 24, "loss_pct": 10, "delay_ms": 50, "seed": 1}
+
+Makes one TUN device per namespace (the server's and each client's), moves it there, gives it
+its address, and carries every IP packet between a client and the server itself: each
+direction of each client's leg drops a packet with probability loss_pct and holds the rest
+delay_ms (the server's own device adds nothing, so a leg is client <-> server). Everything the
+clients send, signaling (TCP) included, goes through it from the first packet; nothing else
+exists in those namespaces, so no traffic leaves them.
+
+Why by hand: the kernels of the development machines have no `sch_netem` and no loadable
+modules (`tc qdisc ... netem` says "Specified qdisc kind is unknown"), and nothing else there
+delays packets (no `fq` for timed departure; docs/quality.md, "Interop under loss"). The devices
+are not persistent: they vanish with this process.
+
+Signals: SIGHUP re-reads loss_pct and delay_ms from CONFIG, prints the counters since the
+previous SIGHUP (one JSON line: sent and dropped packets per link and direction) and zeroes
+them; SIGTERM prints them and exits.
+"""
+
+import ctypes
+import fcntl
+import heapq
+import json
+import os
+import random
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+TUNSETIFF = 0x400454CA
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+
+
+def tun(name):
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+    return fd
+
+
+def ip(*args):
+    subprocess.run(["ip", *args], check=True)
+
+
+def main():
+    # Ends with the process that started it, however that one ends.
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    path = sys.argv[1]
+    conf = json.load(open(path))
+    prefix = conf.get("prefix", 24)
+    ends = [conf["server"], *conf["links"]]
+    fds = {}
+    for end in ends:
+        dev = f"imp-{end['name']}"[:15]
+        fds[end["name"]] = tun(dev)
+        ip("link", "set", dev, "netns", end["netns"])
+        ip("-n", end["netns"], "addr", "add", f"{end['addr']}/{prefix}", "dev", dev)
+        ip("-n", end["netns"], "link", "set", dev, "up")
+    by_addr = {bytes(int(x) for x in e["addr"].split(".")): e["name"] for e in conf["links"]}
+    server = conf["server"]["name"]
+    names = {fd: name for name, fd in fds.items()}
+
+    state = {"loss": conf["loss_pct"] / 100.0, "delay": conf["delay_ms"] / 1000.0}
+    rng = random.Random(conf.get("seed", 1))
+    counts = {}
+
+    def report():
+        print(json.dumps({"loss_pct": state["loss"] * 100, "delay_ms": state["delay"] * 1000, "links": counts}), flush=True)
+        counts.clear()
+
+    def reload(*_):
+        report()
+        c = json.load(open(path))
+        state["loss"], state["delay"] = c["loss_pct"] / 100.0, c["delay_ms"] / 1000.0
+
+    stop = []
+    signal.signal(signal.SIGHUP, reload)
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    print(json.dumps({"ready": True}), flush=True)
+
+    queue = []  # (due, n, fd, packet): delivered in order, the delay being the same for all
+    n = 0
+    poll = select.poll()
+    for fd in fds.values():
+        poll.register(fd, select.POLLIN)
+    while not stop:
+        now = time.monotonic()
+        while queue and queue[0][0] <= now:
+            _, _, fd, pkt = heapq.heappop(queue)
+            try:
+                os.write(fd, pkt)
+            except OSError:
+                pass  # the namespace's side is gone or full: the packet is lost like any other
+        wait = max(0, int((queue[0][0] - now) * 1000) + 1) if queue else 200
+        try:
+            ready = poll.poll(wait)
+        except InterruptedError:
+            continue
+        for fd, _ in ready:
+            while True:
+                try:
+                    pkt = os.read(fd, 65535)
+                except BlockingIOError:
+                    break
+                if len(pkt) < 20 or pkt[0] >> 4 != 4:
+                    continue  # IPv4 only (the namespaces have no IPv6 address on these devices)
+                src = names[fd]
+                if src == server:
+                    dst = by_addr.get(pkt[16:20])
+                    if dst is None:
+                        continue
+                    key = f"{dst}.down"
+                else:
+                    if pkt[16:20] != bytes(int(x) for x in conf["server"]["addr"].split(".")):
+                        continue  # clients reach the server only
+                    dst = server
+                    key = f"{src}.up"
+                c = counts.setdefault(key, {"packets": 0, "dropped": 0})
+                c["packets"] += 1
+                if rng.random() < state["loss"]:
+                    c["dropped"] += 1
+                    continue
+                n += 1
+                heapq.heappush(queue, (time.monotonic() + state["delay"], n, fds[dst], pkt))
+    report()
+
+
+if __name__ == "__main__":
+    main()

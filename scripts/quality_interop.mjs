@@ -1,0 +1,51 @@
+// `scripts/quality.sh interop`: interop calls through namespaces with loss on both legs and on
+// signaling from the first packet (web/tests/impaired.js), every pair of stacks, scored as
+// heard from the play request. One JSON object per call to OUT, then a Markdown table.
+//
+//   LOSSES=0,10,16,30 RUNS=3 PAIRS=sdk:sdk,chromium:sdk,... node scripts/quality_interop.mjs OUT
+import { appendFileSync, writeFileSync, readFileSync, copyFileSync, mkdirSync, existsSync } from "node:fs";
+import { join } from "node:path";
+import { impairedNet, impairedCall, writeSentSpeech } from "../web/tests/impaired.js";
+
+const out = process.argv[2] ?? "target/quality/interop.jsonl";
+const losses = (process.env.LOSSES ?? "0,10,16,30").split(",").map(Number);
+const runs = Number(process.env.RUNS ?? 3);
+const pairs = (process.env.PAIRS ?? "sdk:sdk,chromium:sdk,sdk:chromium,aiortc:sdk,sdk:aiortc,chromium:aiortc,aiortc:chromium")
+  .split(",")
+  .map((p) => /** @type {["sdk" | "chromium" | "aiortc", "sdk" | "chromium" | "aiortc"]} */ (p.split(":")));
+
+writeFileSync(out, "");
+const net = await impairedNet({ lossPct: losses[0], delayMs: 50 });
+const sent = join(net.dir, "sent.wav");
+writeSentSpeech(sent);
+const started = Date.now();
+try {
+  for (const loss of losses) {
+    await net.setLoss(loss);
+    for (let run = 1; run <= runs; run++) {
+      for (const [from, to] of pairs) {
+        const t = Date.now();
+        const load = readFileSync("/proc/loadavg", "utf8").split(" ")[0];
+        const r = await impairedCall(net, from, to, sent, `${from}-${to}-${loss}-${run}`).catch((e) => ({ from, to, error: String(e).slice(0, 500) }));
+        const applied = await net.setLoss(loss);
+        // The recordings are kept beside OUT (OUT without .jsonl, one WAV a call).
+        const rec = /** @type {any} */ (r).recording;
+        if (rec && existsSync(rec)) {
+          mkdirSync(out.replace(/\.jsonl$/, ""), { recursive: true });
+          copyFileSync(rec, join(out.replace(/\.jsonl$/, ""), `${from}-${to}-${loss}-${run}.wav`));
+        }
+        const line = { loss_pct: loss, run, ...r, seconds: (Date.now() - t) / 1000, load_before: Number(load), router: applied.links };
+        appendFileSync(out, JSON.stringify(line) + "\n");
+        const s = /** @type {any} */ (r).score;
+        console.log(
+          `${loss}% run ${run} ${from} -> ${to}: PESQ ${s?.pesq?.toFixed(2) ?? "-"} STOI ${s?.stoi?.toFixed(3) ?? "-"} ` +
+            `publish ${/** @type {any} */ (r).publishMs ?? "-"} ms, play ${/** @type {any} */ (r).playMs ?? "-"} ms, ` +
+            `first audio ${/** @type {any} */ (r).firstAudioMs ?? "-"} ms (${line.seconds.toFixed(0)} s, load ${load})${/** @type {any} */ (r).error ? ` ERROR ${/** @type {any} */ (r).error}` : ""}`,
+        );
+      }
+    }
+  }
+} finally {
+  await net.close();
+}
+console.log(`${((Date.now() - started) / 60000).toFixed(1)} min`);
