@@ -668,15 +668,8 @@ async fn deliver_loop(
             }
             continue;
         };
-        let result = match (&uri, signed_body(log.app, seq, &receiver.secret, &event)) {
-            (Some(uri), Ok(body)) => match tokio::time::timeout(ATTEMPT_TIMEOUT, post(uri, &tls, body)).await
-            {
-                Ok(r) => r,
-                Err(_) => Err("no answer in time".to_string()),
-            },
-            (None, _) => Err("the url is not valid".to_string()),
-            (_, Err(e)) => Err(e),
-        };
+        let body = signed_body(log.app, seq, &receiver.secret, &event);
+        let result = attempt(uri.as_ref(), &tls, body, ATTEMPT_TIMEOUT).await;
         match result {
             Ok(status) if (200..300).contains(&status) => {
                 counts.delivered.fetch_add(1, Ordering::Relaxed);
@@ -715,6 +708,25 @@ async fn write_cursor(path: &Path, seq: u64) -> std::io::Result<()> {
     let tmp = path.with_extension("cursor.tmp");
     tokio::fs::write(&tmp, format!("{seq}\n")).await?;
     tokio::fs::rename(&tmp, path).await
+}
+
+/// One delivery attempt of a signed `body` to `uri` (None: the receiver's URL did not parse),
+/// bounded by `timeout`; the receiver's status, or why there is none. Both logs (the data
+/// directory's and the cluster's) deliver through it.
+async fn attempt(
+    uri: Option<&Uri>,
+    tls: &Arc<rustls::ClientConfig>,
+    body: Result<String, String>,
+    timeout: Duration,
+) -> Result<u16, String> {
+    match (uri, body) {
+        (Some(uri), Ok(body)) => match tokio::time::timeout(timeout, post(uri, tls, body)).await {
+            Ok(r) => r,
+            Err(_) => Err("no answer in time".to_string()),
+        },
+        (None, _) => Err("the url is not valid".to_string()),
+        (_, Err(e)) => Err(e),
+    }
 }
 
 /// POSTs `body` (JSON) to `uri` over HTTP/1.1; returns the status.

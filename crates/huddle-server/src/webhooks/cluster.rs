@@ -37,7 +37,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     ATTEMPT_TIMEOUT, EventLog, FIRST_BACKOFF, LogFuture, MAX_BACKOFF, Pending, Replay, StartCtx,
-    WebhookCounts, WriterMsg, post, signed_body, unix_ms, url_key,
+    WebhookCounts, WriterMsg, attempt, signed_body, unix_ms, url_key,
 };
 use crate::config::AppConfig;
 
@@ -722,16 +722,7 @@ async fn deliver_loop(
                     Some(e) => signed_body(app, seq, &rx.secret, e),
                     None => Err("a logged event is not JSON".to_string()),
                 };
-                let result = match (&uri, body) {
-                    (Some(uri), Ok(body)) => {
-                        match tokio::time::timeout(attempt_timeout, post(uri, &tls, body)).await {
-                            Ok(r) => r,
-                            Err(_) => Err("no answer in time".to_string()),
-                        }
-                    }
-                    (None, _) => Err("the url is not valid".to_string()),
-                    (_, Err(e)) => Err(e),
-                };
+                let result = attempt(uri.as_ref(), &tls, body, attempt_timeout).await;
                 match result {
                     Ok(status) if (200..300).contains(&status) => {
                         counts.delivered.fetch_add(1, Ordering::Relaxed);
