@@ -268,6 +268,9 @@ pub struct JitterBuffer {
     speech: bool,
     /// The caller time-stretches (see [`JitterBuffer::set_stretching`]).
     stretching: bool,
+    /// A raise of the smallest delay that came in speech, waiting for a pause, and the ticks it
+    /// has waited (see [`JitterBuffer::set_min_delay`]).
+    pending_min_delay: Option<(Duration, u32)>,
 }
 
 /// Everything that starts over with a new stream.
@@ -349,6 +352,7 @@ impl JitterBuffer {
             stats: JitterStats::default(),
             speech: false,
             stretching: false,
+            pending_min_delay: None,
         }
     }
 
@@ -367,6 +371,9 @@ impl JitterBuffer {
     /// step as soon as it is due.
     pub fn set_speech(&mut self, active: bool) {
         self.speech = active;
+        if !active && let Some((pending, _)) = self.pending_min_delay.take() {
+            self.apply_min_delay(pending);
+        }
     }
 
     /// Tells the buffer that the caller changes the delay during speech itself, by
@@ -376,9 +383,14 @@ impl JitterBuffer {
     /// as it takes (not at most 5 s): the stretching does them meanwhile. And a frame missing in
     /// speech while the delay is still growing towards the target, with later packets here, is
     /// not waited for with a concealed frame inserted: it is due by the delay reached so far
-    /// and reported [`Playout::Lost`] (with FEC from the next packet when that is here).
+    /// and reported [`Playout::Lost`] (with FEC from the next packet when that is here). A
+    /// raise of the minimum delay in speech waits for a pause (see
+    /// [`set_min_delay`](Self::set_min_delay)).
     pub fn set_stretching(&mut self, on: bool) {
         self.stretching = on;
+        if !on && let Some((pending, _)) = self.pending_min_delay.take() {
+            self.apply_min_delay(pending);
+        }
     }
 
     /// How far the delay of the last packet handed out is from the target, in microseconds:
@@ -393,8 +405,40 @@ impl JitterBuffer {
     /// give frames that arrive late because they come back from redundancy (RFC 2198 RED: a
     /// lost frame travels again in the next packets) the time to arrive. The target follows at
     /// once when it grows and by the usual steps when it shrinks.
+    ///
+    /// Except in speech when the caller time-stretches ([`set_speech`](Self::set_speech),
+    /// [`set_stretching`](Self::set_stretching)): a raise then waits for the next pause (at most
+    /// 5 s, then the stretching reaches it), where the buffer grows by whole frames that nobody
+    /// hears. Reached in the word, the raise (up to 120 ms when RED's deepest level is waited
+    /// for) would slow the speech by up to half for a few hundred milliseconds; meanwhile a
+    /// frame that comes back late from redundancy, beyond the delay there is, is concealed (a
+    /// lost frame, with FEC from the next packet when that is here), as it would have been
+    /// before the raise.
     pub fn set_min_delay(&mut self, min_delay: Duration) {
-        self.config.min_delay = min_delay.min(self.config.max_delay);
+        let min_delay = min_delay.min(self.config.max_delay);
+        let playing = self.stream.as_ref().is_some_and(|s| s.playing);
+        if min_delay > self.config.min_delay && self.speech && self.stretching && playing {
+            let waited = self.pending_min_delay.map_or(0, |(_, ticks)| ticks);
+            self.pending_min_delay = Some((min_delay, waited));
+            return;
+        }
+        self.pending_min_delay = None;
+        self.apply_min_delay(min_delay);
+    }
+
+    /// The raise of the smallest delay waiting for a pause (see
+    /// [`set_min_delay`](Self::set_min_delay)), if any.
+    pub fn pending_min_delay(&self) -> Option<Duration> {
+        self.pending_min_delay.map(|(d, _)| d)
+    }
+
+    /// Makes `min_delay` the smallest delay; the target follows at once when it grows.
+    fn apply_min_delay(&mut self, min_delay: Duration) {
+        self.config.min_delay = min_delay;
+        if let Some(s) = self.stream.as_mut() {
+            let wanted = s.min_transit + min_delay.as_micros() as i64;
+            s.offset = s.offset.max(wanted);
+        }
     }
 
     /// Whether the buffer is playing and starved: the packet for its next output has not
@@ -715,6 +759,10 @@ impl JitterBuffer {
     }
 
     fn clear(&mut self) {
+        // A raise waiting for a pause is the new stream's minimum from its start.
+        if let Some((pending, _)) = self.pending_min_delay.take() {
+            self.config.min_delay = pending;
+        }
         self.slots.iter_mut().for_each(|s| *s = None);
         self.seen.iter_mut().for_each(|s| *s = i64::MIN);
         self.padding.iter_mut().for_each(|s| *s = i64::MIN);
@@ -755,6 +803,14 @@ impl JitterBuffer {
 
     /// Produces the output for a tick at `tick`, while playing.
     fn tick(&mut self, tick: Instant) -> Playout {
+        if let Some((pending, waited)) = self.pending_min_delay {
+            if !self.speech || waited >= DEFER_TICKS {
+                self.pending_min_delay = None;
+                self.apply_min_delay(pending);
+            } else {
+                self.pending_min_delay = Some((pending, waited + 1));
+            }
+        }
         let max_delay = self.config.max_delay.as_micros() as i64;
         // Hopelessly behind (the caller stalled): skip frames until one is on time.
         let mut catching_up = false;

@@ -933,6 +933,60 @@ fn a_frame_missing_while_the_delay_grows_in_speech_is_not_waited_for() {
     }
 }
 
+/// With the caller stretching, a raise of the minimum delay in speech waits for the pause (the
+/// target stays, a frame missing meanwhile is due by the delay there is); it is applied when
+/// the caller reports the pause, or after 5 s of speech without one. Without stretching it
+/// applies at once.
+#[test]
+fn a_raised_minimum_waits_for_a_pause_when_the_caller_stretches() {
+    for stretching in [true, false] {
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        jb.set_stretching(stretching);
+        let t0 = Instant::now();
+        let mut at = None;
+        let mut targets = Vec::new();
+        // Packets every 20 ms, 5 ms in flight; speech from 0.5 s to 1 s and from 1.2 s to 7 s;
+        // the minimum is raised to 80 ms at 0.8 s and to 100 ms at 1.4 s.
+        for i in 0..400u64 {
+            let now = t0 + millis(20 * i + 5);
+            if i == 40 {
+                jb.set_min_delay(millis(80));
+            }
+            if i == 70 {
+                jb.set_min_delay(millis(100));
+            }
+            jb.insert(i as u16, 960 * i as u32, payload(i), now);
+            jb.set_speech((25..50).contains(&i) || (60..350).contains(&i));
+            let due = at.unwrap_or(now);
+            if due <= now && jb.pop_at(due).is_some() {
+                at = Some(due + millis(20));
+            }
+            targets.push(jb.stats().target_delay);
+        }
+        let target_at = |i: usize| targets[i];
+        eprintln!(
+            "stretching {stretching}: {:?} {:?} {:?} {:?} {:?}",
+            target_at(45),
+            target_at(52),
+            target_at(100),
+            target_at(330),
+            target_at(399)
+        );
+        if stretching {
+            assert!(target_at(45) < millis(40), "in the word: {:?}", target_at(45));
+            assert_eq!(target_at(52), millis(80), "in the pause");
+            // The second raise: 5 s of speech with no pause (250 ticks from 1.4 s), then it
+            // applies.
+            assert_eq!(target_at(100), millis(80));
+            assert_eq!(target_at(330), millis(100));
+            assert_eq!(jb.pending_min_delay(), None);
+        } else {
+            assert_eq!(target_at(45), millis(80));
+            assert_eq!(target_at(100), millis(100));
+        }
+    }
+}
+
 /// ICE over TCP: a segment lost on the way waits for TCP's retransmission (`stall_ms`) and holds
 /// back every packet behind it, which then arrive in one clump; one such stall every `every`
 /// packets for the first 10 s, then a clean path for 20 s. Returns the frames concealed in each

@@ -248,13 +248,19 @@ fn raised_in_speech(stretching: bool) -> (usize, AudioPlayer) {
     (jump, player)
 }
 
+/// A raise in the middle of a word waits for the next pause, where the buffer grows by whole
+/// frames nobody hears: neither a 20 ms step nor a word slowed down by stretching.
 #[test]
-fn a_delay_raised_in_speech_is_reached_by_stretching_not_by_inserted_frames() {
-    let (jump, player) = raised_in_speech(true);
+fn a_delay_raised_in_speech_is_reached_in_the_next_pause_not_in_the_word() {
+    let (jump, mut player) = raised_in_speech(true);
     let stats = player.stats();
     eprintln!("{stats:?}");
-    assert!(stats.stretched > 0, "{stats:?}");
     assert!(stats.added_delay >= Duration::from_millis(55), "{stats:?}");
+    assert_eq!(player.jitter().pending_min_delay(), None, "{stats:?}");
+    assert_eq!(stats.speech_inserts, 0, "{stats:?}");
+    // Reached in the pause, not by stretching the word.
+    assert!(stats.jitter.expanded > 0, "{stats:?}");
+    assert!(stats.stretched_time < Duration::from_millis(10), "{stats:?}");
     assert!(
         jump <= MAX_STEP,
         "the delay jumped {} ms inside a word: {stats:?}",
@@ -307,12 +313,14 @@ fn vowel() -> Vec<AudioFrame> {
 }
 
 /// Speech with no pause for the buffer to step in (a long vowel, a song): the minimum delay is
-/// raised to 60 ms at 2 s. Returns the largest lag step between adjacent 10 ms windows.
+/// raised to 60 ms at 2 s. Returns the largest lag step between adjacent 10 ms windows of the
+/// vowel (not of the concealment after the stream ends).
 fn raised_without_pause(stretching: bool) -> (usize, AudioPlayer) {
     let frames = vowel();
     let (played, player) = call_with(&frames, stretching, |_| 0, Some((100, Duration::from_millis(60))));
     let played: Vec<f64> = played.iter().map(|&s| f64::from(s) / 32768.0).collect();
-    let reference = reference(&frames);
+    let mut reference = reference(&frames);
+    reference.truncate(960 * frames.len());
     let (jump, at) = largest_jump(&lag_track(&reference, &played, 48 * 1_000, 0..4_800));
     eprintln!(
         "no pause, stretching {stretching}: largest jump {jump} samples at {} ms",
@@ -321,6 +329,7 @@ fn raised_without_pause(stretching: bool) -> (usize, AudioPlayer) {
     (jump, player)
 }
 
+/// The raise waits 5 s for a pause that never comes, then the stretching reaches it.
 #[test]
 fn without_a_pause_the_delay_still_moves_by_stretching() {
     let (jump, player) = raised_without_pause(true);
@@ -334,7 +343,11 @@ fn without_a_pause_the_delay_still_moves_by_stretching() {
         jump / 48
     );
     // The counter-check: whole-frame steps (stretching off) wait 5 s for a pause that never
-    // comes, then insert concealed frames in the vowel, which the same measure sees.
-    let (jump_off, off) = raised_without_pause(false);
-    assert!(jump_off >= 900, "{jump_off} samples: {:?}", off.stats());
+    // comes, then insert concealed frames in the vowel. (The alignment measure does not see
+    // them: the windows across a concealed frame match no lag well and are left out. It saw a
+    // step at the end of the stream, after the vowel, which it no longer measures.)
+    let (_, off) = raised_without_pause(false);
+    let off = off.stats();
+    assert!(off.speech_inserts >= 2, "{off:?}");
+    assert_eq!(off.stretched, 0, "{off:?}");
 }

@@ -1039,14 +1039,17 @@ mod tests {
     fn the_loss_curve_from_the_start_of_the_call() {
         let lead_in = Duration::from_secs(2);
         // (loss per link, floors of the median and the lowest PESQ, of the lowest STOI)
+        // Measured (docs/quality.md): 4.07 (4.07) STOI 1.00; 3.76 (3.35) 0.80 (seed 5 takes RED's
+        // deepest-level wait in a pause of the sample: STOI, at one alignment, reads the 80 ms it
+        // adds there); 4.05 (3.99) 1.00; 4.02 (3.17) 0.94; 3.05 (2.18) 0.87; 2.12 (1.75) 0.89.
         let points = [
             (0.0, 3.9, 3.9, 0.95),
-            (0.05, 3.7, 2.6, 0.8),
-            (0.105, 3.8, 3.6, 0.95),
-            (0.16, 3.6, 3.2, 0.95),
-            (0.30, 2.4, 2.2, 0.93),
+            (0.05, 3.6, 3.2, 0.75),
+            (0.105, 3.9, 3.8, 0.95),
+            (0.16, 3.85, 3.0, 0.9),
+            (0.30, 2.9, 2.0, 0.8),
             // ≈ 60 % end to end: the issue asks for STOI ≥ 0.8 there.
-            (0.368, 1.5, 1.3, 0.8),
+            (0.368, 1.95, 1.6, 0.8),
         ];
         let mut figures = Vec::new();
         for (per_leg, median_floor, min_floor, stoi_floor) in points {
@@ -1084,8 +1087,11 @@ mod tests {
         let r = lossy_calls(0.16, Duration::from_secs(1));
         let (median, min) = median_min(r.iter().map(|x| x.0).collect());
         println!("SHORT LEAD-IN 16% per link: PESQ median {median:.2} min {min:.2}");
-        // Measured 2.84 and 2.56 (2.61 and 2.04 before, docs/quality.md).
-        assert!(median >= 2.5 && min >= 2.2, "median {median:.2}, lowest {min:.2}");
+        // Measured 4.04 and 3.29 (2.61 and 2.04 before, docs/quality.md).
+        assert!(
+            median >= 3.85 && min >= 3.1,
+            "median {median:.2}, lowest {min:.2}"
+        );
     }
 
     /// The `q`-quantile (0..=1) of `v` (sorted), the nearest rank.
@@ -1200,10 +1206,9 @@ mod tests {
         println!(
             "JITTER 0-40 ms per link: PESQ median {pesq:.2} min {pesq_min:.2}, STOI median {stoi:.3} min {stoi_min:.3}"
         );
-        // Measured: PESQ 4.07 for all five; STOI 0.995 median, 0.960 lowest (seed 4); no 20 ms
-        // step in speech.
+        // Measured: PESQ 4.07 for all five; STOI 0.995 for all five; no 20 ms step in speech.
         assert!(
-            pesq_min >= 3.8 && stoi_min >= 0.93,
+            pesq_min >= 3.9 && stoi_min >= 0.97,
             "PESQ {pesq_min:.2}, STOI {stoi_min:.3}"
         );
     }
