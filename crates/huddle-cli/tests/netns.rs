@@ -19,8 +19,7 @@
 
 mod common;
 
-use common::{APP_ID, APP_SIGN, SECRET, padded_speech, pesq, tone_db, wav_samples};
-use std::io::{BufRead, BufReader};
+use common::{APP_ID, APP_SIGN, Serve, padded_speech, pesq, tone_db, wav_samples, write_config};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -123,14 +122,21 @@ impl Netns {
         self.exec(role, &["nft", "-f", file.to_str().unwrap()]);
     }
 
-    /// A process in the namespace, killed on drop.
-    fn spawn(&self, role: &str, program: &Path, args: &[&str], stderr: &Path) -> Proc {
-        let child = Command::new("ip")
-            .args(["netns", "exec", self.name(role)])
+    /// `program args` in the namespace, its stdout piped, its stderr into the file `stderr`.
+    fn command(&self, role: &str, program: &Path, args: &[&str], stderr: &Path) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.name(role)])
             .arg(program)
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(stderr).expect("a log file"))
+            .stderr(std::fs::File::create(stderr).expect("a log file"));
+        cmd
+    }
+
+    /// A process in the namespace, killed on drop.
+    fn spawn(&self, role: &str, program: &Path, args: &[&str], stderr: &Path) -> Proc {
+        let child = self
+            .command(role, program, args, stderr)
             .spawn()
             .expect("start a process in a namespace");
         Proc { child }
@@ -172,45 +178,26 @@ fn tempdir(tag: &str) -> PathBuf {
 /// Starts `huddle serve --listen <wildcard>:7880` (`0.0.0.0` or `[::]`; with an app from a config
 /// file: dev mode is refused on a non-loopback listener) in the `srv` namespace; returns it once
 /// it listens.
-fn serve(ns: &Netns, dir: &Path, wildcard: &str) -> Proc {
-    let config = dir.join("huddle.toml");
-    std::fs::write(
-        &config,
-        format!("[[apps]]\napp_id = {APP_ID}\napp_sign = \"{APP_SIGN}\"\nserver_secret = \"{SECRET}\"\n"),
-    )
-    .unwrap();
+fn serve(ns: &Netns, dir: &Path, wildcard: &str) -> Serve {
+    let config = write_config(dir.join("huddle.toml"), "");
     let listen = format!("{wildcard}:{HTTP_PORT}");
     let udp = UDP_PORT.to_string();
-    let mut server = ns.spawn(
-        "srv",
-        &huddle(),
-        &[
-            "serve",
-            "--listen",
-            &listen,
-            "--udp-port",
-            &udp,
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &dir.join("server.log"),
-    );
-    let mut lines = BufReader::new(server.child.stdout.take().unwrap()).lines();
-    let mut banner = Vec::new();
-    while let Some(Ok(line)) = lines.next() {
-        let done = line.contains("web page:");
-        banner.push(line);
-        if done {
-            break;
-        }
-    }
-    assert!(
-        banner.iter().any(|l| l.starts_with("huddle server listening on")),
-        "the server did not start: {banner:?}\n{}",
-        std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
-    );
-    std::thread::spawn(move || for _ in lines {});
-    server
+    let log = dir.join("server.log");
+    let args = [
+        "serve",
+        "--listen",
+        &listen,
+        "--udp-port",
+        &udp,
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    Serve::try_start(&mut ns.command("srv", &huddle(), &args, &log)).unwrap_or_else(|banner| {
+        panic!(
+            "the server did not start: {banner:?}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    })
 }
 
 /// `huddle call` in namespace `role` against the server at `server_ip`: publishing a 500 Hz tone

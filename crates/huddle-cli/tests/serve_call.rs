@@ -2,84 +2,18 @@
 
 mod common;
 
-use common::{APP_ID, APP_SIGN, SECRET, padded_speech, speech_score, tone_db, wav_samples};
+use common::{
+    APP_ID, APP_SIGN, SECRET, Serve, huddle, padded_speech, serve, serve_app, speech_score, tone_db,
+    wav_samples, write_config,
+};
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
 #[path = "../../huddle-server/tests/common/certs.rs"]
 mod certs;
-
-fn huddle() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_huddle"))
-}
-
-/// A `huddle serve` process; killed on drop.
-struct Serve {
-    child: Child,
-    banner: Vec<String>,
-    addr: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `huddle serve` with `args` on a free port and reads its banner.
-fn serve(args: &[&str]) -> Serve {
-    let mut child = huddle()
-        // A free UDP port too: tests run in parallel, each with its own server.
-        // No ICE-TCP: tests run in parallel, and its default port is fixed.
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--udp-port",
-            "0",
-            "--tcp-port",
-            "0",
-        ])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start huddle serve");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut banner = Vec::new();
-    let mut addr = String::new();
-    // The banner ends with the web page line, or the dev credentials after it.
-    while let Some(Ok(line)) = lines.next() {
-        if let Some(a) = line.strip_prefix("huddle server listening on ") {
-            addr = a.trim().to_string();
-        }
-        let dev = !args.contains(&"--config");
-        let done = line.contains("server_secret:") || (line.contains("web page:") && !dev);
-        banner.push(line);
-        if done {
-            break;
-        }
-    }
-    assert!(!addr.is_empty(), "no listening line in {banner:?}");
-    // Keep draining stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Serve { child, banner, addr }
-}
-
-fn write_config(dir: &Path) -> String {
-    let path = dir.join("huddle.toml");
-    std::fs::write(
-        &path,
-        format!("[[apps]]\napp_id = {APP_ID}\napp_sign = \"{APP_SIGN}\"\nserver_secret = \"{SECRET}\"\n"),
-    )
-    .unwrap();
-    path.display().to_string()
-}
 
 fn events(o: &Output) -> Vec<Value> {
     String::from_utf8_lossy(&o.stdout)
@@ -95,9 +29,8 @@ fn has(events: &[Value], pred: impl Fn(&Value) -> bool) -> bool {
 #[test]
 fn two_calls_see_each_other() {
     let dir = tempdir();
-    let config = write_config(&dir);
-    let server = serve(&["--config", &config]);
-    let url = format!("ws://{}", server.addr);
+    let server = serve_app(&dir);
+    let url = server.url.clone();
 
     let call = |user: &str, extra: &[&str], secs: &str| {
         huddle()
@@ -164,17 +97,10 @@ fn two_calls_see_each_other() {
 #[test]
 fn call_reports_a_refused_login_and_exits_1() {
     let dir = tempdir();
-    let config = write_config(&dir);
-    let server = serve(&["--config", &config]);
+    let server = serve_app(&dir);
     let wrong_sign = "00".repeat(32);
     let o = huddle()
-        .args([
-            "call",
-            "--server",
-            &format!("ws://{}", server.addr),
-            "--app-id",
-            APP_ID,
-        ])
+        .args(["call", "--server", &server.url, "--app-id", APP_ID])
         .args([
             "--app-sign",
             &wrong_sign,
@@ -199,7 +125,7 @@ fn call_reports_a_refused_login_and_exits_1() {
     drop(dead);
     let o = huddle()
         .args(["call", "--server", &format!("ws://{dead_addr}")])
-        .args(["--server", &format!("ws://{}", server.addr), "--app-id", APP_ID])
+        .args(["--server", &server.url, "--app-id", APP_ID])
         .args([
             "--app-sign",
             APP_SIGN,
@@ -224,13 +150,7 @@ fn call_reports_a_refused_login_and_exits_1() {
         .unwrap();
     let token = String::from_utf8(token.stdout).unwrap();
     let o = huddle()
-        .args([
-            "call",
-            "--server",
-            &format!("ws://{}", server.addr),
-            "--app-id",
-            APP_ID,
-        ])
+        .args(["call", "--server", &server.url, "--app-id", APP_ID])
         .args([
             "--token",
             token.trim(),
@@ -248,13 +168,7 @@ fn call_reports_a_refused_login_and_exits_1() {
 
     // Bad input is a numbered error, not a panic.
     let o = huddle()
-        .args([
-            "call",
-            "--server",
-            &format!("ws://{}", server.addr),
-            "--app-id",
-            APP_ID,
-        ])
+        .args(["call", "--server", &server.url, "--app-id", APP_ID])
         .args([
             "--app-sign",
             APP_SIGN,
@@ -278,11 +192,11 @@ fn call_reports_a_refused_login_and_exits_1() {
 #[test]
 fn call_over_wss_trusts_the_ca_file() {
     let dir = tempdir();
-    let config = write_config(&dir);
+    let config = write_config(dir.join("huddle.toml"), "");
     let certs = certs::TestCerts::new("cli-wss");
     let server = serve(&[
         "--config",
-        &config,
+        config.to_str().unwrap(),
         "--tls-cert",
         certs.cert_file.to_str().unwrap(),
         "--tls-key",
@@ -397,9 +311,8 @@ fn tempdir() -> std::path::PathBuf {
 #[test]
 fn calls_carry_audio_and_video() {
     let dir = tempdir();
-    let config = write_config(&dir);
-    let server = serve(&["--config", &config]);
-    let url = format!("ws://{}", server.addr);
+    let server = serve_app(&dir);
+    let url = server.url.clone();
     let wav = dir.join("heard.wav");
     let y4m = dir.join("seen.y4m");
     let call = |user: &str, extra: &[&str], secs: &str| {
@@ -627,20 +540,13 @@ fn aiortc_peer(server: &Serve, user: &str, args: &[&str], seconds: &str) -> std:
 #[test]
 fn aiortc_and_huddle_call_hear_each_other() {
     let dir = tempdir();
-    let config = write_config(&dir);
-    let server = serve(&["--config", &config]);
+    let server = serve_app(&dir);
     let speech = dir.join("speech.wav");
     padded_speech(&speech);
     let speech = speech.to_str().unwrap();
     let interop_call = |user: &str, args: &[&str], seconds: &str| {
         huddle()
-            .args([
-                "call",
-                "--server",
-                &format!("ws://{}", server.addr),
-                "--app-id",
-                APP_ID,
-            ])
+            .args(["call", "--server", &server.url, "--app-id", APP_ID])
             .args(["--app-sign", APP_SIGN, "--room", "interop", "--user", user])
             .args(args)
             .args(["--duration", seconds])
@@ -731,9 +637,8 @@ fn aiortc_and_huddle_call_hear_each_other() {
 #[test]
 fn sound_levels_come_out_as_json_lines() {
     let dir = tempdir();
-    let config = write_config(&dir);
-    let server = serve(&["--config", &config]);
-    let url = format!("ws://{}", server.addr);
+    let server = serve_app(&dir);
+    let url = server.url.clone();
     let speech = dir.join("speech.wav");
     padded_speech(&speech);
     let call = |user: &str, extra: &[&str], secs: &str| {

@@ -107,6 +107,11 @@ pub fn huddle() -> Command {
     Command::new(env!("CARGO_BIN_EXE_huddle"))
 }
 
+/// `huddle serve ARGS` on free ports, once it listens.
+pub fn serve(args: &[&str]) -> Serve {
+    Serve::start(serve_command().args(args))
+}
+
 /// `huddle serve` on free ports (HTTP, UDP and ICE-TCP: the tests run at once, each with its own
 /// server), its stderr dropped; the caller adds its arguments (`--config FILE`, …) and
 /// [`Serve::start`]s it.
