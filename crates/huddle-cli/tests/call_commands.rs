@@ -10,7 +10,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{APP_ID, APP_SIGN, Serve, huddle, serve_app, tone_db, wav_samples};
+use common::{NOWHERE, Serve, call_args, huddle, loud, serve_app, tone_db, wav_samples};
 use serde_json::{Value, json};
 
 /// How long a test waits for a line before it fails (a guard against hangs, not a speed check).
@@ -43,15 +43,7 @@ impl Drop for Call {
 impl Call {
     fn start(name: &'static str, server: &Serve, args: &[&str]) -> Call {
         let mut child = huddle()
-            .args([
-                "call",
-                "--server",
-                &server.url,
-                "--app-id",
-                APP_ID,
-                "--app-sign",
-                APP_SIGN,
-            ])
+            .args(call_args(&server.url))
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -312,12 +304,7 @@ fn a_call_scripted_through_stdin() {
 
     // What bob recorded is her tone.
     let samples = wav_samples(&heard);
-    let loud: Vec<i16> = samples
-        .chunks(960)
-        .filter(|c| c.iter().any(|s| s.abs() > 1000))
-        .flatten()
-        .copied()
-        .collect();
+    let loud = loud(&samples);
     assert!(
         loud.len() >= 960 * 25,
         "only {} loud samples recorded",
@@ -334,15 +321,7 @@ fn a_call_scripted_through_stdin() {
 fn the_call_ends_with_its_input_when_asked() {
     // No server is reached: the call has no room, and its input is empty.
     let out = huddle()
-        .args([
-            "call",
-            "--server",
-            "ws://127.0.0.1:9",
-            "--app-id",
-            APP_ID,
-            "--app-sign",
-            APP_SIGN,
-        ])
+        .args(call_args(NOWHERE))
         .arg("--quit-on-eof")
         .stdin(Stdio::null())
         .output()
@@ -352,15 +331,7 @@ fn the_call_ends_with_its_input_when_asked() {
 
     // Commands before the end are answered.
     let mut child = huddle()
-        .args([
-            "call",
-            "--server",
-            "ws://127.0.0.1:9",
-            "--app-id",
-            APP_ID,
-            "--app-sign",
-            APP_SIGN,
-        ])
+        .args(call_args(NOWHERE))
         .arg("--quit-on-eof")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{APP_ID, APP_SIGN, huddle, serve_app};
+use common::{NOWHERE, call_args, huddle, loud, serve_app};
 use serde_json::{Value, json};
 
 fn tempdir(test: &str) -> PathBuf {
@@ -25,19 +25,6 @@ fn tempdir(test: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// `huddle call` flags for a server nobody listens on: these calls end before any login.
-fn nowhere() -> Vec<&'static str> {
-    vec![
-        "call",
-        "--server",
-        "ws://127.0.0.1:9",
-        "--app-id",
-        APP_ID,
-        "--app-sign",
-        APP_SIGN,
-    ]
 }
 
 /// `huddle ARGS` with ALSA seeing no device at all.
@@ -69,15 +56,21 @@ fn without_any_device_the_flags_are_refused_with_their_codes() {
         String::from_utf8_lossy(&list.stdout)
     );
 
-    let (code, err) = refusal(&without_devices(&dir, &[&nowhere()[..], &["--mic"]].concat()));
+    let (code, err) = refusal(&without_devices(
+        &dir,
+        &[&call_args(NOWHERE)[..], &["--mic"]].concat(),
+    ));
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("error 1009020: cannot open the microphone"), "{err}");
-    let (code, err) = refusal(&without_devices(&dir, &[&nowhere()[..], &["--speaker"]].concat()));
+    let (code, err) = refusal(&without_devices(
+        &dir,
+        &[&call_args(NOWHERE)[..], &["--speaker"]].concat(),
+    ));
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("error 1009020: cannot open the speaker"), "{err}");
     let (code, err) = refusal(&without_devices(
         &dir,
-        &[&nowhere()[..], &["--mic-device", "hw:0"]].concat(),
+        &[&call_args(NOWHERE)[..], &["--mic-device", "hw:0"]].concat(),
     ));
     assert_eq!(code, Some(2), "{err}");
     assert!(
@@ -88,13 +81,13 @@ fn without_any_device_the_flags_are_refused_with_their_codes() {
     );
     let (code, err) = refusal(&without_devices(
         &dir,
-        &[&nowhere()[..], &["--source", "mic"]].concat(),
+        &[&call_args(NOWHERE)[..], &["--source", "mic"]].concat(),
     ));
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("error 1009020"), "{err}");
     // Flags that cannot go together are refused before anything opens.
     let out = huddle()
-        .args(nowhere())
+        .args(call_args(NOWHERE))
         .args(["--speaker", "--record", "x.wav"])
         .output()
         .unwrap();
@@ -122,7 +115,7 @@ fn this_machine_answers_for_its_sound_cards() {
     }
     if no_card {
         for (flag, what) in [("--mic", "microphone"), ("--speaker", "speaker")] {
-            let out = huddle().args(nowhere()).arg(flag).output().unwrap();
+            let out = huddle().args(call_args(NOWHERE)).arg(flag).output().unwrap();
             let (code, err) = refusal(&out);
             assert_eq!(code, Some(2), "{err}");
             assert!(
@@ -184,15 +177,7 @@ fn devices_chosen_by_name_carry_a_call() {
     let server = serve_app(&dir);
     let call = |user: &str, extra: &[&str]| {
         let mut child = huddle()
-            .args([
-                "call",
-                "--server",
-                &server.url,
-                "--app-id",
-                APP_ID,
-                "--app-sign",
-                APP_SIGN,
-            ])
+            .args(call_args(&server.url))
             .args(["--room", "dev", "--user", user, "--duration", "60"])
             .args(extra)
             .stdin(Stdio::piped())
@@ -326,15 +311,7 @@ fn a_tone_goes_through_a_microphone_and_a_speaker() {
         let mut child = pulse
             .client(env!("CARGO_BIN_EXE_huddle"))
             .env(env.0, env.1)
-            .args([
-                "call",
-                "--server",
-                &server.url,
-                "--app-id",
-                APP_ID,
-                "--app-sign",
-                APP_SIGN,
-            ])
+            .args(call_args(&server.url))
             .args(["--room", "pulse", "--user", user, "--duration", "60"])
             .args(extra)
             .stdout(Stdio::piped())
@@ -388,12 +365,7 @@ fn a_tone_goes_through_a_microphone_and_a_speaker() {
         .chunks_exact(2)
         .map(|b| i16::from_le_bytes([b[0], b[1]]))
         .collect();
-    let loud: Vec<i16> = samples
-        .chunks(960)
-        .filter(|c| c.iter().any(|s| s.abs() > 1000))
-        .flatten()
-        .copied()
-        .collect();
+    let loud = loud(&samples);
     assert!(
         loud.len() >= 48_000,
         "the speaker played {} loud samples in 3 s",

@@ -19,7 +19,7 @@
 
 mod common;
 
-use common::{APP_ID, APP_SIGN, Serve, padded_speech, pesq, tone_db, wav_samples, write_config};
+use common::{Serve, call_args, loud, padded_speech, pesq, tone_db, wav_samples, write_config};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -204,21 +204,8 @@ fn serve(ns: &Netns, dir: &Path, wildcard: &str) -> Serve {
 /// as `stream`, or playing it into `record`.
 fn call(ns: &Netns, role: &str, server_ip: &str, user: &str, what: &[&str], secs: &str, log: &Path) -> Proc {
     let url = format!("ws://{server_ip}:{HTTP_PORT}");
-    let mut args = vec![
-        "call",
-        "--server",
-        &url,
-        "--app-id",
-        APP_ID,
-        "--app-sign",
-        APP_SIGN,
-        "--room",
-        "netns",
-        "--user",
-        user,
-        "--duration",
-        secs,
-    ];
+    let mut args = call_args(&url).to_vec();
+    args.extend(["--room", "netns", "--user", user, "--duration", secs]);
     args.extend_from_slice(what);
     ns.spawn(role, &huddle(), &args, log)
 }
@@ -241,12 +228,7 @@ fn finish(mut p: Proc, log: &Path) -> String {
 /// Asserts that `wav` holds more than a second of the 500 Hz tone; returns the seconds of tone.
 fn assert_tone(wav: &Path) -> f64 {
     let samples = wav_samples(wav);
-    let loud: Vec<i16> = samples
-        .chunks(960)
-        .filter(|c| c.iter().any(|s| s.abs() > 1000))
-        .flatten()
-        .copied()
-        .collect();
+    let loud = loud(&samples);
     assert!(
         loud.len() > 48_000,
         "less than a second of tone recorded ({} samples of {})",

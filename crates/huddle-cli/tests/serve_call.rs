@@ -3,8 +3,8 @@
 mod common;
 
 use common::{
-    APP_ID, APP_SIGN, SECRET, Serve, huddle, padded_speech, serve, serve_app, speech_score, tone_db,
-    wav_samples, write_config,
+    APP_ID, APP_SIGN, NOWHERE, SECRET, Serve, call_args, huddle, loud, padded_speech, serve, serve_app,
+    speech_score, tone_db, wav_samples, write_config,
 };
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
@@ -34,18 +34,16 @@ fn two_calls_see_each_other() {
 
     let call = |user: &str, extra: &[&str], secs: &str| {
         huddle()
+            .args(call_args(&url))
             .args([
-                "call",
-                "--server",
-                &url,
-                "--app-id",
-                APP_ID,
-                "--app-sign",
-                APP_SIGN,
                 "--room",
                 "r1",
+                "--user",
+                user,
+                "--user-status-notify",
+                "--duration",
+                secs,
             ])
-            .args(["--user", user, "--user-status-notify", "--duration", secs])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -168,17 +166,8 @@ fn call_reports_a_refused_login_and_exits_1() {
 
     // Bad input is a numbered error, not a panic.
     let o = huddle()
-        .args(["call", "--server", &server.url, "--app-id", APP_ID])
-        .args([
-            "--app-sign",
-            APP_SIGN,
-            "--room",
-            "r 1",
-            "--user",
-            "x",
-            "--duration",
-            "1",
-        ])
+        .args(call_args(&server.url))
+        .args(["--room", "r 1", "--user", "x", "--duration", "1"])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
@@ -210,23 +199,8 @@ fn call_over_wss_trusts_the_ca_file() {
     let port = server.addr.rsplit(':').next().unwrap();
     let call = |extra: &[&str]| {
         huddle()
-            .args([
-                "call",
-                "--server",
-                &format!("wss://localhost:{port}"),
-                "--app-id",
-                APP_ID,
-            ])
-            .args([
-                "--app-sign",
-                APP_SIGN,
-                "--room",
-                "r1",
-                "--user",
-                "tess",
-                "--duration",
-                "0.5",
-            ])
+            .args(call_args(&format!("wss://localhost:{port}")))
+            .args(["--room", "r1", "--user", "tess", "--duration", "0.5"])
             .args(extra)
             .output()
             .unwrap()
@@ -317,15 +291,7 @@ fn calls_carry_audio_and_video() {
     let y4m = dir.join("seen.y4m");
     let call = |user: &str, extra: &[&str], secs: &str| {
         huddle()
-            .args([
-                "call",
-                "--server",
-                &url,
-                "--app-id",
-                APP_ID,
-                "--app-sign",
-                APP_SIGN,
-            ])
+            .args(call_args(&url))
             .args(["--room", "media", "--user", user, "--duration", secs])
             .args(extra)
             .stdout(Stdio::piped())
@@ -385,12 +351,7 @@ fn calls_carry_audio_and_video() {
         "only {} samples recorded",
         samples.len()
     );
-    let loud: Vec<i16> = samples
-        .chunks(960)
-        .filter(|c| c.iter().any(|s| s.abs() > 1000))
-        .flatten()
-        .copied()
-        .collect();
+    let loud = loud(&samples);
     assert!(loud.len() > 48_000, "less than a second of tone recorded");
     assert!(
         tone_db(&loud, 500.0) > -3.0,
@@ -409,15 +370,7 @@ fn calls_carry_audio_and_video() {
 #[test]
 fn a_bad_source_is_refused() {
     let out = huddle()
-        .args([
-            "call",
-            "--server",
-            "ws://127.0.0.1:9",
-            "--app-id",
-            APP_ID,
-            "--app-sign",
-            APP_SIGN,
-        ])
+        .args(call_args(NOWHERE))
         .args(["--room", "r", "--user", "u", "--source", "tone:abc"])
         .output()
         .unwrap();
@@ -433,15 +386,7 @@ fn a_bad_audio_config_is_refused() {
         &["--audio-loss-hint", "90"],
     ] {
         let out = huddle()
-            .args([
-                "call",
-                "--server",
-                "ws://127.0.0.1:9",
-                "--app-id",
-                APP_ID,
-                "--app-sign",
-                APP_SIGN,
-            ])
+            .args(call_args(NOWHERE))
             .args(["--room", "r", "--user", "u"])
             .args(bad)
             .output()
@@ -546,8 +491,8 @@ fn aiortc_and_huddle_call_hear_each_other() {
     let speech = speech.to_str().unwrap();
     let interop_call = |user: &str, args: &[&str], seconds: &str| {
         huddle()
-            .args(["call", "--server", &server.url, "--app-id", APP_ID])
-            .args(["--app-sign", APP_SIGN, "--room", "interop", "--user", user])
+            .args(call_args(&server.url))
+            .args(["--room", "interop", "--user", user])
             .args(args)
             .args(["--duration", seconds])
             .stdout(Stdio::piped())
@@ -643,15 +588,7 @@ fn sound_levels_come_out_as_json_lines() {
     padded_speech(&speech);
     let call = |user: &str, extra: &[&str], secs: &str| {
         huddle()
-            .args([
-                "call",
-                "--server",
-                &url,
-                "--app-id",
-                APP_ID,
-                "--app-sign",
-                APP_SIGN,
-            ])
+            .args(call_args(&url))
             .args(["--room", "levels", "--user", user, "--duration", secs])
             .args(["--sound-level-interval", "200"])
             .args(extra)
@@ -707,15 +644,7 @@ fn sound_levels_come_out_as_json_lines() {
 #[test]
 fn a_bad_sound_level_interval_is_refused() {
     let out = huddle()
-        .args([
-            "call",
-            "--server",
-            "ws://127.0.0.1:9",
-            "--app-id",
-            APP_ID,
-            "--app-sign",
-            APP_SIGN,
-        ])
+        .args(call_args(NOWHERE))
         .args(["--room", "r", "--user", "u", "--sound-level-interval", "50"])
         .output()
         .unwrap();

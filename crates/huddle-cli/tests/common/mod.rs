@@ -22,6 +22,17 @@ pub fn wav_samples(path: &Path) -> Vec<i16> {
         .collect()
 }
 
+/// The 20 ms frames (48 kHz) of `samples` that hold something louder than quiet noise (a
+/// sample above 1000), one after the other: what was heard, without the silences.
+pub fn loud(samples: &[i16]) -> Vec<i16> {
+    samples
+        .chunks(960)
+        .filter(|c| c.iter().any(|s| s.abs() > 1000))
+        .flatten()
+        .copied()
+        .collect()
+}
+
 /// Power of `hz` (48 kHz samples) relative to the signal's power, in dB (Goertzel).
 pub fn tone_db(x: &[i16], hz: f64) -> f64 {
     let coeff = 2.0 * (2.0 * std::f64::consts::PI * hz / 48_000.0).cos();
@@ -106,6 +117,23 @@ pub fn pesq(heard: &Path) -> f64 {
 pub fn huddle() -> Command {
     Command::new(env!("CARGO_BIN_EXE_huddle"))
 }
+
+/// The arguments of a `huddle call` of the tests' app (logged in by AppSign) through the server
+/// at `url`; the caller adds the room, the user and the rest.
+pub fn call_args(url: &str) -> [&str; 7] {
+    [
+        "call",
+        "--server",
+        url,
+        "--app-id",
+        APP_ID,
+        "--app-sign",
+        APP_SIGN,
+    ]
+}
+
+/// A server address nobody listens on: calls to it end before any login.
+pub const NOWHERE: &str = "ws://127.0.0.1:9";
 
 /// `huddle serve ARGS` on free ports, once it listens.
 pub fn serve(args: &[&str]) -> Serve {
