@@ -5,23 +5,15 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{NOWHERE, Serve, call_args, huddle, loud, serve_app, tone_db, wav_samples};
+use common::{NOWHERE, Serve, call_args, huddle, loud, serve_app, tempdir, tone_db, wav_samples};
 use serde_json::{Value, json};
 
 /// How long a test waits for a line before it fails (a guard against hangs, not a speed check).
 const PATIENCE: Duration = Duration::from_secs(30);
-
-fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("huddle-cli-cmd-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A `huddle call` with piped standard input and output; killed on drop.
 struct Call {
@@ -134,7 +126,7 @@ fn event<'a>(name: &'a str, field: &'a str, value: &'a str) -> impl Fn(&Value) -
 
 #[test]
 fn a_call_scripted_through_stdin() {
-    let dir = tempdir();
+    let dir = tempdir("cmd");
     let server = serve_app(&dir);
     let heard = dir.join("bob.wav");
 

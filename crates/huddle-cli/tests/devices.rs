@@ -17,15 +17,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{NOWHERE, call_args, huddle, loud, serve_app};
+use common::{NOWHERE, call_args, huddle, loud, serve_app, tempdir};
 use serde_json::{Value, json};
-
-fn tempdir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("huddle-cli-dev-test-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// `huddle ARGS` with ALSA seeing no device at all.
 fn without_devices(dir: &std::path::Path, args: &[&str]) -> Output {
@@ -47,7 +40,7 @@ fn refusal(out: &Output) -> (Option<i32>, String) {
 
 #[test]
 fn without_any_device_the_flags_are_refused_with_their_codes() {
-    let dir = tempdir("none");
+    let dir = tempdir("dev-none");
     let list = without_devices(&dir, &["call", "--list-devices"]);
     assert!(list.status.success(), "{}", refusal(&list).1);
     assert!(
@@ -173,7 +166,7 @@ impl Lines {
 /// heard is not checked here; `serve_call.rs` checks the audio path with files).
 #[test]
 fn devices_chosen_by_name_carry_a_call() {
-    let dir = tempdir("null");
+    let dir = tempdir("dev-null");
     let server = serve_app(&dir);
     let call = |user: &str, extra: &[&str]| {
         let mut child = huddle()
@@ -304,7 +297,7 @@ fn tone_db(x: &[i16], hz: f64) -> f64 {
 /// SDK's playout and `--speaker-device`.
 #[test]
 fn a_tone_goes_through_a_microphone_and_a_speaker() {
-    let dir = tempdir("pulse");
+    let dir = tempdir("dev-pulse");
     let pulse = Pulse::start(&dir);
     let server = serve_app(&dir);
     let call = |user: &str, env: (&str, &str), extra: &[&str]| {

@@ -5,7 +5,7 @@
 //! one before left, so the suite pays for the processes once.
 //!
 //! Every wait is bounded; the nodes and Redis are killed when the test ends, however it ends.
-//! The nodes' logs are kept in `$TMPDIR/huddle-failover-PID/` when it fails (removed when it
+//! The nodes' logs are kept in `$TMPDIR/huddle-cli-failover-…/` when it fails (removed when it
 //! passes).
 
 mod common;
@@ -13,14 +13,14 @@ mod common;
 #[allow(dead_code)]
 mod redis;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{APP_ID, APP_SIGN, Serve, serve_command, tone_db, write_config};
+use common::{APP_ID, APP_SIGN, Serve, serve_command, tempdir, tone_db, write_config};
 use huddle::{
     AudioSink, AudioSource, Engine, EngineConfig, EngineProfile, Event, EventHandler, RoomConfig, User,
     UserId,
@@ -418,13 +418,6 @@ fn hears_tone(x: &[i16]) -> bool {
     rms > 328.0 && tone_db(x, TONE_HZ) > -3.0
 }
 
-/// A directory of the test's own (`name`: the tests of this file run at once).
-fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("huddle-failover-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// Whether node `node`'s lease is in Redis now (it lives until it ends unrenewed).
 fn lease_alive(redis: &RedisServer, node: &str) -> bool {
     let port = redis.url.rsplit(':').next().unwrap();
@@ -509,7 +502,7 @@ fn dave_left(p: &mut Client, killed: Instant) -> (Instant, Vec<String>) {
 
 #[test]
 fn a_cluster_of_processes_survives_kill_restart_duplicate_login_drain_and_churn() {
-    let dir = tempdir("phases");
+    let dir = tempdir("failover-phases");
     let mut redis = RedisServer::start();
     let mut a = Node::start(&dir, &redis, "node-a");
     let mut b = Node::start(&dir, &redis, "node-b");
@@ -774,7 +767,7 @@ fn a_cluster_of_processes_survives_kill_restart_duplicate_login_drain_and_churn(
 /// ghost) once its lease ends.
 #[test]
 fn with_the_default_lease_a_moved_publisher_does_not_wait_for_the_dead_nodes_lease() {
-    let dir = tempdir("default-lease");
+    let dir = tempdir("failover-default-lease");
     let redis = RedisServer::start();
     let mut a = Node::start_with(&dir, &redis, "node-a", "");
     let b = Node::start_with(&dir, &redis, "node-b", "");

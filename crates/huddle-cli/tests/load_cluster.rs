@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{APP_ID, APP_SIGN, Serve, huddle, serve_command, write_config};
+use common::{APP_ID, APP_SIGN, Serve, huddle, serve_command, tempdir, write_config};
 use serde_json::Value;
 
 // The server tests' redis-server helper, shared rather than copied; its restart is not used here.
@@ -15,8 +15,7 @@ mod redis;
 /// `huddle serve` as cluster node `id` on `redis`, with the tests' app and the cluster secret that
 /// lets nodes pull each other's streams, on free ports (everything in its configuration file).
 fn node(redis: &str, id: &str) -> Serve {
-    let dir = std::env::temp_dir().join(format!("huddle-load-cluster-{}-{id}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempdir(&format!("load-cluster-{id}"));
     let config = write_config(
         dir.join("huddle.toml"),
         &format!(

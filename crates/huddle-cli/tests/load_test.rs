@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{APP_ID, APP_SIGN, Serve, huddle, serve, write_config};
+use common::{APP_ID, APP_SIGN, Serve, huddle, serve, tempdir, write_config};
 use serde_json::Value;
 
 /// A `huddle serve` on free ports and the app to log in to it with.
@@ -16,11 +16,7 @@ struct Server {
 
 /// A dev-mode `huddle serve` (a data directory of its own) with the app of its banner.
 fn serve_dev() -> Server {
-    let data = std::env::temp_dir().join(format!(
-        "huddle-load-test-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
+    let data = tempdir("load-test").join("data");
     let serve = serve(&["--data-dir", data.to_str().unwrap()]);
     let field = |name: &str| {
         serve
@@ -40,12 +36,7 @@ fn serve_dev() -> Server {
 /// A `huddle serve` with `--config` and the tests' app in it (no dev mode): a 1 s grace, so that
 /// dropped sessions are gone soon after the run.
 fn serve_configured() -> Server {
-    let dir = std::env::temp_dir().join(format!(
-        "huddle-churn-test-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempdir("churn-test");
     let config = write_config(
         dir.join("huddle.toml"),
         &format!("data_dir = {:?}\ngrace_ms = 1000\n", dir.join("data")),
@@ -69,11 +60,6 @@ fn json_report(cmd: &mut Command) -> (Value, String) {
     );
     assert_eq!(stdout.trim().lines().count(), 1, "{stdout}");
     (serde_json::from_str(stdout.trim()).unwrap(), stderr)
-}
-
-fn rand_suffix() -> u64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
 }
 
 #[test]

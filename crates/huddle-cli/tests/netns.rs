@@ -19,7 +19,7 @@
 
 mod common;
 
-use common::{Serve, call_args, loud, padded_speech, pesq, tone_db, wav_samples, write_config};
+use common::{Serve, call_args, loud, padded_speech, pesq, tempdir, tone_db, wav_samples, write_config};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -167,14 +167,6 @@ fn huddle() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_huddle"))
 }
 
-/// A fresh directory for the test's files.
-fn tempdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("huddle-netns-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// Starts `huddle serve --listen <wildcard>:7880` (`0.0.0.0` or `[::]`; with an app from a config
 /// file: dev mode is refused on a non-loopback listener) in the `srv` namespace; returns it once
 /// it listens.
@@ -313,7 +305,7 @@ fn a_client_on_another_network_reaches_the_second_address_of_a_wildcard_server()
     // of the link) unless the server sets the source. Browsers drop an answer from another
     // address than the check went to (RFC 8445, 7.2.5.2.1), as a stateful firewall or NAT
     // would; the SDK's ICE agent does not check, so the client's namespace drops them here.
-    let dir = tempdir("a");
+    let dir = tempdir("netns-a");
     let nft = format!(
         "table inet hdl {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n    \
          ip daddr 10.200.1.1 udp dport {UDP_PORT} counter drop comment \"first\"\n  }}\n  \
@@ -353,7 +345,7 @@ fn a_client_behind_nat_reaches_a_wildcard_server() {
     // The router forwards and masquerades what leaves towards the server; the server has no
     // route back to 10.200.3.0/24, so only NATed traffic can work.
     ns.exec("rtr", &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
-    let dir = tempdir("b");
+    let dir = tempdir("netns-b");
     let nft = "table ip hdl {\n  chain post {\n    type nat hook postrouting priority 100; policy accept;\n    \
                oifname \"r0\" counter masquerade comment \"nat\"\n  }\n}\n";
     ns.nft("rtr", nft, &dir);
@@ -381,7 +373,7 @@ fn a_dual_stack_server_serves_ipv4_and_ipv6_clients_on_one_socket() {
     // No duplicate address detection: the addresses are usable at once.
     ns.ip("srv", &["addr", "add", "fd00:200::1/64", "dev", "s0", "nodad"]);
     ns.ip("cli", &["addr", "add", "fd00:200::2/64", "dev", "c0", "nodad"]);
-    let dir = tempdir("c");
+    let dir = tempdir("netns-c");
     let _server = serve(&ns, &dir, "[::]");
     let logged = candidates_logged(&dir.join("server.log"));
     assert!(
@@ -412,7 +404,7 @@ fn clients_whose_network_blocks_udp_call_over_ice_tcp_at_the_quality_of_udp() {
     ns.link("srv", "s1", "10.200.4.1/24", "open", "o0", "10.200.4.2/24");
     // The client's network lets no UDP out at all; TCP goes through (signaling and ICE-TCP).
     // The other client's network is open: the same call over UDP, side by side.
-    let dir = tempdir("t");
+    let dir = tempdir("netns-t");
     let nft = "table inet hdl {\n  chain out {\n    type filter hook output priority 0; policy accept;\n    \
                oif \"lo\" accept\n    meta l4proto udp counter drop comment \"udp\"\n    \
                tcp dport 7881 counter accept comment \"ice-tcp\"\n  }\n}\n";

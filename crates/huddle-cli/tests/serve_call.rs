@@ -4,7 +4,7 @@ mod common;
 
 use common::{
     APP_ID, APP_SIGN, NOWHERE, SECRET, Serve, call_args, huddle, loud, padded_speech, serve, serve_app,
-    speech_score, tone_db, wav_samples, write_config,
+    speech_score, tempdir, tone_db, wav_samples, write_config,
 };
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
@@ -28,7 +28,7 @@ fn has(events: &[Value], pred: impl Fn(&Value) -> bool) -> bool {
 
 #[test]
 fn two_calls_see_each_other() {
-    let dir = tempdir();
+    let dir = tempdir("serve-call");
     let server = serve_app(&dir);
     let url = server.url.clone();
 
@@ -94,7 +94,7 @@ fn two_calls_see_each_other() {
 
 #[test]
 fn call_reports_a_refused_login_and_exits_1() {
-    let dir = tempdir();
+    let dir = tempdir("serve-call");
     let server = serve_app(&dir);
     let wrong_sign = "00".repeat(32);
     let o = huddle()
@@ -180,7 +180,7 @@ fn call_reports_a_refused_login_and_exits_1() {
 
 #[test]
 fn call_over_wss_trusts_the_ca_file() {
-    let dir = tempdir();
+    let dir = tempdir("serve-call");
     let config = write_config(dir.join("huddle.toml"), "");
     let certs = certs::TestCerts::new("cli-wss");
     let server = serve(&[
@@ -232,7 +232,7 @@ fn call_over_wss_trusts_the_ca_file() {
 
 #[test]
 fn dev_mode_credentials_are_stable_across_restarts() {
-    let dir = tempdir();
+    let dir = tempdir("serve-call");
     let data = dir.join("data");
     let data = data.to_str().unwrap();
     let creds = |s: &Serve| -> Vec<String> {
@@ -253,7 +253,7 @@ fn dev_mode_credentials_are_stable_across_restarts() {
 
 #[test]
 fn config_with_unknown_key_is_refused() {
-    let dir = tempdir();
+    let dir = tempdir("serve-call");
     let path = dir.join("bad.toml");
     std::fs::write(&path, "listen = \"127.0.0.1:0\"\nlisten_port = 3\n").unwrap();
     let o = huddle()
@@ -268,23 +268,9 @@ fn config_with_unknown_key_is_refused() {
     );
 }
 
-/// A fresh directory under the target dir (no extra crate needed).
-fn tempdir() -> std::path::PathBuf {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "huddle-cli-test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn calls_carry_audio_and_video() {
-    let dir = tempdir();
+    let dir = tempdir("serve-call");
     let server = serve_app(&dir);
     let url = server.url.clone();
     let wav = dir.join("heard.wav");
@@ -399,7 +385,7 @@ fn a_bad_audio_config_is_refused() {
 
 #[test]
 fn a_public_listener_without_apps_refuses_to_start_and_mints_nothing() {
-    let dir = tempdir();
+    let dir = tempdir("serve-call");
     let data = dir.join("data");
     let o = huddle()
         .args([
@@ -437,7 +423,7 @@ fn a_public_listener_without_apps_refuses_to_start_and_mints_nothing() {
 
 #[test]
 fn dev_on_a_public_listener_only_when_asked() {
-    let dir = tempdir();
+    let dir = tempdir("serve-call");
     let mut child = huddle()
         .args([
             "serve",
@@ -484,7 +470,7 @@ fn aiortc_peer(server: &Serve, user: &str, args: &[&str], seconds: &str) -> std:
 /// publishes the speech sample and plays the other's, and both recordings are scored.
 #[test]
 fn aiortc_and_huddle_call_hear_each_other() {
-    let dir = tempdir();
+    let dir = tempdir("serve-call");
     let server = serve_app(&dir);
     let speech = dir.join("speech.wav");
     padded_speech(&speech);
@@ -581,7 +567,7 @@ fn aiortc_and_huddle_call_hear_each_other() {
 /// out as JSON lines, and follow the speech (voiced while it plays).
 #[test]
 fn sound_levels_come_out_as_json_lines() {
-    let dir = tempdir();
+    let dir = tempdir("serve-call");
     let server = serve_app(&dir);
     let url = server.url.clone();
     let speech = dir.join("speech.wav");

@@ -6,6 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The app of the tests' config files.
 pub const APP_ID: &str = "424242";
@@ -111,6 +112,20 @@ pub fn pesq(heard: &Path) -> f64 {
     score["pesq"]
         .as_f64()
         .unwrap_or_else(|| panic!("no PESQ in {score}"))
+}
+
+/// A fresh directory for a test's files, `$TMPDIR/huddle-cli-TAG-PID-N` (N counts this process's
+/// directories: the tests of a file run at once, each with its own).
+pub fn tempdir(tag: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "huddle-cli-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// The `huddle` binary under test.
