@@ -166,11 +166,8 @@ async fn a_node_that_cannot_reach_its_redis_fails_with_an_error_not_a_hang() {
 
 use common::{APP, Client, ROOM, WAIT};
 use futures_util::SinkExt;
-use huddle_proto::{
-    Auth, ClientMsg, ErrorCode, Login, LoginOk, PROTOCOL_VERSION, RoomId, ServerMsg, StreamInfo, UpdateType,
-    User, UserId,
-};
-use huddle_server::{BackgroundServer, test_app};
+use huddle_proto::{ClientMsg, ErrorCode, LoginOk, RoomId, ServerMsg, StreamInfo, UpdateType, User, UserId};
+use huddle_server::BackgroundServer;
 use tokio_tungstenite::tungstenite::Message;
 
 /// How long a test waits for something the cluster does by itself (a lease to end, a Redis
@@ -207,30 +204,7 @@ async fn try_join(server: &BackgroundServer, user: &str) -> (Client, ServerMsg) 
 /// [`try_join`] to room `room`.
 async fn try_join_room(server: &BackgroundServer, room: &str, user: &str) -> (Client, ServerMsg) {
     let (ws, _) = tokio_tungstenite::connect_async(server.ws_url()).await.unwrap();
-    let mut c = Client {
-        ws,
-        seq: 0,
-        events: Vec::new(),
-    };
-    let ServerMsg::Hello { nonce, .. } = c.recv().await else {
-        panic!("expected hello");
-    };
-    let sign = huddle_token::sign_challenge(&test_app(APP).app_sign, APP, room, user, &nonce);
-    let seq = c.next_seq();
-    let reply = c
-        .request(ClientMsg::Login(Login {
-            seq,
-            protocol: PROTOCOL_VERSION,
-            app_id: AppId::new(APP).unwrap(),
-            room_id: RoomId::new(room).unwrap(),
-            user: User::new(UserId::new(user).unwrap()),
-            auth: Auth::Sign(sign),
-            user_status_notify: true,
-            max_member_count: 0,
-            resume: None,
-        }))
-        .await;
-    (c, reply)
+    Client::try_login_ws(ws, room, user, true).await
 }
 
 async fn join(server: &BackgroundServer, user: &str) -> (Client, LoginOk) {

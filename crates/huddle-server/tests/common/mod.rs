@@ -102,6 +102,19 @@ impl Client {
 
     /// Logs in on a WebSocket already open (over TLS, say).
     pub async fn login_ws(ws: WebSocketStream<MaybeTlsStream<TcpStream>>, user: &str) -> Client {
+        let (c, reply) = Client::try_login_ws(ws, ROOM, user, false).await;
+        assert!(matches!(reply, ServerMsg::LoginOk(LoginOk { .. })), "{reply:?}");
+        c
+    }
+
+    /// Logs `user` in to `room` on a WebSocket already open, by AppSign: the client and the
+    /// reply (`login_ok` or `error`).
+    pub async fn try_login_ws(
+        ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+        room: &str,
+        user: &str,
+        user_status_notify: bool,
+    ) -> (Client, ServerMsg) {
         let mut c = Client {
             ws,
             seq: 0,
@@ -110,22 +123,21 @@ impl Client {
         let ServerMsg::Hello { nonce, .. } = c.recv().await else {
             panic!("expected hello");
         };
-        let sign = huddle_token::sign_challenge(&test_app(APP).app_sign, APP, ROOM, user, &nonce);
+        let sign = huddle_token::sign_challenge(&test_app(APP).app_sign, APP, room, user, &nonce);
         let seq = c.next_seq();
         let login = ClientMsg::Login(Login {
             seq,
             protocol: PROTOCOL_VERSION,
             app_id: AppId::new(APP).unwrap(),
-            room_id: RoomId::new(ROOM).unwrap(),
+            room_id: RoomId::new(room).unwrap(),
             user: User::new(UserId::new(user).unwrap()),
             auth: Auth::Sign(sign),
-            user_status_notify: false,
+            user_status_notify,
             max_member_count: 0,
             resume: None,
         });
         let reply = c.request(login).await;
-        assert!(matches!(reply, ServerMsg::LoginOk(LoginOk { .. })), "{reply:?}");
-        c
+        (c, reply)
     }
 
     pub fn next_seq(&mut self) -> u32 {
