@@ -263,21 +263,10 @@ fn streams_msg(t: UpdateType, u: &str, s: &str) -> ServerMsg {
 
 /// The next room event (`user_update` or `stream_update`) of `c`, kept ones first.
 async fn room_event(c: &mut Client, within: Duration) -> ServerMsg {
-    let is_room = |m: &ServerMsg| matches!(m, ServerMsg::UserUpdate { .. } | ServerMsg::StreamUpdate { .. });
-    if let Some(i) = c.events.iter().position(is_room) {
-        return c.events.remove(i);
-    }
-    tokio::time::timeout(within, async {
-        loop {
-            let m = c.recv().await;
-            if is_room(&m) {
-                return m;
-            }
-            c.events.push(m);
-        }
+    next_where(c, within, |m| {
+        matches!(m, ServerMsg::UserUpdate { .. } | ServerMsg::StreamUpdate { .. })
     })
     .await
-    .expect("no room event came")
 }
 
 /// Sends a publish and returns the reply: `Ok` or the error code.
@@ -532,22 +521,12 @@ async fn with_redis_down_new_logins_fail_closed_and_calls_in_progress_keep_their
     a.stop();
 }
 
-/// The next message of `c` that `pred` picks, kept ones first.
+/// The next message of `c` that `pred` picks, kept ones first ([`Client::wait_for`]), within
+/// `within`.
 async fn next_where(c: &mut Client, within: Duration, pred: impl Fn(&ServerMsg) -> bool) -> ServerMsg {
-    if let Some(i) = c.events.iter().position(&pred) {
-        return c.events.remove(i);
-    }
-    tokio::time::timeout(within, async {
-        loop {
-            let m = c.recv().await;
-            if pred(&m) {
-                return m;
-            }
-            c.events.push(m);
-        }
-    })
-    .await
-    .expect("no such message came")
+    tokio::time::timeout(within, c.wait_for(pred))
+        .await
+        .expect("no such message came")
 }
 
 /// A publisher's mute on node A reaches its player on node B, and a user joining through node C
