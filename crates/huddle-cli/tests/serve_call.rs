@@ -3,8 +3,8 @@
 mod common;
 
 use common::{
-    APP_ID, APP_SIGN, NOWHERE, SECRET, Serve, call_args, huddle, loud, padded_speech, serve, serve_app,
-    speech_score, tempdir, tone_db, wav_samples, write_config,
+    APP_ID, APP_SIGN, NOWHERE, SECRET, Serve, call_args, huddle, loud, padded_speech, refused, serve,
+    serve_app, speech_score, tempdir, tone_db, wav_samples, write_config,
 };
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
@@ -170,12 +170,8 @@ fn call_reports_a_refused_login_and_exits_1() {
         .args(["--room", "r 1", "--user", "x", "--duration", "1"])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("1002012"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stderr = refused(&o);
+    assert!(stderr.contains("1002012"), "{stderr}");
 }
 
 #[test]
@@ -221,8 +217,7 @@ fn call_over_wss_trusts_the_ca_file() {
     // A CA file that is not there, or not a certificate: a numbered error, exit code 2.
     for bad in [dir.join("missing.pem"), certs.key_file.clone()] {
         let o = call(&["--ca-file", bad.to_str().unwrap()]);
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{stderr}");
+        let stderr = refused(&o);
         assert!(
             stderr.contains("1000006") && !stderr.contains("panicked"),
             "{stderr}"
@@ -260,12 +255,8 @@ fn config_with_unknown_key_is_refused() {
         .args(["serve", "--config", path.to_str().unwrap()])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("listen_port"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stderr = refused(&o);
+    assert!(stderr.contains("listen_port"), "{stderr}");
 }
 
 #[test]
@@ -360,8 +351,8 @@ fn a_bad_source_is_refused() {
         .args(["--room", "r", "--user", "u", "--source", "tone:abc"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("1000006"));
+    let stderr = refused(&out);
+    assert!(stderr.contains("1000006"), "{stderr}");
 }
 
 #[test]
@@ -377,8 +368,7 @@ fn a_bad_audio_config_is_refused() {
             .args(bad)
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{bad:?}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = refused(&out);
         assert!(stderr.contains("1000006"), "{bad:?}: {stderr}");
     }
 }
@@ -401,8 +391,7 @@ fn a_public_listener_without_apps_refuses_to_start_and_mints_nothing() {
         .arg(&data)
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    let stderr = refused(&o);
     assert!(
         stderr.contains("no app is configured") && stderr.contains("--dev") && stderr.contains("[[apps]]"),
         "{stderr}"
@@ -418,7 +407,7 @@ fn a_public_listener_without_apps_refuses_to_start_and_mints_nothing() {
         .arg(&data)
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    refused(&o);
 }
 
 #[test]
@@ -634,8 +623,7 @@ fn a_bad_sound_level_interval_is_refused() {
         .args(["--room", "r", "--user", "u", "--sound-level-interval", "50"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(&out);
     assert!(
         stderr.contains("1009065") && stderr.contains("100–3000 ms"),
         "{stderr}"

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The app of the tests' config files.
@@ -145,6 +145,14 @@ pub fn call_args(url: &str) -> [&str; 7] {
         "--app-sign",
         APP_SIGN,
     ]
+}
+
+/// The standard error of a run that must have been refused as bad input (exit code 2, before
+/// anything ran); fails with it when the run was not refused.
+pub fn refused(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "not refused: {stderr}");
+    stderr
 }
 
 /// A server address nobody listens on: calls to it end before any login.
