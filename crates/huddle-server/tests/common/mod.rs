@@ -83,6 +83,30 @@ pub fn sid(s: &str) -> StreamId {
 
 // ----- signaling -----
 
+/// A client's signaling WebSocket, plain or over TLS.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The first message on a WebSocket just opened: `Ok` for the server's `hello`, the code of the
+/// error it refused the connection with.
+pub async fn first_message(ws: &mut Ws) -> Result<(), ErrorCode> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("no first message")
+        {
+            Some(Ok(Message::Text(t))) => {
+                return match ServerMsg::decode(t.as_str()).unwrap() {
+                    ServerMsg::Hello { .. } => Ok(()),
+                    ServerMsg::Error { code, .. } => Err(code),
+                    other => panic!("unexpected first message {other:?}"),
+                };
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("closed before the first message: {other:?}"),
+        }
+    }
+}
+
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub seq: u32,
