@@ -772,24 +772,18 @@ fn with_the_default_lease_a_moved_publisher_does_not_wait_for_the_dead_nodes_lea
     let mut a = Node::start_with(&dir, &redis, "node-a", "");
     let b = Node::start_with(&dir, &redis, "node-b", "");
     let c = Node::start_with(&dir, &redis, "node-c", "");
-    let KilledCall {
-        alice,
-        dave,
-        mut bob,
-        mut carol,
-        killed,
-        back,
-        republished,
-    } = kill_a_in_a_call(&mut a, &b, &c);
+    let mut call = kill_a_in_a_call(&mut a, &b, &c);
     // Taken over while the dead node's lease still held: the publish did not wait for it.
     let lease_held = lease_alive(&redis, "node-a");
     // Media back: the tone after the gap the kill made (none heard if the players' loss
     // concealment bridged it: then the tone never stopped for them).
     let mut media_back = Vec::new();
-    for p in [&mut bob, &mut carol] {
-        let gap = p.ear().gap_between(killed, republished + Duration::from_secs(3));
+    for p in [&mut call.bob, &mut call.carol] {
+        let gap = p
+            .ear()
+            .gap_between(call.killed, call.republished + Duration::from_secs(3));
         media_back.push(match gap {
-            Some(gap) => format!("{} ms", ms(p.tone_after("after the kill", gap, 5) - killed)),
+            Some(gap) => format!("{} ms", ms(p.tone_after("after the kill", gap, 5) - call.killed)),
             None => "no gap heard".to_string(),
         });
     }
@@ -797,16 +791,16 @@ fn with_the_default_lease_a_moved_publisher_does_not_wait_for_the_dead_nodes_lea
         "kill -9 of a node (default lease): its publisher reconnected in {} ms and published again in {} ms \
          (the dead node's lease still held: {lease_held}); media back at the players on the other nodes: \
          {} and {} after the kill",
-        ms(back - killed),
-        ms(republished - killed),
+        ms(call.back - call.killed),
+        ms(call.republished - call.killed),
         media_back[0],
         media_back[1],
     );
     assert!(lease_held, "the publisher waited for the dead node's lease");
     // No ghost: Dave (who knew only A) and his stream leave for the others once A's lease
     // ends; Alice never leaves.
-    for p in [&mut bob, &mut carol] {
-        let (at, seen) = dave_left(p, killed);
+    for p in [&mut call.bob, &mut call.carol] {
+        let (at, seen) = dave_left(p, call.killed);
         let s: Vec<&String> = seen.iter().filter(|e| e.ends_with(" s-alice")).collect();
         assert!(
             s.is_empty(),
@@ -816,11 +810,11 @@ fn with_the_default_lease_a_moved_publisher_does_not_wait_for_the_dead_nodes_lea
         println!(
             "{}: the dead node's user left {} ms after the kill",
             p.user,
-            ms(at - killed)
+            ms(at - call.killed)
         );
     }
-    dave.destroy();
-    for p in [alice, bob, carol] {
+    call.dave.destroy();
+    for p in [call.alice, call.bob, call.carol] {
         p.destroy();
     }
     let _ = std::fs::remove_dir_all(&dir);
