@@ -81,6 +81,15 @@ pub fn sid(s: &str) -> StreamId {
     StreamId::new(s).unwrap()
 }
 
+/// Serves `app` on a free port of 127.0.0.1 in the background (a webhook receiver, say);
+/// returns its address.
+pub async fn serve_http(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
 // ----- signaling -----
 
 /// A client's signaling WebSocket, plain or over TLS.
