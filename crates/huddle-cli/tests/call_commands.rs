@@ -5,23 +5,15 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{APP_ID, APP_SIGN, Serve, huddle, serve_app, tone_db, wav_samples};
+use common::{NOWHERE, Serve, call_args, huddle, loud, serve_app, tempdir, tone_db, wav_samples};
 use serde_json::{Value, json};
 
 /// How long a test waits for a line before it fails (a guard against hangs, not a speed check).
 const PATIENCE: Duration = Duration::from_secs(30);
-
-fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("huddle-cli-cmd-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A `huddle call` with piped standard input and output; killed on drop.
 struct Call {
@@ -43,15 +35,7 @@ impl Drop for Call {
 impl Call {
     fn start(name: &'static str, server: &Serve, args: &[&str]) -> Call {
         let mut child = huddle()
-            .args([
-                "call",
-                "--server",
-                &server.url,
-                "--app-id",
-                APP_ID,
-                "--app-sign",
-                APP_SIGN,
-            ])
+            .args(call_args(&server.url))
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -142,7 +126,7 @@ fn event<'a>(name: &'a str, field: &'a str, value: &'a str) -> impl Fn(&Value) -
 
 #[test]
 fn a_call_scripted_through_stdin() {
-    let dir = tempdir();
+    let dir = tempdir("cmd");
     let server = serve_app(&dir);
     let heard = dir.join("bob.wav");
 
@@ -312,12 +296,7 @@ fn a_call_scripted_through_stdin() {
 
     // What bob recorded is her tone.
     let samples = wav_samples(&heard);
-    let loud: Vec<i16> = samples
-        .chunks(960)
-        .filter(|c| c.iter().any(|s| s.abs() > 1000))
-        .flatten()
-        .copied()
-        .collect();
+    let loud = loud(&samples);
     assert!(
         loud.len() >= 960 * 25,
         "only {} loud samples recorded",
@@ -334,15 +313,7 @@ fn a_call_scripted_through_stdin() {
 fn the_call_ends_with_its_input_when_asked() {
     // No server is reached: the call has no room, and its input is empty.
     let out = huddle()
-        .args([
-            "call",
-            "--server",
-            "ws://127.0.0.1:9",
-            "--app-id",
-            APP_ID,
-            "--app-sign",
-            APP_SIGN,
-        ])
+        .args(call_args(NOWHERE))
         .arg("--quit-on-eof")
         .stdin(Stdio::null())
         .output()
@@ -352,15 +323,7 @@ fn the_call_ends_with_its_input_when_asked() {
 
     // Commands before the end are answered.
     let mut child = huddle()
-        .args([
-            "call",
-            "--server",
-            "ws://127.0.0.1:9",
-            "--app-id",
-            APP_ID,
-            "--app-sign",
-            APP_SIGN,
-        ])
+        .args(call_args(NOWHERE))
         .arg("--quit-on-eof")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -17,28 +17,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{APP_ID, APP_SIGN, huddle, serve_app};
+use common::{NOWHERE, call_args, huddle, loud, refused, serve_app, tempdir};
 use serde_json::{Value, json};
-
-fn tempdir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("huddle-cli-dev-test-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// `huddle call` flags for a server nobody listens on: these calls end before any login.
-fn nowhere() -> Vec<&'static str> {
-    vec![
-        "call",
-        "--server",
-        "ws://127.0.0.1:9",
-        "--app-id",
-        APP_ID,
-        "--app-sign",
-        APP_SIGN,
-    ]
-}
 
 /// `huddle ARGS` with ALSA seeing no device at all.
 fn without_devices(dir: &std::path::Path, args: &[&str]) -> Output {
@@ -51,54 +31,49 @@ fn without_devices(dir: &std::path::Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn refusal(out: &Output) -> (Option<i32>, String) {
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn without_any_device_the_flags_are_refused_with_their_codes() {
-    let dir = tempdir("none");
+    let dir = tempdir("dev-none");
     let list = without_devices(&dir, &["call", "--list-devices"]);
-    assert!(list.status.success(), "{}", refusal(&list).1);
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
     assert!(
         list.stdout.is_empty(),
         "{}",
         String::from_utf8_lossy(&list.stdout)
     );
 
-    let (code, err) = refusal(&without_devices(&dir, &[&nowhere()[..], &["--mic"]].concat()));
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("error 1009020: cannot open the microphone"), "{err}");
-    let (code, err) = refusal(&without_devices(&dir, &[&nowhere()[..], &["--speaker"]].concat()));
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("error 1009020: cannot open the speaker"), "{err}");
-    let (code, err) = refusal(&without_devices(
+    let err = refused(&without_devices(
         &dir,
-        &[&nowhere()[..], &["--mic-device", "hw:0"]].concat(),
+        &[&call_args(NOWHERE)[..], &["--mic"]].concat(),
     ));
-    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("error 1009020: cannot open the microphone"), "{err}");
+    let err = refused(&without_devices(
+        &dir,
+        &[&call_args(NOWHERE)[..], &["--speaker"]].concat(),
+    ));
+    assert!(err.contains("error 1009020: cannot open the speaker"), "{err}");
+    let err = refused(&without_devices(
+        &dir,
+        &[&call_args(NOWHERE)[..], &["--mic-device", "hw:0"]].concat(),
+    ));
     assert!(
         err.contains(
             "error 1009084: no microphone has the ID or name \"hw:0\" (the system offers no microphone)"
         ),
         "{err}"
     );
-    let (code, err) = refusal(&without_devices(
+    let err = refused(&without_devices(
         &dir,
-        &[&nowhere()[..], &["--source", "mic"]].concat(),
+        &[&call_args(NOWHERE)[..], &["--source", "mic"]].concat(),
     ));
-    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("error 1009020"), "{err}");
     // Flags that cannot go together are refused before anything opens.
     let out = huddle()
-        .args(nowhere())
+        .args(call_args(NOWHERE))
         .args(["--speaker", "--record", "x.wav"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    refused(&out);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -110,7 +85,7 @@ fn this_machine_answers_for_its_sound_cards() {
     let cards = std::fs::read_to_string("/proc/asound/cards").unwrap_or_default();
     let no_card = cards.trim().is_empty() || cards.contains("no soundcards");
     let list = huddle().args(["call", "--list-devices"]).output().unwrap();
-    assert!(list.status.success(), "{}", refusal(&list).1);
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
     let devices: Vec<Value> = String::from_utf8_lossy(&list.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -122,9 +97,8 @@ fn this_machine_answers_for_its_sound_cards() {
     }
     if no_card {
         for (flag, what) in [("--mic", "microphone"), ("--speaker", "speaker")] {
-            let out = huddle().args(nowhere()).arg(flag).output().unwrap();
-            let (code, err) = refusal(&out);
-            assert_eq!(code, Some(2), "{err}");
+            let out = huddle().args(call_args(NOWHERE)).arg(flag).output().unwrap();
+            let err = refused(&out);
             assert!(
                 err.contains(&format!("error 1009020: cannot open the {what}")),
                 "{err}"
@@ -180,19 +154,11 @@ impl Lines {
 /// heard is not checked here; `serve_call.rs` checks the audio path with files).
 #[test]
 fn devices_chosen_by_name_carry_a_call() {
-    let dir = tempdir("null");
+    let dir = tempdir("dev-null");
     let server = serve_app(&dir);
     let call = |user: &str, extra: &[&str]| {
         let mut child = huddle()
-            .args([
-                "call",
-                "--server",
-                &server.url,
-                "--app-id",
-                APP_ID,
-                "--app-sign",
-                APP_SIGN,
-            ])
+            .args(call_args(&server.url))
             .args(["--room", "dev", "--user", user, "--duration", "60"])
             .args(extra)
             .stdin(Stdio::piped())
@@ -319,22 +285,14 @@ fn tone_db(x: &[i16], hz: f64) -> f64 {
 /// SDK's playout and `--speaker-device`.
 #[test]
 fn a_tone_goes_through_a_microphone_and_a_speaker() {
-    let dir = tempdir("pulse");
+    let dir = tempdir("dev-pulse");
     let pulse = Pulse::start(&dir);
     let server = serve_app(&dir);
     let call = |user: &str, env: (&str, &str), extra: &[&str]| {
         let mut child = pulse
             .client(env!("CARGO_BIN_EXE_huddle"))
             .env(env.0, env.1)
-            .args([
-                "call",
-                "--server",
-                &server.url,
-                "--app-id",
-                APP_ID,
-                "--app-sign",
-                APP_SIGN,
-            ])
+            .args(call_args(&server.url))
             .args(["--room", "pulse", "--user", user, "--duration", "60"])
             .args(extra)
             .stdout(Stdio::piped())
@@ -388,12 +346,7 @@ fn a_tone_goes_through_a_microphone_and_a_speaker() {
         .chunks_exact(2)
         .map(|b| i16::from_le_bytes([b[0], b[1]]))
         .collect();
-    let loud: Vec<i16> = samples
-        .chunks(960)
-        .filter(|c| c.iter().any(|s| s.abs() > 1000))
-        .flatten()
-        .copied()
-        .collect();
+    let loud = loud(&samples);
     assert!(
         loud.len() >= 48_000,
         "the speaker played {} loud samples in 3 s",

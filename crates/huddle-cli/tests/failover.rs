@@ -5,7 +5,7 @@
 //! one before left, so the suite pays for the processes once.
 //!
 //! Every wait is bounded; the nodes and Redis are killed when the test ends, however it ends.
-//! The nodes' logs are kept in `$TMPDIR/huddle-failover-PID/` when it fails (removed when it
+//! The nodes' logs are kept in `$TMPDIR/huddle-cli-failover-…/` when it fails (removed when it
 //! passes).
 
 mod common;
@@ -13,15 +13,14 @@ mod common;
 #[allow(dead_code)]
 mod redis;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{APP_ID, APP_SIGN, SECRET, tone_db};
+use common::{APP_ID, APP_SIGN, Serve, serve_command, tempdir, tone_db, write_config};
 use huddle::{
     AudioSink, AudioSource, Engine, EngineConfig, EngineProfile, Event, EventHandler, RoomConfig, User,
     UserId,
@@ -41,8 +40,7 @@ const ROOM: &str = "failover";
 /// A `huddle serve` process of the cluster; killed (SIGKILL) on drop if still running.
 struct Node {
     id: String,
-    child: Child,
-    addr: String,
+    serve: Serve,
 }
 
 impl Node {
@@ -52,65 +50,35 @@ impl Node {
 
     /// A node with `lease` as its lease line of the config (empty: the default lease).
     fn start_with(dir: &Path, redis: &RedisServer, id: &str, lease: &str) -> Node {
-        let config = dir.join(format!("{id}.toml"));
-        std::fs::write(
-            &config,
-            format!(
+        let config = write_config(
+            dir.join(format!("{id}.toml")),
+            &format!(
                 "{lease}cluster_secret = \"the test cluster's secret\"\n\
-                 drain_timeout_ms = 20000\n\n\
-                 [[apps]]\napp_id = {APP_ID}\napp_sign = \"{APP_SIGN}\"\nserver_secret = \"{SECRET}\"\n"
+                 drain_timeout_ms = 20000\n"
             ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_huddle"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--udp-port",
-                "0",
-                "--tcp-port",
-                "0",
-            ])
-            .arg("--config")
-            .arg(&config)
-            .args(["--redis", &redis.url, "--node-id", id])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("start huddle serve");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut addr = String::new();
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            if let Some(a) = line.strip_prefix("huddle server listening on ") {
-                addr = a.trim().to_string();
-            }
-            if line.contains("web page:") {
-                break;
-            }
-        }
-        assert!(
-            !addr.is_empty(),
-            "node {id} did not start (see {})",
-            dir.join(format!("{id}.log")).display()
         );
-        std::thread::spawn(move || for _ in lines {});
+        let log = dir.join(format!("{id}.log"));
+        let serve = Serve::try_start(
+            serve_command()
+                .arg("--config")
+                .arg(&config)
+                .args(["--redis", &redis.url, "--node-id", id])
+                .env("RUST_LOG", "info")
+                .stderr(std::fs::File::create(&log).unwrap()),
+        )
+        .unwrap_or_else(|banner| panic!("node {id} did not start: {banner:?} (see {})", log.display()));
         Node {
             id: id.to_string(),
-            child,
-            addr,
+            serve,
         }
     }
 
     fn url(&self) -> String {
-        format!("ws://{}", self.addr)
+        self.serve.url.clone()
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.serve.child.id()
     }
 
     /// The process's resident memory, in KiB.
@@ -124,8 +92,8 @@ impl Node {
     }
 
     fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.serve.child.kill();
+        let _ = self.serve.child.wait();
     }
 
     fn sigterm(&self) {
@@ -138,25 +106,19 @@ impl Node {
     }
 
     fn running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
+        self.serve.child.try_wait().unwrap().is_none()
     }
 
     /// Waits for the process to exit by itself; returns when it did and its status code.
     fn wait_exit(&mut self, within: Duration) -> (Instant, Option<i32>) {
         let deadline = Instant::now() + within;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.serve.child.try_wait().unwrap() {
                 return (Instant::now(), status.code());
             }
             assert!(Instant::now() < deadline, "{} did not exit", self.id);
             std::thread::sleep(Duration::from_millis(10));
         }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill9();
     }
 }
 
@@ -456,13 +418,6 @@ fn hears_tone(x: &[i16]) -> bool {
     rms > 328.0 && tone_db(x, TONE_HZ) > -3.0
 }
 
-/// A directory of the test's own (`name`: the tests of this file run at once).
-fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("huddle-failover-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// Whether node `node`'s lease is in Redis now (it lives until it ends unrenewed).
 fn lease_alive(redis: &RedisServer, node: &str) -> bool {
     let port = redis.url.rsplit(':').next().unwrap();
@@ -477,40 +432,92 @@ fn ms(d: Duration) -> u128 {
     d.as_millis()
 }
 
-// ----- the test -----
+// ----- a node killed in the middle of a call -----
 
-#[test]
-fn a_cluster_of_processes_survives_kill_restart_duplicate_login_drain_and_churn() {
-    let dir = tempdir("phases");
-    let mut redis = RedisServer::start();
-    let mut a = Node::start(&dir, &redis, "node-a");
-    let mut b = Node::start(&dir, &redis, "node-b");
-    let c = Node::start(&dir, &redis, "node-c");
+/// The clients of a call across nodes A, B and C, as [`kill_a_in_a_call`] leaves them.
+struct KilledCall {
+    alice: Client,
+    dave: Client,
+    bob: Client,
+    carol: Client,
+    /// When node A was killed.
+    killed: Instant,
+    /// When Alice had reconnected, and when she published again.
+    back: Instant,
+    republished: Instant,
+}
 
-    // Alice publishes a tone on A; Bob on B and Carol on C play it (pulled from A). Dave on A
-    // knows only A: he cannot come back when A dies, and must leave for the others.
-    let mut alice = Client::join("alice", &[&a, &b, &c]);
+/// Alice publishes a tone on A; Bob on B and Carol on C play it (pulled from A) and hear it. Dave
+/// on A knows only A: he cannot come back when A dies, and must leave for the others. Then A is
+/// killed (SIGKILL) in the middle of the call, and Alice reconnects to a live node within the
+/// retry budget and publishes again.
+fn kill_a_in_a_call(a: &mut Node, b: &Node, c: &Node) -> KilledCall {
+    let mut alice = Client::join("alice", &[&*a, b, c]);
     alice.publish_tone("s-alice");
-    let mut dave = Client::join("dave", &[&a]);
+    let mut dave = Client::join("dave", &[&*a]);
     dave.publish_tone("s-dave");
-    let mut bob = Client::join("bob", &[&b, &c, &a]);
+    let mut bob = Client::join("bob", &[b, c, &*a]);
     bob.play("s-alice");
-    let mut carol = Client::join("carol", &[&c, &b, &a]);
+    let mut carol = Client::join("carol", &[c, b, &*a]);
     carol.play("s-alice");
     let start = Instant::now();
     bob.tone_after("bob before the kill", start, 3);
     carol.tone_after("carol before the kill", start, 3);
 
-    // ----- kill -9 of node A in the middle of the call -----
     let killed = Instant::now();
     a.kill9();
-    // Alice reconnects to a live node within the retry budget and publishes again.
     let back = alice.wait_after("alice reconnected", killed, |e| {
         e["event"] == "room_state_changed" && e["reason"] == "Reconnected"
     });
     let republished = alice.wait_after("alice publishing again", killed, |e| {
         e["event"] == "publisher_state_update" && e["stream_id"] == "s-alice" && e["state"] == "Publishing"
     });
+    KilledCall {
+        alice,
+        dave,
+        bob,
+        carol,
+        killed,
+        back,
+        republished,
+    }
+}
+
+/// Waits until player `p` sees Dave (who knew only the killed node) leave; returns when, and the
+/// room events `p` saw since the kill, in none of which Alice (who moved) left.
+fn dave_left(p: &mut Client, killed: Instant) -> (Instant, Vec<String>) {
+    let at = p.wait_after("dave gone", killed, |e| {
+        e["event"] == "room_user_update" && e["update_type"] == "Delete" && e["users"][0]["user_id"] == "dave"
+    });
+    let seen = p.room_events_since(killed);
+    assert!(
+        !seen.contains(&"user Delete alice".to_string()),
+        "{}: alice moved, she never left: {seen:?}",
+        p.user
+    );
+    (at, seen)
+}
+
+// ----- the tests -----
+
+#[test]
+fn a_cluster_of_processes_survives_kill_restart_duplicate_login_drain_and_churn() {
+    let dir = tempdir("failover-phases");
+    let mut redis = RedisServer::start();
+    let mut a = Node::start(&dir, &redis, "node-a");
+    let mut b = Node::start(&dir, &redis, "node-b");
+    let c = Node::start(&dir, &redis, "node-c");
+
+    // ----- kill -9 of node A in the middle of a call -----
+    let KilledCall {
+        mut alice,
+        dave,
+        mut bob,
+        mut carol,
+        killed,
+        back,
+        republished,
+    } = kill_a_in_a_call(&mut a, &b, &c);
     // The players on the other nodes hear her again: first the gap, then the tone.
     let mut media_back = Vec::new();
     for p in [&mut bob, &mut carol] {
@@ -521,13 +528,8 @@ fn a_cluster_of_processes_survives_kill_restart_duplicate_login_drain_and_churn(
     // nobody sees alice leave (she came back before the reap).
     let mut dave_gone = Duration::ZERO;
     for p in [&mut bob, &mut carol] {
-        let at = p.wait_after("dave gone", killed, |e| {
-            e["event"] == "room_user_update"
-                && e["update_type"] == "Delete"
-                && e["users"][0]["user_id"] == "dave"
-        });
+        let (at, seen) = dave_left(p, killed);
         dave_gone = dave_gone.max(at - killed);
-        let seen = p.room_events_since(killed);
         let dave: Vec<&String> = seen
             .iter()
             .filter(|e| e.ends_with(" dave") || e.ends_with(" s-dave"))
@@ -536,11 +538,6 @@ fn a_cluster_of_processes_survives_kill_restart_duplicate_login_drain_and_churn(
             dave,
             ["stream Delete s-dave", "user Delete dave"],
             "{}: {seen:?}",
-            p.user
-        );
-        assert!(
-            !seen.contains(&"user Delete alice".to_string()),
-            "{}: alice moved, she never left: {seen:?}",
             p.user
         );
         // Alice's stream is in the room once: either it moved silently, or it left and came back.
@@ -770,40 +767,23 @@ fn a_cluster_of_processes_survives_kill_restart_duplicate_login_drain_and_churn(
 /// ghost) once its lease ends.
 #[test]
 fn with_the_default_lease_a_moved_publisher_does_not_wait_for_the_dead_nodes_lease() {
-    let dir = tempdir("default-lease");
+    let dir = tempdir("failover-default-lease");
     let redis = RedisServer::start();
     let mut a = Node::start_with(&dir, &redis, "node-a", "");
     let b = Node::start_with(&dir, &redis, "node-b", "");
     let c = Node::start_with(&dir, &redis, "node-c", "");
-    let mut alice = Client::join("alice", &[&a, &b, &c]);
-    alice.publish_tone("s-alice");
-    let mut dave = Client::join("dave", &[&a]);
-    dave.publish_tone("s-dave");
-    let mut bob = Client::join("bob", &[&b, &c, &a]);
-    bob.play("s-alice");
-    let mut carol = Client::join("carol", &[&c, &b, &a]);
-    carol.play("s-alice");
-    let start = Instant::now();
-    bob.tone_after("bob before the kill", start, 3);
-    carol.tone_after("carol before the kill", start, 3);
-
-    let killed = Instant::now();
-    a.kill9();
-    let back = alice.wait_after("alice reconnected", killed, |e| {
-        e["event"] == "room_state_changed" && e["reason"] == "Reconnected"
-    });
-    let republished = alice.wait_after("alice publishing again", killed, |e| {
-        e["event"] == "publisher_state_update" && e["stream_id"] == "s-alice" && e["state"] == "Publishing"
-    });
+    let mut call = kill_a_in_a_call(&mut a, &b, &c);
     // Taken over while the dead node's lease still held: the publish did not wait for it.
     let lease_held = lease_alive(&redis, "node-a");
     // Media back: the tone after the gap the kill made (none heard if the players' loss
     // concealment bridged it: then the tone never stopped for them).
     let mut media_back = Vec::new();
-    for p in [&mut bob, &mut carol] {
-        let gap = p.ear().gap_between(killed, republished + Duration::from_secs(3));
+    for p in [&mut call.bob, &mut call.carol] {
+        let gap = p
+            .ear()
+            .gap_between(call.killed, call.republished + Duration::from_secs(3));
         media_back.push(match gap {
-            Some(gap) => format!("{} ms", ms(p.tone_after("after the kill", gap, 5) - killed)),
+            Some(gap) => format!("{} ms", ms(p.tone_after("after the kill", gap, 5) - call.killed)),
             None => "no gap heard".to_string(),
         });
     }
@@ -811,26 +791,16 @@ fn with_the_default_lease_a_moved_publisher_does_not_wait_for_the_dead_nodes_lea
         "kill -9 of a node (default lease): its publisher reconnected in {} ms and published again in {} ms \
          (the dead node's lease still held: {lease_held}); media back at the players on the other nodes: \
          {} and {} after the kill",
-        ms(back - killed),
-        ms(republished - killed),
+        ms(call.back - call.killed),
+        ms(call.republished - call.killed),
         media_back[0],
         media_back[1],
     );
     assert!(lease_held, "the publisher waited for the dead node's lease");
     // No ghost: Dave (who knew only A) and his stream leave for the others once A's lease
     // ends; Alice never leaves.
-    for p in [&mut bob, &mut carol] {
-        let at = p.wait_after("dave gone", killed, |e| {
-            e["event"] == "room_user_update"
-                && e["update_type"] == "Delete"
-                && e["users"][0]["user_id"] == "dave"
-        });
-        let seen = p.room_events_since(killed);
-        assert!(
-            !seen.contains(&"user Delete alice".to_string()),
-            "{}: alice moved, she never left: {seen:?}",
-            p.user
-        );
+    for p in [&mut call.bob, &mut call.carol] {
+        let (at, seen) = dave_left(p, call.killed);
         let s: Vec<&String> = seen.iter().filter(|e| e.ends_with(" s-alice")).collect();
         assert!(
             s.is_empty(),
@@ -840,11 +810,11 @@ fn with_the_default_lease_a_moved_publisher_does_not_wait_for_the_dead_nodes_lea
         println!(
             "{}: the dead node's user left {} ms after the kill",
             p.user,
-            ms(at - killed)
+            ms(at - call.killed)
         );
     }
-    dave.destroy();
-    for p in [alice, bob, carol] {
+    call.dave.destroy();
+    for p in [call.alice, call.bob, call.carol] {
         p.destroy();
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -2,9 +2,9 @@
 //! are spread over both, and plays of a publisher on the other node get media (the relay between
 //! nodes).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
 
+use common::{APP_ID, APP_SIGN, Serve, huddle, serve_command, tempdir, write_config};
 use serde_json::Value;
 
 // The server tests' redis-server helper, shared rather than copied; its restart is not used here.
@@ -12,65 +12,20 @@ use serde_json::Value;
 #[allow(dead_code)]
 mod redis;
 
-const APP_ID: &str = "4243";
-const APP_SIGN: &str = "8f3a1c2b4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
-
-/// A cluster node; killed on drop.
-struct Node {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `huddle serve` as cluster node `id` on `redis`, with the test's app and the cluster secret that
+/// `huddle serve` as cluster node `id` on `redis`, with the tests' app and the cluster secret that
 /// lets nodes pull each other's streams, on free ports (everything in its configuration file).
-fn node(redis: &str, id: &str) -> Node {
-    let dir = std::env::temp_dir().join(format!("huddle-load-cluster-{}-{id}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("huddle.toml");
-    std::fs::write(
-        &config,
-        format!(
+fn node(redis: &str, id: &str) -> Serve {
+    let dir = tempdir(&format!("load-cluster-{id}"));
+    let config = write_config(
+        dir.join("huddle.toml"),
+        &format!(
             "data_dir = {:?}\ngrace_ms = 1000\nredis = {redis:?}\nnode_id = {id:?}\n\
-             cluster_secret = \"a secret the test nodes share\"\n\n[[apps]]\napp_id = {APP_ID}\napp_sign = \"{APP_SIGN}\"\n\
-             server_secret = \"0123456789abcdef0123456789abcdef\"\n",
+             cluster_secret = \"a secret the test nodes share\"\n",
             dir.join("data")
         ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_huddle"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--udp-port",
-            "0",
-            "--tcp-port",
-            "0",
-        ])
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start huddle serve");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut addr = String::new();
-    for line in lines.by_ref() {
-        if let Some(a) = line.unwrap().trim().strip_prefix("huddle server listening on ") {
-            addr = a.to_string();
-            break;
-        }
-    }
-    assert!(!addr.is_empty(), "node {id} did not start");
-    std::thread::spawn(move || for _ in lines {});
-    Node { child, addr }
+    );
+    Serve::try_start(serve_command().arg("--config").arg(&config))
+        .unwrap_or_else(|banner| panic!("node {id} did not start: {banner:?}"))
 }
 
 #[test]
@@ -78,9 +33,8 @@ fn load_test_spreads_clients_over_two_nodes_and_plays_cross_nodes() {
     let redis = redis::RedisServer::start();
     let a = node(&redis.url, "load-a");
     let b = node(&redis.url, "load-b");
-    let out = Command::new(env!("CARGO_BIN_EXE_huddle"))
-        .args(["load-test", "--server", &format!("ws://{}", a.addr)])
-        .args(["--server", &format!("ws://{}", b.addr)])
+    let out = huddle()
+        .args(["load-test", "--server", &a.url, "--server", &b.url])
         .args(["--app-id", APP_ID, "--app-sign", APP_SIGN])
         .args(["--publishers", "2", "--subscribers", "2", "--duration", "2"])
         .args(["--join-timeout", "15", "--json", "--quiet"])

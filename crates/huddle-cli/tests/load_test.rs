@@ -1,109 +1,50 @@
 //! `huddle serve` and `huddle load-test` as processes: short runs on loopback.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
 
+use std::process::Command;
+
+use common::{APP_ID, APP_SIGN, Serve, huddle, serve, tempdir, write_config};
 use serde_json::Value;
 
-fn huddle() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_huddle"))
-}
-
-/// A dev-mode `huddle serve` on free ports; killed on drop.
-struct Serve {
-    child: Child,
-    addr: String,
+/// A `huddle serve` on free ports and the app to log in to it with.
+struct Server {
+    serve: Serve,
     app_id: String,
     app_sign: String,
 }
 
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve() -> Serve {
-    serve_with(&[], None)
-}
-
-/// A `huddle serve` with `--config` and the app in it (no dev mode): a 1 s grace, so that dropped
-/// sessions are gone soon after the run.
-fn serve_configured() -> Serve {
-    const APP_ID: &str = "4242";
-    const APP_SIGN: &str = "8f3a1c2b4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
-    let dir = std::env::temp_dir().join(format!(
-        "huddle-churn-test-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("huddle.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\ngrace_ms = 1000\n\n[[apps]]\napp_id = {APP_ID}\napp_sign = \"{APP_SIGN}\"\n\
-             server_secret = \"0123456789abcdef0123456789abcdef\"\n",
-            dir.join("data")
-        ),
-    )
-    .unwrap();
-    let config = config.to_str().unwrap().to_string();
-    serve_with(&["--config", &config], Some((APP_ID, APP_SIGN)))
-}
-
-/// `huddle serve ARGS` on free ports; the app from the dev-mode banner unless `app` is given.
-fn serve_with(args: &[&str], app: Option<(&str, &str)>) -> Serve {
-    let data = std::env::temp_dir().join(format!(
-        "huddle-load-test-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
-    let mut cmd = huddle();
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--udp-port",
-        "0",
-        "--tcp-port",
-        "0",
-    ]);
-    if app.is_none() {
-        cmd.arg("--data-dir").arg(&data);
-    }
-    let mut child = cmd
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start huddle serve");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut addr, mut app_id, mut app_sign) = (String::new(), String::new(), String::new());
-    if let Some((id, sign)) = app {
-        (app_id, app_sign) = (id.to_string(), sign.to_string());
-    }
-    while let Some(Ok(line)) = lines.next() {
-        let l = line.trim();
-        if let Some(a) = l.strip_prefix("huddle server listening on ") {
-            addr = a.to_string();
-        } else if let Some(v) = l.strip_prefix("app_id:") {
-            app_id = v.trim().to_string();
-        } else if let Some(v) = l.strip_prefix("app_sign:") {
-            app_sign = v.trim().to_string();
-        }
-        if l.starts_with("server_secret:") || (app.is_some() && !addr.is_empty()) {
-            break;
-        }
-    }
-    assert!(!addr.is_empty() && !app_id.is_empty() && !app_sign.is_empty());
-    std::thread::spawn(move || for _ in lines {});
-    Serve {
-        child,
-        addr,
+/// A dev-mode `huddle serve` (a data directory of its own) with the app of its banner.
+fn serve_dev() -> Server {
+    let data = tempdir("load-test").join("data");
+    let serve = serve(&["--data-dir", data.to_str().unwrap()]);
+    let field = |name: &str| {
+        serve
+            .banner
+            .iter()
+            .find_map(|l| Some(l.trim().strip_prefix(name)?.trim().to_string()))
+            .unwrap_or_else(|| panic!("no {name} in {:?}", serve.banner))
+    };
+    let (app_id, app_sign) = (field("app_id:"), field("app_sign:"));
+    Server {
+        serve,
         app_id,
         app_sign,
+    }
+}
+
+/// A `huddle serve` with `--config` and the tests' app in it (no dev mode): a 1 s grace, so that
+/// dropped sessions are gone soon after the run.
+fn serve_configured() -> Server {
+    let dir = tempdir("churn-test");
+    let config = write_config(
+        dir.join("huddle.toml"),
+        &format!("data_dir = {:?}\ngrace_ms = 1000\n", dir.join("data")),
+    );
+    Server {
+        serve: serve(&["--config", config.to_str().unwrap()]),
+        app_id: APP_ID.into(),
+        app_sign: APP_SIGN.into(),
     }
 }
 
@@ -121,16 +62,11 @@ fn json_report(cmd: &mut Command) -> (Value, String) {
     (serde_json::from_str(stdout.trim()).unwrap(), stderr)
 }
 
-fn rand_suffix() -> u64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
-}
-
 #[test]
 fn load_test_reports_json_against_huddle_serve() {
-    let server = serve();
-    let pid = server.child.id().to_string();
-    let url = format!("ws://{}", server.addr);
+    let server = serve_dev();
+    let pid = server.serve.child.id().to_string();
+    let url = server.serve.url.clone();
     let started = std::time::Instant::now();
     let mut cmd = huddle();
     cmd.args(["load-test", "--server", &url, "--app-id", &server.app_id])
@@ -175,8 +111,8 @@ fn load_test_reports_json_against_huddle_serve() {
 
 #[test]
 fn load_test_prints_a_table_and_refuses_bad_plans() {
-    let server = serve();
-    let url = format!("ws://{}/ws", server.addr);
+    let server = serve_dev();
+    let url = format!("{}/ws", server.serve.url);
     let base = [
         "load-test",
         "--server",
@@ -266,8 +202,8 @@ fn load_test_prints_a_table_and_refuses_bad_plans() {
 #[test]
 fn churn_soak_leaves_the_server_empty_and_its_memory_flat() {
     let server = serve_configured();
-    let pid = server.child.id().to_string();
-    let url = format!("ws://{}", server.addr);
+    let pid = server.serve.child.id().to_string();
+    let url = server.serve.url.clone();
     let mut cmd = huddle();
     cmd.args([
         "load-test",

@@ -19,8 +19,7 @@
 
 mod common;
 
-use common::{APP_ID, APP_SIGN, SECRET, padded_speech, pesq, tone_db, wav_samples};
-use std::io::{BufRead, BufReader};
+use common::{Serve, call_args, loud, padded_speech, pesq, tempdir, tone_db, wav_samples, write_config};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -123,14 +122,21 @@ impl Netns {
         self.exec(role, &["nft", "-f", file.to_str().unwrap()]);
     }
 
-    /// A process in the namespace, killed on drop.
-    fn spawn(&self, role: &str, program: &Path, args: &[&str], stderr: &Path) -> Proc {
-        let child = Command::new("ip")
-            .args(["netns", "exec", self.name(role)])
+    /// `program args` in the namespace, its stdout piped, its stderr into the file `stderr`.
+    fn command(&self, role: &str, program: &Path, args: &[&str], stderr: &Path) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.name(role)])
             .arg(program)
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(stderr).expect("a log file"))
+            .stderr(std::fs::File::create(stderr).expect("a log file"));
+        cmd
+    }
+
+    /// A process in the namespace, killed on drop.
+    fn spawn(&self, role: &str, program: &Path, args: &[&str], stderr: &Path) -> Proc {
+        let child = self
+            .command(role, program, args, stderr)
             .spawn()
             .expect("start a process in a namespace");
         Proc { child }
@@ -161,77 +167,37 @@ fn huddle() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_huddle"))
 }
 
-/// A fresh directory for the test's files.
-fn tempdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("huddle-netns-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// Starts `huddle serve --listen <wildcard>:7880` (`0.0.0.0` or `[::]`; with an app from a config
 /// file: dev mode is refused on a non-loopback listener) in the `srv` namespace; returns it once
 /// it listens.
-fn serve(ns: &Netns, dir: &Path, wildcard: &str) -> Proc {
-    let config = dir.join("huddle.toml");
-    std::fs::write(
-        &config,
-        format!("[[apps]]\napp_id = {APP_ID}\napp_sign = \"{APP_SIGN}\"\nserver_secret = \"{SECRET}\"\n"),
-    )
-    .unwrap();
+fn serve(ns: &Netns, dir: &Path, wildcard: &str) -> Serve {
+    let config = write_config(dir.join("huddle.toml"), "");
     let listen = format!("{wildcard}:{HTTP_PORT}");
     let udp = UDP_PORT.to_string();
-    let mut server = ns.spawn(
-        "srv",
-        &huddle(),
-        &[
-            "serve",
-            "--listen",
-            &listen,
-            "--udp-port",
-            &udp,
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &dir.join("server.log"),
-    );
-    let mut lines = BufReader::new(server.child.stdout.take().unwrap()).lines();
-    let mut banner = Vec::new();
-    while let Some(Ok(line)) = lines.next() {
-        let done = line.contains("web page:");
-        banner.push(line);
-        if done {
-            break;
-        }
-    }
-    assert!(
-        banner.iter().any(|l| l.starts_with("huddle server listening on")),
-        "the server did not start: {banner:?}\n{}",
-        std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
-    );
-    std::thread::spawn(move || for _ in lines {});
-    server
+    let log = dir.join("server.log");
+    let args = [
+        "serve",
+        "--listen",
+        &listen,
+        "--udp-port",
+        &udp,
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    Serve::try_start(&mut ns.command("srv", &huddle(), &args, &log)).unwrap_or_else(|banner| {
+        panic!(
+            "the server did not start: {banner:?}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    })
 }
 
 /// `huddle call` in namespace `role` against the server at `server_ip`: publishing a 500 Hz tone
 /// as `stream`, or playing it into `record`.
 fn call(ns: &Netns, role: &str, server_ip: &str, user: &str, what: &[&str], secs: &str, log: &Path) -> Proc {
     let url = format!("ws://{server_ip}:{HTTP_PORT}");
-    let mut args = vec![
-        "call",
-        "--server",
-        &url,
-        "--app-id",
-        APP_ID,
-        "--app-sign",
-        APP_SIGN,
-        "--room",
-        "netns",
-        "--user",
-        user,
-        "--duration",
-        secs,
-    ];
+    let mut args = call_args(&url).to_vec();
+    args.extend(["--room", "netns", "--user", user, "--duration", secs]);
     args.extend_from_slice(what);
     ns.spawn(role, &huddle(), &args, log)
 }
@@ -254,12 +220,7 @@ fn finish(mut p: Proc, log: &Path) -> String {
 /// Asserts that `wav` holds more than a second of the 500 Hz tone; returns the seconds of tone.
 fn assert_tone(wav: &Path) -> f64 {
     let samples = wav_samples(wav);
-    let loud: Vec<i16> = samples
-        .chunks(960)
-        .filter(|c| c.iter().any(|s| s.abs() > 1000))
-        .flatten()
-        .copied()
-        .collect();
+    let loud = loud(&samples);
     assert!(
         loud.len() > 48_000,
         "less than a second of tone recorded ({} samples of {})",
@@ -344,7 +305,7 @@ fn a_client_on_another_network_reaches_the_second_address_of_a_wildcard_server()
     // of the link) unless the server sets the source. Browsers drop an answer from another
     // address than the check went to (RFC 8445, 7.2.5.2.1), as a stateful firewall or NAT
     // would; the SDK's ICE agent does not check, so the client's namespace drops them here.
-    let dir = tempdir("a");
+    let dir = tempdir("netns-a");
     let nft = format!(
         "table inet hdl {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n    \
          ip daddr 10.200.1.1 udp dport {UDP_PORT} counter drop comment \"first\"\n  }}\n  \
@@ -384,7 +345,7 @@ fn a_client_behind_nat_reaches_a_wildcard_server() {
     // The router forwards and masquerades what leaves towards the server; the server has no
     // route back to 10.200.3.0/24, so only NATed traffic can work.
     ns.exec("rtr", &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
-    let dir = tempdir("b");
+    let dir = tempdir("netns-b");
     let nft = "table ip hdl {\n  chain post {\n    type nat hook postrouting priority 100; policy accept;\n    \
                oifname \"r0\" counter masquerade comment \"nat\"\n  }\n}\n";
     ns.nft("rtr", nft, &dir);
@@ -412,7 +373,7 @@ fn a_dual_stack_server_serves_ipv4_and_ipv6_clients_on_one_socket() {
     // No duplicate address detection: the addresses are usable at once.
     ns.ip("srv", &["addr", "add", "fd00:200::1/64", "dev", "s0", "nodad"]);
     ns.ip("cli", &["addr", "add", "fd00:200::2/64", "dev", "c0", "nodad"]);
-    let dir = tempdir("c");
+    let dir = tempdir("netns-c");
     let _server = serve(&ns, &dir, "[::]");
     let logged = candidates_logged(&dir.join("server.log"));
     assert!(
@@ -443,7 +404,7 @@ fn clients_whose_network_blocks_udp_call_over_ice_tcp_at_the_quality_of_udp() {
     ns.link("srv", "s1", "10.200.4.1/24", "open", "o0", "10.200.4.2/24");
     // The client's network lets no UDP out at all; TCP goes through (signaling and ICE-TCP).
     // The other client's network is open: the same call over UDP, side by side.
-    let dir = tempdir("t");
+    let dir = tempdir("netns-t");
     let nft = "table inet hdl {\n  chain out {\n    type filter hook output priority 0; policy accept;\n    \
                oif \"lo\" accept\n    meta l4proto udp counter drop comment \"udp\"\n    \
                tcp dport 7881 counter accept comment \"ice-tcp\"\n  }\n}\n";

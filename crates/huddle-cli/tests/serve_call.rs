@@ -2,84 +2,18 @@
 
 mod common;
 
-use common::{APP_ID, APP_SIGN, SECRET, padded_speech, speech_score, tone_db, wav_samples};
+use common::{
+    APP_ID, APP_SIGN, NOWHERE, SECRET, Serve, call_args, huddle, loud, padded_speech, refused, serve,
+    serve_app, speech_score, tempdir, tone_db, wav_samples, write_config,
+};
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
 #[path = "../../huddle-server/tests/common/certs.rs"]
 mod certs;
-
-fn huddle() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_huddle"))
-}
-
-/// A `huddle serve` process; killed on drop.
-struct Serve {
-    child: Child,
-    banner: Vec<String>,
-    addr: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `huddle serve` with `args` on a free port and reads its banner.
-fn serve(args: &[&str]) -> Serve {
-    let mut child = huddle()
-        // A free UDP port too: tests run in parallel, each with its own server.
-        // No ICE-TCP: tests run in parallel, and its default port is fixed.
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--udp-port",
-            "0",
-            "--tcp-port",
-            "0",
-        ])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start huddle serve");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut banner = Vec::new();
-    let mut addr = String::new();
-    // The banner ends with the web page line, or the dev credentials after it.
-    while let Some(Ok(line)) = lines.next() {
-        if let Some(a) = line.strip_prefix("huddle server listening on ") {
-            addr = a.trim().to_string();
-        }
-        let dev = !args.contains(&"--config");
-        let done = line.contains("server_secret:") || (line.contains("web page:") && !dev);
-        banner.push(line);
-        if done {
-            break;
-        }
-    }
-    assert!(!addr.is_empty(), "no listening line in {banner:?}");
-    // Keep draining stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Serve { child, banner, addr }
-}
-
-fn write_config(dir: &Path) -> String {
-    let path = dir.join("huddle.toml");
-    std::fs::write(
-        &path,
-        format!("[[apps]]\napp_id = {APP_ID}\napp_sign = \"{APP_SIGN}\"\nserver_secret = \"{SECRET}\"\n"),
-    )
-    .unwrap();
-    path.display().to_string()
-}
 
 fn events(o: &Output) -> Vec<Value> {
     String::from_utf8_lossy(&o.stdout)
@@ -94,25 +28,22 @@ fn has(events: &[Value], pred: impl Fn(&Value) -> bool) -> bool {
 
 #[test]
 fn two_calls_see_each_other() {
-    let dir = tempdir();
-    let config = write_config(&dir);
-    let server = serve(&["--config", &config]);
-    let url = format!("ws://{}", server.addr);
+    let dir = tempdir("serve-call");
+    let server = serve_app(&dir);
+    let url = server.url.clone();
 
     let call = |user: &str, extra: &[&str], secs: &str| {
         huddle()
+            .args(call_args(&url))
             .args([
-                "call",
-                "--server",
-                &url,
-                "--app-id",
-                APP_ID,
-                "--app-sign",
-                APP_SIGN,
                 "--room",
                 "r1",
+                "--user",
+                user,
+                "--user-status-notify",
+                "--duration",
+                secs,
             ])
-            .args(["--user", user, "--user-status-notify", "--duration", secs])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -163,18 +94,11 @@ fn two_calls_see_each_other() {
 
 #[test]
 fn call_reports_a_refused_login_and_exits_1() {
-    let dir = tempdir();
-    let config = write_config(&dir);
-    let server = serve(&["--config", &config]);
+    let dir = tempdir("serve-call");
+    let server = serve_app(&dir);
     let wrong_sign = "00".repeat(32);
     let o = huddle()
-        .args([
-            "call",
-            "--server",
-            &format!("ws://{}", server.addr),
-            "--app-id",
-            APP_ID,
-        ])
+        .args(["call", "--server", &server.url, "--app-id", APP_ID])
         .args([
             "--app-sign",
             &wrong_sign,
@@ -199,7 +123,7 @@ fn call_reports_a_refused_login_and_exits_1() {
     drop(dead);
     let o = huddle()
         .args(["call", "--server", &format!("ws://{dead_addr}")])
-        .args(["--server", &format!("ws://{}", server.addr), "--app-id", APP_ID])
+        .args(["--server", &server.url, "--app-id", APP_ID])
         .args([
             "--app-sign",
             APP_SIGN,
@@ -224,13 +148,7 @@ fn call_reports_a_refused_login_and_exits_1() {
         .unwrap();
     let token = String::from_utf8(token.stdout).unwrap();
     let o = huddle()
-        .args([
-            "call",
-            "--server",
-            &format!("ws://{}", server.addr),
-            "--app-id",
-            APP_ID,
-        ])
+        .args(["call", "--server", &server.url, "--app-id", APP_ID])
         .args([
             "--token",
             token.trim(),
@@ -248,41 +166,22 @@ fn call_reports_a_refused_login_and_exits_1() {
 
     // Bad input is a numbered error, not a panic.
     let o = huddle()
-        .args([
-            "call",
-            "--server",
-            &format!("ws://{}", server.addr),
-            "--app-id",
-            APP_ID,
-        ])
-        .args([
-            "--app-sign",
-            APP_SIGN,
-            "--room",
-            "r 1",
-            "--user",
-            "x",
-            "--duration",
-            "1",
-        ])
+        .args(call_args(&server.url))
+        .args(["--room", "r 1", "--user", "x", "--duration", "1"])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("1002012"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stderr = refused(&o);
+    assert!(stderr.contains("1002012"), "{stderr}");
 }
 
 #[test]
 fn call_over_wss_trusts_the_ca_file() {
-    let dir = tempdir();
-    let config = write_config(&dir);
+    let dir = tempdir("serve-call");
+    let config = write_config(dir.join("huddle.toml"), "");
     let certs = certs::TestCerts::new("cli-wss");
     let server = serve(&[
         "--config",
-        &config,
+        config.to_str().unwrap(),
         "--tls-cert",
         certs.cert_file.to_str().unwrap(),
         "--tls-key",
@@ -296,23 +195,8 @@ fn call_over_wss_trusts_the_ca_file() {
     let port = server.addr.rsplit(':').next().unwrap();
     let call = |extra: &[&str]| {
         huddle()
-            .args([
-                "call",
-                "--server",
-                &format!("wss://localhost:{port}"),
-                "--app-id",
-                APP_ID,
-            ])
-            .args([
-                "--app-sign",
-                APP_SIGN,
-                "--room",
-                "r1",
-                "--user",
-                "tess",
-                "--duration",
-                "0.5",
-            ])
+            .args(call_args(&format!("wss://localhost:{port}")))
+            .args(["--room", "r1", "--user", "tess", "--duration", "0.5"])
             .args(extra)
             .output()
             .unwrap()
@@ -333,8 +217,7 @@ fn call_over_wss_trusts_the_ca_file() {
     // A CA file that is not there, or not a certificate: a numbered error, exit code 2.
     for bad in [dir.join("missing.pem"), certs.key_file.clone()] {
         let o = call(&["--ca-file", bad.to_str().unwrap()]);
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{stderr}");
+        let stderr = refused(&o);
         assert!(
             stderr.contains("1000006") && !stderr.contains("panicked"),
             "{stderr}"
@@ -344,7 +227,7 @@ fn call_over_wss_trusts_the_ca_file() {
 
 #[test]
 fn dev_mode_credentials_are_stable_across_restarts() {
-    let dir = tempdir();
+    let dir = tempdir("serve-call");
     let data = dir.join("data");
     let data = data.to_str().unwrap();
     let creds = |s: &Serve| -> Vec<String> {
@@ -365,54 +248,27 @@ fn dev_mode_credentials_are_stable_across_restarts() {
 
 #[test]
 fn config_with_unknown_key_is_refused() {
-    let dir = tempdir();
+    let dir = tempdir("serve-call");
     let path = dir.join("bad.toml");
     std::fs::write(&path, "listen = \"127.0.0.1:0\"\nlisten_port = 3\n").unwrap();
     let o = huddle()
         .args(["serve", "--config", path.to_str().unwrap()])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("listen_port"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-/// A fresh directory under the target dir (no extra crate needed).
-fn tempdir() -> std::path::PathBuf {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "huddle-cli-test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    let stderr = refused(&o);
+    assert!(stderr.contains("listen_port"), "{stderr}");
 }
 
 #[test]
 fn calls_carry_audio_and_video() {
-    let dir = tempdir();
-    let config = write_config(&dir);
-    let server = serve(&["--config", &config]);
-    let url = format!("ws://{}", server.addr);
+    let dir = tempdir("serve-call");
+    let server = serve_app(&dir);
+    let url = server.url.clone();
     let wav = dir.join("heard.wav");
     let y4m = dir.join("seen.y4m");
     let call = |user: &str, extra: &[&str], secs: &str| {
         huddle()
-            .args([
-                "call",
-                "--server",
-                &url,
-                "--app-id",
-                APP_ID,
-                "--app-sign",
-                APP_SIGN,
-            ])
+            .args(call_args(&url))
             .args(["--room", "media", "--user", user, "--duration", secs])
             .args(extra)
             .stdout(Stdio::piped())
@@ -472,12 +328,7 @@ fn calls_carry_audio_and_video() {
         "only {} samples recorded",
         samples.len()
     );
-    let loud: Vec<i16> = samples
-        .chunks(960)
-        .filter(|c| c.iter().any(|s| s.abs() > 1000))
-        .flatten()
-        .copied()
-        .collect();
+    let loud = loud(&samples);
     assert!(loud.len() > 48_000, "less than a second of tone recorded");
     assert!(
         tone_db(&loud, 500.0) > -3.0,
@@ -496,20 +347,12 @@ fn calls_carry_audio_and_video() {
 #[test]
 fn a_bad_source_is_refused() {
     let out = huddle()
-        .args([
-            "call",
-            "--server",
-            "ws://127.0.0.1:9",
-            "--app-id",
-            APP_ID,
-            "--app-sign",
-            APP_SIGN,
-        ])
+        .args(call_args(NOWHERE))
         .args(["--room", "r", "--user", "u", "--source", "tone:abc"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("1000006"));
+    let stderr = refused(&out);
+    assert!(stderr.contains("1000006"), "{stderr}");
 }
 
 #[test]
@@ -520,28 +363,19 @@ fn a_bad_audio_config_is_refused() {
         &["--audio-loss-hint", "90"],
     ] {
         let out = huddle()
-            .args([
-                "call",
-                "--server",
-                "ws://127.0.0.1:9",
-                "--app-id",
-                APP_ID,
-                "--app-sign",
-                APP_SIGN,
-            ])
+            .args(call_args(NOWHERE))
             .args(["--room", "r", "--user", "u"])
             .args(bad)
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{bad:?}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = refused(&out);
         assert!(stderr.contains("1000006"), "{bad:?}: {stderr}");
     }
 }
 
 #[test]
 fn a_public_listener_without_apps_refuses_to_start_and_mints_nothing() {
-    let dir = tempdir();
+    let dir = tempdir("serve-call");
     let data = dir.join("data");
     let o = huddle()
         .args([
@@ -557,8 +391,7 @@ fn a_public_listener_without_apps_refuses_to_start_and_mints_nothing() {
         .arg(&data)
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    let stderr = refused(&o);
     assert!(
         stderr.contains("no app is configured") && stderr.contains("--dev") && stderr.contains("[[apps]]"),
         "{stderr}"
@@ -574,12 +407,12 @@ fn a_public_listener_without_apps_refuses_to_start_and_mints_nothing() {
         .arg(&data)
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    refused(&o);
 }
 
 #[test]
 fn dev_on_a_public_listener_only_when_asked() {
-    let dir = tempdir();
+    let dir = tempdir("serve-call");
     let mut child = huddle()
         .args([
             "serve",
@@ -626,22 +459,15 @@ fn aiortc_peer(server: &Serve, user: &str, args: &[&str], seconds: &str) -> std:
 /// publishes the speech sample and plays the other's, and both recordings are scored.
 #[test]
 fn aiortc_and_huddle_call_hear_each_other() {
-    let dir = tempdir();
-    let config = write_config(&dir);
-    let server = serve(&["--config", &config]);
+    let dir = tempdir("serve-call");
+    let server = serve_app(&dir);
     let speech = dir.join("speech.wav");
     padded_speech(&speech);
     let speech = speech.to_str().unwrap();
     let interop_call = |user: &str, args: &[&str], seconds: &str| {
         huddle()
-            .args([
-                "call",
-                "--server",
-                &format!("ws://{}", server.addr),
-                "--app-id",
-                APP_ID,
-            ])
-            .args(["--app-sign", APP_SIGN, "--room", "interop", "--user", user])
+            .args(call_args(&server.url))
+            .args(["--room", "interop", "--user", user])
             .args(args)
             .args(["--duration", seconds])
             .stdout(Stdio::piped())
@@ -730,23 +556,14 @@ fn aiortc_and_huddle_call_hear_each_other() {
 /// out as JSON lines, and follow the speech (voiced while it plays).
 #[test]
 fn sound_levels_come_out_as_json_lines() {
-    let dir = tempdir();
-    let config = write_config(&dir);
-    let server = serve(&["--config", &config]);
-    let url = format!("ws://{}", server.addr);
+    let dir = tempdir("serve-call");
+    let server = serve_app(&dir);
+    let url = server.url.clone();
     let speech = dir.join("speech.wav");
     padded_speech(&speech);
     let call = |user: &str, extra: &[&str], secs: &str| {
         huddle()
-            .args([
-                "call",
-                "--server",
-                &url,
-                "--app-id",
-                APP_ID,
-                "--app-sign",
-                APP_SIGN,
-            ])
+            .args(call_args(&url))
             .args(["--room", "levels", "--user", user, "--duration", secs])
             .args(["--sound-level-interval", "200"])
             .args(extra)
@@ -802,20 +619,11 @@ fn sound_levels_come_out_as_json_lines() {
 #[test]
 fn a_bad_sound_level_interval_is_refused() {
     let out = huddle()
-        .args([
-            "call",
-            "--server",
-            "ws://127.0.0.1:9",
-            "--app-id",
-            APP_ID,
-            "--app-sign",
-            APP_SIGN,
-        ])
+        .args(call_args(NOWHERE))
         .args(["--room", "r", "--user", "u", "--sound-level-interval", "50"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(&out);
     assert!(
         stderr.contains("1009065") && stderr.contains("100–3000 ms"),
         "{stderr}"

@@ -51,11 +51,12 @@ fn round_trip(width: u32, height: u32, kbps: u32, frames: u64) -> RoundTrip {
     }
 }
 
-#[test]
-fn vp8_at_320x240_keeps_30_db() {
-    let r = round_trip(320, 240, 300, 60);
+/// A round trip at `width`×`height` and `kbps` keeps 30 dB PSNR on average (28 dB at the worst
+/// frame) within half again the bitrate asked for; prints what it measured.
+fn assert_keeps_30_db(width: u32, height: u32, kbps: u32, frames: u64) {
+    let r = round_trip(width, height, kbps, frames);
     eprintln!(
-        "320x240 @ 300 kbit/s: PSNR mean {:.1} dB, min {:.1} dB, {:.0} kbit/s, encode {:.2} ms/frame",
+        "{width}x{height} @ {kbps} kbit/s: PSNR mean {:.1} dB, min {:.1} dB, {:.0} kbit/s, encode {:.2} ms/frame",
         r.mean_psnr, r.min_psnr, r.kbps, r.encode_ms
     );
     assert!(
@@ -64,23 +65,17 @@ fn vp8_at_320x240_keeps_30_db() {
         r.mean_psnr,
         r.min_psnr
     );
-    assert!(r.kbps < 300.0 * 1.5, "{:.0} kbit/s for 300", r.kbps);
+    assert!(r.kbps < f64::from(kbps) * 1.5, "{:.0} kbit/s for {kbps}", r.kbps);
+}
+
+#[test]
+fn vp8_at_320x240_keeps_30_db() {
+    assert_keeps_30_db(320, 240, 300, 60);
 }
 
 #[test]
 fn vp8_at_640x480_keeps_30_db() {
-    let r = round_trip(640, 480, 800, 30);
-    eprintln!(
-        "640x480 @ 800 kbit/s: PSNR mean {:.1} dB, min {:.1} dB, {:.0} kbit/s, encode {:.2} ms/frame",
-        r.mean_psnr, r.min_psnr, r.kbps, r.encode_ms
-    );
-    assert!(
-        r.mean_psnr >= 30.0 && r.min_psnr >= 28.0,
-        "{:.1} / {:.1} dB",
-        r.mean_psnr,
-        r.min_psnr
-    );
-    assert!(r.kbps < 800.0 * 1.5, "{:.0} kbit/s for 800", r.kbps);
+    assert_keeps_30_db(640, 480, 800, 30);
 }
 
 #[test]

@@ -30,18 +30,8 @@ use huddle_server::sfu::testkit::{Peer, Sim, payload};
 use str0m::Input;
 use str0m::media::MediaKind;
 
-fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
-    std::env::var(name)
-        .ok()
-        .map(|v| v.split_whitespace().filter_map(|x| x.parse().ok()).collect())
-        .filter(|v: &Vec<usize>| !v.is_empty())
-        .unwrap_or_else(|| default.to_vec())
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
+mod util;
+use util::{env_list, median};
 
 struct Bench {
     sim: Sim,

@@ -33,6 +33,9 @@ use std::time::{Duration, Instant};
 use huddle_server::recording::testkit::{recorder, start, tap, write_files};
 use huddle_server::recording::{RecPacket, Sent, Track};
 
+mod util;
+use util::median;
+
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -159,11 +162,6 @@ fn many(dir: &std::path::Path, n: usize, secs: u64) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = std::fs::remove_dir_all(dir.join("many"));
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// `minutes` of a stream's packets: Opus every 20 ms, and with `video` VP8 at 15 frames/s.

@@ -166,11 +166,8 @@ async fn a_node_that_cannot_reach_its_redis_fails_with_an_error_not_a_hang() {
 
 use common::{APP, Client, ROOM, WAIT};
 use futures_util::SinkExt;
-use huddle_proto::{
-    Auth, ClientMsg, ErrorCode, Login, LoginOk, PROTOCOL_VERSION, RoomId, ServerMsg, StreamInfo, UpdateType,
-    User, UserId,
-};
-use huddle_server::{BackgroundServer, test_app};
+use huddle_proto::{ClientMsg, ErrorCode, LoginOk, RoomId, ServerMsg, StreamInfo, UpdateType, User, UserId};
+use huddle_server::BackgroundServer;
 use tokio_tungstenite::tungstenite::Message;
 
 /// How long a test waits for something the cluster does by itself (a lease to end, a Redis
@@ -207,30 +204,7 @@ async fn try_join(server: &BackgroundServer, user: &str) -> (Client, ServerMsg) 
 /// [`try_join`] to room `room`.
 async fn try_join_room(server: &BackgroundServer, room: &str, user: &str) -> (Client, ServerMsg) {
     let (ws, _) = tokio_tungstenite::connect_async(server.ws_url()).await.unwrap();
-    let mut c = Client {
-        ws,
-        seq: 0,
-        events: Vec::new(),
-    };
-    let ServerMsg::Hello { nonce, .. } = c.recv().await else {
-        panic!("expected hello");
-    };
-    let sign = huddle_token::sign_challenge(&test_app(APP).app_sign, APP, room, user, &nonce);
-    let seq = c.next_seq();
-    let reply = c
-        .request(ClientMsg::Login(Login {
-            seq,
-            protocol: PROTOCOL_VERSION,
-            app_id: AppId::new(APP).unwrap(),
-            room_id: RoomId::new(room).unwrap(),
-            user: User::new(UserId::new(user).unwrap()),
-            auth: Auth::Sign(sign),
-            user_status_notify: true,
-            max_member_count: 0,
-            resume: None,
-        }))
-        .await;
-    (c, reply)
+    Client::try_login_ws(ws, room, user, true).await
 }
 
 async fn join(server: &BackgroundServer, user: &str) -> (Client, LoginOk) {
@@ -289,21 +263,10 @@ fn streams_msg(t: UpdateType, u: &str, s: &str) -> ServerMsg {
 
 /// The next room event (`user_update` or `stream_update`) of `c`, kept ones first.
 async fn room_event(c: &mut Client, within: Duration) -> ServerMsg {
-    let is_room = |m: &ServerMsg| matches!(m, ServerMsg::UserUpdate { .. } | ServerMsg::StreamUpdate { .. });
-    if let Some(i) = c.events.iter().position(is_room) {
-        return c.events.remove(i);
-    }
-    tokio::time::timeout(within, async {
-        loop {
-            let m = c.recv().await;
-            if is_room(&m) {
-                return m;
-            }
-            c.events.push(m);
-        }
+    next_where(c, within, |m| {
+        matches!(m, ServerMsg::UserUpdate { .. } | ServerMsg::StreamUpdate { .. })
     })
     .await
-    .expect("no room event came")
 }
 
 /// Sends a publish and returns the reply: `Ok` or the error code.
@@ -558,22 +521,12 @@ async fn with_redis_down_new_logins_fail_closed_and_calls_in_progress_keep_their
     a.stop();
 }
 
-/// The next message of `c` that `pred` picks, kept ones first.
+/// The next message of `c` that `pred` picks, kept ones first ([`Client::wait_for`]), within
+/// `within`.
 async fn next_where(c: &mut Client, within: Duration, pred: impl Fn(&ServerMsg) -> bool) -> ServerMsg {
-    if let Some(i) = c.events.iter().position(&pred) {
-        return c.events.remove(i);
-    }
-    tokio::time::timeout(within, async {
-        loop {
-            let m = c.recv().await;
-            if pred(&m) {
-                return m;
-            }
-            c.events.push(m);
-        }
-    })
-    .await
-    .expect("no such message came")
+    tokio::time::timeout(within, c.wait_for(pred))
+        .await
+        .expect("no such message came")
 }
 
 /// A publisher's mute on node A reaches its player on node B, and a user joining through node C

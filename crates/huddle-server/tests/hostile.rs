@@ -21,7 +21,6 @@ use huddle_server::{BackgroundServer, ServerConfig, test_app};
 use rand::Rng;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 // ----- junk UDP -----
 
@@ -257,8 +256,6 @@ async fn a_junk_udp_flood_costs_a_running_call_no_loss() {
 }
 
 // ----- hostile signaling -----
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// What a raw connection read: messages, then how it ended (`None`: still open at the timeout).
 async fn read_some(ws: &mut Ws, max: usize, timeout: Duration) -> (Vec<ServerMsg>, bool) {

@@ -67,13 +67,11 @@ async fn hook(State(r): State<Receiver>, body: String) -> StatusCode {
 
 async fn start_receiver() -> (Receiver, String) {
     let r = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let app = axum::Router::new()
         .route("/hook", axum::routing::post(hook))
         .with_state(r.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (r, url)
+    let addr = common::serve_http(app).await;
+    (r, format!("http://{addr}/hook"))
 }
 
 /// A node of the test cluster (1 s lease), with the receiver at `hook` if given.

@@ -8,17 +8,13 @@ mod common;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use common::WAIT;
-use futures_util::StreamExt;
-use huddle_proto::{ErrorCode, ServerMsg};
+use common::{WAIT, Ws, first_message};
+use huddle_proto::ErrorCode;
 use huddle_server::{BackgroundServer, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
 fn config(trusted: &[&str]) -> ServerConfig {
     let mut config = common::config();
@@ -38,22 +34,7 @@ async fn connect(server: &BackgroundServer, xff: Option<&str>) -> (Result<(), Er
             .insert("x-forwarded-for", HeaderValue::from_str(xff).unwrap());
     }
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    loop {
-        let frame = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("no first message");
-        match frame {
-            Some(Ok(Message::Text(t))) => {
-                return match ServerMsg::decode(t.as_str()).unwrap() {
-                    ServerMsg::Hello { .. } => (Ok(()), ws),
-                    ServerMsg::Error { code, .. } => (Err(code), ws),
-                    other => panic!("unexpected first message {other:?}"),
-                };
-            }
-            Some(Ok(_)) => continue,
-            other => panic!("closed before the first message: {other:?}"),
-        }
-    }
+    (first_message(&mut ws).await, ws)
 }
 
 /// `GET /api/info` with `X-Forwarded-For: xff` (if any), as JSON.

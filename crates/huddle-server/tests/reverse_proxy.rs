@@ -13,13 +13,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::WAIT;
 use common::certs::TestCerts;
-use futures_util::StreamExt;
-use huddle_proto::{ErrorCode, ServerMsg};
+use common::{WAIT, Ws, first_message};
+use huddle_proto::ErrorCode;
 use huddle_server::BackgroundServer;
 use tokio::net::TcpSocket;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
@@ -178,8 +176,6 @@ fn server() -> BackgroundServer {
     BackgroundServer::start(config).unwrap()
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 /// Opens `wss://localhost:PORT/ws` through the proxy from the local address `from`, sending
 /// `X-Forwarded-For: xff` itself if given; returns whether the server said `hello` (or the
 /// refusal's code) and the socket.
@@ -211,22 +207,7 @@ async fn connect(
     .await
     .expect("the WebSocket upgrade through the proxy timed out")
     .expect("the WebSocket upgrade through the proxy");
-    loop {
-        match tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("no first message")
-        {
-            Some(Ok(Message::Text(t))) => {
-                return match ServerMsg::decode(t.as_str()).unwrap() {
-                    ServerMsg::Hello { .. } => (Ok(()), ws),
-                    ServerMsg::Error { code, .. } => (Err(code), ws),
-                    other => panic!("unexpected first message {other:?}"),
-                };
-            }
-            Some(Ok(_)) => continue,
-            other => panic!("closed before the first message: {other:?}"),
-        }
-    }
+    (first_message(&mut ws).await, ws)
 }
 
 /// What both proxies must give: each client address its own count, a client's own

@@ -40,13 +40,11 @@ async fn hook(State(r): State<Receiver>, body: String) -> StatusCode {
 
 async fn start_receiver() -> (Receiver, String) {
     let r = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook?source=huddle", listener.local_addr().unwrap());
     let app = axum::Router::new()
         .route("/hook", axum::routing::post(hook))
         .with_state(r.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (r, url)
+    let addr = common::serve_http(app).await;
+    (r, format!("http://{addr}/hook?source=huddle"))
 }
 
 fn config(data_dir: &std::path::Path, url: &str) -> ServerConfig {

@@ -4,8 +4,9 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The app of the tests' config files.
 pub const APP_ID: &str = "424242";
@@ -19,6 +20,17 @@ pub fn wav_samples(path: &Path) -> Vec<i16> {
     bytes[at..]
         .chunks_exact(2)
         .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+/// The 20 ms frames (48 kHz) of `samples` that hold something louder than quiet noise (a
+/// sample above 1000), one after the other: what was heard, without the silences.
+pub fn loud(samples: &[i16]) -> Vec<i16> {
+    samples
+        .chunks(960)
+        .filter(|c| c.iter().any(|s| s.abs() > 1000))
+        .flatten()
+        .copied()
         .collect()
 }
 
@@ -102,16 +114,124 @@ pub fn pesq(heard: &Path) -> f64 {
         .unwrap_or_else(|| panic!("no PESQ in {score}"))
 }
 
+/// A fresh directory for a test's files, `$TMPDIR/huddle-cli-TAG-PID-N` (N counts this process's
+/// directories: the tests of a file run at once, each with its own).
+pub fn tempdir(tag: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "huddle-cli-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// The `huddle` binary under test.
 pub fn huddle() -> Command {
     Command::new(env!("CARGO_BIN_EXE_huddle"))
 }
 
-/// A `huddle serve` of the tests' app on free ports; killed on drop.
+/// The arguments of a `huddle call` of the tests' app (logged in by AppSign) through the server
+/// at `url`; the caller adds the room, the user and the rest.
+pub fn call_args(url: &str) -> [&str; 7] {
+    [
+        "call",
+        "--server",
+        url,
+        "--app-id",
+        APP_ID,
+        "--app-sign",
+        APP_SIGN,
+    ]
+}
+
+/// The standard error of a run that must have been refused as bad input (exit code 2, before
+/// anything ran); fails with it when the run was not refused.
+pub fn refused(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "not refused: {stderr}");
+    stderr
+}
+
+/// A server address nobody listens on: calls to it end before any login.
+pub const NOWHERE: &str = "ws://127.0.0.1:9";
+
+/// `huddle serve ARGS` on free ports, once it listens.
+pub fn serve(args: &[&str]) -> Serve {
+    Serve::start(serve_command().args(args))
+}
+
+/// `huddle serve` on free ports (HTTP, UDP and ICE-TCP: the tests run at once, each with its own
+/// server), its stderr dropped; the caller adds its arguments (`--config FILE`, …) and
+/// [`Serve::start`]s it.
+pub fn serve_command() -> Command {
+    let mut cmd = huddle();
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--udp-port",
+        "0",
+        "--tcp-port",
+        "0",
+    ])
+    .stderr(Stdio::null());
+    cmd
+}
+
+/// A `huddle serve` process; killed on drop.
 pub struct Serve {
-    child: Child,
+    pub child: Child,
+    /// Where it listens (`127.0.0.1:PORT`).
+    pub addr: String,
     /// Its signaling URL (`ws://127.0.0.1:PORT`).
     pub url: String,
+    /// Its start banner, line by line.
+    pub banner: Vec<String>,
+}
+
+impl Serve {
+    /// Spawns `cmd` (a [`serve_command`]) and reads its banner: through the web page line, or in
+    /// dev mode (no `--config`) through the app's credentials, which come after it.
+    pub fn start(cmd: &mut Command) -> Serve {
+        Serve::try_start(cmd)
+            .unwrap_or_else(|banner| panic!("huddle serve did not start; it printed {banner:?}"))
+    }
+
+    /// [`Serve::start`]; `Err`: the banner the server printed before it ended without saying
+    /// where it listens.
+    pub fn try_start(cmd: &mut Command) -> Result<Serve, Vec<String>> {
+        let dev = !cmd.get_args().any(|a| a == "--config");
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("start huddle serve");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut banner = Vec::new();
+        let mut addr = None;
+        while let Some(Ok(line)) = lines.next() {
+            if let Some(a) = line.strip_prefix("huddle server listening on ") {
+                addr = Some(a.trim().to_string());
+            }
+            let done = line.contains(if dev { "server_secret:" } else { "web page:" });
+            banner.push(line);
+            if done {
+                break;
+            }
+        }
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(banner);
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Serve {
+            child,
+            url: format!("ws://{addr}"),
+            addr,
+            banner,
+        })
+    }
 }
 
 impl Drop for Serve {
@@ -121,46 +241,25 @@ impl Drop for Serve {
     }
 }
 
+/// Writes the config file `path`: the top-level `keys` (TOML lines, or none), then the tests' app.
+/// Returns `path`.
+pub fn write_config(path: PathBuf, keys: &str) -> PathBuf {
+    std::fs::write(
+        &path,
+        format!(
+            "{keys}\n[[apps]]\napp_id = {APP_ID}\napp_sign = \"{APP_SIGN}\"\nserver_secret = \"{SECRET}\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
 /// Starts `huddle serve` with a config file of the tests' app written in `dir`, and waits until
 /// it listens.
 pub fn serve_app(dir: &Path) -> Serve {
-    let config = dir.join("huddle.toml");
-    std::fs::write(
-        &config,
-        format!("[[apps]]\napp_id = {APP_ID}\napp_sign = \"{APP_SIGN}\"\nserver_secret = \"{SECRET}\"\n"),
+    Serve::start(
+        serve_command()
+            .arg("--config")
+            .arg(write_config(dir.join("huddle.toml"), "")),
     )
-    .unwrap();
-    let mut child = huddle()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--udp-port",
-            "0",
-            "--tcp-port",
-            "0",
-        ])
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start huddle serve");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut addr = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(a) = line.strip_prefix("huddle server listening on ") {
-            addr = Some(a.trim().to_string());
-        }
-        if line.contains("web page:") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    let addr = addr.expect("the server's listening line");
-    Serve {
-        child,
-        url: format!("ws://{addr}"),
-    }
 }

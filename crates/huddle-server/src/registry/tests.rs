@@ -132,6 +132,20 @@ impl H {
         d
     }
 
+    /// Room `room_id`'s change `change` from node `owner`, as the room reader hands it over:
+    /// whether it applied, and what it output.
+    fn remote(
+        &mut self,
+        app: AppId,
+        room_id: &RoomId,
+        owner: &str,
+        change: RoomChange,
+    ) -> (bool, Vec<Output>) {
+        let mut out = Vec::new();
+        let applied = self.reg.remote_update(app, room_id, owner, change, &mut out);
+        (applied, out)
+    }
+
     fn expire(&mut self, id: SessionId, epoch: u64) -> (bool, Msgs) {
         let mut out = Vec::new();
         let done = self.reg.expire(id, epoch, self.now, &mut out);
@@ -1252,8 +1266,7 @@ fn relay(from: &str, out: &[Output], to: &mut H) -> Msgs {
     let mut msgs = Vec::new();
     for c in cluster(out) {
         if let ClusterCommand::Change { app, room, change } = c {
-            let mut o = Vec::new();
-            to.reg.remote_update(app, &room, from, change, &mut o);
+            let (_, o) = to.remote(app, &room, from, change);
             to.check();
             msgs.extend(flatten(o).0);
         }
@@ -1364,23 +1377,17 @@ fn a_dead_nodes_part_leaves_by_sync_and_stale_or_foreign_deletes_change_nothing(
     a.publish(alice, "s1").unwrap();
     let (bob, _, _) = login_remote(&mut b, "r", "bob", snapshot_of(&a, "r", "A|1"));
     // A delete by an owner that does not hold the entry (an old lease of A) changes nothing.
-    let mut out = Vec::new();
-    assert!(!b.reg.remote_update(
+    let (applied, out) = b.remote(
         app_id(APP),
         &room("r"),
         "A|0",
         RoomChange::UserDelete(UserId::new("alice").unwrap()),
-        &mut out
-    ));
+    );
+    assert!(!applied);
     assert!(out.is_empty());
     // A re-add by A's new lease (it registered anew) shows nothing either.
-    assert!(b.reg.remote_update(
-        app_id(APP),
-        &room("r"),
-        "A|2",
-        RoomChange::UserAdd(user("alice")),
-        &mut out
-    ));
+    let (applied, mut out) = b.remote(app_id(APP), &room("r"), "A|2", RoomChange::UserAdd(user("alice")));
+    assert!(applied);
     assert!(out.is_empty(), "{out:?}");
     // Node A died: a fresh snapshot without it removes its stream, then its user.
     b.reg
@@ -1398,14 +1405,13 @@ fn a_dead_nodes_part_leaves_by_sync_and_stale_or_foreign_deletes_change_nothing(
         vec![user("bob")]
     );
     // Events of a room this node does not follow are ignored.
-    let mut out = Vec::new();
-    assert!(!b.reg.remote_update(
+    let (applied, out) = b.remote(
         app_id(APP),
         &room("elsewhere"),
         "A|1",
         RoomChange::UserAdd(user("x")),
-        &mut out
-    ));
+    );
+    assert!(!applied);
     assert!(out.is_empty());
 }
 
@@ -1432,13 +1438,11 @@ fn the_member_limit_counts_every_node_and_a_user_on_two_nodes_shows_once() {
     let view = a.reg.room(app_id(APP), &room("r")).unwrap();
     assert_eq!(view.users, vec![user("u1"), user("u2")]);
     // B's u1 leaves: u1 is still here, nobody sees a delete.
-    let mut out = Vec::new();
-    a.reg.remote_update(
+    let (_, out) = a.remote(
         app_id(APP),
         &room("r"),
         "B|1",
         RoomChange::UserDelete(UserId::new("u1").unwrap()),
-        &mut out,
     );
     assert!(flatten(out).0.is_empty());
     assert_eq!(a.reg.room(app_id(APP), &room("r")).unwrap().users.len(), 2);
@@ -1573,20 +1577,13 @@ fn a_login_of_the_same_user_on_another_node_kicks_the_older_session() {
     // Alice logs in again on node B (her client moved): B lists A's part of the room.
     let (alice_b, _, out) = login_remote(&mut b, "r", "alice", snapshot_of(&a, "r", "A|1"));
     // A renewal of the same user by node A itself would not kick alice on B.
-    let mut o = Vec::new();
-    b.reg.remote_update(
-        app_id(APP),
-        &room("r"),
-        "A|2",
-        RoomChange::UserAdd(user("alice")),
-        &mut o,
-    );
+    let (_, o) = b.remote(app_id(APP), &room("r"), "A|2", RoomChange::UserAdd(user("alice")));
     assert!(flatten(o).1.is_empty(), "a renewal kicks nobody");
     // A hears of B's login: its alice is kicked and closed; carol sees her stream go, not her.
     let mut o = Vec::new();
     for c in cluster(&out) {
         if let ClusterCommand::Change { app, room, change } = c {
-            a.reg.remote_update(app, &room, "B|1", change, &mut o);
+            o.extend(a.remote(app, &room, "B|1", change).1);
             a.check();
         }
     }
@@ -1661,7 +1658,7 @@ fn a_stream_that_moves_to_another_node_is_pulled_from_there() {
     let mut o = Vec::new();
     for cmd in cluster(&out) {
         if let ClusterCommand::Change { app, room, change } = cmd {
-            c.reg.remote_update(app, &room, "B|1", change, &mut o);
+            o.extend(c.remote(app, &room, "B|1", change).1);
             c.check();
         }
     }
@@ -1675,14 +1672,13 @@ fn a_stream_that_moves_to_another_node_is_pulled_from_there() {
     );
     assert!(flatten(o).0.is_empty(), "carol knew the stream");
     // A's late reap of its old entry changes nothing (the entry is B's).
-    let mut o = Vec::new();
-    assert!(!c.reg.remote_update(
+    let (applied, o) = c.remote(
         app_id(APP),
         &room("r"),
         "A|1",
         RoomChange::StreamDelete(sid("s1")),
-        &mut o
-    ));
+    );
+    assert!(!applied);
     assert!(o.is_empty());
 }
 
@@ -1918,19 +1914,14 @@ fn simultaneous_logins_of_one_user_on_two_nodes_kick_only_the_earlier() {
     let alice_a = a.login("r", "alice", true);
     let alice_b = b.login("r", "alice", true);
     // B reads A's add before its own came back: nothing happens on B.
-    let mut o = Vec::new();
-    assert!(
-        b.reg
-            .remote_update(app, &r, "A|1", RoomChange::UserAdd(user("alice")), &mut o)
-    );
+    let (applied, o) = b.remote(app, &r, "A|1", RoomChange::UserAdd(user("alice")));
+    assert!(applied);
     assert!(o.is_empty(), "{o:?}");
     b.reg.own_update(app, &r, &RoomChange::UserAdd(user("alice")));
     b.check();
     // A reads its own add, then B's: alice on A is kicked.
     a.reg.own_update(app, &r, &RoomChange::UserAdd(user("alice")));
-    let mut o = Vec::new();
-    a.reg
-        .remote_update(app, &r, "B|1", RoomChange::UserAdd(user("alice")), &mut o);
+    let (_, o) = a.remote(app, &r, "B|1", RoomChange::UserAdd(user("alice")));
     a.check();
     let (msgs, closes) = flatten(o);
     assert_eq!(closes, vec![alice_a]);
@@ -1943,17 +1934,15 @@ fn simultaneous_logins_of_one_user_on_two_nodes_kick_only_the_earlier() {
     );
     // A's session leaving deletes nothing the others see (B's entry holds alice); B's session
     // stays, and a later login of alice on a third node kicks it, since B's add came back.
-    assert!(!b.reg.remote_update(
+    let (applied, _) = b.remote(
         app,
         &r,
         "A|1",
         RoomChange::UserDelete(UserId::new("alice").unwrap()),
-        &mut Vec::new()
-    ));
+    );
+    assert!(!applied);
     assert_eq!(b.reg.room(app, &r).unwrap().users, vec![user("alice")]);
-    let mut o = Vec::new();
-    b.reg
-        .remote_update(app, &r, "C|1", RoomChange::UserAdd(user("alice")), &mut o);
+    let (_, o) = b.remote(app, &r, "C|1", RoomChange::UserAdd(user("alice")));
     assert_eq!(flatten(o).1, vec![alice_b]);
 }
 
@@ -2021,38 +2010,17 @@ fn an_idle_pull_lingers_before_it_stops() {
     play(&mut b, bob);
     stop(&mut b, bob);
     b.reg.linger_pull(app, &s1, b.now, &mut Vec::new());
-    let mut o = Vec::new();
-    b.reg.remote_update(
-        app,
-        &room("r"),
-        "A|1",
-        RoomChange::StreamDelete(s1.clone()),
-        &mut o,
-    );
+    let (_, o) = b.remote(app, &room("r"), "A|1", RoomChange::StreamDelete(s1.clone()));
     assert!(media(&o).contains(&unpull), "{o:?}");
     assert!(!b.reg.lingers(app, &s1));
     assert!(b.reg.poll_timeout().at.is_none_or(|at| at > b.now + linger));
     // Published again on node C while a pull from A lingers: the pull from A stops (a player
     // here would pull it from C anew).
-    let mut o = Vec::new();
-    b.reg.remote_update(
-        app,
-        &room("r"),
-        "A|1",
-        RoomChange::StreamAdd(info("alice", "s1")),
-        &mut o,
-    );
+    b.remote(app, &room("r"), "A|1", RoomChange::StreamAdd(info("alice", "s1")));
     play(&mut b, bob);
     stop(&mut b, bob);
     b.reg.linger_pull(app, &s1, b.now, &mut Vec::new());
-    let mut o = Vec::new();
-    b.reg.remote_update(
-        app,
-        &room("r"),
-        "C|1",
-        RoomChange::StreamAdd(info("alice", "s1")),
-        &mut o,
-    );
+    let (_, o) = b.remote(app, &room("r"), "C|1", RoomChange::StreamAdd(info("alice", "s1")));
     assert_eq!(media(&o), vec![unpull.clone()]);
     // Published here while a pull of it lingers: the link stops, the local publisher stays.
     play(&mut b, bob);

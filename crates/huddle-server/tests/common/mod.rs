@@ -81,7 +81,40 @@ pub fn sid(s: &str) -> StreamId {
     StreamId::new(s).unwrap()
 }
 
+/// Serves `app` on a free port of 127.0.0.1 in the background (a webhook receiver, say);
+/// returns its address.
+pub async fn serve_http(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
 // ----- signaling -----
+
+/// A client's signaling WebSocket, plain or over TLS.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The first message on a WebSocket just opened: `Ok` for the server's `hello`, the code of the
+/// error it refused the connection with.
+pub async fn first_message(ws: &mut Ws) -> Result<(), ErrorCode> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("no first message")
+        {
+            Some(Ok(Message::Text(t))) => {
+                return match ServerMsg::decode(t.as_str()).unwrap() {
+                    ServerMsg::Hello { .. } => Ok(()),
+                    ServerMsg::Error { code, .. } => Err(code),
+                    other => panic!("unexpected first message {other:?}"),
+                };
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("closed before the first message: {other:?}"),
+        }
+    }
+}
 
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -102,6 +135,19 @@ impl Client {
 
     /// Logs in on a WebSocket already open (over TLS, say).
     pub async fn login_ws(ws: WebSocketStream<MaybeTlsStream<TcpStream>>, user: &str) -> Client {
+        let (c, reply) = Client::try_login_ws(ws, ROOM, user, false).await;
+        assert!(matches!(reply, ServerMsg::LoginOk(LoginOk { .. })), "{reply:?}");
+        c
+    }
+
+    /// Logs `user` in to `room` on a WebSocket already open, by AppSign: the client and the
+    /// reply (`login_ok` or `error`).
+    pub async fn try_login_ws(
+        ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+        room: &str,
+        user: &str,
+        user_status_notify: bool,
+    ) -> (Client, ServerMsg) {
         let mut c = Client {
             ws,
             seq: 0,
@@ -110,22 +156,21 @@ impl Client {
         let ServerMsg::Hello { nonce, .. } = c.recv().await else {
             panic!("expected hello");
         };
-        let sign = huddle_token::sign_challenge(&test_app(APP).app_sign, APP, ROOM, user, &nonce);
+        let sign = huddle_token::sign_challenge(&test_app(APP).app_sign, APP, room, user, &nonce);
         let seq = c.next_seq();
         let login = ClientMsg::Login(Login {
             seq,
             protocol: PROTOCOL_VERSION,
             app_id: AppId::new(APP).unwrap(),
-            room_id: RoomId::new(ROOM).unwrap(),
+            room_id: RoomId::new(room).unwrap(),
             user: User::new(UserId::new(user).unwrap()),
             auth: Auth::Sign(sign),
-            user_status_notify: false,
+            user_status_notify,
             max_member_count: 0,
             resume: None,
         });
         let reply = c.request(login).await;
-        assert!(matches!(reply, ServerMsg::LoginOk(LoginOk { .. })), "{reply:?}");
-        c
+        (c, reply)
     }
 
     pub fn next_seq(&mut self) -> u32 {
