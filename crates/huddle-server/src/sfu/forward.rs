@@ -16,7 +16,7 @@ use crate::recording::{RecPacket, Sent, Track};
 
 use super::pc::{Link, Pc, Playing, Role, TrackOut};
 use super::types::{bump, queue_transmit};
-use super::{KEYFRAME_REQUEST_INTERVAL, Sfu, StreamKey, red};
+use super::{KEYFRAME_REQUEST_INTERVAL, Sfu, StreamKey, padding, red};
 
 /// How long a player's reported loss counts for the publisher's FEC: two of the 5 s receiver
 /// report intervals that browsers and str0m use for audio, and some slack.
@@ -336,6 +336,23 @@ impl Sfu {
         if lost > 0 {
             counters.rtp_lost.fetch_add(lost, Ordering::Relaxed);
         }
+        // Audio is forwarded without a browser's padding-only packets, numbered as if they
+        // had never been (see `padding`).
+        let seq = if kind.is_audio() {
+            if padding::AudioSeq::is_padding(&packet.payload) {
+                src.audio_seq.on_padding();
+                return;
+            }
+            match src
+                .audio_seq
+                .map(packet.header.ssrc, seq, packet.header.timestamp)
+            {
+                Some(s) => s,
+                None => return,
+            }
+        } else {
+            seq
+        };
         // The primary's payload type when this is a RED packet.
         let red_primary = match src.red_in {
             Some((red_pt, opus_pt)) if kind.is_audio() && packet.header.payload_type == red_pt => {

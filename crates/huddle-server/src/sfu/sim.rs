@@ -502,6 +502,107 @@ fn red_audio_is_forwarded_or_made_plain_per_player() {
     }
 }
 
+/// Chromium's audio-only publish (docs/quality.md, "Interop under loss"): RED with one block at
+/// distance 1, and padding-only packets (bandwidth probes) on the audio stream after some
+/// frames, with their timestamps. Lost upstream: frame 10 (its padding arrives), a padding of
+/// frame 14 and frame 15. The players get one sequence number per frame, no padding: the RED
+/// player a packet whose distance-1 block is the frame before it by number (str0m's receiver
+/// restores a lost frame from it), the plain player every frame, 10 and 15 restored.
+#[test]
+fn padding_on_the_audio_is_dropped_and_numbered_out() {
+    use str0m::rtp::{RedDecoder, RedEncoder, RedundantBlock};
+
+    let mut sim = Sim::new();
+    let (mut publisher, offer) = Peer::with_red(sim.now, 10_001, MediaRole::Publish, false, true);
+    sim.negotiate(&mut publisher, offer, 1, "r", MediaRole::Publish);
+    let (mut red_player, offer) = Peer::with_red(sim.now, 10_002, MediaRole::Play, false, true);
+    sim.negotiate(&mut red_player, offer, 2, "r", MediaRole::Play);
+    let (mut plain_player, offer) = Peer::new(sim.now, 10_003, MediaRole::Play, false);
+    sim.negotiate(&mut plain_player, offer, 3, "r", MediaRole::Play);
+    sim.connect(&mut [&mut publisher, &mut red_player, &mut plain_player]);
+    let opus_pt = |peer: &Peer| {
+        let p = peer
+            .rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .unwrap();
+        (p.pt(), p.red())
+    };
+    let (opus, red) = opus_pt(&publisher);
+    let red = red.expect("RED negotiated");
+
+    let frames: Vec<Vec<u8>> = (0..20).map(payload).collect();
+    let mut seq = 100u64;
+    let mut padding_sent = 0;
+    for (i, frame) in frames.iter().enumerate() {
+        let ts = (1000 + i as u32) * 960;
+        let redundant: Vec<RedundantBlock> = (i > 0)
+            .then(|| RedundantBlock {
+                pt: *opus,
+                timestamp_offset: 960,
+                payload: frames[i - 1].clone(),
+            })
+            .into_iter()
+            .collect();
+        // The frame, then 0, 1 or 2 padding-only packets with its timestamp.
+        let mut packets = vec![(RedEncoder::encode(*opus, frame, &redundant), i != 10 && i != 15)];
+        for k in 0..i % 3 {
+            packets.push((Vec::new(), !(i == 14 && k == 0)));
+        }
+        for (bytes, arrives) in packets {
+            if arrives {
+                padding_sent += usize::from(bytes.is_empty());
+                let now = sim.now;
+                let mid = publisher.mid(MediaKind::Audio);
+                let mut api = publisher.rtc.direct_api();
+                let tx = api.stream_tx_by_mid(mid, None).unwrap();
+                tx.write_rtp(RtpWrite::new(red, seq.into(), ts, now, bytes));
+            }
+            seq += 1;
+        }
+        sim.run(&mut [&mut publisher, &mut red_player, &mut plain_player], 20);
+    }
+    sim.run(&mut [&mut publisher, &mut red_player, &mut plain_player], 200);
+    assert!(padding_sent >= 10, "{padding_sent} padding packets sent");
+
+    // The RED player: 18 packets (10 and 15 lost), no padding, one number per frame.
+    let got: Vec<(u64, u32, Vec<u8>)> = red_player
+        .got
+        .iter()
+        .map(|p| (*p.seq_no, p.header.timestamp, p.payload.to_vec()))
+        .collect();
+    assert_eq!(got.len(), 18, "{got:?}");
+    let (seq0, ts0) = (got[0].0, got[0].1);
+    for (s, ts, bytes) in &got {
+        let frame = u64::from(ts.wrapping_sub(ts0) / 960);
+        assert_eq!(*s - seq0, frame, "one number per frame");
+        let blocks = RedDecoder::decode(bytes).expect("RED");
+        assert_eq!(blocks.last().unwrap().payload, &frames[frame as usize][..]);
+    }
+    // The packets after the lost frames carry them at distance 1, one number before.
+    for lost in [10u64, 15] {
+        let (_, _, bytes) = got.iter().find(|g| g.0 - seq0 == lost + 1).unwrap();
+        let blocks = RedDecoder::decode(bytes).unwrap();
+        assert_eq!(blocks[0].timestamp_offset, 960);
+        assert_eq!(blocks[0].payload, &frames[lost as usize][..]);
+    }
+
+    // The plain player: every frame, 10 and 15 restored, consecutive numbers.
+    let mut got: Vec<(u64, u32, Vec<u8>)> = plain_player
+        .got
+        .iter()
+        .map(|p| (*p.seq_no, p.header.timestamp, p.payload.to_vec()))
+        .collect();
+    got.sort();
+    assert_eq!(got.iter().map(|g| g.2.clone()).collect::<Vec<_>>(), frames);
+    for w in got.windows(2) {
+        assert_eq!(w[1].0, w[0].0 + 1);
+        assert_eq!(w[1].1, w[0].1.wrapping_add(960));
+    }
+}
+
 #[test]
 fn a_client_reaches_the_second_of_two_candidates() {
     // A multi-homed server: the clients cannot reach its first address, only its second.
