@@ -385,6 +385,7 @@ impl Sfu {
                         src.history.push(s, t, Arc::from(b));
                     }
                     PlainAudio {
+                        deep: split.redundant.len() >= red::DISTANCES.len(),
                         primary: Arc::from(split.primary),
                         recovered: red::recover(&split, last_audio_seq, seq, ts)
                             .map(|(s, t, b)| (s, t, Arc::from(b)))
@@ -392,6 +393,7 @@ impl Sfu {
                     }
                 }),
                 None => Some(PlainAudio {
+                    deep: false,
                     primary: packet.payload.clone(),
                     recovered: Vec::new(),
                 }),
@@ -468,9 +470,11 @@ impl Sfu {
             if kind.is_audio() {
                 let Some(plain) = plain.as_ref() else { continue };
                 if track.red_pt.is_some() {
-                    // RED of the SDK's depth, whatever the publisher sent (`red::History`).
+                    // RED of the SDK's depth, whatever the publisher sent (`red::History`); as
+                    // it came when it is that deep already (an SDK publisher).
                     let pt = *track.pt;
                     let payload = match wrapped.iter().find(|(p, _)| *p == pt) {
+                        _ if plain.deep => packet.payload.clone(),
                         Some((_, b)) => b.clone(),
                         None => {
                             let b: Arc<[u8]> = Arc::from(red::wrap(pt, &plain.primary, &before));
@@ -597,6 +601,9 @@ impl Sfu {
 
 /// A publisher's RED packet made plain Opus for the players without RED.
 pub(super) struct PlainAudio {
+    /// The publisher's RED carried as many redundant blocks as the players are sent
+    /// (`red::DISTANCES`): forwarded as it came to the players with RED.
+    pub(super) deep: bool,
     pub(super) primary: Arc<[u8]>,
     /// Frames lost upstream and restored from the redundant blocks: (seq, ts, payload).
     pub(super) recovered: Vec<(u64, u32, Arc<[u8]>)>,

@@ -88,7 +88,10 @@ const MAX_RED_BYTES: usize = 1100;
 /// only when the publisher's redundancy happened to carry it (LiveKit's `RedReceiver` makes RED
 /// for its subscribers the same way). Fed every audio frame the SFU has, received or restored
 /// from the redundancy ([`History::push`]); [`wrap`] wraps a frame with the ones
-/// [`DISTANCES`] before it ([`History::before`]).
+/// [`DISTANCES`] before it ([`History::before`]). A publisher whose RED is that deep already
+/// (the SDK) has its packets forwarded as they came: built here from the frames the SFU has,
+/// they scored lower at 30 % loss per link on the virtual-time curve (2.67 against 3.05), for a
+/// reason not established.
 #[derive(Debug, Default)]
 pub struct History {
     /// (sequence number, timestamp, payload), in sequence order, the last 8.

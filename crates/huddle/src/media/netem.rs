@@ -1528,8 +1528,8 @@ mod tests {
     /// (`STEPS` lines) and the scores; floors below the figures measured. The SFU sends the
     /// player RED of the SDK's depth whatever the publisher sent (`red::History`); when it
     /// forwarded the publisher's own redundancy: Chromium 3.10 (2.60), plain Opus with FEC 1.83
-    /// (1.55), without 1.29 (1.28); now 3.69 (3.55), 3.37 (2.16), 1.85 (1.42); the SDK 4.07
-    /// (3.98) then, 4.05 (3.91) now.
+    /// (1.55), without 1.29 (1.28); now 3.69 (3.55), 3.37 (2.16), 1.85 (1.42). The SDK's own
+    /// RED, as deep already, is forwarded as it came: 4.07 (3.98) before and after.
     #[test]
     fn foreign_publishers_under_loss() {
         let lead_in = Duration::from_secs(2);
