@@ -14,9 +14,9 @@
 // records from its play request for a fixed window, so a slow setup costs score; the recording is
 // scored by crates/huddle/tests/audio_score.py (wideband PESQ, STOI at one alignment).
 import { spawn, spawnSync, execFileSync } from "node:child_process";
-import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
+import { mkdtempSync, mkdirSync, writeFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { REPO, huddleBin, startServer, launchBrowser, openPage, logText, waitLog, waitSel, scoreSpeech } from "./harness.js";
 
 export const SPEECH_16K = join(REPO, "crates/huddle-media/tests/data/speech-16k.wav");
@@ -239,6 +239,22 @@ function eventProcess(netns, cmd, args) {
   };
 }
 
+/**
+ * With HUDDLE_IMPAIRED_LOGDIR set, a process side's events and standard error are kept there
+ * (`TAG-STACK-ROLE.events.jsonl`, `.stderr.log`): with `RUST_LOG=...,huddle::media::play=trace`
+ * the SDK player's log holds every audio packet it got (seq, ts, length, arrival), for counting
+ * what a publisher sent and what the player lost.
+ * @param {{ rec: string }} call @param {string} side @param {any[]} events @param {string} stderr
+ */
+function keepLogs(call, side, events, stderr) {
+  const dir = process.env.HUDDLE_IMPAIRED_LOGDIR;
+  if (!dir) return;
+  mkdirSync(dir, { recursive: true });
+  const base = join(dir, `${basename(call.rec).replace(/-heard\.wav$/, "")}-${side}`);
+  writeFileSync(`${base}.events.jsonl`, events.map((e) => JSON.stringify(e)).join("\n") + "\n");
+  writeFileSync(`${base}.stderr.log`, stderr);
+}
+
 /** Milliseconds between the first events matching `a` and `b`, or null. @param {any[]} ev */
 function between(ev, /** @type {(e: any) => boolean} */ a, /** @type {(e: any) => boolean} */ b) {
   const x = ev.find(a);
@@ -282,6 +298,7 @@ function processSide(net, stack, role, call) {
       }
       await p.exited;
       const ev = p.events;
+      keepLogs(call, `sdk-${role}`, ev, p.stderr());
       if (role === "pub") {
         const publishMs = between(ev, (e) => e.event === "publisher_state_update" && e.state === "PublishRequesting", (e) => e.event === "publisher_state_update" && e.state === "Publishing");
         return {
@@ -311,6 +328,7 @@ function processSide(net, stack, role, call) {
     const code = await p.exited;
     clearTimeout(t);
     const ev = p.events;
+    keepLogs(call, `aiortc-${role}`, ev, p.stderr());
     const publishMs = between(ev, (e) => e.event === "publish_request", (e) => e.event === "media_connected");
     return role === "pub"
       ? { ok: publishMs !== null, publishMs, log: publishMs !== null ? undefined : p.stderr().slice(-2000) }
@@ -383,6 +401,25 @@ export async function impairedCall(net, from, to, sent, tag) {
         await page.fill("#streamId", stream);
         await page.check("#mediaAudio");
         await page.uncheck("#audioProcessing");
+        // With HUDDLE_IMPAIRED_LOGDIR: the publisher's outbound audio every 500 ms (Chromium's
+        // own counters: what its encoder and RED send under the loss its reports show).
+        if (process.env.HUDDLE_IMPAIRED_LOGDIR) {
+          await page.evaluate(() => {
+            const w = /** @type {any} */ (window);
+            w.__pubStats = [];
+            const t0 = performance.now();
+            setInterval(async () => {
+              for (const pub of w.huddleApp.engine._publishers.values()) {
+                if (!pub.pc) continue;
+                for (const r of (await pub.pc.getStats()).values()) {
+                  if ((r.type === "outbound-rtp" && r.kind === "audio") || r.type === "remote-inbound-rtp" || r.type === "candidate-pair" && r.nominated) {
+                    w.__pubStats.push({ t_ms: Math.round(performance.now() - t0), ...r });
+                  }
+                }
+              }
+            }, 500);
+          });
+        }
         const t0 = Date.now();
         await page.click("#publish");
         let publishMs = null;
@@ -394,6 +431,10 @@ export async function impairedCall(net, from, to, sent, tag) {
         const slow = publishMs === null || publishMs > 3000;
         pub = { ok: publishMs !== null, publishMs, log: slow ? (await logText(page)).slice(-30).join("\n") : undefined };
         play = await other.done;
+        if (process.env.HUDDLE_IMPAIRED_LOGDIR) {
+          const stats = await page.evaluate(() => /** @type {any} */ (window).__pubStats);
+          keepLogs(call, "chromium-pub", stats, "");
+        }
       } else {
         const other = processSide(net, /** @type {"sdk" | "aiortc"} */ (from), "pub", call);
         sides.push(other);

@@ -199,6 +199,14 @@ impl EventHandler for Printer {
 
 pub fn run(args: CallArgs) -> ExitCode {
     let start = Instant::now();
+    // The SDK's logs on stderr when RUST_LOG asks for them (stdout is the events'), e.g.
+    // `RUST_LOG=huddle::media::play=trace` for every audio packet a player gets.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let result = if args.list_devices {
         list_devices().map(|()| ErrorCode::OK)
     } else {

@@ -1,5 +1,6 @@
-//! Forwarding: a publisher's RTP written to every player's PC (rewritten, RED made plain for
-//! players without it), keyframe requests passed up, and the written PCs flushed.
+//! Forwarding: a publisher's RTP written to every player's PC (rewritten; audio as RED of the
+//! SDK's depth for players with RED, plain for the others), keyframe requests passed up, and
+//! the written PCs flushed.
 
 use std::cmp::Reverse;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use crate::recording::{RecPacket, Sent, Track};
 
 use super::pc::{Link, Pc, Playing, Role, TrackOut};
 use super::types::{bump, queue_transmit};
-use super::{KEYFRAME_REQUEST_INTERVAL, Sfu, StreamKey, red};
+use super::{KEYFRAME_REQUEST_INTERVAL, Sfu, StreamKey, padding, red};
 
 /// How long a player's reported loss counts for the publisher's FEC: two of the 5 s receiver
 /// report intervals that browsers and str0m use for audio, and some slack.
@@ -292,10 +293,12 @@ impl Sfu {
 
     /// Forwards one packet of a publisher to every connected player of its stream.
     ///
-    /// Audio the publisher sends as RED (RFC 2198) goes unchanged to the players that
-    /// negotiated RED, on their RED payload type; the others get the primary block alone, as
-    /// plain Opus, preceded by the frames that were lost upstream and that the packet's
-    /// redundant blocks carry (see [`red`]).
+    /// Audio goes to the players that negotiated RED (RFC 2198) as RED of the SDK's depth, on
+    /// their RED payload type, whatever redundancy the publisher sent (`red::History`); the
+    /// others get the primary block alone, as plain Opus, preceded by the frames that were lost
+    /// upstream and that the packet's redundant blocks carry (see [`red`]). A browser's
+    /// padding-only packets on the audio are dropped and the audio numbered without them (see
+    /// [`padding`]).
     pub(super) fn forward(&mut self, now: Instant, from: usize, packet: &RtpPacket) {
         bump(&self.counters.rtp_in);
         let Sfu {
@@ -336,6 +339,23 @@ impl Sfu {
         if lost > 0 {
             counters.rtp_lost.fetch_add(lost, Ordering::Relaxed);
         }
+        // Audio is forwarded without a browser's padding-only packets, numbered as if they
+        // had never been (see `padding`).
+        let seq = if kind.is_audio() {
+            if padding::AudioSeq::is_padding(&packet.payload) {
+                src.audio_seq.on_padding();
+                return;
+            }
+            match src
+                .audio_seq
+                .map(packet.header.ssrc, seq, packet.header.timestamp)
+            {
+                Some(s) => s,
+                None => return,
+            }
+        } else {
+            seq
+        };
         // The primary's payload type when this is a RED packet.
         let red_primary = match src.red_in {
             Some((red_pt, opus_pt)) if kind.is_audio() && packet.header.payload_type == red_pt => {
@@ -352,6 +372,43 @@ impl Sfu {
         } else {
             None
         };
+        let ts = packet.header.timestamp;
+        // Audio as plain Opus: the primary and the frames lost upstream that its redundancy
+        // restores (`None`: malformed RED, not forwarded), into the publisher's history for
+        // the players with RED, who get the frames before it at the SDK's distances.
+        let (plain, before) = if kind.is_audio() {
+            let plain = match red_primary {
+                Some(opus_pt) => red::split(&packet.payload, *opus_pt).map(|split| {
+                    // Every frame its redundancy carries goes into the history (a frame lost
+                    // upstream further back than the gap before this packet comes back here).
+                    for (s, t, b) in red::carried(&split, seq, ts) {
+                        src.history.push(s, t, Arc::from(b));
+                    }
+                    PlainAudio {
+                        deep: split.redundant.len() >= red::DISTANCES.len(),
+                        primary: Arc::from(split.primary),
+                        recovered: red::recover(&split, last_audio_seq, seq, ts)
+                            .map(|(s, t, b)| (s, t, Arc::from(b)))
+                            .collect(),
+                    }
+                }),
+                None => Some(PlainAudio {
+                    deep: false,
+                    primary: packet.payload.clone(),
+                    recovered: Vec::new(),
+                }),
+            };
+            let before = src.history.before(seq, ts);
+            if let Some(p) = &plain {
+                src.history.push(seq, ts, p.primary.clone());
+            }
+            (plain, before)
+        } else {
+            (None, Vec::new())
+        };
+        // The RED payload for the players with RED, per payload type of their Opus (the same
+        // for all, as a rule): made once.
+        let mut wrapped: Vec<(u8, Arc<[u8]>)> = Vec::new();
         let Some(entry) = streams.get_mut(src_key) else {
             return;
         };
@@ -385,10 +442,6 @@ impl Sfu {
             ..ExtensionValues::default()
         };
         let no_ext = ExtensionValues::default();
-        // A RED packet as plain Opus, made once for all the players without RED: the primary
-        // and the frames recovered from the redundancy (`None`: malformed, not forwarded).
-        let mut plain: Option<Option<PlainAudio>> = None;
-        let ts = packet.header.timestamp;
         let mut forwarded = 0;
         let mut forwarded_bytes = 0;
         let mut muted = 0;
@@ -414,19 +467,33 @@ impl Sfu {
             }
             let mut sent = 0;
             let mut bytes = 0;
-            match red_primary {
-                Some(opus_pt) if track.red_pt.is_none() => {
-                    let plain = plain.get_or_insert_with(|| {
-                        let split = red::split(&packet.payload, *opus_pt)?;
-                        let recovered = red::recover(&split, last_audio_seq, seq, ts)
-                            .map(|(s, t, b)| (s, t, Arc::from(b)))
-                            .collect();
-                        Some(PlainAudio {
-                            primary: Arc::from(split.primary),
-                            recovered,
-                        })
-                    });
-                    let Some(plain) = plain.as_ref() else { continue };
+            if kind.is_audio() {
+                let Some(plain) = plain.as_ref() else { continue };
+                if track.red_pt.is_some() {
+                    // RED of the SDK's depth, whatever the publisher sent (`red::History`); as
+                    // it came when it is that deep already (an SDK publisher).
+                    let pt = *track.pt;
+                    let payload = match wrapped.iter().find(|(p, _)| *p == pt) {
+                        _ if plain.deep => packet.payload.clone(),
+                        Some((_, b)) => b.clone(),
+                        None => {
+                            let b: Arc<[u8]> = Arc::from(red::wrap(pt, &plain.primary, &before));
+                            wrapped.push((pt, b.clone()));
+                            b
+                        }
+                    };
+                    let out = Outgoing {
+                        seq,
+                        ts,
+                        payload,
+                        marker: packet.header.marker,
+                        red: true,
+                    };
+                    let n = send_on(rtc, track, source, now, packet.timestamp, out, &ext);
+                    sent += u64::from(n.is_some());
+                    bytes += n.unwrap_or(0);
+                } else {
+                    // Plain Opus: the frames restored from the redundancy, then the primary.
                     for (s, t, b) in &plain.recovered {
                         let out = Outgoing {
                             seq: *s,
@@ -450,18 +517,17 @@ impl Sfu {
                     sent += u64::from(n.is_some());
                     bytes += n.unwrap_or(0);
                 }
-                _ => {
-                    let out = Outgoing {
-                        seq,
-                        ts,
-                        payload: packet.payload.clone(),
-                        marker: packet.header.marker,
-                        red: red_primary.is_some(),
-                    };
-                    let n = send_on(rtc, track, source, now, packet.timestamp, out, &ext);
-                    sent += u64::from(n.is_some());
-                    bytes += n.unwrap_or(0);
-                }
+            } else {
+                let out = Outgoing {
+                    seq,
+                    ts,
+                    payload: packet.payload.clone(),
+                    marker: packet.header.marker,
+                    red: false,
+                };
+                let n = send_on(rtc, track, source, now, packet.timestamp, out, &ext);
+                sent += u64::from(n.is_some());
+                bytes += n.unwrap_or(0);
             }
             if sent == 0 {
                 continue;
@@ -535,6 +601,9 @@ impl Sfu {
 
 /// A publisher's RED packet made plain Opus for the players without RED.
 pub(super) struct PlainAudio {
+    /// The publisher's RED carried as many redundant blocks as the players are sent
+    /// (`red::DISTANCES`): forwarded as it came to the players with RED.
+    pub(super) deep: bool,
     pub(super) primary: Arc<[u8]>,
     /// Frames lost upstream and restored from the redundant blocks: (seq, ts, payload).
     pub(super) recovered: Vec<(u64, u32, Arc<[u8]>)>,

@@ -27,6 +27,7 @@
 
 mod demux;
 mod forward;
+mod padding;
 mod pc;
 pub mod placement;
 pub mod red;

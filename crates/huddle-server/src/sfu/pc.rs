@@ -126,6 +126,10 @@ pub(super) struct Publishing {
     /// The highest extended sequence number of audio received (to tell which frames a RED
     /// packet's redundancy can restore for players without RED).
     pub(super) last_audio_seq: Option<u64>,
+    /// The audio's sequence numbers without its padding-only packets (`super::padding`).
+    pub(super) audio_seq: super::padding::AudioSeq,
+    /// Its last audio frames, for the redundancy sent to players with RED (`red::History`).
+    pub(super) history: super::red::History,
     /// The highest extended sequence number received per SSRC (at most 8), for the loss count.
     pub(super) highest_seq: Vec<(Ssrc, u64)>,
     /// The least fraction lost (0–255) the server's receiver reports on the audio now carry:

@@ -415,9 +415,43 @@ fn players_get_sender_reports_while_packets_take_the_fast_path() {
     assert!(counts.windows(2).all(|w| w[1] >= w[0] + 200), "{counts:?}");
 }
 
-/// A publisher's RED audio reaches a player that negotiated RED as it was sent, and a player
-/// that did not as plain Opus: the primary blocks, and the frames lost upstream restored from
-/// the redundancy of the packet after them.
+/// What a player that negotiated RED got from a publisher of `frames` (20 ms apart): one
+/// sequence number per frame, each packet's primary its frame, its redundant blocks the frames
+/// 1, 3 and 6 before it (by number and by timestamp) that the SFU had, and every frame in some
+/// packet.
+fn assert_red_of_depth(player: &Peer, frames: &[Vec<u8>]) {
+    use str0m::rtp::RedDecoder;
+
+    let (seq0, ts0) = (*player.got[0].seq_no, player.got[0].header.timestamp);
+    let mut carried = vec![false; frames.len()];
+    for p in &player.got {
+        let frame = u64::from(p.header.timestamp.wrapping_sub(ts0) / 960);
+        assert_eq!(*p.seq_no - seq0, frame, "one number per frame");
+        let blocks = RedDecoder::decode(&p.payload).expect("RED");
+        let (primary, redundant) = blocks.split_last().unwrap();
+        assert_eq!(primary.payload, &frames[frame as usize][..]);
+        carried[frame as usize] = true;
+        for b in redundant {
+            let back = u64::from(b.timestamp_offset / 960);
+            assert!(
+                [1, 3, 6].contains(&back) && b.timestamp_offset % 960 == 0,
+                "{back}"
+            );
+            assert_eq!(b.payload, &frames[(frame - back) as usize][..]);
+            carried[(frame - back) as usize] = true;
+        }
+        assert!(
+            redundant
+                .windows(2)
+                .all(|w| w[0].timestamp_offset > w[1].timestamp_offset)
+        );
+    }
+    assert!(carried.iter().all(|c| *c), "{carried:?}");
+}
+
+/// A publisher's RED audio reaches a player that negotiated RED as RED of the SDK's depth, and a
+/// player that did not as plain Opus: the primary blocks, and the frames lost upstream restored
+/// from the redundancy of the packet after them.
 #[test]
 fn red_audio_is_forwarded_or_made_plain_per_player() {
     use str0m::rtp::{RedEncoder, RedundantBlock};
@@ -478,11 +512,12 @@ fn red_audio_is_forwarded_or_made_plain_per_player() {
     }
     sim.run(&mut [&mut publisher, &mut red_player, &mut plain_player], 200);
 
-    // The RED player: the RED packets, unchanged, on its RED payload type.
+    // The RED player: RED on its payload type, of the SDK's depth (`red::History`): each
+    // packet the frame and the ones 1, 3 and 6 before it, 10 and 11 among them.
     let red_pt = pts(&red_player).1.unwrap();
-    let got: Vec<Vec<u8>> = red_player.got.iter().map(|p| p.payload.to_vec()).collect();
-    assert_eq!(got, sent);
+    assert_eq!(red_player.got.len(), sent.len());
     assert!(red_player.got.iter().all(|p| p.header.payload_type == red_pt));
+    assert_red_of_depth(&red_player, &frames);
 
     // The plain player: every frame as plain Opus, 10 and 11 restored, with consecutive
     // sequence numbers and timestamps 960 apart.
@@ -493,6 +528,90 @@ fn red_audio_is_forwarded_or_made_plain_per_player() {
             assert_eq!(p.header.payload_type, pts(&plain_player).0);
             (*p.seq_no, p.header.timestamp, p.payload.to_vec())
         })
+        .collect();
+    got.sort();
+    assert_eq!(got.iter().map(|g| g.2.clone()).collect::<Vec<_>>(), frames);
+    for w in got.windows(2) {
+        assert_eq!(w[1].0, w[0].0 + 1);
+        assert_eq!(w[1].1, w[0].1.wrapping_add(960));
+    }
+}
+
+/// Chromium's audio-only publish (docs/quality.md, "Interop under loss"): RED with one block at
+/// distance 1, and padding-only packets (bandwidth probes) on the audio stream after some
+/// frames, with their timestamps. Lost upstream: frame 10 (its padding arrives), a padding of
+/// frame 14 and frame 15. The players get one sequence number per frame, no padding: the RED
+/// player a packet whose distance-1 block is the frame before it by number (str0m's receiver
+/// restores a lost frame from it), the plain player every frame, 10 and 15 restored.
+#[test]
+fn padding_on_the_audio_is_dropped_and_numbered_out() {
+    use str0m::rtp::{RedEncoder, RedundantBlock};
+
+    let mut sim = Sim::new();
+    let (mut publisher, offer) = Peer::with_red(sim.now, 10_001, MediaRole::Publish, false, true);
+    sim.negotiate(&mut publisher, offer, 1, "r", MediaRole::Publish);
+    let (mut red_player, offer) = Peer::with_red(sim.now, 10_002, MediaRole::Play, false, true);
+    sim.negotiate(&mut red_player, offer, 2, "r", MediaRole::Play);
+    let (mut plain_player, offer) = Peer::new(sim.now, 10_003, MediaRole::Play, false);
+    sim.negotiate(&mut plain_player, offer, 3, "r", MediaRole::Play);
+    sim.connect(&mut [&mut publisher, &mut red_player, &mut plain_player]);
+    let opus_pt = |peer: &Peer| {
+        let p = peer
+            .rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .unwrap();
+        (p.pt(), p.red())
+    };
+    let (opus, red) = opus_pt(&publisher);
+    let red = red.expect("RED negotiated");
+
+    let frames: Vec<Vec<u8>> = (0..20).map(payload).collect();
+    let mut seq = 100u64;
+    let mut padding_sent = 0;
+    for (i, frame) in frames.iter().enumerate() {
+        let ts = (1000 + i as u32) * 960;
+        let redundant: Vec<RedundantBlock> = (i > 0)
+            .then(|| RedundantBlock {
+                pt: *opus,
+                timestamp_offset: 960,
+                payload: frames[i - 1].clone(),
+            })
+            .into_iter()
+            .collect();
+        // The frame, then 0, 1 or 2 padding-only packets with its timestamp.
+        let mut packets = vec![(RedEncoder::encode(*opus, frame, &redundant), i != 10 && i != 15)];
+        for k in 0..i % 3 {
+            packets.push((Vec::new(), !(i == 14 && k == 0)));
+        }
+        for (bytes, arrives) in packets {
+            if arrives {
+                padding_sent += usize::from(bytes.is_empty());
+                let now = sim.now;
+                let mid = publisher.mid(MediaKind::Audio);
+                let mut api = publisher.rtc.direct_api();
+                let tx = api.stream_tx_by_mid(mid, None).unwrap();
+                tx.write_rtp(RtpWrite::new(red, seq.into(), ts, now, bytes));
+            }
+            seq += 1;
+        }
+        sim.run(&mut [&mut publisher, &mut red_player, &mut plain_player], 20);
+    }
+    sim.run(&mut [&mut publisher, &mut red_player, &mut plain_player], 200);
+    assert!(padding_sent >= 10, "{padding_sent} padding packets sent");
+
+    // The RED player: 18 packets (10 and 15 lost), no padding, one number per frame, each
+    // with the frames 1, 3 and 6 before it by number and by timestamp (10 and 15 among them).
+    assert_eq!(red_player.got.len(), 18);
+    assert_red_of_depth(&red_player, &frames);
+
+    // The plain player: every frame, 10 and 15 restored, consecutive numbers.
+    let mut got: Vec<(u64, u32, Vec<u8>)> = plain_player
+        .got
+        .iter()
+        .map(|p| (*p.seq_no, p.header.timestamp, p.payload.to_vec()))
         .collect();
     got.sort();
     assert_eq!(got.iter().map(|g| g.2.clone()).collect::<Vec<_>>(), frames);
