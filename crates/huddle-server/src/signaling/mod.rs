@@ -180,6 +180,7 @@ impl ServerState {
                 timer_wake: timer_wake.clone(),
                 webhooks: webhooks.as_ref().map(|w| w.tap()),
                 recorder: recorder.clone(),
+                held_plays: HashMap::new(),
             }),
             store,
             store_tx,
