@@ -232,6 +232,38 @@ async fn offers_sent_with_their_publish_or_play_are_answered_in_order() {
         Err(ErrorCode::STREAM_ID_EXISTS)
     );
     assert_eq!(carol.offer_reply(refused).await, Err(ErrorCode::STREAM_ID_EXISTS));
+    // A publish of another stream accepted between them does not change that.
+    let taken = carol.next_seq();
+    let own = carol.next_seq();
+    for (seq, stream) in [(taken, "s1"), (own, "c1")] {
+        send(
+            &mut carol,
+            ClientMsg::Publish {
+                seq,
+                stream_id: sid(stream),
+                extra_info: String::new(),
+            },
+        )
+        .await;
+    }
+    let (offers, mut sdps) = (
+        [carol.next_seq(), carol.next_seq()],
+        [Peer::new(MediaRole::Publish).1, Peer::new(MediaRole::Publish).1],
+    );
+    for (seq, stream) in offers.iter().zip(["s1", "c1"]) {
+        let sdp = std::mem::take(&mut sdps[usize::from(stream == "c1")]);
+        carol.send_offer(*seq, stream, MediaRole::Publish, sdp).await;
+    }
+    assert_eq!(
+        reply_to(&mut carol, taken).await,
+        Err(ErrorCode::STREAM_ID_EXISTS)
+    );
+    assert_eq!(reply_to(&mut carol, own).await, Ok(()));
+    assert_eq!(
+        carol.offer_reply(offers[0]).await,
+        Err(ErrorCode::STREAM_ID_EXISTS)
+    );
+    assert!(carol.offer_reply(offers[1]).await.is_ok());
     // Without a publish before it, an offer is refused as before.
     let (_, offer) = Peer::new(MediaRole::Publish);
     assert_eq!(
@@ -262,7 +294,7 @@ async fn offers_sent_with_their_publish_or_play_are_answered_in_order() {
     assert_eq!(carol.offer_reply(second).await, Err(ErrorCode::STREAM_NOT_FOUND));
     let stats = server.media_stats();
     assert_eq!(
-        stats.pcs_opened, 2,
+        stats.pcs_opened, 3,
         "only the offers answered opened a connection: {stats:?}"
     );
 }

@@ -224,7 +224,8 @@ pub(super) struct Conn {
     /// Messages dropped by the rate limit since the last one accepted.
     pub(super) dropped_in_a_row: u32,
     /// The last `publish` this connection had refused, and why: a `media_offer` sent with it
-    /// (before its answer) is refused with the same error. One at most (the newest).
+    /// (before its answer) is refused with the same error. One at most (the newest refusal;
+    /// a publish of that stream accepted later clears it, another stream's does not).
     pub(super) refused_publish: Option<(huddle_proto::StreamId, HuddleError)>,
 }
 

@@ -236,7 +236,11 @@ impl Conn {
         drop(hub);
         if let ClientMsg::Publish { stream_id, .. } = &msg {
             match &result {
-                Ok(()) => self.refused_publish = None,
+                Ok(()) => {
+                    if self.refused_publish.as_ref().is_some_and(|(s, _)| s == stream_id) {
+                        self.refused_publish = None;
+                    }
+                }
                 Err(e) => self.refused_publish = Some((stream_id.clone(), e.clone())),
             }
         }
