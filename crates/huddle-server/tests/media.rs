@@ -224,6 +224,27 @@ async fn offers_sent_with_their_publish_or_play_are_answered_in_order() {
     let sent = stream_audio(&mut [&mut publisher, &mut player], 50).await;
     assert_in_order(&sent, &player.got);
 
+    // An offer that answers the news of the stream, arriving after it went away again, is
+    // refused as before (the client offers again on the next `play_update`)...
+    let (_, offer) = Peer::new(MediaRole::Play);
+    alice.unpublish("s1").await;
+    assert!(!bob.wait_play_update("s1").await);
+    assert_eq!(
+        bob.offer("s1", MediaRole::Play, offer).await,
+        Err(ErrorCode::STREAM_NOT_FOUND)
+    );
+    // ... while one sent with a new play is held again, and answered when the stream is back.
+    assert!(!bob.play("s1").await);
+    let (_, offer) = Peer::new(MediaRole::Play);
+    let again = bob.next_seq();
+    bob.send_offer(again, "s1", MediaRole::Play, offer).await;
+    bob.ping().await;
+    let (_, offer) = Peer::new(MediaRole::Publish);
+    let republished = publish_with_offer(&mut alice, "s1", offer).await;
+    assert!(alice.offer_reply(republished).await.is_ok());
+    assert!(bob.wait_play_update("s1").await);
+    assert!(bob.offer_reply(again).await.is_ok());
+
     // Carol tries to publish the same ID with her offer: both refused with the publish's code.
     let (_, offer) = Peer::new(MediaRole::Publish);
     let refused = publish_with_offer(&mut carol, "s1", offer).await;
@@ -294,7 +315,7 @@ async fn offers_sent_with_their_publish_or_play_are_answered_in_order() {
     assert_eq!(carol.offer_reply(second).await, Err(ErrorCode::STREAM_NOT_FOUND));
     let stats = server.media_stats();
     assert_eq!(
-        stats.pcs_opened, 3,
+        stats.pcs_opened, 5,
         "only the offers answered opened a connection: {stats:?}"
     );
 }

@@ -1,6 +1,6 @@
 //! The hub: the registry and where each attached session's messages go.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -45,6 +45,11 @@ pub(super) struct Hub {
     /// stands: one per stream a session plays (the newest), handed to the media plane when the
     /// session is told the stream is available ([`Hub::hold_play_offer`]).
     pub(super) held_plays: HashMap<(SessionId, StreamId), Offer>,
+    /// The sessions told since their `play` that the stream is available. A play offer of
+    /// theirs for the stream gone again answered that news: it is refused (1004002) as before
+    /// holding existed, and the next `play_update` brings the next offer (a client that offers
+    /// after the availability, and times its requests out, is not left waiting).
+    pub(super) told_available: HashSet<(SessionId, StreamId)>,
 }
 
 /// A followed room's position in its history.
@@ -273,6 +278,7 @@ impl Hub {
                             app,
                             stream_id,
                         } => {
+                            self.told_available.remove(&(session, stream_id.clone()));
                             if let Some(o) = self.held_plays.remove(&(session, stream_id.clone())) {
                                 let e = HuddleError::new(
                                     ErrorCode::STREAM_NOT_FOUND,
@@ -289,6 +295,7 @@ impl Hub {
                         MediaCommand::SessionGone { session } => {
                             release(&self.store, StoreOp::ReleaseSession { session });
                             self.held_plays.retain(|(s, _), _| *s != session);
+                            self.told_available.retain(|(s, _)| *s != session);
                             Command::SessionGone { session }
                         }
                         MediaCommand::Pull { .. }
@@ -322,6 +329,7 @@ impl Hub {
     /// Hands the held play offers of these sessions and streams to the media plane.
     fn release_held_plays(&mut self, available: Vec<(SessionId, StreamId)>) {
         for key in available {
+            self.told_available.insert(key.clone());
             let Some(offer) = self.held_plays.remove(&key) else {
                 continue;
             };
@@ -456,6 +464,7 @@ mod tests {
             webhooks: None,
             recorder: Arc::new(crate::recording::Recorder::new(std::env::temp_dir(), None, [], 1)),
             held_plays: HashMap::new(),
+            told_available: HashSet::new(),
         }
     }
 

@@ -181,6 +181,7 @@ impl ServerState {
                 webhooks: webhooks.as_ref().map(|w| w.tap()),
                 recorder: recorder.clone(),
                 held_plays: HashMap::new(),
+                told_available: std::collections::HashSet::new(),
             }),
             store,
             store_tx,

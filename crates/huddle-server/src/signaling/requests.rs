@@ -117,7 +117,12 @@ impl Conn {
                 }
                 (*seq, r)
             }
-            ClientMsg::Play { seq, stream_id } => (*seq, reg.play(id, *seq, stream_id, &mut out)),
+            ClientMsg::Play { seq, stream_id } => {
+                // A new play: its offer may come before the stream (held), whatever it was told
+                // before.
+                hub.told_available.remove(&(id, stream_id.clone()));
+                (*seq, hub.registry.play(id, *seq, stream_id, &mut out))
+            }
             ClientMsg::StopPlay { seq, stream_id } => (*seq, reg.stop_play(id, *seq, stream_id, &mut out)),
             ClientMsg::MediaOffer {
                 seq,
@@ -393,7 +398,9 @@ impl Conn {
 /// Checks a `media_offer` against the registry and hands it to the media plane, which answers it
 /// on its own (`media_answer` or `error`). A publish offer for a stream the session does not
 /// publish is refused with `refused` (the error of the `publish` it was sent with) if any; a
-/// play offer for a stream not published now is held until it is ([`Hub::hold_play_offer`]).
+/// play offer for a stream not published now is held until it is ([`Hub::hold_play_offer`]),
+/// unless the session was told since its `play` that the stream was there (1004002, as before:
+/// the offer answered that news, and the stream's return brings the next).
 pub(super) fn media_offer(
     hub: &mut Hub,
     id: SessionId,
@@ -423,6 +430,12 @@ pub(super) fn media_offer(
                 return Err(HuddleError::new(
                     ErrorCode::STREAM_NOT_FOUND,
                     format!("play the stream {stream_id} before offering to receive it"),
+                ));
+            }
+            Some(false) if hub.told_available.contains(&(id, stream_id.clone())) => {
+                return Err(HuddleError::new(
+                    ErrorCode::STREAM_NOT_FOUND,
+                    format!("the stream {stream_id} is not published now (wait for play_update)"),
                 ));
             }
             Some(available) => hold = !available,
