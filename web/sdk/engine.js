@@ -616,12 +616,17 @@ export class HuddleEngine {
     pub.sentStates = { audio: "open", video: "open" };
     const published = this._request({ type: "publish", stream_id: pub.streamId, extra_info: pub.extraInfo });
     this._sendDeviceStates(pub);
+    // The media offer follows without waiting for the reply: the server handles a connection's
+    // requests in order, so it checks the offer once the publish is decided (and refuses it
+    // with the publish's own error if the publish was refused; the refusal drops the publisher
+    // first).
+    if (pub.stream) this._offerPublish(pub);
     published.then(
       () => {
         if (pub.stopped || this._publishers.get(pub.streamId) !== pub) return;
         pub.registered = true;
         pub.failures = 0;
-        if (pub.stream) this._offerPublish(pub);
+        if (pub.stream && !pub.pc) this._offerPublish(pub);
         this._refreshPublisher(pub, 0, "");
       },
       (e) => {
@@ -781,6 +786,9 @@ export class HuddleEngine {
     for (const kind of /** @type {const} */ (["audio", "video"])) {
       if (player.muted[kind]) this._sendMutePlay(player.streamId, kind, true);
     }
+    // The media offer follows at once, also for a stream not published yet: the server holds it
+    // until the stream is there (a resumed session keeps a connection it has).
+    if (!player.pc) this._offerPlay(player);
     return played.then(
       () => {},
       (e) => {
@@ -853,7 +861,9 @@ export class HuddleEngine {
       await pc.setLocalDescription(await pc.createOffer());
       await gathered(pc, this.options.iceGatheringTimeoutMs, this._hostOnly() ? 30 : null);
       if (player.gen !== gen) return;
-      const reply = await this._request({ type: "media_offer", stream_id: player.streamId, kind: "play", sdp: pc.localDescription?.sdp ?? "" });
+      // No timeout: the server holds the offer until the stream is published, which may be
+      // minutes away (a connection that breaks rejects it all the same).
+      const reply = await this._request({ type: "media_offer", stream_id: player.streamId, kind: "play", sdp: pc.localDescription?.sdp ?? "" }, null);
       if (player.gen !== gen) return;
       await pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
       player.offering = false;
@@ -868,7 +878,12 @@ export class HuddleEngine {
         player.mediaUp = false;
         return;
       }
-      if (code === ErrorCode.STREAM_NOT_FOUND && !player.available) return; // play_update brings it back
+      if (code === ErrorCode.STREAM_NOT_FOUND && !player.available) {
+        // The stream went away meanwhile: play_update brings it back, and a new offer.
+        closePc(player.pc);
+        player.pc = null;
+        return;
+      }
       this._mediaFailed(player, "play", ErrorCode.PLAY_TEMPORARY_BREAK, e?.detail ?? String(e));
     }
   }
@@ -1145,7 +1160,7 @@ export class HuddleEngine {
   /**
    * Sends a request and waits for its reply (`ok`, `pong`, `media_answer`, …).
    * @param {any} msg
-   * @param {number} [timeoutMs]
+   * @param {number | null} [timeoutMs]
    * @returns {Promise<any>}
    */
   _request(msg, timeoutMs = this.options.requestTimeoutMs) {
@@ -1156,7 +1171,8 @@ export class HuddleEngine {
     const seq = room.seq++;
     const ws = room.ws;
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
+      // `null`: no timeout (a request the server may hold; the connection's end rejects it).
+      const timer = timeoutMs === null ? null : setTimeout(() => {
         room.pending.delete(seq);
         const why = `no answer to ${msg.type} in ${timeoutMs} ms`;
         reject(new HuddleError(ErrorCode.TEMPORARY_BREAK, why));
@@ -1255,13 +1271,14 @@ export class HuddleEngine {
         if (!player) return;
         const was = player.available;
         player.available = !!msg.available;
-        if (player.available && (!was || !player.pc)) {
+        if (player.available && !player.pc) {
           player.failures = 0;
           // The stream (back) at the server may live on another of its cores than before: the
           // mutes go again, ahead of the offer they apply to.
           if (!was) for (const kind of /** @type {const} */ (["audio", "video"])) if (player.muted[kind]) this._sendMutePlay(player.streamId, kind, true);
           this._offerPlay(player);
-        } else if (!player.available) {
+        } else if (!player.available && !player.offering) {
+          // An offer in flight stays: the server holds it until the stream is back.
           player.gen++;
           clearTimeout(player.retryTimer);
           closePc(player.pc);

@@ -230,6 +230,19 @@ class FakeSocket {
 }
 // @ts-ignore: node has no WebSocket (20) or a real one (22); huddle.js needs only this much.
 globalThis.WebSocket = FakeSocket;
+// The vectors are signaling only (the Rust SDK runs them with its media plane off): a player
+// offers its media with its play, so it gets a peer connection whose offer never comes, and no
+// media_offer goes out.
+// @ts-ignore
+globalThis.RTCPeerConnection ??= class {
+  addTransceiver() {
+    return {};
+  }
+  createOffer() {
+    return new Promise(() => {});
+  }
+  close() {}
+};
 // Players hold a MediaStream for the app from the start; no media flows in the vectors.
 // @ts-ignore
 globalThis.MediaStream ??= class {

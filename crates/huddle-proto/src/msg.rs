@@ -317,8 +317,10 @@ pub enum ClientMsg {
         seq: u32,
     },
     /// An SDP offer for the media peer connection of a stream this session publishes or plays;
-    /// answered by `media_answer` or `error`. A new offer for the same stream and role replaces
-    /// the session's earlier connection.
+    /// answered by `media_answer` or `error`. It may follow its `publish` or `play` at once,
+    /// without waiting for the reply (a play offer for a stream not published yet is held until
+    /// it is). A new offer for the same stream and role replaces the session's earlier
+    /// connection.
     MediaOffer {
         /// Request number.
         seq: u32,

@@ -1324,3 +1324,53 @@ async fn stop_play(c: &mut Client, s: &str) {
     })
     .await;
 }
+
+/// `publish` and its `media_offer` sent together, as the SDKs do; returns the replies to both
+/// (the offer's: the answer's SDP or the error code).
+async fn publish_with_offer(c: &mut Client, s: &str) -> (Result<(), ErrorCode>, Result<String, ErrorCode>) {
+    let seq = c.next_seq();
+    let publish = ClientMsg::Publish {
+        seq,
+        stream_id: stream(s),
+        extra_info: String::new(),
+    };
+    c.ws.send(Message::text(publish.encode())).await.unwrap();
+    let (_, sdp) = common::Peer::new(huddle_proto::MediaRole::Publish);
+    let offer = c.next_seq();
+    c.send_offer(offer, s, huddle_proto::MediaRole::Publish, sdp)
+        .await;
+    let reply = c
+        .wait_for(
+            |m| matches!(m, ServerMsg::Ok { seq: s } | ServerMsg::Error { seq: Some(s), .. } if *s == seq),
+        )
+        .await;
+    let published = match reply {
+        ServerMsg::Ok { .. } => Ok(()),
+        ServerMsg::Error { code, .. } => Err(code),
+        other => panic!("unexpected reply to publish: {other:?}"),
+    };
+    (published, c.offer_reply(offer).await)
+}
+
+/// A `media_offer` sent right behind its `publish` waits for the cluster store's claim: the
+/// winner's is answered; on another node, in another room (so that only the store knows the
+/// ID is taken), the loser's publish and its offer are both refused with the claim's code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_sent_with_its_publish_waits_for_the_claim_and_shares_its_refusal() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "node-a", Duration::from_secs(10));
+    let b = node(&redis, "node-b", Duration::from_secs(10));
+    let (mut alice, _) = join(&a, "alice").await;
+    let (published, answer) = publish_with_offer(&mut alice, "s-pipe").await;
+    assert_eq!(published, Ok(()));
+    assert!(answer.is_ok(), "{answer:?}");
+    let (mut carol, reply) = try_join_room(&b, "another-room", "carol").await;
+    assert!(matches!(reply, ServerMsg::LoginOk(_)), "{reply:?}");
+    let (published, answer) = publish_with_offer(&mut carol, "s-pipe").await;
+    assert_eq!(published, Err(ErrorCode::STREAM_ID_EXISTS));
+    assert_eq!(answer, Err(ErrorCode::STREAM_ID_EXISTS));
+    // A stream ID of her own goes through the claim and is answered.
+    let (published, answer) = publish_with_offer(&mut carol, "s-carol").await;
+    assert_eq!(published, Ok(()));
+    assert!(answer.is_ok(), "{answer:?}");
+}

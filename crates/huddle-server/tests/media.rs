@@ -11,9 +11,11 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use common::*;
+use futures_util::SinkExt;
 use huddle_proto::{ClientMsg, ErrorCode, MediaRole, PeerState, ServerMsg};
 use huddle_server::BackgroundServer;
 use rand::Rng;
+use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn publish_play_stop_and_restart() {
@@ -107,10 +109,6 @@ async fn player_offers_before_the_publisher_has_media() {
     let mut bob = Client::login(&server, "bob").await;
     assert!(!bob.play("early").await);
     let (mut player, offer) = Peer::new(MediaRole::Play);
-    assert_eq!(
-        bob.offer("early", MediaRole::Play, offer.clone()).await,
-        Err(ErrorCode::STREAM_NOT_FOUND)
-    );
 
     alice.publish("early").await;
     assert!(bob.wait_play_update("early").await);
@@ -127,6 +125,199 @@ async fn player_offers_before_the_publisher_has_media() {
     bob.media_up("early", MediaRole::Play).await;
     let sent = stream_audio(&mut [&mut publisher, &mut player], 50).await;
     assert_in_order(&sent, &player.got);
+}
+
+/// Sends `msg` without waiting for its reply.
+async fn send(c: &mut Client, msg: ClientMsg) {
+    c.ws.send(Message::text(msg.encode())).await.unwrap();
+}
+
+/// `publish` and its `media_offer` sent together; returns the offer's request number.
+async fn publish_with_offer(c: &mut Client, stream: &str, sdp: String) -> u32 {
+    let seq = c.next_seq();
+    send(
+        c,
+        ClientMsg::Publish {
+            seq,
+            stream_id: sid(stream),
+            extra_info: String::new(),
+        },
+    )
+    .await;
+    let offer = c.next_seq();
+    c.send_offer(offer, stream, MediaRole::Publish, sdp).await;
+    offer
+}
+
+/// The reply to request `seq`: `Ok` or the error code.
+async fn reply_to(c: &mut Client, seq: u32) -> Result<(), ErrorCode> {
+    let m = c
+        .wait_for(
+            |m| matches!(m, ServerMsg::Ok { seq: s } | ServerMsg::Error { seq: Some(s), .. } if *s == seq),
+        )
+        .await;
+    match m {
+        ServerMsg::Ok { .. } => Ok(()),
+        ServerMsg::Error { code, .. } => Err(code),
+        _ => unreachable!(),
+    }
+}
+
+/// The SDKs send a stream's `media_offer` right behind its `publish` or `play`, without
+/// waiting for the reply, and the player also before the stream is published: the server
+/// answers the publish offer once the publish is decided, holds the play offer until the
+/// stream is published (then the media plane holds it until the publisher's media is
+/// negotiated), and media flows. An offer sent with a refused publish is refused with the
+/// publish's own code; a held play offer is refused when a newer one replaces it or the play
+/// stops.
+#[tokio::test]
+async fn offers_sent_with_their_publish_or_play_are_answered_in_order() {
+    let server = server();
+    let mut alice = Client::login(&server, "alice").await;
+    let mut bob = Client::login(&server, "bob").await;
+    let mut carol = Client::login(&server, "carol").await;
+
+    // Bob plays before Alice publishes, his offer with the play.
+    let (mut player, offer) = Peer::new(MediaRole::Play);
+    let play = bob.next_seq();
+    send(
+        &mut bob,
+        ClientMsg::Play {
+            seq: play,
+            stream_id: sid("s1"),
+        },
+    )
+    .await;
+    let play_offer = bob.next_seq();
+    bob.send_offer(play_offer, "s1", MediaRole::Play, offer).await;
+    assert_eq!(reply_to(&mut bob, play).await, Ok(()));
+    assert!(!bob.wait_play_update("s1").await);
+    // Held, not refused: a ping sent behind it is answered, and no reply to the offer yet.
+    bob.ping().await;
+    assert!(
+        !bob.events
+            .iter()
+            .any(|m| matches!(m, ServerMsg::MediaAnswer { .. } | ServerMsg::Error { .. })),
+        "{:?}",
+        bob.events
+    );
+
+    // Alice publishes with her offer: `ok`, then the answer.
+    let (mut publisher, offer) = Peer::new(MediaRole::Publish);
+    let publish_offer = publish_with_offer(&mut alice, "s1", offer).await;
+    assert_eq!(reply_to(&mut alice, publish_offer - 1).await, Ok(()));
+    let answer = alice
+        .offer_reply(publish_offer)
+        .await
+        .expect("the publish offer is answered");
+    publisher.accept(&answer);
+    // Bob hears the stream is there, and his held offer is answered.
+    assert!(bob.wait_play_update("s1").await);
+    let answer = bob
+        .offer_reply(play_offer)
+        .await
+        .expect("the held play offer is answered");
+    player.accept(&answer);
+    connect(&mut [&mut publisher, &mut player]).await;
+    alice.media_up("s1", MediaRole::Publish).await;
+    bob.media_up("s1", MediaRole::Play).await;
+    let sent = stream_audio(&mut [&mut publisher, &mut player], 50).await;
+    assert_in_order(&sent, &player.got);
+
+    // An offer that answers the news of the stream, arriving after it went away again, is
+    // refused as before (the client offers again on the next `play_update`)...
+    let (_, offer) = Peer::new(MediaRole::Play);
+    alice.unpublish("s1").await;
+    assert!(!bob.wait_play_update("s1").await);
+    assert_eq!(
+        bob.offer("s1", MediaRole::Play, offer).await,
+        Err(ErrorCode::STREAM_NOT_FOUND)
+    );
+    // ... while one sent with a new play is held again, and answered when the stream is back.
+    assert!(!bob.play("s1").await);
+    let (_, offer) = Peer::new(MediaRole::Play);
+    let again = bob.next_seq();
+    bob.send_offer(again, "s1", MediaRole::Play, offer).await;
+    bob.ping().await;
+    let (_, offer) = Peer::new(MediaRole::Publish);
+    let republished = publish_with_offer(&mut alice, "s1", offer).await;
+    assert!(alice.offer_reply(republished).await.is_ok());
+    assert!(bob.wait_play_update("s1").await);
+    assert!(bob.offer_reply(again).await.is_ok());
+
+    // Carol tries to publish the same ID with her offer: both refused with the publish's code.
+    let (_, offer) = Peer::new(MediaRole::Publish);
+    let refused = publish_with_offer(&mut carol, "s1", offer).await;
+    assert_eq!(
+        reply_to(&mut carol, refused - 1).await,
+        Err(ErrorCode::STREAM_ID_EXISTS)
+    );
+    assert_eq!(carol.offer_reply(refused).await, Err(ErrorCode::STREAM_ID_EXISTS));
+    // A publish of another stream accepted between them does not change that.
+    let taken = carol.next_seq();
+    let own = carol.next_seq();
+    for (seq, stream) in [(taken, "s1"), (own, "c1")] {
+        send(
+            &mut carol,
+            ClientMsg::Publish {
+                seq,
+                stream_id: sid(stream),
+                extra_info: String::new(),
+            },
+        )
+        .await;
+    }
+    let (offers, mut sdps) = (
+        [carol.next_seq(), carol.next_seq()],
+        [Peer::new(MediaRole::Publish).1, Peer::new(MediaRole::Publish).1],
+    );
+    for (seq, stream) in offers.iter().zip(["s1", "c1"]) {
+        let sdp = std::mem::take(&mut sdps[usize::from(stream == "c1")]);
+        carol.send_offer(*seq, stream, MediaRole::Publish, sdp).await;
+    }
+    assert_eq!(
+        reply_to(&mut carol, taken).await,
+        Err(ErrorCode::STREAM_ID_EXISTS)
+    );
+    assert_eq!(reply_to(&mut carol, own).await, Ok(()));
+    assert_eq!(
+        carol.offer_reply(offers[0]).await,
+        Err(ErrorCode::STREAM_ID_EXISTS)
+    );
+    assert!(carol.offer_reply(offers[1]).await.is_ok());
+    // Without a publish before it, an offer is refused as before.
+    let (_, offer) = Peer::new(MediaRole::Publish);
+    assert_eq!(
+        carol.offer("s2", MediaRole::Publish, offer).await,
+        Err(ErrorCode::STREAM_NOT_FOUND)
+    );
+
+    // A held play offer replaced by a newer one is refused (1009007); stopping the play
+    // refuses the newer one (1004002).
+    assert!(!carol.play("later").await);
+    let first = carol.next_seq();
+    let (_, offer) = Peer::new(MediaRole::Play);
+    carol.send_offer(first, "later", MediaRole::Play, offer).await;
+    let second = carol.next_seq();
+    let (_, offer) = Peer::new(MediaRole::Play);
+    carol.send_offer(second, "later", MediaRole::Play, offer).await;
+    assert_eq!(
+        carol.offer_reply(first).await,
+        Err(ErrorCode::MEDIA_OFFER_INVALID)
+    );
+    let seq = carol.next_seq();
+    carol
+        .ok(ClientMsg::StopPlay {
+            seq,
+            stream_id: sid("later"),
+        })
+        .await;
+    assert_eq!(carol.offer_reply(second).await, Err(ErrorCode::STREAM_NOT_FOUND));
+    let stats = server.media_stats();
+    assert_eq!(
+        stats.pcs_opened, 5,
+        "only the offers answered opened a connection: {stats:?}"
+    );
 }
 
 #[tokio::test]

@@ -61,6 +61,7 @@ impl ServerState {
             opened: std::time::Instant::now(),
             bucket: TokenBucket::new(config.rate_limit_per_sec, config.rate_limit_burst),
             dropped_in_a_row: 0,
+            refused_publish: None,
         };
         // Held until the connection ends.
         let (_slot, refused) = match admission {
@@ -222,6 +223,10 @@ pub(super) struct Conn {
     pub(super) bucket: TokenBucket,
     /// Messages dropped by the rate limit since the last one accepted.
     pub(super) dropped_in_a_row: u32,
+    /// The last `publish` this connection had refused, and why: a `media_offer` sent with it
+    /// (before its answer) is refused with the same error. One at most (the newest refusal;
+    /// a publish of that stream accepted later clears it, another stream's does not).
+    pub(super) refused_publish: Option<(huddle_proto::StreamId, HuddleError)>,
 }
 
 impl Conn {

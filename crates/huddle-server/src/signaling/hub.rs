@@ -1,11 +1,11 @@
 //! The hub: the registry and where each attached session's messages go.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{Message, Utf8Bytes};
-use huddle_proto::{AppId, ErrorCode, HuddleError, RoomId, ServerMsg};
+use huddle_proto::{AppId, ErrorCode, HuddleError, RoomId, ServerMsg, StreamId};
 use rand::RngCore;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, mpsc, watch};
@@ -16,7 +16,7 @@ use super::cluster::{StoreOp, release};
 use super::relay::PullOp;
 use crate::media::{MediaTx, Signal};
 use crate::registry::{ClusterCommand, MediaCommand, Output, Registry, SessionId};
-use crate::sfu::Command;
+use crate::sfu::{Command, Offer};
 
 /// The registry and where each attached session's messages go.
 pub(super) struct Hub {
@@ -41,6 +41,15 @@ pub(super) struct Hub {
     pub(super) webhooks: Option<crate::webhooks::WebhookTap>,
     /// Learns which room each stream published here is in, for recording (`crate::recording`).
     pub(super) recorder: Arc<crate::recording::Recorder>,
+    /// Play offers for streams not published now, by session and stream, held while the play
+    /// stands: one per stream a session plays (the newest), handed to the media plane when the
+    /// session is told the stream is available ([`Hub::hold_play_offer`]).
+    pub(super) held_plays: HashMap<(SessionId, StreamId), Offer>,
+    /// The sessions told since their `play` that the stream is available. A play offer of
+    /// theirs for the stream gone again answered that news: it is refused (1004002) as before
+    /// holding existed, and the next `play_update` brings the next offer (a client that offers
+    /// after the availability, and times its requests out, is not left waiting).
+    pub(super) told_available: HashSet<(SessionId, StreamId)>,
 }
 
 /// A followed room's position in its history.
@@ -131,17 +140,34 @@ pub(super) fn random_hex(bytes: usize) -> String {
 impl Hub {
     /// Delivers the registry's outputs, in order, without waiting.
     pub(super) fn dispatch(&mut self, out: Vec<Output>) {
+        // The sessions told that a stream is available: their held play offers go to the media
+        // plane after this batch (after the pull of a stream on another node, if any).
+        let mut available = Vec::new();
         for o in out {
             match o {
                 Output::Send { to, msg } => {
                     debug!(session = %to, msg = msg_type(&msg), "send");
                     self.deliver(to, Message::Text(text(&msg)));
+                    if let ServerMsg::PlayUpdate {
+                        stream_id,
+                        available: true,
+                    } = msg
+                    {
+                        available.push((to, stream_id));
+                    }
                 }
                 Output::Broadcast { to, msg } => {
                     debug!(sessions = to.len(), msg = msg_type(&msg), "broadcast");
                     let t = text(&msg);
-                    for id in to {
-                        self.deliver(id, Message::Text(t.clone()));
+                    for id in &to {
+                        self.deliver(*id, Message::Text(t.clone()));
+                    }
+                    if let ServerMsg::PlayUpdate {
+                        stream_id,
+                        available: true,
+                    } = msg
+                    {
+                        available.extend(to.into_iter().map(|id| (id, stream_id.clone())));
                     }
                 }
                 Output::BroadcastLossy { to, msg } => {
@@ -233,7 +259,7 @@ impl Hub {
                     }
                 }
                 Output::Media(cmd) => {
-                    self.media_command(match cmd {
+                    let cmd = match cmd {
                         MediaCommand::ClosePublish {
                             session,
                             app,
@@ -251,21 +277,70 @@ impl Hub {
                             session,
                             app,
                             stream_id,
-                        } => Command::ClosePlay {
-                            session,
-                            app,
-                            stream_id,
-                        },
+                        } => {
+                            self.told_available.remove(&(session, stream_id.clone()));
+                            if let Some(o) = self.held_plays.remove(&(session, stream_id.clone())) {
+                                let e = HuddleError::new(
+                                    ErrorCode::STREAM_NOT_FOUND,
+                                    format!("the session stopped playing {stream_id}"),
+                                );
+                                self.deliver(session, Message::Text(error_text(Some(o.seq), &e)));
+                            }
+                            Command::ClosePlay {
+                                session,
+                                app,
+                                stream_id,
+                            }
+                        }
                         MediaCommand::SessionGone { session } => {
                             release(&self.store, StoreOp::ReleaseSession { session });
+                            self.held_plays.retain(|(s, _), _| *s != session);
+                            self.told_available.retain(|(s, _)| *s != session);
                             Command::SessionGone { session }
                         }
                         MediaCommand::Pull { .. }
                         | MediaCommand::PullIdle { .. }
                         | MediaCommand::Unpull { .. }
                         | MediaCommand::PullMoved { .. } => continue,
-                    });
+                    };
+                    self.media_command(cmd);
                 }
+            }
+        }
+        self.release_held_plays(available);
+    }
+
+    /// Holds a play offer of a stream the session plays but that is not published now, until
+    /// the session is told it is available: the client may offer with its `play`, without
+    /// waiting for the stream (one round trip less when it comes). A newer offer of the same
+    /// session and stream replaces the held one, which is refused (1009007, as the media plane
+    /// refuses an offer it waited with); stopping the play refuses it (1004002); the session's
+    /// end drops it.
+    pub(super) fn hold_play_offer(&mut self, offer: Offer) {
+        let (session, seq) = (offer.session, offer.seq);
+        let key = (session, offer.stream_id.clone());
+        debug!(%session, stream = %key.1, seq, "play offer held until the stream is published");
+        if let Some(old) = self.held_plays.insert(key, offer) {
+            let e = HuddleError::new(ErrorCode::MEDIA_OFFER_INVALID, "replaced by a newer offer");
+            self.deliver(session, Message::Text(error_text(Some(old.seq), &e)));
+        }
+    }
+
+    /// Hands the held play offers of these sessions and streams to the media plane.
+    fn release_held_plays(&mut self, available: Vec<(SessionId, StreamId)>) {
+        for key in available {
+            self.told_available.insert(key.clone());
+            let Some(offer) = self.held_plays.remove(&key) else {
+                continue;
+            };
+            let (session, seq) = (offer.session, offer.seq);
+            debug!(%session, stream = %key.1, seq, "held play offer: the stream is available");
+            if !self.media_command(Command::Offer(offer)) {
+                let e = HuddleError::new(
+                    ErrorCode::SERVER_BUSY,
+                    "the media plane is busy: offer again later",
+                );
+                self.deliver(session, Message::Text(error_text(Some(seq), &e)));
             }
         }
     }
@@ -388,6 +463,8 @@ mod tests {
             timer_wake: Arc::new(Notify::new()),
             webhooks: None,
             recorder: Arc::new(crate::recording::Recorder::new(std::env::temp_dir(), None, [], 1)),
+            held_plays: HashMap::new(),
+            told_available: HashSet::new(),
         }
     }
 

@@ -180,6 +180,8 @@ impl ServerState {
                 timer_wake: timer_wake.clone(),
                 webhooks: webhooks.as_ref().map(|w| w.tap()),
                 recorder: recorder.clone(),
+                held_plays: HashMap::new(),
+                told_available: std::collections::HashSet::new(),
             }),
             store,
             store_tx,

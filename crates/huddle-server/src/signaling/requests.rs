@@ -37,7 +37,10 @@ impl Conn {
         };
         debug!(session = %id, seq = msg.seq(), "request");
         // A new stream ID is claimed in the cluster store first (unique per AppID across the
-        // nodes); `claimed`: this request won it, so a refusal below gives it back.
+        // nodes); `claimed`: this request won it, so a refusal below gives it back. The
+        // connection reads its next message only after this one is handled: a `media_offer`
+        // sent right behind its `publish` waits for the claim, and is checked against its
+        // outcome (`refused_publish` when refused).
         let mut claimed = false;
         if let ClientMsg::Publish { seq, stream_id, .. } = &msg {
             // The node's own checks first (privileges, limits): their codes come before the
@@ -57,12 +60,12 @@ impl Conn {
                     },
                 )),
                 Ok(_) => None,
-                Err(e) => return self.reply_error(Some(*seq), &e),
+                Err(e) => return self.publish_refused(*seq, stream_id, e),
             };
             if let Some((app, who)) = who {
                 if let Err(e) = self.state.claim_stream(app, stream_id, who).await {
                     info!(session = %id, %stream_id, code = e.code.0, "publish refused by the cluster store");
-                    return self.reply_error(Some(*seq), &e);
+                    return self.publish_refused(*seq, stream_id, e);
                 }
                 claimed = true;
             }
@@ -114,14 +117,26 @@ impl Conn {
                 }
                 (*seq, r)
             }
-            ClientMsg::Play { seq, stream_id } => (*seq, reg.play(id, *seq, stream_id, &mut out)),
+            ClientMsg::Play { seq, stream_id } => {
+                // A new play: its offer may come before the stream (held), whatever it was told
+                // before.
+                hub.told_available.remove(&(id, stream_id.clone()));
+                (*seq, hub.registry.play(id, *seq, stream_id, &mut out))
+            }
             ClientMsg::StopPlay { seq, stream_id } => (*seq, reg.stop_play(id, *seq, stream_id, &mut out)),
             ClientMsg::MediaOffer {
                 seq,
                 stream_id,
                 kind,
                 sdp,
-            } => (*seq, media_offer(&hub, id, *seq, stream_id, *kind, sdp)),
+            } => {
+                let refused = self.refused_publish.as_ref().filter(|(s, _)| s == stream_id);
+                let refused = refused.map(|(_, e)| e);
+                (
+                    *seq,
+                    media_offer(&mut hub, id, *seq, stream_id, *kind, sdp, refused),
+                )
+            }
             ClientMsg::NetworkQuality {
                 seq,
                 upstream,
@@ -224,9 +239,26 @@ impl Conn {
         };
         hub.dispatch(out);
         drop(hub);
+        if let ClientMsg::Publish { stream_id, .. } = &msg {
+            match &result {
+                Ok(()) => {
+                    if self.refused_publish.as_ref().is_some_and(|(s, _)| s == stream_id) {
+                        self.refused_publish = None;
+                    }
+                }
+                Err(e) => self.refused_publish = Some((stream_id.clone(), e.clone())),
+            }
+        }
         if let Err(e) = result {
             self.reply_error(Some(seq), &e);
         }
+    }
+
+    /// Refuses a `publish` before the registry saw it (its checks, the cluster store's claim),
+    /// and remembers why for a `media_offer` sent with it.
+    fn publish_refused(&mut self, seq: u32, stream_id: &huddle_proto::StreamId, e: HuddleError) {
+        self.reply_error(Some(seq), &e);
+        self.refused_publish = Some((stream_id.clone(), e));
     }
 
     pub(super) async fn login(&mut self, login: Login) {
@@ -364,26 +396,34 @@ impl Conn {
 }
 
 /// Checks a `media_offer` against the registry and hands it to the media plane, which answers it
-/// on its own (`media_answer` or `error`).
+/// on its own (`media_answer` or `error`). A publish offer for a stream the session does not
+/// publish is refused with `refused` (the error of the `publish` it was sent with) if any; a
+/// play offer for a stream not published now is held until it is ([`Hub::hold_play_offer`]),
+/// unless the session was told since its `play` that the stream was there (1004002, as before:
+/// the offer answered that news, and the stream's return brings the next).
 pub(super) fn media_offer(
-    hub: &Hub,
+    hub: &mut Hub,
     id: SessionId,
     seq: u32,
     stream_id: &huddle_proto::StreamId,
     role: MediaRole,
     sdp: &str,
+    refused: Option<&HuddleError>,
 ) -> Result<(), HuddleError> {
     let reg = &hub.registry;
     let app = reg
         .session(id)
         .ok_or_else(|| HuddleError::from(ErrorCode::NOT_LOGGED_IN))?
         .app_id;
+    let mut hold = false;
     match role {
         MediaRole::Publish if !reg.publishes(id, stream_id) => {
-            return Err(HuddleError::new(
-                ErrorCode::STREAM_NOT_FOUND,
-                format!("publish the stream {stream_id} before offering its media"),
-            ));
+            return Err(refused.cloned().unwrap_or_else(|| {
+                HuddleError::new(
+                    ErrorCode::STREAM_NOT_FOUND,
+                    format!("publish the stream {stream_id} before offering its media"),
+                )
+            }));
         }
         MediaRole::Play => match reg.play_status(id, stream_id) {
             None => {
@@ -392,13 +432,13 @@ pub(super) fn media_offer(
                     format!("play the stream {stream_id} before offering to receive it"),
                 ));
             }
-            Some(false) => {
+            Some(false) if hub.told_available.contains(&(id, stream_id.clone())) => {
                 return Err(HuddleError::new(
                     ErrorCode::STREAM_NOT_FOUND,
                     format!("the stream {stream_id} is not published now (wait for play_update)"),
                 ));
             }
-            Some(true) => {}
+            Some(available) => hold = !available,
         },
         MediaRole::Publish => {}
     }
@@ -416,6 +456,10 @@ pub(super) fn media_offer(
         seq,
         sdp: sdp.to_string(),
     };
+    if hold {
+        hub.hold_play_offer(offer);
+        return Ok(());
+    }
     if hub.media_command(Command::Offer(offer)) {
         Ok(())
     } else {

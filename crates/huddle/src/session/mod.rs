@@ -608,7 +608,11 @@ impl Session {
                         }
                         self.open_play_media(&stream_id);
                     } else {
-                        self.close_play_media(&stream_id);
+                        // An offer not answered yet stays: the server holds it until the stream
+                        // is published (again). A connection the stream had is over.
+                        if !self.offer_in_flight(self.players.get(&stream_id).map(|p| p.media)) {
+                            self.close_play_media(&stream_id);
+                        }
                         self.quality.stop_playing(&stream_id);
                     }
                     self.refresh_player(&stream_id, ErrorCode::OK, "");
@@ -850,10 +854,14 @@ impl Session {
                     p.reclaim_at = Some(at);
                     p.requested = false;
                     debug!(room = %self.p.room_id, stream = %p.stream_id, "stream ID still held: publishing again soon");
+                    // The offer sent with the publish is refused too; the next publish brings
+                    // its own.
+                    self.close_publish_media();
                     self.refresh_publisher(code, message);
                     return;
                 }
                 if self.publisher.as_ref().is_some_and(|p| p.ticket == ticket) {
+                    self.close_publish_media();
                     let p = self.publisher.take().expect("checked");
                     self.out.push_back(Output::Release(Release::Publisher { ticket }));
                     self.publisher_event(p.stream_id, PublisherState::NoPublish, code, message);
@@ -880,7 +888,7 @@ impl Session {
                 });
             }
             Some(Pending::MediaOffer { stream_id, kind }) => {
-                self.on_media_refused(seq, stream_id, kind, code, message)
+                self.on_media_refused(seq, stream_id, kind, code, message, now)
             }
             Some(Pending::Im { ticket, kind }) => self.im_result(kind, ticket, code, 0),
             Some(other) => debug!(room = %self.p.room_id, ?other, ?code, message, "request refused"),
@@ -1238,6 +1246,10 @@ impl Session {
                 self.send_device_state(stream_id.clone(), track, state);
             }
         }
+        // The media offer follows at once, without waiting for the `ok`: the server handles a
+        // connection's requests in order, so the offer is checked once the publish is decided
+        // (and refused with the publish's own error if it was refused).
+        self.open_publish_media();
     }
 
     fn send_device_state(&mut self, stream_id: StreamId, track: TrackKind, state: DeviceState) {
@@ -1285,6 +1297,9 @@ impl Session {
                 self.send_mute_play(stream_id.clone(), track, true);
             }
         }
+        // The media offer follows at once, also for a stream not published yet: the server
+        // holds it until the stream is there and its publisher's media is negotiated.
+        self.open_play_media(&stream_id);
     }
 
     fn stop_publish(&mut self) {
@@ -1342,13 +1357,19 @@ impl Session {
         }
     }
 
-    /// Offers the publisher's media connection if it has none and may have one.
+    /// Whether a stream's media offer waits for its answer on the current connection.
+    fn offer_in_flight(&self, link: Option<MediaLink>) -> bool {
+        matches!(link, Some(MediaLink::Offered { seq }) if self.pending.contains_key(&seq))
+    }
+
+    /// Offers the publisher's media connection if it has none and may have one: the stream is
+    /// registered, or its `publish` went out on this connection (the offer follows it).
     fn open_publish_media(&mut self) {
         if !self.p.media || !self.is_ready() {
             return;
         }
         let Some(p) = &self.publisher else { return };
-        if !p.registered || !self.needs_offer(p.media) || p.retry.at.is_some() {
+        if !(p.registered || p.requested) || !self.needs_offer(p.media) || p.retry.at.is_some() {
             return;
         }
         let stream_id = p.stream_id.clone();
@@ -1377,7 +1398,8 @@ impl Session {
         }
     }
 
-    /// Offers a player's media connection if it has none and the stream is available.
+    /// Offers a player's media connection if it has none and its `play` went out on this
+    /// connection (the server holds an offer for a stream not published yet).
     fn open_play_media(&mut self, stream_id: &StreamId) {
         if !self.p.media || !self.is_ready() {
             return;
@@ -1385,7 +1407,7 @@ impl Session {
         let Some(p) = self.players.get(stream_id) else {
             return;
         };
-        if !p.available || !self.needs_offer(p.media) || p.retry.at.is_some() {
+        if !p.requested || !self.needs_offer(p.media) || p.retry.at.is_some() {
             return;
         }
         let kind = MediaRole::Play;
@@ -1447,6 +1469,7 @@ impl Session {
         kind: MediaRole,
         code: ErrorCode,
         message: &str,
+        now: Instant,
     ) {
         let Some(link) = self.media_link(&stream_id, kind) else {
             return;
@@ -1456,9 +1479,20 @@ impl Session {
         }
         match kind {
             MediaRole::Publish => self.close_publish_media(),
-            // A play offer refused because the stream went away: its `play_update` follows, and
-            // the stream's return brings a new offer.
-            MediaRole::Play => self.close_play_media(&stream_id),
+            MediaRole::Play => {
+                self.close_play_media(&stream_id);
+                // Refused as "not found" while the stream is available: its publisher's media
+                // did not start while the server waited for it (`play_wait`). The play stands:
+                // offer again, with the backoff of a lost connection. A stream that went away
+                // (its `play_update` came first) brings a new offer when it is back.
+                if code == ErrorCode::STREAM_NOT_FOUND
+                    && let Some(p) = self.players.get_mut(&stream_id)
+                    && p.available
+                {
+                    p.retry.lost(now);
+                    self.open_play_media(&stream_id);
+                }
+            }
         }
         if code != ErrorCode::STREAM_NOT_FOUND {
             self.event(Event::DebugError {

@@ -17,7 +17,8 @@ use crate::event::{PlayerState, PublisherState};
 pub(crate) enum MediaLink {
     /// None.
     Idle,
-    /// Offered with this request number; no answer yet.
+    /// Offered with this request number; no answer yet. An offer goes out with the stream's
+    /// `publish` or `play`; the server may hold a play offer until the stream is published.
     Offered { seq: u32 },
     /// Answered: the connection is the media task's business until it reports.
     Answered,

@@ -956,14 +956,15 @@ fn expect_first_frame(h: &mut Harness, stream: &str) {
     );
 }
 
-/// Publishes `stream`: the server accepts, the offer is answered, and media flows.
+/// Publishes `stream`: the server accepts, the offer (sent with the publish) is answered, and
+/// media flows.
 fn publish_flowing(h: &mut Harness, stream: &str) {
     let out = h.cmd(Command::Publish {
         stream_id: sid(stream),
         ticket: 1,
     });
     let publish = seq_of(&out, |m| matches!(m, ClientMsg::Publish { .. }));
-    let out = h.msg(ServerMsg::Ok { seq: publish });
+    h.msg(ServerMsg::Ok { seq: publish });
     answer(h, &out, stream, MediaRole::Publish);
     media(h, stream, MediaRole::Publish, MediaUpdate::Flowing);
 }
@@ -978,13 +979,18 @@ fn publishing_waits_for_media_to_flow() {
     });
     assert_eq!(evs(&out), ["pub mine PublishRequesting 0"]);
     let publish = seq_of(&out, |m| matches!(m, ClientMsg::Publish { .. }));
-    // Registered, but no media yet: an offer, still requesting.
-    let out = h.msg(ServerMsg::Ok { seq: publish });
-    assert!(evs(&out).is_empty(), "{:?}", evs(&out));
+    // The offer goes right behind the publish, without waiting for its `ok`.
     let [(offer, stream, MediaRole::Publish)] = &opens(&out)[..] else {
         panic!("expected one publish offer: {out:?}");
     };
     assert_eq!(stream, "mine");
+    let sent_publish = position(&out, |o| matches!(o, Output::Send(ClientMsg::Publish { .. })));
+    let open = position(&out, |o| matches!(o, Output::MediaOpen { .. }));
+    assert!(sent_publish < open, "{out:?}");
+    // Registered, but no media yet: still requesting, and no second offer.
+    let out = h.msg(ServerMsg::Ok { seq: publish });
+    assert!(evs(&out).is_empty(), "{:?}", evs(&out));
+    assert!(opens(&out).is_empty(), "{out:?}");
     let out = h.msg(ServerMsg::MediaAnswer {
         seq: *offer,
         stream_id: sid("mine"),
@@ -1015,26 +1021,33 @@ fn publishing_waits_for_media_to_flow() {
 }
 
 #[test]
-fn playing_offers_while_available_and_waits_for_a_frame() {
+fn playing_offers_with_the_play_and_waits_for_a_frame() {
     let (mut h, _) = Harness::new(media_params());
     h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
-    let out = h.cmd(Command::Play {
+    // The offer goes right behind the play, before the stream is published: the server holds
+    // it until the stream is there.
+    let played = h.cmd(Command::Play {
         stream_id: sid("theirs"),
     });
-    let play = seq_of(&out, |m| matches!(m, ClientMsg::Play { .. }));
+    let play = seq_of(&played, |m| matches!(m, ClientMsg::Play { .. }));
+    assert_eq!(opens(&played).len(), 1, "{played:?}");
     let out = h.msg(ServerMsg::Ok { seq: play });
     assert!(opens(&out).is_empty());
     let out = h.msg(ServerMsg::PlayUpdate {
         stream_id: sid("theirs"),
         available: false,
     });
-    assert!(opens(&out).is_empty(), "no offer for a stream not published");
+    assert!(
+        opens(&out).is_empty() && closes(&out).is_empty(),
+        "the offer stays while the server holds it: {out:?}"
+    );
     let out = h.msg(ServerMsg::PlayUpdate {
         stream_id: sid("theirs"),
         available: true,
     });
     assert!(evs(&out).is_empty(), "Playing waits for the first frame");
-    answer(&mut h, &out, "theirs", MediaRole::Play);
+    assert!(opens(&out).is_empty(), "no second offer: {out:?}");
+    answer(&mut h, &played, "theirs", MediaRole::Play);
     expect_first_frame(&mut h, "theirs");
     // The publisher stops: the server closes the connection, then says the stream is gone.
     let out = h.msg(ServerMsg::MediaState {
@@ -1058,8 +1071,13 @@ fn playing_offers_while_available_and_waits_for_a_frame() {
         available: true,
     });
     assert_eq!(opens(&out).len(), 1);
-    // A refused offer for a stream that went away again is quiet; another error is reported.
+    // A refused offer for a stream that went away again (its `play_update` first) is quiet,
+    // and waits for the stream.
     let (seq, _, _) = opens(&out)[0].clone();
+    h.msg(ServerMsg::PlayUpdate {
+        stream_id: sid("theirs"),
+        available: false,
+    });
     let out = h.msg(ServerMsg::Error {
         seq: Some(seq),
         code: ErrorCode::STREAM_NOT_FOUND,
@@ -1067,6 +1085,32 @@ fn playing_offers_while_available_and_waits_for_a_frame() {
     });
     assert!(evs(&out).is_empty());
     assert_eq!(closes(&out).len(), 1);
+    assert!(opens(&out).is_empty(), "{out:?}");
+    // Refused while the stream is published (its publisher's media did not start while the
+    // server waited): offered again at once, then after the backoff of a lost connection.
+    let out = h.msg(ServerMsg::PlayUpdate {
+        stream_id: sid("theirs"),
+        available: true,
+    });
+    let mut seq = opens(&out)[0].0;
+    for wait in [0, 250] {
+        let mut out = h.msg(ServerMsg::Error {
+            seq: Some(seq),
+            code: ErrorCode::STREAM_NOT_FOUND,
+            message: "the stream's publisher has not started its media".into(),
+        });
+        assert!(evs(&out).is_empty(), "{out:?}");
+        let refused = h.now;
+        while opens(&out).is_empty() {
+            h.msg(ServerMsg::Pong {
+                seq: 0,
+                server_time_ms: 0,
+            });
+            out = h.advance(Duration::from_millis(10));
+        }
+        assert_eq!((h.now - refused).as_millis(), wait);
+        seq = opens(&out)[0].0;
+    }
 }
 
 #[test]
@@ -1081,13 +1125,83 @@ fn media_survives_a_resumed_session_and_restarts_with_a_fresh_one() {
     assert!(opens(&out).is_empty() && closes(&out).is_empty(), "{out:?}");
     assert_eq!(evs(&out), ["room Reconnected 0", "pub mine Publishing 0"]);
 
-    // A fresh one forgot it: closed, published again, offered again after the `ok`.
+    // A fresh one forgot it: closed, published again, offered again with the publish.
     h.input(Input::Closed("reset".into()));
     let (_, out) = h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
     assert_eq!(closes(&out), [("mine".to_string(), MediaRole::Publish)]);
+    assert_eq!(opens(&out).len(), 1);
     let publish = seq_of(&out, |m| matches!(m, ClientMsg::Publish { .. }));
     let out = h.msg(ServerMsg::Ok { seq: publish });
-    assert_eq!(opens(&out).len(), 1);
+    assert!(opens(&out).is_empty());
+}
+
+/// A publish refused takes the offer sent with it along: the media connection is closed with
+/// the publisher, and the offer's own refusal (the same code) is not reported again. A publish
+/// retried as a reclaim brings a new offer with it.
+#[test]
+fn a_refused_publish_closes_the_offer_sent_with_it() {
+    let (mut h, _) = Harness::new(media_params());
+    h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    let out = h.cmd(Command::Publish {
+        stream_id: sid("taken"),
+        ticket: 1,
+    });
+    let publish = seq_of(&out, |m| matches!(m, ClientMsg::Publish { .. }));
+    let [(offer, _, MediaRole::Publish)] = opens(&out)[..] else {
+        panic!("expected one publish offer: {out:?}");
+    };
+    let out = h.msg(ServerMsg::Error {
+        seq: Some(publish),
+        code: ErrorCode::STREAM_ID_EXISTS,
+        message: "taken".into(),
+    });
+    assert_eq!(closes(&out), [("taken".to_string(), MediaRole::Publish)]);
+    assert_eq!(evs(&out), ["pub taken NoPublish 1003028"]);
+    let out = h.msg(ServerMsg::Error {
+        seq: Some(offer),
+        code: ErrorCode::STREAM_ID_EXISTS,
+        message: "taken".into(),
+    });
+    assert!(
+        out.iter().all(|o| !matches!(
+            o,
+            Output::Event(_) | Output::MediaOpen { .. } | Output::MediaClose { .. }
+        )),
+        "{out:?}"
+    );
+
+    // Published, then a fresh session after a break: the stream ID is still held by the old
+    // session; the publish and its offer are refused, and both go again together.
+    publish_flowing(&mut h, "mine");
+    let out = h.input(Input::Closed("node died".into()));
+    next_connect(&mut h, out);
+    let (_, out) = h.log_in(|seq| login_ok(seq, false, vec![], vec![]));
+    let publish = seq_of(&out, |m| matches!(m, ClientMsg::Publish { .. }));
+    let [(offer, _, MediaRole::Publish)] = opens(&out)[..] else {
+        panic!("expected one publish offer: {out:?}");
+    };
+    let out = h.msg(ServerMsg::Error {
+        seq: Some(publish),
+        code: ErrorCode::STREAM_ID_EXISTS,
+        message: "taken".into(),
+    });
+    assert_eq!(closes(&out), [("mine".to_string(), MediaRole::Publish)]);
+    assert!(evs(&out).is_empty(), "still requesting: {out:?}");
+    let out = h.msg(ServerMsg::Error {
+        seq: Some(offer),
+        code: ErrorCode::STREAM_ID_EXISTS,
+        message: "taken".into(),
+    });
+    assert!(evs(&out).is_empty() && opens(&out).is_empty(), "{out:?}");
+    let mut out = Vec::new();
+    while !sent(&out).iter().any(|m| matches!(m, ClientMsg::Publish { .. })) {
+        h.msg(ServerMsg::Pong {
+            seq: 0,
+            server_time_ms: 0,
+        });
+        out = h.advance(Duration::from_millis(10));
+    }
+    assert_eq!(opens(&out).len(), 1, "{out:?}");
 }
 
 /// The delays between the connection attempts of a break where every attempt fails at once,
@@ -1155,14 +1269,14 @@ fn a_media_connection_lost_during_a_break_is_offered_again_on_resume() {
     let (mut h, _) = Harness::new(media_params());
     h.log_in(|seq| login_ok(seq, false, vec![], vec![stream("them", "theirs")]));
     publish_flowing(&mut h, "mine");
-    h.cmd(Command::Play {
+    let played = h.cmd(Command::Play {
         stream_id: sid("theirs"),
     });
-    let out = h.msg(ServerMsg::PlayUpdate {
+    h.msg(ServerMsg::PlayUpdate {
         stream_id: sid("theirs"),
         available: true,
     });
-    answer(&mut h, &out, "theirs", MediaRole::Play);
+    answer(&mut h, &played, "theirs", MediaRole::Play);
     media(
         &mut h,
         "theirs",
@@ -1187,21 +1301,26 @@ fn a_media_connection_lost_during_a_break_is_offered_again_on_resume() {
         assert!(opens(&out).is_empty() && evs(&out).is_empty(), "{out:?}");
     }
 
-    // The session resumes: the publisher offers again at once, the player when the server
-    // confirms the stream; both report their state again only when media is back.
+    // The session resumes: the publisher offers again at once, the player with its play; both
+    // report their state again only when media is back.
     let (_, out) = h.log_in(|seq| login_ok(seq, true, vec![], vec![stream("them", "theirs")]));
     assert_eq!(evs(&out), ["room Reconnected 0"]);
-    let opened = opens(&out);
-    assert_eq!(opened.len(), 1, "{out:?}");
-    assert_eq!((opened[0].1.as_str(), opened[0].2), ("mine", MediaRole::Publish));
+    let opened: Vec<(String, MediaRole)> = opens(&out).into_iter().map(|(_, s, k)| (s, k)).collect();
+    assert_eq!(
+        opened,
+        [
+            ("mine".to_string(), MediaRole::Publish),
+            ("theirs".to_string(), MediaRole::Play)
+        ],
+        "{out:?}"
+    );
     let play = seq_of(&out, |m| matches!(m, ClientMsg::Play { .. }));
     h.msg(ServerMsg::Ok { seq: play });
     let out = h.msg(ServerMsg::PlayUpdate {
         stream_id: sid("theirs"),
         available: true,
     });
-    let opened = opens(&out);
-    assert_eq!((opened[0].1.as_str(), opened[0].2), ("theirs", MediaRole::Play));
+    assert!(opens(&out).is_empty(), "{out:?}");
     assert!(evs(&out).is_empty(), "{out:?}");
     let out = media(&mut h, "mine", MediaRole::Publish, MediaUpdate::Flowing);
     assert_eq!(evs(&out), ["pub mine Publishing 0"]);
@@ -1485,16 +1604,16 @@ fn quality_call() -> Harness {
         ..login_ok(seq, false, vec![user("bob")], vec![stream("bob", "theirs")])
     });
     publish_flowing(&mut h, "mine");
-    let out = h.cmd(Command::Play {
+    let played = h.cmd(Command::Play {
         stream_id: sid("theirs"),
     });
-    let play = seq_of(&out, |m| matches!(m, ClientMsg::Play { .. }));
+    let play = seq_of(&played, |m| matches!(m, ClientMsg::Play { .. }));
     h.msg(ServerMsg::Ok { seq: play });
-    let out = h.msg(ServerMsg::PlayUpdate {
+    h.msg(ServerMsg::PlayUpdate {
         stream_id: sid("theirs"),
         available: true,
     });
-    answer(&mut h, &out, "theirs", MediaRole::Play);
+    answer(&mut h, &played, "theirs", MediaRole::Play);
     expect_first_frame(&mut h, "theirs");
     h
 }
