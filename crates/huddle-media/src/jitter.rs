@@ -11,6 +11,8 @@ use crate::audio::{FRAME_DURATION, FRAME_SAMPLES, SAMPLE_RATE};
 const CAPACITY: usize = 64;
 /// Packets whose transit feeds the delay estimate (2 s).
 const WINDOW: usize = 100;
+/// Of these, the last ones from whose fastest the minimum delay counts (0.5 s).
+const RECENT: usize = 25;
 /// One frame in microseconds.
 const FRAME_US: i64 = 20_000;
 /// The target shrinks by at most this much per second of arrivals (10 ms/s).
@@ -288,6 +290,8 @@ struct Stream {
     peaks: VecDeque<(i64, i64)>,
     scratch: Vec<i64>,
     min_transit: i64,
+    /// The smallest transit of the last `RECENT` packets: what the minimum delay counts from.
+    recent_min_transit: i64,
     /// Playout offset: a frame with timestamp `ts` is due at `ts + offset` (µs).
     offset: i64,
     last_arrival: i64,
@@ -436,7 +440,7 @@ impl JitterBuffer {
     fn apply_min_delay(&mut self, min_delay: Duration) {
         self.config.min_delay = min_delay;
         if let Some(s) = self.stream.as_mut() {
-            let wanted = s.min_transit + min_delay.as_micros() as i64;
+            let wanted = s.recent_min_transit + min_delay.as_micros() as i64;
             s.offset = s.offset.max(wanted);
         }
     }
@@ -666,6 +670,7 @@ impl JitterBuffer {
             peaks: VecDeque::new(),
             scratch: Vec::with_capacity(WINDOW),
             min_transit: transit,
+            recent_min_transit: transit,
             offset: transit + self.config.min_delay.as_micros() as i64,
             last_arrival: 0,
             next_seq: None,
@@ -713,7 +718,16 @@ impl JitterBuffer {
         let peak = s.peaks.iter().map(|&(_, t)| t).max().unwrap_or(high);
         let high = high.max(peak.min(high + PEAK_CAP_US));
 
-        let wanted = (high + FRAME_US).clamp(s.min_transit + min_delay, s.min_transit + max_delay);
+        // The smallest delay counts from the fastest of the last half second's packets, not of
+        // the window's 2 s: after the network's base delay steps up (a route change), the
+        // window's fastest packet is from before the step for 2 s, and a minimum counted from
+        // it (RED's deepest level waited for) falls short by the step until it leaves the
+        // window, then the target jumps by the step at once (see `RECENT`).
+        s.recent_min_transit = *s.transits.iter().rev().take(RECENT).min().expect("not empty");
+        // (Not `clamp`: after a step larger than `max_delay` the two bounds cross.)
+        let wanted = (high + FRAME_US)
+            .max(s.recent_min_transit + min_delay)
+            .min(s.min_transit + max_delay);
         let elapsed = (now - s.last_arrival).max(0);
         s.last_arrival = s.last_arrival.max(now);
         s.offset = if wanted >= s.offset {

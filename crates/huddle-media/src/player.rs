@@ -19,6 +19,14 @@ const EXPAND_BELOW_US: i64 = -2_000;
 /// ... and shorter when it is this much above (µs): between the two, nothing moves (a band
 /// wider than the longest period stretched, so that a step never overshoots into the other).
 const ACCELERATE_ABOVE_US: i64 = 12_000;
+/// In speech, a shortfall up to this much (µs) is made up by stretching at once; a larger one
+/// waits for a pause (see `AudioPlayer::stretch`) ...
+const EXPAND_IN_SPEECH_MAX_US: i64 = 25_000;
+/// ... and a surplus is taken back by stretching in speech only above this much (µs; two
+/// frames, beyond the buffer's own threshold for dropping a frame) ...
+const ACCELERATE_IN_SPEECH_ABOVE_US: i64 = 40_000;
+/// ... for at most this many frames of speech (5 s, as `JitterBuffer::set_speech` defers).
+const SPEECH_WAIT_FRAMES: u32 = 250;
 
 /// Counters of an [`AudioPlayer`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -52,8 +60,10 @@ pub struct PlayerStats {
 /// **The delay changes without steps in speech.** As WebRTC's NetEq does, the buffer's delay
 /// moves by time-stretching the decoded audio (see [`crate::stretch`]): when it is below the
 /// target a voiced frame is played one pitch period longer (2.5–10 ms), when above one period
-/// shorter, until it is within a few milliseconds. The buffer's whole-frame steps (a concealed
-/// frame inserted, a frame dropped) are left to the pauses. Frames then start wherever the
+/// shorter, until it is within a few milliseconds. In speech only the small moves (a shortfall
+/// of about a frame) are made at once; larger ones wait for a pause, as the buffer's
+/// whole-frame steps (a concealed frame inserted, a frame dropped) do, and are made there
+/// (see `AudioPlayer::stretch`, private). Frames then start wherever the
 /// audio before them ends, not on a 20 ms grid: the player keeps the decoded audio not played
 /// yet and asks the buffer for the frame that starts where it ends
 /// ([`JitterBuffer::pop_at`]). A packet that is late but can still be placed is played, not
@@ -90,6 +100,8 @@ pub struct AudioPlayer {
     pcm: VecDeque<i16>,
     stretching: bool,
     speech_hang: u8,
+    /// Frames of speech in a row (since the last pause).
+    speech_frames: u32,
     position: u32,
     /// The buffer's drop counter at the last output (to tell the drops made in speech).
     discarded: u64,
@@ -107,6 +119,7 @@ impl AudioPlayer {
             pcm: VecDeque::with_capacity(4 * FRAME_SAMPLES),
             stretching: true,
             speech_hang: 0,
+            speech_frames: 0,
             position: 0,
             discarded: 0,
             stats: PlayerStats::default(),
@@ -148,18 +161,8 @@ impl AudioPlayer {
             };
             let (frame, packet) = self.decode(playout);
             let error = self.jitter.delay_error_us();
-            let stretched = if !packet {
-                None
-            } else if error < EXPAND_BELOW_US {
-                stretch::expand(&frame.samples).inspect(|y| {
-                    self.stats.stretched += 1;
-                    self.stats.stretched_time += samples_duration(y.len() - FRAME_SAMPLES);
-                })
-            } else if error > ACCELERATE_ABOVE_US {
-                stretch::accelerate(&frame.samples).inspect(|y| {
-                    self.stats.accelerated += 1;
-                    self.stats.accelerated_time += samples_duration(FRAME_SAMPLES - y.len());
-                })
+            let stretched = if packet {
+                self.stretch(&frame.samples, error)
             } else {
                 None
             };
@@ -178,6 +181,50 @@ impl AudioPlayer {
             *o = s;
         }
         Some(self.stamp(samples))
+    }
+
+    /// Time-stretches a decoded frame when the delay is off its target by `error` µs
+    /// ([`JitterBuffer::delay_error_us`]); `None` to play it as it is.
+    ///
+    /// Below the target it lengthens voiced or quiet frames by a pitch period, above it shortens
+    /// them, with a dead band between. In speech it moves the delay only as far as stretching
+    /// costs less than waiting: a shortfall up to [`EXPAND_IN_SPEECH_MAX_US`] (the next late
+    /// packet of the jitter already measured, about a frame) is made up at once; a larger one
+    /// (the target jumped: a spike far above what the buffer had seen, the minimum raised)
+    /// would take several stretches in a row, slowing the word by up to half, and a surplus
+    /// below [`ACCELERATE_IN_SPEECH_ABOVE_US`] (the target shrinking by 10 ms/s) costs only
+    /// delay: both wait for the next pause, where the buffer steps by whole frames nobody hears
+    /// and quiet frames are stretched, as the buffer alone defers its steps. A scorer that
+    /// aligns the whole call once (STOI) reads every stretch in speech as a misalignment of
+    /// what follows; `docs/quality.md` ("Clean calls") has the call where that cost 0.5 PESQ.
+    /// After [`SPEECH_WAIT_FRAMES`] of speech without a pause (a song, a long vowel) the
+    /// stretching moves the delay after all.
+    fn stretch(&mut self, samples: &[i16], error: i64) -> Option<Vec<i16>> {
+        let speech = self.speech_hang > 0;
+        self.speech_frames = if speech {
+            self.speech_frames.saturating_add(1)
+        } else {
+            0
+        };
+        if error < EXPAND_BELOW_US {
+            let wait = speech && error < -EXPAND_IN_SPEECH_MAX_US && self.speech_frames <= SPEECH_WAIT_FRAMES;
+            if wait {
+                return None;
+            }
+            return stretch::expand(samples).inspect(|y| {
+                self.stats.stretched += 1;
+                self.stats.stretched_time += samples_duration(y.len() - FRAME_SAMPLES);
+            });
+        }
+        let wait =
+            speech && error <= ACCELERATE_IN_SPEECH_ABOVE_US && self.speech_frames <= SPEECH_WAIT_FRAMES;
+        if error > ACCELERATE_ABOVE_US && !wait {
+            return stretch::accelerate(samples).inspect(|y| {
+                self.stats.accelerated += 1;
+                self.stats.accelerated_time += samples_duration(FRAME_SAMPLES - y.len());
+            });
+        }
+        None
     }
 
     /// Counters and the delay added now.

@@ -1035,3 +1035,37 @@ fn tcp_clumps_grow_the_delay_and_it_comes_back_after() {
     assert!(concealed[1..].iter().all(|&n| n <= 5), "{concealed:?}");
     assert!(target <= 120 * MS, "{target:?} 20 s after the last stall");
 }
+
+/// The network's base delay steps up by 50 ms (a route change; the quality tests impair a call
+/// already up this way) with a raised minimum delay: the minimum counts from the packets of the
+/// last half second, so the target takes the step within that time, not 2 s later when the
+/// last packet from before the step leaves the window (then at once, often in speech).
+#[test]
+fn a_step_of_the_base_delay_is_in_the_minimum_within_half_a_second() {
+    let mut jb = JitterBuffer::new(JitterConfig::default());
+    jb.set_min_delay(millis(140));
+    let t0 = Instant::now();
+    let mut targets = Vec::new();
+    for i in 0..200u64 {
+        // 5 ms in flight, 55 ms from packet 50 on.
+        let flight = if i < 50 { 5 } else { 55 };
+        jb.insert(i as u16, 960 * i as u32, payload(i), t0 + millis(20 * i + flight));
+        while jb.pop(t0 + millis(20 * i + flight)).is_some() {}
+        targets.push(jb.stats().target_delay);
+    }
+    // Before: 140 ms. From half a second after the step: 140 ms above the packets now, which is
+    // 190 ms above the window's fastest packet while that is from before the step (counted
+    // from it, it stayed at 140 until packet 149, then jumped by 50 ms at once).
+    eprintln!(
+        "targets at 49, 80, 149, 199: {:?}",
+        [targets[49], targets[80], targets[149], targets[199]]
+    );
+    assert_eq!(targets[49], millis(140));
+    for (i, t) in targets.iter().enumerate().skip(50 + 25) {
+        let expected = if i < 149 { millis(190) } else { millis(140) };
+        assert!(
+            t.abs_diff(expected) <= MS,
+            "packet {i}: target {t:?}, expected {expected:?}"
+        );
+    }
+}

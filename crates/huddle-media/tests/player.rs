@@ -351,3 +351,30 @@ fn without_a_pause_the_delay_still_moves_by_stretching() {
     assert!(off.speech_inserts >= 2, "{off:?}");
     assert_eq!(off.stretched, 0, "{off:?}");
 }
+
+/// One packet 60 ms late in the middle of a word (in the longest voiced run of the sample): the
+/// buffer's target jumps by about that much at once. Made up by stretching at once, that would
+/// be six voiced frames in a row each a pitch period longer, the word slowed by almost half; it
+/// waits for the next pause instead, where the buffer grows by whole frames nobody hears (as it
+/// does without stretching).
+#[test]
+fn a_target_jump_in_a_word_waits_for_the_pause() {
+    let frames = talk();
+    let (played, player) = call(&frames, true, |i| if i == LEAD + 153 { 60 } else { 0 });
+    let stats = player.stats();
+    eprintln!("{stats:?}");
+    let played: Vec<f64> = played.iter().map(|&s| f64::from(s) / 32768.0).collect();
+    let reference = reference(&frames);
+    let (jump, at) = largest_jump(&lag_track(&reference, &played, 48 * 1_000, 0..4_800));
+    eprintln!("largest jump {} ms at {} ms", jump / 48, at / 48);
+    // The delay grew to the new target, in the pause.
+    assert!(stats.added_delay >= Duration::from_millis(70), "{stats:?}");
+    assert!(stats.jitter.expanded > 0, "{stats:?}");
+    assert!(stats.stretched_time < Duration::from_millis(25), "{stats:?}");
+    assert_eq!(stats.speech_inserts, 0, "{stats:?}");
+    assert!(
+        jump <= MAX_STEP,
+        "the delay jumped {} ms inside a word",
+        jump / 48
+    );
+}

@@ -67,8 +67,13 @@ fn main() {
     first_audio_frame(&mut eb, "alice-l");
     pull(&bob, Duration::from_millis(500));
     let mut m2e = Vec::new();
+    // The jitter buffer's share of it: its added delay (`PlayerStats::added_delay`) after each.
+    let mut buffered = Vec::new();
     for _ in 0..samples {
         m2e.push(mouth_to_ear(&alice, &bob).as_secs_f64() * 1000.0);
+        if let Some(stats) = bob.player_audio_stats("alice-l") {
+            buffered.push(stats.added_delay.as_secs_f64() * 1000.0);
+        }
         std::thread::sleep(Duration::from_millis(300));
     }
 
@@ -78,12 +83,17 @@ fn main() {
         &m2e,
         MOUTH_TO_EAR_TARGET_MS,
     );
+    let buffered_p50 = (!buffered.is_empty()).then(|| median(&buffered));
+    if let Some(p50) = buffered_p50 {
+        println!("of which the jitter buffer added: p50 {p50:.1} ms; samples {buffered:.1?}");
+    }
     if let Ok(path) = std::env::var("HUDDLE_LATENCY_OUT") {
         let line = serde_json::json!({
             "first_frame_p50_ms": first_p50,
             "first_frame_target_ms": FIRST_FRAME_TARGET_MS,
             "mouth_to_ear_p50_ms": m2e_p50,
             "mouth_to_ear_target_ms": MOUTH_TO_EAR_TARGET_MS,
+            "jitter_buffer_added_p50_ms": buffered_p50,
             "samples": samples,
         });
         let mut f = std::fs::OpenOptions::new()

@@ -1240,7 +1240,7 @@ mod tests {
         // (loss per link, floors of the median and the lowest PESQ, of the lowest STOI)
         // Measured (docs/quality.md): 4.07 (4.07) STOI 1.00; 3.76 (3.35) 0.80 (seed 5 takes RED's
         // deepest-level wait in a pause of the sample: STOI, at one alignment, reads the 80 ms it
-        // adds there); 4.05 (3.99) 1.00; 4.02 (3.17) 0.94; 3.05 (2.18) 0.87; 2.12 (1.75) 0.89.
+        // adds there); 4.05 (3.99) 1.00; 4.02 (3.17) 0.97; 3.05 (2.18) 0.87; 2.12 (1.75) 0.89.
         let points = [
             (0.0, 3.9, 3.9, 0.95),
             (0.05, 3.6, 3.2, 0.75),
