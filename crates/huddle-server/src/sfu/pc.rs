@@ -334,6 +334,9 @@ impl Sfu {
         let offer = parse_offer(sdp)?;
         let mut config = RtcConfig::new()
             .set_ice_lite(true)
+            // The DTLS client to an `actpass` offer (SDK, browsers, aiortc, a relay link): the
+            // ClientHello leaves with the first nominated check's response (str0m patch 0006).
+            .set_dtls_active_answer(self.config.dtls_active)
             .set_rtp_mode(true)
             // str0m's statistics events, once a second per PC: the NACK counts (`forward`).
             .set_stats_interval(Some(STATS_INTERVAL))
