@@ -726,6 +726,15 @@ fn add_ice_details(
 
 /// `answering`: `remote_sdp` is an offer that this instance answers.
 fn init_dtls(rtc: &mut Rtc, remote_sdp: &Sdp, answering: bool) -> Result<(), RtcError> {
+    // The remote description gave ICE its credentials and candidates (added on the agent,
+    // which cannot take a `Wake`) and DTLS its role: re-poll everything, and give ICE the time
+    // if it has none yet (it has no timeout until its first `handle_timeout`). An offerer
+    // answered `active` has no DTLS flight of its own whose timer would bring that first
+    // timeout, and would otherwise wait forever to send its checks.
+    rtc.wake_all();
+    if rtc.ice.poll_timeout().is_none() {
+        rtc.ice.handle_timeout(rtc.last_now);
+    }
     let setup = match remote_sdp.setup() {
         Some(v) => match v {
             // Remote offering ActPass: Active when configured so (RFC 5763 section 5
