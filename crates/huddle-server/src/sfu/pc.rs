@@ -1028,6 +1028,45 @@ mod tests {
         assert_eq!(p.count_gap(a, 106 + MAX_COUNTED_GAP + 1), 0);
     }
 
+    /// The server answers `actpass` (every client: the SDK, browsers, aiortc, relay links) as
+    /// the DTLS client, and an offer that names its role with the other one; off, as before.
+    #[test]
+    fn the_answer_takes_the_dtls_client_role_unless_the_offer_took_it() {
+        use std::sync::Arc;
+
+        use super::super::{Counters, SfuConfig};
+
+        let now = Instant::now();
+        let mut client = RtcConfig::new().build(now);
+        client.add_local_candidate(Candidate::host("10.0.0.1:5000".parse().unwrap(), "udp").unwrap());
+        let mut api = client.sdp_api();
+        api.add_media(
+            str0m::media::MediaKind::Audio,
+            str0m::media::Direction::SendOnly,
+            None,
+            None,
+            None,
+        );
+        let offer = api.apply().unwrap().0.to_sdp_string();
+        assert!(offer.contains("a=setup:actpass"), "{offer}");
+        for (dtls_active, offered, answered) in [
+            (true, "actpass", "active"),
+            (true, "active", "passive"),
+            (true, "passive", "active"),
+            (false, "actpass", "passive"),
+        ] {
+            let mut config = SfuConfig::new("127.0.0.1:7882".parse().unwrap());
+            config.dtls_active = dtls_active;
+            let sfu = Sfu::new(config, Arc::new(Counters::default()));
+            let sdp = offer.replace("a=setup:actpass", &format!("a=setup:{offered}"));
+            let (_, answer) = sfu.build_rtc(now, &sdp, MediaRole::Publish).unwrap();
+            assert!(
+                answer.contains(&format!("a=setup:{answered}\r\n")),
+                "dtls_active {dtls_active}, offered {offered}: {answer}"
+            );
+        }
+    }
+
     #[test]
     pub(super) fn the_answer_origin_names_no_library() {
         let sdp = "v=0\r\no=str0m-0.25.0 123 2 IN IP4 0.0.0.0\r\ns=-\r\n";
