@@ -334,9 +334,13 @@ impl Sfu {
         let offer = parse_offer(sdp)?;
         let mut config = RtcConfig::new()
             .set_ice_lite(true)
-            // The DTLS client to an `actpass` offer (SDK, browsers, aiortc, a relay link): the
-            // ClientHello leaves with the first nominated check's response (str0m patch 0006).
-            .set_dtls_active_answer(self.config.dtls_active)
+            // A publisher's `actpass` offer (SDK, browsers, aiortc) gets the server as DTLS
+            // client: its ClientHello leaves with the response to the first check (str0m patch
+            // 0006), the publisher is up one flight earlier and its media decrypts here from
+            // then on (dimpl's early keys). Players keep the server as DTLS server: media goes
+            // only to connected players, and as DTLS client the server would connect last, so
+            // a player's media would start no earlier (`docs/quality.md`, "Setup under loss").
+            .set_dtls_active_answer(self.config.dtls_active && role == MediaRole::Publish)
             .set_rtp_mode(true)
             // str0m's statistics events, once a second per PC: the NACK counts (`forward`).
             .set_stats_interval(Some(STATS_INTERVAL))
@@ -1063,6 +1067,14 @@ mod tests {
             assert!(
                 answer.contains(&format!("a=setup:{answered}\r\n")),
                 "dtls_active {dtls_active}, offered {offered}: {answer}"
+            );
+            // A player's offer: the server stays the DTLS server unless the offer says passive.
+            let sdp = sdp.replace("a=sendonly", "a=recvonly");
+            let (_, answer) = sfu.build_rtc(now, &sdp, MediaRole::Play).unwrap();
+            let play = if offered == "passive" { "active" } else { "passive" };
+            assert!(
+                answer.contains(&format!("a=setup:{play}\r\n")),
+                "play, offered {offered}: {answer}"
             );
         }
     }
