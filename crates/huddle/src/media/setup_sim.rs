@@ -1,9 +1,9 @@
 //! Setting up a client peer connection under loss, on virtual time.
 //!
 //! A client `Rtc` as the SDK builds it ([`client_config`]) and a server `Rtc` as the SFU builds
-//! it (ICE-lite, the DTLS client since it answers `actpass` with `active`, or the DTLS server as
-//! before, RTP mode, the same `huddle_dtls` provider) exchange datagrams
-//! through two seeded [`Link`]s (`huddle_media::impair`, the project's sans-IO netem): random
+//! it (ICE-lite, the DTLS server, or the DTLS client as it answers a publisher's `actpass` with
+//! `SfuConfig::dtls_active`; RTP mode, the same `huddle_dtls` provider) exchange datagrams
+//! through two seeded [`Link`]s (plus one each way for the publisher's media) (`huddle_media::impair`, the project's sans-IO netem): random
 //! loss each way and a fixed delay, no socket and no sleep. Each call runs from the moment both
 //! hold the SDP (the answer applied) until both report `Connected` (ICE and DTLS up, SRTP keys
 //! on both ends) or a virtual deadline passes. What it shows (`docs/quality.md`, "Setup under
@@ -42,8 +42,8 @@ const SEED: u64 = 0x5e7u64;
 type Datagram = Vec<u8>;
 
 /// The server's side, as `huddle_server::sfu` configures a peer connection; `dtls_active`: it
-/// answers `actpass` as the DTLS client (`SfuConfig::dtls_active`, the default), else as the
-/// DTLS server (before).
+/// answers `actpass` as the DTLS client (`SfuConfig::dtls_active`, for publishers), else as the
+/// DTLS server (the default).
 fn server_config(timing: SetupTiming, dtls_active: bool) -> RtcConfig {
     RtcConfig::new()
         .set_ice_lite(true)
@@ -311,9 +311,9 @@ fn ms(d: Duration) -> u128 {
 }
 
 /// At 30 % random loss each way and 100 ms RTT, 200 seeds, publish and play, with the server
-/// as DTLS client (now) and as DTLS server (before), in one run: every call is up on both ends,
-/// 95 % of them within 0.65 s with the server as DTLS client (0.58 s measured; 0.96 s as DTLS
-/// server), the slowest within 2 s; neither end's `Connected` runs ahead of the other's by more
+/// as DTLS client (`SfuConfig::dtls_active`) and as DTLS server (the default), in one run:
+/// every call is up on both ends, 95 % of them within 0.65 s with the server as DTLS client
+/// (0.58 s measured; 0.96 s as DTLS server), the slowest within 2 s; neither end's `Connected` runs ahead of the other's by more
 /// than 1.5 s (1.13 s measured with the client behind, 1.38 s with the server behind: its
 /// "media connected" waits for the client's final flight, the media does not, below); and a
 /// publisher's first packets reach the server (decrypted) within 200 ms of its
