@@ -162,8 +162,12 @@ impl SharedConfigDtls {
         }
         // As str0m-aws-lc-rs configures it, with the handshake timing.
         let timing = self.timing.unwrap_or_else(HandshakeTiming::of_process);
+        // As the DTLS client (the server answers `actpass` with `active`), decrypt the peer's
+        // SRTP once our Finished is out: its final flight lost on the way then costs no media
+        // (dimpl patch, `vendor/README.md`; `docs/quality.md`, "Setup under loss").
         let mut builder = dimpl::Config::builder()
             .use_server_cookie(false)
+            .early_srtp_keys(true)
             .flight_start_rto(timing.start_rto)
             .flight_max_rto(timing.max_rto)
             .flight_retries(timing.retries);

@@ -71,6 +71,7 @@ pub struct Config {
     flight_start_rto: Duration,
     flight_retries: usize,
     flight_max_rto: Duration,
+    early_srtp_keys: bool,
     handshake_timeout: Duration,
     crypto_provider: CryptoProvider,
     rng_seed: Option<u64>,
@@ -93,6 +94,7 @@ impl Config {
             flight_start_rto: Duration::from_secs(1),
             flight_retries: 4,
             flight_max_rto: Duration::MAX,
+            early_srtp_keys: false,
             handshake_timeout: Duration::from_secs(40),
             crypto_provider: None,
             rng_seed: None,
@@ -169,6 +171,13 @@ impl Config {
     #[inline(always)]
     pub fn flight_max_rto(&self) -> Duration {
         self.flight_max_rto
+    }
+
+    /// Whether a DTLS 1.2 client emits the SRTP keying material once it has sent its
+    /// Finished rather than once it has verified the server's.
+    #[inline(always)]
+    pub fn early_srtp_keys(&self) -> bool {
+        self.early_srtp_keys
     }
 
     /// Timeout for the entire handshake, regardless of flights.
@@ -307,6 +316,7 @@ pub struct ConfigBuilder {
     flight_start_rto: Duration,
     flight_retries: usize,
     flight_max_rto: Duration,
+    early_srtp_keys: bool,
     handshake_timeout: Duration,
     crypto_provider: Option<CryptoProvider>,
     rng_seed: Option<u64>,
@@ -407,6 +417,25 @@ impl ConfigBuilder {
     /// cover less time. Defaults to no cap.
     pub fn flight_max_rto(mut self, rto: Duration) -> Self {
         self.flight_max_rto = rto;
+        self
+    }
+
+    /// DTLS 1.2 client: emit the SRTP keying material ([`Output::KeyingMaterial`]) as soon as
+    /// the client has sent its Finished, before the server's Finished arrives; `Connected`
+    /// still waits for it.
+    ///
+    /// The client has every key then, and has verified the server's certificate and its
+    /// signature over the key exchange, so only the server it authenticated can make SRTP that
+    /// these keys accept; the server sends SRTP only after it verified the client's Finished.
+    /// With this, what the server sends is decrypted even while its final flight is lost on
+    /// the way (the server counts the handshake done when it sends that flight, and the client
+    /// waits for it, repeating its own last flight, one round trip per loss). This is TLS False
+    /// Start's reasoning (RFC 7918) applied to receiving; a failed check of the server's
+    /// Finished still fails the handshake. Defaults to false (keys with `Connected`).
+    ///
+    /// [`Output::KeyingMaterial`]: crate::Output::KeyingMaterial
+    pub fn early_srtp_keys(mut self, enabled: bool) -> Self {
+        self.early_srtp_keys = enabled;
         self
     }
 
@@ -657,6 +686,7 @@ impl ConfigBuilder {
             flight_start_rto: self.flight_start_rto,
             flight_retries: self.flight_retries,
             flight_max_rto: self.flight_max_rto,
+            early_srtp_keys: self.early_srtp_keys,
             handshake_timeout: self.handshake_timeout,
             crypto_provider,
             rng_seed: self.rng_seed,
@@ -708,6 +738,7 @@ impl fmt::Debug for Config {
             .field("flight_start_rto", &self.flight_start_rto)
             .field("flight_retries", &self.flight_retries)
             .field("flight_max_rto", &self.flight_max_rto)
+            .field("early_srtp_keys", &self.early_srtp_keys)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("crypto_provider", &self.crypto_provider)
             .field("rng_seed", &self.rng_seed)
@@ -734,6 +765,7 @@ impl fmt::Debug for ConfigBuilder {
             .field("flight_start_rto", &self.flight_start_rto)
             .field("flight_retries", &self.flight_retries)
             .field("flight_max_rto", &self.flight_max_rto)
+            .field("early_srtp_keys", &self.early_srtp_keys)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("crypto_provider", &self.crypto_provider)
             .field("rng_seed", &self.rng_seed)

@@ -36,6 +36,7 @@ pub struct RtcConfig {
     pub(crate) dtls_cert: Option<DtlsCert>,
     pub(crate) fingerprint_verification: bool,
     pub(crate) ice_lite: bool,
+    pub(crate) dtls_active_answer: bool,
     pub(crate) initial_stun_rto: Option<Duration>,
     pub(crate) max_stun_rto: Option<Duration>,
     pub(crate) max_stun_retransmits: Option<usize>,
@@ -149,6 +150,35 @@ impl RtcConfig {
     pub fn set_ice_lite(mut self, enabled: bool) -> Self {
         self.ice_lite = enabled;
         self
+    }
+
+    /// Answer an offer's `a=setup:actpass` with `a=setup:active` (the DTLS client) rather than
+    /// `passive`, as RFC 5763 section 5 recommends: the handshake then starts beside the answer
+    /// instead of waiting for the offerer's ClientHello. An offer with `active` or `passive` is
+    /// still answered with the other role, and offers are always `actpass` (RFC 8842).
+    ///
+    /// As the DTLS client, this instance holds its first flight until ICE has a path for it:
+    /// the first connectivity check that passed authentication (the handshake goes back along
+    /// it, as the check's binding response does; for an ICE-lite agent, which makes no checks
+    /// of its own, that is all the validation a pair ever gets), or a nominated pair, whichever
+    /// comes first; the flight's retransmission timer starts then, and the handshake moves to
+    /// the nominated pair once there is one. Media waits for the nomination as before. Without
+    /// the hold, the ClientHello and every retransmission made while ICE was still checking
+    /// would wait in a queue and leave together; without the early path, an ICE-lite agent
+    /// would wait for the offerer's nominating check, which a controlling agent with regular
+    /// nomination sends only after its own check succeeded: as late as its ClientHello would
+    /// have come.
+    ///
+    /// Defaults to false (answers are `passive` to `actpass`).
+    pub fn set_dtls_active_answer(mut self, enabled: bool) -> Self {
+        self.dtls_active_answer = enabled;
+        self
+    }
+
+    /// Tells whether an offer's `a=setup:actpass` is answered with `active`
+    /// ([`RtcConfig::set_dtls_active_answer`]).
+    pub fn dtls_active_answer(&self) -> bool {
+        self.dtls_active_answer
     }
 
     /// Sets the initial STUN retransmission timeout (RTO).
@@ -885,6 +915,7 @@ impl Default for RtcConfig {
             dtls_cert: None,
             fingerprint_verification: true,
             ice_lite: false,
+            dtls_active_answer: false,
             initial_stun_rto: None,
             max_stun_rto: None,
             max_stun_retransmits: None,

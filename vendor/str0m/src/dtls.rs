@@ -29,6 +29,10 @@ pub struct Dtls {
     /// Whether set_active has been called.
     active_state: Option<bool>,
 
+    /// Set, not started yet: no timeout, no output, received datagrams ignored
+    /// (`RtcConfig::set_dtls_active_answer`: a client waiting for a nominated ICE pair).
+    held: bool,
+
     /// Packets to be sent.
     pending_packets: VecDeque<DatagramSend>,
 
@@ -77,6 +81,7 @@ impl Dtls {
             fingerprint,
             remote_fingerprint: None,
             active_state: None,
+            held: false,
             pending_packets: VecDeque::new(),
             mtu,
         })
@@ -96,6 +101,17 @@ impl Dtls {
     pub fn set_active(&mut self, active: bool) {
         self.active_state = Some(active);
         self.instance.set_active(active)
+    }
+
+    /// Holds (true) or releases (false) this instance: while held it neither times out nor
+    /// produces output, and ignores what it receives.
+    pub fn set_held(&mut self, held: bool) {
+        self.held = held;
+    }
+
+    /// Whether this instance is held ([`Dtls::set_held`]).
+    pub fn is_held(&self) -> bool {
+        self.held
     }
 
     /// If set_active was called, returns what was set.
@@ -129,7 +145,7 @@ impl Dtls {
 
     /// Poll for output from the DTLS instance.
     pub fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
-        if !self.is_inited() {
+        if !self.is_inited() || self.held {
             return DtlsOutput::Timeout(not_happening());
         }
 
@@ -154,7 +170,7 @@ impl Dtls {
 
     /// Handle an incoming DTLS packet.
     pub fn handle_receive(&mut self, packet: &[u8]) -> Result<(), DtlsError> {
-        if !self.is_inited() {
+        if !self.is_inited() || self.held {
             debug!("Ignoring DTLS datagram prior to DTLS start");
             return Ok(());
         }
@@ -191,7 +207,7 @@ impl Dtls {
 
     /// Handle a timeout event.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsError> {
-        if !self.is_inited() {
+        if !self.is_inited() || self.held {
             return Ok(());
         }
 

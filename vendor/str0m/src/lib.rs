@@ -916,6 +916,7 @@ pub struct Rtc {
     state: RtcState,
     ice: IceAgent,
     dtls: Dtls,
+    dtls_active_answer: bool,
     dtls_connected: bool,
     dtls_buf: Vec<u8>,
     next_dtls_timeout: Option<Instant>,
@@ -926,6 +927,9 @@ pub struct Rtc {
     remote_fingerprint: Option<Fingerprint>,
     remote_addrs: Vec<SocketAddr>,
     send_addr: Option<SendAddr>,
+    /// Where a DTLS client's handshake goes before ICE has nominated a pair
+    /// (`RtcConfig::set_dtls_active_answer`): back along the first authenticated check.
+    dtls_path: Option<SendAddr>,
     need_init_time: bool,
     last_now: Instant,
     peer_bytes_rx: u64,
@@ -1294,6 +1298,7 @@ impl Rtc {
                 mtu,
             )
             .expect("DTLS to init without problem"),
+            dtls_active_answer: config.dtls_active_answer,
             dtls_connected: false,
             dtls_buf: vec![0; 2000],
             next_dtls_timeout: None,
@@ -1304,6 +1309,7 @@ impl Rtc {
             remote_fingerprint: None,
             remote_addrs: vec![],
             send_addr: None,
+            dtls_path: None,
             need_init_time: true,
             last_now: start,
             peer_bytes_rx: 0,
@@ -1524,6 +1530,20 @@ impl Rtc {
         debug!("DTLS setup is: {:?}", active);
         self.dtls.set_active(active);
 
+        if active && self.dtls_active_answer && self.send_addr.is_none() && self.dtls_path.is_none() {
+            // The first flight waits for a path (RtcConfig::set_dtls_active_answer).
+            debug!("DTLS client waits for an ICE check or a nominated pair");
+            self.dtls.set_held(true);
+            return Ok(());
+        }
+
+        self.start_dtls()
+    }
+
+    /// Starts the DTLS instance once its role is set: a client sends its ClientHello.
+    fn start_dtls(&mut self) -> Result<(), RtcError> {
+        let active = self.dtls.is_active() == Some(true);
+
         // Initialize the DTLS state (client or server) before any operations
         // This ensures internal state like random (client) or last_now (server) is initialized
         self.dtls.handle_timeout(self.last_now)?;
@@ -1708,6 +1728,11 @@ impl Rtc {
                         source,
                         destination,
                     });
+                    if self.dtls.is_held() {
+                        // A DTLS client's first flight can leave now (set_dtls_active_answer).
+                        self.dtls.set_held(false);
+                        self.start_dtls()?;
+                    }
                 }
             }
         }
@@ -1913,6 +1938,20 @@ impl Rtc {
 
         if let Some(v) = self.ice.poll_transmit() {
             return Ok(Some(Output::Transmit(v)));
+        }
+
+        if self.send_addr.is_none() {
+            // A DTLS client's handshake before nomination (set_dtls_active_answer).
+            if let Some(path) = &self.dtls_path {
+                if let Some(contents) = self.dtls.poll_packet() {
+                    return Ok(Some(Output::Transmit(net::Transmit {
+                        proto: path.proto,
+                        source: path.source,
+                        destination: path.destination,
+                        contents,
+                    })));
+                }
+            }
         }
 
         if let Some(send) = &self.send_addr {
@@ -2218,6 +2257,14 @@ impl Rtc {
 
         self.peer_bytes_rx += bytes_rx as u64;
 
+        // The way back to the sender, and whether this was an authenticated ICE check.
+        let path = SendAddr {
+            proto: r.proto,
+            source: r.destination,
+            destination: r.source,
+        };
+        let mut checked = false;
+
         // Disjoint borrows so each subsystem gets its own armed `Wake`.
         let Rtc {
             ice,
@@ -2236,7 +2283,8 @@ impl Rtc {
                     message: stun,
                 };
                 // ICE is an external crate; arm both on its behalf.
-                ice.handle_packet(recv_time, packet);
+                let request = packet.message.is_binding_request();
+                checked = ice.handle_packet(recv_time, packet) && request;
                 drop(readiness.wake());
             }
             Dtls(dtls_packet) => {
@@ -2246,6 +2294,14 @@ impl Rtc {
             }
             Rtp(rtp) => session.handle_rtp_receive(recv_time, rtp, &mut readiness.wake()),
             Rtcp(rtcp) => session.handle_rtcp_receive(recv_time, rtcp, &mut readiness.wake()),
+        }
+
+        if checked && self.dtls.is_held() && self.send_addr.is_none() {
+            // A held DTLS client (set_dtls_active_answer) starts back along the first
+            // authenticated check: the path its binding response takes.
+            self.dtls_path = Some(path);
+            self.dtls.set_held(false);
+            self.start_dtls()?;
         }
 
         Ok(())

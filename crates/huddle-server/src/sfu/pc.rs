@@ -338,6 +338,13 @@ impl Sfu {
         let offer = parse_offer(sdp)?;
         let mut config = RtcConfig::new()
             .set_ice_lite(true)
+            // A publisher's `actpass` offer (SDK, browsers, aiortc) gets the server as DTLS
+            // client: its ClientHello leaves with the response to the first check (str0m patch
+            // 0006), the publisher is up one flight earlier and its media decrypts here from
+            // then on (dimpl's early keys). Players keep the server as DTLS server: media goes
+            // only to connected players, and as DTLS client the server would connect last, so
+            // a player's media would start no earlier (`docs/quality.md`, "Setup under loss").
+            .set_dtls_active_answer(self.config.dtls_active && role == MediaRole::Publish)
             .set_rtp_mode(true)
             // str0m's statistics events, once a second per PC: the NACK counts (`forward`).
             .set_stats_interval(Some(STATS_INTERVAL))
@@ -1027,6 +1034,53 @@ mod tests {
         // A jump beyond MAX_COUNTED_GAP is a restarted source.
         assert_eq!(p.count_gap(a, 105 + MAX_COUNTED_GAP + 1), 0);
         assert_eq!(p.count_gap(a, 106 + MAX_COUNTED_GAP + 1), 0);
+    }
+
+    /// The server answers `actpass` (every client: the SDK, browsers, aiortc, relay links) as
+    /// the DTLS client, and an offer that names its role with the other one; off, as before.
+    #[test]
+    fn the_answer_takes_the_dtls_client_role_unless_the_offer_took_it() {
+        use std::sync::Arc;
+
+        use super::super::{Counters, SfuConfig};
+
+        let now = Instant::now();
+        let mut client = RtcConfig::new().build(now);
+        client.add_local_candidate(Candidate::host("10.0.0.1:5000".parse().unwrap(), "udp").unwrap());
+        let mut api = client.sdp_api();
+        api.add_media(
+            str0m::media::MediaKind::Audio,
+            str0m::media::Direction::SendOnly,
+            None,
+            None,
+            None,
+        );
+        let offer = api.apply().unwrap().0.to_sdp_string();
+        assert!(offer.contains("a=setup:actpass"), "{offer}");
+        for (dtls_active, offered, answered) in [
+            (true, "actpass", "active"),
+            (true, "active", "passive"),
+            (true, "passive", "active"),
+            (false, "actpass", "passive"),
+        ] {
+            let mut config = SfuConfig::new("127.0.0.1:7882".parse().unwrap());
+            config.dtls_active = dtls_active;
+            let sfu = Sfu::new(config, Arc::new(Counters::default()));
+            let sdp = offer.replace("a=setup:actpass", &format!("a=setup:{offered}"));
+            let (_, answer) = sfu.build_rtc(now, &sdp, MediaRole::Publish).unwrap();
+            assert!(
+                answer.contains(&format!("a=setup:{answered}\r\n")),
+                "dtls_active {dtls_active}, offered {offered}: {answer}"
+            );
+            // A player's offer: the server stays the DTLS server unless the offer says passive.
+            let sdp = sdp.replace("a=sendonly", "a=recvonly");
+            let (_, answer) = sfu.build_rtc(now, &sdp, MediaRole::Play).unwrap();
+            let play = if offered == "passive" { "active" } else { "passive" };
+            assert!(
+                answer.contains(&format!("a=setup:{play}\r\n")),
+                "play, offered {offered}: {answer}"
+            );
+        }
     }
 
     #[test]

@@ -52,6 +52,14 @@ pub struct SfuConfig {
     /// without RED (so that its in-band FEC covers them; `docs/quality.md`, "FEC for players
     /// without RED"). On by default; off only to measure without it.
     pub report_players_loss: bool,
+    /// Whether the server answers a publisher's `a=setup:actpass` as the DTLS client
+    /// (`a=setup:active`, RFC 5763 section 5's recommendation): its ClientHello leaves with its
+    /// response to the client's first ICE check, and the handshake ends one flight earlier for
+    /// the publisher (`docs/quality.md`, "Setup under loss"). Players keep the server as DTLS
+    /// server. An offer that says `active` or `passive` gets the other role either way. Off by
+    /// default for now: it moves setup timing, and the loss curve's five-seed floors
+    /// (`media/netem.rs`) move with it; on in the setup measurements.
+    pub dtls_active: bool,
 }
 
 impl SfuConfig {
@@ -68,6 +76,7 @@ impl SfuConfig {
             dtls_seed: None,
             publish_report_interval: Duration::from_secs(1),
             report_players_loss: true,
+            dtls_active: false,
         }
     }
 }

@@ -136,6 +136,8 @@ pub(crate) struct Setup {
     pub(crate) publisher: Sender,
     /// Where setup starts.
     pub(crate) start: Start,
+    /// The server answers publishers as the DTLS client (SfuConfig::dtls_active).
+    pub(crate) server_dtls_active: bool,
 }
 
 /// How a call's publisher sends audio: the SDK's way or another stack's (the same encoder and
@@ -168,6 +170,7 @@ impl Default for Setup {
             report_players_loss: true,
             publisher: Sender::Sdk,
             start: Start::Offer,
+            server_dtls_active: SfuConfig::new(SERVER.parse().expect("address")).dtls_active,
         }
     }
 }
@@ -453,6 +456,7 @@ impl Call {
         config.dtls_seed = Some(seed.wrapping_mul(4) + 3);
         config.publish_report_interval = setup.publish_reports;
         config.report_players_loss = setup.report_players_loss;
+        config.dtls_active = setup.server_dtls_active;
         let sfu = Sfu::new(config, Arc::new(Counters::default()));
         let (tx, reports) = mpsc::channel(4096);
         let pc_config = |n: u64| {
@@ -1363,6 +1367,7 @@ mod tests {
                 Setup {
                     signaling: Signaling::Legacy,
                     timing: SetupTiming::Doubling,
+                    server_dtls_active: false,
                     ..Setup::default()
                 },
             ),
@@ -1370,6 +1375,7 @@ mod tests {
                 "Linux TCP, doubling ICE, from the offer",
                 Setup {
                     timing: SetupTiming::Doubling,
+                    server_dtls_active: false,
                     ..Setup::default()
                 },
             ),
@@ -1385,6 +1391,14 @@ mod tests {
                 "from the requests, offers with them",
                 Setup {
                     start: Start::Requests { pipelined: true },
+                    ..Setup::default()
+                },
+            ),
+            (
+                "from the requests, offers with them, server DTLS client to publishers",
+                Setup {
+                    start: Start::Requests { pipelined: true },
+                    server_dtls_active: true,
                     ..Setup::default()
                 },
             ),
@@ -1420,6 +1434,14 @@ mod tests {
                 "30 %: {figures:?}"
             );
         }
+        // The server as DTLS client to publishers (`SfuConfig::dtls_active`, off by default):
+        // its ClientHello leaves with its first ICE answer, one flight earlier.
+        let [active, _, active_answer] = p95(0.16, configs[5].0);
+        assert!(active[0] < start[0], "{active:?} {start:?}");
+        assert!(
+            active_answer[0] <= Duration::from_millis(400),
+            "{active_answer:?}"
+        );
     }
 
     /// A clean path with 0–40 ms of jitter on every link (±20 ms around its mean; the player's

@@ -85,6 +85,9 @@ pub struct Client {
 
     /// Data that is sent before we are connected.
     queued_data: Vec<Buf>,
+
+    /// The SRTP keying material was emitted (`Config::early_srtp_keys`: after our Finished).
+    keys_emitted: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -117,6 +120,7 @@ impl Client {
             last_now: now,
             local_events: VecDeque::new(),
             queued_data: Vec::new(),
+            keys_emitted: false,
         }
     }
 
@@ -176,6 +180,7 @@ impl Client {
             last_now: now,
             local_events: VecDeque::new(),
             queued_data: Vec::new(),
+            keys_emitted: false,
         }
     }
 
@@ -1046,6 +1051,10 @@ impl State {
                 Ok(())
             })?;
 
+        if client.engine.config().early_srtp_keys() {
+            emit_keying_material(client);
+        }
+
         Ok(Self::AwaitChangeCipherSpec)
     }
 
@@ -1164,37 +1173,7 @@ impl State {
         // Emit Connected event
         client.local_events.push_back(LocalEvent::Connected);
 
-        // Extract and emit SRTP keying material if we have a negotiated profile
-        if let Some(profile) = client.negotiated_srtp_profile {
-            let suite_hash = client.engine.cipher_suite().unwrap().hash_algorithm();
-
-            let mut out = client.engine.pop_buffer();
-            let mut scratch = client.engine.pop_buffer();
-            if let Ok(keying_material) = client
-                .engine
-                .crypto_context()
-                .extract_srtp_keying_material(profile, suite_hash, &mut out, &mut scratch)
-            {
-                client.engine.push_buffer(out);
-                client.engine.push_buffer(scratch);
-                // Emit the keying material event with the negotiated profile
-                debug!(
-                    "SRTP keying material extracted ({} bytes) for profile: {:?}",
-                    keying_material.len(),
-                    profile
-                );
-                // expect should be correct here since we negotiated the profile
-                let profile = client
-                    .negotiated_srtp_profile
-                    .expect("SRTP profile should be negotiated");
-                client
-                    .local_events
-                    .push_back(LocalEvent::KeyingMaterial(keying_material, profile));
-            } else {
-                client.engine.push_buffer(out);
-                client.engine.push_buffer(scratch);
-            }
-        }
+        emit_keying_material(client);
 
         client.engine.release_application_data();
 
@@ -1411,6 +1390,44 @@ impl LocalEvent {
             LocalEvent::KeyingMaterial(m, profile) => {
                 Output::KeyingMaterial(KeyingMaterial::new(&m), profile)
             }
+        }
+    }
+}
+
+
+/// Extracts the SRTP keying material, if a profile was negotiated, and emits it once.
+fn emit_keying_material(client: &mut Client) {
+    if std::mem::replace(&mut client.keys_emitted, true) {
+        return;
+    }
+    if let Some(profile) = client.negotiated_srtp_profile {
+        let suite_hash = client.engine.cipher_suite().unwrap().hash_algorithm();
+
+        let mut out = client.engine.pop_buffer();
+        let mut scratch = client.engine.pop_buffer();
+        if let Ok(keying_material) = client
+            .engine
+            .crypto_context()
+            .extract_srtp_keying_material(profile, suite_hash, &mut out, &mut scratch)
+        {
+            client.engine.push_buffer(out);
+            client.engine.push_buffer(scratch);
+            // Emit the keying material event with the negotiated profile
+            debug!(
+                "SRTP keying material extracted ({} bytes) for profile: {:?}",
+                keying_material.len(),
+                profile
+            );
+            // expect should be correct here since we negotiated the profile
+            let profile = client
+                .negotiated_srtp_profile
+                .expect("SRTP profile should be negotiated");
+            client
+                .local_events
+                .push_back(LocalEvent::KeyingMaterial(keying_material, profile));
+        } else {
+            client.engine.push_buffer(out);
+            client.engine.push_buffer(scratch);
         }
     }
 }

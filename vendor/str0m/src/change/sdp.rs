@@ -117,7 +117,7 @@ impl<'a> SdpApi<'a> {
         }
 
         // Ensure setup=active/passive is corresponding remote and init dtls.
-        init_dtls(&mut self.rtc, &offer)?;
+        init_dtls(&mut self.rtc, &offer, true)?;
 
         let remote_max_message_size = extract_max_message_size(offer.media_lines.iter());
 
@@ -196,7 +196,7 @@ impl<'a> SdpApi<'a> {
         add_ice_details(&mut self.rtc, &answer, Some(&pending))?;
 
         // Ensure setup=active/passive is corresponding remote and init dtls.
-        init_dtls(&mut self.rtc, &answer)?;
+        init_dtls(&mut self.rtc, &answer, false)?;
 
         if self.rtc.remote_fingerprint.is_none() {
             if let Some(f) = answer.fingerprint() {
@@ -724,9 +724,22 @@ fn add_ice_details(
     Ok(())
 }
 
-fn init_dtls(rtc: &mut Rtc, remote_sdp: &Sdp) -> Result<(), RtcError> {
+/// `answering`: `remote_sdp` is an offer that this instance answers.
+fn init_dtls(rtc: &mut Rtc, remote_sdp: &Sdp, answering: bool) -> Result<(), RtcError> {
+    // The remote description gave ICE its credentials and candidates (added on the agent,
+    // which cannot take a `Wake`) and DTLS its role: re-poll everything, and give ICE the time
+    // if it has none yet (it has no timeout until its first `handle_timeout`). An offerer
+    // answered `active` has no DTLS flight of its own whose timer would bring that first
+    // timeout, and would otherwise wait forever to send its checks.
+    rtc.wake_all();
+    if rtc.ice.poll_timeout().is_none() {
+        rtc.ice.handle_timeout(rtc.last_now);
+    }
     let setup = match remote_sdp.setup() {
         Some(v) => match v {
+            // Remote offering ActPass: Active when configured so (RFC 5763 section 5
+            // recommends it), else Passive.
+            Setup::ActPass if answering && rtc.dtls_active_answer => Setup::Active,
             // Remote being ActPass, we take Passive role.
             Setup::ActPass => Setup::Passive,
             _ => v.invert(),
