@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use huddle_proto::{MediaRole, PeerState, ServerMsg, StreamId};
 use str0m::format::Codec;
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Pt};
 use str0m::rtp::RtpWrite;
 use str0m::{Candidate, RtcConfig};
 
@@ -415,6 +415,32 @@ fn players_get_sender_reports_while_packets_take_the_fast_path() {
     assert!(counts.windows(2).all(|w| w[1] >= w[0] + 200), "{counts:?}");
 }
 
+/// A publisher with RED, a player that negotiated RED and one that did not, connected through
+/// the SFU on stream "r".
+fn red_publisher_and_players() -> (Sim, Peer, Peer, Peer) {
+    let mut sim = Sim::new();
+    let (mut publisher, offer) = Peer::with_red(sim.now, 10_001, MediaRole::Publish, false, true);
+    sim.negotiate(&mut publisher, offer, 1, "r", MediaRole::Publish);
+    let (mut red_player, offer) = Peer::with_red(sim.now, 10_002, MediaRole::Play, false, true);
+    sim.negotiate(&mut red_player, offer, 2, "r", MediaRole::Play);
+    let (mut plain_player, offer) = Peer::new(sim.now, 10_003, MediaRole::Play, false);
+    sim.negotiate(&mut plain_player, offer, 3, "r", MediaRole::Play);
+    sim.connect(&mut [&mut publisher, &mut red_player, &mut plain_player]);
+    (sim, publisher, red_player, plain_player)
+}
+
+/// A peer's negotiated Opus payload type and its RED payload type, if RED was negotiated.
+fn opus_and_red_pt(peer: &Peer) -> (Pt, Option<Pt>) {
+    let p = peer
+        .rtc
+        .codec_config()
+        .params()
+        .iter()
+        .find(|p| p.spec().codec == Codec::Opus)
+        .expect("Opus negotiated");
+    (p.pt(), p.red())
+}
+
 /// What a player that negotiated RED got from a publisher of `frames` (20 ms apart): one
 /// sequence number per frame, each packet's primary its frame, its redundant blocks the frames
 /// 1, 3 and 6 before it (by number and by timestamp) that the SFU had, and every frame in some
@@ -456,28 +482,11 @@ fn assert_red_of_depth(player: &Peer, frames: &[Vec<u8>]) {
 fn red_audio_is_forwarded_or_made_plain_per_player() {
     use str0m::rtp::{RedEncoder, RedundantBlock};
 
-    let mut sim = Sim::new();
-    let (mut publisher, offer) = Peer::with_red(sim.now, 10_001, MediaRole::Publish, false, true);
-    sim.negotiate(&mut publisher, offer, 1, "r", MediaRole::Publish);
-    let (mut red_player, offer) = Peer::with_red(sim.now, 10_002, MediaRole::Play, false, true);
-    sim.negotiate(&mut red_player, offer, 2, "r", MediaRole::Play);
-    let (mut plain_player, offer) = Peer::new(sim.now, 10_003, MediaRole::Play, false);
-    sim.negotiate(&mut plain_player, offer, 3, "r", MediaRole::Play);
-    sim.connect(&mut [&mut publisher, &mut red_player, &mut plain_player]);
-    let pts = |peer: &Peer| {
-        let p = peer
-            .rtc
-            .codec_config()
-            .params()
-            .iter()
-            .find(|p| p.spec().codec == Codec::Opus)
-            .unwrap();
-        (p.pt(), p.red())
-    };
-    let (opus, red) = pts(&publisher);
+    let (mut sim, mut publisher, mut red_player, mut plain_player) = red_publisher_and_players();
+    let (opus, red) = opus_and_red_pt(&publisher);
     let red = red.expect("the publisher negotiated RED");
-    assert!(pts(&red_player).1.is_some(), "the RED player negotiated RED");
-    assert_eq!(pts(&plain_player).1, None);
+    assert!(opus_and_red_pt(&red_player).1.is_some(), "the RED player negotiated RED");
+    assert_eq!(opus_and_red_pt(&plain_player).1, None);
 
     // 20 frames, two levels of redundancy; packets 10 and 11 are lost on the way up.
     let frames: Vec<Vec<u8>> = (0..20).map(payload).collect();
@@ -514,7 +523,7 @@ fn red_audio_is_forwarded_or_made_plain_per_player() {
 
     // The RED player: RED on its payload type, of the SDK's depth (`red::History`): each
     // packet the frame and the ones 1, 3 and 6 before it, 10 and 11 among them.
-    let red_pt = pts(&red_player).1.unwrap();
+    let red_pt = opus_and_red_pt(&red_player).1.unwrap();
     assert_eq!(red_player.got.len(), sent.len());
     assert!(red_player.got.iter().all(|p| p.header.payload_type == red_pt));
     assert_red_of_depth(&red_player, &frames);
@@ -525,7 +534,7 @@ fn red_audio_is_forwarded_or_made_plain_per_player() {
         .got
         .iter()
         .map(|p| {
-            assert_eq!(p.header.payload_type, pts(&plain_player).0);
+            assert_eq!(p.header.payload_type, opus_and_red_pt(&plain_player).0);
             (*p.seq_no, p.header.timestamp, p.payload.to_vec())
         })
         .collect();
@@ -547,25 +556,8 @@ fn red_audio_is_forwarded_or_made_plain_per_player() {
 fn padding_on_the_audio_is_dropped_and_numbered_out() {
     use str0m::rtp::{RedEncoder, RedundantBlock};
 
-    let mut sim = Sim::new();
-    let (mut publisher, offer) = Peer::with_red(sim.now, 10_001, MediaRole::Publish, false, true);
-    sim.negotiate(&mut publisher, offer, 1, "r", MediaRole::Publish);
-    let (mut red_player, offer) = Peer::with_red(sim.now, 10_002, MediaRole::Play, false, true);
-    sim.negotiate(&mut red_player, offer, 2, "r", MediaRole::Play);
-    let (mut plain_player, offer) = Peer::new(sim.now, 10_003, MediaRole::Play, false);
-    sim.negotiate(&mut plain_player, offer, 3, "r", MediaRole::Play);
-    sim.connect(&mut [&mut publisher, &mut red_player, &mut plain_player]);
-    let opus_pt = |peer: &Peer| {
-        let p = peer
-            .rtc
-            .codec_config()
-            .params()
-            .iter()
-            .find(|p| p.spec().codec == Codec::Opus)
-            .unwrap();
-        (p.pt(), p.red())
-    };
-    let (opus, red) = opus_pt(&publisher);
+    let (mut sim, mut publisher, mut red_player, mut plain_player) = red_publisher_and_players();
+    let (opus, red) = opus_and_red_pt(&publisher);
     let red = red.expect("RED negotiated");
 
     let frames: Vec<Vec<u8>> = (0..20).map(payload).collect();
