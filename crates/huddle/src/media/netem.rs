@@ -945,6 +945,7 @@ impl Call {
             }
             core.on_event(pc, e);
         });
+        c.core.flush_audio();
         while let Some((_, d)) = c.pc.take_transmit() {
             c.up.send(d, self.now);
         }

@@ -3,9 +3,9 @@
 //! stream's Y4M sink.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use huddle_media::{Vp8Decoder, Y4mWriter};
+use huddle_media::{JitterBuffer, Vp8Decoder, Y4mWriter};
 use str0m::Event;
 use str0m::media::KeyframeRequestKind;
 use tokio::sync::mpsc;
@@ -46,6 +46,112 @@ fn wait_for_expected_red() -> bool {
     *ON.get_or_init(|| std::env::var("HUDDLE_AUDIO_RED_WAIT").map_or(true, |v| v.trim() != "seen"))
 }
 
+/// The audio frames of a played stream on their way to its jitter buffer, each dated when it
+/// would have arrived had it not been lost and recovered from RED.
+///
+/// str0m hands over the frames it recovers from a packet's RED just before that packet (in
+/// sequence order), all with its arrival time. Each is as late as it is behind that packet,
+/// its carrier, whatever came before: a frame whose newer packets were all lost too (N, N+1,
+/// N+2 lost, N+3 bringing N back from level 3) is ahead of every packet seen before, yet 60 ms
+/// late. So the frames of a burst (one arrival time) are held until the burst ends (the
+/// connection's output drained: [`AudioIn::flush`]) and the carrier, the last, is known.
+struct AudioIn {
+    /// Frames lost on the wire come back late from the RED redundancy of the next packets
+    /// (str0m recovers them): the jitter buffer's minimum delay makes room for them.
+    recovery: huddle_media::RecoveryDelay,
+    min_delay: Duration,
+    /// The frames of the burst being handed over, in the connection's order, the carrier last.
+    held: Vec<Held>,
+    /// The newest packet seen (the highest sequence number).
+    newest: Option<u16>,
+}
+
+/// A frame held by [`AudioIn`] until its burst ends.
+struct Held {
+    seq: u16,
+    ts: u32,
+    payload: Vec<u8>,
+    at: Instant,
+    /// Frames behind the newest packet (known once the carrier is).
+    late: u8,
+}
+
+impl AudioIn {
+    fn new(recovery: huddle_media::RecoveryDelay) -> AudioIn {
+        AudioIn {
+            min_delay: recovery.min_delay(),
+            held: Vec::new(),
+            newest: None,
+            recovery,
+        }
+    }
+
+    /// A frame the connection handed over: RTP sequence number, timestamp, Opus payload, and
+    /// the arrival time of the datagram that brought it.
+    fn push(&mut self, seq: u16, ts: u32, payload: Vec<u8>, at: Instant, jitter: &mut JitterBuffer) {
+        if self.held.first().is_some_and(|h| h.at != at) {
+            self.flush(jitter);
+        }
+        self.held.push(Held {
+            seq,
+            ts,
+            payload,
+            at,
+            late: 0,
+        });
+    }
+
+    /// The connection has handed over all it had: the held frames go to the jitter buffer.
+    fn flush(&mut self, jitter: &mut JitterBuffer) {
+        let (Some(first), Some(carrier)) = (self.held.first(), self.held.last()) else {
+            return;
+        };
+        let (first, carrier) = (first.seq, carrier.seq);
+        // The carrier first: `RecoveryDelay` counts each frame behind the newest packet, so
+        // the frames the carrier brought back count as late as they are behind it (and its
+        // minimum delay covers them), and the carrier itself is late only if it was reordered.
+        let n = self.held.len();
+        self.held[n - 1].late = self.recovery.on_packet(carrier);
+        let newest = self.newest;
+        if newest.is_none_or(|n| carrier.wrapping_sub(n) as i16 > 0) {
+            self.newest = Some(carrier);
+        }
+        for h in &mut self.held[..n - 1] {
+            h.late = self.recovery.on_packet(h.seq);
+        }
+        // A frame from further back than the one right before the carrier was lost with the
+        // packet after it.
+        if carrier.wrapping_sub(first) as i16 >= 2 {
+            self.recovery.on_deep_recovery();
+        }
+        if self.recovery.min_delay() != self.min_delay {
+            self.min_delay = self.recovery.min_delay();
+            jitter.set_min_delay(self.min_delay);
+        }
+        // The lateness the minimum delay in force covers. A raise waits for a pause in speech
+        // (`JitterBuffer::set_min_delay`); meanwhile a frame later than that is dated late by
+        // the rest, so that the buffer holds its target up for it at once as for any late
+        // packet (its peak detector) rather than accelerating away from the frames coming
+        // back. But never later than behind the newest packet before its burst (as all frames
+        // were dated before: in a word, a larger peak than that is a step in the word).
+        let frame_us = huddle_media::FRAME_DURATION.as_micros();
+        let covered = (jitter.config().min_delay.as_micros() / frame_us).saturating_sub(1);
+        let covered = u8::try_from(covered).unwrap_or(u8::MAX);
+        for h in self.held.drain(..) {
+            let behind_newest = newest
+                .map_or(0, |n| n.wrapping_sub(h.seq) as i16)
+                .clamp(0, i16::from(h.late));
+            let late = h.late.min(covered).max(behind_newest as u8);
+            // Dated when it would have come: the buffer's jitter estimate is not raised by
+            // redundancy, its minimum delay covers it.
+            let arrival =
+                h.at.checked_sub(huddle_media::FRAME_DURATION * u32::from(late))
+                    .unwrap_or(h.at);
+            jitter.insert(h.seq, h.ts, h.payload, arrival);
+        }
+    }
+}
+
 /// The sans-IO core of a play connection: what its peer connection delivers goes into the
 /// stream's jitter buffer (audio) or decoder (video). Its driver ([`run`] on a socket;
 /// `media::netem` on virtual time) feeds it the connection's events ([`Player::on_event`]); the
@@ -56,13 +162,8 @@ pub(crate) struct Player {
     /// The stream's audio, shared with the mixer.
     pub(crate) audio: Arc<Mutex<PlayerAudio>>,
     video: VideoOut,
-    /// Frames lost on the wire come back late from the RED redundancy of the next packets
-    /// (str0m recovers them): the jitter buffer's minimum delay makes room for them.
-    recovery: huddle_media::RecoveryDelay,
-    min_delay: std::time::Duration,
-    /// When the last audio frame arrived, and the first frame that arrived then (to tell the
-    /// frames recovered from RED's deeper levels).
-    group: (Option<Instant>, u16, bool),
+    /// The audio frames on their way to the jitter buffer, dated.
+    audio_in: AudioIn,
     sample: super::PlaySample,
     stream_id: huddle_proto::StreamId,
     /// When the connection last received anything.
@@ -95,9 +196,7 @@ impl Player {
                 first: false,
                 broken: false,
             },
-            min_delay: recovery.min_delay(),
-            group: (None, 0, false),
-            recovery,
+            audio_in: AudioIn::new(recovery),
             sample: super::PlaySample::default(),
             last_rx: None,
         })
@@ -151,28 +250,9 @@ impl Player {
             let ts = data.time.numer() as u32;
             // Arrivals against timestamps, to see what a sender does (docs/media.md).
             tracing::trace!(seq, ts, len = data.data.len(), at = ?data.network_time, "audio packet");
-            // The frames recovered from RED come out of the connection just before the packet
-            // that carried them, with its arrival time: one from further back than the frame
-            // right before that packet was lost with the packet after it.
-            if self.group.0 != Some(data.network_time) {
-                self.group = (Some(data.network_time), seq, false);
-            } else if !self.group.2 && seq.wrapping_sub(self.group.1) as i16 >= 2 {
-                self.group.2 = true;
-                self.recovery.on_deep_recovery();
-            }
-            let late = self.recovery.on_packet(seq);
-            // Dated when it would have come: the buffer's jitter estimate is not raised by
-            // redundancy, its minimum delay covers it.
-            let arrival = data
-                .network_time
-                .checked_sub(huddle_media::FRAME_DURATION * u32::from(late))
-                .unwrap_or(data.network_time);
             let mut audio = self.audio.lock().unwrap_or_else(|e| e.into_inner());
-            if self.recovery.min_delay() != self.min_delay {
-                self.min_delay = self.recovery.min_delay();
-                audio.jitter().set_min_delay(self.min_delay);
-            }
-            audio.jitter().insert(seq, ts, data.data.to_vec(), arrival);
+            self.audio_in
+                .push(seq, ts, data.data.to_vec(), data.network_time, audio.jitter());
         } else if Some(data.mid) == pc.video {
             let video = &mut self.video;
             if !data.contiguous {
@@ -232,6 +312,14 @@ impl Player {
         }
     }
 
+    /// The connection has handed over everything it had (its `drive` returned): the audio
+    /// frames held until the datagram that carried them was known go to the jitter buffer.
+    /// Called after every drive, so no frame waits longer than that.
+    pub(crate) fn flush_audio(&mut self) {
+        let mut audio = self.audio.lock().unwrap_or_else(|e| e.into_inner());
+        self.audio_in.flush(audio.jitter());
+    }
+
     /// Completes the video recording, if any.
     fn finish(&mut self) {
         if let Some(w) = self.video.y4m.take() {
@@ -260,6 +348,7 @@ pub(crate) async fn run(
     let mut buf = vec![0u8; RECV_BUF];
     loop {
         let wake = pc.drive(|pc, e| player.on_event(pc, e));
+        player.flush_audio();
         if pc.dead {
             reporter.report(pc.end_update());
             break;
@@ -284,4 +373,101 @@ pub(crate) async fn run(
         }
     }
     player.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use huddle_media::{FRAME_DURATION, JitterConfig, RecoveryDelay};
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// Packet `seq` of a stream of 20 ms frames sent with RED at the SDK's distances arrives
+    /// (50 ms on the way, no jitter), handed to `audio_in` as str0m hands it over: the
+    /// still-missing frames it carries a copy of in sequence order before it, all with its
+    /// arrival time, then the end of the burst.
+    fn arrive(
+        seq: u16,
+        have: &mut BTreeSet<u16>,
+        audio_in: &mut AudioIn,
+        jitter: &mut JitterBuffer,
+        t0: Instant,
+    ) {
+        let at = t0 + Duration::from_millis(50) + FRAME_DURATION * u32::from(seq);
+        let mut burst: BTreeSet<u16> = crate::media::pc::RED_DISTANCES
+            .iter()
+            .filter_map(|&d| seq.checked_sub(d as u16))
+            .filter(|s| !have.contains(s))
+            .collect();
+        burst.insert(seq);
+        for s in burst {
+            have.insert(s);
+            audio_in.push(s, u32::from(s) * 960, vec![1; 40], at, jitter);
+        }
+        audio_in.flush(jitter);
+    }
+
+    /// `loss` of the packets lost at random (seeded): the jitter buffer's largest jitter
+    /// estimate and target delay after the first second.
+    fn red_stream(loss: f64, seed: u64) -> (Duration, Duration) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut audio_in = AudioIn::new(RecoveryDelay::expecting(6));
+        let mut jitter = JitterBuffer::new(JitterConfig::default());
+        let t0 = Instant::now();
+        let mut have = BTreeSet::new();
+        let (mut max_jitter, mut max_target) = (Duration::ZERO, Duration::ZERO);
+        for seq in 0..1500u16 {
+            if seq > 0 && rng.gen_bool(loss) {
+                continue;
+            }
+            arrive(seq, &mut have, &mut audio_in, &mut jitter, t0);
+            if seq >= 50 {
+                let stats = jitter.stats();
+                max_jitter = max_jitter.max(stats.jitter);
+                max_target = max_target.max(stats.target_delay);
+            }
+        }
+        (max_jitter, max_target)
+    }
+
+    #[test]
+    fn red_recovered_frames_are_dated_by_their_carrier() {
+        // Before the frames were dated by their carrier (by the newest packet seen before it):
+        // jitter estimate up to 20, 60, 80 ms, target up to 160, 200, 200 ms.
+        for (loss, seed) in [(0.1, 1), (0.3, 2), (0.5, 3)] {
+            let (jitter, target) = red_stream(loss, seed);
+            eprintln!("loss {loss}: jitter estimate up to {jitter:?}, target up to {target:?}");
+            // Every frame is dated when it would have come: no jitter seen, and the target is
+            // the minimum delay `RecoveryDelay` asks for (at most the deepest level's, 140 ms).
+            assert_eq!(jitter, Duration::ZERO, "loss {loss}");
+            assert!(target <= Duration::from_millis(140), "loss {loss}: {target:?}");
+        }
+    }
+
+    #[test]
+    fn frames_recovered_ahead_of_every_packet_seen_are_late_by_their_carrier() {
+        let mut audio_in = AudioIn::new(RecoveryDelay::expecting(6));
+        let mut jitter = JitterBuffer::new(JitterConfig::default());
+        let t0 = Instant::now();
+        let mut have = BTreeSet::new();
+        let mut targets = Vec::new();
+        // Packets 30-32 lost: 33 brings back 32 and 30 (levels 1 and 3; 30 is ahead of every
+        // packet seen before, yet 60 ms late), 34 brings back 31 (level 3).
+        for seq in 0..100u16 {
+            if !(30..33).contains(&seq) {
+                arrive(seq, &mut have, &mut audio_in, &mut jitter, t0);
+            }
+            // Before: 20 ms from packet 34 on for 2 s (30 dated 60 ms late, 32 and 31 20 ms).
+            assert_eq!(jitter.stats().jitter, Duration::ZERO, "seq {seq}: dated as sent");
+            if targets.last() != Some(&jitter.stats().target_delay) {
+                targets.push(jitter.stats().target_delay);
+            }
+        }
+        // 20 ms, then 80 ms for frames three packets late (before: the same, as the peak of a
+        // 60 ms jitter spike), then 140 ms at once for the deepest level: two frames came back
+        // from beyond the first level (the deep-recovery detection).
+        assert_eq!(targets, [20, 80, 140].map(Duration::from_millis));
+    }
 }
