@@ -485,7 +485,10 @@ fn red_audio_is_forwarded_or_made_plain_per_player() {
     let (mut sim, mut publisher, mut red_player, mut plain_player) = red_publisher_and_players();
     let (opus, red) = opus_and_red_pt(&publisher);
     let red = red.expect("the publisher negotiated RED");
-    assert!(opus_and_red_pt(&red_player).1.is_some(), "the RED player negotiated RED");
+    assert!(
+        opus_and_red_pt(&red_player).1.is_some(),
+        "the RED player negotiated RED"
+    );
     assert_eq!(opus_and_red_pt(&plain_player).1, None);
 
     // 20 frames, two levels of redundancy; packets 10 and 11 are lost on the way up.
