@@ -79,8 +79,11 @@ def main():
         counts.clear()
 
     def reload(*_):
+        # Read before answering: the answer lets the writer go on, and a second quick change
+        # would otherwise truncate the file under this read (an empty read, a crash).
+        with open(path) as f:
+            c = json.load(f)
         report()
-        c = json.load(open(path))
         state["loss"], state["delay"] = c["loss_pct"] / 100.0, c["delay_ms"] / 1000.0
 
     stop = []

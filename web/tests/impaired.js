@@ -14,7 +14,7 @@
 // records from its play request for a fixed window, so a slow setup costs score; the recording is
 // scored by crates/huddle/tests/audio_score.py (wideband PESQ, STOI at one alignment).
 import { spawn, spawnSync, execFileSync } from "node:child_process";
-import { mkdtempSync, mkdirSync, writeFileSync, rmSync } from "node:fs";
+import { mkdtempSync, mkdirSync, writeFileSync, renameSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { REPO, huddleBin, startServer, launchBrowser, openPage, logText, waitLog, waitSel, scoreSpeech } from "./harness.js";
@@ -186,7 +186,9 @@ export async function impairedNet(opts) {
     /** @param {number} pct */
     setLoss: async (pct) => {
       lossPct = pct;
-      writeFileSync(conf, JSON.stringify({ ...config, loss_pct: pct }));
+      // Whole or not at all: the router reads it on SIGHUP.
+      writeFileSync(`${conf}.new`, JSON.stringify({ ...config, loss_pct: pct }));
+      renameSync(`${conf}.new`, conf);
       const n = lines.length + 1;
       router.kill("SIGHUP");
       return nextLine(n);
