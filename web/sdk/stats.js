@@ -7,8 +7,18 @@ import { LEVEL_NAMES, QUALITY, QualityLevel, qualityLevelOf, remoteLevels } from
 /** @typedef {import("./types.js").TrackStats} TrackStats */
 
 /**
+ * The shortest span a rate (bitrate, loss rate) is measured over. Several callers read one
+ * stream's statistics (the quality tick every second, the app's own timer): a call sooner than
+ * this after the sample that `last` holds gives that sample's rates again instead of a rate over
+ * a few milliseconds, which Chromium's cached report (the same counters within ~50 ms) turns
+ * into 0 kbit/s for as long as two one-second timers keep their phase.
+ */
+const MIN_RATE_WINDOW_MS = 500;
+
+/**
  * A stream's statistics (`HuddleEngine.getStats`): bitrate, loss, RTT and jitter per kind, since
- * the previous call, whose counters `last` holds (the first call gives bitrate 0).
+ * the sample that `last` holds, taken at least `MIN_RATE_WINDOW_MS` before (the first call gives
+ * bitrate 0).
  * @param {RTCPeerConnection} pc
  * @param {Map<string, any>} last
  * @param {"publish" | "play"} direction
@@ -35,7 +45,9 @@ export async function streamStats(pc, last, direction, streamId) {
     const bytes = direction === "publish" ? r.bytesSent ?? 0 : r.bytesReceived ?? 0;
     const packets = direction === "publish" ? r.packetsSent ?? 0 : r.packetsReceived ?? 0;
     const prev = last.get(r.kind);
-    const bitrateKbps = prev && now > prev.t ? ((bytes - prev.bytes) * 8) / (now - prev.t) : 0;
+    // Too soon after the sample: its rates again, and the sample stays for the next call.
+    const reuse = prev && now - prev.t < MIN_RATE_WINDOW_MS;
+    const bitrateKbps = reuse ? prev.bitrateKbps : prev && now > prev.t ? ((bytes - prev.bytes) * 8) / (now - prev.t) : 0;
     let packetsLost = 0;
     let lossRate = 0;
     let jitterMs = 0;
@@ -45,7 +57,7 @@ export async function streamStats(pc, last, direction, streamId) {
       jitterMs = (r.jitter ?? 0) * 1000;
       const dLost = packetsLost - (prev?.lost ?? 0);
       const dRecv = packets - (prev?.packets ?? 0);
-      lossRate = dLost + dRecv > 0 ? Math.max(0, dLost) / (dLost + dRecv) : 0;
+      lossRate = reuse ? prev.lossRate : dLost + dRecv > 0 ? Math.max(0, dLost) / (dLost + dRecv) : 0;
     } else {
       const remote = r.remoteId ? byId.get(r.remoteId) : undefined;
       if (remote) {
@@ -55,7 +67,7 @@ export async function streamStats(pc, last, direction, streamId) {
         if (remote.roundTripTime !== undefined) trackRtt = remote.roundTripTime * 1000;
       }
     }
-    last.set(r.kind, { t: now, bytes, packets, lost: packetsLost });
+    if (!reuse) last.set(r.kind, { t: now, bytes, packets, lost: packetsLost, bitrateKbps, lossRate });
     const codec = r.codecId ? byId.get(r.codecId)?.mimeType ?? "" : "";
     /** @type {TrackStats} */
     const ts = { bitrateKbps, packets, packetsLost, lossRate, jitterMs, rttMs: trackRtt, codec };

@@ -457,3 +457,38 @@ test("other users' network quality is relayed, then UNKNOWN and DIE when their r
   assert.deepEqual(got, [["bob", QualityLevel.GOOD, QualityLevel.MEDIUM]]);
   e.destroy();
 });
+
+test("getStats read twice in a row (the quality tick and the app's timer) gives the rate, not 0", async () => {
+  const { streamStats } = await import("../sdk/stats.js");
+  // A peer connection whose report, like Chromium's cached one, has the same counters when read
+  // again at once; the clock is the test's.
+  let bytes = 0;
+  let packets = 0;
+  const pc = /** @type {any} */ ({
+    connectionState: "connected",
+    getStats: async () =>
+      new Map([["in-a", { id: "in-a", type: "inbound-rtp", kind: "audio", bytesReceived: bytes, packetsReceived: packets, packetsLost: 0 }]]),
+  });
+  let t = 1000;
+  const realNow = Object.getOwnPropertyDescriptor(performance, "now");
+  Object.defineProperty(performance, "now", { value: () => t, configurable: true });
+  try {
+    const last = new Map();
+    assert.equal((await streamStats(pc, last, "play", "s")).audio?.bitrateKbps, 0, "the first read has no rate");
+    for (let second = 1; second <= 3; second++) {
+      t += 1000;
+      bytes += 6000; // 48 kbit/s
+      packets += 50;
+      const first = await streamStats(pc, last, "play", "s");
+      t += 3; // the other timer, a few milliseconds later, the same counters
+      const again = await streamStats(pc, last, "play", "s");
+      // Over the 1000 ms (or 1003 ms) since the sample: 48 kbit/s, not the 0 of a 3 ms span.
+      assert.equal(Math.round(first.audio?.bitrateKbps ?? 0), 48, `second ${second}`);
+      assert.equal(again.audio?.bitrateKbps, first.audio?.bitrateKbps, `second ${second}, read again`);
+      assert.equal(again.audio?.packets, 50 * second);
+    }
+  } finally {
+    if (realNow) Object.defineProperty(performance, "now", realNow);
+    else delete (/** @type {any} */ (performance).now);
+  }
+});
