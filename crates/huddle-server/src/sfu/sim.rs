@@ -441,6 +441,26 @@ fn opus_and_red_pt(peer: &Peer) -> (Pt, Option<Pt>) {
     (p.pt(), p.red())
 }
 
+/// What a player that did not negotiate RED got from a publisher of `frames` (20 ms apart):
+/// every frame as plain Opus, with consecutive sequence numbers and timestamps 960 apart.
+fn assert_plain_frames(player: &Peer, frames: &[Vec<u8>]) {
+    let opus = opus_and_red_pt(player).0;
+    let mut got: Vec<(u64, u32, Vec<u8>)> = player
+        .got
+        .iter()
+        .map(|p| {
+            assert_eq!(p.header.payload_type, opus);
+            (*p.seq_no, p.header.timestamp, p.payload.to_vec())
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got.iter().map(|g| g.2.clone()).collect::<Vec<_>>(), frames);
+    for w in got.windows(2) {
+        assert_eq!(w[1].0, w[0].0 + 1);
+        assert_eq!(w[1].1, w[0].1.wrapping_add(960));
+    }
+}
+
 /// What a player that negotiated RED got from a publisher of `frames` (20 ms apart): one
 /// sequence number per frame, each packet's primary its frame, its redundant blocks the frames
 /// 1, 3 and 6 before it (by number and by timestamp) that the SFU had, and every frame in some
@@ -531,22 +551,8 @@ fn red_audio_is_forwarded_or_made_plain_per_player() {
     assert!(red_player.got.iter().all(|p| p.header.payload_type == red_pt));
     assert_red_of_depth(&red_player, &frames);
 
-    // The plain player: every frame as plain Opus, 10 and 11 restored, with consecutive
-    // sequence numbers and timestamps 960 apart.
-    let mut got: Vec<(u64, u32, Vec<u8>)> = plain_player
-        .got
-        .iter()
-        .map(|p| {
-            assert_eq!(p.header.payload_type, opus_and_red_pt(&plain_player).0);
-            (*p.seq_no, p.header.timestamp, p.payload.to_vec())
-        })
-        .collect();
-    got.sort();
-    assert_eq!(got.iter().map(|g| g.2.clone()).collect::<Vec<_>>(), frames);
-    for w in got.windows(2) {
-        assert_eq!(w[1].0, w[0].0 + 1);
-        assert_eq!(w[1].1, w[0].1.wrapping_add(960));
-    }
+    // The plain player: every frame, 10 and 11 restored.
+    assert_plain_frames(&plain_player, &frames);
 }
 
 /// Chromium's audio-only publish (docs/quality.md, "Interop under loss"): RED with one block at
@@ -602,18 +608,8 @@ fn padding_on_the_audio_is_dropped_and_numbered_out() {
     assert_eq!(red_player.got.len(), 18);
     assert_red_of_depth(&red_player, &frames);
 
-    // The plain player: every frame, 10 and 15 restored, consecutive numbers.
-    let mut got: Vec<(u64, u32, Vec<u8>)> = plain_player
-        .got
-        .iter()
-        .map(|p| (*p.seq_no, p.header.timestamp, p.payload.to_vec()))
-        .collect();
-    got.sort();
-    assert_eq!(got.iter().map(|g| g.2.clone()).collect::<Vec<_>>(), frames);
-    for w in got.windows(2) {
-        assert_eq!(w[1].0, w[0].0 + 1);
-        assert_eq!(w[1].1, w[0].1.wrapping_add(960));
-    }
+    // The plain player: every frame, 10 and 15 restored.
+    assert_plain_frames(&plain_player, &frames);
 }
 
 #[test]
