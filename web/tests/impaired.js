@@ -464,9 +464,11 @@ export async function impairedCall(net, from, to, sent, tag) {
           proc.connect(mute).connect(ctx.destination);
         });
         const t0 = Date.now();
-        await page.evaluate((s) => {
+        await page.evaluate(([s, logStats]) => {
           const w = /** @type {any} */ (window);
           w.__rec.on = true;
+          w.__rec.series = [];
+          const t0 = performance.now();
           /** @type {HTMLElement} */ (document.querySelector(`#streams li[data-stream-id='${s}']`)).click();
           const poll = setInterval(() => {
             const p = w.huddleApp.playing.get(s);
@@ -475,7 +477,18 @@ export async function impairedCall(net, from, to, sent, tag) {
               w.__rec.ctx.createMediaStreamSource(p.stream).connect(w.__rec.proc);
             }
           }, 10);
-        }, stream);
+          // With HUDDLE_IMPAIRED_LOGDIR: the player's jitter buffer every 50 ms (NetEq's own
+          // counters: its delay, target, and what it accelerated, decelerated and concealed).
+          if (logStats) {
+            const statPoll = setInterval(async () => {
+              if (!w.__rec.on) return clearInterval(statPoll);
+              const pc = w.huddleApp.engine._players.get(s)?.pc;
+              for (const r of pc ? (await pc.getStats()).values() : []) {
+                if (r.type === "inbound-rtp" && r.kind === "audio") w.__rec.series.push({ t_ms: Math.round(performance.now() - t0), ...r });
+              }
+            }, 50);
+          }
+        }, [stream, !!process.env.HUDDLE_IMPAIRED_LOGDIR]);
         const tile = `.tile.play[data-stream-id='${stream}']`;
         let playMs = null;
         await waitSel(page, `${tile}[data-state='PLAYING']`, WINDOW_S * 1000)
@@ -492,8 +505,29 @@ export async function impairedCall(net, from, to, sent, tag) {
           return out;
         }, WINDOW_S * 48000);
         writeWav(rec, samples);
+        // The player's jitter buffer over the call (Chromium's inbound-rtp): what its NetEq
+        // concealed, and stretched to reach its target delay.
+        const playStats = await page.evaluate(async (s) => {
+          const pc = /** @type {any} */ (window).huddleApp.engine._players.get(s)?.pc;
+          for (const r of pc ? (await pc.getStats()).values() : []) {
+            if (r.type === "inbound-rtp" && r.kind === "audio") {
+              const n = r.jitterBufferEmittedCount || 1;
+              return {
+                packetsReceived: r.packetsReceived,
+                concealedSamples: r.concealedSamples,
+                silentConcealedSamples: r.silentConcealedSamples,
+                removedSamplesForAcceleration: r.removedSamplesForAcceleration,
+                insertedSamplesForDeceleration: r.insertedSamplesForDeceleration,
+                meanDelayMs: Math.round((r.jitterBufferDelay / n) * 1000),
+                meanTargetMs: Math.round((r.jitterBufferTargetDelay / n) * 1000),
+              };
+            }
+          }
+          return null;
+        }, stream);
+        if (process.env.HUDDLE_IMPAIRED_LOGDIR) keepLogs(call, "chromium-play", await page.evaluate(() => /** @type {any} */ (window).__rec.series), "");
         const slow = playMs === null || playMs > 3000;
-        play = { ok: playMs !== null, playMs, firstAudioMs: first === null ? null : Number(first), log: slow ? (await logText(page)).slice(-30).join("\n") : undefined };
+        play = { ok: playMs !== null, playMs, firstAudioMs: first === null ? null : Number(first), playStats, log: slow ? (await logText(page)).slice(-30).join("\n") : undefined };
         other.kill();
         pub = await other.done;
       }
@@ -513,7 +547,7 @@ export async function impairedCall(net, from, to, sent, tag) {
     } catch (e) {
       score = { error: String(e).slice(0, 300) };
     }
-    return { from, to, recording: rec, publishMs: pub?.publishMs ?? null, playMs: play?.playMs ?? null, firstAudioMs: play?.firstAudioMs ?? null, score, pubLog: pub?.log, playLog: play?.log };
+    return { from, to, recording: rec, publishMs: pub?.publishMs ?? null, playMs: play?.playMs ?? null, firstAudioMs: play?.firstAudioMs ?? null, score, playStats: play?.playStats, pubLog: pub?.log, playLog: play?.log };
   } finally {
     for (const s of sides) s.kill();
     await chrome?.close();

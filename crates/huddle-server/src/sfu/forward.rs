@@ -473,7 +473,13 @@ impl Sfu {
                     // RED of the SDK's depth, whatever the publisher sent (`red::History`); as
                     // it came when it is that deep already (an SDK publisher).
                     let pt = *track.pt;
+                    let in_view = track.rewriter.ticks_in_view(source, ts);
                     let payload = match wrapped.iter().find(|(p, _)| *p == pt) {
+                        // The player's first packets: only the frames it has been sent before
+                        // (`red::in_view`), made for it.
+                        _ if in_view < red::DEEPEST_TICKS => {
+                            Arc::from(red::wrap(pt, &plain.primary, &red::in_view(&before, in_view)))
+                        }
                         _ if plain.deep => packet.payload.clone(),
                         Some((_, b)) => b.clone(),
                         None => {

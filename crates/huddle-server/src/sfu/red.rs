@@ -126,6 +126,24 @@ impl History {
     }
 }
 
+/// The redundancy of the SDK's depth reaches this far back, in timestamp ticks (6 frames).
+pub const DEEPEST_TICKS: u32 = DISTANCES[DISTANCES.len() - 1] as u32 * FRAME_TICKS;
+
+/// The blocks of `before` (from [`History::before`]) that a player whose view of the stream
+/// began `ticks` before this frame has been sent the frame of
+/// ([`super::rewrite::Rewriter::ticks_in_view`]): a block from before the player's first
+/// packet predates its view, as a packet of its own would, and is left out. libwebrtc's NetEq
+/// starts playing from the oldest frame in its buffer, so a first packet carrying the frame
+/// 6 back made a Chromium player start 120 ms behind and accelerate that surplus away in the
+/// first words (docs/quality.md, "SDK → Chromium on a clean path").
+pub fn in_view(before: &[(u32, std::sync::Arc<[u8]>)], ticks: u32) -> Vec<(u32, std::sync::Arc<[u8]>)> {
+    before
+        .iter()
+        .filter(|(offset, _)| *offset <= ticks)
+        .cloned()
+        .collect()
+}
+
 /// The RED payload of the Opus frame `primary` with the redundant frames `before` it (from
 /// [`History::before`]), all of payload type `pt`; the oldest ones are left out beyond 1100
 /// bytes.
@@ -245,5 +263,16 @@ mod tests {
         let first = wrap(111, &[1], &History::default().before(1, 960));
         let blocks = RedDecoder::decode(&first).unwrap();
         assert_eq!(blocks.len(), 1);
+        // A player whose first packet was frame 15: 16 only (14 predates its view); its first
+        // packet (no ticks in view): the primary alone.
+        let before = h.before(17, 17 * 960);
+        let offsets = |ticks| {
+            let b = wrap(111, &[17; 3], &in_view(&before, ticks));
+            let blocks = RedDecoder::decode(&b).unwrap();
+            blocks.iter().map(|b| b.timestamp_offset).collect::<Vec<_>>()
+        };
+        assert_eq!(offsets(2 * 960), vec![960, 0]);
+        assert_eq!(offsets(0), vec![0]);
+        assert_eq!(offsets(DEEPEST_TICKS), vec![2880, 960, 0]);
     }
 }

@@ -33,6 +33,8 @@ pub struct Rewriter {
     source: Option<u64>,
     /// The first source sequence number of this source: earlier ones predate the receiver.
     first_in: u64,
+    /// That packet's timestamp.
+    first_ts: u32,
     seq_delta: i64,
     ts_delta: u32,
     last: Option<Last>,
@@ -48,6 +50,7 @@ impl Rewriter {
             start_ts,
             source: None,
             first_in: 0,
+            first_ts: 0,
             seq_delta: 0,
             ts_delta: 0,
             last: None,
@@ -74,6 +77,7 @@ impl Rewriter {
             self.seq_delta = next_seq as i64 - seq as i64;
             self.ts_delta = next_ts.wrapping_sub(ts);
             self.first_in = seq;
+            self.first_ts = ts;
             self.source = Some(source);
         }
         if seq < self.first_in {
@@ -89,6 +93,21 @@ impl Rewriter {
             });
         }
         Some((out_seq, out_ts))
+    }
+
+    /// How far back, in timestamp ticks, this receiver's view of `source` begins from a packet
+    /// of timestamp `ts`: 0 for the first packet of a new source (or after
+    /// [`Rewriter::resume`]). A RED packet's redundant blocks further back predate the view, as
+    /// a packet of theirs would ([`Rewriter::map`] drops those), and are left out
+    /// (`red::in_view`).
+    pub fn ticks_in_view(&self, source: u64, ts: u32) -> u32 {
+        match self.source {
+            Some(s) if s == source => {
+                let ticks = ts.wrapping_sub(self.first_ts);
+                if ticks < 1 << 31 { ticks } else { 0 }
+            }
+            _ => 0,
+        }
     }
 
     /// The receiver missed the source's packets for a while on purpose (a play mute): the next
@@ -118,6 +137,22 @@ mod tests {
             r.map(1, 200_002, 4_000_001_920u32.wrapping_add(300_000_000), t0),
             Some((1002, 1925u32.wrapping_add(300_000_000)))
         );
+    }
+
+    #[test]
+    fn the_view_of_a_source_begins_at_its_first_packet() {
+        let t0 = Instant::now();
+        let mut r = Rewriter::new(48_000, 1000, 5);
+        // Before any packet, and for the first packet of a source: nothing in view before it.
+        assert_eq!(r.ticks_in_view(1, 4_294_966_000), 0);
+        r.map(1, 200_000, 4_294_966_000, t0);
+        // Across the timestamp's wrap, and not for an older packet.
+        assert_eq!(r.ticks_in_view(1, 4_294_966_000u32.wrapping_add(2880)), 2880);
+        assert_eq!(r.ticks_in_view(1, 4_294_966_000 - 960), 0);
+        // Another source, or the same after a pause (`resume`), begins a new view.
+        assert_eq!(r.ticks_in_view(2, 4_294_966_000u32.wrapping_add(2880)), 0);
+        r.resume();
+        assert_eq!(r.ticks_in_view(1, 4_294_966_000u32.wrapping_add(5760)), 0);
     }
 
     #[test]

@@ -612,6 +612,75 @@ fn padding_on_the_audio_is_dropped_and_numbered_out() {
     assert_plain_frames(&plain_player, &frames);
 }
 
+/// A player that joins a running stream gets no redundant block from before its first packet:
+/// libwebrtc's NetEq starts playing from the oldest frame in its buffer, so a first packet with
+/// the frame 6 back made Chromium start 120 ms behind and accelerate that away in the first
+/// words (docs/quality.md, "SDK → Chromium on a clean path"). Its depth grows with the frames
+/// it has, to the SDK's 1, 3 and 6 back, from an SDK publisher (RED forwarded as it came) and
+/// from Chromium's one block (RED made by the SFU) alike.
+#[test]
+fn a_late_player_gets_no_redundancy_from_before_its_first_packet() {
+    use str0m::rtp::{RedDecoder, RedEncoder, RedundantBlock};
+
+    for depth in [&[1usize, 3, 6][..], &[1][..]] {
+        let mut sim = Sim::new();
+        let (mut publisher, offer) = Peer::with_red(sim.now, 10_001, MediaRole::Publish, false, true);
+        sim.negotiate(&mut publisher, offer, 1, "r", MediaRole::Publish);
+        sim.connect(&mut [&mut publisher]);
+        let (opus, red) = opus_and_red_pt(&publisher);
+        let red = red.expect("RED negotiated");
+        let (mut player, offer) = Peer::with_red(sim.now, 10_002, MediaRole::Play, false, true);
+        let frames: Vec<Vec<u8>> = (0..30).map(payload).collect();
+        for (i, frame) in frames.iter().enumerate() {
+            if i == 10 {
+                // The player joins once the stream is running.
+                sim.negotiate(&mut player, offer.clone(), 2, "r", MediaRole::Play);
+                sim.connect(&mut [&mut publisher, &mut player]);
+            }
+            let redundant: Vec<RedundantBlock> = depth
+                .iter()
+                .rev()
+                .filter(|&&d| i >= d)
+                .map(|&d| RedundantBlock {
+                    pt: *opus,
+                    timestamp_offset: 960 * d as u32,
+                    payload: frames[i - d].clone(),
+                })
+                .collect();
+            let seq = 100 + i as u64;
+            let now = sim.now;
+            let mid = publisher.mid(MediaKind::Audio);
+            let mut api = publisher.rtc.direct_api();
+            let tx = api.stream_tx_by_mid(mid, None).unwrap();
+            tx.write_rtp(RtpWrite::new(
+                red,
+                seq.into(),
+                (seq * 960) as u32,
+                now,
+                RedEncoder::encode(*opus, frame, &redundant),
+            ));
+            sim.run(&mut [&mut publisher, &mut player], 20);
+        }
+        sim.run(&mut [&mut publisher, &mut player], 200);
+
+        assert!(player.got.len() >= 15, "{depth:?}: {} packets", player.got.len());
+        let (seq0, ts0) = (*player.got[0].seq_no, player.got[0].header.timestamp);
+        for p in &player.got {
+            let k = *p.seq_no - seq0;
+            assert_eq!(u64::from(p.header.timestamp.wrapping_sub(ts0) / 960), k);
+            let blocks = RedDecoder::decode(&p.payload).expect("RED");
+            let backs: Vec<u64> = blocks
+                .iter()
+                .rev()
+                .skip(1)
+                .map(|b| u64::from(b.timestamp_offset / 960))
+                .collect();
+            let want: Vec<u64> = [1, 3, 6].into_iter().filter(|&d| d <= k).collect();
+            assert_eq!(backs, want, "{depth:?}: packet {k} of the player's");
+        }
+    }
+}
+
 #[test]
 fn a_client_reaches_the_second_of_two_candidates() {
     // A multi-homed server: the clients cannot reach its first address, only its second.
