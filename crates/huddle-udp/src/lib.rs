@@ -27,6 +27,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 #[cfg(target_os = "linux")]
 use std::os::fd::AsFd;
+use std::time::Duration;
 
 #[cfg(target_os = "linux")]
 mod sys;
@@ -88,6 +89,68 @@ impl Outgoing for (SocketAddr, &[u8]) {
     fn payload(&self) -> &[u8] {
         self.1
     }
+}
+
+/// Linux's `TCP_RTO_MIN_US` (6.15; `include/uapi/linux/tcp.h`), not in the libc crate yet.
+#[cfg(target_os = "linux")]
+const TCP_RTO_MIN_US: libc::c_int = 45;
+
+/// The floor of the retransmission timeout [`set_thin_stream`] sets, instead of Linux's 200 ms
+/// (`TCP_RTO_MIN`). The RTO stays SRTT + max(4·RTTVAR, this): a path whose RTT varies (or a
+/// peer that delays its ACKs) still gets its margin from the variance the kernel measures.
+pub const THIN_STREAM_RTO_MIN: Duration = Duration::from_millis(50);
+
+/// Loss recovery for a TCP connection carrying small, latency-bound messages (Huddle's
+/// signaling), on the data this end sends:
+///
+/// - `TCP_THIN_LINEAR_TIMEOUTS`: while fewer than four segments are out, the first six RTOs
+///   do not double (`tcp_retransmit_timer` in `net/ipv4/tcp_timer.c`;
+///   `Documentation/networking/tcp-thin.rst`). Linux ≥ 2.6.34.
+/// - `TCP_RTO_MIN_US` = [`THIN_STREAM_RTO_MIN`]: a lost segment is sent again after
+///   SRTT + 50 ms rather than SRTT + 200 ms, and the tail probe of a lone segment waits
+///   2·SRTT + 50 ms rather than 2·SRTT + 200 ms (`tcp_schedule_loss_probe`). Linux ≥ 6.15;
+///   older kernels refuse it (`ENOPROTOOPT`) and keep their 200 ms.
+///
+/// Both are tried; the first refusal is returned (the caller logs it: the connection works
+/// either way). Elsewhere than Linux, nothing is set.
+#[cfg(target_os = "linux")]
+pub fn set_thin_stream(socket: &impl AsFd) -> io::Result<()> {
+    let fd = socket.as_fd();
+    let thin = sys::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_THIN_LINEAR_TIMEOUTS, 1);
+    let micros = THIN_STREAM_RTO_MIN.as_micros() as libc::c_int;
+    let rto_min = sys::set_int_option(fd, libc::IPPROTO_TCP, TCP_RTO_MIN_US, micros);
+    thin.and(rto_min)
+}
+
+/// Elsewhere the kernel's defaults stay.
+#[cfg(not(target_os = "linux"))]
+pub fn set_thin_stream<S>(_socket: &S) -> io::Result<()> {
+    Ok(())
+}
+
+/// What [`set_thin_stream`] sets, as the kernel reports it on a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThinStream {
+    /// `TCP_THIN_LINEAR_TIMEOUTS` is on.
+    pub linear_timeouts: bool,
+    /// The socket's `TCP_RTO_MIN_US`; `None` on a kernel without the option.
+    pub rto_min: Option<Duration>,
+}
+
+/// Reads the options of [`set_thin_stream`] back from `socket`.
+#[cfg(target_os = "linux")]
+pub fn thin_stream(socket: &impl AsFd) -> io::Result<ThinStream> {
+    let fd = socket.as_fd();
+    let linear_timeouts = sys::int_option(fd, libc::IPPROTO_TCP, libc::TCP_THIN_LINEAR_TIMEOUTS)? != 0;
+    let rto_min = match sys::int_option(fd, libc::IPPROTO_TCP, TCP_RTO_MIN_US) {
+        Ok(us) => Some(Duration::from_micros(us.max(0) as u64)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => None,
+        Err(e) => return Err(e),
+    };
+    Ok(ThinStream {
+        linear_timeouts,
+        rto_min,
+    })
 }
 
 /// Asks the kernel to stamp each datagram received on `socket` with its arrival time

@@ -76,6 +76,30 @@ pub(crate) fn set_int_option(
     }
 }
 
+/// Reads an integer socket option.
+pub(crate) fn int_option(
+    socket: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    let r = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        Ok(value)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Per-slot address and control storage for `recvmmsg`.
 pub(crate) struct RecvSlots {
     names: Vec<libc::sockaddr_storage>,

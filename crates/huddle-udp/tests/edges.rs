@@ -326,3 +326,39 @@ fn one_datagram_at_a_time_with_and_without_its_arrival_time() {
     let age = huddle_udp::age_us(at).expect("not in the future");
     assert!(age < 10_000_000, "{age} us");
 }
+
+/// The thin-stream options are set on a real TCP socket and read back as the kernel keeps
+/// them: linear timeouts on, the RTO floor 50 ms, up to a jiffy (or, on a kernel before 6.15, the option
+/// refused by the setter and absent when read).
+#[test]
+fn a_thin_stream_has_linear_timeouts_and_a_50_ms_rto_floor() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let before = huddle_udp::thin_stream(&stream).unwrap();
+    assert!(!before.linear_timeouts, "{before:?}");
+    let set = huddle_udp::set_thin_stream(&stream);
+    let after = huddle_udp::thin_stream(&stream).unwrap();
+    assert!(after.linear_timeouts, "{after:?}");
+    match after.rto_min {
+        Some(floor) => {
+            assert!(set.is_ok(), "{set:?}");
+            // The kernel keeps it in jiffies (4 ms at HZ=250): rounded up by less than one.
+            let asked = huddle_udp::THIN_STREAM_RTO_MIN;
+            assert!(
+                floor >= asked && floor < asked + Duration::from_millis(10),
+                "{floor:?}"
+            );
+            assert_eq!(before.rto_min, Some(Duration::from_millis(200)), "{before:?}");
+        }
+        None => assert_eq!(
+            set.unwrap_err().raw_os_error(),
+            Some(libc_enoprotoopt()),
+            "an older kernel refuses TCP_RTO_MIN_US"
+        ),
+    }
+}
+
+/// `ENOPROTOOPT` on Linux.
+fn libc_enoprotoopt() -> i32 {
+    92
+}

@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use huddle_proto::{MAX_MESSAGE_BYTES, ServerMsg};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::debug;
@@ -42,6 +43,39 @@ pub(crate) enum ConnEvent {
     Closed(ConnId, String),
 }
 
+/// Opens the TCP connection of a signaling WebSocket to `url`'s host and port (the scheme's
+/// default when absent), as tokio-tungstenite's `connect_async` does, with the socket options
+/// of a small, latency-bound stream: no Nagle, and Linux's thin-stream loss recovery on what
+/// the SDK sends (`huddle_udp::set_thin_stream`: linear RTOs, a 50 ms RTO floor; the
+/// server sets the same on its side, docs/quality.md's setup). Written here because
+/// tokio-tungstenite sets no option but `TCP_NODELAY` on a socket it opens.
+async fn connect_tcp(url: &str) -> Result<tokio::net::TcpStream, WsError> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    use tokio_tungstenite::tungstenite::error::UrlError;
+    let request = url.into_client_request()?;
+    let uri = request.uri();
+    let host = uri.host().ok_or(WsError::Url(UrlError::NoHostName))?;
+    // An IPv6 literal's brackets are not part of the address.
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port = uri
+        .port_u16()
+        .or(match uri.scheme_str() {
+            Some("wss") => Some(443),
+            Some("ws") => Some(80),
+            _ => None,
+        })
+        .ok_or(WsError::Url(UrlError::UnsupportedUrlScheme))?;
+    let stream = tokio::net::TcpStream::connect((host, port)).await?;
+    stream.set_nodelay(true)?;
+    if let Err(e) = huddle_udp::set_thin_stream(&stream) {
+        debug!(error = %e, "thin-stream TCP options not all set");
+    }
+    Ok(stream)
+}
+
 /// Runs one connection to `url` (`wss://` with `tls`). Ends when the server closes, the network
 /// breaks, or the engine drops the sending side of `outgoing` (then it closes the WebSocket
 /// politely).
@@ -57,8 +91,10 @@ pub(crate) async fn run(
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES));
     let connector = tls.map(tokio_tungstenite::Connector::Rustls);
-    let connecting =
-        tokio_tungstenite::connect_async_tls_with_config(url.as_str(), Some(config), true, connector);
+    let connecting = async {
+        let stream = connect_tcp(&url).await?;
+        tokio_tungstenite::client_async_tls_with_config(url.as_str(), stream, Some(config), connector).await
+    };
     let ws = match tokio::time::timeout(connect_timeout, connecting).await {
         Ok(Ok((ws, _response))) => ws,
         Ok(Err(e)) => {
@@ -113,4 +149,36 @@ pub(crate) async fn run(
         }
     };
     let _ = events.send(ConnEvent::Closed(id, why)).await;
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// The SDK's signaling socket (IPv4, and an IPv6 literal with its brackets) has no Nagle
+    /// and the thin-stream options, read back from the kernel on a real loopback connection.
+    #[tokio::test]
+    async fn the_signaling_socket_is_a_thin_stream() {
+        for ip in ["127.0.0.1", "::1"] {
+            let Ok(listener) = tokio::net::TcpListener::bind((ip, 0)).await else {
+                continue; // no IPv6 on this host
+            };
+            let addr = listener.local_addr().unwrap();
+            let stream = connect_tcp(&format!("ws://{addr}/ws")).await.unwrap();
+            assert_eq!(stream.peer_addr().unwrap(), addr);
+            assert!(stream.nodelay().unwrap());
+            let thin = huddle_udp::thin_stream(&stream).unwrap();
+            assert!(thin.linear_timeouts, "{thin:?}");
+            if let Some(floor) = thin.rto_min {
+                // In jiffies: rounded up by less than one (absent on kernels before 6.15).
+                let asked = huddle_udp::THIN_STREAM_RTO_MIN;
+                assert!(
+                    floor >= asked && floor < asked + Duration::from_millis(10),
+                    "{floor:?}"
+                );
+            }
+        }
+        // A URL without a host is refused before any connection.
+        assert!(connect_tcp("ws:///ws").await.is_err());
+    }
 }

@@ -63,8 +63,13 @@ impl axum::serve::Listener for GuardedListener {
                         debug!(%addr, "per-address TCP limit: connection closed");
                         continue;
                     };
-                    // Signaling messages are small and latency-bound: no Nagle.
+                    // Signaling messages are small and latency-bound: no Nagle, and the loss
+                    // recovery of a thin stream on what the server sends (linear RTOs, a 50 ms
+                    // RTO floor: `huddle_udp::set_thin_stream`, docs/quality.md's setup).
                     let _ = stream.set_nodelay(true);
+                    if let Err(e) = huddle_udp::set_thin_stream(&stream) {
+                        debug!(%addr, error = %e, "thin-stream TCP options not all set");
+                    }
                     // One deadline for the TLS handshake and the first byte of the request.
                     let deadline = tokio::time::Instant::now() + self.state.0.config.login_timeout;
                     match &self.state.0.tls {
@@ -321,5 +326,38 @@ impl ServerState {
             state: self.clone(),
             ip: Some(ip),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServerConfig;
+    use axum::serve::Listener as _;
+
+    /// A signaling connection the guard accepts has no Nagle and the thin-stream options on
+    /// the server's socket (read back from the kernel on a real loopback connection).
+    #[tokio::test]
+    async fn an_accepted_signaling_socket_is_a_thin_stream() {
+        let state = ServerState::new(ServerConfig::for_tests(vec![crate::config::test_app(1)])).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut guarded = state.guard_listener(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = guarded.accept().await;
+        let Transport::Plain(tcp) = &stream.inner else {
+            panic!("a plain connection without TLS");
+        };
+        assert!(tcp.nodelay().unwrap());
+        let thin = huddle_udp::thin_stream(tcp).unwrap();
+        assert!(thin.linear_timeouts, "{thin:?}");
+        if let Some(floor) = thin.rto_min {
+            // In jiffies: rounded up by less than one (absent on kernels before 6.15).
+            let asked = huddle_udp::THIN_STREAM_RTO_MIN;
+            assert!(
+                floor >= asked && floor < asked + Duration::from_millis(10),
+                "{floor:?}"
+            );
+        }
     }
 }

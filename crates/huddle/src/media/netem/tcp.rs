@@ -17,6 +17,10 @@
 //! - the RTO fires when nothing else did: the first unacknowledged segment again, the timer
 //!   doubled (`icsk_backoff`) until new data is acknowledged; after it, the other lost
 //!   segments follow as the acknowledgements come (slow start from one segment);
+//! - the sender's socket options ([`Options`]): `TCP_RTO_MIN_US` replaces `tcp_rto_min` in
+//!   the RTO and in a one-segment probe; `TCP_THIN_LINEAR_TIMEOUTS` keeps the first six RTOs
+//!   from doubling while fewer than four segments are out (`tcp_retransmit_timer` in
+//!   `net/ipv4/tcp_timer.c`, `tcp_stream_is_thin`);
 //! - the receiver acknowledges every segment at once with SACK (out-of-order data is ACKed
 //!   immediately; in-order data may be delayed up to 40 ms by delayed ACK, which only makes
 //!   the sender learn later, not the data arrive later — left out), and ACKs cross the
@@ -41,6 +45,44 @@ pub(crate) const RTO_MIN: Duration = Duration::from_millis(200);
 /// The payload of one segment: a 1500-byte MTU less IPv4, TCP and its timestamp option.
 pub(crate) const MSS: usize = 1448;
 
+/// Linux's `TCP_THIN_LINEAR_RETRIES`: RTOs of a thin stream that keep the timer linear.
+const THIN_LINEAR_RETRIES: u32 = 6;
+
+/// The sender's socket options that change its loss recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Options {
+    /// The socket's `tcp_rto_min` (`TCP_RTO_MIN_US`, Linux 6.15; [`RTO_MIN`] by default): the
+    /// floor of RTTVAR in the RTO (`tcp_rtt_estimator`'s `mdev_max_us`) and the delayed-ACK
+    /// allowance of a one-segment tail probe (`tcp_schedule_loss_probe`).
+    pub(crate) rto_min: Duration,
+    /// `TCP_THIN_LINEAR_TIMEOUTS`: while the stream is thin (fewer than 4 segments out and out
+    /// of the initial slow start, which the first RTO ends: `tcp_enter_loss` sets ssthresh
+    /// before the timer is re-armed), the first [`THIN_LINEAR_RETRIES`] RTOs do not double
+    /// (`tcp_retransmit_timer`).
+    pub(crate) thin_linear: bool,
+}
+
+impl Options {
+    /// What the server and the SDK set on their signaling sockets
+    /// ([`huddle_udp::set_thin_stream`]).
+    pub(crate) fn thin_stream() -> Options {
+        Options {
+            rto_min: huddle_udp::THIN_STREAM_RTO_MIN,
+            thin_linear: true,
+        }
+    }
+}
+
+impl Default for Options {
+    /// Linux's defaults.
+    fn default() -> Options {
+        Options {
+            rto_min: RTO_MIN,
+            thin_linear: false,
+        }
+    }
+}
+
 /// One direction of an established connection.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Path {
@@ -53,6 +95,8 @@ pub(crate) struct Path {
     /// One way, ACK direction, and its jitter.
     pub(crate) ack_delay: Duration,
     pub(crate) ack_jitter: Duration,
+    /// The sender's socket options.
+    pub(crate) options: Options,
 }
 
 impl Path {
@@ -67,10 +111,10 @@ impl Path {
     }
 
     /// RTO = SRTT + max(4·RTTVAR, `tcp_rto_min`): with the small variance of a steady path,
-    /// SRTT + 200 ms.
+    /// SRTT + 200 ms (SRTT + the socket's `TCP_RTO_MIN_US` when set).
     fn rto(&self) -> Duration {
         let rttvar = (self.jitter + self.ack_jitter) / 2;
-        self.srtt() + (rttvar * 4).max(RTO_MIN)
+        self.srtt() + (rttvar * 4).max(self.options.rto_min)
     }
 }
 
@@ -103,6 +147,7 @@ pub(crate) fn deliver(sent: Instant, n: usize, path: &Path, rng: &mut StdRng) ->
     let mut sacked: u64 = 0;
     let mut lost: u64 = 0; // marked lost by an RTO, sent again as ACKs come
     let mut backoff = 0u32;
+    let mut retransmits = 0u32; // RTOs since new data was last acknowledged (`icsk_retransmits`)
     let mut probe_used = false;
     let mut recovering = false; // in RACK recovery or after an RTO: no probes (CA_Open only)
     let mut timer_gen = 0u64;
@@ -127,7 +172,7 @@ pub(crate) fn deliver(sent: Instant, n: usize, path: &Path, rng: &mut StdRng) ->
         }
         let pto = path.srtt() * 2
             + if outstanding == 1 {
-                RTO_MIN
+                path.options.rto_min
             } else {
                 Duration::from_millis(2)
             };
@@ -181,6 +226,7 @@ pub(crate) fn deliver(sent: Instant, n: usize, path: &Path, rng: &mut StdRng) ->
                 }
                 sacked |= have;
                 backoff = 0;
+                retransmits = 0;
                 probe_used = false;
                 // RACK: segments sent before the newest one just acknowledged are lost once
                 // SRTT + reo_wnd has passed since they were sent.
@@ -251,9 +297,15 @@ pub(crate) fn deliver(sent: Instant, n: usize, path: &Path, rng: &mut StdRng) ->
                     last_tx[last] = (now, order);
                     transmit(last, now, &mut events, rng);
                 } else {
-                    // RTO: the first unacknowledged segment, the timer doubled; the others
-                    // are lost and follow with the ACKs.
-                    backoff += 1;
+                    // RTO: the first unacknowledged segment, the timer doubled (kept, for a
+                    // thin stream with linear timeouts: `packets_out` counts every segment
+                    // from the first unacknowledged one, SACKed or not); the others are lost
+                    // and follow with the ACKs.
+                    retransmits += 1;
+                    let thin = n - first < 4;
+                    if !(path.options.thin_linear && thin && retransmits <= THIN_LINEAR_RETRIES) {
+                        backoff += 1;
+                    }
                     recovering = true;
                     order += 1;
                     last_tx[first] = (now, order);
@@ -308,6 +360,7 @@ mod tests {
             ack_loss: loss,
             ack_delay: Duration::from_millis(50),
             ack_jitter: Duration::ZERO,
+            options: Options::default(),
         }
     }
 
@@ -359,6 +412,34 @@ mod tests {
         );
         // Nothing arrives between the first try and RACK's repair.
         assert!(seen.iter().all(|t| *t == 50 || *t >= 175), "{seen:?}");
+    }
+
+    /// The schedule of a lost single segment with the thin-stream options
+    /// ([`Options::thin_stream`]): the RTO is SRTT + 50 ms = 150 ms (before the probe's
+    /// 2·SRTT + 50 ms) and does not double: tries at 0, 150, 300, 450, 600 ms. With linear
+    /// timeouts alone, 300 ms apart.
+    #[test]
+    fn the_thin_stream_options_retry_a_lost_segment_linearly_and_sooner() {
+        let t0 = Instant::now();
+        for (options, want) in [
+            (Options::thin_stream(), vec![50, 200, 350, 500, 650]),
+            (
+                Options {
+                    rto_min: RTO_MIN,
+                    thin_linear: true,
+                },
+                vec![50, 350, 650, 950, 1250],
+            ),
+        ] {
+            let p = Path { options, ..path(0.5) };
+            let mut seen = std::collections::BTreeSet::new();
+            for seed in 0..2000 {
+                let mut rng = StdRng::seed_from_u64(seed);
+                seen.insert((deliver(t0, 1, &p, &mut rng) - t0).as_millis());
+            }
+            let first: Vec<u128> = seen.iter().copied().take(5).collect();
+            assert_eq!(first, want, "{options:?}: {seen:?}");
+        }
     }
 
     /// The old model waited 300 ms, then 600, 1200 ms more: later than Linux from the second
