@@ -1212,6 +1212,9 @@ export class HuddleEngine {
           auth: { token: room.token },
           user_status_notify: room.userUpdate,
           max_member_count: room.maxMemberCount,
+          // A browser starts ICE on setRemoteDescription whichever DTLS role the answer gives:
+          // the server may answer as the DTLS client (docs/protocol.md, "DTLS roles").
+          setup_active: true,
         };
         if (room.phase === "reconnecting" && room.resume) login.resume = room.resume;
         room.ws.send(JSON.stringify(login));
