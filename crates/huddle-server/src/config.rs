@@ -247,7 +247,7 @@ pub struct ServerConfig {
     pub media_workers: usize,
     /// Whether the server answers a client's `a=setup:actpass` media offer as the DTLS client
     /// (`a=setup:active`, RFC 5763 section 5) when the client's login declared that it starts
-    /// ICE on such an answer (`setup_active`; the SDK and huddle.js do): the handshake ends a
+    /// ICE on such an answer (`setup_active`; the SDK does, huddle.js not yet): the handshake ends a
     /// flight earlier, and a player's media flows once the server's Finished is out
     /// (`dtls_active`, default true; `docs/protocol.md`, `docs/quality.md` "Setup under loss").
     /// Off: every answer is `a=setup:passive`, as before.

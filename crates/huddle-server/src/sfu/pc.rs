@@ -1051,7 +1051,7 @@ mod tests {
     }
 
     /// The server answers `actpass` as the DTLS client for a client whose login said it starts
-    /// ICE on such an answer (`setup_active`: the SDK, huddle.js), publisher or player; a client
+    /// ICE on such an answer (`setup_active`: the SDK), publisher or player; a client
     /// that did not say so (an older SDK, a relay link) gets `passive` as before, as does every
     /// client when the server's `dtls_active` is off; an offer that names its role gets the
     /// other one.
