@@ -32,6 +32,9 @@ export HUDDLE_QUALITY_MODELS="${MODELS:-random,bursty}"
 # on every run, on a busy machine too (about 4 minutes in a debug build).
 # `COMPARE=1 scripts/quality.sh netem` runs the scored calls again with the player's old wait for
 # RED (HUDDLE_AUDIO_RED_WAIT=seen) into netem-seen.txt, the same seeds (its floors then fail).
+# Measurement knobs of the scored calls: HUDDLE_NETEM_SEEDS=20 runs each point over seeds 1-20
+# (the floors are set for the tests' own counts), HUDDLE_NETEM_DTLS_ACTIVE=0 with the server as
+# DTLS server (the default is its DTLS client; docs/quality.md "Setup under loss").
 # `scripts/quality.sh interop`: real processes in network namespaces (web/tests/impaired.js,
 # scripts/quality_interop.mjs; docs/quality.md "Interop under loss"): `huddle serve`, a publisher
 # and a player each in its own namespace, every packet of both legs (signaling included) through

@@ -1212,6 +1212,11 @@ export class HuddleEngine {
           auth: { token: room.token },
           user_status_notify: room.userUpdate,
           max_member_count: room.maxMemberCount,
+          // Not yet: with the server as a browser's DTLS client, a player of a stream whose
+          // publisher left and came back stayed PLAY_REQUESTING in 4 of 6 runs of page.test.js
+          // (0 of 3 with the server as DTLS server; docs/quality.md, "Setup under loss"). Until
+          // that is understood the server answers browsers as their DTLS server.
+          setup_active: false,
         };
         if (room.phase === "reconnecting" && room.resume) login.resume = room.resume;
         room.ws.send(JSON.stringify(login));

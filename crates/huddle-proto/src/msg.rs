@@ -260,6 +260,13 @@ pub struct Login {
     /// Set to resume a broken session instead of starting a new one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<Resume>,
+    /// The client starts its ICE checks as soon as it has a `media_answer` that makes the server
+    /// the DTLS client (`a=setup:active`, RFC 5763 section 5): the server then answers this
+    /// session's `actpass` offers so, which saves a DTLS flight of setup. Clients that leave it
+    /// out (false) are answered `a=setup:passive` as before: an SDK built on str0m before its
+    /// fix waited for a check from the ICE-lite server that never comes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub setup_active: bool,
 }
 
 /// Messages from a client to the server.
@@ -917,7 +924,31 @@ mod tests {
             user_status_notify: true,
             max_member_count: 0,
             resume: None,
+            setup_active: false,
         })
+    }
+
+    /// A login from a client that does not know `setup_active` (an older SDK) parses as one that
+    /// does not declare it; a client that declares it says so on the wire, one that does not
+    /// sends nothing new.
+    #[test]
+    fn setup_active_is_declared_or_absent() {
+        let old = login().encode();
+        assert!(!old.contains("setup_active"), "{old}");
+        let ClientMsg::Login(l) = ClientMsg::decode(&old).unwrap() else {
+            panic!("a login")
+        };
+        assert!(!l.setup_active);
+        let ClientMsg::Login(mut l) = login() else {
+            panic!("a login")
+        };
+        l.setup_active = true;
+        let text = ClientMsg::Login(l).encode();
+        assert!(text.contains(r#""setup_active":true"#), "{text}");
+        let ClientMsg::Login(l) = ClientMsg::decode(&text).unwrap() else {
+            panic!("a login")
+        };
+        assert!(l.setup_active);
     }
 
     #[test]

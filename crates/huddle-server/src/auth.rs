@@ -178,6 +178,7 @@ mod tests {
             user_status_notify: false,
             max_member_count: 0,
             resume: None,
+            setup_active: false,
         }
     }
 

@@ -245,6 +245,13 @@ pub struct ServerConfig {
     /// container's CPU set allows; at most 256). The first of them also reads the socket and
     /// hands each datagram to its shard (`docs/sfu.md`).
     pub media_workers: usize,
+    /// Whether the server answers a client's `a=setup:actpass` media offer as the DTLS client
+    /// (`a=setup:active`, RFC 5763 section 5) when the client's login declared that it starts
+    /// ICE on such an answer (`setup_active`; the SDK does, huddle.js not yet): the handshake ends a
+    /// flight earlier, and a player's media flows once the server's Finished is out
+    /// (`dtls_active`, default true; `docs/protocol.md`, `docs/quality.md` "Setup under loss").
+    /// Off: every answer is `a=setup:passive`, as before.
+    pub dtls_active: bool,
     /// The configured apps (`[[apps]]`).
     pub apps: Vec<AppConfig>,
     /// Where the server keeps its files (`data_dir`, default [`default_data_dir`]).
@@ -357,6 +364,7 @@ impl Default for ServerConfig {
             tcp_port: Some(7881),
             public_ip: None,
             media_workers: 0,
+            dtls_active: true,
             apps: Vec::new(),
             data_dir: default_data_dir(),
             record_dir: None,
@@ -415,6 +423,7 @@ const FILE_KEYS: &[&str] = &[
     "tcp_port",
     "public_ip",
     "media_workers",
+    "dtls_active",
     "data_dir",
     "record_dir",
     "record_writers",
@@ -457,6 +466,7 @@ struct FileConfig {
     tcp_port: Option<u16>,
     public_ip: Option<IpAddr>,
     media_workers: Option<usize>,
+    dtls_active: Option<bool>,
     data_dir: Option<PathBuf>,
     record_dir: Option<PathBuf>,
     record_writers: Option<usize>,
@@ -656,6 +666,7 @@ impl ServerConfig {
             tcp_port: f.tcp_port.map_or(d.tcp_port, |p| (p != 0).then_some(p)),
             public_ip: f.public_ip.or(d.public_ip),
             media_workers: f.media_workers.unwrap_or(d.media_workers),
+            dtls_active: f.dtls_active.unwrap_or(d.dtls_active),
             apps: convert_apps(f.apps)?,
             data_dir: f.data_dir.unwrap_or(d.data_dir),
             record_dir: f.record_dir,
@@ -1068,6 +1079,23 @@ mod tests {
         assert_eq!((c.rate_limit_per_sec, c.rate_limit_burst), (50, 100));
         assert!(c.apps.is_empty() && !c.dev_mode);
         assert_eq!(c.media_workers, 0);
+        assert!(c.dtls_active);
+    }
+
+    #[test]
+    fn dtls_active_is_read_and_typed() {
+        assert!(
+            !ServerConfig::from_toml_str("dtls_active = false")
+                .unwrap()
+                .dtls_active
+        );
+        assert!(
+            ServerConfig::from_toml_str("dtls_active = true")
+                .unwrap()
+                .dtls_active
+        );
+        assert!(err("dtls_active = 1").contains("dtls_active"));
+        assert!(err("dtls_active = \"yes\"").contains("dtls_active"));
     }
 
     #[test]
@@ -1170,6 +1198,7 @@ mod tests {
         assert_eq!(c.drain_timeout, d.drain_timeout);
         assert!(c.turn.is_none());
         assert_eq!(c.media_workers, d.media_workers);
+        assert_eq!(c.dtls_active, d.dtls_active);
         assert_eq!(c.listen, d.listen);
         assert_eq!(c.udp_port, d.udp_port);
         assert_eq!(c.tcp_port, d.tcp_port);

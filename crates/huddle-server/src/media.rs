@@ -420,6 +420,7 @@ pub(crate) fn spawn(
     socket.set_read_timeout(Some(Duration::from_millis(10)))?;
     let socket = Arc::new(socket);
     let n = shard_count(config.media_workers);
+    let config_dtls_active = config.dtls_active;
     let offers_in_flight = Arc::new(AtomicUsize::new(0));
     let placement = Arc::new(Mutex::new(Placement::new(n)));
     let waker = Arc::new(Waker::new()?);
@@ -434,6 +435,7 @@ pub(crate) fn spawn(
         config.candidates = plan.candidates.clone();
         config.tcp_port = tcp_port;
         config.shard = index;
+        config.dtls_active = config_dtls_active;
         senders.push(tx);
         let mut sfu = Sfu::new(config, counters.clone());
         sfu.set_recorder(recorder.clone());
@@ -1052,6 +1054,7 @@ mod tests {
                 role: MediaRole::Publish,
                 seq: 1,
                 sdp: String::new(),
+                setup_active: true,
             })
         };
         let mut want: Vec<Vec<String>> = vec![Vec::new(); 3];
@@ -1163,6 +1166,7 @@ mod tests {
                 role: MediaRole::Play,
                 seq: 1,
                 sdp: String::new(),
+                setup_active: true,
             })
         };
         for _ in 0..MAX_OFFERS_IN_FLIGHT {

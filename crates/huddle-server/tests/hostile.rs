@@ -626,6 +626,7 @@ async fn token_login(url: &str, token: String) -> ErrorCode {
         user_status_notify: false,
         max_member_count: 0,
         resume: None,
+        setup_active: false,
     });
     ws.send(Message::text(login.encode())).await.unwrap();
     let (msgs, _) = read_some(&mut ws, 1, WAIT).await;

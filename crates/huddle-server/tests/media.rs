@@ -127,6 +127,50 @@ async fn player_offers_before_the_publisher_has_media() {
     assert_in_order(&sent, &player.got);
 }
 
+/// A client that declares `setup_active` (as the SDK and huddle.js do) is answered as the DTLS
+/// client, publisher and player; one from before it, which does not, is answered as the DTLS
+/// server, as before. Media flows through the server either way, between the two kinds too.
+#[tokio::test]
+async fn the_dtls_role_follows_what_the_login_declared() {
+    let server = server();
+    for (publisher_new, player_new) in [(true, false), (false, true)] {
+        let login = |new: bool, user: &'static str| {
+            let server = &server;
+            async move {
+                if new {
+                    Client::login(server, user).await
+                } else {
+                    Client::login_older(server, user).await
+                }
+            }
+        };
+        let stream = format!("roles-{publisher_new}");
+        let mut alice = login(publisher_new, "alice").await;
+        let mut bob = login(player_new, "bob").await;
+        let role = |new: bool| if new { "a=setup:active" } else { "a=setup:passive" };
+        alice.publish(&stream).await;
+        let (mut publisher, offer) = Peer::new(MediaRole::Publish);
+        assert!(offer.contains("a=setup:actpass"), "{offer}");
+        let answer = alice.offer(&stream, MediaRole::Publish, offer).await.unwrap();
+        assert!(answer.contains(role(publisher_new)), "{answer}");
+        publisher.accept(&answer);
+        assert!(bob.play(&stream).await);
+        let (mut player, offer) = Peer::new(MediaRole::Play);
+        let answer = bob.offer(&stream, MediaRole::Play, offer).await.unwrap();
+        assert!(answer.contains(role(player_new)), "{answer}");
+        player.accept(&answer);
+        connect(&mut [&mut publisher, &mut player]).await;
+        alice.media_up(&stream, MediaRole::Publish).await;
+        bob.media_up(&stream, MediaRole::Play).await;
+        let sent = stream_audio(&mut [&mut publisher, &mut player], 50).await;
+        assert_in_order(&sent, &player.got);
+        let seq = alice.next_seq();
+        alice.ok(ClientMsg::Logout { seq }).await;
+        let seq = bob.next_seq();
+        bob.ok(ClientMsg::Logout { seq }).await;
+    }
+}
+
 /// Sends `msg` without waiting for its reply.
 async fn send(c: &mut Client, msg: ClientMsg) {
     c.ws.send(Message::text(msg.encode())).await.unwrap();

@@ -1433,6 +1433,17 @@ impl Rtc {
         self.ice.state().is_connected() && self.dtls_connected && self.session.is_connected()
     }
 
+    /// Tells whether RTP written now leaves with the next poll: ICE has a nominated pair and
+    /// the SRTP keys exist.
+    ///
+    /// A DTLS client whose provider hands out its keys once its own Finished is out has them
+    /// before [`Event::Connected`] (which waits for the server's Finished): media sent from then
+    /// on reaches a peer that has its keys as soon as that flight arrived. Before this is true,
+    /// written RTP waits in the send queues.
+    pub fn can_send_media(&self) -> bool {
+        self.state == RtcState::Alive && self.send_addr.is_some() && self.session.is_connected()
+    }
+
     /// Make changes to the Rtc session via SDP.
     ///
     /// ```no_run

@@ -165,6 +165,7 @@ impl HuddleTarget {
             user_status_notify: false,
             max_member_count: 0,
             resume: None,
+            setup_active: true,
         };
         let ok = conn.call(|seq| ClientMsg::Login(Login { seq, ..login })).await?;
         let heartbeat = ok

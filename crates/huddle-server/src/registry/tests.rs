@@ -32,6 +32,7 @@ fn login_msg(app: u32, room_id: &str, user_id: &str, notify: bool) -> Login {
         user_status_notify: notify,
         max_member_count: 0,
         resume: None,
+        setup_active: false,
     }
 }
 

@@ -291,7 +291,8 @@ impl Sfu {
         }
     }
 
-    /// Forwards one packet of a publisher to every connected player of its stream.
+    /// Forwards one packet of a publisher to every player of its stream whose media can leave
+    /// (connected, or keyed as its DTLS client: see the loop).
     ///
     /// Audio goes to the players that negotiated RED (RFC 2198) as RED of the SDK's depth, on
     /// their RED payload type, whatever redundancy the publisher sent (`red::History`); the
@@ -446,11 +447,15 @@ impl Sfu {
         let mut forwarded_bytes = 0;
         let mut muted = 0;
         for &pid in &entry.players {
-            // Connected players only.
+            // Players whose media can leave now: connected, or with the server as their DTLS
+            // client once its Finished is out (its SRTP keys exist then, before `Connected`
+            // waits for the player's last flight; the player has its keys once that Finished
+            // arrives, and drops what comes before it, as a receiver does SRTP it cannot
+            // decrypt yet). Not before: str0m would queue the packets and send them together.
             let Some(Pc {
                 rtc,
                 role: Role::Play(Playing { tracks }),
-                link: Link::Connected,
+                link,
                 dirty: queued,
                 offered,
                 ..
@@ -458,6 +463,9 @@ impl Sfu {
             else {
                 continue;
             };
+            if *link != Link::Connected && !rtc.can_send_media() {
+                continue;
+            }
             let Some(track) = tracks.iter_mut().find(|t| t.kind == kind) else {
                 continue;
             };

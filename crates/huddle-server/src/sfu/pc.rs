@@ -224,6 +224,8 @@ pub(super) struct Pending {
     pub(super) seq: u32,
     pub(super) sdp: String,
     pub(super) deadline: Instant,
+    /// [`Offer::setup_active`].
+    pub(super) setup_active: bool,
 }
 
 /// What the SFU knows of one stream.
@@ -295,8 +297,10 @@ impl Sfu {
     pub fn handle_offer(&mut self, now: Instant, o: Offer) {
         let key = (o.app, o.stream_id.clone());
         let result = match o.role {
-            MediaRole::Publish => self.offer_publish(now, o.session, &key, &o.sdp).map(Some),
-            MediaRole::Play => self.offer_play(now, o.session, &key, o.seq, o.sdp.clone()),
+            MediaRole::Publish => self
+                .offer_publish(now, o.session, &key, &o.sdp, o.setup_active)
+                .map(Some),
+            MediaRole::Play => self.offer_play(now, o.session, &key, o.seq, o.sdp.clone(), o.setup_active),
         };
         match result {
             Ok(Some(sdp)) => self.answer(o.session, o.seq, &key, o.role, sdp),
@@ -322,12 +326,14 @@ impl Sfu {
         ));
     }
 
-    /// A new `Rtc` answering `sdp`; returns it with the answer.
+    /// A new `Rtc` answering `sdp`; returns it with the answer. `setup_active`: the client
+    /// starts ICE when answered `a=setup:active` ([`Offer::setup_active`]).
     pub(super) fn build_rtc(
         &self,
         now: Instant,
         sdp: &str,
         role: MediaRole,
+        setup_active: bool,
     ) -> Result<(Rtc, String), HuddleError> {
         if self.live >= self.config.max_peer_connections {
             return Err(HuddleError::new(
@@ -338,13 +344,14 @@ impl Sfu {
         let offer = parse_offer(sdp)?;
         let mut config = RtcConfig::new()
             .set_ice_lite(true)
-            // A publisher's `actpass` offer (SDK, browsers, aiortc) gets the server as DTLS
-            // client: its ClientHello leaves with the response to the first check (str0m patch
-            // 0006), the publisher is up one flight earlier and its media decrypts here from
-            // then on (dimpl's early keys). Players keep the server as DTLS server: media goes
-            // only to connected players, and as DTLS client the server would connect last, so
-            // a player's media would start no earlier (`docs/quality.md`, "Setup under loss").
-            .set_dtls_active_answer(self.config.dtls_active && role == MediaRole::Publish)
+            // An `actpass` offer from a client that starts ICE on such an answer (its login said
+            // so) gets the server as DTLS client: its ClientHello leaves with the response to
+            // the first check (str0m patch 0006) and the client is up one flight earlier. The
+            // server has its SRTP keys once its Finished is out (dimpl's early keys): a
+            // publisher's media decrypts from then on, and a player's media flows from then on
+            // (`forward`), not after the player's last flight (`docs/quality.md`, "Setup under
+            // loss").
+            .set_dtls_active_answer(self.config.dtls_active && setup_active)
             .set_rtp_mode(true)
             // str0m's statistics events, once a second per PC: the NACK counts (`forward`).
             .set_stats_interval(Some(STATS_INTERVAL))
@@ -542,8 +549,9 @@ impl Sfu {
         session: SessionId,
         key: &StreamKey,
         sdp: &str,
+        setup_active: bool,
     ) -> Result<String, HuddleError> {
-        let (rtc, answer) = self.build_rtc(now, sdp, MediaRole::Publish)?;
+        let (rtc, answer) = self.build_rtc(now, sdp, MediaRole::Publish, setup_active)?;
         let (publishing, kinds) = Publishing::negotiated(&rtc, mids_of(&answer));
         let id = self.insert(now, rtc, session, key.clone(), Role::Publish(publishing));
         if !kinds.audio && !kinds.video {
@@ -593,7 +601,7 @@ impl Sfu {
             }
             // The wait for the publisher counts in the player's first-packet latency.
             let offered = p.deadline.checked_sub(self.config.play_wait).unwrap_or(now);
-            match self.accept_play(now, offered, p.session, key, &p.sdp, kinds) {
+            match self.accept_play(now, offered, p.session, key, &p.sdp, kinds, p.setup_active) {
                 Ok(sdp) => self.answer(p.session, p.seq, key, MediaRole::Play, sdp),
                 Err(e) => self
                     .signals
@@ -609,10 +617,13 @@ impl Sfu {
         key: &StreamKey,
         seq: u32,
         sdp: String,
+        setup_active: bool,
     ) -> Result<Option<String>, HuddleError> {
         let kinds = self.streams.get(key).and_then(|e| e.kinds);
         if let Some(kinds) = kinds {
-            return self.accept_play(now, now, session, key, &sdp, kinds).map(Some);
+            return self
+                .accept_play(now, now, session, key, &sdp, kinds, setup_active)
+                .map(Some);
         }
         // Published, but the publisher has not negotiated its media yet: wait for it.
         parse_offer(&sdp)?;
@@ -637,11 +648,13 @@ impl Sfu {
             seq,
             sdp,
             deadline,
+            setup_active,
         });
         self.pending_deadlines.push(Reverse(deadline));
         Ok(None)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn accept_play(
         &mut self,
         now: Instant,
@@ -650,9 +663,10 @@ impl Sfu {
         key: &StreamKey,
         sdp: &str,
         kinds: Kinds,
+        setup_active: bool,
     ) -> Result<String, HuddleError> {
         let sdp = restrict_offer(sdp, kinds);
-        let (rtc, answer) = self.build_rtc(now, &sdp, MediaRole::Play)?;
+        let (rtc, answer) = self.build_rtc(now, &sdp, MediaRole::Play, setup_active)?;
         let mut rtc = rtc;
         let mut playing = Playing::default();
         for mid in mids_of(&answer) {
@@ -1036,8 +1050,11 @@ mod tests {
         assert_eq!(p.count_gap(a, 106 + MAX_COUNTED_GAP + 1), 0);
     }
 
-    /// The server answers `actpass` (every client: the SDK, browsers, aiortc, relay links) as
-    /// the DTLS client, and an offer that names its role with the other one; off, as before.
+    /// The server answers `actpass` as the DTLS client for a client whose login said it starts
+    /// ICE on such an answer (`setup_active`: the SDK), publisher or player; a client
+    /// that did not say so (an older SDK, a relay link) gets `passive` as before, as does every
+    /// client when the server's `dtls_active` is off; an offer that names its role gets the
+    /// other one.
     #[test]
     fn the_answer_takes_the_dtls_client_role_unless_the_offer_took_it() {
         use std::sync::Arc;
@@ -1057,29 +1074,30 @@ mod tests {
         );
         let offer = api.apply().unwrap().0.to_sdp_string();
         assert!(offer.contains("a=setup:actpass"), "{offer}");
-        for (dtls_active, offered, answered) in [
-            (true, "actpass", "active"),
-            (true, "active", "passive"),
-            (true, "passive", "active"),
-            (false, "actpass", "passive"),
+        // (server's dtls_active, client's setup_active, offered, answered)
+        for (dtls_active, setup_active, offered, answered) in [
+            (true, true, "actpass", "active"),
+            (true, false, "actpass", "passive"),
+            (false, true, "actpass", "passive"),
+            (false, false, "actpass", "passive"),
+            (true, true, "active", "passive"),
+            (true, false, "active", "passive"),
+            (true, true, "passive", "active"),
+            (true, false, "passive", "active"),
+            (false, false, "passive", "active"),
         ] {
             let mut config = SfuConfig::new("127.0.0.1:7882".parse().unwrap());
             config.dtls_active = dtls_active;
             let sfu = Sfu::new(config, Arc::new(Counters::default()));
-            let sdp = offer.replace("a=setup:actpass", &format!("a=setup:{offered}"));
-            let (_, answer) = sfu.build_rtc(now, &sdp, MediaRole::Publish).unwrap();
-            assert!(
-                answer.contains(&format!("a=setup:{answered}\r\n")),
-                "dtls_active {dtls_active}, offered {offered}: {answer}"
-            );
-            // A player's offer: the server stays the DTLS server unless the offer says passive.
-            let sdp = sdp.replace("a=sendonly", "a=recvonly");
-            let (_, answer) = sfu.build_rtc(now, &sdp, MediaRole::Play).unwrap();
-            let play = if offered == "passive" { "active" } else { "passive" };
-            assert!(
-                answer.contains(&format!("a=setup:{play}\r\n")),
-                "play, offered {offered}: {answer}"
-            );
+            let publish = offer.replace("a=setup:actpass", &format!("a=setup:{offered}"));
+            let play = publish.replace("a=sendonly", "a=recvonly");
+            for (role, sdp) in [(MediaRole::Publish, publish), (MediaRole::Play, play)] {
+                let (_, answer) = sfu.build_rtc(now, &sdp, role, setup_active).unwrap();
+                assert!(
+                    answer.contains(&format!("a=setup:{answered}\r\n")),
+                    "dtls_active {dtls_active}, setup_active {setup_active}, {role:?}, offered {offered}: {answer}"
+                );
+            }
         }
     }
 

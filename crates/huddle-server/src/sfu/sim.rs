@@ -295,6 +295,7 @@ fn a_play_answer_declines_what_the_publisher_does_not_send() {
         role: MediaRole::Play,
         seq: 9,
         sdp: offer,
+        setup_active: true,
     }));
     let Some((_, ServerMsg::MediaAnswer { sdp, .. })) = sim.signals.pop() else {
         panic!("no answer: {:?}", sim.signals);
@@ -329,6 +330,7 @@ fn a_play_answer_declines_what_the_publisher_does_not_send() {
         role: MediaRole::Play,
         seq: 4,
         sdp: offer.to_sdp_string(),
+        setup_active: true,
     }));
     assert!(
         matches!(

@@ -328,6 +328,7 @@ impl Sim {
             role,
             seq: 1,
             sdp,
+            setup_active: true,
         }));
     }
 

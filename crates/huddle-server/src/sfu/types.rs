@@ -52,13 +52,13 @@ pub struct SfuConfig {
     /// without RED (so that its in-band FEC covers them; `docs/quality.md`, "FEC for players
     /// without RED"). On by default; off only to measure without it.
     pub report_players_loss: bool,
-    /// Whether the server answers a publisher's `a=setup:actpass` as the DTLS client
-    /// (`a=setup:active`, RFC 5763 section 5's recommendation): its ClientHello leaves with its
-    /// response to the client's first ICE check, and the handshake ends one flight earlier for
-    /// the publisher (`docs/quality.md`, "Setup under loss"). Players keep the server as DTLS
-    /// server. An offer that says `active` or `passive` gets the other role either way. Off by
-    /// default for now: it moves setup timing, and the loss curve's five-seed floors
-    /// (`media/netem.rs`) move with it; on in the setup measurements.
+    /// Whether the server answers an `a=setup:actpass` offer as the DTLS client
+    /// (`a=setup:active`, RFC 5763 section 5's recommendation) when the client declared that it
+    /// starts ICE on such an answer ([`Offer::setup_active`]): its ClientHello leaves with its
+    /// response to the client's first ICE check, and the handshake ends one flight earlier; a
+    /// player's media flows once the server's Finished is out (`forward`; `docs/quality.md`,
+    /// "Setup under loss"). An offer that says `active` or `passive` gets the other role
+    /// either way. On by default (`dtls_active` in the server's configuration).
     pub dtls_active: bool,
 }
 
@@ -76,7 +76,7 @@ impl SfuConfig {
             dtls_seed: None,
             publish_report_interval: Duration::from_secs(1),
             report_players_loss: true,
-            dtls_active: false,
+            dtls_active: true,
         }
     }
 }
@@ -201,6 +201,9 @@ pub struct Offer {
     pub seq: u32,
     /// The SDP offer.
     pub sdp: String,
+    /// The client starts ICE when answered `a=setup:active` (its `Login` said so): the answer
+    /// may make the server the DTLS client ([`SfuConfig::dtls_active`]).
+    pub setup_active: bool,
 }
 
 /// Counters of the media plane, shared by its threads and with monitoring (relaxed atomic

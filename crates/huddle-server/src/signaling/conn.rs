@@ -62,6 +62,7 @@ impl ServerState {
             bucket: TokenBucket::new(config.rate_limit_per_sec, config.rate_limit_burst),
             dropped_in_a_row: 0,
             refused_publish: None,
+            setup_active: false,
         };
         // Held until the connection ends.
         let (_slot, refused) = match admission {
@@ -227,6 +228,8 @@ pub(super) struct Conn {
     /// (before its answer) is refused with the same error. One at most (the newest refusal;
     /// a publish of that stream accepted later clears it, another stream's does not).
     pub(super) refused_publish: Option<(huddle_proto::StreamId, HuddleError)>,
+    /// The login said the client starts ICE when answered `a=setup:active` (`Login`).
+    pub(super) setup_active: bool,
 }
 
 impl Conn {

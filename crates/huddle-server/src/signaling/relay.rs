@@ -619,6 +619,9 @@ async fn serve_pull(state: ServerState, mut socket: WebSocket) {
         role: MediaRole::Play,
         seq: 1,
         sdp: req.sdp,
+        // Another node's pull: it may run a server from before str0m started ICE on an
+        // `active` answer (a rolling upgrade), and a relay's setup is not a user's wait.
+        setup_active: false,
     };
     let sent = state.media().is_some_and(|m| m.send(Command::Offer(offer)));
     if sent {

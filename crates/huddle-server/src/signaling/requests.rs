@@ -134,7 +134,16 @@ impl Conn {
                 let refused = refused.map(|(_, e)| e);
                 (
                     *seq,
-                    media_offer(&mut hub, id, *seq, stream_id, *kind, sdp, refused),
+                    media_offer(
+                        &mut hub,
+                        id,
+                        *seq,
+                        stream_id,
+                        *kind,
+                        sdp,
+                        refused,
+                        self.setup_active,
+                    ),
                 )
             }
             ClientMsg::NetworkQuality {
@@ -344,6 +353,7 @@ impl Conn {
                 // The login (or resume) armed the session's token timer.
                 self.state.wake_timers();
                 self.session = Some((att.session, att.epoch));
+                self.setup_active = login.setup_active;
                 self.state
                     .metrics()
                     .observe_login(self.opened.elapsed(), att.resumed);
@@ -400,7 +410,9 @@ impl Conn {
 /// publish is refused with `refused` (the error of the `publish` it was sent with) if any; a
 /// play offer for a stream not published now is held until it is ([`Hub::hold_play_offer`]),
 /// unless the session was told since its `play` that the stream was there (1004002, as before:
-/// the offer answered that news, and the stream's return brings the next).
+/// the offer answered that news, and the stream's return brings the next). `setup_active`: the
+/// session's login said it starts ICE when answered `a=setup:active` ([`Offer::setup_active`]).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn media_offer(
     hub: &mut Hub,
     id: SessionId,
@@ -409,6 +421,7 @@ pub(super) fn media_offer(
     role: MediaRole,
     sdp: &str,
     refused: Option<&HuddleError>,
+    setup_active: bool,
 ) -> Result<(), HuddleError> {
     let reg = &hub.registry;
     let app = reg
@@ -455,6 +468,7 @@ pub(super) fn media_offer(
         role,
         seq,
         sdp: sdp.to_string(),
+        setup_active,
     };
     if hold {
         hub.hold_play_offer(offer);

@@ -140,6 +140,14 @@ impl Client {
         c
     }
 
+    /// Logs in as a client from before `Login::setup_active` (which sends no such field).
+    pub async fn login_older(server: &BackgroundServer, user: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(&server.ws_url()).await.unwrap();
+        let (c, reply) = Client::try_login_declaring(ws, ROOM, user, false, false).await;
+        assert!(matches!(reply, ServerMsg::LoginOk(LoginOk { .. })), "{reply:?}");
+        c
+    }
+
     /// Logs `user` in to `room` on a WebSocket already open, by AppSign: the client and the
     /// reply (`login_ok` or `error`).
     pub async fn try_login_ws(
@@ -147,6 +155,17 @@ impl Client {
         room: &str,
         user: &str,
         user_status_notify: bool,
+    ) -> (Client, ServerMsg) {
+        Client::try_login_declaring(ws, room, user, user_status_notify, true).await
+    }
+
+    /// As [`Client::try_login_ws`], declaring `setup_active` or not.
+    pub async fn try_login_declaring(
+        ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+        room: &str,
+        user: &str,
+        user_status_notify: bool,
+        setup_active: bool,
     ) -> (Client, ServerMsg) {
         let mut c = Client {
             ws,
@@ -168,6 +187,7 @@ impl Client {
             user_status_notify,
             max_member_count: 0,
             resume: None,
+            setup_active,
         });
         let reply = c.request(login).await;
         (c, reply)

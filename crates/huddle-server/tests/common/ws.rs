@@ -351,6 +351,7 @@ impl Client {
             user_status_notify: notify,
             max_member_count: 0,
             resume: None,
+            setup_active: true,
         }
     }
 

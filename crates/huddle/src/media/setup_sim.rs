@@ -1,8 +1,8 @@
 //! Setting up a client peer connection under loss, on virtual time.
 //!
 //! A client `Rtc` as the SDK builds it ([`client_config`]) and a server `Rtc` as the SFU builds
-//! it (ICE-lite, the DTLS server, or the DTLS client as it answers a publisher's `actpass` with
-//! `SfuConfig::dtls_active`; RTP mode, the same `huddle_dtls` provider) exchange datagrams
+//! it (ICE-lite, the DTLS client as it answers the `actpass` of a client that declared
+//! `setup_active` with `SfuConfig::dtls_active` (the default), or the DTLS server; RTP mode, the same `huddle_dtls` provider) exchange datagrams
 //! through two seeded [`Link`]s (plus one each way for the publisher's media) (`huddle_media::impair`, the project's sans-IO netem): random
 //! loss each way and a fixed delay, no socket and no sleep. Each call runs from the moment both
 //! hold the SDP (the answer applied) until both report `Connected` (ICE and DTLS up, SRTP keys
@@ -42,8 +42,8 @@ const SEED: u64 = 0x5e7u64;
 type Datagram = Vec<u8>;
 
 /// The server's side, as `huddle_server::sfu` configures a peer connection; `dtls_active`: it
-/// answers `actpass` as the DTLS client (`SfuConfig::dtls_active`, for publishers), else as the
-/// DTLS server (the default).
+/// answers `actpass` as the DTLS client (`SfuConfig::dtls_active`, the default, for a client
+/// that declared `setup_active`), else as the DTLS server (as before, and for older clients).
 fn server_config(timing: SetupTiming, dtls_active: bool) -> RtcConfig {
     RtcConfig::new()
         .set_ice_lite(true)
@@ -311,7 +311,7 @@ fn ms(d: Duration) -> u128 {
 }
 
 /// At 30 % random loss each way and 100 ms RTT, 200 seeds, publish and play, with the server
-/// as DTLS client (`SfuConfig::dtls_active`) and as DTLS server (the default), in one run:
+/// as DTLS client (`SfuConfig::dtls_active`, the default) and as DTLS server, in one run:
 /// every call is up on both ends, 95 % of them within 0.65 s with the server as DTLS client
 /// (0.58 s measured; 0.96 s as DTLS server), the slowest within 2 s; neither end's `Connected` runs ahead of the other's by more
 /// than 1.5 s (1.13 s measured with the client behind, 1.38 s with the server behind: its

@@ -1217,6 +1217,8 @@ impl Session {
             user_status_notify: self.p.user_status_notify,
             max_member_count: self.p.max_member_count,
             resume,
+            // Its str0m starts ICE on the answer whichever DTLS role it gives (vendor patch 0006).
+            setup_active: true,
         }));
         if let Link::Opening { step, .. } = &mut self.link {
             *step = Step::Login { seq };
