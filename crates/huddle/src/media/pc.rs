@@ -251,10 +251,10 @@ impl SetupTiming {
 ///
 /// With [`SetupTiming::Browser`], the checks of setup are paced rather than doubling: one every
 /// [`ICE_INITIAL_RTO`] until ICE connects (libwebrtc pings a pair that is not writable every
-/// 48 ms, each ping a new transaction), up to [`ICE_SETUP_CHECKS`] unanswered (9 s, as long as
-/// the consent schedule's), then the consent schedule above ([`Pc::drive`] switches when ICE
-/// connects). At 30 % loss each way a check is answered seven times in twenty: doubling waits
-/// 50, 100, 200, 400 ms between tries, the pace 50 ms each.
+/// 48 ms, each ping a new transaction), up to [`ICE_SETUP_CHECKS`] unanswered (6 s), then the
+/// consent schedule above ([`Pc::drive`] switches when ICE connects). At 30 % loss each way a
+/// check is answered seven times in twenty: doubling waits 50, 100, 200, 400 ms between tries,
+/// the pace 50 ms each.
 fn set_ice_timing(config: &mut RtcConfig, timing: SetupTiming) {
     let (initial, max, retransmits) = match timing {
         SetupTiming::Browser => (ICE_INITIAL_RTO, ICE_INITIAL_RTO, ICE_SETUP_CHECKS),
@@ -270,8 +270,16 @@ fn set_ice_timing(config: &mut RtcConfig, timing: SetupTiming) {
     config.set_max_stun_retransmits(retransmits);
 }
 
-/// Unanswered checks of setup, one every [`ICE_INITIAL_RTO`], before ICE gives up: 9 s.
-const ICE_SETUP_CHECKS: usize = 180;
+/// Unanswered checks of setup, one every [`ICE_INITIAL_RTO`], before ICE gives up: 6 s. Few
+/// enough that `initial_rto << tries` keeps its bits: str0m's ICE (`is` 0.12,
+/// `StunTiming::stun_resend_delay`) computes each delay so in a `u128` before capping it. It was
+/// 180: from the 128th try the shift overflowed, a panic in a debug build (an SDK whose server
+/// was down panicked 6.4 s into setup) and in release a delay of 0 or a garbled one.
+const ICE_SETUP_CHECKS: usize = 120;
+const _: () = assert!(
+    ICE_INITIAL_RTO.as_millis().leading_zeros() as usize >= ICE_SETUP_CHECKS,
+    "is 0.12 shifts the initial RTO by the try count"
+);
 
 /// The configuration of every client peer connection (the offerer, ICE-full, DTLS client).
 pub(crate) fn client_config(timing: SetupTiming) -> RtcConfig {
