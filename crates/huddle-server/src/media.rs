@@ -1052,6 +1052,7 @@ mod tests {
                 role: MediaRole::Publish,
                 seq: 1,
                 sdp: String::new(),
+                red_depth: 0,
             })
         };
         let mut want: Vec<Vec<String>> = vec![Vec::new(); 3];
@@ -1163,6 +1164,7 @@ mod tests {
                 role: MediaRole::Play,
                 seq: 1,
                 sdp: String::new(),
+                red_depth: 0,
             })
         };
         for _ in 0..MAX_OFFERS_IN_FLIGHT {

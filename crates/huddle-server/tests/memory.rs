@@ -89,6 +89,7 @@ fn offer(sfu: &mut Sfu, now: Instant, p: &mut Peer, offer: String, session: u64,
             role,
             seq: 1,
             sdp: offer,
+            red_depth: 0,
         }),
     );
     let mut answer = None;

@@ -44,6 +44,9 @@ pub(super) struct TrackOut {
     pub(super) pt: Pt,
     /// Audio: the player's RED payload type, when it negotiated RED (RFC 2198) for Opus.
     pub(super) red_pt: Option<Pt>,
+    /// With RED: the frames before each one it is sent with (`red::distances` of the offer's
+    /// `red_depth`).
+    pub(super) red_distances: &'static [u64],
     pub(super) rewriter: Rewriter,
     /// The player muted this track (`mute_play`): nothing of it is forwarded.
     pub(super) muted: bool,
@@ -223,6 +226,7 @@ pub(super) struct Pending {
     pub(super) session: SessionId,
     pub(super) seq: u32,
     pub(super) sdp: String,
+    pub(super) red_depth: u8,
     pub(super) deadline: Instant,
 }
 
@@ -296,7 +300,7 @@ impl Sfu {
         let key = (o.app, o.stream_id.clone());
         let result = match o.role {
             MediaRole::Publish => self.offer_publish(now, o.session, &key, &o.sdp).map(Some),
-            MediaRole::Play => self.offer_play(now, o.session, &key, o.seq, o.sdp.clone()),
+            MediaRole::Play => self.offer_play(now, o.session, &key, o.seq, o.sdp.clone(), o.red_depth),
         };
         match result {
             Ok(Some(sdp)) => self.answer(o.session, o.seq, &key, o.role, sdp),
@@ -593,7 +597,7 @@ impl Sfu {
             }
             // The wait for the publisher counts in the player's first-packet latency.
             let offered = p.deadline.checked_sub(self.config.play_wait).unwrap_or(now);
-            match self.accept_play(now, offered, p.session, key, &p.sdp, kinds) {
+            match self.accept_play(now, offered, p.session, key, &p.sdp, p.red_depth, kinds) {
                 Ok(sdp) => self.answer(p.session, p.seq, key, MediaRole::Play, sdp),
                 Err(e) => self
                     .signals
@@ -609,10 +613,13 @@ impl Sfu {
         key: &StreamKey,
         seq: u32,
         sdp: String,
+        red_depth: u8,
     ) -> Result<Option<String>, HuddleError> {
         let kinds = self.streams.get(key).and_then(|e| e.kinds);
         if let Some(kinds) = kinds {
-            return self.accept_play(now, now, session, key, &sdp, kinds).map(Some);
+            return self
+                .accept_play(now, now, session, key, &sdp, red_depth, kinds)
+                .map(Some);
         }
         // Published, but the publisher has not negotiated its media yet: wait for it.
         parse_offer(&sdp)?;
@@ -636,12 +643,14 @@ impl Sfu {
             session,
             seq,
             sdp,
+            red_depth,
             deadline,
         });
         self.pending_deadlines.push(Reverse(deadline));
         Ok(None)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn accept_play(
         &mut self,
         now: Instant,
@@ -649,6 +658,7 @@ impl Sfu {
         session: SessionId,
         key: &StreamKey,
         sdp: &str,
+        red_depth: u8,
         kinds: Kinds,
     ) -> Result<String, HuddleError> {
         let sdp = restrict_offer(sdp, kinds);
@@ -661,7 +671,7 @@ impl Sfu {
                 && m.direction().is_sending()
             {
                 let kind = m.kind();
-                add_track(&mut rtc, &mut playing, mid, kind);
+                add_track(&mut rtc, &mut playing, mid, kind, red_depth);
             }
         }
         let id = self.insert(now, rtc, session, key.clone(), Role::Play(playing));
@@ -971,7 +981,7 @@ pub(super) fn not_started() -> HuddleError {
 }
 
 /// Sets up a played track for `mid` if `rtc` can send `kind` with our codec.
-pub(super) fn add_track(rtc: &mut Rtc, playing: &mut Playing, mid: Mid, kind: MediaKind) {
+pub(super) fn add_track(rtc: &mut Rtc, playing: &mut Playing, mid: Mid, kind: MediaKind, red_depth: u8) {
     let (codec, clock_rate) = if kind.is_audio() {
         (Codec::Opus, 48_000)
     } else {
@@ -1006,6 +1016,7 @@ pub(super) fn add_track(rtc: &mut Rtc, playing: &mut Playing, mid: Mid, kind: Me
         mid,
         pt,
         red_pt,
+        red_distances: super::red::distances(red_depth),
         rewriter: Rewriter::new(clock_rate, rng.gen_range(1..0x4000), rng.r#gen()),
         muted: false,
         written: 0,

@@ -201,6 +201,8 @@ pub struct Offer {
     pub seq: u32,
     /// The SDP offer.
     pub sdp: String,
+    /// Play: how far back the player waits for RED's copies (`media_offer`'s `red_depth`).
+    pub red_depth: u8,
 }
 
 /// Counters of the media plane, shared by its threads and with monitoring (relaxed atomic

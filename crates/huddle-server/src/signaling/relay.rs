@@ -619,6 +619,9 @@ async fn serve_pull(state: ServerState, mut socket: WebSocket) {
         role: MediaRole::Play,
         seq: 1,
         sdp: req.sdp,
+        // The pulling node forwards the SDK's depth as it comes to its SDK players and makes
+        // other depths from its own history.
+        red_depth: crate::sfu::red::SDK_DEPTH,
     };
     let sent = state.media().is_some_and(|m| m.send(Command::Offer(offer)));
     if sent {

@@ -129,12 +129,13 @@ impl Conn {
                 stream_id,
                 kind,
                 sdp,
+                red_depth,
             } => {
                 let refused = self.refused_publish.as_ref().filter(|(s, _)| s == stream_id);
                 let refused = refused.map(|(_, e)| e);
                 (
                     *seq,
-                    media_offer(&mut hub, id, *seq, stream_id, *kind, sdp, refused),
+                    media_offer(&mut hub, id, *seq, stream_id, *kind, sdp, *red_depth, refused),
                 )
             }
             ClientMsg::NetworkQuality {
@@ -401,6 +402,7 @@ impl Conn {
 /// play offer for a stream not published now is held until it is ([`Hub::hold_play_offer`]),
 /// unless the session was told since its `play` that the stream was there (1004002, as before:
 /// the offer answered that news, and the stream's return brings the next).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn media_offer(
     hub: &mut Hub,
     id: SessionId,
@@ -408,6 +410,7 @@ pub(super) fn media_offer(
     stream_id: &huddle_proto::StreamId,
     role: MediaRole,
     sdp: &str,
+    red_depth: u8,
     refused: Option<&HuddleError>,
 ) -> Result<(), HuddleError> {
     let reg = &hub.registry;
@@ -455,6 +458,7 @@ pub(super) fn media_offer(
         role,
         seq,
         sdp: sdp.to_string(),
+        red_depth,
     };
     if hold {
         hub.hold_play_offer(offer);

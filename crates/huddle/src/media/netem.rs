@@ -70,6 +70,7 @@ fn media_message_bytes(up: bool, sdp: &str) -> usize {
             stream_id,
             kind: MediaRole::Publish,
             sdp: sdp.to_owned(),
+            red_depth: 0,
         })
     } else {
         serde_json::to_string(&ServerMsg::MediaAnswer {
@@ -658,6 +659,8 @@ impl Call {
                 role,
                 seq: 1,
                 sdp,
+                // As the SDK's driver declares it (the player here is the SDK's).
+                red_depth: super::pc::red_depth(role),
             }),
         );
         if who == Who::Publisher && self.start == Start::Offer {
