@@ -293,8 +293,8 @@ impl Sfu {
 
     /// Forwards one packet of a publisher to every connected player of its stream.
     ///
-    /// Audio goes to the players that negotiated RED (RFC 2198) as RED of the SDK's depth, on
-    /// their RED payload type, whatever redundancy the publisher sent (`red::History`); the
+    /// Audio goes to the players that negotiated RED (RFC 2198) as RED of the depth each
+    /// waits for (`red::distances`), on their RED payload type, whatever redundancy the publisher sent (`red::History`); the
     /// others get the primary block alone, as plain Opus, preceded by the frames that were lost
     /// upstream and that the packet's redundant blocks carry (see [`red`]). A browser's
     /// padding-only packets on the audio are dropped and the audio numbered without them (see

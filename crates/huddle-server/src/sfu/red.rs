@@ -7,11 +7,11 @@
 //! the frames they carried are taken from the redundant blocks of the next packet that arrived
 //! and forwarded to those players as well (as LiveKit's "RED primary receiver" does), so a
 //! player without RED still profits from the publisher's redundancy on the upstream leg.
-//! Players that negotiated RED get RED of the SDK's depth whatever the publisher sent (one
-//! block from Chromium, none from plain Opus publishers): each frame with the ones 1, 3 and 6
-//! before it from the SFU's [`History`] of the publisher's frames (as LiveKit's `RedReceiver`
-//! makes RED for its subscribers), so their downlink is repaired as well as from an SDK
-//! publisher.
+//! Players that negotiated RED get RED of the depth they wait for whatever the publisher sent
+//! (one block from Chromium, none from plain Opus publishers): each frame with the ones 1, 3
+//! and 6 before it for the SDK's player, 1, 2 and 3 for browsers ([`distances`]), from the
+//! SFU's [`History`] of the publisher's frames (as LiveKit's `RedReceiver` makes RED for its
+//! subscribers), so their downlink is repaired as well as from an SDK publisher.
 
 use str0m::rtp::{RedBlock, RedDecoder, RedEncoder, RedundantBlock};
 
