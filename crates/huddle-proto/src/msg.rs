@@ -337,6 +337,13 @@ pub enum ClientMsg {
         kind: MediaRole,
         /// The SDP offer.
         sdp: String,
+        /// Play with RED (RFC 2198): how far back, in 20 ms frames, the client's player waits
+        /// for a lost frame's redundant copy. 6 or more (the Rust SDK): the server sends each
+        /// frame with the ones 1, 3 and 6 before it; less, or absent (browsers: their jitter
+        /// buffer plays a copy only while it is on time): the ones 1, 2 and 3 before it.
+        /// Ignored for publish.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        red_depth: u8,
     },
     /// This session's own network quality, as the client measures it (sent every 2 s while it
     /// publishes or plays); answered by `ok`, or 1009050 when sent again within a second. The
@@ -909,6 +916,11 @@ impl ServerMsg {
     }
 }
 
+/// For `skip_serializing_if`: a field left at zero is not sent.
+fn is_zero(n: &u8) -> bool {
+    *n == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -972,8 +984,10 @@ mod tests {
             stream_id: StreamId::new("s1").unwrap(),
             kind: MediaRole::Play,
             sdp: "v=0\r\n".into(),
+            red_depth: 0,
         };
         let text = offer.encode();
+        assert!(!text.contains("red_depth"), "{text}");
         assert!(
             text.starts_with(r#"{"type":"media_offer","seq":4,"stream_id":"s1","kind":"play""#),
             "{text}"

@@ -1055,6 +1055,7 @@ mod tests {
                 seq: 1,
                 sdp: String::new(),
                 setup_active: true,
+                red_depth: 0,
             })
         };
         let mut want: Vec<Vec<String>> = vec![Vec::new(); 3];
@@ -1167,6 +1168,7 @@ mod tests {
                 seq: 1,
                 sdp: String::new(),
                 setup_active: true,
+                red_depth: 0,
             })
         };
         for _ in 0..MAX_OFFERS_IN_FLIGHT {

@@ -90,6 +90,7 @@ fn offer(sfu: &mut Sfu, now: Instant, p: &mut Peer, offer: String, session: u64,
             seq: 1,
             sdp: offer,
             setup_active: true,
+            red_depth: 0,
         }),
     );
     let mut answer = None;

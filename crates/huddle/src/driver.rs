@@ -316,6 +316,7 @@ fn drive(room: &mut Room, io: &mut Io) {
                             stream_id,
                             kind,
                             sdp,
+                            red_depth: crate::media::pc::red_depth(kind),
                         },
                     );
                 }

@@ -343,6 +343,7 @@ impl HuddleConn {
                 stream_id: stream_id.clone(),
                 kind,
                 sdp: sdp.clone(),
+                red_depth: 0,
             };
             match self.call(offer).await {
                 // A play of a stream published on another node may be offered before that node's

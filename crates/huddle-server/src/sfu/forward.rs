@@ -294,8 +294,8 @@ impl Sfu {
     /// Forwards one packet of a publisher to every player of its stream whose media can leave
     /// (connected, or keyed as its DTLS client: see the loop).
     ///
-    /// Audio goes to the players that negotiated RED (RFC 2198) as RED of the SDK's depth, on
-    /// their RED payload type, whatever redundancy the publisher sent (`red::History`); the
+    /// Audio goes to the players that negotiated RED (RFC 2198) as RED of the depth each
+    /// waits for (`red::distances`), on their RED payload type, whatever redundancy the publisher sent (`red::History`); the
     /// others get the primary block alone, as plain Opus, preceded by the frames that were lost
     /// upstream and that the packet's redundant blocks carry (see [`red`]). A browser's
     /// padding-only packets on the audio are dropped and the audio numbered without them (see
@@ -386,7 +386,11 @@ impl Sfu {
                         src.history.push(s, t, Arc::from(b));
                     }
                     PlainAudio {
-                        deep: split.redundant.len() >= red::DISTANCES.len(),
+                        deep: split
+                            .redundant
+                            .iter()
+                            .map(|(offset, _)| u64::from(*offset / red::FRAME_TICKS))
+                            .eq(red::DISTANCES.iter().rev().copied()),
                         primary: Arc::from(split.primary),
                         recovered: red::recover(&split, last_audio_seq, seq, ts)
                             .map(|(s, t, b)| (s, t, Arc::from(b)))
@@ -399,17 +403,22 @@ impl Sfu {
                     recovered: Vec::new(),
                 }),
             };
-            let before = src.history.before(seq, ts);
+            // The frames before it at each depth players are sent (`red::distances`).
+            let before =
+                [&red::DISTANCES[..], &red::NEAR_DISTANCES[..]].map(|d| (d, src.history.before(seq, ts, d)));
             if let Some(p) = &plain {
                 src.history.push(seq, ts, p.primary.clone());
             }
             (plain, before)
         } else {
-            (None, Vec::new())
+            (
+                None,
+                [&red::DISTANCES[..], &red::NEAR_DISTANCES[..]].map(|d| (d, Vec::new())),
+            )
         };
         // The RED payload for the players with RED, per payload type of their Opus (the same
-        // for all, as a rule): made once.
-        let mut wrapped: Vec<(u8, Arc<[u8]>)> = Vec::new();
+        // for all, as a rule) and depth: made once.
+        let mut wrapped: Vec<Wrapped> = Vec::new();
         let Some(entry) = streams.get_mut(src_key) else {
             return;
         };
@@ -478,21 +487,27 @@ impl Sfu {
             if kind.is_audio() {
                 let Some(plain) = plain.as_ref() else { continue };
                 if track.red_pt.is_some() {
-                    // RED of the SDK's depth, whatever the publisher sent (`red::History`); as
-                    // it came when it is that deep already (an SDK publisher).
+                    // RED of the depth the player waits for (`red::distances`), whatever the
+                    // publisher sent (`red::History`); as it came when it is that already (an
+                    // SDK publisher, an SDK player).
                     let pt = *track.pt;
+                    let distances = track.red_distances;
+                    let before = before
+                        .iter()
+                        .find(|(d, _)| *d == distances)
+                        .map_or(&[][..], |(_, b)| &b[..]);
                     let in_view = track.rewriter.ticks_in_view(source, ts);
-                    let payload = match wrapped.iter().find(|(p, _)| *p == pt) {
+                    let payload = match wrapped.iter().find(|(p, d, _)| *p == pt && *d == distances) {
                         // The player's first packets: only the frames it has been sent before
                         // (`red::in_view`), made for it.
-                        _ if in_view < red::DEEPEST_TICKS => {
-                            Arc::from(red::wrap(pt, &plain.primary, &red::in_view(&before, in_view)))
+                        _ if in_view < red::deepest_ticks(distances) => {
+                            Arc::from(red::wrap(pt, &plain.primary, &red::in_view(before, in_view)))
                         }
-                        _ if plain.deep => packet.payload.clone(),
-                        Some((_, b)) => b.clone(),
+                        _ if plain.deep && distances == red::DISTANCES => packet.payload.clone(),
+                        Some((_, _, b)) => b.clone(),
                         None => {
-                            let b: Arc<[u8]> = Arc::from(red::wrap(pt, &plain.primary, &before));
-                            wrapped.push((pt, b.clone()));
+                            let b: Arc<[u8]> = Arc::from(red::wrap(pt, &plain.primary, before));
+                            wrapped.push((pt, distances, b.clone()));
                             b
                         }
                     };
@@ -613,10 +628,14 @@ impl Sfu {
     }
 }
 
+/// A RED payload made once for the players of one Opus payload type and depth: (payload type,
+/// `red::distances`, payload).
+type Wrapped = (u8, &'static [u64], Arc<[u8]>);
+
 /// A publisher's RED packet made plain Opus for the players without RED.
 pub(super) struct PlainAudio {
-    /// The publisher's RED carried as many redundant blocks as the players are sent
-    /// (`red::DISTANCES`): forwarded as it came to the players with RED.
+    /// The publisher's RED carried the frames the SDK's players are sent (`red::DISTANCES`):
+    /// forwarded as it came to them.
     pub(super) deep: bool,
     pub(super) primary: Arc<[u8]>,
     /// Frames lost upstream and restored from the redundant blocks: (seq, ts, payload).

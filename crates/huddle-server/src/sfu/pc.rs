@@ -44,6 +44,9 @@ pub(super) struct TrackOut {
     pub(super) pt: Pt,
     /// Audio: the player's RED payload type, when it negotiated RED (RFC 2198) for Opus.
     pub(super) red_pt: Option<Pt>,
+    /// With RED: the frames before each one it is sent with (`red::distances` of the offer's
+    /// `red_depth`).
+    pub(super) red_distances: &'static [u64],
     pub(super) rewriter: Rewriter,
     /// The player muted this track (`mute_play`): nothing of it is forwarded.
     pub(super) muted: bool,
@@ -223,6 +226,7 @@ pub(super) struct Pending {
     pub(super) session: SessionId,
     pub(super) seq: u32,
     pub(super) sdp: String,
+    pub(super) red_depth: u8,
     pub(super) deadline: Instant,
     /// [`Offer::setup_active`].
     pub(super) setup_active: bool,
@@ -300,7 +304,15 @@ impl Sfu {
             MediaRole::Publish => self
                 .offer_publish(now, o.session, &key, &o.sdp, o.setup_active)
                 .map(Some),
-            MediaRole::Play => self.offer_play(now, o.session, &key, o.seq, o.sdp.clone(), o.setup_active),
+            MediaRole::Play => self.offer_play(
+                now,
+                o.session,
+                &key,
+                o.seq,
+                o.sdp.clone(),
+                o.red_depth,
+                o.setup_active,
+            ),
         };
         match result {
             Ok(Some(sdp)) => self.answer(o.session, o.seq, &key, o.role, sdp),
@@ -601,7 +613,16 @@ impl Sfu {
             }
             // The wait for the publisher counts in the player's first-packet latency.
             let offered = p.deadline.checked_sub(self.config.play_wait).unwrap_or(now);
-            match self.accept_play(now, offered, p.session, key, &p.sdp, kinds, p.setup_active) {
+            match self.accept_play(
+                now,
+                offered,
+                p.session,
+                key,
+                &p.sdp,
+                p.red_depth,
+                kinds,
+                p.setup_active,
+            ) {
                 Ok(sdp) => self.answer(p.session, p.seq, key, MediaRole::Play, sdp),
                 Err(e) => self
                     .signals
@@ -610,6 +631,8 @@ impl Sfu {
         }
     }
 
+    // `red_depth` and `setup_active` are what the player declared (its offer, its login).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn offer_play(
         &mut self,
         now: Instant,
@@ -617,12 +640,13 @@ impl Sfu {
         key: &StreamKey,
         seq: u32,
         sdp: String,
+        red_depth: u8,
         setup_active: bool,
     ) -> Result<Option<String>, HuddleError> {
         let kinds = self.streams.get(key).and_then(|e| e.kinds);
         if let Some(kinds) = kinds {
             return self
-                .accept_play(now, now, session, key, &sdp, kinds, setup_active)
+                .accept_play(now, now, session, key, &sdp, red_depth, kinds, setup_active)
                 .map(Some);
         }
         // Published, but the publisher has not negotiated its media yet: wait for it.
@@ -647,6 +671,7 @@ impl Sfu {
             session,
             seq,
             sdp,
+            red_depth,
             deadline,
             setup_active,
         });
@@ -662,6 +687,7 @@ impl Sfu {
         session: SessionId,
         key: &StreamKey,
         sdp: &str,
+        red_depth: u8,
         kinds: Kinds,
         setup_active: bool,
     ) -> Result<String, HuddleError> {
@@ -675,7 +701,7 @@ impl Sfu {
                 && m.direction().is_sending()
             {
                 let kind = m.kind();
-                add_track(&mut rtc, &mut playing, mid, kind);
+                add_track(&mut rtc, &mut playing, mid, kind, red_depth);
             }
         }
         let id = self.insert(now, rtc, session, key.clone(), Role::Play(playing));
@@ -985,7 +1011,7 @@ pub(super) fn not_started() -> HuddleError {
 }
 
 /// Sets up a played track for `mid` if `rtc` can send `kind` with our codec.
-pub(super) fn add_track(rtc: &mut Rtc, playing: &mut Playing, mid: Mid, kind: MediaKind) {
+pub(super) fn add_track(rtc: &mut Rtc, playing: &mut Playing, mid: Mid, kind: MediaKind, red_depth: u8) {
     let (codec, clock_rate) = if kind.is_audio() {
         (Codec::Opus, 48_000)
     } else {
@@ -1020,6 +1046,7 @@ pub(super) fn add_track(rtc: &mut Rtc, playing: &mut Playing, mid: Mid, kind: Me
         mid,
         pt,
         red_pt,
+        red_distances: super::red::distances(red_depth),
         rewriter: Rewriter::new(clock_rate, rng.gen_range(1..0x4000), rng.r#gen()),
         muted: false,
         written: 0,

@@ -7,16 +7,16 @@
 //! the frames they carried are taken from the redundant blocks of the next packet that arrived
 //! and forwarded to those players as well (as LiveKit's "RED primary receiver" does), so a
 //! player without RED still profits from the publisher's redundancy on the upstream leg.
-//! Players that negotiated RED get RED of the SDK's depth whatever the publisher sent (one
-//! block from Chromium, none from plain Opus publishers): each frame with the ones 1, 3 and 6
-//! before it from the SFU's [`History`] of the publisher's frames (as LiveKit's `RedReceiver`
-//! makes RED for its subscribers), so their downlink is repaired as well as from an SDK
-//! publisher.
+//! Players that negotiated RED get RED of the depth they wait for whatever the publisher sent
+//! (one block from Chromium, none from plain Opus publishers): each frame with the ones 1, 3
+//! and 6 before it for the SDK's player, 1, 2 and 3 for browsers ([`distances`]), from the
+//! SFU's [`History`] of the publisher's frames (as LiveKit's `RedReceiver` makes RED for its
+//! subscribers), so their downlink is repaired as well as from an SDK publisher.
 
 use str0m::rtp::{RedBlock, RedDecoder, RedEncoder, RedundantBlock};
 
 /// Samples of one 20 ms Opus frame at 48 kHz: a redundant block's timestamp offset in frames.
-const FRAME_TICKS: u32 = 960;
+pub const FRAME_TICKS: u32 = 960;
 
 /// Frames recovered from one packet at most (the deepest redundancy the SDK sends is 3; browsers
 /// send 1).
@@ -75,9 +75,30 @@ pub fn recover<'a>(
     })
 }
 
-/// The redundancy the SFU sends players that negotiated RED: the frames 1, 3 and 6 back, as the
-/// SDK's publishers send (`huddle::media::pc::RED_DISTANCES`, measured there).
+/// The redundancy the SFU sends players that negotiated RED and wait for copies this far back
+/// ([`SDK_DEPTH`] frames: the SDK's): the frames 1, 3 and 6 back, as the SDK's publishers send
+/// (`huddle::media::pc::RED_DISTANCES`, measured there).
 pub const DISTANCES: [u64; 3] = [1, 3, 6];
+
+/// The `red_depth` (`media_offer`) from which a player gets [`DISTANCES`]: the SDK's player
+/// waits for a copy up to 6 frames late.
+pub const SDK_DEPTH: u8 = 6;
+
+/// The redundancy for players that declare a shallower `red_depth`, or none (browsers):
+/// Chromium's NetEq sizes its delay from the packets' arrival (40–110 ms under loss), so a
+/// copy 6 frames back (120 ms late) mostly comes after its playout time and is discarded;
+/// copies 1, 2 and 3 back come at most 60 ms late (docs/quality.md, "Nearer RED for
+/// browser players").
+pub const NEAR_DISTANCES: [u64; 3] = [1, 2, 3];
+
+/// The distances to send a player that declared `red_depth`.
+pub fn distances(red_depth: u8) -> &'static [u64] {
+    if red_depth >= SDK_DEPTH {
+        &DISTANCES
+    } else {
+        &NEAR_DISTANCES
+    }
+}
 
 /// A RED payload longer than this drops its oldest blocks (well within a datagram).
 const MAX_RED_BYTES: usize = 1100;
@@ -111,10 +132,10 @@ impl History {
         }
     }
 
-    /// The frames [`DISTANCES`] before frame `seq` (timestamp `ts`) that the SFU has, oldest
+    /// The frames `distances` before frame `seq` (timestamp `ts`) that the SFU has, oldest
     /// first: (timestamp offset, payload), for [`wrap`].
-    pub fn before(&self, seq: u64, ts: u32) -> Vec<(u32, std::sync::Arc<[u8]>)> {
-        DISTANCES
+    pub fn before(&self, seq: u64, ts: u32, distances: &[u64]) -> Vec<(u32, std::sync::Arc<[u8]>)> {
+        distances
             .iter()
             .rev()
             .filter_map(|&d| {
@@ -126,8 +147,13 @@ impl History {
     }
 }
 
-/// The redundancy of the SDK's depth reaches this far back, in timestamp ticks (6 frames).
-pub const DEEPEST_TICKS: u32 = DISTANCES[DISTANCES.len() - 1] as u32 * FRAME_TICKS;
+/// How far back `distances` reach, in timestamp ticks (6 frames for [`DISTANCES`]).
+pub fn deepest_ticks(distances: &[u64]) -> u32 {
+    let deepest = distances.iter().copied().max().unwrap_or(0);
+    u32::try_from(deepest)
+        .unwrap_or(u32::MAX)
+        .saturating_mul(FRAME_TICKS)
+}
 
 /// The blocks of `before` (from [`History::before`]) that a player whose view of the stream
 /// began `ticks` before this frame has been sent the frame of
@@ -250,7 +276,7 @@ mod tests {
         for i in [10u64, 12, 14, 15, 16, 13] {
             h.push(i, i as u32 * 960, f(i));
         }
-        let bytes = wrap(111, &[17; 3], &h.before(17, 17 * 960));
+        let bytes = wrap(111, &[17; 3], &h.before(17, 17 * 960, &DISTANCES));
         let blocks = RedDecoder::decode(&bytes).unwrap();
         let got: Vec<(u32, u8)> = blocks
             .iter()
@@ -260,12 +286,12 @@ mod tests {
         assert_eq!(got, vec![(2880, 14), (960, 16), (0, 17)]);
         assert!(blocks.iter().all(|b| b.pt == 111));
         // The first frame: no redundancy.
-        let first = wrap(111, &[1], &History::default().before(1, 960));
+        let first = wrap(111, &[1], &History::default().before(1, 960, &DISTANCES));
         let blocks = RedDecoder::decode(&first).unwrap();
         assert_eq!(blocks.len(), 1);
         // A player whose first packet was frame 15: 16 only (14 predates its view); its first
         // packet (no ticks in view): the primary alone.
-        let before = h.before(17, 17 * 960);
+        let before = h.before(17, 17 * 960, &DISTANCES);
         let offsets = |ticks| {
             let b = wrap(111, &[17; 3], &in_view(&before, ticks));
             let blocks = RedDecoder::decode(&b).unwrap();
@@ -273,6 +299,18 @@ mod tests {
         };
         assert_eq!(offsets(2 * 960), vec![960, 0]);
         assert_eq!(offsets(0), vec![0]);
-        assert_eq!(offsets(DEEPEST_TICKS), vec![2880, 960, 0]);
+        assert_eq!(offsets(deepest_ticks(&DISTANCES)), vec![2880, 960, 0]);
+        // The near distances (a browser's): 3, 2 and 1 back.
+        let near = wrap(111, &[17; 3], &h.before(17, 17 * 960, &NEAR_DISTANCES));
+        let got: Vec<(u32, u8)> = RedDecoder::decode(&near)
+            .unwrap()
+            .iter()
+            .map(|b| (b.timestamp_offset, b.payload[0]))
+            .collect();
+        assert_eq!(got, vec![(2880, 14), (1920, 15), (960, 16), (0, 17)]);
+        assert_eq!(deepest_ticks(&NEAR_DISTANCES), 2880);
+        assert_eq!(distances(0), &NEAR_DISTANCES[..]);
+        assert_eq!(distances(5), &NEAR_DISTANCES[..]);
+        assert_eq!(distances(SDK_DEPTH), &DISTANCES[..]);
     }
 }

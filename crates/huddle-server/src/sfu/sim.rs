@@ -296,6 +296,7 @@ fn a_play_answer_declines_what_the_publisher_does_not_send() {
         seq: 9,
         sdp: offer,
         setup_active: true,
+        red_depth: 0,
     }));
     let Some((_, ServerMsg::MediaAnswer { sdp, .. })) = sim.signals.pop() else {
         panic!("no answer: {:?}", sim.signals);
@@ -331,6 +332,7 @@ fn a_play_answer_declines_what_the_publisher_does_not_send() {
         seq: 4,
         sdp: offer.to_sdp_string(),
         setup_active: true,
+        red_depth: 0,
     }));
     assert!(
         matches!(
@@ -679,6 +681,85 @@ fn a_late_player_gets_no_redundancy_from_before_its_first_packet() {
                 .collect();
             let want: Vec<u64> = [1, 3, 6].into_iter().filter(|&d| d <= k).collect();
             assert_eq!(backs, want, "{depth:?}: packet {k} of the player's");
+        }
+    }
+}
+
+/// The redundancy a player gets depends on how far back it declares it waits for RED's copies
+/// (`media_offer`'s `red_depth`): the SDK's player (6 frames) gets the frames 1, 3 and 6 back, a
+/// player that declares nothing (a browser: Chromium's NetEq discards a copy that comes after
+/// its playout time, docs/quality.md "Nearer RED for browser players") the frames 1, 2 and 3
+/// back; from an SDK publisher (its RED forwarded as it came to the SDK's player) and from
+/// Chromium's one block alike.
+#[test]
+fn a_player_gets_red_of_the_depth_it_declares() {
+    use str0m::rtp::{RedDecoder, RedEncoder, RedundantBlock};
+
+    for depth in [&[1usize, 3, 6][..], &[1][..]] {
+        let mut sim = Sim::new();
+        let (mut publisher, offer) = Peer::with_red(sim.now, 10_001, MediaRole::Publish, false, true);
+        sim.negotiate(&mut publisher, offer, 1, "r", MediaRole::Publish);
+        let (mut sdk, offer) = Peer::with_red(sim.now, 10_002, MediaRole::Play, false, true);
+        sim.red_depth = super::red::SDK_DEPTH;
+        sim.negotiate(&mut sdk, offer, 2, "r", MediaRole::Play);
+        let (mut browser, offer) = Peer::with_red(sim.now, 10_003, MediaRole::Play, false, true);
+        sim.red_depth = 0;
+        sim.negotiate(&mut browser, offer, 3, "r", MediaRole::Play);
+        sim.connect(&mut [&mut publisher, &mut sdk, &mut browser]);
+        let (opus, red) = opus_and_red_pt(&publisher);
+        let red = red.expect("RED negotiated");
+        let frames: Vec<Vec<u8>> = (0..30).map(payload).collect();
+        for (i, frame) in frames.iter().enumerate() {
+            let redundant: Vec<RedundantBlock> = depth
+                .iter()
+                .rev()
+                .filter(|&&d| i >= d)
+                .map(|&d| RedundantBlock {
+                    pt: *opus,
+                    timestamp_offset: 960 * d as u32,
+                    payload: frames[i - d].clone(),
+                })
+                .collect();
+            let seq = 100 + i as u64;
+            let now = sim.now;
+            let mid = publisher.mid(MediaKind::Audio);
+            let mut api = publisher.rtc.direct_api();
+            let tx = api.stream_tx_by_mid(mid, None).unwrap();
+            tx.write_rtp(RtpWrite::new(
+                red,
+                seq.into(),
+                (seq * 960) as u32,
+                now,
+                RedEncoder::encode(*opus, frame, &redundant),
+            ));
+            sim.run(&mut [&mut publisher, &mut sdk, &mut browser], 20);
+        }
+        sim.run(&mut [&mut publisher, &mut sdk, &mut browser], 200);
+
+        for (player, distances) in [(&sdk, [1u64, 3, 6]), (&browser, [1, 2, 3])] {
+            assert_eq!(player.got.len(), frames.len(), "{depth:?}");
+            let (seq0, ts0) = (*player.got[0].seq_no, player.got[0].header.timestamp);
+            for p in &player.got {
+                let k = *p.seq_no - seq0;
+                assert_eq!(u64::from(p.header.timestamp.wrapping_sub(ts0) / 960), k);
+                let blocks = RedDecoder::decode(&p.payload).expect("RED");
+                let (primary, redundant) = blocks.split_last().unwrap();
+                assert_eq!(primary.payload, frames[k as usize]);
+                let backs: Vec<u64> = redundant
+                    .iter()
+                    .rev()
+                    .map(|b| u64::from(b.timestamp_offset / 960))
+                    .collect();
+                for b in redundant {
+                    let back = u64::from(b.timestamp_offset / 960);
+                    assert_eq!(b.payload, frames[(k - back) as usize]);
+                }
+                let want: Vec<u64> = distances.into_iter().filter(|&d| d <= k).collect();
+                assert_eq!(
+                    backs, want,
+                    "{depth:?}: packet {k} to the player of {distances:?}"
+                );
+            }
         }
     }
 }

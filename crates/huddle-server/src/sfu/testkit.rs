@@ -265,6 +265,9 @@ pub struct Sim {
     pub drop_down: DropFilter,
     /// Drops datagrams from a client (its address) to the server when it returns true.
     pub drop_up: DropFilter,
+    /// The `red_depth` the next play offers declare (the SDK's, [`crate::sfu::red::SDK_DEPTH`],
+    /// unless a test sets it; 0 is a browser's).
+    pub red_depth: u8,
 }
 
 impl Default for Sim {
@@ -299,6 +302,7 @@ impl Sim {
             signals: Vec::new(),
             drop_down: Box::new(|_, _| false),
             drop_up: Box::new(|_, _| false),
+            red_depth: super::red::SDK_DEPTH,
         }
     }
 
@@ -329,6 +333,7 @@ impl Sim {
             seq: 1,
             sdp,
             setup_active: true,
+            red_depth: self.red_depth,
         }));
     }
 

@@ -204,6 +204,8 @@ pub struct Offer {
     /// The client starts ICE when answered `a=setup:active` (its `Login` said so): the answer
     /// may make the server the DTLS client ([`SfuConfig::dtls_active`]).
     pub setup_active: bool,
+    /// Play: how far back the player waits for RED's copies (`media_offer`'s `red_depth`).
+    pub red_depth: u8,
 }
 
 /// Counters of the media plane, shared by its threads and with monitoring (relaxed atomic

@@ -622,6 +622,9 @@ async fn serve_pull(state: ServerState, mut socket: WebSocket) {
         // Another node's pull: it may run a server from before str0m started ICE on an
         // `active` answer (a rolling upgrade), and a relay's setup is not a user's wait.
         setup_active: false,
+        // The pulling node forwards the SDK's depth as it comes to its SDK players and makes
+        // other depths from its own history.
+        red_depth: crate::sfu::red::SDK_DEPTH,
     };
     let sent = state.media().is_some_and(|m| m.send(Command::Offer(offer)));
     if sent {

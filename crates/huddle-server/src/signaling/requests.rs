@@ -129,6 +129,7 @@ impl Conn {
                 stream_id,
                 kind,
                 sdp,
+                red_depth,
             } => {
                 let refused = self.refused_publish.as_ref().filter(|(s, _)| s == stream_id);
                 let refused = refused.map(|(_, e)| e);
@@ -141,6 +142,7 @@ impl Conn {
                         stream_id,
                         *kind,
                         sdp,
+                        *red_depth,
                         refused,
                         self.setup_active,
                     ),
@@ -420,6 +422,7 @@ pub(super) fn media_offer(
     stream_id: &huddle_proto::StreamId,
     role: MediaRole,
     sdp: &str,
+    red_depth: u8,
     refused: Option<&HuddleError>,
     setup_active: bool,
 ) -> Result<(), HuddleError> {
@@ -469,6 +472,7 @@ pub(super) fn media_offer(
         seq,
         sdp: sdp.to_string(),
         setup_active,
+        red_depth,
     };
     if hold {
         hub.hold_play_offer(offer);

@@ -350,6 +350,7 @@ impl Client {
             stream_id: sid(stream),
             kind: role,
             sdp,
+            red_depth: 0,
         };
         self.ws.send(Message::text(msg.encode())).await.unwrap();
     }

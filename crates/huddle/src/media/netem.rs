@@ -93,6 +93,7 @@ fn media_message_bytes(up: bool, sdp: &str) -> usize {
             stream_id,
             kind: MediaRole::Publish,
             sdp: sdp.to_owned(),
+            red_depth: 0,
         })
     } else {
         serde_json::to_string(&ServerMsg::MediaAnswer {
@@ -739,6 +740,8 @@ impl Call {
                 seq: 1,
                 sdp,
                 setup_active: true,
+                // As the SDK's driver declares it (the player here is the SDK's).
+                red_depth: super::pc::red_depth(role),
             }),
         );
         if who == Who::Publisher && self.start == Start::Offer {

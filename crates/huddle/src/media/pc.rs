@@ -172,6 +172,21 @@ async fn tcp_link(server: SocketAddr, mut out: mpsc::Receiver<Vec<u8>>, events: 
 /// happen (`RecoveryDelay`).
 pub(crate) const RED_DISTANCES: &[u32] = &[1, 3, 6];
 
+/// What a `media_offer` declares as `red_depth`: for a play, how far back the player waits for
+/// RED's copies (`play::RecoveryDelay` waits for the deepest of [`RED_DISTANCES`]), so that the
+/// server sends it the frames 1, 3 and 6 back (a player declaring less gets 1, 2 and 3); 0 for a
+/// publish.
+pub(crate) fn red_depth(kind: MediaRole) -> u8 {
+    match kind {
+        MediaRole::Play => RED_DISTANCES
+            .iter()
+            .copied()
+            .max()
+            .map_or(0, |d| u8::try_from(d).unwrap_or(u8::MAX)),
+        MediaRole::Publish => 0,
+    }
+}
+
 /// The RED levels to send, `None` for no RED: [`RED_DISTANCES`] unless the environment variable
 /// `HUDDLE_AUDIO_RED` says otherwise, `0` for none or a list like `1,3,6` (a measurement knob:
 /// `scripts/quality.sh` compares the loss curve without RED and with other patterns).
