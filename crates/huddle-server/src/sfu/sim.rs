@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use huddle_proto::{MediaRole, PeerState, ServerMsg, StreamId};
 use str0m::format::Codec;
@@ -616,6 +616,42 @@ fn padding_on_the_audio_is_dropped_and_numbered_out() {
     assert_plain_frames(&plain_player, &frames);
 }
 
+/// The publisher sends frame `i` of `frames` (sequence number 100 + i, 960 ticks a frame) as
+/// RED with the frames `depth` back that exist, as the SDK's publisher (1, 3, 6) or Chromium's
+/// (1) does.
+fn write_red_frame(
+    publisher: &mut Peer,
+    now: Instant,
+    (opus, red): (Pt, Pt),
+    frames: &[Vec<u8>],
+    i: usize,
+    depth: &[usize],
+) {
+    use str0m::rtp::{RedEncoder, RedundantBlock};
+
+    let redundant: Vec<RedundantBlock> = depth
+        .iter()
+        .rev()
+        .filter(|&&d| i >= d)
+        .map(|&d| RedundantBlock {
+            pt: *opus,
+            timestamp_offset: 960 * d as u32,
+            payload: frames[i - d].clone(),
+        })
+        .collect();
+    let seq = 100 + i as u64;
+    let mid = publisher.mid(MediaKind::Audio);
+    let mut api = publisher.rtc.direct_api();
+    let tx = api.stream_tx_by_mid(mid, None).unwrap();
+    tx.write_rtp(RtpWrite::new(
+        red,
+        seq.into(),
+        (seq * 960) as u32,
+        now,
+        RedEncoder::encode(*opus, &frames[i], &redundant),
+    ));
+}
+
 /// A player that joins a running stream gets no redundant block from before its first packet:
 /// libwebrtc's NetEq starts playing from the oldest frame in its buffer, so a first packet with
 /// the frame 6 back made Chromium start 120 ms behind and accelerate that away in the first
@@ -624,7 +660,7 @@ fn padding_on_the_audio_is_dropped_and_numbered_out() {
 /// from Chromium's one block (RED made by the SFU) alike.
 #[test]
 fn a_late_player_gets_no_redundancy_from_before_its_first_packet() {
-    use str0m::rtp::{RedDecoder, RedEncoder, RedundantBlock};
+    use str0m::rtp::RedDecoder;
 
     for depth in [&[1usize, 3, 6][..], &[1][..]] {
         let mut sim = Sim::new();
@@ -635,34 +671,13 @@ fn a_late_player_gets_no_redundancy_from_before_its_first_packet() {
         let red = red.expect("RED negotiated");
         let (mut player, offer) = Peer::with_red(sim.now, 10_002, MediaRole::Play, false, true);
         let frames: Vec<Vec<u8>> = (0..30).map(payload).collect();
-        for (i, frame) in frames.iter().enumerate() {
+        for i in 0..frames.len() {
             if i == 10 {
                 // The player joins once the stream is running.
                 sim.negotiate(&mut player, offer.clone(), 2, "r", MediaRole::Play);
                 sim.connect(&mut [&mut publisher, &mut player]);
             }
-            let redundant: Vec<RedundantBlock> = depth
-                .iter()
-                .rev()
-                .filter(|&&d| i >= d)
-                .map(|&d| RedundantBlock {
-                    pt: *opus,
-                    timestamp_offset: 960 * d as u32,
-                    payload: frames[i - d].clone(),
-                })
-                .collect();
-            let seq = 100 + i as u64;
-            let now = sim.now;
-            let mid = publisher.mid(MediaKind::Audio);
-            let mut api = publisher.rtc.direct_api();
-            let tx = api.stream_tx_by_mid(mid, None).unwrap();
-            tx.write_rtp(RtpWrite::new(
-                red,
-                seq.into(),
-                (seq * 960) as u32,
-                now,
-                RedEncoder::encode(*opus, frame, &redundant),
-            ));
+            write_red_frame(&mut publisher, sim.now, (opus, red), &frames, i, depth);
             sim.run(&mut [&mut publisher, &mut player], 20);
         }
         sim.run(&mut [&mut publisher, &mut player], 200);
@@ -693,7 +708,7 @@ fn a_late_player_gets_no_redundancy_from_before_its_first_packet() {
 /// Chromium's one block alike.
 #[test]
 fn a_player_gets_red_of_the_depth_it_declares() {
-    use str0m::rtp::{RedDecoder, RedEncoder, RedundantBlock};
+    use str0m::rtp::RedDecoder;
 
     for depth in [&[1usize, 3, 6][..], &[1][..]] {
         let mut sim = Sim::new();
@@ -709,29 +724,8 @@ fn a_player_gets_red_of_the_depth_it_declares() {
         let (opus, red) = opus_and_red_pt(&publisher);
         let red = red.expect("RED negotiated");
         let frames: Vec<Vec<u8>> = (0..30).map(payload).collect();
-        for (i, frame) in frames.iter().enumerate() {
-            let redundant: Vec<RedundantBlock> = depth
-                .iter()
-                .rev()
-                .filter(|&&d| i >= d)
-                .map(|&d| RedundantBlock {
-                    pt: *opus,
-                    timestamp_offset: 960 * d as u32,
-                    payload: frames[i - d].clone(),
-                })
-                .collect();
-            let seq = 100 + i as u64;
-            let now = sim.now;
-            let mid = publisher.mid(MediaKind::Audio);
-            let mut api = publisher.rtc.direct_api();
-            let tx = api.stream_tx_by_mid(mid, None).unwrap();
-            tx.write_rtp(RtpWrite::new(
-                red,
-                seq.into(),
-                (seq * 960) as u32,
-                now,
-                RedEncoder::encode(*opus, frame, &redundant),
-            ));
+        for i in 0..frames.len() {
+            write_red_frame(&mut publisher, sim.now, (opus, red), &frames, i, depth);
             sim.run(&mut [&mut publisher, &mut sdk, &mut browser], 20);
         }
         sim.run(&mut [&mut publisher, &mut sdk, &mut browser], 200);
