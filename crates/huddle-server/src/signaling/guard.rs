@@ -63,13 +63,9 @@ impl axum::serve::Listener for GuardedListener {
                         debug!(%addr, "per-address TCP limit: connection closed");
                         continue;
                     };
-                    // Signaling messages are small and latency-bound: no Nagle, and the loss
-                    // recovery of a thin stream on what the server sends (linear RTOs, a 50 ms
-                    // RTO floor: `huddle_udp::set_thin_stream`, docs/quality.md's setup).
+                    // Signaling messages are small and latency-bound: no Nagle (the thin-stream
+                    // options come from the listener, [`ServerState::guard_listener`]).
                     let _ = stream.set_nodelay(true);
-                    if let Err(e) = huddle_udp::set_thin_stream(&stream) {
-                        debug!(%addr, error = %e, "thin-stream TCP options not all set");
-                    }
                     // One deadline for the TLS handshake and the first byte of the request.
                     let deadline = tokio::time::Instant::now() + self.state.0.config.login_timeout;
                     match &self.state.0.tls {
@@ -290,10 +286,20 @@ impl ServerState {
     /// once; a `trusted_proxies` address is not capped, since all its clients share it), and a
     /// connection that has not sent the first byte of its HTTP request within `login_timeout`
     /// is closed. With `tls_cert` the listener speaks TLS: each handshake runs in its own task
-    /// and must finish within the same `login_timeout`. Accepted connections have Nagle off.
+    /// and must finish within the same `login_timeout`. Accepted connections have Nagle off
+    /// and the loss recovery of a thin stream on what the server sends (linear RTOs, a 50 ms
+    /// RTO floor: `huddle_udp::set_thin_stream`, docs/quality.md's setup). Those two are set
+    /// on the listener, which every accepted connection inherits them from: the kernel takes a
+    /// connection's first RTT sample from the handshake's last ACK, before `accept()` returns,
+    /// and bakes the RTO floor of that moment into the RTT variance (`tcp_rtt_estimator`), so
+    /// set after `accept()` the floor would leave the first replies (TLS, the HTTP upgrade,
+    /// the login) on RTOs of about 200 ms (loopback `tcpi_rto`: 200 ms, 52 ms inherited).
     /// Serve it through `axum::serve::ListenerExt::tap_io` to keep the peer address as
     /// `ConnectInfo<SocketAddr>`.
     pub fn guard_listener(&self, listener: tokio::net::TcpListener) -> GuardedListener {
+        if let Err(e) = huddle_udp::set_thin_stream(&listener) {
+            debug!(error = %e, "thin-stream TCP options not all set on the signaling listener");
+        }
         GuardedListener {
             inner: listener,
             state: self.clone(),
@@ -336,7 +342,8 @@ mod tests {
     use axum::serve::Listener as _;
 
     /// A signaling connection the guard accepts has no Nagle and the thin-stream options on
-    /// the server's socket (read back from the kernel on a real loopback connection).
+    /// the server's socket, inherited from the listener (read back from the kernel on a real
+    /// loopback connection).
     #[tokio::test]
     async fn an_accepted_signaling_socket_is_a_thin_stream() {
         let state = ServerState::new(ServerConfig::for_tests(vec![crate::config::test_app(1)])).unwrap();
