@@ -142,7 +142,7 @@ test("login: the login message, users and streams reported, then logout", async 
   assert.equal(await done, true);
   assert.deepEqual(
     { ...login, seq: 0 },
-    { type: "login", seq: 0, protocol: 1, app_id: 7, room_id: "r1", user: { user_id: "alice", user_name: "Alice" }, auth: { token: "04tok" }, user_status_notify: true, max_member_count: 0, setup_active: false },
+    { type: "login", seq: 0, protocol: 1, app_id: 7, room_id: "r1", user: { user_id: "alice", user_name: "Alice" }, auth: { token: "04tok" }, user_status_notify: true, max_member_count: 0, setup_active: true },
   );
   assert.deepEqual(events, ["room LOGINING 0", "room LOGINED 0", "users ADD bob", "streams ADD bob-main"]);
   assert.equal(e.getRoomState(), "CONNECTED");
