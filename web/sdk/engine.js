@@ -699,8 +699,12 @@ export class HuddleEngine {
       if (pub.gen !== gen) return;
       const reply = await this._request({ type: "media_offer", stream_id: pub.streamId, kind: "publish", sdp: pc.localDescription?.sdp ?? "" });
       if (pub.gen !== gen) return;
-      await pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
+      // Not offering from the answer on, before it is applied: the server sends a connection's
+      // media_state only after its answer (one ordered WebSocket), and as the browser's DTLS
+      // client it may be connected before setRemoteDescription resolves; a "connected" dropped
+      // then never comes again (the player stayed PLAY_REQUESTING, issue 12).
       pub.offering = false;
+      await pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
     } catch (/** @type {any} */ e) {
       if (pub.gen !== gen) return;
       pub.offering = false;
@@ -865,8 +869,9 @@ export class HuddleEngine {
       // minutes away (a connection that breaks rejects it all the same).
       const reply = await this._request({ type: "media_offer", stream_id: player.streamId, kind: "play", sdp: pc.localDescription?.sdp ?? "" }, null);
       if (player.gen !== gen) return;
-      await pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
+      // As for a publisher (_offerPublish): not offering from the answer on.
       player.offering = false;
+      await pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
     } catch (/** @type {any} */ e) {
       if (player.gen !== gen) return;
       player.offering = false;
@@ -1212,11 +1217,9 @@ export class HuddleEngine {
           auth: { token: room.token },
           user_status_notify: room.userUpdate,
           max_member_count: room.maxMemberCount,
-          // Not yet: with the server as a browser's DTLS client, a player of a stream whose
-          // publisher left and came back stayed PLAY_REQUESTING in 4 of 6 runs of page.test.js
-          // (0 of 3 with the server as DTLS server; docs/quality.md, "Setup under loss"). Until
-          // that is understood the server answers browsers as their DTLS server.
-          setup_active: false,
+          // The server is our DTLS client (the connection is up one flight sooner). Its
+          // "connected" may then come before setRemoteDescription resolves: see _offerPublish.
+          setup_active: true,
         };
         if (room.phase === "reconnecting" && room.resume) login.resume = room.resume;
         room.ws.send(JSON.stringify(login));

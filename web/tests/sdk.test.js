@@ -142,7 +142,7 @@ test("login: the login message, users and streams reported, then logout", async 
   assert.equal(await done, true);
   assert.deepEqual(
     { ...login, seq: 0 },
-    { type: "login", seq: 0, protocol: 1, app_id: 7, room_id: "r1", user: { user_id: "alice", user_name: "Alice" }, auth: { token: "04tok" }, user_status_notify: true, max_member_count: 0, setup_active: false },
+    { type: "login", seq: 0, protocol: 1, app_id: 7, room_id: "r1", user: { user_id: "alice", user_name: "Alice" }, auth: { token: "04tok" }, user_status_notify: true, max_member_count: 0, setup_active: true },
   );
   assert.deepEqual(events, ["room LOGINING 0", "room LOGINED 0", "users ADD bob", "streams ADD bob-main"]);
   assert.equal(e.getRoomState(), "CONNECTED");
@@ -490,5 +490,63 @@ test("getStats read twice in a row (the quality tick and the app's timer) gives 
   } finally {
     if (realNow) Object.defineProperty(performance, "now", realNow);
     else delete (/** @type {any} */ (performance).now);
+  }
+});
+
+test("a media_state 'connected' that comes before the answer is applied still makes the player PLAYING (issue 12)", async () => {
+  // As the browser's DTLS client (setup_active) the server may be connected before
+  // setRemoteDescription resolves. A stand-in peer connection holds setRemoteDescription open
+  // until the server's media_state is in; huddle.js used to drop it as "still offering".
+  /** @type {() => void} */
+  let applyAnswer = () => {};
+  const saved = { pc: globalThis.RTCPeerConnection, ms: globalThis.MediaStream };
+  // @ts-ignore: only what huddle.js's player uses.
+  globalThis.MediaStream = class {
+    getTracks() {
+      return [];
+    }
+    addTrack() {}
+    removeTrack() {}
+  };
+  // @ts-ignore: only what huddle.js's player uses.
+  globalThis.RTCPeerConnection = class {
+    iceGatheringState = "complete";
+    connectionState = "new";
+    /** @type {any} */ localDescription = null;
+    addTransceiver() {
+      return {};
+    }
+    async createOffer() {
+      return { type: "offer", sdp: "v=0\r\n" };
+    }
+    /** @param {any} d */
+    async setLocalDescription(d) {
+      this.localDescription = d;
+    }
+    setRemoteDescription() {
+      return new Promise((resolve) => (applyAnswer = () => resolve(undefined)));
+    }
+    close() {}
+  };
+  try {
+    const { e, events } = engine();
+    const done = e.loginRoom("r1", "04tok", { userID: "alice" });
+    await acceptLogin();
+    await done;
+    e.startPlayingStream("bob-main");
+    const ws = sockets.at(-1);
+    await until(() => ws.last("play"), "the play");
+    ws.push({ type: "ok", seq: ws.last("play").seq });
+    ws.push({ type: "play_update", stream_id: "bob-main", available: true });
+    await until(() => ws.last("media_offer"), "the media offer");
+    ws.push({ type: "media_answer", seq: ws.last("media_offer").seq, sdp: "v=0\r\n" });
+    await sleep(5);
+    ws.push({ type: "media_state", stream_id: "bob-main", kind: "play", state: "connected", code: 0, message: "" });
+    applyAnswer();
+    await until(() => events.includes("play bob-main PLAYING 0"), `PLAYING: ${events.join("; ")}`);
+    e.destroy();
+  } finally {
+    globalThis.RTCPeerConnection = saved.pc;
+    globalThis.MediaStream = saved.ms;
   }
 });
