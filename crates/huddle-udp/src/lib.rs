@@ -137,6 +137,18 @@ pub struct ThinStream {
     pub rto_min: Option<Duration>,
 }
 
+impl ThinStream {
+    /// Whether these are the options [`set_thin_stream`] asks for: linear timeouts, and the RTO
+    /// floor where the kernel has the option (stored in jiffies, so rounded up by less than one
+    /// tick: 52 ms at 250 Hz).
+    pub fn is_as_set(&self) -> bool {
+        self.linear_timeouts
+            && self.rto_min.is_none_or(|floor| {
+                floor >= THIN_STREAM_RTO_MIN && floor < THIN_STREAM_RTO_MIN + Duration::from_millis(10)
+            })
+    }
+}
+
 /// Reads the options of [`set_thin_stream`] back from `socket`.
 #[cfg(target_os = "linux")]
 pub fn thin_stream(socket: &impl AsFd) -> io::Result<ThinStream> {

@@ -338,16 +338,11 @@ fn a_thin_stream_has_linear_timeouts_and_a_50_ms_rto_floor() {
     assert!(!before.linear_timeouts, "{before:?}");
     let set = huddle_udp::set_thin_stream(&stream);
     let after = huddle_udp::thin_stream(&stream).unwrap();
-    assert!(after.linear_timeouts, "{after:?}");
+    // Linear timeouts, and the floor in jiffies (4 ms at HZ=250), rounded up by less than one.
+    assert!(after.is_as_set(), "{after:?}");
     match after.rto_min {
-        Some(floor) => {
+        Some(_) => {
             assert!(set.is_ok(), "{set:?}");
-            // The kernel keeps it in jiffies (4 ms at HZ=250): rounded up by less than one.
-            let asked = huddle_udp::THIN_STREAM_RTO_MIN;
-            assert!(
-                floor >= asked && floor < asked + Duration::from_millis(10),
-                "{floor:?}"
-            );
             assert_eq!(before.rto_min, Some(Duration::from_millis(200)), "{before:?}");
         }
         None => assert_eq!(
