@@ -187,8 +187,18 @@ async function publishFromPage(user, streamId, rtcConfiguration) {
       await engine.startPublishingStream(streamId, stream);
       const publishMs = performance.now() - t0;
       const pc = engine._publishers.get(streamId).pc;
-      const stats = [...(await pc.getStats()).values()];
-      const pair = stats.find((s) => s.type === "candidate-pair" && s.nominated && s.state === "succeeded");
+      // The pair the transport sends on (its `selectedCandidatePairId`), not a nominated one:
+      // with the server as DTLS client the handshake can end, and PUBLISHING come, before
+      // Chromium's nomination is answered. Read again for a while if none is selected yet.
+      /** @type {any[]} */
+      let stats = [];
+      let pair;
+      for (let i = 0; i < 50 && !pair; i++) {
+        if (i > 0) await new Promise((r) => setTimeout(r, 100));
+        stats = [...(await pc.getStats()).values()];
+        const transport = stats.find((s) => s.type === "transport" && s.selectedCandidatePairId);
+        pair = stats.find((s) => s.id === transport?.selectedCandidatePairId);
+      }
       const local = stats.find((s) => s.id === pair?.localCandidateId);
       const remote = stats.find((s) => s.id === pair?.remoteCandidateId);
       return {
