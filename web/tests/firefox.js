@@ -265,8 +265,23 @@ document.getElementById("publish").click();`,
       );
       const ok = await ff.waitFor(`document.querySelector(".tile.publish[data-stream-id='${call.stream}'][data-state='PUBLISHING']")`, 30_000);
       const publishMs = ok ? Date.now() - t0 : null;
-      // What Firefox offered and what the server answered (codecs, FEC, RED), and its sender's
-      // counters at the end, with HUDDLE_IMPAIRED_LOGDIR.
+      // With HUDDLE_FIREFOX_FEC=1: whether Firefox's Opus frames carry in-band FEC, read from
+      // what its encoder hands the packetizer (an RTCRtpScriptTransform on the sender): per
+      // 500 ms, frames, SILK or hybrid frames (those that can carry FEC) and those with the LBRR
+      // flag (RFC 6716 4.2.3: the bit after the VAD flag of a mono 20 ms frame), as libwebrtc's
+      // WebRtcOpus_PacketHasFec reads it.
+      if (ok && process.env.HUDDLE_FIREFOX_FEC === "1") {
+        await ff.run(`const code = 'const t0 = Date.now(); let n = 0, silk = 0, fec = 0;' +
+  'onrtctransform = (e) => { const t = e.transformer; t.readable.pipeThrough(new TransformStream({ transform(f, c) {' +
+  'const d = new Uint8Array(f.data); n++; if (d.length > 1 && (d[0] >> 3) < 16) { silk++; if (d[1] & 0x40) fec++; } c.enqueue(f); } })).pipeTo(t.writable); };' +
+  'setInterval(() => { postMessage({ t_ms: Date.now() - t0, n, silk, fec }); n = silk = fec = 0; }, 500);';
+const w = new Worker(URL.createObjectURL(new Blob([code], { type: "application/javascript" })));
+window.__ffFec = [];
+w.onmessage = (e) => window.__ffFec.push(e.data);
+for (const p of window.huddleApp.engine._publishers.values()) for (const s of p.pc?.getSenders() ?? []) if (s.track?.kind === "audio") s.transform = new RTCRtpScriptTransform(w, {});`);
+      }
+      // What Firefox offered and what the server answered (codecs, FEC, RED) and its sender's
+      // counters at the end (with the server's reports: loss, RTT) go into the result.
       const slow = publishMs === null || publishMs > 3000;
       const pub = { ok: !!ok, publishMs, log: slow ? await logTail(ff) : undefined };
       const play = await other.done;
@@ -276,6 +291,7 @@ for (const p of window.huddleApp.engine._publishers.values()) {
   for (const r of (await p.pc.getStats()).values()) if (r.type === "outbound-rtp" || r.type === "remote-inbound-rtp") out.push(r);
   out.push({ localSdp: p.pc.localDescription?.sdp, remoteSdp: p.pc.remoteDescription?.sdp });
 }
+if (window.__ffFec) out.push({ fec: window.__ffFec });
 return out;`);
       return { pub, play };
     }
