@@ -12,7 +12,7 @@ const losses = (process.env.LOSSES ?? "0,10,16,30").split(",").map(Number);
 const runs = Number(process.env.RUNS ?? 3);
 const pairs = (process.env.PAIRS ?? "sdk:sdk,chromium:sdk,sdk:chromium,aiortc:sdk,sdk:aiortc,chromium:aiortc,aiortc:chromium")
   .split(",")
-  .map((p) => /** @type {["sdk" | "chromium" | "aiortc", "sdk" | "chromium" | "aiortc"]} */ (p.split(":")));
+  .map((p) => /** @type {["sdk" | "chromium" | "firefox" | "aiortc", "sdk" | "chromium" | "firefox" | "aiortc"]} */ (p.split(":")));
 
 writeFileSync(out, "");
 const net = await impairedNet({ lossPct: losses[0], delayMs: 50 });

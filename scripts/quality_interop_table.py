@@ -14,7 +14,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-NAMES = {"sdk": "SDK", "chromium": "Chromium", "aiortc": "aiortc"}
+NAMES = {"sdk": "SDK", "chromium": "Chromium", "firefox": "Firefox", "aiortc": "aiortc"}
 
 
 def main():

@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 # libvpx, found through pkg-config; the SDK's `device` feature, on in huddle-cli, links ALSA through
 # cpal; crates/huddle-cli/tests/devices.rs runs a PulseAudio server of its own behind ALSA's `pulse`
 # device (pulseaudio, pulseaudio-utils for pactl/parec, libasound2-plugins); the browser
-# tests drive Debian's chromium; the network namespace tests, `crates/huddle-cli/tests/netns.rs`
+# tests drive Debian's chromium, and firefox-esr (web/tests/firefox.test.js, with a PulseAudio
+# server of its own); the network namespace tests, `crates/huddle-cli/tests/netns.rs`
 # and the firewall tests in web/tests, need `ip` and `nft`, and run coturn; web/tests/tls.test.js
 # and the firewall tests make their certificates with the openssl command;
 # crates/huddle-server/tests/reverse_proxy.rs runs docs/deploy.md's nginx and Caddy setups,
@@ -17,7 +18,7 @@ cd "$(dirname "$0")/.."
 # Python or Node.js at all: the tests run `python3` (an independent token decoder, the speech
 # scorers) and `node`/`npm` (the browser tests), and PyPI's `pesq` has no wheels, so it is
 # compiled against Python's headers. Installed only when missing, so a warm machine starts at once.
-apt_packages=(libopus-dev libvpx-dev pkg-config ffmpeg chromium libasound2-dev pulseaudio pulseaudio-utils libasound2-plugins iproute2 nftables coturn openssl nginx-light caddy systemd redis-server)
+apt_packages=(libopus-dev libvpx-dev pkg-config ffmpeg chromium firefox-esr libasound2-dev pulseaudio pulseaudio-utils libasound2-plugins iproute2 nftables coturn openssl nginx-light caddy systemd redis-server)
 need_apt=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
@@ -70,6 +71,11 @@ python3 -c "import pystoi" 2>/dev/null || python3 -m pip install -q pystoi
 # An independent WebRTC stack for the interop test (`crates/huddle-cli/tests/aiortc_peer.py`):
 # aiortc (wheels, with PyAV) and a WebSocket client for its signaling.
 python3 -c "import aiortc, websockets" 2>/dev/null || python3 -m pip install -q aiortc websockets
+
+# WebDriver for Firefox (web/tests/firefox.js): geckodriver is not packaged by Debian; it builds
+# from crates.io (about 4 minutes on 2 cores) into target/tools, once.
+gecko_root="$(realpath -m "${CARGO_TARGET_DIR:-target}")/tools"
+[ -x "$gecko_root/bin/geckodriver" ] || cargo install geckodriver --version 0.37.1 --locked --root "$gecko_root"
 
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
 

@@ -9,7 +9,8 @@
 //   player ns ──── 10.203.0.3 ──┘   (its own ns, TUN)
 //
 // Stacks: "sdk" (`huddle call`), "chromium" (the debug page and huddle.js in Debian's chromium,
-// driven by playwright-core), "aiortc" (crates/huddle-cli/tests/aiortc_peer.py). The publisher
+// driven by playwright-core), "firefox" (the same in Debian's firefox-esr, web/tests/firefox.js),
+// "aiortc" (crates/huddle-cli/tests/aiortc_peer.py). The publisher
 // sends the padded speech (2 s of silence, the 3.8 s sample, 4 s of silence, looped); the player
 // records from its play request for a fixed window, so a slow setup costs score; the recording is
 // scored by crates/huddle/tests/audio_score.py (wideband PESQ, STOI at one alignment).
@@ -18,6 +19,7 @@ import { mkdtempSync, mkdirSync, writeFileSync, renameSync, rmSync } from "node:
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { REPO, huddleBin, startServer, launchBrowser, openPage, logText, waitLog, waitSel, scoreSpeech } from "./harness.js";
+import { firefoxSides } from "./firefox.js";
 
 export const SPEECH_16K = join(REPO, "crates/huddle-media/tests/data/speech-16k.wav");
 const ROUTER = join(REPO, "scripts/impair_router.py");
@@ -360,7 +362,7 @@ async function requested(p, pred) {
  * One call: `from` publishes the speech in the publisher's namespace, `to` plays and records it
  * in the player's; returns the score and the setup times (ms: publish request → publishing,
  * play request → playing and → first audio frame; null when it never came).
- * @param {Net} net @param {"sdk" | "chromium" | "aiortc"} from @param {"sdk" | "chromium" | "aiortc"} to
+ * @param {Net} net @param {"sdk" | "chromium" | "firefox" | "aiortc"} from @param {"sdk" | "chromium" | "firefox" | "aiortc"} to
  * @param {string} sent the padded speech (writeSentSpeech) @param {string} tag a name for the call's files
  */
 export async function impairedCall(net, from, to, sent, tag) {
@@ -377,9 +379,9 @@ export async function impairedCall(net, from, to, sent, tag) {
     let pub;
     /** @type {any} */
     let play;
-    /** @type {any} */
-    let pubStats;
-    if (from === "chromium" || to === "chromium") {
+    if (from === "firefox" || to === "firefox") {
+      ({ pub, play } = await firefoxSides(net, from, to, call, processSide, sides, WINDOW_S));
+    } else if (from === "chromium" || to === "chromium") {
       const role = from === "chromium" ? "pub" : "play";
       chrome = await launchBrowser({
         netns: net.ns[role],
@@ -437,7 +439,7 @@ export async function impairedCall(net, from, to, sent, tag) {
         play = await other.done;
         // Chromium's encoder at the end of the call (outbound-rtp): the bitrate it took from the
         // answer, and what it sent.
-        pubStats = await page.evaluate(async () => {
+        pub.pubStats = await page.evaluate(async () => {
           for (const pub of /** @type {any} */ (window).huddleApp.engine._publishers.values()) {
             for (const r of pub.pc ? (await pub.pc.getStats()).values() : []) {
               if (r.type === "outbound-rtp" && r.kind === "audio") return { targetBitrate: r.targetBitrate, packetsSent: r.packetsSent, bytesSent: r.bytesSent };
@@ -559,7 +561,7 @@ export async function impairedCall(net, from, to, sent, tag) {
     } catch (e) {
       score = { error: String(e).slice(0, 300) };
     }
-    return { from, to, recording: rec, publishMs: pub?.publishMs ?? null, playMs: play?.playMs ?? null, firstAudioMs: play?.firstAudioMs ?? null, score, playStats: play?.playStats, pubStats, pubLog: pub?.log, playLog: play?.log };
+    return { from, to, recording: rec, publishMs: pub?.publishMs ?? null, playMs: play?.playMs ?? null, firstAudioMs: play?.firstAudioMs ?? null, score, playStats: play?.playStats, pubStats: pub?.pubStats, pubLog: pub?.log, playLog: play?.log };
   } finally {
     for (const s of sides) s.kill();
     await chrome?.close();
