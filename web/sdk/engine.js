@@ -6,7 +6,7 @@ import { PROTOCOL_VERSION, REASON_STATE, checkImText, checkStreamId, signalingUr
 import { tokenExpire } from "./token.js";
 import { levelTick } from "./monitor.js";
 import { qualityTick, streamStats } from "./stats.js";
-import { gathered, preferVp8, closePc } from "./pc.js";
+import { gathered, preferVp8, closePc, withOpusBitrate, OPUS_SEND_BITRATE } from "./pc.js";
 import { LEVEL_NAMES } from "./quality.js";
 import { LEVEL_FRAME_MS, ActiveSpeakers } from "./levels.js";
 
@@ -704,7 +704,7 @@ export class HuddleEngine {
       // client it may be connected before setRemoteDescription resolves; a "connected" dropped
       // then never comes again (the player stayed PLAY_REQUESTING, issue 12).
       pub.offering = false;
-      await pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
+      await pc.setRemoteDescription({ type: "answer", sdp: withOpusBitrate(reply.sdp, OPUS_SEND_BITRATE) });
     } catch (/** @type {any} */ e) {
       if (pub.gen !== gen) return;
       pub.offering = false;

@@ -437,6 +437,16 @@ export async function impairedCall(net, from, to, sent, tag) {
         const slow = publishMs === null || publishMs > 3000;
         pub = { ok: publishMs !== null, publishMs, log: slow ? (await logText(page)).slice(-30).join("\n") : undefined };
         play = await other.done;
+        // Chromium's encoder at the end of the call (outbound-rtp): the bitrate it took from the
+        // answer, and what it sent.
+        pub.pubStats = await page.evaluate(async () => {
+          for (const pub of /** @type {any} */ (window).huddleApp.engine._publishers.values()) {
+            for (const r of pub.pc ? (await pub.pc.getStats()).values() : []) {
+              if (r.type === "outbound-rtp" && r.kind === "audio") return { targetBitrate: r.targetBitrate, packetsSent: r.packetsSent, bytesSent: r.bytesSent };
+            }
+          }
+          return null;
+        });
         if (process.env.HUDDLE_IMPAIRED_LOGDIR) {
           const stats = await page.evaluate(() => /** @type {any} */ (window).__pubStats);
           keepLogs(call, "chromium-pub", stats, "");

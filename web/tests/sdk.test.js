@@ -3,6 +3,7 @@
 import { test, beforeEach } from "node:test";
 import assert from "node:assert/strict";
 import { HuddleEngine, tokenExpire, signalingUrl } from "../huddle.js";
+import { withOpusBitrate, OPUS_SEND_BITRATE } from "../sdk/pc.js";
 
 /** Every fake socket made, newest last. @type {FakeSocket[]} */
 let sockets = [];
@@ -133,6 +134,28 @@ test("pure helpers: token expiry header and server URLs", () => {
   assert.equal(signalingUrl("http://h:1/"), "ws://h:1/ws");
   assert.equal(signalingUrl("https://h"), "wss://h/ws");
   assert.equal(signalingUrl("ws://h:1/ws"), "ws://h:1/ws");
+});
+
+test("pure helpers: a publish answer's Opus gets the SDK's bitrate, and nothing else changes", () => {
+  // As str0m answers Chromium's offer (RED before Opus; docs/quality.md, "Chromium's encoder under loss").
+  const answer = [
+    "v=0",
+    "m=audio 9 UDP/TLS/RTP/SAVPF 63 111",
+    "a=rtpmap:111 opus/48000/2",
+    "a=fmtp:111 minptime=10;useinbandfec=1",
+    "a=rtpmap:63 red/48000/2",
+    "a=fmtp:63 111/111",
+    // A payload type is the section's own: 111 here is not Opus.
+    "m=video 9 UDP/TLS/RTP/SAVPF 111",
+    "a=rtpmap:111 VP8/90000",
+    "a=fmtp:111 x-google-start-bitrate=300",
+    "",
+  ].join("\r\n");
+  const out = withOpusBitrate(answer, OPUS_SEND_BITRATE);
+  assert.equal(out, answer.replace("useinbandfec=1", "useinbandfec=1;maxaveragebitrate=48000"));
+  // One the server set stays.
+  const set = answer.replace("useinbandfec=1", "useinbandfec=1;maxaveragebitrate=24000");
+  assert.equal(withOpusBitrate(set, OPUS_SEND_BITRATE), set);
 });
 
 test("login: the login message, users and streams reported, then logout", async () => {
