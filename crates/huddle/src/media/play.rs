@@ -122,6 +122,7 @@ impl AudioIn {
         // A frame from further back than the one right before the carrier was lost with the
         // packet after it.
         if carrier.wrapping_sub(first) as i16 >= 2 {
+            self.recovery.set_speech_played(jitter.speech_played());
             self.recovery.on_deep_recovery();
         }
         if self.recovery.min_delay() != self.min_delay {
