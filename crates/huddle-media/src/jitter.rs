@@ -316,6 +316,8 @@ struct Stream {
     deferred_ticks: u32,
     /// Lateness (µs) of the last packet handed out: how far the delay is above its target.
     last_lateness: i64,
+    /// Speech has been played since the stream started (see [`JitterBuffer::speech_played`]).
+    speech_played: bool,
 }
 
 impl Stream {
@@ -375,9 +377,18 @@ impl JitterBuffer {
     /// step as soon as it is due.
     pub fn set_speech(&mut self, active: bool) {
         self.speech = active;
+        if active && let Some(s) = self.stream.as_mut() {
+            s.speech_played = true;
+        }
         if !active && let Some((pending, _)) = self.pending_min_delay.take() {
             self.apply_min_delay(pending);
         }
+    }
+
+    /// Whether the caller has reported speech ([`set_speech`](Self::set_speech)) since the
+    /// stream started: until then every delay step is made in silence, before the first word.
+    pub fn speech_played(&self) -> bool {
+        self.stream.as_ref().is_some_and(|s| s.speech_played)
     }
 
     /// Tells the buffer that the caller changes the delay during speech itself, by
@@ -683,6 +694,7 @@ impl JitterBuffer {
             over_ticks: 0,
             deferred_ticks: 0,
             last_lateness: 0,
+            speech_played: false,
         });
     }
 

@@ -51,6 +51,8 @@ pub struct RecoveryDelay {
     /// The deepest redundancy the sender is expected to send, in frames (0: learn it only
     /// from what comes back).
     expected: u8,
+    /// The listener has heard speech on the stream (see [`RecoveryDelay::set_speech_played`]).
+    speech_played: bool,
 }
 
 impl Default for RecoveryDelay {
@@ -70,6 +72,7 @@ impl RecoveryDelay {
             expected: 0,
             recovered: 0,
             predicting: false,
+            speech_played: true,
         }
     }
 
@@ -100,7 +103,8 @@ impl RecoveryDelay {
     /// A frame came back from a redundancy level deeper than the first (it was lost and so
     /// was the packet right after it, which carried its first copy), as told by the packet
     /// that brought it. These give how often two packets in a row are lost: from 1 % of the
-    /// frames of the last 10 s (counted over at least 50; twice at least), deep recoveries are common enough
+    /// frames of the last 10 s (counted over at least 50; twice at least, once before speech was
+    /// heard: [`RecoveryDelay::set_speech_played`]), deep recoveries are common enough
     /// that the delay for the deepest level expected ([`RecoveryDelay::expecting`]) is wanted
     /// at once, rather than when the first frame from that level comes back (most often in the
     /// middle of speech, where the step is heard). It is held until no deep recovery is left in
@@ -114,6 +118,19 @@ impl RecoveryDelay {
             self.recovered += 1;
         }
         self.update();
+    }
+
+    /// Tells whether the listener has heard speech on the stream yet (a caller that does not
+    /// say is taken to have). Until then a step of the delay costs nothing that can be heard
+    /// (the jitter buffer makes it in the silence before the first word), so one deep recovery
+    /// is evidence enough to wait for the deepest level expected; afterwards it takes two, as
+    /// the step may land in a word or a pause. With a short silence before the speech (1 s
+    /// from the call's start at ≈ 30 % loss end to end), the second deep recovery most often
+    /// came in the first words: the raise then waited for a pause, the frames that came back
+    /// from the deeper levels meanwhile were concealed, and the step in that pause moved the
+    /// rest of the speech by 60–100 ms (`docs/quality.md`, "End to end on virtual time").
+    pub fn set_speech_played(&mut self, played: bool) {
+        self.speech_played = played;
     }
 
     fn on_frame(&mut self, seq: u16) -> u8 {
@@ -155,7 +172,8 @@ impl RecoveryDelay {
         let share = self.recovered as f64 / self.recent.len().max(LOSS_SAMPLE) as f64;
         // Once wanted, held while any deep recovery is in the window (not flapping around the
         // threshold: each change is a step to make).
-        if self.recovered >= 2 && share >= LOSSY {
+        let evidence = if self.speech_played { 2 } else { 1 };
+        if self.recovered >= evidence && share >= LOSSY {
             self.predicting = true;
         } else if self.recovered == 0 {
             self.predicting = false;
@@ -239,6 +257,32 @@ mod tests {
             r.on_packet(599);
             assert_eq!(r.min_delay(), Duration::from_millis(20));
         }
+    }
+
+    #[test]
+    fn before_speech_one_deep_recovery_is_enough() {
+        let mut r = RecoveryDelay::expecting(6);
+        r.set_speech_played(false);
+        for seq in 0..30u16 {
+            r.on_packet(seq);
+        }
+        // Nothing heard yet: the step costs nothing, one deep recovery is taken as the pattern.
+        r.on_deep_recovery();
+        assert_eq!(r.min_delay(), Duration::from_millis(140));
+        // Held once speech is heard, as before, while the recovery is in the window.
+        r.set_speech_played(true);
+        for seq in 30..529u16 {
+            r.on_packet(seq);
+        }
+        assert_eq!(r.min_delay(), Duration::from_millis(140));
+        r.on_packet(529);
+        assert_eq!(r.min_delay(), Duration::from_millis(20));
+        // After speech, one is not enough.
+        for seq in 530..560u16 {
+            r.on_packet(seq);
+        }
+        r.on_deep_recovery();
+        assert_eq!(r.min_delay(), Duration::from_millis(20));
     }
 
     #[test]

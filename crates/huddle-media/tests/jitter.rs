@@ -1069,3 +1069,21 @@ fn a_step_of_the_base_delay_is_in_the_minimum_within_half_a_second() {
         );
     }
 }
+
+/// `speech_played` says whether the caller reported speech since the stream started: false
+/// through the silence before the first word, true from it on, and false again for a new
+/// stream (a restart).
+#[test]
+fn speech_played_is_per_stream() {
+    let mut jb = JitterBuffer::new(JitterConfig::default());
+    assert!(!jb.speech_played());
+    let silence = drive(&mut jb, 400, |_| 0, |_| false);
+    assert!(silence.iter().any(|(_, p)| matches!(p, Playout::Packet { .. })));
+    assert!(!jb.speech_played());
+    drive(&mut jb, 100, |_| 0, |_| true);
+    assert!(jb.speech_played());
+    // A packet far off the stream's timestamps starts a new stream: nothing heard on it yet.
+    let t = Instant::now();
+    assert_eq!(jb.insert(30_000, 900_000_000, payload(1), t), Inserted::Restarted);
+    assert!(!jb.speech_played());
+}

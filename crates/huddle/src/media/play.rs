@@ -122,6 +122,7 @@ impl AudioIn {
         // A frame from further back than the one right before the carrier was lost with the
         // packet after it.
         if carrier.wrapping_sub(first) as i16 >= 2 {
+            self.recovery.set_speech_played(jitter.speech_played());
             self.recovery.on_deep_recovery();
         }
         if self.recovery.min_delay() != self.min_delay {
@@ -470,26 +471,35 @@ mod tests {
 
     #[test]
     fn frames_recovered_ahead_of_every_packet_seen_are_late_by_their_carrier() {
-        let mut audio_in = AudioIn::new(RecoveryDelay::expecting(6));
-        let mut jitter = JitterBuffer::new(JitterConfig::default());
-        let t0 = Instant::now();
-        let mut have = BTreeSet::new();
-        let mut targets = Vec::new();
-        // Packets 30-32 lost: 33 brings back 32 and 30 (levels 1 and 3; 30 is ahead of every
-        // packet seen before, yet 60 ms late), 34 brings back 31 (level 3).
-        for seq in 0..100u16 {
-            if !(30..33).contains(&seq) {
-                arrive(seq, &mut have, &mut audio_in, &mut jitter, t0);
+        for speech_played in [true, false] {
+            let mut audio_in = AudioIn::new(RecoveryDelay::expecting(6));
+            let mut jitter = JitterBuffer::new(JitterConfig::default());
+            let t0 = Instant::now();
+            let mut have = BTreeSet::new();
+            let mut targets = Vec::new();
+            // Packets 30-32 lost: 33 brings back 32 and 30 (levels 1 and 3; 30 is ahead of
+            // every packet seen before, yet 60 ms late), 34 brings back 31 (level 3).
+            for seq in 0..100u16 {
+                if !(30..33).contains(&seq) {
+                    arrive(seq, &mut have, &mut audio_in, &mut jitter, t0);
+                }
+                if seq == 0 && speech_played {
+                    // The listener has heard speech (this stream is never played out).
+                    jitter.set_speech(true);
+                }
+                // Before: 20 ms from packet 34 on for 2 s (30 dated 60 ms late, 32 and 31 20 ms).
+                assert_eq!(jitter.stats().jitter, Duration::ZERO, "seq {seq}: dated as sent");
+                if targets.last() != Some(&jitter.stats().target_delay) {
+                    targets.push(jitter.stats().target_delay);
+                }
             }
-            // Before: 20 ms from packet 34 on for 2 s (30 dated 60 ms late, 32 and 31 20 ms).
-            assert_eq!(jitter.stats().jitter, Duration::ZERO, "seq {seq}: dated as sent");
-            if targets.last() != Some(&jitter.stats().target_delay) {
-                targets.push(jitter.stats().target_delay);
-            }
+            // After speech: 20 ms, then 80 ms for frames three packets late (before: the same,
+            // as the peak of a 60 ms jitter spike), then 140 ms at once for the deepest level:
+            // two frames came back from beyond the first level (the deep-recovery detection).
+            // Before any speech one is enough: 140 ms at the first.
+            let wanted: &[u64] = if speech_played { &[20, 80, 140] } else { &[20, 140] };
+            let wanted: Vec<Duration> = wanted.iter().map(|&ms| Duration::from_millis(ms)).collect();
+            assert_eq!(targets, wanted, "speech played: {speech_played}");
         }
-        // 20 ms, then 80 ms for frames three packets late (before: the same, as the peak of a
-        // 60 ms jitter spike), then 140 ms at once for the deepest level: two frames came back
-        // from beyond the first level (the deep-recovery detection).
-        assert_eq!(targets, [20, 80, 140].map(Duration::from_millis));
     }
 }

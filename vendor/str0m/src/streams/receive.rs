@@ -473,22 +473,27 @@ impl StreamRx {
         let (l_seq, l_time) = (*below.0, below.1);
         let (u_seq, u_time) = (*above.0, above.1);
 
-        // Bound the scan: the block must be within recovery depth of the carrier, which also
-        // keeps `l_seq..u_seq` small. `checked_sub` guards a stream whose timestamps don't
-        // follow its sequence numbers.
-        let depth_ok = (*carrier)
-            .checked_sub(l_seq)
-            .is_some_and(|d| d <= MAX_RED_RECOVERY_DEPTH + 1);
-        if u_seq <= l_seq + 1 || !depth_ok {
+        // `checked_sub` guards a stream whose timestamps don't follow its sequence numbers.
+        let gap = (*carrier).checked_sub(l_seq)?;
+        if u_seq <= l_seq + 1 {
             return None;
         }
 
-        let mut missing = (l_seq + 1..u_seq)
-            .map(SeqNo::from)
-            .filter(|s| register.accepts(*s));
-
-        let first = missing.next()?;
-        let candidate = if missing.next().is_none() {
+        // Scan the holes only when `L` is within recovery depth of the carrier, which keeps
+        // `l_seq..u_seq` small. After a longer run of losses (more packets lost in a row than
+        // the deepest level reaches back) there are several holes, and the uniformly spaced
+        // case below computes the slot without a scan; the candidate is still bounded to the
+        // recovery depth behind the carrier.
+        let single = if gap <= MAX_RED_RECOVERY_DEPTH + 1 {
+            let mut missing = (l_seq + 1..u_seq)
+                .map(SeqNo::from)
+                .filter(|s| register.accepts(*s));
+            let first = missing.next()?;
+            missing.next().is_none().then_some(first)
+        } else {
+            None
+        };
+        let candidate = if let Some(first) = single {
             // Exactly one hole between two received packets that bracket the block in time.
             first
         } else {
@@ -1264,6 +1269,21 @@ mod tests {
         for t in [960, 1920, 2880, 3840] {
             assert_eq!(stream.red_locate_seq(14.into(), t), None, "time {t}");
         }
+    }
+
+    #[test]
+    fn red_locate_seq_after_a_run_of_losses_longer_than_the_depth() {
+        // Seq 11..=23 lost (13 in a row), 24 brings blocks 1, 3 and 6 back: L (seq 10) is
+        // further behind the carrier than the recovery depth, the span is uniform.
+        let stream = stream_with(&[(10, 0), (24, 14 * 960)]);
+        assert_eq!(stream.red_locate_seq(24.into(), 13 * 960), Some(23.into()));
+        assert_eq!(stream.red_locate_seq(24.into(), 11 * 960), Some(21.into()));
+        assert_eq!(stream.red_locate_seq(24.into(), 8 * 960), Some(18.into()));
+        // Beyond the recovery depth behind the carrier: not placed.
+        assert_eq!(stream.red_locate_seq(24.into(), 960), None);
+        // Not uniform (a longer frame in the gap): skipped, not guessed.
+        let stream = stream_with(&[(10, 0), (24, 14 * 960 + 480)]);
+        assert_eq!(stream.red_locate_seq(24.into(), 13 * 960), None);
     }
 
     #[test]
