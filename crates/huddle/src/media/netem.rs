@@ -163,6 +163,10 @@ pub(crate) struct Setup {
     /// The server answers the clients as their DTLS client (SfuConfig::dtls_active; the
     /// harness's clients declare `setup_active`, as the SDK does).
     pub(crate) server_dtls_active: bool,
+    /// What each client (publisher, player) declares of `setup_active`: with
+    /// `server_dtls_active`, the server is DTLS client of a client that declares it, DTLS
+    /// server of one that does not (both declare it, as the SDK does).
+    pub(crate) setup_active: [bool; 2],
     /// The socket options of the server's signaling connections (its data to the clients)
     /// and of the clients' (their data to the server). Linux's defaults here, although both
     /// ends now set the thin-stream options ([`tcp::Options::thin_stream`]): the quality
@@ -213,9 +217,18 @@ impl Default for Setup {
             start: Start::Offer,
             server_dtls_active: match std::env::var("HUDDLE_NETEM_DTLS_ACTIVE") {
                 // A measurement knob (`docs/quality.md`, "Setup under loss"): the loss curve
-                // with the server as DTLS server (0) or client (1), the same seeds.
+                // with the server as DTLS server (0) or client (1, or `publisher` / `player`:
+                // of that client alone), the same seeds.
                 Ok(v) => v.trim() != "0",
                 Err(_) => SfuConfig::new(SERVER.parse().expect("address")).dtls_active,
+            },
+            setup_active: match std::env::var("HUDDLE_NETEM_DTLS_ACTIVE")
+                .as_deref()
+                .map(str::trim)
+            {
+                Ok("publisher") => [true, false],
+                Ok("player") => [false, true],
+                _ => [true, true],
             },
             // As the server's and the SDK's signaling sockets are (huddle_udp::set_thin_stream).
             server_tcp: tcp::Options::thin_stream(),
@@ -492,6 +505,8 @@ pub(crate) struct Call {
     offers: [Option<String>; 2],
     /// Where setup starts.
     start: Start,
+    /// What each client declares of `setup_active`.
+    setup_active: [bool; 2],
     server_side: Server,
     /// The server's messages to each client (publisher, player) written at this instant, and
     /// their bytes: they leave together (one flight) when the step's signaling is done.
@@ -665,6 +680,7 @@ impl Call {
             signals: VecDeque::new(),
             offers: [Some(pub_offer.clone()), Some(play_offer.clone())],
             start: setup.start,
+            setup_active: setup.setup_active,
             server_side: Server::default(),
             outbox: Default::default(),
             next_tick: t0 + FRAME_DURATION,
@@ -760,7 +776,7 @@ impl Call {
                 role,
                 seq: 1,
                 sdp,
-                setup_active: true,
+                setup_active: self.setup_active[who as usize],
                 // As the SDK's driver declares it (the player here is the SDK's).
                 red_depth: super::pc::red_depth(role),
             }),
