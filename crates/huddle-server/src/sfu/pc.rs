@@ -220,16 +220,23 @@ pub(super) enum Link {
     Connected,
 }
 
+/// What a player declared with its play offer (its offer, its login).
+#[derive(Debug)]
+pub(super) struct PlayOffer {
+    pub(super) sdp: String,
+    /// [`Offer::red_depth`].
+    pub(super) red_depth: u8,
+    /// [`Offer::setup_active`].
+    pub(super) setup_active: bool,
+}
+
 /// A play offer waiting for the publisher's media.
 #[derive(Debug)]
 pub(super) struct Pending {
     pub(super) session: SessionId,
     pub(super) seq: u32,
-    pub(super) sdp: String,
-    pub(super) red_depth: u8,
+    pub(super) offer: PlayOffer,
     pub(super) deadline: Instant,
-    /// [`Offer::setup_active`].
-    pub(super) setup_active: bool,
 }
 
 /// What the SFU knows of one stream.
@@ -309,9 +316,11 @@ impl Sfu {
                 o.session,
                 &key,
                 o.seq,
-                o.sdp.clone(),
-                o.red_depth,
-                o.setup_active,
+                PlayOffer {
+                    sdp: o.sdp.clone(),
+                    red_depth: o.red_depth,
+                    setup_active: o.setup_active,
+                },
             ),
         };
         match result {
@@ -613,16 +622,7 @@ impl Sfu {
             }
             // The wait for the publisher counts in the player's first-packet latency.
             let offered = p.deadline.checked_sub(self.config.play_wait).unwrap_or(now);
-            match self.accept_play(
-                now,
-                offered,
-                p.session,
-                key,
-                &p.sdp,
-                p.red_depth,
-                kinds,
-                p.setup_active,
-            ) {
+            match self.accept_play(now, offered, p.session, key, &p.offer, kinds) {
                 Ok(sdp) => self.answer(p.session, p.seq, key, MediaRole::Play, sdp),
                 Err(e) => self
                     .signals
@@ -631,26 +631,20 @@ impl Sfu {
         }
     }
 
-    // `red_depth` and `setup_active` are what the player declared (its offer, its login).
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn offer_play(
         &mut self,
         now: Instant,
         session: SessionId,
         key: &StreamKey,
         seq: u32,
-        sdp: String,
-        red_depth: u8,
-        setup_active: bool,
+        offer: PlayOffer,
     ) -> Result<Option<String>, HuddleError> {
         let kinds = self.streams.get(key).and_then(|e| e.kinds);
         if let Some(kinds) = kinds {
-            return self
-                .accept_play(now, now, session, key, &sdp, red_depth, kinds, setup_active)
-                .map(Some);
+            return self.accept_play(now, now, session, key, &offer, kinds).map(Some);
         }
         // Published, but the publisher has not negotiated its media yet: wait for it.
-        parse_offer(&sdp)?;
+        parse_offer(&offer.sdp)?;
         let deadline = now + self.config.play_wait;
         let entry = self.streams.entry(key.clone()).or_default();
         if let Some(i) = entry.pending.iter().position(|p| p.session == session) {
@@ -670,29 +664,24 @@ impl Sfu {
         entry.pending.push(Pending {
             session,
             seq,
-            sdp,
-            red_depth,
+            offer,
             deadline,
-            setup_active,
         });
         self.pending_deadlines.push(Reverse(deadline));
         Ok(None)
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn accept_play(
         &mut self,
         now: Instant,
         offered: Instant,
         session: SessionId,
         key: &StreamKey,
-        sdp: &str,
-        red_depth: u8,
+        offer: &PlayOffer,
         kinds: Kinds,
-        setup_active: bool,
     ) -> Result<String, HuddleError> {
-        let sdp = restrict_offer(sdp, kinds);
-        let (rtc, answer) = self.build_rtc(now, &sdp, MediaRole::Play, setup_active)?;
+        let sdp = restrict_offer(&offer.sdp, kinds);
+        let (rtc, answer) = self.build_rtc(now, &sdp, MediaRole::Play, offer.setup_active)?;
         let mut rtc = rtc;
         let mut playing = Playing::default();
         for mid in mids_of(&answer) {
@@ -701,7 +690,7 @@ impl Sfu {
                 && m.direction().is_sending()
             {
                 let kind = m.kind();
-                add_track(&mut rtc, &mut playing, mid, kind, red_depth);
+                add_track(&mut rtc, &mut playing, mid, kind, offer.red_depth);
             }
         }
         let id = self.insert(now, rtc, session, key.clone(), Role::Play(playing));

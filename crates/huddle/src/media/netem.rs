@@ -163,6 +163,10 @@ pub(crate) struct Setup {
     /// The server answers the clients as their DTLS client (SfuConfig::dtls_active; the
     /// harness's clients declare `setup_active`, as the SDK does).
     pub(crate) server_dtls_active: bool,
+    /// What each client (publisher, player) declares of `setup_active`: with
+    /// `server_dtls_active`, the server is DTLS client of a client that declares it, DTLS
+    /// server of one that does not (both declare it, as the SDK does).
+    pub(crate) setup_active: [bool; 2],
     /// The socket options of the server's signaling connections (its data to the clients)
     /// and of the clients' (their data to the server). Linux's defaults here, although both
     /// ends now set the thin-stream options ([`tcp::Options::thin_stream`]): the quality
@@ -213,9 +217,18 @@ impl Default for Setup {
             start: Start::Offer,
             server_dtls_active: match std::env::var("HUDDLE_NETEM_DTLS_ACTIVE") {
                 // A measurement knob (`docs/quality.md`, "Setup under loss"): the loss curve
-                // with the server as DTLS server (0) or client (1), the same seeds.
+                // with the server as DTLS server (0) or client (1, or `publisher` / `player`:
+                // of that client alone), the same seeds.
                 Ok(v) => v.trim() != "0",
                 Err(_) => SfuConfig::new(SERVER.parse().expect("address")).dtls_active,
+            },
+            setup_active: match std::env::var("HUDDLE_NETEM_DTLS_ACTIVE")
+                .as_deref()
+                .map(str::trim)
+            {
+                Ok("publisher") => [true, false],
+                Ok("player") => [false, true],
+                _ => [true, true],
             },
             // As the server's and the SDK's signaling sockets are (huddle_udp::set_thin_stream).
             server_tcp: tcp::Options::thin_stream(),
@@ -402,6 +415,10 @@ pub(crate) struct Outcome {
     /// The SDP of each client's offer and of the server's answer to it.
     pub(crate) offer_sdp: [Option<String>; 2],
     pub(crate) answer_sdp: [Option<String>; 2],
+    /// Every datagram sent on a link, in order: when (from the call's start), on which link
+    /// (as in [`links`](Outcome::links)) and its size ([`traced_len`]). Where two runs of one
+    /// seed part, this says when and on which link.
+    pub(crate) trace: Vec<(Duration, u8, usize)>,
 }
 
 impl Outcome {
@@ -417,6 +434,18 @@ impl Outcome {
     /// The tick index of a time from the call's start.
     pub(crate) fn tick(at: Duration) -> usize {
         (at.as_millis() / FRAME_DURATION.as_millis()) as usize
+    }
+}
+
+/// A datagram's size in [`Outcome::trace`]: its length, or 0 for DTLS (RFC 7983: first byte
+/// 20–63). A handshake flight is a byte or two longer or shorter from one process to another:
+/// its ECDSA signatures (and the certificate's own) are DER integers whose length follows the
+/// random nonce, and aws-lc signs with a fresh one every time. Nothing draws on a datagram's
+/// size (the links' loss and delay do not), so the flights are traced by count and time.
+fn traced_len(d: &[u8]) -> usize {
+    match d.first() {
+        Some(20..=63) => 0,
+        _ => d.len(),
     }
 }
 
@@ -476,6 +505,8 @@ pub(crate) struct Call {
     offers: [Option<String>; 2],
     /// Where setup starts.
     start: Start,
+    /// What each client declares of `setup_active`.
+    setup_active: [bool; 2],
     server_side: Server,
     /// The server's messages to each client (publisher, player) written at this instant, and
     /// their bytes: they leave together (one flight) when the step's signaling is done.
@@ -515,6 +546,11 @@ impl Call {
         setup: Setup,
     ) -> Call {
         let t0 = Instant::now();
+        // str0m draws its non-cryptographic values (SSRCs, first sequence numbers, ICE
+        // credentials and transaction IDs, CNAMEs) from fastrand's generator of the calling
+        // thread, seeded per process. A call runs on one thread: seeded here, they are the
+        // seed's (the server's and both clients' from one sequence, so they do not collide).
+        fastrand::seed(seed.wrapping_mul(4) + 2);
         let server: SocketAddr = SERVER.parse().expect("address");
         let mut config = SfuConfig::new(server);
         config.dtls_seed = Some(seed.wrapping_mul(4) + 3);
@@ -644,6 +680,7 @@ impl Call {
             signals: VecDeque::new(),
             offers: [Some(pub_offer.clone()), Some(play_offer.clone())],
             start: setup.start,
+            setup_active: setup.setup_active,
             server_side: Server::default(),
             outbox: Default::default(),
             next_tick: t0 + FRAME_DURATION,
@@ -739,7 +776,7 @@ impl Call {
                 role,
                 seq: 1,
                 sdp,
-                setup_active: true,
+                setup_active: self.setup_active[who as usize],
                 // As the SDK's driver declares it (the player here is the SDK's).
                 red_depth: super::pc::red_depth(role),
             }),
@@ -946,9 +983,12 @@ impl Call {
         self.drive_player();
         // What the SFU sends.
         while let Some(t) = self.sfu.poll_transmit() {
+            let since = now - self.t0;
             if t.destination == self.publisher.addr {
+                self.out.trace.push((since, 1, traced_len(&t.contents)));
                 self.publisher.down.send(t.contents.to_vec(), now);
             } else if t.destination == self.player.addr {
+                self.out.trace.push((since, 3, traced_len(&t.contents)));
                 self.player.down.send(t.contents.to_vec(), now);
             }
         }
@@ -1020,6 +1060,7 @@ impl Call {
         });
         c.core.start_when_connected(&c.pc, self.now);
         while let Some((_, d)) = c.pc.take_transmit() {
+            self.out.trace.push((self.now - self.t0, 0, traced_len(&d)));
             c.up.send(d, self.now);
         }
     }
@@ -1040,6 +1081,7 @@ impl Call {
         });
         c.core.flush_audio();
         while let Some((_, d)) = c.pc.take_transmit() {
+            self.out.trace.push((self.now - self.t0, 2, traced_len(&d)));
             c.up.send(d, self.now);
         }
     }
@@ -1150,6 +1192,127 @@ mod tests {
         for (sent, lost) in a.links {
             assert!(sent > 0 && lost > 0 && lost * 4 < sent, "{:?}", a.links);
         }
+    }
+
+    /// Where a child process of [`a_seeded_call_comes_out_the_same_in_another_process`] writes
+    /// its calls (their text and the last one's recording); unset in the parent.
+    const REPLAY_TO: &str = "HUDDLE_NETEM_REPLAY_TO";
+    /// Set in the child that runs other calls before and beside its own.
+    const REPLAY_BESIDE: &str = "HUDDLE_NETEM_REPLAY_BESIDE";
+
+    /// A call of [`a_seeded_call_comes_out_the_same_in_another_process`]: the curve's 16 %
+    /// point (loss on every link from the start, 100 ms RTT, 5 ms jitter), 1 s of lead-in.
+    fn replayed_call(seed: u64) -> Outcome {
+        let leg = Leg::lossy(0.16, Duration::from_millis(50), Duration::from_millis(5));
+        let network = Network {
+            publisher: leg.clone(),
+            player: leg,
+            outages: vec![],
+        };
+        let mut call = Call::new(network, seed, Duration::from_secs(1), false);
+        call.run(Duration::from_secs(6));
+        call.finish()
+    }
+
+    /// The seeds of [`a_seeded_call_comes_out_the_same_in_another_process`].
+    const REPLAYED: [u64; 2] = [1, 2];
+
+    /// Calls as text, line by line: every datagram on the links, then what the sessions and
+    /// the player saw (the audio as a hash of its samples).
+    fn call_text(o: &Outcome) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        for (t, link, len) in &o.trace {
+            writeln!(s, "datagram {} us link {link} {len} bytes", t.as_micros()).expect("written");
+        }
+        for q in &o.quality {
+            writeln!(s, "quality {q:?}").expect("written");
+        }
+        writeln!(s, "connected {:?}", o.connected).expect("written");
+        writeln!(s, "links {:?}", o.links).expect("written");
+        writeln!(s, "played {:?}", o.played).expect("written");
+        writeln!(s, "loss hint {:?}", o.loss_hint).expect("written");
+        // FNV-1a over the samples.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for x in o.heard.iter().flat_map(|f| f.samples.iter()) {
+            h = (h ^ u64::from(*x as u16)).wrapping_mul(0x100_0000_01b3);
+        }
+        writeln!(s, "heard {h:x}").expect("written");
+        s
+    }
+
+    /// The calls of [`REPLAYED`] as text, and the last one.
+    fn replayed_calls() -> (String, Outcome) {
+        let mut text = String::new();
+        let mut last = Outcome::default();
+        for seed in REPLAYED {
+            last = replayed_call(seed);
+            text += &format!("seed {seed}\n{}", call_text(&last));
+        }
+        (text, last)
+    }
+
+    /// The same seeds give the same calls in another process, datagram for datagram, event for
+    /// event and sample for sample, whatever ran in the process before or beside them: nothing
+    /// in the SDK, the server, str0m or dimpl draws from a source the seed does not set or
+    /// reads the clock. The calls run in two child processes of this test binary: one alone,
+    /// one after another call and a pause (str0m fixes its `Instant` → NTP mapping once per
+    /// process) with a third call on another thread beside them. Each writes its calls' text
+    /// and the last call's recording.
+    #[test]
+    fn a_seeded_call_comes_out_the_same_in_another_process() {
+        if let Ok(dir) = std::env::var(REPLAY_TO) {
+            let dir = std::path::PathBuf::from(dir);
+            let beside = std::env::var_os(REPLAY_BESIDE).map(|_| {
+                let _ = replayed_call(9);
+                std::thread::sleep(Duration::from_millis(300));
+                std::thread::spawn(|| replayed_call(8).heard.len())
+            });
+            let (text, last) = replayed_calls();
+            std::fs::write(dir.join("calls.txt"), text).expect("written");
+            last.write_wav(&dir.join("heard.wav"));
+            if let Some(t) = beside {
+                assert!(t.join().expect("the call beside") > 0);
+            }
+            return;
+        }
+        let exe = std::env::current_exe().expect("the test binary");
+        let name = "media::netem::tests::a_seeded_call_comes_out_the_same_in_another_process";
+        let runs: Vec<_> = [false, true]
+            .into_iter()
+            .map(|beside| {
+                let dir = tmp(if beside { "replay-beside" } else { "replay-alone" });
+                std::fs::create_dir_all(&dir).expect("a directory");
+                let mut cmd = std::process::Command::new(&exe);
+                cmd.args([name, "--exact", "--test-threads", "1"])
+                    .env(REPLAY_TO, &dir);
+                if beside {
+                    cmd.env(REPLAY_BESIDE, "1");
+                }
+                let out = cmd.output().expect("the test binary runs");
+                assert!(
+                    out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+                    "the child: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let text = std::fs::read_to_string(dir.join("calls.txt")).expect("the calls' text");
+                let wav = std::fs::read(dir.join("heard.wav")).expect("the recording");
+                (text, wav)
+            })
+            .collect();
+        let ((a, a_wav), (b, b_wav)) = (&runs[0], &runs[1]);
+        assert!(
+            a.contains("link 3") && a.contains("played"),
+            "the calls reached the player"
+        );
+        if let Some((i, (x, y))) = a.lines().zip(b.lines()).enumerate().find(|(_, (x, y))| x != y) {
+            panic!("the processes part at line {}: {x:?} / {y:?}", i + 1);
+        }
+        assert_eq!(a, b, "the same datagrams and events");
+        assert!(a_wav == b_wav, "the same recording, byte for byte");
+        // And in this process, beside whatever else runs in it.
+        assert_eq!(&replayed_calls().0, a, "the same calls in this process");
     }
 
     /// The first event of `who` at or after `from` that matches `f`.
