@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The setup of SDK -> SDK interop calls under loss, part by part, from the wire and the events.
 
-usage: quality_interop_setup.py INTEROP.jsonl LOGDIR
+usage: quality_interop_setup.py INTEROP.jsonl LOGDIR [INTEROP.jsonl LOGDIR ...]  (runs pooled)
 
 INTEROP.jsonl is scripts/quality_interop.mjs's output, LOGDIR the HUDDLE_IMPAIRED_LOGDIR of the
 same run: the router's trace of every packet (router.jsonl, scripts/impair_router.py) and each
@@ -151,9 +151,8 @@ def pct(xs, q):
     return xs[min(len(xs) - 1, max(0, int(round(q * (len(xs) - 1)))))]
 
 
-def main():
-    calls = load(sys.argv[1])
-    logdir = sys.argv[2]
+def calls_of(calls, logdir):
+    """The setup parts of every call of one run."""
     traces = {}
     rows = []
     for c in calls:
@@ -173,6 +172,13 @@ def main():
         row.pop("pub_req", None)
         rows.append(row)
         print(json.dumps({k: round(v) if isinstance(v, float) and k != "pesq" else v for k, v in row.items()}))
+    return rows
+
+
+def main():
+    rows = []
+    for jsonl, logdir in zip(sys.argv[1::2], sys.argv[2::2]):
+        rows += calls_of(load(jsonl), logdir)
     keys = ["pub.tcp", "pub.ws", "pub.hello", "pub.login", "pub.login_total", "pub_sig", "pub_media", "publish",
             "play.tcp", "play.ws", "play.hello", "play.login", "play.login_total", "announced", "play_sig", "play_media", "play", "pub_to_audio", "first_audio", "pesq"]
     groups = defaultdict(list)
