@@ -19,6 +19,11 @@ modules (`tc qdisc ... netem` says "Specified qdisc kind is unknown"), and nothi
 delays packets (no `fq` for timed departure; docs/quality.md, "Interop under loss"). The devices
 are not persistent: they vanish with this process.
 
+With "trace": PATH in CONFIG, every packet is also written there as one JSON line (wall-clock
+time in ms, link.way, dropped or not, and what it is: TCP ports, flags, sequence number, payload
+length and the `type` of a signaling message it starts; STUN, DTLS record and handshake types,
+RTP/RTCP), for breaking a call's setup into its parts (scripts/quality_interop_setup.py).
+
 Signals: SIGHUP re-reads loss_pct and delay_ms from CONFIG, prints the counters since the
 previous SIGHUP (one JSON line: sent and dropped packets per link and direction) and zeroes
 them; SIGTERM prints them and exits.
@@ -30,6 +35,7 @@ import heapq
 import json
 import os
 import random
+import re
 import select
 import signal
 import struct
@@ -46,6 +52,62 @@ def tun(name):
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
     fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
     return fd
+
+
+WS_TYPE = re.compile(rb'"type":"([a-z_]+)"')
+STUN = {0x0001: "stun-req", 0x0101: "stun-ok", 0x0111: "stun-err", 0x0011: "stun-ind"}
+
+
+def describe(pkt):
+    """What an IPv4 packet is, for the trace: a dict of short fields."""
+    ihl = (pkt[0] & 15) * 4
+    proto = pkt[9]
+    body = pkt[ihl:]
+    if proto == 6 and len(body) >= 20:
+        sport, dport, seq = struct.unpack("!HHI", body[:8])
+        off = (body[12] >> 4) * 4
+        flags = body[13]
+        data = body[off:]
+        d = {"tcp": [sport, dport], "f": "".join(c for c, b in zip("FSRPAU", range(6)) if flags >> b & 1), "seq": seq, "len": len(data)}
+        if data.startswith(b"GET "):
+            d["ws"] = "upgrade"
+        elif data.startswith(b"HTTP/1.1 101"):
+            d["ws"] = "switching"
+        else:
+            # WebSocket text frames that start in this segment: their messages' types (a
+            # client's frames unmasked).
+            types, i = [], 0
+            while i + 2 <= len(data) and data[i] & 0x70 == 0 and data[i] & 0x0F in (0, 1, 2, 8, 9, 10):
+                n, masked, i = data[i + 1] & 0x7F, data[i + 1] & 0x80, i + 2
+                if n >= 126:
+                    w = 2 if n == 126 else 8
+                    n, i = int.from_bytes(data[i:i + w], "big"), i + w
+                key = data[i:i + 4] if masked else None
+                i += 4 if masked else 0
+                text = data[i:i + min(n, 120)]
+                if key and len(key) == 4:
+                    text = bytes(b ^ key[j & 3] for j, b in enumerate(text))
+                m = WS_TYPE.search(text)
+                if m:
+                    types.append(m.group(1).decode())
+                i += n
+            if types:
+                d["ws"] = ",".join(types)
+        return d
+    if proto == 17 and len(body) >= 8:
+        sport, dport = struct.unpack("!HH", body[:4])
+        data = body[8:]
+        kind = "udp"
+        if data:
+            b0 = data[0]
+            if b0 < 4 and len(data) >= 20:
+                kind = STUN.get(struct.unpack("!H", data[:2])[0], "stun")
+            elif 20 <= b0 < 64:
+                kind = f"dtls-{b0}" + (f"-{data[13]}" if b0 == 22 and len(data) > 13 else "")
+            elif 128 <= b0 < 192 and len(data) > 1:
+                kind = "rtcp" if 192 <= data[1] <= 223 else "rtp"
+        return {"udp": [sport, dport], "k": kind, "len": len(data)}
+    return {"proto": proto}
 
 
 def ip(*args):
@@ -73,6 +135,7 @@ def main():
     state = {"loss": conf["loss_pct"] / 100.0, "delay": conf["delay_ms"] / 1000.0}
     rng = random.Random(conf.get("seed", 1))
     counts = {}
+    trace = open(conf["trace"], "a", buffering=1) if conf.get("trace") else None
 
     def report():
         print(json.dumps({"loss_pct": state["loss"] * 100, "delay_ms": state["delay"] * 1000, "links": counts}), flush=True)
@@ -130,7 +193,10 @@ def main():
                     key = f"{src}.up"
                 c = counts.setdefault(key, {"packets": 0, "dropped": 0})
                 c["packets"] += 1
-                if rng.random() < state["loss"]:
+                drop = rng.random() < state["loss"]
+                if trace:
+                    trace.write(json.dumps({"t": round(time.time() * 1000, 1), "l": key, "d": int(drop), **describe(pkt)}, separators=(",", ":")) + "\n")
+                if drop:
                     c["dropped"] += 1
                     continue
                 n += 1

@@ -34,6 +34,7 @@ export const WINDOW_S = 9;
 
 /** Fails (never skips) when this machine cannot build the namespaces. */
 export function requireRootAndTools() {
+  if (process.env.HUDDLE_IMPAIRED_LOGDIR) mkdirSync(process.env.HUDDLE_IMPAIRED_LOGDIR, { recursive: true });
   if (process.getuid?.() !== 0) throw new Error("the impaired interop calls need root (network namespaces, TUN devices)");
   for (const [cmd, arg] of [["ip", "-V"], ["python3", "--version"]]) {
     const r = spawnSync(cmd, [arg]);
@@ -97,11 +98,13 @@ wavfile.write(sys.argv[2], rate, y)`,
 /**
  * The namespaces, the router and the server. `setLoss(pct)` changes the loss of every link and
  * returns the router's counts since the previous change (packets and drops per link and way).
- * @param {{ lossPct: number, delayMs?: number, seed?: number }} opts
+ * `name` tells two nets of one process apart (their namespaces, the router's trace); `bin` is
+ * the server's `huddle` binary (HUDDLE_BIN's by default).
+ * @param {{ lossPct: number, delayMs?: number, seed?: number, name?: string, bin?: string }} opts
  */
 export async function impairedNet(opts) {
   requireRootAndTools();
-  const tag = `hq${process.pid}`;
+  const tag = `hq${process.pid}${opts.name ?? ""}`;
   const ns = { rtr: `${tag}-rtr`, srv: `${tag}-srv`, pub: `${tag}-pub`, play: `${tag}-play` };
   const dir = mkdtempSync(join(tmpdir(), "huddle-impaired-"));
   // Everything left in the namespaces is ours (the router, the server, the clients): killed by
@@ -141,6 +144,8 @@ export async function impairedNet(opts) {
     loss_pct: opts.lossPct,
     delay_ms: opts.delayMs ?? 50,
     seed: opts.seed ?? 1,
+    // With HUDDLE_IMPAIRED_LOGDIR: every packet the router carries (scripts/quality_interop_setup.py).
+    ...(process.env.HUDDLE_IMPAIRED_LOGDIR ? { trace: join(process.env.HUDDLE_IMPAIRED_LOGDIR, `router${opts.name ? `-${opts.name}` : ""}.jsonl`) } : {}),
   };
   writeFileSync(conf, JSON.stringify(config));
   const router = spawn("ip", ["netns", "exec", ns.rtr, "python3", ROUTER, conf], { stdio: ["ignore", "pipe", "pipe"] });
@@ -173,7 +178,12 @@ export async function impairedNet(opts) {
     });
   await nextLine(1);
   for (const role of /** @type {const} */ (["pub", "play"])) execFileSync("ip", ["-n", ns[role], "route", "add", "default", "dev", `imp-${role}`]);
-  const server = await startServer({ netns: ns.srv, listen: "0.0.0.0:7880", args: ["--dev"], dataDir: join(dir, "data") });
+  const bin = process.env.HUDDLE_BIN;
+  if (opts.bin) process.env.HUDDLE_BIN = opts.bin;
+  const server = await startServer({ netns: ns.srv, listen: "0.0.0.0:7880", args: ["--dev"], dataDir: join(dir, "data") }).finally(() => {
+    if (bin === undefined) delete process.env.HUDDLE_BIN;
+    else process.env.HUDDLE_BIN = bin;
+  });
   const appSign = /app_sign:\s+(\S+)/.exec(server.output())?.[1];
   if (!appSign) throw new Error(`no app_sign in the server's banner:\n${server.output()}`);
   let lossPct = opts.lossPct;
@@ -209,7 +219,8 @@ export async function impairedNet(opts) {
 
 /**
  * A process in a namespace whose stdout is one JSON event per line (`huddle call`,
- * aiortc_peer.py); its events with the host's receive time.
+ * aiortc_peer.py); its events with the host's receive time (`h_ms`, Unix ms: the processes' own
+ * `t_ms` count from their own starts).
  * @param {string} netns @param {string} cmd @param {string[]} args
  */
 function eventProcess(netns, cmd, args) {
@@ -224,7 +235,7 @@ function eventProcess(netns, cmd, args) {
     let i;
     while ((i = buf.indexOf("\n")) >= 0) {
       try {
-        events.push(JSON.parse(buf.slice(0, i)));
+        events.push({ ...JSON.parse(buf.slice(0, i)), h_ms: Date.now() });
       } catch {
         // not an event line
       }
@@ -269,14 +280,14 @@ function between(ev, /** @type {(e: any) => boolean} */ a, /** @type {(e: any) =
 /**
  * A native or aiortc side of a call. Returns `{ done: Promise<{...timings, recording?}> }`.
  * @param {Net} net @param {"sdk" | "aiortc"} stack @param {"pub" | "play"} role
- * @param {{ room: string, stream: string, sent: string, rec: string }} call
+ * @param {{ room: string, stream: string, sent: string, rec: string, bin?: string }} call
  */
 function processSide(net, stack, role, call) {
   const user = `${stack}-${role}`;
   // A publisher runs until the player is done (it is stopped then).
   const seconds = role === "pub" ? 120 : WINDOW_S;
   if (stack === "sdk") {
-    const p = eventProcess(net.ns[role], process.env.HUDDLE_BIN || huddleBin(), [
+    const p = eventProcess(net.ns[role], call.bin || process.env.HUDDLE_BIN || huddleBin(), [
       "call", "--server", net.wsUrl, "--app-id", String(net.appId), "--app-sign", net.appSign, "--room", call.room, "--user", user,
       ...(role === "pub" ? ["--publish", call.stream, "--source", call.sent] : ["--play", call.stream, "--record", `${call.rec}.full.wav`]),
       // The player runs until its window after the play request is over (it is stopped then).
@@ -364,12 +375,13 @@ async function requested(p, pred) {
  * play request → playing and → first audio frame; null when it never came).
  * @param {Net} net @param {"sdk" | "chromium" | "firefox" | "aiortc"} from @param {"sdk" | "chromium" | "firefox" | "aiortc"} to
  * @param {string} sent the padded speech (writeSentSpeech) @param {string} tag a name for the call's files
+ * @param {string} [bin] the `huddle` binary of the SDK sides (HUDDLE_BIN's by default)
  */
-export async function impairedCall(net, from, to, sent, tag) {
+export async function impairedCall(net, from, to, sent, tag, bin) {
   const room = `q-${tag}`;
   const stream = `s-${tag}`;
   const rec = join(net.dir, `${tag}-heard.wav`);
-  const call = { room, stream, sent, rec };
+  const call = { room, stream, sent, rec, bin };
   /** @type {Awaited<ReturnType<typeof launchBrowser>> | null} */
   let chrome = null;
   /** @type {{ done: Promise<any>, kill: () => void }[]} */

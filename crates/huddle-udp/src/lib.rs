@@ -95,6 +95,18 @@ impl Outgoing for (SocketAddr, &[u8]) {
 #[cfg(target_os = "linux")]
 const TCP_RTO_MIN_US: libc::c_int = 45;
 
+/// Linux's `TCP_RTO_MAX_MS` (6.15; `include/uapi/linux/tcp.h`), not in the libc crate yet.
+#[cfg(target_os = "linux")]
+const TCP_RTO_MAX_MS: libc::c_int = 44;
+
+/// The ceiling of the retransmission timeout [`set_thin_stream`] sets, instead of Linux's 120 s
+/// (`TCP_RTO_MAX`); the kernel takes nothing lower (1 s to 120 s). On a lossy path a connection
+/// whose handshake ACK was lost takes its first RTT sample from the data that completed it (a
+/// 0.5 s sample on a 100 ms path: an RTO near 1.4 s), and RTOs double from there; interop calls
+/// at 16 and 30 % loss waited 1.3–2.6 s for one lost WebSocket upgrade answer
+/// (docs/quality.md, "Interop under loss").
+pub const THIN_STREAM_RTO_MAX: Duration = Duration::from_secs(1);
+
 /// The floor of the retransmission timeout [`set_thin_stream`] sets, instead of Linux's 200 ms
 /// (`TCP_RTO_MIN`). The RTO stays SRTT + max(4·RTTVAR, this): a path whose RTT varies (or a
 /// peer that delays its ACKs) still gets its margin from the variance the kernel measures.
@@ -110,8 +122,10 @@ pub const THIN_STREAM_RTO_MIN: Duration = Duration::from_millis(50);
 ///   SRTT + 50 ms rather than SRTT + 200 ms, and the tail probe of a lone segment waits
 ///   2·SRTT + 50 ms rather than 2·SRTT + 200 ms (`tcp_schedule_loss_probe`). Linux ≥ 6.15;
 ///   older kernels refuse it (`ENOPROTOOPT`) and keep their 200 ms.
+/// - `TCP_RTO_MAX_MS` = [`THIN_STREAM_RTO_MAX`]: no RTO longer than 1 s, whatever the RTT
+///   estimate or the backoff (`tcp_bound_rto`, `tcp_retransmit_timer`). Linux ≥ 6.15, as above.
 ///
-/// Both are tried; the first refusal is returned (the caller logs it: the connection works
+/// All are tried; the first refusal is returned (the caller logs it: the connection works
 /// either way). Elsewhere than Linux, nothing is set.
 #[cfg(target_os = "linux")]
 pub fn set_thin_stream(socket: &impl AsFd) -> io::Result<()> {
@@ -119,7 +133,9 @@ pub fn set_thin_stream(socket: &impl AsFd) -> io::Result<()> {
     let thin = sys::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_THIN_LINEAR_TIMEOUTS, 1);
     let micros = THIN_STREAM_RTO_MIN.as_micros() as libc::c_int;
     let rto_min = sys::set_int_option(fd, libc::IPPROTO_TCP, TCP_RTO_MIN_US, micros);
-    thin.and(rto_min)
+    let millis = THIN_STREAM_RTO_MAX.as_millis() as libc::c_int;
+    let rto_max = sys::set_int_option(fd, libc::IPPROTO_TCP, TCP_RTO_MAX_MS, millis);
+    thin.and(rto_min).and(rto_max)
 }
 
 /// Elsewhere the kernel's defaults stay.
@@ -135,17 +151,21 @@ pub struct ThinStream {
     pub linear_timeouts: bool,
     /// The socket's `TCP_RTO_MIN_US`; `None` on a kernel without the option.
     pub rto_min: Option<Duration>,
+    /// The socket's `TCP_RTO_MAX_MS`; `None` on a kernel without the option.
+    pub rto_max: Option<Duration>,
 }
 
 impl ThinStream {
     /// Whether these are the options [`set_thin_stream`] asks for: linear timeouts, and the RTO
-    /// floor where the kernel has the option (stored in jiffies, so rounded up by less than one
-    /// tick: 52 ms at 250 Hz).
+    /// floor and ceiling where the kernel has the options (stored in jiffies, so rounded up by
+    /// less than one tick: 52 ms at 250 Hz).
     pub fn is_as_set(&self) -> bool {
+        let near = |got: Duration, want: Duration| got >= want && got < want + Duration::from_millis(10);
         self.linear_timeouts
-            && self.rto_min.is_none_or(|floor| {
-                floor >= THIN_STREAM_RTO_MIN && floor < THIN_STREAM_RTO_MIN + Duration::from_millis(10)
-            })
+            && self.rto_min.is_none_or(|floor| near(floor, THIN_STREAM_RTO_MIN))
+            && self
+                .rto_max
+                .is_none_or(|ceiling| near(ceiling, THIN_STREAM_RTO_MAX))
     }
 }
 
@@ -159,9 +179,15 @@ pub fn thin_stream(socket: &impl AsFd) -> io::Result<ThinStream> {
         Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => None,
         Err(e) => return Err(e),
     };
+    let rto_max = match sys::int_option(fd, libc::IPPROTO_TCP, TCP_RTO_MAX_MS) {
+        Ok(ms) => Some(Duration::from_millis(ms.max(0) as u64)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => None,
+        Err(e) => return Err(e),
+    };
     Ok(ThinStream {
         linear_timeouts,
         rto_min,
+        rto_max,
     })
 }
 

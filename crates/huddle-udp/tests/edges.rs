@@ -328,10 +328,10 @@ fn one_datagram_at_a_time_with_and_without_its_arrival_time() {
 }
 
 /// The thin-stream options are set on a real TCP socket and read back as the kernel keeps
-/// them: linear timeouts on, the RTO floor 50 ms, up to a jiffy (or, on a kernel before 6.15, the option
-/// refused by the setter and absent when read).
+/// them: linear timeouts on, the RTO floor 50 ms and ceiling 1 s, up to a jiffy (or, on a kernel
+/// before 6.15, the options refused by the setter and absent when read).
 #[test]
-fn a_thin_stream_has_linear_timeouts_and_a_50_ms_rto_floor() {
+fn a_thin_stream_has_linear_timeouts_a_50_ms_rto_floor_and_a_1_s_ceiling() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let before = huddle_udp::thin_stream(&stream).unwrap();
@@ -344,6 +344,8 @@ fn a_thin_stream_has_linear_timeouts_and_a_50_ms_rto_floor() {
         Some(_) => {
             assert!(set.is_ok(), "{set:?}");
             assert_eq!(before.rto_min, Some(Duration::from_millis(200)), "{before:?}");
+            assert_eq!(before.rto_max, Some(Duration::from_secs(120)), "{before:?}");
+            assert!(after.rto_max.is_some(), "{after:?}");
         }
         None => assert_eq!(
             set.unwrap_err().raw_os_error(),

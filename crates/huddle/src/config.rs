@@ -136,7 +136,9 @@ pub struct EngineConfig {
     /// this value if lower), so that the end of a short outage is noticed within half a second;
     /// after that the backoff goes on up to this value.
     pub retry_delay_max: Duration,
-    /// How long one connection attempt (TCP, WebSocket, hello, login) may take. Default 5 s.
+    /// How long one connection attempt (TCP, WebSocket, hello, login) may go without a step
+    /// forward: it starts again from when the WebSocket opens and from the `hello`, so a slow
+    /// but working connection is not given up for a fresh one. Default 5 s.
     pub attempt_timeout: Duration,
     /// How long before a token's expiry `on_room_token_will_expire` fires. Default 30 s.
     pub token_warning: Duration,

@@ -19,7 +19,8 @@ use tracing::debug;
 /// Identifies a connection, so that the engine ignores what a replaced one still reports.
 pub(crate) type ConnId = u64;
 
-/// Messages queued for the server on one connection; more means the connection is stuck.
+/// Batches of messages queued for the server on one connection; more means the connection is
+/// stuck.
 pub(crate) const SEND_QUEUE: usize = 256;
 
 /// Where the connections go: the servers' signaling URLs (the first preferred) and, for
@@ -160,12 +161,17 @@ async fn connect_thin(addr: std::net::SocketAddr) -> std::io::Result<tokio::net:
 /// Runs one connection to `url` (`wss://` with `tls`). Ends when the server closes, the network
 /// breaks, or the engine drops the sending side of `outgoing` (then it closes the WebSocket
 /// politely).
+///
+/// `outgoing` carries batches (what one pass of the engine sends): a batch, and any batches
+/// already queued behind it, go out in one write, so that a request and what follows it at once
+/// (a publish and its media offer) share TCP segments: on a lossy path each segment is one more
+/// chance to wait for a retransmission, and TCP holds everything behind a lost one.
 pub(crate) async fn run(
     id: ConnId,
     url: String,
     tls: Option<Arc<rustls::ClientConfig>>,
     connect_timeout: Duration,
-    mut outgoing: mpsc::Receiver<String>,
+    mut outgoing: mpsc::Receiver<Vec<String>>,
     events: mpsc::Sender<ConnEvent>,
 ) {
     let config = WebSocketConfig::default()
@@ -200,8 +206,8 @@ pub(crate) async fn run(
     let why = loop {
         tokio::select! {
             out = outgoing.recv() => match out {
-                Some(text) => {
-                    if let Err(e) = sink.send(Message::Text(text.into())).await {
+                Some(batch) => {
+                    if let Err(e) = send_batch(&mut sink, batch, &mut outgoing).await {
                         break format!("send failed: {e}");
                     }
                 }
@@ -230,6 +236,27 @@ pub(crate) async fn run(
         }
     };
     let _ = events.send(ConnEvent::Closed(id, why)).await;
+}
+
+/// Writes `batch` and the batches queued behind it as one flush (tungstenite buffers what it is
+/// fed until then).
+async fn send_batch<S>(
+    sink: &mut S,
+    batch: Vec<String>,
+    queued: &mut mpsc::Receiver<Vec<String>>,
+) -> Result<(), WsError>
+where
+    S: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    for text in batch {
+        sink.feed(Message::Text(text.into())).await?;
+    }
+    while let Ok(more) = queued.try_recv() {
+        for text in more {
+            sink.feed(Message::Text(text.into())).await?;
+        }
+    }
+    sink.flush().await
 }
 
 #[cfg(test)]
@@ -334,6 +361,60 @@ mod staggering_tests {
         assert!(connect.as_mut().now_or_never().is_none());
         attempts.finish(0, Ok(0));
         assert_eq!(connect.as_mut().now_or_never(), Some(Ok(0)));
+    }
+}
+
+#[cfg(test)]
+mod batching_tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use futures_util::FutureExt as _;
+
+    use super::*;
+
+    /// A sink that records what it is fed and each flush.
+    #[derive(Default)]
+    struct Recorder(Vec<String>);
+
+    impl futures_util::Sink<Message> for Recorder {
+        type Error = WsError;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
+            self.0.push(item.into_text().unwrap().to_string());
+            Ok(())
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            self.0.push("FLUSH".into());
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A batch and the batches queued behind it are written with one flush (one write to the
+    /// socket), in order; a batch queued later gets its own.
+    #[test]
+    fn queued_batches_go_out_in_one_flush() {
+        let (tx, mut rx) = mpsc::channel(SEND_QUEUE);
+        let mut sink = Recorder::default();
+        tx.try_send(vec!["c".to_string()]).unwrap();
+        let batch = vec!["a".to_string(), "b".to_string()];
+        send_batch(&mut sink, batch, &mut rx)
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        assert_eq!(sink.0, ["a", "b", "c", "FLUSH"]);
+        tx.try_send(vec!["d".to_string()]).unwrap();
+        let next = rx.try_recv().unwrap();
+        send_batch(&mut sink, next, &mut rx)
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        assert_eq!(sink.0[4..], ["d", "FLUSH"]);
     }
 }
 

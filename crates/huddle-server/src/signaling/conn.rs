@@ -117,7 +117,10 @@ pub(super) async fn ws_handler(
         })
 }
 
-/// Writes the queue to the socket until the connection closes, then the close frame.
+/// Writes the queue to the socket until the connection closes, then the close frame. What is
+/// queued together goes out in one write (fed, then flushed once): messages sent at once (a
+/// stream update and the play update that follows it) share TCP segments, so that on a lossy
+/// path one loss, not each message's, can hold them.
 pub(super) async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Message>,
@@ -132,9 +135,16 @@ pub(super) async fn write_loop(
                 None => break,
             },
         };
+        let write = async {
+            sink.feed(msg).await?;
+            while let Ok(m) = rx.try_recv() {
+                sink.feed(m).await?;
+            }
+            sink.flush().await
+        };
         tokio::select! {
             biased;
-            r = sink.send(msg) => if r.is_err() { return },
+            r = write => if r.is_err() { return },
             _ = ctl.wait_for(Closing::is_hard) => break,
         }
     }

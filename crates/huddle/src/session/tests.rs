@@ -1458,6 +1458,47 @@ fn failed_attempts_go_round_the_servers() {
     assert_eq!(next_connect(&mut h, out), 1);
 }
 
+/// An attempt that steps forward (the WebSocket opens, the `hello` comes) gets the attempt
+/// timeout again from there: a login answer that comes late on a lossy path is still taken, not
+/// thrown away with its connection; an attempt stuck at any step is still given up.
+#[test]
+fn an_attempt_is_given_up_only_after_a_timeout_without_a_step_forward() {
+    // The defaults: 5 s an attempt, 10 s the whole login.
+    assert_eq!(timing().attempt_timeout, Duration::from_secs(5));
+    let s = Duration::from_secs;
+    let hello = || ServerMsg::Hello {
+        protocol: 1,
+        nonce: "n0nce".into(),
+        server_time_ms: 0,
+    };
+    let closed = |out: &[Output]| out.iter().any(|o| matches!(o, Output::Close));
+    // The WebSocket opens at 3 s and the hello comes at 6 s: the login answer at 9 s is taken.
+    let (mut h, _) = Harness::new(several(1));
+    assert!(h.advance(s(3)).is_empty());
+    assert!(h.input(Input::Connected).is_empty());
+    assert!(
+        h.advance(s(3)).is_empty(),
+        "the WebSocket opened at 3 s: a new timeout"
+    );
+    let out = h.msg(hello());
+    let seq = sent(&out)[0].seq();
+    let out = h.advance(s(3));
+    assert!(!closed(&out), "{out:?}");
+    let out = h.msg(ServerMsg::LoginOk(login_ok(seq, false, vec![], vec![])));
+    assert_eq!(evs(&out)[0], "room Logined 0");
+    // No answer to the login: the attempt is given up 5 s after the hello (at 2 s), and another
+    // one starts (the login has 10 s in all).
+    let (mut h, _) = Harness::new(several(1));
+    h.input(Input::Connected);
+    h.advance(s(2));
+    h.msg(hello());
+    let out = h.advance(Duration::from_millis(4900));
+    assert!(!closed(&out), "{out:?}");
+    let out = h.advance(Duration::from_millis(200));
+    assert!(closed(&out), "{out:?}");
+    assert!(evs(&out).is_empty(), "not a failure yet: {:?}", evs(&out));
+}
+
 #[test]
 fn a_login_refused_as_shutting_down_tries_the_next_server() {
     let (mut h, _) = Harness::new(several(2));
