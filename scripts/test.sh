@@ -82,6 +82,9 @@ rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup com
 # vendor/str0m is str0m 0.25.0 from crates.io plus vendor/patches, nothing else (vendor/README.md).
 echo "== vendor/str0m"
 scripts/check-vendor.sh
+# ... and its own unit tests pass, our patches' among them (on a copy: scripts/test-vendor.sh says why).
+echo "== vendor/str0m unit tests"
+scripts/test-vendor.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
