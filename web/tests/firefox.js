@@ -269,12 +269,14 @@ document.getElementById("publish").click();`,
       // what its encoder hands the packetizer (an RTCRtpScriptTransform on the sender): per
       // 500 ms, frames, SILK or hybrid frames (those that can carry FEC) and those with the LBRR
       // flag (RFC 6716 4.2.3: the bit after the VAD flag of a mono 20 ms frame), as libwebrtc's
-      // WebRtcOpus_PacketHasFec reads it.
+      // WebRtcOpus_PacketHasFec reads it; and every frame (RTP timestamp, Opus payload in hex), for
+      // scripts/fec_replay.py.
       if (ok && process.env.HUDDLE_FIREFOX_FEC === "1") {
         await ff.run(`const code = 'const t0 = Date.now(); let n = 0, silk = 0, fec = 0;' +
   'onrtctransform = (e) => { const t = e.transformer; t.readable.pipeThrough(new TransformStream({ transform(f, c) {' +
-  'const d = new Uint8Array(f.data); n++; if (d.length > 1 && (d[0] >> 3) < 16) { silk++; if (d[1] & 0x40) fec++; } c.enqueue(f); } })).pipeTo(t.writable); };' +
-  'setInterval(() => { postMessage({ t_ms: Date.now() - t0, n, silk, fec }); n = silk = fec = 0; }, 500);';
+  'const d = new Uint8Array(f.data); n++; if (d.length > 1 && (d[0] >> 3) < 16) { silk++; if (d[1] & 0x40) fec++; }' +
+  ' frames.push([f.timestamp ?? null, Array.from(d, (b) => b.toString(16).padStart(2, "0")).join("")]); c.enqueue(f); } })).pipeTo(t.writable); };' +
+  'let frames = []; setInterval(() => { postMessage({ t_ms: Date.now() - t0, n, silk, fec, frames }); n = silk = fec = 0; frames = []; }, 500);';
 const w = new Worker(URL.createObjectURL(new Blob([code], { type: "application/javascript" })));
 window.__ffFec = [];
 w.onmessage = (e) => window.__ffFec.push(e.data);

@@ -264,8 +264,9 @@ impl Player {
         if Some(data.mid) == pc.audio {
             let seq = data.seq_range.start().as_u16();
             let ts = data.time.numer() as u32;
-            // Arrivals against timestamps, to see what a sender does (docs/media.md).
-            tracing::trace!(seq, ts, len = data.data.len(), at = ?data.network_time, "audio packet");
+            // Arrivals against timestamps, to see what a sender does (docs/media.md), and the
+            // payload, to decode or replay what came offline (scripts/fec_replay.py).
+            tracing::trace!(seq, ts, len = data.data.len(), at = ?data.network_time, payload = %data.data.iter().map(|b| format!("{b:02x}")).collect::<String>(), "audio packet");
             let mut audio = self.audio.lock().unwrap_or_else(|e| e.into_inner());
             self.audio_in
                 .push(seq, ts, data.data.to_vec(), data.network_time, audio.jitter());
