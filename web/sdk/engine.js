@@ -692,7 +692,9 @@ export class HuddleEngine {
         if (track.kind === "video") preferVp8(t);
       }
       pc.onconnectionstatechange = () => {
-        if (pub.gen === gen && pc.connectionState === "failed") this._mediaFailed(pub, "publish", ErrorCode.PUBLISH_TEMPORARY_BREAK, "the peer connection failed");
+        if (pub.gen !== gen) return;
+        if (pc.connectionState === "failed") this._mediaFailed(pub, "publish", ErrorCode.PUBLISH_TEMPORARY_BREAK, "the peer connection failed");
+        else if (pc.connectionState === "connected") this._mediaConnected(pub, "publish");
       };
       await pc.setLocalDescription(await pc.createOffer());
       await gathered(pc, this.options.iceGatheringTimeoutMs, this._hostOnly() ? 30 : null);
@@ -860,7 +862,9 @@ export class HuddleEngine {
         this._watchFirstFrame(player, gen, ev.track);
       };
       pc.onconnectionstatechange = () => {
-        if (player.gen === gen && pc.connectionState === "failed") this._mediaFailed(player, "play", ErrorCode.PLAY_TEMPORARY_BREAK, "the peer connection failed");
+        if (player.gen !== gen) return;
+        if (pc.connectionState === "failed") this._mediaFailed(player, "play", ErrorCode.PLAY_TEMPORARY_BREAK, "the peer connection failed");
+        else if (pc.connectionState === "connected") this._mediaConnected(player, "play");
       };
       await pc.setLocalDescription(await pc.createOffer());
       await gathered(pc, this.options.iceGatheringTimeoutMs, this._hostOnly() ? 30 : null);
@@ -1411,20 +1415,32 @@ export class HuddleEngine {
       return;
     }
     if (msg.state === "connected") {
-      s.mediaUp = true;
-      s.failures = 0;
-    } else {
-      if (msg.kind === "play" && msg.code === ErrorCode.STREAM_NOT_FOUND) {
-        // The publisher stopped: play_update brings the stream back.
-        s.mediaUp = false;
-        this._refreshPlayer(/** @type {Player} */ (s), msg.code, msg.message);
-        return;
-      }
-      const code = msg.kind === "publish" ? ErrorCode.PUBLISH_TEMPORARY_BREAK : ErrorCode.PLAY_TEMPORARY_BREAK;
-      this._mediaFailed(s, msg.kind, msg.code || code, msg.message);
+      this._mediaConnected(s, msg.kind);
       return;
     }
-    if (msg.kind === "publish") this._refreshPublisher(/** @type {Publisher} */ (s), 0, "");
+    if (msg.kind === "play" && msg.code === ErrorCode.STREAM_NOT_FOUND) {
+      // The publisher stopped: play_update brings the stream back.
+      s.mediaUp = false;
+      this._refreshPlayer(/** @type {Player} */ (s), msg.code, msg.message);
+      return;
+    }
+    const code = msg.kind === "publish" ? ErrorCode.PUBLISH_TEMPORARY_BREAK : ErrorCode.PLAY_TEMPORARY_BREAK;
+    this._mediaFailed(s, msg.kind, msg.code || code, msg.message);
+  }
+
+  /**
+   * A stream's media connection is up, by the browser's own account (the peer connection's
+   * `connected`: ICE and DTLS done) or by the server's (`media_state` `connected`), whichever
+   * comes first. The browser's comes at once; the server's crosses the signaling connection,
+   * which under loss can take seconds (a page showed PLAYING 8.3 s after its first audio at 30 %
+   * loss per link). The Rust SDK, too, takes its own connection's word.
+   * @param {Publisher | Player} s @param {"publish" | "play"} kind
+   */
+  _mediaConnected(s, kind) {
+    if (s.stopped || s.mediaUp) return;
+    s.mediaUp = true;
+    s.failures = 0;
+    if (kind === "publish") this._refreshPublisher(/** @type {Publisher} */ (s), 0, "");
     else this._refreshPlayer(/** @type {Player} */ (s), 0, "");
   }
 

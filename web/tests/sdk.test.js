@@ -573,3 +573,69 @@ test("a media_state 'connected' that comes before the answer is applied still ma
     globalThis.MediaStream = saved.ms;
   }
 });
+
+test("the player is PLAYING once its own peer connection is connected, without waiting for the server's media_state (issue 12)", async () => {
+  // Under loss the server's media_state crosses a lossy TCP connection and can come seconds
+  // after the media (a page showed PLAYING 8.3 s after its first audio at 30 % per link); the
+  // browser's connectionState "connected" (ICE and DTLS done) is the connection's own word.
+  /** @type {any} */
+  let made = null;
+  const saved = { pc: globalThis.RTCPeerConnection, ms: globalThis.MediaStream };
+  // @ts-ignore: only what huddle.js's player uses.
+  globalThis.MediaStream = class {
+    getTracks() {
+      return [];
+    }
+    addTrack() {}
+    removeTrack() {}
+  };
+  // @ts-ignore: only what huddle.js's player uses.
+  globalThis.RTCPeerConnection = class {
+    iceGatheringState = "complete";
+    connectionState = "new";
+    /** @type {any} */ localDescription = null;
+    /** @type {null | (() => void)} */ onconnectionstatechange = null;
+    constructor() {
+      made = this;
+    }
+    addTransceiver() {
+      return {};
+    }
+    async createOffer() {
+      return { type: "offer", sdp: "v=0\r\n" };
+    }
+    /** @param {any} d */
+    async setLocalDescription(d) {
+      this.localDescription = d;
+    }
+    async setRemoteDescription() {}
+    close() {}
+  };
+  try {
+    const { e, events } = engine();
+    const done = e.loginRoom("r1", "04tok", { userID: "alice" });
+    await acceptLogin();
+    await done;
+    e.startPlayingStream("bob-main");
+    const ws = sockets.at(-1);
+    await until(() => ws.last("play"), "the play");
+    ws.push({ type: "ok", seq: ws.last("play").seq });
+    ws.push({ type: "play_update", stream_id: "bob-main", available: true });
+    await until(() => ws.last("media_offer"), "the media offer");
+    ws.push({ type: "media_answer", seq: ws.last("media_offer").seq, sdp: "v=0\r\n" });
+    await sleep(5);
+    assert.ok(!events.includes("play bob-main PLAYING 0"), `PLAYING before the connection: ${events.join("; ")}`);
+    made.connectionState = "connected";
+    made.onconnectionstatechange?.();
+    await until(() => events.includes("play bob-main PLAYING 0"), `PLAYING: ${events.join("; ")}`);
+    // The server's word, when it comes, changes nothing.
+    const before = events.length;
+    ws.push({ type: "media_state", stream_id: "bob-main", kind: "play", state: "connected", code: 0, message: "" });
+    await sleep(5);
+    assert.equal(events.length, before, `events after the server's media_state: ${events.slice(before).join("; ")}`);
+    e.destroy();
+  } finally {
+    globalThis.RTCPeerConnection = saved.pc;
+    globalThis.MediaStream = saved.ms;
+  }
+});
