@@ -149,6 +149,31 @@ def main():
         report()
         state["loss"], state["delay"] = c["loss_pct"] / 100.0, c["delay_ms"] / 1000.0
 
+    # HUDDLE_ROUTER_TRACE=FILE: one line per packet, at arrival ("in", with "drop" when the
+    # link loses it) and at delivery ("out"): wall-clock seconds, link, size, and for UDP the
+    # kind (rtp/rtcp with ssrc, seq, timestamp; dtls with its content type; stun).
+    trace_path = os.environ.get("HUDDLE_ROUTER_TRACE")
+    trace = open(trace_path, "a", buffering=1 << 16) if trace_path else None
+
+    def describe(pkt):
+        ihl = (pkt[0] & 15) * 4
+        if pkt[9] != 17 or len(pkt) < ihl + 9:
+            return f"proto{pkt[9]}"
+        u = pkt[ihl + 8 :]
+        if len(u) >= 13 and 20 <= u[0] <= 63:
+            return f"dtls ct{u[0]}"
+        if len(u) >= 12 and u[0] >> 6 == 2:
+            pt = u[1] & 0x7F
+            if 64 <= pt <= 95:
+                return f"rtcp pt{u[1]}"
+            seq, ts, ssrc = struct.unpack("!HII", u[2:12])
+            return f"rtp pt{pt} ssrc{ssrc} seq{seq} ts{ts}"
+        return "stun" if len(u) >= 20 and u[0] < 2 else "udp"
+
+    def log(what, key, pkt):
+        if trace:
+            trace.write(f"{time.time():.4f} {what} {key} {len(pkt)} {describe(pkt)}\n")
+
     stop = []
     signal.signal(signal.SIGHUP, reload)
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
@@ -162,7 +187,8 @@ def main():
     while not stop:
         now = time.monotonic()
         while queue and queue[0][0] <= now:
-            _, _, fd, pkt = heapq.heappop(queue)
+            _, _, fd, pkt, key = heapq.heappop(queue)
+            log("out", key, pkt)
             try:
                 os.write(fd, pkt)
             except OSError:
@@ -198,10 +224,14 @@ def main():
                     trace.write(json.dumps({"t": round(time.time() * 1000, 1), "l": key, "d": int(drop), **describe(pkt)}, separators=(",", ":")) + "\n")
                 if drop:
                     c["dropped"] += 1
+                    log("drop", key, pkt)
                     continue
+                log("in", key, pkt)
                 n += 1
-                heapq.heappush(queue, (time.monotonic() + state["delay"], n, fds[dst], pkt))
+                heapq.heappush(queue, (time.monotonic() + state["delay"], n, fds[dst], pkt, key))
     report()
+    if trace:
+        trace.close()
 
 
 if __name__ == "__main__":
