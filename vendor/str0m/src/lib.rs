@@ -1433,15 +1433,28 @@ impl Rtc {
         self.ice.state().is_connected() && self.dtls_connected && self.session.is_connected()
     }
 
-    /// Tells whether RTP written now leaves with the next poll: ICE has a nominated pair and
-    /// the SRTP keys exist.
+    /// Tells whether RTP written now leaves with the next poll: ICE has a nominated pair (or,
+    /// before it, a held DTLS client has the path of its first authenticated check) and the
+    /// SRTP keys exist.
     ///
     /// A DTLS client whose provider hands out its keys once its own Finished is out has them
     /// before [`Event::Connected`] (which waits for the server's Finished): media sent from then
     /// on reaches a peer that has its keys as soon as that flight arrived. Before this is true,
     /// written RTP waits in the send queues.
     pub fn can_send_media(&self) -> bool {
-        self.state == RtcState::Alive && self.send_addr.is_some() && self.session.is_connected()
+        self.state == RtcState::Alive && self.media_path().is_some() && self.session.is_connected()
+    }
+
+    /// Where media goes: the nominated pair, or before it the path of the first authenticated
+    /// check that a held DTLS client's handshake took (`set_dtls_active_answer`).
+    ///
+    /// An ICE-lite agent learns its valid pair from the peer's authenticated check; the
+    /// controlling peer (a browser) nominates with a later check, which under loss can come
+    /// seconds on. Media written in between waited in the send queues and left in one burst at
+    /// the nomination, which a receiver's jitter buffer then plays late (RFC 8445 lets an agent
+    /// send on a valid pair before nomination; DTLS already went that way).
+    fn media_path(&self) -> Option<&SendAddr> {
+        self.send_addr.as_ref().or(self.dtls_path.as_ref())
     }
 
     /// Make changes to the Rtc session via SDP.
@@ -1669,7 +1682,7 @@ impl Rtc {
         if self.state != RtcState::Alive || self.need_init_time || now < self.last_now {
             return false;
         }
-        let Some(send) = &self.send_addr else {
+        let Some(send) = self.media_path() else {
             return false;
         };
         let (proto, source, destination) = (send.proto, send.source, send.destination);
@@ -1952,9 +1965,13 @@ impl Rtc {
         }
 
         if self.send_addr.is_none() {
-            // A DTLS client's handshake before nomination (set_dtls_active_answer).
+            // A DTLS client's handshake before nomination (set_dtls_active_answer), and the
+            // media once it has its keys (`media_path`).
             if let Some(path) = &self.dtls_path {
-                if let Some(contents) = self.dtls.poll_packet() {
+                let datagram = None
+                    .or_else(|| self.dtls.poll_packet())
+                    .or_else(|| self.session.poll_datagram(self.last_now));
+                if let Some(contents) = datagram {
                     return Ok(Some(Output::Transmit(net::Transmit {
                         proto: path.proto,
                         source: path.source,
@@ -1980,7 +1997,7 @@ impl Rtc {
                 };
                 return Ok(Some(Output::Transmit(t)));
             }
-        } else {
+        } else if self.dtls_path.is_none() {
             // Don't allow accumulated feedback to build up indefinitely
             self.session.clear_feedback();
         }

@@ -460,7 +460,9 @@ impl Sfu {
             // client once its Finished is out (its SRTP keys exist then, before `Connected`
             // waits for the player's last flight; the player has its keys once that Finished
             // arrives, and drops what comes before it, as a receiver does SRTP it cannot
-            // decrypt yet). Not before: str0m would queue the packets and send them together.
+            // decrypt yet). Before a nominated pair, str0m sends them along the path its DTLS took
+            // (patch 0010), one at a time. Not before the keys: str0m would queue the packets and
+            // send them together.
             let Some(Pc {
                 rtc,
                 role: Role::Play(Playing { tracks }),

@@ -948,3 +948,64 @@ fn an_unmuted_play_video_starts_at_a_requested_keyframe() {
     sim.run(&mut [&mut publisher, &mut player], 50);
     assert_eq!(player.got.len() - before, 1, "the video flows again");
 }
+
+/// Whether a datagram is a STUN binding request that nominates its pair (USE-CANDIDATE).
+fn nominates(bytes: &[u8]) -> bool {
+    if bytes.len() < 20 || bytes[0..2] != [0x00, 0x01] {
+        return false;
+    }
+    let mut at = 20;
+    while at + 4 <= bytes.len() {
+        let kind = u16::from_be_bytes([bytes[at], bytes[at + 1]]);
+        let len = usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]));
+        if kind == 0x0025 {
+            return true;
+        }
+        at += 4 + len.div_ceil(4) * 4;
+    }
+    false
+}
+
+/// A player whose DTLS is up before its ICE agent nominates a pair gets the stream packet by
+/// packet from the keys on, along the path its DTLS took, not in one burst at the nomination.
+/// Chromium nominates with its next check after the first that succeeds; when that one or its
+/// answer is lost, the next comes with its ping interval (1-2 s on), and the server's DTLS
+/// client (which needs only a successful check) is connected long before. str0m kept the
+/// packets until there was a nominated pair and sent them together: 0.6-0.9 s of audio at
+/// once, which Chromium's NetEq buffered and played up to 0.7 s late, accelerating it away
+/// (docs/quality.md, "SDK → Chromium: a burst at nomination"; str0m patch 0010).
+#[test]
+fn a_player_gets_media_before_its_pair_is_nominated_packet_by_packet() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    let mut sim = Sim::new();
+    let (mut publisher, offer) = Peer::new(sim.now, 10_001, MediaRole::Publish, false);
+    sim.negotiate(&mut publisher, offer, 1, "s", MediaRole::Publish);
+    sim.connect(&mut [&mut publisher]);
+    let (mut player, offer) = Peer::new(sim.now, 10_002, MediaRole::Play, false);
+    let player_addr = player.addr;
+    // The player's first nomination is lost; its other checks arrive.
+    let lost = Rc::new(Cell::new(0));
+    let count = lost.clone();
+    sim.drop_up = Box::new(move |from, bytes| {
+        let drop = count.get() < 1 && from == player_addr && nominates(bytes);
+        count.set(count.get() + u32::from(drop));
+        drop
+    });
+    sim.negotiate(&mut player, offer, 2, "s", MediaRole::Play);
+    for i in 0..60 {
+        publisher.send(MediaKind::Audio, &payload(i), sim.now);
+        sim.run(&mut [&mut publisher, &mut player], 20);
+    }
+
+    assert_eq!(lost.get(), 1, "no nomination was lost");
+    assert!(player.got.len() >= 30, "{} packets", player.got.len());
+    // The most packets that arrived in one instant.
+    let burst = player
+        .got
+        .chunk_by(|a, b| a.timestamp == b.timestamp)
+        .map(<[_]>::len)
+        .max();
+    assert_eq!(burst, Some(1), "packets came together");
+}
