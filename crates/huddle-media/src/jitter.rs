@@ -222,7 +222,11 @@ struct Slot {
 /// A packet more than 64 frames (1.28 s) away from the playout point, or whose timestamp is
 /// more than 1 s off what its sequence number predicts, is a new stream (a sender restart, a
 /// long pause): the buffer starts over with it ([`Inserted::Restarted`]). After 1 s with an
-/// empty buffer the stream is taken as stopped and `pop` returns `None` until packets come.
+/// empty buffer the stream is taken as stopped and `pop` returns `None` until packets come; the
+/// next packet starts it over. Two packets in a row later than `max_delay` while the buffer is
+/// starved, about equally late, are a lasting step of the delay (a path change, a sender that
+/// stalled and stays late), which the target cannot follow: the buffer starts over with them
+/// too, so a step costs about its own length rather than every packet after it.
 ///
 /// Playout follows the timestamps: a packet with an empty payload (RTP padding only, which
 /// Chromium sends on the audio stream as a bandwidth probe, with the previous packet's
