@@ -45,6 +45,10 @@ const STALL_TICKS: u32 = 50;
 /// A packet whose timestamp is more than 1 s off what its sequence number predicts (beyond
 /// DTX gaps of 400 ms) restarts the buffer.
 const TS_JUMP: i64 = SAMPLE_RATE as i64;
+/// Two packets in a row, later than `max_delay` while the buffer is starved, whose transits
+/// agree within this much (40 ms), are a lasting step of the delay (a path change, a sender's
+/// stall after which its packets keep coming late): the buffer re-anchors on them.
+const STEP_AGREE_US: i64 = 2 * FRAME_US;
 
 /// Settings of a [`JitterBuffer`].
 #[derive(Debug, Clone, PartialEq)]
@@ -218,7 +222,11 @@ struct Slot {
 /// A packet more than 64 frames (1.28 s) away from the playout point, or whose timestamp is
 /// more than 1 s off what its sequence number predicts, is a new stream (a sender restart, a
 /// long pause): the buffer starts over with it ([`Inserted::Restarted`]). After 1 s with an
-/// empty buffer the stream is taken as stopped and `pop` returns `None` until packets come.
+/// empty buffer the stream is taken as stopped and `pop` returns `None` until packets come; the
+/// next packet starts it over. Two packets in a row later than `max_delay` while the buffer is
+/// starved, about equally late, are a lasting step of the delay (a path change, a sender that
+/// stalled and stays late), which the target cannot follow: the buffer starts over with them
+/// too, so a step costs about its own length rather than every packet after it.
 ///
 /// Playout follows the timestamps: a packet with an empty payload (RTP padding only, which
 /// Chromium sends on the audio stream as a bandwidth probe, with the previous packet's
@@ -318,6 +326,9 @@ struct Stream {
     last_lateness: i64,
     /// Speech has been played since the stream started (see [`JitterBuffer::speech_played`]).
     speech_played: bool,
+    /// The last packet that came later than `max_delay` while the buffer was starved, with its
+    /// arrival and transit (µs): if the next one is as late, the delay stepped up for good.
+    step: Option<(Slot, Instant, i64)>,
 }
 
 impl Stream {
@@ -483,6 +494,18 @@ impl JitterBuffer {
         if payload.is_empty() {
             return self.insert_padding(seq, rtp_ts);
         }
+        self.insert_audio(seq, rtp_ts, payload, arrival)
+    }
+
+    /// Starts the stream over with a packet, as a new stream (a new delay anchor).
+    fn restart(&mut self, seq: u16, rtp_ts: u32, payload: Vec<u8>, arrival: Instant) {
+        self.clear();
+        self.stats.restarts += 1;
+        self.start_stream(seq, rtp_ts, arrival);
+        self.store(i64::from(seq), i64::from(rtp_ts), payload);
+    }
+
+    fn insert_audio(&mut self, seq: u16, rtp_ts: u32, payload: Vec<u8>, arrival: Instant) -> Inserted {
         let Some(stream) = &self.stream else {
             self.start_stream(seq, rtp_ts, arrival);
             self.store(i64::from(seq), i64::from(rtp_ts), payload);
@@ -494,14 +517,14 @@ impl JitterBuffer {
         let base_seq = stream
             .next_seq
             .unwrap_or_else(|| self.lowest_buffered().unwrap_or(ext_seq));
+        // A stream taken as stopped (see `note_empty`) starts over with its next packet: its old
+        // delay anchor says nothing about when the packets come now.
+        let stopped = stream.next_seq.is_some() && !stream.playing;
         let jumped = ext_seq >= base_seq + CAPACITY as i64
             || ext_seq < base_seq - CAPACITY as i64
             || (ext_ts - predicted_ts).abs() > TS_JUMP;
-        if jumped {
-            self.clear();
-            self.stats.restarts += 1;
-            self.start_stream(seq, rtp_ts, arrival);
-            self.store(i64::from(seq), i64::from(rtp_ts), payload);
+        if jumped || stopped {
+            self.restart(seq, rtp_ts, payload, arrival);
             return Inserted::Restarted;
         }
 
@@ -540,6 +563,41 @@ impl JitterBuffer {
                     self.store(ext_seq, ext_ts, payload);
                     return Inserted::Buffered;
                 }
+                // Later than `max_delay` while the buffer is starved: if the packet before was
+                // too, by about as much, the delay stepped up for good (a path change, or a
+                // sender that stalled and stays late), which the target, bounded by `max_delay`,
+                // cannot follow. Re-anchor on these packets, as a new stream, so playout resumes
+                // with them instead of dropping every packet as late until the buffer gives up.
+                let starved = self.buffered == 0 && stream.tentative > 0;
+                let transit = stream.us(arrival) - stream.ts_us(ext_ts);
+                if starved && delay > self.config.max_delay.as_micros() as i64 {
+                    let step = stream.step.take();
+                    if let Some((first, at, first_transit)) = step
+                        && first.seq < ext_seq
+                        && (transit - first_transit).abs() <= STEP_AGREE_US
+                    {
+                        // The frames missing before the first of them are lost for sure; it and
+                        // the frames after it are played after all.
+                        let replayed = (next - first.seq).clamp(0, stream.tentative);
+                        self.stats.lost += (stream.tentative - replayed) as u64;
+                        self.stats.late -= 1;
+                        self.restart(first.seq as u16, first.ts as u32, first.payload, at);
+                        return self.insert_audio(seq, rtp_ts, payload, arrival);
+                    }
+                    self.stats.late += 1;
+                    let stream = self.stream.as_mut().expect("stream exists");
+                    stream.step = Some((
+                        Slot {
+                            seq: ext_seq,
+                            ts: ext_ts,
+                            payload,
+                        },
+                        arrival,
+                        transit,
+                    ));
+                    self.seen[idx] = ext_seq;
+                    return Inserted::Late;
+                }
                 self.seen[idx] = ext_seq;
                 self.stats.late += 1;
                 return Inserted::Late;
@@ -548,6 +606,7 @@ impl JitterBuffer {
             // arrived are lost indeed.
             self.stats.lost += stream.tentative as u64;
             stream.tentative = 0;
+            stream.step = None;
         }
         self.store(ext_seq, ext_ts, payload);
         Inserted::Buffered
@@ -695,6 +754,7 @@ impl JitterBuffer {
             deferred_ticks: 0,
             last_lateness: 0,
             speech_played: false,
+            step: None,
         });
     }
 

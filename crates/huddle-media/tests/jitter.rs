@@ -1087,3 +1087,62 @@ fn speech_played_is_per_stream() {
     assert_eq!(jb.insert(30_000, 900_000_000, payload(1), t), Inserted::Restarted);
     assert!(!jb.speech_played());
 }
+
+/// Packets every 20 ms, 30 ms on the way; `late(i)` ms more for packet `i`, `None` when it is
+/// lost. Pops every ms for 6 s; returns the outputs (time in ms, output) and the buffer.
+fn stepped(late: impl Fn(u64) -> Option<u64>) -> (Vec<(u64, Playout)>, JitterBuffer) {
+    let mut jb = JitterBuffer::new(JitterConfig::default());
+    let t0 = Instant::now();
+    let mut arrivals: Vec<(u64, u64)> = (0..250u64)
+        .filter_map(|i| late(i).map(|l| (i * 20 + 30 + l, i)))
+        .collect();
+    arrivals.sort();
+    let mut next = 0;
+    let mut outs = Vec::new();
+    for ms in 0..6_000u64 {
+        let now = t0 + millis(ms);
+        while next < arrivals.len() && arrivals[next].0 <= ms {
+            let i = arrivals[next].1;
+            jb.insert(i as u16, 960 * i as u32, payload(i), now);
+            next += 1;
+        }
+        while let Some(out) = jb.pop(now) {
+            outs.push((ms, out));
+        }
+    }
+    (outs, jb)
+}
+
+#[test]
+fn a_lasting_delay_step_beyond_max_delay_costs_about_the_stall() {
+    // No packet for 330 ms from packet 100 on, then every packet 350 ms later than before (past
+    // the 300 ms `max_delay`), for good: a sender that stalled, or a path change.
+    let (outs, jb) = stepped(|i| Some(if i < 100 { 0 } else { 350 }));
+    let stats = jb.stats();
+    let concealed = outs
+        .iter()
+        // (Up to the last packet: after it the stream ends, concealed until taken as stopped.)
+        .filter(|(ms, o)| *ms <= 5_360 && matches!(o, Playout::Expand | Playout::Lost { .. }))
+        .count();
+    // 17 frames for the stall and one or two for the tick grid as playout resumes; the rest of
+    // the stream is played.
+    assert!(concealed <= 20, "{concealed} concealed: {stats:?}");
+    assert!(stats.played >= 247, "{stats:?}");
+    assert_eq!((stats.discarded, stats.restarts), (0, 1), "{stats:?}");
+}
+
+#[test]
+fn one_packet_far_too_late_in_a_loss_burst_does_not_move_the_delay() {
+    // Packets 100-129 are lost but for 105, which comes 400 ms late, into the starved buffer;
+    // then the stream goes on as before. One packet is no lasting step: it is dropped as late,
+    // nothing restarts.
+    let (_, jb) = stepped(|i| match i {
+        105 => Some(400),
+        100..130 => None,
+        _ => Some(0),
+    });
+    let stats = jb.stats();
+    // (Its transit holds the target up as a spike would, by at most 80 ms.)
+    assert_eq!((stats.late, stats.restarts), (1, 0), "{stats:?}");
+    assert!(stats.current_delay <= millis(120), "{stats:?}");
+}

@@ -378,3 +378,74 @@ fn a_target_jump_in_a_word_waits_for_the_pause() {
         jump / 48
     );
 }
+
+/// What an SDK player received from a Firefox publisher in a real call (see
+/// `tests/data/README.md`): a 330 ms stall after which every packet comes ≈ 350 ms later than
+/// before, past the buffer's 300 ms `max_delay`. Returns the arrivals, in seconds from the first.
+fn firefox_stall() -> Vec<(u16, u32, f64, Vec<u8>)> {
+    let text = include_str!("data/firefox-stall.arrivals");
+    let mut packets: Vec<(u16, u32, f64, Vec<u8>)> = text
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let bytes = (0..f[3].len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&f[3][i..i + 2], 16).expect("hex"))
+                .collect();
+            (
+                f[0].parse().expect("seq"),
+                f[1].parse().expect("ts"),
+                f[2].parse().expect("arrival"),
+                bytes,
+            )
+        })
+        .collect();
+    let t0 = packets[0].2;
+    packets.iter_mut().for_each(|p| p.2 -= t0);
+    packets
+}
+
+#[test]
+fn a_lasting_delay_step_after_a_stall_costs_about_the_stall() {
+    let packets = firefox_stall();
+    // The stall: the longest gap between arrivals.
+    let (resume, gap) = (1..packets.len())
+        .map(|i| (i, packets[i].2 - packets[i - 1].2))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .expect("packets");
+    assert!(gap > 0.3, "{gap}");
+    let (stall_from, stall_to) = (packets[resume - 1].2, packets[resume].2);
+    let stall_frames = (gap / 0.02).round() as u64;
+
+    let mut player = AudioPlayer::new(JitterConfig::default()).expect("player");
+    let start = Instant::now();
+    let at = |s: f64| start + Duration::from_secs_f64(s);
+    let (mut next, mut tick) = (0, 0.0);
+    let (mut before, mut after) = (None, None);
+    while tick < packets.last().expect("packets").2 + 0.5 {
+        while next < packets.len() && packets[next].2 <= tick {
+            let (seq, ts, arrival, payload) = packets[next].clone();
+            player.insert(seq, ts, payload, at(arrival));
+            next += 1;
+        }
+        player.pull(at(tick));
+        let concealed = player.stats().jitter.concealed;
+        if tick <= stall_from {
+            before = Some(concealed);
+        }
+        // A second after the packets come again (the call's 10 % loss goes on meanwhile).
+        if tick <= stall_to + 1.0 {
+            after = Some(concealed);
+        }
+        tick += 0.02;
+    }
+    let stats = player.stats().jitter;
+    let cost = after.expect("ticks") - before.expect("ticks");
+    // The stall's own frames, a frame of the tick grid, and the call's ongoing loss (about 5 of
+    // the 50 frames of that second, most of them recovered by FEC).
+    assert!(
+        cost <= stall_frames + 6,
+        "{cost} frames concealed for a {stall_frames}-frame stall: {stats:?}"
+    );
+    assert_eq!(stats.discarded, 0, "{stats:?}");
+}
