@@ -17,6 +17,9 @@
 //! [`AudioPlayer`] on virtual time, pulling a frame every 20 ms, into `OUT-player.wav`, and prints
 //! the player's counters.
 
+#[path = "../tests/support/arrivals.rs"]
+mod arrivals;
+
 use std::io::BufRead;
 use std::time::{Duration, Instant};
 
@@ -129,24 +132,8 @@ fn main() {
 }
 
 fn replay_player(arrivals: &str, out: &str) {
-    let file = std::fs::File::open(arrivals).expect("ARRIVALS");
-    let packets: Vec<(u16, u32, f64, Vec<u8>)> = std::io::BufReader::new(file)
-        .lines()
-        .map(|l| {
-            let l = l.expect("ARRIVALS line");
-            let f: Vec<&str> = l.split(' ').collect();
-            let bytes = (0..f[3].len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&f[3][i..i + 2], 16).expect("hex"))
-                .collect();
-            (
-                f[0].parse().expect("seq"),
-                f[1].parse().expect("ts"),
-                f[2].parse().expect("arrival"),
-                bytes,
-            )
-        })
-        .collect();
+    let text = std::fs::read_to_string(arrivals).expect("ARRIVALS");
+    let packets = arrivals::parse(&text);
     let mut player = AudioPlayer::new(JitterConfig::default()).expect("player");
     let start = Instant::now();
     let t0 = packets[0].2;

@@ -1,6 +1,8 @@
 //! The audio player (jitter buffer, decoding, time-stretching) on virtual time with real speech
 //! through Opus: a late packet now and then must not put a gap or a 20 ms step inside a word.
 
+#[path = "support/arrivals.rs"]
+mod arrivals;
 mod common;
 
 use std::time::{Duration, Instant};
@@ -384,22 +386,7 @@ fn a_target_jump_in_a_word_waits_for_the_pause() {
 /// before, past the buffer's 300 ms `max_delay`. Returns the arrivals, in seconds from the first.
 fn firefox_stall() -> Vec<(u16, u32, f64, Vec<u8>)> {
     let text = include_str!("data/firefox-stall.arrivals");
-    let mut packets: Vec<(u16, u32, f64, Vec<u8>)> = text
-        .lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let bytes = (0..f[3].len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&f[3][i..i + 2], 16).expect("hex"))
-                .collect();
-            (
-                f[0].parse().expect("seq"),
-                f[1].parse().expect("ts"),
-                f[2].parse().expect("arrival"),
-                bytes,
-            )
-        })
-        .collect();
+    let mut packets = arrivals::parse(text);
     let t0 = packets[0].2;
     packets.iter_mut().for_each(|p| p.2 -= t0);
     packets
