@@ -1394,7 +1394,7 @@ mod tests {
     /// the publisher sends the speech sample after `lead_in` of silence. PESQ and STOI of each;
     /// asserts that no call made a 20 ms step (a whole frame inserted or dropped) while its
     /// audio was speech, the delay moves by stretching there; but at ≈ 60 % end to end
-    /// (`per_leg` ≥ 0.3), where one call in ten may make one: seed 10's player connects 2.7 s
+    /// (`per_leg` > 0.35), where one call in ten may make one: seed 10's player connects 2.7 s
     /// into the call, after the speech began, and its buffer's first growth under that loss
     /// lands in a word (a single 20 ms insert; the same call made one as DTLS server before).
     fn lossy_calls(per_leg: f64, lead_in: Duration, seeds: u64) -> Vec<(f64, f64)> {
@@ -1406,7 +1406,7 @@ mod tests {
             seeds,
         );
         let steps: Vec<u64> = r.iter().map(|x| x.2).collect();
-        let allowed = if per_leg >= 0.3 { seeds / 10 } else { 0 };
+        let allowed = if per_leg > 0.35 { seeds / 10 } else { 0 };
         assert!(
             steps.iter().sum::<u64>() <= allowed && steps.iter().all(|&n| n <= 1),
             "{per_leg}: steps in speech per seed {steps:?}"
