@@ -516,70 +516,14 @@ test("getStats read twice in a row (the quality tick and the app's timer) gives 
   }
 });
 
-test("a media_state 'connected' that comes before the answer is applied still makes the player PLAYING (issue 12)", async () => {
-  // As the browser's DTLS client (setup_active) the server may be connected before
-  // setRemoteDescription resolves. A stand-in peer connection holds setRemoteDescription open
-  // until the server's media_state is in; huddle.js used to drop it as "still offering".
-  /** @type {() => void} */
-  let applyAnswer = () => {};
-  const saved = { pc: globalThis.RTCPeerConnection, ms: globalThis.MediaStream };
-  // @ts-ignore: only what huddle.js's player uses.
-  globalThis.MediaStream = class {
-    getTracks() {
-      return [];
-    }
-    addTrack() {}
-    removeTrack() {}
-  };
-  // @ts-ignore: only what huddle.js's player uses.
-  globalThis.RTCPeerConnection = class {
-    iceGatheringState = "complete";
-    connectionState = "new";
-    /** @type {any} */ localDescription = null;
-    addTransceiver() {
-      return {};
-    }
-    async createOffer() {
-      return { type: "offer", sdp: "v=0\r\n" };
-    }
-    /** @param {any} d */
-    async setLocalDescription(d) {
-      this.localDescription = d;
-    }
-    setRemoteDescription() {
-      return new Promise((resolve) => (applyAnswer = () => resolve(undefined)));
-    }
-    close() {}
-  };
-  try {
-    const { e, events } = engine();
-    const done = e.loginRoom("r1", "04tok", { userID: "alice" });
-    await acceptLogin();
-    await done;
-    e.startPlayingStream("bob-main");
-    const ws = sockets.at(-1);
-    await until(() => ws.last("play"), "the play");
-    ws.push({ type: "ok", seq: ws.last("play").seq });
-    ws.push({ type: "play_update", stream_id: "bob-main", available: true });
-    await until(() => ws.last("media_offer"), "the media offer");
-    ws.push({ type: "media_answer", seq: ws.last("media_offer").seq, sdp: "v=0\r\n" });
-    await sleep(5);
-    ws.push({ type: "media_state", stream_id: "bob-main", kind: "play", state: "connected", code: 0, message: "" });
-    applyAnswer();
-    await until(() => events.includes("play bob-main PLAYING 0"), `PLAYING: ${events.join("; ")}`);
-    e.destroy();
-  } finally {
-    globalThis.RTCPeerConnection = saved.pc;
-    globalThis.MediaStream = saved.ms;
-  }
-});
-
-test("the player is PLAYING once its own peer connection is connected, without waiting for the server's media_state (issue 12)", async () => {
-  // Under loss the server's media_state crosses a lossy TCP connection and can come seconds
-  // after the media (a page showed PLAYING 8.3 s after its first audio at 30 % per link); the
-  // browser's connectionState "connected" (ICE and DTLS done) is the connection's own word.
-  /** @type {any} */
-  let made = null;
+/**
+ * Installs stand-ins for the browser's MediaStream and RTCPeerConnection (only what huddle.js's
+ * player uses); returns the peer connections made and a function that puts the real ones back.
+ * @param {() => Promise<void>} setRemoteDescription
+ */
+function fakePlayerRtc(setRemoteDescription) {
+  /** @type {any[]} */
+  const made = [];
   const saved = { pc: globalThis.RTCPeerConnection, ms: globalThis.MediaStream };
   // @ts-ignore: only what huddle.js's player uses.
   globalThis.MediaStream = class {
@@ -596,7 +540,7 @@ test("the player is PLAYING once its own peer connection is connected, without w
     /** @type {any} */ localDescription = null;
     /** @type {null | (() => void)} */ onconnectionstatechange = null;
     constructor() {
-      made = this;
+      made.push(this);
     }
     addTransceiver() {
       return {};
@@ -608,25 +552,65 @@ test("the player is PLAYING once its own peer connection is connected, without w
     async setLocalDescription(d) {
       this.localDescription = d;
     }
-    async setRemoteDescription() {}
+    setRemoteDescription() {
+      return setRemoteDescription();
+    }
     close() {}
   };
+  const restore = () => {
+    globalThis.RTCPeerConnection = saved.pc;
+    globalThis.MediaStream = saved.ms;
+  };
+  return { made, restore };
+}
+
+/** Logs alice in, asks to play bob-main and answers its media offer. */
+async function playBobAnswered() {
+  const { e, events } = engine();
+  const done = e.loginRoom("r1", "04tok", { userID: "alice" });
+  await acceptLogin();
+  await done;
+  e.startPlayingStream("bob-main");
+  const ws = sockets.at(-1);
+  await until(() => ws.last("play"), "the play");
+  ws.push({ type: "ok", seq: ws.last("play").seq });
+  ws.push({ type: "play_update", stream_id: "bob-main", available: true });
+  await until(() => ws.last("media_offer"), "the media offer");
+  ws.push({ type: "media_answer", seq: ws.last("media_offer").seq, sdp: "v=0\r\n" });
+  await sleep(5);
+  return { e, events, ws };
+}
+
+
+test("a media_state 'connected' that comes before the answer is applied still makes the player PLAYING (issue 12)", async () => {
+  // As the browser's DTLS client (setup_active) the server may be connected before
+  // setRemoteDescription resolves. A stand-in peer connection holds setRemoteDescription open
+  // until the server's media_state is in; huddle.js used to drop it as "still offering".
+  /** @type {() => void} */
+  let applyAnswer = () => {};
+  const { restore } = fakePlayerRtc(() => new Promise((resolve) => (applyAnswer = () => resolve(undefined))));
   try {
-    const { e, events } = engine();
-    const done = e.loginRoom("r1", "04tok", { userID: "alice" });
-    await acceptLogin();
-    await done;
-    e.startPlayingStream("bob-main");
-    const ws = sockets.at(-1);
-    await until(() => ws.last("play"), "the play");
-    ws.push({ type: "ok", seq: ws.last("play").seq });
-    ws.push({ type: "play_update", stream_id: "bob-main", available: true });
-    await until(() => ws.last("media_offer"), "the media offer");
-    ws.push({ type: "media_answer", seq: ws.last("media_offer").seq, sdp: "v=0\r\n" });
-    await sleep(5);
+    const { e, events, ws } = await playBobAnswered();
+    ws.push({ type: "media_state", stream_id: "bob-main", kind: "play", state: "connected", code: 0, message: "" });
+    applyAnswer();
+    await until(() => events.includes("play bob-main PLAYING 0"), `PLAYING: ${events.join("; ")}`);
+    e.destroy();
+  } finally {
+    restore();
+  }
+});
+
+test("the player is PLAYING once its own peer connection is connected, without waiting for the server's media_state (issue 12)", async () => {
+  // Under loss the server's media_state crosses a lossy TCP connection and can come seconds
+  // after the media (a page showed PLAYING 8.3 s after its first audio at 30 % per link); the
+  // browser's connectionState "connected" (ICE and DTLS done) is the connection's own word.
+  const { made, restore } = fakePlayerRtc(async () => {});
+  try {
+    const { e, events, ws } = await playBobAnswered();
     assert.ok(!events.includes("play bob-main PLAYING 0"), `PLAYING before the connection: ${events.join("; ")}`);
-    made.connectionState = "connected";
-    made.onconnectionstatechange?.();
+    const pc = made.at(-1);
+    pc.connectionState = "connected";
+    pc.onconnectionstatechange?.();
     await until(() => events.includes("play bob-main PLAYING 0"), `PLAYING: ${events.join("; ")}`);
     // The server's word, when it comes, changes nothing.
     const before = events.length;
@@ -635,7 +619,6 @@ test("the player is PLAYING once its own peer connection is connected, without w
     assert.equal(events.length, before, `events after the server's media_state: ${events.slice(before).join("; ")}`);
     e.destroy();
   } finally {
-    globalThis.RTCPeerConnection = saved.pc;
-    globalThis.MediaStream = saved.ms;
+    restore();
   }
 });
